@@ -1,0 +1,228 @@
+using Cria.Kernels;
+using Cria.Models;
+using Cria.Tensors;
+
+namespace Cria.Inference;
+
+/// <summary>Settings of an <see cref="InferenceContext"/> (llama.cpp's context params).</summary>
+public sealed record ContextOptions
+{
+    /// <summary>KV cache capacity in tokens over all sequences (n_ctx). 0 = the model's training context.</summary>
+    public int ContextSize { get; init; }
+    /// <summary>Rows processed per internal forward step (n_ubatch); larger batches are split.</summary>
+    public int MicroBatch { get; init; } = 512;
+    /// <summary>Worker threads (0 = all cores).</summary>
+    public int Threads { get; init; }
+    public int KvBlockSize { get; init; } = KvCache.DefaultBlockSize;
+}
+
+/// <summary>A batch row breaks the rules of <see cref="Batch"/> (bad token, position or sequence order).</summary>
+public sealed class InvalidBatchException(string message) : CriaException(message);
+
+/// <summary>
+/// Runs the model: one <see cref="Decode"/> call over a <see cref="Batch"/> against a multi-sequence
+/// <see cref="KvCache"/>, then <see cref="Logits"/> for the rows that asked for them. All activation buffers are
+/// allocated here once, sized for a micro-batch; a decode step allocates nothing.
+/// </summary>
+public sealed class InferenceContext : IDisposable
+{
+    public LlamaModel Model { get; }
+    public ModelConfig Config { get; }
+    public KvCache Cache { get; }
+    public int MicroBatch { get; }
+    public int Threads => _pool.Count;
+
+    readonly WorkerPool _pool;
+    readonly MatMulJob _matmul = new();
+    readonly AttentionJob _attention;
+
+    // Activations for one micro-batch of B rows (row-major, row b at b * width).
+    readonly float[] _x;      // [B, dim]   residual stream
+    readonly float[] _xn;     // [B, dim]   normed input of a sub-layer
+    readonly float[] _q;      // [B, qDim]
+    readonly float[] _k;      // [B, kvDim]
+    readonly float[] _v;      // [B, kvDim]
+    readonly float[] _att;    // [B, qDim]  attention output
+    readonly float[] _gate;   // [B, ff]
+    readonly float[] _up;     // [B, ff]
+    readonly float[] _tmp;    // [B, dim]
+    readonly float[] _rope;   // [B, nRot]  cos/sin per row
+    readonly byte[] _actQ;    // [B, rowBytes(actType, max(dim, qDim, ff))] activations in the weight's vec-dot type
+    readonly int[] _cells;    // [B] KV cell of each row
+    float[] _logits = [];     // [nOutputs, vocab]
+    int[] _outputIndex = [];  // batch row -> logits row, -1 when none
+    int _outputs;
+
+    public InferenceContext(LlamaModel model, ContextOptions? options = null)
+    {
+        options ??= new ContextOptions();
+        Model = model;
+        var c = Config = model.Config;
+        int ctx = options.ContextSize > 0 ? options.ContextSize : c.ContextLength;
+        Cache = new KvCache(c, ctx, options.KvBlockSize);
+        MicroBatch = Math.Max(1, options.MicroBatch);
+        int threads = options.Threads > 0 ? options.Threads : Environment.ProcessorCount;
+        _pool = new WorkerPool(threads);
+        int b = MicroBatch;
+        _x = new float[b * c.Dim]; _xn = new float[b * c.Dim]; _tmp = new float[b * c.Dim];
+        _q = new float[b * c.QDim]; _att = new float[b * c.QDim];
+        _k = new float[b * c.KvDim]; _v = new float[b * c.KvDim];
+        _gate = new float[b * c.FfnDim]; _up = new float[b * c.FfnDim];
+        _rope = new float[b * c.RopeDim];
+        _actQ = new byte[(long)b * 4 * Math.Max(Math.Max(c.Dim, c.QDim), c.FfnDim) + 64];
+        _cells = new int[b];
+        _attention = new AttentionJob(c, Cache, threads);
+    }
+
+    /// <summary>Logits of batch row <paramref name="batchRow"/> from the last <see cref="Decode"/> (row must have asked).</summary>
+    public ReadOnlySpan<float> Logits(int batchRow)
+    {
+        if ((uint)batchRow >= (uint)_outputIndex.Length || _outputIndex[batchRow] < 0)
+            throw new ArgumentOutOfRangeException(nameof(batchRow), batchRow, "this batch row did not ask for logits");
+        return _logits.AsSpan(_outputIndex[batchRow] * Config.VocabSize, Config.VocabSize);
+    }
+
+    /// <summary>
+    /// Runs one forward step over every row of <paramref name="batch"/>: appends each row's K/V to its sequence in the
+    /// cache, attends causally over that sequence, and computes logits for rows that want them. The batch is checked
+    /// in full before any state changes.
+    /// </summary>
+    public void Decode(Batch batch)
+    {
+        int n = batch.Count;
+        if (n == 0) throw new InvalidBatchException("batch is empty");
+        Validate(batch);
+        PrepareOutputs(batch);
+        int outRow = 0;
+        for (int start = 0; start < n; start += MicroBatch)
+        {
+            int count = Math.Min(MicroBatch, n - start);
+            ForwardMicroBatch(batch, start, count, ref outRow);
+        }
+    }
+
+    void Validate(Batch batch)
+    {
+        var tokens = batch.Tokens; var pos = batch.Positions; var seqs = batch.Sequences;
+        Dictionary<int, int>? next = null;
+        int blocksNeeded = 0;
+        for (int i = 0; i < batch.Count; i++)
+        {
+            if ((uint)tokens[i] >= (uint)Config.VocabSize)
+                throw new InvalidBatchException($"batch row {i}: token {tokens[i]} is outside the vocabulary (0..{Config.VocabSize - 1})");
+            if (seqs[i] < 0) throw new InvalidBatchException($"batch row {i}: sequence id {seqs[i]} is negative");
+            int expected;
+            if (i == 0 || seqs[i] != seqs[i - 1] || next != null)
+            {
+                next ??= new Dictionary<int, int>();
+                if (!next.TryGetValue(seqs[i], out expected)) expected = Cache.Length(seqs[i]);
+                next[seqs[i]] = expected + 1;
+            }
+            else expected = pos[i - 1] + 1;
+            if (pos[i] != expected)
+                throw new InvalidBatchException($"batch row {i}: sequence {seqs[i]} continues at position {expected}, got {pos[i]}");
+        }
+        if (next != null)
+            foreach (var (seq, end) in next) blocksNeeded += Cache.BlocksNeeded(seq, end - Cache.Length(seq));
+        else blocksNeeded = Cache.BlocksNeeded(seqs[0], batch.Count);
+        if (blocksNeeded > Cache.FreeBlocks)
+            throw new KvCacheFullException($"KV cache is full: the batch needs {blocksNeeded} blocks of {Cache.BlockSize} tokens, {Cache.FreeBlocks} are free (context size {Cache.Capacity})");
+    }
+
+    void PrepareOutputs(Batch batch)
+    {
+        int n = batch.Count, outputs = 0;
+        if (_outputIndex.Length < n) _outputIndex = new int[Math.Max(n, MicroBatch)];
+        var want = batch.WantLogits;
+        for (int i = 0; i < n; i++) _outputIndex[i] = want[i] ? outputs++ : -1;
+        for (int i = n; i < _outputIndex.Length; i++) _outputIndex[i] = -1;
+        long need = (long)outputs * Config.VocabSize;
+        if (_logits.Length < need) _logits = new float[need];
+        _outputs = outputs;
+    }
+
+    void ForwardMicroBatch(Batch batch, int start, int B, ref int outRow)
+    {
+        var c = Config;
+        var m = Model;
+        int dim = c.Dim, qDim = c.QDim, kvDim = c.KvDim, ff = c.FfnDim, nRot = c.RopeDim;
+        var tokens = batch.Tokens; var pos = batch.Positions; var seqs = batch.Sequences;
+
+        // Embedding rows and the per-row RoPE table; reserve a KV cell for each row.
+        for (int b = 0; b < B; b++)
+        {
+            int r = start + b;
+            Dequantize.Row(m.TokenEmbedding.Type, m.TokenEmbedding.Row(tokens[r]), _x.AsSpan(b * dim, dim));
+            Ops.RopeCache(pos[r], nRot, c.RopeFreqBase, c.RopeFreqScale, c.RopeFreqFactors, _rope.AsSpan(b * nRot, nRot));
+            Cache.Append(seqs[r], 1);
+            _cells[b] = Cache.Cell(seqs[r], pos[r]);
+        }
+
+        for (int l = 0; l < c.LayerCount; l++)
+        {
+            var L = m.Layers[l];
+            // ---- attention ----
+            for (int b = 0; b < B; b++) Ops.RmsNorm(_x.AsSpan(b * dim, dim), L.AttnNorm, c.RmsNormEps, _xn.AsSpan(b * dim, dim));
+            MatMul(L.Wq, _xn, B, _q);
+            MatMul(L.Wk, _xn, B, _k);
+            MatMul(L.Wv, _xn, B, _v);
+            var kc = Cache.KeyArray(l); var vc = Cache.ValueArray(l);
+            for (int b = 0; b < B; b++)
+            {
+                var cs = _rope.AsSpan(b * nRot, nRot);
+                Ops.RopeNorm(_q.AsSpan(b * qDim, qDim), c.HeadCount, c.HeadDim, cs);
+                Ops.RopeNorm(_k.AsSpan(b * kvDim, kvDim), c.KvHeadCount, c.HeadDim, cs);
+                _k.AsSpan(b * kvDim, kvDim).CopyTo(kc.AsSpan(_cells[b] * kvDim, kvDim));
+                _v.AsSpan(b * kvDim, kvDim).CopyTo(vc.AsSpan(_cells[b] * kvDim, kvDim));
+            }
+            _attention.Prepare(l, _q, _att, batch, start, B);
+            _pool.Run(_attention);
+            MatMul(L.Wo, _att, B, _tmp);
+            for (int i = 0; i < B * dim; i++) _x[i] += _tmp[i];
+
+            // ---- feed-forward (SwiGLU) ----
+            for (int b = 0; b < B; b++) Ops.RmsNorm(_x.AsSpan(b * dim, dim), L.FfnNorm, c.RmsNormEps, _xn.AsSpan(b * dim, dim));
+            MatMul(L.WGate, _xn, B, _gate);
+            MatMul(L.WUp, _xn, B, _up);
+            for (int b = 0; b < B; b++) Ops.SwiGlu(_gate.AsSpan(b * ff, ff), _up.AsSpan(b * ff, ff));
+            MatMul(L.WDown, _gate, B, _tmp);
+            for (int i = 0; i < B * dim; i++) _x[i] += _tmp[i];
+        }
+
+        // ---- output head, only for rows that asked ----
+        int nOut = 0;
+        for (int b = 0; b < B; b++)
+        {
+            if (_outputIndex[start + b] < 0) continue;
+            Ops.RmsNorm(_x.AsSpan(b * dim, dim), m.OutputNorm, c.RmsNormEps, _xn.AsSpan(nOut * dim, dim));
+            nOut++;
+        }
+        if (nOut > 0)
+        {
+            MatMul(m.Output, _xn, nOut, _logits.AsSpan(outRow * c.VocabSize).Slice(0, nOut * c.VocabSize));
+            outRow += nOut;
+        }
+    }
+
+    /// <summary>y[b, :] = W · x[b, :] for B rows: activations are converted once to the weight's vec-dot type.</summary>
+    void MatMul(in WeightMatrix w, float[] x, int B, Span<float> y) => MatMul(w, x.AsSpan(), B, y);
+
+    void MatMul(in WeightMatrix w, ReadOnlySpan<float> x, int B, Span<float> y)
+    {
+        var actType = VecDot.ActivationType(w.Type);
+        int actBytes = (int)GgmlTypeInfo.RowBytes(actType, w.Cols);
+        for (int b = 0; b < B; b++)
+            VecDot.QuantizeActivations(actType, x.Slice(b * w.Cols, w.Cols), _actQ.AsSpan(b * actBytes, actBytes));
+        unsafe
+        {
+            fixed (float* py = y)
+            {
+                _matmul.Prepare(w, _actQ, actBytes, B, py);
+                _pool.Run(_matmul);
+                _matmul.Prepare(default, null!, 0, 0, null);
+            }
+        }
+    }
+
+    public void Dispose() => _pool.Dispose();
+}

@@ -1,0 +1,114 @@
+using System.Runtime.Intrinsics;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+
+namespace Cria.Kernels;
+
+/// <summary>
+/// The element-wise and reduction operations of the forward pass, each over one row. They compute the same sums in
+/// the same order whatever the batch, so a row's result never depends on which other rows share the step.
+/// </summary>
+public static class Ops
+{
+    /// <summary>y = x / sqrt(mean(x²) + eps) · w, as ggml_rms_norm then ggml_mul (sum of squares in double).</summary>
+    public static void RmsNorm(ReadOnlySpan<float> x, ReadOnlySpan<float> w, float eps, Span<float> y)
+    {
+        double sum = 0;
+        for (int i = 0; i < x.Length; i++) sum += (double)(x[i] * x[i]);
+        float mean = (float)(sum / x.Length);
+        float scale = 1.0f / MathF.Sqrt(mean + eps);
+        for (int i = 0; i < x.Length; i++) y[i] = x[i] * scale * w[i];
+    }
+
+    /// <summary>Dot product of two float vectors (Vector256 lanes, then a fixed-order horizontal sum and scalar tail).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Dot(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
+    {
+        int n = a.Length, i = 0;
+        float sum = 0;
+        if (Vector256.IsHardwareAccelerated && n >= 8)
+        {
+            ref float pa = ref MemoryMarshal.GetReference(a);
+            ref float pb = ref MemoryMarshal.GetReference(b);
+            var acc0 = Vector256<float>.Zero; var acc1 = Vector256<float>.Zero;
+            for (; i + 16 <= n; i += 16)
+            {
+                acc0 = Vector256.FusedMultiplyAdd(Vector256.LoadUnsafe(ref pa, (nuint)i), Vector256.LoadUnsafe(ref pb, (nuint)i), acc0);
+                acc1 = Vector256.FusedMultiplyAdd(Vector256.LoadUnsafe(ref pa, (nuint)i + 8), Vector256.LoadUnsafe(ref pb, (nuint)i + 8), acc1);
+            }
+            for (; i + 8 <= n; i += 8)
+                acc0 = Vector256.FusedMultiplyAdd(Vector256.LoadUnsafe(ref pa, (nuint)i), Vector256.LoadUnsafe(ref pb, (nuint)i), acc0);
+            sum = Vector256.Sum(acc0 + acc1);
+        }
+        for (; i < n; i++) sum += a[i] * b[i];
+        return sum;
+    }
+
+    /// <summary>y += a · x.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Axpy(float a, ReadOnlySpan<float> x, Span<float> y)
+    {
+        int n = x.Length, i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            ref float px = ref MemoryMarshal.GetReference(x);
+            ref float py = ref MemoryMarshal.GetReference(y);
+            var va = Vector256.Create(a);
+            for (; i + 8 <= n; i += 8)
+                Vector256.FusedMultiplyAdd(va, Vector256.LoadUnsafe(ref px, (nuint)i), Vector256.LoadUnsafe(ref py, (nuint)i)).StoreUnsafe(ref py, (nuint)i);
+        }
+        for (; i < n; i++) y[i] = MathF.FusedMultiplyAdd(a, x[i], y[i]);
+    }
+
+    /// <summary>y += x.</summary>
+    public static void Add(ReadOnlySpan<float> x, Span<float> y)
+    {
+        for (int i = 0; i < x.Length; i++) y[i] += x[i];
+    }
+
+    /// <summary>g = silu(g) · u, with silu(x) = x / (1 + e^-x) (SwiGLU).</summary>
+    public static void SwiGlu(Span<float> g, ReadOnlySpan<float> u)
+    {
+        for (int i = 0; i < g.Length; i++)
+        {
+            float x = g[i];
+            g[i] = x / (1.0f + MathF.Exp(-x)) * u[i];
+        }
+    }
+
+    /// <summary>
+    /// Fills the RoPE cos/sin table for one position as ggml_rope_cache_init does: θ starts at the position and is
+    /// multiplied by base^(-2/nRot) per pair (in float, like ggml), divided by the pair's frequency factor, then by
+    /// the linear scale. cosSin is [nRot] = (cos, sin) pairs.
+    /// </summary>
+    public static void RopeCache(int pos, int nRot, float freqBase, float freqScale, float[]? freqFactors, Span<float> cosSin)
+    {
+        float thetaScale = MathF.Pow(freqBase, -2.0f / nRot);
+        float theta = pos;
+        for (int i0 = 0; i0 < nRot; i0 += 2)
+        {
+            float ff = freqFactors != null ? freqFactors[i0 / 2] : 1.0f;
+            float t = freqScale * (theta / ff);
+            cosSin[i0] = MathF.Cos(t);
+            cosSin[i0 + 1] = MathF.Sin(t);
+            theta *= thetaScale;
+        }
+    }
+
+    /// <summary>Rotates adjacent pairs (x[2i], x[2i+1]) of each head's first nRot dims (LLAMA_ROPE_TYPE_NORM).</summary>
+    public static void RopeNorm(Span<float> x, int heads, int headDim, ReadOnlySpan<float> cosSin)
+    {
+        int nRot = cosSin.Length;
+        for (int h = 0; h < heads; h++)
+        {
+            var v = x.Slice(h * headDim, headDim);
+            for (int i0 = 0; i0 < nRot; i0 += 2)
+            {
+                float c = cosSin[i0], s = cosSin[i0 + 1];
+                float x0 = v[i0], x1 = v[i0 + 1];
+                v[i0] = x0 * c - x1 * s;
+                v[i0 + 1] = x0 * s + x1 * c;
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+using System.Runtime.CompilerServices;
+
+namespace Cria.Kernels;
+
+/// <summary>A unit of parallel work: <see cref="Execute"/> is called once per worker with that worker's index.
+/// Jobs are plain objects that the forward pass allocates once and reuses, so dispatch allocates nothing.</summary>
+public abstract class ParallelJob
+{
+    public abstract void Execute(int worker, int workerCount);
+}
+
+/// <summary>
+/// A persistent pool of worker threads for the forward pass. <see cref="Run"/> hands one job to every worker
+/// (the calling thread is worker 0) and returns when all are done. Workers spin briefly between jobs (a decode step
+/// dispatches hundreds of small jobs) and then sleep on a semaphore. Nothing is allocated per dispatch.
+/// </summary>
+public sealed class WorkerPool : IDisposable
+{
+    readonly Thread[] _threads;
+    readonly SemaphoreSlim[] _wake;
+    readonly int _count;
+    ParallelJob? _job;
+    volatile int _generation;
+    int _pending;
+    volatile bool _disposed;
+    readonly ManualResetEventSlim _done = new(false);
+
+    public int Count => _count;
+
+    public WorkerPool(int threads)
+    {
+        if (threads < 1) throw new ArgumentOutOfRangeException(nameof(threads), threads, "need at least one thread");
+        _count = threads;
+        _threads = new Thread[threads - 1];
+        _wake = new SemaphoreSlim[threads - 1];
+        _sleeping = new int[threads - 1];
+        for (int i = 0; i < _threads.Length; i++)
+        {
+            _wake[i] = new SemaphoreSlim(0);
+            int idx = i + 1;
+            _threads[i] = new Thread(() => WorkerLoop(idx)) { IsBackground = true, Name = $"cria-worker-{idx}" };
+            _threads[i].Start();
+        }
+    }
+
+    /// <summary>Runs <paramref name="job"/> on every worker and waits for all of them.</summary>
+    public void Run(ParallelJob job)
+    {
+        if (_count == 1) { job.Execute(0, 1); return; }
+        _job = job;
+        _done.Reset();
+        Volatile.Write(ref _pending, _count - 1);
+        Interlocked.Increment(ref _generation);
+        for (int i = 0; i < _wake.Length; i++) if (Volatile.Read(ref _sleeping[i]) != 0) _wake[i].Release();
+        Exception? error = null;
+        try { job.Execute(0, _count); }
+        catch (Exception e) { error = e; }
+        // Wait for the others: spin first, they finish at about the same time.
+        var spin = new SpinWait();
+        while (Volatile.Read(ref _pending) != 0)
+        {
+            if (spin.Count > 200) { _done.Wait(1); }
+            else spin.SpinOnce(-1);
+        }
+        _job = null;
+        if (error != null) throw error;
+        if (_workerError != null) { var e = _workerError; _workerError = null; throw new AggregateException(e); }
+    }
+
+    readonly int[] _sleeping;
+    Exception? _workerError;
+
+    void WorkerLoop(int idx)
+    {
+        int seen = 0;
+        while (true)
+        {
+            // Spin for a while waiting for the next generation, then sleep.
+            var spin = new SpinWait();
+            while (_generation == seen && !_disposed)
+            {
+                if (spin.Count > 2000)
+                {
+                    Interlocked.Exchange(ref _sleeping[idx - 1], 1); // full fence: the flag is visible before we re-check
+                    if (_generation == seen && !_disposed) _wake[idx - 1].Wait(50);
+                    Volatile.Write(ref _sleeping[idx - 1], 0);
+                    spin = new SpinWait();
+                }
+                else spin.SpinOnce(-1);
+            }
+            if (_disposed) return;
+            seen = _generation;
+            try { _job!.Execute(idx, _count); }
+            catch (Exception e) { _workerError = e; }
+            if (Interlocked.Decrement(ref _pending) == 0) _done.Set();
+        }
+    }
+
+    public void Dispose()
+    {
+        _disposed = true;
+        foreach (var w in _wake) w.Release();
+        foreach (var t in _threads) t.Join();
+        foreach (var w in _wake) w.Dispose();
+        _done.Dispose();
+    }
+
+    /// <summary>Splits [0, n) into contiguous ranges; worker w takes range w.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static (int Start, int End) Split(int n, int worker, int workers)
+    {
+        int per = n / workers, rem = n % workers;
+        int start = worker * per + Math.Min(worker, rem);
+        return (start, start + per + (worker < rem ? 1 : 0));
+    }
+}

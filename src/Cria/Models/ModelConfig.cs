@@ -1,0 +1,118 @@
+using Cria.Formats;
+
+namespace Cria.Models;
+
+/// <summary>How RoPE frequencies are stretched for longer contexts (llama.cpp's rope_scaling_type).</summary>
+public enum RopeScalingType { None, Linear, Yarn }
+
+/// <summary>
+/// Hyper-parameters of a Llama-family model, read from <c>llama.*</c> GGUF metadata the way llama.cpp reads them.
+/// </summary>
+public sealed record ModelConfig
+{
+    public string Architecture { get; init; } = "llama";
+    public string Name { get; init; } = "";
+    public int ContextLength { get; init; }      // n_ctx_train
+    public int Dim { get; init; }                // n_embd
+    public int LayerCount { get; init; }         // n_layer
+    public int HeadCount { get; init; }          // n_head
+    public int KvHeadCount { get; init; }        // n_head_kv (GQA when < n_head)
+    public int HeadDim { get; init; }            // n_embd_head_k (= n_embd / n_head unless key_length says otherwise)
+    public int FfnDim { get; init; }             // n_ff
+    public int VocabSize { get; init; }
+    public float RmsNormEps { get; init; } = 1e-5f;
+    public float RopeFreqBase { get; init; } = 10000f;
+    public int RopeDim { get; init; }            // n_rot: leading dims of each head that RoPE rotates
+    public RopeScalingType RopeScaling { get; init; } = RopeScalingType.None;
+    /// <summary>freq_scale = 1 / scaling factor (1 = no scaling).</summary>
+    public float RopeFreqScale { get; init; } = 1f;
+    public int RopeOriginalContext { get; init; }
+    /// <summary>Per-pair frequency divisors (Llama 3.1/3.2 <c>rope_freqs.weight</c>); null when absent.</summary>
+    public float[]? RopeFreqFactors { get; init; }
+
+    public int QDim => HeadCount * HeadDim;
+    public int KvDim => KvHeadCount * HeadDim;
+    /// <summary>Query heads per KV head (GQA group size).</summary>
+    public int GroupSize => HeadCount / KvHeadCount;
+
+    public static readonly string[] SupportedArchitectures = ["llama"];
+
+    /// <summary>Reads and validates the hyper-parameters. Throws <see cref="ModelFormatException"/> naming the file.</summary>
+    public static ModelConfig FromGguf(GgufFile f)
+    {
+        string arch = f.Get<string>("general.architecture", "");
+        if (arch.Length == 0) throw new ModelFormatException(f.Path, "missing metadata key 'general.architecture'");
+        if (Array.IndexOf(SupportedArchitectures, arch) < 0)
+            throw new ModelFormatException(f.Path, $"unknown or unsupported architecture '{arch}' (supported: {string.Join(", ", SupportedArchitectures)})");
+        string p = arch + ".";
+        int dim = Positive(f, p + "embedding_length", f.Get<int>(p + "embedding_length"));
+        int nHead = Positive(f, p + "attention.head_count", f.Get<int>(p + "attention.head_count"));
+        int nKv = Positive(f, p + "attention.head_count_kv", f.Get<int>(p + "attention.head_count_kv", nHead));
+        int headDim = Positive(f, p + "attention.key_length", f.Get<int>(p + "attention.key_length", dim / nHead));
+        int valueDim = f.Get<int>(p + "attention.value_length", headDim);
+        if (valueDim != headDim) throw new ModelFormatException(f.Path, $"value_length {valueDim} != key_length {headDim} is not supported");
+        if (nHead % nKv != 0) throw new ModelFormatException(f.Path, $"head_count {nHead} is not a multiple of head_count_kv {nKv}");
+        if (headDim % 2 != 0) throw new ModelFormatException(f.Path, $"head dimension {headDim} must be even for RoPE");
+        int nRot = f.Get<int>(p + "rope.dimension_count", headDim);
+        if (nRot <= 0 || nRot > headDim || nRot % 2 != 0) throw new ModelFormatException(f.Path, $"rope.dimension_count {nRot} must be even and in 1..{headDim}");
+        int layers = Positive(f, p + "block_count", f.Get<int>(p + "block_count"));
+        int ff = Positive(f, p + "feed_forward_length", f.Get<int>(p + "feed_forward_length"));
+        int vocab = f.Get<int>(p + "vocab_size", 0);
+        if (vocab <= 0 && f.Metadata.TryGetValue("tokenizer.ggml.tokens", out var toks) && toks is string[] ts) vocab = ts.Length;
+        if (vocab <= 0 && f.TryGetTensor("token_embd.weight", out var emb) && emb.Shape.Length == 2) vocab = (int)Math.Min(emb.Shape[1], int.MaxValue);
+        if (vocab <= 0) throw new ModelFormatException(f.Path, "cannot determine the vocabulary size");
+        if (layers > 4096 || dim > 1 << 17 || nHead > 4096 || ff > 1 << 20)
+            throw new ModelFormatException(f.Path, $"implausible hyper-parameters (layers {layers}, dim {dim}, heads {nHead}, ffn {ff})");
+
+        var scaling = RopeScalingType.None;
+        float freqScale = 1f;
+        string type = f.Get<string>(p + "rope.scaling.type", "none");
+        float factor = f.Get<float>(p + "rope.scaling.factor", 0f);
+        if (factor == 0f && f.Has(p + "rope.scale_linear")) { factor = f.Get<float>(p + "rope.scale_linear"); type = "linear"; }
+        switch (type)
+        {
+            case "none": break;
+            case "linear": scaling = RopeScalingType.Linear; break;
+            case "yarn": scaling = RopeScalingType.Yarn; break;
+            default: throw new ModelFormatException(f.Path, $"unsupported rope scaling type '{type}'");
+        }
+        if (scaling != RopeScalingType.None && factor > 0) freqScale = 1f / factor;
+        if (!float.IsFinite(freqScale) || freqScale <= 0) throw new ModelFormatException(f.Path, $"bad rope scaling factor {factor}");
+
+        float[]? freqFactors = null;
+        if (f.TryGetTensor("rope_freqs.weight", out var rf))
+        {
+            if (rf.Type != Tensors.GgmlType.F32 || rf.ElementCount != nRot / 2)
+                throw new ModelFormatException(f.Path, $"rope_freqs.weight must be F32 with {nRot / 2} elements, got {rf.Type} with {rf.ElementCount}");
+            freqFactors = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(f.TensorData(rf)).ToArray();
+        }
+
+        float eps = f.Get<float>(p + "attention.layer_norm_rms_epsilon", 1e-5f);
+        float baseFreq = f.Get<float>(p + "rope.freq_base", 10000f);
+        if (!(eps > 0) || !(baseFreq > 1)) throw new ModelFormatException(f.Path, $"bad rms epsilon {eps} or rope base {baseFreq}");
+        int ctx = f.Get<int>(p + "context_length", 2048);
+        return new ModelConfig
+        {
+            Architecture = arch,
+            Name = f.Get<string>("general.name", ""),
+            ContextLength = ctx > 0 ? ctx : 2048,
+            Dim = dim,
+            LayerCount = layers,
+            HeadCount = nHead,
+            KvHeadCount = nKv,
+            HeadDim = headDim,
+            FfnDim = ff,
+            VocabSize = vocab,
+            RmsNormEps = eps,
+            RopeFreqBase = baseFreq,
+            RopeDim = nRot,
+            RopeScaling = scaling,
+            RopeFreqScale = freqScale,
+            RopeOriginalContext = f.Get<int>(p + "rope.scaling.original_context_length", ctx),
+            RopeFreqFactors = freqFactors,
+        };
+    }
+
+    static int Positive(GgufFile f, string key, int v) =>
+        v > 0 ? v : throw new ModelFormatException(f.Path, $"metadata '{key}' must be positive, got {v}");
+}

@@ -1,0 +1,183 @@
+using Cria.Formats;
+using Cria.Tensors;
+
+namespace Cria.Models;
+
+/// <summary>Shape and storage of a random-weight Llama model (for tests, benchmarks and the built-in demo).</summary>
+public sealed record RandomModelSpec
+{
+    public int Dim { get; init; } = 256;
+    public int Layers { get; init; } = 2;
+    public int Heads { get; init; } = 4;
+    public int KvHeads { get; init; } = 2;
+    public int FfnDim { get; init; } = 768;
+    /// <summary>Vocabulary size: the synthetic SPM vocabulary (specials, 256 byte tokens, word pieces) padded or cut to this.</summary>
+    public int VocabSize { get; init; } = 1024;
+    public int ContextLength { get; init; } = 2048;
+    public float RopeBase { get; init; } = 10000f;
+    public float RmsEps { get; init; } = 1e-5f;
+    /// <summary>Type of the 2-D weight matrices (norms stay F32).</summary>
+    public GgmlType WeightType { get; init; } = GgmlType.F32;
+    /// <summary>Type of the token embedding table (defaults to <see cref="WeightType"/>).</summary>
+    public GgmlType? EmbeddingType { get; init; }
+    /// <summary>Type of the output head (defaults to <see cref="WeightType"/>).</summary>
+    public GgmlType? OutputType { get; init; }
+    public bool TiedEmbeddings { get; init; }
+    /// <summary>Write Llama 3.1-style <c>rope_freqs.weight</c> (llama3 rope scaling, factor 8, original context 8192).</summary>
+    public bool Llama3RopeScaling { get; init; }
+    public float LinearRopeScale { get; init; }
+    public int Seed { get; init; } = 1234;
+    public string Name { get; init; } = "cria-random";
+}
+
+/// <summary>
+/// Writes GGUF files of Llama models with random weights and a small synthetic SentencePiece vocabulary
+/// (&lt;unk&gt;, &lt;s&gt;, &lt;/s&gt;, the 256 byte tokens, then word pieces with every prefix present so that SPM
+/// merges reach whole words). Speed does not depend on weight values, and llama.cpp loads these files.
+/// </summary>
+public static class RandomModel
+{
+    static readonly string[] Words =
+    [
+        "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "hello", "world", "and", "of", "to", "in", "is",
+        "that", "it", "was", "for", "on", "are", "with", "as", "his", "they", "be", "at", "one", "have", "this", "from",
+        "or", "had", "by", "word", "but", "what", "some", "we", "can", "out", "other", "were", "all", "there", "when",
+        "up", "use", "your", "how", "said", "an", "each", "she", "which", "do", "their", "time", "if", "will", "way",
+        "about", "many", "then", "them", "write", "would", "like", "so", "these", "her", "long", "make", "thing", "see",
+        "him", "two", "has", "look", "more", "day", "could", "go", "come", "did", "number", "sound", "no", "most",
+        "people", "my", "water", "than", "call", "first", "who", "may", "down", "side", "been", "now", "find", "llama",
+        "model", "token", "cria", "once", "upon", "a", "story", "little", "girl", "named", "lily", "happy", "sun",
+    ];
+
+    /// <summary>The synthetic vocabulary: (piece, score, token type) in id order.</summary>
+    public static (string[] Tokens, float[] Scores, int[] Types) Vocabulary(int size)
+    {
+        var tokens = new List<string> { "<unk>", "<s>", "</s>" };
+        var types = new List<int> { 2, 3, 3 };
+        for (int b = 0; b < 256; b++) { tokens.Add($"<0x{b:X2}>"); types.Add(6); }
+        var seen = new HashSet<string>(tokens);
+        void Piece(string s) { if (seen.Add(s)) { tokens.Add(s); types.Add(1); } }
+        Piece("\u2581");
+        foreach (char ch in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?'\"-:;()") Piece(ch.ToString());
+        foreach (var w in Words)
+        {
+            var sp = "\u2581" + w;
+            for (int i = 2; i <= sp.Length; i++) Piece(sp[..i]);
+            for (int i = 2; i <= w.Length; i++) Piece(w[..i]);
+        }
+        for (int i = 0; tokens.Count < size; i++) Piece($"<extra_{i}>");
+        if (tokens.Count > size) { tokens.RemoveRange(size, tokens.Count - size); types.RemoveRange(size, types.Count - size); }
+        var scores = new float[tokens.Count];
+        for (int i = 0; i < scores.Length; i++) scores[i] = types[i] == 1 ? -i : 0f;
+        return (tokens.ToArray(), scores, types.ToArray());
+    }
+
+    public static void Write(string path, RandomModelSpec s)
+    {
+        if (s.Dim % s.Heads != 0 || s.Heads % s.KvHeads != 0) throw new ArgumentException("dim must divide by heads, heads by kv heads");
+        if (s.VocabSize < 300) throw new ArgumentException("vocabulary must hold at least 300 tokens");
+        int hd = s.Dim / s.Heads;
+        var w = new GgufWriter();
+        w.Set("general.architecture", "llama");
+        w.Set("general.name", s.Name);
+        w.Set("llama.context_length", (uint)s.ContextLength);
+        w.Set("llama.embedding_length", (uint)s.Dim);
+        w.Set("llama.block_count", (uint)s.Layers);
+        w.Set("llama.feed_forward_length", (uint)s.FfnDim);
+        w.Set("llama.attention.head_count", (uint)s.Heads);
+        w.Set("llama.attention.head_count_kv", (uint)s.KvHeads);
+        w.Set("llama.rope.dimension_count", (uint)hd);
+        w.Set("llama.attention.layer_norm_rms_epsilon", s.RmsEps);
+        w.Set("llama.rope.freq_base", s.RopeBase);
+        w.Set("llama.vocab_size", (uint)s.VocabSize);
+        if (s.LinearRopeScale > 0)
+        {
+            w.Set("llama.rope.scaling.type", "linear");
+            w.Set("llama.rope.scaling.factor", s.LinearRopeScale);
+        }
+        w.Set("general.file_type", (uint)FileType(s.WeightType));
+        var (tokens, scores, types) = Vocabulary(s.VocabSize);
+        w.Set("tokenizer.ggml.model", "llama");
+        w.Set("tokenizer.ggml.tokens", tokens);
+        w.Set("tokenizer.ggml.scores", scores);
+        w.Set("tokenizer.ggml.token_type", types);
+        w.Set("tokenizer.ggml.bos_token_id", 1u);
+        w.Set("tokenizer.ggml.eos_token_id", 2u);
+        w.Set("tokenizer.ggml.unknown_token_id", 0u);
+        w.Set("tokenizer.ggml.add_bos_token", true);
+        w.Set("tokenizer.ggml.add_eos_token", false);
+
+        var rng = new Random(s.Seed);
+        float std = 1f / MathF.Sqrt(s.Dim);
+        var embType = s.EmbeddingType ?? s.WeightType;
+        w.AddTensor("token_embd.weight", [s.Dim, s.VocabSize], embType, Matrix(rng, s.VocabSize, s.Dim, 1.0f, embType));
+        w.AddTensor("output_norm.weight", [s.Dim], Norm(rng, s.Dim));
+        if (!s.TiedEmbeddings) w.AddTensor("output.weight", [s.Dim, s.VocabSize], s.OutputType ?? s.WeightType, Matrix(rng, s.VocabSize, s.Dim, std * 2, s.OutputType ?? s.WeightType));
+        if (s.Llama3RopeScaling) w.AddTensor("rope_freqs.weight", [hd / 2], Llama3FreqFactors(hd, s.RopeBase, 8f, 1f, 4f, 8192));
+        for (int l = 0; l < s.Layers; l++)
+        {
+            string p = $"blk.{l}.";
+            var t = s.WeightType;
+            w.AddTensor(p + "attn_norm.weight", [s.Dim], Norm(rng, s.Dim));
+            w.AddTensor(p + "attn_q.weight", [s.Dim, s.Dim], t, Matrix(rng, s.Dim, s.Dim, std * 2, t));
+            w.AddTensor(p + "attn_k.weight", [s.Dim, s.KvHeads * hd], t, Matrix(rng, s.KvHeads * hd, s.Dim, std * 2, t));
+            w.AddTensor(p + "attn_v.weight", [s.Dim, s.KvHeads * hd], t, Matrix(rng, s.KvHeads * hd, s.Dim, std, t));
+            w.AddTensor(p + "attn_output.weight", [s.Dim, s.Dim], t, Matrix(rng, s.Dim, s.Dim, std, t));
+            w.AddTensor(p + "ffn_norm.weight", [s.Dim], Norm(rng, s.Dim));
+            w.AddTensor(p + "ffn_gate.weight", [s.Dim, s.FfnDim], t, Matrix(rng, s.FfnDim, s.Dim, std, t));
+            w.AddTensor(p + "ffn_up.weight", [s.Dim, s.FfnDim], t, Matrix(rng, s.FfnDim, s.Dim, std, t));
+            w.AddTensor(p + "ffn_down.weight", [s.FfnDim, s.Dim], t, Matrix(rng, s.Dim, s.FfnDim, 1f / MathF.Sqrt(s.FfnDim), t));
+        }
+        w.Write(path);
+    }
+
+    /// <summary>Llama 3.1's rope frequency divisors (what convert_hf_to_gguf writes as rope_freqs.weight).</summary>
+    public static float[] Llama3FreqFactors(int headDim, float ropeBase, float factor, float lowFreqFactor, float highFreqFactor, int originalContext)
+    {
+        var f = new float[headDim / 2];
+        double lowWavelen = originalContext / lowFreqFactor, highWavelen = originalContext / highFreqFactor;
+        for (int i = 0; i < f.Length; i++)
+        {
+            double freq = 1.0 / Math.Pow(ropeBase, 2.0 * i / headDim);
+            double wavelen = 2 * Math.PI / freq;
+            if (wavelen < highWavelen) f[i] = 1f;
+            else if (wavelen > lowWavelen) f[i] = factor;
+            else
+            {
+                double smooth = (originalContext / wavelen - lowFreqFactor) / (highFreqFactor - lowFreqFactor);
+                f[i] = (float)(1.0 / ((1 - smooth) / factor + smooth));
+            }
+        }
+        return f;
+    }
+
+    static float[] Norm(Random rng, int n)
+    {
+        var v = new float[n];
+        for (int i = 0; i < n; i++) v[i] = 0.8f + 0.4f * (float)rng.NextDouble();
+        return v;
+    }
+
+    /// <summary>rows × cols uniform random values with standard deviation ≈ std, stored in <paramref name="type"/>.</summary>
+    static byte[] Matrix(Random rng, int rows, int cols, float std, GgmlType type)
+    {
+        float a = std * MathF.Sqrt(3f);
+        var row = new float[cols];
+        long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
+        var data = new byte[rowBytes * rows];
+        for (int r = 0; r < rows; r++)
+        {
+            for (int c = 0; c < cols; c++) row[c] = (float)(rng.NextDouble() * 2 - 1) * a;
+            Quantize.Row(type, row, data.AsSpan((int)(r * rowBytes), (int)rowBytes));
+        }
+        return data;
+    }
+
+    /// <summary>llama.cpp's LLAMA_FTYPE for a file whose matrices are all of one type.</summary>
+    public static int FileType(GgmlType t) => t switch
+    {
+        GgmlType.F32 => 0, GgmlType.F16 => 1, GgmlType.Q4_0 => 2, GgmlType.Q4_1 => 3, GgmlType.Q8_0 => 7,
+        GgmlType.Q5_0 => 8, GgmlType.Q5_1 => 9, GgmlType.Q2_K => 10, GgmlType.Q3_K => 12, GgmlType.Q4_K => 15,
+        GgmlType.Q5_K => 17, GgmlType.Q6_K => 18, GgmlType.BF16 => 32, _ => 0,
+    };
+}
