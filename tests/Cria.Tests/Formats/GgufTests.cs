@@ -1,0 +1,64 @@
+using System.Text;
+using Cria.Formats;
+using Cria.Models;
+using Cria.Tensors;
+using Xunit;
+
+namespace Cria.Tests.Formats;
+
+public class GgufTests
+{
+    [Fact]
+    public void EveryMetadataTypeRoundTrips()
+    {
+        var path = TestPaths.TempFile("meta-roundtrip.gguf");
+        object[] values =
+        [
+            (byte)200, (sbyte)-5, (ushort)60000, (short)-30000, 4000000000u, -2000000000, 3.25f, true, "héllo ✓",
+            ulong.MaxValue, long.MinValue, Math.PI,
+            new byte[] { 1, 2 }, new sbyte[] { -1 }, new ushort[] { 7 }, new short[] { -7 }, new uint[] { 9, 10 },
+            new[] { 1, -1 }, new[] { 0.5f, -0.25f }, new[] { true, false, true }, new[] { "a", "", "日本" },
+            new ulong[] { 1UL << 60 }, new long[] { -(1L << 60) }, new[] { 1e300 },
+        ];
+        var w = new GgufWriter { Alignment = 64 };
+        for (int i = 0; i < values.Length; i++) w.Set($"k.{i}", values[i]);
+        var t0 = Enumerable.Range(0, 6).Select(i => (float)i).ToArray();
+        w.AddTensor("t0", [3, 2], t0);
+        w.AddTensor("t1", [5], [1f, 2f, 3f, 4f, 5f]);
+        w.Write(path);
+        using var f = GgufFile.Open(path);
+        Assert.Equal(3u, f.Version);
+        Assert.Equal(64, f.Alignment);
+        for (int i = 0; i < values.Length; i++)
+        {
+            var got = f.Metadata[$"k.{i}"];
+            Assert.Equal(values[i].GetType(), got.GetType());
+            Assert.Equal(values[i], got);
+        }
+        var t = f.GetTensor("t0");
+        Assert.Equal(new long[] { 3, 2 }, t.Shape);
+        Assert.Equal(0, (f.DataOffset + t.Offset) % 64);
+        Assert.Equal(t0, System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(f.TensorData(t)).ToArray());
+        Assert.Equal(0, f.GetTensor("t1").Offset % 64);
+    }
+
+    [Fact]
+    public void InterruptedWriteLeavesNoFileUnderTheName()
+    {
+        var path = TestPaths.TempFile("atomic.gguf");
+        var w = new GgufWriter().Set("x", 1u);
+        w.AddTensor("t", [4], [1f, 2f, 3f, 4f]);
+        Assert.Throws<ArgumentException>(() => w.AddTensor("bad", [4], GgmlType.F32, new byte[3]));
+        w.Write(path);
+        var before = File.ReadAllBytes(path);
+        // A writer whose metadata cannot be serialised fails mid-write: the old file must stay as it was.
+        var broken = new GgufWriter();
+        broken.Set("ok", 1u);
+        broken.AddTensor("t", [4], [1f, 2f, 3f, 4f]);
+        typeof(GgufWriter).GetField("_kv", System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance)!
+            .GetValue(broken)!.GetType().GetMethod("Add")!.Invoke(typeof(GgufWriter).GetField("_kv", System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance)!.GetValue(broken), [("bad", (object)new object())]);
+        Assert.ThrowsAny<ArgumentException>(() => broken.Write(path));
+        Assert.Equal(before, File.ReadAllBytes(path));
+        Assert.Empty(Directory.GetFiles(Path.GetDirectoryName(path)!, "atomic.gguf.tmp-*"));
+    }
+}
