@@ -110,7 +110,8 @@ public static class RandomModel
         var rng = new Random(s.Seed);
         float std = 1f / MathF.Sqrt(s.Dim);
         var embType = s.EmbeddingType ?? s.WeightType;
-        w.AddTensor("token_embd.weight", [s.Dim, s.VocabSize], embType, Matrix(rng, s.VocabSize, s.Dim, 1.0f, embType));
+        // Small enough that tied-embedding logits stay O(1..10), like the untied head.
+        w.AddTensor("token_embd.weight", [s.Dim, s.VocabSize], embType, Matrix(rng, s.VocabSize, s.Dim, std * 2, embType));
         w.AddTensor("output_norm.weight", [s.Dim], Norm(rng, s.Dim));
         if (!s.TiedEmbeddings) w.AddTensor("output.weight", [s.Dim, s.VocabSize], s.OutputType ?? s.WeightType, Matrix(rng, s.VocabSize, s.Dim, std * 2, s.OutputType ?? s.WeightType));
         if (s.Llama3RopeScaling) w.AddTensor("rope_freqs.weight", [hd / 2], Llama3FreqFactors(hd, s.RopeBase, 8f, 1f, 4f, 8192));

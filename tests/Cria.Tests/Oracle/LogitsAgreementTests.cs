@@ -13,16 +13,25 @@ namespace Cria.Tests.Oracle;
 /// </summary>
 public class LogitsAgreementTests(ITestOutputHelper output)
 {
-    /// <summary>Max |Δlogit| allowed per weight type for logits up to ±4 (scaled up for larger logits).
-    /// F32: both engines compute in float with the same operation order up to SIMD summation order.
-    /// F16/BF16 and block types: Cria rounds activations exactly as ggml does (F16, Q8_0, Q8_1, Q8_K), so the
-    /// remaining differences are float summation order plus the occasional activation rounding flip.</summary>
+    /// <summary>
+    /// Max |Δlogit| allowed per weight type for logits up to ±10 (scaled up for larger logits).
+    /// F32: both engines compute in float; only SIMD summation order differs (observed ≤ 1.5e-5).
+    /// F16 / BF16 and block types: Cria rounds activations exactly as ggml does (to F16, BF16, Q8_0, Q8_1 or Q8_K
+    /// blocks), so most positions agree to ~1e-6. Where an activation sits on a rounding boundary, float summation
+    /// order decides which way it rounds ("a flip"), and that position's logits move by up to one activation
+    /// quantization step: observed ≤ 0.13 for block types, 0.04 for BF16, 0.0045 for F16.
+    /// </summary>
     public static float Tolerance(GgmlType t) => t switch
     {
         GgmlType.F32 => 1e-4f,
-        GgmlType.F16 or GgmlType.BF16 => 6e-3f, // llama.cpp's attention path differs from ours by ~1 F16 ulp of the logits on F16 files (position 0 agrees to 5e-6)
-        _ => 2e-2f,
+        GgmlType.F16 => 1e-2f,
+        GgmlType.BF16 => 8e-2f,
+        _ => 0.2f,
     };
+
+    /// <summary>For block types: the share of positions that must agree to 1e-4 (no flip), showing that the
+    /// activation quantization is emulated rather than approximated (observed ≥ 0.37).</summary>
+    public const double MinExactShare = 0.25;
 
     static readonly Dictionary<string, string> Files = new();
     static readonly object FilesLock = new();
@@ -47,6 +56,17 @@ public class LogitsAgreementTests(ITestOutputHelper output)
         yield return ["f32-gqa-tied", GgmlType.F32, true, false];
         yield return ["f32-llama3-rope", GgmlType.F32, false, true];
         yield return ["f16", GgmlType.F16, false, false];
+        yield return ["bf16", GgmlType.BF16, false, false];
+        yield return ["q8_0", GgmlType.Q8_0, false, false];
+        yield return ["q4_0", GgmlType.Q4_0, false, false];
+        yield return ["q4_1", GgmlType.Q4_1, false, false];
+        yield return ["q5_0", GgmlType.Q5_0, false, false];
+        yield return ["q5_1", GgmlType.Q5_1, false, false];
+        yield return ["q2_k", GgmlType.Q2_K, false, false];
+        yield return ["q3_k", GgmlType.Q3_K, false, false];
+        yield return ["q4_k", GgmlType.Q4_K, false, false];
+        yield return ["q5_k", GgmlType.Q5_K, false, false];
+        yield return ["q6_k", GgmlType.Q6_K, true, false];
     }
 
     static RandomModelSpec Spec(GgmlType type, bool tied, bool llama3) => new()
@@ -86,9 +106,18 @@ public class LogitsAgreementTests(ITestOutputHelper output)
             if (Environment.GetEnvironmentVariable("CRIA_DIAG") == "1") { float d = 0; for (int i = 0; i < a[p].Length; i++) d = Math.Max(d, Math.Abs(a[p][i] - b[p][i])); output.WriteLine($"pos {p}: {d:E2}"); }
         }
         // Tolerances are relative to the largest logit (tied-embedding models have logits up to ~30).
-        float tol = Tolerance(type) * Math.Max(1f, maxAbs / 4f);
-        output.WriteLine($"{name}: max |Δ| = {worst:E3} (tolerance {tol:E2}, max |logit| {maxAbs:F2}), argmax agrees at {argmaxAgree}/{tokens.Length}");
+        float tol = Tolerance(type) * Math.Max(1f, maxAbs / 10f);
+        int exact = 0;
+        for (int p = 0; p < tokens.Length; p++)
+        {
+            float d = 0;
+            for (int i = 0; i < a[p].Length; i++) d = Math.Max(d, Math.Abs(a[p][i] - b[p][i]));
+            if (d <= 1e-4f * Math.Max(1f, maxAbs / 10f)) exact++;
+        }
+        output.WriteLine($"{name}: max |Δ| = {worst:E3} (tolerance {tol:E2}, max |logit| {maxAbs:F2}), {exact}/{tokens.Length} positions within 1e-4, argmax agrees at {argmaxAgree}/{tokens.Length}");
         Assert.True(worst <= tol, $"{name}: max |Δlogit| {worst} exceeds {tol}");
+        if (type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16))
+            Assert.True(exact >= MinExactShare * tokens.Length, $"{name}: only {exact}/{tokens.Length} positions agree to 1e-4; activation quantization is not emulated");
     }
 
     [Theory]
