@@ -1,1 +1,16 @@
-System.Console.WriteLine("cria");
+using System.CommandLine;
+using Cria.Cli;
+
+var root = new RootCommand("cria — run, inspect and build Llama-family models in pure C#");
+root.Subcommands.Add(GenerateCommand.Create());
+root.Subcommands.Add(InfoCommand.Create());
+root.Subcommands.Add(MakeModelCommand.Create());
+try
+{
+    return root.Parse(args).Invoke();
+}
+catch (Cria.CriaException e)
+{
+    Console.Error.WriteLine("error: " + e.Message);
+    return 1;
+}

@@ -1,0 +1,68 @@
+using System.CommandLine;
+using Cria.Inference;
+using Cria.Models;
+
+namespace Cria.Cli;
+
+/// <summary><c>cria generate [MODEL] -p TEXT -n N [--temp T] [--seed S] [-t THREADS] [-c CTX]</c>, as llama-cli.</summary>
+static class GenerateCommand
+{
+    public static Command Create()
+    {
+        var model = new Argument<string?>("model") { Arity = ArgumentArity.ZeroOrOne, Description = "GGUF model file (default: the bundled model)" };
+        var prompt = new Option<string>("--prompt", "-p") { Description = "prompt text", DefaultValueFactory = _ => "Once upon a time" };
+        var n = new Option<int>("--n-predict", "-n") { Description = "number of tokens to generate", DefaultValueFactory = _ => 128 };
+        var temp = new Option<float>("--temp") { Description = "temperature (0 = greedy)", DefaultValueFactory = _ => 0.8f };
+        var seed = new Option<ulong?>("--seed", "-s") { Description = "RNG seed (default: random)" };
+        var threads = new Option<int>("--threads", "-t") { Description = "worker threads (default: all cores)" };
+        var ctx = new Option<int>("--ctx-size", "-c") { Description = "context size in tokens (default: 4096 or the model's, whichever is smaller)" };
+        var topK = new Option<int>("--top-k") { Description = "top-k (0 = off)", DefaultValueFactory = _ => 40 };
+        var topP = new Option<float>("--top-p") { Description = "top-p (1 = off)", DefaultValueFactory = _ => 0.95f };
+        var minP = new Option<float>("--min-p") { Description = "min-p (0 = off)", DefaultValueFactory = _ => 0.05f };
+        var repeat = new Option<float>("--repeat-penalty") { Description = "repetition penalty (1 = off)", DefaultValueFactory = _ => 1.0f };
+        var lastN = new Option<int>("--repeat-last-n") { Description = "tokens the penalties look back over", DefaultValueFactory = _ => 64 };
+        var freq = new Option<float>("--frequency-penalty") { Description = "frequency penalty" };
+        var pres = new Option<float>("--presence-penalty") { Description = "presence penalty" };
+        var special = new Option<bool>("--special") { Description = "parse special-token text in the prompt" };
+        var cmd = new Command("generate", "generate text from a prompt (streams as it goes)")
+        {
+            model, prompt, n, temp, seed, threads, ctx, topK, topP, minP, repeat, lastN, freq, pres, special,
+        };
+        cmd.SetAction(r =>
+        {
+            var path = DefaultModel.Resolve(r.GetValue(model));
+            using var m = LlamaModel.Open(path);
+            int ctxSize = r.GetValue(ctx);
+            if (ctxSize < 0) throw new CriaException($"context size must be positive, got {ctxSize}");
+            if (ctxSize == 0) ctxSize = Math.Min(4096, m.Config.ContextLength);
+            int nPredict = r.GetValue(n);
+            if (nPredict < 0) throw new CriaException($"-n must be ≥ 0, got {nPredict}");
+            using var context = new InferenceContext(m, new ContextOptions { ContextSize = ctxSize, Threads = r.GetValue(threads) });
+            var sampler = new SamplerOptions
+            {
+                Temperature = r.GetValue(temp),
+                Seed = r.GetValue(seed) ?? (ulong)Random.Shared.NextInt64(),
+                TopK = r.GetValue(topK), TopP = r.GetValue(topP), MinP = r.GetValue(minP),
+                RepeatPenalty = r.GetValue(repeat), PenaltyLastN = r.GetValue(lastN),
+                FrequencyPenalty = r.GetValue(freq), PresencePenalty = r.GetValue(pres),
+            };
+            var gen = new Generator(context, m.Tokenizer);
+            var text = r.GetValue(prompt) ?? "";
+            Console.Out.Write(text);
+            Console.Out.Flush();
+            foreach (var piece in gen.Generate(text, new GenerationOptions { MaxTokens = nPredict, Sampler = sampler, ParseSpecial = r.GetValue(special) }))
+            {
+                Console.Out.Write(piece);
+                Console.Out.Flush();
+            }
+            Console.Out.WriteLine();
+            var s = gen.LastStats!;
+            Console.Error.WriteLine();
+            Console.Error.WriteLine($"model: {Path.GetFileName(path)} ({m.Config.LayerCount} layers, dim {m.Config.Dim}), {context.Threads} threads, ctx {context.Cache.Capacity}");
+            Console.Error.WriteLine($"prompt: {s.PromptTokens} tokens in {s.PromptTime.TotalMilliseconds:F1} ms, {s.PromptTokensPerSecond:F2} tokens/s");
+            Console.Error.WriteLine($"generation: {s.GeneratedTokens} tokens in {s.GenerationTime.TotalMilliseconds:F1} ms, {s.GenerationTokensPerSecond:F2} tokens/s (stop: {s.StopReason})");
+            return 0;
+        });
+        return cmd;
+    }
+}

@@ -1,0 +1,42 @@
+using System.CommandLine;
+using Cria.Models;
+using Cria.Tensors;
+
+namespace Cria.Cli;
+
+/// <summary><c>cria make-model OUT --preset P --type T</c>: writes a random-weight model (tests, benchmarks).</summary>
+static class MakeModelCommand
+{
+    public static Command Create()
+    {
+        var output = new Argument<string>("output") { Description = "GGUF file to write" };
+        var preset = new Option<string>("--preset") { Description = "shape: tiny | small | tinyllama (1.1B: dim 2048, 22 layers, 32/4 heads, ffn 5632, vocab 32000)", DefaultValueFactory = _ => "tiny" };
+        var type = new Option<string>("--type") { Description = "weight type: f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k q4_k q5_k q6_k", DefaultValueFactory = _ => "f32" };
+        var seed = new Option<int>("--seed") { DefaultValueFactory = _ => 1234 };
+        var cmd = new Command("make-model", "write a Llama GGUF file with random weights") { output, preset, type, seed };
+        cmd.SetAction(r =>
+        {
+            var t = ParseType(r.GetValue(type)!);
+            var spec = r.GetValue(preset) switch
+            {
+                "tiny" => new RandomModelSpec { Dim = 256, Layers = 2, Heads = 8, KvHeads = 2, FfnDim = 768, VocabSize = 1024 },
+                "small" => new RandomModelSpec { Dim = 512, Layers = 8, Heads = 8, KvHeads = 4, FfnDim = 1536, VocabSize = 4096 },
+                "tinyllama" => new RandomModelSpec { Dim = 2048, Layers = 22, Heads = 32, KvHeads = 4, FfnDim = 5632, VocabSize = 32000, Name = "tinyllama-shaped-random" },
+                var p => throw new CriaException($"unknown preset '{p}' (tiny, small, tinyllama)"),
+            };
+            var path = r.GetValue(output)!;
+            RandomModel.Write(path, spec with { WeightType = t, Seed = r.GetValue(seed) });
+            Console.WriteLine($"wrote {path} ({new FileInfo(path).Length:N0} bytes)");
+            return 0;
+        });
+        return cmd;
+    }
+
+    public static GgmlType ParseType(string s) => s.ToLowerInvariant() switch
+    {
+        "f32" => GgmlType.F32, "f16" => GgmlType.F16, "bf16" => GgmlType.BF16, "q8_0" => GgmlType.Q8_0,
+        "q4_0" => GgmlType.Q4_0, "q4_1" => GgmlType.Q4_1, "q5_0" => GgmlType.Q5_0, "q5_1" => GgmlType.Q5_1,
+        "q2_k" => GgmlType.Q2_K, "q3_k" => GgmlType.Q3_K, "q4_k" => GgmlType.Q4_K, "q5_k" => GgmlType.Q5_K, "q6_k" => GgmlType.Q6_K,
+        _ => throw new CriaException($"unknown weight type '{s}'"),
+    };
+}
