@@ -63,6 +63,10 @@ public static class TokenizerTexts
         "!!!!!!!!???....,,,,;;;;----____====",
         "'s 't 're 've 'm 'll 'd 'S 'T 'RE",
         "𝐀𝐁𝐂 mathematical bold and 𠀀 CJK ext B",
+        // Words that are Llama 3 tokens but that the merges alone would split (ignore_merges matters here).
+        "Tiếng Việt: việc hợp nhiều điều, ngoài nhiên biệt nhiệm nhanh",
+        "Türkçe: değiş ulaş oluştur mektedir lardan ıldı",
+        "Русский: характ практи культу використ даже; čeština: jeho každ zdrav; ایران",
     ];
 }
 
