@@ -1,6 +1,7 @@
 using System.Runtime.InteropServices;
 using Cria.Formats;
 using Cria.Tensors;
+using Cria.Tokenization;
 
 namespace Cria.Models;
 
@@ -32,6 +33,8 @@ public sealed class LlamaModel : IDisposable
     public WeightMatrix Output { get; }          // [vocab, dim]
     public bool TiedEmbeddings { get; }
     public IReadOnlyList<LlamaLayer> Layers { get; }
+    /// <summary>The tokenizer described by the file's <c>tokenizer.ggml.*</c> metadata.</summary>
+    public Tokenizer Tokenizer { get; }
 
     LlamaModel(GgufFile f)
     {
@@ -59,6 +62,9 @@ public sealed class LlamaModel : IDisposable
             };
         }
         Layers = layers;
+        Tokenizer = Tokenizer.FromGguf(f);
+        if (Tokenizer.VocabSize != c.VocabSize)
+            throw new ModelFormatException(f.Path, $"the tokenizer has {Tokenizer.VocabSize} tokens but the model's vocabulary is {c.VocabSize}");
     }
 
     /// <summary>Opens a GGUF model. Throws <see cref="ModelFormatException"/> for any malformed or unsupported file.</summary>

@@ -19,17 +19,22 @@ public sealed class LlamaCpp : IDisposable
     public LLamaContext Context { get; }
     public int VocabSize { get; }
 
-    public LlamaCpp(string path, int contextSize = 256)
+    /// <summary>Configures logging and loads the native library once per process; every test that touches
+    /// LLamaSharp calls this first (configuration is only possible before the first native call).</summary>
+    public static void EnsureLoaded()
     {
         lock (InitLock)
         {
-            if (!_initialised)
-            {
-                NativeLibraryConfig.All.WithLogCallback((lvl, msg) => { lock (Log) { if (Log.Length < 1_000_000) Log.Append(msg); } });
-                NativeApi.llama_empty_call();
-                _initialised = true;
-            }
+            if (_initialised) return;
+            NativeLibraryConfig.All.WithLogCallback((lvl, msg) => { lock (Log) { if (Log.Length < 1_000_000) Log.Append(msg); } });
+            NativeApi.llama_empty_call();
+            _initialised = true;
         }
+    }
+
+    public LlamaCpp(string path, int contextSize = 256)
+    {
+        EnsureLoaded();
         var p = new ModelParams(path)
         {
             ContextSize = (uint)contextSize, GpuLayerCount = 0, Threads = 2, BatchThreads = 2,

@@ -142,8 +142,6 @@ public static class GgufTokenizerBuilder
 /// <summary>llama.cpp (through LLamaSharp) on one GGUF file: tokenize, token_to_piece, detokenize, is_eog.</summary>
 public sealed unsafe class LlamaOracle : IDisposable
 {
-    static readonly object Gate = new();
-    static bool _configured;
     readonly LLamaWeights _w;
     // LLamaSharp keeps llama_detokenize's vocab pointer type internal, so the call goes through reflection.
     readonly object _vocabPtr;
@@ -153,14 +151,7 @@ public sealed unsafe class LlamaOracle : IDisposable
 
     public LlamaOracle(string path)
     {
-        lock (Gate)
-        {
-            if (!_configured)
-            {
-                try { NativeLibraryConfig.All.WithLogCallback((_, _) => { }); } catch (Exception) { /* already loaded by another test */ }
-                _configured = true;
-            }
-        }
+        Cria.Tests.Oracle.LlamaCpp.EnsureLoaded();
         var p = new ModelParams(path) { ContextSize = 256, GpuLayerCount = 0, LoadMode = LLamaLoadMode.MemoryMap };
         _w = LLamaWeights.LoadFromFile(p);
         var vocabObj = _w.NativeHandle.Vocab;
