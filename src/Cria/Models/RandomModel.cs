@@ -23,6 +23,9 @@ public sealed record RandomModelSpec
     /// <summary>Type of the output head (defaults to <see cref="WeightType"/>).</summary>
     public GgmlType? OutputType { get; init; }
     public bool TiedEmbeddings { get; init; }
+    /// <summary>llama.cpp's K-quant "medium" mix on top of <see cref="WeightType"/> (Q4_K or Q5_K): output, and attn_v /
+    /// ffn_down of the layers llama.cpp's use_more_bits picks, become Q6_K (what Q4_K_M / Q5_K_M files contain).</summary>
+    public bool MediumMix { get; init; }
     /// <summary>Write Llama 3.1-style <c>rope_freqs.weight</c> (llama3 rope scaling, factor 8, original context 8192).</summary>
     public bool Llama3RopeScaling { get; init; }
     public float LinearRopeScale { get; init; }
@@ -113,24 +116,29 @@ public static class RandomModel
         // Small enough that tied-embedding logits stay O(1..10), like the untied head.
         w.AddTensor("token_embd.weight", [s.Dim, s.VocabSize], embType, Matrix(rng, s.VocabSize, s.Dim, std * 2, embType));
         w.AddTensor("output_norm.weight", [s.Dim], Norm(rng, s.Dim));
-        if (!s.TiedEmbeddings) w.AddTensor("output.weight", [s.Dim, s.VocabSize], s.OutputType ?? s.WeightType, Matrix(rng, s.VocabSize, s.Dim, std * 2, s.OutputType ?? s.WeightType));
+        var outType = s.OutputType ?? (s.MediumMix ? GgmlType.Q6_K : s.WeightType);
+        if (!s.TiedEmbeddings) w.AddTensor("output.weight", [s.Dim, s.VocabSize], outType, Matrix(rng, s.VocabSize, s.Dim, std * 2, outType));
         if (s.Llama3RopeScaling) w.AddTensor("rope_freqs.weight", [hd / 2], Llama3FreqFactors(hd, s.RopeBase, 8f, 1f, 4f, 8192));
         for (int l = 0; l < s.Layers; l++)
         {
             string p = $"blk.{l}.";
             var t = s.WeightType;
+            var moreBits = s.MediumMix && UseMoreBits(l, s.Layers) ? GgmlType.Q6_K : t;
             w.AddTensor(p + "attn_norm.weight", [s.Dim], Norm(rng, s.Dim));
             w.AddTensor(p + "attn_q.weight", [s.Dim, s.Dim], t, Matrix(rng, s.Dim, s.Dim, std * 2, t));
             w.AddTensor(p + "attn_k.weight", [s.Dim, s.KvHeads * hd], t, Matrix(rng, s.KvHeads * hd, s.Dim, std * 2, t));
-            w.AddTensor(p + "attn_v.weight", [s.Dim, s.KvHeads * hd], t, Matrix(rng, s.KvHeads * hd, s.Dim, std, t));
+            w.AddTensor(p + "attn_v.weight", [s.Dim, s.KvHeads * hd], moreBits, Matrix(rng, s.KvHeads * hd, s.Dim, std, moreBits));
             w.AddTensor(p + "attn_output.weight", [s.Dim, s.Dim], t, Matrix(rng, s.Dim, s.Dim, std, t));
             w.AddTensor(p + "ffn_norm.weight", [s.Dim], Norm(rng, s.Dim));
             w.AddTensor(p + "ffn_gate.weight", [s.Dim, s.FfnDim], t, Matrix(rng, s.FfnDim, s.Dim, std, t));
             w.AddTensor(p + "ffn_up.weight", [s.Dim, s.FfnDim], t, Matrix(rng, s.FfnDim, s.Dim, std, t));
-            w.AddTensor(p + "ffn_down.weight", [s.FfnDim, s.Dim], t, Matrix(rng, s.Dim, s.FfnDim, 1f / MathF.Sqrt(s.FfnDim), t));
+            w.AddTensor(p + "ffn_down.weight", [s.FfnDim, s.Dim], moreBits, Matrix(rng, s.Dim, s.FfnDim, 1f / MathF.Sqrt(s.FfnDim), moreBits));
         }
         w.Write(path);
     }
+
+    /// <summary>llama.cpp's rule for which layers get more bits in the *_M mixes.</summary>
+    public static bool UseMoreBits(int layer, int layers) => layer < layers / 8 || layer >= 7 * layers / 8 || (layer - layers / 8) % 3 == 2;
 
     /// <summary>Llama 3.1's rope frequency divisors (what convert_hf_to_gguf writes as rope_freqs.weight).</summary>
     public static float[] Llama3FreqFactors(int headDim, float ropeBase, float factor, float lowFreqFactor, float highFreqFactor, int originalContext)
@@ -159,18 +167,21 @@ public static class RandomModel
         return v;
     }
 
-    /// <summary>rows × cols uniform random values with standard deviation ≈ std, stored in <paramref name="type"/>.</summary>
+    /// <summary>rows × cols uniform random values with standard deviation ≈ std, stored in <paramref name="type"/>.
+    /// Rows are generated from per-row seeds and quantized in parallel, so the bytes do not depend on the thread count.</summary>
     static byte[] Matrix(Random rng, int rows, int cols, float std, GgmlType type)
     {
         float a = std * MathF.Sqrt(3f);
-        var row = new float[cols];
+        int seed = rng.Next();
         long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
         var data = new byte[rowBytes * rows];
-        for (int r = 0; r < rows; r++)
+        Parallel.For(0, rows, () => new float[cols], (r, _, row) =>
         {
-            for (int c = 0; c < cols; c++) row[c] = (float)(rng.NextDouble() * 2 - 1) * a;
+            var rr = new Random(HashCode.Combine(seed, r));
+            for (int c = 0; c < cols; c++) row[c] = (float)(rr.NextDouble() * 2 - 1) * a;
             Quantize.Row(type, row, data.AsSpan((int)(r * rowBytes), (int)rowBytes));
-        }
+            return row;
+        }, _ => { });
         return data;
     }
 
