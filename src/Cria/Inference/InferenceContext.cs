@@ -204,15 +204,15 @@ public sealed class InferenceContext : IDisposable
         }
     }
 
-    /// <summary>y[b, :] = W · x[b, :] for B rows: activations are converted once to the weight's vec-dot type.</summary>
+    /// <summary>y[b, :] = W · x[b, :] for B rows: activations are converted once to the format the weight's row kernel reads.</summary>
     void MatMul(in WeightMatrix w, float[] x, int B, Span<float> y) => MatMul(w, x.AsSpan(), B, y);
 
     void MatMul(in WeightMatrix w, ReadOnlySpan<float> x, int B, Span<float> y)
     {
-        var actType = VecDot.ActivationType(w.Type);
+        var actType = RowKernels.ActivationFormat(w.Type);
         int actBytes = (int)GgmlTypeInfo.RowBytes(actType, w.Cols);
         for (int b = 0; b < B; b++)
-            VecDot.QuantizeActivations(actType, x.Slice(b * w.Cols, w.Cols), _actQ.AsSpan(b * actBytes, actBytes));
+            RowKernels.PrepareActivations(w.Type, x.Slice(b * w.Cols, w.Cols), _actQ.AsSpan(b * actBytes, actBytes));
         unsafe
         {
             fixed (float* py = y)

@@ -177,7 +177,7 @@ public static class RandomModel
         var data = new byte[rowBytes * rows];
         Parallel.For(0, rows, () => new float[cols], (r, _, row) =>
         {
-            var rr = new Random(HashCode.Combine(seed, r));
+            var rr = new Random(unchecked(seed * 31 + r * 1000003)); // not HashCode.Combine: it is randomized per process
             for (int c = 0; c < cols; c++) row[c] = (float)(rr.NextDouble() * 2 - 1) * a;
             Quantize.Row(type, row, data.AsSpan((int)(r * rowBytes), (int)rowBytes));
             return row;
