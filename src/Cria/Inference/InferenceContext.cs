@@ -209,8 +209,7 @@ public sealed class InferenceContext : IDisposable
 
     void MatMul(in WeightMatrix w, ReadOnlySpan<float> x, int B, Span<float> y)
     {
-        var actType = RowKernels.ActivationFormat(w.Type);
-        int actBytes = (int)GgmlTypeInfo.RowBytes(actType, w.Cols);
+        int actBytes = RowKernels.ActivationRowBytes(w.Type, w.Cols);
         for (int b = 0; b < B; b++)
             RowKernels.PrepareActivations(w.Type, x.Slice(b * w.Cols, w.Cols), _actQ.AsSpan(b * actBytes, actBytes));
         unsafe

@@ -21,21 +21,42 @@ public static unsafe class RowKernels
     public static bool HasBatched(GgmlType t) => Avx512BW.IsSupported && t is GgmlType.Q4_K or GgmlType.Q6_K or GgmlType.Q8_0;
 
     /// <summary>
-    /// The activation row format <see cref="Run"/> expects for a weight type: for F32/F16/BF16 weights, F32 values
-    /// (already rounded to F16/BF16 precision, as ggml rounds activations), so that activations are converted once per
-    /// matmul, not once per weight row; otherwise the vec-dot type (Q8_0, Q8_1, Q8_K blocks).
+    /// Bytes of one activation row in the layout <see cref="Run"/> reads for a weight type:
+    /// F32/F16/BF16 weights read F32 values (already rounded to F16/BF16 precision, as ggml rounds activations), so
+    /// activations are converted once per matmul rather than once per weight row; Q8_0 weights (AVX-512) read Q8_0
+    /// activations widened to int16 — nb F32 scales (the F16-rounded d, as ggml stores it) then nb·32 int16 quants —
+    /// so the per-block sign extension is not repeated for every weight row; every other type reads its ggml vec-dot
+    /// type (Q8_1 or Q8_K blocks).
     /// </summary>
-    public static GgmlType ActivationFormat(GgmlType weightType) =>
-        weightType is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 ? GgmlType.F32 : VecDot.ActivationType(weightType);
+    public static int ActivationRowBytes(GgmlType weightType, int n) => weightType switch
+    {
+        GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 => n * 4,
+        GgmlType.Q8_0 when Avx512BW.IsSupported => n / 32 * 68,
+        _ => (int)GgmlTypeInfo.RowBytes(VecDot.ActivationType(weightType), n),
+    };
 
-    /// <summary>Converts one activation row into <see cref="ActivationFormat"/>.</summary>
+    /// <summary>Converts one activation row into the layout of <see cref="ActivationRowBytes"/>.</summary>
     public static void PrepareActivations(GgmlType weightType, ReadOnlySpan<float> x, Span<byte> dst)
     {
+        var f = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(dst);
         switch (weightType)
         {
-            case GgmlType.F32: x.CopyTo(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(dst)); return;
-            case GgmlType.F16: { var d = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(dst); for (int i = 0; i < x.Length; i++) d[i] = Fp16.Round(x[i]); return; }
-            case GgmlType.BF16: { var d = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(dst); for (int i = 0; i < x.Length; i++) d[i] = Bf16.Round(x[i]); return; }
+            case GgmlType.F32: x.CopyTo(f); return;
+            case GgmlType.F16: for (int i = 0; i < x.Length; i++) f[i] = Fp16.Round(x[i]); return;
+            case GgmlType.BF16: for (int i = 0; i < x.Length; i++) f[i] = Bf16.Round(x[i]); return;
+            case GgmlType.Q8_0 when Avx512BW.IsSupported:
+            {
+                int nb = x.Length / 32;
+                Span<byte> block = stackalloc byte[34];
+                var q = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, short>(dst.Slice(nb * 4));
+                for (int i = 0; i < nb; i++)
+                {
+                    VecDot.QuantizeActivations(GgmlType.Q8_0, x.Slice(i * 32, 32), block);
+                    f[i] = Fp16.ToSingle(System.Buffers.Binary.BinaryPrimitives.ReadUInt16LittleEndian(block));
+                    for (int j = 0; j < 32; j++) q[i * 32 + j] = (sbyte)block[2 + j];
+                }
+                return;
+            }
             default: VecDot.QuantizeActivations(VecDot.ActivationType(weightType), x, dst); return;
         }
     }
@@ -211,13 +232,14 @@ public static unsafe class RowKernels
             var w3 = Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)blk + 104));
             for (int b = 0; b < B; b++)
             {
-                byte* xb = x + (long)b * xStride + i * 34;
-                var p0 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(w0, Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)xb + 2))));
-                var p1 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(w1, Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)xb + 36))));
-                var p2 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(w2, Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)xb + 70))));
-                var p3 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(w3, Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)xb + 104))));
-                var t = Vector512.FusedMultiplyAdd(Vector512.Create(d1 * Fp16.ToSingle(*(ushort*)(xb + 34))), p1, Vector512.Create(d0 * Fp16.ToSingle(*(ushort*)xb)) * p0);
-                var u = Vector512.FusedMultiplyAdd(Vector512.Create(d3 * Fp16.ToSingle(*(ushort*)(xb + 102))), p3, Vector512.Create(d2 * Fp16.ToSingle(*(ushort*)(xb + 68))) * p2);
+                float* xs = (float*)(x + (long)b * xStride);    // [nb] scales
+                short* xq = (short*)(xs + nb) + i * 32;          // [nb, 32] int16 quants
+                var p0 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(w0, Vector512.Load(xq)));
+                var p1 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(w1, Vector512.Load(xq + 32)));
+                var p2 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(w2, Vector512.Load(xq + 64)));
+                var p3 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(w3, Vector512.Load(xq + 96)));
+                var t = Vector512.FusedMultiplyAdd(Vector512.Create(d1 * xs[i + 1]), p1, Vector512.Create(d0 * xs[i]) * p0);
+                var u = Vector512.FusedMultiplyAdd(Vector512.Create(d3 * xs[i + 3]), p3, Vector512.Create(d2 * xs[i + 2]) * p2);
                 acc[b] += t + u;
             }
         }
@@ -228,9 +250,10 @@ public static unsafe class RowKernels
             var w0 = Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)blk + 2));
             for (int b = 0; b < B; b++)
             {
-                byte* xb = x + (long)b * xStride + i * 34;
-                var p0 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(w0, Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)xb + 2))));
-                acc[b] = Vector512.FusedMultiplyAdd(Vector512.Create(d0 * Fp16.ToSingle(*(ushort*)xb)), p0, acc[b]);
+                float* xs = (float*)(x + (long)b * xStride);
+                short* xq = (short*)(xs + nb) + i * 32;
+                var p0 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(w0, Vector512.Load(xq)));
+                acc[b] = Vector512.FusedMultiplyAdd(Vector512.Create(d0 * xs[i]), p0, acc[b]);
             }
         }
         for (int b = 0; b < B; b++) y[(long)b * yStride] = Vector512.Sum(acc[b]);

@@ -30,6 +30,12 @@ public sealed record RandomModelSpec
     public bool Llama3RopeScaling { get; init; }
     public float LinearRopeScale { get; init; }
     public int Seed { get; init; } = 1234;
+    /// <summary>Head dimension when it is not Dim / Heads (written as attention.key_length / value_length).</summary>
+    public int HeadDim { get; init; }
+    /// <summary>Tokenizer metadata to write instead of the synthetic SPM vocabulary (its token count must equal VocabSize).</summary>
+    public IReadOnlyList<(string Key, object Value)>? TokenizerMetadata { get; init; }
+    /// <summary>Extra metadata (e.g. a real family's keys) written as given.</summary>
+    public IReadOnlyList<(string Key, object Value)>? ExtraMetadata { get; init; }
     public string Name { get; init; } = "cria-random";
 }
 
@@ -77,9 +83,10 @@ public static class RandomModel
 
     public static void Write(string path, RandomModelSpec s)
     {
-        if (s.Dim % s.Heads != 0 || s.Heads % s.KvHeads != 0) throw new ArgumentException("dim must divide by heads, heads by kv heads");
+        if ((s.HeadDim == 0 && s.Dim % s.Heads != 0) || s.Heads % s.KvHeads != 0) throw new ArgumentException("dim must divide by heads, heads by kv heads");
         if (s.VocabSize < 300) throw new ArgumentException("vocabulary must hold at least 300 tokens");
-        int hd = s.Dim / s.Heads;
+        int hd = s.HeadDim > 0 ? s.HeadDim : s.Dim / s.Heads;
+        int qDim = s.Heads * hd;
         var w = new GgufWriter();
         w.Set("general.architecture", "llama");
         w.Set("general.name", s.Name);
@@ -90,6 +97,7 @@ public static class RandomModel
         w.Set("llama.attention.head_count", (uint)s.Heads);
         w.Set("llama.attention.head_count_kv", (uint)s.KvHeads);
         w.Set("llama.rope.dimension_count", (uint)hd);
+        if (s.HeadDim > 0) { w.Set("llama.attention.key_length", (uint)hd); w.Set("llama.attention.value_length", (uint)hd); }
         w.Set("llama.attention.layer_norm_rms_epsilon", s.RmsEps);
         w.Set("llama.rope.freq_base", s.RopeBase);
         w.Set("llama.vocab_size", (uint)s.VocabSize);
@@ -99,16 +107,23 @@ public static class RandomModel
             w.Set("llama.rope.scaling.factor", s.LinearRopeScale);
         }
         w.Set("general.file_type", (uint)FileType(s.WeightType));
-        var (tokens, scores, types) = Vocabulary(s.VocabSize);
-        w.Set("tokenizer.ggml.model", "llama");
-        w.Set("tokenizer.ggml.tokens", tokens);
-        w.Set("tokenizer.ggml.scores", scores);
-        w.Set("tokenizer.ggml.token_type", types);
-        w.Set("tokenizer.ggml.bos_token_id", 1u);
-        w.Set("tokenizer.ggml.eos_token_id", 2u);
-        w.Set("tokenizer.ggml.unknown_token_id", 0u);
-        w.Set("tokenizer.ggml.add_bos_token", true);
-        w.Set("tokenizer.ggml.add_eos_token", false);
+        if (s.TokenizerMetadata != null)
+            foreach (var (k, v) in s.TokenizerMetadata) w.Set(k, v);
+        else
+        {
+            var (tokens, scores, types) = Vocabulary(s.VocabSize);
+            w.Set("tokenizer.ggml.model", "llama");
+            w.Set("tokenizer.ggml.tokens", tokens);
+            w.Set("tokenizer.ggml.scores", scores);
+            w.Set("tokenizer.ggml.token_type", types);
+            w.Set("tokenizer.ggml.bos_token_id", 1u);
+            w.Set("tokenizer.ggml.eos_token_id", 2u);
+            w.Set("tokenizer.ggml.unknown_token_id", 0u);
+            w.Set("tokenizer.ggml.add_bos_token", true);
+            w.Set("tokenizer.ggml.add_eos_token", false);
+        }
+        if (s.ExtraMetadata != null)
+            foreach (var (k, v) in s.ExtraMetadata) w.Set(k, v);
 
         var rng = new Random(s.Seed);
         float std = 1f / MathF.Sqrt(s.Dim);
@@ -125,10 +140,10 @@ public static class RandomModel
             var t = s.WeightType;
             var moreBits = s.MediumMix && UseMoreBits(l, s.Layers) ? GgmlType.Q6_K : t;
             w.AddTensor(p + "attn_norm.weight", [s.Dim], Norm(rng, s.Dim));
-            w.AddTensor(p + "attn_q.weight", [s.Dim, s.Dim], t, Matrix(rng, s.Dim, s.Dim, std * 2, t));
+            w.AddTensor(p + "attn_q.weight", [s.Dim, qDim], t, Matrix(rng, qDim, s.Dim, std * 2, t));
             w.AddTensor(p + "attn_k.weight", [s.Dim, s.KvHeads * hd], t, Matrix(rng, s.KvHeads * hd, s.Dim, std * 2, t));
             w.AddTensor(p + "attn_v.weight", [s.Dim, s.KvHeads * hd], moreBits, Matrix(rng, s.KvHeads * hd, s.Dim, std, moreBits));
-            w.AddTensor(p + "attn_output.weight", [s.Dim, s.Dim], t, Matrix(rng, s.Dim, s.Dim, std, t));
+            w.AddTensor(p + "attn_output.weight", [qDim, s.Dim], t, Matrix(rng, s.Dim, qDim, std, t));
             w.AddTensor(p + "ffn_norm.weight", [s.Dim], Norm(rng, s.Dim));
             w.AddTensor(p + "ffn_gate.weight", [s.Dim, s.FfnDim], t, Matrix(rng, s.FfnDim, s.Dim, std, t));
             w.AddTensor(p + "ffn_up.weight", [s.Dim, s.FfnDim], t, Matrix(rng, s.FfnDim, s.Dim, std, t));

@@ -25,8 +25,7 @@ public unsafe class RowKernelTests
             Quantize.Row(type, wf, wq);
             // The reference path: activations in the vec-dot type, DotScalar. The fast path: RowKernels' own format.
             var actType = VecDot.ActivationType(type);
-            var fmt = RowKernels.ActivationFormat(type);
-            int ab = (int)GgmlTypeInfo.RowBytes(actType, n), fb = (int)GgmlTypeInfo.RowBytes(fmt, n);
+            int ab = (int)GgmlTypeInfo.RowBytes(actType, n), fb = RowKernels.ActivationRowBytes(type, n);
             var act = new byte[ab * B];
             var fast = new byte[fb * B];
             for (int b = 0; b < B; b++)
