@@ -90,6 +90,9 @@ public sealed class KvCache
     /// <summary>The block table of a sequence (block indices in position order).</summary>
     public IReadOnlyList<int> BlockTable(int sequenceId) => _seqs[sequenceId].Blocks;
 
+    /// <summary>The block table as a span (valid until the sequence grows or shrinks).</summary>
+    internal ReadOnlySpan<int> BlockTableSpan(int sequenceId) => System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_seqs[sequenceId].Blocks);
+
     public Span<float> Keys(int layer) => _k[layer];
     public Span<float> Values(int layer) => _v[layer];
     internal float[] KeyArray(int layer) => _k[layer];

@@ -45,7 +45,7 @@ internal sealed class AttentionJob : ParallelJob
             int b = item / heads, h = item % heads, g = h / group;
             int row = _start + b;
             int seq = _batch!.Sequences[row], pos = _batch.Positions[row];
-            var table = _cache.BlockTable(seq);
+            var table = _cache.BlockTableSpan(seq);
             var q = new ReadOnlySpan<float>(_q, b * qDim + h * hd, hd);
 
             float max = float.NegativeInfinity;
