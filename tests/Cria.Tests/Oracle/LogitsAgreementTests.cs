@@ -154,6 +154,23 @@ public class LogitsAgreementTests(ITestOutputHelper output)
             Assert.True(exact >= 12, $"{name}: only {exact}/16 single-token sequences agree with llama.cpp to 1e-4");
     }
 
+    /// <summary>A prompt several attention tiles long (online softmax across tiles), decoded in micro-batches.</summary>
+    [Fact]
+    public void LongPromptAcrossAttentionTilesAgrees()
+    {
+        var path = ModelFile("f32-gqa-untied", Spec(GgmlType.F32, false, false));
+        var tokens = Prompt(300, 512, 5);
+        using var cpp = new LlamaCpp(path, contextSize: 512);
+        using var cria = new CriaRunner(path, contextSize: 512);
+        var a = cpp.AllLogits(tokens);
+        var b = cria.AllLogits(tokens);
+        float worst = 0;
+        for (int p = 0; p < tokens.Length; p++)
+            for (int i = 0; i < a[p].Length; i++) worst = Math.Max(worst, Math.Abs(a[p][i] - b[p][i]));
+        output.WriteLine($"300-token prompt: max |Δ| = {worst:E3}");
+        Assert.True(worst <= 1e-4f, $"max |Δlogit| {worst}");
+    }
+
     [Theory]
     [MemberData(nameof(Cases))]
     public void GreedyContinuationIsIdentical(string name, GgmlType type, bool tied, bool llama3)
