@@ -34,6 +34,7 @@ public sealed class InferenceContext : IDisposable
 
     readonly WorkerPool _pool;
     readonly MatMulJob _matmul = new();
+    readonly PrepareActivationsJob _prepare = new();
     readonly AttentionJob _attention;
 
     // Activations for one micro-batch of B rows (row-major, row b at b * width).
@@ -205,8 +206,20 @@ public sealed class InferenceContext : IDisposable
     void MatMul(in WeightMatrix w, ReadOnlySpan<float> x, int B, Span<float> y)
     {
         int actBytes = RowKernels.ActivationRowBytes(w.Type, w.Cols);
-        for (int b = 0; b < B; b++)
-            RowKernels.PrepareActivations(w.Type, x.Slice(b * w.Cols, w.Cols), _actQ.AsSpan(b * actBytes, actBytes));
+        if (B < 4 || _pool.Count == 1)
+            for (int b = 0; b < B; b++)
+                RowKernels.PrepareActivations(w.Type, x.Slice(b * w.Cols, w.Cols), _actQ.AsSpan(b * actBytes, actBytes));
+        else
+        {
+            unsafe
+            {
+                fixed (float* px = x)
+                {
+                    _prepare.Set(w.Type, px, w.Cols, B, _actQ, actBytes);
+                    _pool.Run(_prepare);
+                }
+            }
+        }
         unsafe
         {
             fixed (float* py = y)

@@ -1,4 +1,5 @@
 using Cria.Models;
+using Cria.Tensors;
 
 namespace Cria.Kernels;
 
@@ -42,5 +43,26 @@ internal sealed unsafe class MatMulJob : ParallelJob
                     RowKernels.Run(w.Type, w.Data + (long)r * w.RowBytes, w.RowBytes, act, _actRowBytes, B, n, _out + r, rows);
             }
         }
+    }
+}
+
+/// <summary>Converts B activation rows into the row kernels' input layout, rows split across workers.</summary>
+internal sealed unsafe class PrepareActivationsJob : ParallelJob
+{
+    GgmlType _type;
+    float* _x;          // [B, n]
+    int _n, _batch, _rowBytes;
+    byte[] _dst = [];   // [B, rowBytes]
+
+    public void Set(GgmlType weightType, float* x, int n, int batchRows, byte[] dst, int rowBytes)
+    {
+        _type = weightType; _x = x; _n = n; _batch = batchRows; _dst = dst; _rowBytes = rowBytes;
+    }
+
+    public override void Execute(int worker, int workerCount)
+    {
+        var (start, end) = WorkerPool.Split(_batch, worker, workerCount);
+        for (int b = start; b < end; b++)
+            RowKernels.PrepareActivations(_type, new ReadOnlySpan<float>(_x + (long)b * _n, _n), _dst.AsSpan(b * _rowBytes, _rowBytes));
     }
 }

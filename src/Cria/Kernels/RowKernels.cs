@@ -57,7 +57,47 @@ public static unsafe class RowKernels
                 }
                 return;
             }
-            default: VecDot.QuantizeActivations(VecDot.ActivationType(weightType), x, dst); return;
+            default:
+                var act = VecDot.ActivationType(weightType);
+                if (act == GgmlType.Q8_K && Vector512.IsHardwareAccelerated && Avx512F.IsSupported) QuantizeQ8K(x, dst);
+                else VecDot.QuantizeActivations(act, x, dst);
+                return;
+        }
+    }
+
+    /// <summary>
+    /// ggml's quantize_row_q8_K_ref, vectorized, byte-identical to <see cref="VecDot.QuantizeActivations"/>:
+    /// per 256 values, max = the first value of largest magnitude, q = min(127, round-half-even(−127/max · x)),
+    /// d = 1/iscale, bsums = sums of each 16 quants.
+    /// </summary>
+    static void QuantizeQ8K(ReadOnlySpan<float> x, Span<byte> dst)
+    {
+        int nb = x.Length / 256;
+        fixed (float* px = x) fixed (byte* py = dst)
+        {
+            for (int k = 0; k < nb; k++)
+            {
+                float* xb = px + k * 256;
+                byte* yb = py + k * 292;
+                var amaxv = Vector512<float>.Zero;
+                for (int j = 0; j < 256; j += 16) amaxv = Vector512.Max(amaxv, Vector512.Abs(Vector512.Load(xb + j)));
+                float amax = 0;
+                for (int l = 0; l < 16; l++) amax = MathF.Max(amax, amaxv[l]);
+                if (amax == 0) { new Span<byte>(yb, 292).Clear(); continue; }
+                int first = 0;
+                while (MathF.Abs(xb[first]) != amax) first++;
+                float iscale = -127f / xb[first];
+                var vs = Vector512.Create(iscale);
+                var lim = Vector512.Create(127);
+                short* bsums = (short*)(yb + 260);
+                for (int j = 0; j < 256; j += 16)
+                {
+                    var q = Vector512.Min(Vector512.ConvertToInt32(Avx512F.RoundScale(vs * Vector512.Load(xb + j), 0x08)), lim);
+                    Avx512F.ConvertToVector128SByte(q).Store((sbyte*)(yb + 4 + j));
+                    bsums[j / 16] = (short)Vector512.Sum(q);
+                }
+                *(float*)yb = 1 / iscale;
+            }
         }
     }
 

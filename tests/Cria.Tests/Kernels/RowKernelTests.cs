@@ -53,4 +53,23 @@ public unsafe class RowKernelTests
             }
         }
     }
+
+    [Fact]
+    public void VectorizedQ8KQuantizationIsByteIdenticalToReference()
+    {
+        var rng = new Random(3);
+        foreach (int n in new[] { 256, 2048, 5632 })
+            for (int trial = 0; trial < 20; trial++)
+            {
+                var x = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 6 - 3)).ToArray();
+                if (trial == 1) Array.Clear(x, 0, 256);                         // an all-zero block
+                if (trial == 2) { x[5] = 2f; x[9] = -2f; x[200] = 2f; }          // ties for the max magnitude
+                if (trial == 3) for (int i = 0; i < n; i++) x[i] = (i % 7 - 3) * 0.5f * (127f / 1.5f) / 127f; // exact .5 products
+                var a = new byte[GgmlTypeInfo.RowBytes(GgmlType.Q8_K, n)];
+                var b = new byte[a.Length];
+                VecDot.QuantizeActivations(GgmlType.Q8_K, x, a);
+                RowKernels.PrepareActivations(GgmlType.Q4_K, x, b);
+                Assert.Equal(a, b);
+            }
+    }
 }
