@@ -304,6 +304,12 @@ public static unsafe class RowKernels
     // row using four 16-lane FMA accumulators (fixed order, so the result does not depend on B).
     static void FloatRow(GgmlType type, byte* w, byte* x, int xStride, int B, int n, float* y, int yStride)
     {
+        if (type == GgmlType.F16 && B == 1 && n >= 64 && Vector512.IsHardwareAccelerated)
+        {
+            // Same lanes, same FMA order as DotF32 over the widened row, so B = 1 and B > 1 agree bit for bit.
+            y[0] = DotF16((ushort*)w, (float*)x, n);
+            return;
+        }
         float* wf;
         float[]? buf = null;
         if (type == GgmlType.F32) wf = (float*)w;
@@ -321,8 +327,43 @@ public static unsafe class RowKernels
                 else WidenBF16((ushort*)w, pb, n);
             }
             else wf = (float*)w;
-            for (int b = 0; b < B; b++) y[(long)b * yStride] = DotF32(wf, (float*)(x + (long)b * xStride), n);
+            int b = 0;
+            if (Vector512.IsHardwareAccelerated && n >= 64 && n % 64 == 0)
+                for (; b + 4 <= B; b += 4)
+                    DotF32x4(wf, (float*)(x + (long)b * xStride), xStride / 4, n, y + (long)b * yStride, yStride);
+            for (; b < B; b++) y[(long)b * yStride] = DotF32(wf, (float*)(x + (long)b * xStride), n);
         }
+    }
+
+    /// <summary>
+    /// Four activation rows against one weight row, each weight vector loaded once. Per row it performs exactly the
+    /// FMAs of <see cref="DotF32"/> in the same order (four 16-lane accumulators, then the same reduction), so a row's
+    /// result is the same bits whichever path computes it. Requires n % 64 == 0.
+    /// </summary>
+    static void DotF32x4(float* w, float* x, int xStrideFloats, int n, float* y, int yStride)
+    {
+        float* x0 = x, x1 = x + xStrideFloats, x2 = x + 2 * xStrideFloats, x3 = x + 3 * xStrideFloats;
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default;
+        Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        Vector512<float> d0 = default, d1 = default, d2 = default, d3 = default;
+        for (int i = 0; i < n; i += 64)
+        {
+            var w0 = Vector512.Load(w + i); var w1 = Vector512.Load(w + i + 16);
+            var w2 = Vector512.Load(w + i + 32); var w3 = Vector512.Load(w + i + 48);
+            a0 = Vector512.FusedMultiplyAdd(w0, Vector512.Load(x0 + i), a0); a1 = Vector512.FusedMultiplyAdd(w1, Vector512.Load(x0 + i + 16), a1);
+            a2 = Vector512.FusedMultiplyAdd(w2, Vector512.Load(x0 + i + 32), a2); a3 = Vector512.FusedMultiplyAdd(w3, Vector512.Load(x0 + i + 48), a3);
+            b0 = Vector512.FusedMultiplyAdd(w0, Vector512.Load(x1 + i), b0); b1 = Vector512.FusedMultiplyAdd(w1, Vector512.Load(x1 + i + 16), b1);
+            b2 = Vector512.FusedMultiplyAdd(w2, Vector512.Load(x1 + i + 32), b2); b3 = Vector512.FusedMultiplyAdd(w3, Vector512.Load(x1 + i + 48), b3);
+            c0 = Vector512.FusedMultiplyAdd(w0, Vector512.Load(x2 + i), c0); c1 = Vector512.FusedMultiplyAdd(w1, Vector512.Load(x2 + i + 16), c1);
+            c2 = Vector512.FusedMultiplyAdd(w2, Vector512.Load(x2 + i + 32), c2); c3 = Vector512.FusedMultiplyAdd(w3, Vector512.Load(x2 + i + 48), c3);
+            d0 = Vector512.FusedMultiplyAdd(w0, Vector512.Load(x3 + i), d0); d1 = Vector512.FusedMultiplyAdd(w1, Vector512.Load(x3 + i + 16), d1);
+            d2 = Vector512.FusedMultiplyAdd(w2, Vector512.Load(x3 + i + 32), d2); d3 = Vector512.FusedMultiplyAdd(w3, Vector512.Load(x3 + i + 48), d3);
+        }
+        y[0] = Vector512.Sum((a0 + a1) + (a2 + a3));
+        y[yStride] = Vector512.Sum((b0 + b1) + (b2 + b3));
+        y[2L * yStride] = Vector512.Sum((c0 + c1) + (c2 + c3));
+        y[3L * yStride] = Vector512.Sum((d0 + d1) + (d2 + d3));
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -358,26 +399,50 @@ public static unsafe class RowKernels
         return sum;
     }
 
-    /// <summary>F16 → F32 for a row (ggml's bit trick on 16 lanes; exact for every half including subnormals).</summary>
+    /// <summary>
+    /// 16 halves → 16 floats, exact: (h &amp; 0x7fff) &lt;&lt; 13 read as a float is the half's magnitude scaled by 2^-112
+    /// (normal and subnormal halves alike), so one multiply by 2^112 fixes it; infinities and NaNs (exponent 31) get
+    /// the float's all-ones exponent; the sign bit is moved over last.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<float> HalfToSingle(Vector512<uint> h)
+    {
+        var mag = (h & Vector512.Create(0x7fffu)) << 13;
+        var f = (mag.AsSingle() * Vector512.Create(5.192297e33f)).AsUInt32(); // 2^112
+        var infNan = Vector512.GreaterThanOrEqual(mag, Vector512.Create(0x0F800000u));
+        f = Vector512.ConditionalSelect(infNan, mag | Vector512.Create(0x7F800000u), f);
+        return (f | ((h & Vector512.Create(0x8000u)) << 16)).AsSingle();
+    }
+
+    /// <summary>F16 → F32 for a row; equals <see cref="Fp16.ToSingle"/> for every half.</summary>
     static void WidenF16(ushort* src, float* dst, int n)
     {
         int i = 0;
         if (Vector512.IsHardwareAccelerated)
-        {
-            var expScale = Vector512.Create(BitConverter.UInt32BitsToSingle(0x07800000u)); // 2^-112
             for (; i + 16 <= n; i += 16)
-            {
-                var h = Avx512F.ConvertToVector512UInt32(Vector256.Load(src + i));
-                var wv = h << 16;
-                var sign = wv & Vector512.Create(0x80000000u);
-                var twoW = wv + wv;
-                var normalized = ((twoW >> 4) + Vector512.Create(0x70000000u)).AsSingle() * expScale;
-                var denormalized = ((twoW >> 17) | Vector512.Create(0x3F000000u)).AsSingle() - Vector512.Create(0.5f);
-                var isDenormal = Vector512.LessThan(twoW, Vector512.Create(0x08000000u));
-                (sign | Vector512.ConditionalSelect(isDenormal, denormalized.AsUInt32(), normalized.AsUInt32())).AsSingle().Store(dst + i);
-            }
-        }
+                HalfToSingle(Avx512F.ConvertToVector512UInt32(Vector256.Load(src + i))).Store(dst + i);
         for (; i < n; i++) dst[i] = Fp16.ToSingle(src[i]);
+    }
+
+    /// <summary>F16 weights · F32 activations for one activation row, widening on the fly (no buffer round trip).</summary>
+    static float DotF16(ushort* w, float* x, int n)
+    {
+        int i = 0;
+        float sum = 0;
+        if (Vector512.IsHardwareAccelerated && n >= 64)
+        {
+            Vector512<float> s0 = default, s1 = default, s2 = default, s3 = default;
+            for (; i + 64 <= n; i += 64)
+            {
+                s0 = Vector512.FusedMultiplyAdd(HalfToSingle(Avx512F.ConvertToVector512UInt32(Vector256.Load(w + i))), Vector512.Load(x + i), s0);
+                s1 = Vector512.FusedMultiplyAdd(HalfToSingle(Avx512F.ConvertToVector512UInt32(Vector256.Load(w + i + 16))), Vector512.Load(x + i + 16), s1);
+                s2 = Vector512.FusedMultiplyAdd(HalfToSingle(Avx512F.ConvertToVector512UInt32(Vector256.Load(w + i + 32))), Vector512.Load(x + i + 32), s2);
+                s3 = Vector512.FusedMultiplyAdd(HalfToSingle(Avx512F.ConvertToVector512UInt32(Vector256.Load(w + i + 48))), Vector512.Load(x + i + 48), s3);
+            }
+            sum = Vector512.Sum((s0 + s1) + (s2 + s3));
+        }
+        for (; i < n; i++) sum = MathF.FusedMultiplyAdd(Fp16.ToSingle(w[i]), x[i], sum);
+        return sum;
     }
 
     static void WidenBF16(ushort* src, float* dst, int n)
