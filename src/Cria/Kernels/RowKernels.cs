@@ -59,10 +59,33 @@ public static unsafe class RowKernels
             }
             default:
                 var act = VecDot.ActivationType(weightType);
-                if (act == GgmlType.Q8_K && Vector512.IsHardwareAccelerated && Avx512F.IsSupported) QuantizeQ8K(x, dst);
+                if (act == GgmlType.Q8_K && Vector512.IsHardwareAccelerated && Avx512BW.IsSupported)
+                {
+                    QuantizeQ8K(x, dst);
+                    if (weightType == GgmlType.Q4_K) PermuteQ8KForQ4K(dst, x.Length / 256);
+                }
                 else VecDot.QuantizeActivations(act, x, dst);
                 return;
         }
+    }
+
+    /// <summary>
+    /// Reorders each Q8_K super-block's quants for the Q4_K kernel: within each 128-quant half, the 32-quant pieces
+    /// (lo c, hi c, lo c+1, hi c+1) become (lo c, lo c+1, hi c, hi c+1), matching one 64-byte load of Q4_K nibbles
+    /// split into its low and high halves. d and bsums keep their places (bsums stay in natural order).
+    /// </summary>
+    static void PermuteQ8KForQ4K(Span<byte> dst, int nb)
+    {
+        fixed (byte* p = dst)
+            for (int k = 0; k < nb; k++)
+                for (int half = 0; half < 2; half++)
+                {
+                    byte* q = p + k * 292 + 4 + 128 * half;
+                    var hi0 = Vector256.Load(q + 32);
+                    var lo1 = Vector256.Load(q + 64);
+                    lo1.Store(q + 32);
+                    hi0.Store(q + 64);
+                }
     }
 
     /// <summary>
@@ -133,7 +156,8 @@ public static unsafe class RowKernels
     // ---- Q4_K × Q8_K ------------------------------------------------------------------------------------------
     // Q4_K super-block (144 B): d f16 | dmin f16 | scales[12] (8 six-bit scales, 8 six-bit mins) | qs[128].
     // Chunk c (0..3) of qs holds elements 64c..64c+31 in its low nibbles (sub-block 2c) and 64c+32..63 in its high
-    // nibbles (sub-block 2c+1). Q8_K (292 B): d f32 | qs[256] int8 | bsums[16] int16 (sums of 16 quants).
+    // nibbles (sub-block 2c+1). Q8_K (292 B): d f32 | qs[256] int8 | bsums[16] int16 (sums of 16 quants); the
+    // activations this kernel reads have their quants reordered by PermuteQ8KForQ4K.
     // dot = d·d8·Σ_sb scale_sb·Σ q4·q8 − dmin·d8·Σ_sb min_sb·(bsum_2sb + bsum_2sb+1).
 
     [SkipLocalsInit]
@@ -142,12 +166,13 @@ public static unsafe class RowKernels
         Vector512<float>* acc = stackalloc Vector512<float>[Tile];
         Vector256<float>* accMin = stackalloc Vector256<float>[Tile];
         for (int b = 0; b < B; b++) { acc[b] = Vector512<float>.Zero; accMin[b] = Vector256<float>.Zero; }
-        var m4 = Vector256.Create((byte)0x0F);
-        // vpermw indices: lanes 0..15 take scale 2c, lanes 16..31 scale 2c+1.
-        var permC0 = Vector512.Create((short)0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1);
-        var permC1 = permC0 + Vector512.Create((short)2);
+        var m4 = Vector512.Create((byte)0x0F);
+        // vpermw indices for the four 64-quant groups (lo 0|lo 1), (hi 0|hi 1), (lo 2|lo 3), (hi 2|hi 3):
+        // lanes 0..15 take the first sub-block's scale, lanes 16..31 the second's (sub-block of lo c = 2c, hi c = 2c+1).
+        var permC0 = Vector512.Create((short)0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2);
+        var permC1 = permC0 + Vector512.Create((short)1);
         var permC2 = permC0 + Vector512.Create((short)4);
-        var permC3 = permC0 + Vector512.Create((short)6);
+        var permC3 = permC0 + Vector512.Create((short)5);
         for (int i = 0; i < nb; i++)
         {
             byte* blk = w + i * 144;
@@ -167,22 +192,21 @@ public static unsafe class RowKernels
             // mins, each repeated twice (one per bsum of 16).
             var mins8 = Vector128.CreateScalar(((ulong)mn1 << 32) | mn0).AsByte();
             var minsDup = Avx2.ConvertToVector256Int16(Sse2.UnpackLow(mins8, mins8));
-            // Unpacked quants: 64 u8 (low nibbles then high nibbles) per chunk.
+            // Unpacked quants: one 64-byte load covers chunks 2p and 2p+1; its low nibbles are (lo 2p, lo 2p+1) and its
+            // high nibbles (hi 2p, hi 2p+1), which is the order PermuteQ8KForQ4K gave the activations.
             byte* qs = blk + 16;
-            var q0 = Vector256.Load(qs); var q1 = Vector256.Load(qs + 32); var q2 = Vector256.Load(qs + 64); var q3 = Vector256.Load(qs + 96);
-            var w0 = Vector512.Create(q0 & m4, Vector256.ShiftRightLogical(q0.AsUInt16(), 4).AsByte() & m4);
-            var w1 = Vector512.Create(q1 & m4, Vector256.ShiftRightLogical(q1.AsUInt16(), 4).AsByte() & m4);
-            var w2 = Vector512.Create(q2 & m4, Vector256.ShiftRightLogical(q2.AsUInt16(), 4).AsByte() & m4);
-            var w3 = Vector512.Create(q3 & m4, Vector256.ShiftRightLogical(q3.AsUInt16(), 4).AsByte() & m4);
+            var q01 = Vector512.Load(qs); var q23 = Vector512.Load(qs + 64);
+            var wLo01 = q01 & m4; var wHi01 = Vector512.ShiftRightLogical(q01.AsUInt16(), 4).AsByte() & m4;
+            var wLo23 = q23 & m4; var wHi23 = Vector512.ShiftRightLogical(q23.AsUInt16(), 4).AsByte() & m4;
             for (int b = 0; b < B; b++)
             {
                 byte* yb = x + (long)b * xStride + i * 292;
                 float d8 = *(float*)yb;
-                byte* q8 = yb + 4;
-                var p0 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w0, Vector512.Load((sbyte*)q8)), s0);
-                var p1 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w1, Vector512.Load((sbyte*)q8 + 64)), s1);
-                var p2 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w2, Vector512.Load((sbyte*)q8 + 128)), s2);
-                var p3 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w3, Vector512.Load((sbyte*)q8 + 192)), s3);
+                sbyte* q8 = (sbyte*)(yb + 4);
+                var p0 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(wLo01, Vector512.Load(q8)), s0);
+                var p1 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(wHi01, Vector512.Load(q8 + 64)), s1);
+                var p2 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(wLo23, Vector512.Load(q8 + 128)), s2);
+                var p3 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(wHi23, Vector512.Load(q8 + 192)), s3);
                 var sumi = (p0 + p1) + (p2 + p3);
                 acc[b] = Vector512.FusedMultiplyAdd(Vector512.Create(d * d8), Vector512.ConvertToSingle(sumi), acc[b]);
                 var bs = Vector256.Load((short*)(yb + 260));
