@@ -78,8 +78,23 @@ internal sealed class AttentionJob : ParallelJob
                 int t = t0 + j;
                 int cell = table[t / bs] * bs + t % bs;
                 var k = new ReadOnlySpan<float>(keys, cell * kvDim + g * hd, hd);
-                for (int h = 0; h < group; h++)
-                    scores[h * TileSize + j] = Ops.Dot(qRow.Slice((h0 + h) * hd, hd), k) * scale;
+                if (hd == 64 && Vector512.IsHardwareAccelerated)
+                {
+                    // One K row (4 × 16 lanes) against every query head of the group.
+                    ref float kr = ref MemoryMarshal.GetReference(k);
+                    var k0 = Vector512.LoadUnsafe(ref kr); var k1 = Vector512.LoadUnsafe(ref kr, 16);
+                    var k2 = Vector512.LoadUnsafe(ref kr, 32); var k3 = Vector512.LoadUnsafe(ref kr, 48);
+                    for (int h = 0; h < group; h++)
+                    {
+                        ref float qr = ref MemoryMarshal.GetReference(qRow.Slice((h0 + h) * hd, hd));
+                        var a = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref qr, 16), k1, Vector512.LoadUnsafe(ref qr) * k0);
+                        var e = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref qr, 48), k3, Vector512.LoadUnsafe(ref qr, 32) * k2);
+                        scores[h * TileSize + j] = Vector512.Sum(a + e) * scale;
+                    }
+                }
+                else
+                    for (int h = 0; h < group; h++)
+                        scores[h * TileSize + j] = Ops.Dot(qRow.Slice((h0 + h) * hd, hd), k) * scale;
             }
             // online softmax: new max, rescale what was accumulated, exponentiate the tile.
             for (int h = 0; h < group; h++)
@@ -88,8 +103,7 @@ internal sealed class AttentionJob : ParallelJob
                 float m = max[h];
                 for (int j = 0; j < n; j++) m = MathF.Max(m, s[j]);
                 float correction = MathF.Exp(max[h] - m); // 0 on the first tile (max was -inf)
-                float tileSum = 0;
-                for (int j = 0; j < n; j++) { float e = MathF.Exp(s[j] - m); s[j] = e; tileSum += e; }
+                float tileSum = ExpSubtractSum(s, m);
                 sum[h] = sum[h] * correction + tileSum;
                 max[h] = m;
                 if (correction != 1f) Scale(acc.Slice(h * hd, hd), correction);
@@ -110,6 +124,28 @@ internal sealed class AttentionJob : ParallelJob
             var a = acc.Slice(h * hd, hd);
             for (int i = 0; i < hd; i++) o[i] = a[i] * inv;
         }
+    }
+
+    /// <summary>s[j] = e^(s[j] − m), returns Σ s[j]; 16 lanes at a time (Vector512.Exp), the tail in scalar.</summary>
+    static float ExpSubtractSum(Span<float> s, float m)
+    {
+        int j = 0;
+        float sum = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var vm = Vector512.Create(m);
+            var acc = Vector512<float>.Zero;
+            ref float r = ref MemoryMarshal.GetReference(s);
+            for (; j + 16 <= s.Length; j += 16)
+            {
+                var e = Vector512.Exp(Vector512.LoadUnsafe(ref r, (nuint)j) - vm);
+                e.StoreUnsafe(ref r, (nuint)j);
+                acc += e;
+            }
+            sum = Vector512.Sum(acc);
+        }
+        for (; j < s.Length; j++) { float e = MathF.Exp(s[j] - m); s[j] = e; sum += e; }
+        return sum;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
