@@ -66,10 +66,22 @@ public static class Ops
         for (int i = 0; i < x.Length; i++) y[i] += x[i];
     }
 
-    /// <summary>g = silu(g) · u, with silu(x) = x / (1 + e^-x) (SwiGLU).</summary>
+    /// <summary>g = silu(g) · u, with silu(x) = x / (1 + e^-x) (SwiGLU); 16 lanes at a time, scalar tail.</summary>
     public static void SwiGlu(Span<float> g, ReadOnlySpan<float> u)
     {
-        for (int i = 0; i < g.Length; i++)
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            ref float pg = ref MemoryMarshal.GetReference(g);
+            ref float pu = ref MemoryMarshal.GetReference(u);
+            var one = Vector512.Create(1f);
+            for (; i + 16 <= g.Length; i += 16)
+            {
+                var x = Vector512.LoadUnsafe(ref pg, (nuint)i);
+                (x / (one + Vector512.Exp(-x)) * Vector512.LoadUnsafe(ref pu, (nuint)i)).StoreUnsafe(ref pg, (nuint)i);
+            }
+        }
+        for (; i < g.Length; i++)
         {
             float x = g[i];
             g[i] = x / (1.0f + MathF.Exp(-x)) * u[i];
