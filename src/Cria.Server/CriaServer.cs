@@ -36,6 +36,8 @@ public sealed record ServerOptions
     public long MaxBodyBytes { get; init; } = 4 << 20;
     /// <summary>Write request logs to the console.</summary>
     public bool Verbose { get; init; }
+    /// <summary>Test seam: loading waits for this task (to observe /health during loading).</summary>
+    internal Task? LoadGate { get; init; }
 }
 
 /// <summary>
@@ -75,7 +77,7 @@ public sealed class CriaServer : IAsyncDisposable
         _app = app; _o = o; BaseAddress = address;
         ModelName = o.ModelName ?? Path.GetFileNameWithoutExtension(o.ModelPath);
         if (!string.IsNullOrEmpty(o.ApiKey)) _keyHash = SHA256.HashData(Encoding.UTF8.GetBytes(o.ApiKey));
-        _loading = Task.Run(Load);
+        _loading = Task.Run(async () => { if (o.LoadGate != null) await o.LoadGate; Load(); });
     }
 
     void Load()
