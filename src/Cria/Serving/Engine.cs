@@ -211,6 +211,8 @@ public sealed class Engine : IDisposable
         }
         while (_cancelled.TryDequeue(out var r))
             if (!r.Done) Abort(r, new OperationCanceledException("the request was cancelled"));
+        Volatile.Write(ref _running, _scheduler.RunningCount);
+        Volatile.Write(ref _waiting, _scheduler.WaitingCount);
     }
 
     void RunStep(SchedulerOutput step)
@@ -364,6 +366,9 @@ public sealed class Engine : IDisposable
         r.Writer.TryComplete(error);
         try { RequestFinished?.Invoke(r.Stats); } catch { /* an observer's failure must not stop the engine */ }
     }
+
+    /// <summary>A racy snapshot of the running requests (diagnostics).</summary>
+    public string[] DebugRunning() => _scheduler.Running.ToArray().Select(s => $"#{s.Id} {s.Generated}/{s.MaxNewTokens} tokens, done={((EngineRequest)s.Tag!).Done}").ToArray();
 
     /// <summary>Stops the loop: requests still queued or running end with <see cref="ObjectDisposedException"/>.</summary>
     public void Dispose()

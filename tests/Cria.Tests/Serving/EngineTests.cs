@@ -158,6 +158,25 @@ public class EngineTests
     }
 
     [Fact]
+    public async Task AFullQueueRefusesNewRequests()
+    {
+        var m = LlamaModel.Open(ModelPath());
+        var c = new InferenceContext(m, new ContextOptions { ContextSize = 1024, Threads = 2, MicroBatch = 64 });
+        using (m) using (c)
+        using (var e = new Engine(c, m.Tokenizer, new EngineOptions { MaxWaiting = 2, Scheduler = new SchedulerOptions { TokenBudget = 8 } }))
+        {
+            // Two 300-token prompts take ~75 steps of 8 tokens before their first token; a third is refused meanwhile.
+            var a = e.Submit(Greedy(Prompt(300, 1), 2));
+            var b = e.Submit(Greedy(Prompt(300, 2), 2));
+            Assert.Throws<EngineOverloadedException>(() => e.Submit(Greedy(Prompt(5, 3), 2)));
+            await foreach (var _ in a.Events.ReadAllAsync()) { }
+            await foreach (var _ in b.Events.ReadAllAsync()) { }
+            var ok = await Run(e, Greedy(Prompt(5, 3), 2)); // room again once they have started generating
+            Assert.Equal(2, ok.Tokens.Length);
+        }
+    }
+
+    [Fact]
     public async Task CancellationFreesBlocksAndStopStringsAndLimitsEndStreams()
     {
         var (m, c, e) = Start(new SchedulerOptions { TokenBudget = 64 });
