@@ -7,7 +7,7 @@
 //  B. Decode throughput: 16 concurrent greedy streams vs 1 (short prompts, 128 tokens each).
 //
 // usage: serve-bench [--model FILE.gguf] [--threads N] [--budget TOKENS] [--long L] [--concurrency 4,8,16]
-//                    [--duration SECONDS] [--out FILE.md]
+//                    [--duration SECONDS] [--repeat R] [--out FILE.md]
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;
@@ -29,6 +29,7 @@ int budget = int.Parse(opts.Get("--budget", "256"), CultureInfo.InvariantCulture
 int longLen = int.Parse(opts.Get("--long", "1536"), CultureInfo.InvariantCulture);
 double duration = double.Parse(opts.Get("--duration", "20"), CultureInfo.InvariantCulture);
 int[] levels = opts.Get("--concurrency", "4,16").Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray();
+int repeats = int.Parse(opts.Get("--repeat", "1"), CultureInfo.InvariantCulture);
 string? outFile = opts.Get("--out", "") is { Length: > 0 } o ? o : null;
 
 using var m = LlamaModel.Open(model);
@@ -50,12 +51,14 @@ Line($"### A. Chat streams with {longLen}-token prompts arriving every {duration
 Line("");
 Line("| chat streams | chunked prefill | chat TTFT median / P99 (ms) | chat ITL median / P99 (ms) | max ITL (ms) | long-prompt TTFT median (ms) | generated tok/s | all tok/s | steps |");
 Line("|---:|:---:|---:|---:|---:|---:|---:|---:|---:|");
-foreach (int c in levels)
-    foreach (bool chunked in new[] { true, false })
-    {
-        var r = await Mix(c, chunked);
-        Line($"| {c} | {(chunked ? "on" : "off")} | {r.TtftMed:F0} / {r.TtftP99:F0} | {r.ItlMed:F1} / {r.ItlP99:F1} | {r.ItlMax:F0} | {r.LongTtft:F0} | {r.GenTps:F1} | {r.AllTps:F0} | {r.Steps} |");
-    }
+// Settings alternate (on, off, then off, on for the next repeat) so that drift of a shared machine hits both alike.
+for (int rep = 0; rep < repeats; rep++)
+    foreach (int c in levels)
+        foreach (bool chunked in rep % 2 == 0 ? new[] { true, false } : new[] { false, true })
+        {
+            var r = await Mix(c, chunked);
+            Line($"| {c} | {(chunked ? "on" : "off")} | {r.TtftMed:F0} / {r.TtftP99:F0} | {r.ItlMed:F1} / {r.ItlP99:F1} | {r.ItlMax:F0} | {r.LongTtft:F0} | {r.GenTps:F1} | {r.AllTps:F0} | {r.Steps} |");
+        }
 Line("");
 Line("### B. Aggregate decode throughput (greedy, 16-token prompts, 128 tokens each)");
 Line("");

@@ -127,6 +127,7 @@ public sealed class CriaServer : IAsyncDisposable
             catch (OperationCanceledException) when (http.RequestAborted.IsCancellationRequested) { }
             catch (EngineOverloadedException e) { await server!.Error(http, new ApiException(429, e.Message, type: "rate_limit_error") { RetryAfterSeconds = 1 }); }
             catch (InvalidRequestException e) { await server!.Error(http, new ApiException(400, e.Message)); }
+            catch (Exception e) { await server!.Error(http, new ApiException(500, e.Message, type: "server_error")); }
         });
         app.MapGet("/health", (HttpContext h) => server!.Health(h));
         app.MapGet("/v1/models", (HttpContext h) => server!.Models(h));
