@@ -11,12 +11,14 @@ static class MakeModelCommand
     {
         var output = new Argument<string>("output") { Description = "GGUF file to write" };
         var preset = new Option<string>("--preset") { Description = "shape: tiny | small | tinyllama (1.1B: dim 2048, 22 layers, 32/4 heads, ffn 5632, vocab 32000)", DefaultValueFactory = _ => "tiny" };
-        var type = new Option<string>("--type") { Description = "weight type: f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k q4_k q5_k q6_k", DefaultValueFactory = _ => "f32" };
+        var type = new Option<string>("--type") { Description = "weight type: q4_k_m q5_k_m (llama.cpp mixes) f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k q4_k q5_k q6_k", DefaultValueFactory = _ => "f32" };
         var seed = new Option<int>("--seed") { DefaultValueFactory = _ => 1234 };
         var cmd = new Command("make-model", "write a Llama GGUF file with random weights") { output, preset, type, seed };
         cmd.SetAction(r =>
         {
-            var t = ParseType(r.GetValue(type)!);
+            var typeName = r.GetValue(type)!.ToLowerInvariant();
+            bool mix = typeName is "q4_k_m" or "q5_k_m";
+            var t = ParseType(mix ? typeName[..4] : typeName);
             var spec = r.GetValue(preset) switch
             {
                 "tiny" => new RandomModelSpec { Dim = 256, Layers = 2, Heads = 8, KvHeads = 2, FfnDim = 768, VocabSize = 1024 },
@@ -25,7 +27,7 @@ static class MakeModelCommand
                 var p => throw new CriaException($"unknown preset '{p}' (tiny, small, tinyllama)"),
             };
             var path = r.GetValue(output)!;
-            RandomModel.Write(path, spec with { WeightType = t, Seed = r.GetValue(seed) });
+            RandomModel.Write(path, spec with { WeightType = t, MediumMix = mix, Seed = r.GetValue(seed) });
             Console.WriteLine($"wrote {path} ({new FileInfo(path).Length:N0} bytes)");
             return 0;
         });

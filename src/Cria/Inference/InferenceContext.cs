@@ -34,6 +34,7 @@ public sealed class InferenceContext : IDisposable
 
     readonly WorkerPool _pool;
     readonly MatMulJob _matmul = new();
+    readonly PrepareActivationsJob _prepare = new();
     readonly AttentionJob _attention;
 
     // Activations for one micro-batch of B rows (row-major, row b at b * width).
@@ -101,30 +102,25 @@ public sealed class InferenceContext : IDisposable
         }
     }
 
+    readonly Dictionary<int, int> _nextPosition = new(); // sequence → next expected position, during Validate
+
     void Validate(Batch batch)
     {
         var tokens = batch.Tokens; var pos = batch.Positions; var seqs = batch.Sequences;
-        Dictionary<int, int>? next = null;
-        int blocksNeeded = 0;
+        var next = _nextPosition;
+        next.Clear();
         for (int i = 0; i < batch.Count; i++)
         {
             if ((uint)tokens[i] >= (uint)Config.VocabSize)
                 throw new InvalidBatchException($"batch row {i}: token {tokens[i]} is outside the vocabulary (0..{Config.VocabSize - 1})");
             if (seqs[i] < 0) throw new InvalidBatchException($"batch row {i}: sequence id {seqs[i]} is negative");
-            int expected;
-            if (i == 0 || seqs[i] != seqs[i - 1] || next != null)
-            {
-                next ??= new Dictionary<int, int>();
-                if (!next.TryGetValue(seqs[i], out expected)) expected = Cache.Length(seqs[i]);
-                next[seqs[i]] = expected + 1;
-            }
-            else expected = pos[i - 1] + 1;
+            if (!next.TryGetValue(seqs[i], out int expected)) expected = Cache.Length(seqs[i]);
             if (pos[i] != expected)
                 throw new InvalidBatchException($"batch row {i}: sequence {seqs[i]} continues at position {expected}, got {pos[i]}");
+            next[seqs[i]] = expected + 1;
         }
-        if (next != null)
-            foreach (var (seq, end) in next) blocksNeeded += Cache.BlocksNeeded(seq, end - Cache.Length(seq));
-        else blocksNeeded = Cache.BlocksNeeded(seqs[0], batch.Count);
+        int blocksNeeded = 0;
+        foreach (var (seq, end) in next) blocksNeeded += Cache.BlocksNeeded(seq, end - Cache.Length(seq));
         if (blocksNeeded > Cache.FreeBlocks)
             throw new KvCacheFullException($"KV cache is full: the batch needs {blocksNeeded} blocks of {Cache.BlockSize} tokens, {Cache.FreeBlocks} are free (context size {Cache.Capacity})");
     }
@@ -204,15 +200,26 @@ public sealed class InferenceContext : IDisposable
         }
     }
 
-    /// <summary>y[b, :] = W · x[b, :] for B rows: activations are converted once to the weight's vec-dot type.</summary>
+    /// <summary>y[b, :] = W · x[b, :] for B rows: activations are converted once to the format the weight's row kernel reads.</summary>
     void MatMul(in WeightMatrix w, float[] x, int B, Span<float> y) => MatMul(w, x.AsSpan(), B, y);
 
     void MatMul(in WeightMatrix w, ReadOnlySpan<float> x, int B, Span<float> y)
     {
-        var actType = VecDot.ActivationType(w.Type);
-        int actBytes = (int)GgmlTypeInfo.RowBytes(actType, w.Cols);
-        for (int b = 0; b < B; b++)
-            VecDot.QuantizeActivations(actType, x.Slice(b * w.Cols, w.Cols), _actQ.AsSpan(b * actBytes, actBytes));
+        int actBytes = RowKernels.ActivationRowBytes(w.Type, w.Cols);
+        if (B < 4 || _pool.Count == 1)
+            for (int b = 0; b < B; b++)
+                RowKernels.PrepareActivations(w.Type, x.Slice(b * w.Cols, w.Cols), _actQ.AsSpan(b * actBytes, actBytes));
+        else
+        {
+            unsafe
+            {
+                fixed (float* px = x)
+                {
+                    _prepare.Set(w.Type, px, w.Cols, B, _actQ, actBytes);
+                    _pool.Run(_prepare);
+                }
+            }
+        }
         unsafe
         {
             fixed (float* py = y)

@@ -170,6 +170,9 @@ public sealed class KvCache : IKvBlockPool
     /// <summary>The block table of a sequence (block indices in position order).</summary>
     public IReadOnlyList<int> BlockTable(int sequenceId) => _seqs[sequenceId].Blocks;
 
+    /// <summary>The block table as a span (valid until the sequence grows or shrinks).</summary>
+    internal ReadOnlySpan<int> BlockTableSpan(int sequenceId) => System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_seqs[sequenceId].Blocks);
+
     /// <summary>Sequences holding a block (0 for a free or only-cached block).</summary>
     public int ReferenceCount(int block) => _refs[block];
 

@@ -1,12 +1,13 @@
 using Cria.Models;
+using Cria.Tensors;
 
 namespace Cria.Kernels;
 
 /// <summary>
 /// y[b, r] = dot(W row r, activation row b) for all rows of a weight matrix and all B activation rows, split across
-/// workers by chunks of output rows taken from a shared counter. A chunk's weight rows stay in cache while every
-/// activation row passes over them. Each output is one <see cref="VecDot.Dot"/>, so results do not depend on B or on
-/// the thread count.
+/// workers by chunks of output rows taken from a shared counter. Each weight row is decoded once for all B activation
+/// rows (<see cref="RowKernels"/>); each output's arithmetic is fixed by its own row, so results depend neither on B
+/// nor on the thread count.
 /// </summary>
 internal sealed unsafe class MatMulJob : ParallelJob
 {
@@ -30,19 +31,38 @@ internal sealed unsafe class MatMulJob : ParallelJob
     public override void Execute(int worker, int workerCount)
     {
         var w = _w;
-        int rows = w.Rows, chunk = _chunk, B = _batch, ab = _actRowBytes, n = w.Cols;
-        var type = w.Type;
-        while (true)
+        int rows = w.Rows, chunk = _chunk, B = _batch, n = w.Cols;
+        fixed (byte* act = _act)
         {
-            int start = Interlocked.Add(ref _next, chunk) - chunk;
-            if (start >= rows) return;
-            int end = Math.Min(rows, start + chunk);
-            for (int b = 0; b < B; b++)
+            while (true)
             {
-                var x = new ReadOnlySpan<byte>(_act, b * ab, ab);
-                float* y = _out + (long)b * rows;
-                for (int r = start; r < end; r++) y[r] = VecDot.Dot(type, w.Row(r), x, n);
+                int start = Interlocked.Add(ref _next, chunk) - chunk;
+                if (start >= rows) return;
+                int end = Math.Min(rows, start + chunk);
+                for (int r = start; r < end; r++)
+                    RowKernels.Run(w.Type, w.Data + (long)r * w.RowBytes, w.RowBytes, act, _actRowBytes, B, n, _out + r, rows);
             }
         }
+    }
+}
+
+/// <summary>Converts B activation rows into the row kernels' input layout, rows split across workers.</summary>
+internal sealed unsafe class PrepareActivationsJob : ParallelJob
+{
+    GgmlType _type;
+    float* _x;          // [B, n]
+    int _n, _batch, _rowBytes;
+    byte[] _dst = [];   // [B, rowBytes]
+
+    public void Set(GgmlType weightType, float* x, int n, int batchRows, byte[] dst, int rowBytes)
+    {
+        _type = weightType; _x = x; _n = n; _batch = batchRows; _dst = dst; _rowBytes = rowBytes;
+    }
+
+    public override void Execute(int worker, int workerCount)
+    {
+        var (start, end) = WorkerPool.Split(_batch, worker, workerCount);
+        for (int b = start; b < end; b++)
+            RowKernels.PrepareActivations(_type, new ReadOnlySpan<float>(_x + (long)b * _n, _n), _dst.AsSpan(b * _rowBytes, _rowBytes));
     }
 }

@@ -23,10 +23,19 @@ public sealed record RandomModelSpec
     /// <summary>Type of the output head (defaults to <see cref="WeightType"/>).</summary>
     public GgmlType? OutputType { get; init; }
     public bool TiedEmbeddings { get; init; }
+    /// <summary>llama.cpp's K-quant "medium" mix on top of <see cref="WeightType"/> (Q4_K or Q5_K): output, and attn_v /
+    /// ffn_down of the layers llama.cpp's use_more_bits picks, become Q6_K (what Q4_K_M / Q5_K_M files contain).</summary>
+    public bool MediumMix { get; init; }
     /// <summary>Write Llama 3.1-style <c>rope_freqs.weight</c> (llama3 rope scaling, factor 8, original context 8192).</summary>
     public bool Llama3RopeScaling { get; init; }
     public float LinearRopeScale { get; init; }
     public int Seed { get; init; } = 1234;
+    /// <summary>Head dimension when it is not Dim / Heads (written as attention.key_length / value_length).</summary>
+    public int HeadDim { get; init; }
+    /// <summary>Tokenizer metadata to write instead of the synthetic SPM vocabulary (its token count must equal VocabSize).</summary>
+    public IReadOnlyList<(string Key, object Value)>? TokenizerMetadata { get; init; }
+    /// <summary>Extra metadata (e.g. a real family's keys) written as given.</summary>
+    public IReadOnlyList<(string Key, object Value)>? ExtraMetadata { get; init; }
     public string Name { get; init; } = "cria-random";
 }
 
@@ -74,9 +83,10 @@ public static class RandomModel
 
     public static void Write(string path, RandomModelSpec s)
     {
-        if (s.Dim % s.Heads != 0 || s.Heads % s.KvHeads != 0) throw new ArgumentException("dim must divide by heads, heads by kv heads");
+        if ((s.HeadDim == 0 && s.Dim % s.Heads != 0) || s.Heads % s.KvHeads != 0) throw new ArgumentException("dim must divide by heads, heads by kv heads");
         if (s.VocabSize < 300) throw new ArgumentException("vocabulary must hold at least 300 tokens");
-        int hd = s.Dim / s.Heads;
+        int hd = s.HeadDim > 0 ? s.HeadDim : s.Dim / s.Heads;
+        int qDim = s.Heads * hd;
         var w = new GgufWriter();
         w.Set("general.architecture", "llama");
         w.Set("general.name", s.Name);
@@ -87,6 +97,7 @@ public static class RandomModel
         w.Set("llama.attention.head_count", (uint)s.Heads);
         w.Set("llama.attention.head_count_kv", (uint)s.KvHeads);
         w.Set("llama.rope.dimension_count", (uint)hd);
+        if (s.HeadDim > 0) { w.Set("llama.attention.key_length", (uint)hd); w.Set("llama.attention.value_length", (uint)hd); }
         w.Set("llama.attention.layer_norm_rms_epsilon", s.RmsEps);
         w.Set("llama.rope.freq_base", s.RopeBase);
         w.Set("llama.vocab_size", (uint)s.VocabSize);
@@ -96,16 +107,23 @@ public static class RandomModel
             w.Set("llama.rope.scaling.factor", s.LinearRopeScale);
         }
         w.Set("general.file_type", (uint)FileType(s.WeightType));
-        var (tokens, scores, types) = Vocabulary(s.VocabSize);
-        w.Set("tokenizer.ggml.model", "llama");
-        w.Set("tokenizer.ggml.tokens", tokens);
-        w.Set("tokenizer.ggml.scores", scores);
-        w.Set("tokenizer.ggml.token_type", types);
-        w.Set("tokenizer.ggml.bos_token_id", 1u);
-        w.Set("tokenizer.ggml.eos_token_id", 2u);
-        w.Set("tokenizer.ggml.unknown_token_id", 0u);
-        w.Set("tokenizer.ggml.add_bos_token", true);
-        w.Set("tokenizer.ggml.add_eos_token", false);
+        if (s.TokenizerMetadata != null)
+            foreach (var (k, v) in s.TokenizerMetadata) w.Set(k, v);
+        else
+        {
+            var (tokens, scores, types) = Vocabulary(s.VocabSize);
+            w.Set("tokenizer.ggml.model", "llama");
+            w.Set("tokenizer.ggml.tokens", tokens);
+            w.Set("tokenizer.ggml.scores", scores);
+            w.Set("tokenizer.ggml.token_type", types);
+            w.Set("tokenizer.ggml.bos_token_id", 1u);
+            w.Set("tokenizer.ggml.eos_token_id", 2u);
+            w.Set("tokenizer.ggml.unknown_token_id", 0u);
+            w.Set("tokenizer.ggml.add_bos_token", true);
+            w.Set("tokenizer.ggml.add_eos_token", false);
+        }
+        if (s.ExtraMetadata != null)
+            foreach (var (k, v) in s.ExtraMetadata) w.Set(k, v);
 
         var rng = new Random(s.Seed);
         float std = 1f / MathF.Sqrt(s.Dim);
@@ -113,24 +131,29 @@ public static class RandomModel
         // Small enough that tied-embedding logits stay O(1..10), like the untied head.
         w.AddTensor("token_embd.weight", [s.Dim, s.VocabSize], embType, Matrix(rng, s.VocabSize, s.Dim, std * 2, embType));
         w.AddTensor("output_norm.weight", [s.Dim], Norm(rng, s.Dim));
-        if (!s.TiedEmbeddings) w.AddTensor("output.weight", [s.Dim, s.VocabSize], s.OutputType ?? s.WeightType, Matrix(rng, s.VocabSize, s.Dim, std * 2, s.OutputType ?? s.WeightType));
+        var outType = s.OutputType ?? (s.MediumMix ? GgmlType.Q6_K : s.WeightType);
+        if (!s.TiedEmbeddings) w.AddTensor("output.weight", [s.Dim, s.VocabSize], outType, Matrix(rng, s.VocabSize, s.Dim, std * 2, outType));
         if (s.Llama3RopeScaling) w.AddTensor("rope_freqs.weight", [hd / 2], Llama3FreqFactors(hd, s.RopeBase, 8f, 1f, 4f, 8192));
         for (int l = 0; l < s.Layers; l++)
         {
             string p = $"blk.{l}.";
             var t = s.WeightType;
+            var moreBits = s.MediumMix && UseMoreBits(l, s.Layers) ? GgmlType.Q6_K : t;
             w.AddTensor(p + "attn_norm.weight", [s.Dim], Norm(rng, s.Dim));
-            w.AddTensor(p + "attn_q.weight", [s.Dim, s.Dim], t, Matrix(rng, s.Dim, s.Dim, std * 2, t));
+            w.AddTensor(p + "attn_q.weight", [s.Dim, qDim], t, Matrix(rng, qDim, s.Dim, std * 2, t));
             w.AddTensor(p + "attn_k.weight", [s.Dim, s.KvHeads * hd], t, Matrix(rng, s.KvHeads * hd, s.Dim, std * 2, t));
-            w.AddTensor(p + "attn_v.weight", [s.Dim, s.KvHeads * hd], t, Matrix(rng, s.KvHeads * hd, s.Dim, std, t));
-            w.AddTensor(p + "attn_output.weight", [s.Dim, s.Dim], t, Matrix(rng, s.Dim, s.Dim, std, t));
+            w.AddTensor(p + "attn_v.weight", [s.Dim, s.KvHeads * hd], moreBits, Matrix(rng, s.KvHeads * hd, s.Dim, std, moreBits));
+            w.AddTensor(p + "attn_output.weight", [qDim, s.Dim], t, Matrix(rng, s.Dim, qDim, std, t));
             w.AddTensor(p + "ffn_norm.weight", [s.Dim], Norm(rng, s.Dim));
             w.AddTensor(p + "ffn_gate.weight", [s.Dim, s.FfnDim], t, Matrix(rng, s.FfnDim, s.Dim, std, t));
             w.AddTensor(p + "ffn_up.weight", [s.Dim, s.FfnDim], t, Matrix(rng, s.FfnDim, s.Dim, std, t));
-            w.AddTensor(p + "ffn_down.weight", [s.FfnDim, s.Dim], t, Matrix(rng, s.Dim, s.FfnDim, 1f / MathF.Sqrt(s.FfnDim), t));
+            w.AddTensor(p + "ffn_down.weight", [s.FfnDim, s.Dim], moreBits, Matrix(rng, s.Dim, s.FfnDim, 1f / MathF.Sqrt(s.FfnDim), moreBits));
         }
         w.Write(path);
     }
+
+    /// <summary>llama.cpp's rule for which layers get more bits in the *_M mixes.</summary>
+    public static bool UseMoreBits(int layer, int layers) => layer < layers / 8 || layer >= 7 * layers / 8 || (layer - layers / 8) % 3 == 2;
 
     /// <summary>Llama 3.1's rope frequency divisors (what convert_hf_to_gguf writes as rope_freqs.weight).</summary>
     public static float[] Llama3FreqFactors(int headDim, float ropeBase, float factor, float lowFreqFactor, float highFreqFactor, int originalContext)
@@ -159,18 +182,21 @@ public static class RandomModel
         return v;
     }
 
-    /// <summary>rows × cols uniform random values with standard deviation ≈ std, stored in <paramref name="type"/>.</summary>
+    /// <summary>rows × cols uniform random values with standard deviation ≈ std, stored in <paramref name="type"/>.
+    /// Rows are generated from per-row seeds and quantized in parallel, so the bytes do not depend on the thread count.</summary>
     static byte[] Matrix(Random rng, int rows, int cols, float std, GgmlType type)
     {
         float a = std * MathF.Sqrt(3f);
-        var row = new float[cols];
+        int seed = rng.Next();
         long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
         var data = new byte[rowBytes * rows];
-        for (int r = 0; r < rows; r++)
+        Parallel.For(0, rows, () => new float[cols], (r, _, row) =>
         {
-            for (int c = 0; c < cols; c++) row[c] = (float)(rng.NextDouble() * 2 - 1) * a;
+            var rr = new Random(unchecked(seed * 31 + r * 1000003)); // not HashCode.Combine: it is randomized per process
+            for (int c = 0; c < cols; c++) row[c] = (float)(rr.NextDouble() * 2 - 1) * a;
             Quantize.Row(type, row, data.AsSpan((int)(r * rowBytes), (int)rowBytes));
-        }
+            return row;
+        }, _ => { });
         return data;
     }
 

@@ -19,19 +19,17 @@ public class LogitsAgreementTests(ITestOutputHelper output)
     /// F16 / BF16 and block types: Cria rounds activations exactly as ggml does (to F16, BF16, Q8_0, Q8_1 or Q8_K
     /// blocks), so most positions agree to ~1e-6. Where an activation sits on a rounding boundary, float summation
     /// order decides which way it rounds ("a flip"), and that position's logits move by up to one activation
-    /// quantization step: observed ≤ 0.13 for block types, 0.04 for BF16, 0.0045 for F16.
+    /// quantization step, and the flip carries on through the KV cache: observed ≤ 0.17 for block types, 0.04 for BF16,
+    /// 0.005 for F16. <see cref="SingleTokenLogitsAreExactUpToRareFlips"/> shows the emulation itself is exact.
     /// </summary>
     public static float Tolerance(GgmlType t) => t switch
     {
         GgmlType.F32 => 1e-4f,
         GgmlType.F16 => 1e-2f,
         GgmlType.BF16 => 8e-2f,
-        _ => 0.2f,
+        _ => 0.25f,
     };
 
-    /// <summary>For block types: the share of positions that must agree to 1e-4 (no flip), showing that the
-    /// activation quantization is emulated rather than approximated (observed ≥ 0.37).</summary>
-    public const double MinExactShare = 0.25;
 
     static readonly Dictionary<string, string> Files = new();
     static readonly object FilesLock = new();
@@ -115,9 +113,62 @@ public class LogitsAgreementTests(ITestOutputHelper output)
             if (d <= 1e-4f * Math.Max(1f, maxAbs / 10f)) exact++;
         }
         output.WriteLine($"{name}: max |Δ| = {worst:E3} (tolerance {tol:E2}, max |logit| {maxAbs:F2}), {exact}/{tokens.Length} positions within 1e-4, argmax agrees at {argmaxAgree}/{tokens.Length}");
+        Assert.True(argmaxAgree >= tokens.Length - 2, $"{name}: argmax differs at {tokens.Length - argmaxAgree} positions");
         Assert.True(worst <= tol, $"{name}: max |Δlogit| {worst} exceeds {tol}");
-        if (type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16))
-            Assert.True(exact >= MinExactShare * tokens.Length, $"{name}: only {exact}/{tokens.Length} positions agree to 1e-4; activation quantization is not emulated");
+
+    }
+
+    /// <summary>
+    /// Activation rounding is emulated, not approximated: 16 one-token sequences (no attention mixing, so a rounding
+    /// flip cannot spread) agree with llama.cpp to 1e-4 in at least 12 of 16 cases. Without emulating ggml's
+    /// activation quantization every one of them would differ by ~1e-2.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void SingleTokenLogitsAreExactUpToRareFlips(string name, GgmlType type, bool tied, bool llama3)
+    {
+        var path = ModelFile(name, Spec(type, tied, llama3));
+        using var cpp = new LlamaCpp(path);
+        using var cria = new CriaRunner(path);
+        var batch = new Batch(16);
+        for (int s = 0; s < 16; s++) batch.Add(3 + 31 * s, 0, s, true);
+        cria.Context.Cache.Clear();
+        cria.Context.Decode(batch);
+        int exact = 0;
+        float worst = 0;
+        for (int s = 0; s < 16; s++)
+        {
+            var a = cpp.AllLogits([3 + 31 * s])[0];
+            var b = cria.Context.Logits(s);
+            float d = 0;
+            for (int i = 0; i < a.Length; i++) d = Math.Max(d, Math.Abs(a[i] - b[i]));
+            worst = Math.Max(worst, d);
+            if (d <= 1e-4f) exact++;
+        }
+        output.WriteLine($"{name}: {exact}/16 single-token sequences within 1e-4 (max |Δ| {worst:E2})");
+        if (type == GgmlType.F16)
+            // F16 files differ by ~1 F16 ulp of the logits in ~half the cases (observed 7/16 exact, max 5e-3): llama.cpp
+            // takes another route for some F16 products that we have not pinned down (README, "Agreement with llama.cpp").
+            Assert.True(worst <= Tolerance(type), $"{name}: max |Δ| {worst} exceeds {Tolerance(type)}");
+        else
+            Assert.True(exact >= 12, $"{name}: only {exact}/16 single-token sequences agree with llama.cpp to 1e-4");
+    }
+
+    /// <summary>A prompt several attention tiles long (online softmax across tiles), decoded in micro-batches.</summary>
+    [Fact]
+    public void LongPromptAcrossAttentionTilesAgrees()
+    {
+        var path = ModelFile("f32-gqa-untied", Spec(GgmlType.F32, false, false));
+        var tokens = Prompt(300, 512, 5);
+        using var cpp = new LlamaCpp(path, contextSize: 512);
+        using var cria = new CriaRunner(path, contextSize: 512);
+        var a = cpp.AllLogits(tokens);
+        var b = cria.AllLogits(tokens);
+        float worst = 0;
+        for (int p = 0; p < tokens.Length; p++)
+            for (int i = 0; i < a[p].Length; i++) worst = Math.Max(worst, Math.Abs(a[p][i] - b[p][i]));
+        output.WriteLine($"300-token prompt: max |Δ| = {worst:E3}");
+        Assert.True(worst <= 1e-4f, $"max |Δlogit| {worst}");
     }
 
     [Theory]

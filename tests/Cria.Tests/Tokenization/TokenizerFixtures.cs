@@ -43,7 +43,7 @@ public static class GgufTokenizerBuilder
     /// <summary>Llama 2 (SentencePiece BPE with byte fallback): model "llama"; tokens in id order; &lt;0xXX&gt; are BYTE,
     /// &lt;unk&gt; UNKNOWN, &lt;s&gt; &lt;/s&gt; CONTROL. tokenizer.json has no scores; SentencePiece orders pieces by score, so
     /// score = -id reproduces the piece ranking (the real file's scores are -(id-259) on the same order).</summary>
-    public static GgufWriter FromLlama2Json(string jsonPath)
+    public static List<(string Key, object Value)> Llama2Tokenizer(string jsonPath)
     {
         using var doc = JsonDocument.Parse(File.ReadAllBytes(jsonPath));
         var model = doc.RootElement.GetProperty("model");
@@ -64,21 +64,34 @@ public static class GgufTokenizerBuilder
             types[i] = t == "<unk>" ? TokenUnknown : special.Contains(i) ? TokenControl : isByte ? TokenByte : TokenNormal;
             scores[i] = types[i] == TokenNormal ? -i : 0f;
         }
-        return TinyLlama(n)
-            .Set("tokenizer.ggml.model", "llama")
-            .Set("tokenizer.ggml.tokens", tokens)
-            .Set("tokenizer.ggml.scores", scores)
-            .Set("tokenizer.ggml.token_type", types)
-            .Set("tokenizer.ggml.bos_token_id", 1u)
-            .Set("tokenizer.ggml.eos_token_id", 2u)
-            .Set("tokenizer.ggml.unknown_token_id", 0u)
-            .Set("tokenizer.ggml.add_bos_token", true)
-            .Set("tokenizer.ggml.add_eos_token", false);
+        return
+        [
+            ("tokenizer.ggml.model", "llama"),
+            ("tokenizer.ggml.tokens", tokens),
+            ("tokenizer.ggml.scores", scores),
+            ("tokenizer.ggml.token_type", types),
+            ("tokenizer.ggml.bos_token_id", 1u),
+            ("tokenizer.ggml.eos_token_id", 2u),
+            ("tokenizer.ggml.unknown_token_id", 0u),
+            ("tokenizer.ggml.add_bos_token", true),
+            ("tokenizer.ggml.add_eos_token", false),
+        ];
     }
+
+    static GgufWriter WithTokenizer(List<(string Key, object Value)> kv)
+    {
+        var w = TinyLlama(((string[])kv.First(e => e.Key == "tokenizer.ggml.tokens").Value).Length);
+        foreach (var (k, v) in kv) w.Set(k, v);
+        return w;
+    }
+
+    public static GgufWriter FromLlama2Json(string jsonPath) => WithTokenizer(Llama2Tokenizer(jsonPath));
+
+    public static GgufWriter FromLlama3Json(string jsonPath) => WithTokenizer(Llama3Tokenizer(jsonPath));
 
     /// <summary>Llama 3 (byte-level BPE): model "gpt2", pre "llama-bpe"; the 128000 BPE tokens then the 256 added
     /// special tokens (CONTROL); merges as "a b"; BOS 128000, EOS 128001 (&lt;|end_of_text|&gt;, the base model's).</summary>
-    public static GgufWriter FromLlama3Json(string jsonPath)
+    public static List<(string Key, object Value)> Llama3Tokenizer(string jsonPath)
     {
         using var doc = JsonDocument.Parse(File.ReadAllBytes(jsonPath));
         var model = doc.RootElement.GetProperty("model");
@@ -94,15 +107,17 @@ public static class GgufTokenizerBuilder
         var merges = new List<string>();
         foreach (var m in model.GetProperty("merges").EnumerateArray())
             merges.Add(m.ValueKind == JsonValueKind.String ? m.GetString()! : m[0].GetString() + " " + m[1].GetString());
-        return TinyLlama(n)
-            .Set("tokenizer.ggml.model", "gpt2")
-            .Set("tokenizer.ggml.pre", "llama-bpe")
-            .Set("tokenizer.ggml.tokens", tokens)
-            .Set("tokenizer.ggml.token_type", types)
-            .Set("tokenizer.ggml.merges", merges.ToArray())
-            .Set("tokenizer.ggml.bos_token_id", 128000u)
-            .Set("tokenizer.ggml.eos_token_id", 128001u)
-            .Set("tokenizer.ggml.add_bos_token", true);
+        return
+        [
+            ("tokenizer.ggml.model", "gpt2"),
+            ("tokenizer.ggml.pre", "llama-bpe"),
+            ("tokenizer.ggml.tokens", tokens),
+            ("tokenizer.ggml.token_type", types),
+            ("tokenizer.ggml.merges", merges.ToArray()),
+            ("tokenizer.ggml.bos_token_id", 128000u),
+            ("tokenizer.ggml.eos_token_id", 128001u),
+            ("tokenizer.ggml.add_bos_token", true),
+        ];
     }
 
     /// <summary>A 1-layer llama (d=64, 4 heads, ffn 128) with small random F32 weights and tied embeddings.</summary>

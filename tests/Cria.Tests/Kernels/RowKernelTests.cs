@@ -1,0 +1,75 @@
+using Cria.Kernels;
+using Cria.Tensors;
+using Xunit;
+
+namespace Cria.Tests.Kernels;
+
+/// <summary>The batched row kernels against the scalar reference, and their batch invariance (bit-exact).</summary>
+public unsafe class RowKernelTests
+{
+    public static IEnumerable<object[]> Types() =>
+        new[] { GgmlType.Q4_K, GgmlType.Q6_K, GgmlType.Q5_K, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.F16, GgmlType.F32, GgmlType.BF16, GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1 }
+            .Select(t => new object[] { t });
+
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void BatchedRowMatchesScalarReferenceAndIsBatchInvariant(GgmlType type)
+    {
+        var rng = new Random(17 + (int)type);
+        foreach (int n in new[] { 256, 768, 2816 })
+        {
+            int B = 37; // more than one tile, not a multiple of it
+            var wf = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+            wf[rng.Next(n)] = 3.5f; // an outlier
+            var wq = new byte[GgmlTypeInfo.RowBytes(type, n)];
+            Quantize.Row(type, wf, wq);
+            // The reference path: activations in the vec-dot type, DotScalar. The fast path: RowKernels' own format.
+            var actType = VecDot.ActivationType(type);
+            int ab = (int)GgmlTypeInfo.RowBytes(actType, n), fb = RowKernels.ActivationRowBytes(type, n);
+            var act = new byte[ab * B];
+            var fast = new byte[fb * B];
+            for (int b = 0; b < B; b++)
+            {
+                var xf = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray();
+                VecDot.QuantizeActivations(actType, xf, act.AsSpan(b * ab, ab));
+                RowKernels.PrepareActivations(type, xf, fast.AsSpan(b * fb, fb));
+            }
+            var yAll = new float[B];
+            fixed (byte* pw = wq) fixed (byte* pa = fast) fixed (float* py = yAll)
+                RowKernels.Run(type, pw, wq.Length, pa, fb, B, n, py, 1);
+            for (int b = 0; b < B; b++)
+            {
+                float reference = VecDot.DotScalar(type, wq, act.AsSpan(b * ab, ab), n);
+                double mag = 0;
+                var wd = new float[n]; var xd = new float[n];
+                Dequantize.Row(type, wq, wd); Dequantize.Row(actType, act.AsSpan(b * ab, ab), xd);
+                for (int i = 0; i < n; i++) mag += Math.Abs((double)wd[i] * xd[i]);
+                Assert.True(Math.Abs(yAll[b] - reference) <= 1e-5 * mag + 1e-6, $"{type} n={n} b={b}: batched {yAll[b]} vs scalar {reference} (Σ|wx| {mag})");
+                // the same row alone gives the same bits
+                float alone;
+                fixed (byte* pw = wq) fixed (byte* pa = fast)
+                    RowKernels.Run(type, pw, wq.Length, pa + b * fb, fb, 1, n, &alone, 1);
+                Assert.Equal(yAll[b], alone);
+            }
+        }
+    }
+
+    [Fact]
+    public void VectorizedQ8KQuantizationIsByteIdenticalToReference()
+    {
+        var rng = new Random(3);
+        foreach (int n in new[] { 256, 2048, 5632 })
+            for (int trial = 0; trial < 20; trial++)
+            {
+                var x = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 6 - 3)).ToArray();
+                if (trial == 1) Array.Clear(x, 0, 256);                         // an all-zero block
+                if (trial == 2) { x[5] = 2f; x[9] = -2f; x[200] = 2f; }          // ties for the max magnitude
+                if (trial == 3) for (int i = 0; i < n; i++) x[i] = (i % 7 - 3) * 0.5f * (127f / 1.5f) / 127f; // exact .5 products
+                var a = new byte[GgmlTypeInfo.RowBytes(GgmlType.Q8_K, n)];
+                var b = new byte[a.Length];
+                VecDot.QuantizeActivations(GgmlType.Q8_K, x, a);
+                RowKernels.PrepareActivations(GgmlType.Q4_K, x, b);
+                Assert.Equal(a, b);
+            }
+    }
+}
