@@ -1,6 +1,7 @@
 using Cria.Inference;
 using Cria.Models;
 using Cria.Serving;
+using Cria.Tensors;
 using Cria.Tests.Oracle;
 using Xunit;
 
@@ -15,15 +16,21 @@ public class EngineTests
         Dim = 64, Layers = 2, Heads = 4, KvHeads = 2, FfnDim = 128, VocabSize = 400, ContextLength = 1024, Seed = 7,
     });
 
+    /// <summary>Quantized variants (K-quants need rows of 256): the batched row kernels must stay batch-invariant.</summary>
+    public static string ModelPath(GgmlType type) => type == GgmlType.F32 ? ModelPath() : LogitsAgreementTests.ModelFile("serving-" + type, new RandomModelSpec
+    {
+        Dim = 256, Layers = 2, Heads = 4, KvHeads = 2, FfnDim = 256, VocabSize = 400, ContextLength = 1024, Seed = 7, WeightType = type,
+    });
+
     static int[] Prompt(int n, int seed)
     {
         var r = new Random(seed);
         return Enumerable.Range(0, n).Select(i => i == 0 ? 1 : r.Next(3, 400)).ToArray();
     }
 
-    static (LlamaModel, InferenceContext, Engine) Start(SchedulerOptions s, int ctx = 1024)
+    static (LlamaModel, InferenceContext, Engine) Start(SchedulerOptions s, int ctx = 1024, GgmlType type = GgmlType.F32)
     {
-        var m = LlamaModel.Open(ModelPath());
+        var m = LlamaModel.Open(ModelPath(type));
         var c = new InferenceContext(m, new ContextOptions { ContextSize = ctx, Threads = 2, MicroBatch = 64 });
         return (m, c, new Engine(c, m.Tokenizer, new EngineOptions { Scheduler = s }));
     }
@@ -115,10 +122,13 @@ public class EngineTests
         }
     }
 
-    [Fact]
-    public async Task ThirtyTwoConcurrentGreedyRequestsReturnWhatEachReturnsAlone()
+    [Theory]
+    [InlineData(GgmlType.F32)]
+    [InlineData(GgmlType.Q8_0)]
+    [InlineData(GgmlType.Q4_K)]
+    public async Task ThirtyTwoConcurrentGreedyRequestsReturnWhatEachReturnsAlone(GgmlType type)
     {
-        var (m, c, e) = Start(new SchedulerOptions { TokenBudget = 64, MaxSequences = 32, PrefixCaching = false }, ctx: 2048);
+        var (m, c, e) = Start(new SchedulerOptions { TokenBudget = 64, MaxSequences = 32, PrefixCaching = false }, ctx: 2048, type);
         using (m) using (c) using (e)
         {
             var rng = new Random(11);
