@@ -136,6 +136,7 @@ public sealed class CriaServer : IAsyncDisposable
         app.MapPost("/detokenize", (HttpContext h) => server!.Detokenize(h));
         app.MapPost("/v1/completions", (HttpContext h) => server!.Completions(h, chat: false));
         app.MapPost("/v1/chat/completions", (HttpContext h) => server!.Completions(h, chat: true));
+        app.MapPost("/v1/embeddings", (HttpContext h) => server!.Embeddings(h));
         app.MapFallback((HttpContext h) => throw new ApiException(404, $"no route {h.Request.Method} {h.Request.Path}", type: "not_found_error"));
         await app.StartAsync(ct);
         var addr = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
@@ -279,6 +280,54 @@ public sealed class CriaServer : IAsyncDisposable
             tokens[i++] = t;
         }
         return tokens;
+    }
+
+    /// <summary>Maximum inputs in one /v1/embeddings request.</summary>
+    public const int MaxEmbeddingInputs = 256;
+
+    async Task Embeddings(HttpContext http)
+    {
+        var s = Ready();
+        var o = await ReadBody(http);
+        OpenAiRequest.String(o, "model");
+        var format = OpenAiRequest.String(o, "encoding_format") ?? "float";
+        if (format is not ("float" or "base64")) throw new ApiException(400, "'encoding_format' must be 'float' or 'base64'", "encoding_format");
+        if (OpenAiRequest.Integer(o, "dimensions", 1, int.MaxValue) is long d && d != s.Model.Config.Dim)
+            throw new ApiException(400, $"this model's embeddings have {s.Model.Config.Dim} dimensions, {d} were asked for", "dimensions");
+        if (!o.TryGetProperty("input", out var input) || input.ValueKind == JsonValueKind.Null) throw new ApiException(400, "'input' is required", "input");
+        var tok = s.Model.Tokenizer;
+        var inputs = new List<int[]>();
+        int[] TokenArray(JsonElement a) => a.EnumerateArray().Select(e => e.ValueKind == JsonValueKind.Number && e.TryGetInt32(out int t) ? t : throw new ApiException(400, "token inputs must be integers", "input")).ToArray();
+        if (input.ValueKind == JsonValueKind.String) inputs.Add(tok.Encode(input.GetString()!, tok.AddBos));
+        else if (input.ValueKind == JsonValueKind.Array && input.GetArrayLength() > 0 && input[0].ValueKind == JsonValueKind.Number) inputs.Add(TokenArray(input));
+        else if (input.ValueKind == JsonValueKind.Array)
+        {
+            if (input.GetArrayLength() > MaxEmbeddingInputs) throw new ApiException(400, $"at most {MaxEmbeddingInputs} inputs per request", "input");
+            foreach (var e in input.EnumerateArray())
+                inputs.Add(e.ValueKind switch
+                {
+                    JsonValueKind.String => tok.Encode(e.GetString()!, tok.AddBos),
+                    JsonValueKind.Array => TokenArray(e),
+                    _ => throw new ApiException(400, "'input' must be a string, an array of strings, or token arrays", "input"),
+                });
+        }
+        else throw new ApiException(400, "'input' must be a string, an array of strings, or token arrays", "input");
+        if (inputs.Count == 0 || inputs.Any(t => t.Length == 0)) throw new ApiException(400, "'input' must not be empty", "input");
+        var vectors = await Task.WhenAll(inputs.Select(t => s.Engine.EmbedAsync(t, http.RequestAborted)));
+        var data = new JsonArray();
+        for (int i = 0; i < vectors.Length; i++)
+        {
+            JsonNode emb = format == "base64"
+                ? JsonValue.Create(Convert.ToBase64String(System.Runtime.InteropServices.MemoryMarshal.AsBytes(vectors[i].AsSpan())))
+                : new JsonArray(vectors[i].Select(x => (JsonNode?)JsonValue.Create(x)).ToArray());
+            data.Add(new JsonObject { ["object"] = "embedding", ["index"] = i, ["embedding"] = emb });
+        }
+        int n = inputs.Sum(t => t.Length);
+        await WriteJson(http, new JsonObject
+        {
+            ["object"] = "list", ["data"] = data, ["model"] = s.ModelName,
+            ["usage"] = new JsonObject { ["prompt_tokens"] = n, ["total_tokens"] = n },
+        });
     }
 
     static string TokenText(State s, int token) => Encoding.UTF8.GetString(s.Model.Tokenizer.TokenBytes(token, renderSpecial: true));

@@ -90,6 +90,11 @@ public sealed class Engine : IDisposable
     readonly Scheduler _scheduler;
     readonly ConcurrentQueue<EngineRequest> _incoming = new();
     readonly ConcurrentQueue<EngineRequest> _cancelled = new();
+    readonly ConcurrentQueue<EmbeddingJob> _embedIncoming = new();
+    readonly List<EmbeddingJob> _embedPending = new();
+    const int EmbeddingSequenceId = int.MaxValue - 1; // outside the ids handed to requests
+
+    sealed record EmbeddingJob(int[] Tokens, TaskCompletionSource<float[]> Result, CancellationToken Cancel);
     readonly ManualResetEventSlim _signal = new(false);
     readonly Thread _thread;
     readonly Batch _batch;
@@ -162,6 +167,62 @@ public sealed class Engine : IDisposable
         return r;
     }
 
+    /// <summary>
+    /// The embedding of a token sequence: the mean over its tokens of the final hidden state (after the output norm),
+    /// L2-normalised (llama.cpp's mean pooling). It runs on the engine thread between steps, as its own forward pass
+    /// on a temporary sequence, and leaves no KV blocks behind.
+    /// </summary>
+    public Task<float[]> EmbedAsync(int[] tokens, CancellationToken cancel = default)
+    {
+        ObjectDisposedException.ThrowIf(_stopping, this);
+        if (tokens.Length == 0) throw new InvalidRequestException("the input is empty (no tokens)");
+        if (tokens.Length > MaxSequenceLength)
+            throw new InvalidRequestException($"the input has {tokens.Length} tokens but this server's context holds {MaxSequenceLength}; shorten the input");
+        foreach (var t in tokens)
+            if ((uint)t >= (uint)_ctx.Config.VocabSize) throw new InvalidRequestException($"token {t} is outside the vocabulary (0..{_ctx.Config.VocabSize - 1})");
+        var job = new EmbeddingJob(tokens, new TaskCompletionSource<float[]>(TaskCreationOptions.RunContinuationsAsynchronously), cancel);
+        _embedIncoming.Enqueue(job);
+        _signal.Set();
+        return job.Result.Task;
+    }
+
+    void RunEmbeddings()
+    {
+        while (_embedIncoming.TryDequeue(out var j)) _embedPending.Add(j);
+        for (int i = 0; i < _embedPending.Count; i++)
+        {
+            var j = _embedPending[i];
+            if (j.Cancel.IsCancellationRequested) { j.Result.TrySetCanceled(j.Cancel); _embedPending.RemoveAt(i--); continue; }
+            if (_ctx.Cache.BlocksNeeded(EmbeddingSequenceId, j.Tokens.Length) > _ctx.Cache.FreeBlocks) continue; // after a few steps
+            _embedPending.RemoveAt(i--);
+            try
+            {
+                _batch.Clear();
+                _batch.AddSequence(j.Tokens, 0, EmbeddingSequenceId);
+                _ctx.KeepEmbeddings = true;
+                _ctx.Decode(_batch);
+                int dim = _ctx.Config.Dim;
+                var sum = new double[dim];
+                for (int r = 0; r < j.Tokens.Length; r++)
+                {
+                    var e = _ctx.Embedding(r);
+                    for (int d = 0; d < dim; d++) sum[d] += e[d];
+                }
+                double norm = Math.Sqrt(sum.Sum(x => x * x));
+                var v = new float[dim];
+                for (int d = 0; d < dim; d++) v[d] = (float)(sum[d] / (norm > 0 ? norm : 1));
+                Interlocked.Add(ref _promptTokens, j.Tokens.Length);
+                j.Result.TrySetResult(v);
+            }
+            catch (Exception e) { j.Result.TrySetException(e); }
+            finally
+            {
+                _ctx.KeepEmbeddings = false;
+                _ctx.Cache.Remove(EmbeddingSequenceId);
+            }
+        }
+    }
+
     /// <summary>Ends a request early; its KV blocks are freed at the next step boundary.</summary>
     public void Cancel(EngineRequest r)
     {
@@ -187,9 +248,10 @@ public sealed class Engine : IDisposable
             _signal.Reset();
             Drain();
             if (_stopping) break;
+            RunEmbeddings();
             if (!_scheduler.HasWork)
             {
-                _signal.Wait();
+                if (_embedPending.Count > 0) _signal.Wait(5); else _signal.Wait();
                 continue;
             }
             var step = _scheduler.Schedule();
@@ -199,6 +261,8 @@ public sealed class Engine : IDisposable
             RunStep(step);
         }
         // Shutting down: end whatever is left.
+        while (_embedIncoming.TryDequeue(out var ej)) _embedPending.Add(ej);
+        foreach (var ej in _embedPending) ej.Result.TrySetException(new ObjectDisposedException(nameof(Engine)));
         foreach (var s in _scheduler.Running.Concat(_scheduler.Waiting).ToArray()) Abort((EngineRequest)s.Tag!, new ObjectDisposedException(nameof(Engine)));
     }
 

@@ -168,6 +168,51 @@ public class EngineTests
     }
 
     [Fact]
+    public async Task EmbeddingsAreMeanPooledFinalHiddenStatesAndIgnoreOtherTraffic()
+    {
+        var p = Prompt(37, 12);
+        float[] expected;
+        using (var m = LlamaModel.Open(ModelPath()))
+        using (var ctx = new InferenceContext(m, new ContextOptions { ContextSize = 256, Threads = 2 }) { KeepEmbeddings = true })
+        {
+            var b = new Batch();
+            for (int i = 0; i < p.Length; i++) b.Add(p[i], i, 0, true);
+            ctx.Decode(b);
+            // The kept state is what the output head reads: logits = W_out · state (F32 weights; summation order differs).
+            var w = new float[m.Config.Dim];
+            foreach (int row in new[] { 0, 17, 36 })
+                foreach (int v in new[] { 0, 5, 123, 399 })
+                {
+                    Dequantize.Row(m.Output.Type, m.Output.Row(v), w);
+                    float dot = 0;
+                    var e = ctx.Embedding(row);
+                    for (int d = 0; d < w.Length; d++) dot += w[d] * e[d];
+                    Assert.Equal(ctx.Logits(row)[v], dot, 1e-3f);
+                }
+            var sum = new double[m.Config.Dim];
+            for (int r = 0; r < p.Length; r++) for (int d = 0; d < sum.Length; d++) sum[d] += ctx.Embedding(r)[d];
+            double norm = Math.Sqrt(sum.Sum(x => x * x));
+            expected = sum.Select(x => (float)(x / norm)).ToArray();
+        }
+
+        var (m2, c2, e2) = Start(new SchedulerOptions { TokenBudget = 32 });
+        using (m2) using (c2) using (e2)
+        {
+            var alone = await e2.EmbedAsync(p);
+            Assert.Equal(expected, alone);
+            Assert.Equal(1.0, Math.Sqrt(alone.Sum(x => (double)x * x)), 5);
+            // While eight streams generate, the embedding is the same bit for bit and leaves no blocks behind.
+            var streams = Enumerable.Range(0, 8).Select(i => Task.Run(() => Run(e2, Greedy(Prompt(20 + i, 300 + i), 30)))).ToArray();
+            var busy = await Task.WhenAll(Enumerable.Range(0, 4).Select(_ => e2.EmbedAsync(p)));
+            await Task.WhenAll(streams);
+            Assert.All(busy, v => Assert.Equal(alone, v));
+            Assert.NotEqual(alone, await e2.EmbedAsync(Prompt(37, 13)));
+            Assert.Equal(c2.Cache.BlockCount, c2.Cache.FreeBlocks);
+            await Assert.ThrowsAsync<InvalidRequestException>(() => e2.EmbedAsync([]));
+        }
+    }
+
+    [Fact]
     public async Task AFullQueueRefusesNewRequests()
     {
         var m = LlamaModel.Open(ModelPath());

@@ -119,6 +119,33 @@ public class ServerTests(ServerFixture f) : IClassFixture<ServerFixture>
     }
 
     [Fact]
+    public async Task EmbeddingsOverHttpAndInProcessAgree()
+    {
+        var engine = f.Server.Engine!;
+        var local = new CriaEmbeddingGenerator(engine, "cria-test");
+        var expected = await local.GenerateAsync(["the quick brown fox", "hello world"]);
+        Assert.Equal(2, expected.Count);
+        Assert.Equal(64, expected[0].Vector.Length);
+        Assert.NotEqual(expected[0].Vector.ToArray(), expected[1].Vector.ToArray());
+
+        // The official client asks for base64; Microsoft.Extensions.AI over it, too.
+        var client = f.OpenAi().GetEmbeddingClient("cria-test");
+        var one = (await client.GenerateEmbeddingAsync("the quick brown fox")).Value;
+        Assert.Equal(expected[0].Vector.ToArray(), one.ToFloats().ToArray());
+        IEmbeddingGenerator<string, Embedding<float>> gen = client.AsIEmbeddingGenerator();
+        var both = await gen.GenerateAsync(["the quick brown fox", "hello world"]);
+        Assert.Equal(expected[1].Vector.ToArray(), both[1].Vector.ToArray());
+
+        // Plain JSON floats round-trip exactly too.
+        var (st, j) = await f.Post("/v1/embeddings", """{"input":["hello world"],"encoding_format":"float"}""");
+        Assert.Equal(HttpStatusCode.OK, st);
+        Assert.Equal(expected[1].Vector.ToArray(), j.GetProperty("data")[0].GetProperty("embedding").EnumerateArray().Select(e => e.GetSingle()).ToArray());
+        Assert.Equal(engine.Tokenizer.Encode("hello world", engine.Tokenizer.AddBos).Length, j.GetProperty("usage").GetProperty("prompt_tokens").GetInt32());
+        var (bad, _) = await f.Post("/v1/embeddings", """{"input":[[]]}""");
+        Assert.Equal(HttpStatusCode.BadRequest, bad);
+    }
+
+    [Fact]
     public async Task CompletionsWithLogprobsNAndStopStrings()
     {
         var (st, j) = await f.Post("/v1/completions", """{"model":"cria-test","prompt":"the little girl","max_tokens":6,"temperature":0,"logprobs":3,"n":2,"ignore_eos":true}""");
