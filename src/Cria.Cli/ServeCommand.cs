@@ -48,7 +48,14 @@ static class ServeCommand
                 },
             };
             options.Engine.Scheduler.Validate();
-            await using var server = await CriaServer.StartAsync(options, ct);
+            CriaServer server;
+            try { server = await CriaServer.StartAsync(options, ct); }
+            catch (IOException ex)
+            {
+                Console.Error.WriteLine($"error: cannot listen on {options.Host}:{options.Port}: {ex.Message}");
+                return 1;
+            }
+            await using var _ = server;
             Console.Error.WriteLine($"cria serve: listening on {server.BaseAddress} (model {Path.GetFileName(path)} loading…)");
             try
             {
