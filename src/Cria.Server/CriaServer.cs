@@ -373,7 +373,7 @@ public sealed class CriaServer : IAsyncDisposable
                 {
                     Prompt = prompt, MaxTokens = maxTokens,
                     Sampler = p.Sampler with { Seed = p.Sampler.Seed + (ulong)i },
-                    Stop = p.Stop, IgnoreEog = p.IgnoreEos, TopLogprobs = p.TopLogprobs,
+                    Stop = p.Stop, IgnoreEog = p.IgnoreEos, TopLogprobs = p.TopLogprobs, JsonObject = p.JsonObject,
                 }, abort.Token);
             }
         }

@@ -28,6 +28,8 @@ public sealed record OpenAiSampling
     /// <summary>-1: no logprobs; 0: the chosen token's; k: also the k most likely.</summary>
     public int TopLogprobs { get; init; } = -1;
     public bool IgnoreEos { get; init; }
+    /// <summary>response_format json_object: constrain the output to one JSON object.</summary>
+    public bool JsonObject { get; init; }
     public string? Model { get; init; }
 }
 
@@ -135,12 +137,14 @@ public static class OpenAiRequest
             long? lp = Integer(o, "logprobs", 0, MaxTopLogprobs);
             if (lp != null) topLogprobs = (int)lp;
         }
+        bool jsonObject = false;
         if (Present(o, "response_format", out var rf))
         {
             if (rf.ValueKind != JsonValueKind.Object) throw new ApiException(400, "'response_format' must be an object", "response_format");
             var type = String(rf, "type");
-            if (type is not (null or "text"))
-                throw new ApiException(400, $"response_format type '{type}' is not supported by this server (no constrained decoding yet)", "response_format");
+            if (type == "json_object") jsonObject = true;
+            else if (type is not (null or "text"))
+                throw new ApiException(400, $"response_format type '{type}' is not supported by this server (text and json_object are)", "response_format");
         }
         bool ignoreEos = Bool(o, "ignore_eos") ?? false;
         return new OpenAiSampling
@@ -155,6 +159,7 @@ public static class OpenAiRequest
             },
             SeedGiven = seed.HasValue,
             Stop = stop, N = n, Stream = stream, IncludeUsage = includeUsage, TopLogprobs = topLogprobs, IgnoreEos = ignoreEos,
+            JsonObject = jsonObject,
         };
     }
 

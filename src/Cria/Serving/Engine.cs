@@ -25,6 +25,9 @@ public sealed record GenerationRequest
     public bool IgnoreEog { get; init; }
     /// <summary>Log-probabilities to return per token: -1 none, 0 the chosen token's, n also the n most likely.</summary>
     public int TopLogprobs { get; init; } = -1;
+    /// <summary>Constrain the output to one JSON object (response_format json_object): tokens that would break it are
+    /// masked before sampling, and the request stops when the object closes.</summary>
+    public bool JsonObject { get; init; }
 }
 
 public readonly record struct TokenLogprob(int Token, float Logprob);
@@ -74,6 +77,8 @@ public sealed class EngineRequest
     internal string Held = "";            // text held back: it may be the start of a stop string
     internal long Arrival, FirstToken, LastToken;
     internal readonly List<double> Itl = new();
+    internal JsonObjectGrammar? Json, JsonScratch;
+    internal float[]? Masked;
     internal bool Done;
 }
 
@@ -160,6 +165,7 @@ public sealed class Engine : IDisposable
         foreach (var t in request.Prompt) sampler.Accept(t);
         var r = new EngineRequest(Interlocked.Increment(ref _nextId), request, sampler, new StreamingDecoder(Tokenizer)) { Arrival = Stopwatch.GetTimestamp() };
         r.Sequence = new SequenceState(r.Id, request.Prompt, request.MaxTokens) { Tag = r };
+        if (request.JsonObject) { r.Json = new JsonObjectGrammar(); r.JsonScratch = new JsonObjectGrammar(); }
         _incoming.Enqueue(r);
         if (cancel.CanBeCanceled)
             r.Registration = cancel.Register(static o => { var (e, q) = ((Engine, EngineRequest))o!; e.Cancel(q); }, (this, r));
@@ -324,7 +330,13 @@ public sealed class Engine : IDisposable
         var req = r.Request;
         var seq = r.Sequence;
         if (seq.Generated >= req.MaxTokens) { Finish(r, "length", now); return; } // max_tokens = 0: prompt only
-        int token = r.Sampler.Sample(logits);
+        int token;
+        if (r.Json != null)
+        {
+            token = SampleJson(r, logits);
+            if (token < 0) { Finish(r, "stop", now); return; } // no token can continue the object (cannot happen with byte tokens)
+        }
+        else token = r.Sampler.Sample(logits);
         r.Sampler.Accept(token);
         seq.Append(token);
         Interlocked.Increment(ref _generationTokens);
@@ -358,7 +370,29 @@ public sealed class Engine : IDisposable
             text = all[..(all.Length - hold)];
         }
         r.Writer.TryWrite(new EngineOutput(token, text, lp, top));
+        if (r.Json?.IsComplete == true) { Finish(r, "stop", now); return; }
         if (seq.Generated >= req.MaxTokens || seq.Total >= MaxSequenceLength) Finish(r, "length", now);
+    }
+
+    /// <summary>Samples among the tokens whose bytes keep the output a prefix of a JSON object; -1 when none does.</summary>
+    int SampleJson(EngineRequest r, ReadOnlySpan<float> logits)
+    {
+        var masked = r.Masked ??= new float[logits.Length];
+        logits.CopyTo(masked);
+        // The first token's leading space is dropped by the streaming decoder: judge the bytes that are emitted.
+        int lstrip = r.Sequence.Generated == 0 && Tokenizer.AddSpacePrefix ? 1 : 0;
+        bool any = false;
+        for (int v = 0; v < masked.Length; v++)
+        {
+            var bytes = Tokenizer.TokenBytes(v, false, lstrip);
+            r.JsonScratch!.CopyFrom(r.Json!);
+            if (bytes.Length == 0 || !r.JsonScratch.Accept(bytes)) masked[v] = float.NegativeInfinity;
+            else any = true;
+        }
+        if (!any) return -1;
+        int token = r.Sampler.Sample(masked);
+        r.Json!.Accept(Tokenizer.TokenBytes(token, false, lstrip));
+        return token;
     }
 
     (float, TokenLogprob[]?) Logprobs(ReadOnlySpan<float> logits, int token, int topN)
