@@ -268,6 +268,27 @@ public class ServerLifecycleTests
     }
 
     [Fact]
+    public async Task AFullQueueAnswers429WithRetryAfter()
+    {
+        await using var server = await CriaServer.StartAsync(new ServerOptions
+        {
+            ModelPath = EngineTests.ModelPath(), Port = 0, Threads = 1, ContextSize = 2048,
+            Engine = new EngineOptions { MaxWaiting = 2, Scheduler = new SchedulerOptions { TokenBudget = 4 } },
+        });
+        await server.Loaded;
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+        // Each 600-token prompt needs ~150 steps of 4 tokens before its first token: a fifth request finds two waiting.
+        var prompt = string.Join(',', Enumerable.Range(0, 600).Select(i => 3 + i % 300));
+        var body = "{\"prompt\":[" + prompt + "],\"max_tokens\":1}";
+        var responses = await Task.WhenAll(Enumerable.Range(0, 5).Select(_ => http.PostAsync("/v1/completions", new StringContent(body))));
+        var busy = responses.Where(r => r.StatusCode == HttpStatusCode.TooManyRequests).ToArray();
+        Assert.NotEmpty(busy);
+        Assert.Contains(responses, r => r.StatusCode == HttpStatusCode.OK);
+        Assert.NotNull(busy[0].Headers.RetryAfter);
+        Assert.Equal("rate_limit_error", JsonDocument.Parse(await busy[0].Content.ReadAsStringAsync()).RootElement.GetProperty("error").GetProperty("type").GetString());
+    }
+
+    [Fact]
     public void ChatTemplatesAreRecognisedAndRendered()
     {
         const string llama3 = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
