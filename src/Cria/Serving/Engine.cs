@@ -201,6 +201,8 @@ public sealed class Engine : IDisposable
             if (j.Cancel.IsCancellationRequested) { j.Result.TrySetCanceled(j.Cancel); _embedPending.RemoveAt(i--); continue; }
             if (_ctx.Cache.BlocksNeeded(EmbeddingSequenceId, j.Tokens.Length) > _ctx.Cache.FreeBlocks) continue; // after a few steps
             _embedPending.RemoveAt(i--);
+            float[]? v = null;
+            Exception? error = null;
             try
             {
                 _batch.Clear();
@@ -215,17 +217,18 @@ public sealed class Engine : IDisposable
                     for (int d = 0; d < dim; d++) sum[d] += e[d];
                 }
                 double norm = Math.Sqrt(sum.Sum(x => x * x));
-                var v = new float[dim];
+                v = new float[dim];
                 for (int d = 0; d < dim; d++) v[d] = (float)(sum[d] / (norm > 0 ? norm : 1));
                 Interlocked.Add(ref _promptTokens, j.Tokens.Length);
-                j.Result.TrySetResult(v);
             }
-            catch (Exception e) { j.Result.TrySetException(e); }
+            catch (Exception e) { error = e; }
             finally
             {
                 _ctx.KeepEmbeddings = false;
                 _ctx.Cache.Remove(EmbeddingSequenceId);
             }
+            // Completed only after the blocks are back, so a caller never sees them in use.
+            if (v != null) j.Result.TrySetResult(v); else j.Result.TrySetException(error!);
         }
     }
 
