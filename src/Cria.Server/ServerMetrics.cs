@@ -21,7 +21,7 @@ public sealed class ServerMetrics
     readonly Gauge _running, _waiting, _kvUsage;
     readonly Counter _promptTokens, _generationTokens, _prefixQueries, _prefixHits, _preemptions, _steps;
     readonly Counter _success;
-    readonly Histogram _ttft, _itl, _e2e, _promptHist, _genHist;
+    readonly Histogram _ttft, _itl, _e2e, _queue, _promptHist, _genHist;
     readonly Counter _httpErrors;
     readonly string _model;
     Engine? _engine;
@@ -44,6 +44,7 @@ public sealed class ServerMetrics
         _ttft = f.CreateHistogram("cria_time_to_first_token_seconds", "Time from arrival to the first generated token.", new HistogramConfiguration { Buckets = TtftBuckets });
         _itl = f.CreateHistogram("cria_inter_token_latency_seconds", "Time between consecutive generated tokens of a request.", new HistogramConfiguration { Buckets = ItlBuckets });
         _e2e = f.CreateHistogram("cria_e2e_request_latency_seconds", "Time from arrival to the end of a request.", new HistogramConfiguration { Buckets = E2eBuckets });
+        _queue = f.CreateHistogram("cria_request_queue_time_seconds", "Time from arrival to the request's first engine step.", new HistogramConfiguration { Buckets = TtftBuckets });
         _promptHist = f.CreateHistogram("cria_request_prompt_tokens", "Prompt tokens per request.", new HistogramConfiguration { Buckets = TokenBuckets });
         _genHist = f.CreateHistogram("cria_request_generation_tokens", "Generated tokens per request.", new HistogramConfiguration { Buckets = TokenBuckets });
         Registry.AddBeforeCollectCallback(Refresh);
@@ -62,6 +63,7 @@ public sealed class ServerMetrics
         _genHist.Observe(s.GeneratedTokens);
         _e2e.Observe(s.EndToEndSeconds);
         if (s.GeneratedTokens > 0) _ttft.Observe(s.TimeToFirstTokenSeconds);
+        if (s.QueueSeconds > 0) _queue.Observe(s.QueueSeconds);
         foreach (var d in s.InterTokenSeconds) _itl.Observe(d);
     }
 

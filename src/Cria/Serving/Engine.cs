@@ -75,7 +75,7 @@ public sealed class EngineRequest
     internal SequenceState Sequence = null!;
     internal CancellationTokenRegistration Registration;
     internal string Held = "";            // text held back: it may be the start of a stop string
-    internal long Arrival, FirstToken, LastToken;
+    internal long Arrival, Scheduled, FirstToken, LastToken;
     internal readonly List<double> Itl = new();
     internal JsonObjectGrammar? Json, JsonScratch;
     internal float[]? Masked;
@@ -311,6 +311,8 @@ public sealed class Engine : IDisposable
         int prompt = 0;
         foreach (var c in step.Chunks)
         {
+            var req = (EngineRequest)c.Sequence.Tag!;
+            if (req.Scheduled == 0) req.Scheduled = t0; // first time in a batch: the end of its queueing
             // Publish before sampling: a request that finishes now still leaves its blocks to the prefix cache.
             _ctx.Cache.PublishFullBlocks(c.Sequence.Id, c.Sequence.TokenSpan);
             if (c.Start < c.Sequence.PromptLength) prompt += Math.Min(c.Start + c.Count, c.Sequence.PromptLength) - c.Start;
@@ -463,7 +465,7 @@ public sealed class Engine : IDisposable
         var s = r.Sequence;
         double Sec(long a, long b) => a == 0 || b == 0 ? 0 : Stopwatch.GetElapsedTime(a, b).TotalSeconds;
         r.Stats = new RequestStats(s.PromptLength, s.CachedPromptTokens, s.Generated, reason,
-            0, Sec(r.Arrival, r.FirstToken), Sec(r.Arrival, now), r.Itl, s.Preemptions);
+            Sec(r.Arrival, r.Scheduled), Sec(r.Arrival, r.FirstToken), Sec(r.Arrival, now), r.Itl, s.Preemptions);
         r.Writer.TryComplete(error);
         try { RequestFinished?.Invoke(r.Stats); } catch { /* an observer's failure must not stop the engine */ }
     }

@@ -196,7 +196,8 @@ public class ServerTests(ServerFixture f) : IClassFixture<ServerFixture>
         var metrics = await f.Http.GetStringAsync("/metrics");
         foreach (var name in new[] { "cria_num_requests_running", "cria_num_requests_waiting", "cria_kv_cache_usage_perc", "cria_prefix_cache_hits_total",
                      "cria_prompt_tokens_total", "cria_generation_tokens_total", "cria_time_to_first_token_seconds_bucket",
-                     "cria_inter_token_latency_seconds_bucket", "cria_e2e_request_latency_seconds_bucket", "cria_request_success_total" })
+                     "cria_inter_token_latency_seconds_bucket", "cria_e2e_request_latency_seconds_bucket", "cria_request_success_total",
+                     "cria_request_queue_time_seconds_bucket" })
             Assert.Contains(name + "{", metrics);
         var gen = metrics.Split('\n').First(l => l.StartsWith("cria_generation_tokens_total{", StringComparison.Ordinal));
         Assert.True(double.Parse(gen.Split(' ')[1], System.Globalization.CultureInfo.InvariantCulture) >= 2);
