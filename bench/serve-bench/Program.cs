@@ -7,7 +7,7 @@
 //  B. Decode throughput: 16 concurrent greedy streams vs 1 (short prompts, 128 tokens each).
 //
 // usage: serve-bench [--model FILE.gguf] [--threads N] [--budget TOKENS] [--long L] [--concurrency 4,8,16]
-//                    [--duration SECONDS] [--repeat R] [--out FILE.md]
+//                    [--duration SECONDS] [--repeat R] [--decode-only yes] [--out FILE.md]
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;
@@ -29,6 +29,7 @@ int budget = int.Parse(opts.Get("--budget", "256"), CultureInfo.InvariantCulture
 int longLen = int.Parse(opts.Get("--long", "1536"), CultureInfo.InvariantCulture);
 double duration = double.Parse(opts.Get("--duration", "20"), CultureInfo.InvariantCulture);
 int[] levels = opts.Get("--concurrency", "4,16").Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray();
+bool decodeOnly = opts.Get("--decode-only", "no") == "yes";
 int repeats = int.Parse(opts.Get("--repeat", "1"), CultureInfo.InvariantCulture);
 string? outFile = opts.Get("--out", "") is { Length: > 0 } o ? o : null;
 
@@ -52,7 +53,7 @@ Line("");
 Line("| chat streams | chunked prefill | chat TTFT median / P99 (ms) | chat ITL median / P99 (ms) | max ITL (ms) | long-prompt TTFT median (ms) | generated tok/s | all tok/s | steps |");
 Line("|---:|:---:|---:|---:|---:|---:|---:|---:|---:|");
 // Settings alternate (on, off, then off, on for the next repeat) so that drift of a shared machine hits both alike.
-for (int rep = 0; rep < repeats; rep++)
+for (int rep = 0; rep < (decodeOnly ? 0 : repeats); rep++)
     foreach (int c in levels)
         foreach (bool chunked in rep % 2 == 0 ? new[] { true, false } : new[] { false, true })
         {
@@ -64,12 +65,15 @@ Line("### B. Aggregate decode throughput (greedy, 16-token prompts, 128 tokens e
 Line("");
 Line("| streams | generated tok/s (decode phase) | per-stream tok/s | speed-up vs 1 |");
 Line("|---:|---:|---:|---:|");
-double one = 0;
-foreach (int n in new[] { 1, 4, 16 })
+for (int rep = 0; rep < (decodeOnly ? repeats : 1); rep++)
 {
-    double tps = await DecodeThroughput(n);
-    if (n == 1) one = tps;
-    Line($"| {n} | {tps:F1} | {tps / n:F1} | {tps / one:F2}× |");
+    double one = 0;
+    foreach (int n in new[] { 1, 4, 16 })
+    {
+        double tps = await DecodeThroughput(n);
+        if (n == 1) one = tps;
+        Line($"| {n} | {tps:F1} | {tps / n:F1} | {tps / one:F2}× |");
+    }
 }
 if (outFile != null) File.WriteAllText(outFile, report.ToString());
 return 0;
