@@ -125,8 +125,18 @@ public sealed class InferenceContext : IDisposable
             throw new KvCacheFullException($"KV cache is full: the batch needs {blocksNeeded} blocks of {Cache.BlockSize} tokens, {Cache.FreeBlocks} are free (context size {Cache.Capacity})");
     }
 
+    /// <summary>When set, <see cref="Decode"/> also keeps every row's final hidden state (after the output norm), read
+    /// with <see cref="Embedding"/> — what embedding endpoints pool.</summary>
+    public bool KeepEmbeddings { get; set; }
+    float[] _embd = [];
+
+    /// <summary>The final hidden state of batch row <paramref name="batchRow"/> from the last <see cref="Decode"/> run
+    /// with <see cref="KeepEmbeddings"/> set.</summary>
+    public ReadOnlySpan<float> Embedding(int batchRow) => _embd.AsSpan(batchRow * Config.Dim, Config.Dim);
+
     void PrepareOutputs(Batch batch)
     {
+        if (KeepEmbeddings && _embd.Length < (long)batch.Count * Config.Dim) _embd = new float[(long)batch.Count * Config.Dim];
         int n = batch.Count, outputs = 0;
         if (_outputIndex.Length < n) _outputIndex = new int[Math.Max(n, MicroBatch)];
         var want = batch.WantLogits;
@@ -184,6 +194,11 @@ public sealed class InferenceContext : IDisposable
             MatMul(L.WDown, _gate, B, _tmp);
             for (int i = 0; i < B * dim; i++) _x[i] += _tmp[i];
         }
+
+        // Final hidden states (after the output norm) of every row, for embeddings.
+        if (KeepEmbeddings)
+            for (int b = 0; b < B; b++)
+                Ops.RmsNorm(_x.AsSpan(b * dim, dim), m.OutputNorm, c.RmsNormEps, _embd.AsSpan((start + b) * dim, dim));
 
         // ---- output head, only for rows that asked ----
         int nOut = 0;

@@ -1,0 +1,78 @@
+using System.CommandLine;
+using Cria.Serving;
+using Cria.Server;
+
+namespace Cria.Cli;
+
+/// <summary><c>cria serve [MODEL] [--host H] [--port P] [--api-key K]</c>: the OpenAI-compatible server.</summary>
+static class ServeCommand
+{
+    public static Command Create()
+    {
+        var model = new Argument<string?>("model") { Arity = ArgumentArity.ZeroOrOne, Description = "GGUF model file (default: the bundled model)" };
+        var host = new Option<string>("--host") { Description = "address to bind", DefaultValueFactory = _ => "127.0.0.1" };
+        var port = new Option<int>("--port") { Description = "TCP port (0 = any free port)", DefaultValueFactory = _ => 8080 };
+        var apiKey = new Option<string?>("--api-key") { Description = "require 'Authorization: Bearer KEY' (also $CRIA_API_KEY)" };
+        var apiKeyFile = new Option<string?>("--api-key-file") { Description = "read the API key from a file" };
+        var ctx = new Option<int>("--ctx-size", "-c") { Description = "KV-cache tokens over all requests (default: min(8192, the model's context))" };
+        var threads = new Option<int>("--threads", "-t") { Description = "worker threads (default: all cores)" };
+        var budget = new Option<int>("--token-budget") { Description = "tokens per engine step, shared by decodes and prefill chunks", DefaultValueFactory = _ => 256 };
+        var maxSeqs = new Option<int>("--max-seqs") { Description = "requests running at once", DefaultValueFactory = _ => 32 };
+        var noChunk = new Option<bool>("--no-chunked-prefill") { Description = "run whole prompts (for comparison)" };
+        var noPrefix = new Option<bool>("--no-prefix-cache") { Description = "do not share KV blocks of common prompt prefixes" };
+        var maxWaiting = new Option<int>("--max-waiting") { Description = "queued requests before answering 429", DefaultValueFactory = _ => 256 };
+        var verbose = new Option<bool>("--verbose", "-v") { Description = "log requests" };
+        var cmd = new Command("serve", "serve a model over an OpenAI-compatible HTTP API (continuous batching, chunked prefill)")
+        {
+            model, host, port, apiKey, apiKeyFile, ctx, threads, budget, maxSeqs, noChunk, noPrefix, maxWaiting, verbose,
+        };
+        cmd.SetAction(async (r, ct) =>
+        {
+            var path = DefaultModel.Resolve(r.GetValue(model));
+            string? key = r.GetValue(apiKey);
+            if (r.GetValue(apiKeyFile) is { } f) key = File.ReadAllText(f).Trim();
+            key ??= Environment.GetEnvironmentVariable("CRIA_API_KEY");
+            var options = new ServerOptions
+            {
+                ModelPath = path,
+                Host = r.GetValue(host)!, Port = r.GetValue(port), ApiKey = string.IsNullOrEmpty(key) ? null : key,
+                ContextSize = r.GetValue(ctx), Threads = r.GetValue(threads), Verbose = r.GetValue(verbose),
+                Engine = new EngineOptions
+                {
+                    MaxWaiting = r.GetValue(maxWaiting),
+                    Scheduler = new SchedulerOptions
+                    {
+                        TokenBudget = r.GetValue(budget), MaxSequences = r.GetValue(maxSeqs),
+                        ChunkedPrefill = !r.GetValue(noChunk), PrefixCaching = !r.GetValue(noPrefix),
+                    },
+                },
+            };
+            options.Engine.Scheduler.Validate();
+            CriaServer server;
+            try { server = await CriaServer.StartAsync(options, ct); }
+            catch (IOException ex)
+            {
+                Console.Error.WriteLine($"error: cannot listen on {options.Host}:{options.Port}: {ex.Message}");
+                return 1;
+            }
+            await using var _ = server;
+            Console.Error.WriteLine($"cria serve: listening on {server.BaseAddress} (model {Path.GetFileName(path)} loading…)");
+            try
+            {
+                await server.Loaded;
+                var e = server.Engine!;
+                Console.Error.WriteLine($"cria serve: ready — {server.ModelName}, context {e.MaxSequenceLength} tokens, KV pool {e.Cache.Capacity} tokens, " +
+                    $"budget {options.Engine.Scheduler.TokenBudget} tokens/step, chunked prefill {(options.Engine.Scheduler.ChunkedPrefill ? "on" : "off")}" +
+                    (options.ApiKey != null ? ", API key required" : ""));
+            }
+            catch (Exception ex)
+            {
+                Console.Error.WriteLine("error: the model failed to load: " + ex.Message);
+                return 1;
+            }
+            await server.WaitForShutdownAsync(ct);
+            return 0;
+        });
+        return cmd;
+    }
+}

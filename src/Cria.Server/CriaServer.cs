@@ -1,0 +1,557 @@
+using System.Net;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Cria.Inference;
+using Cria.Models;
+using Cria.Serving;
+using Cria.Tokenization;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+
+namespace Cria.Server;
+
+/// <summary>Settings of <c>cria serve</c>.</summary>
+public sealed record ServerOptions
+{
+    public required string ModelPath { get; init; }
+    /// <summary>Name reported by /v1/models (default: the file name without extension).</summary>
+    public string? ModelName { get; init; }
+    public string Host { get; init; } = "127.0.0.1";
+    /// <summary>TCP port; 0 picks a free one (see <see cref="CriaServer.BaseAddress"/>).</summary>
+    public int Port { get; init; } = 8080;
+    /// <summary>When set, every route except /health needs <c>Authorization: Bearer KEY</c>.</summary>
+    public string? ApiKey { get; init; }
+    /// <summary>KV-cache tokens over all sequences (0 = min(8192, the model's context)).</summary>
+    public int ContextSize { get; init; }
+    public int Threads { get; init; }
+    public EngineOptions Engine { get; init; } = new();
+    public long MaxBodyBytes { get; init; } = 4 << 20;
+    /// <summary>Write request logs to the console.</summary>
+    public bool Verbose { get; init; }
+    /// <summary>Test seam: loading waits for this task (to observe /health during loading).</summary>
+    internal Task? LoadGate { get; init; }
+}
+
+/// <summary>
+/// The OpenAI-compatible HTTP server (Kestrel): /v1/chat/completions, /v1/completions (SSE streaming and not),
+/// /v1/models, /tokenize, /detokenize, /health (503 while the model loads) and /metrics (Prometheus text). The model
+/// loads in the background after the socket is bound.
+/// </summary>
+public sealed class CriaServer : IAsyncDisposable
+{
+    readonly WebApplication _app;
+    readonly ServerOptions _o;
+    readonly byte[]? _keyHash;
+    readonly Task _loading;
+    volatile State? _state;
+    volatile string? _loadError;
+
+    /// <summary>Everything that exists once the model is loaded.</summary>
+    public sealed class State(LlamaModel model, InferenceContext context, Engine engine, ChatTemplate template, ServerMetrics metrics, string name)
+    {
+        public LlamaModel Model { get; } = model;
+        public InferenceContext Context { get; } = context;
+        public Engine Engine { get; } = engine;
+        public ChatTemplate Template { get; } = template;
+        public ServerMetrics Metrics { get; } = metrics;
+        public string ModelName { get; } = name;
+        public long Created { get; } = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+    }
+
+    public Uri BaseAddress { get; }
+    public string ModelName { get; }
+    /// <summary>Completes when the model is loaded (faults when loading failed).</summary>
+    public Task Loaded => _loading;
+    public Engine? Engine => _state?.Engine;
+
+    CriaServer(WebApplication app, ServerOptions o, Uri address)
+    {
+        _app = app; _o = o; BaseAddress = address;
+        ModelName = o.ModelName ?? Path.GetFileNameWithoutExtension(o.ModelPath);
+        if (!string.IsNullOrEmpty(o.ApiKey)) _keyHash = SHA256.HashData(Encoding.UTF8.GetBytes(o.ApiKey));
+        _loading = Task.Run(async () => { if (o.LoadGate != null) await o.LoadGate; Load(); });
+    }
+
+    void Load()
+    {
+        try
+        {
+            var model = LlamaModel.Open(_o.ModelPath);
+            int ctx = _o.ContextSize > 0 ? _o.ContextSize : Math.Min(8192, model.Config.ContextLength);
+            var context = new InferenceContext(model, new ContextOptions { ContextSize = ctx, Threads = _o.Threads, MicroBatch = Math.Max(64, Math.Min(512, _o.Engine.Scheduler.TokenBudget)) });
+            var engine = new Engine(context, model.Tokenizer, _o.Engine);
+            var metrics = new ServerMetrics(ModelName);
+            metrics.Attach(engine);
+            _state = new State(model, context, engine, ChatTemplate.FromGguf(model.File, model.Tokenizer), metrics, ModelName);
+        }
+        catch (Exception e)
+        {
+            _loadError = e.Message;
+            throw;
+        }
+    }
+
+    /// <summary>Binds the socket, starts serving (/health answers 503 until the model is loaded) and returns.</summary>
+    public static async Task<CriaServer> StartAsync(ServerOptions o, CancellationToken ct = default)
+    {
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        if (o.Verbose) builder.Logging.AddConsole();
+        builder.WebHost.UseKestrel(k =>
+        {
+            k.Limits.MaxRequestBodySize = o.MaxBodyBytes;
+            k.AddServerHeader = false;
+            var ip = o.Host switch
+            {
+                "localhost" => IPAddress.Loopback,
+                "0.0.0.0" or "*" => IPAddress.Any,
+                _ => IPAddress.TryParse(o.Host, out var a) ? a : throw new CriaException($"--host must be an IP address (or localhost), got '{o.Host}'"),
+            };
+            k.Listen(ip, o.Port);
+        });
+        var app = builder.Build();
+        CriaServer? server = null;
+        app.Use(async (http, next) =>
+        {
+            try { await server!.Authorize(http, next); }
+            catch (ApiException e) { await server!.Error(http, e); }
+            catch (BadHttpRequestException e) { await server!.Error(http, new ApiException(e.StatusCode, e.Message)); }
+            catch (OperationCanceledException) when (http.RequestAborted.IsCancellationRequested) { }
+            catch (EngineOverloadedException e) { await server!.Error(http, new ApiException(429, e.Message, type: "rate_limit_error") { RetryAfterSeconds = 1 }); }
+            catch (InvalidRequestException e) { await server!.Error(http, new ApiException(400, e.Message)); }
+            catch (Exception e) { await server!.Error(http, new ApiException(500, e.Message, type: "server_error")); }
+        });
+        app.MapGet("/health", (HttpContext h) => server!.Health(h));
+        app.MapGet("/v1/models", (HttpContext h) => server!.Models(h));
+        app.MapGet("/metrics", (HttpContext h) => server!.MetricsText(h));
+        app.MapPost("/tokenize", (HttpContext h) => server!.Tokenize(h));
+        app.MapPost("/detokenize", (HttpContext h) => server!.Detokenize(h));
+        app.MapPost("/v1/completions", (HttpContext h) => server!.Completions(h, chat: false));
+        app.MapPost("/v1/chat/completions", (HttpContext h) => server!.Completions(h, chat: true));
+        app.MapPost("/v1/embeddings", (HttpContext h) => server!.Embeddings(h));
+        app.MapFallback((HttpContext h) => throw new ApiException(404, $"no route {h.Request.Method} {h.Request.Path}", type: "not_found_error"));
+        await app.StartAsync(ct);
+        var addr = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+        var uri = new Uri(addr.Replace("0.0.0.0", "127.0.0.1").Replace("[::]", "[::1]"));
+        server = new CriaServer(app, o, uri);
+        return server;
+    }
+
+    public Task WaitForShutdownAsync(CancellationToken ct = default) => _app.WaitForShutdownAsync(ct);
+
+    public async ValueTask DisposeAsync()
+    {
+        await _app.StopAsync();
+        await _app.DisposeAsync();
+        try { await _loading; } catch { /* reported by /health */ }
+        if (_state is { } s) { s.Engine.Dispose(); s.Context.Dispose(); s.Model.Dispose(); }
+    }
+
+    // ---- plumbing -------------------------------------------------------------------------------------------------
+
+    async Task Authorize(HttpContext http, RequestDelegate next)
+    {
+        if (_keyHash != null && http.Request.Path != "/health")
+        {
+            string auth = http.Request.Headers.Authorization.ToString();
+            string given = auth.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase) ? auth[7..].Trim() : "";
+            // Compare fixed-length digests in constant time: neither the key's length nor its prefix leaks.
+            if (!CryptographicOperations.FixedTimeEquals(SHA256.HashData(Encoding.UTF8.GetBytes(given)), _keyHash))
+                throw new ApiException(401, "invalid or missing API key (send Authorization: Bearer KEY)", type: "authentication_error", code: "invalid_api_key");
+        }
+        await next(http);
+    }
+
+    State Ready()
+    {
+        if (_state is { } s) return s;
+        if (_loadError != null) throw new ApiException(503, "the model failed to load: " + _loadError, type: "server_error");
+        throw new ApiException(503, "the model is still loading", type: "server_error") { RetryAfterSeconds = 1 };
+    }
+
+    async Task Error(HttpContext http, ApiException e)
+    {
+        _state?.Metrics.HttpError(e.Status);
+        if (http.Response.HasStarted) return;
+        http.Response.StatusCode = e.Status;
+        if (e.RetryAfterSeconds is int ra) http.Response.Headers.RetryAfter = ra.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        var body = new JsonObject
+        {
+            ["error"] = new JsonObject { ["message"] = e.Message, ["type"] = e.Type, ["param"] = e.Param, ["code"] = e.Code ?? (JsonNode?)e.Status },
+        };
+        await WriteJson(http, body);
+    }
+
+    static async Task WriteJson(HttpContext http, JsonNode body)
+    {
+        http.Response.ContentType = "application/json";
+        await http.Response.WriteAsync(body.ToJsonString(), http.RequestAborted);
+    }
+
+    async Task<JsonElement> ReadBody(HttpContext http)
+    {
+        var limit = _o.MaxBodyBytes;
+        if (http.Request.ContentLength > limit) throw new ApiException(413, $"the request body is larger than {limit} bytes");
+        using var ms = new MemoryStream();
+        var buf = new byte[16384];
+        int n;
+        while ((n = await http.Request.Body.ReadAsync(buf, http.RequestAborted)) > 0)
+        {
+            ms.Write(buf, 0, n);
+            if (ms.Length > limit) throw new ApiException(413, $"the request body is larger than {limit} bytes");
+        }
+        return OpenAiRequest.ParseBody(ms.GetBuffer().AsSpan(0, (int)ms.Length));
+    }
+
+    // ---- routes ---------------------------------------------------------------------------------------------------
+
+    async Task Health(HttpContext http)
+    {
+        if (_state == null)
+        {
+            http.Response.StatusCode = 503;
+            await WriteJson(http, new JsonObject { ["status"] = _loadError == null ? "loading" : "error", ["error"] = _loadError });
+            return;
+        }
+        await WriteJson(http, new JsonObject { ["status"] = "ok" });
+    }
+
+    async Task Models(HttpContext http)
+    {
+        var s = Ready();
+        await WriteJson(http, new JsonObject
+        {
+            ["object"] = "list",
+            ["data"] = new JsonArray(new JsonObject
+            {
+                ["id"] = s.ModelName, ["object"] = "model", ["created"] = s.Created, ["owned_by"] = "cria",
+                ["max_model_len"] = s.Engine.MaxSequenceLength,
+            }),
+        });
+    }
+
+    async Task MetricsText(HttpContext http)
+    {
+        var s = Ready();
+        http.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
+        await s.Metrics.WriteAsync(http.Response.Body, http.RequestAborted);
+    }
+
+    async Task Tokenize(HttpContext http)
+    {
+        var s = Ready();
+        var o = await ReadBody(http);
+        var content = OpenAiRequest.String(o, "content") ?? OpenAiRequest.String(o, "prompt") ?? throw new ApiException(400, "'content' is required", "content");
+        bool addSpecial = OpenAiRequest.Bool(o, "add_special") ?? true;
+        bool parseSpecial = OpenAiRequest.Bool(o, "parse_special") ?? true;
+        bool pieces = OpenAiRequest.Bool(o, "with_pieces") ?? false;
+        var tokens = s.Model.Tokenizer.Encode(content, addSpecial && s.Model.Tokenizer.AddBos, parseSpecial);
+        var arr = new JsonArray();
+        foreach (var t in tokens)
+            arr.Add(pieces ? new JsonObject { ["id"] = t, ["piece"] = TokenText(s, t) } : JsonValue.Create(t));
+        await WriteJson(http, new JsonObject { ["tokens"] = arr, ["count"] = tokens.Length, ["max_model_len"] = s.Engine.MaxSequenceLength });
+    }
+
+    async Task Detokenize(HttpContext http)
+    {
+        var s = Ready();
+        var o = await ReadBody(http);
+        var tokens = Tokens(o, "tokens", s);
+        await WriteJson(http, new JsonObject { ["content"] = s.Model.Tokenizer.Detokenize(tokens) });
+    }
+
+    static int[] Tokens(JsonElement o, string name, State s)
+    {
+        if (!o.TryGetProperty(name, out var a) || a.ValueKind != JsonValueKind.Array) throw new ApiException(400, $"'{name}' must be an array of token ids", name);
+        var tokens = new int[a.GetArrayLength()];
+        int i = 0;
+        foreach (var e in a.EnumerateArray())
+        {
+            if (e.ValueKind != JsonValueKind.Number || !e.TryGetInt32(out int t)) throw new ApiException(400, $"'{name}' must be an array of token ids", name);
+            if ((uint)t >= (uint)s.Model.Tokenizer.VocabSize) throw new ApiException(400, $"token {t} is outside the vocabulary (0..{s.Model.Tokenizer.VocabSize - 1})", name);
+            tokens[i++] = t;
+        }
+        return tokens;
+    }
+
+    /// <summary>Maximum inputs in one /v1/embeddings request.</summary>
+    public const int MaxEmbeddingInputs = 256;
+
+    async Task Embeddings(HttpContext http)
+    {
+        var s = Ready();
+        var o = await ReadBody(http);
+        OpenAiRequest.String(o, "model");
+        var format = OpenAiRequest.String(o, "encoding_format") ?? "float";
+        if (format is not ("float" or "base64")) throw new ApiException(400, "'encoding_format' must be 'float' or 'base64'", "encoding_format");
+        if (OpenAiRequest.Integer(o, "dimensions", 1, int.MaxValue) is long d && d != s.Model.Config.Dim)
+            throw new ApiException(400, $"this model's embeddings have {s.Model.Config.Dim} dimensions, {d} were asked for", "dimensions");
+        if (!o.TryGetProperty("input", out var input) || input.ValueKind == JsonValueKind.Null) throw new ApiException(400, "'input' is required", "input");
+        var tok = s.Model.Tokenizer;
+        var inputs = new List<int[]>();
+        int[] TokenArray(JsonElement a) => a.EnumerateArray().Select(e => e.ValueKind == JsonValueKind.Number && e.TryGetInt32(out int t) ? t : throw new ApiException(400, "token inputs must be integers", "input")).ToArray();
+        if (input.ValueKind == JsonValueKind.String) inputs.Add(tok.Encode(input.GetString()!, tok.AddBos));
+        else if (input.ValueKind == JsonValueKind.Array && input.GetArrayLength() > 0 && input[0].ValueKind == JsonValueKind.Number) inputs.Add(TokenArray(input));
+        else if (input.ValueKind == JsonValueKind.Array)
+        {
+            if (input.GetArrayLength() > MaxEmbeddingInputs) throw new ApiException(400, $"at most {MaxEmbeddingInputs} inputs per request", "input");
+            foreach (var e in input.EnumerateArray())
+                inputs.Add(e.ValueKind switch
+                {
+                    JsonValueKind.String => tok.Encode(e.GetString()!, tok.AddBos),
+                    JsonValueKind.Array => TokenArray(e),
+                    _ => throw new ApiException(400, "'input' must be a string, an array of strings, or token arrays", "input"),
+                });
+        }
+        else throw new ApiException(400, "'input' must be a string, an array of strings, or token arrays", "input");
+        if (inputs.Count == 0 || inputs.Any(t => t.Length == 0)) throw new ApiException(400, "'input' must not be empty", "input");
+        var vectors = await Task.WhenAll(inputs.Select(t => s.Engine.EmbedAsync(t, http.RequestAborted)));
+        var data = new JsonArray();
+        for (int i = 0; i < vectors.Length; i++)
+        {
+            JsonNode emb = format == "base64"
+                ? JsonValue.Create(Convert.ToBase64String(System.Runtime.InteropServices.MemoryMarshal.AsBytes(vectors[i].AsSpan())))
+                : new JsonArray(vectors[i].Select(x => (JsonNode?)JsonValue.Create(x)).ToArray());
+            data.Add(new JsonObject { ["object"] = "embedding", ["index"] = i, ["embedding"] = emb });
+        }
+        int n = inputs.Sum(t => t.Length);
+        await WriteJson(http, new JsonObject
+        {
+            ["object"] = "list", ["data"] = data, ["model"] = s.ModelName,
+            ["usage"] = new JsonObject { ["prompt_tokens"] = n, ["total_tokens"] = n },
+        });
+    }
+
+    static string TokenText(State s, int token) => Encoding.UTF8.GetString(s.Model.Tokenizer.TokenBytes(token, renderSpecial: true));
+
+    async Task Completions(HttpContext http, bool chat)
+    {
+        var s = Ready();
+        var o = await ReadBody(http);
+        var p = OpenAiRequest.Sampling(o, chat);
+        var tok = s.Model.Tokenizer;
+        int[] prompt;
+        if (chat)
+        {
+            var text = s.Template.Render(OpenAiRequest.Messages(o));
+            prompt = tok.Encode(text, tok.AddBos, parseSpecial: true);
+        }
+        else
+        {
+            var (text, tokens) = OpenAiRequest.Prompt(o);
+            if (tokens != null)
+            {
+                foreach (var t in tokens)
+                    if ((uint)t >= (uint)tok.VocabSize) throw new ApiException(400, $"token {t} is outside the vocabulary (0..{tok.VocabSize - 1})", "prompt");
+                prompt = tokens;
+            }
+            else prompt = tok.Encode(text!, tok.AddBos, parseSpecial: true);
+        }
+        if (prompt.Length == 0) throw new ApiException(400, "the prompt is empty", chat ? "messages" : "prompt");
+        int ctx = s.Engine.MaxSequenceLength;
+        if (prompt.Length >= ctx)
+            throw new ApiException(400, $"This model's maximum context length is {ctx} tokens. However, your prompt has {prompt.Length} tokens. Please reduce the length of the prompt.", chat ? "messages" : "prompt", code: "context_length_exceeded");
+        int maxTokens = p.MaxTokens ?? ctx - prompt.Length;
+        if (prompt.Length + maxTokens > ctx)
+            throw new ApiException(400, $"This model's maximum context length is {ctx} tokens. However, you requested {prompt.Length + maxTokens} tokens ({prompt.Length} in the prompt, {maxTokens} for the completion). Please reduce the length of the prompt or the completion.", "max_tokens", code: "context_length_exceeded");
+
+        var requests = new EngineRequest[p.N];
+        var abort = CancellationTokenSource.CreateLinkedTokenSource(http.RequestAborted);
+        try
+        {
+            for (int i = 0; i < p.N; i++)
+            {
+                requests[i] = s.Engine.Submit(new GenerationRequest
+                {
+                    Prompt = prompt, MaxTokens = maxTokens,
+                    Sampler = p.Sampler with { Seed = p.Sampler.Seed + (ulong)i },
+                    Stop = p.Stop, IgnoreEog = p.IgnoreEos, TopLogprobs = p.TopLogprobs, JsonObject = p.JsonObject,
+                }, abort.Token);
+            }
+        }
+        catch { abort.Cancel(); abort.Dispose(); throw; }
+
+        string id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
+        long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+        try
+        {
+            if (p.Stream) await Stream(http, s, p, chat, id, created, prompt.Length, requests);
+            else await Whole(http, s, p, chat, id, created, prompt.Length, requests);
+        }
+        finally
+        {
+            abort.Cancel(); // a client that went away, or any failure, frees every choice's KV blocks
+            abort.Dispose();
+        }
+    }
+
+    sealed class Choice
+    {
+        public readonly StringBuilder Text = new();
+        public readonly JsonArray ChatLogprobs = new();
+        public readonly JsonArray Tokens = new(), TokenLogprobs = new(), TopLogprobs = new(), Offsets = new();
+        public int Count;
+        public string? Finish;
+    }
+
+    void AddLogprobs(State s, Choice c, EngineOutput e, bool chat)
+    {
+        var text = TokenText(s, e.Token);
+        if (chat)
+        {
+            var top = new JsonArray();
+            foreach (var t in e.TopLogprobs ?? [])
+            {
+                var tt = TokenText(s, t.Token);
+                top.Add(new JsonObject { ["token"] = tt, ["logprob"] = t.Logprob, ["bytes"] = Bytes(tt) });
+            }
+            c.ChatLogprobs.Add(new JsonObject { ["token"] = text, ["logprob"] = e.Logprob, ["bytes"] = Bytes(text), ["top_logprobs"] = top });
+        }
+        else
+        {
+            c.Offsets.Add(c.Text.Length);
+            c.Tokens.Add(text);
+            c.TokenLogprobs.Add(e.Logprob);
+            var top = new JsonObject();
+            foreach (var t in e.TopLogprobs ?? []) top[TokenText(s, t.Token)] = t.Logprob;
+            c.TopLogprobs.Add(top);
+        }
+    }
+
+    static JsonArray Bytes(string text) => new(Encoding.UTF8.GetBytes(text).Select(b => (JsonNode?)JsonValue.Create((int)b)).ToArray());
+
+    JsonNode? LogprobsNode(Choice c, bool chat, OpenAiSampling p)
+    {
+        if (p.TopLogprobs < 0) return null;
+        if (chat) return new JsonObject { ["content"] = c.ChatLogprobs.DeepClone() };
+        return new JsonObject
+        {
+            ["tokens"] = c.Tokens.DeepClone(), ["token_logprobs"] = c.TokenLogprobs.DeepClone(),
+            ["top_logprobs"] = c.TopLogprobs.DeepClone(), ["text_offset"] = c.Offsets.DeepClone(),
+        };
+    }
+
+    async Task Whole(HttpContext http, State s, OpenAiSampling p, bool chat, string id, long created, int promptTokens, EngineRequest[] requests)
+    {
+        var choices = new Choice[requests.Length];
+        for (int i = 0; i < requests.Length; i++)
+        {
+            var c = choices[i] = new Choice();
+            await foreach (var e in requests[i].Events.ReadAllAsync(http.RequestAborted))
+            {
+                if (e.IsToken) { c.Count++; if (p.TopLogprobs >= 0) AddLogprobs(s, c, e, chat); }
+                c.Text.Append(e.Text);
+                if (e.FinishReason != null) c.Finish = e.FinishReason;
+            }
+        }
+        var arr = new JsonArray();
+        for (int i = 0; i < choices.Length; i++)
+        {
+            var c = choices[i];
+            arr.Add(chat
+                ? new JsonObject
+                {
+                    ["index"] = i,
+                    ["message"] = new JsonObject { ["role"] = "assistant", ["content"] = c.Text.ToString() },
+                    ["logprobs"] = LogprobsNode(c, chat, p), ["finish_reason"] = c.Finish,
+                }
+                : new JsonObject { ["index"] = i, ["text"] = c.Text.ToString(), ["logprobs"] = LogprobsNode(c, chat, p), ["finish_reason"] = c.Finish });
+        }
+        int completion = choices.Sum(c => c.Count);
+        await WriteJson(http, new JsonObject
+        {
+            ["id"] = id, ["object"] = chat ? "chat.completion" : "text_completion", ["created"] = created, ["model"] = s.ModelName,
+            ["choices"] = arr,
+            ["usage"] = Usage(promptTokens, completion),
+        });
+    }
+
+    static JsonObject Usage(int prompt, int completion) =>
+        new() { ["prompt_tokens"] = prompt, ["completion_tokens"] = completion, ["total_tokens"] = prompt + completion };
+
+    async Task Stream(HttpContext http, State s, OpenAiSampling p, bool chat, string id, long created, int promptTokens, EngineRequest[] requests)
+    {
+        http.Response.ContentType = "text/event-stream";
+        http.Response.Headers.CacheControl = "no-cache";
+        http.Response.Headers["X-Accel-Buffering"] = "no";
+        http.Features.Get<IHttpResponseBodyFeature>()?.DisableBuffering();
+        var gate = new SemaphoreSlim(1, 1);
+        var ct = http.RequestAborted;
+        string obj = chat ? "chat.completion.chunk" : "text_completion";
+
+        async Task Send(JsonNode node)
+        {
+            await gate.WaitAsync(ct);
+            try
+            {
+                await http.Response.WriteAsync("data: " + node.ToJsonString() + "\n\n", ct);
+                await http.Response.Body.FlushAsync(ct);
+            }
+            finally { gate.Release(); }
+        }
+
+        JsonObject Chunk(int index, string? text, bool role, JsonNode? logprobs, string? finish)
+        {
+            JsonObject choice = chat
+                ? new JsonObject
+                {
+                    ["index"] = index,
+                    ["delta"] = role ? new JsonObject { ["role"] = "assistant", ["content"] = text ?? "" } : text == null ? new JsonObject() : new JsonObject { ["content"] = text },
+                    ["logprobs"] = logprobs, ["finish_reason"] = finish,
+                }
+                : new JsonObject { ["index"] = index, ["text"] = text ?? "", ["logprobs"] = logprobs, ["finish_reason"] = finish };
+            var o = new JsonObject { ["id"] = id, ["object"] = obj, ["created"] = created, ["model"] = s.ModelName, ["choices"] = new JsonArray(choice) };
+            if (p.IncludeUsage) o["usage"] = null;
+            return o;
+        }
+
+        int completion = 0;
+        async Task Pump(int index, EngineRequest r)
+        {
+            if (chat) await Send(Chunk(index, "", role: true, null, null));
+            await foreach (var e in r.Events.ReadAllAsync(ct))
+            {
+                JsonNode? lp = null;
+                if (e.IsToken)
+                {
+                    Interlocked.Increment(ref completion);
+                    if (p.TopLogprobs >= 0)
+                    {
+                        var c = new Choice();
+                        AddLogprobs(s, c, e, chat);
+                        lp = LogprobsNode(c, chat, p);
+                    }
+                }
+                if (e.FinishReason != null)
+                {
+                    if (e.Text.Length > 0) await Send(Chunk(index, e.Text, false, null, null));
+                    await Send(Chunk(index, chat ? null : "", false, null, e.FinishReason));
+                }
+                else if (e.Text.Length > 0 || lp != null) await Send(Chunk(index, e.Text, false, lp, null));
+            }
+        }
+
+        try
+        {
+            await Task.WhenAll(requests.Select((r, i) => Pump(i, r)));
+        }
+        catch (Exception e) when (e is not OperationCanceledException || !ct.IsCancellationRequested)
+        {
+            // The response has started: report the failure in the stream itself, as OpenAI does.
+            var err = new JsonObject { ["error"] = new JsonObject { ["message"] = e.Message, ["type"] = "server_error", ["param"] = null, ["code"] = 500 } };
+            await http.Response.WriteAsync("data: " + err.ToJsonString() + "\n\n", ct);
+        }
+        if (p.IncludeUsage)
+            await Send(new JsonObject { ["id"] = id, ["object"] = obj, ["created"] = created, ["model"] = s.ModelName, ["choices"] = new JsonArray(), ["usage"] = Usage(promptTokens, completion) });
+        await http.Response.WriteAsync("data: [DONE]\n\n", ct);
+        await http.Response.Body.FlushAsync(ct);
+    }
+}

@@ -1,0 +1,221 @@
+using System.Text.Json;
+using Cria.Inference;
+using Cria.Tokenization;
+
+namespace Cria.Server;
+
+/// <summary>An error answered as OpenAI's <c>{"error": {message, type, param, code}}</c> with an HTTP status.</summary>
+public sealed class ApiException(int status, string message, string? param = null, string type = "invalid_request_error", string? code = null)
+    : Exception(message)
+{
+    public int Status { get; } = status;
+    public string? Param { get; } = param;
+    public string Type { get; } = type;
+    public string? Code { get; } = code;
+    public int? RetryAfterSeconds { get; init; }
+}
+
+/// <summary>The sampling and output settings shared by /v1/completions and /v1/chat/completions.</summary>
+public sealed record OpenAiSampling
+{
+    public int? MaxTokens { get; init; }
+    public required SamplerOptions Sampler { get; init; }
+    public bool SeedGiven { get; init; }
+    public string[] Stop { get; init; } = [];
+    public int N { get; init; } = 1;
+    public bool Stream { get; init; }
+    public bool IncludeUsage { get; init; }
+    /// <summary>-1: no logprobs; 0: the chosen token's; k: also the k most likely.</summary>
+    public int TopLogprobs { get; init; } = -1;
+    public bool IgnoreEos { get; init; }
+    /// <summary>response_format json_object: constrain the output to one JSON object.</summary>
+    public bool JsonObject { get; init; }
+    public string? Model { get; init; }
+}
+
+/// <summary>Strict reading of request JSON: a known field of the wrong type or out of range is a 400, unknown fields
+/// are ignored (clients send vendor extensions).</summary>
+public static class OpenAiRequest
+{
+    public const int MaxN = 16;
+    public const int MaxStops = 16;
+    public const int MaxTopLogprobs = 20;
+
+    public static JsonElement ParseBody(ReadOnlySpan<byte> body)
+    {
+        try
+        {
+            using var doc = JsonDocument.Parse(body.ToArray(), new JsonDocumentOptions { MaxDepth = 64 });
+            if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new ApiException(400, "the request body must be a JSON object");
+            return doc.RootElement.Clone();
+        }
+        catch (JsonException e) { throw new ApiException(400, "the request body is not valid JSON: " + e.Message); }
+    }
+
+    static bool Present(JsonElement o, string name, out JsonElement v) =>
+        o.TryGetProperty(name, out v) && v.ValueKind != JsonValueKind.Null;
+
+    public static string? String(JsonElement o, string name)
+    {
+        if (!Present(o, name, out var v)) return null;
+        if (v.ValueKind != JsonValueKind.String) throw new ApiException(400, $"'{name}' must be a string", name);
+        return v.GetString();
+    }
+
+    public static bool? Bool(JsonElement o, string name)
+    {
+        if (!Present(o, name, out var v)) return null;
+        if (v.ValueKind is not (JsonValueKind.True or JsonValueKind.False)) throw new ApiException(400, $"'{name}' must be a boolean", name);
+        return v.GetBoolean();
+    }
+
+    public static double? Number(JsonElement o, string name, double min, double max)
+    {
+        if (!Present(o, name, out var v)) return null;
+        if (v.ValueKind != JsonValueKind.Number || !v.TryGetDouble(out double d) || !double.IsFinite(d))
+            throw new ApiException(400, $"'{name}' must be a number", name);
+        if (d < min || d > max) throw new ApiException(400, $"'{name}' must be between {min} and {max}, got {d}", name);
+        return d;
+    }
+
+    public static long? Integer(JsonElement o, string name, long min, long max)
+    {
+        if (!Present(o, name, out var v)) return null;
+        if (v.ValueKind != JsonValueKind.Number || !v.TryGetInt64(out long x))
+            throw new ApiException(400, $"'{name}' must be an integer", name);
+        if (x < min || x > max) throw new ApiException(400, $"'{name}' must be between {min} and {max}, got {x}", name);
+        return x;
+    }
+
+    /// <summary>Reads the settings both generation endpoints share. Defaults follow OpenAI/vLLM (temperature 1, no
+    /// top-k/top-p/min-p truncation, random seed).</summary>
+    public static OpenAiSampling Sampling(JsonElement o, bool chat)
+    {
+        var model = String(o, "model");
+        long? maxTokens = Integer(o, "max_completion_tokens", 0, int.MaxValue) ?? Integer(o, "max_tokens", 0, int.MaxValue);
+        if (o.TryGetProperty("max_tokens", out var mt) && mt.ValueKind == JsonValueKind.Number && mt.TryGetInt64(out long neg) && neg < 0)
+            throw new ApiException(400, "'max_tokens' must be ≥ 0", "max_tokens");
+        float temperature = (float)(Number(o, "temperature", 0, 2) ?? 1.0);
+        float topP = (float)(Number(o, "top_p", 0, 1) ?? 1.0);
+        if (topP <= 0) throw new ApiException(400, "'top_p' must be in (0, 1]", "top_p");
+        long topK = Integer(o, "top_k", -1, int.MaxValue) ?? 0;
+        float minP = (float)(Number(o, "min_p", 0, 1) ?? 0);
+        float freq = (float)(Number(o, "frequency_penalty", -2, 2) ?? 0);
+        float pres = (float)(Number(o, "presence_penalty", -2, 2) ?? 0);
+        float rep = (float)(Number(o, "repetition_penalty", 0.01, 10) ?? 1);
+        long? seed = Integer(o, "seed", long.MinValue, long.MaxValue);
+        int n = (int)(Integer(o, "n", 1, MaxN) ?? 1);
+        bool stream = Bool(o, "stream") ?? false;
+        bool includeUsage = false;
+        if (Present(o, "stream_options", out var so))
+        {
+            if (so.ValueKind != JsonValueKind.Object) throw new ApiException(400, "'stream_options' must be an object", "stream_options");
+            includeUsage = Bool(so, "include_usage") ?? false;
+        }
+        string[] stop = [];
+        if (Present(o, "stop", out var st))
+        {
+            if (st.ValueKind == JsonValueKind.String) stop = [st.GetString()!];
+            else if (st.ValueKind == JsonValueKind.Array)
+            {
+                if (st.GetArrayLength() > MaxStops) throw new ApiException(400, $"at most {MaxStops} stop strings", "stop");
+                stop = st.EnumerateArray().Select(e => e.ValueKind == JsonValueKind.String ? e.GetString()! : throw new ApiException(400, "'stop' must be a string or an array of strings", "stop")).ToArray();
+            }
+            else throw new ApiException(400, "'stop' must be a string or an array of strings", "stop");
+            stop = stop.Where(s => s.Length > 0).ToArray();
+        }
+        int topLogprobs = -1;
+        if (chat)
+        {
+            bool lp = Bool(o, "logprobs") ?? false;
+            long? top = Integer(o, "top_logprobs", 0, MaxTopLogprobs);
+            if (top != null && !lp) throw new ApiException(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs");
+            if (lp) topLogprobs = (int)(top ?? 0);
+        }
+        else
+        {
+            long? lp = Integer(o, "logprobs", 0, MaxTopLogprobs);
+            if (lp != null) topLogprobs = (int)lp;
+        }
+        bool jsonObject = false;
+        if (Present(o, "response_format", out var rf))
+        {
+            if (rf.ValueKind != JsonValueKind.Object) throw new ApiException(400, "'response_format' must be an object", "response_format");
+            var type = String(rf, "type");
+            if (type == "json_object") jsonObject = true;
+            else if (type is not (null or "text"))
+                throw new ApiException(400, $"response_format type '{type}' is not supported by this server (text and json_object are)", "response_format");
+        }
+        bool ignoreEos = Bool(o, "ignore_eos") ?? false;
+        return new OpenAiSampling
+        {
+            Model = model,
+            MaxTokens = (int?)maxTokens,
+            Sampler = new SamplerOptions
+            {
+                Temperature = temperature, TopP = topP, TopK = (int)Math.Max(0, topK), MinP = minP,
+                FrequencyPenalty = freq, PresencePenalty = pres, RepeatPenalty = rep,
+                Seed = seed.HasValue ? unchecked((ulong)seed.Value) : (ulong)Random.Shared.NextInt64(),
+            },
+            SeedGiven = seed.HasValue,
+            Stop = stop, N = n, Stream = stream, IncludeUsage = includeUsage, TopLogprobs = topLogprobs, IgnoreEos = ignoreEos,
+            JsonObject = jsonObject,
+        };
+    }
+
+    /// <summary>The messages of a chat request; content may be a string or an array of text parts.</summary>
+    public static List<ChatTurn> Messages(JsonElement o)
+    {
+        if (!Present(o, "messages", out var ms) || ms.ValueKind != JsonValueKind.Array)
+            throw new ApiException(400, "'messages' must be an array of messages", "messages");
+        if (ms.GetArrayLength() == 0) throw new ApiException(400, "'messages' must not be empty", "messages");
+        var list = new List<ChatTurn>();
+        foreach (var m in ms.EnumerateArray())
+        {
+            if (m.ValueKind != JsonValueKind.Object) throw new ApiException(400, "each message must be an object", "messages");
+            var role = String(m, "role") ?? throw new ApiException(400, "each message needs a 'role'", "messages");
+            if (role == "developer") role = "system";
+            if (role is not ("system" or "user" or "assistant" or "tool"))
+                throw new ApiException(400, $"unknown message role '{role}'", "messages");
+            string content = "";
+            if (Present(m, "content", out var c))
+            {
+                if (c.ValueKind == JsonValueKind.String) content = c.GetString()!;
+                else if (c.ValueKind == JsonValueKind.Array)
+                {
+                    var sb = new System.Text.StringBuilder();
+                    foreach (var part in c.EnumerateArray())
+                    {
+                        if (part.ValueKind != JsonValueKind.Object) throw new ApiException(400, "content parts must be objects", "messages");
+                        var type = String(part, "type");
+                        if (type != "text") throw new ApiException(400, $"content part type '{type}' is not supported (text only)", "messages");
+                        sb.Append(String(part, "text") ?? "");
+                    }
+                    content = sb.ToString();
+                }
+                else throw new ApiException(400, "message 'content' must be a string or an array of parts", "messages");
+            }
+            list.Add(new ChatTurn(role, content));
+        }
+        return list;
+    }
+
+    /// <summary>The prompt of a completion request: a string, an array of token ids, or a one-element array of either.</summary>
+    public static (string? Text, int[]? Tokens) Prompt(JsonElement o)
+    {
+        if (!Present(o, "prompt", out var p)) throw new ApiException(400, "'prompt' is required", "prompt");
+        if (p.ValueKind == JsonValueKind.String) return (p.GetString(), null);
+        if (p.ValueKind == JsonValueKind.Array)
+        {
+            int len = p.GetArrayLength();
+            if (len == 0) throw new ApiException(400, "'prompt' must not be empty", "prompt");
+            var first = p[0];
+            if (first.ValueKind == JsonValueKind.Number)
+                return (null, p.EnumerateArray().Select(e => e.ValueKind == JsonValueKind.Number && e.TryGetInt32(out int t) ? t : throw new ApiException(400, "a token prompt must be an array of integers", "prompt")).ToArray());
+            if (len > 1) throw new ApiException(400, "only one prompt per request is supported (use n for several choices)", "prompt");
+            if (first.ValueKind == JsonValueKind.String) return (first.GetString(), null);
+            if (first.ValueKind == JsonValueKind.Array) return (null, first.EnumerateArray().Select(e => e.ValueKind == JsonValueKind.Number && e.TryGetInt32(out int t) ? t : throw new ApiException(400, "a token prompt must be an array of integers", "prompt")).ToArray());
+        }
+        throw new ApiException(400, "'prompt' must be a string or an array of token ids", "prompt");
+    }
+}

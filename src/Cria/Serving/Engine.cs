@@ -1,0 +1,486 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Threading.Channels;
+using Cria.Inference;
+using Cria.Tokenization;
+
+namespace Cria.Serving;
+
+/// <summary>Settings of an <see cref="Engine"/>.</summary>
+public sealed record EngineOptions
+{
+    public SchedulerOptions Scheduler { get; init; } = new();
+    /// <summary>Requests allowed to wait for admission; more are refused with <see cref="EngineOverloadedException"/>.</summary>
+    public int MaxWaiting { get; init; } = 256;
+}
+
+/// <summary>One generation request to the <see cref="Engine"/>.</summary>
+public sealed record GenerationRequest
+{
+    public required int[] Prompt { get; init; }
+    public int MaxTokens { get; init; } = 256;
+    public SamplerOptions Sampler { get; init; } = new();
+    /// <summary>Stop strings: generation ends before the first occurrence; the stop string itself is not returned.</summary>
+    public IReadOnlyList<string> Stop { get; init; } = [];
+    public bool IgnoreEog { get; init; }
+    /// <summary>Log-probabilities to return per token: -1 none, 0 the chosen token's, n also the n most likely.</summary>
+    public int TopLogprobs { get; init; } = -1;
+    /// <summary>Constrain the output to one JSON object (response_format json_object): tokens that would break it are
+    /// masked before sampling, and the request stops when the object closes.</summary>
+    public bool JsonObject { get; init; }
+}
+
+public readonly record struct TokenLogprob(int Token, float Logprob);
+
+/// <summary>
+/// One event of a request's stream. A token event carries the sampled token and the text it released (possibly
+/// empty: bytes of an unfinished character, or text held back because it might start a stop string). The last event
+/// has <see cref="FinishReason"/> set ("stop" or "length") and may carry the final text.
+/// </summary>
+public sealed record EngineOutput(int Token, string Text, float Logprob, TokenLogprob[]? TopLogprobs, string? FinishReason = null)
+{
+    public bool IsToken => Token >= 0;
+}
+
+/// <summary>Timings and counts of a finished request (what /metrics observes).</summary>
+public sealed record RequestStats(
+    int PromptTokens, int CachedPromptTokens, int GeneratedTokens, string FinishReason,
+    double QueueSeconds, double TimeToFirstTokenSeconds, double EndToEndSeconds, IReadOnlyList<double> InterTokenSeconds, int Preemptions);
+
+/// <summary>The engine's queue is full (the server answers 429 with Retry-After).</summary>
+public sealed class EngineOverloadedException(string message) : CriaException(message);
+
+/// <summary>A request the engine cannot take (prompt too long, bad settings): the server answers 400.</summary>
+public sealed class InvalidRequestException(string message) : CriaException(message);
+
+/// <summary>A submitted request: read its events from <see cref="Events"/>.</summary>
+public sealed class EngineRequest
+{
+    internal EngineRequest(int id, GenerationRequest r, Sampler sampler, StreamingDecoder decoder)
+    {
+        Id = id; Request = r; Sampler = sampler; Decoder = decoder;
+        var ch = Channel.CreateUnbounded<EngineOutput>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+        Writer = ch.Writer; Events = ch.Reader;
+    }
+
+    public int Id { get; }
+    public GenerationRequest Request { get; }
+    public ChannelReader<EngineOutput> Events { get; }
+    /// <summary>Set when the request ends (after its last event).</summary>
+    public RequestStats? Stats { get; internal set; }
+
+    internal readonly ChannelWriter<EngineOutput> Writer;
+    internal readonly Sampler Sampler;
+    internal readonly StreamingDecoder Decoder;
+    internal SequenceState Sequence = null!;
+    internal CancellationTokenRegistration Registration;
+    internal string Held = "";            // text held back: it may be the start of a stop string
+    internal long Arrival, Scheduled, FirstToken, LastToken;
+    internal readonly List<double> Itl = new();
+    internal JsonObjectGrammar? Json, JsonScratch;
+    internal float[]? Masked;
+    internal bool Done;
+}
+
+/// <summary>
+/// The serving loop: one thread runs the <see cref="Scheduler"/>'s plan as ONE <see cref="InferenceContext.Decode"/>
+/// per step (decodes and prefill chunks of many requests in one batch), samples each request with its own
+/// <see cref="Sampler"/>, and streams tokens to a channel per request. Submission and cancellation are thread-safe;
+/// everything else happens on the engine thread. A cancelled request leaves at the next step boundary and its KV
+/// blocks go back to the pool then.
+/// </summary>
+public sealed class Engine : IDisposable
+{
+    readonly InferenceContext _ctx;
+    readonly Scheduler _scheduler;
+    readonly ConcurrentQueue<EngineRequest> _incoming = new();
+    readonly ConcurrentQueue<EngineRequest> _cancelled = new();
+    readonly ConcurrentQueue<EmbeddingJob> _embedIncoming = new();
+    readonly List<EmbeddingJob> _embedPending = new();
+    const int EmbeddingSequenceId = int.MaxValue - 1; // outside the ids handed to requests
+
+    sealed record EmbeddingJob(int[] Tokens, TaskCompletionSource<float[]> Result, CancellationToken Cancel);
+    readonly ManualResetEventSlim _signal = new(false);
+    readonly Thread _thread;
+    readonly Batch _batch;
+    readonly float[] _logprobs;
+    volatile bool _stopping;
+    int _nextId;
+    int _queued;   // submitted, not yet admitted or finished (for the waiting limit)
+
+    public EngineOptions Options { get; }
+    public InferenceContext Context => _ctx;
+    public Tokenizer Tokenizer { get; }
+    public KvCache Cache => _ctx.Cache;
+    /// <summary>Longest sequence (prompt + generated) one request may reach.</summary>
+    public int MaxSequenceLength { get; }
+
+    // Gauges and counters read by /metrics (written on the engine thread).
+    public int RunningCount => Volatile.Read(ref _running);
+    public int WaitingCount => Volatile.Read(ref _waiting);
+    public long PromptTokensTotal => Interlocked.Read(ref _promptTokens);
+    public long GenerationTokensTotal => Interlocked.Read(ref _generationTokens);
+    public long StepsTotal => Interlocked.Read(ref _steps);
+    public long PreemptionsTotal => _scheduler.TotalPreemptions;
+    public double KvUsage => 1.0 - (double)_ctx.Cache.FreeBlocks / _ctx.Cache.BlockCount;
+    int _running, _waiting;
+    long _promptTokens, _generationTokens, _steps;
+
+    /// <summary>Raised on the engine thread when a request ends (any reason).</summary>
+    public event Action<RequestStats>? RequestFinished;
+    /// <summary>Raised on the engine thread after each step: (tokens in the batch, decode rows, seconds).</summary>
+    public event Action<int, int, double>? StepCompleted;
+
+    public Engine(InferenceContext context, Tokenizer tokenizer, EngineOptions? options = null)
+    {
+        _ctx = context;
+        Tokenizer = tokenizer;
+        Options = options ?? new EngineOptions();
+        _scheduler = new Scheduler(context.Cache, Options.Scheduler);
+        MaxSequenceLength = Math.Min(context.Config.ContextLength, context.Cache.Capacity);
+        _batch = new Batch(Math.Max(Options.Scheduler.TokenBudget, 16));
+        _logprobs = new float[context.Config.VocabSize];
+        _thread = new Thread(Loop) { IsBackground = true, Name = "cria-engine" };
+        _thread.Start();
+    }
+
+    /// <summary>Queues a request; its events arrive on <see cref="EngineRequest.Events"/>. Cancelling
+    /// <paramref name="cancel"/> ends the request (its channel completes with <see cref="OperationCanceledException"/>).</summary>
+    public EngineRequest Submit(GenerationRequest request, CancellationToken cancel = default)
+    {
+        ObjectDisposedException.ThrowIf(_stopping, this);
+        if (request.Prompt.Length == 0) throw new InvalidRequestException("the prompt is empty (no tokens)");
+        if (request.Prompt.Length >= MaxSequenceLength)
+            throw new InvalidRequestException($"the prompt has {request.Prompt.Length} tokens but this server's context holds {MaxSequenceLength}; shorten the prompt");
+        if (request.MaxTokens < 0) throw new InvalidRequestException($"max_tokens must be ≥ 0, got {request.MaxTokens}");
+        foreach (var t in request.Prompt)
+            if ((uint)t >= (uint)_ctx.Config.VocabSize) throw new InvalidRequestException($"token {t} is outside the vocabulary (0..{_ctx.Config.VocabSize - 1})");
+        try { request.Sampler.Validate(); } catch (CriaException e) { throw new InvalidRequestException(e.Message); }
+        if (Interlocked.Increment(ref _queued) > Options.MaxWaiting)
+        {
+            Interlocked.Decrement(ref _queued);
+            throw new EngineOverloadedException($"the server is busy: {Options.MaxWaiting} requests are already waiting");
+        }
+        var sampler = new Sampler(_ctx.Config.VocabSize, request.Sampler);
+        foreach (var t in request.Prompt) sampler.Accept(t);
+        var r = new EngineRequest(Interlocked.Increment(ref _nextId), request, sampler, new StreamingDecoder(Tokenizer)) { Arrival = Stopwatch.GetTimestamp() };
+        r.Sequence = new SequenceState(r.Id, request.Prompt, request.MaxTokens) { Tag = r };
+        if (request.JsonObject) { r.Json = new JsonObjectGrammar(); r.JsonScratch = new JsonObjectGrammar(); }
+        _incoming.Enqueue(r);
+        if (cancel.CanBeCanceled)
+            r.Registration = cancel.Register(static o => { var (e, q) = ((Engine, EngineRequest))o!; e.Cancel(q); }, (this, r));
+        _signal.Set();
+        return r;
+    }
+
+    /// <summary>
+    /// The embedding of a token sequence: the mean over its tokens of the final hidden state (after the output norm),
+    /// L2-normalised (llama.cpp's mean pooling). It runs on the engine thread between steps, as its own forward pass
+    /// on a temporary sequence, and leaves no KV blocks behind.
+    /// </summary>
+    public Task<float[]> EmbedAsync(int[] tokens, CancellationToken cancel = default)
+    {
+        ObjectDisposedException.ThrowIf(_stopping, this);
+        if (tokens.Length == 0) throw new InvalidRequestException("the input is empty (no tokens)");
+        if (tokens.Length > MaxSequenceLength)
+            throw new InvalidRequestException($"the input has {tokens.Length} tokens but this server's context holds {MaxSequenceLength}; shorten the input");
+        foreach (var t in tokens)
+            if ((uint)t >= (uint)_ctx.Config.VocabSize) throw new InvalidRequestException($"token {t} is outside the vocabulary (0..{_ctx.Config.VocabSize - 1})");
+        var job = new EmbeddingJob(tokens, new TaskCompletionSource<float[]>(TaskCreationOptions.RunContinuationsAsynchronously), cancel);
+        _embedIncoming.Enqueue(job);
+        _signal.Set();
+        return job.Result.Task;
+    }
+
+    void RunEmbeddings()
+    {
+        while (_embedIncoming.TryDequeue(out var j)) _embedPending.Add(j);
+        for (int i = 0; i < _embedPending.Count; i++)
+        {
+            var j = _embedPending[i];
+            if (j.Cancel.IsCancellationRequested) { j.Result.TrySetCanceled(j.Cancel); _embedPending.RemoveAt(i--); continue; }
+            if (_ctx.Cache.BlocksNeeded(EmbeddingSequenceId, j.Tokens.Length) > _ctx.Cache.FreeBlocks) continue; // after a few steps
+            _embedPending.RemoveAt(i--);
+            float[]? v = null;
+            Exception? error = null;
+            try
+            {
+                _batch.Clear();
+                _batch.AddSequence(j.Tokens, 0, EmbeddingSequenceId);
+                _ctx.KeepEmbeddings = true;
+                _ctx.Decode(_batch);
+                int dim = _ctx.Config.Dim;
+                var sum = new double[dim];
+                for (int r = 0; r < j.Tokens.Length; r++)
+                {
+                    var e = _ctx.Embedding(r);
+                    for (int d = 0; d < dim; d++) sum[d] += e[d];
+                }
+                double norm = Math.Sqrt(sum.Sum(x => x * x));
+                v = new float[dim];
+                for (int d = 0; d < dim; d++) v[d] = (float)(sum[d] / (norm > 0 ? norm : 1));
+                Interlocked.Add(ref _promptTokens, j.Tokens.Length);
+            }
+            catch (Exception e) { error = e; }
+            finally
+            {
+                _ctx.KeepEmbeddings = false;
+                _ctx.Cache.Remove(EmbeddingSequenceId);
+            }
+            // Completed only after the blocks are back, so a caller never sees them in use.
+            if (v != null) j.Result.TrySetResult(v); else j.Result.TrySetException(error!);
+        }
+    }
+
+    /// <summary>Ends a request early; its KV blocks are freed at the next step boundary.</summary>
+    public void Cancel(EngineRequest r)
+    {
+        _cancelled.Enqueue(r);
+        _signal.Set();
+    }
+
+    /// <summary>Submits and reads the whole stream.</summary>
+    public async IAsyncEnumerable<EngineOutput> GenerateAsync(GenerationRequest request, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancel = default)
+    {
+        var r = Submit(request, cancel);
+        try
+        {
+            await foreach (var e in r.Events.ReadAllAsync(CancellationToken.None)) yield return e;
+        }
+        finally { if (!r.Done) Cancel(r); }
+    }
+
+    void Loop()
+    {
+        while (true)
+        {
+            _signal.Reset();
+            Drain();
+            if (_stopping) break;
+            RunEmbeddings();
+            if (!_scheduler.HasWork)
+            {
+                if (_embedPending.Count > 0) _signal.Wait(5); else _signal.Wait();
+                continue;
+            }
+            var step = _scheduler.Schedule();
+            Volatile.Write(ref _running, _scheduler.RunningCount);
+            Volatile.Write(ref _waiting, _scheduler.WaitingCount);
+            if (step.IsEmpty) { _signal.Wait(5); continue; } // nothing fits now (cannot happen with a sane pool)
+            RunStep(step);
+        }
+        // Shutting down: end whatever is left.
+        while (_embedIncoming.TryDequeue(out var ej)) _embedPending.Add(ej);
+        foreach (var ej in _embedPending) ej.Result.TrySetException(new ObjectDisposedException(nameof(Engine)));
+        foreach (var s in _scheduler.Running.Concat(_scheduler.Waiting).ToArray()) Abort((EngineRequest)s.Tag!, new ObjectDisposedException(nameof(Engine)));
+    }
+
+    void Drain()
+    {
+        while (_incoming.TryDequeue(out var r))
+        {
+            if (r.Done) continue;
+            _scheduler.Add(r.Sequence);
+        }
+        while (_cancelled.TryDequeue(out var r))
+            if (!r.Done) Abort(r, new OperationCanceledException("the request was cancelled"));
+        Volatile.Write(ref _running, _scheduler.RunningCount);
+        Volatile.Write(ref _waiting, _scheduler.WaitingCount);
+    }
+
+    void RunStep(SchedulerOutput step)
+    {
+        long t0 = Stopwatch.GetTimestamp();
+        _batch.Clear();
+        var rows = new int[step.Chunks.Count];
+        for (int i = 0; i < step.Chunks.Count; i++)
+        {
+            var c = step.Chunks[i];
+            var tokens = c.Sequence.TokenSpan;
+            for (int p = c.Start; p < c.Start + c.Count; p++)
+                rows[i] = _batch.Add(tokens[p], p, c.Sequence.Id, c.WantsLogits && p == c.Start + c.Count - 1);
+        }
+        try { _ctx.Decode(_batch); }
+        catch (Exception e)
+        {
+            foreach (var c in step.Chunks) Abort((EngineRequest)c.Sequence.Tag!, e);
+            return;
+        }
+        _scheduler.Complete(step);
+        long now = Stopwatch.GetTimestamp();
+        int prompt = 0;
+        foreach (var c in step.Chunks)
+        {
+            var req = (EngineRequest)c.Sequence.Tag!;
+            if (req.Scheduled == 0) req.Scheduled = t0; // first time in a batch: the end of its queueing
+            // Publish before sampling: a request that finishes now still leaves its blocks to the prefix cache.
+            _ctx.Cache.PublishFullBlocks(c.Sequence.Id, c.Sequence.TokenSpan);
+            if (c.Start < c.Sequence.PromptLength) prompt += Math.Min(c.Start + c.Count, c.Sequence.PromptLength) - c.Start;
+        }
+        for (int i = 0; i < step.Chunks.Count; i++)
+        {
+            var c = step.Chunks[i];
+            if (c.WantsLogits) Emit((EngineRequest)c.Sequence.Tag!, _ctx.Logits(rows[i]), now);
+        }
+        Interlocked.Add(ref _promptTokens, prompt);
+        Interlocked.Increment(ref _steps);
+        Volatile.Write(ref _running, _scheduler.RunningCount);
+        Volatile.Write(ref _waiting, _scheduler.WaitingCount);
+        StepCompleted?.Invoke(step.TokenCount, step.DecodeCount, Stopwatch.GetElapsedTime(t0).TotalSeconds);
+    }
+
+    /// <summary>Samples the next token of a request from its logits and streams it out.</summary>
+    void Emit(EngineRequest r, ReadOnlySpan<float> logits, long now)
+    {
+        var req = r.Request;
+        var seq = r.Sequence;
+        if (seq.Generated >= req.MaxTokens) { Finish(r, "length", now); return; } // max_tokens = 0: prompt only
+        int token;
+        if (r.Json != null)
+        {
+            token = SampleJson(r, logits);
+            if (token < 0) { Finish(r, "stop", now); return; } // no token can continue the object (cannot happen with byte tokens)
+        }
+        else token = r.Sampler.Sample(logits);
+        r.Sampler.Accept(token);
+        seq.Append(token);
+        Interlocked.Increment(ref _generationTokens);
+        if (seq.Generated == 1) { r.FirstToken = now; Interlocked.Decrement(ref _queued); }
+        else r.Itl.Add(Stopwatch.GetElapsedTime(r.LastToken, now).TotalSeconds);
+        r.LastToken = now;
+
+        float lp = 0; TokenLogprob[]? top = null;
+        if (req.TopLogprobs >= 0) (lp, top) = Logprobs(logits, token, req.TopLogprobs);
+
+        if (!req.IgnoreEog && Tokenizer.IsEog(token))
+        {
+            r.Writer.TryWrite(new EngineOutput(token, "", lp, top));
+            Finish(r, "stop", now);
+            return;
+        }
+        string text = r.Decoder.Add(token);
+        if (req.Stop.Count > 0)
+        {
+            string all = r.Held + text;
+            int cut = FirstStop(all, req.Stop);
+            if (cut >= 0)
+            {
+                r.Held = "";
+                r.Writer.TryWrite(new EngineOutput(token, all[..cut], lp, top));
+                Finish(r, "stop", now, flushText: false);
+                return;
+            }
+            int hold = HoldBack(all, req.Stop);
+            r.Held = all[(all.Length - hold)..];
+            text = all[..(all.Length - hold)];
+        }
+        r.Writer.TryWrite(new EngineOutput(token, text, lp, top));
+        if (r.Json?.IsComplete == true) { Finish(r, "stop", now); return; }
+        if (seq.Generated >= req.MaxTokens || seq.Total >= MaxSequenceLength) Finish(r, "length", now);
+    }
+
+    /// <summary>Samples among the tokens whose bytes keep the output a prefix of a JSON object; -1 when none does.</summary>
+    int SampleJson(EngineRequest r, ReadOnlySpan<float> logits)
+    {
+        var masked = r.Masked ??= new float[logits.Length];
+        logits.CopyTo(masked);
+        // The first token's leading space is dropped by the streaming decoder: judge the bytes that are emitted.
+        int lstrip = r.Sequence.Generated == 0 && Tokenizer.AddSpacePrefix ? 1 : 0;
+        bool any = false;
+        for (int v = 0; v < masked.Length; v++)
+        {
+            var bytes = Tokenizer.TokenBytes(v, false, lstrip);
+            r.JsonScratch!.CopyFrom(r.Json!);
+            if (bytes.Length == 0 || !r.JsonScratch.Accept(bytes)) masked[v] = float.NegativeInfinity;
+            else any = true;
+        }
+        if (!any) return -1;
+        int token = r.Sampler.Sample(masked);
+        r.Json!.Accept(Tokenizer.TokenBytes(token, false, lstrip));
+        return token;
+    }
+
+    (float, TokenLogprob[]?) Logprobs(ReadOnlySpan<float> logits, int token, int topN)
+    {
+        float max = float.NegativeInfinity;
+        foreach (var l in logits) if (l > max) max = l;
+        double sum = 0;
+        foreach (var l in logits) sum += Math.Exp(l - max);
+        float lse = max + (float)Math.Log(sum);
+        float chosen = logits[token] - lse;
+        if (topN == 0) return (chosen, null);
+        topN = Math.Min(topN, logits.Length);
+        var top = new TokenLogprob[topN];
+        int n = 0;
+        for (int i = 0; i < logits.Length; i++)
+        {
+            float v = logits[i] - lse;
+            if (n < topN) { top[n++] = new TokenLogprob(i, v); }
+            else if (v > top[n - 1].Logprob) top[n - 1] = new TokenLogprob(i, v);
+            else continue;
+            for (int j = n - 1; j > 0 && top[j].Logprob > top[j - 1].Logprob; j--) (top[j], top[j - 1]) = (top[j - 1], top[j]);
+        }
+        return (chosen, top);
+    }
+
+    static int FirstStop(string text, IReadOnlyList<string> stops)
+    {
+        int best = -1;
+        foreach (var s in stops)
+        {
+            if (s.Length == 0) continue;
+            int i = text.IndexOf(s, StringComparison.Ordinal);
+            if (i >= 0 && (best < 0 || i < best)) best = i;
+        }
+        return best;
+    }
+
+    /// <summary>Length of the longest suffix of <paramref name="text"/> that is a proper prefix of a stop string.</summary>
+    static int HoldBack(string text, IReadOnlyList<string> stops)
+    {
+        int hold = 0;
+        foreach (var s in stops)
+            for (int k = Math.Min(s.Length - 1, text.Length); k > hold; k--)
+                if (text.AsSpan(text.Length - k).SequenceEqual(s.AsSpan(0, k))) { hold = k; break; }
+        return hold;
+    }
+
+    void Finish(EngineRequest r, string reason, long now, bool flushText = true)
+    {
+        string tail = flushText ? r.Held + r.Decoder.Flush() : "";
+        r.Held = "";
+        r.Writer.TryWrite(new EngineOutput(-1, tail, 0, null, reason));
+        End(r, reason, null, now);
+    }
+
+    void Abort(EngineRequest r, Exception e) => End(r, e is OperationCanceledException ? "cancelled" : "error", e, Stopwatch.GetTimestamp());
+
+    void End(EngineRequest r, string reason, Exception? error, long now)
+    {
+        if (r.Done) return;
+        r.Done = true;
+        if (r.Sequence.Generated == 0) Interlocked.Decrement(ref _queued);
+        _scheduler.Finish(r.Sequence);
+        r.Registration.Dispose();
+        var s = r.Sequence;
+        double Sec(long a, long b) => a == 0 || b == 0 ? 0 : Stopwatch.GetElapsedTime(a, b).TotalSeconds;
+        r.Stats = new RequestStats(s.PromptLength, s.CachedPromptTokens, s.Generated, reason,
+            Sec(r.Arrival, r.Scheduled), Sec(r.Arrival, r.FirstToken), Sec(r.Arrival, now), r.Itl, s.Preemptions);
+        r.Writer.TryComplete(error);
+        try { RequestFinished?.Invoke(r.Stats); } catch { /* an observer's failure must not stop the engine */ }
+    }
+
+    /// <summary>A racy snapshot of the running requests (diagnostics).</summary>
+    public string[] DebugRunning() => _scheduler.Running.ToArray().Select(s => $"#{s.Id} {s.Generated}/{s.MaxNewTokens} tokens, done={((EngineRequest)s.Tag!).Done}").ToArray();
+
+    /// <summary>Stops the loop: requests still queued or running end with <see cref="ObjectDisposedException"/>.</summary>
+    public void Dispose()
+    {
+        if (_stopping) return;
+        _stopping = true;
+        foreach (var r in _incoming) Cancel(r);
+        _signal.Set();
+        _thread.Join();
+        _signal.Dispose();
+    }
+}
