@@ -33,11 +33,13 @@ public sealed class KvCache : IKvBlockPool
     readonly LinkedList<int> _evictable = new();          // published blocks with no reference, least recently used first
     readonly LinkedListNode<int>?[] _evictNode;
 
-    sealed class Sequence
+    // Lists are sized for the largest possible sequence up front, so that growing a sequence during decode never
+    // allocates (zero allocations per token).
+    sealed class Sequence(int maxBlocks)
     {
-        public readonly List<int> Blocks = new();
+        public readonly List<int> Blocks = new(maxBlocks);
         public int Length;
-        public readonly List<ulong> Hashes = new(); // chain hash of each leading block already published (or taken from the cache)
+        public readonly List<ulong> Hashes = new(maxBlocks); // chain hash of each leading block already published (or taken from the cache)
         public int Published => Hashes.Count;
         public ulong LastHash => Hashes.Count == 0 ? 0 : Hashes[^1];
     }
@@ -104,7 +106,7 @@ public sealed class KvCache : IKvBlockPool
     /// returns the first new position. Throws <see cref="KvCacheFullException"/> when the pool is exhausted.</summary>
     internal int Append(int sequenceId, int tokens)
     {
-        if (!_seqs.TryGetValue(sequenceId, out var s)) { s = new Sequence(); _seqs.Add(sequenceId, s); }
+        if (!_seqs.TryGetValue(sequenceId, out var s)) { s = new Sequence(BlockCount); _seqs.Add(sequenceId, s); }
         int need = BlocksNeeded(sequenceId, tokens);
         if (need > FreeBlocks)
             throw new KvCacheFullException($"KV cache is full: sequence {sequenceId} needs {need} more blocks of {BlockSize} tokens, {FreeBlocks} free (context size {Capacity})");
@@ -234,7 +236,7 @@ public sealed class KvCache : IKvBlockPool
             if (!_cached.TryGetValue(h, out int b) || !chunk.SequenceEqual(_blockTokens[b])) break;
             if (_refs[b] == 0 && _evictNode[b] is { } node) { _evictable.Remove(node); _evictNode[b] = null; }
             _refs[b]++;
-            s ??= new Sequence();
+            s ??= new Sequence(BlockCount);
             s.Blocks.Add(b);
             s.Length += BlockSize;
             s.Hashes.Add(h);
