@@ -45,6 +45,7 @@ for (int i = 0; i < args.Length; i++)
 }
 if (model == null) { Console.Error.WriteLine("--model FILE is required"); return 2; }
 if (!File.Exists(model)) { Console.Error.WriteLine($"no such file: {model}"); return 2; }
+model = BenchInfo.ResolvePath(model);
 if (threads < 1 || rounds < 1 || reps < 1 || pp < 1 || tg < 1) { Console.Error.WriteLine("threads, rounds, reps, pp and tg must be ≥ 1"); return 2; }
 
 if (engineOnly != null) return ChildMain(engineOnly);

@@ -20,7 +20,7 @@ public sealed class CriaBenchEngine : IDisposable
 
     public CriaBenchEngine(string path, int threads, int promptTokens, int genTokens, int seed = 42)
     {
-        Model = LlamaModel.Open(path);
+        Model = LlamaModel.Open(BenchInfo.ResolvePath(path));
         int ctx = Math.Max(1, promptTokens + genTokens);
         Context = new InferenceContext(Model, new ContextOptions
         {
@@ -150,6 +150,13 @@ public static class BenchInfo
         catch (IOException) { }
         catch (UnauthorizedAccessException) { }
         return -1;
+    }
+
+    /// <summary>The file a path names, symbolic links followed (GgufFile sizes a symlink by the link itself).</summary>
+    public static string ResolvePath(string path)
+    {
+        var full = Path.GetFullPath(path);
+        return new FileInfo(full).ResolveLinkTarget(returnFinalTarget: true)?.FullName ?? full;
     }
 
     public static string MiB(long bytes) => bytes < 0 ? "n/a" : $"{bytes / 1048576.0:F1} MiB";
