@@ -11,8 +11,8 @@ using Cria.Cli;
 // Speed: both engines live in this one process and take turns: round r runs one engine's pp reps then its tg reps,
 // then the other's; who goes first swaps every round, so slow phases of this shared machine hit both alike.
 // Memory: VmHWM is per process, so with both engines loaded it cannot tell them apart. After the timed rounds the
-// runner starts itself once per engine (--engine cria|llama): each child loads one engine, runs one warm-up and one
-// tg then one pp, and reports its own peak RSS (after load, after tg, after pp).
+// runner starts itself once per engine (--engine cria|llama): each child loads one engine, runs one tg then one pp,
+// and reports its own peak RSS (after load, after tg, after pp).
 
 var ci = CultureInfo.InvariantCulture;
 CultureInfo.DefaultThreadCurrentCulture = ci;
@@ -133,13 +133,13 @@ return 0;
 
 int ChildMain(string engine)
 {
-    // One engine alone: load, warm-up, one tg, one pp; peak RSS after each phase.
+    // One engine alone: load, one tg, one pp; peak RSS after each phase (speed is not measured here).
     long afterLoad, afterTg, afterPp;
     if (engine == "cria")
     {
         using var c = new CriaBenchEngine(model, threads, pp, tg);
         afterLoad = BenchInfo.PeakRssBytes();
-        c.RunGenerate(); c.RunGenerate();
+        c.RunGenerate();
         afterTg = BenchInfo.PeakRssBytes();
         c.RunPrompt();
         afterPp = BenchInfo.PeakRssBytes();
@@ -150,7 +150,7 @@ int ChildMain(string engine)
         using (var m = Cria.Models.LlamaModel.Open(model)) vocab = m.Config.VocabSize; // maps only; unmapped before llama.cpp loads
         using var l = new LlamaEngine(model, threads, pp, tg, mmap, vocab);
         afterLoad = BenchInfo.PeakRssBytes();
-        l.RunGenerate(); l.RunGenerate();
+        l.RunGenerate();
         afterTg = BenchInfo.PeakRssBytes();
         l.RunPrompt();
         afterPp = BenchInfo.PeakRssBytes();
