@@ -73,6 +73,7 @@ llama.RunPrompt(); llama.RunGenerate();
 
 var samples = new Dictionary<(string Engine, string Test), List<double>>();
 foreach (var e in new[] { "cria", "llama" }) foreach (var t in new[] { "pp", "tg" }) samples[(e, t)] = new();
+var roundMedians = new List<(string Engine, double Pp, double Tg)>();
 void Measure(string engine)
 {
     Func<double> runPp = engine == "cria" ? cria.RunPrompt : llama.RunPrompt;
@@ -81,6 +82,7 @@ void Measure(string engine)
     for (int i = 0; i < reps; i++) ppR.Add(pp / runPp());
     for (int i = 0; i < reps; i++) tgR.Add(tg / runTg());
     samples[(engine, "pp")].AddRange(ppR); samples[(engine, "tg")].AddRange(tgR);
+    roundMedians.Add((engine, BenchInfo.Median(ppR), BenchInfo.Median(tgR)));
     o.WriteLine($"  {Name(engine),-9} pp{pp} {Fmt(ppR)}   tg{tg} {Fmt(tgR)}");
 }
 for (int r = 0; r < rounds; r++)
@@ -116,6 +118,15 @@ o.WriteLine($"RSS budget of the issue (file + KV cache of {pp + tg} tokens + 10%
 double tgCria = BenchInfo.Median(samples[("cria", "tg")]), tgLlama = BenchInfo.Median(samples[("llama", "tg")]);
 o.WriteLine($"effective weight read rate in tg{tg}: Cria {wbpt * tgCria / 1e9:F1} GB/s, llama.cpp {wbpt * tgLlama / 1e9:F1} GB/s");
 o.WriteLine($"Cria / llama.cpp (medians): pp{pp} {ppRatio:F2}, tg{tg} {tgRatio:F2}");
+// Paired per round (the two engines' blocks of one round are adjacent in time): a check on load drifting between rounds.
+var perRound = new List<string>();
+for (int r = 0; r + 1 < roundMedians.Count; r += 2)
+{
+    var a = roundMedians[r].Engine == "cria" ? roundMedians[r] : roundMedians[r + 1];
+    var b = roundMedians[r].Engine == "cria" ? roundMedians[r + 1] : roundMedians[r];
+    perRound.Add($"r{r / 2 + 1} pp {a.Pp / b.Pp:F2} tg {a.Tg / b.Tg:F2}");
+}
+o.WriteLine($"per-round ratios (Cria round median / llama.cpp round median): {string.Join("; ", perRound)}");
 if (summary != null)
 {
     bool header = !File.Exists(summary);
