@@ -38,7 +38,13 @@ public sealed unsafe class GgufFile : IDisposable
     {
         Path = path;
         long length;
-        try { length = new FileInfo(path).Length; }
+        try
+        {
+            var fi = new FileInfo(path);
+            // A symbolic link's own FileInfo reports the link's size; measure the file it points to.
+            if (fi.LinkTarget != null && fi.ResolveLinkTarget(returnFinalTarget: true) is FileInfo target) fi = target;
+            length = fi.Length;
+        }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
         { throw new ModelFormatException(path, "cannot read file: " + e.Message, e); }
         if (!File.Exists(path)) throw new ModelFormatException(path, "file not found");

@@ -1,0 +1,90 @@
+using System.Diagnostics;
+using System.Text;
+using Cria.Cli;
+using LLama;
+using LLama.Common;
+using LLama.Native;
+
+namespace Cria.Bench;
+
+/// <summary>
+/// llama.cpp through LLamaSharp 0.30.0, set up the way llama-bench runs it: Threads = BatchThreads = T,
+/// n_batch = n_ubatch = P, n_ctx = P + N, flash attention and KV type at the library defaults (auto / F16),
+/// LoadMode None (the LLamaSharp default, measured faster than mmap here) unless mmap is asked for.
+/// pp = one P-token batch, logits for the last row; tg = N single-token decodes, each followed by llama_synchronize.
+/// </summary>
+sealed class LlamaEngine : IDisposable
+{
+    static readonly object InitLock = new();
+    static bool _initialised;
+    public static readonly StringBuilder Log = new();
+
+    public LLamaWeights Weights { get; }
+    public LLamaContext Context { get; }
+    public string Description { get; }
+    readonly LLamaBatch _batch = new();
+    readonly int[] _prompt, _gen;
+
+    /// <summary>Routes llama.cpp's log into <see cref="Log"/> (must run before the first native call).</summary>
+    public static void EnsureLoaded()
+    {
+        lock (InitLock)
+        {
+            if (_initialised) return;
+            NativeLibraryConfig.All.WithLogCallback((lvl, msg) => { lock (Log) { if (Log.Length < 1_000_000) Log.Append(msg); } });
+            NativeApi.llama_empty_call();
+            _initialised = true;
+        }
+    }
+
+    public LlamaEngine(string path, int threads, int promptTokens, int genTokens, bool mmap, int vocab, int seed = 42)
+    {
+        EnsureLoaded();
+        var p = new ModelParams(path)
+        {
+            ContextSize = (uint)(promptTokens + genTokens), GpuLayerCount = 0,
+            Threads = threads, BatchThreads = threads,
+            BatchSize = (uint)promptTokens, UBatchSize = (uint)promptTokens,
+            LoadMode = mmap ? LLamaLoadMode.MemoryMap : LLamaLoadMode.None,
+        };
+        Weights = LLamaWeights.LoadFromFile(p);
+        Context = Weights.CreateContext(p);
+        if (Context.GenerationThreads != threads || Context.BatchThreads != threads)
+            throw new InvalidOperationException($"llama.cpp runs {Context.GenerationThreads}/{Context.BatchThreads} threads, asked for {threads}");
+        Description = Weights.NativeHandle.Description;
+        // The same synthetic tokens as the Cria side.
+        _prompt = CriaBenchEngine.SyntheticTokens(vocab, promptTokens, seed);
+        _gen = CriaBenchEngine.SyntheticTokens(vocab, genTokens, seed + 1);
+    }
+
+    public double RunPrompt()
+    {
+        Context.NativeHandle.MemoryClear();
+        _batch.Clear();
+        for (int i = 0; i < _prompt.Length; i++) _batch.Add((LLamaToken)_prompt[i], i, LLamaSeqId.Zero, i == _prompt.Length - 1);
+        long t0 = Stopwatch.GetTimestamp();
+        if (Context.Decode(_batch) != DecodeResult.Ok) throw new InvalidOperationException("llama.cpp decode failed");
+        Context.NativeHandle.Synchronize();
+        return Stopwatch.GetElapsedTime(t0).TotalSeconds;
+    }
+
+    public double RunGenerate()
+    {
+        Context.NativeHandle.MemoryClear();
+        long t0 = Stopwatch.GetTimestamp();
+        for (int i = 0; i < _gen.Length; i++)
+        {
+            _batch.Clear();
+            _batch.Add((LLamaToken)_gen[i], i, LLamaSeqId.Zero, true);
+            if (Context.Decode(_batch) != DecodeResult.Ok) throw new InvalidOperationException("llama.cpp decode failed");
+            Context.NativeHandle.Synchronize();
+        }
+        return Stopwatch.GetElapsedTime(t0).TotalSeconds;
+    }
+
+    public void Dispose()
+    {
+        Context.Dispose();
+        Weights.Dispose();
+    }
+}

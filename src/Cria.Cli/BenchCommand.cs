@@ -1,0 +1,93 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+
+namespace Cria.Cli;
+
+/// <summary>
+/// <c>cria bench MODEL [-p 512] [-n 128] [-r 5] [-t THREADS] [--json]</c>: llama-bench's pp and tg tests on Cria.
+/// One warm-up run per test, then R timed repetitions; tokens/s reported as mean ± sample sd.
+/// </summary>
+static class BenchCommand
+{
+    public static Command Create()
+    {
+        var model = new Argument<string>("model") { Description = "GGUF model file" };
+        var prompt = new Option<int>("--n-prompt", "-p") { Description = "prompt tokens of the pp test (0 = skip)", DefaultValueFactory = _ => 512 };
+        var gen = new Option<int>("--n-gen", "-n") { Description = "generated tokens of the tg test (0 = skip)", DefaultValueFactory = _ => 128 };
+        var reps = new Option<int>("--repetitions", "-r") { Description = "timed repetitions of each test", DefaultValueFactory = _ => 5 };
+        var threads = new Option<int>("--threads", "-t") { Description = "worker threads (0 = all cores)", DefaultValueFactory = _ => 0 };
+        var json = new Option<bool>("--json") { Description = "also write one JSON object per test to stdout (after the table)" };
+        var cmd = new Command("bench", "measure prompt processing (pp) and generation (tg) speed, llama-bench style") { model, prompt, gen, reps, threads, json };
+        cmd.SetAction(r => Run(r.GetValue(model)!, r.GetValue(prompt), r.GetValue(gen), r.GetValue(reps), r.GetValue(threads), r.GetValue(json)));
+        return cmd;
+    }
+
+    sealed record TestResult(string Name, int NPrompt, int NGen, double[] Seconds, double[] TokensPerSecond);
+
+    static int Run(string path, int p, int n, int reps, int threads, bool json)
+    {
+        if (p < 0 || n < 0 || (p == 0 && n == 0)) throw new CriaException("need -p > 0 or -n > 0");
+        if (reps < 1) throw new CriaException("need -r ≥ 1");
+        if (threads <= 0) threads = Environment.ProcessorCount;
+        var ci = CultureInfo.InvariantCulture;
+        long loadStart = System.Diagnostics.Stopwatch.GetTimestamp();
+        using var e = new CriaBenchEngine(path, threads, p, n);
+        double loadS = System.Diagnostics.Stopwatch.GetElapsedTime(loadStart).TotalSeconds;
+        var m = e.Model;
+        long fileBytes = m.File.FileSize;
+        long wbpt = m.WeightBytesPerToken;
+
+        var o = Console.Out;
+        o.WriteLine(string.Create(ci, $"model: {path} ({fileBytes / 1048576.0:F2} MiB, {BenchInfo.ParamsText(m)} params, {e.TypeName}), load {loadS:F2} s"));
+        o.WriteLine(string.Create(ci, $"weight bytes per token: {wbpt:N0} ({wbpt / 1e6:F1} MB); KV cache {e.Context.Cache.BytesPerToken:N0} bytes/token, context {e.Context.Cache.Capacity}"));
+        o.WriteLine();
+        o.WriteLine($"| {"model",-30} | {"size",10} | {"params",10} | {"backend",-10} | {"threads",7} | {"test",13} | {"t/s",20} |");
+        o.WriteLine($"| {new string('-', 30)} | {new string('-', 9)}: | {new string('-', 9)}: | {new string('-', 10)} | {new string('-', 6)}: | {new string('-', 12)}: | {new string('-', 19)}: |");
+
+        var results = new List<TestResult>();
+        string desc = $"{m.Config.Architecture} {BenchInfo.ParamsText(m).Replace(" ", "")} {e.TypeName}";
+        if (desc.Length > 30) desc = desc[..30];
+        void Test(string name, int np, int ng, Func<double> run, int tokens)
+        {
+            run(); // warm-up
+            var secs = new double[reps];
+            for (int i = 0; i < reps; i++) secs[i] = run();
+            var tps = secs.Select(s => tokens / s).ToArray();
+            var res = new TestResult(name, np, ng, secs, tps);
+            results.Add(res);
+            string ts = string.Create(ci, $"{BenchInfo.Mean(tps):F2} ± {BenchInfo.StdDev(tps):F2}");
+            o.WriteLine(string.Create(ci, $"| {desc,-30} | {fileBytes / 1048576.0,6:F2} MiB | {BenchInfo.ParamsText(m),10} | {"Cria CPU",-10} | {threads,7} | {name,13} | {ts,20} |"));
+        }
+        if (p > 0) Test($"pp{p}", p, 0, e.RunPrompt, p);
+        if (n > 0) Test($"tg{n}", 0, n, e.RunGenerate, n);
+        o.WriteLine();
+        o.WriteLine($"peak RSS: {BenchInfo.MiB(BenchInfo.PeakRssBytes())}");
+        if (n > 0)
+        {
+            var tg = results[^1];
+            double gbps = wbpt * BenchInfo.Mean(tg.TokensPerSecond) / 1e9;
+            o.WriteLine(string.Create(ci, $"effective weight read rate during tg{n}: {gbps:F1} GB/s"));
+        }
+
+        if (json)
+        {
+            foreach (var r in results)
+            {
+                var obj = new Dictionary<string, object?>
+                {
+                    ["engine"] = "cria", ["model_filename"] = path, ["model_type"] = desc, ["model_size"] = fileBytes,
+                    ["model_n_params"] = BenchInfo.ParamCount(m), ["weight_bytes_per_token"] = wbpt, ["n_threads"] = threads,
+                    ["n_prompt"] = r.NPrompt, ["n_gen"] = r.NGen, ["test"] = r.Name, ["repetitions"] = reps,
+                    ["avg_ns"] = (long)(BenchInfo.Mean(r.Seconds) * 1e9), ["stddev_ns"] = (long)(BenchInfo.StdDev(r.Seconds) * 1e9),
+                    ["avg_ts"] = BenchInfo.Mean(r.TokensPerSecond), ["stddev_ts"] = BenchInfo.StdDev(r.TokensPerSecond),
+                    ["median_ts"] = BenchInfo.Median(r.TokensPerSecond),
+                    ["samples_ns"] = r.Seconds.Select(s => (long)(s * 1e9)).ToArray(), ["samples_ts"] = r.TokensPerSecond,
+                    ["peak_rss_bytes"] = BenchInfo.PeakRssBytes(),
+                };
+                o.WriteLine(JsonSerializer.Serialize(obj));
+            }
+        }
+        return 0;
+    }
+}

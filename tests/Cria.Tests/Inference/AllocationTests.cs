@@ -1,0 +1,134 @@
+using System.Reflection;
+using Cria.Inference;
+using Cria.Kernels;
+using Cria.Models;
+using Cria.Tensors;
+using Cria.Tests.Oracle;
+using Xunit;
+
+namespace Cria.Tests.Inference;
+
+/// <summary>
+/// Issue 4: zero GC allocations per generated token in steady state. After a warm-up (prompt plus single-token
+/// decodes, so that JIT tiering and one-time buffers are done), N more decode steps of the same sequence must not
+/// allocate a single byte on any thread — the pool's workers included, which is why the measure is
+/// the calling thread's counter plus each pool worker's own counter (read on that worker), with the process-wide
+/// <see cref="GC.GetTotalAllocatedBytes(bool)"/> (precise) reported beside it: the process-wide number also sees the
+/// test host's threads, which allocate now and then on their own.
+/// </summary>
+[Collection(nameof(AllocationTestsCollection))]
+public class AllocationTests
+{
+    const int Warmup = 72, Steps = 64; // measured positions 72..135 cross KV block boundaries (blocks of 16)
+
+    static RandomModelSpec Spec(GgmlType type, bool mix) => new()
+    {
+        Dim = 256, Layers = 2, Heads = 4, KvHeads = 2, FfnDim = 768, VocabSize = 1024, Seed = 7,
+        WeightType = type, MediumMix = mix,
+    };
+
+    public static IEnumerable<object[]> Cases()
+    {
+        yield return ["alloc-f32", GgmlType.F32, false];
+        yield return ["alloc-q8_0", GgmlType.Q8_0, false];
+        yield return ["alloc-q4_k_m", GgmlType.Q4_K, true];
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void DecodeStepsAllocateNothing(string key, GgmlType type, bool mix)
+    {
+        using var model = LlamaModel.Open(LogitsAgreementTests.ModelFile(key, Spec(type, mix)));
+        using var ctx = new InferenceContext(model, new ContextOptions { ContextSize = 256, Threads = 2, MicroBatch = 16 });
+        var rng = new Random(5);
+        var tokens = new int[Warmup + Steps];
+        for (int i = 0; i < tokens.Length; i++) tokens[i] = rng.Next(model.Config.VocabSize);
+        var batch = new Batch(16);
+        var probe = ThreadProbe.For(ctx);
+
+        // Warm-up: an 8-token prompt, then single-token decodes up to position Warmup - 1.
+        batch.AddSequence(tokens.AsSpan(0, 8), 0, 0);
+        ctx.Decode(batch);
+        for (int p = 8; p < Warmup; p++) Step(ctx, batch, tokens[p], p);
+        probe?.WarmWaitPaths();
+        float sink = 0;
+
+        probe?.Sample(before: true);
+        long before = GC.GetTotalAllocatedBytes(precise: true);
+        long beforeThread = GC.GetAllocatedBytesForCurrentThread();
+        for (int p = Warmup; p < Warmup + Steps; p++)
+        {
+            Step(ctx, batch, tokens[p], p);
+            sink += ctx.Logits(0)[0];
+        }
+        long thread = GC.GetAllocatedBytesForCurrentThread() - beforeThread;
+        long total = GC.GetTotalAllocatedBytes(precise: true) - before;
+        probe?.Sample(before: false);
+        Assert.True(float.IsFinite(sink));
+
+        // Cria's threads: the caller plus the pool's workers, each read on its own thread. Without the probe (the pool
+        // could not be found) fall back to the process-wide count, which also sees the test host's own threads.
+        long cria = probe != null ? thread + probe.WorkerBytes : total;
+        Assert.True(cria == 0,
+            $"{Steps} decode steps (positions {Warmup}..{Warmup + Steps - 1}) allocated {cria:N0} bytes on Cria's threads " +
+            $"({cria / (double)Steps:F1} per step): {thread:N0} on the calling thread" +
+            (probe != null ? $", {probe.WorkerBytes:N0} on the pool's workers" : "") +
+            $"; {total:N0} bytes process-wide (GC.GetTotalAllocatedBytes, includes the test host)");
+    }
+
+    /// <summary>Reads <see cref="GC.GetAllocatedBytesForCurrentThread"/> on each worker of the context's pool, by running
+    /// itself as a pool job (each worker executes a job exactly once). Null when the pool field is not found.</summary>
+    sealed class ThreadProbe : ParallelJob
+    {
+        readonly WorkerPool _pool;
+        readonly long[] _before, _after;
+        enum Mode { Nothing, Before, After, Slow }
+        Mode _mode;
+
+        ThreadProbe(WorkerPool pool) { _pool = pool; _before = new long[pool.Count]; _after = new long[pool.Count]; }
+
+        public static ThreadProbe? For(InferenceContext ctx)
+        {
+            var f = typeof(InferenceContext).GetFields(BindingFlags.NonPublic | BindingFlags.Instance)
+                .FirstOrDefault(x => x.FieldType == typeof(WorkerPool));
+            return f?.GetValue(ctx) is WorkerPool pool ? new ThreadProbe(pool) : null;
+        }
+
+        public void Sample(bool before) { _mode = before ? Mode.Before : Mode.After; _pool.Run(this); }
+
+        /// <summary>Takes the pool's blocking paths once, so that their one-time lazy objects (the lock of a
+        /// ManualResetEventSlim, the monitor of a SemaphoreSlim) exist before the measurement: the caller waits on slow
+        /// workers, then the workers fall asleep and are woken again.</summary>
+        public void WarmWaitPaths()
+        {
+            _mode = Mode.Slow; _pool.Run(this);
+            Thread.Sleep(300);
+            _mode = Mode.Nothing; _pool.Run(this);
+            _pool.Run(this);
+        }
+
+        public override void Execute(int worker, int workerCount)
+        {
+            if (worker == 0) return; // the calling thread is measured directly
+            if (_mode == Mode.Slow) Thread.Sleep(20);
+            else if (_mode == Mode.Before) _before[worker] = GC.GetAllocatedBytesForCurrentThread();
+            else if (_mode == Mode.After) _after[worker] = GC.GetAllocatedBytesForCurrentThread();
+        }
+
+        public long WorkerBytes
+        {
+            get { long s = 0; for (int i = 1; i < _before.Length; i++) s += _after[i] - _before[i]; return s; }
+        }
+    }
+
+    static void Step(InferenceContext ctx, Batch batch, int token, int pos)
+    {
+        batch.Clear();
+        batch.Add(token, pos, 0, true);
+        ctx.Decode(batch);
+    }
+}
+
+/// <summary>Allocation counts are process-wide: run these tests alone, after the parallel ones.</summary>
+[CollectionDefinition(nameof(AllocationTestsCollection), DisableParallelization = true)]
+public sealed class AllocationTestsCollection;
