@@ -37,6 +37,8 @@ internal sealed class AttentionJob : ParallelJob
         _layer = layer; _q = q; _out = output; _batch = batch; _start = start; _rows = rows; _next = 0;
     }
 
+    public override bool SharesWorkDynamically => true;
+
     public override void Execute(int worker, int workerCount)
     {
         var c = _c;

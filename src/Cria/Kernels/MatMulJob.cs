@@ -28,6 +28,8 @@ internal sealed unsafe class MatMulJob : ParallelJob
         }
     }
 
+    public override bool SharesWorkDynamically => true;
+
     public override void Execute(int worker, int workerCount)
     {
         var w = _w;
@@ -54,15 +56,22 @@ internal sealed unsafe class PrepareActivationsJob : ParallelJob
     int _n, _batch, _rowBytes;
     byte[] _dst = [];   // [B, rowBytes]
 
+    int _next;
+
     public void Set(GgmlType weightType, float* x, int n, int batchRows, byte[] dst, int rowBytes)
     {
-        _type = weightType; _x = x; _n = n; _batch = batchRows; _dst = dst; _rowBytes = rowBytes;
+        _type = weightType; _x = x; _n = n; _batch = batchRows; _dst = dst; _rowBytes = rowBytes; _next = 0;
     }
+
+    public override bool SharesWorkDynamically => true;
 
     public override void Execute(int worker, int workerCount)
     {
-        var (start, end) = WorkerPool.Split(_batch, worker, workerCount);
-        for (int b = start; b < end; b++)
+        while (true)
+        {
+            int b = Interlocked.Increment(ref _next) - 1;
+            if (b >= _batch) return;
             RowKernels.PrepareActivations(_type, new ReadOnlySpan<float>(_x + (long)b * _n, _n), _dst.AsSpan(b * _rowBytes, _rowBytes));
+        }
     }
 }

@@ -7,6 +7,14 @@ namespace Cria.Kernels;
 public abstract class ParallelJob
 {
     public abstract void Execute(int worker, int workerCount);
+
+    /// <summary>
+    /// True when <see cref="Execute"/> takes its work from a shared counter until none is left, so that any subset
+    /// of the workers — the caller alone, if need be — completes the job. The pool then does not wait for workers
+    /// that have not started when the caller runs out of work: on a busy machine a descheduled worker would
+    /// otherwise stall every step until the OS runs it again.
+    /// </summary>
+    public virtual bool SharesWorkDynamically => false;
 }
 
 /// <summary>
@@ -47,25 +55,39 @@ public sealed class WorkerPool : IDisposable
     public void Run(ParallelJob job)
     {
         if (_count == 1) { job.Execute(0, 1); return; }
+        // Publish under a sequence lock: an odd generation means "being written"; workers take a job only when they
+        // read the same even generation before and after reading it.
+        Interlocked.Increment(ref _generation);
         _job = job;
-        _done.Reset();
+        Volatile.Write(ref _closed, 0);
         Volatile.Write(ref _pending, _count - 1);
         Interlocked.Increment(ref _generation);
         for (int i = 0; i < _wake.Length; i++) if (Volatile.Read(ref _sleeping[i]) != 0) _wake[i].Release();
         Exception? error = null;
         try { job.Execute(0, _count); }
         catch (Exception e) { error = e; }
-        // Wait for the others: spin first, they finish at about the same time.
         var spin = new SpinWait();
-        while (Volatile.Read(ref _pending) != 0)
+        if (job.SharesWorkDynamically)
         {
-            if (spin.Count > 200) { _done.Wait(1); }
-            else spin.SpinOnce(-1);
+            // No work is left: close the job to latecomers, then wait only for workers already inside it.
+            Interlocked.Exchange(ref _closed, 1);
+            while (Volatile.Read(ref _inFlight) != 0) spin.SpinOnce(-1);
+        }
+        else
+        {
+            // Every worker owns part of the work: wait for all of them.
+            while (Volatile.Read(ref _pending) != 0)
+            {
+                if (spin.Count > 200) Thread.Sleep(0);
+                else spin.SpinOnce(-1);
+            }
         }
         _job = null;
         if (error != null) throw error;
         if (_workerError != null) { var e = _workerError; _workerError = null; throw new AggregateException(e); }
     }
+
+    int _closed, _inFlight;
 
     readonly int[] _sleeping;
     Exception? _workerError;
@@ -89,10 +111,30 @@ public sealed class WorkerPool : IDisposable
                 else spin.SpinOnce(-1);
             }
             if (_disposed) return;
-            seen = _generation;
-            try { _job!.Execute(idx, _count); }
-            catch (Exception e) { _workerError = e; }
-            if (Interlocked.Decrement(ref _pending) == 0) _done.Set();
+            int gen = _generation;
+            if ((gen & 1) != 0) { Thread.SpinWait(1); continue; }   // being published
+            var job = _job;
+            if (_generation != gen) continue;     // changed while we read it: look again
+            seen = gen;
+            if (job == null) continue;
+            if (job.SharesWorkDynamically)
+            {
+                // Join only while the job is open and still current (Dekker-style: our increment and the caller's
+                // close are both full fences, so the caller sees us or we see it closed).
+                Interlocked.Increment(ref _inFlight);
+                if (Volatile.Read(ref _closed) == 0 && _generation == gen)
+                {
+                    try { job.Execute(idx, _count); }
+                    catch (Exception e) { _workerError = e; }
+                }
+                Interlocked.Decrement(ref _inFlight);
+            }
+            else
+            {
+                try { job.Execute(idx, _count); }
+                catch (Exception e) { _workerError = e; }
+                Interlocked.Decrement(ref _pending);
+            }
         }
     }
 
