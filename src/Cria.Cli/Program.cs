@@ -5,6 +5,7 @@ var root = new RootCommand("cria — run, inspect and build Llama-family models 
 root.Subcommands.Add(GenerateCommand.Create());
 root.Subcommands.Add(InfoCommand.Create());
 root.Subcommands.Add(MakeModelCommand.Create());
+root.Subcommands.Add(TrainCommand.Create());
 try
 {
     return root.Parse(args).Invoke();
