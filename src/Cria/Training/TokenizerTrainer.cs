@@ -174,7 +174,7 @@ public static class TokenizerTrainer
             long bestKey = -1, bestCount = 0; string? bestText = null;
             foreach (var (k, c) in pairs)
             {
-                if (c < bestCount || c < 2) continue;
+                if (c < bestCount || c < 1) continue;
                 int a = (int)(k >> 32), b = (int)(k & 0xFFFFFFFF);
                 if (symbolText[a].Length + symbolText[b].Length > maxPieceLength) continue;
                 if (c == bestCount)
