@@ -15,7 +15,7 @@ namespace Cria.Training;
 /// </summary>
 public sealed unsafe class Gemm : ParallelJob
 {
-    const int BlockM = 64, BlockN = 128;
+    const int BlockM = 64, BlockN = 128, BlockK = 256;
     readonly WorkerPool _pool;
     bool _nt;
     float* _a, _b, _c;
@@ -76,20 +76,27 @@ public sealed unsafe class Gemm : ParallelJob
             for (int j = n0; j < n1; j++) c[(long)i * n + j] = Dot(a + (long)i * k, b + (long)j * k, k);
     }
 
+    /// <summary>K is walked in chunks of <see cref="BlockK"/> so a block's slices of A and B stay in L2 (fixed chunking: the
+    /// summation order does not depend on the thread count).</summary>
     void BlockNN(int m0, int m1, int n0, int n1)
     {
         float* a = _a, b = _b, c = _c; int n = _n, k = _k;
         long sr = _sr, sp = _sp;
-        int i = m0;
-        for (; i + 4 <= m1; i += 4)
+        for (int k0 = 0; k0 < k; k0 += BlockK)
         {
-            int j = n0;
-            for (; j + 32 <= n1; j += 32) Axpy4x32(a + i * sr, sr, sp, k, b + j, n, c + (long)i * n + j, n);
-            for (; j < n1; j++)
-                for (int r = 0; r < 4; r++) c[(long)(i + r) * n + j] += ColumnDot(a + (i + r) * sr, sp, b + j, n, k);
+            int kc = Math.Min(BlockK, k - k0);
+            float* ak = a + k0 * sp, bk = b + (long)k0 * n;
+            int i = m0;
+            for (; i + 4 <= m1; i += 4)
+            {
+                int j = n0;
+                for (; j + 32 <= n1; j += 32) Axpy4x32(ak + i * sr, sr, sp, kc, bk + j, n, c + (long)i * n + j, n);
+                for (; j < n1; j++)
+                    for (int r = 0; r < 4; r++) c[(long)(i + r) * n + j] += ColumnDot(ak + (i + r) * sr, sp, bk + j, n, kc);
+            }
+            for (; i < m1; i++)
+                for (int j = n0; j < n1; j++) c[(long)i * n + j] += ColumnDot(ak + i * sr, sp, bk + j, n, kc);
         }
-        for (; i < m1; i++)
-            for (int j = n0; j < n1; j++) c[(long)i * n + j] += ColumnDot(a + i * sr, sp, b + j, n, k);
     }
 
     /// <summary>Σ_p a[p·sp] · b[p·ldb] in order (scalar; only for ragged edges).</summary>

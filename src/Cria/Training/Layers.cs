@@ -116,34 +116,44 @@ public static unsafe class Layers
     }
 
     // ---------------------------------------------------------------- causal attention (GQA)
+    /// <summary>kt[d·T + t] = k[row0 + t, kvHead·hd + d]: one KV head of one sequence, transposed so that the scores of a
+    /// query against all keys are hd contiguous axpys instead of T short dot products.</summary>
+    static void TransposeHead(float* kt, float* k, long row0, int seqLen, int kw, int kvHead, int hd)
+    {
+        for (int t = 0; t < seqLen; t++)
+        {
+            float* src = k + (row0 + t) * kw + kvHead * hd;
+            for (int d = 0; d < hd; d++) kt[(long)d * seqLen + t] = src[d];
+        }
+    }
+
     /// <summary>
     /// For one sequence b and one KV head: every query head of its group attends causally over positions 0..t.
     /// q [B·T, nHead·hd], k/v [B·T, nKv·hd], probs [B, nHead, T, T] (saved for backward), out [B·T, nHead·hd].
+    /// scratch holds hd·T floats.
     /// </summary>
     public static void AttentionForward(float* outp, float* probs, float* q, float* k, float* v,
-        int b, int kvHead, int seqLen, int nHead, int nKv, int hd)
+        int b, int kvHead, int seqLen, int nHead, int nKv, int hd, float* scratch)
     {
         int group = nHead / nKv, qw = nHead * hd, kw = nKv * hd;
         float scale = 1.0f / MathF.Sqrt(hd);
         long row0 = (long)b * seqLen;
+        float* kt = scratch;
+        TransposeHead(kt, k, row0, seqLen, kw, kvHead, hd);
         for (int h = kvHead * group; h < (kvHead + 1) * group; h++)
         {
             for (int t = 0; t < seqLen; t++)
             {
                 float* qt = q + (row0 + t) * qw + h * hd;
                 float* p = probs + (((long)b * nHead + h) * seqLen + t) * seqLen;
+                new Span<float>(p, seqLen).Clear();
+                for (int d = 0; d < hd; d++) Axpy(qt[d] * scale, kt + (long)d * seqLen, p, t + 1);
                 float max = float.NegativeInfinity;
-                for (int t2 = 0; t2 <= t; t2++)
-                {
-                    float s = Gemm.Dot(qt, k + (row0 + t2) * kw + kvHead * hd, hd) * scale;
-                    p[t2] = s;
-                    if (s > max) max = s;
-                }
+                for (int t2 = 0; t2 <= t; t2++) if (p[t2] > max) max = p[t2];
                 float sum = 0;
                 for (int t2 = 0; t2 <= t; t2++) { float e = MathF.Exp(p[t2] - max); p[t2] = e; sum += e; }
                 float inv = 1.0f / sum;
                 for (int t2 = 0; t2 <= t; t2++) p[t2] *= inv;
-                for (int t2 = t + 1; t2 < seqLen; t2++) p[t2] = 0;
                 float* o = outp + (row0 + t) * qw + h * hd;
                 new Span<float>(o, hd).Clear();
                 for (int t2 = 0; t2 <= t; t2++) Axpy(p[t2], v + (row0 + t2) * kw + kvHead * hd, o, hd);
@@ -154,7 +164,7 @@ public static unsafe class Layers
     /// <summary>
     /// Backward of <see cref="AttentionForward"/> for one (sequence, KV head): dP = dO·vᵀ, dS = P ⊙ (dP − Σ P·dP),
     /// dq = scale·dS·k (overwritten), dk += scale·dSᵀ·q, dv += Pᵀ·dO. The group's query heads all write to one
-    /// KV head, so one worker owns a (sequence, KV head) pair. scratch holds seqLen floats.
+    /// KV head, so one worker owns a (sequence, KV head) pair. scratch holds (hd + 1)·T floats.
     /// </summary>
     public static void AttentionBackward(float* dq, float* dk, float* dv, float* dout, float* probs, float* q, float* k, float* v,
         int b, int kvHead, int seqLen, int nHead, int nKv, int hd, float* scratch)
@@ -162,18 +172,20 @@ public static unsafe class Layers
         int group = nHead / nKv, qw = nHead * hd, kw = nKv * hd;
         float scale = 1.0f / MathF.Sqrt(hd);
         long row0 = (long)b * seqLen;
+        float* vt = scratch, dp = scratch + (long)hd * seqLen;
+        TransposeHead(vt, v, row0, seqLen, kw, kvHead, hd);
         for (int h = kvHead * group; h < (kvHead + 1) * group; h++)
         {
             for (int t = 0; t < seqLen; t++)
             {
                 float* dot = dout + (row0 + t) * qw + h * hd;
                 float* p = probs + (((long)b * nHead + h) * seqLen + t) * seqLen;
+                new Span<float>(dp, t + 1).Clear();
+                for (int d = 0; d < hd; d++) Axpy(dot[d], vt + (long)d * seqLen, dp, t + 1);
                 float sum = 0;
                 for (int t2 = 0; t2 <= t; t2++)
                 {
-                    float dp = Gemm.Dot(dot, v + (row0 + t2) * kw + kvHead * hd, hd);
-                    scratch[t2] = dp;
-                    sum += p[t2] * dp;
+                    sum += p[t2] * dp[t2];
                     Axpy(p[t2], dot, dv + (row0 + t2) * kw + kvHead * hd, hd);
                 }
                 float* qt = q + (row0 + t) * qw + h * hd;
@@ -181,7 +193,7 @@ public static unsafe class Layers
                 new Span<float>(dqt, hd).Clear();
                 for (int t2 = 0; t2 <= t; t2++)
                 {
-                    float ds = p[t2] * (scratch[t2] - sum) * scale;
+                    float ds = p[t2] * (dp[t2] - sum) * scale;
                     Axpy(ds, k + (row0 + t2) * kw + kvHead * hd, dqt, hd);
                     Axpy(ds, qt, dk + (row0 + t2) * kw + kvHead * hd, hd);
                 }

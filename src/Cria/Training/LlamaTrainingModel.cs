@@ -26,7 +26,9 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     readonly WorkerPool _pool;
     readonly Gemm _gemm;
     readonly ForJob _for = new();
-    readonly ForJob.Body _attnForward, _attnBackward, _crossEntropy;
+    readonly ForJob.Body _attnForward, _attnBackward, _crossEntropy, _rmsForward, _rope, _swiGluForward, _swiGluBackward;
+    float* _a0, _a1, _a2, _a3, _a4; // arguments of the row-parallel element-wise bodies
+    bool _ropeBackward;
     readonly float* P, G;
     readonly int* _tokens, _targets;  // [N]
     readonly float* _ropeTable;       // [T, nRot]
@@ -44,6 +46,16 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     readonly float* _losses;          // [N]
     // Gradient scratch.
     readonly float* _dres, _dxn, _dq, _dk, _dv, _datt, _dh, _dg, _du, _attScratch;
+    /// <summary>Seconds spent per part (matmul, attention, cross-entropy, other) since construction; for benchmarks.</summary>
+    public double[] ProfileSeconds { get; } = new double[4];
+    long _mark = System.Diagnostics.Stopwatch.GetTimestamp();
+    void Mark(int part)
+    {
+        long now = System.Diagnostics.Stopwatch.GetTimestamp();
+        ProfileSeconds[part] += (now - _mark) / (double)System.Diagnostics.Stopwatch.Frequency;
+        _mark = now;
+    }
+
     // Arguments of the parallel bodies for the current layer.
     int _layer;
     float _gradScale;
@@ -84,10 +96,41 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         _logits = Floats((long)N * V); _losses = Floats(N);
         _dres = Floats((long)N * D); _dxn = Floats((long)N * D); _dq = Floats((long)N * QD); _dk = Floats((long)N * KV); _dv = Floats((long)N * KV);
         _datt = Floats((long)N * QD); _dh = Floats((long)N * F); _dg = Floats((long)N * F); _du = Floats((long)N * F);
-        _attScratch = Floats((long)_pool.Count * seqLen);
+        _attScratch = Floats((long)_pool.Count * (hd + 1) * seqLen);
         _attnForward = AttentionForwardBody;
         _attnBackward = AttentionBackwardBody;
         _crossEntropy = CrossEntropyBody;
+        _rmsForward = (r0, r1, _) => Layers.RmsNormForward(_a0, _a1, _a2, _a3, Shape.Dim, Shape.RmsEps, r0, r1);
+        _rope = RopeBody;
+        _swiGluForward = (r0, r1, _) => Layers.SwiGluForward(_a0, _a1, _a2, (long)r0 * Shape.FfnDim, (long)r1 * Shape.FfnDim);
+        _swiGluBackward = (r0, r1, _) => Layers.SwiGluBackward(_a0, _a1, _a2, _a3, _a4, (long)r0 * Shape.FfnDim, (long)r1 * Shape.FfnDim);
+    }
+
+    void RmsNormForward(float* y, float* rstd, float* x, float* w)
+    {
+        _a0 = y; _a1 = rstd; _a2 = x; _a3 = w;
+        _for.Run(_pool, Rows, 64, _rmsForward);
+    }
+
+    void Rope(float* q, float* k, bool backward)
+    {
+        _a0 = q; _a1 = k; _ropeBackward = backward;
+        _for.Run(_pool, Rows, 64, _rope);
+    }
+
+    void RopeBody(int r0, int r1, int worker)
+    {
+        var s = Shape; int hd = s.HeadDim;
+        if (_ropeBackward)
+        {
+            Layers.RopeBackward(_a0, s.Heads, hd, _ropeTable, hd, SeqLen, r0, r1);
+            Layers.RopeBackward(_a1, s.KvHeads, hd, _ropeTable, hd, SeqLen, r0, r1);
+        }
+        else
+        {
+            Layers.RopeForward(_a0, s.Heads, hd, _ropeTable, hd, SeqLen, r0, r1);
+            Layers.RopeForward(_a1, s.KvHeads, hd, _ropeTable, hd, SeqLen, r0, r1);
+        }
     }
 
     T[] Pinned<T>(long n, out T* ptr) where T : unmanaged
@@ -139,26 +182,25 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
             var o = Layout.Blocks[l];
             float* x = _xIn[l];
             // ---- attention: xMid = x + Wo · attention(rope(Wq·n), rope(Wk·n), Wv·n), n = rmsnorm(x) ----
-            Layers.RmsNormForward(_xn1[l], _rstd1[l], x, P + o.AttnNorm, D, s.RmsEps, 0, N);
-            _gemm.MatMulNT(_xn1[l], P + o.Wq, _q[l], N, QD, D);
-            _gemm.MatMulNT(_xn1[l], P + o.Wk, _k[l], N, KV, D);
-            _gemm.MatMulNT(_xn1[l], P + o.Wv, _v[l], N, KV, D);
-            Layers.RopeForward(_q[l], s.Heads, hd, _ropeTable, hd, T, 0, N);
-            Layers.RopeForward(_k[l], s.KvHeads, hd, _ropeTable, hd, T, 0, N);
+            RmsNormForward(_xn1[l], _rstd1[l], x, P + o.AttnNorm);
+            Mark(3); _gemm.MatMulNT(_xn1[l], P + o.Wq, _q[l], N, QD, D); Mark(0);
+            Mark(3); _gemm.MatMulNT(_xn1[l], P + o.Wk, _k[l], N, KV, D); Mark(0);
+            Mark(3); _gemm.MatMulNT(_xn1[l], P + o.Wv, _v[l], N, KV, D); Mark(0);
+            Rope(_q[l], _k[l], backward: false);
             _layer = l;
-            _for.Run(_pool, BatchSize * s.KvHeads, 1, _attnForward);
-            _gemm.MatMulNT(_att[l], P + o.Wo, _xMid[l], N, D, QD);
+            Mark(3); _for.Run(_pool, BatchSize * s.KvHeads, 1, _attnForward); Mark(1);
+            Mark(3); _gemm.MatMulNT(_att[l], P + o.Wo, _xMid[l], N, D, QD); Mark(0);
             Add(_xMid[l], x, (long)N * D);
             // ---- feed-forward: xOut = xMid + Wdown · (silu(Wgate·n) ⊙ Wup·n), n = rmsnorm(xMid) ----
-            Layers.RmsNormForward(_xn2[l], _rstd2[l], _xMid[l], P + o.FfnNorm, D, s.RmsEps, 0, N);
-            _gemm.MatMulNT(_xn2[l], P + o.WGate, _g[l], N, F, D);
-            _gemm.MatMulNT(_xn2[l], P + o.WUp, _u[l], N, F, D);
-            Layers.SwiGluForward(_h[l], _g[l], _u[l], 0, (long)N * F);
-            _gemm.MatMulNT(_h[l], P + o.WDown, _xIn[l + 1], N, D, F);
+            RmsNormForward(_xn2[l], _rstd2[l], _xMid[l], P + o.FfnNorm);
+            Mark(3); _gemm.MatMulNT(_xn2[l], P + o.WGate, _g[l], N, F, D); Mark(0);
+            Mark(3); _gemm.MatMulNT(_xn2[l], P + o.WUp, _u[l], N, F, D); Mark(0);
+            _a0 = _h[l]; _a1 = _g[l]; _a2 = _u[l]; _for.Run(_pool, N, 32, _swiGluForward);
+            Mark(3); _gemm.MatMulNT(_h[l], P + o.WDown, _xIn[l + 1], N, D, F); Mark(0);
             Add(_xIn[l + 1], _xMid[l], (long)N * D);
         }
-        Layers.RmsNormForward(_xnf, _rstdf, _xIn[s.Layers], P + Layout.OutputNorm, D, s.RmsEps, 0, N);
-        _gemm.MatMulNT(_xnf, P + Layout.Output, _logits, N, V, D);
+        RmsNormForward(_xnf, _rstdf, _xIn[s.Layers], P + Layout.OutputNorm);
+        Mark(3); _gemm.MatMulNT(_xnf, P + Layout.Output, _logits, N, V, D); Mark(0);
     }
 
     static void Add(float* y, float* x, long n)
@@ -172,7 +214,8 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     {
         var s = Shape; int l = _layer;
         for (int item = start; item < end; item++)
-            Layers.AttentionForward(_att[l], _probs[l], _q[l], _k[l], _v[l], item / s.KvHeads, item % s.KvHeads, SeqLen, s.Heads, s.KvHeads, s.HeadDim);
+            Layers.AttentionForward(_att[l], _probs[l], _q[l], _k[l], _v[l], item / s.KvHeads, item % s.KvHeads, SeqLen, s.Heads, s.KvHeads, s.HeadDim,
+                _attScratch + (long)worker * (s.HeadDim + 1) * SeqLen);
     }
 
     // ================================================================= loss + backward
@@ -185,7 +228,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     {
         Forward();
         _gradScale = gradScale;
-        _for.Run(_pool, Rows, 16, _crossEntropy);
+        Mark(3); _for.Run(_pool, Rows, 16, _crossEntropy); Mark(2);
         double sum = 0;
         for (int n = 0; n < Rows; n++) sum += _losses[n];
         Backward();
@@ -209,8 +252,8 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         int N = Rows, D = s.Dim, QD = s.Dim, KV = s.KvDim, F = s.FfnDim, V = s.VocabSize, hd = s.HeadDim, T = SeqLen;
         // output head: logits = xnf · Woutᵀ (the logits buffer now holds dlogits)
         Clear(_dxn, (long)N * D);
-        _gemm.MatMulNNAccumulate(_logits, P + Layout.Output, _dxn, N, D, V);
-        _gemm.MatMulTNAccumulate(_logits, _xnf, G + Layout.Output, V, D, N);
+        Mark(3); _gemm.MatMulNNAccumulate(_logits, P + Layout.Output, _dxn, N, D, V); Mark(0);
+        Mark(3); _gemm.MatMulTNAccumulate(_logits, _xnf, G + Layout.Output, V, D, N); Mark(0);
         Clear(_dres, (long)N * D);
         Layers.RmsNormBackward(_dres, G + Layout.OutputNorm, _dxn, _xIn[s.Layers], P + Layout.OutputNorm, _rstdf, D, 0, N);
 
@@ -219,31 +262,30 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
             var o = Layout.Blocks[l];
             // xOut = xMid + h · Wdownᵀ
             Clear(_dh, (long)N * F);
-            _gemm.MatMulNNAccumulate(_dres, P + o.WDown, _dh, N, F, D);
-            _gemm.MatMulTNAccumulate(_dres, _h[l], G + o.WDown, D, F, N);
-            Layers.SwiGluBackward(_dg, _du, _dh, _g[l], _u[l], 0, (long)N * F);
+            Mark(3); _gemm.MatMulNNAccumulate(_dres, P + o.WDown, _dh, N, F, D); Mark(0);
+            Mark(3); _gemm.MatMulTNAccumulate(_dres, _h[l], G + o.WDown, D, F, N); Mark(0);
+            _a0 = _dg; _a1 = _du; _a2 = _dh; _a3 = _g[l]; _a4 = _u[l]; _for.Run(_pool, N, 32, _swiGluBackward);
             Clear(_dxn, (long)N * D);
-            _gemm.MatMulNNAccumulate(_dg, P + o.WGate, _dxn, N, D, F);
-            _gemm.MatMulNNAccumulate(_du, P + o.WUp, _dxn, N, D, F);
-            _gemm.MatMulTNAccumulate(_dg, _xn2[l], G + o.WGate, F, D, N);
-            _gemm.MatMulTNAccumulate(_du, _xn2[l], G + o.WUp, F, D, N);
+            Mark(3); _gemm.MatMulNNAccumulate(_dg, P + o.WGate, _dxn, N, D, F); Mark(0);
+            Mark(3); _gemm.MatMulNNAccumulate(_du, P + o.WUp, _dxn, N, D, F); Mark(0);
+            Mark(3); _gemm.MatMulTNAccumulate(_dg, _xn2[l], G + o.WGate, F, D, N); Mark(0);
+            Mark(3); _gemm.MatMulTNAccumulate(_du, _xn2[l], G + o.WUp, F, D, N); Mark(0);
             Layers.RmsNormBackward(_dres, G + o.FfnNorm, _dxn, _xMid[l], P + o.FfnNorm, _rstd2[l], D, 0, N);
             // xMid = x + att · Woᵀ
             Clear(_datt, (long)N * QD);
-            _gemm.MatMulNNAccumulate(_dres, P + o.Wo, _datt, N, QD, D);
-            _gemm.MatMulTNAccumulate(_dres, _att[l], G + o.Wo, D, QD, N);
+            Mark(3); _gemm.MatMulNNAccumulate(_dres, P + o.Wo, _datt, N, QD, D); Mark(0);
+            Mark(3); _gemm.MatMulTNAccumulate(_dres, _att[l], G + o.Wo, D, QD, N); Mark(0);
             Clear(_dk, (long)N * KV); Clear(_dv, (long)N * KV);
             _layer = l;
-            _for.Run(_pool, BatchSize * s.KvHeads, 1, _attnBackward);
-            Layers.RopeBackward(_dq, s.Heads, hd, _ropeTable, hd, T, 0, N);
-            Layers.RopeBackward(_dk, s.KvHeads, hd, _ropeTable, hd, T, 0, N);
+            Mark(3); _for.Run(_pool, BatchSize * s.KvHeads, 1, _attnBackward); Mark(1);
+            Rope(_dq, _dk, backward: true);
             Clear(_dxn, (long)N * D);
-            _gemm.MatMulNNAccumulate(_dq, P + o.Wq, _dxn, N, D, QD);
-            _gemm.MatMulNNAccumulate(_dk, P + o.Wk, _dxn, N, D, KV);
-            _gemm.MatMulNNAccumulate(_dv, P + o.Wv, _dxn, N, D, KV);
-            _gemm.MatMulTNAccumulate(_dq, _xn1[l], G + o.Wq, QD, D, N);
-            _gemm.MatMulTNAccumulate(_dk, _xn1[l], G + o.Wk, KV, D, N);
-            _gemm.MatMulTNAccumulate(_dv, _xn1[l], G + o.Wv, KV, D, N);
+            Mark(3); _gemm.MatMulNNAccumulate(_dq, P + o.Wq, _dxn, N, D, QD); Mark(0);
+            Mark(3); _gemm.MatMulNNAccumulate(_dk, P + o.Wk, _dxn, N, D, KV); Mark(0);
+            Mark(3); _gemm.MatMulNNAccumulate(_dv, P + o.Wv, _dxn, N, D, KV); Mark(0);
+            Mark(3); _gemm.MatMulTNAccumulate(_dq, _xn1[l], G + o.Wq, QD, D, N); Mark(0);
+            Mark(3); _gemm.MatMulTNAccumulate(_dk, _xn1[l], G + o.Wk, KV, D, N); Mark(0);
+            Mark(3); _gemm.MatMulTNAccumulate(_dv, _xn1[l], G + o.Wv, KV, D, N); Mark(0);
             Layers.RmsNormBackward(_dres, G + o.AttnNorm, _dxn, _xIn[l], P + o.AttnNorm, _rstd1[l], D, 0, N);
         }
         // token embedding: x0[n] = E[token[n]]
@@ -256,7 +298,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         var s = Shape; int l = _layer;
         for (int item = start; item < end; item++)
             Layers.AttentionBackward(_dq, _dk, _dv, _datt, _probs[l], _q[l], _k[l], _v[l], item / s.KvHeads, item % s.KvHeads,
-                SeqLen, s.Heads, s.KvHeads, s.HeadDim, _attScratch + (long)worker * SeqLen);
+                SeqLen, s.Heads, s.KvHeads, s.HeadDim, _attScratch + (long)worker * (s.HeadDim + 1) * SeqLen);
     }
 
     static void Clear(float* p, long n) => NativeMemory.Clear(p, (nuint)(n * sizeof(float)));
