@@ -57,7 +57,7 @@ public readonly record struct ParameterTensor(string Name, long Offset, int Rows
 public sealed class ParameterLayout
 {
     public LlamaShape Shape { get; }
-    public IReadOnlyList<ParameterTensor> Tensors { get; }
+    public ParameterTensor[] Tensors { get; }
     public long Count { get; }
     public long TokenEmbedding { get; }
     public long OutputNorm { get; }
@@ -99,7 +99,7 @@ public sealed class ParameterLayout
         }
         OutputNorm = Add("output_norm.weight", 1, d, false);
         Output = s.TiedEmbeddings ? TokenEmbedding : Add("output.weight", s.VocabSize, d, true);
-        Tensors = list;
+        Tensors = list.ToArray();
         Count = at;
     }
 

@@ -50,6 +50,19 @@ public sealed class TrainingTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void A_training_step_allocates_nothing()
+    {
+        var (shape, tokens, bos) = TinySetup();
+        using var t = new Trainer(shape, TinyOptions with { GradAccumulation = 2, Threads = 1 }, tokens, bos);
+        for (int i = 0; i < 3; i++) t.TrainStep();
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 5; i++) t.TrainStep();
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        output.WriteLine($"{allocated} bytes allocated over 5 steps");
+        Assert.Equal(0, allocated); // forward, backward, clipping and AdamW on preallocated buffers
+    }
+
+    [Fact]
     public void Checkpoint_resume_is_bit_exact()
     {
         var (shape, tokens, bos) = TinySetup();
