@@ -140,6 +140,24 @@ public sealed class TrainingTests(ITestOutputHelper output)
         output.WriteLine($"max |Δ logit| over {seq.Length} positions × {shape.VocabSize}: Cria inference {worstCria:E2}, llama.cpp {worstCpp:E2}");
         Assert.True(worstCria < 1e-4, $"Cria inference differs by {worstCria}");
         Assert.True(worstCpp < 1e-4, $"llama.cpp differs by {worstCpp}");
+
+        // F16 export: both engines load it and stay close to the F32 training logits
+        string f16 = TestPaths.TempFile($"exported-{tied}-f16.gguf");
+        GgufExport.Write(f16, m.Layout, m.Parameters, SmallVocab.Value, Cria.Tensors.GgmlType.F16);
+        double worst16 = 0;
+        using (var cria = new CriaRunner(f16, 64))
+        using (var cpp = new LlamaCpp(f16, 64))
+        {
+            var a = cria.AllLogits(seq); var b = cpp.AllLogits(seq);
+            for (int p = 0; p < seq.Length; p++)
+                for (int v = 0; v < shape.VocabSize; v++)
+                {
+                    worst16 = Math.Max(worst16, Math.Abs(a[p][v] - m.LogitsRow(p)[v]));
+                    Assert.True(Math.Abs(a[p][v] - b[p][v]) < 1e-2, $"F16: Cria and llama.cpp differ at {p},{v}");
+                }
+        }
+        output.WriteLine($"F16 export: max |Δ logit| vs the F32 training forward {worst16:E2}");
+        Assert.True(worst16 < 5e-2);
     }
 }
 
