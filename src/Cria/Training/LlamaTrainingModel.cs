@@ -56,6 +56,11 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         _mark = now;
     }
 
+    // The three products of training (see Gemm), timed for ProfileSeconds.
+    void MatMulNT(float* a, float* b, float* c, int m, int n, int k) { Mark(3); _gemm.MatMulNT(a, b, c, m, n, k); Mark(0); }
+    void MatMulNN(float* a, float* b, float* c, int m, int n, int k) { Mark(3); _gemm.MatMulNNAccumulate(a, b, c, m, n, k); Mark(0); }
+    void MatMulTN(float* a, float* b, float* c, int m, int n, int k) { Mark(3); _gemm.MatMulTNAccumulate(a, b, c, m, n, k); Mark(0); }
+
     // Arguments of the parallel bodies for the current layer.
     int _layer;
     float _gradScale;
@@ -110,6 +115,27 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     {
         _a0 = y; _a1 = rstd; _a2 = x; _a3 = w;
         _for.Run(_pool, Rows, 64, _rmsForward);
+    }
+
+    /// <summary>One work item per (sequence, KV head): the heads of a GQA group write the same dK/dV rows.</summary>
+    void Attention(int layer, bool backward)
+    {
+        _layer = layer;
+        Mark(3);
+        _for.Run(_pool, BatchSize * Shape.KvHeads, 1, backward ? _attnBackward : _attnForward);
+        Mark(1);
+    }
+
+    void SwiGlu(float* h, float* g, float* u)
+    {
+        _a0 = h; _a1 = g; _a2 = u;
+        _for.Run(_pool, Rows, 32, _swiGluForward);
+    }
+
+    void SwiGluBackward(float* dg, float* du, float* dh, float* g, float* u)
+    {
+        _a0 = dg; _a1 = du; _a2 = dh; _a3 = g; _a4 = u;
+        _for.Run(_pool, Rows, 32, _swiGluBackward);
     }
 
     void Rope(float* q, float* k, bool backward)
@@ -172,7 +198,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     public void Forward()
     {
         var s = Shape;
-        int N = Rows, D = s.Dim, QD = s.Dim, KV = s.KvDim, F = s.FfnDim, V = s.VocabSize, hd = s.HeadDim, T = SeqLen;
+        int N = Rows, D = s.Dim, QD = s.Dim, KV = s.KvDim, F = s.FfnDim, V = s.VocabSize;
         // token embedding
         for (int n = 0; n < N; n++)
             new ReadOnlySpan<float>(P + Layout.TokenEmbedding + (long)_tokens[n] * D, D).CopyTo(new Span<float>(_xIn[0] + (long)n * D, D));
@@ -183,24 +209,23 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
             float* x = _xIn[l];
             // ---- attention: xMid = x + Wo · attention(rope(Wq·n), rope(Wk·n), Wv·n), n = rmsnorm(x) ----
             RmsNormForward(_xn1[l], _rstd1[l], x, P + o.AttnNorm);
-            Mark(3); _gemm.MatMulNT(_xn1[l], P + o.Wq, _q[l], N, QD, D); Mark(0);
-            Mark(3); _gemm.MatMulNT(_xn1[l], P + o.Wk, _k[l], N, KV, D); Mark(0);
-            Mark(3); _gemm.MatMulNT(_xn1[l], P + o.Wv, _v[l], N, KV, D); Mark(0);
+            MatMulNT(_xn1[l], P + o.Wq, _q[l], N, QD, D);
+            MatMulNT(_xn1[l], P + o.Wk, _k[l], N, KV, D);
+            MatMulNT(_xn1[l], P + o.Wv, _v[l], N, KV, D);
             Rope(_q[l], _k[l], backward: false);
-            _layer = l;
-            Mark(3); _for.Run(_pool, BatchSize * s.KvHeads, 1, _attnForward); Mark(1);
-            Mark(3); _gemm.MatMulNT(_att[l], P + o.Wo, _xMid[l], N, D, QD); Mark(0);
+            Attention(l, backward: false);
+            MatMulNT(_att[l], P + o.Wo, _xMid[l], N, D, QD);
             Add(_xMid[l], x, (long)N * D);
             // ---- feed-forward: xOut = xMid + Wdown · (silu(Wgate·n) ⊙ Wup·n), n = rmsnorm(xMid) ----
             RmsNormForward(_xn2[l], _rstd2[l], _xMid[l], P + o.FfnNorm);
-            Mark(3); _gemm.MatMulNT(_xn2[l], P + o.WGate, _g[l], N, F, D); Mark(0);
-            Mark(3); _gemm.MatMulNT(_xn2[l], P + o.WUp, _u[l], N, F, D); Mark(0);
-            _a0 = _h[l]; _a1 = _g[l]; _a2 = _u[l]; _for.Run(_pool, N, 32, _swiGluForward);
-            Mark(3); _gemm.MatMulNT(_h[l], P + o.WDown, _xIn[l + 1], N, D, F); Mark(0);
+            MatMulNT(_xn2[l], P + o.WGate, _g[l], N, F, D);
+            MatMulNT(_xn2[l], P + o.WUp, _u[l], N, F, D);
+            SwiGlu(_h[l], _g[l], _u[l]);
+            MatMulNT(_h[l], P + o.WDown, _xIn[l + 1], N, D, F);
             Add(_xIn[l + 1], _xMid[l], (long)N * D);
         }
         RmsNormForward(_xnf, _rstdf, _xIn[s.Layers], P + Layout.OutputNorm);
-        Mark(3); _gemm.MatMulNT(_xnf, P + Layout.Output, _logits, N, V, D); Mark(0);
+        MatMulNT(_xnf, P + Layout.Output, _logits, N, V, D);
     }
 
     static void Add(float* y, float* x, long n)
@@ -228,7 +253,9 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     {
         Forward();
         _gradScale = gradScale;
-        Mark(3); _for.Run(_pool, Rows, 16, _crossEntropy); Mark(2);
+        Mark(3);
+        _for.Run(_pool, Rows, 16, _crossEntropy);
+        Mark(2);
         double sum = 0;
         for (int n = 0; n < Rows; n++) sum += _losses[n];
         Backward();
@@ -249,11 +276,11 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     void Backward()
     {
         var s = Shape;
-        int N = Rows, D = s.Dim, QD = s.Dim, KV = s.KvDim, F = s.FfnDim, V = s.VocabSize, hd = s.HeadDim, T = SeqLen;
+        int N = Rows, D = s.Dim, QD = s.Dim, KV = s.KvDim, F = s.FfnDim, V = s.VocabSize;
         // output head: logits = xnf · Woutᵀ (the logits buffer now holds dlogits)
         Clear(_dxn, (long)N * D);
-        Mark(3); _gemm.MatMulNNAccumulate(_logits, P + Layout.Output, _dxn, N, D, V); Mark(0);
-        Mark(3); _gemm.MatMulTNAccumulate(_logits, _xnf, G + Layout.Output, V, D, N); Mark(0);
+        MatMulNN(_logits, P + Layout.Output, _dxn, N, D, V);
+        MatMulTN(_logits, _xnf, G + Layout.Output, V, D, N);
         Clear(_dres, (long)N * D);
         Layers.RmsNormBackward(_dres, G + Layout.OutputNorm, _dxn, _xIn[s.Layers], P + Layout.OutputNorm, _rstdf, D, 0, N);
 
@@ -262,30 +289,29 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
             var o = Layout.Blocks[l];
             // xOut = xMid + h · Wdownᵀ
             Clear(_dh, (long)N * F);
-            Mark(3); _gemm.MatMulNNAccumulate(_dres, P + o.WDown, _dh, N, F, D); Mark(0);
-            Mark(3); _gemm.MatMulTNAccumulate(_dres, _h[l], G + o.WDown, D, F, N); Mark(0);
-            _a0 = _dg; _a1 = _du; _a2 = _dh; _a3 = _g[l]; _a4 = _u[l]; _for.Run(_pool, N, 32, _swiGluBackward);
+            MatMulNN(_dres, P + o.WDown, _dh, N, F, D);
+            MatMulTN(_dres, _h[l], G + o.WDown, D, F, N);
+            SwiGluBackward(_dg, _du, _dh, _g[l], _u[l]);
             Clear(_dxn, (long)N * D);
-            Mark(3); _gemm.MatMulNNAccumulate(_dg, P + o.WGate, _dxn, N, D, F); Mark(0);
-            Mark(3); _gemm.MatMulNNAccumulate(_du, P + o.WUp, _dxn, N, D, F); Mark(0);
-            Mark(3); _gemm.MatMulTNAccumulate(_dg, _xn2[l], G + o.WGate, F, D, N); Mark(0);
-            Mark(3); _gemm.MatMulTNAccumulate(_du, _xn2[l], G + o.WUp, F, D, N); Mark(0);
+            MatMulNN(_dg, P + o.WGate, _dxn, N, D, F);
+            MatMulNN(_du, P + o.WUp, _dxn, N, D, F);
+            MatMulTN(_dg, _xn2[l], G + o.WGate, F, D, N);
+            MatMulTN(_du, _xn2[l], G + o.WUp, F, D, N);
             Layers.RmsNormBackward(_dres, G + o.FfnNorm, _dxn, _xMid[l], P + o.FfnNorm, _rstd2[l], D, 0, N);
             // xMid = x + att · Woᵀ
             Clear(_datt, (long)N * QD);
-            Mark(3); _gemm.MatMulNNAccumulate(_dres, P + o.Wo, _datt, N, QD, D); Mark(0);
-            Mark(3); _gemm.MatMulTNAccumulate(_dres, _att[l], G + o.Wo, D, QD, N); Mark(0);
+            MatMulNN(_dres, P + o.Wo, _datt, N, QD, D);
+            MatMulTN(_dres, _att[l], G + o.Wo, D, QD, N);
             Clear(_dk, (long)N * KV); Clear(_dv, (long)N * KV);
-            _layer = l;
-            Mark(3); _for.Run(_pool, BatchSize * s.KvHeads, 1, _attnBackward); Mark(1);
+            Attention(l, backward: true);
             Rope(_dq, _dk, backward: true);
             Clear(_dxn, (long)N * D);
-            Mark(3); _gemm.MatMulNNAccumulate(_dq, P + o.Wq, _dxn, N, D, QD); Mark(0);
-            Mark(3); _gemm.MatMulNNAccumulate(_dk, P + o.Wk, _dxn, N, D, KV); Mark(0);
-            Mark(3); _gemm.MatMulNNAccumulate(_dv, P + o.Wv, _dxn, N, D, KV); Mark(0);
-            Mark(3); _gemm.MatMulTNAccumulate(_dq, _xn1[l], G + o.Wq, QD, D, N); Mark(0);
-            Mark(3); _gemm.MatMulTNAccumulate(_dk, _xn1[l], G + o.Wk, KV, D, N); Mark(0);
-            Mark(3); _gemm.MatMulTNAccumulate(_dv, _xn1[l], G + o.Wv, KV, D, N); Mark(0);
+            MatMulNN(_dq, P + o.Wq, _dxn, N, D, QD);
+            MatMulNN(_dk, P + o.Wk, _dxn, N, D, KV);
+            MatMulNN(_dv, P + o.Wv, _dxn, N, D, KV);
+            MatMulTN(_dq, _xn1[l], G + o.Wq, QD, D, N);
+            MatMulTN(_dk, _xn1[l], G + o.Wk, KV, D, N);
+            MatMulTN(_dv, _xn1[l], G + o.Wv, KV, D, N);
             Layers.RmsNormBackward(_dres, G + o.AttnNorm, _dxn, _xIn[l], P + o.AttnNorm, _rstd1[l], D, 0, N);
         }
         // token embedding: x0[n] = E[token[n]]
