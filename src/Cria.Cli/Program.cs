@@ -10,7 +10,7 @@ root.Subcommands.Add(PerplexityCommand.Create());
 root.Subcommands.Add(BenchTrainCommand.Create());
 try
 {
-    return root.Parse(args).Invoke();
+    return root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
 }
 catch (Cria.CriaException e)
 {

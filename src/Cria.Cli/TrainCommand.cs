@@ -100,6 +100,9 @@ sealed class TrainingRun
     {
         // ---- every check before any work ----
         Shape.Validate();
+        Options.Validate();
+        if (EvalEvery <= 0 || EvalBatches <= 0 || !(CheckpointMinutes > 0))
+            throw new CriaException($"--eval-every ({EvalEvery}), --eval-batches ({EvalBatches}) and --checkpoint-minutes ({CheckpointMinutes}) must be positive");
         string text = TokenizerTrainer.ReadCorpus(CorpusPath);
         string? validPath = ValidPath ?? Path.Combine(Path.GetDirectoryName(Path.GetFullPath(CorpusPath))!, "valid.txt");
         if (ValidPath == null && (!File.Exists(validPath) || Path.GetFullPath(validPath) == Path.GetFullPath(CorpusPath))) validPath = null;

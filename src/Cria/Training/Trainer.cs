@@ -23,6 +23,17 @@ public sealed record TrainingOptions
     public ulong Seed { get; init; } = 1234;
     public int Threads { get; init; } = 2;
 
+    /// <summary>Throws a <see cref="CriaException"/> naming the first bad setting.</summary>
+    public void Validate()
+    {
+        if (BatchSize <= 0 || GradAccumulation <= 0 || Steps <= 0 || WarmupSteps < 0 || Threads <= 0)
+            throw new CriaException($"batch size ({BatchSize}), gradient accumulation ({GradAccumulation}), steps ({Steps}) and threads ({Threads}) must be positive, warm-up ({WarmupSteps}) ≥ 0");
+        if (!(LearningRate > 0) || !float.IsFinite(LearningRate)) throw new CriaException($"learning rate must be positive, got {LearningRate}");
+        if (!(MinLrRatio >= 0 && MinLrRatio <= 1)) throw new CriaException($"min-lr ratio must be in [0, 1], got {MinLrRatio}");
+        if (!(WeightDecay >= 0) || !(GradClip >= 0)) throw new CriaException($"weight decay ({WeightDecay}) and gradient clip ({GradClip}) must be ≥ 0");
+        if (!(Beta1 >= 0 && Beta1 < 1) || !(Beta2 >= 0 && Beta2 < 1)) throw new CriaException($"AdamW betas must be in [0, 1), got {Beta1}, {Beta2}");
+    }
+
     /// <summary>Linear warm-up to the peak, then cosine decay to LearningRate · MinLrRatio at <see cref="Steps"/>.</summary>
     public float LearningRateAt(int step)
     {
@@ -55,9 +66,7 @@ public sealed class Trainer : IDisposable
     public Trainer(LlamaShape shape, TrainingOptions options, int[] trainTokens, int bos, int? seqLen = null)
     {
         Options = options;
-        if (options.BatchSize <= 0 || options.GradAccumulation <= 0 || options.Steps <= 0 || options.WarmupSteps < 0)
-            throw new CriaException("batch size, gradient accumulation and steps must be positive");
-        if (!(options.LearningRate > 0)) throw new CriaException($"learning rate must be positive, got {options.LearningRate}");
+        options.Validate();
         int T = seqLen ?? shape.ContextLength;
         if (trainTokens.Length < T + 1) throw new CriaException($"the corpus has {trainTokens.Length} tokens, fewer than one sequence of {T + 1}");
         Model = new LlamaTrainingModel(shape, options.BatchSize, T, options.Threads);

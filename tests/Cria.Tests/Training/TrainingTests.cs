@@ -101,6 +101,8 @@ public sealed class TrainingTests(ITestOutputHelper output)
     {
         Assert.Contains("not divisible by heads", Assert.Throws<CriaException>(() => new LlamaShape { Dim = 100, Heads = 8 }.Validate()).Message);
         Assert.Contains("kv heads", Assert.Throws<CriaException>(() => new LlamaShape { Dim = 96, Heads = 6, KvHeads = 4 }.Validate()).Message);
+        Assert.Contains("learning rate", Assert.Throws<CriaException>(() => new TrainingOptions { LearningRate = 0 }.Validate()).Message);
+        Assert.Contains("batch size", Assert.Throws<CriaException>(() => new TrainingOptions { BatchSize = 0 }.Validate()).Message);
         string empty = TestPaths.TempFile("empty.txt"); File.WriteAllText(empty, "");
         Assert.Contains("empty", Assert.Throws<CriaException>(() => TokenizerTrainer.ReadCorpus(empty)).Message);
         string bad = TestPaths.TempFile("latin1.txt"); File.WriteAllBytes(bad, [0x48, 0x69, 0xE9, 0x21]);
