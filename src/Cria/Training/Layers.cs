@@ -127,10 +127,21 @@ public static unsafe class Layers
         }
     }
 
+    /// <summary>k[row0 + t, kvHead·hd + d] += kt[d·T + t]: adds a transposed head gradient back into its rows.</summary>
+    static void AddTransposedHead(float* k, float* kt, long row0, int seqLen, int kw, int kvHead, int hd)
+    {
+        for (int t = 0; t < seqLen; t++)
+        {
+            float* dst = k + (row0 + t) * kw + kvHead * hd;
+            for (int d = 0; d < hd; d++) dst[d] += kt[(long)d * seqLen + t];
+        }
+    }
+
     /// <summary>
     /// For one sequence b and one KV head: every query head of its group attends causally over positions 0..t.
     /// q [B·T, nHead·hd], k/v [B·T, nKv·hd], probs [B, nHead, T, T] (saved for backward), out [B·T, nHead·hd].
-    /// scratch holds hd·T floats.
+    /// K and V of the head are transposed first, so scores and outputs are hd long vector ops over positions.
+    /// scratch holds 2·hd·T floats.
     /// </summary>
     public static void AttentionForward(float* outp, float* probs, float* q, float* k, float* v,
         int b, int kvHead, int seqLen, int nHead, int nKv, int hd, float* scratch)
@@ -138,8 +149,9 @@ public static unsafe class Layers
         int group = nHead / nKv, qw = nHead * hd, kw = nKv * hd;
         float scale = 1.0f / MathF.Sqrt(hd);
         long row0 = (long)b * seqLen;
-        float* kt = scratch;
+        float* kt = scratch, vt = scratch + (long)hd * seqLen;
         TransposeHead(kt, k, row0, seqLen, kw, kvHead, hd);
+        TransposeHead(vt, v, row0, seqLen, kw, kvHead, hd);
         for (int h = kvHead * group; h < (kvHead + 1) * group; h++)
         {
             for (int t = 0; t < seqLen; t++)
@@ -155,8 +167,7 @@ public static unsafe class Layers
                 float inv = 1.0f / sum;
                 for (int t2 = 0; t2 <= t; t2++) p[t2] *= inv;
                 float* o = outp + (row0 + t) * qw + h * hd;
-                new Span<float>(o, hd).Clear();
-                for (int t2 = 0; t2 <= t; t2++) Axpy(p[t2], v + (row0 + t2) * kw + kvHead * hd, o, hd);
+                for (int d = 0; d < hd; d++) o[d] = Gemm.Dot(p, vt + (long)d * seqLen, t + 1);
             }
         }
     }
@@ -164,41 +175,45 @@ public static unsafe class Layers
     /// <summary>
     /// Backward of <see cref="AttentionForward"/> for one (sequence, KV head): dP = dO·vᵀ, dS = P ⊙ (dP − Σ P·dP),
     /// dq = scale·dS·k (overwritten), dk += scale·dSᵀ·q, dv += Pᵀ·dO. The group's query heads all write to one
-    /// KV head, so one worker owns a (sequence, KV head) pair. scratch holds (hd + 1)·T floats.
+    /// KV head, so one worker owns a (sequence, KV head) pair; dK and dV are accumulated transposed (hd long vector
+    /// ops over positions) and added back at the end. scratch holds (4·hd + 1)·T floats.
     /// </summary>
     public static void AttentionBackward(float* dq, float* dk, float* dv, float* dout, float* probs, float* q, float* k, float* v,
         int b, int kvHead, int seqLen, int nHead, int nKv, int hd, float* scratch)
     {
         int group = nHead / nKv, qw = nHead * hd, kw = nKv * hd;
         float scale = 1.0f / MathF.Sqrt(hd);
-        long row0 = (long)b * seqLen;
-        float* vt = scratch, dp = scratch + (long)hd * seqLen;
+        long row0 = (long)b * seqLen, plane = (long)hd * seqLen;
+        float* kt = scratch, vt = scratch + plane, dkt = scratch + 2 * plane, dvt = scratch + 3 * plane, ds = scratch + 4 * plane;
+        TransposeHead(kt, k, row0, seqLen, kw, kvHead, hd);
         TransposeHead(vt, v, row0, seqLen, kw, kvHead, hd);
+        new Span<float>(dkt, (int)(2 * plane)).Clear();
         for (int h = kvHead * group; h < (kvHead + 1) * group; h++)
         {
             for (int t = 0; t < seqLen; t++)
             {
                 float* dot = dout + (row0 + t) * qw + h * hd;
                 float* p = probs + (((long)b * nHead + h) * seqLen + t) * seqLen;
-                new Span<float>(dp, t + 1).Clear();
-                for (int d = 0; d < hd; d++) Axpy(dot[d], vt + (long)d * seqLen, dp, t + 1);
-                float sum = 0;
-                for (int t2 = 0; t2 <= t; t2++)
+                int n = t + 1;
+                new Span<float>(ds, n).Clear();
+                for (int d = 0; d < hd; d++)
                 {
-                    sum += p[t2] * dp[t2];
-                    Axpy(p[t2], dot, dv + (row0 + t2) * kw + kvHead * hd, hd);
+                    Axpy(dot[d], vt + (long)d * seqLen, ds, n);   // dP
+                    Axpy(dot[d], p, dvt + (long)d * seqLen, n);  // dVᵀ += dO ⊗ P
                 }
+                float sum = Gemm.Dot(p, ds, n);
+                for (int t2 = 0; t2 < n; t2++) ds[t2] = p[t2] * (ds[t2] - sum) * scale;
                 float* qt = q + (row0 + t) * qw + h * hd;
                 float* dqt = dq + (row0 + t) * qw + h * hd;
-                new Span<float>(dqt, hd).Clear();
-                for (int t2 = 0; t2 <= t; t2++)
+                for (int d = 0; d < hd; d++)
                 {
-                    float ds = p[t2] * (dp[t2] - sum) * scale;
-                    Axpy(ds, k + (row0 + t2) * kw + kvHead * hd, dqt, hd);
-                    Axpy(ds, qt, dk + (row0 + t2) * kw + kvHead * hd, hd);
+                    dqt[d] = Gemm.Dot(ds, kt + (long)d * seqLen, n);
+                    Axpy(qt[d], ds, dkt + (long)d * seqLen, n);    // dKᵀ += q ⊗ dS
                 }
             }
         }
+        AddTransposedHead(dk, dkt, row0, seqLen, kw, kvHead, hd);
+        AddTransposedHead(dv, dvt, row0, seqLen, kw, kvHead, hd);
     }
 
     // ---------------------------------------------------------------- cross-entropy

@@ -101,7 +101,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         _logits = Floats((long)N * V); _losses = Floats(N);
         _dres = Floats((long)N * D); _dxn = Floats((long)N * D); _dq = Floats((long)N * QD); _dk = Floats((long)N * KV); _dv = Floats((long)N * KV);
         _datt = Floats((long)N * QD); _dh = Floats((long)N * F); _dg = Floats((long)N * F); _du = Floats((long)N * F);
-        _attScratch = Floats((long)_pool.Count * (hd + 1) * seqLen);
+        _attScratch = Floats((long)_pool.Count * (4 * hd + 1) * seqLen);
         _attnForward = AttentionForwardBody;
         _attnBackward = AttentionBackwardBody;
         _crossEntropy = CrossEntropyBody;
@@ -240,7 +240,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         var s = Shape; int l = _layer;
         for (int item = start; item < end; item++)
             Layers.AttentionForward(_att[l], _probs[l], _q[l], _k[l], _v[l], item / s.KvHeads, item % s.KvHeads, SeqLen, s.Heads, s.KvHeads, s.HeadDim,
-                _attScratch + (long)worker * (s.HeadDim + 1) * SeqLen);
+                _attScratch + (long)worker * (4 * s.HeadDim + 1) * SeqLen);
     }
 
     // ================================================================= loss + backward
@@ -324,7 +324,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         var s = Shape; int l = _layer;
         for (int item = start; item < end; item++)
             Layers.AttentionBackward(_dq, _dk, _dv, _datt, _probs[l], _q[l], _k[l], _v[l], item / s.KvHeads, item % s.KvHeads,
-                SeqLen, s.Heads, s.KvHeads, s.HeadDim, _attScratch + (long)worker * (s.HeadDim + 1) * SeqLen);
+                SeqLen, s.Heads, s.KvHeads, s.HeadDim, _attScratch + (long)worker * (4 * s.HeadDim + 1) * SeqLen);
     }
 
     static void Clear(float* p, long n) => NativeMemory.Clear(p, (nuint)(n * sizeof(float)));

@@ -102,7 +102,7 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
         int B = 2, T = 5, Hh = 4, KV = 2, hd = 8;
         var q = Random(B * T * Hh * hd, 9); var k = Random(B * T * KV * hd, 10); var v = Random(B * T * KV * hd, 11); var r = Random(q.Length, 12);
         float[] fq = F(q), fk = F(k), fv = F(v), fr = F(r), o = new float[q.Length], probs = new float[B * Hh * T * T];
-        float[] dq = new float[q.Length], dk = new float[k.Length], dv = new float[v.Length], scratch = new float[(hd + 1) * T];
+        float[] dq = new float[q.Length], dk = new float[k.Length], dv = new float[v.Length], scratch = new float[(4 * hd + 1) * T];
         fixed (float* pq = fq, pk = fk, pv = fv, pr = fr, po = o, pp = probs, pdq = dq, pdk = dk, pdv = dv, ps = scratch)
         {
             for (int b = 0; b < B; b++)
