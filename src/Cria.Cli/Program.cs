@@ -7,9 +7,12 @@ root.Subcommands.Add(InfoCommand.Create());
 root.Subcommands.Add(MakeModelCommand.Create());
 root.Subcommands.Add(ServeCommand.Create());
 root.Subcommands.Add(BenchCommand.Create());
+root.Subcommands.Add(TrainCommand.Create());
+root.Subcommands.Add(PerplexityCommand.Create());
+root.Subcommands.Add(BenchTrainCommand.Create());
 try
 {
-    return root.Parse(args).Invoke();
+    return root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
 }
 catch (Cria.CriaException e)
 {

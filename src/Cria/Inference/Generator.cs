@@ -51,6 +51,8 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
         var sampler = new Sampler(ctx.Config.VocabSize, options.Sampler);
         foreach (var t in promptTokens) sampler.Accept(t);
         var decoder = new StreamingDecoder(Tokenizer);
+        // The prompt is already on screen: the first generated token's space separates it from the prompt (llama-cli).
+        if (promptTokens.Any(t => !Tokenizer.IsControl(t))) decoder.ContinueText();
         var batch = new Batch(Math.Max(promptTokens.Length, 1));
 
         var sw = Stopwatch.StartNew();

@@ -39,6 +39,9 @@ public sealed class StreamingDecoder
         return s;
     }
 
+    /// <summary>The next token continues text already shown (a prompt), so its leading space is kept.</summary>
+    public void ContinueText() => _first = false;
+
     /// <summary>Forgets held bytes and starts a new stream.</summary>
     public void Reset() { _utf8.Reset(); _first = true; }
 

@@ -1,0 +1,125 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Runtime.Intrinsics;
+using Cria.Kernels;
+using Cria.Training;
+
+namespace Cria.Cli;
+
+/// <summary>
+/// <c>cria bench-train</c>: the machine's measured FP32 FMA peak (registers only, every thread), the training GEMMs
+/// on a model's shapes, and whole training steps — the numbers in docs/benchmarks.md.
+/// </summary>
+static class BenchTrainCommand
+{
+    public static Command Create()
+    {
+        var dim = new Option<int>("--dim") { DefaultValueFactory = _ => 256 };
+        var layers = new Option<int>("--layers") { DefaultValueFactory = _ => 6 };
+        var heads = new Option<int>("--heads") { DefaultValueFactory = _ => 8 };
+        var kvHeads = new Option<int>("--kv-heads") { DefaultValueFactory = _ => 2 };
+        var ffn = new Option<int>("--ffn") { DefaultValueFactory = _ => 768 };
+        var vocab = new Option<int>("--vocab-size") { DefaultValueFactory = _ => 4096 };
+        var ctx = new Option<int>("--ctx") { DefaultValueFactory = _ => 256 };
+        var batch = new Option<int>("--batch", "-b") { DefaultValueFactory = _ => 8 };
+        var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 5 };
+        var threads = new Option<int>("--threads", "-t") { DefaultValueFactory = _ => Environment.ProcessorCount };
+        var cmd = new Command("bench-train", "measure FP32 peak, training GEMM throughput and training tokens/s")
+        { dim, layers, heads, kvHeads, ffn, vocab, ctx, batch, steps, threads };
+        cmd.SetAction(r =>
+        {
+            int t = r.GetValue(threads);
+            var shape = new LlamaShape
+            {
+                VocabSize = r.GetValue(vocab), Dim = r.GetValue(dim), Layers = r.GetValue(layers), Heads = r.GetValue(heads),
+                KvHeads = r.GetValue(kvHeads), FfnDim = r.GetValue(ffn), ContextLength = r.GetValue(ctx),
+            };
+            double peak = PeakGflops(t);
+            Console.WriteLine($"FP32 FMA peak (Vector256, {t} threads, registers only): {peak:F1} GFLOP/s");
+            int N = r.GetValue(batch) * shape.ContextLength;
+            using var pool = new WorkerPool(t);
+            var gemm = new Gemm(pool);
+            foreach (var (name, m, n, k) in new[] { ("forward  x·Wᵀ  (ffn up)", N, shape.FfnDim, shape.Dim), ("backward dy·W  (ffn up)", N, shape.Dim, shape.FfnDim),
+                         ("backward dyᵀ·x (ffn up)", shape.FfnDim, shape.Dim, N), ("forward  head", N, shape.VocabSize, shape.Dim),
+                         ("backward head dx", N, shape.Dim, shape.VocabSize), ("backward head dW", shape.VocabSize, shape.Dim, N) })
+            {
+                double g = GemmGflops(gemm, name.Contains("dyᵀ") || name.Contains("dW") ? 2 : name.Contains("backward") ? 1 : 0, m, n, k);
+                Console.WriteLine($"  {name,-26} {m}×{n}×{k}: {g:F1} GFLOP/s ({g / peak:P0} of peak)");
+            }
+            var corpus = new int[200_000];
+            var rng = new TrainingRng(1);
+            for (int i = 0; i < corpus.Length; i++) corpus[i] = 3 + rng.Next(shape.VocabSize - 3);
+            using var trainer = new Trainer(shape, new TrainingOptions { BatchSize = r.GetValue(batch), Steps = 1000, Threads = t }, corpus, 1);
+            trainer.TrainStep();
+            Array.Clear(trainer.Model.ProfileSeconds);
+            var sw = Stopwatch.StartNew();
+            int s = r.GetValue(steps);
+            for (int i = 0; i < s; i++) trainer.TrainStep();
+            double sec = sw.Elapsed.TotalSeconds;
+            double tokens = (double)s * trainer.Model.Rows;
+            long p = trainer.Model.Layout.ParameterCount;
+            // 6·P per token for the matrix products (2 forward, 4 backward) + causal attention (QKᵀ and PV: 2·2·T/2·dim per layer, ×3)
+            double flopsPerToken = 6.0 * p + 3.0 * 2 * 2 * (shape.ContextLength / 2.0) * shape.Dim * shape.Layers;
+            double gflops = tokens * flopsPerToken / sec / 1e9;
+            Console.WriteLine($"training {shape}, {p:N0} parameters, batch {r.GetValue(batch)}×{shape.ContextLength}: {tokens / sec:F0} tokens/s, " +
+                $"{sec / s * 1000:F0} ms/step, {gflops:F1} GFLOP/s = {gflops / peak:P0} of the measured peak");
+            var prof = trainer.Model.ProfileSeconds;
+            Console.WriteLine($"  per step: matmul {prof[0] / s * 1000:F0} ms, attention {prof[1] / s * 1000:F0} ms, cross-entropy {prof[2] / s * 1000:F0} ms, " +
+                $"other model ops {prof[3] / s * 1000:F0} ms, optimizer and data {(sec - prof.Sum()) / s * 1000:F0} ms");
+            return 0;
+        });
+        return cmd;
+    }
+
+    static unsafe double GemmGflops(Gemm gemm, int kind, int m, int n, int k)
+    {
+        var a = new float[(long)m * k]; var b = new float[(long)k * n]; var c = new float[(long)m * n];
+        var rng = new Random(1);
+        for (int i = 0; i < a.Length; i++) a[i] = (float)rng.NextDouble();
+        for (int i = 0; i < b.Length; i++) b[i] = (float)rng.NextDouble();
+        fixed (float* pa = a, pb = b, pc = c)
+        {
+            var sw = new Stopwatch();
+            int reps = -1;
+            while (sw.Elapsed.TotalSeconds < 1.0)
+            {
+                if (kind == 0) gemm.MatMulNT(pa, pb, pc, m, n, k);
+                else if (kind == 1) gemm.MatMulNNAccumulate(pa, pb, pc, m, n, k);
+                else gemm.MatMulTNAccumulate(pa, pb, pc, m, n, k);
+                if (++reps == 0) sw.Start(); // the first run warms up
+            }
+            return 2.0 * m * n * k * reps / sw.Elapsed.TotalSeconds / 1e9;
+        }
+    }
+
+    sealed class PeakJob : ParallelJob
+    {
+        public long Iterations;
+        public float Sink;
+        public override void Execute(int worker, int workerCount)
+        {
+            var a0 = Vector256.Create(1f + worker); var a1 = a0 + Vector256<float>.One; var a2 = a1 + Vector256<float>.One; var a3 = a2 + Vector256<float>.One;
+            var a4 = a3 + Vector256<float>.One; var a5 = a4 + Vector256<float>.One; var a6 = a5 + Vector256<float>.One; var a7 = a6 + Vector256<float>.One;
+            var x = Vector256.Create(0.999999f); var y = Vector256.Create(1e-7f);
+            for (long i = 0; i < Iterations; i++)
+            {
+                a0 = Vector256.FusedMultiplyAdd(a0, x, y); a1 = Vector256.FusedMultiplyAdd(a1, x, y); a2 = Vector256.FusedMultiplyAdd(a2, x, y); a3 = Vector256.FusedMultiplyAdd(a3, x, y);
+                a4 = Vector256.FusedMultiplyAdd(a4, x, y); a5 = Vector256.FusedMultiplyAdd(a5, x, y); a6 = Vector256.FusedMultiplyAdd(a6, x, y); a7 = Vector256.FusedMultiplyAdd(a7, x, y);
+            }
+            float s = Vector256.Sum(a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7);
+            lock (this) Sink += s;
+        }
+    }
+
+    /// <summary>8 independent FMA chains per thread (enough to cover FMA latency), 16 FLOP per FMA of 8 lanes.</summary>
+    static double PeakGflops(int threads)
+    {
+        using var pool = new WorkerPool(threads);
+        var job = new PeakJob { Iterations = 1_000_000 };
+        pool.Run(job);
+        job.Iterations = 50_000_000;
+        var sw = Stopwatch.StartNew();
+        pool.Run(job);
+        return 16.0 * 8 * job.Iterations * threads / sw.Elapsed.TotalSeconds / 1e9;
+    }
+}

@@ -1,0 +1,41 @@
+using System.CommandLine;
+using Cria.Inference;
+using Cria.Models;
+using Cria.Training;
+
+namespace Cria.Cli;
+
+/// <summary><c>cria perplexity [MODEL] TEXTFILE [-c CTX]</c>: perplexity as llama-perplexity computes it.</summary>
+static class PerplexityCommand
+{
+    public static Command Create()
+    {
+        var files = new Argument<string[]>("files") { Arity = new ArgumentArity(1, 2), Description = "[MODEL] TEXTFILE (MODEL defaults to the bundled model)" };
+        var ctx = new Option<int>("--ctx-size", "-c") { Description = "chunk size in tokens (default: the model's context length)" };
+        var threads = new Option<int>("--threads", "-t") { Description = "worker threads (default: all cores)" };
+        var cmd = new Command("perplexity", "perplexity of a text file: non-overlapping chunks, second half of each scored (as llama-perplexity)") { files, ctx, threads };
+        cmd.SetAction(r =>
+        {
+            var f = r.GetValue(files)!;
+            string? modelArg = f.Length == 2 ? f[0] : null;
+            string textPath = f[^1];
+            string text = TokenizerTrainer.ReadCorpus(textPath);
+            var path = DefaultModel.Resolve(modelArg);
+            using var m = LlamaModel.Open(path);
+            int c = r.GetValue(ctx);
+            if (c < 0) throw new CriaException($"context size must be positive, got {c}");
+            if (c == 0) c = m.Config.ContextLength;
+            using var context = new InferenceContext(m, new ContextOptions { ContextSize = c, Threads = r.GetValue(threads), MicroBatch = c });
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            Console.Error.WriteLine($"model: {path}; text: {textPath}; chunks of {c} tokens, scoring the second half of each");
+            var res = Perplexity.Compute(context, m.Tokenizer, text, c, (i, n, ppl) =>
+            {
+                if (i % 10 == 0 || i == n) Console.Error.WriteLine($"[{i}/{n}] running perplexity {ppl:F4}");
+            });
+            Console.Error.WriteLine($"{res.Chunks} chunks, {res.ScoredTokens} tokens scored, mean NLL {res.MeanNll:F4}, {sw.Elapsed.TotalSeconds:F1} s");
+            Console.Out.WriteLine($"perplexity: {res.Value:F4}");
+            return 0;
+        });
+        return cmd;
+    }
+}

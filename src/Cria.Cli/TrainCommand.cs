@@ -1,0 +1,263 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using Cria.Tensors;
+using Cria.Training;
+
+namespace Cria.Cli;
+
+/// <summary>
+/// <c>cria train --corpus FILE --out DIR …</c>: trains (or reuses) a SentencePiece-style tokenizer, then a Llama model
+/// from scratch with AdamW. DIR receives tokenizer.gguf, checkpoint.bin (atomic, every few minutes), log.csv,
+/// loss.svg, model.gguf (latest) and best.gguf (lowest validation loss).
+/// </summary>
+static class TrainCommand
+{
+    public static Command Create()
+    {
+        var corpus = new Option<string>("--corpus", "-i") { Description = "training text (UTF-8)", DefaultValueFactory = _ => "data/train.txt" };
+        var valid = new Option<string?>("--valid") { Description = "held-out text for validation loss (default: data/valid.txt beside the corpus, if present)" };
+        var outDir = new Option<string>("--out", "-o") { Description = "output directory", DefaultValueFactory = _ => "out/train" };
+        var tokenizer = new Option<string?>("--tokenizer") { Description = "reuse this vocabulary (a GGUF with tokenizer.ggml.* metadata) instead of training one" };
+        var vocab = new Option<int>("--vocab-size") { Description = "vocabulary size of the trained tokenizer", DefaultValueFactory = _ => 4096 };
+        var dim = new Option<int>("--dim") { DefaultValueFactory = _ => 256, Description = "embedding width" };
+        var layers = new Option<int>("--layers") { DefaultValueFactory = _ => 4 };
+        var heads = new Option<int>("--heads") { DefaultValueFactory = _ => 8 };
+        var kvHeads = new Option<int>("--kv-heads") { DefaultValueFactory = _ => 2, Description = "key/value heads (GQA)" };
+        var ffn = new Option<int>("--ffn") { DefaultValueFactory = _ => 768, Description = "feed-forward width" };
+        var ctx = new Option<int>("--ctx") { DefaultValueFactory = _ => 256, Description = "context length = training sequence length" };
+        var tied = new Option<bool>("--tied") { Description = "tie the output head to the token embedding" };
+        var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 2000 };
+        var batch = new Option<int>("--batch", "-b") { DefaultValueFactory = _ => 8, Description = "sequences per micro-batch" };
+        var accum = new Option<int>("--accum") { DefaultValueFactory = _ => 1, Description = "micro-batches per optimizer step" };
+        var lr = new Option<float>("--lr") { DefaultValueFactory = _ => 1e-3f, Description = "peak learning rate" };
+        var warmup = new Option<int>("--warmup") { DefaultValueFactory = _ => 100 };
+        var minLr = new Option<float>("--min-lr-ratio") { DefaultValueFactory = _ => 0.1f };
+        var wd = new Option<float>("--weight-decay") { DefaultValueFactory = _ => 0.1f };
+        var clip = new Option<float>("--clip") { DefaultValueFactory = _ => 1.0f, Description = "global gradient-norm clip (0 = off)" };
+        var seed = new Option<ulong>("--seed") { DefaultValueFactory = _ => 1234UL };
+        var threads = new Option<int>("--threads", "-t") { DefaultValueFactory = _ => Environment.ProcessorCount };
+        var resume = new Option<bool>("--resume") { Description = "continue from OUT/checkpoint.bin" };
+        var ckptMinutes = new Option<double>("--checkpoint-minutes") { DefaultValueFactory = _ => 5.0 };
+        var evalEvery = new Option<int>("--eval-every") { DefaultValueFactory = _ => 100, Description = "steps between validation evaluations" };
+        var evalBatches = new Option<int>("--eval-batches") { DefaultValueFactory = _ => 8 };
+        var exportType = new Option<string>("--export-type") { DefaultValueFactory = _ => "f32", Description = "f32 or f16" };
+        var name = new Option<string>("--name") { DefaultValueFactory = _ => "cria-trained" };
+        var cmd = new Command("train", "train a tokenizer and a Llama model from scratch on a text corpus")
+        {
+            corpus, valid, outDir, tokenizer, vocab, dim, layers, heads, kvHeads, ffn, ctx, tied, steps, batch, accum, lr, warmup, minLr, wd, clip,
+            seed, threads, resume, ckptMinutes, evalEvery, evalBatches, exportType, name,
+        };
+        cmd.SetAction(r =>
+        {
+            var shapeNoVocab = new LlamaShape
+            {
+                VocabSize = r.GetValue(vocab), Dim = r.GetValue(dim), Layers = r.GetValue(layers), Heads = r.GetValue(heads),
+                KvHeads = r.GetValue(kvHeads), FfnDim = r.GetValue(ffn), ContextLength = r.GetValue(ctx), TiedEmbeddings = r.GetValue(tied),
+            };
+            var options = new TrainingOptions
+            {
+                BatchSize = r.GetValue(batch), GradAccumulation = r.GetValue(accum), Steps = r.GetValue(steps), WarmupSteps = r.GetValue(warmup),
+                LearningRate = r.GetValue(lr), MinLrRatio = r.GetValue(minLr), WeightDecay = r.GetValue(wd), GradClip = r.GetValue(clip),
+                Seed = r.GetValue(seed), Threads = Math.Max(1, r.GetValue(threads)),
+            };
+            var type = r.GetValue(exportType)!.ToLowerInvariant() switch
+            {
+                "f32" => GgmlType.F32, "f16" => GgmlType.F16,
+                var t => throw new CriaException($"--export-type must be f32 or f16, got '{t}'"),
+            };
+            var run = new TrainingRun
+            {
+                CorpusPath = r.GetValue(corpus)!, ValidPath = r.GetValue(valid), OutDir = r.GetValue(outDir)!, TokenizerPath = r.GetValue(tokenizer),
+                Shape = shapeNoVocab, Options = options, Resume = r.GetValue(resume), CheckpointMinutes = r.GetValue(ckptMinutes),
+                EvalEvery = r.GetValue(evalEvery), EvalBatches = r.GetValue(evalBatches), ExportType = type, Name = r.GetValue(name)!,
+                CommandLine = "cria " + string.Join(' ', r.Tokens.Select(t => t.Value.Contains(' ') ? $"\"{t.Value}\"" : t.Value)),
+            };
+            return run.Execute();
+        });
+        return cmd;
+    }
+}
+
+/// <summary>One invocation of <c>cria train</c>: checks every input, then loops with progress, CSV, SVG and checkpoints.</summary>
+sealed class TrainingRun
+{
+    public required string CorpusPath { get; init; }
+    public string? ValidPath { get; init; }
+    public required string OutDir { get; init; }
+    public string? TokenizerPath { get; init; }
+    public required LlamaShape Shape { get; init; }
+    public required TrainingOptions Options { get; init; }
+    public bool Resume { get; init; }
+    public double CheckpointMinutes { get; init; }
+    public int EvalEvery { get; init; }
+    public int EvalBatches { get; init; }
+    public GgmlType ExportType { get; init; }
+    public required string Name { get; init; }
+    public required string CommandLine { get; init; }
+
+    public int Execute()
+    {
+        // ---- every check before any work ----
+        Shape.Validate();
+        Options.Validate();
+        if (EvalEvery <= 0 || EvalBatches <= 0 || !(CheckpointMinutes > 0))
+            throw new CriaException($"--eval-every ({EvalEvery}), --eval-batches ({EvalBatches}) and --checkpoint-minutes ({CheckpointMinutes}) must be positive");
+        string text = TokenizerTrainer.ReadCorpus(CorpusPath);
+        string? validPath = ValidPath ?? Path.Combine(Path.GetDirectoryName(Path.GetFullPath(CorpusPath))!, "valid.txt");
+        if (ValidPath == null && (!File.Exists(validPath) || Path.GetFullPath(validPath) == Path.GetFullPath(CorpusPath))) validPath = null;
+        string? validText = validPath != null ? TokenizerTrainer.ReadCorpus(validPath) : null;
+        Directory.CreateDirectory(OutDir);
+        string ckpt = Path.Combine(OutDir, "checkpoint.bin"), tokPath = Path.Combine(OutDir, "tokenizer.gguf");
+        string csv = Path.Combine(OutDir, "log.csv"), svg = Path.Combine(OutDir, "loss.svg");
+        TokenizerVocabulary? vocab = null;
+        if (Resume)
+        {
+            if (!File.Exists(ckpt)) throw new CriaException($"--resume: no checkpoint at {ckpt}");
+            vocab = TokenizerVocabulary.Load(File.Exists(tokPath) ? tokPath : TokenizerPath ?? throw new CriaException($"--resume: no tokenizer at {tokPath}"));
+            var peek = Trainer.PeekCheckpoint(ckpt);
+            var expect = Shape with { VocabSize = vocab.Count };
+            if (peek.Shape != expect.ToString())
+                throw new CriaException($"checkpoint {ckpt} is from another model ({peek.Shape}); the command line asks for ({expect})");
+            if (peek.TokenizerHash != vocab.Hash()) throw new CriaException($"checkpoint {ckpt} was trained with another tokenizer than {tokPath}");
+        }
+        else if (TokenizerPath != null) vocab = TokenizerVocabulary.Load(TokenizerPath);
+
+        var log = Console.Error;
+        var sw = Stopwatch.StartNew();
+        if (vocab == null)
+        {
+            log.WriteLine($"training a {Shape.VocabSize}-token tokenizer on {CorpusPath} ({text.Length:N0} chars)…");
+            vocab = TokenizerTrainer.Train(text, Shape.VocabSize);
+            log.WriteLine($"  {vocab.Count} tokens in {sw.Elapsed.TotalSeconds:F1} s");
+        }
+        if (!Resume || !File.Exists(tokPath)) vocab.Save(tokPath);
+        var shape = Shape with { VocabSize = vocab.Count };
+        var tok = vocab.CreateTokenizer();
+        int[] train = tok.Encode(text, addBos: false);
+        int[] validTokens = validText != null ? tok.Encode(validText, addBos: false) : [];
+        log.WriteLine($"corpus: {train.Length:N0} training tokens ({(double)text.Length / train.Length:F2} chars/token), {validTokens.Length:N0} validation tokens");
+
+        using var trainer = new Trainer(shape, Options, train, tok.Bos);
+        ulong hash = vocab.Hash();
+        var history = new List<string>();
+        if (Resume)
+        {
+            trainer.LoadCheckpoint(ckpt, hash);
+            if (File.Exists(csv)) history.AddRange(File.ReadAllLines(csv).Skip(1).Where(l => int.Parse(l.Split(',')[0], CultureInfo.InvariantCulture) <= trainer.Step));
+            log.WriteLine($"resumed at step {trainer.Step} ({trainer.TokensSeen:N0} tokens seen)");
+        }
+        long nParams = trainer.Model.Layout.ParameterCount;
+        log.WriteLine($"model: {shape}; {nParams:N0} parameters; batch {Options.BatchSize}×{trainer.Model.SeqLen} × accum {Options.GradAccumulation}; {trainer.Model.Threads} threads");
+
+        bool tty = !Console.IsOutputRedirected;
+        var lastCkpt = Stopwatch.StartNew();
+        var runClock = Stopwatch.StartNew();
+        int startStep = trainer.Step;
+        long startTokens = trainer.TokensSeen;
+        float bestVal = float.PositiveInfinity;
+        foreach (var l in history) { var f = l.Split(','); if (f[5].Length > 0) bestVal = Math.Min(bestVal, float.Parse(f[5], CultureInfo.InvariantCulture)); }
+        double emaLoss = double.NaN;
+        void Save(bool final)
+        {
+            trainer.SaveCheckpoint(ckpt, hash);
+            Export(trainer, vocab, Path.Combine(OutDir, "model.gguf"));
+            WriteCsv(csv, history);
+            LossCurve.WriteSvg(svg, history, $"{Name}: {shape}");
+            lastCkpt.Restart();
+            if (!tty || final) Console.Out.WriteLine($"checkpoint: step {trainer.Step} → {ckpt}");
+        }
+        while (trainer.Step < Options.Steps)
+        {
+            var res = trainer.TrainStep();
+            emaLoss = double.IsNaN(emaLoss) ? res.Loss : 0.9 * emaLoss + 0.1 * res.Loss;
+            double elapsed = runClock.Elapsed.TotalSeconds;
+            double tps = (res.TokensSeen - startTokens) / Math.Max(1e-9, elapsed);
+            double eta = (Options.Steps - res.Step) * elapsed / Math.Max(1, res.Step - startStep);
+            string valCell = "";
+            if (validTokens.Length > 0 && (res.Step % EvalEvery == 0 || res.Step == Options.Steps))
+            {
+                float val = trainer.Evaluate(validTokens, EvalBatches);
+                valCell = val.ToString("F4", CultureInfo.InvariantCulture);
+                if (val < bestVal) { bestVal = val; Export(trainer, vocab, Path.Combine(OutDir, "best.gguf")); }
+            }
+            history.Add(string.Join(',', res.Step.ToString(CultureInfo.InvariantCulture), res.TokensSeen.ToString(CultureInfo.InvariantCulture),
+                res.Loss.ToString("F4", CultureInfo.InvariantCulture), res.GradNorm.ToString("F4", CultureInfo.InvariantCulture),
+                res.LearningRate.ToString("E3", CultureInfo.InvariantCulture), valCell, elapsed.ToString("F1", CultureInfo.InvariantCulture),
+                tps.ToString("F0", CultureInfo.InvariantCulture)));
+            string line = $"step {res.Step}/{Options.Steps}  loss {res.Loss:F4} (avg {emaLoss:F4})  {(valCell.Length > 0 ? "val " + valCell + "  " : "")}lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}  {tps:F0} tok/s  ETA {Eta(eta)}";
+            if (tty) { Console.Out.Write("\r" + line.PadRight(Console.WindowWidth > 0 ? Math.Min(Console.WindowWidth - 1, 140) : 120)); if (valCell.Length > 0) Console.Out.WriteLine(); }
+            else if (res.Step % 10 == 0 || valCell.Length > 0 || res.Step == Options.Steps) Console.Out.WriteLine(line);
+            if (lastCkpt.Elapsed.TotalMinutes >= CheckpointMinutes) Save(false);
+        }
+        if (tty) Console.Out.WriteLine();
+        Save(true);
+        Console.Out.WriteLine($"done: {trainer.Step} steps, {trainer.TokensSeen:N0} tokens, best validation loss {(float.IsInfinity(bestVal) ? "n/a" : bestVal.ToString("F4"))}; model: {Path.Combine(OutDir, "model.gguf")}");
+        return 0;
+    }
+
+    void Export(Trainer t, TokenizerVocabulary vocab, string path) =>
+        GgufExport.Write(path, t.Model.Layout, t.Model.Parameters, vocab, ExportType, Name, new Dictionary<string, object>
+        {
+            ["cria.training.step"] = (uint)t.Step,
+            ["cria.training.tokens"] = (ulong)t.TokensSeen,
+            ["cria.training.recipe"] = CommandLine,
+        });
+
+    static void WriteCsv(string path, List<string> rows)
+    {
+        var tmp = path + ".tmp";
+        File.WriteAllLines(tmp, new[] { "step,tokens,loss,grad_norm,lr,val_loss,elapsed_s,tokens_per_s" }.Concat(rows));
+        File.Move(tmp, path, overwrite: true);
+    }
+
+    static string Eta(double s) => s >= 3600 ? $"{(int)(s / 3600)}h{(int)(s % 3600 / 60):D2}m" : $"{(int)(s / 60)}m{(int)(s % 60):D2}s";
+}
+
+/// <summary>A loss-curve picture: training loss (thin, smoothed) and validation loss (dots) against tokens seen.</summary>
+static class LossCurve
+{
+    public static void WriteSvg(string path, IReadOnlyList<string> csvRows, string title)
+    {
+        var train = new List<(double X, double Y)>(); var val = new List<(double X, double Y)>();
+        double ema = double.NaN;
+        foreach (var row in csvRows)
+        {
+            var f = row.Split(',');
+            double x = double.Parse(f[1], CultureInfo.InvariantCulture);
+            double y = double.Parse(f[2], CultureInfo.InvariantCulture);
+            ema = double.IsNaN(ema) ? y : 0.95 * ema + 0.05 * y;
+            train.Add((x, ema));
+            if (f[5].Length > 0) val.Add((x, double.Parse(f[5], CultureInfo.InvariantCulture)));
+        }
+        const int W = 720, H = 420, L = 60, R = 20, T = 40, B = 50;
+        double xMax = Math.Max(1, train.Count > 0 ? train[^1].X : 1);
+        var ys = train.Select(p => p.Y).Concat(val.Select(p => p.Y)).ToList();
+        double yMin = ys.Count > 0 ? Math.Floor(ys.Min()) : 0, yMax = ys.Count > 0 ? Math.Ceiling(ys.Max()) : 1;
+        if (yMax <= yMin) yMax = yMin + 1;
+        string X(double x) => (L + x / xMax * (W - L - R)).ToString("F1", CultureInfo.InvariantCulture);
+        string Y(double y) => (T + (yMax - y) / (yMax - yMin) * (H - T - B)).ToString("F1", CultureInfo.InvariantCulture);
+        var sb = new System.Text.StringBuilder();
+        sb.AppendLine($"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">");
+        sb.AppendLine($"<rect width=\"{W}\" height=\"{H}\" fill=\"white\"/>");
+        sb.AppendLine($"<text x=\"{W / 2}\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">{System.Security.SecurityElement.Escape(title)}</text>");
+        for (double y = yMin; y <= yMax + 1e-9; y += Math.Max(0.5, Math.Round((yMax - yMin) / 8 * 2) / 2))
+            sb.AppendLine($"<line x1=\"{L}\" x2=\"{W - R}\" y1=\"{Y(y)}\" y2=\"{Y(y)}\" stroke=\"#ddd\"/><text x=\"{L - 6}\" y=\"{Y(y)}\" text-anchor=\"end\" dy=\"4\">{y.ToString("0.#", CultureInfo.InvariantCulture)}</text>");
+        for (int i = 0; i <= 5; i++)
+        {
+            double x = xMax * i / 5;
+            sb.AppendLine($"<text x=\"{X(x)}\" y=\"{H - B + 18}\" text-anchor=\"middle\">{(x / 1e6).ToString("0.##", CultureInfo.InvariantCulture)}M</text>");
+        }
+        sb.AppendLine($"<text x=\"{(L + W - R) / 2}\" y=\"{H - 10}\" text-anchor=\"middle\">tokens seen</text>");
+        sb.AppendLine($"<text x=\"15\" y=\"{(T + H - B) / 2}\" text-anchor=\"middle\" transform=\"rotate(-90 15 {(T + H - B) / 2})\">cross-entropy (nats)</text>");
+        if (train.Count > 0)
+            sb.AppendLine($"<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"{string.Join(' ', train.Select(p => X(p.X) + "," + Y(p.Y)))}\"/>");
+        foreach (var p in val) sb.AppendLine($"<circle cx=\"{X(p.X)}\" cy=\"{Y(p.Y)}\" r=\"3\" fill=\"#d62728\"/>");
+        sb.AppendLine($"<line x1=\"{W - 200}\" x2=\"{W - 180}\" y1=\"{T + 10}\" y2=\"{T + 10}\" stroke=\"#1f77b4\" stroke-width=\"2\"/><text x=\"{W - 175}\" y=\"{T + 14}\">train (EMA)</text>");
+        sb.AppendLine($"<circle cx=\"{W - 190}\" cy=\"{T + 28}\" r=\"3\" fill=\"#d62728\"/><text x=\"{W - 175}\" y=\"{T + 32}\">validation</text>");
+        sb.AppendLine("</svg>");
+        var tmp = path + ".tmp";
+        File.WriteAllText(tmp, sb.ToString());
+        File.Move(tmp, path, overwrite: true);
+    }
+}

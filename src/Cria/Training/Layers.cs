@@ -1,0 +1,272 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using Cria.Kernels;
+
+namespace Cria.Training;
+
+/// <summary>
+/// The operations of a Llama block in F32, each forward directly followed by its backward (llm.c style). Tensors are
+/// row-major pointers; every function works on rows [r0, r1) so callers can split rows across workers. Backward
+/// functions accumulate (<c>+=</c>) into gradients unless they say otherwise.
+/// </summary>
+public static unsafe class Layers
+{
+    // ---------------------------------------------------------------- RMSNorm
+    /// <summary>y = x · rstd · w, rstd = 1/sqrt(mean(x²) + eps) — the same arithmetic as <see cref="Ops.RmsNorm"/>.</summary>
+    public static void RmsNormForward(float* y, float* rstd, float* x, float* w, int d, float eps, int r0, int r1)
+    {
+        for (int r = r0; r < r1; r++)
+        {
+            float* xr = x + (long)r * d, yr = y + (long)r * d;
+            double sum = 0;
+            for (int i = 0; i < d; i++) sum += (double)(xr[i] * xr[i]);
+            float mean = (float)(sum / d);
+            float s = 1.0f / MathF.Sqrt(mean + eps);
+            rstd[r] = s;
+            for (int i = 0; i < d; i++) yr[i] = xr[i] * s * w[i];
+        }
+    }
+
+    /// <summary>
+    /// Inverts <c>y_i = x_i·s·w_i</c>: dx_i += s·w_i·dy_i − s³/d · x_i · Σ_j dy_j·w_j·x_j; dw_i += dy_i·x_i·s.
+    /// dw is shared by all rows, so callers run this on one thread (it is O(rows·d)).
+    /// </summary>
+    public static void RmsNormBackward(float* dx, float* dw, float* dy, float* x, float* w, float* rstd, int d, int r0, int r1)
+    {
+        for (int r = r0; r < r1; r++)
+        {
+            float* xr = x + (long)r * d, dyr = dy + (long)r * d, dxr = dx + (long)r * d;
+            float s = rstd[r];
+            float dot = 0;
+            for (int i = 0; i < d; i++) dot += dyr[i] * w[i] * xr[i];
+            float c = s * s * s / d * dot;
+            for (int i = 0; i < d; i++)
+            {
+                dxr[i] += s * w[i] * dyr[i] - c * xr[i];
+                dw[i] += dyr[i] * xr[i] * s;
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- RoPE
+    /// <summary>
+    /// Rotates adjacent pairs (x[2i], x[2i+1]) of each head's first nRot dims, as <see cref="Ops.RopeNorm"/>
+    /// (llama.cpp's LLAMA_ROPE_TYPE_NORM). Row r sits at position r mod seqLen; cosSin is [seqLen, nRot].
+    /// </summary>
+    public static void RopeForward(float* x, int heads, int headDim, float* cosSin, int nRot, int seqLen, int r0, int r1)
+    {
+        int width = heads * headDim;
+        for (int r = r0; r < r1; r++)
+        {
+            float* cs = cosSin + (long)(r % seqLen) * nRot;
+            for (int h = 0; h < heads; h++)
+            {
+                float* v = x + (long)r * width + h * headDim;
+                for (int i = 0; i < nRot; i += 2)
+                {
+                    float c = cs[i], s = cs[i + 1], x0 = v[i], x1 = v[i + 1];
+                    v[i] = x0 * c - x1 * s;
+                    v[i + 1] = x0 * s + x1 * c;
+                }
+            }
+        }
+    }
+
+    /// <summary>The rotation is orthogonal, so its backward rotates the gradient by −θ (in place).</summary>
+    public static void RopeBackward(float* dx, int heads, int headDim, float* cosSin, int nRot, int seqLen, int r0, int r1)
+    {
+        int width = heads * headDim;
+        for (int r = r0; r < r1; r++)
+        {
+            float* cs = cosSin + (long)(r % seqLen) * nRot;
+            for (int h = 0; h < heads; h++)
+            {
+                float* v = dx + (long)r * width + h * headDim;
+                for (int i = 0; i < nRot; i += 2)
+                {
+                    float c = cs[i], s = cs[i + 1], g0 = v[i], g1 = v[i + 1];
+                    v[i] = g0 * c + g1 * s;
+                    v[i + 1] = -g0 * s + g1 * c;
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- SwiGLU
+    /// <summary>h = silu(g) · u, silu(x) = x / (1 + e^−x), as <see cref="Ops.SwiGlu"/>.</summary>
+    public static void SwiGluForward(float* h, float* g, float* u, long i0, long i1)
+    {
+        for (long i = i0; i < i1; i++)
+        {
+            float x = g[i];
+            h[i] = x / (1.0f + MathF.Exp(-x)) * u[i];
+        }
+    }
+
+    /// <summary>dg = dh·u·σ(g)·(1 + g·(1 − σ(g))), du = dh·silu(g) (overwrites dg and du).</summary>
+    public static void SwiGluBackward(float* dg, float* du, float* dh, float* g, float* u, long i0, long i1)
+    {
+        for (long i = i0; i < i1; i++)
+        {
+            float x = g[i];
+            float sig = 1.0f / (1.0f + MathF.Exp(-x));
+            dg[i] = dh[i] * u[i] * sig * (1.0f + x * (1.0f - sig));
+            du[i] = dh[i] * x * sig;
+        }
+    }
+
+    // ---------------------------------------------------------------- causal attention (GQA)
+    /// <summary>kt[d·T + t] = k[row0 + t, kvHead·hd + d]: one KV head of one sequence, transposed so that the scores of a
+    /// query against all keys are hd contiguous axpys instead of T short dot products.</summary>
+    static void TransposeHead(float* kt, float* k, long row0, int seqLen, int kw, int kvHead, int hd)
+    {
+        for (int t = 0; t < seqLen; t++)
+        {
+            float* src = k + (row0 + t) * kw + kvHead * hd;
+            for (int d = 0; d < hd; d++) kt[(long)d * seqLen + t] = src[d];
+        }
+    }
+
+    /// <summary>k[row0 + t, kvHead·hd + d] += kt[d·T + t]: adds a transposed head gradient back into its rows.</summary>
+    static void AddTransposedHead(float* k, float* kt, long row0, int seqLen, int kw, int kvHead, int hd)
+    {
+        for (int t = 0; t < seqLen; t++)
+        {
+            float* dst = k + (row0 + t) * kw + kvHead * hd;
+            for (int d = 0; d < hd; d++) dst[d] += kt[(long)d * seqLen + t];
+        }
+    }
+
+    /// <summary>
+    /// For one sequence b and one KV head: every query head of its group attends causally over positions 0..t.
+    /// q [B·T, nHead·hd], k/v [B·T, nKv·hd], probs [B, nHead, T, T] (saved for backward), out [B·T, nHead·hd].
+    /// K and V of the head are transposed first, so scores and outputs are hd long vector ops over positions.
+    /// scratch holds 2·hd·T floats.
+    /// </summary>
+    public static void AttentionForward(float* outp, float* probs, float* q, float* k, float* v,
+        int b, int kvHead, int seqLen, int nHead, int nKv, int hd, float* scratch)
+    {
+        int group = nHead / nKv, qw = nHead * hd, kw = nKv * hd;
+        float scale = 1.0f / MathF.Sqrt(hd);
+        long row0 = (long)b * seqLen;
+        float* kt = scratch, vt = scratch + (long)hd * seqLen;
+        TransposeHead(kt, k, row0, seqLen, kw, kvHead, hd);
+        TransposeHead(vt, v, row0, seqLen, kw, kvHead, hd);
+        for (int h = kvHead * group; h < (kvHead + 1) * group; h++)
+        {
+            for (int t = 0; t < seqLen; t++)
+            {
+                float* qt = q + (row0 + t) * qw + h * hd;
+                float* p = probs + (((long)b * nHead + h) * seqLen + t) * seqLen;
+                new Span<float>(p, seqLen).Clear();
+                for (int d = 0; d < hd; d++) Axpy(qt[d] * scale, kt + (long)d * seqLen, p, t + 1);
+                float max = float.NegativeInfinity;
+                for (int t2 = 0; t2 <= t; t2++) if (p[t2] > max) max = p[t2];
+                float sum = 0;
+                for (int t2 = 0; t2 <= t; t2++) { float e = MathF.Exp(p[t2] - max); p[t2] = e; sum += e; }
+                float inv = 1.0f / sum;
+                for (int t2 = 0; t2 <= t; t2++) p[t2] *= inv;
+                float* o = outp + (row0 + t) * qw + h * hd;
+                for (int d = 0; d < hd; d++) o[d] = Gemm.Dot(p, vt + (long)d * seqLen, t + 1);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Backward of <see cref="AttentionForward"/> for one (sequence, KV head): dP = dO·vᵀ, dS = P ⊙ (dP − Σ P·dP),
+    /// dq = scale·dS·k (overwritten), dk += scale·dSᵀ·q, dv += Pᵀ·dO. The group's query heads all write to one
+    /// KV head, so one worker owns a (sequence, KV head) pair; dK and dV are accumulated transposed (hd long vector
+    /// ops over positions) and added back at the end. scratch holds (4·hd + 1)·T floats.
+    /// </summary>
+    public static void AttentionBackward(float* dq, float* dk, float* dv, float* dout, float* probs, float* q, float* k, float* v,
+        int b, int kvHead, int seqLen, int nHead, int nKv, int hd, float* scratch)
+    {
+        int group = nHead / nKv, qw = nHead * hd, kw = nKv * hd;
+        float scale = 1.0f / MathF.Sqrt(hd);
+        long row0 = (long)b * seqLen, plane = (long)hd * seqLen;
+        float* kt = scratch, vt = scratch + plane, dkt = scratch + 2 * plane, dvt = scratch + 3 * plane, ds = scratch + 4 * plane;
+        TransposeHead(kt, k, row0, seqLen, kw, kvHead, hd);
+        TransposeHead(vt, v, row0, seqLen, kw, kvHead, hd);
+        new Span<float>(dkt, (int)(2 * plane)).Clear();
+        for (int h = kvHead * group; h < (kvHead + 1) * group; h++)
+        {
+            for (int t = 0; t < seqLen; t++)
+            {
+                float* dot = dout + (row0 + t) * qw + h * hd;
+                float* p = probs + (((long)b * nHead + h) * seqLen + t) * seqLen;
+                int n = t + 1;
+                new Span<float>(ds, n).Clear();
+                for (int d = 0; d < hd; d++)
+                {
+                    Axpy(dot[d], vt + (long)d * seqLen, ds, n);   // dP
+                    Axpy(dot[d], p, dvt + (long)d * seqLen, n);  // dVᵀ += dO ⊗ P
+                }
+                float sum = Gemm.Dot(p, ds, n);
+                for (int t2 = 0; t2 < n; t2++) ds[t2] = p[t2] * (ds[t2] - sum) * scale;
+                float* qt = q + (row0 + t) * qw + h * hd;
+                float* dqt = dq + (row0 + t) * qw + h * hd;
+                for (int d = 0; d < hd; d++)
+                {
+                    dqt[d] = Gemm.Dot(ds, kt + (long)d * seqLen, n);
+                    Axpy(qt[d], ds, dkt + (long)d * seqLen, n);    // dKᵀ += q ⊗ dS
+                }
+            }
+        }
+        AddTransposedHead(dk, dkt, row0, seqLen, kw, kvHead, hd);
+        AddTransposedHead(dv, dvt, row0, seqLen, kw, kvHead, hd);
+    }
+
+    // ---------------------------------------------------------------- cross-entropy
+    /// <summary>
+    /// For each row: loss = logsumexp(logits) − logits[target]; the logits are replaced by their gradient
+    /// (softmax − onehot) · gradScale. Returns nothing; losses[r] receives each row's loss.
+    /// </summary>
+    public static void CrossEntropyForwardBackward(float* logits, int* targets, float* losses, int vocab, float gradScale, int r0, int r1)
+    {
+        for (int r = r0; r < r1; r++)
+        {
+            float* l = logits + (long)r * vocab;
+            float max = float.NegativeInfinity;
+            for (int i = 0; i < vocab; i++) if (l[i] > max) max = l[i];
+            double sum = 0;
+            for (int i = 0; i < vocab; i++) { float e = MathF.Exp(l[i] - max); l[i] = e; sum += e; }
+            int t = targets[r];
+            float invSum = (float)(1.0 / sum);
+            losses[r] = (float)(Math.Log(sum) - Math.Log(l[t]));
+            float g = gradScale * invSum;
+            for (int i = 0; i < vocab; i++) l[i] *= g;
+            l[t] -= gradScale;
+        }
+    }
+
+    /// <summary>Loss only (no gradient): for evaluation.</summary>
+    public static float CrossEntropyLoss(float* logits, int target, int vocab)
+    {
+        float max = float.NegativeInfinity;
+        for (int i = 0; i < vocab; i++) if (logits[i] > max) max = logits[i];
+        double sum = 0;
+        for (int i = 0; i < vocab; i++) sum += Math.Exp(logits[i] - max);
+        return (float)(Math.Log(sum) - (logits[target] - max));
+    }
+
+    // ---------------------------------------------------------------- helpers
+    /// <summary>y[0..n) += a · x[0..n).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Axpy(float a, float* x, float* y, int n)
+    {
+        int i = 0;
+        var va = Vector256.Create(a);
+        for (; i + 8 <= n; i += 8) Vector256.FusedMultiplyAdd(va, Vector256.Load(x + i), Vector256.Load(y + i)).Store(y + i);
+        for (; i < n; i++) y[i] = MathF.FusedMultiplyAdd(a, x[i], y[i]);
+    }
+
+    /// <summary>dst[c, r] = src[r, c] for a rows × cols matrix.</summary>
+    public static void Transpose(float* dst, float* src, int rows, int cols, int c0, int c1)
+    {
+        for (int c = c0; c < c1; c++)
+        {
+            float* d = dst + (long)c * rows;
+            for (int r = 0; r < rows; r++) d[r] = src[(long)r * cols + c];
+        }
+    }
+}

@@ -1,0 +1,108 @@
+using Cria.Models;
+
+namespace Cria.Training;
+
+/// <summary>The shape of a Llama model to train (what GGUF's <c>llama.*</c> keys will say).</summary>
+public sealed record LlamaShape
+{
+    public int VocabSize { get; init; } = 4096;
+    public int Dim { get; init; } = 256;
+    public int Layers { get; init; } = 4;
+    public int Heads { get; init; } = 8;
+    public int KvHeads { get; init; } = 2;
+    public int FfnDim { get; init; } = 768;
+    /// <summary>Training sequence length, written as the model's context length.</summary>
+    public int ContextLength { get; init; } = 256;
+    public float RopeBase { get; init; } = 10000f;
+    public float RmsEps { get; init; } = 1e-5f;
+    /// <summary>Output head shares the token embedding (no <c>output.weight</c>).</summary>
+    public bool TiedEmbeddings { get; init; }
+
+    public int HeadDim => Dim / Heads;
+    public int KvDim => KvHeads * HeadDim;
+
+    /// <summary>Throws a <see cref="CriaException"/> saying what is wrong with the shape.</summary>
+    public void Validate()
+    {
+        void Positive(int v, string name) { if (v <= 0) throw new CriaException($"{name} must be positive, got {v}"); }
+        Positive(VocabSize, "vocabulary size"); Positive(Dim, "dim"); Positive(Layers, "layers"); Positive(Heads, "heads");
+        Positive(KvHeads, "kv heads"); Positive(FfnDim, "ffn dim"); Positive(ContextLength, "context length");
+        if (Dim % Heads != 0) throw new CriaException($"dim {Dim} is not divisible by heads {Heads}");
+        if (Heads % KvHeads != 0) throw new CriaException($"heads {Heads} is not divisible by kv heads {KvHeads}");
+        if (HeadDim % 2 != 0) throw new CriaException($"head dimension {HeadDim} (dim / heads) must be even for RoPE");
+        if (!(RmsEps > 0) || !(RopeBase > 1)) throw new CriaException($"bad rms epsilon {RmsEps} or rope base {RopeBase}");
+    }
+
+    /// <summary>The <see cref="ModelConfig"/> that Cria's inference reads back from the exported file.</summary>
+    public ModelConfig ToModelConfig() => new()
+    {
+        ContextLength = ContextLength, Dim = Dim, LayerCount = Layers, HeadCount = Heads, KvHeadCount = KvHeads,
+        HeadDim = HeadDim, FfnDim = FfnDim, VocabSize = VocabSize, RmsNormEps = RmsEps, RopeFreqBase = RopeBase, RopeDim = HeadDim,
+    };
+
+    public override string ToString() =>
+        $"vocab {VocabSize}, dim {Dim}, layers {Layers}, heads {Heads}/{KvHeads}, ffn {FfnDim}, ctx {ContextLength}{(TiedEmbeddings ? ", tied" : "")}";
+}
+
+/// <summary>One named tensor inside the flat parameter buffer. Matrices are [Rows, Cols] row-major (GGUF: ne = [Cols, Rows]).</summary>
+public readonly record struct ParameterTensor(string Name, long Offset, int Rows, int Cols, bool IsMatrix)
+{
+    public long Count => (long)Rows * Cols;
+}
+
+/// <summary>
+/// Where every tensor of a <see cref="LlamaShape"/> lives in one flat float buffer. Parameters, gradients and both
+/// AdamW moments use this same layout, so zeroing, clipping and the optimizer are single loops.
+/// </summary>
+public sealed class ParameterLayout
+{
+    public LlamaShape Shape { get; }
+    public ParameterTensor[] Tensors { get; }
+    public long Count { get; }
+    public long TokenEmbedding { get; }
+    public long OutputNorm { get; }
+    /// <summary>Offset of the output head (the token embedding when tied).</summary>
+    public long Output { get; }
+    public LayerOffsets[] Blocks { get; }
+
+    public readonly record struct LayerOffsets(long AttnNorm, long Wq, long Wk, long Wv, long Wo, long FfnNorm, long WGate, long WUp, long WDown);
+
+    public ParameterLayout(LlamaShape s)
+    {
+        Shape = s;
+        var list = new List<ParameterTensor>();
+        long at = 0;
+        long Add(string name, int rows, int cols, bool matrix)
+        {
+            long off = at;
+            list.Add(new ParameterTensor(name, off, rows, cols, matrix));
+            at += (long)rows * cols;
+            at = (at + 15) & ~15L; // 64-byte alignment of every tensor
+            return off;
+        }
+        int d = s.Dim, kv = s.KvDim, f = s.FfnDim;
+        TokenEmbedding = Add("token_embd.weight", s.VocabSize, d, true);
+        Blocks = new LayerOffsets[s.Layers];
+        for (int l = 0; l < s.Layers; l++)
+        {
+            string p = $"blk.{l}.";
+            Blocks[l] = new LayerOffsets(
+                Add(p + "attn_norm.weight", 1, d, false),
+                Add(p + "attn_q.weight", d, d, true),
+                Add(p + "attn_k.weight", kv, d, true),
+                Add(p + "attn_v.weight", kv, d, true),
+                Add(p + "attn_output.weight", d, d, true),
+                Add(p + "ffn_norm.weight", 1, d, false),
+                Add(p + "ffn_gate.weight", f, d, true),
+                Add(p + "ffn_up.weight", f, d, true),
+                Add(p + "ffn_down.weight", d, f, true));
+        }
+        OutputNorm = Add("output_norm.weight", 1, d, false);
+        Output = s.TiedEmbeddings ? TokenEmbedding : Add("output.weight", s.VocabSize, d, true);
+        Tensors = list.ToArray();
+        Count = at;
+    }
+
+    /// <summary>Number of trained parameters (padding excluded).</summary>
+    public long ParameterCount => Tensors.Sum(t => t.Count);
+}

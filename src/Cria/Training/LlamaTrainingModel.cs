@@ -1,0 +1,385 @@
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using Cria.Kernels;
+
+namespace Cria.Training;
+
+/// <summary>
+/// A Llama model in F32 with a training forward and backward over a micro-batch of B sequences of T tokens
+/// (every sequence starts at position 0). Parameters and gradients are flat pinned buffers laid out by
+/// <see cref="ParameterLayout"/>; every activation the backward needs is kept in buffers allocated once here, so a
+/// step allocates nothing. Matrix products run on a <see cref="WorkerPool"/> through <see cref="Gemm"/>.
+/// </summary>
+public sealed unsafe class LlamaTrainingModel : IDisposable
+{
+    public LlamaShape Shape { get; }
+    public ParameterLayout Layout { get; }
+    public int BatchSize { get; }
+    public int SeqLen { get; }
+    /// <summary>Rows per micro-batch (B·T).</summary>
+    public int Rows { get; }
+    public float[] Parameters { get; }
+    public float[] Gradients { get; }
+    public int Threads => _pool.Count;
+
+    readonly List<Array> _keepAlive = new();
+    readonly WorkerPool _pool;
+    readonly Gemm _gemm;
+    readonly ForJob _for = new();
+    readonly ForJob.Body _attnForward, _attnBackward, _crossEntropy, _rmsForward, _rope, _swiGluForward, _swiGluBackward;
+    float* _a0, _a1, _a2, _a3, _a4; // arguments of the row-parallel element-wise bodies
+    bool _ropeBackward;
+    readonly float* P, G;
+    readonly int* _tokens, _targets;  // [N]
+    readonly float* _ropeTable;       // [T, nRot]
+    // Activations kept for backward, per layer l (N = B·T rows).
+    readonly float*[] _xIn;           // [L+1][N, D]   residual stream entering layer l (l = L: the final one)
+    readonly float*[] _xn1, _rstd1;   // [N, D], [N]   attention RMSNorm
+    readonly float*[] _q, _k, _v;     // [N, QD], [N, KVD], [N, KVD] (q and k after RoPE)
+    readonly float*[] _probs;         // [B, H, T, T]  attention probabilities
+    readonly float*[] _att;           // [N, QD]       attention output before Wo
+    readonly float*[] _xMid;          // [N, D]        residual after attention
+    readonly float*[] _xn2, _rstd2;   // [N, D], [N]   FFN RMSNorm
+    readonly float*[] _g, _u, _h;     // [N, F]        gate, up, silu(gate)·up
+    readonly float* _xnf, _rstdf;     // [N, D], [N]   final norm
+    readonly float* _logits;          // [N, V]        logits, then their gradient
+    readonly float* _losses;          // [N]
+    // Gradient scratch.
+    readonly float* _dres, _dxn, _dq, _dk, _dv, _datt, _dh, _dg, _du, _attScratch;
+    /// <summary>Seconds spent per part (matmul, attention, cross-entropy, other) since construction; for benchmarks.</summary>
+    public double[] ProfileSeconds { get; } = new double[4];
+    long _mark = System.Diagnostics.Stopwatch.GetTimestamp();
+    void Mark(int part)
+    {
+        long now = System.Diagnostics.Stopwatch.GetTimestamp();
+        ProfileSeconds[part] += (now - _mark) / (double)System.Diagnostics.Stopwatch.Frequency;
+        _mark = now;
+    }
+
+    // The three products of training (see Gemm), timed for ProfileSeconds.
+    void MatMulNT(float* a, float* b, float* c, int m, int n, int k) { Mark(3); _gemm.MatMulNT(a, b, c, m, n, k); Mark(0); }
+    void MatMulNN(float* a, float* b, float* c, int m, int n, int k) { Mark(3); _gemm.MatMulNNAccumulate(a, b, c, m, n, k); Mark(0); }
+    void MatMulTN(float* a, float* b, float* c, int m, int n, int k) { Mark(3); _gemm.MatMulTNAccumulate(a, b, c, m, n, k); Mark(0); }
+
+    // Arguments of the parallel bodies for the current layer.
+    int _layer;
+    float _gradScale;
+
+    public LlamaTrainingModel(LlamaShape shape, int batchSize, int seqLen, int threads)
+    {
+        shape.Validate();
+        if (batchSize <= 0 || seqLen <= 0) throw new CriaException($"batch size and sequence length must be positive, got {batchSize} and {seqLen}");
+        if (seqLen > shape.ContextLength) throw new CriaException($"sequence length {seqLen} exceeds the model's context length {shape.ContextLength}");
+        Shape = shape;
+        Layout = new ParameterLayout(shape);
+        BatchSize = batchSize; SeqLen = seqLen;
+        int N = Rows = batchSize * seqLen;
+        _pool = new WorkerPool(Math.Max(1, threads));
+        _gemm = new Gemm(_pool);
+        Parameters = Pinned<float>(Layout.Count, out P);
+        Gradients = Pinned<float>(Layout.Count, out G);
+        Pinned<int>(N, out _tokens); Pinned<int>(N, out _targets);
+        int D = shape.Dim, QD = shape.Dim, KV = shape.KvDim, F = shape.FfnDim, L = shape.Layers, V = shape.VocabSize, H = shape.Heads;
+        int hd = shape.HeadDim;
+        Pinned<float>((long)seqLen * hd, out _ropeTable);
+        for (int t = 0; t < seqLen; t++)
+            Ops.RopeCache(t, hd, shape.RopeBase, 1f, null, new Span<float>(_ropeTable + (long)t * hd, hd));
+        _xIn = new float*[L + 1]; _xn1 = new float*[L]; _rstd1 = new float*[L]; _q = new float*[L]; _k = new float*[L]; _v = new float*[L];
+        _probs = new float*[L]; _att = new float*[L]; _xMid = new float*[L]; _xn2 = new float*[L]; _rstd2 = new float*[L];
+        _g = new float*[L]; _u = new float*[L]; _h = new float*[L];
+        for (int l = 0; l <= L; l++) _xIn[l] = Floats((long)N * D);
+        for (int l = 0; l < L; l++)
+        {
+            _xn1[l] = Floats((long)N * D); _rstd1[l] = Floats(N);
+            _q[l] = Floats((long)N * QD); _k[l] = Floats((long)N * KV); _v[l] = Floats((long)N * KV);
+            _probs[l] = Floats((long)batchSize * H * seqLen * seqLen);
+            _att[l] = Floats((long)N * QD); _xMid[l] = Floats((long)N * D);
+            _xn2[l] = Floats((long)N * D); _rstd2[l] = Floats(N);
+            _g[l] = Floats((long)N * F); _u[l] = Floats((long)N * F); _h[l] = Floats((long)N * F);
+        }
+        _xnf = Floats((long)N * D); _rstdf = Floats(N);
+        _logits = Floats((long)N * V); _losses = Floats(N);
+        _dres = Floats((long)N * D); _dxn = Floats((long)N * D); _dq = Floats((long)N * QD); _dk = Floats((long)N * KV); _dv = Floats((long)N * KV);
+        _datt = Floats((long)N * QD); _dh = Floats((long)N * F); _dg = Floats((long)N * F); _du = Floats((long)N * F);
+        _attScratch = Floats((long)_pool.Count * (4 * hd + 1) * seqLen);
+        _attnForward = AttentionForwardBody;
+        _attnBackward = AttentionBackwardBody;
+        _crossEntropy = CrossEntropyBody;
+        _rmsForward = (r0, r1, _) => Layers.RmsNormForward(_a0, _a1, _a2, _a3, Shape.Dim, Shape.RmsEps, r0, r1);
+        _rope = RopeBody;
+        _swiGluForward = (r0, r1, _) => Layers.SwiGluForward(_a0, _a1, _a2, (long)r0 * Shape.FfnDim, (long)r1 * Shape.FfnDim);
+        _swiGluBackward = (r0, r1, _) => Layers.SwiGluBackward(_a0, _a1, _a2, _a3, _a4, (long)r0 * Shape.FfnDim, (long)r1 * Shape.FfnDim);
+    }
+
+    void RmsNormForward(float* y, float* rstd, float* x, float* w)
+    {
+        _a0 = y; _a1 = rstd; _a2 = x; _a3 = w;
+        _for.Run(_pool, Rows, 64, _rmsForward);
+    }
+
+    /// <summary>One work item per (sequence, KV head): the heads of a GQA group write the same dK/dV rows.</summary>
+    void Attention(int layer, bool backward)
+    {
+        _layer = layer;
+        Mark(3);
+        _for.Run(_pool, BatchSize * Shape.KvHeads, 1, backward ? _attnBackward : _attnForward);
+        Mark(1);
+    }
+
+    void SwiGlu(float* h, float* g, float* u)
+    {
+        _a0 = h; _a1 = g; _a2 = u;
+        _for.Run(_pool, Rows, 32, _swiGluForward);
+    }
+
+    void SwiGluBackward(float* dg, float* du, float* dh, float* g, float* u)
+    {
+        _a0 = dg; _a1 = du; _a2 = dh; _a3 = g; _a4 = u;
+        _for.Run(_pool, Rows, 32, _swiGluBackward);
+    }
+
+    void Rope(float* q, float* k, bool backward)
+    {
+        _a0 = q; _a1 = k; _ropeBackward = backward;
+        _for.Run(_pool, Rows, 64, _rope);
+    }
+
+    void RopeBody(int r0, int r1, int worker)
+    {
+        var s = Shape; int hd = s.HeadDim;
+        if (_ropeBackward)
+        {
+            Layers.RopeBackward(_a0, s.Heads, hd, _ropeTable, hd, SeqLen, r0, r1);
+            Layers.RopeBackward(_a1, s.KvHeads, hd, _ropeTable, hd, SeqLen, r0, r1);
+        }
+        else
+        {
+            Layers.RopeForward(_a0, s.Heads, hd, _ropeTable, hd, SeqLen, r0, r1);
+            Layers.RopeForward(_a1, s.KvHeads, hd, _ropeTable, hd, SeqLen, r0, r1);
+        }
+    }
+
+    T[] Pinned<T>(long n, out T* ptr) where T : unmanaged
+    {
+        var a = GC.AllocateArray<T>(checked((int)Math.Max(1, n)), pinned: true);
+        _keepAlive.Add(a);
+        ptr = (T*)Marshal.UnsafeAddrOfPinnedArrayElement(a, 0);
+        return a;
+    }
+
+    float* Floats(long n) { Pinned<float>(n, out var p); return p; }
+
+    /// <summary>Token ids of the micro-batch, [B·T] (write before <see cref="Forward"/>).</summary>
+    public Span<int> Tokens => new(_tokens, Rows);
+    /// <summary>Next-token targets, [B·T].</summary>
+    public Span<int> Targets => new(_targets, Rows);
+    /// <summary>Logits of the last <see cref="Forward"/>, [B·T, V] (gradients after <see cref="Backward"/>).</summary>
+    public ReadOnlySpan<float> Logits => new(_logits, checked(Rows * Shape.VocabSize));
+
+    public ReadOnlySpan<float> LogitsRow(int row) => new(_logits + (long)row * Shape.VocabSize, Shape.VocabSize);
+
+    /// <summary>Standard Llama initialisation: N(0, 0.02) matrices, residual projections scaled by 1/√(2L), unit norms.</summary>
+    public void Initialize(ref TrainingRng rng)
+    {
+        float std = 0.02f, resid = std / MathF.Sqrt(2f * Shape.Layers);
+        foreach (var t in Layout.Tensors)
+        {
+            var span = Parameters.AsSpan((int)t.Offset, (int)t.Count);
+            if (!t.IsMatrix) { span.Fill(1f); continue; }
+            float s = t.Name.EndsWith("attn_output.weight") || t.Name.EndsWith("ffn_down.weight") ? resid : std;
+            for (int i = 0; i < span.Length; i++) span[i] = rng.NextGaussian() * s;
+        }
+    }
+
+    public void ZeroGradients() => NativeMemory.Clear(G, (nuint)(Layout.Count * sizeof(float)));
+
+    // ================================================================= forward
+    /// <summary>Runs the model over <see cref="Tokens"/> and leaves the logits in <see cref="Logits"/>.</summary>
+    public void Forward()
+    {
+        var s = Shape;
+        int N = Rows, D = s.Dim, QD = s.Dim, KV = s.KvDim, F = s.FfnDim, V = s.VocabSize;
+        // token embedding
+        for (int n = 0; n < N; n++)
+            new ReadOnlySpan<float>(P + Layout.TokenEmbedding + (long)_tokens[n] * D, D).CopyTo(new Span<float>(_xIn[0] + (long)n * D, D));
+
+        for (int l = 0; l < s.Layers; l++)
+        {
+            var o = Layout.Blocks[l];
+            float* x = _xIn[l];
+            // ---- attention: xMid = x + Wo · attention(rope(Wq·n), rope(Wk·n), Wv·n), n = rmsnorm(x) ----
+            RmsNormForward(_xn1[l], _rstd1[l], x, P + o.AttnNorm);
+            MatMulNT(_xn1[l], P + o.Wq, _q[l], N, QD, D);
+            MatMulNT(_xn1[l], P + o.Wk, _k[l], N, KV, D);
+            MatMulNT(_xn1[l], P + o.Wv, _v[l], N, KV, D);
+            Rope(_q[l], _k[l], backward: false);
+            Attention(l, backward: false);
+            MatMulNT(_att[l], P + o.Wo, _xMid[l], N, D, QD);
+            Add(_xMid[l], x, (long)N * D);
+            // ---- feed-forward: xOut = xMid + Wdown · (silu(Wgate·n) ⊙ Wup·n), n = rmsnorm(xMid) ----
+            RmsNormForward(_xn2[l], _rstd2[l], _xMid[l], P + o.FfnNorm);
+            MatMulNT(_xn2[l], P + o.WGate, _g[l], N, F, D);
+            MatMulNT(_xn2[l], P + o.WUp, _u[l], N, F, D);
+            SwiGlu(_h[l], _g[l], _u[l]);
+            MatMulNT(_h[l], P + o.WDown, _xIn[l + 1], N, D, F);
+            Add(_xIn[l + 1], _xMid[l], (long)N * D);
+        }
+        RmsNormForward(_xnf, _rstdf, _xIn[s.Layers], P + Layout.OutputNorm);
+        MatMulNT(_xnf, P + Layout.Output, _logits, N, V, D);
+    }
+
+    static void Add(float* y, float* x, long n)
+    {
+        long i = 0;
+        for (; i + 8 <= n; i += 8) (Vector256.Load(y + i) + Vector256.Load(x + i)).Store(y + i);
+        for (; i < n; i++) y[i] += x[i];
+    }
+
+    void AttentionForwardBody(int start, int end, int worker)
+    {
+        var s = Shape; int l = _layer;
+        for (int item = start; item < end; item++)
+            Layers.AttentionForward(_att[l], _probs[l], _q[l], _k[l], _v[l], item / s.KvHeads, item % s.KvHeads, SeqLen, s.Heads, s.KvHeads, s.HeadDim,
+                _attScratch + (long)worker * (4 * s.HeadDim + 1) * SeqLen);
+    }
+
+    // ================================================================= loss + backward
+    /// <summary>
+    /// Forward, cross-entropy against <see cref="Targets"/>, and backward: gradients are added to
+    /// <see cref="Gradients"/> scaled by <paramref name="gradScale"/> (1 / rows of the whole optimizer step).
+    /// Returns the mean loss of this micro-batch.
+    /// </summary>
+    public float ForwardBackward(float gradScale)
+    {
+        Forward();
+        _gradScale = gradScale;
+        Mark(3);
+        _for.Run(_pool, Rows, 16, _crossEntropy);
+        Mark(2);
+        double sum = 0;
+        for (int n = 0; n < Rows; n++) sum += _losses[n];
+        Backward();
+        return (float)(sum / Rows);
+    }
+
+    /// <summary>Mean cross-entropy of the last forward against <see cref="Targets"/> (no gradient).</summary>
+    public float Loss()
+    {
+        double sum = 0;
+        for (int n = 0; n < Rows; n++) sum += Layers.CrossEntropyLoss(_logits + (long)n * Shape.VocabSize, _targets[n], Shape.VocabSize);
+        return (float)(sum / Rows);
+    }
+
+    void CrossEntropyBody(int start, int end, int worker) =>
+        Layers.CrossEntropyForwardBackward(_logits, _targets, _losses, Shape.VocabSize, _gradScale, start, end);
+
+    void Backward()
+    {
+        var s = Shape;
+        int N = Rows, D = s.Dim, QD = s.Dim, KV = s.KvDim, F = s.FfnDim, V = s.VocabSize;
+        // output head: logits = xnf · Woutᵀ (the logits buffer now holds dlogits)
+        Clear(_dxn, (long)N * D);
+        MatMulNN(_logits, P + Layout.Output, _dxn, N, D, V);
+        MatMulTN(_logits, _xnf, G + Layout.Output, V, D, N);
+        Clear(_dres, (long)N * D);
+        Layers.RmsNormBackward(_dres, G + Layout.OutputNorm, _dxn, _xIn[s.Layers], P + Layout.OutputNorm, _rstdf, D, 0, N);
+
+        for (int l = s.Layers - 1; l >= 0; l--)
+        {
+            var o = Layout.Blocks[l];
+            // xOut = xMid + h · Wdownᵀ
+            Clear(_dh, (long)N * F);
+            MatMulNN(_dres, P + o.WDown, _dh, N, F, D);
+            MatMulTN(_dres, _h[l], G + o.WDown, D, F, N);
+            SwiGluBackward(_dg, _du, _dh, _g[l], _u[l]);
+            Clear(_dxn, (long)N * D);
+            MatMulNN(_dg, P + o.WGate, _dxn, N, D, F);
+            MatMulNN(_du, P + o.WUp, _dxn, N, D, F);
+            MatMulTN(_dg, _xn2[l], G + o.WGate, F, D, N);
+            MatMulTN(_du, _xn2[l], G + o.WUp, F, D, N);
+            Layers.RmsNormBackward(_dres, G + o.FfnNorm, _dxn, _xMid[l], P + o.FfnNorm, _rstd2[l], D, 0, N);
+            // xMid = x + att · Woᵀ
+            Clear(_datt, (long)N * QD);
+            MatMulNN(_dres, P + o.Wo, _datt, N, QD, D);
+            MatMulTN(_dres, _att[l], G + o.Wo, D, QD, N);
+            Clear(_dk, (long)N * KV); Clear(_dv, (long)N * KV);
+            Attention(l, backward: true);
+            Rope(_dq, _dk, backward: true);
+            Clear(_dxn, (long)N * D);
+            MatMulNN(_dq, P + o.Wq, _dxn, N, D, QD);
+            MatMulNN(_dk, P + o.Wk, _dxn, N, D, KV);
+            MatMulNN(_dv, P + o.Wv, _dxn, N, D, KV);
+            MatMulTN(_dq, _xn1[l], G + o.Wq, QD, D, N);
+            MatMulTN(_dk, _xn1[l], G + o.Wk, KV, D, N);
+            MatMulTN(_dv, _xn1[l], G + o.Wv, KV, D, N);
+            Layers.RmsNormBackward(_dres, G + o.AttnNorm, _dxn, _xIn[l], P + o.AttnNorm, _rstd1[l], D, 0, N);
+        }
+        // token embedding: x0[n] = E[token[n]]
+        for (int n = 0; n < N; n++)
+            Layers.Axpy(1f, _dres + (long)n * D, G + Layout.TokenEmbedding + (long)_tokens[n] * D, D);
+    }
+
+    void AttentionBackwardBody(int start, int end, int worker)
+    {
+        var s = Shape; int l = _layer;
+        for (int item = start; item < end; item++)
+            Layers.AttentionBackward(_dq, _dk, _dv, _datt, _probs[l], _q[l], _k[l], _v[l], item / s.KvHeads, item % s.KvHeads,
+                SeqLen, s.Heads, s.KvHeads, s.HeadDim, _attScratch + (long)worker * (4 * s.HeadDim + 1) * SeqLen);
+    }
+
+    static void Clear(float* p, long n) => NativeMemory.Clear(p, (nuint)(n * sizeof(float)));
+
+    public void Dispose() => _pool.Dispose();
+}
+
+/// <summary>Runs a body over [0, n) in chunks claimed from a shared counter (one object, reused: no allocation).</summary>
+public sealed class ForJob : ParallelJob
+{
+    public delegate void Body(int start, int end, int worker);
+    Body? _body;
+    int _n, _chunk, _next;
+
+    public void Run(WorkerPool pool, int n, int chunk, Body body)
+    {
+        _body = body; _n = n; _chunk = Math.Max(1, chunk); _next = 0;
+        pool.Run(this);
+        _body = null;
+    }
+
+    public override void Execute(int worker, int workerCount)
+    {
+        var body = _body!;
+        while (true)
+        {
+            int start = Interlocked.Add(ref _next, _chunk) - _chunk;
+            if (start >= _n) return;
+            body(start, Math.Min(_n, start + _chunk), worker);
+        }
+    }
+}
+
+/// <summary>A small deterministic generator (SplitMix64) whose whole state is one ulong, so checkpoints can store it.</summary>
+public struct TrainingRng(ulong seed)
+{
+    public ulong State = seed;
+
+    public ulong NextULong()
+    {
+        ulong z = State += 0x9E3779B97F4A7C15UL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        return z ^ (z >> 31);
+    }
+
+    /// <summary>Uniform in [0, n).</summary>
+    public int Next(int n) => (int)((NextULong() >> 33) % (ulong)n);
+
+    public double NextDouble() => (NextULong() >> 11) * (1.0 / (1UL << 53));
+
+    /// <summary>Standard normal (Box–Muller).</summary>
+    public float NextGaussian()
+    {
+        double u1 = 1.0 - NextDouble(), u2 = NextDouble();
+        return (float)(Math.Sqrt(-2.0 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2));
+    }
+}

@@ -1,0 +1,238 @@
+using System.Runtime.InteropServices;
+using System.Text;
+
+namespace Cria.Training;
+
+/// <summary>Optimisation settings of a training run.</summary>
+public sealed record TrainingOptions
+{
+    public int BatchSize { get; init; } = 8;
+    /// <summary>Micro-batches whose gradients are summed before one optimizer step.</summary>
+    public int GradAccumulation { get; init; } = 1;
+    public int Steps { get; init; } = 1000;
+    public int WarmupSteps { get; init; } = 100;
+    public float LearningRate { get; init; } = 1e-3f;
+    /// <summary>The cosine schedule ends at LearningRate · MinLrRatio.</summary>
+    public float MinLrRatio { get; init; } = 0.1f;
+    public float WeightDecay { get; init; } = 0.1f;
+    public float Beta1 { get; init; } = 0.9f;
+    public float Beta2 { get; init; } = 0.95f;
+    public float Epsilon { get; init; } = 1e-8f;
+    /// <summary>Clip the global gradient norm to this (0 = off).</summary>
+    public float GradClip { get; init; } = 1.0f;
+    public ulong Seed { get; init; } = 1234;
+    public int Threads { get; init; } = 2;
+
+    /// <summary>Throws a <see cref="CriaException"/> naming the first bad setting.</summary>
+    public void Validate()
+    {
+        if (BatchSize <= 0 || GradAccumulation <= 0 || Steps <= 0 || WarmupSteps < 0 || Threads <= 0)
+            throw new CriaException($"batch size ({BatchSize}), gradient accumulation ({GradAccumulation}), steps ({Steps}) and threads ({Threads}) must be positive, warm-up ({WarmupSteps}) ≥ 0");
+        if (!(LearningRate > 0) || !float.IsFinite(LearningRate)) throw new CriaException($"learning rate must be positive, got {LearningRate}");
+        if (!(MinLrRatio >= 0 && MinLrRatio <= 1)) throw new CriaException($"min-lr ratio must be in [0, 1], got {MinLrRatio}");
+        if (!(WeightDecay >= 0) || !(GradClip >= 0)) throw new CriaException($"weight decay ({WeightDecay}) and gradient clip ({GradClip}) must be ≥ 0");
+        if (!(Beta1 >= 0 && Beta1 < 1) || !(Beta2 >= 0 && Beta2 < 1)) throw new CriaException($"AdamW betas must be in [0, 1), got {Beta1}, {Beta2}");
+    }
+
+    /// <summary>Linear warm-up to the peak, then cosine decay to LearningRate · MinLrRatio at <see cref="Steps"/>.</summary>
+    public float LearningRateAt(int step)
+    {
+        if (step < WarmupSteps) return LearningRate * (step + 1) / WarmupSteps;
+        float progress = Steps <= WarmupSteps ? 1f : Math.Min(1f, (float)(step - WarmupSteps) / (Steps - WarmupSteps));
+        float min = LearningRate * MinLrRatio;
+        return min + 0.5f * (LearningRate - min) * (1f + MathF.Cos(MathF.PI * progress));
+    }
+}
+
+public readonly record struct StepResult(int Step, float Loss, float GradNorm, float LearningRate, long TokensSeen);
+
+/// <summary>
+/// The training loop: samples micro-batches from a token stream (each sequence starts with BOS, like a
+/// llama-perplexity chunk), accumulates gradients, clips their global norm, and applies AdamW (weight decay on
+/// matrices only). Everything random comes from one <see cref="TrainingRng"/> whose state is checkpointed, so a
+/// resumed run continues bit-exactly.
+/// </summary>
+public sealed class Trainer : IDisposable
+{
+    public LlamaTrainingModel Model { get; }
+    public TrainingOptions Options { get; }
+    public int Step { get; private set; }
+    public long TokensSeen { get; private set; }
+    readonly float[] _m, _v;
+    readonly int[] _data;
+    readonly int _bos;
+    TrainingRng _rng;
+
+    public Trainer(LlamaShape shape, TrainingOptions options, int[] trainTokens, int bos, int? seqLen = null)
+    {
+        Options = options;
+        options.Validate();
+        int T = seqLen ?? shape.ContextLength;
+        if (trainTokens.Length < T + 1) throw new CriaException($"the corpus has {trainTokens.Length} tokens, fewer than one sequence of {T + 1}");
+        Model = new LlamaTrainingModel(shape, options.BatchSize, T, options.Threads);
+        _data = trainTokens;
+        _bos = bos;
+        _m = new float[Model.Layout.Count];
+        _v = new float[Model.Layout.Count];
+        _rng = new TrainingRng(options.Seed);
+        Model.Initialize(ref _rng);
+    }
+
+    /// <summary>One optimizer step over GradAccumulation micro-batches.</summary>
+    public StepResult TrainStep()
+    {
+        var m = Model;
+        int T = m.SeqLen, B = m.BatchSize, accum = Options.GradAccumulation;
+        m.ZeroGradients();
+        float scale = 1f / ((float)m.Rows * accum);
+        double loss = 0;
+        for (int a = 0; a < accum; a++)
+        {
+            var tokens = m.Tokens; var targets = m.Targets;
+            for (int b = 0; b < B; b++)
+            {
+                int off = _rng.Next(_data.Length - T + 1);
+                FillSequence(tokens.Slice(b * T, T), targets.Slice(b * T, T), _data, off, _bos);
+            }
+            loss += m.ForwardBackward(scale);
+        }
+        float norm = GradientNorm();
+        float clip = Options.GradClip > 0 && norm > Options.GradClip ? Options.GradClip / norm : 1f;
+        float lr = Options.LearningRateAt(Step);
+        AdamW(lr, clip);
+        Step++;
+        TokensSeen += (long)m.Rows * accum;
+        return new StepResult(Step, (float)(loss / accum), norm, lr, TokensSeen);
+    }
+
+    /// <summary>tokens = [BOS, d[off], …, d[off+T−2]], targets = [d[off], …, d[off+T−1]].</summary>
+    public static void FillSequence(Span<int> tokens, Span<int> targets, int[] data, int off, int bos)
+    {
+        int T = tokens.Length;
+        tokens[0] = bos;
+        data.AsSpan(off, T - 1).CopyTo(tokens[1..]);
+        data.AsSpan(off, T).CopyTo(targets);
+    }
+
+    float GradientNorm()
+    {
+        var g = Model.Gradients;
+        double sum = 0;
+        foreach (var t in Model.Layout.Tensors)
+        {
+            var s = g.AsSpan((int)t.Offset, (int)t.Count);
+            double part = 0;
+            for (int i = 0; i < s.Length; i++) part += (double)s[i] * s[i];
+            sum += part;
+        }
+        return (float)Math.Sqrt(sum);
+    }
+
+    /// <summary>AdamW (Loshchilov &amp; Hutter): decoupled weight decay on matrices, bias-corrected moments.</summary>
+    void AdamW(float lr, float gradScale)
+    {
+        var o = Options;
+        var p = Model.Parameters; var g = Model.Gradients;
+        int t = Step + 1;
+        float b1 = o.Beta1, b2 = o.Beta2;
+        float c1 = 1f / (1f - MathF.Pow(b1, t)), c2 = 1f / (1f - MathF.Pow(b2, t));
+        foreach (var ten in Model.Layout.Tensors)
+        {
+            float decay = ten.IsMatrix ? o.WeightDecay : 0f;
+            int end = (int)(ten.Offset + ten.Count);
+            for (int i = (int)ten.Offset; i < end; i++)
+            {
+                float gi = g[i] * gradScale;
+                float mi = _m[i] = b1 * _m[i] + (1 - b1) * gi;
+                float vi = _v[i] = b2 * _v[i] + (1 - b2) * gi * gi;
+                p[i] -= lr * (mi * c1 / (MathF.Sqrt(vi * c2) + o.Epsilon) + decay * p[i]);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Mean cross-entropy over non-overlapping sequences of the model's length taken from <paramref name="tokens"/>
+    /// (each starting with BOS), at most <paramref name="maxBatches"/> batches.
+    /// </summary>
+    public float Evaluate(int[] tokens, int maxBatches = int.MaxValue)
+    {
+        var m = Model;
+        int T = m.SeqLen, B = m.BatchSize;
+        int sequences = tokens.Length / T;
+        int batches = Math.Min(maxBatches, sequences / B);
+        if (batches == 0) throw new CriaException($"the evaluation text has {tokens.Length} tokens, fewer than one batch of {B} × {T}");
+        double sum = 0;
+        for (int bi = 0; bi < batches; bi++)
+        {
+            for (int b = 0; b < B; b++)
+                FillSequence(m.Tokens.Slice(b * T, T), m.Targets.Slice(b * T, T), tokens, (bi * B + b) * T, _bos);
+            m.Forward();
+            sum += m.Loss();
+        }
+        return (float)(sum / batches);
+    }
+
+    // ================================================================= checkpoints
+    const string Magic = "CRIACKP1";
+
+    /// <summary>Writes parameters, AdamW moments, step, token count and RNG state atomically (temp file, then rename).</summary>
+    public void SaveCheckpoint(string path, ulong tokenizerHash)
+    {
+        string full = Path.GetFullPath(path);
+        string tmp = full + ".tmp-" + Environment.ProcessId;
+        using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
+        using (var w = new BinaryWriter(fs, Encoding.UTF8, leaveOpen: true))
+        {
+            w.Write(Encoding.ASCII.GetBytes(Magic));
+            w.Write(Model.Shape.ToString());
+            w.Write(tokenizerHash);
+            w.Write(Step); w.Write(TokensSeen); w.Write(_rng.State);
+            w.Write(Model.Layout.Count);
+            w.Write(MemoryMarshal.AsBytes(Model.Parameters.AsSpan()));
+            w.Write(MemoryMarshal.AsBytes(_m.AsSpan()));
+            w.Write(MemoryMarshal.AsBytes(_v.AsSpan()));
+            w.Flush();
+            fs.Flush(flushToDisk: true);
+        }
+        File.Move(tmp, full, overwrite: true);
+    }
+
+    /// <summary>Describes a checkpoint without loading it: (shape description, tokenizer hash, step).</summary>
+    public static (string Shape, ulong TokenizerHash, int Step) PeekCheckpoint(string path)
+    {
+        try
+        {
+            using var fs = File.OpenRead(path);
+            using var r = new BinaryReader(fs, Encoding.UTF8);
+            if (Encoding.ASCII.GetString(r.ReadBytes(Magic.Length)) != Magic) throw new CriaException($"{path} is not a Cria training checkpoint");
+            return (r.ReadString(), r.ReadUInt64(), r.ReadInt32());
+        }
+        catch (EndOfStreamException) { throw new CriaException($"{path} is a truncated checkpoint"); }
+    }
+
+    /// <summary>Restores a checkpoint written by <see cref="SaveCheckpoint"/> for this same shape and tokenizer.</summary>
+    public void LoadCheckpoint(string path, ulong tokenizerHash)
+    {
+        using var fs = File.OpenRead(path);
+        using var r = new BinaryReader(fs, Encoding.UTF8);
+        try
+        {
+            if (Encoding.ASCII.GetString(r.ReadBytes(Magic.Length)) != Magic) throw new CriaException($"{path} is not a Cria training checkpoint");
+            string shape = r.ReadString();
+            if (shape != Model.Shape.ToString())
+                throw new CriaException($"checkpoint {path} is from another model ({shape}); this run trains ({Model.Shape})");
+            if (r.ReadUInt64() != tokenizerHash) throw new CriaException($"checkpoint {path} was trained with another tokenizer");
+            int step = r.ReadInt32(); long seen = r.ReadInt64(); ulong state = r.ReadUInt64();
+            if (r.ReadInt64() != Model.Layout.Count) throw new CriaException($"checkpoint {path} has another parameter count");
+            long need = 3 * Model.Layout.Count * sizeof(float);
+            if (fs.Length - fs.Position != need) throw new CriaException($"checkpoint {path} is truncated or has extra bytes");
+            fs.ReadExactly(MemoryMarshal.AsBytes(Model.Parameters.AsSpan()));
+            fs.ReadExactly(MemoryMarshal.AsBytes(_m.AsSpan()));
+            fs.ReadExactly(MemoryMarshal.AsBytes(_v.AsSpan()));
+            Step = step; TokensSeen = seen; _rng.State = state;
+        }
+        catch (EndOfStreamException) { throw new CriaException($"{path} is a truncated checkpoint"); }
+    }
+
+    public void Dispose() => Model.Dispose();
+}

@@ -1,0 +1,196 @@
+using Cria.Kernels;
+using Cria.Training;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Cria.Tests.Training;
+
+/// <summary>
+/// Every backward against central finite differences of a double-precision reference forward, on tiny shapes.
+/// Each op's scalar loss is L = Σ y·r for a fixed random r (so dL/dy = r). The error reported is
+/// ‖analytic − numeric‖₂ / ‖numeric‖₂ per input.
+/// </summary>
+public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
+{
+    const double H = 1e-6;
+
+    static double[] Random(int n, int seed, double scale = 1)
+    {
+        var r = new Random(seed);
+        var a = new double[n];
+        for (int i = 0; i < n; i++) a[i] = (r.NextDouble() * 2 - 1) * scale;
+        return a;
+    }
+
+    static float[] F(double[] a) => a.Select(v => (float)v).ToArray();
+
+    static double Dot(double[] a, double[] b) { double s = 0; for (int i = 0; i < a.Length; i++) s += a[i] * b[i]; return s; }
+
+    static double[] Numeric(Func<double[], double> f, double[] x)
+    {
+        var g = new double[x.Length];
+        for (int i = 0; i < x.Length; i++)
+        {
+            double keep = x[i];
+            x[i] = keep + H; double lp = f(x);
+            x[i] = keep - H; double lm = f(x);
+            x[i] = keep;
+            g[i] = (lp - lm) / (2 * H);
+        }
+        return g;
+    }
+
+    static double RelError(float[] analytic, double[] numeric)
+    {
+        double d = 0, n = 0;
+        for (int i = 0; i < numeric.Length; i++) { d += Math.Pow(analytic[i] - numeric[i], 2); n += numeric[i] * numeric[i]; }
+        return Math.Sqrt(d) / Math.Max(Math.Sqrt(n), 1e-30);
+    }
+
+    void Report(string op, double err, double limit = 1e-4)
+    {
+        output.WriteLine($"{op,-28} relative error {err:E2}");
+        Assert.True(err < limit, $"{op}: relative error {err:E2} ≥ {limit:E0}");
+    }
+
+    [Fact]
+    public void RmsNorm()
+    {
+        int rows = 3, d = 16; float eps = 1e-5f;
+        var x = Random(rows * d, 1); var w = Random(d, 2); var r = Random(rows * d, 3);
+        float[] fx = F(x), fw = F(w), fr = F(r), dx = new float[x.Length], dw = new float[d], y = new float[x.Length], rstd = new float[rows];
+        fixed (float* px = fx, pw = fw, pr = fr, pdx = dx, pdw = dw, py = y, ps = rstd)
+        {
+            Layers.RmsNormForward(py, ps, px, pw, d, eps, 0, rows);
+            Layers.RmsNormBackward(pdx, pdw, pr, px, pw, ps, d, 0, rows);
+        }
+        Report("rmsnorm dx", RelError(dx, Numeric(xx => Dot(Reference.RmsNorm(xx, w, d, eps), r), x)));
+        Report("rmsnorm dw", RelError(dw, Numeric(ww => Dot(Reference.RmsNorm(x, ww, d, eps), r), w)));
+    }
+
+    [Fact]
+    public void Rope()
+    {
+        int T = 5, B = 2, heads = 3, hd = 8;
+        var table = Reference.RopeTable(T, hd, 10000f);
+        var x = Random(B * T * heads * hd, 4); var r = Random(x.Length, 5);
+        var dx = F(r);
+        fixed (float* pdx = dx, pt = table) Layers.RopeBackward(pdx, heads, hd, pt, hd, T, 0, B * T);
+        Report("rope dx", RelError(dx, Numeric(xx => Dot(Reference.Rope(xx, heads, hd, T, table), r), x)));
+        // the forward agrees with the inference kernel (adjacent pairs)
+        var fx = F(x); var viaOps = F(x);
+        fixed (float* px = fx, pt = table) Layers.RopeForward(px, heads, hd, pt, hd, T, 0, B * T);
+        for (int row = 0; row < B * T; row++)
+            Ops.RopeNorm(viaOps.AsSpan(row * heads * hd, heads * hd), heads, hd, table.AsSpan(row % T * hd, hd));
+        Assert.Equal(viaOps, fx);
+    }
+
+    [Fact]
+    public void SwiGlu()
+    {
+        int n = 40;
+        var g = Random(n, 6, 3); var u = Random(n, 7, 2); var r = Random(n, 8);
+        float[] fg = F(g), fu = F(u), fr = F(r), dg = new float[n], du = new float[n];
+        fixed (float* pg = fg, pu = fu, pr = fr, pdg = dg, pdu = du) Layers.SwiGluBackward(pdg, pdu, pr, pg, pu, 0, n);
+        Report("swiglu dgate", RelError(dg, Numeric(gg => Dot(Reference.SwiGlu(gg, u), r), g)));
+        Report("swiglu dup", RelError(du, Numeric(uu => Dot(Reference.SwiGlu(g, uu), r), u)));
+    }
+
+    [Fact]
+    public void Attention()
+    {
+        int B = 2, T = 5, Hh = 4, KV = 2, hd = 8;
+        var q = Random(B * T * Hh * hd, 9); var k = Random(B * T * KV * hd, 10); var v = Random(B * T * KV * hd, 11); var r = Random(q.Length, 12);
+        float[] fq = F(q), fk = F(k), fv = F(v), fr = F(r), o = new float[q.Length], probs = new float[B * Hh * T * T];
+        float[] dq = new float[q.Length], dk = new float[k.Length], dv = new float[v.Length], scratch = new float[(4 * hd + 1) * T];
+        fixed (float* pq = fq, pk = fk, pv = fv, pr = fr, po = o, pp = probs, pdq = dq, pdk = dk, pdv = dv, ps = scratch)
+        {
+            for (int b = 0; b < B; b++)
+                for (int kv = 0; kv < KV; kv++)
+                {
+                    Layers.AttentionForward(po, pp, pq, pk, pv, b, kv, T, Hh, KV, hd, ps);
+                    Layers.AttentionBackward(pdq, pdk, pdv, pr, pp, pq, pk, pv, b, kv, T, Hh, KV, hd, ps);
+                }
+        }
+        var reference = Reference.Attention(q, k, v, B, T, Hh, KV, hd);
+        for (int i = 0; i < o.Length; i++) Assert.True(Math.Abs(o[i] - reference[i]) < 1e-5, $"attention forward differs at {i}");
+        Report("attention dq", RelError(dq, Numeric(qq => Dot(Reference.Attention(qq, k, v, B, T, Hh, KV, hd), r), q)));
+        Report("attention dk", RelError(dk, Numeric(kk => Dot(Reference.Attention(q, kk, v, B, T, Hh, KV, hd), r), k)));
+        Report("attention dv", RelError(dv, Numeric(vv => Dot(Reference.Attention(q, k, vv, B, T, Hh, KV, hd), r), v)));
+    }
+
+    [Fact]
+    public void CrossEntropy()
+    {
+        int rows = 4, V = 10;
+        var logits = Random(rows * V, 13, 3);
+        int[] targets = [3, 0, 9, 5];
+        float[] fl = F(logits), losses = new float[rows];
+        fixed (float* pl = fl, ploss = losses) fixed (int* pt = targets) Layers.CrossEntropyForwardBackward(pl, pt, ploss, V, 1f / rows, 0, rows);
+        Assert.True(Math.Abs(losses.Average() - Reference.CrossEntropy(logits, targets, V)) < 1e-5);
+        Report("cross-entropy dlogits", RelError(fl, Numeric(ll => Reference.CrossEntropy(ll, targets, V), logits)));
+    }
+
+    [Theory]
+    [InlineData(6, 37, 35)]   // ragged edges (scalar paths)
+    [InlineData(8, 64, 40)]   // full 4×4 and 4×32 tiles
+    public void MatMul(int rows, int inDim, int outDim)
+    {
+        var x = Random(rows * inDim, 14); var w = Random(outDim * inDim, 15); var r = Random(rows * outDim, 16);
+        float[] fx = F(x), fw = F(w), fr = F(r), y = new float[rows * outDim], dx = new float[x.Length], dw = new float[w.Length];
+        using var pool = new WorkerPool(2);
+        var gemm = new Gemm(pool);
+        fixed (float* px = fx, pw = fw, pr = fr, py = y, pdx = dx, pdw = dw)
+        {
+            gemm.MatMulNT(px, pw, py, rows, outDim, inDim);
+            gemm.MatMulNNAccumulate(pr, pw, pdx, rows, inDim, outDim);
+            gemm.MatMulTNAccumulate(pr, px, pdw, outDim, inDim, rows);
+        }
+        var yr = Reference.MatMulNT(x, rows, inDim, w, 0, outDim);
+        for (int i = 0; i < y.Length; i++) Assert.True(Math.Abs(y[i] - yr[i]) < 1e-4, $"matmul forward differs at {i}");
+        Report($"matmul dx {rows}x{inDim}x{outDim}", RelError(dx, Numeric(xx => Dot(Reference.MatMulNT(xx, rows, inDim, w, 0, outDim), r), x)));
+        Report($"matmul dW {rows}x{inDim}x{outDim}", RelError(dw, Numeric(ww => Dot(Reference.MatMulNT(x, rows, inDim, ww, 0, outDim), r), w)));
+    }
+
+    /// <summary>Every parameter of a 2-layer GQA model (embedding, norms, all matrices, untied and tied heads).</summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void FullModel(bool tied)
+    {
+        var shape = new LlamaShape { VocabSize = 40, Dim = 16, Layers = 2, Heads = 4, KvHeads = 2, FfnDim = 24, ContextLength = 8, TiedEmbeddings = tied };
+        int B = 2, T = 6;
+        using var m = new LlamaTrainingModel(shape, B, T, 2);
+        var rng = new Random(17);
+        foreach (var t in m.Layout.Tensors)
+            for (long i = t.Offset; i < t.Offset + t.Count; i++)
+                m.Parameters[i] = t.IsMatrix ? (float)((rng.NextDouble() * 2 - 1) * 0.5) : (float)(0.8 + 0.4 * rng.NextDouble());
+        var tokens = Enumerable.Range(0, B * T).Select(_ => rng.Next(shape.VocabSize)).ToArray();
+        var targets = Enumerable.Range(0, B * T).Select(_ => rng.Next(shape.VocabSize)).ToArray();
+        tokens.CopyTo(m.Tokens); targets.CopyTo(m.Targets);
+        m.ZeroGradients();
+        float loss = m.ForwardBackward(1f / (B * T));
+        var p = m.Parameters.Select(v => (double)v).ToArray();
+        double refLoss = Reference.Loss(m.Layout, p, tokens, targets, B, T);
+        Assert.True(Math.Abs(loss - refLoss) < 1e-5, $"loss {loss} vs reference {refLoss}");
+        double worst = 0;
+        foreach (var t in m.Layout.Tensors)
+        {
+            var analytic = m.Gradients.AsSpan((int)t.Offset, (int)t.Count).ToArray();
+            var numeric = new double[t.Count];
+            for (int i = 0; i < t.Count; i++)
+            {
+                long j = t.Offset + i;
+                double keep = p[j];
+                p[j] = keep + H; double lp = Reference.Loss(m.Layout, p, tokens, targets, B, T);
+                p[j] = keep - H; double lm = Reference.Loss(m.Layout, p, tokens, targets, B, T);
+                p[j] = keep;
+                numeric[i] = (lp - lm) / (2 * H);
+            }
+            double err = RelError(analytic, numeric);
+            worst = Math.Max(worst, err);
+            output.WriteLine($"{t.Name,-26} relative error {err:E2}");
+        }
+        Report($"full model ({(tied ? "tied" : "untied")}), worst tensor", worst, 1e-4);
+    }
+}

@@ -1,0 +1,136 @@
+using Cria.Kernels;
+using Cria.Training;
+
+namespace Cria.Tests.Training;
+
+/// <summary>Double-precision reference of every training op and of the whole Llama forward + mean cross-entropy.</summary>
+static class Reference
+{
+    public static double[] RmsNorm(double[] x, double[] w, int d, double eps)
+    {
+        var y = new double[x.Length];
+        for (int r = 0; r < x.Length / d; r++)
+        {
+            double ss = 0;
+            for (int i = 0; i < d; i++) ss += x[r * d + i] * x[r * d + i];
+            double s = 1 / Math.Sqrt(ss / d + eps);
+            for (int i = 0; i < d; i++) y[r * d + i] = x[r * d + i] * s * w[i];
+        }
+        return y;
+    }
+
+    /// <summary>y[n, o] = Σ_i x[n, i] · W[o, i] (W at offset wOff of a flat array).</summary>
+    public static double[] MatMulNT(double[] x, int rows, int inDim, double[] w, long wOff, int outDim)
+    {
+        var y = new double[rows * outDim];
+        for (int n = 0; n < rows; n++)
+            for (int o = 0; o < outDim; o++)
+            {
+                double s = 0;
+                for (int i = 0; i < inDim; i++) s += x[n * inDim + i] * w[wOff + (long)o * inDim + i];
+                y[n * outDim + o] = s;
+            }
+        return y;
+    }
+
+    public static float[] RopeTable(int seqLen, int hd, float ropeBase)
+    {
+        var t = new float[seqLen * hd];
+        for (int p = 0; p < seqLen; p++) Ops.RopeCache(p, hd, ropeBase, 1f, null, t.AsSpan(p * hd, hd));
+        return t;
+    }
+
+    public static double[] Rope(double[] x, int heads, int hd, int seqLen, float[] table)
+    {
+        var y = (double[])x.Clone();
+        int width = heads * hd;
+        for (int r = 0; r < x.Length / width; r++)
+            for (int h = 0; h < heads; h++)
+                for (int i = 0; i < hd; i += 2)
+                {
+                    double c = table[(r % seqLen) * hd + i], s = table[(r % seqLen) * hd + i + 1];
+                    int j = r * width + h * hd + i;
+                    y[j] = x[j] * c - x[j + 1] * s;
+                    y[j + 1] = x[j] * s + x[j + 1] * c;
+                }
+        return y;
+    }
+
+    public static double[] Attention(double[] q, double[] k, double[] v, int B, int T, int H, int KV, int hd)
+    {
+        var o = new double[B * T * H * hd];
+        int g = H / KV;
+        double scale = 1 / Math.Sqrt(hd);
+        var p = new double[T];
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++)
+                for (int t = 0; t < T; t++)
+                {
+                    double max = double.NegativeInfinity;
+                    for (int t2 = 0; t2 <= t; t2++)
+                    {
+                        double s = 0;
+                        for (int i = 0; i < hd; i++) s += q[(b * T + t) * H * hd + h * hd + i] * k[(b * T + t2) * KV * hd + h / g * hd + i];
+                        p[t2] = s * scale;
+                        max = Math.Max(max, p[t2]);
+                    }
+                    double sum = 0;
+                    for (int t2 = 0; t2 <= t; t2++) { p[t2] = Math.Exp(p[t2] - max); sum += p[t2]; }
+                    for (int t2 = 0; t2 <= t; t2++)
+                        for (int i = 0; i < hd; i++) o[(b * T + t) * H * hd + h * hd + i] += p[t2] / sum * v[(b * T + t2) * KV * hd + h / g * hd + i];
+                }
+        return o;
+    }
+
+    public static double[] SwiGlu(double[] g, double[] u)
+    {
+        var h = new double[g.Length];
+        for (int i = 0; i < g.Length; i++) h[i] = g[i] / (1 + Math.Exp(-g[i])) * u[i];
+        return h;
+    }
+
+    public static double CrossEntropy(double[] logits, int[] targets, int V)
+    {
+        double total = 0;
+        for (int r = 0; r < targets.Length; r++)
+        {
+            double max = double.NegativeInfinity;
+            for (int i = 0; i < V; i++) max = Math.Max(max, logits[r * V + i]);
+            double sum = 0;
+            for (int i = 0; i < V; i++) sum += Math.Exp(logits[r * V + i] - max);
+            total += Math.Log(sum) + max - logits[r * V + targets[r]];
+        }
+        return total / targets.Length;
+    }
+
+    static double[] Slice(double[] p, long off, int n) => p.AsSpan((int)off, n).ToArray();
+
+    static double[] Add(double[] a, double[] b) { var c = new double[a.Length]; for (int i = 0; i < a.Length; i++) c[i] = a[i] + b[i]; return c; }
+
+    /// <summary>The logits of the Llama forward over B sequences of T tokens, in double.</summary>
+    public static double[] Logits(ParameterLayout lay, double[] p, int[] tokens, int B, int T)
+    {
+        var s = lay.Shape;
+        int N = B * T, D = s.Dim, KV = s.KvDim, F = s.FfnDim, hd = s.HeadDim;
+        var table = RopeTable(T, hd, s.RopeBase);
+        var x = new double[N * D];
+        for (int n = 0; n < N; n++) for (int i = 0; i < D; i++) x[n * D + i] = p[lay.TokenEmbedding + (long)tokens[n] * D + i];
+        foreach (var o in lay.Blocks)
+        {
+            var xn = RmsNorm(x, Slice(p, o.AttnNorm, D), D, s.RmsEps);
+            var q = Rope(MatMulNT(xn, N, D, p, o.Wq, D), s.Heads, hd, T, table);
+            var k = Rope(MatMulNT(xn, N, D, p, o.Wk, KV), s.KvHeads, hd, T, table);
+            var v = MatMulNT(xn, N, D, p, o.Wv, KV);
+            var att = Attention(q, k, v, B, T, s.Heads, s.KvHeads, hd);
+            x = Add(x, MatMulNT(att, N, D, p, o.Wo, D));
+            xn = RmsNorm(x, Slice(p, o.FfnNorm, D), D, s.RmsEps);
+            var h = SwiGlu(MatMulNT(xn, N, D, p, o.WGate, F), MatMulNT(xn, N, D, p, o.WUp, F));
+            x = Add(x, MatMulNT(h, N, F, p, o.WDown, D));
+        }
+        var xf = RmsNorm(x, Slice(p, lay.OutputNorm, D), D, s.RmsEps);
+        return MatMulNT(xf, N, D, p, lay.Output, s.VocabSize);
+    }
+
+    public static double Loss(ParameterLayout lay, double[] p, int[] tokens, int[] targets, int B, int T) =>
+        CrossEntropy(Logits(lay, p, tokens, B, T), targets, lay.Shape.VocabSize);
+}
