@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Cria.Kernels;
 using Cria.Models;
 using Cria.Tensors;
@@ -147,6 +148,7 @@ public sealed class InferenceContext : IDisposable
         _outputs = outputs;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // skip tiering: hot from the first token, and on 2 busy cores the background re-JIT starves
     void ForwardMicroBatch(Batch batch, int start, int B, ref int outRow)
     {
         var c = Config;
@@ -218,6 +220,7 @@ public sealed class InferenceContext : IDisposable
     /// <summary>y[b, :] = W · x[b, :] for B rows: activations are converted once to the format the weight's row kernel reads.</summary>
     void MatMul(in WeightMatrix w, float[] x, int B, Span<float> y) => MatMul(w, x.AsSpan(), B, y);
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     void MatMul(in WeightMatrix w, ReadOnlySpan<float> x, int B, Span<float> y)
     {
         int actBytes = RowKernels.ActivationRowBytes(w.Type, w.Cols);

@@ -39,6 +39,7 @@ internal sealed class AttentionJob : ParallelJob
 
     public override bool SharesWorkDynamically => true;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // skip tiering: hot from the first token, and on 2 busy cores the background re-JIT starves
     public override void Execute(int worker, int workerCount)
     {
         var c = _c;
@@ -58,6 +59,7 @@ internal sealed class AttentionJob : ParallelJob
     }
 
     /// <summary>Attention of one row's query heads of KV group g over positions [0, length) of its sequence.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Attend(ModelConfig c, ReadOnlySpan<int> table, int bs, int length, int g,
                        ReadOnlySpan<float> qRow, float[] keys, float[] values, Span<float> outRow, float[] scratch)
     {
@@ -129,6 +131,7 @@ internal sealed class AttentionJob : ParallelJob
     }
 
     /// <summary>s[j] = e^(s[j] − m), returns Σ s[j]; 16 lanes at a time (Vector512.Exp), the tail in scalar.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static float ExpSubtractSum(Span<float> s, float m)
     {
         int j = 0;

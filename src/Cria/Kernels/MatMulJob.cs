@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Cria.Models;
 using Cria.Tensors;
 
@@ -30,6 +31,7 @@ internal sealed unsafe class MatMulJob : ParallelJob
 
     public override bool SharesWorkDynamically => true;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // skip tiering: hot from the first token, and on 2 busy cores the background re-JIT starves
     public override void Execute(int worker, int workerCount)
     {
         var w = _w;
@@ -65,6 +67,7 @@ internal sealed unsafe class PrepareActivationsJob : ParallelJob
 
     public override bool SharesWorkDynamically => true;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public override void Execute(int worker, int workerCount)
     {
         while (true)

@@ -11,6 +11,7 @@ namespace Cria.Kernels;
 public static class Ops
 {
     /// <summary>y = x / sqrt(mean(x²) + eps) · w, as ggml_rms_norm then ggml_mul (sum of squares in double).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // skip tiering: hot from the first token, and on 2 busy cores the background re-JIT starves
     public static void RmsNorm(ReadOnlySpan<float> x, ReadOnlySpan<float> w, float eps, Span<float> y)
     {
         double sum = 0;
@@ -67,6 +68,7 @@ public static class Ops
     }
 
     /// <summary>g = silu(g) · u, with silu(x) = x / (1 + e^-x) (SwiGLU); 16 lanes at a time, scalar tail.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void SwiGlu(Span<float> g, ReadOnlySpan<float> u)
     {
         int i = 0;
@@ -93,6 +95,7 @@ public static class Ops
     /// multiplied by base^(-2/nRot) per pair (in float, like ggml), divided by the pair's frequency factor, then by
     /// the linear scale. cosSin is [nRot] = (cos, sin) pairs.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void RopeCache(int pos, int nRot, float freqBase, float freqScale, float[]? freqFactors, Span<float> cosSin)
     {
         float thetaScale = MathF.Pow(freqBase, -2.0f / nRot);
@@ -108,6 +111,7 @@ public static class Ops
     }
 
     /// <summary>Rotates adjacent pairs (x[2i], x[2i+1]) of each head's first nRot dims (LLAMA_ROPE_TYPE_NORM).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void RopeNorm(Span<float> x, int heads, int headDim, ReadOnlySpan<float> cosSin)
     {
         int nRot = cosSin.Length;

@@ -36,6 +36,7 @@ public static unsafe class RowKernels
     };
 
     /// <summary>Converts one activation row into the layout of <see cref="ActivationRowBytes"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // skip tiering: hot from the first token, and on 2 busy cores the background re-JIT starves
     public static void PrepareActivations(GgmlType weightType, ReadOnlySpan<float> x, Span<byte> dst)
     {
         var f = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(dst);
@@ -93,6 +94,7 @@ public static unsafe class RowKernels
     /// per 256 values, max = the first value of largest magnitude, q = min(127, round-half-even(−127/max · x)),
     /// d = 1/iscale, bsums = sums of each 16 quants.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void QuantizeQ8K(ReadOnlySpan<float> x, Span<byte> dst)
     {
         int nb = x.Length / 256;
@@ -126,6 +128,7 @@ public static unsafe class RowKernels
 
     [ThreadStatic] static float[]? _rowBuffer;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Run(GgmlType type, byte* w, int wBytes, byte* x, int xStride, int B, int n, float* y, int yStride)
     {
         if (Avx512BW.IsSupported)
@@ -161,6 +164,7 @@ public static unsafe class RowKernels
     // dot = d·d8·Σ_sb scale_sb·Σ q4·q8 − dmin·d8·Σ_sb min_sb·(bsum_2sb + bsum_2sb+1).
 
     [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Q4K(byte* w, byte* x, int xStride, int B, int nb, float* y, int yStride)
     {
         Vector512<float>* acc = stackalloc Vector512<float>[Tile];
@@ -224,6 +228,7 @@ public static unsafe class RowKernels
     // dot = d·d8·(Σ_e scale(e)·q6u(e)·q8(e) − 32·Σ_j scale_j·bsum_j), with q6u = q6 + 32 ∈ [0, 63].
 
     [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Q6K(byte* w, byte* x, int xStride, int B, int nb, float* y, int yStride)
     {
         Vector512<float>* acc = stackalloc Vector512<float>[Tile];
@@ -280,6 +285,7 @@ public static unsafe class RowKernels
     // vpmaddwd (16 int32 lanes per block), then scaled by d_w·d_x in float. Four blocks are combined before touching
     // the accumulator so the dependency chain through it stays short.
     [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Q80(byte* w, byte* x, int xStride, int B, int nb, float* y, int yStride)
     {
         Vector512<float>* acc = stackalloc Vector512<float>[Tile];
@@ -326,6 +332,7 @@ public static unsafe class RowKernels
     // ---- F32 / F16 / BF16 weights × F32 activations --------------------------------------------------------------
     // The weight row is widened to F32 once into a per-thread buffer (L1-resident), then dotted with each activation
     // row using four 16-lane FMA accumulators (fixed order, so the result does not depend on B).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void FloatRow(GgmlType type, byte* w, byte* x, int xStride, int B, int n, float* y, int yStride)
     {
         if (type == GgmlType.F16 && B == 1 && n >= 64 && Vector512.IsHardwareAccelerated)
@@ -364,6 +371,7 @@ public static unsafe class RowKernels
     /// FMAs of <see cref="DotF32"/> in the same order (four 16-lane accumulators, then the same reduction), so a row's
     /// result is the same bits whichever path computes it. Requires n % 64 == 0.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void DotF32x4(float* w, float* x, int xStrideFloats, int n, float* y, int yStride)
     {
         float* x0 = x, x1 = x + xStrideFloats, x2 = x + 2 * xStrideFloats, x3 = x + 3 * xStrideFloats;
@@ -439,6 +447,7 @@ public static unsafe class RowKernels
     }
 
     /// <summary>F16 → F32 for a row; equals <see cref="Fp16.ToSingle"/> for every half.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void WidenF16(ushort* src, float* dst, int n)
     {
         int i = 0;
@@ -449,6 +458,7 @@ public static unsafe class RowKernels
     }
 
     /// <summary>F16 weights · F32 activations for one activation row, widening on the fly (no buffer round trip).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static float DotF16(ushort* w, float* x, int n)
     {
         int i = 0;
@@ -469,6 +479,7 @@ public static unsafe class RowKernels
         return sum;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void WidenBF16(ushort* src, float* dst, int n)
     {
         int i = 0;

@@ -13,6 +13,7 @@ namespace Cria.Kernels;
 public static partial class VecDot
 {
     /// <summary>Fast dot product; equals <see cref="DotScalar"/> up to float summation order.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // skip tiering: hot from the first token, and on 2 busy cores the background re-JIT starves
     public static float Dot(GgmlType weightType, ReadOnlySpan<byte> weightRow, ReadOnlySpan<byte> activationRow, int n)
     {
         Check(weightType, weightRow.Length, activationRow.Length, n);
