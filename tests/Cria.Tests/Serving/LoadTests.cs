@@ -15,6 +15,11 @@ namespace Cria.Tests.Serving;
 /// finish chunk, a usage chunk, [DONE]) of exactly its max_tokens; invalid ones get a 400 error object; afterwards
 /// every KV block is back in the pool and managed memory has not grown between the waves.
 /// </summary>
+/// <summary>The load test measures the whole process's managed heap, so it runs alone, after the parallel tests.</summary>
+[CollectionDefinition("Serial load test", DisableParallelization = true)]
+public sealed class SerialLoadTestCollection;
+
+[Collection("Serial load test")]
 public class LoadTests(ITestOutputHelper output)
 {
     enum Kind { Valid, Cancel, Invalid }
