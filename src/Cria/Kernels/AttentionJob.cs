@@ -60,7 +60,7 @@ internal sealed class AttentionJob : ParallelJob
 
     /// <summary>Attention of one row's query heads of KV group g over positions [0, length) of its sequence.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Attend(ModelConfig c, ReadOnlySpan<int> table, int bs, int length, int g,
+    internal static void Attend(ModelConfig c, ReadOnlySpan<int> table, int bs, int length, int g,
                        ReadOnlySpan<float> qRow, float[] keys, float[] values, Span<float> outRow, float[] scratch)
     {
         int hd = c.HeadDim, group = c.GroupSize, kvDim = c.KvDim;

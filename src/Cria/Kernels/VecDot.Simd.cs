@@ -87,18 +87,9 @@ public static partial class VecDot
 
     private static readonly float ExpScale = BitConverter.UInt32BitsToSingle(0x07800000u); // 2^-112
 
-    // ggml_compute_fp16_to_fp32 on every lane: (two_w >> 4) + 0xE0 << 23, times 2^-112, or the subnormal trick.
+    // 16 halves → floats: the same exact conversion the row kernels use (one implementation).
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> HalfToSingle(Vector512<uint> h)
-    {
-        Vector512<uint> w = h << 16;
-        Vector512<uint> sign = w & Vector512.Create(0x80000000u);
-        Vector512<uint> twoW = w + w;
-        Vector512<float> normalized = ((twoW >> 4) + Vector512.Create(0x70000000u)).AsSingle() * Vector512.Create(ExpScale);
-        Vector512<float> denormalized = ((twoW >> 17) | Vector512.Create(0x3F000000u)).AsSingle() - Vector512.Create(0.5f);
-        Vector512<uint> isDenormal = Vector512.LessThan(twoW, Vector512.Create(0x08000000u));
-        return (sign | Vector512.ConditionalSelect(isDenormal, denormalized.AsUInt32(), normalized.AsUInt32())).AsSingle();
-    }
+    private static Vector512<float> HalfToSingle(Vector512<uint> h) => RowKernels.HalfToSingle(h);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> HalfToSingle(Vector256<uint> h)

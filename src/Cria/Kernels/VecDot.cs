@@ -14,6 +14,11 @@ namespace Cria.Kernels;
 /// </summary>
 public static partial class VecDot
 {
+    /// <summary>Whether rows of this type can be multiplied (the weight types <see cref="ActivationType"/> knows).</summary>
+    public static bool HasDotProduct(GgmlType weightType) => weightType is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16
+        or GgmlType.Q4_0 or GgmlType.Q5_0 or GgmlType.Q8_0 or GgmlType.Q4_1 or GgmlType.Q5_1
+        or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K;
+
     /// <summary>The type activations are quantized to before a dot with a row of <paramref name="weightType"/>.</summary>
     public static GgmlType ActivationType(GgmlType weightType) => weightType switch
     {

@@ -34,11 +34,9 @@ public readonly unsafe struct WeightMatrix
         var t = f.GetTensor(name);
         if (t.Shape.Length != 2 || t.Shape[0] != cols || t.Shape[1] != rows)
             throw new ModelFormatException(f.Path, $"tensor '{name}' has shape [{string.Join(", ", t.Shape)}], expected [{cols}, {rows}]");
-        if (!VecDotSupports(t.Type))
+        if (!Kernels.VecDot.HasDotProduct(t.Type))
             throw new ModelFormatException(f.Path, $"tensor '{name}' has type {t.Type}, which Cria cannot use as a weight matrix");
         return new WeightMatrix(name, t.Type, f.TensorPointer(t), rows, cols);
     }
 
-    static bool VecDotSupports(GgmlType t) => t is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q4_0 or GgmlType.Q4_1
-        or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q8_0 or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K;
 }
