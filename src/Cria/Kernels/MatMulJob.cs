@@ -6,9 +6,10 @@ namespace Cria.Kernels;
 
 /// <summary>
 /// y[b, r] = dot(W row r, activation row b) for all rows of a weight matrix and all B activation rows, split across
-/// workers by chunks of output rows taken from a shared counter. Each weight row is decoded once for all B activation
-/// rows (<see cref="RowKernels"/>); each output's arithmetic is fixed by its own row, so results depend neither on B
-/// nor on the thread count.
+/// workers by chunks of weight rows (~32 KiB) taken from a shared counter. A chunk runs as one cache block
+/// (<see cref="RowKernels.RunBlock"/>: each weight row decoded once per tile of activation rows) or, for one activation
+/// row, through the prefetching decode kernels (<see cref="RowKernels.RunRows"/>). Each output's arithmetic is fixed by
+/// its own row, so results depend neither on B nor on the thread count.
 /// </summary>
 internal sealed unsafe class MatMulJob : ParallelJob
 {
@@ -43,8 +44,8 @@ internal sealed unsafe class MatMulJob : ParallelJob
                 int start = Interlocked.Add(ref _next, chunk) - chunk;
                 if (start >= rows) return;
                 int end = Math.Min(rows, start + chunk);
-                for (int r = start; r < end; r++)
-                    RowKernels.Run(w.Type, w.Data + (long)r * w.RowBytes, w.RowBytes, act, _actRowBytes, B, n, _out + r, rows);
+                if (B == 1) RowKernels.RunRows(w.Type, w.Data, w.RowBytes, start, end, act, _actRowBytes, n, _out);
+                else RowKernels.RunBlock(w.Type, w.Data, w.RowBytes, start, end, act, _actRowBytes, B, n, _out, rows);
             }
         }
     }

@@ -127,6 +127,14 @@ public static unsafe class RowKernels
     }
 
     [ThreadStatic] static float[]? _rowBuffer;
+    [ThreadStatic] static DecodedSuperBlock[]? _q4kDecoded;
+
+    static DecodedSuperBlock[] DecodeBuffer(int nb)
+    {
+        var buf = _q4kDecoded;
+        if (buf == null || buf.Length < nb) _q4kDecoded = buf = new DecodedSuperBlock[Math.Max(nb, 32)];
+        return buf;
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Run(GgmlType type, byte* w, int wBytes, byte* x, int xStride, int B, int n, float* y, int yStride)
@@ -136,10 +144,12 @@ public static unsafe class RowKernels
             switch (type)
             {
                 case GgmlType.Q4_K:
-                    for (int b0 = 0; b0 < B; b0 += Tile) Q4K(w, x + (long)b0 * xStride, xStride, Math.Min(Tile, B - b0), n / 256, y + (long)b0 * yStride, yStride);
+                    if (B == 1) *y = Q4K1(w, x, n / 256);
+                    else fixed (DecodedSuperBlock* dec = DecodeBuffer(n / 256)) Q4KTile(w, x, xStride, B, n / 256, y, yStride, dec);
                     return;
                 case GgmlType.Q6_K:
-                    for (int b0 = 0; b0 < B; b0 += Tile) Q6K(w, x + (long)b0 * xStride, xStride, Math.Min(Tile, B - b0), n / 256, y + (long)b0 * yStride, yStride);
+                    if (B == 1) *y = Q6K1(w, x, n / 256);
+                    else fixed (DecodedSuperBlock* dec = DecodeBuffer(n / 256)) Q6KTile(w, x, xStride, B, n / 256, y, yStride, dec);
                     return;
                 case GgmlType.Q8_0:
                     for (int b0 = 0; b0 < B; b0 += Tile) Q80(w, x + (long)b0 * xStride, xStride, Math.Min(Tile, B - b0), n / 32, y + (long)b0 * yStride, yStride);
@@ -156,6 +166,66 @@ public static unsafe class RowKernels
             y[(long)b * yStride] = VecDot.Dot(type, wr, new ReadOnlySpan<byte>(x + (long)b * xStride, xStride), n);
     }
 
+    /// <summary>Bytes ahead of the current weight block that the single-row kernels prefetch (about 3.5 rows of a
+    /// 2048-wide Q4_K matrix): decode streams every weight from memory once, and the hardware prefetcher alone does
+    /// not keep up with a kernel this short.</summary>
+    const int PrefetchDistance = 4096;
+
+    /// <summary>
+    /// Rows [r0, r1) of a weight matrix against one activation row: y[r] = dot(W row r, x). The decode path (B = 1).
+    /// For Q4_K and Q6_K the accumulators stay in registers and the weights are prefetched ahead; the arithmetic and
+    /// its order are exactly those of <see cref="Run"/> with B = 1, so both give the same bits.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void RunRows(GgmlType type, byte* w, int rowBytes, int r0, int r1, byte* x, int xBytes, int n, float* y)
+    {
+        if (Avx512BW.IsSupported && type == GgmlType.Q4_K)
+        {
+            for (int r = r0; r < r1; r++) y[r] = Q4K1(w + (long)r * rowBytes, x, n / 256);
+            return;
+        }
+        if (Avx512BW.IsSupported && type == GgmlType.Q6_K)
+        {
+            for (int r = r0; r < r1; r++) y[r] = Q6K1(w + (long)r * rowBytes, x, n / 256);
+            return;
+        }
+        for (int r = r0; r < r1; r++) Run(type, w + (long)r * rowBytes, rowBytes, x, xBytes, 1, n, y + r, 1);
+    }
+
+    /// <summary>
+    /// Rows [r0, r1) of a weight matrix against B activation rows, blocked for the caches: for each tile of
+    /// <see cref="Tile"/> activation rows, every weight row of the range runs against that tile, so one tile of
+    /// activations (~37 KB for n = 2048) and the range's weights (~32 KB) stay in L2 while they are reused, instead
+    /// of every weight row streaming all B activation rows through the cache. Results are those of <see cref="Run"/>.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void RunBlock(GgmlType type, byte* w, int rowBytes, int r0, int r1, byte* x, int xStride, int B, int n, float* y, int yStride)
+    {
+        if (!HasBatched(type))
+        {
+            for (int r = r0; r < r1; r++) Run(type, w + (long)r * rowBytes, rowBytes, x, xStride, B, n, y + r, yStride);
+            return;
+        }
+        var decoded = DecodeBuffer(Math.Max(1, n / 256));
+        fixed (DecodedSuperBlock* dec = decoded)
+        for (int b0 = 0; b0 < B; b0 += Tile)
+        {
+            int tb = Math.Min(Tile, B - b0);
+            byte* xt = x + (long)b0 * xStride;
+            float* yt = y + (long)b0 * yStride;
+            for (int r = r0; r < r1; r++)
+            {
+                byte* wr = w + (long)r * rowBytes;
+                switch (type)
+                {
+                    case GgmlType.Q4_K: Q4KTile(wr, xt, xStride, tb, n / 256, yt + r, yStride, dec); break;
+                    case GgmlType.Q6_K: Q6KTile(wr, xt, xStride, tb, n / 256, yt + r, yStride, dec); break;
+                    default: Q80(wr, xt, xStride, tb, n / 32, yt + r, yStride); break;
+                }
+            }
+        }
+    }
+
     // ---- Q4_K × Q8_K ------------------------------------------------------------------------------------------
     // Q4_K super-block (144 B): d f16 | dmin f16 | scales[12] (8 six-bit scales, 8 six-bit mins) | qs[128].
     // Chunk c (0..3) of qs holds elements 64c..64c+31 in its low nibbles (sub-block 2c) and 64c+32..63 in its high
@@ -163,16 +233,17 @@ public static unsafe class RowKernels
     // activations this kernel reads have their quants reordered by PermuteQ8KForQ4K.
     // dot = d·d8·Σ_sb scale_sb·Σ q4·q8 − dmin·d8·Σ_sb min_sb·(bsum_2sb + bsum_2sb+1).
 
+    /// <summary>
+    /// One Q4_K weight row against B activation rows: the row is decoded once into <paramref name="dec"/> (per
+    /// super-block: four 64-byte quant vectors, four scale vectors, the 16 mins, d, dmin), then activation rows run
+    /// four at a time over all super-blocks with their accumulators in registers. Per row b the arithmetic and its
+    /// order are those of <see cref="Q4K1"/> (the body is <see cref="Q4KStep"/>), so results do not depend on B.
+    /// </summary>
     [SkipLocalsInit]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Q4K(byte* w, byte* x, int xStride, int B, int nb, float* y, int yStride)
+    static void Q4KTile(byte* w, byte* x, int xStride, int B, int nb, float* y, int yStride, DecodedSuperBlock* dec)
     {
-        Vector512<float>* acc = stackalloc Vector512<float>[Tile];
-        Vector256<float>* accMin = stackalloc Vector256<float>[Tile];
-        for (int b = 0; b < B; b++) { acc[b] = Vector512<float>.Zero; accMin[b] = Vector256<float>.Zero; }
         var m4 = Vector512.Create((byte)0x0F);
-        // vpermw indices for the four 64-quant groups (lo 0|lo 1), (hi 0|hi 1), (lo 2|lo 3), (hi 2|hi 3):
-        // lanes 0..15 take the first sub-block's scale, lanes 16..31 the second's (sub-block of lo c = 2c, hi c = 2c+1).
         var permC0 = Vector512.Create((short)0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2);
         var permC1 = permC0 + Vector512.Create((short)1);
         var permC2 = permC0 + Vector512.Create((short)4);
@@ -180,45 +251,132 @@ public static unsafe class RowKernels
         for (int i = 0; i < nb; i++)
         {
             byte* blk = w + i * 144;
-            float d = Fp16.ToSingle(*(ushort*)blk);
-            float dmin = Fp16.ToSingle(*(ushort*)(blk + 2));
-            // 12 scale bytes → 8 scales (u0, u1) and 8 mins (u2, u3), ggml's kmask trick.
+            DecodedSuperBlock* o = dec + i;
+            o->D = Fp16.ToSingle(*(ushort*)blk);
+            o->DMin = Fp16.ToSingle(*(ushort*)(blk + 2));
             uint a0 = Unsafe.ReadUnaligned<uint>(blk + 4), a1 = Unsafe.ReadUnaligned<uint>(blk + 8), a2 = Unsafe.ReadUnaligned<uint>(blk + 12);
             uint sc0 = a0 & 0x3f3f3f3fu;
             uint sc1 = (a2 & 0x0f0f0f0fu) | (((a0 >> 6) & 0x03030303u) << 4);
             uint mn0 = a1 & 0x3f3f3f3fu;
             uint mn1 = ((a2 >> 4) & 0x0f0f0f0fu) | (((a1 >> 6) & 0x03030303u) << 4);
             var scales16 = Avx512BW.ConvertToVector512Int16(Vector256.CreateScalar(((ulong)sc1 << 32) | sc0).AsByte());
-            var s0 = Avx512BW.PermuteVar32x16(scales16, permC0);
-            var s1 = Avx512BW.PermuteVar32x16(scales16, permC1);
-            var s2 = Avx512BW.PermuteVar32x16(scales16, permC2);
-            var s3 = Avx512BW.PermuteVar32x16(scales16, permC3);
-            // mins, each repeated twice (one per bsum of 16).
+            o->S0 = Avx512BW.PermuteVar32x16(scales16, permC0);
+            o->S1 = Avx512BW.PermuteVar32x16(scales16, permC1);
+            o->S2 = Avx512BW.PermuteVar32x16(scales16, permC2);
+            o->S3 = Avx512BW.PermuteVar32x16(scales16, permC3);
+            var mins8 = Vector128.CreateScalar(((ulong)mn1 << 32) | mn0).AsByte();
+            o->Mins = Avx2.ConvertToVector256Int16(Sse2.UnpackLow(mins8, mins8));
+            var q01 = Vector512.Load(blk + 16); var q23 = Vector512.Load(blk + 80);
+            o->W0 = q01 & m4; o->W1 = Vector512.ShiftRightLogical(q01.AsUInt16(), 4).AsByte() & m4;
+            o->W2 = q23 & m4; o->W3 = Vector512.ShiftRightLogical(q23.AsUInt16(), 4).AsByte() & m4;
+        }
+        int b = 0;
+        for (; b + 4 <= B; b += 4)
+        {
+            byte* xa = x + (long)b * xStride, xb = xa + xStride, xc = xb + xStride, xd = xc + xStride;
+            Vector512<float> accA = default, accB = default, accC = default, accD = default;
+            Vector256<float> minA = default, minB = default, minC = default, minD = default;
+            for (int i = 0; i < nb; i++)
+            {
+                DecodedSuperBlock* o = dec + i;
+                var w0 = o->W0; var w1 = o->W1; var w2 = o->W2; var w3 = o->W3;
+                var s0 = o->S0; var s1 = o->S1; var s2 = o->S2; var s3 = o->S3;
+                var mins = o->Mins; float d = o->D, dmin = o->DMin;
+                int off = i * 292;
+                Q4KStep(xa + off, w0, w1, w2, w3, s0, s1, s2, s3, mins, d, dmin, ref accA, ref minA);
+                Q4KStep(xb + off, w0, w1, w2, w3, s0, s1, s2, s3, mins, d, dmin, ref accB, ref minB);
+                Q4KStep(xc + off, w0, w1, w2, w3, s0, s1, s2, s3, mins, d, dmin, ref accC, ref minC);
+                Q4KStep(xd + off, w0, w1, w2, w3, s0, s1, s2, s3, mins, d, dmin, ref accD, ref minD);
+            }
+            y[(long)b * yStride] = Vector512.Sum(accA) - Vector256.Sum(minA);
+            y[(long)(b + 1) * yStride] = Vector512.Sum(accB) - Vector256.Sum(minB);
+            y[(long)(b + 2) * yStride] = Vector512.Sum(accC) - Vector256.Sum(minC);
+            y[(long)(b + 3) * yStride] = Vector512.Sum(accD) - Vector256.Sum(minD);
+        }
+        for (; b < B; b++)
+        {
+            byte* xa = x + (long)b * xStride;
+            Vector512<float> acc = default; Vector256<float> min = default;
+            for (int i = 0; i < nb; i++)
+            {
+                DecodedSuperBlock* o = dec + i;
+                Q4KStep(xa + i * 292, o->W0, o->W1, o->W2, o->W3, o->S0, o->S1, o->S2, o->S3, o->Mins, o->D, o->DMin, ref acc, ref min);
+            }
+            y[(long)b * yStride] = Vector512.Sum(acc) - Vector256.Sum(min);
+        }
+    }
+
+    /// <summary>One decoded Q4_K super-block against one Q8_K super-block (permuted quants): the body of <see cref="Q4K1"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Q4KStep(byte* yb, Vector512<byte> w0, Vector512<byte> w1, Vector512<byte> w2, Vector512<byte> w3,
+        Vector512<short> s0, Vector512<short> s1, Vector512<short> s2, Vector512<short> s3, Vector256<short> mins,
+        float d, float dmin, ref Vector512<float> acc, ref Vector256<float> accMin)
+    {
+        float d8 = *(float*)yb;
+        sbyte* q8 = (sbyte*)(yb + 4);
+        var p0 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w0, Vector512.Load(q8)), s0);
+        var p1 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w1, Vector512.Load(q8 + 64)), s1);
+        var p2 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w2, Vector512.Load(q8 + 128)), s2);
+        var p3 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w3, Vector512.Load(q8 + 192)), s3);
+        var sumi = (p0 + p1) + (p2 + p3);
+        acc = Vector512.FusedMultiplyAdd(Vector512.Create(d * d8), Vector512.ConvertToSingle(sumi), acc);
+        var m = Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(yb + 260)), mins);
+        accMin = Vector256.FusedMultiplyAdd(Vector256.Create(dmin * d8), Vector256.ConvertToSingle(m), accMin);
+    }
+
+    /// <summary>A K-quant super-block unpacked once per weight row for <see cref="Q4KTile"/> / <see cref="Q6KTile"/>.</summary>
+    internal struct DecodedSuperBlock
+    {
+        public Vector512<byte> W0, W1, W2, W3;   // [4][64] unsigned quants, in the order the Q8_K activations are read
+        public Vector512<short> S0, S1, S2, S3;  // [4][32] each sub-block's scale, repeated over its int16 lanes
+        public Vector256<short> Mins;            // [16] Q4_K: the 8 mins, each twice (one per bsum); Q6_K: the 16 scales
+        public float D, DMin;                    // super-block scales (DMin unused by Q6_K)
+    }
+
+    /// <summary>One Q4_K weight row against one activation row (decode): <see cref="Q4KStep"/> per super-block straight
+    /// from the weights, accumulators in registers, weights prefetched <see cref="PrefetchDistance"/> bytes ahead.</summary>
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static float Q4K1(byte* w, byte* x, int nb)
+    {
+        var acc = Vector512<float>.Zero;
+        var accMin = Vector256<float>.Zero;
+        var m4 = Vector512.Create((byte)0x0F);
+        var permC0 = Vector512.Create((short)0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2);
+        var permC1 = permC0 + Vector512.Create((short)1);
+        var permC2 = permC0 + Vector512.Create((short)4);
+        var permC3 = permC0 + Vector512.Create((short)5);
+        for (int i = 0; i < nb; i++)
+        {
+            byte* blk = w + i * 144;
+            Sse.Prefetch0(blk + PrefetchDistance);
+            Sse.Prefetch0(blk + PrefetchDistance + 64);
+            Sse.Prefetch0(blk + PrefetchDistance + 128);
+            float d = Fp16.ToSingle(*(ushort*)blk);
+            float dmin = Fp16.ToSingle(*(ushort*)(blk + 2));
+            uint a0 = Unsafe.ReadUnaligned<uint>(blk + 4), a1 = Unsafe.ReadUnaligned<uint>(blk + 8), a2 = Unsafe.ReadUnaligned<uint>(blk + 12);
+            uint sc0 = a0 & 0x3f3f3f3fu;
+            uint sc1 = (a2 & 0x0f0f0f0fu) | (((a0 >> 6) & 0x03030303u) << 4);
+            uint mn0 = a1 & 0x3f3f3f3fu;
+            uint mn1 = ((a2 >> 4) & 0x0f0f0f0fu) | (((a1 >> 6) & 0x03030303u) << 4);
+            var scales16 = Avx512BW.ConvertToVector512Int16(Vector256.CreateScalar(((ulong)sc1 << 32) | sc0).AsByte());
             var mins8 = Vector128.CreateScalar(((ulong)mn1 << 32) | mn0).AsByte();
             var minsDup = Avx2.ConvertToVector256Int16(Sse2.UnpackLow(mins8, mins8));
-            // Unpacked quants: one 64-byte load covers chunks 2p and 2p+1; its low nibbles are (lo 2p, lo 2p+1) and its
-            // high nibbles (hi 2p, hi 2p+1), which is the order PermuteQ8KForQ4K gave the activations.
             byte* qs = blk + 16;
             var q01 = Vector512.Load(qs); var q23 = Vector512.Load(qs + 64);
-            var wLo01 = q01 & m4; var wHi01 = Vector512.ShiftRightLogical(q01.AsUInt16(), 4).AsByte() & m4;
-            var wLo23 = q23 & m4; var wHi23 = Vector512.ShiftRightLogical(q23.AsUInt16(), 4).AsByte() & m4;
-            for (int b = 0; b < B; b++)
-            {
-                byte* yb = x + (long)b * xStride + i * 292;
-                float d8 = *(float*)yb;
-                sbyte* q8 = (sbyte*)(yb + 4);
-                var p0 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(wLo01, Vector512.Load(q8)), s0);
-                var p1 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(wHi01, Vector512.Load(q8 + 64)), s1);
-                var p2 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(wLo23, Vector512.Load(q8 + 128)), s2);
-                var p3 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(wHi23, Vector512.Load(q8 + 192)), s3);
-                var sumi = (p0 + p1) + (p2 + p3);
-                acc[b] = Vector512.FusedMultiplyAdd(Vector512.Create(d * d8), Vector512.ConvertToSingle(sumi), acc[b]);
-                var bs = Vector256.Load((short*)(yb + 260));
-                var m = Avx2.MultiplyAddAdjacent(bs, minsDup);
-                accMin[b] = Vector256.FusedMultiplyAdd(Vector256.Create(dmin * d8), Vector256.ConvertToSingle(m), accMin[b]);
-            }
+            byte* yb = x + i * 292;
+            float d8 = *(float*)yb;
+            sbyte* q8 = (sbyte*)(yb + 4);
+            var p0 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(q01 & m4, Vector512.Load(q8)), Avx512BW.PermuteVar32x16(scales16, permC0));
+            var p1 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(Vector512.ShiftRightLogical(q01.AsUInt16(), 4).AsByte() & m4, Vector512.Load(q8 + 64)), Avx512BW.PermuteVar32x16(scales16, permC1));
+            var p2 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(q23 & m4, Vector512.Load(q8 + 128)), Avx512BW.PermuteVar32x16(scales16, permC2));
+            var p3 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(Vector512.ShiftRightLogical(q23.AsUInt16(), 4).AsByte() & m4, Vector512.Load(q8 + 192)), Avx512BW.PermuteVar32x16(scales16, permC3));
+            var sumi = (p0 + p1) + (p2 + p3);
+            acc = Vector512.FusedMultiplyAdd(Vector512.Create(d * d8), Vector512.ConvertToSingle(sumi), acc);
+            var m = Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(yb + 260)), minsDup);
+            accMin = Vector256.FusedMultiplyAdd(Vector256.Create(dmin * d8), Vector256.ConvertToSingle(m), accMin);
         }
-        for (int b = 0; b < B; b++) y[(long)b * yStride] = Vector512.Sum(acc[b]) - Vector256.Sum(accMin[b]);
+        return Vector512.Sum(acc) - Vector256.Sum(accMin);
     }
 
     // ---- Q6_K × Q8_K ------------------------------------------------------------------------------------------
@@ -227,57 +385,135 @@ public static unsafe class RowKernels
     // (qh[32h+l] >> 2k) << 4, minus 32. Each 16 elements share one int8 scale.
     // dot = d·d8·(Σ_e scale(e)·q6u(e)·q8(e) − 32·Σ_j scale_j·bsum_j), with q6u = q6 + 32 ∈ [0, 63].
 
+    /// <summary>
+    /// One Q6_K weight row against B activation rows, shaped like <see cref="Q4KTile"/>: the row is decoded once (the
+    /// six-bit quants as four 64-byte vectors, their scales, the 16 int8 scales for the bsum correction, d), then
+    /// activation rows run four at a time with accumulators in registers. Same arithmetic as <see cref="Q6K1"/>.
+    /// </summary>
     [SkipLocalsInit]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Q6K(byte* w, byte* x, int xStride, int B, int nb, float* y, int yStride)
+    static void Q6KTile(byte* w, byte* x, int xStride, int B, int nb, float* y, int yStride, DecodedSuperBlock* dec)
     {
-        Vector512<float>* acc = stackalloc Vector512<float>[Tile];
-        for (int b = 0; b < B; b++) acc[b] = Vector512<float>.Zero;
         var m4 = Vector256.Create((byte)0x0F);
         var m3 = Vector256.Create((byte)0x03);
-        // vpermw indices: 8 lanes (16 elements) per scale, 4 scales per 64 elements.
         var perm6 = Vector512.Create((short)0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
-        Vector512<byte>* wq = stackalloc Vector512<byte>[4];
-        Vector512<short>* sc = stackalloc Vector512<short>[4];
         for (int i = 0; i < nb; i++)
         {
             byte* blk = w + i * 210;
+            DecodedSuperBlock* o = dec + i;
+            o->D = Fp16.ToSingle(*(ushort*)(blk + 208));
+            var scales16 = Avx512BW.ConvertToVector512Int16(Vector256.Create(Vector128.Load((sbyte*)blk + 192), Vector128<sbyte>.Zero));
+            var l0 = Vector256.Load(blk); var l1 = Vector256.Load(blk + 32); var hb = Vector256.Load(blk + 128);
+            o->W0 = Vector512.Create((l0 & m4) | Vector256.ShiftLeft((hb & m3).AsUInt16(), 4).AsByte(),
+                                     (l1 & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 2).AsByte() & m3).AsUInt16(), 4).AsByte());
+            o->W1 = Vector512.Create((Vector256.ShiftRightLogical(l0.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 4).AsByte() & m3).AsUInt16(), 4).AsByte(),
+                                     (Vector256.ShiftRightLogical(l1.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 6).AsByte() & m3).AsUInt16(), 4).AsByte());
+            l0 = Vector256.Load(blk + 64); l1 = Vector256.Load(blk + 96); hb = Vector256.Load(blk + 160);
+            o->W2 = Vector512.Create((l0 & m4) | Vector256.ShiftLeft((hb & m3).AsUInt16(), 4).AsByte(),
+                                     (l1 & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 2).AsByte() & m3).AsUInt16(), 4).AsByte());
+            o->W3 = Vector512.Create((Vector256.ShiftRightLogical(l0.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 4).AsByte() & m3).AsUInt16(), 4).AsByte(),
+                                     (Vector256.ShiftRightLogical(l1.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 6).AsByte() & m3).AsUInt16(), 4).AsByte());
+            o->S0 = Avx512BW.PermuteVar32x16(scales16, perm6);
+            o->S1 = Avx512BW.PermuteVar32x16(scales16, perm6 + Vector512.Create((short)4));
+            o->S2 = Avx512BW.PermuteVar32x16(scales16, perm6 + Vector512.Create((short)8));
+            o->S3 = Avx512BW.PermuteVar32x16(scales16, perm6 + Vector512.Create((short)12));
+            o->Mins = scales16.GetLower();
+        }
+        int b = 0;
+        for (; b + 4 <= B; b += 4)
+        {
+            byte* xa = x + (long)b * xStride, xb = xa + xStride, xc = xb + xStride, xd = xc + xStride;
+            Vector512<float> accA = default, accB = default, accC = default, accD = default;
+            for (int i = 0; i < nb; i++)
+            {
+                DecodedSuperBlock* o = dec + i;
+                var w0 = o->W0; var w1 = o->W1; var w2 = o->W2; var w3 = o->W3;
+                var s0 = o->S0; var s1 = o->S1; var s2 = o->S2; var s3 = o->S3;
+                var sc = o->Mins; float d = o->D;
+                int off = i * 292;
+                Q6KStep(xa + off, w0, w1, w2, w3, s0, s1, s2, s3, sc, d, ref accA);
+                Q6KStep(xb + off, w0, w1, w2, w3, s0, s1, s2, s3, sc, d, ref accB);
+                Q6KStep(xc + off, w0, w1, w2, w3, s0, s1, s2, s3, sc, d, ref accC);
+                Q6KStep(xd + off, w0, w1, w2, w3, s0, s1, s2, s3, sc, d, ref accD);
+            }
+            y[(long)b * yStride] = Vector512.Sum(accA);
+            y[(long)(b + 1) * yStride] = Vector512.Sum(accB);
+            y[(long)(b + 2) * yStride] = Vector512.Sum(accC);
+            y[(long)(b + 3) * yStride] = Vector512.Sum(accD);
+        }
+        for (; b < B; b++)
+        {
+            byte* xa = x + (long)b * xStride;
+            Vector512<float> acc = default;
+            for (int i = 0; i < nb; i++)
+            {
+                DecodedSuperBlock* o = dec + i;
+                Q6KStep(xa + i * 292, o->W0, o->W1, o->W2, o->W3, o->S0, o->S1, o->S2, o->S3, o->Mins, o->D, ref acc);
+            }
+            y[(long)b * yStride] = Vector512.Sum(acc);
+        }
+    }
+
+    /// <summary>One decoded Q6_K super-block (quants offset by +32) against one Q8_K super-block: the body of <see cref="Q6K1"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Q6KStep(byte* yb, Vector512<byte> w0, Vector512<byte> w1, Vector512<byte> w2, Vector512<byte> w3,
+        Vector512<short> s0, Vector512<short> s1, Vector512<short> s2, Vector512<short> s3, Vector256<short> scales,
+        float d, ref Vector512<float> acc)
+    {
+        float d8 = *(float*)yb;
+        sbyte* q8 = (sbyte*)(yb + 4);
+        var p0 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w0, Vector512.Load(q8)), s0);
+        var p1 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w1, Vector512.Load(q8 + 64)), s1);
+        var p2 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w2, Vector512.Load(q8 + 128)), s2);
+        var p3 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w3, Vector512.Load(q8 + 192)), s3);
+        var sumi = (p0 + p1) + (p2 + p3);
+        var corr = Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(yb + 260)), scales) * Vector256.Create(32);
+        sumi -= Vector512.Create(corr, Vector256<int>.Zero);
+        acc = Vector512.FusedMultiplyAdd(Vector512.Create(d * d8), Vector512.ConvertToSingle(sumi), acc);
+    }
+
+    /// <summary>One Q6_K weight row against one activation row (decode), accumulators in registers, weights
+    /// prefetched ahead; the arithmetic of <see cref="Q6KStep"/>.</summary>
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static float Q6K1(byte* w, byte* x, int nb)
+    {
+        var acc = Vector512<float>.Zero;
+        var m4 = Vector256.Create((byte)0x0F);
+        var m3 = Vector256.Create((byte)0x03);
+        var perm6 = Vector512.Create((short)0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+        for (int i = 0; i < nb; i++)
+        {
+            byte* blk = w + i * 210;
+            Sse.Prefetch0(blk + PrefetchDistance);
+            Sse.Prefetch0(blk + PrefetchDistance + 64);
+            Sse.Prefetch0(blk + PrefetchDistance + 128);
+            Sse.Prefetch0(blk + PrefetchDistance + 192);
             float d = Fp16.ToSingle(*(ushort*)(blk + 208));
             var scales16 = Avx512BW.ConvertToVector512Int16(Vector256.Create(Vector128.Load((sbyte*)blk + 192), Vector128<sbyte>.Zero));
-            for (int h = 0; h < 2; h++)
-            {
-                byte* ql = blk + 64 * h;
-                byte* qh = blk + 128 + 32 * h;
-                var l0 = Vector256.Load(ql); var l1 = Vector256.Load(ql + 32); var hb = Vector256.Load(qh);
-                var e0 = (l0 & m4) | Vector256.ShiftLeft((hb & m3).AsUInt16(), 4).AsByte();                                              // 128h + 0..31
-                var e1 = (l1 & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 2).AsByte() & m3).AsUInt16(), 4).AsByte(); // +32..63
-                var e2 = (Vector256.ShiftRightLogical(l0.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 4).AsByte() & m3).AsUInt16(), 4).AsByte(); // +64..95
-                var e3 = (Vector256.ShiftRightLogical(l1.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 6).AsByte() & m3).AsUInt16(), 4).AsByte(); // +96..127
-                wq[2 * h] = Vector512.Create(e0, e1);
-                wq[2 * h + 1] = Vector512.Create(e2, e3);
-                sc[2 * h] = Avx512BW.PermuteVar32x16(scales16, perm6 + Vector512.Create((short)(8 * h)));
-                sc[2 * h + 1] = Avx512BW.PermuteVar32x16(scales16, perm6 + Vector512.Create((short)(8 * h + 4)));
-            }
-            var w0 = wq[0]; var w1 = wq[1]; var w2 = wq[2]; var w3 = wq[3];
-            var s0 = sc[0]; var s1 = sc[1]; var s2 = sc[2]; var s3 = sc[3];
-            var scales32 = scales16.GetLower(); // 16 int16 scales for the bsum correction
-            for (int b = 0; b < B; b++)
-            {
-                byte* yb = x + (long)b * xStride + i * 292;
-                float d8 = *(float*)yb;
-                sbyte* q8 = (sbyte*)(yb + 4);
-                var p0 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w0, Vector512.Load(q8)), s0);
-                var p1 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w1, Vector512.Load(q8 + 64)), s1);
-                var p2 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w2, Vector512.Load(q8 + 128)), s2);
-                var p3 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w3, Vector512.Load(q8 + 192)), s3);
-                var sumi = (p0 + p1) + (p2 + p3);
-                var bs = Vector256.Load((short*)(yb + 260));
-                var corr = Avx2.MultiplyAddAdjacent(bs, scales32) * Vector256.Create(32);
-                sumi -= Vector512.Create(corr, Vector256<int>.Zero);
-                acc[b] = Vector512.FusedMultiplyAdd(Vector512.Create(d * d8), Vector512.ConvertToSingle(sumi), acc[b]);
-            }
+            byte* yb = x + i * 292;
+            float d8 = *(float*)yb;
+            sbyte* q8 = (sbyte*)(yb + 4);
+            var l0 = Vector256.Load(blk); var l1 = Vector256.Load(blk + 32); var hb = Vector256.Load(blk + 128);
+            var w0 = Vector512.Create((l0 & m4) | Vector256.ShiftLeft((hb & m3).AsUInt16(), 4).AsByte(),
+                                      (l1 & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 2).AsByte() & m3).AsUInt16(), 4).AsByte());
+            var w1 = Vector512.Create((Vector256.ShiftRightLogical(l0.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 4).AsByte() & m3).AsUInt16(), 4).AsByte(),
+                                      (Vector256.ShiftRightLogical(l1.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 6).AsByte() & m3).AsUInt16(), 4).AsByte());
+            l0 = Vector256.Load(blk + 64); l1 = Vector256.Load(blk + 96); hb = Vector256.Load(blk + 160);
+            var w2 = Vector512.Create((l0 & m4) | Vector256.ShiftLeft((hb & m3).AsUInt16(), 4).AsByte(),
+                                      (l1 & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 2).AsByte() & m3).AsUInt16(), 4).AsByte());
+            var w3 = Vector512.Create((Vector256.ShiftRightLogical(l0.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 4).AsByte() & m3).AsUInt16(), 4).AsByte(),
+                                      (Vector256.ShiftRightLogical(l1.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 6).AsByte() & m3).AsUInt16(), 4).AsByte());
+            var p0 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w0, Vector512.Load(q8)), Avx512BW.PermuteVar32x16(scales16, perm6));
+            var p1 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w1, Vector512.Load(q8 + 64)), Avx512BW.PermuteVar32x16(scales16, perm6 + Vector512.Create((short)4)));
+            var p2 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w2, Vector512.Load(q8 + 128)), Avx512BW.PermuteVar32x16(scales16, perm6 + Vector512.Create((short)8)));
+            var p3 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w3, Vector512.Load(q8 + 192)), Avx512BW.PermuteVar32x16(scales16, perm6 + Vector512.Create((short)12)));
+            var sumi = (p0 + p1) + (p2 + p3);
+            var corr = Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(yb + 260)), scales16.GetLower()) * Vector256.Create(32);
+            sumi -= Vector512.Create(corr, Vector256<int>.Zero);
+            acc = Vector512.FusedMultiplyAdd(Vector512.Create(d * d8), Vector512.ConvertToSingle(sumi), acc);
         }
-        for (int b = 0; b < B; b++) y[(long)b * yStride] = Vector512.Sum(acc[b]);
+        return Vector512.Sum(acc);
     }
 
     // ---- Q8_0 × Q8_0 ------------------------------------------------------------------------------------------

@@ -54,6 +54,48 @@ public unsafe class RowKernelTests
         }
     }
 
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void BlockedAndDecodePathsGiveTheBitsOfOneRowAlone(GgmlType type)
+    {
+        // MatMulJob runs RunBlock (B > 1: activation tiles × ranges of weight rows, rows decoded once per tile, four
+        // activation rows at a time) and RunRows (B = 1: prefetching single-row kernels). Every output must be the
+        // bits of that weight row against that activation row alone, whatever B and the row range are.
+        var rng = new Random(91 + (int)type);
+        foreach (int n in new[] { 256, 2816 })
+        {
+            const int rows = 7;
+            long rb = GgmlTypeInfo.RowBytes(type, n);
+            var wq = new byte[rb * rows];
+            for (int r = 0; r < rows; r++)
+            {
+                var wf = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+                Quantize.Row(type, wf, wq.AsSpan((int)(r * rb), (int)rb));
+            }
+            int fb = RowKernels.ActivationRowBytes(type, n);
+            foreach (int B in new[] { 1, 3, 4, 6, 17, 37 })
+            {
+                var act = new byte[fb * B];
+                for (int b = 0; b < B; b++)
+                    RowKernels.PrepareActivations(type, Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray(), act.AsSpan(b * fb, fb));
+                var y = new float[B * rows]; // [B, rows]
+                fixed (byte* pw = wq) fixed (byte* pa = act) fixed (float* py = y)
+                {
+                    // two ranges, as two workers' chunks would be
+                    if (B == 1) { RowKernels.RunRows(type, pw, (int)rb, 0, 3, pa, fb, n, py); RowKernels.RunRows(type, pw, (int)rb, 3, rows, pa, fb, n, py); }
+                    else { RowKernels.RunBlock(type, pw, (int)rb, 0, 3, pa, fb, B, n, py, rows); RowKernels.RunBlock(type, pw, (int)rb, 3, rows, pa, fb, B, n, py, rows); }
+                    for (int b = 0; b < B; b++)
+                        for (int r = 0; r < rows; r++)
+                        {
+                            float alone;
+                            RowKernels.Run(type, pw + r * rb, (int)rb, pa + b * fb, fb, 1, n, &alone, 1);
+                            Assert.True(alone.Equals(y[b * rows + r]), $"{type} n={n} B={B} b={b} row {r}: {y[b * rows + r]} vs alone {alone}");
+                        }
+                }
+            }
+        }
+    }
+
     [Fact]
     public void VectorizedQ8KQuantizationIsByteIdenticalToReference()
     {
