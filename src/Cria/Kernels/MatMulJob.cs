@@ -24,9 +24,12 @@ internal sealed unsafe class MatMulJob : ParallelJob
         _w = w; _act = act; _actRowBytes = actRowBytes; _batch = batchRows; _out = output; _next = 0;
         if (w.Rows > 0)
         {
-            // Aim for about 32 KiB of weights per chunk, but at least 16 chunks so that workers balance.
-            int byBytes = Math.Max(1, 32768 / Math.Max(1, w.RowBytes));
-            _chunk = Math.Clamp(Math.Min(byBytes, w.Rows / 16), 1, 256);
+            // Batches: about 32 KiB of weights per chunk (one cache block), at least 16 chunks so that workers balance.
+            // One activation row (decode streams the weights from memory): about 256 KiB, at least 8 chunks — long
+            // sequential runs keep the prefetchers ahead; 32 KiB chunks measured ~25% slower at 2 threads.
+            bool decode = batchRows == 1;
+            int byBytes = Math.Max(1, (decode ? 262144 : 32768) / Math.Max(1, w.RowBytes));
+            _chunk = Math.Clamp(Math.Min(byBytes, w.Rows / (decode ? 8 : 16)), 1, decode ? int.MaxValue : 256);
         }
     }
 
@@ -41,9 +44,13 @@ internal sealed unsafe class MatMulJob : ParallelJob
         {
             while (true)
             {
-                int start = Interlocked.Add(ref _next, chunk) - chunk;
+                // Guided self-scheduling: full chunks while much is left, then smaller ones (down to chunk / 8) so
+                // that the workers finish together instead of one waiting for the other's last full chunk.
+                int start = Volatile.Read(ref _next);
                 if (start >= rows) return;
-                int end = Math.Min(rows, start + chunk);
+                int size = Math.Max(Math.Max(1, chunk >> 3), Math.Min(chunk, (rows - start) / (2 * workerCount)));
+                if (Interlocked.CompareExchange(ref _next, start + size, start) != start) continue;
+                int end = Math.Min(rows, start + size);
                 if (B == 1) RowKernels.RunRows(w.Type, w.Data, w.RowBytes, start, end, act, _actRowBytes, n, _out);
                 else RowKernels.RunBlock(w.Type, w.Data, w.RowBytes, start, end, act, _actRowBytes, B, n, _out, rows);
             }

@@ -168,7 +168,8 @@ public static unsafe class RowKernels
 
     /// <summary>Bytes ahead of the current weight block that the single-row kernels prefetch (about 3.5 rows of a
     /// 2048-wide Q4_K matrix): decode streams every weight from memory once, and the hardware prefetcher alone does
-    /// not keep up with a kernel this short.</summary>
+    /// not keep up with a kernel this short (TinyLlama Q4_K_M, 2 threads: 26.5 tok/s without, 33.5 with; 1024 and
+    /// 16384 bytes were slower, 2048–8192 about equal).</summary>
     const int PrefetchDistance = 4096;
 
     /// <summary>
