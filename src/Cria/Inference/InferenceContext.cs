@@ -49,7 +49,8 @@ public sealed class InferenceContext : IDisposable
     readonly float[] _up;     // [B, ff]
     readonly float[] _tmp;    // [B, dim]
     readonly float[] _rope;   // [B, nRot]  cos/sin per row
-    readonly byte[] _actQ;    // [B, rowBytes(actType, max(dim, qDim, ff))] activations in the weight's vec-dot type
+    readonly byte[][] _actQ;  // [1..3][B, rowBytes(actType, cols)] activations in the weights' row-kernel layouts (pinned);
+                              // [0] fits every matmul, [1] and [2] the other weight types of a fused Q/K/V or gate/up
     readonly int[] _cells;    // [B] KV cell of each row
     float[] _logits = [];     // [nOutputs, vocab]
     int[] _outputIndex = [];  // batch row -> logits row, -1 when none
@@ -71,7 +72,19 @@ public sealed class InferenceContext : IDisposable
         _k = new float[b * c.KvDim]; _v = new float[b * c.KvDim];
         _gate = new float[b * c.FfnDim]; _up = new float[b * c.FfnDim];
         _rope = new float[b * c.RopeDim];
-        _actQ = new byte[(long)b * 4 * Math.Max(Math.Max(c.Dim, c.QDim), c.FfnDim) + 64];
+        int extra = 0, extraRowBytes = 0;
+        foreach (var L in model.Layers)
+        {
+            foreach (var group in new[] { new[] { L.Wq, L.Wk, L.Wv }, new[] { L.WGate, L.WUp } })
+            {
+                var types = group.Select(w => w.Type).Distinct().ToArray();
+                extra = Math.Max(extra, types.Length - 1);
+                foreach (var t in types) extraRowBytes = Math.Max(extraRowBytes, RowKernels.ActivationRowBytes(t, c.Dim));
+            }
+        }
+        _actQ = new byte[1 + extra][];
+        _actQ[0] = GC.AllocateArray<byte>(b * 4 * Math.Max(Math.Max(c.Dim, c.QDim), c.FfnDim) + 64, pinned: true);
+        for (int i = 1; i <= extra; i++) _actQ[i] = GC.AllocateArray<byte>(b * extraRowBytes + 64, pinned: true);
         _cells = new int[b];
         _attention = new AttentionJob(c, Cache, threads);
     }
@@ -171,9 +184,7 @@ public sealed class InferenceContext : IDisposable
             var L = m.Layers[l];
             // ---- attention ----
             for (int b = 0; b < B; b++) Ops.RmsNorm(_x.AsSpan(b * dim, dim), L.AttnNorm, c.RmsNormEps, _xn.AsSpan(b * dim, dim));
-            MatMul(L.Wq, _xn, B, _q);
-            MatMul(L.Wk, _xn, B, _k);
-            MatMul(L.Wv, _xn, B, _v);
+            MatMuls(_xn, B, 3, L.Wq, _q, L.Wk, _k, L.Wv, _v);
             var kc = Cache.KeyArray(l); var vc = Cache.ValueArray(l);
             for (int b = 0; b < B; b++)
             {
@@ -190,8 +201,7 @@ public sealed class InferenceContext : IDisposable
 
             // ---- feed-forward (SwiGLU) ----
             for (int b = 0; b < B; b++) Ops.RmsNorm(_x.AsSpan(b * dim, dim), L.FfnNorm, c.RmsNormEps, _xn.AsSpan(b * dim, dim));
-            MatMul(L.WGate, _xn, B, _gate);
-            MatMul(L.WUp, _xn, B, _up);
+            MatMuls(_xn, B, 2, L.WGate, _gate, L.WUp, _up, default, default);
             for (int b = 0; b < B; b++) Ops.SwiGlu(_gate.AsSpan(b * ff, ff), _up.AsSpan(b * ff, ff));
             MatMul(L.WDown, _gate, B, _tmp);
             for (int i = 0; i < B * dim; i++) _x[i] += _tmp[i];
@@ -220,33 +230,57 @@ public sealed class InferenceContext : IDisposable
     /// <summary>y[b, :] = W · x[b, :] for B rows: activations are converted once to the format the weight's row kernel reads.</summary>
     void MatMul(in WeightMatrix w, float[] x, int B, Span<float> y) => MatMul(w, x.AsSpan(), B, y);
 
+    void MatMul(in WeightMatrix w, ReadOnlySpan<float> x, int B, Span<float> y) =>
+        MatMuls(x, B, 1, w, y, default, default, default, default);
+
+    /// <summary>
+    /// y_p[b, :] = W_p · x[b, :] for two or three matrices with the same input (Q/K/V, gate/up) as one job: the
+    /// activations are converted once per distinct weight type and the workers share one dispatch.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    void MatMul(in WeightMatrix w, ReadOnlySpan<float> x, int B, Span<float> y)
+    unsafe void MatMuls(ReadOnlySpan<float> x, int B, int parts, in WeightMatrix w0, Span<float> y0,
+        in WeightMatrix w1, Span<float> y1, in WeightMatrix w2, Span<float> y2)
     {
-        int actBytes = RowKernels.ActivationRowBytes(w.Type, w.Cols);
+        int cols = w0.Cols;
+        int bytes0 = PrepareActivations(w0.Type, x, cols, B, _actQ[0]);
+        byte* a0 = ActPointer(0), a1 = a0, a2 = a0;
+        int bytes1 = bytes0, bytes2 = bytes0, used = 1;
+        if (parts > 1 && w1.Type != w0.Type) { bytes1 = PrepareActivations(w1.Type, x, cols, B, _actQ[used]); a1 = ActPointer(used++); }
+        if (parts > 2 && w2.Type != w0.Type)
+        {
+            if (w2.Type == w1.Type) { bytes2 = bytes1; a2 = a1; }
+            else { bytes2 = PrepareActivations(w2.Type, x, cols, B, _actQ[used]); a2 = ActPointer(used); }
+        }
+        fixed (float* p0 = y0) fixed (float* p1 = y1) fixed (float* p2 = y2)
+        {
+            _matmul.Clear();
+            _matmul.Add(w0, a0, bytes0, B, p0);
+            if (parts > 1) _matmul.Add(w1, a1, bytes1, B, p1);
+            if (parts > 2) _matmul.Add(w2, a2, bytes2, B, p2);
+            _pool.Run(_matmul);
+            _matmul.Clear();
+        }
+    }
+
+    unsafe byte* ActPointer(int i) => (byte*)Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(_actQ[i]));
+
+    /// <summary>Converts B rows of x into the layout <paramref name="type"/>'s row kernel reads; returns bytes per row.</summary>
+    int PrepareActivations(GgmlType type, ReadOnlySpan<float> x, int cols, int B, byte[] dst)
+    {
+        int actBytes = RowKernels.ActivationRowBytes(type, cols);
         if (B < 4 || _pool.Count == 1)
             for (int b = 0; b < B; b++)
-                RowKernels.PrepareActivations(w.Type, x.Slice(b * w.Cols, w.Cols), _actQ.AsSpan(b * actBytes, actBytes));
+                RowKernels.PrepareActivations(type, x.Slice(b * cols, cols), dst.AsSpan(b * actBytes, actBytes));
         else
-        {
             unsafe
             {
                 fixed (float* px = x)
                 {
-                    _prepare.Set(w.Type, px, w.Cols, B, _actQ, actBytes);
+                    _prepare.Set(type, px, cols, B, dst, actBytes);
                     _pool.Run(_prepare);
                 }
             }
-        }
-        unsafe
-        {
-            fixed (float* py = y)
-            {
-                _matmul.Prepare(w, _actQ, actBytes, B, py);
-                _pool.Run(_matmul);
-                _matmul.Prepare(default, null!, 0, 0, null);
-            }
-        }
+        return actBytes;
     }
 
     public void Dispose() => _pool.Dispose();

@@ -5,32 +5,42 @@ using Cria.Tensors;
 namespace Cria.Kernels;
 
 /// <summary>
-/// y[b, r] = dot(W row r, activation row b) for all rows of a weight matrix and all B activation rows, split across
-/// workers by chunks of weight rows (~32 KiB) taken from a shared counter. A chunk runs as one cache block
-/// (<see cref="RowKernels.RunBlock"/>: each weight row decoded once per tile of activation rows) or, for one activation
-/// row, through the prefetching decode kernels (<see cref="RowKernels.RunRows"/>). Each output's arithmetic is fixed by
-/// its own row, so results depend neither on B nor on the thread count.
+/// y[b, r] = dot(W row r, activation row b) for all rows of up to three weight matrices that read the same input rows
+/// (Q/K/V, gate/up) and all B activation rows. The matrices' rows form one sequence [W0 | W1 | W2] that workers take
+/// chunks of from a shared counter (one dispatch for all, and no idle tail between them); a chunk never spans two
+/// matrices. A chunk runs as one cache block (<see cref="RowKernels.RunBlock"/>: each weight row decoded once per
+/// tile of activation rows) or, for one activation row, through the prefetching decode kernels
+/// (<see cref="RowKernels.RunRows"/>). Each output's arithmetic is fixed by its own row, so results depend neither on
+/// B, on the thread count, nor on which matrices share the job.
 /// </summary>
 internal sealed unsafe class MatMulJob : ParallelJob
 {
-    WeightMatrix _w;
-    byte[] _act = [];   // [B, actRowBytes] activations in VecDot.ActivationType(W.Type)
-    int _actRowBytes, _batch, _chunk;
-    float* _out;        // [B, W.Rows]
-    int _next;
+    public const int MaxParts = 3;
 
-    public void Prepare(in WeightMatrix w, byte[] act, int actRowBytes, int batchRows, float* output)
+    readonly WeightMatrix[] _w = new WeightMatrix[MaxParts];
+    readonly byte*[] _act = new byte*[MaxParts];   // part p: [B, actRowBytes[p]] activations in RowKernels' layout for W_p
+    readonly int[] _actRowBytes = new int[MaxParts];
+    readonly float*[] _out = new float*[MaxParts]; // part p: [B, W_p.Rows]
+    readonly int[] _chunk = new int[MaxParts];
+    readonly int[] _end = new int[MaxParts];       // part p's rows are [_end[p-1], _end[p]) of the sequence
+    int _parts, _batch, _next;
+
+    public void Clear() { _parts = 0; _next = 0; }
+
+    /// <summary>Adds a matrix to the job; <paramref name="act"/> and <paramref name="output"/> must stay pinned until
+    /// the job has run.</summary>
+    public void Add(in WeightMatrix w, byte* act, int actRowBytes, int batchRows, float* output)
     {
-        _w = w; _act = act; _actRowBytes = actRowBytes; _batch = batchRows; _out = output; _next = 0;
-        if (w.Rows > 0)
-        {
-            // Batches: about 32 KiB of weights per chunk (one cache block), at least 16 chunks so that workers balance.
-            // One activation row (decode streams the weights from memory): about 256 KiB, at least 8 chunks — long
-            // sequential runs keep the prefetchers ahead; 32 KiB chunks measured ~25% slower at 2 threads.
-            bool decode = batchRows == 1;
-            int byBytes = Math.Max(1, (decode ? 262144 : 32768) / Math.Max(1, w.RowBytes));
-            _chunk = Math.Clamp(Math.Min(byBytes, w.Rows / (decode ? 8 : 16)), 1, decode ? int.MaxValue : 256);
-        }
+        if (_parts == MaxParts) throw new InvalidOperationException("a matmul job holds at most three matrices");
+        int p = _parts++;
+        _w[p] = w; _act[p] = act; _actRowBytes[p] = actRowBytes; _out[p] = output; _batch = batchRows;
+        _end[p] = (p == 0 ? 0 : _end[p - 1]) + w.Rows;
+        // Batches: about 32 KiB of weights per chunk (one cache block), at least 16 chunks so that workers balance.
+        // One activation row (decode streams the weights from memory): about 256 KiB, at least 8 chunks — long
+        // sequential runs keep the prefetchers ahead; 32 KiB chunks measured ~25% slower at 2 threads.
+        bool decode = batchRows == 1;
+        int byBytes = Math.Max(1, (decode ? 262144 : 32768) / Math.Max(1, w.RowBytes));
+        _chunk[p] = Math.Clamp(Math.Min(byBytes, w.Rows / (decode ? 8 : 16)), 1, decode ? int.MaxValue : 256);
     }
 
     public override bool SharesWorkDynamically => true;
@@ -38,22 +48,23 @@ internal sealed unsafe class MatMulJob : ParallelJob
     [MethodImpl(MethodImplOptions.AggressiveOptimization)] // skip tiering: hot from the first token, and on 2 busy cores the background re-JIT starves
     public override void Execute(int worker, int workerCount)
     {
-        var w = _w;
-        int rows = w.Rows, chunk = _chunk, B = _batch, n = w.Cols;
-        fixed (byte* act = _act)
+        int B = _batch, total = _parts == 0 ? 0 : _end[_parts - 1];
+        while (true)
         {
-            while (true)
-            {
-                // Guided self-scheduling: full chunks while much is left, then smaller ones (down to chunk / 8) so
-                // that the workers finish together instead of one waiting for the other's last full chunk.
-                int start = Volatile.Read(ref _next);
-                if (start >= rows) return;
-                int size = Math.Max(Math.Max(1, chunk >> 3), Math.Min(chunk, (rows - start) / (2 * workerCount)));
-                if (Interlocked.CompareExchange(ref _next, start + size, start) != start) continue;
-                int end = Math.Min(rows, start + size);
-                if (B == 1) RowKernels.RunRows(w.Type, w.Data, w.RowBytes, start, end, act, _actRowBytes, n, _out);
-                else RowKernels.RunBlock(w.Type, w.Data, w.RowBytes, start, end, act, _actRowBytes, B, n, _out, rows);
-            }
+            int start = Volatile.Read(ref _next);
+            if (start >= total) return;
+            int p = 0;
+            while (start >= _end[p]) p++;
+            // Guided self-scheduling: full chunks while much is left, then smaller ones (down to chunk / 8) so that
+            // the workers finish together instead of one waiting for the other's last full chunk.
+            int chunk = _chunk[p];
+            int size = Math.Max(Math.Max(1, chunk >> 3), Math.Min(chunk, (total - start) / (2 * workerCount)));
+            int end = Math.Min(_end[p], start + size);
+            if (Interlocked.CompareExchange(ref _next, end, start) != start) continue;
+            var w = _w[p];
+            int first = p == 0 ? 0 : _end[p - 1];
+            if (B == 1) RowKernels.RunRows(w.Type, w.Data, w.RowBytes, start - first, end - first, _act[p], _actRowBytes[p], w.Cols, _out[p]);
+            else RowKernels.RunBlock(w.Type, w.Data, w.RowBytes, start - first, end - first, _act[p], _actRowBytes[p], B, w.Cols, _out[p], w.Rows);
         }
     }
 }
