@@ -190,6 +190,11 @@ public static unsafe class RowKernels
             for (int r = r0; r < r1; r++) y[r] = Q6K1(w + (long)r * rowBytes, x, n / 256);
             return;
         }
+        if (Avx512BW.IsSupported && type == GgmlType.Q8_0)
+        {
+            for (int r = r0; r < r1; r++) y[r] = Q801(w + (long)r * rowBytes, x, n / 32);
+            return;
+        }
         for (int r = r0; r < r1; r++) Run(type, w + (long)r * rowBytes, rowBytes, x, xBytes, 1, n, y + r, 1);
     }
 
@@ -566,6 +571,42 @@ public static unsafe class RowKernels
         for (int b = 0; b < B; b++) y[(long)b * yStride] = Vector512.Sum(acc[b]);
     }
 
+    /// <summary><see cref="Q80"/> for one activation row (decode): the same operations in the same order, with the
+    /// accumulator in a register and the weights prefetched ahead.</summary>
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static float Q801(byte* w, byte* x, int nb)
+    {
+        var acc = Vector512<float>.Zero;
+        float* xs = (float*)x;                 // [nb] scales
+        short* xq0 = (short*)(xs + nb);        // [nb, 32] int16 quants
+        int i = 0;
+        for (; i + 4 <= nb; i += 4)
+        {
+            byte* blk = w + i * 34;
+            Sse.Prefetch0(blk + PrefetchDistance);
+            Sse.Prefetch0(blk + PrefetchDistance + 64);
+            Sse.Prefetch0(blk + PrefetchDistance + 128);
+            float d0 = Fp16.ToSingle(*(ushort*)blk), d1 = Fp16.ToSingle(*(ushort*)(blk + 34));
+            float d2 = Fp16.ToSingle(*(ushort*)(blk + 68)), d3 = Fp16.ToSingle(*(ushort*)(blk + 102));
+            short* xq = xq0 + i * 32;
+            var p0 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)blk + 2)), Vector512.Load(xq)));
+            var p1 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)blk + 36)), Vector512.Load(xq + 32)));
+            var p2 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)blk + 70)), Vector512.Load(xq + 64)));
+            var p3 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)blk + 104)), Vector512.Load(xq + 96)));
+            var t = Vector512.FusedMultiplyAdd(Vector512.Create(d1 * xs[i + 1]), p1, Vector512.Create(d0 * xs[i]) * p0);
+            var u = Vector512.FusedMultiplyAdd(Vector512.Create(d3 * xs[i + 3]), p3, Vector512.Create(d2 * xs[i + 2]) * p2);
+            acc += t + u;
+        }
+        for (; i < nb; i++)
+        {
+            byte* blk = w + i * 34;
+            var p0 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)blk + 2)), Vector512.Load(xq0 + i * 32)));
+            acc = Vector512.FusedMultiplyAdd(Vector512.Create(Fp16.ToSingle(*(ushort*)blk) * xs[i]), p0, acc);
+        }
+        return Vector512.Sum(acc);
+    }
+
     // ---- F32 / F16 / BF16 weights × F32 activations --------------------------------------------------------------
     // The weight row is widened to F32 once into a per-thread buffer (L1-resident), then dotted with each activation
     // row using four 16-lane FMA accumulators (fixed order, so the result does not depend on B).
@@ -705,6 +746,8 @@ public static unsafe class RowKernels
             Vector512<float> s0 = default, s1 = default, s2 = default, s3 = default;
             for (; i + 64 <= n; i += 64)
             {
+                Sse.Prefetch0((byte*)(w + i) + PrefetchDistance);
+                Sse.Prefetch0((byte*)(w + i) + PrefetchDistance + 64);
                 s0 = Vector512.FusedMultiplyAdd(HalfToSingle(Avx512F.ConvertToVector512UInt32(Vector256.Load(w + i))), Vector512.Load(x + i), s0);
                 s1 = Vector512.FusedMultiplyAdd(HalfToSingle(Avx512F.ConvertToVector512UInt32(Vector256.Load(w + i + 16))), Vector512.Load(x + i + 16), s1);
                 s2 = Vector512.FusedMultiplyAdd(HalfToSingle(Avx512F.ConvertToVector512UInt32(Vector256.Load(w + i + 32))), Vector512.Load(x + i + 32), s2);
