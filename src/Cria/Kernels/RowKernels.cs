@@ -129,6 +129,17 @@ public static unsafe class RowKernels
     [ThreadStatic] static float[]? _rowBuffer;
     [ThreadStatic] static DecodedSuperBlock[]? _q4kDecoded;
 
+    [ThreadStatic] static short[]? _q80Quants;
+    [ThreadStatic] static float[]? _q80Scales;
+
+    /// <summary>Per-thread buffers for one decoded Q8_0 row of n values: [n] int16 quants and [n / 32] scales.</summary>
+    static (short[] Quants, float[] Scales) Q80Buffers(int n)
+    {
+        var q = _q80Quants; var d = _q80Scales;
+        if (q == null || q.Length < n) { _q80Quants = q = new short[Math.Max(n, 8192)]; _q80Scales = d = new float[q.Length / 32]; }
+        return (q, d!);
+    }
+
     static DecodedSuperBlock[] DecodeBuffer(int nb)
     {
         var buf = _q4kDecoded;
@@ -152,7 +163,9 @@ public static unsafe class RowKernels
                     else fixed (DecodedSuperBlock* dec = DecodeBuffer(n / 256)) Q6KTile(w, x, xStride, B, n / 256, y, yStride, dec);
                     return;
                 case GgmlType.Q8_0:
-                    for (int b0 = 0; b0 < B; b0 += Tile) Q80(w, x + (long)b0 * xStride, xStride, Math.Min(Tile, B - b0), n / 32, y + (long)b0 * yStride, yStride);
+                    if (B == 1) { *y = Q801(w, x, n / 32); return; }
+                    var (q80Quants, q80Scales) = Q80Buffers(n);
+                    fixed (short* decQ = q80Quants) fixed (float* decD = q80Scales) Q80Tile(w, x, xStride, B, n / 32, y, yStride, decQ, decD);
                     return;
             }
         }
@@ -213,7 +226,10 @@ public static unsafe class RowKernels
             return;
         }
         var decoded = DecodeBuffer(Math.Max(1, n / 256));
+        var (q80Quants, q80Scales) = Q80Buffers(n);
         fixed (DecodedSuperBlock* dec = decoded)
+        fixed (short* decQ = q80Quants)
+        fixed (float* decD = q80Scales)
         for (int b0 = 0; b0 < B; b0 += Tile)
         {
             int tb = Math.Min(Tile, B - b0);
@@ -226,7 +242,7 @@ public static unsafe class RowKernels
                 {
                     case GgmlType.Q4_K: Q4KTile(wr, xt, xStride, tb, n / 256, yt + r, yStride, dec); break;
                     case GgmlType.Q6_K: Q6KTile(wr, xt, xStride, tb, n / 256, yt + r, yStride, dec); break;
-                    default: Q80(wr, xt, xStride, tb, n / 32, yt + r, yStride); break;
+                    default: Q80Tile(wr, xt, xStride, tb, n / 32, yt + r, yStride, decQ, decD); break;
                 }
             }
         }
@@ -526,53 +542,95 @@ public static unsafe class RowKernels
     // Q8_0 block (34 B): d f16 | qs[32] int8. Weights and activations are sign-extended to int16 and multiplied with
     // vpmaddwd (16 int32 lanes per block), then scaled by d_w·d_x in float. Four blocks are combined before touching
     // the accumulator so the dependency chain through it stays short.
+
+    /// <summary>
+    /// One Q8_0 weight row against B activation rows for the cache-blocked batch path: the row is decoded once (quants
+    /// widened to int16, scales to float) and activation rows run four at a time with accumulators in registers.
+    /// Per row b the operations and their order are those of <see cref="Q801"/> (four blocks per step, then single
+    /// blocks), so results do not depend on B.
+    /// </summary>
     [SkipLocalsInit]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Q80(byte* w, byte* x, int xStride, int B, int nb, float* y, int yStride)
+    static void Q80Tile(byte* w, byte* x, int xStride, int B, int nb, float* y, int yStride, short* decQ, float* decD)
     {
-        Vector512<float>* acc = stackalloc Vector512<float>[Tile];
-        for (int b = 0; b < B; b++) acc[b] = Vector512<float>.Zero;
-        int i = 0;
-        for (; i + 4 <= nb; i += 4)
+        for (int i = 0; i < nb; i++)
         {
             byte* blk = w + i * 34;
-            float d0 = Fp16.ToSingle(*(ushort*)blk), d1 = Fp16.ToSingle(*(ushort*)(blk + 34));
-            float d2 = Fp16.ToSingle(*(ushort*)(blk + 68)), d3 = Fp16.ToSingle(*(ushort*)(blk + 102));
-            var w0 = Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)blk + 2));
-            var w1 = Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)blk + 36));
-            var w2 = Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)blk + 70));
-            var w3 = Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)blk + 104));
-            for (int b = 0; b < B; b++)
-            {
-                float* xs = (float*)(x + (long)b * xStride);    // [nb] scales
-                short* xq = (short*)(xs + nb) + i * 32;          // [nb, 32] int16 quants
-                var p0 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(w0, Vector512.Load(xq)));
-                var p1 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(w1, Vector512.Load(xq + 32)));
-                var p2 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(w2, Vector512.Load(xq + 64)));
-                var p3 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(w3, Vector512.Load(xq + 96)));
-                var t = Vector512.FusedMultiplyAdd(Vector512.Create(d1 * xs[i + 1]), p1, Vector512.Create(d0 * xs[i]) * p0);
-                var u = Vector512.FusedMultiplyAdd(Vector512.Create(d3 * xs[i + 3]), p3, Vector512.Create(d2 * xs[i + 2]) * p2);
-                acc[b] += t + u;
-            }
+            decD[i] = Fp16.ToSingle(*(ushort*)blk);
+            Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)blk + 2)).Store(decQ + i * 32);
         }
-        for (; i < nb; i++)
+        int b = 0;
+        for (; b + 4 <= B; b += 4)
         {
-            byte* blk = w + i * 34;
-            float d0 = Fp16.ToSingle(*(ushort*)blk);
-            var w0 = Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)blk + 2));
-            for (int b = 0; b < B; b++)
+            byte* xa = x + (long)b * xStride;
+            Vector512<float> accA = default, accB = default, accC = default, accD = default;
+            int i = 0;
+            for (; i + 4 <= nb; i += 4)
             {
-                float* xs = (float*)(x + (long)b * xStride);
-                short* xq = (short*)(xs + nb) + i * 32;
-                var p0 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(w0, Vector512.Load(xq)));
-                acc[b] = Vector512.FusedMultiplyAdd(Vector512.Create(d0 * xs[i]), p0, acc[b]);
+                short* q = decQ + i * 32;
+                var w0 = Vector512.Load(q); var w1 = Vector512.Load(q + 32); var w2 = Vector512.Load(q + 64); var w3 = Vector512.Load(q + 96);
+                float d0 = decD[i], d1 = decD[i + 1], d2 = decD[i + 2], d3 = decD[i + 3];
+                Q80Step4(xa, nb, i, w0, w1, w2, w3, d0, d1, d2, d3, ref accA);
+                Q80Step4(xa + xStride, nb, i, w0, w1, w2, w3, d0, d1, d2, d3, ref accB);
+                Q80Step4(xa + 2L * xStride, nb, i, w0, w1, w2, w3, d0, d1, d2, d3, ref accC);
+                Q80Step4(xa + 3L * xStride, nb, i, w0, w1, w2, w3, d0, d1, d2, d3, ref accD);
             }
+            for (; i < nb; i++)
+            {
+                var w0 = Vector512.Load(decQ + i * 32);
+                Q80Step1(xa, nb, i, w0, decD[i], ref accA);
+                Q80Step1(xa + xStride, nb, i, w0, decD[i], ref accB);
+                Q80Step1(xa + 2L * xStride, nb, i, w0, decD[i], ref accC);
+                Q80Step1(xa + 3L * xStride, nb, i, w0, decD[i], ref accD);
+            }
+            y[(long)b * yStride] = Vector512.Sum(accA);
+            y[(long)(b + 1) * yStride] = Vector512.Sum(accB);
+            y[(long)(b + 2) * yStride] = Vector512.Sum(accC);
+            y[(long)(b + 3) * yStride] = Vector512.Sum(accD);
         }
-        for (int b = 0; b < B; b++) y[(long)b * yStride] = Vector512.Sum(acc[b]);
+        for (; b < B; b++)
+        {
+            byte* xa = x + (long)b * xStride;
+            Vector512<float> acc = default;
+            int i = 0;
+            for (; i + 4 <= nb; i += 4)
+            {
+                short* q = decQ + i * 32;
+                Q80Step4(xa, nb, i, Vector512.Load(q), Vector512.Load(q + 32), Vector512.Load(q + 64), Vector512.Load(q + 96),
+                    decD[i], decD[i + 1], decD[i + 2], decD[i + 3], ref acc);
+            }
+            for (; i < nb; i++) Q80Step1(xa, nb, i, Vector512.Load(decQ + i * 32), decD[i], ref acc);
+            y[(long)b * yStride] = Vector512.Sum(acc);
+        }
     }
 
-    /// <summary><see cref="Q80"/> for one activation row (decode): the same operations in the same order, with the
-    /// accumulator in a register and the weights prefetched ahead.</summary>
+    /// <summary>Four Q8_0 blocks (int16 weights w0..w3, scales d0..d3) against blocks i..i+3 of one activation row.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Q80Step4(byte* x, int nb, int i, Vector512<short> w0, Vector512<short> w1, Vector512<short> w2, Vector512<short> w3,
+        float d0, float d1, float d2, float d3, ref Vector512<float> acc)
+    {
+        float* xs = (float*)x;
+        short* xq = (short*)(xs + nb) + i * 32;
+        var p0 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(w0, Vector512.Load(xq)));
+        var p1 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(w1, Vector512.Load(xq + 32)));
+        var p2 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(w2, Vector512.Load(xq + 64)));
+        var p3 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(w3, Vector512.Load(xq + 96)));
+        var t = Vector512.FusedMultiplyAdd(Vector512.Create(d1 * xs[i + 1]), p1, Vector512.Create(d0 * xs[i]) * p0);
+        var u = Vector512.FusedMultiplyAdd(Vector512.Create(d3 * xs[i + 3]), p3, Vector512.Create(d2 * xs[i + 2]) * p2);
+        acc += t + u;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Q80Step1(byte* x, int nb, int i, Vector512<short> w0, float d0, ref Vector512<float> acc)
+    {
+        float* xs = (float*)x;
+        short* xq = (short*)(xs + nb) + i * 32;
+        var p0 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(w0, Vector512.Load(xq)));
+        acc = Vector512.FusedMultiplyAdd(Vector512.Create(d0 * xs[i]), p0, acc);
+    }
+
+    /// <summary>One Q8_0 weight row against one activation row (decode): the operations of <see cref="Q80Step4"/> /
+    /// <see cref="Q80Step1"/> in the same order, straight from the weights, prefetched ahead.</summary>
     [SkipLocalsInit]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static float Q801(byte* w, byte* x, int nb)
