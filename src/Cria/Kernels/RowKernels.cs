@@ -220,6 +220,11 @@ public static unsafe class RowKernels
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void RunBlock(GgmlType type, byte* w, int rowBytes, int r0, int r1, byte* x, int xStride, int B, int n, float* y, int yStride)
     {
+        if (type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 && Vector512.IsHardwareAccelerated && n % 64 == 0)
+        {
+            FloatBlock(type, w, rowBytes, r0, r1, x, xStride, B, n, y, yStride);
+            return;
+        }
         if (!HasBatched(type))
         {
             for (int r = r0; r < r1; r++) Run(type, w + (long)r * rowBytes, rowBytes, x, xStride, B, n, y + r, yStride);
@@ -699,6 +704,45 @@ public static unsafe class RowKernels
                 for (; b + 4 <= B; b += 4)
                     DotF32x4(wf, (float*)(x + (long)b * xStride), xStride / 4, n, y + (long)b * yStride, yStride);
             for (; b < B; b++) y[(long)b * yStride] = DotF32(wf, (float*)(x + (long)b * xStride), n);
+        }
+    }
+
+    [ThreadStatic] static float[]? _blockBuffer;
+
+    /// <summary>
+    /// <see cref="RunBlock"/> for F32/F16/BF16 weights: the range's rows are widened to F32 once (F16/BF16) into a
+    /// per-thread buffer, then each tile of <see cref="Tile"/> activation rows runs against every row of the range
+    /// with <see cref="DotF32x4"/> / <see cref="DotF32"/> — the operations <see cref="FloatRow"/> performs, so the
+    /// bits are the same.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void FloatBlock(GgmlType type, byte* w, int rowBytes, int r0, int r1, byte* x, int xStride, int B, int n, float* y, int yStride)
+    {
+        int rows = r1 - r0;
+        float[]? buf = null;
+        if (type != GgmlType.F32)
+        {
+            buf = _blockBuffer;
+            if (buf == null || buf.Length < (long)rows * n) _blockBuffer = buf = new float[Math.Max((long)rows * n, 65536)];
+        }
+        fixed (float* pb = buf)
+        {
+            float* wf = type == GgmlType.F32 ? (float*)(w + (long)r0 * rowBytes) : pb; // [rows, n]
+            if (type == GgmlType.F16) for (int r = 0; r < rows; r++) WidenF16((ushort*)(w + (long)(r0 + r) * rowBytes), pb + (long)r * n, n);
+            else if (type == GgmlType.BF16) for (int r = 0; r < rows; r++) WidenBF16((ushort*)(w + (long)(r0 + r) * rowBytes), pb + (long)r * n, n);
+            for (int b0 = 0; b0 < B; b0 += Tile)
+            {
+                int tb = Math.Min(Tile, B - b0);
+                for (int r = 0; r < rows; r++)
+                {
+                    float* wr = wf + (long)r * n;
+                    float* yr = y + (long)b0 * yStride + r0 + r;
+                    int b = 0;
+                    for (; b + 4 <= tb; b += 4)
+                        DotF32x4(wr, (float*)(x + (long)(b0 + b) * xStride), xStride / 4, n, yr + (long)b * yStride, yStride);
+                    for (; b < tb; b++) yr[(long)b * yStride] = DotF32(wr, (float*)(x + (long)(b0 + b) * xStride), n);
+                }
+            }
         }
     }
 
