@@ -132,7 +132,7 @@ sealed partial class Renderer
                 };
             }
             case "abs":
-                return v switch { long l => checked(Math.Abs(l)), double d => Math.Abs(d), bool b => b ? 1L : 0L, _ => throw new JinjaError($"abs of {JinjaValue.TypeName(v)}") };
+                return v switch { long l => (object)checked(Math.Abs(l)), double d => Math.Abs(d), bool b => b ? 1L : 0L, _ => throw new JinjaError($"abs of {JinjaValue.TypeName(v)}") };
             case "round":
             {
                 int prec = (int)ToLong(Arg(a, kw, 0, "precision", 0L));

@@ -355,20 +355,20 @@ sealed class JinjaParser
         return e;
     }
 
-    Expr ParseUnary()
+    // As Jinja2: filters and tests apply to the whole unary expression ("-3|abs" is abs(-3)).
+    Expr ParseUnary(bool withFilter = true)
     {
         var t = Peek;
+        Expr e;
         if (t.IsOp("-") || t.IsOp("+"))
         {
             _i++;
             if (++_depth > MaxNesting) throw Error("expression nested too deeply");
-            var operand = ParseUnary();
+            e = new UnaryExpr(t.Value, ParseUnary(false), t.Line, t.Column);
             _depth--;
-            return new UnaryExpr(t.Value, operand, t.Line, t.Column);
         }
-        var e = ParsePrimary();
-        e = ParsePostfix(e);
-        return ParseFilterAndTest(e);
+        else e = ParsePostfix(ParsePrimary());
+        return withFilter ? ParseFilterAndTest(e) : e;
     }
 
     Expr ParsePostfix(Expr e)
@@ -403,7 +403,7 @@ sealed class JinjaParser
             else if (t.IsOp("("))
             {
                 var (args, kwargs) = ParseCallArgs();
-                e = new CallExpr(e, args, kwargs, t.Line, t.Column);
+                e = new CallExpr(e, args, kwargs, e.Line, e.Column);
             }
             else return e;
         }

@@ -143,6 +143,7 @@ sealed partial class Renderer
     {
         TemplateException t => t,
         RaisedError r => new TemplateException(r.Message, n.Line, n.Column, raised: true),
+        OverflowException => new TemplateException("integer result too large", n.Line, n.Column),
         _ => new TemplateException(e.Message, n.Line, n.Column),
     };
 
@@ -355,7 +356,7 @@ sealed partial class Renderer
                     "not" => !JinjaValue.Truthy(v2),
                     "-" => v2 switch
                     {
-                        long l => checked(-l),
+                        long l => (object)checked(-l),
                         double d => -d,
                         bool b => b ? -1L : 0L,
                         _ => throw new JinjaError($"bad operand for unary -: {JinjaValue.TypeName(v2)}"),
@@ -591,9 +592,9 @@ sealed partial class Renderer
         bool fl = l is double || r is double;
         switch (op)
         {
-            case "+": return fl ? ToDouble(l) + ToDouble(r) : checked(ToLongNum(l) + ToLongNum(r));
-            case "-": return fl ? ToDouble(l) - ToDouble(r) : checked(ToLongNum(l) - ToLongNum(r));
-            case "*": return fl ? ToDouble(l) * ToDouble(r) : checked(ToLongNum(l) * ToLongNum(r));
+            case "+": return fl ? ToDouble(l) + ToDouble(r) : (object)checked(ToLongNum(l) + ToLongNum(r));
+            case "-": return fl ? ToDouble(l) - ToDouble(r) : (object)checked(ToLongNum(l) - ToLongNum(r));
+            case "*": return fl ? ToDouble(l) * ToDouble(r) : (object)checked(ToLongNum(l) * ToLongNum(r));
             case "/":
                 if (ToDouble(r) == 0) throw new JinjaError("division by zero");
                 return ToDouble(l) / ToDouble(r);

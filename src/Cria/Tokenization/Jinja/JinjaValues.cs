@@ -52,9 +52,7 @@ public static class JinjaValue
         decimal m => (double)m,
         System.Text.Json.JsonElement j => FromJson(j),
         System.Text.Json.Nodes.JsonNode n => FromJson(System.Text.Json.JsonSerializer.SerializeToElement(n)),
-        OrderedDictionary<string, object?> d => d,
         System.Collections.IDictionary d => FromDictionary(d),
-        List<object?> l => l,
         System.Collections.IEnumerable e => e.Cast<object?>().Select(From).ToList(),
         _ => v.ToString(),
     };
