@@ -172,7 +172,9 @@ public class JinjaTests
         Assert.Equal((2, 6), (e.Line, e.Column));
         Assert.Contains("'foo' is undefined", e.Problem);
 
-        e = Fails("{{ x.y.z }}");
+        e = Fails("{{ x.y }}");
+        Assert.Contains("'x' is undefined", e.Problem);
+        e = Fails("{{ d.y.z }}", new { d = new Dictionary<string, object?>() });
         Assert.Contains("'y' is undefined", e.Problem);
 
         e = Fails("{{ 'a' + 1 }}");
