@@ -208,7 +208,7 @@ public class JinjaTests
     [Fact]
     public void HostileTemplatesHitTheBounds()
     {
-        var small = new JinjaOptions { MaxSteps = 10_000, MaxOutputLength = 100_000 };
+        var small = new JinjaOptions { MaxSteps = 10_000, MaxOutputLength = 100_000, MaxWork = 10_000_000 };
         // Runaway loops.
         Assert.Contains("loop iterations", Fails("{% for i in range(100) %}{% for j in range(100) %}{% for k in range(100) %}{% endfor %}{% endfor %}{% endfor %}", o: small).Problem);
         Assert.Contains("iteration limit", Fails("{% for i in range(1000000000000) %}{% endfor %}", o: small).Problem);
@@ -216,6 +216,13 @@ public class JinjaTests
         Assert.Contains("characters", Fails("{% for i in range(5000) %}{{ 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' }}{% endfor %}", o: small).Problem);
         Assert.Contains("characters", Fails("{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}", o: small).Problem);
         Assert.Contains("characters", Fails("{{ 'x' * 1000000000 }}", o: small).Problem);
+        // Printing a list of large strings, joining them.
+        Assert.Contains("characters", Fails("{% set l = ['x' * 50000] * 1000 %}{{ l }}", o: small).Problem);
+        Assert.Contains("characters", Fails("{% set l = ['x' * 50000] * 1000 %}{{ l | join(',') }}", o: small).Problem);
+        Assert.Contains("characters", Fails("{{ ('x' * 50000) | replace('x', 'yyy') }}", o: small).Problem);
+        // Repeated scans of a large string: bounded by work, not by iterations.
+        Assert.Contains("units of work", Fails("{% set s = 'x' * 50000 %}{% for i in range(5000) %}{% if 'y' in s %}{% endif %}{% endfor %}", o: small).Problem);
+        Assert.Contains("units of work", Fails("{% set s = 'x' * 50000 %}{% for i in range(5000) %}{% set t = s.upper() %}{% endfor %}", o: small).Problem);
         // Unbounded recursion.
         Assert.Contains("nested deeper", Fails("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}").Problem);
         // Deep nesting in the source.

@@ -13,10 +13,10 @@ sealed partial class Renderer
         return def;
     }
 
-    static string StrArg(List<object?> args, List<(string Name, object? Value)> kw, int index, string name, string? def = null)
+    string StrArg(List<object?> args, List<(string Name, object? Value)> kw, int index, string name, string? def = null)
     {
         var v = Arg(args, kw, index, name, def);
-        return v as string ?? (v == null && def == null ? throw new JinjaError($"'{name}' is required") : JinjaValue.Str(v));
+        return v as string ?? (v == null && def == null ? throw new JinjaError($"'{name}' is required") : S(v));
     }
 
     static string Need(object? v, string what) => v switch
@@ -26,12 +26,17 @@ sealed partial class Renderer
         _ => throw new JinjaError($"{what} needs a string, not {JinjaValue.TypeName(v)}"),
     };
 
-    static List<object?> NeedList(object? v, string what) => v switch
+    List<object?> NeedList(object? v, string what)
     {
-        List<object?> l => l,
-        JinjaUndefined u => throw new JinjaError($"'{u.Name}' is undefined (in {what})"),
-        _ => Iterate(v).ToList(),
-    };
+        var l = v switch
+        {
+            List<object?> list => list,
+            JinjaUndefined u => throw new JinjaError($"'{u.Name}' is undefined (in {what})"),
+            _ => Iterate(v).ToList(),
+        };
+        Charge(l.Count);
+        return l;
+    }
 
     static object? AttrPath(object? item, string path)
     {
@@ -48,8 +53,8 @@ sealed partial class Renderer
             case "trim":
             {
                 var chars = Arg(a, kw, 0, "chars") as string;
-                var s = JinjaValue.Str(v);
-                return chars == null ? s.Trim() : s.Trim(chars.ToCharArray());
+                var s = S(v);
+                return Bounded(chars == null ? s.Trim() : s.Trim(chars.ToCharArray()));
             }
             case "length" or "count":
                 return v switch
@@ -60,18 +65,18 @@ sealed partial class Renderer
                     JinjaUndefined => 0L,
                     _ => throw new JinjaError($"{JinjaValue.TypeName(v)} has no length"),
                 };
-            case "upper": return JinjaValue.Str(v).ToUpperInvariant();
-            case "lower": return JinjaValue.Str(v).ToLowerInvariant();
-            case "title": return Title(JinjaValue.Str(v));
-            case "capitalize": return Capitalize(JinjaValue.Str(v));
-            case "string": return JinjaValue.Str(v);
+            case "upper": return Bounded(S(v).ToUpperInvariant());
+            case "lower": return Bounded(S(v).ToLowerInvariant());
+            case "title": return Bounded(Title(S(v)));
+            case "capitalize": return Bounded(Capitalize(S(v)));
+            case "string": return S(v);
             case "safe": return v;
             case "e" or "escape":
-                return JinjaValue.Str(v).Replace("&", "&amp;").Replace("<", "&lt;").Replace(">", "&gt;").Replace("\"", "&#34;").Replace("'", "&#39;");
+                return Bounded(S(v).Replace("&", "&amp;").Replace("<", "&lt;").Replace(">", "&gt;").Replace("\"", "&#34;").Replace("'", "&#39;"));
             case "tojson":
             {
                 var ind = Arg(a, kw, 0, "indent");
-                return Bounded(JinjaValue.ToJson(v, ind is null or JinjaUndefined ? null : (int)ToLong(ind), JinjaValue.Truthy(Arg(a, kw, 1, "sort_keys", false))));
+                return Bounded(JinjaValue.ToJson(v, ind is null or JinjaUndefined ? null : (int)Math.Clamp(ToLong(ind), 0, 100), JinjaValue.Truthy(Arg(a, kw, 1, "sort_keys", false)), _o.MaxOutputLength));
             }
             case "default" or "d":
             {
@@ -95,16 +100,17 @@ sealed partial class Renderer
             {
                 var sep = Arg(a, kw, 0, "d", "") as string ?? "";
                 var attr = Arg(a, kw, 1, "attribute") as string;
-                var items = NeedList(v, "join").Select(x => JinjaValue.Str(attr == null ? x : AttrPath(x, attr)));
+                var items = NeedList(v, "join").Select(x => S(attr == null ? x : AttrPath(x, attr))).ToList();
+                if (items.Sum(x => (long)x.Length) + (long)sep.Length * items.Count > _o.MaxOutputLength) throw TooLong();
                 return Bounded(string.Join(sep, items));
             }
             case "replace":
             {
-                var s = JinjaValue.Str(v);
+                var s = S(v);
                 var old = StrArg(a, kw, 0, "old");
                 var repl = StrArg(a, kw, 1, "new");
                 var count = Arg(a, kw, 2, "count");
-                return Bounded(Replace(s, old, repl, count is null or JinjaUndefined ? -1 : ToLong(count)));
+                return Replace(s, old, repl, count is null or JinjaUndefined ? -1 : ToLong(count));
             }
             case "int":
             {
@@ -170,6 +176,7 @@ sealed partial class Renderer
                 var attr = Arg(a, kw, 2, "attribute") as string;
                 object? Key(object? x) { var k = attr == null ? x : AttrPath(x, attr); return !cs && k is string s ? s.ToLowerInvariant() : k; }
                 var l = NeedList(v, "sort").ToList();
+                Charge((long)l.Count * (long)Math.Ceiling(Math.Log2(l.Count + 2)));
                 var sorted = l.Select((x, i) => (x, i)).ToList();
                 sorted.Sort((p, q) => { int c = Compare(Key(p.x), Key(q.x), "sort"); return c != 0 ? (reverse ? -c : c) : p.i.CompareTo(q.i); });
                 return sorted.Select(p => p.x).ToList();
@@ -177,7 +184,7 @@ sealed partial class Renderer
             case "unique":
             {
                 var res = new List<object?>();
-                foreach (var x in NeedList(v, "unique")) if (!res.Any(y => PyEquals(x, y))) res.Add(x);
+                foreach (var x in NeedList(v, "unique")) { Charge(res.Count); if (!res.Any(y => PyEquals(x, y))) res.Add(x); }
                 return res;
             }
             case "sum":
@@ -236,7 +243,8 @@ sealed partial class Renderer
                 bool first = JinjaValue.Truthy(Arg(a, kw, 1, "first", false));
                 bool blank = JinjaValue.Truthy(Arg(a, kw, 2, "blank", false));
                 var pad = new string(' ', Math.Clamp(width, 0, 1000));
-                var lines = JinjaValue.Str(v).Split('\n');
+                var lines = S(v).Split('\n');
+                Charge(lines.Length);
                 var sb = new StringBuilder();
                 for (int i = 0; i < lines.Length; i++)
                 {
@@ -249,7 +257,7 @@ sealed partial class Renderer
                 return sb.ToString();
             }
             case "attr": return GetAttr(v, StrArg(a, kw, 0, "name"));
-            case "wordcount": return (long)JinjaValue.Str(v).Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries).Length;
+            case "wordcount": return (long)S(v).Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries).Length;
             default:
                 throw new JinjaError($"unknown filter '{name}'");
         }
@@ -292,6 +300,7 @@ sealed partial class Renderer
 
     object? CallMethod(object? obj, string name, List<object?> a, List<(string Name, object? Value)> kw)
     {
+        Charge(Size(obj));
         switch (obj)
         {
             case string s:
@@ -328,7 +337,7 @@ sealed partial class Renderer
                     case "replace":
                     {
                         var count = Arg(a, kw, 2, "count");
-                        return Bounded(Replace(s, StrArg(a, kw, 0, "old"), StrArg(a, kw, 1, "new"), count is null or JinjaUndefined ? -1 : ToLong(count)));
+                        return Replace(s, StrArg(a, kw, 0, "old"), StrArg(a, kw, 1, "new"), count is null or JinjaUndefined ? -1 : ToLong(count));
                     }
                     case "find": return (long)s.IndexOf(StrArg(a, kw, 0, "sub"), StringComparison.Ordinal);
                     case "rfind": return (long)s.LastIndexOf(StrArg(a, kw, 0, "sub"), StringComparison.Ordinal);
@@ -340,7 +349,12 @@ sealed partial class Renderer
                         while ((i = s.IndexOf(sub, i, StringComparison.Ordinal)) >= 0) { c++; i += sub.Length; }
                         return c;
                     }
-                    case "join": return Bounded(string.Join(s, NeedList(Arg(a, kw, 0, "iterable"), "join").Select(x => Need(x, "join"))));
+                    case "join":
+                    {
+                        var parts = NeedList(Arg(a, kw, 0, "iterable"), "join").Select(x => Need(x, "join")).ToList();
+                        if (parts.Sum(x => (long)x.Length) + (long)s.Length * parts.Count > _o.MaxOutputLength) throw TooLong();
+                        return Bounded(string.Join(s, parts));
+                    }
                     case "isdigit": return s.Length > 0 && s.All(char.IsDigit);
                     case "isalpha": return s.Length > 0 && s.All(char.IsLetter);
                     case "isalnum": return s.Length > 0 && s.All(char.IsLetterOrDigit);
@@ -358,7 +372,7 @@ sealed partial class Renderer
                     case "get":
                     {
                         var key = Arg(a, kw, 0, "key");
-                        var k = key as string ?? JinjaValue.Str(key);
+                        var k = key as string ?? S(key);
                         return d.TryGetValue(k, out var v) ? v : Arg(a, kw, 1, "default", null);
                     }
                 }
@@ -379,7 +393,20 @@ sealed partial class Renderer
         throw new JinjaError($"{JinjaValue.TypeName(obj)} has no method '{name}'");
     }
 
-    static string Replace(string s, string old, string repl, long count)
+    string Replace(string s, string old, string repl, long count)
+    {
+        if (repl.Length > old.Length)
+        {
+            long n = 0;
+            if (old.Length == 0) n = s.Length + 1;
+            else for (int i = 0; (i = s.IndexOf(old, i, StringComparison.Ordinal)) >= 0; i += old.Length) n++;
+            if (count >= 0) n = Math.Min(n, count);
+            if (s.Length + n * (repl.Length - old.Length) > _o.MaxOutputLength) throw TooLong();
+        }
+        return Bounded(ReplaceUnbounded(s, old, repl, count));
+    }
+
+    static string ReplaceUnbounded(string s, string old, string repl, long count)
     {
         if (count < 0) return old.Length == 0 ? InsertEverywhere(s, repl) : s.Replace(old, repl, StringComparison.Ordinal);
         var sb = new StringBuilder();

@@ -17,6 +17,9 @@ public sealed record JinjaOptions
     public int MaxOutputLength { get; init; } = 4 << 20;
     /// <summary>Most loop iterations plus macro calls in one render: a runaway template fails instead of hanging.</summary>
     public long MaxSteps { get; init; } = 1_000_000;
+    /// <summary>Most units of work in one render (about one per character or list element an operation touches:
+    /// scans, comparisons, string building), so that repeated large operations cannot run for hours.</summary>
+    public long MaxWork { get; init; } = 200_000_000;
     /// <summary>Deepest macro recursion.</summary>
     public int MaxCallDepth { get; init; } = 64;
     /// <summary>The clock <c>strftime_now</c> reads (local time when not set).</summary>
@@ -79,7 +82,7 @@ sealed partial class Renderer
 
     readonly JinjaOptions _o;
     public readonly Scope Globals = new(null);
-    long _steps, _chars;
+    long _steps, _chars, _work;
     int _callDepth;
 
     public Renderer(JinjaOptions o)
@@ -103,7 +106,7 @@ sealed partial class Renderer
             return d;
         });
         Globals.Vars["raise_exception"] = new JinjaFunction("raise_exception", (a, _) =>
-            throw new RaisedError(a.Count > 0 ? JinjaValue.Str(a[0]) : "raise_exception called"));
+            throw new RaisedError(a.Count > 0 ? JinjaValue.Str(a[0], 10_000) : "raise_exception called"));
         Globals.Vars["strftime_now"] = new JinjaFunction("strftime_now", (a, _) =>
             Strftime(a.Count > 0 && a[0] is string f ? f : throw new JinjaError("strftime_now needs a format string"), (_o.Now ?? (() => DateTime.Now))()));
     }
@@ -121,15 +124,30 @@ sealed partial class Renderer
         if (++_steps > _o.MaxSteps) throw new JinjaError($"the template ran more than {_o.MaxSteps} loop iterations and macro calls");
     }
 
+    internal void Charge(long units)
+    {
+        _work += units;
+        if (_work > _o.MaxWork) throw new JinjaError($"the template did more than {_o.MaxWork} units of work");
+    }
+
+    JinjaError TooLong() => new($"the template built a string longer than {_o.MaxOutputLength} characters");
+
+    static long Size(object? v) => v switch { string s => s.Length, List<object?> l => l.Count, OrderedDictionary<string, object?> d => d.Count, _ => 1 };
+
     internal string Bounded(string s)
     {
-        if (s.Length > _o.MaxOutputLength) throw new JinjaError($"the template built a string longer than {_o.MaxOutputLength} characters");
+        if (s.Length > _o.MaxOutputLength) throw TooLong();
+        Charge(s.Length);
         return s;
     }
+
+    /// <summary>str() of a value, bounded and charged.</summary>
+    internal string S(object? v) => v is string s ? s : Bounded(JinjaValue.Str(v, _o.MaxOutputLength));
 
     void Write(StringBuilder sb, string s)
     {
         _chars += s.Length;
+        Charge(s.Length);
         if (_chars > _o.MaxOutputLength) throw new JinjaError($"the template produced more than {_o.MaxOutputLength} characters");
         sb.Append(s);
     }
@@ -173,7 +191,7 @@ sealed partial class Renderer
                     Write(sb, t.Text);
                     return Flow.Normal;
                 case OutputNode o:
-                    Write(sb, JinjaValue.Str(Eval(o.Value, scope)));
+                    Write(sb, S(Eval(o.Value, scope)));
                     return Flow.Normal;
                 case IfNode i:
                     foreach (var (cond, b) in i.Branches)
@@ -217,6 +235,7 @@ sealed partial class Renderer
     {
         var source = Eval(f.Iter, scope);
         var items = Iterate(source).ToList();
+        Charge(items.Count);
         if (f.Filter != null)
         {
             var kept = new List<object?>();
@@ -326,7 +345,7 @@ sealed partial class Renderer
             case DictExpr d:
             {
                 var dict = new OrderedDictionary<string, object?>();
-                foreach (var (k, val) in d.Items) dict[JinjaValue.Str(Eval(k, scope))] = Eval(val, scope);
+                foreach (var (k, val) in d.Items) dict[S(Eval(k, scope))] = Eval(val, scope);
                 return dict;
             }
             case AttrExpr a: return GetAttr(Eval(a.Target, scope), a.Name);
@@ -484,6 +503,7 @@ sealed partial class Renderer
             return Math.Clamp(i, -1, len - 1);
         }
         long a = Norm(start, st > 0 ? 0 : len - 1, true), b = Norm(stop, st > 0 ? len : -1, false);
+        Charge(len);
         var idx = new List<int>();
         if (st > 0) for (long i = a; i < b; i += st) idx.Add((int)i);
         else for (long i = a; i > b; i += st) idx.Add((int)i);
@@ -539,7 +559,13 @@ sealed partial class Renderer
         throw new JinjaError($"'{op}' is not supported between {JinjaValue.TypeName(a)} and {JinjaValue.TypeName(b)}");
     }
 
-    internal static bool Contains(object? container, object? item) => container switch
+    internal bool Contains(object? container, object? item)
+    {
+        Charge(Size(container));
+        return ContainsUncharged(container, item);
+    }
+
+    static bool ContainsUncharged(object? container, object? item) => container switch
     {
         string s => item is string t ? s.Contains(t, StringComparison.Ordinal) : throw new JinjaError($"'in <string>' needs a string, not {JinjaValue.TypeName(item)}"),
         List<object?> l => l.Any(x => PyEquals(x, item)),
@@ -553,24 +579,25 @@ sealed partial class Renderer
     {
         switch (op)
         {
-            case "==": return PyEquals(l, r);
-            case "!=": return !PyEquals(l, r);
+            case "==": Charge(Math.Min(Size(l), Size(r))); return PyEquals(l, r);
+            case "!=": Charge(Math.Min(Size(l), Size(r))); return !PyEquals(l, r);
             case "<": return Compare(l, r, op) < 0;
             case "<=": return Compare(l, r, op) <= 0;
             case ">": return Compare(l, r, op) > 0;
             case ">=": return Compare(l, r, op) >= 0;
             case "in": return Contains(r, l);
             case "not in": return !Contains(r, l);
-            case "~": return Bounded(JinjaValue.Str(l) + JinjaValue.Str(r));
+            case "~": { var a = S(l); var b = S(r); return a.Length + (long)b.Length > _o.MaxOutputLength ? throw TooLong() : Bounded(a + b); }
         }
         if (l is JinjaUndefined ul) throw new JinjaError($"'{ul.Name}' is undefined (in '{op}')");
         if (r is JinjaUndefined ur) throw new JinjaError($"'{ur.Name}' is undefined (in '{op}')");
         if (op == "+")
         {
-            if (l is string ls && r is string rs) return Bounded(ls + rs);
+            if (l is string ls && r is string rs) return ls.Length + (long)rs.Length > _o.MaxOutputLength ? throw TooLong() : Bounded(ls + rs);
             if (l is List<object?> ll && r is List<object?> rl)
             {
                 if ((long)ll.Count + rl.Count > _o.MaxOutputLength) throw new JinjaError("list too long");
+                Charge(ll.Count + rl.Count);
                 return ll.Concat(rl).ToList();
             }
         }
@@ -582,6 +609,7 @@ sealed partial class Renderer
             {
                 if (n3 <= 0) return new List<object?>();
                 if (li.Count * n3 > _o.MaxOutputLength) throw new JinjaError("list too long");
+                Charge(li.Count * n3);
                 var res = new List<object?>();
                 for (long i = 0; i < n3; i++) res.AddRange(li);
                 return res;
@@ -621,7 +649,8 @@ sealed partial class Renderer
     string Repeat(string s, long n)
     {
         if (n <= 0 || s.Length == 0) return "";
-        if (s.Length * n > _o.MaxOutputLength) throw new JinjaError($"the template built a string longer than {_o.MaxOutputLength} characters");
+        if (s.Length * n > _o.MaxOutputLength) throw TooLong();
+        Charge(s.Length * n);
         return new StringBuilder(s.Length * (int)n).Insert(0, s, (int)n).ToString();
     }
 

@@ -98,24 +98,25 @@ public static class JinjaValue
     };
 
     /// <summary>Python's <c>str()</c> of a value, as <c>{{ }}</c> prints it (undefined prints as nothing).</summary>
-    public static string Str(object? v) => v switch
+    public static string Str(object? v, int maxLength = int.MaxValue) => v switch
     {
         string s => s,
         JinjaUndefined => "",
-        _ => Repr(v),
+        _ => Repr(v, maxLength),
     };
 
     /// <summary>Python's <c>repr()</c> (how values inside lists and dicts print).</summary>
-    public static string Repr(object? v)
+    public static string Repr(object? v, int maxLength = int.MaxValue)
     {
         var sb = new StringBuilder();
-        Repr(sb, v, 0);
+        Repr(sb, v, 0, maxLength);
         return sb.ToString();
     }
 
-    static void Repr(StringBuilder sb, object? v, int depth)
+    static void Repr(StringBuilder sb, object? v, int depth, int max)
     {
         if (depth > 100) throw new JinjaError("value nested too deeply to print");
+        if (sb.Length > max) throw new JinjaError($"the template built a string longer than {max} characters");
         switch (v)
         {
             case null: sb.Append("None"); break;
@@ -126,7 +127,7 @@ public static class JinjaValue
             case string s: ReprString(sb, s); break;
             case List<object?> list:
                 sb.Append('[');
-                for (int i = 0; i < list.Count; i++) { if (i > 0) sb.Append(", "); Repr(sb, list[i], depth + 1); }
+                for (int i = 0; i < list.Count; i++) { if (i > 0) sb.Append(", "); Repr(sb, list[i], depth + 1, max); }
                 sb.Append(']');
                 break;
             case OrderedDictionary<string, object?> dict:
@@ -137,7 +138,7 @@ public static class JinjaValue
                 {
                     if (!first) sb.Append(", ");
                     first = false;
-                    ReprString(sb, kv.Key); sb.Append(": "); Repr(sb, kv.Value, depth + 1);
+                    ReprString(sb, kv.Key); sb.Append(": "); Repr(sb, kv.Value, depth + 1, max);
                 }
                 sb.Append('}');
                 break;
@@ -201,16 +202,17 @@ public static class JinjaValue
 
     /// <summary>Python's <c>json.dumps</c> as transformers' <c>tojson</c> calls it (ensure_ascii off): separators
     /// <c>", "</c> and <c>": "</c>, or with an indent newlines and <c>","</c>.</summary>
-    public static string ToJson(object? v, int? indent, bool sortKeys = false)
+    public static string ToJson(object? v, int? indent, bool sortKeys = false, int maxLength = int.MaxValue)
     {
         var sb = new StringBuilder();
-        Json(sb, v, indent, 0, sortKeys);
+        Json(sb, v, indent is < 0 ? 0 : indent > 100 ? 100 : indent, 0, sortKeys, maxLength);
         return sb.ToString();
     }
 
-    static void Json(StringBuilder sb, object? v, int? indent, int level, bool sortKeys)
+    static void Json(StringBuilder sb, object? v, int? indent, int level, bool sortKeys, int max)
     {
         if (level > 100) throw new JinjaError("value nested too deeply for tojson");
+        if (sb.Length > max) throw new JinjaError($"the template built a string longer than {max} characters");
         switch (v)
         {
             case null: sb.Append("null"); break;
@@ -228,7 +230,7 @@ public static class JinjaValue
                 {
                     if (i > 0) sb.Append(indent == null ? ", " : ",");
                     NewLine(sb, indent, level + 1);
-                    Json(sb, list[i], indent, level + 1, sortKeys);
+                    Json(sb, list[i], indent, level + 1, sortKeys, max);
                 }
                 NewLine(sb, indent, level);
                 sb.Append(']');
@@ -246,14 +248,14 @@ public static class JinjaValue
                     NewLine(sb, indent, level + 1);
                     JsonString(sb, kv.Key);
                     sb.Append(": ");
-                    Json(sb, kv.Value, indent, level + 1, sortKeys);
+                    Json(sb, kv.Value, indent, level + 1, sortKeys, max);
                 }
                 NewLine(sb, indent, level);
                 sb.Append('}');
                 break;
             }
             case JinjaNamespace ns:
-                Json(sb, ns.Attributes, indent, level, sortKeys);
+                Json(sb, ns.Attributes, indent, level, sortKeys, max);
                 break;
             default: throw new JinjaError($"tojson cannot serialise {TypeName(v)}");
         }
