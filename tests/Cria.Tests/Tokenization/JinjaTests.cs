@@ -104,6 +104,7 @@ public class JinjaTests
         Assert.Equal("  x\ny", R("  {{ 'x' }}\ny"));
         // {%+ keeps the indentation; comments vanish and also take trim/lstrip.
         Assert.Equal("  a", R("  {%+ if true %}a{% endif %}"));
+        Assert.Equal("\nab", R("{% if true +%}\na{% endif %}\nb"));
         Assert.Equal("a\nb", R("a\n  {# comment #}\nb"));
         Assert.Equal("ab", R("a {#- comment -#} b"));
         // One trailing newline of the template is dropped (keep_trailing_newline=False).

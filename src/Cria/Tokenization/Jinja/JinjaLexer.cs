@@ -100,15 +100,16 @@ static class JinjaLexer
                 if (depth == 0)
                 {
                     // End of tag: optional '-' then '%}' or '}}'.
-                    int q = p; bool dash = false;
+                    int q = p; bool dash = false, plus = false;
                     if (src[q] == '-' && q + 2 < n && src[q + 1] == (block ? '%' : '}') && src[q + 2] == '}') { dash = true; q++; }
+                    else if (block && src[q] == '+' && q + 2 < n && src[q + 1] == '%' && src[q + 2] == '}') { plus = true; q++; }
                     if (q + 1 < n && src[q] == (block ? '%' : '}') && src[q + 1] == '}')
                     {
                         var (el, ec) = Where(p);
                         tokens.Add(new Token(block ? TokenKind.BlockEnd : TokenKind.VarEnd, "", el, ec));
                         pos = q + 2;
                         if (dash) stripNextText = true;
-                        else if (block && trimBlocks) pos = SkipNewline(src, pos);
+                        else if (block && trimBlocks && !plus) pos = SkipNewline(src, pos);
                         // {% raw %} ... {% endraw %}: the body is text.
                         if (block && tokens.Count >= 3 && tokens[^2].IsName("raw") && tokens[^3].Kind == TokenKind.BlockBegin)
                         {
