@@ -260,7 +260,8 @@ sealed class JinjaParser
 
     Expr ParseExpression(bool withCondExpr = true)
     {
-        if (++_depth > MaxNesting) throw Error("expression nested too deeply");
+        if (++_depth > MaxNesting || !System.Runtime.CompilerServices.RuntimeHelpers.TryEnsureSufficientExecutionStack())
+            throw Error("expression nested too deeply");
         var e = withCondExpr ? ParseCondExpr() : ParseOr();
         _depth--;
         return e;
