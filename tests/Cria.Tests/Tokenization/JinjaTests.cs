@@ -1,3 +1,4 @@
+using System.Text.Json;
 using Cria.Tokenization.Jinja;
 using Xunit;
 
@@ -232,4 +233,31 @@ public class JinjaTests
         // Within the bounds it renders.
         Assert.Equal(new string('x', 1000), R("{% for i in range(1000) %}x{% endfor %}", o: small));
     }
+}
+
+/// <summary>Fixtures/jinja_transformers_cases.json: templates rendered with given variables against the text
+/// transformers (Python Jinja2) produces, as recorded by huggingface.js's end-to-end tests.</summary>
+public class JinjaTransformersCasesTests
+{
+    static readonly Lazy<JsonDocument> Doc = new(() => JsonDocument.Parse(File.ReadAllText(
+        Path.Combine(TestPaths.RepoRoot, "tests", "Cria.Tests", "Tokenization", "Fixtures", "jinja_transformers_cases.json"))));
+
+    public static IEnumerable<object[]> Names() =>
+        Doc.Value.RootElement.GetProperty("cases").EnumerateArray().Select(c => new object[] { c.GetProperty("name").GetString()! });
+
+    [Theory]
+    [MemberData(nameof(Names))]
+    public void RendersLikeTransformers(string name)
+    {
+        var root = Doc.Value.RootElement;
+        var c = root.GetProperty("cases").EnumerateArray().Single(x => x.GetProperty("name").GetString() == name);
+        var vars = new Dictionary<string, object?>();
+        foreach (var p in c.GetProperty("vars").EnumerateObject()) vars[p.Name] = p.Value;
+        var m = c.GetProperty("messages");
+        vars["messages"] = m.ValueKind == JsonValueKind.String ? root.GetProperty("datasets").GetProperty(m.GetString()!) : m;
+        Assert.Equal(c.GetProperty("target").GetString(), JinjaTemplate.Parse(c.GetProperty("template").GetString()!).Render(vars));
+    }
+
+    [Fact]
+    public void ThereAreEnoughCases() => Assert.True(Names().Count() >= 18);
 }
