@@ -261,3 +261,54 @@ public class JinjaTransformersCasesTests
     [Fact]
     public void ThereAreEnoughCases() => Assert.True(Names().Count() >= 18);
 }
+
+/// <summary>Mutated real templates (random deletions, insertions and duplications of template syntax): parsing and
+/// rendering either succeed or throw <see cref="TemplateException"/> — never another exception, never a hang.</summary>
+public class JinjaFuzzTests
+{
+    [Fact]
+    public void MutatedTemplatesFailOnlyWithTemplateException()
+    {
+        var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(TestPaths.RepoRoot, "tests", "Cria.Tests", "Tokenization", "Fixtures", "chat_templates.json")));
+        var templates = doc.RootElement.GetProperty("cases").EnumerateArray().Select(c => c.GetProperty("template").GetString()!).Distinct().ToArray();
+        string[] pieces = ["{%", "%}", "{{", "}}", "{#", "#}", "-", "(", ")", "[", "]", "{", "}", "'", "\"", ",", ".", "|", ":", "=", "for ", "if ", "endfor", "endif", "else",
+            "in ", "not ", "set ", "macro ", "loop.", "messages", "range(99999)", "* 999999", "~", "\\", " is ", "defined", "namespace(", "+", "**", "//", "0", "-1", "9e9", "\n"];
+        var rng = new Random(12345);
+        var vars = new Dictionary<string, object?>
+        {
+            ["messages"] = ChatTemplateTests.Conversation.Select(t => (object?)new Dictionary<string, object?> { ["role"] = t.Role, ["content"] = t.Content }).ToList(),
+            ["bos_token"] = "<s>", ["eos_token"] = "</s>", ["add_generation_prompt"] = true, ["tools"] = null,
+        };
+        var limits = new JinjaOptions { MaxSteps = 20_000, MaxOutputLength = 200_000, MaxWork = 5_000_000 };
+        int rendered = 0, failed = 0;
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        for (int i = 0; i < 3000; i++)
+        {
+            var s = templates[rng.Next(templates.Length)];
+            int edits = 1 + rng.Next(4);
+            for (int e = 0; e < edits && s.Length > 0; e++)
+            {
+                int at = rng.Next(s.Length);
+                switch (rng.Next(4))
+                {
+                    case 0: s = s.Remove(at, Math.Min(s.Length - at, 1 + rng.Next(6))); break;
+                    case 1: s = s.Insert(at, pieces[rng.Next(pieces.Length)]); break;
+                    case 2: { int len = Math.Min(s.Length - at, 1 + rng.Next(40)); s = s.Insert(rng.Next(s.Length), s.Substring(at, len)); break; }
+                    default: s = s.Insert(at, ((char)rng.Next(32, 127)).ToString()); break;
+                }
+            }
+            try
+            {
+                JinjaTemplate.Parse(s, limits).Render(vars);
+                rendered++;
+            }
+            catch (TemplateException) { failed++; }
+            catch (Exception ex)
+            {
+                Assert.Fail($"{ex.GetType().Name}: {ex.Message}\n--- template ---\n{s}");
+            }
+        }
+        Assert.True(rendered > 100 && failed > 100, $"rendered {rendered}, failed {failed}");
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(60), $"took {sw.Elapsed}");
+    }
+}
