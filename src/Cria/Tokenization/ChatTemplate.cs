@@ -13,7 +13,7 @@ public sealed record ChatTurn(string Role, string Content);
 /// (trim_blocks, lstrip_blocks; <c>messages</c>, <c>add_generation_prompt</c>, <c>bos_token</c>, <c>eos_token</c>,
 /// <c>tools</c> = none, <c>raise_exception</c>, <c>strftime_now</c>). Like llama.cpp, a template that drops or rejects
 /// a system message gets it merged into the first user message. When the file has no template, or its template does
-/// not parse, a built-in C# renderer of the family recognised by markers is used (as llama.cpp without
+/// not parse or fails on a plain conversation, a built-in C# renderer of the family recognised by markers is used (as llama.cpp without
 /// <c>--jinja</c>): Llama 2, Llama 3, Mistral, else ChatML; <see cref="Description"/> says which and why.
 /// The rendered text never starts with the BOS token when the tokenizer adds one itself: tokenize it with the
 /// model's add-BOS rule and with special tokens parsed.
@@ -31,7 +31,8 @@ public sealed class ChatTemplate
     public string? Source { get; }
     /// <summary>The parsed model template, when it is the one rendered.</summary>
     public JinjaTemplate? Jinja { get; }
-    /// <summary>Why the built-in renderer is used although the model has a template (its parse error), else null.</summary>
+    /// <summary>Why the built-in renderer is used although the model has a template (its parse error, or the error
+    /// it raises on a plain user/assistant conversation), else null.</summary>
     public string? FallbackReason { get; }
     /// <summary>Whether the template renders system messages itself (probed as llama.cpp does); when not, system
     /// text is merged into the next user message.</summary>
@@ -68,20 +69,30 @@ public sealed class ChatTemplate
         return Format.ChatML;
     }
 
-    /// <summary>A chat template rendered from Jinja source; when the source does not parse, the built-in renderer
-    /// of its detected family (see <see cref="FallbackReason"/>). <paramref name="stripBos"/>: remove a leading
+    /// <summary>A chat template rendered from Jinja source; when the source does not parse, or the template fails on
+    /// a plain user/assistant conversation, the built-in renderer of its detected family (see <see cref="FallbackReason"/>). <paramref name="stripBos"/>: remove a leading
     /// <paramref name="bosText"/> from the output (set it when the tokenizer adds BOS itself).</summary>
     public static ChatTemplate FromJinja(string source, string bosText, string eosText, bool stripBos = false, JinjaOptions? options = null)
     {
-        try
-        {
-            var t = JinjaTemplate.Parse(source, options);
-            return new ChatTemplate(Detect(source), source, t, null, bosText, eosText, stripBos);
-        }
+        JinjaTemplate t;
+        try { t = JinjaTemplate.Parse(source, options); }
         catch (TemplateException e)
         {
             return new ChatTemplate(Detect(source), source, null, e.Message, bosText, eosText, stripBos);
         }
+        var ct = new ChatTemplate(Detect(source), source, t, null, bosText, eosText, stripBos);
+        // A template that cannot render the plainest conversation (it uses something the interpreter lacks, or
+        // insists on inputs Cria does not pass) is of no use: fall back at load time rather than fail every request.
+        try
+        {
+            ct.Render([new("user", "Hello")]);
+            ct.Render([new("user", "Hello"), new("assistant", "Hi"), new("user", "Bye")], addGenerationPrompt: false);
+        }
+        catch (TemplateException e)
+        {
+            return new ChatTemplate(ct.Kind, source, null, "it fails on a plain user/assistant conversation: " + e.Message, bosText, eosText, stripBos);
+        }
+        return ct;
     }
 
     /// <summary>The template of a model file: its <c>tokenizer.chat_template</c> rendered with the tokenizer's BOS

@@ -126,6 +126,21 @@ public class ChatTemplateTests
     }
 
     [Fact]
+    public void ATemplateThatFailsOnAPlainConversationFallsBackAtLoad()
+    {
+        // Parses, but uses a filter the interpreter lacks.
+        var t = ChatTemplate.FromJinja("{% for m in messages %}[INST] {{ m['content'] | frobnicate }} [/INST]{% endfor %}", "<s>", "</s>");
+        Assert.Null(t.Jinja);
+        Assert.Equal(ChatTemplate.Format.Mistral, t.Kind);
+        Assert.Contains("unknown filter 'frobnicate'", t.FallbackReason);
+        // Insists on an input Cria does not pass.
+        var needsTools = ChatTemplate.FromJinja("{% if not tools %}{{ raise_exception('tools required') }}{% endif %}<|im_start|>", "", "");
+        Assert.Null(needsTools.Jinja);
+        Assert.Contains("tools required", needsTools.FallbackReason);
+        Assert.Contains("plain user/assistant conversation", needsTools.Description);
+    }
+
+    [Fact]
     public void ATemplateThatRejectsTheConversationThrowsItsMessage()
     {
         var t = ChatTemplate.FromJinja(Cases.Value["Llama 2 chat (meta-llama/Llama-2-7b-chat-hf, -13b-chat-hf)"].Template, "<s>", "</s>");
