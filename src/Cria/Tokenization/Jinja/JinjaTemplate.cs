@@ -212,11 +212,11 @@ sealed partial class Renderer
                     else Unpack(s.Targets, v, scope);
                     return Flow.Normal;
                 }
-                case SetBlockNode sb2:
+                case SetBlockNode setBlock:
                 {
                     var inner = new StringBuilder();
-                    Exec(sb2.Body, scope, inner);
-                    scope.Vars[sb2.Target] = inner.ToString();
+                    Exec(setBlock.Body, scope, inner);
+                    scope.Vars[setBlock.Target] = inner.ToString();
                     return Flow.Normal;
                 }
                 case MacroNode m:
@@ -494,7 +494,7 @@ sealed partial class Renderer
             JinjaUndefined u => throw new JinjaError($"'{u.Name}' is undefined (slicing)"),
             _ => throw new JinjaError($"{JinjaValue.TypeName(obj)} cannot be sliced"),
         };
-        long Norm(object? v, long def, bool isStart)
+        long Norm(object? v, long def)
         {
             if (v is null or JinjaUndefined) return def;
             long i = ToLong(v);
@@ -502,7 +502,7 @@ sealed partial class Renderer
             if (st > 0) return Math.Clamp(i, 0, len);
             return Math.Clamp(i, -1, len - 1);
         }
-        long a = Norm(start, st > 0 ? 0 : len - 1, true), b = Norm(stop, st > 0 ? len : -1, false);
+        long a = Norm(start, st > 0 ? 0 : len - 1), b = Norm(stop, st > 0 ? len : -1);
         Charge(len);
         var idx = new List<int>();
         if (st > 0) for (long i = a; i < b; i += st) idx.Add((int)i);
