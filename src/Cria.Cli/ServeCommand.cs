@@ -64,6 +64,7 @@ static class ServeCommand
                 Console.Error.WriteLine($"cria serve: ready — {server.ModelName}, context {e.MaxSequenceLength} tokens, KV pool {e.Cache.Capacity} tokens, " +
                     $"budget {options.Engine.Scheduler.TokenBudget} tokens/step, chunked prefill {(options.Engine.Scheduler.ChunkedPrefill ? "on" : "off")}" +
                     (options.ApiKey != null ? ", API key required" : ""));
+                Console.Error.WriteLine($"cria serve: chat template: {server.Template!.Description}");
             }
             catch (Exception ex)
             {

@@ -71,6 +71,8 @@ public sealed class CriaServer : IAsyncDisposable
     /// <summary>Completes when the model is loaded (faults when loading failed).</summary>
     public Task Loaded => _loading;
     public Engine? Engine => _state?.Engine;
+    /// <summary>The chat template /v1/chat/completions renders (null until the model is loaded).</summary>
+    public ChatTemplate? Template => _state?.Template;
 
     CriaServer(WebApplication app, ServerOptions o, Uri address)
     {
@@ -127,6 +129,7 @@ public sealed class CriaServer : IAsyncDisposable
             catch (OperationCanceledException) when (http.RequestAborted.IsCancellationRequested) { }
             catch (EngineOverloadedException e) { await server!.Error(http, new ApiException(429, e.Message, type: "rate_limit_error") { RetryAfterSeconds = 1 }); }
             catch (InvalidRequestException e) { await server!.Error(http, new ApiException(400, e.Message)); }
+            catch (Cria.Tokenization.Jinja.TemplateException e) when (e.Raised) { await server!.Error(http, new ApiException(400, e.Message, "messages")); }
             catch (Exception e) { await server!.Error(http, new ApiException(500, e.Message, type: "server_error")); }
         });
         app.MapGet("/health", (HttpContext h) => server!.Health(h));

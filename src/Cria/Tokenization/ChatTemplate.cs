@@ -1,5 +1,6 @@
 using System.Text;
 using Cria.Formats;
+using Cria.Tokenization.Jinja;
 
 namespace Cria.Tokenization;
 
@@ -7,25 +8,54 @@ namespace Cria.Tokenization;
 public sealed record ChatTurn(string Role, string Content);
 
 /// <summary>
-/// Turns a conversation into prompt text for the common chat formats. The GGUF's <c>tokenizer.chat_template</c> (a
-/// Jinja template) is recognised by its markers and rendered by a built-in C# renderer of that format, as llama.cpp
-/// does without <c>--jinja</c> (llm_chat_detect_template): the four families here cover Llama 2, Llama 3, Mistral
-/// and ChatML models, and a template that is not recognised falls back to ChatML. The rendered text never holds the
-/// BOS token: tokenize it with the model's add-BOS rule and with special tokens parsed.
+/// Turns a conversation into prompt text. When the model file has a <c>tokenizer.chat_template</c> (a Jinja
+/// template), it is rendered by Cria's Jinja interpreter (<see cref="Cria.Tokenization.Jinja.JinjaTemplate"/>) as transformers does
+/// (trim_blocks, lstrip_blocks; <c>messages</c>, <c>add_generation_prompt</c>, <c>bos_token</c>, <c>eos_token</c>,
+/// <c>tools</c> = none, <c>raise_exception</c>, <c>strftime_now</c>). Like llama.cpp, a template that drops or rejects
+/// a system message gets it merged into the first user message. When the file has no template, or its template does
+/// not parse or fails on a plain conversation, a built-in C# renderer of the family recognised by markers is used (as llama.cpp without
+/// <c>--jinja</c>): Llama 2, Llama 3, Mistral, else ChatML; <see cref="Description"/> says which and why.
+/// The rendered text never starts with the BOS token when the tokenizer adds one itself: tokenize it with the
+/// model's add-BOS rule and with special tokens parsed.
 /// </summary>
 public sealed class ChatTemplate
 {
     public enum Format { ChatML, Llama2, Llama3, Mistral }
 
+    /// <summary>The built-in family (the renderer used when <see cref="Jinja"/> is null).</summary>
     public Format Kind { get; }
-    public string Name => Kind switch { Format.ChatML => "chatml", Format.Llama2 => "llama2", Format.Llama3 => "llama3", _ => "mistral" };
+    /// <summary>"jinja" when the model's template is rendered, else the built-in family's name.</summary>
+    public string Name => Jinja != null ? "jinja" : BuiltinName;
+    string BuiltinName => Kind switch { Format.ChatML => "chatml", Format.Llama2 => "llama2", Format.Llama3 => "llama3", _ => "mistral" };
     /// <summary>The template text of the model file, when it had one.</summary>
     public string? Source { get; }
-    readonly string _eos;
+    /// <summary>The parsed model template, when it is the one rendered.</summary>
+    public JinjaTemplate? Jinja { get; }
+    /// <summary>Why the built-in renderer is used although the model has a template (its parse error, or the error
+    /// it raises on a plain user/assistant conversation), else null.</summary>
+    public string? FallbackReason { get; }
+    /// <summary>Whether the template renders system messages itself (probed as llama.cpp does); when not, system
+    /// text is merged into the next user message.</summary>
+    public bool SupportsSystemRole { get; } = true;
+    /// <summary>One line for logs: which renderer is used and why.</summary>
+    public string Description => Jinja != null
+        ? "the model's Jinja chat template" + (SupportsSystemRole ? "" : " (system messages merged into the first user message)")
+        : Source == null ? $"built-in {BuiltinName} (the model has no chat template)"
+        : $"built-in {BuiltinName} (the model's chat template could not be used: {FallbackReason})";
 
+    readonly string _bos, _eos;
+    readonly bool _stripBos;
+
+    /// <summary>A built-in renderer.</summary>
     public ChatTemplate(Format kind, string? source = null, string eosText = "</s>")
     {
-        Kind = kind; Source = source; _eos = eosText;
+        Kind = kind; Source = source; _eos = eosText; _bos = "";
+    }
+
+    ChatTemplate(Format kind, string source, JinjaTemplate? jinja, string? fallbackReason, string bos, string eos, bool stripBos)
+    {
+        Kind = kind; Source = source; Jinja = jinja; FallbackReason = fallbackReason; _bos = bos; _eos = eos; _stripBos = stripBos;
+        if (jinja != null) SupportsSystemRole = ProbeSystemRole();
     }
 
     /// <summary>The format a Jinja chat template is written for (ChatML when none is recognised or none given).</summary>
@@ -39,18 +69,96 @@ public sealed class ChatTemplate
         return Format.ChatML;
     }
 
-    /// <summary>The template of a model file (its <c>tokenizer.chat_template</c>, else ChatML).</summary>
+    /// <summary>A chat template rendered from Jinja source; when the source does not parse, or the template fails on
+    /// a plain user/assistant conversation, the built-in renderer of its detected family (see <see cref="FallbackReason"/>). <paramref name="stripBos"/>: remove a leading
+    /// <paramref name="bosText"/> from the output (set it when the tokenizer adds BOS itself).</summary>
+    public static ChatTemplate FromJinja(string source, string bosText, string eosText, bool stripBos = false, JinjaOptions? options = null)
+    {
+        JinjaTemplate t;
+        try { t = JinjaTemplate.Parse(source, options); }
+        catch (TemplateException e)
+        {
+            return new ChatTemplate(Detect(source), source, null, e.Message, bosText, eosText, stripBos);
+        }
+        var ct = new ChatTemplate(Detect(source), source, t, null, bosText, eosText, stripBos);
+        // A template that cannot render the plainest conversation (it uses something the interpreter lacks, or
+        // insists on inputs Cria does not pass) is of no use: fall back at load time rather than fail every request.
+        try
+        {
+            ct.Render([new("user", "Hello")]);
+            ct.Render([new("user", "Hello"), new("assistant", "Hi"), new("user", "Bye")], addGenerationPrompt: false);
+        }
+        catch (TemplateException e)
+        {
+            return new ChatTemplate(ct.Kind, source, null, "it fails on a plain user/assistant conversation: " + e.Message, bosText, eosText, stripBos);
+        }
+        return ct;
+    }
+
+    /// <summary>The template of a model file: its <c>tokenizer.chat_template</c> rendered with the tokenizer's BOS
+    /// and EOS text, else (absent or unparsable) the built-in renderer of its family, else ChatML.</summary>
     public static ChatTemplate FromGguf(GgufFile f, Tokenizer tokenizer)
     {
         f.TryGet("tokenizer.chat_template", out string? jinja);
         string eos = tokenizer.Eos >= 0 && tokenizer.Eos < tokenizer.VocabSize ? tokenizer.TokenText(tokenizer.Eos) : "</s>";
-        return new ChatTemplate(Detect(jinja), jinja, eos);
+        string bos = tokenizer.Bos >= 0 && tokenizer.Bos < tokenizer.VocabSize ? tokenizer.TokenText(tokenizer.Bos) : "";
+        if (string.IsNullOrEmpty(jinja)) return new ChatTemplate(Detect(jinja), null, eos);
+        return FromJinja(jinja, bos, eos, stripBos: tokenizer.AddBos);
     }
+
+    bool ProbeSystemRole()
+    {
+        const string needle = "<System Needle>";
+        try
+        {
+            return RenderJinja([new("system", needle), new("user", "<User Needle>")], false, polyfill: false).Contains(needle, StringComparison.Ordinal);
+        }
+        catch (TemplateException) { return false; }
+    }
+
+    string RenderJinja(IReadOnlyList<ChatTurn> turns, bool addGenerationPrompt, bool polyfill)
+    {
+        var messages = new List<object?>();
+        string pending = "";
+        foreach (var m in turns)
+        {
+            string role = m.Role, content = m.Content;
+            if (polyfill)
+            {
+                // llama.cpp's polyfill: system text waits for the next user message, joined with a newline.
+                if (role == "system") { pending = pending.Length == 0 ? content : pending + "\n" + content; continue; }
+                if (pending.Length > 0)
+                {
+                    if (role == "user") content = pending + (content.Length == 0 ? "" : "\n" + content);
+                    else messages.Add(Message("user", pending));
+                    pending = "";
+                }
+            }
+            messages.Add(Message(role, content));
+        }
+        if (pending.Length > 0) messages.Add(Message("user", pending));
+        var vars = new Dictionary<string, object?>
+        {
+            ["messages"] = messages,
+            ["add_generation_prompt"] = addGenerationPrompt,
+            ["bos_token"] = _bos,
+            ["eos_token"] = _eos,
+            ["tools"] = null,
+        };
+        var text = Jinja!.Render(vars);
+        if (_stripBos && _bos.Length > 0 && text.StartsWith(_bos, StringComparison.Ordinal)) text = text[_bos.Length..];
+        return text;
+    }
+
+    static OrderedDictionary<string, object?> Message(string role, string content) => new() { ["role"] = role, ["content"] = content };
 
     /// <summary>Renders the conversation; with <paramref name="addGenerationPrompt"/> the text ends where the
     /// assistant's reply begins.</summary>
+    /// <exception cref="TemplateException">The model's template failed while rendering (e.g. it called
+    /// <c>raise_exception</c> because the roles do not alternate).</exception>
     public string Render(IReadOnlyList<ChatTurn> messages, bool addGenerationPrompt = true)
     {
+        if (Jinja != null) return RenderJinja(messages, addGenerationPrompt, polyfill: !SupportsSystemRole);
         var sb = new StringBuilder();
         switch (Kind)
         {

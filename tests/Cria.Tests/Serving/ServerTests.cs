@@ -312,3 +312,67 @@ public class ServerLifecycleTests
                      "<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n", new ChatTemplate(ChatTemplate.Format.ChatML).Render(conv));
     }
 }
+
+/// <summary>A model file whose <c>tokenizer.chat_template</c> is a ChatML template (Qwen2's, which adds a default
+/// system prompt that the built-in ChatML renderer does not): /v1/chat/completions and the in-process IChatClient
+/// render that template; a conversation the template rejects is a 400 naming the template's message.</summary>
+public class ServerChatTemplateTests
+{
+    const string Qwen2 = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+    const string Mixtral = "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}";
+
+    static string Model(string key, string template) => Cria.Tests.Oracle.LogitsAgreementTests.ModelFile(key, new Cria.Models.RandomModelSpec
+    {
+        Dim = 64, Layers = 2, Heads = 4, KvHeads = 2, FfnDim = 128, VocabSize = 400, ContextLength = 1024, Seed = 7,
+        ExtraMetadata = [("tokenizer.chat_template", template)],
+    });
+
+    static async Task<JsonElement> Post(HttpClient http, string path, string json)
+    {
+        using var r = await http.PostAsync(path, new StringContent(json, Encoding.UTF8, "application/json"));
+        return JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.Clone();
+    }
+
+    [Fact]
+    public async Task TheGgufChatMLTemplateIsWhatTheServerRenders()
+    {
+        await using var server = await CriaServer.StartAsync(new ServerOptions { ModelPath = Model("serving-qwen2-template", Qwen2), Port = 0, Threads = 1, ContextSize = 512 });
+        await server.Loaded;
+        Assert.NotNull(server.Template!.Jinja);
+        Assert.Equal("the model's Jinja chat template", server.Template.Description);
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+
+        const string expected = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhello there<|im_end|>\n<|im_start|>assistant\n";
+        var builtin = new ChatTemplate(ChatTemplate.Format.ChatML).Render([new("user", "hello there")]);
+        Assert.Equal(expected, server.Template.Render([new("user", "hello there")]));
+        Assert.NotEqual(expected, builtin);
+
+        // The prompt the engine received has exactly the tokens of the template's rendering.
+        var tok = await Post(http, "/tokenize", JsonSerializer.Serialize(new { content = expected }));
+        int expectedTokens = tok.GetProperty("count").GetInt32();
+        var builtinTokens = (await Post(http, "/tokenize", JsonSerializer.Serialize(new { content = builtin }))).GetProperty("count").GetInt32();
+        Assert.NotEqual(expectedTokens, builtinTokens);
+        var chat = await Post(http, "/v1/chat/completions", """{"messages":[{"role":"user","content":"hello there"}],"max_tokens":1,"temperature":0}""");
+        Assert.Equal(expectedTokens, chat.GetProperty("usage").GetProperty("prompt_tokens").GetInt32());
+
+        // The in-process IChatClient goes through the same template.
+        var client = new CriaChatClient(server.Engine!, server.Template, "qwen2-test");
+        var r = await client.GetResponseAsync([new AiChatMessage(ChatRole.User, "hello there")], new ChatOptions { MaxOutputTokens = 1, Temperature = 0 });
+        Assert.Equal(expectedTokens, (int)r.Usage!.InputTokenCount!.Value);
+    }
+
+    [Fact]
+    public async Task AConversationTheTemplateRejectsIsA400()
+    {
+        await using var server = await CriaServer.StartAsync(new ServerOptions { ModelPath = Model("serving-mixtral-template", Mixtral), Port = 0, Threads = 1, ContextSize = 256 });
+        await server.Loaded;
+        Assert.False(server.Template!.SupportsSystemRole);
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+        using var bad = await http.PostAsync("/v1/chat/completions", new StringContent("""{"messages":[{"role":"user","content":"a"},{"role":"user","content":"b"}],"max_tokens":1}""", Encoding.UTF8, "application/json"));
+        Assert.Equal(HttpStatusCode.BadRequest, bad.StatusCode);
+        Assert.Contains("Conversation roles must alternate", await bad.Content.ReadAsStringAsync());
+        // A system message is merged into the first user turn instead of being rejected.
+        using var ok = await http.PostAsync("/v1/chat/completions", new StringContent("""{"messages":[{"role":"system","content":"s"},{"role":"user","content":"a"}],"max_tokens":1}""", Encoding.UTF8, "application/json"));
+        Assert.Equal(HttpStatusCode.OK, ok.StatusCode);
+    }
+}
