@@ -19,11 +19,17 @@ static class BenchCommand
         var threads = new Option<int>("--threads", "-t") { Description = "worker threads (0 = all cores)", DefaultValueFactory = _ => 0 };
         var json = new Option<bool>("--json") { Description = "also write one JSON object per test to stdout (after the table)" };
         var depth = new Option<int>("--n-depth", "-d") { Description = "tokens already in the KV cache when the tg test starts (llama-bench -d)" };
-        var cmd = new Command("bench", "measure prompt processing (pp) and generation (tg) speed, llama-bench style") { model, prompt, gen, reps, threads, json, depth };
+        var ctx = new Option<int>("--ctx-size", "-c") { Description = "KV cache tokens (default: max(p, d) + n; with --kv-evict a budget-sized cache suffices)" };
+        var ubatch = new Option<int>("--ubatch-size", "-ub") { Description = "rows per forward step when filling the depth (default: p, else 512)" };
+        var cmd = new Command("bench", "measure prompt processing (pp) and generation (tg) speed, llama-bench style") { model, prompt, gen, reps, threads, json, depth, ctx, ubatch };
         var kv = new KvCliOptions();
         kv.AddTo(cmd);
         cmd.SetAction(r => Run(r.GetValue(model)!, r.GetValue(prompt), r.GetValue(gen), r.GetValue(reps), r.GetValue(threads), r.GetValue(json),
-                               r.GetValue(depth), o => kv.Apply(r, o)));
+                               r.GetValue(depth), o => kv.Apply(r, o with
+                               {
+                                   ContextSize = r.GetValue(ctx) > 0 ? r.GetValue(ctx) : o.ContextSize,
+                                   MicroBatch = r.GetValue(ubatch) > 0 ? r.GetValue(ubatch) : o.MicroBatch,
+                               })));
         return cmd;
     }
 
@@ -66,7 +72,7 @@ static class BenchCommand
         if (p > 0) Test($"pp{p}", p, 0, e.RunPrompt, p);
         if (n > 0) Test(depth > 0 ? $"tg{n} @ d{depth}" : $"tg{n}", 0, n, e.RunGenerate, n);
         o.WriteLine();
-        o.WriteLine($"peak RSS: {BenchInfo.MiB(BenchInfo.PeakRssBytes())}");
+        o.WriteLine($"peak RSS: {BenchInfo.MiB(BenchInfo.PeakRssBytes())}; KV blocks in use {e.Context.Cache.UsedBlocks} of {e.Context.Cache.BlockCount} ({e.Context.Cache.Slots(0)} tokens held, next position {e.Context.Cache.Length(0)})");
         if (n > 0)
         {
             var tg = results[^1];

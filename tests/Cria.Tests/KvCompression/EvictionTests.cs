@@ -92,3 +92,29 @@ public class EvictionTests
         Assert.Equal(n - 1 - (n - 1) % ctx.Cache.BlockSize, pos[^1]);
     }
 }
+
+/// <summary>The long-context probe builds what it says and scores within [0, 1].</summary>
+public class PasskeyProbeTests
+{
+    [Theory]
+    [InlineData(PasskeyTask.Passkey)]
+    [InlineData(PasskeyTask.Copy)]
+    public void ProbePlacesTheNeedleAtTheDepthAndScores(PasskeyTask task)
+    {
+        using var m = LlamaModel.Open(Path.Combine(TestPaths.RepoRoot, "models", "default.gguf"));
+        using var ctx = new InferenceContext(m, new ContextOptions { ContextSize = 256, Threads = 2, MicroBatch = 64 });
+        var probe = new PasskeyProbe(ctx, m.Tokenizer);
+        var (early, a1) = probe.Build(task, 200, 0.0, new Random(1));
+        var (late, a2) = probe.Build(task, 200, 1.0, new Random(1));
+        Assert.InRange(early.Length + a1.Length, 190, 200);
+        Assert.Equal(early.Length, late.Length);
+        Assert.Equal(a1, a2);
+        // The needle's first token sits right after BOS at depth 0 and near the end at depth 1.
+        int needleTok = early[1];
+        Assert.NotEqual(early[1], late[1]);
+        Assert.Contains(needleTok, late.Skip(early.Length / 2));
+        var res = probe.Run(task, [128], [0.5], trials: 2);
+        Assert.InRange(res[0].TokenAccuracy, 0, 1);
+        Assert.Equal(0, ctx.Cache.UsedBlocks);
+    }
+}
