@@ -32,7 +32,7 @@ public sealed class KvCache : IKvBlockPool
 {
     public const int DefaultBlockSize = 16;
 
-    readonly byte[][] _k;        // [layer][cell * KeyRowBytes]    F32/F16: [cell][kvHead][hd]; Q8_0: [cell][kvDim/32 blocks of 34 B]; KIVI: per block [channel][G codes]
+    readonly byte[][] _k;        // [layer][cell * KeyRowBytes]    F32/F16: [cell][kvHead][hd]; Q8_0: [cell][kvDim/32 blocks of 34 B]; KIVI: [cell][kvDim codes]
     readonly byte[][] _v;        // [layer][cell * ValueRowBytes]  F32/F16/Q8_0 as keys; KIVI: [cell][kvDim codes]
     readonly ushort[][] _kParams; // KIVI: [layer][block * kvDim * 2] (F16 scale, F16 min) per channel of a key group
     readonly ushort[][] _vParams; // KIVI: [layer][cell * valueGroups * 2] (F16 scale, F16 min) per channel group of a value
@@ -329,17 +329,22 @@ public sealed class KvCache : IKvBlockPool
         }
         int bs = BlockSize;
         if (cell % bs != bs - 1) return;
-        // The block is full: quantize its keys per channel over its G tokens (read back from the ring).
+        // The block is full: quantize its keys per channel over its G tokens (read back from the ring). Codes are
+        // laid out per token like the values ([cell][channel]), so the kernel decodes a key row with the block's
+        // per-channel scales; the quantization groups are still KIVI's (one channel over G tokens).
         int block = cell / bs, first = pos - (bs - 1);
         var kr = ring[2 * layer];
         var kCodes = _k[layer].AsSpan(block * bs * KeyRowBytes, bs * KeyRowBytes);
+        kCodes.Clear();
         var kp = _kParams[layer].AsSpan(block * kvDim * 2, kvDim * 2);
-        int bytesPerChannel = bs * bits / 8;
+        Span<byte> groupCodes = stackalloc byte[bs * bits / 8 + 1];
         for (int ch = 0; ch < kvDim; ch++)
         {
             for (int t = 0; t < bs; t++) x[t] = Fp16.ToSingle(kr[(first + t) % RingLength * kvDim + ch]);
-            var (scale, min) = Kivi.QuantizeGroup(x, bs, 1, bits, kCodes.Slice(ch * bytesPerChannel, bytesPerChannel));
+            var (scale, min) = Kivi.QuantizeGroup(x, bs, 1, bits, groupCodes);
             kp[2 * ch] = scale; kp[2 * ch + 1] = min;
+            int bit = ch * bits;
+            for (int t = 0; t < bs; t++) kCodes[t * KeyRowBytes + (bit >> 3)] |= (byte)(Kivi.Code(groupCodes, t, bits) << (bit & 7));
         }
     }
 

@@ -230,27 +230,20 @@ internal sealed class AttentionJob : ParallelJob
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void LoadKiviRun(in KvLayer kv, int block, int r0, int run, int pos0, int g, int hd, int p, ushort[][] ring, Span<float> kTile, Span<float> vTile)
     {
-        int bs = kv.BlockSize, kvDim = kv.KvDim, bits = kv.Bits, mask = (1 << bits) - 1, off = g * hd;
+        int bs = kv.BlockSize, kvDim = kv.KvDim, bits = kv.Bits, off = g * hd;
         int kEnd = Kivi.QuantizedKeyEnd(p, kv.Residual), vEnd = Kivi.QuantizedValueEnd(p, kv.Residual);
         var ringK = ring[2 * kv.Layer]; var ringV = ring[2 * kv.Layer + 1];
-        // Keys: per channel, the block's codes along tokens; tokens in the residual window from the ring.
+        // Keys: the block's per-channel scales and mins once, then each quantized token's row of codes; tokens in the
+        // residual window from the ring.
         int quantK = Math.Clamp(kEnd - pos0, 0, run);
         if (quantK > 0)
         {
-            int bytesPerChannel = bs * bits / 8;
-            var codes = kv.K.AsSpan(block * bs * kv.RowBytes, bs * kv.RowBytes);
-            var kp = kv.KParams!.AsSpan(block * kvDim * 2, kvDim * 2);
-            for (int i = 0; i < hd; i++)
-            {
-                int ch = off + i;
-                float scale = Fp16.ToSingle(kp[2 * ch]), min = Fp16.ToSingle(kp[2 * ch + 1]);
-                var cc = codes.Slice(ch * bytesPerChannel, bytesPerChannel);
-                for (int r = 0; r < quantK; r++)
-                {
-                    int bit = (r0 + r) * bits;
-                    kTile[r * hd + i] = (cc[bit >> 3] >> (bit & 7) & mask) * scale + min;
-                }
-            }
+            Span<float> scale = stackalloc float[hd];
+            Span<float> min = stackalloc float[hd];
+            var kp = kv.KParams!.AsSpan((block * kvDim + off) * 2, hd * 2);
+            for (int i = 0; i < hd; i++) { scale[i] = Fp16.ToSingle(kp[2 * i]); min[i] = Fp16.ToSingle(kp[2 * i + 1]); }
+            for (int r = 0; r < quantK; r++)
+                Kivi.DequantizeRow(kv.K.AsSpan((block * bs + r0 + r) * kv.RowBytes + off * bits / 8, hd * bits / 8), bits, scale, min, kTile.Slice(r * hd, hd));
         }
         for (int r = quantK; r < run; r++)
             HalfToSingle(ringK.AsSpan((pos0 + r) % kv.RingLength * kvDim + off, hd), kTile.Slice(r * hd, hd));
@@ -266,12 +259,7 @@ internal sealed class AttentionJob : ParallelJob
             for (int i = 0; i < hd; i += vg)
             {
                 int q = (off + i) / vg;
-                float scale = Fp16.ToSingle(vp[2 * q]), min = Fp16.ToSingle(vp[2 * q + 1]);
-                for (int e = 0; e < vg; e++)
-                {
-                    int bit = (off + i + e) * bits;
-                    dst[i + e] = (codes[bit >> 3] >> (bit & 7) & mask) * scale + min;
-                }
+                Kivi.DequantizeRow(codes.Slice((off + i) * bits / 8, vg * bits / 8), bits, Fp16.ToSingle(vp[2 * q]), Fp16.ToSingle(vp[2 * q + 1]), dst.Slice(i, vg));
             }
         }
     }
