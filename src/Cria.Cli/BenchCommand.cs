@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
+using Cria.Inference;
 
 namespace Cria.Cli;
 
@@ -24,13 +25,45 @@ static class BenchCommand
         var cmd = new Command("bench", "measure prompt processing (pp) and generation (tg) speed, llama-bench style") { model, prompt, gen, reps, threads, json, depth, ctx, ubatch };
         var kv = new KvCliOptions();
         kv.AddTo(cmd);
-        cmd.SetAction(r => Run(r.GetValue(model)!, r.GetValue(prompt), r.GetValue(gen), r.GetValue(reps), r.GetValue(threads), r.GetValue(json),
-                               r.GetValue(depth), o => kv.Apply(r, o with
-                               {
-                                   ContextSize = r.GetValue(ctx) > 0 ? r.GetValue(ctx) : o.ContextSize,
-                                   MicroBatch = r.GetValue(ubatch) > 0 ? r.GetValue(ubatch) : o.MicroBatch,
-                               })));
+        cmd.SetAction(r =>
+        {
+            ContextOptions Configure(ContextOptions o, string? type) => kv.Apply(r, o with
+            {
+                ContextSize = r.GetValue(ctx) > 0 ? r.GetValue(ctx) : o.ContextSize,
+                MicroBatch = r.GetValue(ubatch) > 0 ? r.GetValue(ubatch) : o.MicroBatch,
+            }, type);
+            var types = kv.TypeList(r);
+            if (types.Length > 1)
+                return CompareKvTypes(r.GetValue(model)!, types, r.GetValue(gen), r.GetValue(reps), r.GetValue(threads), r.GetValue(depth), Configure);
+            return Run(r.GetValue(model)!, r.GetValue(prompt), r.GetValue(gen), r.GetValue(reps), r.GetValue(threads), r.GetValue(json),
+                       r.GetValue(depth), o => Configure(o, null));
+        });
         return cmd;
+    }
+
+    /// <summary>tg at a depth for several KV types in one process, repetitions interleaved (type A, B, …, A, B, …) so
+    /// that a busy machine's drift hits every type alike; prints mean and median tokens/s per type.</summary>
+    static int CompareKvTypes(string path, string[] types, int n, int reps, int threads, int depth,
+                              Func<ContextOptions, string?, ContextOptions> configure)
+    {
+        if (n < 1) throw new CriaException("need -n ≥ 1");
+        if (threads <= 0) threads = Environment.ProcessorCount;
+        var ci = CultureInfo.InvariantCulture;
+        var engines = types.Select(t => new CriaBenchEngine(path, threads, 0, n, depth: depth, configure: o => configure(o, t))).ToArray();
+        try
+        {
+            foreach (var e in engines) e.RunGenerate(); // fills the depth once, warm-up
+            var tps = types.Select(_ => new List<double>()).ToArray();
+            for (int i = 0; i < reps; i++)
+                for (int k = 0; k < engines.Length; k++) tps[k].Add(n / engines[k].RunGenerate());
+            for (int k = 0; k < engines.Length; k++)
+                Console.Out.WriteLine(string.Create(ci, $"tg{n} @ d{depth} {types[k],-6} {KvCliOptions.Describe(engines[k].Context)}: mean {BenchInfo.Mean(tps[k]):F2} ± {BenchInfo.StdDev(tps[k]):F2}, median {BenchInfo.Median(tps[k]):F2} tok/s"));
+        }
+        finally
+        {
+            foreach (var e in engines) e.Dispose();
+        }
+        return 0;
     }
 
     sealed record TestResult(string Name, int NPrompt, int NGen, double[] Seconds, double[] TokensPerSecond);

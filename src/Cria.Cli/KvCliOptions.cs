@@ -32,9 +32,12 @@ sealed class KvCliOptions
             cmd.Options.Add(o);
     }
 
-    public KvFormat Format(ParseResult r) => new()
+    /// <summary>The --kv-type values when a comma-separated list is given (bench compares them side by side).</summary>
+    public string[] TypeList(ParseResult r) => (r.GetValue(_type) ?? "f16").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+
+    public KvFormat Format(ParseResult r, string? type = null) => new()
     {
-        Type = KvFormat.Parse(r.GetValue(_type) ?? "f16"),
+        Type = KvFormat.Parse(type ?? r.GetValue(_type) ?? "f16"),
         KiviGroup = r.GetValue(_group),
         KiviResidual = r.GetValue(_residual),
     };
@@ -60,7 +63,7 @@ sealed class KvCliOptions
     }
 
     /// <summary><paramref name="o"/> with this command line's KV format, eviction and RoPE overrides.</summary>
-    public ContextOptions Apply(ParseResult r, ContextOptions o) => o with { Kv = Format(r), Eviction = Eviction(r), Rope = Rope(r) };
+    public ContextOptions Apply(ParseResult r, ContextOptions o, string? type = null) => o with { Kv = Format(r, type), Eviction = Eviction(r), Rope = Rope(r) };
 
     public static string Describe(InferenceContext c)
     {
