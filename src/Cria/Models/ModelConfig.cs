@@ -198,6 +198,8 @@ public sealed record RopeOverrides
             RopeFreqScale = type == RopeScalingType.None ? 1f : freqScale,
             RopeFreqBase = FreqBase > 0 ? FreqBase : c.RopeFreqBase,
             RopeOriginalContext = orig,
+            // The context a scaled model is meant for (what the server admits by default): original × factor.
+            ContextLength = type != RopeScalingType.None && Scale > 0 ? Math.Max(c.ContextLength, (int)(orig * Scale)) : c.ContextLength,
             YarnExtFactor = YarnExtFactor >= 0 ? YarnExtFactor : c.YarnExtFactor,
             YarnAttnFactor = YarnAttnFactor >= 0 ? YarnAttnFactor : c.YarnAttnFactor,
             YarnBetaFast = YarnBetaFast >= 0 ? YarnBetaFast : c.YarnBetaFast,
