@@ -13,8 +13,8 @@ NR > 1 && $1 == "format" { n++; name[n] = $2; b[n] = $3; p[n] = $4; t[n,0] = $6;
 END {
   pad = (pmax - pmin) * 0.15 + 0.01; pmin -= pad; pmax += pad; tmax *= 1.1
   split("#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2", col, " ")
-  print "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"840\" height=\"360\" font-family=\"sans-serif\" font-size=\"11\">"
-  print "<rect width=\"840\" height=\"360\" fill=\"white\"/>"
+  print "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"900\" height=\"360\" font-family=\"sans-serif\" font-size=\"11\">"
+  print "<rect width=\"900\" height=\"360\" fill=\"white\"/>"
   # left panel axes
   print "<text x=\"60\" y=\"25\" font-size=\"13\">perplexity (data/valid.txt, ctx 256) vs KV bytes per token</text>"
   print "<line x1=\"60\" y1=\"300\" x2=\"390\" y2=\"300\" stroke=\"black\"/><line x1=\"60\" y1=\"50\" x2=\"60\" y2=\"300\" stroke=\"black\"/>"
@@ -31,11 +31,14 @@ END {
   split("512 2048 8192", d, " ")
   for (k = 0; k < 3; k++) printf "<text x=\"%.1f\" y=\"315\" text-anchor=\"middle\">%s</text>\n", x2(k), d[k + 1]
   for (k = 0; k <= 4; k++) { v = tmax * k / 4; printf "<text x=\"485\" y=\"%.1f\" text-anchor=\"end\">%.0f</text>\n", y2(v) + 4, v }
+  m = 0
   for (i = 1; i <= n; i++) {
+    if (t[i,0] == "") continue
+    m++
     printf "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" points=\"", col[(i - 1) % 7 + 1]
     for (k = 0; k < 3; k++) printf "%.1f,%.1f ", x2(k), y2(t[i,k])
     print "\"/>"
-    printf "<text x=\"805\" y=\"%.1f\" fill=\"%s\">%s</text>\n", 60 + i * 14, col[(i - 1) % 7 + 1], name[i]
+    printf "<text x=\"805\" y=\"%.1f\" fill=\"%s\">%s</text>\n", 60 + m * 14, col[(i - 1) % 7 + 1], name[i]
   }
   print "</svg>"
 }' "$1"
