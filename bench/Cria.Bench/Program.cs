@@ -63,7 +63,7 @@ var llama = new LlamaEngine(model, threads, pp, tg, mmap, cria.Model.Config.Voca
 double llamaLoad = Stopwatch.GetElapsedTime(t0).TotalSeconds;
 string type = cria.TypeName;
 long fileBytes = cria.Model.File.FileSize, wbpt = cria.Model.WeightBytesPerToken;
-long kvBytes = cria.Context.Cache.BytesPerToken * (pp + tg);
+long kvBytes = (long)(cria.Context.Cache.BytesPerToken * (pp + tg));
 o.WriteLine($"model: {type}, {BenchInfo.ParamsText(cria.Model)} params, file {fileBytes / 1e6:F1} MB, weight bytes per token {wbpt / 1e6:F1} MB");
 o.WriteLine($"load: Cria {criaLoad:F2} s, llama.cpp {llamaLoad:F2} s ({llama.Description}); llama.cpp settings: {LlamaSettings()}");
 

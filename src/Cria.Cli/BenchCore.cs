@@ -18,15 +18,22 @@ public sealed class CriaBenchEngine : IDisposable
     readonly int[] _promptTokens;
     readonly int[] _genTokens;
 
-    public CriaBenchEngine(string path, int threads, int promptTokens, int genTokens, int seed = 42)
+    readonly int _depth;
+    readonly int[] _depthTokens;
+
+    /// <summary><paramref name="depth"/>: tokens already in the cache when tg starts (llama-bench's -d);
+    /// <paramref name="configure"/> adds KV-cache and RoPE settings.</summary>
+    public CriaBenchEngine(string path, int threads, int promptTokens, int genTokens, int seed = 42, int depth = 0,
+                           Func<ContextOptions, ContextOptions>? configure = null)
     {
         Model = LlamaModel.Open(BenchInfo.ResolvePath(path));
-        int ctx = Math.Max(1, promptTokens + genTokens);
-        Context = new InferenceContext(Model, new ContextOptions
-        {
-            ContextSize = ctx, Threads = threads, MicroBatch = Math.Max(1, promptTokens),
-        });
-        _batch = new Batch(Math.Max(1, promptTokens));
+        int ctx = Math.Max(1, Math.Max(promptTokens, depth) + genTokens);
+        int ub = promptTokens > 0 ? promptTokens : 512;
+        var options = new ContextOptions { ContextSize = ctx, Threads = threads, MicroBatch = ub };
+        Context = new InferenceContext(Model, configure != null ? configure(options) : options);
+        _batch = new Batch(Math.Max(ub, 1));
+        _depth = depth;
+        _depthTokens = SyntheticTokens(Model.Config.VocabSize, depth, seed + 2);
         _promptTokens = SyntheticTokens(Model.Config.VocabSize, promptTokens, seed);
         _genTokens = SyntheticTokens(Model.Config.VocabSize, genTokens, seed + 1);
     }
@@ -55,12 +62,24 @@ public sealed class CriaBenchEngine : IDisposable
     /// <summary>Text generation: N single-token decodes from an empty cache, logits each step. Returns seconds.</summary>
     public double RunGenerate()
     {
-        Context.Cache.Clear();
+        if (_depth == 0) Context.Cache.Clear();
+        else if (Context.Cache.Length(0) >= _depth) Context.Cache.Truncate(0, _depth); // keep the depth prefix between runs
+        else
+        {
+            Context.Cache.Clear();
+            for (int i = 0; i < _depth; i += Context.MicroBatch)
+            {
+                _batch.Clear();
+                int n = Math.Min(Context.MicroBatch, _depth - i);
+                _batch.AddSequence(_depthTokens.AsSpan(i, n), i, 0, logitsForLast: i + n == _depth);
+                Context.Decode(_batch);
+            }
+        }
         long t0 = Stopwatch.GetTimestamp();
         for (int i = 0; i < _genTokens.Length; i++)
         {
             _batch.Clear();
-            _batch.Add(_genTokens[i], i, 0, true);
+            _batch.Add(_genTokens[i], _depth + i, 0, true);
             Context.Decode(_batch);
         }
         long t1 = Stopwatch.GetTimestamp();

@@ -28,6 +28,8 @@ static class GenerateCommand
         {
             model, prompt, n, temp, seed, threads, ctx, topK, topP, minP, repeat, lastN, freq, pres, special,
         };
+        var kv = new KvCliOptions();
+        kv.AddTo(cmd);
         cmd.SetAction(r =>
         {
             var path = DefaultModel.Resolve(r.GetValue(model));
@@ -37,7 +39,7 @@ static class GenerateCommand
             if (ctxSize == 0) ctxSize = Math.Min(4096, m.Config.ContextLength);
             int nPredict = r.GetValue(n);
             if (nPredict < 0) throw new CriaException($"-n must be ≥ 0, got {nPredict}");
-            using var context = new InferenceContext(m, new ContextOptions { ContextSize = ctxSize, Threads = r.GetValue(threads) });
+            using var context = new InferenceContext(m, kv.Apply(r, new ContextOptions { ContextSize = ctxSize, Threads = r.GetValue(threads) }));
             var sampler = new SamplerOptions
             {
                 Temperature = r.GetValue(temp),
@@ -58,7 +60,7 @@ static class GenerateCommand
             Console.Out.WriteLine();
             var s = gen.LastStats!;
             Console.Error.WriteLine();
-            Console.Error.WriteLine($"model: {Path.GetFileName(path)} ({m.Config.LayerCount} layers, dim {m.Config.Dim}), {context.Threads} threads, ctx {context.Cache.Capacity}");
+            Console.Error.WriteLine($"model: {Path.GetFileName(path)} ({m.Config.LayerCount} layers, dim {m.Config.Dim}), {context.Threads} threads, ctx {context.Cache.Capacity}, {KvCliOptions.Describe(context)}");
             Console.Error.WriteLine($"prompt: {s.PromptTokens} tokens in {s.PromptTime.TotalMilliseconds:F1} ms, {s.PromptTokensPerSecond:F2} tokens/s");
             Console.Error.WriteLine($"generation: {s.GeneratedTokens} tokens in {s.GenerationTime.TotalMilliseconds:F1} ms, {s.GenerationTokensPerSecond:F2} tokens/s (stop: {s.StopReason})");
             return 0;

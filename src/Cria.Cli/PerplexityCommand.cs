@@ -13,7 +13,11 @@ static class PerplexityCommand
         var files = new Argument<string[]>("files") { Arity = new ArgumentArity(1, 2), Description = "[MODEL] TEXTFILE (MODEL defaults to the bundled model)" };
         var ctx = new Option<int>("--ctx-size", "-c") { Description = "chunk size in tokens (default: the model's context length)" };
         var threads = new Option<int>("--threads", "-t") { Description = "worker threads (default: all cores)" };
-        var cmd = new Command("perplexity", "perplexity of a text file: non-overlapping chunks, second half of each scored (as llama-perplexity)") { files, ctx, threads };
+        var ubatch = new Option<int>("--ubatch-size", "-ub") { Description = "rows per forward step (default: the chunk); with --kv-evict, eviction runs after each step (chunked prefill)" };
+        var maxChunks = new Option<int>("--chunks") { Description = "evaluate at most this many chunks (default: all)" };
+        var cmd = new Command("perplexity", "perplexity of a text file: non-overlapping chunks, second half of each scored (as llama-perplexity)") { files, ctx, threads, ubatch, maxChunks };
+        var kv = new KvCliOptions();
+        kv.AddTo(cmd);
         cmd.SetAction(r =>
         {
             var f = r.GetValue(files)!;
@@ -25,13 +29,15 @@ static class PerplexityCommand
             int c = r.GetValue(ctx);
             if (c < 0) throw new CriaException($"context size must be positive, got {c}");
             if (c == 0) c = m.Config.ContextLength;
-            using var context = new InferenceContext(m, new ContextOptions { ContextSize = c, Threads = r.GetValue(threads), MicroBatch = c });
+            int ub = r.GetValue(ubatch) > 0 ? r.GetValue(ubatch) : c;
+            using var context = new InferenceContext(m, kv.Apply(r, new ContextOptions { ContextSize = c, Threads = r.GetValue(threads), MicroBatch = ub }));
+            Console.Error.WriteLine(KvCliOptions.Describe(context));
             var sw = System.Diagnostics.Stopwatch.StartNew();
             Console.Error.WriteLine($"model: {path}; text: {textPath}; chunks of {c} tokens, scoring the second half of each");
             var res = Perplexity.Compute(context, m.Tokenizer, text, c, (i, n, ppl) =>
             {
                 if (i % 10 == 0 || i == n) Console.Error.WriteLine($"[{i}/{n}] running perplexity {ppl:F4}");
-            });
+            }, r.GetValue(maxChunks) > 0 ? r.GetValue(maxChunks) : int.MaxValue);
             Console.Error.WriteLine($"{res.Chunks} chunks, {res.ScoredTokens} tokens scored, mean NLL {res.MeanNll:F4}, {sw.Elapsed.TotalSeconds:F1} s");
             Console.Out.WriteLine($"perplexity: {res.Value:F4}");
             return 0;

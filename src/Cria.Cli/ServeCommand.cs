@@ -26,6 +26,8 @@ static class ServeCommand
         {
             model, host, port, apiKey, apiKeyFile, ctx, threads, budget, maxSeqs, noChunk, noPrefix, maxWaiting, verbose,
         };
+        var kv = new KvCliOptions();
+        kv.AddTo(cmd);
         cmd.SetAction(async (r, ct) =>
         {
             var path = DefaultModel.Resolve(r.GetValue(model));
@@ -37,6 +39,7 @@ static class ServeCommand
                 ModelPath = path,
                 Host = r.GetValue(host)!, Port = r.GetValue(port), ApiKey = string.IsNullOrEmpty(key) ? null : key,
                 ContextSize = r.GetValue(ctx), Threads = r.GetValue(threads), Verbose = r.GetValue(verbose),
+                Kv = kv.Format(r), Eviction = kv.Eviction(r), Rope = kv.Rope(r),
                 Engine = new EngineOptions
                 {
                     MaxWaiting = r.GetValue(maxWaiting),

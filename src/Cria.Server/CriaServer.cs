@@ -33,6 +33,10 @@ public sealed record ServerOptions
     public int ContextSize { get; init; }
     public int Threads { get; init; }
     public EngineOptions Engine { get; init; } = new();
+    /// <summary>KV cache format, eviction and RoPE overrides (--kv-type, --kv-evict/--kv-budget, --rope-*).</summary>
+    public KvFormat Kv { get; init; } = KvFormat.F16;
+    public KvEvictionOptions Eviction { get; init; } = KvEvictionOptions.None;
+    public RopeOverrides? Rope { get; init; }
     public long MaxBodyBytes { get; init; } = 4 << 20;
     /// <summary>Write request logs to the console.</summary>
     public bool Verbose { get; init; }
@@ -88,7 +92,11 @@ public sealed class CriaServer : IAsyncDisposable
         {
             var model = LlamaModel.Open(_o.ModelPath);
             int ctx = _o.ContextSize > 0 ? _o.ContextSize : Math.Min(8192, model.Config.ContextLength);
-            var context = new InferenceContext(model, new ContextOptions { ContextSize = ctx, Threads = _o.Threads, MicroBatch = Math.Max(64, Math.Min(512, _o.Engine.Scheduler.TokenBudget)) });
+            var context = new InferenceContext(model, new ContextOptions
+            {
+                ContextSize = ctx, Threads = _o.Threads, MicroBatch = Math.Max(64, Math.Min(512, _o.Engine.Scheduler.TokenBudget)),
+                Kv = _o.Kv, Eviction = _o.Eviction, Rope = _o.Rope,
+            });
             var engine = new Engine(context, model.Tokenizer, _o.Engine);
             var metrics = new ServerMetrics(ModelName);
             metrics.Attach(engine);

@@ -15,6 +15,12 @@ public sealed record ContextOptions
     /// <summary>Worker threads (0 = all cores).</summary>
     public int Threads { get; init; }
     public int KvBlockSize { get; init; } = KvCache.DefaultBlockSize;
+    /// <summary>KV storage format (F16 by default, as llama.cpp; the oracle tests ask for F32).</summary>
+    public KvFormat Kv { get; init; } = KvFormat.F16;
+    /// <summary>KV eviction policy and budget (none by default).</summary>
+    public KvEvictionOptions Eviction { get; init; } = KvEvictionOptions.None;
+    /// <summary>RoPE scaling overrides (CLI --rope-scaling, --rope-scale, --rope-freq-base, --yarn-orig-ctx).</summary>
+    public RopeOverrides? Rope { get; init; }
 }
 
 /// <summary>A batch row breaks the rules of <see cref="Batch"/> (bad token, position or sequence order).</summary>
@@ -52,6 +58,9 @@ public sealed class InferenceContext : IDisposable
     readonly byte[][] _actQ;  // [1..3][B, rowBytes(actType, cols)] activations in the weights' row-kernel layouts (pinned);
                               // [0] fits every matmul, [1] and [2] the other weight types of a fused Q/K/V or gate/up
     readonly int[] _cells;    // [B] KV cell of each row
+    readonly KvEvictor? _evictor;
+    float[] _probs = [];      // [B, kvHeads, slots] attention probabilities for eviction scores (only with a scoring policy)
+    int _probStride;
     float[] _logits = [];     // [nOutputs, vocab]
     int[] _outputIndex = [];  // batch row -> logits row, -1 when none
     int _outputs;
@@ -60,10 +69,11 @@ public sealed class InferenceContext : IDisposable
     {
         options ??= new ContextOptions();
         Model = model;
-        var c = Config = model.Config;
+        var c = Config = options.Rope is { } rope ? rope.Apply(model.Config) : model.Config;
         int ctx = options.ContextSize > 0 ? options.ContextSize : c.ContextLength;
-        Cache = new KvCache(c, ctx, options.KvBlockSize);
         MicroBatch = Math.Max(1, options.MicroBatch);
+        Cache = new KvCache(c, ctx, options.KvBlockSize, options.Kv, MicroBatch);
+        _evictor = KvEvictor.Create(options.Eviction);
         int threads = options.Threads > 0 ? options.Threads : Environment.ProcessorCount;
         _pool = new WorkerPool(threads);
         int b = MicroBatch;
@@ -169,12 +179,13 @@ public sealed class InferenceContext : IDisposable
         int dim = c.Dim, qDim = c.QDim, kvDim = c.KvDim, ff = c.FfnDim, nRot = c.RopeDim;
         var tokens = batch.Tokens; var pos = batch.Positions; var seqs = batch.Sequences;
 
+        _evictor?.BeginStep(Cache, batch, start, B);
         // Embedding rows and the per-row RoPE table; reserve a KV cell for each row.
         for (int b = 0; b < B; b++)
         {
             int r = start + b;
             Dequantize.Row(m.TokenEmbedding.Type, m.TokenEmbedding.Row(tokens[r]), _x.AsSpan(b * dim, dim));
-            Ops.RopeCache(pos[r], nRot, c.RopeFreqBase, c.RopeFreqScale, c.RopeFreqFactors, _rope.AsSpan(b * nRot, nRot));
+            c.RopeCache(pos[r], _rope.AsSpan(b * nRot, nRot));
             Cache.Append(seqs[r], 1);
             _cells[b] = Cache.Cell(seqs[r], pos[r]);
         }
@@ -185,17 +196,18 @@ public sealed class InferenceContext : IDisposable
             // ---- attention ----
             for (int b = 0; b < B; b++) Ops.RmsNorm(_x.AsSpan(b * dim, dim), L.AttnNorm, c.RmsNormEps, _xn.AsSpan(b * dim, dim));
             MatMuls(_xn, B, 3, L.Wq, _q, L.Wk, _k, L.Wv, _v);
-            var kc = Cache.KeyArray(l); var vc = Cache.ValueArray(l);
             for (int b = 0; b < B; b++)
             {
                 var cs = _rope.AsSpan(b * nRot, nRot);
                 Ops.RopeNorm(_q.AsSpan(b * qDim, qDim), c.HeadCount, c.HeadDim, cs);
                 Ops.RopeNorm(_k.AsSpan(b * kvDim, kvDim), c.KvHeadCount, c.HeadDim, cs);
-                _k.AsSpan(b * kvDim, kvDim).CopyTo(kc.AsSpan(_cells[b] * kvDim, kvDim));
-                _v.AsSpan(b * kvDim, kvDim).CopyTo(vc.AsSpan(_cells[b] * kvDim, kvDim));
+                Cache.Store(l, seqs[start + b], pos[start + b], _cells[b], _k.AsSpan(b * kvDim, kvDim), _v.AsSpan(b * kvDim, kvDim));
             }
-            _attention.Prepare(l, _q, _att, batch, start, B);
+            bool scoring = _evictor is { NeedsAttention: true };
+            if (scoring) EnsureProbs();
+            _attention.Prepare(l, _q, _att, batch, start, B, scoring ? _probs : null, _probStride);
             _pool.Run(_attention);
+            if (scoring) _evictor!.Accumulate(Cache, batch, start, B, _probs, _probStride, c.KvHeadCount);
             MatMul(L.Wo, _att, B, _tmp);
             for (int i = 0; i < B * dim; i++) _x[i] += _tmp[i];
 
@@ -206,6 +218,9 @@ public sealed class InferenceContext : IDisposable
             MatMul(L.WDown, _gate, B, _tmp);
             for (int i = 0; i < B * dim; i++) _x[i] += _tmp[i];
         }
+
+        // Eviction, chunk by chunk (Locret): every sequence of this micro-batch over its budget drops blocks.
+        if (_evictor != null) _evictor.Evict(Cache, batch, start, B);
 
         // Final hidden states (after the output norm) of every row, for embeddings.
         if (KeepEmbeddings)
@@ -225,6 +240,13 @@ public sealed class InferenceContext : IDisposable
             MatMul(m.Output, _xn, nOut, _logits.AsSpan(outRow * c.VocabSize).Slice(0, nOut * c.VocabSize));
             outRow += nOut;
         }
+    }
+
+    void EnsureProbs()
+    {
+        int stride = Cache.Capacity + Cache.BlockSize;
+        long need = (long)MicroBatch * Config.KvHeadCount * stride;
+        if (_probs.Length < need) { _probs = new float[need]; _probStride = stride; }
     }
 
     /// <summary>y[b, :] = W · x[b, :] for B rows: activations are converted once to the format the weight's row kernel reads.</summary>

@@ -1,13 +1,22 @@
+using System.Runtime.InteropServices;
 using Cria.Models;
+using Cria.Tensors;
 
 namespace Cria.Inference;
 
 /// <summary>
 /// The key/value cache of every layer for many sequences, stored in fixed-size blocks taken from one pool
-/// (vLLM's paged attention layout). Each sequence owns a block table; the token at position p of a sequence lives in
-/// cell <c>table[p / BlockSize] * BlockSize + p % BlockSize</c>. Positions of a sequence are always 0..Length-1:
-/// rows append at the end, and <see cref="Truncate"/> / <see cref="Remove"/> give blocks back to the pool.
-/// Values are stored as F32 (exact against llama.cpp's F32 cache).
+/// (vLLM's paged attention layout). Each sequence owns a block table; the k-th cached token of a sequence (its slot k)
+/// lives in cell <c>table[k / BlockSize] * BlockSize + k % BlockSize</c>. Without eviction slot = position; eviction
+/// (<see cref="DropBlocks"/>) removes whole blocks from the table, and <see cref="BlockPositions"/> keeps the original
+/// position of each block's first token. Rows append at the end, and <see cref="Truncate"/> / <see cref="Remove"/>
+/// give blocks back to the pool.
+/// <para>
+/// Storage (<see cref="KvFormat"/>): F32, F16, Q8_0 (per cell), or KIVI: keys quantized per channel over the G
+/// tokens of a block (block size = G, scale and min per block and channel), values per token in groups of channels;
+/// each sequence also keeps a ring of its most recent tokens in F16 (R + <c>ringSlack</c> positions), from which the
+/// attention kernel reads the tokens that KIVI's residual window holds in full precision.
+/// </para>
 /// <para>
 /// Prefix caching (vLLM's automatic prefix caching): a full block can be published under the hash of its token chain
 /// (<see cref="PublishFullBlocks"/>); a new sequence whose prompt starts with the same chain takes those blocks by
@@ -15,15 +24,19 @@ namespace Cria.Inference;
 /// whose count drops to zero stays cached but counts as free, and is evicted (least recently used first) only when the
 /// pool needs it. Only full blocks are ever shared, and a sequence never writes into a shared block: when
 /// <see cref="Truncate"/> leaves a sequence ending inside a shared block, its next append copies that block first
-/// (copy-on-write).
+/// (copy-on-write). KIVI caches take no prefix hits: a shared block holds only quantized data, while the new
+/// sequence's residual window needs its tokens in full precision, so a hit would change the logits.
 /// </para>
 /// </summary>
 public sealed class KvCache : IKvBlockPool
 {
     public const int DefaultBlockSize = 16;
 
-    readonly float[][] _k; // [layer][cell * kvDim + kvHead * headDim + i]
-    readonly float[][] _v; // same layout as _k
+    readonly byte[][] _k;        // [layer][cell * KeyRowBytes]    F32/F16: [cell][kvHead][hd]; Q8_0: [cell][kvDim/32 blocks of 34 B]; KIVI: [cell][kvDim codes]
+    readonly byte[][] _v;        // [layer][cell * ValueRowBytes]  F32/F16/Q8_0 as keys; KIVI: [cell][kvDim codes]
+    readonly ushort[][] _kParams; // KIVI: [layer][block * kvDim * 2] (F16 scale, F16 min) per channel of a key group
+    readonly ushort[][] _vParams; // KIVI: [layer][cell * valueGroups * 2] (F16 scale, F16 min) per channel group of a value
+    readonly Stack<ushort[][]> _rings = new();  // KIVI: free residual rings, [2 * layer (+1 for V)][slot * kvDim] F16
     readonly Stack<int> _free;
     readonly Dictionary<int, Sequence> _seqs = new();
     readonly int[] _refs;                       // [block] sequences holding the block
@@ -35,19 +48,32 @@ public sealed class KvCache : IKvBlockPool
 
     // Lists are sized for the largest possible sequence up front, so that growing a sequence during decode never
     // allocates (zero allocations per token).
-    sealed class Sequence(int maxBlocks)
+    internal sealed class Sequence(int maxBlocks)
     {
         public readonly List<int> Blocks = new(maxBlocks);
-        public int Length;
+        public readonly List<int> BlockPos = new(maxBlocks);  // [block index] position of the block's first token
+        public int Length;                                    // next position (all positions ever appended)
+        public int Dropped;                                   // positions removed by eviction (whole blocks)
+        public int Slots => Length - Dropped;
         public readonly List<ulong> Hashes = new(maxBlocks); // chain hash of each leading block already published (or taken from the cache)
         public int Published => Hashes.Count;
         public ulong LastHash => Hashes.Count == 0 ? 0 : Hashes[^1];
+        public ushort[][]? Ring;                              // KIVI residual ring
+        public float[]? Scores;                               // [slot] retention scores (eviction), lazily sized to the capacity
     }
 
+    public KvFormat Format { get; }
     public int BlockSize { get; }
     public int BlockCount { get; }
     public int KvDim { get; }
+    public int HeadDim { get; }
     public int LayerCount { get; }
+    /// <summary>Bytes of one cell's keys / values in the block pool (KIVI key scales are per block, not here).</summary>
+    public int KeyRowBytes { get; }
+    public int ValueRowBytes { get; }
+    /// <summary>KIVI: channels per value group; tokens of the residual ring.</summary>
+    public int ValueGroup { get; }
+    public int RingLength { get; }
     /// <summary>Total token capacity over all sequences (llama.cpp's n_ctx).</summary>
     public int Capacity => BlockCount * BlockSize;
     /// <summary>Blocks a new allocation can take: never used, or cached with no reference (evictable).</summary>
@@ -60,23 +86,54 @@ public sealed class KvCache : IKvBlockPool
     public long PrefixQueryTokens { get; private set; }
     public long PrefixHitTokens { get; private set; }
 
-    public KvCache(ModelConfig config, int capacityTokens, int blockSize = DefaultBlockSize)
-        : this(config.KvDim, config.LayerCount, capacityTokens, blockSize) { }
+    public KvCache(ModelConfig config, int capacityTokens, int blockSize = DefaultBlockSize, KvFormat? format = null, int ringSlack = 512)
+        : this(config.KvDim, config.LayerCount, capacityTokens, blockSize, format, config.HeadDim, ringSlack) { }
 
-    /// <summary>A cache of <paramref name="layers"/> layers of <paramref name="kvDim"/> floats per token.</summary>
-    public KvCache(int kvDim, int layers, int capacityTokens, int blockSize = DefaultBlockSize)
+    /// <summary>A cache of <paramref name="layers"/> layers of <paramref name="kvDim"/> values per token (F32 unless
+    /// <paramref name="format"/> says otherwise). For KIVI the block size is the group size G, and
+    /// <paramref name="ringSlack"/> is the most rows of one sequence a forward step appends (its micro-batch).</summary>
+    public KvCache(int kvDim, int layers, int capacityTokens, int blockSize = DefaultBlockSize, KvFormat? format = null, int headDim = 0, int ringSlack = 512)
     {
         if (capacityTokens < 1) throw new ArgumentOutOfRangeException(nameof(capacityTokens), capacityTokens, "context size must be positive");
         if (blockSize < 1) throw new ArgumentOutOfRangeException(nameof(blockSize));
+        Format = format ?? KvFormat.F32;
+        HeadDim = headDim > 0 ? headDim : kvDim;
+        int bits = Format.KiviBits;
+        if (Format.IsKivi)
+        {
+            int g = Format.KiviGroup, r = Format.KiviResidual;
+            if (g < 8 || g % 8 != 0) throw new CriaException($"KIVI group size {g} must be a positive multiple of 8");
+            if (r < g || r % g != 0) throw new CriaException($"KIVI residual length {r} must be a positive multiple of the group size {g}");
+            blockSize = g;
+            ValueGroup = Math.Min(g, HeadDim);
+            if (HeadDim % ValueGroup != 0) throw new CriaException($"KIVI value group {ValueGroup} must divide the head dimension {HeadDim}");
+            RingLength = r + Math.Max(1, ringSlack);
+        }
+        if (Format.Type == KvCacheType.Q8_0 && HeadDim % 32 != 0) throw new CriaException($"q8_0 KV cache needs a head dimension that is a multiple of 32, got {HeadDim}");
         BlockSize = blockSize;
         BlockCount = (capacityTokens + blockSize - 1) / blockSize;
         KvDim = kvDim;
         LayerCount = layers;
-        long floats = (long)BlockCount * blockSize * KvDim;
-        if (floats > Array.MaxLength) throw new CriaException($"KV cache of {capacityTokens} tokens x {KvDim} is too large for one layer buffer");
-        _k = new float[LayerCount][];
-        _v = new float[LayerCount][];
-        for (int l = 0; l < LayerCount; l++) { _k[l] = new float[floats]; _v[l] = new float[floats]; }
+        KeyRowBytes = Format.Type switch
+        {
+            KvCacheType.F32 => kvDim * 4,
+            KvCacheType.F16 => kvDim * 2,
+            KvCacheType.Q8_0 => kvDim / 32 * 34,
+            _ => kvDim * bits / 8,
+        };
+        ValueRowBytes = KeyRowBytes;
+        long bytes = (long)BlockCount * blockSize * KeyRowBytes;
+        if (bytes > Array.MaxLength) throw new CriaException($"KV cache of {capacityTokens} tokens x {KvDim} is too large for one layer buffer");
+        _k = new byte[LayerCount][];
+        _v = new byte[LayerCount][];
+        for (int l = 0; l < LayerCount; l++) { _k[l] = new byte[bytes]; _v[l] = new byte[bytes]; }
+        _kParams = new ushort[Format.IsKivi ? LayerCount : 0][];
+        _vParams = new ushort[Format.IsKivi ? LayerCount : 0][];
+        for (int l = 0; l < _kParams.Length; l++)
+        {
+            _kParams[l] = new ushort[(long)BlockCount * kvDim * 2];
+            _vParams[l] = new ushort[(long)BlockCount * blockSize * (kvDim / ValueGroup) * 2];
+        }
         _free = new Stack<int>(BlockCount);
         for (int b = BlockCount - 1; b >= 0; b--) _free.Push(b);
         _refs = new int[BlockCount];
@@ -85,20 +142,33 @@ public sealed class KvCache : IKvBlockPool
         _evictNode = new LinkedListNode<int>[BlockCount];
     }
 
-    public long BytesPerToken => 2L * LayerCount * KvDim * sizeof(float);
+    /// <summary>Bytes per token in the block pool, all layers, K and V (KIVI: codes, value scales and the key scales
+    /// of a block spread over its G tokens; the F16 residual ring is counted by <see cref="RingBytesPerSequence"/>).</summary>
+    public double BytesPerToken => Format.IsKivi
+        ? LayerCount * (2.0 * KeyRowBytes + KvDim * 4.0 / BlockSize + KvDim / ValueGroup * 4.0)
+        : 2.0 * LayerCount * KeyRowBytes;
 
+    /// <summary>KIVI: bytes of one sequence's F16 residual ring (R + slack tokens, all layers, K and V); 0 otherwise.</summary>
+    public long RingBytesPerSequence => Format.IsKivi ? 2L * LayerCount * RingLength * KvDim * 2 : 0;
+
+    /// <summary>The next position of a sequence (positions 0..Length-1 have been appended, some maybe evicted).</summary>
     public int Length(int sequenceId) => _seqs.TryGetValue(sequenceId, out var s) ? s.Length : 0;
 
+    /// <summary>Tokens of a sequence held in the cache (its length minus evicted positions).</summary>
+    public int Slots(int sequenceId) => _seqs.TryGetValue(sequenceId, out var s) ? s.Slots : 0;
+
     public bool Contains(int sequenceId) => _seqs.ContainsKey(sequenceId);
+
+    internal Sequence GetSequence(int sequenceId) => _seqs[sequenceId];
 
     /// <summary>Blocks needed to grow a sequence by <paramref name="tokens"/> (including a copy-on-write of a shared
     /// last block).</summary>
     public int BlocksNeeded(int sequenceId, int tokens)
     {
         if (!_seqs.TryGetValue(sequenceId, out var s)) return (tokens + BlockSize - 1) / BlockSize;
-        int need = (s.Length + tokens + BlockSize - 1) / BlockSize;
+        int need = (s.Slots + tokens + BlockSize - 1) / BlockSize;
         int extra = Math.Max(0, need - s.Blocks.Count);
-        if (tokens > 0 && s.Length % BlockSize != 0 && _refs[s.Blocks[s.Length / BlockSize]] > 1) extra++;
+        if (tokens > 0 && s.Slots % BlockSize != 0 && _refs[s.Blocks[s.Slots / BlockSize]] > 1) extra++;
         return extra;
     }
 
@@ -106,30 +176,54 @@ public sealed class KvCache : IKvBlockPool
     /// returns the first new position. Throws <see cref="KvCacheFullException"/> when the pool is exhausted.</summary>
     internal int Append(int sequenceId, int tokens)
     {
-        if (!_seqs.TryGetValue(sequenceId, out var s)) { s = new Sequence(BlockCount); _seqs.Add(sequenceId, s); }
+        if (!_seqs.TryGetValue(sequenceId, out var s))
+        {
+            s = new Sequence(BlockCount);
+            if (Format.IsKivi) s.Ring = _rings.Count > 0 ? _rings.Pop() : NewRing();
+            _seqs.Add(sequenceId, s);
+        }
         int need = BlocksNeeded(sequenceId, tokens);
         if (need > FreeBlocks)
             throw new KvCacheFullException($"KV cache is full: sequence {sequenceId} needs {need} more blocks of {BlockSize} tokens, {FreeBlocks} free (context size {Capacity})");
-        if (tokens > 0 && s.Length % BlockSize != 0)
+        if (tokens > 0 && s.Slots % BlockSize != 0)
         {
-            int i = s.Length / BlockSize, shared = s.Blocks[i];
+            int i = s.Slots / BlockSize, shared = s.Blocks[i];
             if (_refs[shared] > 1) // copy-on-write: never write into a block another sequence reads
             {
                 int copy = Allocate();
-                for (int l = 0; l < LayerCount; l++)
-                {
-                    Array.Copy(_k[l], (long)shared * BlockSize * KvDim, _k[l], (long)copy * BlockSize * KvDim, (long)BlockSize * KvDim);
-                    Array.Copy(_v[l], (long)shared * BlockSize * KvDim, _v[l], (long)copy * BlockSize * KvDim, (long)BlockSize * KvDim);
-                }
+                CopyBlock(shared, copy);
                 Release(shared);
                 s.Blocks[i] = copy;
             }
         }
-        int blocks = (s.Length + tokens + BlockSize - 1) / BlockSize;
-        while (s.Blocks.Count < blocks) s.Blocks.Add(Allocate());
+        int blocks = (s.Slots + tokens + BlockSize - 1) / BlockSize;
+        while (s.Blocks.Count < blocks) { s.BlockPos.Add(s.Blocks.Count * BlockSize + s.Dropped); s.Blocks.Add(Allocate()); }
         int start = s.Length;
         s.Length += tokens;
         return start;
+    }
+
+    ushort[][] NewRing()
+    {
+        var r = new ushort[2 * LayerCount][];
+        for (int i = 0; i < r.Length; i++) r[i] = new ushort[(long)RingLength * KvDim];
+        return r;
+    }
+
+    void CopyBlock(int from, int to)
+    {
+        int bs = BlockSize;
+        for (int l = 0; l < LayerCount; l++)
+        {
+            Array.Copy(_k[l], (long)from * bs * KeyRowBytes, _k[l], (long)to * bs * KeyRowBytes, (long)bs * KeyRowBytes);
+            Array.Copy(_v[l], (long)from * bs * ValueRowBytes, _v[l], (long)to * bs * ValueRowBytes, (long)bs * ValueRowBytes);
+            if (Format.IsKivi)
+            {
+                Array.Copy(_kParams[l], (long)from * KvDim * 2, _kParams[l], (long)to * KvDim * 2, KvDim * 2);
+                int vp = bs * (KvDim / ValueGroup) * 2;
+                Array.Copy(_vParams[l], (long)from * vp, _vParams[l], (long)to * vp, vp);
+            }
+        }
     }
 
     int Allocate()
@@ -162,37 +256,120 @@ public sealed class KvCache : IKvBlockPool
         _blockTokens[b] = null;
     }
 
-    /// <summary>The cell index holding position <paramref name="pos"/> of a sequence.</summary>
+    /// <summary>The cell index holding position <paramref name="pos"/> of a sequence (a position after the last
+    /// evicted block: the positions being appended).</summary>
     public int Cell(int sequenceId, int pos)
     {
         var s = _seqs[sequenceId];
-        return s.Blocks[pos / BlockSize] * BlockSize + pos % BlockSize;
+        int slot = pos - s.Dropped;
+        return s.Blocks[slot / BlockSize] * BlockSize + slot % BlockSize;
     }
 
     /// <summary>The block table of a sequence (block indices in position order).</summary>
     public IReadOnlyList<int> BlockTable(int sequenceId) => _seqs[sequenceId].Blocks;
 
     /// <summary>The block table as a span (valid until the sequence grows or shrinks).</summary>
-    internal ReadOnlySpan<int> BlockTableSpan(int sequenceId) => System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_seqs[sequenceId].Blocks);
+    internal ReadOnlySpan<int> BlockTableSpan(int sequenceId) => CollectionsMarshal.AsSpan(_seqs[sequenceId].Blocks);
+
+    /// <summary>Position of the first token of each block of the table.</summary>
+    public ReadOnlySpan<int> BlockPositions(int sequenceId) => CollectionsMarshal.AsSpan(_seqs[sequenceId].BlockPos);
 
     /// <summary>Sequences holding a block (0 for a free or only-cached block).</summary>
     public int ReferenceCount(int block) => _refs[block];
 
-    public Span<float> Keys(int layer) => _k[layer];
-    public Span<float> Values(int layer) => _v[layer];
-    internal float[] KeyArray(int layer) => _k[layer];
-    internal float[] ValueArray(int layer) => _v[layer];
+    /// <summary>The F32 key / value storage of a layer (F32 caches only).</summary>
+    public Span<float> Keys(int layer) => MemoryMarshal.Cast<byte, float>(F32Only(_k)[layer].AsSpan());
+    public Span<float> Values(int layer) => MemoryMarshal.Cast<byte, float>(F32Only(_v)[layer].AsSpan());
+    byte[][] F32Only(byte[][] a) => Format.Type == KvCacheType.F32 ? a : throw new InvalidOperationException($"the cache stores {Format}, not F32");
 
-    /// <summary>Drops every position ≥ <paramref name="length"/> of a sequence (llama_memory_seq_rm(seq, length, -1)).</summary>
+    internal byte[] KeyBytes(int layer) => _k[layer];
+    internal byte[] ValueBytes(int layer) => _v[layer];
+    internal ushort[] KeyParams(int layer) => _kParams[layer];
+    internal ushort[] ValueParams(int layer) => _vParams[layer];
+
+    /// <summary>
+    /// Writes the (already rotated) key and value of position <paramref name="pos"/> of a sequence into its cell, in
+    /// the cache's format. KIVI: both go to the F16 ring; the value is quantized now (per token), and the keys of a
+    /// block are quantized per channel when its last token arrives (KIVI's per-channel groups of G tokens).
+    /// </summary>
+    internal void Store(int layer, int sequenceId, int pos, int cell, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
+    {
+        int kvDim = KvDim;
+        switch (Format.Type)
+        {
+            case KvCacheType.F32:
+                k.CopyTo(MemoryMarshal.Cast<byte, float>(_k[layer].AsSpan(cell * KeyRowBytes, KeyRowBytes)));
+                v.CopyTo(MemoryMarshal.Cast<byte, float>(_v[layer].AsSpan(cell * ValueRowBytes, ValueRowBytes)));
+                return;
+            case KvCacheType.F16:
+                ToHalf(k, MemoryMarshal.Cast<byte, ushort>(_k[layer].AsSpan(cell * KeyRowBytes, KeyRowBytes)));
+                ToHalf(v, MemoryMarshal.Cast<byte, ushort>(_v[layer].AsSpan(cell * ValueRowBytes, ValueRowBytes)));
+                return;
+            case KvCacheType.Q8_0:
+                Quantize.Row(GgmlType.Q8_0, k, _k[layer].AsSpan(cell * KeyRowBytes, KeyRowBytes));
+                Quantize.Row(GgmlType.Q8_0, v, _v[layer].AsSpan(cell * ValueRowBytes, ValueRowBytes));
+                return;
+        }
+        var s = _seqs[sequenceId];
+        var ring = s.Ring!;
+        int slot = pos % RingLength;
+        var rk = ring[2 * layer].AsSpan(slot * kvDim, kvDim);
+        var rv = ring[2 * layer + 1].AsSpan(slot * kvDim, kvDim);
+        ToHalf(k, rk);
+        ToHalf(v, rv);
+        int bits = Format.KiviBits, vg = ValueGroup, groups = kvDim / vg;
+        Span<float> x = stackalloc float[Math.Max(kvDim, BlockSize)];
+        for (int i = 0; i < kvDim; i++) x[i] = Fp16.ToSingle(rv[i]);
+        var vCodes = _v[layer].AsSpan(cell * ValueRowBytes, ValueRowBytes);
+        var vp = _vParams[layer].AsSpan(cell * groups * 2, groups * 2);
+        for (int q = 0; q < groups; q++)
+        {
+            var (scale, min) = Kivi.QuantizeGroup(x.Slice(q * vg), vg, 1, bits, vCodes.Slice(q * vg * bits / 8));
+            vp[2 * q] = scale; vp[2 * q + 1] = min;
+        }
+        int bs = BlockSize;
+        if (cell % bs != bs - 1) return;
+        // The block is full: quantize its keys per channel over its G tokens (read back from the ring). Codes are
+        // laid out per token like the values ([cell][channel]), so the kernel decodes a key row with the block's
+        // per-channel scales; the quantization groups are still KIVI's (one channel over G tokens).
+        int block = cell / bs, first = pos - (bs - 1);
+        var kr = ring[2 * layer];
+        var kCodes = _k[layer].AsSpan(block * bs * KeyRowBytes, bs * KeyRowBytes);
+        kCodes.Clear();
+        var kp = _kParams[layer].AsSpan(block * kvDim * 2, kvDim * 2);
+        Span<byte> groupCodes = stackalloc byte[bs * bits / 8 + 1];
+        for (int ch = 0; ch < kvDim; ch++)
+        {
+            for (int t = 0; t < bs; t++) x[t] = Fp16.ToSingle(kr[(first + t) % RingLength * kvDim + ch]);
+            var (scale, min) = Kivi.QuantizeGroup(x, bs, 1, bits, groupCodes);
+            kp[2 * ch] = scale; kp[2 * ch + 1] = min;
+            int bit = ch * bits;
+            for (int t = 0; t < bs; t++) kCodes[t * KeyRowBytes + (bit >> 3)] |= (byte)(Kivi.Code(groupCodes, t, bits) << (bit & 7));
+        }
+    }
+
+    static void ToHalf(ReadOnlySpan<float> x, Span<ushort> y)
+    {
+        for (int i = 0; i < x.Length; i++) y[i] = Fp16.FromSingle(x[i]);
+    }
+
+    /// <summary>Drops every position ≥ <paramref name="length"/> of a sequence (llama_memory_seq_rm(seq, length, -1)).
+    /// A KIVI sequence can lose at most ring-slack positions at once (its ring must still hold the window).</summary>
     public void Truncate(int sequenceId, int length)
     {
         if (!_seqs.TryGetValue(sequenceId, out var s)) return;
         if (length < 0) throw new ArgumentOutOfRangeException(nameof(length));
         if (length >= s.Length) return;
+        if (length > 0 && Format.IsKivi && s.Length - length > RingLength - Format.KiviResidual)
+            throw new CriaException($"a KIVI cache can drop at most {RingLength - Format.KiviResidual} positions at once ({s.Length - length} asked)");
+        // Blocks starting at or after the new length go; the last kept block keeps its positions below length.
+        int keep = s.Blocks.Count;
+        while (keep > 0 && s.BlockPos[keep - 1] >= length) keep--;
+        int slots = keep == 0 ? 0 : (keep - 1) * BlockSize + Math.Min(BlockSize, length - s.BlockPos[keep - 1]);
         s.Length = length;
-        int keep = (length + BlockSize - 1) / BlockSize;
-        for (int i = s.Blocks.Count - 1; i >= keep; i--) { Release(s.Blocks[i]); s.Blocks.RemoveAt(i); }
-        int fullKept = length / BlockSize;
+        s.Dropped = length - slots;
+        for (int i = s.Blocks.Count - 1; i >= keep; i--) { Release(s.Blocks[i]); s.Blocks.RemoveAt(i); s.BlockPos.RemoveAt(i); }
+        int fullKept = slots / BlockSize;
         if (s.Published > fullKept)
         {
             // The block now partly kept will be written again: if only this sequence holds it, its published
@@ -200,7 +377,52 @@ public sealed class KvCache : IKvBlockPool
             if (keep > fullKept && _refs[s.Blocks[fullKept]] == 1) Unpublish(s.Blocks[fullKept]);
             s.Hashes.RemoveRange(fullKept, s.Hashes.Count - fullKept);
         }
-        if (length == 0) _seqs.Remove(sequenceId);
+        if (length == 0 || slots == 0)
+        {
+            if (s.Ring != null) _rings.Push(s.Ring);
+            _seqs.Remove(sequenceId);
+        }
+    }
+
+    /// <summary>
+    /// Eviction: removes the blocks of a sequence whose <paramref name="keep"/> entry is false (only full blocks; the
+    /// last block is always kept). The kept tokens keep their original positions (their keys were rotated by them),
+    /// their retention scores move with them.
+    /// </summary>
+    public void DropBlocks(int sequenceId, ReadOnlySpan<bool> keep)
+    {
+        var s = _seqs[sequenceId];
+        int n = s.Blocks.Count, bs = BlockSize, w = 0;
+        var scores = s.Scores;
+        for (int i = 0; i < n; i++)
+        {
+            if (keep[i] || i == n - 1)
+            {
+                if (w != i)
+                {
+                    s.Blocks[w] = s.Blocks[i]; s.BlockPos[w] = s.BlockPos[i];
+                    if (scores != null) Array.Copy(scores, i * bs, scores, w * bs, bs);
+                }
+                w++;
+            }
+            else
+            {
+                Release(s.Blocks[i]);
+                s.Dropped += bs;
+                if (s.Hashes.Count > i) s.Hashes.RemoveRange(i, s.Hashes.Count - i);
+            }
+        }
+        s.Blocks.RemoveRange(w, n - w);
+        s.BlockPos.RemoveRange(w, n - w);
+        if (scores != null) Array.Clear(scores, s.Slots, scores.Length - s.Slots);
+    }
+
+    /// <summary>Retention scores of a sequence's slots (accumulated attention for H2O, the observation window's
+    /// attention for SnapKV), sized to the capacity on first use.</summary>
+    internal float[] Scores(int sequenceId)
+    {
+        var s = _seqs[sequenceId];
+        return s.Scores ??= new float[Capacity + BlockSize];
     }
 
     /// <summary>Removes a sequence and returns all its blocks to the pool.</summary>
@@ -225,6 +447,7 @@ public sealed class KvCache : IKvBlockPool
     public int AttachPrefix(int sequenceId, ReadOnlySpan<int> tokens)
     {
         if (_seqs.ContainsKey(sequenceId)) throw new InvalidOperationException($"sequence {sequenceId} already has cache entries");
+        if (Format.IsKivi) return 0;
         int maxBlocks = Math.Max(0, (tokens.Length - 1) / BlockSize);
         PrefixQueryTokens += maxBlocks * BlockSize;
         ulong h = 0;
@@ -237,6 +460,7 @@ public sealed class KvCache : IKvBlockPool
             if (_refs[b] == 0 && _evictNode[b] is { } node) { _evictable.Remove(node); _evictNode[b] = null; }
             _refs[b]++;
             s ??= new Sequence(BlockCount);
+            s.BlockPos.Add(s.Length);
             s.Blocks.Add(b);
             s.Length += BlockSize;
             s.Hashes.Add(h);
@@ -254,7 +478,7 @@ public sealed class KvCache : IKvBlockPool
     /// </summary>
     public void PublishFullBlocks(int sequenceId, ReadOnlySpan<int> tokens)
     {
-        if (!_seqs.TryGetValue(sequenceId, out var s)) return;
+        if (!_seqs.TryGetValue(sequenceId, out var s) || s.Dropped > 0 || Format.IsKivi) return;
         int full = Math.Min(s.Length, tokens.Length) / BlockSize;
         for (int i = s.Published; i < full; i++)
         {

@@ -3,6 +3,7 @@ using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using Cria.Inference;
 using Cria.Models;
+using Cria.Tensors;
 
 namespace Cria.Kernels;
 
@@ -20,21 +21,29 @@ internal sealed class AttentionJob : ParallelJob
 
     readonly ModelConfig _c;
     readonly KvCache _cache;
-    readonly float[][] _scratch; // [worker][group·TileSize scores + group·headDim accumulators]
+    readonly float[][] _scratch; // [worker][group·TileSize scores | group·headDim accumulators | TileSize·headDim K | TileSize·headDim V]
     int _layer, _start, _rows, _next;
     float[] _q = [], _out = [];
+    float[] _probs = [];         // [row, kvHead, slot] attention probabilities summed over the group's heads, when asked
+    int _probStride;
     Batch? _batch;
 
     public AttentionJob(ModelConfig c, KvCache cache, int workers)
     {
         _c = c; _cache = cache;
         _scratch = new float[workers][];
-        for (int i = 0; i < workers; i++) _scratch[i] = new float[c.GroupSize * (TileSize + c.HeadDim)];
+        for (int i = 0; i < workers; i++) _scratch[i] = new float[ScratchLength(c)];
     }
 
-    public void Prepare(int layer, float[] q, float[] output, Batch batch, int start, int rows)
+    public static int ScratchLength(ModelConfig c) => c.GroupSize * (TileSize + c.HeadDim) + 2 * TileSize * c.HeadDim;
+
+    /// <summary>Sets up one layer's attention for rows [start, start + rows) of the batch. With
+    /// <paramref name="probs"/> (length ≥ rows · kvHeads · <paramref name="probStride"/>) each item also writes its
+    /// softmax probabilities (summed over the group's query heads) per slot — what eviction policies score.</summary>
+    public void Prepare(int layer, float[] q, float[] output, Batch batch, int start, int rows, float[]? probs = null, int probStride = 0)
     {
         _layer = layer; _q = q; _out = output; _batch = batch; _start = start; _rows = rows; _next = 0;
+        _probs = probs ?? []; _probStride = probStride;
     }
 
     public override bool SharesWorkDynamically => true;
@@ -45,61 +54,61 @@ internal sealed class AttentionJob : ParallelJob
         var c = _c;
         int kvHeads = c.KvHeadCount;
         int items = _rows * kvHeads;
-        var keys = _cache.KeyArray(_layer); var values = _cache.ValueArray(_layer);
         var scratch = _scratch[worker];
+        var kv = new KvLayer(_cache, _layer);
         while (true)
         {
             int item = Interlocked.Increment(ref _next) - 1;
             if (item >= items) return;
             int b = item / kvHeads, g = item % kvHeads;
             int row = _start + b;
-            Attend(c, _cache.BlockTableSpan(_batch!.Sequences[row]), _cache.BlockSize, _batch.Positions[row] + 1, g,
-                   _q.AsSpan(b * c.QDim), keys, values, _out.AsSpan(b * c.QDim), scratch);
+            var s = _cache.GetSequence(_batch!.Sequences[row]);
+            int p = _batch.Positions[row];
+            var probs = _probs.Length == 0 ? Span<float>.Empty : _probs.AsSpan(item * _probStride, _probStride);
+            Attend(c, kv, CollectionsMarshal.AsSpan(s.Blocks), CollectionsMarshal.AsSpan(s.BlockPos), s.Ring, p - s.Dropped + 1, p, g,
+                   _q.AsSpan(b * c.QDim), _out.AsSpan(b * c.QDim), scratch, probs);
         }
     }
 
-    /// <summary>Attention of one row's query heads of KV group g over positions [0, length) of its sequence.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void Attend(ModelConfig c, ReadOnlySpan<int> table, int bs, int length, int g,
-                       ReadOnlySpan<float> qRow, float[] keys, float[] values, Span<float> outRow, float[] scratch)
+    /// <summary>One layer of the cache as the kernel reads it: storage arrays and format constants.</summary>
+    internal readonly struct KvLayer(KvCache cache, int layer)
     {
-        int hd = c.HeadDim, group = c.GroupSize, kvDim = c.KvDim;
+        public readonly KvCacheType Type = cache.Format.Type;
+        public readonly byte[] K = cache.KeyBytes(layer), V = cache.ValueBytes(layer);
+        public readonly ushort[]? KParams = cache.Format.IsKivi ? cache.KeyParams(layer) : null;
+        public readonly ushort[]? VParams = cache.Format.IsKivi ? cache.ValueParams(layer) : null;
+        public readonly int Layer = layer, BlockSize = cache.BlockSize, KvDim = cache.KvDim, RowBytes = cache.KeyRowBytes;
+        public readonly int Bits = cache.Format.KiviBits, Residual = cache.Format.KiviResidual, RingLength = cache.RingLength;
+        public readonly int ValueGroup = cache.ValueGroup;
+    }
+
+    /// <summary>
+    /// Attention of one row's query heads of KV group g over the first <paramref name="slots"/> cached tokens of its
+    /// sequence (the row at position <paramref name="p"/> is the last). Each tile of K and V rows is dequantized into
+    /// scratch from the cache's format (KIVI: the residual window from the F16 ring), then the same float arithmetic runs
+    /// for every format. <paramref name="probs"/>, when not empty, receives Σ_h softmax_h per slot.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void Attend(ModelConfig c, in KvLayer kv, ReadOnlySpan<int> table, ReadOnlySpan<int> blockPos, ushort[][]? ring,
+                                int slots, int p, int g, ReadOnlySpan<float> qRow, Span<float> outRow, float[] scratch, Span<float> probs)
+    {
+        int hd = c.HeadDim, group = c.GroupSize;
         float scale = 1.0f / MathF.Sqrt(hd);
-        var scores = scratch.AsSpan(0, group * TileSize);               // [group, TileSize]
-        var acc = scratch.AsSpan(group * TileSize, group * hd);         // [group, hd] un-normalised outputs
+        var scores = scratch.AsSpan(0, group * TileSize);                              // [group, TileSize]
+        var acc = scratch.AsSpan(group * TileSize, group * hd);                        // [group, hd] un-normalised outputs
+        var kTile = scratch.AsSpan(group * (TileSize + hd), TileSize * hd);            // [TileSize, hd]
+        var vTile = scratch.AsSpan(group * (TileSize + hd) + TileSize * hd, TileSize * hd); // [TileSize, hd]
         acc.Clear();
         Span<float> max = stackalloc float[group];
         Span<float> sum = stackalloc float[group];
         max.Fill(float.NegativeInfinity);
         sum.Clear();
         int h0 = g * group;
-        for (int t0 = 0; t0 < length; t0 += TileSize)
+        for (int t0 = 0; t0 < slots; t0 += TileSize)
         {
-            int n = Math.Min(TileSize, length - t0);
-            // scores = q_h · k_t · scale for every query head of the group; K row read once per group.
-            for (int j = 0; j < n; j++)
-            {
-                int t = t0 + j;
-                int cell = table[t / bs] * bs + t % bs;
-                var k = new ReadOnlySpan<float>(keys, cell * kvDim + g * hd, hd);
-                if (hd == 64 && Vector512.IsHardwareAccelerated)
-                {
-                    // One K row (4 × 16 lanes) against every query head of the group.
-                    ref float kr = ref MemoryMarshal.GetReference(k);
-                    var k0 = Vector512.LoadUnsafe(ref kr); var k1 = Vector512.LoadUnsafe(ref kr, 16);
-                    var k2 = Vector512.LoadUnsafe(ref kr, 32); var k3 = Vector512.LoadUnsafe(ref kr, 48);
-                    for (int h = 0; h < group; h++)
-                    {
-                        ref float qr = ref MemoryMarshal.GetReference(qRow.Slice((h0 + h) * hd, hd));
-                        var a = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref qr, 16), k1, Vector512.LoadUnsafe(ref qr) * k0);
-                        var e = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref qr, 48), k3, Vector512.LoadUnsafe(ref qr, 32) * k2);
-                        scores[h * TileSize + j] = Vector512.Sum(a + e) * scale;
-                    }
-                }
-                else
-                    for (int h = 0; h < group; h++)
-                        scores[h * TileSize + j] = Ops.Dot(qRow.Slice((h0 + h) * hd, hd), k) * scale;
-            }
+            int n = Math.Min(TileSize, slots - t0);
+            LoadTile(kv, table, blockPos, ring, t0, n, g, hd, p, kTile, vTile);
+            TileScores(qRow, kTile, n, h0, group, hd, scale, scores);
             // online softmax: new max, rescale what was accumulated, exponentiate the tile.
             for (int h = 0; h < group; h++)
             {
@@ -115,9 +124,7 @@ internal sealed class AttentionJob : ParallelJob
             // acc_h += Σ_j p_hj · v_j; V row read once per group.
             for (int j = 0; j < n; j++)
             {
-                int t = t0 + j;
-                int cell = table[t / bs] * bs + t % bs;
-                var v = new ReadOnlySpan<float>(values, cell * kvDim + g * hd, hd);
+                var v = vTile.Slice(j * hd, hd);
                 for (int h = 0; h < group; h++) Ops.Axpy(scores[h * TileSize + j], v, acc.Slice(h * hd, hd));
             }
         }
@@ -127,6 +134,150 @@ internal sealed class AttentionJob : ParallelJob
             var o = outRow.Slice((h0 + h) * hd, hd);
             var a = acc.Slice(h * hd, hd);
             for (int i = 0; i < hd; i++) o[i] = a[i] * inv;
+        }
+        if (probs.IsEmpty) return;
+        // Second pass for eviction scores: the final probabilities of every slot, summed over the group's heads.
+        for (int t0 = 0; t0 < slots; t0 += TileSize)
+        {
+            int n = Math.Min(TileSize, slots - t0);
+            LoadTile(kv, table, blockPos, ring, t0, n, g, hd, p, kTile, vTile);
+            TileScores(qRow, kTile, n, h0, group, hd, scale, scores);
+            for (int j = 0; j < n; j++)
+            {
+                float pr = 0;
+                for (int h = 0; h < group; h++) pr += MathF.Exp(scores[h * TileSize + j] - max[h]) / sum[h];
+                probs[t0 + j] = pr;
+            }
+        }
+    }
+
+    /// <summary>scores[h, j] = q_h · k_j · scale for every query head of the group; each K row read once per group.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void TileScores(ReadOnlySpan<float> qRow, ReadOnlySpan<float> kTile, int n, int h0, int group, int hd, float scale, Span<float> scores)
+    {
+        for (int j = 0; j < n; j++)
+        {
+            var k = kTile.Slice(j * hd, hd);
+            if (hd == 64 && Vector512.IsHardwareAccelerated)
+            {
+                // One K row (4 × 16 lanes) against every query head of the group.
+                ref float kr = ref MemoryMarshal.GetReference(k);
+                var k0 = Vector512.LoadUnsafe(ref kr); var k1 = Vector512.LoadUnsafe(ref kr, 16);
+                var k2 = Vector512.LoadUnsafe(ref kr, 32); var k3 = Vector512.LoadUnsafe(ref kr, 48);
+                for (int h = 0; h < group; h++)
+                {
+                    ref float qr = ref MemoryMarshal.GetReference(qRow.Slice((h0 + h) * hd, hd));
+                    var a = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref qr, 16), k1, Vector512.LoadUnsafe(ref qr) * k0);
+                    var e = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref qr, 48), k3, Vector512.LoadUnsafe(ref qr, 32) * k2);
+                    scores[h * TileSize + j] = Vector512.Sum(a + e) * scale;
+                }
+            }
+            else
+                for (int h = 0; h < group; h++)
+                    scores[h * TileSize + j] = Ops.Dot(qRow.Slice((h0 + h) * hd, hd), k) * scale;
+        }
+    }
+
+    /// <summary>
+    /// Dequantizes slots [t0, t0 + n) of KV head g into kTile / vTile ([n, hd] floats), a run of slots of one block at
+    /// a time. KIVI: for the query at position p, keys at positions ≥ <see cref="Kivi.QuantizedKeyEnd"/> and values at
+    /// positions ≥ <see cref="Kivi.QuantizedValueEnd"/> are KIVI's full-precision residual and come from the F16 ring.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void LoadTile(in KvLayer kv, ReadOnlySpan<int> table, ReadOnlySpan<int> blockPos, ushort[][]? ring,
+                                  int t0, int n, int g, int hd, int p, Span<float> kTile, Span<float> vTile)
+    {
+        int bs = kv.BlockSize, kvDim = kv.KvDim, rb = kv.RowBytes, off = g * hd;
+        for (int j = 0; j < n;)
+        {
+            int slot = t0 + j, bi = slot / bs, r0 = slot % bs, run = Math.Min(bs - r0, n - j);
+            int cell0 = table[bi] * bs + r0;
+            switch (kv.Type)
+            {
+                case KvCacheType.F32:
+                    for (int r = 0; r < run; r++)
+                    {
+                        int at = (cell0 + r) * rb + off * 4;
+                        MemoryMarshal.Cast<byte, float>(kv.K.AsSpan(at, hd * 4)).CopyTo(kTile.Slice((j + r) * hd, hd));
+                        MemoryMarshal.Cast<byte, float>(kv.V.AsSpan(at, hd * 4)).CopyTo(vTile.Slice((j + r) * hd, hd));
+                    }
+                    break;
+                case KvCacheType.F16:
+                    for (int r = 0; r < run; r++)
+                    {
+                        int at = (cell0 + r) * rb + off * 2;
+                        HalfToSingle(MemoryMarshal.Cast<byte, ushort>(kv.K.AsSpan(at, hd * 2)), kTile.Slice((j + r) * hd, hd));
+                        HalfToSingle(MemoryMarshal.Cast<byte, ushort>(kv.V.AsSpan(at, hd * 2)), vTile.Slice((j + r) * hd, hd));
+                    }
+                    break;
+                case KvCacheType.Q8_0:
+                    for (int r = 0; r < run; r++)
+                    {
+                        int at = (cell0 + r) * rb + off / 32 * 34;
+                        Q8_0ToSingle(kv.K.AsSpan(at, hd / 32 * 34), kTile.Slice((j + r) * hd, hd));
+                        Q8_0ToSingle(kv.V.AsSpan(at, hd / 32 * 34), vTile.Slice((j + r) * hd, hd));
+                    }
+                    break;
+                default:
+                    LoadKiviRun(kv, table[bi], r0, run, blockPos[bi] + r0, g, hd, p, ring!, kTile.Slice(j * hd, run * hd), vTile.Slice(j * hd, run * hd));
+                    break;
+            }
+            j += run;
+        }
+    }
+
+    /// <summary>KIVI: tokens [r0, r0 + run) of cache block <paramref name="block"/> (positions pos0…) into [run, hd] tiles.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void LoadKiviRun(in KvLayer kv, int block, int r0, int run, int pos0, int g, int hd, int p, ushort[][] ring, Span<float> kTile, Span<float> vTile)
+    {
+        int bs = kv.BlockSize, kvDim = kv.KvDim, bits = kv.Bits, off = g * hd;
+        int kEnd = Kivi.QuantizedKeyEnd(p, kv.Residual), vEnd = Kivi.QuantizedValueEnd(p, kv.Residual);
+        var ringK = ring[2 * kv.Layer]; var ringV = ring[2 * kv.Layer + 1];
+        // Keys: the block's per-channel scales and mins once, then each quantized token's row of codes; tokens in the
+        // residual window from the ring.
+        int quantK = Math.Clamp(kEnd - pos0, 0, run);
+        if (quantK > 0)
+        {
+            Span<float> scale = stackalloc float[hd];
+            Span<float> min = stackalloc float[hd];
+            var kp = kv.KParams!.AsSpan((block * kvDim + off) * 2, hd * 2);
+            for (int i = 0; i < hd; i++) { scale[i] = Fp16.ToSingle(kp[2 * i]); min[i] = Fp16.ToSingle(kp[2 * i + 1]); }
+            for (int r = 0; r < quantK; r++)
+                Kivi.DequantizeRow(kv.K.AsSpan((block * bs + r0 + r) * kv.RowBytes + off * bits / 8, hd * bits / 8), bits, scale, min, kTile.Slice(r * hd, hd));
+        }
+        for (int r = quantK; r < run; r++)
+            HalfToSingle(ringK.AsSpan((pos0 + r) % kv.RingLength * kvDim + off, hd), kTile.Slice(r * hd, hd));
+        // Values: per token, groups of channels.
+        int vg = kv.ValueGroup, groups = kvDim / vg;
+        for (int r = 0; r < run; r++)
+        {
+            var dst = vTile.Slice(r * hd, hd);
+            if (pos0 + r >= vEnd) { HalfToSingle(ringV.AsSpan((pos0 + r) % kv.RingLength * kvDim + off, hd), dst); continue; }
+            int cell = block * bs + r0 + r;
+            var codes = kv.V.AsSpan(cell * kv.RowBytes, kv.RowBytes);
+            var vp = kv.VParams!.AsSpan(cell * groups * 2, groups * 2);
+            for (int i = 0; i < hd; i += vg)
+            {
+                int q = (off + i) / vg;
+                Kivi.DequantizeRow(codes.Slice((off + i) * bits / 8, vg * bits / 8), bits, Fp16.ToSingle(vp[2 * q]), Fp16.ToSingle(vp[2 * q + 1]), dst.Slice(i, vg));
+            }
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void HalfToSingle(ReadOnlySpan<ushort> h, Span<float> y)
+    {
+        for (int i = 0; i < y.Length; i++) y[i] = Fp16.ToSingle(h[i]);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Q8_0ToSingle(ReadOnlySpan<byte> blocks, Span<float> y)
+    {
+        for (int b = 0; b < y.Length / 32; b++)
+        {
+            var blk = blocks.Slice(b * 34, 34);
+            float d = Fp16.ToSingle((ushort)(blk[0] | blk[1] << 8));
+            for (int i = 0; i < 32; i++) y[b * 32 + i] = d * (sbyte)blk[2 + i];
         }
     }
 

@@ -97,15 +97,44 @@ public static class Ops
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void RopeCache(int pos, int nRot, float freqBase, float freqScale, float[]? freqFactors, Span<float> cosSin)
+        => RopeCache(pos, nRot, freqBase, freqScale, freqFactors, 0f, 1f, 0f, 0f, cosSin);
+
+    /// <summary>
+    /// RoPE cos/sin with YaRN (ggml's rope_yarn): θ_interp = freqScale·θ_extrap; when extFactor ≠ 0 the two mix by
+    /// ramp(i) · extFactor, ramp = 1 − clamp((i/2 − low) / max(0.001, high − low), 0, 1) over the correction dims
+    /// [low, high], and mscale grows by 1 + 0.1·ln(1/freqScale). Both cos and sin carry mscale.
+    /// </summary>
+    public static void RopeCache(int pos, int nRot, float freqBase, float freqScale, float[]? freqFactors,
+                                 float extFactor, float mscale, float corrLow, float corrHigh, Span<float> cosSin)
     {
+        if (extFactor != 0f)
+        {
+            float thetaScaleY = MathF.Pow(freqBase, -2.0f / nRot);
+            float thetaY = pos;
+            float ms = mscale * (1.0f + 0.1f * MathF.Log(1.0f / freqScale));
+            for (int i0 = 0; i0 < nRot; i0 += 2)
+            {
+                float ff = freqFactors != null ? freqFactors[i0 / 2] : 1.0f;
+                float extrap = thetaY / ff;
+                float interp = freqScale * extrap;
+                float y = (i0 / 2 - corrLow) / MathF.Max(0.001f, corrHigh - corrLow);
+                float rampMix = (1 - MathF.Min(1, MathF.Max(0, y))) * extFactor;
+                float t = interp * (1 - rampMix) + extrap * rampMix;
+                cosSin[i0] = MathF.Cos(t) * ms;
+                cosSin[i0 + 1] = MathF.Sin(t) * ms;
+                thetaY *= thetaScaleY;
+            }
+            return;
+        }
+
         float thetaScale = MathF.Pow(freqBase, -2.0f / nRot);
         float theta = pos;
         for (int i0 = 0; i0 < nRot; i0 += 2)
         {
             float ff = freqFactors != null ? freqFactors[i0 / 2] : 1.0f;
             float t = freqScale * (theta / ff);
-            cosSin[i0] = MathF.Cos(t);
-            cosSin[i0 + 1] = MathF.Sin(t);
+            cosSin[i0] = mscale == 1f ? MathF.Cos(t) : MathF.Cos(t) * mscale;
+            cosSin[i0 + 1] = mscale == 1f ? MathF.Sin(t) : MathF.Sin(t) * mscale;
             theta *= thetaScale;
         }
     }

@@ -3,7 +3,7 @@ using Cria.Formats;
 namespace Cria.Models;
 
 /// <summary>How RoPE frequencies are stretched for longer contexts (llama.cpp's rope_scaling_type).</summary>
-public enum RopeScalingType { None, Linear, Yarn }
+public enum RopeScalingType { None, Linear, Yarn, Llama3 }
 
 /// <summary>
 /// Hyper-parameters of a Llama-family model, read from <c>llama.*</c> GGUF metadata the way llama.cpp reads them.
@@ -29,6 +29,34 @@ public sealed record ModelConfig
     public int RopeOriginalContext { get; init; }
     /// <summary>Per-pair frequency divisors (Llama 3.1/3.2 <c>rope_freqs.weight</c>); null when absent.</summary>
     public float[]? RopeFreqFactors { get; init; }
+
+    /// <summary>YaRN (llama.cpp's cparams): ramp weight (−1 = 1 for YaRN, else 0), attention factor, β_fast, β_slow.</summary>
+    public float YarnExtFactor { get; init; } = -1f;
+    public float YarnAttnFactor { get; init; } = 1f;
+    public float YarnBetaFast { get; init; } = 32f;
+    public float YarnBetaSlow { get; init; } = 1f;
+
+    /// <summary>The RoPE cos/sin pairs of position <paramref name="pos"/>, as llama.cpp builds them for this config
+    /// (linear: θ·freq_scale; YaRN: ramp between interpolated and extrapolated θ over the correction dims, with mscale;
+    /// llama3 and rope_freqs: per-pair divisors).</summary>
+    public void RopeCache(int pos, Span<float> cosSin)
+    {
+        float freqScale = RopeScaling == RopeScalingType.None ? 1f : RopeFreqScale;
+        float ext = YarnExtFactor >= 0 ? YarnExtFactor : RopeScaling == RopeScalingType.Yarn ? 1f : 0f;
+        float low = 0, high = 0;
+        if (ext != 0) (low, high) = YarnCorrDims(RopeDim, RopeOriginalContext > 0 ? RopeOriginalContext : ContextLength, RopeFreqBase, YarnBetaFast, YarnBetaSlow);
+        Kernels.Ops.RopeCache(pos, RopeDim, RopeFreqBase, freqScale, RopeFreqFactors, ext, YarnAttnFactor, low, high, cosSin);
+    }
+
+    /// <summary>ggml_rope_yarn_corr_dims: the rotary dims where wavelengths cross β_fast and β_slow rotations over the
+    /// original context, floored / ceiled and clamped to [0, nDims − 1].</summary>
+    public static (float Low, float High) YarnCorrDims(int nDims, int nCtxOrig, float freqBase, float betaFast, float betaSlow)
+    {
+        static float Dim(int nDims, int nCtxOrig, float nRot, float b) => nDims * MathF.Log(nCtxOrig / (nRot * 2 * MathF.PI)) / (2 * MathF.Log(b));
+        float start = MathF.Floor(Dim(nDims, nCtxOrig, betaFast, freqBase));
+        float end = MathF.Ceiling(Dim(nDims, nCtxOrig, betaSlow, freqBase));
+        return (MathF.Max(0, start), MathF.Min(nDims - 1, end));
+    }
 
     public int QDim => HeadCount * HeadDim;
     public int KvDim => KvHeadCount * HeadDim;
@@ -74,6 +102,7 @@ public sealed record ModelConfig
             case "none": break;
             case "linear": scaling = RopeScalingType.Linear; break;
             case "yarn": scaling = RopeScalingType.Yarn; break;
+            case "llama3": scaling = RopeScalingType.Llama3; break;
             default: throw new ModelFormatException(f.Path, $"unsupported rope scaling type '{type}'");
         }
         if (scaling != RopeScalingType.None && factor > 0) freqScale = 1f / factor;
@@ -89,6 +118,13 @@ public sealed record ModelConfig
 
         float eps = f.Get<float>(p + "attention.layer_norm_rms_epsilon", 1e-5f);
         float baseFreq = f.Get<float>(p + "rope.freq_base", 10000f);
+        if (scaling == RopeScalingType.Llama3)
+        {
+            // llama3 scales through per-pair divisors (rope_freqs), not θ; computed here when the tensor is absent.
+            freqFactors ??= RandomModel.Llama3FreqFactors(nRot, baseFreq, factor > 0 ? factor : 8f, 1f, 4f,
+                f.Get<int>(p + "rope.scaling.original_context_length", 8192));
+            freqScale = 1f;
+        }
         if (!(eps > 0) || !(baseFreq > 1)) throw new ModelFormatException(f.Path, $"bad rms epsilon {eps} or rope base {baseFreq}");
         int ctx = f.Get<int>(p + "context_length", 2048);
         return new ModelConfig
@@ -110,9 +146,68 @@ public sealed record ModelConfig
             RopeFreqScale = freqScale,
             RopeOriginalContext = f.Get<int>(p + "rope.scaling.original_context_length", ctx),
             RopeFreqFactors = freqFactors,
+            YarnExtFactor = f.Get<float>(p + "rope.scaling.yarn_ext_factor", -1f),
+            YarnAttnFactor = f.Get<float>(p + "rope.scaling.yarn_attn_factor", f.Get<float>(p + "rope.scaling.attn_factor", 1f)),
+            YarnBetaFast = f.Get<float>(p + "rope.scaling.yarn_beta_fast", 32f),
+            YarnBetaSlow = f.Get<float>(p + "rope.scaling.yarn_beta_slow", 1f),
         };
     }
 
+    /// <summary>The llama3 per-pair divisors (Llama 3.1's rope_scaling: low_freq_factor 1, high_freq_factor 4) for a
+    /// scaling factor and original context, when a model has no rope_freqs tensor.</summary>
+    public float[] Llama3FreqFactors(float factor, int originalContext, float lowFreqFactor = 1f, float highFreqFactor = 4f)
+        => RandomModel.Llama3FreqFactors(RopeDim, RopeFreqBase, factor, lowFreqFactor, highFreqFactor, originalContext);
+
     static int Positive(GgufFile f, string key, int v) =>
         v > 0 ? v : throw new ModelFormatException(f.Path, $"metadata '{key}' must be positive, got {v}");
+}
+
+/// <summary>
+/// Command-line RoPE overrides, named as llama.cpp names them: --rope-scaling none|linear|yarn|llama3, --rope-scale N
+/// (context stretch factor; freq_scale = 1/N), --rope-freq-base B (NTK-aware scaling is a larger base),
+/// --yarn-orig-ctx N, --yarn-ext-factor, --yarn-attn-factor, --yarn-beta-fast, --yarn-beta-slow.
+/// </summary>
+public sealed record RopeOverrides
+{
+    public RopeScalingType? Scaling { get; init; }
+    public float Scale { get; init; }
+    public float FreqBase { get; init; }
+    public int YarnOrigCtx { get; init; }
+    public float YarnExtFactor { get; init; } = -1f;
+    public float YarnAttnFactor { get; init; } = -1f;
+    public float YarnBetaFast { get; init; } = -1f;
+    public float YarnBetaSlow { get; init; } = -1f;
+
+    public static RopeScalingType ParseScaling(string s) => s.ToLowerInvariant() switch
+    {
+        "none" => RopeScalingType.None,
+        "linear" => RopeScalingType.Linear,
+        "yarn" => RopeScalingType.Yarn,
+        "llama3" => RopeScalingType.Llama3,
+        _ => throw new CriaException($"unknown rope scaling '{s}' (none, linear, yarn, llama3)"),
+    };
+
+    public ModelConfig Apply(ModelConfig c)
+    {
+        var type = Scaling ?? c.RopeScaling;
+        float freqScale = Scale > 0 ? 1f / Scale : c.RopeFreqScale;
+        int orig = YarnOrigCtx > 0 ? YarnOrigCtx : c.RopeOriginalContext > 0 ? c.RopeOriginalContext : c.ContextLength;
+        var r = c with
+        {
+            RopeScaling = type,
+            RopeFreqScale = type == RopeScalingType.None ? 1f : freqScale,
+            RopeFreqBase = FreqBase > 0 ? FreqBase : c.RopeFreqBase,
+            RopeOriginalContext = orig,
+            // The context a scaled model is meant for (what the server admits by default): original × factor.
+            ContextLength = type != RopeScalingType.None && Scale > 0 ? Math.Max(c.ContextLength, (int)(orig * Scale)) : c.ContextLength,
+            YarnExtFactor = YarnExtFactor >= 0 ? YarnExtFactor : c.YarnExtFactor,
+            YarnAttnFactor = YarnAttnFactor >= 0 ? YarnAttnFactor : c.YarnAttnFactor,
+            YarnBetaFast = YarnBetaFast >= 0 ? YarnBetaFast : c.YarnBetaFast,
+            YarnBetaSlow = YarnBetaSlow >= 0 ? YarnBetaSlow : c.YarnBetaSlow,
+        };
+        // llama3 without a rope_freqs tensor: the divisors come from the factor and original context; θ is not scaled.
+        if (type == RopeScalingType.Llama3)
+            r = r with { RopeFreqFactors = c.RopeFreqFactors ?? r.Llama3FreqFactors(Scale > 0 ? Scale : 1f / c.RopeFreqScale, orig), RopeFreqScale = 1f };
+        return r;
+    }
 }

@@ -29,17 +29,28 @@ public class AllocationTests
 
     public static IEnumerable<object[]> Cases()
     {
-        yield return ["alloc-f32", GgmlType.F32, false];
-        yield return ["alloc-q8_0", GgmlType.Q8_0, false];
-        yield return ["alloc-q4_k_m", GgmlType.Q4_K, true];
+        yield return ["alloc-f32", GgmlType.F32, false, KvCacheType.F16, KvEvictionType.None];
+        yield return ["alloc-q8_0", GgmlType.Q8_0, false, KvCacheType.F16, KvEvictionType.None];
+        yield return ["alloc-q4_k_m", GgmlType.Q4_K, true, KvCacheType.F16, KvEvictionType.None];
+        // Issue 6: every KV format, and eviction (blocks dropped during the measured steps).
+        yield return ["alloc-f32", GgmlType.F32, false, KvCacheType.F32, KvEvictionType.None];
+        yield return ["alloc-f32", GgmlType.F32, false, KvCacheType.Q8_0, KvEvictionType.None];
+        yield return ["alloc-f32", GgmlType.F32, false, KvCacheType.Kivi4, KvEvictionType.H2O];
+        yield return ["alloc-f32", GgmlType.F32, false, KvCacheType.Kivi2, KvEvictionType.SnapKV];
+        yield return ["alloc-f32", GgmlType.F32, false, KvCacheType.F16, KvEvictionType.Sinks];
     }
 
     [Theory]
     [MemberData(nameof(Cases))]
-    public void DecodeStepsAllocateNothing(string key, GgmlType type, bool mix)
+    public void DecodeStepsAllocateNothing(string key, GgmlType type, bool mix, KvCacheType kv, KvEvictionType evict)
     {
         using var model = LlamaModel.Open(LogitsAgreementTests.ModelFile(key, Spec(type, mix)));
-        using var ctx = new InferenceContext(model, new ContextOptions { ContextSize = 256, Threads = 2, MicroBatch = 16 });
+        using var ctx = new InferenceContext(model, new ContextOptions
+        {
+            ContextSize = 256, Threads = 2, MicroBatch = 16,
+            Kv = new KvFormat { Type = kv, KiviGroup = 16, KiviResidual = 32 },
+            Eviction = evict == KvEvictionType.None ? KvEvictionOptions.None : new KvEvictionOptions { Type = evict, Budget = 64 },
+        });
         var rng = new Random(5);
         var tokens = new int[Warmup + Steps];
         for (int i = 0; i < tokens.Length; i++) tokens[i] = rng.Next(model.Config.VocabSize);

@@ -1,3 +1,4 @@
+using Cria.Inference;
 using Cria.Kernels;
 using Cria.Models;
 using Xunit;
@@ -20,13 +21,19 @@ public class AttentionTests
         var rng = new Random(length);
         float R() => (float)(rng.NextDouble() * 2 - 1);
         int cells = 2 * blocks * bs;
-        var keys = Enumerable.Range(0, cells * c.KvDim).Select(_ => R()).ToArray();
+        var cache = new KvCache(c.KvDim, 1, cells, bs, KvFormat.F32, hd);
+        var keys = cache.Keys(0).ToArray();
+        for (int i = 0; i < keys.Length; i++) keys[i] = R();
+        keys.CopyTo(cache.Keys(0));
         var values = Enumerable.Range(0, cells * c.KvDim).Select(_ => R()).ToArray();
+        values.CopyTo(cache.Values(0));
+        var blockPos = Enumerable.Range(0, blocks).Select(b => b * bs).ToArray();
+        var kv = new AttentionJob.KvLayer(cache, 0);
         var q = Enumerable.Range(0, c.QDim).Select(_ => R() * 3).ToArray();
         var output = new float[c.QDim];
-        var scratch = new float[c.GroupSize * (AttentionJob.TileSize + hd)];
+        var scratch = new float[AttentionJob.ScratchLength(c)];
         for (int g = 0; g < kvHeads; g++)
-            AttentionJob.Attend(c, table, bs, length, g, q, keys, values, output, scratch);
+            AttentionJob.Attend(c, kv, table, blockPos, null, length, length - 1, g, q, output, scratch, default);
 
         var expected = new float[hd];
         for (int h = 0; h < heads; h++)

@@ -12,7 +12,7 @@ public sealed class CriaRunner : IDisposable
     public CriaRunner(string path, int contextSize = 256, int threads = 2)
     {
         Model = LlamaModel.Open(path);
-        Context = new InferenceContext(Model, new ContextOptions { ContextSize = contextSize, Threads = threads });
+        Context = new InferenceContext(Model, new ContextOptions { ContextSize = contextSize, Threads = threads, Kv = KvFormat.F32 }); // the oracle runs llama.cpp with an F32 KV cache
     }
 
     public float[][] AllLogits(IReadOnlyList<int> tokens)

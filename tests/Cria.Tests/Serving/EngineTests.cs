@@ -28,10 +28,10 @@ public class EngineTests
         return Enumerable.Range(0, n).Select(i => i == 0 ? 1 : r.Next(3, 400)).ToArray();
     }
 
-    static (LlamaModel, InferenceContext, Engine) Start(SchedulerOptions s, int ctx = 1024, GgmlType type = GgmlType.F32)
+    static (LlamaModel, InferenceContext, Engine) Start(SchedulerOptions s, int ctx = 1024, GgmlType type = GgmlType.F32, KvFormat? kv = null)
     {
         var m = LlamaModel.Open(ModelPath(type));
-        var c = new InferenceContext(m, new ContextOptions { ContextSize = ctx, Threads = 2, MicroBatch = 64 });
+        var c = new InferenceContext(m, new ContextOptions { ContextSize = ctx, Threads = 2, MicroBatch = 64, Kv = kv ?? KvFormat.F16 });
         return (m, c, new Engine(c, m.Tokenizer, new EngineOptions { Scheduler = s }));
     }
 
@@ -145,6 +145,38 @@ public class EngineTests
                 Assert.Equal(alone[i].Text, together[i].Text);
             }
             Assert.True(e.StepsTotal - stepsAlone < stepsAlone / 3, $"batched run took {e.StepsTotal - stepsAlone} steps vs {stepsAlone} alone");
+            Assert.Equal(c.Cache.BlockCount, c.Cache.FreeBlocks);
+        }
+    }
+
+    /// <summary>Issue 6: batch invariance in the server for every KV format (KIVI with a short window so the quantized
+    /// part is read), with chunked prefill and prefix caching on (KIVI takes no prefix hits, by design).</summary>
+    [Theory]
+    [InlineData(KvCacheType.F32)]
+    [InlineData(KvCacheType.F16)]
+    [InlineData(KvCacheType.Q8_0)]
+    [InlineData(KvCacheType.Kivi4)]
+    [InlineData(KvCacheType.Kivi2)]
+    public async Task ConcurrentRequestsReturnWhatEachReturnsAloneForEveryKvType(KvCacheType kv)
+    {
+        var format = new KvFormat { Type = kv, KiviGroup = 16, KiviResidual = 32 };
+        var (m, c, e) = Start(new SchedulerOptions { TokenBudget = 64, MaxSequences = 8 }, ctx: 2048, GgmlType.Q8_0, format); // head dim 64
+        using (m) using (c) using (e)
+        {
+            var rng = new Random(12);
+            var system = Prompt(40, 9);
+            var reqs = Enumerable.Range(0, 8).Select(i => Greedy(system.Concat(Prompt(rng.Next(2, 60), 300 + i).Skip(1)).ToArray(), rng.Next(4, 16), top: 2)).ToArray();
+            var alone = new List<Result>();
+            foreach (var r in reqs) alone.Add(await Run(e, r));
+            var together = await Task.WhenAll(reqs.Select(r => Task.Run(() => Run(e, r))));
+            for (int i = 0; i < reqs.Length; i++)
+            {
+                Assert.Equal(alone[i].Tokens, together[i].Tokens);
+                Assert.Equal(alone[i].Logprobs, together[i].Logprobs);
+            }
+            if (format.IsKivi) Assert.Equal(0, c.Cache.PrefixHitTokens);
+            else Assert.True(c.Cache.PrefixHitTokens > 0);
+            c.Cache.ClearPrefixCache();
             Assert.Equal(c.Cache.BlockCount, c.Cache.FreeBlocks);
         }
     }

@@ -10,7 +10,7 @@ namespace Cria.Tests.Training;
 public sealed class BundledModelTests(ITestOutputHelper output)
 {
     /// <summary>Public-domain text (KJV, Psalm 23 and Ecclesiastes 3:1–8) used when data/valid.txt is not there.</summary>
-    const string FallbackText =
+    internal const string FallbackText =
         "The LORD is my shepherd; I shall not want. He maketh me to lie down in green pastures: he leadeth me beside the still waters. " +
         "He restoreth my soul: he leadeth me in the paths of righteousness for his name's sake. Yea, though I walk through the valley of the shadow of death, " +
         "I will fear no evil: for thou art with me; thy rod and thy staff they comfort me. Thou preparest a table before me in the presence of mine enemies: " +

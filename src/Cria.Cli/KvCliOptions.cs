@@ -1,0 +1,74 @@
+using System.CommandLine;
+using Cria.Inference;
+using Cria.Models;
+
+namespace Cria.Cli;
+
+/// <summary>
+/// The KV-cache and RoPE options shared by generate, perplexity, serve, bench and passkey: --kv-type, --kivi-group,
+/// --kivi-residual, --kv-evict, --kv-budget, and llama.cpp's --rope-scaling / --rope-scale / --rope-freq-base /
+/// --yarn-orig-ctx / --yarn-ext-factor / --yarn-attn-factor / --yarn-beta-fast / --yarn-beta-slow.
+/// </summary>
+sealed class KvCliOptions
+{
+    readonly Option<string> _type = new("--kv-type", "--cache-type") { Description = "KV cache storage: f16 (default), f32, q8_0, kivi4, kivi2", DefaultValueFactory = _ => "f16" };
+    readonly Option<int> _group = new("--kivi-group") { Description = "KIVI group size G (tokens per key group, channels per value group)", DefaultValueFactory = _ => 32 };
+    readonly Option<int> _residual = new("--kivi-residual") { Description = "KIVI residual length R (recent tokens kept in F16; a multiple of G)", DefaultValueFactory = _ => 128 };
+    readonly Option<string> _evict = new("--kv-evict") { Description = "KV eviction: none (default), sinks (StreamingLLM), h2o, snapkv", DefaultValueFactory = _ => "none" };
+    readonly Option<int> _budget = new("--kv-budget") { Description = "tokens each sequence keeps in the KV cache with --kv-evict" };
+    readonly Option<int> _sinks = new("--kv-sinks") { Description = "attention-sink tokens kept (rounded up to a block)", DefaultValueFactory = _ => 4 };
+    readonly Option<string?> _ropeScaling = new("--rope-scaling") { Description = "RoPE scaling: none, linear, yarn, llama3 (default: from the model)" };
+    readonly Option<float> _ropeScale = new("--rope-scale") { Description = "RoPE context scaling factor N (freq scale 1/N)" };
+    readonly Option<float> _ropeBase = new("--rope-freq-base") { Description = "RoPE base frequency (NTK-aware scaling: a larger base)" };
+    readonly Option<int> _yarnOrig = new("--yarn-orig-ctx") { Description = "YaRN: original training context (default: from the model)" };
+    readonly Option<float> _yarnExt = new("--yarn-ext-factor") { Description = "YaRN extrapolation mix factor (default 1 with yarn)", DefaultValueFactory = _ => -1f };
+    readonly Option<float> _yarnAttn = new("--yarn-attn-factor") { Description = "YaRN attention magnitude factor (default 1)", DefaultValueFactory = _ => -1f };
+    readonly Option<float> _yarnFast = new("--yarn-beta-fast") { Description = "YaRN β_fast (default 32)", DefaultValueFactory = _ => -1f };
+    readonly Option<float> _yarnSlow = new("--yarn-beta-slow") { Description = "YaRN β_slow (default 1)", DefaultValueFactory = _ => -1f };
+
+    public void AddTo(Command cmd)
+    {
+        foreach (var o in new Option[] { _type, _group, _residual, _evict, _budget, _sinks, _ropeScaling, _ropeScale, _ropeBase, _yarnOrig, _yarnExt, _yarnAttn, _yarnFast, _yarnSlow })
+            cmd.Options.Add(o);
+    }
+
+    /// <summary>The --kv-type values when a comma-separated list is given (bench compares them side by side).</summary>
+    public string[] TypeList(ParseResult r) => (r.GetValue(_type) ?? "f16").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+
+    public KvFormat Format(ParseResult r, string? type = null) => new()
+    {
+        Type = KvFormat.Parse(type ?? r.GetValue(_type) ?? "f16"),
+        KiviGroup = r.GetValue(_group),
+        KiviResidual = r.GetValue(_residual),
+    };
+
+    public KvEvictionOptions Eviction(ParseResult r)
+    {
+        var t = KvEvictionOptions.Parse(r.GetValue(_evict) ?? "none");
+        if (t != KvEvictionType.None && r.GetValue(_budget) < 1) throw new CriaException("--kv-evict needs --kv-budget TOKENS");
+        return new KvEvictionOptions { Type = t, Budget = r.GetValue(_budget), SinkTokens = r.GetValue(_sinks) };
+    }
+
+    public RopeOverrides? Rope(ParseResult r)
+    {
+        var s = r.GetValue(_ropeScaling);
+        var o = new RopeOverrides
+        {
+            Scaling = s is null ? null : RopeOverrides.ParseScaling(s),
+            Scale = r.GetValue(_ropeScale), FreqBase = r.GetValue(_ropeBase), YarnOrigCtx = r.GetValue(_yarnOrig),
+            YarnExtFactor = r.GetValue(_yarnExt), YarnAttnFactor = r.GetValue(_yarnAttn),
+            YarnBetaFast = r.GetValue(_yarnFast), YarnBetaSlow = r.GetValue(_yarnSlow),
+        };
+        return o == new RopeOverrides() ? null : o;
+    }
+
+    /// <summary><paramref name="o"/> with this command line's KV format, eviction and RoPE overrides.</summary>
+    public ContextOptions Apply(ParseResult r, ContextOptions o, string? type = null) => o with { Kv = Format(r, type), Eviction = Eviction(r), Rope = Rope(r) };
+
+    public static string Describe(InferenceContext c)
+    {
+        var cfg = c.Config;
+        string rope = cfg.RopeScaling == RopeScalingType.None ? "" : $", rope {cfg.RopeScaling} (freq scale {cfg.RopeFreqScale:G4}, orig ctx {cfg.RopeOriginalContext})";
+        return $"KV {c.Cache.Format}, {c.Cache.BytesPerToken:N1} bytes/token{rope}";
+    }
+}

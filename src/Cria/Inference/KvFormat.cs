@@ -1,0 +1,159 @@
+using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using Cria.Tensors;
+
+namespace Cria.Inference;
+
+/// <summary>How the KV cache stores keys and values (llama.cpp's --cache-type-k/-v, plus KIVI).</summary>
+public enum KvCacheType
+{
+    /// <summary>4 bytes per element; what the llama.cpp oracle tests run against.</summary>
+    F32,
+    /// <summary>2 bytes per element (llama.cpp's default KV type).</summary>
+    F16,
+    /// <summary>ggml Q8_0 blocks along each head row: 32 int8 + one F16 scale (8.5 bits per element).</summary>
+    Q8_0,
+    /// <summary>KIVI, 4 bits: keys per channel in groups of G tokens, values per token in groups of channels, min/max
+    /// asymmetric, the most recent R tokens kept in F16.</summary>
+    Kivi4,
+    /// <summary>KIVI, 2 bits (see <see cref="Kivi4"/>).</summary>
+    Kivi2,
+}
+
+/// <summary>Settings of the KV cache's storage format: type and, for KIVI, group size G and residual length R.</summary>
+public sealed record KvFormat
+{
+    public KvCacheType Type { get; init; } = KvCacheType.F16;
+    /// <summary>KIVI group size G (paper default 32): tokens per key group (per channel), channels per value group
+    /// (capped at the head dimension). The cache's block size becomes G, so a key group is exactly one block.</summary>
+    public int KiviGroup { get; init; } = 32;
+    /// <summary>KIVI residual length R (paper default 128): recent tokens kept in full precision. A multiple of G.</summary>
+    public int KiviResidual { get; init; } = 128;
+
+    public static readonly KvFormat F32 = new() { Type = KvCacheType.F32 };
+    public static readonly KvFormat F16 = new() { Type = KvCacheType.F16 };
+
+    public bool IsKivi => Type is KvCacheType.Kivi4 or KvCacheType.Kivi2;
+    public int KiviBits => Type switch { KvCacheType.Kivi4 => 4, KvCacheType.Kivi2 => 2, _ => 0 };
+
+    public static KvCacheType Parse(string s) => s.ToLowerInvariant() switch
+    {
+        "f32" => KvCacheType.F32,
+        "f16" => KvCacheType.F16,
+        "q8_0" => KvCacheType.Q8_0,
+        "kivi4" => KvCacheType.Kivi4,
+        "kivi2" => KvCacheType.Kivi2,
+        _ => throw new CriaException($"unknown KV cache type '{s}' (f32, f16, q8_0, kivi4, kivi2)"),
+    };
+
+    public static string Name(KvCacheType t) => t switch
+    {
+        KvCacheType.F32 => "f32", KvCacheType.F16 => "f16", KvCacheType.Q8_0 => "q8_0",
+        KvCacheType.Kivi4 => "kivi4", KvCacheType.Kivi2 => "kivi2", _ => t.ToString(),
+    };
+
+    public override string ToString() => IsKivi ? $"{Name(Type)} (G={KiviGroup}, R={KiviResidual})" : Name(Type);
+}
+
+/// <summary>
+/// KIVI's asymmetric min/max quantization of a group (Liu et al. 2024): scale = (max − min) / (2^b − 1),
+/// code = round((x − min) / scale) clamped to [0, 2^b − 1], x̂ = code · scale + min; scale and min kept as F16
+/// (the quantizer uses the F16-rounded scale and min, so what is decoded is what was fitted).
+/// Codes are packed little-endian: code i at bit b·(i mod 8/b) of byte i·b/8.
+/// </summary>
+public static class Kivi
+{
+    /// <summary>Fits one group: writes b-bit codes of <paramref name="x"/> (read with <paramref name="stride"/>) and
+    /// returns (scale, min) as F16 bits.</summary>
+    public static (ushort Scale, ushort Min) QuantizeGroup(ReadOnlySpan<float> x, int count, int stride, int bits, Span<byte> codes)
+    {
+        float mn = float.PositiveInfinity, mx = float.NegativeInfinity;
+        for (int i = 0; i < count; i++) { float v = x[i * stride]; mn = MathF.Min(mn, v); mx = MathF.Max(mx, v); }
+        int maxCode = (1 << bits) - 1;
+        ushort hMin = Fp16.FromSingle(mn), hScale = Fp16.FromSingle((mx - mn) / maxCode);
+        float min = Fp16.ToSingle(hMin), scale = Fp16.ToSingle(hScale);
+        float inv = scale > 0 ? 1f / scale : 0f;
+        codes.Slice(0, (count * bits + 7) / 8).Clear();
+        for (int i = 0; i < count; i++)
+        {
+            int q = (int)MathF.Round((x[i * stride] - min) * inv);
+            q = Math.Clamp(q, 0, maxCode);
+            codes[i * bits >> 3] |= (byte)(q << (i * bits & 7));
+        }
+        return (hScale, hMin);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static int Code(ReadOnlySpan<byte> codes, int i, int bits) => codes[i * bits >> 3] >> (i * bits & 7) & ((1 << bits) - 1);
+
+    /// <summary>Packs b-bit codes (each &lt; 2^b) into bytes.</summary>
+    public static void Pack(ReadOnlySpan<byte> codes, int bits, Span<byte> packed)
+    {
+        packed.Slice(0, (codes.Length * bits + 7) / 8).Clear();
+        for (int i = 0; i < codes.Length; i++) packed[i * bits >> 3] |= (byte)(codes[i] << (i * bits & 7));
+    }
+
+    /// <summary>Unpacks b-bit codes.</summary>
+    public static void Unpack(ReadOnlySpan<byte> packed, int bits, Span<byte> codes)
+    {
+        for (int i = 0; i < codes.Length; i++) codes[i] = (byte)Code(packed, i, bits);
+    }
+
+    /// <summary>y[i] = code_i · scale[i] + min[i] for a row of codes starting at a byte boundary (keys: per-channel
+    /// scale and min of the block). Eight codes at a time with AVX2 (variable shifts); the scalar loop is the reference
+    /// and computes the same products and sums (no FMA), so both give identical floats.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void DequantizeRow(ReadOnlySpan<byte> codes, int bits, ReadOnlySpan<float> scale, ReadOnlySpan<float> min, Span<float> y)
+    {
+        int i = 0;
+        if (Avx2.IsSupported)
+            for (; i + 8 <= y.Length; i += 8)
+                (Codes8(codes, bits, i) * Vector256.Create(scale.Slice(i, 8)) + Vector256.Create(min.Slice(i, 8))).CopyTo(y.Slice(i, 8));
+        for (; i < y.Length; i++) y[i] = Code(codes, i, bits) * scale[i] + min[i];
+    }
+
+    /// <summary>y[i] = code_i · scale + min (values: one scale and min per group of channels).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void DequantizeRow(ReadOnlySpan<byte> codes, int bits, float scale, float min, Span<float> y)
+    {
+        int i = 0;
+        if (Avx2.IsSupported)
+        {
+            var s = Vector256.Create(scale); var m = Vector256.Create(min);
+            for (; i + 8 <= y.Length; i += 8) (Codes8(codes, bits, i) * s + m).CopyTo(y.Slice(i, 8));
+        }
+        for (; i < y.Length; i++) y[i] = Code(codes, i, bits) * scale + min;
+    }
+
+    static readonly Vector256<uint> Shift2 = Vector256.Create(0u, 2, 4, 6, 8, 10, 12, 14);
+    static readonly Vector256<uint> Shift4 = Vector256.Create(0u, 4, 8, 12, 16, 20, 24, 28);
+
+    /// <summary>Codes i … i+7 (i a multiple of 8) as floats: the 8·b bits broadcast, shifted per lane, masked.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<float> Codes8(ReadOnlySpan<byte> codes, int bits, int i)
+    {
+        Vector256<uint> v;
+        if (bits == 2) v = Avx2.ShiftRightLogicalVariable(Vector256.Create((uint)BinaryPrimitives.ReadUInt16LittleEndian(codes.Slice(i / 4))), Shift2) & Vector256.Create(3u);
+        else v = Avx2.ShiftRightLogicalVariable(Vector256.Create(BinaryPrimitives.ReadUInt32LittleEndian(codes.Slice(i / 2))), Shift4) & Vector256.Create(15u);
+        return Vector256.ConvertToSingle(v.AsInt32());
+    }
+
+    /// <summary>Reference dequantization of one group.</summary>
+    public static void DequantizeGroup(ReadOnlySpan<byte> codes, int count, int bits, ushort scale, ushort min, Span<float> y)
+    {
+        float s = Fp16.ToSingle(scale), m = Fp16.ToSingle(min);
+        for (int i = 0; i < count; i++) y[i] = Code(codes, i, bits) * s + m;
+    }
+
+    /// <summary>
+    /// KIVI's streaming rule as seen by the query at position p (KIVI's LlamaAttention_KIVI: keys are flushed to the
+    /// quantized cache R at a time once the full-precision part reaches R tokens, after the step's attention; values
+    /// one at a time once more than R are held). Keys at positions &lt; this are read quantized.
+    /// </summary>
+    public static int QuantizedKeyEnd(int p, int residual) => p / residual * residual;
+
+    /// <summary>Values at positions &lt; this are read quantized by the query at position p (R + 1 in full precision).</summary>
+    public static int QuantizedValueEnd(int p, int residual) => Math.Max(0, p - residual);
+}

@@ -1,0 +1,119 @@
+using Cria.Tokenization;
+
+namespace Cria.Inference;
+
+/// <summary>What the long-context probe hides and asks for.</summary>
+public enum PasskeyTask
+{
+    /// <summary>Mohtashami &amp; Jaggi's passkey retrieval: "The pass key is 71432. Remember it." hidden in filler,
+    /// then "What is the pass key? The pass key is" — scored on the key's tokens (teacher-forced top-1).</summary>
+    Passkey,
+    /// <summary>In-context copy: a random run of words (shown twice) hidden in filler, then its first two words again; scored on
+    /// predicting the rest of the run (an induction-head task a small model can do within its trained length).</summary>
+    Copy,
+}
+
+/// <summary>One cell of the probe: accuracy (fraction of answer tokens predicted top-1 given the preceding ones, and
+/// whole answers right) at one prompt length and needle depth.</summary>
+public readonly record struct PasskeyResult(int Length, double Depth, double TokenAccuracy, double ExactAccuracy, int Trials);
+
+/// <summary>
+/// A long-context quality probe: for each prompt length and depth (0 = needle at the start of the filler, 1 = at the
+/// end), builds prompts with a random needle, runs each as one sequence through <see cref="InferenceContext.Decode"/>
+/// (so KV format, eviction and RoPE scaling all apply), and scores the answer tokens teacher-forced: the logits at each
+/// answer position must rank the right next token first. Deterministic for a seed.
+/// </summary>
+public sealed class PasskeyProbe(InferenceContext context, Tokenizer tokenizer)
+{
+    /// <summary>Filler in the bundled model's register (its corpus is the King James Bible).</summary>
+    public string Filler { get; init; } =
+        "And the earth was without form, and void; and darkness was upon the face of the deep. " +
+        "And God said, Let there be light: and there was light. And the evening and the morning were the first day. ";
+
+    static readonly string[] Words =
+    [
+        "lamb", "river", "stone", "king", "bread", "silver", "garden", "sword", "tree", "fire", "house", "gold", "cloud",
+        "ship", "horse", "wine", "door", "star", "field", "oil", "city", "mountain", "sheep", "cedar", "water", "crown",
+    ];
+
+    public IReadOnlyList<PasskeyResult> Run(PasskeyTask task, IReadOnlyList<int> lengths, IReadOnlyList<double> depths, int trials, int seed = 1)
+    {
+        var results = new List<PasskeyResult>();
+        foreach (int len in lengths)
+            foreach (double depth in depths)
+            {
+                var rng = new Random(unchecked(seed * 1000003 + len * 1009 + (int)(depth * 1000))); // not HashCode.Combine: randomized per process
+                double tok = 0, exact = 0;
+                for (int t = 0; t < trials; t++)
+                {
+                    var (prompt, answer) = Build(task, len, depth, rng);
+                    double a = Score(prompt, answer);
+                    tok += a;
+                    if (a == 1.0) exact++;
+                }
+                results.Add(new PasskeyResult(len, depth, tok / trials, exact / trials, trials));
+            }
+        return results;
+    }
+
+    /// <summary>The prompt tokens (ending just before the answer) and the answer tokens, about <paramref name="length"/>
+    /// tokens in all, the needle after <paramref name="depth"/> of the filler.</summary>
+    public (int[] Prompt, int[] Answer) Build(PasskeyTask task, int length, double depth, Random rng)
+    {
+        string needle, question, answer;
+        if (task == PasskeyTask.Passkey)
+        {
+            string key = rng.Next(10000, 100000).ToString(System.Globalization.CultureInfo.InvariantCulture);
+            needle = $" The pass key is {key}. Remember it. {key} is the pass key. ";
+            question = " What is the pass key? The pass key is";
+            answer = " " + key;
+        }
+        else
+        {
+            var w = Enumerable.Range(0, 12).Select(_ => Words[rng.Next(Words.Length)]).ToArray();
+            string run = string.Join(" ", w) + ".";
+            needle = " " + run + " " + run + " "; // shown twice: the pattern the model must pick up and copy later
+            question = " " + w[0] + " " + w[1];
+            answer = " " + string.Join(" ", w.Skip(2)) + ".";
+        }
+        var head = tokenizer.Encode("", addBos: true);
+        var n = tokenizer.Encode(needle, addBos: false);
+        int qLen = tokenizer.Encode(question, addBos: false).Length;
+        var qa = tokenizer.Encode(question + answer, addBos: false); // one tokenization, split where the question ends
+        var q = qa.Take(qLen).ToArray();
+        var a = qa.Skip(qLen).ToArray();
+        var fillerUnit = tokenizer.Encode(Filler, addBos: false);
+        int fillerLen = Math.Max(0, length - head.Length - n.Length - q.Length - a.Length);
+        var filler = new int[fillerLen];
+        for (int i = 0; i < fillerLen; i++) filler[i] = fillerUnit[i % fillerUnit.Length];
+        int at = (int)Math.Round(depth * fillerLen);
+        var prompt = head.Concat(filler.Take(at)).Concat(n).Concat(filler.Skip(at)).Concat(q).ToArray();
+        return (prompt, a);
+    }
+
+    /// <summary>Fraction of answer tokens ranked first (teacher-forced) after the prompt, decoded as one sequence.</summary>
+    public double Score(int[] prompt, int[] answer)
+    {
+        context.Cache.Clear();
+        int total = prompt.Length + answer.Length - 1;
+        var batch = new Batch(context.MicroBatch);
+        int right = 0;
+        for (int start = 0; start < total; start += context.MicroBatch)
+        {
+            batch.Clear();
+            int end = Math.Min(total, start + context.MicroBatch);
+            for (int p = start; p < end; p++)
+                batch.Add(p < prompt.Length ? prompt[p] : answer[p - prompt.Length], p, 0, p >= prompt.Length - 1);
+            context.Decode(batch);
+            for (int p = Math.Max(start, prompt.Length - 1); p < end; p++)
+            {
+                var logits = context.Logits(p - start);
+                int best = 0;
+                for (int i = 1; i < logits.Length; i++) if (logits[i] > logits[best]) best = i;
+                if (best == answer[p - prompt.Length + 1]) right++;
+            }
+        }
+        context.Cache.Clear();
+        return (double)right / answer.Length;
+    }
+}
