@@ -10,6 +10,8 @@ root.Subcommands.Add(BenchCommand.Create());
 root.Subcommands.Add(TrainCommand.Create());
 root.Subcommands.Add(PerplexityCommand.Create());
 root.Subcommands.Add(BenchTrainCommand.Create());
+root.Subcommands.Add(QuantizeCommand.Create());
+root.Subcommands.Add(ImatrixCommand.Create());
 try
 {
     return root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });

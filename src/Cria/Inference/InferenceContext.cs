@@ -17,6 +17,12 @@ public sealed record ContextOptions
     public int KvBlockSize { get; init; } = KvCache.DefaultBlockSize;
 }
 
+/// <summary>Receives the activations a weight matrix is about to multiply: <paramref name="x"/> is [rows, cols] row-major.</summary>
+public interface IMatMulObserver
+{
+    void Observe(string weightName, ReadOnlySpan<float> x, int rows, int cols);
+}
+
 /// <summary>A batch row breaks the rules of <see cref="Batch"/> (bad token, position or sequence order).</summary>
 public sealed class InvalidBatchException(string message) : CriaException(message);
 
@@ -126,6 +132,9 @@ public sealed class InferenceContext : IDisposable
             throw new KvCacheFullException($"KV cache is full: the batch needs {blocksNeeded} blocks of {Cache.BlockSize} tokens, {Cache.FreeBlocks} are free (context size {Cache.Capacity})");
     }
 
+    /// <summary>Sees the input of every matrix product (imatrix collection, AWQ calibration); null — the normal path — costs one test per product.</summary>
+    public IMatMulObserver? Observer { get; set; }
+
     /// <summary>When set, <see cref="Decode"/> also keeps every row's final hidden state (after the output norm), read
     /// with <see cref="Embedding"/> — what embedding endpoints pool.</summary>
     public bool KeepEmbeddings { get; set; }
@@ -223,6 +232,7 @@ public sealed class InferenceContext : IDisposable
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     void MatMul(in WeightMatrix w, ReadOnlySpan<float> x, int B, Span<float> y)
     {
+        Observer?.Observe(w.Name, x.Slice(0, B * w.Cols), B, w.Cols);
         int actBytes = RowKernels.ActivationRowBytes(w.Type, w.Cols);
         if (B < 4 || _pool.Count == 1)
             for (int b = 0; b < B; b++)

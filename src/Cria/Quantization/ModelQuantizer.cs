@@ -51,36 +51,23 @@ public static class ModelQuantizer
         if (Path.GetFullPath(input) == Path.GetFullPath(output)) throw new CriaException($"{output}: input and output are the same file");
         var sw = Stopwatch.StartNew();
         using var f = GgufFile.Open(input);
-        var tensors = f.Tensors.ToList();
-        tensors.Sort((a, b) => QuantMix.TensorOrder(a.Name, b.Name));
-        int nLayer = f.Get<int>("llama.block_count", 0), nHead = f.Get<int>("llama.attention.head_count", 1);
-        int nHeadKv = f.Get<int>("llama.attention.head_count_kv", nHead);
-        int nAttnWv = tensors.Count(t => t.Name.Contains("attn_v.weight", StringComparison.Ordinal) || t.Name.Contains("attn_qkv.weight", StringComparison.Ordinal));
-        bool hasOutput = tensors.Any(t => t.Name == "output.weight");
-        var mix = new QuantMix(o.FileType, nLayer, nHead, nHeadKv, nAttnWv, hasOutput, o.Imatrix != null);
+        var plan = PlanTypes(f, o, out int fallbacks);
         int threads = o.Threads > 0 ? o.Threads : Environment.ProcessorCount;
 
         var w = new GgufWriter();
         w.CopyMetadataFrom(f);
+        // gguf_set_val_* on an existing key moves it to the end, so these two end the metadata as in llama.cpp's files.
+        w.Remove("general.quantization_version").Remove("general.file_type");
         w.Set("general.quantization_version", 2u);
         w.Set("general.file_type", (uint)o.FileType);
 
-        var report = new List<QuantizedTensor>(tensors.Count);
-        long totalIn = tensors.Sum(t => t.ByteSize), doneIn = 0, bytesOut = 0, weights = 0;
+        var report = new List<QuantizedTensor>(plan.Count);
+        long totalIn = plan.Sum(p => p.Tensor.ByteSize), doneIn = 0, bytesOut = 0, weights = 0;
         float[] values = [];
-        for (int ti = 0; ti < tensors.Count; ti++)
+        for (int ti = 0; ti < plan.Count; ti++)
         {
             cancel.ThrowIfCancellationRequested();
-            var t = tensors[ti];
-            bool quantize = QuantMix.IsQuantizable(t.Name, t.Shape.Length, o.QuantizeOutput);
-            var newType = t.Type;
-            if (quantize)
-            {
-                newType = mix.DefaultType;
-                if (!o.Pure && IsBlockType(mix.DefaultType)) newType = mix.TypeFor(t.Name, t.RowLength);
-                else if (t.RowLength % GgmlTypeInfo.BlockSize(newType) != 0)
-                    throw new CriaException($"tensor '{t.Name}': rows of {t.RowLength} elements cannot be stored as {newType}");
-            }
+            var (t, newType) = plan[ti];
             float[]? over = o.Override?.Invoke(t.Name);
             ReadOnlyMemory<byte> data;
             if (newType == t.Type && over == null)
@@ -121,11 +108,39 @@ public static class ModelQuantizer
             bytesOut += data.Length;
             weights += t.ElementCount;
             doneIn += t.ByteSize;
-            o.Progress?.Invoke(ti + 1, tensors.Count, doneIn, totalIn, t.Name);
+            o.Progress?.Invoke(ti + 1, plan.Count, doneIn, totalIn, t.Name);
         }
         cancel.ThrowIfCancellationRequested();
         w.Write(output);
-        return new QuantizeReport(report, totalIn, bytesOut, weights, sw.Elapsed.TotalSeconds, mix.Fallbacks);
+        return new QuantizeReport(report, totalIn, bytesOut, weights, sw.Elapsed.TotalSeconds, fallbacks);
+    }
+
+    /// <summary>Every tensor of <paramref name="f"/> in llama.cpp's order with the type llama-quantize gives it
+    /// (its own type when it is not quantized).</summary>
+    public static List<(GgufTensorInfo Tensor, GgmlType To)> PlanTypes(GgufFile f, QuantizeOptions o, out int fallbacks)
+    {
+        var tensors = f.Tensors.ToList();
+        tensors.Sort((a, b) => QuantMix.TensorOrder(a.Name, b.Name));
+        int nLayer = f.Get<int>("llama.block_count", 0), nHead = f.Get<int>("llama.attention.head_count", 1);
+        int nHeadKv = f.Get<int>("llama.attention.head_count_kv", nHead);
+        int nAttnWv = tensors.Count(t => t.Name.Contains("attn_v.weight", StringComparison.Ordinal) || t.Name.Contains("attn_qkv.weight", StringComparison.Ordinal));
+        bool hasOutput = tensors.Any(t => t.Name == "output.weight");
+        var mix = new QuantMix(o.FileType, nLayer, nHead, nHeadKv, nAttnWv, hasOutput, o.Imatrix != null);
+        var plan = new List<(GgufTensorInfo, GgmlType)>(tensors.Count);
+        foreach (var t in tensors)
+        {
+            var newType = t.Type;
+            if (QuantMix.IsQuantizable(t.Name, t.Shape.Length, o.QuantizeOutput))
+            {
+                newType = mix.DefaultType;
+                if (!o.Pure && IsBlockType(mix.DefaultType)) newType = mix.TypeFor(t.Name, t.RowLength);
+                else if (t.RowLength % GgmlTypeInfo.BlockSize(newType) != 0)
+                    throw new CriaException($"tensor '{t.Name}': rows of {t.RowLength} elements cannot be stored as {newType}");
+            }
+            plan.Add((t, newType));
+        }
+        fallbacks = mix.Fallbacks;
+        return plan;
     }
 
     static bool IsBlockType(GgmlType t) => t is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16);

@@ -64,6 +64,7 @@ public sealed class QuantizerOracleTests(ITestOutputHelper output)
         }
         output.WriteLine($"{typeName}: {b.Tensors.Count} tensors ({string.Join(", ", types.Select(kv => $"{kv.Value}×{kv.Key}"))}), {report.BitsPerWeight:F3} bpw, {differing} differ in bytes");
         Assert.Equal(0, differing);
+        Assert.True(File.ReadAllBytes(cria).AsSpan().SequenceEqual(File.ReadAllBytes(llama)), "the files differ outside the tensor data");
     }
 
     [Theory]
