@@ -88,7 +88,7 @@ public static class ModelQuantizer
                 else
                 {
                     if (values.Length < n) values = new float[n];
-                    Dequantize.Row(t.Type, f.TensorData(t), values.AsSpan(0, (int)n));
+                    DequantizeMatrix(f, t, values, threads);
                     src = values;
                 }
                 float[]? qw = null;
@@ -141,6 +141,20 @@ public static class ModelQuantizer
         }
         fallbacks = mix.Fallbacks;
         return plan;
+    }
+
+    /// <summary>The tensor's values as F32 into <paramref name="dst"/>, rows split over the workers.</summary>
+    static unsafe void DequantizeMatrix(GgufFile f, GgufTensorInfo t, float[] dst, int threads)
+    {
+        int cols = (int)t.RowLength, rows = (int)t.RowCount;
+        int rowBytes = (int)GgmlTypeInfo.RowBytes(t.Type, cols);
+        byte* p = f.TensorPointer(t);
+        Parallel.For(0, Math.Max(1, threads), new ParallelOptions { MaxDegreeOfParallelism = threads }, w =>
+        {
+            int r0 = (int)((long)rows * w / threads), r1 = (int)((long)rows * (w + 1) / threads);
+            for (int r = r0; r < r1; r++)
+                Dequantize.Row(t.Type, new ReadOnlySpan<byte>(p + (long)r * rowBytes, rowBytes), dst.AsSpan(r * cols, cols));
+        });
     }
 
     static bool IsBlockType(GgmlType t) => t is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16);
