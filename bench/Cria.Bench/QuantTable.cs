@@ -224,7 +224,7 @@ static class QuantTable
             for (int k = 0; k < 2; k++)
             {
                 bool cria = (k == 0) == (r % 2 == 0);
-                File.Delete(oc); File.Delete(ol);
+                File.Delete(cria ? oc : ol);
                 var sw = Stopwatch.StartNew();
                 if (cria) ModelQuantizer.Run(src, oc, new QuantizeOptions { FileType = LlamaFileType.Q4_K_M, Threads = threads });
                 else if (!LLamaQuantizer.Quantize(src, ol, LLamaFtype.MOSTLY_Q4_K_M, threads, true, true)) throw new InvalidOperationException("llama.cpp quantize failed");

@@ -95,7 +95,7 @@ public static class HfTokenizer
         else
         {
             string pre = "gpt2";
-            if (root.TryGetProperty("pre_tokenizer", out var pt) && pt.GetRawText().Contains(JsonSerializer.Serialize(Llama3Pattern).Trim('"'), StringComparison.Ordinal)) pre = "llama-bpe";
+            if (root.TryGetProperty("pre_tokenizer", out var pt) && Regexes(pt).Contains(Llama3Pattern)) pre = "llama-bpe";
             kv.Add(("tokenizer.ggml.model", "gpt2"));
             kv.Add(("tokenizer.ggml.pre", pre));
             kv.Add(("tokenizer.ggml.tokens", outTokens));
@@ -112,6 +112,24 @@ public static class HfTokenizer
         kv.Add(("tokenizer.ggml.add_eos_token", cfg.AddEos ?? false));
         if (cfg.ChatTemplate != null) kv.Add(("tokenizer.chat_template", cfg.ChatTemplate));
         return kv;
+    }
+
+    /// <summary>Every "Regex" string inside a pre-tokenizer description (Split patterns, nested in Sequence).</summary>
+    static List<string> Regexes(JsonElement e)
+    {
+        var r = new List<string>();
+        void Walk(JsonElement x)
+        {
+            if (x.ValueKind == JsonValueKind.Object)
+                foreach (var p in x.EnumerateObject())
+                {
+                    if (p.Name == "Regex" && p.Value.ValueKind == JsonValueKind.String) r.Add(p.Value.GetString()!);
+                    else Walk(p.Value);
+                }
+            else if (x.ValueKind == JsonValueKind.Array) foreach (var c in x.EnumerateArray()) Walk(c);
+        }
+        Walk(e);
+        return r;
     }
 
     static bool IsByteToken(string t) => t.Length == 6 && t.StartsWith("<0x", StringComparison.Ordinal) && t[5] == '>';

@@ -327,3 +327,69 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
         Assert.Contains("model.layers.2.input_layernorm.weight' is missing", Assert.Throws<ModelFormatException>(() => HfCheckpoint.Open(layers.Dir).Dispose()).Message);
     }
 }
+
+/// <summary>A Llama-3-style byte-level BPE tokenizer.json maps to a gpt2 GGUF vocabulary with merges and the llama-bpe pre-tokenizer.</summary>
+public sealed class HfByteLevelTokenizerTests
+{
+    const string Llama3Pattern = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
+    /// <summary>GPT-2's bytes_to_unicode: printable bytes stand for themselves, the others map to U+0100 onwards.</summary>
+    static string ByteChar(int b)
+    {
+        bool keep = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+        if (keep) return ((char)b).ToString();
+        int n = 0;
+        for (int x = 0; x < b; x++) if (!((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255))) n++;
+        return ((char)(256 + n)).ToString();
+    }
+
+    [Fact]
+    public void Byte_level_bpe_becomes_a_gpt2_vocabulary_that_tokenizes_with_the_merges()
+    {
+        string dir = TestPaths.TempFile("hf-bytelevel");
+        Directory.CreateDirectory(dir);
+        var vocab = new JsonObject();
+        for (int b = 0; b < 256; b++) vocab[ByteChar(b)] = b;
+        string[] merged = ["he", "hel", "hell", "hello", "\u0120w", "\u0120wo", "\u0120wor", "\u0120worl", "\u0120world"];
+        var merges = new JsonArray();
+        for (int i = 0; i < merged.Length; i++)
+        {
+            vocab[merged[i]] = 256 + i;
+            string m = merged[i];
+            string a = m.Length == 2 ? m[..1] : merged[i - 1], c = m[^1..];
+            merges.Add($"{a} {c}");
+        }
+        var added = new JsonArray(
+            new JsonObject { ["id"] = 265, ["content"] = "<|begin_of_text|>", ["special"] = true },
+            new JsonObject { ["id"] = 266, ["content"] = "<|end_of_text|>", ["special"] = true });
+        for (int i = 267; i < 300; i++) added.Add(new JsonObject { ["id"] = i, ["content"] = $"<|reserved_special_token_{i - 267}|>", ["special"] = true });
+        var tok = new JsonObject
+        {
+            ["added_tokens"] = added,
+            ["pre_tokenizer"] = new JsonObject { ["type"] = "Sequence", ["pretokenizers"] = new JsonArray(
+                new JsonObject { ["type"] = "Split", ["pattern"] = new JsonObject { ["Regex"] = Llama3Pattern }, ["behavior"] = "Isolated", ["invert"] = false },
+                new JsonObject { ["type"] = "ByteLevel", ["add_prefix_space"] = false, ["trim_offsets"] = true, ["use_regex"] = false }) },
+            ["post_processor"] = new JsonObject { ["type"] = "TemplateProcessing", ["single"] = new JsonArray(
+                new JsonObject { ["SpecialToken"] = new JsonObject { ["id"] = "<|begin_of_text|>", ["type_id"] = 0 } },
+                new JsonObject { ["Sequence"] = new JsonObject { ["id"] = "A", ["type_id"] = 0 } }) },
+            ["model"] = new JsonObject { ["type"] = "BPE", ["byte_fallback"] = false, ["vocab"] = vocab, ["merges"] = merges },
+        };
+        File.WriteAllText(Path.Combine(dir, "tokenizer.json"), tok.ToJsonString());
+        File.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), new JsonObject { ["bos_token"] = "<|begin_of_text|>", ["eos_token"] = "<|end_of_text|>" }.ToJsonString());
+
+        var kv = HfTokenizer.Convert(dir, 300);
+        var d = kv.ToDictionary(e => e.Key, e => e.Value);
+        Assert.Equal("gpt2", d["tokenizer.ggml.model"]);
+        Assert.Equal("llama-bpe", d["tokenizer.ggml.pre"]);
+        Assert.Equal(9, ((string[])d["tokenizer.ggml.merges"]).Length);
+        Assert.Equal(265u, d["tokenizer.ggml.bos_token_id"]);
+        Assert.Equal(true, d["tokenizer.ggml.add_bos_token"]); // from the post-processor template
+        Assert.Equal(3, ((int[])d["tokenizer.ggml.token_type"])[265]);
+
+        string gguf = TestPaths.TempFile("hf-bytelevel.gguf");
+        RandomModel.Write(gguf, new RandomModelSpec { Dim = 64, Layers = 1, Heads = 4, KvHeads = 2, FfnDim = 128, VocabSize = 300, TokenizerMetadata = kv });
+        using var model = LlamaModel.Open(gguf);
+        Assert.Equal([265, 259, 264], model.Tokenizer.Encode("hello world", addBos: true));
+        Assert.Equal([265, 258, 72], model.Tokenizer.Encode("hellH", addBos: true)); // 'H' is byte 72
+    }
+}

@@ -32,6 +32,14 @@ public sealed class QuantizerOracleTests(ITestOutputHelper output)
         return p;
     });
 
+    // F16 input with TinyLlama's 22 layers (the shape the timing in docs/quantization.md uses).
+    static readonly Lazy<string> F16Source = new(() =>
+    {
+        var p = TestPaths.TempFile("quant-src-f16-22.gguf");
+        RandomModel.Write(p, new RandomModelSpec { Dim = 256, Layers = 22, Heads = 8, KvHeads = 1, FfnDim = 256, VocabSize = 512, Seed = 79, WeightType = GgmlType.F16 });
+        return p;
+    });
+
     public static TheoryData<string> FileTypes() => new()
     {
         "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K",
@@ -70,6 +78,11 @@ public sealed class QuantizerOracleTests(ITestOutputHelper output)
     [Theory]
     [MemberData(nameof(FileTypes))]
     public void Same_types_and_bytes_as_llama_cpp(string typeName) => CompareWithLlamaCpp(Source.Value, typeName, "even");
+
+    [Theory]
+    [InlineData("Q4_K_M")]
+    [InlineData("Q3_K_M")]
+    public void F16_input_with_22_layers_matches_llama_cpp(string typeName) => CompareWithLlamaCpp(F16Source.Value, typeName, "f16");
 
     [Theory]
     [InlineData("Q4_K_M")] // Q4_K rows of 320 → Q5_0, Q6_K → Q8_0
