@@ -17,6 +17,8 @@ using Cria.Cli;
 var ci = CultureInfo.InvariantCulture;
 CultureInfo.DefaultThreadCurrentCulture = ci;
 CultureInfo.CurrentCulture = ci;
+if (args.Length > 0 && args[0] == "quant-table") return QuantTable.Run(args[1..]);
+if (args.Length > 0 && args[0] == "quant-time") return QuantTable.Time(args[1..]);
 
 string? model = null, summary = null, engineOnly = null;
 int threads = 2, rounds = 3, reps = 5, pp = 512, tg = 128;

@@ -9,7 +9,7 @@ static class GenerateCommand
 {
     public static Command Create()
     {
-        var model = new Argument<string?>("model") { Arity = ArgumentArity.ZeroOrOne, Description = "GGUF model file (default: the bundled model)" };
+        var model = new Argument<string?>("model") { Arity = ArgumentArity.ZeroOrOne, Description = "GGUF model file or Hugging Face checkpoint folder (default: the bundled model)" };
         var prompt = new Option<string>("--prompt", "-p") { Description = "prompt text", DefaultValueFactory = _ => "Once upon a time" };
         var n = new Option<int>("--n-predict", "-n") { Description = "number of tokens to generate", DefaultValueFactory = _ => 128 };
         var temp = new Option<float>("--temp") { Description = "temperature (0 = greedy)", DefaultValueFactory = _ => 0.8f };

@@ -11,6 +11,9 @@ root.Subcommands.Add(TrainCommand.Create());
 root.Subcommands.Add(PerplexityCommand.Create());
 root.Subcommands.Add(BenchTrainCommand.Create());
 root.Subcommands.Add(PasskeyCommand.Create());
+root.Subcommands.Add(QuantizeCommand.Create());
+root.Subcommands.Add(ImatrixCommand.Create());
+root.Subcommands.Add(ConvertCommand.Create());
 try
 {
     return root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });

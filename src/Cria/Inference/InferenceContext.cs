@@ -23,6 +23,12 @@ public sealed record ContextOptions
     public RopeOverrides? Rope { get; init; }
 }
 
+/// <summary>Receives the activations a weight matrix is about to multiply: <paramref name="x"/> is [rows, cols] row-major.</summary>
+public interface IMatMulObserver
+{
+    void Observe(string weightName, ReadOnlySpan<float> x, int rows, int cols);
+}
+
 /// <summary>A batch row breaks the rules of <see cref="Batch"/> (bad token, position or sequence order).</summary>
 public sealed class InvalidBatchException(string message) : CriaException(message);
 
@@ -149,6 +155,9 @@ public sealed class InferenceContext : IDisposable
             throw new KvCacheFullException($"KV cache is full: the batch needs {blocksNeeded} blocks of {Cache.BlockSize} tokens, {Cache.FreeBlocks} are free (context size {Cache.Capacity})");
     }
 
+    /// <summary>Sees the input of every matrix product (imatrix collection, AWQ calibration); null — the normal path — costs one test per product.</summary>
+    public IMatMulObserver? Observer { get; set; }
+
     /// <summary>When set, <see cref="Decode"/> also keeps every row's final hidden state (after the output norm), read
     /// with <see cref="Embedding"/> — what embedding endpoints pool.</summary>
     public bool KeepEmbeddings { get; set; }
@@ -264,6 +273,13 @@ public sealed class InferenceContext : IDisposable
         in WeightMatrix w1, Span<float> y1, in WeightMatrix w2, Span<float> y2)
     {
         int cols = w0.Cols;
+        if (Observer is { } observer)
+        {
+            var input = x.Slice(0, B * cols);
+            observer.Observe(w0.Name, input, B, cols);
+            if (parts > 1) observer.Observe(w1.Name, input, B, cols);
+            if (parts > 2) observer.Observe(w2.Name, input, B, cols);
+        }
         int bytes0 = PrepareActivations(w0.Type, x, cols, B, _actQ[0]);
         byte* a0 = ActPointer(0), a1 = a0, a2 = a0;
         int bytes1 = bytes0, bytes2 = bytes0, used = 1;

@@ -67,9 +67,18 @@ public sealed class LlamaModel : IDisposable
             throw new ModelFormatException(f.Path, $"the tokenizer has {Tokenizer.VocabSize} tokens but the model's vocabulary is {c.VocabSize}");
     }
 
-    /// <summary>Opens a GGUF model. Throws <see cref="ModelFormatException"/> for any malformed or unsupported file.</summary>
+    /// <summary>Opens a GGUF model, or a Hugging Face checkpoint folder (converted once into a temporary GGUF in the
+    /// checkpoint's dtype, mapped, then unlinked; see <see cref="HfCheckpoint"/>). Throws <see cref="ModelFormatException"/>
+    /// for any malformed or unsupported file.</summary>
     public static LlamaModel Open(string path)
     {
+        if (HfCheckpoint.IsCheckpoint(path))
+        {
+            string tmp = System.IO.Path.Combine(System.IO.Path.GetTempPath(), $"cria-hf-{Environment.ProcessId}-{Guid.NewGuid():N}.gguf");
+            using (var ck = HfCheckpoint.Open(path)) ck.WriteGguf(tmp, ck.SourceType);
+            try { return Open(tmp); }
+            finally { try { System.IO.File.Delete(tmp); } catch (Exception e) when (e is IOException or UnauthorizedAccessException) { } }
+        }
         var f = GgufFile.Open(path);
         try { return new LlamaModel(f); }
         catch { f.Dispose(); throw; }

@@ -8,7 +8,7 @@ namespace Cria.Tensors;
 /// order, same <c>nearest_int</c>, same search grids and iteration counts) so that the bytes match ggml's.
 /// Block layouts are documented in <see cref="Dequantize"/>.
 /// </summary>
-public static class Quantize
+public static partial class Quantize
 {
     private const float GroupMaxEps = 1e-15f;
     private const int QK = GgmlTypeInfo.QK_K;

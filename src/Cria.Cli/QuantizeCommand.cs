@@ -1,0 +1,88 @@
+using System.CommandLine;
+using Cria.Quantization;
+using Cria.Training;
+
+namespace Cria.Cli;
+
+/// <summary><c>cria quantize IN OUT --type T [--imatrix FILE] [--awq CALIB.txt] [-t N] [--pure] [--force]</c>, as llama-quantize.</summary>
+static class QuantizeCommand
+{
+    public static Command Create()
+    {
+        var input = new Argument<string>("input") { Description = "GGUF model to quantize (F32/F16/BF16)" };
+        var output = new Argument<string>("output") { Description = "GGUF file to write (refused if it exists, unless --force)" };
+        var type = new Option<string>("--type") { Description = "q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k f16 bf16 f32 (q3_k/q4_k/q5_k = the _m mixes)", DefaultValueFactory = _ => "q4_k_m" };
+        var imatrix = new Option<string?>("--imatrix") { Description = "importance matrix (legacy .dat from `cria imatrix` or llama-imatrix)" };
+        var awq = new Option<string?>("--awq") { Description = "calibration text for activation-aware scaling folded into the RMSNorm weights" };
+        var awqChunks = new Option<int>("--awq-chunks") { Description = "calibration chunks for --awq", DefaultValueFactory = _ => 32 };
+        var awqCtx = new Option<int>("--awq-ctx") { Description = "calibration chunk length for --awq", DefaultValueFactory = _ => 128 };
+        var threads = new Option<int>("--threads", "-t") { Description = "worker threads (default: all cores)" };
+        var pure = new Option<bool>("--pure") { Description = "every tensor gets the base type (no K-quant mix)" };
+        var force = new Option<bool>("--force") { Description = "replace an existing output file" };
+        var requant = new Option<bool>("--allow-requantize") { Description = "accept already-quantized input tensors" };
+        var cmd = new Command("quantize", "quantize a GGUF model to a llama.cpp type or mix (written atomically)")
+        {
+            input, output, type, imatrix, awq, awqChunks, awqCtx, threads, pure, force, requant,
+        };
+        cmd.SetAction(r =>
+        {
+            string inPath = r.GetValue(input)!, outPath = r.GetValue(output)!;
+            if (!r.GetValue(force) && File.Exists(outPath)) throw new CriaException($"{outPath}: the output file exists (use --force to replace it)");
+            var o = new QuantizeOptions
+            {
+                FileType = QuantMix.Parse(r.GetValue(type)!), Threads = r.GetValue(threads), Pure = r.GetValue(pure),
+                Force = r.GetValue(force), AllowRequantize = r.GetValue(requant),
+            };
+            if (r.GetValue(imatrix) is { } imPath)
+            {
+                var im = Imatrix.Load(imPath);
+                Console.Error.WriteLine($"imatrix: {im.Values.Count} entries from {imPath} ({im.Chunks} chunks of '{im.Dataset}')");
+                o = o with { Imatrix = im.Values };
+            }
+            if (r.GetValue(awq) is { } calib)
+            {
+                var res = Awq.Compute(inPath, TokenizerTrainer.ReadCorpus(calib), o,
+                    new AwqOptions { MaxChunks = r.GetValue(awqChunks), ContextSize = r.GetValue(awqCtx), Threads = r.GetValue(threads) }, Console.Error.WriteLine);
+                var over = res.Overrides;
+                o = o with { Override = n => over.GetValueOrDefault(n), Imatrix = res.Imatrix ?? o.Imatrix };
+            }
+            using var cts = new CancellationTokenSource();
+            ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cts.Cancel(); };
+            Console.CancelKeyPress += onCancel;
+            try
+            {
+                var progress = new ProgressLine();
+                var rep = ModelQuantizer.Run(inPath, outPath, o with
+                {
+                    Progress = (i, n, done, total, name) => progress.Show($"[{i,4}/{n}] {100.0 * done / total,5:F1}%  {name}"),
+                }, cts.Token);
+                progress.Done();
+                var counts = rep.Tensors.GroupBy(t => t.To).OrderBy(g => g.Key).Select(g => $"{g.Count()}×{g.Key}");
+                Console.Error.WriteLine($"{rep.Tensors.Count} tensors ({string.Join(", ", counts)}){(rep.Fallbacks > 0 ? $", {rep.Fallbacks} fallbacks" : "")}");
+                Console.Out.WriteLine($"wrote {outPath}: {rep.BytesIn / 1048576.0:F2} MiB → {rep.BytesOut / 1048576.0:F2} MiB, {rep.BitsPerWeight:F3} bits per weight, {rep.Seconds:F2} s");
+            }
+            catch (OperationCanceledException)
+            {
+                Console.Error.WriteLine("\ninterrupted: nothing written");
+                return 130;
+            }
+            finally { Console.CancelKeyPress -= onCancel; }
+            return 0;
+        });
+        return cmd;
+    }
+}
+
+/// <summary>One self-overwriting progress line on stderr (plain lines when stderr is redirected).</summary>
+sealed class ProgressLine
+{
+    readonly bool _tty = !Console.IsErrorRedirected;
+    DateTime _last = DateTime.MinValue;
+    public void Show(string s)
+    {
+        var now = DateTime.UtcNow;
+        if (_tty) Console.Error.Write("\r" + s.PadRight(Math.Min(100, Math.Max(s.Length, 79))));
+        else if ((now - _last).TotalSeconds >= 2) { Console.Error.WriteLine(s); _last = now; }
+    }
+    public void Done() { if (_tty) Console.Error.WriteLine(); }
+}

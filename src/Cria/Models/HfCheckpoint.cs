@@ -1,0 +1,254 @@
+using System.Text.Json;
+using Cria.Formats;
+using Cria.Tensors;
+
+namespace Cria.Models;
+
+/// <summary>
+/// A Hugging Face Llama checkpoint folder: <c>config.json</c>, <c>tokenizer.json</c> (+ <c>tokenizer_config.json</c>
+/// with the chat template) and one <c>model.safetensors</c> or shards listed in <c>model.safetensors.index.json</c>
+/// (F32/F16/BF16). <see cref="WriteGguf"/> lays it out as llama.cpp's convert_hf_to_gguf.py does: tensor names mapped
+/// to llama.cpp's, 2-D weights in the output type and norms in F32, and the rows of q_proj/k_proj permuted from
+/// Hugging Face's rotate-half RoPE order (each head's first half of dimensions, then its second) to the interleaved
+/// pairs GGUF's RoPE expects. Running a folder directly goes through the same conversion once, into a temporary
+/// GGUF file that is memory-mapped and then unlinked (<see cref="LlamaModel.Open"/>).
+/// </summary>
+public sealed class HfCheckpoint : IDisposable
+{
+    public string Directory { get; }
+    public string ConfigPath { get; }
+    public int Dim { get; private init; }
+    public int Layers { get; private init; }
+    public int Heads { get; private init; }
+    public int KvHeads { get; private init; }
+    public int HeadDim { get; private init; }
+    public int FfnDim { get; private init; }
+    public int VocabSize { get; private init; }
+    public int ContextLength { get; private init; }
+    public float RmsEps { get; private init; }
+    public float RopeTheta { get; private init; }
+    public bool TiedEmbeddings { get; private init; }
+    public JsonElement? RopeScaling { get; private init; }
+    readonly List<SafetensorsFile> _files = new();
+    readonly Dictionary<string, (SafetensorsFile File, SafetensorsTensor Tensor)> _tensors = new(StringComparer.Ordinal);
+    JsonDocument? _config;
+
+    public static bool IsCheckpoint(string path) => System.IO.Directory.Exists(path) && File.Exists(System.IO.Path.Combine(path, "config.json"));
+
+    HfCheckpoint(string dir)
+    {
+        Directory = dir;
+        ConfigPath = System.IO.Path.Combine(dir, "config.json");
+    }
+
+    public static HfCheckpoint Open(string dir)
+    {
+        var ck = OpenConfig(dir);
+        try { ck.OpenTensors(); ck.Validate(); return ck; }
+        catch { ck.Dispose(); throw; }
+    }
+
+    static HfCheckpoint OpenConfig(string dir)
+    {
+        string cfgPath = System.IO.Path.Combine(dir, "config.json");
+        if (!File.Exists(cfgPath)) throw new ModelFormatException(cfgPath, "not found (a Hugging Face checkpoint folder needs config.json)");
+        JsonDocument doc;
+        try { doc = JsonDocument.Parse(File.ReadAllBytes(cfgPath)); }
+        catch (JsonException ex) { throw new ModelFormatException(cfgPath, "not valid JSON: " + ex.Message, ex); }
+        var c = doc.RootElement;
+        string modelType = Str(c, "model_type") ?? "";
+        bool llama = modelType == "llama" || (c.TryGetProperty("architectures", out var arch) && arch.ValueKind == JsonValueKind.Array
+            && arch.EnumerateArray().Any(a => a.GetString() == "LlamaForCausalLM"));
+        if (!llama) throw new ModelFormatException(cfgPath, $"model_type '{modelType}' is not supported (Llama checkpoints: model_type \"llama\" / LlamaForCausalLM)");
+        int dim = Int(cfgPath, c, "hidden_size"), heads = Int(cfgPath, c, "num_attention_heads");
+        int kv = c.TryGetProperty("num_key_value_heads", out _) ? Int(cfgPath, c, "num_key_value_heads") : heads;
+        int headDim = c.TryGetProperty("head_dim", out var hd) && hd.ValueKind == JsonValueKind.Number ? hd.GetInt32() : dim / heads;
+        if (heads % kv != 0) throw new ModelFormatException(cfgPath, $"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}");
+        if (headDim <= 0 || headDim % 2 != 0) throw new ModelFormatException(cfgPath, $"head dimension {headDim} must be positive and even");
+        RopeScalingCheck(cfgPath, c);
+        return new HfCheckpoint(dir)
+        {
+            _config = doc,
+            Dim = dim, Heads = heads, KvHeads = kv, HeadDim = headDim,
+            Layers = Int(cfgPath, c, "num_hidden_layers"), FfnDim = Int(cfgPath, c, "intermediate_size"), VocabSize = Int(cfgPath, c, "vocab_size"),
+            ContextLength = c.TryGetProperty("max_position_embeddings", out var mp) && mp.ValueKind == JsonValueKind.Number ? mp.GetInt32() : 2048,
+            RmsEps = c.TryGetProperty("rms_norm_eps", out var e) && e.ValueKind == JsonValueKind.Number ? e.GetSingle() : 1e-6f,
+            RopeTheta = c.TryGetProperty("rope_theta", out var rt) && rt.ValueKind == JsonValueKind.Number ? rt.GetSingle() : 10000f,
+            TiedEmbeddings = c.TryGetProperty("tie_word_embeddings", out var tw) && tw.ValueKind == JsonValueKind.True,
+            RopeScaling = c.TryGetProperty("rope_scaling", out var rs) && rs.ValueKind == JsonValueKind.Object ? rs.Clone() : null,
+        };
+    }
+
+    static void RopeScalingCheck(string path, JsonElement c)
+    {
+        if (!c.TryGetProperty("rope_scaling", out var rs) || rs.ValueKind != JsonValueKind.Object) return;
+        string t = Str(rs, "rope_type") ?? Str(rs, "type") ?? "";
+        if (t is not ("llama3" or "linear" or "default"))
+            throw new ModelFormatException(path, $"rope_scaling type '{t}' is not supported (llama3, linear)");
+    }
+
+    static string? Str(JsonElement e, string k) => e.TryGetProperty(k, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
+
+    static int Int(string path, JsonElement e, string k)
+    {
+        if (!e.TryGetProperty(k, out var v) || v.ValueKind != JsonValueKind.Number || !v.TryGetInt32(out int x))
+            throw new ModelFormatException(path, $"missing or non-integer '{k}'");
+        if (x <= 0) throw new ModelFormatException(path, $"'{k}' must be positive, got {x}");
+        return x;
+    }
+
+    void OpenTensors()
+    {
+        string index = System.IO.Path.Combine(Directory, "model.safetensors.index.json");
+        var files = new List<string>();
+        var expected = new Dictionary<string, string>(StringComparer.Ordinal);
+        if (File.Exists(index))
+        {
+            JsonDocument doc;
+            try { doc = JsonDocument.Parse(File.ReadAllBytes(index)); }
+            catch (JsonException e) { throw new ModelFormatException(index, "not valid JSON: " + e.Message, e); }
+            using (doc)
+            {
+                if (!doc.RootElement.TryGetProperty("weight_map", out var wm) || wm.ValueKind != JsonValueKind.Object)
+                    throw new ModelFormatException(index, "missing weight_map");
+                foreach (var p in wm.EnumerateObject())
+                {
+                    string f = p.Value.GetString() ?? throw new ModelFormatException(index, $"weight_map['{p.Name}'] is not a file name");
+                    if (f.Contains('/') || f.Contains('\\') || f.Contains("..")) throw new ModelFormatException(index, $"weight_map['{p.Name}'] = '{f}' is not a plain file name");
+                    expected[p.Name] = f;
+                    if (!files.Contains(f)) files.Add(f);
+                }
+            }
+        }
+        else if (File.Exists(System.IO.Path.Combine(Directory, "model.safetensors"))) files.Add("model.safetensors");
+        else
+        {
+            files.AddRange(System.IO.Directory.GetFiles(Directory, "*.safetensors").Select(System.IO.Path.GetFileName).Order(StringComparer.Ordinal)!);
+            if (files.Count == 0) throw new ModelFormatException(Directory, "no model.safetensors, model.safetensors.index.json or *.safetensors");
+        }
+        foreach (var name in files)
+        {
+            var sf = SafetensorsFile.Open(System.IO.Path.Combine(Directory, name));
+            _files.Add(sf);
+            foreach (var t in sf.Tensors)
+            {
+                if (_tensors.ContainsKey(t.Name)) throw new ModelFormatException(sf.Path, $"tensor '{t.Name}' is also in {_tensors[t.Name].File.Path}");
+                if (expected.Count > 0 && expected.TryGetValue(t.Name, out var want) && want != name)
+                    throw new ModelFormatException(sf.Path, $"tensor '{t.Name}' is here but the index puts it in {want}");
+                _tensors[t.Name] = (sf, t);
+            }
+        }
+        foreach (var (n, f) in expected)
+            if (!_tensors.ContainsKey(n)) throw new ModelFormatException(System.IO.Path.Combine(Directory, f), $"tensor '{n}' listed in the index is missing");
+    }
+
+    /// <summary>The Hugging Face tensor name of each GGUF tensor, and the shape config.json implies ([out, in] for matrices).</summary>
+    public IEnumerable<(string Hf, string Gguf, long[] Shape)> TensorMap()
+    {
+        yield return ("model.embed_tokens.weight", "token_embd.weight", [VocabSize, Dim]);
+        yield return ("model.norm.weight", "output_norm.weight", [Dim]);
+        if (!TiedEmbeddings || _tensors.ContainsKey("lm_head.weight")) yield return ("lm_head.weight", "output.weight", [VocabSize, Dim]);
+        int q = Heads * HeadDim, kv = KvHeads * HeadDim;
+        for (int l = 0; l < Layers; l++)
+        {
+            string h = $"model.layers.{l}.", g = $"blk.{l}.";
+            yield return (h + "input_layernorm.weight", g + "attn_norm.weight", [Dim]);
+            yield return (h + "self_attn.q_proj.weight", g + "attn_q.weight", [q, Dim]);
+            yield return (h + "self_attn.k_proj.weight", g + "attn_k.weight", [kv, Dim]);
+            yield return (h + "self_attn.v_proj.weight", g + "attn_v.weight", [kv, Dim]);
+            yield return (h + "self_attn.o_proj.weight", g + "attn_output.weight", [Dim, q]);
+            yield return (h + "post_attention_layernorm.weight", g + "ffn_norm.weight", [Dim]);
+            yield return (h + "mlp.gate_proj.weight", g + "ffn_gate.weight", [FfnDim, Dim]);
+            yield return (h + "mlp.up_proj.weight", g + "ffn_up.weight", [FfnDim, Dim]);
+            yield return (h + "mlp.down_proj.weight", g + "ffn_down.weight", [Dim, FfnDim]);
+        }
+    }
+
+    void Validate()
+    {
+        foreach (var (hf, _, shape) in TensorMap())
+        {
+            if (!_tensors.TryGetValue(hf, out var e))
+                throw new ModelFormatException(ConfigPath, $"tensor '{hf}' is missing from the safetensors files");
+            if (!e.Tensor.Shape.SequenceEqual(shape))
+                throw new ModelFormatException(e.File.Path, $"tensor '{hf}' has shape [{string.Join(", ", e.Tensor.Shape)}] but config.json implies [{string.Join(", ", shape)}]");
+            if (!SafetensorsFile.IsSupported(e.Tensor.DType))
+                throw new ModelFormatException(e.File.Path, $"tensor '{hf}': dtype {e.Tensor.DType} is not supported (F32, F16, BF16 are)");
+        }
+    }
+
+    /// <summary>The checkpoint's dtype (of the embedding table): F32, F16 or BF16.</summary>
+    public GgmlType SourceType => _tensors["model.embed_tokens.weight"].Tensor.DType switch { "F16" => GgmlType.F16, "BF16" => GgmlType.BF16, _ => GgmlType.F32 };
+
+    /// <summary>
+    /// llama.cpp's LlamaModel.permute: rows of each head [h, 2, hd/2] → [h, hd/2, 2], i.e. GGUF row h·hd + 2i + j is
+    /// Hugging Face row h·hd + j·hd/2 + i. Turns rotate-half pairs (i, i + hd/2) into adjacent pairs (2i, 2i + 1).
+    /// </summary>
+    public static float[] PermuteForRope(float[] w, int rows, int cols, int heads)
+    {
+        int hd = rows / heads, half = hd / 2;
+        var r = new float[w.Length];                        // [rows, cols]
+        for (int h = 0; h < heads; h++)
+            for (int i = 0; i < half; i++)
+                for (int j = 0; j < 2; j++)
+                    Array.Copy(w, (long)(h * hd + j * half + i) * cols, r, (long)(h * hd + 2 * i + j) * cols, cols);
+        return r;
+    }
+
+    /// <summary>Writes the checkpoint as a llama GGUF (atomically). <paramref name="type"/>: F32, F16, BF16 or Q8_0 for the
+    /// 2-D weights; norms stay F32.</summary>
+    public void WriteGguf(string path, GgmlType type, string? name = null)
+    {
+        if (type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0))
+            throw new CriaException($"conversion writes f32, f16, bf16 or q8_0, not {type} (use `cria quantize` afterwards)");
+        var w = new GgufWriter();
+        w.Set("general.architecture", "llama");
+        w.Set("general.name", name ?? System.IO.Path.GetFileName(System.IO.Path.TrimEndingDirectorySeparator(System.IO.Path.GetFullPath(Directory))));
+        w.Set("llama.block_count", (uint)Layers);
+        w.Set("llama.context_length", (uint)ContextLength);
+        w.Set("llama.embedding_length", (uint)Dim);
+        w.Set("llama.feed_forward_length", (uint)FfnDim);
+        w.Set("llama.attention.head_count", (uint)Heads);
+        w.Set("llama.attention.head_count_kv", (uint)KvHeads);
+        w.Set("llama.rope.freq_base", RopeTheta);
+        w.Set("llama.attention.layer_norm_rms_epsilon", RmsEps);
+        if (HeadDim != Dim / Heads) { w.Set("llama.attention.key_length", (uint)HeadDim); w.Set("llama.attention.value_length", (uint)HeadDim); }
+        w.Set("general.file_type", (uint)RandomModel.FileType(type));
+        w.Set("llama.vocab_size", (uint)VocabSize);
+        w.Set("llama.rope.dimension_count", (uint)HeadDim);
+        float[]? ropeFreqs = null;
+        if (RopeScaling is { } rs)
+        {
+            string t = Str(rs, "rope_type") ?? Str(rs, "type") ?? "";
+            float factor = rs.TryGetProperty("factor", out var fv) && fv.ValueKind == JsonValueKind.Number ? fv.GetSingle() : 1f;
+            if (t == "linear") { w.Set("llama.rope.scaling.type", "linear"); w.Set("llama.rope.scaling.factor", factor); }
+            else if (t == "llama3")
+            {
+                float lo = rs.TryGetProperty("low_freq_factor", out var l) ? l.GetSingle() : 1f, hi = rs.TryGetProperty("high_freq_factor", out var h) ? h.GetSingle() : 4f;
+                int orig = rs.TryGetProperty("original_max_position_embeddings", out var o) ? o.GetInt32() : 8192;
+                ropeFreqs = RandomModel.Llama3FreqFactors(HeadDim, RopeTheta, factor, lo, hi, orig);
+            }
+        }
+        foreach (var (k, v) in HfTokenizer.Convert(Directory, VocabSize)) w.Set(k, v);
+
+        if (ropeFreqs != null) w.AddTensor("rope_freqs.weight", [ropeFreqs.Length], ropeFreqs);
+        foreach (var (hf, gguf, shape) in TensorMap())
+        {
+            var (file, t) = _tensors[hf];
+            var v = file.ReadF32(t);
+            if (hf.EndsWith("q_proj.weight", StringComparison.Ordinal)) v = PermuteForRope(v, (int)shape[0], (int)shape[1], Heads);
+            else if (hf.EndsWith("k_proj.weight", StringComparison.Ordinal)) v = PermuteForRope(v, (int)shape[0], (int)shape[1], KvHeads);
+            if (shape.Length == 1) { w.AddTensor(gguf, [shape[0]], v); continue; }
+            var tt = type == GgmlType.Q8_0 && shape[1] % 32 != 0 ? GgmlType.F16 : type;
+            var data = Quantization.ModelQuantizer.QuantizeMatrix(tt, v, (int)shape[1], (int)shape[0], null, Environment.ProcessorCount);
+            w.AddTensor(gguf, [shape[1], shape[0]], tt, data);
+        }
+        w.Write(path);
+    }
+
+    public void Dispose()
+    {
+        foreach (var f in _files) f.Dispose();
+        _config?.Dispose();
+    }
+}

@@ -1,0 +1,159 @@
+using System.Text;
+using Cria.Inference;
+using Cria.Models;
+using Cria.Tokenization;
+
+namespace Cria.Quantization;
+
+/// <summary>
+/// An importance matrix as llama-imatrix computes it: for every matrix product of the transformer blocks
+/// (<c>blk.*</c>; the output head is left out, as llama-imatrix does by default), the mean over all calibration
+/// tokens of each input column's squared activation. Stored in llama.cpp's legacy <c>.dat</c> format
+/// (<see cref="Save"/>), which llama-quantize --imatrix still reads:
+/// <code>
+/// int32 n_entries
+/// n_entries × { int32 len; char name[len]; int32 ncall; int32 nval; float values[nval] }   values = mean × ncall
+/// int32 last_chunk; int32 len; char dataset[len]
+/// </code>
+/// </summary>
+public sealed class Imatrix
+{
+    /// <summary>Per tensor name, the mean squared activation of each input column.</summary>
+    public Dictionary<string, float[]> Values { get; } = new(StringComparer.Ordinal);
+    /// <summary>Per tensor name, how many calibration chunks went into it (the file's ncall).</summary>
+    public Dictionary<string, int> Calls { get; } = new(StringComparer.Ordinal);
+    public int Chunks { get; set; }
+    public string Dataset { get; set; } = "";
+
+    public void Save(string path)
+    {
+        string tmp = path + ".tmp-" + Environment.ProcessId;
+        try
+        {
+            using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write))
+            using (var w = new BinaryWriter(fs, Encoding.UTF8))
+            {
+                w.Write(Values.Count);
+                foreach (var (name, v) in Values.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+                {
+                    var nb = Encoding.UTF8.GetBytes(name);
+                    w.Write(nb.Length); w.Write(nb);
+                    int ncall = Math.Max(1, Calls.GetValueOrDefault(name, Chunks));
+                    w.Write(ncall);
+                    w.Write(v.Length);
+                    foreach (var x in v) w.Write(x * ncall);
+                }
+                w.Write(Chunks);
+                var db = Encoding.UTF8.GetBytes(Dataset);
+                w.Write(db.Length); w.Write(db);
+            }
+            File.Move(tmp, path, overwrite: true);
+        }
+        catch
+        {
+            try { File.Delete(tmp); } catch (IOException) { }
+            throw;
+        }
+    }
+
+    /// <summary>Reads a legacy <c>.dat</c> imatrix (as llama-quantize's load_legacy_imatrix: values / ncall). Throws
+    /// <see cref="ModelFormatException"/> naming the file and the problem.</summary>
+    public static Imatrix Load(string path)
+    {
+        byte[] data;
+        try { data = File.ReadAllBytes(path); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new ModelFormatException(path, "cannot read imatrix: " + e.Message, e); }
+        var m = new Imatrix();
+        int pos = 0;
+        int I32(string what)
+        {
+            if (pos + 4 > data.Length) throw new ModelFormatException(path, $"imatrix truncated while reading {what} (at byte {pos})");
+            int v = BitConverter.ToInt32(data, pos); pos += 4; return v;
+        }
+        int n = I32("the entry count");
+        if (n < 0 || n > data.Length / 16) throw new ModelFormatException(path, $"imatrix entry count {n} cannot fit in the file");
+        for (int e = 0; e < n; e++)
+        {
+            int len = I32("a name length");
+            if (len <= 0 || len > 4096 || pos + len > data.Length) throw new ModelFormatException(path, $"entry {e}: bad name length {len}");
+            string name = Encoding.UTF8.GetString(data, pos, len); pos += len;
+            int ncall = I32("ncall"), nval = I32("nval");
+            if (nval < 0 || (long)pos + 4L * nval > data.Length) throw new ModelFormatException(path, $"entry '{name}': {nval} values do not fit in the file");
+            var v = new float[nval];
+            Buffer.BlockCopy(data, pos, v, 0, 4 * nval); pos += 4 * nval;
+            for (int i = 0; i < nval; i++)
+            {
+                if (!float.IsFinite(v[i])) throw new ModelFormatException(path, $"entry '{name}' holds a non-finite value {v[i]}");
+                if (ncall > 0) v[i] /= ncall;
+            }
+            m.Values[name] = v;
+            m.Calls[name] = ncall;
+        }
+        if (pos + 4 <= data.Length)
+        {
+            m.Chunks = I32("the chunk count");
+            if (pos + 4 <= data.Length)
+            {
+                int len = I32("the dataset name length");
+                if (len > 0 && pos + len <= data.Length) m.Dataset = Encoding.UTF8.GetString(data, pos, len);
+            }
+        }
+        return m;
+    }
+
+    /// <summary>Runs the calibration text through the model in chunks of <paramref name="ctx"/> tokens (BOS first, as
+    /// llama-imatrix) and collects the importance matrix.</summary>
+    public static Imatrix Collect(LlamaModel model, string text, int ctx, int maxChunks, int threads, string dataset = "",
+        Action<int, int>? progress = null)
+    {
+        var tok = model.Tokenizer;
+        var tokens = tok.Encode(text, addBos: true);
+        var chunks = Perplexity.Chunks(tokens, ctx, tok.Bos, tok.AddBos);
+        if (chunks.Count > maxChunks) chunks.RemoveRange(maxChunks, chunks.Count - maxChunks);
+        using var context = new InferenceContext(model, new ContextOptions { ContextSize = ctx, MicroBatch = ctx, Threads = threads });
+        var collector = new Collector();
+        context.Observer = collector;
+        var batch = new Batch(ctx);
+        for (int i = 0; i < chunks.Count; i++)
+        {
+            context.Cache.Clear();
+            batch.Clear();
+            for (int p = 0; p < ctx; p++) batch.Add(chunks[i][p], p, 0, p == ctx - 1);
+            context.Decode(batch);
+            collector.EndChunk();
+            progress?.Invoke(i + 1, chunks.Count);
+        }
+        var m = new Imatrix { Chunks = chunks.Count, Dataset = dataset };
+        foreach (var (name, (sum, count, calls)) in collector.Stats)
+        {
+            var v = new float[sum.Length];
+            for (int j = 0; j < v.Length; j++) v[j] = (float)(sum[j] / count);
+            m.Values[name] = v;
+            m.Calls[name] = calls;
+        }
+        return m;
+    }
+
+    /// <summary>Σ x² and row count per input column of every blk.* matrix product.</summary>
+    sealed class Collector : IMatMulObserver
+    {
+        public readonly Dictionary<string, (double[] Sum, long Count, int Calls)> Stats = new(StringComparer.Ordinal);
+        readonly HashSet<string> _seenThisChunk = new(StringComparer.Ordinal);
+
+        public void Observe(string weightName, ReadOnlySpan<float> x, int rows, int cols)
+        {
+            if (!weightName.StartsWith("blk.", StringComparison.Ordinal)) return;
+            if (!Stats.TryGetValue(weightName, out var s)) s = (new double[cols], 0, 0);
+            var sum = s.Sum;                                  // [cols]
+            for (int r = 0; r < rows; r++)
+            {
+                var row = x.Slice(r * cols, cols);
+                for (int j = 0; j < cols; j++) sum[j] += (double)row[j] * row[j];
+            }
+            int calls = s.Calls + (_seenThisChunk.Add(weightName) ? 1 : 0);
+            Stats[weightName] = (sum, s.Count + rows, calls);
+        }
+
+        public void EndChunk() => _seenThisChunk.Clear();
+    }
+}

@@ -1,0 +1,194 @@
+using System.Diagnostics;
+using Cria.Formats;
+using Cria.Tensors;
+
+namespace Cria.Quantization;
+
+/// <summary>Settings of <see cref="ModelQuantizer.Run"/> (llama_model_quantize_params).</summary>
+public sealed record QuantizeOptions
+{
+    public LlamaFileType FileType { get; init; } = LlamaFileType.Q4_K_M;
+    /// <summary>Worker threads over rows (0 = all cores).</summary>
+    public int Threads { get; init; }
+    /// <summary>Per tensor name, the importance of each input column (mean squared activation); see <see cref="Imatrix"/>.</summary>
+    public IReadOnlyDictionary<string, float[]>? Imatrix { get; init; }
+    /// <summary>Every quantized tensor gets the file type's base type (llama-quantize --pure).</summary>
+    public bool Pure { get; init; }
+    /// <summary>Quantize output.weight too (llama.cpp's default); false keeps it as it is in the input.</summary>
+    public bool QuantizeOutput { get; init; } = true;
+    /// <summary>Accept already-quantized input tensors (dequantized, then quantized again).</summary>
+    public bool AllowRequantize { get; init; }
+    /// <summary>Replace a tensor's values before quantization (AWQ's scaled weights and norms); null = the file's values.</summary>
+    public Func<string, float[]?>? Override { get; init; }
+    /// <summary>Called after each tensor with (tensors done, tensor count, bytes of input done, total input bytes, name).</summary>
+    public Action<int, int, long, long, string>? Progress { get; init; }
+    /// <summary>Replace an existing output file.</summary>
+    public bool Force { get; init; }
+}
+
+/// <summary>What one tensor became.</summary>
+public readonly record struct QuantizedTensor(string Name, GgmlType From, GgmlType To, long BytesIn, long BytesOut);
+
+public sealed record QuantizeReport(IReadOnlyList<QuantizedTensor> Tensors, long BytesIn, long BytesOut, long WeightCount, double Seconds, int Fallbacks)
+{
+    /// <summary>Bits per weight over the quantizable tensors and all others (what llama.cpp reports as model size × 8 / parameters).</summary>
+    public double BitsPerWeight => WeightCount > 0 ? BytesOut * 8.0 / WeightCount : 0;
+}
+
+/// <summary>
+/// llama-quantize in C#: reads a GGUF model, chooses each tensor's type as <c>llama_tensor_get_type</c> does
+/// (<see cref="QuantMix"/>), quantizes rows in parallel with the same quantizers as ggml (reference path, or the
+/// importance-weighted <c>*_impl</c> path when an imatrix is given) and writes the GGUF atomically (temp file + rename):
+/// an existing output is refused unless <see cref="QuantizeOptions.Force"/>, and an interrupted run leaves no file
+/// under the output name. Metadata is copied with <c>general.quantization_version = 2</c> and <c>general.file_type</c>
+/// set, tensors are written in llama.cpp's order.
+/// </summary>
+public static class ModelQuantizer
+{
+    public static QuantizeReport Run(string input, string output, QuantizeOptions o, CancellationToken cancel = default)
+    {
+        if (!o.Force && File.Exists(output)) throw new CriaException($"{output}: the output file exists (use --force to replace it)");
+        if (Path.GetFullPath(input) == Path.GetFullPath(output)) throw new CriaException($"{output}: input and output are the same file");
+        var sw = Stopwatch.StartNew();
+        using var f = GgufFile.Open(input);
+        var plan = PlanTypes(f, o, out int fallbacks);
+        int threads = o.Threads > 0 ? o.Threads : Environment.ProcessorCount;
+
+        var w = new GgufWriter();
+        w.CopyMetadataFrom(f);
+        // gguf_set_val_* on an existing key moves it to the end, so these two end the metadata as in llama.cpp's files.
+        w.Remove("general.quantization_version").Remove("general.file_type");
+        w.Set("general.quantization_version", 2u);
+        w.Set("general.file_type", (uint)o.FileType);
+
+        var report = new List<QuantizedTensor>(plan.Count);
+        long totalIn = plan.Sum(p => p.Tensor.ByteSize), doneIn = 0, bytesOut = 0, weights = 0;
+        float[] values = [];
+        for (int ti = 0; ti < plan.Count; ti++)
+        {
+            cancel.ThrowIfCancellationRequested();
+            var (t, newType) = plan[ti];
+            float[]? over = o.Override?.Invoke(t.Name);
+            ReadOnlyMemory<byte> data;
+            if (newType == t.Type && over == null)
+            {
+                data = f.TensorData(t).ToArray();
+            }
+            else
+            {
+                if (over == null && IsBlockType(t.Type) && !o.AllowRequantize)
+                    throw new CriaException($"{input}: tensor '{t.Name}' is already {t.Type}; requantizing is disabled (use --allow-requantize)");
+                long n = t.ElementCount;
+                float[] src;
+                if (over != null)
+                {
+                    if (over.Length != n) throw new CriaException($"tensor '{t.Name}': replacement has {over.Length} values, expected {n}");
+                    src = over;
+                }
+                else
+                {
+                    if (values.Length < n) values = new float[n];
+                    DequantizeMatrix(f, t, values, threads);
+                    src = values;
+                }
+                float[]? qw = null;
+                if (o.Imatrix != null && IsBlockType(newType) && o.Imatrix.TryGetValue(t.Name, out var im))
+                {
+                    if (im.Length != t.RowLength)
+                    {
+                        if (t.Name != "token_embd.weight")
+                            throw new CriaException($"imatrix size {im.Length} is different from tensor size {t.RowLength} for {t.Name}");
+                    }
+                    else qw = im;
+                }
+                data = QuantizeMatrix(newType, src, (int)t.RowLength, (int)t.RowCount, qw, threads, cancel);
+            }
+            w.AddTensor(t.Name, t.Shape, newType, data);
+            report.Add(new QuantizedTensor(t.Name, t.Type, newType, t.ByteSize, data.Length));
+            bytesOut += data.Length;
+            weights += t.ElementCount;
+            doneIn += t.ByteSize;
+            o.Progress?.Invoke(ti + 1, plan.Count, doneIn, totalIn, t.Name);
+        }
+        cancel.ThrowIfCancellationRequested();
+        w.Write(output);
+        return new QuantizeReport(report, totalIn, bytesOut, weights, sw.Elapsed.TotalSeconds, fallbacks);
+    }
+
+    /// <summary>Every tensor of <paramref name="f"/> in llama.cpp's order with the type llama-quantize gives it
+    /// (its own type when it is not quantized).</summary>
+    public static List<(GgufTensorInfo Tensor, GgmlType To)> PlanTypes(GgufFile f, QuantizeOptions o, out int fallbacks)
+    {
+        var tensors = f.Tensors.ToList();
+        tensors.Sort((a, b) => QuantMix.TensorOrder(a.Name, b.Name));
+        int nLayer = f.Get<int>("llama.block_count", 0), nHead = f.Get<int>("llama.attention.head_count", 1);
+        int nHeadKv = f.Get<int>("llama.attention.head_count_kv", nHead);
+        int nAttnWv = tensors.Count(t => t.Name.Contains("attn_v.weight", StringComparison.Ordinal) || t.Name.Contains("attn_qkv.weight", StringComparison.Ordinal));
+        bool hasOutput = tensors.Any(t => t.Name == "output.weight");
+        var mix = new QuantMix(o.FileType, nLayer, nHead, nHeadKv, nAttnWv, hasOutput, o.Imatrix != null);
+        var plan = new List<(GgufTensorInfo, GgmlType)>(tensors.Count);
+        foreach (var t in tensors)
+        {
+            var newType = t.Type;
+            if (QuantMix.IsQuantizable(t.Name, t.Shape.Length, o.QuantizeOutput))
+            {
+                newType = mix.DefaultType;
+                if (!o.Pure && IsBlockType(mix.DefaultType)) newType = mix.TypeFor(t.Name, t.RowLength);
+                else if (t.RowLength % GgmlTypeInfo.BlockSize(newType) != 0)
+                    throw new CriaException($"tensor '{t.Name}': rows of {t.RowLength} elements cannot be stored as {newType}");
+            }
+            plan.Add((t, newType));
+        }
+        fallbacks = mix.Fallbacks;
+        return plan;
+    }
+
+    /// <summary>The tensor's values as F32 into <paramref name="dst"/>, rows split over the workers.</summary>
+    static unsafe void DequantizeMatrix(GgufFile f, GgufTensorInfo t, float[] dst, int threads)
+    {
+        int cols = (int)t.RowLength, rows = (int)t.RowCount;
+        int rowBytes = (int)GgmlTypeInfo.RowBytes(t.Type, cols);
+        byte* p = f.TensorPointer(t);
+        Parallel.For(0, Math.Max(1, threads), new ParallelOptions { MaxDegreeOfParallelism = threads }, w =>
+        {
+            int r0 = (int)((long)rows * w / threads), r1 = (int)((long)rows * (w + 1) / threads);
+            for (int r = r0; r < r1; r++)
+                Dequantize.Row(t.Type, new ReadOnlySpan<byte>(p + (long)r * rowBytes, rowBytes), dst.AsSpan(r * cols, cols));
+        });
+    }
+
+    static bool IsBlockType(GgmlType t) => t is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16);
+
+    /// <summary>Quantizes rows × cols values (row-major) to <paramref name="type"/>, rows split over <paramref name="threads"/> workers
+    /// in chunks of at least 16384 values (llama.cpp's chunking); every row's bytes depend on that row alone.</summary>
+    public static byte[] QuantizeMatrix(GgmlType type, float[] values, int cols, int rows, float[]? quantWeights, int threads, CancellationToken cancel = default)
+    {
+        int rowBytes = checked((int)GgmlTypeInfo.RowBytes(type, cols));
+        var dst = new byte[(long)rowBytes * rows];
+        int rowsPerChunk = Math.Max(1, (32 * 512 + cols - 1) / cols);
+        int chunks = (rows + rowsPerChunk - 1) / rowsPerChunk;
+        int next = -1;
+        void Work()
+        {
+            int c;
+            while ((c = Interlocked.Increment(ref next)) < chunks)
+            {
+                if (cancel.IsCancellationRequested) return;
+                int r0 = c * rowsPerChunk, r1 = Math.Min(rows, r0 + rowsPerChunk);
+                for (int r = r0; r < r1; r++)
+                    Quantize.Row(type, values.AsSpan(r * cols, cols), dst.AsSpan(r * rowBytes, rowBytes), quantWeights);
+            }
+        }
+        int nt = Math.Max(1, Math.Min(threads, chunks));
+        if (nt == 1) Work();
+        else
+        {
+            var workers = new Thread[nt - 1];
+            for (int i = 0; i < workers.Length; i++) { workers[i] = new Thread(Work) { IsBackground = true }; workers[i].Start(); }
+            Work();
+            foreach (var t in workers) t.Join();
+        }
+        cancel.ThrowIfCancellationRequested();
+        return dst;
+    }
+}

@@ -1,0 +1,146 @@
+using Cria.Tensors;
+
+namespace Cria.Quantization;
+
+/// <summary>llama.cpp's <c>llama_ftype</c>: what <c>general.file_type</c> holds and what llama-quantize is asked for.</summary>
+public enum LlamaFileType
+{
+    F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q8_0 = 7, Q5_0 = 8, Q5_1 = 9,
+    Q2_K = 10, Q3_K_S = 11, Q3_K_M = 12, Q3_K_L = 13, Q4_K_S = 14, Q4_K_M = 15, Q5_K_S = 16, Q5_K_M = 17, Q6_K = 18,
+    BF16 = 32,
+}
+
+/// <summary>
+/// Per-tensor type choice of llama.cpp's <c>llama_tensor_get_type</c> (src/llama-quant.cpp) for the Llama architecture
+/// (no experts): the K-quant mixes give attn_v, ffn_down, attn_output and the output head more bits, by layer
+/// position, and fall back to a 32-block type when a row length is not a multiple of 256. The counters
+/// (<c>i_attention_wv</c>, <c>i_ffn_down</c>) advance in llama.cpp's tensor order (<see cref="TensorOrder"/>), so the
+/// tensors must be asked about in that order.
+/// </summary>
+public sealed class QuantMix
+{
+    public LlamaFileType FileType { get; }
+    public GgmlType DefaultType { get; }
+    readonly int _nLayer, _nAttentionWv, _gqa;
+    readonly bool _hasOutput, _hasImatrix, _is70B;
+    int _iAttentionWv, _iFfnDown;
+    /// <summary>Tensors that took a fallback type because their rows do not fit the block size.</summary>
+    public int Fallbacks { get; private set; }
+
+    public QuantMix(LlamaFileType ftype, int nLayer, int nHead, int nHeadKv, int nAttentionWv, bool hasOutput, bool hasImatrix)
+    {
+        FileType = ftype;
+        DefaultType = DefaultTypeOf(ftype);
+        _nLayer = nLayer; _nAttentionWv = nAttentionWv; _gqa = nHead / Math.Max(1, nHeadKv);
+        _hasOutput = hasOutput; _hasImatrix = hasImatrix;
+        _is70B = nLayer == 80; // llama.cpp's LLM_TYPE_70B for the llama architecture
+    }
+
+    public static GgmlType DefaultTypeOf(LlamaFileType f) => f switch
+    {
+        LlamaFileType.F32 => GgmlType.F32, LlamaFileType.F16 => GgmlType.F16, LlamaFileType.BF16 => GgmlType.BF16,
+        LlamaFileType.Q4_0 => GgmlType.Q4_0, LlamaFileType.Q4_1 => GgmlType.Q4_1, LlamaFileType.Q5_0 => GgmlType.Q5_0,
+        LlamaFileType.Q5_1 => GgmlType.Q5_1, LlamaFileType.Q8_0 => GgmlType.Q8_0, LlamaFileType.Q2_K => GgmlType.Q2_K,
+        LlamaFileType.Q3_K_S or LlamaFileType.Q3_K_M or LlamaFileType.Q3_K_L => GgmlType.Q3_K,
+        LlamaFileType.Q4_K_S or LlamaFileType.Q4_K_M => GgmlType.Q4_K,
+        LlamaFileType.Q5_K_S or LlamaFileType.Q5_K_M => GgmlType.Q5_K,
+        LlamaFileType.Q6_K => GgmlType.Q6_K,
+        _ => throw new ArgumentOutOfRangeException(nameof(f), f, "unsupported file type"),
+    };
+
+    /// <summary>Parses llama-quantize's type names (case-insensitive): q4_k_m, Q8_0, … ; q3_k / q4_k / q5_k mean the _M mixes, as there.</summary>
+    public static LlamaFileType Parse(string s) => s.ToUpperInvariant() switch
+    {
+        "F32" => LlamaFileType.F32, "F16" => LlamaFileType.F16, "BF16" => LlamaFileType.BF16,
+        "Q4_0" => LlamaFileType.Q4_0, "Q4_1" => LlamaFileType.Q4_1, "Q5_0" => LlamaFileType.Q5_0, "Q5_1" => LlamaFileType.Q5_1,
+        "Q8_0" => LlamaFileType.Q8_0, "Q2_K" => LlamaFileType.Q2_K,
+        "Q3_K_S" => LlamaFileType.Q3_K_S, "Q3_K" or "Q3_K_M" => LlamaFileType.Q3_K_M, "Q3_K_L" => LlamaFileType.Q3_K_L,
+        "Q4_K_S" => LlamaFileType.Q4_K_S, "Q4_K" or "Q4_K_M" => LlamaFileType.Q4_K_M,
+        "Q5_K_S" => LlamaFileType.Q5_K_S, "Q5_K" or "Q5_K_M" => LlamaFileType.Q5_K_M, "Q6_K" => LlamaFileType.Q6_K,
+        _ => throw new CriaException($"unknown quantization type '{s}' (q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k f16 bf16 f32)"),
+    };
+
+    /// <summary>Whether llama-quantize quantizes this tensor at all: 2-D weights, not norms, not the output head unless asked.</summary>
+    public static bool IsQuantizable(string name, int nDims, bool quantizeOutput) =>
+        name.EndsWith("weight", StringComparison.Ordinal) && nDims >= 2 && !name.Contains("_norm.weight", StringComparison.Ordinal)
+        && (quantizeOutput || name != "output.weight");
+
+    static bool UseMoreBits(int i, int n) => i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
+
+    /// <summary>Block layer index of "blk.N.…" (-1 for the others), llama.cpp's weight_name_comparer key.</summary>
+    public static int LayerOf(string name)
+    {
+        if (!name.StartsWith("blk.", StringComparison.Ordinal)) return -1;
+        int end = name.IndexOf('.', 4);
+        return end > 4 && int.TryParse(name.AsSpan(4, end - 4), out int l) ? l : -1;
+    }
+
+    /// <summary>llama.cpp's tensor order in llama-quantize (std::map with weight_name_comparer): by layer (non-block first), then by name (ordinal).</summary>
+    public static int TensorOrder(string a, string b)
+    {
+        int la = LayerOf(a), lb = LayerOf(b);
+        return la != lb ? la.CompareTo(lb) : string.CompareOrdinal(a, b);
+    }
+
+    /// <summary>The type for tensor <paramref name="name"/> with rows of <paramref name="nx"/> elements. Call in <see cref="TensorOrder"/>.</summary>
+    public GgmlType TypeFor(string name, long nx)
+    {
+        var ftype = FileType;
+        var t = DefaultType;
+        if (name == "output.weight" || (!_hasOutput && name == "token_embd.weight"))
+        {
+            if (nx % GgmlTypeInfo.BlockSize(t) != 0) t = GgmlType.Q8_0;
+            else if (t != GgmlType.Q8_0) t = GgmlType.Q6_K;
+        }
+        else if (name == "token_embd.weight")
+        {
+            // only the IQ / TQ file types change the token embedding
+        }
+        else if (name.Contains("attn_v.weight", StringComparison.Ordinal))
+        {
+            if (ftype == LlamaFileType.Q2_K) t = _gqa >= 4 ? GgmlType.Q4_K : GgmlType.Q3_K;
+            else if (ftype == LlamaFileType.Q3_K_M) t = _iAttentionWv < 2 ? GgmlType.Q5_K : GgmlType.Q4_K;
+            else if (ftype == LlamaFileType.Q3_K_L) t = GgmlType.Q5_K;
+            else if ((ftype == LlamaFileType.Q4_K_M || ftype == LlamaFileType.Q5_K_M) && UseMoreBits(_iAttentionWv, _nAttentionWv)) t = GgmlType.Q6_K;
+            else if (ftype == LlamaFileType.Q4_K_S && _iAttentionWv < 4) t = GgmlType.Q5_K;
+            if (_is70B && (t == GgmlType.Q3_K || t == GgmlType.Q4_K)) t = GgmlType.Q5_K;
+            _iAttentionWv++;
+        }
+        else if (name.Contains("ffn_down", StringComparison.Ordinal))
+        {
+            int iLayer = _iFfnDown, nLayer = _nLayer;
+            if (ftype == LlamaFileType.Q2_K) t = GgmlType.Q3_K;
+            else if (ftype == LlamaFileType.Q3_K_M) t = iLayer < nLayer / 16 ? GgmlType.Q5_K : GgmlType.Q4_K; // arch != FALCON
+            else if (ftype == LlamaFileType.Q3_K_L) t = GgmlType.Q5_K;
+            else if (ftype == LlamaFileType.Q4_K_M) { if (UseMoreBits(iLayer, nLayer)) t = GgmlType.Q6_K; }
+            else if (ftype == LlamaFileType.Q5_K_M && UseMoreBits(iLayer, nLayer)) t = GgmlType.Q6_K;
+            else if (ftype == LlamaFileType.Q4_K_S && iLayer < nLayer / 8) t = GgmlType.Q5_K;
+            else if ((ftype == LlamaFileType.Q4_0 || ftype == LlamaFileType.Q5_0) && _hasImatrix && iLayer < nLayer / 8)
+                t = ftype == LlamaFileType.Q4_0 ? GgmlType.Q4_1 : GgmlType.Q5_1;
+            _iFfnDown++;
+        }
+        else if (name.Contains("attn_output.weight", StringComparison.Ordinal))
+        {
+            if (ftype == LlamaFileType.Q2_K) t = GgmlType.Q3_K;
+            else if (ftype == LlamaFileType.Q3_K_M) t = GgmlType.Q4_K;
+            else if (ftype == LlamaFileType.Q3_K_L) t = GgmlType.Q5_K;
+        }
+
+        if (nx % GgmlTypeInfo.BlockSize(t) != 0)
+        {
+            // llama.cpp: Q2_K/Q3_K → IQ4_NL, Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0; F16 if even that does not fit.
+            // Cria has no IQ4_NL; it takes Q4_0, the same 4.5 bits per weight in 32-element blocks (docs/quantization.md).
+            t = t switch
+            {
+                GgmlType.Q2_K or GgmlType.Q3_K => GgmlType.Q4_0,
+                GgmlType.Q4_K => GgmlType.Q5_0,
+                GgmlType.Q5_K => GgmlType.Q5_1,
+                GgmlType.Q6_K => GgmlType.Q8_0,
+                _ => throw new CriaException($"tensor '{name}': rows of {nx} elements cannot be stored as {t}"),
+            };
+            if (nx % GgmlTypeInfo.BlockSize(t) != 0) t = GgmlType.F16;
+            Fallbacks++;
+        }
+        return t;
+    }
+}

@@ -1,0 +1,115 @@
+using Cria.Formats;
+using Cria.Inference;
+using Cria.Models;
+using Cria.Quantization;
+using Cria.Tests.Oracle;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Cria.Tests.Quant;
+
+/// <summary>imatrix files, AWQ folding, and the quantizer's output-file safety.</summary>
+public sealed class CalibratedQuantTests(ITestOutputHelper output)
+{
+    const string Calibration = "the quick brown fox jumps over the lazy dog. once upon a time a little girl named lily was happy in the sun. " +
+                               "hello world, this is a story about a llama model and a token and a cria. ";
+
+    static readonly Lazy<string> Model = new(() =>
+    {
+        var p = TestPaths.TempFile("calib-f32.gguf");
+        RandomModel.Write(p, new RandomModelSpec { Dim = 256, Layers = 2, Heads = 8, KvHeads = 2, FfnDim = 512, VocabSize = 512, Seed = 91 });
+        return p;
+    });
+
+    static string Text => string.Concat(Enumerable.Repeat(Calibration, 12));
+
+    [Fact]
+    public void Imatrix_collects_mean_squared_activations_and_round_trips_through_the_legacy_format()
+    {
+        using var m = LlamaModel.Open(Model.Value);
+        var im = Imatrix.Collect(m, Text, 64, 4, 2, "calib.txt");
+        Assert.Equal(4, im.Chunks);
+        Assert.Equal(2 * 7, im.Values.Count); // q k v o gate up down per layer; no output head
+        // q, k and v read the same normed input, gate and up too.
+        Assert.Equal(im.Values["blk.1.attn_q.weight"], im.Values["blk.1.attn_v.weight"]);
+        Assert.Equal(im.Values["blk.0.ffn_gate.weight"], im.Values["blk.0.ffn_up.weight"]);
+        Assert.Equal(512, im.Values["blk.0.ffn_down.weight"].Length);
+        Assert.All(im.Values.Values.SelectMany(v => v), v => Assert.True(v >= 0 && float.IsFinite(v)));
+
+        var path = TestPaths.TempFile("calib.imatrix.dat");
+        im.Save(path);
+        var back = Imatrix.Load(path);
+        Assert.Equal(4, back.Chunks);
+        Assert.Equal("calib.txt", back.Dataset);
+        foreach (var (k, v) in im.Values)
+            for (int j = 0; j < v.Length; j++) Assert.Equal(v[j], back.Values[k][j], v[j] * 1e-6f + 1e-12f);
+
+        var bytes = File.ReadAllBytes(path);
+        var cut = TestPaths.TempFile("calib-cut.imatrix.dat");
+        File.WriteAllBytes(cut, bytes.AsSpan(0, bytes.Length / 2).ToArray());
+        var e = Assert.Throws<ModelFormatException>(() => Imatrix.Load(cut));
+        output.WriteLine(e.Message);
+        Assert.Contains(cut, e.Message);
+    }
+
+    [Fact]
+    public void Awq_folding_keeps_the_float_model_and_lowers_the_output_error_and_llama_cpp_runs_the_result()
+    {
+        var q = new QuantizeOptions { FileType = LlamaFileType.Q3_K_S, Threads = 2 };
+        var res = Awq.Compute(Model.Value, Text, q, new AwqOptions { ContextSize = 64, MaxChunks = 4, Threads = 2 }, output.WriteLine);
+        Assert.Equal(4, res.Groups.Count);
+        Assert.All(res.Groups, g => Assert.True(g.ErrorScaled <= g.ErrorPlain));
+        Assert.Contains(res.Groups, g => g.Alpha > 0 && g.ErrorScaled < 0.999 * g.ErrorPlain);
+
+        // Folded into an F32 file the model computes the same function (scales cancel exactly up to rounding).
+        string folded = TestPaths.TempFile("calib-awq-f32.gguf");
+        ModelQuantizer.Run(Model.Value, folded, new QuantizeOptions { FileType = LlamaFileType.F32, Force = true, Override = n => res.Overrides.GetValueOrDefault(n) });
+        int[] tokens = [1, 300, 17, 250, 99, 5, 333, 120, 64, 200, 7, 381];
+        float[][] a, b;
+        using (var r = new CriaRunner(Model.Value, 64)) a = r.AllLogits(tokens);
+        using (var r = new CriaRunner(folded, 64)) b = r.AllLogits(tokens);
+        double d = a.Zip(b).Max(p => p.First.Zip(p.Second).Max(x => Math.Abs(x.First - x.Second)));
+        output.WriteLine($"AWQ-folded F32 vs original: max |Δ logit| {d:E2}");
+        Assert.True(d < 1e-3, $"folding changed the float model's logits by {d}");
+
+        // Quantized with imatrix and AWQ together, the file is a plain llama GGUF that llama.cpp runs like Cria.
+        using var m = LlamaModel.Open(Model.Value);
+        var im = Imatrix.Collect(m, Text, 64, 4, 2);
+        var withIm = Awq.Compute(Model.Value, Text, q with { Imatrix = im.Values }, new AwqOptions { ContextSize = 64, MaxChunks = 4, Threads = 2 });
+        string quant = TestPaths.TempFile("calib-awq-im-q3ks.gguf");
+        ModelQuantizer.Run(Model.Value, quant, q with { Force = true, Imatrix = withIm.Imatrix, Override = n => withIm.Overrides.GetValueOrDefault(n) });
+        using (var r = new CriaRunner(quant, 64)) a = r.AllLogits(tokens);
+        using (var c = new LlamaCpp(quant, 64)) b = c.AllLogits(tokens);
+        d = a.Zip(b).Max(p => p.First.Zip(p.Second).Max(x => Math.Abs(x.First - x.Second)));
+        output.WriteLine($"Q3_K_S imatrix+AWQ: Cria vs llama.cpp max |Δ logit| {d:E2}");
+        Assert.True(d < 0.25, $"Cria and llama.cpp differ by {d} on the calibrated file");
+    }
+
+    [Fact]
+    public void An_existing_output_is_refused_and_a_cancelled_run_leaves_no_file()
+    {
+        string dir = Path.Combine(TestPaths.Scratch, "quant-safety");
+        Directory.CreateDirectory(dir);
+        string outPath = Path.Combine(dir, "out.gguf");
+        File.WriteAllText(outPath, "precious");
+        var e = Assert.Throws<CriaException>(() => ModelQuantizer.Run(Model.Value, outPath, new QuantizeOptions { FileType = LlamaFileType.Q4_0 }));
+        Assert.Contains("exists", e.Message);
+        Assert.Equal("precious", File.ReadAllText(outPath));
+
+        File.Delete(outPath);
+        using var cts = new CancellationTokenSource();
+        Assert.ThrowsAny<OperationCanceledException>(() => ModelQuantizer.Run(Model.Value, outPath, new QuantizeOptions
+        {
+            FileType = LlamaFileType.Q4_K_M, Threads = 2,
+            Progress = (i, n, _, _, _) => { if (i == n / 2) cts.Cancel(); },
+        }, cts.Token));
+        Assert.Empty(Directory.GetFiles(dir)); // no output, no temp file
+
+        var rep = ModelQuantizer.Run(Model.Value, outPath, new QuantizeOptions { FileType = LlamaFileType.Q4_K_M, Threads = 2 });
+        File.WriteAllText(outPath, "old");
+        ModelQuantizer.Run(Model.Value, outPath, new QuantizeOptions { FileType = LlamaFileType.Q4_K_M, Threads = 2, Force = true });
+        using var f = GgufFile.Open(outPath);
+        Assert.Equal(rep.Tensors.Count, f.Tensors.Count);
+        Assert.Single(Directory.GetFiles(dir));
+    }
+}
