@@ -270,32 +270,10 @@ public static unsafe class RowKernels
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Q4KTile(byte* w, byte* x, int xStride, int B, int nb, float* y, int yStride, DecodedSuperBlock* dec)
     {
-        var m4 = Vector512.Create((byte)0x0F);
-        var permC0 = Vector512.Create((short)0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2);
-        var permC1 = permC0 + Vector512.Create((short)1);
-        var permC2 = permC0 + Vector512.Create((short)4);
-        var permC3 = permC0 + Vector512.Create((short)5);
         for (int i = 0; i < nb; i++)
         {
-            byte* blk = w + i * 144;
             DecodedSuperBlock* o = dec + i;
-            o->D = Fp16.ToSingle(*(ushort*)blk);
-            o->DMin = Fp16.ToSingle(*(ushort*)(blk + 2));
-            uint a0 = Unsafe.ReadUnaligned<uint>(blk + 4), a1 = Unsafe.ReadUnaligned<uint>(blk + 8), a2 = Unsafe.ReadUnaligned<uint>(blk + 12);
-            uint sc0 = a0 & 0x3f3f3f3fu;
-            uint sc1 = (a2 & 0x0f0f0f0fu) | (((a0 >> 6) & 0x03030303u) << 4);
-            uint mn0 = a1 & 0x3f3f3f3fu;
-            uint mn1 = ((a2 >> 4) & 0x0f0f0f0fu) | (((a1 >> 6) & 0x03030303u) << 4);
-            var scales16 = Avx512BW.ConvertToVector512Int16(Vector256.CreateScalar(((ulong)sc1 << 32) | sc0).AsByte());
-            o->S0 = Avx512BW.PermuteVar32x16(scales16, permC0);
-            o->S1 = Avx512BW.PermuteVar32x16(scales16, permC1);
-            o->S2 = Avx512BW.PermuteVar32x16(scales16, permC2);
-            o->S3 = Avx512BW.PermuteVar32x16(scales16, permC3);
-            var mins8 = Vector128.CreateScalar(((ulong)mn1 << 32) | mn0).AsByte();
-            o->Mins = Avx2.ConvertToVector256Int16(Sse2.UnpackLow(mins8, mins8));
-            var q01 = Vector512.Load(blk + 16); var q23 = Vector512.Load(blk + 80);
-            o->W0 = q01 & m4; o->W1 = Vector512.ShiftRightLogical(q01.AsUInt16(), 4).AsByte() & m4;
-            o->W2 = q23 & m4; o->W3 = Vector512.ShiftRightLogical(q23.AsUInt16(), 4).AsByte() & m4;
+            DecodeQ4K(w + i * 144, out o->W0, out o->W1, out o->W2, out o->W3, out o->S0, out o->S1, out o->S2, out o->S3, out o->Mins, out o->D, out o->DMin);
         }
         int b = 0;
         for (; b + 4 <= B; b += 4)
@@ -333,6 +311,40 @@ public static unsafe class RowKernels
         }
     }
 
+    /// <summary>
+    /// Unpacks one Q4_K super-block: the four 64-byte quant vectors in the order <see cref="PermuteQ8KForQ4K"/> gives
+    /// the activations (one 64-byte load of qs holds chunks 2p and 2p+1: its low nibbles are lo 2p | lo 2p+1, its high
+    /// nibbles hi 2p | hi 2p+1), each sub-block's 6-bit scale spread over its int16 lanes (ggml's kmask trick, then
+    /// vpermw), the eight mins each twice (one per bsum of 16), d and dmin.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void DecodeQ4K(byte* blk, out Vector512<byte> w0, out Vector512<byte> w1, out Vector512<byte> w2, out Vector512<byte> w3,
+        out Vector512<short> s0, out Vector512<short> s1, out Vector512<short> s2, out Vector512<short> s3,
+        out Vector256<short> mins, out float d, out float dmin)
+    {
+        var m4 = Vector512.Create((byte)0x0F);
+        // vpermw indices for (lo 0|lo 1), (hi 0|hi 1), (lo 2|lo 3), (hi 2|hi 3): lanes 0..15 take the first sub-block's
+        // scale, lanes 16..31 the second's (sub-block of lo c = 2c, hi c = 2c+1).
+        var permC0 = Vector512.Create((short)0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2);
+        d = Fp16.ToSingle(*(ushort*)blk);
+        dmin = Fp16.ToSingle(*(ushort*)(blk + 2));
+        uint a0 = Unsafe.ReadUnaligned<uint>(blk + 4), a1 = Unsafe.ReadUnaligned<uint>(blk + 8), a2 = Unsafe.ReadUnaligned<uint>(blk + 12);
+        uint sc0 = a0 & 0x3f3f3f3fu;
+        uint sc1 = (a2 & 0x0f0f0f0fu) | (((a0 >> 6) & 0x03030303u) << 4);
+        uint mn0 = a1 & 0x3f3f3f3fu;
+        uint mn1 = ((a2 >> 4) & 0x0f0f0f0fu) | (((a1 >> 6) & 0x03030303u) << 4);
+        var scales16 = Avx512BW.ConvertToVector512Int16(Vector256.CreateScalar(((ulong)sc1 << 32) | sc0).AsByte());
+        s0 = Avx512BW.PermuteVar32x16(scales16, permC0);
+        s1 = Avx512BW.PermuteVar32x16(scales16, permC0 + Vector512.Create((short)1));
+        s2 = Avx512BW.PermuteVar32x16(scales16, permC0 + Vector512.Create((short)4));
+        s3 = Avx512BW.PermuteVar32x16(scales16, permC0 + Vector512.Create((short)5));
+        var mins8 = Vector128.CreateScalar(((ulong)mn1 << 32) | mn0).AsByte();
+        mins = Avx2.ConvertToVector256Int16(Sse2.UnpackLow(mins8, mins8));
+        var q01 = Vector512.Load(blk + 16); var q23 = Vector512.Load(blk + 80);
+        w0 = q01 & m4; w1 = Vector512.ShiftRightLogical(q01.AsUInt16(), 4).AsByte() & m4;
+        w2 = q23 & m4; w3 = Vector512.ShiftRightLogical(q23.AsUInt16(), 4).AsByte() & m4;
+    }
+
     /// <summary>One decoded Q4_K super-block against one Q8_K super-block (permuted quants): the body of <see cref="Q4K1"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void Q4KStep(byte* yb, Vector512<byte> w0, Vector512<byte> w1, Vector512<byte> w2, Vector512<byte> w3,
@@ -368,40 +380,14 @@ public static unsafe class RowKernels
     {
         var acc = Vector512<float>.Zero;
         var accMin = Vector256<float>.Zero;
-        var m4 = Vector512.Create((byte)0x0F);
-        var permC0 = Vector512.Create((short)0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2);
-        var permC1 = permC0 + Vector512.Create((short)1);
-        var permC2 = permC0 + Vector512.Create((short)4);
-        var permC3 = permC0 + Vector512.Create((short)5);
         for (int i = 0; i < nb; i++)
         {
             byte* blk = w + i * 144;
             Sse.Prefetch0(blk + PrefetchDistance);
             Sse.Prefetch0(blk + PrefetchDistance + 64);
             Sse.Prefetch0(blk + PrefetchDistance + 128);
-            float d = Fp16.ToSingle(*(ushort*)blk);
-            float dmin = Fp16.ToSingle(*(ushort*)(blk + 2));
-            uint a0 = Unsafe.ReadUnaligned<uint>(blk + 4), a1 = Unsafe.ReadUnaligned<uint>(blk + 8), a2 = Unsafe.ReadUnaligned<uint>(blk + 12);
-            uint sc0 = a0 & 0x3f3f3f3fu;
-            uint sc1 = (a2 & 0x0f0f0f0fu) | (((a0 >> 6) & 0x03030303u) << 4);
-            uint mn0 = a1 & 0x3f3f3f3fu;
-            uint mn1 = ((a2 >> 4) & 0x0f0f0f0fu) | (((a1 >> 6) & 0x03030303u) << 4);
-            var scales16 = Avx512BW.ConvertToVector512Int16(Vector256.CreateScalar(((ulong)sc1 << 32) | sc0).AsByte());
-            var mins8 = Vector128.CreateScalar(((ulong)mn1 << 32) | mn0).AsByte();
-            var minsDup = Avx2.ConvertToVector256Int16(Sse2.UnpackLow(mins8, mins8));
-            byte* qs = blk + 16;
-            var q01 = Vector512.Load(qs); var q23 = Vector512.Load(qs + 64);
-            byte* yb = x + i * 292;
-            float d8 = *(float*)yb;
-            sbyte* q8 = (sbyte*)(yb + 4);
-            var p0 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(q01 & m4, Vector512.Load(q8)), Avx512BW.PermuteVar32x16(scales16, permC0));
-            var p1 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(Vector512.ShiftRightLogical(q01.AsUInt16(), 4).AsByte() & m4, Vector512.Load(q8 + 64)), Avx512BW.PermuteVar32x16(scales16, permC1));
-            var p2 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(q23 & m4, Vector512.Load(q8 + 128)), Avx512BW.PermuteVar32x16(scales16, permC2));
-            var p3 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(Vector512.ShiftRightLogical(q23.AsUInt16(), 4).AsByte() & m4, Vector512.Load(q8 + 192)), Avx512BW.PermuteVar32x16(scales16, permC3));
-            var sumi = (p0 + p1) + (p2 + p3);
-            acc = Vector512.FusedMultiplyAdd(Vector512.Create(d * d8), Vector512.ConvertToSingle(sumi), acc);
-            var m = Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(yb + 260)), minsDup);
-            accMin = Vector256.FusedMultiplyAdd(Vector256.Create(dmin * d8), Vector256.ConvertToSingle(m), accMin);
+            DecodeQ4K(blk, out var w0, out var w1, out var w2, out var w3, out var s0, out var s1, out var s2, out var s3, out var mins, out float d, out float dmin);
+            Q4KStep(x + i * 292, w0, w1, w2, w3, s0, s1, s2, s3, mins, d, dmin, ref acc, ref accMin);
         }
         return Vector512.Sum(acc) - Vector256.Sum(accMin);
     }
@@ -421,30 +407,10 @@ public static unsafe class RowKernels
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Q6KTile(byte* w, byte* x, int xStride, int B, int nb, float* y, int yStride, DecodedSuperBlock* dec)
     {
-        var m4 = Vector256.Create((byte)0x0F);
-        var m3 = Vector256.Create((byte)0x03);
-        var perm6 = Vector512.Create((short)0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
         for (int i = 0; i < nb; i++)
         {
-            byte* blk = w + i * 210;
             DecodedSuperBlock* o = dec + i;
-            o->D = Fp16.ToSingle(*(ushort*)(blk + 208));
-            var scales16 = Avx512BW.ConvertToVector512Int16(Vector256.Create(Vector128.Load((sbyte*)blk + 192), Vector128<sbyte>.Zero));
-            var l0 = Vector256.Load(blk); var l1 = Vector256.Load(blk + 32); var hb = Vector256.Load(blk + 128);
-            o->W0 = Vector512.Create((l0 & m4) | Vector256.ShiftLeft((hb & m3).AsUInt16(), 4).AsByte(),
-                                     (l1 & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 2).AsByte() & m3).AsUInt16(), 4).AsByte());
-            o->W1 = Vector512.Create((Vector256.ShiftRightLogical(l0.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 4).AsByte() & m3).AsUInt16(), 4).AsByte(),
-                                     (Vector256.ShiftRightLogical(l1.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 6).AsByte() & m3).AsUInt16(), 4).AsByte());
-            l0 = Vector256.Load(blk + 64); l1 = Vector256.Load(blk + 96); hb = Vector256.Load(blk + 160);
-            o->W2 = Vector512.Create((l0 & m4) | Vector256.ShiftLeft((hb & m3).AsUInt16(), 4).AsByte(),
-                                     (l1 & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 2).AsByte() & m3).AsUInt16(), 4).AsByte());
-            o->W3 = Vector512.Create((Vector256.ShiftRightLogical(l0.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 4).AsByte() & m3).AsUInt16(), 4).AsByte(),
-                                     (Vector256.ShiftRightLogical(l1.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 6).AsByte() & m3).AsUInt16(), 4).AsByte());
-            o->S0 = Avx512BW.PermuteVar32x16(scales16, perm6);
-            o->S1 = Avx512BW.PermuteVar32x16(scales16, perm6 + Vector512.Create((short)4));
-            o->S2 = Avx512BW.PermuteVar32x16(scales16, perm6 + Vector512.Create((short)8));
-            o->S3 = Avx512BW.PermuteVar32x16(scales16, perm6 + Vector512.Create((short)12));
-            o->Mins = scales16.GetLower();
+            DecodeQ6K(w + i * 210, out o->W0, out o->W1, out o->W2, out o->W3, out o->S0, out o->S1, out o->S2, out o->S3, out o->Mins, out o->D);
         }
         int b = 0;
         for (; b + 4 <= B; b += 4)
@@ -481,6 +447,41 @@ public static unsafe class RowKernels
         }
     }
 
+    /// <summary>
+    /// Unpacks one Q6_K super-block: the quants as unsigned q6 + 32 ∈ [0, 63] in four 64-byte vectors (elements
+    /// 0..63, 64..127, 128..191, 192..255), each 16-element group's int8 scale spread over its int16 lanes, the 16
+    /// scales themselves (for the −32·Σ scale·bsum correction) and d.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void DecodeQ6K(byte* blk, out Vector512<byte> w0, out Vector512<byte> w1, out Vector512<byte> w2, out Vector512<byte> w3,
+        out Vector512<short> s0, out Vector512<short> s1, out Vector512<short> s2, out Vector512<short> s3,
+        out Vector256<short> scales, out float d)
+    {
+        var m4 = Vector256.Create((byte)0x0F);
+        var m3 = Vector256.Create((byte)0x03);
+        // vpermw indices: 8 lanes (16 elements) per scale, 4 scales per 64 elements.
+        var perm6 = Vector512.Create((short)0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+        d = Fp16.ToSingle(*(ushort*)(blk + 208));
+        var scales16 = Avx512BW.ConvertToVector512Int16(Vector256.Create(Vector128.Load((sbyte*)blk + 192), Vector128<sbyte>.Zero));
+        // Half h covers elements 128h..128h+127 from ql[64h..], qh[32h..]: for l < 32, element 128h + l + 32k is
+        // nibble (k < 2: low, else high) of ql[64h + l + 32(k & 1)] | ((qh[32h + l] >> 2k) & 3) << 4.
+        var l0 = Vector256.Load(blk); var l1 = Vector256.Load(blk + 32); var hb = Vector256.Load(blk + 128);
+        w0 = Vector512.Create((l0 & m4) | Vector256.ShiftLeft((hb & m3).AsUInt16(), 4).AsByte(),
+                              (l1 & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 2).AsByte() & m3).AsUInt16(), 4).AsByte());
+        w1 = Vector512.Create((Vector256.ShiftRightLogical(l0.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 4).AsByte() & m3).AsUInt16(), 4).AsByte(),
+                              (Vector256.ShiftRightLogical(l1.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 6).AsByte() & m3).AsUInt16(), 4).AsByte());
+        l0 = Vector256.Load(blk + 64); l1 = Vector256.Load(blk + 96); hb = Vector256.Load(blk + 160);
+        w2 = Vector512.Create((l0 & m4) | Vector256.ShiftLeft((hb & m3).AsUInt16(), 4).AsByte(),
+                              (l1 & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 2).AsByte() & m3).AsUInt16(), 4).AsByte());
+        w3 = Vector512.Create((Vector256.ShiftRightLogical(l0.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 4).AsByte() & m3).AsUInt16(), 4).AsByte(),
+                              (Vector256.ShiftRightLogical(l1.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 6).AsByte() & m3).AsUInt16(), 4).AsByte());
+        s0 = Avx512BW.PermuteVar32x16(scales16, perm6);
+        s1 = Avx512BW.PermuteVar32x16(scales16, perm6 + Vector512.Create((short)4));
+        s2 = Avx512BW.PermuteVar32x16(scales16, perm6 + Vector512.Create((short)8));
+        s3 = Avx512BW.PermuteVar32x16(scales16, perm6 + Vector512.Create((short)12));
+        scales = scales16.GetLower();
+    }
+
     /// <summary>One decoded Q6_K super-block (quants offset by +32) against one Q8_K super-block: the body of <see cref="Q6K1"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void Q6KStep(byte* yb, Vector512<byte> w0, Vector512<byte> w1, Vector512<byte> w2, Vector512<byte> w3,
@@ -506,9 +507,6 @@ public static unsafe class RowKernels
     static float Q6K1(byte* w, byte* x, int nb)
     {
         var acc = Vector512<float>.Zero;
-        var m4 = Vector256.Create((byte)0x0F);
-        var m3 = Vector256.Create((byte)0x03);
-        var perm6 = Vector512.Create((short)0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
         for (int i = 0; i < nb; i++)
         {
             byte* blk = w + i * 210;
@@ -516,29 +514,8 @@ public static unsafe class RowKernels
             Sse.Prefetch0(blk + PrefetchDistance + 64);
             Sse.Prefetch0(blk + PrefetchDistance + 128);
             Sse.Prefetch0(blk + PrefetchDistance + 192);
-            float d = Fp16.ToSingle(*(ushort*)(blk + 208));
-            var scales16 = Avx512BW.ConvertToVector512Int16(Vector256.Create(Vector128.Load((sbyte*)blk + 192), Vector128<sbyte>.Zero));
-            byte* yb = x + i * 292;
-            float d8 = *(float*)yb;
-            sbyte* q8 = (sbyte*)(yb + 4);
-            var l0 = Vector256.Load(blk); var l1 = Vector256.Load(blk + 32); var hb = Vector256.Load(blk + 128);
-            var w0 = Vector512.Create((l0 & m4) | Vector256.ShiftLeft((hb & m3).AsUInt16(), 4).AsByte(),
-                                      (l1 & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 2).AsByte() & m3).AsUInt16(), 4).AsByte());
-            var w1 = Vector512.Create((Vector256.ShiftRightLogical(l0.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 4).AsByte() & m3).AsUInt16(), 4).AsByte(),
-                                      (Vector256.ShiftRightLogical(l1.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 6).AsByte() & m3).AsUInt16(), 4).AsByte());
-            l0 = Vector256.Load(blk + 64); l1 = Vector256.Load(blk + 96); hb = Vector256.Load(blk + 160);
-            var w2 = Vector512.Create((l0 & m4) | Vector256.ShiftLeft((hb & m3).AsUInt16(), 4).AsByte(),
-                                      (l1 & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 2).AsByte() & m3).AsUInt16(), 4).AsByte());
-            var w3 = Vector512.Create((Vector256.ShiftRightLogical(l0.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 4).AsByte() & m3).AsUInt16(), 4).AsByte(),
-                                      (Vector256.ShiftRightLogical(l1.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 6).AsByte() & m3).AsUInt16(), 4).AsByte());
-            var p0 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w0, Vector512.Load(q8)), Avx512BW.PermuteVar32x16(scales16, perm6));
-            var p1 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w1, Vector512.Load(q8 + 64)), Avx512BW.PermuteVar32x16(scales16, perm6 + Vector512.Create((short)4)));
-            var p2 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w2, Vector512.Load(q8 + 128)), Avx512BW.PermuteVar32x16(scales16, perm6 + Vector512.Create((short)8)));
-            var p3 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w3, Vector512.Load(q8 + 192)), Avx512BW.PermuteVar32x16(scales16, perm6 + Vector512.Create((short)12)));
-            var sumi = (p0 + p1) + (p2 + p3);
-            var corr = Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(yb + 260)), scales16.GetLower()) * Vector256.Create(32);
-            sumi -= Vector512.Create(corr, Vector256<int>.Zero);
-            acc = Vector512.FusedMultiplyAdd(Vector512.Create(d * d8), Vector512.ConvertToSingle(sumi), acc);
+            DecodeQ6K(blk, out var w0, out var w1, out var w2, out var w3, out var s0, out var s1, out var s2, out var s3, out var scales, out float d);
+            Q6KStep(x + i * 292, w0, w1, w2, w3, s0, s1, s2, s3, scales, d, ref acc);
         }
         return Vector512.Sum(acc);
     }
