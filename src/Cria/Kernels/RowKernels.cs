@@ -539,7 +539,7 @@ public static unsafe class RowKernels
         {
             byte* blk = w + i * 34;
             decD[i] = Fp16.ToSingle(*(ushort*)blk);
-            Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)blk + 2)).Store(decQ + i * 32);
+            WidenQ80(blk).Store(decQ + i * 32);
         }
         int b = 0;
         for (; b + 4 <= B; b += 4)
@@ -618,8 +618,6 @@ public static unsafe class RowKernels
     static float Q801(byte* w, byte* x, int nb)
     {
         var acc = Vector512<float>.Zero;
-        float* xs = (float*)x;                 // [nb] scales
-        short* xq0 = (short*)(xs + nb);        // [nb, 32] int16 quants
         int i = 0;
         for (; i + 4 <= nb; i += 4)
         {
@@ -627,25 +625,21 @@ public static unsafe class RowKernels
             Sse.Prefetch0(blk + PrefetchDistance);
             Sse.Prefetch0(blk + PrefetchDistance + 64);
             Sse.Prefetch0(blk + PrefetchDistance + 128);
-            float d0 = Fp16.ToSingle(*(ushort*)blk), d1 = Fp16.ToSingle(*(ushort*)(blk + 34));
-            float d2 = Fp16.ToSingle(*(ushort*)(blk + 68)), d3 = Fp16.ToSingle(*(ushort*)(blk + 102));
-            short* xq = xq0 + i * 32;
-            var p0 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)blk + 2)), Vector512.Load(xq)));
-            var p1 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)blk + 36)), Vector512.Load(xq + 32)));
-            var p2 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)blk + 70)), Vector512.Load(xq + 64)));
-            var p3 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)blk + 104)), Vector512.Load(xq + 96)));
-            var t = Vector512.FusedMultiplyAdd(Vector512.Create(d1 * xs[i + 1]), p1, Vector512.Create(d0 * xs[i]) * p0);
-            var u = Vector512.FusedMultiplyAdd(Vector512.Create(d3 * xs[i + 3]), p3, Vector512.Create(d2 * xs[i + 2]) * p2);
-            acc += t + u;
+            Q80Step4(x, nb, i, WidenQ80(blk), WidenQ80(blk + 34), WidenQ80(blk + 68), WidenQ80(blk + 102),
+                Fp16.ToSingle(*(ushort*)blk), Fp16.ToSingle(*(ushort*)(blk + 34)),
+                Fp16.ToSingle(*(ushort*)(blk + 68)), Fp16.ToSingle(*(ushort*)(blk + 102)), ref acc);
         }
         for (; i < nb; i++)
         {
             byte* blk = w + i * 34;
-            var p0 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)blk + 2)), Vector512.Load(xq0 + i * 32)));
-            acc = Vector512.FusedMultiplyAdd(Vector512.Create(Fp16.ToSingle(*(ushort*)blk) * xs[i]), p0, acc);
+            Q80Step1(x, nb, i, WidenQ80(blk), Fp16.ToSingle(*(ushort*)blk), ref acc);
         }
         return Vector512.Sum(acc);
     }
+
+    /// <summary>A Q8_0 block's 32 quants sign-extended to int16.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<short> WidenQ80(byte* blk) => Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)blk + 2));
 
     // ---- F32 / F16 / BF16 weights × F32 activations --------------------------------------------------------------
     // The weight row is widened to F32 once into a per-thread buffer (L1-resident), then dotted with each activation
