@@ -99,7 +99,8 @@ public sealed class InferenceContext : IDisposable
             }
         }
         _actQ = new byte[1 + extra][];
-        _actQ[0] = GC.AllocateArray<byte>(b * 4 * Math.Max(Math.Max(c.Dim, c.QDim), c.FfnDim) + 64, pinned: true);
+        // F32 rows are the largest layout (RowKernels.ActivationRowBytes); 64 bytes more to start on a cache line
+        _actQ[0] = GC.AllocateArray<byte>(b * (4 * Math.Max(Math.Max(c.Dim, c.QDim), c.FfnDim) + 64) + 64, pinned: true);
         for (int i = 1; i <= extra; i++) _actQ[i] = GC.AllocateArray<byte>(b * extraRowBytes + 64, pinned: true);
         _cells = new int[b];
         _attention = new AttentionJob(c, Cache, threads);
@@ -280,14 +281,14 @@ public sealed class InferenceContext : IDisposable
             if (parts > 1) observer.Observe(w1.Name, input, B, cols);
             if (parts > 2) observer.Observe(w2.Name, input, B, cols);
         }
-        int bytes0 = PrepareActivations(w0.Type, x, cols, B, _actQ[0]);
+        int bytes0 = PrepareActivations(w0.Type, x, cols, B, 0);
         byte* a0 = ActPointer(0), a1 = a0, a2 = a0;
         int bytes1 = bytes0, bytes2 = bytes0, used = 1;
-        if (parts > 1 && w1.Type != w0.Type) { bytes1 = PrepareActivations(w1.Type, x, cols, B, _actQ[used]); a1 = ActPointer(used++); }
+        if (parts > 1 && w1.Type != w0.Type) { bytes1 = PrepareActivations(w1.Type, x, cols, B, used); a1 = ActPointer(used++); }
         if (parts > 2 && w2.Type != w0.Type)
         {
             if (w2.Type == w1.Type) { bytes2 = bytes1; a2 = a1; }
-            else { bytes2 = PrepareActivations(w2.Type, x, cols, B, _actQ[used]); a2 = ActPointer(used); }
+            else { bytes2 = PrepareActivations(w2.Type, x, cols, B, used); a2 = ActPointer(used); }
         }
         fixed (float* p0 = y0) fixed (float* p1 = y1) fixed (float* p2 = y2)
         {
@@ -300,23 +301,28 @@ public sealed class InferenceContext : IDisposable
         }
     }
 
-    unsafe byte* ActPointer(int i) => (byte*)Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(_actQ[i]));
+    /// <summary>Buffer i's first 64-byte boundary: rows whose size is a multiple of 64 then start on cache lines
+    /// (512-bit loads that straddle two lines cost ~1.5× in the float kernels).</summary>
+    unsafe byte* ActPointer(int i)
+    {
+        nint p = (nint)Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(_actQ[i]));
+        return (byte*)((p + 63) & ~(nint)63);
+    }
 
-    /// <summary>Converts B rows of x into the layout <paramref name="type"/>'s row kernel reads; returns bytes per row.</summary>
-    int PrepareActivations(GgmlType type, ReadOnlySpan<float> x, int cols, int B, byte[] dst)
+    /// <summary>Converts B rows of x into the layout <paramref name="type"/>'s row kernel reads, at
+    /// <see cref="ActPointer"/>(<paramref name="buffer"/>); returns bytes per row.</summary>
+    unsafe int PrepareActivations(GgmlType type, ReadOnlySpan<float> x, int cols, int B, int buffer)
     {
         int actBytes = RowKernels.ActivationRowBytes(type, cols);
+        byte* dst = ActPointer(buffer);
         if (B < 4 || _pool.Count == 1)
             for (int b = 0; b < B; b++)
-                RowKernels.PrepareActivations(type, x.Slice(b * cols, cols), dst.AsSpan(b * actBytes, actBytes));
+                RowKernels.PrepareActivations(type, x.Slice(b * cols, cols), new Span<byte>(dst + (long)b * actBytes, actBytes));
         else
-            unsafe
+            fixed (float* px = x)
             {
-                fixed (float* px = x)
-                {
-                    _prepare.Set(type, px, cols, B, dst, actBytes);
-                    _pool.Run(_prepare);
-                }
+                _prepare.Set(type, px, cols, B, dst, actBytes);
+                _pool.Run(_prepare);
             }
         return actBytes;
     }

@@ -41,6 +41,8 @@ internal sealed unsafe class MatMulJob : ParallelJob
         // Larger batches (prefill): about 32 KiB per chunk (one cache block), at least 16 chunks so workers balance.
         bool decode = batchRows <= RowKernels.Tile;
         int byBytes = Math.Max(1, (decode ? 262144 : 32768) / Math.Max(1, w.RowBytes));
+        // Float weights run in blocks of 4 rows (RowKernels.FloatBlock), so a prefill chunk holds at least 8 of them.
+        if (!decode && w.Type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16) byBytes = Math.Max(byBytes, 8);
         _chunk[p] = Math.Clamp(Math.Min(byBytes, w.Rows / (decode ? 8 : 16)), 1, decode ? int.MaxValue : 256);
     }
 
@@ -76,11 +78,11 @@ internal sealed unsafe class PrepareActivationsJob : ParallelJob
     GgmlType _type;
     float* _x;          // [B, n]
     int _n, _batch, _rowBytes;
-    byte[] _dst = [];   // [B, rowBytes]
+    byte* _dst;         // [B, rowBytes], pinned
 
     int _next;
 
-    public void Set(GgmlType weightType, float* x, int n, int batchRows, byte[] dst, int rowBytes)
+    public void Set(GgmlType weightType, float* x, int n, int batchRows, byte* dst, int rowBytes)
     {
         _type = weightType; _x = x; _n = n; _batch = batchRows; _dst = dst; _rowBytes = rowBytes; _next = 0;
     }
@@ -94,7 +96,7 @@ internal sealed unsafe class PrepareActivationsJob : ParallelJob
         {
             int b = Interlocked.Increment(ref _next) - 1;
             if (b >= _batch) return;
-            RowKernels.PrepareActivations(_type, new ReadOnlySpan<float>(_x + (long)b * _n, _n), _dst.AsSpan(b * _rowBytes, _rowBytes));
+            RowKernels.PrepareActivations(_type, new ReadOnlySpan<float>(_x + (long)b * _n, _n), new Span<byte>(_dst + (long)b * _rowBytes, _rowBytes));
         }
     }
 }

@@ -64,7 +64,7 @@ public unsafe class RowKernelTests
         var rng = new Random(91 + (int)type);
         foreach (int n in new[] { 256, 2816 })
         {
-            const int rows = 7;
+            const int rows = 11; // ranges [0, 3) and [3, 11): edges alone, and two 4-row blocks of the float kernel
             long rb = GgmlTypeInfo.RowBytes(type, n);
             var wq = new byte[rb * rows];
             for (int r = 0; r < rows; r++)
