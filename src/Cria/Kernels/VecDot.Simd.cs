@@ -89,7 +89,7 @@ public static partial class VecDot
 
     // 16 halves → floats: the same exact conversion the row kernels use (one implementation).
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> HalfToSingle(Vector512<uint> h) => RowKernels.HalfToSingle(h);
+    private static Vector512<float> HalfToSingle(Vector512<int> h) => RowKernels.HalfToSingle(h);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> HalfToSingle(Vector256<uint> h)
@@ -115,8 +115,8 @@ public static partial class VecDot
             Vector512<float> s0 = default, s1 = default;
             for (; i + 32 <= n; i += 32)
             {
-                var (xl, xh) = Vector512.Widen(Vector512.LoadUnsafe(ref x, (nuint)i));
-                var (yl, yh) = Vector512.Widen(Vector512.LoadUnsafe(ref y, (nuint)i));
+                var (xl, xh) = Vector512.Widen(Vector512.LoadUnsafe(ref Unsafe.As<ushort, short>(ref x), (nuint)i)); // sign-extended
+                var (yl, yh) = Vector512.Widen(Vector512.LoadUnsafe(ref Unsafe.As<ushort, short>(ref y), (nuint)i));
                 s0 = Vector512.FusedMultiplyAdd(HalfToSingle(xl), HalfToSingle(yl), s0);
                 s1 = Vector512.FusedMultiplyAdd(HalfToSingle(xh), HalfToSingle(yh), s1);
             }

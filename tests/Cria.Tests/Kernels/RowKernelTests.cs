@@ -121,7 +121,7 @@ public unsafe class RowKernelTests
         if (!System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated) return; // the scalar table is the path then
         for (int h0 = 0; h0 < 65536; h0 += 16)
         {
-            var v = System.Runtime.Intrinsics.Vector512.Create(Enumerable.Range(h0, 16).Select(i => (uint)i).ToArray());
+            var v = System.Runtime.Intrinsics.Vector512.Create(Enumerable.Range(h0, 16).Select(i => (int)(short)i).ToArray()); // sign-extended, as loaded
             var f = RowKernels.HalfToSingle(v);
             for (int l = 0; l < 16; l++)
             {
