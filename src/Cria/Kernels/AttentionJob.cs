@@ -264,10 +264,16 @@ internal sealed class AttentionJob : ParallelJob
         }
     }
 
+    /// <summary>F16 cache row → floats: 16 at a time with <see cref="RowKernels.LoadHalves"/> (exact, the same bits
+    /// as <see cref="Fp16.ToSingle"/>), the tail through the table.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void HalfToSingle(ReadOnlySpan<ushort> h, Span<float> y)
+    static unsafe void HalfToSingle(ReadOnlySpan<ushort> h, Span<float> y)
     {
-        for (int i = 0; i < y.Length; i++) y[i] = Fp16.ToSingle(h[i]);
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated && y.Length >= 16)
+            fixed (ushort* ph = h) fixed (float* py = y)
+                for (; i + 16 <= y.Length; i += 16) RowKernels.LoadHalves(ph + i).Store(py + i);
+        for (; i < y.Length; i++) y[i] = Fp16.ToSingle(h[i]);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

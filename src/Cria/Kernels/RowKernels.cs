@@ -859,7 +859,7 @@ public static unsafe class RowKernels
 
     /// <summary>16 halves from memory → 16 floats (<see cref="HalfToSingle(Vector512{int})"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector512<float> LoadHalves(ushort* p) => HalfToSingle(Avx512F.ConvertToVector512Int32(Vector256.Load((short*)p)));
+    internal static Vector512<float> LoadHalves(ushort* p) => HalfToSingle(Avx512F.ConvertToVector512Int32(Vector256.Load((short*)p)));
 
     /// <summary>F16 → F32 for a row; equals <see cref="Fp16.ToSingle"/> for every half.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
