@@ -3,10 +3,14 @@
 # perplexity on data/valid.txt (scripts/get-corpus.sh), copy-probe accuracy and decode tokens/s at 512, 2K and 8K
 # context; long-context perplexity with and without RoPE scaling; a 100K-token stream under eviction.
 # Writes docs/kv-cache/results.tsv and docs/kv-cache/kv-cache.svg. Usage: scripts/kv-cache-table.sh [THREADS] [CHUNKS]
+# Environment: SPEED=0 leaves the decode-speed cells empty (the slowest part on a busy machine); LONG=0 skips sections 3
+# and 4 (default model, F16 KV only); PASSKEY_MODEL=FILE adds section 5, pass-key accuracy of a model that can retrieve
+# (e.g. one fine-tuned with cria train --passkey-fraction) by format, eviction, length and depth -> passkey.tsv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${1:-2}
 CHUNKS=${2:-60}             # perplexity chunks of 256 tokens (the whole of data/valid.txt is ~195)
+SPEED=${SPEED:-1}; LONG=${LONG:-1}; PASSKEY_MODEL=${PASSKEY_MODEL:-}; TRIALS=${TRIALS:-10}
 [ -f data/valid.txt ] || scripts/get-corpus.sh
 dotnet build src/Cria.Cli -c Release -v q -nologo >/dev/null
 CLI=src/Cria.Cli/bin/Release/net10.0/Cria.Cli
@@ -24,7 +28,7 @@ tg() { nice $CLI bench models/default.gguf -p 0 -n 32 -r 3 -t $T -d "$1" "${@:2}
 # (decode speed only where the window size does not matter for it: f32 and the R = 32 variants are left out)
 while read -r name speed args; do
   echo "format $name" >&2
-  if [ "$speed" = y ]; then s1=$(tg 512 $args); s2=$(tg 2048 $args); s3=$(tg 8192 $args); else s1=; s2=; s3=; fi
+  if [ "$speed" = y ] && [ "$SPEED" = 1 ]; then s1=$(tg 512 $args); s2=$(tg 2048 $args); s3=$(tg 8192 $args); else s1=; s2=; s3=; fi
   printf 'format\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$(bpt $args)" "$(ppl $args)" "$(copy $args)" "$s1" "$s2" "$s3" >> $TSV
 done <<'EOF'
 f32 n --kv-type f32
@@ -49,7 +53,7 @@ echo "evict kivi2+snapkv" >&2
 printf 'evict\tkivi2-R32+snapkv-128\t\t%s\t\t\t\t\n' "$(ppl --kv-type kivi2 --kivi-residual 32 --kv-evict snapkv --kv-budget 128 -ub 32)" >> $TSV
 
 # 3. long context: perplexity with chunks beyond the trained 256 tokens, with and without RoPE scaling
-for ctx in 256 512 1024; do
+[ "$LONG" = 1 ] && for ctx in 256 512 1024; do
   [ "$ctx" = 256 ] && { printf 'longctx\tctx256-none\t\t%s\t\t\t\t\n' "$(grep -P '^format\tf16\t' $TSV | cut -f4)" >> $TSV; continue; }
   f=$((ctx / 256))
   ntk=$(awk -v s=$f 'BEGIN { printf "%.0f", 10000 * s ^ (32 / 30) }')   # NTK-aware: base · s^(d/(d−2)), head dim d = 32
@@ -65,12 +69,39 @@ EOF
 done
 
 # 4. a 100K-token stream under eviction: the KV cache is sized for 512 tokens and stays at the budget
-rm -f $OUT/stream.txt
-for d in 10000 100000; do
+[ "$LONG" = 1 ] && rm -f $OUT/stream.txt
+[ "$LONG" = 1 ] && for d in 10000 100000; do
   echo "stream $d" >&2
   nice $CLI bench models/default.gguf -p 0 -n 16 -r 1 -t $T -d $d -c 512 -ub 64 --kv-evict sinks --kv-budget 256 2>&1 \
     | grep -E 'tg16|peak RSS' | sed "s/^/stream d=$d: /" >> $OUT/stream.txt
 done
+
+# 5. pass-key retrieval (PASSKEY_MODEL, trained at context 512): lengths 256 and 512 in distribution, 1024 with YaRN
+# (factor 2 over 512); depths 0 … 1; TRIALS keys per cell; eviction after each 32-row prefill step.
+if [ -n "$PASSKEY_MODEL" ]; then
+  PK_TSV=$OUT/passkey.tsv
+  printf 'config\tlength\tdepth\ttoken_accuracy\texact_accuracy\n' > $PK_TSV
+  while read -r name args; do
+    echo "passkey $name" >&2
+    { nice $CLI passkey "$PASSKEY_MODEL" -t $T --lengths 256,512 --trials $TRIALS $args 2>&1
+      nice $CLI passkey "$PASSKEY_MODEL" -t $T --lengths 1024 --trials $TRIALS --rope-scaling yarn --rope-scale 2 --yarn-orig-ctx 512 $args 2>&1; } |
+      awk -F'|' -v n="$name" '
+        /^\| length/ { for (i = 3; i < NF - 1; i++) { d[i] = $i; gsub(/ /, "", d[i]) } }
+        /^\| [0-9]+ \|/ { len = $2; gsub(/ /, "", len)
+          for (i = 3; i < NF - 1; i++) { split($i, c, /[][ ]+/); printf "%s\t%s\t%s\t%s\t%s\n", n, len, d[i], c[2], c[3] } }' >> $PK_TSV
+  done <<'EOF'
+f16 --kv-type f16
+q8_0 --kv-type q8_0
+kivi4-R128 --kv-type kivi4 --kivi-residual 128
+kivi2-R128 --kv-type kivi2 --kivi-residual 128
+sinks-128 --kv-evict sinks --kv-budget 128 -ub 32
+sinks-256 --kv-evict sinks --kv-budget 256 -ub 32
+h2o-128 --kv-evict h2o --kv-budget 128 -ub 32
+h2o-256 --kv-evict h2o --kv-budget 256 -ub 32
+snapkv-128 --kv-evict snapkv --kv-budget 128 -ub 32
+snapkv-256 --kv-evict snapkv --kv-budget 256 -ub 32
+EOF
+fi
 
 scripts/kv-cache-svg.sh $TSV > $OUT/kv-cache.svg
 cat $TSV

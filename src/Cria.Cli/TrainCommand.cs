@@ -43,10 +43,12 @@ static class TrainCommand
         var evalBatches = new Option<int>("--eval-batches") { DefaultValueFactory = _ => 8 };
         var exportType = new Option<string>("--export-type") { DefaultValueFactory = _ => "f32", Description = "f32 or f16" };
         var name = new Option<string>("--name") { DefaultValueFactory = _ => "cria-trained" };
+        var init = new Option<string?>("--init") { Description = "start from this F32/F16 llama GGUF's weights and tokenizer (shape from the file; --ctx may change the context; fresh AdamW state)" };
+        var passkey = new Option<double>("--passkey-fraction") { Description = "fraction of training rows that are synthetic pass-key documents (cria passkey's prompt, filler from the corpus)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("train", "train a tokenizer and a Llama model from scratch on a text corpus")
         {
             corpus, valid, outDir, tokenizer, vocab, dim, layers, heads, kvHeads, ffn, ctx, tied, steps, batch, accum, lr, warmup, minLr, wd, clip,
-            seed, threads, resume, ckptMinutes, evalEvery, evalBatches, exportType, name,
+            seed, threads, resume, ckptMinutes, evalEvery, evalBatches, exportType, name, init, passkey,
         };
         cmd.SetAction(r =>
         {
@@ -66,8 +68,21 @@ static class TrainCommand
                 "f32" => GgmlType.F32, "f16" => GgmlType.F16,
                 var t => throw new CriaException($"--export-type must be f32 or f16, got '{t}'"),
             };
+            string? initPath = r.GetValue(init);
+            GgufImport.Imported? imported = null;
+            if (initPath != null)
+            {
+                if (r.GetValue(tokenizer) != null) throw new CriaException("--init brings its own tokenizer; do not give --tokenizer with it");
+                foreach (var o in new Option[] { vocab, dim, layers, heads, kvHeads, ffn, tied })
+                    if (r.GetResult(o) is { Implicit: false }) throw new CriaException($"--init takes the model's shape from {initPath}; do not give {o.Name} with it");
+                imported = GgufImport.Read(initPath);
+                shapeNoVocab = r.GetResult(ctx) is { Implicit: false } ? imported.Shape with { ContextLength = r.GetValue(ctx) } : imported.Shape;
+            }
+            double pkFraction = r.GetValue(passkey);
+            if (!(pkFraction >= 0 && pkFraction <= 1)) throw new CriaException($"--passkey-fraction must be in [0, 1], got {pkFraction}");
             var run = new TrainingRun
             {
+                Init = imported, InitPath = initPath, PasskeyFraction = pkFraction,
                 CorpusPath = r.GetValue(corpus)!, ValidPath = r.GetValue(valid), OutDir = r.GetValue(outDir)!, TokenizerPath = r.GetValue(tokenizer),
                 Shape = shapeNoVocab, Options = options, Resume = r.GetValue(resume), CheckpointMinutes = r.GetValue(ckptMinutes),
                 EvalEvery = r.GetValue(evalEvery), EvalBatches = r.GetValue(evalBatches), ExportType = type, Name = r.GetValue(name)!,
@@ -95,6 +110,10 @@ sealed class TrainingRun
     public GgmlType ExportType { get; init; }
     public required string Name { get; init; }
     public required string CommandLine { get; init; }
+    /// <summary>The model to start from (<c>--init</c>): its weights, shape and tokenizer.</summary>
+    public GgufImport.Imported? Init { get; init; }
+    public string? InitPath { get; init; }
+    public double PasskeyFraction { get; init; }
 
     public int Execute()
     {
@@ -122,6 +141,11 @@ sealed class TrainingRun
             if (peek.TokenizerHash != vocab.Hash()) throw new CriaException($"checkpoint {ckpt} was trained with another tokenizer than {tokPath}");
         }
         else if (TokenizerPath != null) vocab = TokenizerVocabulary.Load(TokenizerPath);
+        if (Init != null)
+        {
+            if (vocab != null && vocab.Hash() != Init.Vocabulary.Hash()) throw new CriaException($"{tokPath} is not the tokenizer of --init {InitPath}");
+            vocab = Init.Vocabulary;
+        }
 
         var log = Console.Error;
         var sw = Stopwatch.StartNew();
@@ -138,8 +162,19 @@ sealed class TrainingRun
         int[] validTokens = validText != null ? tok.Encode(validText, addBos: false) : [];
         log.WriteLine($"corpus: {train.Length:N0} training tokens ({(double)text.Length / train.Length:F2} chars/token), {validTokens.Length:N0} validation tokens");
 
-        using var trainer = new Trainer(shape, Options, train, tok.Bos);
+        PasskeyDocuments? pk = PasskeyFraction > 0 ? new PasskeyDocuments(tok, train, PasskeyDocumentsMin) : null;
+        using var trainer = new Trainer(shape, Options, train, tok.Bos)
+        {
+            Documents = pk != null ? (ref TrainingRng g, int max) => pk.Next(ref g, max).Tokens : null,
+            DocumentFraction = PasskeyFraction,
+        };
         ulong hash = vocab.Hash();
+        if (Init != null && !Resume)
+        {
+            trainer.SetParameters(Init.Parameters);
+            log.WriteLine($"initialised from {InitPath} ({Init.Shape}){(shape.ContextLength != Init.Shape.ContextLength ? $", trained now at context {shape.ContextLength}" : "")}");
+        }
+        if (pk != null) log.WriteLine($"{PasskeyFraction:P0} of the rows are synthetic pass-key documents ({PasskeyDocumentsMin}–{shape.ContextLength} tokens, filler from {CorpusPath})");
         var history = new List<string>();
         if (Resume)
         {
@@ -195,6 +230,8 @@ sealed class TrainingRun
         Console.Out.WriteLine($"done: {trainer.Step} steps, {trainer.TokensSeen:N0} tokens, best validation loss {(float.IsInfinity(bestVal) ? "n/a" : bestVal.ToString("F4"))}; model: {Path.Combine(OutDir, "model.gguf")}");
         return 0;
     }
+
+    const int PasskeyDocumentsMin = 64;
 
     void Export(Trainer t, TokenizerVocabulary vocab, string path) =>
         GgufExport.Write(path, t.Model.Layout, t.Model.Parameters, vocab, ExportType, Name, new Dictionary<string, object>

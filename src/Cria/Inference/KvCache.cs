@@ -34,7 +34,7 @@ public sealed class KvCache : IKvBlockPool
 
     readonly byte[][] _k;        // [layer][cell * KeyRowBytes]    F32/F16: [cell][kvHead][hd]; Q8_0: [cell][kvDim/32 blocks of 34 B]; KIVI: [cell][kvDim codes]
     readonly byte[][] _v;        // [layer][cell * ValueRowBytes]  F32/F16/Q8_0 as keys; KIVI: [cell][kvDim codes]
-    readonly ushort[][] _kParams; // KIVI: [layer][block * kvDim * 2] (F16 scale, F16 min) per channel of a key group
+    readonly ushort[][] _kParams; // KIVI: [layer][block][kvHead][3 + headDim]: F16 (d, dm, mlo), then (scale code | min code << 8) per channel of a key group
     readonly ushort[][] _vParams; // KIVI: [layer][cell * valueGroups * 2] (F16 scale, F16 min) per channel group of a value
     readonly Stack<ushort[][]> _rings = new();  // KIVI: free residual rings, [2 * layer (+1 for V)][slot * kvDim] F16
     readonly Stack<int> _free;
@@ -73,6 +73,9 @@ public sealed class KvCache : IKvBlockPool
     public int ValueRowBytes { get; }
     /// <summary>KIVI: channels per value group; tokens of the residual ring.</summary>
     public int ValueGroup { get; }
+    /// <summary>KIVI: ushorts of key parameters per block (per KV head: <see cref="Kivi.KeySuperParams"/> F16
+    /// super-parameters and one 8 + 8-bit code pair per channel).</summary>
+    public int KeyParamsPerBlock { get; }
     public int RingLength { get; }
     /// <summary>Total token capacity over all sequences (llama.cpp's n_ctx).</summary>
     public int Capacity => BlockCount * BlockSize;
@@ -122,6 +125,7 @@ public sealed class KvCache : IKvBlockPool
             _ => kvDim * bits / 8,
         };
         ValueRowBytes = KeyRowBytes;
+        KeyParamsPerBlock = Format.IsKivi ? kvDim + kvDim / HeadDim * Kivi.KeySuperParams : 0;
         long bytes = (long)BlockCount * blockSize * KeyRowBytes;
         if (bytes > Array.MaxLength) throw new CriaException($"KV cache of {capacityTokens} tokens x {KvDim} is too large for one layer buffer");
         _k = new byte[LayerCount][];
@@ -131,7 +135,7 @@ public sealed class KvCache : IKvBlockPool
         _vParams = new ushort[Format.IsKivi ? LayerCount : 0][];
         for (int l = 0; l < _kParams.Length; l++)
         {
-            _kParams[l] = new ushort[(long)BlockCount * kvDim * 2];
+            _kParams[l] = new ushort[(long)BlockCount * KeyParamsPerBlock];
             _vParams[l] = new ushort[(long)BlockCount * blockSize * (kvDim / ValueGroup) * 2];
         }
         _free = new Stack<int>(BlockCount);
@@ -142,10 +146,10 @@ public sealed class KvCache : IKvBlockPool
         _evictNode = new LinkedListNode<int>[BlockCount];
     }
 
-    /// <summary>Bytes per token in the block pool, all layers, K and V (KIVI: codes, value scales and the key scales
-    /// of a block spread over its G tokens; the F16 residual ring is counted by <see cref="RingBytesPerSequence"/>).</summary>
+    /// <summary>Bytes per token in the block pool, all layers, K and V (KIVI: codes, value scales and the key
+    /// parameters of a block spread over its G tokens; the F16 residual ring is counted by <see cref="RingBytesPerSequence"/>).</summary>
     public double BytesPerToken => Format.IsKivi
-        ? LayerCount * (2.0 * KeyRowBytes + KvDim * 4.0 / BlockSize + KvDim / ValueGroup * 4.0)
+        ? LayerCount * (2.0 * KeyRowBytes + KeyParamsPerBlock * 2.0 / BlockSize + KvDim / ValueGroup * 4.0)
         : 2.0 * LayerCount * KeyRowBytes;
 
     /// <summary>KIVI: bytes of one sequence's F16 residual ring (R + slack tokens, all layers, K and V); 0 otherwise.</summary>
@@ -219,7 +223,7 @@ public sealed class KvCache : IKvBlockPool
             Array.Copy(_v[l], (long)from * bs * ValueRowBytes, _v[l], (long)to * bs * ValueRowBytes, (long)bs * ValueRowBytes);
             if (Format.IsKivi)
             {
-                Array.Copy(_kParams[l], (long)from * KvDim * 2, _kParams[l], (long)to * KvDim * 2, KvDim * 2);
+                Array.Copy(_kParams[l], (long)from * KeyParamsPerBlock, _kParams[l], (long)to * KeyParamsPerBlock, KeyParamsPerBlock);
                 int vp = bs * (KvDim / ValueGroup) * 2;
                 Array.Copy(_vParams[l], (long)from * vp, _vParams[l], (long)to * vp, vp);
             }
@@ -331,20 +335,33 @@ public sealed class KvCache : IKvBlockPool
         if (cell % bs != bs - 1) return;
         // The block is full: quantize its keys per channel over its G tokens (read back from the ring). Codes are
         // laid out per token like the values ([cell][channel]), so the kernel decodes a key row with the block's
-        // per-channel scales; the quantization groups are still KIVI's (one channel over G tokens).
-        int block = cell / bs, first = pos - (bs - 1);
+        // per-channel scales; the quantization groups are still KIVI's (one channel over G tokens). The per-channel
+        // scales and mins are 8-bit codes under F16 super-parameters per KV head (Kivi.FitKeyParams).
+        int block = cell / bs, first = pos - (bs - 1), hd = HeadDim;
         var kr = ring[2 * layer];
         var kCodes = _k[layer].AsSpan(block * bs * KeyRowBytes, bs * KeyRowBytes);
         kCodes.Clear();
-        var kp = _kParams[layer].AsSpan(block * kvDim * 2, kvDim * 2);
         Span<byte> groupCodes = stackalloc byte[bs * bits / 8 + 1];
-        for (int ch = 0; ch < kvDim; ch++)
+        Span<float> mn = stackalloc float[hd], mx = stackalloc float[hd], kScale = stackalloc float[hd], kMin = stackalloc float[hd];
+        for (int h = 0; h < kvDim / hd; h++)
         {
-            for (int t = 0; t < bs; t++) x[t] = Fp16.ToSingle(kr[(first + t) % RingLength * kvDim + ch]);
-            var (scale, min) = Kivi.QuantizeGroup(x, bs, 1, bits, groupCodes);
-            kp[2 * ch] = scale; kp[2 * ch + 1] = min;
-            int bit = ch * bits;
-            for (int t = 0; t < bs; t++) kCodes[t * KeyRowBytes + (bit >> 3)] |= (byte)(Kivi.Code(groupCodes, t, bits) << (bit & 7));
+            for (int c = 0; c < hd; c++)
+            {
+                float lo = float.PositiveInfinity, hi = float.NegativeInfinity;
+                for (int t = 0; t < bs; t++) { float y = Fp16.ToSingle(kr[(first + t) % RingLength * kvDim + h * hd + c]); lo = MathF.Min(lo, y); hi = MathF.Max(hi, y); }
+                mn[c] = lo; mx[c] = hi;
+            }
+            var kp = _kParams[layer].AsSpan(block * KeyParamsPerBlock + h * (Kivi.KeySuperParams + hd), Kivi.KeySuperParams + hd);
+            Kivi.FitKeyParams(mn, mx, bits, kp);
+            Kivi.DecodeKeyParams(kp, kScale, kMin);
+            for (int c = 0; c < hd; c++)
+            {
+                int ch = h * hd + c;
+                for (int t = 0; t < bs; t++) x[t] = Fp16.ToSingle(kr[(first + t) % RingLength * kvDim + ch]);
+                Kivi.QuantizeWith(x, bs, 1, kScale[c], kMin[c], bits, groupCodes);
+                int bit = ch * bits;
+                for (int t = 0; t < bs; t++) kCodes[t * KeyRowBytes + (bit >> 3)] |= (byte)(Kivi.Code(groupCodes, t, bits) << (bit & 7));
+            }
         }
     }
 

@@ -73,7 +73,14 @@ public static class Kivi
         for (int i = 0; i < count; i++) { float v = x[i * stride]; mn = MathF.Min(mn, v); mx = MathF.Max(mx, v); }
         int maxCode = (1 << bits) - 1;
         ushort hMin = Fp16.FromSingle(mn), hScale = Fp16.FromSingle((mx - mn) / maxCode);
-        float min = Fp16.ToSingle(hMin), scale = Fp16.ToSingle(hScale);
+        QuantizeWith(x, count, stride, Fp16.ToSingle(hScale), Fp16.ToSingle(hMin), bits, codes);
+        return (hScale, hMin);
+    }
+
+    /// <summary>b-bit codes of a group for a given (decoded) scale and min: round((x − min) / scale), clamped.</summary>
+    public static void QuantizeWith(ReadOnlySpan<float> x, int count, int stride, float scale, float min, int bits, Span<byte> codes)
+    {
+        int maxCode = (1 << bits) - 1;
         float inv = scale > 0 ? 1f / scale : 0f;
         codes.Slice(0, (count * bits + 7) / 8).Clear();
         for (int i = 0; i < count; i++)
@@ -82,7 +89,78 @@ public static class Kivi
             q = Math.Clamp(q, 0, maxCode);
             codes[i * bits >> 3] |= (byte)(q << (i * bits & 7));
         }
-        return (hScale, hMin);
+    }
+
+    // ---- key parameters, K-quant style (llama.cpp's Q4_K keeps 6-bit sub-block scales and mins under F16 super-scales)
+    /// <summary>F16 super-parameters in front of the per-channel codes of one key block and KV head:
+    /// [d, dm, mlo] = step of the scale codes, step of the min codes, base of the mins.</summary>
+    public const int KeySuperParams = 3;
+
+    /// <summary>
+    /// Fits the per-channel (scale, min) of one key block (G tokens) and one KV head as 8-bit codes under F16
+    /// super-parameters: min_c = mlo + m_c · dm and scale_c = s_c · d with m_c, s_c ∈ [0, 255], stored as
+    /// <c>p = [d, dm, mlo, (s_0 | m_0 &lt;&lt; 8), (s_1 | m_1 &lt;&lt; 8), …]</c> (3 + channels ushorts; 2 bytes per channel
+    /// instead of KIVI's 4). Each channel's range stays covered: the min code rounds down (min_c ≤ mn_c, mlo and dm
+    /// rounded to F16 outward), then the scale code rounds up over [min_c, mx_c], so only the step grows, by at most
+    /// one scale step d plus dm/(2^b − 1). <paramref name="mn"/>/<paramref name="mx"/>: each channel's min and max.
+    /// </summary>
+    public static void FitKeyParams(ReadOnlySpan<float> mn, ReadOnlySpan<float> mx, int bits, Span<ushort> p)
+    {
+        int n = mn.Length, maxCode = (1 << bits) - 1;
+        float lo = float.PositiveInfinity, hi = float.NegativeInfinity;
+        for (int c = 0; c < n; c++) { lo = MathF.Min(lo, mn[c]); hi = MathF.Max(hi, mn[c]); }
+        ushort hLo = F16AtMost(lo);
+        float mlo = Fp16.ToSingle(hLo);
+        ushort hDm = F16AtLeast((hi - mlo) / 255f);
+        float dm = Fp16.ToSingle(hDm);
+        Span<float> need = stackalloc float[n];
+        float sMax = 0;
+        for (int c = 0; c < n; c++)
+        {
+            int m = dm > 0 ? Math.Clamp((int)MathF.Floor((mn[c] - mlo) / dm), 0, 255) : 0;
+            float min = m * dm + mlo;
+            if (min > mn[c] && m > 0) { m--; min = m * dm + mlo; } // float rounding: keep min_c ≤ mn_c
+            p[KeySuperParams + c] = (ushort)(m << 8);
+            need[c] = MathF.Max(0, (mx[c] - min) / maxCode);
+            sMax = MathF.Max(sMax, need[c]);
+        }
+        ushort hD = F16AtLeast(sMax / 255f);
+        float d = Fp16.ToSingle(hD);
+        for (int c = 0; c < n; c++)
+        {
+            int sc = d > 0 ? Math.Clamp((int)MathF.Ceiling(need[c] / d), 0, 255) : 0;
+            if (sc < 255 && sc * d < need[c]) sc++; // float rounding: keep min_c + maxCode · scale_c ≥ mx_c
+            p[KeySuperParams + c] |= (ushort)sc;
+        }
+        p[0] = hD; p[1] = hDm; p[2] = hLo;
+    }
+
+    /// <summary>Decodes <see cref="FitKeyParams"/>' codes: scale_c = s_c · d, min_c = m_c · dm + mlo.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void DecodeKeyParams(ReadOnlySpan<ushort> p, Span<float> scale, Span<float> min)
+    {
+        float d = Fp16.ToSingle(p[0]), dm = Fp16.ToSingle(p[1]), mlo = Fp16.ToSingle(p[2]);
+        for (int c = 0; c < scale.Length; c++)
+        {
+            int code = p[KeySuperParams + c];
+            scale[c] = (code & 0xFF) * d;
+            min[c] = (code >> 8) * dm + mlo;
+        }
+    }
+
+    /// <summary>The largest F16 ≤ x (x finite).</summary>
+    static ushort F16AtMost(float x)
+    {
+        ushort h = Fp16.FromSingle(x);
+        if (Fp16.ToSingle(h) <= x) return h;
+        return (h & 0x8000) != 0 ? (ushort)(h + 1) : h == 0 ? (ushort)0x8001 : (ushort)(h - 1); // one F16 step down
+    }
+
+    /// <summary>The smallest F16 ≥ x (x ≥ 0, finite).</summary>
+    static ushort F16AtLeast(float x)
+    {
+        ushort h = Fp16.FromSingle(x);
+        return Fp16.ToSingle(h) >= x ? h : (ushort)(h + 1);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -62,12 +62,7 @@ public sealed class PasskeyProbe(InferenceContext context, Tokenizer tokenizer)
     {
         string needle, question, answer;
         if (task == PasskeyTask.Passkey)
-        {
-            string key = rng.Next(10000, 100000).ToString(System.Globalization.CultureInfo.InvariantCulture);
-            needle = $" The pass key is {key}. Remember it. {key} is the pass key. ";
-            question = " What is the pass key? The pass key is";
-            answer = " " + key;
-        }
+            (needle, question, answer) = PasskeyText(rng.Next(10000, 100000));
         else
         {
             var w = Enumerable.Range(0, 12).Select(_ => Words[rng.Next(Words.Length)]).ToArray();
@@ -76,16 +71,36 @@ public sealed class PasskeyProbe(InferenceContext context, Tokenizer tokenizer)
             question = " " + w[0] + " " + w[1];
             answer = " " + string.Join(" ", w.Skip(2)) + ".";
         }
+        var fillerUnit = tokenizer.Encode(Filler, addBos: false);
+        return Assemble(tokenizer, needle, question, answer, length, depth, i => fillerUnit[i % fillerUnit.Length]);
+    }
+
+    /// <summary>Mohtashami &amp; Jaggi's pass-key needle, question and answer for a 5-digit key.</summary>
+    public static (string Needle, string Question, string Answer) PasskeyText(int key)
+    {
+        string k = key.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        return ($" The pass key is {k}. Remember it. {k} is the pass key. ", " What is the pass key? The pass key is", " " + k);
+    }
+
+    /// <summary>
+    /// The token layout of a probe prompt, shared with the synthetic training documents
+    /// (<see cref="Cria.Training.PasskeyDocuments"/>) so both see exactly the same tokens:
+    /// BOS, filler[0, at), needle, filler[at, n), question | answer, where n makes the whole about
+    /// <paramref name="length"/> tokens and at = round(depth · n). The needle is tokenized alone, the question and answer
+    /// as one string split where the question's tokens end.
+    /// </summary>
+    public static (int[] Prompt, int[] Answer) Assemble(Tokenizer tokenizer, string needle, string question, string answer,
+        int length, double depth, Func<int, int> fillerToken)
+    {
         var head = tokenizer.Encode("", addBos: true);
         var n = tokenizer.Encode(needle, addBos: false);
         int qLen = tokenizer.Encode(question, addBos: false).Length;
         var qa = tokenizer.Encode(question + answer, addBos: false); // one tokenization, split where the question ends
         var q = qa.Take(qLen).ToArray();
         var a = qa.Skip(qLen).ToArray();
-        var fillerUnit = tokenizer.Encode(Filler, addBos: false);
         int fillerLen = Math.Max(0, length - head.Length - n.Length - q.Length - a.Length);
         var filler = new int[fillerLen];
-        for (int i = 0; i < fillerLen; i++) filler[i] = fillerUnit[i % fillerUnit.Length];
+        for (int i = 0; i < fillerLen; i++) filler[i] = fillerToken(i);
         int at = (int)Math.Round(depth * fillerLen);
         var prompt = head.Concat(filler.Take(at)).Concat(n).Concat(filler.Skip(at)).Concat(q).ToArray();
         return (prompt, a);

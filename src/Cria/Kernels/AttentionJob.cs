@@ -79,7 +79,7 @@ internal sealed class AttentionJob : ParallelJob
         public readonly ushort[]? VParams = cache.Format.IsKivi ? cache.ValueParams(layer) : null;
         public readonly int Layer = layer, BlockSize = cache.BlockSize, KvDim = cache.KvDim, RowBytes = cache.KeyRowBytes;
         public readonly int Bits = cache.Format.KiviBits, Residual = cache.Format.KiviResidual, RingLength = cache.RingLength;
-        public readonly int ValueGroup = cache.ValueGroup;
+        public readonly int ValueGroup = cache.ValueGroup, KeyParamsPerBlock = cache.KeyParamsPerBlock;
     }
 
     /// <summary>
@@ -240,8 +240,7 @@ internal sealed class AttentionJob : ParallelJob
         {
             Span<float> scale = stackalloc float[hd];
             Span<float> min = stackalloc float[hd];
-            var kp = kv.KParams!.AsSpan((block * kvDim + off) * 2, hd * 2);
-            for (int i = 0; i < hd; i++) { scale[i] = Fp16.ToSingle(kp[2 * i]); min[i] = Fp16.ToSingle(kp[2 * i + 1]); }
+            Kivi.DecodeKeyParams(kv.KParams!.AsSpan(block * kv.KeyParamsPerBlock + g * (Kivi.KeySuperParams + hd), Kivi.KeySuperParams + hd), scale, min);
             for (int r = 0; r < quantK; r++)
                 Kivi.DequantizeRow(kv.K.AsSpan((block * bs + r0 + r) * kv.RowBytes + off * bits / 8, hd * bits / 8), bits, scale, min, kTile.Slice(r * hd, hd));
         }

@@ -63,6 +63,15 @@ public sealed class Trainer : IDisposable
     readonly int _bos;
     TrainingRng _rng;
 
+    /// <summary>A synthetic training document (tokens without BOS, at most maxTokens) drawn with the trainer's RNG.</summary>
+    public delegate int[] DocumentSource(ref TrainingRng rng, int maxTokens);
+
+    /// <summary>Optional synthetic documents mixed into the batches: a row is, with probability
+    /// <see cref="DocumentFraction"/>, BOS + one document, continued by corpus text from a random offset when the document
+    /// is shorter than the row. Null (the default) leaves the sampling, and its RNG stream, as without it.</summary>
+    public DocumentSource? Documents { get; init; }
+    public double DocumentFraction { get; init; }
+
     public Trainer(LlamaShape shape, TrainingOptions options, int[] trainTokens, int bos, int? seqLen = null)
     {
         Options = options;
@@ -91,6 +100,13 @@ public sealed class Trainer : IDisposable
             var tokens = m.Tokens; var targets = m.Targets;
             for (int b = 0; b < B; b++)
             {
+                if (Documents != null && _rng.NextDouble() < DocumentFraction)
+                {
+                    var doc = Documents(ref _rng, T);
+                    int at = _rng.Next(_data.Length - T + 1);
+                    FillDocument(tokens.Slice(b * T, T), targets.Slice(b * T, T), doc, _data, at, _bos);
+                    continue;
+                }
                 int off = _rng.Next(_data.Length - T + 1);
                 FillSequence(tokens.Slice(b * T, T), targets.Slice(b * T, T), _data, off, _bos);
             }
@@ -112,6 +128,26 @@ public sealed class Trainer : IDisposable
         tokens[0] = bos;
         data.AsSpan(off, T - 1).CopyTo(tokens[1..]);
         data.AsSpan(off, T).CopyTo(targets);
+    }
+
+    /// <summary>s = doc ++ data[off…] (doc cut to the row): tokens = [BOS, s[0], …, s[T−2]], targets = [s[0], …, s[T−1]].</summary>
+    public static void FillDocument(Span<int> tokens, Span<int> targets, int[] doc, int[] data, int off, int bos)
+    {
+        int T = tokens.Length;
+        int n = Math.Min(doc.Length, T);
+        doc.AsSpan(0, n).CopyTo(targets);
+        data.AsSpan(off, T - n).CopyTo(targets[n..]);
+        tokens[0] = bos;
+        targets[..^1].CopyTo(tokens[1..]);
+    }
+
+    /// <summary>Replaces the (freshly initialised) parameters with <paramref name="parameters"/>, e.g. an imported model's
+    /// (<see cref="GgufImport"/>); only before the first step, so the AdamW moments are still zero.</summary>
+    public void SetParameters(ReadOnlySpan<float> parameters)
+    {
+        if (Step != 0) throw new CriaException($"parameters can only be set before the first step (the trainer is at step {Step})");
+        if (parameters.Length != Model.Layout.Count) throw new CriaException($"{parameters.Length} parameters given, the model has {Model.Layout.Count}");
+        parameters.CopyTo(Model.Parameters);
     }
 
     float GradientNorm()

@@ -64,6 +64,50 @@ public class KvFormatTests
         }
     }
 
+    /// <summary>Key scales and mins as 8-bit codes under F16 super-parameters: every channel's range stays covered
+    /// (decoded min ≤ the channel's min, min + (2^b − 1)·scale ≥ its max), the scale grows by at most one code step d
+    /// plus dm/(2^b − 1) over the exact KIVI scale, so each element is within half a step of its code; and outlier
+    /// channels, negative and constant channels all round-trip.</summary>
+    [Theory]
+    [InlineData(2)]
+    [InlineData(4)]
+    public void KeyParamsAreEightBitCodesThatCoverEachChannel(int bits)
+    {
+        var rng = new Random(11 + bits);
+        int maxCode = (1 << bits) - 1;
+        for (int trial = 0; trial < 50; trial++)
+        {
+            int hd = 32, G = 32;
+            var x = new float[hd][];
+            for (int c = 0; c < hd; c++)
+            {
+                float bias = c % 7 == 0 ? (float)(rng.NextDouble() * 40 - 20) : (float)(rng.NextDouble() * 2 - 1); // outlier channels
+                float spread = c == 5 ? 0 : (float)(rng.NextDouble() * (c % 3 == 0 ? 8 : 0.5));                // one constant channel
+                x[c] = Enumerable.Range(0, G).Select(_ => Fp16.Round(bias + (float)(rng.NextDouble() - 0.5) * spread)).ToArray();
+            }
+            var mn = x.Select(a => a.Min()).ToArray(); var mx = x.Select(a => a.Max()).ToArray();
+            var p = new ushort[Kivi.KeySuperParams + hd];
+            Kivi.FitKeyParams(mn, mx, bits, p);
+            var scale = new float[hd]; var min = new float[hd];
+            Kivi.DecodeKeyParams(p, scale, min);
+            float d = Fp16.ToSingle(p[0]), dm = Fp16.ToSingle(p[1]);
+            var codes = new byte[G * bits / 8];
+            for (int c = 0; c < hd; c++)
+            {
+                Assert.True(min[c] <= mn[c], $"channel {c}: decoded min {min[c]} above the channel's min {mn[c]}");
+                Assert.True(min[c] + maxCode * scale[c] >= mx[c] - 1e-6f * Math.Abs(mx[c]), $"channel {c}: range {min[c]} + {maxCode}·{scale[c]} below max {mx[c]}");
+                float exact = (mx[c] - mn[c]) / maxCode;
+                Assert.True(scale[c] <= exact + d + dm / maxCode + 1e-6f, $"channel {c}: scale {scale[c]} vs exact {exact} (d {d}, dm {dm})");
+                Kivi.QuantizeWith(x[c], G, 1, scale[c], min[c], bits, codes);
+                for (int t = 0; t < G; t++)
+                {
+                    float y = Kivi.Code(codes, t, bits) * scale[c] + min[c];
+                    Assert.True(Math.Abs(y - x[c][t]) <= scale[c] / 2 * 1.0001f + 1e-6f, $"channel {c} token {t}: {y} vs {x[c][t]} (scale {scale[c]})");
+                }
+            }
+        }
+    }
+
     /// <summary>
     /// KIVI's reference cache (LlamaAttention_KIVI) as a state machine: after a prefill of L tokens the keys hold
     /// L − L mod R quantized and the rest full, the values max(0, L − R) quantized; each decode step appends the new token
@@ -134,15 +178,20 @@ public class KvFormatTests
                     return y;
             }
             if (t >= Kivi.QuantizedKeyEnd(p, R)) { for (int i = 0; i < kvDim; i++) y[i] = H(k[t][i]); return y; }
+            // per channel over the G tokens of the block; the channels' scales and mins as 8-bit codes per KV head
             int g0 = t / G * G;
-            for (int ch = 0; ch < kvDim; ch++)
+            for (int h = 0; h < kvHeads; h++)
             {
-                var grp = Enumerable.Range(g0, G).Select(u => H(k[u][ch])).ToArray();
-                var codes = new byte[G * bits / 8];
-                var (hs, hm) = Kivi.QuantizeGroup(grp, G, 1, bits, codes);
-                var d = new float[G];
-                Kivi.DequantizeGroup(codes, G, bits, hs, hm, d);
-                y[ch] = d[t - g0];
+                var grp = Enumerable.Range(0, hd).Select(c => Enumerable.Range(g0, G).Select(u => H(k[u][h * hd + c])).ToArray()).ToArray();
+                var prm = new ushort[Kivi.KeySuperParams + hd];
+                Kivi.FitKeyParams(grp.Select(a => a.Min()).ToArray(), grp.Select(a => a.Max()).ToArray(), bits, prm);
+                var sc = new float[hd]; var mn = new float[hd];
+                Kivi.DecodeKeyParams(prm, sc, mn);
+                for (int c = 0; c < hd; c++)
+                {
+                    int code = sc[c] > 0 ? Math.Clamp((int)MathF.Round((grp[c][t - g0] - mn[c]) * (1f / sc[c])), 0, (1 << bits) - 1) : 0;
+                    y[h * hd + c] = code * sc[c] + mn[c];
+                }
             }
             return y;
         }
@@ -285,9 +334,17 @@ public class KvFormatTests
         double f16 = new KvCache(c, 256, format: KvFormat.F16).BytesPerToken;
         Assert.Equal(6 * 2 * 64 * 2, f16);
         Assert.Equal(6 * 2 * 64 / 32 * 34, new KvCache(c, 256, format: new KvFormat { Type = KvCacheType.Q8_0 }).BytesPerToken);
-        // KIVI-2, G = 32: per layer and channel, 2 bits of K + 2 bits of V + (F16 scale + min) per 32 tokens (K) and per 32 channels (V).
+        // KIVI-2, G = 32: per layer and channel, 2 bits of K + 2 bits of V + (8-bit scale + 8-bit min) per 32 tokens
+        // (K, plus 3 F16 super-parameters per KV head and block) and (F16 scale + min) per 32 channels (V).
         double kivi2 = new KvCache(c, 256, format: new KvFormat { Type = KvCacheType.Kivi2 }).BytesPerToken;
-        Assert.Equal(6 * (2 * 64 * 2 / 8.0 + 64 * 4 / 32.0 + 2 * 4), kivi2);
-        Assert.True(kivi2 / f16 <= 0.1875 + 1e-9);
+        Assert.Equal(6 * (2 * 64 * 2 / 8.0 + (64 * 2 + 2 * 3 * 2) / 32.0 + 2 * 4), kivi2);
+        Assert.Equal(266.25, kivi2);
+        Assert.Equal(6 * (2 * 64 * 4 / 8.0 + (64 * 2 + 2 * 3 * 2) / 32.0 + 2 * 4), new KvCache(c, 256, format: new KvFormat { Type = KvCacheType.Kivi4 }).BytesPerToken);
+        // the target, F16 window of R = 128 tokens included: ≤ 0.2 × F16 at 8K context (from 4 802 tokens on)
+        var window = new KvCache(c, 256, format: new KvFormat { Type = KvCacheType.Kivi2, KiviResidual = 128 });
+        double At(int n) => (kivi2 * n + 128 * f16) / (n * f16);
+        Assert.True(At(8192) <= 0.2, $"KIVI-2 at 8K with R = 128: {At(8192):F4} × F16");
+        Assert.True(At(4802) <= 0.2 && At(4801) > 0.2, $"{At(4802)} {At(4801)}");
+        Assert.Equal(128 * f16 + 512 * f16, window.RingBytesPerSequence); // the ring itself: R + micro-batch slack, F16
     }
 }
