@@ -14,7 +14,7 @@ public sealed record QuantizeOptions
     public IReadOnlyDictionary<string, float[]>? Imatrix { get; init; }
     /// <summary>With an imatrix, the encodings each block chooses among by activation-weighted error
     /// (<see cref="Quantize.RowCalibrated"/>); <see cref="CalibratedCandidates.Ggml"/> alone is llama-quantize --imatrix.</summary>
-    public CalibratedCandidates ImatrixCandidates { get; init; } = CalibratedCandidates.All;
+    public CalibratedCandidates ImatrixCandidates { get; init; } = CalibratedCandidates.Default;
     /// <summary>Every quantized tensor gets the file type's base type (llama-quantize --pure).</summary>
     public bool Pure { get; init; }
     /// <summary>Quantize output.weight too (llama.cpp's default); false keeps it as it is in the input.</summary>
@@ -166,7 +166,7 @@ public static class ModelQuantizer
     /// in chunks of at least 16384 values (llama.cpp's chunking); every row's bytes depend on that row alone. With
     /// <paramref name="quantWeights"/>, each block takes the best of <paramref name="candidates"/> (<see cref="Quantize.RowCalibrated"/>).</summary>
     public static byte[] QuantizeMatrix(GgmlType type, float[] values, int cols, int rows, float[]? quantWeights, int threads, CancellationToken cancel = default,
-        CalibratedCandidates candidates = CalibratedCandidates.All)
+        CalibratedCandidates candidates = CalibratedCandidates.Default)
     {
         int rowBytes = checked((int)GgmlTypeInfo.RowBytes(type, cols));
         var dst = new byte[(long)rowBytes * rows];

@@ -23,6 +23,10 @@ public enum CalibratedCandidates
     /// <summary>The same search with the importance alone as weights (no √(σ² + x²) factor).</summary>
     Importance = 4,
     All = Reference | Ggml | Importance,
+    /// <summary>What <c>cria quantize --imatrix</c> uses: never worse than either of ggml's quantizers on the
+    /// activation-weighted error (the importance-only candidate lowers that error further but not perplexity; see
+    /// docs/quantization.md).</summary>
+    Default = Reference | Ggml,
 }
 
 public static partial class Quantize
@@ -36,7 +40,7 @@ public static partial class Quantize
     /// quant_weights in ggml (F32/F16/BF16/Q8_*) and an empty importance take the reference path.
     /// </summary>
     public static void RowCalibrated(GgmlType type, ReadOnlySpan<float> src, Span<byte> dst, ReadOnlySpan<float> importance,
-        CalibratedCandidates candidates = CalibratedCandidates.All)
+        CalibratedCandidates candidates = CalibratedCandidates.Default)
     {
         if (importance.IsEmpty || type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q8_1 or GgmlType.Q8_K)
         {

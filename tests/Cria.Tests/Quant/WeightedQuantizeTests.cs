@@ -80,11 +80,15 @@ public sealed class CalibratedChooserTests(ITestOutputHelper output)
             Quantize.Row(t, x, plain);
             Quantize.Row(t, x, ggml, qw);
             Quantize.RowCalibrated(t, x, imp, qw, CalibratedCandidates.Importance);
-            Quantize.RowCalibrated(t, x, best, qw);
+            Quantize.RowCalibrated(t, x, best, qw, CalibratedCandidates.All);
+            var dflt = new byte[rowBytes];
+            Quantize.RowCalibrated(t, x, dflt, qw);
+            double ed = Quantize.WeightedError(t, x, dflt, qw);
             double ep = Quantize.WeightedError(t, x, plain, qw), eg = Quantize.WeightedError(t, x, ggml, qw);
             double ei = Quantize.WeightedError(t, x, imp, qw), eb = Quantize.WeightedError(t, x, best, qw);
             Assert.True(eb <= ep * (1 + 1e-12) && eb <= eg * (1 + 1e-12) && eb <= ei * (1 + 1e-12),
                 $"{t} row {r}: chosen error {eb} above a candidate's (plain {ep}, ggml {eg}, importance {ei})");
+            Assert.True(ed <= ep * (1 + 1e-12) && ed <= eg * (1 + 1e-12), $"{t} row {r}: default choice's error {ed} above plain {ep} or ggml {eg}");
             // Block by block too: every block of the chosen row is one of the candidates' blocks.
             for (int b = 0; b < n / qk; b++)
             {
