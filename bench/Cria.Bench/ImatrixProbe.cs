@@ -247,7 +247,7 @@ static class ImatrixProbe
         foreach (var (k, v) in _noBos)
         {
             var all = _noBos[k];
-            Console.WriteLine($"  {k}: max/mean importance {v.Max() / v.Average():F1}");
+            _ = all;
             break;
         }
         return _noBos;
