@@ -19,6 +19,8 @@ CultureInfo.DefaultThreadCurrentCulture = ci;
 CultureInfo.CurrentCulture = ci;
 if (args.Length > 0 && args[0] == "quant-table") return QuantTable.Run(args[1..]);
 if (args.Length > 0 && args[0] == "quant-time") return QuantTable.Time(args[1..]);
+if (args.Length > 0 && args[0] == "imatrix-probe") return ImatrixProbe.Run(args[1..]);
+if (args.Length > 0 && args[0] == "quant-micro") return ImatrixProbe.Micro(args[1..]);
 
 string? model = null, summary = null, engineOnly = null;
 int threads = 2, rounds = 3, reps = 5, pp = 512, tg = 128;

@@ -29,7 +29,8 @@ static class QuantTable
         var ci = CultureInfo.InvariantCulture;
         string model = "models/default.gguf", train = "data/train.txt", valid = "data/valid.txt", outDir = "bench/quant", docs = "docs";
         int ctx = 128, chunks = 40, calibChunks = 64, threads = 2;
-        string? only = null;
+        string? only = null, merge = null;
+        string[] variants = ["plain", "imatrix", "awq"];
         for (int i = 0; i < args.Length; i++)
         {
             string a = args[i];
@@ -46,6 +47,8 @@ static class QuantTable
                 case "--calib-chunks": calibChunks = int.Parse(Next(), ci); break;
                 case "--threads": threads = int.Parse(Next(), ci); break;
                 case "--types": only = Next(); break;
+                case "--variants": variants = Next().Split(','); break;
+                case "--merge": merge = Next(); break;
                 default: Console.Error.WriteLine($"unknown argument '{a}'"); return 2;
             }
         }
@@ -74,16 +77,17 @@ static class QuantTable
         foreach (var tn in types)
         {
             var ftype = QuantMix.Parse(tn);
-            foreach (var variant in new[] { "plain", "imatrix", "awq" })
+            foreach (var variant in variants)
             {
                 string path = Path.Combine(outDir, $"default-{tn}-{variant}.gguf");
                 var opt = new QuantizeOptions { FileType = ftype, Threads = threads, Force = true };
                 if (variant == "imatrix") opt = opt with { Imatrix = im.Values };
-                if (variant == "awq")
+                if (variant == "awq+imatrix") opt = opt with { Imatrix = im.Values };
+                if (variant.StartsWith("awq", StringComparison.Ordinal))
                 {
                     using var m = LlamaModel.Open(model);
                     var res = Awq.Search(m, awqStats, opt, new AwqOptions { ContextSize = ctx, Threads = threads });
-                    opt = opt with { Override = n => res.Overrides.GetValueOrDefault(n) };
+                    opt = opt with { Override = n => res.Overrides.GetValueOrDefault(n), Imatrix = res.Imatrix ?? opt.Imatrix };
                 }
                 var rep = ModelQuantizer.Run(model, path, opt);
                 string note = "";
@@ -102,19 +106,31 @@ static class QuantTable
             }
         }
 
+        if (merge != null)
+        {
+            // Rows of an earlier run (same model, chunks and calibration) for the type/variant pairs not run now.
+            foreach (var line in File.ReadLines(merge).Skip(1))
+            {
+                var c = line.Split('\t');
+                if (c.Length < 5 || rows.Any(r => r.Type == c[0] && r.Variant == c[1])) continue;
+                rows.Add(new Row(c[0], c[1], double.Parse(c[2], ci), double.Parse(c[3], ci), double.Parse(c[4], ci), c.Length > 5 ? c[5] : ""));
+            }
+            var order = new List<string> { "F32" }; order.AddRange(Types);
+            rows = rows.OrderBy(r => order.IndexOf(r.Type) is int k && k >= 0 ? k : 99).ThenBy(r => Array.IndexOf(new[] { "plain", "imatrix", "awq", "awq+imatrix" }, r.Variant)).ToList();
+        }
         var tsv = new StringBuilder("type\tvariant\tbpw\tppl_cria\tppl_llamacpp\tnote\n");
         foreach (var r in rows) tsv.Append(ci, $"{r.Type}\t{r.Variant}\t{r.Bpw:F4}\t{r.PplCria:F4}\t{r.PplLlama:F4}\t{r.Note}\n");
         File.WriteAllText(Path.Combine(outDir, "quant-table.tsv"), tsv.ToString());
         File.WriteAllText(Path.Combine(docs, "quantization.svg"), Svg(rows, $"models/default.gguf, perplexity on data/valid.txt (ctx {ctx}, {chunks} chunks)"));
         o.WriteLine();
-        o.WriteLine("| type | bits/weight | plain: Cria | plain: llama.cpp | imatrix: Cria | imatrix: llama.cpp | AWQ: Cria | AWQ: llama.cpp |");
-        o.WriteLine("|---|---|---|---|---|---|---|---|");
+        o.WriteLine("| type | bits/weight | plain: Cria | plain: llama.cpp | imatrix: Cria | imatrix: llama.cpp | AWQ: Cria | AWQ: llama.cpp | AWQ+imatrix: Cria | AWQ+imatrix: llama.cpp |");
+        o.WriteLine("|---|---|---|---|---|---|---|---|---|---|");
         foreach (var g in rows.GroupBy(r => r.Type))
         {
             Row? P(string v) => g.FirstOrDefault(r => r.Variant == v);
             string C(Row? r) => r == null ? "–" : r.PplCria.ToString("F3", ci);
             string L(Row? r) => r == null ? "–" : r.PplLlama.ToString("F3", ci);
-            o.WriteLine($"| {g.Key} | {g.First().Bpw.ToString("F3", ci)} | {C(P("plain"))} | {L(P("plain"))} | {C(P("imatrix"))} | {L(P("imatrix"))} | {C(P("awq"))} | {L(P("awq"))} |");
+            o.WriteLine($"| {g.Key} | {g.First().Bpw.ToString("F3", ci)} | {C(P("plain"))} | {L(P("plain"))} | {C(P("imatrix"))} | {L(P("imatrix"))} | {C(P("awq"))} | {L(P("awq"))} | {C(P("awq+imatrix"))} | {L(P("awq+imatrix"))} |");
         }
         o.WriteLine($"total {sw.Elapsed.TotalMinutes:F1} min");
         return 0;
@@ -185,7 +201,7 @@ static class QuantTable
             s.Append(ci, $"<line x1=\"{L - 5}\" y1=\"{Y(p):F1}\" x2=\"{W - R}\" y2=\"{Y(p):F1}\" stroke=\"#eee\"/><text x=\"{L - 8}\" y=\"{Y(p) + 4:F1}\" text-anchor=\"end\">{p:0.#}</text>\n");
         s.Append(ci, $"<text transform=\"translate(18 {(T + H - B) / 2}) rotate(-90)\" text-anchor=\"middle\">perplexity (log scale)</text>\n");
         s.Append(ci, $"<line x1=\"{L}\" y1=\"{Y(baseline):F1}\" x2=\"{W - R}\" y2=\"{Y(baseline):F1}\" stroke=\"#888\" stroke-dasharray=\"5 4\"/><text x=\"{W - R + 6}\" y=\"{Y(baseline) + 4:F1}\" fill=\"#555\">F32 {baseline:F2}</text>\n");
-        var series = new[] { ("plain", "#d62728", "plain (round-to-nearest)"), ("imatrix", "#1f77b4", "imatrix"), ("awq", "#2ca02c", "AWQ") };
+        var series = new[] { ("plain", "#d62728", "plain (round-to-nearest)"), ("imatrix", "#1f77b4", "imatrix"), ("awq", "#2ca02c", "AWQ"), ("awq+imatrix", "#9467bd", "AWQ + imatrix") };
         int li = 0;
         foreach (var (v, color, label) in series)
         {

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using Cria.Quantization;
+using Cria.Tensors;
 using Cria.Training;
 
 namespace Cria.Cli;
@@ -13,6 +14,7 @@ static class QuantizeCommand
         var output = new Argument<string>("output") { Description = "GGUF file to write (refused if it exists, unless --force)" };
         var type = new Option<string>("--type") { Description = "q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k f16 bf16 f32 (q3_k/q4_k/q5_k = the _m mixes)", DefaultValueFactory = _ => "q4_k_m" };
         var imatrix = new Option<string?>("--imatrix") { Description = "importance matrix (legacy .dat from `cria imatrix` or llama-imatrix)" };
+        var cands = new Option<string>("--imatrix-candidates") { Description = "with --imatrix, the encodings each block chooses among by activation-weighted error: ref,ggml,imp (ggml alone = llama-quantize --imatrix)", DefaultValueFactory = _ => "ref,ggml" };
         var awq = new Option<string?>("--awq") { Description = "calibration text for activation-aware scaling folded into the RMSNorm weights" };
         var awqChunks = new Option<int>("--awq-chunks") { Description = "calibration chunks for --awq", DefaultValueFactory = _ => 32 };
         var awqCtx = new Option<int>("--awq-ctx") { Description = "calibration chunk length for --awq", DefaultValueFactory = _ => 128 };
@@ -22,7 +24,7 @@ static class QuantizeCommand
         var requant = new Option<bool>("--allow-requantize") { Description = "accept already-quantized input tensors" };
         var cmd = new Command("quantize", "quantize a GGUF model to a llama.cpp type or mix (written atomically)")
         {
-            input, output, type, imatrix, awq, awqChunks, awqCtx, threads, pure, force, requant,
+            input, output, type, imatrix, cands, awq, awqChunks, awqCtx, threads, pure, force, requant,
         };
         cmd.SetAction(r =>
         {
@@ -37,7 +39,7 @@ static class QuantizeCommand
             {
                 var im = Imatrix.Load(imPath);
                 Console.Error.WriteLine($"imatrix: {im.Values.Count} entries from {imPath} ({im.Chunks} chunks of '{im.Dataset}')");
-                o = o with { Imatrix = im.Values };
+                o = o with { Imatrix = im.Values, ImatrixCandidates = ParseCandidates(r.GetValue(cands)!) };
             }
             if (r.GetValue(awq) is { } calib)
             {
@@ -70,6 +72,21 @@ static class QuantizeCommand
             return 0;
         });
         return cmd;
+    }
+
+    static CalibratedCandidates ParseCandidates(string s)
+    {
+        CalibratedCandidates c = 0;
+        foreach (var p in s.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+            c |= p.ToLowerInvariant() switch
+            {
+                "ref" or "reference" => CalibratedCandidates.Reference,
+                "ggml" => CalibratedCandidates.Ggml,
+                "imp" or "importance" => CalibratedCandidates.Importance,
+                _ => throw new CriaException($"--imatrix-candidates: unknown candidate '{p}' (ref, ggml, imp)"),
+            };
+        if (c == 0) throw new CriaException("--imatrix-candidates: no candidate given (ref, ggml, imp)");
+        return c;
     }
 }
 

@@ -114,7 +114,7 @@ public static class Awq
                     var s = Scales(meanAbs, alpha);
                     double err = 0;
                     for (int m = 0; m < names.Length; m++)
-                        err += OutputError(weights[m].Data, weights[m].Rows, dim, s, types[m], ImatrixFor(q.Imatrix, names[m], s), gram, threads);
+                        err += OutputError(weights[m].Data, weights[m].Rows, dim, s, types[m], ImatrixFor(q.Imatrix, names[m], s), gram, threads, q.ImatrixCandidates);
                     if (alpha == 0) plainErr = err;
                     if (err < bestErr) { bestErr = err; bestAlpha = alpha; bestS = s; }
                 }
@@ -168,10 +168,10 @@ public static class Awq
     }
 
     /// <summary>Σ_o d_oᵀ G d_o with d_o = Q(W∘s)_o / s − W_o: the summed squared output error over the calibration tokens.</summary>
-    static double OutputError(float[] w, int rows, int cols, float[] s, GgmlType type, float[]? qw, float[] gram, int threads)
+    static double OutputError(float[] w, int rows, int cols, float[] s, GgmlType type, float[]? qw, float[] gram, int threads, CalibratedCandidates candidates)
     {
         var scaled = ScaleColumns(w, rows, cols, s);
-        var q = ModelQuantizer.QuantizeMatrix(type, scaled, cols, rows, qw, threads);
+        var q = ModelQuantizer.QuantizeMatrix(type, scaled, cols, rows, qw, threads, default, candidates);
         int rowBytes = (int)GgmlTypeInfo.RowBytes(type, cols);
         double total = 0;
         object gate = new();

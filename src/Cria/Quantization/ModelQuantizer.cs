@@ -12,6 +12,9 @@ public sealed record QuantizeOptions
     public int Threads { get; init; }
     /// <summary>Per tensor name, the importance of each input column (mean squared activation); see <see cref="Imatrix"/>.</summary>
     public IReadOnlyDictionary<string, float[]>? Imatrix { get; init; }
+    /// <summary>With an imatrix, the encodings each block chooses among by activation-weighted error
+    /// (<see cref="Quantize.RowCalibrated"/>); <see cref="CalibratedCandidates.Ggml"/> alone is llama-quantize --imatrix.</summary>
+    public CalibratedCandidates ImatrixCandidates { get; init; } = CalibratedCandidates.Default;
     /// <summary>Every quantized tensor gets the file type's base type (llama-quantize --pure).</summary>
     public bool Pure { get; init; }
     /// <summary>Quantize output.weight too (llama.cpp's default); false keeps it as it is in the input.</summary>
@@ -101,7 +104,7 @@ public static class ModelQuantizer
                     }
                     else qw = im;
                 }
-                data = QuantizeMatrix(newType, src, (int)t.RowLength, (int)t.RowCount, qw, threads, cancel);
+                data = QuantizeMatrix(newType, src, (int)t.RowLength, (int)t.RowCount, qw, threads, cancel, o.ImatrixCandidates);
             }
             w.AddTensor(t.Name, t.Shape, newType, data);
             report.Add(new QuantizedTensor(t.Name, t.Type, newType, t.ByteSize, data.Length));
@@ -160,8 +163,10 @@ public static class ModelQuantizer
     static bool IsBlockType(GgmlType t) => t is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16);
 
     /// <summary>Quantizes rows × cols values (row-major) to <paramref name="type"/>, rows split over <paramref name="threads"/> workers
-    /// in chunks of at least 16384 values (llama.cpp's chunking); every row's bytes depend on that row alone.</summary>
-    public static byte[] QuantizeMatrix(GgmlType type, float[] values, int cols, int rows, float[]? quantWeights, int threads, CancellationToken cancel = default)
+    /// in chunks of at least 16384 values (llama.cpp's chunking); every row's bytes depend on that row alone. With
+    /// <paramref name="quantWeights"/>, each block takes the best of <paramref name="candidates"/> (<see cref="Quantize.RowCalibrated"/>).</summary>
+    public static byte[] QuantizeMatrix(GgmlType type, float[] values, int cols, int rows, float[]? quantWeights, int threads, CancellationToken cancel = default,
+        CalibratedCandidates candidates = CalibratedCandidates.Default)
     {
         int rowBytes = checked((int)GgmlTypeInfo.RowBytes(type, cols));
         var dst = new byte[(long)rowBytes * rows];
@@ -176,7 +181,7 @@ public static class ModelQuantizer
                 if (cancel.IsCancellationRequested) return;
                 int r0 = c * rowsPerChunk, r1 = Math.Min(rows, r0 + rowsPerChunk);
                 for (int r = r0; r < r1; r++)
-                    Quantize.Row(type, values.AsSpan(r * cols, cols), dst.AsSpan(r * rowBytes, rowBytes), quantWeights);
+                    Quantize.RowCalibrated(type, values.AsSpan(r * cols, cols), dst.AsSpan(r * rowBytes, rowBytes), quantWeights, candidates);
             }
         }
         int nt = Math.Max(1, Math.Min(threads, chunks));

@@ -21,7 +21,14 @@ public static class Dequantize
                 for (int i = 0; i < n; i++) dst[i] = BinaryPrimitives.ReadSingleLittleEndian(src.Slice(4 * i));
                 return;
             case GgmlType.F16:
-                for (int i = 0; i < n; i++) dst[i] = Fp16.ToSingle(BinaryPrimitives.ReadUInt16LittleEndian(src.Slice(2 * i)));
+                if (BitConverter.IsLittleEndian)
+                {
+                    var h = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(src.Slice(0, 2 * n));
+                    dst = dst.Slice(0, h.Length);
+                    for (int i = 0; i < h.Length; i++) dst[i] = Fp16.ToSingle(h[i]);
+                }
+                else
+                    for (int i = 0; i < n; i++) dst[i] = Fp16.ToSingle(BinaryPrimitives.ReadUInt16LittleEndian(src.Slice(2 * i)));
                 return;
             case GgmlType.BF16:
                 for (int i = 0; i < n; i++) dst[i] = Bf16.ToSingle(BinaryPrimitives.ReadUInt16LittleEndian(src.Slice(2 * i)));

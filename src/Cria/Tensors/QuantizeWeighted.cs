@@ -14,7 +14,11 @@ public static partial class Quantize
     /// Encodes one row with importance weights <paramref name="quantWeights"/> (length = row length, or empty for the
     /// reference path). F32/F16/BF16/Q8_0 ignore the weights, as ggml does.
     /// </summary>
-    public static void Row(GgmlType type, ReadOnlySpan<float> src, Span<byte> dst, ReadOnlySpan<float> quantWeights)
+    public static void Row(GgmlType type, ReadOnlySpan<float> src, Span<byte> dst, ReadOnlySpan<float> quantWeights) =>
+        RowWeighted(type, src, dst, quantWeights, ImpWeighting.Ggml);
+
+    /// <summary>The <c>*_impl</c> quantizers with the search weights made from the importance as <paramref name="mode"/> says.</summary>
+    internal static void RowWeighted(GgmlType type, ReadOnlySpan<float> src, Span<byte> dst, ReadOnlySpan<float> quantWeights, ImpWeighting mode)
     {
         if (quantWeights.IsEmpty || type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q8_1 or GgmlType.Q8_K)
         {
@@ -36,7 +40,8 @@ public static partial class Quantize
             {
                 var xb = src.Slice(32 * ib, 32);
                 var qw = quantWeights.Slice(32 * ib, 32);
-                for (int j = 0; j < 32; j++) weight[j] = qw[j] * MathF.Sqrt(sigma2 + xb[j] * xb[j]);
+                if (mode == ImpWeighting.Ggml) for (int j = 0; j < 32; j++) weight[j] = qw[j] * MathF.Sqrt(sigma2 + xb[j] * xb[j]);
+                else qw.CopyTo(weight);
                 var y = dst.Slice(ib * bs, bs);
                 switch (type)
                 {
@@ -56,10 +61,10 @@ public static partial class Quantize
             var y = dst.Slice(i * bs, bs);
             switch (type)
             {
-                case GgmlType.Q2_K: Q2_KImpl(x, y, qw); break;
-                case GgmlType.Q3_K: Q3_KImpl(x, y, qw); break;
-                case GgmlType.Q4_K: Q4_KImpl(x, y, qw, 15); break;
-                case GgmlType.Q5_K: Q4_KImpl(x, y, qw, 31); break;
+                case GgmlType.Q2_K: Q2_KImpl(x, y, qw, mode); break;
+                case GgmlType.Q3_K: Q3_KImpl(x, y, qw, mode); break;
+                case GgmlType.Q4_K: Q4_KImpl(x, y, qw, 15, mode); break;
+                case GgmlType.Q5_K: Q4_KImpl(x, y, qw, 31, mode); break;
                 case GgmlType.Q6_K: Q6_KImpl(x, y, qw); break;
                 default: throw new ArgumentException($"weighted quantization to {type} is not supported", nameof(type));
             }
@@ -287,7 +292,7 @@ public static partial class Quantize
 
     // ---------------------------------------------------------------- K-quants with weights
 
-    private static void Q2_KImpl(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qwBlock)
+    private static void Q2_KImpl(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qwBlock, ImpWeighting mode)
     {
         Span<byte> L = stackalloc byte[QK];
         Span<byte> Laux = stackalloc byte[16];
@@ -304,7 +309,8 @@ public static partial class Quantize
         for (int j = 0; j < QK / 16; j++)
         {
             var qw = qwBlock.Slice(16 * j, 16);
-            for (int l = 0; l < 16; l++) weight[l] = qw[l] * MathF.Sqrt(sigma2 + x[16 * j + l] * x[16 * j + l]);
+            if (mode == ImpWeighting.Ggml) for (int l = 0; l < 16; l++) weight[l] = qw[l] * MathF.Sqrt(sigma2 + x[16 * j + l] * x[16 * j + l]);
+            else qw.CopyTo(weight);
             for (int l = 0; l < QK / 16; l++) sw[j] += weight[l];
             scales[j] = MakeQkx3Quants(16, 3, x.Slice(16 * j), weight, L.Slice(16 * j), out mins[j], Laux, -0.9f, 0.05f, 36, false);
         }
@@ -330,7 +336,7 @@ public static partial class Quantize
         Pack2Bit(L, y.Slice(16, 64));
     }
 
-    private static void Q3_KImpl(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qwBlock)
+    private static void Q3_KImpl(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qwBlock, ImpWeighting mode)
     {
         Span<sbyte> L = stackalloc sbyte[QK];
         Span<float> scales = stackalloc float[QK / 16];   // [16]
@@ -344,7 +350,8 @@ public static partial class Quantize
         for (int j = 0; j < QK / 16; j++)
         {
             var qw = qwBlock.Slice(16 * j, 16);
-            for (int l = 0; l < 16; l++) weight[l] = qw[l] * MathF.Sqrt(sigma2 + x[16 * j + l] * x[16 * j + l]);
+            if (mode == ImpWeighting.Ggml) for (int l = 0; l < 16; l++) weight[l] = qw[l] * MathF.Sqrt(sigma2 + x[16 * j + l] * x[16 * j + l]);
+            else qw.CopyTo(weight);
             float sumw = 0;
             for (int l = 0; l < 16; l++) sumw += weight[l];
             sw[j] = sumw;
@@ -389,7 +396,7 @@ public static partial class Quantize
     }
 
     // Q4_K (nmax 15) and Q5_K (nmax 31) share everything up to the bit packing.
-    private static void Q4_KImpl(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qwBlock, int nmax)
+    private static void Q4_KImpl(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qwBlock, int nmax, ImpWeighting mode)
     {
         Span<byte> L = stackalloc byte[QK];
         Span<byte> Laux = stackalloc byte[32];
@@ -405,7 +412,8 @@ public static partial class Quantize
         for (int j = 0; j < QK / 32; j++)
         {
             var qw = qwBlock.Slice(32 * j, 32);
-            for (int l = 0; l < 32; l++) weights[l] = qw[l] * MathF.Sqrt(sigma2 + x[32 * j + l] * x[32 * j + l]);
+            if (mode == ImpWeighting.Ggml) for (int l = 0; l < 32; l++) weights[l] = qw[l] * MathF.Sqrt(sigma2 + x[32 * j + l] * x[32 * j + l]);
+            else qw.CopyTo(weights);
             float sumw = 0;
             for (int l = 0; l < 32; l++) sumw += weights[l];
             sw[j] = sumw;

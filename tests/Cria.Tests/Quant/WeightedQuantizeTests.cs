@@ -49,3 +49,104 @@ public sealed class WeightedQuantizeTests(ITestOutputHelper output)
         Assert.Throws<ArgumentException>(() => Quantize.Row(GgmlType.Q4_K, x, b, new float[255]));
     }
 }
+
+/// <summary>The calibrated chooser (<see cref="Quantize.RowCalibrated"/>): per block the candidate with the smallest
+/// activation-weighted error, so the row is never worse on that error than any single candidate.</summary>
+public sealed class CalibratedChooserTests(ITestOutputHelper output)
+{
+    public static TheoryData<GgmlType> Types() => WeightedQuantizeTests.Types();
+
+    static float[] Importance(Random rng, int n)
+    {
+        var qw = new float[n];                          // [n] heavy-tailed, a few dead columns
+        for (int j = 0; j < n; j++) qw[j] = j % 97 == 5 ? 0f : MathF.Exp(2f * QuantTestUtil.Gaussian(rng, 1)[0]);
+        return qw;
+    }
+
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void The_chosen_row_never_has_a_larger_weighted_error_than_a_candidate(GgmlType t)
+    {
+        var rng = new Random(11);
+        const int n = 512;
+        int rowBytes = (int)GgmlTypeInfo.RowBytes(t, n), qk = GgmlTypeInfo.BlockSize(t), bs = GgmlTypeInfo.BlockBytes(t);
+        double sumPlain = 0, sumGgml = 0, sumBest = 0;
+        for (int r = 0; r < 48; r++)
+        {
+            var x = QuantTestUtil.Gaussian(rng, n, 0.05f);
+            if (r % 8 == 0) x[r] *= 30;                 // an outlier weight now and then
+            var qw = Importance(rng, n);
+            var plain = new byte[rowBytes]; var ggml = new byte[rowBytes]; var imp = new byte[rowBytes]; var best = new byte[rowBytes];
+            Quantize.Row(t, x, plain);
+            Quantize.Row(t, x, ggml, qw);
+            Quantize.RowCalibrated(t, x, imp, qw, CalibratedCandidates.Importance);
+            Quantize.RowCalibrated(t, x, best, qw, CalibratedCandidates.All);
+            var dflt = new byte[rowBytes];
+            Quantize.RowCalibrated(t, x, dflt, qw);
+            double ed = Quantize.WeightedError(t, x, dflt, qw);
+            double ep = Quantize.WeightedError(t, x, plain, qw), eg = Quantize.WeightedError(t, x, ggml, qw);
+            double ei = Quantize.WeightedError(t, x, imp, qw), eb = Quantize.WeightedError(t, x, best, qw);
+            Assert.True(eb <= ep * (1 + 1e-12) && eb <= eg * (1 + 1e-12) && eb <= ei * (1 + 1e-12),
+                $"{t} row {r}: chosen error {eb} above a candidate's (plain {ep}, ggml {eg}, importance {ei})");
+            Assert.True(ed <= ep * (1 + 1e-12) && ed <= eg * (1 + 1e-12), $"{t} row {r}: default choice's error {ed} above plain {ep} or ggml {eg}");
+            // Block by block too: every block of the chosen row is one of the candidates' blocks.
+            for (int b = 0; b < n / qk; b++)
+            {
+                var blk = best.AsSpan(b * bs, bs);
+                Assert.True(blk.SequenceEqual(plain.AsSpan(b * bs, bs)) || blk.SequenceEqual(ggml.AsSpan(b * bs, bs)) || blk.SequenceEqual(imp.AsSpan(b * bs, bs)),
+                    $"{t} row {r} block {b} is none of the candidates");
+            }
+            sumPlain += ep; sumGgml += eg; sumBest += eb;
+        }
+        output.WriteLine($"{t}: weighted error plain {sumPlain:E3}, ggml imatrix {sumGgml:E3}, chosen {sumBest:E3} ({sumBest / sumPlain:P1} of plain)");
+        Assert.True(sumBest < sumPlain, $"{t}: the chooser did not lower the weighted error ({sumBest} vs {sumPlain})");
+    }
+
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void A_single_candidate_gives_that_quantizers_bytes(GgmlType t)
+    {
+        var rng = new Random(12);
+        const int n = 512;
+        var x = QuantTestUtil.Gaussian(rng, n);
+        var qw = Importance(rng, n);
+        int rowBytes = (int)GgmlTypeInfo.RowBytes(t, n);
+        var a = new byte[rowBytes]; var b = new byte[rowBytes];
+        Quantize.RowCalibrated(t, x, a, qw, CalibratedCandidates.Reference);
+        Assert.Equal(QuantTestUtil.Quant(t, x), a);
+        Quantize.RowCalibrated(t, x, a, qw, CalibratedCandidates.Ggml);
+        Quantize.Row(t, x, b, qw);
+        Assert.Equal(b, a);
+    }
+
+    [Fact]
+    public void Weighted_error_with_a_uniform_importance_is_the_squared_error()
+    {
+        var rng = new Random(13);
+        var x = QuantTestUtil.Gaussian(rng, 256);
+        var q = QuantTestUtil.Quant(GgmlType.Q3_K, x);
+        var y = QuantTestUtil.Dequant(GgmlType.Q3_K, q, 256);
+        double se = 0;
+        for (int j = 0; j < 256; j++) se += (double)(x[j] - y[j]) * (x[j] - y[j]);
+        Assert.True(se > 0);
+        Assert.Equal(se, Quantize.WeightedError(GgmlType.Q3_K, x, q, Enumerable.Repeat(1f, 256).ToArray()), 1e-9);
+        Assert.Equal(se, Quantize.WeightedError(GgmlType.Q3_K, x, q, ReadOnlySpan<float>.Empty), 1e-9);
+        Assert.Equal(4 * se, Quantize.WeightedError(GgmlType.Q3_K, x, q, Enumerable.Repeat(4f, 256).ToArray()), 1e-9);
+    }
+
+    [Fact]
+    public void Bad_arguments_are_refused()
+    {
+        var x = new float[256];
+        var b = new byte[GgmlTypeInfo.RowBytes(GgmlType.Q4_K, 256)];
+        Assert.Throws<ArgumentException>(() => Quantize.RowCalibrated(GgmlType.Q4_K, x, b, new float[255]));
+        Assert.Throws<ArgumentException>(() => Quantize.RowCalibrated(GgmlType.Q4_K, x, b, new float[256], 0));
+        Assert.Throws<ArgumentException>(() => Quantize.RowCalibrated(GgmlType.Q4_K, x, new byte[10], new float[256]));
+        Assert.Throws<ArgumentException>(() => Quantize.WeightedError(GgmlType.Q4_K, x, b, new float[3]));
+        // Types ggml quantizes without weights: the importance is ignored, the bytes are the reference ones.
+        var q8 = new byte[GgmlTypeInfo.RowBytes(GgmlType.Q8_0, 256)];
+        var xs = QuantTestUtil.Gaussian(new Random(2), 256);
+        Quantize.RowCalibrated(GgmlType.Q8_0, xs, q8, Enumerable.Repeat(2f, 256).ToArray());
+        Assert.Equal(QuantTestUtil.Quant(GgmlType.Q8_0, xs), q8);
+    }
+}

@@ -1,0 +1,126 @@
+using System.Buffers;
+
+namespace Cria.Tensors;
+
+/// <summary>How the <c>*_impl</c> quantizers turn an importance vector into the weights of their scale searches.</summary>
+internal enum ImpWeighting
+{
+    /// <summary>ggml's: importance × √(σ² + x²) (Q6_K: the importance alone).</summary>
+    Ggml,
+    /// <summary>The importance alone: the diagonal of the input Gram matrix, what the output error Σ_t (Δw · x_t)² weighs
+    /// each column's squared error by when the columns are uncorrelated.</summary>
+    Importance,
+}
+
+/// <summary>The encodings <see cref="Quantize.RowCalibrated"/> chooses among, block by block.</summary>
+[Flags]
+public enum CalibratedCandidates
+{
+    /// <summary>ggml's reference quantizer (plain round-to-nearest with its own unweighted scale search).</summary>
+    Reference = 1,
+    /// <summary>ggml's importance-weighted <c>*_impl</c> quantizer, exactly as llama-quantize --imatrix runs it.</summary>
+    Ggml = 2,
+    /// <summary>The same search with the importance alone as weights (no √(σ² + x²) factor).</summary>
+    Importance = 4,
+    All = Reference | Ggml | Importance,
+    /// <summary>What <c>cria quantize --imatrix</c> uses: never worse than either of ggml's quantizers on the
+    /// activation-weighted error (the importance-only candidate lowers that error further but not perplexity; see
+    /// docs/quantization.md).</summary>
+    Default = Reference | Ggml,
+}
+
+public static partial class Quantize
+{
+    /// <summary>
+    /// Calibrated quantization of one row: every candidate encoding of <paramref name="candidates"/> is made for the
+    /// whole row, and each block (32 values, or a 256-value super-block; blocks are encoded independently) keeps the
+    /// candidate with the smallest activation-weighted error Σ_j importance_j · (x_j − x̂_j)², the diagonal-Hessian
+    /// proxy of the matrix product's output error. Ties keep the earlier candidate (reference, ggml, importance), so
+    /// with <see cref="CalibratedCandidates.Ggml"/> alone the bytes are llama-quantize --imatrix's. Types that ignore
+    /// quant_weights in ggml (F32/F16/BF16/Q8_*) and an empty importance take the reference path.
+    /// </summary>
+    public static void RowCalibrated(GgmlType type, ReadOnlySpan<float> src, Span<byte> dst, ReadOnlySpan<float> importance,
+        CalibratedCandidates candidates = CalibratedCandidates.Default)
+    {
+        if (importance.IsEmpty || type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q8_1 or GgmlType.Q8_K)
+        {
+            Row(type, src, dst);
+            return;
+        }
+        int n = src.Length;
+        if (importance.Length != n) throw new ArgumentException($"importance has {importance.Length} values for a row of {n}", nameof(importance));
+        if ((candidates & CalibratedCandidates.All) == 0) throw new ArgumentException("no candidate encoding selected", nameof(candidates));
+        Dequantize.CheckRow(type, dst.Length, n, nameof(dst));
+        int qk = GgmlTypeInfo.BlockSize(type), bs = GgmlTypeInfo.BlockBytes(type), nb = n / qk;
+        int rowBytes = nb * bs;
+        byte[] buf = ArrayPool<byte>.Shared.Rent(rowBytes);
+        double[] best = ArrayPool<double>.Shared.Rent(nb);
+        Span<float> deq = stackalloc float[GgmlTypeInfo.QK_K];
+        try
+        {
+            bool first = true;
+            foreach (var c in (ReadOnlySpan<CalibratedCandidates>)[CalibratedCandidates.Reference, CalibratedCandidates.Ggml, CalibratedCandidates.Importance])
+            {
+                if ((candidates & c) == 0) continue;
+                Span<byte> enc = first ? dst.Slice(0, rowBytes) : buf.AsSpan(0, rowBytes);
+                switch (c)
+                {
+                    case CalibratedCandidates.Reference: Row(type, src, enc); break;
+                    case CalibratedCandidates.Ggml: RowWeighted(type, src, enc, importance, ImpWeighting.Ggml); break;
+                    default: RowWeighted(type, src, enc, importance, ImpWeighting.Importance); break;
+                }
+                for (int b = 0; b < nb; b++)
+                {
+                    var block = enc.Slice(b * bs, bs);
+                    double e = BlockError(type, src.Slice(b * qk, qk), block, importance.Slice(b * qk, qk), deq.Slice(0, qk));
+                    if (first) best[b] = e;
+                    else if (e < best[b])
+                    {
+                        best[b] = e;
+                        block.CopyTo(dst.Slice(b * bs, bs));
+                    }
+                }
+                first = false;
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buf);
+            ArrayPool<double>.Shared.Return(best);
+        }
+    }
+
+    /// <summary>Σ_j importance_j · (x_j − x̂_j)² of an encoded row <paramref name="q"/> of <paramref name="type"/>
+    /// against the values <paramref name="x"/> it encodes (an empty importance counts every column as 1).</summary>
+    public static double WeightedError(GgmlType type, ReadOnlySpan<float> x, ReadOnlySpan<byte> q, ReadOnlySpan<float> importance)
+    {
+        int n = x.Length;
+        if (!importance.IsEmpty && importance.Length != n) throw new ArgumentException($"importance has {importance.Length} values for a row of {n}", nameof(importance));
+        Dequantize.CheckRow(type, q.Length, n, nameof(q));
+        var y = ArrayPool<float>.Shared.Rent(n);
+        try
+        {
+            Dequantize.Row(type, q, y.AsSpan(0, n));
+            double e = 0;
+            for (int j = 0; j < n; j++)
+            {
+                double d = x[j] - y[j];
+                e += (importance.IsEmpty ? 1.0 : importance[j]) * d * d;
+            }
+            return e;
+        }
+        finally { ArrayPool<float>.Shared.Return(y); }
+    }
+
+    static double BlockError(GgmlType type, ReadOnlySpan<float> x, ReadOnlySpan<byte> block, ReadOnlySpan<float> importance, Span<float> deq)
+    {
+        Dequantize.Row(type, block, deq);
+        double e = 0;
+        for (int j = 0; j < x.Length; j++)
+        {
+            double d = x[j] - deq[j];
+            e += importance[j] * d * d;
+        }
+        return e;
+    }
+}
