@@ -40,8 +40,7 @@ public static partial class Quantize
             {
                 var xb = src.Slice(32 * ib, 32);
                 var qw = quantWeights.Slice(32 * ib, 32);
-                if (mode == ImpWeighting.Ggml) for (int j = 0; j < 32; j++) weight[j] = qw[j] * MathF.Sqrt(sigma2 + xb[j] * xb[j]);
-                else qw.CopyTo(weight);
+                SearchWeights(qw, xb, sigma2, mode, weight);
                 var y = dst.Slice(ib * bs, bs);
                 switch (type)
                 {
@@ -290,6 +289,14 @@ public static partial class Quantize
         return sumlx / suml2;
     }
 
+    /// <summary>The weights a block's scale search minimises Σ w·(x − x̂)² with: ggml's importance × √(σ² + x²), or the
+    /// importance alone (<see cref="ImpWeighting"/>). w[j] for j &lt; qw.Length.</summary>
+    private static void SearchWeights(ReadOnlySpan<float> qw, ReadOnlySpan<float> x, float sigma2, ImpWeighting mode, Span<float> w)
+    {
+        if (mode == ImpWeighting.Ggml) for (int j = 0; j < qw.Length; j++) w[j] = qw[j] * MathF.Sqrt(sigma2 + x[j] * x[j]);
+        else qw.CopyTo(w);
+    }
+
     // ---------------------------------------------------------------- K-quants with weights
 
     private static void Q2_KImpl(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qwBlock, ImpWeighting mode)
@@ -309,8 +316,7 @@ public static partial class Quantize
         for (int j = 0; j < QK / 16; j++)
         {
             var qw = qwBlock.Slice(16 * j, 16);
-            if (mode == ImpWeighting.Ggml) for (int l = 0; l < 16; l++) weight[l] = qw[l] * MathF.Sqrt(sigma2 + x[16 * j + l] * x[16 * j + l]);
-            else qw.CopyTo(weight);
+            SearchWeights(qw, x.Slice(16 * j, 16), sigma2, mode, weight);
             for (int l = 0; l < QK / 16; l++) sw[j] += weight[l];
             scales[j] = MakeQkx3Quants(16, 3, x.Slice(16 * j), weight, L.Slice(16 * j), out mins[j], Laux, -0.9f, 0.05f, 36, false);
         }
@@ -350,8 +356,7 @@ public static partial class Quantize
         for (int j = 0; j < QK / 16; j++)
         {
             var qw = qwBlock.Slice(16 * j, 16);
-            if (mode == ImpWeighting.Ggml) for (int l = 0; l < 16; l++) weight[l] = qw[l] * MathF.Sqrt(sigma2 + x[16 * j + l] * x[16 * j + l]);
-            else qw.CopyTo(weight);
+            SearchWeights(qw, x.Slice(16 * j, 16), sigma2, mode, weight);
             float sumw = 0;
             for (int l = 0; l < 16; l++) sumw += weight[l];
             sw[j] = sumw;
@@ -412,8 +417,7 @@ public static partial class Quantize
         for (int j = 0; j < QK / 32; j++)
         {
             var qw = qwBlock.Slice(32 * j, 32);
-            if (mode == ImpWeighting.Ggml) for (int l = 0; l < 32; l++) weights[l] = qw[l] * MathF.Sqrt(sigma2 + x[32 * j + l] * x[32 * j + l]);
-            else qw.CopyTo(weights);
+            SearchWeights(qw, x.Slice(32 * j, 32), sigma2, mode, weights);
             float sumw = 0;
             for (int l = 0; l < 32; l++) sumw += weights[l];
             sw[j] = sumw;
