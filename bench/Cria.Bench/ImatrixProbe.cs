@@ -155,19 +155,8 @@ static class ImatrixProbe
         if (_gram == null)
         {
             using var m = LlamaModel.Open(model);
-            var tokens = m.Tokenizer.Encode(text, addBos: true);
-            var chunks = Perplexity.Chunks(tokens, ctx, m.Tokenizer.Bos, m.Tokenizer.AddBos).Take(maxChunks).ToList();
-            using var context = new InferenceContext(m, new ContextOptions { ContextSize = ctx, MicroBatch = ctx, Threads = threads });
             var obs = new GramObs();
-            context.Observer = obs;
-            var batch = new Batch(ctx);
-            foreach (var c in chunks)
-            {
-                context.Cache.Clear();
-                batch.Clear();
-                for (int p = 0; p < ctx; p++) batch.Add(c[p], p, 0, p == ctx - 1);
-                context.Decode(batch);
-            }
+            Calibration.Run(m, text, ctx, maxChunks, threads, obs);
             _gram = obs.G;
         }
         using var a = GgufFile.Open(model);
@@ -230,19 +219,8 @@ static class ImatrixProbe
     {
         if (_noBos != null) return _noBos;
         using var m = LlamaModel.Open(model);
-        var tokens = m.Tokenizer.Encode(text, addBos: true);
-        var chunks = Perplexity.Chunks(tokens, ctx, m.Tokenizer.Bos, m.Tokenizer.AddBos).Take(maxChunks).ToList();
-        using var context = new InferenceContext(m, new ContextOptions { ContextSize = ctx, MicroBatch = ctx, Threads = threads });
         var obs = new SkipFirst();
-        context.Observer = obs;
-        var batch = new Batch(ctx);
-        foreach (var c in chunks)
-        {
-            context.Cache.Clear();
-            batch.Clear();
-            for (int p = 0; p < ctx; p++) batch.Add(c[p], p, 0, p == ctx - 1);
-            context.Decode(batch);
-        }
+        Calibration.Run(m, text, ctx, maxChunks, threads, obs);
         _noBos = obs.Sum.ToDictionary(kv => kv.Key, kv => kv.Value.Select(v => (float)(v / obs.Count[kv.Key])).ToArray());
         foreach (var (k, v) in _noBos)
         {

@@ -59,20 +59,8 @@ public static class Awq
     {
         int threads = a.Threads > 0 ? a.Threads : Environment.ProcessorCount;
         var obs = new GramObserver(model.Config.Dim);
-        var tok = model.Tokenizer;
-        var chunks = Perplexity.Chunks(tok.Encode(calibrationText, addBos: true), a.ContextSize, tok.Bos, tok.AddBos);
-        if (chunks.Count > a.MaxChunks) chunks.RemoveRange(a.MaxChunks, chunks.Count - a.MaxChunks);
-        using var ctx = new InferenceContext(model, new ContextOptions { ContextSize = a.ContextSize, MicroBatch = a.ContextSize, Threads = threads });
-        ctx.Observer = obs;
-        var batch = new Batch(a.ContextSize);
-        foreach (var c in chunks)
-        {
-            ctx.Cache.Clear();
-            batch.Clear();
-            for (int p = 0; p < c.Length; p++) batch.Add(c[p], p, 0, p == c.Length - 1);
-            ctx.Decode(batch);
-        }
-        return new Stats(obs.Gram) { Chunks = chunks.Count };
+        int n = Calibration.Run(model, calibrationText, a.ContextSize, a.MaxChunks, threads, obs);
+        return new Stats(obs.Gram) { Chunks = n };
     }
 
     public static AwqResult Compute(string modelPath, string calibrationText, QuantizeOptions q, AwqOptions a, Action<string>? log = null)

@@ -106,24 +106,13 @@ public sealed class Imatrix
     public static Imatrix Collect(LlamaModel model, string text, int ctx, int maxChunks, int threads, string dataset = "",
         Action<int, int>? progress = null)
     {
-        var tok = model.Tokenizer;
-        var tokens = tok.Encode(text, addBos: true);
-        var chunks = Perplexity.Chunks(tokens, ctx, tok.Bos, tok.AddBos);
-        if (chunks.Count > maxChunks) chunks.RemoveRange(maxChunks, chunks.Count - maxChunks);
-        using var context = new InferenceContext(model, new ContextOptions { ContextSize = ctx, MicroBatch = ctx, Threads = threads });
         var collector = new Collector();
-        context.Observer = collector;
-        var batch = new Batch(ctx);
-        for (int i = 0; i < chunks.Count; i++)
+        int n = Calibration.Run(model, text, ctx, maxChunks, threads, collector, (done, total) =>
         {
-            context.Cache.Clear();
-            batch.Clear();
-            for (int p = 0; p < ctx; p++) batch.Add(chunks[i][p], p, 0, p == ctx - 1);
-            context.Decode(batch);
             collector.EndChunk();
-            progress?.Invoke(i + 1, chunks.Count);
-        }
-        var m = new Imatrix { Chunks = chunks.Count, Dataset = dataset };
+            progress?.Invoke(done, total);
+        });
+        var m = new Imatrix { Chunks = n, Dataset = dataset };
         foreach (var (name, (sum, count, calls)) in collector.Stats)
         {
             var v = new float[sum.Length];
