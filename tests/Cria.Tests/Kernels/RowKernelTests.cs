@@ -116,6 +116,36 @@ public unsafe class RowKernelTests
     }
 
     [Fact]
+    public void VectorizedQ80ActivationsEqualTheReferenceQuantizer()
+    {
+        if (!System.Runtime.Intrinsics.X86.Avx512BW.IsSupported) return; // Q8_0 activations are plain Q8_0 blocks then
+        var rng = new Random(5);
+        foreach (int n in new[] { 32, 2048, 5632 })
+            for (int trial = 0; trial < 20; trial++)
+            {
+                var x = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 6 - 3)).ToArray();
+                if (trial == 1) Array.Clear(x, 0, 32);                                            // an all-zero block
+                if (trial == 2) for (int i = 0; i < n; i++) x[i] = i % 32 == 0 ? 127f : (i % 9 - 4) + 0.5f; // d = 1: exact ±k.5 ties
+                if (trial == 3) for (int i = 0; i < n; i++) x[i] *= 1e-7f;                       // d below the F16 normal range
+                if (trial == 4) for (int i = 0; i < n; i++) x[i] *= 1e5f;                        // d above F16's largest value
+                if (trial == 5) x[n - 1] = -40f;                                                  // a negative maximum
+                var reference = new byte[GgmlTypeInfo.RowBytes(GgmlType.Q8_0, n)];
+                Quantize.Row(GgmlType.Q8_0, x, reference);
+                var fast = new byte[RowKernels.ActivationRowBytes(GgmlType.Q8_0, n)];
+                RowKernels.PrepareActivations(GgmlType.Q8_0, x, fast);
+                int nb = n / 32;
+                for (int i = 0; i < nb; i++)
+                {
+                    float d = Fp16.ToSingle(BitConverter.ToUInt16(reference, i * 34));
+                    Assert.Equal(BitConverter.SingleToUInt32Bits(d), BitConverter.ToUInt32(fast, i * 4));
+                    for (int j = 0; j < 32; j++)
+                        Assert.True((sbyte)reference[i * 34 + 2 + j] == BitConverter.ToInt16(fast, nb * 4 + (i * 32 + j) * 2),
+                            $"n={n} trial={trial} block {i} value {j}: x={x[i * 32 + j]}");
+                }
+            }
+    }
+
+    [Fact]
     public void VectorHalfToSingleIsExactForEveryHalf()
     {
         if (!System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated) return; // the scalar table is the path then
