@@ -16,6 +16,7 @@ sealed class KvCliOptions
     readonly Option<int> _residual = new("--kivi-residual") { Description = "KIVI residual length R (recent tokens kept in F16; a multiple of G)", DefaultValueFactory = _ => 128 };
     readonly Option<string> _evict = new("--kv-evict") { Description = "KV eviction: none (default), sinks (StreamingLLM), h2o, snapkv", DefaultValueFactory = _ => "none" };
     readonly Option<int> _budget = new("--kv-budget") { Description = "tokens each sequence keeps in the KV cache with --kv-evict" };
+    readonly Option<bool> _shift = new("--kv-shift") { Description = "with --kv-evict: rotary positions are positions in the cache, not the text (StreamingLLM's position re-assignment)" };
     readonly Option<int> _sinks = new("--kv-sinks") { Description = "attention-sink tokens kept (rounded up to a block)", DefaultValueFactory = _ => 4 };
     readonly Option<string?> _ropeScaling = new("--rope-scaling") { Description = "RoPE scaling: none, linear, yarn, llama3 (default: from the model)" };
     readonly Option<float> _ropeScale = new("--rope-scale") { Description = "RoPE context scaling factor N (freq scale 1/N)" };
@@ -28,7 +29,7 @@ sealed class KvCliOptions
 
     public void AddTo(Command cmd)
     {
-        foreach (var o in new Option[] { _type, _group, _residual, _evict, _budget, _sinks, _ropeScaling, _ropeScale, _ropeBase, _yarnOrig, _yarnExt, _yarnAttn, _yarnFast, _yarnSlow })
+        foreach (var o in new Option[] { _type, _group, _residual, _evict, _budget, _sinks, _shift, _ropeScaling, _ropeScale, _ropeBase, _yarnOrig, _yarnExt, _yarnAttn, _yarnFast, _yarnSlow })
             cmd.Options.Add(o);
     }
 
@@ -46,7 +47,8 @@ sealed class KvCliOptions
     {
         var t = KvEvictionOptions.Parse(r.GetValue(_evict) ?? "none");
         if (t != KvEvictionType.None && r.GetValue(_budget) < 1) throw new CriaException("--kv-evict needs --kv-budget TOKENS");
-        return new KvEvictionOptions { Type = t, Budget = r.GetValue(_budget), SinkTokens = r.GetValue(_sinks) };
+        if (t == KvEvictionType.None && r.GetValue(_shift)) throw new CriaException("--kv-shift needs --kv-evict (without eviction every position is already its slot)");
+        return new KvEvictionOptions { Type = t, Budget = r.GetValue(_budget), SinkTokens = r.GetValue(_sinks), ShiftPositions = r.GetValue(_shift) };
     }
 
     public RopeOverrides? Rope(ParseResult r)

@@ -103,7 +103,7 @@ public sealed class InferenceContext : IDisposable
         _actQ[0] = GC.AllocateArray<byte>(b * (4 * Math.Max(Math.Max(c.Dim, c.QDim), c.FfnDim) + 64) + 64, pinned: true);
         for (int i = 1; i <= extra; i++) _actQ[i] = GC.AllocateArray<byte>(b * extraRowBytes + 64, pinned: true);
         _cells = new int[b];
-        _attention = new AttentionJob(c, Cache, threads);
+        _attention = new AttentionJob(c, Cache, threads, options.Eviction.ShiftPositions);
     }
 
     /// <summary>Logits of batch row <paramref name="batchRow"/> from the last <see cref="Decode"/> (row must have asked).</summary>

@@ -23,6 +23,10 @@ public sealed record KvEvictionOptions
     public int SinkTokens { get; init; } = 4;
     /// <summary>SnapKV observation window (queries whose attention scores the prefix; SnapKV's default 32).</summary>
     public int ObservationWindow { get; init; } = 32;
+    /// <summary>StreamingLLM's position re-assignment (--kv-shift): after eviction, rotary positions are positions in the
+    /// cache (sinks 0…, then the kept tokens in order) rather than in the text, so no query–key distance exceeds the
+    /// cache's length however long the stream runs. Off: every token keeps its text position.</summary>
+    public bool ShiftPositions { get; init; }
     /// <summary>SnapKV pooling kernel (average pooling of the window's attention over neighbouring tokens; default 5).</summary>
     public int PoolKernel { get; init; } = 5;
 

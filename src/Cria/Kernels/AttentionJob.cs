@@ -21,6 +21,7 @@ internal sealed class AttentionJob : ParallelJob
 
     readonly ModelConfig _c;
     readonly KvCache _cache;
+    readonly bool _shiftPositions; // StreamingLLM position re-assignment after eviction (see Attend)
     readonly float[][] _scratch; // [worker][group·TileSize scores | group·headDim accumulators | TileSize·headDim K | TileSize·headDim V]
     int _layer, _start, _rows, _next;
     float[] _q = [], _out = [];
@@ -28,9 +29,9 @@ internal sealed class AttentionJob : ParallelJob
     int _probStride;
     Batch? _batch;
 
-    public AttentionJob(ModelConfig c, KvCache cache, int workers)
+    public AttentionJob(ModelConfig c, KvCache cache, int workers, bool shiftPositions = false)
     {
-        _c = c; _cache = cache;
+        _c = c; _cache = cache; _shiftPositions = shiftPositions;
         _scratch = new float[workers][];
         for (int i = 0; i < workers; i++) _scratch[i] = new float[ScratchLength(c)];
     }
@@ -66,7 +67,7 @@ internal sealed class AttentionJob : ParallelJob
             int p = _batch.Positions[row];
             var probs = _probs.Length == 0 ? Span<float>.Empty : _probs.AsSpan(item * _probStride, _probStride);
             Attend(c, kv, CollectionsMarshal.AsSpan(s.Blocks), CollectionsMarshal.AsSpan(s.BlockPos), s.Ring, p - s.Dropped + 1, p, g,
-                   _q.AsSpan(b * c.QDim), _out.AsSpan(b * c.QDim), scratch, probs);
+                   _q.AsSpan(b * c.QDim), _out.AsSpan(b * c.QDim), scratch, probs, _shiftPositions ? s.Dropped : -1);
         }
     }
 
@@ -87,10 +88,20 @@ internal sealed class AttentionJob : ParallelJob
     /// sequence (the row at position <paramref name="p"/> is the last). Each tile of K and V rows is dequantized into
     /// scratch from the cache's format (KIVI: the residual window from the F16 ring), then the same float arithmetic runs
     /// for every format. <paramref name="probs"/>, when not empty, receives Σ_h softmax_h per slot.
+    /// <para>
+    /// Position re-assignment (StreamingLLM, <paramref name="dropped"/> ≥ 0 = the positions the sequence has evicted):
+    /// rotary positions are slots in the cache, not positions in the text. Keys are stored rotated by their text
+    /// position, and RoPE scores depend only on the query–key distance, so instead of re-rotating the cache after every
+    /// eviction (llama.cpp's K-shift, which re-quantizes quantized caches), each loaded key tile is rotated on the fly
+    /// by Δ = dropped − (positions dropped before its block) = (p − slot_q) − (pos_k − slot_k): the distance the query
+    /// sees becomes slot_q − slot_k. Blocks after every evicted one (the recent window) have Δ = 0 and cost nothing;
+    /// with sinks only the sink blocks are rotated.
+    /// </para>
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void Attend(ModelConfig c, in KvLayer kv, ReadOnlySpan<int> table, ReadOnlySpan<int> blockPos, ushort[][]? ring,
-                                int slots, int p, int g, ReadOnlySpan<float> qRow, Span<float> outRow, float[] scratch, Span<float> probs)
+                                int slots, int p, int g, ReadOnlySpan<float> qRow, Span<float> outRow, float[] scratch, Span<float> probs,
+                                int dropped = -1)
     {
         int hd = c.HeadDim, group = c.GroupSize;
         float scale = 1.0f / MathF.Sqrt(hd);
@@ -103,11 +114,14 @@ internal sealed class AttentionJob : ParallelJob
         Span<float> sum = stackalloc float[group];
         max.Fill(float.NegativeInfinity);
         sum.Clear();
+        Span<float> rotation = stackalloc float[dropped > 0 ? c.RopeDim : 0]; // [nRot] cos/sin of the current shift
+        int rotationDelta = 0;
         int h0 = g * group;
         for (int t0 = 0; t0 < slots; t0 += TileSize)
         {
             int n = Math.Min(TileSize, slots - t0);
             LoadTile(kv, table, blockPos, ring, t0, n, g, hd, p, kTile, vTile);
+            if (dropped > 0) ShiftKeys(c, blockPos, kv.BlockSize, dropped, t0, n, kTile, rotation, ref rotationDelta);
             TileScores(qRow, kTile, n, h0, group, hd, scale, scores);
             // online softmax: new max, rescale what was accumulated, exponentiate the tile.
             for (int h = 0; h < group; h++)
@@ -141,6 +155,7 @@ internal sealed class AttentionJob : ParallelJob
         {
             int n = Math.Min(TileSize, slots - t0);
             LoadTile(kv, table, blockPos, ring, t0, n, g, hd, p, kTile, vTile);
+            if (dropped > 0) ShiftKeys(c, blockPos, kv.BlockSize, dropped, t0, n, kTile, rotation, ref rotationDelta);
             TileScores(qRow, kTile, n, h0, group, hd, scale, scores);
             for (int j = 0; j < n; j++)
             {
@@ -148,6 +163,25 @@ internal sealed class AttentionJob : ParallelJob
                 for (int h = 0; h < group; h++) pr += MathF.Exp(scores[h * TileSize + j] - max[h]) / sum[h];
                 probs[t0 + j] = pr;
             }
+        }
+    }
+
+    /// <summary>Rotates the key rows of slots [t0, t0 + n) in kTile ([n, hd]) by their block's Δ (see <see cref="Attend"/>);
+    /// <paramref name="rotation"/> holds the cos/sin of <paramref name="rotationDelta"/> and is recomputed when Δ changes.</summary>
+    static void ShiftKeys(ModelConfig c, ReadOnlySpan<int> blockPos, int bs, int dropped, int t0, int n, Span<float> kTile,
+                          Span<float> rotation, ref int rotationDelta)
+    {
+        int hd = c.HeadDim;
+        for (int j = 0; j < n;)
+        {
+            int slot = t0 + j, bi = slot / bs, run = Math.Min(bs - slot % bs, n - j);
+            int delta = dropped - (blockPos[bi] - bi * bs);
+            if (delta != 0)
+            {
+                if (delta != rotationDelta) { c.RopeRotation(delta, rotation); rotationDelta = delta; }
+                for (int r = 0; r < run; r++) Ops.RopeNorm(kTile.Slice((j + r) * hd, hd), 1, hd, rotation);
+            }
+            j += run;
         }
     }
 

@@ -48,6 +48,21 @@ public sealed record ModelConfig
         Kernels.Ops.RopeCache(pos, RopeDim, RopeFreqBase, freqScale, RopeFreqFactors, ext, YarnAttnFactor, low, high, cosSin);
     }
 
+    /// <summary>
+    /// cos/sin of a pure rotation by <paramref name="delta"/> positions ([nRot] pairs): <see cref="RopeCache"/>'s angles
+    /// with its magnitude (YaRN's mscale) divided out, so a key already rotated for position p becomes the key of
+    /// position p + delta (θ is linear in the position for every scaling type).
+    /// </summary>
+    public void RopeRotation(int delta, Span<float> cosSin)
+    {
+        RopeCache(delta, cosSin);
+        for (int i = 0; i < cosSin.Length; i += 2)
+        {
+            float m = MathF.Sqrt(cosSin[i] * cosSin[i] + cosSin[i + 1] * cosSin[i + 1]);
+            cosSin[i] /= m; cosSin[i + 1] /= m;
+        }
+    }
+
     /// <summary>ggml_rope_yarn_corr_dims: the rotary dims where wavelengths cross β_fast and β_slow rotations over the
     /// original context, floored / ceiled and clamped to [0, nDims − 1].</summary>
     public static (float Low, float High) YarnCorrDims(int nDims, int nCtxOrig, float freqBase, float betaFast, float betaSlow)

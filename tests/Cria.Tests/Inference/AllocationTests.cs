@@ -49,7 +49,7 @@ public class AllocationTests
         {
             ContextSize = 256, Threads = 2, MicroBatch = 16,
             Kv = new KvFormat { Type = kv, KiviGroup = 16, KiviResidual = 32 },
-            Eviction = evict == KvEvictionType.None ? KvEvictionOptions.None : new KvEvictionOptions { Type = evict, Budget = 64 },
+            Eviction = evict == KvEvictionType.None ? KvEvictionOptions.None : new KvEvictionOptions { Type = evict, Budget = 64, ShiftPositions = evict != KvEvictionType.SnapKV }, // shift: StreamingLLM positions (rotation tables on the stack)
         });
         var rng = new Random(5);
         var tokens = new int[Warmup + Steps];

@@ -45,4 +45,79 @@ public class AttentionTests
                 Assert.True(Math.Abs(expected[i] - output[h * hd + i]) <= 1e-5f, $"head {h} dim {i}: {output[h * hd + i]} vs {expected[i]}");
         }
     }
+
+    /// <summary>
+    /// StreamingLLM position re-assignment: after blocks are evicted, attention with <c>dropped</c> set must equal
+    /// attention over the kept tokens re-rotated at their cache slots, with the query at its slot (the definition),
+    /// although the cache still holds keys rotated by their text positions. Without the shift it must differ.
+    /// </summary>
+    [Theory]
+    [InlineData(false, new[] { true, false, false, true, true, true, true })]  // sinks + recent window: one Δ for the sink block
+    [InlineData(false, new[] { true, false, true, false, true, true, true })]  // H2O-like holes: two different Δ
+    [InlineData(true, new[] { true, false, false, false, true, true, true })]  // YaRN (its mscale must not be applied twice)
+    public void ShiftedAttentionEqualsAttentionAtCacheSlots(bool yarn, bool[] keep)
+    {
+        const int hd = 32, heads = 4, kvHeads = 2, bs = 16, length = 100; // 7 blocks, the last holding 4 tokens
+        var c = new ModelConfig
+        {
+            HeadDim = hd, HeadCount = heads, KvHeadCount = kvHeads, Dim = hd * heads, RopeDim = hd, ContextLength = 64,
+            RopeScaling = yarn ? RopeScalingType.Yarn : RopeScalingType.None, RopeFreqScale = yarn ? 0.25f : 1f,
+        };
+        var rng = new Random(keep.Count(k => k) * 31 + (yarn ? 1 : 0));
+        float R() => (float)(rng.NextDouble() * 2 - 1);
+        var cache = new KvCache(c.KvDim, 1, 256, bs, KvFormat.F32, hd);
+        cache.Append(0, length);
+        var rawK = new float[length][]; var rawV = new float[length][];
+        var cs = new float[hd];
+        for (int t = 0; t < length; t++)
+        {
+            rawK[t] = Enumerable.Range(0, c.KvDim).Select(_ => R()).ToArray();
+            rawV[t] = Enumerable.Range(0, c.KvDim).Select(_ => R()).ToArray();
+            var k = (float[])rawK[t].Clone();
+            c.RopeCache(t, cs);
+            Ops.RopeNorm(k, kvHeads, hd, cs);
+            int cell = cache.Cell(0, t);
+            k.CopyTo(cache.Keys(0).Slice(cell * c.KvDim, c.KvDim));
+            rawV[t].CopyTo(cache.Values(0).Slice(cell * c.KvDim, c.KvDim));
+        }
+        var kept = Enumerable.Range(0, length).Where(t => keep[t / bs]).ToArray(); // text positions, in slot order
+        cache.DropBlocks(0, keep);
+        var s = cache.GetSequence(0);
+        Assert.Equal(kept.Length, s.Slots);
+        int p = length - 1, slotQ = kept.Length - 1;
+        var qRaw = Enumerable.Range(0, c.QDim).Select(_ => R() * 3).ToArray();
+        var q = (float[])qRaw.Clone();
+        c.RopeCache(p, cs);
+        Ops.RopeNorm(q, heads, hd, cs);
+        var kv = new AttentionJob.KvLayer(cache, 0);
+        var scratch = new float[AttentionJob.ScratchLength(c)];
+        var shifted = new float[c.QDim];
+        var plain = new float[c.QDim];
+        var table = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(s.Blocks).ToArray();
+        var blockPos = cache.BlockPositions(0).ToArray();
+        for (int g = 0; g < kvHeads; g++)
+        {
+            AttentionJob.Attend(c, kv, table, blockPos, null, s.Slots, p, g, q, shifted, scratch, default, s.Dropped);
+            AttentionJob.Attend(c, kv, table, blockPos, null, s.Slots, p, g, q, plain, scratch, default);
+        }
+
+        // The definition: every kept key rotated at its slot, the query at its slot.
+        var qRef = (float[])qRaw.Clone();
+        c.RopeCache(slotQ, cs);
+        Ops.RopeNorm(qRef, heads, hd, cs);
+        var kRef = kept.Select((t, slot) => { var k = (float[])rawK[t].Clone(); var r = new float[hd]; c.RopeCache(slot, r); Ops.RopeNorm(k, kvHeads, hd, r); return k; }).ToArray();
+        var expected = new float[hd];
+        double plainDiff = 0;
+        for (int h = 0; h < heads; h++)
+        {
+            int g = h / c.GroupSize;
+            AttentionJob.AttendScalar(qRef.AsSpan(h * hd, hd), j => kRef[j].AsSpan(g * hd, hd).ToArray(), j => rawV[kept[j]].AsSpan(g * hd, hd).ToArray(), kept.Length, expected);
+            for (int i = 0; i < hd; i++)
+            {
+                Assert.True(Math.Abs(expected[i] - shifted[h * hd + i]) <= 2e-5f, $"head {h} dim {i}: {shifted[h * hd + i]} vs {expected[i]}");
+                plainDiff = Math.Max(plainDiff, Math.Abs(expected[i] - plain[h * hd + i]));
+            }
+        }
+        Assert.True(plainDiff > 1e-3, $"without the shift the output should differ from the slot-position attention (max diff {plainDiff})");
+    }
 }
