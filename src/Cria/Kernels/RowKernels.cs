@@ -627,30 +627,16 @@ public static unsafe class RowKernels
             {
                 short* q = decQ + i * 32;
                 Q80Step4(xa, nb, i, Vector512.Load(q), Vector512.Load(q + 32), Vector512.Load(q + 64), Vector512.Load(q + 96),
-                    decD[i], decD[i + 1], decD[i + 2], decD[i + 3], ref acc);
+                    Vector512.Create(decD[i]), Vector512.Create(decD[i + 1]), Vector512.Create(decD[i + 2]), Vector512.Create(decD[i + 3]), ref acc);
             }
             for (; i < nb; i++) Q80Step1(xa, nb, i, Vector512.Load(decQ + i * 32), decD[i], ref acc);
             y[(long)b * yStride] = Vector512.Sum(acc);
         }
     }
 
-    /// <summary>Four Q8_0 blocks (int16 weights w0..w3, scales d0..d3) against blocks i..i+3 of one activation row.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void Q80Step4(byte* x, int nb, int i, Vector512<short> w0, Vector512<short> w1, Vector512<short> w2, Vector512<short> w3,
-        float d0, float d1, float d2, float d3, ref Vector512<float> acc)
-    {
-        float* xs = (float*)x;
-        short* xq = (short*)(xs + nb) + i * 32;
-        var p0 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(w0, Vector512.Load(xq)));
-        var p1 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(w1, Vector512.Load(xq + 32)));
-        var p2 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(w2, Vector512.Load(xq + 64)));
-        var p3 = Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(w3, Vector512.Load(xq + 96)));
-        var t = Vector512.FusedMultiplyAdd(Vector512.Create(d1 * xs[i + 1]), p1, Vector512.Create(d0 * xs[i]) * p0);
-        var u = Vector512.FusedMultiplyAdd(Vector512.Create(d3 * xs[i + 3]), p3, Vector512.Create(d2 * xs[i + 2]) * p2);
-        acc += t + u;
-    }
-
-    /// <summary><see cref="Q80Step4"/> with the weight scales already broadcast (the tile path).</summary>
+    /// <summary>Four Q8_0 blocks (int16 weights w0..w3, weight scales d0..d3 broadcast) against blocks i..i+3 of one
+    /// activation row: block k adds (d_k·d_x,k)·p_k, the scale product one vector multiply (the same bits as the
+    /// scalar product broadcast).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void Q80Step4(byte* x, int nb, int i, Vector512<short> w0, Vector512<short> w1, Vector512<short> w2, Vector512<short> w3,
         Vector512<float> d0, Vector512<float> d1, Vector512<float> d2, Vector512<float> d3, ref Vector512<float> acc)
@@ -690,8 +676,8 @@ public static unsafe class RowKernels
             Sse.Prefetch0(blk + PrefetchDistance + 64);
             Sse.Prefetch0(blk + PrefetchDistance + 128);
             Q80Step4(x, nb, i, WidenQ80(blk), WidenQ80(blk + 34), WidenQ80(blk + 68), WidenQ80(blk + 102),
-                Fp16.ToSingle(*(ushort*)blk), Fp16.ToSingle(*(ushort*)(blk + 34)),
-                Fp16.ToSingle(*(ushort*)(blk + 68)), Fp16.ToSingle(*(ushort*)(blk + 102)), ref acc);
+                Vector512.Create(Fp16.ToSingle(*(ushort*)blk)), Vector512.Create(Fp16.ToSingle(*(ushort*)(blk + 34))),
+                Vector512.Create(Fp16.ToSingle(*(ushort*)(blk + 68))), Vector512.Create(Fp16.ToSingle(*(ushort*)(blk + 102))), ref acc);
         }
         for (; i < nb; i++)
         {
