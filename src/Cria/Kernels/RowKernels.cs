@@ -52,8 +52,8 @@ public static unsafe class RowKernels
         switch (weightType)
         {
             case GgmlType.F32: x.CopyTo(f); return;
-            case GgmlType.F16: for (int i = 0; i < x.Length; i++) f[i] = Fp16.Round(x[i]); return;
-            case GgmlType.BF16: for (int i = 0; i < x.Length; i++) f[i] = Bf16.Round(x[i]); return;
+            case GgmlType.F16: RoundToHalf(x, f); return;
+            case GgmlType.BF16: RoundToBf16(x, f); return;
             case GgmlType.Q8_0 when Avx512BW.IsSupported:
                 QuantizeQ80Widened(x, dst);
                 return;
@@ -86,6 +86,50 @@ public static unsafe class RowKernels
                     lo1.Store(q + 32);
                     hi0.Store(q + 64);
                 }
+    }
+
+    /// <summary>
+    /// y = Fp16.Round(x), 16 at a time: for |x| in half's normal range the float's mantissa is rounded to 10 bits, to
+    /// nearest even, in the integer domain ((u + 0xFFF + bit 13) with the low 13 bits cleared; a carry into the
+    /// exponent is the correct result). A vector with a lane below 2^-14 (half subnormals, other than 0), at or above
+    /// 65520 (rounds to infinity) or NaN goes through the scalar conversion.
+    /// </summary>
+    internal static void RoundToHalf(ReadOnlySpan<float> x, Span<float> y)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var lowest = Vector512.Create(0x38800000u); var limit = Vector512.Create(0x477FF000u);
+            var absMask = Vector512.Create(0x7FFFFFFFu);
+            for (; i + 16 <= x.Length; i += 16)
+            {
+                var u = Vector512.LoadUnsafe(ref Unsafe.As<float, uint>(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(x)), (nuint)i);
+                var a = u & absMask;
+                var odd = Vector512.GreaterThanOrEqual(a, limit) | (Vector512.LessThan(a, lowest) & ~Vector512.Equals(a, Vector512<uint>.Zero));
+                if (odd != Vector512<uint>.Zero) { for (int j = i; j < i + 16; j++) y[j] = Fp16.Round(x[j]); continue; }
+                var r = ((a + Vector512.Create(0xFFFu) + ((a >> 13) & Vector512<uint>.One)) & Vector512.Create(~0x1FFFu)) | (u & ~absMask);
+                r.AsSingle().StoreUnsafe(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(y), (nuint)i);
+            }
+        }
+        for (; i < x.Length; i++) y[i] = Fp16.Round(x[i]);
+    }
+
+    /// <summary>y = Bf16.Round(x), 16 at a time (round to nearest even on the high 16 bits); NaN lanes go scalar.</summary>
+    internal static void RoundToBf16(ReadOnlySpan<float> x, Span<float> y)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var absMask = Vector512.Create(0x7FFFFFFFu);
+            for (; i + 16 <= x.Length; i += 16)
+            {
+                var u = Vector512.LoadUnsafe(ref Unsafe.As<float, uint>(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(x)), (nuint)i);
+                if (Vector512.GreaterThanAny(u & absMask, Vector512.Create(0x7F800000u))) { for (int j = i; j < i + 16; j++) y[j] = Bf16.Round(x[j]); continue; }
+                var r = (u + Vector512.Create(0x7FFFu) + ((u >> 16) & Vector512<uint>.One)) & Vector512.Create(0xFFFF0000u);
+                r.AsSingle().StoreUnsafe(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(y), (nuint)i);
+            }
+        }
+        for (; i < x.Length; i++) y[i] = Bf16.Round(x[i]);
     }
 
     /// <summary>

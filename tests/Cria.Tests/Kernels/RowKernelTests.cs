@@ -116,6 +116,27 @@ public unsafe class RowKernelTests
     }
 
     [Fact]
+    public void VectorizedHalfAndBf16RoundingEqualTheScalarConversion()
+    {
+        // Every 61st float bit pattern (all exponents, both signs, NaN and infinity included), plus the edges of half's
+        // normal range and its rounding ties, in runs of 16 so the vector path sees them.
+        var values = new List<float>();
+        for (long u = 0; u <= uint.MaxValue; u += 61 * 4093) for (int k = 0; k < 16; k++) values.Add(BitConverter.UInt32BitsToSingle((uint)(u + k * 61)));
+        foreach (float v in new[] { 65504f, 65519.99f, 65520f, 6.1035156e-5f, 6.1035152e-5f, 1f + 1f / 2048, 1f + 3f / 2048, 2049f, 2051f, 0f, -0f })
+            for (int k = 0; k < 16; k++) values.Add(k % 2 == 0 ? v : -v);
+        var x = values.ToArray();
+        var h = new float[x.Length]; var b = new float[x.Length];
+        RowKernels.RoundToHalf(x, h);
+        RowKernels.RoundToBf16(x, b);
+        for (int i = 0; i < x.Length; i++)
+        {
+            float eh = Fp16.Round(x[i]), eb = Bf16.Round(x[i]);
+            Assert.True(BitConverter.SingleToUInt32Bits(eh) == BitConverter.SingleToUInt32Bits(h[i]) || float.IsNaN(eh) && float.IsNaN(h[i]), $"half of 0x{BitConverter.SingleToUInt32Bits(x[i]):X8}: {h[i]} vs {eh}");
+            Assert.True(BitConverter.SingleToUInt32Bits(eb) == BitConverter.SingleToUInt32Bits(b[i]), $"bf16 of 0x{BitConverter.SingleToUInt32Bits(x[i]):X8}: {b[i]} vs {eb}");
+        }
+    }
+
+    [Fact]
     public void VectorizedQ80ActivationsEqualTheReferenceQuantizer()
     {
         if (!System.Runtime.Intrinsics.X86.Avx512BW.IsSupported) return; // Q8_0 activations are plain Q8_0 blocks then

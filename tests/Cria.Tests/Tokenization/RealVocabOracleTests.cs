@@ -225,10 +225,18 @@ public abstract class RealVocabOracleTests<TFixture> where TFixture : VocabFixtu
             }
             return best;
         }
+        // A quadratic encoder fails every attempt; a run slowed by other processes on the machine passes on a retry.
         foreach (char c in new[] { ' ', 'a' })
         {
-            double t1 = Best(new string(c, 10_000)), t8 = Best(new string(c, 80_000));
-            Assert.True(t8 < 40 * Math.Max(t1, 1), $"'{c}' x10k {t1:F1} ms, x80k {t8:F1} ms");
+            string report = "";
+            bool linear = false;
+            for (int attempt = 0; attempt < 3 && !linear; attempt++)
+            {
+                double t1 = Best(new string(c, 10_000)), t8 = Best(new string(c, 80_000));
+                linear = t8 < 40 * Math.Max(t1, 1);
+                report += $" x10k {t1:F1} ms, x80k {t8:F1} ms;";
+            }
+            Assert.True(linear, $"'{c}':{report}");
         }
     }
 
