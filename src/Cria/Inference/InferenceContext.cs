@@ -219,14 +219,14 @@ public sealed class InferenceContext : IDisposable
             _pool.Run(_attention);
             if (scoring) _evictor!.Accumulate(Cache, batch, start, B, _probs, _probStride, c.KvHeadCount);
             MatMul(L.Wo, _att, B, _tmp);
-            for (int i = 0; i < B * dim; i++) _x[i] += _tmp[i];
+            Ops.Add(_tmp.AsSpan(0, B * dim), _x.AsSpan(0, B * dim));
 
             // ---- feed-forward (SwiGLU) ----
             for (int b = 0; b < B; b++) Ops.RmsNorm(_x.AsSpan(b * dim, dim), L.FfnNorm, c.RmsNormEps, _xn.AsSpan(b * dim, dim));
             MatMuls(_xn, B, 2, L.WGate, _gate, L.WUp, _up, default, default);
             for (int b = 0; b < B; b++) Ops.SwiGlu(_gate.AsSpan(b * ff, ff), _up.AsSpan(b * ff, ff));
             MatMul(L.WDown, _gate, B, _tmp);
-            for (int i = 0; i < B * dim; i++) _x[i] += _tmp[i];
+            Ops.Add(_tmp.AsSpan(0, B * dim), _x.AsSpan(0, B * dim));
         }
 
         // Eviction, chunk by chunk (Locret): every sequence of this micro-batch over its budget drops blocks.

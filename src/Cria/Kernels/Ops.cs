@@ -18,7 +18,17 @@ public static class Ops
         for (int i = 0; i < x.Length; i++) sum += (double)(x[i] * x[i]);
         float mean = (float)(sum / x.Length);
         float scale = 1.0f / MathF.Sqrt(mean + eps);
-        for (int i = 0; i < x.Length; i++) y[i] = x[i] * scale * w[i];
+        int j = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            ref float px = ref MemoryMarshal.GetReference(x);
+            ref float pw = ref MemoryMarshal.GetReference(w);
+            ref float py = ref MemoryMarshal.GetReference(y);
+            var vs = Vector512.Create(scale);
+            for (; j + 16 <= x.Length; j += 16) // (x·scale)·w per lane: the scalar loop's operations
+                (Vector512.LoadUnsafe(ref px, (nuint)j) * vs * Vector512.LoadUnsafe(ref pw, (nuint)j)).StoreUnsafe(ref py, (nuint)j);
+        }
+        for (; j < x.Length; j++) y[j] = x[j] * scale * w[j];
     }
 
     /// <summary>Dot product of two float vectors (Vector256 lanes, then a fixed-order horizontal sum and scalar tail).</summary>
@@ -62,9 +72,18 @@ public static class Ops
     }
 
     /// <summary>y += x.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Add(ReadOnlySpan<float> x, Span<float> y)
     {
-        for (int i = 0; i < x.Length; i++) y[i] += x[i];
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            ref float px = ref MemoryMarshal.GetReference(x);
+            ref float py = ref MemoryMarshal.GetReference(y);
+            for (; i + 16 <= x.Length; i += 16)
+                (Vector512.LoadUnsafe(ref py, (nuint)i) + Vector512.LoadUnsafe(ref px, (nuint)i)).StoreUnsafe(ref py, (nuint)i);
+        }
+        for (; i < x.Length; i++) y[i] += x[i];
     }
 
     /// <summary>g = silu(g) · u, with silu(x) = x / (1 + e^-x) (SwiGLU); 16 lanes at a time, scalar tail.</summary>
