@@ -19,13 +19,9 @@ public static unsafe class RowKernels
     /// <summary>Activation rows processed together (their accumulators live on the stack).</summary>
     public const int Tile = 16;
 
-    /// <summary>
-    /// Activation rows per tile for Q8_0 weights, whose activation rows are widened to int16 (68 B per 32 values, twice
-    /// Q8_K's size): as many as fit in 40 KiB, a multiple of 4 from 4 to <see cref="Tile"/>, so the tile stays in L1d
-    /// (48 KiB) while every weight row of the chunk runs over it. n = 2048: 8 rows; one thread, 5632×2048 × 512 rows:
-    /// 44–45 GMAC/s with 16-row tiles, 50–51 with 8 (K-quant tiles measured slower when shrunk this way).
-    /// </summary>
-    static int Q80TileRows(int xStride) => Math.Clamp(40960 / xStride / 4 * 4, 4, Tile);
+    /// <summary>Q8_0 batches (<see cref="Q80Block"/>): activation rows per tile, and blocks per part of a row — a
+    /// multiple of 4 (the kernels' step), as many as keep one part of a tile, 68 B per block and row, within 40 KiB.</summary>
+    const int Q80TileRows = 8, Q80PartBlocks = 40960 / (Q80TileRows * 68) / 4 * 4;
 
     public static bool HasBatched(GgmlType t) => Avx512BW.IsSupported && t is GgmlType.Q4_K or GgmlType.Q6_K or GgmlType.Q8_0;
 
@@ -216,6 +212,7 @@ public static unsafe class RowKernels
     [ThreadStatic] static DecodedSuperBlock[]? _q4kDecoded;   // [n / 256] one decoded Q4_K / Q6_K row
     [ThreadStatic] static short[]? _q80Quants;                // [n] one Q8_0 row's quants as int16
     [ThreadStatic] static float[]? _q80Scales;                // [n / 32] its block scales
+    [ThreadStatic] static float[]? _q80Acc;                   // [rows, tile, 16] Q8_0 accumulators carried between parts of a row
 
     /// <summary>
     /// A pinned scratch array of at least <paramref name="count"/> elements after its first 64-byte boundary, which is
@@ -319,14 +316,15 @@ public static unsafe class RowKernels
             for (int r = r0; r < r1; r++) Run(type, w + (long)r * rowBytes, rowBytes, x, xStride, B, n, y + r, yStride);
             return;
         }
-        var dec = DecodeBuffer(Math.Max(1, n / 256));
-        var (q80Quants, q80Scales) = Q80Buffers(n);
-        short* decQ = (short*)q80Quants;
-        float* decD = (float*)q80Scales;
-        int tile = type == GgmlType.Q8_0 ? Q80TileRows(xStride) : Tile;
-        for (int b0 = 0; b0 < B; b0 += tile)
+        if (type == GgmlType.Q8_0)
         {
-            int tb = Math.Min(tile, B - b0);
+            Q80Block(w, rowBytes, r0, r1, x, xStride, B, n, y, yStride);
+            return;
+        }
+        var dec = DecodeBuffer(Math.Max(1, n / 256));
+        for (int b0 = 0; b0 < B; b0 += Tile)
+        {
+            int tb = Math.Min(Tile, B - b0);
             byte* xt = x + (long)b0 * xStride;
             float* yt = y + (long)b0 * yStride;
             for (int r = r0; r < r1; r++)
@@ -335,8 +333,7 @@ public static unsafe class RowKernels
                 switch (type)
                 {
                     case GgmlType.Q4_K: Q4KTile(wr, xt, xStride, tb, n / 256, yt + r, yStride, dec); break;
-                    case GgmlType.Q6_K: Q6KTile(wr, xt, xStride, tb, n / 256, yt + r, yStride, dec); break;
-                    default: Q80Tile(wr, xt, xStride, tb, n / 32, yt + r, yStride, decQ, decD); break;
+                    default: Q6KTile(wr, xt, xStride, tb, n / 256, yt + r, yStride, dec); break;
                 }
             }
         }
@@ -615,28 +612,42 @@ public static unsafe class RowKernels
     // the accumulator so the dependency chain through it stays short.
 
     /// <summary>
-    /// One Q8_0 weight row against B activation rows for the cache-blocked batch path: the row is decoded once (quants
-    /// widened to int16, scales to float) and activation rows run four at a time with accumulators in registers.
-    /// Per row b the operations and their order are those of <see cref="Q801"/> (four blocks per step, then single
-    /// blocks), so results do not depend on B.
+    /// One Q8_0 weight row against B activation rows (<see cref="Run"/>): <see cref="Q80TilePart"/> over all blocks,
+    /// then the horizontal sums.
+    /// </summary>
+    static void Q80Tile(byte* w, byte* x, int xStride, int B, int nb, float* y, int yStride, short* decQ, float* decD)
+    {
+        var acc = (Vector512<float>*)Scratch(ref _q80Acc, (long)B * 16);
+        Q80TilePart(w, x, xStride, B, nb, 0, nb, acc, decQ, decD);
+        for (int b = 0; b < B; b++) y[(long)b * yStride] = Vector512.Sum(acc[b]);
+    }
+
+    /// <summary>
+    /// Blocks [i0, i1) of one Q8_0 weight row against B activation rows, continuing the accumulators acc[0..B) (started
+    /// from zero when i0 = 0): the blocks are decoded once (quants widened to int16, scales to float) and activation
+    /// rows run four at a time with their accumulators in registers. Parts start on multiples of four blocks, so per row
+    /// b the operations and their order are those of <see cref="Q801"/> (four blocks per step, then single blocks)
+    /// however the row is split: results depend neither on B nor on the parts.
     /// </summary>
     [SkipLocalsInit]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Q80Tile(byte* w, byte* x, int xStride, int B, int nb, float* y, int yStride, short* decQ, float* decD)
+    static void Q80TilePart(byte* w, byte* x, int xStride, int B, int nb, int i0, int i1, Vector512<float>* acc, short* decQ, float* decD)
     {
-        for (int i = 0; i < nb; i++)
+        for (int i = i0; i < i1; i++)
         {
             byte* blk = w + i * 34;
             decD[i] = Fp16.ToSingle(*(ushort*)blk);
             WidenQ80(blk).Store(decQ + i * 32);
         }
+        bool first = i0 == 0;
         int b = 0;
         for (; b + 4 <= B; b += 4)
         {
             byte* xa = x + (long)b * xStride;
-            Vector512<float> accA = default, accB = default, accC = default, accD = default;
-            int i = 0;
-            for (; i + 4 <= nb; i += 4)
+            Vector512<float> accA = first ? default : acc[b], accB = first ? default : acc[b + 1];
+            Vector512<float> accC = first ? default : acc[b + 2], accD = first ? default : acc[b + 3];
+            int i = i0;
+            for (; i + 4 <= i1; i += 4)
             {
                 short* q = decQ + i * 32;
                 var w0 = Vector512.Load(q); var w1 = Vector512.Load(q + 32); var w2 = Vector512.Load(q + 64); var w3 = Vector512.Load(q + 96);
@@ -649,7 +660,7 @@ public static unsafe class RowKernels
                 Q80Step4(xa + 2L * xStride, nb, i, w0, w1, w2, w3, d0, d1, d2, d3, ref accC);
                 Q80Step4(xa + 3L * xStride, nb, i, w0, w1, w2, w3, d0, d1, d2, d3, ref accD);
             }
-            for (; i < nb; i++)
+            for (; i < i1; i++)
             {
                 var w0 = Vector512.Load(decQ + i * 32);
                 Q80Step1(xa, nb, i, w0, decD[i], ref accA);
@@ -657,24 +668,51 @@ public static unsafe class RowKernels
                 Q80Step1(xa + 2L * xStride, nb, i, w0, decD[i], ref accC);
                 Q80Step1(xa + 3L * xStride, nb, i, w0, decD[i], ref accD);
             }
-            y[(long)b * yStride] = Vector512.Sum(accA);
-            y[(long)(b + 1) * yStride] = Vector512.Sum(accB);
-            y[(long)(b + 2) * yStride] = Vector512.Sum(accC);
-            y[(long)(b + 3) * yStride] = Vector512.Sum(accD);
+            acc[b] = accA; acc[b + 1] = accB; acc[b + 2] = accC; acc[b + 3] = accD;
         }
         for (; b < B; b++)
         {
             byte* xa = x + (long)b * xStride;
-            Vector512<float> acc = default;
-            int i = 0;
-            for (; i + 4 <= nb; i += 4)
+            Vector512<float> a = first ? default : acc[b];
+            int i = i0;
+            for (; i + 4 <= i1; i += 4)
             {
                 short* q = decQ + i * 32;
                 Q80Step4(xa, nb, i, Vector512.Load(q), Vector512.Load(q + 32), Vector512.Load(q + 64), Vector512.Load(q + 96),
-                    Vector512.Create(decD[i]), Vector512.Create(decD[i + 1]), Vector512.Create(decD[i + 2]), Vector512.Create(decD[i + 3]), ref acc);
+                    Vector512.Create(decD[i]), Vector512.Create(decD[i + 1]), Vector512.Create(decD[i + 2]), Vector512.Create(decD[i + 3]), ref a);
             }
-            for (; i < nb; i++) Q80Step1(xa, nb, i, Vector512.Load(decQ + i * 32), decD[i], ref acc);
-            y[(long)b * yStride] = Vector512.Sum(acc);
+            for (; i < i1; i++) Q80Step1(xa, nb, i, Vector512.Load(decQ + i * 32), decD[i], ref a);
+            acc[b] = a;
+        }
+    }
+
+    /// <summary>
+    /// Rows [r0, r1) of a Q8_0 matrix against B activation rows (<see cref="RunBlock"/>), blocked for L1d: tiles of
+    /// <see cref="Q80TileRows"/> activation rows, and along the row in parts of <see cref="Q80PartBlocks"/> blocks, so
+    /// one part of a tile (8 rows × 72 blocks × 68 B = 39 KB of int16 activations) stays in the 48 KiB L1d while every
+    /// weight row of the chunk runs over it; the accumulators ([rows, tile] vectors) carry between parts. One thread,
+    /// 512 rows: 5632×2048 44–45 → 50–51 GMAC/s (16-row tiles → 8), 2048×5632 34–37 → see docs/benchmarks.md.
+    /// </summary>
+    static void Q80Block(byte* w, int rowBytes, int r0, int r1, byte* x, int xStride, int B, int n, float* y, int yStride)
+    {
+        int nb = n / 32;
+        var (q80Quants, q80Scales) = Q80Buffers(n);
+        short* decQ = (short*)q80Quants;
+        float* decD = (float*)q80Scales;
+        var acc = (Vector512<float>*)Scratch(ref _q80Acc, (long)(r1 - r0) * Q80TileRows * 16); // [rows, tile] accumulators
+        for (int b0 = 0; b0 < B; b0 += Q80TileRows)
+        {
+            int tb = Math.Min(Q80TileRows, B - b0);
+            byte* xt = x + (long)b0 * xStride;
+            for (int i0 = 0; i0 < nb; i0 += Q80PartBlocks)
+            {
+                int i1 = Math.Min(nb, i0 + Q80PartBlocks);
+                for (int r = r0; r < r1; r++)
+                    Q80TilePart(w + (long)r * rowBytes, xt, xStride, tb, nb, i0, i1, acc + (r - r0) * Q80TileRows, decQ, decD);
+            }
+            for (int r = r0; r < r1; r++)
+                for (int b = 0; b < tb; b++)
+                    y[(long)(b0 + b) * yStride + r] = Vector512.Sum(acc[(r - r0) * Q80TileRows + b]);
         }
     }
 

@@ -62,7 +62,8 @@ public unsafe class RowKernelTests
         // activation rows at a time) and RunRows (B = 1: prefetching single-row kernels). Every output must be the
         // bits of that weight row against that activation row alone, whatever B and the row range are.
         var rng = new Random(91 + (int)type);
-        foreach (int n in new[] { 256, 2816 })
+        // Q8_0 batches split rows into parts of 72 blocks: 73 and 153 blocks end in parts with single-block tails.
+        foreach (int n in type == GgmlType.Q8_0 ? new[] { 256, 2816, 2336, 4896 } : new[] { 256, 2816 })
         {
             const int rows = 11; // ranges [0, 3) and [3, 11): edges alone, and two 4-row blocks of the float kernel
             long rb = GgmlTypeInfo.RowBytes(type, n);
