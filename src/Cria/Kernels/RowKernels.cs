@@ -23,6 +23,10 @@ public static unsafe class RowKernels
     /// multiple of 4 (the kernels' step), as many as keep one part of a tile, 68 B per block and row, within 40 KiB.</summary>
     const int Q80TileRows = 8, Q80PartBlocks = 40960 / (Q80TileRows * 68) / 4 * 4;
 
+    /// <summary>Q4_K / Q6_K batches: super-blocks per part of a row, as many as keep one part of a 16-row tile of Q8_K
+    /// activations (292 B per super-block and row) within 40 KiB.</summary>
+    const int KPartBlocks = 40960 / (Tile * 292);
+
     public static bool HasBatched(GgmlType t) => Avx512BW.IsSupported && t is GgmlType.Q4_K or GgmlType.Q6_K or GgmlType.Q8_0;
 
     /// <summary>
@@ -213,6 +217,7 @@ public static unsafe class RowKernels
     [ThreadStatic] static short[]? _q80Quants;                // [n] one Q8_0 row's quants as int16
     [ThreadStatic] static float[]? _q80Scales;                // [n / 32] its block scales
     [ThreadStatic] static float[]? _q80Acc;                   // [rows, tile, 16] Q8_0 accumulators carried between parts of a row
+    [ThreadStatic] static float[]? _kAcc;                     // [rows, tile, 2, 16] Q4_K / Q6_K accumulators (sums, mins) between parts
 
     /// <summary>
     /// A pinned scratch array of at least <paramref name="count"/> elements after its first 64-byte boundary, which is
@@ -321,21 +326,32 @@ public static unsafe class RowKernels
             Q80Block(w, rowBytes, r0, r1, x, xStride, B, n, y, yStride);
             return;
         }
-        var dec = DecodeBuffer(Math.Max(1, n / 256));
+        // Q4_K / Q6_K: tiles of Tile activation rows, each row in parts of KPartBlocks super-blocks (one part of a tile,
+        // 16 × 8 × 292 B = 37 KB of Q8_K activations, stays in L1d), accumulators carried between parts.
+        int nb = n / 256;
+        var dec = DecodeBuffer(Math.Max(1, nb));
+        var acc = (Vector512<float>*)Scratch(ref _kAcc, (long)(r1 - r0) * Tile * 32); // [rows, tile, 2] accumulators
         for (int b0 = 0; b0 < B; b0 += Tile)
         {
             int tb = Math.Min(Tile, B - b0);
             byte* xt = x + (long)b0 * xStride;
-            float* yt = y + (long)b0 * yStride;
-            for (int r = r0; r < r1; r++)
+            for (int i0 = 0; i0 < nb; i0 += KPartBlocks)
             {
-                byte* wr = w + (long)r * rowBytes;
-                switch (type)
+                int i1 = Math.Min(nb, i0 + KPartBlocks);
+                for (int r = r0; r < r1; r++)
                 {
-                    case GgmlType.Q4_K: Q4KTile(wr, xt, xStride, tb, n / 256, yt + r, yStride, dec); break;
-                    default: Q6KTile(wr, xt, xStride, tb, n / 256, yt + r, yStride, dec); break;
+                    byte* wr = w + (long)r * rowBytes;
+                    var a = acc + (long)(r - r0) * Tile * 2;
+                    if (type == GgmlType.Q4_K) Q4KTilePart(wr, xt, xStride, tb, i0, i1, a, dec);
+                    else Q6KTilePart(wr, xt, xStride, tb, i0, i1, a, dec);
                 }
             }
+            for (int r = r0; r < r1; r++)
+                for (int b = 0; b < tb; b++)
+                {
+                    var a = acc + ((long)(r - r0) * Tile + b) * 2;
+                    y[(long)(b0 + b) * yStride + r] = type == GgmlType.Q4_K ? Vector512.Sum(a[0]) - Vector256.Sum(a[1].GetLower()) : Vector512.Sum(a[0]);
+                }
         }
     }
 
@@ -356,18 +372,33 @@ public static unsafe class RowKernels
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Q4KTile(byte* w, byte* x, int xStride, int B, int nb, float* y, int yStride, DecodedSuperBlock* dec)
     {
-        for (int i = 0; i < nb; i++)
+        var acc = (Vector512<float>*)Scratch(ref _kAcc, (long)B * 32);
+        Q4KTilePart(w, x, xStride, B, 0, nb, acc, dec);
+        for (int b = 0; b < B; b++) y[(long)b * yStride] = Vector512.Sum(acc[2 * b]) - Vector256.Sum(acc[2 * b + 1].GetLower());
+    }
+
+    /// <summary>Super-blocks [i0, i1) of one Q4_K row against B activation rows, continuing the accumulators (per row
+    /// b: acc[2b] the scaled sums, the low half of acc[2b + 1] the mins; started from zero when i0 = 0). Each super-block
+    /// is one step of every row's chain, so results do not depend on how a row is split into parts.</summary>
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void Q4KTilePart(byte* w, byte* x, int xStride, int B, int i0, int i1, Vector512<float>* acc, DecodedSuperBlock* dec)
+    {
+        for (int i = i0; i < i1; i++)
         {
             DecodedSuperBlock* o = dec + i;
             DecodeQ4K(w + i * 144, out o->W0, out o->W1, out o->W2, out o->W3, out o->S0, out o->S1, out o->S2, out o->S3, out o->Mins, out o->D, out o->DMin);
         }
+        bool first = i0 == 0;
         int b = 0;
         for (; b + 4 <= B; b += 4)
         {
             byte* xa = x + (long)b * xStride, xb = xa + xStride, xc = xb + xStride, xd = xc + xStride;
-            Vector512<float> accA = default, accB = default, accC = default, accD = default;
-            Vector256<float> minA = default, minB = default, minC = default, minD = default;
-            for (int i = 0; i < nb; i++)
+            Vector512<float> accA = first ? default : acc[2 * b], accB = first ? default : acc[2 * b + 2];
+            Vector512<float> accC = first ? default : acc[2 * b + 4], accD = first ? default : acc[2 * b + 6];
+            Vector256<float> minA = first ? default : acc[2 * b + 1].GetLower(), minB = first ? default : acc[2 * b + 3].GetLower();
+            Vector256<float> minC = first ? default : acc[2 * b + 5].GetLower(), minD = first ? default : acc[2 * b + 7].GetLower();
+            for (int i = i0; i < i1; i++)
             {
                 DecodedSuperBlock* o = dec + i;
                 var w0 = o->W0; var w1 = o->W1; var w2 = o->W2; var w3 = o->W3;
@@ -379,21 +410,21 @@ public static unsafe class RowKernels
                 Q4KStep(xc + off, w0, w1, w2, w3, s0, s1, s2, s3, mins, d, dmin, ref accC, ref minC);
                 Q4KStep(xd + off, w0, w1, w2, w3, s0, s1, s2, s3, mins, d, dmin, ref accD, ref minD);
             }
-            y[(long)b * yStride] = Vector512.Sum(accA) - Vector256.Sum(minA);
-            y[(long)(b + 1) * yStride] = Vector512.Sum(accB) - Vector256.Sum(minB);
-            y[(long)(b + 2) * yStride] = Vector512.Sum(accC) - Vector256.Sum(minC);
-            y[(long)(b + 3) * yStride] = Vector512.Sum(accD) - Vector256.Sum(minD);
+            acc[2 * b] = accA; acc[2 * b + 2] = accB; acc[2 * b + 4] = accC; acc[2 * b + 6] = accD;
+            acc[2 * b + 1] = minA.ToVector512(); acc[2 * b + 3] = minB.ToVector512();
+            acc[2 * b + 5] = minC.ToVector512(); acc[2 * b + 7] = minD.ToVector512();
         }
         for (; b < B; b++)
         {
             byte* xa = x + (long)b * xStride;
-            Vector512<float> acc = default; Vector256<float> min = default;
-            for (int i = 0; i < nb; i++)
+            Vector512<float> a = first ? default : acc[2 * b];
+            Vector256<float> min = first ? default : acc[2 * b + 1].GetLower();
+            for (int i = i0; i < i1; i++)
             {
                 DecodedSuperBlock* o = dec + i;
-                Q4KStep(xa + i * 292, o->W0, o->W1, o->W2, o->W3, o->S0, o->S1, o->S2, o->S3, o->Mins, o->D, o->DMin, ref acc, ref min);
+                Q4KStep(xa + i * 292, o->W0, o->W1, o->W2, o->W3, o->S0, o->S1, o->S2, o->S3, o->Mins, o->D, o->DMin, ref a, ref min);
             }
-            y[(long)b * yStride] = Vector512.Sum(acc) - Vector256.Sum(min);
+            acc[2 * b] = a; acc[2 * b + 1] = min.ToVector512();
         }
     }
 
@@ -493,17 +524,30 @@ public static unsafe class RowKernels
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Q6KTile(byte* w, byte* x, int xStride, int B, int nb, float* y, int yStride, DecodedSuperBlock* dec)
     {
-        for (int i = 0; i < nb; i++)
+        var acc = (Vector512<float>*)Scratch(ref _kAcc, (long)B * 32);
+        Q6KTilePart(w, x, xStride, B, 0, nb, acc, dec);
+        for (int b = 0; b < B; b++) y[(long)b * yStride] = Vector512.Sum(acc[2 * b]);
+    }
+
+    /// <summary>Super-blocks [i0, i1) of one Q6_K row against B activation rows, continuing acc[2b] (the layout of
+    /// <see cref="Q4KTilePart"/>; started from zero when i0 = 0).</summary>
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void Q6KTilePart(byte* w, byte* x, int xStride, int B, int i0, int i1, Vector512<float>* acc, DecodedSuperBlock* dec)
+    {
+        for (int i = i0; i < i1; i++)
         {
             DecodedSuperBlock* o = dec + i;
             DecodeQ6K(w + i * 210, out o->W0, out o->W1, out o->W2, out o->W3, out o->S0, out o->S1, out o->S2, out o->S3, out o->Mins, out o->D);
         }
+        bool first = i0 == 0;
         int b = 0;
         for (; b + 4 <= B; b += 4)
         {
             byte* xa = x + (long)b * xStride, xb = xa + xStride, xc = xb + xStride, xd = xc + xStride;
-            Vector512<float> accA = default, accB = default, accC = default, accD = default;
-            for (int i = 0; i < nb; i++)
+            Vector512<float> accA = first ? default : acc[2 * b], accB = first ? default : acc[2 * b + 2];
+            Vector512<float> accC = first ? default : acc[2 * b + 4], accD = first ? default : acc[2 * b + 6];
+            for (int i = i0; i < i1; i++)
             {
                 DecodedSuperBlock* o = dec + i;
                 var w0 = o->W0; var w1 = o->W1; var w2 = o->W2; var w3 = o->W3;
@@ -515,21 +559,18 @@ public static unsafe class RowKernels
                 Q6KStep(xc + off, w0, w1, w2, w3, s0, s1, s2, s3, sc, d, ref accC);
                 Q6KStep(xd + off, w0, w1, w2, w3, s0, s1, s2, s3, sc, d, ref accD);
             }
-            y[(long)b * yStride] = Vector512.Sum(accA);
-            y[(long)(b + 1) * yStride] = Vector512.Sum(accB);
-            y[(long)(b + 2) * yStride] = Vector512.Sum(accC);
-            y[(long)(b + 3) * yStride] = Vector512.Sum(accD);
+            acc[2 * b] = accA; acc[2 * b + 2] = accB; acc[2 * b + 4] = accC; acc[2 * b + 6] = accD;
         }
         for (; b < B; b++)
         {
             byte* xa = x + (long)b * xStride;
-            Vector512<float> acc = default;
-            for (int i = 0; i < nb; i++)
+            Vector512<float> a = first ? default : acc[2 * b];
+            for (int i = i0; i < i1; i++)
             {
                 DecodedSuperBlock* o = dec + i;
-                Q6KStep(xa + i * 292, o->W0, o->W1, o->W2, o->W3, o->S0, o->S1, o->S2, o->S3, o->Mins, o->D, ref acc);
+                Q6KStep(xa + i * 292, o->W0, o->W1, o->W2, o->W3, o->S0, o->S1, o->S2, o->S3, o->Mins, o->D, ref a);
             }
-            y[(long)b * yStride] = Vector512.Sum(acc);
+            acc[2 * b] = a;
         }
     }
 
@@ -691,7 +732,8 @@ public static unsafe class RowKernels
     /// <see cref="Q80TileRows"/> activation rows, and along the row in parts of <see cref="Q80PartBlocks"/> blocks, so
     /// one part of a tile (8 rows × 72 blocks × 68 B = 39 KB of int16 activations) stays in the 48 KiB L1d while every
     /// weight row of the chunk runs over it; the accumulators ([rows, tile] vectors) carry between parts. One thread,
-    /// 512 rows: 5632×2048 44–45 → 50–51 GMAC/s (16-row tiles → 8), 2048×5632 34–37 → see docs/benchmarks.md.
+    /// 512 rows: 5632×2048 44–45 → 50–51 GMAC/s (16-row tiles → 8); 2048×5632 (ffn_down) 23–24 → 28–30 GMAC/s with
+    /// parts, alternating runs on a loaded machine.
     /// </summary>
     static void Q80Block(byte* w, int rowBytes, int r0, int r1, byte* x, int xStride, int B, int n, float* y, int yStride)
     {
