@@ -135,12 +135,7 @@ internal sealed class AttentionJob : ParallelJob
                 max[h] = m;
                 if (correction != 1f) Scale(acc.Slice(h * hd, hd), correction);
             }
-            // acc_h += Σ_j p_hj · v_j; V row read once per group.
-            for (int j = 0; j < n; j++)
-            {
-                var v = vTile.Slice(j * hd, hd);
-                for (int h = 0; h < group; h++) Ops.Axpy(scores[h * TileSize + j], v, acc.Slice(h * hd, hd));
-            }
+            AccumulateValues(scores, vTile, n, group, hd, acc);
         }
         for (int h = 0; h < group; h++)
         {
@@ -182,6 +177,55 @@ internal sealed class AttentionJob : ParallelJob
                 for (int r = 0; r < run; r++) Ops.RopeNorm(kTile.Slice((j + r) * hd, hd), 1, hd, rotation);
             }
             j += run;
+        }
+    }
+
+    /// <summary>
+    /// acc_h += Σ_j p_hj · v_j for the group's heads. With 512-bit vectors and hd a multiple of 16, each head's
+    /// accumulator stays in registers (up to 64 lanes at a time) over the tile's rows; per element the FMAs run over j in
+    /// the same order as the reference loop (<see cref="Ops.Axpy"/> per row and head), so the result is the same.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void AccumulateValues(ReadOnlySpan<float> scores, ReadOnlySpan<float> vTile, int n, int group, int hd, Span<float> acc)
+    {
+        if (!Vector512.IsHardwareAccelerated || hd % 16 != 0)
+        {
+            for (int j = 0; j < n; j++)
+            {
+                var v = vTile.Slice(j * hd, hd);
+                for (int h = 0; h < group; h++) Ops.Axpy(scores[h * TileSize + j], v, acc.Slice(h * hd, hd));
+            }
+            return;
+        }
+        ref float vr = ref MemoryMarshal.GetReference(vTile);
+        for (int h = 0; h < group; h++)
+        {
+            ref float ar = ref MemoryMarshal.GetReference(acc.Slice(h * hd, hd));
+            ref float sr = ref MemoryMarshal.GetReference(scores.Slice(h * TileSize, n));
+            int c = 0;
+            for (; c + 64 <= hd; c += 64)
+            {
+                var a0 = Vector512.LoadUnsafe(ref ar, (nuint)c); var a1 = Vector512.LoadUnsafe(ref ar, (nuint)c + 16);
+                var a2 = Vector512.LoadUnsafe(ref ar, (nuint)c + 32); var a3 = Vector512.LoadUnsafe(ref ar, (nuint)c + 48);
+                for (int j = 0; j < n; j++)
+                {
+                    var pj = Vector512.Create(Unsafe.Add(ref sr, j));
+                    nuint o = (nuint)(j * hd + c);
+                    a0 = Vector512.FusedMultiplyAdd(pj, Vector512.LoadUnsafe(ref vr, o), a0);
+                    a1 = Vector512.FusedMultiplyAdd(pj, Vector512.LoadUnsafe(ref vr, o + 16), a1);
+                    a2 = Vector512.FusedMultiplyAdd(pj, Vector512.LoadUnsafe(ref vr, o + 32), a2);
+                    a3 = Vector512.FusedMultiplyAdd(pj, Vector512.LoadUnsafe(ref vr, o + 48), a3);
+                }
+                a0.StoreUnsafe(ref ar, (nuint)c); a1.StoreUnsafe(ref ar, (nuint)c + 16);
+                a2.StoreUnsafe(ref ar, (nuint)c + 32); a3.StoreUnsafe(ref ar, (nuint)c + 48);
+            }
+            for (; c < hd; c += 16)
+            {
+                var a = Vector512.LoadUnsafe(ref ar, (nuint)c);
+                for (int j = 0; j < n; j++)
+                    a = Vector512.FusedMultiplyAdd(Vector512.Create(Unsafe.Add(ref sr, j)), Vector512.LoadUnsafe(ref vr, (nuint)(j * hd + c)), a);
+                a.StoreUnsafe(ref ar, (nuint)c);
+            }
         }
     }
 
