@@ -22,8 +22,9 @@ internal sealed class AttentionJob : ParallelJob
     readonly ModelConfig _c;
     readonly KvCache _cache;
     readonly bool _shiftPositions; // StreamingLLM position re-assignment after eviction (see Attend)
-    readonly float[][] _scratch; // [worker][group·TileSize scores | group·headDim accumulators | TileSize·headDim K | TileSize·headDim V]
-    int _layer, _start, _rows, _next;
+    readonly float[][] _scratch; // [worker][rows·group·TileSize scores | rows·group·headDim accumulators | TileSize·headDim K | TileSize·headDim V]
+    int[] _itemRow = [], _itemRows = []; // [item group] first batch row (relative to start) and row count of each run of rows
+    int _layer, _start, _rows, _next, _runs;
     float[] _q = [], _out = [];
     float[] _probs = [];         // [row, kvHead, slot] attention probabilities summed over the group's heads, when asked
     int _probStride;
@@ -36,7 +37,11 @@ internal sealed class AttentionJob : ParallelJob
         for (int i = 0; i < workers; i++) _scratch[i] = new float[ScratchLength(c)];
     }
 
-    public static int ScratchLength(ModelConfig c) => c.GroupSize * (TileSize + c.HeadDim) + 2 * TileSize * c.HeadDim;
+    /// <summary>Query rows of one sequence that share each loaded K/V tile (prefill): the tile is dequantized once for
+    /// all of them instead of once per row.</summary>
+    public const int RowsPerItem = 4;
+
+    public static int ScratchLength(ModelConfig c) => RowsPerItem * c.GroupSize * (TileSize + c.HeadDim) + 2 * TileSize * c.HeadDim;
 
     /// <summary>Sets up one layer's attention for rows [start, start + rows) of the batch. With
     /// <paramref name="probs"/> (length ≥ rows · kvHeads · <paramref name="probStride"/>) each item also writes its
@@ -45,6 +50,19 @@ internal sealed class AttentionJob : ParallelJob
     {
         _layer = layer; _q = q; _out = output; _batch = batch; _start = start; _rows = rows; _next = 0;
         _probs = probs ?? []; _probStride = probStride;
+        // Runs of up to RowsPerItem consecutive rows of one sequence at consecutive positions share tiles. KIVI reads a
+        // different mix of ring and quantized rows for each query position, and eviction scoring reads each row's
+        // probabilities in a second pass: those run one row per item.
+        int maxRun = _cache.Format.IsKivi || probs != null ? 1 : RowsPerItem;
+        if (_itemRow.Length < rows) { _itemRow = new int[rows]; _itemRows = new int[rows]; }
+        _runs = 0;
+        for (int b = 0; b < rows;)
+        {
+            int n = 1, seq = batch.Sequences[start + b], pos = batch.Positions[start + b];
+            while (n < maxRun && b + n < rows && batch.Sequences[start + b + n] == seq && batch.Positions[start + b + n] == pos + n) n++;
+            _itemRow[_runs] = b; _itemRows[_runs] = n; _runs++;
+            b += n;
+        }
     }
 
     public override bool SharesWorkDynamically => true;
@@ -54,20 +72,31 @@ internal sealed class AttentionJob : ParallelJob
     {
         var c = _c;
         int kvHeads = c.KvHeadCount;
-        int items = _rows * kvHeads;
+        int items = _runs * kvHeads;
         var scratch = _scratch[worker];
         var kv = new KvLayer(_cache, _layer);
+        Span<int> slots = stackalloc int[RowsPerItem];
+        Span<float> max = stackalloc float[RowsPerItem * c.GroupSize], sum = stackalloc float[RowsPerItem * c.GroupSize]; // [rows, group] softmax state
         while (true)
         {
             int item = Interlocked.Increment(ref _next) - 1;
             if (item >= items) return;
-            int b = item / kvHeads, g = item % kvHeads;
+            int run = item / kvHeads, g = item % kvHeads;
+            int b = _itemRow[run], n = _itemRows[run];
             int row = _start + b;
             var s = _cache.GetSequence(_batch!.Sequences[row]);
             int p = _batch.Positions[row];
-            var probs = _probs.Length == 0 ? Span<float>.Empty : _probs.AsSpan(item * _probStride, _probStride);
-            Attend(c, kv, CollectionsMarshal.AsSpan(s.Blocks), CollectionsMarshal.AsSpan(s.BlockPos), s.Ring, p - s.Dropped + 1, p, g,
-                   _q.AsSpan(b * c.QDim), _out.AsSpan(b * c.QDim), scratch, probs, _shiftPositions ? s.Dropped : -1);
+            int dropped = _shiftPositions ? s.Dropped : -1;
+            if (n == 1)
+            {
+                var probs = _probs.Length == 0 ? Span<float>.Empty : _probs.AsSpan((b * kvHeads + g) * _probStride, _probStride);
+                Attend(c, kv, CollectionsMarshal.AsSpan(s.Blocks), CollectionsMarshal.AsSpan(s.BlockPos), s.Ring, p - s.Dropped + 1, p, g,
+                       _q.AsSpan(b * c.QDim), _out.AsSpan(b * c.QDim), scratch, probs, dropped);
+                continue;
+            }
+            for (int r = 0; r < n; r++) slots[r] = p + r - s.Dropped + 1;
+            AttendRows(c, kv, CollectionsMarshal.AsSpan(s.Blocks), CollectionsMarshal.AsSpan(s.BlockPos), s.Ring, n, slots, p + n - 1, g,
+                       _q.AsSpan(b * c.QDim, n * c.QDim), _out.AsSpan(b * c.QDim, n * c.QDim), scratch, max, sum, dropped);
         }
     }
 
@@ -104,47 +133,18 @@ internal sealed class AttentionJob : ParallelJob
                                 int dropped = -1)
     {
         int hd = c.HeadDim, group = c.GroupSize;
-        float scale = 1.0f / MathF.Sqrt(hd);
-        var scores = scratch.AsSpan(0, group * TileSize);                              // [group, TileSize]
-        var acc = scratch.AsSpan(group * TileSize, group * hd);                        // [group, hd] un-normalised outputs
-        var kTile = scratch.AsSpan(group * (TileSize + hd), TileSize * hd);            // [TileSize, hd]
-        var vTile = scratch.AsSpan(group * (TileSize + hd) + TileSize * hd, TileSize * hd); // [TileSize, hd]
-        acc.Clear();
         Span<float> max = stackalloc float[group];
         Span<float> sum = stackalloc float[group];
-        max.Fill(float.NegativeInfinity);
-        sum.Clear();
-        Span<float> rotation = stackalloc float[dropped > 0 ? c.RopeDim : 0]; // [nRot] cos/sin of the current shift
-        int rotationDelta = 0;
-        int h0 = g * group;
-        for (int t0 = 0; t0 < slots; t0 += TileSize)
-        {
-            int n = Math.Min(TileSize, slots - t0);
-            LoadTile(kv, table, blockPos, ring, t0, n, g, hd, p, kTile, vTile);
-            if (dropped > 0) ShiftKeys(c, blockPos, kv.BlockSize, dropped, t0, n, kTile, rotation, ref rotationDelta);
-            TileScores(qRow, kTile, n, h0, group, hd, scale, scores);
-            // online softmax: new max, rescale what was accumulated, exponentiate the tile.
-            for (int h = 0; h < group; h++)
-            {
-                var s = scores.Slice(h * TileSize, n);
-                float m = max[h];
-                for (int j = 0; j < n; j++) m = MathF.Max(m, s[j]);
-                float correction = MathF.Exp(max[h] - m); // 0 on the first tile (max was -inf)
-                float tileSum = ExpSubtractSum(s, m);
-                sum[h] = sum[h] * correction + tileSum;
-                max[h] = m;
-                if (correction != 1f) Scale(acc.Slice(h * hd, hd), correction);
-            }
-            AccumulateValues(scores, vTile, n, group, hd, acc);
-        }
-        for (int h = 0; h < group; h++)
-        {
-            float inv = 1.0f / sum[h];
-            var o = outRow.Slice((h0 + h) * hd, hd);
-            var a = acc.Slice(h * hd, hd);
-            for (int i = 0; i < hd; i++) o[i] = a[i] * inv;
-        }
+        Span<int> slotsOne = stackalloc int[1];
+        slotsOne[0] = slots;
+        AttendRows(c, kv, table, blockPos, ring, 1, slotsOne, p, g, qRow, outRow, scratch, max, sum, dropped);
         if (probs.IsEmpty) return;
+        float scale = 1.0f / MathF.Sqrt(hd);
+        var scores = scratch.AsSpan(0, group * TileSize);
+        var kTile = scratch.AsSpan(RowsPerItem * group * (TileSize + hd), TileSize * hd);
+        var vTile = scratch.AsSpan(RowsPerItem * group * (TileSize + hd) + TileSize * hd, TileSize * hd);
+        Span<float> rotation = stackalloc float[dropped > 0 ? c.RopeDim : 0];
+        int rotationDelta = 0, h0 = g * group;
         // Second pass for eviction scores: the final probabilities of every slot, summed over the group's heads.
         for (int t0 = 0; t0 < slots; t0 += TileSize)
         {
@@ -159,6 +159,69 @@ internal sealed class AttentionJob : ParallelJob
                 probs[t0 + j] = pr;
             }
         }
+    }
+
+    /// <summary>
+    /// <paramref name="rows"/> consecutive query rows of one sequence (positions pLast − rows + 1 … pLast; row r sees
+    /// slots[r] cached tokens) against KV group g: each K/V tile is loaded (and shifted) once and every row that reaches
+    /// it runs its own scores, online softmax and P·V on it. Per row the operations are exactly those of a single-row
+    /// call (the tile holds the same values for the slots the row reads), so results do not depend on the grouping.
+    /// <paramref name="max"/> / <paramref name="sum"/> ([rows, group]) return the softmax state. Not for KIVI with
+    /// more than one row: which KIVI rows come from the F16 ring depends on the query position.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void AttendRows(ModelConfig c, in KvLayer kv, ReadOnlySpan<int> table, ReadOnlySpan<int> blockPos, ushort[][]? ring,
+                                    int rows, ReadOnlySpan<int> slots, int pLast, int g, ReadOnlySpan<float> q, Span<float> output,
+                                    float[] scratch, Span<float> max, Span<float> sum, int dropped)
+    {
+        int hd = c.HeadDim, group = c.GroupSize, qDim = c.QDim;
+        float scale = 1.0f / MathF.Sqrt(hd);
+        var scoresAll = scratch.AsSpan(0, rows * group * TileSize);                                  // [rows, group, TileSize]
+        var accAll = scratch.AsSpan(RowsPerItem * group * TileSize, rows * group * hd);               // [rows, group, hd] un-normalised outputs
+        var kTile = scratch.AsSpan(RowsPerItem * group * (TileSize + hd), TileSize * hd);             // [TileSize, hd]
+        var vTile = scratch.AsSpan(RowsPerItem * group * (TileSize + hd) + TileSize * hd, TileSize * hd); // [TileSize, hd]
+        accAll.Clear();
+        max.Slice(0, rows * group).Fill(float.NegativeInfinity);
+        sum.Slice(0, rows * group).Clear();
+        Span<float> rotation = stackalloc float[dropped > 0 ? c.RopeDim : 0]; // [nRot] cos/sin of the current shift
+        int rotationDelta = 0;
+        int h0 = g * group, maxSlots = 0;
+        for (int r = 0; r < rows; r++) maxSlots = Math.Max(maxSlots, slots[r]);
+        for (int t0 = 0; t0 < maxSlots; t0 += TileSize)
+        {
+            int nAll = Math.Min(TileSize, maxSlots - t0);
+            LoadTile(kv, table, blockPos, ring, t0, nAll, g, hd, pLast, kTile, vTile);
+            if (dropped > 0) ShiftKeys(c, blockPos, kv.BlockSize, dropped, t0, nAll, kTile, rotation, ref rotationDelta);
+            for (int r = 0; r < rows; r++)
+            {
+                if (slots[r] <= t0) continue;
+                int n = Math.Min(TileSize, slots[r] - t0);
+                var scores = scoresAll.Slice(r * group * TileSize, group * TileSize);
+                var acc = accAll.Slice(r * group * hd, group * hd);
+                TileScores(q.Slice(r * qDim, qDim), kTile, n, h0, group, hd, scale, scores);
+                // online softmax: new max, rescale what was accumulated, exponentiate the tile.
+                for (int h = 0; h < group; h++)
+                {
+                    var sc = scores.Slice(h * TileSize, n);
+                    float m = max[r * group + h];
+                    m = MathF.Max(m, MaxOf(sc));
+                    float correction = MathF.Exp(max[r * group + h] - m); // 0 on the first tile (max was -inf)
+                    float tileSum = ExpSubtractSum(sc, m);
+                    sum[r * group + h] = sum[r * group + h] * correction + tileSum;
+                    max[r * group + h] = m;
+                    if (correction != 1f) Scale(acc.Slice(h * hd, hd), correction);
+                }
+                AccumulateValues(scores, vTile, n, group, hd, acc);
+            }
+        }
+        for (int r = 0; r < rows; r++)
+            for (int h = 0; h < group; h++)
+            {
+                float inv = 1.0f / sum[r * group + h];
+                var o = output.Slice(r * qDim + (h0 + h) * hd, hd);
+                var a = accAll.Slice((r * group + h) * hd, hd);
+                for (int i = 0; i < hd; i++) o[i] = a[i] * inv;
+            }
     }
 
     /// <summary>Rotates the key rows of slots [t0, t0 + n) in kTile ([n, hd]) by their block's Δ (see <see cref="Attend"/>);
@@ -390,7 +453,33 @@ internal sealed class AttentionJob : ParallelJob
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void Scale(Span<float> x, float a)
     {
-        for (int i = 0; i < x.Length; i++) x[i] *= a;
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            ref float r = ref MemoryMarshal.GetReference(x);
+            var va = Vector512.Create(a);
+            for (; i + 16 <= x.Length; i += 16) (Vector512.LoadUnsafe(ref r, (nuint)i) * va).StoreUnsafe(ref r, (nuint)i);
+        }
+        for (; i < x.Length; i++) x[i] *= a;
+    }
+
+    /// <summary>The largest of s (−∞ when empty; NaN if any is NaN): a maximum does not depend on the order it is taken in.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static float MaxOf(ReadOnlySpan<float> s)
+    {
+        float m = float.NegativeInfinity;
+        int j = 0;
+        if (Vector512.IsHardwareAccelerated && s.Length >= 16)
+        {
+            ref float r = ref MemoryMarshal.GetReference(s);
+            var v = Vector512.LoadUnsafe(ref r);
+            for (j = 16; j + 16 <= s.Length; j += 16) v = Vector512.Max(v, Vector512.LoadUnsafe(ref r, (nuint)j));
+            var v8 = Vector256.Max(v.GetLower(), v.GetUpper());
+            var v4 = Vector128.Max(v8.GetLower(), v8.GetUpper());
+            m = MathF.Max(MathF.Max(v4[0], v4[1]), MathF.Max(v4[2], v4[3]));
+        }
+        for (; j < s.Length; j++) m = MathF.Max(m, s[j]);
+        return m;
     }
 
     /// <summary>Scalar reference: softmax(q·Kᵀ/√d)·V over positions [0, length) with a full score row, in double.</summary>
