@@ -5,7 +5,8 @@
 # Writes docs/kv-cache/results.tsv and docs/kv-cache/kv-cache.svg. Usage: scripts/kv-cache-table.sh [THREADS] [CHUNKS]
 # Environment: SPEED=0 leaves the decode-speed cells empty (the slowest part on a busy machine); LONG=0 skips sections 3
 # and 4 (default model, F16 KV only); PASSKEY_MODEL=FILE adds section 5, pass-key accuracy of a model that can retrieve
-# (e.g. one fine-tuned with cria train --passkey-fraction) by format, eviction, length and depth -> passkey.tsv.
+# (models/passkey.gguf) by format, eviction, length and depth -> passkey.tsv (PK_LENGTHS, PK_BUDGETS, TRIALS; ONLY_PASSKEY=1
+# runs only that section).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${1:-2}
@@ -17,12 +18,37 @@ CLI=src/Cria.Cli/bin/Release/net10.0/Cria.Cli
 OUT=docs/kv-cache
 mkdir -p $OUT
 TSV=$OUT/results.tsv
-printf 'section\tconfig\tbytes_per_token\tperplexity\tcopy_accuracy\ttg_d512\ttg_d2048\ttg_d8192\n' > $TSV
 
 ppl() { nice $CLI perplexity data/valid.txt -t $T --chunks $CHUNKS "$@" 2>&1 | awk '/^perplexity:/ {print $2}'; }
 bpt() { nice $CLI perplexity data/valid.txt -t $T --chunks 1 "$@" 2>&1 | sed -n 's/.*KV .*, \([0-9,.]*\) bytes\/token.*/\1/p' | tr -d ,; }
 copy() { nice $CLI passkey -t $T --task copy --lengths 128,256 --depths 0,0.5,1 --trials 3 "$@" 2>&1 | awk '/^overall/ {gsub(",", "", $4); print $4}'; }
 tg() { nice $CLI bench models/default.gguf -p 0 -n 32 -r 3 -t $T -d "$1" "${@:2}" 2>&1 | awk -F'|' '/tg32 @/ {split($8, a, " "); print a[1]}'; }
+
+# 5. pass-key retrieval (PASSKEY_MODEL, e.g. models/passkey.gguf): lengths PK_LENGTHS, depths 0 … 1, TRIALS keys per
+# cell; KIVI also with R = 32 (at these lengths R = 128 keeps nearly everything in F16); eviction budgets PK_BUDGETS,
+# eviction after each 32-row prefill step. Run first, so that ONLY_PASSKEY=1 can stop after it (results.tsv untouched).
+if [ -n "$PASSKEY_MODEL" ]; then
+  PK_TSV=$OUT/passkey.tsv
+  PK_LENGTHS=${PK_LENGTHS:-64,128,256}; PK_BUDGETS=${PK_BUDGETS:-64 128}
+  printf 'config\tlength\tdepth\ttoken_accuracy\texact_accuracy\n' > $PK_TSV
+  { printf 'f16 --kv-type f16\nq8_0 --kv-type q8_0\n'
+    printf 'kivi4-R128 --kv-type kivi4 --kivi-residual 128\nkivi2-R128 --kv-type kivi2 --kivi-residual 128\n'
+    printf 'kivi4-R32 --kv-type kivi4 --kivi-residual 32\nkivi2-R32 --kv-type kivi2 --kivi-residual 32\n'
+    for policy in sinks h2o snapkv; do for budget in $PK_BUDGETS; do
+      printf '%s-%s --kv-evict %s --kv-budget %s -ub 32\n' $policy $budget $policy $budget; done; done
+    printf 'kivi2-R32+snapkv-128 --kv-type kivi2 --kivi-residual 32 --kv-evict snapkv --kv-budget 128 -ub 32\n'
+  } | while read -r name args; do
+    echo "passkey $name" >&2
+    nice $CLI passkey "$PASSKEY_MODEL" -t $T --lengths $PK_LENGTHS --trials $TRIALS $args 2>&1 </dev/null |
+      awk -F'|' -v n="$name" '
+        /^\| length/ { for (i = 3; i < NF - 1; i++) { d[i] = $i; gsub(/ /, "", d[i]) } }
+        /^\| [0-9]+ \|/ { len = $2; gsub(/ /, "", len)
+          for (i = 3; i < NF - 1; i++) { split($i, c, /[][ ]+/); printf "%s\t%s\t%s\t%s\t%s\n", n, len, d[i], c[2], c[3] } }' >> $PK_TSV
+  done
+  [ "${ONLY_PASSKEY:-0}" = 1 ] && { cat $PK_TSV; exit 0; }
+fi
+
+printf 'section\tconfig\tbytes_per_token\tperplexity\tcopy_accuracy\ttg_d512\ttg_d2048\ttg_d8192\n' > $TSV
 
 # 1. formats (KIVI with the paper's R = 128 and with R = 32, where most of a 256-token chunk is quantized)
 # (decode speed only where the window size does not matter for it: f32 and the R = 32 variants are left out)
@@ -75,33 +101,6 @@ done
   nice $CLI bench models/default.gguf -p 0 -n 16 -r 1 -t $T -d $d -c 512 -ub 64 --kv-evict sinks --kv-budget 256 2>&1 \
     | grep -E 'tg16|peak RSS' | sed "s/^/stream d=$d: /" >> $OUT/stream.txt
 done
-
-# 5. pass-key retrieval (PASSKEY_MODEL, trained at context 512): lengths 256 and 512 in distribution, 1024 with YaRN
-# (factor 2 over 512); depths 0 … 1; TRIALS keys per cell; eviction after each 32-row prefill step.
-if [ -n "$PASSKEY_MODEL" ]; then
-  PK_TSV=$OUT/passkey.tsv
-  printf 'config\tlength\tdepth\ttoken_accuracy\texact_accuracy\n' > $PK_TSV
-  while read -r name args; do
-    echo "passkey $name" >&2
-    { nice $CLI passkey "$PASSKEY_MODEL" -t $T --lengths 256,512 --trials $TRIALS $args 2>&1
-      nice $CLI passkey "$PASSKEY_MODEL" -t $T --lengths 1024 --trials $TRIALS --rope-scaling yarn --rope-scale 2 --yarn-orig-ctx 512 $args 2>&1; } |
-      awk -F'|' -v n="$name" '
-        /^\| length/ { for (i = 3; i < NF - 1; i++) { d[i] = $i; gsub(/ /, "", d[i]) } }
-        /^\| [0-9]+ \|/ { len = $2; gsub(/ /, "", len)
-          for (i = 3; i < NF - 1; i++) { split($i, c, /[][ ]+/); printf "%s\t%s\t%s\t%s\t%s\n", n, len, d[i], c[2], c[3] } }' >> $PK_TSV
-  done <<'EOF'
-f16 --kv-type f16
-q8_0 --kv-type q8_0
-kivi4-R128 --kv-type kivi4 --kivi-residual 128
-kivi2-R128 --kv-type kivi2 --kivi-residual 128
-sinks-128 --kv-evict sinks --kv-budget 128 -ub 32
-sinks-256 --kv-evict sinks --kv-budget 256 -ub 32
-h2o-128 --kv-evict h2o --kv-budget 128 -ub 32
-h2o-256 --kv-evict h2o --kv-budget 256 -ub 32
-snapkv-128 --kv-evict snapkv --kv-budget 128 -ub 32
-snapkv-256 --kv-evict snapkv --kv-budget 256 -ub 32
-EOF
-fi
 
 scripts/kv-cache-svg.sh $TSV > $OUT/kv-cache.svg
 cat $TSV

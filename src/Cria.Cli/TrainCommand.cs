@@ -45,10 +45,13 @@ static class TrainCommand
         var name = new Option<string>("--name") { DefaultValueFactory = _ => "cria-trained" };
         var init = new Option<string?>("--init") { Description = "start from this F32/F16 llama GGUF's weights and tokenizer (shape from the file; --ctx may change the context; fresh AdamW state)" };
         var passkey = new Option<double>("--passkey-fraction") { Description = "fraction of training rows that are synthetic pass-key documents (cria passkey's prompt, filler from the corpus)", DefaultValueFactory = _ => 0 };
+        var answerWeight = new Option<float>("--passkey-answer-weight") { Description = "loss weight of the answer tokens of pass-key documents (every other target weighs 1; 0 masks them)", DefaultValueFactory = _ => 1f };
+        var pkMin = new Option<int>("--passkey-min-length") { Description = "shortest pass-key document in tokens (the longest fills the row)", DefaultValueFactory = _ => 64 };
+        var repeat = new Option<double>("--repeat-fraction") { Description = "fraction of training rows that are a random token sequence repeated (loss on the copies only: the induction-head signal)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("train", "train a tokenizer and a Llama model from scratch on a text corpus")
         {
             corpus, valid, outDir, tokenizer, vocab, dim, layers, heads, kvHeads, ffn, ctx, tied, steps, batch, accum, lr, warmup, minLr, wd, clip,
-            seed, threads, resume, ckptMinutes, evalEvery, evalBatches, exportType, name, init, passkey,
+            seed, threads, resume, ckptMinutes, evalEvery, evalBatches, exportType, name, init, passkey, answerWeight, pkMin, repeat,
         };
         cmd.SetAction(r =>
         {
@@ -80,9 +83,17 @@ static class TrainCommand
             }
             double pkFraction = r.GetValue(passkey);
             if (!(pkFraction >= 0 && pkFraction <= 1)) throw new CriaException($"--passkey-fraction must be in [0, 1], got {pkFraction}");
+            double repeatFraction = r.GetValue(repeat);
+            if (!(repeatFraction >= 0 && repeatFraction <= 1)) throw new CriaException($"--repeat-fraction must be in [0, 1], got {repeatFraction}");
+            if (pkFraction + repeatFraction > 1) throw new CriaException($"--passkey-fraction ({pkFraction}) and --repeat-fraction ({repeatFraction}) add up to more than 1");
+            float aw = r.GetValue(answerWeight);
+            if (!(aw >= 0) || !float.IsFinite(aw)) throw new CriaException($"--passkey-answer-weight must be a finite number ≥ 0, got {aw}");
+            int pkMinLength = r.GetValue(pkMin);
+            if (pkMinLength < 32 || pkMinLength > shapeNoVocab.ContextLength)
+                throw new CriaException($"--passkey-min-length must be between 32 and the context ({shapeNoVocab.ContextLength}), got {pkMinLength}");
             var run = new TrainingRun
             {
-                Init = imported, InitPath = initPath, PasskeyFraction = pkFraction,
+                Init = imported, InitPath = initPath, PasskeyFraction = pkFraction, AnswerWeight = aw, PasskeyMinLength = pkMinLength, RepeatFraction = repeatFraction,
                 CorpusPath = r.GetValue(corpus)!, ValidPath = r.GetValue(valid), OutDir = r.GetValue(outDir)!, TokenizerPath = r.GetValue(tokenizer),
                 Shape = shapeNoVocab, Options = options, Resume = r.GetValue(resume), CheckpointMinutes = r.GetValue(ckptMinutes),
                 EvalEvery = r.GetValue(evalEvery), EvalBatches = r.GetValue(evalBatches), ExportType = type, Name = r.GetValue(name)!,
@@ -114,6 +125,9 @@ sealed class TrainingRun
     public GgufImport.Imported? Init { get; init; }
     public string? InitPath { get; init; }
     public double PasskeyFraction { get; init; }
+    public float AnswerWeight { get; init; } = 1f;
+    public int PasskeyMinLength { get; init; } = 64;
+    public double RepeatFraction { get; init; }
 
     public int Execute()
     {
@@ -162,11 +176,14 @@ sealed class TrainingRun
         int[] validTokens = validText != null ? tok.Encode(validText, addBos: false) : [];
         log.WriteLine($"corpus: {train.Length:N0} training tokens ({(double)text.Length / train.Length:F2} chars/token), {validTokens.Length:N0} validation tokens");
 
-        PasskeyDocuments? pk = PasskeyFraction > 0 ? new PasskeyDocuments(tok, train, PasskeyDocumentsMin) : null;
+        PasskeyDocuments? pk = PasskeyFraction > 0 ? new PasskeyDocuments(tok, train, PasskeyMinLength) : null;
         using var trainer = new Trainer(shape, Options, train, tok.Bos)
         {
-            Documents = pk != null ? (ref TrainingRng g, int max) => pk.Next(ref g, max).Tokens : null,
+            Documents = pk != null ? (ref TrainingRng g, int max) => pk.Next(ref g, max) : null,
             DocumentFraction = PasskeyFraction,
+            AnswerWeight = AnswerWeight,
+            RepeatFraction = RepeatFraction,
+            RepeatAlphabet = RepeatFraction > 0 ? RepeatRows.Alphabet(train, tok.Encode("0123456789", addBos: false)) : null,
         };
         ulong hash = vocab.Hash();
         if (Init != null && !Resume)
@@ -174,7 +191,8 @@ sealed class TrainingRun
             trainer.SetParameters(Init.Parameters);
             log.WriteLine($"initialised from {InitPath} ({Init.Shape}){(shape.ContextLength != Init.Shape.ContextLength ? $", trained now at context {shape.ContextLength}" : "")}");
         }
-        if (pk != null) log.WriteLine($"{PasskeyFraction:P0} of the rows are synthetic pass-key documents ({PasskeyDocumentsMin}–{shape.ContextLength} tokens, filler from {CorpusPath})");
+        if (pk != null) log.WriteLine($"{PasskeyFraction:P0} of the rows are synthetic pass-key documents ({PasskeyMinLength}–{shape.ContextLength} tokens, filler from {CorpusPath}, answer weight {AnswerWeight})");
+        if (RepeatFraction > 0) log.WriteLine($"{RepeatFraction:P0} of the rows are repeated random sequences ({trainer.RepeatAlphabet!.Length} alphabet entries)");
         var history = new List<string>();
         if (Resume)
         {
@@ -230,8 +248,6 @@ sealed class TrainingRun
         Console.Out.WriteLine($"done: {trainer.Step} steps, {trainer.TokensSeen:N0} tokens, best validation loss {(float.IsInfinity(bestVal) ? "n/a" : bestVal.ToString("F4"))}; model: {Path.Combine(OutDir, "model.gguf")}");
         return 0;
     }
-
-    const int PasskeyDocumentsMin = 64;
 
     void Export(Trainer t, TokenizerVocabulary vocab, string path) =>
         GgufExport.Write(path, t.Model.Layout, t.Model.Parameters, vocab, ExportType, Name, new Dictionary<string, object>

@@ -221,7 +221,8 @@ public static unsafe class Layers
     /// For each row: loss = logsumexp(logits) − logits[target]; the logits are replaced by their gradient
     /// (softmax − onehot) · gradScale. Returns nothing; losses[r] receives each row's loss.
     /// </summary>
-    public static void CrossEntropyForwardBackward(float* logits, int* targets, float* losses, int vocab, float gradScale, int r0, int r1)
+    /// <param name="weights">optional per-row weights: row r's gradient is scaled by gradScale · weights[r]</param>
+    public static void CrossEntropyForwardBackward(float* logits, int* targets, float* losses, int vocab, float gradScale, int r0, int r1, float* weights = null)
     {
         for (int r = r0; r < r1; r++)
         {
@@ -233,9 +234,10 @@ public static unsafe class Layers
             int t = targets[r];
             float invSum = (float)(1.0 / sum);
             losses[r] = (float)(Math.Log(sum) - Math.Log(l[t]));
-            float g = gradScale * invSum;
+            float scale = weights != null ? gradScale * weights[r] : gradScale;
+            float g = scale * invSum;
             for (int i = 0; i < vocab; i++) l[i] *= g;
-            l[t] -= gradScale;
+            l[t] -= scale;
         }
     }
 

@@ -44,6 +44,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     readonly float* _xnf, _rstdf;     // [N, D], [N]   final norm
     readonly float* _logits;          // [N, V]        logits, then their gradient
     readonly float* _losses;          // [N]
+    readonly float* _lossWeights;     // [N], 1 unless the trainer weights or masks targets
     // Gradient scratch.
     readonly float* _dres, _dxn, _dq, _dk, _dv, _datt, _dh, _dg, _du, _attScratch;
     /// <summary>Seconds spent per part (matmul, attention, cross-entropy, other) since construction; for benchmarks.</summary>
@@ -99,6 +100,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         }
         _xnf = Floats((long)N * D); _rstdf = Floats(N);
         _logits = Floats((long)N * V); _losses = Floats(N);
+        _lossWeights = Floats(N); new Span<float>(_lossWeights, N).Fill(1f);
         _dres = Floats((long)N * D); _dxn = Floats((long)N * D); _dq = Floats((long)N * QD); _dk = Floats((long)N * KV); _dv = Floats((long)N * KV);
         _datt = Floats((long)N * QD); _dh = Floats((long)N * F); _dg = Floats((long)N * F); _du = Floats((long)N * F);
         _attScratch = Floats((long)_pool.Count * (4 * hd + 1) * seqLen);
@@ -173,6 +175,9 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     public Span<int> Tokens => new(_tokens, Rows);
     /// <summary>Next-token targets, [B·T].</summary>
     public Span<int> Targets => new(_targets, Rows);
+    /// <summary>Per-target loss weights, [B·T], all 1 after construction: <see cref="ForwardBackward"/> scales each row's
+    /// gradient by its weight and reports the weighted mean (0 masks a target out).</summary>
+    public Span<float> LossWeights => new(_lossWeights, Rows);
     /// <summary>Logits of the last <see cref="Forward"/>, [B·T, V] (gradients after <see cref="Backward"/>).</summary>
     public ReadOnlySpan<float> Logits => new(_logits, checked(Rows * Shape.VocabSize));
 
@@ -256,10 +261,10 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         Mark(3);
         _for.Run(_pool, Rows, 16, _crossEntropy);
         Mark(2);
-        double sum = 0;
-        for (int n = 0; n < Rows; n++) sum += _losses[n];
+        double sum = 0, weights = 0;
+        for (int n = 0; n < Rows; n++) { sum += _lossWeights[n] * _losses[n]; weights += _lossWeights[n]; }
         Backward();
-        return (float)(sum / Rows);
+        return weights > 0 ? (float)(sum / weights) : 0f;
     }
 
     /// <summary>Mean cross-entropy of the last forward against <see cref="Targets"/> (no gradient).</summary>
@@ -271,7 +276,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     }
 
     void CrossEntropyBody(int start, int end, int worker) =>
-        Layers.CrossEntropyForwardBackward(_logits, _targets, _losses, Shape.VocabSize, _gradScale, start, end);
+        Layers.CrossEntropyForwardBackward(_logits, _targets, _losses, Shape.VocabSize, _gradScale, start, end, _lossWeights);
 
     void Backward()
     {

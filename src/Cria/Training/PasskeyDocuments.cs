@@ -35,9 +35,9 @@ public sealed class PasskeyDocuments
         _dot = qad.AsSpan(0, qa.Length).SequenceEqual(qa) ? qad[qa.Length..] : [];
     }
 
-    /// <summary>One document of at most <paramref name="maxTokens"/> tokens, BOS excluded (the trainer puts BOS first).
-    /// Also returns where the answer starts, for tests.</summary>
-    public (int[] Tokens, int AnswerStart) Next(ref TrainingRng rng, int maxTokens)
+    /// <summary>One document of at most <paramref name="maxTokens"/> tokens, BOS excluded (the trainer puts BOS first),
+    /// with where its answer (the key's tokens, " NNNNN") starts and how long it is.</summary>
+    public SyntheticDocument Next(ref TrainingRng rng, int maxTokens)
     {
         int hi = Math.Max(_minLength, maxTokens - _dot.Length);
         int length = _minLength + rng.Next(hi - _minLength + 1);
@@ -50,6 +50,47 @@ public sealed class PasskeyDocuments
         var (prompt, ans) = PasskeyProbe.Assemble(_tok, needle, question, answer, length, depth, i => c[off + i % unit]);
         int n = Math.Min(maxTokens, prompt.Length - 1 + ans.Length + _dot.Length);
         var doc = prompt.Skip(1).Concat(ans).Concat(_dot).Take(n).ToArray(); // prompt[0] is BOS
-        return (doc, prompt.Length - 1);
+        return new SyntheticDocument(doc, prompt.Length - 1, ans.Length);
+    }
+}
+
+/// <summary>A synthetic training document: tokens (no BOS) and the span of answer tokens (which the trainer can weight).</summary>
+public readonly record struct SyntheticDocument(int[] Tokens, int AnswerStart, int AnswerLength);
+
+/// <summary>
+/// Repeated random sequences (<c>cria train --repeat-fraction</c>), the cleanest induction-head signal (Olsson et al.
+/// 2022): a row is BOS, then L tokens drawn uniformly from an alphabet, repeated until the row is full
+/// (s[i] = r[i mod L]), with L uniform in [<see cref="MinPeriod"/>, T/2] so at least one whole copy follows. The targets
+/// of the first period are unpredictable and get weight 0, and so does the first target of the second copy (r[0] after
+/// r[L−1], a pair not seen before); every later target is predictable only by copying (the token after the previous
+/// occurrence of the current one).
+/// </summary>
+public static class RepeatRows
+{
+    public const int MinPeriod = 8;
+
+    /// <summary>The corpus's distinct tokens, plus <paramref name="extra"/> (e.g. the digit tokens, absent from the KJV)
+    /// repeated so that they make up about a tenth of the draws.</summary>
+    public static int[] Alphabet(int[] corpusTokens, int[] extra)
+    {
+        var distinct = corpusTokens.Distinct().Order().ToArray();
+        extra = extra.Except(distinct).ToArray();
+        if (extra.Length == 0) return distinct;
+        int copies = Math.Max(1, distinct.Length / (9 * extra.Length));
+        return [.. distinct, .. Enumerable.Repeat(extra, copies).SelectMany(e => e)];
+    }
+
+    public static void Fill(Span<int> tokens, Span<int> targets, Span<float> weights, ref TrainingRng rng, int bos, int[] alphabet)
+    {
+        int T = tokens.Length;
+        if (T < 2 * MinPeriod) throw new CriaException($"repeat rows need at least {2 * MinPeriod} tokens per row, got {T}");
+        if (alphabet.Length < 2) throw new CriaException($"repeat rows need an alphabet of at least 2 tokens, got {alphabet.Length}");
+        int period = MinPeriod + rng.Next(T / 2 - MinPeriod + 1);
+        for (int i = 0; i < period; i++) targets[i] = alphabet[rng.Next(alphabet.Length)];
+        for (int i = period; i < T; i++) targets[i] = targets[i - period];
+        tokens[0] = bos;
+        targets[..^1].CopyTo(tokens[1..]);
+        weights[..(period + 1)].Fill(0f);
+        weights[(period + 1)..].Fill(1f);
     }
 }

@@ -64,13 +64,22 @@ public sealed class Trainer : IDisposable
     TrainingRng _rng;
 
     /// <summary>A synthetic training document (tokens without BOS, at most maxTokens) drawn with the trainer's RNG.</summary>
-    public delegate int[] DocumentSource(ref TrainingRng rng, int maxTokens);
+    public delegate SyntheticDocument DocumentSource(ref TrainingRng rng, int maxTokens);
 
     /// <summary>Optional synthetic documents mixed into the batches: a row is, with probability
     /// <see cref="DocumentFraction"/>, BOS + one document, continued by corpus text from a random offset when the document
     /// is shorter than the row. Null (the default) leaves the sampling, and its RNG stream, as without it.</summary>
     public DocumentSource? Documents { get; init; }
     public double DocumentFraction { get; init; }
+    /// <summary>Loss weight of a document's answer targets (<see cref="SyntheticDocument.AnswerStart"/>, …); every other
+    /// target weighs 1. The step's gradient is the weighted mean, so a weight W gives the answer W times the pull of a
+    /// filler token (Mohtashami &amp; Jaggi's answer is 6 tokens of a few hundred).</summary>
+    public float AnswerWeight { get; init; } = 1f;
+    /// <summary>Fraction of rows that are repeated random sequences (<see cref="RepeatRows"/>): the first period masked
+    /// out, every later token predictable only by copying (the induction-head signal). 0 (the default) draws nothing.</summary>
+    public double RepeatFraction { get; init; }
+    /// <summary>The tokens repeat rows are drawn from (required when <see cref="RepeatFraction"/> &gt; 0).</summary>
+    public int[]? RepeatAlphabet { get; init; }
 
     public Trainer(LlamaShape shape, TrainingOptions options, int[] trainTokens, int bos, int? seqLen = null)
     {
@@ -93,24 +102,13 @@ public sealed class Trainer : IDisposable
         var m = Model;
         int T = m.SeqLen, B = m.BatchSize, accum = Options.GradAccumulation;
         m.ZeroGradients();
-        float scale = 1f / ((float)m.Rows * accum);
         double loss = 0;
         for (int a = 0; a < accum; a++)
         {
-            var tokens = m.Tokens; var targets = m.Targets;
-            for (int b = 0; b < B; b++)
-            {
-                if (Documents != null && _rng.NextDouble() < DocumentFraction)
-                {
-                    var doc = Documents(ref _rng, T);
-                    int at = _rng.Next(_data.Length - T + 1);
-                    FillDocument(tokens.Slice(b * T, T), targets.Slice(b * T, T), doc, _data, at, _bos);
-                    continue;
-                }
-                int off = _rng.Next(_data.Length - T + 1);
-                FillSequence(tokens.Slice(b * T, T), targets.Slice(b * T, T), _data, off, _bos);
-            }
-            loss += m.ForwardBackward(scale);
+            FillBatch();
+            float weights = 0;
+            foreach (float w in m.LossWeights) weights += w;
+            loss += m.ForwardBackward(weights > 0 ? 1f / (weights * accum) : 0f);
         }
         float norm = GradientNorm();
         float clip = Options.GradClip > 0 && norm > Options.GradClip ? Options.GradClip / norm : 1f;
@@ -119,6 +117,39 @@ public sealed class Trainer : IDisposable
         Step++;
         TokensSeen += (long)m.Rows * accum;
         return new StepResult(Step, (float)(loss / accum), norm, lr, TokensSeen);
+    }
+
+    /// <summary>Draws the next micro-batch into the model's tokens, targets and loss weights (all from the trainer's RNG).</summary>
+    public void FillBatch()
+    {
+        var m = Model;
+        int T = m.SeqLen, B = m.BatchSize;
+        var tokens = m.Tokens; var targets = m.Targets; var weights = m.LossWeights;
+        weights.Fill(1f);
+        for (int b = 0; b < B; b++)
+        {
+            if (Documents != null || RepeatFraction > 0)
+            {
+                double u = _rng.NextDouble();
+                if (u < RepeatFraction)
+                {
+                    RepeatRows.Fill(tokens.Slice(b * T, T), targets.Slice(b * T, T), weights.Slice(b * T, T), ref _rng, _bos,
+                        RepeatAlphabet ?? throw new CriaException("repeat rows need an alphabet"));
+                    continue;
+                }
+                if (Documents != null && u < RepeatFraction + DocumentFraction)
+                {
+                    var doc = Documents(ref _rng, T);
+                    int at = _rng.Next(_data.Length - T + 1);
+                    FillDocument(tokens.Slice(b * T, T), targets.Slice(b * T, T), doc.Tokens, _data, at, _bos);
+                    int end = Math.Min(T, doc.AnswerStart + doc.AnswerLength);
+                    if (doc.AnswerStart < end) weights.Slice(b * T + doc.AnswerStart, end - doc.AnswerStart).Fill(AnswerWeight);
+                    continue;
+                }
+            }
+            int off = _rng.Next(_data.Length - T + 1);
+            FillSequence(tokens.Slice(b * T, T), targets.Slice(b * T, T), _data, off, _bos);
+        }
     }
 
     /// <summary>tokens = [BOS, d[off], …, d[off+T−2]], targets = [d[off], …, d[off+T−1]].</summary>

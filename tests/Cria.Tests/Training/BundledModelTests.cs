@@ -24,6 +24,7 @@ public sealed class BundledModelTests(ITestOutputHelper output)
     [Theory]
     [InlineData("default.gguf", 128, 12)]
     [InlineData("draft.gguf", 128, 12)]
+    [InlineData("passkey.gguf", 128, 12)]
     public void Llama_cpp_perplexity_agrees_with_Cria(string file, int ctx, int maxChunks)
     {
         string model = Path.Combine(TestPaths.RepoRoot, "models", file);

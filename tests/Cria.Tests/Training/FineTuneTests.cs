@@ -91,13 +91,16 @@ public sealed class FineTuneTests(ITestOutputHelper output)
         var rng = new TrainingRng(99);
         for (int i = 0; i < 50; i++)
         {
-            var (d, answerStart) = docs.Next(ref rng, 256);
+            var (d, answerStart, answerLength) = docs.Next(ref rng, 256);
             Assert.InRange(d.Length, 40, 256);
             Assert.NotEqual(tok.Bos, d[0]);
             string text = tok.Decode(d);
             var m = System.Text.RegularExpressions.Regex.Match(text, @"The pass key is (\d{5})\. Remember it\. \1 is the pass key\. .*What is the pass key\? The pass key is \1\.?$");
             Assert.True(m.Success, $"document {i}: {text}");
             Assert.Equal(m.Groups[1].Value + ".", tok.Decode(d.Skip(answerStart)).Trim());
+            Assert.Equal(m.Groups[1].Value, tok.Decode(d.Skip(answerStart).Take(answerLength)).Trim());
+            Assert.Equal(tok.Encode(" What is the pass key? The pass key is " + m.Groups[1].Value, false).Length
+                - tok.Encode(" What is the pass key? The pass key is", false).Length, answerLength);
             // every token outside the needle, question and answer is a corpus token
             var own = new HashSet<int>(tok.Encode(m.Value, addBos: false).Concat(tok.Encode(" " + m.Value, addBos: false)));
             var seen = new HashSet<int>(corpus);
@@ -134,7 +137,7 @@ public sealed class FineTuneTests(ITestOutputHelper output)
         var shape = new LlamaShape { VocabSize = 64, Dim = 16, Layers = 1, Heads = 2, KvHeads = 1, FfnDim = 32, ContextLength = 16 };
         int[] corpus = Enumerable.Range(0, 500).Select(i => 3 + i % 60).ToArray();
         var opts = new TrainingOptions { BatchSize = 3, Steps = 4, WarmupSteps = 1, Threads = 1 };
-        using var withDocs = new Trainer(shape, opts, corpus, 1) { Documents = (ref TrainingRng g, int max) => [2, 2, 2], DocumentFraction = 1 };
+        using var withDocs = new Trainer(shape, opts, corpus, 1) { Documents = (ref TrainingRng g, int max) => new SyntheticDocument([2, 2, 2], 1, 1), DocumentFraction = 1 };
         withDocs.TrainStep();
         for (int b = 0; b < 3; b++) Assert.Equal(new[] { 1, 2, 2, 2 }, withDocs.Model.Tokens.Slice(b * 16, 4).ToArray());
         using var a = new Trainer(shape, opts, corpus, 1);
