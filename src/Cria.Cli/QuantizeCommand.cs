@@ -35,6 +35,8 @@ static class QuantizeCommand
         {
             string inPath = r.GetValue(input)!, outPath = r.GetValue(output)!;
             if (!r.GetValue(force) && File.Exists(outPath)) throw new CriaException($"{outPath}: the output file exists (use --force to replace it)");
+            if (r.GetValue(gptq) != null && r.GetValue(awq) != null)
+                throw new CriaException("--gptq cannot be combined with --awq yet (AWQ rescales the inputs the Gram matrices were collected on)");
             var o = new QuantizeOptions
             {
                 FileType = QuantMix.Parse(r.GetValue(type)!), Threads = r.GetValue(threads), Pure = r.GetValue(pure),
@@ -55,14 +57,12 @@ static class QuantizeCommand
             }
             if (r.GetValue(gptq) is { } gcalib)
             {
-                if (r.GetValue(awq) != null) throw new CriaException("--gptq cannot be combined with --awq yet (AWQ rescales the inputs the Gram matrices were collected on)");
                 var scales = r.GetValue(gptqScales)!.ToLowerInvariant() switch
                 {
                     "ref" or "reference" => GptqScales.Reference,
                     "weighted" => GptqScales.Weighted,
                     var v => throw new CriaException($"--gptq-scales: unknown value '{v}' (ref, weighted)"),
                 };
-                if (r.GetValue(gptqChunks) <= 0 || r.GetValue(gptqCtx) <= 0) throw new CriaException("--gptq-chunks and --gptq-ctx must be positive");
                 var factors = Gptq.Collect(inPath, TokenizerTrainer.ReadCorpus(gcalib),
                     new GptqOptions { MaxChunks = r.GetValue(gptqChunks), ContextSize = r.GetValue(gptqCtx), Threads = r.GetValue(threads), Damp = r.GetValue(gptqDamp) },
                     Console.Error.WriteLine);

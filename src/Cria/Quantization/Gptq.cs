@@ -47,6 +47,8 @@ public static class Gptq
     /// <summary>Runs the calibration and factors every distinct Gram matrix: per tensor name, its <see cref="GptqFactor"/>.</summary>
     public static Dictionary<string, GptqFactor> Collect(string modelPath, string calibrationText, GptqOptions o, Action<string>? log = null)
     {
+        if (!(o.Damp > 0)) throw new CriaException($"GPTQ: dampening must be positive, got {o.Damp}");
+        if (o.ContextSize <= 0 || o.MaxChunks <= 0) throw new CriaException($"GPTQ: calibration needs a positive chunk length and count, got {o.ContextSize} × {o.MaxChunks}");
         using var model = LlamaModel.Open(modelPath);
         var gram = CollectGram(model, calibrationText, o, out int chunks);
         log?.Invoke($"gptq: {chunks} calibration chunks of {o.ContextSize} tokens, {gram.Values.Distinct().Count()} input Gram matrices");
@@ -65,7 +67,7 @@ public static class Gptq
                 int cols = (int)Math.Round(Math.Sqrt(g.Length));
                 if ((long)cols * cols != g.Length) throw new CriaException($"GPTQ: the Gram matrix of '{name}' has {g.Length} values, not a square");
                 try { f = GptqFactor.FromGram(g, cols, damp); }
-                catch (CriaException e) { throw new CriaException($"GPTQ: tensor '{name}': {e.Message}", e); }
+                catch (CriaException e) { throw new CriaException($"{e.Message} (tensor '{name}')", e); }
                 byArray[g] = f;
             }
             result[name] = f;
