@@ -5,7 +5,7 @@ using Cria.Training;
 
 namespace Cria.Cli;
 
-/// <summary><c>cria quantize IN OUT --type T [--imatrix FILE] [--awq CALIB.txt] [-t N] [--pure] [--force]</c>, as llama-quantize.</summary>
+/// <summary><c>cria quantize IN OUT --type T [--imatrix FILE] [--awq CALIB.txt | --gptq CALIB.txt] [-t N] [--pure] [--force]</c>, as llama-quantize.</summary>
 static class QuantizeCommand
 {
     public static Command Create()
@@ -22,14 +22,21 @@ static class QuantizeCommand
         var pure = new Option<bool>("--pure") { Description = "every tensor gets the base type (no K-quant mix)" };
         var force = new Option<bool>("--force") { Description = "replace an existing output file" };
         var requant = new Option<bool>("--allow-requantize") { Description = "accept already-quantized input tensors" };
+        var gptq = new Option<string?>("--gptq") { Description = "calibration text for GPTQ: rounding errors pushed onto the later columns with the inputs' Gram matrix (same types and block format)" };
+        var gptqChunks = new Option<int>("--gptq-chunks") { Description = "calibration chunks for --gptq", DefaultValueFactory = _ => 64 };
+        var gptqCtx = new Option<int>("--gptq-ctx") { Description = "calibration chunk length for --gptq", DefaultValueFactory = _ => 128 };
+        var gptqDamp = new Option<double>("--gptq-damp") { Description = "dampening added to the Gram matrix, as a fraction of its mean diagonal", DefaultValueFactory = _ => 0.01 };
+        var gptqScales = new Option<string>("--gptq-scales") { Description = "how GPTQ picks block scales from the updated weights: ref (ggml's reference quantizer) or weighted (ggml's imatrix search with diag H)", DefaultValueFactory = _ => "ref" };
         var cmd = new Command("quantize", "quantize a GGUF model to a llama.cpp type or mix (written atomically)")
         {
-            input, output, type, imatrix, cands, awq, awqChunks, awqCtx, threads, pure, force, requant,
+            input, output, type, imatrix, cands, awq, awqChunks, awqCtx, gptq, gptqChunks, gptqCtx, gptqDamp, gptqScales, threads, pure, force, requant,
         };
         cmd.SetAction(r =>
         {
             string inPath = r.GetValue(input)!, outPath = r.GetValue(output)!;
             if (!r.GetValue(force) && File.Exists(outPath)) throw new CriaException($"{outPath}: the output file exists (use --force to replace it)");
+            if (r.GetValue(gptq) != null && r.GetValue(awq) != null)
+                throw new CriaException("--gptq cannot be combined with --awq yet (AWQ rescales the inputs the Gram matrices were collected on)");
             var o = new QuantizeOptions
             {
                 FileType = QuantMix.Parse(r.GetValue(type)!), Threads = r.GetValue(threads), Pure = r.GetValue(pure),
@@ -47,6 +54,19 @@ static class QuantizeCommand
                     new AwqOptions { MaxChunks = r.GetValue(awqChunks), ContextSize = r.GetValue(awqCtx), Threads = r.GetValue(threads) }, Console.Error.WriteLine);
                 var over = res.Overrides;
                 o = o with { Override = n => over.GetValueOrDefault(n), Imatrix = res.Imatrix ?? o.Imatrix };
+            }
+            if (r.GetValue(gptq) is { } gcalib)
+            {
+                var scales = r.GetValue(gptqScales)!.ToLowerInvariant() switch
+                {
+                    "ref" or "reference" => GptqScales.Reference,
+                    "weighted" => GptqScales.Weighted,
+                    var v => throw new CriaException($"--gptq-scales: unknown value '{v}' (ref, weighted)"),
+                };
+                var factors = Gptq.Collect(inPath, TokenizerTrainer.ReadCorpus(gcalib),
+                    new GptqOptions { MaxChunks = r.GetValue(gptqChunks), ContextSize = r.GetValue(gptqCtx), Threads = r.GetValue(threads), Damp = r.GetValue(gptqDamp) },
+                    Console.Error.WriteLine);
+                o = o with { Gptq = factors, GptqScales = scales };
             }
             using var cts = new CancellationTokenSource();
             ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cts.Cancel(); };

@@ -15,6 +15,12 @@ public sealed record QuantizeOptions
     /// <summary>With an imatrix, the encodings each block chooses among by activation-weighted error
     /// (<see cref="Quantize.RowCalibrated"/>); <see cref="CalibratedCandidates.Ggml"/> alone is llama-quantize --imatrix.</summary>
     public CalibratedCandidates ImatrixCandidates { get; init; } = CalibratedCandidates.Default;
+    /// <summary>Per tensor name, the GPTQ factor of its input's calibration Gram matrix (<see cref="Gptq.Collect"/>): those
+    /// tensors are quantized with <see cref="Quantize.RowGptq"/> (error feedback) instead of round-to-nearest; the
+    /// per-tensor types stay the mix's.</summary>
+    public IReadOnlyDictionary<string, GptqFactor>? Gptq { get; init; }
+    /// <summary>With <see cref="Gptq"/>, how each block's scales are chosen from the updated weights.</summary>
+    public GptqScales GptqScales { get; init; } = GptqScales.Reference;
     /// <summary>Every quantized tensor gets the file type's base type (llama-quantize --pure).</summary>
     public bool Pure { get; init; }
     /// <summary>Quantize output.weight too (llama.cpp's default); false keeps it as it is in the input.</summary>
@@ -104,7 +110,12 @@ public static class ModelQuantizer
                     }
                     else qw = im;
                 }
-                data = QuantizeMatrix(newType, src, (int)t.RowLength, (int)t.RowCount, qw, threads, cancel, o.ImatrixCandidates);
+                if (o.Gptq != null && Quantize.GptqSupports(newType) && o.Gptq.TryGetValue(t.Name, out var gf))
+                {
+                    if (gf.Cols != t.RowLength) throw new CriaException($"GPTQ statistics have {gf.Cols} input columns for tensor '{t.Name}' with rows of {t.RowLength}");
+                    data = QuantizeMatrixGptq(newType, src, (int)t.RowLength, (int)t.RowCount, gf, o.GptqScales, threads, cancel);
+                }
+                else data = QuantizeMatrix(newType, src, (int)t.RowLength, (int)t.RowCount, qw, threads, cancel, o.ImatrixCandidates);
             }
             w.AddTensor(t.Name, t.Shape, newType, data);
             report.Add(new QuantizedTensor(t.Name, t.Type, newType, t.ByteSize, data.Length));
@@ -161,6 +172,17 @@ public static class ModelQuantizer
     }
 
     static bool IsBlockType(GgmlType t) => t is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16);
+
+    /// <summary>GPTQ for a whole matrix: <see cref="Quantize.RowGptq"/> per row (rows are independent and share the
+    /// factor), rows split over the workers as in <see cref="QuantizeMatrix"/>.</summary>
+    public static byte[] QuantizeMatrixGptq(GgmlType type, float[] values, int cols, int rows, GptqFactor factor, GptqScales scales, int threads, CancellationToken cancel = default)
+    {
+        int rowBytes = checked((int)GgmlTypeInfo.RowBytes(type, cols));
+        var dst = new byte[(long)rowBytes * rows];
+        Parallel.For(0, rows, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, threads), CancellationToken = cancel },
+            r => Quantize.RowGptq(type, values.AsSpan(r * cols, cols), dst.AsSpan(r * rowBytes, rowBytes), factor, scales));
+        return dst;
+    }
 
     /// <summary>Quantizes rows × cols values (row-major) to <paramref name="type"/>, rows split over <paramref name="threads"/> workers
     /// in chunks of at least 16384 values (llama.cpp's chunking); every row's bytes depend on that row alone. With

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Calibrated quantization with disjoint calibration and evaluation text (docs/quantization.md, "GPTQ"):
+#   data/valid.txt's chapters (blank-line separated, every 20th KJV chapter, none in data/train.txt) are split
+#   alternately: odd-numbered chapters (1st, 3rd, … 59th; 30 chapters) → $OUT/calib.txt,
+#   even-numbered (2nd, 4th, … 58th; 29 chapters) → $OUT/eval.txt.
+# Each job TYPE:VARIANT quantizes models/default.gguf and prints Cria's perplexity over all of eval.txt (chunks of 128
+# tokens, second half of each scored). Variants: plain, imcal / imtrain (imatrix from calib.txt / train.txt, 64 chunks),
+# gcal / gtrain (GPTQ calibrated on calib.txt / train.txt), gcalw (GPTQ with imatrix-weighted block scales).
+#   scripts/gptq-eval.sh q2_k:plain q2_k:imcal q2_k:gcal q4_0:plain ...
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gptq-eval}; THREADS=${THREADS:-2}
+mkdir -p "$OUT"
+DLL=src/Cria.Cli/bin/Release/net10.0/Cria.Cli.dll
+[ -f "$DLL" ] || dotnet build src/Cria.Cli -c Release >/dev/null
+CLI="dotnet $DLL"
+awk -v RS= -v ORS='\n\n' -v c="$OUT/calib.txt" -v e="$OUT/eval.txt" 'NR%2==1 {print > c} NR%2==0 {print > e}' data/valid.txt
+[ -f "$OUT/calib.imatrix.dat" ] || $CLI imatrix models/default.gguf "$OUT/calib.txt" -o "$OUT/calib.imatrix.dat" -c 128 --chunks 64 -t "$THREADS" >/dev/null
+[ -f "$OUT/train.imatrix.dat" ] || $CLI imatrix models/default.gguf data/train.txt -o "$OUT/train.imatrix.dat" -c 128 --chunks 64 -t "$THREADS" >/dev/null
+for job in "$@"; do
+  T=${job%%:*}; V=${job#*:}
+  case $V in
+    plain)   args=() ;;
+    imcal)   args=(--imatrix "$OUT/calib.imatrix.dat") ;;
+    imtrain) args=(--imatrix "$OUT/train.imatrix.dat") ;;
+    gcal)    args=(--gptq "$OUT/calib.txt") ;;
+    gtrain)  args=(--gptq data/train.txt) ;;
+    gcalw)   args=(--gptq "$OUT/calib.txt" --gptq-scales weighted) ;;
+    *) echo "unknown variant $V" >&2; exit 2 ;;
+  esac
+  f="$OUT/$T-$V.gguf"
+  $CLI quantize models/default.gguf "$f" --type "$T" -t "$THREADS" --force "${args[@]}" 2>/dev/null | sed 's/^/  /'
+  echo "$T $V $($CLI perplexity "$f" "$OUT/eval.txt" -c 128 -t "$THREADS" 2>/dev/null)"
+done
