@@ -7,13 +7,8 @@ using Cria.Tensors;
 namespace Cria.Quantization;
 
 /// <summary>Settings of <see cref="Awq.Compute"/>.</summary>
-public sealed record AwqOptions
+public sealed record AwqOptions : CalibrationOptions
 {
-    /// <summary>Calibration chunk length in tokens.</summary>
-    public int ContextSize { get; init; } = 128;
-    /// <summary>At most this many calibration chunks.</summary>
-    public int MaxChunks { get; init; } = 32;
-    public int Threads { get; init; }
     /// <summary>The exponents α tried for s = mean|x|^α (0 = no scaling, so the search can only improve on round-to-nearest).</summary>
     public float[] AlphaGrid { get; init; } = [0f, 0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f, 0.7f, 0.8f, 0.9f, 1f];
 }
@@ -57,9 +52,8 @@ public static class Awq
     /// <summary>Runs the calibration text (chunks of <see cref="AwqOptions.ContextSize"/>, BOS first) through the model.</summary>
     public static Stats Collect(LlamaModel model, string calibrationText, AwqOptions a)
     {
-        int threads = a.Threads > 0 ? a.Threads : Environment.ProcessorCount;
         var obs = new GramObserver(model.Config.Dim);
-        int n = Calibration.Run(model, calibrationText, a.ContextSize, a.MaxChunks, threads, obs);
+        int n = Calibration.Run(model, calibrationText, a, obs);
         return new Stats(obs.Gram) { Chunks = n };
     }
 

@@ -3,6 +3,16 @@ using Cria.Models;
 
 namespace Cria.Quantization;
 
+/// <summary>Calibration text settings shared by AWQ and GPTQ: chunk length, chunk count, threads (0 = all cores).</summary>
+public abstract record CalibrationOptions
+{
+    /// <summary>Calibration chunk length in tokens.</summary>
+    public int ContextSize { get; init; } = 128;
+    /// <summary>At most this many calibration chunks.</summary>
+    public int MaxChunks { get; init; } = 32;
+    public int Threads { get; init; }
+}
+
 /// <summary>The calibration pass shared by <c>cria imatrix</c> and AWQ: the text in chunks of <c>ctx</c> tokens (BOS
 /// first, as llama-imatrix), each chunk one forward step from an empty cache, with an observer on every matrix product.</summary>
 public static class Calibration
@@ -29,4 +39,9 @@ public static class Calibration
         }
         return chunks.Count;
     }
+
+    /// <summary><see cref="Run(LlamaModel, string, int, int, int, IMatMulObserver, Action{int, int}?)"/> with the
+    /// settings of <paramref name="o"/>.</summary>
+    public static int Run(LlamaModel model, string text, CalibrationOptions o, IMatMulObserver observer) =>
+        Run(model, text, o.ContextSize, o.MaxChunks, o.Threads > 0 ? o.Threads : Environment.ProcessorCount, observer);
 }

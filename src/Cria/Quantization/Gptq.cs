@@ -6,13 +6,9 @@ using Cria.Tensors;
 namespace Cria.Quantization;
 
 /// <summary>Settings of <see cref="Gptq.Collect"/>.</summary>
-public sealed record GptqOptions
+public sealed record GptqOptions : CalibrationOptions
 {
-    /// <summary>Calibration chunk length in tokens.</summary>
-    public int ContextSize { get; init; } = 128;
-    /// <summary>At most this many calibration chunks.</summary>
-    public int MaxChunks { get; init; } = 64;
-    public int Threads { get; init; }
+    public GptqOptions() => MaxChunks = 64;
     /// <summary>λ = Damp × mean diag(H) added to H before inverting (GPTQ's default 1 %).</summary>
     public double Damp { get; init; } = 0.01;
 }
@@ -29,9 +25,8 @@ public static class Gptq
     /// <summary>Per tensor name, the mean Gram matrix of its input ([cols, cols]); shared arrays for shared inputs.</summary>
     public static Dictionary<string, float[]> CollectGram(LlamaModel model, string calibrationText, GptqOptions o, out int chunks)
     {
-        int threads = o.Threads > 0 ? o.Threads : Environment.ProcessorCount;
-        var obs = new GramObserver(threads);
-        chunks = Calibration.Run(model, calibrationText, o.ContextSize, o.MaxChunks, threads, obs);
+        var obs = new GramObserver(o.Threads > 0 ? o.Threads : Environment.ProcessorCount);
+        chunks = Calibration.Run(model, calibrationText, o, obs);
         if (chunks == 0) throw new CriaException("GPTQ: the calibration text gives no chunk (it is too short for the context size)");
         var result = new Dictionary<string, float[]>(StringComparer.Ordinal);
         foreach (var (name, (g, count)) in obs.Gram)
