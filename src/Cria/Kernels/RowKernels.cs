@@ -19,7 +19,7 @@ public static unsafe class RowKernels
     /// <summary>Activation rows processed together (their accumulators live on the stack).</summary>
     public const int Tile = 16;
 
-    /// <summary>Q8_0 batches (<see cref="RunBlock"/>): activation rows per tile, and blocks per part of a row — a
+    /// <summary>Q8_0 batches (<see cref="Q80Block"/>): activation rows per tile, and blocks per part of a row — a
     /// multiple of 4 (the kernels' step), as many as keep one part of a tile, 68 B per block and row, within 40 KiB.</summary>
     const int Q80TileRows = 8, Q80PartBlocks = 40960 / (Q80TileRows * 68) / 4 * 4;
 
@@ -216,7 +216,8 @@ public static unsafe class RowKernels
     [ThreadStatic] static DecodedSuperBlock[]? _q4kDecoded;   // [n / 256] one decoded Q4_K / Q6_K row
     [ThreadStatic] static short[]? _q80Quants;                // [n] one Q8_0 row's quants as int16
     [ThreadStatic] static float[]? _q80Scales;                // [n / 32] its block scales
-    [ThreadStatic] static float[]? _tileAcc;                  // [rows, tile, perRow, 16] accumulators carried between parts of a row (RunBlock, the *Tile kernels)
+    [ThreadStatic] static float[]? _q80Acc;                   // [rows, tile, 16] Q8_0 accumulators carried between parts of a row
+    [ThreadStatic] static float[]? _kAcc;                     // [rows, tile, 2, 16] Q4_K / Q6_K accumulators (sums, mins) between parts
 
     /// <summary>
     /// A pinned scratch array of at least <paramref name="count"/> elements after its first 64-byte boundary, which is
@@ -320,42 +321,36 @@ public static unsafe class RowKernels
             for (int r = r0; r < r1; r++) Run(type, w + (long)r * rowBytes, rowBytes, x, xStride, B, n, y + r, yStride);
             return;
         }
-        // Blocked for L1d: tiles of activation rows, and each weight row in parts of a few blocks, so one part of a tile
-        // (Q8_0: 8 rows × 72 blocks × 68 B = 39 KB of int16 activations; Q4_K/Q6_K: 16 rows × 8 super-blocks × 292 B =
-        // 37 KB of Q8_K) stays in the 48 KiB L1d while every weight row of the chunk runs over it. The accumulators
-        // ([rows, tile, perRow] vectors: Q4_K keeps sums and mins, the others sums) carry between parts.
-        // One thread, 512 rows, Q8_0: 5632×2048 44–45 → 50–51 GMAC/s (16-row tiles → 8); ffn_down 2048×5632 23–24 →
-        // 28–30 GMAC/s with parts (alternating runs on a loaded machine); Q4_K ffn_down 34–36 → 37–42.
-        bool q80 = type == GgmlType.Q8_0;
-        int nb = q80 ? n / 32 : n / 256;
-        int tile = q80 ? Q80TileRows : Tile, part = q80 ? Q80PartBlocks : KPartBlocks, perRow = type == GgmlType.Q4_K ? 2 : 1;
-        var dec = q80 ? null : DecodeBuffer(Math.Max(1, nb));
-        var (q80Quants, q80Scales) = q80 ? Q80Buffers(n) : default;
-        var acc = (Vector512<float>*)Scratch(ref _tileAcc, (long)(r1 - r0) * tile * perRow * 16);
-        for (int b0 = 0; b0 < B; b0 += tile)
+        if (type == GgmlType.Q8_0)
         {
-            int tb = Math.Min(tile, B - b0);
+            Q80Block(w, rowBytes, r0, r1, x, xStride, B, n, y, yStride);
+            return;
+        }
+        // Q4_K / Q6_K: tiles of Tile activation rows, each row in parts of KPartBlocks super-blocks (one part of a tile,
+        // 16 × 8 × 292 B = 37 KB of Q8_K activations, stays in L1d), accumulators carried between parts.
+        int nb = n / 256;
+        var dec = DecodeBuffer(Math.Max(1, nb));
+        var acc = (Vector512<float>*)Scratch(ref _kAcc, (long)(r1 - r0) * Tile * 32); // [rows, tile, 2] accumulators
+        for (int b0 = 0; b0 < B; b0 += Tile)
+        {
+            int tb = Math.Min(Tile, B - b0);
             byte* xt = x + (long)b0 * xStride;
-            for (int i0 = 0; i0 < nb; i0 += part)
+            for (int i0 = 0; i0 < nb; i0 += KPartBlocks)
             {
-                int i1 = Math.Min(nb, i0 + part);
+                int i1 = Math.Min(nb, i0 + KPartBlocks);
                 for (int r = r0; r < r1; r++)
                 {
                     byte* wr = w + (long)r * rowBytes;
-                    var a = acc + (long)(r - r0) * tile * perRow;
-                    switch (type)
-                    {
-                        case GgmlType.Q4_K: Q4KTilePart(wr, xt, xStride, tb, i0, i1, a, dec); break;
-                        case GgmlType.Q6_K: Q6KTilePart(wr, xt, xStride, tb, i0, i1, a, dec); break;
-                        default: Q80TilePart(wr, xt, xStride, tb, nb, i0, i1, a, (short*)q80Quants, (float*)q80Scales); break;
-                    }
+                    var a = acc + (long)(r - r0) * Tile * 2;
+                    if (type == GgmlType.Q4_K) Q4KTilePart(wr, xt, xStride, tb, i0, i1, a, dec);
+                    else Q6KTilePart(wr, xt, xStride, tb, i0, i1, a, dec);
                 }
             }
             for (int r = r0; r < r1; r++)
                 for (int b = 0; b < tb; b++)
                 {
-                    var a = acc + ((long)(r - r0) * tile + b) * perRow;
-                    y[(long)(b0 + b) * yStride + r] = perRow == 2 ? Vector512.Sum(a[0]) - Vector256.Sum(a[1].GetLower()) : Vector512.Sum(a[0]);
+                    var a = acc + ((long)(r - r0) * Tile + b) * 2;
+                    y[(long)(b0 + b) * yStride + r] = type == GgmlType.Q4_K ? Vector512.Sum(a[0]) - Vector256.Sum(a[1].GetLower()) : Vector512.Sum(a[0]);
                 }
         }
     }
@@ -377,7 +372,7 @@ public static unsafe class RowKernels
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Q4KTile(byte* w, byte* x, int xStride, int B, int nb, float* y, int yStride, DecodedSuperBlock* dec)
     {
-        var acc = (Vector512<float>*)Scratch(ref _tileAcc, (long)B * 32);
+        var acc = (Vector512<float>*)Scratch(ref _kAcc, (long)B * 32);
         Q4KTilePart(w, x, xStride, B, 0, nb, acc, dec);
         for (int b = 0; b < B; b++) y[(long)b * yStride] = Vector512.Sum(acc[2 * b]) - Vector256.Sum(acc[2 * b + 1].GetLower());
     }
@@ -529,13 +524,13 @@ public static unsafe class RowKernels
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Q6KTile(byte* w, byte* x, int xStride, int B, int nb, float* y, int yStride, DecodedSuperBlock* dec)
     {
-        var acc = (Vector512<float>*)Scratch(ref _tileAcc, (long)B * 16);
+        var acc = (Vector512<float>*)Scratch(ref _kAcc, (long)B * 32);
         Q6KTilePart(w, x, xStride, B, 0, nb, acc, dec);
-        for (int b = 0; b < B; b++) y[(long)b * yStride] = Vector512.Sum(acc[b]);
+        for (int b = 0; b < B; b++) y[(long)b * yStride] = Vector512.Sum(acc[2 * b]);
     }
 
-    /// <summary>Super-blocks [i0, i1) of one Q6_K row against B activation rows, continuing acc[b] (started
-    /// from zero when i0 = 0); each super-block is one step of every row's chain.</summary>
+    /// <summary>Super-blocks [i0, i1) of one Q6_K row against B activation rows, continuing acc[2b] (the layout of
+    /// <see cref="Q4KTilePart"/>; started from zero when i0 = 0).</summary>
     [SkipLocalsInit]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Q6KTilePart(byte* w, byte* x, int xStride, int B, int i0, int i1, Vector512<float>* acc, DecodedSuperBlock* dec)
@@ -550,8 +545,8 @@ public static unsafe class RowKernels
         for (; b + 4 <= B; b += 4)
         {
             byte* xa = x + (long)b * xStride, xb = xa + xStride, xc = xb + xStride, xd = xc + xStride;
-            Vector512<float> accA = first ? default : acc[b], accB = first ? default : acc[b + 1];
-            Vector512<float> accC = first ? default : acc[b + 2], accD = first ? default : acc[b + 3];
+            Vector512<float> accA = first ? default : acc[2 * b], accB = first ? default : acc[2 * b + 2];
+            Vector512<float> accC = first ? default : acc[2 * b + 4], accD = first ? default : acc[2 * b + 6];
             for (int i = i0; i < i1; i++)
             {
                 DecodedSuperBlock* o = dec + i;
@@ -564,18 +559,18 @@ public static unsafe class RowKernels
                 Q6KStep(xc + off, w0, w1, w2, w3, s0, s1, s2, s3, sc, d, ref accC);
                 Q6KStep(xd + off, w0, w1, w2, w3, s0, s1, s2, s3, sc, d, ref accD);
             }
-            acc[b] = accA; acc[b + 1] = accB; acc[b + 2] = accC; acc[b + 3] = accD;
+            acc[2 * b] = accA; acc[2 * b + 2] = accB; acc[2 * b + 4] = accC; acc[2 * b + 6] = accD;
         }
         for (; b < B; b++)
         {
             byte* xa = x + (long)b * xStride;
-            Vector512<float> a = first ? default : acc[b];
+            Vector512<float> a = first ? default : acc[2 * b];
             for (int i = i0; i < i1; i++)
             {
                 DecodedSuperBlock* o = dec + i;
                 Q6KStep(xa + i * 292, o->W0, o->W1, o->W2, o->W3, o->S0, o->S1, o->S2, o->S3, o->Mins, o->D, ref a);
             }
-            acc[b] = a;
+            acc[2 * b] = a;
         }
     }
 
@@ -663,7 +658,7 @@ public static unsafe class RowKernels
     /// </summary>
     static void Q80Tile(byte* w, byte* x, int xStride, int B, int nb, float* y, int yStride, short* decQ, float* decD)
     {
-        var acc = (Vector512<float>*)Scratch(ref _tileAcc, (long)B * 16);
+        var acc = (Vector512<float>*)Scratch(ref _q80Acc, (long)B * 16);
         Q80TilePart(w, x, xStride, B, nb, 0, nb, acc, decQ, decD);
         for (int b = 0; b < B; b++) y[(long)b * yStride] = Vector512.Sum(acc[b]);
     }
@@ -729,6 +724,37 @@ public static unsafe class RowKernels
             }
             for (; i < i1; i++) Q80Step1(xa, nb, i, Vector512.Load(decQ + i * 32), decD[i], ref a);
             acc[b] = a;
+        }
+    }
+
+    /// <summary>
+    /// Rows [r0, r1) of a Q8_0 matrix against B activation rows (<see cref="RunBlock"/>), blocked for L1d: tiles of
+    /// <see cref="Q80TileRows"/> activation rows, and along the row in parts of <see cref="Q80PartBlocks"/> blocks, so
+    /// one part of a tile (8 rows × 72 blocks × 68 B = 39 KB of int16 activations) stays in the 48 KiB L1d while every
+    /// weight row of the chunk runs over it; the accumulators ([rows, tile] vectors) carry between parts. One thread,
+    /// 512 rows: 5632×2048 44–45 → 50–51 GMAC/s (16-row tiles → 8); 2048×5632 (ffn_down) 23–24 → 28–30 GMAC/s with
+    /// parts, alternating runs on a loaded machine.
+    /// </summary>
+    static void Q80Block(byte* w, int rowBytes, int r0, int r1, byte* x, int xStride, int B, int n, float* y, int yStride)
+    {
+        int nb = n / 32;
+        var (q80Quants, q80Scales) = Q80Buffers(n);
+        short* decQ = (short*)q80Quants;
+        float* decD = (float*)q80Scales;
+        var acc = (Vector512<float>*)Scratch(ref _q80Acc, (long)(r1 - r0) * Q80TileRows * 16); // [rows, tile] accumulators
+        for (int b0 = 0; b0 < B; b0 += Q80TileRows)
+        {
+            int tb = Math.Min(Q80TileRows, B - b0);
+            byte* xt = x + (long)b0 * xStride;
+            for (int i0 = 0; i0 < nb; i0 += Q80PartBlocks)
+            {
+                int i1 = Math.Min(nb, i0 + Q80PartBlocks);
+                for (int r = r0; r < r1; r++)
+                    Q80TilePart(w + (long)r * rowBytes, xt, xStride, tb, nb, i0, i1, acc + (r - r0) * Q80TileRows, decQ, decD);
+            }
+            for (int r = r0; r < r1; r++)
+                for (int b = 0; b < tb; b++)
+                    y[(long)(b0 + b) * yStride + r] = Vector512.Sum(acc[(r - r0) * Q80TileRows + b]);
         }
     }
 
