@@ -15,7 +15,7 @@ namespace Cria.Kernels;
 /// context length. Each item's arithmetic depends only on its own row and sequence, never on the rest of the batch.
 /// Reference: <see cref="AttendScalar"/>.
 /// </summary>
-internal sealed class AttentionJob : ParallelJob
+internal sealed partial class AttentionJob : ParallelJob
 {
     public const int TileSize = 64;
 
@@ -137,21 +137,28 @@ internal sealed class AttentionJob : ParallelJob
         Span<float> sum = stackalloc float[group];
         Span<int> slotsOne = stackalloc int[1];
         slotsOne[0] = slots;
-        AttendRows(c, kv, table, blockPos, ring, 1, slotsOne, p, g, qRow, outRow, scratch, max, sum, dropped);
+        bool fused = ring != null && KiviFused(kv, hd, dropped);
+        if (fused) AttendKivi(c, kv, table, blockPos, ring!, slots, p, g, qRow, outRow, scratch, max, sum);
+        else AttendRows(c, kv, table, blockPos, ring, 1, slotsOne, p, g, qRow, outRow, scratch, max, sum, dropped);
         if (probs.IsEmpty) return;
         float scale = 1.0f / MathF.Sqrt(hd);
         var scores = scratch.AsSpan(0, group * TileSize);
         var kTile = scratch.AsSpan(RowsPerItem * group * (TileSize + hd), TileSize * hd);
         var vTile = scratch.AsSpan(RowsPerItem * group * (TileSize + hd) + TileSize * hd, TileSize * hd);
         Span<float> rotation = stackalloc float[dropped > 0 ? c.RopeDim : 0];
+        Span<float> qScaled = stackalloc float[fused ? group * hd + group : 0];
         int rotationDelta = 0, h0 = g * group;
         // Second pass for eviction scores: the final probabilities of every slot, summed over the group's heads.
         for (int t0 = 0; t0 < slots; t0 += TileSize)
         {
             int n = Math.Min(TileSize, slots - t0);
-            LoadTile(kv, table, blockPos, ring, t0, n, g, hd, p, kTile, vTile);
-            if (dropped > 0) ShiftKeys(c, blockPos, kv.BlockSize, dropped, t0, n, kTile, rotation, ref rotationDelta);
-            TileScores(qRow, kTile, n, h0, group, hd, scale, scores);
+            if (fused) KiviTileScores(kv, table, blockPos, ring!, t0, n, g, hd, group, p, qRow, scale, scores, kTile, qScaled);
+            else
+            {
+                LoadTile(kv, table, blockPos, ring, t0, n, g, hd, p, kTile, vTile);
+                if (dropped > 0) ShiftKeys(c, blockPos, kv.BlockSize, dropped, t0, n, kTile, rotation, ref rotationDelta);
+                TileScores(qRow, kTile, n, h0, group, hd, scale, scores);
+            }
             for (int j = 0; j < n; j++)
             {
                 float pr = 0;

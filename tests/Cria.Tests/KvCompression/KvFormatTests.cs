@@ -233,6 +233,52 @@ public class KvFormatTests
                 }
     }
 
+    /// <summary>KIVI attention on the codes (scaled query and bias for keys, p·s weights and a min sum for values)
+    /// gives the attention of the dequantized tiles to float rounding: 2 and 4 bits, groups of 4 and of 3 query heads
+    /// (a last partial set of four), blocks of 16 and 32 tokens, runs of codes that end mid-vector, queries before,
+    /// at and after flushes; eviction's probabilities from the same scores sum to the group size.</summary>
+    [Theory]
+    [InlineData(KvCacheType.Kivi2, 4, 16)]
+    [InlineData(KvCacheType.Kivi2, 3, 32)]
+    [InlineData(KvCacheType.Kivi4, 4, 32)]
+    [InlineData(KvCacheType.Kivi4, 3, 16)]
+    public void KiviAttentionOnCodesEqualsAttentionOnDequantizedTiles(KvCacheType type, int group, int G)
+    {
+        const int hd = 32, kvHeads = 2, kvDim = hd * kvHeads, n = 300, R = 64;
+        var c = new ModelConfig { HeadDim = hd, HeadCount = kvHeads * group, KvHeadCount = kvHeads, Dim = hd * kvHeads * group };
+        var format = new KvFormat { Type = type, KiviGroup = G, KiviResidual = R };
+        var cache = new KvCache(kvDim, 1, 512, 16, format, hd, ringSlack: 256);
+        var rng = new Random(G * 10 + group);
+        for (int p = 0; p < n; p++)
+        {
+            var k = Enumerable.Range(0, kvDim).Select(i => (float)(rng.NextDouble() * 4 - 2 + (i % 5 == 0 ? 6 : 0))).ToArray();
+            var v = Enumerable.Range(0, kvDim).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+            cache.Append(3, 1);
+            cache.Store(0, 3, p, cache.Cell(3, p), k, v);
+        }
+        var s = cache.GetSequence(3);
+        var kv = new AttentionJob.KvLayer(cache, 0);
+        Assert.True(AttentionJob.KiviFused(kv, hd, -1));
+        var table = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(s.Blocks).ToArray();
+        var blockPos = cache.BlockPositions(3).ToArray();
+        var scratch = new float[AttentionJob.ScratchLength(c)];
+        var q = Enumerable.Range(0, c.QDim).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        foreach (int p in new[] { 5, 63, 64, 100, 129, 200, n - 1 })
+            for (int g = 0; g < kvHeads; g++)
+            {
+                var fused = new float[c.QDim]; var tiles = new float[c.QDim];
+                var max = new float[group]; var sum = new float[group];
+                AttentionJob.AttendKivi(c, kv, table, blockPos, s.Ring!, p + 1, p, g, q, fused, scratch, max, sum);
+                AttentionJob.AttendRows(c, kv, table, blockPos, s.Ring, 1, new[] { p + 1 }, p, g, q, tiles, scratch, new float[4 * group], new float[4 * group], -1);
+                for (int i = g * group * hd; i < (g + 1) * group * hd; i++)
+                    Assert.True(Math.Abs(fused[i] - tiles[i]) <= 2e-5f * (1 + Math.Abs(tiles[i])), $"p {p} g {g} i {i}: {fused[i]} vs {tiles[i]}");
+                // the eviction pass reads the fused scores again: probabilities over the slots sum to the group size
+                var probs = new float[p + 1];
+                AttentionJob.Attend(c, kv, table, blockPos, s.Ring, p + 1, p, g, q, new float[c.QDim], scratch, probs);
+                Assert.Equal(group, probs.Sum(), 3);
+            }
+    }
+
     static float[][] Run(InferenceContext ctx, int[] prompt, int chunk, int decode)
     {
         var all = new List<float[]>();
