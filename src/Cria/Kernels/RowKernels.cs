@@ -39,7 +39,8 @@ public static unsafe class RowKernels
     /// </summary>
     public static int ActivationRowBytes(GgmlType weightType, int n) => weightType switch
     {
-        GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 => n * 4 + 64, // one cache line of padding: rows 8 KiB apart alias in L1
+        GgmlType.F32 or GgmlType.BF16 => n * 4 + 64, // one cache line of padding: rows 8 KiB apart alias in L1
+        GgmlType.F16 => n * 8 + 64, // [n] F16-rounded x, then [n] the same · 2^112 for the decode kernel (DotF16Scaled)
         GgmlType.Q8_0 when Avx512BW.IsSupported => n / 32 * 68,
         _ => (int)GgmlTypeInfo.RowBytes(VecDot.ActivationType(weightType), n),
     };
@@ -52,7 +53,10 @@ public static unsafe class RowKernels
         switch (weightType)
         {
             case GgmlType.F32: x.CopyTo(f); return;
-            case GgmlType.F16: RoundToHalf(x, f); return;
+            case GgmlType.F16:
+                RoundToHalf(x, f);
+                ScaleBy2Pow112(f.Slice(0, x.Length), f.Slice(x.Length, x.Length));
+                return;
             case GgmlType.BF16: RoundToBf16(x, f); return;
             case GgmlType.Q8_0 when Avx512BW.IsSupported:
                 QuantizeQ80Widened(x, dst);
@@ -824,7 +828,8 @@ public static unsafe class RowKernels
         if (type == GgmlType.F16 && B == 1 && n >= 64 && Vector512.IsHardwareAccelerated)
         {
             // Same lanes, same FMA order as DotF32 over the widened row, so B = 1 and B > 1 agree bit for bit.
-            y[0] = DotF16((ushort*)w, (float*)x, n);
+            y[0] = DotF16Scaled((ushort*)w, (float*)x + n, n, out bool nonFinite);
+            if (nonFinite) y[0] = DotF16((ushort*)w, (float*)x, n); // an F16 infinity or NaN among the weights
             return;
         }
         float* wf = (float*)w;
@@ -1062,6 +1067,55 @@ public static unsafe class RowKernels
             sum = Vector512.Sum((s0 + s1) + (s2 + s3));
         }
         for (; i < n; i++) sum = MathF.FusedMultiplyAdd(Fp16.ToSingle(w[i]), x[i], sum);
+        return sum;
+    }
+
+    /// <summary>y = x · 2^112: exact for F16-rounded x (|x| ≤ 65504 stays below float's largest, ∞ stays ∞).</summary>
+    static void ScaleBy2Pow112(ReadOnlySpan<float> x, Span<float> y)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+            for (; i + 16 <= x.Length; i += 16)
+                (Vector512.Create(x.Slice(i, 16)) * Vector512.Create(Pow2To112)).CopyTo(y.Slice(i, 16));
+        for (; i < x.Length; i++) y[i] = x[i] * Pow2To112;
+    }
+
+    const float Pow2To112 = 5.192297e33f;
+
+    /// <summary>
+    /// The decode kernel for F16 weights: <see cref="DotF16"/> with the half → float scaling moved to the activations.
+    /// A half's bits shifted into float position, (h &lt;&lt; 13) &amp; 0x8FFFE000, are the value · 2^−112 exactly (subnormal
+    /// halves become float subnormals), so FMA(raw, x · 2^112, acc) forms the same exact product as FMA(w, x, acc) and
+    /// rounds the same: the same bits as <see cref="DotF16"/> in the same lanes, for two vector operations fewer per 16
+    /// weights (no multiply, no infinity fix-up) — decode of F16 weights is that close to compute-bound here.
+    /// Infinities and NaNs (exponent 31) would be read as finite, so the row's halves are also checked
+    /// ((h | 0x83FF) = 0xFFFF exactly for them) and <paramref name="nonFinite"/> sends the row to <see cref="DotF16"/>.
+    /// <paramref name="xs"/> is x · 2^112 (<see cref="ScaleBy2Pow112"/>); the tail (n mod 64) reads x = xs − n.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static float DotF16Scaled(ushort* w, float* xs, int n, out bool nonFinite)
+    {
+        int i = 0;
+        float sum = 0;
+        var exponentOnes = Vector512<ushort>.Zero;
+        var notExponent = Vector512.Create((ushort)0x83FF);
+        var keep = Vector512.Create(unchecked((int)0x8FFFE000));
+        Vector512<float> s0 = default, s1 = default, s2 = default, s3 = default;
+        for (; i + 64 <= n; i += 64)
+        {
+            Sse.Prefetch0((byte*)(w + i) + PrefetchDistance);
+            Sse.Prefetch0((byte*)(w + i) + PrefetchDistance + 64);
+            exponentOnes = Vector512.Max(exponentOnes, Vector512.Load(w + i) | notExponent);
+            exponentOnes = Vector512.Max(exponentOnes, Vector512.Load(w + i + 32) | notExponent);
+            s0 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)w + i)) << 13) & keep).AsSingle(), Vector512.Load(xs + i), s0);
+            s1 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)w + i + 16)) << 13) & keep).AsSingle(), Vector512.Load(xs + i + 16), s1);
+            s2 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)w + i + 32)) << 13) & keep).AsSingle(), Vector512.Load(xs + i + 32), s2);
+            s3 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)w + i + 48)) << 13) & keep).AsSingle(), Vector512.Load(xs + i + 48), s3);
+        }
+        sum = Vector512.Sum((s0 + s1) + (s2 + s3));
+        float* x = xs - n;
+        for (; i < n; i++) sum = MathF.FusedMultiplyAdd(Fp16.ToSingle(w[i]), x[i], sum);
+        nonFinite = Vector512.EqualsAny(exponentOnes, Vector512<ushort>.AllBitsSet);
         return sum;
     }
 

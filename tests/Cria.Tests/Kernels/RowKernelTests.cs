@@ -97,6 +97,48 @@ public unsafe class RowKernelTests
         }
     }
 
+    /// <summary>The F16 decode kernel reads raw half bits against activations · 2^112: subnormal and signed-zero
+    /// weights give the bits of the widening path, and a row holding an infinity or a NaN (which the raw bits would
+    /// read as finite) gives what the widening path gives: a non-finite result, the same bits.</summary>
+    [Fact]
+    public void F16DecodeKernelMatchesTheWideningPathForSubnormalZeroAndNonFiniteWeights()
+    {
+        var rng = new Random(5);
+        const int n = 2816 + 16; // a tail after the 64-wide loop
+        int fb = RowKernels.ActivationRowBytes(GgmlType.F16, n);
+        foreach (int trial in Enumerable.Range(0, 8))
+        {
+            var w = new ushort[n];
+            for (int i = 0; i < n; i++)
+                w[i] = (i % 9) switch
+                {
+                    0 => (ushort)rng.Next(1, 0x400),                   // subnormal
+                    1 => (ushort)(0x8000 | rng.Next(1, 0x400)),        // negative subnormal
+                    2 => (ushort)(rng.Next(2) << 15),                  // ±0
+                    _ => Fp16.FromSingle((float)(rng.NextDouble() * 2 - 1) * (i % 3 == 0 ? 3e4f : 1)),
+                };
+            if (trial == 1) w[rng.Next(2816)] = 0x7C00;                // +∞ in the vector part
+            if (trial == 2) w[rng.Next(2816)] = 0xFC00;                // −∞
+            if (trial == 3) w[rng.Next(2816)] = (ushort)(0x7C00 | rng.Next(1, 0x400)); // NaN
+            if (trial == 4) w[n - 3] = 0x7C00;                         // +∞ in the tail
+            var x = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray();
+            if (trial == 5) x[rng.Next(n)] = 70000f;                   // rounds to an F16 infinity
+            var act = new byte[fb * 2];
+            RowKernels.PrepareActivations(GgmlType.F16, x, act.AsSpan(0, fb));
+            RowKernels.PrepareActivations(GgmlType.F16, x, act.AsSpan(fb, fb));
+            var wb = System.Runtime.InteropServices.MemoryMarshal.AsBytes(w.AsSpan()).ToArray();
+            float decode; var both = new float[2];
+            fixed (byte* pw = wb) fixed (byte* pa = act) fixed (float* py = both)
+            {
+                RowKernels.Run(GgmlType.F16, pw, wb.Length, pa, fb, 1, n, &decode, 1);  // decode kernel
+                RowKernels.Run(GgmlType.F16, pw, wb.Length, pa, fb, 2, n, py, 1);       // widening path (B > 1)
+            }
+            Assert.True(decode.Equals(both[0]), $"trial {trial}: decode {decode} vs widened {both[0]}");
+            if (trial is >= 1 and <= 4) Assert.False(float.IsFinite(decode), $"trial {trial}: {decode}");
+            else Assert.True(float.IsFinite(decode) || trial == 5, $"trial {trial}: {decode}");
+        }
+    }
+
     [Fact]
     public void VectorizedQ8KQuantizationIsByteIdenticalToReference()
     {
