@@ -99,8 +99,13 @@ public sealed class InferenceContext : IDisposable
             }
         }
         _actQ = new byte[1 + extra][];
-        // F32 rows are the largest layout (RowKernels.ActivationRowBytes); 64 bytes more to start on a cache line
-        _actQ[0] = GC.AllocateArray<byte>(b * (4 * Math.Max(Math.Max(c.Dim, c.QDim), c.FfnDim) + 64) + 64, pinned: true);
+        // The largest row any matrix's activation layout needs (RowKernels.ActivationRowBytes: F16 weights read two
+        // float copies, F32 one); 64 bytes more to start on a cache line
+        int rowBytes = RowKernels.ActivationRowBytes(model.Output.Type, model.Output.Cols);
+        foreach (var L in model.Layers)
+            foreach (var w in new[] { L.Wq, L.Wk, L.Wv, L.Wo, L.WGate, L.WUp, L.WDown })
+                rowBytes = Math.Max(rowBytes, RowKernels.ActivationRowBytes(w.Type, w.Cols));
+        _actQ[0] = GC.AllocateArray<byte>(b * rowBytes + 64, pinned: true);
         for (int i = 1; i <= extra; i++) _actQ[i] = GC.AllocateArray<byte>(b * extraRowBytes + 64, pinned: true);
         _cells = new int[b];
         _attention = new AttentionJob(c, Cache, threads, options.Eviction.ShiftPositions);
