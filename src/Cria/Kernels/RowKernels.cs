@@ -354,7 +354,7 @@ public static unsafe class RowKernels
                 for (int b = 0; b < tb; b++)
                 {
                     var a = acc + ((long)(r - r0) * Tile + b) * 2;
-                    y[(long)(b0 + b) * yStride + r] = type == GgmlType.Q4_K ? Vector512.Sum(a[0]) - Vector256.Sum(a[1].GetLower()) : Vector512.Sum(a[0]);
+                    y[(long)(b0 + b) * yStride + r] = type == GgmlType.Q4_K ? Q4KResult(a[0], a[1].GetLower()) : Vector512.Sum(a[0]);
                 }
         }
     }
@@ -378,7 +378,7 @@ public static unsafe class RowKernels
     {
         var acc = (Vector512<float>*)Scratch(ref _kAcc, (long)B * 32);
         Q4KTilePart(w, x, xStride, B, 0, nb, acc, dec);
-        for (int b = 0; b < B; b++) y[(long)b * yStride] = Vector512.Sum(acc[2 * b]) - Vector256.Sum(acc[2 * b + 1].GetLower());
+        for (int b = 0; b < B; b++) y[(long)b * yStride] = Q4KResult(acc[2 * b], acc[2 * b + 1].GetLower());
     }
 
     /// <summary>Super-blocks [i0, i1) of one Q4_K row against B activation rows, continuing the accumulators (per row
@@ -484,6 +484,11 @@ public static unsafe class RowKernels
         accMin = Vector256.FusedMultiplyAdd(Vector256.Create(dmin * d8), Vector256.ConvertToSingle(m), accMin);
     }
 
+    /// <summary>A Q4_K dot product from its accumulators: Σ(scaled sums − mins) in one horizontal sum (the mins'
+    /// eight lanes subtracted lane-wise first). Every path (decode, tiles, parts) ends here, so they agree bit for bit.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static float Q4KResult(Vector512<float> acc, Vector256<float> accMin) => Vector512.Sum(acc - accMin.ToVector512());
+
     /// <summary>A K-quant super-block unpacked once per weight row for <see cref="Q4KTile"/> / <see cref="Q6KTile"/>.</summary>
     internal struct DecodedSuperBlock
     {
@@ -510,7 +515,7 @@ public static unsafe class RowKernels
             DecodeQ4K(blk, out var w0, out var w1, out var w2, out var w3, out var s0, out var s1, out var s2, out var s3, out var mins, out float d, out float dmin);
             Q4KStep(x + i * 292, w0, w1, w2, w3, s0, s1, s2, s3, mins, d, dmin, ref acc, ref accMin);
         }
-        return Vector512.Sum(acc) - Vector256.Sum(accMin);
+        return Q4KResult(acc, accMin);
     }
 
     // ---- Q6_K × Q8_K ------------------------------------------------------------------------------------------
