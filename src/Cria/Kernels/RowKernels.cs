@@ -435,8 +435,9 @@ public static unsafe class RowKernels
     /// <summary>
     /// Unpacks one Q4_K super-block: the four 64-byte quant vectors in the order <see cref="PermuteQ8KForQ4K"/> gives
     /// the activations (one 64-byte load of qs holds chunks 2p and 2p+1: its low nibbles are lo 2p | lo 2p+1, its high
-    /// nibbles hi 2p | hi 2p+1), each sub-block's 6-bit scale spread over its int16 lanes (ggml's kmask trick, then
-    /// vpermw), the eight mins each twice (one per bsum of 16), d and dmin.
+    /// nibbles hi 2p | hi 2p+1), each sub-block's 6-bit scale spread over its int16 lanes (vpermw), the eight mins each
+    /// twice (one per bsum of 16), d and dmin. (Constants are written inline: in these AggressiveOptimization kernels
+    /// the JIT embeds Vector*.Create constants, while static readonly fields would cost class-init checks.)
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void DecodeQ4K(byte* blk, out Vector512<byte> w0, out Vector512<byte> w1, out Vector512<byte> w2, out Vector512<byte> w3,
@@ -449,21 +450,34 @@ public static unsafe class RowKernels
         var permC0 = Vector512.Create((short)0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2);
         d = Fp16.ToSingle(*(ushort*)blk);
         dmin = Fp16.ToSingle(*(ushort*)(blk + 2));
-        uint a0 = Unsafe.ReadUnaligned<uint>(blk + 4), a1 = Unsafe.ReadUnaligned<uint>(blk + 8), a2 = Unsafe.ReadUnaligned<uint>(blk + 12);
-        uint sc0 = a0 & 0x3f3f3f3fu;
-        uint sc1 = (a2 & 0x0f0f0f0fu) | (((a0 >> 6) & 0x03030303u) << 4);
-        uint mn0 = a1 & 0x3f3f3f3fu;
-        uint mn1 = ((a2 >> 4) & 0x0f0f0f0fu) | (((a1 >> 6) & 0x03030303u) << 4);
-        var scales16 = Avx512BW.ConvertToVector512Int16(Vector256.CreateScalar(((ulong)sc1 << 32) | sc0).AsByte());
+        var scalesMins = Q4KScalesAndMins(Vector128.Load(blk));
+        var scales16 = Avx512BW.ConvertToVector512Int16(scalesMins.ToVector256Unsafe());
         s0 = Avx512BW.PermuteVar32x16(scales16, permC0);
         s1 = Avx512BW.PermuteVar32x16(scales16, permC0 + Vector512.Create((short)1));
         s2 = Avx512BW.PermuteVar32x16(scales16, permC0 + Vector512.Create((short)4));
         s3 = Avx512BW.PermuteVar32x16(scales16, permC0 + Vector512.Create((short)5));
-        var mins8 = Vector128.CreateScalar(((ulong)mn1 << 32) | mn0).AsByte();
-        mins = Avx2.ConvertToVector256Int16(Sse2.UnpackLow(mins8, mins8));
+        mins = Avx2.ConvertToVector256Int16(Ssse3.Shuffle(scalesMins, Vector128.Create((byte)8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15)));
         var q01 = Vector512.Load(blk + 16); var q23 = Vector512.Load(blk + 80);
         w0 = q01 & m4; w1 = Vector512.ShiftRightLogical(q01.AsUInt16(), 4).AsByte() & m4;
         w2 = q23 & m4; w3 = Vector512.ShiftRightLogical(q23.AsUInt16(), 4).AsByte() & m4;
+    }
+
+    /// <summary>
+    /// A Q4_K super-block's 6-bit scales and mins from its first 16 bytes (d, dmin, scales[12]), as bytes
+    /// [scales 0–7 | mins 0–7]: ggml's get_scale_min_k4, four at a time as its kmask code does, in one 128-bit register.
+    /// With a0, a1, a2 the three 32-bit words of scales[12]: scales 0–3 = a0 &amp; 0x3F3F3F3F,
+    /// scales 4–7 = (a2 &amp; 0x0F0F0F0F) | ((a0 &gt;&gt; 6) &amp; 0x03030303) &lt;&lt; 4, mins 0–3 = a1 &amp; 0x3F3F3F3F,
+    /// mins 4–7 = ((a2 &gt;&gt; 4) &amp; 0x0F0F0F0F) | ((a1 &gt;&gt; 6) &amp; 0x03030303) &lt;&lt; 4.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector128<byte> Q4KScalesAndMins(Vector128<byte> head)
+    {
+        // bytes 4..15 are a0 | a1 | a2: dwords [a0, a2, a1, a2 >> 4] masked, and [·, a0, ·, a1] for the top two bits
+        var x = Avx2.ShiftRightLogicalVariable(Ssse3.Shuffle(head, Vector128.Create((byte)4, 5, 6, 7, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15)).AsUInt32(),
+                                               Vector128.Create(0u, 0, 0, 4)) & Vector128.Create(0x3F3F3F3Fu, 0x0F0F0F0F, 0x3F3F3F3F, 0x0F0F0F0F);
+        var y = Vector128.ShiftRightLogical(Ssse3.Shuffle(head, Vector128.Create((byte)4, 5, 6, 7, 4, 5, 6, 7, 8, 9, 10, 11, 8, 9, 10, 11)).AsUInt32(), 2)
+                & Vector128.Create(0u, 0x30303030, 0, 0x30303030); // ((a >> 6) & 3) << 4
+        return (x | y).AsByte();
     }
 
     /// <summary>One decoded Q4_K super-block against one Q8_K super-block (permuted quants): the body of <see cref="Q4K1"/>.</summary>
@@ -499,21 +513,19 @@ public static unsafe class RowKernels
     }
 
     /// <summary>One Q4_K weight row against one activation row (decode): <see cref="Q4KStep"/> per super-block straight
-    /// from the weights, accumulators in registers, weights prefetched <see cref="PrefetchDistance"/> bytes ahead.</summary>
+    /// from the weights, accumulators in registers.</summary>
     [SkipLocalsInit]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static float Q4K1(byte* w, byte* x, int nb)
     {
         var acc = Vector512<float>.Zero;
         var accMin = Vector256<float>.Zero;
-        for (int i = 0; i < nb; i++)
+        // No software prefetch: the hardware prefetcher keeps this one sequential stream ahead, and the kernel is
+        // bound by its instruction count (the three prefetches were 6 of ~90 instructions per super-block).
+        for (byte* end = w + nb * 144; w < end; w += 144, x += 292)
         {
-            byte* blk = w + i * 144;
-            Sse.Prefetch0(blk + PrefetchDistance);
-            Sse.Prefetch0(blk + PrefetchDistance + 64);
-            Sse.Prefetch0(blk + PrefetchDistance + 128);
-            DecodeQ4K(blk, out var w0, out var w1, out var w2, out var w3, out var s0, out var s1, out var s2, out var s3, out var mins, out float d, out float dmin);
-            Q4KStep(x + i * 292, w0, w1, w2, w3, s0, s1, s2, s3, mins, d, dmin, ref acc, ref accMin);
+            DecodeQ4K(w, out var w0, out var w1, out var w2, out var w3, out var s0, out var s1, out var s2, out var s3, out var mins, out float d, out float dmin);
+            Q4KStep(x, w0, w1, w2, w3, s0, s1, s2, s3, mins, d, dmin, ref acc, ref accMin);
         }
         return Q4KResult(acc, accMin);
     }
