@@ -605,24 +605,25 @@ public static unsafe class RowKernels
         out Vector512<short> s0, out Vector512<short> s1, out Vector512<short> s2, out Vector512<short> s3,
         out Vector256<short> scales, out float d)
     {
-        var m4 = Vector256.Create((byte)0x0F);
-        var m3 = Vector256.Create((byte)0x03);
+        var m4 = Vector512.Create((byte)0x0F);
+        var m30 = Vector512.Create((byte)0x30);
         // vpermw indices: 8 lanes (16 elements) per scale, 4 scales per 64 elements.
         var perm6 = Vector512.Create((short)0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
         d = Fp16.ToSingle(*(ushort*)(blk + 208));
         var scales16 = Avx512BW.ConvertToVector512Int16(Vector256.Create(Vector128.Load((sbyte*)blk + 192), Vector128<sbyte>.Zero));
         // Half h covers elements 128h..128h+127 from ql[64h..], qh[32h..]: for l < 32, element 128h + l + 32k is
         // nibble (k < 2: low, else high) of ql[64h + l + 32(k & 1)] | ((qh[32h + l] >> 2k) & 3) << 4.
-        var l0 = Vector256.Load(blk); var l1 = Vector256.Load(blk + 32); var hb = Vector256.Load(blk + 128);
-        w0 = Vector512.Create((l0 & m4) | Vector256.ShiftLeft((hb & m3).AsUInt16(), 4).AsByte(),
-                              (l1 & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 2).AsByte() & m3).AsUInt16(), 4).AsByte());
-        w1 = Vector512.Create((Vector256.ShiftRightLogical(l0.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 4).AsByte() & m3).AsUInt16(), 4).AsByte(),
-                              (Vector256.ShiftRightLogical(l1.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 6).AsByte() & m3).AsUInt16(), 4).AsByte());
-        l0 = Vector256.Load(blk + 64); l1 = Vector256.Load(blk + 96); hb = Vector256.Load(blk + 160);
-        w2 = Vector512.Create((l0 & m4) | Vector256.ShiftLeft((hb & m3).AsUInt16(), 4).AsByte(),
-                              (l1 & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 2).AsByte() & m3).AsUInt16(), 4).AsByte());
-        w3 = Vector512.Create((Vector256.ShiftRightLogical(l0.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 4).AsByte() & m3).AsUInt16(), 4).AsByte(),
-                              (Vector256.ShiftRightLogical(l1.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(hb.AsUInt16(), 6).AsByte() & m3).AsUInt16(), 4).AsByte());
+        // One 64-byte load of ql holds k = 0, 1 (low nibbles) and k = 2, 3 (high nibbles); qh, broadcast to both
+        // 32-byte halves, gives the two high bits of k in bits 4–5 by a per-half shift (16-bit lanes: the bits that
+        // cross into the neighbouring byte are masked off): k = 0 / 1: qh << 4 / << 2; k = 2 / 3: qh >> 0 / >> 2.
+        var up01 = Vector512.Create((ushort)4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2);
+        var down23 = Vector512.Create((ushort)0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2);
+        var ql = Vector512.Load(blk); var qh = Vector512.Create(Vector256.Load(blk + 128)).AsUInt16();
+        w0 = (ql & m4) | (Avx512BW.ShiftLeftLogicalVariable(qh, up01).AsByte() & m30);
+        w1 = (Vector512.ShiftRightLogical(ql.AsUInt16(), 4).AsByte() & m4) | (Avx512BW.ShiftRightLogicalVariable(qh, down23).AsByte() & m30);
+        ql = Vector512.Load(blk + 64); qh = Vector512.Create(Vector256.Load(blk + 160)).AsUInt16();
+        w2 = (ql & m4) | (Avx512BW.ShiftLeftLogicalVariable(qh, up01).AsByte() & m30);
+        w3 = (Vector512.ShiftRightLogical(ql.AsUInt16(), 4).AsByte() & m4) | (Avx512BW.ShiftRightLogicalVariable(qh, down23).AsByte() & m30);
         s0 = Avx512BW.PermuteVar32x16(scales16, perm6);
         s1 = Avx512BW.PermuteVar32x16(scales16, perm6 + Vector512.Create((short)4));
         s2 = Avx512BW.PermuteVar32x16(scales16, perm6 + Vector512.Create((short)8));
