@@ -235,16 +235,19 @@ public class KvFormatTests
 
     /// <summary>KIVI attention on the codes (scaled query and bias for keys, p·s weights and a min sum for values)
     /// gives the attention of the dequantized tiles to float rounding: 2 and 4 bits, groups of 4 and of 3 query heads
-    /// (a last partial set of four), blocks of 16 and 32 tokens, runs of codes that end mid-vector, queries before,
+    /// (a last partial set of four), head dims 32, 64 and 128, blocks of 16 and 32 tokens, runs of codes that end mid-vector, queries before,
     /// at and after flushes; eviction's probabilities from the same scores sum to the group size.</summary>
     [Theory]
-    [InlineData(KvCacheType.Kivi2, 4, 16)]
-    [InlineData(KvCacheType.Kivi2, 3, 32)]
-    [InlineData(KvCacheType.Kivi4, 4, 32)]
-    [InlineData(KvCacheType.Kivi4, 3, 16)]
-    public void KiviAttentionOnCodesEqualsAttentionOnDequantizedTiles(KvCacheType type, int group, int G)
+    [InlineData(KvCacheType.Kivi2, 4, 16, 32)]
+    [InlineData(KvCacheType.Kivi2, 3, 32, 32)]
+    [InlineData(KvCacheType.Kivi4, 4, 32, 32)]
+    [InlineData(KvCacheType.Kivi4, 3, 16, 32)]
+    [InlineData(KvCacheType.Kivi2, 8, 32, 64)]  // two sets of four heads; value groups of 32 in a 64-wide head
+    [InlineData(KvCacheType.Kivi4, 5, 16, 128)] // a set of four and a lone head; several code words per row
+    public void KiviAttentionOnCodesEqualsAttentionOnDequantizedTiles(KvCacheType type, int group, int G, int hd)
     {
-        const int hd = 32, kvHeads = 2, kvDim = hd * kvHeads, n = 300, R = 64;
+        const int kvHeads = 2, n = 300, R = 64;
+        int kvDim = hd * kvHeads;
         var c = new ModelConfig { HeadDim = hd, HeadCount = kvHeads * group, KvHeadCount = kvHeads, Dim = hd * kvHeads * group };
         var format = new KvFormat { Type = type, KiviGroup = G, KiviResidual = R };
         var cache = new KvCache(kvDim, 1, 512, 16, format, hd, ringSlack: 256);
