@@ -5,7 +5,8 @@
 #   even-numbered (2nd, 4th, … 58th; 29 chapters) → $OUT/eval.txt.
 # Each job TYPE:VARIANT quantizes models/default.gguf and prints Cria's perplexity over all of eval.txt (chunks of 128
 # tokens, second half of each scored). Variants: plain, imcal / imtrain (imatrix from calib.txt / train.txt, 64 chunks),
-# gcal / gtrain (GPTQ calibrated on calib.txt / train.txt), gcalw (GPTQ with imatrix-weighted block scales).
+# gcal / gtrain (GPTQ calibrated on calib.txt / train.txt), gcalw (GPTQ with imatrix-weighted block scales),
+# awqcal (AWQ scaling, calib.txt), awqclip (AWQ scaling + clipping search), awqclipim (the same with the calib imatrix).
 #   scripts/gptq-eval.sh q2_k:plain q2_k:imcal q2_k:gcal q4_0:plain ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,9 @@ for job in "$@"; do
     gcal)    args=(--gptq "$OUT/calib.txt") ;;
     gtrain)  args=(--gptq data/train.txt) ;;
     gcalw)   args=(--gptq "$OUT/calib.txt" --gptq-scales weighted) ;;
+    awqcal)  args=(--awq "$OUT/calib.txt") ;;
+    awqclip) args=(--awq "$OUT/calib.txt" --awq-clip) ;;
+    awqclipim) args=(--awq "$OUT/calib.txt" --awq-clip --imatrix "$OUT/calib.imatrix.dat") ;;
     *) echo "unknown variant $V" >&2; exit 2 ;;
   esac
   f="$OUT/$T-$V.gguf"

@@ -18,6 +18,7 @@ static class QuantizeCommand
         var awq = new Option<string?>("--awq") { Description = "calibration text for activation-aware scaling folded into the RMSNorm weights" };
         var awqChunks = new Option<int>("--awq-chunks") { Description = "calibration chunks for --awq", DefaultValueFactory = _ => 32 };
         var awqCtx = new Option<int>("--awq-ctx") { Description = "calibration chunk length for --awq", DefaultValueFactory = _ => 128 };
+        var awqClip = new Option<bool>("--awq-clip") { Description = "with --awq, also AWQ's weight clipping search: per group of 32 weights along each row, clamp to r·max|w| (r = 1, 0.95 … 0.5) where that lowers the calibration output error (every quantized blk.* matrix)" };
         var threads = new Option<int>("--threads", "-t") { Description = "worker threads (default: all cores)" };
         var pure = new Option<bool>("--pure") { Description = "every tensor gets the base type (no K-quant mix)" };
         var force = new Option<bool>("--force") { Description = "replace an existing output file" };
@@ -29,12 +30,13 @@ static class QuantizeCommand
         var gptqScales = new Option<string>("--gptq-scales") { Description = "how GPTQ picks block scales from the updated weights: ref (ggml's reference quantizer) or weighted (ggml's imatrix search with diag H)", DefaultValueFactory = _ => "ref" };
         var cmd = new Command("quantize", "quantize a GGUF model to a llama.cpp type or mix (written atomically)")
         {
-            input, output, type, imatrix, cands, awq, awqChunks, awqCtx, gptq, gptqChunks, gptqCtx, gptqDamp, gptqScales, threads, pure, force, requant,
+            input, output, type, imatrix, cands, awq, awqChunks, awqCtx, awqClip, gptq, gptqChunks, gptqCtx, gptqDamp, gptqScales, threads, pure, force, requant,
         };
         cmd.SetAction(r =>
         {
             string inPath = r.GetValue(input)!, outPath = r.GetValue(output)!;
             if (!r.GetValue(force) && File.Exists(outPath)) throw new CriaException($"{outPath}: the output file exists (use --force to replace it)");
+            if (r.GetValue(awqClip) && r.GetValue(awq) == null) throw new CriaException("--awq-clip needs --awq CALIB.txt (the calibration text)");
             if (r.GetValue(gptq) != null && r.GetValue(awq) != null)
                 throw new CriaException("--gptq cannot be combined with --awq yet (AWQ rescales the inputs the Gram matrices were collected on)");
             var o = new QuantizeOptions
@@ -51,7 +53,7 @@ static class QuantizeCommand
             if (r.GetValue(awq) is { } calib)
             {
                 var res = Awq.Compute(inPath, TokenizerTrainer.ReadCorpus(calib), o,
-                    new AwqOptions { MaxChunks = r.GetValue(awqChunks), ContextSize = r.GetValue(awqCtx), Threads = r.GetValue(threads) }, Console.Error.WriteLine);
+                    new AwqOptions { MaxChunks = r.GetValue(awqChunks), ContextSize = r.GetValue(awqCtx), Threads = r.GetValue(threads), Clip = r.GetValue(awqClip) }, Console.Error.WriteLine);
                 var over = res.Overrides;
                 o = o with { Override = n => over.GetValueOrDefault(n), Imatrix = res.Imatrix ?? o.Imatrix };
             }

@@ -11,7 +11,19 @@ public sealed record AwqOptions : CalibrationOptions
 {
     /// <summary>The exponents α tried for s = mean|x|^α (0 = no scaling, so the search can only improve on round-to-nearest).</summary>
     public float[] AlphaGrid { get; init; } = [0f, 0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f, 0.7f, 0.8f, 0.9f, 1f];
+    /// <summary>AWQ's weight clipping search (llm-awq auto_clip) on every matrix AWQ quantizes, after the scaling.</summary>
+    public bool Clip { get; init; }
+    /// <summary>The clipping ratios r tried per group (|w| clamped to r · the group's max|w|); 1 = no clipping and is
+    /// always tried first, so the search can only lower the calibration output error.</summary>
+    public float[] ClipGrid { get; init; } = [1f, 0.95f, 0.9f, 0.85f, 0.8f, 0.75f, 0.7f, 0.65f, 0.6f, 0.55f, 0.5f];
+    /// <summary>Values per clipping group along a row (each group gets its own ratio); must divide the block size of
+    /// the types quantized (32 fits every ggml block type).</summary>
+    public int ClipGroup { get; init; } = 32;
 }
+
+/// <summary>What the clipping search did to one matrix: calibration output error Σ dᵀGd before and after, and how many
+/// groups took a ratio below 1.</summary>
+public readonly record struct AwqClip(string Tensor, double ErrorPlain, double ErrorClipped, int GroupsClipped, int Groups);
 
 /// <summary>What the search chose for one group of matrices sharing an RMSNorm.</summary>
 public readonly record struct AwqGroup(string Norm, float Alpha, double ErrorPlain, double ErrorScaled);
@@ -23,6 +35,7 @@ public sealed class AwqResult
     /// <summary>The imatrix with the scaled matrices' entries divided by s² (their inputs are x / s), when one was given.</summary>
     public Dictionary<string, float[]>? Imatrix { get; set; }
     public List<AwqGroup> Groups { get; } = new();
+    public List<AwqClip> Clips { get; } = new();
 }
 
 /// <summary>
@@ -40,6 +53,10 @@ public static class Awq
 {
     static readonly string[] AttnMats = ["attn_q", "attn_k", "attn_v"];
     static readonly string[] FfnMats = ["ffn_gate", "ffn_up"];
+    /// <summary>The matrices whose input is not an RMSNorm output (the attention output, SiLU(gate)·up).</summary>
+    static readonly string[] OwnInputMats = ["attn_output", "ffn_down"];
+    /// <summary>The matrices whose inputs the calibration pass records (attn_k/v share attn_q's, ffn_up ffn_gate's).</summary>
+    static readonly string[] ObservedMats = ["attn_q", "ffn_gate", "attn_output", "ffn_down"];
 
     /// <summary>Calibration statistics: per layer, G = Σ x xᵀ and Σ|x| of the attn_norm and ffn_norm outputs.</summary>
     public sealed class Stats
@@ -102,15 +119,39 @@ public static class Awq
                 }
                 result.Groups.Add(new AwqGroup(p + norm + ".weight", bestAlpha, plainErr, bestErr));
                 log?.Invoke($"awq: {p + norm,-16} α = {bestAlpha:F1}  output error {plainErr:E3} → {bestErr:E3} ({(plainErr > 0 ? bestErr / plainErr : 1):P1})");
-                if (bestAlpha == 0 || bestS == null) continue;
-                var normW = ReadVector(f, p + norm + ".weight");
-                for (int j = 0; j < dim; j++) normW[j] /= bestS[j];
-                result.Overrides[p + norm + ".weight"] = normW;
+                if (bestAlpha != 0 && bestS != null)
+                {
+                    var normW = ReadVector(f, p + norm + ".weight");
+                    for (int j = 0; j < dim; j++) normW[j] /= bestS[j];
+                    result.Overrides[p + norm + ".weight"] = normW;
+                    for (int m = 0; m < names.Length; m++)
+                    {
+                        result.Overrides[names[m]] = ScaleColumns(weights[m].Data, weights[m].Rows, dim, bestS);
+                        if (result.Imatrix != null && result.Imatrix.TryGetValue(names[m], out var im)) result.Imatrix[names[m]] = ImatrixFor(q.Imatrix, names[m], bestS)!;
+                    }
+                }
+                if (!a.Clip) continue;
+                // Clipping on the (scaled) weights the quantizer will see: their inputs are x / s, so G' = S⁻¹ G S⁻¹.
+                var gs = bestS == null || bestAlpha == 0 ? gram : UnscaleGram(gram, dim, bestS);
                 for (int m = 0; m < names.Length; m++)
                 {
-                    result.Overrides[names[m]] = ScaleColumns(weights[m].Data, weights[m].Rows, dim, bestS);
-                    if (result.Imatrix != null && result.Imatrix.TryGetValue(names[m], out var im)) result.Imatrix[names[m]] = ImatrixFor(q.Imatrix, names[m], bestS)!;
+                    if (!IsBlockType(types[m])) continue;
+                    var wq = result.Overrides.GetValueOrDefault(names[m]) ?? weights[m].Data;
+                    var imp = result.Imatrix?.GetValueOrDefault(names[m]) ?? q.Imatrix?.GetValueOrDefault(names[m]);
+                    result.Overrides[names[m]] = ClipMatrix(names[m], wq, weights[m].Rows, dim, types[m], gs, imp, a, threads, q.ImatrixCandidates, result, log);
                 }
+            }
+            if (!a.Clip) continue;
+            // attn_output and ffn_down: AWQ's scaling does not touch them here, the clipping does.
+            foreach (var m in OwnInputMats)
+            {
+                string name = $"blk.{l}.{m}.weight";
+                if (!plan.TryGetValue(name, out var type) || !IsBlockType(type)) continue;
+                if (!stats.Gram.TryGetValue(name, out var g)) continue;
+                var (data, rows) = ReadMatrix(f, name);
+                int cols = data.Length / rows;
+                if ((long)cols * cols != g.Gram.Length) throw new CriaException($"AWQ: the Gram matrix of '{name}' has {g.Gram.Length} values for rows of {cols}");
+                result.Overrides[name] = ClipMatrix(name, data, rows, cols, type, g.Gram, q.Imatrix?.GetValueOrDefault(name), a, threads, q.ImatrixCandidates, result, log);
             }
         }
         return result;
@@ -131,6 +172,161 @@ public static class Awq
         float norm = MathF.Sqrt(max * min);
         for (int j = 0; j < n; j++) s[j] /= norm;
         return s;
+    }
+
+    static bool IsBlockType(GgmlType t) => t is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16);
+
+    /// <summary>G'_ij = G_ij / (s_i s_j): the Gram matrix of the inputs x / s that the column-scaled matrices read.</summary>
+    static float[] UnscaleGram(float[] gram, int n, float[] s)
+    {
+        var r = new float[gram.Length];                     // [n, n]
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < n; j++) r[i * n + j] = gram[i * n + j] / (s[i] * s[j]);
+        return r;
+    }
+
+    static float[] ClipMatrix(string name, float[] w, int rows, int cols, GgmlType type, float[] gram, float[]? importance, AwqOptions a, int threads,
+        CalibratedCandidates candidates, AwqResult result, Action<string>? log)
+    {
+        var clipped = Clip(type, w, rows, cols, gram, importance, a.ClipGrid, a.ClipGroup, threads, candidates, out double before, out double after, out int groups);
+        int total = rows * (cols / Math.Min(a.ClipGroup, GgmlTypeInfo.BlockSize(type)));
+        result.Clips.Add(new AwqClip(name, before, after, groups, total));
+        log?.Invoke($"awq: clip {name,-24} {type,-5} {groups,6}/{total} groups clipped  output error {before:E3} → {after:E3} ({(before > 0 ? after / before : 1):P1})");
+        return clipped;
+    }
+
+    /// <summary>
+    /// AWQ's weight clipping search (llm-awq <c>auto_clip</c>) for one matrix quantized to <paramref name="type"/>:
+    /// along each row, every group of <paramref name="group"/> values may be clamped to ±r·max|w_group| for a ratio r of
+    /// <paramref name="grid"/> before quantization (a large weight then costs less of its block's range, at the price
+    /// of its own error). The ratio is chosen to minimise the row's calibration output error dᵀGd, d = Q(clip(w)) − w,
+    /// G = Σ x xᵀ of the matrix input ([cols, cols]), with the cross terms to the rest of the row exact: groups are
+    /// visited once in order (coordinate descent from r = 1), each trial re-encodes only its ggml block, and G·d is kept
+    /// up to date. A row whose final full-row encoding is not better than unclipped is left unclipped, so the result
+    /// never has a larger error than round-to-nearest on the calibration data. Returns the values to hand to the
+    /// quantizer (the matrix with clipped groups); <paramref name="importance"/> and <paramref name="candidates"/> are
+    /// the imatrix path's (<see cref="Quantize.RowCalibrated"/>), null for the reference quantizer.
+    /// </summary>
+    public static float[] Clip(GgmlType type, float[] w, int rows, int cols, float[] gram, float[]? importance, float[] grid, int group, int threads,
+        CalibratedCandidates candidates, out double errorPlain, out double errorClipped, out int groupsClipped)
+    {
+        if (!IsBlockType(type)) throw new CriaException($"AWQ clipping: {type} is not a block type");
+        int qk = GgmlTypeInfo.BlockSize(type), bs = GgmlTypeInfo.BlockBytes(type);
+        if (group <= 0) throw new CriaException($"AWQ clipping: the group size must be positive, got {group}");
+        group = Math.Min(group, qk);
+        if (qk % group != 0) throw new CriaException($"AWQ clipping: groups of {group} do not divide {type}'s blocks of {qk}");
+        if (cols % qk != 0) throw new CriaException($"AWQ clipping: rows of {cols} are not whole {type} blocks of {qk}");
+        if (w.Length != (long)rows * cols) throw new CriaException($"AWQ clipping: {w.Length} weights for {rows} × {cols}");
+        if (gram.Length != (long)cols * cols) throw new CriaException($"AWQ clipping: Gram matrix of {gram.Length} values for {cols} input columns");
+        if (importance != null && importance.Length != cols) throw new CriaException($"AWQ clipping: importance of {importance.Length} values for {cols} input columns");
+        if (grid.Length == 0 || grid.Any(r => !(r > 0 && r <= 1))) throw new CriaException("AWQ clipping: every ratio of the grid must be in (0, 1]");
+        int rowBytes = (int)GgmlTypeInfo.RowBytes(type, cols);
+        var result = (float[])w.Clone();                     // [rows, cols]
+        double plain = 0, after = 0;
+        int clippedTotal = 0;
+        object gate = new();
+        Parallel.For(0, rows, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, threads) },
+            () => new ClipScratch(cols, qk, rowBytes, bs),
+            (o, _, st) =>
+            {
+                var wo = w.AsSpan(o * cols, cols);
+                var cur = st.Cur; wo.CopyTo(cur);
+                ReadOnlySpan<float> imp = importance;
+                double e0 = RowError(type, cur, wo, gram, imp, candidates, st, true);
+                int n = 0;
+                for (int b0 = 0; b0 < cols; b0 += qk)
+                {
+                    var impB = imp.IsEmpty ? imp : imp.Slice(b0, qk);
+                    var deqB = st.Deq.AsSpan(b0, qk);
+                    for (int g0 = b0; g0 < b0 + qk; g0 += group)
+                    {
+                        float mx = 0;
+                        for (int j = g0; j < g0 + group; j++) mx = MathF.Max(mx, MathF.Abs(wo[j]));
+                        if (mx == 0) continue;
+                        double best = 0; float bestR = 1;
+                        foreach (float r in grid)
+                        {
+                            if (r >= 1) continue;
+                            cur.AsSpan(b0, qk).CopyTo(st.Tmp);
+                            float c = r * mx;
+                            for (int j = g0; j < g0 + group; j++) st.Tmp[j - b0] = Math.Clamp(wo[j], -c, c);
+                            Quantize.RowCalibrated(type, st.Tmp, st.BlockQ, impB, candidates);
+                            Dequantize.Row(type, st.BlockQ, st.Nd);
+                            double delta = 0;
+                            for (int i = 0; i < qk; i++) st.Delta[i] = st.Nd[i] - deqB[i];
+                            for (int i = 0; i < qk; i++)
+                            {
+                                float di = st.Delta[i];
+                                if (di == 0) continue;
+                                delta += di * (2.0 * st.Gd[b0 + i] + Dot(gram.AsSpan((b0 + i) * cols + b0, qk), st.Delta));
+                            }
+                            if (delta < best) { best = delta; bestR = r; st.Nd.CopyTo(st.BestNd, 0); }
+                        }
+                        if (bestR >= 1) continue;
+                        float cb = bestR * mx;
+                        for (int j = g0; j < g0 + group; j++) cur[j] = Math.Clamp(wo[j], -cb, cb);
+                        for (int i = 0; i < qk; i++)
+                        {
+                            float di = st.BestNd[i] - deqB[i];
+                            if (di == 0) continue;
+                            deqB[i] = st.BestNd[i];
+                            var gi = gram.AsSpan((b0 + i) * cols, cols);   // row b0+i of G = its column (G is symmetric)
+                            for (int k = 0; k < cols; k++) st.Gd[k] += di * gi[k];
+                        }
+                        n++;
+                    }
+                }
+                double e1 = e0;
+                if (n > 0)
+                {
+                    // Exact check with the full-row encoding (ggml's legacy *_impl quantizers use the whole row's σ²).
+                    e1 = RowError(type, cur, wo, gram, imp, candidates, st, false);
+                    if (!(e1 < e0)) { wo.CopyTo(cur); e1 = e0; n = 0; }
+                }
+                cur.CopyTo(result.AsSpan(o * cols, cols));
+                st.Plain += e0; st.After += e1; st.Clipped += n;
+                return st;
+            },
+            st => { lock (gate) { plain += st.Plain; after += st.After; clippedTotal += st.Clipped; } });
+        errorPlain = plain; errorClipped = after; groupsClipped = clippedTotal;
+        return result;
+    }
+
+    /// <summary>dᵀGd of one row encoded from <paramref name="values"/>, d = decoded − <paramref name="w"/>; with
+    /// <paramref name="keep"/>, leaves the decoded row in Deq and G·d in Gd for the search.</summary>
+    static double RowError(GgmlType type, float[] values, ReadOnlySpan<float> w, float[] gram, ReadOnlySpan<float> importance, CalibratedCandidates candidates, ClipScratch st, bool keep)
+    {
+        int cols = w.Length;
+        Quantize.RowCalibrated(type, values, st.RowQ, importance, candidates);
+        var deq = keep ? st.Deq : st.Nd2;
+        Dequantize.Row(type, st.RowQ, deq);
+        var d = st.D;
+        for (int j = 0; j < cols; j++) d[j] = deq[j] - w[j];
+        double e = 0;
+        for (int i = 0; i < cols; i++)
+        {
+            float gdi = Dot(gram.AsSpan(i * cols, cols), d);
+            if (keep) st.Gd[i] = gdi;
+            e += d[i] * (double)gdi;
+        }
+        return e;
+    }
+
+    sealed class ClipScratch(int cols, int qk, int rowBytes, int blockBytes)
+    {
+        public readonly float[] Cur = new float[cols];      // [cols] values handed to the quantizer
+        public readonly float[] Deq = new float[cols];      // [cols] decoded current row
+        public readonly float[] Nd2 = new float[cols];      // [cols] decoded row for the final check
+        public readonly float[] D = new float[cols];        // [cols] decoded − original
+        public readonly float[] Gd = new float[cols];       // [cols] G·d of the current row
+        public readonly float[] Tmp = new float[qk];        // [qk] one block's trial values
+        public readonly float[] Nd = new float[qk];         // [qk] trial block decoded
+        public readonly float[] BestNd = new float[qk];     // [qk] best trial decoded
+        public readonly float[] Delta = new float[qk];      // [qk] trial − current decoded block
+        public readonly byte[] RowQ = new byte[rowBytes];
+        public readonly byte[] BlockQ = new byte[blockBytes];
+        public double Plain, After;
+        public int Clipped;
     }
 
     static float[]? ImatrixFor(IReadOnlyDictionary<string, float[]>? im, string name, float[] s)
@@ -196,17 +392,21 @@ public static class Awq
         return v;
     }
 
-    /// <summary>Accumulates G = Σ x xᵀ ([dim, dim]) and Σ|x| ([dim]) of the inputs of attn_q and ffn_gate per layer.</summary>
-    sealed class GramObserver(int dim) : IMatMulObserver
+    /// <summary>Accumulates G = Σ x xᵀ ([cols, cols]) and Σ|x| ([cols]) per layer of the inputs of attn_q and ffn_gate
+    /// (the norm outputs that attn_k/v and ffn_up read too), attn_output and ffn_down.</summary>
+    sealed class GramObserver(int modelDim) : IMatMulObserver
     {
         public readonly Dictionary<string, (float[] Gram, double[] AbsSum, long Count)> Gram = new(StringComparer.Ordinal);
 
         public void Observe(string weightName, ReadOnlySpan<float> x, int rows, int cols)
         {
-            if (cols != dim || !(weightName.EndsWith(".attn_q.weight", StringComparison.Ordinal) || weightName.EndsWith(".ffn_gate.weight", StringComparison.Ordinal))) return;
+            if (!weightName.StartsWith("blk.", StringComparison.Ordinal) || !ObservedMats.Any(m => weightName.EndsWith("." + m + ".weight", StringComparison.Ordinal))) return;
+            if ((weightName.EndsWith(".attn_q.weight", StringComparison.Ordinal) || weightName.EndsWith(".ffn_gate.weight", StringComparison.Ordinal)) && cols != modelDim) return;
+            int dim = cols;
             if (!Gram.TryGetValue(weightName, out var g)) g = (new float[dim * dim], new double[dim], 0);
+            if (g.Gram.Length != dim * dim) throw new CriaException($"AWQ: '{weightName}' was observed with {cols} input columns and earlier with another width");
             var (gram, abs, count) = g;
-            var xs = x.ToArray();                            // [rows, dim]
+            var xs = x.Slice(0, rows * dim).ToArray();        // [rows, dim]
             Parallel.For(0, dim, i =>
             {
                 var gi = gram.AsSpan(i * dim, dim);
