@@ -75,13 +75,17 @@ public sealed class CalibratedQuantTests(ITestOutputHelper output)
         // Quantized with imatrix and AWQ together, the file is a plain llama GGUF that llama.cpp runs like Cria.
         using var m = LlamaModel.Open(Model.Value);
         var im = Imatrix.Collect(m, Text, 64, 4, 2);
-        var withIm = Awq.Compute(Model.Value, Text, q with { Imatrix = im.Values }, new AwqOptions { ContextSize = 64, MaxChunks = 4, Threads = 2 });
+        var withIm = Awq.Compute(Model.Value, Text, q with { Imatrix = im.Values }, new AwqOptions { ContextSize = 64, MaxChunks = 4, Threads = 2, Clip = true });
+        // The clipping search ran on all 7 matrices of both layers and never raised a calibration output error.
+        Assert.Equal(2 * 7, withIm.Clips.Count);
+        Assert.All(withIm.Clips, c => Assert.True(c.ErrorClipped <= c.ErrorPlain, $"{c.Tensor}: {c.ErrorPlain} → {c.ErrorClipped}"));
+        Assert.Contains(withIm.Clips, c => c.GroupsClipped > 0 && c.ErrorClipped < 0.99 * c.ErrorPlain);
         string quant = TestPaths.TempFile("calib-awq-im-q3ks.gguf");
         ModelQuantizer.Run(Model.Value, quant, q with { Force = true, Imatrix = withIm.Imatrix, Override = n => withIm.Overrides.GetValueOrDefault(n) });
         using (var r = new CriaRunner(quant, 64)) a = r.AllLogits(tokens);
         using (var c = new LlamaCpp(quant, 64)) b = c.AllLogits(tokens);
         d = a.Zip(b).Max(p => p.First.Zip(p.Second).Max(x => Math.Abs(x.First - x.Second)));
-        output.WriteLine($"Q3_K_S imatrix+AWQ: Cria vs llama.cpp max |Δ logit| {d:E2}");
+        output.WriteLine($"Q3_K_S imatrix+AWQ+clipping: Cria vs llama.cpp max |Δ logit| {d:E2}");
         Assert.True(d < 0.25, $"Cria and llama.cpp differ by {d} on the calibrated file");
     }
 
