@@ -19,6 +19,9 @@ static class QuantizeCommand
         var awqChunks = new Option<int>("--awq-chunks") { Description = "calibration chunks for --awq", DefaultValueFactory = _ => 32 };
         var awqCtx = new Option<int>("--awq-ctx") { Description = "calibration chunk length for --awq", DefaultValueFactory = _ => 128 };
         var awqClip = new Option<bool>("--awq-clip") { Description = "with --awq, also AWQ's weight clipping search: per group of 32 weights along each row, clamp to r·max|w| (r = 1, 0.95 … 0.5) where that lowers the calibration output error (every quantized blk.* matrix)" };
+        var awqSkip = new Option<int>("--awq-skip") { Description = "with --awq, leave the first N positions of each calibration chunk out of the statistics (BOS outliers)", DefaultValueFactory = _ => 0 };
+        var awqClipDamp = new Option<double>("--awq-clip-damp") { Description = "with --awq-clip, add this fraction of G's mean diagonal to G (weight-error penalty)", DefaultValueFactory = _ => 0 };
+        var awqClipLocal = new Option<bool>("--awq-clip-local") { Description = "with --awq-clip, measure each group's error on its own (llm-awq's per-group objective, no cross terms)" };
         var threads = new Option<int>("--threads", "-t") { Description = "worker threads (default: all cores)" };
         var pure = new Option<bool>("--pure") { Description = "every tensor gets the base type (no K-quant mix)" };
         var force = new Option<bool>("--force") { Description = "replace an existing output file" };
@@ -30,7 +33,7 @@ static class QuantizeCommand
         var gptqScales = new Option<string>("--gptq-scales") { Description = "how GPTQ picks block scales from the updated weights: ref (ggml's reference quantizer) or weighted (ggml's imatrix search with diag H)", DefaultValueFactory = _ => "ref" };
         var cmd = new Command("quantize", "quantize a GGUF model to a llama.cpp type or mix (written atomically)")
         {
-            input, output, type, imatrix, cands, awq, awqChunks, awqCtx, awqClip, gptq, gptqChunks, gptqCtx, gptqDamp, gptqScales, threads, pure, force, requant,
+            input, output, type, imatrix, cands, awq, awqChunks, awqCtx, awqClip, awqSkip, awqClipDamp, awqClipLocal, gptq, gptqChunks, gptqCtx, gptqDamp, gptqScales, threads, pure, force, requant,
         };
         cmd.SetAction(r =>
         {
@@ -53,7 +56,7 @@ static class QuantizeCommand
             if (r.GetValue(awq) is { } calib)
             {
                 var res = Awq.Compute(inPath, TokenizerTrainer.ReadCorpus(calib), o,
-                    new AwqOptions { MaxChunks = r.GetValue(awqChunks), ContextSize = r.GetValue(awqCtx), Threads = r.GetValue(threads), Clip = r.GetValue(awqClip) }, Console.Error.WriteLine);
+                    new AwqOptions { MaxChunks = r.GetValue(awqChunks), ContextSize = r.GetValue(awqCtx), Threads = r.GetValue(threads), Clip = r.GetValue(awqClip), SkipPositions = r.GetValue(awqSkip), ClipDamp = r.GetValue(awqClipDamp), ClipCrossTerms = !r.GetValue(awqClipLocal) }, Console.Error.WriteLine);
                 var over = res.Overrides;
                 o = o with { Override = n => over.GetValueOrDefault(n), Imatrix = res.Imatrix ?? o.Imatrix };
             }

@@ -19,6 +19,15 @@ public sealed record AwqOptions : CalibrationOptions
     /// <summary>Values per clipping group along a row (each group gets its own ratio); must divide the block size of
     /// the types quantized (32 fits every ggml block type).</summary>
     public int ClipGroup { get; init; } = 32;
+    /// <summary>Positions at the start of each calibration chunk left out of the statistics (the BOS position's
+    /// activations are outliers that no scored token has).</summary>
+    public int SkipPositions { get; init; }
+    /// <summary>λ = ClipDamp × mean diag(G) added to G's diagonal for the clipping search (a plain weight-error penalty,
+    /// as GPTQ's dampening); 0 = the calibration output error alone.</summary>
+    public double ClipDamp { get; init; }
+    /// <summary>false: each clipping group's error is measured on its own (G's diagonal blocks, llm-awq's per-group
+    /// objective); true: with the cross terms to the rest of the row.</summary>
+    public bool ClipCrossTerms { get; init; } = true;
 }
 
 /// <summary>What the clipping search did to one matrix: calibration output error Σ dᵀGd before and after, and how many
@@ -69,7 +78,8 @@ public static class Awq
     /// <summary>Runs the calibration text (chunks of <see cref="AwqOptions.ContextSize"/>, BOS first) through the model.</summary>
     public static Stats Collect(LlamaModel model, string calibrationText, AwqOptions a)
     {
-        var obs = new GramObserver(model.Config.Dim);
+        if (a.SkipPositions < 0 || a.SkipPositions >= a.ContextSize) throw new CriaException($"AWQ: cannot skip {a.SkipPositions} positions of chunks of {a.ContextSize}");
+        var obs = new GramObserver(model.Config.Dim, a.SkipPositions);
         int n = Calibration.Run(model, calibrationText, a, obs);
         return new Stats(obs.Gram) { Chunks = n };
     }
@@ -188,6 +198,19 @@ public static class Awq
     static float[] ClipMatrix(string name, float[] w, int rows, int cols, GgmlType type, float[] gram, float[]? importance, AwqOptions a, int threads,
         CalibratedCandidates candidates, AwqResult result, Action<string>? log)
     {
+        if (a.ClipDamp < 0 || !double.IsFinite(a.ClipDamp)) throw new CriaException($"AWQ clipping: dampening must be ≥ 0, got {a.ClipDamp}");
+        if (a.ClipDamp > 0 || !a.ClipCrossTerms)
+        {
+            int group = Math.Min(a.ClipGroup, GgmlTypeInfo.BlockSize(type));
+            double mean = 0;
+            for (int i = 0; i < cols; i++) mean += gram[i * cols + i];
+            float lambda = (float)(a.ClipDamp * mean / cols);
+            var g = new float[gram.Length];                  // [cols, cols]
+            for (int i = 0; i < cols; i++)
+                for (int j = 0; j < cols; j++)
+                    if (a.ClipCrossTerms || i / group == j / group) g[i * cols + j] = gram[i * cols + j] + (i == j ? lambda : 0);
+            gram = g;
+        }
         var clipped = Clip(type, w, rows, cols, gram, importance, a.ClipGrid, a.ClipGroup, threads, candidates, out double before, out double after, out int groups);
         int total = rows * (cols / Math.Min(a.ClipGroup, GgmlTypeInfo.BlockSize(type)));
         result.Clips.Add(new AwqClip(name, before, after, groups, total));
@@ -394,7 +417,7 @@ public static class Awq
 
     /// <summary>Accumulates G = Σ x xᵀ ([cols, cols]) and Σ|x| ([cols]) per layer of the inputs of attn_q and ffn_gate
     /// (the norm outputs that attn_k/v and ffn_up read too), attn_output and ffn_down.</summary>
-    sealed class GramObserver(int modelDim) : IMatMulObserver
+    sealed class GramObserver(int modelDim, int skip) : IMatMulObserver
     {
         public readonly Dictionary<string, (float[] Gram, double[] AbsSum, long Count)> Gram = new(StringComparer.Ordinal);
 
@@ -406,6 +429,9 @@ public static class Awq
             if (!Gram.TryGetValue(weightName, out var g)) g = (new float[dim * dim], new double[dim], 0);
             if (g.Gram.Length != dim * dim) throw new CriaException($"AWQ: '{weightName}' was observed with {cols} input columns and earlier with another width");
             var (gram, abs, count) = g;
+            if (skip >= rows) return;
+            x = x.Slice(skip * dim);
+            rows -= skip;
             var xs = x.Slice(0, rows * dim).ToArray();        // [rows, dim]
             Parallel.For(0, dim, i =>
             {
