@@ -22,6 +22,8 @@ static class QuantizeCommand
         var awqSkip = new Option<int>("--awq-skip") { Description = "with --awq, leave the first N positions of each calibration chunk out of the statistics (BOS outliers)", DefaultValueFactory = _ => 0 };
         var awqClipDamp = new Option<double>("--awq-clip-damp") { Description = "with --awq-clip, add this fraction of G's mean diagonal to G (weight-error penalty)", DefaultValueFactory = _ => 0 };
         var awqClipLocal = new Option<bool>("--awq-clip-local") { Description = "with --awq-clip, measure each group's error on its own (llm-awq's per-group objective, no cross terms)" };
+        var awqInner = new Option<bool>("--awq-inner") { Description = "with --awq, also AWQ's v→o and up→down scalings (attn_v/ffn_up rows ÷ s, attn_output/ffn_down columns × s)" };
+        var awqClipQk = new Option<bool>("--awq-clip-qk") { Description = "with --awq-clip, clip attn_q and attn_k too (llm-awq does not: their errors meet in the q·k product)" };
         var threads = new Option<int>("--threads", "-t") { Description = "worker threads (default: all cores)" };
         var pure = new Option<bool>("--pure") { Description = "every tensor gets the base type (no K-quant mix)" };
         var force = new Option<bool>("--force") { Description = "replace an existing output file" };
@@ -33,13 +35,13 @@ static class QuantizeCommand
         var gptqScales = new Option<string>("--gptq-scales") { Description = "how GPTQ picks block scales from the updated weights: ref (ggml's reference quantizer) or weighted (ggml's imatrix search with diag H)", DefaultValueFactory = _ => "ref" };
         var cmd = new Command("quantize", "quantize a GGUF model to a llama.cpp type or mix (written atomically)")
         {
-            input, output, type, imatrix, cands, awq, awqChunks, awqCtx, awqClip, awqSkip, awqClipDamp, awqClipLocal, gptq, gptqChunks, gptqCtx, gptqDamp, gptqScales, threads, pure, force, requant,
+            input, output, type, imatrix, cands, awq, awqChunks, awqCtx, awqClip, awqSkip, awqClipDamp, awqClipLocal, awqInner, awqClipQk, gptq, gptqChunks, gptqCtx, gptqDamp, gptqScales, threads, pure, force, requant,
         };
         cmd.SetAction(r =>
         {
             string inPath = r.GetValue(input)!, outPath = r.GetValue(output)!;
             if (!r.GetValue(force) && File.Exists(outPath)) throw new CriaException($"{outPath}: the output file exists (use --force to replace it)");
-            if (r.GetValue(awqClip) && r.GetValue(awq) == null) throw new CriaException("--awq-clip needs --awq CALIB.txt (the calibration text)");
+            if ((r.GetValue(awqClip) || r.GetValue(awqInner)) && r.GetValue(awq) == null) throw new CriaException("--awq-clip and --awq-inner need --awq CALIB.txt (the calibration text)");
             if (r.GetValue(gptq) != null && r.GetValue(awq) != null)
                 throw new CriaException("--gptq cannot be combined with --awq yet (AWQ rescales the inputs the Gram matrices were collected on)");
             var o = new QuantizeOptions
@@ -56,7 +58,7 @@ static class QuantizeCommand
             if (r.GetValue(awq) is { } calib)
             {
                 var res = Awq.Compute(inPath, TokenizerTrainer.ReadCorpus(calib), o,
-                    new AwqOptions { MaxChunks = r.GetValue(awqChunks), ContextSize = r.GetValue(awqCtx), Threads = r.GetValue(threads), Clip = r.GetValue(awqClip), SkipPositions = r.GetValue(awqSkip), ClipDamp = r.GetValue(awqClipDamp), ClipCrossTerms = !r.GetValue(awqClipLocal) }, Console.Error.WriteLine);
+                    new AwqOptions { MaxChunks = r.GetValue(awqChunks), ContextSize = r.GetValue(awqCtx), Threads = r.GetValue(threads), Clip = r.GetValue(awqClip), SkipPositions = r.GetValue(awqSkip), ClipDamp = r.GetValue(awqClipDamp), ClipCrossTerms = !r.GetValue(awqClipLocal), ScaleInner = r.GetValue(awqInner), ClipQk = r.GetValue(awqClipQk) }, Console.Error.WriteLine);
                 var over = res.Overrides;
                 o = o with { Override = n => over.GetValueOrDefault(n), Imatrix = res.Imatrix ?? o.Imatrix };
             }

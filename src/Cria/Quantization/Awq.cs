@@ -25,6 +25,11 @@ public sealed record AwqOptions : CalibrationOptions
     /// <summary>λ = ClipDamp × mean diag(G) added to G's diagonal for the clipping search (a plain weight-error penalty,
     /// as GPTQ's dampening); 0 = the calibration output error alone.</summary>
     public double ClipDamp { get; init; }
+    /// <summary>Also AWQ's two scale points inside the block: attn_v rows ÷ s, attn_output columns × s (one s per KV
+    /// channel, shared by the query heads reading it), and ffn_up rows ÷ s, ffn_down columns × s.</summary>
+    public bool ScaleInner { get; init; }
+    /// <summary>Clip attn_q and attn_k too (llm-awq does not).</summary>
+    public bool ClipQk { get; init; }
     /// <summary>false: each clipping group's error is measured on its own (G's diagonal blocks, llm-awq's per-group
     /// objective); true: with the cross terms to the rest of the row.</summary>
     public bool ClipCrossTerms { get; init; } = true;
@@ -62,8 +67,6 @@ public static class Awq
 {
     static readonly string[] AttnMats = ["attn_q", "attn_k", "attn_v"];
     static readonly string[] FfnMats = ["ffn_gate", "ffn_up"];
-    /// <summary>The matrices whose input is not an RMSNorm output (the attention output, SiLU(gate)·up).</summary>
-    static readonly string[] OwnInputMats = ["attn_output", "ffn_down"];
     /// <summary>The matrices whose inputs the calibration pass records (attn_k/v share attn_q's, ffn_up ffn_gate's).</summary>
     static readonly string[] ObservedMats = ["attn_q", "ffn_gate", "attn_output", "ffn_down"];
 
@@ -102,11 +105,13 @@ public static class Awq
 
         var result = new AwqResult();
         if (q.Imatrix != null) result.Imatrix = new Dictionary<string, float[]>(q.Imatrix, StringComparer.Ordinal);
-        for (int l = 0; l < model.Config.LayerCount; l++)
+        var cfg = model.Config;
+        for (int l = 0; l < cfg.LayerCount; l++)
         {
+            string p = $"blk.{l}.";
+            var clipGram = new Dictionary<string, float[]>(StringComparer.Ordinal);   // matrix → Gram of its (scaled) input
             foreach (var (norm, mats, observed) in new[] { ("attn_norm", AttnMats, "attn_q"), ("ffn_norm", FfnMats, "ffn_gate") })
             {
-                string p = $"blk.{l}.";
                 if (!stats.Gram.TryGetValue(p + observed + ".weight", out var g)) continue;
                 var (gram, absSum, count) = g;
                 var meanAbs = new float[dim];
@@ -114,7 +119,7 @@ public static class Awq
                 var names = mats.Select(m => p + m + ".weight").ToArray();
                 var weights = names.Select(n => ReadMatrix(f, n)).ToArray();
                 var types = names.Select(n => plan[n]).ToArray();
-                if (types.All(t => t is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16)) continue;
+                if (types.All(t => !IsBlockType(t))) continue;
 
                 float bestAlpha = 0; double bestErr = double.PositiveInfinity, plainErr = 0;
                 float[]? bestS = null;
@@ -129,42 +134,107 @@ public static class Awq
                 }
                 result.Groups.Add(new AwqGroup(p + norm + ".weight", bestAlpha, plainErr, bestErr));
                 log?.Invoke($"awq: {p + norm,-16} α = {bestAlpha:F1}  output error {plainErr:E3} → {bestErr:E3} ({(plainErr > 0 ? bestErr / plainErr : 1):P1})");
-                if (bestAlpha != 0 && bestS != null)
+                bool scaled = bestAlpha != 0 && bestS != null;
+                if (scaled)
                 {
                     var normW = ReadVector(f, p + norm + ".weight");
-                    for (int j = 0; j < dim; j++) normW[j] /= bestS[j];
+                    for (int j = 0; j < dim; j++) normW[j] /= bestS![j];
                     result.Overrides[p + norm + ".weight"] = normW;
                     for (int m = 0; m < names.Length; m++)
                     {
-                        result.Overrides[names[m]] = ScaleColumns(weights[m].Data, weights[m].Rows, dim, bestS);
-                        if (result.Imatrix != null && result.Imatrix.TryGetValue(names[m], out var im)) result.Imatrix[names[m]] = ImatrixFor(q.Imatrix, names[m], bestS)!;
+                        result.Overrides[names[m]] = ScaleColumns(weights[m].Data, weights[m].Rows, dim, bestS!);
+                        if (result.Imatrix != null && result.Imatrix.ContainsKey(names[m])) result.Imatrix[names[m]] = ImatrixFor(q.Imatrix, names[m], bestS!)!;
                     }
                 }
-                if (!a.Clip) continue;
-                // Clipping on the (scaled) weights the quantizer will see: their inputs are x / s, so G' = S⁻¹ G S⁻¹.
-                var gs = bestS == null || bestAlpha == 0 ? gram : UnscaleGram(gram, dim, bestS);
-                for (int m = 0; m < names.Length; m++)
+                // The scaled matrices read x / s, so their Gram matrix is S⁻¹ G S⁻¹.
+                var gs = scaled ? UnscaleGram(gram, dim, bestS!) : gram;
+                foreach (var n in names) clipGram[n] = gs;
+            }
+            foreach (var (producer, consumer) in new[] { ("attn_v", "attn_output"), ("ffn_up", "ffn_down") })
+            {
+                string cName = p + consumer + ".weight";
+                if (!stats.Gram.TryGetValue(cName, out var g)) continue;
+                int cols = g.AbsSum.Length;
+                float[]? s = null;
+                if (a.ScaleInner)
                 {
-                    if (!IsBlockType(types[m])) continue;
-                    var wq = result.Overrides.GetValueOrDefault(names[m]) ?? weights[m].Data;
-                    var imp = result.Imatrix?.GetValueOrDefault(names[m]) ?? q.Imatrix?.GetValueOrDefault(names[m]);
-                    result.Overrides[names[m]] = ClipMatrix(names[m], wq, weights[m].Rows, dim, types[m], gs, imp, a, threads, q.ImatrixCandidates, result, log);
+                    // Consumer column → producer row: attn_output's column (head h, d) reads attn_v's row (h / GQA group, d).
+                    var channelOf = new int[cols];                   // [cols]
+                    if (consumer == "attn_output")
+                    {
+                        int hd = cfg.HeadDim;
+                        if (cols != cfg.HeadCount * hd || f.GetTensor(p + producer + ".weight").RowCount != cfg.KvHeadCount * hd)
+                            throw new CriaException($"AWQ: {cName} has {cols} input columns and {p + producer}.weight {f.GetTensor(p + producer + ".weight").RowCount} rows; expected {cfg.HeadCount}×{hd} and {cfg.KvHeadCount}×{hd}");
+                        for (int c = 0; c < cols; c++) channelOf[c] = c / hd / cfg.GroupSize * hd + c % hd;
+                    }
+                    else
+                    {
+                        if (f.GetTensor(p + producer + ".weight").RowCount != cols) throw new CriaException($"AWQ: {p + producer}.weight has {f.GetTensor(p + producer + ".weight").RowCount} rows for {cols} input columns of {cName}");
+                        for (int c = 0; c < cols; c++) channelOf[c] = c;
+                    }
+                    s = ScalePair(f, p + producer + ".weight", cName, channelOf, g, plan, q, a, threads, result, log);
                 }
+                clipGram[cName] = s != null ? UnscaleGram(g.Gram, cols, s) : g.Gram;
             }
             if (!a.Clip) continue;
-            // attn_output and ffn_down: AWQ's scaling does not touch them here, the clipping does.
-            foreach (var m in OwnInputMats)
+            foreach (var m in AttnMats.Concat(["attn_output"]).Concat(FfnMats).Concat(["ffn_down"]))
             {
-                string name = $"blk.{l}.{m}.weight";
-                if (!plan.TryGetValue(name, out var type) || !IsBlockType(type)) continue;
-                if (!stats.Gram.TryGetValue(name, out var g)) continue;
-                var (data, rows) = ReadMatrix(f, name);
+                // llm-awq leaves q and k unclipped: their errors meet in the q·k product, where shrinking both large
+                // weights lowers every attention logit together, which a per-matrix output error does not see.
+                if (!a.ClipQk && m is "attn_q" or "attn_k") continue;
+                string name = p + m + ".weight";
+                if (!clipGram.TryGetValue(name, out var gs) || !plan.TryGetValue(name, out var type) || !IsBlockType(type)) continue;
+                var (data, rows) = result.Overrides.TryGetValue(name, out var ov) ? (ov, (int)f.GetTensor(name).RowCount) : ReadMatrix(f, name);
                 int cols = data.Length / rows;
-                if ((long)cols * cols != g.Gram.Length) throw new CriaException($"AWQ: the Gram matrix of '{name}' has {g.Gram.Length} values for rows of {cols}");
-                result.Overrides[name] = ClipMatrix(name, data, rows, cols, type, g.Gram, q.Imatrix?.GetValueOrDefault(name), a, threads, q.ImatrixCandidates, result, log);
+                if ((long)cols * cols != gs.Length) throw new CriaException($"AWQ: the Gram matrix of '{name}' has {gs.Length} values for rows of {cols}");
+                result.Overrides[name] = ClipMatrix(name, data, rows, cols, type, gs, result.Imatrix?.GetValueOrDefault(name), a, threads, q.ImatrixCandidates, result, log);
             }
         }
         return result;
+    }
+
+    /// <summary>
+    /// AWQ's scale points without a norm to fold into: <paramref name="consumer"/>'s input column c is multiplied by
+    /// s_{channelOf[c]} and <paramref name="producer"/>'s output row k divided by s_k, which the float model cannot see
+    /// (attention output is linear in v; SwiGLU's up branch is linear). s = (mean|x| per channel)^α with α searched to
+    /// minimise the consumer's quantized output error on the calibration inputs; the producer's rows are scaled whole,
+    /// which its row-wise quantization follows. Returns the consumer's column scales, or null when α = 0 wins.
+    /// </summary>
+    static float[]? ScalePair(GgufFile f, string producer, string consumer, int[] channelOf, (float[] Gram, double[] AbsSum, long Count) g,
+        Dictionary<string, GgmlType> plan, QuantizeOptions q, AwqOptions a, int threads, AwqResult result, Action<string>? log)
+    {
+        var type = plan[consumer];
+        if (!IsBlockType(type)) return null;
+        int cols = channelOf.Length, channels = channelOf.Max() + 1;
+        var sum = new double[channels];                      // [channels] Σ mean|x| over the columns reading each channel
+        var users = new int[channels];                       // [channels]
+        for (int c = 0; c < cols; c++) { sum[channelOf[c]] += g.AbsSum[c] / Math.Max(1, g.Count); users[channelOf[c]]++; }
+        var meanAbs = new float[channels];                   // [channels]
+        for (int k = 0; k < channels; k++) meanAbs[k] = (float)(sum[k] / Math.Max(1, users[k]));
+        var (w, rows) = result.Overrides.TryGetValue(consumer, out var ov) ? (ov, (int)f.GetTensor(consumer).RowCount) : ReadMatrix(f, consumer);
+        float bestAlpha = 0; double bestErr = double.PositiveInfinity, plainErr = 0;
+        float[]? bestS = null, bestCols = null;
+        foreach (float alpha in a.AlphaGrid)
+        {
+            var s = Scales(meanAbs, alpha);
+            var sc = new float[cols];                        // [cols] s per consumer column
+            for (int c = 0; c < cols; c++) sc[c] = s[channelOf[c]];
+            double err = OutputError(w, rows, cols, sc, type, ImatrixFor(q.Imatrix, consumer, sc), g.Gram, threads, q.ImatrixCandidates);
+            if (alpha == 0) plainErr = err;
+            if (err < bestErr) { bestErr = err; bestAlpha = alpha; bestS = s; bestCols = sc; }
+        }
+        string label = $"{producer[..producer.LastIndexOf('.')]}→{consumer.Split('.')[2]}";
+        result.Groups.Add(new AwqGroup(label, bestAlpha, plainErr, bestErr));
+        log?.Invoke($"awq: {label,-16} α = {bestAlpha:F1}  output error {plainErr:E3} → {bestErr:E3} ({(plainErr > 0 ? bestErr / plainErr : 1):P1})");
+        if (bestAlpha == 0 || bestS == null || bestCols == null) return null;
+        result.Overrides[consumer] = ScaleColumns(w, rows, cols, bestCols);
+        if (result.Imatrix != null && result.Imatrix.ContainsKey(consumer)) result.Imatrix[consumer] = ImatrixFor(q.Imatrix, consumer, bestCols)!;
+        var (pw, prows) = result.Overrides.TryGetValue(producer, out var pov) ? ((float[])pov.Clone(), (int)f.GetTensor(producer).RowCount) : ReadMatrix(f, producer);
+        int pcols = pw.Length / prows;
+        for (int k = 0; k < prows; k++)
+            for (int j = 0; j < pcols; j++) pw[k * pcols + j] /= bestS[k];
+        result.Overrides[producer] = pw;
+        return bestCols;
     }
 
     /// <summary>s_j = mean|x_j|^α, normalised so that max·min = 1 (AWQ's s / √(s.max · s.min)).</summary>
