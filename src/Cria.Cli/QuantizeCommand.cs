@@ -23,7 +23,8 @@ static class QuantizeCommand
         var awqClipDamp = new Option<double>("--awq-clip-damp") { Description = "with --awq-clip, add this fraction of G's mean diagonal to G (weight-error penalty)", DefaultValueFactory = _ => 0 };
         var awqClipLocal = new Option<bool>("--awq-clip-local") { Description = "with --awq-clip, measure each group's error on its own (llm-awq's per-group objective, no cross terms)" };
         var awqInner = new Option<bool>("--awq-inner") { Description = "with --awq, also AWQ's v→o and up→down scalings (attn_v/ffn_up rows ÷ s, attn_output/ffn_down columns × s)" };
-        var awqClipQk = new Option<bool>("--awq-clip-qk") { Description = "with --awq-clip, clip attn_q and attn_k too (llm-awq does not: their errors meet in the q·k product)" };
+        var awqClipTensors = new Option<string>("--awq-clip-tensors") { Description = "with --awq-clip, the matrices of each block to clip (llm-awq's set; attn_q/attn_k left out as their errors meet in the q·k product)", DefaultValueFactory = _ => "attn_v,attn_output,ffn_gate,ffn_up,ffn_down" };
+        var awqClipGrid = new Option<string>("--awq-clip-grid") { Description = "with --awq-clip, the clipping ratios tried (1 = no clipping is always included)", DefaultValueFactory = _ => "1,0.95,0.9,0.85,0.8,0.75,0.7,0.65,0.6,0.55,0.5" };
         var threads = new Option<int>("--threads", "-t") { Description = "worker threads (default: all cores)" };
         var pure = new Option<bool>("--pure") { Description = "every tensor gets the base type (no K-quant mix)" };
         var force = new Option<bool>("--force") { Description = "replace an existing output file" };
@@ -35,7 +36,7 @@ static class QuantizeCommand
         var gptqScales = new Option<string>("--gptq-scales") { Description = "how GPTQ picks block scales from the updated weights: ref (ggml's reference quantizer) or weighted (ggml's imatrix search with diag H)", DefaultValueFactory = _ => "ref" };
         var cmd = new Command("quantize", "quantize a GGUF model to a llama.cpp type or mix (written atomically)")
         {
-            input, output, type, imatrix, cands, awq, awqChunks, awqCtx, awqClip, awqSkip, awqClipDamp, awqClipLocal, awqInner, awqClipQk, gptq, gptqChunks, gptqCtx, gptqDamp, gptqScales, threads, pure, force, requant,
+            input, output, type, imatrix, cands, awq, awqChunks, awqCtx, awqClip, awqSkip, awqClipDamp, awqClipLocal, awqInner, awqClipTensors, awqClipGrid, gptq, gptqChunks, gptqCtx, gptqDamp, gptqScales, threads, pure, force, requant,
         };
         cmd.SetAction(r =>
         {
@@ -58,7 +59,7 @@ static class QuantizeCommand
             if (r.GetValue(awq) is { } calib)
             {
                 var res = Awq.Compute(inPath, TokenizerTrainer.ReadCorpus(calib), o,
-                    new AwqOptions { MaxChunks = r.GetValue(awqChunks), ContextSize = r.GetValue(awqCtx), Threads = r.GetValue(threads), Clip = r.GetValue(awqClip), SkipPositions = r.GetValue(awqSkip), ClipDamp = r.GetValue(awqClipDamp), ClipCrossTerms = !r.GetValue(awqClipLocal), ScaleInner = r.GetValue(awqInner), ClipQk = r.GetValue(awqClipQk) }, Console.Error.WriteLine);
+                    new AwqOptions { MaxChunks = r.GetValue(awqChunks), ContextSize = r.GetValue(awqCtx), Threads = r.GetValue(threads), Clip = r.GetValue(awqClip), SkipPositions = r.GetValue(awqSkip), ClipDamp = r.GetValue(awqClipDamp), ClipCrossTerms = !r.GetValue(awqClipLocal), ScaleInner = r.GetValue(awqInner), ClipTensors = r.GetValue(awqClipTensors)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), ClipGrid = ParseGrid(r.GetValue(awqClipGrid)!) }, Console.Error.WriteLine);
                 var over = res.Overrides;
                 o = o with { Override = n => over.GetValueOrDefault(n), Imatrix = res.Imatrix ?? o.Imatrix };
             }
@@ -99,6 +100,18 @@ static class QuantizeCommand
             return 0;
         });
         return cmd;
+    }
+
+    static float[] ParseGrid(string s)
+    {
+        var g = new List<float> { 1f };
+        foreach (var p in s.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            if (!float.TryParse(p, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out float r) || !(r > 0 && r <= 1))
+                throw new CriaException($"--awq-clip-grid: '{p}' is not a ratio in (0, 1]");
+            if (!g.Contains(r)) g.Add(r);
+        }
+        return [.. g];
     }
 
     static CalibratedCandidates ParseCandidates(string s)

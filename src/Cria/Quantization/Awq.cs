@@ -28,8 +28,8 @@ public sealed record AwqOptions : CalibrationOptions
     /// <summary>Also AWQ's two scale points inside the block: attn_v rows ÷ s, attn_output columns × s (one s per KV
     /// channel, shared by the query heads reading it), and ffn_up rows ÷ s, ffn_down columns × s.</summary>
     public bool ScaleInner { get; init; }
-    /// <summary>Clip attn_q and attn_k too (llm-awq does not).</summary>
-    public bool ClipQk { get; init; }
+    /// <summary>The matrices of each block the clipping search runs on; llm-awq's set (attn_q and attn_k are left out).</summary>
+    public string[] ClipTensors { get; init; } = ["attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
     /// <summary>false: each clipping group's error is measured on its own (G's diagonal blocks, llm-awq's per-group
     /// objective); true: with the cross terms to the rest of the row.</summary>
     public bool ClipCrossTerms { get; init; } = true;
@@ -106,6 +106,9 @@ public static class Awq
         var result = new AwqResult();
         if (q.Imatrix != null) result.Imatrix = new Dictionary<string, float[]>(q.Imatrix, StringComparer.Ordinal);
         var cfg = model.Config;
+        string[] blockMats = [.. AttnMats, "attn_output", .. FfnMats, "ffn_down"];
+        if (a.Clip && a.ClipTensors.FirstOrDefault(t => !blockMats.Contains(t)) is { } unknown)
+            throw new CriaException($"AWQ clipping: unknown matrix '{unknown}' (one of {string.Join(", ", blockMats)})");
         for (int l = 0; l < cfg.LayerCount; l++)
         {
             string p = $"blk.{l}.";
@@ -177,11 +180,11 @@ public static class Awq
                 clipGram[cName] = s != null ? UnscaleGram(g.Gram, cols, s) : g.Gram;
             }
             if (!a.Clip) continue;
-            foreach (var m in AttnMats.Concat(["attn_output"]).Concat(FfnMats).Concat(["ffn_down"]))
+            foreach (var m in blockMats)
             {
                 // llm-awq leaves q and k unclipped: their errors meet in the q·k product, where shrinking both large
                 // weights lowers every attention logit together, which a per-matrix output error does not see.
-                if (!a.ClipQk && m is "attn_q" or "attn_k") continue;
+                if (!a.ClipTensors.Contains(m)) continue;
                 string name = p + m + ".weight";
                 if (!clipGram.TryGetValue(name, out var gs) || !plan.TryGetValue(name, out var type) || !IsBlockType(type)) continue;
                 var (data, rows) = result.Overrides.TryGetValue(name, out var ov) ? (ov, (int)f.GetTensor(name).RowCount) : ReadMatrix(f, name);
