@@ -23,7 +23,7 @@ static class QuantizeCommand
         var awqClipDamp = new Option<double>("--awq-clip-damp") { Description = "with --awq-clip, add this fraction of G's mean diagonal to G (weight-error penalty)", DefaultValueFactory = _ => 0 };
         var awqClipLocal = new Option<bool>("--awq-clip-local") { Description = "with --awq-clip, measure each group's error on its own (llm-awq's per-group objective, no cross terms)" };
         var awqInner = new Option<bool>("--awq-inner") { Description = "with --awq, also AWQ's v→o and up→down scalings (attn_v/ffn_up rows ÷ s, attn_output/ffn_down columns × s)" };
-        var awqClipTensors = new Option<string>("--awq-clip-tensors") { Description = "with --awq-clip, the matrices of each block to clip (llm-awq's set; attn_q/attn_k left out as their errors meet in the q·k product)", DefaultValueFactory = _ => "attn_v,attn_output,ffn_gate,ffn_up,ffn_down" };
+        var awqClipTensors = new Option<string>("--awq-clip-tensors") { Description = "with --awq-clip, the matrices of each block to clip (llm-awq leaves out attn_q,attn_k)", DefaultValueFactory = _ => "attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down" };
         var awqClipGrid = new Option<string>("--awq-clip-grid") { Description = "with --awq-clip, the clipping ratios tried (1 = no clipping is always included)", DefaultValueFactory = _ => "1,0.95,0.9,0.85,0.8,0.75,0.7,0.65,0.6,0.55,0.5" };
         var threads = new Option<int>("--threads", "-t") { Description = "worker threads (default: all cores)" };
         var pure = new Option<bool>("--pure") { Description = "every tensor gets the base type (no K-quant mix)" };

@@ -28,8 +28,10 @@ public sealed record AwqOptions : CalibrationOptions
     /// <summary>Also AWQ's two scale points inside the block: attn_v rows ÷ s, attn_output columns × s (one s per KV
     /// channel, shared by the query heads reading it), and ffn_up rows ÷ s, ffn_down columns × s.</summary>
     public bool ScaleInner { get; init; }
-    /// <summary>The matrices of each block the clipping search runs on; llm-awq's set (attn_q and attn_k are left out).</summary>
-    public string[] ClipTensors { get; init; } = ["attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
+    /// <summary>The matrices of each block the clipping search runs on: all seven by default. llm-awq leaves attn_q and
+    /// attn_k out (their errors meet in the q·k product); on the bundled model that loses the whole Q2_K gain
+    /// (docs/quantization.md).</summary>
+    public string[] ClipTensors { get; init; } = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
     /// <summary>false: each clipping group's error is measured on its own (G's diagonal blocks, llm-awq's per-group
     /// objective); true: with the cross terms to the rest of the row.</summary>
     public bool ClipCrossTerms { get; init; } = true;
@@ -182,8 +184,6 @@ public static class Awq
             if (!a.Clip) continue;
             foreach (var m in blockMats)
             {
-                // llm-awq leaves q and k unclipped: their errors meet in the q·k product, where shrinking both large
-                // weights lowers every attention logit together, which a per-matrix output error does not see.
                 if (!a.ClipTensors.Contains(m)) continue;
                 string name = p + m + ".weight";
                 if (!clipGram.TryGetValue(name, out var gs) || !plan.TryGetValue(name, out var type) || !IsBlockType(type)) continue;
