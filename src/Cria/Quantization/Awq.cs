@@ -62,8 +62,10 @@ public sealed class AwqResult
 /// the quantization grid now spends its precision on the important channels. α is grid-searched per group to minimise
 /// the output error of the quantized matrices on the calibration activations,
 /// Σ_rows ‖(Ŵ − W) x‖² = Σ_o d_oᵀ G d_o with G = Σ x xᵀ collected once; α = 0 is plain round-to-nearest, so the
-/// chosen scaling is never worse on the calibration data. The output file stays a plain llama GGUF. (AWQ also scales
-/// v→o and up→down; those have no norm to fold into and are left alone here.)
+/// chosen scaling is never worse on the calibration data. The output file stays a plain llama GGUF.
+/// With <see cref="AwqOptions.ScaleInner"/>, AWQ's two other scale points (attn_v → attn_output, ffn_up → ffn_down,
+/// <see cref="ScalePair"/>); with <see cref="AwqOptions.Clip"/>, AWQ's weight clipping search after the scalings
+/// (<see cref="Clip"/>).
 /// </summary>
 public static class Awq
 {
