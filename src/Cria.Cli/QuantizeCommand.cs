@@ -5,7 +5,7 @@ using Cria.Training;
 
 namespace Cria.Cli;
 
-/// <summary><c>cria quantize IN OUT --type T [--imatrix FILE] [--awq CALIB.txt | --gptq CALIB.txt] [-t N] [--pure] [--force]</c>, as llama-quantize.</summary>
+/// <summary><c>cria quantize IN OUT --type T [--imatrix FILE] [--awq CALIB.txt [--awq-inner] [--awq-clip] | --gptq CALIB.txt] [-t N] [--pure] [--force]</c>, as llama-quantize.</summary>
 static class QuantizeCommand
 {
     public static Command Create()
@@ -19,9 +19,9 @@ static class QuantizeCommand
         var awqChunks = new Option<int>("--awq-chunks") { Description = "calibration chunks for --awq", DefaultValueFactory = _ => 32 };
         var awqCtx = new Option<int>("--awq-ctx") { Description = "calibration chunk length for --awq", DefaultValueFactory = _ => 128 };
         var awqClip = new Option<bool>("--awq-clip") { Description = "with --awq, also AWQ's weight clipping search: per group of 32 weights along each row, clamp to r·max|w| (r = 1, 0.95 … 0.5) where that lowers the calibration output error (every quantized blk.* matrix)" };
-        var awqSkip = new Option<int>("--awq-skip") { Description = "with --awq, leave the first N positions of each calibration chunk out of the statistics (BOS outliers)", DefaultValueFactory = _ => 0 };
-        var awqClipDamp = new Option<double>("--awq-clip-damp") { Description = "with --awq-clip, add this fraction of G's mean diagonal to G (weight-error penalty)", DefaultValueFactory = _ => 0 };
-        var awqClipLocal = new Option<bool>("--awq-clip-local") { Description = "with --awq-clip, measure each group's error on its own (llm-awq's per-group objective, no cross terms)" };
+        var awqSkip = new Option<int>("--awq-skip") { Description = "with --awq, leave the first N positions of each calibration chunk out of the statistics (BOS outliers; did not help on the bundled model)", DefaultValueFactory = _ => 0 };
+        var awqClipDamp = new Option<double>("--awq-clip-damp") { Description = "with --awq-clip, add this fraction of G's mean diagonal to G (weight-error penalty; did not help on the bundled model)", DefaultValueFactory = _ => 0 };
+        var awqClipLocal = new Option<bool>("--awq-clip-local") { Description = "with --awq-clip, measure each group's error on its own (llm-awq's per-group objective, no cross terms; did not help on the bundled model)" };
         var awqInner = new Option<bool>("--awq-inner") { Description = "with --awq, also AWQ's v→o and up→down scalings (attn_v/ffn_up rows ÷ s, attn_output/ffn_down columns × s)" };
         var awqClipTensors = new Option<string>("--awq-clip-tensors") { Description = "with --awq-clip, the matrices of each block to clip (llm-awq leaves out attn_q,attn_k)", DefaultValueFactory = _ => "attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down" };
         var awqClipGrid = new Option<string>("--awq-clip-grid") { Description = "with --awq-clip, the clipping ratios tried (1 = no clipping is always included)", DefaultValueFactory = _ => "1,0.95,0.9,0.85,0.8,0.75,0.7,0.65,0.6,0.55,0.5" };
@@ -36,7 +36,7 @@ static class QuantizeCommand
         var gptqScales = new Option<string>("--gptq-scales") { Description = "how GPTQ picks block scales from the updated weights: ref (ggml's reference quantizer) or weighted (ggml's imatrix search with diag H)", DefaultValueFactory = _ => "ref" };
         var cmd = new Command("quantize", "quantize a GGUF model to a llama.cpp type or mix (written atomically)")
         {
-            input, output, type, imatrix, cands, awq, awqChunks, awqCtx, awqClip, awqSkip, awqClipDamp, awqClipLocal, awqInner, awqClipTensors, awqClipGrid, gptq, gptqChunks, gptqCtx, gptqDamp, gptqScales, threads, pure, force, requant,
+            input, output, type, imatrix, cands, awq, awqChunks, awqCtx, awqInner, awqClip, awqClipTensors, awqClipGrid, awqClipDamp, awqClipLocal, awqSkip, gptq, gptqChunks, gptqCtx, gptqDamp, gptqScales, threads, pure, force, requant,
         };
         cmd.SetAction(r =>
         {
