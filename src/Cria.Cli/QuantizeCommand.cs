@@ -43,8 +43,8 @@ static class QuantizeCommand
             string inPath = r.GetValue(input)!, outPath = r.GetValue(output)!;
             if (!r.GetValue(force) && File.Exists(outPath)) throw new CriaException($"{outPath}: the output file exists (use --force to replace it)");
             if ((r.GetValue(awqClip) || r.GetValue(awqInner)) && r.GetValue(awq) == null) throw new CriaException("--awq-clip and --awq-inner need --awq CALIB.txt (the calibration text)");
-            if (r.GetValue(gptq) != null && r.GetValue(awq) != null)
-                throw new CriaException("--gptq cannot be combined with --awq yet (AWQ rescales the inputs the Gram matrices were collected on)");
+            if (r.GetValue(gptq) != null && r.GetValue(awqClip))
+                throw new CriaException("--gptq cannot be combined with --awq-clip (GPTQ would fit the clipped weights, not the model's)");
             var o = new QuantizeOptions
             {
                 FileType = QuantMix.Parse(r.GetValue(type)!), Threads = r.GetValue(threads), Pure = r.GetValue(pure),
@@ -56,12 +56,14 @@ static class QuantizeCommand
                 Console.Error.WriteLine($"imatrix: {im.Values.Count} entries from {imPath} ({im.Chunks} chunks of '{im.Dataset}')");
                 o = o with { Imatrix = im.Values, ImatrixCandidates = ParseCandidates(r.GetValue(cands)!) };
             }
+            IReadOnlyDictionary<string, float[]>? awqScales = null;
             if (r.GetValue(awq) is { } calib)
             {
                 var res = Awq.Compute(inPath, TokenizerTrainer.ReadCorpus(calib), o,
                     new AwqOptions { MaxChunks = r.GetValue(awqChunks), ContextSize = r.GetValue(awqCtx), Threads = r.GetValue(threads), Clip = r.GetValue(awqClip), SkipPositions = r.GetValue(awqSkip), ClipDamp = r.GetValue(awqClipDamp), ClipCrossTerms = !r.GetValue(awqClipLocal), ScaleInner = r.GetValue(awqInner), ClipTensors = r.GetValue(awqClipTensors)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), ClipGrid = ParseGrid(r.GetValue(awqClipGrid)!) }, Console.Error.WriteLine);
                 var over = res.Overrides;
                 o = o with { Override = n => over.GetValueOrDefault(n), Imatrix = res.Imatrix ?? o.Imatrix };
+                awqScales = res.ColumnScales;
             }
             if (r.GetValue(gptq) is { } gcalib)
             {
@@ -73,7 +75,7 @@ static class QuantizeCommand
                 };
                 var factors = Gptq.Collect(inPath, TokenizerTrainer.ReadCorpus(gcalib),
                     new GptqOptions { MaxChunks = r.GetValue(gptqChunks), ContextSize = r.GetValue(gptqCtx), Threads = r.GetValue(threads), Damp = r.GetValue(gptqDamp) },
-                    Console.Error.WriteLine);
+                    Console.Error.WriteLine, awqScales);
                 o = o with { Gptq = factors, GptqScales = scales };
             }
             using var cts = new CancellationTokenSource();

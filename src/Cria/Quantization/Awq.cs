@@ -52,6 +52,8 @@ public sealed class AwqResult
     public Dictionary<string, float[]>? Imatrix { get; set; }
     public List<AwqGroup> Groups { get; } = new();
     public List<AwqClip> Clips { get; } = new();
+    /// <summary>Per scaled matrix, the factor s of each input column ([cols]): the matrix now reads x / s.</summary>
+    public Dictionary<string, float[]> ColumnScales { get; } = new(StringComparer.Ordinal);
 }
 
 /// <summary>
@@ -150,6 +152,7 @@ public static class Awq
                     for (int m = 0; m < names.Length; m++)
                     {
                         result.Overrides[names[m]] = ScaleColumns(weights[m].Data, weights[m].Rows, dim, bestS!);
+                        result.ColumnScales[names[m]] = bestS!;
                         if (result.Imatrix != null && result.Imatrix.ContainsKey(names[m])) result.Imatrix[names[m]] = ImatrixFor(q.Imatrix, names[m], bestS!)!;
                     }
                 }
@@ -233,6 +236,7 @@ public static class Awq
         log?.Invoke($"awq: {label,-16} α = {bestAlpha:F1}  output error {plainErr:E3} → {bestErr:E3} ({(plainErr > 0 ? bestErr / plainErr : 1):P1})");
         if (bestAlpha == 0 || bestS == null || bestCols == null) return null;
         result.Overrides[consumer] = ScaleColumns(w, rows, cols, bestCols);
+        result.ColumnScales[consumer] = bestCols;
         if (result.Imatrix != null && result.Imatrix.ContainsKey(consumer)) result.Imatrix[consumer] = ImatrixFor(q.Imatrix, consumer, bestCols)!;
         var (pw, prows) = result.Overrides.TryGetValue(producer, out var pov) ? ((float[])pov.Clone(), (int)f.GetTensor(producer).RowCount) : ReadMatrix(f, producer);
         int pcols = pw.Length / prows;
@@ -262,7 +266,7 @@ public static class Awq
     static bool IsBlockType(GgmlType t) => t is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16);
 
     /// <summary>G'_ij = G_ij / (s_i s_j): the Gram matrix of the inputs x / s that the column-scaled matrices read.</summary>
-    static float[] UnscaleGram(float[] gram, int n, float[] s)
+    public static float[] UnscaleGram(float[] gram, int n, float[] s)
     {
         var r = new float[gram.Length];                     // [n, n]
         for (int i = 0; i < n; i++)
