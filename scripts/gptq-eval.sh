@@ -7,7 +7,8 @@
 # tokens, second half of each scored). Variants: plain, imcal / imtrain (imatrix from calib.txt / train.txt, 64 chunks),
 # gcal / gtrain (GPTQ calibrated on calib.txt / train.txt), gcalw (GPTQ with imatrix-weighted block scales),
 # awqcal (AWQ scaling into the norms, calib.txt), awqclip (+ clipping search), awqinner (+ v→o / up→down scalings),
-# awqfull (norms + v→o / up→down + clipping), awqfullim (awqfull with the calib imatrix); clipping experiments:
+# awqfull (norms + v→o / up→down + clipping), awqfullim (awqfull with the calib imatrix), awqgptq (AWQ scalings, then
+# GPTQ on the scaled matrices with S⁻¹HS⁻¹); clipping experiments:
 # awqclipnoqk (q, k unclipped, as llm-awq), awqcliplocal (per-group objective), awqclipdamp (1 % dampening),
 # awqclipskip (BOS position left out), awqcliporacle (calibrated on eval.txt: a diagnostic, not a fair variant).
 #   scripts/gptq-eval.sh q2_k:plain q2_k:imcal q2_k:gcal q4_0:plain ...
@@ -35,6 +36,7 @@ for job in "$@"; do
     awqinner) args=(--awq "$OUT/calib.txt" --awq-inner) ;;
     awqfull) args=(--awq "$OUT/calib.txt" --awq-inner --awq-clip) ;;
     awqfullim) args=(--awq "$OUT/calib.txt" --awq-inner --awq-clip --imatrix "$OUT/calib.imatrix.dat") ;;
+    awqgptq) args=(--awq "$OUT/calib.txt" --awq-inner --gptq "$OUT/calib.txt") ;;
     awqclipnoqk) args=(--awq "$OUT/calib.txt" --awq-clip --awq-clip-tensors attn_v,attn_output,ffn_gate,ffn_up,ffn_down) ;;
     awqcliplocal) args=(--awq "$OUT/calib.txt" --awq-clip --awq-clip-local) ;;
     awqclipdamp) args=(--awq "$OUT/calib.txt" --awq-clip --awq-clip-damp 0.01) ;;
