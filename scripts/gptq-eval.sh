@@ -41,7 +41,7 @@ for job in "$@"; do
     awqcliplocal) args=(--awq "$OUT/calib.txt" --awq-clip --awq-clip-local) ;;
     awqclipdamp) args=(--awq "$OUT/calib.txt" --awq-clip --awq-clip-damp 0.01) ;;
     awqclipskip) args=(--awq "$OUT/calib.txt" --awq-clip --awq-skip 1) ;;
-    awqcliporacle) args=(--awq "$OUT/eval.txt" --awq-clip) ;;   # calibrated on the evaluation text itself: not a fair variant, a diagnostic
+    awqcliporacle) args=(--awq "$OUT/eval.txt" --awq-clip --awq-clip-tensors attn_v,attn_output,ffn_gate,ffn_up,ffn_down) ;;   # calibrated on the evaluation text itself: not a fair variant, a diagnostic
     *) echo "unknown variant $V" >&2; exit 2 ;;
   esac
   f="$OUT/$T-$V.gguf"
