@@ -101,7 +101,9 @@ public static class Awq
         return Search(model, stats, q, a, log);
     }
 
-    /// <summary>Grid-searches α per norm group for the types <paramref name="q"/> gives each matrix.</summary>
+    /// <summary>Per layer, for the types <paramref name="q"/> gives each matrix: grid-searches α per norm group, then (with
+    /// <see cref="AwqOptions.ScaleInner"/>) per v→o and up→down pair, then (with <see cref="AwqOptions.Clip"/>) the
+    /// clipping ratios of every chosen matrix against the Gram matrix of its scaled input.</summary>
     public static AwqResult Search(LlamaModel model, Stats stats, QuantizeOptions q, AwqOptions a, Action<string>? log = null)
     {
         var f = model.File;
