@@ -5,7 +5,12 @@
 #   even-numbered (2nd, 4th, … 58th; 29 chapters) → $OUT/eval.txt.
 # Each job TYPE:VARIANT quantizes models/default.gguf and prints Cria's perplexity over all of eval.txt (chunks of 128
 # tokens, second half of each scored). Variants: plain, imcal / imtrain (imatrix from calib.txt / train.txt, 64 chunks),
-# gcal / gtrain (GPTQ calibrated on calib.txt / train.txt), gcalw (GPTQ with imatrix-weighted block scales).
+# gcal / gtrain (GPTQ calibrated on calib.txt / train.txt), gcalw (GPTQ with imatrix-weighted block scales),
+# awqcal (AWQ scaling into the norms, calib.txt), awqclip (+ clipping search), awqinner (+ v→o / up→down scalings),
+# awqfull (norms + v→o / up→down + clipping), awqfullim (awqfull with the calib imatrix), awqgptq (AWQ scalings, then
+# GPTQ on the scaled matrices with S⁻¹HS⁻¹); clipping experiments:
+# awqclipnoqk (q, k unclipped, as llm-awq), awqcliplocal (per-group objective), awqclipdamp (1 % dampening),
+# awqclipskip (BOS position left out), awqcliporacle (calibrated on eval.txt: a diagnostic, not a fair variant).
 #   scripts/gptq-eval.sh q2_k:plain q2_k:imcal q2_k:gcal q4_0:plain ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +31,17 @@ for job in "$@"; do
     gcal)    args=(--gptq "$OUT/calib.txt") ;;
     gtrain)  args=(--gptq data/train.txt) ;;
     gcalw)   args=(--gptq "$OUT/calib.txt" --gptq-scales weighted) ;;
+    awqcal)  args=(--awq "$OUT/calib.txt") ;;
+    awqclip) args=(--awq "$OUT/calib.txt" --awq-clip) ;;
+    awqinner) args=(--awq "$OUT/calib.txt" --awq-inner) ;;
+    awqfull) args=(--awq "$OUT/calib.txt" --awq-inner --awq-clip) ;;
+    awqfullim) args=(--awq "$OUT/calib.txt" --awq-inner --awq-clip --imatrix "$OUT/calib.imatrix.dat") ;;
+    awqgptq) args=(--awq "$OUT/calib.txt" --awq-inner --gptq "$OUT/calib.txt") ;;
+    awqclipnoqk) args=(--awq "$OUT/calib.txt" --awq-clip --awq-clip-tensors attn_v,attn_output,ffn_gate,ffn_up,ffn_down) ;;
+    awqcliplocal) args=(--awq "$OUT/calib.txt" --awq-clip --awq-clip-local) ;;
+    awqclipdamp) args=(--awq "$OUT/calib.txt" --awq-clip --awq-clip-damp 0.01) ;;
+    awqclipskip) args=(--awq "$OUT/calib.txt" --awq-clip --awq-skip 1) ;;
+    awqcliporacle) args=(--awq "$OUT/eval.txt" --awq-clip --awq-clip-tensors attn_v,attn_output,ffn_gate,ffn_up,ffn_down) ;;   # calibrated on the evaluation text itself: not a fair variant, a diagnostic
     *) echo "unknown variant $V" >&2; exit 2 ;;
   esac
   f="$OUT/$T-$V.gguf"

@@ -5,7 +5,7 @@ using Cria.Training;
 
 namespace Cria.Cli;
 
-/// <summary><c>cria quantize IN OUT --type T [--imatrix FILE] [--awq CALIB.txt | --gptq CALIB.txt] [-t N] [--pure] [--force]</c>, as llama-quantize.</summary>
+/// <summary><c>cria quantize IN OUT --type T [--imatrix FILE] [--awq CALIB.txt [--awq-inner] [--awq-clip] | --gptq CALIB.txt] [-t N] [--pure] [--force]</c>, as llama-quantize.</summary>
 static class QuantizeCommand
 {
     public static Command Create()
@@ -18,6 +18,13 @@ static class QuantizeCommand
         var awq = new Option<string?>("--awq") { Description = "calibration text for activation-aware scaling folded into the RMSNorm weights" };
         var awqChunks = new Option<int>("--awq-chunks") { Description = "calibration chunks for --awq", DefaultValueFactory = _ => 32 };
         var awqCtx = new Option<int>("--awq-ctx") { Description = "calibration chunk length for --awq", DefaultValueFactory = _ => 128 };
+        var awqClip = new Option<bool>("--awq-clip") { Description = "with --awq, also AWQ's weight clipping search: per group of 32 weights along each row, clamp to r·max|w| (r = 1, 0.95 … 0.5) where that lowers the calibration output error (every quantized blk.* matrix)" };
+        var awqSkip = new Option<int>("--awq-skip") { Description = "with --awq, leave the first N positions of each calibration chunk out of the statistics (BOS outliers; did not help on the bundled model)", DefaultValueFactory = _ => 0 };
+        var awqClipDamp = new Option<double>("--awq-clip-damp") { Description = "with --awq-clip, add this fraction of G's mean diagonal to G (weight-error penalty; did not help on the bundled model)", DefaultValueFactory = _ => 0 };
+        var awqClipLocal = new Option<bool>("--awq-clip-local") { Description = "with --awq-clip, measure each group's error on its own (llm-awq's per-group objective, no cross terms; did not help on the bundled model)" };
+        var awqInner = new Option<bool>("--awq-inner") { Description = "with --awq, also AWQ's v→o and up→down scalings (attn_v/ffn_up rows ÷ s, attn_output/ffn_down columns × s)" };
+        var awqClipTensors = new Option<string>("--awq-clip-tensors") { Description = "with --awq-clip, the matrices of each block to clip (llm-awq leaves out attn_q,attn_k)", DefaultValueFactory = _ => "attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down" };
+        var awqClipGrid = new Option<string>("--awq-clip-grid") { Description = "with --awq-clip, the clipping ratios tried (1 = no clipping is always included)", DefaultValueFactory = _ => "1,0.95,0.9,0.85,0.8,0.75,0.7,0.65,0.6,0.55,0.5" };
         var threads = new Option<int>("--threads", "-t") { Description = "worker threads (default: all cores)" };
         var pure = new Option<bool>("--pure") { Description = "every tensor gets the base type (no K-quant mix)" };
         var force = new Option<bool>("--force") { Description = "replace an existing output file" };
@@ -29,14 +36,15 @@ static class QuantizeCommand
         var gptqScales = new Option<string>("--gptq-scales") { Description = "how GPTQ picks block scales from the updated weights: ref (ggml's reference quantizer) or weighted (ggml's imatrix search with diag H)", DefaultValueFactory = _ => "ref" };
         var cmd = new Command("quantize", "quantize a GGUF model to a llama.cpp type or mix (written atomically)")
         {
-            input, output, type, imatrix, cands, awq, awqChunks, awqCtx, gptq, gptqChunks, gptqCtx, gptqDamp, gptqScales, threads, pure, force, requant,
+            input, output, type, imatrix, cands, awq, awqChunks, awqCtx, awqInner, awqClip, awqClipTensors, awqClipGrid, awqClipDamp, awqClipLocal, awqSkip, gptq, gptqChunks, gptqCtx, gptqDamp, gptqScales, threads, pure, force, requant,
         };
         cmd.SetAction(r =>
         {
             string inPath = r.GetValue(input)!, outPath = r.GetValue(output)!;
             if (!r.GetValue(force) && File.Exists(outPath)) throw new CriaException($"{outPath}: the output file exists (use --force to replace it)");
-            if (r.GetValue(gptq) != null && r.GetValue(awq) != null)
-                throw new CriaException("--gptq cannot be combined with --awq yet (AWQ rescales the inputs the Gram matrices were collected on)");
+            if ((r.GetValue(awqClip) || r.GetValue(awqInner)) && r.GetValue(awq) == null) throw new CriaException("--awq-clip and --awq-inner need --awq CALIB.txt (the calibration text)");
+            if (r.GetValue(gptq) != null && r.GetValue(awqClip))
+                throw new CriaException("--gptq cannot be combined with --awq-clip (GPTQ would fit the clipped weights, not the model's)");
             var o = new QuantizeOptions
             {
                 FileType = QuantMix.Parse(r.GetValue(type)!), Threads = r.GetValue(threads), Pure = r.GetValue(pure),
@@ -48,12 +56,14 @@ static class QuantizeCommand
                 Console.Error.WriteLine($"imatrix: {im.Values.Count} entries from {imPath} ({im.Chunks} chunks of '{im.Dataset}')");
                 o = o with { Imatrix = im.Values, ImatrixCandidates = ParseCandidates(r.GetValue(cands)!) };
             }
+            IReadOnlyDictionary<string, float[]>? awqScales = null;
             if (r.GetValue(awq) is { } calib)
             {
                 var res = Awq.Compute(inPath, TokenizerTrainer.ReadCorpus(calib), o,
-                    new AwqOptions { MaxChunks = r.GetValue(awqChunks), ContextSize = r.GetValue(awqCtx), Threads = r.GetValue(threads) }, Console.Error.WriteLine);
+                    new AwqOptions { MaxChunks = r.GetValue(awqChunks), ContextSize = r.GetValue(awqCtx), Threads = r.GetValue(threads), Clip = r.GetValue(awqClip), SkipPositions = r.GetValue(awqSkip), ClipDamp = r.GetValue(awqClipDamp), ClipCrossTerms = !r.GetValue(awqClipLocal), ScaleInner = r.GetValue(awqInner), ClipTensors = r.GetValue(awqClipTensors)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), ClipGrid = ParseGrid(r.GetValue(awqClipGrid)!) }, Console.Error.WriteLine);
                 var over = res.Overrides;
                 o = o with { Override = n => over.GetValueOrDefault(n), Imatrix = res.Imatrix ?? o.Imatrix };
+                awqScales = res.ColumnScales;
             }
             if (r.GetValue(gptq) is { } gcalib)
             {
@@ -65,7 +75,7 @@ static class QuantizeCommand
                 };
                 var factors = Gptq.Collect(inPath, TokenizerTrainer.ReadCorpus(gcalib),
                     new GptqOptions { MaxChunks = r.GetValue(gptqChunks), ContextSize = r.GetValue(gptqCtx), Threads = r.GetValue(threads), Damp = r.GetValue(gptqDamp) },
-                    Console.Error.WriteLine);
+                    Console.Error.WriteLine, awqScales);
                 o = o with { Gptq = factors, GptqScales = scales };
             }
             using var cts = new CancellationTokenSource();
@@ -92,6 +102,18 @@ static class QuantizeCommand
             return 0;
         });
         return cmd;
+    }
+
+    static float[] ParseGrid(string s)
+    {
+        var g = new List<float> { 1f };
+        foreach (var p in s.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            if (!float.TryParse(p, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out float r) || !(r > 0 && r <= 1))
+                throw new CriaException($"--awq-clip-grid: '{p}' is not a ratio in (0, 1]");
+            if (!g.Contains(r)) g.Add(r);
+        }
+        return [.. g];
     }
 
     static CalibratedCandidates ParseCandidates(string s)

@@ -39,13 +39,28 @@ public static class Gptq
         return result;
     }
 
-    /// <summary>Runs the calibration and factors every distinct Gram matrix: per tensor name, its <see cref="GptqFactor"/>.</summary>
-    public static Dictionary<string, GptqFactor> Collect(string modelPath, string calibrationText, GptqOptions o, Action<string>? log = null)
+    /// <summary>Runs the calibration and factors every distinct Gram matrix: per tensor name, its <see cref="GptqFactor"/>.
+    /// <paramref name="columnScales"/>: per tensor whose input columns were multiplied by s (AWQ), s — its Gram matrix
+    /// becomes S⁻¹HS⁻¹, the Gram matrix of the inputs x / s it reads.</summary>
+    public static Dictionary<string, GptqFactor> Collect(string modelPath, string calibrationText, GptqOptions o, Action<string>? log = null,
+        IReadOnlyDictionary<string, float[]>? columnScales = null)
     {
         if (!(o.Damp > 0)) throw new CriaException($"GPTQ: dampening must be positive, got {o.Damp}");
         if (o.ContextSize <= 0 || o.MaxChunks <= 0) throw new CriaException($"GPTQ: calibration needs a positive chunk length and count, got {o.ContextSize} × {o.MaxChunks}");
         using var model = LlamaModel.Open(modelPath);
         var gram = CollectGram(model, calibrationText, o, out int chunks);
+        if (columnScales != null)
+        {
+            // Tensors sharing an input and its scales keep sharing one (rescaled) Gram array, so they share a factor.
+            var rescaled = new Dictionary<(float[], float[]), float[]>();
+            foreach (var (name, s) in columnScales.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+            {
+                if (!gram.TryGetValue(name, out var g)) continue;
+                if ((long)s.Length * s.Length != g.Length) throw new CriaException($"GPTQ: AWQ scales of '{name}' have {s.Length} columns for a Gram matrix of {g.Length} values");
+                if (!rescaled.TryGetValue((g, s), out var r)) rescaled[(g, s)] = r = Awq.UnscaleGram(g, s.Length, s);
+                gram[name] = r;
+            }
+        }
         log?.Invoke($"gptq: {chunks} calibration chunks of {o.ContextSize} tokens, {gram.Values.Distinct().Count()} input Gram matrices");
         return Factor(gram, o.Damp);
     }

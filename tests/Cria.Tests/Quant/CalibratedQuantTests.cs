@@ -75,14 +75,44 @@ public sealed class CalibratedQuantTests(ITestOutputHelper output)
         // Quantized with imatrix and AWQ together, the file is a plain llama GGUF that llama.cpp runs like Cria.
         using var m = LlamaModel.Open(Model.Value);
         var im = Imatrix.Collect(m, Text, 64, 4, 2);
-        var withIm = Awq.Compute(Model.Value, Text, q with { Imatrix = im.Values }, new AwqOptions { ContextSize = 64, MaxChunks = 4, Threads = 2 });
+        var withIm = Awq.Compute(Model.Value, Text, q with { Imatrix = im.Values }, new AwqOptions { ContextSize = 64, MaxChunks = 4, Threads = 2, Clip = true });
+        // The clipping search ran on all 7 matrices of both layers and never raised a calibration output error.
+        Assert.Equal(2 * 7, withIm.Clips.Count);
+        Assert.All(withIm.Clips, c => Assert.True(c.ErrorClipped <= c.ErrorPlain, $"{c.Tensor}: {c.ErrorPlain} → {c.ErrorClipped}"));
+        Assert.Contains(withIm.Clips, c => c.GroupsClipped > 0 && c.ErrorClipped < 0.99 * c.ErrorPlain);
         string quant = TestPaths.TempFile("calib-awq-im-q3ks.gguf");
         ModelQuantizer.Run(Model.Value, quant, q with { Force = true, Imatrix = withIm.Imatrix, Override = n => withIm.Overrides.GetValueOrDefault(n) });
         using (var r = new CriaRunner(quant, 64)) a = r.AllLogits(tokens);
         using (var c = new LlamaCpp(quant, 64)) b = c.AllLogits(tokens);
         d = a.Zip(b).Max(p => p.First.Zip(p.Second).Max(x => Math.Abs(x.First - x.Second)));
-        output.WriteLine($"Q3_K_S imatrix+AWQ: Cria vs llama.cpp max |Δ logit| {d:E2}");
+        output.WriteLine($"Q3_K_S imatrix+AWQ+clipping: Cria vs llama.cpp max |Δ logit| {d:E2}");
         Assert.True(d < 0.25, $"Cria and llama.cpp differ by {d} on the calibrated file");
+    }
+
+    [Fact]
+    public void Awq_v_to_o_and_up_to_down_scalings_keep_the_float_model_under_grouped_query_attention()
+    {
+        // 8 query heads read 2 KV heads: each attn_v row's s must scale the 4 attn_output columns that read it.
+        var q = new QuantizeOptions { FileType = LlamaFileType.Q4_0, Threads = 2 };
+        var forced = Awq.Compute(Model.Value, Text, q, new AwqOptions { ContextSize = 64, MaxChunks = 4, Threads = 2, ScaleInner = true, AlphaGrid = [0.7f] });
+        foreach (var m in new[] { "attn_v", "attn_output", "ffn_up", "ffn_down", "attn_norm", "ffn_norm" })
+            Assert.True(forced.Overrides.ContainsKey($"blk.1.{m}.weight"), $"blk.1.{m}.weight was not rescaled");
+        string folded = TestPaths.TempFile("calib-awq-inner-f32.gguf");
+        ModelQuantizer.Run(Model.Value, folded, new QuantizeOptions { FileType = LlamaFileType.F32, Force = true, Override = n => forced.Overrides.GetValueOrDefault(n) });
+        int[] tokens = [1, 300, 17, 250, 99, 5, 333, 120, 64, 200, 7, 381];
+        float[][] a, b;
+        using (var r = new CriaRunner(Model.Value, 64)) a = r.AllLogits(tokens);
+        using (var r = new CriaRunner(folded, 64)) b = r.AllLogits(tokens);
+        double d = a.Zip(b).Max(p => p.First.Zip(p.Second).Max(x => Math.Abs(x.First - x.Second)));
+        double scale = a.Max(row => row.Max(Math.Abs));
+        output.WriteLine($"AWQ with v→o and up→down folded into F32 vs original: max |Δ logit| {d:E2} (max |logit| {scale:F2})");
+        Assert.True(d < 1e-5 * Math.Max(1, scale), $"folding changed the float model's logits by {d}");
+
+        // With the default grid (α = 0 included) every scale point is at most plain round-to-nearest's error.
+        var res = Awq.Compute(Model.Value, Text, q, new AwqOptions { ContextSize = 64, MaxChunks = 4, Threads = 2, ScaleInner = true });
+        Assert.Equal(2 * 4, res.Groups.Count);
+        Assert.All(res.Groups, g => Assert.True(g.ErrorScaled <= g.ErrorPlain, $"{g.Norm}: {g.ErrorPlain} → {g.ErrorScaled}"));
+        Assert.Contains(res.Groups, g => g.Norm.Contains("→attn_output") && g.ErrorScaled < g.ErrorPlain);
     }
 
     [Fact]

@@ -164,6 +164,44 @@ public sealed class GptqTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void Gptq_after_awq_scaling_uses_the_rescaled_gram_and_lowers_the_output_error()
+    {
+        string model = TestPaths.TempFile("gptq-awq-f32.gguf");
+        RandomModel.Write(model, new RandomModelSpec { Dim = 256, Layers = 2, Heads = 8, KvHeads = 2, FfnDim = 512, VocabSize = 512, Seed = 95 });
+        string text = string.Concat(Enumerable.Repeat("the quick brown fox jumps over the lazy dog. once upon a time a little girl named lily was happy. ", 16));
+        var q = new QuantizeOptions { FileType = LlamaFileType.Q2_K, Threads = 2, Force = true };
+        var awq = Awq.Compute(model, text, q, new AwqOptions { ContextSize = 64, MaxChunks = 4, Threads = 2, ScaleInner = true, AlphaGrid = [0.6f] });
+        Assert.Equal(2 * 7, awq.ColumnScales.Count);
+        var o = new GptqOptions { ContextSize = 64, MaxChunks = 4, Threads = 2 };
+        var rescaled = Gptq.Collect(model, text, o, null, awq.ColumnScales);
+        Dictionary<string, float[]> gram;
+        using (var m = LlamaModel.Open(model)) gram = Gptq.CollectGram(m, text, o, out _);
+        var stale = Gptq.Factor(gram);                      // H of the unscaled inputs: wrong for the scaled matrices
+        var qa = q with { Override = n => awq.Overrides.GetValueOrDefault(n) };
+        string fa = TestPaths.TempFile("gptq-awq-only-q2k.gguf"), fg = TestPaths.TempFile("gptq-awq-q2k.gguf"), fs = TestPaths.TempFile("gptq-awq-stale-q2k.gguf");
+        ModelQuantizer.Run(model, fa, qa);
+        ModelQuantizer.Run(model, fg, qa with { Gptq = rescaled });
+        ModelQuantizer.Run(model, fs, qa with { Gptq = stale });
+        // Output error in the scaled space: the matrices the quantizer saw (W·S) and the Gram matrix of their inputs (S⁻¹HS⁻¹).
+        double eAwq = 0, eGptq = 0, eStale = 0;
+        using (var a = Cria.Formats.GgufFile.Open(fa))
+        using (var b = Cria.Formats.GgufFile.Open(fg))
+        using (var c = Cria.Formats.GgufFile.Open(fs))
+            foreach (var (name, s) in awq.ColumnScales)
+            {
+                var t = a.GetTensor(name);
+                var w = awq.Overrides[name];
+                var g = Awq.UnscaleGram(gram[name], s.Length, s);
+                eAwq += Gptq.OutputError(t.Type, a.TensorData(t), w, (int)t.RowCount, (int)t.RowLength, g);
+                eGptq += Gptq.OutputError(t.Type, b.TensorData(b.GetTensor(name)), w, (int)t.RowCount, (int)t.RowLength, g);
+                eStale += Gptq.OutputError(t.Type, c.TensorData(c.GetTensor(name)), w, (int)t.RowCount, (int)t.RowLength, g);
+            }
+        output.WriteLine($"Q2_K output error of the AWQ-scaled matrices: AWQ {eAwq:E3}, AWQ + GPTQ {eGptq:E3} ({eGptq / eAwq:P1}), GPTQ with the unscaled H {eStale:E3} ({eStale / eAwq:P1})");
+        Assert.True(eGptq < 0.9 * eAwq);
+        Assert.True(eGptq < eStale);
+    }
+
+    [Fact]
     public void Gptq_quantized_model_lowers_calibration_output_error_and_llama_cpp_runs_it()
     {
         string model = TestPaths.TempFile("gptq-f32.gguf");
