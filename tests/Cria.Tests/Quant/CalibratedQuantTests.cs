@@ -62,13 +62,9 @@ public sealed class CalibratedQuantTests(ITestOutputHelper output)
         Assert.Contains(res.Groups, g => g.Alpha > 0 && g.ErrorScaled < 0.999 * g.ErrorPlain);
 
         // Folded into an F32 file the model computes the same function (scales cancel exactly up to rounding).
-        string folded = TestPaths.TempFile("calib-awq-f32.gguf");
-        ModelQuantizer.Run(Model.Value, folded, new QuantizeOptions { FileType = LlamaFileType.F32, Force = true, Override = n => res.Overrides.GetValueOrDefault(n) });
-        int[] tokens = [1, 300, 17, 250, 99, 5, 333, 120, 64, 200, 7, 381];
+        int[] tokens = FoldTokens;
         float[][] a, b;
-        using (var r = new CriaRunner(Model.Value, 64)) a = r.AllLogits(tokens);
-        using (var r = new CriaRunner(folded, 64)) b = r.AllLogits(tokens);
-        double d = a.Zip(b).Max(p => p.First.Zip(p.Second).Max(x => Math.Abs(x.First - x.Second)));
+        double d = FoldedLogitChange(res.Overrides, "calib-awq-f32.gguf", out _);
         output.WriteLine($"AWQ-folded F32 vs original: max |Δ logit| {d:E2}");
         Assert.True(d < 1e-3, $"folding changed the float model's logits by {d}");
 
@@ -89,6 +85,21 @@ public sealed class CalibratedQuantTests(ITestOutputHelper output)
         Assert.True(d < 0.25, $"Cria and llama.cpp differ by {d} on the calibrated file");
     }
 
+    static readonly int[] FoldTokens = [1, 300, 17, 250, 99, 5, 333, 120, 64, 200, 7, 381];
+
+    /// <summary>Writes the model with AWQ's rescaled tensors folded into an F32 file and returns the largest logit
+    /// change against the original over <see cref="FoldTokens"/> (<paramref name="original"/>: the original's logits).</summary>
+    static double FoldedLogitChange(IReadOnlyDictionary<string, float[]> overrides, string fileName, out float[][] original)
+    {
+        string folded = TestPaths.TempFile(fileName);
+        ModelQuantizer.Run(Model.Value, folded, new QuantizeOptions { FileType = LlamaFileType.F32, Force = true, Override = n => overrides.GetValueOrDefault(n) });
+        float[][] a, b;
+        using (var r = new CriaRunner(Model.Value, 64)) a = r.AllLogits(FoldTokens);
+        using (var r = new CriaRunner(folded, 64)) b = r.AllLogits(FoldTokens);
+        original = a;
+        return a.Zip(b).Max(p => p.First.Zip(p.Second).Max(x => Math.Abs(x.First - x.Second)));
+    }
+
     [Fact]
     public void Awq_v_to_o_and_up_to_down_scalings_keep_the_float_model_under_grouped_query_attention()
     {
@@ -97,13 +108,7 @@ public sealed class CalibratedQuantTests(ITestOutputHelper output)
         var forced = Awq.Compute(Model.Value, Text, q, new AwqOptions { ContextSize = 64, MaxChunks = 4, Threads = 2, ScaleInner = true, AlphaGrid = [0.7f] });
         foreach (var m in new[] { "attn_v", "attn_output", "ffn_up", "ffn_down", "attn_norm", "ffn_norm" })
             Assert.True(forced.Overrides.ContainsKey($"blk.1.{m}.weight"), $"blk.1.{m}.weight was not rescaled");
-        string folded = TestPaths.TempFile("calib-awq-inner-f32.gguf");
-        ModelQuantizer.Run(Model.Value, folded, new QuantizeOptions { FileType = LlamaFileType.F32, Force = true, Override = n => forced.Overrides.GetValueOrDefault(n) });
-        int[] tokens = [1, 300, 17, 250, 99, 5, 333, 120, 64, 200, 7, 381];
-        float[][] a, b;
-        using (var r = new CriaRunner(Model.Value, 64)) a = r.AllLogits(tokens);
-        using (var r = new CriaRunner(folded, 64)) b = r.AllLogits(tokens);
-        double d = a.Zip(b).Max(p => p.First.Zip(p.Second).Max(x => Math.Abs(x.First - x.Second)));
+        double d = FoldedLogitChange(forced.Overrides, "calib-awq-inner-f32.gguf", out var a);
         double scale = a.Max(row => row.Max(Math.Abs));
         output.WriteLine($"AWQ with v→o and up→down folded into F32 vs original: max |Δ logit| {d:E2} (max |logit| {scale:F2})");
         Assert.True(d < 1e-5 * Math.Max(1, scale), $"folding changed the float model's logits by {d}");
