@@ -55,6 +55,16 @@ public static class Ops
         return sum;
     }
 
+    /// <summary>dᵀ G d for a row-major square G ([n, n]) and d ([n]): Σ_i d_i · (G_i · d), rows by <see cref="Dot"/>,
+    /// summed in double — a quantized row's calibration output error (GPTQ, AWQ).</summary>
+    public static double QuadraticForm(ReadOnlySpan<float> gram, ReadOnlySpan<float> d)
+    {
+        int n = d.Length;
+        double e = 0;
+        for (int i = 0; i < n; i++) e += d[i] * (double)Dot(gram.Slice(i * n, n), d);
+        return e;
+    }
+
     /// <summary>y += a · x.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Axpy(float a, ReadOnlySpan<float> x, Span<float> y)

@@ -1,3 +1,4 @@
+using Cria.Kernels;
 using System.Numerics;
 using Cria.Formats;
 using Cria.Inference;
@@ -148,7 +149,7 @@ public static class Awq
                 bool scaled = bestAlpha != 0 && bestS != null;
                 if (scaled)
                 {
-                    var normW = ReadVector(f, p + norm + ".weight");
+                    var normW = ReadMatrix(f, p + norm + ".weight").Data;
                     for (int j = 0; j < dim; j++) normW[j] /= bestS![j];
                     result.Overrides[p + norm + ".weight"] = normW;
                     for (int m = 0; m < names.Length; m++)
@@ -194,7 +195,7 @@ public static class Awq
                 if (!a.ClipTensors.Contains(m)) continue;
                 string name = p + m + ".weight";
                 if (!clipGram.TryGetValue(name, out var gs) || !plan.TryGetValue(name, out var type) || !IsBlockType(type)) continue;
-                var (data, rows) = result.Overrides.TryGetValue(name, out var ov) ? (ov, (int)f.GetTensor(name).RowCount) : ReadMatrix(f, name);
+                var (data, rows) = CurrentMatrix(f, result, name);
                 int cols = data.Length / rows;
                 if ((long)cols * cols != gs.Length) throw new CriaException($"AWQ: the Gram matrix of '{name}' has {gs.Length} values for rows of {cols}");
                 result.Overrides[name] = ClipMatrix(name, data, rows, cols, type, gs, result.Imatrix?.GetValueOrDefault(name), a, threads, q.ImatrixCandidates, result, log);
@@ -221,7 +222,7 @@ public static class Awq
         for (int c = 0; c < cols; c++) { sum[channelOf[c]] += g.AbsSum[c] / Math.Max(1, g.Count); users[channelOf[c]]++; }
         var meanAbs = new float[channels];                   // [channels]
         for (int k = 0; k < channels; k++) meanAbs[k] = (float)(sum[k] / Math.Max(1, users[k]));
-        var (w, rows) = result.Overrides.TryGetValue(consumer, out var ov) ? (ov, (int)f.GetTensor(consumer).RowCount) : ReadMatrix(f, consumer);
+        var (w, rows) = CurrentMatrix(f, result, consumer);
         float bestAlpha = 0; double bestErr = double.PositiveInfinity, plainErr = 0;
         float[]? bestS = null, bestCols = null;
         foreach (float alpha in a.AlphaGrid)
@@ -240,7 +241,8 @@ public static class Awq
         result.Overrides[consumer] = ScaleColumns(w, rows, cols, bestCols);
         result.ColumnScales[consumer] = bestCols;
         if (result.Imatrix != null && result.Imatrix.ContainsKey(consumer)) result.Imatrix[consumer] = ImatrixFor(q.Imatrix, consumer, bestCols)!;
-        var (pw, prows) = result.Overrides.TryGetValue(producer, out var pov) ? ((float[])pov.Clone(), (int)f.GetTensor(producer).RowCount) : ReadMatrix(f, producer);
+        var (pw, prows) = CurrentMatrix(f, result, producer);
+        pw = (float[])pw.Clone(); // the rows are divided in place below
         int pcols = pw.Length / prows;
         for (int k = 0; k < prows; k++)
             for (int j = 0; j < pcols; j++) pw[k * pcols + j] /= bestS[k];
@@ -362,7 +364,7 @@ public static class Awq
                             {
                                 float di = st.Delta[i];
                                 if (di == 0) continue;
-                                delta += di * (2.0 * st.Gd[b0 + i] + Dot(gram.AsSpan((b0 + i) * cols + b0, qk), st.Delta));
+                                delta += di * (2.0 * st.Gd[b0 + i] + Ops.Dot(gram.AsSpan((b0 + i) * cols + b0, qk), st.Delta));
                             }
                             if (delta < best) { best = delta; bestR = r; st.Nd.CopyTo(st.BestNd, 0); }
                         }
@@ -409,7 +411,7 @@ public static class Awq
         double e = 0;
         for (int i = 0; i < cols; i++)
         {
-            float gdi = Dot(gram.AsSpan(i * cols, cols), d);
+            float gdi = Ops.Dot(gram.AsSpan(i * cols, cols), d);
             if (keep) st.Gd[i] = gdi;
             e += d[i] * (double)gdi;
         }
@@ -462,23 +464,14 @@ public static class Awq
             var (d, acc) = st;
             Dequantize.Row(type, q.AsSpan(o * rowBytes, rowBytes), d);
             for (int j = 0; j < cols; j++) d[j] = d[j] / s[j] - w[o * cols + j];
-            // dᵀ G d
-            double e = 0;
-            for (int i = 0; i < cols; i++) e += d[i] * Dot(gram.AsSpan(i * cols, cols), d);
-            return (d, acc + e);
+            return (d, acc + Ops.QuadraticForm(gram, d)); // dᵀ G d
         }, st => { lock (gate) total += st.Item2; });
         return total;
     }
 
-    static float Dot(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
-    {
-        int n = a.Length, i = 0;
-        var acc = Vector<float>.Zero;
-        for (; i <= n - Vector<float>.Count; i += Vector<float>.Count) acc += new Vector<float>(a.Slice(i)) * new Vector<float>(b.Slice(i));
-        float r = Vector.Sum(acc);
-        for (; i < n; i++) r += a[i] * b[i];
-        return r;
-    }
+    /// <summary>A matrix as the earlier AWQ steps left it: their rescaled copy if there is one, else the file's.</summary>
+    static (float[] Data, int Rows) CurrentMatrix(GgufFile f, AwqResult result, string name) =>
+        result.Overrides.TryGetValue(name, out var ov) ? (ov, (int)f.GetTensor(name).RowCount) : ReadMatrix(f, name);
 
     static (float[] Data, int Rows) ReadMatrix(GgufFile f, string name)
     {
@@ -486,14 +479,6 @@ public static class Awq
         var v = new float[t.ElementCount];                   // [rows, cols]
         Dequantize.Row(t.Type, f.TensorData(t), v);
         return (v, (int)t.RowCount);
-    }
-
-    static float[] ReadVector(GgufFile f, string name)
-    {
-        var t = f.GetTensor(name);
-        var v = new float[t.ElementCount];
-        Dequantize.Row(t.Type, f.TensorData(t), v);
-        return v;
     }
 
     /// <summary>Accumulates G = Σ x xᵀ ([cols, cols]) and Σ|x| ([cols]) per layer of the inputs of attn_q and ffn_gate

@@ -1,3 +1,4 @@
+using Cria.Kernels;
 using System.Numerics;
 using Cria.Inference;
 using Cria.Models;
@@ -96,19 +97,9 @@ public static class Gptq
         {
             Dequantize.Row(type, q.Slice(o * rowBytes, rowBytes), d);
             for (int j = 0; j < cols; j++) d[j] -= w[o * cols + j];
-            for (int i = 0; i < cols; i++) total += d[i] * (double)Dot(gram.Slice(i * cols, cols), d);
+            total += Ops.QuadraticForm(gram.Slice(0, cols * cols), d);
         }
         return total;
-    }
-
-    static float Dot(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
-    {
-        int n = a.Length, i = 0;
-        var acc = Vector<float>.Zero;
-        for (; i <= n - Vector<float>.Count; i += Vector<float>.Count) acc += new Vector<float>(a.Slice(i)) * new Vector<float>(b.Slice(i));
-        float r = Vector.Sum(acc);
-        for (; i < n; i++) r += a[i] * b[i];
-        return r;
     }
 
     /// <summary>Accumulates Σ x xᵀ ([cols, cols]) and the token count per distinct matrix input. attn_k/attn_v read
