@@ -1,5 +1,4 @@
 using Cria.Kernels;
-using System.Numerics;
 using Cria.Formats;
 using Cria.Inference;
 using Cria.Models;
@@ -499,21 +498,7 @@ public static class Awq
             x = x.Slice(skip * dim);
             rows -= skip;
             var xs = x.Slice(0, rows * dim).ToArray();        // [rows, dim]
-            Parallel.For(0, dim, i =>
-            {
-                var gi = gram.AsSpan(i * dim, dim);
-                for (int r = 0; r < rows; r++)
-                {
-                    float xi = xs[r * dim + i];
-                    if (xi == 0) continue;
-                    var xr = xs.AsSpan(r * dim, dim);
-                    var vxi = new Vector<float>(xi);
-                    int j = 0;
-                    for (; j <= dim - Vector<float>.Count; j += Vector<float>.Count)
-                        (new Vector<float>(gi.Slice(j)) + vxi * new Vector<float>(xr.Slice(j))).CopyTo(gi.Slice(j));
-                    for (; j < dim; j++) gi[j] += xi * xr[j];
-                }
-            });
+            Calibration.AddGram(gram, xs, rows, dim, Environment.ProcessorCount);
             for (int r = 0; r < rows; r++)
                 for (int j = 0; j < dim; j++) abs[j] += MathF.Abs(xs[r * dim + j]);
             Gram[weightName] = (gram, abs, count + rows);

@@ -44,4 +44,26 @@ public static class Calibration
     /// settings of <paramref name="o"/>.</summary>
     public static int Run(LlamaModel model, string text, CalibrationOptions o, IMatMulObserver observer) =>
         Run(model, text, o.ContextSize, o.MaxChunks, o.Threads > 0 ? o.Threads : Environment.ProcessorCount, observer);
+
+    /// <summary>G += Σ_r x_r x_rᵀ for the rows of <paramref name="xs"/> ([rows, cols]) into <paramref name="gram"/>
+    /// ([cols, cols], row-major): the calibration Gram matrix GPTQ and AWQ collect. Row i of G per task; zero inputs
+    /// skipped.</summary>
+    public static void AddGram(float[] gram, float[] xs, int rows, int cols, int threads)
+    {
+        Parallel.For(0, cols, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, threads) }, i =>
+        {
+            var gi = gram.AsSpan(i * cols, cols);
+            for (int r = 0; r < rows; r++)
+            {
+                float xi = xs[r * cols + i];
+                if (xi == 0) continue;
+                var xr = xs.AsSpan(r * cols, cols);
+                var vxi = new System.Numerics.Vector<float>(xi);
+                int j = 0;
+                for (; j <= cols - System.Numerics.Vector<float>.Count; j += System.Numerics.Vector<float>.Count)
+                    (new System.Numerics.Vector<float>(gi.Slice(j)) + vxi * new System.Numerics.Vector<float>(xr.Slice(j))).CopyTo(gi.Slice(j));
+                for (; j < cols; j++) gi[j] += xi * xr[j];
+            }
+        });
+    }
 }

@@ -1,5 +1,4 @@
 using Cria.Kernels;
-using System.Numerics;
 using Cria.Inference;
 using Cria.Models;
 using Cria.Tensors;
@@ -123,21 +122,7 @@ public static class Gptq
             if (g.Gram.Length != cols * cols) throw new CriaException($"GPTQ: '{weightName}' was observed with {cols} input columns and earlier with another width");
             var gram = g.Gram;                               // [cols, cols]
             var xs = x.Slice(0, rows * cols).ToArray();      // [rows, cols]
-            Parallel.For(0, cols, new ParallelOptions { MaxDegreeOfParallelism = threads }, i =>
-            {
-                var gi = gram.AsSpan(i * cols, cols);
-                for (int r = 0; r < rows; r++)
-                {
-                    float xi = xs[r * cols + i];
-                    if (xi == 0) continue;
-                    var xr = xs.AsSpan(r * cols, cols);
-                    var vxi = new Vector<float>(xi);
-                    int j = 0;
-                    for (; j <= cols - Vector<float>.Count; j += Vector<float>.Count)
-                        (new Vector<float>(gi.Slice(j)) + vxi * new Vector<float>(xr.Slice(j))).CopyTo(gi.Slice(j));
-                    for (; j < cols; j++) gi[j] += xi * xr[j];
-                }
-            });
+            Calibration.AddGram(gram, xs, rows, cols, threads);
             Gram[source] = (gram, g.Count + rows);
         }
 
