@@ -216,22 +216,25 @@ public static class Kivi
     static readonly Vector256<uint> Shift2 = Vector256.Create(0u, 2, 4, 6, 8, 10, 12, 14);
     static readonly Vector256<uint> Shift4 = Vector256.Create(0u, 4, 8, 12, 16, 20, 24, 28);
 
-    static readonly Vector512<uint> Shift2x16 = Vector512.Create(0u, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    static readonly Vector512<uint> Shift4x16 = Vector512.Create(0u, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
-
-    /// <summary>Codes i … i+15 (i a multiple of 16) as floats, as <see cref="Codes8"/> does eight: 2 bits from one
-    /// broadcast 32-bit word, 4 bits from two (lanes 0–7 the first word, 8–15 the second).</summary>
+    /// <summary>Codes i … i+15 (i a multiple of 16) as floats, as <see cref="Codes8"/> does eight.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector512<float> Codes16(ReadOnlySpan<byte> codes, int bits, int i)
+    static Vector512<float> Codes16(ReadOnlySpan<byte> codes, int bits, int i) =>
+        Codes16(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(codes.Slice(i * bits / 8, 2 * bits)), bits);
+
+    /// <summary>The 16 codes starting at byte <paramref name="p"/> as floats: 2 bits from one broadcast 32-bit word,
+    /// 4 bits from two (lanes 0–7 the first word, 8–15 the second), shifted per lane and masked. The widening both
+    /// <see cref="DequantizeRow(ReadOnlySpan{byte}, int, float, float, Span{float})"/> and the attention kernel's
+    /// P·V on the codes use (constants written inline so AggressiveOptimization callers embed them).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<float> Codes16(ref byte p, int bits)
     {
         Vector512<uint> v;
-        if (bits == 2) v = Avx512F.ShiftRightLogicalVariable(Vector512.Create(BinaryPrimitives.ReadUInt32LittleEndian(codes.Slice(i / 4))), Shift2x16) & Vector512.Create(3u);
+        if (bits == 2)
+            v = Avx512F.ShiftRightLogicalVariable(Vector512.Create(Unsafe.ReadUnaligned<uint>(ref p)),
+                    Vector512.Create(0u, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)) & Vector512.Create(3u);
         else
-        {
-            var w = Vector256.Create(BinaryPrimitives.ReadUInt32LittleEndian(codes.Slice(i / 2)));
-            var w2 = Vector256.Create(BinaryPrimitives.ReadUInt32LittleEndian(codes.Slice(i / 2 + 4)));
-            v = Avx512F.ShiftRightLogicalVariable(Vector512.Create(w, w2), Shift4x16) & Vector512.Create(15u);
-        }
+            v = Avx512F.ShiftRightLogicalVariable(Vector512.Create(Vector256.Create(Unsafe.ReadUnaligned<uint>(ref p)), Vector256.Create(Unsafe.ReadUnaligned<uint>(ref Unsafe.Add(ref p, 4)))),
+                    Vector512.Create(0u, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28)) & Vector512.Create(15u);
         return Vector512.ConvertToSingle(v.AsInt32());
     }
 

@@ -202,8 +202,7 @@ internal sealed partial class AttentionJob
     /// <summary>
     /// For <paramref name="rows"/> consecutive cache cells from <paramref name="cell0"/> (this KV head's channels at
     /// <paramref name="off"/>): acc[h, c] += Σ_r (p[h, r] · s_r) · code[r, c] and minAcc[h, q] += Σ_r p[h, r] · m_r, per
-    /// value group q of the head. Sixteen channels of a row are widened from one or two code words (as
-    /// <see cref="Kivi.DequantizeRow(ReadOnlySpan{byte}, int, float, float, Span{float})"/> does) and serve four heads.
+    /// value group q of the head. Sixteen channels of a row are widened by <see cref="Kivi.Codes16(ref byte, int)"/> and serve four heads.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static unsafe void ValuesOnCodes(in KvLayer kv, int cell0, int rows, int off, int hd, int group, ReadOnlySpan<float> probs,
@@ -211,9 +210,6 @@ internal sealed partial class AttentionJob
     {
         int bits = kv.Bits, vg = kv.ValueGroup, nq = hd / vg, groups = kv.KvDim / vg, rb = kv.RowBytes;
         var sv = weights.Slice(group * TileSize, rows); var mv = weights.Slice(group * TileSize + TileSize, rows);
-        var shift = bits == 2 ? Vector512.Create(0u, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
-                              : Vector512.Create(0u, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
-        var mask = Vector512.Create((1u << bits) - 1);
         var vp = kv.VParams!;
         fixed (byte* vBase = kv.V)
         fixed (float* ap = acc)
@@ -244,11 +240,7 @@ internal sealed partial class AttentionJob
                         float* wa = wp + ha * TileSize, wb = wp + hb * TileSize, wc = wp + hc * TileSize, wd = wp + hdd * TileSize;
                         for (int r = 0; r < rows; r++)
                         {
-                            byte* row = codes + r * rb;
-                            Vector512<uint> word = bits == 2
-                                ? Vector512.Create(*(uint*)row)
-                                : Vector512.Create(Vector256.Create(*(uint*)row), Vector256.Create(*(uint*)(row + 4)));
-                            var code = Vector512.ConvertToSingle((Avx512F.ShiftRightLogicalVariable(word, shift) & mask).AsInt32());
+                            var code = Kivi.Codes16(ref *(codes + r * rb), bits);
                             a0 = Vector512.FusedMultiplyAdd(Vector512.Create(wa[r]), code, a0);
                             a1 = Vector512.FusedMultiplyAdd(Vector512.Create(wb[r]), code, a1);
                             a2 = Vector512.FusedMultiplyAdd(Vector512.Create(wc[r]), code, a2);
