@@ -45,6 +45,8 @@ done
 if [[ "${BANDWIDTH:-1}" != 0 ]]; then
   echo "== machine limits"
   dotnet bench/bandwidth/bin/Release/net10.0/Cria.Bandwidth.dll
+  # the same sweep over a buffer in 2 MiB pages (MADV_HUGEPAGE), as Cria's model mappings are where the page cache allows
+  dotnet bench/bandwidth/bin/Release/net10.0/Cria.Bandwidth.dll --huge | grep -E 'madvise|read'
 fi
 
 summary="$(mktemp /tmp/cria-bench-summary.XXXXXX.tsv)"; rm -f "$summary"

@@ -5,14 +5,15 @@ using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 
 // Machine limits for the roofline in docs/benchmarks.md.
-//   dotnet run --project bench/bandwidth -c Release [-- --gib 1 --runs 10 --threads 1,2]
+//   dotnet run --project bench/bandwidth -c Release [-- --gib 1 --runs 10 --threads 1,2 --huge]
+// --huge: the buffer is 2 MiB-aligned and marked MADV_HUGEPAGE (Linux), so it sits in 2 MiB pages under THP "madvise".
 // Read bandwidth: every thread sums its contiguous slice of one 1 GiB buffer with Vector512 (Vector256 where AVX-512
 // is missing), 8 independent accumulators; one run = all threads released together, timed until the last finishes;
 // best (and mean) of N runs, GB = 1e9 bytes. FP32 peak: each thread runs 12 independent chains of vector FMAs in
 // registers; FLOP = 2 × lanes × chains × iterations.
 
 CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
-long gib = 1; int runs = 10; int[] threadCounts = [1, 2];
+long gib = 1; int runs = 10; int[] threadCounts = [1, 2]; bool huge = false;
 for (int i = 0; i < args.Length; i++)
 {
     switch (args[i])
@@ -20,6 +21,7 @@ for (int i = 0; i < args.Length; i++)
         case "--gib": gib = long.Parse(args[++i]); break;
         case "--runs": runs = int.Parse(args[++i]); break;
         case "--threads": threadCounts = args[++i].Split(',').Select(int.Parse).ToArray(); break;
+        case "--huge": huge = true; break;
         default: Console.Error.WriteLine($"unknown argument {args[i]}"); return 2;
     }
 }
@@ -30,7 +32,8 @@ Console.WriteLine($"machine: {Environment.ProcessorCount} logical CPUs, {isa}, .
 long bytes = gib << 30;
 unsafe
 {
-    var buf = (float*)NativeMemory.AlignedAlloc((nuint)bytes, 4096);
+    var buf = (float*)NativeMemory.AlignedAlloc((nuint)bytes, huge ? (nuint)(2 << 20) : 4096);
+    if (huge && OperatingSystem.IsLinux()) Console.WriteLine($"madvise(MADV_HUGEPAGE) = {Madvise((nint)buf, (nuint)bytes, 14)}");
     try
     {
         // Touch every page (and make the sum non-trivial) with all threads, so pages are resident before timing.
@@ -39,7 +42,7 @@ unsafe
         foreach (int t in threadCounts)
         {
             var (best, mean) = Measure(t, runs, () => RunRead(buf, n, t));
-            Console.WriteLine($"read bandwidth, {t} thread{(t > 1 ? "s" : "")}: best {bytes / best / 1e9:F1} GB/s, mean {bytes / mean / 1e9:F1} GB/s ({gib} GiB buffer, {isa} sum, best of {runs})");
+            Console.WriteLine($"read bandwidth, {t} thread{(t > 1 ? "s" : "")}: best {bytes / best / 1e9:F1} GB/s, mean {bytes / mean / 1e9:F1} GB/s ({gib} GiB buffer{(huge ? " in 2 MiB pages" : "")}, {isa} sum, best of {runs})");
         }
     }
     finally { NativeMemory.AlignedFree(buf); }
@@ -54,6 +57,8 @@ foreach (int t in threadCounts)
     Console.WriteLine($"fp32 FMA peak, {t} thread{(t > 1 ? "s" : "")}: best {flop / best / 1e9:F1} GFLOP/s, mean {flop / mean / 1e9:F1} GFLOP/s ({isa} FMA, 12 chains in registers)");
 }
 return 0;
+
+[DllImport("libc", EntryPoint = "madvise")] static extern int Madvise(nint addr, nuint length, int advice);
 
 static (double Best, double Mean) Measure(int threads, int runs, Func<double> run)
 {

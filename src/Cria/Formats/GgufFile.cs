@@ -56,6 +56,7 @@ public sealed unsafe class GgufFile : IDisposable
             _view = _map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
             byte* p = null;
             _view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
+            MappedFileHints.PreferHugePages(p, _length);
             _base = p + _view.PointerOffset;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)

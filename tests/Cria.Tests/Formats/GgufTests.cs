@@ -8,6 +8,26 @@ namespace Cria.Tests.Formats;
 
 public class GgufTests
 {
+    /// <summary>The mapping of a model file carries MADV_HUGEPAGE (smaps flag "hg"), so the kernel may map the file's
+    /// 2 MiB page-cache folios with 2 MiB entries (<see cref="MappedFileHints"/>); on other systems nothing is asked.</summary>
+    [Fact]
+    public void The_model_mapping_asks_for_huge_pages_on_linux()
+    {
+        var path = TestPaths.TempFile("hugepage-hint.gguf");
+        var w = new GgufWriter();
+        w.AddTensor("t", [4096], new float[4096]);
+        w.Write(path);
+        using var f = GgufFile.Open(path);
+        if (!OperatingSystem.IsLinux()) return;
+        string full = Path.GetFullPath(path);
+        var lines = File.ReadAllLines("/proc/self/smaps");
+        int at = Array.FindIndex(lines, l => l.EndsWith(" " + full, StringComparison.Ordinal));
+        Assert.True(at >= 0, $"no mapping of {full} in /proc/self/smaps");
+        // VmFlags is the last line of a mapping's block.
+        string flags = lines.Skip(at + 1).First(l => l.StartsWith("VmFlags:", StringComparison.Ordinal));
+        Assert.Contains(" hg", flags);
+    }
+
     [Fact]
     public void EveryMetadataTypeRoundTrips()
     {
