@@ -12,6 +12,8 @@
 # awqclipnoqk (q, k unclipped, as llm-awq), awqcliplocal (per-group objective), awqclipdamp (1 % dampening),
 # awqclipskip (BOS position left out), awqcliporacle (calibrated on eval.txt: a diagnostic, not a fair variant).
 #   scripts/gptq-eval.sh q2_k:plain q2_k:imcal q2_k:gcal q4_0:plain ...
+# KLD=1 also compares each file with models/default.gguf on the same chunks (cria perplexity --kl-base): KL(F32 ‖ file),
+# same-top-token rate and the paired perplexity change with its standard error, on one line per job.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gptq-eval}; THREADS=${THREADS:-2}
@@ -46,5 +48,9 @@ for job in "$@"; do
   esac
   f="$OUT/$T-$V.gguf"
   $CLI quantize models/default.gguf "$f" --type "$T" -t "$THREADS" --force "${args[@]}" 2>/dev/null | sed 's/^/  /'
-  echo "$T $V $($CLI perplexity "$f" "$OUT/eval.txt" -c 128 -t "$THREADS" 2>/dev/null)"
+  if [ "${KLD:-0}" = 1 ]; then
+    echo "$T $V $($CLI perplexity "$f" "$OUT/eval.txt" -c 128 -t "$THREADS" --kl-base models/default.gguf 2>/dev/null | tr '\n' ';')"
+  else
+    echo "$T $V $($CLI perplexity "$f" "$OUT/eval.txt" -c 128 -t "$THREADS" 2>/dev/null)"
+  fi
 done

@@ -6,6 +6,22 @@ namespace Cria.Inference;
 public readonly record struct PerplexityResult(double Value, double MeanNll, int Chunks, int ScoredTokens, int ContextSize);
 
 /// <summary>
+/// Result of <see cref="Perplexity.CompareTo"/>: a model against a base model (typically its unquantized source) on
+/// the same chunks, as llama-perplexity's <c>--kl-divergence</c> reports it. KLD is KL(base ‖ model) per scored token
+/// in nats; unlike a perplexity difference it has no first-order term in the model's error (it is zero, with zero
+/// gradient, at model = base), so it measures how far quantization moved the model, not whether the move happened to
+/// fit this text better or worse. Standard errors are those of the mean over scored tokens.
+/// </summary>
+public readonly record struct KlDivergenceResult(PerplexityResult Model, PerplexityResult Base, double MeanKld, double KldStdErr,
+    double SameTopFraction, double MeanNllDiff, double NllDiffStdErr)
+{
+    /// <summary>ln(PPL(model) / PPL(base)) = mean NLL difference; its relative change in percent.</summary>
+    public double PplChangePercent => (Math.Exp(MeanNllDiff) - 1) * 100;
+    /// <summary>One standard error of <see cref="PplChangePercent"/> (delta method on the paired NLL differences).</summary>
+    public double PplChangeStdErrPercent => Math.Exp(MeanNllDiff) * NllDiffStdErr * 100;
+}
+
+/// <summary>
 /// Perplexity the way llama-perplexity computes it: the whole text is tokenized once (with BOS when the vocabulary
 /// adds one), cut into non-overlapping chunks of the context size, the first token of each chunk is replaced by BOS,
 /// and only the second half of each chunk is scored (positions ctx/2 … ctx−2 predicting the next token), so every
@@ -40,6 +56,85 @@ public static class Perplexity
         double sum = 0;
         foreach (var l in logits) sum += Math.Exp(l - max);
         return Math.Log(sum) - (logits[target] - max);
+    }
+
+    /// <summary>
+    /// KL(p ‖ q) in nats between the softmax distributions of two logit rows of one vocabulary:
+    /// Σ_v p_v (log p_v − log q_v), each log-softmax taken in double with its own maximum subtracted.
+    /// </summary>
+    public static double KlDivergence(ReadOnlySpan<float> baseLogits, ReadOnlySpan<float> logits)
+    {
+        if (baseLogits.Length != logits.Length) throw new CriaException($"KL divergence needs logits of one vocabulary: {baseLogits.Length} vs {logits.Length}");
+        double lp = LogSumExp(baseLogits), lq = LogSumExp(logits), kl = 0;
+        for (int v = 0; v < logits.Length; v++)
+        {
+            double logP = baseLogits[v] - lp;
+            kl += Math.Exp(logP) * (logP - (logits[v] - lq));
+        }
+        return Math.Max(kl, 0);
+    }
+
+    static double LogSumExp(ReadOnlySpan<float> x)
+    {
+        float max = float.NegativeInfinity;
+        foreach (var l in x) if (l > max) max = l;
+        double sum = 0;
+        foreach (var l in x) sum += Math.Exp(l - max);
+        return max + Math.Log(sum);
+    }
+
+    static int ArgMax(ReadOnlySpan<float> x)
+    {
+        int best = 0;
+        for (int i = 1; i < x.Length; i++) if (x[i] > x[best]) best = i;
+        return best;
+    }
+
+    /// <summary>
+    /// Runs every chunk through <paramref name="baseContext"/> and <paramref name="context"/> (two models of one
+    /// tokenizer) and compares them token by token: both perplexities, KL(base ‖ model), how often the two agree on
+    /// the most likely token, and the paired NLL difference with its standard error. Same chunks and scored
+    /// positions as <see cref="Compute"/>.
+    /// </summary>
+    public static KlDivergenceResult CompareTo(InferenceContext baseContext, InferenceContext context, Tokenizer tokenizer, string text, int ctx,
+        Action<int, int, double>? progress = null, int maxChunks = int.MaxValue)
+    {
+        var tokens = tokenizer.Encode(text, addBos: true);
+        var chunks = Chunks(tokens, ctx, tokenizer.Bos, tokenizer.AddBos);
+        if (chunks.Count > maxChunks) chunks.RemoveRange(maxChunks, chunks.Count - maxChunks);
+        foreach (var c in new[] { baseContext, context })
+            if (c.Cache.Capacity < ctx) throw new CriaException($"the inference context holds {c.Cache.Capacity} tokens, less than the chunk size {ctx}");
+        int first = FirstScored(ctx);
+        var batch = new Batch(ctx);
+        double nll = 0, nllBase = 0, kld = 0, kld2 = 0, diff = 0, diff2 = 0;
+        int count = 0, sameTop = 0;
+        for (int i = 0; i < chunks.Count; i++)
+        {
+            var c = chunks[i];
+            batch.Clear();
+            for (int p = 0; p < ctx; p++) batch.Add(c[p], p, 0, p >= first && p < ctx - 1);
+            baseContext.Cache.Clear();
+            baseContext.Decode(batch);
+            context.Cache.Clear();
+            context.Decode(batch);
+            for (int p = first; p < ctx - 1; p++)
+            {
+                var lb = baseContext.Logits(p);
+                var lq = context.Logits(p);
+                double a = Nll(lq, c[p + 1]), b = Nll(lb, c[p + 1]), k = KlDivergence(lb, lq);
+                nll += a; nllBase += b;
+                diff += a - b; diff2 += (a - b) * (a - b);
+                kld += k; kld2 += k * k;
+                if (ArgMax(lb) == ArgMax(lq)) sameTop++;
+                count++;
+            }
+            progress?.Invoke(i + 1, chunks.Count, kld / count);
+        }
+        static double StdErr(double sum, double sum2, int n) => n > 1 ? Math.Sqrt(Math.Max(0, (sum2 - sum * sum / n) / (n - 1)) / n) : 0;
+        return new KlDivergenceResult(
+            new PerplexityResult(Math.Exp(nll / count), nll / count, chunks.Count, count, ctx),
+            new PerplexityResult(Math.Exp(nllBase / count), nllBase / count, chunks.Count, count, ctx),
+            kld / count, StdErr(kld, kld2, count), (double)sameTop / count, diff / count, StdErr(diff, diff2, count));
     }
 
     /// <summary>Runs every chunk through <paramref name="context"/> and returns the perplexity.</summary>
