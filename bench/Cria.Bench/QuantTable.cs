@@ -13,16 +13,19 @@ namespace Cria.Bench;
 
 /// <summary>
 /// <c>Cria.Bench quant-table</c>: every llama.cpp file type, quantized by Cria plain (round-to-nearest, the reference
-/// quantizers), with an importance matrix from data/train.txt, and with AWQ scaling from data/train.txt; perplexity
-/// on data/valid.txt by Cria and by llama.cpp on each file; plus llama.cpp's own quantizer on the plain files (bytes
-/// compared). Writes a TSV, a markdown table and an SVG plot (bits per weight vs perplexity).
+/// quantizers), with an importance matrix, with AWQ (scalings into the norms, v→o / up→down, clipping search) and with
+/// GPTQ, all calibrated on --train; perplexity on --valid by Cria and by llama.cpp on each file, and Cria's KL
+/// divergence from the unquantized model on the same chunks (with the paired perplexity change's standard error);
+/// plus llama.cpp's own quantizer on the plain files (bytes compared). Writes a TSV, markdown tables and an SVG plot
+/// (bits per weight vs perplexity). scripts/quant-table.sh passes a disjoint split of data/valid.txt.
 /// <c>Cria.Bench quant-time</c>: Cria vs llama.cpp quantizing one F16 model to Q4_K_M, alternating, median.
 /// </summary>
 static class QuantTable
 {
     static readonly string[] Types = ["Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K"];
 
-    sealed record Row(string Type, string Variant, double Bpw, double PplCria, double PplLlama, string Note);
+    sealed record Row(string Type, string Variant, double Bpw, double PplCria, double PplLlama, string Note,
+        double Kld = double.NaN, double KldSe = double.NaN, double SameTop = double.NaN, double ChangeSe = double.NaN);
 
     public static int Run(string[] args)
     {
@@ -30,7 +33,8 @@ static class QuantTable
         string model = "models/default.gguf", train = "data/train.txt", valid = "data/valid.txt", outDir = "bench/quant", docs = "docs";
         int ctx = 128, chunks = 40, calibChunks = 64, threads = 2;
         string? only = null, merge = null;
-        string[] variants = ["plain", "imatrix", "awq"];
+        string[] variants = ["plain", "imatrix", "awq", "gptq"];
+        int awqChunks = 32;
         for (int i = 0; i < args.Length; i++)
         {
             string a = args[i];
@@ -45,6 +49,7 @@ static class QuantTable
                 case "--ctx": ctx = int.Parse(Next(), ci); break;
                 case "--chunks": chunks = int.Parse(Next(), ci); break;
                 case "--calib-chunks": calibChunks = int.Parse(Next(), ci); break;
+                case "--awq-chunks": awqChunks = int.Parse(Next(), ci); break;
                 case "--threads": threads = int.Parse(Next(), ci); break;
                 case "--types": only = Next(); break;
                 case "--variants": variants = Next().Split(','); break;
@@ -56,20 +61,29 @@ static class QuantTable
         Directory.CreateDirectory(outDir);
         string trainText = File.ReadAllText(train), validText = File.ReadAllText(valid);
         var o = Console.Out;
-        o.WriteLine($"quant-table: {model}, perplexity on {valid} (ctx {ctx}, first {chunks} chunks), calibration on {train} ({calibChunks} chunks of {ctx}), {threads} threads, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC");
+        if (chunks <= 0) chunks = int.MaxValue;
+        o.WriteLine($"quant-table: {model}, perplexity on {valid} (ctx {ctx}, {(chunks == int.MaxValue ? "all" : $"first {chunks}")} chunks), calibration on {train} (imatrix and GPTQ {calibChunks} chunks of {ctx}, AWQ {awqChunks}), {threads} threads, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC");
 
         var sw = Stopwatch.StartNew();
         Imatrix im;
         Awq.Stats awqStats;
+        // AWQ as `cria quantize --awq CALIB --awq-inner --awq-clip` (the CLI's defaults otherwise).
+        var awqOpt = new AwqOptions { ContextSize = ctx, MaxChunks = awqChunks, Threads = threads, ScaleInner = true, Clip = true };
         using (var m = LlamaModel.Open(model))
         {
             im = Imatrix.Collect(m, trainText, ctx, calibChunks, threads, Path.GetFileName(train));
             im.Save(Path.Combine(outDir, "default.imatrix.dat"));
-            awqStats = Awq.Collect(m, trainText, new AwqOptions { ContextSize = ctx, MaxChunks = calibChunks, Threads = threads });
+            awqStats = Awq.Collect(m, trainText, awqOpt);
         }
-        o.WriteLine($"calibration: imatrix + AWQ statistics in {sw.Elapsed.TotalSeconds:F1} s");
+        // GPTQ's Gram matrices depend only on the model and the text: factored once for every type.
+        var gptq = variants.Contains("gptq")
+            ? Gptq.Collect(model, trainText, new GptqOptions { ContextSize = ctx, MaxChunks = calibChunks, Threads = threads })
+            : null;
+        o.WriteLine($"calibration: imatrix, AWQ and GPTQ statistics in {sw.Elapsed.TotalSeconds:F1} s");
 
         var rows = new List<Row>();
+        using var baseModel = LlamaModel.Open(model);
+        using var baseContext = new InferenceContext(baseModel, new ContextOptions { ContextSize = ctx, MicroBatch = ctx, Threads = threads });
         var (baseCria, baseLlama) = (CriaPpl(model, validText, ctx, chunks, threads), LlamaPpl(model, validText, ctx, chunks, threads));
         using (var f = GgufFile.Open(model)) rows.Add(new Row("F32", "plain", Bpw(f), baseCria, baseLlama, ""));
         o.WriteLine($"F32: Cria {baseCria:F4}, llama.cpp {baseLlama:F4}");
@@ -86,9 +100,10 @@ static class QuantTable
                 if (variant.StartsWith("awq", StringComparison.Ordinal))
                 {
                     using var m = LlamaModel.Open(model);
-                    var res = Awq.Search(m, awqStats, opt, new AwqOptions { ContextSize = ctx, Threads = threads });
+                    var res = Awq.Search(m, awqStats, opt, awqOpt);
                     opt = opt with { Override = n => res.Overrides.GetValueOrDefault(n), Imatrix = res.Imatrix ?? opt.Imatrix };
                 }
+                if (variant == "gptq") opt = opt with { Gptq = gptq };
                 var rep = ModelQuantizer.Run(model, path, opt);
                 string note = "";
                 if (variant == "plain")
@@ -100,9 +115,10 @@ static class QuantTable
                     note = File.ReadAllBytes(lp).AsSpan().SequenceEqual(File.ReadAllBytes(path)) ? "llama.cpp's quantizer: identical file" : "llama.cpp's quantizer: DIFFERENT bytes";
                     File.Delete(lp);
                 }
-                double pc = CriaPpl(path, validText, ctx, chunks, threads), pl = LlamaPpl(path, validText, ctx, chunks, threads);
-                rows.Add(new Row(tn, variant, rep.BitsPerWeight, pc, pl, note));
-                o.WriteLine($"{tn,-7} {variant,-8} {rep.BitsPerWeight:F3} bpw  Cria {pc:F4}  llama.cpp {pl:F4}  {note}  [{sw.Elapsed.TotalMinutes:F1} min]");
+                var k = CriaKld(baseContext, path, validText, ctx, chunks, threads);
+                double pc = k.Model.Value, pl = LlamaPpl(path, validText, ctx, chunks, threads);
+                rows.Add(new Row(tn, variant, rep.BitsPerWeight, pc, pl, note, k.MeanKld, k.KldStdErr, k.SameTopFraction, k.PplChangeStdErrPercent));
+                o.WriteLine($"{tn,-7} {variant,-8} {rep.BitsPerWeight:F3} bpw  Cria {pc:F4}  llama.cpp {pl:F4}  KLD {k.MeanKld:F6} ± {k.KldStdErr:F6}  same top {k.SameTopFraction:P2}  {note}  [{sw.Elapsed.TotalMinutes:F1} min]");
             }
         }
 
@@ -113,24 +129,45 @@ static class QuantTable
             {
                 var c = line.Split('\t');
                 if (c.Length < 5 || rows.Any(r => r.Type == c[0] && r.Variant == c[1])) continue;
-                rows.Add(new Row(c[0], c[1], double.Parse(c[2], ci), double.Parse(c[3], ci), double.Parse(c[4], ci), c.Length > 5 ? c[5] : ""));
+                double D(int i) => c.Length > i && c[i].Length > 0 ? double.Parse(c[i], ci) : double.NaN;
+                rows.Add(new Row(c[0], c[1], D(2), D(3), D(4), c.Length > 5 ? c[5] : "", D(6), D(7), D(8), D(9)));
             }
             var order = new List<string> { "F32" }; order.AddRange(Types);
-            rows = rows.OrderBy(r => order.IndexOf(r.Type) is int k && k >= 0 ? k : 99).ThenBy(r => Array.IndexOf(new[] { "plain", "imatrix", "awq", "awq+imatrix" }, r.Variant)).ToList();
+            rows = rows.OrderBy(r => order.IndexOf(r.Type) is int k && k >= 0 ? k : 99).ThenBy(r => Array.IndexOf(new[] { "plain", "imatrix", "awq", "gptq", "awq+imatrix" }, r.Variant)).ToList();
         }
-        var tsv = new StringBuilder("type\tvariant\tbpw\tppl_cria\tppl_llamacpp\tnote\n");
-        foreach (var r in rows) tsv.Append(ci, $"{r.Type}\t{r.Variant}\t{r.Bpw:F4}\t{r.PplCria:F4}\t{r.PplLlama:F4}\t{r.Note}\n");
+        var tsv = new StringBuilder("type\tvariant\tbpw\tppl_cria\tppl_llamacpp\tnote\tkld\tkld_se\tsame_top\tppl_change_se_pct\n");
+        foreach (var r in rows) tsv.Append(ci, $"{r.Type}\t{r.Variant}\t{r.Bpw:F4}\t{r.PplCria:F4}\t{r.PplLlama:F4}\t{r.Note}\t{r.Kld:F7}\t{r.KldSe:F7}\t{r.SameTop:F5}\t{r.ChangeSe:F4}\n");
         File.WriteAllText(Path.Combine(outDir, "quant-table.tsv"), tsv.ToString());
         File.WriteAllText(Path.Combine(docs, "quantization.svg"), Svg(rows, $"models/default.gguf, perplexity on data/valid.txt (ctx {ctx}, {chunks} chunks)"));
         o.WriteLine();
-        o.WriteLine("| type | bits/weight | plain: Cria | plain: llama.cpp | imatrix: Cria | imatrix: llama.cpp | AWQ: Cria | AWQ: llama.cpp | AWQ+imatrix: Cria | AWQ+imatrix: llama.cpp |");
-        o.WriteLine("|---|---|---|---|---|---|---|---|---|---|");
+        string[] shown = ["plain", "imatrix", "awq", "gptq", "awq+imatrix"];
+        var present = shown.Where(v => rows.Any(r => r.Variant == v)).ToList();
+        string Name(string v) => v switch { "plain" => "plain", "imatrix" => "imatrix", "awq" => "AWQ", "gptq" => "GPTQ", _ => "AWQ+imatrix" };
+        o.WriteLine("Perplexity (bold: below plain; Cria / llama.cpp on the same file):");
+        o.WriteLine();
+        o.WriteLine("| type | bits/weight | " + string.Join(" | ", present.Select(v => $"{Name(v)}: Cria | {Name(v)}: llama.cpp")) + " | llama.cpp's quantizer on plain |");
+        o.WriteLine("|---|---|" + string.Concat(present.Select(_ => "---|---|")) + "---|");
         foreach (var g in rows.GroupBy(r => r.Type))
         {
             Row? P(string v) => g.FirstOrDefault(r => r.Variant == v);
-            string C(Row? r) => r == null ? "–" : r.PplCria.ToString("F3", ci);
+            var plain = P("plain");
+            string C(Row? r) => r == null ? "–" : r.Variant != "plain" && plain != null && r.PplCria < plain.PplCria ? $"**{r.PplCria.ToString("F3", ci)}**" : r.PplCria.ToString("F3", ci);
             string L(Row? r) => r == null ? "–" : r.PplLlama.ToString("F3", ci);
-            o.WriteLine($"| {g.Key} | {g.First().Bpw.ToString("F3", ci)} | {C(P("plain"))} | {L(P("plain"))} | {C(P("imatrix"))} | {L(P("imatrix"))} | {C(P("awq"))} | {L(P("awq"))} | {C(P("awq+imatrix"))} | {L(P("awq+imatrix"))} |");
+            string note = plain?.Note.Replace("llama.cpp's quantizer: ", "") ?? "";
+            o.WriteLine($"| {g.Key} | {g.First().Bpw.ToString("F3", ci)} | " + string.Join(" | ", present.Select(v => $"{C(P(v))} | {L(P(v))}")) + $" | {note} |");
+        }
+        o.WriteLine();
+        o.WriteLine("KL divergence from the unquantized model, ×10⁻³ nats per token ± standard error (bold: below plain), same-top-token rate, and one standard error of the paired perplexity change (Cria):");
+        o.WriteLine();
+        o.WriteLine("| type | " + string.Join(" | ", present.Select(v => $"{Name(v)}: KLD ×10⁻³")) + " | " + string.Join(" | ", present.Select(v => $"{Name(v)}: same top")) + " | s.e. of Δppl |");
+        o.WriteLine("|---|" + string.Concat(present.Select(_ => "---|---|")) + "---|");
+        foreach (var g in rows.Where(r => r.Type != "F32").GroupBy(r => r.Type))
+        {
+            Row? P(string v) => g.FirstOrDefault(r => r.Variant == v);
+            var plain = P("plain");
+            string K(Row? r) => r == null || double.IsNaN(r.Kld) ? "–" : (r.Variant != "plain" && plain != null && r.Kld < plain.Kld ? $"**{r.Kld * 1e3:F3}**" : $"{r.Kld * 1e3:F3}") + $" ± {r.KldSe * 1e3:F3}";
+            string T(Row? r) => r == null || double.IsNaN(r.SameTop) ? "–" : $"{r.SameTop * 100:F2} %";
+            o.WriteLine($"| {g.Key} | " + string.Join(" | ", present.Select(v => K(P(v)))) + " | " + string.Join(" | ", present.Select(v => T(P(v)))) + $" | {(plain == null ? "–" : $"{plain.ChangeSe:F3} %")} |");
         }
         o.WriteLine($"total {sw.Elapsed.TotalMinutes:F1} min");
         return 0;
@@ -141,6 +178,13 @@ static class QuantTable
         long bytes = 0, n = 0;
         foreach (var t in f.Tensors) { bytes += t.ByteSize; n += t.ElementCount; }
         return bytes * 8.0 / n;
+    }
+
+    static KlDivergenceResult CriaKld(InferenceContext baseContext, string path, string text, int ctx, int chunks, int threads)
+    {
+        using var m = LlamaModel.Open(path);
+        using var c = new InferenceContext(m, new ContextOptions { ContextSize = ctx, MicroBatch = ctx, Threads = threads });
+        return Perplexity.CompareTo(baseContext, c, m.Tokenizer, text, ctx, maxChunks: chunks);
     }
 
     static double CriaPpl(string path, string text, int ctx, int chunks, int threads)
@@ -201,7 +245,7 @@ static class QuantTable
             s.Append(ci, $"<line x1=\"{L - 5}\" y1=\"{Y(p):F1}\" x2=\"{W - R}\" y2=\"{Y(p):F1}\" stroke=\"#eee\"/><text x=\"{L - 8}\" y=\"{Y(p) + 4:F1}\" text-anchor=\"end\">{p:0.#}</text>\n");
         s.Append(ci, $"<text transform=\"translate(18 {(T + H - B) / 2}) rotate(-90)\" text-anchor=\"middle\">perplexity (log scale)</text>\n");
         s.Append(ci, $"<line x1=\"{L}\" y1=\"{Y(baseline):F1}\" x2=\"{W - R}\" y2=\"{Y(baseline):F1}\" stroke=\"#888\" stroke-dasharray=\"5 4\"/><text x=\"{W - R + 6}\" y=\"{Y(baseline) + 4:F1}\" fill=\"#555\">F32 {baseline:F2}</text>\n");
-        var series = new[] { ("plain", "#d62728", "plain (round-to-nearest)"), ("imatrix", "#1f77b4", "imatrix"), ("awq", "#2ca02c", "AWQ"), ("awq+imatrix", "#9467bd", "AWQ + imatrix") };
+        var series = new[] { ("plain", "#d62728", "plain (round-to-nearest)"), ("imatrix", "#1f77b4", "imatrix"), ("awq", "#2ca02c", "AWQ"), ("gptq", "#ff7f0e", "GPTQ"), ("awq+imatrix", "#9467bd", "AWQ + imatrix") };
         int li = 0;
         foreach (var (v, color, label) in series)
         {
