@@ -3,14 +3,15 @@ using System.Runtime.InteropServices;
 namespace Cria.Formats;
 
 /// <summary>
-/// Hints to the OS about a read-only model mapping. On Linux the mapping is marked MADV_HUGEPAGE: where the page
-/// cache holds the file in 2 MiB folios (ext4/xfs read-ahead builds them for a sequentially read file; a cold file
-/// faulted through a hinted mapping gets them too), the kernel then maps them with 2 MiB page-table entries instead
-/// of 512 small ones. Decode streams every weight once per token; with 4 KiB pages each page is a TLB miss (a
-/// two-dimensional walk under a hypervisor) and a point where the hardware prefetcher stops. Measured on the 2-core
-/// development VM: a 2-thread read sweep 53–55 → 64–70 GB/s, TinyLlama F16 decode 18.2 → 20.4 tok/s
-/// (docs/benchmarks.md). Nothing is copied; the mapping and its bytes are unchanged. A failed call is ignored: a
-/// hint, not a requirement. <c>CRIA_HUGEPAGES=0</c> turns it off, for side-by-side measurements.
+/// Hints to the OS about a read-only model mapping. On Linux the mapping is marked MADV_HUGEPAGE, so a page fault on a
+/// part of the file that is not cached reads it ahead in 2 MiB folios and maps them with 2 MiB page-table entries
+/// instead of 512 small ones (a file already cached in 2 MiB folios — ext4 read-ahead builds them for a sequential
+/// read — is mapped that way on Linux 6.18 with or without the hint; one cached in small folios stays small). Decode
+/// streams every weight once per token; with 4 KiB pages each page is a TLB miss (a two-dimensional walk under a
+/// hypervisor) and a point where the hardware prefetcher stops. Measured on the 2-core development VM: a 2-thread read
+/// sweep 53–55 → 64–70 GB/s, TinyLlama F16 decode from a cold page cache 18.2 → 20.4 tok/s (docs/benchmarks.md).
+/// Nothing is copied; the mapping and its bytes are unchanged. A failed call is ignored: a hint, not a requirement.
+/// <c>CRIA_HUGEPAGES=0</c> turns it off, for side-by-side measurements.
 /// </summary>
 static unsafe class MappedFileHints
 {
