@@ -62,7 +62,8 @@ static class QuantTable
         string trainText = File.ReadAllText(train), validText = File.ReadAllText(valid);
         var o = Console.Out;
         if (chunks <= 0) chunks = int.MaxValue;
-        o.WriteLine($"quant-table: {model}, perplexity on {valid} (ctx {ctx}, {(chunks == int.MaxValue ? "all" : $"first {chunks}")} chunks), calibration on {train} (imatrix and GPTQ {calibChunks} chunks of {ctx}, AWQ {awqChunks}), {threads} threads, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC");
+        string scored = chunks == int.MaxValue ? "all chunks" : $"first {chunks} chunks";
+        o.WriteLine($"quant-table: {model}, perplexity on {valid} (ctx {ctx}, {scored}), calibration on {train} (imatrix and GPTQ {calibChunks} chunks of {ctx}, AWQ {awqChunks}), {threads} threads, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC");
 
         var sw = Stopwatch.StartNew();
         Imatrix im;
@@ -84,7 +85,8 @@ static class QuantTable
         var rows = new List<Row>();
         using var baseModel = LlamaModel.Open(model);
         using var baseContext = new InferenceContext(baseModel, new ContextOptions { ContextSize = ctx, MicroBatch = ctx, Threads = threads });
-        var (baseCria, baseLlama) = (CriaPpl(model, validText, ctx, chunks, threads), LlamaPpl(model, validText, ctx, chunks, threads));
+        double baseCria = Perplexity.Compute(baseContext, baseModel.Tokenizer, validText, ctx, maxChunks: chunks).Value;
+        double baseLlama = LlamaPpl(model, validText, ctx, chunks, threads);
         using (var f = GgufFile.Open(model)) rows.Add(new Row("F32", "plain", Bpw(f), baseCria, baseLlama, ""));
         o.WriteLine($"F32: Cria {baseCria:F4}, llama.cpp {baseLlama:F4}");
 
@@ -138,7 +140,7 @@ static class QuantTable
         var tsv = new StringBuilder("type\tvariant\tbpw\tppl_cria\tppl_llamacpp\tnote\tkld\tkld_se\tsame_top\tppl_change_se_pct\n");
         foreach (var r in rows) tsv.Append(ci, $"{r.Type}\t{r.Variant}\t{r.Bpw:F4}\t{r.PplCria:F4}\t{r.PplLlama:F4}\t{r.Note}\t{r.Kld:F7}\t{r.KldSe:F7}\t{r.SameTop:F5}\t{r.ChangeSe:F4}\n");
         File.WriteAllText(Path.Combine(outDir, "quant-table.tsv"), tsv.ToString());
-        File.WriteAllText(Path.Combine(docs, "quantization.svg"), Svg(rows, $"models/default.gguf, perplexity on data/valid.txt (ctx {ctx}, {chunks} chunks)"));
+        File.WriteAllText(Path.Combine(docs, "quantization.svg"), Svg(rows, $"{model}, perplexity on {valid} (ctx {ctx}, {scored}), calibration on {train}"));
         o.WriteLine();
         string[] shown = ["plain", "imatrix", "awq", "gptq", "awq+imatrix"];
         var present = shown.Where(v => rows.Any(r => r.Variant == v)).ToList();
@@ -185,13 +187,6 @@ static class QuantTable
         using var m = LlamaModel.Open(path);
         using var c = new InferenceContext(m, new ContextOptions { ContextSize = ctx, MicroBatch = ctx, Threads = threads });
         return Perplexity.CompareTo(baseContext, c, m.Tokenizer, text, ctx, maxChunks: chunks);
-    }
-
-    static double CriaPpl(string path, string text, int ctx, int chunks, int threads)
-    {
-        using var m = LlamaModel.Open(path);
-        using var c = new InferenceContext(m, new ContextOptions { ContextSize = ctx, MicroBatch = ctx, Threads = threads });
-        return Perplexity.Compute(c, m.Tokenizer, text, ctx, maxChunks: chunks).Value;
     }
 
     /// <summary>llama.cpp's logits for the same chunks, scored the same way (as BundledModelTests).</summary>

@@ -48,15 +48,28 @@ public static class Perplexity
     /// <summary>First scored position of a chunk (llama-perplexity's <c>first = n_ctx / 2</c>).</summary>
     public static int FirstScored(int ctx) => ctx / 2;
 
-    /// <summary>−log softmax(logits)[target], in double.</summary>
-    public static double Nll(ReadOnlySpan<float> logits, int target)
+    /// <summary>The text's chunks (at most <paramref name="maxChunks"/>), checked to fit every context.</summary>
+    static List<int[]> TextChunks(Tokenizer tokenizer, string text, int ctx, int maxChunks, params InferenceContext[] contexts)
     {
-        float max = float.NegativeInfinity;
-        foreach (var l in logits) if (l > max) max = l;
-        double sum = 0;
-        foreach (var l in logits) sum += Math.Exp(l - max);
-        return Math.Log(sum) - (logits[target] - max);
+        foreach (var c in contexts)
+            if (c.Cache.Capacity < ctx) throw new CriaException($"the inference context holds {c.Cache.Capacity} tokens, less than the chunk size {ctx}");
+        var chunks = Chunks(tokenizer.Encode(text, addBos: true), ctx, tokenizer.Bos, tokenizer.AddBos);
+        if (chunks.Count > maxChunks) chunks.RemoveRange(maxChunks, chunks.Count - maxChunks);
+        return chunks;
     }
+
+    /// <summary>One chunk from an empty cache, logits kept for the scored positions (first … ctx−2).</summary>
+    static void Run(InferenceContext context, Batch batch, int[] chunk)
+    {
+        int ctx = chunk.Length, first = FirstScored(ctx);
+        batch.Clear();
+        for (int p = 0; p < ctx; p++) batch.Add(chunk[p], p, 0, p >= first && p < ctx - 1);
+        context.Cache.Clear();
+        context.Decode(batch);
+    }
+
+    /// <summary>−log softmax(logits)[target], in double.</summary>
+    public static double Nll(ReadOnlySpan<float> logits, int target) => LogSumExp(logits) - logits[target];
 
     /// <summary>
     /// KL(p ‖ q) in nats between the softmax distributions of two logit rows of one vocabulary:
@@ -74,6 +87,7 @@ public static class Perplexity
         return Math.Max(kl, 0);
     }
 
+    /// <summary>log Σ exp(x), in double, with the maximum subtracted first.</summary>
     static double LogSumExp(ReadOnlySpan<float> x)
     {
         float max = float.NegativeInfinity;
@@ -99,11 +113,7 @@ public static class Perplexity
     public static KlDivergenceResult CompareTo(InferenceContext baseContext, InferenceContext context, Tokenizer tokenizer, string text, int ctx,
         Action<int, int, double>? progress = null, int maxChunks = int.MaxValue)
     {
-        var tokens = tokenizer.Encode(text, addBos: true);
-        var chunks = Chunks(tokens, ctx, tokenizer.Bos, tokenizer.AddBos);
-        if (chunks.Count > maxChunks) chunks.RemoveRange(maxChunks, chunks.Count - maxChunks);
-        foreach (var c in new[] { baseContext, context })
-            if (c.Cache.Capacity < ctx) throw new CriaException($"the inference context holds {c.Cache.Capacity} tokens, less than the chunk size {ctx}");
+        var chunks = TextChunks(tokenizer, text, ctx, maxChunks, baseContext, context);
         int first = FirstScored(ctx);
         var batch = new Batch(ctx);
         double nll = 0, nllBase = 0, kld = 0, kld2 = 0, diff = 0, diff2 = 0;
@@ -111,12 +121,8 @@ public static class Perplexity
         for (int i = 0; i < chunks.Count; i++)
         {
             var c = chunks[i];
-            batch.Clear();
-            for (int p = 0; p < ctx; p++) batch.Add(c[p], p, 0, p >= first && p < ctx - 1);
-            baseContext.Cache.Clear();
-            baseContext.Decode(batch);
-            context.Cache.Clear();
-            context.Decode(batch);
+            Run(baseContext, batch, c);
+            Run(context, batch, c);
             for (int p = first; p < ctx - 1; p++)
             {
                 var lb = baseContext.Logits(p);
@@ -141,10 +147,7 @@ public static class Perplexity
     public static PerplexityResult Compute(InferenceContext context, Tokenizer tokenizer, string text, int ctx, Action<int, int, double>? progress = null,
         int maxChunks = int.MaxValue)
     {
-        var tokens = tokenizer.Encode(text, addBos: true);
-        var chunks = Chunks(tokens, ctx, tokenizer.Bos, tokenizer.AddBos);
-        if (chunks.Count > maxChunks) chunks.RemoveRange(maxChunks, chunks.Count - maxChunks);
-        if (context.Cache.Capacity < ctx) throw new CriaException($"the inference context holds {context.Cache.Capacity} tokens, less than the chunk size {ctx}");
+        var chunks = TextChunks(tokenizer, text, ctx, maxChunks, context);
         int first = FirstScored(ctx);
         var batch = new Batch(ctx);
         double nll = 0;
@@ -152,10 +155,7 @@ public static class Perplexity
         for (int i = 0; i < chunks.Count; i++)
         {
             var c = chunks[i];
-            context.Cache.Clear();
-            batch.Clear();
-            for (int p = 0; p < ctx; p++) batch.Add(c[p], p, 0, p >= first && p < ctx - 1);
-            context.Decode(batch);
+            Run(context, batch, c);
             for (int p = first; p < ctx - 1; p++) { nll += Nll(context.Logits(p), c[p + 1]); count++; }
             progress?.Invoke(i + 1, chunks.Count, Math.Exp(nll / count));
         }
