@@ -112,6 +112,8 @@ static class BenchCommand
             double gbps = wbpt * BenchInfo.Mean(tg.TokensPerSecond) / 1e9;
             o.WriteLine(string.Create(ci, $"effective weight read rate during tg{n}: {gbps:F1} GB/s"));
         }
+        long huge = m.File.HugePageBytes;
+        if (huge >= 0) o.WriteLine(string.Create(ci, $"file mapped in 2 MiB pages: {huge / 1048576.0:F0} of {fileBytes / 1048576.0:F0} MiB"));
 
         if (json)
         {

@@ -162,6 +162,18 @@ public sealed unsafe class GgufFile : IDisposable
     /// <summary>Pointer to the first byte of a tensor's data inside the mapping (valid until Dispose).</summary>
     public byte* TensorPointer(GgufTensorInfo t) => _base + DataOffset + t.Offset;
 
+    /// <summary>Faults the whole file in for decode, in 2 MiB pages where the OS allows (re-reading it once if its page
+    /// cache is fragmented; <see cref="MappedFileHints.MakeResident"/>). Returns the bytes mapped in 2 MiB pages
+    /// afterwards, -1 where unknown (not Linux, or <c>CRIA_HUGEPAGES=0</c>).</summary>
+    public long MakeResident() => MappedFileHints.MakeResident(_base, _length, Path);
+
+    /// <summary>Faults the whole file in as its page cache stands, without re-reading it (tests: the state before).</summary>
+    internal long Populate() => MappedFileHints.MakeResident(_base, _length, Path, reread: false);
+
+    /// <summary>Bytes of the mapping the kernel maps with 2 MiB entries now (-1 where unknown).</summary>
+    public long HugePageBytes => OperatingSystem.IsLinux() ? MappedFileHints.PmdMappedBytes(_base) : -1;
+
+
     /// <summary>The bytes of a tensor (at most 2 GiB; use <see cref="TensorPointer"/> beyond that).</summary>
     public ReadOnlySpan<byte> TensorData(GgufTensorInfo t)
     {

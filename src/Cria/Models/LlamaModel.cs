@@ -80,7 +80,12 @@ public sealed class LlamaModel : IDisposable
             finally { try { System.IO.File.Delete(tmp); } catch (Exception e) when (e is IOException or UnauthorizedAccessException) { } }
         }
         var f = GgufFile.Open(path);
-        try { return new LlamaModel(f); }
+        try
+        {
+            var model = new LlamaModel(f);
+            f.MakeResident(); // weights resident, in 2 MiB pages where the OS allows: decode streams all of them per token
+            return model;
+        }
         catch { f.Dispose(); throw; }
     }
 
