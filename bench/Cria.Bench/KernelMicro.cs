@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 using Cria.Kernels;
 using Cria.Tensors;
 
@@ -9,14 +10,33 @@ namespace Cria.Bench;
 /// One decode matrix–vector kernel on one thread, rows in L2 or streamed from memory: the kernel's own speed apart
 /// from the model and the pool.
 ///   Cria.Bench kernel-micro [--type q4_k] [--cols 2048] [--l2-rows 128] [--mem-mib 512] [--reps 9]
+///                           [--threads 1] [--chunk-kib 0[,1024,...]]
 /// Prints GB/s of weights read (median of reps) for the in-L2 case (same rows again and again) and the
-/// streamed case (a buffer larger than the caches, read once per rep).
+/// streamed case (a buffer larger than the caches in 2 MiB pages, read once per rep), next to a plain read of the same
+/// bytes. With --threads T the rows are shared by T threads: chunk 0 = one contiguous half (third, …) each, otherwise
+/// chunks of that many KiB from a shared counter; the modes alternate within each rep.
 /// </summary>
 static unsafe class KernelMicro
 {
+    [DllImport("libc", EntryPoint = "madvise")] static extern int Madvise(nint addr, nuint length, int advice);
+
+    static float Sink;
+
+    /// <summary>Σ of n bytes read as floats (n a multiple of 256): four 64-byte loads per step, no arithmetic to speak of.</summary>
+    static float ReadSum(byte* p, long n)
+    {
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        for (long i = 0; i < n; i += 256)
+        {
+            a0 += Vector512.Load((float*)(p + i)); a1 += Vector512.Load((float*)(p + i + 64));
+            a2 += Vector512.Load((float*)(p + i + 128)); a3 += Vector512.Load((float*)(p + i + 192));
+        }
+        return Vector512.Sum((a0 + a1) + (a2 + a3));
+    }
+
     public static int Run(string[] args)
     {
-        var type = GgmlType.Q4_K; int cols = 2048, l2Rows = 128, memMiB = 512, reps = 9;
+        var type = GgmlType.Q4_K; int cols = 2048, l2Rows = 128, memMiB = 512, reps = 9, threads = 1; int[] chunkList = [0];
         for (int i = 0; i < args.Length; i++)
             switch (args[i])
             {
@@ -25,13 +45,17 @@ static unsafe class KernelMicro
                 case "--l2-rows": l2Rows = int.Parse(args[++i]); break;
                 case "--mem-mib": memMiB = int.Parse(args[++i]); break;
                 case "--reps": reps = int.Parse(args[++i]); break;
+                case "--threads": threads = int.Parse(args[++i]); break;
+                case "--chunk-kib": chunkList = args[++i].Split(',').Select(int.Parse).ToArray(); break;
                 default: Console.Error.WriteLine($"unknown argument {args[i]}"); return 2;
             }
         int rowBytes = (int)GgmlTypeInfo.RowBytes(type, cols);
         int memRows = (int)((long)memMiB * 1024 * 1024 / rowBytes);
         var rng = new Random(1);
         var src = new float[cols];
-        byte* w = (byte*)NativeMemory.AlignedAlloc((nuint)((long)memRows * rowBytes), 64);
+        // 2 MiB-aligned and MADV_HUGEPAGE, as a model file is mapped (MappedFileHints)
+        byte* w = (byte*)NativeMemory.AlignedAlloc((nuint)((long)memRows * rowBytes), 2 << 20);
+        if (OperatingSystem.IsLinux()) Madvise((nint)w, (nuint)((long)memRows * rowBytes), 14);
         for (int r = 0; r < memRows; r++)
         {
             if (r < 64) for (int c = 0; c < cols; c++) src[c] = (float)(rng.NextDouble() - 0.5);
@@ -46,16 +70,62 @@ static unsafe class KernelMicro
         {
             foreach (var (name, rows, inner) in new[] { ("L2", l2Rows, Math.Max(1, memRows / l2Rows)), ("memory", memRows, 1) })
             {
-                var gbs = new List<double>();
+                // modes (chunk sizes) alternate within each rep, so the machine's drift hits them alike
+                var gbs = chunkList.Select(_ => new List<double>()).ToArray();
                 for (int rep = 0; rep < reps + 1; rep++)
+                    for (int m = 0; m < chunkList.Length; m++)
+                    {
+                        int chunkKiB = chunkList[m];
+                        var sw = Stopwatch.StartNew();
+                        if (threads == 1)
+                            for (int k = 0; k < inner; k++) RowKernels.RunRows(type, w, rowBytes, 0, rows, x, xBytes, cols, yp);
+                        else
+                        {
+                            byte* wp = w; byte* xp = x; float* ypp = yp; int rr = rows, inn = inner;
+                            int chunkRows = Math.Max(1, chunkKiB * 1024 / rowBytes), next = 0;
+                            Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t =>
+                            {
+                                if (chunkKiB == 0) // each thread its own contiguous share of the rows
+                                {
+                                    var (r0, r1) = WorkerPool.Split(rr, t, threads);
+                                    for (int k = 0; k < inn; k++) RowKernels.RunRows(type, wp, rowBytes, r0, r1, xp, xBytes, cols, ypp);
+                                }
+                                else // chunks from a shared counter, as MatMulJob hands them out
+                                    for (int c; (c = Interlocked.Add(ref next, chunkRows) - chunkRows) < rr * inn;)
+                                    {
+                                        int r0 = c % rr, r1 = Math.Min(rr, r0 + chunkRows);
+                                        RowKernels.RunRows(type, wp, rowBytes, r0, r1, xp, xBytes, cols, ypp);
+                                    }
+                            });
+                        }
+                        double s = sw.Elapsed.TotalSeconds;
+                        if (rep > 0) gbs[m].Add((double)rows * rowBytes * inner / s / 1e9);
+                    }
+                if (name == "memory")
                 {
-                    var sw = Stopwatch.StartNew();
-                    for (int k = 0; k < inner; k++) RowKernels.RunRows(type, w, rowBytes, 0, rows, x, xBytes, cols, yp);
-                    double s = sw.Elapsed.TotalSeconds;
-                    if (rep > 0) gbs.Add((double)rows * rowBytes * inner / s / 1e9);
+                    // the same bytes read by a plain sum on the same threads: the read bandwidth the kernel could reach
+                    var sums = new List<double>();
+                    long bytes = (long)rows * rowBytes;
+                    for (int rep = 0; rep < reps + 1; rep++)
+                    {
+                        var sw = Stopwatch.StartNew();
+                        byte* wp = w;
+                        Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t =>
+                        {
+                            long a = bytes * t / threads / 256 * 256, b = bytes * (t + 1) / threads / 256 * 256;
+                            Sink += ReadSum(wp + a, b - a);
+                        });
+                        if (rep > 0) sums.Add(bytes / sw.Elapsed.TotalSeconds / 1e9);
+                    }
+                    sums.Sort();
+                    Console.WriteLine($"plain read of the same bytes ({threads} thread{(threads > 1 ? "s" : "")}): median {sums[sums.Count / 2]:F1} GB/s  (min {sums[0]:F1}, max {sums[^1]:F1})");
                 }
-                gbs.Sort();
-                Console.WriteLine($"{type} {cols} cols, {name,-6} ({rows} rows × {inner}): median {gbs[gbs.Count / 2]:F1} GB/s  (min {gbs[0]:F1}, max {gbs[^1]:F1})  y[1]={y[1]:G6}");
+                for (int m = 0; m < chunkList.Length; m++)
+                {
+                    var g = gbs[m]; g.Sort();
+                    string mode = threads == 1 ? "" : chunkList[m] == 0 ? $", {threads} threads, halves" : $", {threads} threads, {chunkList[m]} KiB chunks";
+                    Console.WriteLine($"{type} {cols} cols, {name,-6} ({rows} rows × {inner}{mode}): median {g[g.Count / 2]:F1} GB/s  (min {g[0]:F1}, max {g[^1]:F1})  y[1]={y[1]:G6}");
+                }
             }
         }
         NativeMemory.AlignedFree(w);

@@ -301,6 +301,7 @@ public sealed class InferenceContext : IDisposable
             _matmul.Add(w0, a0, bytes0, B, p0);
             if (parts > 1) _matmul.Add(w1, a1, bytes1, B, p1);
             if (parts > 2) _matmul.Add(w2, a2, bytes2, B, p2);
+            _matmul.Split(_pool.Count);
             _pool.Run(_matmul);
             _matmul.Clear();
         }

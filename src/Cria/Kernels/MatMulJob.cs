@@ -6,12 +6,21 @@ namespace Cria.Kernels;
 
 /// <summary>
 /// y[b, r] = dot(W row r, activation row b) for all rows of up to three weight matrices that read the same input rows
-/// (Q/K/V, gate/up) and all B activation rows. The matrices' rows form one sequence [W0 | W1 | W2] that workers take
-/// chunks of from a shared counter (one dispatch for all, and no idle tail between them); a chunk never spans two
-/// matrices. A chunk runs as one cache block (<see cref="RowKernels.RunBlock"/>: each weight row decoded once per
-/// tile of activation rows) or, for one activation row, through the prefetching decode kernels
-/// (<see cref="RowKernels.RunRows"/>). Each output's arithmetic is fixed by its own row, so results depend neither on
-/// B, on the thread count, nor on which matrices share the job.
+/// (Q/K/V, gate/up) and all B activation rows. The matrices' rows form one sequence [W0 | W1 | W2] that the workers
+/// share (one dispatch for all, and no idle tail between them); a chunk of rows never spans two matrices. A chunk runs
+/// as one cache block (<see cref="RowKernels.RunBlock"/>: each weight row decoded once per tile of activation rows) or,
+/// for one activation row, through the decode kernels (<see cref="RowKernels.RunRows"/>).
+///
+/// How the rows are shared depends on the batch. Prefill (B &gt; <see cref="RowKernels.Tile"/>): chunks of ~32 KiB of
+/// weights from a shared counter, guided self-scheduling. Decode (B ≤ Tile): the weights stream from memory once per
+/// step, and a stream that restarts every chunk is slower (one kernel on 2 threads, chunks handed out alternately: 1 MiB
+/// 36.5 GB/s, 256 KiB 32.6, 64 KiB 23.1; `Cria.Bench kernel-micro --threads 2 --chunk-kib 0,1024,256,64`), so the
+/// sequence is split by weight bytes into one contiguous range per worker (<see cref="Split"/>). Each worker streams its
+/// own range front to back, then takes chunks from the back of the others' ranges until no row is left — which also
+/// lets any subset of the workers (the caller alone, if need be) finish the job.
+///
+/// Each output's arithmetic is fixed by its own row, so results depend neither on B, on the thread count, on who ran
+/// which row, nor on which matrices share the job.
 /// </summary>
 internal sealed unsafe class MatMulJob : ParallelJob
 {
@@ -25,7 +34,50 @@ internal sealed unsafe class MatMulJob : ParallelJob
     readonly int[] _end = new int[MaxParts];       // part p's rows are [_end[p-1], _end[p]) of the sequence
     int _parts, _batch, _next;
 
-    public void Clear() { _parts = 0; _next = 0; }
+    // Decode: per worker w, the rows of its range not yet handed out, packed as front (low 32 bits) | back (high 32);
+    // the owner takes chunks at the front, the others at the back, each by compare-and-swap of the whole word.
+    long[] _ranges = new long[1];
+    bool _split;
+
+    public void Clear() { _parts = 0; _next = 0; _split = false; }
+
+    /// <summary>For decode batches (B ≤ <see cref="RowKernels.Tile"/>), divides the rows added so far into one
+    /// contiguous range per worker, equal in weight bytes; call after the last <see cref="Add"/>, with the pool's size.
+    /// Larger batches keep the shared counter.</summary>
+    public void Split(int workers)
+    {
+        _split = false;
+        if (_parts == 0 || _batch > RowKernels.Tile || workers < 1) return;
+        if (_ranges.Length < workers) _ranges = new long[workers];
+        long total = 0;
+        for (int p = 0; p < _parts; p++) total += (long)_w[p].Rows * _w[p].RowBytes;
+        int row = 0;
+        for (int w = 0; w < workers; w++)
+        {
+            int start = row;
+            row = RowAtBytes(total * (w + 1) / workers);
+            _ranges[w] = Pack(start, w == workers - 1 ? _end[_parts - 1] : row);
+        }
+        _split = true;
+    }
+
+    /// <summary>The first row of the sequence at or after <paramref name="bytes"/> of weights from its start.</summary>
+    int RowAtBytes(long bytes)
+    {
+        for (int p = 0; p < _parts; p++)
+        {
+            long partBytes = (long)_w[p].Rows * _w[p].RowBytes;
+            int first = p == 0 ? 0 : _end[p - 1];
+            if (bytes < partBytes) return first + (int)((bytes + _w[p].RowBytes - 1) / _w[p].RowBytes);
+            bytes -= partBytes;
+        }
+        return _end[_parts - 1];
+    }
+
+    static long Pack(int front, int back) => (uint)front | ((long)back << 32);
+
+    /// <summary>Worker w's range [front, back) of rows not yet handed out (tests).</summary>
+    internal (int Front, int Back) Range(int w) => ((int)_ranges[w], (int)(_ranges[w] >> 32));
 
     /// <summary>Adds a matrix to the job; <paramref name="act"/> and <paramref name="output"/> must stay pinned until
     /// the job has run.</summary>
@@ -52,6 +104,7 @@ internal sealed unsafe class MatMulJob : ParallelJob
     [MethodImpl(MethodImplOptions.AggressiveOptimization)] // skip tiering: hot from the first token, and on 2 busy cores the background re-JIT starves
     public override void Execute(int worker, int workerCount)
     {
+        if (_split) { ExecuteRanges(worker, workerCount); return; }
         int B = _batch, total = _parts == 0 ? 0 : _end[_parts - 1];
         while (true)
         {
@@ -65,10 +118,51 @@ internal sealed unsafe class MatMulJob : ParallelJob
             int size = Math.Max(Math.Max(1, chunk >> 3), Math.Min(chunk, (total - start) / (2 * workerCount)));
             int end = Math.Min(_end[p], start + size);
             if (Interlocked.CompareExchange(ref _next, end, start) != start) continue;
-            var w = _w[p];
-            int first = p == 0 ? 0 : _end[p - 1];
-            if (B == 1) RowKernels.RunRows(w.Type, w.Data, w.RowBytes, start - first, end - first, _act[p], _actRowBytes[p], w.Cols, _out[p]);
-            else RowKernels.RunBlock(w.Type, w.Data, w.RowBytes, start - first, end - first, _act[p], _actRowBytes[p], B, w.Cols, _out[p], w.Rows);
+            RunChunk(p, start, end);
+        }
+    }
+
+    /// <summary>Rows [start, end) of the sequence, all in part p.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    void RunChunk(int p, int start, int end)
+    {
+        var w = _w[p];
+        int first = p == 0 ? 0 : _end[p - 1];
+        if (_batch == 1) RowKernels.RunRows(w.Type, w.Data, w.RowBytes, start - first, end - first, _act[p], _actRowBytes[p], w.Cols, _out[p]);
+        else RowKernels.RunBlock(w.Type, w.Data, w.RowBytes, start - first, end - first, _act[p], _actRowBytes[p], _batch, w.Cols, _out[p], w.Rows);
+    }
+
+    /// <summary>Decode chunk: rows of about 64 KiB of weights (a few µs of streaming), the step in which owners advance
+    /// and others take from the back.</summary>
+    int ChunkRows(int p) => Math.Max(1, 65536 / Math.Max(1, _w[p].RowBytes));
+
+    int PartOf(int row) { int p = 0; while (row >= _end[p]) p++; return p; }
+
+    /// <summary>Decode: this worker's own range front to back, then the others' ranges from their backs.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    void ExecuteRanges(int worker, int workers)
+    {
+        while (true) // own range, from the front
+        {
+            long v = Volatile.Read(ref _ranges[worker]);
+            int f = (int)v, b = (int)(v >> 32);
+            if (f >= b) break;
+            int p = PartOf(f);
+            int e = Math.Min(Math.Min(b, _end[p]), f + ChunkRows(p));
+            if (Interlocked.CompareExchange(ref _ranges[worker], Pack(e, b), v) == v) RunChunk(p, f, e);
+        }
+        for (int k = 1; k < workers; k++) // the others' ranges, from the back
+        {
+            int victim = (worker + k) % workers;
+            while (true)
+            {
+                long v = Volatile.Read(ref _ranges[victim]);
+                int f = (int)v, b = (int)(v >> 32);
+                if (f >= b) break;
+                int p = PartOf(b - 1);
+                int s = Math.Max(Math.Max(f, p == 0 ? 0 : _end[p - 1]), b - ChunkRows(p));
+                if (Interlocked.CompareExchange(ref _ranges[victim], Pack(f, s), v) == v) RunChunk(p, s, b);
+            }
         }
     }
 }

@@ -40,6 +40,7 @@ public class GgufTests
         var w = new GgufWriter();
         w.AddTensor("t", [16 << 20 >> 2], new float[16 << 20 >> 2]); // 16 MiB
         w.Write(path);
+        using (var fs = new FileStream(path, FileMode.Open, FileAccess.ReadWrite)) fs.Flush(flushToDisk: true); // dirty pages are not dropped
         MappedFileHints.DropPageCache(path);
         using (var h = File.OpenHandle(path))
         {

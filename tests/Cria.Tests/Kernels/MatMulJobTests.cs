@@ -1,0 +1,128 @@
+using System.Runtime.InteropServices;
+using Cria.Kernels;
+using Cria.Models;
+using Cria.Tensors;
+using Xunit;
+
+namespace Cria.Tests.Kernels;
+
+/// <summary>
+/// The decode schedule of <see cref="MatMulJob"/>: one contiguous range per worker, equal in weight bytes, owners from
+/// the front and the others from the back. Whoever runs which rows — all workers, the caller alone, workers in any
+/// order — every output equals the row kernel's on its own row.
+/// </summary>
+public unsafe class MatMulJobTests
+{
+    sealed class Matrices : IDisposable
+    {
+        public readonly WeightMatrix[] W;
+        public readonly byte*[] Act;
+        public readonly int[] ActBytes;
+        public readonly float*[] Y, Reference;
+        readonly List<nint> _blocks = new();
+
+        public Matrices(int cols, (GgmlType Type, int Rows)[] parts)
+        {
+            var rng = new Random(5);
+            var x = new float[cols];
+            for (int i = 0; i < cols; i++) x[i] = (float)(rng.NextDouble() - 0.5);
+            W = new WeightMatrix[parts.Length]; Act = new byte*[parts.Length]; ActBytes = new int[parts.Length];
+            Y = new float*[parts.Length]; Reference = new float*[parts.Length];
+            for (int p = 0; p < parts.Length; p++)
+            {
+                var (type, rows) = parts[p];
+                int rowBytes = (int)GgmlTypeInfo.RowBytes(type, cols);
+                byte* data = Alloc((long)rows * rowBytes);
+                var src = new float[cols];
+                for (int r = 0; r < rows; r++)
+                {
+                    for (int c = 0; c < cols; c++) src[c] = (float)(rng.NextDouble() - 0.5);
+                    Quantize.Row(type, src, new Span<byte>(data + (long)r * rowBytes, rowBytes));
+                }
+                W[p] = new WeightMatrix($"w{p}", type, data, rows, cols);
+                ActBytes[p] = RowKernels.ActivationRowBytes(type, cols);
+                Act[p] = Alloc(ActBytes[p]);
+                RowKernels.PrepareActivations(type, x, new Span<byte>(Act[p], ActBytes[p]));
+                Y[p] = (float*)Alloc(rows * 4L);
+                Reference[p] = (float*)Alloc(rows * 4L);
+                RowKernels.RunRows(type, data, rowBytes, 0, rows, Act[p], ActBytes[p], cols, Reference[p]);
+            }
+        }
+
+        byte* Alloc(long n) { var p = (byte*)NativeMemory.AlignedAlloc((nuint)n, 64); NativeMemory.Fill(p, (nuint)n, 0xFF); _blocks.Add((nint)p); return p; }
+
+        public MatMulJob Job(int workers)
+        {
+            var job = new MatMulJob();
+            job.Clear();
+            for (int p = 0; p < W.Length; p++)
+            {
+                NativeMemory.Fill(Y[p], (nuint)(W[p].Rows * 4L), 0xFF); // NaN: a row nobody ran stays NaN
+                job.Add(W[p], Act[p], ActBytes[p], 1, Y[p]);
+            }
+            job.Split(workers);
+            return job;
+        }
+
+        public void AssertAllRowsMatch(string how)
+        {
+            for (int p = 0; p < W.Length; p++)
+                for (int r = 0; r < W[p].Rows; r++)
+                    Assert.True(BitConverter.SingleToInt32Bits(Y[p][r]) == BitConverter.SingleToInt32Bits(Reference[p][r]),
+                        $"{how}: part {p} ({W[p].Type}) row {r}: {Y[p][r]} vs row kernel {Reference[p][r]}");
+        }
+
+        public void Dispose() { foreach (var b in _blocks) NativeMemory.AlignedFree((void*)b); }
+    }
+
+    // Q/K/V-like: a large Q4_K part, then two small ones of other row sizes (Q6_K, Q8_0)
+    static readonly (GgmlType, int)[] Parts = [(GgmlType.Q4_K, 300), (GgmlType.Q6_K, 37), (GgmlType.Q8_0, 53)];
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    public void Decode_ranges_are_contiguous_and_equal_in_weight_bytes(int workers)
+    {
+        using var m = new Matrices(512, Parts);
+        var job = m.Job(workers);
+        long total = m.W.Sum(w => w.ByteSize);
+        int totalRows = m.W.Sum(w => w.Rows), expectFront = 0;
+        int maxRowBytes = m.W.Max(w => w.RowBytes);
+        for (int w = 0; w < workers; w++)
+        {
+            var (front, back) = job.Range(w);
+            Assert.Equal(expectFront, front);
+            expectFront = back;
+            long bytes = 0;
+            for (int row = front; row < back; row++)
+            {
+                int p = 0, first = 0;
+                while (row >= first + m.W[p].Rows) { first += m.W[p].Rows; p++; }
+                bytes += m.W[p].RowBytes;
+            }
+            Assert.InRange(bytes, total / workers - maxRowBytes, total / workers + maxRowBytes);
+        }
+        Assert.Equal(totalRows, expectFront);
+    }
+
+    [Fact]
+    public void Every_row_is_computed_once_whoever_runs_it()
+    {
+        using var m = new Matrices(512, Parts);
+        // the caller alone (the other workers never start): it runs its range, then takes all of theirs from the back
+        m.Job(3).Execute(0, 3);
+        m.AssertAllRowsMatch("caller alone");
+        // workers one after another, in reverse order
+        var job = m.Job(3);
+        for (int w = 2; w >= 0; w--) job.Execute(w, 3);
+        m.AssertAllRowsMatch("workers in turn");
+        // a real pool
+        using var pool = new WorkerPool(3);
+        for (int rep = 0; rep < 20; rep++)
+        {
+            pool.Run(m.Job(3));
+            m.AssertAllRowsMatch($"pool of 3, run {rep}");
+        }
+    }
+}
