@@ -22,6 +22,8 @@ static unsafe class KernelMicro
 
     static float Sink;
 
+    static double Gaussian(Random r) => Math.Sqrt(-2 * Math.Log(1 - r.NextDouble())) * Math.Cos(2 * Math.PI * r.NextDouble());
+
     /// <summary>Σ of n bytes read as floats (n a multiple of 256): four 64-byte loads per step, no arithmetic to speak of.</summary>
     static float ReadSum(byte* p, long n)
     {
@@ -36,7 +38,7 @@ static unsafe class KernelMicro
 
     public static int Run(string[] args)
     {
-        var type = GgmlType.Q4_K; int cols = 2048, l2Rows = 128, memMiB = 512, reps = 9, threads = 1; int[] chunkList = [0];
+        var type = GgmlType.Q4_K; int cols = 2048, l2Rows = 128, memMiB = 512, reps = 9, threads = 1; int[] chunkList = [0]; double sigma = 0;
         for (int i = 0; i < args.Length; i++)
             switch (args[i])
             {
@@ -46,6 +48,7 @@ static unsafe class KernelMicro
                 case "--mem-mib": memMiB = int.Parse(args[++i]); break;
                 case "--reps": reps = int.Parse(args[++i]); break;
                 case "--threads": threads = int.Parse(args[++i]); break;
+                case "--sigma": sigma = double.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); break;
                 case "--chunk-kib": chunkList = args[++i].Split(',').Select(int.Parse).ToArray(); break;
                 default: Console.Error.WriteLine($"unknown argument {args[i]}"); return 2;
             }
@@ -58,15 +61,16 @@ static unsafe class KernelMicro
         if (OperatingSystem.IsLinux()) Madvise((nint)w, (nuint)((long)memRows * rowBytes), 14);
         for (int r = 0; r < memRows; r++)
         {
-            if (r < 64) for (int c = 0; c < cols; c++) src[c] = (float)(rng.NextDouble() - 0.5);
+            if (r < 64) for (int c = 0; c < cols; c++) src[c] = sigma > 0 ? (float)(sigma * Gaussian(rng)) : (float)(rng.NextDouble() - 0.5);
             Quantize.Row(type, src, new Span<byte>(w + (long)r * rowBytes, rowBytes));
         }
         for (int c = 0; c < cols; c++) src[c] = (float)(rng.NextDouble() - 0.5);
         int xBytes = RowKernels.ActivationRowBytes(type, cols);
-        var xb = new byte[xBytes];
-        RowKernels.PrepareActivations(type, src, xb);
+        // activations on a cache-line boundary, as InferenceContext places them (a straddling 64-byte load costs more)
+        byte* x = (byte*)NativeMemory.AlignedAlloc((nuint)xBytes, 64);
+        RowKernels.PrepareActivations(type, src, new Span<byte>(x, xBytes));
         var y = new float[memRows];
-        fixed (byte* x = xb) fixed (float* yp = y)
+        fixed (float* yp = y)
         {
             foreach (var (name, rows, inner) in new[] { ("L2", l2Rows, Math.Max(1, memRows / l2Rows)), ("memory", memRows, 1) })
             {
@@ -129,6 +133,7 @@ static unsafe class KernelMicro
             }
         }
         NativeMemory.AlignedFree(w);
+        NativeMemory.AlignedFree(x);
         return 0;
     }
 }

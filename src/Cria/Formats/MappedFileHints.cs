@@ -21,9 +21,9 @@ namespace Cria.Formats;
 ///
 /// Why it matters: decode streams every weight once per token, and with 4 KiB pages each page is a TLB miss (a
 /// two-dimensional walk under a hypervisor) and a point where the hardware prefetcher stops. Measured on the 2-core
-/// development VM (docs/benchmarks.md): a 2-thread read sweep 53–55 → 64–70 GB/s; TinyLlama Q4_K_M decode with its
-/// file cached in small folios (17 % mapped in 2 MiB pages) 48 tok/s, after this step (100 %) 57–59 tok/s; 1 thread 27
-/// → 34–36.
+/// development VM (docs/benchmarks.md, "Session 7"): a 2-thread read sweep 53–55 → 64–70 GB/s; TinyLlama F16 decode
+/// (bandwidth-bound), 2 threads, page cache fragmented before every run, runs alternating: 18.8 / 20.9 / 20.5 tok/s
+/// with 4 KiB pages, 22.4 / 24.8 / 24.8 after this step. Q4_K_M decode, bound by its kernel, does not change.
 ///
 /// A failed call is ignored: these are hints, not requirements. <c>CRIA_HUGEPAGES=0</c> turns all of it off, for
 /// side-by-side measurements.
