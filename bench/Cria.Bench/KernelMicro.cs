@@ -38,7 +38,7 @@ static unsafe class KernelMicro
 
     public static int Run(string[] args)
     {
-        var type = GgmlType.Q4_K; int cols = 2048, l2Rows = 128, memMiB = 512, reps = 9, threads = 1; int[] chunkList = [0]; double sigma = 0;
+        var type = GgmlType.Q4_K; int cols = 2048, l2Rows = 128, memMiB = 512, reps = 9, threads = 1; int[] chunkList = [0]; double sigma = 0; bool pair = false;
         for (int i = 0; i < args.Length; i++)
             switch (args[i])
             {
@@ -48,6 +48,7 @@ static unsafe class KernelMicro
                 case "--mem-mib": memMiB = int.Parse(args[++i]); break;
                 case "--reps": reps = int.Parse(args[++i]); break;
                 case "--threads": threads = int.Parse(args[++i]); break;
+                case "--pair": pair = true; break;
                 case "--sigma": sigma = double.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); break;
                 case "--chunk-kib": chunkList = args[++i].Split(',').Select(int.Parse).ToArray(); break;
                 default: Console.Error.WriteLine($"unknown argument {args[i]}"); return 2;
@@ -81,7 +82,15 @@ static unsafe class KernelMicro
                     {
                         int chunkKiB = chunkList[m];
                         var sw = Stopwatch.StartNew();
-                        if (threads == 1)
+                        if (threads == 1 && pair && type == GgmlType.F16)
+                        {
+                            // rows r and r + rows/2 together: two streams
+                            int h = rows / 2;
+                            for (int k = 0; k < inner; k++)
+                                for (int r = 0; r < h; r++)
+                                    RowKernels.DotF16ScaledPair((ushort*)(w + (long)r * rowBytes), (ushort*)(w + (long)(r + h) * rowBytes), (float*)x + cols, cols, out yp[r], out yp[r + h], out _);
+                        }
+                        else if (threads == 1)
                             for (int k = 0; k < inner; k++) RowKernels.RunRows(type, w, rowBytes, 0, rows, x, xBytes, cols, yp);
                         else
                         {

@@ -1112,6 +1112,45 @@ public static unsafe class RowKernels
     /// ((h | 0x83FF) = 0xFFFF exactly for them) and <paramref name="nonFinite"/> sends the row to <see cref="DotF16"/>.
     /// <paramref name="xs"/> is x · 2^112 (<see cref="ScaleBy2Pow112"/>); the tail (n mod 64) reads x = xs − n.
     /// </summary>
+    /// <summary>Whether one activation row against rows of this type and width has a paired kernel
+    /// (<see cref="DotF16ScaledPair"/>) giving the bits of the single-row one.</summary>
+    internal static bool HasPairedDecode(GgmlType type, int n) => type == GgmlType.F16 && n >= 64 && Vector512.IsHardwareAccelerated;
+
+    /// <summary>Two rows far apart (two memory streams) against the same activations: <see cref="DotF16Scaled"/>'s
+    /// operations for each row, interleaved, so each result has the same bits as DotF16Scaled's.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void DotF16ScaledPair(ushort* wa, ushort* wb, float* xs, int n, out float ya, out float yb, out bool nonFinite)
+    {
+        int i = 0;
+        var ea = Vector512<ushort>.Zero; var eb = Vector512<ushort>.Zero;
+        var notExponent = Vector512.Create((ushort)0x83FF);
+        var keep = Vector512.Create(unchecked((int)0x8FFFE000));
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+        for (; i + 64 <= n; i += 64)
+        {
+            ea = Vector512.Max(ea, Vector512.Load(wa + i) | notExponent);
+            eb = Vector512.Max(eb, Vector512.Load(wb + i) | notExponent);
+            ea = Vector512.Max(ea, Vector512.Load(wa + i + 32) | notExponent);
+            eb = Vector512.Max(eb, Vector512.Load(wb + i + 32) | notExponent);
+            var x0 = Vector512.Load(xs + i); var x1 = Vector512.Load(xs + i + 16);
+            var x2 = Vector512.Load(xs + i + 32); var x3 = Vector512.Load(xs + i + 48);
+            a0 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)wa + i)) << 13) & keep).AsSingle(), x0, a0);
+            b0 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)wb + i)) << 13) & keep).AsSingle(), x0, b0);
+            a1 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)wa + i + 16)) << 13) & keep).AsSingle(), x1, a1);
+            b1 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)wb + i + 16)) << 13) & keep).AsSingle(), x1, b1);
+            a2 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)wa + i + 32)) << 13) & keep).AsSingle(), x2, a2);
+            b2 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)wb + i + 32)) << 13) & keep).AsSingle(), x2, b2);
+            a3 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)wa + i + 48)) << 13) & keep).AsSingle(), x3, a3);
+            b3 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)wb + i + 48)) << 13) & keep).AsSingle(), x3, b3);
+        }
+        nonFinite = Vector512.EqualsAny(ea, Vector512<ushort>.AllBitsSet) | Vector512.EqualsAny(eb, Vector512<ushort>.AllBitsSet);
+        float sa = Vector512.Sum((a0 + a1) + (a2 + a3)), sb = Vector512.Sum((b0 + b1) + (b2 + b3));
+        float* x = xs - n;
+        for (int j = i; j < n; j++) sa = MathF.FusedMultiplyAdd(Fp16.ToSingle(wa[j]), x[j], sa);
+        for (int j = i; j < n; j++) sb = MathF.FusedMultiplyAdd(Fp16.ToSingle(wb[j]), x[j], sb);
+        ya = sa; yb = sb;
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static float DotF16Scaled(ushort* w, float* xs, int n, out bool nonFinite)
     {

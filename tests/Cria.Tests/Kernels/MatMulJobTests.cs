@@ -51,6 +51,12 @@ public unsafe class MatMulJobTests
 
         byte* Alloc(long n) { var p = (byte*)NativeMemory.AlignedAlloc((nuint)n, 64); NativeMemory.Fill(p, (nuint)n, 0xFF); _blocks.Add((nint)p); return p; }
 
+        public void RecomputeReference()
+        {
+            for (int p = 0; p < W.Length; p++)
+                RowKernels.RunRows(W[p].Type, W[p].Data, W[p].RowBytes, 0, W[p].Rows, Act[p], ActBytes[p], W[p].Cols, Reference[p]);
+        }
+
         public MatMulJob Job(int workers)
         {
             var job = new MatMulJob();
@@ -77,19 +83,28 @@ public unsafe class MatMulJobTests
 
     // Q/K/V-like: a large Q4_K part, then two small ones of other row sizes (Q6_K, Q8_0)
     static readonly (GgmlType, int)[] Parts = [(GgmlType.Q4_K, 300), (GgmlType.Q6_K, 37), (GgmlType.Q8_0, 53)];
+    // all F16: two ranges per worker, rows paired across them (RowKernels.DotF16ScaledPair)
+    static readonly (GgmlType, int)[] F16Parts = [(GgmlType.F16, 300), (GgmlType.F16, 37), (GgmlType.F16, 53)];
+
+    static (GgmlType, int)[] PartSet(string name) => name == "f16" ? F16Parts : Parts;
 
     [Theory]
-    [InlineData(1)]
-    [InlineData(2)]
-    [InlineData(3)]
-    public void Decode_ranges_are_contiguous_and_equal_in_weight_bytes(int workers)
+    [InlineData(1, "mixed")]
+    [InlineData(2, "mixed")]
+    [InlineData(3, "mixed")]
+    [InlineData(1, "f16")]
+    [InlineData(2, "f16")]
+    [InlineData(3, "f16")]
+    public void Decode_ranges_are_contiguous_and_equal_in_weight_bytes(int workers, string parts)
     {
-        using var m = new Matrices(512, Parts);
+        using var m = new Matrices(512, PartSet(parts));
         var job = m.Job(workers);
+        int ranges = job.RangeCount(workers);
+        Assert.Equal(parts == "f16" ? 2 * workers : workers, ranges);
         long total = m.W.Sum(w => w.ByteSize);
         int totalRows = m.W.Sum(w => w.Rows), expectFront = 0;
         int maxRowBytes = m.W.Max(w => w.RowBytes);
-        for (int w = 0; w < workers; w++)
+        for (int w = 0; w < ranges; w++)
         {
             var (front, back) = job.Range(w);
             Assert.Equal(expectFront, front);
@@ -101,15 +116,23 @@ public unsafe class MatMulJobTests
                 while (row >= first + m.W[p].Rows) { first += m.W[p].Rows; p++; }
                 bytes += m.W[p].RowBytes;
             }
-            Assert.InRange(bytes, total / workers - maxRowBytes, total / workers + maxRowBytes);
+            Assert.InRange(bytes, total / ranges - maxRowBytes, total / ranges + maxRowBytes);
         }
         Assert.Equal(totalRows, expectFront);
     }
 
-    [Fact]
-    public void Every_row_is_computed_once_whoever_runs_it()
+    [Theory]
+    [InlineData("mixed")]
+    [InlineData("f16")]
+    public void Every_row_is_computed_once_whoever_runs_it(string parts)
     {
-        using var m = new Matrices(512, Parts);
+        using var m = new Matrices(512, PartSet(parts));
+        if (parts == "f16")
+        {
+            // an F16 infinity in one row: its pair goes through the single-row kernels, and the row reads ±∞ or NaN
+            ((ushort*)m.W[0].Data)[5 * 512 + 7] = 0x7C00;
+            m.RecomputeReference();
+        }
         // the caller alone (the other workers never start): it runs its range, then takes all of theirs from the back
         m.Job(3).Execute(0, 3);
         m.AssertAllRowsMatch("caller alone");

@@ -136,6 +136,20 @@ public unsafe class RowKernelTests
             Assert.True(decode.Equals(both[0]), $"trial {trial}: decode {decode} vs widened {both[0]}");
             if (trial is >= 1 and <= 4) Assert.False(float.IsFinite(decode), $"trial {trial}: {decode}");
             else Assert.True(float.IsFinite(decode) || trial == 5, $"trial {trial}: {decode}");
+
+            // The paired kernel (two rows, two streams) gives each row the single-row kernel's bits and reports a
+            // non-finite weight in either row (MatMulJob then recomputes both through the single-row path).
+            var w2 = w.Reverse().Select(h => (ushort)(h & 0x7C00) == 0x7C00 ? (ushort)0x3C00 : h).ToArray(); // finite
+            var wb2 = System.Runtime.InteropServices.MemoryMarshal.AsBytes(w2.AsSpan()).ToArray();
+            float decode2, ya, yb; bool nonFinite;
+            fixed (byte* pw = wb) fixed (byte* pw2 = wb2) fixed (byte* pa = act)
+            {
+                RowKernels.Run(GgmlType.F16, pw2, wb2.Length, pa, fb, 1, n, &decode2, 1);
+                RowKernels.DotF16ScaledPair((ushort*)pw, (ushort*)pw2, (float*)pa + n, n, out ya, out yb, out nonFinite);
+            }
+            Assert.Equal(trial is >= 1 and <= 3, nonFinite); // trial 4's infinity is in the tail, which reads x exactly
+            if (!nonFinite) Assert.True(ya.Equals(decode), $"trial {trial}: paired {ya} vs single {decode}");
+            Assert.True(yb.Equals(decode2), $"trial {trial}: paired second row {yb} vs single {decode2}");
         }
     }
 
