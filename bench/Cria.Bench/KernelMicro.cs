@@ -82,13 +82,13 @@ static unsafe class KernelMicro
                     {
                         int chunkKiB = chunkList[m];
                         var sw = Stopwatch.StartNew();
-                        if (threads == 1 && pair && type == GgmlType.F16)
+                        if (threads == 1 && pair)
                         {
-                            // rows r and r + rows/2 together: two streams
+                            // rows r and r + rows/2 together: two streams (RowKernels.RunPair)
                             int h = rows / 2;
                             for (int k = 0; k < inner; k++)
                                 for (int r = 0; r < h; r++)
-                                    RowKernels.DotF16ScaledPair((ushort*)(w + (long)r * rowBytes), (ushort*)(w + (long)(r + h) * rowBytes), (float*)x + cols, cols, out yp[r], out yp[r + h], out _);
+                                    RowKernels.RunPair(type, w + (long)r * rowBytes, w + (long)(r + h) * rowBytes, x, cols, out yp[r], out yp[r + h]);
                         }
                         else if (threads == 1)
                             for (int k = 0; k < inner; k++) RowKernels.RunRows(type, w, rowBytes, 0, rows, x, xBytes, cols, yp);

@@ -48,10 +48,11 @@ internal sealed unsafe class MatMulJob : ParallelJob
     {
         _split = false;
         if (_parts == 0 || _batch > RowKernels.Tile || workers < 1) return;
-        // F16 decode: two ranges per worker, streamed side by side (RowKernels.DotF16ScaledPair): one core reads two
-        // distant sequential streams faster than one (kernel-micro --type f16 --pair: 20.0–20.3 → 23.1–23.9 GB/s).
-        _streams = _batch == 1 && RowKernels.HasPairedDecode(_w[0].Type, _w[0].Cols) ? 2 : 1;
-        for (int p = 1; p < _parts; p++) if (_w[p].Type != _w[0].Type) _streams = 1;
+        // Decode of one row where every part has a paired kernel (F16, Q4_K, Q6_K): two ranges per worker, streamed
+        // side by side (RowKernels.RunPair): one core reads two distant sequential streams faster than one
+        // (kernel-micro --type f16 --pair: 20.0–20.3 → 23.1–23.9 GB/s).
+        _streams = _batch == 1 ? 2 : 1;
+        for (int p = 0; p < _parts; p++) if (!RowKernels.HasPairedDecode(_w[p].Type, _w[p].Cols)) _streams = 1;
         int n = workers * _streams;
         if (_ranges.Length < n) _ranges = new long[n];
         long total = 0;
@@ -203,20 +204,22 @@ internal sealed unsafe class MatMulJob : ParallelJob
         }
     }
 
-    /// <summary>Rows [sa, ea) of part pa and [sb, eb) of part pb (F16, one activation row) two at a time, one from each
-    /// chunk; a pair with an F16 infinity or NaN, and the longer chunk's rest, go through <see cref="RunChunk"/>.</summary>
+    /// <summary>Rows [sa, ea) of part pa and [sb, eb) of part pb (one activation row) two at a time, one from each
+    /// chunk, through the paired kernel (<see cref="RowKernels.RunPair"/>) when both parts have the same type; a pair
+    /// the kernel declines (an F16 infinity or NaN), and the longer chunk's rest, go through <see cref="RunChunk"/>.</summary>
     void RunPaired(int pa, int sa, int ea, int pb, int sb, int eb)
     {
         WeightMatrix wa = _w[pa], wb = _w[pb];
+        if (wa.Type != wb.Type) { RunChunk(pa, sa, ea); RunChunk(pb, sb, eb); return; }
         int firstA = pa == 0 ? 0 : _end[pa - 1], firstB = pb == 0 ? 0 : _end[pb - 1];
-        float* xs = (float*)_act[pa] + wa.Cols; // the activations · 2^112 (all parts read the same input)
+        byte* x = _act[pa]; // same type, same input: the same activation layout as _act[pb]
         int k = 0, pairs = Math.Min(ea - sa, eb - sb);
         for (; k < pairs; k++)
         {
             int ra = sa + k - firstA, rb = sb + k - firstB;
-            RowKernels.DotF16ScaledPair((ushort*)(wa.Data + (long)ra * wa.RowBytes), (ushort*)(wb.Data + (long)rb * wb.RowBytes), xs, wa.Cols,
-                out _out[pa][ra], out _out[pb][rb], out bool nonFinite);
-            if (nonFinite) { RunChunk(pa, sa + k, sa + k + 1); RunChunk(pb, sb + k, sb + k + 1); }
+            if (!RowKernels.RunPair(wa.Type, wa.Data + (long)ra * wa.RowBytes, wb.Data + (long)rb * wb.RowBytes, x, wa.Cols,
+                    out _out[pa][ra], out _out[pb][rb]))
+            { RunChunk(pa, sa + k, sa + k + 1); RunChunk(pb, sb + k, sb + k + 1); }
         }
         if (sa + k < ea) RunChunk(pa, sa + k, ea);
         if (sb + k < eb) RunChunk(pb, sb + k, eb);

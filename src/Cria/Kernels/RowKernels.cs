@@ -1113,8 +1113,101 @@ public static unsafe class RowKernels
     /// <paramref name="xs"/> is x · 2^112 (<see cref="ScaleBy2Pow112"/>); the tail (n mod 64) reads x = xs − n.
     /// </summary>
     /// <summary>Whether one activation row against rows of this type and width has a paired kernel
-    /// (<see cref="DotF16ScaledPair"/>) giving the bits of the single-row one.</summary>
-    internal static bool HasPairedDecode(GgmlType type, int n) => type == GgmlType.F16 && n >= 64 && Vector512.IsHardwareAccelerated;
+    /// (<see cref="RunPair"/>) giving the bits of the single-row one.</summary>
+    internal static bool HasPairedDecode(GgmlType type, int n) => type switch
+    {
+        GgmlType.F16 => n >= 64 && Vector512.IsHardwareAccelerated,
+        GgmlType.Q4_K or GgmlType.Q6_K or GgmlType.Q8_0 => Avx512BW.IsSupported,
+        _ => false,
+    };
+
+    /// <summary>
+    /// Two weight rows of one type, far apart in memory, against one activation row (x in the layout of
+    /// <see cref="ActivationRowBytes"/>): the single-row decode kernel's operations for each, interleaved, so that one
+    /// core reads two sequential streams at once (kernel-micro --pair). Each result has the bits of
+    /// <see cref="RunRows"/> on its row. Returns false (F16 only) when a row holds an infinity or NaN: the caller then
+    /// runs both rows through RunRows. Only for types where <see cref="HasPairedDecode"/> holds.
+    /// </summary>
+    internal static bool RunPair(GgmlType type, byte* wa, byte* wb, byte* x, int n, out float ya, out float yb)
+    {
+        switch (type)
+        {
+            case GgmlType.Q4_K: Q4K1Pair(wa, wb, x, n / 256, out ya, out yb); return true;
+            case GgmlType.Q6_K: Q6K1Pair(wa, wb, x, n / 256, out ya, out yb); return true;
+            case GgmlType.Q8_0: Q801Pair(wa, wb, x, n / 32, out ya, out yb); return true;
+            default:
+                DotF16ScaledPair((ushort*)wa, (ushort*)wb, (float*)x + n, n, out ya, out yb, out bool nonFinite);
+                return !nonFinite;
+        }
+    }
+
+    /// <summary><see cref="Q4K1"/> on two rows at once, super-block by super-block.</summary>
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void Q4K1Pair(byte* wa, byte* wb, byte* x, int nb, out float ya, out float yb)
+    {
+        Vector512<float> accA = default, accB = default;
+        Vector256<float> minA = default, minB = default;
+        for (int i = 0; i < nb; i++, wa += 144, wb += 144, x += 292)
+        {
+            DecodeQ4K(wa, out var a0, out var a1, out var a2, out var a3, out var as0, out var as1, out var as2, out var as3, out var am, out float ad, out float adm);
+            Q4KStep(x, a0, a1, a2, a3, as0, as1, as2, as3, am, ad, adm, ref accA, ref minA);
+            DecodeQ4K(wb, out var b0, out var b1, out var b2, out var b3, out var bs0, out var bs1, out var bs2, out var bs3, out var bm, out float bd, out float bdm);
+            Q4KStep(x, b0, b1, b2, b3, bs0, bs1, bs2, bs3, bm, bd, bdm, ref accB, ref minB);
+        }
+        ya = Q4KResult(accA, minA);
+        yb = Q4KResult(accB, minB);
+    }
+
+    /// <summary><see cref="Q801"/> on two rows at once (its software prefetch included, for each row).</summary>
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void Q801Pair(byte* wa, byte* wb, byte* x, int nb, out float ya, out float yb)
+    {
+        Vector512<float> accA = default, accB = default;
+        int i = 0;
+        for (; i + 4 <= nb; i += 4)
+        {
+            byte* a = wa + i * 34, b = wb + i * 34;
+            Sse.Prefetch0(a + PrefetchDistance); Sse.Prefetch0(a + PrefetchDistance + 64); Sse.Prefetch0(a + PrefetchDistance + 128);
+            Sse.Prefetch0(b + PrefetchDistance); Sse.Prefetch0(b + PrefetchDistance + 64); Sse.Prefetch0(b + PrefetchDistance + 128);
+            Q80Step4(x, nb, i, WidenQ80(a), WidenQ80(a + 34), WidenQ80(a + 68), WidenQ80(a + 102),
+                Vector512.Create(Fp16.ToSingle(*(ushort*)a)), Vector512.Create(Fp16.ToSingle(*(ushort*)(a + 34))),
+                Vector512.Create(Fp16.ToSingle(*(ushort*)(a + 68))), Vector512.Create(Fp16.ToSingle(*(ushort*)(a + 102))), ref accA);
+            Q80Step4(x, nb, i, WidenQ80(b), WidenQ80(b + 34), WidenQ80(b + 68), WidenQ80(b + 102),
+                Vector512.Create(Fp16.ToSingle(*(ushort*)b)), Vector512.Create(Fp16.ToSingle(*(ushort*)(b + 34))),
+                Vector512.Create(Fp16.ToSingle(*(ushort*)(b + 68))), Vector512.Create(Fp16.ToSingle(*(ushort*)(b + 102))), ref accB);
+        }
+        for (; i < nb; i++)
+        {
+            Q80Step1(x, nb, i, WidenQ80(wa + i * 34), Fp16.ToSingle(*(ushort*)(wa + i * 34)), ref accA);
+            Q80Step1(x, nb, i, WidenQ80(wb + i * 34), Fp16.ToSingle(*(ushort*)(wb + i * 34)), ref accB);
+        }
+        ya = Vector512.Sum(accA);
+        yb = Vector512.Sum(accB);
+    }
+
+    /// <summary><see cref="Q6K1"/> on two rows at once (its software prefetch included, for each row).</summary>
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void Q6K1Pair(byte* wa, byte* wb, byte* x, int nb, out float ya, out float yb)
+    {
+        Vector512<float> accA = default, accB = default;
+        for (int i = 0; i < nb; i++)
+        {
+            byte* ba = wa + i * 210, bb = wb + i * 210;
+            Sse.Prefetch0(ba + PrefetchDistance); Sse.Prefetch0(ba + PrefetchDistance + 64);
+            Sse.Prefetch0(ba + PrefetchDistance + 128); Sse.Prefetch0(ba + PrefetchDistance + 192);
+            Sse.Prefetch0(bb + PrefetchDistance); Sse.Prefetch0(bb + PrefetchDistance + 64);
+            Sse.Prefetch0(bb + PrefetchDistance + 128); Sse.Prefetch0(bb + PrefetchDistance + 192);
+            DecodeQ6K(ba, out var a0, out var a1, out var a2, out var a3, out var as0, out var as1, out var as2, out var as3, out var asc, out float ad);
+            Q6KStep(x + i * 292, a0, a1, a2, a3, as0, as1, as2, as3, asc, ad, ref accA);
+            DecodeQ6K(bb, out var b0, out var b1, out var b2, out var b3, out var bs0, out var bs1, out var bs2, out var bs3, out var bsc, out float bd);
+            Q6KStep(x + i * 292, b0, b1, b2, b3, bs0, bs1, bs2, bs3, bsc, bd, ref accB);
+        }
+        ya = Vector512.Sum(accA);
+        yb = Vector512.Sum(accB);
+    }
 
     /// <summary>Two rows far apart (two memory streams) against the same activations: <see cref="DotF16Scaled"/>'s
     /// operations for each row, interleaved, so each result has the same bits as DotF16Scaled's.</summary>

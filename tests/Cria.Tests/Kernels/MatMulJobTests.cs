@@ -81,12 +81,19 @@ public unsafe class MatMulJobTests
         public void Dispose() { foreach (var b in _blocks) NativeMemory.AlignedFree((void*)b); }
     }
 
-    // Q/K/V-like: a large Q4_K part, then two small ones of other row sizes (Q6_K, Q8_0)
-    static readonly (GgmlType, int)[] Parts = [(GgmlType.Q4_K, 300), (GgmlType.Q6_K, 37), (GgmlType.Q8_0, 53)];
-    // all F16: two ranges per worker, rows paired across them (RowKernels.DotF16ScaledPair)
+    // Q/K/V-like: a large Q4_K part, then two small ones of other row sizes (Q6_K, Q5_0: no paired kernel, so one
+    // range per worker)
+    static readonly (GgmlType, int)[] Parts = [(GgmlType.Q4_K, 300), (GgmlType.Q6_K, 37), (GgmlType.Q5_0, 53)];
+    static readonly (GgmlType, int)[] Q80Parts = [(GgmlType.Q8_0, 200), (GgmlType.Q8_0, 61)];
+    // all F16: two ranges per worker, rows paired across them (RowKernels.RunPair)
     static readonly (GgmlType, int)[] F16Parts = [(GgmlType.F16, 300), (GgmlType.F16, 37), (GgmlType.F16, 53)];
 
-    static (GgmlType, int)[] PartSet(string name) => name == "f16" ? F16Parts : Parts;
+    // Q4_K_M-like: Q4_K and Q6_K, both with paired kernels; pairs of rows of different types run one after the other
+    static readonly (GgmlType, int)[] KParts = [(GgmlType.Q4_K, 300), (GgmlType.Q6_K, 37), (GgmlType.Q4_K, 53)];
+
+    static readonly (GgmlType, int)[] Q6KParts = [(GgmlType.Q6_K, 40), (GgmlType.Q6_K, 41)];
+
+    static (GgmlType, int)[] PartSet(string name) => name switch { "f16" => F16Parts, "k" => KParts, "q6k" => Q6KParts, "q80" => Q80Parts, _ => Parts };
 
     [Theory]
     [InlineData(1, "mixed")]
@@ -95,12 +102,14 @@ public unsafe class MatMulJobTests
     [InlineData(1, "f16")]
     [InlineData(2, "f16")]
     [InlineData(3, "f16")]
+    [InlineData(2, "k")]
+    [InlineData(3, "k")]
     public void Decode_ranges_are_contiguous_and_equal_in_weight_bytes(int workers, string parts)
     {
         using var m = new Matrices(512, PartSet(parts));
         var job = m.Job(workers);
         int ranges = job.RangeCount(workers);
-        Assert.Equal(parts == "f16" ? 2 * workers : workers, ranges);
+        Assert.Equal(parts == "mixed" ? workers : 2 * workers, ranges); // Q5_0 has no paired kernel
         long total = m.W.Sum(w => w.ByteSize);
         int totalRows = m.W.Sum(w => w.Rows), expectFront = 0;
         int maxRowBytes = m.W.Max(w => w.RowBytes);
@@ -124,6 +133,9 @@ public unsafe class MatMulJobTests
     [Theory]
     [InlineData("mixed")]
     [InlineData("f16")]
+    [InlineData("k")]
+    [InlineData("q6k")]
+    [InlineData("q80")]
     public void Every_row_is_computed_once_whoever_runs_it(string parts)
     {
         using var m = new Matrices(512, PartSet(parts));
