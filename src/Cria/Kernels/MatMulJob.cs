@@ -17,7 +17,9 @@ namespace Cria.Kernels;
 /// 36.5 GB/s, 256 KiB 32.6, 64 KiB 23.1; `Cria.Bench kernel-micro --threads 2 --chunk-kib 0,1024,256,64`), so the
 /// sequence is split by weight bytes into one contiguous range per worker (<see cref="Split"/>). Each worker streams its
 /// own range front to back, then takes chunks from the back of the others' ranges until no row is left — which also
-/// lets any subset of the workers (the caller alone, if need be) finish the job.
+/// lets any subset of the workers (the caller alone, if need be) finish the job. For one activation row where every
+/// matrix has a paired kernel (F16, Q4_K, Q6_K, Q8_0) each worker owns two ranges and walks both at once, one row of
+/// each per <see cref="RowKernels.RunPair"/> call: a core reads two distant streams faster than one.
 ///
 /// Each output's arithmetic is fixed by its own row, so results depend neither on B, on the thread count, on who ran
 /// which row, nor on which matrices share the job.
