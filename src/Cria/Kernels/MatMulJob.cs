@@ -36,9 +36,10 @@ internal sealed unsafe class MatMulJob : ParallelJob
     readonly int[] _end = new int[MaxParts];       // part p's rows are [_end[p-1], _end[p]) of the sequence
     int _parts, _batch, _next;
 
-    // Decode: per worker w, the rows of its range not yet handed out, packed as front (low 32 bits) | back (high 32);
+    // Decode: per range r, the rows not yet handed out, packed as front (low 32 bits) | back (high 32);
     // the owner takes chunks at the front, the others at the back, each by compare-and-swap of the whole word.
     long[] _ranges = new long[1];
+    int _streams = 1; // ranges per worker: worker w owns ranges [w·streams, (w+1)·streams)
     bool _split;
 
     public void Clear() { _parts = 0; _next = 0; _split = false; }
@@ -50,7 +51,7 @@ internal sealed unsafe class MatMulJob : ParallelJob
     {
         _split = false;
         if (_parts == 0 || _batch > RowKernels.Tile || workers < 1) return;
-        // Decode of one row where every part has a paired kernel (F16, Q4_K, Q6_K): two ranges per worker, streamed
+        // Decode of one row where every part has a paired kernel (F16, Q4_K, Q6_K, Q8_0): two ranges per worker, streamed
         // side by side (RowKernels.RunPair): one core reads two distant sequential streams faster than one
         // (kernel-micro --type f16 --pair: 20.0–20.3 → 23.1–23.9 GB/s).
         _streams = _batch == 1 ? 2 : 1;
@@ -69,8 +70,6 @@ internal sealed unsafe class MatMulJob : ParallelJob
         _split = true;
     }
 
-    int _streams = 1; // ranges per worker: worker w owns ranges [w·streams, (w+1)·streams)
-
     /// <summary>The first row of the sequence at or after <paramref name="bytes"/> of weights from its start.</summary>
     int RowAtBytes(long bytes)
     {
@@ -87,7 +86,7 @@ internal sealed unsafe class MatMulJob : ParallelJob
     static long Pack(int front, int back) => (uint)front | ((long)back << 32);
 
     /// <summary>Range r's rows [front, back) not yet handed out (tests).</summary>
-    internal (int Front, int Back) Range(int w) => ((int)_ranges[w], (int)(_ranges[w] >> 32));
+    internal (int Front, int Back) Range(int r) => ((int)_ranges[r], (int)(_ranges[r] >> 32));
 
     /// <summary>Ranges of the decode split: workers × streams (tests).</summary>
     internal int RangeCount(int workers) => _split ? workers * _streams : 0;

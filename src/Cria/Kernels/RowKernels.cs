@@ -1103,16 +1103,6 @@ public static unsafe class RowKernels
 
     const float Pow2To112 = 5.192297e33f;
 
-    /// <summary>
-    /// The decode kernel for F16 weights: <see cref="DotF16"/> with the half → float scaling moved to the activations.
-    /// A half's bits shifted into float position, (h &lt;&lt; 13) &amp; 0x8FFFE000, are the value · 2^−112 exactly (subnormal
-    /// halves become float subnormals), so FMA(raw, x · 2^112, acc) forms the same exact product as FMA(w, x, acc) and
-    /// rounds the same: the same bits as <see cref="DotF16"/> in the same lanes, for two vector operations fewer per 16
-    /// weights (no multiply, no infinity fix-up) — decode of F16 weights is that close to compute-bound here.
-    /// Infinities and NaNs (exponent 31) would be read as finite, so the row's halves are also checked
-    /// ((h | 0x83FF) = 0xFFFF exactly for them) and <paramref name="nonFinite"/> sends the row to <see cref="DotF16"/>.
-    /// <paramref name="xs"/> is x · 2^112 (<see cref="ScaleBy2Pow112"/>); the tail (n mod 64) reads x = xs − n.
-    /// </summary>
     /// <summary>Whether one activation row against rows of this type and width has a paired kernel
     /// (<see cref="RunPair"/>) giving the bits of the single-row one.</summary>
     internal static bool HasPairedDecode(GgmlType type, int n) => type switch
@@ -1217,58 +1207,65 @@ public static unsafe class RowKernels
     {
         int i = 0;
         var ea = Vector512<ushort>.Zero; var eb = Vector512<ushort>.Zero;
-        var notExponent = Vector512.Create((ushort)0x83FF);
-        var keep = Vector512.Create(unchecked((int)0x8FFFE000));
         Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
         for (; i + 64 <= n; i += 64)
         {
-            ea = Vector512.Max(ea, Vector512.Load(wa + i) | notExponent);
-            eb = Vector512.Max(eb, Vector512.Load(wb + i) | notExponent);
-            ea = Vector512.Max(ea, Vector512.Load(wa + i + 32) | notExponent);
-            eb = Vector512.Max(eb, Vector512.Load(wb + i + 32) | notExponent);
-            var x0 = Vector512.Load(xs + i); var x1 = Vector512.Load(xs + i + 16);
-            var x2 = Vector512.Load(xs + i + 32); var x3 = Vector512.Load(xs + i + 48);
-            a0 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)wa + i)) << 13) & keep).AsSingle(), x0, a0);
-            b0 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)wb + i)) << 13) & keep).AsSingle(), x0, b0);
-            a1 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)wa + i + 16)) << 13) & keep).AsSingle(), x1, a1);
-            b1 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)wb + i + 16)) << 13) & keep).AsSingle(), x1, b1);
-            a2 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)wa + i + 32)) << 13) & keep).AsSingle(), x2, a2);
-            b2 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)wb + i + 32)) << 13) & keep).AsSingle(), x2, b2);
-            a3 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)wa + i + 48)) << 13) & keep).AsSingle(), x3, a3);
-            b3 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)wb + i + 48)) << 13) & keep).AsSingle(), x3, b3);
+            F16Step(wa + i, xs + i, ref a0, ref a1, ref a2, ref a3, ref ea);
+            F16Step(wb + i, xs + i, ref b0, ref b1, ref b2, ref b3, ref eb);
         }
         nonFinite = Vector512.EqualsAny(ea, Vector512<ushort>.AllBitsSet) | Vector512.EqualsAny(eb, Vector512<ushort>.AllBitsSet);
-        float sa = Vector512.Sum((a0 + a1) + (a2 + a3)), sb = Vector512.Sum((b0 + b1) + (b2 + b3));
-        float* x = xs - n;
-        for (int j = i; j < n; j++) sa = MathF.FusedMultiplyAdd(Fp16.ToSingle(wa[j]), x[j], sa);
-        for (int j = i; j < n; j++) sb = MathF.FusedMultiplyAdd(Fp16.ToSingle(wb[j]), x[j], sb);
-        ya = sa; yb = sb;
+        ya = F16Tail(wa, xs, i, n, Vector512.Sum((a0 + a1) + (a2 + a3)));
+        yb = F16Tail(wb, xs, i, n, Vector512.Sum((b0 + b1) + (b2 + b3)));
     }
 
+    /// <summary>
+    /// The decode kernel for F16 weights: <see cref="DotF16"/> with the half → float scaling moved to the activations.
+    /// A half's bits shifted into float position, (h &lt;&lt; 13) &amp; 0x8FFFE000, are the value · 2^−112 exactly (subnormal
+    /// halves become float subnormals), so FMA(raw, x · 2^112, acc) forms the same exact product as FMA(w, x, acc) and
+    /// rounds the same: the same bits as <see cref="DotF16"/> in the same lanes, for two vector operations fewer per 16
+    /// weights (no multiply, no infinity fix-up) — decode of F16 weights is that close to compute-bound here.
+    /// Infinities and NaNs (exponent 31) would be read as finite, so the row's halves are also checked
+    /// ((h | 0x83FF) = 0xFFFF exactly for them) and <paramref name="nonFinite"/> sends the row to <see cref="DotF16"/>.
+    /// <paramref name="xs"/> is x · 2^112 (<see cref="ScaleBy2Pow112"/>); the tail (n mod 64) reads x = xs − n.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static float DotF16Scaled(ushort* w, float* xs, int n, out bool nonFinite)
     {
         int i = 0;
-        float sum = 0;
         var exponentOnes = Vector512<ushort>.Zero;
-        var notExponent = Vector512.Create((ushort)0x83FF);
-        var keep = Vector512.Create(unchecked((int)0x8FFFE000));
         Vector512<float> s0 = default, s1 = default, s2 = default, s3 = default;
         for (; i + 64 <= n; i += 64)
         {
             Sse.Prefetch0((byte*)(w + i) + PrefetchDistance);
             Sse.Prefetch0((byte*)(w + i) + PrefetchDistance + 64);
-            exponentOnes = Vector512.Max(exponentOnes, Vector512.Load(w + i) | notExponent);
-            exponentOnes = Vector512.Max(exponentOnes, Vector512.Load(w + i + 32) | notExponent);
-            s0 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)w + i)) << 13) & keep).AsSingle(), Vector512.Load(xs + i), s0);
-            s1 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)w + i + 16)) << 13) & keep).AsSingle(), Vector512.Load(xs + i + 16), s1);
-            s2 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)w + i + 32)) << 13) & keep).AsSingle(), Vector512.Load(xs + i + 32), s2);
-            s3 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)w + i + 48)) << 13) & keep).AsSingle(), Vector512.Load(xs + i + 48), s3);
+            F16Step(w + i, xs + i, ref s0, ref s1, ref s2, ref s3, ref exponentOnes);
         }
-        sum = Vector512.Sum((s0 + s1) + (s2 + s3));
+        nonFinite = Vector512.EqualsAny(exponentOnes, Vector512<ushort>.AllBitsSet);
+        return F16Tail(w, xs, i, n, Vector512.Sum((s0 + s1) + (s2 + s3)));
+    }
+
+    /// <summary>64 halves of <see cref="DotF16Scaled"/>: raw bits shifted into float position times x · 2^112 into four
+    /// accumulators, and the running max that flags exponent 31 (infinity or NaN). Shared by the single-row and the
+    /// paired kernel, so both do the same operations in the same order.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void F16Step(ushort* w, float* xs, ref Vector512<float> s0, ref Vector512<float> s1, ref Vector512<float> s2,
+        ref Vector512<float> s3, ref Vector512<ushort> exponentOnes)
+    {
+        var notExponent = Vector512.Create((ushort)0x83FF);
+        var keep = Vector512.Create(unchecked((int)0x8FFFE000));
+        exponentOnes = Vector512.Max(exponentOnes, Vector512.Load(w) | notExponent);
+        exponentOnes = Vector512.Max(exponentOnes, Vector512.Load(w + 32) | notExponent);
+        s0 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)w)) << 13) & keep).AsSingle(), Vector512.Load(xs), s0);
+        s1 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)w + 16)) << 13) & keep).AsSingle(), Vector512.Load(xs + 16), s1);
+        s2 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)w + 32)) << 13) & keep).AsSingle(), Vector512.Load(xs + 32), s2);
+        s3 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)w + 48)) << 13) & keep).AsSingle(), Vector512.Load(xs + 48), s3);
+    }
+
+    /// <summary>The tail [i, n) of an F16 row in exact scalar arithmetic against x = xs − n, continuing sum.</summary>
+    static float F16Tail(ushort* w, float* xs, int i, int n, float sum)
+    {
         float* x = xs - n;
         for (; i < n; i++) sum = MathF.FusedMultiplyAdd(Fp16.ToSingle(w[i]), x[i], sum);
-        nonFinite = Vector512.EqualsAny(exponentOnes, Vector512<ushort>.AllBitsSet);
         return sum;
     }
 
