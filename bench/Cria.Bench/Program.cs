@@ -21,6 +21,7 @@ if (args.Length > 0 && args[0] == "quant-table") return QuantTable.Run(args[1..]
 if (args.Length > 0 && args[0] == "quant-time") return QuantTable.Time(args[1..]);
 if (args.Length > 0 && args[0] == "imatrix-probe") return ImatrixProbe.Run(args[1..]);
 if (args.Length > 0 && args[0] == "kernel-micro") return KernelMicro.Run(args[1..]);
+if (args.Length > 0 && args[0] == "gemm-micro") return GemmMicro.Run(args[1..]);
 if (args.Length > 0 && args[0] == "quant-micro") return ImatrixProbe.Micro(args[1..]);
 
 string? model = null, summary = null, engineOnly = null;

@@ -24,8 +24,16 @@ public static unsafe class RowKernels
     const int Q80TileRows = 8, Q80PartBlocks = 40960 / (Q80TileRows * 68) / 4 * 4;
 
     /// <summary>Q4_K / Q6_K batches: super-blocks per part of a row, as many as keep one part of a 16-row tile of Q8_K
-    /// activations (292 B per super-block and row) within 40 KiB.</summary>
-    const int KPartBlocks = 40960 / (Tile * 292);
+    /// activations (<see cref="Q8KStride"/> B per super-block and row) within 40 KiB.</summary>
+    const int KPartBlocks = 40960 / (Tile * Q8KStride);
+
+    /// <summary>
+    /// Bytes of one Q8_K super-block in the layout the Q4_K / Q6_K kernels read (AVX-512): qs[256] int8 at 0 (for Q4_K
+    /// permuted, <see cref="PermuteQ8KForQ4K"/>) | bsums[16] int16 at 256 | d f32 at 288 | 28 bytes of padding — five
+    /// cache lines, so that every 64-byte load of quants is one aligned line. ggml's block_q8_K (292 B, d first) put
+    /// each of the four quant loads of a step across two lines.
+    /// </summary>
+    const int Q8KStride = 320, Q8KSums = 256, Q8KScale = 288;
 
     public static bool HasBatched(GgmlType t) => Avx512BW.IsSupported && t is GgmlType.Q4_K or GgmlType.Q6_K or GgmlType.Q8_0;
 
@@ -42,6 +50,7 @@ public static unsafe class RowKernels
         GgmlType.F32 or GgmlType.BF16 => n * 4 + 64, // one cache line of padding: rows 8 KiB apart alias in L1
         GgmlType.F16 => n * 8 + 64, // [n] F16-rounded x, then [n] the same · 2^112 for the decode kernel (DotF16Scaled)
         GgmlType.Q8_0 when Avx512BW.IsSupported => n / 32 * 68,
+        GgmlType.Q4_K or GgmlType.Q6_K when Avx512BW.IsSupported => n / 256 * Q8KStride,
         _ => (int)GgmlTypeInfo.RowBytes(VecDot.ActivationType(weightType), n),
     };
 
@@ -61,13 +70,13 @@ public static unsafe class RowKernels
             case GgmlType.Q8_0 when Avx512BW.IsSupported:
                 QuantizeQ80Widened(x, dst);
                 return;
+            case GgmlType.Q4_K or GgmlType.Q6_K when Avx512BW.IsSupported:
+                QuantizeQ8K(x, dst, kernelLayout: true);
+                if (weightType == GgmlType.Q4_K) PermuteQ8KForQ4K(dst, x.Length / 256);
+                return;
             default:
                 var act = VecDot.ActivationType(weightType);
-                if (act == GgmlType.Q8_K && Vector512.IsHardwareAccelerated && Avx512BW.IsSupported)
-                {
-                    QuantizeQ8K(x, dst);
-                    if (weightType == GgmlType.Q4_K) PermuteQ8KForQ4K(dst, x.Length / 256);
-                }
+                if (act == GgmlType.Q8_K && Vector512.IsHardwareAccelerated && Avx512BW.IsSupported) QuantizeQ8K(x, dst, kernelLayout: false);
                 else VecDot.QuantizeActivations(act, x, dst);
                 return;
         }
@@ -84,7 +93,7 @@ public static unsafe class RowKernels
             for (int k = 0; k < nb; k++)
                 for (int half = 0; half < 2; half++)
                 {
-                    byte* q = p + k * 292 + 4 + 128 * half;
+                    byte* q = p + k * Q8KStride + 128 * half;
                     var hi0 = Vector256.Load(q + 32);
                     var lo1 = Vector256.Load(q + 64);
                     lo1.Store(q + 32);
@@ -180,36 +189,38 @@ public static unsafe class RowKernels
     /// <summary>
     /// ggml's quantize_row_q8_K_ref, vectorized, byte-identical to <see cref="VecDot.QuantizeActivations"/>:
     /// per 256 values, max = the first value of largest magnitude, q = min(127, round-half-even(−127/max · x)),
-    /// d = 1/iscale, bsums = sums of each 16 quants.
+    /// d = 1/iscale, bsums = sums of each 16 quants. Written as ggml's block_q8_K (292 B: d | qs | bsums) or, with
+    /// <paramref name="kernelLayout"/>, in the aligned layout of the Q4_K / Q6_K kernels (<see cref="Q8KStride"/>).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void QuantizeQ8K(ReadOnlySpan<float> x, Span<byte> dst)
+    static void QuantizeQ8K(ReadOnlySpan<float> x, Span<byte> dst, bool kernelLayout)
     {
         int nb = x.Length / 256;
+        int stride = kernelLayout ? Q8KStride : 292, qsAt = kernelLayout ? 0 : 4, sumsAt = kernelLayout ? Q8KSums : 260, dAt = kernelLayout ? Q8KScale : 0;
         fixed (float* px = x) fixed (byte* py = dst)
         {
             for (int k = 0; k < nb; k++)
             {
                 float* xb = px + k * 256;
-                byte* yb = py + k * 292;
+                byte* yb = py + k * stride;
                 var amaxv = Vector512<float>.Zero;
                 for (int j = 0; j < 256; j += 16) amaxv = Vector512.Max(amaxv, Vector512.Abs(Vector512.Load(xb + j)));
                 float amax = 0;
                 for (int l = 0; l < 16; l++) amax = MathF.Max(amax, amaxv[l]);
-                if (amax == 0) { new Span<byte>(yb, 292).Clear(); continue; }
+                if (amax == 0) { new Span<byte>(yb, stride).Clear(); continue; }
                 int first = 0;
                 while (MathF.Abs(xb[first]) != amax) first++;
                 float iscale = -127f / xb[first];
                 var vs = Vector512.Create(iscale);
                 var lim = Vector512.Create(127);
-                short* bsums = (short*)(yb + 260);
+                short* bsums = (short*)(yb + sumsAt);
                 for (int j = 0; j < 256; j += 16)
                 {
                     var q = Vector512.Min(Vector512.ConvertToInt32(Avx512F.RoundScale(vs * Vector512.Load(xb + j), 0x08)), lim);
-                    Avx512F.ConvertToVector128SByte(q).Store((sbyte*)(yb + 4 + j));
+                    Avx512F.ConvertToVector128SByte(q).Store((sbyte*)(yb + qsAt + j));
                     bsums[j / 16] = (short)Vector512.Sum(q);
                 }
-                *(float*)yb = 1 / iscale;
+                *(float*)(yb + dAt) = 1 / iscale;
             }
         }
     }
@@ -334,10 +345,11 @@ public static unsafe class RowKernels
             return;
         }
         // Q4_K / Q6_K: tiles of Tile activation rows, each row in parts of KPartBlocks super-blocks (one part of a tile,
-        // 16 × 8 × 292 B = 37 KB of Q8_K activations, stays in L1d), accumulators carried between parts.
+        // 16 × 8 × 320 B = 40 KB of Q8_K activations, stays in L1d), accumulators carried between parts.
         int nb = n / 256;
         var dec = DecodeBuffer(Math.Max(1, nb));
         var acc = (Vector512<float>*)Scratch(ref _kAcc, (long)(r1 - r0) * Tile * 32); // [rows, tile, 2] accumulators
+        var v = stackalloc Vector512<float>[Tile];                                  // [tile] Q4_K: sums − mins of one row
         for (int b0 = 0; b0 < B; b0 += Tile)
         {
             int tb = Math.Min(Tile, B - b0);
@@ -353,20 +365,70 @@ public static unsafe class RowKernels
                     else Q6KTilePart(wr, xt, xStride, tb, i0, i1, a, dec);
                 }
             }
+            // the tile's results for each weight row: the 16 accumulators summed at once (lanes past tb are unused)
             for (int r = r0; r < r1; r++)
-                for (int b = 0; b < tb; b++)
+            {
+                var a = acc + (long)(r - r0) * Tile * 2;
+                Vector512<float> sums;
+                if (type == GgmlType.Q4_K)
                 {
-                    var a = acc + ((long)(r - r0) * Tile + b) * 2;
-                    y[(long)(b0 + b) * yStride + r] = type == GgmlType.Q4_K ? Q4KResult(a[0], a[1].GetLower()) : Vector512.Sum(a[0]);
+                    for (int b = 0; b < Tile; b++) v[b] = a[2 * b] - a[2 * b + 1];  // a[2b + 1]: the mins, upper half zero
+                    sums = Sums16(v, 1);
                 }
+                else sums = Sums16(a, 2);
+                for (int b = 0; b < tb; b++) y[(long)(b0 + b) * yStride + r] = sums.GetElement(b);
+            }
         }
+    }
+
+    /// <summary>
+    /// Σ of the 16 lanes in one fixed tree, ((s0–3 + s4–7) + (s8–11 + s12–15)) with s0–3 = (v0 + v1) + (v2 + v3): how
+    /// every quantized kernel here ends a dot product, so a row summed alone and sixteen rows summed at once by
+    /// <see cref="Sums16"/> give the same bits.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static float Sum(Vector512<float> v)
+    {
+        v += Avx512F.Shuffle(v, v, 0xB1);             // lanes 2k, 2k+1: v2k + v2k+1
+        v += Avx512F.Shuffle(v, v, 0x4E);             // each 128-bit lane: (v0 + v1) + (v2 + v3)
+        v += Avx512F.Shuffle4x128(v, v, 0xB1);        // 128-bit lanes 0, 1: s0–3 + s4–7; 2, 3: s8–11 + s12–15
+        v += Avx512F.Shuffle4x128(v, v, 0x4E);
+        return v.ToScalar();
+    }
+
+    /// <summary>
+    /// The lane sums of 16 vectors v[0], v[stride], …, v[15·stride] at once: lane b of the result is
+    /// <see cref="Sum"/>(v[b·stride]), bit for bit — the same tree, transposed: adjacent lanes of two vectors, then pairs
+    /// of those, then adjacent 128-bit lanes, then the halves (15 + 15 shuffles and 15 adds for 16 sums, where 16 single
+    /// sums take 64 of each).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<float> Sums16(Vector512<float>* v, int stride)
+    {
+        // level 1: per 128-bit lane [a0 + a1, a2 + a3, b0 + b1, b2 + b3] for the pairs (v2k, v2k+1)
+        var c0 = Pairs(v[0], v[stride]);
+        var c1 = Pairs(v[2 * stride], v[3 * stride]);
+        var c2 = Pairs(v[4 * stride], v[5 * stride]);
+        var c3 = Pairs(v[6 * stride], v[7 * stride]);
+        var c4 = Pairs(v[8 * stride], v[9 * stride]);
+        var c5 = Pairs(v[10 * stride], v[11 * stride]);
+        var c6 = Pairs(v[12 * stride], v[13 * stride]);
+        var c7 = Pairs(v[14 * stride], v[15 * stride]);
+        // level 2: per 128-bit lane the four-lane sums of v4m..v4m+3
+        var e0 = Pairs(c0, c1); var e1 = Pairs(c2, c3); var e2 = Pairs(c4, c5); var e3 = Pairs(c6, c7);
+        // levels 3 and 4: adjacent 128-bit lanes, then the halves; 128-bit lane j ends holding v4j..v4j+3
+        var p0 = Avx512F.Shuffle4x128(e0, e1, 0x88) + Avx512F.Shuffle4x128(e0, e1, 0xDD);
+        var p1 = Avx512F.Shuffle4x128(e2, e3, 0x88) + Avx512F.Shuffle4x128(e2, e3, 0xDD);
+        return Avx512F.Shuffle4x128(p0, p1, 0x88) + Avx512F.Shuffle4x128(p0, p1, 0xDD);
+
+        static Vector512<float> Pairs(Vector512<float> a, Vector512<float> b) => Avx512F.Shuffle(a, b, 0x88) + Avx512F.Shuffle(a, b, 0xDD);
     }
 
     // ---- Q4_K × Q8_K ------------------------------------------------------------------------------------------
     // Q4_K super-block (144 B): d f16 | dmin f16 | scales[12] (8 six-bit scales, 8 six-bit mins) | qs[128].
     // Chunk c (0..3) of qs holds elements 64c..64c+31 in its low nibbles (sub-block 2c) and 64c+32..63 in its high
-    // nibbles (sub-block 2c+1). Q8_K (292 B): d f32 | qs[256] int8 | bsums[16] int16 (sums of 16 quants); the
-    // activations this kernel reads have their quants reordered by PermuteQ8KForQ4K.
+    // nibbles (sub-block 2c+1). Q8_K in the kernels' layout (Q8KStride = 320 B): qs[256] int8 | bsums[16] int16 (sums of
+    // 16 quants) | d f32; the activations this kernel reads have their quants reordered by PermuteQ8KForQ4K.
     // dot = d·d8·Σ_sb scale_sb·Σ q4·q8 − dmin·d8·Σ_sb min_sb·(bsum_2sb + bsum_2sb+1).
 
     /// <summary>
@@ -411,7 +473,7 @@ public static unsafe class RowKernels
                 var w0 = o->W0; var w1 = o->W1; var w2 = o->W2; var w3 = o->W3;
                 var s0 = o->S0; var s1 = o->S1; var s2 = o->S2; var s3 = o->S3;
                 var mins = o->Mins; float d = o->D, dmin = o->DMin;
-                int off = i * 292;
+                int off = i * Q8KStride;
                 Q4KStep(xa + off, w0, w1, w2, w3, s0, s1, s2, s3, mins, d, dmin, ref accA, ref minA);
                 Q4KStep(xb + off, w0, w1, w2, w3, s0, s1, s2, s3, mins, d, dmin, ref accB, ref minB);
                 Q4KStep(xc + off, w0, w1, w2, w3, s0, s1, s2, s3, mins, d, dmin, ref accC, ref minC);
@@ -429,7 +491,7 @@ public static unsafe class RowKernels
             for (int i = i0; i < i1; i++)
             {
                 DecodedSuperBlock* o = dec + i;
-                Q4KStep(xa + i * 292, o->W0, o->W1, o->W2, o->W3, o->S0, o->S1, o->S2, o->S3, o->Mins, o->D, o->DMin, ref a, ref min);
+                Q4KStep(xa + i * Q8KStride, o->W0, o->W1, o->W2, o->W3, o->S0, o->S1, o->S2, o->S3, o->Mins, o->D, o->DMin, ref a, ref min);
             }
             acc[2 * b] = a; acc[2 * b + 1] = min.ToVector512();
         }
@@ -489,22 +551,22 @@ public static unsafe class RowKernels
         Vector512<short> s0, Vector512<short> s1, Vector512<short> s2, Vector512<short> s3, Vector256<short> mins,
         float d, float dmin, ref Vector512<float> acc, ref Vector256<float> accMin)
     {
-        float d8 = *(float*)yb;
-        sbyte* q8 = (sbyte*)(yb + 4);
+        float d8 = *(float*)(yb + Q8KScale);
+        sbyte* q8 = (sbyte*)yb;
         var p0 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w0, Vector512.Load(q8)), s0);
         var p1 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w1, Vector512.Load(q8 + 64)), s1);
         var p2 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w2, Vector512.Load(q8 + 128)), s2);
         var p3 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w3, Vector512.Load(q8 + 192)), s3);
         var sumi = (p0 + p1) + (p2 + p3);
         acc = Vector512.FusedMultiplyAdd(Vector512.Create(d * d8), Vector512.ConvertToSingle(sumi), acc);
-        var m = Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(yb + 260)), mins);
+        var m = Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(yb + Q8KSums)), mins);
         accMin = Vector256.FusedMultiplyAdd(Vector256.Create(dmin * d8), Vector256.ConvertToSingle(m), accMin);
     }
 
     /// <summary>A Q4_K dot product from its accumulators: Σ(scaled sums − mins) in one horizontal sum (the mins'
     /// eight lanes subtracted lane-wise first). Every path (decode, tiles, parts) ends here, so they agree bit for bit.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static float Q4KResult(Vector512<float> acc, Vector256<float> accMin) => Vector512.Sum(acc - accMin.ToVector512());
+    static float Q4KResult(Vector512<float> acc, Vector256<float> accMin) => Sum(acc - accMin.ToVector512());
 
     /// <summary>A K-quant super-block unpacked once per weight row for <see cref="Q4KTile"/> / <see cref="Q6KTile"/>.</summary>
     internal struct DecodedSuperBlock
@@ -525,7 +587,7 @@ public static unsafe class RowKernels
         var accMin = Vector256<float>.Zero;
         // No software prefetch: the hardware prefetcher keeps this one sequential stream ahead, and the kernel is
         // bound by its instruction count (the three prefetches were 6 of ~90 instructions per super-block).
-        for (byte* end = w + nb * 144; w < end; w += 144, x += 292)
+        for (byte* end = w + nb * 144; w < end; w += 144, x += Q8KStride)
         {
             DecodeQ4K(w, out var w0, out var w1, out var w2, out var w3, out var s0, out var s1, out var s2, out var s3, out var mins, out float d, out float dmin);
             Q4KStep(x, w0, w1, w2, w3, s0, s1, s2, s3, mins, d, dmin, ref acc, ref accMin);
@@ -550,7 +612,7 @@ public static unsafe class RowKernels
     {
         var acc = (Vector512<float>*)Scratch(ref _kAcc, (long)B * 32);
         Q6KTilePart(w, x, xStride, B, 0, nb, acc, dec);
-        for (int b = 0; b < B; b++) y[(long)b * yStride] = Vector512.Sum(acc[2 * b]);
+        for (int b = 0; b < B; b++) y[(long)b * yStride] = Sum(acc[2 * b]);
     }
 
     /// <summary>Super-blocks [i0, i1) of one Q6_K row against B activation rows, continuing acc[2b] (the layout of
@@ -577,7 +639,7 @@ public static unsafe class RowKernels
                 var w0 = o->W0; var w1 = o->W1; var w2 = o->W2; var w3 = o->W3;
                 var s0 = o->S0; var s1 = o->S1; var s2 = o->S2; var s3 = o->S3;
                 var sc = o->Mins; float d = o->D;
-                int off = i * 292;
+                int off = i * Q8KStride;
                 Q6KStep(xa + off, w0, w1, w2, w3, s0, s1, s2, s3, sc, d, ref accA);
                 Q6KStep(xb + off, w0, w1, w2, w3, s0, s1, s2, s3, sc, d, ref accB);
                 Q6KStep(xc + off, w0, w1, w2, w3, s0, s1, s2, s3, sc, d, ref accC);
@@ -592,7 +654,7 @@ public static unsafe class RowKernels
             for (int i = i0; i < i1; i++)
             {
                 DecodedSuperBlock* o = dec + i;
-                Q6KStep(xa + i * 292, o->W0, o->W1, o->W2, o->W3, o->S0, o->S1, o->S2, o->S3, o->Mins, o->D, ref a);
+                Q6KStep(xa + i * Q8KStride, o->W0, o->W1, o->W2, o->W3, o->S0, o->S1, o->S2, o->S3, o->Mins, o->D, ref a);
             }
             acc[2 * b] = a;
         }
@@ -640,14 +702,14 @@ public static unsafe class RowKernels
         Vector512<short> s0, Vector512<short> s1, Vector512<short> s2, Vector512<short> s3, Vector256<short> scales,
         float d, ref Vector512<float> acc)
     {
-        float d8 = *(float*)yb;
-        sbyte* q8 = (sbyte*)(yb + 4);
+        float d8 = *(float*)(yb + Q8KScale);
+        sbyte* q8 = (sbyte*)yb;
         var p0 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w0, Vector512.Load(q8)), s0);
         var p1 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w1, Vector512.Load(q8 + 64)), s1);
         var p2 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w2, Vector512.Load(q8 + 128)), s2);
         var p3 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w3, Vector512.Load(q8 + 192)), s3);
         var sumi = (p0 + p1) + (p2 + p3);
-        var corr = Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(yb + 260)), scales) * Vector256.Create(32);
+        var corr = Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(yb + Q8KSums)), scales) * Vector256.Create(32);
         sumi -= Vector512.Create(corr, Vector256<int>.Zero);
         acc = Vector512.FusedMultiplyAdd(Vector512.Create(d * d8), Vector512.ConvertToSingle(sumi), acc);
     }
@@ -667,9 +729,9 @@ public static unsafe class RowKernels
             Sse.Prefetch0(blk + PrefetchDistance + 128);
             Sse.Prefetch0(blk + PrefetchDistance + 192);
             DecodeQ6K(blk, out var w0, out var w1, out var w2, out var w3, out var s0, out var s1, out var s2, out var s3, out var scales, out float d);
-            Q6KStep(x + i * 292, w0, w1, w2, w3, s0, s1, s2, s3, scales, d, ref acc);
+            Q6KStep(x + i * Q8KStride, w0, w1, w2, w3, s0, s1, s2, s3, scales, d, ref acc);
         }
-        return Vector512.Sum(acc);
+        return Sum(acc);
     }
 
     // ---- Q8_0 × Q8_0 ------------------------------------------------------------------------------------------
@@ -685,7 +747,7 @@ public static unsafe class RowKernels
     {
         var acc = (Vector512<float>*)Scratch(ref _q80Acc, (long)B * 16);
         Q80TilePart(w, x, xStride, B, nb, 0, nb, acc, decQ, decD);
-        for (int b = 0; b < B; b++) y[(long)b * yStride] = Vector512.Sum(acc[b]);
+        for (int b = 0; b < B; b++) y[(long)b * yStride] = Sum(acc[b]);
     }
 
     /// <summary>
@@ -774,12 +836,23 @@ public static unsafe class RowKernels
             for (int i0 = 0; i0 < nb; i0 += Q80PartBlocks)
             {
                 int i1 = Math.Min(nb, i0 + Q80PartBlocks);
-                for (int r = r0; r < r1; r++)
-                    Q80TilePart(w + (long)r * rowBytes, xt, xStride, tb, nb, i0, i1, acc + (r - r0) * Q80TileRows, decQ, decD);
+                for (int rr = r0; rr < r1; rr++)
+                    Q80TilePart(w + (long)rr * rowBytes, xt, xStride, tb, nb, i0, i1, acc + (rr - r0) * Q80TileRows, decQ, decD);
             }
-            for (int r = r0; r < r1; r++)
+            // two weight rows' accumulators (8 + 8, contiguous) summed at once; lanes past tb are unused
+            int r = r0;
+            for (; r + 2 <= r1; r += 2)
+            {
+                var sums = Sums16(acc + (r - r0) * Q80TileRows, 1);
                 for (int b = 0; b < tb; b++)
-                    y[(long)(b0 + b) * yStride + r] = Vector512.Sum(acc[(r - r0) * Q80TileRows + b]);
+                {
+                    y[(long)(b0 + b) * yStride + r] = sums.GetElement(b);
+                    y[(long)(b0 + b) * yStride + r + 1] = sums.GetElement(Q80TileRows + b);
+                }
+            }
+            for (; r < r1; r++)
+                for (int b = 0; b < tb; b++)
+                    y[(long)(b0 + b) * yStride + r] = Sum(acc[(r - r0) * Q80TileRows + b]);
         }
     }
 
@@ -833,7 +906,7 @@ public static unsafe class RowKernels
             byte* blk = w + i * 34;
             Q80Step1(x, nb, i, WidenQ80(blk), Fp16.ToSingle(*(ushort*)blk), ref acc);
         }
-        return Vector512.Sum(acc);
+        return Sum(acc);
     }
 
     /// <summary>A Q8_0 block's 32 quants sign-extended to int16.</summary>
@@ -1134,12 +1207,12 @@ public static unsafe class RowKernels
 
     /// <summary><see cref="Q4K1"/> on two rows at once, super-block by super-block.</summary>
     [SkipLocalsInit]
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
     static void Q4K1Pair(byte* wa, byte* wb, byte* x, int nb, out float ya, out float yb)
     {
         Vector512<float> accA = default, accB = default;
         Vector256<float> minA = default, minB = default;
-        for (int i = 0; i < nb; i++, wa += 144, wb += 144, x += 292)
+        for (int i = 0; i < nb; i++, wa += 144, wb += 144, x += Q8KStride)
         {
             DecodeQ4K(wa, out var a0, out var a1, out var a2, out var a3, out var as0, out var as1, out var as2, out var as3, out var am, out float ad, out float adm);
             Q4KStep(x, a0, a1, a2, a3, as0, as1, as2, as3, am, ad, adm, ref accA, ref minA);
@@ -1152,7 +1225,7 @@ public static unsafe class RowKernels
 
     /// <summary><see cref="Q801"/> on two rows at once (its software prefetch included, for each row).</summary>
     [SkipLocalsInit]
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
     static void Q801Pair(byte* wa, byte* wb, byte* x, int nb, out float ya, out float yb)
     {
         Vector512<float> accA = default, accB = default;
@@ -1174,13 +1247,13 @@ public static unsafe class RowKernels
             Q80Step1(x, nb, i, WidenQ80(wa + i * 34), Fp16.ToSingle(*(ushort*)(wa + i * 34)), ref accA);
             Q80Step1(x, nb, i, WidenQ80(wb + i * 34), Fp16.ToSingle(*(ushort*)(wb + i * 34)), ref accB);
         }
-        ya = Vector512.Sum(accA);
-        yb = Vector512.Sum(accB);
+        ya = Sum(accA);
+        yb = Sum(accB);
     }
 
     /// <summary><see cref="Q6K1"/> on two rows at once (its software prefetch included, for each row).</summary>
     [SkipLocalsInit]
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
     static void Q6K1Pair(byte* wa, byte* wb, byte* x, int nb, out float ya, out float yb)
     {
         Vector512<float> accA = default, accB = default;
@@ -1192,17 +1265,17 @@ public static unsafe class RowKernels
             Sse.Prefetch0(bb + PrefetchDistance); Sse.Prefetch0(bb + PrefetchDistance + 64);
             Sse.Prefetch0(bb + PrefetchDistance + 128); Sse.Prefetch0(bb + PrefetchDistance + 192);
             DecodeQ6K(ba, out var a0, out var a1, out var a2, out var a3, out var as0, out var as1, out var as2, out var as3, out var asc, out float ad);
-            Q6KStep(x + i * 292, a0, a1, a2, a3, as0, as1, as2, as3, asc, ad, ref accA);
+            Q6KStep(x + i * Q8KStride, a0, a1, a2, a3, as0, as1, as2, as3, asc, ad, ref accA);
             DecodeQ6K(bb, out var b0, out var b1, out var b2, out var b3, out var bs0, out var bs1, out var bs2, out var bs3, out var bsc, out float bd);
-            Q6KStep(x + i * 292, b0, b1, b2, b3, bs0, bs1, bs2, bs3, bsc, bd, ref accB);
+            Q6KStep(x + i * Q8KStride, b0, b1, b2, b3, bs0, bs1, bs2, bs3, bsc, bd, ref accB);
         }
-        ya = Vector512.Sum(accA);
-        yb = Vector512.Sum(accB);
+        ya = Sum(accA);
+        yb = Sum(accB);
     }
 
     /// <summary>Two rows far apart (two memory streams) against the same activations: <see cref="DotF16Scaled"/>'s
     /// operations for each row, interleaved, so each result has the same bits as DotF16Scaled's.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
     internal static void DotF16ScaledPair(ushort* wa, ushort* wb, float* xs, int n, out float ya, out float yb, out bool nonFinite)
     {
         int i = 0;

@@ -97,6 +97,39 @@ public unsafe class RowKernelTests
         }
     }
 
+    /// <summary>Every quantized kernel ends a dot product with RowKernels.Sum's fixed tree, and the tiles sum sixteen
+    /// accumulators at once with Sums16: lane b of Sums16 must be the bits of Sum(v[b]), and Sum the bits of the tree
+    /// written out in scalars. Lanes of mixed magnitudes make every other order give other bits.</summary>
+    [Fact]
+    public void SixteenSumsAtOnceGiveTheBitsOfEachSumAlone()
+    {
+        var rng = new Random(12);
+        var v = new System.Runtime.Intrinsics.Vector512<float>[32];
+        for (int trial = 0; trial < 200; trial++)
+        {
+            for (int k = 0; k < v.Length; k++)
+            {
+                var lanes = new float[16];
+                for (int l = 0; l < 16; l++) lanes[l] = (float)((rng.NextDouble() - 0.5) * Math.Pow(2, rng.Next(-20, 21)));
+                v[k] = System.Runtime.Intrinsics.Vector512.Create(lanes);
+            }
+            foreach (int stride in new[] { 1, 2 })
+            {
+                System.Runtime.Intrinsics.Vector512<float> sums;
+                fixed (System.Runtime.Intrinsics.Vector512<float>* pv = v) sums = RowKernels.Sums16(pv, stride);
+                for (int b = 0; b < 16; b++)
+                {
+                    var x = v[b * stride];
+                    float Q(int i) => (x[i] + x[i + 1]) + (x[i + 2] + x[i + 3]);
+                    float tree = (Q(0) + Q(4)) + (Q(8) + Q(12));
+                    float alone = RowKernels.Sum(x);
+                    Assert.True(alone.Equals(tree), $"trial {trial}: Sum {alone} vs the tree {tree}");
+                    Assert.True(sums[b].Equals(alone), $"trial {trial} stride {stride} lane {b}: {sums[b]} vs {alone}");
+                }
+            }
+        }
+    }
+
     /// <summary>The F16 decode kernel reads raw half bits against activations · 2^112: subnormal and signed-zero
     /// weights give the bits of the widening path, and a row holding an infinity or a NaN (which the raw bits would
     /// read as finite) gives what the widening path gives: a non-finite result, the same bits.</summary>
@@ -165,10 +198,20 @@ public unsafe class RowKernelTests
                 if (trial == 2) { x[5] = 2f; x[9] = -2f; x[200] = 2f; }          // ties for the max magnitude
                 if (trial == 3) for (int i = 0; i < n; i++) x[i] = (i % 7 - 3) * 0.5f * (127f / 1.5f) / 127f; // exact .5 products
                 var a = new byte[GgmlTypeInfo.RowBytes(GgmlType.Q8_K, n)];
-                var b = new byte[a.Length];
+                var b = new byte[RowKernels.ActivationRowBytes(GgmlType.Q6_K, n)];
+                var c = new byte[a.Length];
                 VecDot.QuantizeActivations(GgmlType.Q8_K, x, a);
                 RowKernels.PrepareActivations(GgmlType.Q6_K, x, b); // Q6_K reads Q8_K in natural order (Q4_K: permuted)
-                Assert.Equal(a, b);
+                RowKernels.PrepareActivations(GgmlType.Q5_K, x, c); // other K types: ggml's block_q8_K itself
+                Assert.Equal(a, c);
+                // the Q4_K / Q6_K kernels' layout, 320 B per super-block: qs[256] | bsums[16] | d, the same values
+                Assert.Equal(n / 256 * 320, b.Length);
+                for (int k = 0; k < n / 256; k++)
+                {
+                    Assert.Equal(a.AsSpan(k * 292 + 4, 256).ToArray(), b.AsSpan(k * 320, 256).ToArray());
+                    Assert.Equal(a.AsSpan(k * 292 + 260, 32).ToArray(), b.AsSpan(k * 320 + 256, 32).ToArray());
+                    Assert.Equal(a.AsSpan(k * 292, 4).ToArray(), b.AsSpan(k * 320 + 288, 4).ToArray());
+                }
             }
     }
 
