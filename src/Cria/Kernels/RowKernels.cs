@@ -24,12 +24,13 @@ public static unsafe class RowKernels
     const int Q80TileRows = 8, Q80PartBlocks = 40960 / (Q80TileRows * 68) / 4 * 4;
 
     /// <summary>Q4_K / Q6_K batches: super-blocks per part of a row, as many as keep one part of a 16-row tile of Q8_K
-    /// activations (<see cref="Q8KStride"/> B per super-block and row) within 40 KiB.</summary>
-    const int KPartBlocks = 40960 / (Tile * Q8KStride);
+    /// activations (<see cref="Q8KStride"/> B per super-block and row) within 20 KiB: half of L1d, so that the tile stays
+    /// there beside the decoded weights (parts of 8 super-blocks, 40 KB, ran 8–10 % slower: `Cria.Bench gemm-micro`).</summary>
+    const int KPartBlocks = 20480 / (Tile * Q8KStride);
 
     /// <summary>
     /// Bytes of one Q8_K super-block in the layout the Q4_K / Q6_K kernels read (AVX-512): qs[256] int8 at 0 (for Q4_K
-    /// permuted, <see cref="PermuteQ8KForQ4K"/>) | bsums[16] int16 at 256 | d f32 at 288 | 28 bytes of padding — five
+    /// permuted, <see cref="PrepareQ8KForQ4K"/>) | bsums[16] int16 at 256 (for Q4_K: 8 floats, see there) | d f32 at 288 | 28 bytes of padding — five
     /// cache lines, so that every 64-byte load of quants is one aligned line. ggml's block_q8_K (292 B, d first) put
     /// each of the four quant loads of a step across two lines.
     /// </summary>
@@ -72,7 +73,7 @@ public static unsafe class RowKernels
                 return;
             case GgmlType.Q4_K or GgmlType.Q6_K when Avx512BW.IsSupported:
                 QuantizeQ8K(x, dst, kernelLayout: true);
-                if (weightType == GgmlType.Q4_K) PermuteQ8KForQ4K(dst, x.Length / 256);
+                if (weightType == GgmlType.Q4_K) PrepareQ8KForQ4K(dst, x.Length / 256);
                 return;
             default:
                 var act = VecDot.ActivationType(weightType);
@@ -83,22 +84,28 @@ public static unsafe class RowKernels
     }
 
     /// <summary>
-    /// Reorders each Q8_K super-block's quants for the Q4_K kernel: within each 128-quant half, the 32-quant pieces
-    /// (lo c, hi c, lo c+1, hi c+1) become (lo c, lo c+1, hi c, hi c+1), matching one 64-byte load of Q4_K nibbles
-    /// split into its low and high halves. d and bsums keep their places (bsums stay in natural order).
+    /// Turns each Q8_K super-block (kernel layout) into what the Q4_K kernel reads: within each 128-quant half the
+    /// 32-quant pieces (lo c, hi c, lo c+1, hi c+1) become (lo c, lo c+1, hi c, hi c+1), matching one 64-byte load of
+    /// Q4_K nibbles split into its low and high halves; and the 16 bsums become 8 floats d8 · (bsum 2j + bsum 2j+1), the
+    /// activation side of sub-block j's min term, so that the kernel's min term is one multiply–add per super-block.
     /// </summary>
-    static void PermuteQ8KForQ4K(Span<byte> dst, int nb)
+    static void PrepareQ8KForQ4K(Span<byte> dst, int nb)
     {
         fixed (byte* p = dst)
             for (int k = 0; k < nb; k++)
+            {
+                byte* blk = p + k * Q8KStride;
                 for (int half = 0; half < 2; half++)
                 {
-                    byte* q = p + k * Q8KStride + 128 * half;
+                    byte* q = blk + 128 * half;
                     var hi0 = Vector256.Load(q + 32);
                     var lo1 = Vector256.Load(q + 64);
                     lo1.Store(q + 32);
                     hi0.Store(q + 64);
                 }
+                var pairSums = Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(blk + Q8KSums)), Vector256<short>.One); // [8] int32
+                (Vector256.ConvertToSingle(pairSums) * Vector256.Create(*(float*)(blk + Q8KScale))).Store((float*)(blk + Q8KSums));
+            }
     }
 
     /// <summary>
@@ -345,7 +352,7 @@ public static unsafe class RowKernels
             return;
         }
         // Q4_K / Q6_K: tiles of Tile activation rows, each row in parts of KPartBlocks super-blocks (one part of a tile,
-        // 16 × 8 × 320 B = 40 KB of Q8_K activations, stays in L1d), accumulators carried between parts.
+        // 16 × 4 × 320 B = 20 KB of Q8_K activations, stays in L1d), accumulators carried between parts.
         int nb = n / 256;
         var dec = DecodeBuffer(Math.Max(1, nb));
         var acc = (Vector512<float>*)Scratch(ref _kAcc, (long)(r1 - r0) * Tile * 32); // [rows, tile, 2] accumulators
@@ -427,13 +434,13 @@ public static unsafe class RowKernels
     // ---- Q4_K × Q8_K ------------------------------------------------------------------------------------------
     // Q4_K super-block (144 B): d f16 | dmin f16 | scales[12] (8 six-bit scales, 8 six-bit mins) | qs[128].
     // Chunk c (0..3) of qs holds elements 64c..64c+31 in its low nibbles (sub-block 2c) and 64c+32..63 in its high
-    // nibbles (sub-block 2c+1). Q8_K in the kernels' layout (Q8KStride = 320 B): qs[256] int8 | bsums[16] int16 (sums of
-    // 16 quants) | d f32; the activations this kernel reads have their quants reordered by PermuteQ8KForQ4K.
-    // dot = d·d8·Σ_sb scale_sb·Σ q4·q8 − dmin·d8·Σ_sb min_sb·(bsum_2sb + bsum_2sb+1).
+    // nibbles (sub-block 2c+1). The activations this kernel reads are Q8_K in the kernels' layout (Q8KStride = 320 B)
+    // as PrepareQ8KForQ4K leaves them: qs[256] int8 (permuted) | pairs[8] f32 = d8 · (bsum 2j + bsum 2j+1) | d8 f32.
+    // dot = d·d8·Σ_j scale_j·Σ q4·q8 − Σ_j (dmin·min_j)·pairs_j, per super-block.
 
     /// <summary>
     /// One Q4_K weight row against B activation rows: the row is decoded once into <paramref name="dec"/> (per
-    /// super-block: four 64-byte quant vectors, four scale vectors, the 16 mins, d, dmin), then activation rows run
+    /// super-block: four 64-byte quant vectors, four scale vectors, the 8 mins times dmin, d), then activation rows run
     /// four at a time over all super-blocks with their accumulators in registers. Per row b the arithmetic and its
     /// order are those of <see cref="Q4K1"/> (the body is <see cref="Q4KStep"/>), so results do not depend on B.
     /// </summary>
@@ -456,7 +463,7 @@ public static unsafe class RowKernels
         for (int i = i0; i < i1; i++)
         {
             DecodedSuperBlock* o = dec + i;
-            DecodeQ4K(w + i * 144, out o->W0, out o->W1, out o->W2, out o->W3, out o->S0, out o->S1, out o->S2, out o->S3, out o->Mins, out o->D, out o->DMin);
+            DecodeQ4K(w + i * 144, out o->W0, out o->W1, out o->W2, out o->W3, out o->S0, out o->S1, out o->S2, out o->S3, out o->DMins, out o->D);
         }
         bool first = i0 == 0;
         int b = 0;
@@ -472,12 +479,12 @@ public static unsafe class RowKernels
                 DecodedSuperBlock* o = dec + i;
                 var w0 = o->W0; var w1 = o->W1; var w2 = o->W2; var w3 = o->W3;
                 var s0 = o->S0; var s1 = o->S1; var s2 = o->S2; var s3 = o->S3;
-                var mins = o->Mins; float d = o->D, dmin = o->DMin;
+                var dmins = o->DMins; float d = o->D;
                 int off = i * Q8KStride;
-                Q4KStep(xa + off, w0, w1, w2, w3, s0, s1, s2, s3, mins, d, dmin, ref accA, ref minA);
-                Q4KStep(xb + off, w0, w1, w2, w3, s0, s1, s2, s3, mins, d, dmin, ref accB, ref minB);
-                Q4KStep(xc + off, w0, w1, w2, w3, s0, s1, s2, s3, mins, d, dmin, ref accC, ref minC);
-                Q4KStep(xd + off, w0, w1, w2, w3, s0, s1, s2, s3, mins, d, dmin, ref accD, ref minD);
+                Q4KStep(xa + off, w0, w1, w2, w3, s0, s1, s2, s3, dmins, d, ref accA, ref minA);
+                Q4KStep(xb + off, w0, w1, w2, w3, s0, s1, s2, s3, dmins, d, ref accB, ref minB);
+                Q4KStep(xc + off, w0, w1, w2, w3, s0, s1, s2, s3, dmins, d, ref accC, ref minC);
+                Q4KStep(xd + off, w0, w1, w2, w3, s0, s1, s2, s3, dmins, d, ref accD, ref minD);
             }
             acc[2 * b] = accA; acc[2 * b + 2] = accB; acc[2 * b + 4] = accC; acc[2 * b + 6] = accD;
             acc[2 * b + 1] = minA.ToVector512(); acc[2 * b + 3] = minB.ToVector512();
@@ -491,37 +498,37 @@ public static unsafe class RowKernels
             for (int i = i0; i < i1; i++)
             {
                 DecodedSuperBlock* o = dec + i;
-                Q4KStep(xa + i * Q8KStride, o->W0, o->W1, o->W2, o->W3, o->S0, o->S1, o->S2, o->S3, o->Mins, o->D, o->DMin, ref a, ref min);
+                Q4KStep(xa + i * Q8KStride, o->W0, o->W1, o->W2, o->W3, o->S0, o->S1, o->S2, o->S3, o->DMins, o->D, ref a, ref min);
             }
             acc[2 * b] = a; acc[2 * b + 1] = min.ToVector512();
         }
     }
 
     /// <summary>
-    /// Unpacks one Q4_K super-block: the four 64-byte quant vectors in the order <see cref="PermuteQ8KForQ4K"/> gives
+    /// Unpacks one Q4_K super-block: the four 64-byte quant vectors in the order <see cref="PrepareQ8KForQ4K"/> gives
     /// the activations (one 64-byte load of qs holds chunks 2p and 2p+1: its low nibbles are lo 2p | lo 2p+1, its high
-    /// nibbles hi 2p | hi 2p+1), each sub-block's 6-bit scale spread over its int16 lanes (vpermw), the eight mins each
-    /// twice (one per bsum of 16), d and dmin. (Constants are written inline: in these AggressiveOptimization kernels
+    /// nibbles hi 2p | hi 2p+1), each sub-block's 6-bit scale spread over its int16 lanes (vpermw), the eight mins
+    /// times dmin (exact in float: 11 × 6 bits), and d. (Constants are written inline: in these AggressiveOptimization kernels
     /// the JIT embeds Vector*.Create constants, while static readonly fields would cost class-init checks.)
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void DecodeQ4K(byte* blk, out Vector512<byte> w0, out Vector512<byte> w1, out Vector512<byte> w2, out Vector512<byte> w3,
         out Vector512<short> s0, out Vector512<short> s1, out Vector512<short> s2, out Vector512<short> s3,
-        out Vector256<short> mins, out float d, out float dmin)
+        out Vector256<float> dmins, out float d)
     {
         var m4 = Vector512.Create((byte)0x0F);
         // vpermw indices for (lo 0|lo 1), (hi 0|hi 1), (lo 2|lo 3), (hi 2|hi 3): lanes 0..15 take the first sub-block's
         // scale, lanes 16..31 the second's (sub-block of lo c = 2c, hi c = 2c+1).
         var permC0 = Vector512.Create((short)0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2);
         d = Fp16.ToSingle(*(ushort*)blk);
-        dmin = Fp16.ToSingle(*(ushort*)(blk + 2));
+        float dmin = Fp16.ToSingle(*(ushort*)(blk + 2));
         var scalesMins = Q4KScalesAndMins(Vector128.Load(blk));
         var scales16 = Avx512BW.ConvertToVector512Int16(scalesMins.ToVector256Unsafe());
         s0 = Avx512BW.PermuteVar32x16(scales16, permC0);
         s1 = Avx512BW.PermuteVar32x16(scales16, permC0 + Vector512.Create((short)1));
         s2 = Avx512BW.PermuteVar32x16(scales16, permC0 + Vector512.Create((short)4));
         s3 = Avx512BW.PermuteVar32x16(scales16, permC0 + Vector512.Create((short)5));
-        mins = Avx2.ConvertToVector256Int16(Ssse3.Shuffle(scalesMins, Vector128.Create((byte)8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15)));
+        dmins = Vector256.ConvertToSingle(Avx2.ConvertToVector256Int32(Sse2.ShiftRightLogical128BitLane(scalesMins, 8))) * Vector256.Create(dmin);
         var q01 = Vector512.Load(blk + 16); var q23 = Vector512.Load(blk + 80);
         w0 = q01 & m4; w1 = Vector512.ShiftRightLogical(q01.AsUInt16(), 4).AsByte() & m4;
         w2 = q23 & m4; w3 = Vector512.ShiftRightLogical(q23.AsUInt16(), 4).AsByte() & m4;
@@ -548,8 +555,8 @@ public static unsafe class RowKernels
     /// <summary>One decoded Q4_K super-block against one Q8_K super-block (permuted quants): the body of <see cref="Q4K1"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void Q4KStep(byte* yb, Vector512<byte> w0, Vector512<byte> w1, Vector512<byte> w2, Vector512<byte> w3,
-        Vector512<short> s0, Vector512<short> s1, Vector512<short> s2, Vector512<short> s3, Vector256<short> mins,
-        float d, float dmin, ref Vector512<float> acc, ref Vector256<float> accMin)
+        Vector512<short> s0, Vector512<short> s1, Vector512<short> s2, Vector512<short> s3, Vector256<float> dmins,
+        float d, ref Vector512<float> acc, ref Vector256<float> accMin)
     {
         float d8 = *(float*)(yb + Q8KScale);
         sbyte* q8 = (sbyte*)yb;
@@ -559,8 +566,7 @@ public static unsafe class RowKernels
         var p3 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w3, Vector512.Load(q8 + 192)), s3);
         var sumi = (p0 + p1) + (p2 + p3);
         acc = Vector512.FusedMultiplyAdd(Vector512.Create(d * d8), Vector512.ConvertToSingle(sumi), acc);
-        var m = Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(yb + Q8KSums)), mins);
-        accMin = Vector256.FusedMultiplyAdd(Vector256.Create(dmin * d8), Vector256.ConvertToSingle(m), accMin);
+        accMin = Vector256.FusedMultiplyAdd(dmins, Vector256.Load((float*)(yb + Q8KSums)), accMin);
     }
 
     /// <summary>A Q4_K dot product from its accumulators: Σ(scaled sums − mins) in one horizontal sum (the mins'
@@ -573,8 +579,9 @@ public static unsafe class RowKernels
     {
         public Vector512<byte> W0, W1, W2, W3;   // [4][64] unsigned quants, in the order the Q8_K activations are read
         public Vector512<short> S0, S1, S2, S3;  // [4][32] each sub-block's scale, repeated over its int16 lanes
-        public Vector256<short> Mins;            // [16] Q4_K: the 8 mins, each twice (one per bsum); Q6_K: the 16 scales
-        public float D, DMin;                    // super-block scales (DMin unused by Q6_K)
+        public Vector256<short> Mins;            // [16] Q6_K: the 16 scales
+        public Vector256<float> DMins;           // [8] Q4_K: dmin · each sub-block's min
+        public float D;                          // super-block scale
     }
 
     /// <summary>One Q4_K weight row against one activation row (decode): <see cref="Q4KStep"/> per super-block straight
@@ -589,8 +596,8 @@ public static unsafe class RowKernels
         // bound by its instruction count (the three prefetches were 6 of ~90 instructions per super-block).
         for (byte* end = w + nb * 144; w < end; w += 144, x += Q8KStride)
         {
-            DecodeQ4K(w, out var w0, out var w1, out var w2, out var w3, out var s0, out var s1, out var s2, out var s3, out var mins, out float d, out float dmin);
-            Q4KStep(x, w0, w1, w2, w3, s0, s1, s2, s3, mins, d, dmin, ref acc, ref accMin);
+            DecodeQ4K(w, out var w0, out var w1, out var w2, out var w3, out var s0, out var s1, out var s2, out var s3, out var dmins, out float d);
+            Q4KStep(x, w0, w1, w2, w3, s0, s1, s2, s3, dmins, d, ref acc, ref accMin);
         }
         return Q4KResult(acc, accMin);
     }
@@ -1214,10 +1221,10 @@ public static unsafe class RowKernels
         Vector256<float> minA = default, minB = default;
         for (int i = 0; i < nb; i++, wa += 144, wb += 144, x += Q8KStride)
         {
-            DecodeQ4K(wa, out var a0, out var a1, out var a2, out var a3, out var as0, out var as1, out var as2, out var as3, out var am, out float ad, out float adm);
-            Q4KStep(x, a0, a1, a2, a3, as0, as1, as2, as3, am, ad, adm, ref accA, ref minA);
-            DecodeQ4K(wb, out var b0, out var b1, out var b2, out var b3, out var bs0, out var bs1, out var bs2, out var bs3, out var bm, out float bd, out float bdm);
-            Q4KStep(x, b0, b1, b2, b3, bs0, bs1, bs2, bs3, bm, bd, bdm, ref accB, ref minB);
+            DecodeQ4K(wa, out var a0, out var a1, out var a2, out var a3, out var as0, out var as1, out var as2, out var as3, out var am, out float ad);
+            Q4KStep(x, a0, a1, a2, a3, as0, as1, as2, as3, am, ad, ref accA, ref minA);
+            DecodeQ4K(wb, out var b0, out var b1, out var b2, out var b3, out var bs0, out var bs1, out var bs2, out var bs3, out var bm, out float bd);
+            Q4KStep(x, b0, b1, b2, b3, bs0, bs1, bs2, bs3, bm, bd, ref accB, ref minB);
         }
         ya = Q4KResult(accA, minA);
         yb = Q4KResult(accB, minB);

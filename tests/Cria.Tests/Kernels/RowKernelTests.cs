@@ -212,6 +212,23 @@ public unsafe class RowKernelTests
                     Assert.Equal(a.AsSpan(k * 292 + 260, 32).ToArray(), b.AsSpan(k * 320 + 256, 32).ToArray());
                     Assert.Equal(a.AsSpan(k * 292, 4).ToArray(), b.AsSpan(k * 320 + 288, 4).ToArray());
                 }
+                // Q4_K's: quants permuted per 128-quant half (lo c, hi c, lo c+1, hi c+1 → lo c, lo c+1, hi c, hi c+1)
+                // and, where the bsums were, d8 · (bsum 2j + bsum 2j+1) as 8 floats
+                var q4 = new byte[b.Length];
+                RowKernels.PrepareActivations(GgmlType.Q4_K, x, q4);
+                for (int k = 0; k < n / 256; k++)
+                {
+                    float d8 = BitConverter.ToSingle(a, k * 292);
+                    for (int half = 0; half < 2; half++)
+                        foreach (var (from, to) in new[] { (0, 0), (32, 64), (64, 32), (96, 96) })
+                            Assert.Equal(a.AsSpan(k * 292 + 4 + 128 * half + from, 32).ToArray(), q4.AsSpan(k * 320 + 128 * half + to, 32).ToArray());
+                    for (int j = 0; j < 8; j++)
+                    {
+                        int pair = BitConverter.ToInt16(a, k * 292 + 260 + 4 * j) + BitConverter.ToInt16(a, k * 292 + 262 + 4 * j);
+                        Assert.Equal((float)pair * d8, BitConverter.ToSingle(q4, k * 320 + 256 + 4 * j));
+                    }
+                    Assert.Equal(d8, BitConverter.ToSingle(q4, k * 320 + 288));
+                }
             }
     }
 
