@@ -12,12 +12,36 @@ public static class TestPaths
         return d?.FullName ?? throw new InvalidOperationException("cannot find the repository root (Cria.slnx) above " + AppContext.BaseDirectory);
     }
 
+    /// <summary>The run's scratch directory, removed when the test process exits (a full run writes ~800 MB of model
+    /// files there); directories left by runs that died are removed when the next run starts.</summary>
     static readonly Lazy<string> _scratch = new(() =>
     {
+        RemoveLeftovers();
         var p = Path.Combine(Path.GetTempPath(), "cria-tests-" + Environment.ProcessId);
         Directory.CreateDirectory(p);
+        AppDomain.CurrentDomain.ProcessExit += (_, _) => TryDelete(p);
         return p;
     });
+
+    static void RemoveLeftovers()
+    {
+        foreach (var dir in Directory.GetDirectories(Path.GetTempPath(), "cria-tests-*"))
+            if (int.TryParse(Path.GetFileName(dir)["cria-tests-".Length..], out int pid) && !IsRunning(pid)) TryDelete(dir);
+    }
+
+    static bool IsRunning(int pid)
+    {
+        try { using var p = System.Diagnostics.Process.GetProcessById(pid); return !p.HasExited; }
+        catch (ArgumentException) { return false; }     // no such process
+        catch (InvalidOperationException) { return false; }
+    }
+
+    static void TryDelete(string dir)
+    {
+        try { Directory.Delete(dir, recursive: true); }
+        catch (IOException) { }                          // a file still open elsewhere: left for the next run
+        catch (UnauthorizedAccessException) { }
+    }
 
     public static string Scratch => _scratch.Value;
 
