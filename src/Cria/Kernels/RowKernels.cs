@@ -357,7 +357,6 @@ public static unsafe class RowKernels
         int nb = n / 256;
         var dec = DecodeBuffer(Math.Max(1, nb));
         var acc = (Vector512<float>*)Scratch(ref _kAcc, (long)(r1 - r0) * Tile * 32); // [rows, tile, 2] accumulators
-        var v = stackalloc Vector512<float>[Tile];                                  // [tile] Q4_K: sums − mins of one row
         float* sums = Scratch(ref _tileSums, (long)(r1 - r0) * Tile);               // [rows, tile] results
         for (int b0 = 0; b0 < B; b0 += Tile)
         {
@@ -370,21 +369,12 @@ public static unsafe class RowKernels
                 {
                     byte* wr = w + (long)r * rowBytes;
                     var a = acc + (long)(r - r0) * Tile * 2;
-                    if (type == GgmlType.Q4_K) Q4KTilePart(wr, xt, xStride, tb, i0, i1, a, dec);
+                    if (type == GgmlType.Q4_K) Q4KTilePart(wr, xt, xStride, tb, i0, i1, a, dec, last: i1 == nb);
                     else Q6KTilePart(wr, xt, xStride, tb, i0, i1, a, dec);
                 }
             }
             // the tile's results for each weight row: the 16 accumulators summed at once (lanes past tb are unused)
-            for (int r = r0; r < r1; r++)
-            {
-                var a = acc + (long)(r - r0) * Tile * 2;
-                if (type == GgmlType.Q4_K)
-                {
-                    for (int b = 0; b < Tile; b++) v[b] = a[2 * b] - a[2 * b + 1];  // a[2b + 1]: the mins, upper half zero
-                    Sums16(v, 1).Store(sums + (r - r0) * Tile);
-                }
-                else Sums16(a, 2).Store(sums + (r - r0) * Tile);
-            }
+            for (int r = r0; r < r1; r++) Sums16(acc + (long)(r - r0) * Tile * 2, 2).Store(sums + (r - r0) * Tile);
             StoreTile(sums, Tile, r0, r1, tb, y + (long)b0 * yStride, yStride);
         }
     }
@@ -398,8 +388,8 @@ public static unsafe class RowKernels
     {
         for (int b = 0; b < tb; b++)
         {
-            float* yb = y + (long)b * yStride;
-            for (int r = r0; r < r1; r++) yb[r] = t[(r - r0) * tStride + b];
+            float* yb = y + (long)b * yStride, tb_ = t + b;
+            for (int r = r0; r < r1; r++, tb_ += tStride) yb[r] = *tb_;
         }
     }
 
@@ -464,16 +454,17 @@ public static unsafe class RowKernels
     static void Q4KTile(byte* w, byte* x, int xStride, int B, int nb, float* y, int yStride, DecodedSuperBlock* dec)
     {
         var acc = (Vector512<float>*)Scratch(ref _kAcc, (long)B * 32);
-        Q4KTilePart(w, x, xStride, B, 0, nb, acc, dec);
-        for (int b = 0; b < B; b++) y[(long)b * yStride] = Q4KResult(acc[2 * b], acc[2 * b + 1].GetLower());
+        Q4KTilePart(w, x, xStride, B, 0, nb, acc, dec, last: true);
+        for (int b = 0; b < B; b++) y[(long)b * yStride] = Sum(acc[2 * b]);
     }
 
     /// <summary>Super-blocks [i0, i1) of one Q4_K row against B activation rows, continuing the accumulators (per row
-    /// b: acc[2b] the scaled sums, the low half of acc[2b + 1] the mins; started from zero when i0 = 0). Each super-block
+    /// b: acc[2b] the scaled sums, the low half of acc[2b + 1] the mins; started from zero when i0 = 0). The
+    /// <paramref name="last"/> part leaves acc[2b] = sums − mins, the vector <see cref="Q4KResult"/> sums. Each super-block
     /// is one step of every row's chain, so results do not depend on how a row is split into parts.</summary>
     [SkipLocalsInit]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Q4KTilePart(byte* w, byte* x, int xStride, int B, int i0, int i1, Vector512<float>* acc, DecodedSuperBlock* dec)
+    static void Q4KTilePart(byte* w, byte* x, int xStride, int B, int i0, int i1, Vector512<float>* acc, DecodedSuperBlock* dec, bool last)
     {
         for (int i = i0; i < i1; i++)
         {
@@ -501,6 +492,12 @@ public static unsafe class RowKernels
                 Q4KStep(xc + off, w0, w1, w2, w3, s0, s1, s2, s3, dmins, d, ref accC, ref minC);
                 Q4KStep(xd + off, w0, w1, w2, w3, s0, s1, s2, s3, dmins, d, ref accD, ref minD);
             }
+            if (last) // the row's sums less its mins, what Q4KResult sums
+            {
+                acc[2 * b] = accA - minA.ToVector512(); acc[2 * b + 2] = accB - minB.ToVector512();
+                acc[2 * b + 4] = accC - minC.ToVector512(); acc[2 * b + 6] = accD - minD.ToVector512();
+                continue;
+            }
             acc[2 * b] = accA; acc[2 * b + 2] = accB; acc[2 * b + 4] = accC; acc[2 * b + 6] = accD;
             acc[2 * b + 1] = minA.ToVector512(); acc[2 * b + 3] = minB.ToVector512();
             acc[2 * b + 5] = minC.ToVector512(); acc[2 * b + 7] = minD.ToVector512();
@@ -515,7 +512,8 @@ public static unsafe class RowKernels
                 DecodedSuperBlock* o = dec + i;
                 Q4KStep(xa + i * Q8KStride, o->W0, o->W1, o->W2, o->W3, o->S0, o->S1, o->S2, o->S3, o->DMins, o->D, ref a, ref min);
             }
-            acc[2 * b] = a; acc[2 * b + 1] = min.ToVector512();
+            if (last) acc[2 * b] = a - min.ToVector512();
+            else { acc[2 * b] = a; acc[2 * b + 1] = min.ToVector512(); }
         }
     }
 
