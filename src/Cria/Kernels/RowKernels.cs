@@ -382,14 +382,15 @@ public static unsafe class RowKernels
     /// <summary>
     /// Writes a tile's results, held as t[(r − r0) · tStride + b], to y[b · yStride + r] one activation row at a time
     /// (a contiguous run of r per row b). Written weight row by weight row instead, the tb stores of each row land
-    /// yStride floats apart — 8 KiB for a 2048-row matrix, all in one L1d set — and cost 12–14 % of prefill (perf).
+    /// yStride floats apart — 8 KiB for a 2048-row matrix, all in one L1d set (`gemm-micro` Q4_K: 80–88 GMAC/s that
+    /// way, 91–99 this way).
     /// </summary>
     static void StoreTile(float* t, int tStride, int r0, int r1, int tb, float* y, int yStride)
     {
         for (int b = 0; b < tb; b++)
         {
-            float* yb = y + (long)b * yStride, tb_ = t + b;
-            for (int r = r0; r < r1; r++, tb_ += tStride) yb[r] = *tb_;
+            float* yb = y + (long)b * yStride, tp = t + b;
+            for (int r = r0; r < r1; r++, tp += tStride) yb[r] = *tp;
         }
     }
 
@@ -583,7 +584,9 @@ public static unsafe class RowKernels
     }
 
     /// <summary>A Q4_K dot product from its accumulators: Σ(scaled sums − mins) in one horizontal sum (the mins'
-    /// eight lanes subtracted lane-wise first). Every path (decode, tiles, parts) ends here, so they agree bit for bit.</summary>
+    /// eight lanes subtracted lane-wise first). The decode kernels end here; the tiles form the same difference after
+    /// their last part (<see cref="Q4KTilePart"/>) and sum it with the same tree (<see cref="Sums16"/>), so all agree
+    /// bit for bit.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static float Q4KResult(Vector512<float> acc, Vector256<float> accMin) => Sum(acc - accMin.ToVector512());
 
@@ -1204,7 +1207,9 @@ public static unsafe class RowKernels
     /// <see cref="ActivationRowBytes"/>): the single-row decode kernel's operations for each, interleaved, so that one
     /// core reads two sequential streams at once (kernel-micro --pair). Each result has the bits of
     /// <see cref="RunRows"/> on its row. Returns false (F16 only) when a row holds an infinity or NaN: the caller then
-    /// runs both rows through RunRows. Only for types where <see cref="HasPairedDecode"/> holds.
+    /// runs both rows through RunRows. Only for types where <see cref="HasPairedDecode"/> holds. The pair kernels are
+    /// NoInlining: profile-guided inlining had put Q4K1Pair and Q6K1Pair inside MatMulJob.RunPaired (6 KB of code, with
+    /// spills), so the model ran other code than kernel-micro measures.
     /// </summary>
     internal static bool RunPair(GgmlType type, byte* wa, byte* wb, byte* x, int n, out float ya, out float yb)
     {
