@@ -12,8 +12,9 @@ public static class TestPaths
         return d?.FullName ?? throw new InvalidOperationException("cannot find the repository root (Cria.slnx) above " + AppContext.BaseDirectory);
     }
 
-    /// <summary>The run's scratch directory, removed when the test process exits (a full run writes ~800 MB of model
-    /// files there); directories left by runs that died are removed when the next run starts.</summary>
+    /// <summary>The run's scratch directory (a full run writes ~300 MB of model files there), removed when the test
+    /// process exits normally; the test host is often stopped before that, so each run also removes the directories of
+    /// runs whose process is gone — at most one is left on disk.</summary>
     static readonly Lazy<string> _scratch = new(() =>
     {
         RemoveLeftovers();
