@@ -21,7 +21,7 @@ public static unsafe class RowKernels
 
     /// <summary>Q8_0 batches (<see cref="Q80Block"/>): activation rows per tile, and blocks per part of a row — a
     /// multiple of 4 (the kernels' step), as many as keep one part of a tile, 68 B per block and row, within 40 KiB.</summary>
-    const int Q80TileRows = 8, Q80PartBlocks = 40960 / (Q80TileRows * 68) / 4 * 4;
+    const int Q80TileRows = 16, Q80PartBlocks = 40960 / (Q80TileRows * 68) / 4 * 4;
 
     /// <summary>Q4_K / Q6_K batches: super-blocks per part of a row, as many as keep one part of a 16-row tile of Q8_K
     /// activations (<see cref="Q8KStride"/> B per super-block and row) within 20 KiB: half of L1d, so that the tile stays
@@ -840,10 +840,11 @@ public static unsafe class RowKernels
     /// <summary>
     /// Rows [r0, r1) of a Q8_0 matrix against B activation rows (<see cref="RunBlock"/>), blocked for L1d: tiles of
     /// <see cref="Q80TileRows"/> activation rows, and along the row in parts of <see cref="Q80PartBlocks"/> blocks, so
-    /// one part of a tile (8 rows × 72 blocks × 68 B = 39 KB of int16 activations) stays in the 48 KiB L1d while every
+    /// one part of a tile (16 rows × 36 blocks × 68 B = 39 KB of int16 activations) stays in the 48 KiB L1d while every
     /// weight row of the chunk runs over it; the accumulators ([rows, tile] vectors) carry between parts. One thread,
-    /// 512 rows: 5632×2048 44–45 → 50–51 GMAC/s (16-row tiles → 8); 2048×5632 (ffn_down) 23–24 → 28–30 GMAC/s with
-    /// parts, alternating runs on a loaded machine.
+    /// 512 rows: 2048×5632 (ffn_down) 23–24 → 28–30 GMAC/s with parts (session 2); 16-row tiles of 36-block parts
+    /// against 8-row tiles of 72 (session 8, `gemm-micro`, same core): 2048×2048 +2.5 %, 2048×5632 +7 %, 5632×2048 −1.5 %,
+    /// each weight row decoded half as often.
     /// </summary>
     static void Q80Block(byte* w, int rowBytes, int r0, int r1, byte* x, int xStride, int B, int n, float* y, int yStride)
     {
@@ -863,12 +864,8 @@ public static unsafe class RowKernels
                 for (int rr = r0; rr < r1; rr++)
                     Q80TilePart(w + (long)rr * rowBytes, xt, xStride, tb, nb, i0, i1, acc + (rr - r0) * Q80TileRows, decQ, decD);
             }
-            // two weight rows' accumulators (8 + 8, contiguous) summed at once, their results [rows, tile] as they are
-            // (lanes past tb unused); an odd last row alone
-            int r = r0;
-            for (; r + 2 <= r1; r += 2) Sums16(acc + (r - r0) * Q80TileRows, 1).Store(sums + (r - r0) * Q80TileRows);
-            for (; r < r1; r++)
-                for (int b = 0; b < tb; b++) sums[(r - r0) * Q80TileRows + b] = Sum(acc[(r - r0) * Q80TileRows + b]);
+            // each weight row's 16 accumulators summed at once (lanes past tb unused)
+            for (int r = r0; r < r1; r++) Sums16(acc + (r - r0) * Q80TileRows, 1).Store(sums + (r - r0) * Q80TileRows);
             StoreTile(sums, Q80TileRows, r0, r1, tb, y + (long)b0 * yStride, yStride);
         }
     }
