@@ -176,7 +176,6 @@ internal sealed unsafe class MatMulJob : ParallelJob
     }
 
     /// <summary>Claims the next chunk at the front of range r (rows [s, e) of part p); false when it is empty.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // as Execute: no tiering for the per-chunk loop
     bool TakeFront(int r, out int p, out int s, out int e)
     {
         while (true)
@@ -192,7 +191,6 @@ internal sealed unsafe class MatMulJob : ParallelJob
     }
 
     /// <summary>Claims the last chunk of range r (rows [s, e) of part p); false when it is empty.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // as Execute: no tiering for the per-chunk loop
     bool TakeBack(int r, out int p, out int s, out int e)
     {
         while (true)
@@ -210,7 +208,6 @@ internal sealed unsafe class MatMulJob : ParallelJob
     /// <summary>Rows [sa, ea) of part pa and [sb, eb) of part pb (one activation row) two at a time, one from each
     /// chunk, through the paired kernel (<see cref="RowKernels.RunPair"/>) when both parts have the same type; a pair
     /// the kernel declines (an F16 infinity or NaN), and the longer chunk's rest, go through <see cref="RunChunk"/>.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // as Execute: no tiering for the per-chunk loop
     void RunPaired(int pa, int sa, int ea, int pb, int sb, int eb)
     {
         WeightMatrix wa = _w[pa], wb = _w[pb];
