@@ -241,9 +241,14 @@ public class ServerTests(ServerFixture f) : IClassFixture<ServerFixture>
         Assert.Equal(HttpStatusCode.Unauthorized, (await noKey.GetAsync("/v1/models")).StatusCode);
 
         // An oversized body is refused from its Content-Length (with Expect: 100-continue the client never sends it).
+        // The client waits up to 30 s for the server's answer before it sends the body: with the default 1 s, a busy
+        // machine let it start sending, and the server's close after its 413 broke the pipe mid-body (seen once in CI).
+        using var patient = new HttpClient(new SocketsHttpHandler { Expect100ContinueTimeout = TimeSpan.FromSeconds(30) })
+            { BaseAddress = f.Server.BaseAddress, Timeout = TimeSpan.FromSeconds(60) };
+        patient.DefaultRequestHeaders.Authorization = f.Http.DefaultRequestHeaders.Authorization;
         using var req = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = new StringContent("{\"prompt\":\"" + new string('a', 5 << 20) + "\"}") };
         req.Headers.ExpectContinue = true;
-        using var big = await f.Http.SendAsync(req);
+        using var big = await patient.SendAsync(req);
         Assert.Equal(HttpStatusCode.RequestEntityTooLarge, big.StatusCode);
         Assert.Contains("larger than", await big.Content.ReadAsStringAsync());
     }
