@@ -30,9 +30,9 @@ public static unsafe class RowKernels
 
     /// <summary>
     /// Bytes of one Q8_K super-block in the layout the Q4_K / Q6_K kernels read (AVX-512): qs[256] int8 at 0 (for Q4_K
-    /// permuted, <see cref="PrepareQ8KForQ4K"/>) | bsums[16] int16 at 256 (for Q4_K: 8 floats, see there) | d f32 at 288 | 28 bytes of padding — five
-    /// cache lines, so that every 64-byte load of quants is one aligned line. ggml's block_q8_K (292 B, d first) put
-    /// each of the four quant loads of a step across two lines.
+    /// permuted, <see cref="PrepareQ8KForQ4K"/>) | bsums[16] int16 at 256 (for Q4_K: 8 floats, see there) | d f32 at
+    /// 288 | 28 bytes of padding — five cache lines, so that every 64-byte load of quants is one aligned line. ggml's
+    /// block_q8_K (292 B, d first) put each of the four quant loads of a step across two lines.
     /// </summary>
     const int Q8KStride = 320, Q8KSums = 256, Q8KScale = 288;
 
