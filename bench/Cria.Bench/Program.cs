@@ -6,10 +6,12 @@ using Cria.Cli;
 // Side-by-side runner: Cria and llama.cpp (LLamaSharp 0.30.0) on the same GGUF, same thread count, alternating.
 //
 //   dotnet run --project bench/Cria.Bench -c Release -- --model FILE [--threads 2] [--rounds 3] [--reps 5]
-//        [--pp 512] [--tg 128] [--llama-mmap] [--no-rss] [--summary FILE.tsv]
+//        [--pp 512] [--tg 128] [--llama-mmap] [--no-rss] [--probe] [--summary FILE.tsv]
 //
-// Speed: both engines live in this one process and take turns: round r runs one engine's pp reps then its tg reps,
-// then the other's; who goes first swaps every round, so slow phases of this shared machine hit both alike.
+// Speed: both engines live in this one process and take turns at every repetition: in round r each pp run of one
+// engine is followed by one of the other, then the same for tg; who goes first swaps every round, so the slow phases
+// of this shared machine (its bandwidth moves by 2x within a minute) hit both alike. --probe prints the machine's read
+// bandwidth around each round.
 // Memory: VmHWM is per process, so with both engines loaded it cannot tell them apart. After the timed rounds the
 // runner starts itself once per engine (--engine cria|llama): each child loads one engine, runs one tg then one pp,
 // and reports its own peak RSS (after load, after tg, after pp).
@@ -26,7 +28,7 @@ if (args.Length > 0 && args[0] == "quant-micro") return ImatrixProbe.Micro(args[
 
 string? model = null, summary = null, engineOnly = null;
 int threads = 2, rounds = 3, reps = 5, pp = 512, tg = 128;
-bool mmap = false, rss = true;
+bool mmap = false, rss = true, probe = false;
 for (int i = 0; i < args.Length; i++)
 {
     string a = args[i];
@@ -41,10 +43,11 @@ for (int i = 0; i < args.Length; i++)
         case "--tg": case "-n": tg = int.Parse(Next(), ci); break;
         case "--llama-mmap": mmap = true; break;
         case "--no-rss": rss = false; break;
+        case "--probe": probe = true; break;
         case "--summary": summary = Next(); break;
         case "--engine": engineOnly = Next(); break;
         case "--help": case "-h":
-            Console.WriteLine("usage: Cria.Bench --model FILE [--threads 2] [--rounds 3] [--reps 5] [--pp 512] [--tg 128] [--llama-mmap] [--no-rss] [--summary FILE.tsv] [--engine cria|llama]");
+            Console.WriteLine("usage: Cria.Bench --model FILE [--threads 2] [--rounds 3] [--reps 5] [--pp 512] [--tg 128] [--llama-mmap] [--no-rss] [--probe] [--summary FILE.tsv] [--engine cria|llama]");
             return 0;
         default: Console.Error.WriteLine($"unknown argument '{a}' (try --help)"); return 2;
     }
@@ -78,38 +81,58 @@ o.WriteLine($"load: Cria {criaLoad:F2} s, llama.cpp {llamaLoad:F2} s ({llama.Des
 cria.RunPrompt(); cria.RunGenerate();
 llama.RunPrompt(); llama.RunGenerate();
 
+using var readProbe = probe ? new ReadProbe() : null;
 var samples = new Dictionary<(string Engine, string Test), List<double>>();
 foreach (var e in new[] { "cria", "llama" }) foreach (var t in new[] { "pp", "tg" }) samples[(e, t)] = new();
 var roundMedians = new List<(string Engine, double Pp, double Tg)>();
-void Measure(string engine)
+var pairedTg = new List<double>();
+// One round: both engines take turns at every repetition (Cria pp, llama.cpp pp, …, then Cria tg, llama.cpp tg, …),
+// with the order swapped every round. Measured on this VM (`--probe`, docs/benchmarks.md "Session 9"): the read
+// bandwidth of the machine moves between 34 and 64 GB/s from one minute to the next, and a whole F16 turn of one engine
+// (3 pp + 4 tg runs) lasts about a minute, so turn-by-turn alternation let one phase land on one engine only.
+// Alternating every repetition (5–10 s apart) puts both engines in the same phase, sample by sample.
+void Round(string[] order)
 {
-    Func<double> runPp = engine == "cria" ? cria.RunPrompt : llama.RunPrompt;
-    Func<double> runTg = engine == "cria" ? cria.RunGenerate : llama.RunGenerate;
-    var ppR = new List<double>(); var tgR = new List<double>();
-    // An untimed tg run first, at every turn: on this VM a DAMON "pageout" scheme evicts file pages left untouched
-    // for 60 s, so during the other engine's turn Cria's weights (a file mapping) can be paged out while llama.cpp's
-    // (an anonymous copy) stay; the warm-up faults them back for both alike before anything is timed.
-    // Cria's turn also starts as a fresh Cria load would: if that eviction left the weights' page cache in small
-    // folios, MakeResident re-reads the file so that it is mapped in 2 MiB pages again (untimed; what `cria` does at
-    // every model load, see MappedFileHints). The turn's line reports how much of the file it found so.
-    string pages = "";
-    if (engine == "cria")
+    var ppR = order.ToDictionary(e => e, _ => new List<double>());
+    var tgR = order.ToDictionary(e => e, _ => new List<double>());
+    var pages = order.ToDictionary(e => e, _ => "");
+    foreach (var e in order)
     {
-        long before = cria.Model.File.HugePageBytes, after = cria.Model.File.MakeResident();
-        if (after >= 0) pages = $"   2 MiB-mapped: {before >> 20} → {after >> 20} MiB";
+        if (readProbe != null) unsafe { o.WriteLine($"  {readProbe.Measure(cria.Model.File.BasePointer, cria.Model.File.FileSize, threads)}"); }
+        // An untimed tg run first, for each engine at every round: on this VM a DAMON "pageout" scheme evicts file pages
+        // left untouched for 60 s, so Cria's weights (a file mapping) can be paged out while llama.cpp's (an anonymous
+        // copy) stay; the warm-up faults them back for both alike before anything is timed.
+        // Cria's round also starts as a fresh Cria load would: if that eviction left the weights' page cache in small
+        // folios, MakeResident re-reads the file so that it is mapped in 2 MiB pages again (untimed; what `cria` does
+        // at every model load, see MappedFileHints). The round's line reports how much of the file it found so.
+        if (e == "cria")
+        {
+            long before = cria.Model.File.HugePageBytes, after = cria.Model.File.MakeResident();
+            if (after >= 0) pages[e] = $"   2 MiB-mapped: {before >> 20} → {after >> 20} MiB";
+            cria.RunGenerate();
+        }
+        else llama.RunGenerate();
     }
-    runTg();
-    for (int i = 0; i < reps; i++) ppR.Add(pp / runPp());
-    for (int i = 0; i < reps; i++) tgR.Add(tg / runTg());
-    samples[(engine, "pp")].AddRange(ppR); samples[(engine, "tg")].AddRange(tgR);
-    roundMedians.Add((engine, BenchInfo.Median(ppR), BenchInfo.Median(tgR)));
-    o.WriteLine($"  {Name(engine),-9} pp{pp} {Fmt(ppR)}   tg{tg} {Fmt(tgR)}{pages}");
+    for (int i = 0; i < reps; i++)
+        foreach (var e in order) ppR[e].Add(pp / (e == "cria" ? cria.RunPrompt() : llama.RunPrompt()));
+    for (int i = 0; i < reps; i++)
+    {
+        foreach (var e in order) tgR[e].Add(tg / (e == "cria" ? cria.RunGenerate() : llama.RunGenerate()));
+        pairedTg.Add(tgR["cria"][^1] / tgR["llama"][^1]);
+    }
+    foreach (var e in order)
+    {
+        samples[(e, "pp")].AddRange(ppR[e]); samples[(e, "tg")].AddRange(tgR[e]);
+        roundMedians.Add((e, BenchInfo.Median(ppR[e]), BenchInfo.Median(tgR[e])));
+        o.WriteLine($"  {Name(e),-9} pp{pp} {Fmt(ppR[e])}   tg{tg} {Fmt(tgR[e])}{pages[e]}");
+        if (readProbe != null) o.WriteLine($"    tg reps: {string.Join(", ", tgR[e].Select(x => x.ToString("F2", ci)))}");
+    }
+    if (readProbe != null) unsafe { o.WriteLine($"  {readProbe.Measure(cria.Model.File.BasePointer, cria.Model.File.FileSize, threads)}"); }
 }
 for (int r = 0; r < rounds; r++)
 {
     o.WriteLine($"round {r + 1}/{rounds} (load avg {LoadAvg()})");
-    var order = r % 2 == 0 ? new[] { "cria", "llama" } : new[] { "llama", "cria" };
-    foreach (var e in order) Measure(e);
+    Round(r % 2 == 0 ? ["cria", "llama"] : ["llama", "cria"]);
 }
 long sharedPeak = BenchInfo.PeakRssBytes();
 cria.Dispose();
@@ -147,6 +170,7 @@ for (int r = 0; r + 1 < roundMedians.Count; r += 2)
     perRound.Add($"r{r / 2 + 1} pp {a.Pp / b.Pp:F2} tg {a.Tg / b.Tg:F2}");
 }
 o.WriteLine($"per-round ratios (Cria round median / llama.cpp round median): {string.Join("; ", perRound)}");
+o.WriteLine($"tg{tg} ratio of adjacent runs (Cria run / the llama.cpp run next to it): median {BenchInfo.Median(pairedTg):F2}, min {pairedTg.Min():F2}, max {pairedTg.Max():F2}");
 if (summary != null)
 {
     bool header = !File.Exists(summary);
