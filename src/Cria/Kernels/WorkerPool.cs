@@ -97,7 +97,8 @@ public sealed class WorkerPool : IDisposable
         int seen = 0;
         while (true)
         {
-            // Spin for a while waiting for the next generation, then sleep.
+            // Spin for a while waiting for the next generation, then sleep until woken. The wait's timeout only guards
+            // the hand-off; it does not start another spin (that cost an idle pool ~4 % of a core: 2000 spins every 50 ms).
             var spin = new SpinWait();
             while (_generation == seen && !_disposed)
             {
@@ -106,7 +107,6 @@ public sealed class WorkerPool : IDisposable
                     Interlocked.Exchange(ref _sleeping[idx - 1], 1); // full fence: the flag is visible before we re-check
                     if (_generation == seen && !_disposed) _wake[idx - 1].Wait(50);
                     Volatile.Write(ref _sleeping[idx - 1], 0);
-                    spin = new SpinWait();
                 }
                 else spin.SpinOnce(-1);
             }
