@@ -8,10 +8,11 @@ using Cria.Cli;
 //   dotnet run --project bench/Cria.Bench -c Release -- --model FILE [--threads 2] [--rounds 3] [--reps 5]
 //        [--pp 512] [--tg 128] [--llama-mmap] [--no-rss] [--probe] [--summary FILE.tsv]
 //
-// Speed: both engines live in this one process and take turns at every repetition: in round r each pp run of one
-// engine is followed by one of the other, then the same for tg; who goes first swaps every round, so the slow phases
-// of this shared machine (its bandwidth moves by 2x within a minute) hit both alike. --probe prints the machine's read
-// bandwidth around each round.
+// Speed: both engines live in this one process and take turns: round r runs one engine's pp reps then its tg reps,
+// then the other's; who goes first swaps every round, so slow phases of this shared machine hit both alike.
+// (Alternating at every repetition instead was tried in session 9 and dropped: llama.cpp's decode runs that came right
+// after a Cria run read 15–25 % slower than after its own — Q8_0 tg128 21–25 against 26–30 tok/s, Cria unchanged —
+// which would have inflated the ratio.) --probe prints the machine's read bandwidth (ReadProbe) before each turn.
 // Memory: VmHWM is per process, so with both engines loaded it cannot tell them apart. After the timed rounds the
 // runner starts itself once per engine (--engine cria|llama): each child loads one engine, runs one tg then one pp,
 // and reports its own peak RSS (after load, after tg, after pp).
@@ -24,6 +25,7 @@ if (args.Length > 0 && args[0] == "quant-time") return QuantTable.Time(args[1..]
 if (args.Length > 0 && args[0] == "imatrix-probe") return ImatrixProbe.Run(args[1..]);
 if (args.Length > 0 && args[0] == "kernel-micro") return KernelMicro.Run(args[1..]);
 if (args.Length > 0 && args[0] == "gemm-micro") return GemmMicro.Run(args[1..]);
+if (args.Length > 0 && args[0] == "idle-cpu") return IdleCpu.Run(args[1..]);
 if (args.Length > 0 && args[0] == "quant-micro") return ImatrixProbe.Micro(args[1..]);
 
 string? model = null, summary = null, engineOnly = null;
@@ -85,54 +87,37 @@ using var readProbe = probe ? new ReadProbe() : null;
 var samples = new Dictionary<(string Engine, string Test), List<double>>();
 foreach (var e in new[] { "cria", "llama" }) foreach (var t in new[] { "pp", "tg" }) samples[(e, t)] = new();
 var roundMedians = new List<(string Engine, double Pp, double Tg)>();
-var pairedTg = new List<double>();
-// One round: both engines take turns at every repetition (Cria pp, llama.cpp pp, …, then Cria tg, llama.cpp tg, …),
-// with the order swapped every round. Measured on this VM (`--probe`, docs/benchmarks.md "Session 9"): the read
-// bandwidth of the machine moves between 34 and 64 GB/s from one minute to the next, and a whole F16 turn of one engine
-// (3 pp + 4 tg runs) lasts about a minute, so turn-by-turn alternation let one phase land on one engine only.
-// Alternating every repetition (5–10 s apart) puts both engines in the same phase, sample by sample.
-void Round(string[] order)
+void Measure(string engine)
 {
-    var ppR = order.ToDictionary(e => e, _ => new List<double>());
-    var tgR = order.ToDictionary(e => e, _ => new List<double>());
-    var pages = order.ToDictionary(e => e, _ => "");
-    foreach (var e in order)
-    {
-        if (readProbe != null) unsafe { o.WriteLine($"  {readProbe.Measure(cria.Model.File.BasePointer, cria.Model.File.FileSize, threads)}"); }
-        // An untimed tg run first, for each engine at every round: on this VM a DAMON "pageout" scheme evicts file pages
-        // left untouched for 60 s, so Cria's weights (a file mapping) can be paged out while llama.cpp's (an anonymous
-        // copy) stay; the warm-up faults them back for both alike before anything is timed.
-        // Cria's round also starts as a fresh Cria load would: if that eviction left the weights' page cache in small
-        // folios, MakeResident re-reads the file so that it is mapped in 2 MiB pages again (untimed; what `cria` does
-        // at every model load, see MappedFileHints). The round's line reports how much of the file it found so.
-        if (e == "cria")
-        {
-            long before = cria.Model.File.HugePageBytes, after = cria.Model.File.MakeResident();
-            if (after >= 0) pages[e] = $"   2 MiB-mapped: {before >> 20} → {after >> 20} MiB";
-            cria.RunGenerate();
-        }
-        else llama.RunGenerate();
-    }
-    for (int i = 0; i < reps; i++)
-        foreach (var e in order) ppR[e].Add(pp / (e == "cria" ? cria.RunPrompt() : llama.RunPrompt()));
-    for (int i = 0; i < reps; i++)
-    {
-        foreach (var e in order) tgR[e].Add(tg / (e == "cria" ? cria.RunGenerate() : llama.RunGenerate()));
-        pairedTg.Add(tgR["cria"][^1] / tgR["llama"][^1]);
-    }
-    foreach (var e in order)
-    {
-        samples[(e, "pp")].AddRange(ppR[e]); samples[(e, "tg")].AddRange(tgR[e]);
-        roundMedians.Add((e, BenchInfo.Median(ppR[e]), BenchInfo.Median(tgR[e])));
-        o.WriteLine($"  {Name(e),-9} pp{pp} {Fmt(ppR[e])}   tg{tg} {Fmt(tgR[e])}{pages[e]}");
-        if (readProbe != null) o.WriteLine($"    tg reps: {string.Join(", ", tgR[e].Select(x => x.ToString("F2", ci)))}");
-    }
+    Func<double> runPp = engine == "cria" ? cria.RunPrompt : llama.RunPrompt;
+    Func<double> runTg = engine == "cria" ? cria.RunGenerate : llama.RunGenerate;
+    var ppR = new List<double>(); var tgR = new List<double>();
+    // An untimed tg run first, at every turn: on this VM a DAMON "pageout" scheme evicts file pages left untouched
+    // for 60 s, so during the other engine's turn Cria's weights (a file mapping) can be paged out while llama.cpp's
+    // (an anonymous copy) stay; the warm-up faults them back for both alike before anything is timed.
+    // Cria's turn also starts as a fresh Cria load would: if that eviction left the weights' page cache in small
+    // folios, MakeResident re-reads the file so that it is mapped in 2 MiB pages again (untimed; what `cria` does at
+    // every model load, see MappedFileHints). The turn's line reports how much of the file it found so.
+    string pages = "";
     if (readProbe != null) unsafe { o.WriteLine($"  {readProbe.Measure(cria.Model.File.BasePointer, cria.Model.File.FileSize, threads)}"); }
+    if (engine == "cria")
+    {
+        long before = cria.Model.File.HugePageBytes, after = cria.Model.File.MakeResident();
+        if (after >= 0) pages = $"   2 MiB-mapped: {before >> 20} → {after >> 20} MiB";
+    }
+    runTg();
+    for (int i = 0; i < reps; i++) ppR.Add(pp / runPp());
+    for (int i = 0; i < reps; i++) tgR.Add(tg / runTg());
+    samples[(engine, "pp")].AddRange(ppR); samples[(engine, "tg")].AddRange(tgR);
+    roundMedians.Add((engine, BenchInfo.Median(ppR), BenchInfo.Median(tgR)));
+    o.WriteLine($"  {Name(engine),-9} pp{pp} {Fmt(ppR)}   tg{tg} {Fmt(tgR)}{pages}");
+    if (readProbe != null) o.WriteLine($"    tg reps: {string.Join(", ", tgR.Select(x => x.ToString("F2", ci)))}");
 }
 for (int r = 0; r < rounds; r++)
 {
     o.WriteLine($"round {r + 1}/{rounds} (load avg {LoadAvg()})");
-    Round(r % 2 == 0 ? ["cria", "llama"] : ["llama", "cria"]);
+    var order = r % 2 == 0 ? new[] { "cria", "llama" } : new[] { "llama", "cria" };
+    foreach (var e in order) Measure(e);
 }
 long sharedPeak = BenchInfo.PeakRssBytes();
 cria.Dispose();
@@ -170,7 +155,6 @@ for (int r = 0; r + 1 < roundMedians.Count; r += 2)
     perRound.Add($"r{r / 2 + 1} pp {a.Pp / b.Pp:F2} tg {a.Tg / b.Tg:F2}");
 }
 o.WriteLine($"per-round ratios (Cria round median / llama.cpp round median): {string.Join("; ", perRound)}");
-o.WriteLine($"tg{tg} ratio of adjacent runs (Cria run / the llama.cpp run next to it): median {BenchInfo.Median(pairedTg):F2}, min {pairedTg.Min():F2}, max {pairedTg.Max():F2}");
 if (summary != null)
 {
     bool header = !File.Exists(summary);
