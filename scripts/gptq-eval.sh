@@ -5,7 +5,8 @@
 #   even-numbered (2nd, 4th, … 58th; 29 chapters) → $OUT/eval.txt.
 # Each job TYPE:VARIANT quantizes models/default.gguf and prints Cria's perplexity over all of eval.txt (chunks of 128
 # tokens, second half of each scored). Variants: plain, imcal / imtrain (imatrix from calib.txt / train.txt, 64 chunks),
-# gcal / gtrain (GPTQ calibrated on calib.txt / train.txt), gcalw (GPTQ with imatrix-weighted block scales),
+# gcal / gtrain (GPTQ calibrated on calib.txt / train.txt), fcal / fcalimp / fcalonly (per-weight diagonal Fisher from
+# calib.txt, 64 chunks, candidates ref,ggml / ref,ggml,imp / imp alone), gcalw (GPTQ with imatrix-weighted block scales),
 # awqcal (AWQ scaling into the norms, calib.txt), awqclip (+ clipping search), awqinner (+ v→o / up→down scalings),
 # awqfull (norms + v→o / up→down + clipping), awqfullim (awqfull with the calib imatrix), awqgptq (AWQ scalings, then
 # GPTQ on the scaled matrices with S⁻¹HS⁻¹); clipping experiments:
@@ -33,6 +34,9 @@ for job in "$@"; do
     gcal)    args=(--gptq "$OUT/calib.txt") ;;
     gtrain)  args=(--gptq data/train.txt) ;;
     gcalw)   args=(--gptq "$OUT/calib.txt" --gptq-scales weighted) ;;
+    fcal)    args=(--fisher "$OUT/calib.txt") ;;
+    fcalimp) args=(--fisher "$OUT/calib.txt" --fisher-candidates ref,ggml,imp) ;;
+    fcalonly) args=(--fisher "$OUT/calib.txt" --fisher-candidates imp) ;;
     awqcal)  args=(--awq "$OUT/calib.txt") ;;
     awqclip) args=(--awq "$OUT/calib.txt" --awq-clip) ;;
     awqinner) args=(--awq "$OUT/calib.txt" --awq-inner) ;;

@@ -5,7 +5,7 @@ using Cria.Training;
 
 namespace Cria.Cli;
 
-/// <summary><c>cria quantize IN OUT --type T [--imatrix FILE] [--awq CALIB.txt [--awq-inner] [--awq-clip] | --gptq CALIB.txt] [-t N] [--pure] [--force]</c>, as llama-quantize.</summary>
+/// <summary><c>cria quantize IN OUT --type T [--imatrix FILE] [--awq CALIB.txt [--awq-inner] [--awq-clip] | --gptq CALIB.txt | --fisher CALIB.txt] [-t N] [--pure] [--force]</c>, as llama-quantize.</summary>
 static class QuantizeCommand
 {
     public static Command Create()
@@ -34,9 +34,13 @@ static class QuantizeCommand
         var gptqCtx = new Option<int>("--gptq-ctx") { Description = "calibration chunk length for --gptq", DefaultValueFactory = _ => 128 };
         var gptqDamp = new Option<double>("--gptq-damp") { Description = "dampening added to the Gram matrix, as a fraction of its mean diagonal", DefaultValueFactory = _ => 0.01 };
         var gptqScales = new Option<string>("--gptq-scales") { Description = "how GPTQ picks block scales from the updated weights: ref (ggml's reference quantizer) or weighted (ggml's imatrix search with diag H)", DefaultValueFactory = _ => "ref" };
+        var fisher = new Option<string?>("--fisher") { Description = "calibration text for the diagonal Fisher information (squared loss gradients, per weight; needs an F32/F16 input and three F32 copies of the model in memory): each weight's rounding error weighted by it" };
+        var fisherChunks = new Option<int>("--fisher-chunks") { Description = "calibration chunks for --fisher", DefaultValueFactory = _ => 64 };
+        var fisherCtx = new Option<int>("--fisher-ctx") { Description = "calibration chunk length for --fisher", DefaultValueFactory = _ => 128 };
+        var fisherCands = new Option<string>("--fisher-candidates") { Description = "with --fisher, the encodings each block chooses among by Fisher-weighted error (ref, ggml, imp)", DefaultValueFactory = _ => "ref,ggml" };
         var cmd = new Command("quantize", "quantize a GGUF model to a llama.cpp type or mix (written atomically)")
         {
-            input, output, type, imatrix, cands, awq, awqChunks, awqCtx, awqInner, awqClip, awqClipTensors, awqClipGrid, awqClipDamp, awqClipLocal, awqSkip, gptq, gptqChunks, gptqCtx, gptqDamp, gptqScales, threads, pure, force, requant,
+            input, output, type, imatrix, cands, awq, awqChunks, awqCtx, awqInner, awqClip, awqClipTensors, awqClipGrid, awqClipDamp, awqClipLocal, awqSkip, gptq, gptqChunks, gptqCtx, gptqDamp, gptqScales, fisher, fisherChunks, fisherCtx, fisherCands, threads, pure, force, requant,
         };
         cmd.SetAction(r =>
         {
@@ -45,6 +49,8 @@ static class QuantizeCommand
             if ((r.GetValue(awqClip) || r.GetValue(awqInner)) && r.GetValue(awq) == null) throw new CriaException("--awq-clip and --awq-inner need --awq CALIB.txt (the calibration text)");
             if (r.GetValue(gptq) != null && r.GetValue(awqClip))
                 throw new CriaException("--gptq cannot be combined with --awq-clip (GPTQ would fit the clipped weights, not the model's)");
+            if (r.GetValue(fisher) != null && (r.GetValue(gptq) != null || r.GetValue(awq) != null))
+                throw new CriaException("--fisher cannot be combined with --gptq or --awq (each decides the rounding its own way)");
             var o = new QuantizeOptions
             {
                 FileType = QuantMix.Parse(r.GetValue(type)!), Threads = r.GetValue(threads), Pure = r.GetValue(pure),
@@ -77,6 +83,14 @@ static class QuantizeCommand
                     new GptqOptions { MaxChunks = r.GetValue(gptqChunks), ContextSize = r.GetValue(gptqCtx), Threads = r.GetValue(threads), Damp = r.GetValue(gptqDamp) },
                     Console.Error.WriteLine, awqScales);
                 o = o with { Gptq = factors, GptqScales = scales };
+            }
+            if (r.GetValue(fisher) is { } fcalib)
+            {
+                var fo = new FisherOptions { MaxChunks = r.GetValue(fisherChunks), ContextSize = r.GetValue(fisherCtx), Threads = r.GetValue(threads) };
+                var sw = System.Diagnostics.Stopwatch.StartNew();
+                var f = Fisher.Collect(inPath, TokenizerTrainer.ReadCorpus(fcalib), fo, out int used);
+                Console.Error.WriteLine($"fisher: {f.Count} matrices from {used} chunks of {fo.ContextSize} tokens in {sw.Elapsed.TotalSeconds:F1} s");
+                o = o with { Fisher = f, FisherCandidates = ParseCandidates(r.GetValue(fisherCands)!) };
             }
             using var cts = new CancellationTokenSource();
             ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cts.Cancel(); };

@@ -19,6 +19,13 @@ public sealed record QuantizeOptions
     /// tensors are quantized with <see cref="Quantize.RowGptq"/> (error feedback) instead of round-to-nearest; the
     /// per-tensor types stay the mix's.</summary>
     public IReadOnlyDictionary<string, GptqFactor>? Gptq { get; init; }
+    /// <summary>Per tensor name, an importance for every weight ([rows, cols], e.g. the diagonal Fisher of
+    /// <see cref="Quantization.Fisher.Collect"/>): each row is quantized with its own row of importances as the
+    /// weights of the rounding error (<see cref="Quantize.RowCalibrated"/>, <see cref="FisherCandidates"/>). The
+    /// per-tensor types stay the plain mix's.</summary>
+    public IReadOnlyDictionary<string, float[]>? Fisher { get; init; }
+    /// <summary>With <see cref="Fisher"/>, the encodings each block chooses among.</summary>
+    public CalibratedCandidates FisherCandidates { get; init; } = CalibratedCandidates.Default;
     /// <summary>With <see cref="Gptq"/>, how each block's scales are chosen from the updated weights.</summary>
     public GptqScales GptqScales { get; init; } = GptqScales.Reference;
     /// <summary>Every quantized tensor gets the file type's base type (llama-quantize --pure).</summary>
@@ -110,7 +117,12 @@ public static class ModelQuantizer
                     }
                     else qw = im;
                 }
-                if (o.Gptq != null && Quantize.GptqSupports(newType) && o.Gptq.TryGetValue(t.Name, out var gf))
+                if (o.Fisher != null && IsBlockType(newType) && o.Fisher.TryGetValue(t.Name, out var fisher))
+                {
+                    if (fisher.Length != t.ElementCount) throw new CriaException($"Fisher importances have {fisher.Length} values for tensor '{t.Name}' of {t.ElementCount}");
+                    data = QuantizeMatrix(newType, src, (int)t.RowLength, (int)t.RowCount, null, threads, cancel, o.FisherCandidates, RowImportance(fisher));
+                }
+                else if (o.Gptq != null && Quantize.GptqSupports(newType) && o.Gptq.TryGetValue(t.Name, out var gf))
                 {
                     if (gf.Cols != t.RowLength) throw new CriaException($"GPTQ statistics have {gf.Cols} input columns for tensor '{t.Name}' with rows of {t.RowLength}");
                     data = QuantizeMatrixGptq(newType, src, (int)t.RowLength, (int)t.RowCount, gf, o.GptqScales, threads, cancel);
@@ -171,6 +183,20 @@ public static class ModelQuantizer
         });
     }
 
+    /// <summary>Per-weight importances as quantizer weights: a weight the calibration never moved (F = 0, e.g. a dead
+    /// input) keeps a small weight, 10⁻⁶ of the tensor's mean, so that no block is left with all-zero weights.</summary>
+    static float[] RowImportance(float[] f)
+    {
+        double mean = 0;
+        foreach (float v in f) mean += v;
+        mean /= Math.Max(1, f.Length);
+        float floor = (float)(mean * 1e-6);
+        if (!(floor > 0)) floor = float.Epsilon;
+        var w = new float[f.Length];
+        for (int i = 0; i < f.Length; i++) w[i] = Math.Max(f[i], floor);
+        return w;
+    }
+
     static bool IsBlockType(GgmlType t) => t is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16);
 
     /// <summary>GPTQ for a whole matrix: <see cref="Quantize.RowGptq"/> per row (rows are independent and share the
@@ -188,8 +214,9 @@ public static class ModelQuantizer
     /// in chunks of at least 16384 values (llama.cpp's chunking); every row's bytes depend on that row alone. With
     /// <paramref name="quantWeights"/>, each block takes the best of <paramref name="candidates"/> (<see cref="Quantize.RowCalibrated"/>).</summary>
     public static byte[] QuantizeMatrix(GgmlType type, float[] values, int cols, int rows, float[]? quantWeights, int threads, CancellationToken cancel = default,
-        CalibratedCandidates candidates = CalibratedCandidates.Default)
+        CalibratedCandidates candidates = CalibratedCandidates.Default, float[]? rowWeights = null)
     {
+        if (rowWeights != null && rowWeights.Length != (long)rows * cols) throw new ArgumentException($"{rowWeights.Length} row weights for {rows} × {cols} values", nameof(rowWeights));
         int rowBytes = checked((int)GgmlTypeInfo.RowBytes(type, cols));
         var dst = new byte[(long)rowBytes * rows];
         int rowsPerChunk = Math.Max(1, (32 * 512 + cols - 1) / cols);
@@ -203,7 +230,8 @@ public static class ModelQuantizer
                 if (cancel.IsCancellationRequested) return;
                 int r0 = c * rowsPerChunk, r1 = Math.Min(rows, r0 + rowsPerChunk);
                 for (int r = r0; r < r1; r++)
-                    Quantize.RowCalibrated(type, values.AsSpan(r * cols, cols), dst.AsSpan(r * rowBytes, rowBytes), quantWeights, candidates);
+                    Quantize.RowCalibrated(type, values.AsSpan(r * cols, cols), dst.AsSpan(r * rowBytes, rowBytes),
+                        rowWeights != null ? new ReadOnlySpan<float>(rowWeights, r * cols, cols) : (ReadOnlySpan<float>)quantWeights, candidates);
             }
         }
         int nt = Math.Max(1, Math.Min(threads, chunks));

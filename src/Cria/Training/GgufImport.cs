@@ -13,17 +13,18 @@ public static class GgufImport
 {
     public sealed record Imported(LlamaShape Shape, TokenizerVocabulary Vocabulary, float[] Parameters);
 
-    /// <summary>Loads <paramref name="path"/>; throws a <see cref="CriaException"/> naming what does not fit the trainer.</summary>
-    public static Imported Read(string path)
+    /// <summary>Loads <paramref name="path"/>; throws a <see cref="CriaException"/> naming what does not fit the trainer,
+    /// its message starting with <paramref name="caller"/> (the option that asked for it).</summary>
+    public static Imported Read(string path, string caller = "--init")
     {
-        if (!File.Exists(path)) throw new CriaException($"--init: {path} does not exist");
+        if (!File.Exists(path)) throw new CriaException($"{caller}: {path} does not exist");
         var vocab = TokenizerVocabulary.Load(path);
         using var f = GgufFile.Open(path);
         string arch = f.Get<string>("general.architecture", "");
-        if (arch != "llama") throw new CriaException($"--init: {path} is a '{arch}' model; the trainer trains llama models");
+        if (arch != "llama") throw new CriaException($"{caller}: {path} is a '{arch}' model; the trainer trains llama models");
         int U(string key)
         {
-            if (!f.Has(key)) throw new CriaException($"--init: {path} lacks {key}");
+            if (!f.Has(key)) throw new CriaException($"{caller}: {path} lacks {key}");
             return (int)f.Get<uint>(key);
         }
         int dim = U("llama.embedding_length"), heads = U("llama.attention.head_count");
@@ -37,16 +38,16 @@ public static class GgufImport
         };
         shape.Validate();
         if (f.Has("llama.rope.dimension_count") && U("llama.rope.dimension_count") != shape.HeadDim)
-            throw new CriaException($"--init: {path} rotates {U("llama.rope.dimension_count")} of {shape.HeadDim} head dimensions; the trainer rotates all");
+            throw new CriaException($"{caller}: {path} rotates {U("llama.rope.dimension_count")} of {shape.HeadDim} head dimensions; the trainer rotates all");
         if (f.Has("llama.rope.scaling.type") && f.Get<string>("llama.rope.scaling.type") != "none")
-            throw new CriaException($"--init: {path} has RoPE scaling ({f.Get<string>("llama.rope.scaling.type")}), which the trainer does not apply");
+            throw new CriaException($"{caller}: {path} has RoPE scaling ({f.Get<string>("llama.rope.scaling.type")}), which the trainer does not apply");
         var layout = new ParameterLayout(shape);
         var p = new float[layout.Count];
         foreach (var t in layout.Tensors)
         {
-            if (!f.TryGetTensor(t.Name, out var info)) throw new CriaException($"--init: {path} lacks tensor {t.Name}");
+            if (!f.TryGetTensor(t.Name, out var info)) throw new CriaException($"{caller}: {path} lacks tensor {t.Name}");
             if (info.ElementCount != t.Count || info.RowLength != t.Cols)
-                throw new CriaException($"--init: tensor {info} of {path} does not have the shape [{t.Cols}, {t.Rows}] its metadata implies");
+                throw new CriaException($"{caller}: tensor {info} of {path} does not have the shape [{t.Cols}, {t.Rows}] its metadata implies");
             var dst = p.AsSpan((int)t.Offset, (int)t.Count);
             var src = f.TensorData(info);
             switch (info.Type)
@@ -56,12 +57,12 @@ public static class GgufImport
                     var h = MemoryMarshal.Cast<byte, Half>(src);
                     for (int i = 0; i < dst.Length; i++) dst[i] = (float)h[i];
                     break;
-                default: throw new CriaException($"--init: tensor {info} of {path} is {info.Type}; only F32 and F16 weights can be trained from");
+                default: throw new CriaException($"{caller}: tensor {info} of {path} is {info.Type}; only F32 and F16 weights can be trained from");
             }
         }
         int expected = layout.Tensors.Length;
         if (f.Tensors.Count != expected)
-            throw new CriaException($"--init: {path} has {f.Tensors.Count} tensors, a llama model of this shape has {expected} (unknown extra tensors)");
+            throw new CriaException($"{caller}: {path} has {f.Tensors.Count} tensors, a llama model of this shape has {expected} (unknown extra tensors)");
         return new Imported(shape, vocab, p);
     }
 }
