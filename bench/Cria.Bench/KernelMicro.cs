@@ -18,14 +18,14 @@ namespace Cria.Bench;
 /// </summary>
 static unsafe class KernelMicro
 {
-    [DllImport("libc", EntryPoint = "madvise")] static extern int Madvise(nint addr, nuint length, int advice);
+    [DllImport("libc", EntryPoint = "madvise")] internal static extern int Madvise(nint addr, nuint length, int advice);
 
     static float Sink;
 
     static double Gaussian(Random r) => Math.Sqrt(-2 * Math.Log(1 - r.NextDouble())) * Math.Cos(2 * Math.PI * r.NextDouble());
 
     /// <summary>Σ of n bytes read as floats (n a multiple of 256): four 64-byte loads per step, no arithmetic to speak of.</summary>
-    static float ReadSum(byte* p, long n)
+    internal static float ReadSum(byte* p, long n)
     {
         Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
         for (long i = 0; i < n; i += 256)

@@ -11,8 +11,8 @@ using Cria.Cli;
 // Speed: both engines live in this one process and take turns: round r runs one engine's pp reps then its tg reps,
 // then the other's; who goes first swaps every round, so slow phases of this shared machine hit both alike.
 // (Alternating at every repetition instead was tried in session 9 and dropped: llama.cpp's decode runs that came right
-// after a Cria run read 15–25 % slower than after its own — Q8_0 tg128 21–25 against 26–30 tok/s, Cria unchanged —
-// which would have inflated the ratio.) --probe prints the machine's read bandwidth (ReadProbe) before each turn.
+// after a Cria run read slower than after its own — Q8_0 tg128 −15–25 %, and still −8 % against Cria's −2 % after the
+// idle-pool fix — which would have inflated the ratio; docs/benchmarks.md, "Session 9".) --probe prints the machine's read bandwidth (ReadProbe) before each turn.
 // Memory: VmHWM is per process, so with both engines loaded it cannot tell them apart. After the timed rounds the
 // runner starts itself once per engine (--engine cria|llama): each child loads one engine, runs one tg then one pp,
 // and reports its own peak RSS (after load, after tg, after pp).

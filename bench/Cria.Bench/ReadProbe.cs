@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.Runtime.InteropServices;
-using System.Runtime.Intrinsics;
 
 namespace Cria.Bench;
 
@@ -8,7 +7,7 @@ namespace Cria.Bench;
 /// `--probe`: before each engine turn the runner reads (a) Cria's mapped weight file and (b) an anonymous 1 GiB buffer in
 /// 2 MiB pages, with a plain 2-thread Vector512 sum, and prints both rates. If a slow Cria turn comes with a slow read of
 /// the weights but not of the fresh buffer, the weights' pages are the cause (their placement or backing); if both
-/// read slowly, the machine's bandwidth moved.
+/// read slowly, the machine's bandwidth moved. The read is <see cref="KernelMicro.ReadSum"/>, kernel-micro's plain read.
 /// </summary>
 sealed unsafe class ReadProbe : IDisposable
 {
@@ -19,13 +18,13 @@ sealed unsafe class ReadProbe : IDisposable
     public ReadProbe()
     {
         _buf = (byte*)NativeMemory.AlignedAlloc((nuint)_bytes, 2 << 20);
-        if (OperatingSystem.IsLinux()) Madvise((nint)_buf, (nuint)_bytes, 14);
+        if (OperatingSystem.IsLinux()) KernelMicro.Madvise((nint)_buf, (nuint)_bytes, 14); // MADV_HUGEPAGE
         Parallel.For(0, 64, c => new Span<byte>(_buf + _bytes * c / 64, (int)(_bytes / 64)).Fill((byte)c));
     }
 
     public string Measure(byte* weights, long weightBytes, int threads)
     {
-        double w = Rate(weights, weightBytes & ~4095L, threads), a = Rate(_buf, _bytes, threads);
+        double w = Rate(weights, weightBytes & ~255L, threads), a = Rate(_buf, _bytes, threads);
         return $"probe: weights {w:F1} GB/s, fresh buffer {a:F1} GB/s";
     }
 
@@ -37,10 +36,8 @@ sealed unsafe class ReadProbe : IDisposable
             long t0 = Stopwatch.GetTimestamp();
             Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t =>
             {
-                long s = n * t / threads & ~63L, e = t + 1 == threads ? n & ~63L : n * (t + 1) / threads & ~63L;
-                Vector512<float> acc = default;
-                for (long j = s; j < e; j += 64) acc += Vector512.Load((float*)(p + j));
-                Sink = Vector512.Sum(acc); // keeps the loads alive
+                long s = n * t / threads & ~255L, e = n * (t + 1) / threads & ~255L; // n is a multiple of 256
+                Sink = KernelMicro.ReadSum(p + s, e - s); // the sink keeps the loads alive
             });
             best = Math.Min(best, Stopwatch.GetElapsedTime(t0).TotalSeconds);
         }
@@ -48,6 +45,4 @@ sealed unsafe class ReadProbe : IDisposable
     }
 
     public void Dispose() => NativeMemory.AlignedFree(_buf);
-
-    [DllImport("libc", EntryPoint = "madvise")] static extern int Madvise(nint addr, nuint length, int advice);
 }

@@ -170,10 +170,10 @@ public sealed unsafe class GgufFile : IDisposable
     /// <summary>Faults the whole file in as its page cache stands, without re-reading it (tests: the state before).</summary>
     internal long Populate() => MappedFileHints.MakeResident(_base, _length, Path, reread: false);
 
-    /// <summary>Bytes of the mapping the kernel maps with 2 MiB entries now (-1 where unknown).</summary>
     /// <summary>The mapping's first byte (bench probes read the file through it).</summary>
     internal byte* BasePointer => _base;
 
+    /// <summary>Bytes of the mapping the kernel maps with 2 MiB entries now (-1 where unknown).</summary>
     public long HugePageBytes => OperatingSystem.IsLinux() ? MappedFileHints.PmdMappedBytes(_base) : -1;
 
 

@@ -60,8 +60,7 @@ public static class Fisher
             });
             afterChunk?.Invoke(c + 1, chunks.Count);
         }
-        chunksUsed = chunks.Count;
-        if (chunksUsed == 0) throw new CriaException("Fisher: the calibration text gives no chunk (it is too short for the context size)");
+        chunksUsed = chunks.Count; // at least one: Perplexity.Chunks refuses a text shorter than a chunk
         return result;
     }
 }
