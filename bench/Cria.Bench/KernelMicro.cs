@@ -10,11 +10,13 @@ namespace Cria.Bench;
 /// One decode matrix–vector kernel on one thread, rows in L2 or streamed from memory: the kernel's own speed apart
 /// from the model and the pool.
 ///   Cria.Bench kernel-micro [--type q4_k] [--cols 2048] [--l2-rows 128] [--mem-mib 512] [--reps 9]
-///                           [--threads 1] [--chunk-kib 0[,1024,...]]
+///                           [--threads 1] [--chunk-kib 0[,1024,...]] [--pair] [--checked]
 /// Prints GB/s of weights read (median of reps) for the in-L2 case (same rows again and again) and the
 /// streamed case (a buffer larger than the caches in 2 MiB pages, read once per rep), next to a plain read of the same
 /// bytes. With --threads T the rows are shared by T threads: chunk 0 = one contiguous half (third, …) each, otherwise
-/// chunks of that many KiB from a shared counter; the modes alternate within each rep.
+/// chunks of that many KiB from a shared counter; the modes alternate within each rep. --pair (one thread): rows r and
+/// r + rows/2 through the paired kernel. --checked (F16): the kernels with the per-step infinity check, which the model
+/// runs only for a matrix that holds an infinity or NaN.
 /// </summary>
 static unsafe class KernelMicro
 {
@@ -38,7 +40,7 @@ static unsafe class KernelMicro
 
     public static int Run(string[] args)
     {
-        var type = GgmlType.Q4_K; int cols = 2048, l2Rows = 128, memMiB = 512, reps = 9, threads = 1; int[] chunkList = [0]; double sigma = 0; bool pair = false;
+        var type = GgmlType.Q4_K; int cols = 2048, l2Rows = 128, memMiB = 512, reps = 9, threads = 1; int[] chunkList = [0]; double sigma = 0; bool pair = false, checkedF16 = false;
         for (int i = 0; i < args.Length; i++)
             switch (args[i])
             {
@@ -49,6 +51,7 @@ static unsafe class KernelMicro
                 case "--reps": reps = int.Parse(args[++i]); break;
                 case "--threads": threads = int.Parse(args[++i]); break;
                 case "--pair": pair = true; break;
+                case "--checked": checkedF16 = true; break;
                 case "--sigma": sigma = double.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); break;
                 case "--chunk-kib": chunkList = args[++i].Split(',').Select(int.Parse).ToArray(); break;
                 default: Console.Error.WriteLine($"unknown argument {args[i]}"); return 2;
@@ -66,6 +69,8 @@ static unsafe class KernelMicro
             Quantize.Row(type, src, new Span<byte>(w + (long)r * rowBytes, rowBytes));
         }
         for (int c = 0; c < cols; c++) src[c] = (float)(rng.NextDouble() - 0.5);
+        // F16: the kernels the model runs for a matrix without infinities (WeightMatrix.NonFiniteF16); --checked: the ones for a matrix with
+        bool finite = !checkedF16 && type == GgmlType.F16 && !RowKernels.HasNonFiniteF16((ushort*)w, (long)memRows * cols);
         int xBytes = RowKernels.ActivationRowBytes(type, cols);
         // activations on a cache-line boundary, as InferenceContext places them (a straddling 64-byte load costs more)
         byte* x = (byte*)NativeMemory.AlignedAlloc((nuint)xBytes, 64);
@@ -88,10 +93,10 @@ static unsafe class KernelMicro
                             int h = rows / 2;
                             for (int k = 0; k < inner; k++)
                                 for (int r = 0; r < h; r++)
-                                    RowKernels.RunPair(type, w + (long)r * rowBytes, w + (long)(r + h) * rowBytes, x, cols, out yp[r], out yp[r + h]);
+                                    RowKernels.RunPair(type, w + (long)r * rowBytes, w + (long)(r + h) * rowBytes, x, cols, out yp[r], out yp[r + h], finite);
                         }
                         else if (threads == 1)
-                            for (int k = 0; k < inner; k++) RowKernels.RunRows(type, w, rowBytes, 0, rows, x, xBytes, cols, yp);
+                            for (int k = 0; k < inner; k++) RowKernels.RunRows(type, w, rowBytes, 0, rows, x, xBytes, cols, yp, finite);
                         else
                         {
                             byte* wp = w; byte* xp = x; float* ypp = yp; int rr = rows, inn = inner;
@@ -101,13 +106,13 @@ static unsafe class KernelMicro
                                 if (chunkKiB == 0) // each thread its own contiguous share of the rows
                                 {
                                     var (r0, r1) = WorkerPool.Split(rr, t, threads);
-                                    for (int k = 0; k < inn; k++) RowKernels.RunRows(type, wp, rowBytes, r0, r1, xp, xBytes, cols, ypp);
+                                    for (int k = 0; k < inn; k++) RowKernels.RunRows(type, wp, rowBytes, r0, r1, xp, xBytes, cols, ypp, finite);
                                 }
                                 else // chunks from a shared counter, as MatMulJob hands them out
                                     for (int c; (c = Interlocked.Add(ref next, chunkRows) - chunkRows) < rr * inn;)
                                     {
                                         int r0 = c % rr, r1 = Math.Min(rr, r0 + chunkRows);
-                                        RowKernels.RunRows(type, wp, rowBytes, r0, r1, xp, xBytes, cols, ypp);
+                                        RowKernels.RunRows(type, wp, rowBytes, r0, r1, xp, xBytes, cols, ypp, finite);
                                     }
                             });
                         }

@@ -140,7 +140,7 @@ internal sealed unsafe class MatMulJob : ParallelJob
     {
         var w = _w[p];
         int first = p == 0 ? 0 : _end[p - 1];
-        if (_batch == 1) RowKernels.RunRows(w.Type, w.Data, w.RowBytes, start - first, end - first, _act[p], _actRowBytes[p], w.Cols, _out[p]);
+        if (_batch == 1) RowKernels.RunRows(w.Type, w.Data, w.RowBytes, start - first, end - first, _act[p], _actRowBytes[p], w.Cols, _out[p], !w.NonFiniteF16);
         else RowKernels.RunBlock(w.Type, w.Data, w.RowBytes, start - first, end - first, _act[p], _actRowBytes[p], _batch, w.Cols, _out[p], w.Rows);
     }
 
@@ -215,11 +215,12 @@ internal sealed unsafe class MatMulJob : ParallelJob
         int firstA = pa == 0 ? 0 : _end[pa - 1], firstB = pb == 0 ? 0 : _end[pb - 1];
         byte* x = _act[pa]; // same type, same input: the same activation layout as _act[pb]
         int k = 0, pairs = Math.Min(ea - sa, eb - sb);
+        bool finiteF16 = !wa.NonFiniteF16 && !wb.NonFiniteF16;
         for (; k < pairs; k++)
         {
             int ra = sa + k - firstA, rb = sb + k - firstB;
             if (!RowKernels.RunPair(wa.Type, wa.Data + (long)ra * wa.RowBytes, wb.Data + (long)rb * wb.RowBytes, x, wa.Cols,
-                    out _out[pa][ra], out _out[pb][rb]))
+                    out _out[pa][ra], out _out[pb][rb], finiteF16))
             { RunChunk(pa, sa + k, sa + k + 1); RunChunk(pb, sb + k, sb + k + 1); }
         }
         if (sa + k < ea) RunChunk(pa, sa + k, ea);

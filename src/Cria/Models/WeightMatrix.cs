@@ -16,11 +16,17 @@ public readonly unsafe struct WeightMatrix
     public readonly int Cols;
     public readonly int RowBytes;
     public readonly string Name;
+    /// <summary>F16 only: some weight is an infinity or NaN. Checked once, here (one read of the matrix), so that
+    /// F16 decode can skip a per-step check in its kernel: it reads the halves' raw bits as scaled floats, which
+    /// would take an infinity for a finite number (<see cref="Kernels.RowKernels.RunRows"/>). The weights must not
+    /// change after the matrix is made.</summary>
+    public readonly bool NonFiniteF16;
 
     public WeightMatrix(string name, GgmlType type, byte* data, int rows, int cols)
     {
         Name = name; Type = type; Data = data; Rows = rows; Cols = cols;
         RowBytes = checked((int)GgmlTypeInfo.RowBytes(type, cols));
+        NonFiniteF16 = type == GgmlType.F16 && Kernels.RowKernels.HasNonFiniteF16((ushort*)data, (long)rows * cols);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

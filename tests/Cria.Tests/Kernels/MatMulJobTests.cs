@@ -141,9 +141,17 @@ public unsafe class MatMulJobTests
         using var m = new Matrices(512, PartSet(parts));
         if (parts == "f16")
         {
-            // an F16 infinity in one row: its pair goes through the single-row kernels, and the row reads ±∞ or NaN
+            // the rows are finite, so the job runs the unchecked F16 kernels; the reference (RunRows' default) the checked ones
+            Assert.False(m.W[0].NonFiniteF16);
+            m.Job(3).Execute(0, 3);
+            m.AssertAllRowsMatch("finite F16, caller alone");
+            // an F16 infinity in one row: the matrix, made again, knows it; that row's pair goes through the single-row
+            // kernels, and the row reads ±∞ or NaN
             ((ushort*)m.W[0].Data)[5 * 512 + 7] = 0x7C00;
+            m.W[0] = new WeightMatrix(m.W[0].Name, m.W[0].Type, m.W[0].Data, m.W[0].Rows, m.W[0].Cols);
+            Assert.True(m.W[0].NonFiniteF16);
             m.RecomputeReference();
+            Assert.True(float.IsInfinity(m.Reference[0][5]) || float.IsNaN(m.Reference[0][5]));
         }
         // the caller alone (the other workers never start): it runs its range, then takes all of theirs from the back
         m.Job(3).Execute(0, 3);

@@ -179,12 +179,56 @@ public unsafe class RowKernelTests
             fixed (byte* pw = wb) fixed (byte* pw2 = wb2) fixed (byte* pa = act)
             {
                 RowKernels.Run(GgmlType.F16, pw2, wb2.Length, pa, fb, 1, n, &decode2, 1);
-                RowKernels.DotF16ScaledPair((ushort*)pw, (ushort*)pw2, (float*)pa + n, n, out ya, out yb, out nonFinite);
+                RowKernels.DotF16ScaledPair<RowKernels.Checked>((ushort*)pw, (ushort*)pw2, (float*)pa + n, n, out ya, out yb, out nonFinite);
             }
             Assert.Equal(trial is >= 1 and <= 3, nonFinite); // trial 4's infinity is in the tail, which reads x exactly
             if (!nonFinite) Assert.True(ya.Equals(decode), $"trial {trial}: paired {ya} vs single {decode}");
             Assert.True(yb.Equals(decode2), $"trial {trial}: paired second row {yb} vs single {decode2}");
+
+            // The unchecked kernels (what decode runs for a matrix found finite when bound): the same bits on finite
+            // rows, single and paired. (On a row with an infinity they would read it as finite; that is why the
+            // matrix is checked once, WeightMatrix.NonFiniteF16.)
+            fixed (ushort* pw = w) Assert.Equal(trial is >= 1 and <= 4, RowKernels.HasNonFiniteF16(pw, n));
+            float single2, pa2, pb2;
+            fixed (byte* pw2 = wb2) fixed (byte* pa = act)
+            {
+                RowKernels.RunRows(GgmlType.F16, pw2, wb2.Length, 0, 1, pa, fb, n, &single2, finiteF16: true);
+                Assert.True(RowKernels.RunPair(GgmlType.F16, pw2, pw2, pa, n, out pa2, out pb2, finiteF16: true));
+            }
+            Assert.True(single2.Equals(decode2), $"trial {trial}: unchecked {single2} vs checked {decode2}");
+            Assert.True(pa2.Equals(decode2) && pb2.Equals(decode2), $"trial {trial}: unchecked pair {pa2}, {pb2} vs {decode2}");
         }
+    }
+
+    /// <summary>The scan that decides, once per F16 matrix, whether decode may skip its infinity check: against the
+    /// scalar rule (exponent bits all ones) on lengths around the 64-wide step, with one infinity or NaN anywhere
+    /// (first, last, in the vector part, in the tail) or none; largest finite values and subnormals are not flagged.</summary>
+    [Fact]
+    public void NonFiniteF16ScanFindsEveryInfinityAndNaN()
+    {
+        var rng = new Random(11);
+        foreach (int n in new[] { 1, 63, 64, 65, 127, 128, 1000, 4096 + 17 })
+            for (int trial = 0; trial < 12; trial++)
+            {
+                var w = new ushort[n];
+                for (int i = 0; i < n; i++)
+                    w[i] = (i % 5) switch
+                    {
+                        0 => (ushort)(rng.Next(2) << 15 | 0x7BFF),           // ±65504, the largest finite half
+                        1 => (ushort)(rng.Next(2) << 15 | rng.Next(1, 0x400)), // ±subnormal
+                        _ => (ushort)(rng.Next(2) << 15 | rng.Next(0, 0x7C00)),
+                    };
+                if (trial > 0)
+                {
+                    int at = trial switch { 1 => 0, 2 => n - 1, _ => rng.Next(n) };
+                    w[at] = (ushort)(rng.Next(2) << 15 | 0x7C00 | (trial % 2 == 0 ? rng.Next(1, 0x400) : 0)); // ±∞ or NaN
+                }
+                bool expected = w.Any(h => (h & 0x7C00) == 0x7C00);
+                Assert.Equal(trial > 0, expected);
+                fixed (ushort* p = w) Assert.Equal(expected, RowKernels.HasNonFiniteF16(p, n));
+                fixed (ushort* p = w)
+                    Assert.Equal(expected, new Cria.Models.WeightMatrix("w", GgmlType.F16, (byte*)p, 1, n).NonFiniteF16);
+            }
     }
 
     [Fact]
