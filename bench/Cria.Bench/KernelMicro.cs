@@ -14,8 +14,8 @@ namespace Cria.Bench;
 /// Prints GB/s of weights read (median of reps) for the in-L2 case (same rows again and again) and the
 /// streamed case (a buffer larger than the caches in 2 MiB pages, read once per rep), next to a plain read of the same
 /// bytes. With --threads T the rows are shared by T threads: chunk 0 = one contiguous half (third, …) each, otherwise
-/// chunks of that many KiB from a shared counter; the modes alternate within each rep. --pair (one thread): rows r and
-/// r + rows/2 through the paired kernel. --checked (F16): the kernels with the per-step infinity check, which the model
+/// chunks of that many KiB from a shared counter; the modes alternate within each rep. --pair: rows r and r + rows/2 of each
+/// thread's share (chunk 0) through the paired kernel. --checked (F16): the kernels with the per-step infinity check, which the model
 /// runs only for a matrix that holds an infinity or NaN.
 /// </summary>
 static unsafe class KernelMicro
@@ -106,7 +106,12 @@ static unsafe class KernelMicro
                                 if (chunkKiB == 0) // each thread its own contiguous share of the rows
                                 {
                                     var (r0, r1) = WorkerPool.Split(rr, t, threads);
-                                    for (int k = 0; k < inn; k++) RowKernels.RunRows(type, wp, rowBytes, r0, r1, xp, xBytes, cols, ypp, finite);
+                                    int h = (r1 - r0) / 2;
+                                    for (int k = 0; k < inn; k++)
+                                        if (pair) // the two halves of its share side by side, as MatMulJob runs decode
+                                            for (int r = r0; r < r0 + h; r++)
+                                                RowKernels.RunPair(type, wp + (long)r * rowBytes, wp + (long)(r + h) * rowBytes, xp, cols, out ypp[r], out ypp[r + h], finite);
+                                        else RowKernels.RunRows(type, wp, rowBytes, r0, r1, xp, xBytes, cols, ypp, finite);
                                 }
                                 else // chunks from a shared counter, as MatMulJob hands them out
                                     for (int c; (c = Interlocked.Add(ref next, chunkRows) - chunkRows) < rr * inn;)

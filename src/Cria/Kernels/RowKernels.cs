@@ -713,10 +713,10 @@ public static unsafe class RowKernels
         // cross into the neighbouring byte are masked off): k = 0 / 1: qh << 4 / << 2; k = 2 / 3: qh >> 0 / >> 2.
         var up01 = Vector512.Create((ushort)4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2);
         var down23 = Vector512.Create((ushort)0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2);
-        var ql = Vector512.Load(blk); var qh = Vector512.Create(Vector256.Load(blk + 128)).AsUInt16();
+        var ql = Vector512.Load(blk); var qh = Both(Vector256.Load(blk + 128)).AsUInt16();
         w0 = (ql & m4) | (Avx512BW.ShiftLeftLogicalVariable(qh, up01).AsByte() & m30);
         w1 = (Vector512.ShiftRightLogical(ql.AsUInt16(), 4).AsByte() & m4) | (Avx512BW.ShiftRightLogicalVariable(qh, down23).AsByte() & m30);
-        ql = Vector512.Load(blk + 64); qh = Vector512.Create(Vector256.Load(blk + 160)).AsUInt16();
+        ql = Vector512.Load(blk + 64); qh = Both(Vector256.Load(blk + 160)).AsUInt16();
         w2 = (ql & m4) | (Avx512BW.ShiftLeftLogicalVariable(qh, up01).AsByte() & m30);
         w3 = (Vector512.ShiftRightLogical(ql.AsUInt16(), 4).AsByte() & m4) | (Avx512BW.ShiftRightLogicalVariable(qh, down23).AsByte() & m30);
         s0 = Avx512BW.PermuteVar32x16(scales16, perm6);
@@ -725,6 +725,11 @@ public static unsafe class RowKernels
         s3 = Avx512BW.PermuteVar32x16(scales16, perm6 + Vector512.Create((short)12));
         scales = scales16.GetLower();
     }
+
+    /// <summary>v in both 256-bit halves (Vector512.Create(v), which the JIT built in a stack slot, stored and reloaded
+    /// every super-block).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<byte> Both(Vector256<byte> v) => Avx512F.InsertVector256(v.ToVector512Unsafe(), v, 1);
 
     /// <summary>One decoded Q6_K super-block (quants offset by +32) against one Q8_K super-block: the body of <see cref="Q6K1"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -740,7 +745,8 @@ public static unsafe class RowKernels
         var p3 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w3, Vector512.Load(q8 + 192)), s3);
         var sumi = (p0 + p1) + (p2 + p3);
         var corr = Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(yb + Q8KSums)), scales) * Vector256.Create(32);
-        sumi -= Vector512.Create(corr, Vector256<int>.Zero);
+        // (ToVector512, not Vector512.Create(corr, zero): the JIT built that in a stack slot, stored and reloaded)
+        sumi -= corr.ToVector512();
         acc = Vector512.FusedMultiplyAdd(Vector512.Create(d * d8), Vector512.ConvertToSingle(sumi), acc);
     }
 
@@ -1309,12 +1315,20 @@ public static unsafe class RowKernels
         Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
         for (; i + 64 <= n; i += 64)
         {
-            F16Step<TCheck>(wa + i, xs + i, ref a0, ref a1, ref a2, ref a3, ref ea);
-            F16Step<TCheck>(wb + i, xs + i, ref b0, ref b1, ref b2, ref b3, ref eb);
+            if (TCheck.On) { ea = F16Exponents(wa + i, ea); eb = F16Exponents(wb + i, eb); }
+            var x0 = Vector512.Load(xs + i); var x1 = Vector512.Load(xs + i + 16);
+            var x2 = Vector512.Load(xs + i + 32); var x3 = Vector512.Load(xs + i + 48);
+            a0 = Vector512.FusedMultiplyAdd(F16Raw(wa + i), x0, a0); a1 = Vector512.FusedMultiplyAdd(F16Raw(wa + i + 16), x1, a1);
+            a2 = Vector512.FusedMultiplyAdd(F16Raw(wa + i + 32), x2, a2); a3 = Vector512.FusedMultiplyAdd(F16Raw(wa + i + 48), x3, a3);
+            b0 = Vector512.FusedMultiplyAdd(F16Raw(wb + i), x0, b0); b1 = Vector512.FusedMultiplyAdd(F16Raw(wb + i + 16), x1, b1);
+            b2 = Vector512.FusedMultiplyAdd(F16Raw(wb + i + 32), x2, b2); b3 = Vector512.FusedMultiplyAdd(F16Raw(wb + i + 48), x3, b3);
         }
         nonFinite = Vector512.EqualsAny(ea, Vector512<ushort>.AllBitsSet) | Vector512.EqualsAny(eb, Vector512<ushort>.AllBitsSet);
-        ya = F16Tail(wa, xs, i, n, Vector512.Sum((a0 + a1) + (a2 + a3)));
-        yb = F16Tail(wb, xs, i, n, Vector512.Sum((b0 + b1) + (b2 + b3)));
+        // both sums before the first call: vectors live across a call (all caller-saved here) made the JIT keep the
+        // second row's accumulators on the stack, stored and reloaded on every step of the loop
+        float sa = Vector512.Sum((a0 + a1) + (a2 + a3)), sb = Vector512.Sum((b0 + b1) + (b2 + b3));
+        ya = F16Tail(wa, xs, i, n, sa);
+        yb = F16Tail(wb, xs, i, n, sb);
     }
 
     /// <summary>
@@ -1341,30 +1355,31 @@ public static unsafe class RowKernels
         {
             Sse.Prefetch0((byte*)(w + i) + PrefetchDistance);
             Sse.Prefetch0((byte*)(w + i) + PrefetchDistance + 64);
-            F16Step<TCheck>(w + i, xs + i, ref s0, ref s1, ref s2, ref s3, ref exponentOnes);
+            if (TCheck.On) exponentOnes = F16Exponents(w + i, exponentOnes);
+            s0 = Vector512.FusedMultiplyAdd(F16Raw(w + i), Vector512.Load(xs + i), s0);
+            s1 = Vector512.FusedMultiplyAdd(F16Raw(w + i + 16), Vector512.Load(xs + i + 16), s1);
+            s2 = Vector512.FusedMultiplyAdd(F16Raw(w + i + 32), Vector512.Load(xs + i + 32), s2);
+            s3 = Vector512.FusedMultiplyAdd(F16Raw(w + i + 48), Vector512.Load(xs + i + 48), s3);
         }
         nonFinite = Vector512.EqualsAny(exponentOnes, Vector512<ushort>.AllBitsSet);
         return F16Tail(w, xs, i, n, Vector512.Sum((s0 + s1) + (s2 + s3)));
     }
 
-    /// <summary>64 halves of <see cref="DotF16Scaled{TCheck}"/>: raw bits shifted into float position times x · 2^112 into four
-    /// accumulators, and the running max that flags exponent 31 (infinity or NaN). Shared by the single-row and the
-    /// paired kernel, so both do the same operations in the same order.</summary>
+    /// <summary>16 halves' raw bits shifted into float position: each half's value · 2^−112 exactly, for
+    /// <see cref="DotF16Scaled{TCheck}"/> and its paired form, which do the same operations per row in the same order
+    /// (s_k = FMA(raw(w + i + 16k), x · 2^112, s_k) for k = 0..3, i by 64).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void F16Step<TCheck>(ushort* w, float* xs, ref Vector512<float> s0, ref Vector512<float> s1, ref Vector512<float> s2,
-        ref Vector512<float> s3, ref Vector512<ushort> exponentOnes) where TCheck : struct, ICheckFlag
+    static Vector512<float> F16Raw(ushort* w) =>
+        ((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)w)) << 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle();
+
+    /// <summary>The running max over 64 halves of (h | 0x83FF), which reaches 0xFFFF exactly when some h has exponent
+    /// 31 (infinity or NaN).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<ushort> F16Exponents(ushort* w, Vector512<ushort> max)
     {
-        var keep = Vector512.Create(unchecked((int)0x8FFFE000));
-        if (TCheck.On)
-        {
-            var notExponent = Vector512.Create((ushort)0x83FF);
-            exponentOnes = Vector512.Max(exponentOnes, Vector512.Load(w) | notExponent);
-            exponentOnes = Vector512.Max(exponentOnes, Vector512.Load(w + 32) | notExponent);
-        }
-        s0 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)w)) << 13) & keep).AsSingle(), Vector512.Load(xs), s0);
-        s1 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)w + 16)) << 13) & keep).AsSingle(), Vector512.Load(xs + 16), s1);
-        s2 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)w + 32)) << 13) & keep).AsSingle(), Vector512.Load(xs + 32), s2);
-        s3 = Vector512.FusedMultiplyAdd(((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)w + 48)) << 13) & keep).AsSingle(), Vector512.Load(xs + 48), s3);
+        var notExponent = Vector512.Create((ushort)0x83FF);
+        max = Vector512.Max(max, Vector512.Load(w) | notExponent);
+        return Vector512.Max(max, Vector512.Load(w + 32) | notExponent);
     }
 
     /// <summary>The tail [i, n) of an F16 row in exact scalar arithmetic against x = xs − n, continuing sum.</summary>
