@@ -1393,6 +1393,7 @@ public static unsafe class RowKernels
     /// <summary>Whether any of <paramref name="count"/> halves is an infinity or NaN (exponent 31): (h | 0x83FF) =
     /// 0xFFFF exactly for those, so the running max of that over all halves tells. Scalar reference:
     /// (h &amp; 0x7C00) == 0x7C00 for some h.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // once per matrix at load: no tier-0 pass over gigabytes
     internal static bool HasNonFiniteF16(ushort* w, long count)
     {
         long i = 0;
