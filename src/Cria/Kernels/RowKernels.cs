@@ -304,8 +304,8 @@ public static unsafe class RowKernels
     /// For Q4_K and Q6_K the accumulators stay in registers and the weights are prefetched ahead; the arithmetic and
     /// its order are exactly those of <see cref="Run"/> with B = 1, so both give the same bits.
     /// </summary>
-    /// <paramref name="finiteF16"/>: the caller vouches that these F16 rows hold no infinity or NaN
-    /// (<see cref="Models.WeightMatrix.NonFiniteF16"/> is false), so the decode kernel skips its per-step check.
+    /// <param name="finiteF16">The caller vouches that these F16 rows hold no infinity or NaN
+    /// (<see cref="Models.WeightMatrix.NonFiniteF16"/> is false), so the decode kernel skips its per-step check.</param>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void RunRows(GgmlType type, byte* w, int rowBytes, int r0, int r1, byte* x, int xBytes, int n, float* y, bool finiteF16 = false)
     {
@@ -1342,8 +1342,8 @@ public static unsafe class RowKernels
     /// <paramref name="xs"/> is x · 2^112 (<see cref="ScaleBy2Pow112"/>); the tail (n mod 64) reads x = xs − n.
     /// With <typeparamref name="TCheck"/> = <see cref="Unchecked"/> the check is left out (the matrix was found finite
     /// when it was bound, <see cref="Models.WeightMatrix.NonFiniteF16"/>) and <paramref name="nonFinite"/> is false:
-    /// four vector operations fewer per 64 weights, and streamed from memory the kernel reads 40 → 48 GB/s on 2
-    /// threads (`Cria.Bench kernel-micro --type f16 --threads 2 --pair`; a plain read of the same bytes: 47).
+    /// four vector operations fewer per 64 weights (rows in L2, 2 threads: 105 → 134 GB/s; streamed from memory
+    /// 40 → 48 GB/s in one comparison of builds, within the machine's noise in another: docs/benchmarks.md, session 10).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static float DotF16Scaled<TCheck>(ushort* w, float* xs, int n, out bool nonFinite) where TCheck : struct, ICheckFlag
