@@ -93,7 +93,13 @@ public unsafe class MatMulJobTests
 
     static readonly (GgmlType, int)[] Q6KParts = [(GgmlType.Q6_K, 40), (GgmlType.Q6_K, 41)];
 
-    static (GgmlType, int)[] PartSet(string name) => name switch { "f16" => F16Parts, "k" => KParts, "q6k" => Q6KParts, "q80" => Q80Parts, _ => Parts };
+    // F16 large enough that every range spans several 256 KiB chunks (MatMulJob.ChunkRows): owners advance chunk by
+    // chunk and the others take several from the back
+    static readonly (GgmlType, int)[] F16BigParts = [(GgmlType.F16, 3000), (GgmlType.F16, 700)];
+    static (GgmlType, int)[] PartSet(string name) => name switch
+    {
+        "f16" => F16Parts, "f16big" => F16BigParts, "k" => KParts, "q6k" => Q6KParts, "q80" => Q80Parts, _ => Parts,
+    };
 
     [Theory]
     [InlineData(1, "mixed")]
@@ -133,6 +139,7 @@ public unsafe class MatMulJobTests
     [Theory]
     [InlineData("mixed")]
     [InlineData("f16")]
+    [InlineData("f16big")]
     [InlineData("k")]
     [InlineData("q6k")]
     [InlineData("q80")]
