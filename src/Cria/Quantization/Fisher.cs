@@ -1,5 +1,5 @@
 using Cria.Inference;
-using Cria.Models;
+using Cria.Tokenization;
 using Cria.Training;
 
 namespace Cria.Quantization;
@@ -29,12 +29,10 @@ public static class Fisher
         Action<int, int>? afterChunk = null)
     {
         if (o.ContextSize < 4 || o.MaxChunks <= 0) throw new CriaException($"Fisher: calibration needs chunks of at least 4 tokens and a positive count, got {o.ContextSize} × {o.MaxChunks}");
-        List<int[]> chunks;
-        using (var model = LlamaModel.Open(modelPath))
-        {
-            var tok = model.Tokenizer;
-            chunks = Perplexity.Chunks(tok.Encode(calibrationText, addBos: true), o.ContextSize, tok.Bos, tok.AddBos);
-        }
+        // the tokenizer from the file's metadata alone: opening it as an inference model would fault in (and check)
+        // every weight only to read them again below
+        var tok = Tokenizer.FromGguf(modelPath);
+        var chunks = Perplexity.Chunks(tok.Encode(calibrationText, addBos: true), o.ContextSize, tok.Bos, tok.AddBos);
         if (chunks.Count > o.MaxChunks) chunks.RemoveRange(o.MaxChunks, chunks.Count - o.MaxChunks);
         var imported = GgufImport.Read(modelPath, "--fisher");
         int T = o.ContextSize - 1; // a chunk of ctx tokens: inputs 0 … ctx−2, targets 1 … ctx−1
