@@ -131,6 +131,20 @@ public static unsafe class RowKernels
                 r.AsSingle().StoreUnsafe(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(y), (nuint)i);
             }
         }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            var lowest = Vector256.Create(0x38800000u); var limit = Vector256.Create(0x477FF000u);
+            var absMask = Vector256.Create(0x7FFFFFFFu);
+            for (; i + 8 <= x.Length; i += 8)
+            {
+                var u = Vector256.LoadUnsafe(ref Unsafe.As<float, uint>(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(x)), (nuint)i);
+                var a = u & absMask;
+                var odd = Vector256.GreaterThanOrEqual(a, limit) | (Vector256.LessThan(a, lowest) & ~Vector256.Equals(a, Vector256<uint>.Zero));
+                if (odd != Vector256<uint>.Zero) { for (int j = i; j < i + 8; j++) y[j] = Fp16.Round(x[j]); continue; }
+                var r = ((a + Vector256.Create(0xFFFu) + ((a >> 13) & Vector256<uint>.One)) & Vector256.Create(~0x1FFFu)) | (u & ~absMask);
+                r.AsSingle().StoreUnsafe(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(y), (nuint)i);
+            }
+        }
         for (; i < x.Length; i++) y[i] = Fp16.Round(x[i]);
     }
 
@@ -288,6 +302,11 @@ public static unsafe class RowKernels
             FloatRow(type, w, x, xStride, B, n, y, yStride);
             return;
         }
+        if (Avx2Rows(type))
+        {
+            for (int b = 0; b < B; b++) y[(long)b * yStride] = DotAvx2(type, w, x + (long)b * xStride, n);
+            return;
+        }
         var wr = new ReadOnlySpan<byte>(w, wBytes);
         for (int b = 0; b < B; b++)
             y[(long)b * yStride] = VecDot.Dot(type, wr, new ReadOnlySpan<byte>(x + (long)b * xStride, xStride), n);
@@ -314,6 +333,11 @@ public static unsafe class RowKernels
             for (int r = r0; r < r1; r++) y[r] = DotF16Scaled<Unchecked>((ushort*)(w + (long)r * rowBytes), (float*)x + n, n, out _);
             return;
         }
+        if (finiteF16 && type == GgmlType.F16 && n >= 32 && !Vector512.IsHardwareAccelerated && Avx2.IsSupported && Fma.IsSupported)
+        {
+            for (int r = r0; r < r1; r++) y[r] = DotF16ScaledAvx2((ushort*)(w + (long)r * rowBytes), (float*)x, n);
+            return;
+        }
         if (Avx512BW.IsSupported && type == GgmlType.Q4_K)
         {
             // One row at a time: two neighbouring rows interleaved (two streams 1152 B apart) decoded 36 against 58
@@ -332,8 +356,27 @@ public static unsafe class RowKernels
             for (int r = r0; r < r1; r++) y[r] = Q801(w + (long)r * rowBytes, x, n / 32);
             return;
         }
+        if (Avx2Rows(type))
+        {
+            for (int r = r0; r < r1; r++) y[r] = DotAvx2(type, w + (long)r * rowBytes, x, n);
+            return;
+        }
         for (int r = r0; r < r1; r++) Run(type, w + (long)r * rowBytes, rowBytes, x, xBytes, 1, n, y + r, 1);
     }
+
+    /// <summary>Machines with AVX2 and FMA but no AVX-512 (e.g. AMD Zen 2/3, Intel before Ice Lake): Q4_K, Q6_K and Q8_0
+    /// rows run through the AVX2 kernels of <see cref="VecDot"/> directly (no span or size checks per row), against
+    /// activations in ggml's layout (Q8_K, Q8_0 blocks).</summary>
+    internal static bool Avx2Rows(GgmlType type) =>
+        !Avx512BW.IsSupported && Avx2.IsSupported && Fma.IsSupported && type is GgmlType.Q4_K or GgmlType.Q6_K or GgmlType.Q8_0;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static float DotAvx2(GgmlType type, byte* w, byte* x, int n) => type switch
+    {
+        GgmlType.Q4_K => VecDot.DotQ4KAvx2(w, x, n / 256),
+        GgmlType.Q6_K => VecDot.DotQ6KAvx2(w, x, n / 256),
+        _ => VecDot.DotQ80Avx2(w, x, n / 32),
+    };
 
     /// <summary>
     /// Rows [r0, r1) of a weight matrix against B activation rows, blocked for the caches: for each tile of
@@ -351,7 +394,20 @@ public static unsafe class RowKernels
         }
         if (!HasBatched(type))
         {
-            for (int r = r0; r < r1; r++) Run(type, w + (long)r * rowBytes, rowBytes, x, xStride, B, n, y + r, yStride);
+            if (type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 && B > 1 && Vector256.IsHardwareAccelerated && !Vector512.IsHardwareAccelerated)
+                FloatBlock256(type, w, rowBytes, r0, r1, x, xStride, B, n, y, yStride);
+            else if (type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16)
+                for (int r = r0; r < r1; r++) Run(type, w + (long)r * rowBytes, rowBytes, x, xStride, B, n, y + r, yStride);
+            else
+                // One dot product per (row, activation row) (VecDot.Dot, e.g. the AVX2 kernels), in tiles of Tile activation
+                // rows, so that a tile (16 × 2.3 KB of Q8_K for n = 2048) stays in L2 while the range's rows run against it,
+                // instead of all B activation rows streaming through the cache once per weight row.
+                for (int b0 = 0; b0 < B; b0 += Tile)
+                {
+                    int tb = Math.Min(Tile, B - b0);
+                    for (int r = r0; r < r1; r++)
+                        Run(type, w + (long)r * rowBytes, rowBytes, x + (long)b0 * xStride, xStride, tb, n, y + (long)b0 * yStride + r, yStride);
+                }
             return;
         }
         if (type == GgmlType.Q8_0)
@@ -967,6 +1023,34 @@ public static unsafe class RowKernels
         for (; b < B; b++) y[(long)b * yStride] = DotF32(wf, (float*)(x + (long)b * xStride), n);
     }
 
+    /// <summary>
+    /// <see cref="RunBlock"/> for F32/F16/BF16 weights without AVX-512: the range's rows widened to F32 once into a
+    /// per-thread buffer, then tiles of 8 activation rows (64 KB for n = 2048) against every row of the range, one
+    /// <see cref="DotF32"/> per pair — the bits of <see cref="FloatRow"/>, with the tile and the widened rows in L2
+    /// instead of every weight row streaming all B activation rows.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void FloatBlock256(GgmlType type, byte* w, int rowBytes, int r0, int r1, byte* x, int xStride, int B, int n, float* y, int yStride)
+    {
+        int rows = r1 - r0;
+        float* wf = (float*)(w + (long)r0 * rowBytes); // [rows, wStride]
+        int wStride = rowBytes / 4;
+        if (type != GgmlType.F32)
+        {
+            wStride = n;
+            wf = Scratch(ref _blockBuffer, (long)rows * n);
+            if (type == GgmlType.F16) for (int r = 0; r < rows; r++) WidenF16((ushort*)(w + (long)(r0 + r) * rowBytes), wf + (long)r * n, n);
+            else for (int r = 0; r < rows; r++) WidenBF16((ushort*)(w + (long)(r0 + r) * rowBytes), wf + (long)r * n, n);
+        }
+        for (int b0 = 0; b0 < B; b0 += 8)
+        {
+            int tb = Math.Min(8, B - b0);
+            for (int r = 0; r < rows; r++)
+                for (int b = b0; b < b0 + tb; b++)
+                    y[(long)b * yStride + r0 + r] = DotF32(wf + (long)r * wStride, (float*)(x + (long)b * xStride), n);
+        }
+    }
+
     /// <summary>Activation rows per tile of <see cref="FloatBlock"/>: four groups of <see cref="FloatKernelCols"/>.</summary>
     const int FloatTile = 24;
     const int FloatKernelRows = 4, FloatKernelCols = 6;
@@ -1164,6 +1248,9 @@ public static unsafe class RowKernels
         if (Vector512.IsHardwareAccelerated)
             for (; i + 16 <= n; i += 16)
                 LoadHalves(src + i).Store(dst + i);
+        else if (Avx2.IsSupported)
+            for (; i + 8 <= n; i += 8)
+                LoadHalves8(src + i).Store(dst + i);
         for (; i < n; i++) dst[i] = Fp16.ToSingle(src[i]);
     }
 
@@ -1191,6 +1278,46 @@ public static unsafe class RowKernels
         return sum;
     }
 
+    /// <summary>
+    /// Decode of one finite F16 row with AVX2 (no AVX-512): 8 halves at a time sign-extended (<c>vpmovsxwd</c>),
+    /// shifted left by 13 and masked as in <see cref="HalfToSingle(Vector512{int})"/>, which leaves the half × 2^-112,
+    /// then multiplied into x · 2^112 (the activation layout's second half): the product is w·x exactly, so each FMA
+    /// rounds as <see cref="DotF32"/>'s on the widened row, whose 4 × 8-lane accumulators, step and final sum this
+    /// follows — B = 1 and B &gt; 1 (<see cref="FloatRow"/>) give the same bits. Only for rows without an infinity or
+    /// NaN (<see cref="Models.WeightMatrix.NonFiniteF16"/>): an exponent of 31 is not mapped to one here.
+    /// <paramref name="x"/>: [n] F16-rounded activations, then [n] the same · 2^112 (<see cref="PrepareActivations"/>).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static float DotF16ScaledAvx2(ushort* w, float* x, int n)
+    {
+        float* xs = x + n;
+        var mask = Vector256.Create(unchecked((int)0x8FFFE000));
+        Vector256<float> s0 = default, s1 = default, s2 = default, s3 = default;
+        int i = 0;
+        for (; i + 32 <= n; i += 32)
+        {
+            Sse.Prefetch0((byte*)(w + i) + PrefetchDistance);
+            s0 = Fma.MultiplyAdd(((Avx2.ConvertToVector256Int32((short*)(w + i)) << 13) & mask).AsSingle(), Vector256.Load(xs + i), s0);
+            s1 = Fma.MultiplyAdd(((Avx2.ConvertToVector256Int32((short*)(w + i + 8)) << 13) & mask).AsSingle(), Vector256.Load(xs + i + 8), s1);
+            s2 = Fma.MultiplyAdd(((Avx2.ConvertToVector256Int32((short*)(w + i + 16)) << 13) & mask).AsSingle(), Vector256.Load(xs + i + 16), s2);
+            s3 = Fma.MultiplyAdd(((Avx2.ConvertToVector256Int32((short*)(w + i + 24)) << 13) & mask).AsSingle(), Vector256.Load(xs + i + 24), s3);
+        }
+        float sum = Vector256.Sum((s0 + s1) + (s2 + s3));
+        for (; i < n; i++) sum = MathF.FusedMultiplyAdd(Fp16.ToSingle(w[i]), x[i], sum);
+        return sum;
+    }
+
+    /// <summary>8 halves → 8 floats with AVX2, exact (<see cref="HalfToSingle(Vector512{int})"/>'s steps on 8 lanes,
+    /// infinities and NaNs included).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<float> LoadHalves8(ushort* p)
+    {
+        var h = Avx2.ConvertToVector256Int32((short*)p);
+        var f = ((h << 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector256.Create(Pow2To112);
+        var infNan = Vector256.GreaterThanOrEqual(Vector256.Abs(f), Vector256.Create(65536f));
+        return f | (infNan & Vector256.Create(0x7F800000u).AsSingle());
+    }
+
     /// <summary>y = x · 2^112: exact for F16-rounded x (|x| ≤ 65504 stays below float's largest, ∞ stays ∞).</summary>
     static void ScaleBy2Pow112(ReadOnlySpan<float> x, Span<float> y)
     {
@@ -1198,6 +1325,9 @@ public static unsafe class RowKernels
         if (Vector512.IsHardwareAccelerated)
             for (; i + 16 <= x.Length; i += 16)
                 (Vector512.Create(x.Slice(i, 16)) * Vector512.Create(Pow2To112)).CopyTo(y.Slice(i, 16));
+        else if (Vector256.IsHardwareAccelerated)
+            for (; i + 8 <= x.Length; i += 8)
+                (Vector256.Create(x.Slice(i, 8)) * Vector256.Create(Pow2To112)).CopyTo(y.Slice(i, 8));
         for (; i < x.Length; i++) y[i] = x[i] * Pow2To112;
     }
 
@@ -1425,6 +1555,9 @@ public static unsafe class RowKernels
         if (Vector512.IsHardwareAccelerated)
             for (; i + 16 <= n; i += 16)
                 (Avx512F.ConvertToVector512UInt32(Vector256.Load(src + i)) << 16).AsSingle().Store(dst + i);
+        else if (Avx2.IsSupported)
+            for (; i + 8 <= n; i += 8)
+                (Avx2.ConvertToVector256Int32(src + i).AsUInt32() << 16).AsSingle().Store(dst + i);
         for (; i < n; i++) dst[i] = Bf16.ToSingle(src[i]);
     }
 }

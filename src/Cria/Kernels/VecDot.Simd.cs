@@ -200,13 +200,23 @@ public static partial class VecDot
     // ------------------------------------------------------------------ 32-element blocks x Q8_0
 
     // Q8_0 (34 B: d f16 | qs[32] int8) x Q8_0: per block 8 int32 lanes, converted and FMA'd with d_x·d_y.
-    private static float DotQ8_0(ref byte w, ref byte a, int nb)
+    private static unsafe float DotQ8_0(ref byte w, ref byte a, int nb)
     {
+        fixed (byte* x = &w) fixed (byte* y = &a) return DotQ80Avx2(x, y, nb);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe float DotQ80Avx2(byte* x, byte* y, int nb)
+    {
+        ref byte w = ref *x;
+        ref byte a = ref *y;
         Vector256<float> acc0 = default, acc1 = default;
         int ib = 0;
         for (; ib + 2 <= nb; ib += 2)
         {
             int o0 = ib * 34, o1 = o0 + 34;
+            Sse.Prefetch0(x + o0 + PrefetchAhead);
+            Sse.Prefetch0(x + o0 + PrefetchAhead + 64);
             Vector256<int> p0 = DotI8I8(Load256(ref w, o0 + 2).AsSByte(), Load256(ref a, o0 + 2).AsSByte());
             Vector256<int> p1 = DotI8I8(Load256(ref w, o1 + 2).AsSByte(), Load256(ref a, o1 + 2).AsSByte());
             acc0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(p0), Vector256.Create(HalfAt(ref w, o0) * HalfAt(ref a, o0)), acc0);
@@ -264,7 +274,66 @@ public static partial class VecDot
 
     // Q4_K (144 B: d | dmin | scales[12] | qs[128]); chunk c: qs[32c..] low nibbles = sub-block 2c, high = 2c+1.
     // Σ = d·Σ_j sc_j Σ q·y − dmin·Σ_j m_(j/2) bsum_j ; the integer parts are exact.
-    private static float DotQ4_K(ref byte w, ref byte a, int nb) => DotK4(ref w, ref a, nb, five: false);
+    private static unsafe float DotQ4_K(ref byte w, ref byte a, int nb)
+    {
+        fixed (byte* x = &w) fixed (byte* y = &a) return DotQ4KAvx2(x, y, nb);
+    }
+
+    /// <summary>Bytes ahead of the current weight block that the AVX2 K-quant kernels prefetch: decode streams every
+    /// weight from memory once, and the hardware prefetcher alone does not keep up with kernels this short (as
+    /// <see cref="RowKernels"/>' AVX-512 kernels).</summary>
+    const int PrefetchAhead = 4096;
+
+    /// <summary>
+    /// Q4_K × Q8_K with AVX2, ggml's way (ggml_vec_dot_q4_K_q8_K): the 6-bit scales and mins unpacked as whole words to
+    /// 8 + 8 int16 lanes; each 32-byte chunk of nibbles is split into low (sub-block 2j) and high (2j+1) halves,
+    /// vpmaddubsw against the activations gives int16 pair sums (≤ 2·15·127), and vpmaddwd against the broadcast
+    /// sub-block scale widens them to int32 — the scale costs no separate multiply. The min term is one vpmaddwd of
+    /// the 8 mins against the 8 sub-block sums (pairs of bsums). The integers are those of the scalar kernel.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe float DotQ4KAvx2(byte* x, byte* y, int nb)
+    {
+        var m4 = Vector256.Create((byte)0x0F);
+        Vector256<float> acc = default;
+        Vector128<float> accMin = default;
+        for (int i = 0; i < nb; i++, x += 144, y += 292)
+        {
+            Sse.Prefetch0(x + PrefetchAhead);
+            Sse.Prefetch0(x + PrefetchAhead + 64);
+            Sse.Prefetch0(x + PrefetchAhead + 128);
+            float yd = *(float*)y;
+            float d = yd * Fp16.ToSingle(*(ushort*)x), dmin = -yd * Fp16.ToSingle(*(ushort*)(x + 2));
+            uint u0 = *(uint*)(x + 4), u1 = *(uint*)(x + 8), u2 = *(uint*)(x + 12);
+            uint sc03 = u0 & 0x3f3f3f3fu;
+            uint sc47 = (u2 & 0x0f0f0f0fu) | (((u0 >> 6) & 0x03030303u) << 4);
+            uint mn03 = u1 & 0x3f3f3f3fu;
+            uint mn47 = ((u2 >> 4) & 0x0f0f0f0fu) | (((u1 >> 6) & 0x03030303u) << 4);
+            var scalesMins = Avx2.ConvertToVector256Int16(Vector128.Create(sc03, sc47, mn03, mn47).AsByte()); // [8 scales | 8 mins]
+            var bsums = Vector256.Load((short*)(y + 260));
+            var subSums = Ssse3.HorizontalAdd(bsums.GetLower(), bsums.GetUpper()); // [8] Σ activations per sub-block
+            var minTerm = Sse2.MultiplyAddAdjacent(scalesMins.GetUpper(), subSums);
+            accMin = Fma.MultiplyAdd(Vector128.Create(dmin), Vector128.ConvertToSingle(minTerm), accMin);
+            var sc = scalesMins.GetLower().AsByte();
+            var scales = Vector256.Create(sc, sc);
+            Vector256<int> sumi = default;
+            byte* q = x + 16;
+            sbyte* a8 = (sbyte*)(y + 4);
+            for (int j = 0; j < 4; j++, q += 32, a8 += 64)
+            {
+                var scaleLo = Avx2.Shuffle(scales, Vector256.Create((ushort)(0x0100 + 0x0202 * (2 * j))).AsByte()).AsInt16();
+                var scaleHi = Avx2.Shuffle(scales, Vector256.Create((ushort)(0x0100 + 0x0202 * (2 * j + 1))).AsByte()).AsInt16();
+                var bits = Vector256.Load(q);
+                var lo = bits & m4;
+                var hi = Vector256.ShiftRightLogical(bits.AsUInt16(), 4).AsByte() & m4;
+                var pLo = Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load(a8)));
+                var pHi = Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load(a8 + 32)));
+                sumi += pLo + pHi;
+            }
+            acc = Fma.MultiplyAdd(Vector256.Create(d), Vector256.ConvertToSingle(sumi), acc);
+        }
+        return Vector256.Sum(acc) + Vector128.Sum(accMin);
+    }
 
     // Q5_K (176 B: d | dmin | scales[12] | qh[32] | qs[128]); as Q4_K, bit 2c / 2c+1 of qh[l] adds 16.
     private static float DotQ5_K(ref byte w, ref byte a, int nb) => DotK4(ref w, ref a, nb, five: true);
@@ -313,41 +382,61 @@ public static partial class VecDot
     // Q6_K (210 B: ql[128] | qh[64] | scales[16] int8 | d). Half h: ql[64h + l] low/high nibble -> elements l / l+64,
     // ql[64h + 32 + l] -> l+32 / l+96, qh[32h + l] bit pairs 0,2,4,6 -> l, l+32, l+64, l+96; value q - 32.
     // The -32 offset is folded out with the activation block sums: Σ sc·(q-32)·y = Σ sc·q·y − 32·Σ sc·bsum.
-    private static float DotQ6_K(ref byte w, ref byte a, int nb)
+    private static unsafe float DotQ6_K(ref byte w, ref byte a, int nb)
     {
-        Vector256<byte> m4 = Vector256.Create((byte)0x0F);
-        Vector256<byte> m2 = Vector256.Create((byte)0x03);
-        float sumf = 0;
-        for (int i = 0; i < nb; i++)
-        {
-            ref byte x = ref Unsafe.Add(ref w, i * 210);
-            ref byte y = ref Unsafe.Add(ref a, i * 292);
-            ref sbyte sc = ref Unsafe.As<byte, sbyte>(ref Unsafe.Add(ref x, 192));
-            int sumBias = 0;
-            for (int j = 0; j < 16; j++) sumBias += Unsafe.Add(ref sc, j) * Q8KBSum(ref y, j);
-
-            Vector256<int> acc = default;
-            for (int h = 0; h < 2; h++)
-            {
-                Vector256<byte> ql0 = Load256(ref x, 64 * h), ql1 = Load256(ref x, 64 * h + 32), qh = Load256(ref x, 128 + 32 * h);
-                Vector256<byte> v0 = (ql0 & m4) | Vector256.ShiftLeft(qh & m2, 4);
-                Vector256<byte> v1 = (ql1 & m4) | Vector256.ShiftLeft(Vector256.ShiftRightLogical(qh, 2) & m2, 4);
-                Vector256<byte> v2 = (Vector256.ShiftRightLogical(ql0, 4) & m4) | Vector256.ShiftLeft(Vector256.ShiftRightLogical(qh, 4) & m2, 4);
-                Vector256<byte> v3 = (Vector256.ShiftRightLogical(ql1, 4) & m4) | Vector256.ShiftLeft(Vector256.ShiftRightLogical(qh, 6) & m2, 4);
-                int yo = 4 + 128 * h, so = 8 * h;
-                acc += DotU8I8(default, v0, Load256(ref y, yo).AsSByte()) * ScalePair(ref sc, so);
-                acc += DotU8I8(default, v1, Load256(ref y, yo + 32).AsSByte()) * ScalePair(ref sc, so + 2);
-                acc += DotU8I8(default, v2, Load256(ref y, yo + 64).AsSByte()) * ScalePair(ref sc, so + 4);
-                acc += DotU8I8(default, v3, Load256(ref y, yo + 96).AsSByte()) * ScalePair(ref sc, so + 6);
-            }
-            int sumi = Vector256.Sum(acc) - 32 * sumBias;
-            sumf += HalfAt(ref x, 208) * Q8KD(ref y) * sumi;
-        }
-        return sumf;
+        fixed (byte* x = &w) fixed (byte* y = &a) return DotQ6KAvx2(x, y, nb);
     }
 
-    // Lanes 0-3 of a vpdpbusd result cover bytes 0-15 (one 16-element sub-block), lanes 4-7 bytes 16-31 (the next).
+    /// <summary>
+    /// Q6_K × Q8_K with AVX2, ggml's way (ggml_vec_dot_q6_K_q8_K): 6-bit values q (0..63) built from ql nibbles and
+    /// qh bit pairs, vpmaddubsw q·y minus vpmaddubsw 32·y (the −32 offset; |result| ≤ 2·63·127 + 2·32·128 fits int16),
+    /// then vpmaddwd against the two sub-block scales of each 32 values (sign-extended int8). Integers as the scalar kernel.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe float DotQ6KAvx2(byte* x, byte* y, int nb)
+    {
+        var m4 = Vector256.Create((byte)0x0F);
+        var m2 = Vector256.Create((byte)0x03);
+        var m32 = Vector256.Create((byte)32);
+        Vector256<float> acc = default;
+        for (int i = 0; i < nb; i++, x += 210, y += 292)
+        {
+            Sse.Prefetch0(x + PrefetchAhead);
+            Sse.Prefetch0(x + PrefetchAhead + 64);
+            Sse.Prefetch0(x + PrefetchAhead + 128);
+            Sse.Prefetch0(x + PrefetchAhead + 192);
+            float d = *(float*)y * Fp16.ToSingle(*(ushort*)(x + 208));
+            var scales = Vector128.Load(x + 192);
+            Vector256<int> sumi = default;
+            for (int h = 0; h < 2; h++)
+            {
+                byte* ql = x + 64 * h, qh = x + 128 + 32 * h;
+                sbyte* a8 = (sbyte*)(y + 4 + 128 * h);
+                var bits1 = Vector256.Load(ql).AsUInt16();
+                var bits2 = Vector256.Load(ql + 32).AsUInt16();
+                var bitsH = Vector256.Load(qh).AsUInt16();
+                var q0 = (bits1.AsByte() & m4) | Vector256.ShiftLeft((bitsH.AsByte() & m2).AsUInt16(), 4).AsByte();
+                var q1 = (bits2.AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(bitsH, 2).AsByte() & m2).AsUInt16(), 4).AsByte();
+                var q2 = (Vector256.ShiftRightLogical(bits1, 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(bitsH, 4).AsByte() & m2).AsUInt16(), 4).AsByte();
+                var q3 = (Vector256.ShiftRightLogical(bits2, 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(bitsH, 6).AsByte() & m2).AsUInt16(), 4).AsByte();
+                var a0 = Vector256.Load(a8); var a1 = Vector256.Load(a8 + 32);
+                var a2 = Vector256.Load(a8 + 64); var a3 = Vector256.Load(a8 + 96);
+                var p0 = Avx2.MultiplyAddAdjacent(q0, a0) - Avx2.MultiplyAddAdjacent(m32, a0);
+                var p1 = Avx2.MultiplyAddAdjacent(q1, a1) - Avx2.MultiplyAddAdjacent(m32, a1);
+                var p2 = Avx2.MultiplyAddAdjacent(q2, a2) - Avx2.MultiplyAddAdjacent(m32, a2);
+                var p3 = Avx2.MultiplyAddAdjacent(q3, a3) - Avx2.MultiplyAddAdjacent(m32, a3);
+                int s = 8 * h;
+                sumi += Avx2.MultiplyAddAdjacent(ScalePair16(scales, s), p0) + Avx2.MultiplyAddAdjacent(ScalePair16(scales, s + 2), p1);
+                sumi += Avx2.MultiplyAddAdjacent(ScalePair16(scales, s + 4), p2) + Avx2.MultiplyAddAdjacent(ScalePair16(scales, s + 6), p3);
+            }
+            acc = Fma.MultiplyAdd(Vector256.Create(d), Vector256.ConvertToSingle(sumi), acc);
+        }
+        return Vector256.Sum(acc);
+    }
+
+    /// <summary>Int8 scales k and k+1 sign-extended to int16: lanes 0–7 = scales[k], 8–15 = scales[k+1].</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> ScalePair(ref sbyte sc, int j)
-        => Vector256.Create(Vector128.Create((int)Unsafe.Add(ref sc, j)), Vector128.Create((int)Unsafe.Add(ref sc, j + 1)));
+    private static Vector256<short> ScalePair16(Vector128<byte> scales, int k)
+        => Avx2.ConvertToVector256Int16(Ssse3.Shuffle(scales, Vector128.Create((ulong)(0x0101010101010101ul * (ulong)k), 0x0101010101010101ul * (ulong)(k + 1)).AsByte()).AsSByte());
+
 }
