@@ -304,7 +304,13 @@ public static unsafe class RowKernels
         }
         if (Avx2Rows(type))
         {
-            for (int b = 0; b < B; b++) y[(long)b * yStride] = DotAvx2(type, w, x + (long)b * xStride, n);
+            int b = 0;
+            // Four activation rows at a time where a four-row kernel exists (same bits as one at a time).
+            if (type == GgmlType.Q4_K)
+                for (; b + 4 <= B; b += 4) VecDot.DotQ4KAvx2x4(w, x + (long)b * xStride, xStride, n / 256, y + (long)b * yStride, yStride);
+            else if (type == GgmlType.Q8_0)
+                for (; b + 4 <= B; b += 4) VecDot.DotQ80Avx2x4(w, x + (long)b * xStride, xStride, n / 32, y + (long)b * yStride, yStride);
+            for (; b < B; b++) y[(long)b * yStride] = DotAvx2(type, w, x + (long)b * xStride, n);
             return;
         }
         var wr = new ReadOnlySpan<byte>(w, wBytes);

@@ -382,6 +382,110 @@ public static partial class VecDot
     // Q6_K (210 B: ql[128] | qh[64] | scales[16] int8 | d). Half h: ql[64h + l] low/high nibble -> elements l / l+64,
     // ql[64h + 32 + l] -> l+32 / l+96, qh[32h + l] bit pairs 0,2,4,6 -> l, l+32, l+64, l+96; value q - 32.
     // The -32 offset is folded out with the activation block sums: Σ sc·(q-32)·y = Σ sc·q·y − 32·Σ sc·bsum.
+    /// <summary>
+    /// <see cref="DotQ4KAvx2"/> of one weight row against four activation rows (y, y + yStride, …): the scales, mins
+    /// and nibbles are unpacked once per super-block and used for all four — prefill's case. Each row's integers and
+    /// float operations are those of the single-row kernel, in the same order, so the results have its bits.
+    /// out[k · outStride] = row k's dot product.
+    /// </summary>
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe void DotQ4KAvx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride)
+    {
+        var m4 = Vector256.Create((byte)0x0F);
+        var acc = stackalloc Vector256<float>[4];
+        var accMin = stackalloc Vector128<float>[4];
+        for (int k = 0; k < 4; k++) { acc[k] = default; accMin[k] = default; }
+        byte* y1 = y + yStride, y2 = y1 + yStride, y3 = y2 + yStride;
+        for (int i = 0; i < nb; i++, x += 144)
+        {
+            int yo = i * 292;
+            float wd = Fp16.ToSingle(*(ushort*)x), wdmin = Fp16.ToSingle(*(ushort*)(x + 2));
+            uint u0 = *(uint*)(x + 4), u1 = *(uint*)(x + 8), u2 = *(uint*)(x + 12);
+            uint sc03 = u0 & 0x3f3f3f3fu;
+            uint sc47 = (u2 & 0x0f0f0f0fu) | (((u0 >> 6) & 0x03030303u) << 4);
+            uint mn03 = u1 & 0x3f3f3f3fu;
+            uint mn47 = ((u2 >> 4) & 0x0f0f0f0fu) | (((u1 >> 6) & 0x03030303u) << 4);
+            var scalesMins = Avx2.ConvertToVector256Int16(Vector128.Create(sc03, sc47, mn03, mn47).AsByte());
+            var mins = scalesMins.GetUpper();
+            for (int k = 0; k < 4; k++)
+            {
+                byte* yk = y + (long)k * yStride + yo;
+                var bsums = Vector256.Load((short*)(yk + 260));
+                var minTerm = Sse2.MultiplyAddAdjacent(mins, Ssse3.HorizontalAdd(bsums.GetLower(), bsums.GetUpper()));
+                accMin[k] = Fma.MultiplyAdd(Vector128.Create(-*(float*)yk * wdmin), Vector128.ConvertToSingle(minTerm), accMin[k]);
+            }
+            var sc = scalesMins.GetLower().AsByte();
+            var scales = Vector256.Create(sc, sc);
+            Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default;
+            byte* q = x + 16;
+            int a = yo + 4;
+            for (int j = 0; j < 4; j++, q += 32, a += 64)
+            {
+                var scaleLo = Avx2.Shuffle(scales, Vector256.Create((ushort)(0x0100 + 0x0202 * (2 * j))).AsByte()).AsInt16();
+                var scaleHi = Avx2.Shuffle(scales, Vector256.Create((ushort)(0x0100 + 0x0202 * (2 * j + 1))).AsByte()).AsInt16();
+                var bits = Vector256.Load(q);
+                var lo = bits & m4;
+                var hi = Vector256.ShiftRightLogical(bits.AsUInt16(), 4).AsByte() & m4;
+                s0 += Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load((sbyte*)(y + a))))
+                    + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y + a + 32))));
+                s1 += Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load((sbyte*)(y1 + a))))
+                    + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y1 + a + 32))));
+                s2 += Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load((sbyte*)(y2 + a))))
+                    + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y2 + a + 32))));
+                s3 += Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load((sbyte*)(y3 + a))))
+                    + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y3 + a + 32))));
+            }
+            acc[0] = Fma.MultiplyAdd(Vector256.Create(*(float*)(y + yo) * wd), Vector256.ConvertToSingle(s0), acc[0]);
+            acc[1] = Fma.MultiplyAdd(Vector256.Create(*(float*)(y1 + yo) * wd), Vector256.ConvertToSingle(s1), acc[1]);
+            acc[2] = Fma.MultiplyAdd(Vector256.Create(*(float*)(y2 + yo) * wd), Vector256.ConvertToSingle(s2), acc[2]);
+            acc[3] = Fma.MultiplyAdd(Vector256.Create(*(float*)(y3 + yo) * wd), Vector256.ConvertToSingle(s3), acc[3]);
+        }
+        for (int k = 0; k < 4; k++) outp[(long)k * outStride] = Vector256.Sum(acc[k]) + Vector128.Sum(accMin[k]);
+    }
+
+    /// <summary>
+    /// <see cref="DotQ80Avx2"/> of one weight row against four activation rows (see <see cref="DotQ4KAvx2x4"/>): each
+    /// weight block's |w| is taken once; per row the same two accumulator chains (even and odd blocks) and
+    /// operations as the single-row kernel, so the results have its bits.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe void DotQ80Avx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride)
+    {
+        byte* y1 = y + yStride, y2 = y1 + yStride, y3 = y2 + yStride;
+        Vector256<float> e0 = default, e1 = default, e2 = default, e3 = default; // even blocks (acc0 of the single kernel)
+        Vector256<float> o0 = default, o1 = default, o2 = default, o3 = default; // odd blocks (acc1)
+        int ib = 0;
+        for (; ib + 2 <= nb; ib += 2)
+        {
+            int b0 = ib * 34, b1 = b0 + 34;
+            Q80Step4(x + b0, y + b0, y1 + b0, y2 + b0, y3 + b0, ref e0, ref e1, ref e2, ref e3);
+            Q80Step4(x + b1, y + b1, y1 + b1, y2 + b1, y3 + b1, ref o0, ref o1, ref o2, ref o3);
+        }
+        for (; ib < nb; ib++)
+        {
+            int b0 = ib * 34;
+            Q80Step4(x + b0, y + b0, y1 + b0, y2 + b0, y3 + b0, ref e0, ref e1, ref e2, ref e3);
+        }
+        outp[0] = Vector256.Sum(e0 + o0);
+        outp[outStride] = Vector256.Sum(e1 + o1);
+        outp[2L * outStride] = Vector256.Sum(e2 + o2);
+        outp[3L * outStride] = Vector256.Sum(e3 + o3);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void Q80Step4(byte* w, byte* a0, byte* a1, byte* a2, byte* a3,
+        ref Vector256<float> c0, ref Vector256<float> c1, ref Vector256<float> c2, ref Vector256<float> c3)
+    {
+        var q = Vector256.Load((sbyte*)(w + 2));
+        var abs = Avx2.Abs(q);
+        float d = Fp16.ToSingle(*(ushort*)w);
+        c0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(DotU8I8(Vector256<int>.Zero, abs, Avx2.Sign(Vector256.Load((sbyte*)(a0 + 2)), q))), Vector256.Create(d * Fp16.ToSingle(*(ushort*)a0)), c0);
+        c1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(DotU8I8(Vector256<int>.Zero, abs, Avx2.Sign(Vector256.Load((sbyte*)(a1 + 2)), q))), Vector256.Create(d * Fp16.ToSingle(*(ushort*)a1)), c1);
+        c2 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(DotU8I8(Vector256<int>.Zero, abs, Avx2.Sign(Vector256.Load((sbyte*)(a2 + 2)), q))), Vector256.Create(d * Fp16.ToSingle(*(ushort*)a2)), c2);
+        c3 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(DotU8I8(Vector256<int>.Zero, abs, Avx2.Sign(Vector256.Load((sbyte*)(a3 + 2)), q))), Vector256.Create(d * Fp16.ToSingle(*(ushort*)a3)), c3);
+    }
+
     private static unsafe float DotQ6_K(ref byte w, ref byte a, int nb)
     {
         fixed (byte* x = &w) fixed (byte* y = &a) return DotQ6KAvx2(x, y, nb);
