@@ -1344,7 +1344,8 @@ public static unsafe class RowKernels
     internal static bool HasPairedDecode(GgmlType type, int n) => type switch
     {
         GgmlType.F16 => n >= 64 && Vector512.IsHardwareAccelerated,
-        GgmlType.Q4_K or GgmlType.Q6_K or GgmlType.Q8_0 => Avx512BW.IsSupported,
+        GgmlType.Q4_K or GgmlType.Q6_K => Avx512BW.IsSupported,
+        GgmlType.Q8_0 => Avx512BW.IsSupported || Avx2Rows(type), // AVX2: see VecDot.DotQ80Avx2Pair
         _ => false,
     };
 
@@ -1359,6 +1360,7 @@ public static unsafe class RowKernels
     /// </summary>
     internal static bool RunPair(GgmlType type, byte* wa, byte* wb, byte* x, int n, out float ya, out float yb, bool finiteF16 = false)
     {
+        if (!Avx512BW.IsSupported && type == GgmlType.Q8_0) { VecDot.DotQ80Avx2Pair(wa, wb, x, n / 32, out ya, out yb); return true; }
         switch (type)
         {
             case GgmlType.Q4_K: Q4K1Pair(wa, wb, x, n / 256, out ya, out yb); return true;

@@ -208,27 +208,56 @@ public static partial class VecDot
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static unsafe float DotQ80Avx2(byte* x, byte* y, int nb)
     {
-        ref byte w = ref *x;
-        ref byte a = ref *y;
-        Vector256<float> acc0 = default, acc1 = default;
+        Vector256<float> acc0 = default, acc1 = default; // even and odd blocks
         int ib = 0;
         for (; ib + 2 <= nb; ib += 2)
         {
             int o0 = ib * 34, o1 = o0 + 34;
             Sse.Prefetch0(x + o0 + PrefetchAhead);
             Sse.Prefetch0(x + o0 + PrefetchAhead + 64);
-            Vector256<int> p0 = DotI8I8(Load256(ref w, o0 + 2).AsSByte(), Load256(ref a, o0 + 2).AsSByte());
-            Vector256<int> p1 = DotI8I8(Load256(ref w, o1 + 2).AsSByte(), Load256(ref a, o1 + 2).AsSByte());
-            acc0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(p0), Vector256.Create(HalfAt(ref w, o0) * HalfAt(ref a, o0)), acc0);
-            acc1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(p1), Vector256.Create(HalfAt(ref w, o1) * HalfAt(ref a, o1)), acc1);
+            Q80Block(x + o0, y + o0, ref acc0);
+            Q80Block(x + o1, y + o1, ref acc1);
+        }
+        for (; ib < nb; ib++) Q80Block(x + ib * 34, y + ib * 34, ref acc0);
+        return Vector256.Sum(acc0 + acc1);
+    }
+
+    /// <summary><see cref="DotQ80Avx2"/> of two weight rows (far apart: two streams for one core) against one activation
+    /// row, block pairs in turn; each result has the single-row kernel's bits (two chains per row: even and odd blocks).
+    /// TinyLlama Q8_0 tg64, 2 threads, alternating: 15.9 / 16.6 / 17.7 tok/s paired against 14.1 / 16.0 / 15.8 one row
+    /// at a time. The Q4_K and Q6_K kernels gained nothing from pairs here (Q4_K_M 23.4 / 22.3 / 24.4 against 24.5 /
+    /// 24.0 / 23.7): they are bound by their own instructions, not by one stream's latency.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
+    internal static unsafe void DotQ80Avx2Pair(byte* xa, byte* xb, byte* y, int nb, out float ya, out float yb)
+    {
+        Vector256<float> a0 = default, a1 = default, b0 = default, b1 = default;
+        int ib = 0;
+        for (; ib + 2 <= nb; ib += 2)
+        {
+            int o0 = ib * 34, o1 = o0 + 34;
+            Sse.Prefetch0(xa + o0 + PrefetchAhead);
+            Sse.Prefetch0(xb + o0 + PrefetchAhead);
+            Q80Block(xa + o0, y + o0, ref a0); Q80Block(xa + o1, y + o1, ref a1);
+            Q80Block(xb + o0, y + o0, ref b0); Q80Block(xb + o1, y + o1, ref b1);
         }
         for (; ib < nb; ib++)
         {
             int o = ib * 34;
-            Vector256<int> p = DotI8I8(Load256(ref w, o + 2).AsSByte(), Load256(ref a, o + 2).AsSByte());
-            acc0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(p), Vector256.Create(HalfAt(ref w, o) * HalfAt(ref a, o)), acc0);
+            Q80Block(xa + o, y + o, ref a0);
+            Q80Block(xb + o, y + o, ref b0);
         }
-        return Vector256.Sum(acc0 + acc1);
+        ya = Vector256.Sum(a0 + a1);
+        yb = Vector256.Sum(b0 + b1);
+    }
+
+    /// <summary>One Q8_0 block of weights (34 B at w) against one of activations (at a): acc += d_w·d_a · Σ w·a as 8 lanes
+    /// (the operations of <see cref="DotQ80Avx2"/>'s loop).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void Q80Block(byte* w, byte* a, ref Vector256<float> acc)
+    {
+        var q = Vector256.Load((sbyte*)(w + 2));
+        var p = DotU8I8(Vector256<int>.Zero, Avx2.Abs(q), Avx2.Sign(Vector256.Load((sbyte*)(a + 2)), q));
+        acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(p), Vector256.Create(Fp16.ToSingle(*(ushort*)w) * Fp16.ToSingle(*(ushort*)a)), acc);
     }
 
     // Q4_0 (18 B: d f16 | qs[16], element j = low nibble of qs[j], j+16 = high nibble, value q-8) x Q8_0 (34 B).
@@ -294,7 +323,6 @@ public static partial class VecDot
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static unsafe float DotQ4KAvx2(byte* x, byte* y, int nb)
     {
-        var m4 = Vector256.Create((byte)0x0F);
         Vector256<float> acc = default;
         Vector128<float> accMin = default;
         for (int i = 0; i < nb; i++, x += 144, y += 292)
@@ -302,37 +330,54 @@ public static partial class VecDot
             Sse.Prefetch0(x + PrefetchAhead);
             Sse.Prefetch0(x + PrefetchAhead + 64);
             Sse.Prefetch0(x + PrefetchAhead + 128);
-            float yd = *(float*)y;
-            float d = yd * Fp16.ToSingle(*(ushort*)x), dmin = -yd * Fp16.ToSingle(*(ushort*)(x + 2));
-            uint u0 = *(uint*)(x + 4), u1 = *(uint*)(x + 8), u2 = *(uint*)(x + 12);
-            uint sc03 = u0 & 0x3f3f3f3fu;
-            uint sc47 = (u2 & 0x0f0f0f0fu) | (((u0 >> 6) & 0x03030303u) << 4);
-            uint mn03 = u1 & 0x3f3f3f3fu;
-            uint mn47 = ((u2 >> 4) & 0x0f0f0f0fu) | (((u1 >> 6) & 0x03030303u) << 4);
-            var scalesMins = Avx2.ConvertToVector256Int16(Vector128.Create(sc03, sc47, mn03, mn47).AsByte()); // [8 scales | 8 mins]
-            var bsums = Vector256.Load((short*)(y + 260));
-            var subSums = Ssse3.HorizontalAdd(bsums.GetLower(), bsums.GetUpper()); // [8] Σ activations per sub-block
-            var minTerm = Sse2.MultiplyAddAdjacent(scalesMins.GetUpper(), subSums);
-            accMin = Fma.MultiplyAdd(Vector128.Create(dmin), Vector128.ConvertToSingle(minTerm), accMin);
-            var sc = scalesMins.GetLower().AsByte();
-            var scales = Vector256.Create(sc, sc);
-            Vector256<int> sumi = default;
-            byte* q = x + 16;
-            sbyte* a8 = (sbyte*)(y + 4);
-            for (int j = 0; j < 4; j++, q += 32, a8 += 64)
-            {
-                var scaleLo = Avx2.Shuffle(scales, Vector256.Create((ushort)(0x0100 + 0x0202 * (2 * j))).AsByte()).AsInt16();
-                var scaleHi = Avx2.Shuffle(scales, Vector256.Create((ushort)(0x0100 + 0x0202 * (2 * j + 1))).AsByte()).AsInt16();
-                var bits = Vector256.Load(q);
-                var lo = bits & m4;
-                var hi = Vector256.ShiftRightLogical(bits.AsUInt16(), 4).AsByte() & m4;
-                var pLo = Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load(a8)));
-                var pHi = Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load(a8 + 32)));
-                sumi += pLo + pHi;
-            }
-            acc = Fma.MultiplyAdd(Vector256.Create(d), Vector256.ConvertToSingle(sumi), acc);
+            Q4KStep(x, y, ref acc, ref accMin);
         }
         return Vector256.Sum(acc) + Vector128.Sum(accMin);
+    }
+
+    /// <summary>One Q4_K super-block (144 B at x) against one Q8_K block (292 B at y): acc += d·Σ_j sc_j·(q·y)_j as 8
+    /// lanes, accMin += −dmin·m_j·bsum_j as 4 lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void Q4KStep(byte* x, byte* y, ref Vector256<float> acc, ref Vector128<float> accMin)
+    {
+        var m4 = Vector256.Create((byte)0x0F);
+        float yd = *(float*)y;
+        float d = yd * Fp16.ToSingle(*(ushort*)x), dmin = -yd * Fp16.ToSingle(*(ushort*)(x + 2));
+        uint u0 = *(uint*)(x + 4), u1 = *(uint*)(x + 8), u2 = *(uint*)(x + 12);
+        uint sc03 = u0 & 0x3f3f3f3fu;
+        uint sc47 = (u2 & 0x0f0f0f0fu) | (((u0 >> 6) & 0x03030303u) << 4);
+        uint mn03 = u1 & 0x3f3f3f3fu;
+        uint mn47 = ((u2 >> 4) & 0x0f0f0f0fu) | (((u1 >> 6) & 0x03030303u) << 4);
+        var scalesMins = Avx2.ConvertToVector256Int16(Vector128.Create(sc03, sc47, mn03, mn47).AsByte()); // [8 scales | 8 mins]
+        var bsums = Vector256.Load((short*)(y + 260));
+        var subSums = Ssse3.HorizontalAdd(bsums.GetLower(), bsums.GetUpper()); // [8] Σ activations per sub-block
+        var minTerm = Sse2.MultiplyAddAdjacent(scalesMins.GetUpper(), subSums);
+        accMin = Fma.MultiplyAdd(Vector128.Create(dmin), Vector128.ConvertToSingle(minTerm), accMin);
+        var sc = scalesMins.GetLower().AsByte();
+        var scales = Vector256.Create(sc, sc);
+        // The four 32-byte chunks written out, so that each scale shuffle is a constant (a loop let the JIT rebuild them).
+        byte* q = x + 16;
+        sbyte* a8 = (sbyte*)(y + 4);
+        var sumi = Q4KChunk(q, a8, scales, Vector256.Create((ushort)0x0100).AsByte(), Vector256.Create((ushort)0x0302).AsByte());
+        sumi += Q4KChunk(q + 32, a8 + 64, scales, Vector256.Create((ushort)0x0504).AsByte(), Vector256.Create((ushort)0x0706).AsByte());
+        sumi += Q4KChunk(q + 64, a8 + 128, scales, Vector256.Create((ushort)0x0908).AsByte(), Vector256.Create((ushort)0x0B0A).AsByte());
+        sumi += Q4KChunk(q + 96, a8 + 192, scales, Vector256.Create((ushort)0x0D0C).AsByte(), Vector256.Create((ushort)0x0F0E).AsByte());
+        acc = Fma.MultiplyAdd(Vector256.Create(d), Vector256.ConvertToSingle(sumi), acc);
+    }
+
+    /// <summary>Chunk j of a Q4_K super-block (32 bytes of nibbles at q: low = sub-block 2j, high = 2j + 1) against its 64
+    /// activations: Σ per 8 int32 lanes of sc_2j·(lo·a) + sc_2j+1·(hi·a), the scales picked from <paramref name="scales"/>
+    /// (8 int16 in each 128-bit half) by the shuffles.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe Vector256<int> Q4KChunk(byte* q, sbyte* a8, Vector256<byte> scales, Vector256<byte> shufLo, Vector256<byte> shufHi)
+    {
+        var m4 = Vector256.Create((byte)0x0F);
+        var bits = Vector256.Load(q);
+        var lo = bits & m4;
+        var hi = Vector256.ShiftRightLogical(bits.AsUInt16(), 4).AsByte() & m4;
+        var pLo = Avx2.MultiplyAddAdjacent(Avx2.Shuffle(scales, shufLo).AsInt16(), Avx2.MultiplyAddAdjacent(lo, Vector256.Load(a8)));
+        var pHi = Avx2.MultiplyAddAdjacent(Avx2.Shuffle(scales, shufHi).AsInt16(), Avx2.MultiplyAddAdjacent(hi, Vector256.Load(a8 + 32)));
+        return pLo + pHi;
     }
 
     // Q5_K (176 B: d | dmin | scales[12] | qh[32] | qs[128]); as Q4_K, bit 2c / 2c+1 of qh[l] adds 16.
@@ -499,9 +544,6 @@ public static partial class VecDot
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static unsafe float DotQ6KAvx2(byte* x, byte* y, int nb)
     {
-        var m4 = Vector256.Create((byte)0x0F);
-        var m2 = Vector256.Create((byte)0x03);
-        var m32 = Vector256.Create((byte)32);
         Vector256<float> acc = default;
         for (int i = 0; i < nb; i++, x += 210, y += 292)
         {
@@ -509,33 +551,43 @@ public static partial class VecDot
             Sse.Prefetch0(x + PrefetchAhead + 64);
             Sse.Prefetch0(x + PrefetchAhead + 128);
             Sse.Prefetch0(x + PrefetchAhead + 192);
-            float d = *(float*)y * Fp16.ToSingle(*(ushort*)(x + 208));
-            var scales = Vector128.Load(x + 192);
-            Vector256<int> sumi = default;
-            for (int h = 0; h < 2; h++)
-            {
-                byte* ql = x + 64 * h, qh = x + 128 + 32 * h;
-                sbyte* a8 = (sbyte*)(y + 4 + 128 * h);
-                var bits1 = Vector256.Load(ql).AsUInt16();
-                var bits2 = Vector256.Load(ql + 32).AsUInt16();
-                var bitsH = Vector256.Load(qh).AsUInt16();
-                var q0 = (bits1.AsByte() & m4) | Vector256.ShiftLeft((bitsH.AsByte() & m2).AsUInt16(), 4).AsByte();
-                var q1 = (bits2.AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(bitsH, 2).AsByte() & m2).AsUInt16(), 4).AsByte();
-                var q2 = (Vector256.ShiftRightLogical(bits1, 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(bitsH, 4).AsByte() & m2).AsUInt16(), 4).AsByte();
-                var q3 = (Vector256.ShiftRightLogical(bits2, 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(bitsH, 6).AsByte() & m2).AsUInt16(), 4).AsByte();
-                var a0 = Vector256.Load(a8); var a1 = Vector256.Load(a8 + 32);
-                var a2 = Vector256.Load(a8 + 64); var a3 = Vector256.Load(a8 + 96);
-                var p0 = Avx2.MultiplyAddAdjacent(q0, a0) - Avx2.MultiplyAddAdjacent(m32, a0);
-                var p1 = Avx2.MultiplyAddAdjacent(q1, a1) - Avx2.MultiplyAddAdjacent(m32, a1);
-                var p2 = Avx2.MultiplyAddAdjacent(q2, a2) - Avx2.MultiplyAddAdjacent(m32, a2);
-                var p3 = Avx2.MultiplyAddAdjacent(q3, a3) - Avx2.MultiplyAddAdjacent(m32, a3);
-                int s = 8 * h;
-                sumi += Avx2.MultiplyAddAdjacent(ScalePair16(scales, s), p0) + Avx2.MultiplyAddAdjacent(ScalePair16(scales, s + 2), p1);
-                sumi += Avx2.MultiplyAddAdjacent(ScalePair16(scales, s + 4), p2) + Avx2.MultiplyAddAdjacent(ScalePair16(scales, s + 6), p3);
-            }
-            acc = Fma.MultiplyAdd(Vector256.Create(d), Vector256.ConvertToSingle(sumi), acc);
+            Q6KStep(x, y, ref acc);
         }
         return Vector256.Sum(acc);
+    }
+
+    /// <summary>One Q6_K super-block (210 B at x) against one Q8_K block (292 B at y): acc += d · Σ sc·(q − 32)·y as 8 lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void Q6KStep(byte* x, byte* y, ref Vector256<float> acc)
+    {
+        var m4 = Vector256.Create((byte)0x0F);
+        var m2 = Vector256.Create((byte)0x03);
+        var m32 = Vector256.Create((byte)32);
+        float d = *(float*)y * Fp16.ToSingle(*(ushort*)(x + 208));
+        var scales = Vector128.Load(x + 192);
+        Vector256<int> sumi = default;
+        for (int h = 0; h < 2; h++)
+        {
+            byte* ql = x + 64 * h, qh = x + 128 + 32 * h;
+            sbyte* a8 = (sbyte*)(y + 4 + 128 * h);
+            var bits1 = Vector256.Load(ql).AsUInt16();
+            var bits2 = Vector256.Load(ql + 32).AsUInt16();
+            var bitsH = Vector256.Load(qh).AsUInt16();
+            var q0 = (bits1.AsByte() & m4) | Vector256.ShiftLeft((bitsH.AsByte() & m2).AsUInt16(), 4).AsByte();
+            var q1 = (bits2.AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(bitsH, 2).AsByte() & m2).AsUInt16(), 4).AsByte();
+            var q2 = (Vector256.ShiftRightLogical(bits1, 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(bitsH, 4).AsByte() & m2).AsUInt16(), 4).AsByte();
+            var q3 = (Vector256.ShiftRightLogical(bits2, 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(bitsH, 6).AsByte() & m2).AsUInt16(), 4).AsByte();
+            var a0 = Vector256.Load(a8); var a1 = Vector256.Load(a8 + 32);
+            var a2 = Vector256.Load(a8 + 64); var a3 = Vector256.Load(a8 + 96);
+            var p0 = Avx2.MultiplyAddAdjacent(q0, a0) - Avx2.MultiplyAddAdjacent(m32, a0);
+            var p1 = Avx2.MultiplyAddAdjacent(q1, a1) - Avx2.MultiplyAddAdjacent(m32, a1);
+            var p2 = Avx2.MultiplyAddAdjacent(q2, a2) - Avx2.MultiplyAddAdjacent(m32, a2);
+            var p3 = Avx2.MultiplyAddAdjacent(q3, a3) - Avx2.MultiplyAddAdjacent(m32, a3);
+            int s = 8 * h;
+            sumi += Avx2.MultiplyAddAdjacent(ScalePair16(scales, s), p0) + Avx2.MultiplyAddAdjacent(ScalePair16(scales, s + 2), p1);
+            sumi += Avx2.MultiplyAddAdjacent(ScalePair16(scales, s + 4), p2) + Avx2.MultiplyAddAdjacent(ScalePair16(scales, s + 6), p3);
+        }
+        acc = Fma.MultiplyAdd(Vector256.Create(d), Vector256.ConvertToSingle(sumi), acc);
     }
 
     /// <summary>Int8 scales k and k+1 sign-extended to int16: lanes 0–7 = scales[k], 8–15 = scales[k+1].</summary>
