@@ -1031,9 +1031,9 @@ public static unsafe class RowKernels
 
     /// <summary>
     /// <see cref="RunBlock"/> for F32/F16/BF16 weights without AVX-512: the range's rows widened to F32 once into a
-    /// per-thread buffer, then tiles of 8 activation rows (64 KB for n = 2048) against every row of the range, one
-    /// <see cref="DotF32"/> per pair — the bits of <see cref="FloatRow"/>, with the tile and the widened rows in L2
-    /// instead of every weight row streaming all B activation rows.
+    /// per-thread buffer, then tiles of 9 activation rows (72 KB for n = 2048) against every row of the range, three
+    /// at a time (<see cref="DotF32x3Avx"/>) — the bits of <see cref="FloatRow"/> (<see cref="DotF32"/> per pair), with
+    /// the tile and the widened rows in L2 instead of every weight row streaming all B activation rows.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void FloatBlock256(GgmlType type, byte* w, int rowBytes, int r0, int r1, byte* x, int xStride, int B, int n, float* y, int yStride)
@@ -1048,13 +1048,62 @@ public static unsafe class RowKernels
             if (type == GgmlType.F16) for (int r = 0; r < rows; r++) WidenF16((ushort*)(w + (long)(r0 + r) * rowBytes), wf + (long)r * n, n);
             else for (int r = 0; r < rows; r++) WidenBF16((ushort*)(w + (long)(r0 + r) * rowBytes), wf + (long)r * n, n);
         }
-        for (int b0 = 0; b0 < B; b0 += 8)
+        for (int b0 = 0; b0 < B; b0 += 9)
         {
-            int tb = Math.Min(8, B - b0);
+            int tb = Math.Min(9, B - b0);
             for (int r = 0; r < rows; r++)
-                for (int b = b0; b < b0 + tb; b++)
-                    y[(long)b * yStride + r0 + r] = DotF32(wf + (long)r * wStride, (float*)(x + (long)b * xStride), n);
+            {
+                float* wr = wf + (long)r * wStride;
+                int b = b0;
+                if (n >= 32)
+                    for (; b + 3 <= b0 + tb; b += 3)
+                        DotF32x3Avx(wr, (float*)(x + (long)b * xStride), xStride / 4, n, y + (long)b * yStride + r0 + r, yStride);
+                for (; b < b0 + tb; b++)
+                    y[(long)b * yStride + r0 + r] = DotF32(wr, (float*)(x + (long)b * xStride), n);
+            }
         }
+    }
+
+    /// <summary>
+    /// <see cref="DotF32"/>'s 256-bit path (n ≥ 32) for one weight row against three activation rows (x, x + xs,
+    /// x + 2·xs): each pair keeps its own four 8-lane accumulators with the same FMAs in the same order, so every
+    /// result has DotF32's bits; each weight vector is loaded once for the three (1.33 loads per FMA instead of 2).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void DotF32x3Avx(float* w, float* x, int xs, int n, float* y, int yStride)
+    {
+        float* x1 = x + xs, x2 = x1 + xs;
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        Vector256<float> b0 = default, b1 = default, b2 = default, b3 = default;
+        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        int i = 0;
+        for (; i + 32 <= n; i += 32)
+        {
+            var w0 = Vector256.Load(w + i);
+            a0 = Vector256.FusedMultiplyAdd(w0, Vector256.Load(x + i), a0);
+            b0 = Vector256.FusedMultiplyAdd(w0, Vector256.Load(x1 + i), b0);
+            c0 = Vector256.FusedMultiplyAdd(w0, Vector256.Load(x2 + i), c0);
+            var w1 = Vector256.Load(w + i + 8);
+            a1 = Vector256.FusedMultiplyAdd(w1, Vector256.Load(x + i + 8), a1);
+            b1 = Vector256.FusedMultiplyAdd(w1, Vector256.Load(x1 + i + 8), b1);
+            c1 = Vector256.FusedMultiplyAdd(w1, Vector256.Load(x2 + i + 8), c1);
+            var w2 = Vector256.Load(w + i + 16);
+            a2 = Vector256.FusedMultiplyAdd(w2, Vector256.Load(x + i + 16), a2);
+            b2 = Vector256.FusedMultiplyAdd(w2, Vector256.Load(x1 + i + 16), b2);
+            c2 = Vector256.FusedMultiplyAdd(w2, Vector256.Load(x2 + i + 16), c2);
+            var w3 = Vector256.Load(w + i + 24);
+            a3 = Vector256.FusedMultiplyAdd(w3, Vector256.Load(x + i + 24), a3);
+            b3 = Vector256.FusedMultiplyAdd(w3, Vector256.Load(x1 + i + 24), b3);
+            c3 = Vector256.FusedMultiplyAdd(w3, Vector256.Load(x2 + i + 24), c3);
+        }
+        float sa = Vector256.Sum((a0 + a1) + (a2 + a3)), sb = Vector256.Sum((b0 + b1) + (b2 + b3)), sc = Vector256.Sum((c0 + c1) + (c2 + c3));
+        for (; i < n; i++)
+        {
+            sa = MathF.FusedMultiplyAdd(w[i], x[i], sa);
+            sb = MathF.FusedMultiplyAdd(w[i], x1[i], sb);
+            sc = MathF.FusedMultiplyAdd(w[i], x2[i], sc);
+        }
+        y[0] = sa; y[yStride] = sb; y[2L * yStride] = sc;
     }
 
     /// <summary>Activation rows per tile of <see cref="FloatBlock"/>: four groups of <see cref="FloatKernelCols"/>.</summary>

@@ -465,28 +465,39 @@ public static partial class VecDot
             Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default;
             byte* q = x + 16;
             int a = yo + 4;
-            for (int j = 0; j < 4; j++, q += 32, a += 64)
-            {
-                var scaleLo = Avx2.Shuffle(scales, Vector256.Create((ushort)(0x0100 + 0x0202 * (2 * j))).AsByte()).AsInt16();
-                var scaleHi = Avx2.Shuffle(scales, Vector256.Create((ushort)(0x0100 + 0x0202 * (2 * j + 1))).AsByte()).AsInt16();
-                var bits = Vector256.Load(q);
-                var lo = bits & m4;
-                var hi = Vector256.ShiftRightLogical(bits.AsUInt16(), 4).AsByte() & m4;
-                s0 += Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load((sbyte*)(y + a))))
-                    + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y + a + 32))));
-                s1 += Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load((sbyte*)(y1 + a))))
-                    + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y1 + a + 32))));
-                s2 += Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load((sbyte*)(y2 + a))))
-                    + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y2 + a + 32))));
-                s3 += Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load((sbyte*)(y3 + a))))
-                    + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y3 + a + 32))));
-            }
+            // chunks written out: constant scale shuffles (as Q4KStep)
+            Q4KChunkX4(q, a, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0100).AsByte(), Vector256.Create((ushort)0x0302).AsByte(), ref s0, ref s1, ref s2, ref s3);
+            Q4KChunkX4(q + 32, a + 64, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0504).AsByte(), Vector256.Create((ushort)0x0706).AsByte(), ref s0, ref s1, ref s2, ref s3);
+            Q4KChunkX4(q + 64, a + 128, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0908).AsByte(), Vector256.Create((ushort)0x0B0A).AsByte(), ref s0, ref s1, ref s2, ref s3);
+            Q4KChunkX4(q + 96, a + 192, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0D0C).AsByte(), Vector256.Create((ushort)0x0F0E).AsByte(), ref s0, ref s1, ref s2, ref s3);
             acc[0] = Fma.MultiplyAdd(Vector256.Create(*(float*)(y + yo) * wd), Vector256.ConvertToSingle(s0), acc[0]);
             acc[1] = Fma.MultiplyAdd(Vector256.Create(*(float*)(y1 + yo) * wd), Vector256.ConvertToSingle(s1), acc[1]);
             acc[2] = Fma.MultiplyAdd(Vector256.Create(*(float*)(y2 + yo) * wd), Vector256.ConvertToSingle(s2), acc[2]);
             acc[3] = Fma.MultiplyAdd(Vector256.Create(*(float*)(y3 + yo) * wd), Vector256.ConvertToSingle(s3), acc[3]);
         }
         for (int k = 0; k < 4; k++) outp[(long)k * outStride] = Vector256.Sum(acc[k]) + Vector128.Sum(accMin[k]);
+    }
+
+    /// <summary><see cref="Q4KChunk"/> for four activation rows (byte offset a in each): the nibbles and scales
+    /// unpacked once.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void Q4KChunkX4(byte* q, int a, byte* y0, byte* y1, byte* y2, byte* y3, Vector256<byte> scales,
+        Vector256<byte> shufLo, Vector256<byte> shufHi, ref Vector256<int> s0, ref Vector256<int> s1, ref Vector256<int> s2, ref Vector256<int> s3)
+    {
+        var m4 = Vector256.Create((byte)0x0F);
+        var bits = Vector256.Load(q);
+        var lo = bits & m4;
+        var hi = Vector256.ShiftRightLogical(bits.AsUInt16(), 4).AsByte() & m4;
+        var scaleLo = Avx2.Shuffle(scales, shufLo).AsInt16();
+        var scaleHi = Avx2.Shuffle(scales, shufHi).AsInt16();
+        s0 += Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load((sbyte*)(y0 + a))))
+            + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y0 + a + 32))));
+        s1 += Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load((sbyte*)(y1 + a))))
+            + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y1 + a + 32))));
+        s2 += Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load((sbyte*)(y2 + a))))
+            + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y2 + a + 32))));
+        s3 += Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load((sbyte*)(y3 + a))))
+            + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y3 + a + 32))));
     }
 
     /// <summary>
