@@ -78,6 +78,8 @@ public static unsafe class RowKernels
             default:
                 var act = VecDot.ActivationType(weightType);
                 if (act == GgmlType.Q8_K && Vector512.IsHardwareAccelerated && Avx512BW.IsSupported) QuantizeQ8K(x, dst, kernelLayout: false);
+                else if (act == GgmlType.Q8_K && Avx2.IsSupported) QuantizeQ8KAvx2(x, dst);
+                else if (act == GgmlType.Q8_0 && Avx2.IsSupported) QuantizeQ80Avx2(x, dst);
                 else VecDot.QuantizeActivations(act, x, dst);
                 return;
         }
@@ -243,6 +245,80 @@ public static unsafe class RowKernels
                 }
                 *(float*)(yb + dAt) = 1 / iscale;
             }
+        }
+    }
+
+    /// <summary>
+    /// <see cref="QuantizeQ8K"/> in ggml's block_q8_K layout (292 B: d | qs[256] | bsums[16]) with AVX2, byte-identical
+    /// to the scalar reference: q = min(127, round-half-even(−127/max · x)) with max the first value of largest
+    /// magnitude, bsums the sums of each 16 quants, d = 1/iscale.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void QuantizeQ8KAvx2(ReadOnlySpan<float> x, Span<byte> dst)
+    {
+        int nb = x.Length / 256;
+        fixed (float* px = x) fixed (byte* py = dst)
+            for (int k = 0; k < nb; k++)
+            {
+                float* xb = px + k * 256;
+                byte* yb = py + k * 292;
+                var amaxv = Vector256<float>.Zero;
+                for (int j = 0; j < 256; j += 8) amaxv = Vector256.Max(amaxv, Vector256.Abs(Vector256.Load(xb + j)));
+                float amax = 0;
+                for (int l = 0; l < 8; l++) amax = MathF.Max(amax, amaxv[l]);
+                if (amax == 0) { new Span<byte>(yb, 292).Clear(); continue; }
+                int first = 0;
+                while (MathF.Abs(xb[first]) != amax) first++;
+                float iscale = -127f / xb[first];
+                var vs = Vector256.Create(iscale);
+                var lim = Vector256.Create(127);
+                short* bsums = (short*)(yb + 260);
+                for (int j = 0; j < 256; j += 16)
+                {
+                    var q0 = Vector256.Min(Avx.ConvertToVector256Int32(Avx.RoundToNearestInteger(vs * Vector256.Load(xb + j))), lim);
+                    var q1 = Vector256.Min(Avx.ConvertToVector256Int32(Avx.RoundToNearestInteger(vs * Vector256.Load(xb + j + 8))), lim);
+                    var p16 = Avx2.Permute4x64(Avx2.PackSignedSaturate(q0, q1).AsInt64(), 0b11_01_10_00).AsInt16(); // q0 0–7, q1 0–7
+                    Sse2.PackSignedSaturate(p16.GetLower(), p16.GetUpper()).Store((sbyte*)(yb + 4 + j));
+                    bsums[j / 16] = (short)Vector256.Sum(q0 + q1);
+                }
+                *(float*)yb = 1 / iscale;
+            }
+    }
+
+    /// <summary>
+    /// ggml's quantize_row_q8_0_ref with AVX2 (34 B blocks: d as F16 | qs[32]), byte-identical to
+    /// <see cref="Quantize"/>'s: d = amax / 127, id = 1 / d, q = round-half-away-from-zero(x · id), done exactly as in
+    /// <see cref="QuantizeQ80Widened"/> (t = trunc(v); q = t + sign(v)·[|v − t| ≥ ½]).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void QuantizeQ80Avx2(ReadOnlySpan<float> x, Span<byte> dst)
+    {
+        int nb = x.Length / 32;
+        var perm = Vector256.Create(0, 4, 1, 5, 2, 6, 3, 7);
+        fixed (float* px = x) fixed (byte* py = dst)
+            for (int i = 0; i < nb; i++)
+            {
+                float* xb = px + i * 32;
+                var x0 = Vector256.Load(xb); var x1 = Vector256.Load(xb + 8);
+                var x2 = Vector256.Load(xb + 16); var x3 = Vector256.Load(xb + 24);
+                var m = Vector256.Max(Vector256.Max(Vector256.Abs(x0), Vector256.Abs(x1)), Vector256.Max(Vector256.Abs(x2), Vector256.Abs(x3)));
+                var m4 = Vector128.Max(m.GetLower(), m.GetUpper());
+                float amax = MathF.Max(MathF.Max(m4[0], m4[1]), MathF.Max(m4[2], m4[3]));
+                float d = amax / 127f;
+                float id = d != 0 ? 1.0f / d : 0.0f;
+                *(ushort*)(py + i * 34) = Fp16.FromSingle(d);
+                var vid = Vector256.Create(id);
+                var p01 = Avx2.PackSignedSaturate(RoundAway(x0 * vid), RoundAway(x1 * vid));
+                var p23 = Avx2.PackSignedSaturate(RoundAway(x2 * vid), RoundAway(x3 * vid));
+                Avx2.PermuteVar8x32(Avx2.PackSignedSaturate(p01, p23).AsInt32(), perm).Store((int*)(py + i * 34 + 2));
+            }
+
+        static Vector256<int> RoundAway(Vector256<float> v)
+        {
+            var t = Avx.RoundToZero(v);
+            var up = Vector256.GreaterThanOrEqual(Vector256.Abs(v - t), Vector256.Create(0.5f));
+            var signedOne = Vector256.Create(1f).AsInt32() | (v.AsInt32() & Vector256.Create(int.MinValue));
+            return Avx.ConvertToVector256Int32WithTruncation(t + (signedOne & up.AsInt32()).AsSingle());
         }
     }
 

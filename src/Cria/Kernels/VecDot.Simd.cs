@@ -25,7 +25,7 @@ public static partial class VecDot
             case GgmlType.F16: return DotF16(ref w, ref a, n);
             case GgmlType.BF16: return DotBF16(ref w, ref a, n);
         }
-        if (Avx2.IsSupported)
+        if (Avx2.IsSupported && Fma.IsSupported)
         {
             switch (weightType)
             {

@@ -305,7 +305,6 @@ public unsafe class RowKernelTests
     [Fact]
     public void VectorizedQ80ActivationsEqualTheReferenceQuantizer()
     {
-        if (!System.Runtime.Intrinsics.X86.Avx512BW.IsSupported) return; // Q8_0 activations are plain Q8_0 blocks then
         var rng = new Random(5);
         foreach (int n in new[] { 32, 2048, 5632 })
             for (int trial = 0; trial < 20; trial++)
@@ -318,6 +317,11 @@ public unsafe class RowKernelTests
                 if (trial == 5) x[n - 1] = -40f;                                                  // a negative maximum
                 var reference = new byte[GgmlTypeInfo.RowBytes(GgmlType.Q8_0, n)];
                 Quantize.Row(GgmlType.Q8_0, x, reference);
+                // Plain Q8_0 blocks (Q4_0's activations everywhere; Q8_0's too without AVX-512): the reference's bytes
+                var plain = new byte[reference.Length];
+                RowKernels.PrepareActivations(GgmlType.Q4_0, x, plain);
+                Assert.Equal(reference, plain);
+                if (!System.Runtime.Intrinsics.X86.Avx512BW.IsSupported) continue; // Q8_0 weights read plain blocks then
                 var fast = new byte[RowKernels.ActivationRowBytes(GgmlType.Q8_0, n)];
                 RowKernels.PrepareActivations(GgmlType.Q8_0, x, fast);
                 int nb = n / 32;
