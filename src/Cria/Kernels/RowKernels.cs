@@ -381,9 +381,11 @@ public static unsafe class RowKernels
         if (Avx2Rows(type))
         {
             int b = 0;
-            // Four activation rows at a time where a four-row kernel exists (same bits as one at a time).
+            // Four activation rows at a time (same bits as one at a time).
             if (type == GgmlType.Q4_K)
                 for (; b + 4 <= B; b += 4) VecDot.DotQ4KAvx2x4(w, x + (long)b * xStride, xStride, n / 256, y + (long)b * yStride, yStride);
+            else if (type == GgmlType.Q6_K)
+                for (; b + 4 <= B; b += 4) VecDot.DotQ6KAvx2x4(w, x + (long)b * xStride, xStride, n / 256, y + (long)b * yStride, yStride);
             else if (type == GgmlType.Q8_0)
                 for (; b + 4 <= B; b += 4) VecDot.DotQ80Avx2x4(w, x + (long)b * xStride, xStride, n / 32, y + (long)b * yStride, yStride);
             for (; b < B; b++) y[(long)b * yStride] = DotAvx2(type, w, x + (long)b * xStride, n);
@@ -1670,6 +1672,17 @@ public static unsafe class RowKernels
                 m1 = Vector512.Max(m1, Vector512.Load(w + i + 32) | notExponent);
             }
             if (Vector512.EqualsAny(Vector512.Max(m0, m1), Vector512<ushort>.AllBitsSet)) return true;
+        }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            var notExponent = Vector256.Create((ushort)0x83FF);
+            var m0 = Vector256<ushort>.Zero; var m1 = Vector256<ushort>.Zero;
+            for (; i + 32 <= count; i += 32)
+            {
+                m0 = Vector256.Max(m0, Vector256.Load(w + i) | notExponent);
+                m1 = Vector256.Max(m1, Vector256.Load(w + i + 16) | notExponent);
+            }
+            if (Vector256.EqualsAny(Vector256.Max(m0, m1), Vector256<ushort>.AllBitsSet)) return true;
         }
         for (; i < count; i++) if ((w[i] & 0x7C00) == 0x7C00) return true;
         return false;

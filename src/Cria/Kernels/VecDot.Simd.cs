@@ -601,6 +601,68 @@ public static partial class VecDot
         acc = Fma.MultiplyAdd(Vector256.Create(d), Vector256.ConvertToSingle(sumi), acc);
     }
 
+    /// <summary>
+    /// <see cref="DotQ6KAvx2"/> of one weight row against four activation rows (as <see cref="DotQ4KAvx2x4"/>): each
+    /// 32-value piece of 6-bit quants and its scales built once for the four; each row's integers and float
+    /// operations are the single-row kernel's, so the results have its bits.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe void DotQ6KAvx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride)
+    {
+        var m4 = Vector256.Create((byte)0x0F);
+        var m2 = Vector256.Create((byte)0x03);
+        byte* y1 = y + yStride, y2 = y1 + yStride, y3 = y2 + yStride;
+        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        for (int i = 0; i < nb; i++, x += 210)
+        {
+            int yo = i * 292;
+            float wd = Fp16.ToSingle(*(ushort*)(x + 208));
+            var scales = Vector128.Load(x + 192);
+            Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default;
+            for (int h = 0; h < 2; h++)
+            {
+                byte* ql = x + 64 * h, qh = x + 128 + 32 * h;
+                int a = yo + 4 + 128 * h, k = 8 * h;
+                var bits1 = Vector256.Load(ql).AsUInt16();
+                var bits2 = Vector256.Load(ql + 32).AsUInt16();
+                var bitsH = Vector256.Load(qh).AsUInt16();
+                var q = (bits1.AsByte() & m4) | Vector256.ShiftLeft((bitsH.AsByte() & m2).AsUInt16(), 4).AsByte();
+                Q6KPieceX4(q, ScalePair16(scales, k), a, y, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
+                q = (bits2.AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(bitsH, 2).AsByte() & m2).AsUInt16(), 4).AsByte();
+                Q6KPieceX4(q, ScalePair16(scales, k + 2), a + 32, y, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
+                q = (Vector256.ShiftRightLogical(bits1, 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(bitsH, 4).AsByte() & m2).AsUInt16(), 4).AsByte();
+                Q6KPieceX4(q, ScalePair16(scales, k + 4), a + 64, y, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
+                q = (Vector256.ShiftRightLogical(bits2, 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(bitsH, 6).AsByte() & m2).AsUInt16(), 4).AsByte();
+                Q6KPieceX4(q, ScalePair16(scales, k + 6), a + 96, y, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
+            }
+            c0 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y + yo) * wd), Vector256.ConvertToSingle(s0), c0);
+            c1 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y1 + yo) * wd), Vector256.ConvertToSingle(s1), c1);
+            c2 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y2 + yo) * wd), Vector256.ConvertToSingle(s2), c2);
+            c3 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y3 + yo) * wd), Vector256.ConvertToSingle(s3), c3);
+        }
+        outp[0] = Vector256.Sum(c0);
+        outp[outStride] = Vector256.Sum(c1);
+        outp[2L * outStride] = Vector256.Sum(c2);
+        outp[3L * outStride] = Vector256.Sum(c3);
+    }
+
+    /// <summary>32 six-bit quants q (0..63) with their two sub-block scales against 32 activations at byte offset a of
+    /// each of four rows: s_k += scale · (q·y − 32·y) per 8 int32 lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void Q6KPieceX4(Vector256<byte> q, Vector256<short> scale, int a, byte* y0, byte* y1, byte* y2, byte* y3,
+        ref Vector256<int> s0, ref Vector256<int> s1, ref Vector256<int> s2, ref Vector256<int> s3)
+    {
+        var m32 = Vector256.Create((byte)32);
+        var a0 = Vector256.Load((sbyte*)(y0 + a));
+        s0 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, a0) - Avx2.MultiplyAddAdjacent(m32, a0));
+        var a1 = Vector256.Load((sbyte*)(y1 + a));
+        s1 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, a1) - Avx2.MultiplyAddAdjacent(m32, a1));
+        var a2 = Vector256.Load((sbyte*)(y2 + a));
+        s2 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, a2) - Avx2.MultiplyAddAdjacent(m32, a2));
+        var a3 = Vector256.Load((sbyte*)(y3 + a));
+        s3 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, a3) - Avx2.MultiplyAddAdjacent(m32, a3));
+    }
+
     /// <summary>Int8 scales k and k+1 sign-extended to int16: lanes 0–7 = scales[k], 8–15 = scales[k+1].</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<short> ScalePair16(Vector128<byte> scales, int k)
