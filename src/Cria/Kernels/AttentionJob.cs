@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using Cria.Inference;
 using Cria.Models;
 using Cria.Tensors;
@@ -258,6 +259,11 @@ internal sealed partial class AttentionJob : ParallelJob
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void AccumulateValues(ReadOnlySpan<float> scores, ReadOnlySpan<float> vTile, int n, int group, int hd, Span<float> acc)
     {
+        if (!Vector512.IsHardwareAccelerated && Vector256.IsHardwareAccelerated && hd % 8 == 0)
+        {
+            AccumulateValues256(scores, vTile, n, group, hd, acc);
+            return;
+        }
         if (!Vector512.IsHardwareAccelerated || hd % 16 != 0)
         {
             for (int j = 0; j < n; j++)
@@ -294,6 +300,42 @@ internal sealed partial class AttentionJob : ParallelJob
                 var a = Vector512.LoadUnsafe(ref ar, (nuint)c);
                 for (int j = 0; j < n; j++)
                     a = Vector512.FusedMultiplyAdd(Vector512.Create(Unsafe.Add(ref sr, j)), Vector512.LoadUnsafe(ref vr, (nuint)(j * hd + c)), a);
+                a.StoreUnsafe(ref ar, (nuint)c);
+            }
+        }
+    }
+
+    /// <summary><see cref="AccumulateValues"/> with 256-bit vectors (no AVX-512): each head's accumulator in registers,
+    /// up to 32 lanes at a time, over the tile's rows; per element the reference loop's FMAs in its order.</summary>
+    static void AccumulateValues256(ReadOnlySpan<float> scores, ReadOnlySpan<float> vTile, int n, int group, int hd, Span<float> acc)
+    {
+        ref float vr = ref MemoryMarshal.GetReference(vTile);
+        for (int h = 0; h < group; h++)
+        {
+            ref float ar = ref MemoryMarshal.GetReference(acc.Slice(h * hd, hd));
+            ref float sr = ref MemoryMarshal.GetReference(scores.Slice(h * TileSize, n));
+            int c = 0;
+            for (; c + 32 <= hd; c += 32)
+            {
+                var a0 = Vector256.LoadUnsafe(ref ar, (nuint)c); var a1 = Vector256.LoadUnsafe(ref ar, (nuint)c + 8);
+                var a2 = Vector256.LoadUnsafe(ref ar, (nuint)c + 16); var a3 = Vector256.LoadUnsafe(ref ar, (nuint)c + 24);
+                for (int j = 0; j < n; j++)
+                {
+                    var pj = Vector256.Create(Unsafe.Add(ref sr, j));
+                    nuint o = (nuint)(j * hd + c);
+                    a0 = Vector256.FusedMultiplyAdd(pj, Vector256.LoadUnsafe(ref vr, o), a0);
+                    a1 = Vector256.FusedMultiplyAdd(pj, Vector256.LoadUnsafe(ref vr, o + 8), a1);
+                    a2 = Vector256.FusedMultiplyAdd(pj, Vector256.LoadUnsafe(ref vr, o + 16), a2);
+                    a3 = Vector256.FusedMultiplyAdd(pj, Vector256.LoadUnsafe(ref vr, o + 24), a3);
+                }
+                a0.StoreUnsafe(ref ar, (nuint)c); a1.StoreUnsafe(ref ar, (nuint)c + 8);
+                a2.StoreUnsafe(ref ar, (nuint)c + 16); a3.StoreUnsafe(ref ar, (nuint)c + 24);
+            }
+            for (; c < hd; c += 8)
+            {
+                var a = Vector256.LoadUnsafe(ref ar, (nuint)c);
+                for (int j = 0; j < n; j++)
+                    a = Vector256.FusedMultiplyAdd(Vector256.Create(Unsafe.Add(ref sr, j)), Vector256.LoadUnsafe(ref vr, (nuint)(j * hd + c)), a);
                 a.StoreUnsafe(ref ar, (nuint)c);
             }
         }
@@ -420,6 +462,9 @@ internal sealed partial class AttentionJob : ParallelJob
         if (Vector512.IsHardwareAccelerated && y.Length >= 16)
             fixed (ushort* ph = h) fixed (float* py = y)
                 for (; i + 16 <= y.Length; i += 16) RowKernels.LoadHalves(ph + i).Store(py + i);
+        else if (Avx2.IsSupported && y.Length >= 8)
+            fixed (ushort* ph = h) fixed (float* py = y)
+                for (; i + 8 <= y.Length; i += 8) RowKernels.LoadHalves8(ph + i).Store(py + i);
         for (; i < y.Length; i++) y[i] = Fp16.ToSingle(h[i]);
     }
 
@@ -453,6 +498,19 @@ internal sealed partial class AttentionJob : ParallelJob
             }
             sum = Vector512.Sum(acc);
         }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            var vm = Vector256.Create(m);
+            var acc = Vector256<float>.Zero;
+            ref float r = ref MemoryMarshal.GetReference(s);
+            for (; j + 8 <= s.Length; j += 8)
+            {
+                var e = Vector256.Exp(Vector256.LoadUnsafe(ref r, (nuint)j) - vm);
+                e.StoreUnsafe(ref r, (nuint)j);
+                acc += e;
+            }
+            sum = Vector256.Sum(acc);
+        }
         for (; j < s.Length; j++) { float e = MathF.Exp(s[j] - m); s[j] = e; sum += e; }
         return sum;
     }
@@ -466,6 +524,12 @@ internal sealed partial class AttentionJob : ParallelJob
             ref float r = ref MemoryMarshal.GetReference(x);
             var va = Vector512.Create(a);
             for (; i + 16 <= x.Length; i += 16) (Vector512.LoadUnsafe(ref r, (nuint)i) * va).StoreUnsafe(ref r, (nuint)i);
+        }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            ref float r = ref MemoryMarshal.GetReference(x);
+            var va = Vector256.Create(a);
+            for (; i + 8 <= x.Length; i += 8) (Vector256.LoadUnsafe(ref r, (nuint)i) * va).StoreUnsafe(ref r, (nuint)i);
         }
         for (; i < x.Length; i++) x[i] *= a;
     }
@@ -483,6 +547,14 @@ internal sealed partial class AttentionJob : ParallelJob
             for (j = 16; j + 16 <= s.Length; j += 16) v = Vector512.Max(v, Vector512.LoadUnsafe(ref r, (nuint)j));
             var v8 = Vector256.Max(v.GetLower(), v.GetUpper());
             var v4 = Vector128.Max(v8.GetLower(), v8.GetUpper());
+            m = MathF.Max(MathF.Max(v4[0], v4[1]), MathF.Max(v4[2], v4[3]));
+        }
+        else if (Vector256.IsHardwareAccelerated && s.Length >= 8)
+        {
+            ref float r = ref MemoryMarshal.GetReference(s);
+            var v = Vector256.LoadUnsafe(ref r);
+            for (j = 8; j + 8 <= s.Length; j += 8) v = Vector256.Max(v, Vector256.LoadUnsafe(ref r, (nuint)j));
+            var v4 = Vector128.Max(v.GetLower(), v.GetUpper());
             m = MathF.Max(MathF.Max(v4[0], v4[1]), MathF.Max(v4[2], v4[3]));
         }
         for (; j < s.Length; j++) m = MathF.Max(m, s[j]);

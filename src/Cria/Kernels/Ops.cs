@@ -28,6 +28,15 @@ public static class Ops
             for (; j + 16 <= x.Length; j += 16) // (x·scale)·w per lane: the scalar loop's operations
                 (Vector512.LoadUnsafe(ref px, (nuint)j) * vs * Vector512.LoadUnsafe(ref pw, (nuint)j)).StoreUnsafe(ref py, (nuint)j);
         }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            ref float px = ref MemoryMarshal.GetReference(x);
+            ref float pw = ref MemoryMarshal.GetReference(w);
+            ref float py = ref MemoryMarshal.GetReference(y);
+            var vs = Vector256.Create(scale);
+            for (; j + 8 <= x.Length; j += 8)
+                (Vector256.LoadUnsafe(ref px, (nuint)j) * vs * Vector256.LoadUnsafe(ref pw, (nuint)j)).StoreUnsafe(ref py, (nuint)j);
+        }
         for (; j < x.Length; j++) y[j] = x[j] * scale * w[j];
     }
 
@@ -93,6 +102,13 @@ public static class Ops
             for (; i + 16 <= x.Length; i += 16)
                 (Vector512.LoadUnsafe(ref py, (nuint)i) + Vector512.LoadUnsafe(ref px, (nuint)i)).StoreUnsafe(ref py, (nuint)i);
         }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            ref float px = ref MemoryMarshal.GetReference(x);
+            ref float py = ref MemoryMarshal.GetReference(y);
+            for (; i + 8 <= x.Length; i += 8)
+                (Vector256.LoadUnsafe(ref py, (nuint)i) + Vector256.LoadUnsafe(ref px, (nuint)i)).StoreUnsafe(ref py, (nuint)i);
+        }
         for (; i < x.Length; i++) y[i] += x[i];
     }
 
@@ -110,6 +126,17 @@ public static class Ops
             {
                 var x = Vector512.LoadUnsafe(ref pg, (nuint)i);
                 (x / (one + Vector512.Exp(-x)) * Vector512.LoadUnsafe(ref pu, (nuint)i)).StoreUnsafe(ref pg, (nuint)i);
+            }
+        }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            ref float pg = ref MemoryMarshal.GetReference(g);
+            ref float pu = ref MemoryMarshal.GetReference(u);
+            var one = Vector256.Create(1f);
+            for (; i + 8 <= g.Length; i += 8)
+            {
+                var x = Vector256.LoadUnsafe(ref pg, (nuint)i);
+                (x / (one + Vector256.Exp(-x)) * Vector256.LoadUnsafe(ref pu, (nuint)i)).StoreUnsafe(ref pg, (nuint)i);
             }
         }
         for (; i < g.Length; i++)
