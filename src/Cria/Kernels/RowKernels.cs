@@ -51,6 +51,7 @@ public static unsafe class RowKernels
         GgmlType.F32 or GgmlType.BF16 => n * 4 + 64, // one cache line of padding: rows 8 KiB apart alias in L1
         GgmlType.F16 => n * 8 + 64, // [n] F16-rounded x, then [n] the same · 2^112 for the decode kernel (DotF16Scaled)
         GgmlType.Q8_0 when Avx512BW.IsSupported => n / 32 * 68,
+        GgmlType.Q8_0 when Avx2Rows(GgmlType.Q8_0) => n / 32 * 36, // [nb] F32 scales, then [nb, 32] int8 quants
         GgmlType.Q4_K or GgmlType.Q6_K when Avx512BW.IsSupported => n / 256 * Q8KStride,
         _ => (int)GgmlTypeInfo.RowBytes(VecDot.ActivationType(weightType), n),
     };
@@ -75,11 +76,18 @@ public static unsafe class RowKernels
                 QuantizeQ8K(x, dst, kernelLayout: true);
                 if (weightType == GgmlType.Q4_K) PrepareQ8KForQ4K(dst, x.Length / 256);
                 return;
+            case GgmlType.Q8_0 when Avx2Rows(GgmlType.Q8_0):
+                QuantizeQ80Avx2(x, dst, split: true);
+                return;
+            case GgmlType.Q4_K when Avx2Rows(GgmlType.Q4_K):
+                QuantizeQ8KAvx2(x, dst);
+                Q8KFloatMins(dst, x.Length / 256);
+                return;
             default:
                 var act = VecDot.ActivationType(weightType);
                 if (act == GgmlType.Q8_K && Vector512.IsHardwareAccelerated && Avx512BW.IsSupported) QuantizeQ8K(x, dst, kernelLayout: false);
                 else if (act == GgmlType.Q8_K && Avx2.IsSupported) QuantizeQ8KAvx2(x, dst);
-                else if (act == GgmlType.Q8_0 && Avx2.IsSupported) QuantizeQ80Avx2(x, dst);
+                else if (act == GgmlType.Q8_0 && Avx2.IsSupported) QuantizeQ80Avx2(x, dst, split: false);
                 else VecDot.QuantizeActivations(act, x, dst);
                 return;
         }
@@ -107,6 +115,22 @@ public static unsafe class RowKernels
                 }
                 var pairSums = Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(blk + Q8KSums)), Vector256<short>.One); // [8] int32
                 (Vector256.ConvertToSingle(pairSums) * Vector256.Create(*(float*)(blk + Q8KScale))).Store((float*)(blk + Q8KSums));
+            }
+    }
+
+    /// <summary>
+    /// Q4_K activations for the AVX2 kernels (<see cref="VecDot.DotQ4KRowAvx2"/>): ggml's block_q8_K with its 16 bsums
+    /// replaced by 8 floats d8 · (bsum 2j + bsum 2j+1), the activation side of sub-block j's min term (as
+    /// <see cref="PrepareQ8KForQ4K"/> does for the AVX-512 layout).
+    /// </summary>
+    static void Q8KFloatMins(Span<byte> dst, int nb)
+    {
+        fixed (byte* p = dst)
+            for (int k = 0; k < nb; k++)
+            {
+                byte* blk = p + k * 292;
+                var pairSums = Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(blk + 260)), Vector256<short>.One); // [8] int32
+                (Vector256.ConvertToSingle(pairSums) * Vector256.Create(*(float*)blk)).Store((float*)(blk + 260));
             }
     }
 
@@ -286,12 +310,13 @@ public static unsafe class RowKernels
     }
 
     /// <summary>
-    /// ggml's quantize_row_q8_0_ref with AVX2 (34 B blocks: d as F16 | qs[32]), byte-identical to
+    /// ggml's quantize_row_q8_0_ref with AVX2 (34 B blocks: d as F16 | qs[32]; with <paramref name="split"/>, the AVX2
+    /// Q8_0 kernels' layout: [nb] floats, the F16-rounded d, then [nb, 32] quants), byte-identical to
     /// <see cref="Quantize"/>'s: d = amax / 127, id = 1 / d, q = round-half-away-from-zero(x · id), done exactly as in
     /// <see cref="QuantizeQ80Widened"/> (t = trunc(v); q = t + sign(v)·[|v − t| ≥ ½]).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void QuantizeQ80Avx2(ReadOnlySpan<float> x, Span<byte> dst)
+    static void QuantizeQ80Avx2(ReadOnlySpan<float> x, Span<byte> dst, bool split)
     {
         int nb = x.Length / 32;
         var perm = Vector256.Create(0, 4, 1, 5, 2, 6, 3, 7);
@@ -306,11 +331,14 @@ public static unsafe class RowKernels
                 float amax = MathF.Max(MathF.Max(m4[0], m4[1]), MathF.Max(m4[2], m4[3]));
                 float d = amax / 127f;
                 float id = d != 0 ? 1.0f / d : 0.0f;
-                *(ushort*)(py + i * 34) = Fp16.FromSingle(d);
+                ushort dh = Fp16.FromSingle(d);
+                byte* q;
+                if (split) { ((float*)py)[i] = Fp16.ToSingle(dh); q = py + 4 * nb + 32 * i; }
+                else { *(ushort*)(py + i * 34) = dh; q = py + i * 34 + 2; }
                 var vid = Vector256.Create(id);
                 var p01 = Avx2.PackSignedSaturate(RoundAway(x0 * vid), RoundAway(x1 * vid));
                 var p23 = Avx2.PackSignedSaturate(RoundAway(x2 * vid), RoundAway(x3 * vid));
-                Avx2.PermuteVar8x32(Avx2.PackSignedSaturate(p01, p23).AsInt32(), perm).Store((int*)(py + i * 34 + 2));
+                Avx2.PermuteVar8x32(Avx2.PackSignedSaturate(p01, p23).AsInt32(), perm).Store((int*)q);
             }
 
         static Vector256<int> RoundAway(Vector256<float> v)
@@ -383,11 +411,11 @@ public static unsafe class RowKernels
             int b = 0;
             // Four activation rows at a time (same bits as one at a time).
             if (type == GgmlType.Q4_K)
-                for (; b + 4 <= B; b += 4) VecDot.DotQ4KAvx2x4(w, x + (long)b * xStride, xStride, n / 256, y + (long)b * yStride, yStride);
+                for (; b + 4 <= B; b += 4) VecDot.DotQ4KRowAvx2x4(w, x + (long)b * xStride, xStride, n / 256, y + (long)b * yStride, yStride);
             else if (type == GgmlType.Q6_K)
                 for (; b + 4 <= B; b += 4) VecDot.DotQ6KAvx2x4(w, x + (long)b * xStride, xStride, n / 256, y + (long)b * yStride, yStride);
             else if (type == GgmlType.Q8_0)
-                for (; b + 4 <= B; b += 4) VecDot.DotQ80Avx2x4(w, x + (long)b * xStride, xStride, n / 32, y + (long)b * yStride, yStride);
+                for (; b + 4 <= B; b += 4) VecDot.DotQ80RowAvx2x4(w, x + (long)b * xStride, xStride, n / 32, y + (long)b * yStride, yStride);
             for (; b < B; b++) y[(long)b * yStride] = DotAvx2(type, w, x + (long)b * xStride, n);
             return;
         }
@@ -450,16 +478,16 @@ public static unsafe class RowKernels
 
     /// <summary>Machines with AVX2 and FMA but no AVX-512 (e.g. AMD Zen 2/3, Intel before Ice Lake): Q4_K, Q6_K and Q8_0
     /// rows run through the AVX2 kernels of <see cref="VecDot"/> directly (no span or size checks per row), against
-    /// activations in ggml's layout (Q8_K, Q8_0 blocks).</summary>
+    /// activations in ggml's layout (Q8_K, Q8_0 blocks; for Q4_K with float min sums, <see cref="Q8KFloatMins"/>).</summary>
     internal static bool Avx2Rows(GgmlType type) =>
         !Avx512BW.IsSupported && Avx2.IsSupported && Fma.IsSupported && type is GgmlType.Q4_K or GgmlType.Q6_K or GgmlType.Q8_0;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static float DotAvx2(GgmlType type, byte* w, byte* x, int n) => type switch
     {
-        GgmlType.Q4_K => VecDot.DotQ4KAvx2(w, x, n / 256),
+        GgmlType.Q4_K => VecDot.DotQ4KRowAvx2(w, x, n / 256),
         GgmlType.Q6_K => VecDot.DotQ6KAvx2(w, x, n / 256),
-        _ => VecDot.DotQ80Avx2(w, x, n / 32),
+        _ => VecDot.DotQ80RowAvx2(w, x, n / 32),
     };
 
     /// <summary>
@@ -1472,7 +1500,7 @@ public static unsafe class RowKernels
     {
         GgmlType.F16 => n >= 64 && Vector512.IsHardwareAccelerated,
         GgmlType.Q4_K or GgmlType.Q6_K => Avx512BW.IsSupported,
-        GgmlType.Q8_0 => Avx512BW.IsSupported || Avx2Rows(type), // AVX2: see VecDot.DotQ80Avx2Pair
+        GgmlType.Q8_0 => Avx512BW.IsSupported || Avx2Rows(type), // AVX2: see VecDot.DotQ80RowAvx2Pair
         _ => false,
     };
 
@@ -1487,7 +1515,7 @@ public static unsafe class RowKernels
     /// </summary>
     internal static bool RunPair(GgmlType type, byte* wa, byte* wb, byte* x, int n, out float ya, out float yb, bool finiteF16 = false)
     {
-        if (!Avx512BW.IsSupported && type == GgmlType.Q8_0) { VecDot.DotQ80Avx2Pair(wa, wb, x, n / 32, out ya, out yb); return true; }
+        if (!Avx512BW.IsSupported && type == GgmlType.Q8_0) { VecDot.DotQ80RowAvx2Pair(wa, wb, x, n / 32, out ya, out yb); return true; }
         switch (type)
         {
             case GgmlType.Q4_K: Q4K1Pair(wa, wb, x, n / 256, out ya, out yb); return true;

@@ -222,34 +222,6 @@ public static partial class VecDot
         return Vector256.Sum(acc0 + acc1);
     }
 
-    /// <summary><see cref="DotQ80Avx2"/> of two weight rows (far apart: two streams for one core) against one activation
-    /// row, block pairs in turn; each result has the single-row kernel's bits (two chains per row: even and odd blocks).
-    /// TinyLlama Q8_0 tg64, 2 threads, alternating: 15.9 / 16.6 / 17.7 tok/s paired against 14.1 / 16.0 / 15.8 one row
-    /// at a time. The Q4_K and Q6_K kernels gained nothing from pairs here (Q4_K_M 23.4 / 22.3 / 24.4 against 24.5 /
-    /// 24.0 / 23.7): they are bound by their own instructions, not by one stream's latency.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
-    internal static unsafe void DotQ80Avx2Pair(byte* xa, byte* xb, byte* y, int nb, out float ya, out float yb)
-    {
-        Vector256<float> a0 = default, a1 = default, b0 = default, b1 = default;
-        int ib = 0;
-        for (; ib + 2 <= nb; ib += 2)
-        {
-            int o0 = ib * 34, o1 = o0 + 34;
-            Sse.Prefetch0(xa + o0 + PrefetchAhead);
-            Sse.Prefetch0(xb + o0 + PrefetchAhead);
-            Q80Block(xa + o0, y + o0, ref a0); Q80Block(xa + o1, y + o1, ref a1);
-            Q80Block(xb + o0, y + o0, ref b0); Q80Block(xb + o1, y + o1, ref b1);
-        }
-        for (; ib < nb; ib++)
-        {
-            int o = ib * 34;
-            Q80Block(xa + o, y + o, ref a0);
-            Q80Block(xb + o, y + o, ref b0);
-        }
-        ya = Vector256.Sum(a0 + a1);
-        yb = Vector256.Sum(b0 + b1);
-    }
-
     /// <summary>One Q8_0 block of weights (34 B at w) against one of activations (at a): acc += d_w·d_a · Σ w·a as 8 lanes
     /// (the operations of <see cref="DotQ80Avx2"/>'s loop).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -258,6 +230,110 @@ public static partial class VecDot
         var q = Vector256.Load((sbyte*)(w + 2));
         var p = DotU8I8(Vector256<int>.Zero, Avx2.Abs(q), Avx2.Sign(Vector256.Load((sbyte*)(a + 2)), q));
         acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(p), Vector256.Create(Fp16.ToSingle(*(ushort*)w) * Fp16.ToSingle(*(ushort*)a)), acc);
+    }
+
+    /// <summary>One Q8_0 block of weights (34 B at w) against 32 int8 activations at aq with scale ad: acc += d_w·ad ·
+    /// Σ w·a as 8 lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void Q80BlockD(byte* w, sbyte* aq, float ad, ref Vector256<float> acc)
+    {
+        var q = Vector256.Load((sbyte*)(w + 2));
+        var p = DotU8I8(Vector256<int>.Zero, Avx2.Abs(q), Avx2.Sign(Vector256.Load(aq), q));
+        acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(p), Vector256.Create(Fp16.ToSingle(*(ushort*)w) * ad), acc);
+    }
+
+    /// <summary>
+    /// Q8_0 × Q8_0 for <see cref="RowKernels"/> on AVX2, against activations in the split layout
+    /// (<see cref="RowKernels.PrepareActivations"/>): [nb] float scales (the F16-rounded d), then [nb, 32] int8 quants —
+    /// the activation scale is one float load instead of a half conversion per block and weight row, and the quants
+    /// are 32-byte aligned. Two accumulator chains (even and odd blocks).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe float DotQ80RowAvx2(byte* x, byte* y, int nb)
+    {
+        float* ad = (float*)y;
+        sbyte* aq = (sbyte*)(y + 4 * nb);
+        Vector256<float> acc0 = default, acc1 = default;
+        int ib = 0;
+        for (; ib + 2 <= nb; ib += 2)
+        {
+            byte* w = x + ib * 34;
+            Sse.Prefetch0(w + PrefetchAhead);
+            Sse.Prefetch0(w + PrefetchAhead + 64);
+            Q80BlockD(w, aq + 32 * ib, ad[ib], ref acc0);
+            Q80BlockD(w + 34, aq + 32 * ib + 32, ad[ib + 1], ref acc1);
+        }
+        for (; ib < nb; ib++) Q80BlockD(x + ib * 34, aq + 32 * ib, ad[ib], ref acc0);
+        return Vector256.Sum(acc0 + acc1);
+    }
+
+    /// <summary><see cref="DotQ80RowAvx2"/> of two weight rows (far apart: two streams for one core) against one
+    /// activation row, block pairs in turn; each result has the single-row kernel's bits.
+    /// TinyLlama Q8_0 tg64, 2 threads, alternating: 15.9 / 16.6 / 17.7 tok/s paired against 14.1 / 16.0 / 15.8 one row
+    /// at a time. The Q4_K and Q6_K kernels gained nothing from pairs here (Q4_K_M 23.4 / 22.3 / 24.4 against 24.5 /
+    /// 24.0 / 23.7): they are bound by their own instructions, not by one stream's latency.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
+    internal static unsafe void DotQ80RowAvx2Pair(byte* xa, byte* xb, byte* y, int nb, out float ya, out float yb)
+    {
+        float* ad = (float*)y;
+        sbyte* aq = (sbyte*)(y + 4 * nb);
+        Vector256<float> a0 = default, a1 = default, b0 = default, b1 = default;
+        int ib = 0;
+        for (; ib + 2 <= nb; ib += 2)
+        {
+            int o = ib * 34;
+            Sse.Prefetch0(xa + o + PrefetchAhead);
+            Sse.Prefetch0(xb + o + PrefetchAhead);
+            float d0 = ad[ib], d1 = ad[ib + 1];
+            Q80BlockD(xa + o, aq + 32 * ib, d0, ref a0); Q80BlockD(xa + o + 34, aq + 32 * ib + 32, d1, ref a1);
+            Q80BlockD(xb + o, aq + 32 * ib, d0, ref b0); Q80BlockD(xb + o + 34, aq + 32 * ib + 32, d1, ref b1);
+        }
+        for (; ib < nb; ib++)
+        {
+            Q80BlockD(xa + ib * 34, aq + 32 * ib, ad[ib], ref a0);
+            Q80BlockD(xb + ib * 34, aq + 32 * ib, ad[ib], ref b0);
+        }
+        ya = Vector256.Sum(a0 + a1);
+        yb = Vector256.Sum(b0 + b1);
+    }
+
+    /// <summary>
+    /// <see cref="DotQ80RowAvx2"/> of one weight row against four activation rows (y, y + yStride, …): each weight
+    /// block's |w| and d are taken once; per row the single-row kernel's two chains and operations, so the results
+    /// have its bits.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe void DotQ80RowAvx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride)
+    {
+        Vector256<float> e0 = default, e1 = default, e2 = default, e3 = default; // even blocks
+        Vector256<float> o0 = default, o1 = default, o2 = default, o3 = default; // odd blocks
+        int ib = 0;
+        for (; ib + 2 <= nb; ib += 2)
+        {
+            Q80Step4(x + ib * 34, y, yStride, nb, ib, ref e0, ref e1, ref e2, ref e3);
+            Q80Step4(x + ib * 34 + 34, y, yStride, nb, ib + 1, ref o0, ref o1, ref o2, ref o3);
+        }
+        for (; ib < nb; ib++) Q80Step4(x + ib * 34, y, yStride, nb, ib, ref e0, ref e1, ref e2, ref e3);
+        outp[0] = Vector256.Sum(e0 + o0);
+        outp[outStride] = Vector256.Sum(e1 + o1);
+        outp[2L * outStride] = Vector256.Sum(e2 + o2);
+        outp[3L * outStride] = Vector256.Sum(e3 + o3);
+    }
+
+    /// <summary>Weight block ib (at w) against block ib of four split-layout activation rows.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void Q80Step4(byte* w, byte* y, int yStride, int nb, int ib,
+        ref Vector256<float> c0, ref Vector256<float> c1, ref Vector256<float> c2, ref Vector256<float> c3)
+    {
+        var q = Vector256.Load((sbyte*)(w + 2));
+        var abs = Avx2.Abs(q);
+        float d = Fp16.ToSingle(*(ushort*)w);
+        int qo = 4 * nb + 32 * ib;
+        byte* y1 = y + yStride, y2 = y1 + yStride, y3 = y2 + yStride;
+        c0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(DotU8I8(Vector256<int>.Zero, abs, Avx2.Sign(Vector256.Load((sbyte*)(y + qo)), q))), Vector256.Create(d * ((float*)y)[ib]), c0);
+        c1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(DotU8I8(Vector256<int>.Zero, abs, Avx2.Sign(Vector256.Load((sbyte*)(y1 + qo)), q))), Vector256.Create(d * ((float*)y1)[ib]), c1);
+        c2 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(DotU8I8(Vector256<int>.Zero, abs, Avx2.Sign(Vector256.Load((sbyte*)(y2 + qo)), q))), Vector256.Create(d * ((float*)y2)[ib]), c2);
+        c3 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(DotU8I8(Vector256<int>.Zero, abs, Avx2.Sign(Vector256.Load((sbyte*)(y3 + qo)), q))), Vector256.Create(d * ((float*)y3)[ib]), c3);
     }
 
     // Q4_0 (18 B: d f16 | qs[16], element j = low nibble of qs[j], j+16 = high nibble, value q-8) x Q8_0 (34 B).
@@ -340,28 +416,15 @@ public static partial class VecDot
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static unsafe void Q4KStep(byte* x, byte* y, ref Vector256<float> acc, ref Vector128<float> accMin)
     {
-        var m4 = Vector256.Create((byte)0x0F);
         float yd = *(float*)y;
         float d = yd * Fp16.ToSingle(*(ushort*)x), dmin = -yd * Fp16.ToSingle(*(ushort*)(x + 2));
-        uint u0 = *(uint*)(x + 4), u1 = *(uint*)(x + 8), u2 = *(uint*)(x + 12);
-        uint sc03 = u0 & 0x3f3f3f3fu;
-        uint sc47 = (u2 & 0x0f0f0f0fu) | (((u0 >> 6) & 0x03030303u) << 4);
-        uint mn03 = u1 & 0x3f3f3f3fu;
-        uint mn47 = ((u2 >> 4) & 0x0f0f0f0fu) | (((u1 >> 6) & 0x03030303u) << 4);
-        var scalesMins = Avx2.ConvertToVector256Int16(Vector128.Create(sc03, sc47, mn03, mn47).AsByte()); // [8 scales | 8 mins]
+        var scalesMins = Q4KScalesMins(x); // [8 scales | 8 mins]
         var bsums = Vector256.Load((short*)(y + 260));
         var subSums = Ssse3.HorizontalAdd(bsums.GetLower(), bsums.GetUpper()); // [8] Σ activations per sub-block
         var minTerm = Sse2.MultiplyAddAdjacent(scalesMins.GetUpper(), subSums);
         accMin = Fma.MultiplyAdd(Vector128.Create(dmin), Vector128.ConvertToSingle(minTerm), accMin);
         var sc = scalesMins.GetLower().AsByte();
-        var scales = Vector256.Create(sc, sc);
-        // The four 32-byte chunks written out, so that each scale shuffle is a constant (a loop let the JIT rebuild them).
-        byte* q = x + 16;
-        sbyte* a8 = (sbyte*)(y + 4);
-        var sumi = Q4KChunk(q, a8, scales, Vector256.Create((ushort)0x0100).AsByte(), Vector256.Create((ushort)0x0302).AsByte());
-        sumi += Q4KChunk(q + 32, a8 + 64, scales, Vector256.Create((ushort)0x0504).AsByte(), Vector256.Create((ushort)0x0706).AsByte());
-        sumi += Q4KChunk(q + 64, a8 + 128, scales, Vector256.Create((ushort)0x0908).AsByte(), Vector256.Create((ushort)0x0B0A).AsByte());
-        sumi += Q4KChunk(q + 96, a8 + 192, scales, Vector256.Create((ushort)0x0D0C).AsByte(), Vector256.Create((ushort)0x0F0E).AsByte());
+        var sumi = Q4KSums(x + 16, (sbyte*)(y + 4), Vector256.Create(sc, sc));
         acc = Fma.MultiplyAdd(Vector256.Create(d), Vector256.ConvertToSingle(sumi), acc);
     }
 
@@ -428,54 +491,95 @@ public static partial class VecDot
     // ql[64h + 32 + l] -> l+32 / l+96, qh[32h + l] bit pairs 0,2,4,6 -> l, l+32, l+64, l+96; value q - 32.
     // The -32 offset is folded out with the activation block sums: Σ sc·(q-32)·y = Σ sc·q·y − 32·Σ sc·bsum.
     /// <summary>
-    /// <see cref="DotQ4KAvx2"/> of one weight row against four activation rows (y, y + yStride, …): the scales, mins
-    /// and nibbles are unpacked once per super-block and used for all four — prefill's case. Each row's integers and
-    /// float operations are those of the single-row kernel, in the same order, so the results have its bits.
+    /// Q4_K × Q8_K for <see cref="RowKernels"/> on AVX2: as <see cref="DotQ4KAvx2"/>, but the activation blocks hold, where
+    /// ggml's bsums were, 8 floats f_j = d8 · (bsum 2j + bsum 2j+1) (<see cref="RowKernels.PrepareActivations"/>), so the
+    /// min term is one 8-lane FMA of (−dmin · m_j) against them, and its per-row work leaves the four-row kernel
+    /// (<see cref="DotQ4KRowAvx2x4"/>: the mins are converted once for the four rows). Results differ from ggml's integer
+    /// min term by float rounding only (the AVX-512 kernels do the same).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe float DotQ4KRowAvx2(byte* x, byte* y, int nb)
+    {
+        Vector256<float> acc = default, accMin = default;
+        for (int i = 0; i < nb; i++, x += 144, y += 292)
+        {
+            Sse.Prefetch0(x + PrefetchAhead);
+            Sse.Prefetch0(x + PrefetchAhead + 64);
+            Sse.Prefetch0(x + PrefetchAhead + 128);
+            var scalesMins = Q4KScalesMins(x);
+            var negMins = Vector256.ConvertToSingle(Avx2.ConvertToVector256Int32(scalesMins.GetUpper())) * Vector256.Create(-Fp16.ToSingle(*(ushort*)(x + 2)));
+            accMin = Fma.MultiplyAdd(negMins, Vector256.Load((float*)(y + 260)), accMin);
+            var sc = scalesMins.GetLower().AsByte();
+            var sumi = Q4KSums(x + 16, (sbyte*)(y + 4), Vector256.Create(sc, sc));
+            acc = Fma.MultiplyAdd(Vector256.Create(*(float*)y * Fp16.ToSingle(*(ushort*)x)), Vector256.ConvertToSingle(sumi), acc);
+        }
+        return Vector256.Sum(acc) + Vector256.Sum(accMin);
+    }
+
+    /// <summary>A Q4_K super-block's 8 six-bit scales and 8 mins as int16 lanes: [scales 0–7 | mins 0–7].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe Vector256<short> Q4KScalesMins(byte* x)
+    {
+        uint u0 = *(uint*)(x + 4), u1 = *(uint*)(x + 8), u2 = *(uint*)(x + 12);
+        uint sc03 = u0 & 0x3f3f3f3fu;
+        uint sc47 = (u2 & 0x0f0f0f0fu) | (((u0 >> 6) & 0x03030303u) << 4);
+        uint mn03 = u1 & 0x3f3f3f3fu;
+        uint mn47 = ((u2 >> 4) & 0x0f0f0f0fu) | (((u1 >> 6) & 0x03030303u) << 4);
+        return Avx2.ConvertToVector256Int16(Vector128.Create(sc03, sc47, mn03, mn47).AsByte());
+    }
+
+    /// <summary>Σ_j sc_j · (q·y) of one Q4_K super-block's 128 bytes of nibbles (at q) against 256 int8 activations, as 8
+    /// int32 lanes; the four chunks written out so that the scale shuffles are constants.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe Vector256<int> Q4KSums(byte* q, sbyte* a8, Vector256<byte> scales)
+    {
+        var sumi = Q4KChunk(q, a8, scales, Vector256.Create((ushort)0x0100).AsByte(), Vector256.Create((ushort)0x0302).AsByte());
+        sumi += Q4KChunk(q + 32, a8 + 64, scales, Vector256.Create((ushort)0x0504).AsByte(), Vector256.Create((ushort)0x0706).AsByte());
+        sumi += Q4KChunk(q + 64, a8 + 128, scales, Vector256.Create((ushort)0x0908).AsByte(), Vector256.Create((ushort)0x0B0A).AsByte());
+        sumi += Q4KChunk(q + 96, a8 + 192, scales, Vector256.Create((ushort)0x0D0C).AsByte(), Vector256.Create((ushort)0x0F0E).AsByte());
+        return sumi;
+    }
+
+    /// <summary>
+    /// <see cref="DotQ4KRowAvx2"/> of one weight row against four activation rows (y, y + yStride, …): the scales,
+    /// mins and nibbles are unpacked once per super-block and used for all four — prefill's case. Each row's integers
+    /// and float operations are those of the single-row kernel, in the same order, so the results have its bits.
     /// out[k · outStride] = row k's dot product.
     /// </summary>
-    [SkipLocalsInit]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static unsafe void DotQ4KAvx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride)
+    internal static unsafe void DotQ4KRowAvx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride)
     {
-        var m4 = Vector256.Create((byte)0x0F);
-        var acc = stackalloc Vector256<float>[4];
-        var accMin = stackalloc Vector128<float>[4];
-        for (int k = 0; k < 4; k++) { acc[k] = default; accMin[k] = default; }
         byte* y1 = y + yStride, y2 = y1 + yStride, y3 = y2 + yStride;
+        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default; // d · Σ sc·(q·y)
+        Vector256<float> n0 = default, n1 = default, n2 = default, n3 = default; // −dmin · Σ m·f
         for (int i = 0; i < nb; i++, x += 144)
         {
             int yo = i * 292;
-            float wd = Fp16.ToSingle(*(ushort*)x), wdmin = Fp16.ToSingle(*(ushort*)(x + 2));
-            uint u0 = *(uint*)(x + 4), u1 = *(uint*)(x + 8), u2 = *(uint*)(x + 12);
-            uint sc03 = u0 & 0x3f3f3f3fu;
-            uint sc47 = (u2 & 0x0f0f0f0fu) | (((u0 >> 6) & 0x03030303u) << 4);
-            uint mn03 = u1 & 0x3f3f3f3fu;
-            uint mn47 = ((u2 >> 4) & 0x0f0f0f0fu) | (((u1 >> 6) & 0x03030303u) << 4);
-            var scalesMins = Avx2.ConvertToVector256Int16(Vector128.Create(sc03, sc47, mn03, mn47).AsByte());
-            var mins = scalesMins.GetUpper();
-            for (int k = 0; k < 4; k++)
-            {
-                byte* yk = y + (long)k * yStride + yo;
-                var bsums = Vector256.Load((short*)(yk + 260));
-                var minTerm = Sse2.MultiplyAddAdjacent(mins, Ssse3.HorizontalAdd(bsums.GetLower(), bsums.GetUpper()));
-                accMin[k] = Fma.MultiplyAdd(Vector128.Create(-*(float*)yk * wdmin), Vector128.ConvertToSingle(minTerm), accMin[k]);
-            }
+            float wd = Fp16.ToSingle(*(ushort*)x);
+            var scalesMins = Q4KScalesMins(x);
+            var negMins = Vector256.ConvertToSingle(Avx2.ConvertToVector256Int32(scalesMins.GetUpper())) * Vector256.Create(-Fp16.ToSingle(*(ushort*)(x + 2)));
+            n0 = Fma.MultiplyAdd(negMins, Vector256.Load((float*)(y + yo + 260)), n0);
+            n1 = Fma.MultiplyAdd(negMins, Vector256.Load((float*)(y1 + yo + 260)), n1);
+            n2 = Fma.MultiplyAdd(negMins, Vector256.Load((float*)(y2 + yo + 260)), n2);
+            n3 = Fma.MultiplyAdd(negMins, Vector256.Load((float*)(y3 + yo + 260)), n3);
             var sc = scalesMins.GetLower().AsByte();
             var scales = Vector256.Create(sc, sc);
             Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default;
             byte* q = x + 16;
             int a = yo + 4;
-            // chunks written out: constant scale shuffles (as Q4KStep)
             Q4KChunkX4(q, a, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0100).AsByte(), Vector256.Create((ushort)0x0302).AsByte(), ref s0, ref s1, ref s2, ref s3);
             Q4KChunkX4(q + 32, a + 64, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0504).AsByte(), Vector256.Create((ushort)0x0706).AsByte(), ref s0, ref s1, ref s2, ref s3);
             Q4KChunkX4(q + 64, a + 128, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0908).AsByte(), Vector256.Create((ushort)0x0B0A).AsByte(), ref s0, ref s1, ref s2, ref s3);
             Q4KChunkX4(q + 96, a + 192, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0D0C).AsByte(), Vector256.Create((ushort)0x0F0E).AsByte(), ref s0, ref s1, ref s2, ref s3);
-            acc[0] = Fma.MultiplyAdd(Vector256.Create(*(float*)(y + yo) * wd), Vector256.ConvertToSingle(s0), acc[0]);
-            acc[1] = Fma.MultiplyAdd(Vector256.Create(*(float*)(y1 + yo) * wd), Vector256.ConvertToSingle(s1), acc[1]);
-            acc[2] = Fma.MultiplyAdd(Vector256.Create(*(float*)(y2 + yo) * wd), Vector256.ConvertToSingle(s2), acc[2]);
-            acc[3] = Fma.MultiplyAdd(Vector256.Create(*(float*)(y3 + yo) * wd), Vector256.ConvertToSingle(s3), acc[3]);
+            c0 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y + yo) * wd), Vector256.ConvertToSingle(s0), c0);
+            c1 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y1 + yo) * wd), Vector256.ConvertToSingle(s1), c1);
+            c2 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y2 + yo) * wd), Vector256.ConvertToSingle(s2), c2);
+            c3 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y3 + yo) * wd), Vector256.ConvertToSingle(s3), c3);
         }
-        for (int k = 0; k < 4; k++) outp[(long)k * outStride] = Vector256.Sum(acc[k]) + Vector128.Sum(accMin[k]);
+        outp[0] = Vector256.Sum(c0) + Vector256.Sum(n0);
+        outp[outStride] = Vector256.Sum(c1) + Vector256.Sum(n1);
+        outp[2L * outStride] = Vector256.Sum(c2) + Vector256.Sum(n2);
+        outp[3L * outStride] = Vector256.Sum(c3) + Vector256.Sum(n3);
     }
 
     /// <summary><see cref="Q4KChunk"/> for four activation rows (byte offset a in each): the nibbles and scales
@@ -500,47 +604,6 @@ public static partial class VecDot
             + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y3 + a + 32))));
     }
 
-    /// <summary>
-    /// <see cref="DotQ80Avx2"/> of one weight row against four activation rows (see <see cref="DotQ4KAvx2x4"/>): each
-    /// weight block's |w| is taken once; per row the same two accumulator chains (even and odd blocks) and
-    /// operations as the single-row kernel, so the results have its bits.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static unsafe void DotQ80Avx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride)
-    {
-        byte* y1 = y + yStride, y2 = y1 + yStride, y3 = y2 + yStride;
-        Vector256<float> e0 = default, e1 = default, e2 = default, e3 = default; // even blocks (acc0 of the single kernel)
-        Vector256<float> o0 = default, o1 = default, o2 = default, o3 = default; // odd blocks (acc1)
-        int ib = 0;
-        for (; ib + 2 <= nb; ib += 2)
-        {
-            int b0 = ib * 34, b1 = b0 + 34;
-            Q80Step4(x + b0, y + b0, y1 + b0, y2 + b0, y3 + b0, ref e0, ref e1, ref e2, ref e3);
-            Q80Step4(x + b1, y + b1, y1 + b1, y2 + b1, y3 + b1, ref o0, ref o1, ref o2, ref o3);
-        }
-        for (; ib < nb; ib++)
-        {
-            int b0 = ib * 34;
-            Q80Step4(x + b0, y + b0, y1 + b0, y2 + b0, y3 + b0, ref e0, ref e1, ref e2, ref e3);
-        }
-        outp[0] = Vector256.Sum(e0 + o0);
-        outp[outStride] = Vector256.Sum(e1 + o1);
-        outp[2L * outStride] = Vector256.Sum(e2 + o2);
-        outp[3L * outStride] = Vector256.Sum(e3 + o3);
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void Q80Step4(byte* w, byte* a0, byte* a1, byte* a2, byte* a3,
-        ref Vector256<float> c0, ref Vector256<float> c1, ref Vector256<float> c2, ref Vector256<float> c3)
-    {
-        var q = Vector256.Load((sbyte*)(w + 2));
-        var abs = Avx2.Abs(q);
-        float d = Fp16.ToSingle(*(ushort*)w);
-        c0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(DotU8I8(Vector256<int>.Zero, abs, Avx2.Sign(Vector256.Load((sbyte*)(a0 + 2)), q))), Vector256.Create(d * Fp16.ToSingle(*(ushort*)a0)), c0);
-        c1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(DotU8I8(Vector256<int>.Zero, abs, Avx2.Sign(Vector256.Load((sbyte*)(a1 + 2)), q))), Vector256.Create(d * Fp16.ToSingle(*(ushort*)a1)), c1);
-        c2 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(DotU8I8(Vector256<int>.Zero, abs, Avx2.Sign(Vector256.Load((sbyte*)(a2 + 2)), q))), Vector256.Create(d * Fp16.ToSingle(*(ushort*)a2)), c2);
-        c3 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(DotU8I8(Vector256<int>.Zero, abs, Avx2.Sign(Vector256.Load((sbyte*)(a3 + 2)), q))), Vector256.Create(d * Fp16.ToSingle(*(ushort*)a3)), c3);
-    }
 
     private static unsafe float DotQ6_K(ref byte w, ref byte a, int nb)
     {

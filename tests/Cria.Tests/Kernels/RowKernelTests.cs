@@ -252,7 +252,27 @@ public unsafe class RowKernelTests
                 RowKernels.PrepareActivations(GgmlType.Q6_K, x, b); // Q6_K reads Q8_K in natural order (Q4_K: permuted)
                 RowKernels.PrepareActivations(GgmlType.Q5_K, x, c); // other K types: ggml's block_q8_K itself
                 Assert.Equal(a, c);
-                if (!System.Runtime.Intrinsics.X86.Avx512BW.IsSupported) continue; // their own layout is the AVX-512 kernels'
+                if (!System.Runtime.Intrinsics.X86.Avx512BW.IsSupported)
+                {
+                    if (!RowKernels.Avx2Rows(GgmlType.Q4_K)) continue;
+                    // AVX2: Q6_K reads block_q8_K itself; Q4_K the same blocks with the 16 bsums replaced by 8 floats
+                    // d8 · (bsum 2j + bsum 2j+1)
+                    Assert.Equal(a, b);
+                    var q4a = new byte[a.Length];
+                    RowKernels.PrepareActivations(GgmlType.Q4_K, x, q4a);
+                    for (int k = 0; k < n / 256; k++)
+                    {
+                        Assert.Equal(a.AsSpan(k * 292, 260).ToArray(), q4a.AsSpan(k * 292, 260).ToArray());
+                        float d8 = BitConverter.ToSingle(a, k * 292);
+                        for (int j = 0; j < 8; j++)
+                        {
+                            int pair = BitConverter.ToInt16(a, k * 292 + 260 + 4 * j) + BitConverter.ToInt16(a, k * 292 + 262 + 4 * j);
+                            Assert.Equal(BitConverter.SingleToInt32Bits(pair * d8), BitConverter.ToInt32(q4a, k * 292 + 260 + 4 * j));
+                        }
+                    }
+                    continue;
+                }
+                // their own layout is the AVX-512 kernels'
                 // the Q4_K / Q6_K kernels' layout, 320 B per super-block: qs[256] | bsums[16] | d, the same values
                 Assert.Equal(n / 256 * 320, b.Length);
                 for (int k = 0; k < n / 256; k++)
@@ -321,7 +341,20 @@ public unsafe class RowKernelTests
                 var plain = new byte[reference.Length];
                 RowKernels.PrepareActivations(GgmlType.Q4_0, x, plain);
                 Assert.Equal(reference, plain);
-                if (!System.Runtime.Intrinsics.X86.Avx512BW.IsSupported) continue; // Q8_0 weights read plain blocks then
+                if (!System.Runtime.Intrinsics.X86.Avx512BW.IsSupported)
+                {
+                    if (!RowKernels.Avx2Rows(GgmlType.Q8_0)) continue;
+                    // AVX2: Q8_0 weights read [nb] floats (the F16-rounded d) then [nb, 32] int8 quants
+                    var split = new byte[RowKernels.ActivationRowBytes(GgmlType.Q8_0, n)];
+                    Assert.Equal(n / 32 * 36, split.Length);
+                    RowKernels.PrepareActivations(GgmlType.Q8_0, x, split);
+                    for (int i = 0; i < n / 32; i++)
+                    {
+                        Assert.Equal(BitConverter.SingleToUInt32Bits(Fp16.ToSingle(BitConverter.ToUInt16(reference, i * 34))), BitConverter.ToUInt32(split, i * 4));
+                        Assert.Equal(reference.AsSpan(i * 34 + 2, 32).ToArray(), split.AsSpan(n / 32 * 4 + i * 32, 32).ToArray());
+                    }
+                    continue;
+                }
                 var fast = new byte[RowKernels.ActivationRowBytes(GgmlType.Q8_0, n)];
                 RowKernels.PrepareActivations(GgmlType.Q8_0, x, fast);
                 int nb = n / 32;
