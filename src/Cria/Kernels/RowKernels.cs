@@ -445,7 +445,7 @@ public static unsafe class RowKernels
             for (int r = r0; r < r1; r++) y[r] = DotF16Scaled<Unchecked>((ushort*)(w + (long)r * rowBytes), (float*)x + n, n, out _);
             return;
         }
-        if (finiteF16 && type == GgmlType.F16 && n >= 32 && !Vector512.IsHardwareAccelerated && Avx2.IsSupported && Fma.IsSupported)
+        if (finiteF16 && type == GgmlType.F16 && F16Avx2(n))
         {
             for (int r = r0; r < r1; r++) y[r] = DotF16ScaledAvx2((ushort*)(w + (long)r * rowBytes), (float*)x, n);
             return;
@@ -479,6 +479,9 @@ public static unsafe class RowKernels
     /// <summary>Machines with AVX2 and FMA but no AVX-512 (e.g. AMD Zen 2/3, Intel before Ice Lake): Q4_K, Q6_K and Q8_0
     /// rows run through the AVX2 kernels of <see cref="VecDot"/> directly (no span or size checks per row), against
     /// activations in ggml's layout (Q8_K, Q8_0 blocks; for Q4_K with float min sums, <see cref="Q8KFloatMins"/>).</summary>
+    /// <summary>F16 decode with the AVX2 kernels (<see cref="DotF16ScaledAvx2"/>, and its pair): no 512-bit vectors.</summary>
+    internal static bool F16Avx2(int n) => n >= 32 && !Vector512.IsHardwareAccelerated && Avx2.IsSupported && Fma.IsSupported;
+
     internal static bool Avx2Rows(GgmlType type) =>
         !Avx512BW.IsSupported && Avx2.IsSupported && Fma.IsSupported && type is GgmlType.Q4_K or GgmlType.Q6_K or GgmlType.Q8_0;
 
@@ -1468,6 +1471,40 @@ public static unsafe class RowKernels
         return sum;
     }
 
+    /// <summary><see cref="DotF16ScaledAvx2"/> of two finite rows (far apart: two streams for one core) against one
+    /// activation row; each result has the single-row kernel's bits (its accumulators, steps and sums, per row).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
+    internal static void DotF16ScaledAvx2Pair(ushort* wa, ushort* wb, float* x, int n, out float ya, out float yb)
+    {
+        float* xs = x + n;
+        var mask = Vector256.Create(unchecked((int)0x8FFFE000));
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        Vector256<float> b0 = default, b1 = default, b2 = default, b3 = default;
+        int i = 0;
+        for (; i + 32 <= n; i += 32)
+        {
+            Sse.Prefetch0((byte*)(wa + i) + PrefetchDistance);
+            Sse.Prefetch0((byte*)(wb + i) + PrefetchDistance);
+            var x0 = Vector256.Load(xs + i); var x1 = Vector256.Load(xs + i + 8);
+            var x2 = Vector256.Load(xs + i + 16); var x3 = Vector256.Load(xs + i + 24);
+            a0 = Fma.MultiplyAdd(((Avx2.ConvertToVector256Int32((short*)(wa + i)) << 13) & mask).AsSingle(), x0, a0);
+            b0 = Fma.MultiplyAdd(((Avx2.ConvertToVector256Int32((short*)(wb + i)) << 13) & mask).AsSingle(), x0, b0);
+            a1 = Fma.MultiplyAdd(((Avx2.ConvertToVector256Int32((short*)(wa + i + 8)) << 13) & mask).AsSingle(), x1, a1);
+            b1 = Fma.MultiplyAdd(((Avx2.ConvertToVector256Int32((short*)(wb + i + 8)) << 13) & mask).AsSingle(), x1, b1);
+            a2 = Fma.MultiplyAdd(((Avx2.ConvertToVector256Int32((short*)(wa + i + 16)) << 13) & mask).AsSingle(), x2, a2);
+            b2 = Fma.MultiplyAdd(((Avx2.ConvertToVector256Int32((short*)(wb + i + 16)) << 13) & mask).AsSingle(), x2, b2);
+            a3 = Fma.MultiplyAdd(((Avx2.ConvertToVector256Int32((short*)(wa + i + 24)) << 13) & mask).AsSingle(), x3, a3);
+            b3 = Fma.MultiplyAdd(((Avx2.ConvertToVector256Int32((short*)(wb + i + 24)) << 13) & mask).AsSingle(), x3, b3);
+        }
+        float sa = Vector256.Sum((a0 + a1) + (a2 + a3)), sb = Vector256.Sum((b0 + b1) + (b2 + b3));
+        for (; i < n; i++)
+        {
+            sa = MathF.FusedMultiplyAdd(Fp16.ToSingle(wa[i]), x[i], sa);
+            sb = MathF.FusedMultiplyAdd(Fp16.ToSingle(wb[i]), x[i], sb);
+        }
+        ya = sa; yb = sb;
+    }
+
     /// <summary>8 halves → 8 floats with AVX2, exact (<see cref="HalfToSingle(Vector512{int})"/>'s steps on 8 lanes,
     /// infinities and NaNs included).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -1498,7 +1535,7 @@ public static unsafe class RowKernels
     /// (<see cref="RunPair"/>) giving the bits of the single-row one.</summary>
     internal static bool HasPairedDecode(GgmlType type, int n) => type switch
     {
-        GgmlType.F16 => n >= 64 && Vector512.IsHardwareAccelerated,
+        GgmlType.F16 => n >= 64 && Vector512.IsHardwareAccelerated || F16Avx2(n),
         GgmlType.Q4_K or GgmlType.Q6_K => Avx512BW.IsSupported,
         GgmlType.Q8_0 => Avx512BW.IsSupported || Avx2Rows(type), // AVX2: see VecDot.DotQ80RowAvx2Pair
         _ => false,
@@ -1522,6 +1559,13 @@ public static unsafe class RowKernels
             case GgmlType.Q6_K: Q6K1Pair(wa, wb, x, n / 256, out ya, out yb); return true;
             case GgmlType.Q8_0: Q801Pair(wa, wb, x, n / 32, out ya, out yb); return true;
             default:
+                if (F16Avx2(n))
+                {
+                    // AVX2: finite matrices only; the caller runs rows of a non-finite one through RunRows.
+                    if (!finiteF16) { ya = yb = 0; return false; }
+                    DotF16ScaledAvx2Pair((ushort*)wa, (ushort*)wb, (float*)x, n, out ya, out yb);
+                    return true;
+                }
                 bool nonFinite;
                 if (finiteF16) DotF16ScaledPair<Unchecked>((ushort*)wa, (ushort*)wb, (float*)x + n, n, out ya, out yb, out nonFinite);
                 else DotF16ScaledPair<Checked>((ushort*)wa, (ushort*)wb, (float*)x + n, n, out ya, out yb, out nonFinite);

@@ -115,10 +115,12 @@ public unsafe class MatMulJobTests
         using var m = new Matrices(512, PartSet(parts));
         var job = m.Job(workers);
         int ranges = job.RangeCount(workers);
-        // Two ranges per worker when every part has a paired kernel: the F16 and K sets with AVX-512; never the mixed set
-        // (Q5_0 has none), nor any set without AVX-512.
+        // Two ranges per worker when every part has a paired kernel: the F16 and K sets with AVX-512, the F16 set with
+        // AVX2 + FMA (no pairs for Q4_K/Q6_K there); never the mixed set (Q5_0 has none).
         bool paired = m.W.All(w => RowKernels.HasPairedDecode(w.Type, w.Cols));
-        Assert.Equal(parts != "mixed" && System.Runtime.Intrinsics.X86.Avx512BW.IsSupported, paired);
+        bool avx512 = System.Runtime.Intrinsics.X86.Avx512BW.IsSupported;
+        bool avx2 = System.Runtime.Intrinsics.X86.Avx2.IsSupported && System.Runtime.Intrinsics.X86.Fma.IsSupported;
+        Assert.Equal(parts switch { "mixed" => false, "f16" => avx512 || avx2, _ => avx512 }, paired);
         Assert.Equal(paired ? 2 * workers : workers, ranges);
         long total = m.W.Sum(w => w.ByteSize);
         int totalRows = m.W.Sum(w => w.Rows), expectFront = 0;
