@@ -514,9 +514,9 @@ public static unsafe class RowKernels
             else if (type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16)
                 for (int r = r0; r < r1; r++) Run(type, w + (long)r * rowBytes, rowBytes, x, xStride, B, n, y + r, yStride);
             else
-                // One dot product per (row, activation row) (VecDot.Dot, e.g. the AVX2 kernels), in tiles of Tile activation
-                // rows, so that a tile (16 × 2.3 KB of Q8_K for n = 2048) stays in L2 while the range's rows run against it,
-                // instead of all B activation rows streaming through the cache once per weight row.
+                // Run per weight row and tile of Tile activation rows (on AVX2 the four-row kernels, else VecDot.Dot per
+                // pair), so that a tile (16 × 2.3 KB of Q8_K for n = 2048) stays in L2 while the range's rows run against
+                // it, instead of all B activation rows streaming through the cache once per weight row.
                 for (int b0 = 0; b0 < B; b0 += Tile)
                 {
                     int tb = Math.Min(Tile, B - b0);
@@ -1455,16 +1455,15 @@ public static unsafe class RowKernels
     internal static float DotF16ScaledAvx2(ushort* w, float* x, int n)
     {
         float* xs = x + n;
-        var mask = Vector256.Create(unchecked((int)0x8FFFE000));
         Vector256<float> s0 = default, s1 = default, s2 = default, s3 = default;
         int i = 0;
         for (; i + 32 <= n; i += 32)
         {
             Sse.Prefetch0((byte*)(w + i) + PrefetchDistance);
-            s0 = Fma.MultiplyAdd(((Avx2.ConvertToVector256Int32((short*)(w + i)) << 13) & mask).AsSingle(), Vector256.Load(xs + i), s0);
-            s1 = Fma.MultiplyAdd(((Avx2.ConvertToVector256Int32((short*)(w + i + 8)) << 13) & mask).AsSingle(), Vector256.Load(xs + i + 8), s1);
-            s2 = Fma.MultiplyAdd(((Avx2.ConvertToVector256Int32((short*)(w + i + 16)) << 13) & mask).AsSingle(), Vector256.Load(xs + i + 16), s2);
-            s3 = Fma.MultiplyAdd(((Avx2.ConvertToVector256Int32((short*)(w + i + 24)) << 13) & mask).AsSingle(), Vector256.Load(xs + i + 24), s3);
+            s0 = Fma.MultiplyAdd(HalvesScaledDown8(w + i), Vector256.Load(xs + i), s0);
+            s1 = Fma.MultiplyAdd(HalvesScaledDown8(w + i + 8), Vector256.Load(xs + i + 8), s1);
+            s2 = Fma.MultiplyAdd(HalvesScaledDown8(w + i + 16), Vector256.Load(xs + i + 16), s2);
+            s3 = Fma.MultiplyAdd(HalvesScaledDown8(w + i + 24), Vector256.Load(xs + i + 24), s3);
         }
         float sum = Vector256.Sum((s0 + s1) + (s2 + s3));
         for (; i < n; i++) sum = MathF.FusedMultiplyAdd(Fp16.ToSingle(w[i]), x[i], sum);
@@ -1477,7 +1476,6 @@ public static unsafe class RowKernels
     internal static void DotF16ScaledAvx2Pair(ushort* wa, ushort* wb, float* x, int n, out float ya, out float yb)
     {
         float* xs = x + n;
-        var mask = Vector256.Create(unchecked((int)0x8FFFE000));
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
         Vector256<float> b0 = default, b1 = default, b2 = default, b3 = default;
         int i = 0;
@@ -1487,14 +1485,14 @@ public static unsafe class RowKernels
             Sse.Prefetch0((byte*)(wb + i) + PrefetchDistance);
             var x0 = Vector256.Load(xs + i); var x1 = Vector256.Load(xs + i + 8);
             var x2 = Vector256.Load(xs + i + 16); var x3 = Vector256.Load(xs + i + 24);
-            a0 = Fma.MultiplyAdd(((Avx2.ConvertToVector256Int32((short*)(wa + i)) << 13) & mask).AsSingle(), x0, a0);
-            b0 = Fma.MultiplyAdd(((Avx2.ConvertToVector256Int32((short*)(wb + i)) << 13) & mask).AsSingle(), x0, b0);
-            a1 = Fma.MultiplyAdd(((Avx2.ConvertToVector256Int32((short*)(wa + i + 8)) << 13) & mask).AsSingle(), x1, a1);
-            b1 = Fma.MultiplyAdd(((Avx2.ConvertToVector256Int32((short*)(wb + i + 8)) << 13) & mask).AsSingle(), x1, b1);
-            a2 = Fma.MultiplyAdd(((Avx2.ConvertToVector256Int32((short*)(wa + i + 16)) << 13) & mask).AsSingle(), x2, a2);
-            b2 = Fma.MultiplyAdd(((Avx2.ConvertToVector256Int32((short*)(wb + i + 16)) << 13) & mask).AsSingle(), x2, b2);
-            a3 = Fma.MultiplyAdd(((Avx2.ConvertToVector256Int32((short*)(wa + i + 24)) << 13) & mask).AsSingle(), x3, a3);
-            b3 = Fma.MultiplyAdd(((Avx2.ConvertToVector256Int32((short*)(wb + i + 24)) << 13) & mask).AsSingle(), x3, b3);
+            a0 = Fma.MultiplyAdd(HalvesScaledDown8(wa + i), x0, a0);
+            b0 = Fma.MultiplyAdd(HalvesScaledDown8(wb + i), x0, b0);
+            a1 = Fma.MultiplyAdd(HalvesScaledDown8(wa + i + 8), x1, a1);
+            b1 = Fma.MultiplyAdd(HalvesScaledDown8(wb + i + 8), x1, b1);
+            a2 = Fma.MultiplyAdd(HalvesScaledDown8(wa + i + 16), x2, a2);
+            b2 = Fma.MultiplyAdd(HalvesScaledDown8(wb + i + 16), x2, b2);
+            a3 = Fma.MultiplyAdd(HalvesScaledDown8(wa + i + 24), x3, a3);
+            b3 = Fma.MultiplyAdd(HalvesScaledDown8(wb + i + 24), x3, b3);
         }
         float sa = Vector256.Sum((a0 + a1) + (a2 + a3)), sb = Vector256.Sum((b0 + b1) + (b2 + b3));
         for (; i < n; i++)
@@ -1505,13 +1503,18 @@ public static unsafe class RowKernels
         ya = sa; yb = sb;
     }
 
+    /// <summary>8 finite halves → the same values × 2^-112, exact: sign-extended (<c>vpmovsxwd</c>), shifted left by 13
+    /// and masked as in <see cref="HalfToSingle(Vector512{int})"/>. An exponent of 31 comes out finite (≥ 2^-96).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<float> HalvesScaledDown8(ushort* p)
+        => ((Avx2.ConvertToVector256Int32((short*)p) << 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle();
+
     /// <summary>8 halves → 8 floats with AVX2, exact (<see cref="HalfToSingle(Vector512{int})"/>'s steps on 8 lanes,
     /// infinities and NaNs included).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static Vector256<float> LoadHalves8(ushort* p)
     {
-        var h = Avx2.ConvertToVector256Int32((short*)p);
-        var f = ((h << 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector256.Create(Pow2To112);
+        var f = HalvesScaledDown8(p) * Vector256.Create(Pow2To112);
         var infNan = Vector256.GreaterThanOrEqual(Vector256.Abs(f), Vector256.Create(65536f));
         return f | (infNan & Vector256.Create(0x7F800000u).AsSingle());
     }
@@ -1552,7 +1555,7 @@ public static unsafe class RowKernels
     /// </summary>
     internal static bool RunPair(GgmlType type, byte* wa, byte* wb, byte* x, int n, out float ya, out float yb, bool finiteF16 = false)
     {
-        if (!Avx512BW.IsSupported && type == GgmlType.Q8_0) { VecDot.DotQ80RowAvx2Pair(wa, wb, x, n / 32, out ya, out yb); return true; }
+        if (type == GgmlType.Q8_0 && Avx2Rows(type)) { VecDot.DotQ80RowAvx2Pair(wa, wb, x, n / 32, out ya, out yb); return true; }
         switch (type)
         {
             case GgmlType.Q4_K: Q4K1Pair(wa, wb, x, n / 256, out ya, out yb); return true;

@@ -222,15 +222,11 @@ public static partial class VecDot
         return Vector256.Sum(acc0 + acc1);
     }
 
-    /// <summary>One Q8_0 block of weights (34 B at w) against one of activations (at a): acc += d_w·d_a · Σ w·a as 8 lanes
-    /// (the operations of <see cref="DotQ80Avx2"/>'s loop).</summary>
+    /// <summary>One Q8_0 block of weights (34 B at w) against one of activations (at a): <see cref="Q80BlockD"/> with
+    /// the activation block's own half scale.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static unsafe void Q80Block(byte* w, byte* a, ref Vector256<float> acc)
-    {
-        var q = Vector256.Load((sbyte*)(w + 2));
-        var p = DotU8I8(Vector256<int>.Zero, Avx2.Abs(q), Avx2.Sign(Vector256.Load((sbyte*)(a + 2)), q));
-        acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(p), Vector256.Create(Fp16.ToSingle(*(ushort*)w) * Fp16.ToSingle(*(ushort*)a)), acc);
-    }
+        => Q80BlockD(w, (sbyte*)(a + 2), Fp16.ToSingle(*(ushort*)a), ref acc);
 
     /// <summary>One Q8_0 block of weights (34 B at w) against 32 int8 activations at aq with scale ad: acc += d_w·ad ·
     /// Σ w·a as 8 lanes.</summary>
@@ -487,9 +483,6 @@ public static partial class VecDot
         return sumf;
     }
 
-    // Q6_K (210 B: ql[128] | qh[64] | scales[16] int8 | d). Half h: ql[64h + l] low/high nibble -> elements l / l+64,
-    // ql[64h + 32 + l] -> l+32 / l+96, qh[32h + l] bit pairs 0,2,4,6 -> l, l+32, l+64, l+96; value q - 32.
-    // The -32 offset is folded out with the activation block sums: Σ sc·(q-32)·y = Σ sc·q·y − 32·Σ sc·bsum.
     /// <summary>
     /// Q4_K × Q8_K for <see cref="RowKernels"/> on AVX2: as <see cref="DotQ4KAvx2"/>, but the activation blocks hold, where
     /// ggml's bsums were, 8 floats f_j = d8 · (bsum 2j + bsum 2j+1) (<see cref="RowKernels.PrepareActivations"/>), so the
@@ -604,7 +597,8 @@ public static partial class VecDot
             + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y3 + a + 32))));
     }
 
-
+    // Q6_K (210 B: ql[128] | qh[64] | scales[16] int8 | d). Half h: ql[64h + l] low/high nibble -> elements l / l+64,
+    // ql[64h + 32 + l] -> l+32 / l+96, qh[32h + l] bit pairs 0,2,4,6 -> l, l+32, l+64, l+96; value q - 32.
     private static unsafe float DotQ6_K(ref byte w, ref byte a, int nb)
     {
         fixed (byte* x = &w) fixed (byte* y = &a) return DotQ6KAvx2(x, y, nb);
@@ -634,8 +628,6 @@ public static partial class VecDot
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static unsafe void Q6KStep(byte* x, byte* y, ref Vector256<float> acc)
     {
-        var m4 = Vector256.Create((byte)0x0F);
-        var m2 = Vector256.Create((byte)0x03);
         var m32 = Vector256.Create((byte)32);
         float d = *(float*)y * Fp16.ToSingle(*(ushort*)(x + 208));
         var scales = Vector128.Load(x + 192);
@@ -647,10 +639,10 @@ public static partial class VecDot
             var bits1 = Vector256.Load(ql).AsUInt16();
             var bits2 = Vector256.Load(ql + 32).AsUInt16();
             var bitsH = Vector256.Load(qh).AsUInt16();
-            var q0 = (bits1.AsByte() & m4) | Vector256.ShiftLeft((bitsH.AsByte() & m2).AsUInt16(), 4).AsByte();
-            var q1 = (bits2.AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(bitsH, 2).AsByte() & m2).AsUInt16(), 4).AsByte();
-            var q2 = (Vector256.ShiftRightLogical(bits1, 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(bitsH, 4).AsByte() & m2).AsUInt16(), 4).AsByte();
-            var q3 = (Vector256.ShiftRightLogical(bits2, 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(bitsH, 6).AsByte() & m2).AsUInt16(), 4).AsByte();
+            var q0 = Q6KQuants(bits1, bitsH, 0, 0);
+            var q1 = Q6KQuants(bits2, bitsH, 0, 2);
+            var q2 = Q6KQuants(bits1, bitsH, 4, 4);
+            var q3 = Q6KQuants(bits2, bitsH, 4, 6);
             var a0 = Vector256.Load(a8); var a1 = Vector256.Load(a8 + 32);
             var a2 = Vector256.Load(a8 + 64); var a3 = Vector256.Load(a8 + 96);
             var p0 = Avx2.MultiplyAddAdjacent(q0, a0) - Avx2.MultiplyAddAdjacent(m32, a0);
@@ -665,15 +657,13 @@ public static partial class VecDot
     }
 
     /// <summary>
-    /// <see cref="DotQ6KAvx2"/> of one weight row against four activation rows (as <see cref="DotQ4KAvx2x4"/>): each
+    /// <see cref="DotQ6KAvx2"/> of one weight row against four activation rows (as <see cref="DotQ4KRowAvx2x4"/>): each
     /// 32-value piece of 6-bit quants and its scales built once for the four; each row's integers and float
     /// operations are the single-row kernel's, so the results have its bits.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static unsafe void DotQ6KAvx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride)
     {
-        var m4 = Vector256.Create((byte)0x0F);
-        var m2 = Vector256.Create((byte)0x03);
         byte* y1 = y + yStride, y2 = y1 + yStride, y3 = y2 + yStride;
         Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
         for (int i = 0; i < nb; i++, x += 210)
@@ -689,14 +679,10 @@ public static partial class VecDot
                 var bits1 = Vector256.Load(ql).AsUInt16();
                 var bits2 = Vector256.Load(ql + 32).AsUInt16();
                 var bitsH = Vector256.Load(qh).AsUInt16();
-                var q = (bits1.AsByte() & m4) | Vector256.ShiftLeft((bitsH.AsByte() & m2).AsUInt16(), 4).AsByte();
-                Q6KPieceX4(q, ScalePair16(scales, k), a, y, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
-                q = (bits2.AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(bitsH, 2).AsByte() & m2).AsUInt16(), 4).AsByte();
-                Q6KPieceX4(q, ScalePair16(scales, k + 2), a + 32, y, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
-                q = (Vector256.ShiftRightLogical(bits1, 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(bitsH, 4).AsByte() & m2).AsUInt16(), 4).AsByte();
-                Q6KPieceX4(q, ScalePair16(scales, k + 4), a + 64, y, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
-                q = (Vector256.ShiftRightLogical(bits2, 4).AsByte() & m4) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(bitsH, 6).AsByte() & m2).AsUInt16(), 4).AsByte();
-                Q6KPieceX4(q, ScalePair16(scales, k + 6), a + 96, y, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
+                Q6KPieceX4(Q6KQuants(bits1, bitsH, 0, 0), ScalePair16(scales, k), a, y, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
+                Q6KPieceX4(Q6KQuants(bits2, bitsH, 0, 2), ScalePair16(scales, k + 2), a + 32, y, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
+                Q6KPieceX4(Q6KQuants(bits1, bitsH, 4, 4), ScalePair16(scales, k + 4), a + 64, y, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
+                Q6KPieceX4(Q6KQuants(bits2, bitsH, 4, 6), ScalePair16(scales, k + 6), a + 96, y, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
             }
             c0 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y + yo) * wd), Vector256.ConvertToSingle(s0), c0);
             c1 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y1 + yo) * wd), Vector256.ConvertToSingle(s1), c1);
@@ -708,6 +694,13 @@ public static partial class VecDot
         outp[2L * outStride] = Vector256.Sum(c2);
         outp[3L * outStride] = Vector256.Sum(c3);
     }
+
+    /// <summary>32 six-bit quants (0..63) of a Q6_K half: the nibble of <paramref name="ql"/> at bit
+    /// <paramref name="nibbleShift"/> (0 low, 4 high) with the qh bit pair at <paramref name="pairShift"/> as bits 4–5.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<byte> Q6KQuants(Vector256<ushort> ql, Vector256<ushort> qh, int nibbleShift, int pairShift)
+        => (Vector256.ShiftRightLogical(ql, nibbleShift).AsByte() & Vector256.Create((byte)0x0F))
+           | Vector256.ShiftLeft((Vector256.ShiftRightLogical(qh, pairShift).AsByte() & Vector256.Create((byte)0x03)).AsUInt16(), 4).AsByte();
 
     /// <summary>32 six-bit quants q (0..63) with their two sub-block scales against 32 activations at byte offset a of
     /// each of four rows: s_k += scale · (q·y − 32·y) per 8 int32 lanes.</summary>
