@@ -5,14 +5,17 @@ using Cria.Tensors;
 namespace Cria.Formats;
 
 /// <summary>
-/// Builds a GGUF v3 file: metadata (in insertion order) and tensors (raw bytes already in their ggml type).
+/// Builds a GGUF v3 file: metadata (in insertion order) and tensors (raw bytes in their ggml type). A tensor is added
+/// either with its bytes or with a function that produces them: the header needs only names, shapes and types (every
+/// offset follows from them), so produced tensors are made one at a time while the file is written, in the order they
+/// were added, and a converter or quantizer holds one tensor's output at a time instead of the whole file's.
 /// <see cref="Write"/> writes to a temporary file beside the target and renames it, so an interrupted write never
 /// leaves a truncated file under the final name.
 /// </summary>
 public sealed class GgufWriter
 {
     readonly List<(string Key, object Value)> _kv = new();
-    readonly List<(string Name, long[] Shape, GgmlType Type, ReadOnlyMemory<byte> Data)> _tensors = new();
+    readonly List<(string Name, long[] Shape, GgmlType Type, long Bytes, Func<ReadOnlyMemory<byte>> Data)> _tensors = new();
     public int Alignment { get; set; } = GgufFile.DefaultAlignment;
 
     /// <summary>Adds or replaces a metadata value (see <see cref="GgufValues"/> for the allowed .NET types).</summary>
@@ -36,14 +39,30 @@ public sealed class GgufWriter
     /// <summary>Adds a tensor. Shape is in ggml order (Shape[0] fastest). Data must be exactly the tensor's bytes.</summary>
     public GgufWriter AddTensor(string name, long[] shape, GgmlType type, ReadOnlyMemory<byte> data)
     {
+        long bytes = Check(name, shape, type);
+        if (data.Length != bytes)
+            throw new ArgumentException($"tensor '{name}': {data.Length} bytes given, {bytes} expected for {type} {string.Join("x", shape)}");
+        _tensors.Add((name, shape, type, bytes, () => data));
+        return this;
+    }
+
+    /// <summary>Adds a tensor whose bytes <paramref name="produce"/> makes during <see cref="Write"/>, after the bytes of
+    /// every tensor added before it are written (and released); it must return exactly the tensor's bytes, or the write
+    /// fails and leaves no file. Exceptions (a cancellation, say) abort the write the same way.</summary>
+    public GgufWriter AddTensor(string name, long[] shape, GgmlType type, Func<ReadOnlyMemory<byte>> produce)
+    {
+        long bytes = Check(name, shape, type);
+        _tensors.Add((name, shape, type, bytes, produce));
+        return this;
+    }
+
+    long Check(string name, long[] shape, GgmlType type)
+    {
         var info = new GgufTensorInfo(name, shape, type, 0);
         if (info.RowLength % GgmlTypeInfo.BlockSize(type) != 0)
             throw new ArgumentException($"tensor '{name}': row length {info.RowLength} is not a multiple of the {type} block size");
-        if (data.Length != info.ByteSize)
-            throw new ArgumentException($"tensor '{name}': {data.Length} bytes given, {info.ByteSize} expected for {type} {string.Join("x", shape)}");
         if (_tensors.Exists(t => t.Name == name)) throw new ArgumentException($"duplicate tensor '{name}'");
-        _tensors.Add((name, shape, type, data));
-        return this;
+        return info.ByteSize;
     }
 
     public GgufWriter AddTensor(string name, long[] shape, float[] f32) =>
@@ -95,7 +114,7 @@ public sealed class GgufWriter
             w.Write((uint)t.Type);
             w.Write((ulong)offset);
             offsets[i] = offset;
-            offset = AlignUp(offset + t.Data.Length, Alignment);
+            offset = AlignUp(offset + t.Bytes, Alignment);
         }
         w.Flush();
         Pad(s, Alignment);
@@ -104,7 +123,11 @@ public sealed class GgufWriter
         {
             long pad = dataStart + offsets[i] - s.Position;
             for (long p = 0; p < pad; p++) s.WriteByte(0);
-            s.Write(_tensors[i].Data.Span);
+            var t = _tensors[i];
+            var data = t.Data();
+            if (data.Length != t.Bytes)
+                throw new CriaException($"tensor '{t.Name}': {data.Length} bytes were produced, {t.Bytes} expected for {t.Type} {string.Join("x", t.Shape)}");
+            s.Write(data.Span);
         }
         Pad(s, Alignment);
     }

@@ -232,18 +232,26 @@ public sealed class HfCheckpoint : IDisposable
         foreach (var (k, v) in HfTokenizer.Convert(Directory, VocabSize)) w.Set(k, v);
 
         if (ropeFreqs != null) w.AddTensor("rope_freqs.weight", [ropeFreqs.Length], ropeFreqs);
+        // Each tensor is read, permuted and converted when the writer reaches it: one tensor in memory at a time.
         foreach (var (hf, gguf, shape) in TensorMap())
         {
-            var (file, t) = _tensors[hf];
-            var v = file.ReadF32(t);
-            if (hf.EndsWith("q_proj.weight", StringComparison.Ordinal)) v = PermuteForRope(v, (int)shape[0], (int)shape[1], Heads);
-            else if (hf.EndsWith("k_proj.weight", StringComparison.Ordinal)) v = PermuteForRope(v, (int)shape[0], (int)shape[1], KvHeads);
-            if (shape.Length == 1) { w.AddTensor(gguf, [shape[0]], v); continue; }
-            var tt = type == GgmlType.Q8_0 && shape[1] % 32 != 0 ? GgmlType.F16 : type;
-            var data = Quantization.ModelQuantizer.QuantizeMatrix(tt, v, (int)shape[1], (int)shape[0], null, Environment.ProcessorCount);
-            w.AddTensor(gguf, [shape[1], shape[0]], tt, data);
+            var tt = shape.Length == 1 ? GgmlType.F32 : type == GgmlType.Q8_0 && shape[1] % 32 != 0 ? GgmlType.F16 : type;
+            long[] ggufShape = shape.Length == 1 ? [shape[0]] : [shape[1], shape[0]];
+            w.AddTensor(gguf, ggufShape, tt, () => Converted(hf, shape, tt));
         }
         w.Write(path);
+    }
+
+    /// <summary>One checkpoint tensor as GGUF bytes of <paramref name="type"/>: q/k rows permuted for GGUF's RoPE,
+    /// 1-D tensors F32.</summary>
+    byte[] Converted(string hf, long[] shape, GgmlType type)
+    {
+        var (file, t) = _tensors[hf];
+        var v = file.ReadF32(t);
+        if (hf.EndsWith("q_proj.weight", StringComparison.Ordinal)) v = PermuteForRope(v, (int)shape[0], (int)shape[1], Heads);
+        else if (hf.EndsWith("k_proj.weight", StringComparison.Ordinal)) v = PermuteForRope(v, (int)shape[0], (int)shape[1], KvHeads);
+        if (shape.Length == 1) return System.Runtime.InteropServices.MemoryMarshal.AsBytes(v.AsSpan()).ToArray();
+        return Quantization.ModelQuantizer.QuantizeMatrix(type, v, (int)shape[1], (int)shape[0], null, Environment.ProcessorCount);
     }
 
     public void Dispose()

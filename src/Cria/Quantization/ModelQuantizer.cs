@@ -77,68 +77,78 @@ public static class ModelQuantizer
         w.Set("general.quantization_version", 2u);
         w.Set("general.file_type", (uint)o.FileType);
 
+        // Refused before anything is written: an already-quantized input that nothing replaces.
+        foreach (var (t, newType) in plan)
+            if (newType != t.Type && IsBlockType(t.Type) && !o.AllowRequantize && o.Override?.Invoke(t.Name) == null)
+                throw new CriaException($"{input}: tensor '{t.Name}' is already {t.Type}; requantizing is disabled (use --allow-requantize)");
+
+        // Each tensor is quantized when the writer reaches it (GgufWriter streams produced tensors in order), so the
+        // output is never held whole in memory: one tensor's F32 values and its quantized bytes at a time.
         var report = new List<QuantizedTensor>(plan.Count);
         long totalIn = plan.Sum(p => p.Tensor.ByteSize), doneIn = 0, bytesOut = 0, weights = 0;
         float[] values = [];
         for (int ti = 0; ti < plan.Count; ti++)
         {
-            cancel.ThrowIfCancellationRequested();
             var (t, newType) = plan[ti];
-            float[]? over = o.Override?.Invoke(t.Name);
-            ReadOnlyMemory<byte> data;
-            if (newType == t.Type && over == null)
+            int index = ti;
+            w.AddTensor(t.Name, t.Shape, newType, () =>
             {
-                data = f.TensorData(t).ToArray();
-            }
-            else
-            {
-                if (over == null && IsBlockType(t.Type) && !o.AllowRequantize)
-                    throw new CriaException($"{input}: tensor '{t.Name}' is already {t.Type}; requantizing is disabled (use --allow-requantize)");
-                long n = t.ElementCount;
-                float[] src;
-                if (over != null)
-                {
-                    if (over.Length != n) throw new CriaException($"tensor '{t.Name}': replacement has {over.Length} values, expected {n}");
-                    src = over;
-                }
-                else
-                {
-                    if (values.Length < n) values = new float[n];
-                    DequantizeMatrix(f, t, values, threads);
-                    src = values;
-                }
-                float[]? qw = null;
-                if (o.Imatrix != null && IsBlockType(newType) && o.Imatrix.TryGetValue(t.Name, out var im))
-                {
-                    if (im.Length != t.RowLength)
-                    {
-                        if (t.Name != "token_embd.weight")
-                            throw new CriaException($"imatrix size {im.Length} is different from tensor size {t.RowLength} for {t.Name}");
-                    }
-                    else qw = im;
-                }
-                if (o.Fisher != null && IsBlockType(newType) && o.Fisher.TryGetValue(t.Name, out var fisher))
-                {
-                    if (fisher.Length != t.ElementCount) throw new CriaException($"Fisher importances have {fisher.Length} values for tensor '{t.Name}' of {t.ElementCount}");
-                    data = QuantizeMatrix(newType, src, (int)t.RowLength, (int)t.RowCount, null, threads, cancel, o.FisherCandidates, RowImportance(fisher));
-                }
-                else if (o.Gptq != null && Quantize.GptqSupports(newType) && o.Gptq.TryGetValue(t.Name, out var gf))
-                {
-                    if (gf.Cols != t.RowLength) throw new CriaException($"GPTQ statistics have {gf.Cols} input columns for tensor '{t.Name}' with rows of {t.RowLength}");
-                    data = QuantizeMatrixGptq(newType, src, (int)t.RowLength, (int)t.RowCount, gf, o.GptqScales, threads, cancel);
-                }
-                else data = QuantizeMatrix(newType, src, (int)t.RowLength, (int)t.RowCount, qw, threads, cancel, o.ImatrixCandidates);
-            }
-            w.AddTensor(t.Name, t.Shape, newType, data);
-            report.Add(new QuantizedTensor(t.Name, t.Type, newType, t.ByteSize, data.Length));
-            bytesOut += data.Length;
-            weights += t.ElementCount;
-            doneIn += t.ByteSize;
-            o.Progress?.Invoke(ti + 1, plan.Count, doneIn, totalIn, t.Name);
+                cancel.ThrowIfCancellationRequested();
+                var data = QuantizeTensor(f, t, newType, o, threads, ref values, cancel);
+                report.Add(new QuantizedTensor(t.Name, t.Type, newType, t.ByteSize, data.Length));
+                bytesOut += data.Length;
+                weights += t.ElementCount;
+                doneIn += t.ByteSize;
+                o.Progress?.Invoke(index + 1, plan.Count, doneIn, totalIn, t.Name);
+                return data;
+            });
         }
         cancel.ThrowIfCancellationRequested();
         w.Write(output);
         return new QuantizeReport(report, totalIn, bytesOut, weights, sw.Elapsed.TotalSeconds, fallbacks);
+    }
+
+    /// <summary>One tensor's bytes in <paramref name="newType"/>: copied when the type stays and nothing replaces it,
+    /// else read as F32 (into <paramref name="values"/>, reused across tensors) and quantized by the path the options
+    /// choose (per-weight Fisher importances, GPTQ, or round-to-nearest with or without an imatrix).</summary>
+    static byte[] QuantizeTensor(GgufFile f, GgufTensorInfo t, GgmlType newType, QuantizeOptions o, int threads, ref float[] values, CancellationToken cancel)
+    {
+        float[]? over = o.Override?.Invoke(t.Name);
+        if (newType == t.Type && over == null) return f.TensorData(t).ToArray();
+        long n = t.ElementCount;
+        float[] src;
+        if (over != null)
+        {
+            if (over.Length != n) throw new CriaException($"tensor '{t.Name}': replacement has {over.Length} values, expected {n}");
+            src = over;
+        }
+        else
+        {
+            if (values.Length < n) values = new float[n];
+            DequantizeMatrix(f, t, values, threads);
+            src = values;
+        }
+        float[]? qw = null;
+        if (o.Imatrix != null && IsBlockType(newType) && o.Imatrix.TryGetValue(t.Name, out var im))
+        {
+            if (im.Length != t.RowLength)
+            {
+                if (t.Name != "token_embd.weight")
+                    throw new CriaException($"imatrix size {im.Length} is different from tensor size {t.RowLength} for {t.Name}");
+            }
+            else qw = im;
+        }
+        if (o.Fisher != null && IsBlockType(newType) && o.Fisher.TryGetValue(t.Name, out var fisher))
+        {
+            if (fisher.Length != t.ElementCount) throw new CriaException($"Fisher importances have {fisher.Length} values for tensor '{t.Name}' of {t.ElementCount}");
+            return QuantizeMatrix(newType, src, (int)t.RowLength, (int)t.RowCount, null, threads, cancel, o.FisherCandidates, RowImportance(fisher));
+        }
+        if (o.Gptq != null && Quantize.GptqSupports(newType) && o.Gptq.TryGetValue(t.Name, out var gf))
+        {
+            if (gf.Cols != t.RowLength) throw new CriaException($"GPTQ statistics have {gf.Cols} input columns for tensor '{t.Name}' with rows of {t.RowLength}");
+            return QuantizeMatrixGptq(newType, src, (int)t.RowLength, (int)t.RowCount, gf, o.GptqScales, threads, cancel);
+        }
+        return QuantizeMatrix(newType, src, (int)t.RowLength, (int)t.RowCount, qw, threads, cancel, o.ImatrixCandidates);
     }
 
     /// <summary>Every tensor of <paramref name="f"/> in llama.cpp's order with the type llama-quantize gives it

@@ -110,4 +110,71 @@ public class GgufTests
         Assert.Equal(before, File.ReadAllBytes(path));
         Assert.Empty(Directory.GetFiles(Path.GetDirectoryName(path)!, "atomic.gguf.tmp-*"));
     }
+
+    /// <summary>A produced tensor is made while the file is written, after every earlier tensor's bytes have reached
+    /// the file (so a quantizer holds one tensor's output at a time), and the file equals the one written from bytes.</summary>
+    [Fact]
+    public void Produced_tensors_are_made_in_order_while_the_file_is_written()
+    {
+        var rng = new Random(7);
+        float[][] values = [.. Enumerable.Range(0, 4).Select(i => Enumerable.Range(0, 300_000 + 32 * i).Select(_ => (float)rng.NextDouble()).ToArray())];
+        byte[] Bytes(int i) => System.Runtime.InteropServices.MemoryMarshal.AsBytes(values[i].AsSpan()).ToArray();
+
+        string eagerPath = TestPaths.TempFile("eager.gguf"), lazyPath = TestPaths.TempFile("produced.gguf");
+        var eager = new GgufWriter { Alignment = 64 }.Set("k", 3u);
+        for (int i = 0; i < values.Length; i++) eager.AddTensor($"t{i}", [values[i].Length], GgmlType.F32, Bytes(i));
+        eager.Write(eagerPath);
+
+        var lazy = new GgufWriter { Alignment = 64 }.Set("k", 3u);
+        var made = new List<(int Tensor, long FileLength)>();
+        string tmpGlob = "produced.gguf.tmp-*";
+        for (int i = 0; i < values.Length; i++)
+        {
+            int k = i;
+            lazy.AddTensor($"t{k}", [values[k].Length], GgmlType.F32, () =>
+            {
+                var tmp = Directory.GetFiles(Path.GetDirectoryName(lazyPath)!, tmpGlob).Single();
+                made.Add((k, new FileInfo(tmp).Length));
+                return Bytes(k);
+            });
+        }
+        Assert.Empty(made); // nothing is produced before Write
+        lazy.Write(lazyPath);
+
+        Assert.Equal(File.ReadAllBytes(eagerPath), File.ReadAllBytes(lazyPath));
+        Assert.Equal([0, 1, 2, 3], made.Select(m => m.Tensor));
+        using var f = GgufFile.Open(lazyPath);
+        // Each tensor is 1.2 MB; the writer's file buffer holds at most 1 MiB, so when tensor i is made, all but the
+        // last MiB of the tensors before it are on disk (with everything produced up front, nothing would be).
+        long earlier = 0;
+        for (int i = 0; i < values.Length; i++)
+        {
+            Assert.True(made[i].FileLength >= earlier - (1 << 20), $"t{i} was made with {made[i].FileLength} bytes on disk, with {earlier} bytes of tensors before it");
+            earlier += values[i].Length * 4L;
+        }
+        Assert.Equal(values[3], System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(f.TensorData(f.GetTensor("t3"))).ToArray());
+    }
+
+    /// <summary>A producer that returns the wrong number of bytes, or throws (a cancelled quantization), fails the
+    /// write with our exception and leaves neither a file under the name nor a temporary file.</summary>
+    [Fact]
+    public void A_failing_producer_leaves_no_file()
+    {
+        var path = TestPaths.TempFile("producer-fails.gguf");
+        if (File.Exists(path)) File.Delete(path);
+        var shortOne = new GgufWriter();
+        shortOne.AddTensor("a", [4], [1f, 2f, 3f, 4f]);
+        shortOne.AddTensor("b", [8], GgmlType.F32, () => new byte[28]);
+        var e = Assert.Throws<CriaException>(() => shortOne.Write(path));
+        Assert.Contains("'b'", e.Message);
+        Assert.Contains("28 bytes", e.Message);
+        Assert.False(File.Exists(path));
+
+        var cancelled = new GgufWriter();
+        cancelled.AddTensor("a", [4], [1f, 2f, 3f, 4f]);
+        cancelled.AddTensor("b", [8], GgmlType.F32, () => throw new OperationCanceledException());
+        Assert.Throws<OperationCanceledException>(() => cancelled.Write(path));
+        Assert.False(File.Exists(path));
+        Assert.Empty(Directory.GetFiles(Path.GetDirectoryName(path)!, "producer-fails.gguf.tmp-*"));
+    }
 }
