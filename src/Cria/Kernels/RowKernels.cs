@@ -79,7 +79,7 @@ public static unsafe class RowKernels
             case GgmlType.Q8_0 when Avx2Rows(GgmlType.Q8_0):
                 QuantizeQ80Avx2(x, dst, split: true);
                 return;
-            case GgmlType.Q4_K when Avx2Rows(GgmlType.Q4_K):
+            case GgmlType.Q4_K or GgmlType.Q5_K when Avx2Rows(weightType):
                 QuantizeQ8KAvx2(x, dst);
                 Q8KFloatMins(dst, x.Length / 256);
                 return;
@@ -412,6 +412,8 @@ public static unsafe class RowKernels
             // Four activation rows at a time (same bits as one at a time).
             if (type == GgmlType.Q4_K)
                 for (; b + 4 <= B; b += 4) VecDot.DotQ4KRowAvx2x4(w, x + (long)b * xStride, xStride, n / 256, y + (long)b * yStride, yStride);
+            else if (type == GgmlType.Q5_K)
+                for (; b + 4 <= B; b += 4) VecDot.DotQ5KRowAvx2x4(w, x + (long)b * xStride, xStride, n / 256, y + (long)b * yStride, yStride);
             else if (type == GgmlType.Q6_K)
                 for (; b + 4 <= B; b += 4) VecDot.DotQ6KAvx2x4(w, x + (long)b * xStride, xStride, n / 256, y + (long)b * yStride, yStride);
             else if (type == GgmlType.Q8_0)
@@ -476,19 +478,20 @@ public static unsafe class RowKernels
         for (int r = r0; r < r1; r++) Run(type, w + (long)r * rowBytes, rowBytes, x, xBytes, 1, n, y + r, 1);
     }
 
-    /// <summary>Machines with AVX2 and FMA but no AVX-512 (e.g. AMD Zen 2/3, Intel before Ice Lake): Q4_K, Q6_K and Q8_0
-    /// rows run through the AVX2 kernels of <see cref="VecDot"/> directly (no span or size checks per row), against
-    /// activations in ggml's layout (Q8_K, Q8_0 blocks; for Q4_K with float min sums, <see cref="Q8KFloatMins"/>).</summary>
     /// <summary>F16 decode with the AVX2 kernels (<see cref="DotF16ScaledAvx2"/>, and its pair): no 512-bit vectors.</summary>
     internal static bool F16Avx2(int n) => n >= 32 && !Vector512.IsHardwareAccelerated && Avx2.IsSupported && Fma.IsSupported;
 
+    /// <summary>Machines with AVX2 and FMA but no AVX-512 (e.g. AMD Zen 2/3, Intel before Ice Lake): Q4_K, Q5_K, Q6_K and
+    /// Q8_0 rows run through the AVX2 kernels of <see cref="VecDot"/> directly (no span or size checks per row), against
+    /// activations in ggml's layout (Q8_K, Q8_0 blocks; for Q4_K and Q5_K with float min sums, <see cref="Q8KFloatMins"/>).</summary>
     internal static bool Avx2Rows(GgmlType type) =>
-        !Avx512BW.IsSupported && Avx2.IsSupported && Fma.IsSupported && type is GgmlType.Q4_K or GgmlType.Q6_K or GgmlType.Q8_0;
+        !Avx512BW.IsSupported && Avx2.IsSupported && Fma.IsSupported && type is GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.Q8_0;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static float DotAvx2(GgmlType type, byte* w, byte* x, int n) => type switch
     {
         GgmlType.Q4_K => VecDot.DotQ4KRowAvx2(w, x, n / 256),
+        GgmlType.Q5_K => VecDot.DotQ5KRowAvx2(w, x, n / 256),
         GgmlType.Q6_K => VecDot.DotQ6KAvx2(w, x, n / 256),
         _ => VecDot.DotQ80RowAvx2(w, x, n / 32),
     };

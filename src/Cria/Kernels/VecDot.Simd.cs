@@ -597,6 +597,119 @@ public static partial class VecDot
             + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y3 + a + 32))));
     }
 
+    /// <summary>
+    /// Q5_K × Q8_K for <see cref="RowKernels"/> on AVX2 (176 B: d | dmin | scales[12] | qh[32] | qs[128]): Q4_K's kernel
+    /// (<see cref="DotQ4KRowAvx2"/>: same scales and mins, same activation layout with float min sums) with the fifth bit
+    /// of every value — bit 2c of qh[l] for element l of chunk c's low nibbles, bit 2c + 1 for its high ones — put in
+    /// as 16. Values are 0..31, so vpmaddubsw's pair sums stay within int16 (2·31·128). The integers are the scalar
+    /// kernel's; the min term differs from it by float rounding, as Q4_K's.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe float DotQ5KRowAvx2(byte* x, byte* y, int nb)
+    {
+        Vector256<float> acc = default, accMin = default;
+        for (int i = 0; i < nb; i++, x += 176, y += 292)
+        {
+            Sse.Prefetch0(x + PrefetchAhead);
+            Sse.Prefetch0(x + PrefetchAhead + 64);
+            Sse.Prefetch0(x + PrefetchAhead + 128);
+            var scalesMins = Q4KScalesMins(x);
+            var negMins = Vector256.ConvertToSingle(Avx2.ConvertToVector256Int32(scalesMins.GetUpper())) * Vector256.Create(-Fp16.ToSingle(*(ushort*)(x + 2)));
+            accMin = Fma.MultiplyAdd(negMins, Vector256.Load((float*)(y + 260)), accMin);
+            var sc = scalesMins.GetLower().AsByte();
+            var scales = Vector256.Create(sc, sc);
+            var qh = Vector256.Load(x + 16).AsUInt16();
+            byte* q = x + 48;
+            sbyte* a8 = (sbyte*)(y + 4);
+            var sumi = Q5KChunk(q, qh, 0, a8, scales, Vector256.Create((ushort)0x0100).AsByte(), Vector256.Create((ushort)0x0302).AsByte());
+            sumi += Q5KChunk(q + 32, qh, 2, a8 + 64, scales, Vector256.Create((ushort)0x0504).AsByte(), Vector256.Create((ushort)0x0706).AsByte());
+            sumi += Q5KChunk(q + 64, qh, 4, a8 + 128, scales, Vector256.Create((ushort)0x0908).AsByte(), Vector256.Create((ushort)0x0B0A).AsByte());
+            sumi += Q5KChunk(q + 96, qh, 6, a8 + 192, scales, Vector256.Create((ushort)0x0D0C).AsByte(), Vector256.Create((ushort)0x0F0E).AsByte());
+            acc = Fma.MultiplyAdd(Vector256.Create(*(float*)y * Fp16.ToSingle(*(ushort*)x)), Vector256.ConvertToSingle(sumi), acc);
+        }
+        return Vector256.Sum(acc) + Vector256.Sum(accMin);
+    }
+
+    /// <summary>Chunk c of a Q5_K super-block's 5-bit values: the 32 bytes of nibbles at q (low = sub-block 2c, high =
+    /// 2c + 1) with bits <paramref name="bit"/> = 2c and 2c + 1 of qh as their 16s.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe (Vector256<byte> Lo, Vector256<byte> Hi) Q5KValues(byte* q, Vector256<ushort> qh, byte bit)
+    {
+        var m4 = Vector256.Create((byte)0x0F);
+        var one = Vector256.Create((ushort)0x0101); // bit 0 of each byte: 16-bit shifts move no other bit there
+        var bits = Vector256.Load(q);
+        var lo = (bits & m4) | Vector256.ShiftLeft(Vector256.ShiftRightLogical(qh, bit) & one, 4).AsByte();
+        var hi = (Vector256.ShiftRightLogical(bits.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft(Vector256.ShiftRightLogical(qh, (byte)(bit + 1)) & one, 4).AsByte();
+        return (lo, hi);
+    }
+
+    /// <summary><see cref="Q4KChunk"/> for Q5_K: Σ per 8 int32 lanes of sc_2c·(lo·a) + sc_2c+1·(hi·a).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe Vector256<int> Q5KChunk(byte* q, Vector256<ushort> qh, byte bit, sbyte* a8, Vector256<byte> scales, Vector256<byte> shufLo, Vector256<byte> shufHi)
+    {
+        var (lo, hi) = Q5KValues(q, qh, bit);
+        var pLo = Avx2.MultiplyAddAdjacent(Avx2.Shuffle(scales, shufLo).AsInt16(), Avx2.MultiplyAddAdjacent(lo, Vector256.Load(a8)));
+        var pHi = Avx2.MultiplyAddAdjacent(Avx2.Shuffle(scales, shufHi).AsInt16(), Avx2.MultiplyAddAdjacent(hi, Vector256.Load(a8 + 32)));
+        return pLo + pHi;
+    }
+
+    /// <summary><see cref="DotQ5KRowAvx2"/> of one weight row against four activation rows (prefill), the values, scales
+    /// and mins unpacked once; each row's operations in the single-row kernel's order, so the same bits.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe void DotQ5KRowAvx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride)
+    {
+        byte* y1 = y + yStride, y2 = y1 + yStride, y3 = y2 + yStride;
+        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default; // d · Σ sc·(q·y)
+        Vector256<float> n0 = default, n1 = default, n2 = default, n3 = default; // −dmin · Σ m·f
+        for (int i = 0; i < nb; i++, x += 176)
+        {
+            int yo = i * 292;
+            float wd = Fp16.ToSingle(*(ushort*)x);
+            var scalesMins = Q4KScalesMins(x);
+            var negMins = Vector256.ConvertToSingle(Avx2.ConvertToVector256Int32(scalesMins.GetUpper())) * Vector256.Create(-Fp16.ToSingle(*(ushort*)(x + 2)));
+            n0 = Fma.MultiplyAdd(negMins, Vector256.Load((float*)(y + yo + 260)), n0);
+            n1 = Fma.MultiplyAdd(negMins, Vector256.Load((float*)(y1 + yo + 260)), n1);
+            n2 = Fma.MultiplyAdd(negMins, Vector256.Load((float*)(y2 + yo + 260)), n2);
+            n3 = Fma.MultiplyAdd(negMins, Vector256.Load((float*)(y3 + yo + 260)), n3);
+            var sc = scalesMins.GetLower().AsByte();
+            var scales = Vector256.Create(sc, sc);
+            var qh = Vector256.Load(x + 16).AsUInt16();
+            Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default;
+            byte* q = x + 48;
+            int a = yo + 4;
+            Q5KChunkX4(q, qh, 0, a, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0100).AsByte(), Vector256.Create((ushort)0x0302).AsByte(), ref s0, ref s1, ref s2, ref s3);
+            Q5KChunkX4(q + 32, qh, 2, a + 64, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0504).AsByte(), Vector256.Create((ushort)0x0706).AsByte(), ref s0, ref s1, ref s2, ref s3);
+            Q5KChunkX4(q + 64, qh, 4, a + 128, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0908).AsByte(), Vector256.Create((ushort)0x0B0A).AsByte(), ref s0, ref s1, ref s2, ref s3);
+            Q5KChunkX4(q + 96, qh, 6, a + 192, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0D0C).AsByte(), Vector256.Create((ushort)0x0F0E).AsByte(), ref s0, ref s1, ref s2, ref s3);
+            c0 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y + yo) * wd), Vector256.ConvertToSingle(s0), c0);
+            c1 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y1 + yo) * wd), Vector256.ConvertToSingle(s1), c1);
+            c2 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y2 + yo) * wd), Vector256.ConvertToSingle(s2), c2);
+            c3 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y3 + yo) * wd), Vector256.ConvertToSingle(s3), c3);
+        }
+        outp[0] = Vector256.Sum(c0) + Vector256.Sum(n0);
+        outp[outStride] = Vector256.Sum(c1) + Vector256.Sum(n1);
+        outp[2L * outStride] = Vector256.Sum(c2) + Vector256.Sum(n2);
+        outp[3L * outStride] = Vector256.Sum(c3) + Vector256.Sum(n3);
+    }
+
+    /// <summary><see cref="Q5KChunk"/> for four activation rows (byte offset a in each): values and scales unpacked once.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void Q5KChunkX4(byte* q, Vector256<ushort> qh, byte bit, int a, byte* y0, byte* y1, byte* y2, byte* y3, Vector256<byte> scales,
+        Vector256<byte> shufLo, Vector256<byte> shufHi, ref Vector256<int> s0, ref Vector256<int> s1, ref Vector256<int> s2, ref Vector256<int> s3)
+    {
+        var (lo, hi) = Q5KValues(q, qh, bit);
+        var scaleLo = Avx2.Shuffle(scales, shufLo).AsInt16();
+        var scaleHi = Avx2.Shuffle(scales, shufHi).AsInt16();
+        s0 += Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load((sbyte*)(y0 + a))))
+            + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y0 + a + 32))));
+        s1 += Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load((sbyte*)(y1 + a))))
+            + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y1 + a + 32))));
+        s2 += Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load((sbyte*)(y2 + a))))
+            + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y2 + a + 32))));
+        s3 += Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load((sbyte*)(y3 + a))))
+            + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y3 + a + 32))));
+    }
+
     // Q6_K (210 B: ql[128] | qh[64] | scales[16] int8 | d). Half h: ql[64h + l] low/high nibble -> elements l / l+64,
     // ql[64h + 32 + l] -> l+32 / l+96, qh[32h + l] bit pairs 0,2,4,6 -> l, l+32, l+64, l+96; value q - 32.
     private static unsafe float DotQ6_K(ref byte w, ref byte a, int nb)

@@ -253,16 +253,19 @@ public unsafe class RowKernelTests
                 var c = new byte[a.Length];
                 VecDot.QuantizeActivations(GgmlType.Q8_K, x, a);
                 RowKernels.PrepareActivations(GgmlType.Q6_K, x, b); // Q6_K reads Q8_K in natural order (Q4_K: permuted)
-                RowKernels.PrepareActivations(GgmlType.Q5_K, x, c); // other K types: ggml's block_q8_K itself
+                RowKernels.PrepareActivations(GgmlType.Q3_K, x, c); // other K types: ggml's block_q8_K itself
                 Assert.Equal(a, c);
                 if (!System.Runtime.Intrinsics.X86.Avx512BW.IsSupported)
                 {
                     if (!RowKernels.Avx2Rows(GgmlType.Q4_K)) continue;
-                    // AVX2: Q6_K reads block_q8_K itself; Q4_K the same blocks with the 16 bsums replaced by 8 floats
+                    // AVX2: Q6_K reads block_q8_K itself; Q4_K and Q5_K the same blocks with the 16 bsums replaced by 8 floats
                     // d8 · (bsum 2j + bsum 2j+1)
                     Assert.Equal(a, b);
                     var q4a = new byte[a.Length];
                     RowKernels.PrepareActivations(GgmlType.Q4_K, x, q4a);
+                    var q5a = new byte[a.Length];
+                    RowKernels.PrepareActivations(GgmlType.Q5_K, x, q5a); // Q5_K: Q4_K's layout (same scales and mins)
+                    Assert.Equal(q4a, q5a);
                     for (int k = 0; k < n / 256; k++)
                     {
                         Assert.Equal(a.AsSpan(k * 292, 260).ToArray(), q4a.AsSpan(k * 292, 260).ToArray());
