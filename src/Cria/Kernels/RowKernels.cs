@@ -51,7 +51,7 @@ public static unsafe class RowKernels
         GgmlType.F32 or GgmlType.BF16 => n * 4 + 64, // one cache line of padding: rows 8 KiB apart alias in L1
         GgmlType.F16 => n * 8 + 64, // [n] F16-rounded x, then [n] the same · 2^112 for the decode kernel (DotF16Scaled)
         GgmlType.Q8_0 when Avx512BW.IsSupported => n / 32 * 68,
-        GgmlType.Q8_0 when Avx2Rows(GgmlType.Q8_0) => n / 32 * 36, // [nb] F32 scales, then [nb, 32] int8 quants
+        GgmlType.Q8_0 or GgmlType.Q4_0 when Avx2Rows(weightType) => n / 32 * 36, // [nb] F32 scales, then [nb, 32] int8 quants
         GgmlType.Q4_K or GgmlType.Q6_K when Avx512BW.IsSupported => n / 256 * Q8KStride,
         _ => (int)GgmlTypeInfo.RowBytes(VecDot.ActivationType(weightType), n),
     };
@@ -76,7 +76,7 @@ public static unsafe class RowKernels
                 QuantizeQ8K(x, dst, kernelLayout: true);
                 if (weightType == GgmlType.Q4_K) PrepareQ8KForQ4K(dst, x.Length / 256);
                 return;
-            case GgmlType.Q8_0 when Avx2Rows(GgmlType.Q8_0):
+            case GgmlType.Q8_0 or GgmlType.Q4_0 when Avx2Rows(weightType):
                 QuantizeQ80Avx2(x, dst, split: true);
                 return;
             case GgmlType.Q4_K or GgmlType.Q5_K when Avx2Rows(weightType):
@@ -418,6 +418,12 @@ public static unsafe class RowKernels
                 for (; b + 4 <= B; b += 4) VecDot.DotQ6KAvx2x4(w, x + (long)b * xStride, xStride, n / 256, y + (long)b * yStride, yStride);
             else if (type == GgmlType.Q8_0)
                 for (; b + 4 <= B; b += 4) VecDot.DotQ80RowAvx2x4(w, x + (long)b * xStride, xStride, n / 32, y + (long)b * yStride, yStride);
+            else if (type == GgmlType.Q4_0)
+                for (; b + 4 <= B; b += 4) VecDot.DotQ40RowAvx2x4(w, x + (long)b * xStride, xStride, n / 32, y + (long)b * yStride, yStride);
+            else if (type == GgmlType.Q3_K)
+                for (; b + 4 <= B; b += 4) VecDot.DotQ3KAvx2x4(w, x + (long)b * xStride, xStride, n / 256, y + (long)b * yStride, yStride);
+            else if (type == GgmlType.Q2_K)
+                for (; b + 4 <= B; b += 4) VecDot.DotQ2KAvx2x4(w, x + (long)b * xStride, xStride, n / 256, y + (long)b * yStride, yStride);
             for (; b < B; b++) y[(long)b * yStride] = DotAvx2(type, w, x + (long)b * xStride, n);
             return;
         }
@@ -481,17 +487,21 @@ public static unsafe class RowKernels
     /// <summary>F16 decode with the AVX2 kernels (<see cref="DotF16ScaledAvx2"/>, and its pair): no 512-bit vectors.</summary>
     internal static bool F16Avx2(int n) => n >= 32 && !Vector512.IsHardwareAccelerated && Avx2.IsSupported && Fma.IsSupported;
 
-    /// <summary>Machines with AVX2 and FMA but no AVX-512 (e.g. AMD Zen 2/3, Intel before Ice Lake): Q4_K, Q5_K, Q6_K and
-    /// Q8_0 rows run through the AVX2 kernels of <see cref="VecDot"/> directly (no span or size checks per row), against
-    /// activations in ggml's layout (Q8_K, Q8_0 blocks; for Q4_K and Q5_K with float min sums, <see cref="Q8KFloatMins"/>).</summary>
+    /// <summary>Machines with AVX2 and FMA but no AVX-512 (e.g. AMD Zen 2/3, Intel before Ice Lake): Q2_K, Q3_K, Q4_K, Q5_K,
+    /// Q6_K, Q8_0 and Q4_0 rows run through the AVX2 kernels of <see cref="VecDot"/> directly (no span or size checks per row), against
+    /// activations as ggml's Q8_K blocks (for Q4_K and Q5_K with float min sums, <see cref="Q8KFloatMins"/>) or Q8_0
+    /// quants in the split layout (scales first).</summary>
     internal static bool Avx2Rows(GgmlType type) =>
-        !Avx512BW.IsSupported && Avx2.IsSupported && Fma.IsSupported && type is GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.Q8_0;
+        !Avx512BW.IsSupported && Avx2.IsSupported && Fma.IsSupported && type is GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q3_K or GgmlType.Q2_K;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static float DotAvx2(GgmlType type, byte* w, byte* x, int n) => type switch
     {
         GgmlType.Q4_K => VecDot.DotQ4KRowAvx2(w, x, n / 256),
         GgmlType.Q5_K => VecDot.DotQ5KRowAvx2(w, x, n / 256),
+        GgmlType.Q4_0 => VecDot.DotQ40RowAvx2(w, x, n / 32),
+        GgmlType.Q3_K => VecDot.DotQ3KAvx2(w, x, n / 256),
+        GgmlType.Q2_K => VecDot.DotQ2KAvx2(w, x, n / 256),
         GgmlType.Q6_K => VecDot.DotQ6KAvx2(w, x, n / 256),
         _ => VecDot.DotQ80RowAvx2(w, x, n / 32),
     };

@@ -14,7 +14,7 @@ public static partial class VecDot
 {
     /// <summary>Fast dot product; equals <see cref="DotScalar"/> up to float summation order.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)] // skip tiering: hot from the first token, and on 2 busy cores the background re-JIT starves
-    public static float Dot(GgmlType weightType, ReadOnlySpan<byte> weightRow, ReadOnlySpan<byte> activationRow, int n)
+    public static unsafe float Dot(GgmlType weightType, ReadOnlySpan<byte> weightRow, ReadOnlySpan<byte> activationRow, int n)
     {
         Check(weightType, weightRow.Length, activationRow.Length, n);
         ref byte w = ref MemoryMarshal.GetReference(weightRow);
@@ -34,6 +34,8 @@ public static partial class VecDot
                 case GgmlType.Q4_K: return DotQ4_K(ref w, ref a, n / 256);
                 case GgmlType.Q5_K: return DotQ5_K(ref w, ref a, n / 256);
                 case GgmlType.Q6_K: return DotQ6_K(ref w, ref a, n / 256);
+                case GgmlType.Q3_K: fixed (byte* x = &w) fixed (byte* y = &a) return DotQ3KAvx2(x, y, n / 256);
+                case GgmlType.Q2_K: fixed (byte* x = &w) fixed (byte* y = &a) return DotQ2KAvx2(x, y, n / 256);
             }
         }
         return DotScalar(weightType, weightRow, activationRow, n);
@@ -322,6 +324,84 @@ public static partial class VecDot
         ref Vector256<float> c0, ref Vector256<float> c1, ref Vector256<float> c2, ref Vector256<float> c3)
     {
         var q = Vector256.Load((sbyte*)(w + 2));
+        var abs = Avx2.Abs(q);
+        float d = Fp16.ToSingle(*(ushort*)w);
+        int qo = 4 * nb + 32 * ib;
+        byte* y1 = y + yStride, y2 = y1 + yStride, y3 = y2 + yStride;
+        c0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(DotU8I8(Vector256<int>.Zero, abs, Avx2.Sign(Vector256.Load((sbyte*)(y + qo)), q))), Vector256.Create(d * ((float*)y)[ib]), c0);
+        c1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(DotU8I8(Vector256<int>.Zero, abs, Avx2.Sign(Vector256.Load((sbyte*)(y1 + qo)), q))), Vector256.Create(d * ((float*)y1)[ib]), c1);
+        c2 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(DotU8I8(Vector256<int>.Zero, abs, Avx2.Sign(Vector256.Load((sbyte*)(y2 + qo)), q))), Vector256.Create(d * ((float*)y2)[ib]), c2);
+        c3 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(DotU8I8(Vector256<int>.Zero, abs, Avx2.Sign(Vector256.Load((sbyte*)(y3 + qo)), q))), Vector256.Create(d * ((float*)y3)[ib]), c3);
+    }
+
+    /// <summary>
+    /// Q4_0 × Q8_0 for <see cref="RowKernels"/> on AVX2, against the split activation layout of
+    /// <see cref="DotQ80RowAvx2"/> ([nb] float scales, then [nb, 32] int8 quants): the nibbles widened to 32 bytes and
+    /// offset by −8, then <see cref="DotQ80RowAvx2"/>'s block step (|w| · sign(y, w), vpmaddubsw, vpmaddwd) and its two
+    /// chains. The integers are the scalar kernel's.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe float DotQ40RowAvx2(byte* x, byte* y, int nb)
+    {
+        float* ad = (float*)y;
+        sbyte* aq = (sbyte*)(y + 4 * nb);
+        Vector256<float> acc0 = default, acc1 = default;
+        int ib = 0;
+        for (; ib + 2 <= nb; ib += 2)
+        {
+            byte* w = x + ib * 18;
+            Sse.Prefetch0(w + PrefetchAhead);
+            Q40Block(w, aq + 32 * ib, ad[ib], ref acc0);
+            Q40Block(w + 18, aq + 32 * ib + 32, ad[ib + 1], ref acc1);
+        }
+        for (; ib < nb; ib++) Q40Block(x + ib * 18, aq + 32 * ib, ad[ib], ref acc0);
+        return Vector256.Sum(acc0 + acc1);
+    }
+
+    /// <summary>A Q4_0 block's 32 values (q − 8, element j the low nibble of qs[j], j + 16 its high nibble) as int8.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe Vector256<sbyte> Q40Values(byte* w)
+    {
+        var m4 = Vector128.Create((byte)0x0F);
+        var q = Vector128.Load(w + 2);
+        return Vector256.Create(q & m4, Vector128.ShiftRightLogical(q.AsUInt16(), 4).AsByte() & m4).AsSByte() - Vector256.Create((sbyte)8);
+    }
+
+    /// <summary>One Q4_0 block (18 B at w) against 32 activation quants with scale ad: acc += d·ad · Σ per 8 lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void Q40Block(byte* w, sbyte* aq, float ad, ref Vector256<float> acc)
+    {
+        var q = Q40Values(w);
+        var p = DotU8I8(Vector256<int>.Zero, Avx2.Abs(q), Avx2.Sign(Vector256.Load(aq), q));
+        acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(p), Vector256.Create(Fp16.ToSingle(*(ushort*)w) * ad), acc);
+    }
+
+    /// <summary><see cref="DotQ40RowAvx2"/> of one weight row against four activation rows (prefill): each block's
+    /// values, |w| and d taken once; per row the single-row kernel's chains and operations, so the same bits.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe void DotQ40RowAvx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride)
+    {
+        Vector256<float> e0 = default, e1 = default, e2 = default, e3 = default; // even blocks
+        Vector256<float> o0 = default, o1 = default, o2 = default, o3 = default; // odd blocks
+        int ib = 0;
+        for (; ib + 2 <= nb; ib += 2)
+        {
+            Q40Step4(x + ib * 18, y, yStride, nb, ib, ref e0, ref e1, ref e2, ref e3);
+            Q40Step4(x + ib * 18 + 18, y, yStride, nb, ib + 1, ref o0, ref o1, ref o2, ref o3);
+        }
+        for (; ib < nb; ib++) Q40Step4(x + ib * 18, y, yStride, nb, ib, ref e0, ref e1, ref e2, ref e3);
+        outp[0] = Vector256.Sum(e0 + o0);
+        outp[outStride] = Vector256.Sum(e1 + o1);
+        outp[2L * outStride] = Vector256.Sum(e2 + o2);
+        outp[3L * outStride] = Vector256.Sum(e3 + o3);
+    }
+
+    /// <summary>Q4_0 weight block ib (at w) against block ib of four split-layout activation rows.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void Q40Step4(byte* w, byte* y, int yStride, int nb, int ib,
+        ref Vector256<float> c0, ref Vector256<float> c1, ref Vector256<float> c2, ref Vector256<float> c3)
+    {
+        var q = Q40Values(w);
         var abs = Avx2.Abs(q);
         float d = Fp16.ToSingle(*(ushort*)w);
         int qo = 4 * nb + 32 * ib;
@@ -708,6 +788,221 @@ public static partial class VecDot
             + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y2 + a + 32))));
         s3 += Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load((sbyte*)(y3 + a))))
             + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y3 + a + 32))));
+    }
+
+    // ---- Q3_K and Q2_K: 16 sub-blocks of 16 values --------------------------------------------------------------
+    // Both hold their 2-bit parts as 64 bytes: byte l of chunk j (0, 1) has element 128j + 32s + l in bits 2s..2s+1
+    // (s = 0..3), so one 32-byte load and a shift give 32 values of sub-blocks 8j + 2s (bytes 0–15) and 8j + 2s + 1
+    // (bytes 16–31): a vpmaddwd against [scale 8j+2s ×8 | scale 8j+2s+1 ×8] scales each 128-bit half by its own.
+
+    /// <summary>The vpshufb pattern that broadcasts int16 scale 2s of a half (8 int16 lanes, in both 128-bit lanes) to
+    /// the low lane and scale 2s + 1 to the high lane.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<byte> SubBlockPairShuffle(int s) =>
+        Vector256.Create(Vector128.Create((ushort)(0x0100 + 0x0404 * s)), Vector128.Create((ushort)(0x0302 + 0x0404 * s))).AsByte();
+
+    /// <summary>A Q3_K super-block's 16 six-bit scales minus 32, as int16 lanes [0–7 | 8–15] (ggml's kmask unpacking).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe Vector256<short> Q3KScales(byte* x)
+    {
+        uint a0 = *(uint*)(x + 96), a1 = *(uint*)(x + 100), a2 = *(uint*)(x + 104);
+        const uint k1 = 0x03030303u, k2 = 0x0f0f0f0fu;
+        var s = Vector128.Create(
+            (a0 & k2) | ((a2 & k1) << 4),
+            (a1 & k2) | (((a2 >> 2) & k1) << 4),
+            ((a0 >> 4) & k2) | (((a2 >> 4) & k1) << 4),
+            ((a1 >> 4) & k2) | (((a2 >> 6) & k1) << 4)).AsSByte() - Vector128.Create((sbyte)32);
+        return Avx2.ConvertToVector256Int16(s);
+    }
+
+    /// <summary>32 Q3_K values of chunk j, shift s as two unsigned parts, value = low − high: low = the 2 bits (0..3),
+    /// high = 4 where the hmask bit 4j + s is clear (ggml's way, so that vpmaddubsw can take both).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe (Vector256<byte> Low, Vector256<byte> High) Q3KValues(Vector256<ushort> qbits, Vector256<byte> hmask, int j, int s)
+    {
+        int bit = 4 * j + s;
+        var low = Vector256.ShiftRightLogical(qbits, 2 * s).AsByte() & Vector256.Create((byte)3);
+        var clear = Avx2.AndNot(hmask, Vector256.Create((byte)(1 << bit))).AsUInt16();
+        var high = Vector256.ShiftLeft(Vector256.ShiftRightLogical(clear, bit), 2).AsByte();
+        return (low, high);
+    }
+
+    /// <summary>
+    /// Q3_K × Q8_K with AVX2, ggml's way (ggml_vec_dot_q3_K_q8_K; 110 B: hmask[32] | qs[64] | scales[12] | d): per 32
+    /// values vpmaddubsw of the 2-bit part minus vpmaddubsw of the high part (4 or 0), then vpmaddwd against the two
+    /// sub-block scales. The integers are the scalar kernel's. Used by <see cref="Dot"/> on every AVX2 machine and by
+    /// <see cref="RowKernels"/> without AVX-512.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe float DotQ3KAvx2(byte* x, byte* y, int nb)
+    {
+        Vector256<float> acc = default;
+        for (int i = 0; i < nb; i++, x += 110, y += 292)
+        {
+            Sse.Prefetch0(x + PrefetchAhead);
+            Sse.Prefetch0(x + PrefetchAhead + 64);
+            var scales = Q3KScales(x);
+            var hmask = Vector256.Load(x);
+            sbyte* a8 = (sbyte*)(y + 4);
+            Vector256<int> sumi = default;
+            for (int j = 0; j < 2; j++)
+            {
+                var half = j == 0 ? scales.GetLower() : scales.GetUpper();
+                var sc = Vector256.Create(half, half).AsByte();
+                var qbits = Vector256.Load(x + 32 + 32 * j).AsUInt16();
+                for (int s = 0; s < 4; s++)
+                {
+                    var (low, high) = Q3KValues(qbits, hmask, j, s);
+                    var a = Vector256.Load(a8 + 128 * j + 32 * s);
+                    var p16 = Avx2.MultiplyAddAdjacent(low, a) - Avx2.MultiplyAddAdjacent(high, a);
+                    sumi += Avx2.MultiplyAddAdjacent(Avx2.Shuffle(sc, SubBlockPairShuffle(s)).AsInt16(), p16);
+                }
+            }
+            acc = Fma.MultiplyAdd(Vector256.Create(*(float*)y * Fp16.ToSingle(*(ushort*)(x + 108))), Vector256.ConvertToSingle(sumi), acc);
+        }
+        return Vector256.Sum(acc);
+    }
+
+    /// <summary><see cref="DotQ3KAvx2"/> of one weight row against four Q8_K activation rows (prefill): values and scales
+    /// unpacked once; each row's operations in the single-row kernel's order, so the same bits.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe void DotQ3KAvx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride)
+    {
+        byte* y1 = y + yStride, y2 = y1 + yStride, y3 = y2 + yStride;
+        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        for (int i = 0; i < nb; i++, x += 110)
+        {
+            int yo = i * 292;
+            var scales = Q3KScales(x);
+            var hmask = Vector256.Load(x);
+            Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default;
+            for (int j = 0; j < 2; j++)
+            {
+                var half = j == 0 ? scales.GetLower() : scales.GetUpper();
+                var sc = Vector256.Create(half, half).AsByte();
+                var qbits = Vector256.Load(x + 32 + 32 * j).AsUInt16();
+                for (int s = 0; s < 4; s++)
+                {
+                    var (low, high) = Q3KValues(qbits, hmask, j, s);
+                    var scale = Avx2.Shuffle(sc, SubBlockPairShuffle(s)).AsInt16();
+                    int ao = yo + 4 + 128 * j + 32 * s;
+                    var a = Vector256.Load((sbyte*)(y + ao));
+                    s0 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(low, a) - Avx2.MultiplyAddAdjacent(high, a));
+                    a = Vector256.Load((sbyte*)(y1 + ao));
+                    s1 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(low, a) - Avx2.MultiplyAddAdjacent(high, a));
+                    a = Vector256.Load((sbyte*)(y2 + ao));
+                    s2 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(low, a) - Avx2.MultiplyAddAdjacent(high, a));
+                    a = Vector256.Load((sbyte*)(y3 + ao));
+                    s3 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(low, a) - Avx2.MultiplyAddAdjacent(high, a));
+                }
+            }
+            float wd = Fp16.ToSingle(*(ushort*)(x + 108));
+            c0 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y + yo) * wd), Vector256.ConvertToSingle(s0), c0);
+            c1 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y1 + yo) * wd), Vector256.ConvertToSingle(s1), c1);
+            c2 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y2 + yo) * wd), Vector256.ConvertToSingle(s2), c2);
+            c3 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y3 + yo) * wd), Vector256.ConvertToSingle(s3), c3);
+        }
+        outp[0] = Vector256.Sum(c0);
+        outp[outStride] = Vector256.Sum(c1);
+        outp[2L * outStride] = Vector256.Sum(c2);
+        outp[3L * outStride] = Vector256.Sum(c3);
+    }
+
+    /// <summary>
+    /// Q2_K × Q8_K with AVX2, ggml's way (ggml_vec_dot_q2_K_q8_K; 84 B: scales[16] (low nibble scale, high nibble min) |
+    /// qs[64] | d | dmin): per 32 values vpmaddubsw of the 2-bit values, vpmaddwd against the two sub-block scales; the
+    /// min term one vpmaddwd of the 16 mins against the 16 bsums. The integers are the scalar kernel's.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe float DotQ2KAvx2(byte* x, byte* y, int nb)
+    {
+        Vector256<float> acc = default, accMin = default;
+        for (int i = 0; i < nb; i++, x += 84, y += 292)
+        {
+            Sse.Prefetch0(x + PrefetchAhead);
+            Sse.Prefetch0(x + PrefetchAhead + 64);
+            float yd = *(float*)y;
+            var (scales, mins) = Q2KScalesMins(x);
+            var minProd = Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y + 260)));
+            accMin = Fma.MultiplyAdd(Vector256.Create(-yd * Fp16.ToSingle(*(ushort*)(x + 82))), Vector256.ConvertToSingle(minProd), accMin);
+            var sumi = Q2KSums(x, (sbyte*)(y + 4), scales);
+            acc = Fma.MultiplyAdd(Vector256.Create(yd * Fp16.ToSingle(*(ushort*)(x + 80))), Vector256.ConvertToSingle(sumi), acc);
+        }
+        return Vector256.Sum(acc) + Vector256.Sum(accMin);
+    }
+
+    /// <summary>A Q2_K super-block's 16 four-bit scales and 16 mins as int16 lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe (Vector256<short> Scales, Vector256<short> Mins) Q2KScalesMins(byte* x)
+    {
+        var m4 = Vector128.Create((byte)0x0F);
+        var both = Vector128.Load(x);
+        return (Avx2.ConvertToVector256Int16(both & m4), Avx2.ConvertToVector256Int16(Vector128.ShiftRightLogical(both.AsUInt16(), 4).AsByte() & m4));
+    }
+
+    /// <summary>Σ sc · (q·y) of one Q2_K super-block against 256 int8 activations, as 8 int32 lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe Vector256<int> Q2KSums(byte* x, sbyte* a8, Vector256<short> scales)
+    {
+        Vector256<int> sumi = default;
+        for (int j = 0; j < 2; j++)
+        {
+            var half = j == 0 ? scales.GetLower() : scales.GetUpper();
+            var sc = Vector256.Create(half, half).AsByte();
+            var qbits = Vector256.Load(x + 16 + 32 * j).AsUInt16();
+            for (int s = 0; s < 4; s++)
+            {
+                var q = Vector256.ShiftRightLogical(qbits, 2 * s).AsByte() & Vector256.Create((byte)3);
+                sumi += Avx2.MultiplyAddAdjacent(Avx2.Shuffle(sc, SubBlockPairShuffle(s)).AsInt16(), Avx2.MultiplyAddAdjacent(q, Vector256.Load(a8 + 128 * j + 32 * s)));
+            }
+        }
+        return sumi;
+    }
+
+    /// <summary><see cref="DotQ2KAvx2"/> of one weight row against four Q8_K activation rows (prefill); each row's
+    /// operations in the single-row kernel's order, so the same bits.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe void DotQ2KAvx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride)
+    {
+        byte* y1 = y + yStride, y2 = y1 + yStride, y3 = y2 + yStride;
+        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        Vector256<float> n0 = default, n1 = default, n2 = default, n3 = default;
+        for (int i = 0; i < nb; i++, x += 84)
+        {
+            int yo = i * 292;
+            var (scales, mins) = Q2KScalesMins(x);
+            float wd = Fp16.ToSingle(*(ushort*)(x + 80)), wmin = Fp16.ToSingle(*(ushort*)(x + 82));
+            float d0 = *(float*)(y + yo), d1 = *(float*)(y1 + yo), d2 = *(float*)(y2 + yo), d3 = *(float*)(y3 + yo);
+            n0 = Fma.MultiplyAdd(Vector256.Create(-d0 * wmin), Vector256.ConvertToSingle(Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y + yo + 260)))), n0);
+            n1 = Fma.MultiplyAdd(Vector256.Create(-d1 * wmin), Vector256.ConvertToSingle(Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y1 + yo + 260)))), n1);
+            n2 = Fma.MultiplyAdd(Vector256.Create(-d2 * wmin), Vector256.ConvertToSingle(Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y2 + yo + 260)))), n2);
+            n3 = Fma.MultiplyAdd(Vector256.Create(-d3 * wmin), Vector256.ConvertToSingle(Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y3 + yo + 260)))), n3);
+            Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default;
+            for (int j = 0; j < 2; j++)
+            {
+                var half = j == 0 ? scales.GetLower() : scales.GetUpper();
+                var sc = Vector256.Create(half, half).AsByte();
+                var qbits = Vector256.Load(x + 16 + 32 * j).AsUInt16();
+                for (int s = 0; s < 4; s++)
+                {
+                    var q = Vector256.ShiftRightLogical(qbits, 2 * s).AsByte() & Vector256.Create((byte)3);
+                    var scale = Avx2.Shuffle(sc, SubBlockPairShuffle(s)).AsInt16();
+                    int ao = yo + 4 + 128 * j + 32 * s;
+                    s0 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load((sbyte*)(y + ao))));
+                    s1 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load((sbyte*)(y1 + ao))));
+                    s2 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load((sbyte*)(y2 + ao))));
+                    s3 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load((sbyte*)(y3 + ao))));
+                }
+            }
+            c0 = Fma.MultiplyAdd(Vector256.Create(d0 * wd), Vector256.ConvertToSingle(s0), c0);
+            c1 = Fma.MultiplyAdd(Vector256.Create(d1 * wd), Vector256.ConvertToSingle(s1), c1);
+            c2 = Fma.MultiplyAdd(Vector256.Create(d2 * wd), Vector256.ConvertToSingle(s2), c2);
+            c3 = Fma.MultiplyAdd(Vector256.Create(d3 * wd), Vector256.ConvertToSingle(s3), c3);
+        }
+        outp[0] = Vector256.Sum(c0) + Vector256.Sum(n0);
+        outp[outStride] = Vector256.Sum(c1) + Vector256.Sum(n1);
+        outp[2L * outStride] = Vector256.Sum(c2) + Vector256.Sum(n2);
+        outp[3L * outStride] = Vector256.Sum(c3) + Vector256.Sum(n3);
     }
 
     // Q6_K (210 B: ql[128] | qh[64] | scales[16] int8 | d). Half h: ql[64h + l] low/high nibble -> elements l / l+64,

@@ -343,17 +343,20 @@ public unsafe class RowKernelTests
                 if (trial == 5) x[n - 1] = -40f;                                                  // a negative maximum
                 var reference = new byte[GgmlTypeInfo.RowBytes(GgmlType.Q8_0, n)];
                 Quantize.Row(GgmlType.Q8_0, x, reference);
-                // Plain Q8_0 blocks (Q4_0's activations everywhere; Q8_0's too without AVX-512): the reference's bytes
+                // Plain Q8_0 blocks (Q5_0's activations everywhere; Q4_0's and Q8_0's without AVX-512 or AVX2): the reference's bytes
                 var plain = new byte[reference.Length];
-                RowKernels.PrepareActivations(GgmlType.Q4_0, x, plain);
+                RowKernels.PrepareActivations(GgmlType.Q5_0, x, plain);
                 Assert.Equal(reference, plain);
                 if (!System.Runtime.Intrinsics.X86.Avx512BW.IsSupported)
                 {
                     if (!RowKernels.Avx2Rows(GgmlType.Q8_0)) continue;
-                    // AVX2: Q8_0 weights read [nb] floats (the F16-rounded d) then [nb, 32] int8 quants
+                    // AVX2: Q8_0 and Q4_0 weights read [nb] floats (the F16-rounded d) then [nb, 32] int8 quants
                     var split = new byte[RowKernels.ActivationRowBytes(GgmlType.Q8_0, n)];
                     Assert.Equal(n / 32 * 36, split.Length);
                     RowKernels.PrepareActivations(GgmlType.Q8_0, x, split);
+                    var splitQ40 = new byte[RowKernels.ActivationRowBytes(GgmlType.Q4_0, n)];
+                    RowKernels.PrepareActivations(GgmlType.Q4_0, x, splitQ40);
+                    Assert.Equal(split, splitQ40);
                     for (int i = 0; i < n / 32; i++)
                     {
                         Assert.Equal(BitConverter.SingleToUInt32Bits(Fp16.ToSingle(BitConverter.ToUInt16(reference, i * 34))), BitConverter.ToUInt32(split, i * 4));
