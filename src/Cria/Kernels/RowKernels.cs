@@ -487,12 +487,17 @@ public static unsafe class RowKernels
     /// <summary>F16 decode with the AVX2 kernels (<see cref="DotF16ScaledAvx2"/>, and its pair): no 512-bit vectors.</summary>
     internal static bool F16Avx2(int n) => n >= 32 && !Vector512.IsHardwareAccelerated && Avx2.IsSupported && Fma.IsSupported;
 
-    /// <summary>Machines with AVX2 and FMA but no AVX-512 (e.g. AMD Zen 2/3, Intel before Ice Lake): Q2_K, Q3_K, Q4_K, Q5_K,
-    /// Q6_K, Q8_0 and Q4_0 rows run through the AVX2 kernels of <see cref="VecDot"/> directly (no span or size checks per row), against
-    /// activations as ggml's Q8_K blocks (for Q4_K and Q5_K with float min sums, <see cref="Q8KFloatMins"/>) or Q8_0
-    /// quants in the split layout (scales first).</summary>
-    internal static bool Avx2Rows(GgmlType type) =>
-        !Avx512BW.IsSupported && Avx2.IsSupported && Fma.IsSupported && type is GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q3_K or GgmlType.Q2_K;
+    /// <summary>Rows that run through the AVX2 kernels of <see cref="VecDot"/> directly (no span or size checks per row):
+    /// Q4_K, Q6_K and Q8_0 on machines with AVX2 and FMA but no AVX-512 (e.g. AMD Zen 2/3, Intel before Ice Lake; with
+    /// AVX-512 they have their own kernels), and Q5_K, Q4_0, Q3_K and Q2_K on every AVX2 + FMA machine. Activations are
+    /// ggml's Q8_K blocks (for Q4_K and Q5_K with float min sums, <see cref="Q8KFloatMins"/>) or Q8_0 quants in the split
+    /// layout (scales first).</summary>
+    internal static bool Avx2Rows(GgmlType type) => Avx2.IsSupported && Fma.IsSupported && type switch
+    {
+        GgmlType.Q4_K or GgmlType.Q6_K or GgmlType.Q8_0 => !Avx512BW.IsSupported,
+        GgmlType.Q5_K or GgmlType.Q4_0 or GgmlType.Q3_K or GgmlType.Q2_K => true,
+        _ => false,
+    };
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static float DotAvx2(GgmlType type, byte* w, byte* x, int n) => type switch

@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
@@ -34,6 +35,9 @@ public static partial class VecDot
                 case GgmlType.Q4_K: return DotQ4_K(ref w, ref a, n / 256);
                 case GgmlType.Q5_K: return DotQ5_K(ref w, ref a, n / 256);
                 case GgmlType.Q6_K: return DotQ6_K(ref w, ref a, n / 256);
+                case GgmlType.Q4_1: return DotQ4_1(ref w, ref a, n / 32);
+                case GgmlType.Q5_0: return DotQ5_0(ref w, ref a, n / 32);
+                case GgmlType.Q5_1: return DotQ5_1(ref w, ref a, n / 32);
                 case GgmlType.Q3_K: fixed (byte* x = &w) fixed (byte* y = &a) return DotQ3KAvx2(x, y, n / 256);
                 case GgmlType.Q2_K: fixed (byte* x = &w) fixed (byte* y = &a) return DotQ2KAvx2(x, y, n / 256);
             }
@@ -427,6 +431,71 @@ public static partial class VecDot
             acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(p), Vector256.Create(HalfAt(ref w, ow) * HalfAt(ref a, oa)), acc);
         }
         return Vector256.Sum(acc);
+    }
+
+    /// <summary>The 32 nibbles of a 16-byte quant block as bytes: element j the low nibble of q[j], j + 16 its high nibble.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe Vector256<byte> Nibbles32(byte* q)
+    {
+        var m4 = Vector128.Create((byte)0x0F);
+        var v = Vector128.Load(q);
+        return Vector256.Create(v & m4, Vector128.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & m4);
+    }
+
+    /// <summary>Bit j of a 32-bit qh as byte j: 0xFF where it is set, 0 where clear (ggml's bytes_from_bits_32).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe Vector256<byte> BitsToBytes32(uint qh)
+    {
+        var spread = Avx2.Shuffle(Vector256.Create(qh).AsByte(), Vector256.Create(0ul, 0x0101010101010101ul, 0x0202020202020202ul, 0x0303030303030303ul).AsByte());
+        return Vector256.Equals(spread | Vector256.Create(0x7fbfdfeff7fbfdfeul).AsByte(), Vector256<byte>.AllBitsSet);
+    }
+
+    // Q4_1 (20 B: d | m | qs[16]) x Q8_1 (36 B: d | s = d·Σq | qs[32]): d_x d_y Σ q_x q_y + m_x s_y.
+    private static unsafe float DotQ4_1(ref byte w, ref byte a, int nb)
+    {
+        Vector256<float> acc = default;
+        float summs = 0;
+        fixed (byte* x0 = &w) fixed (byte* y0 = &a)
+            for (int ib = 0; ib < nb; ib++)
+            {
+                byte* x = x0 + ib * 20, y = y0 + ib * 36;
+                var p = DotU8I8(Vector256<int>.Zero, Nibbles32(x + 4), Vector256.Load((sbyte*)(y + 4)));
+                acc = Fma.MultiplyAdd(Vector256.ConvertToSingle(p), Vector256.Create(Fp16.ToSingle(*(ushort*)x) * Fp16.ToSingle(*(ushort*)y)), acc);
+                summs += Fp16.ToSingle(*(ushort*)(x + 2)) * Fp16.ToSingle(*(ushort*)(y + 2));
+            }
+        return Vector256.Sum(acc) + summs;
+    }
+
+    // Q5_0 (22 B: d | qh u32 | qs[16], value (q | h<<4) − 16) x Q8_0: the clear high bits become 0xF0 (−16 in int8).
+    private static unsafe float DotQ5_0(ref byte w, ref byte a, int nb)
+    {
+        Vector256<float> acc = default;
+        fixed (byte* x0 = &w) fixed (byte* y0 = &a)
+            for (int ib = 0; ib < nb; ib++)
+            {
+                byte* x = x0 + ib * 22, y = y0 + ib * 34;
+                var q = (Nibbles32(x + 6) | Avx2.AndNot(BitsToBytes32(*(uint*)(x + 2)), Vector256.Create((byte)0xF0))).AsSByte();
+                var p = DotU8I8(Vector256<int>.Zero, Avx2.Abs(q), Avx2.Sign(Vector256.Load((sbyte*)(y + 2)), q));
+                acc = Fma.MultiplyAdd(Vector256.ConvertToSingle(p), Vector256.Create(Fp16.ToSingle(*(ushort*)x) * Fp16.ToSingle(*(ushort*)y)), acc);
+            }
+        return Vector256.Sum(acc);
+    }
+
+    // Q5_1 (24 B: d | m | qh u32 | qs[16], value q | h<<4) x Q8_1: d_x d_y Σ q_x q_y + m_x s_y.
+    private static unsafe float DotQ5_1(ref byte w, ref byte a, int nb)
+    {
+        Vector256<float> acc = default;
+        float summs = 0;
+        fixed (byte* x0 = &w) fixed (byte* y0 = &a)
+            for (int ib = 0; ib < nb; ib++)
+            {
+                byte* x = x0 + ib * 24, y = y0 + ib * 36;
+                var q = Nibbles32(x + 8) | (BitsToBytes32(*(uint*)(x + 4)) & Vector256.Create((byte)0x10));
+                var p = DotU8I8(Vector256<int>.Zero, q, Vector256.Load((sbyte*)(y + 4)));
+                acc = Fma.MultiplyAdd(Vector256.ConvertToSingle(p), Vector256.Create(Fp16.ToSingle(*(ushort*)x) * Fp16.ToSingle(*(ushort*)y)), acc);
+                summs += Fp16.ToSingle(*(ushort*)(x + 2)) * Fp16.ToSingle(*(ushort*)(y + 2));
+            }
+        return Vector256.Sum(acc) + summs;
     }
 
     // ------------------------------------------------------------------ K-quants x Q8_K (292 B: d f32 | qs[256] | bsums[16] i16)
@@ -841,26 +910,52 @@ public static partial class VecDot
         {
             Sse.Prefetch0(x + PrefetchAhead);
             Sse.Prefetch0(x + PrefetchAhead + 64);
-            var scales = Q3KScales(x);
-            var hmask = Vector256.Load(x);
-            sbyte* a8 = (sbyte*)(y + 4);
-            Vector256<int> sumi = default;
-            for (int j = 0; j < 2; j++)
-            {
-                var half = j == 0 ? scales.GetLower() : scales.GetUpper();
-                var sc = Vector256.Create(half, half).AsByte();
-                var qbits = Vector256.Load(x + 32 + 32 * j).AsUInt16();
-                for (int s = 0; s < 4; s++)
-                {
-                    var (low, high) = Q3KValues(qbits, hmask, j, s);
-                    var a = Vector256.Load(a8 + 128 * j + 32 * s);
-                    var p16 = Avx2.MultiplyAddAdjacent(low, a) - Avx2.MultiplyAddAdjacent(high, a);
-                    sumi += Avx2.MultiplyAddAdjacent(Avx2.Shuffle(sc, SubBlockPairShuffle(s)).AsInt16(), p16);
-                }
-            }
+            var sumi = Q3KSums(x, (sbyte*)(y + 4));
             acc = Fma.MultiplyAdd(Vector256.Create(*(float*)y * Fp16.ToSingle(*(ushort*)(x + 108))), Vector256.ConvertToSingle(sumi), acc);
         }
         return Vector256.Sum(acc);
+    }
+
+    /// <summary>Σ sc·(q·y) of one Q3_K super-block (at x) against 256 int8 activations, as 8 int32 lanes; the eight
+    /// 32-value pieces written out, so that every shift and shuffle is a constant.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe Vector256<int> Q3KSums(byte* x, sbyte* a8)
+    {
+        var scales = Q3KScales(x);
+        var hmask = Vector256.Load(x);
+        var lower = scales.GetLower();
+        var sc = Vector256.Create(lower, lower).AsByte();
+        var qbits = Vector256.Load(x + 32).AsUInt16();
+        var s0 = Vector256.Create((ushort)0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302).AsByte();
+        var s1 = Vector256.Create((ushort)0x0504, 0x0504, 0x0504, 0x0504, 0x0504, 0x0504, 0x0504, 0x0504, 0x0706, 0x0706, 0x0706, 0x0706, 0x0706, 0x0706, 0x0706, 0x0706).AsByte();
+        var s2 = Vector256.Create((ushort)0x0908, 0x0908, 0x0908, 0x0908, 0x0908, 0x0908, 0x0908, 0x0908, 0x0B0A, 0x0B0A, 0x0B0A, 0x0B0A, 0x0B0A, 0x0B0A, 0x0B0A, 0x0B0A).AsByte();
+        var s3 = Vector256.Create((ushort)0x0D0C, 0x0D0C, 0x0D0C, 0x0D0C, 0x0D0C, 0x0D0C, 0x0D0C, 0x0D0C, 0x0F0E, 0x0F0E, 0x0F0E, 0x0F0E, 0x0F0E, 0x0F0E, 0x0F0E, 0x0F0E).AsByte();
+        var sumi = Q3KPiece(qbits, 0, hmask, 0, sc, s0, a8);
+        sumi += Q3KPiece(qbits, 2, hmask, 1, sc, s1, a8 + 32);
+        sumi += Q3KPiece(qbits, 4, hmask, 2, sc, s2, a8 + 64);
+        sumi += Q3KPiece(qbits, 6, hmask, 3, sc, s3, a8 + 96);
+        var upper = scales.GetUpper();
+        sc = Vector256.Create(upper, upper).AsByte();
+        qbits = Vector256.Load(x + 64).AsUInt16();
+        sumi += Q3KPiece(qbits, 0, hmask, 4, sc, s0, a8 + 128);
+        sumi += Q3KPiece(qbits, 2, hmask, 5, sc, s1, a8 + 160);
+        sumi += Q3KPiece(qbits, 4, hmask, 6, sc, s2, a8 + 192);
+        sumi += Q3KPiece(qbits, 6, hmask, 7, sc, s3, a8 + 224);
+        return sumi;
+    }
+
+    /// <summary>32 Q3_K values (2 bits at <paramref name="shift"/> of qbits, minus 4 where hmask bit <paramref name="bit"/>
+    /// is clear) against 32 activations, scaled per 16 by the two sub-block scales the shuffle picks from sc.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe Vector256<int> Q3KPiece(Vector256<ushort> qbits, [ConstantExpected] byte shift, Vector256<byte> hmask, [ConstantExpected] byte bit,
+        Vector256<byte> sc, Vector256<byte> shuffle, sbyte* a)
+    {
+        var low = Vector256.ShiftRightLogical(qbits, shift).AsByte() & Vector256.Create((byte)3);
+        var clear = Avx2.AndNot(hmask, Vector256.Create((byte)(1 << bit))).AsUInt16(); // only bit `bit` of each byte can be set
+        var high = (bit >= 2 ? Vector256.ShiftRightLogical(clear, (byte)(bit - 2)) : Vector256.ShiftLeft(clear, (byte)(2 - bit))).AsByte(); // 4 or 0
+        var av = Vector256.Load(a);
+        var p16 = Avx2.MultiplyAddAdjacent(low, av) - Avx2.MultiplyAddAdjacent(high, av);
+        return Avx2.MultiplyAddAdjacent(Avx2.Shuffle(sc, shuffle).AsInt16(), p16);
     }
 
     /// <summary><see cref="DotQ3KAvx2"/> of one weight row against four Q8_K activation rows (prefill): values and scales
@@ -940,23 +1035,37 @@ public static partial class VecDot
         return (Avx2.ConvertToVector256Int16(both & m4), Avx2.ConvertToVector256Int16(Vector128.ShiftRightLogical(both.AsUInt16(), 4).AsByte() & m4));
     }
 
-    /// <summary>Σ sc · (q·y) of one Q2_K super-block against 256 int8 activations, as 8 int32 lanes.</summary>
+    /// <summary>Σ sc · (q·y) of one Q2_K super-block against 256 int8 activations, as 8 int32 lanes; the eight pieces
+    /// written out as <see cref="Q3KSums"/>'s.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static unsafe Vector256<int> Q2KSums(byte* x, sbyte* a8, Vector256<short> scales)
     {
-        Vector256<int> sumi = default;
-        for (int j = 0; j < 2; j++)
-        {
-            var half = j == 0 ? scales.GetLower() : scales.GetUpper();
-            var sc = Vector256.Create(half, half).AsByte();
-            var qbits = Vector256.Load(x + 16 + 32 * j).AsUInt16();
-            for (int s = 0; s < 4; s++)
-            {
-                var q = Vector256.ShiftRightLogical(qbits, 2 * s).AsByte() & Vector256.Create((byte)3);
-                sumi += Avx2.MultiplyAddAdjacent(Avx2.Shuffle(sc, SubBlockPairShuffle(s)).AsInt16(), Avx2.MultiplyAddAdjacent(q, Vector256.Load(a8 + 128 * j + 32 * s)));
-            }
-        }
+        var lower = scales.GetLower();
+        var sc = Vector256.Create(lower, lower).AsByte();
+        var qbits = Vector256.Load(x + 16).AsUInt16();
+        var s0 = Vector256.Create((ushort)0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302).AsByte();
+        var s1 = Vector256.Create((ushort)0x0504, 0x0504, 0x0504, 0x0504, 0x0504, 0x0504, 0x0504, 0x0504, 0x0706, 0x0706, 0x0706, 0x0706, 0x0706, 0x0706, 0x0706, 0x0706).AsByte();
+        var s2 = Vector256.Create((ushort)0x0908, 0x0908, 0x0908, 0x0908, 0x0908, 0x0908, 0x0908, 0x0908, 0x0B0A, 0x0B0A, 0x0B0A, 0x0B0A, 0x0B0A, 0x0B0A, 0x0B0A, 0x0B0A).AsByte();
+        var s3 = Vector256.Create((ushort)0x0D0C, 0x0D0C, 0x0D0C, 0x0D0C, 0x0D0C, 0x0D0C, 0x0D0C, 0x0D0C, 0x0F0E, 0x0F0E, 0x0F0E, 0x0F0E, 0x0F0E, 0x0F0E, 0x0F0E, 0x0F0E).AsByte();
+        var sumi = Q2KPiece(qbits, 0, sc, s0, a8);
+        sumi += Q2KPiece(qbits, 2, sc, s1, a8 + 32);
+        sumi += Q2KPiece(qbits, 4, sc, s2, a8 + 64);
+        sumi += Q2KPiece(qbits, 6, sc, s3, a8 + 96);
+        var upper = scales.GetUpper();
+        sc = Vector256.Create(upper, upper).AsByte();
+        qbits = Vector256.Load(x + 48).AsUInt16();
+        sumi += Q2KPiece(qbits, 0, sc, s0, a8 + 128);
+        sumi += Q2KPiece(qbits, 2, sc, s1, a8 + 160);
+        sumi += Q2KPiece(qbits, 4, sc, s2, a8 + 192);
+        sumi += Q2KPiece(qbits, 6, sc, s3, a8 + 224);
         return sumi;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe Vector256<int> Q2KPiece(Vector256<ushort> qbits, [ConstantExpected] byte shift, Vector256<byte> sc, Vector256<byte> shuffle, sbyte* a)
+    {
+        var q = Vector256.ShiftRightLogical(qbits, shift).AsByte() & Vector256.Create((byte)3);
+        return Avx2.MultiplyAddAdjacent(Avx2.Shuffle(sc, shuffle).AsInt16(), Avx2.MultiplyAddAdjacent(q, Vector256.Load(a)));
     }
 
     /// <summary><see cref="DotQ2KAvx2"/> of one weight row against four Q8_K activation rows (prefill); each row's
