@@ -864,11 +864,12 @@ public static partial class VecDot
     // (s = 0..3), so one 32-byte load and a shift give 32 values of sub-blocks 8j + 2s (bytes 0–15) and 8j + 2s + 1
     // (bytes 16–31): a vpmaddwd against [scale 8j+2s ×8 | scale 8j+2s+1 ×8] scales each 128-bit half by its own.
 
-    /// <summary>The vpshufb pattern that broadcasts int16 scale 2s of a half (8 int16 lanes, in both 128-bit lanes) to
-    /// the low lane and scale 2s + 1 to the high lane.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<byte> SubBlockPairShuffle(int s) =>
-        Vector256.Create(Vector128.Create((ushort)(0x0100 + 0x0404 * s)), Vector128.Create((ushort)(0x0302 + 0x0404 * s))).AsByte();
+    /// <summary>vpshufb patterns for pieces s = 0..3: int16 scale 2s of a half (8 int16 lanes, in both 128-bit lanes)
+    /// to every lane of the low 128 bits, scale 2s + 1 to the high 128 bits.</summary>
+    private static Vector256<byte> PairShuffle0 => Vector256.Create(Vector128.Create((ushort)0x0100), Vector128.Create((ushort)0x0302)).AsByte();
+    private static Vector256<byte> PairShuffle1 => Vector256.Create(Vector128.Create((ushort)0x0504), Vector128.Create((ushort)0x0706)).AsByte();
+    private static Vector256<byte> PairShuffle2 => Vector256.Create(Vector128.Create((ushort)0x0908), Vector128.Create((ushort)0x0B0A)).AsByte();
+    private static Vector256<byte> PairShuffle3 => Vector256.Create(Vector128.Create((ushort)0x0D0C), Vector128.Create((ushort)0x0F0E)).AsByte();
 
     /// <summary>A Q3_K super-block's 16 six-bit scales minus 32, as int16 lanes [0–7 | 8–15] (ggml's kmask unpacking).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -882,18 +883,6 @@ public static partial class VecDot
             ((a0 >> 4) & k2) | (((a2 >> 4) & k1) << 4),
             ((a1 >> 4) & k2) | (((a2 >> 6) & k1) << 4)).AsSByte() - Vector128.Create((sbyte)32);
         return Avx2.ConvertToVector256Int16(s);
-    }
-
-    /// <summary>32 Q3_K values of chunk j, shift s as two unsigned parts, value = low − high: low = the 2 bits (0..3),
-    /// high = 4 where the hmask bit 4j + s is clear (ggml's way, so that vpmaddubsw can take both).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe (Vector256<byte> Low, Vector256<byte> High) Q3KValues(Vector256<ushort> qbits, Vector256<byte> hmask, int j, int s)
-    {
-        int bit = 4 * j + s;
-        var low = Vector256.ShiftRightLogical(qbits, 2 * s).AsByte() & Vector256.Create((byte)3);
-        var clear = Avx2.AndNot(hmask, Vector256.Create((byte)(1 << bit))).AsUInt16();
-        var high = Vector256.ShiftLeft(Vector256.ShiftRightLogical(clear, bit), 2).AsByte();
-        return (low, high);
     }
 
     /// <summary>
@@ -926,10 +915,10 @@ public static partial class VecDot
         var lower = scales.GetLower();
         var sc = Vector256.Create(lower, lower).AsByte();
         var qbits = Vector256.Load(x + 32).AsUInt16();
-        var s0 = Vector256.Create((ushort)0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302).AsByte();
-        var s1 = Vector256.Create((ushort)0x0504, 0x0504, 0x0504, 0x0504, 0x0504, 0x0504, 0x0504, 0x0504, 0x0706, 0x0706, 0x0706, 0x0706, 0x0706, 0x0706, 0x0706, 0x0706).AsByte();
-        var s2 = Vector256.Create((ushort)0x0908, 0x0908, 0x0908, 0x0908, 0x0908, 0x0908, 0x0908, 0x0908, 0x0B0A, 0x0B0A, 0x0B0A, 0x0B0A, 0x0B0A, 0x0B0A, 0x0B0A, 0x0B0A).AsByte();
-        var s3 = Vector256.Create((ushort)0x0D0C, 0x0D0C, 0x0D0C, 0x0D0C, 0x0D0C, 0x0D0C, 0x0D0C, 0x0D0C, 0x0F0E, 0x0F0E, 0x0F0E, 0x0F0E, 0x0F0E, 0x0F0E, 0x0F0E, 0x0F0E).AsByte();
+        var s0 = PairShuffle0;
+        var s1 = PairShuffle1;
+        var s2 = PairShuffle2;
+        var s3 = PairShuffle3;
         var sumi = Q3KPiece(qbits, 0, hmask, 0, sc, s0, a8);
         sumi += Q3KPiece(qbits, 2, hmask, 1, sc, s1, a8 + 32);
         sumi += Q3KPiece(qbits, 4, hmask, 2, sc, s2, a8 + 64);
@@ -968,29 +957,8 @@ public static partial class VecDot
         for (int i = 0; i < nb; i++, x += 110)
         {
             int yo = i * 292;
-            var scales = Q3KScales(x);
-            var hmask = Vector256.Load(x);
             Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default;
-            for (int j = 0; j < 2; j++)
-            {
-                var half = j == 0 ? scales.GetLower() : scales.GetUpper();
-                var sc = Vector256.Create(half, half).AsByte();
-                var qbits = Vector256.Load(x + 32 + 32 * j).AsUInt16();
-                for (int s = 0; s < 4; s++)
-                {
-                    var (low, high) = Q3KValues(qbits, hmask, j, s);
-                    var scale = Avx2.Shuffle(sc, SubBlockPairShuffle(s)).AsInt16();
-                    int ao = yo + 4 + 128 * j + 32 * s;
-                    var a = Vector256.Load((sbyte*)(y + ao));
-                    s0 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(low, a) - Avx2.MultiplyAddAdjacent(high, a));
-                    a = Vector256.Load((sbyte*)(y1 + ao));
-                    s1 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(low, a) - Avx2.MultiplyAddAdjacent(high, a));
-                    a = Vector256.Load((sbyte*)(y2 + ao));
-                    s2 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(low, a) - Avx2.MultiplyAddAdjacent(high, a));
-                    a = Vector256.Load((sbyte*)(y3 + ao));
-                    s3 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(low, a) - Avx2.MultiplyAddAdjacent(high, a));
-                }
-            }
+            Q3KSumsX4(x, yo + 4, y, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
             float wd = Fp16.ToSingle(*(ushort*)(x + 108));
             c0 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y + yo) * wd), Vector256.ConvertToSingle(s0), c0);
             c1 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y1 + yo) * wd), Vector256.ConvertToSingle(s1), c1);
@@ -1001,6 +969,53 @@ public static partial class VecDot
         outp[outStride] = Vector256.Sum(c1);
         outp[2L * outStride] = Vector256.Sum(c2);
         outp[3L * outStride] = Vector256.Sum(c3);
+    }
+
+    /// <summary><see cref="Q3KSums"/> for four activation rows (byte offset a in each): each piece's values and scales
+    /// made once.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void Q3KSumsX4(byte* x, int a, byte* y0, byte* y1, byte* y2, byte* y3,
+        ref Vector256<int> s0, ref Vector256<int> s1, ref Vector256<int> s2, ref Vector256<int> s3)
+    {
+        var scales = Q3KScales(x);
+        var hmask = Vector256.Load(x);
+        var lower = scales.GetLower();
+        var sc = Vector256.Create(lower, lower).AsByte();
+        var qbits = Vector256.Load(x + 32).AsUInt16();
+        var p0 = PairShuffle0;
+        var p1 = PairShuffle1;
+        var p2 = PairShuffle2;
+        var p3 = PairShuffle3;
+        Q3KPieceX4(qbits, 0, hmask, 0, sc, p0, a, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
+        Q3KPieceX4(qbits, 2, hmask, 1, sc, p1, a + 32, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
+        Q3KPieceX4(qbits, 4, hmask, 2, sc, p2, a + 64, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
+        Q3KPieceX4(qbits, 6, hmask, 3, sc, p3, a + 96, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
+        var upper = scales.GetUpper();
+        sc = Vector256.Create(upper, upper).AsByte();
+        qbits = Vector256.Load(x + 64).AsUInt16();
+        Q3KPieceX4(qbits, 0, hmask, 4, sc, p0, a + 128, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
+        Q3KPieceX4(qbits, 2, hmask, 5, sc, p1, a + 160, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
+        Q3KPieceX4(qbits, 4, hmask, 6, sc, p2, a + 192, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
+        Q3KPieceX4(qbits, 6, hmask, 7, sc, p3, a + 224, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void Q3KPieceX4(Vector256<ushort> qbits, [ConstantExpected] byte shift, Vector256<byte> hmask, [ConstantExpected] byte bit,
+        Vector256<byte> sc, Vector256<byte> shuffle, int a, byte* y0, byte* y1, byte* y2, byte* y3,
+        ref Vector256<int> s0, ref Vector256<int> s1, ref Vector256<int> s2, ref Vector256<int> s3)
+    {
+        var low = Vector256.ShiftRightLogical(qbits, shift).AsByte() & Vector256.Create((byte)3);
+        var clear = Avx2.AndNot(hmask, Vector256.Create((byte)(1 << bit))).AsUInt16();
+        var high = (bit >= 2 ? Vector256.ShiftRightLogical(clear, (byte)(bit - 2)) : Vector256.ShiftLeft(clear, (byte)(2 - bit))).AsByte();
+        var scale = Avx2.Shuffle(sc, shuffle).AsInt16();
+        var av = Vector256.Load((sbyte*)(y0 + a));
+        s0 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(low, av) - Avx2.MultiplyAddAdjacent(high, av));
+        av = Vector256.Load((sbyte*)(y1 + a));
+        s1 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(low, av) - Avx2.MultiplyAddAdjacent(high, av));
+        av = Vector256.Load((sbyte*)(y2 + a));
+        s2 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(low, av) - Avx2.MultiplyAddAdjacent(high, av));
+        av = Vector256.Load((sbyte*)(y3 + a));
+        s3 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(low, av) - Avx2.MultiplyAddAdjacent(high, av));
     }
 
     /// <summary>
@@ -1043,10 +1058,10 @@ public static partial class VecDot
         var lower = scales.GetLower();
         var sc = Vector256.Create(lower, lower).AsByte();
         var qbits = Vector256.Load(x + 16).AsUInt16();
-        var s0 = Vector256.Create((ushort)0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302).AsByte();
-        var s1 = Vector256.Create((ushort)0x0504, 0x0504, 0x0504, 0x0504, 0x0504, 0x0504, 0x0504, 0x0504, 0x0706, 0x0706, 0x0706, 0x0706, 0x0706, 0x0706, 0x0706, 0x0706).AsByte();
-        var s2 = Vector256.Create((ushort)0x0908, 0x0908, 0x0908, 0x0908, 0x0908, 0x0908, 0x0908, 0x0908, 0x0B0A, 0x0B0A, 0x0B0A, 0x0B0A, 0x0B0A, 0x0B0A, 0x0B0A, 0x0B0A).AsByte();
-        var s3 = Vector256.Create((ushort)0x0D0C, 0x0D0C, 0x0D0C, 0x0D0C, 0x0D0C, 0x0D0C, 0x0D0C, 0x0D0C, 0x0F0E, 0x0F0E, 0x0F0E, 0x0F0E, 0x0F0E, 0x0F0E, 0x0F0E, 0x0F0E).AsByte();
+        var s0 = PairShuffle0;
+        var s1 = PairShuffle1;
+        var s2 = PairShuffle2;
+        var s3 = PairShuffle3;
         var sumi = Q2KPiece(qbits, 0, sc, s0, a8);
         sumi += Q2KPiece(qbits, 2, sc, s1, a8 + 32);
         sumi += Q2KPiece(qbits, 4, sc, s2, a8 + 64);
@@ -1087,22 +1102,7 @@ public static partial class VecDot
             n2 = Fma.MultiplyAdd(Vector256.Create(-d2 * wmin), Vector256.ConvertToSingle(Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y2 + yo + 260)))), n2);
             n3 = Fma.MultiplyAdd(Vector256.Create(-d3 * wmin), Vector256.ConvertToSingle(Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y3 + yo + 260)))), n3);
             Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default;
-            for (int j = 0; j < 2; j++)
-            {
-                var half = j == 0 ? scales.GetLower() : scales.GetUpper();
-                var sc = Vector256.Create(half, half).AsByte();
-                var qbits = Vector256.Load(x + 16 + 32 * j).AsUInt16();
-                for (int s = 0; s < 4; s++)
-                {
-                    var q = Vector256.ShiftRightLogical(qbits, 2 * s).AsByte() & Vector256.Create((byte)3);
-                    var scale = Avx2.Shuffle(sc, SubBlockPairShuffle(s)).AsInt16();
-                    int ao = yo + 4 + 128 * j + 32 * s;
-                    s0 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load((sbyte*)(y + ao))));
-                    s1 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load((sbyte*)(y1 + ao))));
-                    s2 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load((sbyte*)(y2 + ao))));
-                    s3 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load((sbyte*)(y3 + ao))));
-                }
-            }
+            Q2KSumsX4(x, scales, yo + 4, y, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
             c0 = Fma.MultiplyAdd(Vector256.Create(d0 * wd), Vector256.ConvertToSingle(s0), c0);
             c1 = Fma.MultiplyAdd(Vector256.Create(d1 * wd), Vector256.ConvertToSingle(s1), c1);
             c2 = Fma.MultiplyAdd(Vector256.Create(d2 * wd), Vector256.ConvertToSingle(s2), c2);
@@ -1112,6 +1112,43 @@ public static partial class VecDot
         outp[outStride] = Vector256.Sum(c1) + Vector256.Sum(n1);
         outp[2L * outStride] = Vector256.Sum(c2) + Vector256.Sum(n2);
         outp[3L * outStride] = Vector256.Sum(c3) + Vector256.Sum(n3);
+    }
+
+    /// <summary><see cref="Q2KSums"/> for four activation rows (byte offset a in each).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void Q2KSumsX4(byte* x, Vector256<short> scales, int a, byte* y0, byte* y1, byte* y2, byte* y3,
+        ref Vector256<int> s0, ref Vector256<int> s1, ref Vector256<int> s2, ref Vector256<int> s3)
+    {
+        var lower = scales.GetLower();
+        var sc = Vector256.Create(lower, lower).AsByte();
+        var qbits = Vector256.Load(x + 16).AsUInt16();
+        var p0 = PairShuffle0;
+        var p1 = PairShuffle1;
+        var p2 = PairShuffle2;
+        var p3 = PairShuffle3;
+        Q2KPieceX4(qbits, 0, sc, p0, a, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
+        Q2KPieceX4(qbits, 2, sc, p1, a + 32, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
+        Q2KPieceX4(qbits, 4, sc, p2, a + 64, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
+        Q2KPieceX4(qbits, 6, sc, p3, a + 96, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
+        var upper = scales.GetUpper();
+        sc = Vector256.Create(upper, upper).AsByte();
+        qbits = Vector256.Load(x + 48).AsUInt16();
+        Q2KPieceX4(qbits, 0, sc, p0, a + 128, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
+        Q2KPieceX4(qbits, 2, sc, p1, a + 160, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
+        Q2KPieceX4(qbits, 4, sc, p2, a + 192, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
+        Q2KPieceX4(qbits, 6, sc, p3, a + 224, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void Q2KPieceX4(Vector256<ushort> qbits, [ConstantExpected] byte shift, Vector256<byte> sc, Vector256<byte> shuffle,
+        int a, byte* y0, byte* y1, byte* y2, byte* y3, ref Vector256<int> s0, ref Vector256<int> s1, ref Vector256<int> s2, ref Vector256<int> s3)
+    {
+        var q = Vector256.ShiftRightLogical(qbits, shift).AsByte() & Vector256.Create((byte)3);
+        var scale = Avx2.Shuffle(sc, shuffle).AsInt16();
+        s0 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load((sbyte*)(y0 + a))));
+        s1 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load((sbyte*)(y1 + a))));
+        s2 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load((sbyte*)(y2 + a))));
+        s3 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load((sbyte*)(y3 + a))));
     }
 
     // Q6_K (210 B: ql[128] | qh[64] | scales[16] int8 | d). Half h: ql[64h + l] low/high nibble -> elements l / l+64,
