@@ -86,7 +86,8 @@ public static class ModelQuantizer
         // output is never held whole in memory: one tensor's F32 values and its quantized bytes at a time.
         var report = new List<QuantizedTensor>(plan.Count);
         long totalIn = plan.Sum(p => p.Tensor.ByteSize), doneIn = 0, bytesOut = 0, weights = 0;
-        float[] values = [];
+        float[] values = [];   // [elements] the current tensor as F32, reused
+        byte[] outBuf = [];    // [bytes] the current tensor's output, reused: the writer has written it before the next is made
         for (int ti = 0; ti < plan.Count; ti++)
         {
             var (t, newType) = plan[ti];
@@ -94,7 +95,7 @@ public static class ModelQuantizer
             w.AddTensor(t.Name, t.Shape, newType, () =>
             {
                 cancel.ThrowIfCancellationRequested();
-                var data = QuantizeTensor(f, t, newType, o, threads, ref values, cancel);
+                var data = QuantizeTensor(f, t, newType, o, threads, ref values, ref outBuf, cancel);
                 report.Add(new QuantizedTensor(t.Name, t.Type, newType, t.ByteSize, data.Length));
                 bytesOut += data.Length;
                 weights += t.ElementCount;
@@ -111,10 +112,17 @@ public static class ModelQuantizer
     /// <summary>One tensor's bytes in <paramref name="newType"/>: copied when the type stays and nothing replaces it,
     /// else read as F32 (into <paramref name="values"/>, reused across tensors) and quantized by the path the options
     /// choose (per-weight Fisher importances, GPTQ, or round-to-nearest with or without an imatrix).</summary>
-    static byte[] QuantizeTensor(GgufFile f, GgufTensorInfo t, GgmlType newType, QuantizeOptions o, int threads, ref float[] values, CancellationToken cancel)
+    static ReadOnlyMemory<byte> QuantizeTensor(GgufFile f, GgufTensorInfo t, GgmlType newType, QuantizeOptions o, int threads, ref float[] values, ref byte[] output, CancellationToken cancel)
     {
         float[]? over = o.Override?.Invoke(t.Name);
-        if (newType == t.Type && over == null) return f.TensorData(t).ToArray();
+        long outBytes = GgmlTypeInfo.RowBytes(newType, t.RowLength) * t.RowCount;
+        if (output.Length < outBytes) output = new byte[outBytes];
+        var dst = output;
+        if (newType == t.Type && over == null)
+        {
+            f.TensorData(t).CopyTo(dst);
+            return new ReadOnlyMemory<byte>(dst, 0, (int)outBytes);
+        }
         long n = t.ElementCount;
         float[] src;
         if (over != null)
@@ -141,14 +149,17 @@ public static class ModelQuantizer
         if (o.Fisher != null && IsBlockType(newType) && o.Fisher.TryGetValue(t.Name, out var fisher))
         {
             if (fisher.Length != t.ElementCount) throw new CriaException($"Fisher importances have {fisher.Length} values for tensor '{t.Name}' of {t.ElementCount}");
-            return QuantizeMatrix(newType, src, (int)t.RowLength, (int)t.RowCount, null, threads, cancel, o.FisherCandidates, RowImportance(fisher));
+            QuantizeMatrixInto(dst, newType, src, (int)t.RowLength, (int)t.RowCount, null, threads, cancel, o.FisherCandidates, RowImportance(fisher));
+            return new ReadOnlyMemory<byte>(dst, 0, (int)outBytes);
         }
         if (o.Gptq != null && Quantize.GptqSupports(newType) && o.Gptq.TryGetValue(t.Name, out var gf))
         {
             if (gf.Cols != t.RowLength) throw new CriaException($"GPTQ statistics have {gf.Cols} input columns for tensor '{t.Name}' with rows of {t.RowLength}");
-            return QuantizeMatrixGptq(newType, src, (int)t.RowLength, (int)t.RowCount, gf, o.GptqScales, threads, cancel);
+            QuantizeMatrixGptqInto(dst, newType, src, (int)t.RowLength, (int)t.RowCount, gf, o.GptqScales, threads, cancel);
+            return new ReadOnlyMemory<byte>(dst, 0, (int)outBytes);
         }
-        return QuantizeMatrix(newType, src, (int)t.RowLength, (int)t.RowCount, qw, threads, cancel, o.ImatrixCandidates);
+        QuantizeMatrixInto(dst, newType, src, (int)t.RowLength, (int)t.RowCount, qw, threads, cancel, o.ImatrixCandidates, null);
+        return new ReadOnlyMemory<byte>(dst, 0, (int)outBytes);
     }
 
     /// <summary>Every tensor of <paramref name="f"/> in llama.cpp's order with the type llama-quantize gives it
@@ -213,11 +224,17 @@ public static class ModelQuantizer
     /// factor), rows split over the workers as in <see cref="QuantizeMatrix"/>.</summary>
     public static byte[] QuantizeMatrixGptq(GgmlType type, float[] values, int cols, int rows, GptqFactor factor, GptqScales scales, int threads, CancellationToken cancel = default)
     {
+        var dst = new byte[GgmlTypeInfo.RowBytes(type, cols) * rows];
+        QuantizeMatrixGptqInto(dst, type, values, cols, rows, factor, scales, threads, cancel);
+        return dst;
+    }
+
+    /// <summary><see cref="QuantizeMatrixGptq"/> into the first rows × row-bytes of <paramref name="dst"/>.</summary>
+    static void QuantizeMatrixGptqInto(byte[] dst, GgmlType type, float[] values, int cols, int rows, GptqFactor factor, GptqScales scales, int threads, CancellationToken cancel)
+    {
         int rowBytes = checked((int)GgmlTypeInfo.RowBytes(type, cols));
-        var dst = new byte[(long)rowBytes * rows];
         Parallel.For(0, rows, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, threads), CancellationToken = cancel },
             r => Quantize.RowGptq(type, values.AsSpan(r * cols, cols), dst.AsSpan(r * rowBytes, rowBytes), factor, scales));
-        return dst;
     }
 
     /// <summary>Quantizes rows × cols values (row-major) to <paramref name="type"/>, rows split over <paramref name="threads"/> workers
@@ -226,9 +243,17 @@ public static class ModelQuantizer
     public static byte[] QuantizeMatrix(GgmlType type, float[] values, int cols, int rows, float[]? quantWeights, int threads, CancellationToken cancel = default,
         CalibratedCandidates candidates = CalibratedCandidates.Default, float[]? rowWeights = null)
     {
+        var dst = new byte[GgmlTypeInfo.RowBytes(type, cols) * rows];
+        QuantizeMatrixInto(dst, type, values, cols, rows, quantWeights, threads, cancel, candidates, rowWeights);
+        return dst;
+    }
+
+    /// <summary><see cref="QuantizeMatrix"/> into the first rows × row-bytes of <paramref name="dst"/>.</summary>
+    static void QuantizeMatrixInto(byte[] dst, GgmlType type, float[] values, int cols, int rows, float[]? quantWeights, int threads, CancellationToken cancel,
+        CalibratedCandidates candidates, float[]? rowWeights)
+    {
         if (rowWeights != null && rowWeights.Length != (long)rows * cols) throw new ArgumentException($"{rowWeights.Length} row weights for {rows} × {cols} values", nameof(rowWeights));
         int rowBytes = checked((int)GgmlTypeInfo.RowBytes(type, cols));
-        var dst = new byte[(long)rowBytes * rows];
         int rowsPerChunk = Math.Max(1, (32 * 512 + cols - 1) / cols);
         int chunks = (rows + rowsPerChunk - 1) / rowsPerChunk;
         int next = -1;
@@ -254,6 +279,5 @@ public static class ModelQuantizer
             foreach (var t in workers) t.Join();
         }
         cancel.ThrowIfCancellationRequested();
-        return dst;
     }
 }
