@@ -248,6 +248,7 @@ public static partial class VecDot
     internal readonly struct Q80Weights : IInt8Block
     {
         public static int Bytes => 34;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static unsafe Vector256<sbyte> Values(byte* w) => Vector256.Load((sbyte*)(w + 2));
     }
 
@@ -475,33 +476,17 @@ public static partial class VecDot
 
     // ------------------------------------------------------------------ K-quants x Q8_K (292 B: d f32 | qs[256] | bsums[16] i16)
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float Q8KD(ref byte y) => Unsafe.ReadUnaligned<float>(ref y);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static int Q8KBSum(ref byte y, int j) => Unsafe.ReadUnaligned<short>(ref Unsafe.Add(ref y, 260 + 2 * j));
-
-    // Unpacks the 8 six-bit scales and mins of a Q4_K/Q5_K block (get_scale_min_k4).
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void ScalesMinsK4(ref byte s, Span<int> sc, Span<int> mn)
-    {
-        for (int j = 0; j < 4; j++)
-        {
-            sc[j] = Unsafe.Add(ref s, j) & 63;
-            mn[j] = Unsafe.Add(ref s, j + 4) & 63;
-        }
-        for (int j = 4; j < 8; j++)
-        {
-            sc[j] = (Unsafe.Add(ref s, j + 4) & 0xF) | ((Unsafe.Add(ref s, j - 4) >> 6) << 4);
-            mn[j] = (Unsafe.Add(ref s, j + 4) >> 4) | ((Unsafe.Add(ref s, j) >> 6) << 4);
-        }
-    }
-
     // Q4_K (144 B: d | dmin | scales[12] | qs[128]); chunk c: qs[32c..] low nibbles = sub-block 2c, high = 2c+1.
+    // Q5_K (176 B: d | dmin | scales[12] | qh[32] | qs[128]); as Q4_K, bit 2c / 2c+1 of qh[l] adds 16.
     // Σ = d·Σ_j sc_j Σ q·y − dmin·Σ_j m_(j/2) bsum_j ; the integer parts are exact.
     private static unsafe float DotQ4_K(ref byte w, ref byte a, int nb)
     {
-        fixed (byte* x = &w) fixed (byte* y = &a) return DotQ4KAvx2(x, y, nb);
+        fixed (byte* x = &w) fixed (byte* y = &a) return DotK4Avx2<Q4KWeights>(x, y, nb);
+    }
+
+    private static unsafe float DotQ5_K(ref byte w, ref byte a, int nb)
+    {
+        fixed (byte* x = &w) fixed (byte* y = &a) return DotK4Avx2<Q5KWeights>(x, y, nb);
     }
 
     /// <summary>Bytes ahead of the current weight block that the AVX2 K-quant kernels prefetch: decode streams every
@@ -509,32 +494,75 @@ public static partial class VecDot
     /// <see cref="RowKernels"/>' AVX-512 kernels).</summary>
     const int PrefetchAhead = 4096;
 
+    /// <summary>A super-block with Q4_K's 6-bit scales and mins at bytes 4–15 (Q4_K, Q5_K), read as 4 chunks of 64
+    /// values: chunk c's low half is sub-block 2c, its high half 2c + 1, as unsigned bytes (0..15 or 0..31).</summary>
+    internal interface IK4Block
+    {
+        /// <summary>Bytes of one super-block.</summary>
+        static abstract int Bytes { get; }
+        /// <summary>Chunk <paramref name="chunk"/>'s 32 + 32 values of the super-block at x.</summary>
+        static abstract unsafe (Vector256<byte> Lo, Vector256<byte> Hi) Values(byte* x, [ConstantExpected] byte chunk);
+    }
+
+    internal readonly struct Q4KWeights : IK4Block
+    {
+        public static int Bytes => 144;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static unsafe (Vector256<byte> Lo, Vector256<byte> Hi) Values(byte* x, [ConstantExpected] byte chunk)
+        {
+            var m4 = Vector256.Create((byte)0x0F);
+            var bits = Vector256.Load(x + 16 + 32 * chunk);
+            return (bits & m4, Vector256.ShiftRightLogical(bits.AsUInt16(), 4).AsByte() & m4);
+        }
+    }
+
+    internal readonly struct Q5KWeights : IK4Block
+    {
+        public static int Bytes => 176;
+        /// <summary>Q4_K's nibbles (qs at 48) with bits 2c and 2c + 1 of qh (at 16) as their 16s. Values are 0..31, so
+        /// vpmaddubsw's pair sums stay within int16 (2·31·128).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static unsafe (Vector256<byte> Lo, Vector256<byte> Hi) Values(byte* x, [ConstantExpected] byte chunk)
+        {
+            var m4 = Vector256.Create((byte)0x0F);
+            var one = Vector256.Create((ushort)0x0101); // bit 0 of each byte: 16-bit shifts move no other bit there
+            var qh = Vector256.Load(x + 16).AsUInt16();
+            var bits = Vector256.Load(x + 48 + 32 * chunk);
+            var lo = (bits & m4) | Vector256.ShiftLeft(Vector256.ShiftRightLogical(qh, (byte)(2 * chunk)) & one, 4).AsByte();
+            var hi = (Vector256.ShiftRightLogical(bits.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft(Vector256.ShiftRightLogical(qh, (byte)(2 * chunk + 1)) & one, 4).AsByte();
+            return (lo, hi);
+        }
+    }
+
     /// <summary>
-    /// Q4_K × Q8_K with AVX2, ggml's way (ggml_vec_dot_q4_K_q8_K): the 6-bit scales and mins unpacked as whole words to
-    /// 8 + 8 int16 lanes; each 32-byte chunk of nibbles is split into low (sub-block 2j) and high (2j+1) halves,
-    /// vpmaddubsw against the activations gives int16 pair sums (≤ 2·15·127), and vpmaddwd against the broadcast
-    /// sub-block scale widens them to int32 — the scale costs no separate multiply. The min term is one vpmaddwd of
-    /// the 8 mins against the 8 sub-block sums (pairs of bsums). The integers are those of the scalar kernel.
+    /// Q4_K / Q5_K × Q8_K with AVX2, ggml's way (ggml_vec_dot_q4_K_q8_K): the 6-bit scales and mins unpacked as whole
+    /// words to 8 + 8 int16 lanes; each chunk's low (sub-block 2j) and high (2j+1) values go through vpmaddubsw against
+    /// the activations (int16 pair sums, ≤ 2·31·128), and vpmaddwd against the broadcast sub-block scale widens them to
+    /// int32 — the scale costs no separate multiply. The min term is one vpmaddwd of the 8 mins against the 8 sub-block
+    /// sums (pairs of bsums). The integers are those of the scalar kernel.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static unsafe float DotQ4KAvx2(byte* x, byte* y, int nb)
+    internal static unsafe float DotK4Avx2<T>(byte* x, byte* y, int nb) where T : IK4Block
     {
         Vector256<float> acc = default;
         Vector128<float> accMin = default;
-        for (int i = 0; i < nb; i++, x += 144, y += 292)
+        for (int i = 0; i < nb; i++, x += T.Bytes, y += 292)
         {
             Sse.Prefetch0(x + PrefetchAhead);
             Sse.Prefetch0(x + PrefetchAhead + 64);
             Sse.Prefetch0(x + PrefetchAhead + 128);
-            Q4KStep(x, y, ref acc, ref accMin);
+            K4Step<T>(x, y, ref acc, ref accMin);
         }
         return Vector256.Sum(acc) + Vector128.Sum(accMin);
     }
 
-    /// <summary>One Q4_K super-block (144 B at x) against one Q8_K block (292 B at y): acc += d·Σ_j sc_j·(q·y)_j as 8
-    /// lanes, accMin += −dmin·m_j·bsum_j as 4 lanes.</summary>
+    /// <summary>Q4_K × Q8_K (ggml layout) with AVX2: <see cref="DotK4Avx2{T}"/>.</summary>
+    internal static unsafe float DotQ4KAvx2(byte* x, byte* y, int nb) => DotK4Avx2<Q4KWeights>(x, y, nb);
+
+    /// <summary>One super-block (at x) against one Q8_K block (292 B at y): acc += d·Σ_j sc_j·(q·y)_j as 8 lanes,
+    /// accMin += −dmin·m_j·bsum_j as 4 lanes.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void Q4KStep(byte* x, byte* y, ref Vector256<float> acc, ref Vector128<float> accMin)
+    private static unsafe void K4Step<T>(byte* x, byte* y, ref Vector256<float> acc, ref Vector128<float> accMin) where T : IK4Block
     {
         float yd = *(float*)y;
         float d = yd * Fp16.ToSingle(*(ushort*)x), dmin = -yd * Fp16.ToSingle(*(ushort*)(x + 2));
@@ -544,96 +572,35 @@ public static partial class VecDot
         var minTerm = Sse2.MultiplyAddAdjacent(scalesMins.GetUpper(), subSums);
         accMin = Fma.MultiplyAdd(Vector128.Create(dmin), Vector128.ConvertToSingle(minTerm), accMin);
         var sc = scalesMins.GetLower().AsByte();
-        var sumi = Q4KSums(x + 16, (sbyte*)(y + 4), Vector256.Create(sc, sc));
+        var sumi = K4Sums<T>(x, (sbyte*)(y + 4), Vector256.Create(sc, sc));
         acc = Fma.MultiplyAdd(Vector256.Create(d), Vector256.ConvertToSingle(sumi), acc);
     }
 
-    /// <summary>Chunk j of a Q4_K super-block (32 bytes of nibbles at q: low = sub-block 2j, high = 2j + 1) against its 64
-    /// activations: Σ per 8 int32 lanes of sc_2j·(lo·a) + sc_2j+1·(hi·a), the scales picked from <paramref name="scales"/>
-    /// (8 int16 in each 128-bit half) by the shuffles.</summary>
+    /// <summary>Chunk c of a super-block against its 64 activations: Σ per 8 int32 lanes of sc_2c·(lo·a) + sc_2c+1·(hi·a),
+    /// the scales picked from <paramref name="scales"/> (8 int16 in each 128-bit half) by the shuffles.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe Vector256<int> Q4KChunk(byte* q, sbyte* a8, Vector256<byte> scales, Vector256<byte> shufLo, Vector256<byte> shufHi)
+    private static unsafe Vector256<int> K4Chunk<T>(byte* x, [ConstantExpected] byte chunk, sbyte* a8, Vector256<byte> scales, Vector256<byte> shufLo, Vector256<byte> shufHi)
+        where T : IK4Block
     {
-        var m4 = Vector256.Create((byte)0x0F);
-        var bits = Vector256.Load(q);
-        var lo = bits & m4;
-        var hi = Vector256.ShiftRightLogical(bits.AsUInt16(), 4).AsByte() & m4;
+        var (lo, hi) = T.Values(x, chunk);
         var pLo = Avx2.MultiplyAddAdjacent(Avx2.Shuffle(scales, shufLo).AsInt16(), Avx2.MultiplyAddAdjacent(lo, Vector256.Load(a8)));
         var pHi = Avx2.MultiplyAddAdjacent(Avx2.Shuffle(scales, shufHi).AsInt16(), Avx2.MultiplyAddAdjacent(hi, Vector256.Load(a8 + 32)));
         return pLo + pHi;
     }
 
-    // Q5_K (176 B: d | dmin | scales[12] | qh[32] | qs[128]); as Q4_K, bit 2c / 2c+1 of qh[l] adds 16.
-    private static float DotQ5_K(ref byte w, ref byte a, int nb) => DotK4(ref w, ref a, nb, five: true);
-
+    /// <summary>Σ_j sc_j · (q·y) of one super-block (at x) against 256 int8 activations, as 8 int32 lanes; the four
+    /// chunks written out so that the scale shuffles are constants.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float DotK4(ref byte w, ref byte a, int nb, bool five)
+    private static unsafe Vector256<int> K4Sums<T>(byte* x, sbyte* a8, Vector256<byte> scales) where T : IK4Block
     {
-        int bs = five ? 176 : 144, qsOff = five ? 48 : 16;
-        Span<int> sc = stackalloc int[8];
-        Span<int> mn = stackalloc int[8];
-        Vector256<byte> m4 = Vector256.Create((byte)0x0F);
-        Vector256<byte> one = Vector256.Create((byte)1);
-        float sumf = 0;
-        for (int i = 0; i < nb; i++)
-        {
-            ref byte x = ref Unsafe.Add(ref w, i * bs);
-            ref byte y = ref Unsafe.Add(ref a, i * 292);
-            ScalesMinsK4(ref Unsafe.Add(ref x, 4), sc, mn);
-            int summ = 0;
-            for (int j = 0; j < 16; j++) summ += Q8KBSum(ref y, j) * mn[j >> 1];
-
-            Vector256<byte> qh = five ? Load256(ref x, 16) : default;
-            Vector256<int> acc = default;
-            for (int c = 0; c < 4; c++)
-            {
-                Vector256<byte> q = Load256(ref x, qsOff + 32 * c);
-                Vector256<byte> lo = q & m4;
-                Vector256<byte> hi = Vector256.ShiftRightLogical(q, 4) & m4;
-                if (five)
-                {
-                    lo |= Vector256.ShiftLeft(Vector256.ShiftRightLogical(qh, 2 * c) & one, 4);
-                    hi |= Vector256.ShiftLeft(Vector256.ShiftRightLogical(qh, 2 * c + 1) & one, 4);
-                }
-                Vector256<int> p0 = DotU8I8(Vector256<int>.Zero, lo, Load256(ref y, 4 + 64 * c).AsSByte());
-                Vector256<int> p1 = DotU8I8(Vector256<int>.Zero, hi, Load256(ref y, 4 + 64 * c + 32).AsSByte());
-                acc += p0 * sc[2 * c] + p1 * sc[2 * c + 1];
-            }
-            int sumi = Vector256.Sum(acc);
-            float yd = Q8KD(ref y);
-            float d = HalfAt(ref x, 0) * yd, dmin = HalfAt(ref x, 2) * yd;
-            sumf += d * sumi - dmin * summ;
-        }
-        return sumf;
+        var sumi = K4Chunk<T>(x, 0, a8, scales, Vector256.Create((ushort)0x0100).AsByte(), Vector256.Create((ushort)0x0302).AsByte());
+        sumi += K4Chunk<T>(x, 1, a8 + 64, scales, Vector256.Create((ushort)0x0504).AsByte(), Vector256.Create((ushort)0x0706).AsByte());
+        sumi += K4Chunk<T>(x, 2, a8 + 128, scales, Vector256.Create((ushort)0x0908).AsByte(), Vector256.Create((ushort)0x0B0A).AsByte());
+        sumi += K4Chunk<T>(x, 3, a8 + 192, scales, Vector256.Create((ushort)0x0D0C).AsByte(), Vector256.Create((ushort)0x0F0E).AsByte());
+        return sumi;
     }
 
-    /// <summary>
-    /// Q4_K × Q8_K for <see cref="RowKernels"/> on AVX2: as <see cref="DotQ4KAvx2"/>, but the activation blocks hold, where
-    /// ggml's bsums were, 8 floats f_j = d8 · (bsum 2j + bsum 2j+1) (<see cref="RowKernels.PrepareActivations"/>), so the
-    /// min term is one 8-lane FMA of (−dmin · m_j) against them, and its per-row work leaves the four-row kernel
-    /// (<see cref="DotQ4KRowAvx2x4"/>: the mins are converted once for the four rows). Results differ from ggml's integer
-    /// min term by float rounding only (the AVX-512 kernels do the same).
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static unsafe float DotQ4KRowAvx2(byte* x, byte* y, int nb)
-    {
-        Vector256<float> acc = default, accMin = default;
-        for (int i = 0; i < nb; i++, x += 144, y += 292)
-        {
-            Sse.Prefetch0(x + PrefetchAhead);
-            Sse.Prefetch0(x + PrefetchAhead + 64);
-            Sse.Prefetch0(x + PrefetchAhead + 128);
-            var scalesMins = Q4KScalesMins(x);
-            var negMins = Vector256.ConvertToSingle(Avx2.ConvertToVector256Int32(scalesMins.GetUpper())) * Vector256.Create(-Fp16.ToSingle(*(ushort*)(x + 2)));
-            accMin = Fma.MultiplyAdd(negMins, Vector256.Load((float*)(y + 260)), accMin);
-            var sc = scalesMins.GetLower().AsByte();
-            var sumi = Q4KSums(x + 16, (sbyte*)(y + 4), Vector256.Create(sc, sc));
-            acc = Fma.MultiplyAdd(Vector256.Create(*(float*)y * Fp16.ToSingle(*(ushort*)x)), Vector256.ConvertToSingle(sumi), acc);
-        }
-        return Vector256.Sum(acc) + Vector256.Sum(accMin);
-    }
-
-    /// <summary>A Q4_K super-block's 8 six-bit scales and 8 mins as int16 lanes: [scales 0–7 | mins 0–7].</summary>
+    /// <summary>A Q4_K / Q5_K super-block's 8 six-bit scales and 8 mins as int16 lanes: [scales 0–7 | mins 0–7].</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static unsafe Vector256<short> Q4KScalesMins(byte* x)
     {
@@ -645,94 +612,18 @@ public static partial class VecDot
         return Avx2.ConvertToVector256Int16(Vector128.Create(sc03, sc47, mn03, mn47).AsByte());
     }
 
-    /// <summary>Σ_j sc_j · (q·y) of one Q4_K super-block's 128 bytes of nibbles (at q) against 256 int8 activations, as 8
-    /// int32 lanes; the four chunks written out so that the scale shuffles are constants.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe Vector256<int> Q4KSums(byte* q, sbyte* a8, Vector256<byte> scales)
-    {
-        var sumi = Q4KChunk(q, a8, scales, Vector256.Create((ushort)0x0100).AsByte(), Vector256.Create((ushort)0x0302).AsByte());
-        sumi += Q4KChunk(q + 32, a8 + 64, scales, Vector256.Create((ushort)0x0504).AsByte(), Vector256.Create((ushort)0x0706).AsByte());
-        sumi += Q4KChunk(q + 64, a8 + 128, scales, Vector256.Create((ushort)0x0908).AsByte(), Vector256.Create((ushort)0x0B0A).AsByte());
-        sumi += Q4KChunk(q + 96, a8 + 192, scales, Vector256.Create((ushort)0x0D0C).AsByte(), Vector256.Create((ushort)0x0F0E).AsByte());
-        return sumi;
-    }
-
     /// <summary>
-    /// <see cref="DotQ4KRowAvx2"/> of one weight row against four activation rows (y, y + yStride, …): the scales,
-    /// mins and nibbles are unpacked once per super-block and used for all four — prefill's case. Each row's integers
-    /// and float operations are those of the single-row kernel, in the same order, so the results have its bits.
-    /// out[k · outStride] = row k's dot product.
+    /// Q4_K / Q5_K × Q8_K for <see cref="RowKernels"/> on AVX2: as <see cref="DotK4Avx2{T}"/>, but the activation blocks
+    /// hold, where ggml's bsums were, 8 floats f_j = d8 · (bsum 2j + bsum 2j+1) (<see cref="RowKernels.PrepareActivations"/>),
+    /// so the min term is one 8-lane FMA of (−dmin · m_j) against them, and its per-row work leaves the four-row kernel
+    /// (<see cref="DotK4RowAvx2x4{T}"/>: the mins are converted once for the four rows). Results differ from ggml's integer
+    /// min term by float rounding only (the AVX-512 kernels do the same).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static unsafe void DotQ4KRowAvx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride)
-    {
-        byte* y1 = y + yStride, y2 = y1 + yStride, y3 = y2 + yStride;
-        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default; // d · Σ sc·(q·y)
-        Vector256<float> n0 = default, n1 = default, n2 = default, n3 = default; // −dmin · Σ m·f
-        for (int i = 0; i < nb; i++, x += 144)
-        {
-            int yo = i * 292;
-            float wd = Fp16.ToSingle(*(ushort*)x);
-            var scalesMins = Q4KScalesMins(x);
-            var negMins = Vector256.ConvertToSingle(Avx2.ConvertToVector256Int32(scalesMins.GetUpper())) * Vector256.Create(-Fp16.ToSingle(*(ushort*)(x + 2)));
-            n0 = Fma.MultiplyAdd(negMins, Vector256.Load((float*)(y + yo + 260)), n0);
-            n1 = Fma.MultiplyAdd(negMins, Vector256.Load((float*)(y1 + yo + 260)), n1);
-            n2 = Fma.MultiplyAdd(negMins, Vector256.Load((float*)(y2 + yo + 260)), n2);
-            n3 = Fma.MultiplyAdd(negMins, Vector256.Load((float*)(y3 + yo + 260)), n3);
-            var sc = scalesMins.GetLower().AsByte();
-            var scales = Vector256.Create(sc, sc);
-            Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default;
-            byte* q = x + 16;
-            int a = yo + 4;
-            Q4KChunkX4(q, a, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0100).AsByte(), Vector256.Create((ushort)0x0302).AsByte(), ref s0, ref s1, ref s2, ref s3);
-            Q4KChunkX4(q + 32, a + 64, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0504).AsByte(), Vector256.Create((ushort)0x0706).AsByte(), ref s0, ref s1, ref s2, ref s3);
-            Q4KChunkX4(q + 64, a + 128, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0908).AsByte(), Vector256.Create((ushort)0x0B0A).AsByte(), ref s0, ref s1, ref s2, ref s3);
-            Q4KChunkX4(q + 96, a + 192, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0D0C).AsByte(), Vector256.Create((ushort)0x0F0E).AsByte(), ref s0, ref s1, ref s2, ref s3);
-            c0 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y + yo) * wd), Vector256.ConvertToSingle(s0), c0);
-            c1 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y1 + yo) * wd), Vector256.ConvertToSingle(s1), c1);
-            c2 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y2 + yo) * wd), Vector256.ConvertToSingle(s2), c2);
-            c3 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y3 + yo) * wd), Vector256.ConvertToSingle(s3), c3);
-        }
-        outp[0] = Vector256.Sum(c0) + Vector256.Sum(n0);
-        outp[outStride] = Vector256.Sum(c1) + Vector256.Sum(n1);
-        outp[2L * outStride] = Vector256.Sum(c2) + Vector256.Sum(n2);
-        outp[3L * outStride] = Vector256.Sum(c3) + Vector256.Sum(n3);
-    }
-
-    /// <summary><see cref="Q4KChunk"/> for four activation rows (byte offset a in each): the nibbles and scales
-    /// unpacked once.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void Q4KChunkX4(byte* q, int a, byte* y0, byte* y1, byte* y2, byte* y3, Vector256<byte> scales,
-        Vector256<byte> shufLo, Vector256<byte> shufHi, ref Vector256<int> s0, ref Vector256<int> s1, ref Vector256<int> s2, ref Vector256<int> s3)
-    {
-        var m4 = Vector256.Create((byte)0x0F);
-        var bits = Vector256.Load(q);
-        var lo = bits & m4;
-        var hi = Vector256.ShiftRightLogical(bits.AsUInt16(), 4).AsByte() & m4;
-        var scaleLo = Avx2.Shuffle(scales, shufLo).AsInt16();
-        var scaleHi = Avx2.Shuffle(scales, shufHi).AsInt16();
-        s0 += Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load((sbyte*)(y0 + a))))
-            + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y0 + a + 32))));
-        s1 += Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load((sbyte*)(y1 + a))))
-            + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y1 + a + 32))));
-        s2 += Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load((sbyte*)(y2 + a))))
-            + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y2 + a + 32))));
-        s3 += Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load((sbyte*)(y3 + a))))
-            + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y3 + a + 32))));
-    }
-
-    /// <summary>
-    /// Q5_K × Q8_K for <see cref="RowKernels"/> on AVX2 (176 B: d | dmin | scales[12] | qh[32] | qs[128]): Q4_K's kernel
-    /// (<see cref="DotQ4KRowAvx2"/>: same scales and mins, same activation layout with float min sums) with the fifth bit
-    /// of every value — bit 2c of qh[l] for element l of chunk c's low nibbles, bit 2c + 1 for its high ones — put in
-    /// as 16. Values are 0..31, so vpmaddubsw's pair sums stay within int16 (2·31·128). The integers are the scalar
-    /// kernel's; the min term differs from it by float rounding, as Q4_K's.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static unsafe float DotQ5KRowAvx2(byte* x, byte* y, int nb)
+    internal static unsafe float DotK4RowAvx2<T>(byte* x, byte* y, int nb) where T : IK4Block
     {
         Vector256<float> acc = default, accMin = default;
-        for (int i = 0; i < nb; i++, x += 176, y += 292)
+        for (int i = 0; i < nb; i++, x += T.Bytes, y += 292)
         {
             Sse.Prefetch0(x + PrefetchAhead);
             Sse.Prefetch0(x + PrefetchAhead + 64);
@@ -741,51 +632,28 @@ public static partial class VecDot
             var negMins = Vector256.ConvertToSingle(Avx2.ConvertToVector256Int32(scalesMins.GetUpper())) * Vector256.Create(-Fp16.ToSingle(*(ushort*)(x + 2)));
             accMin = Fma.MultiplyAdd(negMins, Vector256.Load((float*)(y + 260)), accMin);
             var sc = scalesMins.GetLower().AsByte();
-            var scales = Vector256.Create(sc, sc);
-            var qh = Vector256.Load(x + 16).AsUInt16();
-            byte* q = x + 48;
-            sbyte* a8 = (sbyte*)(y + 4);
-            var sumi = Q5KChunk(q, qh, 0, a8, scales, Vector256.Create((ushort)0x0100).AsByte(), Vector256.Create((ushort)0x0302).AsByte());
-            sumi += Q5KChunk(q + 32, qh, 2, a8 + 64, scales, Vector256.Create((ushort)0x0504).AsByte(), Vector256.Create((ushort)0x0706).AsByte());
-            sumi += Q5KChunk(q + 64, qh, 4, a8 + 128, scales, Vector256.Create((ushort)0x0908).AsByte(), Vector256.Create((ushort)0x0B0A).AsByte());
-            sumi += Q5KChunk(q + 96, qh, 6, a8 + 192, scales, Vector256.Create((ushort)0x0D0C).AsByte(), Vector256.Create((ushort)0x0F0E).AsByte());
+            var sumi = K4Sums<T>(x, (sbyte*)(y + 4), Vector256.Create(sc, sc));
             acc = Fma.MultiplyAdd(Vector256.Create(*(float*)y * Fp16.ToSingle(*(ushort*)x)), Vector256.ConvertToSingle(sumi), acc);
         }
         return Vector256.Sum(acc) + Vector256.Sum(accMin);
     }
 
-    /// <summary>Chunk c of a Q5_K super-block's 5-bit values: the 32 bytes of nibbles at q (low = sub-block 2c, high =
-    /// 2c + 1) with bits <paramref name="bit"/> = 2c and 2c + 1 of qh as their 16s.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe (Vector256<byte> Lo, Vector256<byte> Hi) Q5KValues(byte* q, Vector256<ushort> qh, byte bit)
-    {
-        var m4 = Vector256.Create((byte)0x0F);
-        var one = Vector256.Create((ushort)0x0101); // bit 0 of each byte: 16-bit shifts move no other bit there
-        var bits = Vector256.Load(q);
-        var lo = (bits & m4) | Vector256.ShiftLeft(Vector256.ShiftRightLogical(qh, bit) & one, 4).AsByte();
-        var hi = (Vector256.ShiftRightLogical(bits.AsUInt16(), 4).AsByte() & m4) | Vector256.ShiftLeft(Vector256.ShiftRightLogical(qh, (byte)(bit + 1)) & one, 4).AsByte();
-        return (lo, hi);
-    }
+    internal static unsafe float DotQ4KRowAvx2(byte* x, byte* y, int nb) => DotK4RowAvx2<Q4KWeights>(x, y, nb);
+    internal static unsafe float DotQ5KRowAvx2(byte* x, byte* y, int nb) => DotK4RowAvx2<Q5KWeights>(x, y, nb);
 
-    /// <summary><see cref="Q4KChunk"/> for Q5_K: Σ per 8 int32 lanes of sc_2c·(lo·a) + sc_2c+1·(hi·a).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe Vector256<int> Q5KChunk(byte* q, Vector256<ushort> qh, byte bit, sbyte* a8, Vector256<byte> scales, Vector256<byte> shufLo, Vector256<byte> shufHi)
-    {
-        var (lo, hi) = Q5KValues(q, qh, bit);
-        var pLo = Avx2.MultiplyAddAdjacent(Avx2.Shuffle(scales, shufLo).AsInt16(), Avx2.MultiplyAddAdjacent(lo, Vector256.Load(a8)));
-        var pHi = Avx2.MultiplyAddAdjacent(Avx2.Shuffle(scales, shufHi).AsInt16(), Avx2.MultiplyAddAdjacent(hi, Vector256.Load(a8 + 32)));
-        return pLo + pHi;
-    }
-
-    /// <summary><see cref="DotQ5KRowAvx2"/> of one weight row against four activation rows (prefill), the values, scales
-    /// and mins unpacked once; each row's operations in the single-row kernel's order, so the same bits.</summary>
+    /// <summary>
+    /// <see cref="DotK4RowAvx2{T}"/> of one weight row against four activation rows (y, y + yStride, …): the scales,
+    /// mins and values are unpacked once per super-block and used for all four — prefill's case. Each row's integers
+    /// and float operations are those of the single-row kernel, in the same order, so the results have its bits.
+    /// out[k · outStride] = row k's dot product.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static unsafe void DotQ5KRowAvx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride)
+    internal static unsafe void DotK4RowAvx2x4<T>(byte* x, byte* y, int yStride, int nb, float* outp, int outStride) where T : IK4Block
     {
         byte* y1 = y + yStride, y2 = y1 + yStride, y3 = y2 + yStride;
         Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default; // d · Σ sc·(q·y)
         Vector256<float> n0 = default, n1 = default, n2 = default, n3 = default; // −dmin · Σ m·f
-        for (int i = 0; i < nb; i++, x += 176)
+        for (int i = 0; i < nb; i++, x += T.Bytes)
         {
             int yo = i * 292;
             float wd = Fp16.ToSingle(*(ushort*)x);
@@ -797,14 +665,12 @@ public static partial class VecDot
             n3 = Fma.MultiplyAdd(negMins, Vector256.Load((float*)(y3 + yo + 260)), n3);
             var sc = scalesMins.GetLower().AsByte();
             var scales = Vector256.Create(sc, sc);
-            var qh = Vector256.Load(x + 16).AsUInt16();
             Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default;
-            byte* q = x + 48;
             int a = yo + 4;
-            Q5KChunkX4(q, qh, 0, a, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0100).AsByte(), Vector256.Create((ushort)0x0302).AsByte(), ref s0, ref s1, ref s2, ref s3);
-            Q5KChunkX4(q + 32, qh, 2, a + 64, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0504).AsByte(), Vector256.Create((ushort)0x0706).AsByte(), ref s0, ref s1, ref s2, ref s3);
-            Q5KChunkX4(q + 64, qh, 4, a + 128, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0908).AsByte(), Vector256.Create((ushort)0x0B0A).AsByte(), ref s0, ref s1, ref s2, ref s3);
-            Q5KChunkX4(q + 96, qh, 6, a + 192, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0D0C).AsByte(), Vector256.Create((ushort)0x0F0E).AsByte(), ref s0, ref s1, ref s2, ref s3);
+            K4ChunkX4<T>(x, 0, a, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0100).AsByte(), Vector256.Create((ushort)0x0302).AsByte(), ref s0, ref s1, ref s2, ref s3);
+            K4ChunkX4<T>(x, 1, a + 64, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0504).AsByte(), Vector256.Create((ushort)0x0706).AsByte(), ref s0, ref s1, ref s2, ref s3);
+            K4ChunkX4<T>(x, 2, a + 128, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0908).AsByte(), Vector256.Create((ushort)0x0B0A).AsByte(), ref s0, ref s1, ref s2, ref s3);
+            K4ChunkX4<T>(x, 3, a + 192, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0D0C).AsByte(), Vector256.Create((ushort)0x0F0E).AsByte(), ref s0, ref s1, ref s2, ref s3);
             c0 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y + yo) * wd), Vector256.ConvertToSingle(s0), c0);
             c1 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y1 + yo) * wd), Vector256.ConvertToSingle(s1), c1);
             c2 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y2 + yo) * wd), Vector256.ConvertToSingle(s2), c2);
@@ -816,12 +682,17 @@ public static partial class VecDot
         outp[3L * outStride] = Vector256.Sum(c3) + Vector256.Sum(n3);
     }
 
-    /// <summary><see cref="Q5KChunk"/> for four activation rows (byte offset a in each): values and scales unpacked once.</summary>
+    internal static unsafe void DotQ4KRowAvx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride) => DotK4RowAvx2x4<Q4KWeights>(x, y, yStride, nb, outp, outStride);
+    internal static unsafe void DotQ5KRowAvx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride) => DotK4RowAvx2x4<Q5KWeights>(x, y, yStride, nb, outp, outStride);
+
+    /// <summary><see cref="K4Chunk{T}"/> for four activation rows (byte offset a in each): the values and scales
+    /// unpacked once.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void Q5KChunkX4(byte* q, Vector256<ushort> qh, byte bit, int a, byte* y0, byte* y1, byte* y2, byte* y3, Vector256<byte> scales,
+    private static unsafe void K4ChunkX4<T>(byte* x, [ConstantExpected] byte chunk, int a, byte* y0, byte* y1, byte* y2, byte* y3, Vector256<byte> scales,
         Vector256<byte> shufLo, Vector256<byte> shufHi, ref Vector256<int> s0, ref Vector256<int> s1, ref Vector256<int> s2, ref Vector256<int> s3)
+        where T : IK4Block
     {
-        var (lo, hi) = Q5KValues(q, qh, bit);
+        var (lo, hi) = T.Values(x, chunk);
         var scaleLo = Avx2.Shuffle(scales, shufLo).AsInt16();
         var scaleHi = Avx2.Shuffle(scales, shufHi).AsInt16();
         s0 += Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load((sbyte*)(y0 + a))))
