@@ -1142,6 +1142,11 @@ public static unsafe class RowKernels
             if (nonFinite) y[0] = DotF16((ushort*)w, (float*)x, n); // an F16 infinity or NaN among the weights
             return;
         }
+        if (type == GgmlType.BF16 && B == 1 && !Vector512.IsHardwareAccelerated && Avx2.IsSupported && Fma.IsSupported)
+        {
+            y[0] = DotBF16Avx2((ushort*)w, (float*)x, n); // decode: no widening pass over the row
+            return;
+        }
         float* wf = (float*)w;
         if (type != GgmlType.F32)
         {
@@ -1368,6 +1373,38 @@ public static unsafe class RowKernels
         y[2L * yStride] = Vector512.Sum((c0 + c1) + (c2 + c3));
         y[3L * yStride] = Vector512.Sum((d0 + d1) + (d2 + d3));
     }
+
+    /// <summary>
+    /// A BF16 weight row against F32 activations without AVX-512 (decode): <see cref="DotF32"/>'s 256-bit lanes, steps
+    /// and sums over the row widened on the fly (vpmovzxwd, shift by 16: exact), so the result has the bits of
+    /// <see cref="DotF32"/> on the widened row, which prefill uses (<see cref="FloatBlock256"/>) — without writing and
+    /// re-reading the widened row (TinyLlama BF16 tg16 on the AVX2 VM: 5.3 tok/s widening first, F16's kernel 10.2).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static float DotBF16Avx2(ushort* a, float* b, int n)
+    {
+        int i = 0;
+        float sum = 0;
+        if (n >= 32)
+        {
+            Vector256<float> s0 = default, s1 = default, s2 = default, s3 = default;
+            for (; i + 32 <= n; i += 32)
+            {
+                Sse.Prefetch0(a + i + 2048);
+                s0 = Vector256.FusedMultiplyAdd(Bf16x8(a + i), Vector256.Load(b + i), s0);
+                s1 = Vector256.FusedMultiplyAdd(Bf16x8(a + i + 8), Vector256.Load(b + i + 8), s1);
+                s2 = Vector256.FusedMultiplyAdd(Bf16x8(a + i + 16), Vector256.Load(b + i + 16), s2);
+                s3 = Vector256.FusedMultiplyAdd(Bf16x8(a + i + 24), Vector256.Load(b + i + 24), s3);
+            }
+            sum = Vector256.Sum((s0 + s1) + (s2 + s3));
+        }
+        for (; i < n; i++) sum = MathF.FusedMultiplyAdd(Bf16.ToSingle(a[i]), b[i], sum);
+        return sum;
+    }
+
+    /// <summary>8 BF16 values as floats (exact).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<float> Bf16x8(ushort* p) => (Avx2.ConvertToVector256Int32(p).AsUInt32() << 16).AsSingle();
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static float DotF32(float* a, float* b, int n)
