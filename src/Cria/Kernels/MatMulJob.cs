@@ -33,6 +33,7 @@ internal sealed unsafe class MatMulJob : ParallelJob
     readonly int[] _actRowBytes = new int[MaxParts];
     readonly float*[] _out = new float*[MaxParts]; // part p: [B, W_p.Rows]
     readonly int[] _chunk = new int[MaxParts];
+    readonly int[] _group = new int[MaxParts];     // part p's kernel runs rows in groups of this many (RowKernels.RowGroup)
     readonly int[] _end = new int[MaxParts];       // part p's rows are [_end[p-1], _end[p]) of the sequence
     int _parts, _batch, _next;
 
@@ -109,6 +110,10 @@ internal sealed unsafe class MatMulJob : ParallelJob
         // Float weights run in blocks of 4 rows (RowKernels.FloatBlock), so a prefill chunk holds at least 8 of them.
         if (!decode && w.Type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16) byBytes = Math.Max(byBytes, 8);
         _chunk[p] = Math.Clamp(Math.Min(byBytes, w.Rows / (decode ? 8 : 16)), 1, decode ? int.MaxValue : 256);
+        // Kernels that run rows in groups (Q4_0: eight) get chunks of whole groups.
+        int g = RowKernels.RowGroup(w.Type);
+        _group[p] = g;
+        if (_chunk[p] > g) _chunk[p] = _chunk[p] / g * g;
     }
 
     public override bool SharesWorkDynamically => true;
@@ -128,6 +133,7 @@ internal sealed unsafe class MatMulJob : ParallelJob
             // the workers finish together instead of one waiting for the other's last full chunk.
             int chunk = _chunk[p];
             int size = Math.Max(Math.Max(1, chunk >> 3), Math.Min(chunk, (total - start) / (2 * workerCount)));
+            size = (size + _group[p] - 1) / _group[p] * _group[p];
             int end = Math.Min(_end[p], start + size);
             if (Interlocked.CompareExchange(ref _next, end, start) != start) continue;
             RunChunk(p, start, end);
@@ -148,7 +154,7 @@ internal sealed unsafe class MatMulJob : ParallelJob
     /// owners advance and others take from the back. 64 KiB was slower: TinyLlama tg128, `cria bench -p 0 -n 128 -r 2`,
     /// alternating builds, F16 21.5 → 22.9 tok/s (10 pairs, 8 faster), Q4_K_M 72.3 → 74.7 (4 pairs, 3 faster); 1 MiB
     /// read the same as 256 KiB (F16, 4 pairs: 23.8 / 23.7) with a coarser tail.</summary>
-    int ChunkRows(int p) => Math.Max(1, 262144 / Math.Max(1, _w[p].RowBytes));
+    int ChunkRows(int p) => Math.Max(_group[p], 262144 / Math.Max(1, _w[p].RowBytes) / _group[p] * _group[p]);
 
     int PartOf(int row) { int p = 0; while (row >= _end[p]) p++; return p; }
 

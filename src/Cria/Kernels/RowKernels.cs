@@ -51,7 +51,8 @@ public static unsafe class RowKernels
         GgmlType.F32 or GgmlType.BF16 => n * 4 + 64, // one cache line of padding: rows 8 KiB apart alias in L1
         GgmlType.F16 => n * 8 + 64, // [n] F16-rounded x, then [n] the same · 2^112 for the decode kernel (DotF16Scaled)
         GgmlType.Q8_0 when Avx512BW.IsSupported => n / 32 * 68,
-        GgmlType.Q8_0 or GgmlType.Q4_0 when Avx2Rows(weightType) => n / 32 * 36, // [nb] F32 scales, then [nb, 32] int8 quants
+        GgmlType.Q8_0 when Avx2Rows(weightType) => n / 32 * 36, // [nb] F32 scales, then [nb, 32] int8 quants
+        GgmlType.Q4_0 when Avx2Rows(weightType) => n / 32 * 40, // the same, then [nb] int32 8·Σ quants (VecDot.DotQ40Rows8Avx2)
         GgmlType.Q4_K or GgmlType.Q6_K when Avx512BW.IsSupported => n / 256 * Q8KStride,
         _ => (int)GgmlTypeInfo.RowBytes(VecDot.ActivationType(weightType), n),
     };
@@ -76,8 +77,12 @@ public static unsafe class RowKernels
                 QuantizeQ8K(x, dst, kernelLayout: true);
                 if (weightType == GgmlType.Q4_K) PrepareQ8KForQ4K(dst, x.Length / 256);
                 return;
-            case GgmlType.Q8_0 or GgmlType.Q4_0 when Avx2Rows(weightType):
+            case GgmlType.Q8_0 when Avx2Rows(weightType):
                 QuantizeQ80Avx2(x, dst, split: true);
+                return;
+            case GgmlType.Q4_0 when Avx2Rows(weightType):
+                QuantizeQ80Avx2(x, dst, split: true);
+                BlockSumsTimes8(dst, x.Length / 32);
                 return;
             case GgmlType.Q4_K or GgmlType.Q5_K when Avx2Rows(weightType):
                 QuantizeQ8KAvx2(x, dst);
@@ -309,6 +314,22 @@ public static unsafe class RowKernels
             }
     }
 
+    /// <summary>Appends to a split-layout Q8_0 row ([nb] floats, [nb, 32] int8) the [nb] int32 8·Σ quants of each block:
+    /// the activation side of Q4_0's −8 offset, Σ (q − 8)·a = Σ q·a − 8·Σ a.</summary>
+    static void BlockSumsTimes8(Span<byte> dst, int nb)
+    {
+        fixed (byte* p = dst)
+        {
+            sbyte* q = (sbyte*)(p + 4 * nb);
+            int* sums = (int*)(p + 36 * nb);
+            for (int i = 0; i < nb; i++)
+            {
+                var wide = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(Vector256.Create((byte)8), Vector256.Load(q + 32 * i)), Vector256<short>.One);
+                sums[i] = Vector256.Sum(wide);
+            }
+        }
+    }
+
     /// <summary>
     /// ggml's quantize_row_q8_0_ref with AVX2 (34 B blocks: d as F16 | qs[32]; with <paramref name="split"/>, the AVX2
     /// Q8_0 kernels' layout: [nb] floats, the F16-rounded d, then [nb, 32] quants), byte-identical to
@@ -419,7 +440,12 @@ public static unsafe class RowKernels
             else if (type == GgmlType.Q8_0)
                 for (; b + 4 <= B; b += 4) VecDot.DotQ80RowAvx2x4(w, x + (long)b * xStride, xStride, n / 32, y + (long)b * yStride, yStride);
             else if (type == GgmlType.Q4_0)
-                for (; b + 4 <= B; b += 4) VecDot.DotQ40RowAvx2x4(w, x + (long)b * xStride, xStride, n / 32, y + (long)b * yStride, yStride);
+            {
+                // one row as a group of one (the kernel's other lanes repeat it)
+                var acc = stackalloc Vector256<float>[Tile];
+                for (; b < B; b += Tile)
+                    VecDot.DotQ40Rows8Avx2(w, 0, 1, x + (long)b * xStride, xStride, Math.Min(Tile, B - b), n / 32, y + (long)b * yStride, yStride, acc);
+            }
             else if (type == GgmlType.Q3_K)
                 for (; b + 4 <= B; b += 4) VecDot.DotQ3KAvx2x4(w, x + (long)b * xStride, xStride, n / 256, y + (long)b * yStride, yStride);
             else if (type == GgmlType.Q2_K)
@@ -476,6 +502,11 @@ public static unsafe class RowKernels
             for (int r = r0; r < r1; r++) y[r] = Q801(w + (long)r * rowBytes, x, n / 32);
             return;
         }
+        if (type == GgmlType.Q4_0 && Avx2Rows(type))
+        {
+            for (int r = r0; r < r1; r += 8) VecDot.DotQ40Rows8Avx2(w + (long)r * rowBytes, rowBytes, Math.Min(8, r1 - r), x, n / 32, y + r);
+            return;
+        }
         if (Avx2Rows(type))
         {
             for (int r = r0; r < r1; r++) y[r] = DotAvx2(type, w + (long)r * rowBytes, x, n);
@@ -499,12 +530,15 @@ public static unsafe class RowKernels
         _ => false,
     };
 
+    /// <summary>Rows a kernel runs together (Q4_0 on AVX2: eight, <see cref="VecDot.DotQ40Rows8Avx2(byte*, long, int, byte*, int, float*)"/>);
+    /// any grouping gives the same bits, but a range of whole groups wastes no lanes.</summary>
+    internal static int RowGroup(GgmlType type) => type == GgmlType.Q4_0 && Avx2Rows(type) ? 8 : 1;
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static float DotAvx2(GgmlType type, byte* w, byte* x, int n) => type switch
     {
         GgmlType.Q4_K => VecDot.DotQ4KRowAvx2(w, x, n / 256),
         GgmlType.Q5_K => VecDot.DotQ5KRowAvx2(w, x, n / 256),
-        GgmlType.Q4_0 => VecDot.DotQ40RowAvx2(w, x, n / 32),
         GgmlType.Q3_K => VecDot.DotQ3KAvx2(w, x, n / 256),
         GgmlType.Q2_K => VecDot.DotQ2KAvx2(w, x, n / 256),
         GgmlType.Q6_K => VecDot.DotQ6KAvx2(w, x, n / 256),
@@ -523,6 +557,16 @@ public static unsafe class RowKernels
         if (type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 && Vector512.IsHardwareAccelerated && n % 64 == 0)
         {
             FloatBlock(type, w, rowBytes, r0, r1, x, xStride, B, n, y, yStride);
+            return;
+        }
+        if (type == GgmlType.Q4_0 && Avx2Rows(type))
+        {
+            // tiles of Tile activation rows against groups of eight weight rows (VecDot.DotQ40Rows8Avx2)
+            var q40Acc = stackalloc Vector256<float>[Tile];
+            for (int b0 = 0; b0 < B; b0 += Tile)
+                for (int r = r0; r < r1; r += 8)
+                    VecDot.DotQ40Rows8Avx2(w + (long)r * rowBytes, rowBytes, Math.Min(8, r1 - r), x + (long)b0 * xStride, xStride,
+                        Math.Min(Tile, B - b0), n / 32, y + (long)b0 * yStride + r, yStride, q40Acc);
             return;
         }
         if (!HasBatched(type))

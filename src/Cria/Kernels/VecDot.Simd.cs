@@ -234,46 +234,12 @@ public static partial class VecDot
     private static unsafe void Q80Block(byte* w, byte* a, ref Vector256<float> acc)
         => Q80BlockD(w, (sbyte*)(a + 2), Fp16.ToSingle(*(ushort*)a), ref acc);
 
-    /// <summary>A weight block of 32 values with its F16 scale d first (Q8_0, Q4_0), read as 32 int8 values: what the
-    /// split-layout row kernels (<see cref="DotSplitRowAvx2{T}"/>) need of a weight type.</summary>
-    internal interface IInt8Block
-    {
-        /// <summary>Bytes of one block.</summary>
-        static abstract int Bytes { get; }
-        /// <summary>The block's 32 values (at w: d f16, then the quants) as int8.</summary>
-        static abstract unsafe Vector256<sbyte> Values(byte* w);
-    }
-
-    /// <summary>Q8_0 (34 B: d | qs[32] int8).</summary>
-    internal readonly struct Q80Weights : IInt8Block
-    {
-        public static int Bytes => 34;
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static unsafe Vector256<sbyte> Values(byte* w) => Vector256.Load((sbyte*)(w + 2));
-    }
-
-    /// <summary>Q4_0 (18 B: d | qs[16]; element j the low nibble of qs[j], j + 16 its high nibble, value q − 8).</summary>
-    internal readonly struct Q40Weights : IInt8Block
-    {
-        public static int Bytes => 18;
-        public static unsafe Vector256<sbyte> Values(byte* w)
-        {
-            var m4 = Vector128.Create((byte)0x0F);
-            var q = Vector128.Load(w + 2);
-            return Vector256.Create(q & m4, Vector128.ShiftRightLogical(q.AsUInt16(), 4).AsByte() & m4).AsSByte() - Vector256.Create((sbyte)8);
-        }
-    }
-
-    /// <summary>One Q8_0 block of weights (34 B at w) against 32 int8 activations at aq with scale ad.</summary>
+    /// <summary>One Q8_0 block of weights (34 B at w) against 32 int8 activations at aq with scale ad:
+    /// acc += d_w·ad · Σ w·a as 8 lanes (|w| · sign(a, w), vpmaddubsw, vpmaddwd).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void Q80BlockD(byte* w, sbyte* aq, float ad, ref Vector256<float> acc) => SplitBlock<Q80Weights>(w, aq, ad, ref acc);
-
-    /// <summary>One weight block (at w) against 32 int8 activations at aq with scale ad: acc += d_w·ad · Σ w·a as 8
-    /// lanes (|w| · sign(a, w), vpmaddubsw, vpmaddwd).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void SplitBlock<T>(byte* w, sbyte* aq, float ad, ref Vector256<float> acc) where T : IInt8Block
+    private static unsafe void Q80BlockD(byte* w, sbyte* aq, float ad, ref Vector256<float> acc)
     {
-        var q = T.Values(w);
+        var q = Vector256.Load((sbyte*)(w + 2));
         var p = DotU8I8(Vector256<int>.Zero, Avx2.Abs(q), Avx2.Sign(Vector256.Load(aq), q));
         acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(p), Vector256.Create(Fp16.ToSingle(*(ushort*)w) * ad), acc);
     }
@@ -284,12 +250,8 @@ public static partial class VecDot
     /// the activation scale is one float load instead of a half conversion per block and weight row, and the quants
     /// are 32-byte aligned. Two accumulator chains (even and odd blocks).
     /// </summary>
-    internal static unsafe float DotQ80RowAvx2(byte* x, byte* y, int nb) => DotSplitRowAvx2<Q80Weights>(x, y, nb);
-
-    /// <summary>One weight row of 32-value blocks (<typeparamref name="T"/>) against a split-layout activation row; two
-    /// accumulator chains (even and odd blocks), weights prefetched ahead.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static unsafe float DotSplitRowAvx2<T>(byte* x, byte* y, int nb) where T : IInt8Block
+    internal static unsafe float DotQ80RowAvx2(byte* x, byte* y, int nb)
     {
         float* ad = (float*)y;
         sbyte* aq = (sbyte*)(y + 4 * nb);
@@ -297,13 +259,13 @@ public static partial class VecDot
         int ib = 0;
         for (; ib + 2 <= nb; ib += 2)
         {
-            byte* w = x + ib * T.Bytes;
+            byte* w = x + ib * 34;
             Sse.Prefetch0(w + PrefetchAhead);
-            if (2 * T.Bytes > 64) Sse.Prefetch0(w + PrefetchAhead + 64);
-            SplitBlock<T>(w, aq + 32 * ib, ad[ib], ref acc0);
-            SplitBlock<T>(w + T.Bytes, aq + 32 * ib + 32, ad[ib + 1], ref acc1);
+            Sse.Prefetch0(w + PrefetchAhead + 64);
+            Q80BlockD(w, aq + 32 * ib, ad[ib], ref acc0);
+            Q80BlockD(w + 34, aq + 32 * ib + 32, ad[ib + 1], ref acc1);
         }
-        for (; ib < nb; ib++) SplitBlock<T>(x + ib * T.Bytes, aq + 32 * ib, ad[ib], ref acc0);
+        for (; ib < nb; ib++) Q80BlockD(x + ib * 34, aq + 32 * ib, ad[ib], ref acc0);
         return Vector256.Sum(acc0 + acc1);
     }
 
@@ -342,22 +304,18 @@ public static partial class VecDot
     /// block's |w| and d are taken once; per row the single-row kernel's two chains and operations, so the results
     /// have its bits.
     /// </summary>
-    internal static unsafe void DotQ80RowAvx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride)
-        => DotSplitRowAvx2x4<Q80Weights>(x, y, yStride, nb, outp, outStride);
-
-    /// <summary><see cref="DotSplitRowAvx2{T}"/> of one weight row against four activation rows.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static unsafe void DotSplitRowAvx2x4<T>(byte* x, byte* y, int yStride, int nb, float* outp, int outStride) where T : IInt8Block
+    internal static unsafe void DotQ80RowAvx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride)
     {
         Vector256<float> e0 = default, e1 = default, e2 = default, e3 = default; // even blocks
         Vector256<float> o0 = default, o1 = default, o2 = default, o3 = default; // odd blocks
         int ib = 0;
         for (; ib + 2 <= nb; ib += 2)
         {
-            SplitStep4<T>(x + ib * T.Bytes, y, yStride, nb, ib, ref e0, ref e1, ref e2, ref e3);
-            SplitStep4<T>(x + (ib + 1) * T.Bytes, y, yStride, nb, ib + 1, ref o0, ref o1, ref o2, ref o3);
+            Q80Step4(x + ib * 34, y, yStride, nb, ib, ref e0, ref e1, ref e2, ref e3);
+            Q80Step4(x + (ib + 1) * 34, y, yStride, nb, ib + 1, ref o0, ref o1, ref o2, ref o3);
         }
-        for (; ib < nb; ib++) SplitStep4<T>(x + ib * T.Bytes, y, yStride, nb, ib, ref e0, ref e1, ref e2, ref e3);
+        for (; ib < nb; ib++) Q80Step4(x + ib * 34, y, yStride, nb, ib, ref e0, ref e1, ref e2, ref e3);
         outp[0] = Vector256.Sum(e0 + o0);
         outp[outStride] = Vector256.Sum(e1 + o1);
         outp[2L * outStride] = Vector256.Sum(e2 + o2);
@@ -365,12 +323,12 @@ public static partial class VecDot
     }
 
     /// <summary>Weight block ib (at w) against block ib of four split-layout activation rows: the values, |w| and d
-    /// taken once, per row <see cref="SplitBlock{T}"/>'s operations.</summary>
+    /// taken once, per row <see cref="Q80BlockD"/>'s operations.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void SplitStep4<T>(byte* w, byte* y, int yStride, int nb, int ib,
-        ref Vector256<float> c0, ref Vector256<float> c1, ref Vector256<float> c2, ref Vector256<float> c3) where T : IInt8Block
+    private static unsafe void Q80Step4(byte* w, byte* y, int yStride, int nb, int ib,
+        ref Vector256<float> c0, ref Vector256<float> c1, ref Vector256<float> c2, ref Vector256<float> c3)
     {
-        var q = T.Values(w);
+        var q = Vector256.Load((sbyte*)(w + 2));
         var abs = Avx2.Abs(q);
         float d = Fp16.ToSingle(*(ushort*)w);
         int qo = 4 * nb + 32 * ib;
@@ -380,17 +338,6 @@ public static partial class VecDot
         c2 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(DotU8I8(Vector256<int>.Zero, abs, Avx2.Sign(Vector256.Load((sbyte*)(y2 + qo)), q))), Vector256.Create(d * ((float*)y2)[ib]), c2);
         c3 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(DotU8I8(Vector256<int>.Zero, abs, Avx2.Sign(Vector256.Load((sbyte*)(y3 + qo)), q))), Vector256.Create(d * ((float*)y3)[ib]), c3);
     }
-
-    /// <summary>
-    /// Q4_0 × Q8_0 for <see cref="RowKernels"/> on AVX2, against the split activation layout of
-    /// <see cref="DotQ80RowAvx2"/> ([nb] float scales, then [nb, 32] int8 quants): the nibbles widened to 32 bytes and
-    /// offset by −8 (<see cref="Q40Weights"/>), then the same block step and chains. The integers are the scalar kernel's.
-    /// </summary>
-    internal static unsafe float DotQ40RowAvx2(byte* x, byte* y, int nb) => DotSplitRowAvx2<Q40Weights>(x, y, nb);
-
-    /// <summary><see cref="DotQ40RowAvx2"/> of one weight row against four activation rows (prefill).</summary>
-    internal static unsafe void DotQ40RowAvx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride)
-        => DotSplitRowAvx2x4<Q40Weights>(x, y, yStride, nb, outp, outStride);
 
     // Q4_0 (18 B: d f16 | qs[16], element j = low nibble of qs[j], j+16 = high nibble, value q-8) x Q8_0 (34 B).
     private static float DotQ4_0(ref byte w, ref byte a, int nb)

@@ -65,7 +65,9 @@ public unsafe class RowKernelTests
         // Q8_0 batches split rows into parts of 36 blocks: 73 and 153 blocks end in parts with single-block tails.
         foreach (int n in type == GgmlType.Q8_0 ? new[] { 256, 2816, 2336, 4896 } : new[] { 256, 2816 })
         {
-            const int rows = 11; // ranges [0, 3) and [3, 11): edges alone, and two 4-row blocks of the float kernel
+            // ranges [0, 3) and [3, rows): edges alone, two 4-row blocks of the float kernel; Q4_0 runs groups of eight
+            // rows, so [3, 21) is two full groups and one of two
+            int rows = type == GgmlType.Q4_0 ? 21 : 11;
             long rb = GgmlTypeInfo.RowBytes(type, n);
             var wq = new byte[rb * rows];
             for (int r = 0; r < rows; r++)
@@ -350,17 +352,22 @@ public unsafe class RowKernelTests
                 if (!System.Runtime.Intrinsics.X86.Avx512BW.IsSupported)
                 {
                     if (!RowKernels.Avx2Rows(GgmlType.Q8_0)) continue;
-                    // AVX2: Q8_0 and Q4_0 weights read [nb] floats (the F16-rounded d) then [nb, 32] int8 quants
+                    // AVX2: Q8_0 and Q4_0 weights read [nb] floats (the F16-rounded d) then [nb, 32] int8 quants; Q4_0's
+                    // row goes on with [nb] int32 8·Σ quants (the activation side of its −8 offset)
                     var split = new byte[RowKernels.ActivationRowBytes(GgmlType.Q8_0, n)];
                     Assert.Equal(n / 32 * 36, split.Length);
                     RowKernels.PrepareActivations(GgmlType.Q8_0, x, split);
                     var splitQ40 = new byte[RowKernels.ActivationRowBytes(GgmlType.Q4_0, n)];
+                    Assert.Equal(n / 32 * 40, splitQ40.Length);
                     RowKernels.PrepareActivations(GgmlType.Q4_0, x, splitQ40);
-                    Assert.Equal(split, splitQ40);
+                    Assert.Equal(split, splitQ40.AsSpan(0, split.Length).ToArray());
                     for (int i = 0; i < n / 32; i++)
                     {
                         Assert.Equal(BitConverter.SingleToUInt32Bits(Fp16.ToSingle(BitConverter.ToUInt16(reference, i * 34))), BitConverter.ToUInt32(split, i * 4));
                         Assert.Equal(reference.AsSpan(i * 34 + 2, 32).ToArray(), split.AsSpan(n / 32 * 4 + i * 32, 32).ToArray());
+                        int sum = 0;
+                        for (int j = 0; j < 32; j++) sum += (sbyte)reference[i * 34 + 2 + j];
+                        Assert.Equal(8 * sum, BitConverter.ToInt32(splitQ40, n / 32 * 36 + i * 4));
                     }
                     continue;
                 }
