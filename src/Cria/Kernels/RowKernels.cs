@@ -52,7 +52,8 @@ public static unsafe class RowKernels
         GgmlType.F16 => n * 8 + 64, // [n] F16-rounded x, then [n] the same · 2^112 for the decode kernel (DotF16Scaled)
         GgmlType.Q8_0 when Avx512BW.IsSupported => n / 32 * 68,
         GgmlType.Q8_0 when Avx2Rows(weightType) => n / 32 * 36, // [nb] F32 scales, then [nb, 32] int8 quants
-        GgmlType.Q4_0 when Avx2Rows(weightType) => n / 32 * 40, // the same, then [nb] int32 8·Σ quants (VecDot.DotQ40Rows8Avx2)
+        GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 when Avx2Rows(weightType)
+            => n / 32 * 44, // the same, then [nb] int32 Σ quants and [nb] float s = F16(d·Σ quants) (VecDot.DotRows8Avx2)
         GgmlType.Q4_K or GgmlType.Q6_K when Avx512BW.IsSupported => n / 256 * Q8KStride,
         _ => (int)GgmlTypeInfo.RowBytes(VecDot.ActivationType(weightType), n),
     };
@@ -80,9 +81,8 @@ public static unsafe class RowKernels
             case GgmlType.Q8_0 when Avx2Rows(weightType):
                 QuantizeQ80Avx2(x, dst, split: true);
                 return;
-            case GgmlType.Q4_0 when Avx2Rows(weightType):
-                QuantizeQ80Avx2(x, dst, split: true);
-                BlockSumsTimes8(dst, x.Length / 32);
+            case GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 when Avx2Rows(weightType):
+                QuantizeQ80Avx2(x, dst, split: true, sums: true);
                 return;
             case GgmlType.Q4_K or GgmlType.Q5_K when Avx2Rows(weightType):
                 QuantizeQ8KAvx2(x, dst);
@@ -314,30 +314,16 @@ public static unsafe class RowKernels
             }
     }
 
-    /// <summary>Appends to a split-layout Q8_0 row ([nb] floats, [nb, 32] int8) the [nb] int32 8·Σ quants of each block:
-    /// the activation side of Q4_0's −8 offset, Σ (q − 8)·a = Σ q·a − 8·Σ a.</summary>
-    static void BlockSumsTimes8(Span<byte> dst, int nb)
-    {
-        fixed (byte* p = dst)
-        {
-            sbyte* q = (sbyte*)(p + 4 * nb);
-            int* sums = (int*)(p + 36 * nb);
-            for (int i = 0; i < nb; i++)
-            {
-                var wide = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(Vector256.Create((byte)8), Vector256.Load(q + 32 * i)), Vector256<short>.One);
-                sums[i] = Vector256.Sum(wide);
-            }
-        }
-    }
-
     /// <summary>
     /// ggml's quantize_row_q8_0_ref with AVX2 (34 B blocks: d as F16 | qs[32]; with <paramref name="split"/>, the AVX2
     /// Q8_0 kernels' layout: [nb] floats, the F16-rounded d, then [nb, 32] quants), byte-identical to
     /// <see cref="Quantize"/>'s: d = amax / 127, id = 1 / d, q = round-half-away-from-zero(x · id), done exactly as in
-    /// <see cref="QuantizeQ80Widened"/> (t = trunc(v); q = t + sign(v)·[|v − t| ≥ ½]).
+    /// <see cref="QuantizeQ80Widened"/> (t = trunc(v); q = t + sign(v)·[|v − t| ≥ ½]). With <paramref name="sums"/>
+    /// (split layout only; the legacy types' eight-row kernels) the row goes on with [nb] int32 Σ q and [nb] float s =
+    /// F16(Σ q · d), ggml's block_q8_1 s.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void QuantizeQ80Avx2(ReadOnlySpan<float> x, Span<byte> dst, bool split)
+    internal static void QuantizeQ80Avx2(ReadOnlySpan<float> x, Span<byte> dst, bool split, bool sums = false)
     {
         int nb = x.Length / 32;
         var perm = Vector256.Create(0, 4, 1, 5, 2, 6, 3, 7);
@@ -357,9 +343,16 @@ public static unsafe class RowKernels
                 if (split) { ((float*)py)[i] = Fp16.ToSingle(dh); q = py + 4 * nb + 32 * i; }
                 else { *(ushort*)(py + i * 34) = dh; q = py + i * 34 + 2; }
                 var vid = Vector256.Create(id);
-                var p01 = Avx2.PackSignedSaturate(RoundAway(x0 * vid), RoundAway(x1 * vid));
-                var p23 = Avx2.PackSignedSaturate(RoundAway(x2 * vid), RoundAway(x3 * vid));
+                Vector256<int> q0 = RoundAway(x0 * vid), q1 = RoundAway(x1 * vid), q2 = RoundAway(x2 * vid), q3 = RoundAway(x3 * vid);
+                var p01 = Avx2.PackSignedSaturate(q0, q1);
+                var p23 = Avx2.PackSignedSaturate(q2, q3);
                 Avx2.PermuteVar8x32(Avx2.PackSignedSaturate(p01, p23).AsInt32(), perm).Store((int*)q);
+                if (sums)
+                {
+                    int sum = Vector256.Sum((q0 + q1) + (q2 + q3)); // |x·id| ≤ 127: no lane was saturated
+                    ((int*)(py + 36 * nb))[i] = sum;
+                    ((float*)(py + 40 * nb))[i] = Fp16.ToSingle(Fp16.FromSingle(sum * d));
+                }
             }
 
         static Vector256<int> RoundAway(Vector256<float> v)
@@ -439,12 +432,12 @@ public static unsafe class RowKernels
                 for (; b + 4 <= B; b += 4) VecDot.DotQ6KAvx2x4(w, x + (long)b * xStride, xStride, n / 256, y + (long)b * yStride, yStride);
             else if (type == GgmlType.Q8_0)
                 for (; b + 4 <= B; b += 4) VecDot.DotQ80RowAvx2x4(w, x + (long)b * xStride, xStride, n / 32, y + (long)b * yStride, yStride);
-            else if (type == GgmlType.Q4_0)
+            else if (RowGroup(type) == 8)
             {
                 // one row as a group of one (the kernel's other lanes repeat it)
                 var acc = stackalloc Vector256<float>[Tile];
                 for (; b < B; b += Tile)
-                    VecDot.DotQ40Rows8Avx2(w, 0, 1, x + (long)b * xStride, xStride, Math.Min(Tile, B - b), n / 32, y + (long)b * yStride, yStride, acc);
+                    Rows8(type, w, 0, 1, x + (long)b * xStride, xStride, Math.Min(Tile, B - b), n, y + (long)b * yStride, yStride, acc);
             }
             else if (type == GgmlType.Q3_K)
                 for (; b + 4 <= B; b += 4) VecDot.DotQ3KAvx2x4(w, x + (long)b * xStride, xStride, n / 256, y + (long)b * yStride, yStride);
@@ -502,9 +495,9 @@ public static unsafe class RowKernels
             for (int r = r0; r < r1; r++) y[r] = Q801(w + (long)r * rowBytes, x, n / 32);
             return;
         }
-        if (type == GgmlType.Q4_0 && Avx2Rows(type))
+        if (RowGroup(type) == 8)
         {
-            for (int r = r0; r < r1; r += 8) VecDot.DotQ40Rows8Avx2(w + (long)r * rowBytes, rowBytes, Math.Min(8, r1 - r), x, n / 32, y + r);
+            for (int r = r0; r < r1; r += 8) Rows8(type, w + (long)r * rowBytes, rowBytes, Math.Min(8, r1 - r), x, n, y + r);
             return;
         }
         if (Avx2Rows(type))
@@ -520,19 +513,44 @@ public static unsafe class RowKernels
 
     /// <summary>Rows that run through the AVX2 kernels of <see cref="VecDot"/> directly (no span or size checks per row):
     /// Q4_K, Q6_K and Q8_0 on machines with AVX2 and FMA but no AVX-512 (e.g. AMD Zen 2/3, Intel before Ice Lake; with
-    /// AVX-512 they have their own kernels), and Q5_K, Q4_0, Q3_K and Q2_K on every AVX2 + FMA machine. Activations are
-    /// ggml's Q8_K blocks (for Q4_K and Q5_K with float min sums, <see cref="Q8KFloatMins"/>) or Q8_0 quants in the split
-    /// layout (scales first).</summary>
+    /// AVX-512 they have their own kernels), and Q5_K, Q3_K, Q2_K and the legacy Q4_0, Q4_1, Q5_0, Q5_1 (eight rows at a
+    /// time, <see cref="RowGroup"/>) on every AVX2 + FMA machine. Activations are ggml's Q8_K blocks (for Q4_K and Q5_K
+    /// with float min sums, <see cref="Q8KFloatMins"/>) or Q8_0 quants in the split layout (scales first; for the legacy
+    /// types followed by the block sums).</summary>
     internal static bool Avx2Rows(GgmlType type) => Avx2.IsSupported && Fma.IsSupported && type switch
     {
         GgmlType.Q4_K or GgmlType.Q6_K or GgmlType.Q8_0 => !Avx512BW.IsSupported,
-        GgmlType.Q5_K or GgmlType.Q4_0 or GgmlType.Q3_K or GgmlType.Q2_K => true,
+        GgmlType.Q5_K or GgmlType.Q4_0 or GgmlType.Q3_K or GgmlType.Q2_K or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 => true,
         _ => false,
     };
 
-    /// <summary>Rows a kernel runs together (Q4_0 on AVX2: eight, <see cref="VecDot.DotQ40Rows8Avx2(byte*, long, int, byte*, int, float*)"/>);
+    /// <summary>Rows a kernel runs together (Q4_0, Q4_1, Q5_0, Q5_1 on AVX2: eight, <see cref="VecDot.DotRows8Avx2{T}(byte*, long, int, byte*, int, float*)"/>);
     /// any grouping gives the same bits, but a range of whole groups wastes no lanes.</summary>
-    internal static int RowGroup(GgmlType type) => type == GgmlType.Q4_0 && Avx2Rows(type) ? 8 : 1;
+    internal static int RowGroup(GgmlType type) => type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 && Avx2Rows(type) ? 8 : 1;
+
+    /// <summary>Decode: <see cref="VecDot.DotRows8Avx2{T}(byte*, long, int, byte*, int, float*)"/> for a legacy type.</summary>
+    static void Rows8(GgmlType type, byte* w, long rowBytes, int rows, byte* x, int n, float* y)
+    {
+        switch (type)
+        {
+            case GgmlType.Q4_0: VecDot.DotRows8Avx2<VecDot.Q40Block>(w, rowBytes, rows, x, n / 32, y); break;
+            case GgmlType.Q4_1: VecDot.DotRows8Avx2<VecDot.Q41Block>(w, rowBytes, rows, x, n / 32, y); break;
+            case GgmlType.Q5_0: VecDot.DotRows8Avx2<VecDot.Q50Block>(w, rowBytes, rows, x, n / 32, y); break;
+            default: VecDot.DotRows8Avx2<VecDot.Q51Block>(w, rowBytes, rows, x, n / 32, y); break;
+        }
+    }
+
+    /// <summary>Prefill: <see cref="VecDot.DotRows8Avx2{T}(byte*, long, int, byte*, int, int, int, float*, int, Vector256{float}*)"/> for a legacy type.</summary>
+    static void Rows8(GgmlType type, byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int n, float* y, int yStride, Vector256<float>* acc)
+    {
+        switch (type)
+        {
+            case GgmlType.Q4_0: VecDot.DotRows8Avx2<VecDot.Q40Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
+            case GgmlType.Q4_1: VecDot.DotRows8Avx2<VecDot.Q41Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
+            case GgmlType.Q5_0: VecDot.DotRows8Avx2<VecDot.Q50Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
+            default: VecDot.DotRows8Avx2<VecDot.Q51Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
+        }
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static float DotAvx2(GgmlType type, byte* w, byte* x, int n) => type switch
@@ -559,14 +577,14 @@ public static unsafe class RowKernels
             FloatBlock(type, w, rowBytes, r0, r1, x, xStride, B, n, y, yStride);
             return;
         }
-        if (type == GgmlType.Q4_0 && Avx2Rows(type))
+        if (RowGroup(type) == 8)
         {
-            // tiles of Tile activation rows against groups of eight weight rows (VecDot.DotQ40Rows8Avx2)
-            var q40Acc = stackalloc Vector256<float>[Tile];
+            // tiles of Tile activation rows against groups of eight weight rows (VecDot.DotRows8Avx2)
+            var rowsAcc = stackalloc Vector256<float>[Tile];
             for (int b0 = 0; b0 < B; b0 += Tile)
                 for (int r = r0; r < r1; r += 8)
-                    VecDot.DotQ40Rows8Avx2(w + (long)r * rowBytes, rowBytes, Math.Min(8, r1 - r), x + (long)b0 * xStride, xStride,
-                        Math.Min(Tile, B - b0), n / 32, y + (long)b0 * yStride + r, yStride, q40Acc);
+                    Rows8(type, w + (long)r * rowBytes, rowBytes, Math.Min(8, r1 - r), x + (long)b0 * xStride, xStride,
+                        Math.Min(Tile, B - b0), n, y + (long)b0 * yStride + r, yStride, rowsAcc);
             return;
         }
         if (!HasBatched(type))

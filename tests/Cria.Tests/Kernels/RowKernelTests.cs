@@ -65,9 +65,9 @@ public unsafe class RowKernelTests
         // Q8_0 batches split rows into parts of 36 blocks: 73 and 153 blocks end in parts with single-block tails.
         foreach (int n in type == GgmlType.Q8_0 ? new[] { 256, 2816, 2336, 4896 } : new[] { 256, 2816 })
         {
-            // ranges [0, 3) and [3, rows): edges alone, two 4-row blocks of the float kernel; Q4_0 runs groups of eight
-            // rows, so [3, 21) is two full groups and one of two
-            int rows = type == GgmlType.Q4_0 ? 21 : 11;
+            // ranges [0, 3) and [3, rows): edges alone, two 4-row blocks of the float kernel; the legacy types (Q4_0,
+            // Q4_1, Q5_0, Q5_1) run groups of eight rows, so [3, 21) is two full groups and one of two
+            int rows = type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 ? 21 : 11;
             long rb = GgmlTypeInfo.RowBytes(type, n);
             var wq = new byte[rb * rows];
             for (int r = 0; r < rows; r++)
@@ -345,29 +345,40 @@ public unsafe class RowKernelTests
                 if (trial == 5) x[n - 1] = -40f;                                                  // a negative maximum
                 var reference = new byte[GgmlTypeInfo.RowBytes(GgmlType.Q8_0, n)];
                 Quantize.Row(GgmlType.Q8_0, x, reference);
-                // Plain Q8_0 blocks (Q5_0's activations everywhere; Q4_0's and Q8_0's without AVX-512 or AVX2): the reference's bytes
+                // Plain Q8_0 blocks (the vec-dot activations of Q8_0, Q4_0 and Q5_0 weights for VecDot.Dot): the reference's bytes
                 var plain = new byte[reference.Length];
-                RowKernels.PrepareActivations(GgmlType.Q5_0, x, plain);
+                if (System.Runtime.Intrinsics.X86.Avx2.IsSupported) RowKernels.QuantizeQ80Avx2(x, plain, split: false);
+                else RowKernels.PrepareActivations(GgmlType.Q5_0, x, plain);
                 Assert.Equal(reference, plain);
                 if (!System.Runtime.Intrinsics.X86.Avx512BW.IsSupported)
                 {
                     if (!RowKernels.Avx2Rows(GgmlType.Q8_0)) continue;
-                    // AVX2: Q8_0 and Q4_0 weights read [nb] floats (the F16-rounded d) then [nb, 32] int8 quants; Q4_0's
-                    // row goes on with [nb] int32 8·Σ quants (the activation side of its −8 offset)
+                    // AVX2: Q8_0 and the legacy types' weights read [nb] floats (the F16-rounded d) then [nb, 32] int8
+                    // quants; the legacy types' row goes on with [nb] int32 Σ quants and [nb] floats s, ggml's
+                    // block_q8_1 s (the F16 of Σ quants · d)
                     var split = new byte[RowKernels.ActivationRowBytes(GgmlType.Q8_0, n)];
                     Assert.Equal(n / 32 * 36, split.Length);
                     RowKernels.PrepareActivations(GgmlType.Q8_0, x, split);
-                    var splitQ40 = new byte[RowKernels.ActivationRowBytes(GgmlType.Q4_0, n)];
-                    Assert.Equal(n / 32 * 40, splitQ40.Length);
-                    RowKernels.PrepareActivations(GgmlType.Q4_0, x, splitQ40);
-                    Assert.Equal(split, splitQ40.AsSpan(0, split.Length).ToArray());
+                    var q81 = new byte[GgmlTypeInfo.RowBytes(GgmlType.Q8_1, n)];
+                    Quantize.Row(GgmlType.Q8_1, x, q81);
+                    foreach (var legacy in new[] { GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1 })
+                    {
+                        var withSums = new byte[RowKernels.ActivationRowBytes(legacy, n)];
+                        Assert.Equal(n / 32 * 44, withSums.Length);
+                        RowKernels.PrepareActivations(legacy, x, withSums);
+                        Assert.Equal(split, withSums.AsSpan(0, split.Length).ToArray());
+                        for (int i = 0; i < n / 32; i++)
+                        {
+                            int sum = 0;
+                            for (int j = 0; j < 32; j++) sum += (sbyte)reference[i * 34 + 2 + j];
+                            Assert.Equal(sum, BitConverter.ToInt32(withSums, n / 32 * 36 + i * 4));
+                            Assert.Equal(BitConverter.SingleToUInt32Bits(Fp16.ToSingle(BitConverter.ToUInt16(q81, i * 36 + 2))), BitConverter.ToUInt32(withSums, n / 32 * 40 + i * 4));
+                        }
+                    }
                     for (int i = 0; i < n / 32; i++)
                     {
                         Assert.Equal(BitConverter.SingleToUInt32Bits(Fp16.ToSingle(BitConverter.ToUInt16(reference, i * 34))), BitConverter.ToUInt32(split, i * 4));
                         Assert.Equal(reference.AsSpan(i * 34 + 2, 32).ToArray(), split.AsSpan(n / 32 * 4 + i * 32, 32).ToArray());
-                        int sum = 0;
-                        for (int j = 0; j < 32; j++) sum += (sbyte)reference[i * 34 + 2 + j];
-                        Assert.Equal(8 * sum, BitConverter.ToInt32(splitQ40, n / 32 * 36 + i * 4));
                     }
                     continue;
                 }
