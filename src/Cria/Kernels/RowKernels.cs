@@ -430,8 +430,6 @@ public static unsafe class RowKernels
                 for (; b + 4 <= B; b += 4) VecDot.DotQ5KRowAvx2x4(w, x + (long)b * xStride, xStride, n / 256, y + (long)b * yStride, yStride);
             else if (type == GgmlType.Q6_K)
                 for (; b + 4 <= B; b += 4) VecDot.DotQ6KAvx2x4(w, x + (long)b * xStride, xStride, n / 256, y + (long)b * yStride, yStride);
-            else if (type == GgmlType.Q8_0)
-                for (; b + 4 <= B; b += 4) VecDot.DotQ80RowAvx2x4(w, x + (long)b * xStride, xStride, n / 32, y + (long)b * yStride, yStride);
             else if (RowGroup(type) == 8)
             {
                 // one row as a group of one (the kernel's other lanes repeat it)
@@ -495,6 +493,11 @@ public static unsafe class RowKernels
             for (int r = r0; r < r1; r++) y[r] = Q801(w + (long)r * rowBytes, x, n / 32);
             return;
         }
+        if (type == GgmlType.Q8_0 && Avx2Rows(type))
+        {
+            for (int r = r0; r < r1; r++) y[r] = VecDot.DotQ80RowExactAvx2(w + (long)r * rowBytes, x, n / 32);
+            return;
+        }
         if (RowGroup(type) == 8)
         {
             for (int r = r0; r < r1; r += 8) Rows8(type, w + (long)r * rowBytes, rowBytes, Math.Min(8, r1 - r), x, n, y + r);
@@ -526,7 +529,7 @@ public static unsafe class RowKernels
 
     /// <summary>Rows a kernel runs together (Q4_0, Q4_1, Q5_0, Q5_1 on AVX2: eight, <see cref="VecDot.DotRows8Avx2{T}(byte*, long, int, byte*, int, float*)"/>);
     /// any grouping gives the same bits, but a range of whole groups wastes no lanes.</summary>
-    internal static int RowGroup(GgmlType type) => type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 && Avx2Rows(type) ? 8 : 1;
+    internal static int RowGroup(GgmlType type) => type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 && Avx2Rows(type) ? 8 : 1;
 
     /// <summary>Decode: <see cref="VecDot.DotRows8Avx2{T}(byte*, long, int, byte*, int, float*)"/> for a legacy type.</summary>
     static void Rows8(GgmlType type, byte* w, long rowBytes, int rows, byte* x, int n, float* y)
@@ -545,6 +548,7 @@ public static unsafe class RowKernels
     {
         switch (type)
         {
+            case GgmlType.Q8_0: VecDot.DotQ80Rows8Avx2(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
             case GgmlType.Q4_0: VecDot.DotRows8Avx2<VecDot.Q40Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
             case GgmlType.Q4_1: VecDot.DotRows8Avx2<VecDot.Q41Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
             case GgmlType.Q5_0: VecDot.DotRows8Avx2<VecDot.Q50Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
@@ -559,8 +563,7 @@ public static unsafe class RowKernels
         GgmlType.Q5_K => VecDot.DotQ5KRowAvx2(w, x, n / 256),
         GgmlType.Q3_K => VecDot.DotQ3KAvx2(w, x, n / 256),
         GgmlType.Q2_K => VecDot.DotQ2KAvx2(w, x, n / 256),
-        GgmlType.Q6_K => VecDot.DotQ6KAvx2(w, x, n / 256),
-        _ => VecDot.DotQ80RowAvx2(w, x, n / 32),
+        _ => VecDot.DotQ6KAvx2(w, x, n / 256),
     };
 
     /// <summary>
@@ -1672,7 +1675,7 @@ public static unsafe class RowKernels
     {
         GgmlType.F16 => n >= 64 && Vector512.IsHardwareAccelerated || F16Avx2(n),
         GgmlType.Q4_K or GgmlType.Q6_K => Avx512BW.IsSupported,
-        GgmlType.Q8_0 => Avx512BW.IsSupported || Avx2Rows(type), // AVX2: see VecDot.DotQ80RowAvx2Pair
+        GgmlType.Q8_0 => Avx512BW.IsSupported || Avx2Rows(type), // AVX2: see VecDot.DotQ80RowExactAvx2Pair
         _ => false,
     };
 
@@ -1687,7 +1690,7 @@ public static unsafe class RowKernels
     /// </summary>
     internal static bool RunPair(GgmlType type, byte* wa, byte* wb, byte* x, int n, out float ya, out float yb, bool finiteF16 = false)
     {
-        if (type == GgmlType.Q8_0 && Avx2Rows(type)) { VecDot.DotQ80RowAvx2Pair(wa, wb, x, n / 32, out ya, out yb); return true; }
+        if (type == GgmlType.Q8_0 && Avx2Rows(type)) { VecDot.DotQ80RowExactAvx2Pair(wa, wb, x, n / 32, out ya, out yb); return true; }
         switch (type)
         {
             case GgmlType.Q4_K: Q4K1Pair(wa, wb, x, n / 256, out ya, out yb); return true;

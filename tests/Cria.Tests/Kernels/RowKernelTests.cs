@@ -65,9 +65,9 @@ public unsafe class RowKernelTests
         // Q8_0 batches split rows into parts of 36 blocks: 73 and 153 blocks end in parts with single-block tails.
         foreach (int n in type == GgmlType.Q8_0 ? new[] { 256, 2816, 2336, 4896 } : new[] { 256, 2816 })
         {
-            // ranges [0, 3) and [3, rows): edges alone, two 4-row blocks of the float kernel; the legacy types (Q4_0,
-            // Q4_1, Q5_0, Q5_1) run groups of eight rows, so [3, 21) is two full groups and one of two
-            int rows = type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 ? 21 : 11;
+            // ranges [0, 3) and [3, rows): edges alone, two 4-row blocks of the float kernel; kernels that run eight rows
+            // at a time (RowGroup: Q8_0 and the legacy types on AVX2) get [3, 21): two full groups and one of two
+            int rows = RowKernels.RowGroup(type) == 8 ? 21 : 11;
             long rb = GgmlTypeInfo.RowBytes(type, n);
             var wq = new byte[rb * rows];
             for (int r = 0; r < rows; r++)
