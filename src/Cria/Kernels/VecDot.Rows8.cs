@@ -66,44 +66,17 @@ public static partial class VecDot
     }
 
     /// <summary>Rows [0, rows) (rows ≤ 8, row k at w + k·rowBytes) against one activation row x:
-    /// y[k] = dot(row k, x). The decode kernel.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    /// y[k] = dot(row k, x). The decode kernel: the batched kernel with one activation row (the same speed as a copy
+    /// with its accumulator in a register, in alternating runs).</summary>
     internal static unsafe void DotRows8Avx2<T>(byte* w, long rowBytes, int rows, byte* x, int nb, float* y) where T : ILegacyBlock
     {
-        Rows8(w, rowBytes, rows, out byte* w0, out byte* w1, out byte* w2, out byte* w3, out byte* w4, out byte* w5, out byte* w6, out byte* w7);
-        float* ad = (float*)x;                     // [nb] activation scales
-        byte* aq = x + 4 * nb;                      // [nb, 32] activation quants
-        int* asum = (int*)(x + 36 * nb);            // [nb] Σ quants
-        float* s = (float*)(x + 40 * nb);           // [nb] s = F16(d·Σ quants)
-        var acc = Vector256<float>.Zero;            // lane k: row k
-        byte* next = w + 8 * rowBytes;
-        for (int ib = 0; ib < nb; ib++)
-        {
-            long o = (long)ib * T.Bytes;
-            // the next group's eight rows (contiguous after this group's), 8 · Bytes per block of this one
-            byte* pf = next + 8 * o;
-            Sse.Prefetch0(pf); Sse.Prefetch0(pf + 64); Sse.Prefetch0(pf + 128);
-            if (T.Bytes > 20) Sse.Prefetch0(pf + 192);
-            Unpack<T>(w0 + o, w4 + o, out var l04, out var h04);
-            Unpack<T>(w1 + o, w5 + o, out var l15, out var h15);
-            Unpack<T>(w2 + o, w6 + o, out var l26, out var h26);
-            Unpack<T>(w3 + o, w7 + o, out var l37, out var h37);
-            var alo = Avx2.BroadcastVector128ToVector256(aq + 32 * ib).AsSByte();      // a[0..16) twice
-            var ahi = Avx2.BroadcastVector128ToVector256(aq + 32 * ib + 16).AsSByte(); // a[16..32) twice
-            var sums = BlockSums(l04, h04, l15, h15, l26, h26, l37, h37, alo, ahi);
-            if (T.Min == 0) sums -= Vector256.Create(asum[ib] << T.OffsetShift);
-            var d = Scales8(w0 + o, w1 + o, w2 + o, w3 + o, w4 + o, w5 + o, w6 + o, w7 + o);
-            acc = Fma.MultiplyAdd(Vector256.ConvertToSingle(sums), d * Vector256.Create(ad[ib] * Pow2To112), acc);
-            if (T.Min != 0)
-                acc = Fma.MultiplyAdd(Scales8(w0 + o + T.Min, w1 + o + T.Min, w2 + o + T.Min, w3 + o + T.Min, w4 + o + T.Min,
-                    w5 + o + T.Min, w6 + o + T.Min, w7 + o + T.Min), Vector256.Create(s[ib] * Pow2To112), acc);
-        }
-        Store(acc, rows, y);
+        Vector256<float> acc;
+        DotRows8Avx2<T>(w, rowBytes, rows, x, 0, 1, nb, y, 0, &acc);
     }
 
     /// <summary>Rows [0, rows) (rows ≤ 8) against B ≤ <see cref="RowKernels.Tile"/> activation rows (x + b·xStride):
-    /// y[b·yStride + k] = dot(row k, x_b), each the bits of the decode kernel. The nibbles and scales of a block are
-    /// unpacked once for all B rows; <paramref name="acc"/> holds B accumulators.</summary>
+    /// y[b·yStride + k] = dot(row k, x_b). The nibbles and scales of a block are unpacked once for all B rows;
+    /// <paramref name="acc"/> holds B accumulators. Decode and prefill both run this.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static unsafe void DotRows8Avx2<T>(byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int nb,
         float* y, int yStride, Vector256<float>* acc) where T : ILegacyBlock
@@ -114,7 +87,9 @@ public static partial class VecDot
         for (int ib = 0; ib < nb; ib++)
         {
             long o = (long)ib * T.Bytes;
-            byte* pf = next + 8 * o; // as in the decode kernel: the next group, for the first tile
+            // the next group's eight rows (contiguous after this group's), 8 · Bytes per block of this one: decode streams
+            // every group from memory once, prefill its first tile
+            byte* pf = next + 8 * o;
             Sse.Prefetch0(pf); Sse.Prefetch0(pf + 64); Sse.Prefetch0(pf + 128);
             if (T.Bytes > 20) Sse.Prefetch0(pf + 192);
             Unpack<T>(w0 + o, w4 + o, out var l04, out var h04);
