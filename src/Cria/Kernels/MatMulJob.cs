@@ -110,7 +110,7 @@ internal sealed unsafe class MatMulJob : ParallelJob
         // Float weights run in blocks of 4 rows (RowKernels.FloatBlock), so a prefill chunk holds at least 8 of them.
         if (!decode && w.Type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16) byBytes = Math.Max(byBytes, 8);
         _chunk[p] = Math.Clamp(Math.Min(byBytes, w.Rows / (decode ? 8 : 16)), 1, decode ? int.MaxValue : 256);
-        // Kernels that run rows in groups (Q4_0: eight) get chunks of whole groups.
+        // Kernels that run rows in groups (on AVX2 the 32-value types: eight) get chunks of whole groups.
         int g = RowKernels.RowGroup(w.Type);
         _group[p] = g;
         if (_chunk[p] > g) _chunk[p] = _chunk[p] / g * g;

@@ -527,8 +527,10 @@ public static unsafe class RowKernels
         _ => false,
     };
 
-    /// <summary>Rows a kernel runs together (Q4_0, Q4_1, Q5_0, Q5_1 on AVX2: eight, <see cref="VecDot.DotRows8Avx2{T}(byte*, long, int, byte*, int, float*)"/>);
-    /// any grouping gives the same bits, but a range of whole groups wastes no lanes.</summary>
+    /// <summary>Rows a kernel runs together: on AVX2 eight for Q4_0, Q4_1, Q5_0, Q5_1
+    /// (<see cref="VecDot.DotRows8Avx2{T}(byte*, long, int, byte*, int, float*)"/>) and for Q8_0's prefill
+    /// (<see cref="VecDot.DotQ80Rows8Avx2"/>; its decode runs one or two rows, with the same bits). Any grouping gives the
+    /// same bits, but a range of whole groups wastes no lanes.</summary>
     internal static int RowGroup(GgmlType type) => type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 && Avx2Rows(type) ? 8 : 1;
 
     /// <summary>Decode: <see cref="VecDot.DotRows8Avx2{T}(byte*, long, int, byte*, int, float*)"/> for a legacy type.</summary>
@@ -543,7 +545,7 @@ public static unsafe class RowKernels
         }
     }
 
-    /// <summary>Prefill: <see cref="VecDot.DotRows8Avx2{T}(byte*, long, int, byte*, int, int, int, float*, int, Vector256{float}*)"/> for a legacy type.</summary>
+    /// <summary>Prefill: <see cref="VecDot.DotRows8Avx2{T}(byte*, long, int, byte*, int, int, int, float*, int, Vector256{float}*)"/> for a legacy type, <see cref="VecDot.DotQ80Rows8Avx2"/> for Q8_0.</summary>
     static void Rows8(GgmlType type, byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int n, float* y, int yStride, Vector256<float>* acc)
     {
         switch (type)
@@ -563,7 +565,8 @@ public static unsafe class RowKernels
         GgmlType.Q5_K => VecDot.DotQ5KRowAvx2(w, x, n / 256),
         GgmlType.Q3_K => VecDot.DotQ3KAvx2(w, x, n / 256),
         GgmlType.Q2_K => VecDot.DotQ2KAvx2(w, x, n / 256),
-        _ => VecDot.DotQ6KAvx2(w, x, n / 256),
+        GgmlType.Q6_K => VecDot.DotQ6KAvx2(w, x, n / 256),
+        _ => throw new System.Diagnostics.UnreachableException($"no single-row AVX2 kernel for {type}"),
     };
 
     /// <summary>
