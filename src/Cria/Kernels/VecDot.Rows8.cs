@@ -140,10 +140,13 @@ public static partial class VecDot
         hi = Vector256.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & m4;
         if (T.HighBits != 0)
         {
-            uint qa = *(uint*)(a + T.HighBits), qb = *(uint*)(b + T.HighBits);
+            // [a's qh ×4 | b's qh ×4]; byte i of each lane takes qh byte i / 8 (lo: bytes 0, 1; hi: bytes 2, 3), then
+            // ggml's bytes_from_bits_32 test of bit i % 8
+            var qh = Vector256.Create(Avx2.BroadcastScalarToVector128((uint*)(a + T.HighBits)), Avx2.BroadcastScalarToVector128((uint*)(b + T.HighBits))).AsByte();
+            var bit = Vector256.Create(0x7fbfdfeff7fbfdfeul).AsByte();
             var b16 = Vector256.Create((byte)0x10);
-            lo |= BitsToBytes32((qa & 0xFFFF) | (qb << 16)) & b16;
-            hi |= BitsToBytes32((qa >> 16) | (qb & 0xFFFF0000)) & b16;
+            lo |= Vector256.Equals(Avx2.Shuffle(qh, Vector256.Create(0x0000000000000000ul, 0x0101010101010101ul, 0x0000000000000000ul, 0x0101010101010101ul).AsByte()) | bit, Vector256<byte>.AllBitsSet) & b16;
+            hi |= Vector256.Equals(Avx2.Shuffle(qh, Vector256.Create(0x0202020202020202ul, 0x0303030303030303ul, 0x0202020202020202ul, 0x0303030303030303ul).AsByte()) | bit, Vector256<byte>.AllBitsSet) & b16;
         }
     }
 
