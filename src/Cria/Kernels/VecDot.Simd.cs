@@ -597,16 +597,74 @@ public static partial class VecDot
         {
             Sse.Prefetch0(x + PrefetchAhead);
             Sse.Prefetch0(x + PrefetchAhead + 64);
-            var sumi = Q3KSums(x, (sbyte*)(y + 4));
+            var one = new OneRow { A = (sbyte*)(y + 4) };
+            Q3KSums(x, ref one);
+            var sumi = one.S;
             acc = Fma.MultiplyAdd(Vector256.Create(*(float*)y * Fp16.ToSingle(*(ushort*)(x + 108))), Vector256.ConvertToSingle(sumi), acc);
         }
         return Vector256.Sum(acc);
     }
 
-    /// <summary>Σ sc·(q·y) of one Q3_K super-block (at x) against 256 int8 activations, as 8 int32 lanes; the eight
-    /// 32-value pieces written out, so that every shift and shuffle is a constant.</summary>
+    /// <summary>Where the Q3_K / Q2_K pieces' products go: the 8 int32 lanes of one activation row
+    /// (<see cref="OneRow"/>, decode) or of four (<see cref="FourRows"/>, prefill, each piece's values and scales made
+    /// once for the four). Each row's operations are the same either way, so the same bits.</summary>
+    internal interface IPieceRows
+    {
+        /// <summary>Σ scale·(q·a) over 32 values, a at byte offset <paramref name="a"/> of each row's quants.</summary>
+        void Add(Vector256<byte> q, Vector256<short> scale, int a);
+        /// <summary>Σ scale·((low − high)·a): Q3_K's values with the cleared high bit (4 or 0) subtracted.</summary>
+        void AddMinus(Vector256<byte> low, Vector256<byte> high, Vector256<short> scale, int a);
+    }
+
+    internal unsafe struct OneRow : IPieceRows
+    {
+        public sbyte* A;          // [256] int8 quants
+        public Vector256<int> S;  // sums
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Add(Vector256<byte> q, Vector256<short> scale, int a)
+            => S += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load(A + a)));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void AddMinus(Vector256<byte> low, Vector256<byte> high, Vector256<short> scale, int a)
+        {
+            var av = Vector256.Load(A + a);
+            S += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(low, av) - Avx2.MultiplyAddAdjacent(high, av));
+        }
+    }
+
+    internal unsafe struct FourRows : IPieceRows
+    {
+        public sbyte* A0, A1, A2, A3;             // [256] int8 quants of each row
+        public Vector256<int> S0, S1, S2, S3;     // sums of each row
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Add(Vector256<byte> q, Vector256<short> scale, int a)
+        {
+            S0 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load(A0 + a)));
+            S1 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load(A1 + a)));
+            S2 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load(A2 + a)));
+            S3 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load(A3 + a)));
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void AddMinus(Vector256<byte> low, Vector256<byte> high, Vector256<short> scale, int a)
+        {
+            var av = Vector256.Load(A0 + a);
+            S0 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(low, av) - Avx2.MultiplyAddAdjacent(high, av));
+            av = Vector256.Load(A1 + a);
+            S1 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(low, av) - Avx2.MultiplyAddAdjacent(high, av));
+            av = Vector256.Load(A2 + a);
+            S2 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(low, av) - Avx2.MultiplyAddAdjacent(high, av));
+            av = Vector256.Load(A3 + a);
+            S3 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(low, av) - Avx2.MultiplyAddAdjacent(high, av));
+        }
+    }
+
+    /// <summary>Σ sc·(q·y) of one Q3_K super-block (at x) into <paramref name="rows"/>; the eight 32-value pieces
+    /// written out, so that every shift and shuffle is a constant.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe Vector256<int> Q3KSums(byte* x, sbyte* a8)
+    private static unsafe void Q3KSums<TRows>(byte* x, ref TRows rows) where TRows : struct, IPieceRows
     {
         var scales = Q3KScales(x);
         var hmask = Vector256.Load(x);
@@ -617,32 +675,29 @@ public static partial class VecDot
         var s1 = PairShuffle1;
         var s2 = PairShuffle2;
         var s3 = PairShuffle3;
-        var sumi = Q3KPiece(qbits, 0, hmask, 0, sc, s0, a8);
-        sumi += Q3KPiece(qbits, 2, hmask, 1, sc, s1, a8 + 32);
-        sumi += Q3KPiece(qbits, 4, hmask, 2, sc, s2, a8 + 64);
-        sumi += Q3KPiece(qbits, 6, hmask, 3, sc, s3, a8 + 96);
+        Q3KPiece(qbits, 0, hmask, 0, sc, s0, 0, ref rows);
+        Q3KPiece(qbits, 2, hmask, 1, sc, s1, 32, ref rows);
+        Q3KPiece(qbits, 4, hmask, 2, sc, s2, 64, ref rows);
+        Q3KPiece(qbits, 6, hmask, 3, sc, s3, 96, ref rows);
         var upper = scales.GetUpper();
         sc = Vector256.Create(upper, upper).AsByte();
         qbits = Vector256.Load(x + 64).AsUInt16();
-        sumi += Q3KPiece(qbits, 0, hmask, 4, sc, s0, a8 + 128);
-        sumi += Q3KPiece(qbits, 2, hmask, 5, sc, s1, a8 + 160);
-        sumi += Q3KPiece(qbits, 4, hmask, 6, sc, s2, a8 + 192);
-        sumi += Q3KPiece(qbits, 6, hmask, 7, sc, s3, a8 + 224);
-        return sumi;
+        Q3KPiece(qbits, 0, hmask, 4, sc, s0, 128, ref rows);
+        Q3KPiece(qbits, 2, hmask, 5, sc, s1, 160, ref rows);
+        Q3KPiece(qbits, 4, hmask, 6, sc, s2, 192, ref rows);
+        Q3KPiece(qbits, 6, hmask, 7, sc, s3, 224, ref rows);
     }
 
     /// <summary>32 Q3_K values (2 bits at <paramref name="shift"/> of qbits, minus 4 where hmask bit <paramref name="bit"/>
-    /// is clear) against 32 activations, scaled per 16 by the two sub-block scales the shuffle picks from sc.</summary>
+    /// is clear) against 32 activations at offset a, scaled per 16 by the two sub-block scales the shuffle picks from sc.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe Vector256<int> Q3KPiece(Vector256<ushort> qbits, [ConstantExpected] byte shift, Vector256<byte> hmask, [ConstantExpected] byte bit,
-        Vector256<byte> sc, Vector256<byte> shuffle, sbyte* a)
+    private static unsafe void Q3KPiece<TRows>(Vector256<ushort> qbits, [ConstantExpected] byte shift, Vector256<byte> hmask, [ConstantExpected] byte bit,
+        Vector256<byte> sc, Vector256<byte> shuffle, int a, ref TRows rows) where TRows : struct, IPieceRows
     {
         var low = Vector256.ShiftRightLogical(qbits, shift).AsByte() & Vector256.Create((byte)3);
         var clear = Avx2.AndNot(hmask, Vector256.Create((byte)(1 << bit))).AsUInt16(); // only bit `bit` of each byte can be set
         var high = (bit >= 2 ? Vector256.ShiftRightLogical(clear, (byte)(bit - 2)) : Vector256.ShiftLeft(clear, (byte)(2 - bit))).AsByte(); // 4 or 0
-        var av = Vector256.Load(a);
-        var p16 = Avx2.MultiplyAddAdjacent(low, av) - Avx2.MultiplyAddAdjacent(high, av);
-        return Avx2.MultiplyAddAdjacent(Avx2.Shuffle(sc, shuffle).AsInt16(), p16);
+        rows.AddMinus(low, high, Avx2.Shuffle(sc, shuffle).AsInt16(), a);
     }
 
     /// <summary><see cref="DotQ3KAvx2"/> of one weight row against four Q8_K activation rows (prefill): values and scales
@@ -655,65 +710,18 @@ public static partial class VecDot
         for (int i = 0; i < nb; i++, x += 110)
         {
             int yo = i * 292;
-            Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default;
-            Q3KSumsX4(x, yo + 4, y, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
+            var four = new FourRows { A0 = (sbyte*)(y + yo + 4), A1 = (sbyte*)(y1 + yo + 4), A2 = (sbyte*)(y2 + yo + 4), A3 = (sbyte*)(y3 + yo + 4) };
+            Q3KSums(x, ref four);
             float wd = Fp16.ToSingle(*(ushort*)(x + 108));
-            c0 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y + yo) * wd), Vector256.ConvertToSingle(s0), c0);
-            c1 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y1 + yo) * wd), Vector256.ConvertToSingle(s1), c1);
-            c2 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y2 + yo) * wd), Vector256.ConvertToSingle(s2), c2);
-            c3 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y3 + yo) * wd), Vector256.ConvertToSingle(s3), c3);
+            c0 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y + yo) * wd), Vector256.ConvertToSingle(four.S0), c0);
+            c1 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y1 + yo) * wd), Vector256.ConvertToSingle(four.S1), c1);
+            c2 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y2 + yo) * wd), Vector256.ConvertToSingle(four.S2), c2);
+            c3 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y3 + yo) * wd), Vector256.ConvertToSingle(four.S3), c3);
         }
         outp[0] = Vector256.Sum(c0);
         outp[outStride] = Vector256.Sum(c1);
         outp[2L * outStride] = Vector256.Sum(c2);
         outp[3L * outStride] = Vector256.Sum(c3);
-    }
-
-    /// <summary><see cref="Q3KSums"/> for four activation rows (byte offset a in each): each piece's values and scales
-    /// made once.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void Q3KSumsX4(byte* x, int a, byte* y0, byte* y1, byte* y2, byte* y3,
-        ref Vector256<int> s0, ref Vector256<int> s1, ref Vector256<int> s2, ref Vector256<int> s3)
-    {
-        var scales = Q3KScales(x);
-        var hmask = Vector256.Load(x);
-        var lower = scales.GetLower();
-        var sc = Vector256.Create(lower, lower).AsByte();
-        var qbits = Vector256.Load(x + 32).AsUInt16();
-        var p0 = PairShuffle0;
-        var p1 = PairShuffle1;
-        var p2 = PairShuffle2;
-        var p3 = PairShuffle3;
-        Q3KPieceX4(qbits, 0, hmask, 0, sc, p0, a, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
-        Q3KPieceX4(qbits, 2, hmask, 1, sc, p1, a + 32, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
-        Q3KPieceX4(qbits, 4, hmask, 2, sc, p2, a + 64, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
-        Q3KPieceX4(qbits, 6, hmask, 3, sc, p3, a + 96, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
-        var upper = scales.GetUpper();
-        sc = Vector256.Create(upper, upper).AsByte();
-        qbits = Vector256.Load(x + 64).AsUInt16();
-        Q3KPieceX4(qbits, 0, hmask, 4, sc, p0, a + 128, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
-        Q3KPieceX4(qbits, 2, hmask, 5, sc, p1, a + 160, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
-        Q3KPieceX4(qbits, 4, hmask, 6, sc, p2, a + 192, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
-        Q3KPieceX4(qbits, 6, hmask, 7, sc, p3, a + 224, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void Q3KPieceX4(Vector256<ushort> qbits, [ConstantExpected] byte shift, Vector256<byte> hmask, [ConstantExpected] byte bit,
-        Vector256<byte> sc, Vector256<byte> shuffle, int a, byte* y0, byte* y1, byte* y2, byte* y3,
-        ref Vector256<int> s0, ref Vector256<int> s1, ref Vector256<int> s2, ref Vector256<int> s3)
-    {
-        var low = Vector256.ShiftRightLogical(qbits, shift).AsByte() & Vector256.Create((byte)3);
-        var clear = Avx2.AndNot(hmask, Vector256.Create((byte)(1 << bit))).AsUInt16();
-        var high = (bit >= 2 ? Vector256.ShiftRightLogical(clear, (byte)(bit - 2)) : Vector256.ShiftLeft(clear, (byte)(2 - bit))).AsByte();
-        var scale = Avx2.Shuffle(sc, shuffle).AsInt16();
-        var av = Vector256.Load((sbyte*)(y0 + a));
-        s0 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(low, av) - Avx2.MultiplyAddAdjacent(high, av));
-        av = Vector256.Load((sbyte*)(y1 + a));
-        s1 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(low, av) - Avx2.MultiplyAddAdjacent(high, av));
-        av = Vector256.Load((sbyte*)(y2 + a));
-        s2 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(low, av) - Avx2.MultiplyAddAdjacent(high, av));
-        av = Vector256.Load((sbyte*)(y3 + a));
-        s3 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(low, av) - Avx2.MultiplyAddAdjacent(high, av));
     }
 
     /// <summary>
@@ -733,7 +741,9 @@ public static partial class VecDot
             var (scales, mins) = Q2KScalesMins(x);
             var minProd = Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y + 260)));
             accMin = Fma.MultiplyAdd(Vector256.Create(-yd * Fp16.ToSingle(*(ushort*)(x + 82))), Vector256.ConvertToSingle(minProd), accMin);
-            var sumi = Q2KSums(x, (sbyte*)(y + 4), scales);
+            var one = new OneRow { A = (sbyte*)(y + 4) };
+            Q2KSums(x, scales, ref one);
+            var sumi = one.S;
             acc = Fma.MultiplyAdd(Vector256.Create(yd * Fp16.ToSingle(*(ushort*)(x + 80))), Vector256.ConvertToSingle(sumi), acc);
         }
         return Vector256.Sum(acc) + Vector256.Sum(accMin);
@@ -748,10 +758,10 @@ public static partial class VecDot
         return (Avx2.ConvertToVector256Int16(both & m4), Avx2.ConvertToVector256Int16(Vector128.ShiftRightLogical(both.AsUInt16(), 4).AsByte() & m4));
     }
 
-    /// <summary>Σ sc · (q·y) of one Q2_K super-block against 256 int8 activations, as 8 int32 lanes; the eight pieces
-    /// written out as <see cref="Q3KSums"/>'s.</summary>
+    /// <summary>Σ sc · (q·y) of one Q2_K super-block into <paramref name="rows"/>; the eight pieces written out as
+    /// <see cref="Q3KSums{TRows}"/>'s.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe Vector256<int> Q2KSums(byte* x, sbyte* a8, Vector256<short> scales)
+    private static unsafe void Q2KSums<TRows>(byte* x, Vector256<short> scales, ref TRows rows) where TRows : struct, IPieceRows
     {
         var lower = scales.GetLower();
         var sc = Vector256.Create(lower, lower).AsByte();
@@ -760,26 +770,23 @@ public static partial class VecDot
         var s1 = PairShuffle1;
         var s2 = PairShuffle2;
         var s3 = PairShuffle3;
-        var sumi = Q2KPiece(qbits, 0, sc, s0, a8);
-        sumi += Q2KPiece(qbits, 2, sc, s1, a8 + 32);
-        sumi += Q2KPiece(qbits, 4, sc, s2, a8 + 64);
-        sumi += Q2KPiece(qbits, 6, sc, s3, a8 + 96);
+        Q2KPiece(qbits, 0, sc, s0, 0, ref rows);
+        Q2KPiece(qbits, 2, sc, s1, 32, ref rows);
+        Q2KPiece(qbits, 4, sc, s2, 64, ref rows);
+        Q2KPiece(qbits, 6, sc, s3, 96, ref rows);
         var upper = scales.GetUpper();
         sc = Vector256.Create(upper, upper).AsByte();
         qbits = Vector256.Load(x + 48).AsUInt16();
-        sumi += Q2KPiece(qbits, 0, sc, s0, a8 + 128);
-        sumi += Q2KPiece(qbits, 2, sc, s1, a8 + 160);
-        sumi += Q2KPiece(qbits, 4, sc, s2, a8 + 192);
-        sumi += Q2KPiece(qbits, 6, sc, s3, a8 + 224);
-        return sumi;
+        Q2KPiece(qbits, 0, sc, s0, 128, ref rows);
+        Q2KPiece(qbits, 2, sc, s1, 160, ref rows);
+        Q2KPiece(qbits, 4, sc, s2, 192, ref rows);
+        Q2KPiece(qbits, 6, sc, s3, 224, ref rows);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe Vector256<int> Q2KPiece(Vector256<ushort> qbits, [ConstantExpected] byte shift, Vector256<byte> sc, Vector256<byte> shuffle, sbyte* a)
-    {
-        var q = Vector256.ShiftRightLogical(qbits, shift).AsByte() & Vector256.Create((byte)3);
-        return Avx2.MultiplyAddAdjacent(Avx2.Shuffle(sc, shuffle).AsInt16(), Avx2.MultiplyAddAdjacent(q, Vector256.Load(a)));
-    }
+    private static void Q2KPiece<TRows>(Vector256<ushort> qbits, [ConstantExpected] byte shift, Vector256<byte> sc, Vector256<byte> shuffle, int a, ref TRows rows)
+        where TRows : struct, IPieceRows
+        => rows.Add(Vector256.ShiftRightLogical(qbits, shift).AsByte() & Vector256.Create((byte)3), Avx2.Shuffle(sc, shuffle).AsInt16(), a);
 
     /// <summary><see cref="DotQ2KAvx2"/> of one weight row against four Q8_K activation rows (prefill); each row's
     /// operations in the single-row kernel's order, so the same bits.</summary>
@@ -799,54 +806,17 @@ public static partial class VecDot
             n1 = Fma.MultiplyAdd(Vector256.Create(-d1 * wmin), Vector256.ConvertToSingle(Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y1 + yo + 260)))), n1);
             n2 = Fma.MultiplyAdd(Vector256.Create(-d2 * wmin), Vector256.ConvertToSingle(Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y2 + yo + 260)))), n2);
             n3 = Fma.MultiplyAdd(Vector256.Create(-d3 * wmin), Vector256.ConvertToSingle(Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y3 + yo + 260)))), n3);
-            Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default;
-            Q2KSumsX4(x, scales, yo + 4, y, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
-            c0 = Fma.MultiplyAdd(Vector256.Create(d0 * wd), Vector256.ConvertToSingle(s0), c0);
-            c1 = Fma.MultiplyAdd(Vector256.Create(d1 * wd), Vector256.ConvertToSingle(s1), c1);
-            c2 = Fma.MultiplyAdd(Vector256.Create(d2 * wd), Vector256.ConvertToSingle(s2), c2);
-            c3 = Fma.MultiplyAdd(Vector256.Create(d3 * wd), Vector256.ConvertToSingle(s3), c3);
+            var four = new FourRows { A0 = (sbyte*)(y + yo + 4), A1 = (sbyte*)(y1 + yo + 4), A2 = (sbyte*)(y2 + yo + 4), A3 = (sbyte*)(y3 + yo + 4) };
+            Q2KSums(x, scales, ref four);
+            c0 = Fma.MultiplyAdd(Vector256.Create(d0 * wd), Vector256.ConvertToSingle(four.S0), c0);
+            c1 = Fma.MultiplyAdd(Vector256.Create(d1 * wd), Vector256.ConvertToSingle(four.S1), c1);
+            c2 = Fma.MultiplyAdd(Vector256.Create(d2 * wd), Vector256.ConvertToSingle(four.S2), c2);
+            c3 = Fma.MultiplyAdd(Vector256.Create(d3 * wd), Vector256.ConvertToSingle(four.S3), c3);
         }
         outp[0] = Vector256.Sum(c0) + Vector256.Sum(n0);
         outp[outStride] = Vector256.Sum(c1) + Vector256.Sum(n1);
         outp[2L * outStride] = Vector256.Sum(c2) + Vector256.Sum(n2);
         outp[3L * outStride] = Vector256.Sum(c3) + Vector256.Sum(n3);
-    }
-
-    /// <summary><see cref="Q2KSums"/> for four activation rows (byte offset a in each).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void Q2KSumsX4(byte* x, Vector256<short> scales, int a, byte* y0, byte* y1, byte* y2, byte* y3,
-        ref Vector256<int> s0, ref Vector256<int> s1, ref Vector256<int> s2, ref Vector256<int> s3)
-    {
-        var lower = scales.GetLower();
-        var sc = Vector256.Create(lower, lower).AsByte();
-        var qbits = Vector256.Load(x + 16).AsUInt16();
-        var p0 = PairShuffle0;
-        var p1 = PairShuffle1;
-        var p2 = PairShuffle2;
-        var p3 = PairShuffle3;
-        Q2KPieceX4(qbits, 0, sc, p0, a, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
-        Q2KPieceX4(qbits, 2, sc, p1, a + 32, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
-        Q2KPieceX4(qbits, 4, sc, p2, a + 64, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
-        Q2KPieceX4(qbits, 6, sc, p3, a + 96, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
-        var upper = scales.GetUpper();
-        sc = Vector256.Create(upper, upper).AsByte();
-        qbits = Vector256.Load(x + 48).AsUInt16();
-        Q2KPieceX4(qbits, 0, sc, p0, a + 128, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
-        Q2KPieceX4(qbits, 2, sc, p1, a + 160, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
-        Q2KPieceX4(qbits, 4, sc, p2, a + 192, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
-        Q2KPieceX4(qbits, 6, sc, p3, a + 224, y0, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void Q2KPieceX4(Vector256<ushort> qbits, [ConstantExpected] byte shift, Vector256<byte> sc, Vector256<byte> shuffle,
-        int a, byte* y0, byte* y1, byte* y2, byte* y3, ref Vector256<int> s0, ref Vector256<int> s1, ref Vector256<int> s2, ref Vector256<int> s3)
-    {
-        var q = Vector256.ShiftRightLogical(qbits, shift).AsByte() & Vector256.Create((byte)3);
-        var scale = Avx2.Shuffle(sc, shuffle).AsInt16();
-        s0 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load((sbyte*)(y0 + a))));
-        s1 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load((sbyte*)(y1 + a))));
-        s2 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load((sbyte*)(y2 + a))));
-        s3 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load((sbyte*)(y3 + a))));
     }
 
     // Q6_K (210 B: ql[128] | qh[64] | scales[16] int8 | d). Half h: ql[64h + l] low/high nibble -> elements l / l+64,
