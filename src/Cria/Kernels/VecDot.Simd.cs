@@ -31,13 +31,13 @@ public static partial class VecDot
             switch (weightType)
             {
                 case GgmlType.Q8_0: return DotQ8_0(ref w, ref a, n / 32);
-                case GgmlType.Q4_0: return DotQ4_0(ref w, ref a, n / 32);
+                case GgmlType.Q4_0: fixed (byte* x = &w) fixed (byte* y = &a) return DotLegacyAvx2<Q40Block>(x, y, n / 32);
                 case GgmlType.Q4_K: return DotQ4_K(ref w, ref a, n / 256);
                 case GgmlType.Q5_K: return DotQ5_K(ref w, ref a, n / 256);
                 case GgmlType.Q6_K: return DotQ6_K(ref w, ref a, n / 256);
-                case GgmlType.Q4_1: return DotQ4_1(ref w, ref a, n / 32);
-                case GgmlType.Q5_0: return DotQ5_0(ref w, ref a, n / 32);
-                case GgmlType.Q5_1: return DotQ5_1(ref w, ref a, n / 32);
+                case GgmlType.Q4_1: fixed (byte* x = &w) fixed (byte* y = &a) return DotLegacyAvx2<Q41Block>(x, y, n / 32);
+                case GgmlType.Q5_0: fixed (byte* x = &w) fixed (byte* y = &a) return DotLegacyAvx2<Q50Block>(x, y, n / 32);
+                case GgmlType.Q5_1: fixed (byte* x = &w) fixed (byte* y = &a) return DotLegacyAvx2<Q51Block>(x, y, n / 32);
                 case GgmlType.Q3_K: fixed (byte* x = &w) fixed (byte* y = &a) return DotQ3KAvx2(x, y, n / 256);
                 case GgmlType.Q2_K: fixed (byte* x = &w) fixed (byte* y = &a) return DotQ2KAvx2(x, y, n / 256);
             }
@@ -197,12 +197,6 @@ public static partial class VecDot
     private static Vector256<int> DotI8I8(Vector256<sbyte> x, Vector256<sbyte> y)
         => DotU8I8(Vector256<int>.Zero, Avx2.Abs(x), Avx2.Sign(y, x));
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float HalfAt(ref byte p, int offset) => Fp16.ToSingle(Unsafe.ReadUnaligned<ushort>(ref Unsafe.Add(ref p, offset)));
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<byte> Load256(ref byte p, int offset) => Vector256.LoadUnsafe(ref p, (nuint)offset);
-
     // ------------------------------------------------------------------ 32-element blocks x Q8_0
 
     // Q8_0 (34 B: d f16 | qs[32] int8) x Q8_0: per block 8 int32 lanes, converted and FMA'd with d_x·d_y.
@@ -244,23 +238,6 @@ public static partial class VecDot
         acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(p), Vector256.Create(Fp16.ToSingle(*(ushort*)w) * ad), acc);
     }
 
-    // Q4_0 (18 B: d f16 | qs[16], element j = low nibble of qs[j], j+16 = high nibble, value q-8) x Q8_0 (34 B).
-    private static float DotQ4_0(ref byte w, ref byte a, int nb)
-    {
-        Vector256<float> acc = default;
-        Vector128<byte> m4 = Vector128.Create((byte)0x0F);
-        Vector256<sbyte> eight = Vector256.Create((sbyte)8);
-        for (int ib = 0; ib < nb; ib++)
-        {
-            int ow = ib * 18, oa = ib * 34;
-            Vector128<byte> q = Vector128.LoadUnsafe(ref w, (nuint)(ow + 2));
-            Vector256<sbyte> x = Vector256.Create(q & m4, Vector128.ShiftRightLogical(q, 4) & m4).AsSByte() - eight;
-            Vector256<int> p = DotI8I8(x, Load256(ref a, oa + 2).AsSByte());
-            acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(p), Vector256.Create(HalfAt(ref w, ow) * HalfAt(ref a, oa)), acc);
-        }
-        return Vector256.Sum(acc);
-    }
-
     /// <summary>The 32 nibbles of a 16-byte quant block as bytes: element j the low nibble of q[j], j + 16 its high nibble.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static unsafe Vector256<byte> Nibbles32(byte* q)
@@ -278,51 +255,29 @@ public static partial class VecDot
         return Vector256.Equals(spread | Vector256.Create(0x7fbfdfeff7fbfdfeul).AsByte(), Vector256<byte>.AllBitsSet);
     }
 
-    // Q4_1 (20 B: d | m | qs[16]) x Q8_1 (36 B: d | s = d·Σq | qs[32]): d_x d_y Σ q_x q_y + m_x s_y.
-    private static unsafe float DotQ4_1(ref byte w, ref byte a, int nb)
+    /// <summary>
+    /// The 32-value legacy types (<see cref="ILegacyBlock"/>: Q4_0, Q4_1, Q5_0, Q5_1) against ggml's activation blocks —
+    /// Q8_0 (34 B: d | qs[32]) for Q4_0 / Q5_0, Q8_1 (36 B: d | s = d·Σq | qs[32]) for Q4_1 / Q5_1 — one row, for
+    /// <see cref="Dot"/>: the values as bytes (nibbles, the fifth bit as 16 via ggml's bytes_from_bits_32); without a
+    /// min, offset by −8 / −16 and multiplied with the sign trick; with one, unsigned, plus m_x·s_y per block.
+    /// </summary>
+    private static unsafe float DotLegacyAvx2<T>(byte* x0, byte* y0, int nb) where T : ILegacyBlock
     {
+        int ab = T.Min == 0 ? 34 : 36; // activation block bytes; its 32 quants are the last
         Vector256<float> acc = default;
         float summs = 0;
-        fixed (byte* x0 = &w) fixed (byte* y0 = &a)
-            for (int ib = 0; ib < nb; ib++)
-            {
-                byte* x = x0 + ib * 20, y = y0 + ib * 36;
-                var p = DotU8I8(Vector256<int>.Zero, Nibbles32(x + 4), Vector256.Load((sbyte*)(y + 4)));
-                acc = Fma.MultiplyAdd(Vector256.ConvertToSingle(p), Vector256.Create(Fp16.ToSingle(*(ushort*)x) * Fp16.ToSingle(*(ushort*)y)), acc);
-                summs += Fp16.ToSingle(*(ushort*)(x + 2)) * Fp16.ToSingle(*(ushort*)(y + 2));
-            }
-        return Vector256.Sum(acc) + summs;
-    }
-
-    // Q5_0 (22 B: d | qh u32 | qs[16], value (q | h<<4) − 16) x Q8_0: the clear high bits become 0xF0 (−16 in int8).
-    private static unsafe float DotQ5_0(ref byte w, ref byte a, int nb)
-    {
-        Vector256<float> acc = default;
-        fixed (byte* x0 = &w) fixed (byte* y0 = &a)
-            for (int ib = 0; ib < nb; ib++)
-            {
-                byte* x = x0 + ib * 22, y = y0 + ib * 34;
-                var q = (Nibbles32(x + 6) | Avx2.AndNot(BitsToBytes32(*(uint*)(x + 2)), Vector256.Create((byte)0xF0))).AsSByte();
-                var p = DotU8I8(Vector256<int>.Zero, Avx2.Abs(q), Avx2.Sign(Vector256.Load((sbyte*)(y + 2)), q));
-                acc = Fma.MultiplyAdd(Vector256.ConvertToSingle(p), Vector256.Create(Fp16.ToSingle(*(ushort*)x) * Fp16.ToSingle(*(ushort*)y)), acc);
-            }
-        return Vector256.Sum(acc);
-    }
-
-    // Q5_1 (24 B: d | m | qh u32 | qs[16], value q | h<<4) x Q8_1: d_x d_y Σ q_x q_y + m_x s_y.
-    private static unsafe float DotQ5_1(ref byte w, ref byte a, int nb)
-    {
-        Vector256<float> acc = default;
-        float summs = 0;
-        fixed (byte* x0 = &w) fixed (byte* y0 = &a)
-            for (int ib = 0; ib < nb; ib++)
-            {
-                byte* x = x0 + ib * 24, y = y0 + ib * 36;
-                var q = Nibbles32(x + 8) | (BitsToBytes32(*(uint*)(x + 4)) & Vector256.Create((byte)0x10));
-                var p = DotU8I8(Vector256<int>.Zero, q, Vector256.Load((sbyte*)(y + 4)));
-                acc = Fma.MultiplyAdd(Vector256.ConvertToSingle(p), Vector256.Create(Fp16.ToSingle(*(ushort*)x) * Fp16.ToSingle(*(ushort*)y)), acc);
-                summs += Fp16.ToSingle(*(ushort*)(x + 2)) * Fp16.ToSingle(*(ushort*)(y + 2));
-            }
+        for (int ib = 0; ib < nb; ib++)
+        {
+            byte* x = x0 + ib * T.Bytes, y = y0 + ib * ab;
+            var q = Nibbles32(x + T.Qs);
+            if (T.HighBits != 0) q |= BitsToBytes32(*(uint*)(x + T.HighBits)) & Vector256.Create((byte)0x10);
+            var av = Vector256.Load((sbyte*)(y + ab - 32));
+            var p = T.Min == 0
+                ? DotI8I8(q.AsSByte() - Vector256.Create((sbyte)(1 << T.OffsetShift)), av)
+                : DotU8I8(Vector256<int>.Zero, q, av);
+            acc = Fma.MultiplyAdd(Vector256.ConvertToSingle(p), Vector256.Create(Fp16.ToSingle(*(ushort*)x) * Fp16.ToSingle(*(ushort*)y)), acc);
+            if (T.Min != 0) summs += Fp16.ToSingle(*(ushort*)(x + T.Min)) * Fp16.ToSingle(*(ushort*)(y + 2));
+        }
         return Vector256.Sum(acc) + summs;
     }
 
