@@ -1231,9 +1231,10 @@ public static unsafe class RowKernels
 
     /// <summary>
     /// <see cref="RunBlock"/> for F32/F16/BF16 weights without AVX-512: the range's rows widened to F32 once into a
-    /// per-thread buffer, then tiles of 9 activation rows (72 KB for n = 2048) against every row of the range, three
-    /// at a time (<see cref="DotF32x3Avx"/>) — the bits of <see cref="FloatRow"/> (<see cref="DotF32"/> per pair), with
-    /// the tile and the widened rows in L2 instead of every weight row streaming all B activation rows.
+    /// per-thread buffer, then tiles of <see cref="FloatTile256"/> activation rows against the range, three weight rows
+    /// × three activation rows at a time (<see cref="DotF32Tile3x3"/>, nine accumulators in registers: 0.67 loads per
+    /// FMA). Each pair's dot product follows the AVX2 float order (<see cref="Dot256{TRow}"/>), so the bits are those
+    /// of decode and of <see cref="FloatRow"/>.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void FloatBlock256(GgmlType type, byte* w, int rowBytes, int r0, int r1, byte* x, int xStride, int B, int n, float* y, int yStride)
@@ -1248,62 +1249,71 @@ public static unsafe class RowKernels
             if (type == GgmlType.F16) for (int r = 0; r < rows; r++) WidenF16((ushort*)(w + (long)(r0 + r) * rowBytes), wf + (long)r * n, n);
             else for (int r = 0; r < rows; r++) WidenBF16((ushort*)(w + (long)(r0 + r) * rowBytes), wf + (long)r * n, n);
         }
-        for (int b0 = 0; b0 < B; b0 += 9)
+        int xs = xStride / 4;
+        for (int b0 = 0; b0 < B; b0 += FloatTile256)
         {
-            int tb = Math.Min(9, B - b0);
-            for (int r = 0; r < rows; r++)
-            {
-                float* wr = wf + (long)r * wStride;
-                int b = b0;
-                if (n >= 32)
-                    for (; b + 3 <= b0 + tb; b += 3)
-                        DotF32x3Avx(wr, (float*)(x + (long)b * xStride), xStride / 4, n, y + (long)b * yStride + r0 + r, yStride);
-                for (; b < b0 + tb; b++)
-                    y[(long)b * yStride + r0 + r] = DotF32(wr, (float*)(x + (long)b * xStride), n);
-            }
+            int tb = Math.Min(FloatTile256, B - b0);
+            for (int r = 0; r < rows; r += 3)
+                for (int b = b0; b < b0 + tb; b += 3)
+                    DotF32Tile3x3(wf + (long)r * wStride, wStride, Math.Min(3, rows - r), (float*)(x + (long)b * xStride), xs,
+                        Math.Min(3, b0 + tb - b), n, y + (long)b * yStride + r0 + r, yStride);
         }
     }
 
+    /// <summary>Activation rows per tile of <see cref="FloatBlock256"/> (96 KB for n = 2048, in L2 while the range's
+    /// weight rows run against it; each group of three weight rows meets four groups of three activation rows).</summary>
+    const int FloatTile256 = 12;
+
     /// <summary>
-    /// <see cref="DotF32"/>'s 256-bit path (n ≥ 32) for one weight row against three activation rows (x, x + xs,
-    /// x + 2·xs): each pair keeps its own four 8-lane accumulators with the same FMAs in the same order, so every
-    /// result has DotF32's bits; each weight vector is loaded once for the three (1.33 loads per FMA instead of 2).
+    /// Up to three F32 weight rows (w, w + ws, w + 2·ws; <paramref name="rows"/> of them) × up to three activation rows
+    /// (x, x + xs, x + 2·xs; <paramref name="acts"/>): nine accumulators, one per pair, each taking the pair's 8-lane
+    /// FMAs in order over i = 0, 8, 16, … (the AVX2 float order of <see cref="Dot256{TRow}"/>), then its horizontal sum
+    /// and scalar tail. Per step three weight and three activation vectors feed nine FMAs. A missing row or activation
+    /// repeats the last one (its pair is computed and not stored), so every stored result has the bits of the pair
+    /// alone. y[b·yStride + r] for r &lt; rows, b &lt; acts.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void DotF32x3Avx(float* w, float* x, int xs, int n, float* y, int yStride)
+    static void DotF32Tile3x3(float* w, long ws, int rows, float* x, long xs, int acts, int n, float* y, long yStride)
     {
-        float* x1 = x + xs, x2 = x1 + xs;
-        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        Vector256<float> b0 = default, b1 = default, b2 = default, b3 = default;
-        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        float* w0 = w, w1 = rows > 1 ? w0 + ws : w0, w2 = rows > 2 ? w1 + ws : w1;
+        float* x0 = x, x1 = acts > 1 ? x0 + xs : x0, x2 = acts > 2 ? x1 + xs : x1;
+        Vector256<float> c00 = default, c01 = default, c02 = default; // [weight row, activation row]
+        Vector256<float> c10 = default, c11 = default, c12 = default;
+        Vector256<float> c20 = default, c21 = default, c22 = default;
         int i = 0;
-        for (; i + 32 <= n; i += 32)
+        for (; i + 8 <= n; i += 8)
         {
-            var w0 = Vector256.Load(w + i);
-            a0 = Vector256.FusedMultiplyAdd(w0, Vector256.Load(x + i), a0);
-            b0 = Vector256.FusedMultiplyAdd(w0, Vector256.Load(x1 + i), b0);
-            c0 = Vector256.FusedMultiplyAdd(w0, Vector256.Load(x2 + i), c0);
-            var w1 = Vector256.Load(w + i + 8);
-            a1 = Vector256.FusedMultiplyAdd(w1, Vector256.Load(x + i + 8), a1);
-            b1 = Vector256.FusedMultiplyAdd(w1, Vector256.Load(x1 + i + 8), b1);
-            c1 = Vector256.FusedMultiplyAdd(w1, Vector256.Load(x2 + i + 8), c1);
-            var w2 = Vector256.Load(w + i + 16);
-            a2 = Vector256.FusedMultiplyAdd(w2, Vector256.Load(x + i + 16), a2);
-            b2 = Vector256.FusedMultiplyAdd(w2, Vector256.Load(x1 + i + 16), b2);
-            c2 = Vector256.FusedMultiplyAdd(w2, Vector256.Load(x2 + i + 16), c2);
-            var w3 = Vector256.Load(w + i + 24);
-            a3 = Vector256.FusedMultiplyAdd(w3, Vector256.Load(x + i + 24), a3);
-            b3 = Vector256.FusedMultiplyAdd(w3, Vector256.Load(x1 + i + 24), b3);
-            c3 = Vector256.FusedMultiplyAdd(w3, Vector256.Load(x2 + i + 24), c3);
+            var a0 = Vector256.Load(x0 + i); var a1 = Vector256.Load(x1 + i); var a2 = Vector256.Load(x2 + i);
+            var v = Vector256.Load(w0 + i);
+            c00 = Vector256.FusedMultiplyAdd(v, a0, c00); c01 = Vector256.FusedMultiplyAdd(v, a1, c01); c02 = Vector256.FusedMultiplyAdd(v, a2, c02);
+            v = Vector256.Load(w1 + i);
+            c10 = Vector256.FusedMultiplyAdd(v, a0, c10); c11 = Vector256.FusedMultiplyAdd(v, a1, c11); c12 = Vector256.FusedMultiplyAdd(v, a2, c12);
+            v = Vector256.Load(w2 + i);
+            c20 = Vector256.FusedMultiplyAdd(v, a0, c20); c21 = Vector256.FusedMultiplyAdd(v, a1, c21); c22 = Vector256.FusedMultiplyAdd(v, a2, c22);
         }
-        float sa = Vector256.Sum((a0 + a1) + (a2 + a3)), sb = Vector256.Sum((b0 + b1) + (b2 + b3)), sc = Vector256.Sum((c0 + c1) + (c2 + c3));
-        for (; i < n; i++)
+        y[0] = F32Tail(w0, x0, i, n, Vector256.Sum(c00));
+        if (acts > 1) y[yStride] = F32Tail(w0, x1, i, n, Vector256.Sum(c01));
+        if (acts > 2) y[2 * yStride] = F32Tail(w0, x2, i, n, Vector256.Sum(c02));
+        if (rows > 1)
         {
-            sa = MathF.FusedMultiplyAdd(w[i], x[i], sa);
-            sb = MathF.FusedMultiplyAdd(w[i], x1[i], sb);
-            sc = MathF.FusedMultiplyAdd(w[i], x2[i], sc);
+            y[1] = F32Tail(w1, x0, i, n, Vector256.Sum(c10));
+            if (acts > 1) y[yStride + 1] = F32Tail(w1, x1, i, n, Vector256.Sum(c11));
+            if (acts > 2) y[2 * yStride + 1] = F32Tail(w1, x2, i, n, Vector256.Sum(c12));
         }
-        y[0] = sa; y[yStride] = sb; y[2L * yStride] = sc;
+        if (rows > 2)
+        {
+            y[2] = F32Tail(w2, x0, i, n, Vector256.Sum(c20));
+            if (acts > 1) y[yStride + 2] = F32Tail(w2, x1, i, n, Vector256.Sum(c21));
+            if (acts > 2) y[2 * yStride + 2] = F32Tail(w2, x2, i, n, Vector256.Sum(c22));
+        }
+    }
+
+    /// <summary>The scalar tail [i, n) of an F32 pair, continuing sum.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static float F32Tail(float* w, float* x, int i, int n, float sum)
+    {
+        for (; i < n; i++) sum = MathF.FusedMultiplyAdd(w[i], x[i], sum);
+        return sum;
     }
 
     /// <summary>Activation rows per tile of <see cref="FloatBlock"/>: four groups of <see cref="FloatKernelCols"/>.</summary>
@@ -1452,13 +1462,16 @@ public static unsafe class RowKernels
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static float DotBF16Avx2(ushort* a, float* b, int n) => Dot256<Bf16Row>(a, b, n);
 
-    /// <summary>How <see cref="Dot256{TRow}"/> reads a weight row: 8 values as floats, one value, and whether the row
-    /// streams from memory (decode: prefetch ahead) or sits in cache (prefill's widened rows).</summary>
+    /// <summary>How <see cref="Dot256{TRow}"/> reads a weight row: 8 values as floats, one value, whether the row
+    /// streams from memory (decode: prefetch ahead) or sits in cache (prefill's widened rows), its bytes per value, and
+    /// whether the 8-value loads are the values · 2^-112 (then the vector steps read x · 2^112, at x + n).</summary>
     interface IRow256
     {
         static abstract Vector256<float> Load8(void* w, int i);
         static abstract float At(void* w, int i);
         static abstract bool Streams { get; }
+        static abstract int Bytes { get; }
+        static abstract bool ScaledDown { get; }
     }
 
     readonly struct F32Row : IRow256
@@ -1466,6 +1479,8 @@ public static unsafe class RowKernels
         [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Load8(void* w, int i) => Vector256.Load((float*)w + i);
         [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float At(void* w, int i) => ((float*)w)[i];
         public static bool Streams => false;
+        public static int Bytes => 4;
+        public static bool ScaledDown => false;
     }
 
     readonly struct Bf16Row : IRow256
@@ -1473,30 +1488,85 @@ public static unsafe class RowKernels
         [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Load8(void* w, int i) => (Avx2.ConvertToVector256Int32((ushort*)w + i).AsUInt32() << 16).AsSingle();
         [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float At(void* w, int i) => Bf16.ToSingle(((ushort*)w)[i]);
         public static bool Streams => true;
+        public static int Bytes => 2;
+        public static bool ScaledDown => false;
     }
 
-    /// <summary>Σ w·b with 4 × 8-lane FMA accumulators over 32-value steps, one horizontal sum, then a scalar FMA tail:
-    /// <see cref="DotF32"/>'s order without AVX-512, for any row type whose values widen to floats exactly.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static float Dot256<TRow>(void* w, float* b, int n) where TRow : IRow256
+    /// <summary>A finite F16 row read raw (<see cref="HalvesScaledDown8"/>): each half · 2^-112 exactly, against
+    /// x · 2^112, so every product is w·x exactly — the bits of the widened row against x, two vector operations fewer
+    /// per 8 weights. Only for rows without an infinity or NaN (<see cref="Models.WeightMatrix.NonFiniteF16"/>).</summary>
+    readonly struct F16ScaledRow : IRow256
     {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Load8(void* w, int i) => HalvesScaledDown8((ushort*)w + i);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float At(void* w, int i) => Fp16.ToSingle(((ushort*)w)[i]);
+        public static bool Streams => true;
+        public static int Bytes => 2;
+        public static bool ScaledDown => true;
+    }
+
+    /// <summary>
+    /// Σ w·x, <b>the AVX2 float order</b>: one 8-lane accumulator per pair, acc = FMA(w[i..i+8], x[i..i+8], acc) for
+    /// i = 0, 8, 16, … while i + 8 ≤ n, in order; then the horizontal sum; then a scalar FMA per remaining value. Every
+    /// kernel for F32/F16/BF16 weights on a machine without AVX-512 (decode one or two rows at a time, prefill's 3 × 3
+    /// tiles, <see cref="DotF32"/>) computes each pair this way, for any row type whose values widen to floats exactly,
+    /// so every path gives the same bits. One chain per pair (not four, as <see cref="DotF32"/> with AVX-512): a prefill
+    /// tile then holds nine pairs in registers, and decode, bound by memory, runs two rows at once
+    /// (<see cref="Dot256Pair{TRow}"/>) or reads at most 8 floats per FMA latency.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static float Dot256<TRow>(void* w, float* x, int n) where TRow : IRow256
+    {
+        float* xv = TRow.ScaledDown ? x + n : x;
+        var acc = Vector256<float>.Zero;
         int i = 0;
-        float sum = 0;
-        if (n >= 32)
+        for (; i + 32 <= n; i += 32)
         {
-            Vector256<float> s0 = default, s1 = default, s2 = default, s3 = default;
-            for (; i + 32 <= n; i += 32)
-            {
-                if (TRow.Streams) Sse.Prefetch0((byte*)w + (long)i * 2 + PrefetchDistance);
-                s0 = Vector256.FusedMultiplyAdd(TRow.Load8(w, i), Vector256.Load(b + i), s0);
-                s1 = Vector256.FusedMultiplyAdd(TRow.Load8(w, i + 8), Vector256.Load(b + i + 8), s1);
-                s2 = Vector256.FusedMultiplyAdd(TRow.Load8(w, i + 16), Vector256.Load(b + i + 16), s2);
-                s3 = Vector256.FusedMultiplyAdd(TRow.Load8(w, i + 24), Vector256.Load(b + i + 24), s3);
-            }
-            sum = Vector256.Sum((s0 + s1) + (s2 + s3));
+            if (TRow.Streams) Sse.Prefetch0((byte*)w + (long)i * TRow.Bytes + PrefetchDistance);
+            acc = Vector256.FusedMultiplyAdd(TRow.Load8(w, i), Vector256.Load(xv + i), acc);
+            acc = Vector256.FusedMultiplyAdd(TRow.Load8(w, i + 8), Vector256.Load(xv + i + 8), acc);
+            acc = Vector256.FusedMultiplyAdd(TRow.Load8(w, i + 16), Vector256.Load(xv + i + 16), acc);
+            acc = Vector256.FusedMultiplyAdd(TRow.Load8(w, i + 24), Vector256.Load(xv + i + 24), acc);
         }
-        for (; i < n; i++) sum = MathF.FusedMultiplyAdd(TRow.At(w, i), b[i], sum);
+        for (; i + 8 <= n; i += 8) acc = Vector256.FusedMultiplyAdd(TRow.Load8(w, i), Vector256.Load(xv + i), acc);
+        float sum = Vector256.Sum(acc);
+        for (; i < n; i++) sum = MathF.FusedMultiplyAdd(TRow.At(w, i), x[i], sum);
         return sum;
+    }
+
+    /// <summary><see cref="Dot256{TRow}"/> for two rows far apart (two memory streams for one core) against one
+    /// activation row: each result has the single-row bits; two independent chains per step.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Dot256Pair<TRow>(void* wa, void* wb, float* x, int n, out float ya, out float yb) where TRow : IRow256
+    {
+        float* xv = TRow.ScaledDown ? x + n : x;
+        Vector256<float> a = Vector256<float>.Zero, b = Vector256<float>.Zero;
+        int i = 0;
+        for (; i + 32 <= n; i += 32)
+        {
+            if (TRow.Streams)
+            {
+                Sse.Prefetch0((byte*)wa + (long)i * TRow.Bytes + PrefetchDistance);
+                Sse.Prefetch0((byte*)wb + (long)i * TRow.Bytes + PrefetchDistance);
+            }
+            var x0 = Vector256.Load(xv + i); var x1 = Vector256.Load(xv + i + 8);
+            var x2 = Vector256.Load(xv + i + 16); var x3 = Vector256.Load(xv + i + 24);
+            a = Vector256.FusedMultiplyAdd(TRow.Load8(wa, i), x0, a); b = Vector256.FusedMultiplyAdd(TRow.Load8(wb, i), x0, b);
+            a = Vector256.FusedMultiplyAdd(TRow.Load8(wa, i + 8), x1, a); b = Vector256.FusedMultiplyAdd(TRow.Load8(wb, i + 8), x1, b);
+            a = Vector256.FusedMultiplyAdd(TRow.Load8(wa, i + 16), x2, a); b = Vector256.FusedMultiplyAdd(TRow.Load8(wb, i + 16), x2, b);
+            a = Vector256.FusedMultiplyAdd(TRow.Load8(wa, i + 24), x3, a); b = Vector256.FusedMultiplyAdd(TRow.Load8(wb, i + 24), x3, b);
+        }
+        for (; i + 8 <= n; i += 8)
+        {
+            var xi = Vector256.Load(xv + i);
+            a = Vector256.FusedMultiplyAdd(TRow.Load8(wa, i), xi, a); b = Vector256.FusedMultiplyAdd(TRow.Load8(wb, i), xi, b);
+        }
+        float sa = Vector256.Sum(a), sb = Vector256.Sum(b);
+        for (; i < n; i++)
+        {
+            sa = MathF.FusedMultiplyAdd(TRow.At(wa, i), x[i], sa);
+            sb = MathF.FusedMultiplyAdd(TRow.At(wb, i), x[i], sb);
+        }
+        ya = sa; yb = sb;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -1580,66 +1650,18 @@ public static unsafe class RowKernels
         return sum;
     }
 
-    /// <summary>
-    /// Decode of one finite F16 row with AVX2 (no AVX-512): 8 halves at a time sign-extended (<c>vpmovsxwd</c>),
-    /// shifted left by 13 and masked as in <see cref="HalfToSingle(Vector512{int})"/>, which leaves the half × 2^-112,
-    /// then multiplied into x · 2^112 (the activation layout's second half): the product is w·x exactly, so each FMA
-    /// rounds as <see cref="DotF32"/>'s on the widened row, whose 4 × 8-lane accumulators, step and final sum this
-    /// follows — B = 1 and B &gt; 1 (<see cref="FloatRow"/>) give the same bits. Only for rows without an infinity or
-    /// NaN (<see cref="Models.WeightMatrix.NonFiniteF16"/>): an exponent of 31 is not mapped to one here.
-    /// <paramref name="x"/>: [n] F16-rounded activations, then [n] the same · 2^112 (<see cref="PrepareActivations"/>).
-    /// </summary>
+    /// <summary>Decode of one finite F16 row with AVX2 (no AVX-512): <see cref="Dot256{TRow}"/> over the raw halves
+    /// (<see cref="F16ScaledRow"/>) against x · 2^112, the bits of prefill's widened row against x. Only for rows
+    /// without an infinity or NaN (<see cref="Models.WeightMatrix.NonFiniteF16"/>).
+    /// <paramref name="x"/>: [n] F16-rounded activations, then [n] the same · 2^112 (<see cref="PrepareActivations"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static float DotF16ScaledAvx2(ushort* w, float* x, int n)
-    {
-        float* xs = x + n;
-        Vector256<float> s0 = default, s1 = default, s2 = default, s3 = default;
-        int i = 0;
-        for (; i + 32 <= n; i += 32)
-        {
-            Sse.Prefetch0((byte*)(w + i) + PrefetchDistance);
-            s0 = Fma.MultiplyAdd(HalvesScaledDown8(w + i), Vector256.Load(xs + i), s0);
-            s1 = Fma.MultiplyAdd(HalvesScaledDown8(w + i + 8), Vector256.Load(xs + i + 8), s1);
-            s2 = Fma.MultiplyAdd(HalvesScaledDown8(w + i + 16), Vector256.Load(xs + i + 16), s2);
-            s3 = Fma.MultiplyAdd(HalvesScaledDown8(w + i + 24), Vector256.Load(xs + i + 24), s3);
-        }
-        float sum = Vector256.Sum((s0 + s1) + (s2 + s3));
-        for (; i < n; i++) sum = MathF.FusedMultiplyAdd(Fp16.ToSingle(w[i]), x[i], sum);
-        return sum;
-    }
+    internal static float DotF16ScaledAvx2(ushort* w, float* x, int n) => Dot256<F16ScaledRow>(w, x, n);
 
     /// <summary><see cref="DotF16ScaledAvx2"/> of two finite rows (far apart: two streams for one core) against one
-    /// activation row; each result has the single-row kernel's bits (its accumulators, steps and sums, per row).</summary>
+    /// activation row; each result has the single-row kernel's bits.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
     internal static void DotF16ScaledAvx2Pair(ushort* wa, ushort* wb, float* x, int n, out float ya, out float yb)
-    {
-        float* xs = x + n;
-        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        Vector256<float> b0 = default, b1 = default, b2 = default, b3 = default;
-        int i = 0;
-        for (; i + 32 <= n; i += 32)
-        {
-            Sse.Prefetch0((byte*)(wa + i) + PrefetchDistance);
-            Sse.Prefetch0((byte*)(wb + i) + PrefetchDistance);
-            var x0 = Vector256.Load(xs + i); var x1 = Vector256.Load(xs + i + 8);
-            var x2 = Vector256.Load(xs + i + 16); var x3 = Vector256.Load(xs + i + 24);
-            a0 = Fma.MultiplyAdd(HalvesScaledDown8(wa + i), x0, a0);
-            b0 = Fma.MultiplyAdd(HalvesScaledDown8(wb + i), x0, b0);
-            a1 = Fma.MultiplyAdd(HalvesScaledDown8(wa + i + 8), x1, a1);
-            b1 = Fma.MultiplyAdd(HalvesScaledDown8(wb + i + 8), x1, b1);
-            a2 = Fma.MultiplyAdd(HalvesScaledDown8(wa + i + 16), x2, a2);
-            b2 = Fma.MultiplyAdd(HalvesScaledDown8(wb + i + 16), x2, b2);
-            a3 = Fma.MultiplyAdd(HalvesScaledDown8(wa + i + 24), x3, a3);
-            b3 = Fma.MultiplyAdd(HalvesScaledDown8(wb + i + 24), x3, b3);
-        }
-        float sa = Vector256.Sum((a0 + a1) + (a2 + a3)), sb = Vector256.Sum((b0 + b1) + (b2 + b3));
-        for (; i < n; i++)
-        {
-            sa = MathF.FusedMultiplyAdd(Fp16.ToSingle(wa[i]), x[i], sa);
-            sb = MathF.FusedMultiplyAdd(Fp16.ToSingle(wb[i]), x[i], sb);
-        }
-        ya = sa; yb = sb;
-    }
+        => Dot256Pair<F16ScaledRow>(wa, wb, x, n, out ya, out yb);
 
     /// <summary>8 finite halves → the same values × 2^-112, exact: sign-extended (<c>vpmovsxwd</c>), shifted left by 13
     /// and masked as in <see cref="HalfToSingle(Vector512{int})"/>. An exponent of 31 comes out finite (≥ 2^-96).</summary>
