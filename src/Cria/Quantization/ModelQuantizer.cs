@@ -77,10 +77,17 @@ public static class ModelQuantizer
         w.Set("general.quantization_version", 2u);
         w.Set("general.file_type", (uint)o.FileType);
 
-        // Refused before anything is written: an already-quantized input that nothing replaces.
+        // Refused before anything is written: an already-quantized input that nothing replaces, and a tensor larger than
+        // the one .NET array each tensor's values and output bytes pass through (QuantizeTensor, GgufWriter).
         foreach (var (t, newType) in plan)
+        {
             if (newType != t.Type && IsBlockType(t.Type) && !o.AllowRequantize && o.Override?.Invoke(t.Name) == null)
                 throw new CriaException($"{input}: tensor '{t.Name}' is already {t.Type}; requantizing is disabled (use --allow-requantize)");
+            long outBytes = GgmlTypeInfo.RowBytes(newType, t.RowLength) * t.RowCount;
+            if (t.ElementCount > Array.MaxLength || outBytes > Array.MaxLength || t.ByteSize > Array.MaxLength)
+                throw new CriaException($"{input}: tensor '{t.Name}' ({t.RowCount} rows × {t.RowLength}, {t.Type} → {newType}) is too large to quantize: " +
+                    $"its values or bytes pass through one array of at most {Array.MaxLength:N0} elements");
+        }
 
         // Each tensor is quantized when the writer reaches it (GgufWriter streams produced tensors in order), so the
         // output is never held whole in memory: one tensor's F32 values and its quantized bytes at a time.

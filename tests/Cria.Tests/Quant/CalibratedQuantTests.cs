@@ -2,6 +2,7 @@ using Cria.Formats;
 using Cria.Inference;
 using Cria.Models;
 using Cria.Quantization;
+using Cria.Tensors;
 using Cria.Tests.Oracle;
 using Xunit;
 using Xunit.Abstractions;
@@ -147,4 +148,32 @@ public sealed class CalibratedQuantTests(ITestOutputHelper output)
         Assert.Equal(rep.Tensors.Count, f.Tensors.Count);
         Assert.Single(Directory.GetFiles(dir));
     }
+    [Fact]
+    public void A_tensor_too_large_for_one_array_is_refused_before_anything_is_written()
+    {
+        // One tensor of 2^31 F16 values (4 GiB in a sparse file: nothing is read): more values than a .NET array holds.
+        string dir = Path.Combine(TestPaths.Scratch, "quant-huge");
+        Directory.CreateDirectory(dir);
+        string input = Path.Combine(dir, "huge.gguf"), outPath = Path.Combine(dir, "out.gguf");
+        File.Delete(outPath);
+        using (var fs = new FileStream(input, FileMode.Create))
+        {
+            var w = new BinaryWriter(fs);
+            void Str(string v) { w.Write((ulong)v.Length); w.Write(System.Text.Encoding.UTF8.GetBytes(v)); }
+            w.Write(GgufFile.Magic); w.Write(3u); w.Write(1UL); w.Write(1UL);
+            Str("general.architecture"); w.Write(8u); Str("llama");
+            Str("blk.0.ffn_up.weight"); w.Write(2u); w.Write(65536UL); w.Write(32768UL); w.Write((uint)GgmlType.F16); w.Write(0UL);
+            w.Flush();
+            fs.SetLength((fs.Position + 31) / 32 * 32 + (1L << 32));
+        }
+        try
+        {
+            var e = Assert.Throws<CriaException>(() => ModelQuantizer.Run(input, outPath, new QuantizeOptions { FileType = LlamaFileType.Q8_0, Threads = 2 }));
+            Assert.Contains("blk.0.ffn_up.weight", e.Message);
+            Assert.Contains("too large", e.Message);
+            Assert.Equal([input], Directory.GetFiles(dir)); // no output, no temp file
+        }
+        finally { File.Delete(input); }
+    }
 }
+
