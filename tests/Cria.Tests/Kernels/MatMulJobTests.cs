@@ -87,6 +87,8 @@ public unsafe class MatMulJobTests
     static readonly (GgmlType, int)[] Q80Parts = [(GgmlType.Q8_0, 200), (GgmlType.Q8_0, 61)];
     // all F16: two ranges per worker, rows paired across them (RowKernels.RunPair)
     static readonly (GgmlType, int)[] F16Parts = [(GgmlType.F16, 300), (GgmlType.F16, 37), (GgmlType.F16, 53)];
+    // all BF16: paired on AVX2 without AVX-512 (RowKernels.DotBF16Avx2Pair)
+    static readonly (GgmlType, int)[] Bf16Parts = [(GgmlType.BF16, 300), (GgmlType.BF16, 37), (GgmlType.BF16, 53)];
 
     // Q4_K_M-like: Q4_K and Q6_K, both with paired kernels; pairs of rows of different types run one after the other
     static readonly (GgmlType, int)[] KParts = [(GgmlType.Q4_K, 300), (GgmlType.Q6_K, 37), (GgmlType.Q4_K, 53)];
@@ -98,7 +100,7 @@ public unsafe class MatMulJobTests
     static readonly (GgmlType, int)[] F16BigParts = [(GgmlType.F16, 3000), (GgmlType.F16, 700)];
     static (GgmlType, int)[] PartSet(string name) => name switch
     {
-        "f16" => F16Parts, "f16big" => F16BigParts, "k" => KParts, "q6k" => Q6KParts, "q80" => Q80Parts, _ => Parts,
+        "f16" => F16Parts, "bf16" => Bf16Parts, "f16big" => F16BigParts, "k" => KParts, "q6k" => Q6KParts, "q80" => Q80Parts, _ => Parts,
     };
 
     [Theory]
@@ -108,6 +110,7 @@ public unsafe class MatMulJobTests
     [InlineData(1, "f16")]
     [InlineData(2, "f16")]
     [InlineData(3, "f16")]
+    [InlineData(2, "bf16")]
     [InlineData(2, "k")]
     [InlineData(3, "k")]
     public void Decode_ranges_are_contiguous_and_equal_in_weight_bytes(int workers, string parts)
@@ -120,7 +123,8 @@ public unsafe class MatMulJobTests
         bool paired = m.W.All(w => RowKernels.HasPairedDecode(w.Type, w.Cols));
         bool avx512 = System.Runtime.Intrinsics.X86.Avx512BW.IsSupported;
         bool avx2 = System.Runtime.Intrinsics.X86.Avx2.IsSupported && System.Runtime.Intrinsics.X86.Fma.IsSupported;
-        Assert.Equal(parts switch { "mixed" => false, "f16" => avx512 || avx2, _ => avx512 }, paired);
+        bool vector512 = System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated;
+        Assert.Equal(parts switch { "mixed" => false, "f16" => avx512 || avx2, "bf16" => avx2 && !vector512, _ => avx512 }, paired);
         Assert.Equal(paired ? 2 * workers : workers, ranges);
         long total = m.W.Sum(w => w.ByteSize);
         int totalRows = m.W.Sum(w => w.Rows), expectFront = 0;
@@ -146,6 +150,7 @@ public unsafe class MatMulJobTests
     [InlineData("mixed")]
     [InlineData("f16")]
     [InlineData("f16big")]
+    [InlineData("bf16")]
     [InlineData("k")]
     [InlineData("q6k")]
     [InlineData("q80")]
