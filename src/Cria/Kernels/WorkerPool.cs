@@ -35,9 +35,20 @@ public sealed class WorkerPool : IDisposable
 
     public int Count => _count;
 
+    /// <summary>The most threads a pool (or the quantizer) starts: ggml's GGML_MAX_N_THREADS. A larger request is a typo
+    /// rather than a machine, and each thread reserves a stack.</summary>
+    public const int MaxThreads = 512;
+
+    /// <summary>Throws <see cref="CriaException"/> when <paramref name="threads"/> is above <see cref="MaxThreads"/>.</summary>
+    public static void CheckThreads(int threads)
+    {
+        if (threads > MaxThreads) throw new CriaException($"{threads} threads requested; at most {MaxThreads}");
+    }
+
     public WorkerPool(int threads)
     {
         if (threads < 1) throw new ArgumentOutOfRangeException(nameof(threads), threads, "need at least one thread");
+        CheckThreads(threads);
         _count = threads;
         _threads = new Thread[threads - 1];
         _wake = new SemaphoreSlim[threads - 1];

@@ -69,6 +69,7 @@ public static class ModelQuantizer
         using var f = GgufFile.Open(input);
         var plan = PlanTypes(f, o, out int fallbacks);
         int threads = o.Threads > 0 ? o.Threads : Environment.ProcessorCount;
+        Kernels.WorkerPool.CheckThreads(threads);
 
         var w = new GgufWriter();
         w.CopyMetadataFrom(f);

@@ -175,5 +175,17 @@ public sealed class CalibratedQuantTests(ITestOutputHelper output)
         }
         finally { File.Delete(input); }
     }
+    [Fact]
+    public void More_threads_than_ggml_allows_are_refused_before_any_start()
+    {
+        var e = Assert.Throws<CriaException>(() => new Cria.Kernels.WorkerPool(Cria.Kernels.WorkerPool.MaxThreads + 1));
+        Assert.Contains("513 threads requested; at most 512", e.Message);
+        string outPath = Path.Combine(TestPaths.Scratch, "threads-out.gguf");
+        File.Delete(outPath);
+        e = Assert.Throws<CriaException>(() => ModelQuantizer.Run(Model.Value, outPath, new QuantizeOptions { FileType = LlamaFileType.Q4_0, Threads = 100_000 }));
+        Assert.Contains("100000 threads", e.Message);
+        Assert.False(File.Exists(outPath));
+    }
 }
+
 
