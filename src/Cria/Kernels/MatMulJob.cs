@@ -107,7 +107,8 @@ internal sealed unsafe class MatMulJob : ParallelJob
         // Larger batches (prefill): about 32 KiB per chunk (one cache block), at least 16 chunks so workers balance.
         bool decode = batchRows <= RowKernels.Tile;
         int byBytes = Math.Max(1, (decode ? 1048576 : 32768) / Math.Max(1, w.RowBytes));
-        // Float weights run in blocks of 4 rows (RowKernels.FloatBlock), so a prefill chunk holds at least 8 of them.
+        // Float weights run in blocks of 4 rows with AVX-512 (RowKernels.FloatBlock) and of 3 without
+        // (RowKernels.FloatBlock256), so a prefill chunk holds at least 8 of them.
         if (!decode && w.Type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16) byBytes = Math.Max(byBytes, 8);
         _chunk[p] = Math.Clamp(Math.Min(byBytes, w.Rows / (decode ? 8 : 16)), 1, decode ? int.MaxValue : 256);
         // Kernels that run rows in groups (on AVX2 the 32-value types: eight) get chunks of whole groups.

@@ -470,7 +470,7 @@ public static unsafe class RowKernels
             for (int r = r0; r < r1; r++) y[r] = DotF16Scaled<Unchecked>((ushort*)(w + (long)r * rowBytes), (float*)x + n, n, out _);
             return;
         }
-        if (finiteF16 && type == GgmlType.F16 && F16Avx2(n))
+        if (finiteF16 && type == GgmlType.F16 && HalfRowsAvx2(n))
         {
             for (int r = r0; r < r1; r++) y[r] = DotF16ScaledAvx2((ushort*)(w + (long)r * rowBytes), (float*)x, n);
             return;
@@ -511,8 +511,10 @@ public static unsafe class RowKernels
         for (int r = r0; r < r1; r++) Run(type, w + (long)r * rowBytes, rowBytes, x, xBytes, 1, n, y + r, 1);
     }
 
-    /// <summary>F16 decode with the AVX2 kernels (<see cref="DotF16ScaledAvx2"/>, and its pair): no 512-bit vectors.</summary>
-    internal static bool F16Avx2(int n) => n >= 32 && !Vector512.IsHardwareAccelerated && Avx2.IsSupported && Fma.IsSupported;
+    /// <summary>Decode of 16-bit float rows with the AVX2 kernels, one row or two distant rows at a time: F16
+    /// (<see cref="DotF16ScaledAvx2"/>, and its pair) and BF16 (<see cref="DotBF16Avx2"/>, and its pair). No 512-bit
+    /// vectors.</summary>
+    internal static bool HalfRowsAvx2(int n) => n >= 32 && !Vector512.IsHardwareAccelerated && Avx2.IsSupported && Fma.IsSupported;
 
     /// <summary>Rows that run through the AVX2 kernels of <see cref="VecDot"/> directly (no span or size checks per row):
     /// Q4_K, Q6_K and Q8_0 on machines with AVX2 and FMA but no AVX-512 (e.g. AMD Zen 2/3, Intel before Ice Lake; with
@@ -1211,7 +1213,7 @@ public static unsafe class RowKernels
             if (nonFinite) y[0] = DotF16((ushort*)w, (float*)x, n); // an F16 infinity or NaN among the weights
             return;
         }
-        if (type == GgmlType.BF16 && B == 1 && !Vector512.IsHardwareAccelerated && Avx2.IsSupported && Fma.IsSupported)
+        if (type == GgmlType.BF16 && B == 1 && HalfRowsAvx2(n))
         {
             y[0] = DotBF16Avx2((ushort*)w, (float*)x, n); // decode: no widening pass over the row
             return;
@@ -1704,8 +1706,8 @@ public static unsafe class RowKernels
     /// (<see cref="RunPair"/>) giving the bits of the single-row one.</summary>
     internal static bool HasPairedDecode(GgmlType type, int n) => type switch
     {
-        GgmlType.F16 => n >= 64 && Vector512.IsHardwareAccelerated || F16Avx2(n),
-        GgmlType.BF16 => F16Avx2(n), // AVX2: Dot256Pair<Bf16Row>, the bits of DotBF16Avx2
+        GgmlType.F16 => n >= 64 && Vector512.IsHardwareAccelerated || HalfRowsAvx2(n),
+        GgmlType.BF16 => HalfRowsAvx2(n), // AVX2: Dot256Pair<Bf16Row>, the bits of DotBF16Avx2
         GgmlType.Q4_K or GgmlType.Q6_K => Avx512BW.IsSupported,
         GgmlType.Q8_0 => Avx512BW.IsSupported || Avx2Rows(type), // AVX2: see VecDot.DotQ80RowExactAvx2Pair
         _ => false,
@@ -1730,7 +1732,7 @@ public static unsafe class RowKernels
             case GgmlType.Q6_K: Q6K1Pair(wa, wb, x, n / 256, out ya, out yb); return true;
             case GgmlType.Q8_0: Q801Pair(wa, wb, x, n / 32, out ya, out yb); return true;
             default:
-                if (F16Avx2(n))
+                if (HalfRowsAvx2(n))
                 {
                     // AVX2: finite matrices only; the caller runs rows of a non-finite one through RunRows.
                     if (!finiteF16) { ya = yb = 0; return false; }

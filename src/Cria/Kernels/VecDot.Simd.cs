@@ -363,8 +363,6 @@ public static partial class VecDot
         return Vector256.Sum(acc) + Vector128.Sum(accMin);
     }
 
-    /// <summary>Q4_K × Q8_K (ggml layout) with AVX2: <see cref="DotK4Avx2{T}"/>.</summary>
-    internal static unsafe float DotQ4KAvx2(byte* x, byte* y, int nb) => DotK4Avx2<Q4KWeights>(x, y, nb);
 
     /// <summary>One super-block (at x) against one Q8_K block (292 B at y): acc += d·Σ_j sc_j·(q·y)_j as 8 lanes,
     /// accMin += −dmin·m_j·bsum_j as 4 lanes.</summary>

@@ -67,7 +67,8 @@ public unsafe class RowKernelTests
         bool isFloat = type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16;
         foreach (int n in type == GgmlType.Q8_0 ? new[] { 256, 2816, 2336, 4896 } : isFloat ? new[] { 256, 2816, 1003 } : new[] { 256, 2816 })
         {
-            // ranges [0, 3) and [3, rows): edges alone, two 4-row blocks of the float kernel; kernels that run eight rows
+            // ranges [0, 3) and [3, rows): edges alone, two 4-row blocks of the AVX-512 float kernel (blocks of 3, 3 and 2
+            // rows without AVX-512); kernels that run eight rows
             // at a time (RowGroup: Q8_0 and the legacy types on AVX2) get [3, 21): two full groups and one of two
             int rows = RowKernels.RowGroup(type) == 8 ? 21 : 11;
             long rb = GgmlTypeInfo.RowBytes(type, n);

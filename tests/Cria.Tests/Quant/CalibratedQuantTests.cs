@@ -148,6 +148,7 @@ public sealed class CalibratedQuantTests(ITestOutputHelper output)
         Assert.Equal(rep.Tensors.Count, f.Tensors.Count);
         Assert.Single(Directory.GetFiles(dir));
     }
+
     [Fact]
     public void A_tensor_too_large_for_one_array_is_refused_before_anything_is_written()
     {
@@ -175,6 +176,7 @@ public sealed class CalibratedQuantTests(ITestOutputHelper output)
         }
         finally { File.Delete(input); }
     }
+
     [Fact]
     public void More_threads_than_ggml_allows_are_refused_before_any_start()
     {
