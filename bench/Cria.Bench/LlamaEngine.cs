@@ -9,9 +9,10 @@ namespace Cria.Bench;
 
 /// <summary>
 /// llama.cpp through LLamaSharp 0.30.0, set up the way llama-bench runs it: Threads = BatchThreads = T,
-/// n_batch = n_ubatch = P, n_ctx = P + N, flash attention and KV type at the library defaults (auto / F16),
+/// n_batch = n_ubatch = P, n_ctx = D + max(P, N), flash attention and KV type at the library defaults (auto / F16),
 /// LoadMode None (the LLamaSharp default, measured faster than mmap here) unless mmap is asked for.
-/// pp = one P-token batch, logits for the last row; tg = N single-token decodes, each followed by llama_synchronize.
+/// pp = one P-token batch, logits for the last row; tg = N single-token decodes, each followed by llama_synchronize;
+/// both start from a cache holding the depth's D tokens (llama-bench -d; filled once, cut back to D before each run).
 /// </summary>
 sealed class LlamaEngine : IDisposable
 {
@@ -23,7 +24,8 @@ sealed class LlamaEngine : IDisposable
     public LLamaContext Context { get; }
     public string Description { get; }
     readonly LLamaBatch _batch = new();
-    readonly int[] _prompt, _gen;
+    readonly int[] _prompt, _gen, _depthTokens;
+    readonly int _depth, _ubatch;
 
     /// <summary>Routes llama.cpp's log into <see cref="Log"/> (must run before the first native call).</summary>
     public static void EnsureLoaded()
@@ -37,12 +39,12 @@ sealed class LlamaEngine : IDisposable
         }
     }
 
-    public LlamaEngine(string path, int threads, int promptTokens, int genTokens, bool mmap, int vocab, int seed = 42)
+    public LlamaEngine(string path, int threads, int promptTokens, int genTokens, bool mmap, int vocab, int seed = 42, int depth = 0)
     {
         EnsureLoaded();
         var p = new ModelParams(path)
         {
-            ContextSize = (uint)(promptTokens + genTokens), GpuLayerCount = 0,
+            ContextSize = (uint)(depth + Math.Max(promptTokens, genTokens)), GpuLayerCount = 0,
             Threads = threads, BatchThreads = threads,
             BatchSize = (uint)promptTokens, UBatchSize = (uint)promptTokens,
             LoadMode = mmap ? LLamaLoadMode.MemoryMap : LLamaLoadMode.None,
@@ -55,13 +57,39 @@ sealed class LlamaEngine : IDisposable
         // The same synthetic tokens as the Cria side.
         _prompt = CriaBenchEngine.SyntheticTokens(vocab, promptTokens, seed);
         _gen = CriaBenchEngine.SyntheticTokens(vocab, genTokens, seed + 1);
+        _depthTokens = CriaBenchEngine.SyntheticTokens(vocab, depth, seed + 2);
+        _depth = depth;
+        _ubatch = promptTokens;
+    }
+
+    /// <summary>Leaves exactly the depth's tokens in the cache (untimed), as <see cref="CriaBenchEngine"/> does.</summary>
+    void FillDepth()
+    {
+        var h = Context.NativeHandle;
+        if (_depth == 0) { h.MemoryClear(); return; }
+        if (h.MemorySequenceMaxPosition(LLamaSeqId.Zero).Value >= _depth - 1)
+        {
+            h.MemorySequenceRemove(LLamaSeqId.Zero, (LLamaPos)_depth, (LLamaPos)(-1));
+            if (h.MemorySequenceMaxPosition(LLamaSeqId.Zero).Value != _depth - 1)
+                throw new InvalidOperationException("llama.cpp did not cut the cache back to the depth");
+            return;
+        }
+        h.MemoryClear();
+        for (int i = 0; i < _depth; i += _ubatch)
+        {
+            int n = Math.Min(_ubatch, _depth - i);
+            _batch.Clear();
+            for (int j = 0; j < n; j++) _batch.Add((LLamaToken)_depthTokens[i + j], i + j, LLamaSeqId.Zero, i + j == _depth - 1);
+            if (Context.Decode(_batch) != DecodeResult.Ok) throw new InvalidOperationException("llama.cpp decode failed");
+        }
+        h.Synchronize();
     }
 
     public double RunPrompt()
     {
-        Context.NativeHandle.MemoryClear();
+        FillDepth();
         _batch.Clear();
-        for (int i = 0; i < _prompt.Length; i++) _batch.Add((LLamaToken)_prompt[i], i, LLamaSeqId.Zero, i == _prompt.Length - 1);
+        for (int i = 0; i < _prompt.Length; i++) _batch.Add((LLamaToken)_prompt[i], _depth + i, LLamaSeqId.Zero, i == _prompt.Length - 1);
         long t0 = Stopwatch.GetTimestamp();
         if (Context.Decode(_batch) != DecodeResult.Ok) throw new InvalidOperationException("llama.cpp decode failed");
         Context.NativeHandle.Synchronize();
@@ -70,12 +98,12 @@ sealed class LlamaEngine : IDisposable
 
     public double RunGenerate()
     {
-        Context.NativeHandle.MemoryClear();
+        FillDepth();
         long t0 = Stopwatch.GetTimestamp();
         for (int i = 0; i < _gen.Length; i++)
         {
             _batch.Clear();
-            _batch.Add((LLamaToken)_gen[i], i, LLamaSeqId.Zero, true);
+            _batch.Add((LLamaToken)_gen[i], _depth + i, LLamaSeqId.Zero, true);
             if (Context.Decode(_batch) != DecodeResult.Ok) throw new InvalidOperationException("llama.cpp decode failed");
             Context.NativeHandle.Synchronize();
         }

@@ -6,7 +6,9 @@ using Cria.Cli;
 // Side-by-side runner: Cria and llama.cpp (LLamaSharp 0.30.0) on the same GGUF, same thread count, alternating.
 //
 //   dotnet run --project bench/Cria.Bench -c Release -- --model FILE [--threads 2] [--rounds 3] [--reps 5]
-//        [--pp 512] [--tg 128] [--llama-mmap] [--no-rss] [--probe] [--summary FILE.tsv]
+//        [--pp 512] [--tg 128] [--depth 0] [--llama-mmap] [--no-rss] [--probe] [--summary FILE.tsv]
+//
+// --depth D: both tests start with D tokens already in the KV cache (llama-bench's -d), filled untimed.
 //
 // Speed: both engines live in this one process and take turns: round r runs one engine's pp reps then its tg reps,
 // then the other's; who goes first swaps every round, so slow phases of this shared machine hit both alike.
@@ -24,12 +26,13 @@ if (args.Length > 0 && args[0] == "quant-table") return QuantTable.Run(args[1..]
 if (args.Length > 0 && args[0] == "quant-time") return QuantTable.Time(args[1..]);
 if (args.Length > 0 && args[0] == "imatrix-probe") return ImatrixProbe.Run(args[1..]);
 if (args.Length > 0 && args[0] == "kernel-micro") return KernelMicro.Run(args[1..]);
+if (args.Length > 0 && args[0] == "attn-micro") return AttnMicro.Run(args[1..]);
 if (args.Length > 0 && args[0] == "gemm-micro") return GemmMicro.Run(args[1..]);
 if (args.Length > 0 && args[0] == "idle-cpu") return IdleCpu.Run(args[1..]);
 if (args.Length > 0 && args[0] == "quant-micro") return ImatrixProbe.Micro(args[1..]);
 
 string? model = null, summary = null, engineOnly = null;
-int threads = 2, rounds = 3, reps = 5, pp = 512, tg = 128;
+int threads = 2, rounds = 3, reps = 5, pp = 512, tg = 128, depth = 0;
 bool mmap = false, rss = true, probe = false;
 for (int i = 0; i < args.Length; i++)
 {
@@ -43,13 +46,14 @@ for (int i = 0; i < args.Length; i++)
         case "--reps": case "-r": reps = int.Parse(Next(), ci); break;
         case "--pp": case "-p": pp = int.Parse(Next(), ci); break;
         case "--tg": case "-n": tg = int.Parse(Next(), ci); break;
+        case "--depth": case "-d": depth = int.Parse(Next(), ci); break;
         case "--llama-mmap": mmap = true; break;
         case "--no-rss": rss = false; break;
         case "--probe": probe = true; break;
         case "--summary": summary = Next(); break;
         case "--engine": engineOnly = Next(); break;
         case "--help": case "-h":
-            Console.WriteLine("usage: Cria.Bench --model FILE [--threads 2] [--rounds 3] [--reps 5] [--pp 512] [--tg 128] [--llama-mmap] [--no-rss] [--probe] [--summary FILE.tsv] [--engine cria|llama]");
+            Console.WriteLine("usage: Cria.Bench --model FILE [--threads 2] [--rounds 3] [--reps 5] [--pp 512] [--tg 128] [--depth 0] [--llama-mmap] [--no-rss] [--probe] [--summary FILE.tsv] [--engine cria|llama]");
             return 0;
         default: Console.Error.WriteLine($"unknown argument '{a}' (try --help)"); return 2;
     }
@@ -58,23 +62,25 @@ if (model == null) { Console.Error.WriteLine("--model FILE is required"); return
 if (!File.Exists(model)) { Console.Error.WriteLine($"no such file: {model}"); return 2; }
 model = BenchInfo.ResolvePath(model);
 if (threads < 1 || rounds < 1 || reps < 1 || pp < 1 || tg < 1) { Console.Error.WriteLine("threads, rounds, reps, pp and tg must be ≥ 1"); return 2; }
+if (depth < 0) { Console.Error.WriteLine("depth must be ≥ 0"); return 2; }
+string at = depth > 0 ? $" @ d{depth}" : "";
 
 if (engineOnly != null) return ChildMain(engineOnly);
 
 // ---------------- header ----------------
 var o = Console.Out;
-o.WriteLine($"Cria vs llama.cpp — {Path.GetFileName(model)}, {threads} threads, pp{pp} / tg{tg}, {rounds} rounds × {reps} reps, llama.cpp load mode {(mmap ? "mmap" : "none")}");
+o.WriteLine($"Cria vs llama.cpp — {Path.GetFileName(model)}, {threads} threads, pp{pp} / tg{tg}{at}, {rounds} rounds × {reps} reps, llama.cpp load mode {(mmap ? "mmap" : "none")}");
 o.WriteLine($"machine: {CpuName()}, {Environment.ProcessorCount} logical CPUs, {TotalMemGiB():F1} GiB; .NET {Environment.Version}; {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC; load avg {LoadAvg()}");
 
 long t0 = Stopwatch.GetTimestamp();
-var cria = new CriaBenchEngine(model, threads, pp, tg);
+var cria = new CriaBenchEngine(model, threads, pp, tg, depth: depth);
 double criaLoad = Stopwatch.GetElapsedTime(t0).TotalSeconds;
 t0 = Stopwatch.GetTimestamp();
-var llama = new LlamaEngine(model, threads, pp, tg, mmap, cria.Model.Config.VocabSize);
+var llama = new LlamaEngine(model, threads, pp, tg, mmap, cria.Model.Config.VocabSize, depth: depth);
 double llamaLoad = Stopwatch.GetElapsedTime(t0).TotalSeconds;
 string type = cria.TypeName;
 long fileBytes = cria.Model.File.FileSize, wbpt = cria.Model.WeightBytesPerToken;
-long kvBytes = (long)(cria.Context.Cache.BytesPerToken * (pp + tg));
+long kvBytes = (long)(cria.Context.Cache.BytesPerToken * (depth + Math.Max(pp, tg)));
 o.WriteLine($"model: {type}, {BenchInfo.ParamsText(cria.Model)} params, file {fileBytes / 1e6:F1} MB, weight bytes per token {wbpt / 1e6:F1} MB");
 o.WriteLine($"load: Cria {criaLoad:F2} s, llama.cpp {llamaLoad:F2} s ({llama.Description}); llama.cpp settings: {LlamaSettings()}");
 
@@ -142,10 +148,10 @@ double ppRatio = BenchInfo.Median(samples[("cria", "pp")]) / BenchInfo.Median(sa
 double tgRatio = BenchInfo.Median(samples[("cria", "tg")]) / BenchInfo.Median(samples[("llama", "tg")]);
 o.WriteLine();
 o.WriteLine($"samples per cell: {rounds * reps} ({rounds} rounds × {reps} reps); peak RSS of this process with both engines loaded: {BenchInfo.MiB(sharedPeak)}");
-o.WriteLine($"RSS budget of the issue (file + KV cache of {pp + tg} tokens + 10%): {(fileBytes + kvBytes) * 1.1 / 1048576:F1} MiB");
+o.WriteLine($"RSS budget of the issue (file + KV cache of {depth + Math.Max(pp, tg)} tokens + 10%): {(fileBytes + kvBytes) * 1.1 / 1048576:F1} MiB");
 double tgCria = BenchInfo.Median(samples[("cria", "tg")]), tgLlama = BenchInfo.Median(samples[("llama", "tg")]);
 o.WriteLine($"effective weight read rate in tg{tg}: Cria {wbpt * tgCria / 1e9:F1} GB/s, llama.cpp {wbpt * tgLlama / 1e9:F1} GB/s");
-o.WriteLine($"Cria / llama.cpp (medians): pp{pp} {ppRatio:F2}, tg{tg} {tgRatio:F2}");
+o.WriteLine($"Cria / llama.cpp (medians){at}: pp{pp} {ppRatio:F2}, tg{tg} {tgRatio:F2}");
 // Paired per round (the two engines' blocks of one round are adjacent in time): a check on load drifting between rounds.
 var perRound = new List<string>();
 for (int r = 0; r + 1 < roundMedians.Count; r += 2)
@@ -176,7 +182,7 @@ int ChildMain(string engine)
     long afterLoad, afterTg, afterPp;
     if (engine == "cria")
     {
-        using var c = new CriaBenchEngine(model, threads, pp, tg);
+        using var c = new CriaBenchEngine(model, threads, pp, tg, depth: depth);
         afterLoad = BenchInfo.PeakRssBytes();
         c.RunGenerate();
         afterTg = BenchInfo.PeakRssBytes();
@@ -187,7 +193,7 @@ int ChildMain(string engine)
     {
         int vocab;
         using (var m = Cria.Models.LlamaModel.Open(model)) vocab = m.Config.VocabSize; // maps only; unmapped before llama.cpp loads
-        using var l = new LlamaEngine(model, threads, pp, tg, mmap, vocab);
+        using var l = new LlamaEngine(model, threads, pp, tg, mmap, vocab, depth: depth);
         afterLoad = BenchInfo.PeakRssBytes();
         l.RunGenerate();
         afterTg = BenchInfo.PeakRssBytes();
@@ -205,7 +211,7 @@ string? RunChild(string engine)
     string self = Environment.ProcessPath!;
     psi.FileName = self;
     if (Path.GetFileNameWithoutExtension(self) == "dotnet") psi.ArgumentList.Add(typeof(LlamaEngine).Assembly.Location);
-    foreach (var a in new[] { "--model", model!, "--threads", threads.ToString(ci), "--pp", pp.ToString(ci), "--tg", tg.ToString(ci), "--engine", engine })
+    foreach (var a in new[] { "--model", model!, "--threads", threads.ToString(ci), "--pp", pp.ToString(ci), "--tg", tg.ToString(ci), "--depth", depth.ToString(ci), "--engine", engine })
         psi.ArgumentList.Add(a);
     if (mmap) psi.ArgumentList.Add("--llama-mmap");
     using var p = Process.Start(psi)!;

@@ -19,7 +19,7 @@ static class BenchCommand
         var reps = new Option<int>("--repetitions", "-r") { Description = "timed repetitions of each test", DefaultValueFactory = _ => 5 };
         var threads = new Option<int>("--threads", "-t") { Description = "worker threads (0 = all cores)", DefaultValueFactory = _ => 0 };
         var json = new Option<bool>("--json") { Description = "also write one JSON object per test to stdout (after the table)" };
-        var depth = new Option<int>("--n-depth", "-d") { Description = "tokens already in the KV cache when the tg test starts (llama-bench -d)" };
+        var depth = new Option<int>("--n-depth", "-d") { Description = "tokens already in the KV cache when the pp and tg tests start (llama-bench -d)" };
         var ctx = new Option<int>("--ctx-size", "-c") { Description = "KV cache tokens (default: max(p, d) + n; with --kv-evict a budget-sized cache suffices)" };
         var ubatch = new Option<int>("--ubatch-size", "-ub") { Description = "rows per forward step when filling the depth (default: p, else 512)" };
         var cmd = new Command("bench", "measure prompt processing (pp) and generation (tg) speed, llama-bench style") { model, prompt, gen, reps, threads, json, depth, ctx, ubatch };
@@ -102,7 +102,7 @@ static class BenchCommand
             string ts = string.Create(ci, $"{BenchInfo.Mean(tps):F2} ± {BenchInfo.StdDev(tps):F2}");
             o.WriteLine(string.Create(ci, $"| {desc,-30} | {fileBytes / 1048576.0,6:F2} MiB | {BenchInfo.ParamsText(m),10} | {"Cria CPU",-10} | {threads,7} | {name,13} | {ts,20} |"));
         }
-        if (p > 0) Test($"pp{p}", p, 0, e.RunPrompt, p);
+        if (p > 0) Test(depth > 0 ? $"pp{p} @ d{depth}" : $"pp{p}", p, 0, e.RunPrompt, p);
         if (n > 0) Test(depth > 0 ? $"tg{n} @ d{depth}" : $"tg{n}", 0, n, e.RunGenerate, n);
         o.WriteLine();
         o.WriteLine($"peak RSS: {BenchInfo.MiB(BenchInfo.PeakRssBytes())}; KV blocks in use {e.Context.Cache.UsedBlocks} of {e.Context.Cache.BlockCount} ({e.Context.Cache.Slots(0)} tokens held, next position {e.Context.Cache.Length(0)})");

@@ -38,11 +38,21 @@ internal sealed partial class AttentionJob : ParallelJob
         for (int i = 0; i < workers; i++) _scratch[i] = new float[ScratchLength(c)];
     }
 
-    /// <summary>Query rows of one sequence that share each loaded K/V tile (prefill): the tile is dequantized once for
-    /// all of them instead of once per row.</summary>
-    public const int RowsPerItem = 4;
+    /// <summary>At most this many query rows of one sequence share each loaded K/V tile (prefill): the tile is
+    /// dequantized (and its keys transposed) once for all of them instead of once per row. Runs are shortened, down to
+    /// <see cref="MinRowsPerItem"/>, while a layer would have fewer than four items per worker. (TinyLlama's shape at
+    /// depth 2048, one thread, `Cria.Bench attn-micro --runs 4,8,12,16`: 15.7, 17.7, 19.3, 20.4 GMAC/s.)</summary>
+    public const int RowsPerItem = 16;
+    const int MinRowsPerItem = 4;
 
-    public static int ScratchLength(ModelConfig c) => RowsPerItem * c.GroupSize * (TileSize + c.HeadDim) + 2 * TileSize * c.HeadDim;
+    public static int ScratchLength(ModelConfig c) => RowsPerItem * c.GroupSize * (TileSize + c.HeadDim) + 3 * TileSize * c.HeadDim;
+
+    /// <summary>Where the key tile's columns (<see cref="TransposeKeys"/>, [hd, TileSize]) start in a worker's scratch.</summary>
+    static int KeyColumnsOffset(int group, int hd) => RowsPerItem * group * (TileSize + hd) + 2 * TileSize * hd;
+
+    /// <summary>Scores run on the key tile's columns (<see cref="TileScoresColumns"/>) where 8-lane FMA and AVX's
+    /// shuffles are there and the head dimension is a multiple of 8; otherwise on its rows (<see cref="TileScores"/>).</summary>
+    internal static bool UsesKeyColumns(int hd) => Fma.IsSupported && Avx.IsSupported && hd % 8 == 0;
 
     /// <summary>Sets up one layer's attention for rows [start, start + rows) of the batch. With
     /// <paramref name="probs"/> (length ≥ rows · kvHeads · <paramref name="probStride"/>) each item also writes its
@@ -54,7 +64,8 @@ internal sealed partial class AttentionJob : ParallelJob
         // Runs of up to RowsPerItem consecutive rows of one sequence at consecutive positions share tiles. KIVI reads a
         // different mix of ring and quantized rows for each query position, and eviction scoring reads each row's
         // probabilities in a second pass: those run one row per item.
-        int maxRun = _cache.Format.IsKivi || probs != null ? 1 : RowsPerItem;
+        int maxRun = _cache.Format.IsKivi || probs != null ? 1
+                   : Math.Clamp(rows * _c.KvHeadCount / (4 * _scratch.Length), MinRowsPerItem, RowsPerItem);
         if (_itemRow.Length < rows) { _itemRow = new int[rows]; _itemRows = new int[rows]; }
         _runs = 0;
         for (int b = 0; b < rows;)
@@ -158,7 +169,13 @@ internal sealed partial class AttentionJob : ParallelJob
             {
                 LoadTile(kv, table, blockPos, ring, t0, n, g, hd, p, kTile, vTile);
                 if (dropped > 0) ShiftKeys(c, blockPos, kv.BlockSize, dropped, t0, n, kTile, rotation, ref rotationDelta);
-                TileScores(qRow, kTile, n, h0, group, hd, scale, scores);
+                if (UsesKeyColumns(hd))
+                {
+                    var kCols = scratch.AsSpan(KeyColumnsOffset(group, hd), hd * TileSize);
+                    TransposeKeys(kTile, n, hd, kCols);
+                    TileScoresColumns(qRow, kCols, n, h0, group, hd, scale, scores);
+                }
+                else TileScores(qRow, kTile, n, h0, group, hd, scale, scores);
             }
             for (int j = 0; j < n; j++)
             {
@@ -188,6 +205,8 @@ internal sealed partial class AttentionJob : ParallelJob
         var accAll = scratch.AsSpan(RowsPerItem * group * TileSize, rows * group * hd);               // [rows, group, hd] un-normalised outputs
         var kTile = scratch.AsSpan(RowsPerItem * group * (TileSize + hd), TileSize * hd);             // [TileSize, hd]
         var vTile = scratch.AsSpan(RowsPerItem * group * (TileSize + hd) + TileSize * hd, TileSize * hd); // [TileSize, hd]
+        var kCols = scratch.AsSpan(KeyColumnsOffset(group, hd), hd * TileSize);                       // [hd, TileSize] kTile transposed
+        bool columns = UsesKeyColumns(hd);
         accAll.Clear();
         max.Slice(0, rows * group).Fill(float.NegativeInfinity);
         sum.Slice(0, rows * group).Clear();
@@ -200,13 +219,15 @@ internal sealed partial class AttentionJob : ParallelJob
             int nAll = Math.Min(TileSize, maxSlots - t0);
             LoadTile(kv, table, blockPos, ring, t0, nAll, g, hd, pLast, kTile, vTile);
             if (dropped > 0) ShiftKeys(c, blockPos, kv.BlockSize, dropped, t0, nAll, kTile, rotation, ref rotationDelta);
+            if (columns) TransposeKeys(kTile, nAll, hd, kCols);
             for (int r = 0; r < rows; r++)
             {
                 if (slots[r] <= t0) continue;
                 int n = Math.Min(TileSize, slots[r] - t0);
                 var scores = scoresAll.Slice(r * group * TileSize, group * TileSize);
                 var acc = accAll.Slice(r * group * hd, group * hd);
-                TileScores(q.Slice(r * qDim, qDim), kTile, n, h0, group, hd, scale, scores);
+                if (columns) TileScoresColumns(q.Slice(r * qDim, qDim), kCols, n, h0, group, hd, scale, scores);
+                else TileScores(q.Slice(r * qDim, qDim), kTile, n, h0, group, hd, scale, scores);
                 // online softmax: new max, rescale what was accumulated, exponentiate the tile.
                 for (int h = 0; h < group; h++)
                 {
@@ -305,12 +326,45 @@ internal sealed partial class AttentionJob : ParallelJob
         }
     }
 
-    /// <summary><see cref="AccumulateValues"/> with 256-bit vectors (no AVX-512): each head's accumulator in registers,
-    /// up to 32 lanes at a time, over the tile's rows; per element the reference loop's FMAs in its order.</summary>
+    /// <summary><see cref="AccumulateValues"/> with 256-bit vectors (no AVX-512): two heads' accumulators in registers,
+    /// 32 lanes of each at a time, over the tile's rows (each V load feeds both heads' FMAs); per element the reference
+    /// loop's FMAs in its order.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void AccumulateValues256(ReadOnlySpan<float> scores, ReadOnlySpan<float> vTile, int n, int group, int hd, Span<float> acc)
     {
         ref float vr = ref MemoryMarshal.GetReference(vTile);
-        for (int h = 0; h < group; h++)
+        int h = 0;
+        if (hd % 32 == 0)
+            for (; h + 2 <= group; h += 2)
+            {
+                ref float ar = ref MemoryMarshal.GetReference(acc.Slice(h * hd, 2 * hd));
+                ref float br = ref Unsafe.Add(ref ar, hd);
+                ref float sr = ref MemoryMarshal.GetReference(scores.Slice(h * TileSize, TileSize + n));
+                ref float tr = ref Unsafe.Add(ref sr, TileSize);
+                for (int c = 0; c < hd; c += 32)
+                {
+                    var a0 = Vector256.LoadUnsafe(ref ar, (nuint)c); var a1 = Vector256.LoadUnsafe(ref ar, (nuint)c + 8);
+                    var a2 = Vector256.LoadUnsafe(ref ar, (nuint)c + 16); var a3 = Vector256.LoadUnsafe(ref ar, (nuint)c + 24);
+                    var b0 = Vector256.LoadUnsafe(ref br, (nuint)c); var b1 = Vector256.LoadUnsafe(ref br, (nuint)c + 8);
+                    var b2 = Vector256.LoadUnsafe(ref br, (nuint)c + 16); var b3 = Vector256.LoadUnsafe(ref br, (nuint)c + 24);
+                    for (int j = 0; j < n; j++)
+                    {
+                        ref float v = ref Unsafe.Add(ref vr, j * hd + c);
+                        var v0 = Vector256.LoadUnsafe(ref v); var v1 = Vector256.LoadUnsafe(ref v, 8);
+                        var v2 = Vector256.LoadUnsafe(ref v, 16); var v3 = Vector256.LoadUnsafe(ref v, 24);
+                        var pa = Vector256.Create(Unsafe.Add(ref sr, j)); var pb = Vector256.Create(Unsafe.Add(ref tr, j));
+                        a0 = Vector256.FusedMultiplyAdd(pa, v0, a0); a1 = Vector256.FusedMultiplyAdd(pa, v1, a1);
+                        a2 = Vector256.FusedMultiplyAdd(pa, v2, a2); a3 = Vector256.FusedMultiplyAdd(pa, v3, a3);
+                        b0 = Vector256.FusedMultiplyAdd(pb, v0, b0); b1 = Vector256.FusedMultiplyAdd(pb, v1, b1);
+                        b2 = Vector256.FusedMultiplyAdd(pb, v2, b2); b3 = Vector256.FusedMultiplyAdd(pb, v3, b3);
+                    }
+                    a0.StoreUnsafe(ref ar, (nuint)c); a1.StoreUnsafe(ref ar, (nuint)c + 8);
+                    a2.StoreUnsafe(ref ar, (nuint)c + 16); a3.StoreUnsafe(ref ar, (nuint)c + 24);
+                    b0.StoreUnsafe(ref br, (nuint)c); b1.StoreUnsafe(ref br, (nuint)c + 8);
+                    b2.StoreUnsafe(ref br, (nuint)c + 16); b3.StoreUnsafe(ref br, (nuint)c + 24);
+                }
+            }
+        for (; h < group; h++)
         {
             ref float ar = ref MemoryMarshal.GetReference(acc.Slice(h * hd, hd));
             ref float sr = ref MemoryMarshal.GetReference(scores.Slice(h * TileSize, n));
@@ -339,6 +393,118 @@ internal sealed partial class AttentionJob : ParallelJob
                 a.StoreUnsafe(ref ar, (nuint)c);
             }
         }
+    }
+
+    /// <summary>
+    /// kCols[d, j] = kTile[j, d] for the tile's first ⌈n/8⌉·8 keys ([n, hd] → [hd, TileSize]), in 8 × 8 blocks (AVX
+    /// unpacks, shuffles and lane permutes). Key rows past n in the last block are whatever the tile holds there; the
+    /// scores they give are never read.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void TransposeKeys(ReadOnlySpan<float> kTile, int n, int hd, Span<float> kCols)
+    {
+        ref float src = ref MemoryMarshal.GetReference(kTile);
+        ref float dst = ref MemoryMarshal.GetReference(kCols);
+        for (int j = 0; j < n; j += 8)
+            for (int d = 0; d < hd; d += 8)
+            {
+                ref float s0 = ref Unsafe.Add(ref src, j * hd + d);
+                var r0 = Vector256.LoadUnsafe(ref s0); var r1 = Vector256.LoadUnsafe(ref s0, (nuint)hd);
+                var r2 = Vector256.LoadUnsafe(ref s0, (nuint)(2 * hd)); var r3 = Vector256.LoadUnsafe(ref s0, (nuint)(3 * hd));
+                var r4 = Vector256.LoadUnsafe(ref s0, (nuint)(4 * hd)); var r5 = Vector256.LoadUnsafe(ref s0, (nuint)(5 * hd));
+                var r6 = Vector256.LoadUnsafe(ref s0, (nuint)(6 * hd)); var r7 = Vector256.LoadUnsafe(ref s0, (nuint)(7 * hd));
+                var t0 = Avx.UnpackLow(r0, r1); var t1 = Avx.UnpackHigh(r0, r1);
+                var t2 = Avx.UnpackLow(r2, r3); var t3 = Avx.UnpackHigh(r2, r3);
+                var t4 = Avx.UnpackLow(r4, r5); var t5 = Avx.UnpackHigh(r4, r5);
+                var t6 = Avx.UnpackLow(r6, r7); var t7 = Avx.UnpackHigh(r6, r7);
+                var u0 = Avx.Shuffle(t0, t2, 0x44); var u1 = Avx.Shuffle(t0, t2, 0xEE);
+                var u2 = Avx.Shuffle(t1, t3, 0x44); var u3 = Avx.Shuffle(t1, t3, 0xEE);
+                var u4 = Avx.Shuffle(t4, t6, 0x44); var u5 = Avx.Shuffle(t4, t6, 0xEE);
+                var u6 = Avx.Shuffle(t5, t7, 0x44); var u7 = Avx.Shuffle(t5, t7, 0xEE);
+                ref float d0 = ref Unsafe.Add(ref dst, d * TileSize + j);
+                Avx.Permute2x128(u0, u4, 0x20).StoreUnsafe(ref d0);
+                Avx.Permute2x128(u1, u5, 0x20).StoreUnsafe(ref d0, TileSize);
+                Avx.Permute2x128(u2, u6, 0x20).StoreUnsafe(ref d0, 2 * TileSize);
+                Avx.Permute2x128(u3, u7, 0x20).StoreUnsafe(ref d0, 3 * TileSize);
+                Avx.Permute2x128(u0, u4, 0x31).StoreUnsafe(ref d0, 4 * TileSize);
+                Avx.Permute2x128(u1, u5, 0x31).StoreUnsafe(ref d0, 5 * TileSize);
+                Avx.Permute2x128(u2, u6, 0x31).StoreUnsafe(ref d0, 6 * TileSize);
+                Avx.Permute2x128(u3, u7, 0x31).StoreUnsafe(ref d0, 7 * TileSize);
+            }
+    }
+
+    /// <summary>
+    /// scores[h, j] = (q_h · k_j) · scale for the group's heads from the key tile's columns (kCols [hd, TileSize]):
+    /// 8 keys per vector lane-wise, each score one FMA chain over d = 0, 1, …, hd − 1 in order (the scalar reference is
+    /// <see cref="ScoreColumnsScalar"/>). Two heads × 32 keys at a time: per d two broadcasts and four loads feed eight
+    /// FMAs, and no horizontal sums. Lanes past n are computed and left unread.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void TileScoresColumns(ReadOnlySpan<float> qRow, ReadOnlySpan<float> kCols, int n, int h0, int group, int hd, float scale, Span<float> scores)
+    {
+        ref float kc = ref MemoryMarshal.GetReference(kCols);
+        ref float sc = ref MemoryMarshal.GetReference(scores);
+        var vs = Vector256.Create(scale);
+        int h = 0;
+        for (; h + 2 <= group; h += 2)
+        {
+            ref float qa = ref MemoryMarshal.GetReference(qRow.Slice((h0 + h) * hd, hd));
+            ref float qb = ref MemoryMarshal.GetReference(qRow.Slice((h0 + h + 1) * hd, hd));
+            ref float sa = ref Unsafe.Add(ref sc, h * TileSize);
+            ref float sb = ref Unsafe.Add(ref sc, (h + 1) * TileSize);
+            int j = 0;
+            for (; j + 24 < n; j += 32)
+            {
+                var a0 = Vector256<float>.Zero; var a1 = Vector256<float>.Zero; var a2 = Vector256<float>.Zero; var a3 = Vector256<float>.Zero;
+                var b0 = Vector256<float>.Zero; var b1 = Vector256<float>.Zero; var b2 = Vector256<float>.Zero; var b3 = Vector256<float>.Zero;
+                for (int d = 0; d < hd; d++)
+                {
+                    ref float k = ref Unsafe.Add(ref kc, d * TileSize + j);
+                    var k0 = Vector256.LoadUnsafe(ref k); var k1 = Vector256.LoadUnsafe(ref k, 8);
+                    var k2 = Vector256.LoadUnsafe(ref k, 16); var k3 = Vector256.LoadUnsafe(ref k, 24);
+                    var x = Vector256.Create(Unsafe.Add(ref qa, d)); var y = Vector256.Create(Unsafe.Add(ref qb, d));
+                    a0 = Vector256.FusedMultiplyAdd(x, k0, a0); a1 = Vector256.FusedMultiplyAdd(x, k1, a1);
+                    a2 = Vector256.FusedMultiplyAdd(x, k2, a2); a3 = Vector256.FusedMultiplyAdd(x, k3, a3);
+                    b0 = Vector256.FusedMultiplyAdd(y, k0, b0); b1 = Vector256.FusedMultiplyAdd(y, k1, b1);
+                    b2 = Vector256.FusedMultiplyAdd(y, k2, b2); b3 = Vector256.FusedMultiplyAdd(y, k3, b3);
+                }
+                (a0 * vs).StoreUnsafe(ref sa, (nuint)j); (a1 * vs).StoreUnsafe(ref sa, (nuint)j + 8);
+                (a2 * vs).StoreUnsafe(ref sa, (nuint)j + 16); (a3 * vs).StoreUnsafe(ref sa, (nuint)j + 24);
+                (b0 * vs).StoreUnsafe(ref sb, (nuint)j); (b1 * vs).StoreUnsafe(ref sb, (nuint)j + 8);
+                (b2 * vs).StoreUnsafe(ref sb, (nuint)j + 16); (b3 * vs).StoreUnsafe(ref sb, (nuint)j + 24);
+            }
+            for (; j < n; j += 8)
+            {
+                var a = Vector256<float>.Zero; var b = Vector256<float>.Zero;
+                for (int d = 0; d < hd; d++)
+                {
+                    var k = Vector256.LoadUnsafe(ref kc, (nuint)(d * TileSize + j));
+                    a = Vector256.FusedMultiplyAdd(Vector256.Create(Unsafe.Add(ref qa, d)), k, a);
+                    b = Vector256.FusedMultiplyAdd(Vector256.Create(Unsafe.Add(ref qb, d)), k, b);
+                }
+                (a * vs).StoreUnsafe(ref sa, (nuint)j); (b * vs).StoreUnsafe(ref sb, (nuint)j);
+            }
+        }
+        for (; h < group; h++)
+        {
+            ref float qa = ref MemoryMarshal.GetReference(qRow.Slice((h0 + h) * hd, hd));
+            ref float sa = ref Unsafe.Add(ref sc, h * TileSize);
+            for (int j = 0; j < n; j += 8)
+            {
+                var a = Vector256<float>.Zero;
+                for (int d = 0; d < hd; d++)
+                    a = Vector256.FusedMultiplyAdd(Vector256.Create(Unsafe.Add(ref qa, d)), Vector256.LoadUnsafe(ref kc, (nuint)(d * TileSize + j)), a);
+                (a * vs).StoreUnsafe(ref sa, (nuint)j);
+            }
+        }
+    }
+
+    /// <summary>Scalar reference for <see cref="TileScoresColumns"/>: one score, an FMA chain over d in order.</summary>
+    internal static float ScoreColumnsScalar(ReadOnlySpan<float> q, ReadOnlySpan<float> k, float scale)
+    {
+        float s = 0;
+        for (int d = 0; d < q.Length; d++) s = MathF.FusedMultiplyAdd(q[d], k[d], s);
+        return s * scale;
     }
 
     /// <summary>scores[h, j] = q_h · k_j · scale for every query head of the group; each K row read once per group.</summary>
@@ -498,18 +664,21 @@ internal sealed partial class AttentionJob : ParallelJob
             }
             sum = Vector512.Sum(acc);
         }
-        else if (Vector256.IsHardwareAccelerated)
+        else if (Avx2.IsSupported && Fma.IsSupported)
         {
+            // Ops.Exp (float, inlined) rather than Vector256.Exp (a call, in double); the tail takes its scalar twin.
             var vm = Vector256.Create(m);
             var acc = Vector256<float>.Zero;
             ref float r = ref MemoryMarshal.GetReference(s);
             for (; j + 8 <= s.Length; j += 8)
             {
-                var e = Vector256.Exp(Vector256.LoadUnsafe(ref r, (nuint)j) - vm);
+                var e = Ops.Exp(Vector256.LoadUnsafe(ref r, (nuint)j) - vm);
                 e.StoreUnsafe(ref r, (nuint)j);
                 acc += e;
             }
             sum = Vector256.Sum(acc);
+            for (; j < s.Length; j++) { float e = Ops.ExpScalar(s[j] - m); s[j] = e; sum += e; }
+            return sum;
         }
         for (; j < s.Length; j++) { float e = MathF.Exp(s[j] - m); s[j] = e; sum += e; }
         return sum;

@@ -1,4 +1,5 @@
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
@@ -38,6 +39,48 @@ public static class Ops
                 (Vector256.LoadUnsafe(ref px, (nuint)j) * vs * Vector256.LoadUnsafe(ref pw, (nuint)j)).StoreUnsafe(ref py, (nuint)j);
         }
         for (; j < x.Length; j++) y[j] = x[j] * scale * w[j];
+    }
+
+    // e^x in float (Cephes' expf): n = round(x·log2 e), r = x − n·ln 2 in two parts, e^r by a degree-6 polynomial,
+    // times 2^n through the exponent bits. Within 2 ulp of e^x for x in [−87, 88]; 0 below −88 (exp there is below
+    // float's smallest normal), x clamped to 88 above. NaN in gives NaN out.
+    const float ExpLo = -88f, ExpHi = 88f, Log2E = 1.44269504088896341f, Ln2Hi = 0.693359375f, Ln2Lo = -2.12194440e-4f;
+    const float ExpP0 = 1.9875691500e-4f, ExpP1 = 1.3981999507e-3f, ExpP2 = 8.3334519073e-3f, ExpP3 = 4.1665795894e-2f,
+                ExpP4 = 1.6666665459e-1f, ExpP5 = 5.0000001201e-1f;
+
+    /// <summary>e^x, eight lanes (AVX2 + FMA): the operations of <see cref="ExpScalar"/> in each lane, so a value gives
+    /// the same bits whether it lands in a vector or in a scalar tail.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<float> Exp(Vector256<float> x)
+    {
+        x = Avx.Min(Vector256.Create(ExpHi), Avx.Max(Vector256.Create(ExpLo), x)); // NaN stays NaN: min/max return their second operand
+        var n = Avx.RoundToNearestInteger(x * Vector256.Create(Log2E));
+        var r = Fma.MultiplyAddNegated(n, Vector256.Create(Ln2Hi), x);
+        r = Fma.MultiplyAddNegated(n, Vector256.Create(Ln2Lo), r);
+        var p = Fma.MultiplyAdd(Vector256.Create(ExpP0), r, Vector256.Create(ExpP1));
+        p = Fma.MultiplyAdd(p, r, Vector256.Create(ExpP2));
+        p = Fma.MultiplyAdd(p, r, Vector256.Create(ExpP3));
+        p = Fma.MultiplyAdd(p, r, Vector256.Create(ExpP4));
+        p = Fma.MultiplyAdd(p, r, Vector256.Create(ExpP5));
+        var y = Fma.MultiplyAdd(p, r * r, r) + Vector256<float>.One;
+        var pow2n = Avx2.ShiftLeftLogical(Avx.ConvertToVector256Int32WithTruncation(n) + Vector256.Create(127), 23).AsSingle(); // n = −127 → 0
+        return y * pow2n;
+    }
+
+    /// <summary>Scalar reference of <see cref="Exp(Vector256{float})"/>: the same operations, bit for bit.</summary>
+    internal static float ExpScalar(float x)
+    {
+        x = float.IsNaN(x) ? x : MathF.Min(ExpHi, MathF.Max(ExpLo, x));
+        float n = MathF.Round(x * Log2E, MidpointRounding.ToEven);
+        float r = MathF.FusedMultiplyAdd(-n, Ln2Hi, x);
+        r = MathF.FusedMultiplyAdd(-n, Ln2Lo, r);
+        float p = MathF.FusedMultiplyAdd(ExpP0, r, ExpP1);
+        p = MathF.FusedMultiplyAdd(p, r, ExpP2);
+        p = MathF.FusedMultiplyAdd(p, r, ExpP3);
+        p = MathF.FusedMultiplyAdd(p, r, ExpP4);
+        p = MathF.FusedMultiplyAdd(p, r, ExpP5);
+        float y = MathF.FusedMultiplyAdd(p, r * r, r) + 1f;
+        return float.IsNaN(x) ? x : y * BitConverter.Int32BitsToSingle(((int)n + 127) << 23);
     }
 
     /// <summary>Dot product of two float vectors (Vector256 lanes, then a fixed-order horizontal sum and scalar tail).</summary>

@@ -1,3 +1,5 @@
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using Cria.Inference;
 using Cria.Kernels;
 using Cria.Models;
@@ -9,9 +11,11 @@ namespace Cria.Tests.Kernels;
 public class AttentionTests
 {
     [Theory]
-    [InlineData(64, 8, 2, 150)]  // the 512-bit K-row path, three tiles, last one partial
-    [InlineData(32, 4, 4, 70)]   // generic dot path, MHA
+    [InlineData(64, 8, 2, 150)]  // the 512-bit K-row path / key columns with head pairs, three tiles, last one partial
+    [InlineData(32, 4, 4, 70)]   // MHA: one head per group
     [InlineData(64, 4, 1, 1)]    // a single position
+    [InlineData(24, 6, 2, 100)]  // group of 3: a head pair and a single head; hd not a multiple of 32 (single-head P·V)
+    [InlineData(20, 4, 2, 40)]   // hd not a multiple of 8: scores on the key rows
     public void FusedAttentionMatchesScalarReference(int hd, int heads, int kvHeads, int length)
     {
         var c = new ModelConfig { HeadDim = hd, HeadCount = heads, KvHeadCount = kvHeads, Dim = hd * heads };
@@ -119,5 +123,82 @@ public class AttentionTests
             }
         }
         Assert.True(plainDiff > 1e-3, $"without the shift the output should differ from the slot-position attention (max diff {plainDiff})");
+    }
+
+    /// <summary>
+    /// The softmax's e^x (AVX2 + FMA): every lane equals the scalar twin bit for bit, so a score gives the same
+    /// probability in a vector or in a tile's scalar tail; both are within 2 ulp of e^x on [−87, 88] (measured on
+    /// 200,000 points and the edges), 0 from −88 down, and NaN stays NaN.
+    /// </summary>
+    [Fact]
+    public void Exp_lanes_equal_the_scalar_twin_and_stay_within_two_ulp()
+    {
+        Assert.True(Avx2.IsSupported && Fma.IsSupported, "this machine runs the AVX2 softmax; the test needs it");
+        var rng = new Random(3);
+        var xs = new List<float> { 0f, -0f, 1f, -1f, 0.5f, -87f, 88f, -87.33f, -87.5f, -88f, -88.5f, -1000f, float.NegativeInfinity,
+                                   float.NaN, 1e-30f, -1e-30f, 0.34657359f, -0.34657359f, 0.6931472f, -0.6931472f };
+        for (int i = 0; i < 200_000; i++) xs.Add((float)(rng.NextDouble() * 175 - 87));
+        for (int i = 0; i < 20_000; i++) xs.Add((float)(-rng.NextDouble() * 20)); // the softmax's range: s − max ≤ 0
+        while (xs.Count % 8 != 0) xs.Add(0f);
+        var x = xs.ToArray();
+        double worst = 0;
+        for (int i = 0; i < x.Length; i += 8)
+        {
+            var v = Ops.Exp(Vector256.Create(x, i));
+            for (int l = 0; l < 8; l++)
+            {
+                float xi = x[i + l], lane = v[l], scalar = Ops.ExpScalar(xi);
+                Assert.True(BitConverter.SingleToInt32Bits(lane) == BitConverter.SingleToInt32Bits(scalar), $"e^{xi}: lane {lane:R}, scalar {scalar:R}");
+                if (float.IsNaN(xi)) { Assert.True(float.IsNaN(lane)); continue; }
+                if (xi <= -88f) { Assert.Equal(0f, lane); continue; }
+                double exact = Math.Exp(xi), ulp = Math.Max(double.Epsilon, (double)MathF.BitIncrement((float)exact) - (float)exact);
+                if (exact < 1.2e-38) continue; // below float's smallest normal the kernel may flush (−88 < x < −87.34)
+                double err = Math.Abs(lane - exact) / ulp;
+                worst = Math.Max(worst, err);
+                Assert.True(err <= 2, $"e^{xi:R} = {exact:R}: kernel {lane:R}, {err:F2} ulp");
+            }
+        }
+        Assert.True(worst > 0.3, $"largest error {worst:F2} ulp: the comparison should see rounding");
+    }
+
+    /// <summary>
+    /// Scores from the key tile's columns: the 8 × 8 transposition puts every key where the column kernel reads it, and
+    /// each score equals its scalar reference (one FMA chain over d) bit for bit, for every n of a tile, head pairs and
+    /// a single head left over, and a key tile with stale rows past n.
+    /// </summary>
+    [Theory]
+    [InlineData(64, 8)]
+    [InlineData(32, 3)]
+    [InlineData(8, 1)]
+    public void Key_column_scores_equal_the_scalar_fma_chain(int hd, int group)
+    {
+        Assert.True(AttentionJob.UsesKeyColumns(hd), "this machine runs the key-column scores; the test needs it");
+        const int T = AttentionJob.TileSize;
+        var rng = new Random(hd * 10 + group);
+        float R() => (float)(rng.NextDouble() * 2 - 1);
+        int heads = 2 * group, h0 = group; // the second KV group's heads
+        var q = Enumerable.Range(0, heads * hd).Select(_ => R() * 3).ToArray();
+        var kTile = Enumerable.Range(0, T * hd).Select(_ => R()).ToArray(); // [T, hd]; rows past n are stale
+        var kCols = new float[hd * T];
+        var scores = new float[group * T];
+        float scale = 1f / MathF.Sqrt(hd);
+        foreach (int n in new[] { 1, 7, 8, 9, 31, 33, 57, T })
+        {
+            Array.Fill(kCols, float.NaN);
+            Array.Fill(scores, float.NaN);
+            AttentionJob.TransposeKeys(kTile, n, hd, kCols);
+            int covered = (n + 7) / 8 * 8;
+            for (int d = 0; d < hd; d++)
+                for (int j = 0; j < covered; j++)
+                    Assert.Equal(kTile[j * hd + d], kCols[d * T + j]);
+            AttentionJob.TileScoresColumns(q, kCols, n, h0, group, hd, scale, scores);
+            for (int h = 0; h < group; h++)
+                for (int j = 0; j < n; j++)
+                {
+                    float expect = AttentionJob.ScoreColumnsScalar(q.AsSpan((h0 + h) * hd, hd), kTile.AsSpan(j * hd, hd), scale);
+                    Assert.True(BitConverter.SingleToInt32Bits(expect) == BitConverter.SingleToInt32Bits(scores[h * T + j]),
+                                $"n {n}, head {h}, key {j}: {scores[h * T + j]:R} vs {expect:R}");
+                }
+        }
     }
 }
