@@ -167,14 +167,10 @@ internal sealed partial class AttentionJob : ParallelJob
             if (fused) KiviTileScores(kv, table, blockPos, ring!, t0, n, g, hd, group, p, qRow, scale, scores, kTile, qScaled);
             else
             {
-                LoadTile(kv, table, blockPos, ring, t0, n, g, hd, p, kTile, vTile);
-                if (dropped > 0) ShiftKeys(c, blockPos, kv.BlockSize, dropped, t0, n, kTile, rotation, ref rotationDelta);
-                if (UsesKeyColumns(hd))
-                {
-                    var kCols = scratch.AsSpan(KeyColumnsOffset(group, hd), hd * TileSize);
-                    TransposeKeys(kTile, n, hd, kCols);
-                    TileScoresColumns(qRow, kCols, n, h0, group, hd, scale, scores);
-                }
+                bool columns = UsesKeyColumns(hd);
+                var kCols = scratch.AsSpan(KeyColumnsOffset(group, hd), hd * TileSize);
+                LoadTileForScores(c, kv, table, blockPos, ring, t0, n, g, p, dropped, columns, kTile, vTile, kCols, rotation, ref rotationDelta);
+                if (columns) TileScoresColumns(qRow, kCols, n, h0, group, hd, scale, scores);
                 else TileScores(qRow, kTile, n, h0, group, hd, scale, scores);
             }
             for (int j = 0; j < n; j++)
@@ -217,9 +213,7 @@ internal sealed partial class AttentionJob : ParallelJob
         for (int t0 = 0; t0 < maxSlots; t0 += TileSize)
         {
             int nAll = Math.Min(TileSize, maxSlots - t0);
-            LoadTile(kv, table, blockPos, ring, t0, nAll, g, hd, pLast, kTile, vTile);
-            if (dropped > 0) ShiftKeys(c, blockPos, kv.BlockSize, dropped, t0, nAll, kTile, rotation, ref rotationDelta);
-            if (columns) TransposeKeys(kTile, nAll, hd, kCols);
+            LoadTileForScores(c, kv, table, blockPos, ring, t0, nAll, g, pLast, dropped, columns, kTile, vTile, kCols, rotation, ref rotationDelta);
             for (int r = 0; r < rows; r++)
             {
                 if (slots[r] <= t0) continue;
@@ -413,24 +407,81 @@ internal sealed partial class AttentionJob : ParallelJob
                 var r2 = Vector256.LoadUnsafe(ref s0, (nuint)(2 * hd)); var r3 = Vector256.LoadUnsafe(ref s0, (nuint)(3 * hd));
                 var r4 = Vector256.LoadUnsafe(ref s0, (nuint)(4 * hd)); var r5 = Vector256.LoadUnsafe(ref s0, (nuint)(5 * hd));
                 var r6 = Vector256.LoadUnsafe(ref s0, (nuint)(6 * hd)); var r7 = Vector256.LoadUnsafe(ref s0, (nuint)(7 * hd));
-                var t0 = Avx.UnpackLow(r0, r1); var t1 = Avx.UnpackHigh(r0, r1);
-                var t2 = Avx.UnpackLow(r2, r3); var t3 = Avx.UnpackHigh(r2, r3);
-                var t4 = Avx.UnpackLow(r4, r5); var t5 = Avx.UnpackHigh(r4, r5);
-                var t6 = Avx.UnpackLow(r6, r7); var t7 = Avx.UnpackHigh(r6, r7);
-                var u0 = Avx.Shuffle(t0, t2, 0x44); var u1 = Avx.Shuffle(t0, t2, 0xEE);
-                var u2 = Avx.Shuffle(t1, t3, 0x44); var u3 = Avx.Shuffle(t1, t3, 0xEE);
-                var u4 = Avx.Shuffle(t4, t6, 0x44); var u5 = Avx.Shuffle(t4, t6, 0xEE);
-                var u6 = Avx.Shuffle(t5, t7, 0x44); var u7 = Avx.Shuffle(t5, t7, 0xEE);
-                ref float d0 = ref Unsafe.Add(ref dst, d * TileSize + j);
-                Avx.Permute2x128(u0, u4, 0x20).StoreUnsafe(ref d0);
-                Avx.Permute2x128(u1, u5, 0x20).StoreUnsafe(ref d0, TileSize);
-                Avx.Permute2x128(u2, u6, 0x20).StoreUnsafe(ref d0, 2 * TileSize);
-                Avx.Permute2x128(u3, u7, 0x20).StoreUnsafe(ref d0, 3 * TileSize);
-                Avx.Permute2x128(u0, u4, 0x31).StoreUnsafe(ref d0, 4 * TileSize);
-                Avx.Permute2x128(u1, u5, 0x31).StoreUnsafe(ref d0, 5 * TileSize);
-                Avx.Permute2x128(u2, u6, 0x31).StoreUnsafe(ref d0, 6 * TileSize);
-                Avx.Permute2x128(u3, u7, 0x31).StoreUnsafe(ref d0, 7 * TileSize);
+                StoreTransposed(r0, r1, r2, r3, r4, r5, r6, r7, ref Unsafe.Add(ref dst, d * TileSize + j));
             }
+    }
+
+    /// <summary>Stores the 8 × 8 block whose rows are r0…r7 transposed: column i of the block goes to
+    /// dst[i · TileSize …]. AVX unpacks (pairs), shuffles (quads) and lane permutes (halves).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void StoreTransposed(Vector256<float> r0, Vector256<float> r1, Vector256<float> r2, Vector256<float> r3,
+                                Vector256<float> r4, Vector256<float> r5, Vector256<float> r6, Vector256<float> r7, ref float dst)
+    {
+        var t0 = Avx.UnpackLow(r0, r1); var t1 = Avx.UnpackHigh(r0, r1);
+        var t2 = Avx.UnpackLow(r2, r3); var t3 = Avx.UnpackHigh(r2, r3);
+        var t4 = Avx.UnpackLow(r4, r5); var t5 = Avx.UnpackHigh(r4, r5);
+        var t6 = Avx.UnpackLow(r6, r7); var t7 = Avx.UnpackHigh(r6, r7);
+        var u0 = Avx.Shuffle(t0, t2, 0x44); var u1 = Avx.Shuffle(t0, t2, 0xEE);
+        var u2 = Avx.Shuffle(t1, t3, 0x44); var u3 = Avx.Shuffle(t1, t3, 0xEE);
+        var u4 = Avx.Shuffle(t4, t6, 0x44); var u5 = Avx.Shuffle(t4, t6, 0xEE);
+        var u6 = Avx.Shuffle(t5, t7, 0x44); var u7 = Avx.Shuffle(t5, t7, 0xEE);
+        Avx.Permute2x128(u0, u4, 0x20).StoreUnsafe(ref dst);
+        Avx.Permute2x128(u1, u5, 0x20).StoreUnsafe(ref dst, TileSize);
+        Avx.Permute2x128(u2, u6, 0x20).StoreUnsafe(ref dst, 2 * TileSize);
+        Avx.Permute2x128(u3, u7, 0x20).StoreUnsafe(ref dst, 3 * TileSize);
+        Avx.Permute2x128(u0, u4, 0x31).StoreUnsafe(ref dst, 4 * TileSize);
+        Avx.Permute2x128(u1, u5, 0x31).StoreUnsafe(ref dst, 5 * TileSize);
+        Avx.Permute2x128(u2, u6, 0x31).StoreUnsafe(ref dst, 6 * TileSize);
+        Avx.Permute2x128(u3, u7, 0x31).StoreUnsafe(ref dst, 7 * TileSize);
+    }
+
+    /// <summary>
+    /// F16 cache, no position shift: slots [t0, t0 + n) of KV head g straight into the key columns (kCols [hd,
+    /// TileSize]: eight keys' halves widened and transposed in registers, so the keys never pass through a row tile)
+    /// and the value rows (vTile [n, hd]). The last group of eight repeats the last key past n. Same floats as
+    /// <see cref="LoadTile"/> then <see cref="TransposeKeys"/>.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe void LoadF16Columns(in KvLayer kv, ReadOnlySpan<int> table, int t0, int n, int g, int hd, Span<float> kCols, Span<float> vTile)
+    {
+        int bs = kv.BlockSize, rb = kv.RowBytes, off = g * hd * 2;
+        ushort** kp = stackalloc ushort*[8];
+        fixed (byte* k = kv.K) fixed (byte* v = kv.V) fixed (float* kc = kCols) fixed (float* vt = vTile)
+            for (int j = 0; j < n; j += 8)
+            {
+                for (int i = 0; i < 8; i++)
+                {
+                    int slot = t0 + Math.Min(j + i, n - 1);
+                    long at = (long)(table[slot / bs] * bs + slot % bs) * rb + off;
+                    kp[i] = (ushort*)(k + at);
+                    if (j + i >= n) continue;
+                    ushort* vr = (ushort*)(v + at);
+                    float* vd = vt + (j + i) * hd;
+                    for (int d = 0; d < hd; d += 8) RowKernels.LoadHalves8(vr + d).Store(vd + d);
+                }
+                for (int d = 0; d < hd; d += 8)
+                    StoreTransposed(RowKernels.LoadHalves8(kp[0] + d), RowKernels.LoadHalves8(kp[1] + d), RowKernels.LoadHalves8(kp[2] + d),
+                                    RowKernels.LoadHalves8(kp[3] + d), RowKernels.LoadHalves8(kp[4] + d), RowKernels.LoadHalves8(kp[5] + d),
+                                    RowKernels.LoadHalves8(kp[6] + d), RowKernels.LoadHalves8(kp[7] + d), ref kc[d * TileSize + j]);
+            }
+    }
+
+    /// <summary>One tile's keys and values as the score kernel reads them: rows (then shifted, then transposed when
+    /// <paramref name="columns"/>), or for an unshifted F16 cache straight into columns.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void LoadTileForScores(ModelConfig c, in KvLayer kv, ReadOnlySpan<int> table, ReadOnlySpan<int> blockPos, ushort[][]? ring,
+                                  int t0, int n, int g, int p, int dropped, bool columns, Span<float> kTile, Span<float> vTile,
+                                  Span<float> kCols, Span<float> rotation, ref int rotationDelta)
+    {
+        int hd = c.HeadDim;
+        if (columns && dropped <= 0 && kv.Type == KvCacheType.F16 && Avx2.IsSupported)
+        {
+            LoadF16Columns(kv, table, t0, n, g, hd, kCols, vTile);
+            return;
+        }
+        LoadTile(kv, table, blockPos, ring, t0, n, g, hd, p, kTile, vTile);
+        if (dropped > 0) ShiftKeys(c, blockPos, kv.BlockSize, dropped, t0, n, kTile, rotation, ref rotationDelta);
+        if (columns) TransposeKeys(kTile, n, hd, kCols);
     }
 
     /// <summary>

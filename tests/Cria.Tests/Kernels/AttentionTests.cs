@@ -201,4 +201,44 @@ public class AttentionTests
                 }
         }
     }
+
+    /// <summary>An unshifted F16 cache goes straight into key columns (eight keys widened and transposed in registers):
+    /// the same floats as the row tile transposed, and the same value rows, for tiles that cross scattered blocks and
+    /// end mid-block.</summary>
+    [Fact]
+    public void F16_keys_loaded_straight_into_columns_equal_the_transposed_row_tile()
+    {
+        const int hd = 64, kvHeads = 2, bs = 16, T = AttentionJob.TileSize;
+        Assert.True(AttentionJob.UsesKeyColumns(hd));
+        var c = new ModelConfig { HeadDim = hd, HeadCount = 8, KvHeadCount = kvHeads, Dim = hd * 8 };
+        const int length = 150;
+        var cache = new KvCache(c.KvDim, 1, 320, bs, KvFormat.F16, hd);
+        cache.Append(7, 40);                          // another sequence first, so sequence 0's blocks are not 0, 1, 2 …
+        cache.Append(0, length);
+        var rng = new Random(9);
+        var row = new float[c.KvDim];
+        var row2 = new float[c.KvDim];
+        for (int t = 0; t < length; t++)
+        {
+            for (int j = 0; j < row.Length; j++) { row[j] = (float)(rng.NextDouble() * 8 - 4); row2[j] = (float)(rng.NextDouble() * 8 - 4); }
+            cache.Store(0, 0, t, cache.Cell(0, t), row, row2);
+        }
+        var s = cache.GetSequence(0);
+        var table = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(s.Blocks).ToArray();
+        var blockPos = cache.BlockPositions(0).ToArray();
+        var kv = new AttentionJob.KvLayer(cache, 0);
+        var kTile = new float[T * hd]; var vTile = new float[T * hd]; var kCols = new float[hd * T];
+        var vDirect = new float[T * hd]; var kDirect = new float[hd * T];
+        foreach (var (t0, n) in new[] { (0, T), (64, T), (128, 22), (128, 1), (64, 13) })
+            for (int g = 0; g < kvHeads; g++)
+            {
+                AttentionJob.LoadTile(kv, table, blockPos, null, t0, n, g, hd, length - 1, kTile, vTile);
+                AttentionJob.TransposeKeys(kTile, n, hd, kCols);
+                AttentionJob.LoadF16Columns(kv, table, t0, n, g, hd, kDirect, vDirect);
+                for (int d = 0; d < hd; d++)
+                    for (int j = 0; j < n; j++)
+                        Assert.Equal(kCols[d * T + j], kDirect[d * T + j]);
+                Assert.Equal(vTile.AsSpan(0, n * hd).ToArray(), vDirect.AsSpan(0, n * hd).ToArray());
+            }
+    }
 }
