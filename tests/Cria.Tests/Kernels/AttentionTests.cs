@@ -241,4 +241,38 @@ public class AttentionTests
                 Assert.Equal(vTile.AsSpan(0, n * hd).ToArray(), vDirect.AsSpan(0, n * hd).ToArray());
             }
     }
+
+    /// <summary>A Q8_0 cache tile widens to exactly ggml's Q8_0 dequantization (d · q) of the stored rows.</summary>
+    [Fact]
+    public void Q8_0_tile_equals_the_dequantized_cache_rows()
+    {
+        const int hd = 64, kvHeads = 2, bs = 16, T = AttentionJob.TileSize, length = 90;
+        var c = new ModelConfig { HeadDim = hd, HeadCount = 4, KvHeadCount = kvHeads, Dim = hd * 4 };
+        var cache = new KvCache(c.KvDim, 1, 128, bs, new KvFormat { Type = KvCacheType.Q8_0 }, hd);
+        cache.Append(0, length);
+        var rng = new Random(4);
+        var row = new float[c.KvDim];
+        for (int t = 0; t < length; t++)
+        {
+            for (int j = 0; j < row.Length; j++) row[j] = (float)(rng.NextDouble() * 6 - 3);
+            cache.Store(0, 0, t, cache.Cell(0, t), row, row);
+        }
+        var s = cache.GetSequence(0);
+        var table = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(s.Blocks).ToArray();
+        var kv = new AttentionJob.KvLayer(cache, 0);
+        var kTile = new float[T * hd]; var vTile = new float[T * hd];
+        var expect = new float[c.KvDim];
+        int rowBytes = c.KvDim / 32 * 34;
+        for (int g = 0; g < kvHeads; g++)
+        {
+            AttentionJob.LoadTile(kv, table, cache.BlockPositions(0).ToArray(), null, 64, length - 64, g, hd, length - 1, kTile, vTile);
+            for (int j = 0; j < length - 64; j++)
+            {
+                int cell = cache.Cell(0, 64 + j);
+                Cria.Tensors.Dequantize.Row(Cria.Tensors.GgmlType.Q8_0, kv.K.AsSpan(cell * rowBytes, rowBytes), expect);
+                Assert.Equal(expect.AsSpan(g * hd, hd).ToArray(), kTile.AsSpan(j * hd, hd).ToArray());
+                Assert.Equal(expect.AsSpan(g * hd, hd).ToArray(), vTile.AsSpan(j * hd, hd).ToArray());
+            }
+        }
+    }
 }
