@@ -23,10 +23,11 @@ namespace Cria.Kernels;
 /// </summary>
 internal sealed partial class AttentionJob
 {
-    /// <summary>Whether <see cref="AttendKivi"/> serves this layer: KIVI on AVX-512, head and value groups in whole
-    /// 16-lane vectors, no position shift (a shifted key tile must be rotated as floats).</summary>
+    /// <summary>Whether <see cref="AttendKivi"/> serves this layer: KIVI with AVX2 and FMA (16 lanes with AVX-512,
+    /// else 8; per lane the same operations), head and value groups in whole 16-lane vectors, no position shift (a
+    /// shifted key tile must be rotated as floats).</summary>
     internal static bool KiviFused(in KvLayer kv, int hd, int dropped) =>
-        kv.Bits != 0 && dropped <= 0 && Avx512F.IsSupported && Avx2.IsSupported && hd % 16 == 0 && kv.ValueGroup % 16 == 0;
+        kv.Bits != 0 && dropped <= 0 && Avx2.IsSupported && Fma.IsSupported && hd % 16 == 0 && kv.ValueGroup % 16 == 0;
 
     /// <summary>One row's query heads of KV group g over the first <paramref name="slots"/> slots, on KIVI codes
     /// (see the class remarks); same contract as <see cref="AttendRows"/> with one row. max / sum ([group]) return
@@ -42,6 +43,7 @@ internal sealed partial class AttentionJob
         var acc = scratch.AsSpan(RowsPerItem * group * TileSize, group * hd);                  // [group, hd] Σ p·s·code (+ F16 rows' p·v)
         var kTile = scratch.AsSpan(RowsPerItem * group * (TileSize + hd), TileSize * hd);      // [TileSize, hd] F16-window rows
         var vTile = scratch.AsSpan(RowsPerItem * group * (TileSize + hd) + TileSize * hd, TileSize * hd);
+        var kCols = scratch.AsSpan(KeyColumnsOffset(group, hd), hd * TileSize);                 // [hd, TileSize] window keys transposed
         Span<float> minAcc = stackalloc float[group * nq];                                     // [group, nq] Σ p·m per value group
         Span<float> qScaled = stackalloc float[group * hd + group];                            // [group, hd] q′ then [group] bias
         Span<float> weights = stackalloc float[group * TileSize + TileSize * 2];               // [group, TileSize] p·s, [TileSize] s, [TileSize] m
@@ -53,7 +55,7 @@ internal sealed partial class AttentionJob
         for (int t0 = 0; t0 < slots; t0 += TileSize)
         {
             int n = Math.Min(TileSize, slots - t0);
-            KiviTileScores(kv, table, blockPos, ring, t0, n, g, hd, group, p, qRow, scale, scores, kTile, qScaled);
+            KiviTileScores(kv, table, blockPos, ring, t0, n, g, hd, group, p, qRow, scale, scores, kTile, qScaled, kCols);
             for (int h = 0; h < group; h++)
             {
                 var sc = scores.Slice(h * TileSize, n);
@@ -79,13 +81,13 @@ internal sealed partial class AttentionJob
     }
 
     /// <summary>scores[h, j] = q_h · k_(t0+j) · scale for the tile's slots: quantized keys on their codes with the
-    /// block's q′ and bias, window keys from the F16 ring through <see cref="TileScores"/>.</summary>
+    /// block's q′ and bias, window keys from the F16 ring through the F16 cache's score kernel.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void KiviTileScores(in KvLayer kv, ReadOnlySpan<int> table, ReadOnlySpan<int> blockPos, ushort[][] ring,
                                         int t0, int n, int g, int hd, int group, int p, ReadOnlySpan<float> qRow, float scale,
-                                        Span<float> scores, Span<float> kTile, Span<float> qScaled)
+                                        Span<float> scores, Span<float> kTile, Span<float> qScaled, Span<float> kCols)
     {
-        int bs = kv.BlockSize, off = g * hd, h0 = g * group, kEnd = Kivi.QuantizedKeyEnd(p, kv.Residual);
+        int bs = kv.BlockSize, off = g * hd, h0 = g * group, kEnd = Kivi.QuantizedKeyEnd(p, kv.Residual), ring0 = n;
         var ringK = ring[2 * kv.Layer];
         Span<float> sc = stackalloc float[hd], mn = stackalloc float[hd];
         for (int j = 0; j < n;)
@@ -109,10 +111,18 @@ internal sealed partial class AttentionJob
             }
             for (int r = quant; r < run; r++)
                 HalfToSingle(ringK.AsSpan((pos0 + r) % kv.RingLength * kv.KvDim + off, hd), kTile.Slice((j + r) * hd, hd));
-            if (run > quant)
-                TileScores(qRow, kTile.Slice((j + quant) * hd), run - quant, h0, group, hd, scale, scores.Slice(j + quant));
+            if (run > quant) ring0 = Math.Min(ring0, j + quant);
             j += run;
         }
+        if (ring0 >= n) return;
+        // Window keys [ring0, n) (positions only grow along the slots, so the window is the tile's end) are scored as an
+        // F16 cache scores them — by the same kernel on the same floats, so a window covering the sequence gives F16's bits.
+        int m = n - ring0;
+        if (!UsesKeyColumns(hd)) { TileScores(qRow, kTile.Slice(ring0 * hd), m, h0, group, hd, scale, scores.Slice(ring0)); return; }
+        Span<float> windowScores = stackalloc float[group * TileSize];
+        TransposeKeys(kTile.Slice(ring0 * hd), m, hd, kCols);
+        TileScoresColumns(qRow, kCols, m, h0, group, hd, scale, windowScores);
+        for (int h = 0; h < group; h++) windowScores.Slice(h * TileSize, m).CopyTo(scores.Slice(h * TileSize + ring0, m));
     }
 
     /// <summary>
@@ -124,6 +134,7 @@ internal sealed partial class AttentionJob
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static unsafe void KeyScoresOnCodes(in KvLayer kv, int at, int rows, int hd, int group, ReadOnlySpan<float> qScaled, Span<float> scores)
     {
+        if (!Avx512F.IsSupported) { KeyScoresOnCodes256(kv, at, rows, hd, group, qScaled, scores); return; }
         int bits = kv.Bits, perWord = 32 / bits, words = hd / perWord, rowWords = kv.RowBytes / 4;
         var mask = Vector512.Create((1u << bits) - 1);
         Span<float> tail = stackalloc float[16];
@@ -165,6 +176,57 @@ internal sealed partial class AttentionJob
                 }
             }
         }
+    }
+
+    /// <summary><see cref="KeyScoresOnCodes"/> with eight lanes (AVX2): eight rows at a time, one gather per code word.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static unsafe void KeyScoresOnCodes256(in KvLayer kv, int at, int rows, int hd, int group, ReadOnlySpan<float> qScaled, Span<float> scores)
+    {
+        int bits = kv.Bits, perWord = 32 / bits, words = hd / perWord, rowWords = kv.RowBytes / 4;
+        var mask = Vector256.Create((1u << bits) - 1);
+        Span<float> tail = stackalloc float[8];
+        fixed (byte* kBase = kv.K)
+        fixed (float* qs = qScaled)
+        fixed (float* sp = scores)
+        {
+            float* bias = qs + group * hd;
+            for (int r = 0; r < rows; r += 8)
+            {
+                int m = Math.Min(8, rows - r);
+                var idx = Vector256.Min(Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7), Vector256.Create(m - 1)) * rowWords; // rows past the end repeat the last
+                int* row0 = (int*)(kBase + at + r * kv.RowBytes);
+                for (int h = 0; h < group; h += 4)
+                {
+                    int ha = h, hb = Math.Min(h + 1, group - 1), hc = Math.Min(h + 2, group - 1), hdd = Math.Min(h + 3, group - 1);
+                    var s0 = Vector256.Create(bias[ha]); var s1 = Vector256.Create(bias[hb]);
+                    var s2 = Vector256.Create(bias[hc]); var s3 = Vector256.Create(bias[hdd]);
+                    float* qa = qs + ha * hd, qb = qs + hb * hd, qc = qs + hc * hd, qd = qs + hdd * hd;
+                    for (int w = 0; w < words; w++)
+                    {
+                        var word = Avx2.GatherVector256(row0 + w, idx, 4).AsUInt32();
+                        int ch = w * perWord;
+                        for (int k = 0; k < perWord; k++, ch++)
+                        {
+                            var code = Vector256.ConvertToSingle((Vector256.ShiftRightLogical(word, k * bits) & mask).AsInt32());
+                            s0 = Vector256.FusedMultiplyAdd(Vector256.Create(qa[ch]), code, s0);
+                            s1 = Vector256.FusedMultiplyAdd(Vector256.Create(qb[ch]), code, s1);
+                            s2 = Vector256.FusedMultiplyAdd(Vector256.Create(qc[ch]), code, s2);
+                            s3 = Vector256.FusedMultiplyAdd(Vector256.Create(qd[ch]), code, s3);
+                        }
+                    }
+                    StoreLanes(s0, sp + ha * TileSize + r, m, tail); StoreLanes(s1, sp + hb * TileSize + r, m, tail);
+                    StoreLanes(s2, sp + hc * TileSize + r, m, tail); StoreLanes(s3, sp + hdd * TileSize + r, m, tail);
+                }
+            }
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe void StoreLanes(Vector256<float> v, float* dst, int m, Span<float> tail)
+    {
+        if (m == 8) { v.Store(dst); return; }
+        v.CopyTo(tail);
+        for (int i = 0; i < m; i++) dst[i] = tail[i];
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -228,6 +290,31 @@ internal sealed partial class AttentionJob
                     float mSum = 0;
                     for (int r = 0; r < rows; r++) { wp[h * TileSize + r] = ph[r] * sv[r]; mSum += ph[r] * mv[r]; }
                     minAcc[h * nq + q] += mSum;
+                }
+                if (!Avx512F.IsSupported)
+                {
+                    // Eight channels at a time (AVX2): the same FMAs per lane as the 16-lane loop below.
+                    for (int c = q * vg; c < (q + 1) * vg; c += 8)
+                    {
+                        byte* codes = vBase + (long)cell0 * rb + (off + c) * bits / 8;
+                        for (int h = 0; h < group; h += 4)
+                        {
+                            int ha = h, hb = Math.Min(h + 1, group - 1), hc = Math.Min(h + 2, group - 1), hdd = Math.Min(h + 3, group - 1);
+                            float* aa = ap + ha * hd + c, ab = ap + hb * hd + c, ac = ap + hc * hd + c, ad = ap + hdd * hd + c;
+                            var a0 = Vector256.Load(aa); var a1 = Vector256.Load(ab); var a2 = Vector256.Load(ac); var a3 = Vector256.Load(ad);
+                            float* wa = wp + ha * TileSize, wb = wp + hb * TileSize, wc = wp + hc * TileSize, wd = wp + hdd * TileSize;
+                            for (int r = 0; r < rows; r++)
+                            {
+                                var code = Kivi.Codes8(ref *(codes + r * rb), bits);
+                                a0 = Vector256.FusedMultiplyAdd(Vector256.Create(wa[r]), code, a0);
+                                a1 = Vector256.FusedMultiplyAdd(Vector256.Create(wb[r]), code, a1);
+                                a2 = Vector256.FusedMultiplyAdd(Vector256.Create(wc[r]), code, a2);
+                                a3 = Vector256.FusedMultiplyAdd(Vector256.Create(wd[r]), code, a3);
+                            }
+                            a0.Store(aa); a1.Store(ab); a2.Store(ac); a3.Store(ad);
+                        }
+                    }
+                    continue;
                 }
                 for (int c = q * vg; c < (q + 1) * vg; c += 16)
                 {

@@ -164,7 +164,8 @@ internal sealed partial class AttentionJob : ParallelJob
         for (int t0 = 0; t0 < slots; t0 += TileSize)
         {
             int n = Math.Min(TileSize, slots - t0);
-            if (fused) KiviTileScores(kv, table, blockPos, ring!, t0, n, g, hd, group, p, qRow, scale, scores, kTile, qScaled);
+            if (fused) KiviTileScores(kv, table, blockPos, ring!, t0, n, g, hd, group, p, qRow, scale, scores, kTile, qScaled,
+                                      scratch.AsSpan(KeyColumnsOffset(group, hd), hd * TileSize));
             else
             {
                 bool columns = UsesKeyColumns(hd);
@@ -176,7 +177,7 @@ internal sealed partial class AttentionJob : ParallelJob
             for (int j = 0; j < n; j++)
             {
                 float pr = 0;
-                for (int h = 0; h < group; h++) pr += MathF.Exp(scores[h * TileSize + j] - max[h]) / sum[h];
+                for (int h = 0; h < group; h++) pr += SoftmaxExp(scores[h * TileSize + j] - max[h]) / sum[h];
                 probs[t0 + j] = pr;
             }
         }
@@ -705,6 +706,9 @@ internal sealed partial class AttentionJob : ParallelJob
             for (int i = 0; i < 32; i++) y[b * 32 + i] = d * (sbyte)blk[2 + i];
         }
     }
+
+    /// <summary>e^x as <see cref="ExpSubtractSum"/>'s scalar tail computes it (the eviction scores' second pass).</summary>
+    static float SoftmaxExp(float x) => !Vector512.IsHardwareAccelerated && Avx2.IsSupported && Fma.IsSupported ? Ops.ExpScalar(x) : MathF.Exp(x);
 
     /// <summary>s[j] = e^(s[j] − m), returns Σ s[j]; 16 lanes at a time (Vector512.Exp), the tail in scalar.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
