@@ -159,17 +159,16 @@ internal sealed partial class AttentionJob : ParallelJob
         var vTile = scratch.AsSpan(RowsPerItem * group * (TileSize + hd) + TileSize * hd, TileSize * hd);
         Span<float> rotation = stackalloc float[dropped > 0 ? c.RopeDim : 0];
         Span<float> qScaled = stackalloc float[fused ? group * hd + group : 0];
+        var kCols = scratch.AsSpan(KeyColumnsOffset(group, hd), hd * TileSize);
+        bool columns = UsesKeyColumns(hd);
         int rotationDelta = 0, h0 = g * group;
         // Second pass for eviction scores: the final probabilities of every slot, summed over the group's heads.
         for (int t0 = 0; t0 < slots; t0 += TileSize)
         {
             int n = Math.Min(TileSize, slots - t0);
-            if (fused) KiviTileScores(kv, table, blockPos, ring!, t0, n, g, hd, group, p, qRow, scale, scores, kTile, qScaled,
-                                      scratch.AsSpan(KeyColumnsOffset(group, hd), hd * TileSize));
+            if (fused) KiviTileScores(kv, table, blockPos, ring!, t0, n, g, hd, group, p, qRow, scale, scores, kTile, qScaled, kCols);
             else
             {
-                bool columns = UsesKeyColumns(hd);
-                var kCols = scratch.AsSpan(KeyColumnsOffset(group, hd), hd * TileSize);
                 LoadTileForScores(c, kv, table, blockPos, ring, t0, n, g, p, dropped, columns, kTile, vTile, kCols, rotation, ref rotationDelta);
                 if (columns) TileScoresColumns(qRow, kCols, n, h0, group, hd, scale, scores);
                 else TileScores(qRow, kTile, n, h0, group, hd, scale, scores);
@@ -559,30 +558,16 @@ internal sealed partial class AttentionJob : ParallelJob
         return s * scale;
     }
 
-    /// <summary>scores[h, j] = q_h · k_j · scale for every query head of the group; each K row read once per group.</summary>
+    /// <summary>scores[h, j] = q_h · k_j · scale for every query head of the group from the key rows: where
+    /// <see cref="UsesKeyColumns"/> is false (no AVX/FMA, or a head dimension not a multiple of 8).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void TileScores(ReadOnlySpan<float> qRow, ReadOnlySpan<float> kTile, int n, int h0, int group, int hd, float scale, Span<float> scores)
     {
         for (int j = 0; j < n; j++)
         {
             var k = kTile.Slice(j * hd, hd);
-            if (hd == 64 && Vector512.IsHardwareAccelerated)
-            {
-                // One K row (4 × 16 lanes) against every query head of the group.
-                ref float kr = ref MemoryMarshal.GetReference(k);
-                var k0 = Vector512.LoadUnsafe(ref kr); var k1 = Vector512.LoadUnsafe(ref kr, 16);
-                var k2 = Vector512.LoadUnsafe(ref kr, 32); var k3 = Vector512.LoadUnsafe(ref kr, 48);
-                for (int h = 0; h < group; h++)
-                {
-                    ref float qr = ref MemoryMarshal.GetReference(qRow.Slice((h0 + h) * hd, hd));
-                    var a = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref qr, 16), k1, Vector512.LoadUnsafe(ref qr) * k0);
-                    var e = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref qr, 48), k3, Vector512.LoadUnsafe(ref qr, 32) * k2);
-                    scores[h * TileSize + j] = Vector512.Sum(a + e) * scale;
-                }
-            }
-            else
-                for (int h = 0; h < group; h++)
-                    scores[h * TileSize + j] = Ops.Dot(qRow.Slice((h0 + h) * hd, hd), k) * scale;
+            for (int h = 0; h < group; h++)
+                scores[h * TileSize + j] = Ops.Dot(qRow.Slice((h0 + h) * hd, hd), k) * scale;
         }
     }
 
@@ -691,18 +676,22 @@ internal sealed partial class AttentionJob : ParallelJob
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static unsafe void Q8_0ToSingle(ReadOnlySpan<byte> blocks, Span<float> y)
     {
+        if (Avx2.IsSupported && y.Length % 32 == 0)
+        {
+            fixed (byte* q = blocks) fixed (float* yp = y)
+                for (int b = 0; b < y.Length / 32; b++)
+                {
+                    var vd = Vector256.Create(Fp16.ToSingle(*(ushort*)(q + b * 34)));
+                    sbyte* qs = (sbyte*)(q + b * 34 + 2);
+                    for (int i = 0; i < 32; i += 8)
+                        (Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(qs + i)) * vd).Store(yp + b * 32 + i);
+                }
+            return;
+        }
         for (int b = 0; b < y.Length / 32; b++)
         {
             var blk = blocks.Slice(b * 34, 34);
             float d = Fp16.ToSingle((ushort)(blk[0] | blk[1] << 8));
-            if (Avx2.IsSupported)
-            {
-                var vd = Vector256.Create(d);
-                fixed (byte* q = blk) fixed (float* yp = y)
-                    for (int i = 0; i < 32; i += 8)
-                        (Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32((sbyte*)q + 2 + i)) * vd).Store(yp + b * 32 + i);
-                continue;
-            }
             for (int i = 0; i < 32; i++) y[b * 32 + i] = d * (sbyte)blk[2 + i];
         }
     }

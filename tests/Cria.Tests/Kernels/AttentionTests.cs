@@ -11,7 +11,7 @@ namespace Cria.Tests.Kernels;
 public class AttentionTests
 {
     [Theory]
-    [InlineData(64, 8, 2, 150)]  // the 512-bit K-row path / key columns with head pairs, three tiles, last one partial
+    [InlineData(64, 8, 2, 150)]  // key columns with head pairs, three tiles, last one partial
     [InlineData(32, 4, 4, 70)]   // MHA: one head per group
     [InlineData(64, 4, 1, 1)]    // a single position
     [InlineData(24, 6, 2, 100)]  // group of 3: a head pair and a single head; hd not a multiple of 32 (single-head P·V)
