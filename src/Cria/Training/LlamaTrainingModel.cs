@@ -21,6 +21,11 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     public float[] Parameters { get; }
     public float[] Gradients { get; }
     public int Threads => _pool.Count;
+    /// <summary>With LoRA: the adapters' layout, parameters and gradients. The base parameters are then frozen: the
+    /// backward computes no gradient for the weight matrices (norms and embeddings still get theirs, unused).</summary>
+    public LoraLayout? Lora { get; }
+    public float[] LoraParameters { get; } = [];
+    public float[] LoraGradients { get; } = [];
 
     readonly List<Array> _keepAlive = new();
     readonly WorkerPool _pool;
@@ -30,6 +35,9 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     float* _a0, _a1, _a2, _a3, _a4; // arguments of the row-parallel element-wise bodies
     bool _ropeBackward;
     readonly float* P, G;
+    readonly float* LP, LG;            // LoRA parameters and gradients (Lora.Count), when Lora is set
+    readonly float*[] _loraT = [];     // [layer · 7 + target][N, r]  (α/r)·x·Aᵀ, kept for the backward
+    readonly float* _loraY, _loraDt;   // [N, max out], [N, r]        scratch of the adapter products
     readonly int* _tokens, _targets;  // [N]
     readonly float* _ropeTable;       // [T, nRot]
     // Activations kept for backward, per layer l (N = B·T rows).
@@ -66,7 +74,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     int _layer;
     float _gradScale;
 
-    public LlamaTrainingModel(LlamaShape shape, int batchSize, int seqLen, int threads)
+    public LlamaTrainingModel(LlamaShape shape, int batchSize, int seqLen, int threads, LoraOptions? lora = null)
     {
         shape.Validate();
         if (batchSize <= 0 || seqLen <= 0) throw new CriaException($"batch size and sequence length must be positive, got {batchSize} and {seqLen}");
@@ -104,6 +112,16 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         _dres = Floats((long)N * D); _dxn = Floats((long)N * D); _dq = Floats((long)N * QD); _dk = Floats((long)N * KV); _dv = Floats((long)N * KV);
         _datt = Floats((long)N * QD); _dh = Floats((long)N * F); _dg = Floats((long)N * F); _du = Floats((long)N * F);
         _attScratch = Floats((long)_pool.Count * (4 * hd + 1) * seqLen);
+        if (lora != null)
+        {
+            Lora = new LoraLayout(shape, lora);
+            LoraParameters = Pinned<float>(Lora.Count, out LP);
+            LoraGradients = Pinned<float>(Lora.Count, out LG);
+            _loraT = new float*[Lora.Pairs.Length];
+            for (int i = 0; i < _loraT.Length; i++) if (Lora.Pairs[i] != null) _loraT[i] = Floats((long)N * lora.Rank);
+            _loraY = Floats((long)N * Math.Max(D, F));
+            _loraDt = Floats((long)N * lora.Rank);
+        }
         _attnForward = AttentionForwardBody;
         _attnBackward = AttentionBackwardBody;
         _crossEntropy = CrossEntropyBody;
@@ -196,7 +214,52 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         }
     }
 
-    public void ZeroGradients() => NativeMemory.Clear(G, (nuint)(Layout.Count * sizeof(float)));
+    public void ZeroGradients()
+    {
+        NativeMemory.Clear(G, (nuint)(Layout.Count * sizeof(float)));
+        if (Lora != null) NativeMemory.Clear(LG, (nuint)(Lora.Count * sizeof(float)));
+    }
+
+    /// <summary>Weight gradient dW += dyᵀ·x of a base matrix: skipped when the base is frozen (LoRA).</summary>
+    void WeightGradient(float* dy, float* x, long w, int m, int n, int k)
+    {
+        if (Lora == null) MatMulTN(dy, x, G + w, m, n, k);
+    }
+
+    // ================================================================= LoRA, forward and backward side by side
+    /// <summary>y[N, out] += (α/r)·(x·Aᵀ)·Bᵀ for the adapter of (layer, target), if any; keeps t = (α/r)·x·Aᵀ [N, r].</summary>
+    void LoraForward(int layer, int target, float* x, float* y)
+    {
+        if (Lora?.Pairs[layer * 7 + target] is not { } q) return;
+        int N = Rows, r = Lora.Options.Rank;
+        float* t = _loraT[layer * 7 + target];
+        MatMulNT(x, LP + q.A, t, N, r, q.In);
+        Scale(t, Lora.Options.Scale, (long)N * r);
+        MatMulNT(t, LP + q.B, _loraY, N, q.Out, r);
+        Add(y, _loraY, (long)N * q.Out);
+    }
+
+    /// <summary>
+    /// Backward of <see cref="LoraForward"/> given dy [N, out]: dB += dyᵀ·t, dt = (α/r)·dy·B, dA += dtᵀ·x, dx += dt·A
+    /// (dx accumulates, beside the base matrix's dy·W).
+    /// </summary>
+    void LoraBackward(int layer, int target, float* dy, float* x, float* dx)
+    {
+        if (Lora?.Pairs[layer * 7 + target] is not { } q) return;
+        int N = Rows, r = Lora.Options.Rank;
+        float* t = _loraT[layer * 7 + target];
+        MatMulTN(dy, t, LG + q.B, q.Out, r, N);
+        Clear(_loraDt, (long)N * r);
+        MatMulNN(dy, LP + q.B, _loraDt, N, r, q.Out);
+        Scale(_loraDt, Lora.Options.Scale, (long)N * r);
+        MatMulTN(_loraDt, x, LG + q.A, r, q.In, N);
+        MatMulNN(_loraDt, LP + q.A, dx, N, q.In, r);
+    }
+
+    static void Scale(float* y, float a, long n)
+    {
+        for (long i = 0; i < n; i++) y[i] *= a;
+    }
 
     // ================================================================= forward
     /// <summary>Runs the model over <see cref="Tokens"/> and leaves the logits in <see cref="Logits"/>.</summary>
@@ -217,16 +280,20 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
             MatMulNT(_xn1[l], P + o.Wq, _q[l], N, QD, D);
             MatMulNT(_xn1[l], P + o.Wk, _k[l], N, KV, D);
             MatMulNT(_xn1[l], P + o.Wv, _v[l], N, KV, D);
+            LoraForward(l, 0, _xn1[l], _q[l]); LoraForward(l, 1, _xn1[l], _k[l]); LoraForward(l, 2, _xn1[l], _v[l]);
             Rope(_q[l], _k[l], backward: false);
             Attention(l, backward: false);
             MatMulNT(_att[l], P + o.Wo, _xMid[l], N, D, QD);
+            LoraForward(l, 3, _att[l], _xMid[l]);
             Add(_xMid[l], x, (long)N * D);
             // ---- feed-forward: xOut = xMid + Wdown · (silu(Wgate·n) ⊙ Wup·n), n = rmsnorm(xMid) ----
             RmsNormForward(_xn2[l], _rstd2[l], _xMid[l], P + o.FfnNorm);
             MatMulNT(_xn2[l], P + o.WGate, _g[l], N, F, D);
             MatMulNT(_xn2[l], P + o.WUp, _u[l], N, F, D);
+            LoraForward(l, 4, _xn2[l], _g[l]); LoraForward(l, 5, _xn2[l], _u[l]);
             SwiGlu(_h[l], _g[l], _u[l]);
             MatMulNT(_h[l], P + o.WDown, _xIn[l + 1], N, D, F);
+            LoraForward(l, 6, _h[l], _xIn[l + 1]);
             Add(_xIn[l + 1], _xMid[l], (long)N * D);
         }
         RmsNormForward(_xnf, _rstdf, _xIn[s.Layers], P + Layout.OutputNorm);
@@ -285,7 +352,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         // output head: logits = xnf · Woutᵀ (the logits buffer now holds dlogits)
         Clear(_dxn, (long)N * D);
         MatMulNN(_logits, P + Layout.Output, _dxn, N, D, V);
-        MatMulTN(_logits, _xnf, G + Layout.Output, V, D, N);
+        WeightGradient(_logits, _xnf, Layout.Output, V, D, N);
         Clear(_dres, (long)N * D);
         Layers.RmsNormBackward(_dres, G + Layout.OutputNorm, _dxn, _xIn[s.Layers], P + Layout.OutputNorm, _rstdf, D, 0, N);
 
@@ -295,18 +362,21 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
             // xOut = xMid + h · Wdownᵀ
             Clear(_dh, (long)N * F);
             MatMulNN(_dres, P + o.WDown, _dh, N, F, D);
-            MatMulTN(_dres, _h[l], G + o.WDown, D, F, N);
+            WeightGradient(_dres, _h[l], o.WDown, D, F, N);
+            LoraBackward(l, 6, _dres, _h[l], _dh);
             SwiGluBackward(_dg, _du, _dh, _g[l], _u[l]);
             Clear(_dxn, (long)N * D);
             MatMulNN(_dg, P + o.WGate, _dxn, N, D, F);
             MatMulNN(_du, P + o.WUp, _dxn, N, D, F);
-            MatMulTN(_dg, _xn2[l], G + o.WGate, F, D, N);
-            MatMulTN(_du, _xn2[l], G + o.WUp, F, D, N);
+            WeightGradient(_dg, _xn2[l], o.WGate, F, D, N);
+            WeightGradient(_du, _xn2[l], o.WUp, F, D, N);
+            LoraBackward(l, 4, _dg, _xn2[l], _dxn); LoraBackward(l, 5, _du, _xn2[l], _dxn);
             Layers.RmsNormBackward(_dres, G + o.FfnNorm, _dxn, _xMid[l], P + o.FfnNorm, _rstd2[l], D, 0, N);
             // xMid = x + att · Woᵀ
             Clear(_datt, (long)N * QD);
             MatMulNN(_dres, P + o.Wo, _datt, N, QD, D);
-            MatMulTN(_dres, _att[l], G + o.Wo, D, QD, N);
+            WeightGradient(_dres, _att[l], o.Wo, D, QD, N);
+            LoraBackward(l, 3, _dres, _att[l], _datt);
             Clear(_dk, (long)N * KV); Clear(_dv, (long)N * KV);
             Attention(l, backward: true);
             Rope(_dq, _dk, backward: true);
@@ -314,9 +384,10 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
             MatMulNN(_dq, P + o.Wq, _dxn, N, D, QD);
             MatMulNN(_dk, P + o.Wk, _dxn, N, D, KV);
             MatMulNN(_dv, P + o.Wv, _dxn, N, D, KV);
-            MatMulTN(_dq, _xn1[l], G + o.Wq, QD, D, N);
-            MatMulTN(_dk, _xn1[l], G + o.Wk, KV, D, N);
-            MatMulTN(_dv, _xn1[l], G + o.Wv, KV, D, N);
+            WeightGradient(_dq, _xn1[l], o.Wq, QD, D, N);
+            WeightGradient(_dk, _xn1[l], o.Wk, KV, D, N);
+            WeightGradient(_dv, _xn1[l], o.Wv, KV, D, N);
+            LoraBackward(l, 0, _dq, _xn1[l], _dxn); LoraBackward(l, 1, _dk, _xn1[l], _dxn); LoraBackward(l, 2, _dv, _xn1[l], _dxn);
             Layers.RmsNormBackward(_dres, G + o.AttnNorm, _dxn, _xIn[l], P + o.AttnNorm, _rstd1[l], D, 0, N);
         }
         // token embedding: x0[n] = E[token[n]]

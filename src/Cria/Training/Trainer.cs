@@ -81,20 +81,28 @@ public sealed class Trainer : IDisposable
     /// <summary>The tokens repeat rows are drawn from (required when <see cref="RepeatFraction"/> &gt; 0).</summary>
     public int[]? RepeatAlphabet { get; init; }
 
-    public Trainer(LlamaShape shape, TrainingOptions options, int[] trainTokens, int bos, int? seqLen = null)
+    public Trainer(LlamaShape shape, TrainingOptions options, int[] trainTokens, int bos, int? seqLen = null, LoraOptions? lora = null)
     {
         Options = options;
         options.Validate();
         int T = seqLen ?? shape.ContextLength;
         if (trainTokens.Length < T + 1) throw new CriaException($"the corpus has {trainTokens.Length} tokens, fewer than one sequence of {T + 1}");
-        Model = new LlamaTrainingModel(shape, options.BatchSize, T, options.Threads);
+        Model = new LlamaTrainingModel(shape, options.BatchSize, T, options.Threads, lora);
         _data = trainTokens;
         _bos = bos;
-        _m = new float[Model.Layout.Count];
-        _v = new float[Model.Layout.Count];
+        _m = new float[TrainedCount];
+        _v = new float[TrainedCount];
         _rng = new TrainingRng(options.Seed);
         Model.Initialize(ref _rng);
+        Model.Lora?.Initialize(Model.LoraParameters, ref _rng);
     }
+
+    // What the optimizer updates: the model's parameters, or with LoRA only the adapters'.
+    float[] TrainedParameters => Model.Lora != null ? Model.LoraParameters : Model.Parameters;
+    float[] TrainedGradients => Model.Lora != null ? Model.LoraGradients : Model.Gradients;
+    ParameterTensor[] TrainedTensors => Model.Lora?.Tensors ?? Model.Layout.Tensors;
+    long TrainedCount => Model.Lora?.Count ?? Model.Layout.Count;
+    string ShapeText => Model.Lora is { } l ? $"{Model.Shape} lora r={l.Options.Rank} alpha={l.Options.Alpha} targets={l.Options.Targets}" : Model.Shape.ToString();
 
     /// <summary>One optimizer step over GradAccumulation micro-batches.</summary>
     public StepResult TrainStep()
@@ -183,9 +191,9 @@ public sealed class Trainer : IDisposable
 
     float GradientNorm()
     {
-        var g = Model.Gradients;
+        var g = TrainedGradients;
         double sum = 0;
-        foreach (var t in Model.Layout.Tensors)
+        foreach (var t in TrainedTensors)
         {
             var s = g.AsSpan((int)t.Offset, (int)t.Count);
             double part = 0;
@@ -199,11 +207,11 @@ public sealed class Trainer : IDisposable
     void AdamW(float lr, float gradScale)
     {
         var o = Options;
-        var p = Model.Parameters; var g = Model.Gradients;
+        var p = TrainedParameters; var g = TrainedGradients;
         int t = Step + 1;
         float b1 = o.Beta1, b2 = o.Beta2;
         float c1 = 1f / (1f - MathF.Pow(b1, t)), c2 = 1f / (1f - MathF.Pow(b2, t));
-        foreach (var ten in Model.Layout.Tensors)
+        foreach (var ten in TrainedTensors)
         {
             float decay = ten.IsMatrix ? o.WeightDecay : 0f;
             int end = (int)(ten.Offset + ten.Count);
@@ -251,11 +259,12 @@ public sealed class Trainer : IDisposable
         using (var w = new BinaryWriter(fs, Encoding.UTF8, leaveOpen: true))
         {
             w.Write(Encoding.ASCII.GetBytes(Magic));
-            w.Write(Model.Shape.ToString());
+            w.Write(ShapeText);
             w.Write(tokenizerHash);
             w.Write(Step); w.Write(TokensSeen); w.Write(_rng.State);
             w.Write(Model.Layout.Count);
             w.Write(MemoryMarshal.AsBytes(Model.Parameters.AsSpan()));
+            w.Write(MemoryMarshal.AsBytes(Model.LoraParameters.AsSpan()));
             w.Write(MemoryMarshal.AsBytes(_m.AsSpan()));
             w.Write(MemoryMarshal.AsBytes(_v.AsSpan()));
             w.Flush();
@@ -286,14 +295,15 @@ public sealed class Trainer : IDisposable
         {
             if (Encoding.ASCII.GetString(r.ReadBytes(Magic.Length)) != Magic) throw new CriaException($"{path} is not a Cria training checkpoint");
             string shape = r.ReadString();
-            if (shape != Model.Shape.ToString())
-                throw new CriaException($"checkpoint {path} is from another model ({shape}); this run trains ({Model.Shape})");
+            if (shape != ShapeText)
+                throw new CriaException($"checkpoint {path} is from another model ({shape}); this run trains ({ShapeText})");
             if (r.ReadUInt64() != tokenizerHash) throw new CriaException($"checkpoint {path} was trained with another tokenizer");
             int step = r.ReadInt32(); long seen = r.ReadInt64(); ulong state = r.ReadUInt64();
             if (r.ReadInt64() != Model.Layout.Count) throw new CriaException($"checkpoint {path} has another parameter count");
-            long need = 3 * Model.Layout.Count * sizeof(float);
+            long need = (Model.Layout.Count + Model.LoraParameters.Length + 2 * TrainedCount) * sizeof(float);
             if (fs.Length - fs.Position != need) throw new CriaException($"checkpoint {path} is truncated or has extra bytes");
             fs.ReadExactly(MemoryMarshal.AsBytes(Model.Parameters.AsSpan()));
+            fs.ReadExactly(MemoryMarshal.AsBytes(Model.LoraParameters.AsSpan()));
             fs.ReadExactly(MemoryMarshal.AsBytes(_m.AsSpan()));
             fs.ReadExactly(MemoryMarshal.AsBytes(_v.AsSpan()));
             Step = step; TokensSeen = seen; _rng.State = state;

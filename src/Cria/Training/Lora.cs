@@ -1,0 +1,138 @@
+using System.Runtime.InteropServices;
+using Cria.Formats;
+using Cria.Tensors;
+
+namespace Cria.Training;
+
+/// <summary>The seven projections of a Llama block that a LoRA adapter can target (llama.cpp's tensor names).</summary>
+[Flags]
+public enum LoraTarget
+{
+    None = 0,
+    AttnQ = 1, AttnK = 2, AttnV = 4, AttnOutput = 8, FfnGate = 16, FfnUp = 32, FfnDown = 64,
+    Attention = AttnQ | AttnK | AttnV | AttnOutput,
+    All = Attention | FfnGate | FfnUp | FfnDown,
+}
+
+/// <summary>LoRA (Hu et al. 2021): W' = W + (α/r)·B·A with A [r, in], B [out, r]; only A and B are trained.</summary>
+public sealed record LoraOptions
+{
+    public int Rank { get; init; } = 8;
+    public float Alpha { get; init; } = 16f;
+    public LoraTarget Targets { get; init; } = LoraTarget.All;
+    /// <summary>α / r, the factor on B·A (what llama.cpp applies for an adapter with <c>adapter.lora.alpha</c> = α at user scale 1).</summary>
+    public float Scale => Alpha / Rank;
+
+    public void Validate()
+    {
+        if (Rank < 1 || Rank > 4096) throw new CriaException($"LoRA rank must be in [1, 4096], got {Rank}");
+        if (!float.IsFinite(Alpha) || Alpha <= 0) throw new CriaException($"LoRA alpha must be a positive number, got {Alpha}");
+        if ((Targets & LoraTarget.All) == 0 || (Targets & ~LoraTarget.All) != 0) throw new CriaException($"LoRA targets must name at least one of the seven projections, got {Targets}");
+    }
+
+    /// <summary>The order of <see cref="LoraLayout.Pairs"/> within a layer and the GGUF name of each target.</summary>
+    public static readonly (LoraTarget Target, string Name)[] TargetNames =
+    [
+        (LoraTarget.AttnQ, "attn_q"), (LoraTarget.AttnK, "attn_k"), (LoraTarget.AttnV, "attn_v"), (LoraTarget.AttnOutput, "attn_output"),
+        (LoraTarget.FfnGate, "ffn_gate"), (LoraTarget.FfnUp, "ffn_up"), (LoraTarget.FfnDown, "ffn_down"),
+    ];
+
+    /// <summary>Parses "q,k,v,o,gate,up,down" (also "all", "attn", and the GGUF names attn_q, ffn_down, …).</summary>
+    public static LoraTarget ParseTargets(string text)
+    {
+        var t = LoraTarget.None;
+        foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+            t |= part.ToLowerInvariant() switch
+            {
+                "all" => LoraTarget.All,
+                "attn" or "attention" => LoraTarget.Attention,
+                "q" or "attn_q" or "q_proj" => LoraTarget.AttnQ,
+                "k" or "attn_k" or "k_proj" => LoraTarget.AttnK,
+                "v" or "attn_v" or "v_proj" => LoraTarget.AttnV,
+                "o" or "attn_output" or "o_proj" => LoraTarget.AttnOutput,
+                "gate" or "ffn_gate" or "gate_proj" => LoraTarget.FfnGate,
+                "up" or "ffn_up" or "up_proj" => LoraTarget.FfnUp,
+                "down" or "ffn_down" or "down_proj" => LoraTarget.FfnDown,
+                _ => throw new CriaException($"unknown LoRA target '{part}' (use q, k, v, o, gate, up, down, attn or all)"),
+            };
+        if (t == LoraTarget.None) throw new CriaException("no LoRA target given");
+        return t;
+    }
+}
+
+/// <summary>
+/// Where each adapter matrix lives in one flat parameter buffer: for every layer and every targeted projection, A
+/// ([r, in], row-major as PEFT and llama.cpp store it) then B ([out, r]). <see cref="Pairs"/> is indexed
+/// [layer · 7 + target index] and holds null for projections without an adapter.
+/// </summary>
+public sealed class LoraLayout
+{
+    public readonly record struct Pair(string BaseName, long A, long B, int In, int Out);
+
+    public LoraOptions Options { get; }
+    public ParameterTensor[] Tensors { get; }
+    public Pair?[] Pairs { get; }
+    public long Count { get; }
+
+    public LoraLayout(LlamaShape s, LoraOptions o)
+    {
+        o.Validate();
+        Options = o;
+        var list = new List<ParameterTensor>();
+        Pairs = new Pair?[s.Layers * 7];
+        long at = 0;
+        long Add(string name, int rows, int cols)
+        {
+            long off = at;
+            list.Add(new ParameterTensor(name, off, rows, cols, true));
+            at = (at + (long)rows * cols + 15) & ~15L;
+            return off;
+        }
+        int d = s.Dim, kv = s.KvDim, f = s.FfnDim;
+        (int In, int Out)[] dims = [(d, d), (d, kv), (d, kv), (d, d), (d, f), (d, f), (f, d)];
+        for (int l = 0; l < s.Layers; l++)
+            for (int i = 0; i < 7; i++)
+            {
+                var (target, name) = LoraOptions.TargetNames[i];
+                if ((o.Targets & target) == 0) continue;
+                string baseName = $"blk.{l}.{name}.weight";
+                var (n, m) = dims[i];
+                long a = Add(baseName + ".lora_a", o.Rank, n), b = Add(baseName + ".lora_b", m, o.Rank);
+                Pairs[l * 7 + i] = new Pair(baseName, a, b, n, m);
+            }
+        Tensors = list.ToArray();
+        Count = Math.Max(at, 1);
+    }
+
+    /// <summary>A ~ U(−1/√in, 1/√in) (PyTorch's Kaiming-uniform with a = √5, PEFT's default), B = 0: the adapted model
+    /// starts as the base model.</summary>
+    public void Initialize(Span<float> p, ref TrainingRng rng)
+    {
+        p.Clear();
+        foreach (var pair in Pairs)
+        {
+            if (pair is not { } q) continue;
+            float bound = 1f / MathF.Sqrt(q.In);
+            var a = p.Slice((int)q.A, Options.Rank * q.In);
+            for (int i = 0; i < a.Length; i++) a[i] = (float)(rng.NextDouble() * 2 - 1) * bound;
+        }
+    }
+
+    /// <summary>
+    /// Writes the adapter as llama.cpp reads one (<c>--lora FILE</c>): general.type = "adapter", adapter.type = "lora",
+    /// adapter.lora.alpha (F32), and per projection <c>blk.N.NAME.weight.lora_a</c> (ggml shape [in, r]) and
+    /// <c>….lora_b</c> ([r, out]) in F32. Atomic (temporary file, then rename).
+    /// </summary>
+    public void Write(string path, ReadOnlySpan<float> parameters, string name = "cria-lora")
+    {
+        var w = new GgufWriter();
+        w.Set("general.architecture", "llama");
+        w.Set("general.type", "adapter");
+        w.Set("general.name", name);
+        w.Set("adapter.type", "lora");
+        w.Set("adapter.lora.alpha", Options.Alpha);
+        foreach (var t in Tensors)
+            w.AddTensor(t.Name, [t.Cols, t.Rows], GgmlType.F32, MemoryMarshal.AsBytes(parameters.Slice((int)t.Offset, (int)t.Count)).ToArray());
+        w.Write(path);
+    }
+}
