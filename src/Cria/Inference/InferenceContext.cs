@@ -21,6 +21,9 @@ public sealed record ContextOptions
     public KvEvictionOptions Eviction { get; init; } = KvEvictionOptions.None;
     /// <summary>RoPE scaling overrides (CLI --rope-scaling, --rope-scale, --rope-freq-base, --yarn-orig-ctx).</summary>
     public RopeOverrides? Rope { get; init; }
+    /// <summary>LoRA adapters applied at run time beside the base weights, each with its user scale (llama.cpp's
+    /// <c>--lora</c> = scale 1, <c>--lora-scaled FILE S</c>).</summary>
+    public IReadOnlyList<(LoraAdapter Adapter, float Scale)> Loras { get; init; } = [];
 }
 
 /// <summary>Receives the activations a weight matrix is about to multiply: <paramref name="x"/> is [rows, cols] row-major.</summary>
@@ -70,6 +73,9 @@ public sealed class InferenceContext : IDisposable
     float[] _logits = [];     // [nOutputs, vocab]
     int[] _outputIndex = [];  // batch row -> logits row, -1 when none
     int _outputs;
+    // LoRA: base weight name → its adapters (A [r, in], B [out, r], s), null without adapters.
+    readonly Dictionary<string, (LoraAdapter.Pair Pair, float S)[]>? _lora;
+    readonly float[] _loraT = []; // [max r] A·x of one row
 
     public InferenceContext(LlamaModel model, ContextOptions? options = null)
     {
@@ -109,6 +115,49 @@ public sealed class InferenceContext : IDisposable
         for (int i = 1; i <= extra; i++) _actQ[i] = GC.AllocateArray<byte>(b * extraRowBytes + 64, pinned: true);
         _cells = new int[b];
         _attention = new AttentionJob(c, Cache, threads, options.Eviction.ShiftPositions);
+        if (options.Loras.Count > 0)
+        {
+            var shapes = new Dictionary<string, (int Rows, int Cols)>();
+            foreach (var L in model.Layers)
+                foreach (var w in new[] { L.Wq, L.Wk, L.Wv, L.Wo, L.WGate, L.WUp, L.WDown }) shapes[w.Name] = (w.Rows, w.Cols);
+            var lists = new Dictionary<string, List<(LoraAdapter.Pair, float)>>();
+            int maxRank = 0;
+            foreach (var (adapter, scale) in options.Loras)
+            {
+                if (!float.IsFinite(scale)) throw new CriaException($"LoRA adapter {adapter.Path}: scale {scale} is not a finite number");
+                foreach (var p in adapter.Pairs.Values)
+                {
+                    if (!shapes.TryGetValue(p.BaseName, out var sh) || sh != (p.Out, p.In))
+                        throw new CriaException($"LoRA adapter {adapter.Path}: {p.BaseName} [{p.In} → {p.Out}] does not match this model");
+                    if (!lists.TryGetValue(p.BaseName, out var list)) lists[p.BaseName] = list = new();
+                    list.Add((p, adapter.ScaleOf(p, scale)));
+                    maxRank = Math.Max(maxRank, p.Rank);
+                }
+            }
+            _lora = lists.ToDictionary(kv => kv.Key, kv => kv.Value.ToArray());
+            _loraT = new float[maxRank];
+        }
+    }
+
+    /// <summary>
+    /// y[b, :] += s · B·(A·x[b, :]) for every adapter of <paramref name="w"/> (llama.cpp's order: A·x, then B·t, then
+    /// the scale, then the add). One thread: r·(in + out) multiply-adds per row, next to in·out for the base matrix.
+    /// </summary>
+    void ApplyLora(in WeightMatrix w, ReadOnlySpan<float> x, int B, Span<float> y)
+    {
+        if (!_lora!.TryGetValue(w.Name, out var adapters)) return;
+        foreach (var (p, s) in adapters)
+        {
+            int r = p.Rank, n = p.In, m = p.Out;
+            var t = _loraT.AsSpan(0, r);
+            for (int b = 0; b < B; b++)
+            {
+                var xb = x.Slice(b * n, n);
+                var yb = y.Slice(b * m, m);
+                for (int j = 0; j < r; j++) t[j] = Ops.Dot(p.A.AsSpan(j * n, n), xb);
+                for (int o = 0; o < m; o++) yb[o] += Ops.Dot(p.B.AsSpan(o * r, r), t) * s;
+            }
+        }
     }
 
     /// <summary>Logits of batch row <paramref name="batchRow"/> from the last <see cref="Decode"/> (row must have asked).</summary>
@@ -304,6 +353,12 @@ public sealed class InferenceContext : IDisposable
             _matmul.Split(_pool.Count);
             _pool.Run(_matmul);
             _matmul.Clear();
+        }
+        if (_lora != null)
+        {
+            ApplyLora(w0, x, B, y0);
+            if (parts > 1) ApplyLora(w1, x, B, y1);
+            if (parts > 2) ApplyLora(w2, x, B, y2);
         }
     }
 

@@ -268,6 +268,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         var s = Shape;
         int N = Rows, D = s.Dim, QD = s.Dim, KV = s.KvDim, F = s.FfnDim, V = s.VocabSize;
         // token embedding
+        CheckIds(_tokens, "token");
         for (int n = 0; n < N; n++)
             new ReadOnlySpan<float>(P + Layout.TokenEmbedding + (long)_tokens[n] * D, D).CopyTo(new Span<float>(_xIn[0] + (long)n * D, D));
 
@@ -323,6 +324,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     /// </summary>
     public float ForwardBackward(float gradScale)
     {
+        CheckIds(_targets, "target");
         Forward();
         _gradScale = gradScale;
         Mark(3);
@@ -334,9 +336,17 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         return weights > 0 ? (float)(sum / weights) : 0f;
     }
 
+    /// <summary>Token ids index the embedding and the logits: one outside the vocabulary is refused, not read past.</summary>
+    void CheckIds(int* ids, string what)
+    {
+        for (int n = 0; n < Rows; n++)
+            if ((uint)ids[n] >= (uint)Shape.VocabSize) throw new CriaException($"{what} {ids[n]} at row {n} is outside the vocabulary of {Shape.VocabSize}");
+    }
+
     /// <summary>Mean cross-entropy of the last forward against <see cref="Targets"/> (no gradient).</summary>
     public float Loss()
     {
+        CheckIds(_targets, "target");
         double sum = 0;
         for (int n = 0; n < Rows; n++) sum += Layers.CrossEntropyLoss(_logits + (long)n * Shape.VocabSize, _targets[n], Shape.VocabSize);
         return (float)(sum / Rows);

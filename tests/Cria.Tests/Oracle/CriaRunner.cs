@@ -9,10 +9,11 @@ public sealed class CriaRunner : IDisposable
     public LlamaModel Model { get; }
     public InferenceContext Context { get; }
 
-    public CriaRunner(string path, int contextSize = 256, int threads = 2)
+    public CriaRunner(string path, int contextSize = 256, int threads = 2, string? lora = null, float loraScale = 1f)
     {
         Model = LlamaModel.Open(path);
-        Context = new InferenceContext(Model, new ContextOptions { ContextSize = contextSize, Threads = threads, Kv = KvFormat.F32 }); // the oracle runs llama.cpp with an F32 KV cache
+        var loras = lora == null ? [] : new[] { (LoraAdapter.Load(lora, Model), loraScale) };
+        Context = new InferenceContext(Model, new ContextOptions { ContextSize = contextSize, Threads = threads, Kv = KvFormat.F32, Loras = loras }); // the oracle runs llama.cpp with an F32 KV cache
     }
 
     public float[][] AllLogits(IReadOnlyList<int> tokens)

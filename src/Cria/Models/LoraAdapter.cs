@@ -1,0 +1,80 @@
+using System.Runtime.InteropServices;
+using Cria.Formats;
+using Cria.Tensors;
+
+namespace Cria.Models;
+
+/// <summary>
+/// A LoRA adapter in llama.cpp's GGUF layout (general.type = "adapter", adapter.type = "lora",
+/// <c>adapter.lora.alpha</c>; tensors <c>NAME.lora_a</c> with ggml shape [in, r] and <c>NAME.lora_b</c> [r, out] for
+/// a base weight NAME), read into F32 once. Applied at run time beside the base matrix, as llama.cpp does:
+/// y = W·x + s·B·(A·x) with s = scale·α/r (scale alone when α is 0), so a quantized base stays as it is.
+/// Only the seven projections of a Llama block can be adapted (what Cria's trainer writes and PEFT's usual targets).
+/// </summary>
+public sealed class LoraAdapter
+{
+    /// <summary>One adapted matrix: A [Rank, In] and B [Out, Rank], row-major F32.</summary>
+    public sealed record Pair(string BaseName, float[] A, float[] B, int Rank, int In, int Out);
+
+    public string Path { get; }
+    public float Alpha { get; }
+    public IReadOnlyDictionary<string, Pair> Pairs { get; }
+
+    LoraAdapter(string path, float alpha, Dictionary<string, Pair> pairs) { Path = path; Alpha = alpha; Pairs = pairs; }
+
+    /// <summary>s = scale·α/r (llama.cpp: the user's scale times alpha over the rank, or the user's scale when α = 0).</summary>
+    public float ScaleOf(Pair p, float scale) => Alpha != 0 ? scale * Alpha / p.Rank : scale;
+
+    static readonly string[] Projections = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
+
+    /// <summary>Reads an adapter and checks it against <paramref name="model"/>: architecture, names, shapes, types.
+    /// Anything that does not fit is a <see cref="CriaException"/> naming the file and the tensor.</summary>
+    public static LoraAdapter Load(string path, LlamaModel model)
+    {
+        if (!File.Exists(path)) throw new CriaException($"LoRA adapter {path} does not exist");
+        using var f = GgufFile.Open(path);
+        string type = f.Get("general.type", "");
+        if (type != "adapter" || f.Get("adapter.type", "") != "lora")
+            throw new CriaException($"{path} is not a LoRA adapter (general.type '{type}', adapter.type '{f.Get("adapter.type", "")}')");
+        string arch = f.Get("general.architecture", "");
+        if (arch != "llama") throw new CriaException($"LoRA adapter {path} is for a '{arch}' model, not llama");
+        float alpha = f.Has("adapter.lora.alpha") ? f.Get<float>("adapter.lora.alpha") : 0f;
+        if (!float.IsFinite(alpha)) throw new CriaException($"LoRA adapter {path}: adapter.lora.alpha is {alpha}");
+        var byName = new Dictionary<string, WeightMatrix>();
+        foreach (var L in model.Layers)
+            foreach (var w in new[] { L.Wq, L.Wk, L.Wv, L.Wo, L.WGate, L.WUp, L.WDown }) byName[w.Name] = w;
+        var pairs = new Dictionary<string, Pair>();
+        foreach (var t in f.Tensors)
+        {
+            string name = t.Name;
+            bool isA = name.EndsWith(".lora_a", StringComparison.Ordinal), isB = name.EndsWith(".lora_b", StringComparison.Ordinal);
+            if (!isA && !isB) throw new CriaException($"LoRA adapter {path}: tensor {name} is neither a lora_a nor a lora_b");
+            string baseName = name[..^7];
+            if (!isA) { if (!f.TryGetTensor(baseName + ".lora_a", out _)) throw new CriaException($"LoRA adapter {path}: {name} has no {baseName}.lora_a"); continue; }
+            if (!f.TryGetTensor(baseName + ".lora_b", out var tb)) throw new CriaException($"LoRA adapter {path}: {name} has no {baseName}.lora_b");
+            if (!byName.TryGetValue(baseName, out var w))
+                throw new CriaException($"LoRA adapter {path}: {baseName} is not one of the model's adaptable projections ({string.Join(", ", Projections)} of blk.0…{model.Layers.Count - 1})");
+            if (t.Shape.Length != 2 || tb.Shape.Length != 2) throw new CriaException($"LoRA adapter {path}: {baseName}'s lora_a and lora_b must be 2-D");
+            long inA = t.Shape[0], rank = t.Shape[1], rankB = tb.Shape[0], outB = tb.Shape[1];
+            if (inA != w.Cols || outB != w.Rows || rank != rankB || rank < 1 || rank > 65536)
+                throw new CriaException($"LoRA adapter {path}: {baseName} lora_a is [{inA}, {rank}] and lora_b [{rankB}, {outB}]; the model's {baseName} needs [{w.Cols}, r] and [r, {w.Rows}]");
+            pairs[baseName] = new Pair(baseName, ReadF32(f, t, path), ReadF32(f, tb, path), (int)rank, w.Cols, w.Rows);
+        }
+        if (pairs.Count == 0) throw new CriaException($"LoRA adapter {path} has no tensors");
+        return new LoraAdapter(path, alpha, pairs);
+    }
+
+    static float[] ReadF32(GgufFile f, GgufTensorInfo t, string path)
+    {
+        var src = f.TensorData(t);
+        var dst = new float[t.ElementCount];
+        switch (t.Type)
+        {
+            case GgmlType.F32: MemoryMarshal.Cast<byte, float>(src).CopyTo(dst); break;
+            case GgmlType.F16 or GgmlType.BF16: Dequantize.Row(t.Type, src, dst); break;
+            default: throw new CriaException($"LoRA adapter {path}: {t.Name} is {t.Type}; adapters are read in F32, F16 or BF16");
+        }
+        foreach (float v in dst) if (!float.IsFinite(v)) throw new CriaException($"LoRA adapter {path}: {t.Name} holds a non-finite value");
+        return dst;
+    }
+}
