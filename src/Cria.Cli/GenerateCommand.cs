@@ -29,6 +29,8 @@ static class GenerateCommand
             model, prompt, n, temp, seed, threads, ctx, topK, topP, minP, repeat, lastN, freq, pres, special,
         };
         var kv = new KvCliOptions();
+        var lora = new LoraCliOptions();
+        lora.AddTo(cmd);
         kv.AddTo(cmd);
         cmd.SetAction(r =>
         {
@@ -39,7 +41,7 @@ static class GenerateCommand
             if (ctxSize == 0) ctxSize = Math.Min(4096, m.Config.ContextLength);
             int nPredict = r.GetValue(n);
             if (nPredict < 0) throw new CriaException($"-n must be ≥ 0, got {nPredict}");
-            using var context = new InferenceContext(m, kv.Apply(r, new ContextOptions { ContextSize = ctxSize, Threads = r.GetValue(threads) }));
+            using var context = new InferenceContext(m, kv.Apply(r, new ContextOptions { ContextSize = ctxSize, Threads = r.GetValue(threads), Loras = LoraCliOptions.Load(lora.Adapters(r), m) }));
             var sampler = new SamplerOptions
             {
                 Temperature = r.GetValue(temp),

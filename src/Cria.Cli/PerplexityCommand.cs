@@ -18,6 +18,8 @@ static class PerplexityCommand
         var klBase = new Option<string>("--kl-base") { Description = "also run this base model (e.g. the unquantized source) on the same chunks and report KL(base ‖ model), same-top-token rate and the paired perplexity change with its standard error (llama-perplexity --kl-divergence)" };
         var cmd = new Command("perplexity", "perplexity of a text file: non-overlapping chunks, second half of each scored (as llama-perplexity)") { files, ctx, threads, ubatch, maxChunks, klBase };
         var kv = new KvCliOptions();
+        var lora = new LoraCliOptions();
+        lora.AddTo(cmd);
         kv.AddTo(cmd);
         cmd.SetAction(r =>
         {
@@ -31,7 +33,7 @@ static class PerplexityCommand
             if (c < 0) throw new CriaException($"context size must be positive, got {c}");
             if (c == 0) c = m.Config.ContextLength;
             int ub = r.GetValue(ubatch) > 0 ? r.GetValue(ubatch) : c;
-            using var context = new InferenceContext(m, kv.Apply(r, new ContextOptions { ContextSize = c, Threads = r.GetValue(threads), MicroBatch = ub }));
+            using var context = new InferenceContext(m, kv.Apply(r, new ContextOptions { ContextSize = c, Threads = r.GetValue(threads), MicroBatch = ub, Loras = LoraCliOptions.Load(lora.Adapters(r), m) }));
             Console.Error.WriteLine(KvCliOptions.Describe(context));
             var sw = System.Diagnostics.Stopwatch.StartNew();
             Console.Error.WriteLine($"model: {path}; text: {textPath}; chunks of {c} tokens, scoring the second half of each");

@@ -28,6 +28,8 @@ static class ServeCommand
         };
         var kv = new KvCliOptions();
         kv.AddTo(cmd);
+        var lora = new LoraCliOptions();
+        lora.AddTo(cmd);
         cmd.SetAction(async (r, ct) =>
         {
             var path = DefaultModel.Resolve(r.GetValue(model));
@@ -39,7 +41,7 @@ static class ServeCommand
                 ModelPath = path,
                 Host = r.GetValue(host)!, Port = r.GetValue(port), ApiKey = string.IsNullOrEmpty(key) ? null : key,
                 ContextSize = r.GetValue(ctx), Threads = r.GetValue(threads), Verbose = r.GetValue(verbose),
-                Kv = kv.Format(r), Eviction = kv.Eviction(r), Rope = kv.Rope(r),
+                Kv = kv.Format(r), Eviction = kv.Eviction(r), Rope = kv.Rope(r), Loras = lora.Adapters(r),
                 Engine = new EngineOptions
                 {
                     MaxWaiting = r.GetValue(maxWaiting),

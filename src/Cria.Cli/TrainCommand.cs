@@ -48,10 +48,14 @@ static class TrainCommand
         var answerWeight = new Option<float>("--passkey-answer-weight") { Description = "loss weight of the answer tokens of pass-key documents (every other target weighs 1; 0 masks them)", DefaultValueFactory = _ => 1f };
         var pkMin = new Option<int>("--passkey-min-length") { Description = "shortest pass-key document in tokens (the longest fills the row)", DefaultValueFactory = _ => 64 };
         var repeat = new Option<double>("--repeat-fraction") { Description = "fraction of training rows that are a random token sequence repeated (loss on the copies only: the induction-head signal)", DefaultValueFactory = _ => 0 };
-        var cmd = new Command("train", "train a tokenizer and a Llama model from scratch on a text corpus")
+        var loraRank = new Option<int>("--lora-rank") { Description = "with --init: train only LoRA adapters of this rank (the base stays frozen) and write OUT/adapter.gguf (llama.cpp's --lora format) instead of a model; 0 = full training", DefaultValueFactory = _ => 0 };
+        var loraAlpha = new Option<float?>("--lora-alpha") { Description = "LoRA alpha (the adapter is scaled by alpha/rank; default 2 × rank)" };
+        var loraTargets = new Option<string>("--lora-targets") { Description = "projections that get adapters: q,k,v,o,gate,up,down, attn or all", DefaultValueFactory = _ => "all" };
+        var cmd = new Command("train", "train a tokenizer and a Llama model from scratch on a text corpus, or fine-tune one (--init, optionally with --lora-rank)")
         {
             corpus, valid, outDir, tokenizer, vocab, dim, layers, heads, kvHeads, ffn, ctx, tied, steps, batch, accum, lr, warmup, minLr, wd, clip,
             seed, threads, resume, ckptMinutes, evalEvery, evalBatches, exportType, name, init, passkey, answerWeight, pkMin, repeat,
+            loraRank, loraAlpha, loraTargets,
         };
         cmd.SetAction(r =>
         {
@@ -81,6 +85,16 @@ static class TrainCommand
                 imported = GgufImport.Read(initPath);
                 shapeNoVocab = r.GetResult(ctx) is { Implicit: false } ? imported.Shape with { ContextLength = r.GetValue(ctx) } : imported.Shape;
             }
+            LoraOptions? lora = null;
+            int rank = r.GetValue(loraRank);
+            if (rank != 0)
+            {
+                if (initPath == null) throw new CriaException("--lora-rank adapts an existing model: give it with --init MODEL");
+                lora = new LoraOptions { Rank = rank, Alpha = r.GetValue(loraAlpha) ?? 2f * rank, Targets = LoraOptions.ParseTargets(r.GetValue(loraTargets)!) };
+                lora.Validate();
+            }
+            else if (r.GetResult(loraAlpha) is { Implicit: false } || r.GetResult(loraTargets) is { Implicit: false })
+                throw new CriaException("--lora-alpha and --lora-targets need --lora-rank");
             double pkFraction = r.GetValue(passkey);
             if (!(pkFraction >= 0 && pkFraction <= 1)) throw new CriaException($"--passkey-fraction must be in [0, 1], got {pkFraction}");
             double repeatFraction = r.GetValue(repeat);
@@ -93,7 +107,7 @@ static class TrainCommand
                 throw new CriaException($"--passkey-min-length must be between 32 and the context ({shapeNoVocab.ContextLength}), got {pkMinLength}");
             var run = new TrainingRun
             {
-                Init = imported, InitPath = initPath, PasskeyFraction = pkFraction, AnswerWeight = aw, PasskeyMinLength = pkMinLength, RepeatFraction = repeatFraction,
+                Init = imported, InitPath = initPath, Lora = lora, PasskeyFraction = pkFraction, AnswerWeight = aw, PasskeyMinLength = pkMinLength, RepeatFraction = repeatFraction,
                 CorpusPath = r.GetValue(corpus)!, ValidPath = r.GetValue(valid), OutDir = r.GetValue(outDir)!, TokenizerPath = r.GetValue(tokenizer),
                 Shape = shapeNoVocab, Options = options, Resume = r.GetValue(resume), CheckpointMinutes = r.GetValue(ckptMinutes),
                 EvalEvery = r.GetValue(evalEvery), EvalBatches = r.GetValue(evalBatches), ExportType = type, Name = r.GetValue(name)!,
@@ -124,6 +138,8 @@ sealed class TrainingRun
     /// <summary>The model to start from (<c>--init</c>): its weights, shape and tokenizer.</summary>
     public GgufImport.Imported? Init { get; init; }
     public string? InitPath { get; init; }
+    /// <summary>Train only LoRA adapters on the frozen <see cref="Init"/> model.</summary>
+    public LoraOptions? Lora { get; init; }
     public double PasskeyFraction { get; init; }
     public float AnswerWeight { get; init; } = 1f;
     public int PasskeyMinLength { get; init; } = 64;
@@ -149,8 +165,8 @@ sealed class TrainingRun
             if (!File.Exists(ckpt)) throw new CriaException($"--resume: no checkpoint at {ckpt}");
             vocab = TokenizerVocabulary.Load(File.Exists(tokPath) ? tokPath : TokenizerPath ?? throw new CriaException($"--resume: no tokenizer at {tokPath}"));
             var peek = Trainer.PeekCheckpoint(ckpt);
-            var expect = Shape with { VocabSize = vocab.Count };
-            if (peek.Shape != expect.ToString())
+            string expect = Trainer.Describe(Shape with { VocabSize = vocab.Count }, Lora);
+            if (peek.Shape != expect)
                 throw new CriaException($"checkpoint {ckpt} is from another model ({peek.Shape}); the command line asks for ({expect})");
             if (peek.TokenizerHash != vocab.Hash()) throw new CriaException($"checkpoint {ckpt} was trained with another tokenizer than {tokPath}");
         }
@@ -177,7 +193,7 @@ sealed class TrainingRun
         log.WriteLine($"corpus: {train.Length:N0} training tokens ({(double)text.Length / train.Length:F2} chars/token), {validTokens.Length:N0} validation tokens");
 
         PasskeyDocuments? pk = PasskeyFraction > 0 ? new PasskeyDocuments(tok, train, PasskeyMinLength) : null;
-        using var trainer = new Trainer(shape, Options, train, tok.Bos)
+        using var trainer = new Trainer(shape, Options, train, tok.Bos, lora: Lora)
         {
             Documents = pk != null ? (ref TrainingRng g, int max) => pk.Next(ref g, max) : null,
             DocumentFraction = PasskeyFraction,
@@ -201,6 +217,8 @@ sealed class TrainingRun
             log.WriteLine($"resumed at step {trainer.Step} ({trainer.TokensSeen:N0} tokens seen)");
         }
         long nParams = trainer.Model.Layout.ParameterCount;
+        if (trainer.Model.Lora is { } lay)
+            log.WriteLine($"LoRA: rank {Lora!.Rank}, alpha {Lora.Alpha}, on {Lora.Targets}: {lay.Tensors.Sum(t => t.Count):N0} trained parameters; the base's {nParams:N0} are frozen");
         log.WriteLine($"model: {shape}; {nParams:N0} parameters; batch {Options.BatchSize}×{trainer.Model.SeqLen} × accum {Options.GradAccumulation}; {trainer.Model.Threads} threads");
 
         bool tty = !Console.IsOutputRedirected;
@@ -214,7 +232,7 @@ sealed class TrainingRun
         void Save(bool final)
         {
             trainer.SaveCheckpoint(ckpt, hash);
-            Export(trainer, vocab, Path.Combine(OutDir, "model.gguf"));
+            Export(trainer, vocab, Path.Combine(OutDir, Lora != null ? "adapter.gguf" : "model.gguf"));
             WriteCsv(csv, history);
             LossCurve.WriteSvg(svg, history, $"{Name}: {shape}");
             lastCkpt.Restart();
@@ -232,7 +250,7 @@ sealed class TrainingRun
             {
                 float val = trainer.Evaluate(validTokens, EvalBatches);
                 valCell = val.ToString("F4", CultureInfo.InvariantCulture);
-                if (val < bestVal) { bestVal = val; Export(trainer, vocab, Path.Combine(OutDir, "best.gguf")); }
+                if (val < bestVal) { bestVal = val; Export(trainer, vocab, Path.Combine(OutDir, Lora != null ? "best-adapter.gguf" : "best.gguf")); }
             }
             history.Add(string.Join(',', res.Step.ToString(CultureInfo.InvariantCulture), res.TokensSeen.ToString(CultureInfo.InvariantCulture),
                 res.Loss.ToString("F4", CultureInfo.InvariantCulture), res.GradNorm.ToString("F4", CultureInfo.InvariantCulture),
@@ -245,17 +263,20 @@ sealed class TrainingRun
         }
         if (tty) Console.Out.WriteLine();
         Save(true);
-        Console.Out.WriteLine($"done: {trainer.Step} steps, {trainer.TokensSeen:N0} tokens, best validation loss {(float.IsInfinity(bestVal) ? "n/a" : bestVal.ToString("F4"))}; model: {Path.Combine(OutDir, "model.gguf")}");
+        Console.Out.WriteLine($"done: {trainer.Step} steps, {trainer.TokensSeen:N0} tokens, best validation loss {(float.IsInfinity(bestVal) ? "n/a" : bestVal.ToString("F4"))}; {(Lora != null ? "adapter" : "model")}: {Path.Combine(OutDir, Lora != null ? "adapter.gguf" : "model.gguf")}");
         return 0;
     }
 
-    void Export(Trainer t, TokenizerVocabulary vocab, string path) =>
+    void Export(Trainer t, TokenizerVocabulary vocab, string path)
+    {
+        if (t.Model.Lora is { } lay) { lay.Write(path, t.Model.LoraParameters, Name); return; }
         GgufExport.Write(path, t.Model.Layout, t.Model.Parameters, vocab, ExportType, Name, new Dictionary<string, object>
         {
             ["cria.training.step"] = (uint)t.Step,
             ["cria.training.tokens"] = (ulong)t.TokensSeen,
             ["cria.training.recipe"] = CommandLine,
         });
+    }
 
     static void WriteCsv(string path, List<string> rows)
     {

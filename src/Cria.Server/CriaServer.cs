@@ -37,6 +37,8 @@ public sealed record ServerOptions
     public KvFormat Kv { get; init; } = KvFormat.F16;
     public KvEvictionOptions Eviction { get; init; } = KvEvictionOptions.None;
     public RopeOverrides? Rope { get; init; }
+    /// <summary>LoRA adapters (path, user scale) applied at run time (llama-server's --lora / --lora-scaled).</summary>
+    public IReadOnlyList<(string Path, float Scale)> Loras { get; init; } = [];
     public long MaxBodyBytes { get; init; } = 4 << 20;
     /// <summary>Write request logs to the console.</summary>
     public bool Verbose { get; init; }
@@ -96,6 +98,7 @@ public sealed class CriaServer : IAsyncDisposable
             {
                 ContextSize = ctx, Threads = _o.Threads, MicroBatch = Math.Max(64, Math.Min(512, _o.Engine.Scheduler.TokenBudget)),
                 Kv = _o.Kv, Eviction = _o.Eviction, Rope = _o.Rope,
+                Loras = _o.Loras.Select(a => (LoraAdapter.Load(a.Path, model), a.Scale)).ToList(),
             });
             var engine = new Engine(context, model.Tokenizer, _o.Engine);
             var metrics = new ServerMetrics(ModelName);

@@ -336,6 +336,31 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         return weights > 0 ? (float)(sum / weights) : 0f;
     }
 
+    /// <summary>−log p(target) of row <paramref name="row"/> under the last <see cref="Forward"/> (before a backward
+    /// replaced the logits by their gradient).</summary>
+    public float TargetNll(int row)
+    {
+        if ((uint)row >= (uint)Rows) throw new ArgumentOutOfRangeException(nameof(row));
+        CheckIds(_targets, "target");
+        return Layers.CrossEntropyLoss(_logits + (long)row * Shape.VocabSize, _targets[row], Shape.VocabSize);
+    }
+
+    /// <summary>
+    /// Backward of a loss L given, after <see cref="Forward"/>, as its derivative with respect to each target's
+    /// cross-entropy: <see cref="LossWeights"/>[n] = ∂L/∂CE_n (any sign; 0 for rows outside the loss), times
+    /// <paramref name="gradScale"/>. Preference losses (DPO, SimPO) are sums of sequence log-probabilities, so their
+    /// gradient reaches the model this way.
+    /// </summary>
+    public void BackwardWeighted(float gradScale)
+    {
+        CheckIds(_targets, "target");
+        _gradScale = gradScale;
+        Mark(3);
+        _for.Run(_pool, Rows, 16, _crossEntropy);
+        Mark(2);
+        Backward();
+    }
+
     /// <summary>Token ids index the embedding and the logits: one outside the vocabulary is refused, not read past.</summary>
     void CheckIds(int* ids, string what)
     {

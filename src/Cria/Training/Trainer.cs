@@ -52,7 +52,7 @@ public readonly record struct StepResult(int Step, float Loss, float GradNorm, f
 /// matrices only). Everything random comes from one <see cref="TrainingRng"/> whose state is checkpointed, so a
 /// resumed run continues bit-exactly.
 /// </summary>
-public sealed class Trainer : IDisposable
+public sealed partial class Trainer : IDisposable
 {
     public LlamaTrainingModel Model { get; }
     public TrainingOptions Options { get; }
@@ -102,7 +102,11 @@ public sealed class Trainer : IDisposable
     float[] TrainedGradients => Model.Lora != null ? Model.LoraGradients : Model.Gradients;
     ParameterTensor[] TrainedTensors => Model.Lora?.Tensors ?? Model.Layout.Tensors;
     long TrainedCount => Model.Lora?.Count ?? Model.Layout.Count;
-    string ShapeText => Model.Lora is { } l ? $"{Model.Shape} lora r={l.Options.Rank} alpha={l.Options.Alpha} targets={l.Options.Targets}" : Model.Shape.ToString();
+    string ShapeText => Describe(Model.Shape, Model.Lora?.Options);
+
+    /// <summary>What a checkpoint records as the model it trains: the shape, and the LoRA settings when only adapters train.</summary>
+    public static string Describe(LlamaShape shape, LoraOptions? lora) =>
+        lora is { } l ? FormattableString.Invariant($"{shape} lora r={l.Rank} alpha={l.Alpha} targets={l.Targets}") : shape.ToString();
 
     /// <summary>One optimizer step over GradAccumulation micro-batches.</summary>
     public StepResult TrainStep()
