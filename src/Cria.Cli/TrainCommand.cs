@@ -48,6 +48,11 @@ static class TrainCommand
         var answerWeight = new Option<float>("--passkey-answer-weight") { Description = "loss weight of the answer tokens of pass-key documents (every other target weighs 1; 0 masks them)", DefaultValueFactory = _ => 1f };
         var pkMin = new Option<int>("--passkey-min-length") { Description = "shortest pass-key document in tokens (the longest fills the row)", DefaultValueFactory = _ => 64 };
         var repeat = new Option<double>("--repeat-fraction") { Description = "fraction of training rows that are a random token sequence repeated (loss on the copies only: the induction-head signal)", DefaultValueFactory = _ => 0 };
+        var pairs = new Option<string?>("--pairs") { Description = "with --init: preference optimisation on this JSONL file of {\"prompt\", \"chosen\", \"rejected\"} pairs instead of language modelling on --corpus" };
+        var validPairs = new Option<string?>("--valid-pairs") { Description = "held-out pairs (same format): mean margin and accuracy at every evaluation" };
+        var preference = new Option<string>("--preference") { Description = "dpo (reference = the --init model) or simpo (no reference)", DefaultValueFactory = _ => "dpo" };
+        var beta = new Option<float?>("--beta") { Description = "preference β (default: DPO 0.1, SimPO 2)" };
+        var gamma = new Option<float?>("--gamma") { Description = "SimPO target margin γ (default β/2)" };
         var loraRank = new Option<int>("--lora-rank") { Description = "with --init: train only LoRA adapters of this rank (the base stays frozen) and write OUT/adapter.gguf (llama.cpp's --lora format) instead of a model; 0 = full training", DefaultValueFactory = _ => 0 };
         var loraAlpha = new Option<float?>("--lora-alpha") { Description = "LoRA alpha (the adapter is scaled by alpha/rank; default 2 × rank)" };
         var loraTargets = new Option<string>("--lora-targets") { Description = "projections that get adapters: q,k,v,o,gate,up,down, attn or all", DefaultValueFactory = _ => "all" };
@@ -55,7 +60,7 @@ static class TrainCommand
         {
             corpus, valid, outDir, tokenizer, vocab, dim, layers, heads, kvHeads, ffn, ctx, tied, steps, batch, accum, lr, warmup, minLr, wd, clip,
             seed, threads, resume, ckptMinutes, evalEvery, evalBatches, exportType, name, init, passkey, answerWeight, pkMin, repeat,
-            loraRank, loraAlpha, loraTargets,
+            loraRank, loraAlpha, loraTargets, pairs, validPairs, preference, beta, gamma,
         };
         cmd.SetAction(r =>
         {
@@ -95,6 +100,22 @@ static class TrainCommand
             }
             else if (r.GetResult(loraAlpha) is { Implicit: false } || r.GetResult(loraTargets) is { Implicit: false })
                 throw new CriaException("--lora-alpha and --lora-targets need --lora-rank");
+            PreferenceOptions? prefs = null;
+            if (r.GetValue(pairs) != null)
+            {
+                if (initPath == null) throw new CriaException("--pairs fine-tunes an existing model: give it with --init MODEL");
+                var kind = r.GetValue(preference)!.ToLowerInvariant() switch
+                {
+                    "dpo" => PreferenceLoss.Dpo, "simpo" => PreferenceLoss.SimPo,
+                    var k => throw new CriaException($"--preference must be dpo or simpo, got '{k}'"),
+                };
+                var d = PreferenceOptions.Default(kind);
+                float b = r.GetValue(beta) ?? d.Beta;
+                prefs = d with { Beta = b, Gamma = r.GetValue(gamma) ?? (kind == PreferenceLoss.SimPo ? b / 2 : 0f) };
+                prefs.Validate();
+            }
+            else if (r.GetValue(validPairs) != null || r.GetResult(beta) is { Implicit: false } || r.GetResult(gamma) is { Implicit: false } || r.GetResult(preference) is { Implicit: false })
+                throw new CriaException("--valid-pairs, --preference, --beta and --gamma need --pairs");
             double pkFraction = r.GetValue(passkey);
             if (!(pkFraction >= 0 && pkFraction <= 1)) throw new CriaException($"--passkey-fraction must be in [0, 1], got {pkFraction}");
             double repeatFraction = r.GetValue(repeat);
@@ -107,7 +128,7 @@ static class TrainCommand
                 throw new CriaException($"--passkey-min-length must be between 32 and the context ({shapeNoVocab.ContextLength}), got {pkMinLength}");
             var run = new TrainingRun
             {
-                Init = imported, InitPath = initPath, Lora = lora, PasskeyFraction = pkFraction, AnswerWeight = aw, PasskeyMinLength = pkMinLength, RepeatFraction = repeatFraction,
+                Init = imported, InitPath = initPath, Lora = lora, Preference = prefs, PairsPath = r.GetValue(pairs), ValidPairsPath = r.GetValue(validPairs), PasskeyFraction = pkFraction, AnswerWeight = aw, PasskeyMinLength = pkMinLength, RepeatFraction = repeatFraction,
                 CorpusPath = r.GetValue(corpus)!, ValidPath = r.GetValue(valid), OutDir = r.GetValue(outDir)!, TokenizerPath = r.GetValue(tokenizer),
                 Shape = shapeNoVocab, Options = options, Resume = r.GetValue(resume), CheckpointMinutes = r.GetValue(ckptMinutes),
                 EvalEvery = r.GetValue(evalEvery), EvalBatches = r.GetValue(evalBatches), ExportType = type, Name = r.GetValue(name)!,
@@ -140,6 +161,10 @@ sealed class TrainingRun
     public string? InitPath { get; init; }
     /// <summary>Train only LoRA adapters on the frozen <see cref="Init"/> model.</summary>
     public LoraOptions? Lora { get; init; }
+    /// <summary>Preference optimisation on <see cref="PairsPath"/> instead of language modelling.</summary>
+    public PreferenceOptions? Preference { get; init; }
+    public string? PairsPath { get; init; }
+    public string? ValidPairsPath { get; init; }
     public double PasskeyFraction { get; init; }
     public float AnswerWeight { get; init; } = 1f;
     public int PasskeyMinLength { get; init; } = 64;
@@ -147,6 +172,7 @@ sealed class TrainingRun
 
     public int Execute()
     {
+        if (Preference != null) return ExecutePreference();
         // ---- every check before any work ----
         Shape.Validate();
         Options.Validate();
@@ -267,6 +293,52 @@ sealed class TrainingRun
         return 0;
     }
 
+    /// <summary>DPO / SimPO: every check first, then steps with loss, margin and accuracy, held-out pairs at every
+    /// evaluation, the model (or adapter) written at the end. No checkpoints: runs are short.</summary>
+    int ExecutePreference()
+    {
+        Options.Validate();
+        if (Init == null) throw new CriaException("--pairs needs --init");
+        if (Resume) throw new CriaException("--resume is not supported with --pairs");
+        var vocab = Init.Vocabulary;
+        var tok = vocab.CreateTokenizer();
+        var pairs = PreferenceRun.ReadPairs(PairsPath!, tok);
+        var held = ValidPairsPath != null ? PreferenceRun.ReadPairs(ValidPairsPath, tok) : null;
+        int T = Shape.ContextLength;
+        int longest = pairs.Concat(held ?? []).Max(p => p.Prompt.Length + Math.Max(p.Chosen.Length, p.Rejected.Length) + 1);
+        T = Math.Min(T, longest);
+        Directory.CreateDirectory(OutDir);
+        var p = Preference!;
+        var log = Console.Error;
+        using var trainer = new Trainer(Shape, Options, new int[T + 1], tok.Bos, seqLen: T, lora: Lora);
+        trainer.SetParameters(Init.Parameters);
+        log.WriteLine($"{p.Loss} (β {p.Beta}{(p.Loss == PreferenceLoss.SimPo ? $", γ {p.Gamma}" : "")}) on {pairs.Count} pairs from {PairsPath}{(held != null ? $", {held.Count} held out" : "")}; rows of {T} tokens, {Options.BatchSize / 2} pairs per micro-batch");
+        if (trainer.Model.Lora is { } lay) log.WriteLine($"LoRA: rank {Lora!.Rank}, alpha {Lora.Alpha}, on {Lora.Targets}: {lay.Tensors.Sum(t => t.Count):N0} trained parameters; the base is frozen");
+        var sw = Stopwatch.StartNew();
+        double[]? reference = p.Loss == PreferenceLoss.Dpo ? trainer.SequenceLogProbs(pairs) : null;
+        double[]? heldRef = held != null ? trainer.SequenceLogProbs(held) : null;
+        string Held()
+        {
+            if (held == null) return "";
+            var lp = trainer.SequenceLogProbs(held);
+            var m = Enumerable.Range(0, held.Count).Select(i => p.PairLoss(lp[2 * i], lp[2 * i + 1], heldRef![2 * i], heldRef[2 * i + 1], held[i].Chosen.Length, held[i].Rejected.Length).Margin).ToArray();
+            return string.Create(CultureInfo.InvariantCulture, $"  held-out margin {m.Average():F3}, accuracy {m.Count(x => x > 0) / (double)m.Length:P0}");
+        }
+        Console.Out.WriteLine($"step 0{Held()}");
+        while (trainer.Step < Options.Steps)
+        {
+            var res = trainer.PreferenceStep(pairs, reference, p);
+            bool eval = res.Step % EvalEvery == 0 || res.Step == Options.Steps;
+            if (res.Step % 10 == 0 || eval)
+                Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"step {res.Step}/{Options.Steps}  loss {res.Loss:F4}  margin {res.Margin:F3}  accuracy {res.Accuracy:P0}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}{(eval ? Held() : "")}"));
+        }
+        string outPath = Path.Combine(OutDir, Lora != null ? "adapter.gguf" : "model.gguf");
+        Export(trainer, vocab, outPath);
+        Console.Out.WriteLine($"done: {trainer.Step} steps in {sw.Elapsed.TotalSeconds:F0} s; {(Lora != null ? "adapter" : "model")}: {outPath}");
+        return 0;
+    }
+
     void Export(Trainer t, TokenizerVocabulary vocab, string path)
     {
         if (t.Model.Lora is { } lay) { lay.Write(path, t.Model.LoraParameters, Name); return; }
@@ -333,5 +405,34 @@ static class LossCurve
         var tmp = path + ".tmp";
         File.WriteAllText(tmp, sb.ToString());
         File.Move(tmp, path, overwrite: true);
+    }
+}
+
+/// <summary><c>cria train --init MODEL --pairs FILE</c>: DPO or SimPO on preference pairs (optionally LoRA only).</summary>
+static class PreferenceRun
+{
+    /// <summary>Reads JSONL lines {"prompt": …, "chosen": …, "rejected": …} (TRL's field names) and tokenizes them
+    /// (the responses as they continue the prompt: no BOS, no space added).</summary>
+    public static List<PreferencePair> ReadPairs(string path, Cria.Tokenization.Tokenizer tok)
+    {
+        if (!File.Exists(path)) throw new CriaException($"{path} does not exist");
+        var list = new List<PreferencePair>();
+        int line = 0;
+        foreach (var text in File.ReadLines(path))
+        {
+            line++;
+            if (string.IsNullOrWhiteSpace(text)) continue;
+            System.Text.Json.JsonElement e;
+            try { e = System.Text.Json.JsonDocument.Parse(text).RootElement; }
+            catch (System.Text.Json.JsonException ex) { throw new CriaException($"{path}:{line}: not JSON ({ex.Message})"); }
+            string Field(string name) =>
+                e.ValueKind == System.Text.Json.JsonValueKind.Object && e.TryGetProperty(name, out var v) && v.ValueKind == System.Text.Json.JsonValueKind.String
+                    ? v.GetString()! : throw new CriaException($"{path}:{line}: needs a string \"{name}\"");
+            string prompt = Field("prompt"), chosen = Field("chosen"), rejected = Field("rejected");
+            if (chosen.Length == 0 || rejected.Length == 0) throw new CriaException($"{path}:{line}: an empty response");
+            list.Add(new PreferencePair(tok.Encode(prompt, addBos: false), tok.Encode(chosen, addBos: false), tok.Encode(rejected, addBos: false)));
+        }
+        if (list.Count == 0) throw new CriaException($"{path} holds no pairs");
+        return list;
     }
 }

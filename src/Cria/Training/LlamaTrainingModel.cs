@@ -37,7 +37,8 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     readonly float* P, G;
     readonly float* LP, LG;            // LoRA parameters and gradients (Lora.Count), when Lora is set
     readonly float*[] _loraT = [];     // [layer · 7 + target][N, r]  (α/r)·x·Aᵀ, kept for the backward
-    readonly float* _loraY, _loraDt;   // [N, max out], [N, r]        scratch of the adapter products
+    readonly float*[] _loraBt = [];    // [layer · 7 + target][r, out] Bᵀ, so every adapter product runs long rows (see LoraForward)
+    readonly float* _loraDt, _loraDbt; // [N, r], [r, max out]        scratch of the adapter backward
     readonly int* _tokens, _targets;  // [N]
     readonly float* _ropeTable;       // [T, nRot]
     // Activations kept for backward, per layer l (N = B·T rows).
@@ -118,9 +119,11 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
             LoraParameters = Pinned<float>(Lora.Count, out LP);
             LoraGradients = Pinned<float>(Lora.Count, out LG);
             _loraT = new float*[Lora.Pairs.Length];
-            for (int i = 0; i < _loraT.Length; i++) if (Lora.Pairs[i] != null) _loraT[i] = Floats((long)N * lora.Rank);
-            _loraY = Floats((long)N * Math.Max(D, F));
+            _loraBt = new float*[Lora.Pairs.Length];
+            for (int i = 0; i < _loraT.Length; i++)
+                if (Lora.Pairs[i] is { } q) { _loraT[i] = Floats((long)N * lora.Rank); _loraBt[i] = Floats((long)lora.Rank * q.Out); }
             _loraDt = Floats((long)N * lora.Rank);
+            _loraDbt = Floats((long)lora.Rank * Math.Max(D, F));
         }
         _attnForward = AttentionForwardBody;
         _attnBackward = AttentionBackwardBody;
@@ -227,30 +230,36 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     }
 
     // ================================================================= LoRA, forward and backward side by side
+    // The rank r is small (4–64): a product whose output has only r columns or whose sum runs over r would fall to
+    // Gemm's scalar edges, so every adapter product is arranged with a long dimension in the vector lanes — B is used
+    // transposed (Bᵀ [r, out], refreshed at each forward) and dB is formed as dBᵀ.
     /// <summary>y[N, out] += (α/r)·(x·Aᵀ)·Bᵀ for the adapter of (layer, target), if any; keeps t = (α/r)·x·Aᵀ [N, r].</summary>
     void LoraForward(int layer, int target, float* x, float* y)
     {
         if (Lora?.Pairs[layer * 7 + target] is not { } q) return;
         int N = Rows, r = Lora.Options.Rank;
-        float* t = _loraT[layer * 7 + target];
+        float* t = _loraT[layer * 7 + target], bt = _loraBt[layer * 7 + target];
         MatMulNT(x, LP + q.A, t, N, r, q.In);
         Scale(t, Lora.Options.Scale, (long)N * r);
-        MatMulNT(t, LP + q.B, _loraY, N, q.Out, r);
-        Add(y, _loraY, (long)N * q.Out);
+        Layers.Transpose(bt, LP + q.B, q.Out, r, 0, r);
+        MatMulNN(t, bt, y, N, q.Out, r);
     }
 
     /// <summary>
-    /// Backward of <see cref="LoraForward"/> given dy [N, out]: dB += dyᵀ·t, dt = (α/r)·dy·B, dA += dtᵀ·x, dx += dt·A
-    /// (dx accumulates, beside the base matrix's dy·W).
+    /// Backward of <see cref="LoraForward"/> given dy [N, out]: dB += dyᵀ·t (as dBᵀ += tᵀ·dy), dt = (α/r)·dy·B,
+    /// dA += dtᵀ·x, dx += dt·A (dx accumulates, beside the base matrix's dy·W).
     /// </summary>
     void LoraBackward(int layer, int target, float* dy, float* x, float* dx)
     {
         if (Lora?.Pairs[layer * 7 + target] is not { } q) return;
         int N = Rows, r = Lora.Options.Rank;
-        float* t = _loraT[layer * 7 + target];
-        MatMulTN(dy, t, LG + q.B, q.Out, r, N);
-        Clear(_loraDt, (long)N * r);
-        MatMulNN(dy, LP + q.B, _loraDt, N, r, q.Out);
+        float* t = _loraT[layer * 7 + target], bt = _loraBt[layer * 7 + target];
+        Clear(_loraDbt, (long)r * q.Out);
+        MatMulTN(t, dy, _loraDbt, r, q.Out, N);
+        float* gb = LG + q.B;
+        for (int o = 0; o < q.Out; o++)
+            for (int j = 0; j < r; j++) gb[(long)o * r + j] += _loraDbt[(long)j * q.Out + o];
+        MatMulNT(dy, bt, _loraDt, N, r, q.Out);
         Scale(_loraDt, Lora.Options.Scale, (long)N * r);
         MatMulTN(_loraDt, x, LG + q.A, r, q.In, N);
         MatMulNN(_loraDt, LP + q.A, dx, N, q.In, r);

@@ -98,7 +98,7 @@ public sealed class LoraTests(ITestOutputHelper output)
         int[] data;
         using (var lm = LlamaModel.Open(Bundled))
             data = lm.Tokenizer.Encode("Zebra quartz jukebox: the vexed wizard flung my quick box. " + "Seven jolly pixies vow to bake fizzy quince jam. ", addBos: false);
-        var opts = new TrainingOptions { BatchSize = 4, Steps = 60, WarmupSteps = 5, LearningRate = 3e-3f, WeightDecay = 0f, Threads = 2, Seed = 7 };
+        var opts = new TrainingOptions { BatchSize = 4, Steps = 40, WarmupSteps = 5, LearningRate = 3e-3f, WeightDecay = 0f, Threads = 2, Seed = 7 };
         float[] Run()
         {
             var corpus = Enumerable.Repeat(data, 40).SelectMany(x => x).ToArray();
