@@ -159,12 +159,7 @@ public sealed partial class Trainer
             }
             m.BackwardWeighted(gradScale);
         }
-        float norm = GradientNorm();
-        float clip = Options.GradClip > 0 && norm > Options.GradClip ? Options.GradClip / norm : 1f;
-        float lr = Options.LearningRateAt(Step);
-        AdamW(lr, clip);
-        Step++;
-        TokensSeen += (long)m.Rows * accum;
+        var (norm, lr) = OptimizerStep();
         int count = per * accum;
         return new PreferenceStepResult(Step, (float)(loss / count), (float)(margin / count), (float)(correct / count), norm, lr);
     }

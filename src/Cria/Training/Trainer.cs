@@ -122,13 +122,21 @@ public sealed partial class Trainer : IDisposable
             foreach (float w in m.LossWeights) weights += w;
             loss += m.ForwardBackward(weights > 0 ? 1f / (weights * accum) : 0f);
         }
+        var (norm, lr) = OptimizerStep();
+        return new StepResult(Step, (float)(loss / accum), norm, lr, TokensSeen);
+    }
+
+    /// <summary>After the step's micro-batches: clips the summed gradients' global norm, applies AdamW at this step's
+    /// learning rate and counts the step and its tokens. Returns the norm before clipping and the learning rate.</summary>
+    (float Norm, float Lr) OptimizerStep()
+    {
         float norm = GradientNorm();
         float clip = Options.GradClip > 0 && norm > Options.GradClip ? Options.GradClip / norm : 1f;
         float lr = Options.LearningRateAt(Step);
         AdamW(lr, clip);
         Step++;
-        TokensSeen += (long)m.Rows * accum;
-        return new StepResult(Step, (float)(loss / accum), norm, lr, TokensSeen);
+        TokensSeen += (long)Model.Rows * Options.GradAccumulation;
+        return (norm, lr);
     }
 
     /// <summary>Draws the next micro-batch into the model's tokens, targets and loss weights (all from the trainer's RNG).</summary>
