@@ -75,7 +75,7 @@ public sealed class InferenceContext : IDisposable
     int _outputs;
     // LoRA: base weight name → its adapters (A [r, in], B [out, r], s), null without adapters.
     readonly Dictionary<string, (LoraAdapter.Pair Pair, float S)[]>? _lora;
-    readonly float[] _loraT = []; // [max r] A·x of one row
+    readonly LoraJob _loraJob = new(0, 1);
 
     public InferenceContext(LlamaModel model, ContextOptions? options = null)
     {
@@ -135,29 +135,22 @@ public sealed class InferenceContext : IDisposable
                 }
             }
             _lora = lists.ToDictionary(kv => kv.Key, kv => kv.Value.ToArray());
-            _loraT = new float[maxRank];
+            _loraJob = new LoraJob(maxRank, threads);
         }
     }
 
-    /// <summary>
-    /// y[b, :] += s · B·(A·x[b, :]) for every adapter of <paramref name="w"/> (llama.cpp's order: A·x, then B·t, then
-    /// the scale, then the add). One thread: r·(in + out) multiply-adds per row, next to in·out for the base matrix.
-    /// </summary>
-    void ApplyLora(in WeightMatrix w, ReadOnlySpan<float> x, int B, Span<float> y)
+    /// <summary>y[b, :] += s · B·(A·x[b, :]) for every adapter of <paramref name="w"/>, rows shared by the workers
+    /// (<see cref="LoraJob"/>): r·(in + out) multiply-adds per row, next to in·out for the base matrix.</summary>
+    unsafe void ApplyLora(in WeightMatrix w, ReadOnlySpan<float> x, int B, Span<float> y)
     {
         if (!_lora!.TryGetValue(w.Name, out var adapters)) return;
-        foreach (var (p, s) in adapters)
-        {
-            int r = p.Rank, n = p.In, m = p.Out;
-            var t = _loraT.AsSpan(0, r);
-            for (int b = 0; b < B; b++)
+        fixed (float* px = x) fixed (float* py = y)
+            foreach (var (p, s) in adapters)
             {
-                var xb = x.Slice(b * n, n);
-                var yb = y.Slice(b * m, m);
-                for (int j = 0; j < r; j++) t[j] = Ops.Dot(p.A.AsSpan(j * n, n), xb);
-                for (int o = 0; o < m; o++) yb[o] += Ops.Dot(p.B.AsSpan(o * r, r), t) * s;
+                _loraJob.Set(p, s, px, py, B);
+                if (B < 4) _loraJob.Execute(0, 1); // decode: not worth a dispatch
+                else _pool.Run(_loraJob);
             }
-        }
     }
 
     /// <summary>Logits of batch row <paramref name="batchRow"/> from the last <see cref="Decode"/> (row must have asked).</summary>
@@ -389,4 +382,38 @@ public sealed class InferenceContext : IDisposable
     }
 
     public void Dispose() => _pool.Dispose();
+}
+
+/// <summary>
+/// One LoRA adapter's update of a matrix product, y[b, :] += s · Bᵀᵀ·(A·x[b, :]), rows claimed by the workers: per row
+/// t = A·x (r dot products of length in), then y += (s·t_j)·Bᵀ[j, :] for j = 0 … r − 1 (r row updates of length out).
+/// A row's arithmetic does not depend on which worker runs it.
+/// </summary>
+sealed unsafe class LoraJob(int maxRank, int workers) : ParallelJob
+{
+    readonly float[][] _t = Enumerable.Range(0, workers).Select(_ => new float[Math.Max(1, maxRank)]).ToArray(); // [worker][r]
+    LoraAdapter.Pair? _p;
+    float _s;
+    float* _x, _y;
+    int _rows, _next;
+
+    public void Set(LoraAdapter.Pair p, float s, float* x, float* y, int rows) { _p = p; _s = s; _x = x; _y = y; _rows = rows; _next = 0; }
+
+    public override bool SharesWorkDynamically => true;
+
+    public override void Execute(int worker, int workerCount)
+    {
+        var p = _p!;
+        int r = p.Rank, n = p.In, m = p.Out;
+        var t = _t[worker].AsSpan(0, r);
+        while (true)
+        {
+            int b = Interlocked.Increment(ref _next) - 1;
+            if (b >= _rows) return;
+            var xb = new ReadOnlySpan<float>(_x + (long)b * n, n);
+            var yb = new Span<float>(_y + (long)b * m, m);
+            for (int j = 0; j < r; j++) t[j] = Ops.Dot(p.A.AsSpan(j * n, n), xb) * _s;
+            for (int j = 0; j < r; j++) Ops.Axpy(t[j], p.BT.AsSpan(j * m, m), yb);
+        }
+    }
 }

@@ -13,8 +13,20 @@ namespace Cria.Models;
 /// </summary>
 public sealed class LoraAdapter
 {
-    /// <summary>One adapted matrix: A [Rank, In] and B [Out, Rank], row-major F32.</summary>
-    public sealed record Pair(string BaseName, float[] A, float[] B, int Rank, int In, int Out);
+    /// <summary>One adapted matrix: A [Rank, In] and B [Out, Rank], row-major F32 as in the file.</summary>
+    public sealed record Pair(string BaseName, float[] A, float[] B, int Rank, int In, int Out)
+    {
+        /// <summary>Bᵀ [Rank, Out]: the B product runs as Rank row updates of length Out.</summary>
+        public float[] BT { get; } = Transpose(B, Out, Rank);
+    }
+
+    static float[] Transpose(float[] b, int rows, int cols)
+    {
+        var t = new float[b.Length];
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++) t[(long)c * rows + r] = b[(long)r * cols + c];
+        return t;
+    }
 
     public string Path { get; }
     public float Alpha { get; }
