@@ -76,6 +76,58 @@ public sealed class LoraAdapter
         return new LoraAdapter(path, alpha, pairs);
     }
 
+    /// <summary>
+    /// Writes <paramref name="basePath"/> with the adapters merged in (llama.cpp's <c>llama-export-lora</c>):
+    /// W' = W + Σ s·B·A for every adapted projection, in the base tensor's own type (F32, F16 or BF16; a block-quantized
+    /// projection is refused — merge into a float model, then quantize); every other tensor and all metadata are copied
+    /// unchanged. Atomic; an existing output is refused unless <paramref name="force"/>.
+    /// </summary>
+    public static void Merge(string basePath, IReadOnlyList<(LoraAdapter Adapter, float Scale)> adapters, string output, bool force = false)
+    {
+        if (adapters.Count == 0) throw new CriaException("no LoRA adapter to merge");
+        if (!force && File.Exists(output)) throw new CriaException($"{output}: the output file exists (use --force to replace it)");
+        if (System.IO.Path.GetFullPath(basePath) == System.IO.Path.GetFullPath(output)) throw new CriaException($"{output}: input and output are the same file");
+        using var f = GgufFile.Open(basePath);
+        var byName = new Dictionary<string, List<(Pair Pair, float S)>>();
+        foreach (var (adapter, scale) in adapters)
+            foreach (var p in adapter.Pairs.Values)
+            {
+                if (!byName.TryGetValue(p.BaseName, out var list)) byName[p.BaseName] = list = new();
+                list.Add((p, adapter.ScaleOf(p, scale)));
+            }
+        var w = new GgufWriter();
+        w.CopyMetadataFrom(f);
+        foreach (var t in f.Tensors)
+        {
+            if (!byName.TryGetValue(t.Name, out var list)) { var info = t; w.AddTensor(t.Name, t.Shape, t.Type, () => f.TensorData(info).ToArray()); continue; }
+            if (t.Type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16))
+                throw new CriaException($"{basePath}: {t.Name} is {t.Type}; merge adapters into an F32, F16 or BF16 model, then quantize the result");
+            var tensor = t;
+            w.AddTensor(t.Name, t.Shape, t.Type, () =>
+            {
+                int rows = (int)tensor.RowCount, cols = (int)tensor.RowLength;
+                long rowBytes = GgmlTypeInfo.RowBytes(tensor.Type, cols);
+                var src = f.TensorData(tensor);
+                var bytes = new byte[src.Length];
+                var row = new float[cols];
+                for (int o = 0; o < rows; o++)
+                {
+                    Dequantize.Row(tensor.Type, src.Slice((int)(o * rowBytes), (int)rowBytes), row);
+                    foreach (var (p, s) in list)
+                        for (int j = 0; j < p.Rank; j++)
+                        {
+                            float c = s * p.B[(long)o * p.Rank + j];
+                            var a = p.A.AsSpan(j * cols, cols);
+                            for (int i = 0; i < cols; i++) row[i] += c * a[i];
+                        }
+                    Quantize.Row(tensor.Type, row, bytes.AsSpan((int)(o * rowBytes), (int)rowBytes));
+                }
+                return bytes;
+            });
+        }
+        w.Write(output);
+    }
+
     static float[] ReadF32(GgufFile f, GgufTensorInfo t, string path)
     {
         var src = f.TensorData(t);

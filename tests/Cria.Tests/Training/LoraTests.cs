@@ -89,6 +89,36 @@ public sealed class LoraTests(ITestOutputHelper output)
         Assert.True(vsLlamaHalf < 1e-4, $"scale 0.5: Cria differs from llama.cpp by {vsLlamaHalf}");
     }
 
+    /// <summary>llama-export-lora's merge: the bundled (F32) model with an adapter merged into its weights gives the
+    /// logits of the base with the adapter applied at run time; an existing output and a quantized base are refused.</summary>
+    [Fact]
+    public void Merged_adapter_gives_the_logits_of_the_adapter_at_run_time()
+    {
+        var (path, tokens, _) = RandomAdapter("lora-merge", new LoraOptions { Rank = 8, Alpha = 16, Targets = LoraTarget.All });
+        using var withAdapter = new CriaRunner(Bundled, 64, lora: path, loraScale: 0.75f);
+        var expected = withAdapter.AllLogits(tokens);
+        string merged = TestPaths.TempFile("lora-merged.gguf");
+        using (var m = LlamaModel.Open(Bundled))
+            LoraAdapter.Merge(Bundled, [(LoraAdapter.Load(path, m), 0.75f)], merged, force: true);
+        using var cria = new CriaRunner(merged, 64);
+        double diff = MaxDiff(cria.AllLogits(tokens), expected);
+        output.WriteLine($"merged vs run-time adapter: max |Δ logit| {diff:E2}");
+        Assert.True(diff < 1e-4, $"merged model differs from the run-time adapter by {diff}");
+        using (var a = Cria.Formats.GgufFile.Open(Bundled))
+        using (var b = Cria.Formats.GgufFile.Open(merged))
+        {
+            Assert.Equal(a.Tensors.Select(t => (t.Name, t.Type)), b.Tensors.Select(t => (t.Name, t.Type)));
+            Assert.True(a.TensorData(a.GetTensor("token_embd.weight")).SequenceEqual(b.TensorData(b.GetTensor("token_embd.weight"))));
+            Assert.False(a.TensorData(a.GetTensor("blk.0.attn_q.weight")).SequenceEqual(b.TensorData(b.GetTensor("blk.0.attn_q.weight"))));
+        }
+        using (var m = LlamaModel.Open(Bundled))
+            Assert.Contains("exists", Assert.Throws<CriaException>(() => LoraAdapter.Merge(Bundled, [(LoraAdapter.Load(path, m), 1f)], merged)).Message);
+        string q8 = TestPaths.TempFile("lora-base-q8_0.gguf");
+        Cria.Quantization.ModelQuantizer.Run(Bundled, q8, new Cria.Quantization.QuantizeOptions { FileType = Cria.Quantization.LlamaFileType.Q8_0, Force = true });
+        using (var m = LlamaModel.Open(q8))
+            Assert.Contains("then quantize", Assert.Throws<CriaException>(() => LoraAdapter.Merge(q8, [(LoraAdapter.Load(path, m), 1f)], TestPaths.TempFile("lora-merged-q8.gguf"), force: true)).Message);
+    }
+
     /// <summary>A few hundred LoRA steps on one short text drive its loss well down, deterministically, and leave the
     /// base weights untouched.</summary>
     [Fact]

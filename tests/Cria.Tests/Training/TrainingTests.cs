@@ -55,9 +55,16 @@ public sealed class TrainingTests(ITestOutputHelper output)
         var (shape, tokens, bos) = TinySetup();
         using var t = new Trainer(shape, TinyOptions with { GradAccumulation = 2, Threads = 1 }, tokens, bos);
         for (int i = 0; i < 3; i++) t.TrainStep();
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        for (int i = 0; i < 5; i++) t.TrainStep();
-        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        // Steady state: the least of three windows of 5 steps. (Once, in a CI run with every test class sharing the 2
+        // cores, a window saw 1160 bytes per step that this test alone never shows — warm-up work such as the runtime's
+        // tiered re-compilation landing late; a step that allocates does so in every window.)
+        long allocated = long.MaxValue;
+        for (int w = 0; w < 3 && allocated > 0; w++)
+        {
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            for (int i = 0; i < 5; i++) t.TrainStep();
+            allocated = Math.Min(allocated, GC.GetAllocatedBytesForCurrentThread() - before);
+        }
         output.WriteLine($"{allocated} bytes allocated over 5 steps");
         Assert.Equal(0, allocated); // forward, backward, clipping and AdamW on preallocated buffers
     }
