@@ -232,6 +232,80 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
         Assert.True(eCppBf16 < 8e-2, $"llama.cpp and Cria differ on the BF16 conversion by {eCppBf16}");
     }
 
+    /// <summary>
+    /// A PEFT LoRA adapter folder (random A and B on all seven projections of both layers, r = 4, lora_alpha = 8),
+    /// converted by <see cref="PeftAdapter.Convert"/> and applied to the converted base, gives — in Cria and in
+    /// llama.cpp — the Hugging Face forward pass of the base with W + (α/r)·B·A merged in Hugging Face's own layout. So
+    /// the names, the scale and the RoPE row permutation of q_proj's and k_proj's lora_B are right.
+    /// </summary>
+    [Fact]
+    public void A_peft_adapter_converts_to_the_logits_of_its_merged_weights()
+    {
+        var hf = WriteFolder("hf-peft-base", dtype: "F32");
+        string peft = TestPaths.TempFile("hf-peft-adapter");
+        if (Directory.Exists(peft)) Directory.Delete(peft, true);
+        Directory.CreateDirectory(peft);
+        const int r = 4; const float alpha = 8f, s = alpha / r;
+        var rng = new Random(9);
+        var merged = hf.W.ToDictionary(kv => kv.Key, kv => (float[])kv.Value.Clone());
+        var tensors = new List<(string, string, long[], byte[])>();
+        (string Group, string Proj, int Out, int In)[] projs =
+        [
+            ("self_attn", "q_proj", Heads * Hd, Dim), ("self_attn", "k_proj", KvHeads * Hd, Dim), ("self_attn", "v_proj", KvHeads * Hd, Dim),
+            ("self_attn", "o_proj", Dim, Heads * Hd), ("mlp", "gate_proj", Ffn, Dim), ("mlp", "up_proj", Ffn, Dim), ("mlp", "down_proj", Dim, Ffn),
+        ];
+        for (int l = 0; l < Layers; l++)
+            foreach (var (group, proj, rows, cols) in projs)
+            {
+                var a = Enumerable.Range(0, r * cols).Select(_ => (float)(rng.NextDouble() * 2 - 1) / MathF.Sqrt(cols)).ToArray();
+                var b = Enumerable.Range(0, rows * r).Select(_ => (float)(rng.NextDouble() * 2 - 1) * 0.2f).ToArray();
+                string prefix = $"base_model.model.model.layers.{l}.{group}.{proj}.";
+                tensors.Add((prefix + "lora_A.weight", "F32", [r, cols], SafetensorsWriter.Encode(a, "F32")));
+                tensors.Add((prefix + "lora_B.weight", "F32", [rows, r], SafetensorsWriter.Encode(b, "F32")));
+                var w = merged[$"model.layers.{l}.{group}.{proj}.weight"];
+                for (int o = 0; o < rows; o++)
+                    for (int i = 0; i < cols; i++)
+                    {
+                        double d = 0;
+                        for (int j = 0; j < r; j++) d += (double)b[o * r + j] * a[j * cols + i];
+                        w[o * cols + i] += (float)(s * d);
+                    }
+            }
+        SafetensorsWriter.Write(Path.Combine(peft, "adapter_model.safetensors"), tensors);
+        File.WriteAllText(Path.Combine(peft, "adapter_config.json"), new JsonObject
+        {
+            ["peft_type"] = "LORA", ["r"] = r, ["lora_alpha"] = alpha, ["bias"] = "none", ["task_type"] = "CAUSAL_LM",
+            ["target_modules"] = new JsonArray("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        }.ToJsonString());
+
+        string baseGguf = TestPaths.TempFile("hf-peft-base.gguf"), adapter = TestPaths.TempFile("hf-peft-adapter.gguf");
+        using (var ck = HfCheckpoint.Open(hf.Dir)) ck.WriteGguf(baseGguf, GgmlType.F32);
+        Assert.Equal(Layers * 7, PeftAdapter.Convert(peft, baseGguf, adapter, force: true));
+        var reference = ReferenceLogits(merged, Tokens);
+        var basis = ReferenceLogits(hf.W, Tokens);
+        float[][] cria, cpp;
+        using (var c = new CriaRunner(baseGguf, 64, lora: adapter)) cria = c.AllLogits(Tokens);
+        using (var c = new LlamaCpp(baseGguf, 64))
+        {
+            var h = c.Weights.NativeHandle.LoadLoraFromFile(adapter);
+            Span<(LLama.Native.LoraAdapter, float)> set = [(h, 1f)];
+            c.Context.NativeHandle.SetLoraAdapters(set);
+            cpp = c.AllLogits(Tokens);
+        }
+        double eCria = MaxDiff(reference, cria), eCpp = MaxDiff(reference, cpp), moved = MaxDiff(reference, basis.Select(x => x.Select(v => (float)v).ToArray()).ToArray());
+        output.WriteLine($"PEFT adapter moves the logits by up to {moved:F3}; max |Δ| from the merged Hugging Face forward: Cria {eCria:E2}, llama.cpp {eCpp:E2}");
+        Assert.True(moved > 0.05, $"the adapter changes the logits by only {moved}");
+        Assert.True(eCria < 1e-4, $"Cria with the converted PEFT adapter differs from the merged forward by {eCria}");
+        Assert.True(eCpp < 1e-4, $"llama.cpp with the converted PEFT adapter differs from the merged forward by {eCpp}");
+
+        // a folder without adapter_config.json, a tensor that is not a projection's A/B, an existing output
+        Assert.Contains("adapter_config.json", Assert.Throws<CriaException>(() => PeftAdapter.Convert(hf.Dir, baseGguf, adapter, force: true)).Message);
+        Assert.Contains("exists", Assert.Throws<CriaException>(() => PeftAdapter.Convert(peft, baseGguf, adapter)).Message);
+        SafetensorsWriter.Write(Path.Combine(peft, "adapter_model.safetensors"),
+            [("base_model.model.lm_head.lora_A.weight", "F32", [r, Dim], SafetensorsWriter.Encode(new float[r * Dim], "F32"))]);
+        Assert.Contains("not a LoRA A/B matrix", Assert.Throws<CriaException>(() => PeftAdapter.Convert(peft, baseGguf, adapter, force: true)).Message);
+    }
+
     [Fact]
     public void Tokenizer_json_maps_to_the_same_tokenizer_as_the_gguf_vocabulary()
     {
