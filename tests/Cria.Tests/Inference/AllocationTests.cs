@@ -38,11 +38,27 @@ public class AllocationTests
         yield return ["alloc-f32", GgmlType.F32, false, KvCacheType.Kivi4, KvEvictionType.H2O];
         yield return ["alloc-f32", GgmlType.F32, false, KvCacheType.Kivi2, KvEvictionType.SnapKV];
         yield return ["alloc-f32", GgmlType.F32, false, KvCacheType.F16, KvEvictionType.Sinks];
+        // A LoRA adapter on all seven projections, applied at run time.
+        yield return ["alloc-q4_k_m", GgmlType.Q4_K, true, KvCacheType.F16, KvEvictionType.None, true];
+    }
+
+    /// <summary>A random rank-8 adapter on every projection of <paramref name="model"/>.</summary>
+    static LoraAdapter RandomAdapter(LlamaModel model)
+    {
+        var c = model.Config;
+        var shape = new Cria.Training.LlamaShape { VocabSize = c.VocabSize, Dim = c.Dim, Layers = c.LayerCount, Heads = c.HeadCount, KvHeads = c.KvHeadCount, FfnDim = c.FfnDim, ContextLength = 256 };
+        var lay = new Cria.Training.LoraLayout(shape, new Cria.Training.LoraOptions { Rank = 8 });
+        var p = new float[lay.Count];
+        var rng = new Random(3);
+        for (int i = 0; i < p.Length; i++) p[i] = (float)(rng.NextDouble() - 0.5) * 0.05f;
+        string path = TestPaths.TempFile("alloc-lora.gguf");
+        lay.Write(path, p);
+        return LoraAdapter.Load(path, model);
     }
 
     [Theory]
     [MemberData(nameof(Cases))]
-    public void DecodeStepsAllocateNothing(string key, GgmlType type, bool mix, KvCacheType kv, KvEvictionType evict)
+    public void DecodeStepsAllocateNothing(string key, GgmlType type, bool mix, KvCacheType kv, KvEvictionType evict, bool lora = false)
     {
         using var model = LlamaModel.Open(LogitsAgreementTests.ModelFile(key, Spec(type, mix)));
         using var ctx = new InferenceContext(model, new ContextOptions
@@ -50,6 +66,7 @@ public class AllocationTests
             ContextSize = 256, Threads = 2, MicroBatch = 16,
             Kv = new KvFormat { Type = kv, KiviGroup = 16, KiviResidual = 32 },
             Eviction = evict == KvEvictionType.None ? KvEvictionOptions.None : new KvEvictionOptions { Type = evict, Budget = 64, ShiftPositions = evict != KvEvictionType.SnapKV }, // shift: StreamingLLM positions (rotation tables on the stack)
+            Loras = lora ? [(RandomAdapter(model), 1f)] : [],
         });
         var rng = new Random(5);
         var tokens = new int[Warmup + Steps];
