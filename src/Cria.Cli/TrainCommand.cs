@@ -310,7 +310,7 @@ sealed class TrainingRun
         Directory.CreateDirectory(OutDir);
         var p = Preference!;
         var log = Console.Error;
-        using var trainer = new Trainer(Shape, Options, new int[T + 1], tok.Bos, seqLen: T, lora: Lora);
+        using var trainer = new Trainer(Shape, Options, [], tok.Bos, seqLen: T, lora: Lora);
         trainer.SetParameters(Init.Parameters);
         log.WriteLine($"{p.Loss} (β {p.Beta}{(p.Loss == PreferenceLoss.SimPo ? $", γ {p.Gamma}" : "")}) on {pairs.Count} pairs from {PairsPath}{(held != null ? $", {held.Count} held out" : "")}; rows of {T} tokens, {Options.BatchSize / 2} pairs per micro-batch");
         if (trainer.Model.Lora is { } lay) log.WriteLine($"LoRA: rank {Lora!.Rank}, alpha {Lora.Alpha}, on {Lora.Targets}: {lay.Tensors.Sum(t => t.Count):N0} trained parameters; the base is frozen");

@@ -75,7 +75,7 @@ public sealed class InferenceContext : IDisposable
     int _outputs;
     // LoRA: base weight name → its adapters (A [r, in], B [out, r], s), null without adapters.
     readonly Dictionary<string, (LoraAdapter.Pair Pair, float S)[]>? _lora;
-    readonly LoraJob _loraJob = new(0, 1);
+    readonly LoraJob? _loraJob;
 
     public InferenceContext(LlamaModel model, ContextOptions? options = null)
     {
@@ -109,7 +109,7 @@ public sealed class InferenceContext : IDisposable
         // float copies, F32 one); 64 bytes more to start on a cache line
         int rowBytes = RowKernels.ActivationRowBytes(model.Output.Type, model.Output.Cols);
         foreach (var L in model.Layers)
-            foreach (var w in new[] { L.Wq, L.Wk, L.Wv, L.Wo, L.WGate, L.WUp, L.WDown })
+            foreach (var w in L.Projections)
                 rowBytes = Math.Max(rowBytes, RowKernels.ActivationRowBytes(w.Type, w.Cols));
         _actQ[0] = GC.AllocateArray<byte>(b * rowBytes + 64, pinned: true);
         for (int i = 1; i <= extra; i++) _actQ[i] = GC.AllocateArray<byte>(b * extraRowBytes + 64, pinned: true);
@@ -119,7 +119,7 @@ public sealed class InferenceContext : IDisposable
         {
             var shapes = new Dictionary<string, (int Rows, int Cols)>();
             foreach (var L in model.Layers)
-                foreach (var w in new[] { L.Wq, L.Wk, L.Wv, L.Wo, L.WGate, L.WUp, L.WDown }) shapes[w.Name] = (w.Rows, w.Cols);
+                foreach (var w in L.Projections) shapes[w.Name] = (w.Rows, w.Cols);
             var lists = new Dictionary<string, List<(LoraAdapter.Pair, float)>>();
             int maxRank = 0;
             foreach (var (adapter, scale) in options.Loras)
@@ -147,7 +147,7 @@ public sealed class InferenceContext : IDisposable
         fixed (float* px = x) fixed (float* py = y)
             foreach (var (p, s) in adapters)
             {
-                _loraJob.Set(p, s, px, py, B);
+                _loraJob!.Set(p, s, px, py, B);
                 if (B < 4) _loraJob.Execute(0, 1); // decode: not worth a dispatch
                 else _pool.Run(_loraJob);
             }
@@ -385,7 +385,7 @@ public sealed class InferenceContext : IDisposable
 }
 
 /// <summary>
-/// One LoRA adapter's update of a matrix product, y[b, :] += s · Bᵀᵀ·(A·x[b, :]), rows claimed by the workers: per row
+/// One LoRA adapter's update of a matrix product, y[b, :] += s · B·(A·x[b, :]), rows claimed by the workers: per row
 /// t = A·x (r dot products of length in), then y += (s·t_j)·Bᵀ[j, :] for j = 0 … r − 1 (r row updates of length out).
 /// A row's arithmetic does not depend on which worker runs it.
 /// </summary>

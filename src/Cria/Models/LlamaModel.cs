@@ -17,6 +17,12 @@ public sealed class LlamaLayer
     public required WeightMatrix WGate { get; init; } // [ff, dim]
     public required WeightMatrix WUp { get; init; }   // [ff, dim]
     public required WeightMatrix WDown { get; init; } // [dim, ff]
+
+    /// <summary>The block's seven matrix products, in the order of <see cref="ProjectionNames"/>.</summary>
+    public WeightMatrix[] Projections => [Wq, Wk, Wv, Wo, WGate, WUp, WDown];
+
+    /// <summary>GGUF names of the projections (<c>blk.N.NAME.weight</c>): what LoRA adapters can target.</summary>
+    public static readonly string[] ProjectionNames = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
 }
 
 /// <summary>

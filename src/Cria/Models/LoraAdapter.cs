@@ -37,8 +37,6 @@ public sealed class LoraAdapter
     /// <summary>s = scale·α/r (llama.cpp: the user's scale times alpha over the rank, or the user's scale when α = 0).</summary>
     public float ScaleOf(Pair p, float scale) => Alpha != 0 ? scale * Alpha / p.Rank : scale;
 
-    static readonly string[] Projections = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
-
     /// <summary>Reads an adapter and checks it against <paramref name="model"/>: architecture, names, shapes, types.
     /// Anything that does not fit is a <see cref="CriaException"/> naming the file and the tensor.</summary>
     public static LoraAdapter Load(string path, LlamaModel model)
@@ -54,7 +52,7 @@ public sealed class LoraAdapter
         if (!float.IsFinite(alpha)) throw new CriaException($"LoRA adapter {path}: adapter.lora.alpha is {alpha}");
         var byName = new Dictionary<string, WeightMatrix>();
         foreach (var L in model.Layers)
-            foreach (var w in new[] { L.Wq, L.Wk, L.Wv, L.Wo, L.WGate, L.WUp, L.WDown }) byName[w.Name] = w;
+            foreach (var w in L.Projections) byName[w.Name] = w;
         var pairs = new Dictionary<string, Pair>();
         foreach (var t in f.Tensors)
         {
@@ -65,7 +63,7 @@ public sealed class LoraAdapter
             if (!isA) { if (!f.TryGetTensor(baseName + ".lora_a", out _)) throw new CriaException($"LoRA adapter {path}: {name} has no {baseName}.lora_a"); continue; }
             if (!f.TryGetTensor(baseName + ".lora_b", out var tb)) throw new CriaException($"LoRA adapter {path}: {name} has no {baseName}.lora_b");
             if (!byName.TryGetValue(baseName, out var w))
-                throw new CriaException($"LoRA adapter {path}: {baseName} is not one of the model's adaptable projections ({string.Join(", ", Projections)} of blk.0…{model.Layers.Count - 1})");
+                throw new CriaException($"LoRA adapter {path}: {baseName} is not one of the model's adaptable projections ({string.Join(", ", LlamaLayer.ProjectionNames)} of blk.0…{model.Layers.Count - 1})");
             if (t.Shape.Length != 2 || tb.Shape.Length != 2) throw new CriaException($"LoRA adapter {path}: {baseName}'s lora_a and lora_b must be 2-D");
             long inA = t.Shape[0], rank = t.Shape[1], rankB = tb.Shape[0], outB = tb.Shape[1];
             if (inA != w.Cols || outB != w.Rows || rank != rankB || rank < 1 || rank > 65536)

@@ -32,10 +32,8 @@ public sealed record LoraOptions
 
     /// <summary>The order of <see cref="LoraLayout.Pairs"/> within a layer and the GGUF name of each target.</summary>
     public static readonly (LoraTarget Target, string Name)[] TargetNames =
-    [
-        (LoraTarget.AttnQ, "attn_q"), (LoraTarget.AttnK, "attn_k"), (LoraTarget.AttnV, "attn_v"), (LoraTarget.AttnOutput, "attn_output"),
-        (LoraTarget.FfnGate, "ffn_gate"), (LoraTarget.FfnUp, "ffn_up"), (LoraTarget.FfnDown, "ffn_down"),
-    ];
+        [.. new[] { LoraTarget.AttnQ, LoraTarget.AttnK, LoraTarget.AttnV, LoraTarget.AttnOutput, LoraTarget.FfnGate, LoraTarget.FfnUp, LoraTarget.FfnDown }
+            .Select((t, i) => (t, Cria.Models.LlamaLayer.ProjectionNames[i]))];
 
     /// <summary>Parses "q,k,v,o,gate,up,down" (also "all", "attn", and the GGUF names attn_q, ffn_down, …).</summary>
     public static LoraTarget ParseTargets(string text)

@@ -86,7 +86,8 @@ public sealed partial class Trainer : IDisposable
         Options = options;
         options.Validate();
         int T = seqLen ?? shape.ContextLength;
-        if (trainTokens.Length < T + 1) throw new CriaException($"the corpus has {trainTokens.Length} tokens, fewer than one sequence of {T + 1}");
+        // An empty corpus makes a trainer for preference steps only (PreferenceStep brings its own pairs).
+        if (trainTokens.Length > 0 && trainTokens.Length < T + 1) throw new CriaException($"the corpus has {trainTokens.Length} tokens, fewer than one sequence of {T + 1}");
         Model = new LlamaTrainingModel(shape, options.BatchSize, T, options.Threads, lora);
         _data = trainTokens;
         _bos = bos;
@@ -142,6 +143,7 @@ public sealed partial class Trainer : IDisposable
     /// <summary>Draws the next micro-batch into the model's tokens, targets and loss weights (all from the trainer's RNG).</summary>
     public void FillBatch()
     {
+        if (_data.Length == 0) throw new CriaException("this trainer was made without a corpus: it takes preference steps only");
         var m = Model;
         int T = m.SeqLen, B = m.BatchSize;
         var tokens = m.Tokens; var targets = m.Targets; var weights = m.LossWeights;

@@ -117,7 +117,7 @@ public sealed class PreferenceTests(ITestOutputHelper output)
         (double[] Before, double[] After, double[] HeldBefore, double[] HeldAfter, float[] Losses) Run()
         {
             var opts = new TrainingOptions { BatchSize = 8, Steps = 12, WarmupSteps = 3, LearningRate = kind == PreferenceLoss.Dpo ? 3e-3f : 1e-3f, WeightDecay = 0, Threads = 2, Seed = 3 };
-            using var tr = new Trainer(im.Shape, opts, new int[64], 1, seqLen: 24, lora: new LoraOptions { Rank = 8, Alpha = 16 });
+            using var tr = new Trainer(im.Shape, opts, [], 1, seqLen: 24, lora: new LoraOptions { Rank = 8, Alpha = 16 });
             tr.SetParameters(im.Parameters);
             var reference = tr.SequenceLogProbs(pairs);
             var heldRef = tr.SequenceLogProbs(heldOut);
