@@ -148,7 +148,7 @@ internal sealed unsafe class MatMulJob : ParallelJob
         var w = _w[p];
         int first = p == 0 ? 0 : _end[p - 1];
         if (_batch == 1) RowKernels.RunRows(w.Type, w.Data, w.RowBytes, start - first, end - first, _act[p], _actRowBytes[p], w.Cols, _out[p], !w.NonFiniteF16);
-        else RowKernels.RunBlock(w.Type, w.Data, w.RowBytes, start - first, end - first, _act[p], _actRowBytes[p], _batch, w.Cols, _out[p], w.Rows);
+        else RowKernels.RunBlock(w.Type, w.Data, w.RowBytes, start - first, end - first, _act[p], _actRowBytes[p], _batch, w.Cols, _out[p], w.Rows, !w.NonFiniteF16);
     }
 
     /// <summary>Decode chunk: rows of about 256 KiB of weights (about 10 µs of streaming per core), the step in which

@@ -578,7 +578,7 @@ public static unsafe class RowKernels
     /// of every weight row streaming all B activation rows through the cache. Results are those of <see cref="Run"/>.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void RunBlock(GgmlType type, byte* w, int rowBytes, int r0, int r1, byte* x, int xStride, int B, int n, float* y, int yStride)
+    public static void RunBlock(GgmlType type, byte* w, int rowBytes, int r0, int r1, byte* x, int xStride, int B, int n, float* y, int yStride, bool finiteF16 = false)
     {
         if (type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 && Vector512.IsHardwareAccelerated && n % 64 == 0)
         {
@@ -597,7 +597,9 @@ public static unsafe class RowKernels
         }
         if (!HasBatched(type))
         {
-            if (type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 && B > 1 && Vector256.IsHardwareAccelerated && !Vector512.IsHardwareAccelerated)
+            if (type is GgmlType.F16 or GgmlType.BF16 && B > 1 && B <= Tile && Avx2.IsSupported && !Vector512.IsHardwareAccelerated)
+                HalfBlock256(type, w, rowBytes, r0, r1, x, xStride, B, n, y, yStride, finiteF16);
+            else if (type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 && B > 1 && Vector256.IsHardwareAccelerated && !Vector512.IsHardwareAccelerated)
                 FloatBlock256(type, w, rowBytes, r0, r1, x, xStride, B, n, y, yStride);
             else if (type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16)
                 for (int r = r0; r < r1; r++) Run(type, w + (long)r * rowBytes, rowBytes, x, xStride, B, n, y + r, yStride);
@@ -1268,54 +1270,145 @@ public static unsafe class RowKernels
     const int FloatTile256 = 12;
 
     /// <summary>
-    /// Up to three F32 weight rows (w, w + ws, w + 2·ws; <paramref name="rows"/> of them) × up to three activation rows
-    /// (x, x + xs, x + 2·xs; <paramref name="acts"/>): nine accumulators, one per pair, each taking the pair's 8-lane
-    /// FMAs in order over i = 0, 8, 16, … (the AVX2 float order of <see cref="Dot256{TRow}"/>), then its horizontal sum
-    /// and scalar tail. Per step three weight and three activation vectors feed nine FMAs. A missing row or activation
-    /// repeats the last one (its pair is computed and not stored), so every stored result has the bits of the pair
-    /// alone. y[b·yStride + r] for r &lt; rows, b &lt; acts.
+    /// <see cref="RunBlock"/> for F16/BF16 weights and decode-sized batches (2 ≤ B ≤ <see cref="Tile"/>: speculative
+    /// verification, several sequences decoding together) without AVX-512: the weights are read in place, two rows at a
+    /// time, 8 values widened in registers once per group of four activation rows (<see cref="DotRows2Acts4{TRow}"/>), where
+    /// <see cref="FloatBlock256"/> first widens the whole range into a buffer — for a decode chunk of 1 MiB of F16, 2 MiB
+    /// of F32 written and read back, out of L2, so that four rows cost 2.7 single-row steps. A finite F16 matrix reads its
+    /// halves scaled down against x · 2^112 as decode does (<see cref="F16ScaledRow"/>). Bits: those of every other path.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void HalfBlock256(GgmlType type, byte* w, int rowBytes, int r0, int r1, byte* x, int xStride, int B, int n, float* y, int yStride, bool finiteF16)
+    {
+        int xs = xStride / 4;
+        for (int r = r0; r < r1; r += 2)
+        {
+            byte* wr = w + (long)r * rowBytes;
+            int rows = Math.Min(2, r1 - r);
+            for (int b = 0; b < B; b += 4)
+            {
+                float* xb = (float*)(x + (long)b * xStride), yb = y + (long)b * yStride + r;
+                int acts = Math.Min(4, B - b);
+                if (type == GgmlType.BF16) DotRows2Acts4<Bf16Row>(wr, rowBytes, rows, xb, xs, acts, n, yb, yStride);
+                else if (finiteF16) DotRows2Acts4<F16ScaledRow>(wr, rowBytes, rows, xb, xs, acts, n, yb, yStride);
+                else DotRows2Acts4<F16Row>(wr, rowBytes, rows, xb, xs, acts, n, yb, yStride);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Two weight rows (w, w + ws bytes; <paramref name="rows"/> of them; values as <typeparamref name="TRow"/> reads
+    /// them) × up to four activation rows (x + a·xs; <paramref name="acts"/> of them): per 8 values, two widened weight
+    /// vectors and four activation vectors feed eight FMAs, one accumulator per pair in the AVX2 float order of
+    /// <see cref="Dot256{TRow}"/>, so every result has the bits of the pair alone. A missing row or activation repeats
+    /// the last (computed, not stored). y[a·yStride + r] for r &lt; rows, a &lt; acts. Three × three, as prefill's
+    /// tiles, ran at a third of the speed on F16: the JIT spilled six of the nine accumulators every step once the
+    /// widening's constants took their registers. TinyLlama F16, one forward step of B rows after 100 cached, 2
+    /// threads (medians of 30): B = 2, 4, 8, 16 took 228, 290, 384, 528 ms widening first, 154, 175, 244, 473 ms here
+    /// (one row: 109 ms).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void DotRows2Acts4<TRow>(byte* w, long ws, int rows, float* x, long xs, int acts, int n, float* y, long yStride) where TRow : IRow256
+    {
+        byte* w0 = w, w1 = rows > 1 ? w + ws : w;
+        float* x0 = x, x1 = acts > 1 ? x0 + xs : x0, x2 = acts > 2 ? x1 + xs : x1, x3 = acts > 3 ? x2 + xs : x2;
+        int sh = TRow.ScaledDown ? n : 0;
+        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        Vector256<float> d0 = default, d1 = default, d2 = default, d3 = default;
+        int i = 0;
+        for (; i + 8 <= n; i += 8)
+        {
+            if (TRow.Streams && (i & 31) == 0)
+            {
+                Sse.Prefetch0(w0 + (long)i * TRow.Bytes + PrefetchDistance);
+                Sse.Prefetch0(w1 + (long)i * TRow.Bytes + PrefetchDistance);
+            }
+            var a = Vector256.Load(x0 + sh + i);
+            var v = TRow.Load8(w0, i); var u = TRow.Load8(w1, i);
+            c0 = Vector256.FusedMultiplyAdd(v, a, c0); d0 = Vector256.FusedMultiplyAdd(u, a, d0);
+            a = Vector256.Load(x1 + sh + i);
+            c1 = Vector256.FusedMultiplyAdd(v, a, c1); d1 = Vector256.FusedMultiplyAdd(u, a, d1);
+            a = Vector256.Load(x2 + sh + i);
+            c2 = Vector256.FusedMultiplyAdd(v, a, c2); d2 = Vector256.FusedMultiplyAdd(u, a, d2);
+            a = Vector256.Load(x3 + sh + i);
+            c3 = Vector256.FusedMultiplyAdd(v, a, c3); d3 = Vector256.FusedMultiplyAdd(u, a, d3);
+        }
+        y[0] = Tail<TRow>(w0, x0, i, n, Vector256.Sum(c0));
+        if (acts > 1) y[yStride] = Tail<TRow>(w0, x1, i, n, Vector256.Sum(c1));
+        if (acts > 2) y[2 * yStride] = Tail<TRow>(w0, x2, i, n, Vector256.Sum(c2));
+        if (acts > 3) y[3 * yStride] = Tail<TRow>(w0, x3, i, n, Vector256.Sum(c3));
+        if (rows < 2) return;
+        y[1] = Tail<TRow>(w1, x0, i, n, Vector256.Sum(d0));
+        if (acts > 1) y[yStride + 1] = Tail<TRow>(w1, x1, i, n, Vector256.Sum(d1));
+        if (acts > 2) y[2 * yStride + 1] = Tail<TRow>(w1, x2, i, n, Vector256.Sum(d2));
+        if (acts > 3) y[3 * yStride + 1] = Tail<TRow>(w1, x3, i, n, Vector256.Sum(d3));
+    }
+
+    /// <summary>
+    /// Up to three F32 weight rows (w, w + ws, w + 2·ws floats; <paramref name="rows"/> of them) × up to three activation
+    /// rows (<see cref="DotTile3x3{TRow}"/>).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void DotF32Tile3x3(float* w, long ws, int rows, float* x, long xs, int acts, int n, float* y, long yStride)
+        => DotTile3x3<F32Row>(w, ws * 4, rows, x, xs, acts, n, y, yStride);
+
+    /// <summary>
+    /// Up to three weight rows (w, w + wsBytes, w + 2·wsBytes; <paramref name="rows"/> of them, values as
+    /// <typeparamref name="TRow"/> reads them) × up to three activation rows (x, x + xs, x + 2·xs;
+    /// <paramref name="acts"/>): nine accumulators, one per pair, each taking the pair's 8-lane FMAs in order over
+    /// i = 0, 8, 16, … (the AVX2 float order of <see cref="Dot256{TRow}"/>), then its horizontal sum and scalar tail.
+    /// Per step three weight and three activation vectors feed nine FMAs. A missing row or activation repeats the last
+    /// one (its pair is computed and not stored), so every stored result has the bits of the pair alone.
+    /// y[b·yStride + r] for r &lt; rows, b &lt; acts.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void DotTile3x3<TRow>(void* w, long wsBytes, int rows, float* x, long xs, int acts, int n, float* y, long yStride) where TRow : IRow256
     {
-        float* w0 = w, w1 = rows > 1 ? w0 + ws : w0, w2 = rows > 2 ? w1 + ws : w1;
+        byte* w0 = (byte*)w, w1 = rows > 1 ? w0 + wsBytes : w0, w2 = rows > 2 ? w1 + wsBytes : w1;
         float* x0 = x, x1 = acts > 1 ? x0 + xs : x0, x2 = acts > 2 ? x1 + xs : x1;
+        int sh = TRow.ScaledDown ? n : 0; // scaled-down rows meet x · 2^112, stored after x
         Vector256<float> c00 = default, c01 = default, c02 = default; // [weight row, activation row]
         Vector256<float> c10 = default, c11 = default, c12 = default;
         Vector256<float> c20 = default, c21 = default, c22 = default;
         int i = 0;
         for (; i + 8 <= n; i += 8)
         {
-            var a0 = Vector256.Load(x0 + i); var a1 = Vector256.Load(x1 + i); var a2 = Vector256.Load(x2 + i);
-            var v = Vector256.Load(w0 + i);
+            if (TRow.Streams && (i & 31) == 0)
+            {
+                Sse.Prefetch0(w0 + (long)i * TRow.Bytes + PrefetchDistance);
+                Sse.Prefetch0(w1 + (long)i * TRow.Bytes + PrefetchDistance);
+                Sse.Prefetch0(w2 + (long)i * TRow.Bytes + PrefetchDistance);
+            }
+            var a0 = Vector256.Load(x0 + sh + i); var a1 = Vector256.Load(x1 + sh + i); var a2 = Vector256.Load(x2 + sh + i);
+            var v = TRow.Load8(w0, i);
             c00 = Vector256.FusedMultiplyAdd(v, a0, c00); c01 = Vector256.FusedMultiplyAdd(v, a1, c01); c02 = Vector256.FusedMultiplyAdd(v, a2, c02);
-            v = Vector256.Load(w1 + i);
+            v = TRow.Load8(w1, i);
             c10 = Vector256.FusedMultiplyAdd(v, a0, c10); c11 = Vector256.FusedMultiplyAdd(v, a1, c11); c12 = Vector256.FusedMultiplyAdd(v, a2, c12);
-            v = Vector256.Load(w2 + i);
+            v = TRow.Load8(w2, i);
             c20 = Vector256.FusedMultiplyAdd(v, a0, c20); c21 = Vector256.FusedMultiplyAdd(v, a1, c21); c22 = Vector256.FusedMultiplyAdd(v, a2, c22);
         }
-        y[0] = F32Tail(w0, x0, i, n, Vector256.Sum(c00));
-        if (acts > 1) y[yStride] = F32Tail(w0, x1, i, n, Vector256.Sum(c01));
-        if (acts > 2) y[2 * yStride] = F32Tail(w0, x2, i, n, Vector256.Sum(c02));
+        y[0] = Tail<TRow>(w0, x0, i, n, Vector256.Sum(c00));
+        if (acts > 1) y[yStride] = Tail<TRow>(w0, x1, i, n, Vector256.Sum(c01));
+        if (acts > 2) y[2 * yStride] = Tail<TRow>(w0, x2, i, n, Vector256.Sum(c02));
         if (rows > 1)
         {
-            y[1] = F32Tail(w1, x0, i, n, Vector256.Sum(c10));
-            if (acts > 1) y[yStride + 1] = F32Tail(w1, x1, i, n, Vector256.Sum(c11));
-            if (acts > 2) y[2 * yStride + 1] = F32Tail(w1, x2, i, n, Vector256.Sum(c12));
+            y[1] = Tail<TRow>(w1, x0, i, n, Vector256.Sum(c10));
+            if (acts > 1) y[yStride + 1] = Tail<TRow>(w1, x1, i, n, Vector256.Sum(c11));
+            if (acts > 2) y[2 * yStride + 1] = Tail<TRow>(w1, x2, i, n, Vector256.Sum(c12));
         }
         if (rows > 2)
         {
-            y[2] = F32Tail(w2, x0, i, n, Vector256.Sum(c20));
-            if (acts > 1) y[yStride + 2] = F32Tail(w2, x1, i, n, Vector256.Sum(c21));
-            if (acts > 2) y[2 * yStride + 2] = F32Tail(w2, x2, i, n, Vector256.Sum(c22));
+            y[2] = Tail<TRow>(w2, x0, i, n, Vector256.Sum(c20));
+            if (acts > 1) y[yStride + 2] = Tail<TRow>(w2, x1, i, n, Vector256.Sum(c21));
+            if (acts > 2) y[2 * yStride + 2] = Tail<TRow>(w2, x2, i, n, Vector256.Sum(c22));
         }
     }
 
-    /// <summary>The scalar tail [i, n) of an F32 pair, continuing sum.</summary>
+    /// <summary>The scalar tail [i, n) of a pair, continuing sum (<see cref="Dot256{TRow}"/>'s).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static float F32Tail(float* w, float* x, int i, int n, float sum)
+    static float Tail<TRow>(void* w, float* x, int i, int n, float sum) where TRow : IRow256
     {
-        for (; i < n; i++) sum = MathF.FusedMultiplyAdd(w[i], x[i], sum);
+        for (; i < n; i++) sum = MathF.FusedMultiplyAdd(TRow.At(w, i), x[i], sum);
         return sum;
     }
 
@@ -1495,6 +1588,16 @@ public static unsafe class RowKernels
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Load8(void* w, int i) => (Avx2.ConvertToVector256Int32((ushort*)w + i).AsUInt32() << 16).AsSingle();
         [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float At(void* w, int i) => Bf16.ToSingle(((ushort*)w)[i]);
+        public static bool Streams => true;
+        public static int Bytes => 2;
+        public static bool ScaledDown => false;
+    }
+
+    /// <summary>An F16 row widened exactly, infinities and NaNs included (<see cref="LoadHalves8"/>).</summary>
+    readonly struct F16Row : IRow256
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Load8(void* w, int i) => LoadHalves8((ushort*)w + i);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float At(void* w, int i) => Fp16.ToSingle(((ushort*)w)[i]);
         public static bool Streams => true;
         public static int Bytes => 2;
         public static bool ScaledDown => false;
