@@ -24,9 +24,14 @@ static class GenerateCommand
         var freq = new Option<float>("--frequency-penalty") { Description = "frequency penalty" };
         var pres = new Option<float>("--presence-penalty") { Description = "presence penalty" };
         var special = new Option<bool>("--special") { Description = "parse special-token text in the prompt" };
+        var draftModel = new Option<string?>("--model-draft", "-md") { Description = "speculative decoding with this draft model (same tokenizer)" };
+        var lookup = new Option<bool>("--lookup") { Description = "speculative decoding with prompt-lookup drafts (n-grams of the prompt and output; no draft model)" };
+        var draftMax = new Option<int>("--draft-max") { Description = "most tokens drafted per step (default 16 with a draft model, 10 with --lookup)" };
+        var draftPMin = new Option<float>("--draft-p-min") { Description = "the draft model stops drafting below this confidence", DefaultValueFactory = _ => 0.75f };
+        var ngram = new Option<int>("--lookup-ngram") { Description = "longest n-gram prompt lookup matches", DefaultValueFactory = _ => 3 };
         var cmd = new Command("generate", "generate text from a prompt (streams as it goes)")
         {
-            model, prompt, n, temp, seed, threads, ctx, topK, topP, minP, repeat, lastN, freq, pres, special,
+            model, prompt, n, temp, seed, threads, ctx, topK, topP, minP, repeat, lastN, freq, pres, special, draftModel, lookup, draftMax, draftPMin, ngram,
         };
         var kv = new KvCliOptions();
         var lora = new LoraCliOptions();
@@ -51,6 +56,19 @@ static class GenerateCommand
                 FrequencyPenalty = r.GetValue(freq), PresencePenalty = r.GetValue(pres),
             };
             var gen = new Generator(context, m.Tokenizer);
+            var draftPath = r.GetValue(draftModel);
+            if (draftPath != null && r.GetValue(lookup)) throw new CriaException("give either --model-draft or --lookup, not both");
+            int dMax = r.GetValue(draftMax);
+            if (dMax < 0) throw new CriaException($"--draft-max must be ≥ 1, got {dMax}");
+            using var dm = draftPath == null ? null : LlamaModel.Open(draftPath);
+            using var draftContext = dm == null ? null : new InferenceContext(dm, new ContextOptions { ContextSize = context.Cache.Capacity, Threads = r.GetValue(threads) });
+            if (dm != null)
+            {
+                ModelDrafter.CheckCompatible(m, dm);
+                gen.Drafter = new ModelDrafter(draftContext!, new SpeculativeOptions { DraftMax = dMax == 0 ? 16 : dMax, DraftPMin = r.GetValue(draftPMin) });
+            }
+            else if (r.GetValue(lookup))
+                gen.Drafter = new PromptLookupDrafter(SpeculativeOptions.Lookup with { DraftMax = dMax == 0 ? 10 : dMax, NgramMax = r.GetValue(ngram) });
             var text = r.GetValue(prompt) ?? "";
             Console.Out.Write(text);
             Console.Out.Flush();
@@ -65,6 +83,8 @@ static class GenerateCommand
             Console.Error.WriteLine($"model: {Path.GetFileName(path)} ({m.Config.LayerCount} layers, dim {m.Config.Dim}), {context.Threads} threads, ctx {context.Cache.Capacity}, {KvCliOptions.Describe(context)}");
             Console.Error.WriteLine($"prompt: {s.PromptTokens} tokens in {s.PromptTime.TotalMilliseconds:F1} ms, {s.PromptTokensPerSecond:F2} tokens/s");
             Console.Error.WriteLine($"generation: {s.GeneratedTokens} tokens in {s.GenerationTime.TotalMilliseconds:F1} ms, {s.GenerationTokensPerSecond:F2} tokens/s (stop: {s.StopReason})");
+            if (gen.Drafter != null)
+                Console.Error.WriteLine($"speculative ({(dm != null ? "draft " + Path.GetFileName(draftPath) : "prompt lookup")}): drafted {s.DraftedTokens}, accepted {s.AcceptedTokens} ({100 * s.AcceptanceRate:F1} %), {s.TargetSteps} target steps after the prompt");
             return 0;
         });
         return cmd;

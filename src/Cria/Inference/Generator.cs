@@ -19,19 +19,30 @@ public sealed record GenerationOptions
 /// <summary>Timings of the last generation, as llama.cpp reports them.</summary>
 public sealed record GenerationStats(int PromptTokens, TimeSpan PromptTime, int GeneratedTokens, TimeSpan GenerationTime, string StopReason)
 {
+    /// <summary>Speculative decoding: tokens drafted, drafts the target kept; and the target's forward steps after the prompt (plain decoding: one per token after the first).</summary>
+    public int DraftedTokens { get; init; }
+    public int AcceptedTokens { get; init; }
+    public int TargetSteps { get; init; }
+    public double AcceptanceRate => AcceptedTokens / Math.Max(1.0, DraftedTokens);
+
     public double PromptTokensPerSecond => PromptTokens / Math.Max(PromptTime.TotalSeconds, 1e-9);
     public double GenerationTokensPerSecond => GeneratedTokens / Math.Max(GenerationTime.TotalSeconds, 1e-9);
 }
 
 /// <summary>
-/// Text in, text out for one sequence: tokenizes the prompt, prefills it as one batch, then samples and decodes one
-/// token per step, yielding text as soon as it forms whole UTF-8 characters.
+/// Text in, text out for one sequence: tokenizes the prompt, prefills it as one batch, then samples and decodes
+/// token by token, yielding text as soon as it forms whole UTF-8 characters. With a <see cref="Drafter"/> each step
+/// is speculative: the drafter proposes tokens, the target scores the last token and all drafts in one batch, and
+/// <see cref="Speculative.AcceptOrResample"/> keeps a prefix of them plus one token of its own — the output has the
+/// distribution of plain sampling (the same tokens when greedy) in fewer target steps.
 /// </summary>
 public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
 {
     public InferenceContext Context { get; } = context;
     public Tokenizer Tokenizer { get; } = tokenizer;
     public GenerationStats? LastStats { get; private set; }
+    /// <summary>Speculative decoding's drafter (prompt lookup or a draft model); null decodes one token per step.</summary>
+    public IDrafter? Drafter { get; set; }
 
     /// <summary>Streams the continuation of <paramref name="prompt"/>. The sequence's cache is cleared first.</summary>
     public IEnumerable<string> Generate(string prompt, GenerationOptions options, int sequenceId = 0, CancellationToken cancel = default)
@@ -42,44 +53,117 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
 
     public IEnumerable<string> Generate(int[] promptTokens, GenerationOptions options, int sequenceId = 0, CancellationToken cancel = default)
     {
-        if (promptTokens.Length == 0) throw new CriaException("the prompt is empty (no tokens); give some text or enable BOS");
-        if (options.MaxTokens < 0) throw new CriaException($"max tokens must be ≥ 0, got {options.MaxTokens}");
-        var ctx = Context;
-        ctx.Cache.Remove(sequenceId);
-        if (promptTokens.Length >= ctx.Cache.Capacity)
-            throw new CriaException($"the prompt has {promptTokens.Length} tokens but the context holds {ctx.Cache.Capacity}; raise the context size (-c)");
-        var sampler = new Sampler(ctx.Config.VocabSize, options.Sampler);
-        foreach (var t in promptTokens) sampler.Accept(t);
+        var tokens = GenerateTokens(promptTokens, options, sequenceId, cancel);
+        return Text(promptTokens, tokens);
+    }
+
+    IEnumerable<string> Text(int[] promptTokens, IEnumerable<int> tokens)
+    {
         var decoder = new StreamingDecoder(Tokenizer);
         // The prompt is already on screen: the first generated token's space separates it from the prompt (llama-cli).
         if (promptTokens.Any(t => !Tokenizer.IsControl(t))) decoder.ContinueText();
-        var batch = new Batch(Math.Max(promptTokens.Length, 1));
+        foreach (var t in tokens)
+        {
+            var text = decoder.Add(t);
+            if (text.Length > 0) yield return text;
+        }
+        var tail = decoder.Flush();
+        if (tail.Length > 0) yield return tail;
+    }
+
+    /// <summary>Streams the generated token ids (an end-of-generation token that stops it is not yielded).</summary>
+    public IEnumerable<int> GenerateTokens(int[] promptTokens, GenerationOptions options, int sequenceId = 0, CancellationToken cancel = default)
+    {
+        if (promptTokens.Length == 0) throw new CriaException("the prompt is empty (no tokens); give some text or enable BOS");
+        if (options.MaxTokens < 0) throw new CriaException($"max tokens must be ≥ 0, got {options.MaxTokens}");
+        var ctx = Context;
+        if (Drafter != null && ctx.Evicts) throw new CriaException("speculative decoding does not work with KV eviction");
+        ctx.Cache.Remove(sequenceId);
+        if (promptTokens.Length >= ctx.Cache.Capacity)
+            throw new CriaException($"the prompt has {promptTokens.Length} tokens but the context holds {ctx.Cache.Capacity}; raise the context size (-c)");
+        return Run(promptTokens, options, sequenceId, cancel);
+    }
+
+    IEnumerable<int> Run(int[] promptTokens, GenerationOptions options, int sequenceId, CancellationToken cancel)
+    {
+        var ctx = Context;
+        var drafter = Drafter;
+        var sampler = new Sampler(ctx.Config.VocabSize, options.Sampler);
+        foreach (var t in promptTokens) sampler.Accept(t);
+        drafter?.Begin(options.Sampler);
+        int maxDraft = drafter?.Options.DraftMax ?? 0;
+        var batch = new Batch(Math.Max(promptTokens.Length, maxDraft + 1));
+        var history = new int[promptTokens.Length + options.MaxTokens + 1]; // prompt + generated tokens
+        promptTokens.CopyTo(history, 0);
+        int hn = promptTokens.Length;
+        var step = new int[maxDraft + 1];        // tokens one step produced
+        var drafts = new int[maxDraft];
+        var p = drafter == null ? [] : new float[ctx.Config.VocabSize]; // [vocab] target distribution at one position
+        int drafted = 0, accepted = 0, steps = 0;
 
         var sw = Stopwatch.StartNew();
         batch.AddSequence(promptTokens, 0, sequenceId);
         ctx.Decode(batch);
         var promptTime = sw.Elapsed;
-        int lastRow = batch.Count - 1;
         int pos = promptTokens.Length, generated = 0;
         string stop = "length";
         sw.Restart();
-        while (generated < options.MaxTokens)
+        int stepCount = 0;
+        if (options.MaxTokens > 0)
+        {
+            step[0] = sampler.Sample(ctx.Logits(batch.Count - 1));
+            sampler.Accept(step[0]);
+            stepCount = 1;
+        }
+        while (stepCount > 0)
         {
             cancel.ThrowIfCancellationRequested();
-            int next = sampler.Sample(ctx.Logits(lastRow));
-            sampler.Accept(next);
-            generated++;
-            if (options.StopAtEndOfGeneration && Tokenizer.IsEog(next)) { stop = "eog"; break; }
-            var text = decoder.Add(next);
-            if (text.Length > 0) yield return text;
-            if (generated == options.MaxTokens) break;
+            bool done = false;
+            for (int i = 0; i < stepCount && !done; i++)
+            {
+                int t = step[i];
+                history[hn++] = t;
+                generated++;
+                if (options.StopAtEndOfGeneration && Tokenizer.IsEog(t)) { stop = "eog"; done = true; break; }
+                yield return t;
+                if (generated == options.MaxTokens) done = true;
+            }
+            if (done) break;
             if (pos >= ctx.Cache.Capacity) { stop = "context"; break; }
+
+            // One target step: the newest token at pos, then the drafts at pos+1… (drafts that could not be emitted
+            // or would not fit in the context are not asked for).
+            int room = Math.Min(Math.Min(ctx.Cache.Capacity - pos - 1, options.MaxTokens - generated - 1), maxDraft);
+            int k = drafter != null && room > 0 ? drafter.Draft(history.AsSpan(0, hn), drafts.AsSpan(0, room)) : 0;
             batch.Clear();
-            lastRow = batch.Add(next, pos++, sequenceId, true);
+            batch.Add(step[stepCount - 1], pos, sequenceId, true);
+            for (int j = 0; j < k; j++) batch.Add(drafts[j], pos + 1 + j, sequenceId, true);
             ctx.Decode(batch);
+            steps++;
+            drafted += k;
+            int kept = 0;
+            while (kept < k)
+            {
+                sampler.Distribution(ctx.Logits(kept), p);
+                bool ok = Speculative.AcceptOrResample(p, drafter!.DraftDistribution(kept), drafts[kept], sampler, out int t);
+                step[kept] = t;
+                sampler.Accept(t);
+                if (!ok) break;
+                kept++;
+            }
+            accepted += kept;
+            if (kept == k)
+            {
+                step[k] = sampler.Sample(ctx.Logits(k));   // every draft kept: one more token from the last row
+                sampler.Accept(step[k]);
+            }
+            else ctx.Cache.Truncate(sequenceId, pos + 1 + kept); // drop the rejected drafts' K/V
+            stepCount = kept + 1;
+            pos += stepCount;
         }
-        var tail = decoder.Flush();
-        LastStats = new GenerationStats(promptTokens.Length, promptTime, generated, sw.Elapsed, stop);
-        if (tail.Length > 0) yield return tail;
+        LastStats = new GenerationStats(promptTokens.Length, promptTime, generated, sw.Elapsed, stop)
+        {
+            DraftedTokens = drafted, AcceptedTokens = accepted, TargetSteps = steps,
+        };
     }
 }

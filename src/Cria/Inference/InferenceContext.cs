@@ -206,6 +206,9 @@ public sealed class InferenceContext : IDisposable
     /// <summary>Sees the input of every matrix product (imatrix collection, AWQ calibration); null — the normal path — costs one test per product.</summary>
     public IMatMulObserver? Observer { get; set; }
 
+    /// <summary>Whether this context evicts KV blocks (<see cref="ContextOptions.Eviction"/>).</summary>
+    public bool Evicts => _evictor != null;
+
     /// <summary>When set, <see cref="Decode"/> also keeps every row's final hidden state (after the output norm), read
     /// with <see cref="Embedding"/> — what embedding endpoints pool.</summary>
     public bool KeepEmbeddings { get; set; }

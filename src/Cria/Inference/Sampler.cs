@@ -86,11 +86,39 @@ public sealed class Sampler
     /// <summary>Picks the next token from a row of logits.</summary>
     public int Sample(ReadOnlySpan<float> logits)
     {
+        int n = Candidates(logits);
+        if (_o.Temperature <= 0) return _ids[0];
+        double r = NextDouble(), acc = 0;
+        for (int i = 0; i < n; i++) { acc += _p[i]; if (r < acc) return _ids[i]; }
+        return _ids[n - 1];
+    }
+
+    /// <summary>
+    /// The distribution <see cref="Sample"/> draws from, written densely into <paramref name="probs"/> [vocab] (zero
+    /// outside the candidates; one-hot when greedy). Speculative decoding verifies drafts against it.
+    /// </summary>
+    public void Distribution(ReadOnlySpan<float> logits, Span<float> probs)
+    {
+        if (probs.Length != _vocab) throw new ArgumentException($"expected {_vocab} probabilities, got {probs.Length}");
+        int n = Candidates(logits);
+        probs.Clear();
+        for (int i = 0; i < n; i++) probs[_ids[i]] = _p[i];
+    }
+
+    /// <summary>A uniform draw in [0, 1) from this sampler's RNG (the stream <see cref="Sample"/> uses).</summary>
+    public double NextUniform() => NextDouble();
+
+    /// <summary>
+    /// Applies the chain up to the final softmax: the surviving candidates are <c>_ids[0..n)</c> with probabilities
+    /// <c>_p[0..n)</c>, most likely first; returns n (1 when greedy).
+    /// </summary>
+    int Candidates(ReadOnlySpan<float> logits)
+    {
         if (logits.Length != _vocab) throw new ArgumentException($"expected {_vocab} logits, got {logits.Length}");
         var l = _logits.AsSpan();
         logits.CopyTo(l);
         ApplyPenalties(l);
-        if (_o.Temperature <= 0) return ArgMax(l);
+        if (_o.Temperature <= 0) { _ids[0] = ArgMax(l); _p[0] = 1f; return 1; }
 
         // Candidates: all ids, or the top-k by logit.
         int n = _vocab;
@@ -113,9 +141,7 @@ public sealed class Sampler
             n = keep;
         }
         Softmax(_logits, n, _o.Temperature);
-        double r = NextDouble(), acc = 0;
-        for (int i = 0; i < n; i++) { acc += _p[i]; if (r < acc) return _ids[i]; }
-        return _ids[n - 1];
+        return n;
     }
 
     void ApplyPenalties(Span<float> l)

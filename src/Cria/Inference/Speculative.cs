@@ -1,0 +1,254 @@
+namespace Cria.Inference;
+
+/// <summary>
+/// Speculative decoding settings. Defaults: llama.cpp's for a draft model (<c>--draft-max 16</c>,
+/// <c>--draft-p-min 0.75</c>); for prompt lookup, n-grams of 3 down to 1 tokens (the OpenVINO sample's 3; Hugging
+/// Face's PromptLookupCandidateGenerator stops at 2) and at most 10 tokens copied (Hugging Face's num_output_tokens).
+/// </summary>
+public sealed record SpeculativeOptions
+{
+    /// <summary>Most tokens drafted per step.</summary>
+    public int DraftMax { get; init; } = 16;
+    /// <summary>A draft model stops drafting when its most likely next token (softmax of its logits) is less likely than this.</summary>
+    public float DraftPMin { get; init; } = 0.75f;
+    /// <summary>Prompt lookup: the longest n-gram searched for; shorter ones are tried down to <see cref="NgramMin"/>.</summary>
+    public int NgramMax { get; init; } = 3;
+    public int NgramMin { get; init; } = 1;
+
+    public static SpeculativeOptions Lookup => new() { DraftMax = 10 };
+
+    public void Validate()
+    {
+        if (DraftMax < 1) throw new CriaException($"draft max must be ≥ 1, got {DraftMax}");
+        if (!(DraftPMin >= 0 && DraftPMin <= 1)) throw new CriaException($"draft p-min must be in [0, 1], got {DraftPMin}");
+        if (NgramMin < 1 || NgramMax < NgramMin) throw new CriaException($"n-gram sizes must satisfy 1 ≤ min ≤ max, got {NgramMin}..{NgramMax}");
+    }
+}
+
+/// <summary>
+/// Proposes tokens for the target model to verify in one batch. A drafter sees the whole committed history (prompt
+/// and generated tokens, the newest not yet in the target's cache) and returns the distribution each drafted token
+/// was drawn from, so the verifier can keep the target's distribution exact.
+/// </summary>
+public interface IDrafter
+{
+    /// <summary>The drafter's settings (<see cref="SpeculativeOptions.DraftMax"/> sizes the verifier's buffers).</summary>
+    SpeculativeOptions Options { get; }
+
+    /// <summary>Called at the start of each generation with the target's sampler settings.</summary>
+    void Begin(SamplerOptions target);
+
+    /// <summary>Writes up to <c>tokens.Length</c> tokens that might follow <paramref name="history"/>; returns how many.</summary>
+    int Draft(ReadOnlySpan<int> history, Span<int> tokens);
+
+    /// <summary>The dense distribution [vocab] drafted token <paramref name="i"/> was drawn from, or empty when the
+    /// draft was deterministic (q one-hot at the token).</summary>
+    ReadOnlySpan<float> DraftDistribution(int i);
+}
+
+/// <summary>The verification rule of speculative sampling.</summary>
+public static class Speculative
+{
+    /// <summary>
+    /// One position of speculative sampling (Leviathan et al. 2023; Chen et al. 2023): the draft token
+    /// <paramref name="x"/>, drawn from <paramref name="q"/>, is kept with probability min(1, p(x)/q(x)); otherwise a
+    /// replacement is drawn from norm(max(0, p − q)). Either way the token that comes out is distributed exactly as
+    /// <paramref name="p"/>. An empty <paramref name="q"/> is a deterministic draft (one-hot at x): x is kept with
+    /// probability p(x), the replacement comes from p without x. Uniform draws come from <paramref name="rng"/>'s
+    /// stream; a greedy (one-hot) p uses none.
+    /// </summary>
+    public static bool AcceptOrResample(ReadOnlySpan<float> p, ReadOnlySpan<float> q, int x, Sampler rng, out int token)
+    {
+        bool oneHot = q.IsEmpty;
+        float px = p[x], qx = oneHot ? 1f : q[x];
+        token = x;
+        if (px >= qx) return true;                                  // min(1, p/q) = 1
+        if (px > 0 && rng.NextUniform() * qx < px) return true;     // u < p/q
+        // Rejected: draw from the residual max(0, p − q), normalised.
+        double total = 0;
+        for (int j = 0; j < p.Length; j++) total += Residual(p, q, x, j, oneHot);
+        if (!(total > 0)) { token = SampleDense(p, rng.NextUniform(), 1.0); return false; } // p = q up to rounding
+        double u = OneHotTarget(p, px) ? 0 : rng.NextUniform() * total, acc = 0;
+        int last = -1;
+        for (int j = 0; j < p.Length; j++)
+        {
+            float r = Residual(p, q, x, j, oneHot);
+            if (r <= 0) continue;
+            acc += r; last = j;
+            if (u < acc) { token = j; return false; }
+        }
+        token = last;
+        return false;
+    }
+
+    static float Residual(ReadOnlySpan<float> p, ReadOnlySpan<float> q, int x, int j, bool oneHot) =>
+        oneHot ? (j == x ? 0f : p[j]) : MathF.Max(0f, p[j] - q[j]);
+
+    // A greedy target (p one-hot, here p(x) = 0) has a single-point residual: take it without a draw.
+    static bool OneHotTarget(ReadOnlySpan<float> p, float px) => px == 0 && p.IndexOf(1f) >= 0;
+
+    /// <summary>Inverse-CDF draw from a dense distribution summing to <paramref name="total"/>.</summary>
+    public static int SampleDense(ReadOnlySpan<float> p, double u, double total)
+    {
+        double target = u * total, acc = 0;
+        int last = 0;
+        for (int j = 0; j < p.Length; j++)
+        {
+            if (p[j] <= 0) continue;
+            acc += p[j]; last = j;
+            if (target < acc) return j;
+        }
+        return last;
+    }
+
+    /// <summary>The largest softmax probability of a row of logits (temperature 1): a draft's confidence.</summary>
+    public static float MaxProbability(ReadOnlySpan<float> logits)
+    {
+        float max = float.NegativeInfinity;
+        foreach (var l in logits) if (l > max) max = l;
+        double sum = 0;
+        foreach (var l in logits) sum += MathF.Exp(l - max);
+        return (float)(1.0 / sum);
+    }
+}
+
+/// <summary>
+/// Prompt-lookup drafting (Saxena 2023; Hugging Face's PromptLookupCandidateGenerator): find the latest earlier
+/// occurrence of the history's last n tokens (n from <see cref="SpeculativeOptions.NgramMax"/> down to
+/// <see cref="SpeculativeOptions.NgramMin"/>) and propose the tokens that followed it. No model runs; the draft is
+/// deterministic. Hugging Face takes the first occurrence; the latest is kept here because generated text that
+/// repeats itself repeats its most recent form.
+/// </summary>
+public sealed class PromptLookupDrafter(SpeculativeOptions? options = null) : IDrafter
+{
+    readonly SpeculativeOptions _o = Validated(options ?? SpeculativeOptions.Lookup);
+
+    static SpeculativeOptions Validated(SpeculativeOptions o) { o.Validate(); return o; }
+
+    public SpeculativeOptions Options => _o;
+
+    public void Begin(SamplerOptions target) { }
+
+    public int Draft(ReadOnlySpan<int> history, Span<int> tokens)
+    {
+        int len = history.Length, max = Math.Min(tokens.Length, _o.DraftMax);
+        if (max == 0) return 0;
+        for (int n = Math.Min(_o.NgramMax, len - 1); n >= _o.NgramMin; n--)
+        {
+            var tail = history[(len - n)..];
+            for (int j = len - n - 1; j >= 0; j--)
+            {
+                if (!history.Slice(j, n).SequenceEqual(tail)) continue;
+                int from = j + n, k = Math.Min(max, len - from);
+                history.Slice(from, k).CopyTo(tokens);
+                return k;
+            }
+        }
+        return 0;
+    }
+
+    public ReadOnlySpan<float> DraftDistribution(int i) => default;
+}
+
+/// <summary>
+/// Drafting with a smaller model of the same vocabulary, in its own <see cref="InferenceContext"/>. Its cache keeps
+/// the history it has seen; each call cuts it back to the part the history still agrees with (rejected drafts go) and
+/// feeds the rest as one batch. Drafts are drawn from the draft model's distribution under the target's sampler
+/// settings without penalties (greedy when the target is greedy), and drafting stops early when the draft model is
+/// unsure (<see cref="SpeculativeOptions.DraftPMin"/>), as llama.cpp's common_speculative_gen_draft does.
+/// </summary>
+public sealed class ModelDrafter : IDrafter
+{
+    readonly InferenceContext _ctx;
+    readonly SpeculativeOptions _o;
+    readonly int _seq, _vocab;
+    readonly int[] _fed;        // [capacity] the tokens in the draft cache, in order
+    int _fedCount;
+    readonly float[] _q;        // [DraftMax, vocab] the distribution each draft token was drawn from
+    readonly Batch _batch;
+    Sampler? _sampler;
+    bool _greedy;
+
+    public ModelDrafter(InferenceContext draft, SpeculativeOptions? options = null, int sequenceId = 0)
+    {
+        _o = options ?? new SpeculativeOptions();
+        _o.Validate();
+        _ctx = draft;
+        _seq = sequenceId;
+        _vocab = draft.Config.VocabSize;
+        _fed = new int[draft.Cache.Capacity];
+        _q = new float[(long)_o.DraftMax * _vocab];
+        _batch = new Batch(Math.Min(draft.Cache.Capacity, 512));
+    }
+
+    public InferenceContext Context => _ctx;
+    public SpeculativeOptions Options => _o;
+
+    /// <summary>Checks that a draft model can propose tokens for a target: the same vocabulary, token for token.</summary>
+    public static void CheckCompatible(Models.LlamaModel target, Models.LlamaModel draft)
+    {
+        if (target.Config.VocabSize != draft.Config.VocabSize)
+            throw new CriaException($"the draft model's vocabulary has {draft.Config.VocabSize} tokens, the target's {target.Config.VocabSize}; speculative decoding needs the same tokenizer");
+        var a = target.Tokenizer; var b = draft.Tokenizer;
+        if (a.VocabSize != b.VocabSize)
+            throw new CriaException($"the draft model's tokenizer has {b.VocabSize} tokens, the target's {a.VocabSize}; speculative decoding needs the same tokenizer");
+        for (int i = 0; i < a.VocabSize; i++)
+            if (a.TokenText(i) != b.TokenText(i))
+                throw new CriaException($"the draft model's token {i} is \"{b.TokenText(i)}\", the target's \"{a.TokenText(i)}\"; speculative decoding needs the same tokenizer");
+    }
+
+    public void Begin(SamplerOptions target)
+    {
+        _greedy = target.Temperature <= 0;
+        _sampler = new Sampler(_vocab, target with
+        {
+            RepeatPenalty = 1f, FrequencyPenalty = 0f, PresencePenalty = 0f, PenaltyLastN = 0,
+            Seed = target.Seed ^ 0x5EC0DE5EC0DEUL,
+        });
+    }
+
+    public int Draft(ReadOnlySpan<int> history, Span<int> tokens)
+    {
+        var sampler = _sampler ?? throw new InvalidOperationException("Begin was not called");
+        var cache = _ctx.Cache;
+        int cap = cache.Capacity;
+        if (history.Length > cap) return 0; // the draft's context is full: no drafting
+        int max = Math.Min(Math.Min(tokens.Length, _o.DraftMax), cap - history.Length);
+
+        // Keep the part of the cache the history agrees with, and at least one token to feed for logits.
+        int common = 0;
+        while (common < _fedCount && common < history.Length && _fed[common] == history[common]) common++;
+        if (common == history.Length) common--;
+        cache.Truncate(_seq, common);
+        _fedCount = common;
+        _batch.Clear();
+        _batch.AddSequence(history[common..], common, _seq);
+        _ctx.Decode(_batch);
+        history[common..].CopyTo(_fed.AsSpan(common));
+        _fedCount = history.Length;
+
+        int n = 0, row = _batch.Count - 1;
+        while (n < max)
+        {
+            var logits = _ctx.Logits(row);
+            if (_o.DraftPMin > 0 && Speculative.MaxProbability(logits) < _o.DraftPMin) break;
+            int x;
+            if (_greedy) x = Sampler.ArgMax(logits);
+            else
+            {
+                var q = _q.AsSpan(n * _vocab, _vocab);
+                sampler.Distribution(logits, q);
+                x = Speculative.SampleDense(q, sampler.NextUniform(), 1.0);
+            }
+            tokens[n++] = x;
+            if (n == max) break;
+            _batch.Clear();
+            row = _batch.Add(x, _fedCount, _seq, true);
+            _ctx.Decode(_batch);
+            _fed[_fedCount++] = x;
+        }
+        return n;
+    }
+
+    public ReadOnlySpan<float> DraftDistribution(int i) => _greedy ? default : _q.AsSpan(i * _vocab, _vocab);
+}
