@@ -100,6 +100,7 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
         var drafts = new int[maxDraft];
         var p = drafter == null ? [] : new float[ctx.Config.VocabSize]; // [vocab] target distribution at one position
         int drafted = 0, accepted = 0, steps = 0;
+        var budget = new DraftBudget(maxDraft, drafter?.Options.Adaptive ?? false);
 
         var sw = Stopwatch.StartNew();
         batch.AddSequence(promptTokens, 0, sequenceId);
@@ -133,8 +134,8 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
 
             // One target step: the newest token at pos, then the drafts at pos+1… (drafts that could not be emitted
             // or would not fit in the context are not asked for).
-            int room = Math.Min(Math.Min(ctx.Cache.Capacity - pos - 1, options.MaxTokens - generated - 1), maxDraft);
-            int k = drafter != null && room > 0 ? drafter.Draft(history.AsSpan(0, hn), drafts.AsSpan(0, room)) : 0;
+            int room = Math.Min(Math.Min(ctx.Cache.Capacity - pos - 1, options.MaxTokens - generated - 1), budget.Window);
+            int k = drafter != null && room > 0 && budget.Drafts() ? drafter.Draft(history.AsSpan(0, hn), drafts.AsSpan(0, room)) : 0;
             batch.Clear();
             batch.Add(step[stepCount - 1], pos, sequenceId, true);
             for (int j = 0; j < k; j++) batch.Add(drafts[j], pos + 1 + j, sequenceId, true);
@@ -152,6 +153,7 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
                 kept++;
             }
             accepted += kept;
+            budget.Verified(k, kept);
             if (kept == k)
             {
                 step[k] = sampler.Sample(ctx.Logits(k));   // every draft kept: one more token from the last row
@@ -167,3 +169,36 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
         };
     }
 }
+
+/// <summary>
+/// How many tokens to draft next (speculative decoding with <see cref="SpeculativeOptions.Adaptive"/>). The window
+/// follows Hugging Face's heuristic for assisted generation — two more after a step that kept every draft, one fewer
+/// otherwise (at least one) — and a step that kept none pauses drafting for 1, 2, 4 … 16 steps (reset by a kept draft),
+/// so that drafts the target keeps rejecting (sampled text that does not repeat) stop costing batch rows. Without
+/// adaptation every step drafts up to the maximum.
+/// </summary>
+internal struct DraftBudget(int max, bool adaptive)
+{
+    readonly int _max = max;
+    readonly bool _adaptive = adaptive;
+    int _window = max, _pause, _skip;
+
+    public readonly int Window => _window;
+
+    /// <summary>Whether this step drafts (false while paused).</summary>
+    public bool Drafts()
+    {
+        if (_skip == 0) return true;
+        _skip--;
+        return false;
+    }
+
+    public void Verified(int drafted, int kept)
+    {
+        if (!_adaptive || drafted == 0) return;
+        _window = kept == drafted ? Math.Min(_max, _window + 2) : Math.Max(1, _window - 1);
+        if (kept > 0) _pause = 0;
+        else { _pause = Math.Min(16, Math.Max(1, 2 * _pause)); _skip = _pause; }
+    }
+}
+

@@ -14,6 +14,9 @@ public sealed record SpeculativeOptions
     /// <summary>Prompt lookup: the longest n-gram searched for; shorter ones are tried down to <see cref="NgramMin"/>.</summary>
     public int NgramMax { get; init; } = 3;
     public int NgramMin { get; init; } = 1;
+    /// <summary>Adapt the number drafted to how many the target keeps (Generator's DraftBudget): two more after a step
+    /// that kept all, one fewer otherwise, and a pause of 1, 2, 4 … 16 steps after a step that kept none.</summary>
+    public bool Adaptive { get; init; } = true;
 
     public static SpeculativeOptions Lookup => new() { DraftMax = 10 };
 
