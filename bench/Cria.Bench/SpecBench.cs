@@ -12,7 +12,7 @@ namespace Cria.Bench;
 /// one untimed warm-up round. Prints per mode the median generation tokens/s, its ratio to plain decoding's median,
 /// the drafts kept and the target steps; with --temp 0 it checks that every mode produced the same tokens.
 /// --step-costs first prints the time of one forward step of B rows after the prompt (B = 1 … 17, medians of 15):
-/// what a verification of B − 1 drafts costs against one decode step.
+/// what a verification of B − 1 drafts costs against one decode step (with --rounds 0, only that).
 /// </summary>
 static class SpecBench
 {
@@ -53,6 +53,7 @@ static class SpecBench
         if (promptTokens.Length + n > ctxSize) n = ctxSize - promptTokens.Length;
         Console.WriteLine($"target {Path.GetFileName(model)} ({target.Config.LayerCount} layers, dim {target.Config.Dim}), {threads} threads, ctx {ctxSize}, prompt {promptTokens.Length} tokens, {n} generated, temp {temp}");
         if (stepCosts) StepCosts(ctx, promptTokens);
+        if (rounds == 0) return 0; // --rounds 0: the step costs only
 
         using var draftModel = draft == null ? null : LlamaModel.Open(draft);
         using var draftCtx = draftModel == null ? null : new InferenceContext(draftModel, new ContextOptions { ContextSize = ctxSize, Threads = threads });
