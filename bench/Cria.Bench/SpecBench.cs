@@ -7,7 +7,7 @@ namespace Cria.Bench;
 /// <summary>
 /// Speculative decoding side by side with plain decoding, in one process, the same prompt, alternating:
 ///   Cria.Bench spec --model TARGET [--draft DRAFT] [--prompt TEXT] [-n 200] [--threads 2] [--rounds 5] [--ctx N]
-///        [--draft-max 16] [--draft-p-min 0.75] [--lookup-max 10] [--lookup-ngram 3] [--temp 0] [--step-costs]
+///        [--draft-max 15] [--draft-p-min 0.75] [--lookup-max 10] [--lookup-ngram 3] [--temp 0] [--step-costs]
 /// Each round runs every mode once (plain, prompt lookup, draft model if given), the order rotating by round, after
 /// one untimed warm-up round. Prints per mode the median generation tokens/s, its ratio to plain decoding's median,
 /// the drafts kept and the target steps; with --temp 0 it checks that every mode produced the same tokens.
@@ -20,7 +20,7 @@ static class SpecBench
     {
         string? model = null, draft = null;
         string prompt = "And it came to pass, when men began to multiply on the face of the earth, and daughters were born unto them,";
-        int n = 200, threads = 2, rounds = 5, ctxSize = 0, draftMax = 16, lookupMax = 10, ngram = 3;
+        int n = 200, threads = 2, rounds = 5, ctxSize = 0, draftMax = 15, lookupMax = 10, ngram = 3;
         float pMin = 0.75f, temp = 0f;
         bool stepCosts = false;
         for (int i = 0; i < args.Length; i++)

@@ -26,7 +26,7 @@ static class GenerateCommand
         var special = new Option<bool>("--special") { Description = "parse special-token text in the prompt" };
         var draftModel = new Option<string?>("--model-draft", "-md") { Description = "speculative decoding with this draft model (same tokenizer)" };
         var lookup = new Option<bool>("--lookup") { Description = "speculative decoding with prompt-lookup drafts (n-grams of the prompt and output; no draft model)" };
-        var draftMax = new Option<int>("--draft-max") { Description = "most tokens drafted per step (default 16 with a draft model, 10 with --lookup)" };
+        var draftMax = new Option<int>("--draft-max") { Description = "most tokens drafted per step (default 15 with a draft model, 10 with --lookup)" };
         var draftPMin = new Option<float>("--draft-p-min") { Description = "the draft model stops drafting below this confidence", DefaultValueFactory = _ => 0.75f };
         var draftFixed = new Option<bool>("--draft-fixed") { Description = "draft up to --draft-max every step (default: adapt to how many drafts the target keeps)" };
         var ngram = new Option<int>("--lookup-ngram") { Description = "longest n-gram prompt lookup matches", DefaultValueFactory = _ => 3 };
@@ -66,7 +66,7 @@ static class GenerateCommand
             if (dm != null)
             {
                 ModelDrafter.CheckCompatible(m, dm);
-                gen.Drafter = new ModelDrafter(draftContext!, new SpeculativeOptions { DraftMax = dMax == 0 ? 16 : dMax, DraftPMin = r.GetValue(draftPMin), Adaptive = !r.GetValue(draftFixed) });
+                gen.Drafter = new ModelDrafter(draftContext!, new SpeculativeOptions { DraftMax = dMax == 0 ? 15 : dMax, DraftPMin = r.GetValue(draftPMin), Adaptive = !r.GetValue(draftFixed) });
             }
             else if (r.GetValue(lookup))
                 gen.Drafter = new PromptLookupDrafter(SpeculativeOptions.Lookup with { DraftMax = dMax == 0 ? 10 : dMax, NgramMax = r.GetValue(ngram), Adaptive = !r.GetValue(draftFixed) });

@@ -135,7 +135,8 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
             // One target step: the newest token at pos, then the drafts at pos+1… (drafts that could not be emitted
             // or would not fit in the context are not asked for).
             int room = Math.Min(Math.Min(ctx.Cache.Capacity - pos - 1, options.MaxTokens - generated - 1), budget.Window);
-            int k = drafter != null && room > 0 && budget.Drafts() ? drafter.Draft(history.AsSpan(0, hn), drafts.AsSpan(0, room)) : 0;
+            bool asked = drafter != null && room > 0 && budget.Drafts();
+            int k = asked ? drafter!.Draft(history.AsSpan(0, hn), drafts.AsSpan(0, room)) : 0;
             batch.Clear();
             batch.Add(step[stepCount - 1], pos, sequenceId, true);
             for (int j = 0; j < k; j++) batch.Add(drafts[j], pos + 1 + j, sequenceId, true);
@@ -153,7 +154,7 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
                 kept++;
             }
             accepted += kept;
-            budget.Verified(k, kept);
+            if (asked) budget.Verified(k, kept, drafter!.RunsModel);
             if (kept == k)
             {
                 step[k] = sampler.Sample(ctx.Logits(k));   // every draft kept: one more token from the last row
@@ -174,7 +175,8 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
 /// How many tokens to draft next (speculative decoding with <see cref="SpeculativeOptions.Adaptive"/>). The window
 /// follows Hugging Face's heuristic for assisted generation — two more after a step that kept every draft, one fewer
 /// otherwise (at least one) — and a step that kept none pauses drafting for 1, 2, 4 … 16 steps (reset by a kept draft),
-/// so that drafts the target keeps rejecting (sampled text that does not repeat) stop costing batch rows. Without
+/// so that drafts the target keeps rejecting (sampled text that does not repeat) stop costing batch rows, and a draft
+/// model that keeps declining (<see cref="SpeculativeOptions.DraftPMin"/>) stops costing its forward steps. Without
 /// adaptation every step drafts up to the maximum.
 /// </summary>
 internal struct DraftBudget(int max, bool adaptive)
@@ -193,10 +195,12 @@ internal struct DraftBudget(int max, bool adaptive)
         return false;
     }
 
-    public void Verified(int drafted, int kept)
+    /// <summary>After a step that drafted <paramref name="drafted"/> tokens and kept <paramref name="kept"/>; an empty
+    /// draft counts as a miss when drafting it cost a forward step (<paramref name="emptyCosts"/>: a draft model).</summary>
+    public void Verified(int drafted, int kept, bool emptyCosts = false)
     {
-        if (!_adaptive || drafted == 0) return;
-        _window = kept == drafted ? Math.Min(_max, _window + 2) : Math.Max(1, _window - 1);
+        if (!_adaptive || (drafted == 0 && !emptyCosts)) return;
+        if (drafted > 0) _window = kept == drafted ? Math.Min(_max, _window + 2) : Math.Max(1, _window - 1);
         if (kept > 0) _pause = 0;
         else { _pause = Math.Min(16, Math.Max(1, 2 * _pause)); _skip = _pause; }
     }

@@ -1,21 +1,24 @@
 namespace Cria.Inference;
 
 /// <summary>
-/// Speculative decoding settings. Defaults: llama.cpp's for a draft model (<c>--draft-max 16</c>,
-/// <c>--draft-p-min 0.75</c>); for prompt lookup, n-grams of 3 down to 1 tokens (the OpenVINO sample's 3; Hugging
-/// Face's PromptLookupCandidateGenerator stops at 2) and at most 10 tokens copied (Hugging Face's num_output_tokens).
+/// Speculative decoding settings. Defaults: for a draft model llama.cpp's <c>--draft-p-min 0.75</c> and 15 drafts
+/// (llama.cpp drafts 16; here a step of 16 rows is the largest the decode kernels take: 17 rows go to the prefill
+/// kernels and cost 6–7 single steps on TinyLlama F16/BF16/Q8_0 where 16 cost about 3–5, docs/speculative.md); for
+/// prompt lookup, n-grams of 3 down to 1 tokens (the OpenVINO sample's 3; Hugging Face's PromptLookupCandidateGenerator
+/// stops at 2) and at most 10 tokens copied (Hugging Face's num_output_tokens).
 /// </summary>
 public sealed record SpeculativeOptions
 {
     /// <summary>Most tokens drafted per step.</summary>
-    public int DraftMax { get; init; } = 16;
+    public int DraftMax { get; init; } = 15;
     /// <summary>A draft model stops drafting when its most likely next token (softmax of its logits) is less likely than this.</summary>
     public float DraftPMin { get; init; } = 0.75f;
     /// <summary>Prompt lookup: the longest n-gram searched for; shorter ones are tried down to <see cref="NgramMin"/>.</summary>
     public int NgramMax { get; init; } = 3;
     public int NgramMin { get; init; } = 1;
     /// <summary>Adapt the number drafted to how many the target keeps (Generator's DraftBudget): two more after a step
-    /// that kept all, one fewer otherwise, and a pause of 1, 2, 4 … 16 steps after a step that kept none.</summary>
+    /// that kept all, one fewer otherwise, and a pause of 1, 2, 4 … 16 steps after a step that kept none (or, for a
+    /// draft model, drafted none).</summary>
     public bool Adaptive { get; init; } = true;
 
     public static SpeculativeOptions Lookup => new() { DraftMax = 10 };
@@ -37,6 +40,9 @@ public interface IDrafter
 {
     /// <summary>The drafter's settings (<see cref="SpeculativeOptions.DraftMax"/> sizes the verifier's buffers).</summary>
     SpeculativeOptions Options { get; }
+
+    /// <summary>Whether drafting runs a model (a draft that comes back empty still cost a forward step).</summary>
+    bool RunsModel { get; }
 
     /// <summary>Called at the start of each generation with the target's sampler settings.</summary>
     void Begin(SamplerOptions target);
@@ -129,6 +135,7 @@ public sealed class PromptLookupDrafter(SpeculativeOptions? options = null) : ID
     static SpeculativeOptions Validated(SpeculativeOptions o) { o.Validate(); return o; }
 
     public SpeculativeOptions Options => _o;
+    public bool RunsModel => false;
 
     public void Begin(SamplerOptions target) { }
 
@@ -186,6 +193,7 @@ public sealed class ModelDrafter : IDrafter
 
     public InferenceContext Context => _ctx;
     public SpeculativeOptions Options => _o;
+    public bool RunsModel => true;
 
     /// <summary>Checks that a draft model can propose tokens for a target: the same vocabulary, token for token.</summary>
     public static void CheckCompatible(Models.LlamaModel target, Models.LlamaModel draft)

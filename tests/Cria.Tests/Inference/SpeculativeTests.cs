@@ -239,6 +239,11 @@ public class SpeculativeTests
         }
         b.Verified(1, 1); b.Verified(3, 0);
         Assert.False(b.Drafts()); Assert.True(b.Drafts());     // back to a pause of one
+        // An empty draft: no pause for prompt lookup (a miss costs nothing), a pause for a draft model (it ran a step).
+        b.Verified(1, 1); b.Verified(0, 0);
+        Assert.True(b.Drafts());
+        b.Verified(0, 0, emptyCosts: true);
+        Assert.False(b.Drafts()); Assert.True(b.Drafts());
         var fixedBudget = new DraftBudget(10, adaptive: false);
         fixedBudget.Verified(10, 0);
         Assert.Equal(10, fixedBudget.Window); Assert.True(fixedBudget.Drafts());
