@@ -79,7 +79,7 @@ public unsafe class RowKernelTests
                 Quantize.Row(type, wf, wq.AsSpan((int)(r * rb), (int)rb));
             }
             int fb = RowKernels.ActivationRowBytes(type, n);
-            foreach (int B in new[] { 1, 2, 3, 4, 6, 17, 37 })
+            foreach (int B in new[] { 1, 2, 3, 4, 6, 8, 12, 17, 37 })
             {
                 var act = new byte[fb * B];
                 for (int b = 0; b < B; b++)
