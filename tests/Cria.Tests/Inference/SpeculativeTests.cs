@@ -57,6 +57,24 @@ public class SpeculativeTests
         Assert.Equal(plain, Greedy(gen, prompt, 220, repeatPenalty));
     }
 
+    [Theory]
+    [InlineData(KvCacheType.Kivi2)]
+    [InlineData(KvCacheType.Q8_0)]
+    public void Rolling_back_a_quantized_cache_keeps_greedy_tokens_exact(KvCacheType type)
+    {
+        // KIVI with a 32-token residual quantizes a group every 32 positions, so verification steps append across group
+        // boundaries and rejected drafts are cut from the ring; Q8_0 rows are cut from quantized blocks.
+        using var target = LlamaModel.Open(Bundled("default.gguf"));
+        var kv = new KvFormat { Type = type, KiviResidual = 32 };
+        using var ctx = new InferenceContext(target, new ContextOptions { ContextSize = 256, Threads = 2, Kv = kv });
+        var prompt = target.Tokenizer.Encode("And it came to pass, when men began to multiply on the face of the earth", addBos: true);
+        var plain = Greedy(new Generator(ctx, target.Tokenizer), prompt, 220);
+        var gen = new Generator(ctx, target.Tokenizer) { Drafter = new PromptLookupDrafter() };
+        Assert.Equal(plain, Greedy(gen, prompt, 220));
+        Assert.True(gen.LastStats!.AcceptedTokens > 20 && gen.LastStats.AcceptedTokens < gen.LastStats.DraftedTokens,
+            $"{gen.LastStats.AcceptedTokens} of {gen.LastStats.DraftedTokens} drafts kept"); // both verdicts happened
+    }
+
     [Fact]
     public void The_verification_rule_keeps_the_target_distribution()
     {
