@@ -64,7 +64,8 @@ public static class Speculative
     /// replacement is drawn from norm(max(0, p − q)). Either way the token that comes out is distributed exactly as
     /// <paramref name="p"/>. An empty <paramref name="q"/> is a deterministic draft (one-hot at x): x is kept with
     /// probability p(x), the replacement comes from p without x. Uniform draws come from <paramref name="rng"/>'s
-    /// stream; a greedy (one-hot) p uses none.
+    /// stream; a kept draft with p(x) ≥ q(x), and a replacement from a single-point residual (always so for a greedy p),
+    /// use none.
     /// </summary>
     public static bool AcceptOrResample(ReadOnlySpan<float> p, ReadOnlySpan<float> q, int x, Sampler rng, out int token)
     {
@@ -73,28 +74,37 @@ public static class Speculative
         token = x;
         if (px >= qx) return true;                                  // min(1, p/q) = 1
         if (px > 0 && rng.NextUniform() * qx < px) return true;     // u < p/q
-        // Rejected: draw from the residual max(0, p − q), normalised.
+        // Rejected: draw from the residual max(0, p − q), normalised. A single-point residual (a greedy target) is
+        // taken without a draw.
         double total = 0;
-        for (int j = 0; j < p.Length; j++) total += Residual(p, q, x, j, oneHot);
+        int support = 0;
+        for (int j = 0; j < p.Length; j++)
+        {
+            float r = Residual(p, q, x, j, oneHot);
+            if (r > 0) { total += r; support++; token = j; }
+        }
+        if (support == 1) return false;
         if (!(total > 0)) { token = SampleDense(p, rng.NextUniform(), 1.0); return false; } // p = q up to rounding
-        double u = OneHotTarget(p, px) ? 0 : rng.NextUniform() * total, acc = 0;
+        token = SampleResidual(p, q, x, oneHot, rng.NextUniform() * total);
+        return false;
+    }
+
+    static int SampleResidual(ReadOnlySpan<float> p, ReadOnlySpan<float> q, int x, bool oneHot, double u)
+    {
+        double acc = 0;
         int last = -1;
         for (int j = 0; j < p.Length; j++)
         {
             float r = Residual(p, q, x, j, oneHot);
             if (r <= 0) continue;
             acc += r; last = j;
-            if (u < acc) { token = j; return false; }
+            if (u < acc) return j;
         }
-        token = last;
-        return false;
+        return last;
     }
 
     static float Residual(ReadOnlySpan<float> p, ReadOnlySpan<float> q, int x, int j, bool oneHot) =>
         oneHot ? (j == x ? 0f : p[j]) : MathF.Max(0f, p[j] - q[j]);
-
-    // A greedy target (p one-hot, here p(x) = 0) has a single-point residual: take it without a draw.
-    static bool OneHotTarget(ReadOnlySpan<float> p, float px) => px == 0 && p.IndexOf(1f) >= 0;
 
     /// <summary>Inverse-CDF draw from a dense distribution summing to <paramref name="total"/>.</summary>
     public static int SampleDense(ReadOnlySpan<float> p, double u, double total)
@@ -231,7 +241,6 @@ public sealed class ModelDrafter : IDrafter
         while (common < _fedCount && common < history.Length && _fed[common] == history[common]) common++;
         if (common == history.Length) common--;
         cache.Truncate(_seq, common);
-        _fedCount = common;
         _batch.Clear();
         _batch.AddSequence(history[common..], common, _seq);
         _ctx.Decode(_batch);

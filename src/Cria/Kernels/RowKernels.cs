@@ -372,7 +372,7 @@ public static unsafe class RowKernels
     [ThreadStatic] static float[]? _q80Scales;                // [n / 32] its block scales
     [ThreadStatic] static float[]? _q80Acc;                   // [rows, tile, 16] Q8_0 accumulators carried between parts of a row
     [ThreadStatic] static float[]? _tileSums;                 // [rows, 16] one tile's results, weight row by weight row
-    [ThreadStatic] static byte[]? _padActs;                   // [4, xStride] two or three activation rows padded to four
+    [ThreadStatic] static byte[]? _padActs;                   // [4, xStride] three activation rows padded to four
     [ThreadStatic] static float[]? _padOut;                   // [4, rows] their results
     [ThreadStatic] static float[]? _kAcc;                     // [rows, tile, 2, 16] Q4_K / Q6_K accumulators (sums, mins) between parts
 
@@ -425,13 +425,14 @@ public static unsafe class RowKernels
         if (Avx2Rows(type))
         {
             int b = 0;
-            // Four activation rows at a time (same bits as one at a time).
-            if (type == GgmlType.Q4_K)
-                for (; b + 4 <= B; b += 4) VecDot.DotQ4KRowAvx2x4(w, x + (long)b * xStride, xStride, n / 256, y + (long)b * yStride, yStride);
-            else if (type == GgmlType.Q5_K)
-                for (; b + 4 <= B; b += 4) VecDot.DotQ5KRowAvx2x4(w, x + (long)b * xStride, xStride, n / 256, y + (long)b * yStride, yStride);
-            else if (type == GgmlType.Q6_K)
-                for (; b + 4 <= B; b += 4) VecDot.DotQ6KAvx2x4(w, x + (long)b * xStride, xStride, n / 256, y + (long)b * yStride, yStride);
+            if (HasFourRowKernel(type))
+            {
+                // Four activation rows at a time (same bits as one at a time). Three rows left: one more group over the
+                // last four (the pair already done is computed again, with the same bits). The four-row kernel costs
+                // about 2.1 single rows (TinyLlama Q4_K_M), so one or two rows left stay single.
+                for (; b + 4 <= B; b += 4) RunFour(type, w, x + (long)b * xStride, xStride, n, y + (long)b * yStride, yStride);
+                if (B - b == 3 && B >= 4) { RunFour(type, w, x + (long)(B - 4) * xStride, xStride, n, y + (long)(B - 4) * yStride, yStride); b = B; }
+            }
             else if (RowGroup(type) == 8)
             {
                 // one row as a group of one (the kernel's other lanes repeat it)
@@ -439,14 +440,6 @@ public static unsafe class RowKernels
                 for (; b < B; b += Tile)
                     Rows8(type, w, 0, 1, x + (long)b * xStride, xStride, Math.Min(Tile, B - b), n, y + (long)b * yStride, yStride, acc);
             }
-            else if (type == GgmlType.Q3_K)
-                for (; b + 4 <= B; b += 4) VecDot.DotQ3KAvx2x4(w, x + (long)b * xStride, xStride, n / 256, y + (long)b * yStride, yStride);
-            else if (type == GgmlType.Q2_K)
-                for (; b + 4 <= B; b += 4) VecDot.DotQ2KAvx2x4(w, x + (long)b * xStride, xStride, n / 256, y + (long)b * yStride, yStride);
-            // Three rows left after groups of four: one more group over the last four rows (the pair already done is
-            // computed again, with the same bits). The four-row kernel costs about 2.1 single rows (TinyLlama Q4_K_M),
-            // so one or two rows left stay single.
-            if (B - b == 3 && B >= 4 && HasFourRowKernel(type)) { RunFour(type, w, x + (long)(B - 4) * xStride, xStride, n, y + (long)(B - 4) * yStride, yStride); b = B; }
             for (; b < B; b++) y[(long)b * yStride] = DotAvx2(type, w, x + (long)b * xStride, n);
             return;
         }
@@ -1295,8 +1288,8 @@ public static unsafe class RowKernels
     const int FloatTile256 = 12;
 
     /// <summary>
-    /// Three activation rows (or two) against rows [r0, r1) of a K-quant matrix through the four-row kernel: the rows
-    /// are copied into a per-thread tile of four (the last repeated) and the results land in a per-thread [4, rows]
+    /// Three activation rows against rows [r0, r1) of a K-quant matrix through the four-row kernel: the rows are
+    /// copied into a per-thread tile of four (the last repeated) and the results land in a per-thread [4, rows]
     /// buffer, of which the real rows are copied out. Each weight row is then unpacked once, not once per activation
     /// row. TinyLlama Q4_K_M, one forward step of B rows (medians of 9): B = 1, 3, 4 took 42, 94–113 and 90 ms with
     /// three single rows, 80 ms padded. Two rows padded took 84 ms against 66–79 as two single rows, so only three are.
@@ -1387,62 +1380,46 @@ public static unsafe class RowKernels
     }
 
     /// <summary>
-    /// Up to three F32 weight rows (w, w + ws, w + 2·ws floats; <paramref name="rows"/> of them) × up to three activation
-    /// rows (<see cref="DotTile3x3{TRow}"/>).
+    /// Up to three F32 weight rows (w, w + ws, w + 2·ws; <paramref name="rows"/> of them) × up to three activation rows
+    /// (x, x + xs, x + 2·xs; <paramref name="acts"/>): nine accumulators, one per pair, each taking the pair's 8-lane
+    /// FMAs in order over i = 0, 8, 16, … (the AVX2 float order of <see cref="Dot256{TRow}"/>), then its horizontal sum
+    /// and scalar tail. Per step three weight and three activation vectors feed nine FMAs. A missing row or activation
+    /// repeats the last one (its pair is computed and not stored), so every stored result has the bits of the pair
+    /// alone. y[b·yStride + r] for r &lt; rows, b &lt; acts.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void DotF32Tile3x3(float* w, long ws, int rows, float* x, long xs, int acts, int n, float* y, long yStride)
-        => DotTile3x3<F32Row>(w, ws * 4, rows, x, xs, acts, n, y, yStride);
-
-    /// <summary>
-    /// Up to three weight rows (w, w + wsBytes, w + 2·wsBytes; <paramref name="rows"/> of them, values as
-    /// <typeparamref name="TRow"/> reads them) × up to three activation rows (x, x + xs, x + 2·xs;
-    /// <paramref name="acts"/>): nine accumulators, one per pair, each taking the pair's 8-lane FMAs in order over
-    /// i = 0, 8, 16, … (the AVX2 float order of <see cref="Dot256{TRow}"/>), then its horizontal sum and scalar tail.
-    /// Per step three weight and three activation vectors feed nine FMAs. A missing row or activation repeats the last
-    /// one (its pair is computed and not stored), so every stored result has the bits of the pair alone.
-    /// y[b·yStride + r] for r &lt; rows, b &lt; acts.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void DotTile3x3<TRow>(void* w, long wsBytes, int rows, float* x, long xs, int acts, int n, float* y, long yStride) where TRow : IRow256
     {
-        byte* w0 = (byte*)w, w1 = rows > 1 ? w0 + wsBytes : w0, w2 = rows > 2 ? w1 + wsBytes : w1;
+        float* w0 = w, w1 = rows > 1 ? w0 + ws : w0, w2 = rows > 2 ? w1 + ws : w1;
         float* x0 = x, x1 = acts > 1 ? x0 + xs : x0, x2 = acts > 2 ? x1 + xs : x1;
-        int sh = TRow.ScaledDown ? n : 0; // scaled-down rows meet x · 2^112, stored after x
         Vector256<float> c00 = default, c01 = default, c02 = default; // [weight row, activation row]
         Vector256<float> c10 = default, c11 = default, c12 = default;
         Vector256<float> c20 = default, c21 = default, c22 = default;
         int i = 0;
         for (; i + 8 <= n; i += 8)
         {
-            if (TRow.Streams && (i & 31) == 0)
-            {
-                Sse.Prefetch0(w0 + (long)i * TRow.Bytes + PrefetchDistance);
-                Sse.Prefetch0(w1 + (long)i * TRow.Bytes + PrefetchDistance);
-                Sse.Prefetch0(w2 + (long)i * TRow.Bytes + PrefetchDistance);
-            }
-            var a0 = Vector256.Load(x0 + sh + i); var a1 = Vector256.Load(x1 + sh + i); var a2 = Vector256.Load(x2 + sh + i);
-            var v = TRow.Load8(w0, i);
+            var a0 = Vector256.Load(x0 + i); var a1 = Vector256.Load(x1 + i); var a2 = Vector256.Load(x2 + i);
+            var v = Vector256.Load(w0 + i);
             c00 = Vector256.FusedMultiplyAdd(v, a0, c00); c01 = Vector256.FusedMultiplyAdd(v, a1, c01); c02 = Vector256.FusedMultiplyAdd(v, a2, c02);
-            v = TRow.Load8(w1, i);
+            v = Vector256.Load(w1 + i);
             c10 = Vector256.FusedMultiplyAdd(v, a0, c10); c11 = Vector256.FusedMultiplyAdd(v, a1, c11); c12 = Vector256.FusedMultiplyAdd(v, a2, c12);
-            v = TRow.Load8(w2, i);
+            v = Vector256.Load(w2 + i);
             c20 = Vector256.FusedMultiplyAdd(v, a0, c20); c21 = Vector256.FusedMultiplyAdd(v, a1, c21); c22 = Vector256.FusedMultiplyAdd(v, a2, c22);
         }
-        y[0] = Tail<TRow>(w0, x0, i, n, Vector256.Sum(c00));
-        if (acts > 1) y[yStride] = Tail<TRow>(w0, x1, i, n, Vector256.Sum(c01));
-        if (acts > 2) y[2 * yStride] = Tail<TRow>(w0, x2, i, n, Vector256.Sum(c02));
+        y[0] = Tail<F32Row>(w0, x0, i, n, Vector256.Sum(c00));
+        if (acts > 1) y[yStride] = Tail<F32Row>(w0, x1, i, n, Vector256.Sum(c01));
+        if (acts > 2) y[2 * yStride] = Tail<F32Row>(w0, x2, i, n, Vector256.Sum(c02));
         if (rows > 1)
         {
-            y[1] = Tail<TRow>(w1, x0, i, n, Vector256.Sum(c10));
-            if (acts > 1) y[yStride + 1] = Tail<TRow>(w1, x1, i, n, Vector256.Sum(c11));
-            if (acts > 2) y[2 * yStride + 1] = Tail<TRow>(w1, x2, i, n, Vector256.Sum(c12));
+            y[1] = Tail<F32Row>(w1, x0, i, n, Vector256.Sum(c10));
+            if (acts > 1) y[yStride + 1] = Tail<F32Row>(w1, x1, i, n, Vector256.Sum(c11));
+            if (acts > 2) y[2 * yStride + 1] = Tail<F32Row>(w1, x2, i, n, Vector256.Sum(c12));
         }
         if (rows > 2)
         {
-            y[2] = Tail<TRow>(w2, x0, i, n, Vector256.Sum(c20));
-            if (acts > 1) y[yStride + 2] = Tail<TRow>(w2, x1, i, n, Vector256.Sum(c21));
-            if (acts > 2) y[2 * yStride + 2] = Tail<TRow>(w2, x2, i, n, Vector256.Sum(c22));
+            y[2] = Tail<F32Row>(w2, x0, i, n, Vector256.Sum(c20));
+            if (acts > 1) y[yStride + 2] = Tail<F32Row>(w2, x1, i, n, Vector256.Sum(c21));
+            if (acts > 2) y[2 * yStride + 2] = Tail<F32Row>(w2, x2, i, n, Vector256.Sum(c22));
         }
     }
 
