@@ -140,7 +140,7 @@ public static class BenchInfo
             };
             if (name != null) return name;
         }
-        return m.Layers.Count > 0 ? m.Layers[0].WGate.Type.ToString() : "?";
+        return m.Layers.Count == 0 ? "?" : (m.Layers[0].Experts is { } e ? e.Gate[0] : m.Layers[0].WGate).Type.ToString();
     }
 
     public static string ParamsText(LlamaModel m)

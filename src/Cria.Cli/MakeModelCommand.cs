@@ -13,7 +13,9 @@ static class MakeModelCommand
         var preset = new Option<string>("--preset") { Description = "shape: tiny | small | tinyllama (1.1B: dim 2048, 22 layers, 32/4 heads, ffn 5632, vocab 32000)", DefaultValueFactory = _ => "tiny" };
         var type = new Option<string>("--type") { Description = "weight type: q4_k_m q5_k_m (llama.cpp mixes) f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k q4_k q5_k q6_k", DefaultValueFactory = _ => "f32" };
         var seed = new Option<int>("--seed") { DefaultValueFactory = _ => 1234 };
-        var cmd = new Command("make-model", "write a Llama GGUF file with random weights") { output, preset, type, seed };
+        var experts = new Option<int>("--experts") { Description = "Mixtral-style mixture of experts: experts per layer (0 = dense; each expert has the preset's ffn size)" };
+        var expertsUsed = new Option<int>("--experts-used") { Description = "experts each token is routed to", DefaultValueFactory = _ => 2 };
+        var cmd = new Command("make-model", "write a Llama GGUF file with random weights") { output, preset, type, seed, experts, expertsUsed };
         cmd.SetAction(r =>
         {
             var typeName = r.GetValue(type)!.ToLowerInvariant();
@@ -27,7 +29,10 @@ static class MakeModelCommand
                 var p => throw new CriaException($"unknown preset '{p}' (tiny, small, tinyllama)"),
             };
             var path = r.GetValue(output)!;
-            RandomModel.Write(path, spec with { WeightType = t, MediumMix = mix, Seed = r.GetValue(seed) });
+            int n = r.GetValue(experts), used = r.GetValue(expertsUsed);
+            if (n < 0 || n > ModelConfig.MaxExperts || (n > 0 && (used < 1 || used > n)))
+                throw new CriaException($"--experts {n} --experts-used {used}: need 1 ≤ used ≤ experts ≤ {ModelConfig.MaxExperts}");
+            RandomModel.Write(path, spec with { WeightType = t, MediumMix = mix, Seed = r.GetValue(seed), Experts = n, ExpertsUsed = n > 0 ? used : 2 });
             Console.WriteLine($"wrote {path} ({new FileInfo(path).Length:N0} bytes)");
             return 0;
         });

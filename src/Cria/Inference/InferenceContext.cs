@@ -64,6 +64,7 @@ public sealed class InferenceContext : IDisposable
     readonly float[] _up;     // [B, ff]
     readonly float[] _tmp;    // [B, dim]
     readonly float[] _rope;   // [B, nRot]  cos/sin per row
+    readonly MoeBuffers? _moe; // mixture-of-experts routing and gather/scatter buffers (null for a dense model)
     readonly byte[][] _actQ;  // [1..3][B, rowBytes(actType, cols)] activations in the weights' row-kernel layouts (pinned);
                               // [0] fits every matmul, [1] and [2] the other weight types of a fused Q/K/V or gate/up
     readonly int[] _cells;    // [B] KV cell of each row
@@ -94,10 +95,14 @@ public sealed class InferenceContext : IDisposable
         _k = new float[b * c.KvDim]; _v = new float[b * c.KvDim];
         _gate = new float[b * c.FfnDim]; _up = new float[b * c.FfnDim];
         _rope = new float[b * c.RopeDim];
+        if (c.IsMoe) _moe = new MoeBuffers(b, c);
         int extra = 0, extraRowBytes = 0;
         foreach (var L in model.Layers)
         {
-            foreach (var group in new[] { new[] { L.Wq, L.Wk, L.Wv }, new[] { L.WGate, L.WUp } })
+            var groups = L.Experts is { } ex
+                ? [[L.Wq, L.Wk, L.Wv], .. Enumerable.Range(0, ex.Count).Select(e => new[] { ex.Gate[e], ex.Up[e] })]
+                : new[] { new[] { L.Wq, L.Wk, L.Wv }, new[] { L.WGate, L.WUp } };
+            foreach (var group in groups)
             {
                 var types = group.Select(w => w.Type).Distinct().ToArray();
                 extra = Math.Max(extra, types.Length - 1);
@@ -109,7 +114,7 @@ public sealed class InferenceContext : IDisposable
         // float copies, F32 one); 64 bytes more to start on a cache line
         int rowBytes = RowKernels.ActivationRowBytes(model.Output.Type, model.Output.Cols);
         foreach (var L in model.Layers)
-            foreach (var w in L.Projections)
+            foreach (var w in L.Matrices)
                 rowBytes = Math.Max(rowBytes, RowKernels.ActivationRowBytes(w.Type, w.Cols));
         _actQ[0] = GC.AllocateArray<byte>(b * rowBytes + 64, pinned: true);
         for (int i = 1; i <= extra; i++) _actQ[i] = GC.AllocateArray<byte>(b * extraRowBytes + 64, pinned: true);
@@ -273,9 +278,13 @@ public sealed class InferenceContext : IDisposable
 
             // ---- feed-forward (SwiGLU) ----
             for (int b = 0; b < B; b++) Ops.RmsNorm(_x.AsSpan(b * dim, dim), L.FfnNorm, c.RmsNormEps, _xn.AsSpan(b * dim, dim));
-            MatMuls(_xn, B, 2, L.WGate, _gate, L.WUp, _up, default, default);
-            for (int b = 0; b < B; b++) Ops.SwiGlu(_gate.AsSpan(b * ff, ff), _up.AsSpan(b * ff, ff));
-            MatMul(L.WDown, _gate, B, _tmp);
+            if (L.Experts is { } experts) MixtureOfExperts(experts, B);
+            else
+            {
+                MatMuls(_xn, B, 2, L.WGate, _gate, L.WUp, _up, default, default);
+                for (int b = 0; b < B; b++) Ops.SwiGlu(_gate.AsSpan(b * ff, ff), _up.AsSpan(b * ff, ff));
+                MatMul(L.WDown, _gate, B, _tmp);
+            }
             Ops.Add(_tmp.AsSpan(0, B * dim), _x.AsSpan(0, B * dim));
         }
 
@@ -299,6 +308,48 @@ public sealed class InferenceContext : IDisposable
         {
             MatMul(m.Output, _xn, nOut, _logits.AsSpan(outRow * c.VocabSize).Slice(0, nOut * c.VocabSize));
             outRow += nOut;
+        }
+    }
+
+    /// <summary>
+    /// _tmp[b, :] = the mixture-of-experts output for the normed rows _xn[b, :] (llama.cpp's build_moe_ffn for the
+    /// llama architecture): route every row, then run each expert once over the rows routed to it (gathered into
+    /// contiguous rows, so an expert's weights stream once per step however many rows chose it), and sum each row's
+    /// weighted expert outputs in the order of its choice (most probable first), as ggml adds them.
+    /// </summary>
+    void MixtureOfExperts(MoeExperts E, int B)
+    {
+        var c = Config; var mb = _moe!;
+        int dim = c.Dim, ff = c.FfnDim, k = c.ExpertUsedCount, nE = E.Count;
+        MatMul(E.Router, _xn, B, mb.RouterLogits);                                       // [B, nExpert]
+        for (int b = 0; b < B; b++)
+            MoeExperts.Route(mb.RouterLogits.AsSpan(b * nE, nE), mb.Chosen.AsSpan(b * k, k), mb.Weights.AsSpan(b * k, k));
+        // Counting sort of the (row, slot) choices by expert: slots of expert e are Order[Start[e] .. Start[e + 1]).
+        Array.Clear(mb.Start, 0, nE + 1);
+        for (int i = 0; i < B * k; i++) mb.Start[mb.Chosen[i] + 1]++;
+        for (int e = 0; e < nE; e++) mb.Start[e + 1] += mb.Start[e];
+        mb.Start.AsSpan(0, nE).CopyTo(mb.Fill);
+        for (int i = 0; i < B * k; i++) mb.Order[mb.Fill[mb.Chosen[i]]++] = i;
+        for (int e = 0; e < nE; e++)
+        {
+            int first = mb.Start[e], n = mb.Start[e + 1] - first;
+            if (n == 0) continue;
+            for (int j = 0; j < n; j++)                                                   // gather: _xe[j] = _xn[row]
+                _xn.AsSpan(mb.Order[first + j] / k * dim, dim).CopyTo(mb.Input.AsSpan(j * dim, dim));
+            MatMuls(mb.Input, n, 2, E.Gate[e], _gate, E.Up[e], _up, default, default);
+            for (int j = 0; j < n; j++) Ops.SwiGlu(_gate.AsSpan(j * ff, ff), _up.AsSpan(j * ff, ff));
+            MatMul(E.Down[e], _gate, n, mb.Output);                                       // [n, dim]
+            for (int j = 0; j < n; j++)                                                   // scatter, weighted: slot i of row b
+            {
+                int slot = mb.Order[first + j];
+                Ops.Scale(mb.Output.AsSpan(j * dim, dim), mb.Weights[slot], mb.PerSlot.AsSpan(slot * dim, dim));
+            }
+        }
+        for (int b = 0; b < B; b++)
+        {
+            var y = _tmp.AsSpan(b * dim, dim);
+            mb.PerSlot.AsSpan(b * k * dim, dim).CopyTo(y);
+            for (int j = 1; j < k; j++) Ops.Add(mb.PerSlot.AsSpan((b * k + j) * dim, dim), y);
         }
     }
 
@@ -385,6 +436,20 @@ public sealed class InferenceContext : IDisposable
     }
 
     public void Dispose() => _pool.Dispose();
+}
+
+/// <summary>Mixture-of-experts work buffers for a micro-batch of B rows routed to k of nExpert experts each.</summary>
+sealed class MoeBuffers(int B, Models.ModelConfig c)
+{
+    public readonly float[] RouterLogits = new float[B * c.ExpertCount];       // [B, nExpert] router output, then probabilities
+    public readonly int[] Chosen = new int[B * c.ExpertUsedCount];             // [B, k] experts chosen, most probable first
+    public readonly float[] Weights = new float[B * c.ExpertUsedCount];        // [B, k] their renormalised probabilities
+    public readonly int[] Start = new int[c.ExpertCount + 1];                  // [nExpert + 1] first slot of each expert in Order
+    public readonly int[] Fill = new int[c.ExpertCount];                       // [nExpert] counting-sort cursors
+    public readonly int[] Order = new int[B * c.ExpertUsedCount];              // [B·k] slots (b·k + j) grouped by expert
+    public readonly float[] Input = new float[B * c.Dim];                      // [rows of one expert, dim] gathered normed input
+    public readonly float[] Output = new float[B * c.Dim];                     // [rows of one expert, dim] its down projection
+    public readonly float[] PerSlot = new float[B * c.ExpertUsedCount * c.Dim]; // [B, k, dim] weighted expert outputs
 }
 
 /// <summary>

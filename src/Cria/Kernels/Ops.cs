@@ -133,6 +133,21 @@ public static class Ops
         for (; i < n; i++) y[i] = MathF.FusedMultiplyAdd(a, x[i], y[i]);
     }
 
+    /// <summary>y = a · x.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Scale(ReadOnlySpan<float> x, float a, Span<float> y)
+    {
+        int i = 0, n = x.Length;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            ref float px = ref MemoryMarshal.GetReference(x);
+            ref float py = ref MemoryMarshal.GetReference(y);
+            var va = Vector256.Create(a);
+            for (; i + 8 <= n; i += 8) (va * Vector256.LoadUnsafe(ref px, (nuint)i)).StoreUnsafe(ref py, (nuint)i);
+        }
+        for (; i < n; i++) y[i] = a * x[i];
+    }
+
     /// <summary>y += x.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Add(ReadOnlySpan<float> x, Span<float> y)

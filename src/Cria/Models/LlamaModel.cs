@@ -14,15 +14,65 @@ public sealed class LlamaLayer
     public required WeightMatrix Wv { get; init; }    // [kvDim, dim]
     public required WeightMatrix Wo { get; init; }    // [dim, qDim]
     public required float[] FfnNorm { get; init; }    // [dim]
-    public required WeightMatrix WGate { get; init; } // [ff, dim]
-    public required WeightMatrix WUp { get; init; }   // [ff, dim]
-    public required WeightMatrix WDown { get; init; } // [dim, ff]
+    // Dense feed-forward (unset when Experts is set).
+    public WeightMatrix WGate { get; init; }          // [ff, dim]
+    public WeightMatrix WUp { get; init; }            // [ff, dim]
+    public WeightMatrix WDown { get; init; }          // [dim, ff]
+    /// <summary>The mixture-of-experts feed-forward of a Mixtral-style model; null for a dense block.</summary>
+    public MoeExperts? Experts { get; init; }
 
-    /// <summary>The block's seven matrix products, in the order of <see cref="ProjectionNames"/>.</summary>
-    public WeightMatrix[] Projections => [Wq, Wk, Wv, Wo, WGate, WUp, WDown];
+    /// <summary>The block's matrix products in the order of <see cref="ProjectionNames"/>: seven for a dense block,
+    /// the four attention ones for a mixture-of-experts block (what LoRA adapters can target).</summary>
+    public WeightMatrix[] Projections => Experts == null ? [Wq, Wk, Wv, Wo, WGate, WUp, WDown] : [Wq, Wk, Wv, Wo];
+
+    /// <summary>Every matrix the block multiplies by: the projections, and a mixture's router and experts.</summary>
+    public IEnumerable<WeightMatrix> Matrices => Experts == null ? Projections
+        : Projections.Concat([Experts.Router]).Concat(Experts.Gate).Concat(Experts.Up).Concat(Experts.Down);
 
     /// <summary>GGUF names of the projections (<c>blk.N.NAME.weight</c>): what LoRA adapters can target.</summary>
     public static readonly string[] ProjectionNames = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
+}
+
+/// <summary>
+/// A Mixtral-style mixture-of-experts feed-forward (llama.cpp's <c>build_moe_ffn</c> for the llama architecture):
+/// p = softmax(router · x) over the n_expert experts, the n_expert_used most probable are kept with their
+/// probabilities renormalised to sum to 1, and y = Σ_e w_e · down_e(SiLU(gate_e · x) ⊙ up_e · x). Each expert is a
+/// view into the layer's stacked 3-D tensor (GGUF ne = {cols, rows, n_expert}: expert e's rows follow expert e − 1's).
+/// </summary>
+public sealed class MoeExperts
+{
+    public required WeightMatrix Router { get; init; }  // [nExpert, dim]        ffn_gate_inp
+    public required WeightMatrix[] Gate { get; init; }  // nExpert × [ff, dim]   ffn_gate_exps
+    public required WeightMatrix[] Up { get; init; }    // nExpert × [ff, dim]   ffn_up_exps
+    public required WeightMatrix[] Down { get; init; }  // nExpert × [dim, ff]   ffn_down_exps
+    public int Count => Gate.Length;
+
+    /// <summary>
+    /// Routes one row: <paramref name="logits"/> [nExpert] (overwritten with the softmax probabilities, as ggml_soft_max
+    /// computes them: exp(l − max), summed in double, scaled by 1/sum) → <paramref name="chosen"/> [k], the k most
+    /// probable experts, most probable first (ties to the lower index), and <paramref name="weights"/> [k], their
+    /// probabilities divided by their sum.
+    /// </summary>
+    public static void Route(Span<float> logits, Span<int> chosen, Span<float> weights)
+    {
+        float max = float.NegativeInfinity;
+        foreach (float l in logits) max = MathF.Max(max, l);
+        double sum = 0;
+        for (int e = 0; e < logits.Length; e++) { float p = MathF.Exp(logits[e] - max); logits[e] = p; sum += p; }
+        float inv = (float)(1.0 / sum);
+        for (int e = 0; e < logits.Length; e++) logits[e] *= inv;
+        double kept = 0;
+        for (int j = 0; j < chosen.Length; j++)
+        {
+            int best = -1;
+            for (int e = 0; e < logits.Length; e++)
+                if ((best < 0 || logits[e] > logits[best]) && chosen[..j].IndexOf(e) < 0) best = e;
+            chosen[j] = best;
+            weights[j] = logits[best];
+            kept += logits[best];
+        }
+        for (int j = 0; j < weights.Length; j++) weights[j] /= (float)kept;
+    }
 }
 
 /// <summary>
@@ -54,6 +104,7 @@ public sealed class LlamaModel : IDisposable
         for (int i = 0; i < layers.Length; i++)
         {
             string p = $"blk.{i}.";
+            bool moe = c.IsMoe;
             layers[i] = new LlamaLayer
             {
                 AttnNorm = Vector(f, p + "attn_norm.weight", c.Dim),
@@ -62,9 +113,16 @@ public sealed class LlamaModel : IDisposable
                 Wv = WeightMatrix.Bind(f, p + "attn_v.weight", c.Dim, c.KvDim),
                 Wo = WeightMatrix.Bind(f, p + "attn_output.weight", c.QDim, c.Dim),
                 FfnNorm = Vector(f, p + "ffn_norm.weight", c.Dim),
-                WGate = WeightMatrix.Bind(f, p + "ffn_gate.weight", c.Dim, c.FfnDim),
-                WUp = WeightMatrix.Bind(f, p + "ffn_up.weight", c.Dim, c.FfnDim),
-                WDown = WeightMatrix.Bind(f, p + "ffn_down.weight", c.FfnDim, c.Dim),
+                WGate = moe ? default : WeightMatrix.Bind(f, p + "ffn_gate.weight", c.Dim, c.FfnDim),
+                WUp = moe ? default : WeightMatrix.Bind(f, p + "ffn_up.weight", c.Dim, c.FfnDim),
+                WDown = moe ? default : WeightMatrix.Bind(f, p + "ffn_down.weight", c.FfnDim, c.Dim),
+                Experts = moe ? new MoeExperts
+                {
+                    Router = WeightMatrix.Bind(f, p + "ffn_gate_inp.weight", c.Dim, c.ExpertCount),
+                    Gate = WeightMatrix.BindExperts(f, p + "ffn_gate_exps.weight", c.Dim, c.FfnDim, c.ExpertCount),
+                    Up = WeightMatrix.BindExperts(f, p + "ffn_up_exps.weight", c.Dim, c.FfnDim, c.ExpertCount),
+                    Down = WeightMatrix.BindExperts(f, p + "ffn_down_exps.weight", c.FfnDim, c.Dim, c.ExpertCount),
+                } : null,
             };
         }
         Layers = layers;
@@ -95,13 +153,23 @@ public sealed class LlamaModel : IDisposable
         catch { f.Dispose(); throw; }
     }
 
-    /// <summary>Bytes of weights read to produce one token (every matrix except the embedding table, of which one row).</summary>
+    /// <summary>Bytes of weights read to produce one token (every matrix except the embedding table, of which one row;
+    /// of a mixture of experts, the router and n_expert_used of the n_expert experts).</summary>
     public long WeightBytesPerToken
     {
         get
         {
             long b = Output.ByteSize + TokenEmbedding.RowBytes;
-            foreach (var l in Layers) b += l.Wq.ByteSize + l.Wk.ByteSize + l.Wv.ByteSize + l.Wo.ByteSize + l.WGate.ByteSize + l.WUp.ByteSize + l.WDown.ByteSize;
+            foreach (var l in Layers)
+            {
+                foreach (var w in l.Projections) b += w.ByteSize;
+                if (l.Experts is { } e)
+                {
+                    long experts = 0;
+                    for (int i = 0; i < e.Count; i++) experts += e.Gate[i].ByteSize + e.Up[i].ByteSize + e.Down[i].ByteSize;
+                    b += e.Router.ByteSize + experts * Config.ExpertUsedCount / e.Count;
+                }
+            }
             return b;
         }
     }

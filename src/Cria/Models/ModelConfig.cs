@@ -18,7 +18,13 @@ public sealed record ModelConfig
     public int HeadCount { get; init; }          // n_head
     public int KvHeadCount { get; init; }        // n_head_kv (GQA when < n_head)
     public int HeadDim { get; init; }            // n_embd_head_k (= n_embd / n_head unless key_length says otherwise)
-    public int FfnDim { get; init; }             // n_ff
+    public int FfnDim { get; init; }             // n_ff (of each expert in a mixture-of-experts model)
+    /// <summary>Experts per feed-forward layer (llama.cpp's n_expert, <c>llama.expert_count</c>); 0 = a dense model.</summary>
+    public int ExpertCount { get; init; }
+    /// <summary>Experts each token is routed to (n_expert_used, <c>llama.expert_used_count</c>; Mixtral: 2 of 8).</summary>
+    public int ExpertUsedCount { get; init; }
+    /// <summary>Whether the feed-forward layers are Mixtral-style mixtures of experts.</summary>
+    public bool IsMoe => ExpertCount > 0;
     public int VocabSize { get; init; }
     public float RmsNormEps { get; init; } = 1e-5f;
     public float RopeFreqBase { get; init; } = 10000f;
@@ -80,6 +86,9 @@ public sealed record ModelConfig
 
     public static readonly string[] SupportedArchitectures = ["llama"];
 
+    /// <summary>The most experts per layer a file may declare (llama.cpp's LLAMA_MAX_EXPERTS is 512 in recent builds).</summary>
+    public const int MaxExperts = 512;
+
     /// <summary>Reads and validates the hyper-parameters. Throws <see cref="ModelFormatException"/> naming the file.</summary>
     public static ModelConfig FromGguf(GgufFile f)
     {
@@ -106,6 +115,9 @@ public sealed record ModelConfig
         if (vocab <= 0) throw new ModelFormatException(f.Path, "cannot determine the vocabulary size");
         if (layers > 4096 || dim > 1 << 17 || nHead > 4096 || ff > 1 << 20)
             throw new ModelFormatException(f.Path, $"implausible hyper-parameters (layers {layers}, dim {dim}, heads {nHead}, ffn {ff})");
+        int experts = f.Get<int>(p + "expert_count", 0), expertsUsed = f.Get<int>(p + "expert_used_count", 0);
+        if (experts < 0 || experts > MaxExperts || (experts > 0 && (expertsUsed < 1 || expertsUsed > experts)) || (experts == 0 && expertsUsed != 0))
+            throw new ModelFormatException(f.Path, $"expert_count {experts} with expert_used_count {expertsUsed}: a mixture of experts needs 1 ≤ used ≤ count ≤ {MaxExperts}, a dense model neither key");
 
         var scaling = RopeScalingType.None;
         float freqScale = 1f;
@@ -153,6 +165,8 @@ public sealed record ModelConfig
             KvHeadCount = nKv,
             HeadDim = headDim,
             FfnDim = ff,
+            ExpertCount = experts,
+            ExpertUsedCount = expertsUsed,
             VocabSize = vocab,
             RmsNormEps = eps,
             RopeFreqBase = baseFreq,

@@ -11,6 +11,11 @@ public sealed record RandomModelSpec
     public int Heads { get; init; } = 4;
     public int KvHeads { get; init; } = 2;
     public int FfnDim { get; init; } = 768;
+    /// <summary>Mixtral-style mixture of experts: experts per layer (0 = dense feed-forward) and experts per token.
+    /// Each expert has <see cref="FfnDim"/> hidden units; the router (<c>ffn_gate_inp</c>) is F32, as llama.cpp's
+    /// converter writes it.</summary>
+    public int Experts { get; init; }
+    public int ExpertsUsed { get; init; } = 2;
     /// <summary>Vocabulary size: the synthetic SPM vocabulary (specials, 256 byte tokens, word pieces) padded or cut to this.</summary>
     public int VocabSize { get; init; } = 1024;
     public int ContextLength { get; init; } = 2048;
@@ -85,6 +90,7 @@ public static class RandomModel
     {
         if ((s.HeadDim == 0 && s.Dim % s.Heads != 0) || s.Heads % s.KvHeads != 0) throw new ArgumentException("dim must divide by heads, heads by kv heads");
         if (s.VocabSize < 300) throw new ArgumentException("vocabulary must hold at least 300 tokens");
+        if (s.Experts < 0 || (s.Experts > 0 && (s.ExpertsUsed < 1 || s.ExpertsUsed > s.Experts))) throw new ArgumentException("experts used must be in 1..experts");
         int hd = s.HeadDim > 0 ? s.HeadDim : s.Dim / s.Heads;
         int qDim = s.Heads * hd;
         var w = new GgufWriter();
@@ -101,6 +107,7 @@ public static class RandomModel
         w.Set("llama.attention.layer_norm_rms_epsilon", s.RmsEps);
         w.Set("llama.rope.freq_base", s.RopeBase);
         w.Set("llama.vocab_size", (uint)s.VocabSize);
+        if (s.Experts > 0) { w.Set("llama.expert_count", (uint)s.Experts); w.Set("llama.expert_used_count", (uint)s.ExpertsUsed); }
         if (s.LinearRopeScale > 0)
         {
             w.Set("llama.rope.scaling.type", "linear");
@@ -145,6 +152,16 @@ public static class RandomModel
             w.AddTensor(p + "attn_v.weight", [s.Dim, s.KvHeads * hd], moreBits, Matrix(rng, s.KvHeads * hd, s.Dim, std, moreBits));
             w.AddTensor(p + "attn_output.weight", [qDim, s.Dim], t, Matrix(rng, s.Dim, qDim, std, t));
             w.AddTensor(p + "ffn_norm.weight", [s.Dim], Norm(rng, s.Dim));
+            if (s.Experts > 0)
+            {
+                // Router logits of standard deviation ≈ 2 over unit-RMS inputs: clear but not one-hot choices.
+                int n = s.Experts;
+                w.AddTensor(p + "ffn_gate_inp.weight", [s.Dim, n], GgmlType.F32, Matrix(rng, n, s.Dim, std * 2, GgmlType.F32));
+                w.AddTensor(p + "ffn_gate_exps.weight", [s.Dim, s.FfnDim, n], t, Matrix(rng, s.FfnDim * n, s.Dim, std, t));
+                w.AddTensor(p + "ffn_up_exps.weight", [s.Dim, s.FfnDim, n], t, Matrix(rng, s.FfnDim * n, s.Dim, std, t));
+                w.AddTensor(p + "ffn_down_exps.weight", [s.FfnDim, s.Dim, n], moreBits, Matrix(rng, s.Dim * n, s.FfnDim, 1f / MathF.Sqrt(s.FfnDim), moreBits));
+                continue;
+            }
             w.AddTensor(p + "ffn_gate.weight", [s.Dim, s.FfnDim], t, Matrix(rng, s.FfnDim, s.Dim, std, t));
             w.AddTensor(p + "ffn_up.weight", [s.Dim, s.FfnDim], t, Matrix(rng, s.FfnDim, s.Dim, std, t));
             w.AddTensor(p + "ffn_down.weight", [s.FfnDim, s.Dim], moreBits, Matrix(rng, s.Dim, s.FfnDim, 1f / MathF.Sqrt(s.FfnDim), moreBits));

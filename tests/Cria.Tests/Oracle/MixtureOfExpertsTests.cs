@@ -1,0 +1,175 @@
+using Cria.Formats;
+using Cria.Inference;
+using Cria.Models;
+using Cria.Tensors;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Cria.Tests.Oracle;
+
+/// <summary>
+/// Mixtral-style mixture-of-experts models (llama architecture with <c>llama.expert_count</c>, a router
+/// <c>ffn_gate_inp</c> and stacked expert tensors <c>ffn_{gate,up,down}_exps</c>): the same logits as llama.cpp at every
+/// position and the same greedy continuation; experts that are all copies of one feed-forward give that dense model's
+/// logits (the kept probabilities are renormalised); a row's result does not depend on what else is in its batch;
+/// malformed files are refused.
+/// </summary>
+public class MixtureOfExpertsTests(ITestOutputHelper output)
+{
+    static RandomModelSpec Spec(GgmlType type, int experts, int used) => new()
+    {
+        Dim = 256, Layers = 2, Heads = 8, KvHeads = 2, FfnDim = 256, VocabSize = 512,
+        Experts = experts, ExpertsUsed = used, WeightType = type, Seed = 31 + (int)type + experts,
+    };
+
+    static int[] Prompt(int n, int seed)
+    {
+        var r = new Random(seed);
+        var t = new int[n];
+        t[0] = 1;
+        for (int i = 1; i < n; i++) t[i] = r.Next(3, 512);
+        return t;
+    }
+
+    [Theory]
+    [InlineData(GgmlType.F32, 8, 2)]   // Mixtral's routing: 2 of 8
+    [InlineData(GgmlType.F32, 4, 1)]   // one expert per token (Switch-style top-1)
+    [InlineData(GgmlType.F16, 4, 2)]
+    [InlineData(GgmlType.Q8_0, 4, 2)]
+    [InlineData(GgmlType.Q4_K, 8, 2)]
+    public void Logits_and_greedy_tokens_agree_with_llama_cpp(GgmlType type, int experts, int used)
+    {
+        var path = LogitsAgreementTests.ModelFile($"moe-{type}-{experts}-{used}", Spec(type, experts, used));
+        var tokens = Prompt(40, 5);
+        using var cpp = new LlamaCpp(path);
+        using var cria = new CriaRunner(path);
+        Assert.Equal(experts, cria.Model.Config.ExpertCount);
+        var a = cpp.AllLogits(tokens);
+        var b = cria.AllLogits(tokens);
+        float worst = 0;
+        for (int p = 0; p < tokens.Length; p++)
+            for (int i = 0; i < a[p].Length; i++) worst = Math.Max(worst, Math.Abs(a[p][i] - b[p][i]));
+        float tol = LogitsAgreementTests.Tolerance(type);
+        output.WriteLine($"{type}, {used} of {experts} experts: max |Δ logit| {worst:E2} over {tokens.Length} positions (tolerance {tol:E0})");
+        Assert.True(worst <= tol, $"max |Δ logit| {worst} exceeds {tol}");
+
+        var la = a[^1]; var lb = b[^1];
+        for (int step = 0; step < 24; step++)
+        {
+            int ta = Sampler.ArgMax(la), tb = Sampler.ArgMax(lb);
+            if (ta != tb)
+            {
+                var sorted = la.OrderByDescending(v => v).ToArray();
+                Assert.True(sorted[0] - sorted[1] < tol, $"step {step}: llama.cpp picks {ta}, Cria {tb}, top-2 gap {sorted[0] - sorted[1]}");
+            }
+            la = cpp.Next(ta, tokens.Length + step);
+            lb = cria.Next(ta, tokens.Length + step);
+        }
+    }
+
+    /// <summary>A dense F32 model, and the same model whose feed-forward is n copies of its own behind a random
+    /// router: whatever the router picks, the kept weights sum to 1, so the logits are the dense model's. Without the
+    /// renormalisation they would be scaled by the kept probability mass (about k/n).</summary>
+    [Fact]
+    public void Experts_that_are_copies_of_one_feed_forward_give_the_dense_model()
+    {
+        var dense = LogitsAgreementTests.ModelFile("moe-dense-base", Spec(GgmlType.F32, 0, 2));
+        var moe = TestPaths.TempFile("moe-copies.gguf");
+        const int n = 4;
+        using (var f = GgufFile.Open(dense))
+        {
+            var w = new GgufWriter().CopyMetadataFrom(f);
+            w.Set("llama.expert_count", (uint)n).Set("llama.expert_used_count", 2u);
+            var rng = new Random(3);
+            foreach (var t in f.Tensors)
+            {
+                var bytes = f.TensorData(t).ToArray();
+                string name = t.Name;
+                if (name.EndsWith(".ffn_gate.weight") || name.EndsWith(".ffn_up.weight") || name.EndsWith(".ffn_down.weight"))
+                {
+                    var stacked = new byte[bytes.Length * n];
+                    for (int e = 0; e < n; e++) bytes.CopyTo(stacked, e * bytes.Length);
+                    w.AddTensor(name.Replace(".weight", "_exps.weight"), [t.Shape[0], t.Shape[1], n], t.Type, stacked);
+                    if (name.EndsWith(".ffn_gate.weight"))
+                    {
+                        var router = new float[n * t.Shape[0]];
+                        for (int i = 0; i < router.Length; i++) router[i] = (float)(rng.NextDouble() * 2 - 1) * 0.2f;
+                        w.AddTensor(name.Replace("ffn_gate", "ffn_gate_inp"), [t.Shape[0], n], router);
+                    }
+                }
+                else w.AddTensor(name, t.Shape.ToArray(), t.Type, bytes);
+            }
+            w.Write(moe);
+        }
+        var tokens = Prompt(24, 9);
+        float[][] a, b;
+        using (var r = new CriaRunner(dense)) a = r.AllLogits(tokens);
+        using (var r = new CriaRunner(moe)) { Assert.True(r.Model.Config.IsMoe); b = r.AllLogits(tokens); }
+        float worst = 0, maxAbs = 0;
+        for (int p = 0; p < tokens.Length; p++)
+            for (int i = 0; i < a[p].Length; i++) { worst = Math.Max(worst, Math.Abs(a[p][i] - b[p][i])); maxAbs = Math.Max(maxAbs, Math.Abs(a[p][i])); }
+        output.WriteLine($"dense vs {n} copied experts: max |Δ logit| {worst:E2} (max |logit| {maxAbs:F2})");
+        Assert.True(worst <= 1e-4f, $"max |Δ logit| {worst}");
+    }
+
+    /// <summary>Three sequences decoded together — a 20-token prompt, then one token each for 8 steps, so that experts
+    /// get 0, 1 or many rows per step — give every row the logits it gets when decoded alone, bit for bit.</summary>
+    [Fact]
+    public void A_rows_logits_do_not_depend_on_its_batch()
+    {
+        var path = LogitsAgreementTests.ModelFile("moe-F32-8-2", Spec(GgmlType.F32, 8, 2));
+        using var model = LlamaModel.Open(path);
+        using var together = new InferenceContext(model, new ContextOptions { ContextSize = 256, Threads = 2 });
+        using var alone = new InferenceContext(model, new ContextOptions { ContextSize = 256, Threads = 2 });
+        var prompts = new[] { Prompt(20, 1), Prompt(20, 2), Prompt(20, 3) };
+        var batch = new Batch(64);
+        for (int s = 0; s < 3; s++)
+            for (int i = 0; i < 20; i++) batch.Add(prompts[s][i], i, s, true);
+        together.Decode(batch);
+        var expected = new List<float[]>();
+        for (int s = 0; s < 3; s++)
+        {
+            alone.Cache.Clear();
+            var one = new Batch(20);
+            for (int i = 0; i < 20; i++) one.Add(prompts[s][i], i, 0, true);
+            alone.Decode(one);
+            for (int i = 0; i < 20; i++)
+                Assert.True(alone.Logits(i).SequenceEqual(together.Logits(s * 20 + i)), $"sequence {s} position {i}");
+        }
+        // Decode steps: the three sequences' next tokens together, against sequence 2 alone (still in `alone`).
+        var next = new[] { 7, 7, 7 };
+        for (int step = 0; step < 8; step++)
+        {
+            batch.Clear();
+            for (int s = 0; s < 3; s++) batch.Add(next[s], 20 + step, s, true);
+            together.Decode(batch);
+            var single = new Batch(1);
+            single.Add(next[2], 20 + step, 0, true);
+            alone.Decode(single);
+            Assert.True(alone.Logits(0).SequenceEqual(together.Logits(2)), $"decode step {step}");
+            for (int s = 0; s < 3; s++) next[s] = Sampler.ArgMax(together.Logits(s));
+        }
+    }
+
+    [Fact]
+    public void Malformed_mixture_of_experts_files_are_refused()
+    {
+        // More experts used than there are.
+        var tooMany = TestPaths.TempFile("moe-bad-used.gguf");
+        RandomModel.Write(tooMany, Spec(GgmlType.F32, 4, 2) with { ExtraMetadata = [("llama.expert_used_count", 5u)] });
+        var e1 = Assert.Throws<ModelFormatException>(() => LlamaModel.Open(tooMany));
+        Assert.Contains("expert_used_count 5", e1.Message);
+
+        // Expert keys on a file whose feed-forward is dense: the router is missing.
+        var noRouter = TestPaths.TempFile("moe-bad-router.gguf");
+        RandomModel.Write(noRouter, Spec(GgmlType.F32, 0, 2) with { ExtraMetadata = [("llama.expert_count", 4u), ("llama.expert_used_count", 2u)] });
+        var e2 = Assert.Throws<ModelFormatException>(() => LlamaModel.Open(noRouter));
+        Assert.Contains("ffn_gate_inp", e2.Message);
+
+        // A file that says 8 experts holding tensors of 4.
+        var wrongCount = TestPaths.TempFile("moe-bad-count.gguf");
+        RandomModel.Write(wrongCount, Spec(GgmlType.F32, 4, 2) with { ExtraMetadata = [("llama.expert_count", 8u)] });
+        var e3 = Assert.Throws<ModelFormatException>(() => LlamaModel.Open(wrongCount));
+        Assert.Contains("ffn_gate_inp", e3.Message);
+    }
+}
