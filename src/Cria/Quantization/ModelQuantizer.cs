@@ -145,12 +145,14 @@ public static class ModelQuantizer
             src = values;
         }
         float[]? qw = null;
+        // A stacked expert tensor {cols, rows, experts} has one importance vector per expert, one after the other.
+        long experts = t.Shape.Length == 3 ? t.Shape[2] : 1;
         if (o.Imatrix != null && IsBlockType(newType) && o.Imatrix.TryGetValue(t.Name, out var im))
         {
-            if (im.Length != t.RowLength)
+            if (im.Length != t.RowLength * experts)
             {
                 if (t.Name != "token_embd.weight")
-                    throw new CriaException($"imatrix size {im.Length} is different from tensor size {t.RowLength} for {t.Name}");
+                    throw new CriaException($"imatrix size {im.Length} is different from tensor size {t.RowLength * experts} for {t.Name}");
             }
             else qw = im;
         }
@@ -164,6 +166,21 @@ public static class ModelQuantizer
         {
             if (gf.Cols != t.RowLength) throw new CriaException($"GPTQ statistics have {gf.Cols} input columns for tensor '{t.Name}' with rows of {t.RowLength}");
             QuantizeMatrixGptqInto(dst, newType, src, (int)t.RowLength, (int)t.RowCount, gf, o.GptqScales, threads, cancel);
+            return new ReadOnlyMemory<byte>(dst, 0, (int)outBytes);
+        }
+        if (qw != null && experts > 1)
+        {
+            // Each expert with its own importances (llama.cpp quantizes the experts one after the other for this).
+            int cols = (int)t.RowLength, rows = (int)(t.RowCount / experts);
+            long rowBytes = GgmlTypeInfo.RowBytes(newType, cols);
+            var part = new byte[rows * rowBytes];
+            var vals = new float[(long)rows * cols];
+            for (int e = 0; e < experts; e++)
+            {
+                Array.Copy(src, (long)e * rows * cols, vals, 0, vals.Length);
+                QuantizeMatrixInto(part, newType, vals, cols, rows, qw.AsSpan(e * cols, cols).ToArray(), threads, cancel, o.ImatrixCandidates, null);
+                part.CopyTo(dst, e * rows * rowBytes);
+            }
             return new ReadOnlyMemory<byte>(dst, 0, (int)outBytes);
         }
         QuantizeMatrixInto(dst, newType, src, (int)t.RowLength, (int)t.RowCount, qw, threads, cancel, o.ImatrixCandidates, null);
@@ -180,7 +197,7 @@ public static class ModelQuantizer
         int nHeadKv = f.Get<int>("llama.attention.head_count_kv", nHead);
         int nAttnWv = tensors.Count(t => t.Name.Contains("attn_v.weight", StringComparison.Ordinal) || t.Name.Contains("attn_qkv.weight", StringComparison.Ordinal));
         bool hasOutput = tensors.Any(t => t.Name == "output.weight");
-        var mix = new QuantMix(o.FileType, nLayer, nHead, nHeadKv, nAttnWv, hasOutput, o.Imatrix != null);
+        var mix = new QuantMix(o.FileType, nLayer, nHead, nHeadKv, nAttnWv, hasOutput, o.Imatrix != null, f.Get<int>("llama.expert_count", 0));
         var plan = new List<(GgufTensorInfo, GgmlType)>(tensors.Count);
         foreach (var t in tensors)
         {

@@ -11,9 +11,11 @@ public enum LlamaFileType
 }
 
 /// <summary>
-/// Per-tensor type choice of llama.cpp's <c>llama_tensor_get_type</c> (src/llama-quant.cpp) for the Llama architecture
-/// (no experts): the K-quant mixes give attn_v, ffn_down, attn_output and the output head more bits, by layer
-/// position, and fall back to a 32-block type when a row length is not a multiple of 256. The counters
+/// Per-tensor type choice of llama.cpp's <c>llama_tensor_get_type</c> (src/llama-quant.cpp) for the Llama architecture:
+/// the K-quant mixes give attn_v, ffn_down, attn_output and the output head more bits, by layer position, and fall
+/// back to a 32-block type when a row length is not a multiple of 256. A model with exactly 8 experts (Mixtral) gets
+/// llama.cpp's extra rules: attn_v and attn_k in Q8_0, attn_output in Q5_K for the 2–4-bit K mixes; the stacked expert
+/// tensors (<c>ffn_*_exps</c>) take the dense rules of their names, by layer. The counters
 /// (<c>i_attention_wv</c>, <c>i_ffn_down</c>) advance in llama.cpp's tensor order (<see cref="TensorOrder"/>), so the
 /// tensors must be asked about in that order.
 /// </summary>
@@ -21,14 +23,15 @@ public sealed class QuantMix
 {
     public LlamaFileType FileType { get; }
     public GgmlType DefaultType { get; }
-    readonly int _nLayer, _nAttentionWv, _gqa;
+    readonly int _nLayer, _nAttentionWv, _gqa, _nExpert;
     readonly bool _hasOutput, _hasImatrix, _is70B;
     int _iAttentionWv, _iFfnDown;
     /// <summary>Tensors that took a fallback type because their rows do not fit the block size.</summary>
     public int Fallbacks { get; private set; }
 
-    public QuantMix(LlamaFileType ftype, int nLayer, int nHead, int nHeadKv, int nAttentionWv, bool hasOutput, bool hasImatrix)
+    public QuantMix(LlamaFileType ftype, int nLayer, int nHead, int nHeadKv, int nAttentionWv, bool hasOutput, bool hasImatrix, int nExpert = 0)
     {
+        _nExpert = nExpert;
         FileType = ftype;
         DefaultType = DefaultTypeOf(ftype);
         _nLayer = nLayer; _nAttentionWv = nAttentionWv; _gqa = nHead / Math.Max(1, nHeadKv);
@@ -60,10 +63,11 @@ public sealed class QuantMix
         _ => throw new CriaException($"unknown quantization type '{s}' (q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k f16 bf16 f32)"),
     };
 
-    /// <summary>Whether llama-quantize quantizes this tensor at all: 2-D weights, not norms, not the output head unless asked.</summary>
+    /// <summary>Whether llama-quantize quantizes this tensor at all: 2-D and 3-D (stacked experts) weights, not norms,
+    /// not a mixture's router (<c>ffn_gate_inp</c>), not the output head unless asked.</summary>
     public static bool IsQuantizable(string name, int nDims, bool quantizeOutput) =>
         name.EndsWith("weight", StringComparison.Ordinal) && nDims >= 2 && !name.Contains("_norm.weight", StringComparison.Ordinal)
-        && (quantizeOutput || name != "output.weight");
+        && !name.Contains("ffn_gate_inp.weight", StringComparison.Ordinal) && (quantizeOutput || name != "output.weight");
 
     static bool UseMoreBits(int i, int n) => i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
 
@@ -104,7 +108,12 @@ public sealed class QuantMix
             else if ((ftype == LlamaFileType.Q4_K_M || ftype == LlamaFileType.Q5_K_M) && UseMoreBits(_iAttentionWv, _nAttentionWv)) t = GgmlType.Q6_K;
             else if (ftype == LlamaFileType.Q4_K_S && _iAttentionWv < 4) t = GgmlType.Q5_K;
             if (_is70B && (t == GgmlType.Q3_K || t == GgmlType.Q4_K)) t = GgmlType.Q5_K;
+            if (_nExpert == 8) t = GgmlType.Q8_0; // llama.cpp: "bumping this to Q8_0 trades just ~128MB"
             _iAttentionWv++;
+        }
+        else if (name.Contains("attn_k.weight", StringComparison.Ordinal))
+        {
+            if (_nExpert == 8) t = GgmlType.Q8_0;
         }
         else if (name.Contains("ffn_down", StringComparison.Ordinal))
         {
@@ -121,7 +130,12 @@ public sealed class QuantMix
         }
         else if (name.Contains("attn_output.weight", StringComparison.Ordinal))
         {
-            if (ftype == LlamaFileType.Q2_K) t = GgmlType.Q3_K;
+            if (_nExpert == 8)
+            {
+                if (ftype is LlamaFileType.Q2_K or LlamaFileType.Q3_K_S or LlamaFileType.Q3_K_M or LlamaFileType.Q4_K_S or LlamaFileType.Q4_K_M)
+                    t = GgmlType.Q5_K;
+            }
+            else if (ftype == LlamaFileType.Q2_K) t = GgmlType.Q3_K;
             else if (ftype == LlamaFileType.Q3_K_M) t = GgmlType.Q4_K;
             else if (ftype == LlamaFileType.Q3_K_L) t = GgmlType.Q5_K;
         }

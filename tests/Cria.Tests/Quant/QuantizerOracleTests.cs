@@ -40,6 +40,21 @@ public sealed class QuantizerOracleTests(ITestOutputHelper output)
         return p;
     });
 
+    // Mixtral's 8 experts (llama.cpp's n_expert == 8 rules: attn_v/attn_k Q8_0, attn_output Q5_K) and 4 (none of them);
+    // the router stays F32, the stacked expert tensors take their names' rules.
+    static readonly Lazy<string> MoeSource = new(() =>
+    {
+        var p = TestPaths.TempFile("quant-src-moe8-f32.gguf");
+        RandomModel.Write(p, new RandomModelSpec { Dim = 256, Layers = 8, Heads = 8, KvHeads = 2, FfnDim = 256, VocabSize = 512, Experts = 8, ExpertsUsed = 2, Seed = 80 });
+        return p;
+    });
+    static readonly Lazy<string> Moe4Source = new(() =>
+    {
+        var p = TestPaths.TempFile("quant-src-moe4-f32.gguf");
+        RandomModel.Write(p, new RandomModelSpec { Dim = 256, Layers = 2, Heads = 8, KvHeads = 2, FfnDim = 256, VocabSize = 512, Experts = 4, ExpertsUsed = 2, Seed = 81 });
+        return p;
+    });
+
     public static TheoryData<string> FileTypes() => new()
     {
         "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K",
@@ -83,6 +98,15 @@ public sealed class QuantizerOracleTests(ITestOutputHelper output)
     [InlineData("Q4_K_M")]
     [InlineData("Q3_K_M")]
     public void F16_input_with_22_layers_matches_llama_cpp(string typeName) => CompareWithLlamaCpp(F16Source.Value, typeName, "f16");
+
+    [Theory]
+    [MemberData(nameof(FileTypes))]
+    public void Mixture_of_experts_with_8_experts_matches_llama_cpp(string typeName) => CompareWithLlamaCpp(MoeSource.Value, typeName, "moe8");
+
+    [Theory]
+    [InlineData("Q4_K_M")]
+    [InlineData("Q2_K")]
+    public void Mixture_of_experts_with_4_experts_matches_llama_cpp(string typeName) => CompareWithLlamaCpp(Moe4Source.Value, typeName, "moe4");
 
     [Theory]
     [InlineData("Q4_K_M")] // Q4_K rows of 320 → Q5_0, Q6_K → Q8_0
