@@ -87,6 +87,7 @@ public static class Awq
     /// <summary>Runs the calibration text (chunks of <see cref="AwqOptions.ContextSize"/>, BOS first) through the model.</summary>
     public static Stats Collect(LlamaModel model, string calibrationText, AwqOptions a)
     {
+        if (model.Config.IsMoe) throw new CriaException("AWQ: mixture-of-experts models are not supported (use --imatrix, which collects each expert's importances)");
         if (a.SkipPositions < 0 || a.SkipPositions >= a.ContextSize) throw new CriaException($"AWQ: cannot skip {a.SkipPositions} positions of chunks of {a.ContextSize}");
         var obs = new GramObserver(model.Config.Dim, a.SkipPositions);
         int n = Calibration.Run(model, calibrationText, a, obs);

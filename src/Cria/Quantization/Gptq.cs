@@ -25,6 +25,7 @@ public static class Gptq
     /// <summary>Per tensor name, the mean Gram matrix of its input ([cols, cols]); shared arrays for shared inputs.</summary>
     public static Dictionary<string, float[]> CollectGram(LlamaModel model, string calibrationText, GptqOptions o, out int chunks)
     {
+        if (model.Config.IsMoe) throw new CriaException("GPTQ: mixture-of-experts models are not supported (use --imatrix, which collects each expert's importances)");
         var obs = new GramObserver(o.Threads > 0 ? o.Threads : Environment.ProcessorCount);
         chunks = Calibration.Run(model, calibrationText, o, obs);
         if (chunks == 0) throw new CriaException("GPTQ: the calibration text gives no chunk (it is too short for the context size)");

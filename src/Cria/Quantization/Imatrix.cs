@@ -115,10 +115,37 @@ public sealed class Imatrix
         var m = new Imatrix { Chunks = n, Dataset = dataset };
         foreach (var (name, (sum, count, calls)) in collector.Stats)
         {
+            if (name.Contains(':')) continue; // an expert's slice, merged below
             var v = new float[sum.Length];
             for (int j = 0; j < v.Length; j++) v[j] = (float)(sum[j] / count);
             m.Values[name] = v;
             m.Calls[name] = calls;
+        }
+        // A stacked expert tensor gets one entry of n_expert × cols values, as llama-imatrix stores it (llama-quantize
+        // hands expert e the slice e·cols …): each expert's mean x² over the rows routed to it. An expert that no
+        // calibration row reached gets 1s (every column equally important: the unweighted error).
+        foreach (var L in model.Layers)
+        {
+            if (L.Experts is not { } E) continue;
+            foreach (var set in new[] { E.Gate, E.Up, E.Down })
+            {
+                string name = set[0].Name[..set[0].Name.LastIndexOf(':')];
+                int cols = set[0].Cols;
+                var v = new float[(long)cols * set.Length];
+                int calls = 0;
+                for (int e = 0; e < set.Length; e++)
+                {
+                    var slice = v.AsSpan(e * cols, cols);
+                    if (collector.Stats.TryGetValue(set[e].Name, out var st))
+                    {
+                        for (int j = 0; j < cols; j++) slice[j] = (float)(st.Sum[j] / st.Count);
+                        calls = Math.Max(calls, st.Calls);
+                    }
+                    else slice.Fill(1f);
+                }
+                m.Values[name] = v;
+                m.Calls[name] = Math.Max(1, calls);
+            }
         }
         return m;
     }

@@ -22,6 +22,8 @@ public static class GgufImport
         using var f = GgufFile.Open(path);
         string arch = f.Get<string>("general.architecture", "");
         if (arch != "llama") throw new CriaException($"{caller}: {path} is a '{arch}' model; the trainer trains llama models");
+        if (f.Get<int>("llama.expert_count", 0) > 0)
+            throw new CriaException($"{caller}: {path} is a mixture-of-experts model; the trainer trains dense llama models");
         int U(string key)
         {
             if (!f.Has(key)) throw new CriaException($"{caller}: {path} lacks {key}");
