@@ -21,10 +21,10 @@ public class AllocationTests
 {
     const int Warmup = 72, Steps = 64; // measured positions 72..135 cross KV block boundaries (blocks of 16)
 
-    static RandomModelSpec Spec(GgmlType type, bool mix) => new()
+    static RandomModelSpec Spec(string key, GgmlType type, bool mix) => new()
     {
         Dim = 256, Layers = 2, Heads = 4, KvHeads = 2, FfnDim = 768, VocabSize = 1024, Seed = 7,
-        WeightType = type, MediumMix = mix,
+        WeightType = type, MediumMix = mix, Experts = key.Contains("moe") ? 8 : 0,
     };
 
     public static IEnumerable<object[]> Cases()
@@ -38,6 +38,8 @@ public class AllocationTests
         yield return ["alloc-f32", GgmlType.F32, false, KvCacheType.Kivi4, KvEvictionType.H2O];
         yield return ["alloc-f32", GgmlType.F32, false, KvCacheType.Kivi2, KvEvictionType.SnapKV];
         yield return ["alloc-f32", GgmlType.F32, false, KvCacheType.F16, KvEvictionType.Sinks];
+        // A mixture of experts (2 of 8 per token).
+        yield return ["alloc-moe-q4_k", GgmlType.Q4_K, false, KvCacheType.F16, KvEvictionType.None];
         // A LoRA adapter on all seven projections, applied at run time.
         yield return ["alloc-q4_k_m", GgmlType.Q4_K, true, KvCacheType.F16, KvEvictionType.None, true];
     }
@@ -60,7 +62,7 @@ public class AllocationTests
     [MemberData(nameof(Cases))]
     public void DecodeStepsAllocateNothing(string key, GgmlType type, bool mix, KvCacheType kv, KvEvictionType evict, bool lora = false)
     {
-        using var model = LlamaModel.Open(LogitsAgreementTests.ModelFile(key, Spec(type, mix)));
+        using var model = LlamaModel.Open(LogitsAgreementTests.ModelFile(key, Spec(key, type, mix)));
         using var ctx = new InferenceContext(model, new ContextOptions
         {
             ContextSize = 256, Threads = 2, MicroBatch = 16,
