@@ -11,7 +11,10 @@ namespace Cria.Models;
 /// to llama.cpp's, 2-D weights in the output type and norms in F32, and the rows of q_proj/k_proj permuted from
 /// Hugging Face's rotate-half RoPE order (each head's first half of dimensions, then its second) to the interleaved
 /// pairs GGUF's RoPE expects. Running a folder directly goes through the same conversion once, into a temporary
-/// GGUF file that is memory-mapped and then unlinked (<see cref="LlamaModel.Open"/>).
+/// GGUF file that is memory-mapped and then unlinked (<see cref="LlamaModel.Open"/>). A Mixtral checkpoint
+/// (<c>MixtralForCausalLM</c>: <c>num_local_experts</c>, <c>num_experts_per_tok</c>, <c>block_sparse_moe.gate</c> and
+/// <c>experts.E.w1/w2/w3</c>) becomes llama.cpp's mixture-of-experts layout: the router as <c>ffn_gate_inp</c> in F32,
+/// each projection's experts stacked into one 3-D tensor (w1 → ffn_gate_exps, w3 → ffn_up_exps, w2 → ffn_down_exps).
 /// </summary>
 public sealed class HfCheckpoint : IDisposable
 {
@@ -23,6 +26,9 @@ public sealed class HfCheckpoint : IDisposable
     public int KvHeads { get; private init; }
     public int HeadDim { get; private init; }
     public int FfnDim { get; private init; }
+    /// <summary>Mixtral: experts per layer (0 for a dense Llama checkpoint) and experts per token.</summary>
+    public int Experts { get; private init; }
+    public int ExpertsUsed { get; private init; }
     public int VocabSize { get; private init; }
     public int ContextLength { get; private init; }
     public float RmsEps { get; private init; }
@@ -57,9 +63,14 @@ public sealed class HfCheckpoint : IDisposable
         catch (JsonException ex) { throw new ModelFormatException(cfgPath, "not valid JSON: " + ex.Message, ex); }
         var c = doc.RootElement;
         string modelType = Str(c, "model_type") ?? "";
-        bool llama = modelType == "llama" || (c.TryGetProperty("architectures", out var arch) && arch.ValueKind == JsonValueKind.Array
-            && arch.EnumerateArray().Any(a => a.GetString() == "LlamaForCausalLM"));
-        if (!llama) throw new ModelFormatException(cfgPath, $"model_type '{modelType}' is not supported (Llama checkpoints: model_type \"llama\" / LlamaForCausalLM)");
+        bool Arch(string n) => c.TryGetProperty("architectures", out var arch) && arch.ValueKind == JsonValueKind.Array
+            && arch.EnumerateArray().Any(a => a.ValueKind == JsonValueKind.String && a.GetString() == n);
+        bool mixtral = modelType == "mixtral" || Arch("MixtralForCausalLM");
+        bool llama = mixtral || modelType == "llama" || Arch("LlamaForCausalLM");
+        if (!llama) throw new ModelFormatException(cfgPath, $"model_type '{modelType}' is not supported (Llama checkpoints: model_type \"llama\" / LlamaForCausalLM, or \"mixtral\" / MixtralForCausalLM)");
+        int experts = mixtral ? Int(cfgPath, c, "num_local_experts") : 0, used = mixtral ? Int(cfgPath, c, "num_experts_per_tok") : 0;
+        if (used > experts || experts > ModelConfig.MaxExperts)
+            throw new ModelFormatException(cfgPath, $"num_experts_per_tok {used} with num_local_experts {experts}: need used ≤ experts ≤ {ModelConfig.MaxExperts}");
         int dim = Int(cfgPath, c, "hidden_size"), heads = Int(cfgPath, c, "num_attention_heads");
         int kv = c.TryGetProperty("num_key_value_heads", out _) ? Int(cfgPath, c, "num_key_value_heads") : heads;
         int headDim = c.TryGetProperty("head_dim", out var hd) && hd.ValueKind == JsonValueKind.Number ? hd.GetInt32() : dim / heads;
@@ -69,7 +80,7 @@ public sealed class HfCheckpoint : IDisposable
         return new HfCheckpoint(dir)
         {
             _config = doc,
-            Dim = dim, Heads = heads, KvHeads = kv, HeadDim = headDim,
+            Dim = dim, Heads = heads, KvHeads = kv, HeadDim = headDim, Experts = experts, ExpertsUsed = used,
             Layers = Int(cfgPath, c, "num_hidden_layers"), FfnDim = Int(cfgPath, c, "intermediate_size"), VocabSize = Int(cfgPath, c, "vocab_size"),
             ContextLength = c.TryGetProperty("max_position_embeddings", out var mp) && mp.ValueKind == JsonValueKind.Number ? mp.GetInt32() : 2048,
             RmsEps = c.TryGetProperty("rms_norm_eps", out var e) && e.ValueKind == JsonValueKind.Number ? e.GetSingle() : 1e-6f,
@@ -158,15 +169,30 @@ public sealed class HfCheckpoint : IDisposable
             yield return (h + "self_attn.v_proj.weight", g + "attn_v.weight", [kv, Dim]);
             yield return (h + "self_attn.o_proj.weight", g + "attn_output.weight", [Dim, q]);
             yield return (h + "post_attention_layernorm.weight", g + "ffn_norm.weight", [Dim]);
+            if (Experts > 0)
+            {
+                yield return (h + "block_sparse_moe.gate.weight", g + "ffn_gate_inp.weight", [Experts, Dim]);
+                continue;
+            }
             yield return (h + "mlp.gate_proj.weight", g + "ffn_gate.weight", [FfnDim, Dim]);
             yield return (h + "mlp.up_proj.weight", g + "ffn_up.weight", [FfnDim, Dim]);
             yield return (h + "mlp.down_proj.weight", g + "ffn_down.weight", [Dim, FfnDim]);
         }
     }
 
+    /// <summary>Mixtral: each stacked GGUF expert tensor, the Hugging Face tensors of its experts in order, and the shape
+    /// config.json implies for each ([out, in]).</summary>
+    public IEnumerable<(string Gguf, string[] Hf, long[] Shape)> ExpertMap()
+    {
+        if (Experts == 0) yield break;
+        for (int l = 0; l < Layers; l++)
+            foreach (var (w, gguf, shape) in new[] { ("w1", "ffn_gate_exps", new long[] { FfnDim, Dim }), ("w3", "ffn_up_exps", [FfnDim, Dim]), ("w2", "ffn_down_exps", [Dim, FfnDim]) })
+                yield return ($"blk.{l}.{gguf}.weight", Enumerable.Range(0, Experts).Select(e => $"model.layers.{l}.block_sparse_moe.experts.{e}.{w}.weight").ToArray(), shape);
+    }
+
     void Validate()
     {
-        foreach (var (hf, _, shape) in TensorMap())
+        foreach (var (hf, _, shape) in TensorMap().Concat(ExpertMap().SelectMany(m => m.Hf.Select(h => (h, m.Gguf, m.Shape)))))
         {
             if (!_tensors.TryGetValue(hf, out var e))
                 throw new ModelFormatException(ConfigPath, $"tensor '{hf}' is missing from the safetensors files");
@@ -216,6 +242,7 @@ public sealed class HfCheckpoint : IDisposable
         w.Set("general.file_type", (uint)RandomModel.FileType(type));
         w.Set("llama.vocab_size", (uint)VocabSize);
         w.Set("llama.rope.dimension_count", (uint)HeadDim);
+        if (Experts > 0) { w.Set("llama.expert_count", (uint)Experts); w.Set("llama.expert_used_count", (uint)ExpertsUsed); }
         float[]? ropeFreqs = null;
         if (RopeScaling is { } rs)
         {
@@ -235,9 +262,23 @@ public sealed class HfCheckpoint : IDisposable
         // Each tensor is read, permuted and converted when the writer reaches it: one tensor in memory at a time.
         foreach (var (hf, gguf, shape) in TensorMap())
         {
-            var tt = shape.Length == 1 ? GgmlType.F32 : type == GgmlType.Q8_0 && shape[1] % 32 != 0 ? GgmlType.F16 : type;
+            // 1-D tensors and a mixture's router are F32, as llama.cpp's converter writes them.
+            var tt = shape.Length == 1 || gguf.EndsWith("ffn_gate_inp.weight", StringComparison.Ordinal) ? GgmlType.F32
+                : type == GgmlType.Q8_0 && shape[1] % 32 != 0 ? GgmlType.F16 : type;
             long[] ggufShape = shape.Length == 1 ? [shape[0]] : [shape[1], shape[0]];
             w.AddTensor(gguf, ggufShape, tt, () => Converted(hf, shape, tt));
+        }
+        foreach (var (gguf, hfs, shape) in ExpertMap())
+        {
+            var tt = type == GgmlType.Q8_0 && shape[1] % 32 != 0 ? GgmlType.F16 : type;
+            w.AddTensor(gguf, [shape[1], shape[0], hfs.Length], tt, () =>
+            {
+                // Experts one after the other: expert e's rows follow expert e − 1's (GGUF ne = {in, out, experts}).
+                long bytes = GgmlTypeInfo.RowBytes(tt, shape[1]) * shape[0];
+                var stacked = new byte[checked(bytes * hfs.Length)];
+                for (int e = 0; e < hfs.Length; e++) Converted(hfs[e], shape, tt).CopyTo(stacked, e * bytes);
+                return stacked;
+            });
         }
         w.Write(path);
     }

@@ -28,7 +28,7 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
     static float Bf16Round(float x) => Bf16.ToSingle(Bf16.FromSingle(x));
 
     /// <summary>Writes the folder; <paramref name="edit"/> may change config.json, <paramref name="dtype"/> the storage.</summary>
-    static HfModel WriteFolder(string name, string dtype = "BF16", Action<JsonObject>? edit = null, int seed = 11)
+    static HfModel WriteFolder(string name, string dtype = "BF16", Action<JsonObject>? edit = null, int seed = 11, int experts = 0, int used = 0)
     {
         string dir = TestPaths.TempFile(name);
         if (Directory.Exists(dir)) Directory.Delete(dir, true);
@@ -63,6 +63,19 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
             Add(sh, p + "self_attn.v_proj.weight", M(KvHeads * Hd, Dim, s), KvHeads * Hd, Dim);
             Add(sh, p + "self_attn.o_proj.weight", M(Dim, Heads * Hd, s), Dim, Heads * Hd);
             Add(sh, p + "post_attention_layernorm.weight", N(Dim), Dim);
+            if (experts > 0)
+            {
+                // Mixtral: a router and experts.E.{w1 = gate, w3 = up, w2 = down}.
+                Add(sh, p + "block_sparse_moe.gate.weight", M(experts, Dim, 2 * s), experts, Dim);
+                for (int e = 0; e < experts; e++)
+                {
+                    string x = p + $"block_sparse_moe.experts.{e}.";
+                    Add(sh, x + "w1.weight", M(Ffn, Dim, s), Ffn, Dim);
+                    Add(sh, x + "w2.weight", M(Dim, Ffn, 1f / MathF.Sqrt(Ffn)), Dim, Ffn);
+                    Add(sh, x + "w3.weight", M(Ffn, Dim, s), Ffn, Dim);
+                }
+                continue;
+            }
             Add(sh, p + "mlp.gate_proj.weight", M(Ffn, Dim, s), Ffn, Dim);
             Add(sh, p + "mlp.up_proj.weight", M(Ffn, Dim, s), Ffn, Dim);
             Add(sh, p + "mlp.down_proj.weight", M(Dim, Ffn, 1f / MathF.Sqrt(Ffn)), Dim, Ffn);
@@ -84,6 +97,11 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
             ["rope_theta"] = Theta, ["max_position_embeddings"] = 256, ["vocab_size"] = Vocab, ["tie_word_embeddings"] = false,
             ["torch_dtype"] = dtype == "BF16" ? "bfloat16" : "float16", ["bos_token_id"] = 1, ["eos_token_id"] = 2,
         };
+        if (experts > 0)
+        {
+            cfg["architectures"] = new JsonArray("MixtralForCausalLM"); cfg["model_type"] = "mixtral";
+            cfg["num_local_experts"] = experts; cfg["num_experts_per_tok"] = used; cfg["sliding_window"] = null;
+        }
         edit?.Invoke(cfg);
         File.WriteAllText(Path.Combine(dir, "config.json"), cfg.ToJsonString());
         WriteTokenizer(dir);
@@ -125,8 +143,10 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
         }.ToJsonString());
     }
 
-    /// <summary>The Hugging Face forward pass in double precision: rotate-half RoPE on the stored q/k rows.</summary>
-    static double[][] ReferenceLogits(Dictionary<string, float[]> w, int[] tokens)
+    /// <summary>The Hugging Face forward pass in double precision: rotate-half RoPE on the stored q/k rows; for Mixtral
+    /// (<paramref name="used"/> of <paramref name="experts"/>), MixtralSparseMoeBlock: softmax over the router logits,
+    /// the top <paramref name="used"/> renormalised, Σ w_e · w2_e(SiLU(w1_e x) ⊙ w3_e x).</summary>
+    static double[][] ReferenceLogits(Dictionary<string, float[]> w, int[] tokens, int experts = 0, int used = 0)
     {
         int T = tokens.Length, qd = Heads * Hd, kd = KvHeads * Hd;
         double[] RmsNorm(double[] x, float[] g)
@@ -180,10 +200,32 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
                 var o = Mv(w[p + "self_attn.o_proj.weight"], Dim, att);
                 for (int j = 0; j < Dim; j++) x[t][j] += o[j];
                 var h2 = RmsNorm(x[t], w[p + "post_attention_layernorm.weight"]);
-                var g = Mv(w[p + "mlp.gate_proj.weight"], Ffn, h2); var up = Mv(w[p + "mlp.up_proj.weight"], Ffn, h2);
-                for (int i = 0; i < Ffn; i++) g[i] = g[i] / (1 + Math.Exp(-g[i])) * up[i];
-                var d2 = Mv(w[p + "mlp.down_proj.weight"], Dim, g);
-                for (int j = 0; j < Dim; j++) x[t][j] += d2[j];
+                double[] Ffn_(string gate, string up_, string down)
+                {
+                    var g = Mv(w[gate], Ffn, h2); var up = Mv(w[up_], Ffn, h2);
+                    for (int i = 0; i < Ffn; i++) g[i] = g[i] / (1 + Math.Exp(-g[i])) * up[i];
+                    return Mv(w[down], Dim, g);
+                }
+                if (experts == 0)
+                {
+                    var d2 = Ffn_(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight", p + "mlp.down_proj.weight");
+                    for (int j = 0; j < Dim; j++) x[t][j] += d2[j];
+                }
+                else
+                {
+                    var logits = Mv(w[p + "block_sparse_moe.gate.weight"], experts, h2);
+                    double mx = logits.Max();
+                    var prob = logits.Select(v => Math.Exp(v - mx)).ToArray();
+                    double z = prob.Sum();
+                    var top = Enumerable.Range(0, experts).OrderByDescending(e => prob[e]).Take(used).ToArray();
+                    double kept = top.Sum(e => prob[e] / z);
+                    foreach (int e in top)
+                    {
+                        string q = p + $"block_sparse_moe.experts.{e}.";
+                        var d2 = Ffn_(q + "w1.weight", q + "w3.weight", q + "w2.weight");
+                        for (int j = 0; j < Dim; j++) x[t][j] += prob[e] / z / kept * d2[j];
+                    }
+                }
             }
         }
         var res = new double[T][];
@@ -229,6 +271,41 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
         Assert.Equal(0, eDirect); // the direct route is the BF16 conversion, bit for bit
         // BF16 weights multiply activations rounded to BF16 (8-bit mantissa), in Cria as in llama.cpp (which agrees with Cria to ~5e-7 here).
         Assert.True(eBf16 < 0.5, $"the direct (BF16 activations) route differs from the reference by {eBf16}");
+        Assert.True(eCppBf16 < 8e-2, $"llama.cpp and Cria differ on the BF16 conversion by {eCppBf16}");
+    }
+
+    /// <summary>A random Mixtral folder (4 experts, 2 per token, BF16 shards): run directly, converted by Cria (F32 and
+    /// BF16) and through llama.cpp after conversion, against the double-precision Hugging Face forward pass.</summary>
+    [Fact]
+    public void A_mixtral_checkpoint_converts_to_llama_cpps_expert_layout_with_the_same_logits()
+    {
+        var hf = WriteFolder("hf-mixtral", experts: 4, used: 2, seed: 13);
+        var reference = ReferenceLogits(hf.W, Tokens, 4, 2);
+        string f32 = TestPaths.TempFile("hf-mixtral-f32.gguf"), bf16 = TestPaths.TempFile("hf-mixtral-bf16.gguf");
+        using (var ck = HfCheckpoint.Open(hf.Dir))
+        {
+            Assert.Equal((4, 2), (ck.Experts, ck.ExpertsUsed));
+            ck.WriteGguf(f32, GgmlType.F32);
+            ck.WriteGguf(bf16, GgmlType.BF16);
+        }
+        using (var f = GgufFile.Open(bf16))
+        {
+            Assert.Equal(GgmlType.F32, f.GetTensor("blk.0.ffn_gate_inp.weight").Type);
+            Assert.Equal(new long[] { Dim, Ffn, 4 }, f.GetTensor("blk.1.ffn_up_exps.weight").Shape);
+            Assert.Equal(new long[] { Ffn, Dim, 4 }, f.GetTensor("blk.1.ffn_down_exps.weight").Shape);
+            Assert.False(f.TryGetTensor("blk.0.ffn_gate.weight", out _));
+        }
+        float[][] criaF32, criaBf16, direct, cppF32, cppBf16;
+        using (var r = new CriaRunner(f32, 64)) { Assert.Equal(4, r.Model.Config.ExpertCount); criaF32 = r.AllLogits(Tokens); }
+        using (var r = new CriaRunner(bf16, 64)) criaBf16 = r.AllLogits(Tokens);
+        using (var r = new CriaRunner(hf.Dir, 64)) direct = r.AllLogits(Tokens);
+        using (var c = new LlamaCpp(f32, 64)) cppF32 = c.AllLogits(Tokens);
+        using (var c = new LlamaCpp(bf16, 64)) cppBf16 = c.AllLogits(Tokens);
+        double eF32 = MaxDiff(reference, criaF32), eCpp = MaxDiff(reference, cppF32), eDirect = MaxDiff(direct, criaBf16), eCppBf16 = MaxDiff(criaBf16, cppBf16);
+        output.WriteLine($"Mixtral: max |Δ| Cria F32 vs HF reference {eF32:E2}, llama.cpp F32 vs reference {eCpp:E2}, direct vs converted BF16 {eDirect:E2}, llama.cpp BF16 vs Cria BF16 {eCppBf16:E2}");
+        Assert.True(eF32 < 1e-4, $"Cria on the F32 conversion differs from the Hugging Face forward pass by {eF32}");
+        Assert.True(eCpp < 1e-4, $"llama.cpp on the F32 conversion differs from the Hugging Face forward pass by {eCpp}");
+        Assert.Equal(0, eDirect);
         Assert.True(eCppBf16 < 8e-2, $"llama.cpp and Cria differ on the BF16 conversion by {eCppBf16}");
     }
 
@@ -390,8 +467,17 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
         output.WriteLine(e2.Message);
         Assert.Contains("config.json implies", e2.Message);
 
-        var moe = WriteFolder("hf-bad-arch", edit: c => { c["model_type"] = "mixtral"; c["architectures"] = new JsonArray("MixtralForCausalLM"); });
-        Assert.Contains("not supported", Assert.Throws<ModelFormatException>(() => HfCheckpoint.Open(moe.Dir).Dispose()).Message);
+        var other = WriteFolder("hf-bad-arch", edit: c => { c["model_type"] = "qwen2"; c["architectures"] = new JsonArray("Qwen2ForCausalLM"); });
+        Assert.Contains("not supported", Assert.Throws<ModelFormatException>(() => HfCheckpoint.Open(other.Dir).Dispose()).Message);
+        // Mixtral: the expert counts must be given and agree with the tensors.
+        var noCount = WriteFolder("hf-moe-no-count", edit: c => { c["model_type"] = "mixtral"; c["architectures"] = new JsonArray("MixtralForCausalLM"); });
+        Assert.Contains("num_local_experts", Assert.Throws<ModelFormatException>(() => HfCheckpoint.Open(noCount.Dir).Dispose()).Message);
+        var denseTensors = WriteFolder("hf-moe-dense-tensors", edit: c => { c["model_type"] = "mixtral"; c["num_local_experts"] = 4; c["num_experts_per_tok"] = 2; });
+        Assert.Contains("block_sparse_moe.gate.weight", Assert.Throws<ModelFormatException>(() => HfCheckpoint.Open(denseTensors.Dir).Dispose()).Message);
+        var tooMany = WriteFolder("hf-moe-too-many", experts: 4, used: 2, edit: c => c["num_experts_per_tok"] = 5);
+        Assert.Contains("num_experts_per_tok 5", Assert.Throws<ModelFormatException>(() => HfCheckpoint.Open(tooMany.Dir).Dispose()).Message);
+        var fewer = WriteFolder("hf-moe-fewer", experts: 4, used: 2, edit: c => c["num_local_experts"] = 5);
+        Assert.Contains("config.json implies [5, 64]", Assert.Throws<ModelFormatException>(() => HfCheckpoint.Open(fewer.Dir).Dispose()).Message);
 
         var gone = WriteFolder("hf-missing-shard");
         File.Delete(Path.Combine(gone.Dir, "model-00002-of-00002.safetensors"));
