@@ -17,9 +17,11 @@ public class EngineTests
     });
 
     /// <summary>Quantized variants (K-quants need rows of 256): the batched row kernels must stay batch-invariant.</summary>
-    public static string ModelPath(GgmlType type) => type == GgmlType.F32 ? ModelPath() : LogitsAgreementTests.ModelFile("serving-" + type, new RandomModelSpec
+    /// <summary>With <paramref name="experts"/> &gt; 0, a mixture of experts (2 per token): rows of a step are regrouped
+    /// by expert, and each must still get what it gets alone.</summary>
+    public static string ModelPath(GgmlType type, int experts = 0) => type == GgmlType.F32 && experts == 0 ? ModelPath() : LogitsAgreementTests.ModelFile($"serving-{type}-{experts}", new RandomModelSpec
     {
-        Dim = 256, Layers = 2, Heads = 4, KvHeads = 2, FfnDim = 256, VocabSize = 400, ContextLength = 1024, Seed = 7, WeightType = type,
+        Dim = 256, Layers = 2, Heads = 4, KvHeads = 2, FfnDim = 256, VocabSize = 400, ContextLength = 1024, Seed = 7, WeightType = type, Experts = experts,
     });
 
     static int[] Prompt(int n, int seed)
@@ -28,9 +30,9 @@ public class EngineTests
         return Enumerable.Range(0, n).Select(i => i == 0 ? 1 : r.Next(3, 400)).ToArray();
     }
 
-    static (LlamaModel, InferenceContext, Engine) Start(SchedulerOptions s, int ctx = 1024, GgmlType type = GgmlType.F32, KvFormat? kv = null)
+    static (LlamaModel, InferenceContext, Engine) Start(SchedulerOptions s, int ctx = 1024, GgmlType type = GgmlType.F32, KvFormat? kv = null, int experts = 0)
     {
-        var m = LlamaModel.Open(ModelPath(type));
+        var m = LlamaModel.Open(ModelPath(type, experts));
         var c = new InferenceContext(m, new ContextOptions { ContextSize = ctx, Threads = 2, MicroBatch = 64, Kv = kv ?? KvFormat.F16 });
         return (m, c, new Engine(c, m.Tokenizer, new EngineOptions { Scheduler = s }));
     }
@@ -126,9 +128,10 @@ public class EngineTests
     [InlineData(GgmlType.F32)]
     [InlineData(GgmlType.Q8_0)]
     [InlineData(GgmlType.Q4_K)]
-    public async Task ThirtyTwoConcurrentGreedyRequestsReturnWhatEachReturnsAlone(GgmlType type)
+    [InlineData(GgmlType.Q4_K, 8)]
+    public async Task ThirtyTwoConcurrentGreedyRequestsReturnWhatEachReturnsAlone(GgmlType type, int experts = 0)
     {
-        var (m, c, e) = Start(new SchedulerOptions { TokenBudget = 64, MaxSequences = 32, PrefixCaching = false }, ctx: 2048, type);
+        var (m, c, e) = Start(new SchedulerOptions { TokenBudget = 64, MaxSequences = 32, PrefixCaching = false }, ctx: 2048, type, experts: experts);
         using (m) using (c) using (e)
         {
             var rng = new Random(11);
