@@ -37,7 +37,8 @@ public sealed class LlamaLayer
 /// A Mixtral-style mixture-of-experts feed-forward (llama.cpp's <c>build_moe_ffn</c> for the llama architecture):
 /// p = softmax(router · x) over the n_expert experts, the n_expert_used most probable are kept with their
 /// probabilities renormalised to sum to 1, and y = Σ_e w_e · down_e(SiLU(gate_e · x) ⊙ up_e · x). Each expert is a
-/// view into the layer's stacked 3-D tensor (GGUF ne = {cols, rows, n_expert}: expert e's rows follow expert e − 1's).
+/// view into the layer's stacked 3-D tensor (GGUF ne = {cols, rows, n_expert}: expert e's rows follow expert e − 1's),
+/// or, in older files, its own 2-D tensor (<c>blk.N.ffn_gate.E.weight</c>).
 /// </summary>
 public sealed class MoeExperts
 {
@@ -119,9 +120,9 @@ public sealed class LlamaModel : IDisposable
                 Experts = moe ? new MoeExperts
                 {
                     Router = WeightMatrix.Bind(f, p + "ffn_gate_inp.weight", c.Dim, c.ExpertCount),
-                    Gate = WeightMatrix.BindExperts(f, p + "ffn_gate_exps.weight", c.Dim, c.FfnDim, c.ExpertCount),
-                    Up = WeightMatrix.BindExperts(f, p + "ffn_up_exps.weight", c.Dim, c.FfnDim, c.ExpertCount),
-                    Down = WeightMatrix.BindExperts(f, p + "ffn_down_exps.weight", c.FfnDim, c.Dim, c.ExpertCount),
+                    Gate = WeightMatrix.BindExperts(f, p + "ffn_gate", c.Dim, c.FfnDim, c.ExpertCount),
+                    Up = WeightMatrix.BindExperts(f, p + "ffn_up", c.Dim, c.FfnDim, c.ExpertCount),
+                    Down = WeightMatrix.BindExperts(f, p + "ffn_down", c.FfnDim, c.Dim, c.ExpertCount),
                 } : null,
             };
         }

@@ -16,6 +16,9 @@ public sealed record RandomModelSpec
     /// converter writes it.</summary>
     public int Experts { get; init; }
     public int ExpertsUsed { get; init; } = 2;
+    /// <summary>Write each expert as its own 2-D tensor (<c>blk.N.ffn_gate.E.weight</c>), as files from before llama.cpp
+    /// stacked them did; the values are those of the stacked layout with the same seed.</summary>
+    public bool SplitExperts { get; init; }
     /// <summary>Vocabulary size: the synthetic SPM vocabulary (specials, 256 byte tokens, word pieces) padded or cut to this.</summary>
     public int VocabSize { get; init; } = 1024;
     public int ContextLength { get; init; } = 2048;
@@ -157,9 +160,15 @@ public static class RandomModel
                 // Router logits of standard deviation ≈ 2 over unit-RMS inputs: clear but not one-hot choices.
                 int n = s.Experts;
                 w.AddTensor(p + "ffn_gate_inp.weight", [s.Dim, n], GgmlType.F32, Matrix(rng, n, s.Dim, std * 2, GgmlType.F32));
-                w.AddTensor(p + "ffn_gate_exps.weight", [s.Dim, s.FfnDim, n], t, Matrix(rng, s.FfnDim * n, s.Dim, std, t));
-                w.AddTensor(p + "ffn_up_exps.weight", [s.Dim, s.FfnDim, n], t, Matrix(rng, s.FfnDim * n, s.Dim, std, t));
-                w.AddTensor(p + "ffn_down_exps.weight", [s.FfnDim, s.Dim, n], moreBits, Matrix(rng, s.Dim * n, s.FfnDim, 1f / MathF.Sqrt(s.FfnDim), moreBits));
+                void Experts(string name, int rows, int cols, GgmlType type, byte[] stacked)
+                {
+                    if (!s.SplitExperts) { w.AddTensor(p + name + "_exps.weight", [cols, rows, n], type, stacked); return; }
+                    long bytes = GgmlTypeInfo.RowBytes(type, cols) * rows;
+                    for (int e = 0; e < n; e++) w.AddTensor($"{p}{name}.{e}.weight", [cols, rows], type, stacked.AsMemory((int)(e * bytes), (int)bytes));
+                }
+                Experts("ffn_gate", s.FfnDim, s.Dim, t, Matrix(rng, s.FfnDim * n, s.Dim, std, t));
+                Experts("ffn_up", s.FfnDim, s.Dim, t, Matrix(rng, s.FfnDim * n, s.Dim, std, t));
+                Experts("ffn_down", s.Dim, s.FfnDim, moreBits, Matrix(rng, s.Dim * n, s.FfnDim, 1f / MathF.Sqrt(s.FfnDim), moreBits));
                 continue;
             }
             w.AddTensor(p + "ffn_gate.weight", [s.Dim, s.FfnDim], t, Matrix(rng, s.FfnDim, s.Dim, std, t));

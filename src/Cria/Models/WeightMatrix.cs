@@ -45,16 +45,23 @@ public readonly unsafe struct WeightMatrix
         return new WeightMatrix(name, t.Type, f.TensorPointer(t), rows, cols);
     }
 
-    /// <summary>Binds a stacked expert tensor of shape {cols, rows, experts} as one matrix per expert, each a view
-    /// of its contiguous rows; expert e is named <c>NAME:e</c>.</summary>
-    public static WeightMatrix[] BindExperts(GgufFile f, string name, int cols, int rows, int experts)
+    /// <summary>Binds one matrix per expert: the stacked tensor <c>BASE_exps.weight</c> of shape {cols, rows, experts},
+    /// each expert a view of its contiguous rows named <c>BASE_exps.weight:e</c>; or, in files from before llama.cpp
+    /// stacked them, the separate tensors <c>BASE.e.weight</c> of shape {cols, rows}.</summary>
+    public static WeightMatrix[] BindExperts(GgufFile f, string baseName, int cols, int rows, int experts)
     {
-        var t = f.GetTensor(name);
+        string name = baseName + "_exps.weight";
+        var m = new WeightMatrix[experts];
+        if (!f.TryGetTensor(name, out var t) && f.TryGetTensor($"{baseName}.0.weight", out _))
+        {
+            for (int e = 0; e < experts; e++) m[e] = Bind(f, $"{baseName}.{e}.weight", cols, rows);
+            return m;
+        }
+        t = f.GetTensor(name);
         if (t.Shape.Length != 3 || t.Shape[0] != cols || t.Shape[1] != rows || t.Shape[2] != experts)
             throw new ModelFormatException(f.Path, $"tensor '{name}' has shape [{string.Join(", ", t.Shape)}], expected [{cols}, {rows}, {experts}]");
         if (!Kernels.VecDot.HasDotProduct(t.Type))
             throw new ModelFormatException(f.Path, $"tensor '{name}' has type {t.Type}, which Cria cannot use as a weight matrix");
-        var m = new WeightMatrix[experts];
         long expertBytes = rows * GgmlTypeInfo.RowBytes(t.Type, cols);
         for (int e = 0; e < experts; e++) m[e] = new WeightMatrix($"{name}:{e}", t.Type, f.TensorPointer(t) + e * expertBytes, rows, cols);
         return m;

@@ -129,6 +129,7 @@ public sealed class Imatrix
             if (L.Experts is not { } E) continue;
             foreach (var set in new[] { E.Gate, E.Up, E.Down })
             {
+                if (!set[0].Name.Contains(':')) continue; // separate 2-D expert tensors (older files): entries under their own names
                 string name = set[0].Name[..set[0].Name.LastIndexOf(':')];
                 int cols = set[0].Cols;
                 var v = new float[(long)cols * set.Length];

@@ -117,7 +117,8 @@ public sealed class QuantMix
         }
         else if (name.Contains("ffn_down", StringComparison.Ordinal))
         {
-            int iLayer = _iFfnDown, nLayer = _nLayer;
+            // With experts, llama.cpp reads the layer from the name (older files have one ffn_down per expert).
+            int iLayer = _nExpert > 1 ? LayerOf(name) : _iFfnDown, nLayer = _nLayer;
             if (ftype == LlamaFileType.Q2_K) t = GgmlType.Q3_K;
             else if (ftype == LlamaFileType.Q3_K_M) t = iLayer < nLayer / 16 ? GgmlType.Q5_K : GgmlType.Q4_K; // arch != FALCON
             else if (ftype == LlamaFileType.Q3_K_L) t = GgmlType.Q5_K;

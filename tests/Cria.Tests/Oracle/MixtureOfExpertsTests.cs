@@ -151,6 +151,28 @@ public class MixtureOfExpertsTests(ITestOutputHelper output)
         }
     }
 
+    /// <summary>Files from before llama.cpp stacked the experts (one 2-D tensor per expert, <c>blk.N.ffn_up.E.weight</c>)
+    /// give exactly the logits of the stacked file with the same values. llama.cpp (LLamaSharp 0.30.0) no longer loads
+    /// them ("missing tensor 'blk.0.ffn_down_exps.weight'"), so the stacked file is the reference here; its own
+    /// agreement with llama.cpp is the test above.</summary>
+    [Fact]
+    public void Separate_expert_tensors_of_older_files_give_the_stacked_files_logits()
+    {
+        var stacked = LogitsAgreementTests.ModelFile("moe-Q8_0-4-2", Spec(GgmlType.Q8_0, 4, 2));
+        var split = LogitsAgreementTests.ModelFile("moe-Q8_0-4-2-split", Spec(GgmlType.Q8_0, 4, 2) with { SplitExperts = true });
+        var tokens = Prompt(24, 8);
+        float[][] a, b;
+        using (var r = new CriaRunner(stacked)) a = r.AllLogits(tokens);
+        using (var r = new CriaRunner(split))
+        {
+            Assert.Equal("blk.0.ffn_up.3.weight", r.Model.Layers[0].Experts!.Up[3].Name);
+            Assert.Equal(3 + 2 * (7 + 3 * 4), r.Model.File.Tensors.Count); // per layer 7 + 4 experts × 3 projections, no stacked tensor
+            b = r.AllLogits(tokens);
+        }
+        for (int p = 0; p < tokens.Length; p++)
+            Assert.True(a[p].SequenceEqual(b[p]), $"position {p}: the split file's logits differ from the stacked file's");
+    }
+
     [Fact]
     public void Malformed_mixture_of_experts_files_are_refused()
     {

@@ -103,6 +103,19 @@ public sealed class QuantizerOracleTests(ITestOutputHelper output)
     [MemberData(nameof(FileTypes))]
     public void Mixture_of_experts_with_8_experts_matches_llama_cpp(string typeName) => CompareWithLlamaCpp(MoeSource.Value, typeName, "moe8");
 
+    static readonly Lazy<string> MoeSplitSource = new(() =>
+    {
+        var p = TestPaths.TempFile("quant-src-moe8-split-f32.gguf");
+        RandomModel.Write(p, new RandomModelSpec { Dim = 256, Layers = 8, Heads = 8, KvHeads = 2, FfnDim = 256, VocabSize = 512, Experts = 8, ExpertsUsed = 2, Seed = 82, SplitExperts = true });
+        return p;
+    });
+
+    /// <summary>Older files with one ffn_down per expert: the layer rules read the layer from the name, as llama.cpp's.</summary>
+    [Theory]
+    [InlineData("Q4_K_M")]
+    [InlineData("Q3_K_M")]
+    public void Mixture_of_experts_with_separate_expert_tensors_matches_llama_cpp(string typeName) => CompareWithLlamaCpp(MoeSplitSource.Value, typeName, "moe8split");
+
     [Theory]
     [InlineData("Q4_K_M")]
     [InlineData("Q2_K")]
