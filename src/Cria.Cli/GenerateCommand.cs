@@ -30,9 +30,10 @@ static class GenerateCommand
         var draftPMin = new Option<float>("--draft-p-min") { Description = "the draft model stops drafting below this confidence", DefaultValueFactory = _ => 0.75f };
         var draftFixed = new Option<bool>("--draft-fixed") { Description = "draft up to --draft-max every step (default: adapt to how many drafts the target keeps)" };
         var ngram = new Option<int>("--lookup-ngram") { Description = "longest n-gram prompt lookup matches", DefaultValueFactory = _ => 3 };
+        var clamp = new Option<string[]>("--clamp") { Description = "hold feed-forward neuron N of layer L at value V at every position: L:N=V (repeatable; see `cria neurons`)", AllowMultipleArgumentsPerToken = false };
         var cmd = new Command("generate", "generate text from a prompt (streams as it goes)")
         {
-            model, prompt, n, temp, seed, threads, ctx, topK, topP, minP, repeat, lastN, freq, pres, special, draftModel, lookup, draftMax, draftPMin, ngram, draftFixed,
+            model, prompt, n, temp, seed, threads, ctx, topK, topP, minP, repeat, lastN, freq, pres, special, draftModel, lookup, draftMax, draftPMin, ngram, draftFixed, clamp,
         };
         var kv = new KvCliOptions();
         var lora = new LoraCliOptions();
@@ -47,7 +48,11 @@ static class GenerateCommand
             if (ctxSize == 0) ctxSize = Math.Min(4096, m.Config.ContextLength);
             int nPredict = r.GetValue(n);
             if (nPredict < 0) throw new CriaException($"-n must be ≥ 0, got {nPredict}");
-            using var context = new InferenceContext(m, kv.Apply(r, new ContextOptions { ContextSize = ctxSize, Threads = r.GetValue(threads), Loras = LoraCliOptions.Load(lora.Adapters(r), m) }));
+            using var context = new InferenceContext(m, kv.Apply(r, new ContextOptions
+            {
+                ContextSize = ctxSize, Threads = r.GetValue(threads), Loras = LoraCliOptions.Load(lora.Adapters(r), m),
+                NeuronClamps = (r.GetValue(clamp) ?? []).Select(Interpretability.NeuronClamp.Parse).ToArray(),
+            }));
             var sampler = new SamplerOptions
             {
                 Temperature = r.GetValue(temp),

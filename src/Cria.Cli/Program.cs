@@ -16,6 +16,7 @@ root.Subcommands.Add(ImatrixCommand.Create());
 root.Subcommands.Add(ConvertCommand.Create());
 root.Subcommands.Add(ExportLoraCommand.Create());
 root.Subcommands.Add(ConvertLoraCommand.Create());
+root.Subcommands.Add(NeuronsCommand.Create());
 try
 {
     return root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });

@@ -24,6 +24,9 @@ public sealed record ContextOptions
     /// <summary>LoRA adapters applied at run time beside the base weights, each with its user scale (llama.cpp's
     /// <c>--lora</c> = scale 1, <c>--lora-scaled FILE S</c>).</summary>
     public IReadOnlyList<(LoraAdapter Adapter, float Scale)> Loras { get; init; } = [];
+    /// <summary>Feed-forward neurons held at fixed values at every position (<see cref="Interpretability.NeuronClamp"/>;
+    /// CLI <c>--clamp L:N=V</c>).</summary>
+    public IReadOnlyList<Interpretability.NeuronClamp> NeuronClamps { get; init; } = [];
 }
 
 /// <summary>Receives the activations a weight matrix is about to multiply: <paramref name="x"/> is [rows, cols] row-major.</summary>
@@ -77,6 +80,7 @@ public sealed class InferenceContext : IDisposable
     // LoRA: base weight name → its adapters (A [r, in], B [out, r], s), null without adapters.
     readonly Dictionary<string, (LoraAdapter.Pair Pair, float S)[]>? _lora;
     readonly LoraJob? _loraJob;
+    readonly (int Neuron, float Value)[][]? _clamps; // [layer] neurons held at a value (null without clamps)
 
     public InferenceContext(LlamaModel model, ContextOptions? options = null)
     {
@@ -120,6 +124,15 @@ public sealed class InferenceContext : IDisposable
         for (int i = 1; i <= extra; i++) _actQ[i] = GC.AllocateArray<byte>(b * extraRowBytes + 64, pinned: true);
         _cells = new int[b];
         _attention = new AttentionJob(c, Cache, threads, options.Eviction.ShiftPositions);
+        if (options.NeuronClamps.Count > 0)
+        {
+            if (c.IsMoe) throw new CriaException("neuron clamps: a mixture-of-experts model has one set of neurons per expert; clamp dense models");
+            foreach (var k in options.NeuronClamps)
+                if ((uint)k.Layer >= (uint)c.LayerCount || (uint)k.Neuron >= (uint)c.FfnDim || !float.IsFinite(k.Value))
+                    throw new CriaException($"neuron clamp {k.Layer}:{k.Neuron}={k.Value}: need a layer in 0..{c.LayerCount - 1}, a neuron in 0..{c.FfnDim - 1} and a finite value");
+            _clamps = Enumerable.Range(0, c.LayerCount)
+                .Select(l => options.NeuronClamps.Where(k => k.Layer == l).Select(k => (k.Neuron, k.Value)).ToArray()).ToArray();
+        }
         if (options.Loras.Count > 0)
         {
             var shapes = new Dictionary<string, (int Rows, int Cols)>();
@@ -283,6 +296,9 @@ public sealed class InferenceContext : IDisposable
             {
                 MatMuls(_xn, B, 2, L.WGate, _gate, L.WUp, _up, default, default);
                 for (int b = 0; b < B; b++) Ops.SwiGlu(_gate.AsSpan(b * ff, ff), _up.AsSpan(b * ff, ff));
+                if (_clamps != null)
+                    foreach (var (n, v) in _clamps[l])
+                        for (int b = 0; b < B; b++) _gate[b * ff + n] = v;
                 MatMul(L.WDown, _gate, B, _tmp);
             }
             Ops.Add(_tmp.AsSpan(0, B * dim), _x.AsSpan(0, B * dim));
