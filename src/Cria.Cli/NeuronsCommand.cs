@@ -48,6 +48,13 @@ static class NeuronsCommand
                 foreach (var g in readings.Zip(b).GroupBy(p => p.First.Layer))
                     Console.WriteLine($"layer {g.Key}: {NeuronLens.SameTopToken(g.Select(p => p.First).ToList(), g.Select(p => p.Second).ToList()):P1} of {g.Count()} neurons keep their top token");
                 Console.WriteLine($"same top token: {NeuronLens.SameTopToken(readings, b):P1} of {readings.Count} {v.ToString().ToLowerInvariant()} neurons");
+                // Neurons whose decoding in this model is confident: a near-uniform decoding's top token is fragile.
+                foreach (float min in new[] { 0.01f, 0.05f, 0.1f, 0.3f })
+                {
+                    var sure = readings.Zip(b).Where(p => p.First.TopProb >= min).ToList();
+                    if (sure.Count > 0)
+                        Console.WriteLine($"  of the {sure.Count} with top-1 probability ≥ {min}: {NeuronLens.SameTopToken(sure.Select(p => p.First).ToList(), sure.Select(p => p.Second).ToList()):P1} keep it");
+                }
                 return 0;
             }
             if (r.GetValue(token) is { } text)
