@@ -350,7 +350,7 @@ public sealed class InferenceContext : IDisposable
         {
             int first = mb.Start[e], n = mb.Start[e + 1] - first;
             if (n == 0) continue;
-            for (int j = 0; j < n; j++)                                                   // gather: _xe[j] = _xn[row]
+            for (int j = 0; j < n; j++)                                                   // gather: Input[j] = _xn[row of slot]
                 _xn.AsSpan(mb.Order[first + j] / k * dim, dim).CopyTo(mb.Input.AsSpan(j * dim, dim));
             MatMuls(mb.Input, n, 2, E.Gate[e], _gate, E.Up[e], _up, default, default);
             for (int j = 0; j < n; j++) Ops.SwiGlu(_gate.AsSpan(j * ff, ff), _up.AsSpan(j * ff, ff));

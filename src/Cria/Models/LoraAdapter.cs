@@ -63,7 +63,7 @@ public sealed class LoraAdapter
             if (!isA) { if (!f.TryGetTensor(baseName + ".lora_a", out _)) throw new CriaException($"LoRA adapter {path}: {name} has no {baseName}.lora_a"); continue; }
             if (!f.TryGetTensor(baseName + ".lora_b", out var tb)) throw new CriaException($"LoRA adapter {path}: {name} has no {baseName}.lora_b");
             if (!byName.TryGetValue(baseName, out var w))
-                throw new CriaException($"LoRA adapter {path}: {baseName} is not one of the model's adaptable projections ({string.Join(", ", LlamaLayer.ProjectionNames)} of blk.0…{model.Layers.Count - 1})");
+                throw new CriaException($"LoRA adapter {path}: {baseName} is not one of the model's adaptable projections ({string.Join(", ", model.Config.IsMoe ? LlamaLayer.ProjectionNames[..4] : LlamaLayer.ProjectionNames)} of blk.0…{model.Layers.Count - 1}{(model.Config.IsMoe ? "; a mixture of experts' feed-forward takes no adapters" : "")})");
             if (t.Shape.Length != 2 || tb.Shape.Length != 2) throw new CriaException($"LoRA adapter {path}: {baseName}'s lora_a and lora_b must be 2-D");
             long inA = t.Shape[0], rank = t.Shape[1], rankB = tb.Shape[0], outB = tb.Shape[1];
             if (inA != w.Cols || outB != w.Rows || rank != rankB || rank < 1 || rank > 65536)

@@ -173,6 +173,36 @@ public class MixtureOfExpertsTests(ITestOutputHelper output)
             Assert.True(a[p].SequenceEqual(b[p]), $"position {p}: the split file's logits differ from the stacked file's");
     }
 
+    /// <summary>LoRA adapters on the attention projections apply to a mixture of experts (and move its logits); an
+    /// adapter on the feed-forward projections is refused by name.</summary>
+    [Fact]
+    public void Attention_adapters_apply_and_feed_forward_adapters_are_refused()
+    {
+        var path = LogitsAgreementTests.ModelFile("moe-F32-4-2", Spec(GgmlType.F32, 4, 2));
+        using var model = LlamaModel.Open(path);
+        var c = model.Config;
+        var shape = new Cria.Training.LlamaShape { VocabSize = c.VocabSize, Dim = c.Dim, Layers = c.LayerCount, Heads = c.HeadCount, KvHeads = c.KvHeadCount, FfnDim = c.FfnDim, ContextLength = 256 };
+        string Adapter(string name, Cria.Training.LoraTarget targets)
+        {
+            var lay = new Cria.Training.LoraLayout(shape, new Cria.Training.LoraOptions { Rank = 4, Targets = targets });
+            var p = new float[lay.Count];
+            var rng = new Random(3);
+            for (int i = 0; i < p.Length; i++) p[i] = (float)(rng.NextDouble() - 0.5) * 0.2f;
+            string file = TestPaths.TempFile(name);
+            lay.Write(file, p);
+            return file;
+        }
+        var attention = Adapter("moe-lora-attn.gguf", Cria.Training.LoraTarget.Attention);
+        var tokens = Prompt(12, 4);
+        float[][] plain, adapted;
+        using (var r = new CriaRunner(path)) plain = r.AllLogits(tokens);
+        using (var r = new CriaRunner(path, lora: attention)) adapted = r.AllLogits(tokens);
+        Assert.False(plain[^1].SequenceEqual(adapted[^1]));
+        var ffn = Adapter("moe-lora-ffn.gguf", Cria.Training.LoraTarget.FfnUp);
+        var e = Assert.Throws<CriaException>(() => Cria.Models.LoraAdapter.Load(ffn, model));
+        Assert.Contains("feed-forward takes no adapters", e.Message);
+    }
+
     [Fact]
     public void Malformed_mixture_of_experts_files_are_refused()
     {
