@@ -21,6 +21,14 @@ public class BadInputTests(ITestOutputHelper output)
         return File.ReadAllBytes(p);
     });
 
+    // The same with a mixture of experts (expert counts, a router, stacked 3-D expert tensors to corrupt).
+    static readonly Lazy<byte[]> ValidMoe = new(() =>
+    {
+        var p = TestPaths.TempFile("fuzz-base-moe.gguf");
+        RandomModel.Write(p, new RandomModelSpec { Dim = 64, Layers = 1, Heads = 2, KvHeads = 1, FfnDim = 128, VocabSize = 300, Seed = 5, Experts = 4, ExpertsUsed = 2 });
+        return File.ReadAllBytes(p);
+    });
+
     static string Save(string name, byte[] bytes)
     {
         var p = TestPaths.TempFile(name);
@@ -134,18 +142,19 @@ public class BadInputTests(ITestOutputHelper output)
         AssertBad(Save("arrcount.gguf", o), "array count");
     }
 
-    [Fact]
-    public void ThousandsOfRandomMutationsFailCleanly()
+    [Theory]
+    [InlineData(false, 3000)]
+    [InlineData(true, 1500)]
+    public void ThousandsOfRandomMutationsFailCleanly(bool moe, int iterations)
     {
-        var v = Valid.Value;
+        var v = moe ? ValidMoe.Value : Valid.Value;
         long dataOffset;
-        using (var f = GgufFile.Open(Save("fuzz-orig.gguf", v))) dataOffset = f.DataOffset;
+        using (var f = GgufFile.Open(Save(moe ? "fuzz-orig-moe.gguf" : "fuzz-orig.gguf", v))) dataOffset = f.DataOffset;
         var rng = new Random(20261128);
         int ok = 0, rejected = 0;
-        const int Iterations = 3000;
-        var path = TestPaths.TempFile("fuzz-mutant.gguf");
+        var path = TestPaths.TempFile(moe ? "fuzz-mutant-moe.gguf" : "fuzz-mutant.gguf");
         var sw = System.Diagnostics.Stopwatch.StartNew();
-        for (int it = 0; it < Iterations; it++)
+        for (int it = 0; it < iterations; it++)
         {
             byte[] m;
             int kind = it % 5;
@@ -202,7 +211,7 @@ public class BadInputTests(ITestOutputHelper output)
             long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
             Assert.True(allocated < 64L << 20, $"mutation {it} (kind {kind}) allocated {allocated >> 20} MiB");
         }
-        output.WriteLine($"{Iterations} mutations: {ok} still loadable, {rejected} rejected with ModelFormatException, {sw.Elapsed.TotalSeconds:F1} s");
-        Assert.True(rejected > Iterations / 3, "most mutations should be rejected");
+        output.WriteLine($"{iterations} mutations: {ok} still loadable, {rejected} rejected with ModelFormatException, {sw.Elapsed.TotalSeconds:F1} s");
+        Assert.True(rejected > iterations / 3, "most mutations should be rejected");
     }
 }
