@@ -17,6 +17,8 @@ root.Subcommands.Add(ConvertCommand.Create());
 root.Subcommands.Add(ExportLoraCommand.Create());
 root.Subcommands.Add(ConvertLoraCommand.Create());
 root.Subcommands.Add(NeuronsCommand.Create());
+root.Subcommands.Add(LoramCommands.Prune());
+root.Subcommands.Add(LoramCommands.Recover());
 try
 {
     return root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
