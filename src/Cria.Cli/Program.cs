@@ -19,6 +19,7 @@ root.Subcommands.Add(ConvertLoraCommand.Create());
 root.Subcommands.Add(NeuronsCommand.Create());
 root.Subcommands.Add(LoramCommands.Prune());
 root.Subcommands.Add(LoramCommands.Recover());
+root.Subcommands.Add(GuardCommand.Create());
 try
 {
     return root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
