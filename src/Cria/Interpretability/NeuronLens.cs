@@ -118,10 +118,7 @@ public static class NeuronLens
     /// <summary>Softmax of one neuron's logits (in double) and its top-k tokens, most probable first (ties to the lower id).</summary>
     public static NeuronReading Read(int layer, int neuron, ReadOnlySpan<float> logits, int topK)
     {
-        float max = float.NegativeInfinity;
-        foreach (float x in logits) max = MathF.Max(max, x);
-        double z = 0;
-        foreach (float x in logits) z += Math.Exp(x - max);
+        double lse = Ops.LogSumExp(logits);
         var tokens = new int[topK]; var probs = new float[topK];
         int filled = 0;
         for (int t = 0; t < logits.Length; t++)
@@ -135,7 +132,7 @@ public static class NeuronLens
             tokens[j] = t;
             if (filled < topK) filled++;
         }
-        for (int j = 0; j < topK; j++) probs[j] = (float)(Math.Exp(logits[tokens[j]] - max) / z);
+        for (int j = 0; j < topK; j++) probs[j] = (float)Math.Exp(logits[tokens[j]] - lse);
         return new NeuronReading(layer, neuron, tokens, probs);
     }
 
@@ -144,11 +141,12 @@ public static class NeuronLens
     /// The paper's check that a decoded neuron means what it decodes to: P(concept) on neutral prompts rises.</summary>
     public static double MeanProbability(LlamaModel model, IReadOnlyList<NeuronClamp> clamps, IReadOnlyList<int[]> prompts, IReadOnlySet<int> targets, int threads = 0)
     {
-        int ctx = Math.Max(1, prompts.Max(p => p.Length));
+        if (prompts.Count == 0 || prompts.Any(p => p.Length == 0)) throw new CriaException("neuron probe: give at least one prompt, none empty");
+        if (targets.Any(t => (uint)t >= (uint)model.Config.VocabSize)) throw new CriaException($"neuron probe: a target token is outside the vocabulary (0..{model.Config.VocabSize - 1})");
+        int ctx = prompts.Max(p => p.Length);
         using var context = new Inference.InferenceContext(model, new Inference.ContextOptions { ContextSize = ctx, MicroBatch = ctx, Threads = threads, NeuronClamps = clamps });
         var batch = new Inference.Batch(ctx);
         double sum = 0;
-        var probs = new float[model.Config.VocabSize];
         foreach (var prompt in prompts)
         {
             context.Cache.Clear();
@@ -156,18 +154,10 @@ public static class NeuronLens
             for (int i = 0; i < prompt.Length; i++) batch.Add(prompt[i], i, 0, i == prompt.Length - 1);
             context.Decode(batch);
             var logits = context.Logits(prompt.Length - 1);
-            float max = float.NegativeInfinity;
-            foreach (float x in logits) max = MathF.Max(max, x);
-            double z = 0, hit = 0;
-            for (int t = 0; t < logits.Length; t++)
-            {
-                double e = Math.Exp(logits[t] - max);
-                z += e;
-                if (targets.Contains(t)) hit += e;
-            }
-            sum += hit / z;
+            double lse = Ops.LogSumExp(logits);
+            foreach (int t in targets) sum += Math.Exp(logits[t] - lse);
         }
-        return prompts.Count == 0 ? 0 : sum / prompts.Count;
+        return sum / prompts.Count;
     }
 
     /// <summary>The share of neurons whose top token is the same in two decodings of the same neurons (the paper: 75.4 %

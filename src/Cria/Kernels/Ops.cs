@@ -133,6 +133,16 @@ public static class Ops
         for (; i < n; i++) y[i] = MathF.FusedMultiplyAdd(a, x[i], y[i]);
     }
 
+    /// <summary>log Σ exp(x), in double after subtracting the maximum: p_t = exp(x_t − LogSumExp(x)).</summary>
+    public static double LogSumExp(ReadOnlySpan<float> x)
+    {
+        float max = float.NegativeInfinity;
+        foreach (float v in x) max = MathF.Max(max, v);
+        double z = 0;
+        foreach (float v in x) z += Math.Exp(v - max);
+        return max + Math.Log(z);
+    }
+
     /// <summary>y = a · x.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Scale(ReadOnlySpan<float> x, float a, Span<float> y)

@@ -132,12 +132,5 @@ public static class LlamaGuard
         return ids[0];
     }
 
-    static float Probability(ReadOnlySpan<float> logits, int token)
-    {
-        float max = float.NegativeInfinity;
-        foreach (float x in logits) max = MathF.Max(max, x);
-        double z = 0;
-        foreach (float x in logits) z += Math.Exp(x - max);
-        return (float)(Math.Exp(logits[token] - max) / z);
-    }
+    static float Probability(ReadOnlySpan<float> logits, int token) => (float)Math.Exp(logits[token] - Kernels.Ops.LogSumExp(logits));
 }

@@ -132,6 +132,23 @@ public sealed class NeuronLensTests
         Assert.True(moved > 1e-2f, $"clamping the other neuron should differ, max |Δ| {moved}");
     }
 
+    /// <summary>A last-layer neuron clamped at a huge value makes the residual stream its down column (RMSNorm is scale
+    /// invariant), so the next-token distribution becomes that column's decoding: the probe and the decoding agree.</summary>
+    [Fact]
+    public void A_last_layer_neuron_clamped_high_turns_the_output_into_its_decoding()
+    {
+        using var m = LlamaModel.Open(LogitsAgreementTests.ModelFile("neurons-F32", Spec(GgmlType.F32)));
+        var down = NeuronLens.Decode(m, NeuronView.Down, 1, [1], threads: 2);
+        var n = down.MaxBy(r => r.TopProb)!;
+        var prompts = new[] { Tokens, Tokens[..5], Tokens[3..] };
+        var target = new HashSet<int> { n.TopToken };
+        double plain = NeuronLens.MeanProbability(m, [], prompts, target, 2);
+        double clamped = NeuronLens.MeanProbability(m, [new NeuronClamp(1, n.Neuron, 1e5f)], prompts, target, 2);
+        Assert.True(Math.Abs(clamped - n.TopProb) < 1e-3, $"clamped P {clamped} against the decoding's {n.TopProb} (unclamped {plain})");
+        Assert.True(plain < n.TopProb / 2);
+        Assert.Throws<CriaException>(() => NeuronLens.MeanProbability(m, [], prompts, new HashSet<int> { 400 }, 1));
+    }
+
     [Fact]
     public void Bad_clamps_and_models_are_refused()
     {
