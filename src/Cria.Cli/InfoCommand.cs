@@ -25,7 +25,7 @@ static class InfoCommand
             try
             {
                 var c = ModelConfig.FromGguf(f);
-                o.WriteLine($"model: {c.Architecture}, {c.LayerCount} layers, dim {c.Dim}, heads {c.HeadCount} (kv {c.KvHeadCount}, head dim {c.HeadDim}), ffn {c.FfnDim}, vocab {c.VocabSize}, ctx {c.ContextLength}");
+                o.WriteLine($"model: {c.Architecture}, {c.LayerCount} layers, dim {c.Dim}, heads {c.HeadCount} (kv {c.KvHeadCount}, head dim {c.HeadDim}), ffn {c.FfnDim}{(c.IsMoe ? $" per expert, {c.ExpertUsedCount} of {c.ExpertCount} experts per token" : "")}, vocab {c.VocabSize}, ctx {c.ContextLength}");
                 o.WriteLine($"       rope base {c.RopeFreqBase}, rope dims {c.RopeDim}, scaling {c.RopeScaling} (freq scale {c.RopeFreqScale}){(c.RopeFreqFactors != null ? ", rope_freqs present" : "")}, rms eps {c.RmsNormEps}");
             }
             catch (ModelFormatException e) { o.WriteLine("model: not runnable by Cria: " + e.Message); }
