@@ -99,7 +99,7 @@ public sealed class InferenceContext : IDisposable
         _k = new float[b * c.KvDim]; _v = new float[b * c.KvDim];
         _gate = new float[b * c.FfnDim]; _up = new float[b * c.FfnDim];
         _rope = new float[b * c.RopeDim];
-        if (c.IsMoe) _moe = new MoeBuffers(b, c);
+        if (c.IsMoe) _moe = new MoeBuffers(b, c, model.Layers.Max(L => RowKernels.ActivationRowBytes(L.Experts!.Down[0].Type, c.FfnDim)));
         int extra = 0, extraRowBytes = 0;
         foreach (var L in model.Layers)
         {
@@ -340,6 +340,7 @@ public sealed class InferenceContext : IDisposable
         MatMul(E.Router, _xn, B, mb.RouterLogits);                                       // [B, nExpert]
         for (int b = 0; b < B; b++)
             MoeExperts.Route(mb.RouterLogits.AsSpan(b * nE, nE), mb.Chosen.AsSpan(b * k, k), mb.Weights.AsSpan(b * k, k));
+        if (B == 1 && 2 * k <= MatMulJob.MaxParts) { OneRowExperts(E); return; }
         // Counting sort of the (row, slot) choices by expert: slots of expert e are Order[Start[e] .. Start[e + 1]).
         Array.Clear(mb.Start, 0, nE + 1);
         for (int i = 0; i < B * k; i++) mb.Start[mb.Chosen[i] + 1]++;
@@ -366,6 +367,63 @@ public sealed class InferenceContext : IDisposable
             var y = _tmp.AsSpan(b * dim, dim);
             mb.PerSlot.AsSpan(b * k * dim, dim).CopyTo(y);
             for (int j = 1; j < k; j++) Ops.Add(mb.PerSlot.AsSpan((b * k + j) * dim, dim), y);
+        }
+    }
+
+    /// <summary>
+    /// The decode step of one row: its k experts' gate/up products as one job (2k matrices reading the same activation
+    /// row), then their down products as another (k matrices, each reading its own expert's hidden row) — two
+    /// dispatches per layer, as for a dense layer, instead of 2k. Each output's arithmetic is the same as in
+    /// <see cref="MixtureOfExperts"/>'s grouped path (a row's kernel depends only on the row), so the result is too.
+    /// </summary>
+    unsafe void OneRowExperts(MoeExperts E)
+    {
+        var c = Config; var mb = _moe!;
+        int dim = c.Dim, ff = c.FfnDim, k = c.ExpertUsedCount;
+        var gateType = E.Gate[0].Type; var upType = E.Up[0].Type; var downType = E.Down[0].Type;
+        int gateBytes = PrepareActivations(gateType, _xn, dim, 1, 0), upBytes = gateBytes;
+        byte* gateAct = ActPointer(0), upAct = gateAct;
+        if (upType != gateType) { upBytes = PrepareActivations(upType, _xn, dim, 1, 1); upAct = ActPointer(1); }
+        if (Observer is { } observer)
+            for (int j = 0; j < k; j++)
+            {
+                observer.Observe(E.Gate[mb.Chosen[j]].Name, _xn.AsSpan(0, dim), 1, dim);
+                observer.Observe(E.Up[mb.Chosen[j]].Name, _xn.AsSpan(0, dim), 1, dim);
+            }
+        fixed (float* g = mb.OneRowGate) fixed (float* u = mb.OneRowUp)
+        {
+            _matmul.Clear();
+            for (int j = 0; j < k; j++)
+            {
+                _matmul.Add(E.Gate[mb.Chosen[j]], gateAct, gateBytes, 1, g + j * ff);
+                _matmul.Add(E.Up[mb.Chosen[j]], upAct, upBytes, 1, u + j * ff);
+            }
+            _matmul.Split(_pool.Count);
+            _pool.Run(_matmul);
+            _matmul.Clear();
+        }
+        int downBytes = RowKernels.ActivationRowBytes(downType, ff);
+        for (int j = 0; j < k; j++)
+        {
+            var h = mb.OneRowGate.AsSpan(j * ff, ff);                                    // [ff] SiLU(gate)·up of expert j
+            Ops.SwiGlu(h, mb.OneRowUp.AsSpan(j * ff, ff));
+            Observer?.Observe(E.Down[mb.Chosen[j]].Name, h, 1, ff);
+            RowKernels.PrepareActivations(downType, h, new Span<byte>(mb.DownAct(j), downBytes));
+        }
+        fixed (float* y = mb.PerSlot)
+        {
+            _matmul.Clear();
+            for (int j = 0; j < k; j++) _matmul.Add(E.Down[mb.Chosen[j]], mb.DownAct(j), downBytes, 1, y + j * dim);
+            _matmul.Split(_pool.Count);
+            _pool.Run(_matmul);
+            _matmul.Clear();
+        }
+        var o = _tmp.AsSpan(0, dim);
+        for (int j = 0; j < k; j++)
+        {
+            var slot = mb.PerSlot.AsSpan(j * dim, dim);
+            Ops.Scale(slot, mb.Weights[j], slot);
+            if (j == 0) slot.CopyTo(o); else Ops.Add(slot, o);
         }
     }
 
@@ -455,7 +513,7 @@ public sealed class InferenceContext : IDisposable
 }
 
 /// <summary>Mixture-of-experts work buffers for a micro-batch of B rows routed to k of nExpert experts each.</summary>
-sealed class MoeBuffers(int B, Models.ModelConfig c)
+sealed class MoeBuffers(int B, Models.ModelConfig c, int downActBytes)
 {
     public readonly float[] RouterLogits = new float[B * c.ExpertCount];       // [B, nExpert] router output, then probabilities
     public readonly int[] Chosen = new int[B * c.ExpertUsedCount];             // [B, k] experts chosen, most probable first
@@ -466,6 +524,17 @@ sealed class MoeBuffers(int B, Models.ModelConfig c)
     public readonly float[] Input = new float[B * c.Dim];                      // [rows of one expert, dim] gathered normed input
     public readonly float[] Output = new float[B * c.Dim];                     // [rows of one expert, dim] its down projection
     public readonly float[] PerSlot = new float[B * c.ExpertUsedCount * c.Dim]; // [B, k, dim] weighted expert outputs
+    // One-row decode (InferenceContext.OneRowExperts): the k experts' gate/up outputs and their down inputs.
+    public readonly float[] OneRowGate = new float[c.ExpertUsedCount * c.FfnDim]; // [k, ff] gate, then SiLU(gate)·up
+    public readonly float[] OneRowUp = new float[c.ExpertUsedCount * c.FfnDim];   // [k, ff]
+    readonly int _downStride = (downActBytes + 63) & ~63;                         // an expert's down activation row, whole cache lines
+    readonly byte[] _downAct = GC.AllocateArray<byte>(c.ExpertUsedCount * ((downActBytes + 63) & ~63) + 64, pinned: true); // [k, stride] pinned
+    /// <summary>Expert slot j's down-projection activation row (64-byte aligned).</summary>
+    public unsafe byte* DownAct(int j)
+    {
+        byte* p = (byte*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(_downAct));
+        return (byte*)(((nint)p + 63) & ~(nint)63) + j * _downStride;
+    }
 }
 
 /// <summary>

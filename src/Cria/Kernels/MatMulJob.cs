@@ -26,7 +26,7 @@ namespace Cria.Kernels;
 /// </summary>
 internal sealed unsafe class MatMulJob : ParallelJob
 {
-    public const int MaxParts = 3;
+    public const int MaxParts = 8;
 
     readonly WeightMatrix[] _w = new WeightMatrix[MaxParts];
     readonly byte*[] _act = new byte*[MaxParts];   // part p: [B, actRowBytes[p]] activations in RowKernels' layout for W_p
@@ -96,7 +96,7 @@ internal sealed unsafe class MatMulJob : ParallelJob
     /// the job has run.</summary>
     public void Add(in WeightMatrix w, byte* act, int actRowBytes, int batchRows, float* output)
     {
-        if (_parts == MaxParts) throw new InvalidOperationException("a matmul job holds at most three matrices");
+        if (_parts == MaxParts) throw new InvalidOperationException("a matmul job holds at most eight matrices");
         int p = _parts++;
         _w[p] = w; _act[p] = act; _actRowBytes[p] = actRowBytes; _out[p] = output; _batch = batchRows;
         _end[p] = (p == 0 ? 0 : _end[p - 1]) + w.Rows;
