@@ -68,8 +68,9 @@ public sealed class InferenceContext : IDisposable
     readonly float[] _tmp;    // [B, dim]
     readonly float[] _rope;   // [B, nRot]  cos/sin per row
     readonly MoeBuffers? _moe; // mixture-of-experts routing and gather/scatter buffers (null for a dense model)
-    readonly byte[][] _actQ;  // [1..3][B, rowBytes(actType, cols)] activations in the weights' row-kernel layouts (pinned);
-                              // [0] fits every matmul, [1] and [2] the other weight types of a fused Q/K/V or gate/up
+    readonly byte[] _act;     // pinned arena of activations in the weights' row-kernel layouts, [B, rowBytes(actType, cols)]
+                              // per distinct (input, weight type) of one matrix job, each on a 64-byte boundary
+    readonly Product[] _products = new Product[MatMulJob.MaxParts]; // the matrix products of the job being run
     readonly int[] _cells;    // [B] KV cell of each row
     readonly KvEvictor? _evictor;
     float[] _probs = [];      // [B, kvHeads, slots] attention probabilities for eviction scores (only with a scoring policy)
@@ -99,7 +100,7 @@ public sealed class InferenceContext : IDisposable
         _k = new float[b * c.KvDim]; _v = new float[b * c.KvDim];
         _gate = new float[b * c.FfnDim]; _up = new float[b * c.FfnDim];
         _rope = new float[b * c.RopeDim];
-        if (c.IsMoe) _moe = new MoeBuffers(b, c, model.Layers.Max(L => RowKernels.ActivationRowBytes(L.Experts!.Down[0].Type, c.FfnDim)));
+        if (c.IsMoe) _moe = new MoeBuffers(b, c);
         int extra = 0, extraRowBytes = 0;
         foreach (var L in model.Layers)
         {
@@ -113,15 +114,14 @@ public sealed class InferenceContext : IDisposable
                 foreach (var t in types) extraRowBytes = Math.Max(extraRowBytes, RowKernels.ActivationRowBytes(t, c.Dim));
             }
         }
-        _actQ = new byte[1 + extra][];
         // The largest row any matrix's activation layout needs (RowKernels.ActivationRowBytes: F16 weights read two
-        // float copies, F32 one); 64 bytes more to start on a cache line
+        // float copies, F32 one). A job holds B rows of it, plus B rows for each other weight type of a fused Q/K/V or
+        // gate/up; a one-row job (a mixture's chosen experts) up to MaxParts rows; 64 bytes per part for alignment.
         int rowBytes = RowKernels.ActivationRowBytes(model.Output.Type, model.Output.Cols);
         foreach (var L in model.Layers)
             foreach (var w in L.Matrices)
                 rowBytes = Math.Max(rowBytes, RowKernels.ActivationRowBytes(w.Type, w.Cols));
-        _actQ[0] = GC.AllocateArray<byte>(b * rowBytes + 64, pinned: true);
-        for (int i = 1; i <= extra; i++) _actQ[i] = GC.AllocateArray<byte>(b * extraRowBytes + 64, pinned: true);
+        _act = GC.AllocateArray<byte>(checked(Math.Max(b, MatMulJob.MaxParts) * rowBytes + extra * b * extraRowBytes + (MatMulJob.MaxParts + 1) * 64), pinned: true);
         _cells = new int[b];
         _attention = new AttentionJob(c, Cache, threads, options.Eviction.ShiftPositions);
         if (options.NeuronClamps.Count > 0)
@@ -380,43 +380,20 @@ public sealed class InferenceContext : IDisposable
     {
         var c = Config; var mb = _moe!;
         int dim = c.Dim, ff = c.FfnDim, k = c.ExpertUsedCount;
-        var gateType = E.Gate[0].Type; var upType = E.Up[0].Type; var downType = E.Down[0].Type;
-        int gateBytes = PrepareActivations(gateType, _xn, dim, 1, 0), upBytes = gateBytes;
-        byte* gateAct = ActPointer(0), upAct = gateAct;
-        if (upType != gateType) { upBytes = PrepareActivations(upType, _xn, dim, 1, 1); upAct = ActPointer(1); }
-        if (Observer is { } observer)
+        fixed (float* x = _xn) fixed (float* g = mb.OneRowGate) fixed (float* u = mb.OneRowUp) fixed (float* y = mb.PerSlot)
+        {
             for (int j = 0; j < k; j++)
             {
-                observer.Observe(E.Gate[mb.Chosen[j]].Name, _xn.AsSpan(0, dim), 1, dim);
-                observer.Observe(E.Up[mb.Chosen[j]].Name, _xn.AsSpan(0, dim), 1, dim);
+                _products[2 * j] = new Product(E.Gate[mb.Chosen[j]], x, g + j * ff);
+                _products[2 * j + 1] = new Product(E.Up[mb.Chosen[j]], x, u + j * ff);
             }
-        fixed (float* g = mb.OneRowGate) fixed (float* u = mb.OneRowUp)
-        {
-            _matmul.Clear();
+            RunProducts(2 * k, 1);
             for (int j = 0; j < k; j++)
             {
-                _matmul.Add(E.Gate[mb.Chosen[j]], gateAct, gateBytes, 1, g + j * ff);
-                _matmul.Add(E.Up[mb.Chosen[j]], upAct, upBytes, 1, u + j * ff);
+                Ops.SwiGlu(mb.OneRowGate.AsSpan(j * ff, ff), mb.OneRowUp.AsSpan(j * ff, ff)); // [ff] SiLU(gate)·up of expert j
+                _products[j] = new Product(E.Down[mb.Chosen[j]], g + j * ff, y + j * dim);
             }
-            _matmul.Split(_pool.Count);
-            _pool.Run(_matmul);
-            _matmul.Clear();
-        }
-        int downBytes = RowKernels.ActivationRowBytes(downType, ff);
-        for (int j = 0; j < k; j++)
-        {
-            var h = mb.OneRowGate.AsSpan(j * ff, ff);                                    // [ff] SiLU(gate)·up of expert j
-            Ops.SwiGlu(h, mb.OneRowUp.AsSpan(j * ff, ff));
-            Observer?.Observe(E.Down[mb.Chosen[j]].Name, h, 1, ff);
-            RowKernels.PrepareActivations(downType, h, new Span<byte>(mb.DownAct(j), downBytes));
-        }
-        fixed (float* y = mb.PerSlot)
-        {
-            _matmul.Clear();
-            for (int j = 0; j < k; j++) _matmul.Add(E.Down[mb.Chosen[j]], mb.DownAct(j), downBytes, 1, y + j * dim);
-            _matmul.Split(_pool.Count);
-            _pool.Run(_matmul);
-            _matmul.Clear();
+            RunProducts(k, 1);
         }
         var o = _tmp.AsSpan(0, dim);
         for (int j = 0; j < k; j++)
@@ -440,80 +417,92 @@ public sealed class InferenceContext : IDisposable
     void MatMul(in WeightMatrix w, ReadOnlySpan<float> x, int B, Span<float> y) =>
         MatMuls(x, B, 1, w, y, default, default, default, default);
 
-    /// <summary>
-    /// y_p[b, :] = W_p · x[b, :] for two or three matrices with the same input (Q/K/V, gate/up) as one job: the
-    /// activations are converted once per distinct weight type and the workers share one dispatch.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    /// <summary>y_p[b, :] = W_p · x[b, :] for two or three matrices with the same input (Q/K/V, gate/up) as one job.</summary>
     unsafe void MatMuls(ReadOnlySpan<float> x, int B, int parts, in WeightMatrix w0, Span<float> y0,
         in WeightMatrix w1, Span<float> y1, in WeightMatrix w2, Span<float> y2)
     {
-        int cols = w0.Cols;
-        if (Observer is { } observer)
+        fixed (float* px = x) fixed (float* p0 = y0) fixed (float* p1 = y1) fixed (float* p2 = y2)
         {
-            var input = x.Slice(0, B * cols);
-            observer.Observe(w0.Name, input, B, cols);
-            if (parts > 1) observer.Observe(w1.Name, input, B, cols);
-            if (parts > 2) observer.Observe(w2.Name, input, B, cols);
-        }
-        int bytes0 = PrepareActivations(w0.Type, x, cols, B, 0);
-        byte* a0 = ActPointer(0), a1 = a0, a2 = a0;
-        int bytes1 = bytes0, bytes2 = bytes0, used = 1;
-        if (parts > 1 && w1.Type != w0.Type) { bytes1 = PrepareActivations(w1.Type, x, cols, B, used); a1 = ActPointer(used++); }
-        if (parts > 2 && w2.Type != w0.Type)
-        {
-            if (w2.Type == w1.Type) { bytes2 = bytes1; a2 = a1; }
-            else { bytes2 = PrepareActivations(w2.Type, x, cols, B, used); a2 = ActPointer(used); }
-        }
-        fixed (float* p0 = y0) fixed (float* p1 = y1) fixed (float* p2 = y2)
-        {
-            _matmul.Clear();
-            _matmul.Add(w0, a0, bytes0, B, p0);
-            if (parts > 1) _matmul.Add(w1, a1, bytes1, B, p1);
-            if (parts > 2) _matmul.Add(w2, a2, bytes2, B, p2);
-            _matmul.Split(_pool.Count);
-            _pool.Run(_matmul);
-            _matmul.Clear();
-        }
-        if (_lora != null)
-        {
-            ApplyLora(w0, x, B, y0);
-            if (parts > 1) ApplyLora(w1, x, B, y1);
-            if (parts > 2) ApplyLora(w2, x, B, y2);
+            _products[0] = new Product(w0, px, p0);
+            if (parts > 1) _products[1] = new Product(w1, px, p1);
+            if (parts > 2) _products[2] = new Product(w2, px, p2);
+            RunProducts(parts, B);
         }
     }
 
-    /// <summary>Buffer i's first 64-byte boundary: rows whose size is a multiple of 64 then start on cache lines
-    /// (512-bit loads that straddle two lines cost ~1.5× in the float kernels).</summary>
-    unsafe byte* ActPointer(int i)
+    /// <summary>
+    /// Runs _products[0 .. count) over B rows as one job: the workers share one dispatch. Each distinct (input, weight
+    /// type) is converted once into the layout the weight's row kernel reads, in the activation arena; the observer
+    /// sees every product's input, and LoRA adapters are applied after. Inputs and outputs must stay pinned.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    unsafe void RunProducts(int count, int B)
     {
-        nint p = (nint)Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(_actQ[i]));
+        var products = _products.AsSpan(0, count);
+        if (Observer is { } observer)
+            foreach (ref var p in products) observer.Observe(p.W.Name, new ReadOnlySpan<float>(p.X, B * p.W.Cols), B, p.W.Cols);
+        byte* arena = ActArena(), next = arena;
+        _matmul.Clear();
+        for (int i = 0; i < count; i++)
+        {
+            ref var p = ref products[i];
+            int j = 0;
+            while (j < i && (products[j].X != p.X || products[j].W.Type != p.W.Type)) j++;
+            if (j == i)
+            {
+                p.ActRowBytes = RowKernels.ActivationRowBytes(p.W.Type, p.W.Cols);
+                p.Act = next;
+                next = (byte*)(((nint)(next + (long)B * p.ActRowBytes) + 63) & ~(nint)63);
+                if (next > arena + _act.Length - 64) throw new InvalidOperationException("activation arena overflow"); // sized in the constructor
+                PrepareActivations(p.W.Type, p.X, p.W.Cols, B, p.Act, p.ActRowBytes);
+            }
+            else { p.Act = products[j].Act; p.ActRowBytes = products[j].ActRowBytes; }
+            _matmul.Add(p.W, p.Act, p.ActRowBytes, B, p.Y);
+        }
+        _matmul.Split(_pool.Count);
+        _pool.Run(_matmul);
+        _matmul.Clear();
+        if (_lora != null)
+            foreach (ref var p in products)
+                ApplyLora(p.W, new ReadOnlySpan<float>(p.X, B * p.W.Cols), B, new Span<float>(p.Y, B * p.W.Rows));
+    }
+
+    /// <summary>The arena's first 64-byte boundary: rows whose size is a multiple of 64 then start on cache lines
+    /// (512-bit loads that straddle two lines cost ~1.5× in the float kernels).</summary>
+    unsafe byte* ActArena()
+    {
+        nint p = (nint)Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(_act));
         return (byte*)((p + 63) & ~(nint)63);
     }
 
-    /// <summary>Converts B rows of x into the layout <paramref name="type"/>'s row kernel reads, at
-    /// <see cref="ActPointer"/>(<paramref name="buffer"/>); returns bytes per row.</summary>
-    unsafe int PrepareActivations(GgmlType type, ReadOnlySpan<float> x, int cols, int B, int buffer)
+    /// <summary>Converts B rows of x into the layout <paramref name="type"/>'s row kernel reads, at <paramref name="dst"/>.</summary>
+    unsafe void PrepareActivations(GgmlType type, float* x, int cols, int B, byte* dst, int actBytes)
     {
-        int actBytes = RowKernels.ActivationRowBytes(type, cols);
-        byte* dst = ActPointer(buffer);
         if (B < 4 || _pool.Count == 1)
             for (int b = 0; b < B; b++)
-                RowKernels.PrepareActivations(type, x.Slice(b * cols, cols), new Span<byte>(dst + (long)b * actBytes, actBytes));
+                RowKernels.PrepareActivations(type, new ReadOnlySpan<float>(x + (long)b * cols, cols), new Span<byte>(dst + (long)b * actBytes, actBytes));
         else
-            fixed (float* px = x)
-            {
-                _prepare.Set(type, px, cols, B, dst, actBytes);
-                _pool.Run(_prepare);
-            }
-        return actBytes;
+        {
+            _prepare.Set(type, x, cols, B, dst, actBytes);
+            _pool.Run(_prepare);
+        }
+    }
+
+    /// <summary>One matrix product of a job: y[b, :] = W · x[b, :] for the job's B rows (x [B, W.Cols], y [B, W.Rows]);
+    /// Act / ActRowBytes: where its activations were converted.</summary>
+    unsafe struct Product(in WeightMatrix w, float* x, float* y)
+    {
+        public readonly WeightMatrix W = w;
+        public readonly float* X = x, Y = y;
+        public byte* Act;
+        public int ActRowBytes;
     }
 
     public void Dispose() => _pool.Dispose();
 }
 
 /// <summary>Mixture-of-experts work buffers for a micro-batch of B rows routed to k of nExpert experts each.</summary>
-sealed class MoeBuffers(int B, Models.ModelConfig c, int downActBytes)
+sealed class MoeBuffers(int B, Models.ModelConfig c)
 {
     public readonly float[] RouterLogits = new float[B * c.ExpertCount];       // [B, nExpert] router output, then probabilities
     public readonly int[] Chosen = new int[B * c.ExpertUsedCount];             // [B, k] experts chosen, most probable first
@@ -524,17 +513,9 @@ sealed class MoeBuffers(int B, Models.ModelConfig c, int downActBytes)
     public readonly float[] Input = new float[B * c.Dim];                      // [rows of one expert, dim] gathered normed input
     public readonly float[] Output = new float[B * c.Dim];                     // [rows of one expert, dim] its down projection
     public readonly float[] PerSlot = new float[B * c.ExpertUsedCount * c.Dim]; // [B, k, dim] weighted expert outputs
-    // One-row decode (InferenceContext.OneRowExperts): the k experts' gate/up outputs and their down inputs.
+    // One-row decode (InferenceContext.OneRowExperts): the k experts' gate/up outputs, then their down inputs.
     public readonly float[] OneRowGate = new float[c.ExpertUsedCount * c.FfnDim]; // [k, ff] gate, then SiLU(gate)·up
     public readonly float[] OneRowUp = new float[c.ExpertUsedCount * c.FfnDim];   // [k, ff]
-    readonly int _downStride = (downActBytes + 63) & ~63;                         // an expert's down activation row, whole cache lines
-    readonly byte[] _downAct = GC.AllocateArray<byte>(c.ExpertUsedCount * ((downActBytes + 63) & ~63) + 64, pinned: true); // [k, stride] pinned
-    /// <summary>Expert slot j's down-projection activation row (64-byte aligned).</summary>
-    public unsafe byte* DownAct(int j)
-    {
-        byte* p = (byte*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(_downAct));
-        return (byte*)(((nint)p + 63) & ~(nint)63) + j * _downStride;
-    }
 }
 
 /// <summary>
