@@ -71,12 +71,12 @@ public static class NeuronLens
 
     /// <summary>Logits [n, vocab] of <paramref name="n"/> residual-stream vectors [n, dim]: each is RMS-normed with the
     /// model's final norm (as the last hidden state is) and multiplied by the output head.</summary>
-    public static unsafe float[] Logits(LlamaModel model, float[] vectors, int n, float[] head, WorkerPool pool)
+    public static unsafe float[] Logits(LlamaModel model, ReadOnlySpan<float> vectors, int n, float[] head, WorkerPool pool)
     {
         var c = model.Config;
         int dim = c.Dim, vocab = c.VocabSize;
         var normed = new float[(long)n * dim];                // [n, dim]
-        for (int i = 0; i < n; i++) Ops.RmsNorm(vectors.AsSpan(i * dim, dim), model.OutputNorm, c.RmsNormEps, normed.AsSpan(i * dim, dim));
+        for (int i = 0; i < n; i++) Ops.RmsNorm(vectors.Slice(i * dim, dim), model.OutputNorm, c.RmsNormEps, normed.AsSpan(i * dim, dim));
         var logits = new float[(long)n * vocab];              // [n, vocab]
         fixed (float* a = normed) fixed (float* b = head) fixed (float* y = logits)
             new Gemm(pool).MatMulNT(a, b, y, n, vocab, dim);
@@ -108,7 +108,7 @@ public static class NeuronLens
             for (int first = 0; first < c.FfnDim; first += 256)
             {
                 int n = Math.Min(256, c.FfnDim - first);
-                var logits = Logits(model, v.AsSpan(first * dim, n * dim).ToArray(), n, head, pool);
+                var logits = Logits(model, v.AsSpan(first * dim, n * dim), n, head, pool);
                 for (int i = 0; i < n; i++) result.Add(Read(l, first + i, logits.AsSpan(i * vocab, vocab), topK));
             }
         }

@@ -37,12 +37,19 @@ public readonly unsafe struct WeightMatrix
     /// <summary>Binds a GGUF tensor that must have shape {cols, rows}.</summary>
     public static WeightMatrix Bind(GgufFile f, string name, int cols, int rows)
     {
+        var t = Checked(f, name, cols, rows);
+        return new WeightMatrix(name, t.Type, f.TensorPointer(t), rows, cols);
+    }
+
+    /// <summary>The tensor, which must have exactly <paramref name="shape"/> and a type the row kernels multiply.</summary>
+    static GgufTensorInfo Checked(GgufFile f, string name, params long[] shape)
+    {
         var t = f.GetTensor(name);
-        if (t.Shape.Length != 2 || t.Shape[0] != cols || t.Shape[1] != rows)
-            throw new ModelFormatException(f.Path, $"tensor '{name}' has shape [{string.Join(", ", t.Shape)}], expected [{cols}, {rows}]");
+        if (!t.Shape.SequenceEqual(shape))
+            throw new ModelFormatException(f.Path, $"tensor '{name}' has shape [{string.Join(", ", t.Shape)}], expected [{string.Join(", ", shape)}]");
         if (!Kernels.VecDot.HasDotProduct(t.Type))
             throw new ModelFormatException(f.Path, $"tensor '{name}' has type {t.Type}, which Cria cannot use as a weight matrix");
-        return new WeightMatrix(name, t.Type, f.TensorPointer(t), rows, cols);
+        return t;
     }
 
     /// <summary>Binds one matrix per expert: the stacked tensor <c>BASE_exps.weight</c> of shape {cols, rows, experts},
@@ -52,16 +59,12 @@ public readonly unsafe struct WeightMatrix
     {
         string name = baseName + "_exps.weight";
         var m = new WeightMatrix[experts];
-        if (!f.TryGetTensor(name, out var t) && f.TryGetTensor($"{baseName}.0.weight", out _))
+        if (!f.TryGetTensor(name, out _) && f.TryGetTensor($"{baseName}.0.weight", out _))
         {
             for (int e = 0; e < experts; e++) m[e] = Bind(f, $"{baseName}.{e}.weight", cols, rows);
             return m;
         }
-        t = f.GetTensor(name);
-        if (t.Shape.Length != 3 || t.Shape[0] != cols || t.Shape[1] != rows || t.Shape[2] != experts)
-            throw new ModelFormatException(f.Path, $"tensor '{name}' has shape [{string.Join(", ", t.Shape)}], expected [{cols}, {rows}, {experts}]");
-        if (!Kernels.VecDot.HasDotProduct(t.Type))
-            throw new ModelFormatException(f.Path, $"tensor '{name}' has type {t.Type}, which Cria cannot use as a weight matrix");
+        var t = Checked(f, name, cols, rows, experts);
         long expertBytes = rows * GgmlTypeInfo.RowBytes(t.Type, cols);
         for (int e = 0; e < experts; e++) m[e] = new WeightMatrix($"{name}:{e}", t.Type, f.TensorPointer(t) + e * expertBytes, rows, cols);
         return m;

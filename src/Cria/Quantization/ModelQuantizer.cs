@@ -145,7 +145,8 @@ public static class ModelQuantizer
             src = values;
         }
         float[]? qw = null;
-        // A stacked expert tensor {cols, rows, experts} has one importance vector per expert, one after the other.
+        // A stacked expert tensor {cols, rows, experts} has one importance vector per expert, one after the other
+        // (QuantizeMatrixInto hands each block of rows its own).
         long experts = t.Shape.Length == 3 ? t.Shape[2] : 1;
         if (o.Imatrix != null && IsBlockType(newType) && o.Imatrix.TryGetValue(t.Name, out var im))
         {
@@ -166,21 +167,6 @@ public static class ModelQuantizer
         {
             if (gf.Cols != t.RowLength) throw new CriaException($"GPTQ statistics have {gf.Cols} input columns for tensor '{t.Name}' with rows of {t.RowLength}");
             QuantizeMatrixGptqInto(dst, newType, src, (int)t.RowLength, (int)t.RowCount, gf, o.GptqScales, threads, cancel);
-            return new ReadOnlyMemory<byte>(dst, 0, (int)outBytes);
-        }
-        if (qw != null && experts > 1)
-        {
-            // Each expert with its own importances (llama.cpp quantizes the experts one after the other for this).
-            int cols = (int)t.RowLength, rows = (int)(t.RowCount / experts);
-            long rowBytes = GgmlTypeInfo.RowBytes(newType, cols);
-            var part = new byte[rows * rowBytes];
-            var vals = new float[(long)rows * cols];
-            for (int e = 0; e < experts; e++)
-            {
-                Array.Copy(src, (long)e * rows * cols, vals, 0, vals.Length);
-                QuantizeMatrixInto(part, newType, vals, cols, rows, qw.AsSpan(e * cols, cols).ToArray(), threads, cancel, o.ImatrixCandidates, null);
-                part.CopyTo(dst, e * rows * rowBytes);
-            }
             return new ReadOnlyMemory<byte>(dst, 0, (int)outBytes);
         }
         QuantizeMatrixInto(dst, newType, src, (int)t.RowLength, (int)t.RowCount, qw, threads, cancel, o.ImatrixCandidates, null);
@@ -278,6 +264,11 @@ public static class ModelQuantizer
         CalibratedCandidates candidates, float[]? rowWeights)
     {
         if (rowWeights != null && rowWeights.Length != (long)rows * cols) throw new ArgumentException($"{rowWeights.Length} row weights for {rows} × {cols} values", nameof(rowWeights));
+        // quantWeights may hold one vector of cols per equal block of rows (a stacked expert tensor: one per expert).
+        int slices = quantWeights == null ? 1 : quantWeights.Length / cols;
+        if (quantWeights != null && (quantWeights.Length != (long)slices * cols || slices < 1 || rows % slices != 0))
+            throw new ArgumentException($"{quantWeights.Length} importances for {rows} rows of {cols}", nameof(quantWeights));
+        int rowsPerSlice = rows / slices;
         int rowBytes = checked((int)GgmlTypeInfo.RowBytes(type, cols));
         int rowsPerChunk = Math.Max(1, (32 * 512 + cols - 1) / cols);
         int chunks = (rows + rowsPerChunk - 1) / rowsPerChunk;
@@ -291,7 +282,8 @@ public static class ModelQuantizer
                 int r0 = c * rowsPerChunk, r1 = Math.Min(rows, r0 + rowsPerChunk);
                 for (int r = r0; r < r1; r++)
                     Quantize.RowCalibrated(type, values.AsSpan(r * cols, cols), dst.AsSpan(r * rowBytes, rowBytes),
-                        rowWeights != null ? new ReadOnlySpan<float>(rowWeights, r * cols, cols) : (ReadOnlySpan<float>)quantWeights, candidates);
+                        rowWeights != null ? new ReadOnlySpan<float>(rowWeights, r * cols, cols)
+                        : quantWeights != null ? new ReadOnlySpan<float>(quantWeights, r / rowsPerSlice * cols, cols) : default, candidates);
             }
         }
         int nt = Math.Max(1, Math.Min(threads, chunks));
