@@ -272,13 +272,15 @@ public sealed class InferenceContext : IDisposable
         {
             var L = m.Layers[l];
             // ---- attention ----
-            for (int b = 0; b < B; b++) Ops.RmsNorm(_x.AsSpan(b * dim, dim), L.AttnNorm, c.RmsNormEps, _xn.AsSpan(b * dim, dim));
+            PreNorm(L.AttnNorm, B);
             MatMuls(_xn, B, 3, L.Wq, _q, L.Wk, _k, L.Wv, _v);
             for (int b = 0; b < B; b++)
             {
                 var cs = _rope.AsSpan(b * nRot, nRot);
-                Ops.RopeNorm(_q.AsSpan(b * qDim, qDim), c.HeadCount, c.HeadDim, cs);
-                Ops.RopeNorm(_k.AsSpan(b * kvDim, kvDim), c.KvHeadCount, c.HeadDim, cs);
+                var q = _q.AsSpan(b * qDim, qDim); var k = _k.AsSpan(b * kvDim, kvDim);
+                if (L.QNorm != null) { Ops.RmsNorm(q, L.QNorm, c.RmsNormEps, q); Ops.RmsNorm(k, L.KNorm, c.RmsNormEps, k); } // OLMo 2's QK-norm
+                c.Rope(q, c.HeadCount, cs);
+                c.Rope(k, c.KvHeadCount, cs);
                 Cache.Store(l, seqs[start + b], pos[start + b], _cells[b], _k.AsSpan(b * kvDim, kvDim), _v.AsSpan(b * kvDim, kvDim));
             }
             bool scoring = _evictor is { NeedsAttention: true };
@@ -287,10 +289,11 @@ public sealed class InferenceContext : IDisposable
             _pool.Run(_attention);
             if (scoring) _evictor!.Accumulate(Cache, batch, start, B, _probs, _probStride, c.KvHeadCount);
             MatMul(L.Wo, _att, B, _tmp);
+            PostNorm(L.PostAttnNorm, B);
             Ops.Add(_tmp.AsSpan(0, B * dim), _x.AsSpan(0, B * dim));
 
             // ---- feed-forward (SwiGLU) ----
-            for (int b = 0; b < B; b++) Ops.RmsNorm(_x.AsSpan(b * dim, dim), L.FfnNorm, c.RmsNormEps, _xn.AsSpan(b * dim, dim));
+            PreNorm(L.FfnNorm, B);
             if (L.Experts is { } experts) MixtureOfExperts(experts, B);
             else
             {
@@ -301,6 +304,7 @@ public sealed class InferenceContext : IDisposable
                         for (int b = 0; b < B; b++) _gate[b * ff + n] = v;
                 MatMul(L.WDown, _gate, B, _tmp);
             }
+            PostNorm(L.PostFfnNorm, B);
             Ops.Add(_tmp.AsSpan(0, B * dim), _x.AsSpan(0, B * dim));
         }
 
@@ -325,6 +329,24 @@ public sealed class InferenceContext : IDisposable
             MatMul(m.Output, _xn, nOut, _logits.AsSpan(outRow * c.VocabSize).Slice(0, nOut * c.VocabSize));
             outRow += nOut;
         }
+    }
+
+    /// <summary>_xn[b, :] = the sub-layer input of row b: RMSNorm(x[b, :]) ⊙ w with a pre-norm (llama), x[b, :] itself
+    /// without (OLMo 2).</summary>
+    void PreNorm(float[]? w, int B)
+    {
+        int dim = Config.Dim;
+        if (w == null) { _x.AsSpan(0, B * dim).CopyTo(_xn); return; }
+        for (int b = 0; b < B; b++) Ops.RmsNorm(_x.AsSpan(b * dim, dim), w, Config.RmsNormEps, _xn.AsSpan(b * dim, dim));
+    }
+
+    /// <summary>_tmp[b, :] = RMSNorm(_tmp[b, :]) ⊙ w, the sub-layer output before its residual add, with a post-norm
+    /// (OLMo 2); nothing without.</summary>
+    void PostNorm(float[]? w, int B)
+    {
+        if (w == null) return;
+        int dim = Config.Dim;
+        for (int b = 0; b < B; b++) { var t = _tmp.AsSpan(b * dim, dim); Ops.RmsNorm(t, w, Config.RmsNormEps, t); }
     }
 
     /// <summary>

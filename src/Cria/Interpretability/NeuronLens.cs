@@ -49,6 +49,8 @@ public static class NeuronLens
         var c = model.Config;
         if (c.IsMoe) throw new CriaException("neuron decoding: a mixture-of-experts model has one set of neurons per expert; decode dense models");
         if ((uint)layer >= (uint)c.LayerCount) throw new CriaException($"neuron decoding: layer {layer} is outside 0..{c.LayerCount - 1}");
+        if (view == NeuronView.Down && c.IsOlmo2)
+            throw new CriaException("neuron decoding: an olmo2 block norms the feed-forward output before adding it to the residual stream, so a down column is not what the neuron writes; decode --view up or gate");
         var L = model.Layers[layer];
         int ff = c.FfnDim, dim = c.Dim;
         var v = new float[(long)ff * dim];                    // [ff, dim]

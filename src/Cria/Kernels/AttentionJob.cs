@@ -260,7 +260,7 @@ internal sealed partial class AttentionJob : ParallelJob
             if (delta != 0)
             {
                 if (delta != rotationDelta) { c.RopeRotation(delta, rotation); rotationDelta = delta; }
-                for (int r = 0; r < run; r++) Ops.RopeNorm(kTile.Slice((j + r) * hd, hd), 1, hd, rotation);
+                for (int r = 0; r < run; r++) c.Rope(kTile.Slice((j + r) * hd, hd), 1, rotation);
             }
             j += run;
         }

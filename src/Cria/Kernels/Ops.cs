@@ -280,4 +280,23 @@ public static class Ops
             }
         }
     }
+
+    /// <summary>Rotates the pairs (x[i], x[i + nRot/2]) of each head's first nRot dims with pair i's cos/sin
+    /// (LLAMA_ROPE_TYPE_NEOX; Hugging Face's rotate_half): the layout of OLMo 2, Qwen and GPT-NeoX.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void RopeNeox(Span<float> x, int heads, int headDim, ReadOnlySpan<float> cosSin)
+    {
+        int nRot = cosSin.Length, half = nRot / 2;
+        for (int h = 0; h < heads; h++)
+        {
+            var v = x.Slice(h * headDim, headDim);
+            for (int i = 0; i < half; i++)
+            {
+                float c = cosSin[2 * i], s = cosSin[2 * i + 1];
+                float x0 = v[i], x1 = v[i + half];
+                v[i] = x0 * c - x1 * s;
+                v[i + half] = x0 * s + x1 * c;
+            }
+        }
+    }
 }

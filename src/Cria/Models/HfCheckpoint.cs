@@ -15,11 +15,17 @@ namespace Cria.Models;
 /// (<c>MixtralForCausalLM</c>: <c>num_local_experts</c>, <c>num_experts_per_tok</c>, <c>block_sparse_moe.gate</c> and
 /// <c>experts.E.w1/w2/w3</c>) becomes llama.cpp's mixture-of-experts layout: the router as <c>ffn_gate_inp</c> in F32,
 /// each projection's experts stacked into one 3-D tensor (w1 → ffn_gate_exps, w3 → ffn_up_exps, w2 → ffn_down_exps).
+/// An OLMo 2 checkpoint (<c>Olmo2ForCausalLM</c>) becomes an <c>olmo2</c> GGUF: q_norm / k_norm → attn_q_norm /
+/// attn_k_norm, post_attention_layernorm → post_attention_norm, post_feedforward_layernorm → post_ffw_norm, and no
+/// q/k permutation (llama.cpp runs olmo2 with NEOX RoPE, Hugging Face's own layout).
 /// </summary>
 public sealed class HfCheckpoint : IDisposable
 {
     public string Directory { get; }
     public string ConfigPath { get; }
+    /// <summary>The GGUF architecture the checkpoint converts to: "llama" (Llama, Mixtral) or "olmo2".</summary>
+    public string Architecture { get; private init; } = "llama";
+    bool Olmo2 => Architecture == "olmo2";
     public int Dim { get; private init; }
     public int Layers { get; private init; }
     public int Heads { get; private init; }
@@ -66,8 +72,11 @@ public sealed class HfCheckpoint : IDisposable
         bool Arch(string n) => c.TryGetProperty("architectures", out var arch) && arch.ValueKind == JsonValueKind.Array
             && arch.EnumerateArray().Any(a => a.ValueKind == JsonValueKind.String && a.GetString() == n);
         bool mixtral = modelType == "mixtral" || Arch("MixtralForCausalLM");
+        bool olmo2 = modelType == "olmo2" || Arch("Olmo2ForCausalLM");
         bool llama = mixtral || modelType == "llama" || Arch("LlamaForCausalLM");
-        if (!llama) throw new ModelFormatException(cfgPath, $"model_type '{modelType}' is not supported (Llama checkpoints: model_type \"llama\" / LlamaForCausalLM, or \"mixtral\" / MixtralForCausalLM)");
+        if (!llama && !olmo2) throw new ModelFormatException(cfgPath, $"model_type '{modelType}' is not supported (model_type \"llama\" / LlamaForCausalLM, \"mixtral\" / MixtralForCausalLM, or \"olmo2\" / Olmo2ForCausalLM)");
+        if (olmo2 && c.TryGetProperty("attention_bias", out var ab) && ab.ValueKind == JsonValueKind.True)
+            throw new ModelFormatException(cfgPath, "olmo2 with attention_bias is not supported (the released models have none)");
         int experts = mixtral ? Int(cfgPath, c, "num_local_experts") : 0, used = mixtral ? Int(cfgPath, c, "num_experts_per_tok") : 0;
         if (used > experts || experts > ModelConfig.MaxExperts)
             throw new ModelFormatException(cfgPath, $"num_experts_per_tok {used} with num_local_experts {experts}: need used ≤ experts ≤ {ModelConfig.MaxExperts}");
@@ -76,14 +85,17 @@ public sealed class HfCheckpoint : IDisposable
         int headDim = c.TryGetProperty("head_dim", out var hd) && hd.ValueKind == JsonValueKind.Number ? hd.GetInt32() : dim / heads;
         if (heads % kv != 0) throw new ModelFormatException(cfgPath, $"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}");
         if (headDim <= 0 || headDim % 2 != 0) throw new ModelFormatException(cfgPath, $"head dimension {headDim} must be positive and even");
+        if (olmo2 && headDim * heads != dim) throw new ModelFormatException(cfgPath, $"olmo2 needs num_attention_heads × head dim = hidden_size, got {heads} × {headDim} ≠ {dim}");
         RopeScalingCheck(cfgPath, c);
         return new HfCheckpoint(dir)
         {
             _config = doc,
+            Architecture = olmo2 ? "olmo2" : "llama",
             Dim = dim, Heads = heads, KvHeads = kv, HeadDim = headDim, Experts = experts, ExpertsUsed = used,
             Layers = Int(cfgPath, c, "num_hidden_layers"), FfnDim = Int(cfgPath, c, "intermediate_size"), VocabSize = Int(cfgPath, c, "vocab_size"),
             ContextLength = c.TryGetProperty("max_position_embeddings", out var mp) && mp.ValueKind == JsonValueKind.Number ? mp.GetInt32() : 2048,
-            RmsEps = c.TryGetProperty("rms_norm_eps", out var e) && e.ValueKind == JsonValueKind.Number ? e.GetSingle() : 1e-6f,
+            // Absent: the transformers config classes' defaults (LlamaConfig 1e-6, Olmo2Config 1e-5).
+            RmsEps = c.TryGetProperty("rms_norm_eps", out var e) && e.ValueKind == JsonValueKind.Number ? e.GetSingle() : olmo2 ? 1e-5f : 1e-6f,
             RopeTheta = c.TryGetProperty("rope_theta", out var rt) && rt.ValueKind == JsonValueKind.Number ? rt.GetSingle() : 10000f,
             TiedEmbeddings = c.TryGetProperty("tie_word_embeddings", out var tw) && tw.ValueKind == JsonValueKind.True,
             RopeScaling = c.TryGetProperty("rope_scaling", out var rs) && rs.ValueKind == JsonValueKind.Object ? rs.Clone() : null,
@@ -163,12 +175,19 @@ public sealed class HfCheckpoint : IDisposable
         for (int l = 0; l < Layers; l++)
         {
             string h = $"model.layers.{l}.", g = $"blk.{l}.";
-            yield return (h + "input_layernorm.weight", g + "attn_norm.weight", [Dim]);
+            if (!Olmo2) yield return (h + "input_layernorm.weight", g + "attn_norm.weight", [Dim]);
             yield return (h + "self_attn.q_proj.weight", g + "attn_q.weight", [q, Dim]);
             yield return (h + "self_attn.k_proj.weight", g + "attn_k.weight", [kv, Dim]);
             yield return (h + "self_attn.v_proj.weight", g + "attn_v.weight", [kv, Dim]);
             yield return (h + "self_attn.o_proj.weight", g + "attn_output.weight", [Dim, q]);
-            yield return (h + "post_attention_layernorm.weight", g + "ffn_norm.weight", [Dim]);
+            if (Olmo2)
+            {
+                yield return (h + "self_attn.q_norm.weight", g + "attn_q_norm.weight", [q]);
+                yield return (h + "self_attn.k_norm.weight", g + "attn_k_norm.weight", [kv]);
+                yield return (h + "post_attention_layernorm.weight", g + "post_attention_norm.weight", [Dim]);
+                yield return (h + "post_feedforward_layernorm.weight", g + "post_ffw_norm.weight", [Dim]);
+            }
+            else yield return (h + "post_attention_layernorm.weight", g + "ffn_norm.weight", [Dim]);
             if (Experts > 0)
             {
                 yield return (h + "block_sparse_moe.gate.weight", g + "ffn_gate_inp.weight", [Experts, Dim]);
@@ -221,34 +240,35 @@ public sealed class HfCheckpoint : IDisposable
         return r;
     }
 
-    /// <summary>Writes the checkpoint as a llama GGUF (atomically). <paramref name="type"/>: F32, F16, BF16 or Q8_0 for the
+    /// <summary>Writes the checkpoint as a llama or olmo2 GGUF (atomically). <paramref name="type"/>: F32, F16, BF16 or Q8_0 for the
     /// 2-D weights; norms stay F32.</summary>
     public void WriteGguf(string path, GgmlType type, string? name = null)
     {
         if (type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0))
             throw new CriaException($"conversion writes f32, f16, bf16 or q8_0, not {type} (use `cria quantize` afterwards)");
         var w = new GgufWriter();
-        w.Set("general.architecture", "llama");
+        w.Set("general.architecture", Architecture);
+        string a = Architecture + ".";
         w.Set("general.name", name ?? System.IO.Path.GetFileName(System.IO.Path.TrimEndingDirectorySeparator(System.IO.Path.GetFullPath(Directory))));
-        w.Set("llama.block_count", (uint)Layers);
-        w.Set("llama.context_length", (uint)ContextLength);
-        w.Set("llama.embedding_length", (uint)Dim);
-        w.Set("llama.feed_forward_length", (uint)FfnDim);
-        w.Set("llama.attention.head_count", (uint)Heads);
-        w.Set("llama.attention.head_count_kv", (uint)KvHeads);
-        w.Set("llama.rope.freq_base", RopeTheta);
-        w.Set("llama.attention.layer_norm_rms_epsilon", RmsEps);
-        if (HeadDim != Dim / Heads) { w.Set("llama.attention.key_length", (uint)HeadDim); w.Set("llama.attention.value_length", (uint)HeadDim); }
+        w.Set(a + "block_count", (uint)Layers);
+        w.Set(a + "context_length", (uint)ContextLength);
+        w.Set(a + "embedding_length", (uint)Dim);
+        w.Set(a + "feed_forward_length", (uint)FfnDim);
+        w.Set(a + "attention.head_count", (uint)Heads);
+        w.Set(a + "attention.head_count_kv", (uint)KvHeads);
+        w.Set(a + "rope.freq_base", RopeTheta);
+        w.Set(a + "attention.layer_norm_rms_epsilon", RmsEps);
+        if (HeadDim != Dim / Heads) { w.Set(a + "attention.key_length", (uint)HeadDim); w.Set(a + "attention.value_length", (uint)HeadDim); }
         w.Set("general.file_type", (uint)RandomModel.FileType(type));
-        w.Set("llama.vocab_size", (uint)VocabSize);
-        w.Set("llama.rope.dimension_count", (uint)HeadDim);
-        if (Experts > 0) { w.Set("llama.expert_count", (uint)Experts); w.Set("llama.expert_used_count", (uint)ExpertsUsed); }
+        w.Set(a + "vocab_size", (uint)VocabSize);
+        w.Set(a + "rope.dimension_count", (uint)HeadDim);
+        if (Experts > 0) { w.Set(a + "expert_count", (uint)Experts); w.Set(a + "expert_used_count", (uint)ExpertsUsed); }
         float[]? ropeFreqs = null;
         if (RopeScaling is { } rs)
         {
             string t = Str(rs, "rope_type") ?? Str(rs, "type") ?? "";
             float factor = rs.TryGetProperty("factor", out var fv) && fv.ValueKind == JsonValueKind.Number ? fv.GetSingle() : 1f;
-            if (t == "linear") { w.Set("llama.rope.scaling.type", "linear"); w.Set("llama.rope.scaling.factor", factor); }
+            if (t == "linear") { w.Set(a + "rope.scaling.type", "linear"); w.Set(a + "rope.scaling.factor", factor); }
             else if (t == "llama3")
             {
                 float lo = rs.TryGetProperty("low_freq_factor", out var l) ? l.GetSingle() : 1f, hi = rs.TryGetProperty("high_freq_factor", out var h) ? h.GetSingle() : 4f;
@@ -283,13 +303,14 @@ public sealed class HfCheckpoint : IDisposable
         w.Write(path);
     }
 
-    /// <summary>One checkpoint tensor as GGUF bytes of <paramref name="type"/>: q/k rows permuted for GGUF's RoPE,
-    /// 1-D tensors F32.</summary>
+    /// <summary>One checkpoint tensor as GGUF bytes of <paramref name="type"/>: q/k rows permuted for GGUF's RoPE
+    /// (llama; not olmo2), 1-D tensors F32.</summary>
     byte[] Converted(string hf, long[] shape, GgmlType type)
     {
         var (file, t) = _tensors[hf];
         var v = file.ReadF32(t);
-        if (hf.EndsWith("q_proj.weight", StringComparison.Ordinal)) v = PermuteForRope(v, (int)shape[0], (int)shape[1], Heads);
+        if (Olmo2) { } // NEOX RoPE: Hugging Face's row order as it is
+        else if (hf.EndsWith("q_proj.weight", StringComparison.Ordinal)) v = PermuteForRope(v, (int)shape[0], (int)shape[1], Heads);
         else if (hf.EndsWith("k_proj.weight", StringComparison.Ordinal)) v = PermuteForRope(v, (int)shape[0], (int)shape[1], KvHeads);
         if (shape.Length == 1) return System.Runtime.InteropServices.MemoryMarshal.AsBytes(v.AsSpan()).ToArray();
         return Quantization.ModelQuantizer.QuantizeMatrix(type, v, (int)shape[1], (int)shape[0], null, Environment.ProcessorCount);

@@ -8,12 +8,21 @@ namespace Cria.Models;
 /// <summary>The weights of one transformer block, viewed in place.</summary>
 public sealed class LlamaLayer
 {
-    public required float[] AttnNorm { get; init; }   // [dim]
+    /// <summary>Pre-norm of the attention input (llama); null in OLMo 2, whose blocks norm outputs instead.</summary>
+    public float[]? AttnNorm { get; init; }           // [dim]
     public required WeightMatrix Wq { get; init; }    // [qDim rows, dim cols]
     public required WeightMatrix Wk { get; init; }    // [kvDim, dim]
     public required WeightMatrix Wv { get; init; }    // [kvDim, dim]
     public required WeightMatrix Wo { get; init; }    // [dim, qDim]
-    public required float[] FfnNorm { get; init; }    // [dim]
+    /// <summary>Pre-norm of the feed-forward input (llama); null in OLMo 2.</summary>
+    public float[]? FfnNorm { get; init; }            // [dim]
+    // OLMo 2 (ModelConfig.IsOlmo2; null otherwise): QK-norm over the whole projections before RoPE, and post-norms of
+    // the attention and feed-forward outputs before their residual adds (attn_q_norm, attn_k_norm, post_attention_norm,
+    // post_ffw_norm).
+    public float[]? QNorm { get; init; }              // [qDim]
+    public float[]? KNorm { get; init; }              // [kvDim]
+    public float[]? PostAttnNorm { get; init; }       // [dim]
+    public float[]? PostFfnNorm { get; init; }        // [dim]
     // Dense feed-forward (unset when Experts is set).
     public WeightMatrix WGate { get; init; }          // [ff, dim]
     public WeightMatrix WUp { get; init; }            // [ff, dim]
@@ -105,15 +114,19 @@ public sealed class LlamaModel : IDisposable
         for (int i = 0; i < layers.Length; i++)
         {
             string p = $"blk.{i}.";
-            bool moe = c.IsMoe;
+            bool moe = c.IsMoe, olmo2 = c.IsOlmo2;
             layers[i] = new LlamaLayer
             {
-                AttnNorm = Vector(f, p + "attn_norm.weight", c.Dim),
+                AttnNorm = olmo2 ? null : Vector(f, p + "attn_norm.weight", c.Dim),
                 Wq = WeightMatrix.Bind(f, p + "attn_q.weight", c.Dim, c.QDim),
                 Wk = WeightMatrix.Bind(f, p + "attn_k.weight", c.Dim, c.KvDim),
                 Wv = WeightMatrix.Bind(f, p + "attn_v.weight", c.Dim, c.KvDim),
                 Wo = WeightMatrix.Bind(f, p + "attn_output.weight", c.QDim, c.Dim),
-                FfnNorm = Vector(f, p + "ffn_norm.weight", c.Dim),
+                FfnNorm = olmo2 ? null : Vector(f, p + "ffn_norm.weight", c.Dim),
+                QNorm = olmo2 ? Vector(f, p + "attn_q_norm.weight", c.QDim) : null,
+                KNorm = olmo2 ? Vector(f, p + "attn_k_norm.weight", c.KvDim) : null,
+                PostAttnNorm = olmo2 ? Vector(f, p + "post_attention_norm.weight", c.Dim) : null,
+                PostFfnNorm = olmo2 ? Vector(f, p + "post_ffw_norm.weight", c.Dim) : null,
                 WGate = moe ? default : WeightMatrix.Bind(f, p + "ffn_gate.weight", c.Dim, c.FfnDim),
                 WUp = moe ? default : WeightMatrix.Bind(f, p + "ffn_up.weight", c.Dim, c.FfnDim),
                 WDown = moe ? default : WeightMatrix.Bind(f, p + "ffn_down.weight", c.FfnDim, c.Dim),

@@ -47,7 +47,7 @@ public sealed class LoraAdapter
         if (type != "adapter" || f.Get("adapter.type", "") != "lora")
             throw new CriaException($"{path} is not a LoRA adapter (general.type '{type}', adapter.type '{f.Get("adapter.type", "")}')");
         string arch = f.Get("general.architecture", "");
-        if (arch != "llama") throw new CriaException($"LoRA adapter {path} is for a '{arch}' model, not llama");
+        if (arch != model.Config.Architecture) throw new CriaException($"LoRA adapter {path} is for a '{arch}' model, not {model.Config.Architecture}");
         float alpha = f.Has("adapter.lora.alpha") ? f.Get<float>("adapter.lora.alpha") : 0f;
         if (!float.IsFinite(alpha)) throw new CriaException($"LoRA adapter {path}: adapter.lora.alpha is {alpha}");
         var byName = new Dictionary<string, WeightMatrix>();

@@ -11,6 +11,13 @@ public enum RopeScalingType { None, Linear, Yarn, Llama3 }
 public sealed record ModelConfig
 {
     public string Architecture { get; init; } = "llama";
+    /// <summary>OLMo 2's block (GGUF arch <c>olmo2</c>): no pre-norms; RMS norms on the whole q and k projections
+    /// (QK-norm) before RoPE, and on the attention and feed-forward outputs before each residual add; NEOX RoPE.</summary>
+    public bool IsOlmo2 => Architecture == "olmo2";
+    /// <summary>RoPE rotates (x[i], x[i + nRot/2]) — llama.cpp's LLAMA_ROPE_TYPE_NEOX, Hugging Face's rotate-half — rather
+    /// than adjacent pairs (x[2i], x[2i + 1]), LLAMA_ROPE_TYPE_NORM, which llama GGUFs use after the converter's
+    /// Q/K row permutation.</summary>
+    public bool RopeNeox => IsOlmo2;
     public string Name { get; init; } = "";
     public int ContextLength { get; init; }      // n_ctx_train
     public int Dim { get; init; }                // n_embd
@@ -84,7 +91,15 @@ public sealed record ModelConfig
     /// <summary>Query heads per KV head (GQA group size).</summary>
     public int GroupSize => HeadCount / KvHeadCount;
 
-    public static readonly string[] SupportedArchitectures = ["llama"];
+    public static readonly string[] SupportedArchitectures = ["llama", "olmo2"];
+
+    /// <summary>Rotates each of <paramref name="heads"/> heads of <paramref name="x"/> ([heads, HeadDim]) by a
+    /// <see cref="RopeCache"/> table, in this model's RoPE layout (<see cref="RopeNeox"/>).</summary>
+    public void Rope(Span<float> x, int heads, ReadOnlySpan<float> cosSin)
+    {
+        if (RopeNeox) Kernels.Ops.RopeNeox(x, heads, HeadDim, cosSin);
+        else Kernels.Ops.RopeNorm(x, heads, HeadDim, cosSin);
+    }
 
     /// <summary>The most experts per layer a file may declare (llama.cpp's LLAMA_MAX_EXPERTS is 512 in recent builds).</summary>
     public const int MaxExperts = 512;
@@ -115,6 +130,10 @@ public sealed record ModelConfig
         if (vocab <= 0) throw new ModelFormatException(f.Path, "cannot determine the vocabulary size");
         if (layers > 4096 || dim > 1 << 17 || nHead > 4096 || ff > 1 << 20)
             throw new ModelFormatException(f.Path, $"implausible hyper-parameters (layers {layers}, dim {dim}, heads {nHead}, ffn {ff})");
+        if (arch == "olmo2" && (nRot != headDim || nHead * headDim != dim))
+            throw new ModelFormatException(f.Path, $"olmo2 needs rope.dimension_count = head dimension and head_count × head dimension = embedding_length (got {nRot}, {nHead} × {headDim}, {dim})");
+        if (arch == "olmo2" && f.Get<int>(p + "attention.sliding_window", 0) > 0)
+            throw new ModelFormatException(f.Path, "olmo2 with sliding-window attention (OLMo 3) is not supported");
         int experts = f.Get<int>(p + "expert_count", 0), expertsUsed = f.Get<int>(p + "expert_used_count", 0);
         if (experts < 0 || experts > MaxExperts || (experts > 0 && (expertsUsed < 1 || expertsUsed > experts)) || (experts == 0 && expertsUsed != 0))
             throw new ModelFormatException(f.Path, $"expert_count {experts} with expert_used_count {expertsUsed}: a mixture of experts needs 1 ≤ used ≤ count ≤ {MaxExperts}, a dense model neither key");

@@ -45,6 +45,9 @@ public sealed record RandomModelSpec
     /// <summary>Extra metadata (e.g. a real family's keys) written as given.</summary>
     public IReadOnlyList<(string Key, object Value)>? ExtraMetadata { get; init; }
     public string Name { get; init; } = "cria-random";
+    /// <summary>"llama", or "olmo2": OLMo 2's block (no pre-norms; attn_q_norm / attn_k_norm over the whole
+    /// projections, post_attention_norm and post_ffw_norm on the sub-layer outputs) and NEOX RoPE.</summary>
+    public string Architecture { get; init; } = "llama";
 }
 
 /// <summary>
@@ -94,27 +97,31 @@ public static class RandomModel
         if ((s.HeadDim == 0 && s.Dim % s.Heads != 0) || s.Heads % s.KvHeads != 0) throw new ArgumentException("dim must divide by heads, heads by kv heads");
         if (s.VocabSize < 300) throw new ArgumentException("vocabulary must hold at least 300 tokens");
         if (s.Experts < 0 || (s.Experts > 0 && (s.ExpertsUsed < 1 || s.ExpertsUsed > s.Experts))) throw new ArgumentException("experts used must be in 1..experts");
+        bool olmo2 = s.Architecture == "olmo2";
+        if (!olmo2 && s.Architecture != "llama") throw new ArgumentException($"architecture '{s.Architecture}': llama or olmo2");
+        if (olmo2 && (s.Experts > 0 || (s.HeadDim > 0 && s.HeadDim * s.Heads != s.Dim))) throw new ArgumentException("olmo2: dense, with heads × head dim = dim");
         int hd = s.HeadDim > 0 ? s.HeadDim : s.Dim / s.Heads;
         int qDim = s.Heads * hd;
         var w = new GgufWriter();
-        w.Set("general.architecture", "llama");
+        string a = s.Architecture + ".";
+        w.Set("general.architecture", s.Architecture);
         w.Set("general.name", s.Name);
-        w.Set("llama.context_length", (uint)s.ContextLength);
-        w.Set("llama.embedding_length", (uint)s.Dim);
-        w.Set("llama.block_count", (uint)s.Layers);
-        w.Set("llama.feed_forward_length", (uint)s.FfnDim);
-        w.Set("llama.attention.head_count", (uint)s.Heads);
-        w.Set("llama.attention.head_count_kv", (uint)s.KvHeads);
-        w.Set("llama.rope.dimension_count", (uint)hd);
-        if (s.HeadDim > 0) { w.Set("llama.attention.key_length", (uint)hd); w.Set("llama.attention.value_length", (uint)hd); }
-        w.Set("llama.attention.layer_norm_rms_epsilon", s.RmsEps);
-        w.Set("llama.rope.freq_base", s.RopeBase);
-        w.Set("llama.vocab_size", (uint)s.VocabSize);
-        if (s.Experts > 0) { w.Set("llama.expert_count", (uint)s.Experts); w.Set("llama.expert_used_count", (uint)s.ExpertsUsed); }
+        w.Set(a + "context_length", (uint)s.ContextLength);
+        w.Set(a + "embedding_length", (uint)s.Dim);
+        w.Set(a + "block_count", (uint)s.Layers);
+        w.Set(a + "feed_forward_length", (uint)s.FfnDim);
+        w.Set(a + "attention.head_count", (uint)s.Heads);
+        w.Set(a + "attention.head_count_kv", (uint)s.KvHeads);
+        w.Set(a + "rope.dimension_count", (uint)hd);
+        if (s.HeadDim > 0) { w.Set(a + "attention.key_length", (uint)hd); w.Set(a + "attention.value_length", (uint)hd); }
+        w.Set(a + "attention.layer_norm_rms_epsilon", s.RmsEps);
+        w.Set(a + "rope.freq_base", s.RopeBase);
+        w.Set(a + "vocab_size", (uint)s.VocabSize);
+        if (s.Experts > 0) { w.Set(a + "expert_count", (uint)s.Experts); w.Set(a + "expert_used_count", (uint)s.ExpertsUsed); }
         if (s.LinearRopeScale > 0)
         {
-            w.Set("llama.rope.scaling.type", "linear");
-            w.Set("llama.rope.scaling.factor", s.LinearRopeScale);
+            w.Set(a + "rope.scaling.type", "linear");
+            w.Set(a + "rope.scaling.factor", s.LinearRopeScale);
         }
         w.Set("general.file_type", (uint)FileType(s.WeightType));
         if (s.TokenizerMetadata != null)
@@ -149,12 +156,19 @@ public static class RandomModel
             string p = $"blk.{l}.";
             var t = s.WeightType;
             var moreBits = s.MediumMix && UseMoreBits(l, s.Layers) ? GgmlType.Q6_K : t;
-            w.AddTensor(p + "attn_norm.weight", [s.Dim], Norm(rng, s.Dim));
+            if (!olmo2) w.AddTensor(p + "attn_norm.weight", [s.Dim], Norm(rng, s.Dim));
             w.AddTensor(p + "attn_q.weight", [s.Dim, qDim], t, Matrix(rng, qDim, s.Dim, std * 2, t));
             w.AddTensor(p + "attn_k.weight", [s.Dim, s.KvHeads * hd], t, Matrix(rng, s.KvHeads * hd, s.Dim, std * 2, t));
             w.AddTensor(p + "attn_v.weight", [s.Dim, s.KvHeads * hd], moreBits, Matrix(rng, s.KvHeads * hd, s.Dim, std, moreBits));
             w.AddTensor(p + "attn_output.weight", [qDim, s.Dim], t, Matrix(rng, s.Dim, qDim, std, t));
-            w.AddTensor(p + "ffn_norm.weight", [s.Dim], Norm(rng, s.Dim));
+            if (olmo2)
+            {
+                w.AddTensor(p + "attn_q_norm.weight", [qDim], Norm(rng, qDim));
+                w.AddTensor(p + "attn_k_norm.weight", [s.KvHeads * hd], Norm(rng, s.KvHeads * hd));
+                w.AddTensor(p + "post_attention_norm.weight", [s.Dim], Norm(rng, s.Dim));
+                w.AddTensor(p + "post_ffw_norm.weight", [s.Dim], Norm(rng, s.Dim));
+            }
+            else w.AddTensor(p + "ffn_norm.weight", [s.Dim], Norm(rng, s.Dim));
             if (s.Experts > 0)
             {
                 // Router logits of standard deviation ≈ 2 over unit-RMS inputs: clear but not one-hot choices.

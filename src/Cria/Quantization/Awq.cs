@@ -88,6 +88,7 @@ public static class Awq
     public static Stats Collect(LlamaModel model, string calibrationText, AwqOptions a)
     {
         if (model.Config.IsMoe) throw new CriaException("AWQ: mixture-of-experts models are not supported (use --imatrix, which collects each expert's importances)");
+        if (model.Config.IsOlmo2) throw new CriaException("AWQ: an olmo2 model has no pre-norms to fold the scales into (use --imatrix or --gptq)");
         if (a.SkipPositions < 0 || a.SkipPositions >= a.ContextSize) throw new CriaException($"AWQ: cannot skip {a.SkipPositions} positions of chunks of {a.ContextSize}");
         var obs = new GramObserver(model.Config.Dim, a.SkipPositions);
         int n = Calibration.Run(model, calibrationText, a, obs);

@@ -179,11 +179,12 @@ public static class ModelQuantizer
     {
         var tensors = f.Tensors.ToList();
         tensors.Sort((a, b) => QuantMix.TensorOrder(a.Name, b.Name));
-        int nLayer = f.Get<int>("llama.block_count", 0), nHead = f.Get<int>("llama.attention.head_count", 1);
-        int nHeadKv = f.Get<int>("llama.attention.head_count_kv", nHead);
+        string a = f.Get<string>("general.architecture", "llama") + "."; // llama.*, olmo2.*
+        int nLayer = f.Get<int>(a + "block_count", 0), nHead = f.Get<int>(a + "attention.head_count", 1);
+        int nHeadKv = f.Get<int>(a + "attention.head_count_kv", nHead);
         int nAttnWv = tensors.Count(t => t.Name.Contains("attn_v.weight", StringComparison.Ordinal) || t.Name.Contains("attn_qkv.weight", StringComparison.Ordinal));
         bool hasOutput = tensors.Any(t => t.Name == "output.weight");
-        var mix = new QuantMix(o.FileType, nLayer, nHead, nHeadKv, nAttnWv, hasOutput, o.Imatrix != null, f.Get<int>("llama.expert_count", 0));
+        var mix = new QuantMix(o.FileType, nLayer, nHead, nHeadKv, nAttnWv, hasOutput, o.Imatrix != null, f.Get<int>(a + "expert_count", 0));
         var plan = new List<(GgufTensorInfo, GgmlType)>(tensors.Count);
         foreach (var t in tensors)
         {

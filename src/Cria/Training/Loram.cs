@@ -31,6 +31,7 @@ public static class Loram
         using var f = GgufFile.Open(input);
         var c = Models.ModelConfig.FromGguf(f);
         if (c.IsMoe) throw new CriaException($"prune: {input} is a mixture-of-experts model; LoRAM pruning here removes dense feed-forward neurons");
+        if (c.Architecture != "llama") throw new CriaException($"prune: {input} is a '{c.Architecture}' model; the pruned model is trained by the trainer, which trains llama models");
         if (f.Has(KeptKey)) throw new CriaException($"prune: {input} is already pruned; prune the full model");
         int ff = c.FfnDim, dim = c.Dim, n = Math.Max(1, (int)Math.Round(ff * keep));
         var kept = new int[c.LayerCount][];

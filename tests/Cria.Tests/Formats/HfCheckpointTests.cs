@@ -28,7 +28,7 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
     static float Bf16Round(float x) => Bf16.ToSingle(Bf16.FromSingle(x));
 
     /// <summary>Writes the folder; <paramref name="edit"/> may change config.json, <paramref name="dtype"/> the storage.</summary>
-    static HfModel WriteFolder(string name, string dtype = "BF16", Action<JsonObject>? edit = null, int seed = 11, int experts = 0, int used = 0)
+    static HfModel WriteFolder(string name, string dtype = "BF16", Action<JsonObject>? edit = null, int seed = 11, int experts = 0, int used = 0, bool olmo2 = false)
     {
         string dir = TestPaths.TempFile(name);
         if (Directory.Exists(dir)) Directory.Delete(dir, true);
@@ -57,12 +57,19 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
         {
             int sh = l == 0 ? 0 : 1;
             string p = $"model.layers.{l}.";
-            Add(sh, p + "input_layernorm.weight", N(Dim), Dim);
+            if (!olmo2) Add(sh, p + "input_layernorm.weight", N(Dim), Dim);
             Add(sh, p + "self_attn.q_proj.weight", M(Heads * Hd, Dim, 3 * s), Heads * Hd, Dim);
             Add(sh, p + "self_attn.k_proj.weight", M(KvHeads * Hd, Dim, 3 * s), KvHeads * Hd, Dim);
             Add(sh, p + "self_attn.v_proj.weight", M(KvHeads * Hd, Dim, s), KvHeads * Hd, Dim);
             Add(sh, p + "self_attn.o_proj.weight", M(Dim, Heads * Hd, s), Dim, Heads * Hd);
             Add(sh, p + "post_attention_layernorm.weight", N(Dim), Dim);
+            if (olmo2)
+            {
+                // OLMo 2: QK-norm weights over the whole projections, and a post-norm of the feed-forward output.
+                Add(sh, p + "self_attn.q_norm.weight", N(Heads * Hd), Heads * Hd);
+                Add(sh, p + "self_attn.k_norm.weight", N(KvHeads * Hd), KvHeads * Hd);
+                Add(sh, p + "post_feedforward_layernorm.weight", N(Dim), Dim);
+            }
             if (experts > 0)
             {
                 // Mixtral: a router and experts.E.{w1 = gate, w3 = up, w2 = down}.
@@ -102,6 +109,7 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
             cfg["architectures"] = new JsonArray("MixtralForCausalLM"); cfg["model_type"] = "mixtral";
             cfg["num_local_experts"] = experts; cfg["num_experts_per_tok"] = used; cfg["sliding_window"] = null;
         }
+        if (olmo2) { cfg["architectures"] = new JsonArray("Olmo2ForCausalLM"); cfg["model_type"] = "olmo2"; cfg["attention_bias"] = false; }
         edit?.Invoke(cfg);
         File.WriteAllText(Path.Combine(dir, "config.json"), cfg.ToJsonString());
         WriteTokenizer(dir);
@@ -145,8 +153,10 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
 
     /// <summary>The Hugging Face forward pass in double precision: rotate-half RoPE on the stored q/k rows; for Mixtral
     /// (<paramref name="used"/> of <paramref name="experts"/>), MixtralSparseMoeBlock: softmax over the router logits,
-    /// the top <paramref name="used"/> renormalised, Σ w_e · w2_e(SiLU(w1_e x) ⊙ w3_e x).</summary>
-    static double[][] ReferenceLogits(Dictionary<string, float[]> w, int[] tokens, int experts = 0, int used = 0)
+    /// the top <paramref name="used"/> renormalised, Σ w_e · w2_e(SiLU(w1_e x) ⊙ w3_e x). For OLMo 2
+    /// (Olmo2DecoderLayer): no input norm; q_norm / k_norm over the whole q and k projections before RoPE; x += RMSNorm(attn)
+    /// with post_attention_layernorm, then x += RMSNorm(mlp(x)) with post_feedforward_layernorm.</summary>
+    static double[][] ReferenceLogits(Dictionary<string, float[]> w, int[] tokens, int experts = 0, int used = 0, bool olmo2 = false)
     {
         int T = tokens.Length, qd = Heads * Hd, kd = KvHeads * Hd;
         double[] RmsNorm(double[] x, float[] g)
@@ -181,8 +191,9 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
             var K = new double[T][]; var V = new double[T][]; var Q = new double[T][];
             for (int t = 0; t < T; t++)
             {
-                var h = RmsNorm(x[t], w[p + "input_layernorm.weight"]);
+                var h = olmo2 ? x[t] : RmsNorm(x[t], w[p + "input_layernorm.weight"]);
                 Q[t] = Mv(w[p + "self_attn.q_proj.weight"], qd, h); K[t] = Mv(w[p + "self_attn.k_proj.weight"], kd, h); V[t] = Mv(w[p + "self_attn.v_proj.weight"], kd, h);
+                if (olmo2) { Q[t] = RmsNorm(Q[t], w[p + "self_attn.q_norm.weight"]); K[t] = RmsNorm(K[t], w[p + "self_attn.k_norm.weight"]); }
                 RotateHalf(Q[t], Heads, t); RotateHalf(K[t], KvHeads, t);
             }
             for (int t = 0; t < T; t++)
@@ -198,8 +209,9 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
                     for (int u = 0; u <= t; u++) for (int i = 0; i < Hd; i++) att[h * Hd + i] += sc[u] / sum * V[u][kh * Hd + i];
                 }
                 var o = Mv(w[p + "self_attn.o_proj.weight"], Dim, att);
+                if (olmo2) o = RmsNorm(o, w[p + "post_attention_layernorm.weight"]);
                 for (int j = 0; j < Dim; j++) x[t][j] += o[j];
-                var h2 = RmsNorm(x[t], w[p + "post_attention_layernorm.weight"]);
+                var h2 = olmo2 ? (double[])x[t].Clone() : RmsNorm(x[t], w[p + "post_attention_layernorm.weight"]);
                 double[] Ffn_(string gate, string up_, string down)
                 {
                     var g = Mv(w[gate], Ffn, h2); var up = Mv(w[up_], Ffn, h2);
@@ -209,6 +221,7 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
                 if (experts == 0)
                 {
                     var d2 = Ffn_(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight", p + "mlp.down_proj.weight");
+                    if (olmo2) d2 = RmsNorm(d2, w[p + "post_feedforward_layernorm.weight"]);
                     for (int j = 0; j < Dim; j++) x[t][j] += d2[j];
                 }
                 else
@@ -271,6 +284,45 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
         Assert.Equal(0, eDirect); // the direct route is the BF16 conversion, bit for bit
         // BF16 weights multiply activations rounded to BF16 (8-bit mantissa), in Cria as in llama.cpp (which agrees with Cria to ~5e-7 here).
         Assert.True(eBf16 < 0.5, $"the direct (BF16 activations) route differs from the reference by {eBf16}");
+        Assert.True(eCppBf16 < 8e-2, $"llama.cpp and Cria differ on the BF16 conversion by {eCppBf16}");
+    }
+
+    /// <summary>A random OLMo 2 folder (BF16 shards): converted to an olmo2 GGUF without the q/k permutation, it gives
+    /// the double-precision Olmo2 forward pass in Cria and in llama.cpp, and the direct route is the conversion bit for
+    /// bit. Permuting q/k as for llama, or running it with llama's interleaved RoPE, fails the first two.</summary>
+    [Fact]
+    public void An_olmo2_checkpoint_converts_to_llama_cpps_olmo2_layout_with_the_same_logits()
+    {
+        var hf = WriteFolder("hf-olmo2", seed: 17, olmo2: true);
+        var reference = ReferenceLogits(hf.W, Tokens, olmo2: true);
+        string f32 = TestPaths.TempFile("hf-olmo2-f32.gguf"), bf16 = TestPaths.TempFile("hf-olmo2-bf16.gguf");
+        using (var ck = HfCheckpoint.Open(hf.Dir))
+        {
+            Assert.Equal("olmo2", ck.Architecture);
+            ck.WriteGguf(f32, GgmlType.F32);
+            ck.WriteGguf(bf16, GgmlType.BF16);
+        }
+        using (var f = GgufFile.Open(f32))
+        {
+            Assert.Equal("olmo2", f.Get<string>("general.architecture"));
+            Assert.Equal((uint)Heads, f.Get<uint>("olmo2.attention.head_count"));
+            Assert.Equal(new long[] { KvHeads * Hd }, f.GetTensor("blk.1.attn_k_norm.weight").Shape);
+            Assert.Equal(GgmlType.F32, f.GetTensor("blk.0.post_ffw_norm.weight").Type);
+            Assert.False(f.TryGetTensor("blk.0.attn_norm.weight", out _));
+            Assert.False(f.TryGetTensor("blk.0.ffn_norm.weight", out _));
+        }
+        float[][] criaF32, criaBf16, direct, cppF32, cppBf16;
+        using (var r = new CriaRunner(f32, 64)) { Assert.True(r.Model.Config.IsOlmo2); criaF32 = r.AllLogits(Tokens); }
+        using (var r = new CriaRunner(bf16, 64)) criaBf16 = r.AllLogits(Tokens);
+        using (var r = new CriaRunner(hf.Dir, 64)) direct = r.AllLogits(Tokens);
+        using (var c = new LlamaCpp(f32, 64)) cppF32 = c.AllLogits(Tokens);
+        using (var c = new LlamaCpp(bf16, 64)) cppBf16 = c.AllLogits(Tokens);
+        double eF32 = MaxDiff(reference, criaF32), eCpp = MaxDiff(reference, cppF32), eDirect = MaxDiff(direct, criaBf16), eCppBf16 = MaxDiff(criaBf16, cppBf16);
+        double scale = reference.SelectMany(r => r).Max(Math.Abs);
+        output.WriteLine($"OLMo 2: logits up to ±{scale:F2}; max |Δ| Cria F32 vs HF reference {eF32:E2}, llama.cpp F32 vs reference {eCpp:E2}, direct vs converted BF16 {eDirect:E2}, llama.cpp BF16 vs Cria BF16 {eCppBf16:E2}");
+        Assert.True(eF32 < 1e-4, $"Cria on the F32 conversion differs from the Hugging Face forward pass by {eF32}");
+        Assert.True(eCpp < 1e-4, $"llama.cpp on the F32 conversion differs from the Hugging Face forward pass by {eCpp}");
+        Assert.Equal(0, eDirect);
         Assert.True(eCppBf16 < 8e-2, $"llama.cpp and Cria differ on the BF16 conversion by {eCppBf16}");
     }
 
@@ -478,6 +530,13 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
         Assert.Contains("num_experts_per_tok 5", Assert.Throws<ModelFormatException>(() => HfCheckpoint.Open(tooMany.Dir).Dispose()).Message);
         var fewer = WriteFolder("hf-moe-fewer", experts: 4, used: 2, edit: c => c["num_local_experts"] = 5);
         Assert.Contains("config.json implies [5, 64]", Assert.Throws<ModelFormatException>(() => HfCheckpoint.Open(fewer.Dir).Dispose()).Message);
+        // OLMo 2: a Llama folder labelled olmo2 lacks the QK-norms; biases and a head size that is not hidden/heads are refused.
+        var olmoLabel = WriteFolder("hf-olmo2-llama-tensors", edit: c => { c["model_type"] = "olmo2"; c["architectures"] = new JsonArray("Olmo2ForCausalLM"); });
+        Assert.Contains("self_attn.q_norm.weight' is missing", Assert.Throws<ModelFormatException>(() => HfCheckpoint.Open(olmoLabel.Dir).Dispose()).Message);
+        var olmoBias = WriteFolder("hf-olmo2-bias", olmo2: true, edit: c => c["attention_bias"] = true);
+        Assert.Contains("attention_bias", Assert.Throws<ModelFormatException>(() => HfCheckpoint.Open(olmoBias.Dir).Dispose()).Message);
+        var olmoHead = WriteFolder("hf-olmo2-head-dim", olmo2: true, edit: c => c["head_dim"] = 8);
+        Assert.Contains("hidden_size", Assert.Throws<ModelFormatException>(() => HfCheckpoint.Open(olmoHead.Dir).Dispose()).Message);
 
         var gone = WriteFolder("hf-missing-shard");
         File.Delete(Path.Combine(gone.Dir, "model-00002-of-00002.safetensors"));

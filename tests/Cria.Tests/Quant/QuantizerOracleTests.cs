@@ -55,6 +55,21 @@ public sealed class QuantizerOracleTests(ITestOutputHelper output)
         return p;
     });
 
+    // OLMo 2 (arch olmo2): the same matrix names, and four more norms per layer that stay F32.
+    static readonly Lazy<string> Olmo2Source = new(() =>
+    {
+        var p = TestPaths.TempFile("quant-src-olmo2-f32.gguf");
+        RandomModel.Write(p, new RandomModelSpec { Dim = 256, Layers = 8, Heads = 8, KvHeads = 2, FfnDim = 512, VocabSize = 512, Seed = 83, Architecture = "olmo2" });
+        return p;
+    });
+
+    [Theory]
+    [InlineData("Q4_K_M")]
+    [InlineData("Q3_K_M")]
+    [InlineData("Q2_K")]
+    [InlineData("Q8_0")]
+    public void Olmo2_matches_llama_cpp(string typeName) => CompareWithLlamaCpp(Olmo2Source.Value, typeName, "olmo2");
+
     public static TheoryData<string> FileTypes() => new()
     {
         "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K",

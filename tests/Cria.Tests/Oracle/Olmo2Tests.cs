@@ -1,0 +1,211 @@
+using Cria.Formats;
+using Cria.Inference;
+using Cria.Models;
+using Cria.Tensors;
+using NativeLora = LLama.Native.LoraAdapter;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Cria.Tests.Oracle;
+
+/// <summary>
+/// OLMo 2 GGUF files (arch <c>olmo2</c>: no pre-norms, RMS norms over the whole q and k projections before RoPE,
+/// post-norms of the attention and feed-forward outputs, NEOX RoPE): the same logits as llama.cpp at every position
+/// and the same greedy continuation, a row's logits independent of its batch, LoRA adapters as llama.cpp applies
+/// them, malformed files refused, and the tools that assume llama's block refusing clearly.
+/// </summary>
+public class Olmo2Tests(ITestOutputHelper output)
+{
+    static RandomModelSpec Spec(GgmlType type, int kvHeads = 2) => new()
+    {
+        Dim = 256, Layers = 3, Heads = 8, KvHeads = kvHeads, FfnDim = 512, VocabSize = 512,
+        WeightType = type, Seed = 41 + (int)type + kvHeads, Architecture = "olmo2",
+    };
+
+    static int[] Prompt(int n, int seed)
+    {
+        var r = new Random(seed);
+        var t = new int[n];
+        t[0] = 1;
+        for (int i = 1; i < n; i++) t[i] = r.Next(3, 512);
+        return t;
+    }
+
+    static float MaxDiff(float[][] a, float[][] b)
+    {
+        float worst = 0;
+        for (int p = 0; p < a.Length; p++)
+            for (int i = 0; i < a[p].Length; i++) worst = Math.Max(worst, Math.Abs(a[p][i] - b[p][i]));
+        return worst;
+    }
+
+    [Theory]
+    [InlineData(GgmlType.F32, 2)]   // GQA, 4 query heads per KV head
+    [InlineData(GgmlType.F32, 8)]   // multi-head, as the released OLMo 2 models
+    [InlineData(GgmlType.F16, 2)]
+    [InlineData(GgmlType.Q8_0, 2)]
+    [InlineData(GgmlType.Q4_K, 2)]
+    public void Logits_and_greedy_tokens_agree_with_llama_cpp(GgmlType type, int kvHeads)
+    {
+        var path = LogitsAgreementTests.ModelFile($"olmo2-{type}-{kvHeads}", Spec(type, kvHeads));
+        var tokens = Prompt(40, 5);
+        using var cpp = new LlamaCpp(path);
+        using var cria = new CriaRunner(path);
+        Assert.True(cria.Model.Config.IsOlmo2);
+        var a = cpp.AllLogits(tokens);
+        var b = cria.AllLogits(tokens);
+        float worst = MaxDiff(a, b), tol = LogitsAgreementTests.Tolerance(type);
+        output.WriteLine($"olmo2 {type}, {kvHeads} KV heads: max |Δ logit| {worst:E2} over {tokens.Length} positions (tolerance {tol:E0})");
+        Assert.True(worst <= tol, $"max |Δ logit| {worst} exceeds {tol}");
+
+        var la = a[^1]; var lb = b[^1];
+        for (int step = 0; step < 24; step++)
+        {
+            int ta = Sampler.ArgMax(la), tb = Sampler.ArgMax(lb);
+            if (ta != tb)
+            {
+                var sorted = la.OrderByDescending(v => v).ToArray();
+                Assert.True(sorted[0] - sorted[1] < tol, $"step {step}: llama.cpp picks {ta}, Cria {tb}, top-2 gap {sorted[0] - sorted[1]}");
+            }
+            la = cpp.Next(ta, tokens.Length + step);
+            lb = cria.Next(ta, tokens.Length + step);
+        }
+    }
+
+    /// <summary>Three sequences decoded together give every row the logits it gets alone, bit for bit, over a prompt
+    /// step and eight one-token steps.</summary>
+    [Fact]
+    public void A_rows_logits_do_not_depend_on_its_batch()
+    {
+        var path = LogitsAgreementTests.ModelFile("olmo2-F32-2", Spec(GgmlType.F32));
+        using var model = LlamaModel.Open(path);
+        using var together = new InferenceContext(model, new ContextOptions { ContextSize = 256, Threads = 2 });
+        using var alone = new InferenceContext(model, new ContextOptions { ContextSize = 256, Threads = 2 });
+        var prompts = new[] { Prompt(20, 1), Prompt(20, 2), Prompt(20, 3) };
+        var batch = new Batch(64);
+        for (int s = 0; s < 3; s++)
+            for (int i = 0; i < 20; i++) batch.Add(prompts[s][i], i, s, true);
+        together.Decode(batch);
+        for (int s = 0; s < 3; s++)
+        {
+            alone.Cache.Clear();
+            var one = new Batch(20);
+            for (int i = 0; i < 20; i++) one.Add(prompts[s][i], i, 0, true);
+            alone.Decode(one);
+            for (int i = 0; i < 20; i++)
+                Assert.True(alone.Logits(i).SequenceEqual(together.Logits(s * 20 + i)), $"sequence {s} position {i}");
+        }
+        var next = new[] { 7, 7, 7 };
+        for (int step = 0; step < 8; step++)
+        {
+            batch.Clear();
+            for (int s = 0; s < 3; s++) batch.Add(next[s], 20 + step, s, true);
+            together.Decode(batch);
+            var single = new Batch(1);
+            single.Add(next[2], 20 + step, 0, true);
+            alone.Decode(single);
+            Assert.True(alone.Logits(0).SequenceEqual(together.Logits(2)), $"decode step {step}");
+            for (int s = 0; s < 3; s++) next[s] = Sampler.ArgMax(together.Logits(s));
+        }
+    }
+
+    /// <summary>A LoRA adapter written for an olmo2 model (llama.cpp checks that the adapter's architecture is the
+    /// model's) gives the logits llama.cpp gives with it; a llama adapter of the same shapes is refused.</summary>
+    [Fact]
+    public void Lora_adapters_apply_as_in_llama_cpp()
+    {
+        var path = LogitsAgreementTests.ModelFile("olmo2-F32-2", Spec(GgmlType.F32));
+        ModelConfig c;
+        using (var m = LlamaModel.Open(path)) c = m.Config;
+        var shape = new Cria.Training.LlamaShape { VocabSize = c.VocabSize, Dim = c.Dim, Layers = c.LayerCount, Heads = c.HeadCount, KvHeads = c.KvHeadCount, FfnDim = c.FfnDim, ContextLength = 256 };
+        var lay = new Cria.Training.LoraLayout(shape, new Cria.Training.LoraOptions { Rank = 4, Alpha = 8, Targets = Cria.Training.LoraTarget.All });
+        var p = new float[lay.Count];
+        var rng = new Random(5);
+        for (int i = 0; i < p.Length; i++) p[i] = (float)(rng.NextDouble() - 0.5) * 0.2f;
+        string llamaAdapter = TestPaths.TempFile("olmo2-lora-llama.gguf"), olmoAdapter = TestPaths.TempFile("olmo2-lora.gguf");
+        lay.Write(llamaAdapter, p);
+        using (var f = GgufFile.Open(llamaAdapter))
+        {
+            var w = new GgufWriter().CopyMetadataFrom(f).Set("general.architecture", "olmo2");
+            foreach (var t in f.Tensors) w.AddTensor(t.Name, t.Shape.ToArray(), t.Type, f.TensorData(t).ToArray());
+            w.Write(olmoAdapter);
+        }
+        var tokens = Prompt(24, 6);
+        float[][] plain, adapted, reference;
+        using (var r = new CriaRunner(path)) plain = r.AllLogits(tokens);
+        using (var r = new CriaRunner(path, lora: olmoAdapter)) adapted = r.AllLogits(tokens);
+        using (var ll = new LlamaCpp(path))
+        {
+            var h = ll.Weights.NativeHandle.LoadLoraFromFile(olmoAdapter);
+            Span<(NativeLora, float)> set = [(h, 1f)];
+            ll.Context.NativeHandle.SetLoraAdapters(set);
+            reference = ll.AllLogits(tokens);
+        }
+        float moved = MaxDiff(plain, adapted), vsCpp = MaxDiff(adapted, reference);
+        output.WriteLine($"olmo2 LoRA r=4 on all projections: moves logits by up to {moved:F3}; Cria vs llama.cpp {vsCpp:E2}");
+        Assert.True(moved > 0.05, $"the adapter moves the logits by only {moved}");
+        Assert.True(vsCpp < 1e-4, $"Cria with the adapter differs from llama.cpp by {vsCpp}");
+        var e = Assert.Throws<CriaException>(() => new CriaRunner(path, lora: llamaAdapter).Dispose());
+        Assert.Contains("'llama' model, not olmo2", e.Message);
+    }
+
+    /// <summary>Files that claim olmo2 but lack a QK-norm, carry one of the wrong size, rotate only part of each head,
+    /// or use OLMo 3's sliding window are refused with <see cref="ModelFormatException"/> naming what is wrong.</summary>
+    [Fact]
+    public void Malformed_olmo2_files_are_refused()
+    {
+        var good = LogitsAgreementTests.ModelFile("olmo2-F32-2", Spec(GgmlType.F32));
+        string Edit(string name, Action<GgufWriter> meta, Func<string, long[], (string Name, long[] Shape)?> tensor)
+        {
+            string outPath = TestPaths.TempFile(name + ".gguf");
+            using var f = GgufFile.Open(good);
+            var w = new GgufWriter().CopyMetadataFrom(f);
+            meta(w);
+            foreach (var t in f.Tensors)
+            {
+                if (tensor(t.Name, t.Shape.ToArray()) is not { } nt) continue;
+                var data = f.TensorData(t).ToArray();
+                long n = nt.Shape.Aggregate(1L, (a, b) => a * b);
+                w.AddTensor(nt.Name, nt.Shape, t.Type, data.AsMemory(0, (int)Math.Min(data.Length, n * 4)));
+            }
+            w.Write(outPath);
+            return outPath;
+        }
+        string Refused(string file)
+        {
+            var e = Assert.Throws<ModelFormatException>(() => LlamaModel.Open(file).Dispose());
+            output.WriteLine(e.Message);
+            return e.Message;
+        }
+        Assert.Contains("blk.1.attn_q_norm.weight", Refused(Edit("olmo2-no-qnorm", _ => { }, (n, s) => n == "blk.1.attn_q_norm.weight" ? null : (n, s))));
+        Assert.Contains("blk.0.attn_k_norm.weight", Refused(Edit("olmo2-short-knorm", _ => { }, (n, s) => n == "blk.0.attn_k_norm.weight" ? (n, [s[0] / 2]) : (n, s))));
+        Assert.Contains("rope.dimension_count", Refused(Edit("olmo2-partial-rope", w => w.Set("olmo2.rope.dimension_count", 16u), (n, s) => (n, s))));
+        Assert.Contains("sliding-window", Refused(Edit("olmo2-swa", w => w.Set("olmo2.attention.sliding_window", 4096u), (n, s) => (n, s))));
+        // A llama file relabelled olmo2 lacks the QK-norms.
+        var llama = LogitsAgreementTests.ModelFile("olmo2-llama-base", Spec(GgmlType.F32) with { Architecture = "llama" });
+        string relabelled = TestPaths.TempFile("olmo2-relabelled.gguf");
+        using (var f = GgufFile.Open(llama))
+        {
+            var w = new GgufWriter();
+            foreach (var (k, v) in f.Metadata) w.Set(k.StartsWith("llama.") ? "olmo2." + k[6..] : k, v);
+            w.Set("general.architecture", "olmo2");
+            foreach (var t in f.Tensors) w.AddTensor(t.Name, t.Shape.ToArray(), t.Type, f.TensorData(t).ToArray());
+            w.Write(relabelled);
+        }
+        Assert.Contains("attn_q_norm", Refused(relabelled));
+    }
+
+    /// <summary>The tools built on llama's block refuse an olmo2 model by name: AWQ (it folds scales into pre-norms),
+    /// the trainer and Fisher (they train llama), LoRAM pruning, and the down-column neuron view.</summary>
+    [Fact]
+    public void Tools_that_assume_llamas_block_refuse_olmo2()
+    {
+        var path = LogitsAgreementTests.ModelFile("olmo2-F32-2", Spec(GgmlType.F32));
+        using var model = LlamaModel.Open(path);
+        Assert.Contains("pre-norms", Assert.Throws<CriaException>(() => Cria.Quantization.Awq.Collect(model, "some text", new Cria.Quantization.AwqOptions())).Message);
+        Assert.Contains("'olmo2' model", Assert.Throws<CriaException>(() => Cria.Training.GgufImport.Read(path)).Message);
+        Assert.Contains("'olmo2' model", Assert.Throws<CriaException>(() => Cria.Training.Loram.Prune(path, TestPaths.TempFile("olmo2-pruned.gguf"), 0.5)).Message);
+        Assert.Contains("--view up", Assert.Throws<CriaException>(() => Cria.Interpretability.NeuronLens.Vectors(model, 0, Cria.Interpretability.NeuronView.Down)).Message);
+        Assert.Equal(model.Config.FfnDim * model.Config.Dim, Cria.Interpretability.NeuronLens.Vectors(model, 0, Cria.Interpretability.NeuronView.Up).Length);
+    }
+}
