@@ -20,6 +20,8 @@ root.Subcommands.Add(NeuronsCommand.Create());
 root.Subcommands.Add(LoramCommands.Prune());
 root.Subcommands.Add(LoramCommands.Recover());
 root.Subcommands.Add(GuardCommand.Create());
+root.Subcommands.Add(ClassifyCommand.Train());
+root.Subcommands.Add(ClassifyCommand.Classify());
 try
 {
     return root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });

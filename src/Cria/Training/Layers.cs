@@ -138,13 +138,15 @@ public static unsafe class Layers
     }
 
     /// <summary>
-    /// For one sequence b and one KV head: every query head of its group attends causally over positions 0..t.
+    /// For one sequence b and one KV head: every query head of its group attends causally over positions 0..t, or,
+    /// with <paramref name="keys"/> &gt; 0, bidirectionally over positions 0..keys − 1 (LS-unLLaMA's unmasked attention;
+    /// keys = the sequence's length, so padding after it is never attended).
     /// q [B·T, nHead·hd], k/v [B·T, nKv·hd], probs [B, nHead, T, T] (saved for backward), out [B·T, nHead·hd].
     /// K and V of the head are transposed first, so scores and outputs are hd long vector ops over positions.
     /// scratch holds 2·hd·T floats.
     /// </summary>
     public static void AttentionForward(float* outp, float* probs, float* q, float* k, float* v,
-        int b, int kvHead, int seqLen, int nHead, int nKv, int hd, float* scratch)
+        int b, int kvHead, int seqLen, int nHead, int nKv, int hd, float* scratch, int keys = 0)
     {
         int group = nHead / nKv, qw = nHead * hd, kw = nKv * hd;
         float scale = 1.0f / MathF.Sqrt(hd);
@@ -158,16 +160,17 @@ public static unsafe class Layers
             {
                 float* qt = q + (row0 + t) * qw + h * hd;
                 float* p = probs + (((long)b * nHead + h) * seqLen + t) * seqLen;
+                int n = keys > 0 ? keys : t + 1;
                 new Span<float>(p, seqLen).Clear();
-                for (int d = 0; d < hd; d++) Axpy(qt[d] * scale, kt + (long)d * seqLen, p, t + 1);
+                for (int d = 0; d < hd; d++) Axpy(qt[d] * scale, kt + (long)d * seqLen, p, n);
                 float max = float.NegativeInfinity;
-                for (int t2 = 0; t2 <= t; t2++) if (p[t2] > max) max = p[t2];
+                for (int t2 = 0; t2 < n; t2++) if (p[t2] > max) max = p[t2];
                 float sum = 0;
-                for (int t2 = 0; t2 <= t; t2++) { float e = MathF.Exp(p[t2] - max); p[t2] = e; sum += e; }
+                for (int t2 = 0; t2 < n; t2++) { float e = MathF.Exp(p[t2] - max); p[t2] = e; sum += e; }
                 float inv = 1.0f / sum;
-                for (int t2 = 0; t2 <= t; t2++) p[t2] *= inv;
+                for (int t2 = 0; t2 < n; t2++) p[t2] *= inv;
                 float* o = outp + (row0 + t) * qw + h * hd;
-                for (int d = 0; d < hd; d++) o[d] = Gemm.Dot(p, vt + (long)d * seqLen, t + 1);
+                for (int d = 0; d < hd; d++) o[d] = Gemm.Dot(p, vt + (long)d * seqLen, n);
             }
         }
     }
@@ -176,10 +179,11 @@ public static unsafe class Layers
     /// Backward of <see cref="AttentionForward"/> for one (sequence, KV head): dP = dO·vᵀ, dS = P ⊙ (dP − Σ P·dP),
     /// dq = scale·dS·k (overwritten), dk += scale·dSᵀ·q, dv += Pᵀ·dO. The group's query heads all write to one
     /// KV head, so one worker owns a (sequence, KV head) pair; dK and dV are accumulated transposed (hd long vector
-    /// ops over positions) and added back at the end. scratch holds (4·hd + 1)·T floats.
+    /// ops over positions) and added back at the end. scratch holds (4·hd + 1)·T floats. <paramref name="keys"/> as in
+    /// the forward.
     /// </summary>
     public static void AttentionBackward(float* dq, float* dk, float* dv, float* dout, float* probs, float* q, float* k, float* v,
-        int b, int kvHead, int seqLen, int nHead, int nKv, int hd, float* scratch)
+        int b, int kvHead, int seqLen, int nHead, int nKv, int hd, float* scratch, int keys = 0)
     {
         int group = nHead / nKv, qw = nHead * hd, kw = nKv * hd;
         float scale = 1.0f / MathF.Sqrt(hd);
@@ -194,7 +198,7 @@ public static unsafe class Layers
             {
                 float* dot = dout + (row0 + t) * qw + h * hd;
                 float* p = probs + (((long)b * nHead + h) * seqLen + t) * seqLen;
-                int n = t + 1;
+                int n = keys > 0 ? keys : t + 1;
                 new Span<float>(ds, n).Clear();
                 for (int d = 0; d < hd; d++)
                 {

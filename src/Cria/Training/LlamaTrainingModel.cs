@@ -26,6 +26,9 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     public LoraLayout? Lora { get; }
     public float[] LoraParameters { get; } = [];
     public float[] LoraGradients { get; } = [];
+    /// <summary>A sequence classifier (LS-LLaMA): a head on the final hidden states, trained with the adapters
+    /// (<see cref="ClassifierForwardBackward"/>); null for a language model.</summary>
+    public ClassifierOptions? Classifier { get; }
 
     readonly List<Array> _keepAlive = new();
     readonly WorkerPool _pool;
@@ -40,6 +43,9 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     readonly float*[] _loraBt = [];    // [layer · 7 + target][r, out] Bᵀ, so every adapter product runs long rows (see LoraForward)
     readonly float* _loraDt, _loraDbt; // [N, r], [r, max out]        scratch of the adapter backward
     readonly int* _tokens, _targets;  // [N]
+    readonly int* _seqLens;           // [B] tokens of each sequence before its padding (T unless set)
+    readonly float* _classLogits;     // [N, C]        per-token class logits, then their gradient (classifier)
+    readonly float* _pooled;          // [B, C]        pooled class logits (classifier)
     readonly float* _ropeTable;       // [T, nRot]
     // Activations kept for backward, per layer l (N = B·T rows).
     readonly float*[] _xIn;           // [L+1][N, D]   residual stream entering layer l (l = L: the final one)
@@ -75,9 +81,12 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     int _layer;
     float _gradScale;
 
-    public LlamaTrainingModel(LlamaShape shape, int batchSize, int seqLen, int threads, LoraOptions? lora = null)
+    public LlamaTrainingModel(LlamaShape shape, int batchSize, int seqLen, int threads, LoraOptions? lora = null, ClassifierOptions? classifier = null)
     {
         shape.Validate();
+        if (classifier != null && lora == null) throw new CriaException("a classifier trains LoRA adapters and its head; give a LoRA rank");
+        classifier?.Validate();
+        Classifier = classifier;
         if (batchSize <= 0 || seqLen <= 0) throw new CriaException($"batch size and sequence length must be positive, got {batchSize} and {seqLen}");
         if (seqLen > shape.ContextLength) throw new CriaException($"sequence length {seqLen} exceeds the model's context length {shape.ContextLength}");
         Shape = shape;
@@ -89,6 +98,9 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         Parameters = Pinned<float>(Layout.Count, out P);
         Gradients = Pinned<float>(Layout.Count, out G);
         Pinned<int>(N, out _tokens); Pinned<int>(N, out _targets);
+        Pinned<int>(batchSize, out _seqLens); new Span<int>(_seqLens, batchSize).Fill(seqLen);
+        int C = classifier?.Labels.Length ?? 0;
+        _classLogits = Floats((long)N * C); _pooled = Floats((long)batchSize * C);
         int D = shape.Dim, QD = shape.Dim, KV = shape.KvDim, F = shape.FfnDim, L = shape.Layers, V = shape.VocabSize, H = shape.Heads;
         int hd = shape.HeadDim;
         Pinned<float>((long)seqLen * hd, out _ropeTable);
@@ -108,14 +120,14 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
             _g[l] = Floats((long)N * F); _u[l] = Floats((long)N * F); _h[l] = Floats((long)N * F);
         }
         _xnf = Floats((long)N * D); _rstdf = Floats(N);
-        _logits = Floats((long)N * V); _losses = Floats(N);
+        _logits = Floats(classifier != null ? 1 : (long)N * V); _losses = Floats(N); // a classifier has no LM head
         _lossWeights = Floats(N); new Span<float>(_lossWeights, N).Fill(1f);
         _dres = Floats((long)N * D); _dxn = Floats((long)N * D); _dq = Floats((long)N * QD); _dk = Floats((long)N * KV); _dv = Floats((long)N * KV);
         _datt = Floats((long)N * QD); _dh = Floats((long)N * F); _dg = Floats((long)N * F); _du = Floats((long)N * F);
         _attScratch = Floats((long)_pool.Count * (4 * hd + 1) * seqLen);
         if (lora != null)
         {
-            Lora = new LoraLayout(shape, lora);
+            Lora = new LoraLayout(shape, lora, C);
             LoraParameters = Pinned<float>(Lora.Count, out LP);
             LoraGradients = Pinned<float>(Lora.Count, out LG);
             _loraT = new float*[Lora.Pairs.Length];
@@ -191,6 +203,13 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     }
 
     float* Floats(long n) { Pinned<float>(n, out var p); return p; }
+
+    /// <summary>Tokens of each sequence before its padding, [B] (T after construction). Only a classifier reads it: a
+    /// sequence's class logits pool over its first n positions, and bidirectional attention attends only to them.</summary>
+    public Span<int> SequenceLengths => new(_seqLens, BatchSize);
+
+    /// <summary>Pooled class logits of sequence <paramref name="b"/> from the last <see cref="Forward"/> (classifier).</summary>
+    public ReadOnlySpan<float> ClassLogits(int b) => new(_pooled + (long)b * Classifier!.Labels.Length, Classifier.Labels.Length);
 
     /// <summary>Token ids of the micro-batch, [B·T] (write before <see cref="Forward"/>).</summary>
     public Span<int> Tokens => new(_tokens, Rows);
@@ -307,8 +326,26 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
             Add(_xIn[l + 1], _xMid[l], (long)N * D);
         }
         RmsNormForward(_xnf, _rstdf, _xIn[s.Layers], P + Layout.OutputNorm);
-        MatMulNT(_xnf, P + Layout.Output, _logits, N, V, D);
+        if (Classifier == null) { MatMulNT(_xnf, P + Layout.Output, _logits, N, V, D); return; }
+        // ---- classifier: z = xnf · Headᵀ per token [N, C], pooled per sequence over its first n positions ----
+        int C = Classifier.Labels.Length;
+        MatMulNT(_xnf, LP + Lora!.Head, _classLogits, N, C, D);
+        for (int b = 0; b < BatchSize; b++)
+        {
+            var pooled = new Span<float>(_pooled + (long)b * C, C);
+            pooled.Clear();
+            int n = _seqLens[b];
+            for (int t = 0; t < SeqLen; t++)
+            {
+                float w = PoolWeight(t, n);
+                if (w != 0) Layers.Axpy(w, _classLogits + ((long)b * SeqLen + t) * C, _pooled + (long)b * C, C);
+            }
+        }
     }
+
+    /// <summary>Weight of position t in its sequence's pooled logits (n tokens before padding): LS-LLaMA's last token,
+    /// or the mean over the n tokens.</summary>
+    float PoolWeight(int t, int n) => Classifier!.Pooling == ClassifierPooling.Last ? (t == n - 1 ? 1f : 0f) : (t < n ? 1f / n : 0f);
 
     static void Add(float* y, float* x, long n)
     {
@@ -322,7 +359,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         var s = Shape; int l = _layer;
         for (int item = start; item < end; item++)
             Layers.AttentionForward(_att[l], _probs[l], _q[l], _k[l], _v[l], item / s.KvHeads, item % s.KvHeads, SeqLen, s.Heads, s.KvHeads, s.HeadDim,
-                _attScratch + (long)worker * (4 * s.HeadDim + 1) * SeqLen);
+                _attScratch + (long)worker * (4 * s.HeadDim + 1) * SeqLen, Keys(item / s.KvHeads));
     }
 
     // ================================================================= loss + backward
@@ -333,6 +370,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     /// </summary>
     public float ForwardBackward(float gradScale)
     {
+        LanguageModelOnly();
         CheckIds(_targets, "target");
         Forward();
         _gradScale = gradScale;
@@ -349,6 +387,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     /// replaced the logits by their gradient).</summary>
     public float TargetNll(int row)
     {
+        LanguageModelOnly();
         if ((uint)row >= (uint)Rows) throw new ArgumentOutOfRangeException(nameof(row));
         CheckIds(_targets, "target");
         return Layers.CrossEntropyLoss(_logits + (long)row * Shape.VocabSize, _targets[row], Shape.VocabSize);
@@ -362,12 +401,18 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     /// </summary>
     public void BackwardWeighted(float gradScale)
     {
+        LanguageModelOnly();
         CheckIds(_targets, "target");
         _gradScale = gradScale;
         Mark(3);
         _for.Run(_pool, Rows, 16, _crossEntropy);
         Mark(2);
         Backward();
+    }
+
+    void LanguageModelOnly()
+    {
+        if (Classifier != null) throw new InvalidOperationException("a classifier has no language-model head; use ClassifierForwardBackward");
     }
 
     /// <summary>Token ids index the embedding and the logits: one outside the vocabulary is refused, not read past.</summary>
@@ -380,6 +425,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     /// <summary>Mean cross-entropy of the last forward against <see cref="Targets"/> (no gradient).</summary>
     public float Loss()
     {
+        LanguageModelOnly();
         CheckIds(_targets, "target");
         double sum = 0;
         for (int n = 0; n < Rows; n++) sum += Layers.CrossEntropyLoss(_logits + (long)n * Shape.VocabSize, _targets[n], Shape.VocabSize);
@@ -391,12 +437,63 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
 
     void Backward()
     {
-        var s = Shape;
-        int N = Rows, D = s.Dim, QD = s.Dim, KV = s.KvDim, F = s.FfnDim, V = s.VocabSize;
+        int N = Rows, D = Shape.Dim, V = Shape.VocabSize;
         // output head: logits = xnf · Woutᵀ (the logits buffer now holds dlogits)
         Clear(_dxn, (long)N * D);
         MatMulNN(_logits, P + Layout.Output, _dxn, N, D, V);
         WeightGradient(_logits, _xnf, Layout.Output, V, D, N);
+        BackwardFromFinalNorm();
+    }
+
+    /// <summary>
+    /// Classifier (LS-LLaMA) forward, loss and backward: per sequence b, CE(pooled logits, labels[b]) with pooled =
+    /// Σ_t w_t·z_t (<see cref="PoolWeight"/>); dpooled = (softmax − onehot)·gradScale, dz_t = w_t·dpooled,
+    /// dHead += dzᵀ·xnf, dxnf = dz·Head, then the blocks' backward as for a language model. Returns the summed loss and
+    /// the number of sequences whose largest pooled logit is their label.
+    /// </summary>
+    public (double Loss, int Correct) ClassifierForwardBackward(ReadOnlySpan<int> labels, float gradScale)
+    {
+        var c = Classifier ?? throw new InvalidOperationException("not a classifier");
+        int C = c.Labels.Length, N = Rows, D = Shape.Dim, B = BatchSize;
+        if (labels.Length != B) throw new ArgumentException($"{B} labels expected, got {labels.Length}");
+        for (int b = 0; b < B; b++)
+        {
+            if ((uint)labels[b] >= (uint)C) throw new CriaException($"label {labels[b]} of sequence {b} is outside 0..{C - 1}");
+            if (_seqLens[b] < 1 || _seqLens[b] > SeqLen) throw new CriaException($"sequence {b} has length {_seqLens[b]}, outside 1..{SeqLen}");
+        }
+        Forward();
+        Mark(3);
+        double loss = 0; int correct = 0;
+        Clear(_classLogits, (long)N * C);
+        Span<float> dp = stackalloc float[C];
+        for (int b = 0; b < B; b++)
+        {
+            var z = new ReadOnlySpan<float>(_pooled + (long)b * C, C);
+            double lse = Ops.LogSumExp(z);
+            loss += lse - z[labels[b]];
+            if (Inference.Sampler.ArgMax(z) == labels[b]) correct++;
+            for (int j = 0; j < C; j++) dp[j] = (float)(Math.Exp(z[j] - lse) - (j == labels[b] ? 1 : 0)) * gradScale;
+            for (int t = 0; t < SeqLen; t++)
+            {
+                float w = PoolWeight(t, _seqLens[b]);
+                if (w == 0) continue;
+                float* dz = _classLogits + ((long)b * SeqLen + t) * C;
+                for (int j = 0; j < C; j++) dz[j] = w * dp[j];
+            }
+        }
+        Mark(2);
+        Clear(_dxn, (long)N * D);
+        MatMulNN(_classLogits, LP + Lora!.Head, _dxn, N, D, C);
+        MatMulTN(_classLogits, _xnf, LG + Lora.Head, C, D, N);
+        BackwardFromFinalNorm();
+        return (loss, correct);
+    }
+
+    /// <summary>The backward below the head, given dxnf in _dxn: the final norm, every block, the embedding.</summary>
+    void BackwardFromFinalNorm()
+    {
+        var s = Shape;
+        int N = Rows, D = s.Dim, QD = s.Dim, KV = s.KvDim, F = s.FfnDim;
         Clear(_dres, (long)N * D);
         Layers.RmsNormBackward(_dres, G + Layout.OutputNorm, _dxn, _xIn[s.Layers], P + Layout.OutputNorm, _rstdf, D, 0, N);
 
@@ -444,8 +541,12 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         var s = Shape; int l = _layer;
         for (int item = start; item < end; item++)
             Layers.AttentionBackward(_dq, _dk, _dv, _datt, _probs[l], _q[l], _k[l], _v[l], item / s.KvHeads, item % s.KvHeads,
-                SeqLen, s.Heads, s.KvHeads, s.HeadDim, _attScratch + (long)worker * (4 * s.HeadDim + 1) * SeqLen);
+                SeqLen, s.Heads, s.KvHeads, s.HeadDim, _attScratch + (long)worker * (4 * s.HeadDim + 1) * SeqLen, Keys(item / s.KvHeads));
     }
+
+    /// <summary>The keys sequence b attends to: 0 = causal; a bidirectional classifier (LS-unLLaMA) attends to all of
+    /// its tokens and none of its padding.</summary>
+    int Keys(int b) => Classifier is { Bidirectional: true } ? _seqLens[b] : 0;
 
     static void Clear(float* p, long n) => NativeMemory.Clear(p, (nuint)(n * sizeof(float)));
 

@@ -61,7 +61,8 @@ public sealed record LoraOptions
 /// <summary>
 /// Where each adapter matrix lives in one flat parameter buffer: for every layer and every targeted projection, A
 /// ([r, in], row-major as PEFT and llama.cpp store it) then B ([out, r]). <see cref="Pairs"/> is indexed
-/// [layer · 7 + target index] and holds null for projections without an adapter.
+/// [layer · 7 + target index] and holds null for projections without an adapter. A classifier (LS-LLaMA) adds its
+/// head <c>cls.output.weight</c> ([labels, dim]) after the adapters: trained with them, written to its own file.
 /// </summary>
 public sealed class LoraLayout
 {
@@ -71,8 +72,12 @@ public sealed class LoraLayout
     public ParameterTensor[] Tensors { get; }
     public Pair?[] Pairs { get; }
     public long Count { get; }
+    /// <summary>Offset of the classification head [<see cref="HeadLabels"/>, dim], or −1 without one.</summary>
+    public long Head { get; } = -1;
+    public int HeadLabels { get; }
+    public const string HeadName = "cls.output.weight";
 
-    public LoraLayout(LlamaShape s, LoraOptions o)
+    public LoraLayout(LlamaShape s, LoraOptions o, int headLabels = 0)
     {
         o.Validate();
         Options = o;
@@ -98,6 +103,8 @@ public sealed class LoraLayout
                 long a = Add(baseName + ".lora_a", o.Rank, n), b = Add(baseName + ".lora_b", m, o.Rank);
                 Pairs[l * 7 + i] = new Pair(baseName, a, b, n, m);
             }
+        if (headLabels < 0 || headLabels == 1 || headLabels > 4096) throw new CriaException($"a classifier needs 2..4096 labels, got {headLabels}");
+        if (headLabels > 0) { HeadLabels = headLabels; Head = Add(HeadName, headLabels, d); }
         Tensors = list.ToArray();
         Count = Math.Max(at, 1);
     }
@@ -114,6 +121,53 @@ public sealed class LoraLayout
             var a = p.Slice((int)q.A, Options.Rank * q.In);
             for (int i = 0; i < a.Length; i++) a[i] = (float)(rng.NextDouble() * 2 - 1) * bound;
         }
+        // The head as Hugging Face initialises LlamaForSequenceClassification.score: N(0, 0.02).
+        if (Head >= 0)
+        {
+            var h = p.Slice((int)Head, HeadLabels * Tensors[^1].Cols);
+            for (int i = 0; i < h.Length; i++) h[i] = rng.NextGaussian() * 0.02f;
+        }
+    }
+
+    /// <summary>The rank, alpha and targets of an adapter file written by <see cref="Write"/> (or llama.cpp's converter),
+    /// read from its tensors: every layer must adapt the same projections.</summary>
+    public static LoraOptions ReadOptions(string path)
+    {
+        if (!File.Exists(path)) throw new CriaException($"LoRA adapter {path} does not exist");
+        using var f = GgufFile.Open(path);
+        if (f.Get("general.type", "") != "adapter" || f.Get("adapter.type", "") != "lora") throw new CriaException($"{path} is not a LoRA adapter");
+        int rank = 0;
+        var targets = LoraTarget.None;
+        foreach (var t in f.Tensors)
+        {
+            if (!t.Name.EndsWith(".weight.lora_a", StringComparison.Ordinal)) continue;
+            string proj = t.Name.Split('.')[2];
+            int i = Array.IndexOf(Cria.Models.LlamaLayer.ProjectionNames, proj);
+            if (i < 0) throw new CriaException($"{path}: tensor {t.Name} does not adapt one of the seven projections");
+            targets |= LoraOptions.TargetNames[i].Target;
+            int r = t.Shape.Length == 2 ? (int)t.Shape[1] : 0;
+            if (rank != 0 && r != rank) throw new CriaException($"{path}: adapters of ranks {rank} and {r}; one rank is supported here");
+            rank = r;
+        }
+        if (rank == 0) throw new CriaException($"{path} has no lora_a tensors");
+        return new LoraOptions { Rank = rank, Alpha = f.Get("adapter.lora.alpha", (float)rank), Targets = targets };
+    }
+
+    /// <summary>Reads an adapter written for this layout into <paramref name="parameters"/> (the head excepted); every
+    /// tensor must be there, F32, with its shape, and nothing else.</summary>
+    public void Read(string path, Span<float> parameters)
+    {
+        using var f = GgufFile.Open(path);
+        int n = 0;
+        foreach (var t in Tensors)
+        {
+            if (t.Name == HeadName) continue;
+            if (!f.TryGetTensor(t.Name, out var info) || info.Type != GgmlType.F32 || info.Shape.Length != 2 || info.Shape[0] != t.Cols || info.Shape[1] != t.Rows)
+                throw new CriaException($"{path}: {t.Name} must be F32 [{t.Cols}, {t.Rows}]");
+            MemoryMarshal.Cast<byte, float>(f.TensorData(info)).CopyTo(parameters.Slice((int)t.Offset, (int)t.Count));
+            n++;
+        }
+        if (f.Tensors.Count != n) throw new CriaException($"{path} has {f.Tensors.Count} tensors, this layout {n}");
     }
 
     /// <summary>
@@ -130,7 +184,8 @@ public sealed class LoraLayout
         w.Set("adapter.type", "lora");
         w.Set("adapter.lora.alpha", Options.Alpha);
         foreach (var t in Tensors)
-            w.AddTensor(t.Name, [t.Cols, t.Rows], GgmlType.F32, MemoryMarshal.AsBytes(parameters.Slice((int)t.Offset, (int)t.Count)).ToArray());
+            if (t.Name != HeadName)
+                w.AddTensor(t.Name, [t.Cols, t.Rows], GgmlType.F32, MemoryMarshal.AsBytes(parameters.Slice((int)t.Offset, (int)t.Count)).ToArray());
         w.Write(path);
     }
 }

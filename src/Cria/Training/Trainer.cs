@@ -81,14 +81,15 @@ public sealed partial class Trainer : IDisposable
     /// <summary>The tokens repeat rows are drawn from (required when <see cref="RepeatFraction"/> &gt; 0).</summary>
     public int[]? RepeatAlphabet { get; init; }
 
-    public Trainer(LlamaShape shape, TrainingOptions options, int[] trainTokens, int bos, int? seqLen = null, LoraOptions? lora = null)
+    public Trainer(LlamaShape shape, TrainingOptions options, int[] trainTokens, int bos, int? seqLen = null, LoraOptions? lora = null,
+        ClassifierOptions? classifier = null)
     {
         Options = options;
         options.Validate();
         int T = seqLen ?? shape.ContextLength;
         // An empty corpus makes a trainer for preference steps only (PreferenceStep brings its own pairs).
         if (trainTokens.Length > 0 && trainTokens.Length < T + 1) throw new CriaException($"the corpus has {trainTokens.Length} tokens, fewer than one sequence of {T + 1}");
-        Model = new LlamaTrainingModel(shape, options.BatchSize, T, options.Threads, lora);
+        Model = new LlamaTrainingModel(shape, options.BatchSize, T, options.Threads, lora, classifier);
         _data = trainTokens;
         _bos = bos;
         _m = new float[TrainedCount];

@@ -119,6 +119,33 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
         Report("attention dv", RelError(dv, Numeric(vv => Dot(Reference.Attention(q, k, vv, B, T, Hh, KV, hd), r), v)));
     }
 
+    /// <summary>LS-unLLaMA's unmasked attention: each sequence attends to its first keys[b] positions from every query.</summary>
+    [Fact]
+    public void BidirectionalAttention()
+    {
+        int B = 2, T = 5, Hh = 4, KV = 2, hd = 8;
+        int[] keys = [5, 3];
+        var q = Random(B * T * Hh * hd, 19); var k = Random(B * T * KV * hd, 20); var v = Random(B * T * KV * hd, 21); var r = Random(q.Length, 22);
+        float[] fq = F(q), fk = F(k), fv = F(v), fr = F(r), o = new float[q.Length], probs = new float[B * Hh * T * T];
+        float[] dq = new float[q.Length], dk = new float[k.Length], dv = new float[v.Length], scratch = new float[(4 * hd + 1) * T];
+        fixed (float* pq = fq, pk = fk, pv = fv, pr = fr, po = o, pp = probs, pdq = dq, pdk = dk, pdv = dv, ps = scratch)
+        {
+            for (int b = 0; b < B; b++)
+                for (int kv = 0; kv < KV; kv++)
+                {
+                    Layers.AttentionForward(po, pp, pq, pk, pv, b, kv, T, Hh, KV, hd, ps, keys[b]);
+                    Layers.AttentionBackward(pdq, pdk, pdv, pr, pp, pq, pk, pv, b, kv, T, Hh, KV, hd, ps, keys[b]);
+                }
+        }
+        var reference = Reference.Attention(q, k, v, B, T, Hh, KV, hd, keys);
+        for (int i = 0; i < o.Length; i++) Assert.True(Math.Abs(o[i] - reference[i]) < 1e-5, $"bidirectional attention forward differs at {i}");
+        // Row 0 of sequence 0 sees all 5 positions: not the causal result.
+        Assert.True(Math.Abs(o[0] - Reference.Attention(q, k, v, B, T, Hh, KV, hd)[0]) > 1e-3);
+        Report("bidirectional attention dq", RelError(dq, Numeric(qq => Dot(Reference.Attention(qq, k, v, B, T, Hh, KV, hd, keys), r), q)));
+        Report("bidirectional attention dk", RelError(dk, Numeric(kk => Dot(Reference.Attention(q, kk, v, B, T, Hh, KV, hd, keys), r), k)));
+        Report("bidirectional attention dv", RelError(dv, Numeric(vv => Dot(Reference.Attention(q, k, vv, B, T, Hh, KV, hd, keys), r), v)));
+    }
+
     [Fact]
     public void CrossEntropy()
     {

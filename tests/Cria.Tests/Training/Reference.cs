@@ -56,7 +56,8 @@ static class Reference
         return y;
     }
 
-    public static double[] Attention(double[] q, double[] k, double[] v, int B, int T, int H, int KV, int hd)
+    /// <summary>Causal attention, or with <paramref name="keys"/> bidirectional over each sequence's first keys[b] positions.</summary>
+    public static double[] Attention(double[] q, double[] k, double[] v, int B, int T, int H, int KV, int hd, int[]? keys = null)
     {
         var o = new double[B * T * H * hd];
         int g = H / KV;
@@ -66,8 +67,9 @@ static class Reference
             for (int h = 0; h < H; h++)
                 for (int t = 0; t < T; t++)
                 {
+                    int last = keys != null ? keys[b] - 1 : t;
                     double max = double.NegativeInfinity;
-                    for (int t2 = 0; t2 <= t; t2++)
+                    for (int t2 = 0; t2 <= last; t2++)
                     {
                         double s = 0;
                         for (int i = 0; i < hd; i++) s += q[(b * T + t) * H * hd + h * hd + i] * k[(b * T + t2) * KV * hd + h / g * hd + i];
@@ -75,8 +77,8 @@ static class Reference
                         max = Math.Max(max, p[t2]);
                     }
                     double sum = 0;
-                    for (int t2 = 0; t2 <= t; t2++) { p[t2] = Math.Exp(p[t2] - max); sum += p[t2]; }
-                    for (int t2 = 0; t2 <= t; t2++)
+                    for (int t2 = 0; t2 <= last; t2++) { p[t2] = Math.Exp(p[t2] - max); sum += p[t2]; }
+                    for (int t2 = 0; t2 <= last; t2++)
                         for (int i = 0; i < hd; i++) o[(b * T + t) * H * hd + h * hd + i] += p[t2] / sum * v[(b * T + t2) * KV * hd + h / g * hd + i];
                 }
         return o;
@@ -108,7 +110,11 @@ static class Reference
     static double[] Add(double[] a, double[] b) { var c = new double[a.Length]; for (int i = 0; i < a.Length; i++) c[i] = a[i] + b[i]; return c; }
 
     /// <summary>The logits of the Llama forward over B sequences of T tokens, in double.</summary>
-    public static double[] Logits(ParameterLayout lay, double[] p, int[] tokens, int B, int T)
+    public static double[] Logits(ParameterLayout lay, double[] p, int[] tokens, int B, int T) =>
+        MatMulNT(Hidden(lay, p, tokens, B, T), B * T, lay.Shape.Dim, p, lay.Output, lay.Shape.VocabSize);
+
+    /// <summary>The final-norm hidden states [B·T, D] in double; <paramref name="keys"/> as in <see cref="Attention"/>.</summary>
+    public static double[] Hidden(ParameterLayout lay, double[] p, int[] tokens, int B, int T, int[]? keys = null)
     {
         var s = lay.Shape;
         int N = B * T, D = s.Dim, KV = s.KvDim, F = s.FfnDim, hd = s.HeadDim;
@@ -121,14 +127,13 @@ static class Reference
             var q = Rope(MatMulNT(xn, N, D, p, o.Wq, D), s.Heads, hd, T, table);
             var k = Rope(MatMulNT(xn, N, D, p, o.Wk, KV), s.KvHeads, hd, T, table);
             var v = MatMulNT(xn, N, D, p, o.Wv, KV);
-            var att = Attention(q, k, v, B, T, s.Heads, s.KvHeads, hd);
+            var att = Attention(q, k, v, B, T, s.Heads, s.KvHeads, hd, keys);
             x = Add(x, MatMulNT(att, N, D, p, o.Wo, D));
             xn = RmsNorm(x, Slice(p, o.FfnNorm, D), D, s.RmsEps);
             var h = SwiGlu(MatMulNT(xn, N, D, p, o.WGate, F), MatMulNT(xn, N, D, p, o.WUp, F));
             x = Add(x, MatMulNT(h, N, F, p, o.WDown, D));
         }
-        var xf = RmsNorm(x, Slice(p, lay.OutputNorm, D), D, s.RmsEps);
-        return MatMulNT(xf, N, D, p, lay.Output, s.VocabSize);
+        return RmsNorm(x, Slice(p, lay.OutputNorm, D), D, s.RmsEps);
     }
 
     public static double Loss(ParameterLayout lay, double[] p, int[] tokens, int[] targets, int B, int T) =>

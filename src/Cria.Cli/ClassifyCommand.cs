@@ -1,0 +1,165 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using Cria.Training;
+
+namespace Cria.Cli;
+
+/// <summary>
+/// Label-supervised classification (LS-LLaMA, LS-unLLaMA): <c>cria train-classifier</c> trains LoRA adapters and a
+/// linear head on a labelled TSV file; <c>cria classify</c> runs them. Both run the F32 training forward (the head and
+/// a bidirectional mask are not part of the generation engine), so no KV cache is involved.
+/// </summary>
+static class ClassifyCommand
+{
+    /// <summary>Reads "label&lt;TAB&gt;text" lines; labels are numbered in <paramref name="labels"/> (new ones appended
+    /// when <paramref name="grow"/>), texts tokenized without BOS.</summary>
+    public static List<LabelledExample> ReadTsv(string path, Cria.Tokenization.Tokenizer tok, List<string> labels, bool grow)
+    {
+        if (!File.Exists(path)) throw new CriaException($"{path} does not exist");
+        var list = new List<LabelledExample>();
+        int lineNo = 0;
+        foreach (var line in File.ReadLines(path))
+        {
+            lineNo++;
+            if (line.Length == 0) continue;
+            int tab = line.IndexOf('\t');
+            if (tab <= 0 || tab == line.Length - 1) throw new CriaException($"{path}:{lineNo}: expected 'label<TAB>text'");
+            string label = line[..tab];
+            int id = labels.IndexOf(label);
+            if (id < 0)
+            {
+                if (!grow) throw new CriaException($"{path}:{lineNo}: label '{label}' is not one of the classifier's ({string.Join(", ", labels)})");
+                labels.Add(label); id = labels.Count - 1;
+            }
+            list.Add(new LabelledExample(tok.Encode(line[(tab + 1)..].Replace("\\n", "\n"), addBos: false), id));
+        }
+        if (list.Count == 0) throw new CriaException($"{path} has no examples");
+        return list;
+    }
+
+    public static Command Train()
+    {
+        var init = new Option<string?>("--init") { Description = "the F32/F16 llama GGUF to adapt (default: the bundled model)" };
+        var train = new Option<string>("--train") { Description = "labelled examples, one 'label<TAB>text' per line (\\n in the text is a newline)", Required = true };
+        var valid = new Option<string?>("--valid") { Description = "held-out examples (same format): accuracy at every evaluation and at the end" };
+        var mode = new Option<string>("--mode") { Description = "last (LS-LLaMA: causal, the last token's logits), mean (causal, mean over tokens), bi-mean (LS-unLLaMA: no causal mask, mean), bi-last", DefaultValueFactory = _ => "last" };
+        var outDir = new Option<string>("--out", "-o") { Description = "output directory: adapter.gguf (llama.cpp's --lora format) and head.gguf", DefaultValueFactory = _ => "out/classifier" };
+        var ctx = new Option<int>("--ctx") { Description = "tokens per example (BOS + text, cut)", DefaultValueFactory = _ => 64 };
+        var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 500 };
+        var batch = new Option<int>("--batch", "-b") { DefaultValueFactory = _ => 8 };
+        var lr = new Option<float>("--lr") { DefaultValueFactory = _ => 1e-3f, Description = "peak learning rate" };
+        var warmup = new Option<int>("--warmup") { DefaultValueFactory = _ => 50 };
+        var wd = new Option<float>("--weight-decay") { DefaultValueFactory = _ => 0.01f };
+        var rank = new Option<int>("--lora-rank") { DefaultValueFactory = _ => 12, Description = "LoRA rank (LS-LLaMA: 12)" };
+        var alpha = new Option<float>("--lora-alpha") { DefaultValueFactory = _ => 32f, Description = "LoRA alpha (LS-LLaMA: 32)" };
+        var targets = new Option<string>("--lora-targets") { DefaultValueFactory = _ => "all" };
+        var evalEvery = new Option<int>("--eval-every") { DefaultValueFactory = _ => 100 };
+        var seed = new Option<ulong>("--seed") { DefaultValueFactory = _ => 1234UL };
+        var threads = new Option<int>("--threads", "-t") { DefaultValueFactory = _ => Environment.ProcessorCount };
+        var cmd = new Command("train-classifier", "train a sequence classifier (LS-LLaMA): LoRA adapters and a linear head on the final hidden states, cross-entropy on the label")
+        { init, train, valid, mode, outDir, ctx, steps, batch, lr, warmup, wd, rank, alpha, targets, evalEvery, seed, threads };
+        cmd.SetAction(r =>
+        {
+            var (pooling, bidirectional) = ClassifierOptions.ParseMode(r.GetValue(mode)!);
+            var options = new TrainingOptions
+            {
+                BatchSize = r.GetValue(batch), Steps = r.GetValue(steps), WarmupSteps = r.GetValue(warmup), LearningRate = r.GetValue(lr),
+                WeightDecay = r.GetValue(wd), Seed = r.GetValue(seed), Threads = Math.Max(1, r.GetValue(threads)),
+            };
+            options.Validate();
+            var lora = new LoraOptions { Rank = r.GetValue(rank), Alpha = r.GetValue(alpha), Targets = LoraOptions.ParseTargets(r.GetValue(targets)!) };
+            lora.Validate();
+            int T = r.GetValue(ctx), evalEvery_ = Math.Max(1, r.GetValue(evalEvery));
+            var imported = GgufImport.Read(DefaultModel.Resolve(r.GetValue(init)));
+            if (T < 2 || T > imported.Shape.ContextLength) throw new CriaException($"--ctx {T} must be in 2..{imported.Shape.ContextLength}");
+            var tok = imported.Vocabulary.CreateTokenizer();
+            var labels = new List<string>();
+            var examples = ReadTsv(r.GetValue(train)!, tok, labels, grow: true);
+            var held = r.GetValue(valid) is { } v ? ReadTsv(v, tok, labels, grow: false) : null;
+            var clf = new ClassifierOptions { Labels = labels.ToArray(), Pooling = pooling, Bidirectional = bidirectional };
+            clf.Validate();
+            string dir = r.GetValue(outDir)!;
+            Directory.CreateDirectory(dir);
+            var log = Console.Error;
+            using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: lora, classifier: clf);
+            trainer.SetParameters(imported.Parameters);
+            int pad = tok.Eos >= 0 ? tok.Eos : 0;
+            var counts = labels.Select((_, i) => examples.Count(e => e.Label == i)).ToArray();
+            log.WriteLine($"{clf.ModeName}: {labels.Count} labels ({string.Join(", ", labels.Select((l, i) => $"{l} {counts[i]}"))}), {examples.Count} training examples{(held != null ? $", {held.Count} held out" : "")}; {T} tokens each ({examples.Count(e => e.Tokens.Length + 1 > T)} cut)");
+            log.WriteLine($"LoRA rank {lora.Rank}, alpha {lora.Alpha}, on {lora.Targets}, and the head: {trainer.Model.Lora!.Count:N0} trained parameters; the base is frozen");
+            string Held()
+            {
+                if (held == null) return "";
+                var (pred, loss) = trainer.ClassifierEvaluate(held, pad);
+                int right = pred.Where((p, i) => p == held[i].Label).Count();
+                return string.Create(CultureInfo.InvariantCulture, $"  held-out loss {loss:F4}, accuracy {right / (double)held.Count:P1}");
+            }
+            var sw = Stopwatch.StartNew();
+            Console.Out.WriteLine($"step 0{Held()}");
+            while (trainer.Step < options.Steps)
+            {
+                var res = trainer.ClassifierStep(examples, pad);
+                bool eval = res.Step % evalEvery_ == 0 || res.Step == options.Steps;
+                if (res.Step % 10 == 0 || eval)
+                    Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"step {res.Step}/{options.Steps}  loss {res.Loss:F4}  accuracy {res.Accuracy:P0}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}{(eval ? Held() : "")}"));
+            }
+            var lay = trainer.Model.Lora!;
+            string adapterPath = Path.Combine(dir, "adapter.gguf"), headPath = Path.Combine(dir, "head.gguf");
+            lay.Write(adapterPath, trainer.Model.LoraParameters, "cria-classifier");
+            clf.WriteHead(headPath, lay, trainer.Model.LoraParameters);
+            Console.Out.WriteLine($"done: {trainer.Step} steps in {sw.Elapsed.TotalSeconds:F0} s; adapter {adapterPath}, head {headPath}");
+            return 0;
+        });
+        return cmd;
+    }
+
+    public static Command Classify()
+    {
+        var model = new Argument<string?>("model") { Description = "the F32/F16 llama GGUF the classifier was trained on (default: the bundled model)", Arity = ArgumentArity.ZeroOrOne };
+        var adapter = new Option<string>("--adapter") { Description = "the classifier's LoRA adapter (train-classifier's adapter.gguf)", Required = true };
+        var head = new Option<string>("--head") { Description = "the classifier's head (train-classifier's head.gguf)", Required = true };
+        var text = new Option<string[]>("--text") { Description = "a text to classify (repeatable)", AllowMultipleArgumentsPerToken = false };
+        var file = new Option<string?>("--file") { Description = "labelled 'label<TAB>text' lines: accuracy overall and per label" };
+        var ctx = new Option<int>("--ctx") { Description = "tokens per example (as in training)", DefaultValueFactory = _ => 64 };
+        var threads = new Option<int>("--threads", "-t") { DefaultValueFactory = _ => Environment.ProcessorCount };
+        var cmd = new Command("classify", "classify texts with a train-classifier adapter and head") { model, adapter, head, text, file, ctx, threads };
+        cmd.SetAction(r =>
+        {
+            var imported = GgufImport.Read(DefaultModel.Resolve(r.GetValue(model)), "classify");
+            var (clf, headWeights) = ClassifierOptions.ReadHead(r.GetValue(head)!, imported.Shape.Dim);
+            var tok = imported.Vocabulary.CreateTokenizer();
+            var labels = clf.Labels.ToList();
+            var texts = r.GetValue(text) ?? [];
+            string? path = r.GetValue(file);
+            if (texts.Length == 0 && path == null) throw new CriaException("give --text or --file");
+            var examples = path != null ? ReadTsv(path, tok, labels, grow: false) : texts.Select(t => new LabelledExample(tok.Encode(t, addBos: false), 0)).ToList();
+            int T = r.GetValue(ctx);
+            if (T < 2 || T > imported.Shape.ContextLength) throw new CriaException($"--ctx {T} must be in 2..{imported.Shape.ContextLength}");
+            var lora = LoraLayout.ReadOptions(r.GetValue(adapter)!);
+            var options = new TrainingOptions { BatchSize = Math.Min(8, examples.Count), Steps = 1, WarmupSteps = 0, Threads = Math.Max(1, r.GetValue(threads)) };
+            using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: lora, classifier: clf);
+            trainer.SetParameters(imported.Parameters);
+            var lay = trainer.Model.Lora!;
+            lay.Read(r.GetValue(adapter)!, trainer.Model.LoraParameters);
+            headWeights.CopyTo(trainer.Model.LoraParameters.AsSpan((int)lay.Head));
+            int pad = tok.Eos >= 0 ? tok.Eos : 0;
+            var (pred, _) = trainer.ClassifierEvaluate(examples, pad);
+            if (path == null)
+            {
+                for (int i = 0; i < texts.Length; i++) Console.Out.WriteLine($"{clf.Labels[pred[i]]}\t{texts[i]}");
+                return 0;
+            }
+            int right = pred.Where((p, i) => p == examples[i].Label).Count();
+            Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{clf.ModeName}: accuracy {right / (double)examples.Count:P1} ({right} of {examples.Count})"));
+            for (int c = 0; c < labels.Count; c++)
+            {
+                int n = examples.Count(e => e.Label == c), ok = pred.Where((p, i) => p == c && examples[i].Label == c).Count();
+                Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {labels[c],-16} {ok,5} of {n,-5} {(n > 0 ? ok / (double)n : 0):P1}"));
+            }
+            return 0;
+        });
+        return cmd;
+    }
+}

@@ -1,0 +1,145 @@
+using System.Runtime.InteropServices;
+using Cria.Formats;
+using Cria.Tensors;
+
+namespace Cria.Training;
+
+/// <summary>How a sequence's per-token class logits become one (LS-LLaMA: the last token; LS-unLLaMA: the mean).</summary>
+public enum ClassifierPooling { Last, Mean }
+
+/// <summary>
+/// A label-supervised classifier on a Llama backbone (Li et al., "Label Supervised LLaMA Finetuning", LS-LLaMA): a
+/// linear head <c>cls.output.weight</c> [labels, dim] on the final-norm hidden states, trained with cross-entropy on
+/// the label together with LoRA adapters on the backbone. <see cref="Bidirectional"/> removes the causal mask
+/// (LS-unLLaMA), so every token sees the whole sequence; padding is never attended.
+/// </summary>
+public sealed record ClassifierOptions
+{
+    public required string[] Labels { get; init; }
+    public ClassifierPooling Pooling { get; init; } = ClassifierPooling.Last;
+    public bool Bidirectional { get; init; }
+
+    public void Validate()
+    {
+        if (Labels.Length < 2 || Labels.Length > 4096) throw new CriaException($"a classifier needs 2..4096 labels, got {Labels.Length}");
+        if (Labels.Distinct(StringComparer.Ordinal).Count() != Labels.Length) throw new CriaException("classifier labels must be distinct");
+    }
+
+    /// <summary>LS-LLaMA (causal, last token) and LS-unLLaMA (bidirectional, mean) by name: "last", "mean", "bi-mean", "bi-last".</summary>
+    public static (ClassifierPooling Pooling, bool Bidirectional) ParseMode(string s) => s.ToLowerInvariant() switch
+    {
+        "last" => (ClassifierPooling.Last, false),
+        "mean" => (ClassifierPooling.Mean, false),
+        "bi-mean" => (ClassifierPooling.Mean, true),
+        "bi-last" => (ClassifierPooling.Last, true),
+        _ => throw new CriaException($"unknown classifier mode '{s}' (last, mean, bi-mean, bi-last)"),
+    };
+
+    public string ModeName => (Bidirectional ? "bi-" : "") + (Pooling == ClassifierPooling.Last ? "last" : "mean");
+
+    /// <summary>
+    /// Writes the head as a small GGUF (atomically): general.type = "classifier", <c>classifier.output_labels</c> (the
+    /// key llama.cpp's rerankers use for label names), <c>classifier.mode</c>, and <c>cls.output.weight</c> (ggml shape
+    /// [dim, labels], F32). The adapters go in their own llama.cpp-format file (<see cref="LoraLayout.Write"/>).
+    /// </summary>
+    public void WriteHead(string path, LoraLayout layout, ReadOnlySpan<float> parameters)
+    {
+        if (layout.Head < 0 || layout.HeadLabels != Labels.Length) throw new InvalidOperationException("the layout has no head for these labels");
+        int dim = layout.Tensors[^1].Cols;
+        var w = new GgufWriter();
+        w.Set("general.architecture", "llama");
+        w.Set("general.type", "classifier");
+        w.Set("classifier.output_labels", Labels);
+        w.Set("classifier.mode", ModeName);
+        w.AddTensor(LoraLayout.HeadName, [dim, Labels.Length], GgmlType.F32,
+            MemoryMarshal.AsBytes(parameters.Slice((int)layout.Head, Labels.Length * dim)).ToArray());
+        w.Write(path);
+    }
+
+    /// <summary>Reads a head written by <see cref="WriteHead"/>: the options and the weights [labels, dim].</summary>
+    public static (ClassifierOptions Options, float[] Head) ReadHead(string path, int dim)
+    {
+        if (!File.Exists(path)) throw new CriaException($"classifier head {path} does not exist");
+        using var f = GgufFile.Open(path);
+        if (f.Get("general.type", "") != "classifier") throw new CriaException($"{path} is not a classifier head (general.type '{f.Get("general.type", "")}')");
+        var labels = f.Get<string[]>("classifier.output_labels", []);
+        var (pooling, bidirectional) = ParseMode(f.Get("classifier.mode", "last"));
+        var o = new ClassifierOptions { Labels = labels, Pooling = pooling, Bidirectional = bidirectional };
+        o.Validate();
+        var t = f.GetTensor(LoraLayout.HeadName);
+        if (t.Type != GgmlType.F32 || t.Shape.Length != 2 || t.Shape[0] != dim || t.Shape[1] != labels.Length)
+            throw new CriaException($"{path}: {LoraLayout.HeadName} must be F32 [{dim}, {labels.Length}], got {t.Type} [{string.Join(", ", t.Shape)}]");
+        return (o, MemoryMarshal.Cast<byte, float>(f.TensorData(t)).ToArray());
+    }
+}
+
+/// <summary>One labelled text, tokenized (without BOS).</summary>
+public sealed record LabelledExample(int[] Tokens, int Label);
+
+public readonly record struct ClassifierStepResult(int Step, float Loss, float Accuracy, float GradNorm, float LearningRate);
+
+public sealed partial class Trainer
+{
+    /// <summary>Puts example <paramref name="e"/> in row <paramref name="b"/>: BOS, its tokens (cut to T − 1), then
+    /// padding (<paramref name="pad"/>) that the pooling and the attention never read. Returns its length.</summary>
+    int FillClassifierRow(int b, LabelledExample e, int pad)
+    {
+        var m = Model;
+        int T = m.SeqLen, n = Math.Min(T, e.Tokens.Length + 1);
+        var row = m.Tokens.Slice(b * T, T);
+        row[0] = _bos;
+        e.Tokens.AsSpan(0, n - 1).CopyTo(row[1..]);
+        row[n..].Fill(pad);
+        m.SequenceLengths[b] = n;
+        return n;
+    }
+
+    /// <summary>One optimizer step of classifier training: GradAccumulation micro-batches of BatchSize examples drawn
+    /// with the trainer's RNG, the mean cross-entropy on their labels, clipping and AdamW on the adapters and the head.</summary>
+    public ClassifierStepResult ClassifierStep(IReadOnlyList<LabelledExample> examples, int pad)
+    {
+        var m = Model;
+        if (m.Classifier == null) throw new InvalidOperationException("the trainer was not made for a classifier");
+        if (examples.Count == 0) throw new CriaException("no labelled examples");
+        int B = m.BatchSize, accum = Options.GradAccumulation;
+        Span<int> labels = stackalloc int[B];
+        m.ZeroGradients();
+        double loss = 0; int correct = 0;
+        for (int a = 0; a < accum; a++)
+        {
+            for (int b = 0; b < B; b++)
+            {
+                var e = examples[_rng.Next(examples.Count)];
+                FillClassifierRow(b, e, pad);
+                labels[b] = e.Label;
+            }
+            var (l, c) = m.ClassifierForwardBackward(labels, 1f / (B * accum));
+            loss += l; correct += c;
+        }
+        var (norm, lr) = OptimizerStep();
+        return new ClassifierStepResult(Step, (float)(loss / (B * accum)), (float)correct / (B * accum), norm, lr);
+    }
+
+    /// <summary>The predicted label of every example (in order, BatchSize at a time; a short last batch is padded with
+    /// copies of the first example), and the mean cross-entropy on their labels. No gradient is kept.</summary>
+    public (int[] Predicted, double Loss) ClassifierEvaluate(IReadOnlyList<LabelledExample> examples, int pad)
+    {
+        var m = Model;
+        var c = m.Classifier ?? throw new InvalidOperationException("the trainer was not made for a classifier");
+        int B = m.BatchSize;
+        var predicted = new int[examples.Count];
+        double loss = 0;
+        for (int start = 0; start < examples.Count; start += B)
+        {
+            for (int b = 0; b < B; b++) FillClassifierRow(b, examples[start + b < examples.Count ? start + b : 0], pad);
+            m.Forward();
+            for (int b = 0; b < B && start + b < examples.Count; b++)
+            {
+                var z = m.ClassLogits(b);
+                predicted[start + b] = Inference.Sampler.ArgMax(z);
+                loss += Kernels.Ops.LogSumExp(z) - z[examples[start + b].Label];
+            }
+        }
+        return (predicted, examples.Count > 0 ? loss / examples.Count : 0);
+    }
+}
