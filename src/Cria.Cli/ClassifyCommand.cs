@@ -153,10 +153,13 @@ static class ClassifyCommand
             }
             int right = pred.Where((p, i) => p == examples[i].Label).Count();
             Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{clf.ModeName}: accuracy {right / (double)examples.Count:P1} ({right} of {examples.Count})"));
+            // Per label: accuracy, then the confusion row (how its examples were labelled).
+            Console.Out.WriteLine($"  {"label",-16} {"right",5} of {"n",-5} {"accuracy",8}  | predicted as {string.Join(" ", labels.Select(l => l.Length > 8 ? l[..8] : l).Select(l => $"{l,8}"))}");
             for (int c = 0; c < labels.Count; c++)
             {
                 int n = examples.Count(e => e.Label == c), ok = pred.Where((p, i) => p == c && examples[i].Label == c).Count();
-                Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {labels[c],-16} {ok,5} of {n,-5} {(n > 0 ? ok / (double)n : 0):P1}"));
+                var row = labels.Select((_, j) => pred.Where((p, i) => p == j && examples[i].Label == c).Count());
+                Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {labels[c],-16} {ok,5} of {n,-5} {(n > 0 ? ok / (double)n : 0),8:P1}  |              {string.Join(" ", row.Select(k => $"{k,8}"))}"));
             }
             return 0;
         });

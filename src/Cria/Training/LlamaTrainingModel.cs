@@ -297,6 +297,9 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         int N = Rows, D = s.Dim, QD = s.Dim, KV = s.KvDim, F = s.FfnDim, V = s.VocabSize;
         // token embedding
         CheckIds(_tokens, "token");
+        if (Classifier != null) // lengths bound the pooling and the bidirectional attention's keys
+            for (int b = 0; b < BatchSize; b++)
+                if (_seqLens[b] < 1 || _seqLens[b] > SeqLen) throw new CriaException($"sequence {b} has length {_seqLens[b]}, outside 1..{SeqLen}");
         for (int n = 0; n < N; n++)
             new ReadOnlySpan<float>(P + Layout.TokenEmbedding + (long)_tokens[n] * D, D).CopyTo(new Span<float>(_xIn[0] + (long)n * D, D));
 
@@ -457,10 +460,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         int C = c.Labels.Length, N = Rows, D = Shape.Dim, B = BatchSize;
         if (labels.Length != B) throw new ArgumentException($"{B} labels expected, got {labels.Length}");
         for (int b = 0; b < B; b++)
-        {
             if ((uint)labels[b] >= (uint)C) throw new CriaException($"label {labels[b]} of sequence {b} is outside 0..{C - 1}");
-            if (_seqLens[b] < 1 || _seqLens[b] > SeqLen) throw new CriaException($"sequence {b} has length {_seqLens[b]}, outside 1..{SeqLen}");
-        }
         Forward();
         Mark(3);
         double loss = 0; int correct = 0;
