@@ -78,35 +78,7 @@ public class Olmo2Tests(ITestOutputHelper output)
     public void A_rows_logits_do_not_depend_on_its_batch()
     {
         var path = LogitsAgreementTests.ModelFile("olmo2-F32-2", Spec(GgmlType.F32));
-        using var model = LlamaModel.Open(path);
-        using var together = new InferenceContext(model, new ContextOptions { ContextSize = 256, Threads = 2 });
-        using var alone = new InferenceContext(model, new ContextOptions { ContextSize = 256, Threads = 2 });
-        var prompts = new[] { Prompt(20, 1), Prompt(20, 2), Prompt(20, 3) };
-        var batch = new Batch(64);
-        for (int s = 0; s < 3; s++)
-            for (int i = 0; i < 20; i++) batch.Add(prompts[s][i], i, s, true);
-        together.Decode(batch);
-        for (int s = 0; s < 3; s++)
-        {
-            alone.Cache.Clear();
-            var one = new Batch(20);
-            for (int i = 0; i < 20; i++) one.Add(prompts[s][i], i, 0, true);
-            alone.Decode(one);
-            for (int i = 0; i < 20; i++)
-                Assert.True(alone.Logits(i).SequenceEqual(together.Logits(s * 20 + i)), $"sequence {s} position {i}");
-        }
-        var next = new[] { 7, 7, 7 };
-        for (int step = 0; step < 8; step++)
-        {
-            batch.Clear();
-            for (int s = 0; s < 3; s++) batch.Add(next[s], 20 + step, s, true);
-            together.Decode(batch);
-            var single = new Batch(1);
-            single.Add(next[2], 20 + step, 0, true);
-            alone.Decode(single);
-            Assert.True(alone.Logits(0).SequenceEqual(together.Logits(2)), $"decode step {step}");
-            for (int s = 0; s < 3; s++) next[s] = Sampler.ArgMax(together.Logits(s));
-        }
+        BatchChecks.RowsMatchAlone(path, seed => Prompt(20, seed));
     }
 
     /// <summary>A LoRA adapter written for an olmo2 model (llama.cpp checks that the adapter's architecture is the

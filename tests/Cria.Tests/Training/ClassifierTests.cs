@@ -27,32 +27,12 @@ public sealed class ClassifierTests(ITestOutputHelper output)
             for (long i = t.Offset; i < t.Offset + t.Count; i++) m.LoraParameters[i] = (float)((rng.NextDouble() * 2 - 1) * 0.4);
     }
 
-    /// <summary>The model's parameters with W + (α/r)·B·A merged, in double.</summary>
-    static double[] Merged(LlamaTrainingModel m, double[] p, double[] ad)
-    {
-        var lay = m.Lora!;
-        var merged = (double[])p.Clone();
-        foreach (var pair in lay.Pairs)
-        {
-            if (pair is not { } q) continue;
-            var w = m.Layout.Tensors.Single(t => t.Name == q.BaseName);
-            for (int o = 0; o < q.Out; o++)
-                for (int i = 0; i < q.In; i++)
-                {
-                    double d = 0;
-                    for (int j = 0; j < lay.Options.Rank; j++) d += ad[q.B + (long)o * lay.Options.Rank + j] * ad[q.A + (long)j * q.In + i];
-                    merged[w.Offset + (long)o * q.In + i] += lay.Options.Scale * d;
-                }
-        }
-        return merged;
-    }
-
     /// <summary>Pooled class logits [B, C] of the reference forward.</summary>
     static double[] ReferencePooled(LlamaTrainingModel m, double[] p, double[] ad, int[] tokens, int[] lengths)
     {
         var c = m.Classifier!;
         int B = m.BatchSize, T = m.SeqLen, D = m.Shape.Dim, C = c.Labels.Length;
-        var h = Reference.Hidden(m.Layout, Merged(m, p, ad), tokens, B, T, c.Bidirectional ? lengths : null);
+        var h = Reference.Hidden(m.Layout, Reference.MergeLora(m.Layout, m.Lora!, p, ad), tokens, B, T, c.Bidirectional ? lengths : null);
         var pooled = new double[B * C];
         for (int b = 0; b < B; b++)
             for (int t = 0; t < T; t++)
@@ -70,21 +50,8 @@ public sealed class ClassifierTests(ITestOutputHelper output)
         return pooled;
     }
 
-    static double ReferenceLoss(LlamaTrainingModel m, double[] p, double[] ad, int[] tokens, int[] lengths, int[] labels)
-    {
-        int C = m.Classifier!.Labels.Length;
-        var z = ReferencePooled(m, p, ad, tokens, lengths);
-        double loss = 0;
-        for (int b = 0; b < labels.Length; b++)
-        {
-            double max = double.NegativeInfinity;
-            for (int j = 0; j < C; j++) max = Math.Max(max, z[b * C + j]);
-            double s = 0;
-            for (int j = 0; j < C; j++) s += Math.Exp(z[b * C + j] - max);
-            loss += Math.Log(s) + max - z[b * C + labels[b]];
-        }
-        return loss / labels.Length;
-    }
+    static double ReferenceLoss(LlamaTrainingModel m, double[] p, double[] ad, int[] tokens, int[] lengths, int[] labels) =>
+        Reference.CrossEntropy(ReferencePooled(m, p, ad, tokens, lengths), labels, m.Classifier!.Labels.Length);
 
     [Theory]
     [InlineData("last")]

@@ -249,19 +249,7 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
         var a = m.LoraParameters.Select(v => (double)v).ToArray();
         double MergedLoss(double[] ad)
         {
-            var merged = (double[])p.Clone();
-            foreach (var pair in lay.Pairs)
-            {
-                if (pair is not { } q) continue;
-                var w = m.Layout.Tensors.Single(t => t.Name == q.BaseName);
-                for (int o = 0; o < q.Out; o++)
-                    for (int i = 0; i < q.In; i++)
-                    {
-                        double d = 0;
-                        for (int j = 0; j < lora.Rank; j++) d += ad[q.B + (long)o * lora.Rank + j] * ad[q.A + (long)j * q.In + i];
-                        merged[w.Offset + (long)o * q.In + i] += lora.Scale * d;
-                    }
-            }
+            var merged = Reference.MergeLora(m.Layout, lay, p, ad);
             return Reference.Loss(m.Layout, merged, tokens, targets, B, T);
         }
         double refLoss = MergedLoss(a);

@@ -136,6 +136,27 @@ static class Reference
         return RmsNorm(x, Slice(p, lay.OutputNorm, D), D, s.RmsEps);
     }
 
+    /// <summary>The base parameters <paramref name="p"/> with every adapter of <paramref name="lora"/> merged in double:
+    /// W += (α/r)·B·A, adapters read from <paramref name="ad"/> (LoRA parameter layout).</summary>
+    public static double[] MergeLora(ParameterLayout lay, LoraLayout lora, double[] p, double[] ad)
+    {
+        var merged = (double[])p.Clone();
+        int r = lora.Options.Rank;
+        foreach (var pair in lora.Pairs)
+        {
+            if (pair is not { } q) continue;
+            var w = lay.Tensors.Single(t => t.Name == q.BaseName);
+            for (int o = 0; o < q.Out; o++)
+                for (int i = 0; i < q.In; i++)
+                {
+                    double d = 0;
+                    for (int j = 0; j < r; j++) d += ad[q.B + (long)o * r + j] * ad[q.A + (long)j * q.In + i];
+                    merged[w.Offset + (long)o * q.In + i] += lora.Options.Scale * d;
+                }
+        }
+        return merged;
+    }
+
     public static double Loss(ParameterLayout lay, double[] p, int[] tokens, int[] targets, int B, int T) =>
         CrossEntropy(Logits(lay, p, tokens, B, T), targets, lay.Shape.VocabSize);
 }
