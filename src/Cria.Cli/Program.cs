@@ -22,6 +22,7 @@ root.Subcommands.Add(LoramCommands.Recover());
 root.Subcommands.Add(GuardCommand.Create());
 root.Subcommands.Add(ClassifyCommand.Train());
 root.Subcommands.Add(ClassifyCommand.Classify());
+root.Subcommands.Add(MagpieCommand.Create());
 try
 {
     return root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });

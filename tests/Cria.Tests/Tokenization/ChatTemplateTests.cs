@@ -18,7 +18,7 @@ public class ChatTemplateTests
 {
     public sealed record Case(string Name, string Oracle, string Conversation, string Bos, string Eos, string Template, string Expected, string? Builtin);
 
-    static readonly Lazy<Dictionary<string, Case>> Cases = new(() =>
+    internal static readonly Lazy<Dictionary<string, Case>> Cases = new(() =>
     {
         var path = Path.Combine(TestPaths.RepoRoot, "tests", "Cria.Tests", "Tokenization", "Fixtures", "chat_templates.json");
         using var doc = JsonDocument.Parse(File.ReadAllText(path));
