@@ -7,8 +7,8 @@ namespace Cria.Cli;
 
 /// <summary>
 /// Label-supervised classification (LS-LLaMA, LS-unLLaMA): <c>cria train-classifier</c> trains LoRA adapters and a
-/// linear head on a labelled TSV file; <c>cria classify</c> runs them. Both run the F32 training forward (the head and
-/// a bidirectional mask are not part of the generation engine), so no KV cache is involved.
+/// linear head on a labelled TSV file; <c>cria classify</c> runs them — causal modes through the generation engine
+/// (any base type, the adapter at run time), bidirectional ones through the trainer's F32 forward (no KV cache).
 /// </summary>
 static class ClassifyCommand
 {
@@ -117,7 +117,7 @@ static class ClassifyCommand
 
     public static Command Classify()
     {
-        var model = new Argument<string?>("model") { Description = "the F32/F16 llama GGUF the classifier was trained on (default: the bundled model)", Arity = ArgumentArity.ZeroOrOne };
+        var model = new Argument<string?>("model") { Description = "the model the classifier was trained on, or a quantization of it for the causal modes (default: the bundled model)", Arity = ArgumentArity.ZeroOrOne };
         var adapter = new Option<string>("--adapter") { Description = "the classifier's LoRA adapter (train-classifier's adapter.gguf)", Required = true };
         var head = new Option<string>("--head") { Description = "the classifier's head (train-classifier's head.gguf)", Required = true };
         var text = new Option<string[]>("--text") { Description = "a text to classify (repeatable)", AllowMultipleArgumentsPerToken = false };
@@ -127,25 +127,44 @@ static class ClassifyCommand
         var cmd = new Command("classify", "classify texts with a train-classifier adapter and head") { model, adapter, head, text, file, ctx, threads };
         cmd.SetAction(r =>
         {
-            var imported = GgufImport.Read(DefaultModel.Resolve(r.GetValue(model)), "classify");
-            var (clf, headWeights) = ClassifierOptions.ReadHead(r.GetValue(head)!, imported.Shape.Dim);
-            var tok = imported.Vocabulary.CreateTokenizer();
+            string modelPath = DefaultModel.Resolve(r.GetValue(model));
+            using var m = Cria.Models.LlamaModel.Open(modelPath);
+            var (clf, headWeights) = ClassifierOptions.ReadHead(r.GetValue(head)!, m.Config.Dim);
+            var tok = m.Tokenizer;
             var labels = clf.Labels.ToList();
             var texts = r.GetValue(text) ?? [];
             string? path = r.GetValue(file);
             if (texts.Length == 0 && path == null) throw new CriaException("give --text or --file");
             var examples = path != null ? ReadTsv(path, tok, labels, grow: false) : texts.Select(t => new LabelledExample(tok.Encode(t, addBos: false), 0)).ToList();
             int T = r.GetValue(ctx);
-            if (T < 2 || T > imported.Shape.ContextLength) throw new CriaException($"--ctx {T} must be in 2..{imported.Shape.ContextLength}");
-            var lora = LoraLayout.ReadOptions(r.GetValue(adapter)!);
-            var options = new TrainingOptions { BatchSize = Math.Min(8, examples.Count), Steps = 1, WarmupSteps = 0, Threads = Math.Max(1, r.GetValue(threads)) };
-            using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: lora, classifier: clf);
-            trainer.SetParameters(imported.Parameters);
-            var lay = trainer.Model.Lora!;
-            lay.Read(r.GetValue(adapter)!, trainer.Model.LoraParameters);
-            headWeights.CopyTo(trainer.Model.LoraParameters.AsSpan((int)lay.Head));
-            int pad = tok.Eos >= 0 ? tok.Eos : 0;
-            var (pred, _) = trainer.ClassifierEvaluate(examples, pad);
+            if (T < 2 || T > m.Config.ContextLength) throw new CriaException($"--ctx {T} must be in 2..{m.Config.ContextLength}");
+            int[] pred;
+            if (!clf.Bidirectional)
+            {
+                // Causal: the generation engine, BOS + the text cut to T tokens as in training.
+                var adapterFile = Cria.Models.LoraAdapter.Load(r.GetValue(adapter)!, m);
+                using var context = new Cria.Inference.InferenceContext(m, new Cria.Inference.ContextOptions { ContextSize = T, Threads = r.GetValue(threads), Loras = [(adapterFile, 1f)] });
+                pred = examples.Select(e =>
+                {
+                    var ids = new int[Math.Min(T, e.Tokens.Length + 1)];
+                    ids[0] = tok.Bos;
+                    e.Tokens.AsSpan(0, ids.Length - 1).CopyTo(ids.AsSpan(1));
+                    return Cria.Inference.Sampler.ArgMax(Classifier.Logits(context, ids, clf, headWeights));
+                }).ToArray();
+            }
+            else
+            {
+                // Bidirectional: the trainer's forward (F32/F16 bases).
+                var imported = GgufImport.Read(modelPath, "classify");
+                var lora = LoraLayout.ReadOptions(r.GetValue(adapter)!);
+                var options = new TrainingOptions { BatchSize = Math.Min(8, examples.Count), Steps = 1, WarmupSteps = 0, Threads = Math.Max(1, r.GetValue(threads)) };
+                using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: lora, classifier: clf);
+                trainer.SetParameters(imported.Parameters);
+                var lay = trainer.Model.Lora!;
+                lay.Read(r.GetValue(adapter)!, trainer.Model.LoraParameters);
+                headWeights.CopyTo(trainer.Model.LoraParameters.AsSpan((int)lay.Head));
+                (pred, _) = trainer.ClassifierEvaluate(examples, tok.Eos >= 0 ? tok.Eos : 0);
+            }
             if (path == null)
             {
                 for (int i = 0; i < texts.Length; i++) Console.Out.WriteLine($"{clf.Labels[pred[i]]}\t{texts[i]}");

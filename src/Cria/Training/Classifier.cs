@@ -73,6 +73,50 @@ public sealed record ClassifierOptions
     }
 }
 
+/// <summary>
+/// Runs a causal classifier (modes <c>last</c>, <c>mean</c>) through the generation engine instead of the training
+/// forward: any weight type (a quantized base), the adapter applied at run time (<see cref="Inference.ContextOptions.Loras"/>),
+/// the final hidden states kept (<see cref="Inference.InferenceContext.KeepEmbeddings"/>) and pooled, then the head. A
+/// bidirectional classifier cannot run here: the engine's attention is causal (it is built on the KV cache).
+/// </summary>
+public static class Classifier
+{
+    /// <summary>Pooled class logits [labels] of <paramref name="tokens"/> (BOS first) under a head [labels, dim];
+    /// uses and then clears sequence <paramref name="sequence"/> of the context's cache.</summary>
+    public static float[] Logits(Inference.InferenceContext ctx, ReadOnlySpan<int> tokens, ClassifierOptions o, ReadOnlySpan<float> head, int sequence = 0)
+    {
+        if (o.Bidirectional) throw new CriaException($"classifier mode {o.ModeName} attends bidirectionally; the generation engine is causal (run it through the trainer's forward, on an F32/F16 base)");
+        int dim = ctx.Config.Dim, n = tokens.Length, C = o.Labels.Length;
+        if (head.Length != C * dim) throw new CriaException($"the classifier head has {head.Length} weights, the model needs {C} × {dim}");
+        if (n == 0) throw new CriaException("nothing to classify (no tokens)");
+        ctx.Cache.Remove(sequence);
+        var batch = new Inference.Batch(n);
+        for (int i = 0; i < n; i++) batch.Add(tokens[i], i, sequence, false);
+        bool keep = ctx.KeepEmbeddings;
+        ctx.KeepEmbeddings = true;
+        var pooled = new double[dim];
+        try
+        {
+            ctx.Decode(batch);
+            for (int t = o.Pooling == ClassifierPooling.Last ? n - 1 : 0; t < n; t++)
+            {
+                var h = ctx.Embedding(t);
+                double w = o.Pooling == ClassifierPooling.Last ? 1 : 1.0 / n;
+                for (int i = 0; i < dim; i++) pooled[i] += w * h[i];
+            }
+        }
+        finally { ctx.KeepEmbeddings = keep; ctx.Cache.Remove(sequence); }
+        var z = new float[C];
+        for (int j = 0; j < C; j++)
+        {
+            double s = 0;
+            for (int i = 0; i < dim; i++) s += head[j * dim + i] * pooled[i];
+            z[j] = (float)s;
+        }
+        return z;
+    }
+}
+
 /// <summary>One labelled text, tokenized (without BOS).</summary>
 public sealed record LabelledExample(int[] Tokens, int Label);
 

@@ -125,15 +125,19 @@ public sealed class ClassifierTests(ITestOutputHelper output)
         for (int j = 0; j < a.Length; j++) Assert.True(Math.Abs(a[j] - exact[j]) < 1e-5, $"label {j}: padded {a[j]} vs exact {exact[j]}");
     }
 
-    /// <summary>A causal last-token classifier is the generation engine's final hidden state (with the same LoRA adapter
-    /// applied at run time) times the head: the training forward and Cria's inference path agree.</summary>
-    [Fact]
-    public void Causal_last_token_logits_equal_the_engines_hidden_state_times_the_head()
+    /// <summary>A causal classifier run through the generation engine (<see cref="Classifier.Logits"/>: the adapter
+    /// applied at run time, the kept final hidden states pooled, then the head) gives the training forward's pooled
+    /// logits; a bidirectional one is refused there.</summary>
+    [Theory]
+    [InlineData("last")]
+    [InlineData("mean")]
+    public void The_generation_engine_gives_the_training_forwards_class_logits(string mode)
     {
         var spec = new RandomModelSpec { Dim = 64, Layers = 2, Heads = 4, KvHeads = 2, FfnDim = 128, VocabSize = 384, Seed = 12 };
         var path = LogitsAgreementTests.ModelFile("clf-base", spec);
         var imported = GgufImport.Read(path);
-        var clf = new ClassifierOptions { Labels = ["x", "y", "z"] };
+        var (pooling, bi) = ClassifierOptions.ParseMode(mode);
+        var clf = new ClassifierOptions { Labels = ["x", "y", "z"], Pooling = pooling, Bidirectional = bi };
         var lora = new LoraOptions { Rank = 4, Alpha = 8f };
         int T = 10;
         using var m = new LlamaTrainingModel(imported.Shape with { ContextLength = T }, 1, T, 2, lora, clf);
@@ -147,24 +151,17 @@ public sealed class ClassifierTests(ITestOutputHelper output)
         m.Forward();
         var z = m.ClassLogits(0).ToArray();
 
-        string adapter = TestPaths.TempFile("clf-adapter.gguf");
+        string adapter = TestPaths.TempFile($"clf-adapter-{mode}.gguf");
         m.Lora!.Write(adapter, m.LoraParameters);
+        var head = m.LoraParameters.AsSpan((int)m.Lora.Head, 3 * spec.Dim).ToArray();
         using var model = LlamaModel.Open(path);
         using var ctx = new InferenceContext(model, new ContextOptions { ContextSize = 64, Kv = KvFormat.F32, Loras = [(LoraAdapter.Load(adapter, model), 1f)] });
-        ctx.KeepEmbeddings = true;
-        var batch = new Batch(tokens.Length);
-        for (int i = 0; i < tokens.Length; i++) batch.Add(tokens[i], i, 0, i == tokens.Length - 1);
-        ctx.Decode(batch);
-        var h = ctx.Embedding(tokens.Length - 1);
-        double worst = 0;
-        for (int j = 0; j < 3; j++)
-        {
-            double e = 0;
-            for (int i = 0; i < h.Length; i++) e += h[i] * m.LoraParameters[m.Lora.Head + j * h.Length + i];
-            worst = Math.Max(worst, Math.Abs(e - z[j]));
-        }
-        output.WriteLine($"training forward vs engine hidden state · head: max |Δ| {worst:E2} (logits {string.Join(", ", z.Select(v => v.ToString("F3")))})");
+        var e = Classifier.Logits(ctx, tokens, clf, head);
+        double worst = e.Select((v, j) => Math.Abs(v - z[j])).Max();
+        output.WriteLine($"{mode}: training forward vs engine: max |Δ| {worst:E2} (logits {string.Join(", ", z.Select(v => v.ToString("F3")))})");
         Assert.True(worst < 1e-4, $"max |Δ| {worst}");
+        Assert.Equal(0, ctx.Cache.Length(0)); // the sequence is cleared
+        Assert.Contains("causal", Assert.Throws<CriaException>(() => Classifier.Logits(ctx, tokens, clf with { Bidirectional = true }, head)).Message);
     }
 
     /// <summary>A task only the whole sequence answers — does token 7 occur anywhere? — is learned from 400 random
