@@ -15,7 +15,7 @@ static class MakeModelCommand
         var seed = new Option<int>("--seed") { DefaultValueFactory = _ => 1234 };
         var experts = new Option<int>("--experts") { Description = "Mixtral-style mixture of experts: experts per layer (0 = dense; each expert has the preset's ffn size)" };
         var expertsUsed = new Option<int>("--experts-used") { Description = "experts each token is routed to", DefaultValueFactory = _ => 2 };
-        var arch = new Option<string>("--arch") { Description = "llama, or olmo2 (OLMo 2's block: QK-norm, post-norms, NEOX RoPE; dense only)", DefaultValueFactory = _ => "llama" };
+        var arch = new Option<string>("--arch") { Description = "llama; olmo2 (OLMo 2's block: QK-norm, post-norms, NEOX RoPE; dense); olmoe (QK-norm, NEOX RoPE, experts not renormalised; needs --experts)", DefaultValueFactory = _ => "llama" };
         var cmd = new Command("make-model", "write a Llama-family GGUF file with random weights") { output, preset, type, seed, experts, expertsUsed, arch };
         cmd.SetAction(r =>
         {
@@ -35,8 +35,10 @@ static class MakeModelCommand
             if (n < 0 || n > ModelConfig.MaxExperts || (n > 0 && (used < 1 || used > n)))
                 throw new CriaException($"--experts {n} --experts-used {used}: need 1 ≤ used ≤ experts ≤ {ModelConfig.MaxExperts}");
             string a = r.GetValue(arch)!.ToLowerInvariant();
-            if (a is not ("llama" or "olmo2")) throw new CriaException($"--arch '{a}': llama or olmo2");
-            if (a == "olmo2" && n > 0) throw new CriaException("--arch olmo2 makes dense models (OLMoE, the mixture, is another architecture)");
+            if (a is not ("llama" or "olmo2" or "olmoe")) throw new CriaException($"--arch '{a}': llama, olmo2 or olmoe");
+            if (a == "olmo2" && n > 0) throw new CriaException("--arch olmo2 makes dense models (the mixture is --arch olmoe)");
+            if (a == "olmoe" && n == 0) throw new CriaException("--arch olmoe needs --experts N");
+            if (a == "olmoe") spec = spec with { KvHeads = spec.Heads };
             RandomModel.Write(path, spec with { WeightType = t, MediumMix = mix, Seed = r.GetValue(seed), Experts = n, ExpertsUsed = n > 0 ? used : 2, Architecture = a });
             Console.WriteLine($"wrote {path} ({new FileInfo(path).Length:N0} bytes)");
             return 0;

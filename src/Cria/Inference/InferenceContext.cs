@@ -361,7 +361,7 @@ public sealed class InferenceContext : IDisposable
         int dim = c.Dim, ff = c.FfnDim, k = c.ExpertUsedCount, nE = E.Count;
         MatMul(E.Router, _xn, B, mb.RouterLogits);                                       // [B, nExpert]
         for (int b = 0; b < B; b++)
-            MoeExperts.Route(mb.RouterLogits.AsSpan(b * nE, nE), mb.Chosen.AsSpan(b * k, k), mb.Weights.AsSpan(b * k, k));
+            MoeExperts.Route(mb.RouterLogits.AsSpan(b * nE, nE), mb.Chosen.AsSpan(b * k, k), mb.Weights.AsSpan(b * k, k), c.MoeRenormalize);
         if (B == 1 && 2 * k <= MatMulJob.MaxParts) { OneRowExperts(E); return; }
         // Counting sort of the (row, slot) choices by expert: slots of expert e are Order[Start[e] .. Start[e + 1]).
         Array.Clear(mb.Start, 0, nE + 1);

@@ -16,9 +16,9 @@ public sealed class LlamaLayer
     public required WeightMatrix Wo { get; init; }    // [dim, qDim]
     /// <summary>Pre-norm of the feed-forward input (llama); null in OLMo 2.</summary>
     public float[]? FfnNorm { get; init; }            // [dim]
-    // OLMo 2 (ModelConfig.IsOlmo2; null otherwise): QK-norm over the whole projections before RoPE, and post-norms of
+    // QK-norm over the whole projections before RoPE (ModelConfig.QkNorm: OLMo 2, OLMoE), and OLMo 2's post-norms of
     // the attention and feed-forward outputs before their residual adds (attn_q_norm, attn_k_norm, post_attention_norm,
-    // post_ffw_norm).
+    // post_ffw_norm); null otherwise.
     public float[]? QNorm { get; init; }              // [qDim]
     public float[]? KNorm { get; init; }              // [kvDim]
     public float[]? PostAttnNorm { get; init; }       // [dim]
@@ -45,7 +45,7 @@ public sealed class LlamaLayer
 /// <summary>
 /// A Mixtral-style mixture-of-experts feed-forward (llama.cpp's <c>build_moe_ffn</c> for the llama architecture):
 /// p = softmax(router · x) over the n_expert experts, the n_expert_used most probable are kept with their
-/// probabilities renormalised to sum to 1, and y = Σ_e w_e · down_e(SiLU(gate_e · x) ⊙ up_e · x). Each expert is a
+/// probabilities renormalised to sum to 1 (OLMoE keeps them as they are), and y = Σ_e w_e · down_e(SiLU(gate_e · x) ⊙ up_e · x). Each expert is a
 /// view into the layer's stacked 3-D tensor (GGUF ne = {cols, rows, n_expert}: expert e's rows follow expert e − 1's),
 /// or, in older files, its own 2-D tensor (<c>blk.N.ffn_gate.E.weight</c>).
 /// </summary>
@@ -61,9 +61,9 @@ public sealed class MoeExperts
     /// Routes one row: <paramref name="logits"/> [nExpert] (overwritten with the softmax probabilities, as ggml_soft_max
     /// computes them: exp(l − max), summed in double, scaled by 1/sum) → <paramref name="chosen"/> [k], the k most
     /// probable experts, most probable first (ties to the lower index), and <paramref name="weights"/> [k], their
-    /// probabilities divided by their sum.
+    /// probabilities divided by their sum (as they are, without <paramref name="renormalize"/>).
     /// </summary>
-    public static void Route(Span<float> logits, Span<int> chosen, Span<float> weights)
+    public static void Route(Span<float> logits, Span<int> chosen, Span<float> weights, bool renormalize = true)
     {
         float max = float.NegativeInfinity;
         foreach (float l in logits) max = MathF.Max(max, l);
@@ -81,7 +81,8 @@ public sealed class MoeExperts
             weights[j] = logits[best];
             kept += logits[best];
         }
-        for (int j = 0; j < weights.Length; j++) weights[j] /= (float)kept;
+        if (renormalize)
+            for (int j = 0; j < weights.Length; j++) weights[j] /= (float)kept;
     }
 }
 
@@ -114,7 +115,7 @@ public sealed class LlamaModel : IDisposable
         for (int i = 0; i < layers.Length; i++)
         {
             string p = $"blk.{i}.";
-            bool moe = c.IsMoe, olmo2 = c.IsOlmo2;
+            bool moe = c.IsMoe, olmo2 = c.IsOlmo2, qk = c.QkNorm;
             layers[i] = new LlamaLayer
             {
                 AttnNorm = olmo2 ? null : Vector(f, p + "attn_norm.weight", c.Dim),
@@ -123,8 +124,8 @@ public sealed class LlamaModel : IDisposable
                 Wv = WeightMatrix.Bind(f, p + "attn_v.weight", c.Dim, c.KvDim),
                 Wo = WeightMatrix.Bind(f, p + "attn_output.weight", c.QDim, c.Dim),
                 FfnNorm = olmo2 ? null : Vector(f, p + "ffn_norm.weight", c.Dim),
-                QNorm = olmo2 ? Vector(f, p + "attn_q_norm.weight", c.QDim) : null,
-                KNorm = olmo2 ? Vector(f, p + "attn_k_norm.weight", c.KvDim) : null,
+                QNorm = qk ? Vector(f, p + "attn_q_norm.weight", c.QDim) : null,
+                KNorm = qk ? Vector(f, p + "attn_k_norm.weight", c.KvDim) : null,
                 PostAttnNorm = olmo2 ? Vector(f, p + "post_attention_norm.weight", c.Dim) : null,
                 PostFfnNorm = olmo2 ? Vector(f, p + "post_ffw_norm.weight", c.Dim) : null,
                 WGate = moe ? default : WeightMatrix.Bind(f, p + "ffn_gate.weight", c.Dim, c.FfnDim),

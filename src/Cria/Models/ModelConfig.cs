@@ -14,10 +14,18 @@ public sealed record ModelConfig
     /// <summary>OLMo 2's block (GGUF arch <c>olmo2</c>): no pre-norms; RMS norms on the whole q and k projections
     /// (QK-norm) before RoPE, and on the attention and feed-forward outputs before each residual add; NEOX RoPE.</summary>
     public bool IsOlmo2 => Architecture == "olmo2";
+    /// <summary>OLMoE (GGUF arch <c>olmoe</c>): llama's pre-norm block with OLMo's QK-norm and NEOX RoPE, and a mixture
+    /// of experts whose chosen weights are the softmax probabilities as they are (not renormalised).</summary>
+    public bool IsOlmoe => Architecture == "olmoe";
+    /// <summary>RMS norms over the whole q and k projections before RoPE (<c>attn_q_norm</c>, <c>attn_k_norm</c>).</summary>
+    public bool QkNorm => IsOlmo2 || IsOlmoe;
     /// <summary>RoPE rotates (x[i], x[i + nRot/2]) — llama.cpp's LLAMA_ROPE_TYPE_NEOX, Hugging Face's rotate-half — rather
     /// than adjacent pairs (x[2i], x[2i + 1]), LLAMA_ROPE_TYPE_NORM, which llama GGUFs use after the converter's
     /// Q/K row permutation.</summary>
-    public bool RopeNeox => IsOlmo2;
+    public bool RopeNeox => IsOlmo2 || IsOlmoe;
+    /// <summary>Whether a mixture's chosen expert weights are renormalised to sum to 1 (Mixtral: yes; OLMoE: no,
+    /// Hugging Face's <c>norm_topk_prob = false</c>).</summary>
+    public bool MoeRenormalize => !IsOlmoe;
     public string Name { get; init; } = "";
     public int ContextLength { get; init; }      // n_ctx_train
     public int Dim { get; init; }                // n_embd
@@ -91,7 +99,7 @@ public sealed record ModelConfig
     /// <summary>Query heads per KV head (GQA group size).</summary>
     public int GroupSize => HeadCount / KvHeadCount;
 
-    public static readonly string[] SupportedArchitectures = ["llama", "olmo2"];
+    public static readonly string[] SupportedArchitectures = ["llama", "olmo2", "olmoe"];
 
     /// <summary>Rotates each of <paramref name="heads"/> heads of <paramref name="x"/> ([heads, HeadDim]) by a
     /// <see cref="RopeCache"/> table, in this model's RoPE layout (<see cref="RopeNeox"/>).</summary>
@@ -130,13 +138,17 @@ public sealed record ModelConfig
         if (vocab <= 0) throw new ModelFormatException(f.Path, "cannot determine the vocabulary size");
         if (layers > 4096 || dim > 1 << 17 || nHead > 4096 || ff > 1 << 20)
             throw new ModelFormatException(f.Path, $"implausible hyper-parameters (layers {layers}, dim {dim}, heads {nHead}, ffn {ff})");
-        if (arch == "olmo2" && (nRot != headDim || nHead * headDim != dim))
-            throw new ModelFormatException(f.Path, $"olmo2 needs rope.dimension_count = head dimension and head_count × head dimension = embedding_length (got {nRot}, {nHead} × {headDim}, {dim})");
+        if (arch is "olmo2" or "olmoe" && (nRot != headDim || nHead * headDim != dim))
+            throw new ModelFormatException(f.Path, $"{arch} needs rope.dimension_count = head dimension and head_count × head dimension = embedding_length (got {nRot}, {nHead} × {headDim}, {dim})");
+        if (arch == "olmoe" && nKv != nHead)
+            throw new ModelFormatException(f.Path, $"olmoe's k norm spans embedding_length, so head_count_kv must equal head_count (got {nKv} of {nHead})");
         if (arch == "olmo2" && f.Get<int>(p + "attention.sliding_window", 0) > 0)
             throw new ModelFormatException(f.Path, "olmo2 with sliding-window attention (OLMo 3) is not supported");
         int experts = f.Get<int>(p + "expert_count", 0), expertsUsed = f.Get<int>(p + "expert_used_count", 0);
         if (experts < 0 || experts > MaxExperts || (experts > 0 && (expertsUsed < 1 || expertsUsed > experts)) || (experts == 0 && expertsUsed != 0))
             throw new ModelFormatException(f.Path, $"expert_count {experts} with expert_used_count {expertsUsed}: a mixture of experts needs 1 ≤ used ≤ count ≤ {MaxExperts}, a dense model neither key");
+        if (arch != "llama" && (arch == "olmoe") != (experts > 0))
+            throw new ModelFormatException(f.Path, arch == "olmoe" ? "olmoe needs expert_count and expert_used_count" : $"{arch} is a dense architecture but the file has expert_count {experts}");
 
         var scaling = RopeScalingType.None;
         float freqScale = 1f;

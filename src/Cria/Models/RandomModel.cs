@@ -97,9 +97,10 @@ public static class RandomModel
         if ((s.HeadDim == 0 && s.Dim % s.Heads != 0) || s.Heads % s.KvHeads != 0) throw new ArgumentException("dim must divide by heads, heads by kv heads");
         if (s.VocabSize < 300) throw new ArgumentException("vocabulary must hold at least 300 tokens");
         if (s.Experts < 0 || (s.Experts > 0 && (s.ExpertsUsed < 1 || s.ExpertsUsed > s.Experts))) throw new ArgumentException("experts used must be in 1..experts");
-        bool olmo2 = s.Architecture == "olmo2";
-        if (!olmo2 && s.Architecture != "llama") throw new ArgumentException($"architecture '{s.Architecture}': llama or olmo2");
+        bool olmo2 = s.Architecture == "olmo2", olmoe = s.Architecture == "olmoe";
+        if (!olmo2 && !olmoe && s.Architecture != "llama") throw new ArgumentException($"architecture '{s.Architecture}': llama, olmo2 or olmoe");
         if (olmo2 && (s.Experts > 0 || (s.HeadDim > 0 && s.HeadDim * s.Heads != s.Dim))) throw new ArgumentException("olmo2: dense, with heads × head dim = dim");
+        if (olmoe && (s.Experts == 0 || s.KvHeads != s.Heads || (s.HeadDim > 0 && s.HeadDim * s.Heads != s.Dim))) throw new ArgumentException("olmoe: experts, kv heads = heads, heads × head dim = dim");
         int hd = s.HeadDim > 0 ? s.HeadDim : s.Dim / s.Heads;
         int qDim = s.Heads * hd;
         var w = new GgufWriter();
@@ -161,10 +162,13 @@ public static class RandomModel
             w.AddTensor(p + "attn_k.weight", [s.Dim, s.KvHeads * hd], t, Matrix(rng, s.KvHeads * hd, s.Dim, std * 2, t));
             w.AddTensor(p + "attn_v.weight", [s.Dim, s.KvHeads * hd], moreBits, Matrix(rng, s.KvHeads * hd, s.Dim, std, moreBits));
             w.AddTensor(p + "attn_output.weight", [qDim, s.Dim], t, Matrix(rng, s.Dim, qDim, std, t));
-            if (olmo2)
+            if (olmo2 || olmoe)
             {
                 w.AddTensor(p + "attn_q_norm.weight", [qDim], Norm(rng, qDim));
                 w.AddTensor(p + "attn_k_norm.weight", [s.KvHeads * hd], Norm(rng, s.KvHeads * hd));
+            }
+            if (olmo2)
+            {
                 w.AddTensor(p + "post_attention_norm.weight", [s.Dim], Norm(rng, s.Dim));
                 w.AddTensor(p + "post_ffw_norm.weight", [s.Dim], Norm(rng, s.Dim));
             }

@@ -48,14 +48,33 @@ public class Olmo2Tests(ITestOutputHelper output)
     public void Logits_and_greedy_tokens_agree_with_llama_cpp(GgmlType type, int kvHeads)
     {
         var path = LogitsAgreementTests.ModelFile($"olmo2-{type}-{kvHeads}", Spec(type, kvHeads));
+        AgreesWithLlamaCpp(path, type, $"olmo2 {type}, {kvHeads} KV heads", c => Assert.True(c.IsOlmo2));
+    }
+
+    /// <summary>OLMoE (arch <c>olmoe</c>): llama's pre-norms, the QK-norm, NEOX RoPE and a mixture whose chosen
+    /// weights are not renormalised. Renormalising them (Mixtral's rule) fails every case.</summary>
+    [Theory]
+    [InlineData(GgmlType.F32, 8, 2)]
+    [InlineData(GgmlType.F32, 16, 4)]
+    [InlineData(GgmlType.Q8_0, 8, 2)]
+    [InlineData(GgmlType.Q4_K, 8, 2)]
+    public void Olmoe_logits_and_greedy_tokens_agree_with_llama_cpp(GgmlType type, int experts, int used)
+    {
+        var spec = Spec(type, 8) with { Architecture = "olmoe", Experts = experts, ExpertsUsed = used, FfnDim = 256 };
+        var path = LogitsAgreementTests.ModelFile($"olmoe-{type}-{experts}-{used}", spec);
+        AgreesWithLlamaCpp(path, type, $"olmoe {type}, {used} of {experts} experts", c => Assert.True(c.IsOlmoe && c.QkNorm && !c.MoeRenormalize));
+    }
+
+    void AgreesWithLlamaCpp(string path, GgmlType type, string what, Action<ModelConfig> check)
+    {
         var tokens = Prompt(40, 5);
         using var cpp = new LlamaCpp(path);
         using var cria = new CriaRunner(path);
-        Assert.True(cria.Model.Config.IsOlmo2);
+        check(cria.Model.Config);
         var a = cpp.AllLogits(tokens);
         var b = cria.AllLogits(tokens);
         float worst = MaxDiff(a, b), tol = LogitsAgreementTests.Tolerance(type);
-        output.WriteLine($"olmo2 {type}, {kvHeads} KV heads: max |Δ logit| {worst:E2} over {tokens.Length} positions (tolerance {tol:E0})");
+        output.WriteLine($"{what}: max |Δ logit| {worst:E2} over {tokens.Length} positions (tolerance {tol:E0})");
         Assert.True(worst <= tol, $"max |Δ logit| {worst} exceeds {tol}");
 
         var la = a[^1]; var lb = b[^1];
@@ -165,6 +184,23 @@ public class Olmo2Tests(ITestOutputHelper output)
             w.Write(relabelled);
         }
         Assert.Contains("attn_q_norm", Refused(relabelled));
+
+        // OLMoE: its k norm spans the embedding, so KV heads must equal heads; it needs experts; olmo2 may not have them.
+        var olmoe = LogitsAgreementTests.ModelFile("olmoe-F32-8-2", Spec(GgmlType.F32, 8) with { Architecture = "olmoe", Experts = 8, ExpertsUsed = 2, FfnDim = 256 });
+        string EditOlmoe(string name, Action<GgufWriter> meta, Func<string, bool> keep)
+        {
+            string outPath = TestPaths.TempFile(name + ".gguf");
+            using var f = GgufFile.Open(olmoe);
+            var w = new GgufWriter().CopyMetadataFrom(f);
+            meta(w);
+            foreach (var t in f.Tensors) if (keep(t.Name)) w.AddTensor(t.Name, t.Shape.ToArray(), t.Type, f.TensorData(t).ToArray());
+            w.Write(outPath);
+            return outPath;
+        }
+        Assert.Contains("head_count_kv must equal head_count", Refused(EditOlmoe("olmoe-gqa", w => w.Set("olmoe.attention.head_count_kv", 4u), _ => true)));
+        Assert.Contains("olmoe needs expert_count", Refused(EditOlmoe("olmoe-dense", w => w.Set("olmoe.expert_count", 0u).Set("olmoe.expert_used_count", 0u), _ => true)));
+        Assert.Contains("blk.1.attn_k_norm.weight", Refused(EditOlmoe("olmoe-no-knorm", _ => { }, n => n != "blk.1.attn_k_norm.weight")));
+        Assert.Contains("dense architecture", Refused(Edit("olmo2-experts", w => w.Set("olmo2.expert_count", 4u).Set("olmo2.expert_used_count", 2u), (n, s) => (n, s))));
     }
 
     /// <summary>The tools built on llama's block refuse an olmo2 model by name: AWQ (it folds scales into pre-norms),

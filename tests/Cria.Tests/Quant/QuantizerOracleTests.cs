@@ -70,6 +70,19 @@ public sealed class QuantizerOracleTests(ITestOutputHelper output)
     [InlineData("Q8_0")]
     public void Olmo2_matches_llama_cpp(string typeName) => CompareWithLlamaCpp(Olmo2Source.Value, typeName, "olmo2");
 
+    // OLMoE (arch olmoe) with 8 experts: the n_expert == 8 rules read from olmoe.expert_count.
+    static readonly Lazy<string> OlmoeSource = new(() =>
+    {
+        var p = TestPaths.TempFile("quant-src-olmoe-f32.gguf");
+        RandomModel.Write(p, new RandomModelSpec { Dim = 256, Layers = 8, Heads = 8, KvHeads = 8, FfnDim = 256, VocabSize = 512, Experts = 8, ExpertsUsed = 2, Seed = 84, Architecture = "olmoe" });
+        return p;
+    });
+
+    [Theory]
+    [InlineData("Q4_K_M")]
+    [InlineData("Q2_K")]
+    public void Olmoe_matches_llama_cpp(string typeName) => CompareWithLlamaCpp(OlmoeSource.Value, typeName, "olmoe");
+
     public static TheoryData<string> FileTypes() => new()
     {
         "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K",
