@@ -362,7 +362,7 @@ public sealed class InferenceContext : IDisposable
         MatMul(E.Router, _xn, B, mb.RouterLogits);                                       // [B, nExpert]
         for (int b = 0; b < B; b++)
             MoeExperts.Route(mb.RouterLogits.AsSpan(b * nE, nE), mb.Chosen.AsSpan(b * k, k), mb.Weights.AsSpan(b * k, k), c.MoeRenormalize);
-        if (B == 1 && 2 * k <= MatMulJob.MaxParts) { OneRowExperts(E); return; }
+        if (B == 1) { OneRowExperts(E); return; }
         // Counting sort of the (row, slot) choices by expert: slots of expert e are Order[Start[e] .. Start[e + 1]).
         Array.Clear(mb.Start, 0, nE + 1);
         for (int i = 0; i < B * k; i++) mb.Start[mb.Chosen[i] + 1]++;
@@ -393,29 +393,36 @@ public sealed class InferenceContext : IDisposable
     }
 
     /// <summary>
-    /// The decode step of one row: its k experts' gate/up products as one job (2k matrices reading the same activation
-    /// row), then their down products as another (k matrices, each reading its own expert's hidden row) — two
-    /// dispatches per layer, as for a dense layer, instead of 2k. Each output's arithmetic is the same as in
+    /// The decode step of one row: its k experts' gate/up products as jobs of up to <see cref="MatMulJob.MaxParts"/>
+    /// matrices reading the same activation row, then their down products as jobs of up to MaxParts matrices, each
+    /// reading its own expert's hidden row — for Mixtral's 2 of 8, two dispatches per layer as for a dense layer
+    /// instead of 2k; for OLMoE's 8 of 64, three instead of 16. Each output's arithmetic is the same as in
     /// <see cref="MixtureOfExperts"/>'s grouped path (a row's kernel depends only on the row), so the result is too.
     /// </summary>
     unsafe void OneRowExperts(MoeExperts E)
     {
         var c = Config; var mb = _moe!;
-        int dim = c.Dim, ff = c.FfnDim, k = c.ExpertUsedCount;
+        int dim = c.Dim, ff = c.FfnDim, k = c.ExpertUsedCount, parts = MatMulJob.MaxParts;
         fixed (float* x = _xn) fixed (float* g = mb.OneRowGate) fixed (float* u = mb.OneRowUp) fixed (float* y = mb.PerSlot)
         {
-            for (int j = 0; j < k; j++)
+            for (int j0 = 0; j0 < k; j0 += parts / 2)
             {
-                _products[2 * j] = new Product(E.Gate[mb.Chosen[j]], x, g + j * ff);
-                _products[2 * j + 1] = new Product(E.Up[mb.Chosen[j]], x, u + j * ff);
+                int n = Math.Min(parts / 2, k - j0);
+                for (int j = 0; j < n; j++)
+                {
+                    int e = mb.Chosen[j0 + j];
+                    _products[2 * j] = new Product(E.Gate[e], x, g + (j0 + j) * ff);
+                    _products[2 * j + 1] = new Product(E.Up[e], x, u + (j0 + j) * ff);
+                }
+                RunProducts(2 * n, 1);
             }
-            RunProducts(2 * k, 1);
-            for (int j = 0; j < k; j++)
+            for (int j = 0; j < k; j++) Ops.SwiGlu(mb.OneRowGate.AsSpan(j * ff, ff), mb.OneRowUp.AsSpan(j * ff, ff)); // [ff] SiLU(gate)·up of expert j
+            for (int j0 = 0; j0 < k; j0 += parts)
             {
-                Ops.SwiGlu(mb.OneRowGate.AsSpan(j * ff, ff), mb.OneRowUp.AsSpan(j * ff, ff)); // [ff] SiLU(gate)·up of expert j
-                _products[j] = new Product(E.Down[mb.Chosen[j]], g + j * ff, y + j * dim);
+                int n = Math.Min(parts, k - j0);
+                for (int j = 0; j < n; j++) _products[j] = new Product(E.Down[mb.Chosen[j0 + j]], g + (j0 + j) * ff, y + (j0 + j) * dim);
+                RunProducts(n, 1);
             }
-            RunProducts(k, 1);
         }
         var o = _tmp.AsSpan(0, dim);
         for (int j = 0; j < k; j++)

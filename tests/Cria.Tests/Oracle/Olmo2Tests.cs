@@ -56,6 +56,7 @@ public class Olmo2Tests(ITestOutputHelper output)
     [Theory]
     [InlineData(GgmlType.F32, 8, 2)]
     [InlineData(GgmlType.F32, 16, 4)]
+    [InlineData(GgmlType.F32, 16, 8)]  // OLMoE-1B-7B's 8 per token: the one-row decode step runs two gate/up jobs
     [InlineData(GgmlType.Q8_0, 8, 2)]
     [InlineData(GgmlType.Q4_K, 8, 2)]
     public void Olmoe_logits_and_greedy_tokens_agree_with_llama_cpp(GgmlType type, int experts, int used)
@@ -97,6 +98,15 @@ public class Olmo2Tests(ITestOutputHelper output)
     public void A_rows_logits_do_not_depend_on_its_batch()
     {
         var path = LogitsAgreementTests.ModelFile("olmo2-F32-2", Spec(GgmlType.F32));
+        BatchChecks.RowsMatchAlone(path, seed => Prompt(20, seed));
+    }
+
+    /// <summary>The same for OLMoE with 8 of 16 experts per token, where a one-row step splits the experts' gate/up
+    /// products over two matrix jobs: still the grouped route's logits, bit for bit.</summary>
+    [Fact]
+    public void An_olmoe_rows_logits_do_not_depend_on_its_batch()
+    {
+        var path = LogitsAgreementTests.ModelFile("olmoe-F32-16-8", Spec(GgmlType.F32, 8) with { Architecture = "olmoe", Experts = 16, ExpertsUsed = 8, FfnDim = 256 });
         BatchChecks.RowsMatchAlone(path, seed => Prompt(20, seed));
     }
 
