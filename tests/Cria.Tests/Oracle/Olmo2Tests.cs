@@ -48,7 +48,7 @@ public class Olmo2Tests(ITestOutputHelper output)
     public void Logits_and_greedy_tokens_agree_with_llama_cpp(GgmlType type, int kvHeads)
     {
         var path = LogitsAgreementTests.ModelFile($"olmo2-{type}-{kvHeads}", Spec(type, kvHeads));
-        AgreesWithLlamaCpp(path, type, $"olmo2 {type}, {kvHeads} KV heads", c => Assert.True(c.IsOlmo2));
+        OracleChecks.AgreesWithLlamaCpp(output, path, type, Prompt(40, 5), $"olmo2 {type}, {kvHeads} KV heads", c => Assert.True(c.IsOlmo2));
     }
 
     /// <summary>OLMoE (arch <c>olmoe</c>): llama's pre-norms, the QK-norm, NEOX RoPE and a mixture whose chosen
@@ -63,33 +63,7 @@ public class Olmo2Tests(ITestOutputHelper output)
     {
         var spec = Spec(type, 8) with { Architecture = "olmoe", Experts = experts, ExpertsUsed = used, FfnDim = 256 };
         var path = LogitsAgreementTests.ModelFile($"olmoe-{type}-{experts}-{used}", spec);
-        AgreesWithLlamaCpp(path, type, $"olmoe {type}, {used} of {experts} experts", c => Assert.True(c.IsOlmoe && c.QkNorm && !c.MoeRenormalize));
-    }
-
-    void AgreesWithLlamaCpp(string path, GgmlType type, string what, Action<ModelConfig> check)
-    {
-        var tokens = Prompt(40, 5);
-        using var cpp = new LlamaCpp(path);
-        using var cria = new CriaRunner(path);
-        check(cria.Model.Config);
-        var a = cpp.AllLogits(tokens);
-        var b = cria.AllLogits(tokens);
-        float worst = MaxDiff(a, b), tol = LogitsAgreementTests.Tolerance(type);
-        output.WriteLine($"{what}: max |Δ logit| {worst:E2} over {tokens.Length} positions (tolerance {tol:E0})");
-        Assert.True(worst <= tol, $"max |Δ logit| {worst} exceeds {tol}");
-
-        var la = a[^1]; var lb = b[^1];
-        for (int step = 0; step < 24; step++)
-        {
-            int ta = Sampler.ArgMax(la), tb = Sampler.ArgMax(lb);
-            if (ta != tb)
-            {
-                var sorted = la.OrderByDescending(v => v).ToArray();
-                Assert.True(sorted[0] - sorted[1] < tol, $"step {step}: llama.cpp picks {ta}, Cria {tb}, top-2 gap {sorted[0] - sorted[1]}");
-            }
-            la = cpp.Next(ta, tokens.Length + step);
-            lb = cria.Next(ta, tokens.Length + step);
-        }
+        OracleChecks.AgreesWithLlamaCpp(output, path, type, Prompt(40, 5), $"olmoe {type}, {used} of {experts} experts", c => Assert.True(c.IsOlmoe && c.QkNorm && !c.MoeRenormalize));
     }
 
     /// <summary>Three sequences decoded together give every row the logits it gets alone, bit for bit, over a prompt
@@ -98,7 +72,7 @@ public class Olmo2Tests(ITestOutputHelper output)
     public void A_rows_logits_do_not_depend_on_its_batch()
     {
         var path = LogitsAgreementTests.ModelFile("olmo2-F32-2", Spec(GgmlType.F32));
-        BatchChecks.RowsMatchAlone(path, seed => Prompt(20, seed));
+        OracleChecks.RowsMatchAlone(path, seed => Prompt(20, seed));
     }
 
     /// <summary>The same for OLMoE with 8 of 16 experts per token, where a one-row step splits the experts' gate/up
@@ -107,7 +81,7 @@ public class Olmo2Tests(ITestOutputHelper output)
     public void An_olmoe_rows_logits_do_not_depend_on_its_batch()
     {
         var path = LogitsAgreementTests.ModelFile("olmoe-F32-16-8", Spec(GgmlType.F32, 8) with { Architecture = "olmoe", Experts = 16, ExpertsUsed = 8, FfnDim = 256 });
-        BatchChecks.RowsMatchAlone(path, seed => Prompt(20, seed));
+        OracleChecks.RowsMatchAlone(path, seed => Prompt(20, seed));
     }
 
     /// <summary>A LoRA adapter written for an olmo2 model (llama.cpp checks that the adapter's architecture is the

@@ -1,11 +1,46 @@
 using Cria.Inference;
 using Cria.Models;
+using Cria.Tensors;
 using Xunit;
+using Xunit.Abstractions;
 
 namespace Cria.Tests.Oracle;
 
-static class BatchChecks
+/// <summary>Checks the architecture tests share.</summary>
+static class OracleChecks
 {
+    /// <summary>Cria and llama.cpp on one file: every position's logits within the type's tolerance
+    /// (<see cref="LogitsAgreementTests.Tolerance"/>), then 24 greedy tokens that agree wherever llama.cpp's top two
+    /// are further apart than the tolerance. <paramref name="check"/> looks at the config Cria read.</summary>
+    public static void AgreesWithLlamaCpp(ITestOutputHelper output, string path, GgmlType type, int[] tokens, string what, Action<ModelConfig> check)
+    {
+        using var cpp = new LlamaCpp(path);
+        using var cria = new CriaRunner(path);
+        check(cria.Model.Config);
+        var a = cpp.AllLogits(tokens);
+        var b = cria.AllLogits(tokens);
+        float worst = 0;
+        for (int p = 0; p < tokens.Length; p++)
+            for (int i = 0; i < a[p].Length; i++) worst = Math.Max(worst, Math.Abs(a[p][i] - b[p][i]));
+        float tol = LogitsAgreementTests.Tolerance(type);
+        output.WriteLine($"{what}: max |Δ logit| {worst:E2} over {tokens.Length} positions (tolerance {tol:E0})");
+        Assert.True(worst <= tol, $"max |Δ logit| {worst} exceeds {tol}");
+
+        var la = a[^1]; var lb = b[^1];
+        for (int step = 0; step < 24; step++)
+        {
+            int ta = Sampler.ArgMax(la), tb = Sampler.ArgMax(lb);
+            if (ta != tb)
+            {
+                var sorted = la.OrderByDescending(v => v).ToArray();
+                Assert.True(sorted[0] - sorted[1] < tol, $"step {step}: llama.cpp picks {ta}, Cria {tb}, top-2 gap {sorted[0] - sorted[1]}");
+            }
+            la = cpp.Next(ta, tokens.Length + step);
+            lb = cria.Next(ta, tokens.Length + step);
+        }
+    }
+
+
     /// <summary>Three sequences decoded together — 20-token prompts (<paramref name="prompt"/>(1…3)), then one token each
     /// for 8 steps — give every row the logits it gets when decoded alone, bit for bit.</summary>
     public static void RowsMatchAlone(string path, Func<int, int[]> prompt)
