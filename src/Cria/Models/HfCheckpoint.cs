@@ -17,7 +17,9 @@ namespace Cria.Models;
 /// each projection's experts stacked into one 3-D tensor (w1 → ffn_gate_exps, w3 → ffn_up_exps, w2 → ffn_down_exps).
 /// An OLMo 2 checkpoint (<c>Olmo2ForCausalLM</c>) becomes an <c>olmo2</c> GGUF: q_norm / k_norm → attn_q_norm /
 /// attn_k_norm, post_attention_layernorm → post_attention_norm, post_feedforward_layernorm → post_ffw_norm, and no
-/// q/k permutation (llama.cpp runs olmo2 with NEOX RoPE, Hugging Face's own layout).
+/// q/k permutation (llama.cpp runs olmo2 with NEOX RoPE, Hugging Face's own layout). An OLMoE checkpoint
+/// (<c>OlmoeForCausalLM</c>) becomes an <c>olmoe</c> GGUF: llama's norms plus q_norm / k_norm, the router
+/// <c>mlp.gate</c> and the experts <c>mlp.experts.E.{gate,up,down}_proj</c> stacked, no permutation.
 /// </summary>
 public sealed class HfCheckpoint : IDisposable
 {
@@ -26,6 +28,7 @@ public sealed class HfCheckpoint : IDisposable
     /// <summary>The GGUF architecture the checkpoint converts to: "llama" (Llama, Mixtral) or "olmo2".</summary>
     public string Architecture { get; private init; } = "llama";
     bool Olmo2 => Architecture == "olmo2";
+    bool Olmoe => Architecture == "olmoe";
     public int Dim { get; private init; }
     public int Layers { get; private init; }
     public int Heads { get; private init; }
@@ -73,11 +76,17 @@ public sealed class HfCheckpoint : IDisposable
             && arch.EnumerateArray().Any(a => a.ValueKind == JsonValueKind.String && a.GetString() == n);
         bool mixtral = modelType == "mixtral" || Arch("MixtralForCausalLM");
         bool olmo2 = modelType == "olmo2" || Arch("Olmo2ForCausalLM");
+        bool olmoe = modelType == "olmoe" || Arch("OlmoeForCausalLM");
         bool llama = mixtral || modelType == "llama" || Arch("LlamaForCausalLM");
-        if (!llama && !olmo2) throw new ModelFormatException(cfgPath, $"model_type '{modelType}' is not supported (model_type \"llama\" / LlamaForCausalLM, \"mixtral\" / MixtralForCausalLM, or \"olmo2\" / Olmo2ForCausalLM)");
-        if (olmo2 && c.TryGetProperty("attention_bias", out var ab) && ab.ValueKind == JsonValueKind.True)
-            throw new ModelFormatException(cfgPath, "olmo2 with attention_bias is not supported (the released models have none)");
-        int experts = mixtral ? Int(cfgPath, c, "num_local_experts") : 0, used = mixtral ? Int(cfgPath, c, "num_experts_per_tok") : 0;
+        if (!llama && !olmo2 && !olmoe) throw new ModelFormatException(cfgPath, $"model_type '{modelType}' is not supported (model_type \"llama\" / LlamaForCausalLM, \"mixtral\" / MixtralForCausalLM, \"olmo2\" / Olmo2ForCausalLM or \"olmoe\" / OlmoeForCausalLM)");
+        if ((olmo2 || olmoe) && c.TryGetProperty("attention_bias", out var ab) && ab.ValueKind == JsonValueKind.True)
+            throw new ModelFormatException(cfgPath, $"{modelType} with attention_bias is not supported (the released models have none)");
+        if (olmoe && c.TryGetProperty("norm_topk_prob", out var nt) && nt.ValueKind == JsonValueKind.True)
+            throw new ModelFormatException(cfgPath, "olmoe with norm_topk_prob = true is not supported (llama.cpp's olmoe keeps the chosen probabilities as they are)");
+        if (olmoe && c.TryGetProperty("clip_qkv", out var cq) && cq.ValueKind == JsonValueKind.Number)
+            throw new ModelFormatException(cfgPath, "olmoe with clip_qkv is not supported (llama.cpp's olmoe does not clip)");
+        int experts = mixtral ? Int(cfgPath, c, "num_local_experts") : olmoe ? Int(cfgPath, c, "num_experts") : 0;
+        int used = mixtral || olmoe ? Int(cfgPath, c, "num_experts_per_tok") : 0;
         if (used > experts || experts > ModelConfig.MaxExperts)
             throw new ModelFormatException(cfgPath, $"num_experts_per_tok {used} with num_local_experts {experts}: need used ≤ experts ≤ {ModelConfig.MaxExperts}");
         int dim = Int(cfgPath, c, "hidden_size"), heads = Int(cfgPath, c, "num_attention_heads");
@@ -85,17 +94,18 @@ public sealed class HfCheckpoint : IDisposable
         int headDim = c.TryGetProperty("head_dim", out var hd) && hd.ValueKind == JsonValueKind.Number ? hd.GetInt32() : dim / heads;
         if (heads % kv != 0) throw new ModelFormatException(cfgPath, $"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}");
         if (headDim <= 0 || headDim % 2 != 0) throw new ModelFormatException(cfgPath, $"head dimension {headDim} must be positive and even");
-        if (olmo2 && headDim * heads != dim) throw new ModelFormatException(cfgPath, $"olmo2 needs num_attention_heads × head dim = hidden_size, got {heads} × {headDim} ≠ {dim}");
+        if ((olmo2 || olmoe) && headDim * heads != dim) throw new ModelFormatException(cfgPath, $"{(olmo2 ? "olmo2" : "olmoe")} needs num_attention_heads × head dim = hidden_size, got {heads} × {headDim} ≠ {dim}");
+        if (olmoe && kv != heads) throw new ModelFormatException(cfgPath, $"olmoe needs num_key_value_heads = num_attention_heads (its k norm spans hidden_size), got {kv} of {heads}");
         RopeScalingCheck(cfgPath, c);
         return new HfCheckpoint(dir)
         {
             _config = doc,
-            Architecture = olmo2 ? "olmo2" : "llama",
+            Architecture = olmo2 ? "olmo2" : olmoe ? "olmoe" : "llama",
             Dim = dim, Heads = heads, KvHeads = kv, HeadDim = headDim, Experts = experts, ExpertsUsed = used,
             Layers = Int(cfgPath, c, "num_hidden_layers"), FfnDim = Int(cfgPath, c, "intermediate_size"), VocabSize = Int(cfgPath, c, "vocab_size"),
             ContextLength = c.TryGetProperty("max_position_embeddings", out var mp) && mp.ValueKind == JsonValueKind.Number ? mp.GetInt32() : 2048,
-            // Absent: the transformers config classes' defaults (LlamaConfig 1e-6, Olmo2Config 1e-5).
-            RmsEps = c.TryGetProperty("rms_norm_eps", out var e) && e.ValueKind == JsonValueKind.Number ? e.GetSingle() : olmo2 ? 1e-5f : 1e-6f,
+            // Absent: the transformers config classes' defaults (LlamaConfig 1e-6, Olmo2Config and OlmoeConfig 1e-5).
+            RmsEps = c.TryGetProperty("rms_norm_eps", out var e) && e.ValueKind == JsonValueKind.Number ? e.GetSingle() : olmo2 || olmoe ? 1e-5f : 1e-6f,
             RopeTheta = c.TryGetProperty("rope_theta", out var rt) && rt.ValueKind == JsonValueKind.Number ? rt.GetSingle() : 10000f,
             TiedEmbeddings = c.TryGetProperty("tie_word_embeddings", out var tw) && tw.ValueKind == JsonValueKind.True,
             RopeScaling = c.TryGetProperty("rope_scaling", out var rs) && rs.ValueKind == JsonValueKind.Object ? rs.Clone() : null,
@@ -180,17 +190,20 @@ public sealed class HfCheckpoint : IDisposable
             yield return (h + "self_attn.k_proj.weight", g + "attn_k.weight", [kv, Dim]);
             yield return (h + "self_attn.v_proj.weight", g + "attn_v.weight", [kv, Dim]);
             yield return (h + "self_attn.o_proj.weight", g + "attn_output.weight", [Dim, q]);
-            if (Olmo2)
+            if (Olmo2 || Olmoe)
             {
                 yield return (h + "self_attn.q_norm.weight", g + "attn_q_norm.weight", [q]);
                 yield return (h + "self_attn.k_norm.weight", g + "attn_k_norm.weight", [kv]);
+            }
+            if (Olmo2)
+            {
                 yield return (h + "post_attention_layernorm.weight", g + "post_attention_norm.weight", [Dim]);
                 yield return (h + "post_feedforward_layernorm.weight", g + "post_ffw_norm.weight", [Dim]);
             }
             else yield return (h + "post_attention_layernorm.weight", g + "ffn_norm.weight", [Dim]);
             if (Experts > 0)
             {
-                yield return (h + "block_sparse_moe.gate.weight", g + "ffn_gate_inp.weight", [Experts, Dim]);
+                yield return (h + (Olmoe ? "mlp.gate.weight" : "block_sparse_moe.gate.weight"), g + "ffn_gate_inp.weight", [Experts, Dim]);
                 continue;
             }
             yield return (h + "mlp.gate_proj.weight", g + "ffn_gate.weight", [FfnDim, Dim]);
@@ -199,14 +212,17 @@ public sealed class HfCheckpoint : IDisposable
         }
     }
 
-    /// <summary>Mixtral: each stacked GGUF expert tensor, the Hugging Face tensors of its experts in order, and the shape
-    /// config.json implies for each ([out, in]).</summary>
+    /// <summary>Mixtral and OLMoE: each stacked GGUF expert tensor, the Hugging Face tensors of its experts in order, and
+    /// the shape config.json implies for each ([out, in]).</summary>
     public IEnumerable<(string Gguf, string[] Hf, long[] Shape)> ExpertMap()
     {
         if (Experts == 0) yield break;
+        // Mixtral: block_sparse_moe.experts.E.w1/w3/w2; OLMoE: mlp.experts.E.gate_proj/up_proj/down_proj.
+        string prefix = Olmoe ? "mlp.experts" : "block_sparse_moe.experts";
+        var names = Olmoe ? new[] { "gate_proj", "up_proj", "down_proj" } : ["w1", "w3", "w2"];
         for (int l = 0; l < Layers; l++)
-            foreach (var (w, gguf, shape) in new[] { ("w1", "ffn_gate_exps", new long[] { FfnDim, Dim }), ("w3", "ffn_up_exps", [FfnDim, Dim]), ("w2", "ffn_down_exps", [Dim, FfnDim]) })
-                yield return ($"blk.{l}.{gguf}.weight", Enumerable.Range(0, Experts).Select(e => $"model.layers.{l}.block_sparse_moe.experts.{e}.{w}.weight").ToArray(), shape);
+            foreach (var (w, gguf, shape) in new[] { (names[0], "ffn_gate_exps", new long[] { FfnDim, Dim }), (names[1], "ffn_up_exps", [FfnDim, Dim]), (names[2], "ffn_down_exps", [Dim, FfnDim]) })
+                yield return ($"blk.{l}.{gguf}.weight", Enumerable.Range(0, Experts).Select(e => $"model.layers.{l}.{prefix}.{e}.{w}.weight").ToArray(), shape);
     }
 
     void Validate()
@@ -309,7 +325,7 @@ public sealed class HfCheckpoint : IDisposable
     {
         var (file, t) = _tensors[hf];
         var v = file.ReadF32(t);
-        if (Olmo2) { } // NEOX RoPE: Hugging Face's row order as it is
+        if (Olmo2 || Olmoe) { } // NEOX RoPE: Hugging Face's row order as it is
         else if (hf.EndsWith("q_proj.weight", StringComparison.Ordinal)) v = PermuteForRope(v, (int)shape[0], (int)shape[1], Heads);
         else if (hf.EndsWith("k_proj.weight", StringComparison.Ordinal)) v = PermuteForRope(v, (int)shape[0], (int)shape[1], KvHeads);
         if (shape.Length == 1) return System.Runtime.InteropServices.MemoryMarshal.AsBytes(v.AsSpan()).ToArray();

@@ -28,7 +28,7 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
     static float Bf16Round(float x) => Bf16.ToSingle(Bf16.FromSingle(x));
 
     /// <summary>Writes the folder; <paramref name="edit"/> may change config.json, <paramref name="dtype"/> the storage.</summary>
-    static HfModel WriteFolder(string name, string dtype = "BF16", Action<JsonObject>? edit = null, int seed = 11, int experts = 0, int used = 0, bool olmo2 = false)
+    static HfModel WriteFolder(string name, string dtype = "BF16", Action<JsonObject>? edit = null, int seed = 11, int experts = 0, int used = 0, bool olmo2 = false, bool olmoe = false, int kvHeads = KvHeads)
     {
         string dir = TestPaths.TempFile(name);
         if (Directory.Exists(dir)) Directory.Delete(dir, true);
@@ -59,16 +59,29 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
             string p = $"model.layers.{l}.";
             if (!olmo2) Add(sh, p + "input_layernorm.weight", N(Dim), Dim);
             Add(sh, p + "self_attn.q_proj.weight", M(Heads * Hd, Dim, 3 * s), Heads * Hd, Dim);
-            Add(sh, p + "self_attn.k_proj.weight", M(KvHeads * Hd, Dim, 3 * s), KvHeads * Hd, Dim);
-            Add(sh, p + "self_attn.v_proj.weight", M(KvHeads * Hd, Dim, s), KvHeads * Hd, Dim);
+            Add(sh, p + "self_attn.k_proj.weight", M(kvHeads * Hd, Dim, 3 * s), kvHeads * Hd, Dim);
+            Add(sh, p + "self_attn.v_proj.weight", M(kvHeads * Hd, Dim, s), kvHeads * Hd, Dim);
             Add(sh, p + "self_attn.o_proj.weight", M(Dim, Heads * Hd, s), Dim, Heads * Hd);
             Add(sh, p + "post_attention_layernorm.weight", N(Dim), Dim);
-            if (olmo2)
+            if (olmo2 || olmoe)
             {
-                // OLMo 2: QK-norm weights over the whole projections, and a post-norm of the feed-forward output.
+                // OLMo 2 and OLMoE: QK-norm weights over the whole projections; OLMo 2 also norms the feed-forward output.
                 Add(sh, p + "self_attn.q_norm.weight", N(Heads * Hd), Heads * Hd);
-                Add(sh, p + "self_attn.k_norm.weight", N(KvHeads * Hd), KvHeads * Hd);
-                Add(sh, p + "post_feedforward_layernorm.weight", N(Dim), Dim);
+                Add(sh, p + "self_attn.k_norm.weight", N(kvHeads * Hd), kvHeads * Hd);
+                if (olmo2) Add(sh, p + "post_feedforward_layernorm.weight", N(Dim), Dim);
+            }
+            if (olmoe)
+            {
+                // OLMoE: a router mlp.gate and experts mlp.experts.E.{gate,up,down}_proj.
+                Add(sh, p + "mlp.gate.weight", M(experts, Dim, 2 * s), experts, Dim);
+                for (int e = 0; e < experts; e++)
+                {
+                    string x = p + $"mlp.experts.{e}.";
+                    Add(sh, x + "gate_proj.weight", M(Ffn, Dim, s), Ffn, Dim);
+                    Add(sh, x + "up_proj.weight", M(Ffn, Dim, s), Ffn, Dim);
+                    Add(sh, x + "down_proj.weight", M(Dim, Ffn, 1f / MathF.Sqrt(Ffn)), Dim, Ffn);
+                }
+                continue;
             }
             if (experts > 0)
             {
@@ -100,7 +113,7 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
         var cfg = new JsonObject
         {
             ["architectures"] = new JsonArray("LlamaForCausalLM"), ["model_type"] = "llama", ["hidden_size"] = Dim, ["intermediate_size"] = Ffn,
-            ["num_hidden_layers"] = Layers, ["num_attention_heads"] = Heads, ["num_key_value_heads"] = KvHeads, ["rms_norm_eps"] = Eps,
+            ["num_hidden_layers"] = Layers, ["num_attention_heads"] = Heads, ["num_key_value_heads"] = kvHeads, ["rms_norm_eps"] = Eps,
             ["rope_theta"] = Theta, ["max_position_embeddings"] = 256, ["vocab_size"] = Vocab, ["tie_word_embeddings"] = false,
             ["torch_dtype"] = dtype == "BF16" ? "bfloat16" : "float16", ["bos_token_id"] = 1, ["eos_token_id"] = 2,
         };
@@ -110,6 +123,12 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
             cfg["num_local_experts"] = experts; cfg["num_experts_per_tok"] = used; cfg["sliding_window"] = null;
         }
         if (olmo2) { cfg["architectures"] = new JsonArray("Olmo2ForCausalLM"); cfg["model_type"] = "olmo2"; cfg["attention_bias"] = false; }
+        if (olmoe)
+        {
+            cfg["architectures"] = new JsonArray("OlmoeForCausalLM"); cfg["model_type"] = "olmoe"; cfg["attention_bias"] = false;
+            cfg["num_experts"] = experts; cfg["num_experts_per_tok"] = used; cfg["norm_topk_prob"] = false; cfg["clip_qkv"] = null;
+            cfg.Remove("num_local_experts"); cfg.Remove("sliding_window");
+        }
         edit?.Invoke(cfg);
         File.WriteAllText(Path.Combine(dir, "config.json"), cfg.ToJsonString());
         WriteTokenizer(dir);
@@ -156,9 +175,9 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
     /// the top <paramref name="used"/> renormalised, Σ w_e · w2_e(SiLU(w1_e x) ⊙ w3_e x). For OLMo 2
     /// (Olmo2DecoderLayer): no input norm; q_norm / k_norm over the whole q and k projections before RoPE; x += RMSNorm(attn)
     /// with post_attention_layernorm, then x += RMSNorm(mlp(x)) with post_feedforward_layernorm.</summary>
-    static double[][] ReferenceLogits(Dictionary<string, float[]> w, int[] tokens, int experts = 0, int used = 0, bool olmo2 = false)
+    static double[][] ReferenceLogits(Dictionary<string, float[]> w, int[] tokens, int experts = 0, int used = 0, bool olmo2 = false, bool olmoe = false, int kvHeads = KvHeads)
     {
-        int T = tokens.Length, qd = Heads * Hd, kd = KvHeads * Hd;
+        int T = tokens.Length, qd = Heads * Hd, kd = kvHeads * Hd;
         double[] RmsNorm(double[] x, float[] g)
         {
             double ss = 0; foreach (var v in x) ss += v * v;
@@ -193,15 +212,15 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
             {
                 var h = olmo2 ? x[t] : RmsNorm(x[t], w[p + "input_layernorm.weight"]);
                 Q[t] = Mv(w[p + "self_attn.q_proj.weight"], qd, h); K[t] = Mv(w[p + "self_attn.k_proj.weight"], kd, h); V[t] = Mv(w[p + "self_attn.v_proj.weight"], kd, h);
-                if (olmo2) { Q[t] = RmsNorm(Q[t], w[p + "self_attn.q_norm.weight"]); K[t] = RmsNorm(K[t], w[p + "self_attn.k_norm.weight"]); }
-                RotateHalf(Q[t], Heads, t); RotateHalf(K[t], KvHeads, t);
+                if (olmo2 || olmoe) { Q[t] = RmsNorm(Q[t], w[p + "self_attn.q_norm.weight"]); K[t] = RmsNorm(K[t], w[p + "self_attn.k_norm.weight"]); }
+                RotateHalf(Q[t], Heads, t); RotateHalf(K[t], kvHeads, t);
             }
             for (int t = 0; t < T; t++)
             {
                 var att = new double[qd];
                 for (int h = 0; h < Heads; h++)
                 {
-                    int kh = h / (Heads / KvHeads);
+                    int kh = h / (Heads / kvHeads);
                     var sc = new double[t + 1];
                     double max = double.NegativeInfinity;
                     for (int u = 0; u <= t; u++) { double d = 0; for (int i = 0; i < Hd; i++) d += Q[t][h * Hd + i] * K[u][kh * Hd + i]; sc[u] = d / Math.Sqrt(Hd); max = Math.Max(max, sc[u]); }
@@ -226,16 +245,16 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
                 }
                 else
                 {
-                    var logits = Mv(w[p + "block_sparse_moe.gate.weight"], experts, h2);
+                    var logits = Mv(w[p + (olmoe ? "mlp.gate.weight" : "block_sparse_moe.gate.weight")], experts, h2);
                     double mx = logits.Max();
                     var prob = logits.Select(v => Math.Exp(v - mx)).ToArray();
                     double z = prob.Sum();
                     var top = Enumerable.Range(0, experts).OrderByDescending(e => prob[e]).Take(used).ToArray();
-                    double kept = top.Sum(e => prob[e] / z);
+                    double kept = olmoe ? 1 : top.Sum(e => prob[e] / z); // OlmoeSparseMoeBlock: norm_topk_prob = false
                     foreach (int e in top)
                     {
-                        string q = p + $"block_sparse_moe.experts.{e}.";
-                        var d2 = Ffn_(q + "w1.weight", q + "w3.weight", q + "w2.weight");
+                        string q = p + (olmoe ? $"mlp.experts.{e}." : $"block_sparse_moe.experts.{e}.");
+                        var d2 = olmoe ? Ffn_(q + "gate_proj.weight", q + "up_proj.weight", q + "down_proj.weight") : Ffn_(q + "w1.weight", q + "w3.weight", q + "w2.weight");
                         for (int j = 0; j < Dim; j++) x[t][j] += prob[e] / z / kept * d2[j];
                     }
                 }
@@ -324,6 +343,43 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
         Assert.True(eCpp < 1e-4, $"llama.cpp on the F32 conversion differs from the Hugging Face forward pass by {eCpp}");
         Assert.Equal(0, eDirect);
         Assert.True(eCppBf16 < 8e-2, $"llama.cpp and Cria differ on the BF16 conversion by {eCppBf16}");
+    }
+
+    /// <summary>A random OLMoE folder (4 experts, 2 per token, not renormalised; BF16 shards): converted to an olmoe
+    /// GGUF, it gives the double-precision OlmoeForCausalLM forward in Cria and in llama.cpp, and direct = converted.</summary>
+    [Fact]
+    public void An_olmoe_checkpoint_converts_to_llama_cpps_olmoe_layout_with_the_same_logits()
+    {
+        var hf = WriteFolder("hf-olmoe", seed: 19, experts: 4, used: 2, olmoe: true, kvHeads: Heads);
+        var reference = ReferenceLogits(hf.W, Tokens, 4, 2, olmoe: true, kvHeads: Heads);
+        string f32 = TestPaths.TempFile("hf-olmoe-f32.gguf"), bf16 = TestPaths.TempFile("hf-olmoe-bf16.gguf");
+        using (var ck = HfCheckpoint.Open(hf.Dir))
+        {
+            Assert.Equal(("olmoe", 4, 2), (ck.Architecture, ck.Experts, ck.ExpertsUsed));
+            ck.WriteGguf(f32, GgmlType.F32);
+            ck.WriteGguf(bf16, GgmlType.BF16);
+        }
+        using (var f = GgufFile.Open(bf16))
+        {
+            Assert.Equal(GgmlType.F32, f.GetTensor("blk.0.ffn_gate_inp.weight").Type);
+            Assert.Equal(new long[] { Dim, Ffn, 4 }, f.GetTensor("blk.1.ffn_up_exps.weight").Shape);
+            Assert.True(f.TryGetTensor("blk.0.attn_norm.weight", out _) && f.TryGetTensor("blk.0.attn_k_norm.weight", out _));
+        }
+        float[][] criaF32, criaBf16, direct, cppF32;
+        using (var r = new CriaRunner(f32, 64)) { Assert.True(r.Model.Config.IsOlmoe); criaF32 = r.AllLogits(Tokens); }
+        using (var r = new CriaRunner(bf16, 64)) criaBf16 = r.AllLogits(Tokens);
+        using (var r = new CriaRunner(hf.Dir, 64)) direct = r.AllLogits(Tokens);
+        using (var c = new LlamaCpp(f32, 64)) cppF32 = c.AllLogits(Tokens);
+        double eF32 = MaxDiff(reference, criaF32), eCpp = MaxDiff(reference, cppF32), eDirect = MaxDiff(direct, criaBf16);
+        output.WriteLine($"OLMoE: max |Δ| Cria F32 vs HF reference {eF32:E2}, llama.cpp F32 vs reference {eCpp:E2}, direct vs converted BF16 {eDirect:E2}");
+        Assert.True(eF32 < 1e-4, $"Cria on the F32 conversion differs from the Hugging Face forward pass by {eF32}");
+        Assert.True(eCpp < 1e-4, $"llama.cpp on the F32 conversion differs from the Hugging Face forward pass by {eCpp}");
+        Assert.Equal(0, eDirect);
+
+        var renorm = WriteFolder("hf-olmoe-renorm", experts: 4, used: 2, olmoe: true, kvHeads: Heads, edit: c => c["norm_topk_prob"] = true);
+        Assert.Contains("norm_topk_prob", Assert.Throws<ModelFormatException>(() => HfCheckpoint.Open(renorm.Dir).Dispose()).Message);
+        var gqa = WriteFolder("hf-olmoe-gqa", experts: 4, used: 2, olmoe: true);
+        Assert.Contains("num_key_value_heads", Assert.Throws<ModelFormatException>(() => HfCheckpoint.Open(gqa.Dir).Dispose()).Message);
     }
 
     /// <summary>A random Mixtral folder (4 experts, 2 per token, BF16 shards): run directly, converted by Cria (F32 and
