@@ -84,6 +84,30 @@ public class Olmo2Tests(ITestOutputHelper output)
         OracleChecks.RowsMatchAlone(path, seed => Prompt(20, seed));
     }
 
+    /// <summary>The KV position shift (<c>--kv-shift</c>) re-rotates cached keys with <see cref="ModelConfig.Rope"/>: in
+    /// either layout, a key rotated for position p and then by Δ is the key rotated for p + Δ.</summary>
+    [Theory]
+    [InlineData("llama")]
+    [InlineData("olmo2")]
+    public void A_rotated_key_shifts_to_a_new_position_in_its_rope_layout(string arch)
+    {
+        var c = new ModelConfig { Architecture = arch, HeadDim = 16, RopeDim = 16, RopeFreqBase = 10000f, ContextLength = 4096, HeadCount = 2, KvHeadCount = 2, Dim = 32 };
+        var rng = new Random(4);
+        var x = Enumerable.Range(0, 32).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        float[] cs = new float[16], rot = new float[16];
+        var shifted = (float[])x.Clone();
+        c.RopeCache(37, cs); c.Rope(shifted, 2, cs);
+        c.RopeRotation(250, rot); c.Rope(shifted, 2, rot);
+        var direct = (float[])x.Clone();
+        c.RopeCache(287, cs); c.Rope(direct, 2, cs);
+        for (int i = 0; i < 32; i++) Assert.True(Math.Abs(shifted[i] - direct[i]) < 1e-4, $"{arch} dim {i}: {shifted[i]} vs {direct[i]}");
+        // The layouts differ: NEOX pairs (i, i + 8), the llama layout (2i, 2i + 1).
+        var other = c with { Architecture = arch == "llama" ? "olmo2" : "llama" };
+        var y = (float[])x.Clone();
+        other.Rope(y, 2, cs);
+        Assert.True(y.Zip(direct).Max(p => Math.Abs(p.First - p.Second)) > 1e-2);
+    }
+
     /// <summary>A LoRA adapter written for an olmo2 model (llama.cpp checks that the adapter's architecture is the
     /// model's) gives the logits llama.cpp gives with it; a llama adapter of the same shapes is refused.</summary>
     [Fact]
