@@ -70,7 +70,7 @@ static class ClassifyCommand
             options.Validate();
             var lora = new LoraOptions { Rank = r.GetValue(rank), Alpha = r.GetValue(alpha), Targets = LoraOptions.ParseTargets(r.GetValue(targets)!) };
             lora.Validate();
-            int T = r.GetValue(ctx), evalEvery_ = Math.Max(1, r.GetValue(evalEvery));
+            int T = r.GetValue(ctx), every = Math.Max(1, r.GetValue(evalEvery));
             var imported = GgufImport.Read(DefaultModel.Resolve(r.GetValue(init)));
             if (T < 2 || T > imported.Shape.ContextLength) throw new CriaException($"--ctx {T} must be in 2..{imported.Shape.ContextLength}");
             var tok = imported.Vocabulary.CreateTokenizer();
@@ -100,7 +100,7 @@ static class ClassifyCommand
             while (trainer.Step < options.Steps)
             {
                 var res = trainer.ClassifierStep(examples, pad);
-                bool eval = res.Step % evalEvery_ == 0 || res.Step == options.Steps;
+                bool eval = res.Step % every == 0 || res.Step == options.Steps;
                 if (res.Step % 10 == 0 || eval)
                     Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
                         $"step {res.Step}/{options.Steps}  loss {res.Loss:F4}  accuracy {res.Accuracy:P0}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}{(eval ? Held() : "")}"));
@@ -138,17 +138,16 @@ static class ClassifyCommand
             var examples = path != null ? ReadTsv(path, tok, labels, grow: false) : texts.Select(t => new LabelledExample(tok.Encode(t, addBos: false), 0)).ToList();
             int T = r.GetValue(ctx);
             if (T < 2 || T > m.Config.ContextLength) throw new CriaException($"--ctx {T} must be in 2..{m.Config.ContextLength}");
+            var adapterFile = Cria.Models.LoraAdapter.Load(r.GetValue(adapter)!, m);
             int[] pred;
             if (!clf.Bidirectional)
             {
                 // Causal: the generation engine, BOS + the text cut to T tokens as in training.
-                var adapterFile = Cria.Models.LoraAdapter.Load(r.GetValue(adapter)!, m);
                 using var context = new Cria.Inference.InferenceContext(m, new Cria.Inference.ContextOptions { ContextSize = T, Threads = r.GetValue(threads), Loras = [(adapterFile, 1f)] });
                 pred = examples.Select(e =>
                 {
                     var ids = new int[Math.Min(T, e.Tokens.Length + 1)];
-                    ids[0] = tok.Bos;
-                    e.Tokens.AsSpan(0, ids.Length - 1).CopyTo(ids.AsSpan(1));
+                    e.CopyTo(ids, tok.Bos);
                     return Cria.Inference.Sampler.ArgMax(Classifier.Logits(context, ids, clf, headWeights));
                 }).ToArray();
             }
@@ -156,12 +155,11 @@ static class ClassifyCommand
             {
                 // Bidirectional: the trainer's forward (F32/F16 bases).
                 var imported = GgufImport.Read(modelPath, "classify");
-                var lora = LoraLayout.ReadOptions(r.GetValue(adapter)!);
                 var options = new TrainingOptions { BatchSize = Math.Min(8, examples.Count), Steps = 1, WarmupSteps = 0, Threads = Math.Max(1, r.GetValue(threads)) };
-                using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: lora, classifier: clf);
+                using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: LoraLayout.OptionsOf(adapterFile), classifier: clf);
                 trainer.SetParameters(imported.Parameters);
                 var lay = trainer.Model.Lora!;
-                lay.Read(r.GetValue(adapter)!, trainer.Model.LoraParameters);
+                lay.Load(adapterFile, trainer.Model.LoraParameters);
                 headWeights.CopyTo(trainer.Model.LoraParameters.AsSpan((int)lay.Head));
                 (pred, _) = trainer.ClassifierEvaluate(examples, tok.Eos >= 0 ? tok.Eos : 0);
             }

@@ -118,7 +118,18 @@ public static class Classifier
 }
 
 /// <summary>One labelled text, tokenized (without BOS).</summary>
-public sealed record LabelledExample(int[] Tokens, int Label);
+public sealed record LabelledExample(int[] Tokens, int Label)
+{
+    /// <summary>Writes BOS and the tokens, cut to <paramref name="row"/>'s length, at the start of the row; returns
+    /// how many were written (the sequence's length for the pooling and the mask).</summary>
+    public int CopyTo(Span<int> row, int bos)
+    {
+        int n = Math.Min(row.Length, Tokens.Length + 1);
+        row[0] = bos;
+        Tokens.AsSpan(0, n - 1).CopyTo(row[1..]);
+        return n;
+    }
+}
 
 public readonly record struct ClassifierStepResult(int Step, float Loss, float Accuracy, float GradNorm, float LearningRate);
 
@@ -129,10 +140,8 @@ public sealed partial class Trainer
     int FillClassifierRow(int b, LabelledExample e, int pad)
     {
         var m = Model;
-        int T = m.SeqLen, n = Math.Min(T, e.Tokens.Length + 1);
-        var row = m.Tokens.Slice(b * T, T);
-        row[0] = _bos;
-        e.Tokens.AsSpan(0, n - 1).CopyTo(row[1..]);
+        var row = m.Tokens.Slice(b * m.SeqLen, m.SeqLen);
+        int n = e.CopyTo(row, _bos);
         row[n..].Fill(pad);
         m.SequenceLengths[b] = n;
         return n;

@@ -129,45 +129,34 @@ public sealed class LoraLayout
         }
     }
 
-    /// <summary>The rank, alpha and targets of an adapter file written by <see cref="Write"/> (or llama.cpp's converter),
-    /// read from its tensors: every layer must adapt the same projections.</summary>
-    public static LoraOptions ReadOptions(string path)
+    /// <summary>The training options of an adapter read for inference (<see cref="Models.LoraAdapter.Load"/>, which has
+    /// checked its names, shapes and values): its one rank, its alpha (α = 0, llama.cpp's "no alpha", is α = r, a
+    /// scale of 1) and the projections it adapts, which must be the same in every layer.</summary>
+    public static LoraOptions OptionsOf(Models.LoraAdapter adapter)
     {
-        if (!File.Exists(path)) throw new CriaException($"LoRA adapter {path} does not exist");
-        using var f = GgufFile.Open(path);
-        if (f.Get("general.type", "") != "adapter" || f.Get("adapter.type", "") != "lora") throw new CriaException($"{path} is not a LoRA adapter");
-        int rank = 0;
+        var ranks = adapter.Pairs.Values.Select(p => p.Rank).Distinct().ToArray();
+        if (ranks.Length != 1) throw new CriaException($"{adapter.Path}: adapters of ranks {string.Join(", ", ranks)}; a layout has one rank");
         var targets = LoraTarget.None;
-        foreach (var t in f.Tensors)
-        {
-            if (!t.Name.EndsWith(".weight.lora_a", StringComparison.Ordinal)) continue;
-            string proj = t.Name.Split('.')[2];
-            int i = Array.IndexOf(Cria.Models.LlamaLayer.ProjectionNames, proj);
-            if (i < 0) throw new CriaException($"{path}: tensor {t.Name} does not adapt one of the seven projections");
-            targets |= LoraOptions.TargetNames[i].Target;
-            int r = t.Shape.Length == 2 ? (int)t.Shape[1] : 0;
-            if (rank != 0 && r != rank) throw new CriaException($"{path}: adapters of ranks {rank} and {r}; one rank is supported here");
-            rank = r;
-        }
-        if (rank == 0) throw new CriaException($"{path} has no lora_a tensors");
-        return new LoraOptions { Rank = rank, Alpha = f.Get("adapter.lora.alpha", (float)rank), Targets = targets };
+        foreach (var p in adapter.Pairs.Values)
+            targets |= LoraOptions.TargetNames[Array.IndexOf(Models.LlamaLayer.ProjectionNames, p.BaseName.Split('.')[2])].Target;
+        return new LoraOptions { Rank = ranks[0], Alpha = adapter.Alpha != 0 ? adapter.Alpha : ranks[0], Targets = targets };
     }
 
-    /// <summary>Reads an adapter written for this layout into <paramref name="parameters"/> (the head excepted); every
-    /// tensor must be there, F32, with its shape, and nothing else.</summary>
-    public void Read(string path, Span<float> parameters)
+    /// <summary>Copies an adapter's A and B into <paramref name="parameters"/> (this layout; the head is left as it is).
+    /// The adapter must have exactly this layout's pairs (<see cref="OptionsOf"/> of the same adapter gives them).</summary>
+    public void Load(Models.LoraAdapter adapter, Span<float> parameters)
     {
-        using var f = GgufFile.Open(path);
         int n = 0;
-        foreach (var t in Tensors)
+        foreach (var pair in Pairs)
         {
-            if (t.Name == HeadName) continue;
-            if (!f.TryGetTensor(t.Name, out var info) || info.Type != GgmlType.F32 || info.Shape.Length != 2 || info.Shape[0] != t.Cols || info.Shape[1] != t.Rows)
-                throw new CriaException($"{path}: {t.Name} must be F32 [{t.Cols}, {t.Rows}]");
-            MemoryMarshal.Cast<byte, float>(f.TensorData(info)).CopyTo(parameters.Slice((int)t.Offset, (int)t.Count));
+            if (pair is not { } q) continue;
+            if (!adapter.Pairs.TryGetValue(q.BaseName, out var a) || a.Rank != Options.Rank)
+                throw new CriaException($"{adapter.Path}: no rank-{Options.Rank} adapter for {q.BaseName}");
+            a.A.CopyTo(parameters.Slice((int)q.A, a.A.Length));
+            a.B.CopyTo(parameters.Slice((int)q.B, a.B.Length));
             n++;
         }
-        if (f.Tensors.Count != n) throw new CriaException($"{path} has {f.Tensors.Count} tensors, this layout {n}");
+        if (adapter.Pairs.Count != n) throw new CriaException($"{adapter.Path} adapts {adapter.Pairs.Count} projections, this layout {n}");
     }
 
     /// <summary>

@@ -211,12 +211,27 @@ public sealed class ClassifierTests(ITestOutputHelper output)
         Assert.Equal(clf.Labels, back.Labels);
         Assert.Equal("bi-mean", back.ModeName);
         Assert.Equal(p.AsSpan((int)lay.Head, 3 * Shape.Dim).ToArray(), w);
-        var opts = LoraLayout.ReadOptions(adapter);
-        Assert.Equal((2, LoraTarget.All), (opts.Rank, opts.Targets));
-        var q = new float[lay.Count];
-        new LoraLayout(Shape, opts, 3).Read(adapter, q);
-        for (int i = 0; i < lay.Tensors.Length - 1; i++)
-            Assert.Equal(p.AsSpan((int)lay.Tensors[i].Offset, (int)lay.Tensors[i].Count).ToArray(), q.AsSpan((int)lay.Tensors[i].Offset, (int)lay.Tensors[i].Count).ToArray());
+
+        // The adapter, read back through the inference reader (LoraAdapter.Load checks it against a model), gives a
+        // training layout with its rank and targets and the same parameters.
+        var spec = new RandomModelSpec { Dim = 64, Layers = 2, Heads = 4, KvHeads = 2, FfnDim = 128, VocabSize = 384, Seed = 12 };
+        var basePath = LogitsAgreementTests.ModelFile("clf-base", spec);
+        using var model = LlamaModel.Open(basePath);
+        var shape = GgufImport.Read(basePath).Shape;
+        var lay2 = new LoraLayout(shape, new LoraOptions { Rank = 2, Alpha = 3f, Targets = LoraTarget.AttnQ | LoraTarget.AttnV | LoraTarget.FfnDown }, 3);
+        var p2 = new float[lay2.Count];
+        for (int i = 0; i < p2.Length; i++) p2[i] = i * 1e-4f;
+        string adapter2 = TestPaths.TempFile("clf-head-adapter2.gguf");
+        lay2.Write(adapter2, p2);
+        var loaded = LoraAdapter.Load(adapter2, model);
+        var opts = LoraLayout.OptionsOf(loaded);
+        Assert.Equal((2, 3f, LoraTarget.AttnQ | LoraTarget.AttnV | LoraTarget.FfnDown), (opts.Rank, opts.Alpha, opts.Targets));
+        var q = new float[lay2.Count];
+        new LoraLayout(shape, opts, 3).Load(loaded, q);
+        for (int i = 0; i < lay2.Tensors.Length - 1; i++)
+            Assert.Equal(p2.AsSpan((int)lay2.Tensors[i].Offset, (int)lay2.Tensors[i].Count).ToArray(), q.AsSpan((int)lay2.Tensors[i].Offset, (int)lay2.Tensors[i].Count).ToArray());
+        Assert.Contains("no rank-2 adapter for blk.0.attn_k.weight", Assert.Throws<CriaException>(() =>
+            new LoraLayout(shape, opts with { Targets = LoraTarget.All }, 3).Load(loaded, new float[new LoraLayout(shape, opts with { Targets = LoraTarget.All }, 3).Count])).Message);
 
         Assert.Contains("cls.output.weight must be F32 [17, 3]", Assert.Throws<CriaException>(() => ClassifierOptions.ReadHead(head, Shape.Dim + 1)).Message);
         Assert.Contains("not a classifier head", Assert.Throws<CriaException>(() => ClassifierOptions.ReadHead(adapter, Shape.Dim)).Message);
