@@ -272,8 +272,8 @@ public sealed class InferenceContext : IDisposable
         {
             var L = m.Layers[l];
             // ---- attention ----
-            PreNorm(L.AttnNorm, B);
-            MatMuls(_xn, B, 3, L.Wq, _q, L.Wk, _k, L.Wv, _v);
+            var h = SubLayerInput(L.AttnNorm, B);
+            MatMuls(h, B, 3, L.Wq, _q, L.Wk, _k, L.Wv, _v);
             for (int b = 0; b < B; b++)
             {
                 var cs = _rope.AsSpan(b * nRot, nRot);
@@ -293,11 +293,11 @@ public sealed class InferenceContext : IDisposable
             Ops.Add(_tmp.AsSpan(0, B * dim), _x.AsSpan(0, B * dim));
 
             // ---- feed-forward (SwiGLU) ----
-            PreNorm(L.FfnNorm, B);
-            if (L.Experts is { } experts) MixtureOfExperts(experts, B);
+            h = SubLayerInput(L.FfnNorm, B);
+            if (L.Experts is { } experts) MixtureOfExperts(experts, h, B);
             else
             {
-                MatMuls(_xn, B, 2, L.WGate, _gate, L.WUp, _up, default, default);
+                MatMuls(h, B, 2, L.WGate, _gate, L.WUp, _up, default, default);
                 for (int b = 0; b < B; b++) Ops.SwiGlu(_gate.AsSpan(b * ff, ff), _up.AsSpan(b * ff, ff));
                 if (_clamps != null)
                     foreach (var (n, v) in _clamps[l])
@@ -331,13 +331,14 @@ public sealed class InferenceContext : IDisposable
         }
     }
 
-    /// <summary>_xn[b, :] = the sub-layer input of row b: RMSNorm(x[b, :]) ⊙ w with a pre-norm (llama), x[b, :] itself
-    /// without (OLMo 2).</summary>
-    void PreNorm(float[]? w, int B)
+    /// <summary>The sub-layer input [B, dim]: _xn[b, :] = RMSNorm(x[b, :]) ⊙ w with a pre-norm (llama), or the
+    /// residual stream _x itself without one (OLMo 2).</summary>
+    float[] SubLayerInput(float[]? w, int B)
     {
+        if (w == null) return _x;
         int dim = Config.Dim;
-        if (w == null) { _x.AsSpan(0, B * dim).CopyTo(_xn); return; }
         for (int b = 0; b < B; b++) Ops.RmsNorm(_x.AsSpan(b * dim, dim), w, Config.RmsNormEps, _xn.AsSpan(b * dim, dim));
+        return _xn;
     }
 
     /// <summary>_tmp[b, :] = RMSNorm(_tmp[b, :]) ⊙ w, the sub-layer output before its residual add, with a post-norm
@@ -350,19 +351,19 @@ public sealed class InferenceContext : IDisposable
     }
 
     /// <summary>
-    /// _tmp[b, :] = the mixture-of-experts output for the normed rows _xn[b, :] (llama.cpp's build_moe_ffn for the
+    /// _tmp[b, :] = the mixture-of-experts output for the normed rows x[b, :] (llama.cpp's build_moe_ffn for the
     /// llama architecture): route every row, then run each expert once over the rows routed to it (gathered into
     /// contiguous rows, so an expert's weights stream once per step however many rows chose it), and sum each row's
     /// weighted expert outputs in the order of its choice (most probable first), as ggml adds them.
     /// </summary>
-    void MixtureOfExperts(MoeExperts E, int B)
+    void MixtureOfExperts(MoeExperts E, float[] x, int B)
     {
         var c = Config; var mb = _moe!;
         int dim = c.Dim, ff = c.FfnDim, k = c.ExpertUsedCount, nE = E.Count;
-        MatMul(E.Router, _xn, B, mb.RouterLogits);                                       // [B, nExpert]
+        MatMul(E.Router, x, B, mb.RouterLogits);                                         // [B, nExpert]
         for (int b = 0; b < B; b++)
             MoeExperts.Route(mb.RouterLogits.AsSpan(b * nE, nE), mb.Chosen.AsSpan(b * k, k), mb.Weights.AsSpan(b * k, k), c.MoeRenormalize);
-        if (B == 1) { OneRowExperts(E); return; }
+        if (B == 1) { OneRowExperts(E, x); return; }
         // Counting sort of the (row, slot) choices by expert: slots of expert e are Order[Start[e] .. Start[e + 1]).
         Array.Clear(mb.Start, 0, nE + 1);
         for (int i = 0; i < B * k; i++) mb.Start[mb.Chosen[i] + 1]++;
@@ -373,8 +374,8 @@ public sealed class InferenceContext : IDisposable
         {
             int first = mb.Start[e], n = mb.Start[e + 1] - first;
             if (n == 0) continue;
-            for (int j = 0; j < n; j++)                                                   // gather: Input[j] = _xn[row of slot]
-                _xn.AsSpan(mb.Order[first + j] / k * dim, dim).CopyTo(mb.Input.AsSpan(j * dim, dim));
+            for (int j = 0; j < n; j++)                                                   // gather: Input[j] = x[row of slot]
+                x.AsSpan(mb.Order[first + j] / k * dim, dim).CopyTo(mb.Input.AsSpan(j * dim, dim));
             MatMuls(mb.Input, n, 2, E.Gate[e], _gate, E.Up[e], _up, default, default);
             for (int j = 0; j < n; j++) Ops.SwiGlu(_gate.AsSpan(j * ff, ff), _up.AsSpan(j * ff, ff));
             MatMul(E.Down[e], _gate, n, mb.Output);                                       // [n, dim]
@@ -399,11 +400,11 @@ public sealed class InferenceContext : IDisposable
     /// instead of 2k; for OLMoE's 8 of 64, three instead of 16. Each output's arithmetic is the same as in
     /// <see cref="MixtureOfExperts"/>'s grouped path (a row's kernel depends only on the row), so the result is too.
     /// </summary>
-    unsafe void OneRowExperts(MoeExperts E)
+    unsafe void OneRowExperts(MoeExperts E, float[] input)
     {
         var c = Config; var mb = _moe!;
         int dim = c.Dim, ff = c.FfnDim, k = c.ExpertUsedCount, parts = MatMulJob.MaxParts;
-        fixed (float* x = _xn) fixed (float* g = mb.OneRowGate) fixed (float* u = mb.OneRowUp) fixed (float* y = mb.PerSlot)
+        fixed (float* x = input) fixed (float* g = mb.OneRowGate) fixed (float* u = mb.OneRowUp) fixed (float* y = mb.PerSlot)
         {
             for (int j0 = 0; j0 < k; j0 += parts / 2)
             {

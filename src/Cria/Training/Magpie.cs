@@ -100,19 +100,17 @@ public static class Magpie
         var decoder = new StreamingDecoder(tok);
         var text = new System.Text.StringBuilder();
         int n = 0;
-        var options = new GenerationOptions { MaxTokens = maxTokens, Sampler = sampler };
-        foreach (int t in g.GenerateTokens(prompt, options, 0, cancel))
+        int Stop() => stopText is { Length: > 0 } s ? text.ToString().IndexOf(s, StringComparison.Ordinal) : -1;
+        foreach (int t in g.GenerateTokens(prompt, new GenerationOptions { MaxTokens = maxTokens, Sampler = sampler }, 0, cancel))
         {
             n++;
             if (tok.IsControl(t)) return (text.ToString(), n, true);
             text.Append(decoder.Add(t));
-            if (stopText is { Length: > 0 } s && text.ToString().IndexOf(s, StringComparison.Ordinal) is var at and >= 0)
-                return (text.ToString(0, at), n, true);
+            if (Stop() is var at and >= 0) return (text.ToString(0, at), n, true);
         }
         text.Append(decoder.Flush());
-        // The generator stops at an end-of-generation token without yielding it: fewer tokens than the limit means the turn ended.
-        bool ended = g.LastStats?.StopReason == "eog";
-        if (stopText is { Length: > 0 } s2 && text.ToString().IndexOf(s2, StringComparison.Ordinal) is var at2 and >= 0) return (text.ToString(0, at2), n, true);
-        return (text.ToString(), n, ended);
+        if (Stop() is var end and >= 0) return (text.ToString(0, end), n, true);
+        // The generator stops at an end-of-generation token without yielding it; otherwise the limit cut the turn.
+        return (text.ToString(), n, g.LastStats?.StopReason == "eog");
     }
 }

@@ -75,7 +75,8 @@ public class LogitsAgreementTests(ITestOutputHelper output)
         RopeBase = llama3 ? 500000f : 10000f,
     };
 
-    static int[] Prompt(int n, int vocab, int seed)
+    /// <summary>BOS, then n − 1 random non-special tokens below <paramref name="vocab"/>.</summary>
+    internal static int[] Prompt(int n, int vocab, int seed)
     {
         var r = new Random(seed);
         var t = new int[n];

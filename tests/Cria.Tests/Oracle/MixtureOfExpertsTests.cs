@@ -22,14 +22,7 @@ public class MixtureOfExpertsTests(ITestOutputHelper output)
         Experts = experts, ExpertsUsed = used, WeightType = type, Seed = 31 + (int)type + experts,
     };
 
-    static int[] Prompt(int n, int seed)
-    {
-        var r = new Random(seed);
-        var t = new int[n];
-        t[0] = 1;
-        for (int i = 1; i < n; i++) t[i] = r.Next(3, 512);
-        return t;
-    }
+    static int[] Prompt(int n, int seed) => LogitsAgreementTests.Prompt(n, 512, seed);
 
     [Theory]
     [InlineData(GgmlType.F32, 8, 2)]   // Mixtral's routing: 2 of 8

@@ -22,14 +22,7 @@ public class Olmo2Tests(ITestOutputHelper output)
         WeightType = type, Seed = 41 + (int)type + kvHeads, Architecture = "olmo2",
     };
 
-    static int[] Prompt(int n, int seed)
-    {
-        var r = new Random(seed);
-        var t = new int[n];
-        t[0] = 1;
-        for (int i = 1; i < n; i++) t[i] = r.Next(3, 512);
-        return t;
-    }
+    static int[] Prompt(int n, int seed) => LogitsAgreementTests.Prompt(n, 512, seed);
 
     static float MaxDiff(float[][] a, float[][] b)
     {
