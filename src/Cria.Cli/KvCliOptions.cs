@@ -25,11 +25,12 @@ sealed class KvCliOptions
     readonly Option<float> _yarnExt = new("--yarn-ext-factor") { Description = "YaRN extrapolation mix factor (default 1 with yarn)", DefaultValueFactory = _ => -1f };
     readonly Option<float> _yarnAttn = new("--yarn-attn-factor") { Description = "YaRN attention magnitude factor (default 1)", DefaultValueFactory = _ => -1f };
     readonly Option<float> _yarnFast = new("--yarn-beta-fast") { Description = "YaRN β_fast (default 32)", DefaultValueFactory = _ => -1f };
+    readonly Option<string> _swiftKv = new("--swiftkv") { Description = "a SwiftKV model (cria swiftkv) runs as SwiftKV (on, default) or as the original model its file also holds (off)", DefaultValueFactory = _ => "on" };
     readonly Option<float> _yarnSlow = new("--yarn-beta-slow") { Description = "YaRN β_slow (default 1)", DefaultValueFactory = _ => -1f };
 
     public void AddTo(Command cmd)
     {
-        foreach (var o in new Option[] { _type, _group, _residual, _evict, _budget, _sinks, _shift, _ropeScaling, _ropeScale, _ropeBase, _yarnOrig, _yarnExt, _yarnAttn, _yarnFast, _yarnSlow })
+        foreach (var o in new Option[] { _type, _group, _residual, _evict, _budget, _sinks, _shift, _ropeScaling, _ropeScale, _ropeBase, _yarnOrig, _yarnExt, _yarnAttn, _yarnFast, _yarnSlow, _swiftKv })
             cmd.Options.Add(o);
     }
 
@@ -65,12 +66,20 @@ sealed class KvCliOptions
     }
 
     /// <summary><paramref name="o"/> with this command line's KV format, eviction and RoPE overrides.</summary>
-    public ContextOptions Apply(ParseResult r, ContextOptions o, string? type = null) => o with { Kv = Format(r, type), Eviction = Eviction(r), Rope = Rope(r) };
+    public ContextOptions Apply(ParseResult r, ContextOptions o, string? type = null) => o with { Kv = Format(r, type), Eviction = Eviction(r), Rope = Rope(r), SwiftKv = SwiftKv(r) };
+
+    bool SwiftKv(ParseResult r) => r.GetValue(_swiftKv) switch
+    {
+        "on" => true,
+        "off" => false,
+        var v => throw new CriaException($"--swiftkv {v}: expected on or off"),
+    };
 
     public static string Describe(InferenceContext c)
     {
         var cfg = c.Config;
         string rope = cfg.RopeScaling == RopeScalingType.None ? "" : $", rope {cfg.RopeScaling} (freq scale {cfg.RopeFreqScale:G4}, orig ctx {cfg.RopeOriginalContext})";
-        return $"KV {c.Cache.Format}, {c.Cache.BytesPerToken:N1} bytes/token{rope}";
+        string swift = cfg.IsSwiftKv ? $", SwiftKV from layer {cfg.SwiftKvLayers} of {cfg.LayerCount}" + (cfg.SwiftKvGroup > 1 ? $" (AcrossKV {cfg.SwiftKvGroup})" : "") : "";
+        return $"KV {c.Cache.Format}, {c.Cache.BytesPerToken:N1} bytes/token{rope}{swift}";
     }
 }

@@ -23,6 +23,7 @@ root.Subcommands.Add(GuardCommand.Create());
 root.Subcommands.Add(ClassifyCommand.Train());
 root.Subcommands.Add(ClassifyCommand.Classify());
 root.Subcommands.Add(MagpieCommand.Create());
+root.Subcommands.Add(SwiftKvCommand.Create());
 try
 {
     return root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });

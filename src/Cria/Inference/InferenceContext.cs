@@ -27,6 +27,9 @@ public sealed record ContextOptions
     /// <summary>Feed-forward neurons held at fixed values at every position (<see cref="Interpretability.NeuronClamp"/>;
     /// CLI <c>--clamp L:N=V</c>).</summary>
     public IReadOnlyList<Interpretability.NeuronClamp> NeuronClamps { get; init; } = [];
+    /// <summary>Whether a SwiftKV model (<see cref="ModelConfig.SwiftKvLayers"/>) runs as SwiftKV (default) or as the
+    /// original model its file also holds (CLI <c>--swiftkv off</c>: the teacher, for comparisons).</summary>
+    public bool SwiftKv { get; init; } = true;
 }
 
 /// <summary>Receives the activations a weight matrix is about to multiply: <paramref name="x"/> is [rows, cols] row-major.</summary>
@@ -72,6 +75,7 @@ public sealed class InferenceContext : IDisposable
                               // per distinct (input, weight type) of one matrix job, each on a 64-byte boundary
     readonly Product[] _products = new Product[MatMulJob.MaxParts]; // the matrix products of the job being run
     readonly int[] _cells;    // [B] KV cell of each row
+    readonly Batch? _tail;    // SwiftKV: the rows that go on above layer SwiftKvLayers (those that asked for logits)
     readonly KvEvictor? _evictor;
     float[] _probs = [];      // [B, kvHeads, slots] attention probabilities for eviction scores (only with a scoring policy)
     int _probStride;
@@ -88,6 +92,7 @@ public sealed class InferenceContext : IDisposable
         options ??= new ContextOptions();
         Model = model;
         var c = Config = options.Rope is { } rope ? rope.Apply(model.Config) : model.Config;
+        if (!options.SwiftKv && c.IsSwiftKv) c = Config = c with { SwiftKvLayers = 0, SwiftKvGroup = 1 };
         int ctx = options.ContextSize > 0 ? options.ContextSize : c.ContextLength;
         MicroBatch = Math.Max(1, options.MicroBatch);
         Cache = new KvCache(c, ctx, options.KvBlockSize, options.Kv, MicroBatch);
@@ -123,6 +128,7 @@ public sealed class InferenceContext : IDisposable
                 rowBytes = Math.Max(rowBytes, RowKernels.ActivationRowBytes(w.Type, w.Cols));
         _act = GC.AllocateArray<byte>(checked(Math.Max(b, MatMulJob.MaxParts) * rowBytes + extra * b * extraRowBytes + (MatMulJob.MaxParts + 1) * 64), pinned: true);
         _cells = new int[b];
+        if (c.IsSwiftKv) _tail = new Batch(b);
         _attention = new AttentionJob(c, Cache, threads, options.Eviction.ShiftPositions);
         if (options.NeuronClamps.Count > 0)
         {
@@ -145,6 +151,9 @@ public sealed class InferenceContext : IDisposable
                 if (!float.IsFinite(scale)) throw new CriaException($"LoRA adapter {adapter.Path}: scale {scale} is not a finite number");
                 foreach (var p in adapter.Pairs.Values)
                 {
+                    if (c.IsSwiftKv && Enumerable.Range(c.SwiftKvLayers, c.LayerCount - c.SwiftKvLayers)
+                            .Any(l => p.BaseName is var n && (n == $"blk.{l}.attn_q.weight" || n == $"blk.{l}.attn_k.weight" || n == $"blk.{l}.attn_v.weight")))
+                        throw new CriaException($"LoRA adapter {adapter.Path}: {p.BaseName} is replaced by SwiftKV's projections in this model (run it with SwiftKV off, or adapt layers below {c.SwiftKvLayers})");
                     if (!shapes.TryGetValue(p.BaseName, out var sh) || sh != (p.Out, p.In))
                         throw new CriaException($"LoRA adapter {adapter.Path}: {p.BaseName} [{p.In} → {p.Out}] does not match this model");
                     if (!lists.TryGetValue(p.BaseName, out var list)) lists[p.BaseName] = list = new();
@@ -224,6 +233,9 @@ public sealed class InferenceContext : IDisposable
     /// <summary>Sees the input of every matrix product (imatrix collection, AWQ calibration); null — the normal path — costs one test per product.</summary>
     public IMatMulObserver? Observer { get; set; }
 
+    /// <summary>Rows that stopped below the SwiftKV layers since this context was made (prompt rows asking for no logits).</summary>
+    internal long RowsStoppedAtSwiftKv { get; private set; }
+
     /// <summary>Whether this context evicts KV blocks (<see cref="ContextOptions.Eviction"/>).</summary>
     public bool Evicts => _evictor != null;
 
@@ -258,6 +270,8 @@ public sealed class InferenceContext : IDisposable
         var tokens = batch.Tokens; var pos = batch.Positions; var seqs = batch.Sequences;
 
         _evictor?.BeginStep(Cache, batch, start, B);
+        int rows = B;                     // the micro-batch's rows; B becomes the rows still going up after SwiftKV's cut
+        Batch at = batch; int atStart = start; // where attention reads the rows' sequences and positions
         // Embedding rows and the per-row RoPE table; reserve a KV cell for each row.
         for (int b = 0; b < B; b++)
         {
@@ -270,24 +284,38 @@ public sealed class InferenceContext : IDisposable
 
         for (int l = 0; l < c.LayerCount; l++)
         {
+            if (c.IsSwiftKv && l == c.SwiftKvLayers)
+            {
+                int left = SwiftKvInputs(batch, start, B);
+                if (left != B) { B = left; at = _tail!; atStart = 0; }
+                if (B == 0) break;
+            }
             var L = m.Layers[l];
             // ---- attention ----
             var h = SubLayerInput(L.AttnNorm, B);
-            MatMuls(h, B, 3, L.Wq, _q, L.Wk, _k, L.Wv, _v);
-            for (int b = 0; b < B; b++)
+            if (c.IsSwiftKv && l >= c.SwiftKvLayers)
             {
-                var cs = _rope.AsSpan(b * nRot, nRot);
-                var q = _q.AsSpan(b * qDim, qDim); var k = _k.AsSpan(b * kvDim, kvDim);
-                if (L.QNorm != null) { Ops.RmsNorm(q, L.QNorm, c.RmsNormEps, q); Ops.RmsNorm(k, L.KNorm, c.RmsNormEps, k); } // OLMo 2's QK-norm
-                c.Rope(q, c.HeadCount, cs);
-                c.Rope(k, c.KvHeadCount, cs);
-                Cache.Store(l, seqs[start + b], pos[start + b], _cells[b], _k.AsSpan(b * kvDim, kvDim), _v.AsSpan(b * kvDim, kvDim));
+                MatMul(L.WqSwift!.Value, h, B, _q); // keys and values are in the cache already (SwiftKvInputs)
+                for (int b = 0; b < B; b++) c.Rope(_q.AsSpan(b * qDim, qDim), c.HeadCount, _rope.AsSpan(b * nRot, nRot));
+            }
+            else
+            {
+                MatMuls(h, B, 3, L.Wq, _q, L.Wk, _k, L.Wv, _v);
+                for (int b = 0; b < B; b++)
+                {
+                    var cs = _rope.AsSpan(b * nRot, nRot);
+                    var q = _q.AsSpan(b * qDim, qDim); var k = _k.AsSpan(b * kvDim, kvDim);
+                    if (L.QNorm != null) { Ops.RmsNorm(q, L.QNorm, c.RmsNormEps, q); Ops.RmsNorm(k, L.KNorm, c.RmsNormEps, k); } // OLMo 2's QK-norm
+                    c.Rope(q, c.HeadCount, cs);
+                    c.Rope(k, c.KvHeadCount, cs);
+                    Cache.Store(l, seqs[start + b], pos[start + b], _cells[b], _k.AsSpan(b * kvDim, kvDim), _v.AsSpan(b * kvDim, kvDim));
+                }
             }
             bool scoring = _evictor is { NeedsAttention: true };
             if (scoring) EnsureProbs();
-            _attention.Prepare(l, _q, _att, batch, start, B, scoring ? _probs : null, _probStride);
+            _attention.Prepare(c.KvLayer(l), _q, _att, at, atStart, B, scoring ? _probs : null, _probStride);
             _pool.Run(_attention);
-            if (scoring) _evictor!.Accumulate(Cache, batch, start, B, _probs, _probStride, c.KvHeadCount);
+            if (scoring) _evictor!.Accumulate(Cache, at, atStart, B, _probs, _probStride, c.KvHeadCount);
             MatMul(L.Wo, _att, B, _tmp);
             PostNorm(L.PostAttnNorm, B);
             Ops.Add(_tmp.AsSpan(0, B * dim), _x.AsSpan(0, B * dim));
@@ -309,18 +337,18 @@ public sealed class InferenceContext : IDisposable
         }
 
         // Eviction, chunk by chunk (Locret): every sequence of this micro-batch over its budget drops blocks.
-        if (_evictor != null) _evictor.Evict(Cache, batch, start, B);
+        if (_evictor != null) _evictor.Evict(Cache, batch, start, rows);
 
         // Final hidden states (after the output norm) of every row, for embeddings.
         if (KeepEmbeddings)
             for (int b = 0; b < B; b++)
                 Ops.RmsNorm(_x.AsSpan(b * dim, dim), m.OutputNorm, c.RmsNormEps, _embd.AsSpan((start + b) * dim, dim));
 
-        // ---- output head, only for rows that asked ----
+        // ---- output head, only for rows that asked (after SwiftKV's cut, every row left) ----
         int nOut = 0;
         for (int b = 0; b < B; b++)
         {
-            if (_outputIndex[start + b] < 0) continue;
+            if (at == batch && _outputIndex[start + b] < 0) continue;
             Ops.RmsNorm(_x.AsSpan(b * dim, dim), m.OutputNorm, c.RmsNormEps, _xn.AsSpan(nOut * dim, dim));
             nOut++;
         }
@@ -329,6 +357,49 @@ public sealed class InferenceContext : IDisposable
             MatMul(m.Output, _xn, nOut, _logits.AsSpan(outRow * c.VocabSize).Slice(0, nOut * c.VocabSize));
             outRow += nOut;
         }
+    }
+
+    /// <summary>
+    /// SwiftKV at layer L = SwiftKvLayers: h = swiftkv_norm(x) for the B rows, then the keys and values of every later
+    /// KV cache layer from h (each AcrossKV group's first layer's attn_k_swiftkv / attn_v_swiftkv), rotated and stored.
+    /// Then the rows that asked for no logits stop: the rest move to the front of _x and _rope, and into _tail. Returns
+    /// the rows left — all of them when something reads every row's upper layers (an observer, embeddings, attention
+    /// scores for eviction).
+    /// </summary>
+    int SwiftKvInputs(Batch batch, int start, int B)
+    {
+        var c = Config; var m = Model;
+        int dim = c.Dim, kvDim = c.KvDim, nRot = c.RopeDim;
+        var pos = batch.Positions; var seqs = batch.Sequences;
+        for (int b = 0; b < B; b++) Ops.RmsNorm(_x.AsSpan(b * dim, dim), m.SwiftKvNorm!, c.RmsNormEps, _xn.AsSpan(b * dim, dim)); // [B, dim] h
+        for (int l = c.SwiftKvLayers; l < c.LayerCount; l += c.SwiftKvGroup)
+        {
+            var L = m.Layers[l];
+            MatMuls(_xn, B, 2, L.WkSwift!.Value, _k, L.WvSwift!.Value, _v, default, default);
+            for (int b = 0; b < B; b++)
+            {
+                var k = _k.AsSpan(b * kvDim, kvDim);
+                c.Rope(k, c.KvHeadCount, _rope.AsSpan(b * nRot, nRot));
+                Cache.Store(c.KvLayer(l), seqs[start + b], pos[start + b], _cells[b], k, _v.AsSpan(b * kvDim, kvDim));
+            }
+        }
+        if (Observer != null || KeepEmbeddings || _evictor is { NeedsAttention: true }) return B;
+        var tail = _tail!;
+        tail.Clear();
+        var tokens = batch.Tokens;
+        for (int b = 0; b < B; b++)
+        {
+            if (_outputIndex[start + b] < 0) continue;
+            int n = tail.Count;
+            if (n != b)
+            {
+                _x.AsSpan(b * dim, dim).CopyTo(_x.AsSpan(n * dim, dim));
+                _rope.AsSpan(b * nRot, nRot).CopyTo(_rope.AsSpan(n * nRot, nRot));
+            }
+            tail.Add(tokens[start + b], pos[start + b], seqs[start + b], true);
+        }
+        RowsStoppedAtSwiftKv += B - tail.Count;
+        return tail.Count;
     }
 
     /// <summary>The sub-layer input [B, dim]: _xn[b, :] = RMSNorm(x[b, :]) ⊙ w with a pre-norm (llama), or the

@@ -90,7 +90,7 @@ public sealed class KvCache : IKvBlockPool
     public long PrefixHitTokens { get; private set; }
 
     public KvCache(ModelConfig config, int capacityTokens, int blockSize = DefaultBlockSize, KvFormat? format = null, int ringSlack = 512)
-        : this(config.KvDim, config.LayerCount, capacityTokens, blockSize, format, config.HeadDim, ringSlack) { }
+        : this(config.KvDim, config.KvLayerCount, capacityTokens, blockSize, format, config.HeadDim, ringSlack) { }
 
     /// <summary>A cache of <paramref name="layers"/> layers of <paramref name="kvDim"/> values per token (F32 unless
     /// <paramref name="format"/> says otherwise). For KIVI the block size is the group size G, and

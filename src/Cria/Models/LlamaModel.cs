@@ -29,14 +29,20 @@ public sealed class LlamaLayer
     public WeightMatrix WDown { get; init; }          // [dim, ff]
     /// <summary>The mixture-of-experts feed-forward of a Mixtral-style model; null for a dense block.</summary>
     public MoeExperts? Experts { get; init; }
+    // SwiftKV layers (ModelConfig.SwiftKvLayers and above): the query projection used instead of Wq, and, in the first
+    // layer of each AcrossKV group, the key/value projections of the single input swiftkv_norm(x_L); null otherwise.
+    public WeightMatrix? WqSwift { get; init; }       // [qDim, dim]   attn_q_swiftkv
+    public WeightMatrix? WkSwift { get; init; }       // [kvDim, dim]  attn_k_swiftkv
+    public WeightMatrix? WvSwift { get; init; }       // [kvDim, dim]  attn_v_swiftkv
 
     /// <summary>The block's matrix products in the order of <see cref="ProjectionNames"/>: seven for a dense block,
     /// the four attention ones for a mixture-of-experts block (what LoRA adapters can target).</summary>
     public WeightMatrix[] Projections => Experts == null ? [Wq, Wk, Wv, Wo, WGate, WUp, WDown] : [Wq, Wk, Wv, Wo];
 
     /// <summary>Every matrix the block multiplies by: the projections, and a mixture's router and experts.</summary>
-    public IEnumerable<WeightMatrix> Matrices => Experts == null ? Projections
-        : Projections.Concat([Experts.Router]).Concat(Experts.Gate).Concat(Experts.Up).Concat(Experts.Down);
+    public IEnumerable<WeightMatrix> Matrices => (Experts == null ? Projections
+        : Projections.Concat([Experts.Router]).Concat(Experts.Gate).Concat(Experts.Up).Concat(Experts.Down))
+        .Concat(new[] { WqSwift, WkSwift, WvSwift }.Where(w => w != null).Select(w => w!.Value));
 
     /// <summary>GGUF names of the projections (<c>blk.N.NAME.weight</c>): what LoRA adapters can target.</summary>
     public static readonly string[] ProjectionNames = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
@@ -99,6 +105,9 @@ public sealed class LlamaModel : IDisposable
     /// <summary>The output head; the token embedding when the file has no <c>output.weight</c> (tied embeddings).</summary>
     public WeightMatrix Output { get; }          // [vocab, dim]
     public bool TiedEmbeddings { get; }
+    /// <summary>SwiftKV's norm of the residual stream entering layer <see cref="ModelConfig.SwiftKvLayers"/>, the one
+    /// input of every later layer's keys and values (<c>swiftkv_norm.weight</c>); null without SwiftKV.</summary>
+    public float[]? SwiftKvNorm { get; }         // [dim]
     public IReadOnlyList<LlamaLayer> Layers { get; }
     /// <summary>The tokenizer described by the file's <c>tokenizer.ggml.*</c> metadata.</summary>
     public Tokenizer Tokenizer { get; }
@@ -111,11 +120,12 @@ public sealed class LlamaModel : IDisposable
         OutputNorm = Vector(f, "output_norm.weight", c.Dim);
         if (f.TryGetTensor("output.weight", out _)) Output = WeightMatrix.Bind(f, "output.weight", c.Dim, c.VocabSize);
         else { Output = TokenEmbedding; TiedEmbeddings = true; }
+        if (c.IsSwiftKv) SwiftKvNorm = Vector(f, "swiftkv_norm.weight", c.Dim);
         var layers = new LlamaLayer[c.LayerCount];
         for (int i = 0; i < layers.Length; i++)
         {
             string p = $"blk.{i}.";
-            bool moe = c.IsMoe, olmo2 = c.IsOlmo2, qk = c.QkNorm;
+            bool moe = c.IsMoe, olmo2 = c.IsOlmo2, qk = c.QkNorm, swift = c.IsSwiftKv && i >= c.SwiftKvLayers, owns = c.OwnsSwiftKv(i);
             layers[i] = new LlamaLayer
             {
                 AttnNorm = olmo2 ? null : Vector(f, p + "attn_norm.weight", c.Dim),
@@ -138,6 +148,9 @@ public sealed class LlamaModel : IDisposable
                     Up = WeightMatrix.BindExperts(f, p + "ffn_up", c.Dim, c.FfnDim, c.ExpertCount),
                     Down = WeightMatrix.BindExperts(f, p + "ffn_down", c.FfnDim, c.Dim, c.ExpertCount),
                 } : null,
+                WqSwift = swift ? WeightMatrix.Bind(f, p + "attn_q_swiftkv.weight", c.Dim, c.QDim) : null,
+                WkSwift = owns ? WeightMatrix.Bind(f, p + "attn_k_swiftkv.weight", c.Dim, c.KvDim) : null,
+                WvSwift = owns ? WeightMatrix.Bind(f, p + "attn_v_swiftkv.weight", c.Dim, c.KvDim) : null,
             };
         }
         Layers = layers;

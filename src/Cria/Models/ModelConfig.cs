@@ -94,6 +94,23 @@ public sealed record ModelConfig
         return (MathF.Max(0, start), MathF.Min(nDims - 1, end));
     }
 
+    /// <summary>SwiftKV (Qiao et al. 2024, SingleInputKV): layers from this index on take their keys and values from
+    /// one input, the residual stream entering it normed by <c>swiftkv_norm</c>, through their own
+    /// <c>attn_k_swiftkv</c> / <c>attn_v_swiftkv</c>, and their queries from <c>attn_q_swiftkv</c>; prompt rows that
+    /// ask for no logits stop below it. 0 = off (<c>{arch}.swiftkv.kv_layers</c>).</summary>
+    public int SwiftKvLayers { get; init; }
+    /// <summary>AcrossKV: consecutive SwiftKV layers sharing one KV cache layer (the first of each group owns the
+    /// projections; <c>{arch}.swiftkv.group_size</c>, 1 = no sharing).</summary>
+    public int SwiftKvGroup { get; init; } = 1;
+    public bool IsSwiftKv => SwiftKvLayers > 0;
+    /// <summary>KV cache layers: one per layer below <see cref="SwiftKvLayers"/>, one per group of
+    /// <see cref="SwiftKvGroup"/> above.</summary>
+    public int KvLayerCount => IsSwiftKv ? SwiftKvLayers + (LayerCount - SwiftKvLayers + SwiftKvGroup - 1) / SwiftKvGroup : LayerCount;
+    /// <summary>The KV cache layer that model layer <paramref name="layer"/> writes and reads.</summary>
+    public int KvLayer(int layer) => !IsSwiftKv || layer < SwiftKvLayers ? layer : SwiftKvLayers + (layer - SwiftKvLayers) / SwiftKvGroup;
+    /// <summary>Whether SwiftKV layer <paramref name="layer"/> owns K/V projections (the first of its AcrossKV group).</summary>
+    public bool OwnsSwiftKv(int layer) => IsSwiftKv && layer >= SwiftKvLayers && (layer - SwiftKvLayers) % SwiftKvGroup == 0;
+
     public int QDim => HeadCount * HeadDim;
     public int KvDim => KvHeadCount * HeadDim;
     /// <summary>Query heads per KV head (GQA group size).</summary>
@@ -150,6 +167,10 @@ public sealed record ModelConfig
         if (arch != "llama" && (arch == "olmoe") != (experts > 0))
             throw new ModelFormatException(f.Path, arch == "olmoe" ? "olmoe needs expert_count and expert_used_count" : $"{arch} is a dense architecture but the file has expert_count {experts}");
 
+        int swiftKv = f.Get<int>(p + "swiftkv.kv_layers", 0), swiftGroup = f.Get<int>(p + "swiftkv.group_size", 1);
+        if (swiftKv != 0 && (arch != "llama" || swiftKv < 1 || swiftKv >= layers || swiftGroup < 1 || swiftGroup > layers - swiftKv))
+            throw new ModelFormatException(f.Path, $"swiftkv.kv_layers {swiftKv} with group_size {swiftGroup}: SwiftKV needs the llama architecture (got {arch}), 1 ≤ kv_layers < block_count {layers} and 1 ≤ group_size ≤ block_count − kv_layers");
+
         var scaling = RopeScalingType.None;
         float freqScale = 1f;
         string type = f.Get<string>(p + "rope.scaling.type", "none");
@@ -198,6 +219,8 @@ public sealed record ModelConfig
             FfnDim = ff,
             ExpertCount = experts,
             ExpertUsedCount = expertsUsed,
+            SwiftKvLayers = swiftKv,
+            SwiftKvGroup = swiftKv > 0 ? swiftGroup : 1,
             VocabSize = vocab,
             RmsNormEps = eps,
             RopeFreqBase = baseFreq,

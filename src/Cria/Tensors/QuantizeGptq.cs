@@ -79,7 +79,7 @@ public sealed class GptqFactor
     }
 
     /// <summary>In-place lower Cholesky a = L Lᵀ (the upper triangle is left as it was); false when not positive definite.</summary>
-    static bool CholeskyLower(double[] a, int n)
+    internal static bool CholeskyLower(double[] a, int n)
     {
         for (int j = 0; j < n; j++)
         {
