@@ -14,8 +14,10 @@ public static class GgufImport
     public sealed record Imported(LlamaShape Shape, TokenizerVocabulary Vocabulary, float[] Parameters);
 
     /// <summary>Loads <paramref name="path"/>; throws a <see cref="CriaException"/> naming what does not fit the trainer,
-    /// its message starting with <paramref name="caller"/> (the option that asked for it).</summary>
-    public static Imported Read(string path, string caller = "--init")
+    /// its message starting with <paramref name="caller"/> (the option that asked for it).
+    /// <paramref name="swiftKv"/>: accept a SwiftKV model (<c>cria swiftkv</c>) and read its original tensors (SwiftKV
+    /// distillation); otherwise it is refused.</summary>
+    public static Imported Read(string path, string caller = "--init", bool swiftKv = false)
     {
         if (!File.Exists(path)) throw new CriaException($"{caller}: {path} does not exist");
         var vocab = TokenizerVocabulary.Load(path);
@@ -24,6 +26,8 @@ public static class GgufImport
         if (arch != "llama") throw new CriaException($"{caller}: {path} is a '{arch}' model; the trainer trains llama models");
         if (f.Get<int>("llama.expert_count", 0) > 0)
             throw new CriaException($"{caller}: {path} is a mixture-of-experts model; the trainer trains dense llama models");
+        bool isSwift = f.Has("llama.swiftkv.kv_layers");
+        if (isSwift && !swiftKv) throw new CriaException($"{caller}: {path} is a SwiftKV model; train the original model (SwiftKV files are distilled with `cria swiftkv --distill`)");
         int U(string key)
         {
             if (!f.Has(key)) throw new CriaException($"{caller}: {path} lacks {key}");
@@ -62,7 +66,7 @@ public static class GgufImport
                 default: throw new CriaException($"{caller}: tensor {info} of {path} is {info.Type}; only F32 and F16 weights can be trained from");
             }
         }
-        int expected = layout.Tensors.Length;
+        int expected = layout.Tensors.Length + (isSwift ? f.Tensors.Count(t => t.Name.Contains("swiftkv", StringComparison.Ordinal)) : 0);
         if (f.Tensors.Count != expected)
             throw new CriaException($"{caller}: {path} has {f.Tensors.Count} tensors, a llama model of this shape has {expected} (unknown extra tensors)");
         return new Imported(shape, vocab, p);

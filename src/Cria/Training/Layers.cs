@@ -246,6 +246,36 @@ public static unsafe class Layers
     }
 
     /// <summary>Loss only (no gradient): for evaluation.</summary>
+    /// <summary>
+    /// One row of temperature-scaled distillation: returns τ²·KL(p ‖ q) with p = softmax(<paramref name="teacher"/>/τ),
+    /// q = softmax(<paramref name="student"/>/τ), and overwrites <paramref name="student"/> with its gradient times
+    /// <paramref name="scale"/>: τ²·(q − p)/τ = τ·(q − p). The teacher row is left as softmax(z_t/τ).
+    /// </summary>
+    public static double DistillRow(Span<float> teacher, Span<float> student, float tau, float scale)
+    {
+        float inv = 1f / tau;
+        double lseT = Softmax(teacher, inv), lseS = Softmax(student, inv);
+        double kl = 0;
+        for (int i = 0; i < teacher.Length; i++)
+        {
+            double p = teacher[i], q = student[i];
+            if (p > 0) kl += p * (Math.Log(p) - Math.Log(Math.Max(q, 1e-30)));
+            student[i] = (float)(tau * (q - p) * scale);
+        }
+        return tau * tau * kl;
+
+        // x ← softmax(x / τ) in place; returns its log-sum-exp (unused beyond the softmax).
+        static double Softmax(Span<float> x, float invTau)
+        {
+            float max = float.NegativeInfinity;
+            foreach (float v in x) max = MathF.Max(max, v);
+            double sum = 0;
+            for (int i = 0; i < x.Length; i++) { double e = Math.Exp((x[i] - max) * invTau); x[i] = (float)e; sum += e; }
+            for (int i = 0; i < x.Length; i++) x[i] = (float)(x[i] / sum);
+            return Math.Log(sum) + max * invTau;
+        }
+    }
+
     public static float CrossEntropyLoss(float* logits, int target, int vocab)
     {
         float max = float.NegativeInfinity;

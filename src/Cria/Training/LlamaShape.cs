@@ -106,3 +106,52 @@ public sealed class ParameterLayout
     /// <summary>Number of trained parameters (padding excluded).</summary>
     public long ParameterCount => Tensors.Sum(t => t.Count);
 }
+
+/// <summary>
+/// The trainable tensors of SwiftKV distillation (<see cref="SwiftKv"/>), in one flat buffer: swiftkv_norm, then per
+/// layer l ≥ L its attn_q_swiftkv, and per AcrossKV owner its attn_k_swiftkv / attn_v_swiftkv (GGUF names). Everything
+/// else of the model is frozen.
+/// </summary>
+public sealed class SwiftKvLayout
+{
+    public int KvLayers { get; }
+    public int Group { get; }
+    public ParameterTensor[] Tensors { get; }
+    public long Count { get; }
+    public long Norm { get; }     // [D]
+    public long[] Wq { get; }     // [layer − L] → [QD, D]
+    public long[] Wk { get; }     // [owner] → [KV, D]
+    public long[] Wv { get; }     // [owner] → [KV, D]
+    public int Owners => Wk.Length;
+    /// <summary>The owner (AcrossKV group) of layer <paramref name="layer"/> ≥ L.</summary>
+    public int OwnerOf(int layer) => (layer - KvLayers) / Group;
+
+    public SwiftKvLayout(LlamaShape s, int kvLayers, int group)
+    {
+        if (kvLayers < 1 || kvLayers >= s.Layers || group < 1 || group > s.Layers - kvLayers)
+            throw new CriaException($"SwiftKV: kv_layers {kvLayers} with group {group} does not fit {s.Layers} layers");
+        KvLayers = kvLayers; Group = group;
+        var list = new List<ParameterTensor>();
+        long at = 0;
+        long Add(string name, int rows, int cols, bool matrix)
+        {
+            long off = at;
+            list.Add(new ParameterTensor(name, off, rows, cols, matrix));
+            at = (at + (long)rows * cols + 15) & ~15L;
+            return off;
+        }
+        Norm = Add("swiftkv_norm.weight", 1, s.Dim, false);
+        Wq = new long[s.Layers - kvLayers];
+        int owners = (s.Layers - kvLayers + group - 1) / group;
+        Wk = new long[owners]; Wv = new long[owners];
+        for (int l = kvLayers; l < s.Layers; l++)
+        {
+            Wq[l - kvLayers] = Add($"blk.{l}.attn_q_swiftkv.weight", s.Dim, s.Dim, true);
+            if ((l - kvLayers) % group != 0) continue;
+            Wk[OwnerOf(l)] = Add($"blk.{l}.attn_k_swiftkv.weight", s.KvDim, s.Dim, true);
+            Wv[OwnerOf(l)] = Add($"blk.{l}.attn_v_swiftkv.weight", s.KvDim, s.Dim, true);
+        }
+        Tensors = list.ToArray();
+        Count = at;
+    }
+}

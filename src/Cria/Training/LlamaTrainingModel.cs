@@ -29,6 +29,14 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     /// <summary>A sequence classifier (LS-LLaMA): a head on the final hidden states, trained with the adapters
     /// (<see cref="ClassifierForwardBackward"/>); null for a language model.</summary>
     public ClassifierOptions? Classifier { get; }
+    /// <summary>SwiftKV distillation: the new projections' layout, parameters and gradients (the base is then frozen);
+    /// null otherwise. <see cref="SwiftKvOn"/> chooses between the SwiftKV forward (the student) and the original (the
+    /// teacher) over the same base weights.</summary>
+    public SwiftKvLayout? SwiftKv { get; }
+    public float[] SwiftKvParameters { get; } = [];
+    public float[] SwiftKvGradients { get; } = [];
+    /// <summary>Whether <see cref="Forward"/> runs the SwiftKV wiring (default, with <see cref="SwiftKv"/> set) or the original model.</summary>
+    public bool SwiftKvOn { get; set; }
 
     readonly List<Array> _keepAlive = new();
     readonly WorkerPool _pool;
@@ -39,6 +47,10 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     bool _ropeBackward;
     readonly float* P, G;
     readonly float* LP, LG;            // LoRA parameters and gradients (Lora.Count), when Lora is set
+    readonly float* SP, SG;            // SwiftKV parameters and gradients (SwiftKv.Count), when SwiftKv is set
+    readonly float* _hs, _rstdS;       // [N, D], [N]   SwiftKV: h = swiftkv_norm(x_L), the one K/V input of layers ≥ L
+    readonly float*[] _dKs = [], _dVs = []; // [owner][N, KV] gradients of an AcrossKV group's shared keys (before RoPE) and values
+    readonly float* _teacher;          // [N, V]        SwiftKV distillation: the original model's logits
     readonly float*[] _loraT = [];     // [layer · 7 + target][N, r]  (α/r)·x·Aᵀ, kept for the backward
     readonly float*[] _loraBt = [];    // [layer · 7 + target][r, out] Bᵀ, so every adapter product runs long rows (see LoraForward)
     readonly float* _loraDt, _loraDbt; // [N, r], [r, max out]        scratch of the adapter backward
@@ -81,8 +93,10 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     int _layer;
     float _gradScale;
 
-    public LlamaTrainingModel(LlamaShape shape, int batchSize, int seqLen, int threads, LoraOptions? lora = null, ClassifierOptions? classifier = null)
+    public LlamaTrainingModel(LlamaShape shape, int batchSize, int seqLen, int threads, LoraOptions? lora = null, ClassifierOptions? classifier = null,
+        (int KvLayers, int Group)? swiftKv = null)
     {
+        if (swiftKv != null && (lora != null || classifier != null)) throw new CriaException("SwiftKV distillation trains the SwiftKV projections alone (no LoRA, no classifier)");
         shape.Validate();
         if (classifier != null && lora == null) throw new CriaException("a classifier trains LoRA adapters and its head; give a LoRA rank");
         classifier?.Validate();
@@ -137,6 +151,23 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
             _loraDt = Floats((long)N * lora.Rank);
             _loraDbt = Floats((long)lora.Rank * Math.Max(D, F));
         }
+        if (swiftKv is var (kvLayers, group))
+        {
+            SwiftKv = new SwiftKvLayout(shape, kvLayers, group);
+            SwiftKvParameters = Pinned<float>(SwiftKv.Count, out SP);
+            SwiftKvGradients = Pinned<float>(SwiftKv.Count, out SG);
+            SwiftKvOn = true;
+            _hs = Floats((long)N * D); _rstdS = Floats(N);
+            _dKs = new float*[SwiftKv.Owners]; _dVs = new float*[SwiftKv.Owners];
+            for (int o = 0; o < SwiftKv.Owners; o++) { _dKs[o] = Floats((long)N * KV); _dVs[o] = Floats((long)N * KV); }
+            _teacher = Floats((long)N * V);
+            // An AcrossKV group's layers attend to its owner's keys and values: one buffer each.
+            for (int l = kvLayers; l < L; l++)
+            {
+                int owner = kvLayers + SwiftKv.OwnerOf(l) * group;
+                _k[l] = _k[owner]; _v[l] = _v[owner];
+            }
+        }
         _attnForward = AttentionForwardBody;
         _attnBackward = AttentionBackwardBody;
         _crossEntropy = CrossEntropyBody;
@@ -184,13 +215,13 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         var s = Shape; int hd = s.HeadDim;
         if (_ropeBackward)
         {
-            Layers.RopeBackward(_a0, s.Heads, hd, _ropeTable, hd, SeqLen, r0, r1);
-            Layers.RopeBackward(_a1, s.KvHeads, hd, _ropeTable, hd, SeqLen, r0, r1);
+            if (_a0 != null) Layers.RopeBackward(_a0, s.Heads, hd, _ropeTable, hd, SeqLen, r0, r1);
+            if (_a1 != null) Layers.RopeBackward(_a1, s.KvHeads, hd, _ropeTable, hd, SeqLen, r0, r1);
         }
         else
         {
-            Layers.RopeForward(_a0, s.Heads, hd, _ropeTable, hd, SeqLen, r0, r1);
-            Layers.RopeForward(_a1, s.KvHeads, hd, _ropeTable, hd, SeqLen, r0, r1);
+            if (_a0 != null) Layers.RopeForward(_a0, s.Heads, hd, _ropeTable, hd, SeqLen, r0, r1);
+            if (_a1 != null) Layers.RopeForward(_a1, s.KvHeads, hd, _ropeTable, hd, SeqLen, r0, r1);
         }
     }
 
@@ -240,12 +271,13 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     {
         NativeMemory.Clear(G, (nuint)(Layout.Count * sizeof(float)));
         if (Lora != null) NativeMemory.Clear(LG, (nuint)(Lora.Count * sizeof(float)));
+        if (SwiftKv != null) NativeMemory.Clear(SG, (nuint)(SwiftKv.Count * sizeof(float)));
     }
 
-    /// <summary>Weight gradient dW += dyᵀ·x of a base matrix: skipped when the base is frozen (LoRA).</summary>
+    /// <summary>Weight gradient dW += dyᵀ·x of a base matrix: skipped when the base is frozen (LoRA, SwiftKV distillation).</summary>
     void WeightGradient(float* dy, float* x, long w, int m, int n, int k)
     {
-        if (Lora == null) MatMulTN(dy, x, G + w, m, n, k);
+        if (Lora == null && SwiftKv == null) MatMulTN(dy, x, G + w, m, n, k);
     }
 
     // ================================================================= LoRA, forward and backward side by side
@@ -309,11 +341,31 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
             float* x = _xIn[l];
             // ---- attention: xMid = x + Wo · attention(rope(Wq·n), rope(Wk·n), Wv·n), n = rmsnorm(x) ----
             RmsNormForward(_xn1[l], _rstd1[l], x, P + o.AttnNorm);
-            MatMulNT(_xn1[l], P + o.Wq, _q[l], N, QD, D);
-            MatMulNT(_xn1[l], P + o.Wk, _k[l], N, KV, D);
-            MatMulNT(_xn1[l], P + o.Wv, _v[l], N, KV, D);
-            LoraForward(l, 0, _xn1[l], _q[l]); LoraForward(l, 1, _xn1[l], _k[l]); LoraForward(l, 2, _xn1[l], _v[l]);
-            Rope(_q[l], _k[l], backward: false);
+            if (SwiftKvOn && SwiftKv is { } sk && l >= sk.KvLayers)
+            {
+                // SwiftKV: at L, every later layer's keys and values from h = swiftkv_norm(x_L); queries from attn_q_swiftkv.
+                if (l == sk.KvLayers)
+                {
+                    RmsNormForward(_hs, _rstdS, x, SP + sk.Norm);
+                    for (int w = 0; w < sk.Owners; w++)
+                    {
+                        int owner = sk.KvLayers + w * sk.Group;
+                        MatMulNT(_hs, SP + sk.Wk[w], _k[owner], N, KV, D);
+                        MatMulNT(_hs, SP + sk.Wv[w], _v[owner], N, KV, D);
+                        Rope(null, _k[owner], backward: false);
+                    }
+                }
+                MatMulNT(_xn1[l], SP + sk.Wq[l - sk.KvLayers], _q[l], N, QD, D);
+                Rope(_q[l], null, backward: false);
+            }
+            else
+            {
+                MatMulNT(_xn1[l], P + o.Wq, _q[l], N, QD, D);
+                MatMulNT(_xn1[l], P + o.Wk, _k[l], N, KV, D);
+                MatMulNT(_xn1[l], P + o.Wv, _v[l], N, KV, D);
+                LoraForward(l, 0, _xn1[l], _q[l]); LoraForward(l, 1, _xn1[l], _k[l]); LoraForward(l, 2, _xn1[l], _v[l]);
+                Rope(_q[l], _k[l], backward: false);
+            }
             Attention(l, backward: false);
             MatMulNT(_att[l], P + o.Wo, _xMid[l], N, D, QD);
             LoraForward(l, 3, _att[l], _xMid[l]);
@@ -413,6 +465,34 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         Backward();
     }
 
+    /// <summary>
+    /// SwiftKV distillation step on the micro-batch's tokens: the original model (SwiftKV off) gives the teacher's
+    /// logits z_t, the SwiftKV forward the student's z_s, and the loss per row is τ²·KL(softmax(z_t/τ) ‖ softmax(z_s/τ))
+    /// (Hinton's temperature-scaled distillation; SwiftKV uses τ = 2). Its gradient, dz_s = τ·(softmax(z_s/τ) −
+    /// softmax(z_t/τ)) times <paramref name="gradScale"/>, goes back through the SwiftKV projections. Returns the mean loss.
+    /// </summary>
+    public float DistillForwardBackward(float temperature, float gradScale)
+    {
+        var sk = SwiftKv ?? throw new InvalidOperationException("not a SwiftKV distillation model");
+        if (!(temperature > 0)) throw new CriaException($"distillation temperature must be positive, got {temperature}");
+        int N = Rows, V = Shape.VocabSize;
+        SwiftKvOn = false;
+        Forward();
+        new ReadOnlySpan<float>(_logits, N * V).CopyTo(new Span<float>(_teacher, N * V));
+        SwiftKvOn = true;
+        Forward();
+        Mark(3);
+        double total = 0;
+        for (int n = 0; n < N; n++)
+        {
+            var zt = new Span<float>(_teacher + (long)n * V, V); var zs = new Span<float>(_logits + (long)n * V, V);
+            total += Layers.DistillRow(zt, zs, temperature, gradScale);
+        }
+        Mark(2);
+        Backward();
+        return (float)(total / N);
+    }
+
     void LanguageModelOnly()
     {
         if (Classifier != null) throw new InvalidOperationException("a classifier has no language-model head; use ClassifierForwardBackward");
@@ -496,6 +576,8 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         int N = Rows, D = s.Dim, QD = s.Dim, KV = s.KvDim, F = s.FfnDim;
         Clear(_dres, (long)N * D);
         Layers.RmsNormBackward(_dres, G + Layout.OutputNorm, _dxn, _xIn[s.Layers], P + Layout.OutputNorm, _rstdf, D, 0, N);
+        if (SwiftKv != null)
+            for (int j = 0; j < SwiftKv.Owners; j++) { Clear(_dKs[j], (long)N * s.KvDim); Clear(_dVs[j], (long)N * s.KvDim); }
 
         for (int l = s.Layers - 1; l >= 0; l--)
         {
@@ -521,6 +603,28 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
             Clear(_dk, (long)N * KV); Clear(_dv, (long)N * KV);
             Attention(l, backward: true);
             Rope(_dq, _dk, backward: true);
+            if (SwiftKvOn && SwiftKv is { } sk && l >= sk.KvLayers)
+            {
+                // q = RoPE(attn_q_swiftkv · xn1): dWq += dqᵀ·xn1, dxn1 = dq·Wq; the keys' and values' gradients gather
+                // per owner and reach h at layer L, the last layer with trained parameters: the backward stops there.
+                int w = sk.OwnerOf(l);
+                Add(_dKs[w], _dk, (long)N * KV); Add(_dVs[w], _dv, (long)N * KV);
+                Clear(_dxn, (long)N * D);
+                MatMulNN(_dq, SP + sk.Wq[l - sk.KvLayers], _dxn, N, D, QD);
+                MatMulTN(_dq, _xn1[l], SG + sk.Wq[l - sk.KvLayers], QD, D, N);
+                Layers.RmsNormBackward(_dres, G + o.AttnNorm, _dxn, _xIn[l], P + o.AttnNorm, _rstd1[l], D, 0, N);
+                if (l > sk.KvLayers) continue;
+                Clear(_dxn, (long)N * D);                                   // dh
+                for (int j = 0; j < sk.Owners; j++)
+                {
+                    MatMulNN(_dKs[j], SP + sk.Wk[j], _dxn, N, D, KV);
+                    MatMulNN(_dVs[j], SP + sk.Wv[j], _dxn, N, D, KV);
+                    MatMulTN(_dKs[j], _hs, SG + sk.Wk[j], KV, D, N);
+                    MatMulTN(_dVs[j], _hs, SG + sk.Wv[j], KV, D, N);
+                }
+                Layers.RmsNormBackward(_dres, SG + sk.Norm, _dxn, _xIn[l], SP + sk.Norm, _rstdS, D, 0, N);
+                return;
+            }
             Clear(_dxn, (long)N * D);
             MatMulNN(_dq, P + o.Wq, _dxn, N, D, QD);
             MatMulNN(_dk, P + o.Wk, _dxn, N, D, KV);

@@ -22,6 +22,19 @@ public sealed record SwiftKvOptions : CalibrationOptions
     public double Damp { get; init; } = 0.01;
 }
 
+/// <summary>Settings of <see cref="SwiftKv.Distill"/>: SwiftKV's knowledge-preserving distillation (τ = 2 in the paper).</summary>
+public sealed record SwiftKvDistillOptions
+{
+    public int Steps { get; init; } = 300;
+    public int BatchSize { get; init; } = 8;
+    public int SeqLen { get; init; } = 128;
+    public float LearningRate { get; init; } = 1e-3f;
+    public int WarmupSteps { get; init; } = 20;
+    public float Temperature { get; init; } = 2f;
+    public int Threads { get; init; } = 2;
+    public ulong Seed { get; init; } = 1234;
+}
+
 /// <summary>What <see cref="SwiftKv.Build"/> did: calibration tokens, and per fitted owner layer the relative error
 /// ‖Ŷ − Y‖² / ‖Y‖² of its keys and values on the calibration text (empty without a fit).</summary>
 public sealed record SwiftKvReport(long Tokens, IReadOnlyList<(int Layer, double KeyError, double ValueError)> Fits);
@@ -36,8 +49,9 @@ public sealed record SwiftKvReport(long Tokens, IReadOnlyList<(int Layer, double
 /// <para>
 /// The paper restores quality by distilling the new projections end to end (KL to the original model at temperature 2).
 /// This builder fits them instead, layer by layer, by least squares: W_k = argmin Σ_t ‖W h_t − k_t‖² + λ‖W‖², where
-/// k_t is the original model's key (before RoPE) of token t at that layer — for an AcrossKV group the mean of its
-/// layers' keys — the same for values. Queries keep each layer's attn_q. The output file holds the original tensors too,
+/// k_t is the original model's key (before RoPE) of token t at that layer (for an AcrossKV group, its first layer's:
+/// fitting the group's mean key instead was worse than copying on the bundled model, docs/swiftkv.md), the same for
+/// values. Queries keep each layer's attn_q. The output file holds the original tensors too,
 /// so <c>--swiftkv off</c> runs the original model from it.
 /// </para>
 /// </summary>
@@ -102,6 +116,65 @@ public static class SwiftKv
         }
         w.Write(output);
         return new SwiftKvReport(tokens, fits);
+    }
+
+    /// <summary>
+    /// Distils a SwiftKV model (made by <see cref="Build"/>) as the paper does: the SwiftKV projections and swiftkv_norm
+    /// train, everything else stays frozen, and the loss is τ²·KL between the original model's next-token distribution
+    /// (the teacher, read from the same file) and the SwiftKV model's, at temperature τ, on random windows of
+    /// <paramref name="text"/>. AdamW with warm-up and cosine decay, no weight decay. Writes <paramref name="output"/>:
+    /// the input with its SwiftKV tensors replaced (F32, or F16 where the input's were not F32). Returns every step.
+    /// </summary>
+    public static IReadOnlyList<StepResult> Distill(string input, string output, string text, SwiftKvDistillOptions o, Action<StepResult>? log = null, bool force = false)
+    {
+        if (!force && File.Exists(output)) throw new CriaException($"{output}: the output file exists (use --force to replace it)");
+        var imported = GgufImport.Read(input, "swiftkv --distill", swiftKv: true);
+        using var model = LlamaModel.Open(input);
+        var c = model.Config;
+        if (!c.IsSwiftKv) throw new CriaException($"swiftkv --distill: {input} is not a SwiftKV model (build one first: cria swiftkv IN OUT --layers L)");
+        var tok = model.Tokenizer;
+        int[] tokens = tok.Encode(text, addBos: false);
+        if (o.SeqLen < 2 || o.SeqLen > c.ContextLength) throw new CriaException($"swiftkv --distill: sequence length {o.SeqLen} must be in 2..{c.ContextLength}");
+        var options = new TrainingOptions
+        {
+            BatchSize = o.BatchSize, Steps = o.Steps, WarmupSteps = Math.Min(o.WarmupSteps, o.Steps), LearningRate = o.LearningRate,
+            WeightDecay = 0f, Threads = o.Threads, Seed = o.Seed,
+        };
+        using var trainer = new Trainer(imported.Shape, options, tokens, tok.Bos, o.SeqLen, swiftKv: (c.SwiftKvLayers, c.SwiftKvGroup));
+        trainer.SetParameters(imported.Parameters);
+        var layout = trainer.Model.SwiftKv!;
+        var f = model.File;
+        foreach (var t in layout.Tensors)
+        {
+            var info = f.GetTensor(t.Name);
+            if (info.ElementCount != t.Count) throw new ModelFormatException(input, $"tensor {info} does not have {t.Count} values");
+            if (info.Type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16))
+                throw new CriaException($"swiftkv --distill: {t.Name} of {input} is {info.Type}; distil an F32/F16 SwiftKV model, then quantize it");
+            var dst = trainer.Model.SwiftKvParameters.AsSpan((int)t.Offset, (int)t.Count);
+            long rowBytes = GgmlTypeInfo.RowBytes(info.Type, t.Cols);
+            var data = f.TensorData(info);
+            for (int r = 0; r < t.Rows; r++) Dequantize.Row(info.Type, data.Slice((int)(r * rowBytes), (int)rowBytes), dst.Slice(r * t.Cols, t.Cols));
+        }
+        var steps = new List<StepResult>();
+        for (int i = 0; i < o.Steps; i++)
+        {
+            var r = trainer.DistillStep(o.Temperature);
+            steps.Add(r);
+            log?.Invoke(r);
+        }
+        var trained = layout.Tensors.ToDictionary(t => t.Name, t => t);
+        var w = new GgufWriter().CopyMetadataFrom(f);
+        w.Set("cria.swiftkv.distill", $"steps {o.Steps}, batch {o.BatchSize} × {o.SeqLen}, lr {o.LearningRate}, temperature {o.Temperature}");
+        var p = trainer.Model.SwiftKvParameters;
+        foreach (var info in f.Tensors)
+        {
+            if (!trained.TryGetValue(info.Name, out var t)) { w.AddTensor(info.Name, info.Shape.ToArray(), info.Type, f.TensorData(info).ToArray()); continue; }
+            var values = p.AsSpan((int)t.Offset, (int)t.Count).ToArray();
+            if (info.Type == GgmlType.F32) w.AddTensor(info.Name, info.Shape.ToArray(), values);
+            else w.AddTensor(info.Name, info.Shape.ToArray(), GgmlType.F16, () => ToF16(values));
+        }
+        w.Write(output);
+        return steps;
     }
 
     static void Copy(GgufWriter w, GgufFile f, string from, string to)
@@ -170,34 +243,32 @@ public static class SwiftKv
 
     /// <summary>
     /// Collects, on the original model's calibration pass, A = Σ h hᵀ of layer L's normed input h (the input of
-    /// blk.L.attn_q, = swiftkv_norm(x_L) with swiftkv_norm = blk.L.attn_norm) and, per owner layer of each AcrossKV group,
-    /// B_k = Σ k̄ hᵀ and B_v = Σ v̄ hᵀ, where k̄ is the mean over the group's layers j of attn_k_j · u_j (u_j: layer j's
-    /// normed input), and Σ‖k̄‖², Σ‖v̄‖².
+    /// blk.L.attn_q, = swiftkv_norm(x_L) with swiftkv_norm = blk.L.attn_norm) and, per owner layer j (the first of each
+    /// AcrossKV group), B_k = Σ k hᵀ and B_v = Σ v hᵀ with k = attn_k_j · u_j, v = attn_v_j · u_j (u_j: layer j's normed
+    /// input), and Σ‖k‖², Σ‖v‖².
     /// </summary>
     sealed class Collector : IMatMulObserver
     {
-        readonly int _dim, _kvDim, _L, _g, _n, _threads;
-        readonly float[][] _wk, _wv;   // [layer − L] original attn_k / attn_v, [kvDim, dim]
-        float[] _h = [], _y = [];      // [rows, dim] h of the current step; [rows, kvDim] a projection scratch
+        readonly int _dim, _kvDim, _L, _g, _threads;
+        readonly float[][] _wk, _wv;   // [owner] original attn_k / attn_v of the owner layer, [kvDim, dim]
+        float[] _h = [], _y = [];      // [rows, dim] h of the current step; [rows, kvDim] the owner's keys or values
         public readonly float[] Gram;  // [dim, dim]
         public readonly float[][] CrossK, CrossV; // [owner] [kvDim, dim]
         public readonly double[] TargetK, TargetV;
-        readonly float[][] _meanK, _meanV; // [owner] [rows, kvDim] the group's mean key / value rows of the current step
         int _rows = -1;
         public long Tokens;
 
         public Collector(LlamaModel m, int L, int g, int threads)
         {
             var c = m.Config;
-            _dim = c.Dim; _kvDim = c.KvDim; _L = L; _g = g; _n = c.LayerCount; _threads = threads;
-            _wk = new float[_n - L][]; _wv = new float[_n - L][];
-            for (int l = L; l < _n; l++) { _wk[l - L] = Dense(m.Layers[l].Wk); _wv[l - L] = Dense(m.Layers[l].Wv); }
-            int owners = (_n - L + g - 1) / g;
+            _dim = c.Dim; _kvDim = c.KvDim; _L = L; _g = g; _threads = threads;
+            int owners = (c.LayerCount - L + g - 1) / g;
+            _wk = new float[owners][]; _wv = new float[owners][];
+            for (int i = 0; i < owners; i++) { _wk[i] = Dense(m.Layers[L + i * g].Wk); _wv[i] = Dense(m.Layers[L + i * g].Wv); }
             Gram = new float[_dim * _dim];
             CrossK = new float[owners][]; CrossV = new float[owners][];
             for (int i = 0; i < owners; i++) { CrossK[i] = new float[_kvDim * _dim]; CrossV[i] = new float[_kvDim * _dim]; }
             TargetK = new double[owners]; TargetV = new double[owners];
-            _meanK = new float[owners][]; _meanV = new float[owners][];
         }
 
         static float[] Dense(WeightMatrix w)
@@ -221,19 +292,14 @@ public static class SwiftKv
                 _rows = rows;
             }
             if (rows != _rows) throw new InvalidOperationException("swiftkv: calibration rows changed between layers");
-            int owner = (layer - _L) / _g, inGroup = (layer - _L) % _g;
-            int members = Math.Min(_g, _n - (_L + owner * _g));
-            foreach (var (w, mean) in new[] { (_wk[layer - _L], _meanK), (_wv[layer - _L], _meanV) })
-            {
-                if (mean[owner] is not { } acc || acc.Length < rows * _kvDim) acc = mean[owner] = new float[rows * _kvDim];
-                Project(w, x, rows, _y);
-                if (inGroup == 0) Array.Clear(acc, 0, rows * _kvDim);
-                for (int i = 0; i < rows * _kvDim; i++) acc[i] += _y[i] / members;
-            }
-            if (inGroup != members - 1) return;
-            AddCross(CrossK[owner], _meanK[owner], rows); AddCross(CrossV[owner], _meanV[owner], rows);
-            TargetK[owner] += SumSquares(_meanK[owner], rows * _kvDim);
-            TargetV[owner] += SumSquares(_meanV[owner], rows * _kvDim);
+            if ((layer - _L) % _g != 0) return;
+            int owner = (layer - _L) / _g;
+            Project(_wk[owner], x, rows, _y);
+            AddCross(CrossK[owner], _y, rows);
+            TargetK[owner] += SumSquares(_y, rows * _kvDim);
+            Project(_wv[owner], x, rows, _y);
+            AddCross(CrossV[owner], _y, rows);
+            TargetV[owner] += SumSquares(_y, rows * _kvDim);
         }
 
         static double SumSquares(float[] a, int n) { double s = 0; for (int i = 0; i < n; i++) s += (double)a[i] * a[i]; return s; }

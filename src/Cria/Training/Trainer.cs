@@ -82,14 +82,14 @@ public sealed partial class Trainer : IDisposable
     public int[]? RepeatAlphabet { get; init; }
 
     public Trainer(LlamaShape shape, TrainingOptions options, int[] trainTokens, int bos, int? seqLen = null, LoraOptions? lora = null,
-        ClassifierOptions? classifier = null)
+        ClassifierOptions? classifier = null, (int KvLayers, int Group)? swiftKv = null)
     {
         Options = options;
         options.Validate();
         int T = seqLen ?? shape.ContextLength;
         // An empty corpus makes a trainer for preference steps only (PreferenceStep brings its own pairs).
         if (trainTokens.Length > 0 && trainTokens.Length < T + 1) throw new CriaException($"the corpus has {trainTokens.Length} tokens, fewer than one sequence of {T + 1}");
-        Model = new LlamaTrainingModel(shape, options.BatchSize, T, options.Threads, lora, classifier);
+        Model = new LlamaTrainingModel(shape, options.BatchSize, T, options.Threads, lora, classifier, swiftKv);
         _data = trainTokens;
         _bos = bos;
         _m = new float[TrainedCount];
@@ -99,11 +99,12 @@ public sealed partial class Trainer : IDisposable
         Model.Lora?.Initialize(Model.LoraParameters, ref _rng);
     }
 
-    // What the optimizer updates: the model's parameters, or with LoRA only the adapters'.
-    float[] TrainedParameters => Model.Lora != null ? Model.LoraParameters : Model.Parameters;
-    float[] TrainedGradients => Model.Lora != null ? Model.LoraGradients : Model.Gradients;
-    ParameterTensor[] TrainedTensors => Model.Lora?.Tensors ?? Model.Layout.Tensors;
-    long TrainedCount => Model.Lora?.Count ?? Model.Layout.Count;
+    // What the optimizer updates: the model's parameters, or with LoRA only the adapters', or in SwiftKV distillation
+    // only the SwiftKV projections.
+    float[] TrainedParameters => Model.Lora != null ? Model.LoraParameters : Model.SwiftKv != null ? Model.SwiftKvParameters : Model.Parameters;
+    float[] TrainedGradients => Model.Lora != null ? Model.LoraGradients : Model.SwiftKv != null ? Model.SwiftKvGradients : Model.Gradients;
+    ParameterTensor[] TrainedTensors => Model.Lora?.Tensors ?? Model.SwiftKv?.Tensors ?? Model.Layout.Tensors;
+    long TrainedCount => Model.Lora?.Count ?? Model.SwiftKv?.Count ?? Model.Layout.Count;
     string ShapeText => Describe(Model.Shape, Model.Lora?.Options);
 
     /// <summary>What a checkpoint records as the model it trains: the shape, and the LoRA settings when only adapters train.</summary>
@@ -123,6 +124,24 @@ public sealed partial class Trainer : IDisposable
             float weights = 0;
             foreach (float w in m.LossWeights) weights += w;
             loss += m.ForwardBackward(weights > 0 ? 1f / (weights * accum) : 0f);
+        }
+        var (norm, lr) = OptimizerStep();
+        return new StepResult(Step, (float)(loss / accum), norm, lr, TokensSeen);
+    }
+
+    /// <summary>One SwiftKV distillation step (<see cref="LlamaTrainingModel.DistillForwardBackward"/>) over
+    /// GradAccumulation micro-batches of corpus text; the loss reported is the mean τ²·KL per token.</summary>
+    public StepResult DistillStep(float temperature)
+    {
+        var m = Model;
+        if (m.SwiftKv == null) throw new InvalidOperationException("this trainer does not distil a SwiftKV model");
+        int accum = Options.GradAccumulation;
+        m.ZeroGradients();
+        double loss = 0;
+        for (int a = 0; a < accum; a++)
+        {
+            FillBatch();
+            loss += m.DistillForwardBackward(temperature, 1f / (m.Rows * accum));
         }
         var (norm, lr) = OptimizerStep();
         return new StepResult(Step, (float)(loss / accum), norm, lr, TokensSeen);

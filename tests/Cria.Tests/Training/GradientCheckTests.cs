@@ -222,6 +222,81 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
     }
 
     /// <summary>
+    /// SwiftKV distillation on a 3-layer GQA model: the loss τ²·KL(teacher ‖ student) at τ = 2 (teacher: the original
+    /// model; student: the SwiftKV wiring over the same base) equals the double reference's, and every gradient of
+    /// swiftkv_norm and the attn_q/k/v_swiftkv projections agrees with central differences of it; the base gets no
+    /// matrix gradient. L = 1 with AcrossKV groups of 1 and 2.
+    /// </summary>
+    [Theory]
+    [InlineData(1, 1)]
+    [InlineData(1, 2)]
+    [InlineData(2, 1)]
+    public void SwiftKvDistillation(int L, int g)
+    {
+        var shape = new LlamaShape { VocabSize = 40, Dim = 16, Layers = 3, Heads = 4, KvHeads = 2, FfnDim = 24, ContextLength = 8 };
+        int B = 2, T = 6; const float tau = 2f;
+        using var m = new LlamaTrainingModel(shape, B, T, 2, swiftKv: (L, g));
+        var rng = new Random(31 + 10 * L + g);
+        foreach (var t in m.Layout.Tensors)
+            for (long i = t.Offset; i < t.Offset + t.Count; i++)
+                m.Parameters[i] = t.IsMatrix ? (float)((rng.NextDouble() * 2 - 1) * 0.5) : (float)(0.8 + 0.4 * rng.NextDouble());
+        var sk = m.SwiftKv!;
+        foreach (var t in sk.Tensors)
+            for (long i = t.Offset; i < t.Offset + t.Count; i++)
+                m.SwiftKvParameters[i] = t.IsMatrix ? (float)((rng.NextDouble() * 2 - 1) * 0.5) : (float)(0.8 + 0.4 * rng.NextDouble());
+        var tokens = Enumerable.Range(0, B * T).Select(_ => rng.Next(shape.VocabSize)).ToArray();
+        tokens.CopyTo(m.Tokens);
+        m.ZeroGradients();
+        float loss = m.DistillForwardBackward(tau, 1f / (B * T));
+        var p = m.Parameters.Select(v => (double)v).ToArray();
+        var sp = m.SwiftKvParameters.Select(v => (double)v).ToArray();
+        var teacher = Reference.Logits(m.Layout, p, tokens, B, T);
+        double DistillLoss(double[] swift)
+        {
+            var student = Reference.MatMulNT(Reference.Hidden(m.Layout, p, tokens, B, T, null, sk, swift), B * T, shape.Dim, p, m.Layout.Output, shape.VocabSize);
+            double total = 0;
+            int V = shape.VocabSize;
+            for (int n = 0; n < B * T; n++)
+            {
+                double mt = double.NegativeInfinity, ms = double.NegativeInfinity;
+                for (int i = 0; i < V; i++) { mt = Math.Max(mt, teacher[n * V + i] / tau); ms = Math.Max(ms, student[n * V + i] / tau); }
+                double zt = 0, zs = 0;
+                for (int i = 0; i < V; i++) { zt += Math.Exp(teacher[n * V + i] / tau - mt); zs += Math.Exp(student[n * V + i] / tau - ms); }
+                for (int i = 0; i < V; i++)
+                {
+                    double lp = teacher[n * V + i] / tau - mt - Math.Log(zt), lq = student[n * V + i] / tau - ms - Math.Log(zs);
+                    total += Math.Exp(lp) * (lp - lq);
+                }
+            }
+            return tau * tau * total / (B * T);
+        }
+        double refLoss = DistillLoss(sp);
+        Assert.True(Math.Abs(loss - refLoss) < 1e-5 * Math.Max(1, refLoss), $"loss {loss} vs reference {refLoss}");
+        Assert.True(refLoss > 1e-3, "the SwiftKV student must differ from its teacher for this check to mean anything");
+        double worst = 0;
+        foreach (var t in sk.Tensors)
+        {
+            var analytic = m.SwiftKvGradients.AsSpan((int)t.Offset, (int)t.Count).ToArray();
+            var numeric = new double[t.Count];
+            for (int i = 0; i < t.Count; i++)
+            {
+                long j = t.Offset + i;
+                double keep = sp[j];
+                sp[j] = keep + H; double lp = DistillLoss(sp);
+                sp[j] = keep - H; double lm = DistillLoss(sp);
+                sp[j] = keep;
+                numeric[i] = (lp - lm) / (2 * H);
+            }
+            double err = RelError(analytic, numeric);
+            worst = Math.Max(worst, err);
+            output.WriteLine($"{t.Name,-34} relative error {err:E2}");
+        }
+        foreach (var t in m.Layout.Tensors.Where(t => t.IsMatrix))
+            Assert.True(m.Gradients.AsSpan((int)t.Offset, (int)t.Count).IndexOfAnyExcept(0f) < 0, $"frozen {t.Name} got a gradient");
+        Report($"SwiftKV distillation L={L} g={g}, worst tensor", worst, 1e-4);
+    }
+
+    /// <summary>
     /// LoRA on every projection of a 2-layer GQA model: the loss equals the reference model's with W + (α/r)·B·A merged
     /// in double, and every adapter gradient agrees with central differences of that merged loss; the frozen base gets
     /// no matrix gradient.

@@ -113,20 +113,40 @@ static class Reference
     public static double[] Logits(ParameterLayout lay, double[] p, int[] tokens, int B, int T) =>
         MatMulNT(Hidden(lay, p, tokens, B, T), B * T, lay.Shape.Dim, p, lay.Output, lay.Shape.VocabSize);
 
-    /// <summary>The final-norm hidden states [B·T, D] in double; <paramref name="keys"/> as in <see cref="Attention"/>.</summary>
-    public static double[] Hidden(ParameterLayout lay, double[] p, int[] tokens, int B, int T, int[]? keys = null)
+    /// <summary>The final-norm hidden states [B·T, D] in double; <paramref name="keys"/> as in <see cref="Attention"/>.
+    /// With <paramref name="sk"/>: the SwiftKV model whose new tensors are in <paramref name="sp"/> — from layer L on,
+    /// keys and values from h = swiftkv_norm(x_L) through each AcrossKV owner's projections, queries from attn_q_swiftkv.</summary>
+    public static double[] Hidden(ParameterLayout lay, double[] p, int[] tokens, int B, int T, int[]? keys = null,
+        SwiftKvLayout? sk = null, double[]? sp = null)
     {
         var s = lay.Shape;
         int N = B * T, D = s.Dim, KV = s.KvDim, F = s.FfnDim, hd = s.HeadDim;
         var table = RopeTable(T, hd, s.RopeBase);
         var x = new double[N * D];
         for (int n = 0; n < N; n++) for (int i = 0; i < D; i++) x[n * D + i] = p[lay.TokenEmbedding + (long)tokens[n] * D + i];
-        foreach (var o in lay.Blocks)
+        double[][] swiftK = [], swiftV = [];
+        for (int l = 0; l < lay.Blocks.Length; l++)
         {
+            var o = lay.Blocks[l];
             var xn = RmsNorm(x, Slice(p, o.AttnNorm, D), D, s.RmsEps);
-            var q = Rope(MatMulNT(xn, N, D, p, o.Wq, D), s.Heads, hd, T, table);
-            var k = Rope(MatMulNT(xn, N, D, p, o.Wk, KV), s.KvHeads, hd, T, table);
-            var v = MatMulNT(xn, N, D, p, o.Wv, KV);
+            double[] q, k, v;
+            if (sk != null && l >= sk.KvLayers)
+            {
+                if (l == sk.KvLayers)
+                {
+                    var hs = RmsNorm(x, Slice(sp!, sk.Norm, D), D, s.RmsEps);
+                    swiftK = sk.Wk.Select(w => Rope(MatMulNT(hs, N, D, sp!, w, KV), s.KvHeads, hd, T, table)).ToArray();
+                    swiftV = sk.Wv.Select(w => MatMulNT(hs, N, D, sp!, w, KV)).ToArray();
+                }
+                q = Rope(MatMulNT(xn, N, D, sp!, sk.Wq[l - sk.KvLayers], D), s.Heads, hd, T, table);
+                k = swiftK[sk.OwnerOf(l)]; v = swiftV[sk.OwnerOf(l)];
+            }
+            else
+            {
+                q = Rope(MatMulNT(xn, N, D, p, o.Wq, D), s.Heads, hd, T, table);
+                k = Rope(MatMulNT(xn, N, D, p, o.Wk, KV), s.KvHeads, hd, T, table);
+                v = MatMulNT(xn, N, D, p, o.Wv, KV);
+            }
             var att = Attention(q, k, v, B, T, s.Heads, s.KvHeads, hd, keys);
             x = Add(x, MatMulNT(att, N, D, p, o.Wo, D));
             xn = RmsNorm(x, Slice(p, o.FfnNorm, D), D, s.RmsEps);
