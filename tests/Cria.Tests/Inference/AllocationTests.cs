@@ -42,6 +42,8 @@ public class AllocationTests
         yield return ["alloc-moe-q4_k", GgmlType.Q4_K, false, KvCacheType.F16, KvEvictionType.None];
         // A LoRA adapter on all seven projections, applied at run time.
         yield return ["alloc-q4_k_m", GgmlType.Q4_K, true, KvCacheType.F16, KvEvictionType.None, true];
+        // A SwiftKV model (layer 1 of 2 on, AcrossKV off): h, the upper layer's K/V from it, and its own queries.
+        yield return ["alloc-q8_0", GgmlType.Q8_0, false, KvCacheType.F16, KvEvictionType.None, false, true];
     }
 
     /// <summary>A random rank-8 adapter on every projection of <paramref name="model"/>.</summary>
@@ -60,9 +62,17 @@ public class AllocationTests
 
     [Theory]
     [MemberData(nameof(Cases))]
-    public void DecodeStepsAllocateNothing(string key, GgmlType type, bool mix, KvCacheType kv, KvEvictionType evict, bool lora = false)
+    public void DecodeStepsAllocateNothing(string key, GgmlType type, bool mix, KvCacheType kv, KvEvictionType evict, bool lora = false, bool swiftKv = false)
     {
-        using var model = LlamaModel.Open(LogitsAgreementTests.ModelFile(key, Spec(key, type, mix)));
+        string path = LogitsAgreementTests.ModelFile(key, Spec(key, type, mix));
+        if (swiftKv)
+        {
+            string swift = TestPaths.TempFile(key + "-swiftkv.gguf");
+            Cria.Training.SwiftKv.Build(path, swift, null, new Cria.Training.SwiftKvOptions { KvLayers = 1, Fit = false }, force: true);
+            path = swift;
+        }
+        using var model = LlamaModel.Open(path);
+        Assert.Equal(swiftKv, model.Config.IsSwiftKv);
         using var ctx = new InferenceContext(model, new ContextOptions
         {
             ContextSize = 256, Threads = 2, MicroBatch = 16,
