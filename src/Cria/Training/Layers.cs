@@ -254,7 +254,7 @@ public static unsafe class Layers
     public static double DistillRow(Span<float> teacher, Span<float> student, float tau, float scale)
     {
         float inv = 1f / tau;
-        double lseT = Softmax(teacher, inv), lseS = Softmax(student, inv);
+        Softmax(teacher, inv); Softmax(student, inv);
         double kl = 0;
         for (int i = 0; i < teacher.Length; i++)
         {
@@ -264,15 +264,14 @@ public static unsafe class Layers
         }
         return tau * tau * kl;
 
-        // x ← softmax(x / τ) in place; returns its log-sum-exp (unused beyond the softmax).
-        static double Softmax(Span<float> x, float invTau)
+        // x ← softmax(x / τ) in place
+        static void Softmax(Span<float> x, float invTau)
         {
             float max = float.NegativeInfinity;
             foreach (float v in x) max = MathF.Max(max, v);
             double sum = 0;
             for (int i = 0; i < x.Length; i++) { double e = Math.Exp((x[i] - max) * invTau); x[i] = (float)e; sum += e; }
             for (int i = 0; i < x.Length; i++) x[i] = (float)(x[i] / sum);
-            return Math.Log(sum) + max * invTau;
         }
     }
 

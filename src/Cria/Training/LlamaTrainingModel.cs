@@ -574,6 +574,8 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     {
         var s = Shape;
         int N = Rows, D = s.Dim, QD = s.Dim, KV = s.KvDim, F = s.FfnDim;
+        if (SwiftKv != null && !SwiftKvOn)   // its upper layers share key buffers per AcrossKV group, so only the student's backward holds
+            throw new InvalidOperationException("the original model of a SwiftKV distillation runs forward only (the teacher)");
         Clear(_dres, (long)N * D);
         Layers.RmsNormBackward(_dres, G + Layout.OutputNorm, _dxn, _xIn[s.Layers], P + Layout.OutputNorm, _rstdf, D, 0, N);
         if (SwiftKv != null)
