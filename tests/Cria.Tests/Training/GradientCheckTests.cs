@@ -53,6 +53,32 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
         Assert.True(err < limit, $"{op}: relative error {err:E2} ≥ {limit:E0}");
     }
 
+    /// <summary>The worst relative error over <paramref name="tensors"/> of the analytic gradients
+    /// <paramref name="gradients"/> against central differences of <paramref name="loss"/> at <paramref name="values"/>
+    /// (same layout), each tensor's error reported.</summary>
+    double WorstTensor(ParameterTensor[] tensors, float[] gradients, double[] values, Func<double[], double> loss, int width = 26)
+    {
+        double worst = 0;
+        foreach (var t in tensors)
+        {
+            var analytic = gradients.AsSpan((int)t.Offset, (int)t.Count).ToArray();
+            var numeric = new double[t.Count];
+            for (int i = 0; i < t.Count; i++)
+            {
+                long j = t.Offset + i;
+                double keep = values[j];
+                values[j] = keep + H; double lp = loss(values);
+                values[j] = keep - H; double lm = loss(values);
+                values[j] = keep;
+                numeric[i] = (lp - lm) / (2 * H);
+            }
+            double err = RelError(analytic, numeric);
+            worst = Math.Max(worst, err);
+            output.WriteLine($"{t.Name.PadRight(width)} relative error {err:E2}");
+        }
+        return worst;
+    }
+
     [Fact]
     public void RmsNorm()
     {
@@ -200,24 +226,7 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
         var p = m.Parameters.Select(v => (double)v).ToArray();
         double refLoss = Reference.Loss(m.Layout, p, tokens, targets, B, T);
         Assert.True(Math.Abs(loss - refLoss) < 1e-5, $"loss {loss} vs reference {refLoss}");
-        double worst = 0;
-        foreach (var t in m.Layout.Tensors)
-        {
-            var analytic = m.Gradients.AsSpan((int)t.Offset, (int)t.Count).ToArray();
-            var numeric = new double[t.Count];
-            for (int i = 0; i < t.Count; i++)
-            {
-                long j = t.Offset + i;
-                double keep = p[j];
-                p[j] = keep + H; double lp = Reference.Loss(m.Layout, p, tokens, targets, B, T);
-                p[j] = keep - H; double lm = Reference.Loss(m.Layout, p, tokens, targets, B, T);
-                p[j] = keep;
-                numeric[i] = (lp - lm) / (2 * H);
-            }
-            double err = RelError(analytic, numeric);
-            worst = Math.Max(worst, err);
-            output.WriteLine($"{t.Name,-26} relative error {err:E2}");
-        }
+        double worst = WorstTensor(m.Layout.Tensors, m.Gradients, p, q => Reference.Loss(m.Layout, q, tokens, targets, B, T));
         Report($"full model ({(tied ? "tied" : "untied")}), worst tensor", worst, 1e-4);
     }
 
@@ -273,24 +282,7 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
         double refLoss = DistillLoss(sp);
         Assert.True(Math.Abs(loss - refLoss) < 1e-5 * Math.Max(1, refLoss), $"loss {loss} vs reference {refLoss}");
         Assert.True(refLoss > 1e-3, "the SwiftKV student must differ from its teacher for this check to mean anything");
-        double worst = 0;
-        foreach (var t in sk.Tensors)
-        {
-            var analytic = m.SwiftKvGradients.AsSpan((int)t.Offset, (int)t.Count).ToArray();
-            var numeric = new double[t.Count];
-            for (int i = 0; i < t.Count; i++)
-            {
-                long j = t.Offset + i;
-                double keep = sp[j];
-                sp[j] = keep + H; double lp = DistillLoss(sp);
-                sp[j] = keep - H; double lm = DistillLoss(sp);
-                sp[j] = keep;
-                numeric[i] = (lp - lm) / (2 * H);
-            }
-            double err = RelError(analytic, numeric);
-            worst = Math.Max(worst, err);
-            output.WriteLine($"{t.Name,-34} relative error {err:E2}");
-        }
+        double worst = WorstTensor(sk.Tensors, m.SwiftKvGradients, sp, DistillLoss, 34);
         foreach (var t in m.Layout.Tensors.Where(t => t.IsMatrix))
             Assert.True(m.Gradients.AsSpan((int)t.Offset, (int)t.Count).IndexOfAnyExcept(0f) < 0, $"frozen {t.Name} got a gradient");
         Report($"SwiftKV distillation L={L} g={g}, worst tensor", worst, 1e-4);
@@ -330,24 +322,7 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
         double refLoss = MergedLoss(a);
         Assert.True(Math.Abs(loss - refLoss) < 1e-5, $"loss {loss} vs merged reference {refLoss}");
         Assert.True(Math.Abs(refLoss - Reference.Loss(m.Layout, p, tokens, targets, B, T)) > 1e-3, "the adapters must change the loss for this check to mean anything");
-        double worst = 0;
-        foreach (var t in lay.Tensors)
-        {
-            var analytic = m.LoraGradients.AsSpan((int)t.Offset, (int)t.Count).ToArray();
-            var numeric = new double[t.Count];
-            for (int i = 0; i < t.Count; i++)
-            {
-                long j = t.Offset + i;
-                double keep = a[j];
-                a[j] = keep + H; double lp = MergedLoss(a);
-                a[j] = keep - H; double lm = MergedLoss(a);
-                a[j] = keep;
-                numeric[i] = (lp - lm) / (2 * H);
-            }
-            double err = RelError(analytic, numeric);
-            worst = Math.Max(worst, err);
-            output.WriteLine($"{t.Name,-34} relative error {err:E2}");
-        }
+        double worst = WorstTensor(lay.Tensors, m.LoraGradients, a, MergedLoss, 34);
         foreach (var t in m.Layout.Tensors.Where(t => t.IsMatrix && t.Name != "token_embd.weight")) // the embedding rows still gather theirs (cheap, unused)
             Assert.True(m.Gradients.AsSpan((int)t.Offset, (int)t.Count).IndexOfAnyExcept(0f) < 0, $"frozen {t.Name} got a gradient");
         Report("LoRA adapters (all seven projections), worst tensor", worst, 1e-4);
