@@ -122,6 +122,9 @@ public class SwiftKvTests(ITestOutputHelper output)
 
     static int[] Prompt(int n, int seed) => LogitsAgreementTests.Prompt(n, Vocab, seed);
 
+    /// <summary>Checked-in KJV text (tests/Cria.Tests/Texts): the bundled model's training text and held-out chapters.</summary>
+    static string Text(string name) => File.ReadAllText(Path.Combine(TestPaths.RepoRoot, "tests", "Cria.Tests", "Texts", name));
+
     /// <summary>Every position's logits (all rows asking, so all run to the top) and a prompt's last logits (the other
     /// rows stopping at L) against the double reference; the same for the original model with SwiftKV off.</summary>
     [Theory]
@@ -228,8 +231,7 @@ public class SwiftKvTests(ITestOutputHelper output)
     public void The_least_squares_builder_recovers_an_exact_map_and_beats_copied_projections()
     {
         string model = Path.Combine(TestPaths.RepoRoot, "models", "default.gguf");
-        string train = File.ReadAllText(Path.Combine(TestPaths.RepoRoot, "data", "train.txt"))[..200_000];
-        string valid = File.ReadAllText(Path.Combine(TestPaths.RepoRoot, "data", "valid.txt"))[..40_000];
+        string train = Text("kjv-train.txt"), valid = Text("kjv-valid.txt");
         string fitted = TestPaths.TempFile("swiftkv-fit.gguf"), copied = TestPaths.TempFile("swiftkv-copy.gguf");
         var o = new SwiftKvOptions { KvLayers = 3, MaxChunks = 24, Threads = 2 };
         var report = SwiftKv.Build(model, fitted, train, o, force: true);
@@ -271,8 +273,7 @@ public class SwiftKvTests(ITestOutputHelper output)
     public void Distillation_lowers_the_held_out_KL_and_touches_only_the_SwiftKV_tensors()
     {
         string model = Path.Combine(TestPaths.RepoRoot, "models", "default.gguf");
-        string train = File.ReadAllText(Path.Combine(TestPaths.RepoRoot, "data", "train.txt"))[..300_000];
-        string valid = File.ReadAllText(Path.Combine(TestPaths.RepoRoot, "data", "valid.txt"))[..30_000];
+        string train = Text("kjv-train.txt"), valid = Text("kjv-valid.txt");
         string copied = TestPaths.TempFile("swiftkv-kd-init.gguf"), distilled = TestPaths.TempFile("swiftkv-kd.gguf");
         SwiftKv.Build(model, copied, null, new SwiftKvOptions { KvLayers = 3, Fit = false }, force: true);
         var steps = SwiftKv.Distill(copied, distilled, train, new SwiftKvDistillOptions { Steps = 20, BatchSize = 4, SeqLen = 64, WarmupSteps = 2, Threads = 2 }, force: true);
