@@ -46,7 +46,8 @@ static class SwiftKvCommand
                 var log = SwiftKv.Distill(inPath, r.GetValue(output)!, TokenizerTrainer.ReadCorpus(distillPath), d,
                     s => progress.Show($"step {s.Step}/{d.Steps}  τ²·KL {s.Loss:F4}  lr {s.LearningRate:E2}"), r.GetValue(force));
                 progress.Done();
-                Console.Out.WriteLine($"wrote {r.GetValue(output)}: distilled {d.Steps} steps, τ²·KL {log.Take(10).Average(x => x.Loss):F4} (first 10) → {log.TakeLast(10).Average(x => x.Loss):F4} (last 10)");
+                int k = Math.Clamp(log.Count / 2, 1, 10);
+                Console.Out.WriteLine($"wrote {r.GetValue(output)}: distilled {d.Steps} steps, τ²·KL {log.Take(k).Average(x => x.Loss):F4} (first {k}) → {log.TakeLast(k).Average(x => x.Loss):F4} (last {k})");
                 return 0;
             }
             int L = r.GetValue(layers);
