@@ -5,9 +5,9 @@ using Cria.Models;
 namespace Cria.Cli;
 
 /// <summary>
-/// The KV-cache and RoPE options shared by generate, perplexity, serve, bench and passkey: --kv-type, --kivi-group,
+/// The KV-cache, RoPE and SwiftKV options shared by generate, perplexity, serve, bench and passkey: --kv-type, --kivi-group,
 /// --kivi-residual, --kv-evict, --kv-budget, and llama.cpp's --rope-scaling / --rope-scale / --rope-freq-base /
-/// --yarn-orig-ctx / --yarn-ext-factor / --yarn-attn-factor / --yarn-beta-fast / --yarn-beta-slow.
+/// --yarn-orig-ctx / --yarn-ext-factor / --yarn-attn-factor / --yarn-beta-fast / --yarn-beta-slow, and --swiftkv on|off.
 /// </summary>
 sealed class KvCliOptions
 {

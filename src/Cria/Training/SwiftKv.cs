@@ -47,8 +47,10 @@ public sealed record SwiftKvReport(long Tokens, IReadOnlyList<(int Layer, double
 /// layers' work except the K/V projections. With AcrossKV (group g) only every g-th later layer owns projections and
 /// the others read its cache layer.
 /// <para>
-/// The paper restores quality by distilling the new projections end to end (KL to the original model at temperature 2).
-/// This builder fits them instead, layer by layer, by least squares: W_k = argmin Σ_t ‖W h_t − k_t‖² + λ‖W‖², where
+/// The paper initialises the new projections from the originals and restores quality by distilling them end to end (KL
+/// to the original model at temperature 2): <see cref="Distill"/>. <see cref="Build"/> makes the model, with the
+/// projections copied (the paper's initialisation) or fitted layer by layer by least squares, a better start:
+/// W_k = argmin Σ_t ‖W h_t − k_t‖² + λ‖W‖², where
 /// k_t is the original model's key (before RoPE) of token t at that layer (for an AcrossKV group, its first layer's:
 /// fitting the group's mean key instead was worse than copying on the bundled model, docs/swiftkv.md), the same for
 /// values. Queries keep each layer's attn_q. The output file holds the original tensors too,
@@ -97,9 +99,8 @@ public static class SwiftKv
         var w = new GgufWriter().CopyMetadataFrom(f);
         w.Set(arch + ".swiftkv.kv_layers", (uint)L);
         w.Set(arch + ".swiftkv.group_size", (uint)g);
-        foreach (var t in f.Tensors) w.AddTensor(t.Name, t.Shape.ToArray(), t.Type, f.TensorData(t).ToArray());
-        var norm = f.GetTensor($"blk.{L}.attn_norm.weight");
-        w.AddTensor("swiftkv_norm.weight", norm.Shape.ToArray(), norm.Type, f.TensorData(norm).ToArray());
+        foreach (var t in f.Tensors) Copy(w, f, t.Name, t.Name);
+        Copy(w, f, $"blk.{L}.attn_norm.weight", "swiftkv_norm.weight");
         for (int l = L; l < n; l++)
         {
             Copy(w, f, $"blk.{l}.attn_q.weight", $"blk.{l}.attn_q_swiftkv.weight");
@@ -168,7 +169,7 @@ public static class SwiftKv
         var p = trainer.Model.SwiftKvParameters;
         foreach (var info in f.Tensors)
         {
-            if (!trained.TryGetValue(info.Name, out var t)) { w.AddTensor(info.Name, info.Shape.ToArray(), info.Type, f.TensorData(info).ToArray()); continue; }
+            if (!trained.TryGetValue(info.Name, out var t)) { Copy(w, f, info.Name, info.Name); continue; }
             var values = p.AsSpan((int)t.Offset, (int)t.Count).ToArray();
             if (info.Type == GgmlType.F32) w.AddTensor(info.Name, info.Shape.ToArray(), values);
             else w.AddTensor(info.Name, info.Shape.ToArray(), GgmlType.F16, () => ToF16(values));
@@ -177,10 +178,12 @@ public static class SwiftKv
         return steps;
     }
 
+    /// <summary>Adds tensor <paramref name="from"/> of <paramref name="f"/> under the name <paramref name="to"/>, its bytes
+    /// copied from the map when the writer reaches it (one tensor in memory at a time).</summary>
     static void Copy(GgufWriter w, GgufFile f, string from, string to)
     {
         var t = f.GetTensor(from);
-        w.AddTensor(to, t.Shape.ToArray(), t.Type, f.TensorData(t).ToArray());
+        w.AddTensor(to, t.Shape.ToArray(), t.Type, () => f.TensorData(t).ToArray());
     }
 
     static byte[] ToF16(float[] m)
