@@ -92,7 +92,12 @@ public sealed class InferenceContext : IDisposable
         options ??= new ContextOptions();
         Model = model;
         var c = Config = options.Rope is { } rope ? rope.Apply(model.Config) : model.Config;
-        if (!options.SwiftKv && c.IsSwiftKv) c = Config = c with { SwiftKvLayers = 0, SwiftKvGroup = 1 };
+        if (!options.SwiftKv && c.IsSwiftKv)
+        {
+            if (!model.HasOriginalAttention)
+                throw new CriaException($"{model.File.Path} holds no original attention projections for layers {c.SwiftKvLayers} and above: it runs only as SwiftKV");
+            c = Config = c with { SwiftKvLayers = 0, SwiftKvGroup = 1 };
+        }
         int ctx = options.ContextSize > 0 ? options.ContextSize : c.ContextLength;
         MicroBatch = Math.Max(1, options.MicroBatch);
         Cache = new KvCache(c, ctx, options.KvBlockSize, options.Kv, MicroBatch);

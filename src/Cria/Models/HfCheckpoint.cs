@@ -19,7 +19,11 @@ namespace Cria.Models;
 /// attn_k_norm, post_attention_layernorm → post_attention_norm, post_feedforward_layernorm → post_ffw_norm, and no
 /// q/k permutation (llama.cpp runs olmo2 with NEOX RoPE, Hugging Face's own layout). An OLMoE checkpoint
 /// (<c>OlmoeForCausalLM</c>) becomes an <c>olmoe</c> GGUF: llama's norms plus q_norm / k_norm, the router
-/// <c>mlp.gate</c> and the experts <c>mlp.experts.E.{gate,up,down}_proj</c> stacked, no permutation.
+/// <c>mlp.gate</c> and the experts <c>mlp.experts.E.{gate,up,down}_proj</c> stacked, no permutation. A SwiftKV checkpoint
+/// (ArcticTraining's <c>LlamaSwiftKVForCausalLM</c>, <c>model_type</c> llama_swiftkv with <c>swiftkv</c> true,
+/// <c>num_key_value_layers</c> L and <c>key_value_group_size</c>) becomes a SwiftKV llama GGUF (docs/swiftkv.md):
+/// model.norm_swiftkv → swiftkv_norm, self_attn.{q,k,v}_proj_swiftkv → attn_{q,k,v}_swiftkv (q and k permuted like
+/// q_proj/k_proj); the upper layers' original q/k/v_proj are kept when the checkpoint has them.
 /// </summary>
 public sealed class HfCheckpoint : IDisposable
 {
@@ -42,6 +46,9 @@ public sealed class HfCheckpoint : IDisposable
     public int ContextLength { get; private init; }
     public float RmsEps { get; private init; }
     public float RopeTheta { get; private init; }
+    /// <summary>SwiftKV: the first layer whose K/V come from norm_swiftkv's output (0 = not SwiftKV), and the AcrossKV group.</summary>
+    public int SwiftKvLayers { get; private init; }
+    public int SwiftKvGroup { get; private init; } = 1;
     public bool TiedEmbeddings { get; private init; }
     public JsonElement? RopeScaling { get; private init; }
     readonly List<SafetensorsFile> _files = new();
@@ -77,7 +84,8 @@ public sealed class HfCheckpoint : IDisposable
         bool mixtral = modelType == "mixtral" || Arch("MixtralForCausalLM");
         bool olmo2 = modelType == "olmo2" || Arch("Olmo2ForCausalLM");
         bool olmoe = modelType == "olmoe" || Arch("OlmoeForCausalLM");
-        bool llama = mixtral || modelType == "llama" || Arch("LlamaForCausalLM");
+        bool swiftArch = modelType == "llama_swiftkv" || Arch("LlamaSwiftKVForCausalLM");
+        bool llama = mixtral || swiftArch || modelType == "llama" || Arch("LlamaForCausalLM");
         if (!llama && !olmo2 && !olmoe) throw new ModelFormatException(cfgPath, $"model_type '{modelType}' is not supported (model_type \"llama\" / LlamaForCausalLM, \"mixtral\" / MixtralForCausalLM, \"olmo2\" / Olmo2ForCausalLM or \"olmoe\" / OlmoeForCausalLM)");
         if ((olmo2 || olmoe) && c.TryGetProperty("attention_bias", out var ab) && ab.ValueKind == JsonValueKind.True)
             throw new ModelFormatException(cfgPath, $"{modelType} with attention_bias is not supported (the released models have none)");
@@ -97,12 +105,25 @@ public sealed class HfCheckpoint : IDisposable
         if ((olmo2 || olmoe) && headDim * heads != dim) throw new ModelFormatException(cfgPath, $"{(olmo2 ? "olmo2" : "olmoe")} needs num_attention_heads × head dim = hidden_size, got {heads} × {headDim} ≠ {dim}");
         if (olmoe && kv != heads) throw new ModelFormatException(cfgPath, $"olmoe needs num_key_value_heads = num_attention_heads (its k norm spans hidden_size), got {kv} of {heads}");
         RopeScalingCheck(cfgPath, c);
+        int layers = Int(cfgPath, c, "num_hidden_layers"), swiftKv = 0, swiftGroup = 1;
+        // LlamaSwiftKVConfig: swiftkv (default false: the original model), num_key_value_layers (default all layers),
+        // key_value_group_size (default 1).
+        if (swiftArch && c.TryGetProperty("swiftkv", out var sw) && sw.ValueKind == JsonValueKind.True)
+        {
+            swiftKv = c.TryGetProperty("num_key_value_layers", out var nk) && nk.ValueKind == JsonValueKind.Number ? Int(cfgPath, c, "num_key_value_layers") : layers;
+            swiftGroup = c.TryGetProperty("key_value_group_size", out var kg) && kg.ValueKind == JsonValueKind.Number ? Int(cfgPath, c, "key_value_group_size") : 1;
+            if (swiftKv > layers || swiftGroup > Math.Max(1, layers - swiftKv))
+                throw new ModelFormatException(cfgPath, $"num_key_value_layers {swiftKv} with key_value_group_size {swiftGroup} does not fit num_hidden_layers {layers}");
+            if (experts > 0) throw new ModelFormatException(cfgPath, "SwiftKV with a mixture of experts is not supported");
+            if (swiftKv == layers) swiftKv = 0; // every layer keeps its own K/V: the original model
+        }
         return new HfCheckpoint(dir)
         {
+            SwiftKvLayers = swiftKv, SwiftKvGroup = swiftKv > 0 ? swiftGroup : 1,
             _config = doc,
             Architecture = olmo2 ? "olmo2" : olmoe ? "olmoe" : "llama",
             Dim = dim, Heads = heads, KvHeads = kv, HeadDim = headDim, Experts = experts, ExpertsUsed = used,
-            Layers = Int(cfgPath, c, "num_hidden_layers"), FfnDim = Int(cfgPath, c, "intermediate_size"), VocabSize = Int(cfgPath, c, "vocab_size"),
+            Layers = layers, FfnDim = Int(cfgPath, c, "intermediate_size"), VocabSize = Int(cfgPath, c, "vocab_size"),
             ContextLength = c.TryGetProperty("max_position_embeddings", out var mp) && mp.ValueKind == JsonValueKind.Number ? mp.GetInt32() : 2048,
             // Absent: the transformers config classes' defaults (LlamaConfig 1e-6, Olmo2Config and OlmoeConfig 1e-5).
             RmsEps = c.TryGetProperty("rms_norm_eps", out var e) && e.ValueKind == JsonValueKind.Number ? e.GetSingle() : olmo2 || olmoe ? 1e-5f : 1e-6f,
@@ -180,15 +201,29 @@ public sealed class HfCheckpoint : IDisposable
     {
         yield return ("model.embed_tokens.weight", "token_embd.weight", [VocabSize, Dim]);
         yield return ("model.norm.weight", "output_norm.weight", [Dim]);
+        if (SwiftKvLayers > 0) yield return ("model.norm_swiftkv.weight", "swiftkv_norm.weight", [Dim]);
         if (!TiedEmbeddings || _tensors.ContainsKey("lm_head.weight")) yield return ("lm_head.weight", "output.weight", [VocabSize, Dim]);
         int q = Heads * HeadDim, kv = KvHeads * HeadDim;
         for (int l = 0; l < Layers; l++)
         {
             string h = $"model.layers.{l}.", g = $"blk.{l}.";
             if (!Olmo2) yield return (h + "input_layernorm.weight", g + "attn_norm.weight", [Dim]);
-            yield return (h + "self_attn.q_proj.weight", g + "attn_q.weight", [q, Dim]);
-            yield return (h + "self_attn.k_proj.weight", g + "attn_k.weight", [kv, Dim]);
-            yield return (h + "self_attn.v_proj.weight", g + "attn_v.weight", [kv, Dim]);
+            bool upper = SwiftKvLayers > 0 && l >= SwiftKvLayers;
+            if (!upper || _tensors.ContainsKey(h + "self_attn.q_proj.weight")) // SwiftKV's upper layers need not keep them
+            {
+                yield return (h + "self_attn.q_proj.weight", g + "attn_q.weight", [q, Dim]);
+                yield return (h + "self_attn.k_proj.weight", g + "attn_k.weight", [kv, Dim]);
+                yield return (h + "self_attn.v_proj.weight", g + "attn_v.weight", [kv, Dim]);
+            }
+            if (upper)
+            {
+                yield return (h + "self_attn.q_proj_swiftkv.weight", g + "attn_q_swiftkv.weight", [q, Dim]);
+                if ((l - SwiftKvLayers) % SwiftKvGroup == 0)
+                {
+                    yield return (h + "self_attn.k_proj_swiftkv.weight", g + "attn_k_swiftkv.weight", [kv, Dim]);
+                    yield return (h + "self_attn.v_proj_swiftkv.weight", g + "attn_v_swiftkv.weight", [kv, Dim]);
+                }
+            }
             yield return (h + "self_attn.o_proj.weight", g + "attn_output.weight", [Dim, q]);
             if (Olmo2 || Olmoe)
             {
@@ -279,6 +314,7 @@ public sealed class HfCheckpoint : IDisposable
         w.Set(a + "vocab_size", (uint)VocabSize);
         w.Set(a + "rope.dimension_count", (uint)HeadDim);
         if (Experts > 0) { w.Set(a + "expert_count", (uint)Experts); w.Set(a + "expert_used_count", (uint)ExpertsUsed); }
+        if (SwiftKvLayers > 0) { w.Set(a + "swiftkv.kv_layers", (uint)SwiftKvLayers); w.Set(a + "swiftkv.group_size", (uint)SwiftKvGroup); }
         float[]? ropeFreqs = null;
         if (RopeScaling is { } rs)
         {
@@ -326,8 +362,10 @@ public sealed class HfCheckpoint : IDisposable
         var (file, t) = _tensors[hf];
         var v = file.ReadF32(t);
         if (Olmo2 || Olmoe) { } // NEOX RoPE: Hugging Face's row order as it is
-        else if (hf.EndsWith("q_proj.weight", StringComparison.Ordinal)) v = PermuteForRope(v, (int)shape[0], (int)shape[1], Heads);
-        else if (hf.EndsWith("k_proj.weight", StringComparison.Ordinal)) v = PermuteForRope(v, (int)shape[0], (int)shape[1], KvHeads);
+        else if (hf.EndsWith("q_proj.weight", StringComparison.Ordinal) || hf.EndsWith("q_proj_swiftkv.weight", StringComparison.Ordinal))
+            v = PermuteForRope(v, (int)shape[0], (int)shape[1], Heads);
+        else if (hf.EndsWith("k_proj.weight", StringComparison.Ordinal) || hf.EndsWith("k_proj_swiftkv.weight", StringComparison.Ordinal))
+            v = PermuteForRope(v, (int)shape[0], (int)shape[1], KvHeads);
         if (shape.Length == 1) return System.Runtime.InteropServices.MemoryMarshal.AsBytes(v.AsSpan()).ToArray();
         return Quantization.ModelQuantizer.QuantizeMatrix(type, v, (int)shape[1], (int)shape[0], null, Environment.ProcessorCount);
     }

@@ -108,6 +108,10 @@ public sealed class LlamaModel : IDisposable
     /// <summary>SwiftKV's norm of the residual stream entering layer <see cref="ModelConfig.SwiftKvLayers"/>, the one
     /// input of every later layer's keys and values (<c>swiftkv_norm.weight</c>); null without SwiftKV.</summary>
     public float[]? SwiftKvNorm { get; }         // [dim]
+    /// <summary>Whether the file holds the original attn_q/k/v of every SwiftKV layer (what <c>cria swiftkv</c> writes),
+    /// so the original model runs from it (<c>--swiftkv off</c>) and it can be distilled. A converted checkpoint may
+    /// lack them; the layers' Wq/Wk/Wv then view the SwiftKV projections.</summary>
+    public bool HasOriginalAttention { get; } = true;
     public IReadOnlyList<LlamaLayer> Layers { get; }
     /// <summary>The tokenizer described by the file's <c>tokenizer.ggml.*</c> metadata.</summary>
     public Tokenizer Tokenizer { get; }
@@ -126,12 +130,15 @@ public sealed class LlamaModel : IDisposable
         {
             string p = $"blk.{i}.";
             bool moe = c.IsMoe, olmo2 = c.IsOlmo2, qk = c.QkNorm, swift = c.IsSwiftKv && i >= c.SwiftKvLayers, owns = c.OwnsSwiftKv(i);
+            bool original = !swift || f.TryGetTensor(p + "attn_q.weight", out _);
+            if (!original) HasOriginalAttention = false;
+            string kvFrom = swift && !original ? $"blk.{c.SwiftKvLayers + (i - c.SwiftKvLayers) / c.SwiftKvGroup * c.SwiftKvGroup}." : p;
             layers[i] = new LlamaLayer
             {
                 AttnNorm = olmo2 ? null : Vector(f, p + "attn_norm.weight", c.Dim),
-                Wq = WeightMatrix.Bind(f, p + "attn_q.weight", c.Dim, c.QDim),
-                Wk = WeightMatrix.Bind(f, p + "attn_k.weight", c.Dim, c.KvDim),
-                Wv = WeightMatrix.Bind(f, p + "attn_v.weight", c.Dim, c.KvDim),
+                Wq = WeightMatrix.Bind(f, p + (original ? "attn_q.weight" : "attn_q_swiftkv.weight"), c.Dim, c.QDim),
+                Wk = WeightMatrix.Bind(f, kvFrom + (original ? "attn_k.weight" : "attn_k_swiftkv.weight"), c.Dim, c.KvDim),
+                Wv = WeightMatrix.Bind(f, kvFrom + (original ? "attn_v.weight" : "attn_v_swiftkv.weight"), c.Dim, c.KvDim),
                 Wo = WeightMatrix.Bind(f, p + "attn_output.weight", c.QDim, c.Dim),
                 FfnNorm = olmo2 ? null : Vector(f, p + "ffn_norm.weight", c.Dim),
                 QNorm = qk ? Vector(f, p + "attn_q_norm.weight", c.QDim) : null,

@@ -129,10 +129,11 @@ public static class SwiftKv
     public static IReadOnlyList<StepResult> Distill(string input, string output, string text, SwiftKvDistillOptions o, Action<StepResult>? log = null, bool force = false)
     {
         if (!force && File.Exists(output)) throw new CriaException($"{output}: the output file exists (use --force to replace it)");
-        var imported = GgufImport.Read(input, "swiftkv --distill", swiftKv: true);
         using var model = LlamaModel.Open(input);
         var c = model.Config;
         if (!c.IsSwiftKv) throw new CriaException($"swiftkv --distill: {input} is not a SwiftKV model (build one first: cria swiftkv IN OUT --layers L)");
+        if (!model.HasOriginalAttention) throw new CriaException($"swiftkv --distill: {input} lacks the original attention projections of layers {c.SwiftKvLayers} and above, the teacher's");
+        var imported = GgufImport.Read(input, "swiftkv --distill", swiftKv: true);
         var tok = model.Tokenizer;
         int[] tokens = tok.Encode(text, addBos: false);
         if (o.SeqLen < 2 || o.SeqLen > c.ContextLength) throw new CriaException($"swiftkv --distill: sequence length {o.SeqLen} must be in 2..{c.ContextLength}");

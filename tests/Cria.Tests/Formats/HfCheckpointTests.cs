@@ -137,7 +137,7 @@ public sealed class HfCheckpointTests(ITestOutputHelper output)
 
     /// <summary>RandomModel's synthetic SentencePiece vocabulary as a Llama-2-style tokenizer.json (BPE, byte fallback,
     /// merges that build every piece from its prefix and last character).</summary>
-    static void WriteTokenizer(string dir)
+    internal static void WriteTokenizer(string dir)
     {
         var (tokens, _, types) = RandomModel.Vocabulary(Vocab);
         var vocab = new JsonObject();

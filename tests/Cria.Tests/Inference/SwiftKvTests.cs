@@ -299,6 +299,129 @@ public class SwiftKvTests(ITestOutputHelper output)
         }
     }
 
+    /// <summary>Writes a SwiftKV GGUF (F32) as an ArcticTraining checkpoint folder (<c>LlamaSwiftKVForCausalLM</c>): Hugging
+    /// Face names, q/k and q/k_swiftkv rows back in rotate-half order, the upper layers' original q/k/v_proj only when
+    /// <paramref name="originals"/>.</summary>
+    static string WriteSwiftKvCheckpoint(string gguf, string name, bool originals)
+    {
+        string dir = TestPaths.TempFile(name);
+        if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        Directory.CreateDirectory(dir);
+        using var f = GgufFile.Open(gguf);
+        var c = ModelConfig.FromGguf(f);
+        var tensors = new List<(string, string, long[], byte[])>();
+        foreach (var t in f.Tensors)
+        {
+            var v = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(f.TensorData(t)).ToArray();
+            string g = t.Name;
+            string? hf = g switch
+            {
+                "token_embd.weight" => "model.embed_tokens.weight",
+                "output_norm.weight" => "model.norm.weight",
+                "output.weight" => "lm_head.weight",
+                "swiftkv_norm.weight" => "model.norm_swiftkv.weight",
+                _ => null,
+            };
+            if (hf == null)
+            {
+                int layer = int.Parse(g.Split('.')[1]);
+                string part = g.Split('.')[2];
+                if (!originals && layer >= c.SwiftKvLayers && part is "attn_q" or "attn_k" or "attn_v") continue;
+                hf = $"model.layers.{layer}." + part switch
+                {
+                    "attn_norm" => "input_layernorm", "ffn_norm" => "post_attention_layernorm",
+                    "attn_q" => "self_attn.q_proj", "attn_k" => "self_attn.k_proj", "attn_v" => "self_attn.v_proj", "attn_output" => "self_attn.o_proj",
+                    "attn_q_swiftkv" => "self_attn.q_proj_swiftkv", "attn_k_swiftkv" => "self_attn.k_proj_swiftkv", "attn_v_swiftkv" => "self_attn.v_proj_swiftkv",
+                    "ffn_gate" => "mlp.gate_proj", "ffn_up" => "mlp.up_proj", "ffn_down" => "mlp.down_proj",
+                    _ => throw new InvalidOperationException(g),
+                } + ".weight";
+                int heads = part is "attn_q" or "attn_q_swiftkv" ? c.HeadCount : part is "attn_k" or "attn_k_swiftkv" ? c.KvHeadCount : 0;
+                if (heads > 0)
+                {
+                    // GGUF row h·hd + 2i + j is Hugging Face row h·hd + j·hd/2 + i (HfCheckpoint.PermuteForRope).
+                    int cols = (int)t.Shape[0], rows = (int)t.Shape[1], hd = rows / heads;
+                    var u = new float[v.Length];
+                    for (int h = 0; h < heads; h++)
+                        for (int i = 0; i < hd / 2; i++)
+                            for (int j = 0; j < 2; j++)
+                                Array.Copy(v, (h * hd + 2 * i + j) * cols, u, (h * hd + j * hd / 2 + i) * cols, cols);
+                    v = u;
+                }
+            }
+            long[] shape = t.Shape.Length == 1 ? [t.Shape[0]] : [t.Shape[1], t.Shape[0]];
+            tensors.Add((hf, "F32", shape, SafetensorsWriter.Encode(v, "F32")));
+        }
+        SafetensorsWriter.Write(Path.Combine(dir, "model.safetensors"), tensors, new Dictionary<string, string> { ["format"] = "pt" });
+        var cfg = new System.Text.Json.Nodes.JsonObject
+        {
+            ["architectures"] = new System.Text.Json.Nodes.JsonArray("LlamaSwiftKVForCausalLM"), ["model_type"] = "llama_swiftkv",
+            ["hidden_size"] = c.Dim, ["intermediate_size"] = c.FfnDim, ["num_hidden_layers"] = c.LayerCount,
+            ["num_attention_heads"] = c.HeadCount, ["num_key_value_heads"] = c.KvHeadCount, ["rms_norm_eps"] = c.RmsNormEps,
+            ["rope_theta"] = c.RopeFreqBase, ["max_position_embeddings"] = c.ContextLength, ["vocab_size"] = c.VocabSize,
+            ["tie_word_embeddings"] = false, ["bos_token_id"] = 1, ["eos_token_id"] = 2,
+            ["swiftkv"] = true, ["num_key_value_layers"] = c.SwiftKvLayers, ["key_value_group_size"] = c.SwiftKvGroup,
+        };
+        File.WriteAllText(Path.Combine(dir, "config.json"), cfg.ToJsonString());
+        Formats.HfCheckpointTests.WriteTokenizer(dir);
+        return dir;
+    }
+
+    /// <summary>An ArcticTraining-style checkpoint folder, run directly (converted on the fly), gives the GGUF's logits
+    /// bit for bit; without the upper layers' original projections it runs as SwiftKV only, and says so.</summary>
+    [Theory]
+    [InlineData(2, 1, true)]
+    [InlineData(2, 2, false)]
+    [InlineData(1, 4, false)]
+    public void A_Hugging_Face_SwiftKV_checkpoint_gives_the_GGUFs_logits(int L, int g, bool originals)
+    {
+        string gguf = SwiftFile(L, g);
+        string dir = WriteSwiftKvCheckpoint(gguf, $"hf-swiftkv-{L}-{g}-{originals}", originals);
+        using var direct = LlamaModel.Open(dir);
+        using var m = LlamaModel.Open(gguf);
+        Assert.Equal((L, g), (direct.Config.SwiftKvLayers, direct.Config.SwiftKvGroup));
+        Assert.Equal(originals, direct.HasOriginalAttention);
+        var tokens = Prompt(20, 4);
+        float[][] All(LlamaModel model, bool swift)
+        {
+            using var ctx = new InferenceContext(model, new ContextOptions { ContextSize = 64, Threads = 2, SwiftKv = swift });
+            var b = new Batch(32);
+            for (int i = 0; i < tokens.Length; i++) b.Add(tokens[i], i, 0, true);
+            ctx.Decode(b);
+            return Enumerable.Range(0, tokens.Length).Select(i => ctx.Logits(i).ToArray()).ToArray();
+        }
+        var want = All(m, true); var got = All(direct, true);
+        for (int i = 0; i < tokens.Length; i++) Assert.True(want[i].SequenceEqual(got[i]), $"position {i}");
+        if (originals)
+        {
+            var off = All(direct, false); var offWant = All(m, false);
+            for (int i = 0; i < tokens.Length; i++) Assert.True(offWant[i].SequenceEqual(off[i]), $"SwiftKV off, position {i}");
+        }
+        else
+        {
+            var e = Assert.Throws<CriaException>(() => new InferenceContext(direct, new ContextOptions { ContextSize = 64, SwiftKv = false }));
+            Assert.Contains("runs only as SwiftKV", e.Message);
+        }
+    }
+
+    /// <summary>Checkpoint configs that do not fit are refused; one without the teacher's projections cannot be distilled.</summary>
+    [Fact]
+    public void Bad_SwiftKV_checkpoints_are_refused()
+    {
+        string dir = WriteSwiftKvCheckpoint(SwiftFile(2, 2), "hf-swiftkv-bad", originals: false);
+        string cfg = Path.Combine(dir, "config.json"), good = File.ReadAllText(cfg);
+        foreach (var (edit, expect) in new[] { ("\"num_key_value_layers\":2", "\"num_key_value_layers\":7"), ("\"key_value_group_size\":2", "\"key_value_group_size\":4") })
+        {
+            Assert.Contains(edit, good);
+            File.WriteAllText(cfg, good.Replace(edit, expect));
+            Assert.Contains("does not fit num_hidden_layers 5", Assert.Throws<ModelFormatException>(() => LlamaModel.Open(dir).Dispose()).Message);
+        }
+        File.WriteAllText(cfg, good);
+        string gguf = TestPaths.TempFile("hf-swiftkv-bad.gguf");
+        using (var ck = HfCheckpoint.Open(dir)) ck.WriteGguf(gguf, GgmlType.F32);
+        var e = Assert.Throws<CriaException>(() => SwiftKv.Distill(gguf, TestPaths.TempFile("never.gguf"), "text", new SwiftKvDistillOptions()));
+        Assert.Contains("lacks the original attention projections", e.Message);
+    }
+
     [Fact]
     public void Malformed_SwiftKV_files_are_refused()
     {
