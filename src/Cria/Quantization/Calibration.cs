@@ -46,23 +46,28 @@ public static class Calibration
         Run(model, text, o.ContextSize, o.MaxChunks, o.Threads > 0 ? o.Threads : Environment.ProcessorCount, observer);
 
     /// <summary>G += Σ_r x_r x_rᵀ for the rows of <paramref name="xs"/> ([rows, cols]) into <paramref name="gram"/>
-    /// ([cols, cols], row-major): the calibration Gram matrix GPTQ and AWQ collect. Row i of G per task; zero inputs
-    /// skipped.</summary>
-    public static void AddGram(float[] gram, float[] xs, int rows, int cols, int threads)
+    /// ([cols, cols], row-major): the calibration Gram matrix GPTQ and AWQ collect.</summary>
+    public static void AddGram(float[] gram, float[] xs, int rows, int cols, int threads) =>
+        AddOuterProducts(gram, xs, cols, xs, cols, rows, threads);
+
+    /// <summary>C += Σ_r y_r x_rᵀ for the rows of <paramref name="ys"/> ([rows, m]) and <paramref name="xs"/> ([rows, n])
+    /// into <paramref name="acc"/> ([m, n], row-major): the Gram matrix (y = x), or SwiftKV's cross-covariance of targets
+    /// and inputs. Row i of C per task; zero y values skipped.</summary>
+    public static void AddOuterProducts(float[] acc, float[] ys, int m, float[] xs, int n, int rows, int threads)
     {
-        Parallel.For(0, cols, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, threads) }, i =>
+        Parallel.For(0, m, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, threads) }, i =>
         {
-            var gi = gram.AsSpan(i * cols, cols);
+            var ci = acc.AsSpan(i * n, n);
             for (int r = 0; r < rows; r++)
             {
-                float xi = xs[r * cols + i];
-                if (xi == 0) continue;
-                var xr = xs.AsSpan(r * cols, cols);
-                var vxi = new System.Numerics.Vector<float>(xi);
+                float yi = ys[r * m + i];
+                if (yi == 0) continue;
+                var xr = xs.AsSpan(r * n, n);
+                var vyi = new System.Numerics.Vector<float>(yi);
                 int j = 0;
-                for (; j <= cols - System.Numerics.Vector<float>.Count; j += System.Numerics.Vector<float>.Count)
-                    (new System.Numerics.Vector<float>(gi.Slice(j)) + vxi * new System.Numerics.Vector<float>(xr.Slice(j))).CopyTo(gi.Slice(j));
-                for (; j < cols; j++) gi[j] += xi * xr[j];
+                for (; j <= n - System.Numerics.Vector<float>.Count; j += System.Numerics.Vector<float>.Count)
+                    (new System.Numerics.Vector<float>(ci.Slice(j)) + vyi * new System.Numerics.Vector<float>(xr.Slice(j))).CopyTo(ci.Slice(j));
+                for (; j < n; j++) ci[j] += yi * xr[j];
             }
         });
     }

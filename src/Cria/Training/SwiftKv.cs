@@ -1,5 +1,5 @@
-using System.Numerics;
 using Cria.Formats;
+using Cria.Kernels;
 using Cria.Inference;
 using Cria.Models;
 using Cria.Quantization;
@@ -112,7 +112,7 @@ public static class SwiftKv
                 var src = f.GetTensor($"blk.{l}.attn_{kv}.weight");
                 // F32 stays F32; anything else is written as F16 (quantize the SwiftKV file afterwards for a low-bit model).
                 if (src.Type == GgmlType.F32) w.AddTensor(name, [c.Dim, c.KvDim], m);
-                else w.AddTensor(name, [c.Dim, c.KvDim], GgmlType.F16, () => ToF16(m));
+                else w.AddTensor(name, [c.Dim, c.KvDim], GgmlType.F16, () => ModelQuantizer.QuantizeMatrix(GgmlType.F16, m, c.Dim, c.KvDim, null, o.Threads > 0 ? o.Threads : Environment.ProcessorCount));
             }
         }
         w.Write(output);
@@ -152,10 +152,7 @@ public static class SwiftKv
             if (info.ElementCount != t.Count) throw new ModelFormatException(input, $"tensor {info} does not have {t.Count} values");
             if (info.Type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16))
                 throw new CriaException($"swiftkv --distill: {t.Name} of {input} is {info.Type}; distil an F32/F16 SwiftKV model, then quantize it");
-            var dst = trainer.Model.SwiftKvParameters.AsSpan((int)t.Offset, (int)t.Count);
-            long rowBytes = GgmlTypeInfo.RowBytes(info.Type, t.Cols);
-            var data = f.TensorData(info);
-            for (int r = 0; r < t.Rows; r++) Dequantize.Row(info.Type, data.Slice((int)(r * rowBytes), (int)rowBytes), dst.Slice(r * t.Cols, t.Cols));
+            Dequantize.Row(info.Type, f.TensorData(info), trainer.Model.SwiftKvParameters.AsSpan((int)t.Offset, (int)t.Count));
         }
         var steps = new List<StepResult>();
         for (int i = 0; i < o.Steps; i++)
@@ -173,7 +170,7 @@ public static class SwiftKv
             if (!trained.TryGetValue(info.Name, out var t)) { Copy(w, f, info.Name, info.Name); continue; }
             var values = p.AsSpan((int)t.Offset, (int)t.Count).ToArray();
             if (info.Type == GgmlType.F32) w.AddTensor(info.Name, info.Shape.ToArray(), values);
-            else w.AddTensor(info.Name, info.Shape.ToArray(), GgmlType.F16, () => ToF16(values));
+            else w.AddTensor(info.Name, info.Shape.ToArray(), GgmlType.F16, () => ModelQuantizer.QuantizeMatrix(GgmlType.F16, values, t.Cols, t.Rows, null, o.Threads));
         }
         w.Write(output);
         return steps;
@@ -185,14 +182,6 @@ public static class SwiftKv
     {
         var t = f.GetTensor(from);
         w.AddTensor(to, t.Shape.ToArray(), t.Type, () => f.TensorData(t).ToArray());
-    }
-
-    static byte[] ToF16(float[] m)
-    {
-        var b = new byte[m.Length * 2];
-        var h = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, Half>(b.AsSpan());
-        for (int i = 0; i < m.Length; i++) h[i] = (Half)m[i];
-        return b;
     }
 
     /// <summary>The lower Cholesky factor of A + λI, λ = damp × mean diag(A) ([n, n] row-major, double), and λ.</summary>
@@ -255,7 +244,7 @@ public static class SwiftKv
     {
         readonly int _dim, _kvDim, _L, _g, _threads;
         readonly float[][] _wk, _wv;   // [owner] original attn_k / attn_v of the owner layer, [kvDim, dim]
-        float[] _h = [], _y = [];      // [rows, dim] h of the current step; [rows, kvDim] the owner's keys or values
+        float[] _h = [], _u = [], _y = []; // [rows, dim] h of the current step; [rows, dim] an owner's input; [rows, kvDim] its keys or values
         public readonly float[] Gram;  // [dim, dim]
         public readonly float[][] CrossK, CrossV; // [owner] [kvDim, dim]
         public readonly double[] TargetK, TargetV;
@@ -275,10 +264,10 @@ public static class SwiftKv
             TargetK = new double[owners]; TargetV = new double[owners];
         }
 
-        static float[] Dense(WeightMatrix w)
+        static unsafe float[] Dense(WeightMatrix w)
         {
             var d = new float[(long)w.Rows * w.Cols];
-            for (int r = 0; r < w.Rows; r++) Dequantize.Row(w.Type, w.Row(r), d.AsSpan(r * w.Cols, w.Cols));
+            Dequantize.Row(w.Type, new ReadOnlySpan<byte>(w.Data, checked((int)w.ByteSize)), d); // rows are contiguous
             return d;
         }
 
@@ -289,7 +278,7 @@ public static class SwiftKv
             if (layer < _L) return;
             if (layer == _L)
             {
-                if (_h.Length < rows * _dim) { _h = new float[rows * _dim]; _y = new float[rows * _kvDim]; }
+                if (_h.Length < rows * _dim) { _h = new float[rows * _dim]; _u = new float[rows * _dim]; _y = new float[rows * _kvDim]; }
                 x.CopyTo(_h);
                 Calibration.AddGram(Gram, _h, rows, _dim, _threads);
                 Tokens += rows;
@@ -299,10 +288,10 @@ public static class SwiftKv
             if ((layer - _L) % _g != 0) return;
             int owner = (layer - _L) / _g;
             Project(_wk[owner], x, rows, _y);
-            AddCross(CrossK[owner], _y, rows);
+            Calibration.AddOuterProducts(CrossK[owner], _y, _kvDim, _h, _dim, rows, _threads);
             TargetK[owner] += SumSquares(_y, rows * _kvDim);
             Project(_wv[owner], x, rows, _y);
-            AddCross(CrossV[owner], _y, rows);
+            Calibration.AddOuterProducts(CrossV[owner], _y, _kvDim, _h, _dim, rows, _threads);
             TargetV[owner] += SumSquares(_y, rows * _kvDim);
         }
 
@@ -311,43 +300,12 @@ public static class SwiftKv
         /// <summary>y[r, :] = W x[r, :] for W [kvDim, dim].</summary>
         void Project(float[] w, ReadOnlySpan<float> x, int rows, float[] y)
         {
-            var xs = x.Slice(0, rows * _dim).ToArray();
-            int dim = _dim, kvDim = _kvDim;
+            x.Slice(0, rows * _dim).CopyTo(_u);                   // a span cannot enter the parallel body
+            int dim = _dim, kvDim = _kvDim; var xs = _u;
             Parallel.For(0, rows, new ParallelOptions { MaxDegreeOfParallelism = _threads }, r =>
             {
                 var xr = xs.AsSpan(r * dim, dim);
-                for (int o = 0; o < kvDim; o++) y[r * kvDim + o] = Dot(w.AsSpan(o * dim, dim), xr);
-            });
-        }
-
-        static float Dot(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
-        {
-            var acc = Vector<float>.Zero;
-            int i = 0;
-            for (; i <= a.Length - Vector<float>.Count; i += Vector<float>.Count) acc += new Vector<float>(a.Slice(i)) * new Vector<float>(b.Slice(i));
-            float s = Vector.Sum(acc);
-            for (; i < a.Length; i++) s += a[i] * b[i];
-            return s;
-        }
-
-        /// <summary>cross[o, :] += Σ_r y[r, o] h[r, :].</summary>
-        void AddCross(float[] cross, float[] y, int rows)
-        {
-            int dim = _dim, kvDim = _kvDim; var h = _h;
-            Parallel.For(0, kvDim, new ParallelOptions { MaxDegreeOfParallelism = _threads }, o =>
-            {
-                var row = cross.AsSpan(o * dim, dim);
-                for (int r = 0; r < rows; r++)
-                {
-                    float yo = y[r * kvDim + o];
-                    if (yo == 0) continue;
-                    var hr = h.AsSpan(r * dim, dim);
-                    var vy = new Vector<float>(yo);
-                    int j = 0;
-                    for (; j <= dim - Vector<float>.Count; j += Vector<float>.Count)
-                        (new Vector<float>(row.Slice(j)) + vy * new Vector<float>(hr.Slice(j))).CopyTo(row.Slice(j));
-                    for (; j < dim; j++) row[j] += yo * hr[j];
-                }
+                for (int o = 0; o < kvDim; o++) y[r * kvDim + o] = Ops.Dot(w.AsSpan(o * dim, dim), xr);
             });
         }
     }

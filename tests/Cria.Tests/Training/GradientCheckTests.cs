@@ -123,35 +123,23 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public void Attention()
-    {
-        int B = 2, T = 5, Hh = 4, KV = 2, hd = 8;
-        var q = Random(B * T * Hh * hd, 9); var k = Random(B * T * KV * hd, 10); var v = Random(B * T * KV * hd, 11); var r = Random(q.Length, 12);
-        float[] fq = F(q), fk = F(k), fv = F(v), fr = F(r), o = new float[q.Length], probs = new float[B * Hh * T * T];
-        float[] dq = new float[q.Length], dk = new float[k.Length], dv = new float[v.Length], scratch = new float[(4 * hd + 1) * T];
-        fixed (float* pq = fq, pk = fk, pv = fv, pr = fr, po = o, pp = probs, pdq = dq, pdk = dk, pdv = dv, ps = scratch)
-        {
-            for (int b = 0; b < B; b++)
-                for (int kv = 0; kv < KV; kv++)
-                {
-                    Layers.AttentionForward(po, pp, pq, pk, pv, b, kv, T, Hh, KV, hd, ps);
-                    Layers.AttentionBackward(pdq, pdk, pdv, pr, pp, pq, pk, pv, b, kv, T, Hh, KV, hd, ps);
-                }
-        }
-        var reference = Reference.Attention(q, k, v, B, T, Hh, KV, hd);
-        for (int i = 0; i < o.Length; i++) Assert.True(Math.Abs(o[i] - reference[i]) < 1e-5, $"attention forward differs at {i}");
-        Report("attention dq", RelError(dq, Numeric(qq => Dot(Reference.Attention(qq, k, v, B, T, Hh, KV, hd), r), q)));
-        Report("attention dk", RelError(dk, Numeric(kk => Dot(Reference.Attention(q, kk, v, B, T, Hh, KV, hd), r), k)));
-        Report("attention dv", RelError(dv, Numeric(vv => Dot(Reference.Attention(q, k, vv, B, T, Hh, KV, hd), r), v)));
-    }
+    public void Attention() => CheckAttention("attention", null, 9);
 
     /// <summary>LS-unLLaMA's unmasked attention: each sequence attends to its first keys[b] positions from every query.</summary>
     [Fact]
     public void BidirectionalAttention()
     {
+        var (o, reference) = CheckAttention("bidirectional attention", [5, 3], 19);
+        // Row 0 of sequence 0 sees all 5 positions: not the causal result.
+        Assert.True(Math.Abs(o[0] - reference[0]) > 1e-3);
+    }
+
+    /// <summary>Attention forward against the reference, and dq, dk, dv against central differences, causal or with
+    /// <paramref name="keys"/>; returns the forward output and the causal reference's.</summary>
+    (float[] Output, double[] Causal) CheckAttention(string what, int[]? keys, int seed)
+    {
         int B = 2, T = 5, Hh = 4, KV = 2, hd = 8;
-        int[] keys = [5, 3];
-        var q = Random(B * T * Hh * hd, 19); var k = Random(B * T * KV * hd, 20); var v = Random(B * T * KV * hd, 21); var r = Random(q.Length, 22);
+        var q = Random(B * T * Hh * hd, seed); var k = Random(B * T * KV * hd, seed + 1); var v = Random(B * T * KV * hd, seed + 2); var r = Random(q.Length, seed + 3);
         float[] fq = F(q), fk = F(k), fv = F(v), fr = F(r), o = new float[q.Length], probs = new float[B * Hh * T * T];
         float[] dq = new float[q.Length], dk = new float[k.Length], dv = new float[v.Length], scratch = new float[(4 * hd + 1) * T];
         fixed (float* pq = fq, pk = fk, pv = fv, pr = fr, po = o, pp = probs, pdq = dq, pdk = dk, pdv = dv, ps = scratch)
@@ -159,17 +147,17 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
             for (int b = 0; b < B; b++)
                 for (int kv = 0; kv < KV; kv++)
                 {
-                    Layers.AttentionForward(po, pp, pq, pk, pv, b, kv, T, Hh, KV, hd, ps, keys[b]);
-                    Layers.AttentionBackward(pdq, pdk, pdv, pr, pp, pq, pk, pv, b, kv, T, Hh, KV, hd, ps, keys[b]);
+                    int n = keys?[b] ?? 0;
+                    Layers.AttentionForward(po, pp, pq, pk, pv, b, kv, T, Hh, KV, hd, ps, n);
+                    Layers.AttentionBackward(pdq, pdk, pdv, pr, pp, pq, pk, pv, b, kv, T, Hh, KV, hd, ps, n);
                 }
         }
         var reference = Reference.Attention(q, k, v, B, T, Hh, KV, hd, keys);
-        for (int i = 0; i < o.Length; i++) Assert.True(Math.Abs(o[i] - reference[i]) < 1e-5, $"bidirectional attention forward differs at {i}");
-        // Row 0 of sequence 0 sees all 5 positions: not the causal result.
-        Assert.True(Math.Abs(o[0] - Reference.Attention(q, k, v, B, T, Hh, KV, hd)[0]) > 1e-3);
-        Report("bidirectional attention dq", RelError(dq, Numeric(qq => Dot(Reference.Attention(qq, k, v, B, T, Hh, KV, hd, keys), r), q)));
-        Report("bidirectional attention dk", RelError(dk, Numeric(kk => Dot(Reference.Attention(q, kk, v, B, T, Hh, KV, hd, keys), r), k)));
-        Report("bidirectional attention dv", RelError(dv, Numeric(vv => Dot(Reference.Attention(q, k, vv, B, T, Hh, KV, hd, keys), r), v)));
+        for (int i = 0; i < o.Length; i++) Assert.True(Math.Abs(o[i] - reference[i]) < 1e-5, $"{what} forward differs at {i}");
+        Report($"{what} dq", RelError(dq, Numeric(qq => Dot(Reference.Attention(qq, k, v, B, T, Hh, KV, hd, keys), r), q)));
+        Report($"{what} dk", RelError(dk, Numeric(kk => Dot(Reference.Attention(q, kk, v, B, T, Hh, KV, hd, keys), r), k)));
+        Report($"{what} dv", RelError(dv, Numeric(vv => Dot(Reference.Attention(q, k, vv, B, T, Hh, KV, hd, keys), r), v)));
+        return (o, keys == null ? reference : Reference.Attention(q, k, v, B, T, Hh, KV, hd));
     }
 
     [Fact]
