@@ -323,7 +323,11 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
 
     // ================================================================= forward
     /// <summary>Runs the model over <see cref="Tokens"/> and leaves the logits in <see cref="Logits"/>.</summary>
-    public void Forward()
+    public void Forward() => Forward(0);
+
+    /// <summary>The forward from layer <paramref name="first"/> on, over the activations a previous forward left below
+    /// it (SwiftKV distillation: the student's layers below L are the teacher's).</summary>
+    void Forward(int first)
     {
         var s = Shape;
         int N = Rows, D = s.Dim, QD = s.Dim, KV = s.KvDim, F = s.FfnDim, V = s.VocabSize;
@@ -332,10 +336,11 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         if (Classifier != null) // lengths bound the pooling and the bidirectional attention's keys
             for (int b = 0; b < BatchSize; b++)
                 if (_seqLens[b] < 1 || _seqLens[b] > SeqLen) throw new CriaException($"sequence {b} has length {_seqLens[b]}, outside 1..{SeqLen}");
-        for (int n = 0; n < N; n++)
-            new ReadOnlySpan<float>(P + Layout.TokenEmbedding + (long)_tokens[n] * D, D).CopyTo(new Span<float>(_xIn[0] + (long)n * D, D));
+        if (first == 0)
+            for (int n = 0; n < N; n++)
+                new ReadOnlySpan<float>(P + Layout.TokenEmbedding + (long)_tokens[n] * D, D).CopyTo(new Span<float>(_xIn[0] + (long)n * D, D));
 
-        for (int l = 0; l < s.Layers; l++)
+        for (int l = first; l < s.Layers; l++)
         {
             var o = Layout.Blocks[l];
             float* x = _xIn[l];
@@ -480,7 +485,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         Forward();
         new ReadOnlySpan<float>(_logits, N * V).CopyTo(new Span<float>(_teacher, N * V));
         SwiftKvOn = true;
-        Forward();
+        Forward(sk.KvLayers); // below L the student is the teacher: its activations there are the ones just computed
         Mark(3);
         double total = 0;
         for (int n = 0; n < N; n++)
