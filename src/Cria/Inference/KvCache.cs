@@ -532,6 +532,8 @@ public interface IKvBlockPool
     int Length(int sequenceId);
     int BlocksNeeded(int sequenceId, int tokens);
     void Remove(int sequenceId);
+    /// <summary>Drops a sequence's positions from <paramref name="length"/> on.</summary>
+    void Truncate(int sequenceId, int length);
     int AttachPrefix(int sequenceId, ReadOnlySpan<int> tokens);
 }
 

@@ -12,6 +12,10 @@ public sealed record EngineOptions
     public SchedulerOptions Scheduler { get; init; } = new();
     /// <summary>Requests allowed to wait for admission; more are refused with <see cref="EngineOverloadedException"/>.</summary>
     public int MaxWaiting { get; init; } = 256;
+    /// <summary>Speculative decoding with prompt-lookup drafts (vLLM's "ngram" method); null: off. Each decoding
+    /// request's drafts ride in its decode step within the token budget; <see cref="Inference.Speculative.AcceptOrResample"/>
+    /// keeps the output distribution exact (greedy requests return the same tokens as without).</summary>
+    public SpeculativeOptions? Speculative { get; init; }
 }
 
 /// <summary>One generation request to the <see cref="Engine"/>.</summary>
@@ -79,6 +83,7 @@ public sealed class EngineRequest
     internal readonly List<double> Itl = new();
     internal JsonObjectGrammar? Json, JsonScratch;
     internal float[]? Masked;
+    internal DraftBudget Drafting;        // speculative decoding: how many to draft next
     internal bool Done;
 }
 
@@ -103,7 +108,9 @@ public sealed class Engine : IDisposable
     readonly ManualResetEventSlim _signal = new(false);
     readonly Thread _thread;
     readonly Batch _batch;
-    readonly float[] _logprobs;
+    readonly PromptLookupDrafter? _drafter;
+    readonly int[] _draftBuffer;           // [DraftMax] drafts of one request, before they go to its sequence
+    readonly float[] _p;                   // [vocab] a request's sampling distribution at one draft row
     volatile bool _stopping;
     int _nextId;
     int _queued;   // submitted, not yet admitted or finished (for the waiting limit)
@@ -122,9 +129,14 @@ public sealed class Engine : IDisposable
     public long GenerationTokensTotal => Interlocked.Read(ref _generationTokens);
     public long StepsTotal => Interlocked.Read(ref _steps);
     public long PreemptionsTotal => _scheduler.TotalPreemptions;
+    /// <summary>Speculative decoding: decode steps that verified drafts, draft tokens verified, drafts kept
+    /// (vLLM's spec_decode_num_drafts / num_draft_tokens / num_accepted_tokens).</summary>
+    public long SpecDraftsTotal => Interlocked.Read(ref _specDrafts);
+    public long SpecDraftTokensTotal => Interlocked.Read(ref _specDraftTokens);
+    public long SpecAcceptedTokensTotal => Interlocked.Read(ref _specAccepted);
     public double KvUsage => 1.0 - (double)_ctx.Cache.FreeBlocks / _ctx.Cache.BlockCount;
     int _running, _waiting;
-    long _promptTokens, _generationTokens, _steps;
+    long _promptTokens, _generationTokens, _steps, _specDrafts, _specDraftTokens, _specAccepted;
 
     /// <summary>Raised on the engine thread when a request ends (any reason).</summary>
     public event Action<RequestStats>? RequestFinished;
@@ -139,7 +151,13 @@ public sealed class Engine : IDisposable
         _scheduler = new Scheduler(context.Cache, Options.Scheduler);
         MaxSequenceLength = Math.Min(context.Config.ContextLength, context.Cache.Capacity);
         _batch = new Batch(Math.Max(Options.Scheduler.TokenBudget, 16));
-        _logprobs = new float[context.Config.VocabSize];
+        if (Options.Speculative is { } spec)
+        {
+            if (context.Evicts) throw new CriaException("speculative decoding does not work with KV eviction (its scores would count rejected drafts)");
+            _drafter = new PromptLookupDrafter(spec);
+        }
+        _draftBuffer = new int[_drafter?.Options.DraftMax ?? 0];
+        _p = _drafter == null ? [] : new float[context.Config.VocabSize];
         _thread = new Thread(Loop) { IsBackground = true, Name = "cria-engine" };
         _thread.Start();
     }
@@ -163,7 +181,11 @@ public sealed class Engine : IDisposable
         }
         var sampler = new Sampler(_ctx.Config.VocabSize, request.Sampler);
         foreach (var t in request.Prompt) sampler.Accept(t);
-        var r = new EngineRequest(Interlocked.Increment(ref _nextId), request, sampler, new StreamingDecoder(Tokenizer)) { Arrival = Stopwatch.GetTimestamp() };
+        var r = new EngineRequest(Interlocked.Increment(ref _nextId), request, sampler, new StreamingDecoder(Tokenizer))
+        {
+            Arrival = Stopwatch.GetTimestamp(),
+            Drafting = new DraftBudget(_draftBuffer.Length, _drafter?.Options.Adaptive ?? false),
+        };
         r.Sequence = new SequenceState(r.Id, request.Prompt, request.MaxTokens) { Tag = r };
         if (request.JsonObject) { r.Json = new JsonObjectGrammar(); r.JsonScratch = new JsonObjectGrammar(); }
         _incoming.Enqueue(r);
@@ -292,13 +314,16 @@ public sealed class Engine : IDisposable
     {
         long t0 = Stopwatch.GetTimestamp();
         _batch.Clear();
-        var rows = new int[step.Chunks.Count];
+        var rows = new int[step.Chunks.Count]; // the row whose logits give a chunk's next token (its first draft row's verifier)
         for (int i = 0; i < step.Chunks.Count; i++)
         {
             var c = step.Chunks[i];
-            var tokens = c.Sequence.TokenSpan;
-            for (int p = c.Start; p < c.Start + c.Count; p++)
-                rows[i] = _batch.Add(tokens[p], p, c.Sequence.Id, c.WantsLogits && p == c.Start + c.Count - 1);
+            int last = c.Count - c.Drafts - 1; // the chunk's last own token; the draft rows follow it
+            for (int j = 0; j < c.Count; j++)
+            {
+                int row = _batch.Add(c.Token(j), c.Start + j, c.Sequence.Id, c.WantsLogits && j >= last);
+                if (j == last) rows[i] = row;
+            }
         }
         try { _ctx.Decode(_batch); }
         catch (Exception e)
@@ -320,7 +345,11 @@ public sealed class Engine : IDisposable
         for (int i = 0; i < step.Chunks.Count; i++)
         {
             var c = step.Chunks[i];
-            if (c.WantsLogits) Emit((EngineRequest)c.Sequence.Tag!, _ctx.Logits(rows[i]), now);
+            var req = (EngineRequest)c.Sequence.Tag!;
+            if (c.Drafts > 0) Verify(req, c, rows[i], now);
+            else if (c.WantsLogits) Emit(req, _ctx.Logits(rows[i]), now);
+            else continue;
+            if (!req.Done && _drafter != null) Propose(req);
         }
         Interlocked.Add(ref _promptTokens, prompt);
         Interlocked.Increment(ref _steps);
@@ -332,9 +361,7 @@ public sealed class Engine : IDisposable
     /// <summary>Samples the next token of a request from its logits and streams it out.</summary>
     void Emit(EngineRequest r, ReadOnlySpan<float> logits, long now)
     {
-        var req = r.Request;
-        var seq = r.Sequence;
-        if (seq.Generated >= req.MaxTokens) { Finish(r, "length", now); return; } // max_tokens = 0: prompt only
+        if (r.Sequence.Generated >= r.Request.MaxTokens) { Finish(r, "length", now); return; } // max_tokens = 0: prompt only
         int token;
         if (r.Json != null)
         {
@@ -342,6 +369,58 @@ public sealed class Engine : IDisposable
             if (token < 0) { Finish(r, "stop", now); return; } // no token can continue the object (cannot happen with byte tokens)
         }
         else token = r.Sampler.Sample(logits);
+        Commit(r, token, logits, now);
+    }
+
+    /// <summary>
+    /// Speculative decoding's verification of one request's step (as <see cref="Generator"/> does it): row
+    /// <paramref name="row0"/> + j holds the logits that follow draft j (row0 itself: those after the decode token).
+    /// Each draft is kept with the target's probability of it (a prompt-lookup draft is deterministic); the first one
+    /// rejected is replaced by a token from the rest of the distribution, and if all are kept a bonus token is sampled
+    /// from the last row. Kept drafts keep their K/V; the rejected ones' K/V are dropped.
+    /// </summary>
+    void Verify(EngineRequest r, ScheduledChunk c, int row0, long now)
+    {
+        var seq = c.Sequence;
+        int k = c.Drafts, kept = 0;
+        Interlocked.Increment(ref _specDrafts);
+        Interlocked.Add(ref _specDraftTokens, k);
+        for (int j = 0; ; j++)
+        {
+            var logits = _ctx.Logits(row0 + j);
+            int token;
+            bool ok = false;
+            if (j < k)
+            {
+                r.Sampler.Distribution(logits, _p);
+                ok = Speculative.AcceptOrResample(_p, default, seq.Drafts[j], r.Sampler, out token);
+            }
+            else token = r.Sampler.Sample(logits); // every draft kept: one more token from the last row
+            if (!ok)
+            {
+                r.Drafting.Verified(k, kept);
+                _scheduler.KeepDrafts(c, kept);
+            }
+            else { kept++; Interlocked.Increment(ref _specAccepted); }
+            if (!Commit(r, token, logits, now) || !ok) return;
+        }
+    }
+
+    /// <summary>Drafts the tokens a decoding request's next step verifies: prompt lookup over its prompt and output,
+    /// at most what its max_tokens and the context leave after the step's own token.</summary>
+    void Propose(EngineRequest r)
+    {
+        var seq = r.Sequence;
+        int room = Math.Min(Math.Min(r.Request.MaxTokens - seq.Generated, MaxSequenceLength - seq.Total) - 1, r.Drafting.Window);
+        int k = r.Json == null && room > 0 && r.Drafting.Drafts() ? _drafter!.Draft(seq.TokenSpan, _draftBuffer.AsSpan(0, room)) : 0;
+        seq.SetDrafts(_draftBuffer.AsSpan(0, k));
+    }
+
+    /// <summary>Appends a chosen token to a request and streams it out; false when that ended the request.</summary>
+    bool Commit(EngineRequest r, int token, ReadOnlySpan<float> logits, long now)
+    {
+        var req = r.Request;
+        var seq = r.Sequence;
         r.Sampler.Accept(token);
         seq.Append(token);
         Interlocked.Increment(ref _generationTokens);
@@ -356,7 +435,7 @@ public sealed class Engine : IDisposable
         {
             r.Writer.TryWrite(new EngineOutput(token, "", lp, top));
             Finish(r, "stop", now);
-            return;
+            return false;
         }
         string text = r.Decoder.Add(token);
         if (req.Stop.Count > 0)
@@ -368,15 +447,16 @@ public sealed class Engine : IDisposable
                 r.Held = "";
                 r.Writer.TryWrite(new EngineOutput(token, all[..cut], lp, top));
                 Finish(r, "stop", now, flushText: false);
-                return;
+                return false;
             }
             int hold = HoldBack(all, req.Stop);
             r.Held = all[(all.Length - hold)..];
             text = all[..(all.Length - hold)];
         }
         r.Writer.TryWrite(new EngineOutput(token, text, lp, top));
-        if (r.Json?.IsComplete == true) { Finish(r, "stop", now); return; }
-        if (seq.Generated >= req.MaxTokens || seq.Total >= MaxSequenceLength) Finish(r, "length", now);
+        if (r.Json?.IsComplete == true) { Finish(r, "stop", now); return false; }
+        if (seq.Generated >= req.MaxTokens || seq.Total >= MaxSequenceLength) { Finish(r, "length", now); return false; }
+        return true;
     }
 
     /// <summary>Samples among the tokens whose bytes keep the output a prefix of a JSON object; -1 when none does.</summary>

@@ -55,15 +55,34 @@ public sealed class SequenceState(int id, IReadOnlyList<int> prompt, int maxNewT
 
     /// <summary>Appends a sampled token (its K/V is computed by the next step).</summary>
     public void Append(int token) => _tokens.Add(token);
+
+    /// <summary>Speculative decoding: tokens proposed to follow <see cref="Tokens"/>, which the next decode step
+    /// verifies (drafts[0 .. DraftCount)); the scheduler may take fewer of them. Not part of the sequence until kept.</summary>
+    public int DraftCount { get; private set; }
+    int[] _drafts = [];
+    public ReadOnlySpan<int> Drafts => _drafts.AsSpan(0, DraftCount);
+
+    /// <summary>Sets the drafts for the next step (empty: none).</summary>
+    public void SetDrafts(ReadOnlySpan<int> drafts)
+    {
+        if (_drafts.Length < drafts.Length) _drafts = new int[Math.Max(drafts.Length, 16)];
+        drafts.CopyTo(_drafts);
+        DraftCount = drafts.Length;
+    }
     public ReadOnlySpan<int> TokenSpan => System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_tokens);
 }
 
-/// <summary>One piece of a step: <see cref="Count"/> tokens of a sequence from position <see cref="Start"/>.</summary>
-public readonly record struct ScheduledChunk(SequenceState Sequence, int Start, int Count)
+/// <summary>One piece of a step: <see cref="Count"/> tokens of a sequence from position <see cref="Start"/>. The last
+/// <see cref="Drafts"/> of them are the sequence's first draft tokens (speculative decoding), placed after its last
+/// token: a decode row followed by Drafts rows, every one of which asks for logits.</summary>
+public readonly record struct ScheduledChunk(SequenceState Sequence, int Start, int Count, int Drafts = 0)
 {
-    /// <summary>The chunk ends at the sequence's last token (when scheduled), so its logits give the next token.</summary>
-    public bool WantsLogits { get; } = Start + Count == Sequence.Total;
-    public bool IsDecode { get; } = Count == 1 && Start >= Sequence.PromptLength;
+    /// <summary>The chunk reaches the sequence's last token (when scheduled), so its logits give the next token.</summary>
+    public bool WantsLogits { get; } = Start + Count - Drafts == Sequence.Total;
+    public bool IsDecode { get; } = Count - Drafts == 1 && Start >= Sequence.PromptLength;
+
+    /// <summary>The token of row <paramref name="i"/> (0 ≤ i &lt; Count): the sequence's own tokens, then its drafts.</summary>
+    public int Token(int i) => i < Count - Drafts ? Sequence.Tokens[Start + i] : Sequence.Drafts[i - (Count - Drafts)];
 }
 
 /// <summary>What to run in one step: decodes first, then prefill chunks, in batch order.</summary>
@@ -74,6 +93,8 @@ public sealed class SchedulerOutput
     public List<SequenceState> Preempted { get; } = new();
     public int TokenCount { get; internal set; }
     public int DecodeCount { get; internal set; }
+    /// <summary>Draft tokens this step verifies (speculative decoding), included in <see cref="TokenCount"/>.</summary>
+    public int DraftCount { get; internal set; }
     public bool IsEmpty => Chunks.Count == 0;
 }
 
@@ -151,17 +172,24 @@ public sealed class Scheduler
             return true;
         }
 
-        // (1) decodes, oldest first.
+        // (1) decodes, oldest first. Draft tokens (speculative decoding) ride along only in the budget left after one
+        // row for every decode, and only in free blocks: drafts never preempt anyone.
+        int spare = budget;
+        foreach (var s in _running) if (s.IsDecoding) spare--;
         for (int i = 0; i < _running.Count && budget > 0; i++)
         {
             var s = _running[i];
             if (!s.IsDecoding) continue;
-            int need = _pool.BlocksNeeded(s.Id, 1);
+            int drafts = Math.Min(s.DraftCount, Math.Max(0, spare));
+            int need = _pool.BlocksNeeded(s.Id, 1 + drafts);
+            if (drafts > 0 && need > FreeLeft()) { drafts = 0; need = _pool.BlocksNeeded(s.Id, 1); }
             if (!MakeRoom(s, need)) break;
             Reserve(s, need, reserved, ref reservedTotal);
-            o.Chunks.Add(new ScheduledChunk(s, s.Computed, 1));
+            o.Chunks.Add(new ScheduledChunk(s, s.Computed, 1 + drafts, drafts));
             o.DecodeCount++;
-            budget--;
+            o.DraftCount += drafts;
+            budget -= 1 + drafts;
+            spare -= drafts;
         }
 
         // (2) prefill chunks of running requests.
@@ -229,6 +257,7 @@ public sealed class Scheduler
             {
                 budget += o.Chunks[i].Count;
                 if (o.Chunks[i].IsDecode) o.DecodeCount--;
+                o.DraftCount -= o.Chunks[i].Drafts;
                 o.Chunks.RemoveAt(i);
             }
         if (reserved.Remove(s, out int r)) reservedTotal -= r;
@@ -236,6 +265,7 @@ public sealed class Scheduler
         _pool.Remove(s.Id);
         s.Computed = 0;
         s.CachedPromptTokens = 0;
+        s.SetDrafts([]);
         s.Status = SequenceStatus.Waiting;
         s.Preemptions++;
         TotalPreemptions++;
@@ -243,13 +273,30 @@ public sealed class Scheduler
         o.Preempted.Add(s);
     }
 
-    /// <summary>Records that a step ran: every chunk's tokens are now in the KV cache.</summary>
+    /// <summary>Records that a step ran: every chunk's own tokens are now in the KV cache. Draft rows are in the
+    /// cache too, until <see cref="KeepDrafts"/> says how many of them stay.</summary>
     public void Complete(SchedulerOutput step)
     {
         foreach (var c in step.Chunks)
         {
             if (c.Sequence.Status != SequenceStatus.Running) continue;
-            c.Sequence.Computed = c.Start + c.Count;
+            c.Sequence.Computed = c.Start + c.Count - c.Drafts;
         }
+    }
+
+    /// <summary>
+    /// After verifying a chunk's drafts: the first <paramref name="kept"/> drafts, now appended to the sequence's
+    /// tokens, keep their K/V; the rejected drafts' K/V are dropped (llama.cpp's <c>llama_memory_seq_rm</c>), which
+    /// returns blocks that only they used.
+    /// </summary>
+    public void KeepDrafts(ScheduledChunk c, int kept)
+    {
+        var s = c.Sequence;
+        if (s.Status != SequenceStatus.Running) return;
+        if ((uint)kept > (uint)c.Drafts || s.Total < c.Start + 1 + kept)
+            throw new InvalidOperationException($"cannot keep {kept} of {c.Drafts} drafts");
+        s.Computed = c.Start + 1 + kept;
+        _pool.Truncate(s.Id, s.Computed);
+        s.SetDrafts([]);
     }
 }
