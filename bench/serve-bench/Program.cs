@@ -5,9 +5,13 @@
 //     chat time-to-first-token and inter-token latency (median, P99), long-prompt TTFT, generated tokens/s, and all
 //     tokens (prompt + generated) per second. Run with chunked prefill on and off at the same token budget.
 //  B. Decode throughput: 16 concurrent greedy streams vs 1 (short prompts, 128 tokens each).
+//  C. (--spec yes, or --spec-only yes for C alone) Speculative decoding with prompt lookup against plain decoding:
+//     1, 4 and 16 streams of KJV-verse prompts (the bundled model's language; use --model models/default.gguf),
+//     greedy and sampled, alternating plain and lookup engines R times; end-to-end generated tokens/s, medians.
 //
 // usage: serve-bench [--model FILE.gguf] [--threads N] [--budget TOKENS] [--long L] [--concurrency 4,8,16]
-//                    [--duration SECONDS] [--repeat R] [--decode-only yes] [--out FILE.md]
+//                    [--duration SECONDS] [--repeat R] [--decode-only yes] [--spec yes|--spec-only yes]
+//                    [--spec-tokens 128] [--spec-streams 1,4,16] [--out FILE.md]
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;
@@ -32,6 +36,9 @@ int[] levels = opts.Get("--concurrency", "4,16").Split(',').Select(s => int.Pars
 bool decodeOnly = opts.Get("--decode-only", "no") == "yes";
 int repeats = int.Parse(opts.Get("--repeat", "1"), CultureInfo.InvariantCulture);
 string? outFile = opts.Get("--out", "") is { Length: > 0 } o ? o : null;
+bool specOnly = opts.Get("--spec-only", "no") == "yes", spec = specOnly || opts.Get("--spec", "no") == "yes";
+int specTokens = int.Parse(opts.Get("--spec-tokens", "128"), CultureInfo.InvariantCulture);
+int[] specStreams = opts.Get("--spec-streams", "1,4,16").Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray();
 
 using var m = LlamaModel.Open(model);
 using var ctx = new InferenceContext(m, new ContextOptions { ContextSize = 16384, Threads = threads, MicroBatch = Math.Max(budget, 64) });
@@ -45,38 +52,99 @@ Console.Error.WriteLine($"model {Path.GetFileName(model)}: dim {m.Config.Dim}, {
 using (var warm = new Engine(ctx, m.Tokenizer, new EngineOptions { Scheduler = new SchedulerOptions { TokenBudget = budget } }))
     await Task.WhenAll(Enumerable.Range(0, 4).Select(i => Drain(warm, Req(Prompt(200, i), 16))));
 
-Line($"Model: random-weight Llama, dim {m.Config.Dim}, {m.Config.LayerCount} layers, ffn {m.Config.FfnDim}, vocab {m.Config.VocabSize}, Q8_0 " +
+Line($"Model: {Path.GetFileName(model)}, dim {m.Config.Dim}, {m.Config.LayerCount} layers, ffn {m.Config.FfnDim}, vocab {m.Config.VocabSize} " +
      $"({m.WeightBytesPerToken / 1e6:F1} MB of weights read per token); {ctx.Threads} threads on {Environment.ProcessorCount} cores; token budget {budget}/step.");
-Line("");
-Line($"### A. Chat streams with {longLen}-token prompts arriving every {duration / 4:F1} s ({duration:F0} s per setting)");
-Line("");
-Line("| chat streams | chunked prefill | chat TTFT median / P99 (ms) | chat ITL median / P99 (ms) | max ITL (ms) | long-prompt TTFT median (ms) | generated tok/s | all tok/s | steps |");
-Line("|---:|:---:|---:|---:|---:|---:|---:|---:|---:|");
-// Settings alternate (on, off, then off, on for the next repeat) so that drift of a shared machine hits both alike.
-for (int rep = 0; rep < (decodeOnly ? 0 : repeats); rep++)
-    foreach (int c in levels)
-        foreach (bool chunked in rep % 2 == 0 ? new[] { true, false } : new[] { false, true })
-        {
-            var r = await Mix(c, chunked);
-            Line($"| {c} | {(chunked ? "on" : "off")} | {r.TtftMed:F0} / {r.TtftP99:F0} | {r.ItlMed:F1} / {r.ItlP99:F1} | {r.ItlMax:F0} | {r.LongTtft:F0} | {r.GenTps:F1} | {r.AllTps:F0} | {r.Steps} |");
-        }
-Line("");
-Line("### B. Aggregate decode throughput (greedy, 16-token prompts, 128 tokens each)");
-Line("");
-Line("| streams | generated tok/s (decode phase) | per-stream tok/s | speed-up vs 1 |");
-Line("|---:|---:|---:|---:|");
-for (int rep = 0; rep < (decodeOnly ? repeats : 1); rep++)
+if (!specOnly)
 {
-    double one = 0;
-    foreach (int n in new[] { 1, 4, 16 })
+    Line("");
+    Line($"### A. Chat streams with {longLen}-token prompts arriving every {duration / 4:F1} s ({duration:F0} s per setting)");
+    Line("");
+    Line("| chat streams | chunked prefill | chat TTFT median / P99 (ms) | chat ITL median / P99 (ms) | max ITL (ms) | long-prompt TTFT median (ms) | generated tok/s | all tok/s | steps |");
+    Line("|---:|:---:|---:|---:|---:|---:|---:|---:|---:|");
+    // Settings alternate (on, off, then off, on for the next repeat) so that drift of a shared machine hits both alike.
+    for (int rep = 0; rep < (decodeOnly ? 0 : repeats); rep++)
+        foreach (int c in levels)
+            foreach (bool chunked in rep % 2 == 0 ? new[] { true, false } : new[] { false, true })
+            {
+                var r = await Mix(c, chunked);
+                Line($"| {c} | {(chunked ? "on" : "off")} | {r.TtftMed:F0} / {r.TtftP99:F0} | {r.ItlMed:F1} / {r.ItlP99:F1} | {r.ItlMax:F0} | {r.LongTtft:F0} | {r.GenTps:F1} | {r.AllTps:F0} | {r.Steps} |");
+            }
+}
+if (!specOnly)
+{
+    Line("");
+    Line("### B. Aggregate decode throughput (greedy, 16-token prompts, 128 tokens each)");
+    Line("");
+    Line("| streams | generated tok/s (decode phase) | per-stream tok/s | speed-up vs 1 |");
+    Line("|---:|---:|---:|---:|");
+    for (int rep = 0; rep < (decodeOnly ? repeats : 1); rep++)
     {
-        double tps = await DecodeThroughput(n);
-        if (n == 1) one = tps;
-        Line($"| {n} | {tps:F1} | {tps / n:F1} | {tps / one:F2}× |");
+        double one = 0;
+        foreach (int n in new[] { 1, 4, 16 })
+        {
+            double tps = await DecodeThroughput(n);
+            if (n == 1) one = tps;
+            Line($"| {n} | {tps:F1} | {tps / n:F1} | {tps / one:F2}× |");
+        }
     }
+}
+if (spec)
+{
+    Line("");
+    Line($"### C. Speculative decoding with prompt lookup ({specTokens} tokens per stream, KJV-verse prompts, {repeats} alternating runs each)");
+    Line("");
+    Line("| streams | sampling | plain tok/s | lookup tok/s | lookup / plain | drafts kept | engine steps, plain / lookup |");
+    Line("|---:|---|---:|---:|---:|---|---:|");
+    foreach (int n in specStreams)
+        foreach (bool sampled in new[] { false, true })
+        {
+            var plain = new List<SpecResult>();
+            var look = new List<SpecResult>();
+            for (int rep = 0; rep < repeats; rep++)
+                foreach (bool on in rep % 2 == 0 ? new[] { false, true } : new[] { true, false })
+                    (on ? look : plain).Add(await SpecRun(n, sampled, on));
+            double pt = Median(plain.Select(x => x.Tps)), lt = Median(look.Select(x => x.Tps));
+            long drafted = look.Sum(x => x.Drafted), kept = look.Sum(x => x.Kept);
+            Line($"| {n} | {(sampled ? "temp 0.8, top-k 40, top-p 0.95" : "greedy")} | {pt:F1} | {lt:F1} | {lt / pt:F2}× | " +
+                 $"{kept} of {drafted} ({100.0 * kept / Math.Max(1, drafted):F0} %) | {plain[0].Steps} / {look[0].Steps} |");
+            Console.Error.WriteLine($"  runs: plain {string.Join(" ", plain.Select(x => x.Tps.ToString("F1", CultureInfo.InvariantCulture)))}; lookup {string.Join(" ", look.Select(x => x.Tps.ToString("F1", CultureInfo.InvariantCulture)))}");
+        }
 }
 if (outFile != null) File.WriteAllText(outFile, report.ToString());
 return 0;
+
+static double Median(IEnumerable<double> xs)
+{
+    var a = xs.OrderBy(x => x).ToArray();
+    return a.Length % 2 == 1 ? a[a.Length / 2] : (a[a.Length / 2 - 1] + a[a.Length / 2]) / 2;
+}
+
+// n streams of KJV openings at once, each specTokens long; generated tokens over the wall time until the last ends.
+async Task<SpecResult> SpecRun(int streams, bool sampled, bool lookup)
+{
+    string[] openings =
+    [
+        "And God said unto Noah", "In the beginning God created", "And it came to pass", "The LORD is my shepherd",
+        "And the LORD spake unto Moses, saying", "Blessed is the man", "And Jacob said", "Thus saith the LORD",
+        "Now these are the generations", "And he said unto them", "Then Jesus said", "And the word of the LORD came",
+        "Hear, O Israel", "And Abraham said", "Praise ye the LORD", "And David said",
+    ];
+    ctx.Cache.Clear();
+    ctx.Cache.ClearPrefixCache();
+    using var e = new Engine(ctx, m.Tokenizer, new EngineOptions
+    {
+        Scheduler = new SchedulerOptions { TokenBudget = budget, MaxSequences = 64, PrefixCaching = false },
+        Speculative = lookup ? SpeculativeOptions.Lookup : null,
+    });
+    var sw = Stopwatch.StartNew();
+    var stats = await Task.WhenAll(Enumerable.Range(0, streams).Select(i => Drain(e, new GenerationRequest
+    {
+        Prompt = m.Tokenizer.Encode(openings[i % openings.Length], addBos: true), MaxTokens = specTokens, IgnoreEog = true,
+        Sampler = sampled ? new SamplerOptions { Temperature = 0.8f, TopK = 40, TopP = 0.95f, Seed = (ulong)i } : SamplerOptions.Greedy,
+    })));
+    double wall = sw.Elapsed.TotalSeconds;
+    return new SpecResult(stats.Sum(s => s.GeneratedTokens) / wall, e.StepsTotal, e.SpecDraftTokensTotal, e.SpecAcceptedTokensTotal);
+}
 
 int[] Prompt(int n, int seed)
 {
@@ -159,6 +227,8 @@ static double Pct(double[] sorted, double p)
     int lo = (int)Math.Floor(rank), hi = (int)Math.Ceiling(rank);
     return sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo);
 }
+
+record SpecResult(double Tps, long Steps, long Drafted, long Kept);
 
 record MixResult(double TtftMed, double TtftP99, double ItlMed, double ItlP99, double ItlMax, double LongTtft, double GenTps, double AllTps, long Steps);
 

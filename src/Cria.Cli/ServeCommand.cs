@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Cria.Inference;
 using Cria.Serving;
 using Cria.Server;
 
@@ -22,9 +23,15 @@ static class ServeCommand
         var noPrefix = new Option<bool>("--no-prefix-cache") { Description = "do not share KV blocks of common prompt prefixes" };
         var maxWaiting = new Option<int>("--max-waiting") { Description = "queued requests before answering 429", DefaultValueFactory = _ => 256 };
         var verbose = new Option<bool>("--verbose", "-v") { Description = "log requests" };
+        var lookup = new Option<bool>("--lookup") { Description = "speculative decoding with prompt-lookup drafts (n-grams of each request's prompt and output)" };
+        var draftMax = new Option<int>("--draft-max") { Description = "most tokens drafted per request and step", DefaultValueFactory = _ => 10 };
+        var ngram = new Option<int>("--lookup-ngram") { Description = "longest n-gram prompt lookup matches", DefaultValueFactory = _ => 3 };
+        var draftFixed = new Option<bool>("--draft-fixed") { Description = "draft up to --draft-max every step (default: adapt to how many drafts each request keeps)" };
+        var draftRows = new Option<int>("--draft-rows") { Description = "drafts ride only while a step's decode rows and drafts stay within this many rows", DefaultValueFactory = _ => 16 };
         var cmd = new Command("serve", "serve a model over an OpenAI-compatible HTTP API (continuous batching, chunked prefill)")
         {
             model, host, port, apiKey, apiKeyFile, ctx, threads, budget, maxSeqs, noChunk, noPrefix, maxWaiting, verbose,
+            lookup, draftMax, ngram, draftFixed, draftRows,
         };
         var kv = new KvCliOptions();
         kv.AddTo(cmd);
@@ -49,10 +56,15 @@ static class ServeCommand
                     {
                         TokenBudget = r.GetValue(budget), MaxSequences = r.GetValue(maxSeqs),
                         ChunkedPrefill = !r.GetValue(noChunk), PrefixCaching = !r.GetValue(noPrefix),
+                        DraftRowLimit = r.GetValue(draftRows),
                     },
+                    Speculative = r.GetValue(lookup)
+                        ? SpeculativeOptions.Lookup with { DraftMax = r.GetValue(draftMax), NgramMax = r.GetValue(ngram), Adaptive = !r.GetValue(draftFixed) }
+                        : null,
                 },
             };
             options.Engine.Scheduler.Validate();
+            options.Engine.Speculative?.Validate();
             CriaServer server;
             try { server = await CriaServer.StartAsync(options, ct); }
             catch (IOException ex)
@@ -68,6 +80,7 @@ static class ServeCommand
                 var e = server.Engine!;
                 Console.Error.WriteLine($"cria serve: ready — {server.ModelName}, context {e.MaxSequenceLength} tokens, KV pool {e.Cache.Capacity} tokens, " +
                     $"budget {options.Engine.Scheduler.TokenBudget} tokens/step, chunked prefill {(options.Engine.Scheduler.ChunkedPrefill ? "on" : "off")}" +
+                    (options.Engine.Speculative is { } sp ? $", prompt lookup up to {sp.DraftMax} drafts (≤ {options.Engine.Scheduler.DraftRowLimit} rows a step)" : "") +
                     (options.ApiKey != null ? ", API key required" : ""));
                 Console.Error.WriteLine($"cria serve: chat template: {server.Template!.Description}");
             }

@@ -20,6 +20,7 @@ public sealed class ServerMetrics
 
     readonly Gauge _running, _waiting, _kvUsage;
     readonly Counter _promptTokens, _generationTokens, _prefixQueries, _prefixHits, _preemptions, _steps;
+    readonly Counter _specDrafts, _specDraftTokens, _specAccepted;
     readonly Counter _success;
     readonly Histogram _ttft, _itl, _e2e, _queue, _promptHist, _genHist;
     readonly Counter _httpErrors;
@@ -39,6 +40,9 @@ public sealed class ServerMetrics
         _generationTokens = f.CreateCounter("cria_generation_tokens_total", "Tokens generated.");
         _preemptions = f.CreateCounter("cria_num_preemptions_total", "Requests preempted (KV dropped, recomputed later).");
         _steps = f.CreateCounter("cria_engine_steps_total", "Engine steps (batched forward passes).");
+        _specDrafts = f.CreateCounter("cria_spec_decode_num_drafts_total", "Speculative decoding: request steps that verified drafts.");
+        _specDraftTokens = f.CreateCounter("cria_spec_decode_num_draft_tokens_total", "Speculative decoding: draft tokens verified.");
+        _specAccepted = f.CreateCounter("cria_spec_decode_num_accepted_tokens_total", "Speculative decoding: draft tokens kept.");
         _success = f.CreateCounter("cria_request_success_total", "Finished requests by finish reason.", new CounterConfiguration { LabelNames = ["finished_reason"] });
         _httpErrors = f.CreateCounter("cria_http_errors_total", "Requests answered with an error status.", new CounterConfiguration { LabelNames = ["status"] });
         _ttft = f.CreateHistogram("cria_time_to_first_token_seconds", "Time from arrival to the first generated token.", new HistogramConfiguration { Buckets = TtftBuckets });
@@ -80,6 +84,9 @@ public sealed class ServerMetrics
         _generationTokens.IncTo(e.GenerationTokensTotal);
         _preemptions.IncTo(e.PreemptionsTotal);
         _steps.IncTo(e.StepsTotal);
+        _specDrafts.IncTo(e.SpecDraftsTotal);
+        _specDraftTokens.IncTo(e.SpecDraftTokensTotal);
+        _specAccepted.IncTo(e.SpecAcceptedTokensTotal);
         _prefixQueries.IncTo(e.Cache.PrefixQueryTokens);
         _prefixHits.IncTo(e.Cache.PrefixHitTokens);
     }

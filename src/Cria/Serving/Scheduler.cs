@@ -14,11 +14,17 @@ public sealed record SchedulerOptions
     public bool ChunkedPrefill { get; init; } = true;
     /// <summary>Look new prompts up in the KV cache's prefix cache.</summary>
     public bool PrefixCaching { get; init; } = true;
+    /// <summary>Speculative decoding: draft tokens are scheduled only while a step's decode rows and drafts together
+    /// stay within this many rows. 16 is the most rows the decode kernels take; a larger step runs the prefill kernels,
+    /// where every row costs about what a prompt token does, and drafts that are mostly rejected then slow everyone
+    /// (docs/serving.md, "Speculative decoding").</summary>
+    public int DraftRowLimit { get; init; } = 16;
 
     public void Validate()
     {
         if (TokenBudget < 1) throw new ArgumentOutOfRangeException(nameof(TokenBudget), TokenBudget, "token budget must be ≥ 1");
         if (MaxSequences < 1) throw new ArgumentOutOfRangeException(nameof(MaxSequences), MaxSequences, "max sequences must be ≥ 1");
+        if (DraftRowLimit < 0) throw new ArgumentOutOfRangeException(nameof(DraftRowLimit), DraftRowLimit, "the draft row limit must be ≥ 0");
     }
 }
 
@@ -172,15 +178,16 @@ public sealed class Scheduler
             return true;
         }
 
-        // (1) decodes, oldest first. Draft tokens (speculative decoding) ride along only in the budget left after one
-        // row for every decode, and only in free blocks: drafts never preempt anyone.
-        int spare = budget;
-        foreach (var s in _running) if (s.IsDecoding) spare--;
+        // (1) decodes, oldest first. Draft tokens (speculative decoding) ride along only in the rows left after one for
+        // every decode (within the budget and the draft row limit), shared out evenly, and only in free blocks: drafts
+        // never preempt anyone.
+        int level = DraftLevel(Math.Min(budget, Options.DraftRowLimit), out int spare);
         for (int i = 0; i < _running.Count && budget > 0; i++)
         {
             var s = _running[i];
             if (!s.IsDecoding) continue;
-            int drafts = Math.Min(s.DraftCount, Math.Max(0, spare));
+            int drafts = Math.Min(Math.Min(s.DraftCount, level + (s.DraftCount > level && spare > 0 ? 1 : 0)), Math.Max(0, budget - 1));
+            if (drafts > level) spare--;
             int need = _pool.BlocksNeeded(s.Id, 1 + drafts);
             if (drafts > 0 && need > FreeLeft()) { drafts = 0; need = _pool.BlocksNeeded(s.Id, 1); }
             if (!MakeRoom(s, need)) break;
@@ -189,7 +196,6 @@ public sealed class Scheduler
             o.DecodeCount++;
             o.DraftCount += drafts;
             budget -= 1 + drafts;
-            spare -= drafts;
         }
 
         // (2) prefill chunks of running requests.
@@ -236,6 +242,25 @@ public sealed class Scheduler
     }
 
     bool IsInCache(SequenceState s) => _pool.Length(s.Id) > 0;
+
+    /// <summary>
+    /// Shares <paramref name="rows"/> step rows among the decoding sequences: one each, then drafts by water-filling —
+    /// every sequence may verify min(its drafts, level) drafts, the largest level that fits; <paramref name="extra"/>
+    /// rows are left, one more each for the oldest sequences that drafted more than the level.
+    /// </summary>
+    int DraftLevel(int rows, out int extra)
+    {
+        int decoding = 0, most = 0;
+        foreach (var s in _running)
+            if (s.IsDecoding) { decoding++; most = Math.Max(most, s.DraftCount); }
+        int spare = rows - decoding, level = 0;
+        extra = 0;
+        if (spare <= 0 || most == 0) return 0;
+        int Used(int l) { int u = 0; foreach (var s in _running) if (s.IsDecoding) u += Math.Min(s.DraftCount, l); return u; }
+        while (level < most && Used(level + 1) <= spare) level++;
+        extra = spare - Used(level);
+        return level;
+    }
 
     int PrefillTokens(SequenceState s, int budget, bool prefillPlanned)
     {

@@ -36,6 +36,75 @@ public class SchedulerTests
     }
 
     [Fact]
+    public void DraftsShareTheRowsLeftByDecodesAndNeverTakeBlocksFromAnyone()
+    {
+        var pool = Pool(256);
+        var s = new Scheduler(pool, new SchedulerOptions { TokenBudget = 64, MaxSequences = 8, DraftRowLimit = 16 });
+        var a = Seq(1, 3, maxNew: 100); var b = Seq(2, 3, maxNew: 100); var c = Seq(3, 3, maxNew: 100);
+        s.Add(a); s.Add(b); s.Add(c);
+        Step(s, pool);
+        a.SetDrafts([.. Enumerable.Range(50, 10)]); b.SetDrafts([60, 61]); c.SetDrafts([.. Enumerable.Range(70, 10)]);
+
+        // 16 rows − 3 decodes = 13 for drafts: water-filling gives every sequence min(drafts, 5) = 5 + 2 + 5 = 12, and the
+        // one row left goes to the oldest that wanted more.
+        var o = s.Schedule();
+        Assert.Equal([(7, 6), (3, 2), (6, 5)], o.Chunks.Select(ch => (ch.Count, ch.Drafts)));
+        Assert.Equal((16, 3, 13), (o.TokenCount, o.DecodeCount, o.DraftCount));
+        Assert.All(o.Chunks, ch => Assert.True(ch.WantsLogits && ch.IsDecode));
+        Assert.Equal([a.Tokens[3], 50, 51, 52, 53, 54, 55], Enumerable.Range(0, 7).Select(o.Chunks[0].Token));
+        foreach (var ch in o.Chunks) pool.Append(ch.Sequence.Id, ch.Count);
+        s.Complete(o);
+        Assert.Equal(4, a.Computed); // the step's own token only, until the verdicts are in
+        Assert.Equal(10, pool.Length(1));
+
+        // a keeps 2 drafts (then a token of its own), b none, c all five (then a bonus token).
+        a.Append(50); a.Append(51); a.Append(9);
+        s.KeepDrafts(o.Chunks[0], 2);
+        b.Append(9);
+        s.KeepDrafts(o.Chunks[1], 0);
+        for (int t = 70; t < 75; t++) c.Append(t);
+        c.Append(9);
+        s.KeepDrafts(o.Chunks[2], 5);
+        Assert.Equal((6, 4, 9), (a.Computed, b.Computed, c.Computed));
+        Assert.Equal((6, 4, 9), (pool.Length(1), pool.Length(2), pool.Length(3))); // rejected drafts' K/V are gone
+        Assert.True(a.IsDecoding && b.IsDecoding && c.IsDecoding);
+        Assert.Equal(0, a.DraftCount);
+        Assert.Throws<InvalidOperationException>(() => s.KeepDrafts(o.Chunks[1], 3)); // more than were drafted
+
+        // Drafts that would need a new block ride only in free blocks: with every block taken, none ride, and nobody is
+        // preempted for them.
+        var pool2 = Pool(64, blockSize: 4); // 16 blocks
+        var full = new Scheduler(pool2, new SchedulerOptions { TokenBudget = 64, MaxSequences = 8 });
+        var x = Seq(4, 31, maxNew: 100); var y = Seq(5, 31, maxNew: 100);
+        full.Add(x); full.Add(y);
+        Step(full, pool2); // 31 + 31 tokens in 16 blocks; each decode row fills its last slot
+        x.SetDrafts([1, 2, 3]); y.SetDrafts([1, 2, 3]);
+        o = full.Schedule();
+        Assert.Equal((0, 2, 0), (pool2.FreeBlocks, o.DecodeCount, o.DraftCount));
+        Assert.Empty(o.Preempted);
+
+        // The token budget bounds drafts too: 5 tokens for 3 decodes leave 2 drafts, one each for the two oldest.
+        var pool3 = Pool(256);
+        var tight = new Scheduler(pool3, new SchedulerOptions { TokenBudget = 5 });
+        var seqs = new[] { Seq(6, 1, maxNew: 100), Seq(7, 1, maxNew: 100), Seq(8, 1, maxNew: 100) };
+        foreach (var q in seqs) tight.Add(q);
+        Step(tight, pool3);
+        foreach (var q in seqs) q.SetDrafts([1, 2, 3]);
+        o = tight.Schedule();
+        Assert.Equal([1, 1, 0], o.Chunks.Select(ch => ch.Drafts));
+        Assert.Equal(5, o.TokenCount);
+
+        // A row limit of 0 turns drafting off.
+        var pool4 = Pool(256);
+        var off = new Scheduler(pool4, new SchedulerOptions { DraftRowLimit = 0 });
+        var z = Seq(9, 2, maxNew: 100);
+        off.Add(z);
+        Step(off, pool4);
+        z.SetDrafts([1, 2, 3]);
+        Assert.Equal(0, off.Schedule().DraftCount);
+    }
+
+    [Fact]
     public void DecodesFirstThenPrefillChunksFillTheBudget()
     {
         var pool = Pool(256);
