@@ -7,6 +7,18 @@ namespace Cria.Training;
 /// <summary>How a sequence's per-token class logits become one (LS-LLaMA: the last token; LS-unLLaMA: the mean).</summary>
 public enum ClassifierPooling { Last, Mean }
 
+/// <summary>What a head on the final hidden states is trained for.</summary>
+public enum ClassifierObjective
+{
+    /// <summary>Labels: cross-entropy on the pooled logits (LS-LLaMA).</summary>
+    Labels,
+    /// <summary>A scalar reward from preference pairs: −m·log σ(r_chosen − r_rejected − margin) (Bradley–Terry; with a
+    /// preference magnitude m, HelpSteer2-Preference's Scaled BT).</summary>
+    BradleyTerry,
+    /// <summary>A scalar reward regressed on ratings: ½(r − y)² (HelpSteer2's regression reward model).</summary>
+    Regression,
+}
+
 /// <summary>
 /// A label-supervised classifier on a Llama backbone (Li et al., "Label Supervised LLaMA Finetuning", LS-LLaMA): a
 /// linear head <c>cls.output.weight</c> [labels, dim] on the final-norm hidden states, trained with cross-entropy on
@@ -18,10 +30,19 @@ public sealed record ClassifierOptions
     public required string[] Labels { get; init; }
     public ClassifierPooling Pooling { get; init; } = ClassifierPooling.Last;
     public bool Bidirectional { get; init; }
+    /// <summary>Labels (a classifier) or a scalar reward (a reward model: one output, <see cref="Reward"/>).</summary>
+    public ClassifierObjective Objective { get; init; } = ClassifierObjective.Labels;
+
+    /// <summary>A reward model's head options: one output named "reward".</summary>
+    public static ClassifierOptions Reward(ClassifierObjective objective, ClassifierPooling pooling = ClassifierPooling.Last, bool bidirectional = false) =>
+        new() { Labels = ["reward"], Objective = objective, Pooling = pooling, Bidirectional = bidirectional };
+
+    public bool IsReward => Objective != ClassifierObjective.Labels;
 
     public void Validate()
     {
-        if (Labels.Length < 2 || Labels.Length > 4096) throw new CriaException($"a classifier needs 2..4096 labels, got {Labels.Length}");
+        if (IsReward && Labels.Length != 1) throw new CriaException($"a reward model has one output, got {Labels.Length} labels");
+        if (!IsReward && (Labels.Length < 2 || Labels.Length > 4096)) throw new CriaException($"a classifier needs 2..4096 labels, got {Labels.Length}");
         if (Labels.Distinct(StringComparer.Ordinal).Count() != Labels.Length) throw new CriaException("classifier labels must be distinct");
     }
 
@@ -37,6 +58,22 @@ public sealed record ClassifierOptions
 
     public string ModeName => (Bidirectional ? "bi-" : "") + (Pooling == ClassifierPooling.Last ? "last" : "mean");
 
+    /// <summary>The objective's name in head files and on the command line: labels, bt, regression.</summary>
+    public static string ObjectiveName(ClassifierObjective o) => o switch
+    {
+        ClassifierObjective.BradleyTerry => "bt",
+        ClassifierObjective.Regression => "regression",
+        _ => "labels",
+    };
+
+    public static ClassifierObjective ParseObjective(string s) => s.ToLowerInvariant() switch
+    {
+        "labels" => ClassifierObjective.Labels,
+        "bt" => ClassifierObjective.BradleyTerry,
+        "regression" => ClassifierObjective.Regression,
+        _ => throw new CriaException($"unknown head objective '{s}' (labels, bt, regression)"),
+    };
+
     /// <summary>
     /// Writes the head as a small GGUF (atomically): general.type = "classifier", <c>classifier.output_labels</c> (the
     /// key llama.cpp's rerankers use for label names), <c>classifier.mode</c>, and <c>cls.output.weight</c> (ggml shape
@@ -51,6 +88,7 @@ public sealed record ClassifierOptions
         w.Set("general.type", "classifier");
         w.Set("classifier.output_labels", Labels);
         w.Set("classifier.mode", ModeName);
+        w.Set("classifier.objective", ObjectiveName(Objective));
         w.AddTensor(LoraLayout.HeadName, [dim, Labels.Length], GgmlType.F32,
             MemoryMarshal.AsBytes(parameters.Slice((int)layout.Head, Labels.Length * dim)).ToArray());
         w.Write(path);
@@ -64,7 +102,7 @@ public sealed record ClassifierOptions
         if (f.Get("general.type", "") != "classifier") throw new CriaException($"{path} is not a classifier head (general.type '{f.Get("general.type", "")}')");
         var labels = f.Get<string[]>("classifier.output_labels", []);
         var (pooling, bidirectional) = ParseMode(f.Get("classifier.mode", "last"));
-        var o = new ClassifierOptions { Labels = labels, Pooling = pooling, Bidirectional = bidirectional };
+        var o = new ClassifierOptions { Labels = labels, Pooling = pooling, Bidirectional = bidirectional, Objective = ParseObjective(f.Get("classifier.objective", "labels")) };
         o.Validate();
         var t = f.GetTensor(LoraLayout.HeadName);
         if (t.Type != GgmlType.F32 || t.Shape.Length != 2 || t.Shape[0] != dim || t.Shape[1] != labels.Length)
@@ -122,11 +160,13 @@ public sealed record LabelledExample(int[] Tokens, int Label)
 {
     /// <summary>Writes BOS and the tokens, cut to <paramref name="row"/>'s length, at the start of the row; returns
     /// how many were written (the sequence's length for the pooling and the mask).</summary>
-    public int CopyTo(Span<int> row, int bos)
+    public int CopyTo(Span<int> row, int bos) => CopyTo(Tokens, row, bos);
+
+    internal static int CopyTo(int[] tokens, Span<int> row, int bos)
     {
-        int n = Math.Min(row.Length, Tokens.Length + 1);
+        int n = Math.Min(row.Length, tokens.Length + 1);
         row[0] = bos;
-        Tokens.AsSpan(0, n - 1).CopyTo(row[1..]);
+        tokens.AsSpan(0, n - 1).CopyTo(row[1..]);
         return n;
     }
 }
@@ -137,11 +177,11 @@ public sealed partial class Trainer
 {
     /// <summary>Puts example <paramref name="e"/> in row <paramref name="b"/>: BOS, its tokens (cut to T − 1), then
     /// padding (<paramref name="pad"/>) that the pooling and the attention never read. Returns its length.</summary>
-    int FillClassifierRow(int b, LabelledExample e, int pad)
+    int FillClassifierRow(int b, int[] tokens, int pad)
     {
         var m = Model;
         var row = m.Tokens.Slice(b * m.SeqLen, m.SeqLen);
-        int n = e.CopyTo(row, _bos);
+        int n = LabelledExample.CopyTo(tokens, row, _bos);
         row[n..].Fill(pad);
         m.SequenceLengths[b] = n;
         return n;
@@ -163,7 +203,7 @@ public sealed partial class Trainer
             for (int b = 0; b < B; b++)
             {
                 var e = examples[_rng.Next(examples.Count)];
-                FillClassifierRow(b, e, pad);
+                FillClassifierRow(b, e.Tokens, pad);
                 labels[b] = e.Label;
             }
             var (l, c) = m.ClassifierForwardBackward(labels, 1f / (B * accum));
@@ -184,7 +224,7 @@ public sealed partial class Trainer
         double loss = 0;
         for (int start = 0; start < examples.Count; start += B)
         {
-            for (int b = 0; b < B; b++) FillClassifierRow(b, examples[start + b < examples.Count ? start + b : 0], pad);
+            for (int b = 0; b < B; b++) FillClassifierRow(b, examples[start + b < examples.Count ? start + b : 0].Tokens, pad);
             m.Forward();
             for (int b = 0; b < B && start + b < examples.Count; b++)
             {

@@ -535,43 +535,110 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
 
     /// <summary>
     /// Classifier (LS-LLaMA) forward, loss and backward: per sequence b, CE(pooled logits, labels[b]) with pooled =
-    /// Σ_t w_t·z_t (<see cref="PoolWeight"/>); dpooled = (softmax − onehot)·gradScale, dz_t = w_t·dpooled,
-    /// dHead += dzᵀ·xnf, dxnf = dz·Head, then the blocks' backward as for a language model. Returns the summed loss and
-    /// the number of sequences whose largest pooled logit is their label.
+    /// Σ_t w_t·z_t (<see cref="PoolWeight"/>); dpooled = (softmax − onehot)·gradScale, then <see cref="BackwardFromPooled"/>.
+    /// Returns the summed loss and the number of sequences whose largest pooled logit is their label.
     /// </summary>
     public (double Loss, int Correct) ClassifierForwardBackward(ReadOnlySpan<int> labels, float gradScale)
     {
         var c = Classifier ?? throw new InvalidOperationException("not a classifier");
-        int C = c.Labels.Length, N = Rows, D = Shape.Dim, B = BatchSize;
+        if (c.Objective != ClassifierObjective.Labels) throw new InvalidOperationException($"a {c.Objective} head is trained on rewards, not labels");
+        int C = c.Labels.Length, B = BatchSize;
         if (labels.Length != B) throw new ArgumentException($"{B} labels expected, got {labels.Length}");
         for (int b = 0; b < B; b++)
             if ((uint)labels[b] >= (uint)C) throw new CriaException($"label {labels[b]} of sequence {b} is outside 0..{C - 1}");
         Forward();
         Mark(3);
         double loss = 0; int correct = 0;
-        Clear(_classLogits, (long)N * C);
-        Span<float> dp = stackalloc float[C];
+        var dp = DPooled();
         for (int b = 0; b < B; b++)
         {
             var z = new ReadOnlySpan<float>(_pooled + (long)b * C, C);
             double lse = Ops.LogSumExp(z);
             loss += lse - z[labels[b]];
             if (Inference.Sampler.ArgMax(z) == labels[b]) correct++;
-            for (int j = 0; j < C; j++) dp[j] = (float)(Math.Exp(z[j] - lse) - (j == labels[b] ? 1 : 0)) * gradScale;
+            for (int j = 0; j < C; j++) dp[b * C + j] = (float)(Math.Exp(z[j] - lse) - (j == labels[b] ? 1 : 0)) * gradScale;
+        }
+        BackwardFromPooled(dp);
+        return (loss, correct);
+    }
+
+    /// <summary>
+    /// Reward model, Bradley–Terry (Ouyang et al. 2022; HelpSteer2-Preference's Scaled BT): rows 2i and 2i + 1 are pair
+    /// i's chosen and rejected sequences, r = the pooled scalar head, and the pair's loss is
+    /// m_i·softplus(−(r_c − r_r − margin_i)) = −m_i·log σ(r_c − r_r − margin_i) (m = 1, margin = 0: plain BT; m the
+    /// preference magnitude: Scaled BT; a margin: TRL's RewardTrainer). dr_c = −m·σ(−(Δ − margin))·gradScale = −dr_r.
+    /// Returns the summed loss and the number of pairs with r_c &gt; r_r.
+    /// </summary>
+    public (double Loss, int Correct) PairwiseRewardForwardBackward(ReadOnlySpan<float> magnitudes, ReadOnlySpan<float> margins, float gradScale)
+    {
+        var c = Classifier ?? throw new InvalidOperationException("not a classifier");
+        if (c.Objective != ClassifierObjective.BradleyTerry) throw new InvalidOperationException($"a {c.Objective} head is not trained on pairs");
+        int B = BatchSize, pairs = B / 2;
+        if (B % 2 != 0) throw new CriaException($"pairwise reward training needs an even batch (chosen, rejected), got {B}");
+        if (magnitudes.Length != pairs || margins.Length != pairs) throw new ArgumentException($"{pairs} magnitudes and margins expected");
+        Forward();
+        Mark(3);
+        double loss = 0; int correct = 0;
+        var dp = DPooled();
+        for (int i = 0; i < pairs; i++)
+        {
+            double rc = _pooled[2 * i], rr = _pooled[2 * i + 1], z = rc - rr - margins[i];
+            loss += magnitudes[i] * Softplus(-z);
+            if (rc > rr) correct++;
+            float g = (float)(-magnitudes[i] * Sigmoid(-z)) * gradScale;
+            dp[2 * i] = g; dp[2 * i + 1] = -g;
+        }
+        BackwardFromPooled(dp);
+        return (loss, correct);
+    }
+
+    /// <summary>Reward model, regression (HelpSteer2's rating regression): r_b = the pooled scalar head, loss
+    /// ½(r_b − y_b)² per sequence, dr_b = (r_b − y_b)·gradScale. Returns the summed loss.</summary>
+    public double RegressionRewardForwardBackward(ReadOnlySpan<float> scores, float gradScale)
+    {
+        var c = Classifier ?? throw new InvalidOperationException("not a classifier");
+        if (c.Objective != ClassifierObjective.Regression) throw new InvalidOperationException($"a {c.Objective} head is not trained on ratings");
+        int B = BatchSize;
+        if (scores.Length != B) throw new ArgumentException($"{B} scores expected, got {scores.Length}");
+        Forward();
+        Mark(3);
+        double loss = 0;
+        var dp = DPooled();
+        for (int b = 0; b < B; b++)
+        {
+            double d = _pooled[b] - scores[b];
+            loss += 0.5 * d * d;
+            dp[b] = (float)d * gradScale;
+        }
+        BackwardFromPooled(dp);
+        return loss;
+    }
+
+    float[]? _dPooled;                                             // [B, C] dLoss/dpooled, reused across steps
+    float[] DPooled() => _dPooled ??= new float[BatchSize * Classifier!.Labels.Length];
+
+    static double Sigmoid(double x) => x >= 0 ? 1 / (1 + Math.Exp(-x)) : Math.Exp(x) / (1 + Math.Exp(x));
+    static double Softplus(double x) => x > 30 ? x : x < -30 ? Math.Exp(x) : Math.Log(1 + Math.Exp(x));
+
+    /// <summary>The head's backward from dLoss/dpooled [B, C]: dz_t = w_t·dpooled (the pooling), dHead += dzᵀ·xnf,
+    /// dxnf = dz·Head, then the blocks' backward as for a language model.</summary>
+    void BackwardFromPooled(ReadOnlySpan<float> dPooled)
+    {
+        int C = Classifier!.Labels.Length, N = Rows, D = Shape.Dim, B = BatchSize;
+        Clear(_classLogits, (long)N * C);
+        for (int b = 0; b < B; b++)
             for (int t = 0; t < SeqLen; t++)
             {
                 float w = PoolWeight(t, _seqLens[b]);
                 if (w == 0) continue;
                 float* dz = _classLogits + ((long)b * SeqLen + t) * C;
-                for (int j = 0; j < C; j++) dz[j] = w * dp[j];
+                for (int j = 0; j < C; j++) dz[j] = w * dPooled[b * C + j];
             }
-        }
         Mark(2);
         Clear(_dxn, (long)N * D);
         MatMulNN(_classLogits, LP + Lora!.Head, _dxn, N, D, C);
         MatMulTN(_classLogits, _xnf, LG + Lora.Head, C, D, N);
         BackwardFromFinalNorm();
-        return (loss, correct);
     }
 
     /// <summary>The backward below the head, given dxnf in _dxn: the final norm, every block, the embedding.</summary>

@@ -103,7 +103,7 @@ public sealed class LoraLayout
                 long a = Add(baseName + ".lora_a", o.Rank, n), b = Add(baseName + ".lora_b", m, o.Rank);
                 Pairs[l * 7 + i] = new Pair(baseName, a, b, n, m);
             }
-        if (headLabels < 0 || headLabels == 1 || headLabels > 4096) throw new CriaException($"a classifier needs 2..4096 labels, got {headLabels}");
+        if (headLabels < 0 || headLabels > 4096) throw new CriaException($"a head needs 1..4096 outputs, got {headLabels}"); // 1: a reward model
         if (headLabels > 0) { HeadLabels = headLabels; Head = Add(HeadName, headLabels, d); }
         Tensors = list.ToArray();
         Count = Math.Max(at, 1);

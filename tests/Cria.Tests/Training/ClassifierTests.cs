@@ -16,9 +16,9 @@ namespace Cria.Tests.Training;
 public sealed class ClassifierTests(ITestOutputHelper output)
 {
     const double H = 1e-6;
-    static readonly LlamaShape Shape = new() { VocabSize = 40, Dim = 16, Layers = 2, Heads = 4, KvHeads = 2, FfnDim = 24, ContextLength = 8 };
+    internal static readonly LlamaShape Shape = new() { VocabSize = 40, Dim = 16, Layers = 2, Heads = 4, KvHeads = 2, FfnDim = 24, ContextLength = 8 };
 
-    static void Fill(LlamaTrainingModel m, Random rng)
+    internal static void Fill(LlamaTrainingModel m, Random rng)
     {
         foreach (var t in m.Layout.Tensors)
             for (long i = t.Offset; i < t.Offset + t.Count; i++)
@@ -28,7 +28,7 @@ public sealed class ClassifierTests(ITestOutputHelper output)
     }
 
     /// <summary>Pooled class logits [B, C] of the reference forward.</summary>
-    static double[] ReferencePooled(LlamaTrainingModel m, double[] p, double[] ad, int[] tokens, int[] lengths)
+    internal static double[] ReferencePooled(LlamaTrainingModel m, double[] p, double[] ad, int[] tokens, int[] lengths)
     {
         var c = m.Classifier!;
         int B = m.BatchSize, T = m.SeqLen, D = m.Shape.Dim, C = c.Labels.Length;
