@@ -22,6 +22,8 @@ root.Subcommands.Add(LoramCommands.Recover());
 root.Subcommands.Add(GuardCommand.Create());
 root.Subcommands.Add(ClassifyCommand.Train());
 root.Subcommands.Add(ClassifyCommand.Classify());
+root.Subcommands.Add(RewardCommand.Train());
+root.Subcommands.Add(RewardCommand.Score());
 root.Subcommands.Add(MagpieCommand.Create());
 root.Subcommands.Add(SwiftKvCommand.Create());
 try

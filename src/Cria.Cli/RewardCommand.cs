@@ -1,0 +1,275 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using Cria.Inference;
+using Cria.Training;
+
+namespace Cria.Cli;
+
+/// <summary>
+/// Reward models: <c>cria train-reward</c> trains LoRA adapters and a one-output head on preference pairs (Bradley–Terry,
+/// Scaled BT) or ratings (regression); <c>cria reward</c> scores texts or pairs with such a model, or with the
+/// training-free contrastive reward of a strong and a weak model (CDR: log π_strong(y|x) − log π_weak(y|x)).
+/// </summary>
+static class RewardCommand
+{
+    /// <summary>One JSONL record: a pair {"prompt", "chosen", "rejected"[, "magnitude"][, "margin"]} or a rating
+    /// {"prompt", "response", "score"}, tokenized as prompt then response (no BOS, as DPO's pairs).</summary>
+    public sealed record Record(int[] Prompt, int[]? Chosen, int[]? Rejected, float? Magnitude, float Margin, int[]? Response, float? Score)
+    {
+        public bool IsPair => Chosen != null;
+    }
+
+    public static List<Record> Read(string path, Cria.Tokenization.Tokenizer tok)
+    {
+        if (!File.Exists(path)) throw new CriaException($"{path} does not exist");
+        var list = new List<Record>();
+        int line = 0;
+        foreach (var text in File.ReadLines(path))
+        {
+            line++;
+            if (string.IsNullOrWhiteSpace(text)) continue;
+            JsonElement e;
+            try { e = JsonDocument.Parse(text).RootElement; }
+            catch (JsonException ex) { throw new CriaException($"{path}:{line}: not JSON ({ex.Message})"); }
+            if (e.ValueKind != JsonValueKind.Object) throw new CriaException($"{path}:{line}: expected a JSON object");
+            string? Str(string name, bool required)
+            {
+                if (!e.TryGetProperty(name, out var v)) return required ? throw new CriaException($"{path}:{line}: needs a string \"{name}\"") : null;
+                if (v.ValueKind != JsonValueKind.String) throw new CriaException($"{path}:{line}: \"{name}\" must be a string");
+                return v.GetString();
+            }
+            float? Num(string name)
+            {
+                if (!e.TryGetProperty(name, out var v)) return null;
+                if (v.ValueKind != JsonValueKind.Number || !float.IsFinite(v.GetSingle())) throw new CriaException($"{path}:{line}: \"{name}\" must be a finite number");
+                return v.GetSingle();
+            }
+            int[] Enc(string s) => tok.Encode(s, addBos: false);
+            var prompt = Enc(Str("prompt", true)!);
+            if (e.TryGetProperty("chosen", out _))
+            {
+                string chosen = Str("chosen", true)!, rejected = Str("rejected", true)!;
+                if (chosen.Length == 0 || rejected.Length == 0) throw new CriaException($"{path}:{line}: an empty response");
+                float? magnitude = Num("magnitude");
+                if (magnitude is <= 0) throw new CriaException($"{path}:{line}: \"magnitude\" must be > 0");
+                list.Add(new Record(prompt, Enc(chosen), Enc(rejected), magnitude, Num("margin") ?? 0f, null, null));
+            }
+            else
+            {
+                string response = Str("response", true) ?? throw new CriaException($"{path}:{line}: needs \"chosen\"/\"rejected\" or \"response\"/\"score\"");
+                if (response.Length == 0) throw new CriaException($"{path}:{line}: an empty response");
+                float score = Num("score") ?? throw new CriaException($"{path}:{line}: a rated response needs a number \"score\"");
+                list.Add(new Record(prompt, null, null, null, 0f, Enc(response), score));
+            }
+        }
+        if (list.Count == 0) throw new CriaException($"{path} holds no records");
+        return list;
+    }
+
+    static int[] Concat(int[] a, int[] b) => [.. a, .. b];
+
+    /// <summary>Pair accuracy (reward of chosen &gt; rejected), mean reward margin, and accuracy per magnitude when the
+    /// pairs carry one.</summary>
+    static string PairReport(IReadOnlyList<Record> pairs, ReadOnlySpan<float> chosen, ReadOnlySpan<float> rejected)
+    {
+        int right = 0; double margin = 0;
+        var byMagnitude = new SortedDictionary<float, (int Right, int N)>();
+        for (int i = 0; i < pairs.Count; i++)
+        {
+            bool ok = chosen[i] > rejected[i];
+            if (ok) right++;
+            margin += chosen[i] - rejected[i];
+            if (pairs[i].Magnitude is { } m) { var (r, n) = byMagnitude.GetValueOrDefault(m); byMagnitude[m] = (r + (ok ? 1 : 0), n + 1); }
+        }
+        string s = string.Create(CultureInfo.InvariantCulture, $"pair accuracy {right / (double)pairs.Count:P1} ({right} of {pairs.Count}), mean margin {margin / pairs.Count:F3}");
+        if (byMagnitude.Count > 1)
+            s += "; by magnitude: " + string.Join(", ", byMagnitude.Select(kv => string.Create(CultureInfo.InvariantCulture, $"{kv.Key:G} {kv.Value.Right / (double)kv.Value.N:P1} of {kv.Value.N}")));
+        return s;
+    }
+
+    public static Command Train()
+    {
+        var init = new Option<string?>("--init") { Description = "the F32/F16 llama GGUF to adapt (default: the bundled model)" };
+        var train = new Option<string>("--train") { Description = "JSONL: pairs {\"prompt\", \"chosen\", \"rejected\"[, \"magnitude\"][, \"margin\"]} for bt / scaled-bt, ratings {\"prompt\", \"response\", \"score\"} for regression", Required = true };
+        var valid = new Option<string?>("--valid") { Description = "held-out pairs (same format): pair accuracy at every evaluation" };
+        var loss = new Option<string>("--loss") { Description = "bt (Bradley–Terry), scaled-bt (weighted by each pair's \"magnitude\": HelpSteer2-Preference) or regression (on \"score\")", DefaultValueFactory = _ => "bt" };
+        var mode = new Option<string>("--mode") { Description = "pooling of the head: last (the usual reward model), mean, bi-mean, bi-last", DefaultValueFactory = _ => "last" };
+        var outDir = new Option<string>("--out", "-o") { Description = "output directory: adapter.gguf (llama.cpp's --lora format) and head.gguf", DefaultValueFactory = _ => "out/reward" };
+        var ctx = new Option<int>("--ctx") { Description = "tokens per text (BOS + prompt + response, cut)", DefaultValueFactory = _ => 128 };
+        var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 500 };
+        var batch = new Option<int>("--batch", "-b") { Description = "texts per micro-batch (pairs: half as many pairs)", DefaultValueFactory = _ => 8 };
+        var lr = new Option<float>("--lr") { DefaultValueFactory = _ => 1e-3f, Description = "peak learning rate" };
+        var warmup = new Option<int>("--warmup") { DefaultValueFactory = _ => 50 };
+        var wd = new Option<float>("--weight-decay") { DefaultValueFactory = _ => 0.01f };
+        var rank = new Option<int>("--lora-rank") { DefaultValueFactory = _ => 8 };
+        var alpha = new Option<float>("--lora-alpha") { DefaultValueFactory = _ => 16f };
+        var targets = new Option<string>("--lora-targets") { DefaultValueFactory = _ => "all" };
+        var evalEvery = new Option<int>("--eval-every") { DefaultValueFactory = _ => 100 };
+        var seed = new Option<ulong>("--seed") { DefaultValueFactory = _ => 1234UL };
+        var threads = new Option<int>("--threads", "-t") { DefaultValueFactory = _ => Environment.ProcessorCount };
+        var cmd = new Command("train-reward", "train a reward model: LoRA adapters and a one-output head on the final hidden states, from preference pairs (Bradley–Terry, Scaled BT) or ratings (regression)")
+        { init, train, valid, loss, mode, outDir, ctx, steps, batch, lr, warmup, wd, rank, alpha, targets, evalEvery, seed, threads };
+        cmd.SetAction(r =>
+        {
+            string lossName = r.GetValue(loss)!.ToLowerInvariant();
+            var objective = lossName switch
+            {
+                "bt" or "scaled-bt" => ClassifierObjective.BradleyTerry,
+                "regression" => ClassifierObjective.Regression,
+                _ => throw new CriaException($"unknown --loss '{lossName}' (bt, scaled-bt, regression)"),
+            };
+            var (pooling, bidirectional) = ClassifierOptions.ParseMode(r.GetValue(mode)!);
+            var options = new TrainingOptions
+            {
+                BatchSize = r.GetValue(batch), Steps = r.GetValue(steps), WarmupSteps = r.GetValue(warmup), LearningRate = r.GetValue(lr),
+                WeightDecay = r.GetValue(wd), Seed = r.GetValue(seed), Threads = Math.Max(1, r.GetValue(threads)),
+            };
+            options.Validate();
+            if (objective == ClassifierObjective.BradleyTerry && options.BatchSize % 2 != 0) throw new CriaException($"--batch {options.BatchSize}: pairs need an even batch (chosen and rejected)");
+            var lora = new LoraOptions { Rank = r.GetValue(rank), Alpha = r.GetValue(alpha), Targets = LoraOptions.ParseTargets(r.GetValue(targets)!) };
+            lora.Validate();
+            int T = r.GetValue(ctx), every = Math.Max(1, r.GetValue(evalEvery));
+            var imported = GgufImport.Read(DefaultModel.Resolve(r.GetValue(init)));
+            if (T < 2 || T > imported.Shape.ContextLength) throw new CriaException($"--ctx {T} must be in 2..{imported.Shape.ContextLength}");
+            var tok = imported.Vocabulary.CreateTokenizer();
+            var records = Read(r.GetValue(train)!, tok);
+            var heldRecords = r.GetValue(valid) is { } v ? Read(v, tok) : null;
+            if (heldRecords != null && heldRecords.Any(x => !x.IsPair)) throw new CriaException("--valid must hold pairs (chosen, rejected): the evaluation is pair accuracy");
+            List<RewardPair> pairs = [];
+            List<RatedText> rated = [];
+            if (objective == ClassifierObjective.BradleyTerry)
+            {
+                if (records.Any(x => !x.IsPair)) throw new CriaException($"--loss {lossName} trains on pairs (chosen, rejected); the file holds ratings (use --loss regression)");
+                if (lossName == "scaled-bt" && records.Any(x => x.Magnitude == null)) throw new CriaException("--loss scaled-bt needs a \"magnitude\" in every pair");
+                pairs = records.Select(x => new RewardPair(Concat(x.Prompt, x.Chosen!), Concat(x.Prompt, x.Rejected!), lossName == "scaled-bt" ? x.Magnitude!.Value : 1f, x.Margin)).ToList();
+            }
+            else
+            {
+                if (records.Any(x => x.IsPair)) throw new CriaException("--loss regression trains on ratings (response, score); the file holds pairs");
+                rated = records.Select(x => new RatedText(Concat(x.Prompt, x.Response!), x.Score!.Value)).ToList();
+            }
+            var head = ClassifierOptions.Reward(objective, pooling, bidirectional);
+            string dir = r.GetValue(outDir)!;
+            Directory.CreateDirectory(dir);
+            var log = Console.Error;
+            using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: lora, classifier: head);
+            trainer.SetParameters(imported.Parameters);
+            int pad = tok.Eos >= 0 ? tok.Eos : 0;
+            log.WriteLine($"{lossName} reward model ({head.ModeName}): {(pairs.Count > 0 ? $"{pairs.Count} pairs" : $"{rated.Count} rated texts")}" +
+                $"{(heldRecords != null ? $", {heldRecords.Count} held-out pairs" : "")}; {T} tokens per text");
+            log.WriteLine($"LoRA rank {lora.Rank}, alpha {lora.Alpha}, on {lora.Targets}, and the head: {trainer.Model.Lora!.Count:N0} trained parameters; the base is frozen");
+            string Held()
+            {
+                if (heldRecords == null) return "";
+                var rw = trainer.Rewards([.. heldRecords.Select(x => Concat(x.Prompt, x.Chosen!)), .. heldRecords.Select(x => Concat(x.Prompt, x.Rejected!))], pad);
+                return "  held-out " + PairReport(heldRecords, rw.AsSpan(0, heldRecords.Count), rw.AsSpan(heldRecords.Count));
+            }
+            var sw = Stopwatch.StartNew();
+            Console.Out.WriteLine($"step 0{Held()}");
+            while (trainer.Step < options.Steps)
+            {
+                var res = objective == ClassifierObjective.BradleyTerry ? trainer.RewardPairStep(pairs, pad) : trainer.RewardRegressionStep(rated, pad);
+                bool eval = res.Step % every == 0 || res.Step == options.Steps;
+                if (res.Step % 10 == 0 || eval)
+                    Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"step {res.Step}/{options.Steps}  loss {res.Loss:F4}  {(pairs.Count > 0 ? "pairs ordered" : "within 0.5")} {res.Accuracy:P0}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}{(eval ? Held() : "")}"));
+            }
+            var lay = trainer.Model.Lora!;
+            string adapterPath = Path.Combine(dir, "adapter.gguf"), headPath = Path.Combine(dir, "head.gguf");
+            lay.Write(adapterPath, trainer.Model.LoraParameters, "cria-reward");
+            head.WriteHead(headPath, lay, trainer.Model.LoraParameters);
+            Console.Out.WriteLine($"done: {trainer.Step} steps in {sw.Elapsed.TotalSeconds:F0} s; adapter {adapterPath}, head {headPath}");
+            return 0;
+        });
+        return cmd;
+    }
+
+    public static Command Score()
+    {
+        var model = new Argument<string?>("model") { Description = "the reward model's base (or a quantization of it, causal heads), or the strong model with --weak (default: the bundled model)", Arity = ArgumentArity.ZeroOrOne };
+        var adapter = new Option<string?>("--adapter") { Description = "the reward model's LoRA adapter (train-reward's adapter.gguf)" };
+        var head = new Option<string?>("--head") { Description = "the reward model's head (train-reward's head.gguf)" };
+        var weak = new Option<string?>("--weak") { Description = "contrastive reward (CDR) instead of a trained head: log p_MODEL(response|prompt) − log p_WEAK(response|prompt)" };
+        var logprob = new Option<bool>("--logprob") { Description = "the model's own log p(response|prompt) as the reward (the part of CDR without the weak model)" };
+        var pairsFile = new Option<string?>("--pairs") { Description = "JSONL pairs {\"prompt\", \"chosen\", \"rejected\"[, \"magnitude\"]}: pair accuracy" };
+        var prompt = new Option<string>("--prompt", "-p") { Description = "the prompt of --response", DefaultValueFactory = _ => "" };
+        var response = new Option<string[]>("--response", "-r") { Description = "a response to score (repeatable)", AllowMultipleArgumentsPerToken = false };
+        var ctx = new Option<int>("--ctx") { Description = "tokens per text for a head (BOS + prompt + response, cut, as in training)", DefaultValueFactory = _ => 128 };
+        var threads = new Option<int>("--threads", "-t") { DefaultValueFactory = _ => Environment.ProcessorCount };
+        var cmd = new Command("reward", "score responses with a reward model (train-reward's adapter and head) or the contrastive reward of two models (CDR)")
+        { model, adapter, head, weak, logprob, pairsFile, prompt, response, ctx, threads };
+        cmd.SetAction(r =>
+        {
+            string modelPath = DefaultModel.Resolve(r.GetValue(model));
+            string? weakPath = r.GetValue(weak), headPath = r.GetValue(head), adapterPath = r.GetValue(adapter);
+            bool lp = r.GetValue(logprob);
+            if ((weakPath != null ? 1 : 0) + (headPath != null ? 1 : 0) + (lp ? 1 : 0) != 1)
+                throw new CriaException("give one of --head (with --adapter) for a trained reward model, --weak for the contrastive reward, or --logprob");
+            if (headPath != null && adapterPath == null) throw new CriaException("--head needs the --adapter it was trained with");
+            using var m = Cria.Models.LlamaModel.Open(modelPath);
+            var tok = m.Tokenizer;
+            var responses = r.GetValue(response) ?? [];
+            string? pairsPath = r.GetValue(pairsFile);
+            if (responses.Length == 0 && pairsPath == null) throw new CriaException("give --pairs or --response");
+            var records = pairsPath != null ? Read(pairsPath, tok) : null;
+            if (records != null && records.Any(x => !x.IsPair)) throw new CriaException($"{pairsPath}: --pairs needs pairs (chosen, rejected)");
+            int[] promptTokens = tok.Encode(r.GetValue(prompt)!, addBos: false);
+            // The texts to score, as (prompt, response) token pairs: every pair's chosen then every pair's rejected.
+            var items = records != null
+                ? [.. records.Select(x => (x.Prompt, x.Chosen!)), .. records.Select(x => (x.Prompt, x.Rejected!))]
+                : responses.Select(s => (promptTokens, tok.Encode(s, addBos: false))).ToList();
+            int threadCount = r.GetValue(threads);
+            float[] scores;
+            if (weakPath != null || lp)
+            {
+                using var w = weakPath != null ? Cria.Models.LlamaModel.Open(weakPath) : null;
+                if (w != null) ModelDrafter.CheckCompatible(m, w);
+                int longest = items.Max(x => x.Item1.Length + x.Item2.Length + 1);
+                using var sc = new InferenceContext(m, new ContextOptions { ContextSize = longest, Threads = threadCount });
+                using var wc = w != null ? new InferenceContext(w, new ContextOptions { ContextSize = longest, Threads = threadCount }) : null;
+                scores = items.Select(x => (float)(wc != null
+                    ? RewardModel.Contrastive(sc, wc, [tok.Bos, .. x.Item1], x.Item2)
+                    : RewardModel.ResponseLogProb(sc, [tok.Bos, .. x.Item1], x.Item2))).ToArray();
+            }
+            else
+            {
+                var (o, weights) = ClassifierOptions.ReadHead(headPath!, m.Config.Dim);
+                if (!o.IsReward) throw new CriaException($"{headPath} is a classifier head (labels); use cria classify");
+                int T = r.GetValue(ctx);
+                if (T < 2 || T > m.Config.ContextLength) throw new CriaException($"--ctx {T} must be in 2..{m.Config.ContextLength}");
+                var adapterFile = Cria.Models.LoraAdapter.Load(adapterPath!, m);
+                var texts = items.Select(x => Concat(x.Item1, x.Item2)).ToList();
+                if (!o.Bidirectional)
+                {
+                    using var context = new InferenceContext(m, new ContextOptions { ContextSize = T, Threads = threadCount, Loras = [(adapterFile, 1f)] });
+                    scores = texts.Select(t =>
+                    {
+                        var ids = new int[Math.Min(T, t.Length + 1)];
+                        new LabelledExample(t, 0).CopyTo(ids, tok.Bos);
+                        return RewardModel.Score(context, ids, o, weights);
+                    }).ToArray();
+                }
+                else
+                {
+                    var imported = GgufImport.Read(modelPath, "reward");
+                    var options = new TrainingOptions { BatchSize = Math.Min(8, texts.Count), Steps = 1, WarmupSteps = 0, Threads = Math.Max(1, threadCount) };
+                    using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: LoraLayout.OptionsOf(adapterFile), classifier: o);
+                    trainer.SetParameters(imported.Parameters);
+                    var lay = trainer.Model.Lora!;
+                    lay.Load(adapterFile, trainer.Model.LoraParameters);
+                    weights.CopyTo(trainer.Model.LoraParameters.AsSpan((int)lay.Head));
+                    scores = trainer.Rewards(texts, tok.Eos >= 0 ? tok.Eos : 0);
+                }
+            }
+            string kind = weakPath != null ? $"contrastive ({Path.GetFileName(modelPath)} − {Path.GetFileName(weakPath)})" : lp ? $"log p ({Path.GetFileName(modelPath)})" : "reward model";
+            if (records != null)
+                Console.Out.WriteLine($"{kind}: " + PairReport(records, scores.AsSpan(0, records.Count), scores.AsSpan(records.Count)));
+            else
+                for (int i = 0; i < responses.Length; i++) Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{scores[i]:F4}\t{responses[i]}"));
+            return 0;
+        });
+        return cmd;
+    }
+}
