@@ -24,6 +24,7 @@ root.Subcommands.Add(ClassifyCommand.Train());
 root.Subcommands.Add(ClassifyCommand.Classify());
 root.Subcommands.Add(RewardCommand.Train());
 root.Subcommands.Add(RewardCommand.Score());
+root.Subcommands.Add(RewardCommand.BestOf());
 root.Subcommands.Add(MagpieCommand.Create());
 root.Subcommands.Add(SwiftKvCommand.Create());
 try

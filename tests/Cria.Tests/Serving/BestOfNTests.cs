@@ -1,0 +1,87 @@
+using Cria.Inference;
+using Cria.Models;
+using Cria.Serving;
+using Cria.Training;
+using Xunit;
+
+namespace Cria.Tests.Serving;
+
+/// <summary>
+/// Best-of-N and adaptive sampling on the engine: sample i is exactly the request with seed + i run alone; the best
+/// scored wins; adaptive rounds of 1, 2, 4 … draw a prefix of the same samples and stop at the first round that
+/// reaches the threshold; the reward-model scorer scores what <see cref="RewardModel.Score"/> does.
+/// </summary>
+public class BestOfNTests
+{
+    /// <summary>A scorer anyone can recompute: the sum of the response's tokens mod 97, and how often it was called.</summary>
+    sealed class SumScorer : IResponseScorer
+    {
+        public int Calls;
+        public double Score(ReadOnlySpan<int> prompt, ReadOnlySpan<int> response)
+        {
+            Calls++;
+            long s = 0;
+            foreach (int t in response) s += t;
+            return s % 97;
+        }
+    }
+
+    static GenerationRequest Request => new()
+    {
+        Prompt = [1, 20, 30, 40, 50], MaxTokens = 12, IgnoreEog = true,
+        Sampler = new SamplerOptions { Temperature = 1f, TopK = 0, TopP = 1f, MinP = 0f, Seed = 100 },
+    };
+
+    [Fact]
+    public async Task The_best_of_the_samples_wins_and_each_sample_is_its_seeds_request_alone()
+    {
+        using var m = LlamaModel.Open(EngineTests.ModelPath());
+        using var c = new InferenceContext(m, new ContextOptions { ContextSize = 1024, Threads = 2, MicroBatch = 64 });
+        using var e = new Engine(c, m.Tokenizer, new EngineOptions { Scheduler = new SchedulerOptions { TokenBudget = 64 } });
+        var scorer = new SumScorer();
+        var result = await BestOfN.RunAsync(e, Request, scorer, new BestOfNOptions { Samples = 8 });
+        Assert.Equal(8, result.Samples.Count);
+        Assert.Equal(8, scorer.Calls);
+        for (int i = 0; i < 8; i++)
+        {
+            var alone = await EngineTests.Run(e, Request with { Sampler = Request.Sampler with { Seed = 100 + (ulong)i } });
+            Assert.Equal(alone.Tokens, result.Samples[i].Tokens);
+            Assert.Equal(alone.Text, result.Samples[i].Text);
+            Assert.Equal(alone.Tokens.Sum() % 97, result.Samples[i].Score);
+        }
+        Assert.True(result.Samples.Select(s => s.Score).Distinct().Count() > 1, "the samples should differ");
+        double max = result.Samples.Max(s => s.Score);
+        Assert.Equal(result.Samples.ToList().FindIndex(s => s.Score == max), result.Best);
+
+        // Adaptive: a threshold the third sample reaches stops after rounds of 1 and 2 (3 samples, the first three).
+        double t = result.Samples.Take(3).Max(s => s.Score);
+        bool reachedInFirst = result.Samples[0].Score >= t;
+        var adaptive = await BestOfN.RunAsync(e, Request, new SumScorer(), new BestOfNOptions { Samples = 8, Threshold = t });
+        Assert.Equal(reachedInFirst ? 1 : 3, adaptive.Samples.Count);
+        for (int i = 0; i < adaptive.Samples.Count; i++) Assert.Equal(result.Samples[i].Tokens, adaptive.Samples[i].Tokens);
+        Assert.True(adaptive.Chosen.Score >= t);
+        // A threshold nothing reaches draws all N, in rounds of 1, 2, 4 and the last 1.
+        var never = await BestOfN.RunAsync(e, Request, new SumScorer(), new BestOfNOptions { Samples = 8, Threshold = 1000 });
+        Assert.Equal(result.Samples.Select(s => s.Score), never.Samples.Select(s => s.Score));
+        Assert.Equal(result.Best, never.Best);
+        Assert.Equal(c.Cache.BlockCount, c.Cache.FreeBlocks); // every request gave its blocks back
+    }
+
+    [Fact]
+    public void The_reward_model_scorer_scores_prompt_and_response_as_the_reward_model_does()
+    {
+        var path = EngineTests.ModelPath();
+        using var m = LlamaModel.Open(path);
+        var head = ClassifierOptions.Reward(ClassifierObjective.BradleyTerry);
+        var rng = new Random(4);
+        var weights = Enumerable.Range(0, m.Config.Dim).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
+        using var ctx = new InferenceContext(m, new ContextOptions { ContextSize = 16, Threads = 1 });
+        var scorer = new RewardModelScorer(ctx, head, weights, 16);
+        int[] prompt = [1, 20, 30], response = [5, 6, 7, 8];
+        Assert.Equal(RewardModel.Score(ctx, [1, 20, 30, 5, 6, 7, 8], head, weights), scorer.Score(prompt, response));
+        var longResponse = Enumerable.Range(3, 30).ToArray(); // cut to the head's 16 tokens, as in training
+        Assert.Equal(RewardModel.Score(ctx, [1, 20, 30, .. longResponse[..13]], head, weights), scorer.Score(prompt, longResponse));
+        Assert.Throws<CriaException>(() => new BestOfNOptions { Samples = 0 }.Validate());
+        Assert.Throws<CriaException>(() => new BestOfNOptions { Threshold = double.NaN }.Validate());
+    }
+}
