@@ -115,6 +115,20 @@ static class ClassifyCommand
         return cmd;
     }
 
+    /// <summary>The trainer's F32 forward with a trained adapter and head loaded (F32/F16 bases): bidirectional heads,
+    /// which the generation engine's causal attention cannot run, are evaluated here.</summary>
+    public static Trainer ForwardTrainer(string modelPath, string purpose, Cria.Models.LoraAdapter adapter, ClassifierOptions head, float[] weights, int seqLen, int texts, int threads, int bos)
+    {
+        var imported = GgufImport.Read(modelPath, purpose);
+        var options = new TrainingOptions { BatchSize = Math.Max(1, Math.Min(8, texts)), Steps = 1, WarmupSteps = 0, Threads = Math.Max(1, threads) };
+        var trainer = new Trainer(imported.Shape, options, [], bos, seqLen: seqLen, lora: LoraLayout.OptionsOf(adapter), classifier: head);
+        trainer.SetParameters(imported.Parameters);
+        var lay = trainer.Model.Lora!;
+        lay.Load(adapter, trainer.Model.LoraParameters);
+        weights.CopyTo(trainer.Model.LoraParameters.AsSpan((int)lay.Head));
+        return trainer;
+    }
+
     public static Command Classify()
     {
         var model = new Argument<string?>("model") { Description = "the model the classifier was trained on, or a quantization of it for the causal modes (default: the bundled model)", Arity = ArgumentArity.ZeroOrOne };
@@ -154,13 +168,7 @@ static class ClassifyCommand
             else
             {
                 // Bidirectional: the trainer's forward (F32/F16 bases).
-                var imported = GgufImport.Read(modelPath, "classify");
-                var options = new TrainingOptions { BatchSize = Math.Min(8, examples.Count), Steps = 1, WarmupSteps = 0, Threads = Math.Max(1, r.GetValue(threads)) };
-                using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: LoraLayout.OptionsOf(adapterFile), classifier: clf);
-                trainer.SetParameters(imported.Parameters);
-                var lay = trainer.Model.Lora!;
-                lay.Load(adapterFile, trainer.Model.LoraParameters);
-                headWeights.CopyTo(trainer.Model.LoraParameters.AsSpan((int)lay.Head));
+                using var trainer = ForwardTrainer(modelPath, "classify", adapterFile, clf, headWeights, T, examples.Count, r.GetValue(threads), tok.Bos);
                 (pred, _) = trainer.ClassifierEvaluate(examples, tok.Eos >= 0 ? tok.Eos : 0);
             }
             if (path == null)

@@ -254,13 +254,7 @@ static class RewardCommand
                 }
                 else
                 {
-                    var imported = GgufImport.Read(modelPath, "reward");
-                    var options = new TrainingOptions { BatchSize = Math.Min(8, texts.Count), Steps = 1, WarmupSteps = 0, Threads = Math.Max(1, threadCount) };
-                    using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: LoraLayout.OptionsOf(adapterFile), classifier: o);
-                    trainer.SetParameters(imported.Parameters);
-                    var lay = trainer.Model.Lora!;
-                    lay.Load(adapterFile, trainer.Model.LoraParameters);
-                    weights.CopyTo(trainer.Model.LoraParameters.AsSpan((int)lay.Head));
+                    using var trainer = ClassifyCommand.ForwardTrainer(modelPath, "reward", adapterFile, o, weights, T, texts.Count, threadCount, tok.Bos);
                     scores = trainer.Rewards(texts, tok.Eos >= 0 ? tok.Eos : 0);
                 }
             }
