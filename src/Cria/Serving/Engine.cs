@@ -155,6 +155,9 @@ public sealed class Engine : IDisposable
         {
             if (context.Evicts) throw new CriaException("speculative decoding does not work with KV eviction (its scores would count rejected drafts)");
             _drafter = new PromptLookupDrafter(spec);
+            var kv = context.Cache;
+            if (kv.Format.IsKivi && spec.DraftMax > kv.RingLength - kv.Format.KiviResidual)
+                throw new CriaException($"a KIVI cache can take back at most {kv.RingLength - kv.Format.KiviResidual} positions at once; draft max {spec.DraftMax} is more");
         }
         _draftBuffer = new int[_drafter?.Options.DraftMax ?? 0];
         _p = _drafter == null ? [] : new float[context.Config.VocabSize];
@@ -374,7 +377,8 @@ public sealed class Engine : IDisposable
 
     /// <summary>
     /// Speculative decoding's verification of one request's step (as <see cref="Generator"/> does it): row
-    /// <paramref name="row0"/> + j holds the logits that follow draft j (row0 itself: those after the decode token).
+    /// <paramref name="row0"/> + j holds the logits for draft j's position (row0: the decode token's row), and
+    /// row0 + k those after the last draft.
     /// Each draft is kept with the target's probability of it (a prompt-lookup draft is deterministic); the first one
     /// rejected is replaced by a token from the rest of the distribution, and if all are kept a bonus token is sampled
     /// from the last row. Kept drafts keep their K/V; the rejected ones' K/V are dropped.

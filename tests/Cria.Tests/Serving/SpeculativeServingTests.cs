@@ -262,5 +262,12 @@ public class SpeculativeServingTests
         Assert.Contains("eviction", ex.Message);
         using var plain = new InferenceContext(model, new ContextOptions { ContextSize = 256, Threads = 1 });
         Assert.Throws<CriaException>(() => new Engine(plain, model.Tokenizer, new EngineOptions { Speculative = Lookup with { DraftMax = 0 } }));
+        // A KIVI cache keeps MicroBatch positions beyond its residual to take back: more drafts than that are refused.
+        using var kivi = new InferenceContext(model, new ContextOptions
+        {
+            ContextSize = 256, Threads = 1, MicroBatch = 8, Kv = new KvFormat { Type = KvCacheType.Kivi2, KiviGroup = 16, KiviResidual = 32 },
+        });
+        Assert.Contains("KIVI", Assert.Throws<CriaException>(() => new Engine(kivi, model.Tokenizer, new EngineOptions { Speculative = Lookup })).Message);
+        new Engine(kivi, model.Tokenizer, new EngineOptions { Speculative = Lookup with { DraftMax = 8 } }).Dispose();
     }
 }
