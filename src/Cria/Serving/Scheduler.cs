@@ -179,17 +179,20 @@ public sealed class Scheduler
         }
 
         // (1) decodes, oldest first. Draft tokens (speculative decoding) ride along only in the rows left after one for
-        // every decode (within the budget and the draft row limit), shared out evenly, and only in free blocks: drafts
-        // never preempt anyone.
+        // every decode (within the budget and the draft row limit), shared out evenly, and only in blocks that no
+        // decode row of this step needs: drafts never cause a preemption.
         int level = DraftLevel(Math.Min(budget, Options.DraftRowLimit), out int spare);
+        int decodeBlocks = 0; // blocks the decode rows not yet placed will take
+        foreach (var s in _running) if (s.IsDecoding) decodeBlocks += _pool.BlocksNeeded(s.Id, 1);
         for (int i = 0; i < _running.Count && budget > 0; i++)
         {
             var s = _running[i];
             if (!s.IsDecoding) continue;
             int drafts = Math.Min(Math.Min(s.DraftCount, level + (s.DraftCount > level && spare > 0 ? 1 : 0)), Math.Max(0, budget - 1));
             if (drafts > level) spare--;
-            int need = _pool.BlocksNeeded(s.Id, 1 + drafts);
-            if (drafts > 0 && need > FreeLeft()) { drafts = 0; need = _pool.BlocksNeeded(s.Id, 1); }
+            int one = _pool.BlocksNeeded(s.Id, 1), need = _pool.BlocksNeeded(s.Id, 1 + drafts);
+            if (drafts > 0 && need - one > FreeLeft() - decodeBlocks) { drafts = 0; need = one; }
+            decodeBlocks -= one;
             if (!MakeRoom(s, need)) break;
             Reserve(s, need, reserved, ref reservedTotal);
             o.Chunks.Add(new ScheduledChunk(s, s.Computed, 1 + drafts, drafts));

@@ -83,6 +83,18 @@ public class SchedulerTests
         Assert.Equal((0, 2, 0), (pool2.FreeBlocks, o.DecodeCount, o.DraftCount));
         Assert.Empty(o.Preempted);
 
+        // Nor do drafts take a block a later decode row needs: x's drafts would take the one free block, which y's
+        // decode row needs, and y would be preempted for them.
+        var pool5 = Pool(36, blockSize: 4); // 9 blocks
+        var sch5 = new Scheduler(pool5, new SchedulerOptions { TokenBudget = 64, MaxSequences = 8 });
+        var x5 = Seq(10, 15, maxNew: 100); var y5 = Seq(11, 16, maxNew: 100);
+        sch5.Add(x5); sch5.Add(y5);
+        Step(sch5, pool5); // x: 15 tokens in 4 blocks (its decode row fills the last slot), y: 16 (its decode row needs a fifth)
+        x5.SetDrafts([1, 2, 3]);
+        o = sch5.Schedule();
+        Assert.Equal((1, 2, 0), (pool5.FreeBlocks, o.DecodeCount, o.DraftCount));
+        Assert.Empty(o.Preempted);
+
         // The token budget bounds drafts too: 5 tokens for 3 decodes leave 2 drafts, one each for the two oldest.
         var pool3 = Pool(256);
         var tight = new Scheduler(pool3, new SchedulerOptions { TokenBudget = 5 });
