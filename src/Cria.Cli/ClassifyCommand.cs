@@ -105,14 +105,20 @@ static class ClassifyCommand
                     Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
                         $"step {res.Step}/{options.Steps}  loss {res.Loss:F4}  accuracy {res.Accuracy:P0}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}{(eval ? Held() : "")}"));
             }
-            var lay = trainer.Model.Lora!;
-            string adapterPath = Path.Combine(dir, "adapter.gguf"), headPath = Path.Combine(dir, "head.gguf");
-            lay.Write(adapterPath, trainer.Model.LoraParameters, "cria-classifier");
-            clf.WriteHead(headPath, lay, trainer.Model.LoraParameters);
-            Console.Out.WriteLine($"done: {trainer.Step} steps in {sw.Elapsed.TotalSeconds:F0} s; adapter {adapterPath}, head {headPath}");
+            WriteOutputs(trainer, clf, dir, "cria-classifier", sw.Elapsed);
             return 0;
         });
         return cmd;
+    }
+
+    /// <summary>Writes a trained head's adapter (llama.cpp's --lora format) and head files into <paramref name="dir"/>.</summary>
+    public static void WriteOutputs(Trainer trainer, ClassifierOptions head, string dir, string name, TimeSpan took)
+    {
+        var lay = trainer.Model.Lora!;
+        string adapterPath = Path.Combine(dir, "adapter.gguf"), headPath = Path.Combine(dir, "head.gguf");
+        lay.Write(adapterPath, trainer.Model.LoraParameters, name);
+        head.WriteHead(headPath, lay, trainer.Model.LoraParameters);
+        Console.Out.WriteLine($"done: {trainer.Step} steps in {took.TotalSeconds:F0} s; adapter {adapterPath}, head {headPath}");
     }
 
     /// <summary>The trainer's F32 forward with a trained adapter and head loaded (F32/F16 bases): bidirectional heads,

@@ -177,11 +177,7 @@ static class RewardCommand
                     Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
                         $"step {res.Step}/{options.Steps}  loss {res.Loss:F4}  {(pairs.Count > 0 ? "pairs ordered" : "within 0.5")} {res.Accuracy:P0}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}{(eval ? Held() : "")}"));
             }
-            var lay = trainer.Model.Lora!;
-            string adapterPath = Path.Combine(dir, "adapter.gguf"), headPath = Path.Combine(dir, "head.gguf");
-            lay.Write(adapterPath, trainer.Model.LoraParameters, "cria-reward");
-            head.WriteHead(headPath, lay, trainer.Model.LoraParameters);
-            Console.Out.WriteLine($"done: {trainer.Step} steps in {sw.Elapsed.TotalSeconds:F0} s; adapter {adapterPath}, head {headPath}");
+            ClassifyCommand.WriteOutputs(trainer, head, dir, "cria-reward", sw.Elapsed);
             return 0;
         });
         return cmd;
