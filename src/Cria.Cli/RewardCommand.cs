@@ -190,13 +190,14 @@ static class RewardCommand
         var head = new Option<string?>("--head") { Description = "the reward model's head (train-reward's head.gguf)" };
         var weak = new Option<string?>("--weak") { Description = "contrastive reward (CDR) instead of a trained head: log p_MODEL(response|prompt) − log p_WEAK(response|prompt)" };
         var logprob = new Option<bool>("--logprob") { Description = "the model's own log p(response|prompt) as the reward (the part of CDR without the weak model)" };
+        var lora = new Option<string?>("--lora") { Description = "with --weak or --logprob: a LoRA adapter applied to MODEL (e.g. a DPO adapter: CDR's aligned model over its base given as --weak)" };
         var pairsFile = new Option<string?>("--pairs") { Description = "JSONL pairs {\"prompt\", \"chosen\", \"rejected\"[, \"magnitude\"]}: pair accuracy" };
         var prompt = new Option<string>("--prompt", "-p") { Description = "the prompt of --response", DefaultValueFactory = _ => "" };
         var response = new Option<string[]>("--response", "-r") { Description = "a response to score (repeatable)", AllowMultipleArgumentsPerToken = false };
         var ctx = new Option<int>("--ctx") { Description = "tokens per text for a head (BOS + prompt + response, cut, as in training)", DefaultValueFactory = _ => 128 };
         var threads = new Option<int>("--threads", "-t") { DefaultValueFactory = _ => Environment.ProcessorCount };
         var cmd = new Command("reward", "score responses with a reward model (train-reward's adapter and head) or the contrastive reward of two models (CDR)")
-        { model, adapter, head, weak, logprob, pairsFile, prompt, response, ctx, threads };
+        { model, adapter, head, weak, logprob, lora, pairsFile, prompt, response, ctx, threads };
         cmd.SetAction(r =>
         {
             string modelPath = DefaultModel.Resolve(r.GetValue(model));
@@ -205,6 +206,7 @@ static class RewardCommand
             if ((weakPath != null ? 1 : 0) + (headPath != null ? 1 : 0) + (lp ? 1 : 0) != 1)
                 throw new CriaException("give one of --head (with --adapter) for a trained reward model, --weak for the contrastive reward, or --logprob");
             if (headPath != null && adapterPath == null) throw new CriaException("--head needs the --adapter it was trained with");
+            if (headPath != null && r.GetValue(lora) != null) throw new CriaException("--lora applies to --weak and --logprob; a reward head brings its own --adapter");
             using var m = Cria.Models.LlamaModel.Open(modelPath);
             var tok = m.Tokenizer;
             var responses = r.GetValue(response) ?? [];
@@ -224,7 +226,8 @@ static class RewardCommand
                 using var w = weakPath != null ? Cria.Models.LlamaModel.Open(weakPath) : null;
                 if (w != null) ModelDrafter.CheckCompatible(m, w);
                 int longest = items.Max(x => x.Item1.Length + x.Item2.Length + 1);
-                using var sc = new InferenceContext(m, new ContextOptions { ContextSize = longest, Threads = threadCount });
+                var strongLoras = r.GetValue(lora) is { } lp2 ? [(Cria.Models.LoraAdapter.Load(lp2, m), 1f)] : Array.Empty<(Cria.Models.LoraAdapter, float)>();
+                using var sc = new InferenceContext(m, new ContextOptions { ContextSize = longest, Threads = threadCount, Loras = strongLoras });
                 using var wc = w != null ? new InferenceContext(w, new ContextOptions { ContextSize = longest, Threads = threadCount }) : null;
                 scores = items.Select(x => (float)(wc != null
                     ? RewardModel.Contrastive(sc, wc, [tok.Bos, .. x.Item1], x.Item2)
@@ -254,7 +257,8 @@ static class RewardCommand
                     scores = trainer.Rewards(texts, tok.Eos >= 0 ? tok.Eos : 0);
                 }
             }
-            string kind = weakPath != null ? $"contrastive ({Path.GetFileName(modelPath)} − {Path.GetFileName(weakPath)})" : lp ? $"log p ({Path.GetFileName(modelPath)})" : "reward model";
+            string strongName = Path.GetFileName(modelPath) + (r.GetValue(lora) is { } la ? " + " + Path.GetFileName(la) : "");
+            string kind = weakPath != null ? $"contrastive ({strongName} − {Path.GetFileName(weakPath)})" : lp ? $"log p ({strongName})" : "reward model";
             if (records != null)
                 Console.Out.WriteLine($"{kind}: " + PairReport(records, scores.AsSpan(0, records.Count), scores.AsSpan(records.Count)));
             else
