@@ -46,7 +46,7 @@ public sealed class ServerMetrics
         _success = f.CreateCounter("cria_request_success_total", "Finished requests by finish reason.", new CounterConfiguration { LabelNames = ["finished_reason"] });
         _httpErrors = f.CreateCounter("cria_http_errors_total", "Requests answered with an error status.", new CounterConfiguration { LabelNames = ["status"] });
         _ttft = f.CreateHistogram("cria_time_to_first_token_seconds", "Time from arrival to the first generated token.", new HistogramConfiguration { Buckets = TtftBuckets });
-        _itl = f.CreateHistogram("cria_inter_token_latency_seconds", "Time between consecutive generated tokens of a request.", new HistogramConfiguration { Buckets = ItlBuckets });
+        _itl = f.CreateHistogram("cria_inter_token_latency_seconds", "Time between consecutive steps that generated tokens for a request (one token per step, or several with speculative decoding).", new HistogramConfiguration { Buckets = ItlBuckets });
         _e2e = f.CreateHistogram("cria_e2e_request_latency_seconds", "Time from arrival to the end of a request.", new HistogramConfiguration { Buckets = E2eBuckets });
         _queue = f.CreateHistogram("cria_request_queue_time_seconds", "Time from arrival to the request's first engine step.", new HistogramConfiguration { Buckets = TtftBuckets });
         _promptHist = f.CreateHistogram("cria_request_prompt_tokens", "Prompt tokens per request.", new HistogramConfiguration { Buckets = TokenBuckets });

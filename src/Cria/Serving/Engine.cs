@@ -429,7 +429,7 @@ public sealed class Engine : IDisposable
         seq.Append(token);
         Interlocked.Increment(ref _generationTokens);
         if (seq.Generated == 1) { r.FirstToken = now; Interlocked.Decrement(ref _queued); }
-        else r.Itl.Add(Stopwatch.GetElapsedTime(r.LastToken, now).TotalSeconds);
+        else if (now != r.LastToken) r.Itl.Add(Stopwatch.GetElapsedTime(r.LastToken, now).TotalSeconds); // one per step, as vLLM: kept drafts arrive with their step's token
         r.LastToken = now;
 
         float lp = 0; TokenLogprob[]? top = null;

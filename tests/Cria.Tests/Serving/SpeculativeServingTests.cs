@@ -101,6 +101,17 @@ public class SpeculativeServingTests
             var ra = await EngineTests.Run(spec, a);
             AssertSame(await EngineTests.Run(plain, a), ra, "A");
             Assert.True(spec.SpecDraftTokensTotal > spec.SpecAcceptedTokensTotal, "some drafts must be rejected for this test to mean anything");
+            // Inter-token latency is recorded once per step that streamed tokens (vLLM's per-iteration ITL): kept drafts
+            // arrive with their step's own token, so a speculative request records fewer intervals than tokens.
+            var again = spec.Submit(a);
+            await foreach (var _ in again.Events.ReadAllAsync()) { }
+            var stats = again.Stats!;
+            Assert.Equal(150, stats.GeneratedTokens);
+            Assert.InRange(stats.InterTokenSeconds.Count, 1, 148);
+            var plainAgain = plain.Submit(a);
+            await foreach (var _ in plainAgain.Events.ReadAllAsync()) { }
+            Assert.Equal(149, plainAgain.Stats!.InterTokenSeconds.Count);
+
             var b = Greedy([.. a.Prompt, .. ra.Tokens.Take(130)], 60, top: 2);
             long hits = c1.Cache.PrefixHitTokens;
             var rb = await EngineTests.Run(spec, b);
