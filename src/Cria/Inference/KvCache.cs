@@ -77,6 +77,9 @@ public sealed class KvCache : IKvBlockPool
     /// super-parameters and one 8 + 8-bit code pair per channel).</summary>
     public int KeyParamsPerBlock { get; }
     public int RingLength { get; }
+    /// <summary>Most positions <see cref="Truncate"/> can take back from a sequence at once: a KIVI cache keeps only
+    /// its ring's slack beyond the residual in F16 (speculative decoding must not draft more); others, any.</summary>
+    public int MaxRollback => Format.IsKivi ? RingLength - Format.KiviResidual : int.MaxValue;
     /// <summary>Total token capacity over all sequences (llama.cpp's n_ctx).</summary>
     public int Capacity => BlockCount * BlockSize;
     /// <summary>Blocks a new allocation can take: never used, or cached with no reference (evictable).</summary>
@@ -377,8 +380,8 @@ public sealed class KvCache : IKvBlockPool
         if (!_seqs.TryGetValue(sequenceId, out var s)) return;
         if (length < 0) throw new ArgumentOutOfRangeException(nameof(length));
         if (length >= s.Length) return;
-        if (length > 0 && Format.IsKivi && s.Length - length > RingLength - Format.KiviResidual)
-            throw new CriaException($"a KIVI cache can drop at most {RingLength - Format.KiviResidual} positions at once ({s.Length - length} asked)");
+        if (length > 0 && s.Length - length > MaxRollback)
+            throw new CriaException($"a KIVI cache can drop at most {MaxRollback} positions at once ({s.Length - length} asked)");
         // Blocks starting at or after the new length go; the last kept block keeps its positions below length.
         int keep = s.Blocks.Count;
         while (keep > 0 && s.BlockPos[keep - 1] >= length) keep--;

@@ -155,9 +155,8 @@ public sealed class Engine : IDisposable
         {
             if (context.Evicts) throw new CriaException("speculative decoding does not work with KV eviction (its scores would count rejected drafts)");
             _drafter = new PromptLookupDrafter(spec);
-            var kv = context.Cache;
-            if (kv.Format.IsKivi && spec.DraftMax > kv.RingLength - kv.Format.KiviResidual)
-                throw new CriaException($"a KIVI cache can take back at most {kv.RingLength - kv.Format.KiviResidual} positions at once; draft max {spec.DraftMax} is more");
+            if (spec.DraftMax > context.Cache.MaxRollback)
+                throw new CriaException($"a KIVI cache can take back at most {context.Cache.MaxRollback} positions at once; draft max {spec.DraftMax} is more");
         }
         _draftBuffer = new int[_drafter?.Options.DraftMax ?? 0];
         _p = _drafter == null ? [] : new float[context.Config.VocabSize];

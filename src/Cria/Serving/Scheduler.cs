@@ -188,7 +188,7 @@ public sealed class Scheduler
         {
             var s = _running[i];
             if (!s.IsDecoding) continue;
-            int drafts = Math.Min(Math.Min(s.DraftCount, level + (s.DraftCount > level && spare > 0 ? 1 : 0)), Math.Max(0, budget - 1));
+            int drafts = Math.Min(s.DraftCount, level + (s.DraftCount > level && spare > 0 ? 1 : 0)); // rows ≤ budget by DraftLevel
             if (drafts > level) spare--;
             int one = _pool.BlocksNeeded(s.Id, 1), need = _pool.BlocksNeeded(s.Id, 1 + drafts);
             if (drafts > 0 && need - one > FreeLeft() - decodeBlocks) { drafts = 0; need = one; }

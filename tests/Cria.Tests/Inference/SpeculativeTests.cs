@@ -287,6 +287,14 @@ public class SpeculativeTests
         });
         var gen = new Generator(evicting, target.Tokenizer) { Drafter = new PromptLookupDrafter() };
         Assert.Throws<CriaException>(() => gen.GenerateTokens([1, 50], new GenerationOptions()));
+        // A KIVI cache takes back at most its micro-batch beyond the residual: more drafts than that are refused.
+        using var kivi = new InferenceContext(target, new ContextOptions
+        {
+            ContextSize = 256, Threads = 1, MicroBatch = 8, Kv = new KvFormat { Type = KvCacheType.Kivi2, KiviGroup = 16, KiviResidual = 32 },
+        });
+        Assert.Equal(8, kivi.Cache.MaxRollback);
+        var kiviGen = new Generator(kivi, target.Tokenizer) { Drafter = new PromptLookupDrafter() };
+        Assert.Contains("KIVI", Assert.Throws<CriaException>(() => kiviGen.GenerateTokens([1, 50], new GenerationOptions())).Message);
         Assert.Throws<CriaException>(() => new PromptLookupDrafter(new SpeculativeOptions { NgramMin = 3, NgramMax = 2 }));
         Assert.Throws<CriaException>(() => new SpeculativeOptions { DraftMax = 0 }.Validate());
         Assert.Throws<CriaException>(() => new SpeculativeOptions { DraftPMin = 1.5f }.Validate());
