@@ -412,27 +412,11 @@ static class LossCurve
 static class PreferenceRun
 {
     /// <summary>Reads JSONL lines {"prompt": …, "chosen": …, "rejected": …} (TRL's field names) and tokenizes them
-    /// (the responses as they continue the prompt: no BOS, no space added).</summary>
+    /// (the responses as they continue the prompt: no BOS, no space added), with the reward models' reader.</summary>
     public static List<PreferencePair> ReadPairs(string path, Cria.Tokenization.Tokenizer tok)
     {
-        if (!File.Exists(path)) throw new CriaException($"{path} does not exist");
-        var list = new List<PreferencePair>();
-        int line = 0;
-        foreach (var text in File.ReadLines(path))
-        {
-            line++;
-            if (string.IsNullOrWhiteSpace(text)) continue;
-            System.Text.Json.JsonElement e;
-            try { e = System.Text.Json.JsonDocument.Parse(text).RootElement; }
-            catch (System.Text.Json.JsonException ex) { throw new CriaException($"{path}:{line}: not JSON ({ex.Message})"); }
-            string Field(string name) =>
-                e.ValueKind == System.Text.Json.JsonValueKind.Object && e.TryGetProperty(name, out var v) && v.ValueKind == System.Text.Json.JsonValueKind.String
-                    ? v.GetString()! : throw new CriaException($"{path}:{line}: needs a string \"{name}\"");
-            string prompt = Field("prompt"), chosen = Field("chosen"), rejected = Field("rejected");
-            if (chosen.Length == 0 || rejected.Length == 0) throw new CriaException($"{path}:{line}: an empty response");
-            list.Add(new PreferencePair(tok.Encode(prompt, addBos: false), tok.Encode(chosen, addBos: false), tok.Encode(rejected, addBos: false)));
-        }
-        if (list.Count == 0) throw new CriaException($"{path} holds no pairs");
-        return list;
+        var records = RewardCommand.Read(path, tok);
+        if (records.FirstOrDefault(x => !x.IsPair) != null) throw new CriaException($"{path}: every line must be a pair (\"chosen\", \"rejected\"), not a rated response");
+        return records.Select(x => new PreferencePair(x.Prompt, x.Chosen!, x.Rejected!)).ToList();
     }
 }
