@@ -25,6 +25,7 @@ root.Subcommands.Add(ClassifyCommand.Classify());
 root.Subcommands.Add(RewardCommand.Train());
 root.Subcommands.Add(RewardCommand.Score());
 root.Subcommands.Add(RewardCommand.BestOf());
+root.Subcommands.Add(SelfEvalCommand.Train());
 root.Subcommands.Add(MagpieCommand.Create());
 root.Subcommands.Add(SwiftKvCommand.Create());
 try

@@ -269,7 +269,8 @@ static class RewardCommand
     }
 
     /// <summary><c>cria best-of</c>: N sampled responses scored by a reward, the best one printed; with --threshold,
-    /// adaptive sampling (rounds of 1, 2, 4 … until a sample reaches the threshold).</summary>
+    /// adaptive sampling (rounds of 1, 2, 4 … until a sample reaches the threshold); with --prune-after, early pruning of
+    /// partial samples.</summary>
     public static Command BestOf()
     {
         var model = new Argument<string?>("model") { Description = "the model to sample from (default: the bundled model)", Arity = ArgumentArity.ZeroOrOne };
@@ -277,29 +278,22 @@ static class RewardCommand
         var n = new Option<int>("--n-predict", "-n") { Description = "tokens per sample", DefaultValueFactory = _ => 64 };
         var samples = new Option<int>("--samples", "-N") { Description = "most samples", DefaultValueFactory = _ => 4 };
         var threshold = new Option<double?>("--threshold") { Description = "adaptive: stop sampling once a sample scores at least this" };
+        var pruneAfter = new Option<int?>("--prune-after") { Description = "early pruning: draw every sample to this many tokens, score them, continue only the --keep best" };
+        var keep = new Option<int>("--keep") { Description = "samples continued after --prune-after", DefaultValueFactory = _ => 1 };
         var temp = new Option<float>("--temp") { DefaultValueFactory = _ => 0.8f };
         var topK = new Option<int>("--top-k") { DefaultValueFactory = _ => 40 };
         var topP = new Option<float>("--top-p") { DefaultValueFactory = _ => 0.95f };
         var seed = new Option<ulong?>("--seed", "-s") { Description = "seed of sample 0 (sample i uses seed + i; default: random)" };
-        var adapter = new Option<string?>("--reward-adapter") { Description = "the reward model's adapter (train-reward's adapter.gguf)" };
-        var head = new Option<string?>("--reward-head") { Description = "the reward model's head (train-reward's head.gguf)" };
-        var rewardBase = new Option<string?>("--reward-model") { Description = "the reward model's base (default: MODEL)" };
-        var rewardCtx = new Option<int>("--reward-ctx") { Description = "tokens the reward head reads (as in training)", DefaultValueFactory = _ => 128 };
-        var weak = new Option<string?>("--reward-weak") { Description = "score with the contrastive reward log p_MODEL − log p_WEAK (CDR) instead of a head" };
-        var logprob = new Option<bool>("--reward-logprob") { Description = "score with log p_MODEL(response|prompt)" };
         var all = new Option<bool>("--all") { Description = "print every sample with its score" };
         var threads = new Option<int>("--threads", "-t") { DefaultValueFactory = _ => Environment.ProcessorCount };
-        var cmd = new Command("best-of", "sample N responses, score each with a reward (a trained reward model, CDR or log p), print the best; --threshold samples adaptively")
-        { model, prompt, n, samples, threshold, temp, topK, topP, seed, adapter, head, rewardBase, rewardCtx, weak, logprob, all, threads };
+        var scoring = new ScorerCliOptions(selfEval: true);
+        var cmd = new Command("best-of", "sample N responses, score each (a trained reward model, CDR, log p or the model's self-evaluation), print the best; --threshold samples adaptively, --prune-after prunes partial samples")
+        { model, prompt, n, samples, threshold, pruneAfter, keep, temp, topK, topP, seed, all, threads };
+        scoring.AddTo(cmd);
         cmd.SetAction(async (r, ct) =>
         {
-            var o = new BestOfNOptions { Samples = r.GetValue(samples), Threshold = r.GetValue(threshold) };
+            var o = new BestOfNOptions { Samples = r.GetValue(samples), Threshold = r.GetValue(threshold), PruneAfter = r.GetValue(pruneAfter), Keep = r.GetValue(keep) };
             o.Validate();
-            string? headPath = r.GetValue(head), weakPath = r.GetValue(weak);
-            bool lp = r.GetValue(logprob);
-            if ((headPath != null ? 1 : 0) + (weakPath != null ? 1 : 0) + (lp ? 1 : 0) != 1)
-                throw new CriaException("give one scorer: --reward-head (with --reward-adapter), --reward-weak or --reward-logprob");
-            if (headPath != null && r.GetValue(adapter) == null) throw new CriaException("--reward-head needs its --reward-adapter");
             string modelPath = DefaultModel.Resolve(r.GetValue(model));
             int threadCount = r.GetValue(threads), tokens = r.GetValue(n);
             if (tokens < 1) throw new CriaException($"-n must be ≥ 1, got {tokens}");
@@ -308,38 +302,10 @@ static class RewardCommand
             int perSample = Math.Min(m.Config.ContextLength, promptTokens.Length + tokens + 1);
             using var ctx = new InferenceContext(m, new ContextOptions { ContextSize = perSample * Math.Min(o.Samples, 32), Threads = threadCount });
             using var engine = new Engine(ctx, m.Tokenizer, new EngineOptions { Scheduler = new SchedulerOptions { MaxSequences = Math.Min(o.Samples, 32) } });
-
             var disposables = new List<IDisposable>();
             try
             {
-                IResponseScorer scorer;
-                if (headPath != null)
-                {
-                    var rm = Cria.Models.LlamaModel.Open(DefaultModel.Resolve(r.GetValue(rewardBase) ?? modelPath));
-                    disposables.Add(rm);
-                    var (ho, weights) = ClassifierOptions.ReadHead(headPath, rm.Config.Dim);
-                    if (!ho.IsReward || ho.Bidirectional) throw new CriaException($"{headPath} is not a causal reward head");
-                    int T = r.GetValue(rewardCtx);
-                    if (T < 2 || T > rm.Config.ContextLength) throw new CriaException($"--reward-ctx {T} must be in 2..{rm.Config.ContextLength}");
-                    var rc = new InferenceContext(rm, new ContextOptions { ContextSize = T, Threads = threadCount, Loras = [(Cria.Models.LoraAdapter.Load(r.GetValue(adapter)!, rm), 1f)] });
-                    disposables.Add(rc);
-                    scorer = new RewardModelScorer(rc, ho, weights, T);
-                }
-                else
-                {
-                    var sc = new InferenceContext(m, new ContextOptions { ContextSize = perSample, Threads = threadCount });
-                    disposables.Add(sc);
-                    InferenceContext? wc = null;
-                    if (weakPath != null)
-                    {
-                        var w = Cria.Models.LlamaModel.Open(weakPath);
-                        disposables.Add(w);
-                        ModelDrafter.CheckCompatible(m, w);
-                        wc = new InferenceContext(w, new ContextOptions { ContextSize = perSample, Threads = threadCount });
-                        disposables.Add(wc);
-                    }
-                    scorer = new LogProbScorer(sc, wc);
-                }
+                var scorer = scoring.Build(r, m, modelPath, perSample, threadCount, disposables);
                 var request = new GenerationRequest
                 {
                     Prompt = promptTokens, MaxTokens = Math.Min(tokens, perSample - promptTokens.Length - 1),
@@ -352,10 +318,15 @@ static class RewardCommand
                 var result = await BestOfN.RunAsync(engine, request, scorer, o, ct);
                 if (r.GetValue(all))
                     for (int i = 0; i < result.Samples.Count; i++)
-                        Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{(i == result.Best ? "*" : " ")} {result.Samples[i].Score,10:F4}  {result.Samples[i].Text.Replace("\n", " ")}"));
+                    {
+                        var s = result.Samples[i];
+                        Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{(i == result.Best ? "*" : s.Pruned ? "-" : " ")} {s.Score,10:F4}  {s.Text.Replace("\n", " ")}"));
+                    }
                 else Console.Out.WriteLine(result.Chosen.Text);
+                string how = o.Threshold is { } t ? $" (adaptive, threshold {t:G}, at most {o.Samples})"
+                    : o.PruneAfter is { } k ? $" ({o.Samples - o.Keep} pruned after {k} tokens)" : "";
                 Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"best of {result.Samples.Count} sample(s){(o.Threshold is { } t ? $" (adaptive, threshold {t:G}, at most {o.Samples})" : "")}: sample {result.Best}, score {result.Chosen.Score:F4}"));
+                    $"best of {result.Samples.Count} sample(s){how}: sample {result.Best}, score {result.Chosen.Score:F4}"));
             }
             finally { for (int i = disposables.Count - 1; i >= 0; i--) disposables[i].Dispose(); }
             return 0;

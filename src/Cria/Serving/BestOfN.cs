@@ -35,26 +35,48 @@ public sealed class LogProbScorer(InferenceContext strong, InferenceContext? wea
         : RewardModel.Contrastive(strong, weak, prompt, response);
 }
 
+/// <summary>Capability-aware self-evaluation as a scorer: P(No) to "Would you do better if you started over?" after
+/// the response (<see cref="SelfEvaluation.PNo"/>), through a context of the policy with its self-evaluation adapter
+/// (cria train-self-eval), the sequence cut to <paramref name="maxTokens"/> (T − 1 for an adapter trained on rows of T).
+/// Scores are probabilities, so a threshold means "stop once a sample is likely to win or tie against another".</summary>
+public sealed class SelfEvalScorer(InferenceContext context, SelfEvalFormat format, int maxTokens) : IResponseScorer
+{
+    public double Score(ReadOnlySpan<int> prompt, ReadOnlySpan<int> response) => SelfEvaluation.PNo(context, format, prompt, response, maxTokens);
+}
+
 /// <summary>
 /// Best-of-N settings. Without a <see cref="Threshold"/>, all <see cref="Samples"/> are drawn at once and the best
 /// scored is returned. With one, sampling is adaptive (capability-aware self-evaluation's "sample more?" loop, Manvi
 /// et al. 2024, with any scorer): rounds of 1, 2, 4 … samples (at most <see cref="Samples"/> in all) until the best
-/// so far scores at least the threshold.
+/// so far scores at least the threshold. With <see cref="PruneAfter"/>, partial samples are pruned early (the paper's
+/// third use of its scorer): all <see cref="Samples"/> are drawn to <see cref="PruneAfter"/> tokens, scored, and only
+/// the <see cref="Keep"/> best are continued to the full length.
 /// </summary>
 public sealed record BestOfNOptions
 {
     public int Samples { get; init; } = 4;
     public double? Threshold { get; init; }
+    /// <summary>Tokens every sample gets before the pruning (null: no pruning).</summary>
+    public int? PruneAfter { get; init; }
+    /// <summary>Samples continued after the pruning.</summary>
+    public int Keep { get; init; } = 1;
 
     public void Validate()
     {
         if (Samples < 1 || Samples > 256) throw new CriaException($"best-of-N needs 1..256 samples, got {Samples}");
         if (Threshold is { } t && !double.IsFinite(t)) throw new CriaException($"the best-of-N threshold must be a finite number, got {t}");
+        if (PruneAfter is { } k)
+        {
+            if (k < 1) throw new CriaException($"pruning needs at least one token per partial sample, got {k}");
+            if (Keep < 1 || Keep > Samples) throw new CriaException($"pruning keeps 1..{Samples} samples, got {Keep}");
+            if (Threshold != null) throw new CriaException("pruning and an adaptive threshold are two different schedules; give one");
+        }
     }
 }
 
-/// <summary>One sampled response: its tokens, text, finish reason and score.</summary>
-public sealed record ScoredSample(int[] Tokens, string Text, string FinishReason, double Score);
+/// <summary>One sampled response: its tokens, text, finish reason and score. A <see cref="Pruned"/> sample stopped at
+/// the pruning point; its score is its partial response's.</summary>
+public sealed record ScoredSample(int[] Tokens, string Text, string FinishReason, double Score, bool Pruned = false);
 
 public sealed record BestOfNResult(IReadOnlyList<ScoredSample> Samples, int Best)
 {
@@ -71,6 +93,7 @@ public static class BestOfN
     public static async Task<BestOfNResult> RunAsync(Engine engine, GenerationRequest request, IResponseScorer scorer, BestOfNOptions options, CancellationToken cancel = default)
     {
         options.Validate();
+        if (options.PruneAfter != null) return await RunPrunedAsync(engine, request, scorer, options, cancel);
         var samples = new List<ScoredSample>();
         int best = -1, round = 1;
         ulong seed = request.Sampler.Seed;
@@ -89,6 +112,41 @@ public static class BestOfN
             if (options.Threshold is { } t && samples[best].Score >= t) break;
             round *= 2;
         }
+        return new BestOfNResult(samples, best);
+    }
+
+    /// <summary>
+    /// Early pruning: sample i (seed + i) runs to PruneAfter tokens; the Keep best partial samples by score (the
+    /// first on ties) that stopped at that length are continued — the request again with prompt + partial tokens,
+    /// the remaining tokens and the same seed — and scored whole; samples that ended before the pruning point are
+    /// complete as they are. The best kept sample wins. A stop string that straddles the pruning point is not seen.
+    /// </summary>
+    static async Task<BestOfNResult> RunPrunedAsync(Engine engine, GenerationRequest request, IResponseScorer scorer, BestOfNOptions options, CancellationToken cancel)
+    {
+        int k = options.PruneAfter!.Value;
+        if (k >= request.MaxTokens) throw new CriaException($"pruning after {k} tokens needs requests of more tokens, got max_tokens {request.MaxTokens}");
+        ulong seed = request.Sampler.Seed;
+        GenerationRequest Seeded(int i) => request with { Sampler = request.Sampler with { Seed = unchecked(seed + (ulong)i) } };
+        var partial = await Task.WhenAll(Enumerable.Range(0, options.Samples).Select(i => Collect(engine, Seeded(i) with { MaxTokens = k }, cancel)));
+        var scores = partial.Select(p => scorer.Score(request.Prompt, p.Item1)).ToArray();
+        var order = Enumerable.Range(0, options.Samples).OrderByDescending(i => scores[i]).ThenBy(i => i).ToArray();
+        var kept = order.Take(options.Keep).ToHashSet();
+        var samples = new ScoredSample[options.Samples];
+        var continued = await Task.WhenAll(kept.Where(i => partial[i].Item3 == "length").Select(async i =>
+        {
+            var (tokens, text, _) = partial[i];
+            var rest = await Collect(engine, Seeded(i) with { Prompt = [.. request.Prompt, .. tokens], MaxTokens = request.MaxTokens - tokens.Length }, cancel);
+            return (i, Tokens: (int[])[.. tokens, .. rest.Item1], Text: text + rest.Item2, Finish: rest.Item3);
+        }));
+        for (int i = 0; i < options.Samples; i++)
+        {
+            var (tokens, text, finish) = partial[i];
+            samples[i] = new ScoredSample(tokens, text, finish, scores[i], Pruned: !kept.Contains(i));
+        }
+        foreach (var c in continued) samples[c.i] = new ScoredSample(c.Tokens, c.Text, c.Finish, scorer.Score(request.Prompt, c.Tokens));
+        int best = -1;
+        for (int i = 0; i < samples.Length; i++)
+            if (!samples[i].Pruned && (best < 0 || samples[i].Score > samples[best].Score)) best = i;
         return new BestOfNResult(samples, best);
     }
 
