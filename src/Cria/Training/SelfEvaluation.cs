@@ -117,6 +117,7 @@ public sealed partial class Trainer
         var m = Model;
         if (m.Classifier != null || m.SwiftKv != null) throw new InvalidOperationException("self-evaluation trains the language model's own head");
         if (groups.Count == 0) throw new CriaException("no self-evaluation groups");
+        foreach (var g in groups) g.Validate();
         int B = m.BatchSize, T = m.SeqLen, V = m.Shape.VocabSize, accum = Options.GradAccumulation;
         Span<int> answerRow = stackalloc int[B];
         m.ZeroGradients();

@@ -68,6 +68,44 @@ public class BestOfNTests
     }
 
     [Fact]
+    public async Task Early_pruning_continues_the_best_partial_samples_and_picks_among_them()
+    {
+        using var m = LlamaModel.Open(EngineTests.ModelPath());
+        using var c = new InferenceContext(m, new ContextOptions { ContextSize = 1024, Threads = 2, MicroBatch = 64 });
+        using var e = new Engine(c, m.Tokenizer, new EngineOptions { Scheduler = new SchedulerOptions { TokenBudget = 64 } });
+        var scorer = new SumScorer();
+        var result = await BestOfN.RunAsync(e, Request, scorer, new BestOfNOptions { Samples = 8, PruneAfter = 4, Keep = 3 });
+        Assert.Equal(8, result.Samples.Count);
+        Assert.Equal(8 + 3, scorer.Calls);                 // every partial sample, then the three continued ones
+        var partial = new List<EngineTests.Result>();
+        for (int i = 0; i < 8; i++)
+            partial.Add(await EngineTests.Run(e, Request with { MaxTokens = 4, Sampler = Request.Sampler with { Seed = 100 + (ulong)i } }));
+        // The kept samples are the three best partial ones by score (the first on ties).
+        var kept = Enumerable.Range(0, 8).OrderByDescending(i => partial[i].Tokens.Sum() % 97).ThenBy(i => i).Take(3).ToHashSet();
+        for (int i = 0; i < 8; i++)
+        {
+            var s = result.Samples[i];
+            Assert.Equal(!kept.Contains(i), s.Pruned);
+            Assert.Equal(partial[i].Tokens, s.Tokens.Take(4));
+            if (s.Pruned) { Assert.Equal(4, s.Tokens.Length); Assert.Equal(partial[i].Text, s.Text); continue; }
+            // a continued sample is the request again from prompt + partial, with the same seed, for the other 8 tokens
+            var rest = await EngineTests.Run(e, Request with { Prompt = [.. Request.Prompt, .. partial[i].Tokens], MaxTokens = 8, Sampler = Request.Sampler with { Seed = 100 + (ulong)i } });
+            Assert.Equal([.. partial[i].Tokens, .. rest.Tokens], s.Tokens);
+            Assert.Equal(partial[i].Text + rest.Text, s.Text);
+            Assert.Equal(s.Tokens.Sum() % 97, s.Score);
+        }
+        int best = kept.OrderByDescending(i => result.Samples[i].Score).ThenBy(i => i).First();
+        Assert.Equal(best, result.Best);
+        Assert.False(result.Chosen.Pruned);
+        Assert.Equal(c.Cache.BlockCount, c.Cache.FreeBlocks);
+        await Assert.ThrowsAsync<CriaException>(() => BestOfN.RunAsync(e, Request, scorer, new BestOfNOptions { Samples = 8, PruneAfter = 12, Keep = 3 }));
+        Assert.Throws<CriaException>(() => new BestOfNOptions { Samples = 8, PruneAfter = 0 }.Validate());
+        Assert.Throws<CriaException>(() => new BestOfNOptions { Samples = 8, PruneAfter = 4, Keep = 9 }.Validate());
+        Assert.Throws<CriaException>(() => new BestOfNOptions { Samples = 8, PruneAfter = 4, Keep = 0 }.Validate());
+        Assert.Throws<CriaException>(() => new BestOfNOptions { Samples = 8, PruneAfter = 4, Threshold = 1 }.Validate());
+    }
+
+    [Fact]
     public void The_reward_model_scorer_scores_prompt_and_response_as_the_reward_model_does()
     {
         var path = EngineTests.ModelPath();
