@@ -58,7 +58,7 @@ static class SelfEvalCommand
         var outDir = new Option<string>("--out", "-o") { Description = "output directory: adapter.gguf (llama.cpp's --lora format) and groups.jsonl", DefaultValueFactory = _ => "out/self-eval" };
         var ctx = new Option<int>("--ctx") { Description = "tokens per row (BOS + prompt + response, cut, + question + answer); give best-of the same --reward-ctx", DefaultValueFactory = _ => 128 };
         var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 300 };
-        var batch = new Option<int>("--batch", "-b") { DefaultValueFactory = _ => 16 };
+        var batch = new Option<int>("--batch", "-b") { Description = "rows per micro-batch: half as many responses, each in a \"No\" and a \"Yes\" row", DefaultValueFactory = _ => 16 };
         var lr = new Option<float>("--lr") { DefaultValueFactory = _ => 1e-3f, Description = "peak learning rate" };
         var warmup = new Option<int>("--warmup") { DefaultValueFactory = _ => 20 };
         var rank = new Option<int>("--lora-rank") { DefaultValueFactory = _ => 8 };
@@ -127,7 +127,7 @@ static class SelfEvalCommand
                 bool eval = res.Step % every == 0 || res.Step == options.Steps;
                 if (res.Step % 10 == 0 || eval)
                     Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                        $"step {res.Step}/{options.Steps}  loss {res.Loss:F4}  labels matched {res.Accuracy:P0}  mean P(No) {res.MeanPNo:F3}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}{(eval ? Held() : "")}"));
+                        $"step {res.Step}/{options.Steps}  loss {res.Loss:F4}  |P(No) − win-or-tie rate| {res.MeanError:F3}  mean P(No) {res.MeanPNo:F3}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}{(eval ? Held() : "")}"));
             }
             string adapterPath = Path.Combine(dir, "adapter.gguf");
             trainer.Model.Lora!.Write(adapterPath, trainer.Model.LoraParameters, "cria-self-eval");

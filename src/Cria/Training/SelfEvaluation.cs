@@ -49,7 +49,7 @@ public sealed record SelfEvalFormat(int[] Question, int Yes, int No)
 /// One prompt's on-policy samples and their rewards: self-evaluation's training data. A sample's label against
 /// another of the same prompt is "No" (starting over would not do better) when its reward is at least the other's —
 /// a win or a tie — and "Yes" when it loses, so the mean label of sample i is its win-or-tie rate
-/// (<see cref="WinOrTieRate"/>), the probability P(No) is trained to estimate.
+/// (<see cref="WinOrTieRate"/>), the probability P(No) is trained to estimate (<see cref="Trainer.SelfEvalStep"/>).
 /// </summary>
 /// <param name="Prompt">the prompt's tokens, without BOS</param>
 /// <param name="Responses">the sampled responses' tokens</param>
@@ -72,7 +72,7 @@ public sealed record SelfEvalGroup(int[] Prompt, int[][] Responses, float[] Rewa
     }
 }
 
-public readonly record struct SelfEvalStepResult(int Step, float Loss, float Accuracy, float MeanPNo, float GradNorm, float LearningRate);
+public readonly record struct SelfEvalStepResult(int Step, float Loss, float MeanError, float MeanPNo, float GradNorm, float LearningRate);
 
 /// <summary>Capability-aware self-evaluation at inference: P(No) of a prompt and response through a context (the
 /// policy with the self-evaluation adapter applied).</summary>
@@ -105,49 +105,54 @@ public static class SelfEvaluation
 public sealed partial class Trainer
 {
     /// <summary>
-    /// One optimizer step of self-evaluation training: GradAccumulation micro-batches of BatchSize rows, each a
-    /// response i of a random group compared with another response j of it (both drawn with the trainer's RNG). The row
-    /// is BOS + prompt + response i + question, its one target the answer — "No" when reward i ≥ reward j, else "Yes" —
-    /// and the loss the mean cross-entropy of that token (the paper's objective: one predefined token). Its expectation
-    /// over j is the cross-entropy against response i's win-or-tie rate. Reports the loss, the fraction of rows whose
-    /// P(No) &gt; ½ agrees with the label, and the mean P(No), all before the update.
+    /// One optimizer step of self-evaluation training: GradAccumulation micro-batches of BatchSize / 2 responses, each
+    /// response i of a random group (drawn with the trainer's RNG) in two rows BOS + prompt + response + question, one
+    /// with the target "No" and one with "Yes". The loss is the cross-entropy of the answer token against response i's
+    /// win-or-tie rate p_i: p_i·CE(No) + (1 − p_i)·CE(Yes), the rows weighted p_i and 1 − p_i. That is the expectation,
+    /// over the other samples j, of the paper's objective — one predefined token, "No" when reward i ≥ reward j (a win
+    /// or a tie), "Yes" when it loses — computed exactly instead of drawing one j, which would leave each row's label a
+    /// coin flip for a middling response. Reports the loss, the mean |P(No) − p_i| and the mean P(No), before the update.
     /// </summary>
     public SelfEvalStepResult SelfEvalStep(IReadOnlyList<SelfEvalGroup> groups, SelfEvalFormat format)
     {
         var m = Model;
         if (m.Classifier != null || m.SwiftKv != null) throw new InvalidOperationException("self-evaluation trains the language model's own head");
+        if (m.BatchSize % 2 != 0) throw new CriaException($"self-evaluation training needs an even batch size (a \"No\" and a \"Yes\" row per response), got {m.BatchSize}");
         if (groups.Count == 0) throw new CriaException("no self-evaluation groups");
         foreach (var g in groups) g.Validate();
-        int B = m.BatchSize, T = m.SeqLen, V = m.Shape.VocabSize, accum = Options.GradAccumulation;
-        Span<int> answerRow = stackalloc int[B];
+        int R = m.BatchSize / 2, T = m.SeqLen, accum = Options.GradAccumulation;
+        Span<int> answerRow = stackalloc int[R];
+        Span<double> rate = stackalloc double[R];
         m.ZeroGradients();
-        double loss = 0, pSum = 0; int agree = 0;
+        double loss = 0, pSum = 0, error = 0;
         for (int a = 0; a < accum; a++)
         {
-            for (int b = 0; b < B; b++)
+            for (int r = 0; r < R; r++)
             {
                 var g = groups[_rng.Next(groups.Count)];
-                int R = g.Responses.Length, i = _rng.Next(R), j = _rng.Next(R - 1);
-                if (j >= i) j++;
-                int answer = g.Rewards[i] >= g.Rewards[j] ? format.No : format.Yes;
+                int i = _rng.Next(g.Responses.Length);
+                rate[r] = g.WinOrTieRate(i);
                 var context = format.Context(g.Prompt, g.Responses[i], T - 2);   // BOS + context + answer fill at most T + 1
-                FillPairRow(b, context, [answer]);
-                answerRow[b] = b * T + context.Length;
+                FillPairRow(2 * r, context, [format.No]);
+                FillPairRow(2 * r + 1, context, [format.Yes]);
+                answerRow[r] = context.Length;
+                m.LossWeights[2 * r * T + context.Length] = (float)rate[r];
+                m.LossWeights[(2 * r + 1) * T + context.Length] = (float)(1 - rate[r]);
             }
             m.Forward();
-            for (int b = 0; b < B; b++)
+            for (int r = 0; r < R; r++)
             {
-                double p = format.PNo(m.LogitsRow(answerRow[b]));
-                bool no = m.Targets[answerRow[b]] == format.No;
-                loss += m.TargetNll(answerRow[b]);
+                int no = 2 * r * T + answerRow[r], yes = (2 * r + 1) * T + answerRow[r];
+                double p = format.PNo(m.LogitsRow(no));
+                loss += rate[r] * m.TargetNll(no) + (1 - rate[r]) * m.TargetNll(yes);
                 pSum += p;
-                if (p > 0.5 == no) agree++;
+                error += Math.Abs(p - rate[r]);
             }
-            m.BackwardWeighted(1f / (B * accum));
+            m.BackwardWeighted(1f / (R * accum));
         }
         var (norm, lr) = OptimizerStep();
-        int count = B * accum;
-        return new SelfEvalStepResult(Step, (float)(loss / count), (float)agree / count, (float)(pSum / count), norm, lr);
+        int count = R * accum;
+        return new SelfEvalStepResult(Step, (float)(loss / count), (float)(error / count), (float)(pSum / count), norm, lr);
     }
 
     /// <summary>P(No) of every (prompt, response) with the trainer's forward, BatchSize at a time (no gradient kept).</summary>

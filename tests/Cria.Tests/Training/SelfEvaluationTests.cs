@@ -88,7 +88,8 @@ public sealed class SelfEvaluationTests(ITestOutputHelper output)
     [Fact]
     public void A_win_or_a_tie_is_No_and_a_loss_is_Yes()
     {
-        // Two responses per group, so each row's comparison is forced: the better one (or either of a tie) is "No".
+        // Two responses per group: the better one wins against the other (target "No"), the worse loses ("Yes"), and
+        // either of a tie ties ("No").
         int[] p = [3, 4], hi = [5, 6, 7], lo = [8, 9, 10], t1 = [11, 12], t2 = [13, 14];
         var groups = new List<SelfEvalGroup> { new(p, [hi, lo], [2f, 1f]), new(p, [t1, t2], [0.5f, 0.5f]) };
         Assert.Equal(1.0, groups[0].WinOrTieRate(0)); Assert.Equal(0.0, groups[0].WinOrTieRate(1)); Assert.Equal(1.0, groups[1].WinOrTieRate(1));
@@ -168,6 +169,8 @@ public sealed class SelfEvaluationTests(ITestOutputHelper output)
         var options = new TrainingOptions { BatchSize = 2, Steps = 1, WarmupSteps = 0, Threads = 1 };
         using var trainer = new Trainer(Tiny, options, [], 1, seqLen: 8, lora: new LoraOptions { Rank = 2, Alpha = 2f });
         Assert.Throws<CriaException>(() => trainer.SelfEvalStep([], TinyFormat));
+        using var odd = new Trainer(Tiny, options with { BatchSize = 3 }, [], 1, seqLen: 8, lora: new LoraOptions { Rank = 2, Alpha = 2f });
+        Assert.Throws<CriaException>(() => odd.SelfEvalStep([new SelfEvalGroup([3], [[9], [10]], [1f, 0f])], TinyFormat));
         // a prompt and the question that leave no room in rows of 8 tokens
         Assert.Throws<CriaException>(() => trainer.SelfEvalStep([new SelfEvalGroup([3, 4, 5, 6, 8], [[9], [10]], [1f, 0f])], TinyFormat));
         using var reward = new Trainer(Tiny, options, [], 1, seqLen: 8, lora: new LoraOptions { Rank = 2, Alpha = 2f }, classifier: ClassifierOptions.Reward(ClassifierObjective.BradleyTerry));
