@@ -193,6 +193,20 @@ static class BestOfBench
         Console.WriteLine(string.Create(ci, $"\nBrier score against the selector's win-or-tie rate {brier:F4} (a constant {mean:F3}: {constant:F4}); " +
             $"correlation of P(No) with the selector's reward {Correlation(all.Select(x => x.PNo).ToArray(), scores.SelectMany(s => s.Select(x => x.S)).ToArray()):F3}, with the judge's {Correlation(all.Select(x => x.PNo).ToArray(), scores.SelectMany(s => s.Select(x => x.J)).ToArray()):F3}"));
 
+        // How often each signal orders two samples of a prompt as the selector does (pairs with different selector rewards).
+        double Agree(Func<int, int, double> key)
+        {
+            int agree = 0, pairs = 0;
+            for (int p = 0; p < P; p++)
+                for (int i = 0; i < N; i++)
+                    for (int j = i + 1; j < N; j++)
+                        if (scores[p][i].S != scores[p][j].S) { pairs++; if (scores[p][i].S > scores[p][j].S == key(p, i) > key(p, j)) agree++; }
+            return (double)agree / pairs;
+        }
+        Console.WriteLine(string.Create(ci, $"Same-prompt pairs ordered as the selector orders them: by P(No) {Agree((p, i) => self[p][i].Full):P1}, " +
+            $"by P(No) after {cuts[0]} tokens {Agree((p, i) => self[p][i].PartNo[0]):P1}, after {cuts[1]} {Agree((p, i) => self[p][i].PartNo[1]):P1}; " +
+            $"by the judge {Agree((p, i) => scores[p][i].J):P1}; by log p per token {Agree((p, i) => scores[p][i].L):P1}"));
+
         // Early pruning: every sample scored after K tokens, the best M continued and the best of those (by the full
         // score) chosen. Tokens generated per prompt: N·K + M·(n − K), against N·n for best-of-N.
         Console.WriteLine();

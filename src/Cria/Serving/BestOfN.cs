@@ -135,8 +135,10 @@ public static class BestOfN
         var continued = await Task.WhenAll(kept.Where(i => partial[i].Item3 == "length").Select(async i =>
         {
             var (tokens, text, _) = partial[i];
-            var rest = await Collect(engine, Seeded(i) with { Prompt = [.. request.Prompt, .. tokens], MaxTokens = request.MaxTokens - tokens.Length }, cancel);
-            return (i, Tokens: (int[])[.. tokens, .. rest.Item1], Text: text + rest.Item2, Finish: rest.Item3);
+            var (more, moreText, finish) = await Collect(engine, Seeded(i) with { Prompt = [.. request.Prompt, .. tokens], MaxTokens = request.MaxTokens - tokens.Length }, cancel);
+            // The engine drops a response's first leading space (the tokenizer's space prefix); this one continues text.
+            if (engine.Tokenizer.AddSpacePrefix && more.Length > 0 && engine.Tokenizer.TokenBytes(more[0]) is [(byte)' ', ..]) moreText = " " + moreText;
+            return (i, Tokens: (int[])[.. tokens, .. more], Text: text + moreText, Finish: finish);
         }));
         for (int i = 0; i < options.Samples; i++)
         {

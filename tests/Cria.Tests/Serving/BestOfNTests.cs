@@ -91,7 +91,8 @@ public class BestOfNTests
             // a continued sample is the request again from prompt + partial, with the same seed, for the other 8 tokens
             var rest = await EngineTests.Run(e, Request with { Prompt = [.. Request.Prompt, .. partial[i].Tokens], MaxTokens = 8, Sampler = Request.Sampler with { Seed = 100 + (ulong)i } });
             Assert.Equal([.. partial[i].Tokens, .. rest.Tokens], s.Tokens);
-            Assert.Equal(partial[i].Text + rest.Text, s.Text);
+            Assert.Equal(m.Tokenizer.Decode(s.Tokens), s.Text);   // one text, as if never interrupted
+            Assert.Equal(partial[i].Text, s.Text[..partial[i].Text.Length]);
             Assert.Equal(s.Tokens.Sum() % 97, s.Score);
         }
         int best = kept.OrderByDescending(i => result.Samples[i].Score).ThenBy(i => i).First();
@@ -103,6 +104,31 @@ public class BestOfNTests
         Assert.Throws<CriaException>(() => new BestOfNOptions { Samples = 8, PruneAfter = 4, Keep = 9 }.Validate());
         Assert.Throws<CriaException>(() => new BestOfNOptions { Samples = 8, PruneAfter = 4, Keep = 0 }.Validate());
         Assert.Throws<CriaException>(() => new BestOfNOptions { Samples = 8, PruneAfter = 4, Threshold = 1 }.Validate());
+    }
+
+    /// <summary>The engine drops a response's first leading space (the tokenizer's space prefix, as llama.cpp); a
+    /// continued sample's text keeps it where the continuation meets the partial text. The bundled model's tokenizer
+    /// adds a space prefix, so its word tokens begin with one.</summary>
+    [Fact]
+    public async Task A_continued_sample_reads_as_one_text()
+    {
+        using var m = LlamaModel.Open(Path.Combine(TestPaths.RepoRoot, "models", "default.gguf"));
+        Assert.True(m.Tokenizer.AddSpacePrefix);
+        using var c = new InferenceContext(m, new ContextOptions { ContextSize = 256, Threads = 2 });
+        using var e = new Engine(c, m.Tokenizer, new EngineOptions());
+        var request = new GenerationRequest
+        {
+            Prompt = m.Tokenizer.Encode("And God said, Let there be", addBos: true), MaxTokens = 10, IgnoreEog = true,
+            Sampler = new SamplerOptions { Temperature = 0.8f, Seed = 3 },
+        };
+        var result = await BestOfN.RunAsync(e, request, new SumScorer(), new BestOfNOptions { Samples = 6, PruneAfter = 3, Keep = 6 });
+        int spaced = 0;
+        foreach (var s in result.Samples)
+        {
+            Assert.Equal(m.Tokenizer.Decode(s.Tokens), s.Text);
+            if (m.Tokenizer.TokenBytes(s.Tokens[3]) is [(byte)' ', ..]) spaced++;
+        }
+        Assert.True(spaced > 0, "no continuation began with a word token; the test checks nothing");
     }
 
     [Fact]
