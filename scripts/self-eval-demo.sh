@@ -13,7 +13,7 @@ STEPS=${1:-1000}; SEED=${2:-1}; PROMPTS=${3:-1200}; LR=${4:-5e-4}
 OUT=out/self-eval-demo/seed$SEED-$PROMPTS
 RM=out/reward-demo/seed1
 mkdir -p "$OUT"
-awk 'NF >= 10 { if (c++ % 10 == 5) { h = int(NF / 2); s = $1; for (i = 2; i <= h; i++) s = s " " $i; print s } }' data/train.txt | head -"$PROMPTS" > "$OUT/prompts.txt"
+awk -v max="$PROMPTS" 'NF >= 10 && n < max { if (c++ % 10 == 5) { h = int(NF / 2); s = $1; for (i = 2; i <= h; i++) s = s " " $i; print s; n++ } }' data/train.txt > "$OUT/prompts.txt"
 dotnet build src/Cria.Cli -c Release -v q -nologo >/dev/null
 dotnet build bench/Cria.Bench -c Release -v q -nologo >/dev/null
 CRIA="dotnet src/Cria.Cli/bin/Release/net10.0/Cria.Cli.dll"
