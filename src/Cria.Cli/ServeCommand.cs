@@ -28,10 +28,12 @@ static class ServeCommand
         var ngram = new Option<int>("--lookup-ngram") { Description = "longest n-gram prompt lookup matches", DefaultValueFactory = _ => 3 };
         var draftFixed = new Option<bool>("--draft-fixed") { Description = "draft up to --draft-max every step (default: adapt to how many drafts each request keeps)" };
         var draftRows = new Option<int>("--draft-rows") { Description = "drafts ride only while a step's decode rows and drafts stay within this many rows", DefaultValueFactory = _ => 16 };
+        var selfEval = new Option<string?>("--self-eval") { Description = "rank /v1/completions' best_of samples by the model's own P(\"No\") under this train-self-eval adapter (default: mean log p per token, OpenAI's rule)" };
+        var selfEvalCtx = new Option<int>("--self-eval-ctx") { Description = "tokens the self-evaluation reads (its training --ctx)", DefaultValueFactory = _ => 128 };
         var cmd = new Command("serve", "serve a model over an OpenAI-compatible HTTP API (continuous batching, chunked prefill)")
         {
             model, host, port, apiKey, apiKeyFile, ctx, threads, budget, maxSeqs, noChunk, noPrefix, maxWaiting, verbose,
-            lookup, draftMax, ngram, draftFixed, draftRows,
+            lookup, draftMax, ngram, draftFixed, draftRows, selfEval, selfEvalCtx,
         };
         var kv = new KvCliOptions();
         kv.AddTo(cmd);
@@ -49,6 +51,7 @@ static class ServeCommand
                 Host = r.GetValue(host)!, Port = r.GetValue(port), ApiKey = string.IsNullOrEmpty(key) ? null : key,
                 ContextSize = r.GetValue(ctx), Threads = r.GetValue(threads), Verbose = r.GetValue(verbose),
                 Kv = kv.Format(r), Eviction = kv.Eviction(r), Rope = kv.Rope(r), Loras = lora.Adapters(r),
+                SelfEvalAdapter = r.GetValue(selfEval), SelfEvalContext = r.GetValue(selfEvalCtx),
                 Engine = new EngineOptions
                 {
                     MaxWaiting = r.GetValue(maxWaiting),
@@ -81,6 +84,7 @@ static class ServeCommand
                 Console.Error.WriteLine($"cria serve: ready — {server.ModelName}, context {e.MaxSequenceLength} tokens, KV pool {e.Cache.Capacity} tokens, " +
                     $"budget {options.Engine.Scheduler.TokenBudget} tokens/step, chunked prefill {(options.Engine.Scheduler.ChunkedPrefill ? "on" : "off")}" +
                     (options.Engine.Speculative is { } sp ? $", prompt lookup up to {sp.DraftMax} drafts (≤ {options.Engine.Scheduler.DraftRowLimit} rows a step)" : "") +
+                    (options.SelfEvalAdapter != null ? $", best_of ranked by self-evaluation ({Path.GetFileName(options.SelfEvalAdapter)})" : "") +
                     (options.ApiKey != null ? ", API key required" : ""));
                 Console.Error.WriteLine($"cria serve: chat template: {server.Template!.Description}");
             }

@@ -1,4 +1,5 @@
 using System.Net;
+using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
@@ -7,6 +8,7 @@ using Cria.Inference;
 using Cria.Models;
 using Cria.Serving;
 using Cria.Tokenization;
+using Cria.Training;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
@@ -39,6 +41,11 @@ public sealed record ServerOptions
     public RopeOverrides? Rope { get; init; }
     /// <summary>LoRA adapters (path, user scale) applied at run time (llama-server's --lora / --lora-scaled).</summary>
     public IReadOnlyList<(string Path, float Scale)> Loras { get; init; } = [];
+    /// <summary>How /v1/completions' best_of ranks its samples: null ranks by mean log-probability per token (OpenAI's
+    /// rule); a train-self-eval adapter ranks by the model's own P("No") (capability-aware self-evaluation).</summary>
+    public string? SelfEvalAdapter { get; init; }
+    /// <summary>Tokens the self-evaluation reads (its training --ctx).</summary>
+    public int SelfEvalContext { get; init; } = 128;
     public long MaxBodyBytes { get; init; } = 4 << 20;
     /// <summary>Write request logs to the console.</summary>
     public bool Verbose { get; init; }
@@ -63,6 +70,9 @@ public sealed class CriaServer : IAsyncDisposable
     /// <summary>Everything that exists once the model is loaded.</summary>
     public sealed class State(LlamaModel model, InferenceContext context, Engine engine, ChatTemplate template, ServerMetrics metrics, string name)
     {
+        /// <summary>The best_of scorer when it is not log p (one context: requests take turns).</summary>
+        public IResponseScorer? Scorer { get; init; }
+        public InferenceContext? ScorerContext { get; init; }
         public LlamaModel Model { get; } = model;
         public InferenceContext Context { get; } = context;
         public Engine Engine { get; } = engine;
@@ -100,10 +110,19 @@ public sealed class CriaServer : IAsyncDisposable
                 Kv = _o.Kv, Eviction = _o.Eviction, Rope = _o.Rope,
                 Loras = _o.Loras.Select(a => (LoraAdapter.Load(a.Path, model), a.Scale)).ToList(),
             });
+            InferenceContext? scorerContext = null;
+            IResponseScorer? scorer = null;
+            if (_o.SelfEvalAdapter is { } se)
+            {
+                int T = _o.SelfEvalContext;
+                if (T < 3 || T > model.Config.ContextLength) throw new CriaException($"the self-evaluation context {T} must be in 3..{model.Config.ContextLength}");
+                scorerContext = new InferenceContext(model, new ContextOptions { ContextSize = T - 1, Threads = _o.Threads, Loras = [(LoraAdapter.Load(se, model), 1f)] });
+                scorer = new SelfEvalScorer(scorerContext, SelfEvalFormat.Create(model.Tokenizer), T - 1);
+            }
             var engine = new Engine(context, model.Tokenizer, _o.Engine);
             var metrics = new ServerMetrics(ModelName);
             metrics.Attach(engine);
-            _state = new State(model, context, engine, ChatTemplate.FromGguf(model.File, model.Tokenizer), metrics, ModelName);
+            _state = new State(model, context, engine, ChatTemplate.FromGguf(model.File, model.Tokenizer), metrics, ModelName) { Scorer = scorer, ScorerContext = scorerContext };
         }
         catch (Exception e)
         {
@@ -166,7 +185,7 @@ public sealed class CriaServer : IAsyncDisposable
         await _app.StopAsync();
         await _app.DisposeAsync();
         try { await _loading; } catch { /* reported by /health */ }
-        if (_state is { } s) { s.Engine.Dispose(); s.Context.Dispose(); s.Model.Dispose(); }
+        if (_state is { } s) { s.Engine.Dispose(); s.Context.Dispose(); s.ScorerContext?.Dispose(); s.Model.Dispose(); }
     }
 
     // ---- plumbing -------------------------------------------------------------------------------------------------
@@ -377,17 +396,19 @@ public sealed class CriaServer : IAsyncDisposable
         if (prompt.Length + maxTokens > ctx)
             throw new ApiException(400, $"This model's maximum context length is {ctx} tokens. However, you requested {prompt.Length + maxTokens} tokens ({prompt.Length} in the prompt, {maxTokens} for the completion). Please reduce the length of the prompt or the completion.", "max_tokens", code: "context_length_exceeded");
 
-        var requests = new EngineRequest[p.N];
+        var requests = new EngineRequest[p.BestOf];
         var abort = CancellationTokenSource.CreateLinkedTokenSource(http.RequestAborted);
         try
         {
-            for (int i = 0; i < p.N; i++)
+            for (int i = 0; i < p.BestOf; i++)
             {
                 requests[i] = s.Engine.Submit(new GenerationRequest
                 {
                     Prompt = prompt, MaxTokens = maxTokens,
                     Sampler = p.Sampler with { Seed = p.Sampler.Seed + (ulong)i },
-                    Stop = p.Stop, IgnoreEog = p.IgnoreEos, TopLogprobs = p.TopLogprobs, JsonObject = p.JsonObject,
+                    Stop = p.Stop, IgnoreEog = p.IgnoreEos, JsonObject = p.JsonObject,
+                    // best_of ranks by log p: every token's logprob is needed, whether or not the client asked
+                    TopLogprobs = p.BestOf > p.N ? Math.Max(0, p.TopLogprobs) : p.TopLogprobs,
                 }, abort.Token);
             }
         }
@@ -398,7 +419,7 @@ public sealed class CriaServer : IAsyncDisposable
         try
         {
             if (p.Stream) await Stream(http, s, p, chat, id, created, prompt.Length, requests);
-            else await Whole(http, s, p, chat, id, created, prompt.Length, requests);
+            else await Whole(http, s, p, chat, id, created, prompt, requests);
         }
         finally
         {
@@ -412,6 +433,8 @@ public sealed class CriaServer : IAsyncDisposable
         public readonly StringBuilder Text = new();
         public readonly JsonArray ChatLogprobs = new();
         public readonly JsonArray Tokens = new(), TokenLogprobs = new(), TopLogprobs = new(), Offsets = new();
+        public readonly List<int> Ids = new();
+        public double LogprobSum;
         public int Count;
         public string? Finish;
     }
@@ -453,19 +476,21 @@ public sealed class CriaServer : IAsyncDisposable
         };
     }
 
-    async Task Whole(HttpContext http, State s, OpenAiSampling p, bool chat, string id, long created, int promptTokens, EngineRequest[] requests)
+    async Task Whole(HttpContext http, State s, OpenAiSampling p, bool chat, string id, long created, int[] prompt, EngineRequest[] requests)
     {
-        var choices = new Choice[requests.Length];
+        var drawn = new Choice[requests.Length];
         for (int i = 0; i < requests.Length; i++)
         {
-            var c = choices[i] = new Choice();
+            var c = drawn[i] = new Choice();
             await foreach (var e in requests[i].Events.ReadAllAsync(http.RequestAborted))
             {
-                if (e.IsToken) { c.Count++; if (p.TopLogprobs >= 0) AddLogprobs(s, c, e, chat); }
+                if (e.IsToken) { c.Count++; c.Ids.Add(e.Token); c.LogprobSum += e.Logprob; if (p.TopLogprobs >= 0) AddLogprobs(s, c, e, chat); }
                 c.Text.Append(e.Text);
                 if (e.FinishReason != null) c.Finish = e.FinishReason;
             }
         }
+        var choices = drawn.Length > p.N ? await Best(s, p.N, prompt, drawn) : drawn;
+        int promptTokens = prompt.Length;
         var arr = new JsonArray();
         for (int i = 0; i < choices.Length; i++)
         {
@@ -479,13 +504,31 @@ public sealed class CriaServer : IAsyncDisposable
                 }
                 : new JsonObject { ["index"] = i, ["text"] = c.Text.ToString(), ["logprobs"] = LogprobsNode(c, chat, p), ["finish_reason"] = c.Finish });
         }
-        int completion = choices.Sum(c => c.Count);
+        int completion = drawn.Sum(c => c.Count);   // every best_of sample was generated
         await WriteJson(http, new JsonObject
         {
             ["id"] = id, ["object"] = chat ? "chat.completion" : "text_completion", ["created"] = created, ["model"] = s.ModelName,
             ["choices"] = arr,
             ["usage"] = Usage(promptTokens, completion),
         });
+    }
+
+    /// <summary>best_of: the <paramref name="n"/> samples ranked highest, in rank order (the first drawn on ties) — by
+    /// mean log-probability per token (OpenAI's rule; an empty completion ranks last), or by the server's scorer.</summary>
+    static async Task<Choice[]> Best(State s, int n, int[] prompt, Choice[] drawn)
+    {
+        double[] score;
+        if (s.Scorer is { } scorer)
+            try
+            {
+                score = await Task.Run(() =>
+                {
+                    lock (scorer) return drawn.Select(c => scorer.Score(prompt, CollectionsMarshal.AsSpan(c.Ids))).ToArray();
+                });
+            }
+            catch (CriaException e) { throw new ApiException(400, "best_of cannot rank these samples: " + e.Message, "best_of"); }
+        else score = drawn.Select(c => c.Count > 0 ? c.LogprobSum / c.Count : double.NegativeInfinity).ToArray();
+        return Enumerable.Range(0, drawn.Length).OrderByDescending(i => score[i]).ThenBy(i => i).Take(n).Select(i => drawn[i]).ToArray();
     }
 
     static JsonObject Usage(int prompt, int completion) =>

@@ -23,6 +23,9 @@ public sealed record OpenAiSampling
     public bool SeedGiven { get; init; }
     public string[] Stop { get; init; } = [];
     public int N { get; init; } = 1;
+    /// <summary>Completions drawn server-side, of which the <see cref="N"/> best are returned (/v1/completions'
+    /// best_of; ≥ N).</summary>
+    public int BestOf { get; init; } = 1;
     public bool Stream { get; init; }
     public bool IncludeUsage { get; init; }
     /// <summary>-1: no logprobs; 0: the chosen token's; k: also the k most likely.</summary>
@@ -106,6 +109,10 @@ public static class OpenAiRequest
         long? seed = Integer(o, "seed", long.MinValue, long.MaxValue);
         int n = (int)(Integer(o, "n", 1, MaxN) ?? 1);
         bool stream = Bool(o, "stream") ?? false;
+        // best_of (legacy completions): draw best_of, return the n best; OpenAI refuses it below n and with streaming.
+        int bestOf = chat ? n : (int)(Integer(o, "best_of", 1, MaxN) ?? n);
+        if (bestOf < n) throw new ApiException(400, $"'best_of' ({bestOf}) must be at least 'n' ({n})", "best_of");
+        if (bestOf > n && stream) throw new ApiException(400, "'best_of' cannot be used with 'stream'", "best_of");
         bool includeUsage = false;
         if (Present(o, "stream_options", out var so))
         {
@@ -158,7 +165,7 @@ public static class OpenAiRequest
                 Seed = seed.HasValue ? unchecked((ulong)seed.Value) : (ulong)Random.Shared.NextInt64(),
             },
             SeedGiven = seed.HasValue,
-            Stop = stop, N = n, Stream = stream, IncludeUsage = includeUsage, TopLogprobs = topLogprobs, IgnoreEos = ignoreEos,
+            Stop = stop, N = n, BestOf = bestOf, Stream = stream, IncludeUsage = includeUsage, TopLogprobs = topLogprobs, IgnoreEos = ignoreEos,
             JsonObject = jsonObject,
         };
     }

@@ -9,8 +9,8 @@ namespace Cria.Training;
 /// answer rather than the "Yes" one estimates P(this response wins or ties against a fresh sample).
 /// </summary>
 /// <param name="Question">the question's tokens, appended after the response</param>
-/// <param name="Yes">the first token of the "Yes" answer</param>
-/// <param name="No">the first token of the "No" answer</param>
+/// <param name="Yes">the first token of the "Yes" answer after the question</param>
+/// <param name="No">the first token of the "No" answer after the question</param>
 public sealed record SelfEvalFormat(int[] Question, int Yes, int No)
 {
     /// <summary>The paper's question, on lines of its own after the response.</summary>
@@ -20,7 +20,15 @@ public sealed record SelfEvalFormat(int[] Question, int Yes, int No)
     {
         var q = tokenizer.Encode(question, addBos: false);
         if (q.Length == 0) throw new CriaException("the self-evaluation question is empty");
-        int First(string answer) => tokenizer.Encode(answer, addBos: false) is [var t, ..] ? t : throw new CriaException("a self-evaluation answer is empty");
+        // The answer's first token as it follows the question in running text (a space-prefix tokenizer would give the
+        // answer alone a leading "▁"); the answer alone when it merges with the question's end.
+        int First(string answer)
+        {
+            if (answer.Length == 0) throw new CriaException("a self-evaluation answer is empty");
+            var t = tokenizer.Encode(question + answer, addBos: false);
+            if (t.Length > q.Length && t.AsSpan(0, q.Length).SequenceEqual(q)) return t[q.Length];
+            return tokenizer.Encode(answer, addBos: false)[0];
+        }
         int y = First(yes), n = First(no);
         if (y == n) throw new CriaException($"the answers \"{yes}\" and \"{no}\" begin with the same token ({y}); the model could not tell them apart");
         return new SelfEvalFormat(q, y, n);

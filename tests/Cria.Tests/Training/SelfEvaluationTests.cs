@@ -21,8 +21,10 @@ public sealed class SelfEvaluationTests(ITestOutputHelper output)
         var tok = m.Tokenizer;
         var f = SelfEvalFormat.Create(tok);
         Assert.Equal(SelfEvalFormat.DefaultQuestion, tok.Decode(f.Question));
-        Assert.Equal(tok.Encode("Yes", addBos: false)[0], f.Yes);
-        Assert.Equal(tok.Encode("No", addBos: false)[0], f.No);
+        Assert.Equal(tok.Encode(SelfEvalFormat.DefaultQuestion + "Yes.", addBos: false)[f.Question.Length], f.Yes);
+        Assert.Equal(tok.Encode(SelfEvalFormat.DefaultQuestion + "No.", addBos: false)[f.Question.Length], f.No);
+        Assert.StartsWith("N", tok.Decode([f.No]));
+        Assert.StartsWith("Y", tok.Decode([f.Yes]));
         Assert.NotEqual(f.Yes, f.No);
         int q = f.Question.Length;
         int[] prompt = [1, 2], response = [3, 4, 5, 6];
