@@ -119,12 +119,14 @@ public static class BestOfN
     /// Early pruning: sample i (seed + i) runs to PruneAfter tokens; the Keep best partial samples by score (the
     /// first on ties) that stopped at that length are continued — the request again with prompt + partial tokens,
     /// the remaining tokens and the same seed — and scored whole; samples that ended before the pruning point are
-    /// complete as they are. The best kept sample wins. A stop string that straddles the pruning point is not seen.
+    /// complete as they are. The best kept sample wins. A continued sample's sampler starts afresh at the pruning point
+    /// (its seed again, the penalties' history empty), and a stop string that straddles the point is not seen.
     /// </summary>
     static async Task<BestOfNResult> RunPrunedAsync(Engine engine, GenerationRequest request, IResponseScorer scorer, BestOfNOptions options, CancellationToken cancel)
     {
         int k = options.PruneAfter!.Value;
         if (k >= request.MaxTokens) throw new CriaException($"pruning after {k} tokens needs requests of more tokens, got max_tokens {request.MaxTokens}");
+        if (request.JsonObject) throw new CriaException("pruning cannot continue a json_object request (its grammar would start again at the pruning point)");
         ulong seed = request.Sampler.Seed;
         GenerationRequest Seeded(int i) => request with { Sampler = request.Sampler with { Seed = unchecked(seed + (ulong)i) } };
         var partial = await Task.WhenAll(Enumerable.Range(0, options.Samples).Select(i => Collect(engine, Seeded(i) with { MaxTokens = k }, cancel)));

@@ -100,6 +100,7 @@ public class BestOfNTests
         Assert.False(result.Chosen.Pruned);
         Assert.Equal(c.Cache.BlockCount, c.Cache.FreeBlocks);
         await Assert.ThrowsAsync<CriaException>(() => BestOfN.RunAsync(e, Request, scorer, new BestOfNOptions { Samples = 8, PruneAfter = 12, Keep = 3 }));
+        await Assert.ThrowsAsync<CriaException>(() => BestOfN.RunAsync(e, Request with { JsonObject = true }, scorer, new BestOfNOptions { Samples = 8, PruneAfter = 4, Keep = 3 }));
         Assert.Throws<CriaException>(() => new BestOfNOptions { Samples = 8, PruneAfter = 0 }.Validate());
         Assert.Throws<CriaException>(() => new BestOfNOptions { Samples = 8, PruneAfter = 4, Keep = 9 }.Validate());
         Assert.Throws<CriaException>(() => new BestOfNOptions { Samples = 8, PruneAfter = 4, Keep = 0 }.Validate());
