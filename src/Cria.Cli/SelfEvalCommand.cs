@@ -54,6 +54,7 @@ static class SelfEvalCommand
         var samples = new Option<int>("--samples", "-N") { Description = "responses sampled per prompt", DefaultValueFactory = _ => 8 };
         var n = new Option<int>("--n-predict", "-n") { Description = "tokens per response", DefaultValueFactory = _ => 32 };
         var temp = new Option<float>("--temp") { DefaultValueFactory = _ => 0.8f };
+        var partial = new Option<double>("--partial-fraction") { Description = "fraction of training responses cut to a random prefix (with the whole response's target), so P(No) also scores partial samples (best-of --prune-after)", DefaultValueFactory = _ => 0 };
         var holdout = new Option<double>("--holdout") { Description = "fraction of the groups held out: calibration and ordering at every evaluation", DefaultValueFactory = _ => 0.1 };
         var outDir = new Option<string>("--out", "-o") { Description = "output directory: adapter.gguf (llama.cpp's --lora format) and groups.jsonl", DefaultValueFactory = _ => "out/self-eval" };
         var ctx = new Option<int>("--ctx") { Description = "tokens per row (BOS + prompt + response, cut, + question + answer); give best-of the same --reward-ctx", DefaultValueFactory = _ => 128 };
@@ -69,7 +70,7 @@ static class SelfEvalCommand
         var threads = new Option<int>("--threads", "-t") { DefaultValueFactory = _ => Environment.ProcessorCount };
         var scoring = new ScorerCliOptions(selfEval: false);
         var cmd = new Command("train-self-eval", "train a model to evaluate its own samples (capability-aware self-evaluation): sample, rate with a reward, and teach a LoRA adapter P(\"No\") to \"Would you do better if you started over?\"")
-        { init, prompts, groupsIn, samples, n, temp, holdout, outDir, ctx, steps, batch, lr, warmup, rank, alpha, targets, evalEvery, seed, threads };
+        { init, prompts, groupsIn, samples, n, temp, partial, holdout, outDir, ctx, steps, batch, lr, warmup, rank, alpha, targets, evalEvery, seed, threads };
         scoring.AddTo(cmd);
         cmd.SetAction(async (r, ct) =>
         {
@@ -84,7 +85,8 @@ static class SelfEvalCommand
             options.Validate();
             var lora = new LoraOptions { Rank = r.GetValue(rank), Alpha = r.GetValue(alpha), Targets = LoraOptions.ParseTargets(r.GetValue(targets)!) };
             lora.Validate();
-            double held = r.GetValue(holdout);
+            double held = r.GetValue(holdout), partialFraction = r.GetValue(partial);
+            if (!(partialFraction >= 0 && partialFraction <= 1)) throw new CriaException($"--partial-fraction must be in [0, 1], got {partialFraction}");
             if (!(held >= 0 && held < 1)) throw new CriaException($"--holdout must be in [0, 1), got {held}");
             int T = r.GetValue(ctx), N = r.GetValue(samples), tokens = r.GetValue(n), threadCount = options.Threads;
             var imported = GgufImport.Read(modelPath, "self-evaluation training");
@@ -123,7 +125,7 @@ static class SelfEvalCommand
             sw.Restart();
             while (trainer.Step < options.Steps)
             {
-                var res = trainer.SelfEvalStep(train, format);
+                var res = trainer.SelfEvalStep(train, format, partialFraction);
                 bool eval = res.Step % every == 0 || res.Step == options.Steps;
                 if (res.Step % 10 == 0 || eval)
                     Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,

@@ -119,10 +119,14 @@ public sealed partial class Trainer
     /// win-or-tie rate p_i: p_i·CE(No) + (1 − p_i)·CE(Yes), the rows weighted p_i and 1 − p_i. That is the expectation,
     /// over the other samples j, of the paper's objective — one predefined token, "No" when reward i ≥ reward j (a win
     /// or a tie), "Yes" when it loses — computed exactly instead of drawing one j, which would leave each row's label a
-    /// coin flip for a middling response. Reports the loss, the mean |P(No) − p_i| and the mean P(No), before the update.
+    /// coin flip for a middling response. With <paramref name="partialFraction"/> &gt; 0, that fraction of the responses
+    /// is cut to a uniformly drawn 1 … length − 1 tokens and keeps the whole response's target — the chance that
+    /// continuing this prefix wins — so the adapter also learns to score partial samples, as early pruning asks.
+    /// Reports the loss, the mean |P(No) − p_i| and the mean P(No), before the update.
     /// </summary>
-    public SelfEvalStepResult SelfEvalStep(IReadOnlyList<SelfEvalGroup> groups, SelfEvalFormat format)
+    public SelfEvalStepResult SelfEvalStep(IReadOnlyList<SelfEvalGroup> groups, SelfEvalFormat format, double partialFraction = 0)
     {
+        if (!(partialFraction >= 0 && partialFraction <= 1)) throw new CriaException($"the fraction of partial responses must be in [0, 1], got {partialFraction}");
         var m = Model;
         if (m.Classifier != null || m.SwiftKv != null) throw new InvalidOperationException("self-evaluation trains the language model's own head");
         if (m.BatchSize % 2 != 0) throw new CriaException($"self-evaluation training needs an even batch size (a \"No\" and a \"Yes\" row per response), got {m.BatchSize}");
@@ -140,7 +144,9 @@ public sealed partial class Trainer
                 var g = groups[_rng.Next(groups.Count)];
                 int i = _rng.Next(g.Responses.Length);
                 rate[r] = g.WinOrTieRate(i);
-                var context = format.Context(g.Prompt, g.Responses[i], T - 2);   // BOS + context + answer fill at most T + 1
+                var response = g.Responses[i].AsSpan();
+                if (partialFraction > 0 && response.Length > 1 && _rng.NextDouble() < partialFraction) response = response[..(1 + _rng.Next(response.Length - 1))];
+                var context = format.Context(g.Prompt, response, T - 2);   // BOS + context + answer fill at most T + 1
                 FillPairRow(2 * r, context, [format.No]);
                 FillPairRow(2 * r + 1, context, [format.Yes]);
                 answerRow[r] = context.Length;

@@ -102,6 +102,21 @@ public sealed class SelfEvaluationTests(ITestOutputHelper output)
         Assert.True(pNo[0] > 0.9 && pNo[1] < 0.1 && pNo[2] > 0.9 && pNo[3] > 0.9, string.Join(", ", pNo));
     }
 
+    /// <summary>With every response cut to a random prefix, a prefix carries its whole response's target: the winner's
+    /// first token alone trains toward "No", the loser's toward "Yes".</summary>
+    [Fact]
+    public void A_partial_response_carries_its_whole_responses_target()
+    {
+        int[] p = [3, 4], hi = [5, 6, 7, 8], lo = [9, 10, 11, 12];
+        var groups = new List<SelfEvalGroup> { new(p, [hi, lo], [2f, 1f]) };
+        using var trainer = TinyTrainer(100, 1e-2f);
+        while (trainer.Step < trainer.Options.Steps) trainer.SelfEvalStep(groups, TinyFormat, partialFraction: 1);
+        var pNo = trainer.SelfEvalPNo([(p, hi[..1]), (p, lo[..1]), (p, hi[..3]), (p, lo[..3])], TinyFormat);
+        output.WriteLine($"P(No) of prefixes: winner {pNo[0]:F3} {pNo[2]:F3}, loser {pNo[1]:F3} {pNo[3]:F3}");
+        Assert.True(pNo[0] > 0.9 && pNo[2] > 0.9 && pNo[1] < 0.1 && pNo[3] < 0.1, string.Join(", ", pNo));
+        Assert.Throws<CriaException>(() => trainer.SelfEvalStep(groups, TinyFormat, partialFraction: 1.5));
+    }
+
     /// <summary>
     /// "More sevens is better": groups of four responses with 0–3 sevens, rewarded by their count. After training, P(No)
     /// must order ≥ 85 % of held-out same-prompt pairs as their rewards (chance 50 %), and be calibrated: its Brier score
