@@ -46,31 +46,16 @@ static class ClassifyCommand
         var mode = new Option<string>("--mode") { Description = "last (LS-LLaMA: causal, the last token's logits), mean (causal, mean over tokens), bi-mean (LS-unLLaMA: no causal mask, mean), bi-last", DefaultValueFactory = _ => "last" };
         var outDir = new Option<string>("--out", "-o") { Description = "output directory: adapter.gguf (llama.cpp's --lora format) and head.gguf", DefaultValueFactory = _ => "out/classifier" };
         var ctx = new Option<int>("--ctx") { Description = "tokens per example (BOS + text, cut)", DefaultValueFactory = _ => 64 };
-        var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 500 };
-        var batch = new Option<int>("--batch", "-b") { DefaultValueFactory = _ => 8 };
-        var lr = new Option<float>("--lr") { DefaultValueFactory = _ => 1e-3f, Description = "peak learning rate" };
-        var warmup = new Option<int>("--warmup") { DefaultValueFactory = _ => 50 };
-        var wd = new Option<float>("--weight-decay") { DefaultValueFactory = _ => 0.01f };
-        var rank = new Option<int>("--lora-rank") { DefaultValueFactory = _ => 12, Description = "LoRA rank (LS-LLaMA: 12)" };
-        var alpha = new Option<float>("--lora-alpha") { DefaultValueFactory = _ => 32f, Description = "LoRA alpha (LS-LLaMA: 32)" };
-        var targets = new Option<string>("--lora-targets") { DefaultValueFactory = _ => "all" };
-        var evalEvery = new Option<int>("--eval-every") { DefaultValueFactory = _ => 100 };
-        var seed = new Option<ulong>("--seed") { DefaultValueFactory = _ => 1234UL };
-        var threads = new Option<int>("--threads", "-t") { DefaultValueFactory = _ => Environment.ProcessorCount };
+        var training = new AdapterTrainingCliOptions(steps: 500, batch: 8, warmup: 50, rank: 12, alpha: 32f, loraNote: "LS-LLaMA: rank 12, alpha 32");
         var cmd = new Command("train-classifier", "train a sequence classifier (LS-LLaMA): LoRA adapters and a linear head on the final hidden states, cross-entropy on the label")
-        { init, train, valid, mode, outDir, ctx, steps, batch, lr, warmup, wd, rank, alpha, targets, evalEvery, seed, threads };
+        { init, train, valid, mode, outDir, ctx };
+        training.AddTo(cmd);
         cmd.SetAction(r =>
         {
             var (pooling, bidirectional) = ClassifierOptions.ParseMode(r.GetValue(mode)!);
-            var options = new TrainingOptions
-            {
-                BatchSize = r.GetValue(batch), Steps = r.GetValue(steps), WarmupSteps = r.GetValue(warmup), LearningRate = r.GetValue(lr),
-                WeightDecay = r.GetValue(wd), Seed = r.GetValue(seed), Threads = Math.Max(1, r.GetValue(threads)),
-            };
-            options.Validate();
-            var lora = new LoraOptions { Rank = r.GetValue(rank), Alpha = r.GetValue(alpha), Targets = LoraOptions.ParseTargets(r.GetValue(targets)!) };
-            lora.Validate();
-            int T = r.GetValue(ctx), every = Math.Max(1, r.GetValue(evalEvery));
+            var options = training.Training(r);
+            var lora = training.Lora(r);
+            int T = r.GetValue(ctx), every = training.EvalEvery(r);
             var imported = GgufImport.Read(DefaultModel.Resolve(r.GetValue(init)));
             if (T < 2 || T > imported.Shape.ContextLength) throw new CriaException($"--ctx {T} must be in 2..{imported.Shape.ContextLength}");
             var tok = imported.Vocabulary.CreateTokenizer();

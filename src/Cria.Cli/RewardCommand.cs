@@ -99,19 +99,10 @@ static class RewardCommand
         var mode = new Option<string>("--mode") { Description = "pooling of the head: last (the usual reward model), mean, bi-mean, bi-last", DefaultValueFactory = _ => "last" };
         var outDir = new Option<string>("--out", "-o") { Description = "output directory: adapter.gguf (llama.cpp's --lora format) and head.gguf", DefaultValueFactory = _ => "out/reward" };
         var ctx = new Option<int>("--ctx") { Description = "tokens per text (BOS + prompt + response, cut)", DefaultValueFactory = _ => 128 };
-        var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 500 };
-        var batch = new Option<int>("--batch", "-b") { Description = "texts per micro-batch (pairs: half as many pairs)", DefaultValueFactory = _ => 8 };
-        var lr = new Option<float>("--lr") { DefaultValueFactory = _ => 1e-3f, Description = "peak learning rate" };
-        var warmup = new Option<int>("--warmup") { DefaultValueFactory = _ => 50 };
-        var wd = new Option<float>("--weight-decay") { DefaultValueFactory = _ => 0.01f };
-        var rank = new Option<int>("--lora-rank") { DefaultValueFactory = _ => 8 };
-        var alpha = new Option<float>("--lora-alpha") { DefaultValueFactory = _ => 16f };
-        var targets = new Option<string>("--lora-targets") { DefaultValueFactory = _ => "all" };
-        var evalEvery = new Option<int>("--eval-every") { DefaultValueFactory = _ => 100 };
-        var seed = new Option<ulong>("--seed") { DefaultValueFactory = _ => 1234UL };
-        var threads = new Option<int>("--threads", "-t") { DefaultValueFactory = _ => Environment.ProcessorCount };
+        var training = new AdapterTrainingCliOptions(steps: 500, batch: 8, warmup: 50, rank: 8, alpha: 16f, batchDescription: "texts per micro-batch (pairs: half as many pairs)");
         var cmd = new Command("train-reward", "train a reward model: LoRA adapters and a one-output head on the final hidden states, from preference pairs (Bradley–Terry, Scaled BT) or ratings (regression)")
-        { init, train, valid, loss, mode, outDir, ctx, steps, batch, lr, warmup, wd, rank, alpha, targets, evalEvery, seed, threads };
+        { init, train, valid, loss, mode, outDir, ctx };
+        training.AddTo(cmd);
         cmd.SetAction(r =>
         {
             string lossName = r.GetValue(loss)!.ToLowerInvariant();
@@ -122,16 +113,10 @@ static class RewardCommand
                 _ => throw new CriaException($"unknown --loss '{lossName}' (bt, scaled-bt, regression)"),
             };
             var (pooling, bidirectional) = ClassifierOptions.ParseMode(r.GetValue(mode)!);
-            var options = new TrainingOptions
-            {
-                BatchSize = r.GetValue(batch), Steps = r.GetValue(steps), WarmupSteps = r.GetValue(warmup), LearningRate = r.GetValue(lr),
-                WeightDecay = r.GetValue(wd), Seed = r.GetValue(seed), Threads = Math.Max(1, r.GetValue(threads)),
-            };
-            options.Validate();
+            var options = training.Training(r);
             if (objective == ClassifierObjective.BradleyTerry && options.BatchSize % 2 != 0) throw new CriaException($"--batch {options.BatchSize}: pairs need an even batch (chosen and rejected)");
-            var lora = new LoraOptions { Rank = r.GetValue(rank), Alpha = r.GetValue(alpha), Targets = LoraOptions.ParseTargets(r.GetValue(targets)!) };
-            lora.Validate();
-            int T = r.GetValue(ctx), every = Math.Max(1, r.GetValue(evalEvery));
+            var lora = training.Lora(r);
+            int T = r.GetValue(ctx), every = training.EvalEvery(r);
             var imported = GgufImport.Read(DefaultModel.Resolve(r.GetValue(init)));
             if (T < 2 || T > imported.Shape.ContextLength) throw new CriaException($"--ctx {T} must be in 2..{imported.Shape.ContextLength}");
             var tok = imported.Vocabulary.CreateTokenizer();

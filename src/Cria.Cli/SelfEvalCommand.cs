@@ -58,33 +58,19 @@ static class SelfEvalCommand
         var holdout = new Option<double>("--holdout") { Description = "fraction of the groups held out: calibration and ordering at every evaluation", DefaultValueFactory = _ => 0.1 };
         var outDir = new Option<string>("--out", "-o") { Description = "output directory: adapter.gguf (llama.cpp's --lora format) and groups.jsonl", DefaultValueFactory = _ => "out/self-eval" };
         var ctx = new Option<int>("--ctx") { Description = "tokens per row (BOS + prompt + response, cut, + question + answer); give best-of the same --reward-ctx", DefaultValueFactory = _ => 128 };
-        var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 300 };
-        var batch = new Option<int>("--batch", "-b") { Description = "rows per micro-batch: half as many responses, each in a \"No\" and a \"Yes\" row", DefaultValueFactory = _ => 16 };
-        var lr = new Option<float>("--lr") { DefaultValueFactory = _ => 1e-3f, Description = "peak learning rate" };
-        var warmup = new Option<int>("--warmup") { DefaultValueFactory = _ => 20 };
-        var rank = new Option<int>("--lora-rank") { DefaultValueFactory = _ => 8 };
-        var alpha = new Option<float>("--lora-alpha") { DefaultValueFactory = _ => 16f };
-        var targets = new Option<string>("--lora-targets") { DefaultValueFactory = _ => "all" };
-        var evalEvery = new Option<int>("--eval-every") { DefaultValueFactory = _ => 100 };
-        var seed = new Option<ulong>("--seed") { DefaultValueFactory = _ => 1234UL };
-        var threads = new Option<int>("--threads", "-t") { DefaultValueFactory = _ => Environment.ProcessorCount };
+        var training = new AdapterTrainingCliOptions(steps: 300, batch: 16, warmup: 20, rank: 8, alpha: 16f, batchDescription: "rows per micro-batch: half as many responses, each in a \"No\" and a \"Yes\" row");
         var scoring = new ScorerCliOptions(selfEval: false);
         var cmd = new Command("train-self-eval", "train a model to evaluate its own samples (capability-aware self-evaluation): sample, rate with a reward, and teach a LoRA adapter P(\"No\") to \"Would you do better if you started over?\"")
-        { init, prompts, groupsIn, samples, n, temp, partial, holdout, outDir, ctx, steps, batch, lr, warmup, rank, alpha, targets, evalEvery, seed, threads };
+        { init, prompts, groupsIn, samples, n, temp, partial, holdout, outDir, ctx };
+        training.AddTo(cmd);
         scoring.AddTo(cmd);
         cmd.SetAction(async (r, ct) =>
         {
             string modelPath = DefaultModel.Resolve(r.GetValue(init));
             string? promptsPath = r.GetValue(prompts), groupsPath = r.GetValue(groupsIn);
             if ((promptsPath == null) == (groupsPath == null)) throw new CriaException("give --prompts (sample and rate) or --groups (rated samples)");
-            var options = new TrainingOptions
-            {
-                BatchSize = r.GetValue(batch), Steps = r.GetValue(steps), WarmupSteps = r.GetValue(warmup), LearningRate = r.GetValue(lr),
-                WeightDecay = 0.01f, Seed = r.GetValue(seed), Threads = Math.Max(1, r.GetValue(threads)),
-            };
-            options.Validate();
-            var lora = new LoraOptions { Rank = r.GetValue(rank), Alpha = r.GetValue(alpha), Targets = LoraOptions.ParseTargets(r.GetValue(targets)!) };
-            lora.Validate();
+            var options = training.Training(r);
+            var lora = training.Lora(r);
             double held = r.GetValue(holdout), partialFraction = r.GetValue(partial);
             if (!(partialFraction >= 0 && partialFraction <= 1)) throw new CriaException($"--partial-fraction must be in [0, 1], got {partialFraction}");
             if (!(held >= 0 && held < 1)) throw new CriaException($"--holdout must be in [0, 1), got {held}");
@@ -120,7 +106,7 @@ static class SelfEvalCommand
             log.WriteLine($"self-evaluation: {train.Count} groups ({train.Sum(g => g.Responses.Length)} responses){(valid.Count > 0 ? $", {valid.Count} held out" : "")}; {T} tokens per row");
             log.WriteLine($"LoRA rank {lora.Rank}, alpha {lora.Alpha}, on {lora.Targets}: {trainer.Model.Lora!.Count:N0} trained parameters; the base is frozen");
             string Held() => valid.Count == 0 ? "" : "  held-out " + Report(valid, trainer.SelfEvalPNo(Flatten(valid), format));
-            int every = Math.Max(1, r.GetValue(evalEvery));
+            int every = training.EvalEvery(r);
             Console.Out.WriteLine($"step 0{Held()}");
             sw.Restart();
             while (trainer.Step < options.Steps)

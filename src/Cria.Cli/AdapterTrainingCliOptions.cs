@@ -1,0 +1,58 @@
+using System.CommandLine;
+using Cria.Training;
+
+namespace Cria.Cli;
+
+/// <summary>
+/// The options of the commands that train LoRA adapters (and a head) on a frozen base — train-classifier,
+/// train-reward, train-self-eval: steps, batch, learning rate and warm-up, weight decay, the LoRA rank, alpha and
+/// targets, evaluation interval, seed and threads. Each command gives its own defaults.
+/// </summary>
+sealed class AdapterTrainingCliOptions
+{
+    readonly Option<int> _steps, _batch, _warmup, _rank, _evalEvery;
+    readonly Option<float> _lr = new("--lr") { DefaultValueFactory = _ => 1e-3f, Description = "peak learning rate" };
+    readonly Option<float> _wd = new("--weight-decay") { DefaultValueFactory = _ => 0.01f };
+    readonly Option<float> _alpha;
+    readonly Option<string> _targets = new("--lora-targets") { DefaultValueFactory = _ => "all" };
+    readonly Option<ulong> _seed = new("--seed") { DefaultValueFactory = _ => 1234UL };
+    readonly Option<int> _threads = new("--threads", "-t") { DefaultValueFactory = _ => Environment.ProcessorCount };
+
+    public AdapterTrainingCliOptions(int steps, int batch, int warmup, int rank, float alpha, string? batchDescription = null, string? loraNote = null)
+    {
+        _steps = new("--steps") { DefaultValueFactory = _ => steps };
+        _batch = new("--batch", "-b") { DefaultValueFactory = _ => batch, Description = batchDescription };
+        _warmup = new("--warmup") { DefaultValueFactory = _ => warmup };
+        _rank = new("--lora-rank") { DefaultValueFactory = _ => rank, Description = loraNote != null ? $"LoRA rank ({loraNote})" : null };
+        _alpha = new("--lora-alpha") { DefaultValueFactory = _ => alpha, Description = loraNote != null ? $"LoRA alpha ({loraNote})" : null };
+        _evalEvery = new("--eval-every") { DefaultValueFactory = _ => 100 };
+    }
+
+    public void AddTo(Command cmd)
+    {
+        foreach (var o in new Option[] { _steps, _batch, _lr, _warmup, _wd, _rank, _alpha, _targets, _evalEvery, _seed, _threads }) cmd.Options.Add(o);
+    }
+
+    /// <summary>The optimizer settings, validated.</summary>
+    public TrainingOptions Training(ParseResult r)
+    {
+        var options = new TrainingOptions
+        {
+            BatchSize = r.GetValue(_batch), Steps = r.GetValue(_steps), WarmupSteps = r.GetValue(_warmup), LearningRate = r.GetValue(_lr),
+            WeightDecay = r.GetValue(_wd), Seed = r.GetValue(_seed), Threads = Math.Max(1, r.GetValue(_threads)),
+        };
+        options.Validate();
+        return options;
+    }
+
+    /// <summary>The adapters' settings, validated.</summary>
+    public LoraOptions Lora(ParseResult r)
+    {
+        var lora = new LoraOptions { Rank = r.GetValue(_rank), Alpha = r.GetValue(_alpha), Targets = LoraOptions.ParseTargets(r.GetValue(_targets)!) };
+        lora.Validate();
+        return lora;
+    }
+
+    /// <summary>Steps between held-out evaluations (at least 1).</summary>
+    public int EvalEvery(ParseResult r) => Math.Max(1, r.GetValue(_evalEvery));
+}
