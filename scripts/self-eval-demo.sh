@@ -6,11 +6,12 @@
 # verse's halves), PROMPTS of them; the policy draws 8 samples of 32 tokens of each, and 10 % of the prompts are held out.
 # Then Cria.Bench best-of measures best-of-k, adaptive sampling and early pruning with P(No) on 40 held-out verses of
 # data/valid.txt, next to the reward model it learned from.
-# Usage: scripts/self-eval-demo.sh [STEPS] [SEED] [PROMPTS] [LR]
+# With PARTIAL > 0, that fraction of the training responses is cut to a random prefix (train-self-eval --partial-fraction).
+# Usage: scripts/self-eval-demo.sh [STEPS] [SEED] [PROMPTS] [LR] [PARTIAL]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STEPS=${1:-1000}; SEED=${2:-1}; PROMPTS=${3:-1200}; LR=${4:-5e-4}
-OUT=out/self-eval-demo/seed$SEED-$PROMPTS
+STEPS=${1:-1000}; SEED=${2:-1}; PROMPTS=${3:-1200}; LR=${4:-5e-4}; PARTIAL=${5:-0}
+OUT=out/self-eval-demo/seed$SEED-$PROMPTS; [ "$PARTIAL" != 0 ] && OUT=$OUT-partial$PARTIAL
 RM=out/reward-demo/seed1
 mkdir -p "$OUT"
 awk -v max="$PROMPTS" 'NF >= 10 && n < max { if (c++ % 10 == 5) { h = int(NF / 2); s = $1; for (i = 2; i <= h; i++) s = s " " $i; print s; n++ } }' data/train.txt > "$OUT/prompts.txt"
@@ -19,7 +20,7 @@ dotnet build bench/Cria.Bench -c Release -v q -nologo >/dev/null
 CRIA="dotnet src/Cria.Cli/bin/Release/net10.0/Cria.Cli.dll"
 /usr/bin/time -f "train-self-eval: %e s, %M KiB" $CRIA train-self-eval --init models/default.gguf --prompts "$OUT/prompts.txt" -N 8 -n 32 \
   --reward-adapter "$RM/bt/adapter.gguf" --reward-head "$RM/bt/head.gguf" --reward-ctx 64 \
-  --ctx 96 --steps "$STEPS" --batch 16 --lr "$LR" --warmup 20 --eval-every 100 --holdout 0.1 --seed "$SEED" -t 2 --out "$OUT" \
+  --partial-fraction "$PARTIAL" --ctx 96 --steps "$STEPS" --batch 16 --lr "$LR" --warmup 20 --eval-every 100 --holdout 0.1 --seed "$SEED" -t 2 --out "$OUT" \
   | grep -E "^step (0|[0-9]+/[0-9]+ .*held)|^done"
 dotnet bench/Cria.Bench/bin/Release/net10.0/Cria.Bench.dll best-of --model models/default.gguf \
   --selector "$RM/bt" --judge "$RM/regression" --self-eval "$OUT/adapter.gguf" --self-eval-ctx 96 --count 40 -N 16 -n 32 --threads 2
