@@ -20,7 +20,7 @@ dotnet build bench/Cria.Bench -c Release -v q -nologo >/dev/null
 CRIA="dotnet src/Cria.Cli/bin/Release/net10.0/Cria.Cli.dll"
 /usr/bin/time -f "train-self-eval: %e s, %M KiB" $CRIA train-self-eval --init models/default.gguf --prompts "$OUT/prompts.txt" -N 8 -n 32 \
   --reward-adapter "$RM/bt/adapter.gguf" --reward-head "$RM/bt/head.gguf" --reward-ctx 64 \
-  --partial-fraction "$PARTIAL" --ctx 96 --steps "$STEPS" --batch 16 --lr "$LR" --warmup 20 --eval-every 100 --holdout 0.1 --seed "$SEED" -t 2 --out "$OUT" \
+  --partial-fraction "$PARTIAL" --ctx 96 --steps "$STEPS" --batch 8 --lr "$LR" --warmup 20 --eval-every 100 --holdout 0.1 --seed "$SEED" -t 2 --out "$OUT" \
   | grep -E "^step (0|[0-9]+/[0-9]+ .*held)|^done"
 dotnet bench/Cria.Bench/bin/Release/net10.0/Cria.Bench.dll best-of --model models/default.gguf \
   --selector "$RM/bt" --judge "$RM/regression" --self-eval "$OUT/adapter.gguf" --self-eval-ctx 96 --count 40 -N 16 -n 32 --threads 2

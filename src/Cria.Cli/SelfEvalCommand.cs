@@ -58,7 +58,7 @@ static class SelfEvalCommand
         var holdout = new Option<double>("--holdout") { Description = "fraction of the groups held out: calibration and ordering at every evaluation", DefaultValueFactory = _ => 0.1 };
         var outDir = new Option<string>("--out", "-o") { Description = "output directory: adapter.gguf (llama.cpp's --lora format) and groups.jsonl", DefaultValueFactory = _ => "out/self-eval" };
         var ctx = new Option<int>("--ctx") { Description = "tokens per row (BOS + prompt + response, cut, + question + answer); give best-of the same --reward-ctx", DefaultValueFactory = _ => 128 };
-        var training = new AdapterTrainingCliOptions(steps: 300, batch: 16, warmup: 20, rank: 8, alpha: 16f, batchDescription: "rows per micro-batch: half as many responses, each in a \"No\" and a \"Yes\" row");
+        var training = new AdapterTrainingCliOptions(steps: 300, batch: 8, warmup: 20, rank: 8, alpha: 16f, batchDescription: "responses per micro-batch");
         var scoring = new ScorerCliOptions(selfEval: false);
         var cmd = new Command("train-self-eval", "train a model to evaluate its own samples (capability-aware self-evaluation): sample, rate with a reward, and teach a LoRA adapter P(\"No\") to \"Would you do better if you started over?\"")
         { init, prompts, groupsIn, samples, n, temp, partial, holdout, outDir, ctx };

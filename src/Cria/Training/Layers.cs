@@ -226,7 +226,11 @@ public static unsafe class Layers
     /// (softmax − onehot) · gradScale. Returns nothing; losses[r] receives each row's loss.
     /// </summary>
     /// <param name="weights">optional per-row weights: row r's gradient is scaled by gradScale · weights[r]</param>
-    public static void CrossEntropyForwardBackward(float* logits, int* targets, float* losses, int vocab, float gradScale, int r0, int r1, float* weights = null)
+    /// <param name="targets2">optional second target of each row, with <paramref name="weights2"/>[r] its weight: the
+    /// row's loss becomes weights[r]·CE(targets[r]) + weights2[r]·CE(targets2[r]) (a soft target over two tokens), its
+    /// gradient (softmax·(w + w2) − w·onehot − w2·onehot2)·gradScale. losses[r] stays CE(targets[r]).</param>
+    public static void CrossEntropyForwardBackward(float* logits, int* targets, float* losses, int vocab, float gradScale, int r0, int r1, float* weights = null,
+        int* targets2 = null, float* weights2 = null)
     {
         for (int r = r0; r < r1; r++)
         {
@@ -239,13 +243,14 @@ public static unsafe class Layers
             float invSum = (float)(1.0 / sum);
             losses[r] = (float)(Math.Log(sum) - Math.Log(l[t]));
             float scale = weights != null ? gradScale * weights[r] : gradScale;
-            float g = scale * invSum;
+            float scale2 = weights2 != null ? gradScale * weights2[r] : 0f;
+            float g = (scale + scale2) * invSum;
             for (int i = 0; i < vocab; i++) l[i] *= g;
             l[t] -= scale;
+            if (scale2 != 0f) l[targets2![r]] -= scale2;
         }
     }
 
-    /// <summary>Loss only (no gradient): for evaluation.</summary>
     /// <summary>
     /// One row of temperature-scaled distillation: returns τ²·KL(p ‖ q) with p = softmax(<paramref name="teacher"/>/τ),
     /// q = softmax(<paramref name="student"/>/τ), and overwrites <paramref name="student"/> with its gradient times
@@ -275,6 +280,7 @@ public static unsafe class Layers
         }
     }
 
+    /// <summary>Loss only (no gradient): for evaluation.</summary>
     public static float CrossEntropyLoss(float* logits, int target, int vocab)
     {
         float max = float.NegativeInfinity;

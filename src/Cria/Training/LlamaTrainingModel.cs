@@ -72,6 +72,8 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     readonly float* _logits;          // [N, V]        logits, then their gradient
     readonly float* _losses;          // [N]
     readonly float* _lossWeights;     // [N], 1 unless the trainer weights or masks targets
+    readonly int* _targets2;          // [N] a second target of a row (soft targets over two tokens)
+    readonly float* _lossWeights2;    // [N], 0 unless a row has a second target
     // Gradient scratch.
     readonly float* _dres, _dxn, _dq, _dk, _dv, _datt, _dh, _dg, _du, _attScratch;
     /// <summary>Seconds spent per part (matmul, attention, cross-entropy, other) since construction; for benchmarks.</summary>
@@ -111,7 +113,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         _gemm = new Gemm(_pool);
         Parameters = Pinned<float>(Layout.Count, out P);
         Gradients = Pinned<float>(Layout.Count, out G);
-        Pinned<int>(N, out _tokens); Pinned<int>(N, out _targets);
+        Pinned<int>(N, out _tokens); Pinned<int>(N, out _targets); Pinned<int>(N, out _targets2);
         Pinned<int>(batchSize, out _seqLens); new Span<int>(_seqLens, batchSize).Fill(seqLen);
         int C = classifier?.Labels.Length ?? 0;
         _classLogits = Floats((long)N * C); _pooled = Floats((long)batchSize * C);
@@ -136,6 +138,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         _xnf = Floats((long)N * D); _rstdf = Floats(N);
         _logits = Floats(classifier != null ? 1 : (long)N * V); _losses = Floats(N); // a classifier has no LM head
         _lossWeights = Floats(N); new Span<float>(_lossWeights, N).Fill(1f);
+        _lossWeights2 = Floats(N);
         _dres = Floats((long)N * D); _dxn = Floats((long)N * D); _dq = Floats((long)N * QD); _dk = Floats((long)N * KV); _dv = Floats((long)N * KV);
         _datt = Floats((long)N * QD); _dh = Floats((long)N * F); _dg = Floats((long)N * F); _du = Floats((long)N * F);
         _attScratch = Floats((long)_pool.Count * (4 * hd + 1) * seqLen);
@@ -249,6 +252,11 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     /// <summary>Per-target loss weights, [B·T], all 1 after construction: <see cref="ForwardBackward"/> scales each row's
     /// gradient by its weight and reports the weighted mean (0 masks a target out).</summary>
     public Span<float> LossWeights => new(_lossWeights, Rows);
+    /// <summary>A second target per row and its weight, [B·T] each, the weights 0 after construction: a row whose
+    /// second weight w2 is not 0 has the loss w·CE(target) + w2·CE(second target), a soft target over two tokens
+    /// (self-evaluation's "No"/"Yes"), in <see cref="BackwardWeighted"/>. Whoever sets them clears them.</summary>
+    public Span<int> SecondTargets => new(_targets2, Rows);
+    public Span<float> SecondLossWeights => new(_lossWeights2, Rows);
     /// <summary>Logits of the last <see cref="Forward"/>, [B·T, V] (gradients after <see cref="Backward"/>).</summary>
     public ReadOnlySpan<float> Logits => new(_logits, checked(Rows * Shape.VocabSize));
 
@@ -463,6 +471,8 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     {
         LanguageModelOnly();
         CheckIds(_targets, "target");
+        for (int n = 0; n < Rows; n++)
+            if (_lossWeights2[n] != 0 && (uint)_targets2[n] >= (uint)Shape.VocabSize) throw new CriaException($"second target {_targets2[n]} at row {n} is outside the vocabulary of {Shape.VocabSize}");
         _gradScale = gradScale;
         Mark(3);
         _for.Run(_pool, Rows, 16, _crossEntropy);
@@ -521,7 +531,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     }
 
     void CrossEntropyBody(int start, int end, int worker) =>
-        Layers.CrossEntropyForwardBackward(_logits, _targets, _losses, Shape.VocabSize, _gradScale, start, end, _lossWeights);
+        Layers.CrossEntropyForwardBackward(_logits, _targets, _losses, Shape.VocabSize, _gradScale, start, end, _lossWeights, _targets2, _lossWeights2);
 
     void Backward()
     {

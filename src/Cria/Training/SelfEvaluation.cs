@@ -113,14 +113,14 @@ public static class SelfEvaluation
 public sealed partial class Trainer
 {
     /// <summary>
-    /// One optimizer step of self-evaluation training: GradAccumulation micro-batches of BatchSize / 2 responses, each
-    /// response i of a random group (drawn with the trainer's RNG) in two rows BOS + prompt + response + question, one
-    /// with the target "No" and one with "Yes". The loss is the cross-entropy of the answer token against response i's
-    /// win-or-tie rate p_i: p_i·CE(No) + (1 − p_i)·CE(Yes), the rows weighted p_i and 1 − p_i. That is the expectation,
-    /// over the other samples j, of the paper's objective — one predefined token, "No" when reward i ≥ reward j (a win
-    /// or a tie), "Yes" when it loses — computed exactly instead of drawing one j, which would leave each row's label a
-    /// coin flip for a middling response. With <paramref name="partialFraction"/> &gt; 0, that fraction of the responses
-    /// is cut to a uniformly drawn 1 … length − 1 tokens and keeps the whole response's target — the chance that
+    /// One optimizer step of self-evaluation training: GradAccumulation micro-batches of BatchSize responses, each
+    /// response i of a random group (drawn with the trainer's RNG) in a row BOS + prompt + response + question whose one
+    /// target is a soft one over the two answers: the loss is p_i·CE(No) + (1 − p_i)·CE(Yes), p_i the response's
+    /// win-or-tie rate (<see cref="LlamaTrainingModel.SecondTargets"/> carries "Yes"). That is the expectation, over the
+    /// other samples j, of the paper's objective — one predefined token, "No" when reward i ≥ reward j (a win or a
+    /// tie), "Yes" when it loses — computed exactly instead of drawing one j, which would leave each row's label a coin
+    /// flip for a middling response. With <paramref name="partialFraction"/> &gt; 0, that fraction of the responses is
+    /// cut to a uniformly drawn 1 … length − 1 tokens and keeps the whole response's target — the chance that
     /// continuing this prefix wins — so the adapter also learns to score partial samples, as early pruning asks.
     /// Reports the loss, the mean |P(No) − p_i| and the mean P(No), before the update.
     /// </summary>
@@ -129,43 +129,48 @@ public sealed partial class Trainer
         if (!(partialFraction >= 0 && partialFraction <= 1)) throw new CriaException($"the fraction of partial responses must be in [0, 1], got {partialFraction}");
         var m = Model;
         if (m.Classifier != null || m.SwiftKv != null) throw new InvalidOperationException("self-evaluation trains the language model's own head");
-        if (m.BatchSize % 2 != 0) throw new CriaException($"self-evaluation training needs an even batch size (a \"No\" and a \"Yes\" row per response), got {m.BatchSize}");
         if (groups.Count == 0) throw new CriaException("no self-evaluation groups");
         foreach (var g in groups) g.Validate();
-        int R = m.BatchSize / 2, T = m.SeqLen, accum = Options.GradAccumulation;
-        Span<int> answerRow = stackalloc int[R];
-        Span<double> rate = stackalloc double[R];
+        int B = m.BatchSize, T = m.SeqLen, V = m.Shape.VocabSize, accum = Options.GradAccumulation;
+        if ((uint)format.Yes >= (uint)V || (uint)format.No >= (uint)V) throw new CriaException($"the answer tokens {format.Yes} and {format.No} must be in the vocabulary of {V}");
+        Span<int> answerRow = stackalloc int[B];
+        Span<double> rate = stackalloc double[B];
         m.ZeroGradients();
         double loss = 0, pSum = 0, error = 0;
-        for (int a = 0; a < accum; a++)
+        try
         {
-            for (int r = 0; r < R; r++)
+            for (int a = 0; a < accum; a++)
             {
-                var g = groups[_rng.Next(groups.Count)];
-                int i = _rng.Next(g.Responses.Length);
-                rate[r] = g.WinOrTieRate(i);
-                var response = g.Responses[i].AsSpan();
-                if (partialFraction > 0 && response.Length > 1 && _rng.NextDouble() < partialFraction) response = response[..(1 + _rng.Next(response.Length - 1))];
-                var context = format.Context(g.Prompt, response, T - 2);   // BOS + context + answer fill at most T + 1
-                FillPairRow(2 * r, context, [format.No]);
-                FillPairRow(2 * r + 1, context, [format.Yes]);
-                answerRow[r] = context.Length;
-                m.LossWeights[2 * r * T + context.Length] = (float)rate[r];
-                m.LossWeights[(2 * r + 1) * T + context.Length] = (float)(1 - rate[r]);
+                for (int b = 0; b < B; b++)
+                {
+                    var g = groups[_rng.Next(groups.Count)];
+                    int i = _rng.Next(g.Responses.Length);
+                    rate[b] = g.WinOrTieRate(i);
+                    var response = g.Responses[i].AsSpan();
+                    if (partialFraction > 0 && response.Length > 1 && _rng.NextDouble() < partialFraction) response = response[..(1 + _rng.Next(response.Length - 1))];
+                    var context = format.Context(g.Prompt, response, T - 2);   // BOS + context + answer fill at most T + 1
+                    FillPairRow(b, context, [format.No]);
+                    int row = answerRow[b] = b * T + context.Length;
+                    m.LossWeights[row] = (float)rate[b];
+                    m.SecondTargets[row] = format.Yes;
+                    m.SecondLossWeights[row] = (float)(1 - rate[b]);
+                }
+                m.Forward();
+                for (int b = 0; b < B; b++)
+                {
+                    var logits = m.LogitsRow(answerRow[b]);
+                    double lse = Kernels.Ops.LogSumExp(logits), p = format.PNo(logits);
+                    loss += rate[b] * (lse - logits[format.No]) + (1 - rate[b]) * (lse - logits[format.Yes]);
+                    pSum += p;
+                    error += Math.Abs(p - rate[b]);
+                }
+                m.BackwardWeighted(1f / (B * accum));
+                m.SecondLossWeights.Clear();
             }
-            m.Forward();
-            for (int r = 0; r < R; r++)
-            {
-                int no = 2 * r * T + answerRow[r], yes = (2 * r + 1) * T + answerRow[r];
-                double p = format.PNo(m.LogitsRow(no));
-                loss += rate[r] * m.TargetNll(no) + (1 - rate[r]) * m.TargetNll(yes);
-                pSum += p;
-                error += Math.Abs(p - rate[r]);
-            }
-            m.BackwardWeighted(1f / (R * accum));
         }
+        finally { m.SecondLossWeights.Clear(); }
         var (norm, lr) = OptimizerStep();
-        int count = R * accum;
+        int count = B * accum;
         return new SelfEvalStepResult(Step, (float)(loss / count), (float)(error / count), (float)(pSum / count), norm, lr);
     }
 

@@ -102,6 +102,42 @@ public sealed class SelfEvaluationTests(ITestOutputHelper output)
         Assert.True(pNo[0] > 0.9 && pNo[1] < 0.1 && pNo[2] > 0.9 && pNo[3] > 0.9, string.Join(", ", pNo));
     }
 
+    /// <summary>A row with a second target and weight has the gradient of w·CE(target) + w2·CE(second target): the same,
+    /// parameter for parameter, as two rows of the same text with one target each.</summary>
+    [Fact]
+    public void A_soft_target_row_has_the_gradient_of_two_weighted_rows()
+    {
+        var lora = new LoraOptions { Rank = 3, Alpha = 6f };
+        int T = 6;
+        using var one = new LlamaTrainingModel(Tiny, 2, T, 2, lora);
+        using var two = new LlamaTrainingModel(Tiny, 4, T, 2, lora);
+        var rng = new TrainingRng(7);
+        one.Initialize(ref rng);
+        one.Lora!.Initialize(one.LoraParameters, ref rng);
+        for (int i = 0; i < one.LoraParameters.Length; i++) one.LoraParameters[i] += 0.05f * rng.NextGaussian();   // B ≠ 0
+        one.Parameters.CopyTo(two.Parameters, 0);
+        one.LoraParameters.CopyTo(two.LoraParameters, 0);
+        var r = new Random(3);
+        var tokens = Enumerable.Range(0, 2 * T).Select(_ => r.Next(Tiny.VocabSize)).ToArray();
+        var targets = Enumerable.Range(0, 2 * T).Select(_ => r.Next(Tiny.VocabSize)).ToArray();
+        var second = Enumerable.Range(0, 2 * T).Select(_ => r.Next(Tiny.VocabSize)).ToArray();
+        var w = Enumerable.Range(0, 2 * T).Select(_ => (float)r.NextDouble()).ToArray();
+        var w2 = Enumerable.Range(0, 2 * T).Select(i => i % 3 == 0 ? 0f : (float)r.NextDouble()).ToArray();
+        tokens.CopyTo(one.Tokens); targets.CopyTo(one.Targets); w.CopyTo(one.LossWeights); second.CopyTo(one.SecondTargets); w2.CopyTo(one.SecondLossWeights);
+        for (int s = 0; s < 2; s++)   // sequence s twice: first with the first targets, then with the second
+        {
+            tokens.AsSpan(s * T, T).CopyTo(two.Tokens[(2 * s * T)..]); tokens.AsSpan(s * T, T).CopyTo(two.Tokens[((2 * s + 1) * T)..]);
+            targets.AsSpan(s * T, T).CopyTo(two.Targets[(2 * s * T)..]); second.AsSpan(s * T, T).CopyTo(two.Targets[((2 * s + 1) * T)..]);
+            w.AsSpan(s * T, T).CopyTo(two.LossWeights[(2 * s * T)..]); w2.AsSpan(s * T, T).CopyTo(two.LossWeights[((2 * s + 1) * T)..]);
+        }
+        one.ZeroGradients(); one.Forward(); one.BackwardWeighted(0.5f);
+        two.ZeroGradients(); two.Forward(); two.BackwardWeighted(0.5f);
+        double d = 0, n = 0;
+        for (int i = 0; i < one.LoraGradients.Length; i++) { d += Math.Pow(one.LoraGradients[i] - two.LoraGradients[i], 2); n += Math.Pow(two.LoraGradients[i], 2); }
+        output.WriteLine($"relative difference of the adapter gradients {Math.Sqrt(d / n):E2} (norm {Math.Sqrt(n):E2})");
+        Assert.True(n > 0 && Math.Sqrt(d / n) < 1e-5, $"relative difference {Math.Sqrt(d / n)}");
+    }
+
     /// <summary>With every response cut to a random prefix, a prefix carries its whole response's target: the winner's
     /// first token alone trains toward "No", the loser's toward "Yes".</summary>
     [Fact]
@@ -186,8 +222,9 @@ public sealed class SelfEvaluationTests(ITestOutputHelper output)
         var options = new TrainingOptions { BatchSize = 2, Steps = 1, WarmupSteps = 0, Threads = 1 };
         using var trainer = new Trainer(Tiny, options, [], 1, seqLen: 8, lora: new LoraOptions { Rank = 2, Alpha = 2f });
         Assert.Throws<CriaException>(() => trainer.SelfEvalStep([], TinyFormat));
-        using var odd = new Trainer(Tiny, options with { BatchSize = 3 }, [], 1, seqLen: 8, lora: new LoraOptions { Rank = 2, Alpha = 2f });
-        Assert.Throws<CriaException>(() => odd.SelfEvalStep([new SelfEvalGroup([3], [[9], [10]], [1f, 0f])], TinyFormat));
+        Assert.Throws<CriaException>(() => trainer.SelfEvalStep([new SelfEvalGroup([3], [[9], [10]], [1f, 0f])], TinyFormat with { Yes = 40 }));
+        Assert.Throws<CriaException>(() => trainer.SelfEvalStep([new SelfEvalGroup([3], [[9], [10]], [1f, 0f])], TinyFormat with { No = -1 }));
+        Assert.True(trainer.Model.SecondLossWeights.ToArray().All(w => w == 0), "a refused step leaves no second weights behind");
         // a prompt and the question that leave no room in rows of 8 tokens
         Assert.Throws<CriaException>(() => trainer.SelfEvalStep([new SelfEvalGroup([3, 4, 5, 6, 8], [[9], [10]], [1f, 0f])], TinyFormat));
         using var reward = new Trainer(Tiny, options, [], 1, seqLen: 8, lora: new LoraOptions { Rank = 2, Alpha = 2f }, classifier: ClassifierOptions.Reward(ClassifierObjective.BradleyTerry));
