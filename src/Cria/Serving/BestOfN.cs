@@ -119,8 +119,9 @@ public static class BestOfN
     /// Early pruning: sample i (seed + i) runs to PruneAfter tokens; the Keep best partial samples by score (the
     /// first on ties) that stopped at that length are continued — the request again with prompt + partial tokens,
     /// the remaining tokens and the same seed — and scored whole; samples that ended before the pruning point are
-    /// complete as they are. The best kept sample wins. A continued sample's sampler starts afresh at the pruning point
-    /// (its seed again, the penalties' history empty), and a stop string that straddles the point is not seen.
+    /// complete as they are. The best kept sample wins. A continued sample's random stream starts again at the pruning
+    /// point (its seed again; the penalties see prompt and partial tokens, as the uninterrupted sample's do), and a stop
+    /// string that straddles the point is not seen.
     /// </summary>
     static async Task<BestOfNResult> RunPrunedAsync(Engine engine, GenerationRequest request, IResponseScorer scorer, BestOfNOptions options, CancellationToken cancel)
     {
@@ -137,9 +138,8 @@ public static class BestOfN
         var continued = await Task.WhenAll(kept.Where(i => partial[i].Item3 == "length").Select(async i =>
         {
             var (tokens, text, _) = partial[i];
-            var (more, moreText, finish) = await Collect(engine, Seeded(i) with { Prompt = [.. request.Prompt, .. tokens], MaxTokens = request.MaxTokens - tokens.Length }, cancel);
-            // The engine drops a response's first leading space (the tokenizer's space prefix); this one continues text.
-            if (engine.Tokenizer.AddSpacePrefix && more.Length > 0 && engine.Tokenizer.TokenBytes(more[0]) is [(byte)' ', ..]) moreText = " " + moreText;
+            var (more, moreText, finish) = await Collect(engine,
+                Seeded(i) with { Prompt = [.. request.Prompt, .. tokens], MaxTokens = request.MaxTokens - tokens.Length, ContinuesText = true }, cancel);
             return (i, Tokens: (int[])[.. tokens, .. more], Text: text + moreText, Finish: finish);
         }));
         for (int i = 0; i < options.Samples; i++)

@@ -32,6 +32,10 @@ public sealed record GenerationRequest
     /// <summary>Constrain the output to one JSON object (response_format json_object): tokens that would break it are
     /// masked before sampling, and the request stops when the object closes.</summary>
     public bool JsonObject { get; init; }
+    /// <summary>The output continues text already shown (the prompt ends inside a response, as when best-of-N continues
+    /// a pruned sample): its first token keeps the leading space a response's start drops (tokenizers with a space
+    /// prefix).</summary>
+    public bool ContinuesText { get; init; }
 }
 
 public readonly record struct TokenLogprob(int Token, float Logprob);
@@ -183,7 +187,9 @@ public sealed class Engine : IDisposable
         }
         var sampler = new Sampler(_ctx.Config.VocabSize, request.Sampler);
         foreach (var t in request.Prompt) sampler.Accept(t);
-        var r = new EngineRequest(Interlocked.Increment(ref _nextId), request, sampler, new StreamingDecoder(Tokenizer))
+        var decoder = new StreamingDecoder(Tokenizer);
+        if (request.ContinuesText) decoder.ContinueText();
+        var r = new EngineRequest(Interlocked.Increment(ref _nextId), request, sampler, decoder)
         {
             Arrival = Stopwatch.GetTimestamp(),
             Drafting = new DraftBudget(_draftBuffer.Length, _drafter?.Options.Adaptive ?? false),
