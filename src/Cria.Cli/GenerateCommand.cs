@@ -11,6 +11,7 @@ static class GenerateCommand
     {
         var model = new Argument<string?>("model") { Arity = ArgumentArity.ZeroOrOne, Description = "GGUF model file or Hugging Face checkpoint folder (default: the bundled model)" };
         var prompt = new Option<string>("--prompt", "-p") { Description = "prompt text", DefaultValueFactory = _ => "Once upon a time" };
+        var file = new Option<string?>("--file", "-f") { Description = "read the prompt from this file (instead of -p)" };
         var n = new Option<int>("--n-predict", "-n") { Description = "number of tokens to generate", DefaultValueFactory = _ => 128 };
         var temp = new Option<float>("--temp") { Description = "temperature (0 = greedy)", DefaultValueFactory = _ => 0.8f };
         var seed = new Option<ulong?>("--seed", "-s") { Description = "RNG seed (default: random)" };
@@ -33,12 +34,14 @@ static class GenerateCommand
         var clamp = new Option<string[]>("--clamp") { Description = "hold feed-forward neuron N of layer L at value V at every position: L:N=V (repeatable; see `cria neurons`)", AllowMultipleArgumentsPerToken = false };
         var cmd = new Command("generate", "generate text from a prompt (streams as it goes)")
         {
-            model, prompt, n, temp, seed, threads, ctx, topK, topP, minP, repeat, lastN, freq, pres, special, draftModel, lookup, draftMax, draftPMin, ngram, draftFixed, clamp,
+            model, prompt, file, n, temp, seed, threads, ctx, topK, topP, minP, repeat, lastN, freq, pres, special, draftModel, lookup, draftMax, draftPMin, ngram, draftFixed, clamp,
         };
         var kv = new KvCliOptions();
         var lora = new LoraCliOptions();
+        var rapid = new RapidCliOptions();
         lora.AddTo(cmd);
         kv.AddTo(cmd);
+        rapid.AddTo(cmd);
         cmd.SetAction(r =>
         {
             var path = DefaultModel.Resolve(r.GetValue(model));
@@ -66,19 +69,43 @@ static class GenerateCommand
             if (draftPath != null && r.GetValue(lookup)) throw new CriaException("give either --model-draft or --lookup, not both");
             int dMax = r.GetValue(draftMax);
             if (dMax < 0) throw new CriaException($"--draft-max must be ≥ 1, got {dMax}");
+            bool useRapid = rapid.Enabled(r);
+            if (useRapid && r.GetValue(lookup)) throw new CriaException("give either --rapid or --lookup, not both");
+            var filePath = r.GetValue(file);
+            if (filePath != null && r.GetResult(prompt) is { Implicit: false }) throw new CriaException("give either --prompt or --file, not both");
+            if (filePath != null && !File.Exists(filePath)) throw new CriaException($"prompt file not found: {filePath}");
+            var text = filePath != null ? File.ReadAllText(filePath) : r.GetValue(prompt) ?? "";
+            var promptTokens = m.Tokenizer.Encode(text, m.Tokenizer.AddBos, r.GetValue(special));
             using var dm = draftPath == null ? null : LlamaModel.Open(draftPath);
-            using var draftContext = dm == null ? null : new InferenceContext(dm, new ContextOptions { ContextSize = context.Cache.Capacity, Threads = r.GetValue(threads) });
-            if (dm != null)
+            var drafterModel = dm ?? (useRapid ? m : null); // RAPID without a draft model: self-speculation
+            using var draftContext = drafterModel == null ? null : new InferenceContext(drafterModel, new ContextOptions
             {
-                ModelDrafter.CheckCompatible(m, dm);
-                gen.Drafter = new ModelDrafter(draftContext!, new SpeculativeOptions { DraftMax = dMax == 0 ? 15 : dMax, DraftPMin = r.GetValue(draftPMin), Adaptive = !r.GetValue(draftFixed) });
+                ContextSize = useRapid ? Math.Min(context.Cache.Capacity, rapid.DraftContext(r, nPredict)) : context.Cache.Capacity,
+                Threads = r.GetValue(threads),
+            });
+            string draftName = "prompt lookup";
+            if (drafterModel != null)
+            {
+                if (dm != null) ModelDrafter.CheckCompatible(m, dm);
+                var drafter = new ModelDrafter(draftContext!, new SpeculativeOptions
+                {
+                    DraftMax = dMax == 0 ? 15 : dMax, DraftPMin = r.GetValue(draftPMin), Adaptive = !r.GetValue(draftFixed),
+                    Margin = useRapid ? rapid.Margin(r) : 0,
+                });
+                draftName = "draft " + (dm != null ? Path.GetFileName(draftPath) : "the model itself");
+                if (useRapid)
+                {
+                    var draftPrompt = RagRetriever.DraftPrompt(promptTokens, m.Tokenizer, rapid.Rag(r), out var chunks);
+                    drafter.Prompt = new DraftPrompt(draftPrompt, promptTokens.Length);
+                    draftName = $"RAPID, {draftName} reading {draftPrompt.Length} of {promptTokens.Length} prompt tokens ({chunks.Count} chunks), η {rapid.Margin(r)}";
+                }
+                gen.Drafter = drafter;
             }
             else if (r.GetValue(lookup))
                 gen.Drafter = new PromptLookupDrafter(SpeculativeOptions.Lookup with { DraftMax = dMax == 0 ? 10 : dMax, NgramMax = r.GetValue(ngram), Adaptive = !r.GetValue(draftFixed) });
-            var text = r.GetValue(prompt) ?? "";
             Console.Out.Write(text);
             Console.Out.Flush();
-            foreach (var piece in gen.Generate(text, new GenerationOptions { MaxTokens = nPredict, Sampler = sampler, ParseSpecial = r.GetValue(special) }))
+            foreach (var piece in gen.Generate(promptTokens, new GenerationOptions { MaxTokens = nPredict, Sampler = sampler, ParseSpecial = r.GetValue(special) }))
             {
                 Console.Out.Write(piece);
                 Console.Out.Flush();
@@ -90,7 +117,7 @@ static class GenerateCommand
             Console.Error.WriteLine($"prompt: {s.PromptTokens} tokens in {s.PromptTime.TotalMilliseconds:F1} ms, {s.PromptTokensPerSecond:F2} tokens/s");
             Console.Error.WriteLine($"generation: {s.GeneratedTokens} tokens in {s.GenerationTime.TotalMilliseconds:F1} ms, {s.GenerationTokensPerSecond:F2} tokens/s (stop: {s.StopReason})");
             if (gen.Drafter != null)
-                Console.Error.WriteLine($"speculative ({(dm != null ? "draft " + Path.GetFileName(draftPath) : "prompt lookup")}): drafted {s.DraftedTokens}, accepted {s.AcceptedTokens} ({100 * s.AcceptanceRate:F1} %), {s.TargetSteps} target steps after the prompt");
+                Console.Error.WriteLine($"speculative ({draftName}): drafted {s.DraftedTokens}, accepted {s.AcceptedTokens} ({100 * s.AcceptanceRate:F1} %), {s.TargetSteps} target steps after the prompt");
             return 0;
         });
         return cmd;

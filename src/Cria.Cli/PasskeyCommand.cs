@@ -21,8 +21,14 @@ static class PasskeyCommand
         var ctx = new Option<int>("--ctx-size", "-c") { Description = "KV cache tokens (default: the longest prompt + 64)" };
         var ubatch = new Option<int>("--ubatch-size", "-ub") { Description = "rows per forward step (eviction runs after each)", DefaultValueFactory = _ => 256 };
         var cmd = new Command("passkey", "long-context probe: retrieval accuracy by prompt length and needle depth") { model, task, lengths, depths, trials, seed, threads, ctx, ubatch };
+        var ragOnly = new Option<bool>("--rag-only") { Description = "read only the chunks retrieved for the question, then the question (what --rapid's drafter reads)" };
+        var draftModel = new Option<string?>("--model-draft", "-md") { Description = "with --rapid: this draft model reads the retrieved chunks (default: the model itself)" };
+        cmd.Options.Add(ragOnly);
+        cmd.Options.Add(draftModel);
         var kv = new KvCliOptions();
         kv.AddTo(cmd);
+        var rapid = new RapidCliOptions();
+        rapid.AddTo(cmd);
         cmd.SetAction(r =>
         {
             var ci = CultureInfo.InvariantCulture;
@@ -39,10 +45,29 @@ static class PasskeyCommand
             int c = r.GetValue(ctx) > 0 ? r.GetValue(ctx) : lens.Max() + 64;
             using var context = new InferenceContext(m, kv.Apply(r, new ContextOptions { ContextSize = c, Threads = r.GetValue(threads), MicroBatch = r.GetValue(ubatch) }));
             Console.Error.WriteLine($"model: {Path.GetFileName(path)} (trained context {m.Config.ContextLength}); task {t}; {KvCliOptions.Describe(context)}");
-            var probe = new PasskeyProbe(context, m.Tokenizer);
+            if (rapid.Enabled(r) && r.GetValue(ragOnly)) throw new CriaException("give either --rapid or --rag-only, not both");
+            var mode = rapid.Enabled(r) ? PasskeyMode.Rapid : r.GetValue(ragOnly) ? PasskeyMode.RagOnly : PasskeyMode.Full;
+            if (r.GetValue(draftModel) != null && mode != PasskeyMode.Rapid) throw new CriaException("--model-draft needs --rapid");
+            var rag = mode == PasskeyMode.Full ? new RagOptions() : rapid.Rag(r);
+            using var dm = r.GetValue(draftModel) is { } dp ? LlamaModel.Open(dp) : null;
+            if (dm != null) ModelDrafter.CheckCompatible(m, dm);
+            using var draftContext = mode != PasskeyMode.Rapid ? null : new InferenceContext(dm ?? m, new ContextOptions
+            {
+                ContextSize = rapid.DraftContext(r, 16), Threads = r.GetValue(threads),
+            });
+            var probe = new PasskeyProbe(context, m.Tokenizer)
+            {
+                Mode = mode, Rag = rag,
+                Drafter = draftContext == null ? null : new ModelDrafter(draftContext, new SpeculativeOptions { DraftMax = 8, Margin = rapid.Margin(r) }),
+            };
+            if (mode != PasskeyMode.Full)
+                Console.Error.WriteLine($"{(mode == PasskeyMode.Rapid ? string.Create(ci, $"RAPID (η {rapid.Margin(r)}, drafter {(dm != null ? Path.GetFileName(r.GetValue(draftModel)) : "the model itself")}) reading") : "reading only")} " +
+                                        $"the retrieved chunks: {rag.BudgetTokens}-token budget of {rag.ChunkTokens}-token chunks, query = the last {rag.QueryTokens} prompt tokens");
             var res = probe.Run(t, lens, deps, r.GetValue(trials), r.GetValue(seed));
             var o = Console.Out;
-            o.WriteLine("token accuracy (teacher-forced top-1 on the answer) by length × depth; [exact answers]");
+            o.WriteLine(mode == PasskeyMode.Rapid
+                ? "token accuracy (greedy generation, position by position) by length × depth; [exact answers]"
+                : "token accuracy (teacher-forced top-1 on the answer) by length × depth; [exact answers]");
             o.WriteLine("| length | " + string.Join(" | ", deps.Select(d => d.ToString("0.##", ci))) + " | mean |");
             o.WriteLine("|---:|" + string.Concat(deps.Select(_ => "---:|")) + "---:|");
             foreach (int len in lens)
@@ -52,6 +77,8 @@ static class PasskeyCommand
                             string.Create(ci, $" | {row.Average(x => x.TokenAccuracy):F2} |"));
             }
             o.WriteLine(string.Create(ci, $"overall token accuracy: {res.Average(x => x.TokenAccuracy):F3}, exact: {res.Average(x => x.ExactAccuracy):F3}"));
+            if (mode == PasskeyMode.Rapid)
+                o.WriteLine(string.Create(ci, $"drafted {probe.Drafted}, kept {probe.Accepted} ({100.0 * probe.Accepted / Math.Max(1, probe.Drafted):F1} %)"));
             return 0;
         });
         return cmd;

@@ -103,6 +103,7 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
         var p = drafter == null ? [] : new float[ctx.Config.VocabSize]; // [vocab] target distribution at one position
         int drafted = 0, accepted = 0, steps = 0;
         var budget = new DraftBudget(maxDraft, drafter?.Options.Adaptive ?? false);
+        var nudge = new RapidNudge(drafter?.Options, ctx.Config.VocabSize, options.Sampler.Temperature <= 0);
 
         var sw = Stopwatch.StartNew();
         batch.AddSequence(promptTokens, 0, sequenceId);
@@ -114,7 +115,8 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
         int stepCount = 0;
         if (options.MaxTokens > 0)
         {
-            step[0] = sampler.Sample(ctx.Logits(batch.Count - 1));
+            if (nudge.On) drafter!.Draft(history.AsSpan(0, hn), []); // RAPID: the drafter's distribution after its prompt
+            step[0] = nudge.On ? nudge.Sample(ctx.Logits(batch.Count - 1), 0, sampler, drafter!) : sampler.Sample(ctx.Logits(batch.Count - 1));
             sampler.Accept(step[0]);
             stepCount = 1;
         }
@@ -139,6 +141,7 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
             int room = Math.Min(Math.Min(ctx.Cache.Capacity - pos - 1, options.MaxTokens - generated - 1), budget.Window);
             bool asked = drafter != null && room > 0 && budget.Drafts();
             int k = asked ? drafter!.Draft(history.AsSpan(0, hn), drafts.AsSpan(0, room)) : 0;
+            if (!asked && nudge.On) drafter!.Draft(history.AsSpan(0, hn), []); // RAPID nudges every token
             batch.Clear();
             batch.Add(step[stepCount - 1], pos, sequenceId, true);
             for (int j = 0; j < k; j++) batch.Add(drafts[j], pos + 1 + j, sequenceId, true);
@@ -149,6 +152,7 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
             while (kept < k)
             {
                 sampler.Distribution(ctx.Logits(kept), p);
+                if (nudge.On) nudge.Apply(ctx.Logits(kept), kept, sampler, drafter!, p);
                 bool ok = Speculative.AcceptOrResample(p, drafter!.DraftDistribution(kept), drafts[kept], sampler, out int t);
                 step[kept] = t;
                 sampler.Accept(t);
@@ -159,7 +163,8 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
             if (asked) budget.Verified(k, kept, drafter!.RunsModel);
             if (kept == k)
             {
-                step[k] = sampler.Sample(ctx.Logits(k));   // every draft kept: one more token from the last row
+                // Every draft kept: one more token from the last row.
+                step[k] = nudge.On ? nudge.Sample(ctx.Logits(k), k, sampler, drafter!) : sampler.Sample(ctx.Logits(k));
                 sampler.Accept(step[k]);
             }
             else ctx.Cache.Truncate(sequenceId, pos + 1 + kept); // drop the rejected drafts' K/V
@@ -170,6 +175,61 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
         {
             DraftedTokens = drafted, AcceptedTokens = accepted, TargetSteps = steps,
         };
+    }
+}
+
+/// <summary>
+/// RAPID's p̂ in the verifier (<see cref="SpeculativeOptions.Margin"/> &gt; 0): at every position where the drafter
+/// has a distribution q (<see cref="IDrafter.GuideDistribution"/>), the target's sampling distribution p becomes
+/// p̂ ∝ p·exp(η(q − p)) (<see cref="Rapid.Nudge"/>); a greedy target takes the mode of the nudged softmax of its
+/// logits at temperature 1. Positions without q keep p.
+/// </summary>
+internal readonly struct RapidNudge
+{
+    readonly float _eta, _alpha;
+    readonly bool _greedy;
+    readonly float[] _p, _soft, _hat; // [vocab] each
+
+    public RapidNudge(SpeculativeOptions? o, int vocab, bool greedy)
+    {
+        _eta = o?.Margin ?? 0;
+        _alpha = o?.MarginAlpha ?? 0;
+        _greedy = greedy;
+        bool on = _eta > 0;
+        _p = on ? new float[vocab] : [];
+        _soft = on ? new float[vocab] : [];
+        _hat = on ? new float[vocab] : [];
+    }
+
+    public bool On => _eta > 0;
+
+    /// <summary>Replaces <paramref name="p"/> (the sampler's distribution for <paramref name="logits"/>) with p̂ when
+    /// the drafter has a distribution at position <paramref name="i"/>.</summary>
+    public void Apply(ReadOnlySpan<float> logits, int i, Sampler sampler, IDrafter drafter, Span<float> p)
+    {
+        var q = drafter.GuideDistribution(i);
+        if (q.IsEmpty) return;
+        if (_greedy)
+        {
+            sampler.SoftDistribution(logits, _soft);
+            Rapid.Nudge(_soft, q, _eta, _alpha, _hat);
+            p.Clear();
+            p[Sampler.ArgMax(_hat)] = 1f;
+        }
+        else
+        {
+            Rapid.Nudge(p, q, _eta, _alpha, _hat);
+            _hat.CopyTo(p);
+        }
+    }
+
+    /// <summary>A token from p̂ at position <paramref name="i"/> (from p where the drafter has no distribution).</summary>
+    public int Sample(ReadOnlySpan<float> logits, int i, Sampler sampler, IDrafter drafter)
+    {
+        if (drafter.GuideDistribution(i).IsEmpty) return sampler.Sample(logits);
+        sampler.Distribution(logits, _p);
+        Apply(logits, i, sampler, drafter, _p);
+        return _greedy ? Sampler.ArgMax(_p) : Speculative.SampleDense(_p, sampler.NextUniform(), 1.0);
     }
 }
 

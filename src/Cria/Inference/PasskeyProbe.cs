@@ -13,6 +13,19 @@ public enum PasskeyTask
     Copy,
 }
 
+/// <summary>How the probe reads each prompt.</summary>
+public enum PasskeyMode
+{
+    /// <summary>The whole prompt, answer teacher-forced (the default).</summary>
+    Full,
+    /// <summary>Only the chunks retrieved for the question, then the question (<see cref="RagRetriever.DraftPrompt"/>):
+    /// what RAPID's drafter reads, scored the same way.</summary>
+    RagOnly,
+    /// <summary>RAPID: the answer generated greedily by the target reading the whole prompt, speculating with
+    /// <see cref="PasskeyProbe.Drafter"/> reading the retrieved chunks; scored position by position against the key.</summary>
+    Rapid,
+}
+
 /// <summary>One cell of the probe: accuracy (fraction of answer tokens predicted top-1 given the preceding ones, and
 /// whole answers right) at one prompt length and needle depth.</summary>
 public readonly record struct PasskeyResult(int Length, double Depth, double TokenAccuracy, double ExactAccuracy, int Trials);
@@ -25,6 +38,15 @@ public readonly record struct PasskeyResult(int Length, double Depth, double Tok
 /// </summary>
 public sealed class PasskeyProbe(InferenceContext context, Tokenizer tokenizer)
 {
+    public PasskeyMode Mode { get; init; }
+    /// <summary>Retrieval settings of <see cref="PasskeyMode.RagOnly"/> and <see cref="PasskeyMode.Rapid"/>.</summary>
+    public RagOptions Rag { get; init; } = new();
+    /// <summary><see cref="PasskeyMode.Rapid"/>: the drafter (its own context; <see cref="SpeculativeOptions.Margin"/> is RAPID's η).</summary>
+    public ModelDrafter? Drafter { get; init; }
+    /// <summary><see cref="PasskeyMode.Rapid"/>: drafts proposed and kept over the last <see cref="Run"/>.</summary>
+    public int Drafted { get; private set; }
+    public int Accepted { get; private set; }
+
     /// <summary>Filler in the bundled model's register (its corpus is the King James Bible).</summary>
     public string Filler { get; init; } =
         "And the earth was without form, and void; and darkness was upon the face of the deep. " +
@@ -38,6 +60,8 @@ public sealed class PasskeyProbe(InferenceContext context, Tokenizer tokenizer)
 
     public IReadOnlyList<PasskeyResult> Run(PasskeyTask task, IReadOnlyList<int> lengths, IReadOnlyList<double> depths, int trials, int seed = 1)
     {
+        if (Mode == PasskeyMode.Rapid && Drafter == null) throw new CriaException("the RAPID probe needs a drafter");
+        Drafted = Accepted = 0;
         var results = new List<PasskeyResult>();
         foreach (int len in lengths)
             foreach (double depth in depths)
@@ -47,7 +71,12 @@ public sealed class PasskeyProbe(InferenceContext context, Tokenizer tokenizer)
                 for (int t = 0; t < trials; t++)
                 {
                     var (prompt, answer) = Build(task, len, depth, rng);
-                    double a = Score(prompt, answer);
+                    double a = Mode switch
+                    {
+                        PasskeyMode.RagOnly => Score(RagRetriever.DraftPrompt(prompt, tokenizer, Rag), answer),
+                        PasskeyMode.Rapid => ScoreRapid(prompt, answer),
+                        _ => Score(prompt, answer),
+                    };
                     tok += a;
                     if (a == 1.0) exact++;
                 }
@@ -104,6 +133,25 @@ public sealed class PasskeyProbe(InferenceContext context, Tokenizer tokenizer)
         int at = (int)Math.Round(depth * fillerLen);
         var prompt = head.Concat(filler.Take(at)).Concat(n).Concat(filler.Skip(at)).Concat(q).ToArray();
         return (prompt, a);
+    }
+
+    /// <summary>RAPID: the fraction of answer positions where the greedy generation (target on the whole prompt,
+    /// drafter on the retrieved chunks) has the answer's token.</summary>
+    public double ScoreRapid(int[] prompt, int[] answer)
+    {
+        var drafter = Drafter ?? throw new CriaException("the RAPID probe needs a drafter");
+        drafter.Prompt = new DraftPrompt(RagRetriever.DraftPrompt(prompt, tokenizer, Rag), prompt.Length);
+        var gen = new Generator(context, tokenizer) { Drafter = drafter };
+        var got = gen.GenerateTokens(prompt, new GenerationOptions
+        {
+            MaxTokens = answer.Length, StopAtEndOfGeneration = false, Sampler = SamplerOptions.Greedy,
+        }).ToArray();
+        Drafted += gen.LastStats!.DraftedTokens;
+        Accepted += gen.LastStats.AcceptedTokens;
+        context.Cache.Clear();
+        int right = 0;
+        for (int i = 0; i < answer.Length; i++) if (i < got.Length && got[i] == answer[i]) right++;
+        return (double)right / answer.Length;
     }
 
     /// <summary>Fraction of answer tokens ranked first (teacher-forced) after the prompt, decoded as one sequence.</summary>

@@ -105,6 +105,24 @@ public sealed class Sampler
         for (int i = 0; i < n; i++) probs[_ids[i]] = _p[i];
     }
 
+    /// <summary>
+    /// The softmax at temperature 1 of the penalised logits, over the whole vocabulary (no top-k/top-p/min-p): the
+    /// distribution whose mode a greedy sampler picks. RAPID nudges it when the target decodes greedily.
+    /// </summary>
+    public void SoftDistribution(ReadOnlySpan<float> logits, Span<float> probs)
+    {
+        if (logits.Length != _vocab || probs.Length != _vocab) throw new ArgumentException($"expected {_vocab} logits and probabilities, got {logits.Length}, {probs.Length}");
+        var l = _logits.AsSpan();
+        logits.CopyTo(l);
+        ApplyPenalties(l);
+        float max = float.NegativeInfinity;
+        foreach (var v in l) if (v > max) max = v;
+        double sum = 0;
+        for (int i = 0; i < _vocab; i++) { float e = MathF.Exp(l[i] - max); probs[i] = e; sum += e; }
+        float inv = (float)(1.0 / sum);
+        for (int i = 0; i < _vocab; i++) probs[i] *= inv;
+    }
+
     /// <summary>A uniform draw in [0, 1) from this sampler's RNG (the stream <see cref="Sample"/> uses).</summary>
     public double NextUniform() => NextDouble();
 

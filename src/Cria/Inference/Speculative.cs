@@ -20,6 +20,12 @@ public sealed record SpeculativeOptions
     /// that kept all, one fewer otherwise, and a pause of 1, 2, 4 … 16 steps after a step that kept none (or, for a
     /// draft model, drafted none).</summary>
     public bool Adaptive { get; init; } = true;
+    /// <summary>RAPID's η (<c>speculative_margin</c>): verify against the target's distribution nudged toward the draft
+    /// model's, p̂ ∝ p·exp(η(q − p)) (<see cref="Rapid.Nudge"/>); 0 verifies against p itself. RAPID's runs use 10 when
+    /// the drafter is the target itself reading a retrieved context, 20–50 for a larger drafter.</summary>
+    public float Margin { get; init; }
+    /// <summary>RAPID's plausibility cut: the nudge applies where q ≥ α·max q.</summary>
+    public float MarginAlpha { get; init; } = Rapid.DefaultAlpha;
 
     public static SpeculativeOptions Lookup => new() { DraftMax = 10 };
 
@@ -28,6 +34,8 @@ public sealed record SpeculativeOptions
         if (DraftMax < 1) throw new CriaException($"draft max must be ≥ 1, got {DraftMax}");
         if (!(DraftPMin >= 0 && DraftPMin <= 1)) throw new CriaException($"draft p-min must be in [0, 1], got {DraftPMin}");
         if (NgramMin < 1 || NgramMax < NgramMin) throw new CriaException($"n-gram sizes must satisfy 1 ≤ min ≤ max, got {NgramMin}..{NgramMax}");
+        if (!(Margin >= 0 && float.IsFinite(Margin))) throw new CriaException($"RAPID margin η must be a finite number ≥ 0, got {Margin}");
+        if (!(MarginAlpha >= 0 && MarginAlpha <= 1)) throw new CriaException($"RAPID's plausibility cut α must be in [0, 1], got {MarginAlpha}");
     }
 }
 
@@ -53,7 +61,15 @@ public interface IDrafter
     /// <summary>The dense distribution [vocab] drafted token <paramref name="i"/> was drawn from, or empty when the
     /// draft was deterministic (q one-hot at the token).</summary>
     ReadOnlySpan<float> DraftDistribution(int i);
+
+    /// <summary>RAPID (<see cref="SpeculativeOptions.Margin"/> &gt; 0): the drafter's full distribution at position
+    /// <paramref name="i"/> of the last draft (i = 0 … drafted count; position drafted count is the one after the last
+    /// draft), which nudges the target's there; empty where the drafter has none.</summary>
+    ReadOnlySpan<float> GuideDistribution(int i) => default;
 }
+
+/// <summary>RAPID: tokens a drafter reads in place of the first <paramref name="Replaces"/> tokens of the history.</summary>
+public sealed record DraftPrompt(int[] Tokens, int Replaces);
 
 /// <summary>The verification rule of speculative sampling.</summary>
 public static class Speculative
@@ -176,6 +192,13 @@ public sealed class PromptLookupDrafter(SpeculativeOptions? options = null) : ID
 /// feeds the rest as one batch. Drafts are drawn from the draft model's distribution under the target's sampler
 /// settings without penalties (greedy when the target is greedy), and drafting stops early when the draft model is
 /// unsure (<see cref="SpeculativeOptions.DraftPMin"/>), as llama.cpp's common_speculative_gen_draft does.
+/// <para>
+/// RAPID: with a <see cref="Prompt"/> the drafter reads those tokens in place of the target's prompt (the retrieved
+/// chunks and the query, <see cref="RagRetriever.DraftPrompt"/>), followed by everything generated since; with a
+/// <see cref="SpeculativeOptions.Margin"/> it keeps its distribution at every drafted position and at the one after
+/// the last draft (one more forward step when it drafted its maximum), for the verifier's p̂. Under a greedy target
+/// that distribution is its softmax at temperature 1; the drafts themselves stay greedy.
+/// </para>
 /// </summary>
 public sealed class ModelDrafter : IDrafter
 {
@@ -185,6 +208,9 @@ public sealed class ModelDrafter : IDrafter
     readonly int[] _fed;        // [capacity] the tokens in the draft cache, in order
     int _fedCount;
     readonly float[] _q;        // [DraftMax, vocab] the distribution each draft token was drawn from
+    readonly float[] _guide;    // RAPID: [DraftMax + 1, vocab] the drafter's distribution at each drafted position and the next
+    int _guideCount;
+    int[] _view = [];           // RAPID: [capacity] the drafter's history (its prompt, then the generated tokens)
     readonly Batch _batch;
     Sampler? _sampler;
     bool _greedy;
@@ -198,8 +224,23 @@ public sealed class ModelDrafter : IDrafter
         _vocab = draft.Config.VocabSize;
         _fed = new int[draft.Cache.Capacity];
         _q = new float[(long)_o.DraftMax * _vocab];
+        _guide = _o.Margin > 0 ? new float[(long)(_o.DraftMax + 1) * _vocab] : [];
         _batch = new Batch(Math.Min(draft.Cache.Capacity, 512));
     }
+
+    /// <summary>RAPID's drafter prompt: the drafter reads <see cref="DraftPrompt.Tokens"/> in place of the first
+    /// <see cref="DraftPrompt.Replaces"/> tokens of the history (the target's prompt). Null: the history as it is.</summary>
+    public DraftPrompt? Prompt
+    {
+        get => _prompt;
+        set
+        {
+            // The view never needs more than the draft's context holds (a longer one is not drafted from).
+            if (value != null && _view.Length < _ctx.Cache.Capacity) _view = new int[_ctx.Cache.Capacity];
+            _prompt = value;
+        }
+    }
+    DraftPrompt? _prompt;
 
     public InferenceContext Context => _ctx;
     public SpeculativeOptions Options => _o;
@@ -231,6 +272,16 @@ public sealed class ModelDrafter : IDrafter
     public int Draft(ReadOnlySpan<int> history, Span<int> tokens)
     {
         var sampler = _sampler ?? throw new InvalidOperationException("Begin was not called");
+        _guideCount = 0;
+        if (_prompt is { } dp)
+        {
+            if (history.Length < dp.Replaces) throw new InvalidOperationException($"the history ({history.Length} tokens) is shorter than the prompt the drafter's replaces ({dp.Replaces})");
+            int len = dp.Tokens.Length + history.Length - dp.Replaces;
+            if (len > _view.Length) return 0; // the draft's context is full: no drafting
+            dp.Tokens.CopyTo(_view, 0);
+            history[dp.Replaces..].CopyTo(_view.AsSpan(dp.Tokens.Length));
+            history = _view.AsSpan(0, len);
+        }
         var cache = _ctx.Cache;
         int cap = cache.Capacity;
         if (history.Length > cap) return 0; // the draft's context is full: no drafting
@@ -247,10 +298,13 @@ public sealed class ModelDrafter : IDrafter
         history[common..].CopyTo(_fed.AsSpan(common));
         _fedCount = history.Length;
 
+        bool guide = _o.Margin > 0;
         int n = 0, row = _batch.Count - 1;
-        while (n < max)
+        while (true)
         {
             var logits = _ctx.Logits(row);
+            if (guide) Guide(sampler, logits, n);
+            if (n == max) break;
             if (_o.DraftPMin > 0 && Speculative.MaxProbability(logits) < _o.DraftPMin) break;
             int x;
             if (_greedy) x = Sampler.ArgMax(logits);
@@ -261,7 +315,9 @@ public sealed class ModelDrafter : IDrafter
                 x = Speculative.SampleDense(q, sampler.NextUniform(), 1.0);
             }
             tokens[n++] = x;
-            if (n == max) break;
+            // Without RAPID the last draft is not fed: nothing needs the distribution after it.
+            if (n == max && !guide) break;
+            if (_fedCount == cap) break;
             _batch.Clear();
             row = _batch.Add(x, _fedCount, _seq, true);
             _ctx.Decode(_batch);
@@ -270,5 +326,17 @@ public sealed class ModelDrafter : IDrafter
         return n;
     }
 
+    /// <summary>RAPID: keeps the drafter's distribution at drafted position <paramref name="i"/> (sampling: the one its
+    /// draft is drawn from; greedy: the softmax at temperature 1).</summary>
+    void Guide(Sampler sampler, ReadOnlySpan<float> logits, int i)
+    {
+        var g = _guide.AsSpan(i * _vocab, _vocab);
+        if (_greedy) sampler.SoftDistribution(logits, g);
+        else sampler.Distribution(logits, g);
+        _guideCount = i + 1;
+    }
+
     public ReadOnlySpan<float> DraftDistribution(int i) => _greedy ? default : _q.AsSpan(i * _vocab, _vocab);
+
+    public ReadOnlySpan<float> GuideDistribution(int i) => i < _guideCount ? _guide.AsSpan(i * _vocab, _vocab) : default;
 }
