@@ -8,9 +8,12 @@ namespace Cria.Bench;
 /// Speculative decoding side by side with plain decoding, in one process, the same prompt, alternating:
 ///   Cria.Bench spec --model TARGET [--draft DRAFT] [--prompt TEXT] [-n 200] [--threads 2] [--rounds 5] [--ctx N]
 ///        [--draft-max 15] [--draft-p-min 0.75] [--lookup-max 10] [--lookup-ngram 3] [--temp 0] [--step-costs]
+///        [--prompt-file FILE] [--rapid η,η…] [--rag-budget 256] [--rag-chunk 64] [--rag-query 32]
 /// Each round runs every mode once (plain, prompt lookup, draft model if given), the order rotating by round, after
 /// one untimed warm-up round. Prints per mode the median generation tokens/s, its ratio to plain decoding's median,
 /// the drafts kept and the target steps; with --temp 0 it checks that every mode produced the same tokens.
+/// --rapid adds RAPID modes, one per η: the target itself (and the draft model, if given) drafting from the chunks of
+/// the prompt retrieved for its last --rag-query tokens (a long prompt: --prompt-file).
 /// --step-costs first prints the time of one forward step of B rows after the prompt (B = 1 … 17, medians of 15):
 /// what a verification of B − 1 drafts costs against one decode step (with --rounds 0, only that).
 /// </summary>
@@ -23,6 +26,8 @@ static class SpecBench
         int n = 200, threads = 2, rounds = 5, ctxSize = 0, draftMax = 15, lookupMax = 10, ngram = 3;
         float pMin = 0.75f, temp = 0f;
         bool stepCosts = false;
+        float[] etas = [];
+        var rag = new RagOptions();
         for (int i = 0; i < args.Length; i++)
         {
             string a = args[i];
@@ -42,6 +47,11 @@ static class SpecBench
                 case "--lookup-ngram": ngram = int.Parse(Next()); break;
                 case "--temp": temp = float.Parse(Next()); break;
                 case "--step-costs": stepCosts = true; break;
+                case "--prompt-file": prompt = File.ReadAllText(Next()); break;
+                case "--rapid": etas = Next().Split(',').Select(x => float.Parse(x, System.Globalization.CultureInfo.InvariantCulture)).ToArray(); break;
+                case "--rag-budget": rag = rag with { BudgetTokens = int.Parse(Next()) }; break;
+                case "--rag-chunk": rag = rag with { ChunkTokens = int.Parse(Next()) }; break;
+                case "--rag-query": rag = rag with { QueryTokens = int.Parse(Next()) }; break;
                 default: Console.Error.WriteLine($"unknown argument {a}"); return 2;
             }
         }
@@ -65,6 +75,24 @@ static class SpecBench
         };
         if (draftCtx != null)
             modes.Add(($"draft {Path.GetFileName(draft)} (max {draftMax}, p-min {pMin})", new ModelDrafter(draftCtx, new SpeculativeOptions { DraftMax = draftMax, DraftPMin = pMin })));
+        // RAPID: drafters reading the retrieved chunks, in contexts of their own sized for them.
+        var rapidContexts = new List<InferenceContext>();
+        if (etas.Length > 0)
+        {
+            var ragPrompt = new DraftPrompt(RagRetriever.DraftPrompt(promptTokens, target.Tokenizer, rag), promptTokens.Length);
+            Console.WriteLine($"RAPID drafters read {ragPrompt.Tokens.Length} tokens ({rag.BudgetTokens}-token budget of {rag.ChunkTokens}-token chunks, query the last {rag.QueryTokens})");
+            foreach (var (name, m) in new[] { ("itself", target), (Path.GetFileName(draft ?? ""), draftModel) })
+            {
+                if (m == null) continue;
+                foreach (float eta in etas)
+                {
+                    var c = new InferenceContext(m, new ContextOptions { ContextSize = ragPrompt.Tokens.Length + n + 16, Threads = threads });
+                    rapidContexts.Add(c);
+                    modes.Add(($"RAPID, drafter {name} (η {eta}, max {draftMax}, p-min {pMin})",
+                        new ModelDrafter(c, new SpeculativeOptions { DraftMax = draftMax, DraftPMin = pMin, Margin = eta }) { Prompt = ragPrompt }));
+                }
+            }
+        }
 
         var gen = new Generator(ctx, target.Tokenizer);
         var options = new GenerationOptions { MaxTokens = n, StopAtEndOfGeneration = false, Sampler = new SamplerOptions { Temperature = temp, Seed = 7 } };
@@ -92,7 +120,9 @@ static class SpecBench
         }
         if (temp <= 0)
             for (int m = 1; m < modes.Count; m++)
-                if (!tokens[m].SequenceEqual(tokens[0])) Console.WriteLine($"WARNING: {modes[m].Name} gave other tokens than plain greedy decoding");
+                if (modes[m].Drafter?.Options.Margin == 0 && !tokens[m].SequenceEqual(tokens[0])) // RAPID's η > 0 changes the text
+                    Console.WriteLine($"WARNING: {modes[m].Name} gave other tokens than plain greedy decoding");
+        foreach (var c in rapidContexts) c.Dispose();
         return 0;
     }
 

@@ -23,6 +23,8 @@ static class PasskeyCommand
         var cmd = new Command("passkey", "long-context probe: retrieval accuracy by prompt length and needle depth") { model, task, lengths, depths, trials, seed, threads, ctx, ubatch };
         var ragOnly = new Option<bool>("--rag-only") { Description = "read only the chunks retrieved for the question, then the question (what --rapid's drafter reads)" };
         var draftModel = new Option<string?>("--model-draft", "-md") { Description = "with --rapid: this draft model reads the retrieved chunks (default: the model itself)" };
+        var filler = new Option<string?>("--filler") { Description = "filler text the needle hides in (default: Genesis 1:2–5)" };
+        cmd.Options.Add(filler);
         cmd.Options.Add(ragOnly);
         cmd.Options.Add(draftModel);
         var kv = new KvCliOptions();
@@ -55,9 +57,11 @@ static class PasskeyCommand
             {
                 ContextSize = rapid.DraftContext(r, 16), Threads = r.GetValue(threads),
             });
+            var fill = r.GetValue(filler);
+            if (fill != null && m.Tokenizer.Encode(fill, addBos: false).Length == 0) throw new CriaException("--filler must have some text");
             var probe = new PasskeyProbe(context, m.Tokenizer)
             {
-                Mode = mode, Rag = rag,
+                Mode = mode, Rag = rag, Filler = fill ?? PasskeyProbe.DefaultFiller,
                 Drafter = draftContext == null ? null : new ModelDrafter(draftContext, new SpeculativeOptions { DraftMax = 8, Margin = rapid.Margin(r) }),
             };
             if (mode != PasskeyMode.Full)

@@ -48,7 +48,10 @@ public sealed class PasskeyProbe(InferenceContext context, Tokenizer tokenizer)
     public int Accepted { get; private set; }
 
     /// <summary>Filler in the bundled model's register (its corpus is the King James Bible).</summary>
-    public string Filler { get; init; } =
+    public string Filler { get; init; } = DefaultFiller;
+
+    /// <summary>Genesis 1:2–5.</summary>
+    public const string DefaultFiller =
         "And the earth was without form, and void; and darkness was upon the face of the deep. " +
         "And God said, Let there be light: and there was light. And the evening and the morning were the first day. ";
 
