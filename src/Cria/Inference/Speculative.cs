@@ -275,7 +275,7 @@ public sealed class ModelDrafter : IDrafter
         _guideCount = 0;
         if (_prompt is { } dp)
         {
-            if (history.Length < dp.Replaces) throw new InvalidOperationException($"the history ({history.Length} tokens) is shorter than the prompt the drafter's replaces ({dp.Replaces})");
+            if (history.Length < dp.Replaces) throw new InvalidOperationException($"the history ({history.Length} tokens) is shorter than the prompt the drafter replaces ({dp.Replaces})");
             int len = dp.Tokens.Length + history.Length - dp.Replaces;
             if (len > _view.Length) return 0; // the draft's context is full: no drafting
             dp.Tokens.CopyTo(_view, 0);
