@@ -60,6 +60,16 @@ public sealed class LlamaCpp : IDisposable
         return res;
     }
 
+    /// <summary>Logits at every position of one sequence decoded one token at a time from an empty cache (which then
+    /// holds the sequence, as after <see cref="AllLogits"/>).</summary>
+    public float[][] SequentialLogits(IReadOnlyList<int> tokens)
+    {
+        Context.NativeHandle.MemoryClear();
+        var res = new float[tokens.Count][];
+        for (int i = 0; i < tokens.Count; i++) res[i] = Next(tokens[i], i);
+        return res;
+    }
+
     /// <summary>Decodes one more token at <paramref name="pos"/> and returns its logits.</summary>
     public float[] Next(int token, int pos)
     {

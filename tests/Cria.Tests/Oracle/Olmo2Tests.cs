@@ -56,7 +56,7 @@ public class Olmo2Tests(ITestOutputHelper output)
     {
         var spec = Spec(type, 8) with { Architecture = "olmoe", Experts = experts, ExpertsUsed = used, FfnDim = 256 };
         var path = LogitsAgreementTests.ModelFile($"olmoe-{type}-{experts}-{used}", spec);
-        OracleChecks.AgreesWithLlamaCpp(output, path, type, Prompt(40, 5), $"olmoe {type}, {used} of {experts} experts", c => Assert.True(c.IsOlmoe && c.QkNorm && !c.MoeRenormalize));
+        OracleChecks.AgreesWithLlamaCpp(output, path, type, Prompt(40, 5), $"olmoe {type}, {used} of {experts} experts", c => Assert.True(c.IsOlmoe && c.QkNorm && !c.MoeRenormalize), routed: true);
     }
 
     /// <summary>Three sequences decoded together give every row the logits it gets alone, bit for bit, over a prompt

@@ -11,19 +11,33 @@ static class OracleChecks
 {
     /// <summary>Cria and llama.cpp on one file: every position's logits within the type's tolerance
     /// (<see cref="LogitsAgreementTests.Tolerance"/>), then 24 greedy tokens that agree wherever llama.cpp's top two
-    /// are further apart than the tolerance. <paramref name="check"/> looks at the config Cria read.</summary>
-    public static void AgreesWithLlamaCpp(ITestOutputHelper output, string path, GgmlType type, int[] tokens, string what, Action<ModelConfig> check)
+    /// are further apart than the tolerance. <paramref name="check"/> looks at the config Cria read.
+    /// <para>
+    /// <paramref name="routed"/> (a mixture of experts): llama.cpp is also run one token at a time, and each position
+    /// is compared with the nearer of its two answers. With quantized experts, llama.cpp disagrees with itself: on the
+    /// AVX-512 VM of session 23, its one-batch and token-by-token logits for the OLMoE Q4_K file differed by up to 0.51
+    /// (a top-k routing choice that flips between its two kernel paths, amplified through the later layers). Cria was
+    /// within 0.1 of the token-by-token answer and 0.49 of the batch.
+    /// </para></summary>
+    public static void AgreesWithLlamaCpp(ITestOutputHelper output, string path, GgmlType type, int[] tokens, string what, Action<ModelConfig> check, bool routed = false)
     {
         using var cpp = new LlamaCpp(path);
         using var cria = new CriaRunner(path);
         check(cria.Model.Config);
         var a = cpp.AllLogits(tokens);
+        var seq = routed ? cpp.SequentialLogits(tokens) : null;
         var b = cria.AllLogits(tokens);
-        float worst = 0;
+        float worst = 0, worstBatch = 0, cppSpread = 0;
         for (int p = 0; p < tokens.Length; p++)
-            for (int i = 0; i < a[p].Length; i++) worst = Math.Max(worst, Math.Abs(a[p][i] - b[p][i]));
+        {
+            float dBatch = MaxDiff(a[p], b[p]);
+            worstBatch = Math.Max(worstBatch, dBatch);
+            if (seq != null) cppSpread = Math.Max(cppSpread, MaxDiff(a[p], seq[p]));
+            worst = Math.Max(worst, seq == null ? dBatch : Math.Min(dBatch, MaxDiff(seq[p], b[p])));
+        }
         float tol = LogitsAgreementTests.Tolerance(type);
-        output.WriteLine($"{what}: max |Δ logit| {worst:E2} over {tokens.Length} positions (tolerance {tol:E0})");
+        output.WriteLine($"{what}: max |Δ logit| {worst:E2} over {tokens.Length} positions (tolerance {tol:E0})" +
+                         (seq != null ? $"; against llama.cpp's one batch alone {worstBatch:E2}, llama.cpp's batch against its token-by-token run {cppSpread:E2}" : ""));
         Assert.True(worst <= tol, $"max |Δ logit| {worst} exceeds {tol}");
 
         var la = a[^1]; var lb = b[^1];
@@ -40,6 +54,13 @@ static class OracleChecks
         }
     }
 
+
+    static float MaxDiff(float[] x, float[] y)
+    {
+        float w = 0;
+        for (int i = 0; i < x.Length; i++) w = Math.Max(w, Math.Abs(x[i] - y[i]));
+        return w;
+    }
 
     /// <summary>Three sequences decoded together — 20-token prompts (<paramref name="prompt"/>(1…3)), then one token each
     /// for 8 steps — give every row the logits it gets when decoded alone, bit for bit.</summary>
