@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KIND=${1:-dpo}; STEPS=${2:-200}; N=${3:-2000}
-OUT=out/dpo-demo/$KIND
+OUT=${OUT:-out/dpo-demo/$KIND}   # OUT=DIR to keep another run
 mkdir -p "$OUT"
 pairs() { # FILE COUNT → JSONL
   awk -v max="$2" 'BEGIN { n = 0 } NF >= 10 {

@@ -15,6 +15,7 @@ root.Subcommands.Add(QuantizeCommand.Create());
 root.Subcommands.Add(ImatrixCommand.Create());
 root.Subcommands.Add(ConvertCommand.Create());
 root.Subcommands.Add(ExportLoraCommand.Create());
+root.Subcommands.Add(ExtrapolateCommand.Create());
 root.Subcommands.Add(ConvertLoraCommand.Create());
 root.Subcommands.Add(NeuronsCommand.Create());
 root.Subcommands.Add(LoramCommands.Prune());

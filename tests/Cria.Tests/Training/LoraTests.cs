@@ -24,7 +24,7 @@ public sealed class LoraTests(ITestOutputHelper output)
 
     /// <summary>Writes an adapter with random A and B (B ≠ 0, so it changes the model) for the bundled model and
     /// returns the training model's logits of one sequence with it.</summary>
-    static (string Path, int[] Tokens, float[][] Logits) RandomAdapter(string name, LoraOptions o, float bScale = 0.05f)
+    internal static (string Path, int[] Tokens, float[][] Logits) RandomAdapter(string name, LoraOptions o, float bScale = 0.05f)
     {
         var im = GgufImport.Read(Bundled);
         using var m = new LlamaTrainingModel(im.Shape, 1, 48, 2, o);
