@@ -213,22 +213,7 @@ public class RapidTests
         }
         Assert.InRange(kept, drafted / 10, drafted * 9 / 10); // both verdicts, often
 
-        double chi = 0, poolE = 0, poolO = 0; int cells = 0;
-        foreach (var (key, pr) in exact)
-        {
-            double e = N * pr, o = counts.GetValueOrDefault(key);
-            if (e < 5) { poolE += e; poolO += o; continue; }
-            chi += (o - e) * (o - e) / e; cells++;
-        }
-        if (poolE > 0) { chi += (poolO - poolE) * (poolO - poolE) / poolE; cells++; }
-        Assert.True(chi < ChiSquareCritical(cells - 1), $"χ² = {chi:F1} over {cells} cells");
-    }
-
-    /// <summary>The chi-square value exceeded with probability 1e-6 (Wilson–Hilferty; z = 4.753).</summary>
-    static double ChiSquareCritical(int df)
-    {
-        double a = 2.0 / (9 * df);
-        return df * Math.Pow(1 - a + 4.753 * Math.Sqrt(a), 3);
+        ChiSquare.AssertFollows(exact, counts, N);
     }
 
     [Fact]

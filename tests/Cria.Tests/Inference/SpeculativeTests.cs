@@ -113,7 +113,7 @@ public class SpeculativeTests
                 chi += (counts[j] - e) * (counts[j] - e) / e;
                 cells++;
             }
-            Assert.True(chi < ChiSquareCritical(cells - 1), $"χ² = {chi:F1} over {cells} cells");
+            Assert.True(chi < ChiSquare.Critical(cells - 1), $"χ² = {chi:F1} over {cells} cells");
         }
     }
 
@@ -199,22 +199,7 @@ public class SpeculativeTests
         else Assert.True(kept < drafted / 10, $"{kept} of {drafted} kept");
 
         // Cells expected fewer than 5 times are pooled into one.
-        double chi = 0, poolE = 0, poolO = 0; int cells = 0;
-        foreach (var (key, pr) in exact)
-        {
-            double e = N * pr, o = counts.GetValueOrDefault(key);
-            if (e < 5) { poolE += e; poolO += o; continue; }
-            chi += (o - e) * (o - e) / e; cells++;
-        }
-        if (poolE > 0) { chi += (poolO - poolE) * (poolO - poolE) / poolE; cells++; }
-        Assert.True(chi < ChiSquareCritical(cells - 1), $"χ² = {chi:F1} over {cells} cells");
-    }
-
-    /// <summary>The chi-square value exceeded with probability 1e-6 (Wilson–Hilferty; z = 4.753).</summary>
-    static double ChiSquareCritical(int df)
-    {
-        double a = 2.0 / (9 * df);
-        return df * Math.Pow(1 - a + 4.753 * Math.Sqrt(a), 3);
+        ChiSquare.AssertFollows(exact, counts, N);
     }
 
     [Fact]

@@ -210,16 +210,7 @@ public class SpeculativeServingTests
         Assert.InRange(e.SpecDraftTokensTotal, N / 2, 3L * N);
         Assert.InRange(e.SpecAcceptedTokensTotal, e.SpecDraftTokensTotal / 10, e.SpecDraftTokensTotal * 9 / 10);
 
-        double chi = 0, poolE = 0, poolO = 0; int cells = 0;
-        foreach (var (key, pr) in exact)
-        {
-            double ex = N * pr, o = counts.GetValueOrDefault(key);
-            if (ex < 5) { poolE += ex; poolO += o; continue; }
-            chi += (o - ex) * (o - ex) / ex; cells++;
-        }
-        if (poolE > 0) { chi += (poolO - poolE) * (poolO - poolE) / poolE; cells++; }
-        double a2 = 2.0 / (9 * (cells - 1)), critical = (cells - 1) * Math.Pow(1 - a2 + 4.753 * Math.Sqrt(a2), 3); // Wilson–Hilferty, p = 1e-6
-        Assert.True(chi < critical, $"χ² = {chi:F1} over {cells} cells (critical {critical:F1})");
+        Cria.Tests.Inference.ChiSquare.AssertFollows(exact, counts, N);
     }
 
     [Fact]
