@@ -4,8 +4,9 @@ using Cria.Tensors;
 
 namespace Cria.Training;
 
-/// <summary>How a sequence's per-token class logits become one (LS-LLaMA: the last token; LS-unLLaMA: the mean).</summary>
-public enum ClassifierPooling { Last, Mean }
+/// <summary>How a sequence's per-token class logits become one (LS-LLaMA: the last token; LS-unLLaMA: the mean), or
+/// stay one per token (token classification, e.g. NER: LS-unLLaMA's token task).</summary>
+public enum ClassifierPooling { Last, Mean, Token }
 
 /// <summary>What a head on the final hidden states is trained for.</summary>
 public enum ClassifierObjective
@@ -44,19 +45,31 @@ public sealed record ClassifierOptions
         if (IsReward && Labels.Length != 1) throw new CriaException($"a reward model has one output, got {Labels.Length} labels");
         if (!IsReward && (Labels.Length < 2 || Labels.Length > 4096)) throw new CriaException($"a classifier needs 2..4096 labels, got {Labels.Length}");
         if (Labels.Distinct(StringComparer.Ordinal).Count() != Labels.Length) throw new CriaException("classifier labels must be distinct");
+        if (IsReward && PerToken) throw new CriaException("a reward model scores a whole sequence; token pooling is for token classifiers");
     }
 
-    /// <summary>LS-LLaMA (causal, last token) and LS-unLLaMA (bidirectional, mean) by name: "last", "mean", "bi-mean", "bi-last".</summary>
+    /// <summary>LS-LLaMA (causal, last token) and LS-unLLaMA (bidirectional, mean) by name: "last", "mean", "bi-mean",
+    /// "bi-last"; token classification: "token" (causal) and "bi-token" (LS-unLLaMA's NER setting).</summary>
     public static (ClassifierPooling Pooling, bool Bidirectional) ParseMode(string s) => s.ToLowerInvariant() switch
     {
         "last" => (ClassifierPooling.Last, false),
         "mean" => (ClassifierPooling.Mean, false),
         "bi-mean" => (ClassifierPooling.Mean, true),
         "bi-last" => (ClassifierPooling.Last, true),
-        _ => throw new CriaException($"unknown classifier mode '{s}' (last, mean, bi-mean, bi-last)"),
+        "token" => (ClassifierPooling.Token, false),
+        "bi-token" => (ClassifierPooling.Token, true),
+        _ => throw new CriaException($"unknown classifier mode '{s}' (last, mean, bi-mean, bi-last, token, bi-token)"),
     };
 
-    public string ModeName => (Bidirectional ? "bi-" : "") + (Pooling == ClassifierPooling.Last ? "last" : "mean");
+    public string ModeName => (Bidirectional ? "bi-" : "") + Pooling switch
+    {
+        ClassifierPooling.Last => "last",
+        ClassifierPooling.Mean => "mean",
+        _ => "token",
+    };
+
+    /// <summary>A token classifier: one label per token (<see cref="ClassifierPooling.Token"/>).</summary>
+    public bool PerToken => Pooling == ClassifierPooling.Token;
 
     /// <summary>The objective's name in head files and on the command line: labels, bt, regression.</summary>
     public static string ObjectiveName(ClassifierObjective o) => o switch
@@ -124,6 +137,7 @@ public static class Classifier
     public static float[] Logits(Inference.InferenceContext ctx, ReadOnlySpan<int> tokens, ClassifierOptions o, ReadOnlySpan<float> head, int sequence = 0)
     {
         if (o.Bidirectional) throw new CriaException($"classifier mode {o.ModeName} attends bidirectionally; the generation engine is causal (run it through the trainer's forward, on an F32/F16 base)");
+        if (o.PerToken) throw new CriaException($"classifier mode {o.ModeName} labels every token; run it through the trainer's forward (Trainer.TokenClassifierEvaluate)");
         int dim = ctx.Config.Dim, n = tokens.Length, C = o.Labels.Length;
         if (head.Length != C * dim) throw new CriaException($"the classifier head has {head.Length} weights, the model needs {C} × {dim}");
         if (n == 0) throw new CriaException("nothing to classify (no tokens)");
@@ -171,6 +185,29 @@ public sealed record LabelledExample(int[] Tokens, int Label)
     }
 }
 
+/// <summary>One tagged text for a token classifier: its tokens (without BOS) and a tag per token, −1 where a token is
+/// not scored (a word's later sub-tokens, as Hugging Face's token-classification recipe labels only a word's first).</summary>
+public sealed record TaggedExample(int[] Tokens, int[] Tags)
+{
+    /// <summary>From words and their tags: each word tokenized alone, as it reads in the sentence (the tokenizer's own
+    /// space prefix, or a space before every word but the first), its first token carrying the word's tag.</summary>
+    public static TaggedExample FromWords(Tokenization.Tokenizer tokenizer, IReadOnlyList<string> words, IReadOnlyList<int> tags)
+    {
+        if (words.Count != tags.Count) throw new ArgumentException($"{words.Count} words but {tags.Count} tags");
+        var toks = new List<int>();
+        var t = new List<int>();
+        for (int i = 0; i < words.Count; i++)
+        {
+            var w = tokenizer.Encode(i == 0 || tokenizer.AddSpacePrefix ? words[i] : " " + words[i], addBos: false);
+            for (int j = 0; j < w.Length; j++) { toks.Add(w[j]); t.Add(j == 0 ? tags[i] : -1); }
+        }
+        return new TaggedExample(toks.ToArray(), t.ToArray());
+    }
+
+    /// <summary>Tokens whose tag is scored (each word's first).</summary>
+    public int ScoredCount => Tags.Count(x => x >= 0);
+}
+
 public readonly record struct ClassifierStepResult(int Step, float Loss, float Accuracy, float GradNorm, float LearningRate);
 
 public sealed partial class Trainer
@@ -211,6 +248,79 @@ public sealed partial class Trainer
         }
         var (norm, lr) = OptimizerStep();
         return new ClassifierStepResult(Step, (float)(loss / (B * accum)), (float)correct / (B * accum), norm, lr);
+    }
+
+    /// <summary>Puts a tagged example in row <paramref name="b"/> (BOS, its tokens cut to T − 1, padding) and its tags
+    /// in <paramref name="tags"/> [B·T] (−1 at BOS, at unscored tokens and on padding). Returns its length.</summary>
+    int FillTaggedRow(int b, TaggedExample e, int pad, Span<int> tags)
+    {
+        int T = Model.SeqLen;
+        int n = FillClassifierRow(b, e.Tokens, pad);
+        var row = tags.Slice(b * T, T);
+        row.Fill(-1);
+        e.Tags.AsSpan(0, n - 1).CopyTo(row[1..]);
+        return n;
+    }
+
+    /// <summary>One optimizer step of token classification: GradAccumulation micro-batches of BatchSize tagged examples
+    /// drawn with the trainer's RNG, the mean cross-entropy over their scored tokens, clipping and AdamW.</summary>
+    public ClassifierStepResult TokenClassifierStep(IReadOnlyList<TaggedExample> examples, int pad)
+    {
+        var m = Model;
+        if (m.Classifier is not { PerToken: true }) throw new InvalidOperationException("the trainer was not made for a token classifier");
+        if (examples.Count == 0) throw new CriaException("no tagged examples");
+        int B = m.BatchSize, accum = Options.GradAccumulation;
+        var tags = new int[B * m.SeqLen];
+        var drawn = new TaggedExample[B * accum];
+        int total = 0;
+        for (int i = 0; i < drawn.Length; i++)
+        {
+            drawn[i] = examples[_rng.Next(examples.Count)];
+            foreach (int tag in drawn[i].Tags.AsSpan(0, Math.Min(drawn[i].Tags.Length, m.SeqLen - 1))) if (tag >= 0) total++;
+        }
+        m.ZeroGradients();
+        double loss = 0; int correct = 0;
+        for (int a = 0; a < accum; a++)
+        {
+            for (int b = 0; b < B; b++) FillTaggedRow(b, drawn[a * B + b], pad, tags);
+            var (l, c, _) = m.TokenClassifierForwardBackward(tags, 1f / Math.Max(1, total));
+            loss += l; correct += c;
+        }
+        var (norm, lr) = OptimizerStep();
+        return new ClassifierStepResult(Step, (float)(loss / Math.Max(1, total)), (float)correct / Math.Max(1, total), norm, lr);
+    }
+
+    /// <summary>The predicted tag of every token of every example (in order; −1 where the example's tag is −1 or the
+    /// token was cut), and the mean cross-entropy over scored tokens. No gradient is kept.</summary>
+    public (int[][] Predicted, double Loss) TokenClassifierEvaluate(IReadOnlyList<TaggedExample> examples, int pad)
+    {
+        var m = Model;
+        if (m.Classifier is not { PerToken: true }) throw new InvalidOperationException("the trainer was not made for a token classifier");
+        int B = m.BatchSize, T = m.SeqLen;
+        var predicted = new int[examples.Count][];
+        var tags = new int[B * T];
+        double loss = 0; long scored = 0;
+        for (int start = 0; start < examples.Count; start += B)
+        {
+            for (int b = 0; b < B; b++) FillTaggedRow(b, examples[start + b < examples.Count ? start + b : 0], pad, tags);
+            m.Forward();
+            for (int b = 0; b < B && start + b < examples.Count; b++)
+            {
+                var e = examples[start + b];
+                var p = predicted[start + b] = new int[e.Tokens.Length];
+                Array.Fill(p, -1);
+                for (int t = 1; t < T; t++)
+                {
+                    int tag = tags[b * T + t];
+                    if (tag < 0 || t > e.Tokens.Length) continue;
+                    var z = m.TokenClassLogits(b, t);
+                    p[t - 1] = Inference.Sampler.ArgMax(z);
+                    loss += Kernels.Ops.LogSumExp(z) - z[tag];
+                    scored++;
+                }
+            }
+        }
+        return (predicted, scored > 0 ? loss / scored : 0);
     }
 
     /// <summary>The predicted label of every example (in order, BatchSize at a time; a short last batch is padded with

@@ -242,6 +242,11 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     /// sequence's class logits pool over its first n positions, and bidirectional attention attends only to them.</summary>
     public Span<int> SequenceLengths => new(_seqLens, BatchSize);
 
+    /// <summary>Class logits of position <paramref name="t"/> of sequence <paramref name="b"/> from the last
+    /// <see cref="Forward"/> (a token classifier's per-token prediction).</summary>
+    public ReadOnlySpan<float> TokenClassLogits(int b, int t) =>
+        new(_classLogits + ((long)b * SeqLen + t) * Classifier!.Labels.Length, Classifier.Labels.Length);
+
     /// <summary>Pooled class logits of sequence <paramref name="b"/> from the last <see cref="Forward"/> (classifier).</summary>
     public ReadOnlySpan<float> ClassLogits(int b) => new(_pooled + (long)b * Classifier!.Labels.Length, Classifier.Labels.Length);
 
@@ -413,7 +418,12 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
 
     /// <summary>Weight of position t in its sequence's pooled logits (n tokens before padding): LS-LLaMA's last token,
     /// or the mean over the n tokens.</summary>
-    float PoolWeight(int t, int n) => Classifier!.Pooling == ClassifierPooling.Last ? (t == n - 1 ? 1f : 0f) : (t < n ? 1f / n : 0f);
+    float PoolWeight(int t, int n) => Classifier!.Pooling switch
+    {
+        ClassifierPooling.Last => t == n - 1 ? 1f : 0f,
+        ClassifierPooling.Mean => t < n ? 1f / n : 0f,
+        _ => 0f, // a token classifier pools nothing
+    };
 
     static void Add(float* y, float* x, long n)
     {
@@ -552,6 +562,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     {
         var c = Classifier ?? throw new InvalidOperationException("not a classifier");
         if (c.Objective != ClassifierObjective.Labels) throw new InvalidOperationException($"a {c.Objective} head is trained on rewards, not labels");
+        if (c.PerToken) throw new InvalidOperationException($"classifier mode {c.ModeName} labels every token; use TokenClassifierForwardBackward");
         int C = c.Labels.Length, B = BatchSize;
         if (labels.Length != B) throw new ArgumentException($"{B} labels expected, got {labels.Length}");
         for (int b = 0; b < B; b++)
@@ -570,6 +581,37 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         }
         BackwardFromPooled(dp);
         return (loss, correct);
+    }
+
+    /// <summary>
+    /// Token classifier (LS-unLLaMA's token task, e.g. NER): the head at every position, and the mean over scored
+    /// positions of CE(z_t, tags[t]); tags[b·T + t] = −1 leaves a position unscored (BOS, a word's later sub-tokens,
+    /// padding). dz_t = (softmax(z_t) − onehot)·gradScale, written over z in place, then the head's and the blocks'
+    /// backward. Returns the summed loss, the positions whose largest logit is their tag, and the positions scored.
+    /// </summary>
+    public (double Loss, int Correct, int Scored) TokenClassifierForwardBackward(ReadOnlySpan<int> tags, float gradScale)
+    {
+        var c = Classifier ?? throw new InvalidOperationException("not a classifier");
+        if (!c.PerToken) throw new InvalidOperationException($"classifier mode {c.ModeName} pools its tokens; use ClassifierForwardBackward");
+        int C = c.Labels.Length, N = Rows;
+        if (tags.Length != N) throw new ArgumentException($"{N} tags expected (one per position), got {tags.Length}");
+        for (int i = 0; i < N; i++)
+            if (tags[i] < -1 || tags[i] >= C) throw new CriaException($"tag {tags[i]} at position {i} is outside -1..{C - 1}");
+        Forward();
+        Mark(3);
+        double loss = 0; int correct = 0, scored = 0;
+        for (int i = 0; i < N; i++)
+        {
+            var z = new Span<float>(_classLogits + (long)i * C, C);
+            if (tags[i] < 0 || i % SeqLen >= _seqLens[i / SeqLen]) { z.Clear(); continue; }
+            double lse = Ops.LogSumExp(z);
+            loss += lse - z[tags[i]];
+            if (Inference.Sampler.ArgMax(z) == tags[i]) correct++;
+            scored++;
+            for (int j = 0; j < C; j++) z[j] = (float)(Math.Exp(z[j] - lse) - (j == tags[i] ? 1 : 0)) * gradScale;
+        }
+        BackwardFromClassLogitGrads();
+        return (loss, correct, scored);
     }
 
     /// <summary>
@@ -634,7 +676,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     /// dxnf = dz·Head, then the blocks' backward as for a language model.</summary>
     void BackwardFromPooled(ReadOnlySpan<float> dPooled)
     {
-        int C = Classifier!.Labels.Length, N = Rows, D = Shape.Dim, B = BatchSize;
+        int C = Classifier!.Labels.Length, N = Rows, B = BatchSize;
         Clear(_classLogits, (long)N * C);
         for (int b = 0; b < B; b++)
             for (int t = 0; t < SeqLen; t++)
@@ -644,6 +686,14 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
                 float* dz = _classLogits + ((long)b * SeqLen + t) * C;
                 for (int j = 0; j < C; j++) dz[j] = w * dPooled[b * C + j];
             }
+        BackwardFromClassLogitGrads();
+    }
+
+    /// <summary>The head's backward from dLoss/dz [N, C] in _classLogits: dHead += dzᵀ·xnf, dxnf = dz·Head, then the
+    /// blocks' backward.</summary>
+    void BackwardFromClassLogitGrads()
+    {
+        int C = Classifier!.Labels.Length, N = Rows, D = Shape.Dim;
         Mark(2);
         Clear(_dxn, (long)N * D);
         MatMulNN(_classLogits, LP + Lora!.Head, _dxn, N, D, C);
