@@ -38,12 +38,79 @@ static class ClassifyCommand
         return list;
     }
 
+    /// <summary>Reads CoNLL-style tagged sentences: one word per line, its tag in the last column (tab- or
+    /// space-separated, as CoNLL-2003), a blank line between sentences, "-DOCSTART-" lines skipped. Tags are numbered
+    /// in <paramref name="tags"/> (new ones appended when <paramref name="grow"/>); words keep their text for printing.</summary>
+    public static List<(TaggedExample Example, string[] Words, int[] WordTags)> ReadConll(string path, Cria.Tokenization.Tokenizer tok, List<string> tags, bool grow)
+    {
+        if (!File.Exists(path)) throw new CriaException($"{path} does not exist");
+        var list = new List<(TaggedExample, string[], int[])>();
+        var words = new List<string>(); var ids = new List<int>();
+        void Flush()
+        {
+            if (words.Count == 0) return;
+            list.Add((TaggedExample.FromWords(tok, words, ids), words.ToArray(), ids.ToArray()));
+            words.Clear(); ids.Clear();
+        }
+        int lineNo = 0;
+        foreach (var raw in File.ReadLines(path))
+        {
+            lineNo++;
+            var line = raw.Trim();
+            if (line.Length == 0) { Flush(); continue; }
+            if (line.StartsWith("-DOCSTART-", StringComparison.Ordinal)) continue;
+            var cols = line.Split(['\t', ' '], StringSplitOptions.RemoveEmptyEntries);
+            if (cols.Length < 2 || cols.Length > 4) throw new CriaException($"{path}:{lineNo}: expected 'word<TAB>tag' (or CoNLL-2003's four columns: word, POS, chunk, tag), got {cols.Length} columns");
+            string tag = cols[^1];
+            int id = tags.IndexOf(tag);
+            if (id < 0)
+            {
+                if (!grow) throw new CriaException($"{path}:{lineNo}: tag '{tag}' is not one of the classifier's ({string.Join(", ", tags)})");
+                tags.Add(tag); id = tags.Count - 1;
+            }
+            words.Add(cols[0]); ids.Add(id);
+        }
+        Flush();
+        if (list.Count == 0) throw new CriaException($"{path} has no tagged sentences");
+        return list;
+    }
+
+    /// <summary>Word-level scores of a token classifier: accuracy over words (each scored on its first token), and
+    /// micro precision, recall and F1 over words whose gold or predicted tag is not <paramref name="outside"/>.</summary>
+    public static string TagReport(IReadOnlyList<TaggedExample> examples, int[][] predicted, int outside)
+    {
+        int words = 0, right = 0, tp = 0, predPos = 0, goldPos = 0;
+        for (int e = 0; e < examples.Count; e++)
+            for (int i = 0; i < examples[e].Tags.Length; i++)
+            {
+                int gold = examples[e].Tags[i], pred = predicted[e][i];
+                if (gold < 0 || pred < 0) continue;
+                words++;
+                if (pred == gold) right++;
+                if (gold != outside) goldPos++;
+                if (pred != outside) predPos++;
+                if (pred == gold && gold != outside) tp++;
+            }
+        double p = predPos > 0 ? tp / (double)predPos : 0, r = goldPos > 0 ? tp / (double)goldPos : 0, f = p + r > 0 ? 2 * p * r / (p + r) : 0;
+        return string.Create(CultureInfo.InvariantCulture, $"word accuracy {right / (double)Math.Max(1, words):P1} ({right} of {words}); tagged words: precision {p:P1}, recall {r:P1}, F1 {f:P1}");
+    }
+
+    /// <summary>The tag that means "no entity": "O" when there is one (CoNLL), else the most frequent.</summary>
+    static int Outside(List<string> tags, IEnumerable<TaggedExample> examples)
+    {
+        int o = tags.IndexOf("O");
+        if (o >= 0) return o;
+        var counts = new int[tags.Count];
+        foreach (var e in examples) foreach (int t in e.Tags) if (t >= 0) counts[t]++;
+        return Array.IndexOf(counts, counts.Max());
+    }
+
     public static Command Train()
     {
         var init = new Option<string?>("--init") { Description = "the F32/F16 llama GGUF to adapt (default: the bundled model)" };
-        var train = new Option<string>("--train") { Description = "labelled examples, one 'label<TAB>text' per line (\\n in the text is a newline)", Required = true };
+        var train = new Option<string>("--train") { Description = "labelled examples, one 'label<TAB>text' per line (\\n in the text is a newline); token modes: CoNLL ('word<TAB>tag' lines, a blank line between sentences)", Required = true };
         var valid = new Option<string?>("--valid") { Description = "held-out examples (same format): accuracy at every evaluation and at the end" };
-        var mode = new Option<string>("--mode") { Description = "last (LS-LLaMA: causal, the last token's logits), mean (causal, mean over tokens), bi-mean (LS-unLLaMA: no causal mask, mean), bi-last", DefaultValueFactory = _ => "last" };
+        var mode = new Option<string>("--mode") { Description = "last (LS-LLaMA: causal, the last token's logits), mean (causal, mean over tokens), bi-mean (LS-unLLaMA: no causal mask, mean), bi-last; token classification (NER): token (causal), bi-token (LS-unLLaMA)", DefaultValueFactory = _ => "last" };
         var outDir = new Option<string>("--out", "-o") { Description = "output directory: adapter.gguf (llama.cpp's --lora format) and head.gguf", DefaultValueFactory = _ => "out/classifier" };
         var ctx = new Option<int>("--ctx") { Description = "tokens per example (BOS + text, cut)", DefaultValueFactory = _ => 64 };
         var training = new AdapterTrainingCliOptions(steps: 500, batch: 8, warmup: 50, rank: 12, alpha: 32f, loraNote: "LS-LLaMA: rank 12, alpha 32");
@@ -59,6 +126,7 @@ static class ClassifyCommand
             var imported = GgufImport.Read(DefaultModel.Resolve(r.GetValue(init)));
             if (T < 2 || T > imported.Shape.ContextLength) throw new CriaException($"--ctx {T} must be in 2..{imported.Shape.ContextLength}");
             var tok = imported.Vocabulary.CreateTokenizer();
+            if (pooling == ClassifierPooling.Token) return TrainTagger(r, imported, tok, options, lora, T, every, bidirectional, r.GetValue(train)!, r.GetValue(valid), r.GetValue(outDir)!);
             var labels = new List<string>();
             var examples = ReadTsv(r.GetValue(train)!, tok, labels, grow: true);
             var held = r.GetValue(valid) is { } v ? ReadTsv(v, tok, labels, grow: false) : null;
@@ -96,6 +164,44 @@ static class ClassifyCommand
         return cmd;
     }
 
+    /// <summary>train-classifier --mode token|bi-token: a tag per word from CoNLL sentences.</summary>
+    static int TrainTagger(ParseResult r, GgufImport.Imported imported, Cria.Tokenization.Tokenizer tok, TrainingOptions options, LoraOptions lora,
+        int T, int every, bool bidirectional, string trainPath, string? validPath, string dir)
+    {
+        var tags = new List<string>();
+        var examples = ReadConll(trainPath, tok, tags, grow: true).Select(x => x.Example).ToList();
+        var held = validPath != null ? ReadConll(validPath, tok, tags, grow: false).Select(x => x.Example).ToList() : null;
+        var clf = new ClassifierOptions { Labels = tags.ToArray(), Pooling = ClassifierPooling.Token, Bidirectional = bidirectional };
+        clf.Validate();
+        int outside = Outside(tags, examples);
+        Directory.CreateDirectory(dir);
+        var log = Console.Error;
+        using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: lora, classifier: clf);
+        trainer.SetParameters(imported.Parameters);
+        int pad = tok.Eos >= 0 ? tok.Eos : 0;
+        var counts = tags.Select((_, i) => examples.Sum(e => e.Tags.Count(t => t == i))).ToArray();
+        log.WriteLine($"{clf.ModeName}: {tags.Count} tags ({string.Join(", ", tags.Select((l, i) => $"{l} {counts[i]}"))}), {examples.Count} training sentences{(held != null ? $", {held.Count} held out" : "")}; {T} tokens each ({examples.Count(e => e.Tokens.Length + 1 > T)} cut)");
+        log.WriteLine($"LoRA rank {lora.Rank}, alpha {lora.Alpha}, on {lora.Targets}, and the head: {trainer.Model.Lora!.Count:N0} trained parameters; the base is frozen");
+        string Held()
+        {
+            if (held == null) return "";
+            var (pred, loss) = trainer.TokenClassifierEvaluate(held, pad);
+            return string.Create(CultureInfo.InvariantCulture, $"  held-out loss {loss:F4}, {TagReport(held, pred, outside)}");
+        }
+        var sw = Stopwatch.StartNew();
+        Console.Out.WriteLine($"step 0{Held()}");
+        while (trainer.Step < options.Steps)
+        {
+            var res = trainer.TokenClassifierStep(examples, pad);
+            bool eval = res.Step % every == 0 || res.Step == options.Steps;
+            if (res.Step % 10 == 0 || eval)
+                Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"step {res.Step}/{options.Steps}  loss {res.Loss:F4}  token accuracy {res.Accuracy:P0}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}{(eval ? Held() : "")}"));
+        }
+        WriteOutputs(trainer, clf, dir, "cria-tagger", sw.Elapsed);
+        return 0;
+    }
+
     /// <summary>Writes a trained head's adapter (llama.cpp's --lora format) and head files into <paramref name="dir"/>.</summary>
     public static void WriteOutputs(Trainer trainer, ClassifierOptions head, string dir, string name, TimeSpan took)
     {
@@ -120,13 +226,51 @@ static class ClassifyCommand
         return trainer;
     }
 
+    /// <summary>classify with a token classifier: word/tag lines for --text, word-level scores for a CoNLL --file. Both
+    /// run through the trainer's forward (F32/F16 bases), causal or not.</summary>
+    static int Tag(string modelPath, Cria.Tokenization.Tokenizer tok, ClassifierOptions clf, float[] head, Cria.Models.LoraAdapter adapter,
+        string[] texts, string? path, int T, int threads)
+    {
+        var tags = clf.Labels.ToList();
+        var sentences = path != null
+            ? ReadConll(path, tok, tags, grow: false)
+            : texts.Select(t =>
+            {
+                var words = t.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries);
+                if (words.Length == 0) throw new CriaException("a --text has no words");
+                var zeros = new int[words.Length];
+                return (TaggedExample.FromWords(tok, words, zeros), words, zeros);
+            }).ToList();
+        var examples = sentences.Select(s => s.Item1).ToList();
+        using var trainer = ForwardTrainer(modelPath, "classify", adapter, clf, head, T, examples.Count, threads, tok.Bos);
+        var (pred, _) = trainer.TokenClassifierEvaluate(examples, tok.Eos >= 0 ? tok.Eos : 0);
+        if (path != null)
+        {
+            Console.Out.WriteLine($"{clf.ModeName}: {TagReport(examples, pred, Outside(tags, examples))}");
+            return 0;
+        }
+        for (int s = 0; s < sentences.Count; s++)
+        {
+            var (e, words, _) = sentences[s];
+            int w = 0;
+            for (int i = 0; i < e.Tags.Length && w < words.Length; i++)
+            {
+                if (e.Tags[i] < 0) continue; // a word's later tokens
+                Console.Out.WriteLine($"{words[w++]}\t{(pred[s][i] >= 0 ? clf.Labels[pred[s][i]] : "(cut)")}");
+            }
+            for (; w < words.Length; w++) Console.Out.WriteLine($"{words[w]}\t(cut)");
+            Console.Out.WriteLine();
+        }
+        return 0;
+    }
+
     public static Command Classify()
     {
         var model = new Argument<string?>("model") { Description = "the model the classifier was trained on, or a quantization of it for the causal modes (default: the bundled model)", Arity = ArgumentArity.ZeroOrOne };
         var adapter = new Option<string>("--adapter") { Description = "the classifier's LoRA adapter (train-classifier's adapter.gguf)", Required = true };
         var head = new Option<string>("--head") { Description = "the classifier's head (train-classifier's head.gguf)", Required = true };
         var text = new Option<string[]>("--text") { Description = "a text to classify (repeatable)", AllowMultipleArgumentsPerToken = false };
-        var file = new Option<string?>("--file") { Description = "labelled 'label<TAB>text' lines: accuracy overall and per label" };
+        var file = new Option<string?>("--file") { Description = "labelled 'label<TAB>text' lines: accuracy overall and per label (token classifiers: CoNLL sentences, word-level scores)" };
         var ctx = new Option<int>("--ctx") { Description = "tokens per example (as in training)", DefaultValueFactory = _ => 64 };
         var threads = new Option<int>("--threads", "-t") { DefaultValueFactory = _ => Environment.ProcessorCount };
         var cmd = new Command("classify", "classify texts with a train-classifier adapter and head") { model, adapter, head, text, file, ctx, threads };
@@ -140,10 +284,11 @@ static class ClassifyCommand
             var texts = r.GetValue(text) ?? [];
             string? path = r.GetValue(file);
             if (texts.Length == 0 && path == null) throw new CriaException("give --text or --file");
-            var examples = path != null ? ReadTsv(path, tok, labels, grow: false) : texts.Select(t => new LabelledExample(tok.Encode(t, addBos: false), 0)).ToList();
             int T = r.GetValue(ctx);
             if (T < 2 || T > m.Config.ContextLength) throw new CriaException($"--ctx {T} must be in 2..{m.Config.ContextLength}");
             var adapterFile = Cria.Models.LoraAdapter.Load(r.GetValue(adapter)!, m);
+            if (clf.PerToken) return Tag(modelPath, tok, clf, headWeights, adapterFile, texts, path, T, r.GetValue(threads));
+            var examples = path != null ? ReadTsv(path, tok, labels, grow: false) : texts.Select(t => new LabelledExample(tok.Encode(t, addBos: false), 0)).ToList();
             int[] pred;
             if (!clf.Bidirectional)
             {
