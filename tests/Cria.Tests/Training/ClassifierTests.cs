@@ -50,6 +50,30 @@ public sealed class ClassifierTests(ITestOutputHelper output)
         return pooled;
     }
 
+    /// <summary>The worst, over the adapter and head tensors, of ‖analytic − numeric‖ / ‖numeric‖ for the gradient in
+    /// <see cref="LlamaTrainingModel.LoraGradients"/>, the numeric one by central differences (step H) of
+    /// <paramref name="loss"/>, which reads the adapter and head values from <paramref name="a"/>.</summary>
+    internal static double WorstLoraGradientError(LlamaTrainingModel m, double[] a, Func<double> loss)
+    {
+        double worst = 0;
+        foreach (var t in m.Lora!.Tensors)
+        {
+            double d = 0, n = 0;
+            for (int i = 0; i < t.Count; i++)
+            {
+                long j = t.Offset + i;
+                double keep = a[j];
+                a[j] = keep + H; double lp = loss();
+                a[j] = keep - H; double lm = loss();
+                a[j] = keep;
+                double num = (lp - lm) / (2 * H);
+                d += Math.Pow(m.LoraGradients[j] - num, 2); n += num * num;
+            }
+            worst = Math.Max(worst, Math.Sqrt(d) / Math.Max(Math.Sqrt(n), 1e-30));
+        }
+        return worst;
+    }
+
     static double ReferenceLoss(LlamaTrainingModel m, double[] p, double[] ad, int[] tokens, int[] lengths, int[] labels) =>
         Reference.CrossEntropy(ReferencePooled(m, p, ad, tokens, lengths), labels, m.Classifier!.Labels.Length);
 
@@ -77,24 +101,8 @@ public sealed class ClassifierTests(ITestOutputHelper output)
         double refLoss = ReferenceLoss(m, p, a, tokens, lengths, labels);
         output.WriteLine($"{mode}: loss {lossSum / B:F6}, reference {refLoss:F6}");
         Assert.True(Math.Abs(lossSum / B - refLoss) < 1e-5, $"loss {lossSum / B} vs reference {refLoss}");
-        double worst = 0;
-        foreach (var t in m.Lora!.Tensors)
-        {
-            double d = 0, n = 0;
-            for (int i = 0; i < t.Count; i++)
-            {
-                long j = t.Offset + i;
-                double keep = a[j];
-                a[j] = keep + H; double lp = ReferenceLoss(m, p, a, tokens, lengths, labels);
-                a[j] = keep - H; double lm = ReferenceLoss(m, p, a, tokens, lengths, labels);
-                a[j] = keep;
-                double num = (lp - lm) / (2 * H);
-                d += Math.Pow(m.LoraGradients[j] - num, 2); n += num * num;
-            }
-            double err = Math.Sqrt(d) / Math.Max(Math.Sqrt(n), 1e-30);
-            worst = Math.Max(worst, err);
-        }
-        output.WriteLine($"{mode}: worst relative gradient error over {m.Lora.Tensors.Length} tensors (adapters and head) {worst:E2}");
+        double worst = WorstLoraGradientError(m, a, () => ReferenceLoss(m, p, a, tokens, lengths, labels));
+        output.WriteLine($"{mode}: worst relative gradient error over {m.Lora!.Tensors.Length} tensors (adapters and head) {worst:E2}");
         Assert.True(worst < 1e-4, $"relative gradient error {worst}");
     }
 

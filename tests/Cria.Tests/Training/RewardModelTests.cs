@@ -16,8 +16,6 @@ namespace Cria.Tests.Training;
 /// </summary>
 public sealed class RewardModelTests(ITestOutputHelper output)
 {
-    const double H = 1e-6;
-
     static double Softplus(double x) => Math.Log(1 + Math.Exp(x));
 
     [Theory]
@@ -58,23 +56,8 @@ public sealed class RewardModelTests(ITestOutputHelper output)
         double refLoss = RefLoss();
         output.WriteLine($"{loss} {mode}: loss {mean:F6}, reference {refLoss:F6}");
         Assert.True(Math.Abs(mean - refLoss) < 1e-5 * Math.Max(1, Math.Abs(refLoss)), $"loss {mean} vs reference {refLoss}");
-        double worst = 0;
-        foreach (var t in m.Lora!.Tensors)
-        {
-            double d = 0, n = 0;
-            for (int i = 0; i < t.Count; i++)
-            {
-                long j = t.Offset + i;
-                double keep = a[j];
-                a[j] = keep + H; double lp = RefLoss();
-                a[j] = keep - H; double lm = RefLoss();
-                a[j] = keep;
-                double num = (lp - lm) / (2 * H);
-                d += Math.Pow(m.LoraGradients[j] - num, 2); n += num * num;
-            }
-            worst = Math.Max(worst, Math.Sqrt(d) / Math.Max(Math.Sqrt(n), 1e-30));
-        }
-        output.WriteLine($"{loss} {mode}: worst relative gradient error over {m.Lora.Tensors.Length} tensors (adapters and head) {worst:E2}");
+        double worst = ClassifierTests.WorstLoraGradientError(m, a, RefLoss);
+        output.WriteLine($"{loss} {mode}: worst relative gradient error over {m.Lora!.Tensors.Length} tensors (adapters and head) {worst:E2}");
         Assert.True(worst < 1e-4, $"relative gradient error {worst}");
     }
 

@@ -12,7 +12,6 @@ namespace Cria.Tests.Training;
 /// </summary>
 public sealed class TokenClassifierTests(ITestOutputHelper output)
 {
-    const double H = 1e-6;
     static LlamaShape Shape => ClassifierTests.Shape;
 
     /// <summary>Mean cross-entropy over scored positions of the reference's per-token logits.</summary>
@@ -67,23 +66,8 @@ public sealed class TokenClassifierTests(ITestOutputHelper output)
         double refLoss = ReferenceLoss(m, p, a, tokens, lengths, tags);
         output.WriteLine($"{mode}: loss {lossSum / scored:F6}, reference {refLoss:F6}");
         Assert.True(Math.Abs(lossSum / scored - refLoss) < 1e-5, $"loss {lossSum / scored} vs reference {refLoss}");
-        double worst = 0;
-        foreach (var t in m.Lora!.Tensors)
-        {
-            double d = 0, n = 0;
-            for (int i = 0; i < t.Count; i++)
-            {
-                long j = t.Offset + i;
-                double keep = a[j];
-                a[j] = keep + H; double lp = ReferenceLoss(m, p, a, tokens, lengths, tags);
-                a[j] = keep - H; double lm = ReferenceLoss(m, p, a, tokens, lengths, tags);
-                a[j] = keep;
-                double num = (lp - lm) / (2 * H);
-                d += Math.Pow(m.LoraGradients[j] - num, 2); n += num * num;
-            }
-            worst = Math.Max(worst, Math.Sqrt(d) / Math.Max(Math.Sqrt(n), 1e-30));
-        }
-        output.WriteLine($"{mode}: worst relative gradient error over {m.Lora.Tensors.Length} tensors (adapters and head) {worst:E2}");
+        double worst = ClassifierTests.WorstLoraGradientError(m, a, () => ReferenceLoss(m, p, a, tokens, lengths, tags));
+        output.WriteLine($"{mode}: worst relative gradient error over {m.Lora!.Tensors.Length} tensors (adapters and head) {worst:E2}");
         Assert.True(worst < 1e-4, $"relative gradient error {worst}");
     }
 
