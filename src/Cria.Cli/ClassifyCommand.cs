@@ -226,9 +226,10 @@ static class ClassifyCommand
         return trainer;
     }
 
-    /// <summary>classify with a token classifier: word/tag lines for --text, word-level scores for a CoNLL --file. Both
-    /// run through the trainer's forward (F32/F16 bases), causal or not.</summary>
-    static int Tag(string modelPath, Cria.Tokenization.Tokenizer tok, ClassifierOptions clf, float[] head, Cria.Models.LoraAdapter adapter,
+    /// <summary>classify with a token classifier: word/tag lines for --text, word-level scores for a CoNLL --file. A
+    /// causal one runs through the generation engine (any base type, the adapter at run time), a bidirectional one
+    /// through the trainer's forward (F32/F16 bases).</summary>
+    static int Tag(Cria.Models.LlamaModel m, string modelPath, Cria.Tokenization.Tokenizer tok, ClassifierOptions clf, float[] head, Cria.Models.LoraAdapter adapter,
         string[] texts, string? path, int T, int threads)
     {
         var tags = clf.Labels.ToList();
@@ -242,8 +243,27 @@ static class ClassifyCommand
                 return (TaggedExample.FromWords(tok, words, zeros), words, zeros);
             }).ToList();
         var examples = sentences.Select(s => s.Item1).ToList();
-        using var trainer = ForwardTrainer(modelPath, "classify", adapter, clf, head, T, examples.Count, threads, tok.Bos);
-        var (pred, _) = trainer.TokenClassifierEvaluate(examples, tok.Eos >= 0 ? tok.Eos : 0);
+        int[][] pred;
+        if (!clf.Bidirectional)
+        {
+            using var context = new Cria.Inference.InferenceContext(m, new Cria.Inference.ContextOptions { ContextSize = T, Threads = threads, Loras = [(adapter, 1f)] });
+            int C = clf.Labels.Length;
+            pred = examples.Select(e =>
+            {
+                var ids = new int[Math.Min(T, e.Tokens.Length + 1)];
+                e.CopyTo(ids, tok.Bos);
+                var z = TokenClassifier.Logits(context, ids, clf, head);
+                var p = new int[e.Tokens.Length];
+                for (int i = 0; i < p.Length; i++)
+                    p[i] = e.Tags[i] >= 0 && i + 1 < ids.Length ? Cria.Inference.Sampler.ArgMax(z.AsSpan((i + 1) * C, C)) : -1;
+                return p;
+            }).ToArray();
+        }
+        else
+        {
+            using var trainer = ForwardTrainer(modelPath, "classify", adapter, clf, head, T, examples.Count, threads, tok.Bos);
+            (pred, _) = trainer.TokenClassifierEvaluate(examples, tok.Eos >= 0 ? tok.Eos : 0);
+        }
         if (path != null)
         {
             Console.Out.WriteLine($"{clf.ModeName}: {TagReport(examples, pred, Outside(tags, examples))}");
@@ -287,7 +307,7 @@ static class ClassifyCommand
             int T = r.GetValue(ctx);
             if (T < 2 || T > m.Config.ContextLength) throw new CriaException($"--ctx {T} must be in 2..{m.Config.ContextLength}");
             var adapterFile = Cria.Models.LoraAdapter.Load(r.GetValue(adapter)!, m);
-            if (clf.PerToken) return Tag(modelPath, tok, clf, headWeights, adapterFile, texts, path, T, r.GetValue(threads));
+            if (clf.PerToken) return Tag(m, modelPath, tok, clf, headWeights, adapterFile, texts, path, T, r.GetValue(threads));
             var examples = path != null ? ReadTsv(path, tok, labels, grow: false) : texts.Select(t => new LabelledExample(tok.Encode(t, addBos: false), 0)).ToList();
             int[] pred;
             if (!clf.Bidirectional)

@@ -137,7 +137,7 @@ public static class Classifier
     public static float[] Logits(Inference.InferenceContext ctx, ReadOnlySpan<int> tokens, ClassifierOptions o, ReadOnlySpan<float> head, int sequence = 0)
     {
         if (o.Bidirectional) throw new CriaException($"classifier mode {o.ModeName} attends bidirectionally; the generation engine is causal (run it through the trainer's forward, on an F32/F16 base)");
-        if (o.PerToken) throw new CriaException($"classifier mode {o.ModeName} labels every token; run it through the trainer's forward (Trainer.TokenClassifierEvaluate)");
+        if (o.PerToken) throw new CriaException($"classifier mode {o.ModeName} labels every token; use TokenClassifier.Logits");
         int dim = ctx.Config.Dim, n = tokens.Length, C = o.Labels.Length;
         if (head.Length != C * dim) throw new CriaException($"the classifier head has {head.Length} weights, the model needs {C} × {dim}");
         if (n == 0) throw new CriaException("nothing to classify (no tokens)");
@@ -165,6 +165,44 @@ public static class Classifier
             for (int i = 0; i < dim; i++) s += head[j * dim + i] * pooled[i];
             z[j] = (float)s;
         }
+        return z;
+    }
+}
+
+/// <summary>Token classification through the generation engine (a causal token classifier on any base type, the
+/// adapter applied at run time).</summary>
+public static class TokenClassifier
+{
+    /// <summary>Class logits [n, labels] of every position of <paramref name="tokens"/> (BOS first) under a head
+    /// [labels, dim]; uses and then clears sequence <paramref name="sequence"/> of the context's cache.</summary>
+    public static float[] Logits(Inference.InferenceContext ctx, ReadOnlySpan<int> tokens, ClassifierOptions o, ReadOnlySpan<float> head, int sequence = 0)
+    {
+        if (!o.PerToken) throw new CriaException($"classifier mode {o.ModeName} pools its tokens; use Classifier.Logits");
+        if (o.Bidirectional) throw new CriaException($"classifier mode {o.ModeName} attends bidirectionally; the generation engine is causal (run it through the trainer's forward, on an F32/F16 base)");
+        int dim = ctx.Config.Dim, n = tokens.Length, C = o.Labels.Length;
+        if (head.Length != C * dim) throw new CriaException($"the classifier head has {head.Length} weights, the model needs {C} × {dim}");
+        if (n == 0) throw new CriaException("nothing to classify (no tokens)");
+        ctx.Cache.Remove(sequence);
+        var batch = new Inference.Batch(n);
+        for (int i = 0; i < n; i++) batch.Add(tokens[i], i, sequence, false);
+        bool keep = ctx.KeepEmbeddings;
+        ctx.KeepEmbeddings = true;
+        var z = new float[n * C]; // [n, C]
+        try
+        {
+            ctx.Decode(batch);
+            for (int t = 0; t < n; t++)
+            {
+                var h = ctx.Embedding(t);
+                for (int j = 0; j < C; j++)
+                {
+                    double s = 0;
+                    for (int i = 0; i < dim; i++) s += head[j * dim + i] * h[i];
+                    z[t * C + j] = (float)s;
+                }
+            }
+        }
+        finally { ctx.KeepEmbeddings = keep; ctx.Cache.Remove(sequence); }
         return z;
     }
 }
@@ -203,6 +241,9 @@ public sealed record TaggedExample(int[] Tokens, int[] Tags)
         }
         return new TaggedExample(toks.ToArray(), t.ToArray());
     }
+
+    /// <summary>Writes BOS and the tokens, cut to <paramref name="row"/>'s length; returns how many were written.</summary>
+    public int CopyTo(Span<int> row, int bos) => LabelledExample.CopyTo(Tokens, row, bos);
 
     /// <summary>Tokens whose tag is scored (each word's first).</summary>
     public int ScoredCount => Tags.Count(x => x >= 0);

@@ -1,3 +1,6 @@
+using Cria.Inference;
+using Cria.Models;
+using Cria.Tests.Oracle;
 using Cria.Training;
 using Xunit;
 using Xunit.Abstractions;
@@ -115,10 +118,54 @@ public sealed class TokenClassifierTests(ITestOutputHelper output)
         Assert.InRange(after, min, max);
     }
 
+    /// <summary>A causal token classifier through the generation engine (<see cref="TokenClassifier.Logits"/>: the
+    /// adapter at run time, every position's kept final hidden state times the head) gives the training forward's
+    /// logits at every position; a bidirectional one and a pooled head are refused there.</summary>
+    [Fact]
+    public void The_generation_engine_gives_the_training_forwards_token_logits()
+    {
+        var spec = new RandomModelSpec { Dim = 64, Layers = 2, Heads = 4, KvHeads = 2, FfnDim = 128, VocabSize = 384, Seed = 12 };
+        var path = LogitsAgreementTests.ModelFile("clf-base", spec);
+        var imported = GgufImport.Read(path);
+        var clf = new ClassifierOptions { Labels = ["O", "B", "I"], Pooling = ClassifierPooling.Token };
+        int T = 10;
+        using var m = new LlamaTrainingModel(imported.Shape with { ContextLength = T }, 1, T, 2, new LoraOptions { Rank = 4, Alpha = 8f }, clf);
+        imported.Parameters.CopyTo(m.Parameters, 0);
+        var rng = new Random(3);
+        for (int i = 0; i < m.LoraParameters.Length; i++) m.LoraParameters[i] = (float)((rng.NextDouble() * 2 - 1) * 0.2);
+        var tokens = new[] { 1, 40, 77, 300, 12, 5, 250 };
+        m.Tokens.Fill(2);
+        tokens.CopyTo(m.Tokens);
+        m.SequenceLengths[0] = tokens.Length;
+        m.Forward();
+
+        string adapter = TestPaths.TempFile("tagger-adapter.gguf");
+        m.Lora!.Write(adapter, m.LoraParameters);
+        var head = m.LoraParameters.AsSpan((int)m.Lora.Head, 3 * spec.Dim).ToArray();
+        using var model = LlamaModel.Open(path);
+        using var ctx = new InferenceContext(model, new ContextOptions
+        {
+            ContextSize = 64, Kv = KvFormat.F32, Loras = [(LoraAdapter.Load(adapter, model), 1f)],
+        });
+        var e = TokenClassifier.Logits(ctx, tokens, clf, head);
+        double worst = 0;
+        for (int t = 0; t < tokens.Length; t++)
+        {
+            var z = m.TokenClassLogits(0, t);
+            for (int j = 0; j < 3; j++) worst = Math.Max(worst, Math.Abs(e[t * 3 + j] - z[j]));
+        }
+        output.WriteLine($"training forward vs engine, every position: max |Δ| {worst:E2}");
+        Assert.True(worst < 1e-4, $"max |Δ| {worst}");
+        Assert.Equal(0, ctx.Cache.Length(0));
+        Assert.Contains("causal", Assert.Throws<CriaException>(() => TokenClassifier.Logits(ctx, tokens, clf with { Bidirectional = true }, head)).Message);
+        Assert.Contains("pools", Assert.Throws<CriaException>(() => TokenClassifier.Logits(ctx, tokens, clf with { Pooling = ClassifierPooling.Last }, head)).Message);
+        Assert.Contains("TokenClassifier.Logits", Assert.Throws<CriaException>(() => Classifier.Logits(ctx, tokens, clf, head)).Message);
+    }
+
     [Fact]
     public void Words_are_tagged_on_their_first_token_and_bad_input_is_refused()
     {
-        using var model = Cria.Models.LlamaModel.Open(Path.Combine(TestPaths.RepoRoot, "models", "default.gguf"));
+        using var model = LlamaModel.Open(Path.Combine(TestPaths.RepoRoot, "models", "default.gguf"));
         var tok = model.Tokenizer;
         string[] words = ["And", "Nebuchadnezzar", "said"];
         var e = TaggedExample.FromWords(tok, words, [0, 1, 0]);
@@ -142,7 +189,5 @@ public sealed class TokenClassifierTests(ITestOutputHelper output)
         Assert.Throws<InvalidOperationException>(() => m.ClassifierForwardBackward([0], 1f)); // pooled training of a token head
         using var pooled = new LlamaTrainingModel(Shape, 1, 4, 1, new LoraOptions { Rank = 2, Alpha = 4f }, clf with { Pooling = ClassifierPooling.Last });
         Assert.Throws<InvalidOperationException>(() => pooled.TokenClassifierForwardBackward([-1, 0, 1, 0], 1f));
-        using var ctx = new Cria.Inference.InferenceContext(model, new Cria.Inference.ContextOptions { ContextSize = 16, Threads = 1 });
-        Assert.Contains("trainer's forward", Assert.Throws<CriaException>(() => Classifier.Logits(ctx, [1, 5], clf, new float[2 * model.Config.Dim])).Message);
     }
 }
