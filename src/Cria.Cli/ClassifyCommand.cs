@@ -75,24 +75,27 @@ static class ClassifyCommand
         return list;
     }
 
-    /// <summary>Word-level scores of a token classifier: accuracy over words (each scored on its first token), and
-    /// micro precision, recall and F1 over words whose gold or predicted tag is not <paramref name="outside"/>.</summary>
-    public static string TagReport(IReadOnlyList<TaggedExample> examples, int[][] predicted, int outside)
+    /// <summary>Scores of a token classifier over the words it tagged (each scored on its first token; words cut by
+    /// the context are left out): word accuracy, micro P/R/F1 over words not tagged <paramref name="outside"/>, and for
+    /// BIO tags entity-level P/R/F1 (<see cref="TagScores"/>).</summary>
+    public static string TagReport(IReadOnlyList<TaggedExample> examples, int[][] predicted, int outside, IReadOnlyList<string> names)
     {
-        int words = 0, right = 0, tp = 0, predPos = 0, goldPos = 0;
+        var gold = new List<int[]>(); var pred = new List<int[]>();
         for (int e = 0; e < examples.Count; e++)
-            for (int i = 0; i < examples[e].Tags.Length; i++)
-            {
-                int gold = examples[e].Tags[i], pred = predicted[e][i];
-                if (gold < 0 || pred < 0) continue;
-                words++;
-                if (pred == gold) right++;
-                if (gold != outside) goldPos++;
-                if (pred != outside) predPos++;
-                if (pred == gold && gold != outside) tp++;
-            }
-        double p = predPos > 0 ? tp / (double)predPos : 0, r = goldPos > 0 ? tp / (double)goldPos : 0, f = p + r > 0 ? 2 * p * r / (p + r) : 0;
-        return string.Create(CultureInfo.InvariantCulture, $"word accuracy {right / (double)Math.Max(1, words):P1} ({right} of {words}); tagged words: precision {p:P1}, recall {r:P1}, F1 {f:P1}");
+        {
+            var keep = Enumerable.Range(0, examples[e].Tags.Length).Where(i => examples[e].Tags[i] >= 0 && predicted[e][i] >= 0).ToArray();
+            gold.Add(keep.Select(i => examples[e].Tags[i]).ToArray());
+            pred.Add(keep.Select(i => predicted[e][i]).ToArray());
+        }
+        var (acc, words, w) = TagScores.WordScores(gold, pred, outside);
+        string s = string.Create(CultureInfo.InvariantCulture, $"word accuracy {acc:P1} of {words}; tagged words: precision {w.Precision:P1}, recall {w.Recall:P1}, F1 {w.F1:P1}");
+        if (TagScores.IsBio(names))
+        {
+            var ent = TagScores.EntityScores(gold.Select(g => (IReadOnlyList<string>)g.Select(t => names[t]).ToArray()).ToList(),
+                                             pred.Select(p => (IReadOnlyList<string>)p.Select(t => names[t]).ToArray()).ToList());
+            s += string.Create(CultureInfo.InvariantCulture, $"; entities ({ent.Gold}): precision {ent.Precision:P1}, recall {ent.Recall:P1}, F1 {ent.F1:P1}");
+        }
+        return s;
     }
 
     /// <summary>The tag that means "no entity": "O" when there is one (CoNLL), else the most frequent.</summary>
@@ -186,7 +189,7 @@ static class ClassifyCommand
         {
             if (held == null) return "";
             var (pred, loss) = trainer.TokenClassifierEvaluate(held, pad);
-            return string.Create(CultureInfo.InvariantCulture, $"  held-out loss {loss:F4}, {TagReport(held, pred, outside)}");
+            return string.Create(CultureInfo.InvariantCulture, $"  held-out loss {loss:F4}, {TagReport(held, pred, outside, tags)}");
         }
         var sw = Stopwatch.StartNew();
         Console.Out.WriteLine($"step 0{Held()}");
@@ -266,7 +269,7 @@ static class ClassifyCommand
         }
         if (path != null)
         {
-            Console.Out.WriteLine($"{clf.ModeName}: {TagReport(examples, pred, Outside(tags, examples))}");
+            Console.Out.WriteLine($"{clf.ModeName}: {TagReport(examples, pred, Outside(tags, examples), tags)}");
             return 0;
         }
         for (int s = 0; s < sentences.Count; s++)

@@ -162,6 +162,30 @@ public sealed class TokenClassifierTests(ITestOutputHelper output)
         Assert.Contains("TokenClassifier.Logits", Assert.Throws<CriaException>(() => Classifier.Logits(ctx, tokens, clf, head)).Message);
     }
 
+    /// <summary>Entity-level scores as seqeval's README example gives them (F1 0.50), entity spans under BIO and IOB1,
+    /// and word-level scores counted by hand.</summary>
+    [Fact]
+    public void Entity_and_word_scores_count_what_conlleval_counts()
+    {
+        string[][] gold = [["O", "O", "O", "B-MISC", "I-MISC", "I-MISC", "O"], ["B-PER", "I-PER", "O"]];
+        string[][] pred = [["O", "O", "B-MISC", "I-MISC", "I-MISC", "I-MISC", "O"], ["B-PER", "I-PER", "O"]];
+        var s = TagScores.EntityScores(gold, pred);
+        Assert.Equal((1, 2, 2), (s.TruePositives, s.Predicted, s.Gold));
+        Assert.Equal(0.5, s.F1, 12);
+        Assert.Equal([(0, 2, "PER"), (3, 4, "LOC")], TagScores.Entities(["I-PER", "I-PER", "O", "I-LOC"]));   // IOB1: I- opens
+        Assert.Equal([(0, 1, "PER"), (1, 2, "LOC")], TagScores.Entities(["B-PER", "I-LOC"]));                  // a type change opens
+        Assert.Equal([(0, 1, "PER"), (1, 3, "PER")], TagScores.Entities(["B-PER", "B-PER", "I-PER"]));         // B- opens
+        Assert.Empty(TagScores.Entities(["O", "O"]));
+        Assert.True(TagScores.IsBio(["O", "B-PER", "I-PER"]));
+        Assert.False(TagScores.IsBio(["O", "SPEAKER"]));
+        // Words: outside = 0; gold [0 1 2 0], predicted [0 1 1 1] → 2 of 4 right; tagged words: tp 1, predicted 3, gold 2.
+        var (acc, words, w) = TagScores.WordScores([[0, 1, 2, 0]], [[0, 1, 1, 1]], 0);
+        Assert.Equal((0.5, 4), (acc, words));
+        Assert.Equal((1, 3, 2), (w.TruePositives, w.Predicted, w.Gold));
+        Assert.Equal(2 * (1 / 3.0) * 0.5 / (1 / 3.0 + 0.5), w.F1, 12);
+        Assert.Throws<ArgumentException>(() => TagScores.EntityScores(gold, pred[..1]));
+    }
+
     [Fact]
     public void Words_are_tagged_on_their_first_token_and_bad_input_is_refused()
     {
