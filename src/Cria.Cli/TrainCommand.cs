@@ -1,7 +1,9 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
+using Cria.Formats;
 using Cria.Tensors;
+using Cria.Tokenization;
 using Cria.Training;
 
 namespace Cria.Cli;
@@ -50,6 +52,8 @@ static class TrainCommand
         var repeat = new Option<double>("--repeat-fraction") { Description = "fraction of training rows that are a random token sequence repeated (loss on the copies only: the induction-head signal)", DefaultValueFactory = _ => 0 };
         var pairs = new Option<string?>("--pairs") { Description = "with --init: preference optimisation on this JSONL file of {\"prompt\", \"chosen\", \"rejected\"} pairs instead of language modelling on --corpus" };
         var validPairs = new Option<string?>("--valid-pairs") { Description = "held-out pairs (same format): mean margin and accuracy at every evaluation" };
+        var sft = new Option<string?>("--sft") { Description = "with --init: supervised fine-tuning on this JSONL file, the loss on the responses only: {\"prompt\", \"completion\"} (or \"response\"), or through the model's chat template {\"messages\": [...]} / {\"instruction\", \"response\"} (magpie's records)" };
+        var validSft = new Option<string?>("--valid-sft") { Description = "held-out SFT examples (same format): mean response loss and perplexity at every evaluation" };
         var preference = new Option<string>("--preference") { Description = "dpo (reference = the --init model) or simpo (no reference)", DefaultValueFactory = _ => "dpo" };
         var beta = new Option<float?>("--beta") { Description = "preference β (default: DPO 0.1, SimPO 2)" };
         var gamma = new Option<float?>("--gamma") { Description = "SimPO target margin γ (default β/2)" };
@@ -60,7 +64,7 @@ static class TrainCommand
         {
             corpus, valid, outDir, tokenizer, vocab, dim, layers, heads, kvHeads, ffn, ctx, tied, steps, batch, accum, lr, warmup, minLr, wd, clip,
             seed, threads, resume, ckptMinutes, evalEvery, evalBatches, exportType, name, init, passkey, answerWeight, pkMin, repeat,
-            loraRank, loraAlpha, loraTargets, pairs, validPairs, preference, beta, gamma,
+            loraRank, loraAlpha, loraTargets, pairs, validPairs, preference, beta, gamma, sft, validSft,
         };
         cmd.SetAction(r =>
         {
@@ -116,6 +120,12 @@ static class TrainCommand
             }
             else if (r.GetValue(validPairs) != null || r.GetResult(beta) is { Implicit: false } || r.GetResult(gamma) is { Implicit: false } || r.GetResult(preference) is { Implicit: false })
                 throw new CriaException("--valid-pairs, --preference, --beta and --gamma need --pairs");
+            if (r.GetValue(sft) != null)
+            {
+                if (initPath == null) throw new CriaException("--sft fine-tunes an existing model: give it with --init MODEL");
+                if (r.GetValue(pairs) != null) throw new CriaException("give either --sft or --pairs, not both");
+            }
+            else if (r.GetValue(validSft) != null) throw new CriaException("--valid-sft needs --sft");
             double pkFraction = r.GetValue(passkey);
             if (!(pkFraction >= 0 && pkFraction <= 1)) throw new CriaException($"--passkey-fraction must be in [0, 1], got {pkFraction}");
             double repeatFraction = r.GetValue(repeat);
@@ -128,7 +138,8 @@ static class TrainCommand
                 throw new CriaException($"--passkey-min-length must be between 32 and the context ({shapeNoVocab.ContextLength}), got {pkMinLength}");
             var run = new TrainingRun
             {
-                Init = imported, InitPath = initPath, Lora = lora, Preference = prefs, PairsPath = r.GetValue(pairs), ValidPairsPath = r.GetValue(validPairs), PasskeyFraction = pkFraction, AnswerWeight = aw, PasskeyMinLength = pkMinLength, RepeatFraction = repeatFraction,
+                Init = imported, InitPath = initPath, Lora = lora, Preference = prefs, PairsPath = r.GetValue(pairs), ValidPairsPath = r.GetValue(validPairs),
+                SftPath = r.GetValue(sft), ValidSftPath = r.GetValue(validSft), PasskeyFraction = pkFraction, AnswerWeight = aw, PasskeyMinLength = pkMinLength, RepeatFraction = repeatFraction,
                 CorpusPath = r.GetValue(corpus)!, ValidPath = r.GetValue(valid), OutDir = r.GetValue(outDir)!, TokenizerPath = r.GetValue(tokenizer),
                 Shape = shapeNoVocab, Options = options, Resume = r.GetValue(resume), CheckpointMinutes = r.GetValue(ckptMinutes),
                 EvalEvery = r.GetValue(evalEvery), EvalBatches = r.GetValue(evalBatches), ExportType = type, Name = r.GetValue(name)!,
@@ -165,6 +176,9 @@ sealed class TrainingRun
     public PreferenceOptions? Preference { get; init; }
     public string? PairsPath { get; init; }
     public string? ValidPairsPath { get; init; }
+    /// <summary>Supervised fine-tuning on <see cref="SftPath"/> (the loss on responses only) instead of language modelling.</summary>
+    public string? SftPath { get; init; }
+    public string? ValidSftPath { get; init; }
     public double PasskeyFraction { get; init; }
     public float AnswerWeight { get; init; } = 1f;
     public int PasskeyMinLength { get; init; } = 64;
@@ -173,6 +187,7 @@ sealed class TrainingRun
     public int Execute()
     {
         if (Preference != null) return ExecutePreference();
+        if (SftPath != null) return ExecuteSft();
         // ---- every check before any work ----
         Shape.Validate();
         Options.Validate();
@@ -336,6 +351,53 @@ sealed class TrainingRun
         string outPath = Path.Combine(OutDir, Lora != null ? "adapter.gguf" : "model.gguf");
         Export(trainer, vocab, outPath);
         Console.Out.WriteLine($"done: {trainer.Step} steps in {sw.Elapsed.TotalSeconds:F0} s; {(Lora != null ? "adapter" : "model")}: {outPath}");
+        return 0;
+    }
+
+    /// <summary>SFT: every check first, then steps with the response loss, held-out response loss and perplexity at
+    /// every evaluation, the model (or adapter) written at the end. No checkpoints: runs are short.</summary>
+    int ExecuteSft()
+    {
+        Options.Validate();
+        if (Init == null) throw new CriaException("--sft needs --init");
+        if (Resume) throw new CriaException("--resume is not supported with --sft");
+        var vocab = Init.Vocabulary;
+        var tok = vocab.CreateTokenizer();
+        ChatTemplate? template = null;
+        using (var f = GgufFile.Open(InitPath!))
+            if (f.TryGet("tokenizer.chat_template", out string? jinja) && !string.IsNullOrEmpty(jinja)) template = ChatTemplate.FromGguf(f, tok);
+        var examples = SftExample.ReadJsonl(SftPath!, tok, template);
+        var held = ValidSftPath != null ? SftExample.ReadJsonl(ValidSftPath, tok, template) : null;
+        int longest = examples.Concat(held ?? []).Max(e => e.Prompt.Length + e.Response.Length + 1);
+        int T = Math.Min(Shape.ContextLength, longest);
+        int cut = examples.Concat(held ?? []).Count(e => e.Prompt.Length + e.Response.Length + 1 > T);
+        var tooLong = examples.Concat(held ?? []).FirstOrDefault(e => e.Prompt.Length + 1 >= T);
+        if (tooLong != null) throw new CriaException($"a prompt of {tooLong.Prompt.Length} tokens leaves no room for its response in the model's context of {T}");
+        Directory.CreateDirectory(OutDir);
+        var log = Console.Error;
+        using var trainer = new Trainer(Shape, Options, [], tok.Bos, seqLen: T, lora: Lora);
+        trainer.SetParameters(Init.Parameters);
+        log.WriteLine($"SFT on {examples.Count} examples from {SftPath}{(held != null ? $", {held.Count} held out" : "")}; rows of {T} tokens ({cut} responses cut), {Options.BatchSize} per micro-batch; loss on {examples.Sum(e => e.Response.Length):N0} response tokens{(template != null ? ", chat records through the model's template" : "")}");
+        if (trainer.Model.Lora is { } lay) log.WriteLine($"LoRA: rank {Lora!.Rank}, alpha {Lora.Alpha}, on {Lora.Targets}: {lay.Tensors.Sum(t => t.Count):N0} trained parameters; the base is frozen");
+        string Held()
+        {
+            if (held == null) return "";
+            double l = trainer.SftLoss(held);
+            return string.Create(CultureInfo.InvariantCulture, $"  held-out response loss {l:F4} (ppl {Math.Exp(l):F2})");
+        }
+        var sw = Stopwatch.StartNew();
+        Console.Out.WriteLine($"step 0{Held()}");
+        while (trainer.Step < Options.Steps)
+        {
+            var res = trainer.SftStep(examples);
+            bool eval = res.Step % EvalEvery == 0 || res.Step == Options.Steps;
+            if (res.Step % 10 == 0 || eval)
+                Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"step {res.Step}/{Options.Steps}  loss {res.Loss:F4}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}{(eval ? Held() : "")}"));
+        }
+        string outPath = Path.Combine(OutDir, Lora != null ? "adapter.gguf" : "model.gguf");
+        Export(trainer, vocab, outPath);
+        Console.Out.WriteLine($"done: {trainer.Step} steps in {sw.Elapsed.TotalSeconds:F0} s, {trainer.TokensSeen:N0} tokens read; {(Lora != null ? "adapter" : "model")}: {outPath}");
         return 0;
     }
 
