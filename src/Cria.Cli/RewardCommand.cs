@@ -24,17 +24,9 @@ static class RewardCommand
 
     public static List<Record> Read(string path, Cria.Tokenization.Tokenizer tok)
     {
-        if (!File.Exists(path)) throw new CriaException($"{path} does not exist");
         var list = new List<Record>();
-        int line = 0;
-        foreach (var text in File.ReadLines(path))
+        foreach (var (line, e) in Cria.Formats.JsonLines.Objects(path))
         {
-            line++;
-            if (string.IsNullOrWhiteSpace(text)) continue;
-            JsonElement e;
-            try { e = JsonDocument.Parse(text).RootElement; }
-            catch (JsonException ex) { throw new CriaException($"{path}:{line}: not JSON ({ex.Message})"); }
-            if (e.ValueKind != JsonValueKind.Object) throw new CriaException($"{path}:{line}: expected a JSON object");
             string? Str(string name, bool required)
             {
                 if (!e.TryGetProperty(name, out var v)) return required ? throw new CriaException($"{path}:{line}: needs a string \"{name}\"") : null;

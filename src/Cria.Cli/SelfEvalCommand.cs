@@ -19,28 +19,18 @@ static class SelfEvalCommand
     /// <summary>A groups file: JSONL {"prompt", "responses": [...], "rewards": [...]}, tokenized without BOS.</summary>
     public static List<SelfEvalGroup> ReadGroups(string path, Cria.Tokenization.Tokenizer tok)
     {
-        if (!File.Exists(path)) throw new CriaException($"{path} does not exist");
         var list = new List<SelfEvalGroup>();
-        int line = 0;
-        foreach (var text in File.ReadLines(path))
+        foreach (var (line, e) in Cria.Formats.JsonLines.Objects(path))
         {
-            line++;
-            if (string.IsNullOrWhiteSpace(text)) continue;
-            try
-            {
-                var e = JsonDocument.Parse(text).RootElement;
-                if (e.ValueKind != JsonValueKind.Object) throw new CriaException($"{path}:{line}: expected a JSON object");
-                string prompt = e.TryGetProperty("prompt", out var p) && p.ValueKind == JsonValueKind.String ? p.GetString()! : throw new CriaException($"{path}:{line}: needs a string \"prompt\"");
-                if (!e.TryGetProperty("responses", out var rs) || rs.ValueKind != JsonValueKind.Array) throw new CriaException($"{path}:{line}: needs an array \"responses\"");
-                if (!e.TryGetProperty("rewards", out var ws) || ws.ValueKind != JsonValueKind.Array) throw new CriaException($"{path}:{line}: needs an array \"rewards\"");
-                var responses = rs.EnumerateArray().Select(x => x.ValueKind == JsonValueKind.String ? tok.Encode(x.GetString()!, addBos: false) : throw new CriaException($"{path}:{line}: a response is not a string")).ToArray();
-                var rewards = ws.EnumerateArray().Select(x => x.ValueKind == JsonValueKind.Number ? x.GetSingle() : throw new CriaException($"{path}:{line}: a reward is not a number")).ToArray();
-                if (responses.Any(x => x.Length == 0)) throw new CriaException($"{path}:{line}: an empty response");
-                var g = new SelfEvalGroup(tok.Encode(prompt, addBos: false), responses, rewards);
-                try { g.Validate(); } catch (CriaException ex) { throw new CriaException($"{path}:{line}: {ex.Message}"); }
-                list.Add(g);
-            }
-            catch (JsonException ex) { throw new CriaException($"{path}:{line}: not JSON ({ex.Message})"); }
+            string prompt = e.TryGetProperty("prompt", out var p) && p.ValueKind == JsonValueKind.String ? p.GetString()! : throw new CriaException($"{path}:{line}: needs a string \"prompt\"");
+            if (!e.TryGetProperty("responses", out var rs) || rs.ValueKind != JsonValueKind.Array) throw new CriaException($"{path}:{line}: needs an array \"responses\"");
+            if (!e.TryGetProperty("rewards", out var ws) || ws.ValueKind != JsonValueKind.Array) throw new CriaException($"{path}:{line}: needs an array \"rewards\"");
+            var responses = rs.EnumerateArray().Select(x => x.ValueKind == JsonValueKind.String ? tok.Encode(x.GetString()!, addBos: false) : throw new CriaException($"{path}:{line}: a response is not a string")).ToArray();
+            var rewards = ws.EnumerateArray().Select(x => x.ValueKind == JsonValueKind.Number ? x.GetSingle() : throw new CriaException($"{path}:{line}: a reward is not a number")).ToArray();
+            if (responses.Any(x => x.Length == 0)) throw new CriaException($"{path}:{line}: an empty response");
+            var g = new SelfEvalGroup(tok.Encode(prompt, addBos: false), responses, rewards);
+            try { g.Validate(); } catch (CriaException ex) { throw new CriaException($"{path}:{line}: {ex.Message}"); }
+            list.Add(g);
         }
         if (list.Count == 0) throw new CriaException($"{path} holds no groups");
         return list;

@@ -31,17 +31,9 @@ public sealed record SftExample(int[] Prompt, int[] Response)
     /// "content"}, …]} ending with the assistant's turn, or {"instruction", "response"} (cria magpie's records).</summary>
     public static List<SftExample> ReadJsonl(string path, Tokenizer tok, ChatTemplate? template)
     {
-        if (!File.Exists(path)) throw new CriaException($"{path} does not exist");
         var list = new List<SftExample>();
-        int line = 0;
-        foreach (var text in File.ReadLines(path))
+        foreach (var (line, e) in Formats.JsonLines.Objects(path))
         {
-            line++;
-            if (string.IsNullOrWhiteSpace(text)) continue;
-            JsonElement e;
-            try { e = JsonDocument.Parse(text).RootElement; }
-            catch (JsonException ex) { throw new CriaException($"{path}:{line}: not JSON ({ex.Message})"); }
-            if (e.ValueKind != JsonValueKind.Object) throw new CriaException($"{path}:{line}: expected a JSON object");
             string? Str(string name)
             {
                 if (!e.TryGetProperty(name, out var v)) return null;
