@@ -255,7 +255,7 @@ static class ClassifyCommand
             {
                 var ids = new int[Math.Min(T, e.Tokens.Length + 1)];
                 e.CopyTo(ids, tok.Bos);
-                var z = TokenClassifier.Logits(context, ids, clf, head);
+                var z = Classifier.TokenLogits(context, ids, clf, head);
                 var p = new int[e.Tokens.Length];
                 for (int i = 0; i < p.Length; i++)
                     p[i] = e.Tags[i] >= 0 && i + 1 < ids.Length ? Cria.Inference.Sampler.ArgMax(z.AsSpan((i + 1) * C, C)) : -1;

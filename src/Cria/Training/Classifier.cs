@@ -125,10 +125,11 @@ public sealed record ClassifierOptions
 }
 
 /// <summary>
-/// Runs a causal classifier (modes <c>last</c>, <c>mean</c>) through the generation engine instead of the training
-/// forward: any weight type (a quantized base), the adapter applied at run time (<see cref="Inference.ContextOptions.Loras"/>),
-/// the final hidden states kept (<see cref="Inference.InferenceContext.KeepEmbeddings"/>) and pooled, then the head. A
-/// bidirectional classifier cannot run here: the engine's attention is causal (it is built on the KV cache).
+/// Runs a causal classifier (modes <c>last</c>, <c>mean</c>, <c>token</c>) through the generation engine instead of
+/// the training forward: any weight type (a quantized base), the adapter applied at run time
+/// (<see cref="Inference.ContextOptions.Loras"/>), the final hidden states kept
+/// (<see cref="Inference.InferenceContext.KeepEmbeddings"/>) and pooled (a token classifier's are not), then the head.
+/// A bidirectional classifier cannot run here: the engine's attention is causal (it is built on the KV cache).
 /// </summary>
 public static class Classifier
 {
@@ -136,28 +137,14 @@ public static class Classifier
     /// uses and then clears sequence <paramref name="sequence"/> of the context's cache.</summary>
     public static float[] Logits(Inference.InferenceContext ctx, ReadOnlySpan<int> tokens, ClassifierOptions o, ReadOnlySpan<float> head, int sequence = 0)
     {
-        if (o.Bidirectional) throw new CriaException($"classifier mode {o.ModeName} attends bidirectionally; the generation engine is causal (run it through the trainer's forward, on an F32/F16 base)");
-        if (o.PerToken) throw new CriaException($"classifier mode {o.ModeName} labels every token; use TokenClassifier.Logits");
+        if (o.PerToken) throw new CriaException($"classifier mode {o.ModeName} labels every token; use Classifier.TokenLogits");
         int dim = ctx.Config.Dim, n = tokens.Length, C = o.Labels.Length;
-        if (head.Length != C * dim) throw new CriaException($"the classifier head has {head.Length} weights, the model needs {C} × {dim}");
-        if (n == 0) throw new CriaException("nothing to classify (no tokens)");
-        ctx.Cache.Remove(sequence);
-        var batch = new Inference.Batch(n);
-        for (int i = 0; i < n; i++) batch.Add(tokens[i], i, sequence, false);
-        bool keep = ctx.KeepEmbeddings;
-        ctx.KeepEmbeddings = true;
+        int first = o.Pooling == ClassifierPooling.Last ? n - 1 : 0;
+        var h = FinalHidden(ctx, tokens, o, head, sequence, first); // [n − first, dim]
         var pooled = new double[dim];
-        try
-        {
-            ctx.Decode(batch);
-            for (int t = o.Pooling == ClassifierPooling.Last ? n - 1 : 0; t < n; t++)
-            {
-                var h = ctx.Embedding(t);
-                double w = o.Pooling == ClassifierPooling.Last ? 1 : 1.0 / n;
-                for (int i = 0; i < dim; i++) pooled[i] += w * h[i];
-            }
-        }
-        finally { ctx.KeepEmbeddings = keep; ctx.Cache.Remove(sequence); }
+        double w = o.Pooling == ClassifierPooling.Last ? 1 : 1.0 / n;
+        for (int t = 0; t < n - first; t++)
+            for (int i = 0; i < dim; i++) pooled[i] += w * h[t * dim + i];
         var z = new float[C];
         for (int j = 0; j < C; j++)
         {
@@ -167,17 +154,29 @@ public static class Classifier
         }
         return z;
     }
-}
 
-/// <summary>Token classification through the generation engine (a causal token classifier on any base type, the
-/// adapter applied at run time).</summary>
-public static class TokenClassifier
-{
-    /// <summary>Class logits [n, labels] of every position of <paramref name="tokens"/> (BOS first) under a head
-    /// [labels, dim]; uses and then clears sequence <paramref name="sequence"/> of the context's cache.</summary>
-    public static float[] Logits(Inference.InferenceContext ctx, ReadOnlySpan<int> tokens, ClassifierOptions o, ReadOnlySpan<float> head, int sequence = 0)
+    /// <summary>A token classifier's class logits [n, labels] at every position of <paramref name="tokens"/> (BOS first)
+    /// under a head [labels, dim]; uses and then clears sequence <paramref name="sequence"/> of the context's cache.</summary>
+    public static float[] TokenLogits(Inference.InferenceContext ctx, ReadOnlySpan<int> tokens, ClassifierOptions o, ReadOnlySpan<float> head, int sequence = 0)
     {
         if (!o.PerToken) throw new CriaException($"classifier mode {o.ModeName} pools its tokens; use Classifier.Logits");
+        int dim = ctx.Config.Dim, n = tokens.Length, C = o.Labels.Length;
+        var h = FinalHidden(ctx, tokens, o, head, sequence, 0); // [n, dim]
+        var z = new float[n * C]; // [n, C]
+        for (int t = 0; t < n; t++)
+            for (int j = 0; j < C; j++)
+            {
+                double s = 0;
+                for (int i = 0; i < dim; i++) s += head[j * dim + i] * h[t * dim + i];
+                z[t * C + j] = (float)s;
+            }
+        return z;
+    }
+
+    /// <summary>The final-norm hidden states [n − first, dim] of positions first … n − 1, the tokens decoded as one
+    /// causal sequence through the engine (the context's adapters applied); the checks both routes share.</summary>
+    static float[] FinalHidden(Inference.InferenceContext ctx, ReadOnlySpan<int> tokens, ClassifierOptions o, ReadOnlySpan<float> head, int sequence, int first)
+    {
         if (o.Bidirectional) throw new CriaException($"classifier mode {o.ModeName} attends bidirectionally; the generation engine is causal (run it through the trainer's forward, on an F32/F16 base)");
         int dim = ctx.Config.Dim, n = tokens.Length, C = o.Labels.Length;
         if (head.Length != C * dim) throw new CriaException($"the classifier head has {head.Length} weights, the model needs {C} × {dim}");
@@ -187,23 +186,14 @@ public static class TokenClassifier
         for (int i = 0; i < n; i++) batch.Add(tokens[i], i, sequence, false);
         bool keep = ctx.KeepEmbeddings;
         ctx.KeepEmbeddings = true;
-        var z = new float[n * C]; // [n, C]
+        var h = new float[(n - first) * dim];
         try
         {
             ctx.Decode(batch);
-            for (int t = 0; t < n; t++)
-            {
-                var h = ctx.Embedding(t);
-                for (int j = 0; j < C; j++)
-                {
-                    double s = 0;
-                    for (int i = 0; i < dim; i++) s += head[j * dim + i] * h[i];
-                    z[t * C + j] = (float)s;
-                }
-            }
+            for (int t = first; t < n; t++) ctx.Embedding(t).CopyTo(h.AsSpan((t - first) * dim, dim));
         }
         finally { ctx.KeepEmbeddings = keep; ctx.Cache.Remove(sequence); }
-        return z;
+        return h;
     }
 }
 

@@ -118,7 +118,7 @@ public sealed class TokenClassifierTests(ITestOutputHelper output)
         Assert.InRange(after, min, max);
     }
 
-    /// <summary>A causal token classifier through the generation engine (<see cref="TokenClassifier.Logits"/>: the
+    /// <summary>A causal token classifier through the generation engine (<see cref="Classifier.TokenLogits"/>: the
     /// adapter at run time, every position's kept final hidden state times the head) gives the training forward's
     /// logits at every position; a bidirectional one and a pooled head are refused there.</summary>
     [Fact]
@@ -147,7 +147,7 @@ public sealed class TokenClassifierTests(ITestOutputHelper output)
         {
             ContextSize = 64, Kv = KvFormat.F32, Loras = [(LoraAdapter.Load(adapter, model), 1f)],
         });
-        var e = TokenClassifier.Logits(ctx, tokens, clf, head);
+        var e = Classifier.TokenLogits(ctx, tokens, clf, head);
         double worst = 0;
         for (int t = 0; t < tokens.Length; t++)
         {
@@ -157,9 +157,9 @@ public sealed class TokenClassifierTests(ITestOutputHelper output)
         output.WriteLine($"training forward vs engine, every position: max |Δ| {worst:E2}");
         Assert.True(worst < 1e-4, $"max |Δ| {worst}");
         Assert.Equal(0, ctx.Cache.Length(0));
-        Assert.Contains("causal", Assert.Throws<CriaException>(() => TokenClassifier.Logits(ctx, tokens, clf with { Bidirectional = true }, head)).Message);
-        Assert.Contains("pools", Assert.Throws<CriaException>(() => TokenClassifier.Logits(ctx, tokens, clf with { Pooling = ClassifierPooling.Last }, head)).Message);
-        Assert.Contains("TokenClassifier.Logits", Assert.Throws<CriaException>(() => Classifier.Logits(ctx, tokens, clf, head)).Message);
+        Assert.Contains("causal", Assert.Throws<CriaException>(() => Classifier.TokenLogits(ctx, tokens, clf with { Bidirectional = true }, head)).Message);
+        Assert.Contains("pools", Assert.Throws<CriaException>(() => Classifier.TokenLogits(ctx, tokens, clf with { Pooling = ClassifierPooling.Last }, head)).Message);
+        Assert.Contains("Classifier.TokenLogits", Assert.Throws<CriaException>(() => Classifier.Logits(ctx, tokens, clf, head)).Message);
     }
 
     /// <summary>Entity-level scores as seqeval's README example gives them (F1 0.50), entity spans under BIO and IOB1,
