@@ -30,10 +30,13 @@ static class ServeCommand
         var draftRows = new Option<int>("--draft-rows") { Description = "drafts ride only while a step's decode rows and drafts stay within this many rows", DefaultValueFactory = _ => 16 };
         var selfEval = new Option<string?>("--self-eval") { Description = "rank /v1/completions' best_of samples by the model's own P(\"No\") under this train-self-eval adapter (default: mean log p per token, OpenAI's rule)" };
         var selfEvalCtx = new Option<int>("--self-eval-ctx") { Description = "tokens the self-evaluation reads (its training --ctx)", DefaultValueFactory = _ => 128 };
+        var clfAdapter = new Option<string?>("--classifier-adapter") { Description = "serve POST /classify with this train-classifier adapter (causal modes: last, mean)" };
+        var clfHead = new Option<string?>("--classifier-head") { Description = "the classifier's head (train-classifier's head.gguf)" };
+        var clfCtx = new Option<int>("--classifier-ctx") { Description = "tokens a classified text is cut to (its training --ctx)", DefaultValueFactory = _ => 64 };
         var cmd = new Command("serve", "serve a model over an OpenAI-compatible HTTP API (continuous batching, chunked prefill)")
         {
             model, host, port, apiKey, apiKeyFile, ctx, threads, budget, maxSeqs, noChunk, noPrefix, maxWaiting, verbose,
-            lookup, draftMax, ngram, draftFixed, draftRows, selfEval, selfEvalCtx,
+            lookup, draftMax, ngram, draftFixed, draftRows, selfEval, selfEvalCtx, clfAdapter, clfHead, clfCtx,
         };
         var kv = new KvCliOptions();
         kv.AddTo(cmd);
@@ -52,6 +55,7 @@ static class ServeCommand
                 ContextSize = r.GetValue(ctx), Threads = r.GetValue(threads), Verbose = r.GetValue(verbose),
                 Kv = kv.Format(r), Eviction = kv.Eviction(r), Rope = kv.Rope(r), Loras = lora.Adapters(r),
                 SelfEvalAdapter = r.GetValue(selfEval), SelfEvalContext = r.GetValue(selfEvalCtx),
+                ClassifierAdapter = r.GetValue(clfAdapter), ClassifierHead = r.GetValue(clfHead), ClassifierContext = r.GetValue(clfCtx),
                 Engine = new EngineOptions
                 {
                     MaxWaiting = r.GetValue(maxWaiting),
@@ -85,6 +89,7 @@ static class ServeCommand
                     $"budget {options.Engine.Scheduler.TokenBudget} tokens/step, chunked prefill {(options.Engine.Scheduler.ChunkedPrefill ? "on" : "off")}" +
                     (options.Engine.Speculative is { } sp ? $", prompt lookup up to {sp.DraftMax} drafts (≤ {options.Engine.Scheduler.DraftRowLimit} rows a step)" : "") +
                     (options.SelfEvalAdapter != null ? $", best_of ranked by self-evaluation ({Path.GetFileName(options.SelfEvalAdapter)})" : "") +
+                    (options.ClassifierHead != null ? $", /classify with {Path.GetFileName(options.ClassifierHead)}" : "") +
                     (options.ApiKey != null ? ", API key required" : ""));
                 Console.Error.WriteLine($"cria serve: chat template: {server.Template!.Description}");
             }

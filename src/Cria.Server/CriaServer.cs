@@ -46,6 +46,12 @@ public sealed record ServerOptions
     public string? SelfEvalAdapter { get; init; }
     /// <summary>Tokens the self-evaluation reads (its training --ctx).</summary>
     public int SelfEvalContext { get; init; } = 128;
+    /// <summary>A sequence classifier for /classify (vLLM's classification route): train-classifier's adapter and head,
+    /// a causal mode (last or mean: the engine's attention is causal).</summary>
+    public string? ClassifierAdapter { get; init; }
+    public string? ClassifierHead { get; init; }
+    /// <summary>Tokens a classified text is cut to (BOS + text; its training --ctx).</summary>
+    public int ClassifierContext { get; init; } = 64;
     public long MaxBodyBytes { get; init; } = 4 << 20;
     /// <summary>Write request logs to the console.</summary>
     public bool Verbose { get; init; }
@@ -73,6 +79,11 @@ public sealed class CriaServer : IAsyncDisposable
         /// <summary>The best_of scorer when it is not log p (one context: requests take turns).</summary>
         public IResponseScorer? Scorer { get; init; }
         public InferenceContext? ScorerContext { get; init; }
+        /// <summary>/classify: the classifier's context (its adapter applied; requests take turns), options and head.</summary>
+        public InferenceContext? ClassifierContext { get; init; }
+        public ClassifierOptions? Classifier { get; init; }
+        public float[]? ClassifierHead { get; init; }
+        public int ClassifierTokens { get; init; }
         public LlamaModel Model { get; } = model;
         public InferenceContext Context { get; } = context;
         public Engine Engine { get; } = engine;
@@ -119,10 +130,23 @@ public sealed class CriaServer : IAsyncDisposable
                 scorerContext = new InferenceContext(model, new ContextOptions { ContextSize = T - 1, Threads = _o.Threads, Loras = [(LoraAdapter.Load(se, model), 1f)] });
                 scorer = new SelfEvalScorer(scorerContext, SelfEvalFormat.Create(model.Tokenizer), T - 1);
             }
+            InferenceContext? clfContext = null;
+            ClassifierOptions? clf = null;
+            float[]? clfHead = null;
+            if (_o.ClassifierHead != null || _o.ClassifierAdapter != null)
+            {
+                if (_o.ClassifierHead == null || _o.ClassifierAdapter == null) throw new CriaException("a classifier needs both its adapter and its head");
+                (clf, clfHead) = ClassifierOptions.ReadHead(_o.ClassifierHead, model.Config.Dim);
+                if (clf.Bidirectional || clf.PerToken || clf.IsReward)
+                    throw new CriaException($"/classify serves sequence classifiers in a causal mode (last, mean); {_o.ClassifierHead} is {(clf.IsReward ? "a reward model" : clf.ModeName)}");
+                int T = _o.ClassifierContext;
+                if (T < 2 || T > model.Config.ContextLength) throw new CriaException($"the classifier context {T} must be in 2..{model.Config.ContextLength}");
+                clfContext = new InferenceContext(model, new ContextOptions { ContextSize = T, Threads = _o.Threads, Loras = [(LoraAdapter.Load(_o.ClassifierAdapter, model), 1f)] });
+            }
             var engine = new Engine(context, model.Tokenizer, _o.Engine);
             var metrics = new ServerMetrics(ModelName);
             metrics.Attach(engine);
-            _state = new State(model, context, engine, ChatTemplate.FromGguf(model.File, model.Tokenizer), metrics, ModelName) { Scorer = scorer, ScorerContext = scorerContext };
+            _state = new State(model, context, engine, ChatTemplate.FromGguf(model.File, model.Tokenizer), metrics, ModelName) { Scorer = scorer, ScorerContext = scorerContext, ClassifierContext = clfContext, Classifier = clf, ClassifierHead = clfHead, ClassifierTokens = _o.ClassifierContext };
         }
         catch (Exception e)
         {
@@ -170,6 +194,7 @@ public sealed class CriaServer : IAsyncDisposable
         app.MapPost("/v1/completions", (HttpContext h) => server!.Completions(h, chat: false));
         app.MapPost("/v1/chat/completions", (HttpContext h) => server!.Completions(h, chat: true));
         app.MapPost("/v1/embeddings", (HttpContext h) => server!.Embeddings(h));
+        app.MapPost("/classify", (HttpContext h) => server!.Classify(h));
         app.MapFallback((HttpContext h) => throw new ApiException(404, $"no route {h.Request.Method} {h.Request.Path}", type: "not_found_error"));
         await app.StartAsync(ct);
         var addr = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
@@ -185,7 +210,7 @@ public sealed class CriaServer : IAsyncDisposable
         await _app.StopAsync();
         await _app.DisposeAsync();
         try { await _loading; } catch { /* reported by /health */ }
-        if (_state is { } s) { s.Engine.Dispose(); s.Context.Dispose(); s.ScorerContext?.Dispose(); s.Model.Dispose(); }
+        if (_state is { } s) { s.Engine.Dispose(); s.Context.Dispose(); s.ScorerContext?.Dispose(); s.ClassifierContext?.Dispose(); s.Model.Dispose(); }
     }
 
     // ---- plumbing -------------------------------------------------------------------------------------------------
@@ -359,6 +384,61 @@ public sealed class CriaServer : IAsyncDisposable
         await WriteJson(http, new JsonObject
         {
             ["object"] = "list", ["data"] = data, ["model"] = s.ModelName,
+            ["usage"] = new JsonObject { ["prompt_tokens"] = n, ["total_tokens"] = n },
+        });
+    }
+
+    /// <summary>
+    /// /classify (vLLM's route for classification models): {"input": text or [texts], "model"?} → for each text the
+    /// label with the highest probability, the probabilities of every label (softmax of the head's logits) and the
+    /// label count. The text is read as BOS + its tokens cut to the classifier's context, as train-classifier reads it.
+    /// </summary>
+    async Task Classify(HttpContext http)
+    {
+        var s = Ready();
+        if (s.Classifier is not { } clf || s.ClassifierContext is not { } ctx || s.ClassifierHead is not { } head)
+            throw new ApiException(404, "this server has no classifier (start it with --classifier-adapter A --classifier-head H)", type: "not_found_error");
+        var o = await ReadBody(http);
+        OpenAiRequest.String(o, "model");
+        if (!o.TryGetProperty("input", out var input) || input.ValueKind == JsonValueKind.Null) throw new ApiException(400, "'input' is required", "input");
+        var texts = input.ValueKind switch
+        {
+            JsonValueKind.String => [input.GetString()!],
+            JsonValueKind.Array when input.GetArrayLength() is > 0 and <= MaxEmbeddingInputs =>
+                input.EnumerateArray().Select(e => e.ValueKind == JsonValueKind.String ? e.GetString()! : throw new ApiException(400, "'input' must be a string or an array of strings", "input")).ToArray(),
+            JsonValueKind.Array => throw new ApiException(400, $"'input' must hold 1 to {MaxEmbeddingInputs} texts", "input"),
+            _ => throw new ApiException(400, "'input' must be a string or an array of strings", "input"),
+        };
+        var tok = s.Model.Tokenizer;
+        int T = s.ClassifierTokens;
+        var ids = texts.Select(t =>
+        {
+            var e = new LabelledExample(tok.Encode(t, addBos: false), 0);
+            var row = new int[Math.Min(T, e.Tokens.Length + 1)];
+            e.CopyTo(row, tok.Bos);
+            return row;
+        }).ToArray();
+        var logits = await Task.Run(() => { lock (ctx) return ids.Select(r => Classifier.Logits(ctx, r, clf, head)).ToArray(); }, http.RequestAborted);
+        var data = new JsonArray();
+        for (int i = 0; i < logits.Length; i++)
+        {
+            var z = logits[i];
+            float max = z.Max();
+            var p = z.Select(v => Math.Exp(v - max)).ToArray();
+            double sum = p.Sum();
+            int best = Sampler.ArgMax(z);
+            data.Add(new JsonObject
+            {
+                ["index"] = i, ["label"] = clf.Labels[best],
+                ["probs"] = new JsonArray(p.Select(v => (JsonNode?)JsonValue.Create(v / sum)).ToArray()),
+                ["num_classes"] = clf.Labels.Length,
+            });
+        }
+        int n = ids.Sum(r => r.Length);
+        await WriteJson(http, new JsonObject
+        {
+            ["id"] = "classify-" + Guid.NewGuid().ToString("N")[..24], ["object"] = "list", ["created"] = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
+            ["model"] = s.ModelName, ["data"] = data,
             ["usage"] = new JsonObject { ["prompt_tokens"] = n, ["total_tokens"] = n },
         });
     }
