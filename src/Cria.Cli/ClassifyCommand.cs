@@ -113,7 +113,7 @@ static class ClassifyCommand
         var init = new Option<string?>("--init") { Description = "the F32/F16 llama GGUF to adapt (default: the bundled model)" };
         var train = new Option<string>("--train") { Description = "labelled examples, one 'label<TAB>text' per line (\\n in the text is a newline); token modes: CoNLL ('word<TAB>tag' lines, a blank line between sentences)", Required = true };
         var valid = new Option<string?>("--valid") { Description = "held-out examples (same format): accuracy at every evaluation and at the end" };
-        var mode = new Option<string>("--mode") { Description = "last (LS-LLaMA: causal, the last token's logits), mean (causal, mean over tokens), bi-mean (LS-unLLaMA: no causal mask, mean), bi-last; token classification (NER): token (causal), bi-token (LS-unLLaMA)", DefaultValueFactory = _ => "last" };
+        var mode = new Option<string>("--mode") { Description = "last (LS-LLaMA: causal, the last token's logits), mean (causal, mean over tokens), bi-mean (LS-unLLaMA: no causal mask, mean), bi-last, max / bi-max (per class, the largest logit over the tokens); token classification (NER): token (causal), bi-token (LS-unLLaMA)", DefaultValueFactory = _ => "last" };
         var outDir = new Option<string>("--out", "-o") { Description = "output directory: adapter.gguf (llama.cpp's --lora format) and head.gguf", DefaultValueFactory = _ => "out/classifier" };
         var ctx = new Option<int>("--ctx") { Description = "tokens per example (BOS + text, cut)", DefaultValueFactory = _ => 64 };
         var training = new AdapterTrainingCliOptions(steps: 500, batch: 8, warmup: 50, rank: 12, alpha: 32f, loraNote: "LS-LLaMA: rank 12, alpha 32");

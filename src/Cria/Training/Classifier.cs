@@ -4,9 +4,9 @@ using Cria.Tensors;
 
 namespace Cria.Training;
 
-/// <summary>How a sequence's per-token class logits become one (LS-LLaMA: the last token; LS-unLLaMA: the mean), or
-/// stay one per token (token classification, e.g. NER: LS-unLLaMA's token task).</summary>
-public enum ClassifierPooling { Last, Mean, Token }
+/// <summary>How a sequence's per-token class logits become one (LS-LLaMA: the last token; LS-unLLaMA: the mean, or the
+/// maximum per class), or stay one per token (token classification, e.g. NER: LS-unLLaMA's token task).</summary>
+public enum ClassifierPooling { Last, Mean, Token, Max }
 
 /// <summary>What a head on the final hidden states is trained for.</summary>
 public enum ClassifierObjective
@@ -48,23 +48,26 @@ public sealed record ClassifierOptions
         if (IsReward && PerToken) throw new CriaException("a reward model scores a whole sequence; token pooling is for token classifiers");
     }
 
-    /// <summary>LS-LLaMA (causal, last token) and LS-unLLaMA (bidirectional, mean) by name: "last", "mean", "bi-mean",
-    /// "bi-last"; token classification: "token" (causal) and "bi-token" (LS-unLLaMA's NER setting).</summary>
+    /// <summary>LS-LLaMA (causal, last token) and LS-unLLaMA (bidirectional, mean or max) by name: "last", "mean", "max",
+    /// "bi-mean", "bi-last", "bi-max"; token classification: "token" (causal) and "bi-token" (LS-unLLaMA's NER setting).</summary>
     public static (ClassifierPooling Pooling, bool Bidirectional) ParseMode(string s) => s.ToLowerInvariant() switch
     {
         "last" => (ClassifierPooling.Last, false),
         "mean" => (ClassifierPooling.Mean, false),
         "bi-mean" => (ClassifierPooling.Mean, true),
         "bi-last" => (ClassifierPooling.Last, true),
+        "max" => (ClassifierPooling.Max, false),
+        "bi-max" => (ClassifierPooling.Max, true),
         "token" => (ClassifierPooling.Token, false),
         "bi-token" => (ClassifierPooling.Token, true),
-        _ => throw new CriaException($"unknown classifier mode '{s}' (last, mean, bi-mean, bi-last, token, bi-token)"),
+        _ => throw new CriaException($"unknown classifier mode '{s}' (last, mean, max, bi-mean, bi-last, bi-max, token, bi-token)"),
     };
 
     public string ModeName => (Bidirectional ? "bi-" : "") + Pooling switch
     {
         ClassifierPooling.Last => "last",
         ClassifierPooling.Mean => "mean",
+        ClassifierPooling.Max => "max",
         _ => "token",
     };
 
@@ -139,6 +142,13 @@ public static class Classifier
     {
         if (o.PerToken) throw new CriaException($"classifier mode {o.ModeName} labels every token; use Classifier.TokenLogits");
         int dim = ctx.Config.Dim, n = tokens.Length, C = o.Labels.Length;
+        if (o.Pooling == ClassifierPooling.Max)
+        {
+            var zt = PerPosition(FinalHidden(ctx, tokens, o, head, sequence, 0), head, n, dim, C); // [n, C]
+            var m = new float[C];
+            for (int j = 0; j < C; j++) { m[j] = zt[j]; for (int t = 1; t < n; t++) m[j] = MathF.Max(m[j], zt[t * C + j]); }
+            return m;
+        }
         int first = o.Pooling == ClassifierPooling.Last ? n - 1 : 0;
         var h = FinalHidden(ctx, tokens, o, head, sequence, first); // [n − first, dim]
         var pooled = new double[dim];
@@ -161,8 +171,13 @@ public static class Classifier
     {
         if (!o.PerToken) throw new CriaException($"classifier mode {o.ModeName} pools its tokens; use Classifier.Logits");
         int dim = ctx.Config.Dim, n = tokens.Length, C = o.Labels.Length;
-        var h = FinalHidden(ctx, tokens, o, head, sequence, 0); // [n, dim]
-        var z = new float[n * C]; // [n, C]
+        return PerPosition(FinalHidden(ctx, tokens, o, head, sequence, 0), head, n, dim, C);
+    }
+
+    /// <summary>z [n, C] = h [n, dim] · headᵀ.</summary>
+    static float[] PerPosition(float[] h, ReadOnlySpan<float> head, int n, int dim, int C)
+    {
+        var z = new float[n * C];
         for (int t = 0; t < n; t++)
             for (int j = 0; j < C; j++)
             {

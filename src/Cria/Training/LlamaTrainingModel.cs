@@ -408,6 +408,14 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
             var pooled = new Span<float>(_pooled + (long)b * C, C);
             pooled.Clear();
             int n = _seqLens[b];
+            if (Classifier.Pooling == ClassifierPooling.Max)
+            {
+                // LS-unLLaMA's max pooling: per class, the largest logit over the sequence's n positions.
+                new ReadOnlySpan<float>(_classLogits + (long)b * SeqLen * C, C).CopyTo(pooled);
+                for (int t = 1; t < n; t++)
+                    for (int j = 0; j < C; j++) pooled[j] = MathF.Max(pooled[j], _classLogits[((long)b * SeqLen + t) * C + j]);
+                continue;
+            }
             for (int t = 0; t < SeqLen; t++)
             {
                 float w = PoolWeight(t, n);
@@ -677,6 +685,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     void BackwardFromPooled(ReadOnlySpan<float> dPooled)
     {
         int C = Classifier!.Labels.Length, N = Rows, B = BatchSize;
+        if (Classifier.Pooling == ClassifierPooling.Max) { BackwardFromMaxPooled(dPooled); return; }
         Clear(_classLogits, (long)N * C);
         for (int b = 0; b < B; b++)
             for (int t = 0; t < SeqLen; t++)
@@ -686,6 +695,26 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
                 float* dz = _classLogits + ((long)b * SeqLen + t) * C;
                 for (int j = 0; j < C; j++) dz[j] = w * dPooled[b * C + j];
             }
+        BackwardFromClassLogitGrads();
+    }
+
+    /// <summary>Max pooling's backward: each class's gradient goes to the position that held its maximum (the first on
+    /// ties), found again from the kept logits before they are overwritten with dz.</summary>
+    void BackwardFromMaxPooled(ReadOnlySpan<float> dPooled)
+    {
+        int C = Classifier!.Labels.Length, N = Rows, B = BatchSize;
+        var at = new int[B * C]; // [B, C] position of each class's maximum
+        for (int b = 0; b < B; b++)
+            for (int j = 0; j < C; j++)
+            {
+                int best = 0;
+                for (int t = 1; t < _seqLens[b]; t++)
+                    if (_classLogits[((long)b * SeqLen + t) * C + j] > _classLogits[((long)b * SeqLen + best) * C + j]) best = t;
+                at[b * C + j] = best;
+            }
+        Clear(_classLogits, (long)N * C);
+        for (int b = 0; b < B; b++)
+            for (int j = 0; j < C; j++) _classLogits[((long)b * SeqLen + at[b * C + j]) * C + j] = dPooled[b * C + j];
         BackwardFromClassLogitGrads();
     }
 

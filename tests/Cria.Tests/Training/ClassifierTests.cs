@@ -34,6 +34,22 @@ public sealed class ClassifierTests(ITestOutputHelper output)
         int B = m.BatchSize, T = m.SeqLen, D = m.Shape.Dim, C = c.Labels.Length;
         var h = Reference.Hidden(m.Layout, Reference.MergeLora(m.Layout, m.Lora!, p, ad), tokens, B, T, c.Bidirectional ? lengths : null);
         var pooled = new double[B * C];
+        if (c.Pooling == ClassifierPooling.Max)
+        {
+            for (int b = 0; b < B; b++)
+                for (int j = 0; j < C; j++)
+                {
+                    double best = double.NegativeInfinity;
+                    for (int t = 0; t < lengths[b]; t++)
+                    {
+                        double z = 0;
+                        for (int i = 0; i < D; i++) z += h[(b * T + t) * D + i] * ad[m.Lora!.Head + j * D + i];
+                        best = Math.Max(best, z);
+                    }
+                    pooled[b * C + j] = best;
+                }
+            return pooled;
+        }
         for (int b = 0; b < B; b++)
             for (int t = 0; t < T; t++)
             {
@@ -82,6 +98,8 @@ public sealed class ClassifierTests(ITestOutputHelper output)
     [InlineData("mean")]
     [InlineData("bi-mean")]
     [InlineData("bi-last")]
+    [InlineData("max")]
+    [InlineData("bi-max")]
     public void Loss_and_gradients_agree_with_finite_differences(string mode)
     {
         var (pooling, bi) = ClassifierOptions.ParseMode(mode);
@@ -139,6 +157,7 @@ public sealed class ClassifierTests(ITestOutputHelper output)
     [Theory]
     [InlineData("last")]
     [InlineData("mean")]
+    [InlineData("max")]
     public void The_generation_engine_gives_the_training_forwards_class_logits(string mode)
     {
         var spec = new RandomModelSpec { Dim = 64, Layers = 2, Heads = 4, KvHeads = 2, FfnDim = 128, VocabSize = 384, Seed = 12 };
@@ -243,7 +262,7 @@ public sealed class ClassifierTests(ITestOutputHelper output)
 
         Assert.Contains("cls.output.weight must be F32 [17, 3]", Assert.Throws<CriaException>(() => ClassifierOptions.ReadHead(head, Shape.Dim + 1)).Message);
         Assert.Contains("not a classifier head", Assert.Throws<CriaException>(() => ClassifierOptions.ReadHead(adapter, Shape.Dim)).Message);
-        Assert.Contains("unknown classifier mode", Assert.Throws<CriaException>(() => ClassifierOptions.ParseMode("max")).Message);
+        Assert.Contains("unknown classifier mode", Assert.Throws<CriaException>(() => ClassifierOptions.ParseMode("min")).Message);
         Assert.Contains("2..4096 labels", Assert.Throws<CriaException>(() => new ClassifierOptions { Labels = ["only"] }.Validate()).Message);
         Assert.Contains("distinct", Assert.Throws<CriaException>(() => new ClassifierOptions { Labels = ["a", "a"] }.Validate()).Message);
         Assert.Contains("give a LoRA rank", Assert.Throws<CriaException>(() => new LlamaTrainingModel(Shape, 1, 4, 1, null, clf)).Message);
