@@ -56,3 +56,24 @@ sealed class AdapterTrainingCliOptions
     /// <summary>Steps between held-out evaluations (at least 1).</summary>
     public int EvalEvery(ParseResult r) => Math.Max(1, r.GetValue(_evalEvery));
 }
+
+/// <summary>
+/// The step loop the fine-tuning commands share (train-classifier, train-reward, train-self-eval, train --pairs and
+/// --sft): "step 0" with the held-out report, then steps until the trainer reaches <paramref name="steps"/>, printing a
+/// line every 10 steps and at each evaluation (every <paramref name="every"/> steps, and the last), where the held-out
+/// report is appended. <paramref name="step"/> runs one step and returns its measures.
+/// </summary>
+static class StepLoop
+{
+    public static void Run(Cria.Training.Trainer trainer, int steps, int every, Func<string> step, Func<string> held)
+    {
+        Console.Out.WriteLine($"step 0{held()}");
+        while (trainer.Step < steps)
+        {
+            string measures = step();
+            int s = trainer.Step;
+            bool eval = s % every == 0 || s == steps;
+            if (s % 10 == 0 || eval) Console.Out.WriteLine($"step {s}/{steps}  {measures}{(eval ? held() : "")}");
+        }
+    }
+}

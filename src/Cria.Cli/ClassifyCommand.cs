@@ -152,15 +152,11 @@ static class ClassifyCommand
                 return string.Create(CultureInfo.InvariantCulture, $"  held-out loss {loss:F4}, accuracy {right / (double)held.Count:P1}");
             }
             var sw = Stopwatch.StartNew();
-            Console.Out.WriteLine($"step 0{Held()}");
-            while (trainer.Step < options.Steps)
+            StepLoop.Run(trainer, options.Steps, every, () =>
             {
                 var res = trainer.ClassifierStep(examples, pad);
-                bool eval = res.Step % every == 0 || res.Step == options.Steps;
-                if (res.Step % 10 == 0 || eval)
-                    Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                        $"step {res.Step}/{options.Steps}  loss {res.Loss:F4}  accuracy {res.Accuracy:P0}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}{(eval ? Held() : "")}"));
-            }
+                return string.Create(CultureInfo.InvariantCulture, $"loss {res.Loss:F4}  accuracy {res.Accuracy:P0}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}");
+            }, Held);
             WriteOutputs(trainer, clf, dir, "cria-classifier", sw.Elapsed);
             return 0;
         });
@@ -192,15 +188,11 @@ static class ClassifyCommand
             return string.Create(CultureInfo.InvariantCulture, $"  held-out loss {loss:F4}, {TagReport(held, pred, outside, tags)}");
         }
         var sw = Stopwatch.StartNew();
-        Console.Out.WriteLine($"step 0{Held()}");
-        while (trainer.Step < options.Steps)
+        StepLoop.Run(trainer, options.Steps, every, () =>
         {
             var res = trainer.TokenClassifierStep(examples, pad);
-            bool eval = res.Step % every == 0 || res.Step == options.Steps;
-            if (res.Step % 10 == 0 || eval)
-                Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"step {res.Step}/{options.Steps}  loss {res.Loss:F4}  token accuracy {res.Accuracy:P0}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}{(eval ? Held() : "")}"));
-        }
+            return string.Create(CultureInfo.InvariantCulture, $"loss {res.Loss:F4}  token accuracy {res.Accuracy:P0}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}");
+        }, Held);
         WriteOutputs(trainer, clf, dir, "cria-tagger", sw.Elapsed);
         return 0;
     }

@@ -145,15 +145,11 @@ static class RewardCommand
                 return "  held-out " + PairReport(heldRecords, rw.AsSpan(0, heldRecords.Count), rw.AsSpan(heldRecords.Count));
             }
             var sw = Stopwatch.StartNew();
-            Console.Out.WriteLine($"step 0{Held()}");
-            while (trainer.Step < options.Steps)
+            StepLoop.Run(trainer, options.Steps, every, () =>
             {
                 var res = objective == ClassifierObjective.BradleyTerry ? trainer.RewardPairStep(pairs, pad) : trainer.RewardRegressionStep(rated, pad);
-                bool eval = res.Step % every == 0 || res.Step == options.Steps;
-                if (res.Step % 10 == 0 || eval)
-                    Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                        $"step {res.Step}/{options.Steps}  loss {res.Loss:F4}  {(pairs.Count > 0 ? "pairs ordered" : "within 0.5")} {res.Accuracy:P0}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}{(eval ? Held() : "")}"));
-            }
+                return string.Create(CultureInfo.InvariantCulture, $"loss {res.Loss:F4}  {(pairs.Count > 0 ? "pairs ordered" : "within 0.5")} {res.Accuracy:P0}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}");
+            }, Held);
             ClassifyCommand.WriteOutputs(trainer, head, dir, "cria-reward", sw.Elapsed);
             return 0;
         });

@@ -97,16 +97,12 @@ static class SelfEvalCommand
             log.WriteLine($"LoRA rank {lora.Rank}, alpha {lora.Alpha}, on {lora.Targets}: {trainer.Model.Lora!.Count:N0} trained parameters; the base is frozen");
             string Held() => valid.Count == 0 ? "" : "  held-out " + Report(valid, trainer.SelfEvalPNo(Flatten(valid), format));
             int every = training.EvalEvery(r);
-            Console.Out.WriteLine($"step 0{Held()}");
             sw.Restart();
-            while (trainer.Step < options.Steps)
+            StepLoop.Run(trainer, options.Steps, every, () =>
             {
                 var res = trainer.SelfEvalStep(train, format, partialFraction);
-                bool eval = res.Step % every == 0 || res.Step == options.Steps;
-                if (res.Step % 10 == 0 || eval)
-                    Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                        $"step {res.Step}/{options.Steps}  loss {res.Loss:F4}  |P(No) − win-or-tie rate| {res.MeanError:F3}  mean P(No) {res.MeanPNo:F3}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}{(eval ? Held() : "")}"));
-            }
+                return string.Create(CultureInfo.InvariantCulture, $"loss {res.Loss:F4}  |P(No) − win-or-tie rate| {res.MeanError:F3}  mean P(No) {res.MeanPNo:F3}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}");
+            }, Held);
             string adapterPath = Path.Combine(dir, "adapter.gguf");
             trainer.Model.Lora!.Write(adapterPath, trainer.Model.LoraParameters, "cria-self-eval");
             Console.Out.WriteLine($"done: {trainer.Step} steps in {sw.Elapsed.TotalSeconds:F0} s; adapter {adapterPath} (best-of --self-eval {adapterPath} --reward-ctx {T})");

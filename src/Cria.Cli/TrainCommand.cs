@@ -339,15 +339,11 @@ sealed class TrainingRun
             var m = Enumerable.Range(0, held.Count).Select(i => p.PairLoss(lp[2 * i], lp[2 * i + 1], heldRef![2 * i], heldRef[2 * i + 1], held[i].Chosen.Length, held[i].Rejected.Length).Margin).ToArray();
             return string.Create(CultureInfo.InvariantCulture, $"  held-out margin {m.Average():F3}, accuracy {m.Count(x => x > 0) / (double)m.Length:P0}");
         }
-        Console.Out.WriteLine($"step 0{Held()}");
-        while (trainer.Step < Options.Steps)
+        StepLoop.Run(trainer, Options.Steps, EvalEvery, () =>
         {
             var res = trainer.PreferenceStep(pairs, reference, p);
-            bool eval = res.Step % EvalEvery == 0 || res.Step == Options.Steps;
-            if (res.Step % 10 == 0 || eval)
-                Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"step {res.Step}/{Options.Steps}  loss {res.Loss:F4}  margin {res.Margin:F3}  accuracy {res.Accuracy:P0}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}{(eval ? Held() : "")}"));
-        }
+            return string.Create(CultureInfo.InvariantCulture, $"loss {res.Loss:F4}  margin {res.Margin:F3}  accuracy {res.Accuracy:P0}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}");
+        }, Held);
         string outPath = Path.Combine(OutDir, Lora != null ? "adapter.gguf" : "model.gguf");
         Export(trainer, vocab, outPath);
         Console.Out.WriteLine($"done: {trainer.Step} steps in {sw.Elapsed.TotalSeconds:F0} s; {(Lora != null ? "adapter" : "model")}: {outPath}");
@@ -386,15 +382,11 @@ sealed class TrainingRun
             return string.Create(CultureInfo.InvariantCulture, $"  held-out response loss {l:F4} (ppl {Math.Exp(l):F2})");
         }
         var sw = Stopwatch.StartNew();
-        Console.Out.WriteLine($"step 0{Held()}");
-        while (trainer.Step < Options.Steps)
+        StepLoop.Run(trainer, Options.Steps, EvalEvery, () =>
         {
             var res = trainer.SftStep(examples);
-            bool eval = res.Step % EvalEvery == 0 || res.Step == Options.Steps;
-            if (res.Step % 10 == 0 || eval)
-                Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"step {res.Step}/{Options.Steps}  loss {res.Loss:F4}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}{(eval ? Held() : "")}"));
-        }
+            return string.Create(CultureInfo.InvariantCulture, $"loss {res.Loss:F4}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}");
+        }, Held);
         string outPath = Path.Combine(OutDir, Lora != null ? "adapter.gguf" : "model.gguf");
         Export(trainer, vocab, outPath);
         Console.Out.WriteLine($"done: {trainer.Step} steps in {sw.Elapsed.TotalSeconds:F0} s, {trainer.TokensSeen:N0} tokens read; {(Lora != null ? "adapter" : "model")}: {outPath}");

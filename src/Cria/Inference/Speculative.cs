@@ -207,9 +207,8 @@ public sealed class ModelDrafter : IDrafter
     readonly int _seq, _vocab;
     readonly int[] _fed;        // [capacity] the tokens in the draft cache, in order
     int _fedCount;
-    readonly float[] _q;        // [DraftMax, vocab] the distribution each draft token was drawn from
-    readonly float[] _guide;    // RAPID: [DraftMax + 1, vocab] the drafter's distribution at each drafted position and the next
-    int _guideCount;
+    readonly float[] _q;        // [DraftMax (+ 1 with RAPID), vocab] the drafter's distribution at each drafted position (and, with RAPID, the next)
+    int _guideCount;            // RAPID: positions of the last draft whose distribution _q holds
     int[] _view = [];           // RAPID: [capacity] the drafter's history (its prompt, then the generated tokens)
     readonly Batch _batch;
     Sampler? _sampler;
@@ -223,8 +222,7 @@ public sealed class ModelDrafter : IDrafter
         _seq = sequenceId;
         _vocab = draft.Config.VocabSize;
         _fed = new int[draft.Cache.Capacity];
-        _q = new float[(long)_o.DraftMax * _vocab];
-        _guide = _o.Margin > 0 ? new float[(long)(_o.DraftMax + 1) * _vocab] : [];
+        _q = new float[(long)(_o.DraftMax + (_o.Margin > 0 ? 1 : 0)) * _vocab];
         _batch = new Batch(Math.Min(draft.Cache.Capacity, 512));
     }
 
@@ -303,7 +301,14 @@ public sealed class ModelDrafter : IDrafter
         while (true)
         {
             var logits = _ctx.Logits(row);
-            if (guide) Guide(sampler, logits, n);
+            if (guide)
+            {
+                // RAPID: the drafter's distribution here nudges the target's (a sampled draft is drawn from it too).
+                var g = _q.AsSpan(n * _vocab, _vocab);
+                if (_greedy) sampler.SoftDistribution(logits, g);
+                else sampler.Distribution(logits, g);
+                _guideCount = n + 1;
+            }
             if (n == max) break;
             if (_o.DraftPMin > 0 && Speculative.MaxProbability(logits) < _o.DraftPMin) break;
             int x;
@@ -311,13 +316,12 @@ public sealed class ModelDrafter : IDrafter
             else
             {
                 var q = _q.AsSpan(n * _vocab, _vocab);
-                sampler.Distribution(logits, q);
+                if (!guide) sampler.Distribution(logits, q);
                 x = Speculative.SampleDense(q, sampler.NextUniform(), 1.0);
             }
             tokens[n++] = x;
             // Without RAPID the last draft is not fed: nothing needs the distribution after it.
             if (n == max && !guide) break;
-            if (_fedCount == cap) break;
             _batch.Clear();
             row = _batch.Add(x, _fedCount, _seq, true);
             _ctx.Decode(_batch);
@@ -326,17 +330,7 @@ public sealed class ModelDrafter : IDrafter
         return n;
     }
 
-    /// <summary>RAPID: keeps the drafter's distribution at drafted position <paramref name="i"/> (sampling: the one its
-    /// draft is drawn from; greedy: the softmax at temperature 1).</summary>
-    void Guide(Sampler sampler, ReadOnlySpan<float> logits, int i)
-    {
-        var g = _guide.AsSpan(i * _vocab, _vocab);
-        if (_greedy) sampler.SoftDistribution(logits, g);
-        else sampler.Distribution(logits, g);
-        _guideCount = i + 1;
-    }
-
     public ReadOnlySpan<float> DraftDistribution(int i) => _greedy ? default : _q.AsSpan(i * _vocab, _vocab);
 
-    public ReadOnlySpan<float> GuideDistribution(int i) => i < _guideCount ? _guide.AsSpan(i * _vocab, _vocab) : default;
+    public ReadOnlySpan<float> GuideDistribution(int i) => i < _guideCount ? _q.AsSpan(i * _vocab, _vocab) : default;
 }
