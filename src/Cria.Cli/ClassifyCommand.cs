@@ -245,8 +245,7 @@ static class ClassifyCommand
             int C = clf.Labels.Length;
             pred = examples.Select(e =>
             {
-                var ids = new int[Math.Min(T, e.Tokens.Length + 1)];
-                e.CopyTo(ids, tok.Bos);
+                var ids = Classifier.Input(e.Tokens, tok.Bos, T);
                 var z = Classifier.TokenLogits(context, ids, clf, head);
                 var p = new int[e.Tokens.Length];
                 for (int i = 0; i < p.Length; i++)
@@ -309,12 +308,7 @@ static class ClassifyCommand
             {
                 // Causal: the generation engine, BOS + the text cut to T tokens as in training.
                 using var context = new Cria.Inference.InferenceContext(m, new Cria.Inference.ContextOptions { ContextSize = T, Threads = r.GetValue(threads), Loras = [(adapterFile, 1f)] });
-                pred = examples.Select(e =>
-                {
-                    var ids = new int[Math.Min(T, e.Tokens.Length + 1)];
-                    e.CopyTo(ids, tok.Bos);
-                    return Cria.Inference.Sampler.ArgMax(Classifier.Logits(context, ids, clf, headWeights));
-                }).ToArray();
+                pred = examples.Select(e => Cria.Inference.Sampler.ArgMax(Classifier.Logits(context, Classifier.Input(e.Tokens, tok.Bos, T), clf, headWeights))).ToArray();
             }
             else
             {

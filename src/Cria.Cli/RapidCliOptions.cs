@@ -33,5 +33,9 @@ sealed class RapidCliOptions
     }
 
     /// <summary>Context tokens the drafter needs: its prompt (BOS, retrieved chunks, query) and what is generated.</summary>
-    public int DraftContext(ParseResult r, int generated) => Rag(r).BudgetTokens + Rag(r).QueryTokens + generated + 16;
+    public int DraftContext(ParseResult r, int generated)
+    {
+        var o = Rag(r);
+        return o.BudgetTokens + o.QueryTokens + generated + 16;
+    }
 }

@@ -47,7 +47,7 @@ public sealed record ServerOptions
     /// <summary>Tokens the self-evaluation reads (its training --ctx).</summary>
     public int SelfEvalContext { get; init; } = 128;
     /// <summary>A sequence classifier for /classify (vLLM's classification route): train-classifier's adapter and head,
-    /// a causal mode (last or mean: the engine's attention is causal).</summary>
+    /// a causal mode (last, mean or max: the engine's attention is causal).</summary>
     public string? ClassifierAdapter { get; init; }
     public string? ClassifierHead { get; init; }
     /// <summary>Tokens a classified text is cut to (BOS + text; its training --ctx).</summary>
@@ -74,16 +74,17 @@ public sealed class CriaServer : IAsyncDisposable
     volatile string? _loadError;
 
     /// <summary>Everything that exists once the model is loaded.</summary>
+    /// <summary>/classify: the classifier's context (its adapter applied; requests take turns), its options and head
+    /// [labels, dim], and the tokens a text is cut to.</summary>
+    public sealed record ServedClassifier(InferenceContext Context, ClassifierOptions Options, float[] Head, int Tokens);
+
     public sealed class State(LlamaModel model, InferenceContext context, Engine engine, ChatTemplate template, ServerMetrics metrics, string name)
     {
         /// <summary>The best_of scorer when it is not log p (one context: requests take turns).</summary>
         public IResponseScorer? Scorer { get; init; }
         public InferenceContext? ScorerContext { get; init; }
-        /// <summary>/classify: the classifier's context (its adapter applied; requests take turns), options and head.</summary>
-        public InferenceContext? ClassifierContext { get; init; }
-        public ClassifierOptions? Classifier { get; init; }
-        public float[]? ClassifierHead { get; init; }
-        public int ClassifierTokens { get; init; }
+        /// <summary>/classify's classifier, when the server has one.</summary>
+        public ServedClassifier? Classifier { get; init; }
         public LlamaModel Model { get; } = model;
         public InferenceContext Context { get; } = context;
         public Engine Engine { get; } = engine;
@@ -130,23 +131,23 @@ public sealed class CriaServer : IAsyncDisposable
                 scorerContext = new InferenceContext(model, new ContextOptions { ContextSize = T - 1, Threads = _o.Threads, Loras = [(LoraAdapter.Load(se, model), 1f)] });
                 scorer = new SelfEvalScorer(scorerContext, SelfEvalFormat.Create(model.Tokenizer), T - 1);
             }
-            InferenceContext? clfContext = null;
-            ClassifierOptions? clf = null;
-            float[]? clfHead = null;
+            ServedClassifier? classifier = null;
             if (_o.ClassifierHead != null || _o.ClassifierAdapter != null)
             {
                 if (_o.ClassifierHead == null || _o.ClassifierAdapter == null) throw new CriaException("a classifier needs both its adapter and its head");
-                (clf, clfHead) = ClassifierOptions.ReadHead(_o.ClassifierHead, model.Config.Dim);
+                var (clf, head) = ClassifierOptions.ReadHead(_o.ClassifierHead, model.Config.Dim);
                 if (clf.Bidirectional || clf.PerToken || clf.IsReward)
-                    throw new CriaException($"/classify serves sequence classifiers in a causal mode (last, mean); {_o.ClassifierHead} is {(clf.IsReward ? "a reward model" : clf.ModeName)}");
+                    throw new CriaException($"/classify serves sequence classifiers in a causal mode (last, mean, max); {_o.ClassifierHead} is {(clf.IsReward ? "a reward model" : clf.ModeName)}");
                 int T = _o.ClassifierContext;
                 if (T < 2 || T > model.Config.ContextLength) throw new CriaException($"the classifier context {T} must be in 2..{model.Config.ContextLength}");
-                clfContext = new InferenceContext(model, new ContextOptions { ContextSize = T, Threads = _o.Threads, Loras = [(LoraAdapter.Load(_o.ClassifierAdapter, model), 1f)] });
+                classifier = new ServedClassifier(
+                    new InferenceContext(model, new ContextOptions { ContextSize = T, Threads = _o.Threads, Loras = [(LoraAdapter.Load(_o.ClassifierAdapter, model), 1f)] }),
+                    clf, head, T);
             }
             var engine = new Engine(context, model.Tokenizer, _o.Engine);
             var metrics = new ServerMetrics(ModelName);
             metrics.Attach(engine);
-            _state = new State(model, context, engine, ChatTemplate.FromGguf(model.File, model.Tokenizer), metrics, ModelName) { Scorer = scorer, ScorerContext = scorerContext, ClassifierContext = clfContext, Classifier = clf, ClassifierHead = clfHead, ClassifierTokens = _o.ClassifierContext };
+            _state = new State(model, context, engine, ChatTemplate.FromGguf(model.File, model.Tokenizer), metrics, ModelName) { Scorer = scorer, ScorerContext = scorerContext, Classifier = classifier };
         }
         catch (Exception e)
         {
@@ -210,7 +211,7 @@ public sealed class CriaServer : IAsyncDisposable
         await _app.StopAsync();
         await _app.DisposeAsync();
         try { await _loading; } catch { /* reported by /health */ }
-        if (_state is { } s) { s.Engine.Dispose(); s.Context.Dispose(); s.ScorerContext?.Dispose(); s.ClassifierContext?.Dispose(); s.Model.Dispose(); }
+        if (_state is { } s) { s.Engine.Dispose(); s.Context.Dispose(); s.ScorerContext?.Dispose(); s.Classifier?.Context.Dispose(); s.Model.Dispose(); }
     }
 
     // ---- plumbing -------------------------------------------------------------------------------------------------
@@ -396,7 +397,7 @@ public sealed class CriaServer : IAsyncDisposable
     async Task Classify(HttpContext http)
     {
         var s = Ready();
-        if (s.Classifier is not { } clf || s.ClassifierContext is not { } ctx || s.ClassifierHead is not { } head)
+        if (s.Classifier is not { } served)
             throw new ApiException(404, "this server has no classifier (start it with --classifier-adapter A --classifier-head H)", type: "not_found_error");
         var o = await ReadBody(http);
         OpenAiRequest.String(o, "model");
@@ -410,14 +411,8 @@ public sealed class CriaServer : IAsyncDisposable
             _ => throw new ApiException(400, "'input' must be a string or an array of strings", "input"),
         };
         var tok = s.Model.Tokenizer;
-        int T = s.ClassifierTokens;
-        var ids = texts.Select(t =>
-        {
-            var e = new LabelledExample(tok.Encode(t, addBos: false), 0);
-            var row = new int[Math.Min(T, e.Tokens.Length + 1)];
-            e.CopyTo(row, tok.Bos);
-            return row;
-        }).ToArray();
+        var (ctx, clf, head, T) = served;
+        var ids = texts.Select(t => Classifier.Input(tok.Encode(t, addBos: false), tok.Bos, T)).ToArray();
         var logits = await Task.Run(() => { lock (ctx) return ids.Select(r => Classifier.Logits(ctx, r, clf, head)).ToArray(); }, http.RequestAborted);
         var data = new JsonArray();
         for (int i = 0; i < logits.Length; i++)

@@ -203,8 +203,8 @@ internal readonly struct RapidNudge
 
     public bool On => _eta > 0;
 
-    /// <summary>Replaces <paramref name="p"/> (the sampler's distribution for <paramref name="logits"/>) with p̂ when
-    /// the drafter has a distribution at position <paramref name="i"/>.</summary>
+    /// <summary>Replaces <paramref name="p"/> (the sampler's distribution for <paramref name="logits"/>; not read when
+    /// greedy) with p̂ when the drafter has a distribution at position <paramref name="i"/>.</summary>
     public void Apply(ReadOnlySpan<float> logits, int i, Sampler sampler, IDrafter drafter, Span<float> p)
     {
         var q = drafter.GuideDistribution(i);
@@ -227,7 +227,7 @@ internal readonly struct RapidNudge
     public int Sample(ReadOnlySpan<float> logits, int i, Sampler sampler, IDrafter drafter)
     {
         if (drafter.GuideDistribution(i).IsEmpty) return sampler.Sample(logits);
-        sampler.Distribution(logits, _p);
+        if (!_greedy) sampler.Distribution(logits, _p); // greedy: Apply writes p from the softmax itself
         Apply(logits, i, sampler, drafter, _p);
         return _greedy ? Sampler.ArgMax(_p) : Speculative.SampleDense(_p, sampler.NextUniform(), 1.0);
     }

@@ -165,6 +165,15 @@ public static class Classifier
         return z;
     }
 
+    /// <summary>What a classifier reads of a text: BOS and its tokens (<paramref name="tokens"/>, without BOS), cut to
+    /// <paramref name="maxTokens"/>, as training fills its rows.</summary>
+    public static int[] Input(int[] tokens, int bos, int maxTokens)
+    {
+        var row = new int[Math.Min(maxTokens, tokens.Length + 1)];
+        LabelledExample.CopyTo(tokens, row, bos);
+        return row;
+    }
+
     /// <summary>A token classifier's class logits [n, labels] at every position of <paramref name="tokens"/> (BOS first)
     /// under a head [labels, dim]; uses and then clears sequence <paramref name="sequence"/> of the context's cache.</summary>
     public static float[] TokenLogits(Inference.InferenceContext ctx, ReadOnlySpan<int> tokens, ClassifierOptions o, ReadOnlySpan<float> head, int sequence = 0)
@@ -250,8 +259,6 @@ public sealed record TaggedExample(int[] Tokens, int[] Tags)
     /// <summary>Writes BOS and the tokens, cut to <paramref name="row"/>'s length; returns how many were written.</summary>
     public int CopyTo(Span<int> row, int bos) => LabelledExample.CopyTo(Tokens, row, bos);
 
-    /// <summary>Tokens whose tag is scored (each word's first).</summary>
-    public int ScoredCount => Tags.Count(x => x >= 0);
 }
 
 public readonly record struct ClassifierStepResult(int Step, float Loss, float Accuracy, float GradNorm, float LearningRate);
