@@ -312,23 +312,15 @@ sealed class TrainingRun
     /// evaluation, the model (or adapter) written at the end. No checkpoints: runs are short.</summary>
     int ExecutePreference()
     {
-        Options.Validate();
-        if (Init == null) throw new CriaException("--pairs needs --init");
-        if (Resume) throw new CriaException("--resume is not supported with --pairs");
-        var vocab = Init.Vocabulary;
-        var tok = vocab.CreateTokenizer();
+        var tok = FineTuneTokenizer("--pairs");
         var pairs = PreferenceRun.ReadPairs(PairsPath!, tok);
         var held = ValidPairsPath != null ? PreferenceRun.ReadPairs(ValidPairsPath, tok) : null;
         int T = Shape.ContextLength;
         int longest = pairs.Concat(held ?? []).Max(p => p.Prompt.Length + Math.Max(p.Chosen.Length, p.Rejected.Length) + 1);
         T = Math.Min(T, longest);
-        Directory.CreateDirectory(OutDir);
         var p = Preference!;
-        var log = Console.Error;
-        using var trainer = new Trainer(Shape, Options, [], tok.Bos, seqLen: T, lora: Lora);
-        trainer.SetParameters(Init.Parameters);
-        log.WriteLine($"{p.Loss} (β {p.Beta}{(p.Loss == PreferenceLoss.SimPo ? $", γ {p.Gamma}" : "")}) on {pairs.Count} pairs from {PairsPath}{(held != null ? $", {held.Count} held out" : "")}; rows of {T} tokens, {Options.BatchSize / 2} pairs per micro-batch");
-        if (trainer.Model.Lora is { } lay) log.WriteLine($"LoRA: rank {Lora!.Rank}, alpha {Lora.Alpha}, on {Lora.Targets}: {lay.Tensors.Sum(t => t.Count):N0} trained parameters; the base is frozen");
+        Console.Error.WriteLine($"{p.Loss} (β {p.Beta}{(p.Loss == PreferenceLoss.SimPo ? $", γ {p.Gamma}" : "")}) on {pairs.Count} pairs from {PairsPath}{(held != null ? $", {held.Count} held out" : "")}; rows of {T} tokens, {Options.BatchSize / 2} pairs per micro-batch");
+        using var trainer = FineTuneTrainer(tok, T);
         var sw = Stopwatch.StartNew();
         double[]? reference = p.Loss == PreferenceLoss.Dpo ? trainer.SequenceLogProbs(pairs) : null;
         double[]? heldRef = held != null ? trainer.SequenceLogProbs(held) : null;
@@ -344,21 +336,14 @@ sealed class TrainingRun
             var res = trainer.PreferenceStep(pairs, reference, p);
             return string.Create(CultureInfo.InvariantCulture, $"loss {res.Loss:F4}  margin {res.Margin:F3}  accuracy {res.Accuracy:P0}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}");
         }, Held);
-        string outPath = Path.Combine(OutDir, Lora != null ? "adapter.gguf" : "model.gguf");
-        Export(trainer, vocab, outPath);
-        Console.Out.WriteLine($"done: {trainer.Step} steps in {sw.Elapsed.TotalSeconds:F0} s; {(Lora != null ? "adapter" : "model")}: {outPath}");
-        return 0;
+        return FineTuneDone(trainer, sw, "");
     }
 
     /// <summary>SFT: every check first, then steps with the response loss, held-out response loss and perplexity at
     /// every evaluation, the model (or adapter) written at the end. No checkpoints: runs are short.</summary>
     int ExecuteSft()
     {
-        Options.Validate();
-        if (Init == null) throw new CriaException("--sft needs --init");
-        if (Resume) throw new CriaException("--resume is not supported with --sft");
-        var vocab = Init.Vocabulary;
-        var tok = vocab.CreateTokenizer();
+        var tok = FineTuneTokenizer("--sft");
         ChatTemplate? template = null;
         using (var f = GgufFile.Open(InitPath!))
             if (f.TryGet("tokenizer.chat_template", out string? jinja) && !string.IsNullOrEmpty(jinja)) template = ChatTemplate.FromGguf(f, tok);
@@ -369,12 +354,8 @@ sealed class TrainingRun
         int cut = examples.Concat(held ?? []).Count(e => e.Prompt.Length + e.Response.Length + 1 > T);
         var tooLong = examples.Concat(held ?? []).FirstOrDefault(e => e.Prompt.Length + 1 >= T);
         if (tooLong != null) throw new CriaException($"a prompt of {tooLong.Prompt.Length} tokens leaves no room for its response in the model's context of {T}");
-        Directory.CreateDirectory(OutDir);
-        var log = Console.Error;
-        using var trainer = new Trainer(Shape, Options, [], tok.Bos, seqLen: T, lora: Lora);
-        trainer.SetParameters(Init.Parameters);
-        log.WriteLine($"SFT on {examples.Count} examples from {SftPath}{(held != null ? $", {held.Count} held out" : "")}; rows of {T} tokens ({cut} responses cut), {Options.BatchSize} per micro-batch; loss on {examples.Sum(e => e.Response.Length):N0} response tokens{(template != null ? ", chat records through the model's template" : "")}");
-        if (trainer.Model.Lora is { } lay) log.WriteLine($"LoRA: rank {Lora!.Rank}, alpha {Lora.Alpha}, on {Lora.Targets}: {lay.Tensors.Sum(t => t.Count):N0} trained parameters; the base is frozen");
+        Console.Error.WriteLine($"SFT on {examples.Count} examples from {SftPath}{(held != null ? $", {held.Count} held out" : "")}; rows of {T} tokens ({cut} responses cut), {Options.BatchSize} per micro-batch; loss on {examples.Sum(e => e.Response.Length):N0} response tokens{(template != null ? ", chat records through the model's template" : "")}");
+        using var trainer = FineTuneTrainer(tok, T);
         string Held()
         {
             if (held == null) return "";
@@ -387,9 +368,35 @@ sealed class TrainingRun
             var res = trainer.SftStep(examples);
             return string.Create(CultureInfo.InvariantCulture, $"loss {res.Loss:F4}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}");
         }, Held);
+        return FineTuneDone(trainer, sw, $", {trainer.TokensSeen:N0} tokens read");
+    }
+
+    /// <summary>The checks --pairs and --sft share (an --init model, no --resume, valid options); the tokenizer.</summary>
+    Tokenization.Tokenizer FineTuneTokenizer(string what)
+    {
+        Options.Validate();
+        if (Init == null) throw new CriaException($"{what} needs --init");
+        if (Resume) throw new CriaException($"--resume is not supported with {what}");
+        return Init.Vocabulary.CreateTokenizer();
+    }
+
+    /// <summary>The trainer of a --pairs or --sft run: rows of <paramref name="T"/> tokens, the --init weights, the
+    /// output directory made; logs the LoRA adapters it trains.</summary>
+    Trainer FineTuneTrainer(Tokenization.Tokenizer tok, int T)
+    {
+        Directory.CreateDirectory(OutDir);
+        var trainer = new Trainer(Shape, Options, [], tok.Bos, seqLen: T, lora: Lora);
+        trainer.SetParameters(Init!.Parameters);
+        if (trainer.Model.Lora is { } lay) Console.Error.WriteLine($"LoRA: rank {Lora!.Rank}, alpha {Lora.Alpha}, on {Lora.Targets}: {lay.Tensors.Sum(t => t.Count):N0} trained parameters; the base is frozen");
+        return trainer;
+    }
+
+    /// <summary>Writes a --pairs or --sft run's model (or adapter) and its "done" line.</summary>
+    int FineTuneDone(Trainer trainer, Stopwatch sw, string extra)
+    {
         string outPath = Path.Combine(OutDir, Lora != null ? "adapter.gguf" : "model.gguf");
-        Export(trainer, vocab, outPath);
-        Console.Out.WriteLine($"done: {trainer.Step} steps in {sw.Elapsed.TotalSeconds:F0} s, {trainer.TokensSeen:N0} tokens read; {(Lora != null ? "adapter" : "model")}: {outPath}");
+        Export(trainer, Init!.Vocabulary, outPath);
+        Console.Out.WriteLine($"done: {trainer.Step} steps in {sw.Elapsed.TotalSeconds:F0} s{extra}; {(Lora != null ? "adapter" : "model")}: {outPath}");
         return 0;
     }
 
