@@ -10,7 +10,8 @@ namespace Cria.Cli;
 /// </summary>
 sealed class AdapterTrainingCliOptions
 {
-    readonly Option<int> _steps, _batch, _warmup, _rank, _evalEvery;
+    readonly Option<int>? _steps;
+    readonly Option<int> _batch, _warmup, _rank, _evalEvery;
     readonly Option<float> _lr = new("--lr") { DefaultValueFactory = _ => 1e-3f, Description = "peak learning rate" };
     readonly Option<float> _wd = new("--weight-decay") { DefaultValueFactory = _ => 0.01f };
     readonly Option<float> _alpha;
@@ -18,9 +19,10 @@ sealed class AdapterTrainingCliOptions
     readonly Option<ulong> _seed = new("--seed") { DefaultValueFactory = _ => 1234UL };
     readonly Option<int> _threads = new("--threads", "-t") { DefaultValueFactory = _ => Environment.ProcessorCount };
 
+    /// <summary><paramref name="steps"/> 0: the command counts its steps itself (no --steps option).</summary>
     public AdapterTrainingCliOptions(int steps, int batch, int warmup, int rank, float alpha, string? batchDescription = null, string? loraNote = null)
     {
-        _steps = new("--steps") { DefaultValueFactory = _ => steps };
+        if (steps > 0) _steps = new("--steps") { DefaultValueFactory = _ => steps };
         _batch = new("--batch", "-b") { DefaultValueFactory = _ => batch, Description = batchDescription };
         _warmup = new("--warmup") { DefaultValueFactory = _ => warmup };
         _rank = new("--lora-rank") { DefaultValueFactory = _ => rank, Description = loraNote != null ? $"LoRA rank ({loraNote})" : null };
@@ -30,15 +32,16 @@ sealed class AdapterTrainingCliOptions
 
     public void AddTo(Command cmd)
     {
-        foreach (var o in new Option[] { _steps, _batch, _lr, _warmup, _wd, _rank, _alpha, _targets, _evalEvery, _seed, _threads }) cmd.Options.Add(o);
+        if (_steps != null) cmd.Options.Add(_steps);
+        foreach (var o in new Option[] { _batch, _lr, _warmup, _wd, _rank, _alpha, _targets, _evalEvery, _seed, _threads }) cmd.Options.Add(o);
     }
 
-    /// <summary>The optimizer settings, validated.</summary>
-    public TrainingOptions Training(ParseResult r)
+    /// <summary>The optimizer settings, validated; <paramref name="steps"/> where the command has no --steps.</summary>
+    public TrainingOptions Training(ParseResult r, int steps = 0)
     {
         var options = new TrainingOptions
         {
-            BatchSize = r.GetValue(_batch), Steps = r.GetValue(_steps), WarmupSteps = r.GetValue(_warmup), LearningRate = r.GetValue(_lr),
+            BatchSize = r.GetValue(_batch), Steps = _steps != null ? r.GetValue(_steps) : steps, WarmupSteps = r.GetValue(_warmup), LearningRate = r.GetValue(_lr),
             WeightDecay = r.GetValue(_wd), Seed = r.GetValue(_seed), Threads = Math.Max(1, r.GetValue(_threads)),
         };
         options.Validate();

@@ -19,6 +19,7 @@ sealed class ScorerCliOptions
     readonly Option<int> _ctx = new("--reward-ctx") { Description = "tokens the reward head, or the self-evaluation, reads (its training --ctx)", DefaultValueFactory = _ => 128 };
     readonly Option<string?> _weak = new("--reward-weak") { Description = "score with the contrastive reward log p_MODEL − log p_WEAK (CDR) instead of a head" };
     readonly Option<bool> _logprob = new("--reward-logprob") { Description = "score with log p_MODEL(response|prompt)" };
+    readonly Option<string?> _words = new("--reward-words") { Description = "a rule reward: how many times the response contains any of these comma-separated words (whole words, case-sensitive)" };
     readonly Option<string?>? _selfEval;
 
     public ScorerCliOptions(bool selfEval)
@@ -28,19 +29,20 @@ sealed class ScorerCliOptions
 
     public void AddTo(Command cmd)
     {
-        foreach (var o in new Option[] { _adapter, _head, _base, _ctx, _weak, _logprob }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { _adapter, _head, _base, _ctx, _weak, _logprob, _words }) cmd.Options.Add(o);
         if (_selfEval != null) cmd.Options.Add(_selfEval);
     }
 
-    string Choices => "--reward-head (with --reward-adapter), --reward-weak, --reward-logprob" + (_selfEval != null ? " or --self-eval" : "");
+    string Choices => "--reward-head (with --reward-adapter), --reward-weak, --reward-logprob, --reward-words" + (_selfEval != null ? " or --self-eval" : "");
 
     /// <summary>The scorer the command line names, over <paramref name="policy"/> (read from <paramref name="policyPath"/>);
     /// contexts and models it opens go into <paramref name="owned"/>. <paramref name="longest"/> bounds prompt + response.</summary>
     public IResponseScorer Build(ParseResult r, LlamaModel policy, string policyPath, int longest, int threads, List<IDisposable> owned)
     {
-        string? head = r.GetValue(_head), weak = r.GetValue(_weak), self = _selfEval != null ? r.GetValue(_selfEval) : null;
+        string? head = r.GetValue(_head), weak = r.GetValue(_weak), self = _selfEval != null ? r.GetValue(_selfEval) : null, words = r.GetValue(_words);
         bool lp = r.GetValue(_logprob);
-        if ((head != null ? 1 : 0) + (weak != null ? 1 : 0) + (lp ? 1 : 0) + (self != null ? 1 : 0) != 1) throw new CriaException($"give one scorer: {Choices}");
+        if ((head != null ? 1 : 0) + (weak != null ? 1 : 0) + (lp ? 1 : 0) + (self != null ? 1 : 0) + (words != null ? 1 : 0) != 1) throw new CriaException($"give one scorer: {Choices}");
+        if (words != null) return new WordCountScorer(policy.Tokenizer, words.Split(','));
         if (head != null && r.GetValue(_adapter) == null) throw new CriaException("--reward-head needs its --reward-adapter");
         int T = r.GetValue(_ctx);
         if (head != null)

@@ -44,6 +44,31 @@ public sealed class SelfEvalScorer(InferenceContext context, SelfEvalFormat form
     public double Score(ReadOnlySpan<int> prompt, ReadOnlySpan<int> response) => SelfEvaluation.PNo(context, format, prompt, response, maxTokens);
 }
 
+/// <summary>A rule reward (a verifiable one, for RL and tests): how many times the response's text contains any of
+/// <paramref name="words"/> as a whole word (a maximal run of letters, digits and apostrophes; case-sensitive).</summary>
+public sealed class WordCountScorer(Tokenization.Tokenizer tokenizer, IEnumerable<string> words) : IResponseScorer
+{
+    readonly HashSet<string> _words = words.Select(w => w.Trim()).Where(w => w.Length > 0).ToHashSet(StringComparer.Ordinal) is { Count: > 0 } set
+        ? set : throw new CriaException("a word-count reward needs at least one word");
+
+    public double Score(ReadOnlySpan<int> prompt, ReadOnlySpan<int> response) => Count(tokenizer.Decode(response.ToArray()));
+
+    public int Count(string text)
+    {
+        int n = 0;
+        for (int i = 0; i < text.Length;)
+        {
+            if (!IsWordChar(text[i])) { i++; continue; }
+            int start = i;
+            while (i < text.Length && IsWordChar(text[i])) i++;
+            if (_words.Contains(text[start..i])) n++;
+        }
+        return n;
+    }
+
+    static bool IsWordChar(char c) => char.IsLetterOrDigit(c) || c == '\'';
+}
+
 /// <summary>
 /// Best-of-N settings. Without a <see cref="Threshold"/>, all <see cref="Samples"/> are drawn at once and the best
 /// scored is returned. With one, sampling is adaptive (capability-aware self-evaluation's "sample more?" loop, Manvi
@@ -154,7 +179,8 @@ public static class BestOfN
         return new BestOfNResult(samples, best);
     }
 
-    static async Task<(int[], string, string)> Collect(Engine engine, GenerationRequest r, CancellationToken cancel)
+    /// <summary>Runs one request to the end: its tokens, text and finish reason.</summary>
+    internal static async Task<(int[], string, string)> Collect(Engine engine, GenerationRequest r, CancellationToken cancel)
     {
         var tokens = new List<int>();
         var text = new System.Text.StringBuilder();

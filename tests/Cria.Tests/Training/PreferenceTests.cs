@@ -5,7 +5,7 @@ using Xunit.Abstractions;
 
 namespace Cria.Tests.Training;
 
-/// <summary>Preference optimisation (DPO, SimPO): the loss's gradient through the model against central differences of a
+/// <summary>Preference optimisation (DPO, SimPO, REFUEL's regression): the loss's gradient through the model against central differences of a
 /// double-precision reference; training on synthetic preferences raises the chosen-over-rejected margin.</summary>
 public sealed class PreferenceTests(ITestOutputHelper output)
 {
@@ -23,11 +23,18 @@ public sealed class PreferenceTests(ITestOutputHelper output)
     [Theory]
     [InlineData(PreferenceLoss.Dpo)]
     [InlineData(PreferenceLoss.SimPo)]
+    [InlineData(PreferenceLoss.Refuel)]
     public void Preference_loss_gradients_match_finite_differences(PreferenceLoss kind)
     {
         var shape = new LlamaShape { VocabSize = 30, Dim = 16, Layers = 2, Heads = 4, KvHeads = 2, FfnDim = 24, ContextLength = 8 };
         int B = 4, T = 7, V = shape.VocabSize;
-        var o = kind == PreferenceLoss.Dpo ? new PreferenceOptions { Loss = kind, Beta = 0.7f } : new PreferenceOptions { Loss = kind, Beta = 2f, Gamma = 0.3f };
+        var o = kind switch
+        {
+            PreferenceLoss.Dpo => new PreferenceOptions { Loss = kind, Beta = 0.7f },
+            PreferenceLoss.Refuel => new PreferenceOptions { Loss = kind, Beta = 1.5f },  // η
+            _ => new PreferenceOptions { Loss = kind, Beta = 2f, Gamma = 0.3f },
+        };
+        double[] gaps = [0.8, -1.3];                                                  // REFUEL's Q̂(y) − Q̂(y′) per pair
         using var m = new LlamaTrainingModel(shape, B, T, 2);
         var rng = new Random(31);
         foreach (var t in m.Layout.Tensors)
@@ -58,7 +65,7 @@ public sealed class PreferenceTests(ITestOutputHelper output)
             double total = 0;
             for (int i = 0; i < B / 2; i++)
             {
-                var (l, dw, dl, _) = o.PairLoss(lp[2 * i], lp[2 * i + 1], reference[2 * i], reference[2 * i + 1], len[2 * i], len[2 * i + 1]);
+                var (l, dw, dl, _) = o.PairLoss(lp[2 * i], lp[2 * i + 1], reference[2 * i], reference[2 * i + 1], len[2 * i], len[2 * i + 1], gaps[i]);
                 total += l / (B / 2);
                 if (setWeights)
                     for (int t = 0; t < T; t++)
