@@ -91,7 +91,7 @@ static class RefuelCommand
                 owned.Add(userEngine);
                 string adapterPath = Path.Combine(dir, "adapter.gguf");
                 var rng = new Random(unchecked((int)options.Seed));
-                var csv = new List<string> { "iteration,step,rollout_reward,loss,sign_align,grad_norm,held_reward,held_policy,held_user,seconds" };
+                var csv = new List<string> { "iteration,step,rollout_reward,loss,sign_align,grad_norm,held_reward,held_se,held_policy_words,held_user_words,seconds" };
                 var sw = Stopwatch.StartNew();
 
                 // π_t as an engine: the adapter written, then read back by the inference path (llama.cpp's --lora file)
@@ -107,14 +107,16 @@ static class RefuelCommand
                     if (held == null) return ("", []);
                     var played = WithPolicy(d => d.PlayAsync(held, options.Seed ^ 0x5EEDUL, ct)).GetAwaiter().GetResult();
                     double mean = played.Average(d => d.Reward);
+                    double se = played.Count > 1 ? Math.Sqrt(played.Sum(d => (d.Reward - mean) * (d.Reward - mean)) / (played.Count - 1) / played.Count) : 0;
+                    string text = string.Create(CultureInfo.InvariantCulture, $"  held-out reward {mean:F3} ± {se:F3}");
                     if (scorer is WordCountScorer words)
                     {
                         double p = played.Average(d => words.Count(tok.Decode(d.Of(policy: true)))), u = played.Average(d => words.Count(tok.Decode(d.Of(policy: false))));
-                        return (string.Create(CultureInfo.InvariantCulture, $"  held-out reward {mean:F3} (policy turns {p:F3}, user turns {u:F3})"), [mean, p, u]);
+                        return (text + string.Create(CultureInfo.InvariantCulture, $" (words in policy turns {p:F3}, in user turns {u:F3})"), [mean, se, p, u]);
                     }
-                    return (string.Create(CultureInfo.InvariantCulture, $"  held-out reward {mean:F3}"), [mean, double.NaN, double.NaN]);
+                    return (text, [mean, se, double.NaN, double.NaN]);
                 }
-                string Cells(double[] c) => c.Length == 0 ? ",," : string.Join(',', c.Select(x => double.IsNaN(x) ? "" : x.ToString("F4", CultureInfo.InvariantCulture)));
+                string Cells(double[] c) => c.Length == 0 ? ",,," : string.Join(',', c.Select(x => double.IsNaN(x) ? "" : x.ToString("F4", CultureInfo.InvariantCulture)));
 
                 var h0 = Held();
                 Console.Out.WriteLine($"iteration 0{h0.Text}");

@@ -30,9 +30,9 @@ static class ServeCommand
         var draftRows = new Option<int>("--draft-rows") { Description = "drafts ride only while a step's decode rows and drafts stay within this many rows", DefaultValueFactory = _ => 16 };
         var selfEval = new Option<string?>("--self-eval") { Description = "rank /v1/completions' best_of samples by the model's own P(\"No\") under this train-self-eval adapter (default: mean log p per token, OpenAI's rule)" };
         var selfEvalCtx = new Option<int>("--self-eval-ctx") { Description = "tokens the self-evaluation reads (its training --ctx)", DefaultValueFactory = _ => 128 };
-        var clfAdapter = new Option<string?>("--classifier-adapter") { Description = "serve POST /classify with this train-classifier adapter (causal modes: last, mean, max)" };
-        var clfHead = new Option<string?>("--classifier-head") { Description = "the classifier's head (train-classifier's head.gguf)" };
-        var clfCtx = new Option<int>("--classifier-ctx") { Description = "tokens a classified text is cut to (its training --ctx)", DefaultValueFactory = _ => 64 };
+        var clfAdapter = new Option<string?>("--classifier-adapter") { Description = "serve POST /classify with this train-classifier adapter (causal modes: last, mean, max), or POST /pooling with a train-reward adapter" };
+        var clfHead = new Option<string?>("--classifier-head") { Description = "the classifier's or reward model's head (train-classifier's or train-reward's head.gguf)" };
+        var clfCtx = new Option<int>("--classifier-ctx") { Description = "tokens a classified or scored text is cut to (its training --ctx)", DefaultValueFactory = _ => 64 };
         var cmd = new Command("serve", "serve a model over an OpenAI-compatible HTTP API (continuous batching, chunked prefill)")
         {
             model, host, port, apiKey, apiKeyFile, ctx, threads, budget, maxSeqs, noChunk, noPrefix, maxWaiting, verbose,

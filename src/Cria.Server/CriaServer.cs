@@ -47,7 +47,8 @@ public sealed record ServerOptions
     /// <summary>Tokens the self-evaluation reads (its training --ctx).</summary>
     public int SelfEvalContext { get; init; } = 128;
     /// <summary>A sequence classifier for /classify (vLLM's classification route): train-classifier's adapter and head,
-    /// a causal mode (last, mean or max: the engine's attention is causal).</summary>
+    /// a causal mode (last, mean or max: the engine's attention is causal); or a reward model (train-reward's adapter
+    /// and head, causal) for /pooling (vLLM's route for reward models).</summary>
     public string? ClassifierAdapter { get; init; }
     public string? ClassifierHead { get; init; }
     /// <summary>Tokens a classified text is cut to (BOS + text; its training --ctx).</summary>
@@ -136,8 +137,8 @@ public sealed class CriaServer : IAsyncDisposable
             {
                 if (_o.ClassifierHead == null || _o.ClassifierAdapter == null) throw new CriaException("a classifier needs both its adapter and its head");
                 var (clf, head) = ClassifierOptions.ReadHead(_o.ClassifierHead, model.Config.Dim);
-                if (clf.Bidirectional || clf.PerToken || clf.IsReward)
-                    throw new CriaException($"/classify serves sequence classifiers in a causal mode (last, mean, max); {_o.ClassifierHead} is {(clf.IsReward ? "a reward model" : clf.ModeName)}");
+                if (clf.Bidirectional || clf.PerToken)
+                    throw new CriaException($"the server runs sequence classifiers and reward models in a causal mode (last, mean, max); {_o.ClassifierHead} is {clf.ModeName}");
                 int T = _o.ClassifierContext;
                 if (T < 2 || T > model.Config.ContextLength) throw new CriaException($"the classifier context {T} must be in 2..{model.Config.ContextLength}");
                 classifier = new ServedClassifier(
@@ -196,6 +197,7 @@ public sealed class CriaServer : IAsyncDisposable
         app.MapPost("/v1/chat/completions", (HttpContext h) => server!.Completions(h, chat: true));
         app.MapPost("/v1/embeddings", (HttpContext h) => server!.Embeddings(h));
         app.MapPost("/classify", (HttpContext h) => server!.Classify(h));
+        app.MapPost("/pooling", (HttpContext h) => server!.Pooling(h));
         app.MapFallback((HttpContext h) => throw new ApiException(404, $"no route {h.Request.Method} {h.Request.Path}", type: "not_found_error"));
         await app.StartAsync(ct);
         var addr = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
@@ -396,23 +398,7 @@ public sealed class CriaServer : IAsyncDisposable
     /// </summary>
     async Task Classify(HttpContext http)
     {
-        var s = Ready();
-        if (s.Classifier is not { } served)
-            throw new ApiException(404, "this server has no classifier (start it with --classifier-adapter A --classifier-head H)", type: "not_found_error");
-        var o = await ReadBody(http);
-        OpenAiRequest.String(o, "model");
-        if (!o.TryGetProperty("input", out var input) || input.ValueKind == JsonValueKind.Null) throw new ApiException(400, "'input' is required", "input");
-        var texts = input.ValueKind switch
-        {
-            JsonValueKind.String => [input.GetString()!],
-            JsonValueKind.Array when input.GetArrayLength() is > 0 and <= MaxEmbeddingInputs =>
-                input.EnumerateArray().Select(e => e.ValueKind == JsonValueKind.String ? e.GetString()! : throw new ApiException(400, "'input' must be a string or an array of strings", "input")).ToArray(),
-            JsonValueKind.Array => throw new ApiException(400, $"'input' must hold 1 to {MaxEmbeddingInputs} texts", "input"),
-            _ => throw new ApiException(400, "'input' must be a string or an array of strings", "input"),
-        };
-        var tok = s.Model.Tokenizer;
-        var (ctx, clf, head, T) = served;
-        var ids = texts.Select(t => Classifier.Input(tok.Encode(t, addBos: false), tok.Bos, T)).ToArray();
+        var (s, (ctx, clf, head, _), ids) = await HeadRequest(http, reward: false);
         var logits = await Task.Run(() => { lock (ctx) return ids.Select(r => Classifier.Logits(ctx, r, clf, head)).ToArray(); }, http.RequestAborted);
         var data = new JsonArray();
         for (int i = 0; i < logits.Length; i++)
@@ -429,14 +415,62 @@ public sealed class CriaServer : IAsyncDisposable
                 ["num_classes"] = clf.Labels.Length,
             });
         }
+        await WriteList(http, s, "classify-", data, ids);
+    }
+
+    /// <summary>
+    /// /pooling with a reward model (vLLM's route for reward models): {"input": text or [texts], "model"?} → for each
+    /// text {"index", "object": "pooling", "data": [reward]}, the reward of BOS + the text cut to the head's context,
+    /// as <c>cria reward</c> scores it (prompt and response written one after the other).
+    /// </summary>
+    async Task Pooling(HttpContext http)
+    {
+        var (s, (ctx, clf, head, _), ids) = await HeadRequest(http, reward: true);
+        var rewards = await Task.Run(() => { lock (ctx) return ids.Select(r => RewardModel.Score(ctx, r, clf, head)).ToArray(); }, http.RequestAborted);
+        var data = new JsonArray();
+        for (int i = 0; i < rewards.Length; i++)
+            data.Add(new JsonObject { ["index"] = i, ["object"] = "pooling", ["data"] = new JsonArray(JsonValue.Create(rewards[i])) });
+        await WriteList(http, s, "pool-", data, ids);
+    }
+
+    /// <summary>The list envelope of /classify and /pooling: id, object, created, model, data and the usage of the
+    /// token rows <paramref name="ids"/>.</summary>
+    static Task WriteList(HttpContext http, State s, string idPrefix, JsonArray data, int[][] ids)
+    {
         int n = ids.Sum(r => r.Length);
-        await WriteJson(http, new JsonObject
+        return WriteJson(http, new JsonObject
         {
-            ["id"] = "classify-" + Guid.NewGuid().ToString("N")[..24], ["object"] = "list", ["created"] = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
+            ["id"] = idPrefix + Guid.NewGuid().ToString("N")[..24], ["object"] = "list", ["created"] = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
             ["model"] = s.ModelName, ["data"] = data,
             ["usage"] = new JsonObject { ["prompt_tokens"] = n, ["total_tokens"] = n },
         });
     }
+
+    /// <summary>The checks /classify and /pooling share: the served head is of the route's kind (else a 404), the body
+    /// has "input" as a string or 1..<see cref="MaxEmbeddingInputs"/> strings (else a 400 naming it). Each text's row
+    /// is BOS + its tokens cut to the head's context, as train-classifier and train-reward read it.</summary>
+    async Task<(State, ServedClassifier, int[][])> HeadRequest(HttpContext http, bool reward)
+    {
+        var s = Ready();
+        if (s.Classifier is not { } served || served.Options.IsReward != reward)
+            throw new ApiException(404, reward
+                ? "this server has no reward model (start it with --classifier-adapter A --classifier-head H from train-reward)"
+                : "this server has no classifier (start it with --classifier-adapter A --classifier-head H)", type: "not_found_error");
+        var o = await ReadBody(http);
+        OpenAiRequest.String(o, "model");
+        if (!o.TryGetProperty("input", out var input) || input.ValueKind == JsonValueKind.Null) throw new ApiException(400, "'input' is required", "input");
+        var texts = input.ValueKind switch
+        {
+            JsonValueKind.String => [input.GetString()!],
+            JsonValueKind.Array when input.GetArrayLength() is > 0 and <= MaxEmbeddingInputs =>
+                input.EnumerateArray().Select(e => e.ValueKind == JsonValueKind.String ? e.GetString()! : throw new ApiException(400, "'input' must be a string or an array of strings", "input")).ToArray(),
+            JsonValueKind.Array => throw new ApiException(400, $"'input' must hold 1 to {MaxEmbeddingInputs} texts", "input"),
+            _ => throw new ApiException(400, "'input' must be a string or an array of strings", "input"),
+        };
+        var tok = s.Model.Tokenizer;
+        return (s, served, texts.Select(t => Classifier.Input(tok.Encode(t, addBos: false), tok.Bos, served.Tokens)).ToArray());
+    }
+
 
     static string TokenText(State s, int token) => Encoding.UTF8.GetString(s.Model.Tokenizer.TokenBytes(token, renderSpecial: true));
 

@@ -13,7 +13,8 @@ namespace Cria.Tests.Serving;
 /// /classify (vLLM's classification route): with a train-classifier adapter and head, each text's probabilities are
 /// the softmax of the class logits the engine gives in-process for BOS + the text cut to the classifier's context, and
 /// its label the most likely; without a classifier a 404, and bad input a 400, in OpenAI's error shape; a head the
-/// engine cannot run is refused when the server loads.
+/// engine cannot run is refused when the server loads. /pooling does the same for a train-reward head: the engine's
+/// reward of each text.
 /// </summary>
 public class ClassifyServerTests
 {
@@ -88,6 +89,52 @@ public class ClassifyServerTests
         }
     }
 
+    [Fact]
+    public async Task Pooling_returns_the_reward_models_rewards()
+    {
+        var (adapter, head, clf) = WriteClassifier("server-rm", ClassifierOptions.Reward(ClassifierObjective.BradleyTerry, ClassifierPooling.Last));
+        await using var server = await CriaServer.StartAsync(new ServerOptions
+        {
+            ModelPath = EngineTests.ModelPath(), Port = 0, ContextSize = 512, Threads = 2, ClassifierAdapter = adapter, ClassifierHead = head, ClassifierContext = 12,
+        });
+        await server.Loaded;
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+        string[] texts = ["the little girl", "a dog ran over the hill and far away into the night where nobody saw it"];
+        var (st, j) = await Post(http, "/pooling", JsonSerializer.Serialize(new { input = texts, model = "x" }));
+        Assert.True(st == HttpStatusCode.OK, j.ToString());
+
+        using var m = LlamaModel.Open(EngineTests.ModelPath());
+        var (_, weights) = ClassifierOptions.ReadHead(head, m.Config.Dim);
+        using var ctx = new InferenceContext(m, new ContextOptions { ContextSize = 12, Threads = 2, Loras = [(LoraAdapter.Load(adapter, m), 1f)] });
+        var data = j.GetProperty("data");
+        Assert.Equal(2, data.GetArrayLength());
+        var rewards = new double[2];
+        for (int i = 0; i < texts.Length; i++)
+        {
+            var tokens = m.Tokenizer.Encode(texts[i], addBos: false);
+            int[] ids = [m.Tokenizer.Bos, .. tokens.Take(11)];
+            rewards[i] = RewardModel.Score(ctx, ids, clf, weights);
+            Assert.Equal(i, data[i].GetProperty("index").GetInt32());
+            Assert.Equal("pooling", data[i].GetProperty("object").GetString());
+            var got = data[i].GetProperty("data");
+            Assert.Equal(1, got.GetArrayLength());
+            Assert.Equal(rewards[i], got[0].GetDouble(), 6);
+        }
+        Assert.NotEqual(rewards[0], rewards[1], 3);
+        Assert.True(UncutLength(m, texts[1]) > 12, "the second text should be cut to the context");
+
+        foreach (var bad in new[] { "{}", """{"input":[]}""", """{"input":[1,2]}""" })
+        {
+            var (sb, eb) = await Post(http, "/pooling", bad);
+            Assert.Equal(HttpStatusCode.BadRequest, sb);
+            Assert.Equal("input", eb.GetProperty("error").GetProperty("param").GetString());
+        }
+        // The other route is not this server's: a reward model is no classifier.
+        var (sc, ec) = await Post(http, "/classify", """{"input":"x"}""");
+        Assert.Equal(HttpStatusCode.NotFound, sc);
+        Assert.Contains("no classifier", ec.GetProperty("error").GetProperty("message").GetString());
+    }
+
     static int UncutLength(LlamaModel m, string text) => m.Tokenizer.Encode(text, addBos: false).Length + 1;
 
     [Fact]
@@ -100,6 +147,9 @@ public class ClassifyServerTests
             var (st, j) = await Post(http, "/classify", """{"input":"x"}""");
             Assert.Equal(HttpStatusCode.NotFound, st);
             Assert.Contains("no classifier", j.GetProperty("error").GetProperty("message").GetString());
+            var (sp, jp) = await Post(http, "/pooling", """{"input":"x"}""");
+            Assert.Equal(HttpStatusCode.NotFound, sp);
+            Assert.Contains("no reward model", jp.GetProperty("error").GetProperty("message").GetString());
         }
         var (adapter, head, _) = WriteClassifier("server-clf-bi", new ClassifierOptions { Labels = ["a", "b"], Pooling = ClassifierPooling.Mean, Bidirectional = true });
         await using var bi = await CriaServer.StartAsync(new ServerOptions
