@@ -38,6 +38,14 @@ public interface IMatMulObserver
     void Observe(string weightName, ReadOnlySpan<float> x, int rows, int cols);
 }
 
+/// <summary>Rewrites a matrix product's input in place before the product runs — simulated activation quantization
+/// (<see cref="Quantization.ActivationQuantizer"/>). Products that share an input (fused q/k/v, gate/up) see it once,
+/// under the first product's weight name.</summary>
+public interface IActivationTransform
+{
+    void Apply(string weightName, Span<float> x, int rows, int cols);
+}
+
 /// <summary>A batch row breaks the rules of <see cref="Batch"/> (bad token, position or sequence order).</summary>
 public sealed class InvalidBatchException(string message) : CriaException(message);
 
@@ -237,6 +245,10 @@ public sealed class InferenceContext : IDisposable
 
     /// <summary>Sees the input of every matrix product (imatrix collection, AWQ calibration); null — the normal path — costs one test per product.</summary>
     public IMatMulObserver? Observer { get; set; }
+
+    /// <summary>Rewrites the input of every matrix product of the blocks before it runs (simulated activation
+    /// quantization); null — the normal path — costs one test per step of products.</summary>
+    public IActivationTransform? ActivationTransform { get; set; }
 
     /// <summary>Rows that stopped below the SwiftKV layers since this context was made (prompt rows asking for no logits).</summary>
     internal long RowsStoppedAtSwiftKv { get; private set; }
@@ -545,6 +557,14 @@ public sealed class InferenceContext : IDisposable
     unsafe void RunProducts(int count, int B)
     {
         var products = _products.AsSpan(0, count);
+        if (ActivationTransform is { } transform)
+            for (int i = 0; i < count; i++)
+            {
+                ref var p = ref products[i];
+                int j = 0;
+                while (j < i && products[j].X != p.X) j++;
+                if (j == i) transform.Apply(p.W.Name, new Span<float>(p.X, B * p.W.Cols), B, p.W.Cols);
+            }
         if (Observer is { } observer)
             foreach (ref var p in products) observer.Observe(p.W.Name, new ReadOnlySpan<float>(p.X, B * p.W.Cols), B, p.W.Cols);
         byte* arena = ActArena(), next = arena;
