@@ -37,23 +37,41 @@ public class ClassifyServerTests
         return (r.StatusCode, JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.Clone());
     }
 
-    [Fact]
-    public async Task Classify_returns_the_engines_class_probabilities()
+    /// <summary>Two texts, the second longer than the head's context of 12 tokens.</summary>
+    static readonly string[] Texts = ["the little girl", "a dog ran over the hill and far away into the night where nobody saw it"];
+
+    /// <summary>A server on the test model with this adapter and head, read with a context of 12 tokens, loaded.</summary>
+    static async Task<CriaServer> Serve(string adapter, string head)
     {
-        var (adapter, head, clf) = WriteClassifier("server-clf", new ClassifierOptions { Labels = ["joy", "grief", "awe"], Pooling = ClassifierPooling.Mean });
-        await using var server = await CriaServer.StartAsync(new ServerOptions
+        var server = await CriaServer.StartAsync(new ServerOptions
         {
             ModelPath = EngineTests.ModelPath(), Port = 0, ContextSize = 512, Threads = 2, ClassifierAdapter = adapter, ClassifierHead = head, ClassifierContext = 12,
         });
         await server.Loaded;
+        return server;
+    }
+
+    /// <summary>The in-process engine the server's answers are checked against: the test model, the head's weights, and a
+    /// context of 12 tokens with the adapter applied.</summary>
+    static (LlamaModel, float[], InferenceContext) InProcess(string adapter, string head)
+    {
+        var m = LlamaModel.Open(EngineTests.ModelPath());
+        var (_, weights) = ClassifierOptions.ReadHead(head, m.Config.Dim);
+        return (m, weights, new InferenceContext(m, new ContextOptions { ContextSize = 12, Threads = 2, Loras = [(LoraAdapter.Load(adapter, m), 1f)] }));
+    }
+
+    [Fact]
+    public async Task Classify_returns_the_engines_class_probabilities()
+    {
+        var (adapter, head, clf) = WriteClassifier("server-clf", new ClassifierOptions { Labels = ["joy", "grief", "awe"], Pooling = ClassifierPooling.Mean });
+        await using var server = await Serve(adapter, head);
         using var http = new HttpClient { BaseAddress = server.BaseAddress };
-        string[] texts = ["the little girl", "a dog ran over the hill and far away into the night where nobody saw it"];
+        string[] texts = Texts;
         var (st, j) = await Post(http, "/classify", JsonSerializer.Serialize(new { input = texts }));
         Assert.True(st == HttpStatusCode.OK, j.ToString());
 
-        using var m = LlamaModel.Open(EngineTests.ModelPath());
-        var (_, weights) = ClassifierOptions.ReadHead(head, m.Config.Dim);
-        using var ctx = new InferenceContext(m, new ContextOptions { ContextSize = 12, Threads = 2, Loras = [(LoraAdapter.Load(adapter, m), 1f)] });
+        var (m, weights, ctx) = InProcess(adapter, head);
+        using var _m = m; using var _ctx = ctx;
         var data = j.GetProperty("data");
         Assert.Equal(2, data.GetArrayLength());
         int tokens = 0;
@@ -93,19 +111,14 @@ public class ClassifyServerTests
     public async Task Pooling_returns_the_reward_models_rewards()
     {
         var (adapter, head, clf) = WriteClassifier("server-rm", ClassifierOptions.Reward(ClassifierObjective.BradleyTerry, ClassifierPooling.Last));
-        await using var server = await CriaServer.StartAsync(new ServerOptions
-        {
-            ModelPath = EngineTests.ModelPath(), Port = 0, ContextSize = 512, Threads = 2, ClassifierAdapter = adapter, ClassifierHead = head, ClassifierContext = 12,
-        });
-        await server.Loaded;
+        await using var server = await Serve(adapter, head);
         using var http = new HttpClient { BaseAddress = server.BaseAddress };
-        string[] texts = ["the little girl", "a dog ran over the hill and far away into the night where nobody saw it"];
+        string[] texts = Texts;
         var (st, j) = await Post(http, "/pooling", JsonSerializer.Serialize(new { input = texts, model = "x" }));
         Assert.True(st == HttpStatusCode.OK, j.ToString());
 
-        using var m = LlamaModel.Open(EngineTests.ModelPath());
-        var (_, weights) = ClassifierOptions.ReadHead(head, m.Config.Dim);
-        using var ctx = new InferenceContext(m, new ContextOptions { ContextSize = 12, Threads = 2, Loras = [(LoraAdapter.Load(adapter, m), 1f)] });
+        var (m, weights, ctx) = InProcess(adapter, head);
+        using var _m = m; using var _ctx = ctx;
         var data = j.GetProperty("data");
         Assert.Equal(2, data.GetArrayLength());
         var rewards = new double[2];
