@@ -17,7 +17,7 @@ static class PerplexityCommand
         var ubatch = new Option<int>("--ubatch-size", "-ub") { Description = "rows per forward step (default: the chunk); with --kv-evict, eviction runs after each step (chunked prefill)" };
         var maxChunks = new Option<int>("--chunks") { Description = "evaluate at most this many chunks (default: all)" };
         var klBase = new Option<string>("--kl-base") { Description = "also run this base model (e.g. the unquantized source) on the same chunks and report KL(base ‖ model), same-top-token rate and the paired perplexity change with its standard error (llama-perplexity --kl-divergence)" };
-        var actQuant = new Option<string?>("--act-quant") { Description = "simulate activation quantization of every block's matrix inputs: a4, a8 (uniform blocks) or fmpq (COMET: outlier channels permuted into INT8 blocks, the rest INT4; needs --act-calib)" };
+        var actQuant = new Option<string?>("--act-quant") { Description = "simulate activation quantization of every block's matrix inputs: a4, a8 (uniform blocks), fmpq (COMET: outlier channels permuted into INT8 blocks, the rest INT4; needs --act-calib) or fmpq-inplace (no permutation: blocks holding an outlier are INT8)" };
         var actCalib = new Option<string?>("--act-calib") { Description = "calibration text for --act-quant fmpq (each channel's largest |x|)" };
         var actBlock = new Option<int>("--act-block") { Description = "channels per activation block (COMET: 128)", DefaultValueFactory = _ => 128 };
         var actRatio = new Option<float>("--act-outlier-ratio") { Description = "fmpq: a channel is an outlier when its calibration max |x| exceeds this many times the median channel's", DefaultValueFactory = _ => 4f };
@@ -47,16 +47,20 @@ static class PerplexityCommand
                     "a4" => new ActivationQuantOptions { Mode = ActivationQuantMode.Uniform, Bits = 4 },
                     "a8" => new ActivationQuantOptions { Mode = ActivationQuantMode.Uniform, Bits = 8 },
                     "fmpq" => new ActivationQuantOptions { Mode = ActivationQuantMode.Mixed, Bits = 4, OutlierBits = 8 },
-                    _ => throw new CriaException($"--act-quant must be a4, a8 or fmpq, got '{aq}'"),
+                    "fmpq-inplace" => new ActivationQuantOptions { Mode = ActivationQuantMode.MixedInPlace, Bits = 4, OutlierBits = 8 },
+                    _ => throw new CriaException($"--act-quant must be a4, a8, fmpq or fmpq-inplace, got '{aq}'"),
                 } with { Block = r.GetValue(actBlock), OutlierRatio = r.GetValue(actRatio) };
                 ao.Validate();
                 string? calib = r.GetValue(actCalib);
-                if (ao.Mode == ActivationQuantMode.Mixed && calib == null) throw new CriaException("--act-quant fmpq needs --act-calib TEXT (its outlier channels come from calibration)");
-                var q = ao.Mode == ActivationQuantMode.Mixed
+                if (ao.Mode != ActivationQuantMode.Uniform && calib == null) throw new CriaException($"--act-quant {aq} needs --act-calib TEXT (its outlier channels come from calibration)");
+                var q = ao.Mode != ActivationQuantMode.Uniform
                     ? ActivationQuantizer.Calibrate(m, TokenizerTrainer.ReadCorpus(calib!), Math.Min(c, 128), 32, Math.Max(1, r.GetValue(threads) > 0 ? r.GetValue(threads) : Environment.ProcessorCount), ao)
                     : ActivationQuantizer.Uniform(m, ao);
                 context.ActivationTransform = q;
-                Console.Error.WriteLine($"activations: {aq}, blocks of {ao.Block} channels; {q.HighPrecisionFraction:P1} of channels in INT{ao.OutlierBits} blocks, {q.BitsPerValue:F2} bits per value");
+                Console.Error.WriteLine($"activations: {aq}, blocks of {ao.Block} channels; {q.HighPrecisionFraction:P1} of channels in INT{ao.OutlierBits} blocks, {q.BitsPerValue:F2} bits per value (codes and F16 block scales)");
+                if (ao.Mode != ActivationQuantMode.Uniform)
+                    foreach (var (name, l) in q.Layouts.Where(kv => kv.Value.HighBlocks > 0).OrderBy(kv => kv.Key, StringComparer.Ordinal))
+                        Console.Error.WriteLine($"  {name}: {l.OutlierChannels} outlier channels → {l.HighBlocks} INT{ao.OutlierBits} block(s) of {l.High.Length}");
             }
             var sw = System.Diagnostics.Stopwatch.StartNew();
             Console.Error.WriteLine($"model: {path}; text: {textPath}; chunks of {c} tokens, scoring the second half of each");

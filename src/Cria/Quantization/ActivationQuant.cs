@@ -13,6 +13,9 @@ public enum ActivationQuantMode
     /// blocks as hold them, which stay in <see cref="ActivationQuantOptions.OutlierBits"/>; every other block is in
     /// <see cref="ActivationQuantOptions.Bits"/>.</summary>
     Mixed,
+    /// <summary>FMPQ without the permutation (the ablation of its channel reordering): blocks in channel order, each
+    /// block that holds an outlier channel in <see cref="ActivationQuantOptions.OutlierBits"/>.</summary>
+    MixedInPlace,
 }
 
 /// <summary>
@@ -47,8 +50,14 @@ public sealed record ActivationQuantOptions
 /// </summary>
 public sealed class ActivationQuantizer : IActivationTransform
 {
-    /// <summary>One input's layout: channels in block order, and how many leading blocks are high precision.</summary>
-    public sealed record Layout(int[] Order, int HighBlocks, int OutlierChannels);
+    /// <summary>One input's layout: channels in block order, and which blocks are high precision.</summary>
+    public sealed record Layout(int[] Order, bool[] High, int OutlierChannels)
+    {
+        public int HighBlocks => High.Count(h => h);
+
+        /// <summary>Blocks of <paramref name="block"/> channels in channel order, none high.</summary>
+        public static Layout Plain(int channels, int block) => new(Enumerable.Range(0, channels).ToArray(), new bool[(channels + block - 1) / block], 0);
+    }
 
     readonly Dictionary<string, Layout> _layouts;
     public ActivationQuantOptions Options { get; }
@@ -66,34 +75,46 @@ public sealed class ActivationQuantizer : IActivationTransform
         get
         {
             long high = 0, all = 0;
-            foreach (var l in _layouts.Values) { high += Math.Min(l.Order.Length, l.HighBlocks * Options.Block); all += l.Order.Length; }
+            foreach (var l in _layouts.Values)
+            {
+                for (int b = 0; b < l.High.Length; b++) if (l.High[b]) high += Math.Min(Options.Block, l.Order.Length - b * Options.Block);
+                all += l.Order.Length;
+            }
             return all == 0 ? 0 : (double)high / all;
         }
     }
 
-    /// <summary>Average bits per activation value (the integer codes; one scale per block not counted).</summary>
-    public double BitsPerValue => Options.Bits + (Options.OutlierBits - Options.Bits) * HighPrecisionFraction;
+    /// <summary>Average bits per activation value: the integer codes and one F16 scale per block (a last, shorter block
+    /// counted as full).</summary>
+    public double BitsPerValue => Options.Bits + (Options.OutlierBits - Options.Bits) * HighPrecisionFraction + 16.0 / Options.Block;
 
     /// <summary>The layout of one input from its calibration maxima <paramref name="absMax"/>: uniform blocks in
-    /// channel order, or FMPQ's outlier channels first.</summary>
+    /// channel order; FMPQ's outlier channels first, filling whole high-precision blocks with the largest of the rest,
+    /// then the others in channel order; or, without the permutation, each block that holds an outlier high.</summary>
     public static Layout MakeLayout(ReadOnlySpan<float> absMax, ActivationQuantOptions o)
     {
-        int n = absMax.Length;
-        var order = Enumerable.Range(0, n).ToArray();
-        if (o.Mode == ActivationQuantMode.Uniform) return new Layout(order, 0, 0);
-        var sorted = absMax.ToArray();
+        int n = absMax.Length, B = o.Block;
+        var plain = Layout.Plain(n, B);
+        if (o.Mode == ActivationQuantMode.Uniform) return plain;
+        var max = absMax.ToArray();
+        var sorted = max.ToArray();
         Array.Sort(sorted);
         float median = n % 2 == 1 ? sorted[n / 2] : 0.5f * (sorted[n / 2 - 1] + sorted[n / 2]);
-        var max = absMax.ToArray();
-        var outliers = order.Where(c => max[c] > o.OutlierRatio * median).OrderByDescending(c => max[c]).ThenBy(c => c).ToArray();
-        if (outliers.Length == 0) return new Layout(order, 0, 0);
-        int high = (outliers.Length + o.Block - 1) / o.Block;
-        int fill = Math.Min(n, high * o.Block);
-        // the outliers, then the largest of the rest until the high blocks are full, then the others in channel order
-        var lead = order.OrderByDescending(c => max[c]).ThenBy(c => c).Take(fill).ToArray();
+        var outliers = plain.Order.Where(c => max[c] > o.OutlierRatio * median).ToArray();
+        if (outliers.Length == 0) return plain;
+        if (o.Mode == ActivationQuantMode.MixedInPlace)
+        {
+            var high = new bool[plain.High.Length];
+            foreach (int c in outliers) high[c / B] = true;
+            return plain with { High = high, OutlierChannels = outliers.Length };
+        }
+        int k = (outliers.Length + B - 1) / B;
+        var lead = plain.Order.OrderByDescending(c => max[c]).ThenBy(c => c).Take(Math.Min(n, k * B)).ToArray();
         var inLead = new bool[n];
         foreach (int c in lead) inLead[c] = true;
-        return new Layout([.. lead, .. order.Where(c => !inLead[c])], high, outliers.Length);
+        var flags = new bool[plain.High.Length];
+        flags.AsSpan(0, k).Fill(true);
+        return new Layout([.. lead, .. plain.Order.Where(c => !inLead[c])], flags, outliers.Length);
     }
 
     /// <summary>Calibrates on <paramref name="text"/> (up to <paramref name="chunks"/> chunks of <paramref name="ctx"/>
@@ -113,7 +134,7 @@ public sealed class ActivationQuantizer : IActivationTransform
         if (o.Mode != ActivationQuantMode.Uniform) throw new CriaException("only uniform activation quantization runs without calibration");
         var layouts = new Dictionary<string, Layout>();
         foreach (var L in model.Layers)
-            foreach (var w in L.Projections) layouts[w.Name] = new Layout(Enumerable.Range(0, w.Cols).ToArray(), 0, 0);
+            foreach (var w in L.Projections) layouts[w.Name] = Layout.Plain(w.Cols, o.Block);
         return new ActivationQuantizer(o, layouts);
     }
 
@@ -147,7 +168,7 @@ public sealed class ActivationQuantizer : IActivationTransform
         for (int start = 0, block = 0; start < order.Length; start += o.Block, block++)
         {
             int end = Math.Min(order.Length, start + o.Block);
-            int bits = block < layout.HighBlocks ? o.OutlierBits : o.Bits;
+            int bits = layout.High[block] ? o.OutlierBits : o.Bits;
             float amax = 0;
             for (int i = start; i < end; i++) amax = Math.Max(amax, Math.Abs(row[order[i]]));
             if (amax == 0) continue;

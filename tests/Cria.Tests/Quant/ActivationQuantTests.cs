@@ -29,7 +29,7 @@ public sealed class ActivationQuantTests(ITestOutputHelper output)
         var o = new ActivationQuantOptions { Mode = ActivationQuantMode.Mixed, Bits = 4, OutlierBits = 8, Block = 4 };
         float[] x = [0.5f, -1.0f, 0.25f, 9.0f, 0.1f, -0.3f, 0.7f, 0.05f, 0.33f, -0.61f];
         // channels 3 and 6 first (the high block, with 1 and 0), then 2 4 5 7, then 8 9 (a short last block)
-        var layout = new ActivationQuantizer.Layout([3, 6, 1, 0, 2, 4, 5, 7, 8, 9], HighBlocks: 1, OutlierChannels: 2);
+        var layout = new ActivationQuantizer.Layout([3, 6, 1, 0, 2, 4, 5, 7, 8, 9], [true, false, false], OutlierChannels: 2);
         var row = x.ToArray();
         ActivationQuantizer.QuantizeRow(row, layout, o);
         var expect = new float[x.Length];
@@ -43,9 +43,16 @@ public sealed class ActivationQuantTests(ITestOutputHelper output)
         Assert.Equal(9.0f, row[3]);                                     // a block's largest value is exact
         Assert.NotEqual(x[4], row[4]);                                  // 0.1 in a 4-bit block of max 0.7 is not
 
-        // A zero block stays zero; uniform blocks ignore HighBlocks' absence.
+        // A high block need not lead (the layout without the permutation); a zero block stays zero.
+        row = x.ToArray();
+        ActivationQuantizer.QuantizeRow(row, layout with { High = [false, true, false] }, o);
+        for (int b = 0; b < blocks.Length; b++)
+        {
+            var q = Reference(blocks[b].Select(c => x[c]).ToArray(), b == 1 ? 8 : 4);
+            for (int i = 0; i < blocks[b].Length; i++) Assert.Equal(q[i], row[blocks[b][i]]);
+        }
         var zeros = new float[4];
-        ActivationQuantizer.QuantizeRow(zeros, new ActivationQuantizer.Layout([0, 1, 2, 3], 0, 0), o);
+        ActivationQuantizer.QuantizeRow(zeros, ActivationQuantizer.Layout.Plain(4, 4), o);
         Assert.All(zeros, v => Assert.Equal(0f, v));
     }
 
@@ -64,6 +71,12 @@ public sealed class ActivationQuantTests(ITestOutputHelper output)
         var rest = l.Order[8..];
         Assert.Equal(rest.Order(), rest);                               // the others keep their channel order
         Assert.True(l.Order[3..8].All(c => rest.All(r => absMax[c] >= absMax[r])), "the high block is filled with the next largest channels");
+
+        // Without the permutation: channel order, and the blocks holding 5, 17 and 29 (0, 2, 3) are the high ones.
+        var inPlace = ActivationQuantizer.MakeLayout(absMax, o with { Mode = ActivationQuantMode.MixedInPlace });
+        Assert.Equal(Enumerable.Range(0, 32), inPlace.Order);
+        Assert.Equal([true, false, true, true], inPlace.High);
+        Assert.Equal(3, inPlace.OutlierChannels);
 
         absMax[17] = absMax[5] = absMax[29] = 1.5f;
         Assert.Equal(0, ActivationQuantizer.MakeLayout(absMax, o).HighBlocks);
@@ -90,6 +103,9 @@ public sealed class ActivationQuantTests(ITestOutputHelper output)
         var fmpq = ActivationQuantizer.Calibrate(m, Text("kjv-train.txt"), 128, 16, 2, new ActivationQuantOptions());
         Assert.All(fmpq.Layouts.Keys, k => Assert.StartsWith("blk.", k));
         Assert.True(fmpq.HighPrecisionFraction is > 0 and < 0.5, $"INT8 share {fmpq.HighPrecisionFraction}");
+        Assert.Equal(4 + 4 * fmpq.HighPrecisionFraction + 16.0 / 128, fmpq.BitsPerValue, 12);   // codes and an F16 scale per block
+        var inPlace = ActivationQuantizer.Calibrate(m, Text("kjv-train.txt"), 128, 16, 2, new ActivationQuantOptions { Mode = ActivationQuantMode.MixedInPlace });
+        Assert.True(fmpq.HighPrecisionFraction < inPlace.HighPrecisionFraction, $"the permutation should need fewer INT8 channels: {fmpq.HighPrecisionFraction} vs {inPlace.HighPrecisionFraction}");
         double none = Kld(null);
         double a8 = Kld(ActivationQuantizer.Uniform(m, new ActivationQuantOptions { Mode = ActivationQuantMode.Uniform, Bits = 8 }));
         double mixed = Kld(fmpq);
