@@ -34,10 +34,12 @@ static class RefuelCommand
         var outDir = new Option<string>("--out", "-o") { Description = "output directory: adapter.gguf (llama.cpp's --lora format) after every iteration, refuel.csv", DefaultValueFactory = _ => "out/refuel" };
         var training = new AdapterTrainingCliOptions(steps: 0, batch: 16, warmup: 5, rank: 8, alpha: 16f, batchDescription: "rows per micro-batch (two per pair)");
         var scoring = new ScorerCliOptions(selfEval: false);
+        var judging = new ScorerCliOptions(selfEval: false, prefix: "judge", what: "a second reward for the held-out dialogues only (a judge the policy never trains on)");
         var cmd = new Command("train-refuel", "multi-turn RLHF (REFUEL): the policy plays dialogues with a user simulator, and a LoRA adapter regresses the relative future reward of two branches")
         { init, prompts, valid, iterations, dialogues, epochs, turns, response, userTokens, eta, scored, temp, outDir };
         training.AddTo(cmd);
         scoring.AddTo(cmd);
+        judging.AddTo(cmd);
         cmd.SetAction(async (r, ct) =>
         {
             string modelPath = DefaultModel.Resolve(r.GetValue(init));
@@ -85,13 +87,15 @@ static class RefuelCommand
             try
             {
                 var scorer = scoring.Build(r, model, modelPath, longest, options.Threads, owned);
+                var judge = judging.Given(r) ? judging.Build(r, model, modelPath, longest, options.Threads, owned) : null;
+                if (judge != null && held == null) throw new CriaException("a --judge-* reward scores the held-out dialogues: give --valid-prompts");
                 var userCtx = new InferenceContext(model, new ContextOptions { ContextSize = longest * concurrent, Threads = options.Threads });
                 owned.Add(userCtx);
                 var userEngine = new Engine(userCtx, tok, new EngineOptions { Scheduler = new SchedulerOptions { MaxSequences = concurrent }, MaxWaiting = 1024 });
                 owned.Add(userEngine);
                 string adapterPath = Path.Combine(dir, "adapter.gguf");
                 var rng = new Random(unchecked((int)options.Seed));
-                var csv = new List<string> { "iteration,step,rollout_reward,loss,sign_align,grad_norm,held_reward,held_se,held_policy_words,held_user_words,seconds" };
+                var csv = new List<string> { "iteration,step,rollout_reward,loss,sign_align,grad_norm,held_reward,held_se,held_policy_words,held_user_words,judge_reward,judge_se,seconds" };
                 var sw = Stopwatch.StartNew();
 
                 // π_t as an engine: the adapter written, then read back by the inference path (llama.cpp's --lora file)
@@ -106,17 +110,23 @@ static class RefuelCommand
                 {
                     if (held == null) return ("", []);
                     var played = WithPolicy(d => d.PlayAsync(held, options.Seed ^ 0x5EEDUL, ct)).GetAwaiter().GetResult();
-                    double mean = played.Average(d => d.Reward);
-                    double se = played.Count > 1 ? Math.Sqrt(played.Sum(d => (d.Reward - mean) * (d.Reward - mean)) / (played.Count - 1) / played.Count) : 0;
+                    var (mean, se) = MeanAndError(played.Select(d => d.Reward).ToArray());
                     string text = string.Create(CultureInfo.InvariantCulture, $"  held-out reward {mean:F3} ± {se:F3}");
+                    double p = double.NaN, u = double.NaN, jm = double.NaN, js = double.NaN;
                     if (scorer is WordCountScorer words)
                     {
-                        double p = played.Average(d => words.Count(tok.Decode(d.Of(policy: true)))), u = played.Average(d => words.Count(tok.Decode(d.Of(policy: false))));
-                        return (text + string.Create(CultureInfo.InvariantCulture, $" (words in policy turns {p:F3}, in user turns {u:F3})"), [mean, se, p, u]);
+                        p = played.Average(d => words.Count(tok.Decode(d.Of(policy: true))));
+                        u = played.Average(d => words.Count(tok.Decode(d.Of(policy: false))));
+                        text += string.Create(CultureInfo.InvariantCulture, $" (words in policy turns {p:F3}, in user turns {u:F3})");
                     }
-                    return (text, [mean, se, double.NaN, double.NaN]);
+                    if (judge != null)
+                    {
+                        (jm, js) = MeanAndError(played.Select(d => judge.Score([tok.Bos, .. d.Opening], Dialogue.Of(d.Turns, game.Scored))).ToArray());
+                        text += string.Create(CultureInfo.InvariantCulture, $"  judge {jm:F3} ± {js:F3}");
+                    }
+                    return (text, [mean, se, p, u, jm, js]);
                 }
-                string Cells(double[] c) => c.Length == 0 ? ",,," : string.Join(',', c.Select(x => double.IsNaN(x) ? "" : x.ToString("F4", CultureInfo.InvariantCulture)));
+                string Cells(double[] c) => c.Length == 0 ? ",,,,," : string.Join(',', c.Select(x => double.IsNaN(x) ? "" : x.ToString("F4", CultureInfo.InvariantCulture)));
 
                 var h0 = Held();
                 Console.Out.WriteLine($"iteration 0{h0.Text}");
@@ -143,6 +153,12 @@ static class RefuelCommand
             return 0;
         });
         return cmd;
+    }
+
+    static (double Mean, double StdErr) MeanAndError(double[] x)
+    {
+        double mean = x.Average();
+        return (mean, x.Length > 1 ? Math.Sqrt(x.Sum(v => (v - mean) * (v - mean)) / (x.Length - 1) / x.Length) : 0);
     }
 
     static void WriteAdapter(Trainer trainer, string path) => trainer.Model.Lora!.Write(path, trainer.Model.LoraParameters, "cria-refuel");
