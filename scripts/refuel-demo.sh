@@ -4,7 +4,11 @@
 # a LoRA adapter) and the user simulator (the bundled model, frozen) then take turns: policy 24 tokens, user 16,
 # policy 24. The reward is a rule: how many times the dialogue says a word. Two runs:
 #   lord-all  — "LORD" anywhere in the dialogue (what the policy says counts: a reward it can simply take);
-#   and-user  — "and" in the user's turn only (the policy earns it only through what it makes the user say next).
+#   and-user  — "and" in the user's turn only (the policy earns it only through what it makes the user say next);
+#   rm        — a learned reward: the Bradley–Terry reward model of scripts/reward-demo.sh (seed 1; it prefers verses
+#               without corrupted words), with the seed-2 model as a judge the policy never trains on; turns of 16
+#               and 8 tokens, so that opening and dialogue fit the reward models' 64 tokens. Run first:
+#               scripts/reward-demo.sh 400 1 bt && scripts/reward-demo.sh 400 2 bt
 # Openings: 3,000 verses of data/train.txt for training; 200 of data/valid.txt (chapters the model never saw) held
 # out, one dialogue each with the same seeds at every evaluation. Afterwards the KJV held-out perplexity with each
 # adapter (how far the policy's language model moved) and two held-out dialogues before and after.
@@ -24,6 +28,9 @@ for RUN in $RUNS; do
   case $RUN in
     lord-all) ARGS="--reward-words LORD --reward-turns all" ;;
     and-user) ARGS="--reward-words and --reward-turns user" ;;
+    rm) RM=out/reward-demo
+        for S in 1 2; do [ -f $RM/seed$S/bt/head.gguf ] || { echo "run scripts/reward-demo.sh 400 $S bt first"; exit 1; }; done
+        ARGS="--reward-adapter $RM/seed1/bt/adapter.gguf --reward-head $RM/seed1/bt/head.gguf --reward-ctx 64 --judge-adapter $RM/seed2/bt/adapter.gguf --judge-head $RM/seed2/bt/head.gguf --judge-ctx 64 --response-tokens 16 --user-tokens 8" ;;
     *) echo "unknown run $RUN"; exit 1 ;;
   esac
   echo "== $RUN: $ARGS"

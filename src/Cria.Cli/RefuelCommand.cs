@@ -70,6 +70,7 @@ static class RefuelCommand
             var tok = model.Tokenizer;
             var openings = ReadOpenings(r.GetValue(prompts)!, tok);
             var held = r.GetValue(valid) is { } vp ? ReadOpenings(vp, tok) : null;
+            if (held is { Count: > 1000 }) throw new CriaException($"--valid-prompts holds {held.Count} openings; at most 1000 are played at each evaluation");
             int longest = 1 + openings.Concat(held ?? []).Max(o => o.Length) + game.DialogueTokens;
             if (longest > Math.Min(model.Config.ContextLength, imported.Shape.ContextLength))
                 throw new CriaException($"a dialogue of {longest} tokens (BOS, the longest opening, {game.DialogueTokens} tokens of turns) exceeds the model's context of {model.Config.ContextLength}");
