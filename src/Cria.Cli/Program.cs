@@ -28,6 +28,7 @@ root.Subcommands.Add(RewardCommand.Score());
 root.Subcommands.Add(RewardCommand.BestOf());
 root.Subcommands.Add(SelfEvalCommand.Train());
 root.Subcommands.Add(RefuelCommand.Create());
+root.Subcommands.Add(FilterCommand.Create());
 root.Subcommands.Add(MagpieCommand.Create());
 root.Subcommands.Add(SwiftKvCommand.Create());
 try
