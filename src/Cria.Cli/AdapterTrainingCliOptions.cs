@@ -62,15 +62,15 @@ sealed class AdapterTrainingCliOptions
 
 /// <summary>
 /// The step loop the fine-tuning commands share (train-classifier, train-reward, train-self-eval, train --pairs and
-/// --sft): "step 0" with the held-out report, then steps until the trainer reaches <paramref name="steps"/>, printing a
-/// line every 10 steps and at each evaluation (every <paramref name="every"/> steps, and the last), where the held-out
-/// report is appended. <paramref name="step"/> runs one step and returns its measures.
+/// --sft): "step N" (the trainer's step: 0, or where a resumed run starts) with the held-out report, then steps until
+/// the trainer reaches <paramref name="steps"/>, printing a line every 10 steps and at each evaluation (every
+/// <paramref name="every"/> steps, and the last), where the held-out report is appended. <paramref name="step"/> runs one step and returns its measures.
 /// </summary>
 static class StepLoop
 {
     public static void Run(Cria.Training.Trainer trainer, int steps, int every, Func<string> step, Func<string> held)
     {
-        Console.Out.WriteLine($"step 0{held()}");
+        Console.Out.WriteLine($"step {trainer.Step}{held()}");
         while (trainer.Step < steps)
         {
             string measures = step();
@@ -79,4 +79,26 @@ static class StepLoop
             if (s % 10 == 0 || eval) Console.Out.WriteLine($"step {s}/{steps}  {measures}{(eval ? held() : "")}");
         }
     }
+}
+
+/// <summary>A fine-tuning run's checkpoint file: written atomically by <see cref="Save"/>, and after any step once
+/// <c>minutes</c> have passed since the last write (<see cref="After"/> wraps a step loop's step).</summary>
+sealed class StepCheckpoint(Cria.Training.Trainer trainer, string path, ulong tokenizerHash, double minutes)
+{
+    readonly System.Diagnostics.Stopwatch _since = System.Diagnostics.Stopwatch.StartNew();
+    public string Path { get; } = path;
+    public ulong TokenizerHash { get; } = tokenizerHash;
+
+    public void Save()
+    {
+        trainer.SaveCheckpoint(Path, TokenizerHash);
+        _since.Restart();
+    }
+
+    public Func<string> After(Func<string> step) => () =>
+    {
+        string measures = step();
+        if (_since.Elapsed.TotalMinutes >= minutes) { Save(); measures += $"  (checkpoint → {Path})"; }
+        return measures;
+    };
 }

@@ -324,6 +324,7 @@ sealed class TrainingRun
         var sw = Stopwatch.StartNew();
         double[]? reference = p.Loss == PreferenceLoss.Dpo ? trainer.SequenceLogProbs(pairs) : null;
         double[]? heldRef = held != null ? trainer.SequenceLogProbs(held) : null;
+        var checkpoint = FineTuneResume(trainer);   // after the reference log-probabilities, which are --init's
         string Held()
         {
             if (held == null) return "";
@@ -331,11 +332,12 @@ sealed class TrainingRun
             var m = Enumerable.Range(0, held.Count).Select(i => p.PairLoss(lp[2 * i], lp[2 * i + 1], heldRef![2 * i], heldRef[2 * i + 1], held[i].Chosen.Length, held[i].Rejected.Length).Margin).ToArray();
             return string.Create(CultureInfo.InvariantCulture, $"  held-out margin {m.Average():F3}, accuracy {m.Count(x => x > 0) / (double)m.Length:P0}");
         }
-        StepLoop.Run(trainer, Options.Steps, EvalEvery, () =>
+        StepLoop.Run(trainer, Options.Steps, EvalEvery, checkpoint.After(() =>
         {
             var res = trainer.PreferenceStep(pairs, reference, p);
             return string.Create(CultureInfo.InvariantCulture, $"loss {res.Loss:F4}  margin {res.Margin:F3}  accuracy {res.Accuracy:P0}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}");
-        }, Held);
+        }), Held);
+        checkpoint.Save();
         return FineTuneDone(trainer, sw, "");
     }
 
@@ -362,22 +364,39 @@ sealed class TrainingRun
             double l = trainer.SftLoss(held);
             return string.Create(CultureInfo.InvariantCulture, $"  held-out response loss {l:F4} (ppl {Math.Exp(l):F2})");
         }
+        var checkpoint = FineTuneResume(trainer);
         var sw = Stopwatch.StartNew();
-        StepLoop.Run(trainer, Options.Steps, EvalEvery, () =>
+        StepLoop.Run(trainer, Options.Steps, EvalEvery, checkpoint.After(() =>
         {
             var res = trainer.SftStep(examples);
             return string.Create(CultureInfo.InvariantCulture, $"loss {res.Loss:F4}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}");
-        }, Held);
+        }), Held);
+        checkpoint.Save();
         return FineTuneDone(trainer, sw, $", {trainer.TokensSeen:N0} tokens read");
     }
 
-    /// <summary>The checks --pairs and --sft share (an --init model, no --resume, valid options); the tokenizer.</summary>
+    /// <summary>The checks --pairs and --sft share (an --init model, valid options); the tokenizer.</summary>
     Tokenization.Tokenizer FineTuneTokenizer(string what)
     {
         Options.Validate();
         if (Init == null) throw new CriaException($"{what} needs --init");
-        if (Resume) throw new CriaException($"--resume is not supported with {what}");
+        if (!(CheckpointMinutes > 0)) throw new CriaException($"--checkpoint-minutes must be positive, got {CheckpointMinutes}");
         return Init.Vocabulary.CreateTokenizer();
+    }
+
+    /// <summary>A --pairs or --sft run's checkpoint, OUT/checkpoint.bin: with --resume it is loaded now (adapter or
+    /// weights, AdamW moments, step and RNG; DPO's reference log-probabilities must already be computed from --init);
+    /// it is written every --checkpoint-minutes during the run and at its end.</summary>
+    StepCheckpoint FineTuneResume(Trainer trainer)
+    {
+        var c = new StepCheckpoint(trainer, Path.Combine(OutDir, "checkpoint.bin"), Init!.Vocabulary.Hash(), CheckpointMinutes);
+        if (Resume)
+        {
+            if (!File.Exists(c.Path)) throw new CriaException($"--resume: no checkpoint at {c.Path}");
+            trainer.LoadCheckpoint(c.Path, c.TokenizerHash);
+            Console.Error.WriteLine($"resumed at step {trainer.Step} from {c.Path}");
+        }
+        return c;
     }
 
     /// <summary>The trainer of a --pairs or --sft run: rows of <paramref name="T"/> tokens, the --init weights, the

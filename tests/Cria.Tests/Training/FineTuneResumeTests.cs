@@ -1,0 +1,66 @@
+using Cria.Models;
+using Cria.Training;
+using Xunit;
+
+namespace Cria.Tests.Training;
+
+/// <summary>
+/// train --pairs and --sft with --resume: a run interrupted after a checkpoint and resumed (a new trainer from --init,
+/// DPO's reference log-probabilities computed from --init, then the checkpoint loaded) takes exactly the steps of the
+/// run that was never interrupted — the same losses and the same adapter, bit for bit.
+/// </summary>
+public sealed class FineTuneResumeTests
+{
+    static string Bundled => Path.Combine(TestPaths.RepoRoot, "models", "default.gguf");
+
+    [Theory]
+    [InlineData("dpo")]
+    [InlineData("sft")]
+    public void A_resumed_run_takes_the_uninterrupted_runs_steps(string kind)
+    {
+        var im = GgufImport.Read(Bundled);
+        using var lm = LlamaModel.Open(Bundled);
+        int[] E(string s) => lm.Tokenizer.Encode(s, addBos: false);
+        string[] subjects = ["the king", "the people", "the priest", "the prophet", "the servant", "the woman"];
+        var pairs = subjects.Select(s => new PreferencePair(E($"And {s}"), E(" went up to pray."), E(" went down to sleep."))).ToList();
+        var examples = subjects.Select(s => new SftExample(E($"And {s}"), E(" went up into the mountain to pray."))).ToList();
+        var opts = new TrainingOptions { BatchSize = 4, Steps = 6, WarmupSteps = 1, LearningRate = 2e-3f, WeightDecay = 0.01f, Threads = 2, Seed = 5 };
+        var o = PreferenceOptions.Default(PreferenceLoss.Dpo);
+        ulong hash = im.Vocabulary.Hash();
+        string ckpt = TestPaths.TempFile($"resume-{kind}.bin");
+
+        Trainer Start(out double[]? reference)
+        {
+            var t = new Trainer(im.Shape, opts, [], lm.Tokenizer.Bos, seqLen: 16, lora: new LoraOptions { Rank = 4, Alpha = 8 });
+            t.SetParameters(im.Parameters);
+            reference = kind == "dpo" ? t.SequenceLogProbs(pairs) : null;
+            return t;
+        }
+        float Step(Trainer t, double[]? reference) => kind == "dpo" ? t.PreferenceStep(pairs, reference, o).Loss : t.SftStep(examples).Loss;
+
+        float[] straight, straightAdapter;
+        using (var t = Start(out var reference))
+        {
+            straight = Enumerable.Range(0, 6).Select(_ => Step(t, reference)).ToArray();
+            straightAdapter = t.Model.LoraParameters.ToArray();
+        }
+        var resumed = new List<float>();
+        using (var t = Start(out var reference))
+        {
+            for (int i = 0; i < 3; i++) resumed.Add(Step(t, reference));
+            t.SaveCheckpoint(ckpt, hash);
+            for (int i = 0; i < 2; i++) Step(t, reference);       // the interrupted run went on, and its work is lost
+        }
+        using (var t = Start(out var reference))
+        {
+            t.LoadCheckpoint(ckpt, hash);
+            Assert.Equal(3, t.Step);
+            while (t.Step < opts.Steps) resumed.Add(Step(t, reference));
+            Assert.Equal(straight, resumed);
+            Assert.Equal(straightAdapter, t.Model.LoraParameters);
+        }
+        Assert.True(straight[^1] != straight[0], "the run should train");
+        Assert.Throws<CriaException>(() => { using var t = Start(out _); t.LoadCheckpoint(ckpt, hash + 1); });
+        File.Delete(ckpt);
+    }
+}
