@@ -34,7 +34,7 @@ public sealed record PreferenceOptions
 
     public void Validate()
     {
-        if (!(Beta > 0) || !float.IsFinite(Beta)) throw new CriaException($"preference β must be a positive number, got {Beta}");
+        if (!(Beta > 0) || !float.IsFinite(Beta)) throw new CriaException($"{(Loss == PreferenceLoss.Refuel ? "REFUEL η" : "preference β")} must be a positive number, got {Beta}");
         if (!(Gamma >= 0) || !float.IsFinite(Gamma)) throw new CriaException($"SimPO γ must be a number ≥ 0, got {Gamma}");
     }
 
