@@ -27,42 +27,62 @@ public sealed class ClassifierTests(ITestOutputHelper output)
             for (long i = t.Offset; i < t.Offset + t.Count; i++) m.LoraParameters[i] = (float)((rng.NextDouble() * 2 - 1) * 0.4);
     }
 
+    /// <summary>A model for a gradient check: <see cref="Shape"/>, <paramref name="B"/> rows of <paramref name="T"/>,
+    /// LoRA rank 3 (α 5) on every projection plus the head, parameters from <see cref="Fill"/>, random tokens (returned)
+    /// and <paramref name="lengths"/> in place.</summary>
+    internal static LlamaTrainingModel GradientModel(ClassifierOptions head, int B, int T, int[] lengths, int seed, out int[] tokens)
+    {
+        var m = new LlamaTrainingModel(Shape, B, T, 2, new LoraOptions { Rank = 3, Alpha = 5f, Targets = LoraTarget.All }, head);
+        var rng = new Random(seed);
+        Fill(m, rng);
+        tokens = Enumerable.Range(0, B * T).Select(_ => rng.Next(Shape.VocabSize)).ToArray();
+        tokens.CopyTo(m.Tokens); lengths.CopyTo(m.SequenceLengths);
+        return m;
+    }
+
+    /// <summary>Class logits [B, T, C] of the reference forward at every position: the head on each final hidden state.</summary>
+    internal static double[] ReferenceTokenLogits(LlamaTrainingModel m, double[] p, double[] ad, int[] tokens, int[] lengths)
+    {
+        var c = m.Classifier!;
+        int N = m.BatchSize * m.SeqLen, D = m.Shape.Dim, C = c.Labels.Length;
+        var h = Reference.Hidden(m.Layout, Reference.MergeLora(m.Layout, m.Lora!, p, ad), tokens, m.BatchSize, m.SeqLen, c.Bidirectional ? lengths : null);
+        var z = new double[N * C];
+        for (int row = 0; row < N; row++)
+            for (int j = 0; j < C; j++)
+            {
+                double s = 0;
+                for (int i = 0; i < D; i++) s += h[row * D + i] * ad[m.Lora!.Head + j * D + i];
+                z[row * C + j] = s;
+            }
+        return z;
+    }
+
     /// <summary>Pooled class logits [B, C] of the reference forward.</summary>
     internal static double[] ReferencePooled(LlamaTrainingModel m, double[] p, double[] ad, int[] tokens, int[] lengths)
     {
         var c = m.Classifier!;
-        int B = m.BatchSize, T = m.SeqLen, D = m.Shape.Dim, C = c.Labels.Length;
-        var h = Reference.Hidden(m.Layout, Reference.MergeLora(m.Layout, m.Lora!, p, ad), tokens, B, T, c.Bidirectional ? lengths : null);
+        int B = m.BatchSize, T = m.SeqLen, C = c.Labels.Length;
+        var z = ReferenceTokenLogits(m, p, ad, tokens, lengths);
         var pooled = new double[B * C];
-        if (c.Pooling == ClassifierPooling.Max)
+        for (int b = 0; b < B; b++)
         {
-            for (int b = 0; b < B; b++)
-                for (int j = 0; j < C; j++)
+            int n = lengths[b];
+            for (int j = 0; j < C; j++)
+            {
+                if (c.Pooling == ClassifierPooling.Max)
                 {
                     double best = double.NegativeInfinity;
-                    for (int t = 0; t < lengths[b]; t++)
-                    {
-                        double z = 0;
-                        for (int i = 0; i < D; i++) z += h[(b * T + t) * D + i] * ad[m.Lora!.Head + j * D + i];
-                        best = Math.Max(best, z);
-                    }
+                    for (int t = 0; t < n; t++) best = Math.Max(best, z[(b * T + t) * C + j]);
                     pooled[b * C + j] = best;
+                    continue;
                 }
-            return pooled;
-        }
-        for (int b = 0; b < B; b++)
-            for (int t = 0; t < T; t++)
-            {
-                int n = lengths[b];
-                double w = c.Pooling == ClassifierPooling.Last ? (t == n - 1 ? 1 : 0) : (t < n ? 1.0 / n : 0);
-                if (w == 0) continue;
-                for (int j = 0; j < C; j++)
+                for (int t = 0; t < T; t++)
                 {
-                    double z = 0;
-                    for (int i = 0; i < D; i++) z += h[(b * T + t) * D + i] * ad[m.Lora!.Head + j * D + i];
-                    pooled[b * C + j] += w * z;
+                    double w = c.Pooling == ClassifierPooling.Last ? (t == n - 1 ? 1 : 0) : (t < n ? 1.0 / n : 0);
+                    if (w != 0) pooled[b * C + j] += w * z[(b * T + t) * C + j];
                 }
             }
+        }
         return pooled;
     }
 
@@ -104,14 +124,9 @@ public sealed class ClassifierTests(ITestOutputHelper output)
     {
         var (pooling, bi) = ClassifierOptions.ParseMode(mode);
         var clf = new ClassifierOptions { Labels = ["a", "b", "c"], Pooling = pooling, Bidirectional = bi };
-        var lora = new LoraOptions { Rank = 3, Alpha = 5f, Targets = LoraTarget.All };
         int B = 3, T = 6;
-        using var m = new LlamaTrainingModel(Shape, B, T, 2, lora, clf);
-        var rng = new Random(31);
-        Fill(m, rng);
-        var tokens = Enumerable.Range(0, B * T).Select(_ => rng.Next(Shape.VocabSize)).ToArray();
         int[] lengths = [6, 4, 2], labels = [2, 0, 1];
-        tokens.CopyTo(m.Tokens); lengths.CopyTo(m.SequenceLengths);
+        using var m = GradientModel(clf, B, T, lengths, seed: 31, out var tokens);
         m.ZeroGradients();
         var (lossSum, _) = m.ClassifierForwardBackward(labels, 1f / B);
         var p = m.Parameters.Select(v => (double)v).ToArray();

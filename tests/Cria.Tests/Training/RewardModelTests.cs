@@ -29,14 +29,9 @@ public sealed class RewardModelTests(ITestOutputHelper output)
         var (pooling, bi) = ClassifierOptions.ParseMode(mode);
         var objective = loss == "regression" ? ClassifierObjective.Regression : ClassifierObjective.BradleyTerry;
         var head = ClassifierOptions.Reward(objective, pooling, bi);
-        var lora = new LoraOptions { Rank = 3, Alpha = 5f, Targets = LoraTarget.All };
         int B = 4, T = 6;
-        using var m = new LlamaTrainingModel(ClassifierTests.Shape, B, T, 2, lora, head);
-        var rng = new Random(41);
-        ClassifierTests.Fill(m, rng);
-        var tokens = Enumerable.Range(0, B * T).Select(_ => rng.Next(ClassifierTests.Shape.VocabSize)).ToArray();
         int[] lengths = [6, 4, 2, 5];
-        tokens.CopyTo(m.Tokens); lengths.CopyTo(m.SequenceLengths);
+        using var m = ClassifierTests.GradientModel(head, B, T, lengths, seed: 41, out var tokens);
         // Two pairs (rows 0/1 and 2/3); Scaled BT weighs them 3 and 1 and the second has a margin. Four ratings.
         float[] magnitude = loss == "scaled-bt" ? [3f, 1f] : [1f, 1f], margin = loss == "scaled-bt" ? [0f, 0.7f] : [0f, 0f];
         float[] scores = [2f, -1f, 0.5f, 3f];

@@ -20,24 +20,19 @@ public sealed class TokenClassifierTests(ITestOutputHelper output)
     /// <summary>Mean cross-entropy over scored positions of the reference's per-token logits.</summary>
     static double ReferenceLoss(LlamaTrainingModel m, double[] p, double[] ad, int[] tokens, int[] lengths, int[] tags)
     {
-        var c = m.Classifier!;
-        int B = m.BatchSize, T = m.SeqLen, D = m.Shape.Dim, C = c.Labels.Length;
-        var h = Reference.Hidden(m.Layout, Reference.MergeLora(m.Layout, m.Lora!, p, ad), tokens, B, T, c.Bidirectional ? lengths : null);
+        int B = m.BatchSize, T = m.SeqLen, C = m.Classifier!.Labels.Length;
+        var z = ClassifierTests.ReferenceTokenLogits(m, p, ad, tokens, lengths);
         double loss = 0; int scored = 0;
-        var z = new double[C];
         for (int b = 0; b < B; b++)
             for (int t = 0; t < lengths[b]; t++)
             {
-                int tag = tags[b * T + t];
+                int row = b * T + t, tag = tags[row];
                 if (tag < 0) continue;
-                for (int j = 0; j < C; j++)
-                {
-                    double s = 0;
-                    for (int i = 0; i < D; i++) s += h[(b * T + t) * D + i] * ad[m.Lora!.Head + j * D + i];
-                    z[j] = s;
-                }
-                double max = z.Max(), lse = max + Math.Log(z.Sum(v => Math.Exp(v - max)));
-                loss += lse - z[tag]; scored++;
+                var zr = z.AsSpan(row * C, C);
+                double max = double.NegativeInfinity, sum = 0;
+                foreach (var v in zr) max = Math.Max(max, v);
+                foreach (var v in zr) sum += Math.Exp(v - max);
+                loss += max + Math.Log(sum) - zr[tag]; scored++;
             }
         return loss / scored;
     }
@@ -49,16 +44,11 @@ public sealed class TokenClassifierTests(ITestOutputHelper output)
     {
         var (pooling, bi) = ClassifierOptions.ParseMode(mode);
         var clf = new ClassifierOptions { Labels = ["O", "B", "I"], Pooling = pooling, Bidirectional = bi };
-        var lora = new LoraOptions { Rank = 3, Alpha = 5f, Targets = LoraTarget.All };
         int B = 3, T = 6;
-        using var m = new LlamaTrainingModel(Shape, B, T, 2, lora, clf);
-        var rng = new Random(31);
-        ClassifierTests.Fill(m, rng);
-        var tokens = Enumerable.Range(0, B * T).Select(_ => rng.Next(Shape.VocabSize)).ToArray();
         int[] lengths = [6, 4, 2];
         // −1: BOS, a later sub-token, padding (positions past a sequence's length carry tags that must be ignored).
         int[] tags = [-1, 0, 1, 2, -1, 0, /**/ -1, 2, 2, 1, 0, 1, /**/ -1, 1, 0, 2, 2, 2];
-        tokens.CopyTo(m.Tokens); lengths.CopyTo(m.SequenceLengths);
+        using var m = ClassifierTests.GradientModel(clf, B, T, lengths, seed: 31, out var tokens);
         int scored = 0;
         for (int b = 0; b < B; b++) for (int t = 0; t < lengths[b]; t++) if (tags[b * T + t] >= 0) scored++;
         m.ZeroGradients();
