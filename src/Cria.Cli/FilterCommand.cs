@@ -60,18 +60,12 @@ static class FilterCommand
                     if ((i + 1) % 500 == 0) Console.Error.WriteLine($"[{i + 1}/{records.Count}] scored, {sw.Elapsed.TotalSeconds:F0} s");
                 }
                 var kept = RecordFilter.Select(s, records.Select(e => e.Prompt).ToArray(), o);
-                string tmp = outPath + ".tmp-" + Environment.ProcessId;
-                try
-                {
-                    File.WriteAllLines(tmp, kept.Select(i => lines[i].text));
-                    File.Move(tmp, outPath, overwrite: true);
-                }
-                finally { if (File.Exists(tmp)) File.Delete(tmp); }
+                TextFiles.WriteLinesAtomically(outPath, kept.Select(i => lines[i].text));
                 if (r.GetValue(scores) is { } scoresPath)
                 {
                     var isKept = new bool[s.Length];
                     foreach (int i in kept) isKept[i] = true;
-                    File.WriteAllLines(scoresPath, ["line\tscore\tkept", .. s.Select((v, i) => string.Create(CultureInfo.InvariantCulture, $"{lines[i].line}\t{v:G6}\t{(isKept[i] ? 1 : 0)}"))]);
+                    TextFiles.WriteLinesAtomically(scoresPath, ["line\tscore\tkept", .. s.Select((v, i) => string.Create(CultureInfo.InvariantCulture, $"{lines[i].line}\t{v:G6}\t{(isKept[i] ? 1 : 0)}"))]);
                 }
                 double all = s.Average(), mean = kept.Length > 0 ? kept.Average(i => s[i]) : double.NaN;
                 Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"kept {kept.Length} of {records.Count} records (mean score {mean:F4}, all {all:F4}) in {sw.Elapsed.TotalSeconds:F0} s: {outPath}"));

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
+using Cria.Formats;
 using Cria.Inference;
 using Cria.Models;
 using Cria.Serving;
@@ -107,10 +108,10 @@ static class RefuelCommand
                     using var engine = new Engine(ctx, tok, new EngineOptions { Scheduler = new SchedulerOptions { MaxSequences = concurrent }, MaxWaiting = 1024 });
                     return await run(new DialogueRollouts(engine, userEngine, scorer, game));
                 }
-                (string Text, double[] Cells) Held()
+                async Task<(string Text, double[] Cells)> Held()
                 {
                     if (held == null) return ("", []);
-                    var played = WithPolicy(d => d.PlayAsync(held, options.Seed ^ 0x5EEDUL, ct)).GetAwaiter().GetResult();
+                    var played = await WithPolicy(d => d.PlayAsync(held, options.Seed ^ 0x5EEDUL, ct));
                     var (mean, se) = MeanAndError(played.Select(d => d.Reward).ToArray());
                     string text = string.Create(CultureInfo.InvariantCulture, $"  held-out reward {mean:F3} ± {se:F3}");
                     double p = double.NaN, u = double.NaN, jm = double.NaN, js = double.NaN;
@@ -129,7 +130,7 @@ static class RefuelCommand
                 }
                 string Cells(double[] c) => c.Length == 0 ? ",,,,," : string.Join(',', c.Select(x => double.IsNaN(x) ? "" : x.ToString("F4", CultureInfo.InvariantCulture)));
 
-                var h0 = Held();
+                var h0 = await Held();
                 Console.Out.WriteLine($"iteration 0{h0.Text}");
                 csv.Add($"0,0,,,,,{Cells(h0.Cells)},0");
                 int every = training.EvalEvery(r);
@@ -138,11 +139,11 @@ static class RefuelCommand
                     var batch = Enumerable.Range(0, B).Select(_ => openings[rng.Next(openings.Count)]).ToArray();
                     var step = await WithPolicy(d => Refuel.IterationAsync(trainer, d, batch, rng, options.Seed + (ulong)it * 0x100000001UL, perIteration, loss, ct));
                     var (round, l, align, g) = (step.Round, step.Loss, step.SignAgreement, step.GradNorm);
-                    var h = it % every == 0 || it == N ? Held() : ("", []);
+                    var h = it % every == 0 || it == N ? await Held() : ("", []);
                     Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
                         $"iteration {it}/{N}  rollout reward {round.MeanReward:F3}  loss {l:F4}  sign agreement {align:P0}  |g| {g:F2}  {sw.Elapsed.TotalSeconds:F0} s{h.Text}"));
                     csv.Add(string.Create(CultureInfo.InvariantCulture, $"{it},{trainer.Step},{round.MeanReward:F4},{l:F5},{align:F4},{g:F4},{Cells(h.Cells)},{sw.Elapsed.TotalSeconds:F1}"));
-                    File.WriteAllLines(Path.Combine(dir, "refuel.csv"), csv);
+                    TextFiles.WriteLinesAtomically(Path.Combine(dir, "refuel.csv"), csv);
                 }
                 WriteAdapter(trainer, adapterPath);
                 Console.Out.WriteLine($"done: {N} iterations, {trainer.Step} steps in {sw.Elapsed.TotalSeconds:F0} s; adapter {adapterPath}");

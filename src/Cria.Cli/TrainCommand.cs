@@ -430,12 +430,8 @@ sealed class TrainingRun
         });
     }
 
-    static void WriteCsv(string path, List<string> rows)
-    {
-        var tmp = path + ".tmp";
-        File.WriteAllLines(tmp, new[] { "step,tokens,loss,grad_norm,lr,val_loss,elapsed_s,tokens_per_s" }.Concat(rows));
-        File.Move(tmp, path, overwrite: true);
-    }
+    static void WriteCsv(string path, List<string> rows) =>
+        TextFiles.WriteLinesAtomically(path, new[] { "step,tokens,loss,grad_norm,lr,val_loss,elapsed_s,tokens_per_s" }.Concat(rows));
 
     static string Eta(double s) => s >= 3600 ? $"{(int)(s / 3600)}h{(int)(s % 3600 / 60):D2}m" : $"{(int)(s / 60)}m{(int)(s % 60):D2}s";
 }
@@ -482,9 +478,7 @@ static class LossCurve
         sb.AppendLine($"<line x1=\"{W - 200}\" x2=\"{W - 180}\" y1=\"{T + 10}\" y2=\"{T + 10}\" stroke=\"#1f77b4\" stroke-width=\"2\"/><text x=\"{W - 175}\" y=\"{T + 14}\">train (EMA)</text>");
         sb.AppendLine($"<circle cx=\"{W - 190}\" cy=\"{T + 28}\" r=\"3\" fill=\"#d62728\"/><text x=\"{W - 175}\" y=\"{T + 32}\">validation</text>");
         sb.AppendLine("</svg>");
-        var tmp = path + ".tmp";
-        File.WriteAllText(tmp, sb.ToString());
-        File.Move(tmp, path, overwrite: true);
+        TextFiles.WriteAtomically(path, sb.ToString());
     }
 }
 
