@@ -14,9 +14,11 @@ sealed class KvCliOptions
     readonly Option<string> _type = new("--kv-type", "--cache-type") { Description = "KV cache storage: f16 (default), f32, q8_0, kivi4, kivi2", DefaultValueFactory = _ => "f16" };
     readonly Option<int> _group = new("--kivi-group") { Description = "KIVI group size G (tokens per key group, channels per value group)", DefaultValueFactory = _ => 32 };
     readonly Option<int> _residual = new("--kivi-residual") { Description = "KIVI residual length R (recent tokens kept in F16; a multiple of G)", DefaultValueFactory = _ => 128 };
-    readonly Option<string> _evict = new("--kv-evict") { Description = "KV eviction: none (default), sinks (StreamingLLM), h2o, snapkv", DefaultValueFactory = _ => "none" };
+    readonly Option<string> _evict = new("--kv-evict") { Description = "KV eviction: none (default), sinks (StreamingLLM), h2o, snapkv, locret (trained retaining heads, --kv-heads)", DefaultValueFactory = _ => "none" };
     readonly Option<int> _budget = new("--kv-budget") { Description = "tokens each sequence keeps in the KV cache with --kv-evict" };
     readonly Option<bool> _shift = new("--kv-shift") { Description = "with --kv-evict: rotary positions are positions in the cache, not the text (StreamingLLM's position re-assignment)" };
+    readonly Option<string?> _heads = new("--kv-heads") { Description = "with --kv-evict locret: the retaining heads (cria train-locret)" };
+    readonly Option<int> _stabilizers = new("--kv-recent") { Description = "with --kv-evict locret: the most recent tokens always kept (Locret's stabilizers)", DefaultValueFactory = _ => 32 };
     readonly Option<int> _sinks = new("--kv-sinks") { Description = "attention-sink tokens kept (rounded up to a block)", DefaultValueFactory = _ => 4 };
     readonly Option<string?> _ropeScaling = new("--rope-scaling") { Description = "RoPE scaling: none, linear, yarn, llama3 (default: from the model)" };
     readonly Option<float> _ropeScale = new("--rope-scale") { Description = "RoPE context scaling factor N (freq scale 1/N)" };
@@ -30,7 +32,7 @@ sealed class KvCliOptions
 
     public void AddTo(Command cmd)
     {
-        foreach (var o in new Option[] { _type, _group, _residual, _evict, _budget, _sinks, _shift, _ropeScaling, _ropeScale, _ropeBase, _yarnOrig, _yarnExt, _yarnAttn, _yarnFast, _yarnSlow, _swiftKv })
+        foreach (var o in new Option[] { _type, _group, _residual, _evict, _budget, _heads, _stabilizers, _sinks, _shift, _ropeScaling, _ropeScale, _ropeBase, _yarnOrig, _yarnExt, _yarnAttn, _yarnFast, _yarnSlow, _swiftKv })
             cmd.Options.Add(o);
     }
 
@@ -49,7 +51,15 @@ sealed class KvCliOptions
         var t = KvEvictionOptions.Parse(r.GetValue(_evict) ?? "none");
         if (t != KvEvictionType.None && r.GetValue(_budget) < 1) throw new CriaException("--kv-evict needs --kv-budget TOKENS");
         if (t == KvEvictionType.None && r.GetValue(_shift)) throw new CriaException("--kv-shift needs --kv-evict (without eviction every position is already its slot)");
-        return new KvEvictionOptions { Type = t, Budget = r.GetValue(_budget), SinkTokens = r.GetValue(_sinks), ShiftPositions = r.GetValue(_shift) };
+        string? heads = r.GetValue(_heads);
+        if (t == KvEvictionType.Locret && heads == null) throw new CriaException("--kv-evict locret needs --kv-heads FILE (retaining heads trained by cria train-locret)");
+        if (t != KvEvictionType.Locret && heads != null) throw new CriaException("--kv-heads belongs to --kv-evict locret");
+        if (r.GetValue(_stabilizers) < 0) throw new CriaException($"--kv-recent must be ≥ 0, got {r.GetValue(_stabilizers)}");
+        return new KvEvictionOptions
+        {
+            Type = t, Budget = r.GetValue(_budget), SinkTokens = r.GetValue(_sinks), ShiftPositions = r.GetValue(_shift),
+            Heads = heads == null ? null : RetainingHeads.Read(heads), Stabilizers = r.GetValue(_stabilizers),
+        };
     }
 
     public RopeOverrides? Rope(ParseResult r)

@@ -46,6 +46,14 @@ public interface IActivationTransform
     void Apply(string weightName, Span<float> x, int rows, int cols);
 }
 
+/// <summary>Receives each layer's query, key and value projections right after they are computed, before any QK-norm
+/// and RoPE: <paramref name="q"/> is [rows, qDim], <paramref name="k"/> and <paramref name="v"/> [rows, kvDim] (what
+/// Locret's retaining heads read; <c>cria train-locret</c> collects them).</summary>
+public interface IQkvObserver
+{
+    void Observe(int layer, ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, int rows);
+}
+
 /// <summary>A batch row breaks the rules of <see cref="Batch"/> (bad token, position or sequence order).</summary>
 public sealed class InvalidBatchException(string message) : CriaException(message);
 
@@ -85,6 +93,8 @@ public sealed class InferenceContext : IDisposable
     readonly int[] _cells;    // [B] KV cell of each row
     readonly Batch? _tail;    // SwiftKV: the rows that go on above layer SwiftKvLayers (those that asked for logits)
     readonly KvEvictor? _evictor;
+    readonly RetainingHeads? _heads; // Locret: scores every row's token as it is written (null for other policies)
+    readonly float[] _headHidden = [], _headScores = []; // [hidden], [kvHeads] scratch of one row's head
     float[] _probs = [];      // [B, kvHeads, slots] attention probabilities for eviction scores (only with a scoring policy)
     int _probStride;
     float[] _logits = [];     // [nOutputs, vocab]
@@ -110,6 +120,12 @@ public sealed class InferenceContext : IDisposable
         MicroBatch = Math.Max(1, options.MicroBatch);
         Cache = new KvCache(c, ctx, options.KvBlockSize, options.Kv, MicroBatch);
         _evictor = KvEvictor.Create(options.Eviction);
+        if (options.Eviction.Type == KvEvictionType.Locret)
+        {
+            _heads = options.Eviction.Heads!;
+            _heads.CheckFits(c);
+            _headHidden = new float[_heads.Hidden]; _headScores = new float[_heads.KvHeads];
+        }
         int threads = options.Threads > 0 ? options.Threads : Environment.ProcessorCount;
         _pool = new WorkerPool(threads);
         int b = MicroBatch;
@@ -246,6 +262,9 @@ public sealed class InferenceContext : IDisposable
     /// <summary>Sees the input of every matrix product (imatrix collection, AWQ calibration); null — the normal path — costs one test per product.</summary>
     public IMatMulObserver? Observer { get; set; }
 
+    /// <summary>Sees every layer's q/k/v projections before RoPE (retaining-head training); null costs one test per layer.</summary>
+    public IQkvObserver? QkvObserver { get; set; }
+
     /// <summary>Rewrites the input of every matrix product of the blocks before it runs (simulated activation
     /// quantization); null — the normal path — costs one test per step of products.</summary>
     public IActivationTransform? ActivationTransform { get; set; }
@@ -318,6 +337,8 @@ public sealed class InferenceContext : IDisposable
             else
             {
                 MatMuls(h, B, 3, L.Wq, _q, L.Wk, _k, L.Wv, _v);
+                QkvObserver?.Observe(l, _q.AsSpan(0, B * qDim), _k.AsSpan(0, B * kvDim), _v.AsSpan(0, B * kvDim), B);
+                if (_heads != null) ScoreRetention(l, batch, start, B);
                 for (int b = 0; b < B; b++)
                 {
                     var cs = _rope.AsSpan(b * nRot, nRot);
@@ -373,6 +394,24 @@ public sealed class InferenceContext : IDisposable
         {
             MatMul(m.Output, _xn, nOut, _logits.AsSpan(outRow * c.VocabSize).Slice(0, nOut * c.VocabSize));
             outRow += nOut;
+        }
+    }
+
+    /// <summary>Locret: each row's retention score is the largest retaining-head output (a z-score) over the layers and
+    /// KV heads seen so far, written into its slot of the sequence's score array (slot = position − tokens evicted).</summary>
+    void ScoreRetention(int layer, Batch batch, int start, int B)
+    {
+        var c = Config; var heads = _heads!;
+        int qDim = c.QDim, kvDim = c.KvDim;
+        var pos = batch.Positions; var seqs = batch.Sequences;
+        for (int b = 0; b < B; b++)
+        {
+            heads.Score(layer, _q.AsSpan(b * qDim, qDim), _k.AsSpan(b * kvDim, kvDim), _v.AsSpan(b * kvDim, kvDim), _headHidden, _headScores);
+            float z = _headScores[0];
+            for (int g = 1; g < _headScores.Length; g++) z = Math.Max(z, _headScores[g]);
+            int seq = seqs[start + b], slot = pos[start + b] - Cache.GetSequence(seq).Dropped;
+            var scores = Cache.Scores(seq);
+            scores[slot] = layer == 0 ? z : Math.Max(scores[slot], z);
         }
     }
 

@@ -11,6 +11,9 @@ public enum KvEvictionType
     /// <summary>SnapKV (Li et al. 2024): tokens the last W queries (the observation window) attend to, pooled over
     /// neighbours, chosen at the end of each prefill chunk (and each decode step) as Locret does for chunked prefill.</summary>
     SnapKV,
+    /// <summary>Locret (Huang et al. 2024): each token's importance predicted when it is written by trained retaining
+    /// heads (<see cref="RetainingHeads"/>, <c>cria train-locret</c>), plus a recent window (Locret's stabilizers).</summary>
+    Locret,
 }
 
 /// <summary>Eviction settings: policy, token budget per sequence, sink count, window sizes.</summary>
@@ -29,6 +32,11 @@ public sealed record KvEvictionOptions
     public bool ShiftPositions { get; init; }
     /// <summary>SnapKV pooling kernel (average pooling of the window's attention over neighbouring tokens; default 5).</summary>
     public int PoolKernel { get; init; } = 5;
+    /// <summary>Locret's retaining heads (--kv-heads FILE), needed by <see cref="KvEvictionType.Locret"/>.</summary>
+    public RetainingHeads? Heads { get; init; }
+    /// <summary>Locret's stabilizers: the most recent tokens, kept whatever their predicted scores (the paper keeps
+    /// 2,500 of a 6,000 budget; here two 16-token blocks by default, as SnapKV's window).</summary>
+    public int Stabilizers { get; init; } = 32;
 
     public static readonly KvEvictionOptions None = new();
 
@@ -38,14 +46,15 @@ public sealed record KvEvictionOptions
         "sinks" or "streamingllm" => KvEvictionType.Sinks,
         "h2o" => KvEvictionType.H2O,
         "snapkv" => KvEvictionType.SnapKV,
-        _ => throw new CriaException($"unknown eviction policy '{s}' (none, sinks, h2o, snapkv)"),
+        "locret" => KvEvictionType.Locret,
+        _ => throw new CriaException($"unknown eviction policy '{s}' (none, sinks, h2o, snapkv, locret)"),
     };
 }
 
 /// <summary>
 /// Scores the blocks of a sequence for retention — the plug-in point for a policy (H2O's accumulated attention,
-/// SnapKV's window, or a trained retaining head as in Locret, which would write its per-token scores into the same slot
-/// array). Higher means keep.
+/// SnapKV's window, or Locret's trained retaining heads, which write each token's predicted importance into the same slot
+/// array when the token is written). Higher means keep.
 /// </summary>
 public interface IKvRetentionScorer
 {
@@ -142,6 +151,8 @@ public sealed class KvEvictor
         KvEvictionType.Sinks => new KvEvictor(o, new RecencyScorer(), o.Budget),
         KvEvictionType.H2O => new KvEvictor(o, new HeavyHitterScorer(), o.Budget / 2),   // H2O's even split recent / heavy
         KvEvictionType.SnapKV => new KvEvictor(o, new ObservationWindowScorer(o.ObservationWindow, o.PoolKernel), o.ObservationWindow),
+        KvEvictionType.Locret => o.Heads != null ? new KvEvictor(o, new RetainingHeadScorer(), o.Stabilizers)
+            : throw new CriaException("--kv-evict locret needs retaining heads (--kv-heads FILE, trained by cria train-locret)"),
         _ => throw new ArgumentOutOfRangeException(nameof(o)),
     };
 
