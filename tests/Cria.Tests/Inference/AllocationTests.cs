@@ -38,6 +38,7 @@ public class AllocationTests
         yield return ["alloc-f32", GgmlType.F32, false, KvCacheType.Kivi4, KvEvictionType.H2O];
         yield return ["alloc-f32", GgmlType.F32, false, KvCacheType.Kivi2, KvEvictionType.SnapKV];
         yield return ["alloc-f32", GgmlType.F32, false, KvCacheType.F16, KvEvictionType.Sinks];
+        yield return ["alloc-f32", GgmlType.F32, false, KvCacheType.F16, KvEvictionType.Locret];
         // A mixture of experts (2 of 8 per token).
         yield return ["alloc-moe-q4_k", GgmlType.Q4_K, false, KvCacheType.F16, KvEvictionType.None];
         // A LoRA adapter on all seven projections, applied at run time.
@@ -77,7 +78,11 @@ public class AllocationTests
         {
             ContextSize = 256, Threads = 2, MicroBatch = 16,
             Kv = new KvFormat { Type = kv, KiviGroup = 16, KiviResidual = 32 },
-            Eviction = evict == KvEvictionType.None ? KvEvictionOptions.None : new KvEvictionOptions { Type = evict, Budget = 64, ShiftPositions = evict != KvEvictionType.SnapKV }, // shift: StreamingLLM positions (rotation tables on the stack)
+            Eviction = evict == KvEvictionType.None ? KvEvictionOptions.None : new KvEvictionOptions
+            {
+                Type = evict, Budget = 64, ShiftPositions = evict != KvEvictionType.SnapKV, // shift: StreamingLLM positions (rotation tables on the stack)
+                Heads = evict == KvEvictionType.Locret ? RetainingHeads.Create(model.Config, 32, 3) : null,
+            },
             Loras = lora ? [(RandomAdapter(model), 1f)] : [],
         });
         var rng = new Random(5);
