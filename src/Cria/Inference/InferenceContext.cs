@@ -94,7 +94,8 @@ public sealed class InferenceContext : IDisposable
     readonly Batch? _tail;    // SwiftKV: the rows that go on above layer SwiftKvLayers (those that asked for logits)
     readonly KvEvictor? _evictor;
     readonly RetainingHeads? _heads; // Locret: scores every row's token as it is written (null for other policies)
-    readonly float[] _headHidden = [], _headScores = []; // [hidden], [kvHeads] scratch of one row's head
+    readonly float[] _headIn = [];   // [B, qDim + 2·kvDim]  the rows' q | k | v, the heads' input
+    readonly float[] _headZ = [];    // [B, hidden]  fc1 output, then silu of it
     float[] _probs = [];      // [B, kvHeads, slots] attention probabilities for eviction scores (only with a scoring policy)
     int _probStride;
     float[] _logits = [];     // [nOutputs, vocab]
@@ -124,7 +125,7 @@ public sealed class InferenceContext : IDisposable
         {
             _heads = options.Eviction.Heads!;
             _heads.CheckFits(c);
-            _headHidden = new float[_heads.Hidden]; _headScores = new float[_heads.KvHeads];
+            _headIn = new float[MicroBatch * _heads.In]; _headZ = new float[MicroBatch * _heads.Hidden];
         }
         int threads = options.Threads > 0 ? options.Threads : Environment.ProcessorCount;
         _pool = new WorkerPool(threads);
@@ -155,6 +156,7 @@ public sealed class InferenceContext : IDisposable
         foreach (var L in model.Layers)
             foreach (var w in L.Matrices)
                 rowBytes = Math.Max(rowBytes, RowKernels.ActivationRowBytes(w.Type, w.Cols));
+        if (_heads != null) rowBytes = Math.Max(rowBytes, RowKernels.ActivationRowBytes(GgmlType.F32, _heads.In));
         _act = GC.AllocateArray<byte>(checked(Math.Max(b, MatMulJob.MaxParts) * rowBytes + extra * b * extraRowBytes + (MatMulJob.MaxParts + 1) * 64), pinned: true);
         _cells = new int[b];
         if (c.IsSwiftKv) _tail = new Batch(b);
@@ -398,20 +400,36 @@ public sealed class InferenceContext : IDisposable
     }
 
     /// <summary>Locret: each row's retention score is the largest retaining-head output (a z-score) over the layers and
-    /// KV heads seen so far, written into its slot of the sequence's score array (slot = position − tokens evicted).</summary>
-    void ScoreRetention(int layer, Batch batch, int start, int B)
+    /// KV heads seen so far, written into its slot of the sequence's score array (slot = position − tokens evicted).
+    /// fc1 runs as one product over the micro-batch's rows through the F32 row kernels on the workers
+    /// (<see cref="RetainingHeads.Score"/> is the row-at-a-time reference).</summary>
+    unsafe void ScoreRetention(int layer, Batch batch, int start, int B)
     {
         var c = Config; var heads = _heads!;
-        int qDim = c.QDim, kvDim = c.KvDim;
+        int qDim = c.QDim, kvDim = c.KvDim, n = heads.In, H = heads.Hidden, G = heads.KvHeads;
+        for (int b = 0; b < B; b++)
+        {
+            var x = _headIn.AsSpan(b * n, n);
+            _q.AsSpan(b * qDim, qDim).CopyTo(x);
+            _k.AsSpan(b * kvDim, kvDim).CopyTo(x[qDim..]);
+            _v.AsSpan(b * kvDim, kvDim).CopyTo(x[(qDim + kvDim)..]);
+        }
+        fixed (float* px = _headIn) fixed (float* pz = _headZ)
+        {
+            _products[0] = new Product(heads.Fc1[layer], px, pz);         // Z [B, H] = X · W1ᵀ
+            RunProducts(1, B, hooks: false);
+        }
+        var w2 = heads.W2[layer];
         var pos = batch.Positions; var seqs = batch.Sequences;
         for (int b = 0; b < B; b++)
         {
-            heads.Score(layer, _q.AsSpan(b * qDim, qDim), _k.AsSpan(b * kvDim, kvDim), _v.AsSpan(b * kvDim, kvDim), _headHidden, _headScores);
-            float z = _headScores[0];
-            for (int g = 1; g < _headScores.Length; g++) z = Math.Max(z, _headScores[g]);
+            var z = _headZ.AsSpan(b * H, H);
+            for (int j = 0; j < H; j++) z[j] /= 1f + MathF.Exp(-z[j]); // silu
+            float best = float.NegativeInfinity;
+            for (int g = 0; g < G; g++) best = Math.Max(best, Ops.Dot(w2.AsSpan(g * H, H), z));
             int seq = seqs[start + b], slot = pos[start + b] - Cache.GetSequence(seq).Dropped;
             var scores = Cache.Scores(seq);
-            scores[slot] = layer == 0 ? z : Math.Max(scores[slot], z);
+            scores[slot] = layer == 0 ? best : Math.Max(scores[slot], best);
         }
     }
 
@@ -590,13 +608,14 @@ public sealed class InferenceContext : IDisposable
     /// <summary>
     /// Runs _products[0 .. count) over B rows as one job: the workers share one dispatch. Each distinct (input, weight
     /// type) is converted once into the layout the weight's row kernel reads, in the activation arena; the observer
-    /// sees every product's input, and LoRA adapters are applied after. Inputs and outputs must stay pinned.
+    /// sees every product's input, and LoRA adapters are applied after (none of these for the retaining heads' product,
+    /// <paramref name="hooks"/> false). Inputs and outputs must stay pinned.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    unsafe void RunProducts(int count, int B)
+    unsafe void RunProducts(int count, int B, bool hooks = true)
     {
         var products = _products.AsSpan(0, count);
-        if (ActivationTransform is { } transform)
+        if (hooks && ActivationTransform is { } transform)
             for (int i = 0; i < count; i++)
             {
                 ref var p = ref products[i];
@@ -604,7 +623,7 @@ public sealed class InferenceContext : IDisposable
                 while (j < i && products[j].X != p.X) j++;
                 if (j == i) transform.Apply(p.W.Name, new Span<float>(p.X, B * p.W.Cols), B, p.W.Cols);
             }
-        if (Observer is { } observer)
+        if (hooks && Observer is { } observer)
             foreach (ref var p in products) observer.Observe(p.W.Name, new ReadOnlySpan<float>(p.X, B * p.W.Cols), B, p.W.Cols);
         byte* arena = ActArena(), next = arena;
         _matmul.Clear();
@@ -627,7 +646,7 @@ public sealed class InferenceContext : IDisposable
         _matmul.Split(_pool.Count);
         _pool.Run(_matmul);
         _matmul.Clear();
-        if (_lora != null)
+        if (hooks && _lora != null)
             foreach (ref var p in products)
                 ApplyLora(p.W, new ReadOnlySpan<float>(p.X, B * p.W.Cols), B, new Span<float>(p.Y, B * p.W.Rows));
     }

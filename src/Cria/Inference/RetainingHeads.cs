@@ -15,7 +15,7 @@ namespace Cria.Inference;
 /// scores each token once, when it is written, as the largest z-score over layers and KV heads
 /// (<see cref="RetainingHeadScorer"/>): a token one head of one layer will need is kept.
 /// </summary>
-public sealed class RetainingHeads
+public sealed unsafe class RetainingHeads
 {
     public const string FileType = "locret";
     public int Layers { get; }
@@ -27,6 +27,8 @@ public sealed class RetainingHeads
     public int In => QDim + 2 * KvDim;
     public float[][] W1 { get; }         // [layer][Hidden, In]   fc1 (no bias)
     public float[][] W2 { get; }         // [layer][KvHeads, Hidden]   fc2 (no bias)
+    /// <summary>W1 of each layer as a weight matrix over the pinned array (the training updates it in place).</summary>
+    internal WeightMatrix[] Fc1 { get; }
     /// <summary>Mean and standard deviation of the raw labels (max pre-softmax score) per [layer, KV head], which the
     /// training standardised them with: raw ≈ mean + std · output.</summary>
     public float[] LabelMean { get; }    // [Layers * KvHeads]
@@ -37,7 +39,11 @@ public sealed class RetainingHeads
         if (layers < 1 || qDim < 1 || kvDim < 1 || kvHeads < 1 || hidden < 1)
             throw new CriaException($"retaining heads need positive sizes, got {layers} layers, q {qDim}, kv {kvDim}, {kvHeads} KV heads, hidden {hidden}");
         Layers = layers; QDim = qDim; KvDim = kvDim; KvHeads = kvHeads; Hidden = hidden;
-        W1 = Enumerable.Range(0, layers).Select(_ => new float[hidden * In]).ToArray();
+        // pinned, so that the engine multiplies fc1 in place through its F32 row kernels (Fc1)
+        W1 = Enumerable.Range(0, layers).Select(_ => GC.AllocateArray<float>(hidden * In, pinned: true)).ToArray();
+        Fc1 = new WeightMatrix[layers];
+        for (int l = 0; l < layers; l++)
+            fixed (float* p = W1[l]) Fc1[l] = new WeightMatrix($"blk.{l}.locret_fc1.weight", GgmlType.F32, (byte*)p, hidden, In);
         W2 = Enumerable.Range(0, layers).Select(_ => new float[kvHeads * hidden]).ToArray();
         LabelMean = new float[layers * kvHeads];
         LabelStd = Enumerable.Repeat(1f, layers * kvHeads).ToArray();
