@@ -5,7 +5,8 @@
 #     pass-key model with half of the sequences synthetic pass-key documents (filler from data/train.txt);
 #  2. pass-key retrieval with models/passkey.gguf at lengths 128 and 256, budgets 64 and 128, TRIALS keys per depth,
 #     prefill in steps of 32 rows with eviction after each: sinks, h2o, snapkv, locret (both head sets);
-#  3. perplexity of models/default.gguf on data/valid.txt (CHUNKS chunks of 256, -ub 32) under each policy;
+#  3. perplexity of models/default.gguf on data/valid.txt (CHUNKS chunks of 256, -ub 32) under each policy, and Locret
+#     with larger recent windows (--kv-recent);
 #  4. decode speed with eviction, sinks against locret (cria bench -d 512 -c 512 -ub 32, budget 128), alternating,
 #     ROUNDS rounds of 5 repetitions.
 # Writes out/locret/ and docs/kv-cache/locret.tsv. Usage: scripts/locret-demo.sh [STEPS] [TRIALS] [CHUNKS] [ROUNDS]
@@ -50,6 +51,12 @@ policies $OUT/default-text.gguf | while read -r name args; do
     echo "perplexity $name $budget" >&2
     printf 'perplexity\t%s\t%s\t256\t-\t%s\t\n' "$name" $budget "$(ppl $args --kv-budget $budget)" >> $TSV
   done
+done
+# Locret's recent window (stabilizers) against its scored blocks, for perplexity
+for a in "64 48" "128 64" "128 96"; do
+  set -- $a
+  echo "perplexity locret budget $1 recent $2" >&2
+  printf 'perplexity\tlocret-default-text-recent%s\t%s\t256\t-\t%s\t\n' $2 $1 "$(ppl --kv-evict locret --kv-heads $OUT/default-text.gguf --kv-budget $1 --kv-recent $2)" >> $TSV
 done
 
 tg() { $CLI bench models/default.gguf -p 0 -n 32 -r 5 -t 2 -d 512 -c 512 -ub 32 --kv-budget 128 "$@" 2>&1 </dev/null | awk -F'|' '/tg32 @/ { split($8, a, " "); print a[1] }'; }
