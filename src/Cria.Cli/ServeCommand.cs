@@ -24,7 +24,9 @@ static class ServeCommand
         var maxWaiting = new Option<int>("--max-waiting") { Description = "queued requests before answering 429", DefaultValueFactory = _ => 256 };
         var verbose = new Option<bool>("--verbose", "-v") { Description = "log requests" };
         var lookup = new Option<bool>("--lookup") { Description = "speculative decoding with prompt-lookup drafts (n-grams of each request's prompt and output)" };
-        var draftMax = new Option<int>("--draft-max") { Description = "most tokens drafted per request and step", DefaultValueFactory = _ => 10 };
+        var draftModel = new Option<string?>("--model-draft", "-md") { Description = "speculative decoding with this draft model (same tokenizer): each request drafts with it" };
+        var draftMax = new Option<int>("--draft-max") { Description = "most tokens drafted per request and step (default 10 with --lookup, 8 with a draft model)" };
+        var draftPMin = new Option<float>("--draft-p-min") { Description = "a draft model stops drafting below this confidence", DefaultValueFactory = _ => 0.75f };
         var ngram = new Option<int>("--lookup-ngram") { Description = "longest n-gram prompt lookup matches", DefaultValueFactory = _ => 3 };
         var draftFixed = new Option<bool>("--draft-fixed") { Description = "draft up to --draft-max every step (default: adapt to how many drafts each request keeps)" };
         var draftRows = new Option<int>("--draft-rows") { Description = "drafts ride only while a step's decode rows and drafts stay within this many rows", DefaultValueFactory = _ => 16 };
@@ -36,7 +38,7 @@ static class ServeCommand
         var cmd = new Command("serve", "serve a model over an OpenAI-compatible HTTP API (continuous batching, chunked prefill)")
         {
             model, host, port, apiKey, apiKeyFile, ctx, threads, budget, maxSeqs, noChunk, noPrefix, maxWaiting, verbose,
-            lookup, draftMax, ngram, draftFixed, draftRows, selfEval, selfEvalCtx, clfAdapter, clfHead, clfCtx,
+            lookup, draftModel, draftMax, draftPMin, ngram, draftFixed, draftRows, selfEval, selfEvalCtx, clfAdapter, clfHead, clfCtx,
         };
         var kv = new KvCliOptions();
         kv.AddTo(cmd);
@@ -53,6 +55,7 @@ static class ServeCommand
                 ModelPath = path,
                 Host = r.GetValue(host)!, Port = r.GetValue(port), ApiKey = string.IsNullOrEmpty(key) ? null : key,
                 ContextSize = r.GetValue(ctx), Threads = r.GetValue(threads), Verbose = r.GetValue(verbose),
+                DraftModelPath = r.GetValue(draftModel),
                 Kv = kv.Format(r), Eviction = kv.Eviction(r), Rope = kv.Rope(r), Loras = lora.Adapters(r),
                 SelfEvalAdapter = r.GetValue(selfEval), SelfEvalContext = r.GetValue(selfEvalCtx),
                 ClassifierAdapter = r.GetValue(clfAdapter), ClassifierHead = r.GetValue(clfHead), ClassifierContext = r.GetValue(clfCtx),
@@ -65,9 +68,7 @@ static class ServeCommand
                         ChunkedPrefill = !r.GetValue(noChunk), PrefixCaching = !r.GetValue(noPrefix),
                         DraftRowLimit = r.GetValue(draftRows),
                     },
-                    Speculative = r.GetValue(lookup)
-                        ? SpeculativeOptions.Lookup with { DraftMax = r.GetValue(draftMax), NgramMax = r.GetValue(ngram), Adaptive = !r.GetValue(draftFixed) }
-                        : null,
+                    Speculative = Speculative(r.GetValue(lookup), r.GetValue(draftModel), r.GetValue(draftMax), r.GetValue(ngram), r.GetValue(draftPMin), !r.GetValue(draftFixed)),
                 },
             };
             options.Engine.Scheduler.Validate();
@@ -87,7 +88,8 @@ static class ServeCommand
                 var e = server.Engine!;
                 Console.Error.WriteLine($"cria serve: ready — {server.ModelName}, context {e.MaxSequenceLength} tokens, KV pool {e.Cache.Capacity} tokens, " +
                     $"budget {options.Engine.Scheduler.TokenBudget} tokens/step, chunked prefill {(options.Engine.Scheduler.ChunkedPrefill ? "on" : "off")}" +
-                    (options.Engine.Speculative is { } sp ? $", prompt lookup up to {sp.DraftMax} drafts (≤ {options.Engine.Scheduler.DraftRowLimit} rows a step)" : "") +
+                    (options.Engine.Speculative is { } sp
+                        ? $", {(options.DraftModelPath is { } dp ? "draft model " + Path.GetFileName(dp) : "prompt lookup")} up to {sp.DraftMax} drafts (≤ {options.Engine.Scheduler.DraftRowLimit} rows a step)" : "") +
                     (options.SelfEvalAdapter != null ? $", best_of ranked by self-evaluation ({Path.GetFileName(options.SelfEvalAdapter)})" : "") +
                     (options.ClassifierHead != null ? $", /classify with {Path.GetFileName(options.ClassifierHead)}" : "") +
                     (options.ApiKey != null ? ", API key required" : ""));
@@ -102,5 +104,16 @@ static class ServeCommand
             return 0;
         });
         return cmd;
+    }
+
+    /// <summary>Speculative decoding's settings: prompt lookup (--lookup) or a draft model (--model-draft), or off.</summary>
+    static SpeculativeOptions? Speculative(bool lookup, string? draftModel, int draftMax, int ngram, float pMin, bool adaptive)
+    {
+        if (lookup && draftModel != null) throw new CriaException("give either --model-draft or --lookup, not both");
+        if (draftMax < 0) throw new CriaException($"--draft-max must be ≥ 1, got {draftMax}");
+        if (draftModel != null && !File.Exists(draftModel)) throw new CriaException($"draft model not found: {draftModel}");
+        return lookup ? SpeculativeOptions.Lookup with { DraftMax = draftMax == 0 ? 10 : draftMax, NgramMax = ngram, Adaptive = adaptive }
+            : draftModel != null ? new SpeculativeOptions { DraftMax = draftMax == 0 ? 8 : draftMax, DraftPMin = pMin, Adaptive = adaptive }
+            : null;
     }
 }

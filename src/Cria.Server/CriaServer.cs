@@ -53,6 +53,9 @@ public sealed record ServerOptions
     public string? ClassifierHead { get; init; }
     /// <summary>Tokens a classified text is cut to (BOS + text; its training --ctx).</summary>
     public int ClassifierContext { get; init; } = 64;
+    /// <summary>A draft model for speculative decoding (llama.cpp's <c>--model-draft</c>; same tokenizer): each request
+    /// drafts with it instead of prompt lookup. Needs <see cref="EngineOptions.Speculative"/>.</summary>
+    public string? DraftModelPath { get; init; }
     public long MaxBodyBytes { get; init; } = 4 << 20;
     /// <summary>Write request logs to the console.</summary>
     public bool Verbose { get; init; }
@@ -86,6 +89,9 @@ public sealed class CriaServer : IAsyncDisposable
         public InferenceContext? ScorerContext { get; init; }
         /// <summary>/classify's classifier, when the server has one.</summary>
         public ServedClassifier? Classifier { get; init; }
+        /// <summary>The draft model and its context (speculative decoding with a draft model).</summary>
+        public LlamaModel? DraftModel { get; init; }
+        public InferenceContext? DraftContext { get; init; }
         public LlamaModel Model { get; } = model;
         public InferenceContext Context { get; } = context;
         public Engine Engine { get; } = engine;
@@ -145,10 +151,20 @@ public sealed class CriaServer : IAsyncDisposable
                     new InferenceContext(model, new ContextOptions { ContextSize = T, Threads = _o.Threads, Loras = [(LoraAdapter.Load(_o.ClassifierAdapter, model), 1f)] }),
                     clf, head, T);
             }
-            var engine = new Engine(context, model.Tokenizer, _o.Engine);
+            LlamaModel? draftModel = null;
+            InferenceContext? draftContext = null;
+            if (_o.DraftModelPath is { } dp)
+            {
+                if (_o.Engine.Speculative == null) throw new CriaException("a draft model needs speculative decoding settings");
+                draftModel = LlamaModel.Open(dp);
+                ModelDrafter.CheckCompatible(model, draftModel);
+                // the same capacity as the target's pool: the running requests' draft sequences mirror their sequences
+                draftContext = new InferenceContext(draftModel, new ContextOptions { ContextSize = ctx, Threads = _o.Threads, MicroBatch = 512 });
+            }
+            var engine = new Engine(context, model.Tokenizer, _o.Engine with { DraftContext = draftContext });
             var metrics = new ServerMetrics(ModelName);
             metrics.Attach(engine);
-            _state = new State(model, context, engine, ChatTemplate.FromGguf(model.File, model.Tokenizer), metrics, ModelName) { Scorer = scorer, ScorerContext = scorerContext, Classifier = classifier };
+            _state = new State(model, context, engine, ChatTemplate.FromGguf(model.File, model.Tokenizer), metrics, ModelName) { Scorer = scorer, ScorerContext = scorerContext, Classifier = classifier, DraftModel = draftModel, DraftContext = draftContext };
         }
         catch (Exception e)
         {
@@ -213,7 +229,7 @@ public sealed class CriaServer : IAsyncDisposable
         await _app.StopAsync();
         await _app.DisposeAsync();
         try { await _loading; } catch { /* reported by /health */ }
-        if (_state is { } s) { s.Engine.Dispose(); s.Context.Dispose(); s.ScorerContext?.Dispose(); s.Classifier?.Context.Dispose(); s.Model.Dispose(); }
+        if (_state is { } s) { s.Engine.Dispose(); s.Context.Dispose(); s.ScorerContext?.Dispose(); s.Classifier?.Context.Dispose(); s.DraftContext?.Dispose(); s.DraftModel?.Dispose(); s.Model.Dispose(); }
     }
 
     // ---- plumbing -------------------------------------------------------------------------------------------------

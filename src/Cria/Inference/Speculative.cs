@@ -267,6 +267,15 @@ public sealed class ModelDrafter : IDrafter
         });
     }
 
+    /// <summary>Forgets what the draft context holds for this drafter: removes its sequence (the next draft feeds the
+    /// whole history again).</summary>
+    public void Reset()
+    {
+        if (_ctx.Cache.Contains(_seq)) _ctx.Cache.Remove(_seq);
+        _fedCount = 0;
+        _guideCount = 0;
+    }
+
     public int Draft(ReadOnlySpan<int> history, Span<int> tokens)
     {
         var sampler = _sampler ?? throw new InvalidOperationException("Begin was not called");

@@ -16,6 +16,11 @@ public sealed record EngineOptions
     /// request's drafts ride in its decode step within the token budget; <see cref="Inference.Speculative.AcceptOrResample"/>
     /// keeps the output distribution exact (greedy requests return the same tokens as without).</summary>
     public SpeculativeOptions? Speculative { get; init; }
+    /// <summary>A draft model's context (vLLM's draft-model method, llama.cpp's <c>--model-draft</c>): with
+    /// <see cref="Speculative"/> set, each request drafts with this model — one sequence of its own in this context,
+    /// kept in step with the request's tokens (<see cref="ModelDrafter"/>) — instead of prompt lookup. Used only on the
+    /// engine thread; its owner disposes it after the engine.</summary>
+    public InferenceContext? DraftContext { get; init; }
 }
 
 /// <summary>One generation request to the <see cref="Engine"/>.</summary>
@@ -88,6 +93,7 @@ public sealed class EngineRequest
     internal JsonObjectGrammar? Json, JsonScratch;
     internal float[]? Masked;
     internal DraftBudget Drafting;        // speculative decoding: how many to draft next
+    internal ModelDrafter? ModelDrafter;  // a draft model's drafter for this request (its sequence id = the request's id)
     internal bool Done;
 }
 
@@ -112,7 +118,9 @@ public sealed class Engine : IDisposable
     readonly ManualResetEventSlim _signal = new(false);
     readonly Thread _thread;
     readonly Batch _batch;
+    readonly SpeculativeOptions? _spec;   // speculative decoding on: drafts by prompt lookup or by a draft model
     readonly PromptLookupDrafter? _drafter;
+    readonly InferenceContext? _draftCtx;
     readonly int[] _draftBuffer;           // [DraftMax] drafts of one request, before they go to its sequence
     readonly float[] _p;                   // [vocab] a request's sampling distribution at one draft row
     volatile bool _stopping;
@@ -155,15 +163,26 @@ public sealed class Engine : IDisposable
         _scheduler = new Scheduler(context.Cache, Options.Scheduler);
         MaxSequenceLength = Math.Min(context.Config.ContextLength, context.Cache.Capacity);
         _batch = new Batch(Math.Max(Options.Scheduler.TokenBudget, 16));
+        if (Options.DraftContext != null && Options.Speculative == null)
+            throw new CriaException("a draft model needs speculative decoding settings (EngineOptions.Speculative)");
         if (Options.Speculative is { } spec)
         {
+            spec.Validate();
             if (context.Evicts) throw new CriaException("speculative decoding does not work with KV eviction (its scores would count rejected drafts)");
-            _drafter = new PromptLookupDrafter(spec);
             if (spec.DraftMax > context.Cache.MaxRollback)
                 throw new CriaException($"a KIVI cache can take back at most {context.Cache.MaxRollback} positions at once; draft max {spec.DraftMax} is more");
+            _spec = spec;
+            if (Options.DraftContext is { } draft)
+            {
+                ModelDrafter.CheckCompatible(context.Model, draft.Model);
+                if (draft.Evicts) throw new CriaException("the draft model's context must not evict KV blocks");
+                if (spec.Margin > 0) throw new CriaException("the server's draft model does not run RAPID (a margin needs a drafter prompt per request)");
+                _draftCtx = draft;
+            }
+            else _drafter = new PromptLookupDrafter(spec);
         }
-        _draftBuffer = new int[_drafter?.Options.DraftMax ?? 0];
-        _p = _drafter == null ? [] : new float[context.Config.VocabSize];
+        _draftBuffer = new int[_spec?.DraftMax ?? 0];
+        _p = _spec == null ? [] : new float[context.Config.VocabSize];
         _thread = new Thread(Loop) { IsBackground = true, Name = "cria-engine" };
         _thread.Start();
     }
@@ -192,8 +211,14 @@ public sealed class Engine : IDisposable
         var r = new EngineRequest(Interlocked.Increment(ref _nextId), request, sampler, decoder)
         {
             Arrival = Stopwatch.GetTimestamp(),
-            Drafting = new DraftBudget(_draftBuffer.Length, _drafter?.Options.Adaptive ?? false),
+            Drafting = new DraftBudget(_draftBuffer.Length, _spec?.Adaptive ?? false),
         };
+        if (_draftCtx != null)
+        {
+            // its own sampler follows the request's settings and seed; its sequence in the draft context is the request id
+            r.ModelDrafter = new ModelDrafter(_draftCtx, _spec, r.Id);
+            r.ModelDrafter.Begin(request.Sampler);
+        }
         r.Sequence = new SequenceState(r.Id, request.Prompt, request.MaxTokens) { Tag = r };
         if (request.JsonObject) { r.Json = new JsonObjectGrammar(); r.JsonScratch = new JsonObjectGrammar(); }
         _incoming.Enqueue(r);
@@ -357,7 +382,7 @@ public sealed class Engine : IDisposable
             if (c.Drafts > 0) Verify(req, c, rows[i], now);
             else if (c.WantsLogits) Emit(req, _ctx.Logits(rows[i]), now);
             else continue;
-            if (!req.Done && _drafter != null) Propose(req);
+            if (!req.Done && _spec != null) Propose(req);
         }
         Interlocked.Add(ref _promptTokens, prompt);
         Interlocked.Increment(ref _steps);
@@ -402,7 +427,9 @@ public sealed class Engine : IDisposable
             if (j < k)
             {
                 r.Sampler.Distribution(logits, _p);
-                ok = Speculative.AcceptOrResample(_p, default, seq.Drafts[j], r.Sampler, out token);
+                // a draft model's sampled draft was drawn from q; a greedy or lookup draft is deterministic (q empty)
+                var q = r.ModelDrafter is { } md ? md.DraftDistribution(j) : default;
+                ok = Speculative.AcceptOrResample(_p, q, seq.Drafts[j], r.Sampler, out token);
             }
             else token = r.Sampler.Sample(logits); // every draft kept: one more token from the last row
             if (!ok)
@@ -415,13 +442,23 @@ public sealed class Engine : IDisposable
         }
     }
 
-    /// <summary>Drafts the tokens a decoding request's next step verifies: prompt lookup over its prompt and output,
-    /// at most what its max_tokens and the context leave after the step's own token.</summary>
+    /// <summary>Drafts the tokens a decoding request's next step verifies — prompt lookup over its prompt and output,
+    /// or the draft model continuing them — at most what its max_tokens and the context leave after the step's own
+    /// token. A full draft context drops the request's draft sequence and drafts nothing this step.</summary>
     void Propose(EngineRequest r)
     {
         var seq = r.Sequence;
         int room = Math.Min(Math.Min(r.Request.MaxTokens - seq.Generated, MaxSequenceLength - seq.Total) - 1, r.Drafting.Window);
-        int k = r.Json == null && room > 0 && r.Drafting.Drafts() ? _drafter!.Draft(seq.TokenSpan, _draftBuffer.AsSpan(0, room)) : 0;
+        int k = 0;
+        if (r.Json == null && room > 0 && r.Drafting.Drafts())
+        {
+            if (r.ModelDrafter is { } md)
+            {
+                try { k = md.Draft(seq.TokenSpan, _draftBuffer.AsSpan(0, room)); }
+                catch (KvCacheFullException) { md.Reset(); }
+            }
+            else k = _drafter!.Draft(seq.TokenSpan, _draftBuffer.AsSpan(0, room));
+        }
         seq.SetDrafts(_draftBuffer.AsSpan(0, k));
     }
 
@@ -550,6 +587,7 @@ public sealed class Engine : IDisposable
         r.Done = true;
         if (r.Sequence.Generated == 0) Interlocked.Decrement(ref _queued);
         _scheduler.Finish(r.Sequence);
+        r.ModelDrafter?.Reset(); // its draft sequence's blocks go back to the draft context
         r.Registration.Dispose();
         var s = r.Sequence;
         double Sec(long a, long b) => a == 0 || b == 0 ? 0 : Stopwatch.GetElapsedTime(a, b).TotalSeconds;

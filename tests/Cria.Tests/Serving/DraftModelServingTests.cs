@@ -1,0 +1,164 @@
+using System.Net.Http.Json;
+using System.Text.Json;
+using Cria.Inference;
+using Cria.Models;
+using Cria.Server;
+using Cria.Serving;
+using Xunit;
+
+namespace Cria.Tests.Serving;
+
+/// <summary>
+/// Speculative decoding in the serving engine with a draft model (<see cref="EngineOptions.DraftContext"/>): greedy
+/// requests return the tokens of plain decoding, the draft context gives every block back, sampled requests follow the
+/// target's exact distribution (the drafts' own distributions enter the acceptance rule), and the HTTP server answers
+/// as without.
+/// </summary>
+public class DraftModelServingTests
+{
+    static string Bundled(string name) => Path.Combine(TestPaths.RepoRoot, "models", name);
+
+    // p-min 0: the bundled draft model is rarely 75 % sure of the target's text (llama.cpp's default cut drafts almost
+    // nothing here), and these tests are about what happens to drafts
+    static readonly SpeculativeOptions Draft = new() { DraftMax = 8, DraftPMin = 0 };
+
+    static GenerationRequest Greedy(int[] prompt, int max) => new()
+    {
+        Prompt = prompt, MaxTokens = max, IgnoreEog = true, TopLogprobs = 2, Sampler = SamplerOptions.Greedy,
+    };
+
+    [Theory]
+    [InlineData("draft.gguf")]
+    [InlineData("default.gguf")] // the target drafting for itself: every greedy draft is the target's own choice
+    public async Task Greedy_requests_return_the_tokens_of_plain_decoding_and_the_draft_context_gives_its_blocks_back(string draftFile)
+    {
+        string[] texts = ["And God said unto Noah, Make thee an ark", "In the beginning God created", "And it came to pass", "The LORD is my shepherd", "And Jacob said"];
+        using var m = LlamaModel.Open(Bundled("default.gguf"));
+        using var dm = LlamaModel.Open(Bundled(draftFile));
+        var sched = new SchedulerOptions { TokenBudget = 64 };
+        using var c0 = new InferenceContext(m, new ContextOptions { ContextSize = 1024, Threads = 2, MicroBatch = 64 });
+        using var c1 = new InferenceContext(m, new ContextOptions { ContextSize = 1024, Threads = 2, MicroBatch = 64 });
+        using var dc = new InferenceContext(dm, new ContextOptions { ContextSize = 1024, Threads = 2 });
+        using var plain = new Engine(c0, m.Tokenizer, new EngineOptions { Scheduler = sched });
+        using var spec = new Engine(c1, m.Tokenizer, new EngineOptions { Scheduler = sched, Speculative = Draft, DraftContext = dc });
+        var reqs = texts.Select((t, i) => Greedy(m.Tokenizer.Encode(t, addBos: true), 50 + 17 * i)).ToArray();
+        var want = await Task.WhenAll(reqs.Select(r => Task.Run(() => EngineTests.Run(plain, r))));
+        var got = await Task.WhenAll(reqs.Select(r => Task.Run(() => EngineTests.Run(spec, r))));
+        for (int i = 0; i < reqs.Length; i++)
+        {
+            Assert.True(want[i].Tokens.SequenceEqual(got[i].Tokens), $"{texts[i]}: tokens differ");
+            Assert.Equal(want[i].Logprobs, got[i].Logprobs);
+            Assert.Equal(want[i].Text, got[i].Text);
+        }
+        long tokens = got.Sum(g => g.Tokens.Length);
+        Assert.Equal(tokens, spec.GenerationTokensTotal);
+        Assert.True(spec.SpecDraftTokensTotal > tokens / 4, $"drafted {spec.SpecDraftTokensTotal} for {tokens} tokens");
+        if (draftFile == "default.gguf")
+            Assert.True(spec.SpecAcceptedTokensTotal >= spec.SpecDraftTokensTotal * 95 / 100, $"kept {spec.SpecAcceptedTokensTotal} of {spec.SpecDraftTokensTotal} of its own drafts");
+        else
+            Assert.True(spec.SpecAcceptedTokensTotal > spec.SpecDraftTokensTotal / 4 && spec.SpecAcceptedTokensTotal < spec.SpecDraftTokensTotal,
+                $"kept {spec.SpecAcceptedTokensTotal} of {spec.SpecDraftTokensTotal}");
+        Assert.Equal(dc.Cache.BlockCount, dc.Cache.FreeBlocks); // every finished request's draft sequence is gone
+    }
+
+    [Fact]
+    public async Task Sampled_requests_follow_the_target_distribution()
+    {
+        // As SpeculativeServingTests' lookup case: requests of 4 tokens at temperature 1, top-k 4; the draft model draws
+        // two drafts after the first token from its own distribution q, so the rule min(1, p/q) and the residual
+        // max(0, p − q) decide tokens 2 and 3. Over 3 000 requests the frequencies of (t1, t2, t3) must match the exact
+        // distribution enumerated with plain forward passes (chi-square at p-value 1e-6). (Treating a sampled draft as
+        // deterministic — q one-hot — would keep the distribution exact too, at a lower acceptance rate: q buys speed.)
+        var sampling = new SamplerOptions { Temperature = 1f, TopK = 4, TopP = 1f, MinP = 0f };
+        using var model = LlamaModel.Open(Bundled("default.gguf"));
+        using var draft = LlamaModel.Open(Bundled("draft.gguf"));
+        int vocab = model.Config.VocabSize;
+        using var refCtx = new InferenceContext(model, new ContextOptions { ContextSize = 256, Threads = 1 });
+        var dist = new float[vocab];
+        float[] Next(int[] seq)
+        {
+            refCtx.Cache.Remove(0);
+            var b = new Batch(seq.Length); b.AddSequence(seq, 0, 0); refCtx.Decode(b);
+            new Sampler(vocab, sampling).Distribution(refCtx.Logits(b.Count - 1), dist);
+            return (float[])dist.Clone();
+        }
+        static int[] Support(float[] p) => Enumerable.Range(0, p.Length).Where(j => p[j] > 0).ToArray();
+        var prompt = model.Tokenizer.Encode("And God said unto Noah, Make thee an ark of gopher wood", addBos: true);
+        var p1 = Next(prompt);
+        var exact = new Dictionary<(int, int, int), double>();
+        foreach (int a in Support(p1))
+        {
+            var p2 = Next([.. prompt, a]);
+            foreach (int b in Support(p2))
+            {
+                var p3 = Next([.. prompt, a, b]);
+                foreach (int c in Support(p3)) exact[(a, b, c)] = (double)p1[a] * p2[b] * p3[c];
+            }
+        }
+
+        using var ctx = new InferenceContext(model, new ContextOptions { ContextSize = 4096, Threads = 2, MicroBatch = 64 });
+        using var dctx = new InferenceContext(draft, new ContextOptions { ContextSize = 4096, Threads = 2 });
+        using var e = new Engine(ctx, model.Tokenizer, new EngineOptions
+        {
+            Scheduler = new SchedulerOptions { TokenBudget = 512, MaxSequences = 64, DraftRowLimit = 512 },
+            Speculative = new SpeculativeOptions { DraftMax = 8, DraftPMin = 0, Adaptive = false }, DraftContext = dctx,
+        });
+        const int N = 3_000;
+        var counts = new Dictionary<(int, int, int), int>();
+        for (int start = 0; start < N; start += 250)
+        {
+            var batch = await Task.WhenAll(Enumerable.Range(start, 250).Select(i => EngineTests.Run(e, new GenerationRequest
+            {
+                Prompt = prompt, MaxTokens = 4, IgnoreEog = true, Sampler = sampling with { Seed = (ulong)i },
+            })));
+            foreach (var r in batch)
+            {
+                Assert.Equal(4, r.Tokens.Length);
+                var key = (r.Tokens[0], r.Tokens[1], r.Tokens[2]);
+                Assert.True(exact.ContainsKey(key), $"({key}) has probability 0");
+                counts[key] = counts.GetValueOrDefault(key) + 1;
+            }
+        }
+        Assert.InRange(e.SpecDraftTokensTotal, N, 3L * N);
+        Assert.InRange(e.SpecAcceptedTokensTotal, e.SpecDraftTokensTotal / 10, e.SpecDraftTokensTotal * 9 / 10);
+        Cria.Tests.Inference.ChiSquare.AssertFollows(exact, counts, N);
+    }
+
+    [Fact]
+    public async Task The_http_server_with_a_draft_model_answers_as_without_and_bad_settings_are_refused()
+    {
+        async Task<(string Text, double Kept, double Drafted)> Ask(string? draft)
+        {
+            await using var server = await CriaServer.StartAsync(new ServerOptions
+            {
+                ModelPath = Bundled("default.gguf"), ModelName = "cria-draft", Port = 0, ContextSize = 1024, Threads = 2,
+                DraftModelPath = draft,
+                Engine = new EngineOptions { Scheduler = new SchedulerOptions { TokenBudget = 64 }, Speculative = draft == null ? null : Draft },
+            });
+            await server.Loaded;
+            using var http = new HttpClient { BaseAddress = server.BaseAddress, Timeout = TimeSpan.FromSeconds(60) };
+            using var r = await http.PostAsJsonAsync("/v1/completions", new { prompt = "And God said unto Noah", max_tokens = 80, temperature = 0 });
+            r.EnsureSuccessStatusCode();
+            var body = JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement;
+            var metrics = await http.GetStringAsync("/metrics");
+            double Counter(string name) => double.Parse(metrics.Split('\n').First(l => l.StartsWith(name + "{", StringComparison.Ordinal)).Split(' ')[1],
+                System.Globalization.CultureInfo.InvariantCulture);
+            return (body.GetProperty("choices")[0].GetProperty("text").GetString()!,
+                Counter("cria_spec_decode_num_accepted_tokens_total"), Counter("cria_spec_decode_num_draft_tokens_total"));
+        }
+        var plain = await Ask(null);
+        var drafted = await Ask(Bundled("draft.gguf"));
+        Assert.Equal(plain.Text, drafted.Text);
+        Assert.True(drafted.Kept > 10 && drafted.Kept < drafted.Drafted, $"kept {drafted.Kept} of {drafted.Drafted}");
+
+        using var model = LlamaModel.Open(Bundled("default.gguf"));
+        using var ctx = new InferenceContext(model, new ContextOptions { ContextSize = 256, Threads = 1 });
+        using var dctx = new InferenceContext(model, new ContextOptions { ContextSize = 256, Threads = 1 });
+        Assert.Contains("speculative", Assert.Throws<CriaException>(() => new Engine(ctx, model.Tokenizer, new EngineOptions { DraftContext = dctx })).Message);
+        Assert.Contains("RAPID", Assert.Throws<CriaException>(() => new Engine(ctx, model.Tokenizer, new EngineOptions { Speculative = Draft with { Margin = 0.5f }, DraftContext = dctx })).Message);
+        var other = Oracle.LogitsAgreementTests.ModelFile("draft-other-vocab", new RandomModelSpec { Dim = 64, Layers = 1, Heads = 4, KvHeads = 2, FfnDim = 128, VocabSize = 300 });
+        using var small = LlamaModel.Open(other);
+        using var sctx = new InferenceContext(small, new ContextOptions { ContextSize = 256, Threads = 1 });
+        Assert.Contains("vocabulary", Assert.Throws<CriaException>(() => new Engine(ctx, model.Tokenizer, new EngineOptions { Speculative = Draft, DraftContext = sctx })).Message);
+    }
+}
