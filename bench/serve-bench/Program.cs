@@ -8,10 +8,12 @@
 //  C. (--spec yes, or --spec-only yes for C alone) Speculative decoding with prompt lookup against plain decoding:
 //     1, 4 and 16 streams of KJV-verse prompts (the bundled model's language; use --model models/default.gguf),
 //     greedy and sampled, alternating plain and lookup engines R times; end-to-end generated tokens/s, medians.
+//     With --spec-draft FILE (e.g. models/draft.gguf) the drafts come from that draft model instead (at most 8 a
+//     step, --spec-p-min P: llama.cpp's confidence cut, default 0.75).
 //
 // usage: serve-bench [--model FILE.gguf] [--threads N] [--budget TOKENS] [--long L] [--concurrency 4,8,16]
 //                    [--duration SECONDS] [--repeat R] [--decode-only yes] [--spec yes|--spec-only yes]
-//                    [--spec-tokens 128] [--spec-streams 1,4,16] [--out FILE.md]
+//                    [--spec-tokens 128] [--spec-streams 1,4,16] [--spec-draft FILE --spec-p-min P] [--out FILE.md]
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;
@@ -42,6 +44,11 @@ int[] specStreams = opts.Get("--spec-streams", "1,4,16").Split(',').Select(s => 
 
 using var m = LlamaModel.Open(model);
 using var ctx = new InferenceContext(m, new ContextOptions { ContextSize = 16384, Threads = threads, MicroBatch = Math.Max(budget, 64) });
+string specDraft = opts.Get("--spec-draft", "");
+float specPMin = float.Parse(opts.Get("--spec-p-min", "0.75"), CultureInfo.InvariantCulture);
+using var draftModel = specDraft.Length > 0 ? LlamaModel.Open(specDraft) : null;
+using var draftCtx = draftModel == null ? null : new InferenceContext(draftModel, new ContextOptions { ContextSize = 16384, Threads = threads });
+string drafter = draftModel == null ? "lookup" : "draft model";
 var report = new StringBuilder();
 void Line(string s) { Console.WriteLine(s); report.AppendLine(s); }
 
@@ -91,9 +98,11 @@ if (!specOnly)
 if (spec)
 {
     Line("");
-    Line($"### C. Speculative decoding with prompt lookup ({specTokens} tokens per stream, KJV-verse prompts, {repeats} alternating runs each)");
+    Line(draftModel == null
+        ? $"### C. Speculative decoding with prompt lookup ({specTokens} tokens per stream, KJV-verse prompts, {repeats} alternating runs each)"
+        : $"### C. Speculative decoding with the draft model {Path.GetFileName(specDraft)} (≤ 8 drafts, p-min {specPMin}; {specTokens} tokens per stream, KJV-verse prompts, {repeats} alternating runs each)");
     Line("");
-    Line("| streams | sampling | plain tok/s | lookup tok/s | lookup / plain | drafts kept | engine steps, plain / lookup |");
+    Line($"| streams | sampling | plain tok/s | {drafter} tok/s | {drafter} / plain | drafts kept | engine steps, plain / {drafter} |");
     Line("|---:|---|---:|---:|---:|---|---:|");
     foreach (int n in specStreams)
         foreach (bool sampled in new[] { false, true })
@@ -107,7 +116,7 @@ if (spec)
             long drafted = look.Sum(x => x.Drafted), kept = look.Sum(x => x.Kept);
             Line($"| {n} | {(sampled ? "temp 0.8, top-k 40, top-p 0.95" : "greedy")} | {pt:F1} | {lt:F1} | {lt / pt:F2}× | " +
                  $"{kept} of {drafted} ({100.0 * kept / Math.Max(1, drafted):F0} %) | {plain[0].Steps} / {look[0].Steps} |");
-            Console.Error.WriteLine($"  runs: plain {string.Join(" ", plain.Select(x => x.Tps.ToString("F1", CultureInfo.InvariantCulture)))}; lookup {string.Join(" ", look.Select(x => x.Tps.ToString("F1", CultureInfo.InvariantCulture)))}");
+            Console.Error.WriteLine($"  runs: plain {string.Join(" ", plain.Select(x => x.Tps.ToString("F1", CultureInfo.InvariantCulture)))}; {drafter} {string.Join(" ", look.Select(x => x.Tps.ToString("F1", CultureInfo.InvariantCulture)))}");
         }
 }
 if (outFile != null) File.WriteAllText(outFile, report.ToString());
@@ -131,10 +140,12 @@ async Task<SpecResult> SpecRun(int streams, bool sampled, bool lookup)
     ];
     ctx.Cache.Clear();
     ctx.Cache.ClearPrefixCache();
+    draftCtx?.Cache.Clear();
     using var e = new Engine(ctx, m.Tokenizer, new EngineOptions
     {
         Scheduler = new SchedulerOptions { TokenBudget = budget, MaxSequences = 64, PrefixCaching = false },
-        Speculative = lookup ? SpeculativeOptions.Lookup : null,
+        Speculative = !lookup ? null : draftCtx == null ? SpeculativeOptions.Lookup : new SpeculativeOptions { DraftMax = 8, DraftPMin = specPMin },
+        DraftContext = lookup ? draftCtx : null,
     });
     var sw = Stopwatch.StartNew();
     var stats = await Task.WhenAll(Enumerable.Range(0, streams).Select(i => Drain(e, new GenerationRequest

@@ -342,4 +342,85 @@ public sealed class ModelDrafter : IDrafter
     public ReadOnlySpan<float> DraftDistribution(int i) => _greedy ? default : _q.AsSpan(i * _vocab, _vocab);
 
     public ReadOnlySpan<float> GuideDistribution(int i) => i < _guideCount ? _q.AsSpan(i * _vocab, _vocab) : default;
+
+    /// <summary>The history of drafter <paramref name="i"/> of a <see cref="DraftTogether"/> call.</summary>
+    public delegate ReadOnlySpan<int> HistoryOf(int i);
+
+    /// <summary>
+    /// Drafts for several drafters that share one draft context, in lockstep, as vLLM's draft-model proposer does: the
+    /// catch-up rows of all of them (each cut back to what its history agrees with) go in one batch, then each draft
+    /// position is one batch with a row for every drafter still drafting. Per drafter it follows <see cref="Draft"/>:
+    /// at most <paramref name="room"/>[i] tokens into <paramref name="tokens"/>[i·DraftMax …], their count in
+    /// <paramref name="counts"/>[i], its distributions for <see cref="DraftDistribution"/>; p-min ends a drafter early.
+    /// RAPID is not run here. <paramref name="scratch"/> holds 2 ints per drafter. A full draft context resets every
+    /// drafter of the call, and nothing is drafted.
+    /// </summary>
+    public static void DraftTogether(InferenceContext ctx, Batch batch, IReadOnlyList<ModelDrafter> drafters, HistoryOf history,
+        ReadOnlySpan<int> room, Span<int> tokens, Span<int> counts, Span<int> scratch)
+    {
+        int n = drafters.Count;
+        if (n == 0) return;
+        int stride = drafters[0]._o.DraftMax, cap = ctx.Cache.Capacity;
+        var rows = scratch[..n];        // each drafter's logits row in the last batch
+        var max = scratch[n..(2 * n)];  // tokens each still may draft; 0 once it stopped
+        batch.Clear();
+        for (int i = 0; i < n; i++)
+        {
+            var d = drafters[i];
+            if (d._ctx != ctx || d._prompt != null || d._o.Margin > 0 || d._o.DraftMax != stride)
+                throw new InvalidOperationException("drafters drafting together share one context and settings, without RAPID");
+            if (d._sampler == null) throw new InvalidOperationException("Begin was not called");
+            d._guideCount = 0;
+            counts[i] = 0; max[i] = 0; rows[i] = -1;
+            var h = history(i);
+            if (h.Length > cap) continue; // the draft's context is full: no drafting
+            max[i] = Math.Max(0, Math.Min(Math.Min(room[i], stride), cap - h.Length));
+            if (max[i] == 0) continue;
+            // keep the part of its cache the history agrees with, and at least one token to feed for logits
+            int common = 0;
+            while (common < d._fedCount && common < h.Length && d._fed[common] == h[common]) common++;
+            if (common == h.Length) common--;
+            ctx.Cache.Truncate(d._seq, common);
+            batch.AddSequence(h[common..], common, d._seq);
+            rows[i] = batch.Count - 1;
+            h[common..].CopyTo(d._fed.AsSpan(common));
+            d._fedCount = h.Length;
+        }
+        if (batch.Count == 0) return;
+        try
+        {
+            ctx.Decode(batch);
+            while (true)
+            {
+                batch.Clear();
+                for (int i = 0; i < n; i++)
+                {
+                    if (max[i] == 0) continue;
+                    var d = drafters[i];
+                    var logits = ctx.Logits(rows[i]);
+                    if (d._o.DraftPMin > 0 && Speculative.MaxProbability(logits) < d._o.DraftPMin) { max[i] = 0; continue; }
+                    int made = counts[i], x;
+                    if (d._greedy) x = Sampler.ArgMax(logits);
+                    else
+                    {
+                        var q = d._q.AsSpan(made * d._vocab, d._vocab);
+                        d._sampler!.Distribution(logits, q);
+                        x = Speculative.SampleDense(q, d._sampler.NextUniform(), 1.0);
+                    }
+                    tokens[i * stride + made] = x;
+                    counts[i] = ++made;
+                    if (made == max[i]) { max[i] = 0; continue; } // the last draft is not fed: nothing needs what follows it
+                    rows[i] = batch.Add(x, d._fedCount, d._seq, true);
+                    d._fed[d._fedCount++] = x;
+                }
+                if (batch.Count == 0) break;
+                ctx.Decode(batch);
+            }
+        }
+        catch (KvCacheFullException)
+        {
+            foreach (var d in drafters) d.Reset();
+            counts[..n].Clear();
+        }
+    }
 }

@@ -121,6 +121,13 @@ public sealed class Engine : IDisposable
     readonly SpeculativeOptions? _spec;   // speculative decoding on: drafts by prompt lookup or by a draft model
     readonly PromptLookupDrafter? _drafter;
     readonly InferenceContext? _draftCtx;
+    int _modelDraftShare;                 // most tokens a draft model drafts per request for the next step
+    // A step's model drafting, done for all its requests together (ModelDrafter.DraftTogether):
+    readonly List<EngineRequest> _drafting = new();
+    readonly List<ModelDrafter> _drafters = new();
+    int[] _draftRoom = [], _draftCounts = [], _draftScratch = [], _draftTokens = [];
+    readonly Batch _draftBatch = new(64);
+    readonly ModelDrafter.HistoryOf _historyOf;
     readonly int[] _draftBuffer;           // [DraftMax] drafts of one request, before they go to its sequence
     readonly float[] _p;                   // [vocab] a request's sampling distribution at one draft row
     volatile bool _stopping;
@@ -182,6 +189,7 @@ public sealed class Engine : IDisposable
             else _drafter = new PromptLookupDrafter(spec);
         }
         _draftBuffer = new int[_spec?.DraftMax ?? 0];
+        _historyOf = i => _drafting[i].Sequence.TokenSpan;
         _p = _spec == null ? [] : new float[context.Config.VocabSize];
         _thread = new Thread(Loop) { IsBackground = true, Name = "cria-engine" };
         _thread.Start();
@@ -375,6 +383,14 @@ public sealed class Engine : IDisposable
             _ctx.Cache.PublishFullBlocks(c.Sequence.Id, c.Sequence.TokenSpan);
             if (c.Start < c.Sequence.PromptLength) prompt += Math.Min(c.Start + c.Count, c.Sequence.PromptLength) - c.Start;
         }
+        if (_draftCtx != null)
+        {
+            // A draft model costs a forward pass per drafted token: draft no more than an even share of the rows the
+            // next step leaves for drafts (the scheduler's water-filling would cut the rest).
+            int running = Math.Max(1, _scheduler.RunningCount);
+            int left = Math.Min(Options.Scheduler.TokenBudget, Options.Scheduler.DraftRowLimit) - running;
+            _modelDraftShare = left <= 0 ? 0 : (left + running - 1) / running;
+        }
         for (int i = 0; i < step.Chunks.Count; i++)
         {
             var c = step.Chunks[i];
@@ -384,6 +400,7 @@ public sealed class Engine : IDisposable
             else continue;
             if (!req.Done && _spec != null) Propose(req);
         }
+        if (_drafting.Count > 0) DraftWithModel();
         Interlocked.Add(ref _promptTokens, prompt);
         Interlocked.Increment(ref _steps);
         Volatile.Write(ref _running, _scheduler.RunningCount);
@@ -444,22 +461,44 @@ public sealed class Engine : IDisposable
 
     /// <summary>Drafts the tokens a decoding request's next step verifies — prompt lookup over its prompt and output,
     /// or the draft model continuing them — at most what its max_tokens and the context leave after the step's own
-    /// token. A full draft context drops the request's draft sequence and drafts nothing this step.</summary>
+    /// token (and, for a draft model, at most its share of the next step's draft rows). A full draft context drops the
+    /// request's draft sequence and drafts nothing this step.</summary>
     void Propose(EngineRequest r)
     {
         var seq = r.Sequence;
         int room = Math.Min(Math.Min(r.Request.MaxTokens - seq.Generated, MaxSequenceLength - seq.Total) - 1, r.Drafting.Window);
+        if (r.ModelDrafter != null) room = Math.Min(room, _modelDraftShare);
         int k = 0;
         if (r.Json == null && room > 0 && r.Drafting.Drafts())
         {
             if (r.ModelDrafter is { } md)
             {
-                try { k = md.Draft(seq.TokenSpan, _draftBuffer.AsSpan(0, room)); }
-                catch (KvCacheFullException) { md.Reset(); }
+                // drafted with the step's other model drafts, after every request's verification (DraftWithModel)
+                if (_draftRoom.Length <= _drafting.Count) Array.Resize(ref _draftRoom, 2 * _drafting.Count + 8);
+                _draftRoom[_drafting.Count] = room;
+                _drafting.Add(r); _drafters.Add(md);
+                return;
             }
-            else k = _drafter!.Draft(seq.TokenSpan, _draftBuffer.AsSpan(0, room));
+            k = _drafter!.Draft(seq.TokenSpan, _draftBuffer.AsSpan(0, room));
         }
         seq.SetDrafts(_draftBuffer.AsSpan(0, k));
+    }
+
+    /// <summary>The step's model drafts, for every request that asked, in lockstep through the draft context: one
+    /// batch of catch-up rows, then one batch per draft position (<see cref="ModelDrafter.DraftTogether"/>).</summary>
+    void DraftWithModel()
+    {
+        int n = _drafting.Count, stride = _spec!.DraftMax;
+        if (_draftCounts.Length < n) { _draftCounts = new int[2 * n]; _draftScratch = new int[4 * n]; _draftTokens = new int[2 * n * stride]; }
+        ModelDrafter.DraftTogether(_draftCtx!, _draftBatch, _drafters, _historyOf, _draftRoom.AsSpan(0, n), _draftTokens, _draftCounts, _draftScratch);
+        for (int i = 0; i < n; i++)
+        {
+            var r = _drafting[i];
+            r.Sequence.SetDrafts(_draftTokens.AsSpan(i * stride, _draftCounts[i]));
+            // a draft model that declined (p-min) still cost its forward steps: the adaptive budget pauses it
+            if (_draftCounts[i] == 0) r.Drafting.Verified(0, 0, emptyCosts: true);
+        }
+        _drafting.Clear(); _drafters.Clear();
     }
 
     /// <summary>Appends a chosen token to a request and streams it out; false when that ended the request.</summary>

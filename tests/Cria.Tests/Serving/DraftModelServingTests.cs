@@ -62,6 +62,65 @@ public class DraftModelServingTests
     }
 
     [Fact]
+    public void Drafting_together_gives_each_drafter_what_drafting_alone_gives()
+    {
+        // Three greedy drafters with different histories in one draft context, in lockstep, against each drafting alone in
+        // a context of its own; then again after their histories moved on (the caches are cut back and caught up), with
+        // one drafter's room 0 and one stopped by p-min. Then sampled drafters: each draft has probability > 0 under the
+        // distribution the drafter reports for it.
+        using var dm = LlamaModel.Open(Bundled("draft.gguf"));
+        var tok = dm.Tokenizer;
+        int[][] histories =
+        [
+            tok.Encode("And God said unto Noah", addBos: true), tok.Encode("In the beginning God created the heaven", addBos: true),
+            tok.Encode("The LORD is my shepherd; I shall not", addBos: true),
+        ];
+        var opts = new SpeculativeOptions { DraftMax = 6, DraftPMin = 0 };
+        using var shared = new InferenceContext(dm, new ContextOptions { ContextSize = 512, Threads = 2 });
+        var together = histories.Select((_, i) => new ModelDrafter(shared, opts, 10 + i)).ToList();
+        foreach (var d in together) d.Begin(SamplerOptions.Greedy);
+        var tokens = new int[3 * 6]; var counts = new int[3]; var scratch = new int[6];
+        var batch = new Batch(16);
+        int[] Alone(int[] history, int room)
+        {
+            using var c = new InferenceContext(dm, new ContextOptions { ContextSize = 512, Threads = 2 });
+            var d = new ModelDrafter(c, opts);
+            d.Begin(SamplerOptions.Greedy);
+            var t = new int[room];
+            return t[..d.Draft(history, t)];
+        }
+        for (int round = 0; round < 2; round++)
+        {
+            int[] room = round == 0 ? [6, 4, 6] : [6, 0, 3];
+            ModelDrafter.DraftTogether(shared, batch, together, i => histories[i], room, tokens, counts, scratch);
+            for (int i = 0; i < 3; i++)
+            {
+                var want = room[i] == 0 ? [] : Alone(histories[i], room[i]);
+                Assert.Equal(want, tokens.AsSpan(i * 6, counts[i]).ToArray());
+            }
+            // the histories move on: the first keeps two of its drafts and adds a token of its own, the others one each
+            histories[0] = [.. histories[0], .. tokens.AsSpan(0, 2), 5];
+            histories[1] = [.. histories[1], 7];
+            histories[2] = [.. histories[2], tokens[12]];
+        }
+        var picky = new ModelDrafter(shared, opts with { DraftPMin = 1f }, 20);
+        picky.Begin(SamplerOptions.Greedy);
+        ModelDrafter.DraftTogether(shared, batch, [picky], _ => histories[0], [6], tokens, counts, scratch);
+        Assert.Equal(0, counts[0]); // no token is certain
+
+        var sampled = histories.Select((_, i) => new ModelDrafter(shared, opts, 30 + i)).ToList();
+        for (int i = 0; i < 3; i++) sampled[i].Begin(new SamplerOptions { Temperature = 1f, TopK = 8, Seed = (ulong)i });
+        ModelDrafter.DraftTogether(shared, batch, sampled, i => histories[i], [6, 6, 6], tokens, counts, scratch);
+        for (int i = 0; i < 3; i++)
+        {
+            Assert.Equal(6, counts[i]);
+            for (int j = 0; j < 6; j++) Assert.True(sampled[i].DraftDistribution(j)[tokens[i * 6 + j]] > 0);
+        }
+        foreach (var d in together.Concat(sampled).Append(picky)) d.Reset();
+        Assert.Equal(shared.Cache.BlockCount, shared.Cache.FreeBlocks);
+    }
+
+    [Fact]
     public async Task Sampled_requests_follow_the_target_distribution()
     {
         // As SpeculativeServingTests' lookup case: requests of 4 tokens at temperature 1, top-k 4; the draft model draws
