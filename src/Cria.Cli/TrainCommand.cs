@@ -53,6 +53,7 @@ static class TrainCommand
         var pairs = new Option<string?>("--pairs") { Description = "with --init: preference optimisation on this JSONL file of {\"prompt\", \"chosen\", \"rejected\"} pairs instead of language modelling on --corpus" };
         var validPairs = new Option<string?>("--valid-pairs") { Description = "held-out pairs (same format): mean margin and accuracy at every evaluation" };
         var sft = new Option<string?>("--sft") { Description = "with --init: supervised fine-tuning on this JSONL file, the loss on the responses only: {\"prompt\", \"completion\"} (or \"response\"), or through the model's chat template {\"messages\": [...]} / {\"instruction\", \"response\"} (magpie's records)" };
+        var pack = new Option<bool>("--pack") { Description = "with --sft: pack several examples into each row of the model's context, each attending only to itself (no padding to the longest example)" };
         var validSft = new Option<string?>("--valid-sft") { Description = "held-out SFT examples (same format): mean response loss and perplexity at every evaluation" };
         var preference = new Option<string>("--preference") { Description = "dpo (reference = the --init model) or simpo (no reference)", DefaultValueFactory = _ => "dpo" };
         var beta = new Option<float?>("--beta") { Description = "preference β (default: DPO 0.1, SimPO 2)" };
@@ -64,7 +65,7 @@ static class TrainCommand
         {
             corpus, valid, outDir, tokenizer, vocab, dim, layers, heads, kvHeads, ffn, ctx, tied, steps, batch, accum, lr, warmup, minLr, wd, clip,
             seed, threads, resume, ckptMinutes, evalEvery, evalBatches, exportType, name, init, passkey, answerWeight, pkMin, repeat,
-            loraRank, loraAlpha, loraTargets, pairs, validPairs, preference, beta, gamma, sft, validSft,
+            loraRank, loraAlpha, loraTargets, pairs, validPairs, preference, beta, gamma, sft, validSft, pack,
         };
         cmd.SetAction(r =>
         {
@@ -126,6 +127,7 @@ static class TrainCommand
                 if (r.GetValue(pairs) != null) throw new CriaException("give either --sft or --pairs, not both");
             }
             else if (r.GetValue(validSft) != null) throw new CriaException("--valid-sft needs --sft");
+            if (r.GetValue(pack) && r.GetValue(sft) == null) throw new CriaException("--pack packs SFT examples: it needs --sft");
             double pkFraction = r.GetValue(passkey);
             if (!(pkFraction >= 0 && pkFraction <= 1)) throw new CriaException($"--passkey-fraction must be in [0, 1], got {pkFraction}");
             double repeatFraction = r.GetValue(repeat);
@@ -139,7 +141,7 @@ static class TrainCommand
             var run = new TrainingRun
             {
                 Init = imported, InitPath = initPath, Lora = lora, Preference = prefs, PairsPath = r.GetValue(pairs), ValidPairsPath = r.GetValue(validPairs),
-                SftPath = r.GetValue(sft), ValidSftPath = r.GetValue(validSft), PasskeyFraction = pkFraction, AnswerWeight = aw, PasskeyMinLength = pkMinLength, RepeatFraction = repeatFraction,
+                SftPath = r.GetValue(sft), ValidSftPath = r.GetValue(validSft), Pack = r.GetValue(pack), PasskeyFraction = pkFraction, AnswerWeight = aw, PasskeyMinLength = pkMinLength, RepeatFraction = repeatFraction,
                 CorpusPath = r.GetValue(corpus)!, ValidPath = r.GetValue(valid), OutDir = r.GetValue(outDir)!, TokenizerPath = r.GetValue(tokenizer),
                 Shape = shapeNoVocab, Options = options, Resume = r.GetValue(resume), CheckpointMinutes = r.GetValue(ckptMinutes),
                 EvalEvery = r.GetValue(evalEvery), EvalBatches = r.GetValue(evalBatches), ExportType = type, Name = r.GetValue(name)!,
@@ -179,6 +181,8 @@ sealed class TrainingRun
     /// <summary>Supervised fine-tuning on <see cref="SftPath"/> (the loss on responses only) instead of language modelling.</summary>
     public string? SftPath { get; init; }
     public string? ValidSftPath { get; init; }
+    /// <summary>--pack: SFT rows of the model's context, each holding as many examples as fit (Trainer.FillPackedRows).</summary>
+    public bool Pack { get; init; }
     public double PasskeyFraction { get; init; }
     public float AnswerWeight { get; init; } = 1f;
     public int PasskeyMinLength { get; init; } = 64;
@@ -352,23 +356,23 @@ sealed class TrainingRun
         var examples = SftExample.ReadJsonl(SftPath!, tok, template);
         var held = ValidSftPath != null ? SftExample.ReadJsonl(ValidSftPath, tok, template) : null;
         int longest = examples.Concat(held ?? []).Max(e => e.Prompt.Length + e.Response.Length + 1);
-        int T = Math.Min(Shape.ContextLength, longest);
+        int T = Pack ? Shape.ContextLength : Math.Min(Shape.ContextLength, longest);
         int cut = examples.Concat(held ?? []).Count(e => e.Prompt.Length + e.Response.Length + 1 > T);
         var tooLong = examples.Concat(held ?? []).FirstOrDefault(e => e.Prompt.Length + 1 >= T);
         if (tooLong != null) throw new CriaException($"a prompt of {tooLong.Prompt.Length} tokens leaves no room for its response in the model's context of {T}");
-        Console.Error.WriteLine($"SFT on {examples.Count} examples from {SftPath}{(held != null ? $", {held.Count} held out" : "")}; rows of {T} tokens ({cut} responses cut), {Options.BatchSize} per micro-batch; loss on {examples.Sum(e => e.Response.Length):N0} response tokens{(template != null ? ", chat records through the model's template" : "")}");
+        Console.Error.WriteLine($"SFT on {examples.Count} examples from {SftPath}{(held != null ? $", {held.Count} held out" : "")}; rows of {T} tokens{(Pack ? ", packed" : "")} ({cut} responses cut), {Options.BatchSize} per micro-batch; loss on {examples.Sum(e => e.Response.Length):N0} response tokens{(template != null ? ", chat records through the model's template" : "")}");
         using var trainer = FineTuneTrainer(tok, T);
         string Held()
         {
             if (held == null) return "";
-            double l = trainer.SftLoss(held);
+            double l = trainer.SftLoss(held, Pack);
             return string.Create(CultureInfo.InvariantCulture, $"  held-out response loss {l:F4} (ppl {Math.Exp(l):F2})");
         }
         var checkpoint = FineTuneResume(trainer);
         var sw = Stopwatch.StartNew();
         StepLoop.Run(trainer, Options.Steps, EvalEvery, checkpoint.After(() =>
         {
-            var res = trainer.SftStep(examples);
+            var res = trainer.SftStep(examples, Pack);
             return string.Create(CultureInfo.InvariantCulture, $"loss {res.Loss:F4}  lr {res.LearningRate:E2}  |g| {res.GradNorm:F2}");
         }), Held);
         checkpoint.Save();

@@ -51,7 +51,8 @@ public static unsafe class Layers
     // ---------------------------------------------------------------- RoPE
     /// <summary>
     /// Rotates adjacent pairs (x[2i], x[2i+1]) of each head's first nRot dims, as <see cref="Ops.RopeNorm"/>
-    /// (llama.cpp's LLAMA_ROPE_TYPE_NORM). Row r sits at position r mod seqLen; cosSin is [seqLen, nRot].
+    /// (llama.cpp's LLAMA_ROPE_TYPE_NORM). Row r sits at position r mod seqLen; cosSin is [seqLen, nRot]. (A packed
+    /// document keeps its positions in the sequence: attention inside it sees only differences of positions.)
     /// </summary>
     public static void RopeForward(float* x, int heads, int headDim, float* cosSin, int nRot, int seqLen, int r0, int r1)
     {
@@ -140,13 +141,15 @@ public static unsafe class Layers
     /// <summary>
     /// For one sequence b and one KV head: every query head of its group attends causally over positions 0..t, or,
     /// with <paramref name="keys"/> &gt; 0, bidirectionally over positions 0..keys − 1 (LS-unLLaMA's unmasked attention;
-    /// keys = the sequence's length, so padding after it is never attended).
+    /// keys = the sequence's length, so padding after it is never attended). In a packed sequence (<paramref name="segStart"/>
+    /// [T]: each position's document's first position; null: 0) query t attends over its own document only,
+    /// segStart[t]..t — documents never see each other.
     /// q [B·T, nHead·hd], k/v [B·T, nKv·hd], probs [B, nHead, T, T] (saved for backward), out [B·T, nHead·hd].
     /// K and V of the head are transposed first, so scores and outputs are hd long vector ops over positions.
     /// scratch holds 2·hd·T floats.
     /// </summary>
     public static void AttentionForward(float* outp, float* probs, float* q, float* k, float* v,
-        int b, int kvHead, int seqLen, int nHead, int nKv, int hd, float* scratch, int keys = 0)
+        int b, int kvHead, int seqLen, int nHead, int nKv, int hd, float* scratch, int keys = 0, int* segStart = null)
     {
         int group = nHead / nKv, qw = nHead * hd, kw = nKv * hd;
         float scale = 1.0f / MathF.Sqrt(hd);
@@ -160,17 +163,17 @@ public static unsafe class Layers
             {
                 float* qt = q + (row0 + t) * qw + h * hd;
                 float* p = probs + (((long)b * nHead + h) * seqLen + t) * seqLen;
-                int n = keys > 0 ? keys : t + 1;
+                int n = keys > 0 ? keys : t + 1, s0 = keys == 0 && segStart != null ? segStart[t] : 0, m = n - s0; // keys s0..n−1
                 new Span<float>(p, seqLen).Clear();
-                for (int d = 0; d < hd; d++) Axpy(qt[d] * scale, kt + (long)d * seqLen, p, n);
+                for (int d = 0; d < hd; d++) Axpy(qt[d] * scale, kt + (long)d * seqLen + s0, p + s0, m);
                 float max = float.NegativeInfinity;
-                for (int t2 = 0; t2 < n; t2++) if (p[t2] > max) max = p[t2];
+                for (int t2 = s0; t2 < n; t2++) if (p[t2] > max) max = p[t2];
                 float sum = 0;
-                for (int t2 = 0; t2 < n; t2++) { float e = MathF.Exp(p[t2] - max); p[t2] = e; sum += e; }
+                for (int t2 = s0; t2 < n; t2++) { float e = MathF.Exp(p[t2] - max); p[t2] = e; sum += e; }
                 float inv = 1.0f / sum;
-                for (int t2 = 0; t2 < n; t2++) p[t2] *= inv;
+                for (int t2 = s0; t2 < n; t2++) p[t2] *= inv;
                 float* o = outp + (row0 + t) * qw + h * hd;
-                for (int d = 0; d < hd; d++) o[d] = Gemm.Dot(p, vt + (long)d * seqLen, n);
+                for (int d = 0; d < hd; d++) o[d] = Gemm.Dot(p + s0, vt + (long)d * seqLen + s0, m);
             }
         }
     }
@@ -180,10 +183,10 @@ public static unsafe class Layers
     /// dq = scale·dS·k (overwritten), dk += scale·dSᵀ·q, dv += Pᵀ·dO. The group's query heads all write to one
     /// KV head, so one worker owns a (sequence, KV head) pair; dK and dV are accumulated transposed (hd long vector
     /// ops over positions) and added back at the end. scratch holds (4·hd + 1)·T floats. <paramref name="keys"/> as in
-    /// the forward.
+    /// the forward, and <paramref name="segStart"/> too.
     /// </summary>
     public static void AttentionBackward(float* dq, float* dk, float* dv, float* dout, float* probs, float* q, float* k, float* v,
-        int b, int kvHead, int seqLen, int nHead, int nKv, int hd, float* scratch, int keys = 0)
+        int b, int kvHead, int seqLen, int nHead, int nKv, int hd, float* scratch, int keys = 0, int* segStart = null)
     {
         int group = nHead / nKv, qw = nHead * hd, kw = nKv * hd;
         float scale = 1.0f / MathF.Sqrt(hd);
@@ -198,21 +201,22 @@ public static unsafe class Layers
             {
                 float* dot = dout + (row0 + t) * qw + h * hd;
                 float* p = probs + (((long)b * nHead + h) * seqLen + t) * seqLen;
-                int n = keys > 0 ? keys : t + 1;
-                new Span<float>(ds, n).Clear();
+                int n = keys > 0 ? keys : t + 1, s0 = keys == 0 && segStart != null ? segStart[t] : 0, m = n - s0; // keys s0..n−1
+                float* dsm = ds + s0, pm = p + s0;
+                new Span<float>(dsm, m).Clear();
                 for (int d = 0; d < hd; d++)
                 {
-                    Axpy(dot[d], vt + (long)d * seqLen, ds, n);   // dP
-                    Axpy(dot[d], p, dvt + (long)d * seqLen, n);  // dVᵀ += dO ⊗ P
+                    Axpy(dot[d], vt + (long)d * seqLen + s0, dsm, m);   // dP
+                    Axpy(dot[d], pm, dvt + (long)d * seqLen + s0, m);  // dVᵀ += dO ⊗ P
                 }
-                float sum = Gemm.Dot(p, ds, n);
-                for (int t2 = 0; t2 < n; t2++) ds[t2] = p[t2] * (ds[t2] - sum) * scale;
+                float sum = Gemm.Dot(pm, dsm, m);
+                for (int t2 = 0; t2 < m; t2++) dsm[t2] = pm[t2] * (dsm[t2] - sum) * scale;
                 float* qt = q + (row0 + t) * qw + h * hd;
                 float* dqt = dq + (row0 + t) * qw + h * hd;
                 for (int d = 0; d < hd; d++)
                 {
-                    dqt[d] = Gemm.Dot(ds, kt + (long)d * seqLen, n);
-                    Axpy(qt[d], ds, dkt + (long)d * seqLen, n);    // dKᵀ += q ⊗ dS
+                    dqt[d] = Gemm.Dot(dsm, kt + (long)d * seqLen + s0, m);
+                    Axpy(qt[d], dsm, dkt + (long)d * seqLen + s0, m);    // dKᵀ += q ⊗ dS
                 }
             }
         }

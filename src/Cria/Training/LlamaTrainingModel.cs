@@ -56,6 +56,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     readonly float* _loraDt, _loraDbt; // [N, r], [r, max out]        scratch of the adapter backward
     readonly int* _tokens, _targets;  // [N]
     readonly int* _seqLens;           // [B] tokens of each sequence before its padding (T unless set)
+    readonly int* _segStarts;         // [N] packed sequences: the first position of each row's document (0: one document per sequence)
     readonly float* _classLogits;     // [N, C]        per-token class logits, then their gradient (classifier)
     readonly float* _pooled;          // [B, C]        pooled class logits (classifier)
     readonly float* _ropeTable;       // [T, nRot]
@@ -115,6 +116,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         Gradients = Pinned<float>(Layout.Count, out G);
         Pinned<int>(N, out _tokens); Pinned<int>(N, out _targets); Pinned<int>(N, out _targets2);
         Pinned<int>(batchSize, out _seqLens); new Span<int>(_seqLens, batchSize).Fill(seqLen);
+        Pinned<int>(N, out _segStarts);
         int C = classifier?.Labels.Length ?? 0;
         _classLogits = Floats((long)N * C); _pooled = Floats((long)batchSize * C);
         int D = shape.Dim, QD = shape.Dim, KV = shape.KvDim, F = shape.FfnDim, L = shape.Layers, V = shape.VocabSize, H = shape.Heads;
@@ -241,6 +243,12 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     /// <summary>Tokens of each sequence before its padding, [B] (T after construction). Only a classifier reads it: a
     /// sequence's class logits pool over its first n positions, and bidirectional attention attends only to them.</summary>
     public Span<int> SequenceLengths => new(_seqLens, BatchSize);
+
+    /// <summary>Packing several documents into one sequence ([N]; all 0 after construction): row b·T + t holds the
+    /// position within sequence b where its document starts, and attention stays inside the document (keys
+    /// start..t). RoPE scores depend only on the distance between query and key, so a packed document is computed as
+    /// it would be alone at the start of a sequence (to float rounding). Causal attention only.</summary>
+    public Span<int> SegmentStarts => new(_segStarts, BatchSize * SeqLen);
 
     /// <summary>Class logits of position <paramref name="t"/> of sequence <paramref name="b"/> from the last
     /// <see cref="Forward"/> (a token classifier's per-token prediction).</summary>
@@ -445,7 +453,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         var s = Shape; int l = _layer;
         for (int item = start; item < end; item++)
             Layers.AttentionForward(_att[l], _probs[l], _q[l], _k[l], _v[l], item / s.KvHeads, item % s.KvHeads, SeqLen, s.Heads, s.KvHeads, s.HeadDim,
-                _attScratch + (long)worker * (4 * s.HeadDim + 1) * SeqLen, Keys(item / s.KvHeads));
+                _attScratch + (long)worker * (4 * s.HeadDim + 1) * SeqLen, Keys(item / s.KvHeads), _segStarts + (long)(item / s.KvHeads) * SeqLen);
     }
 
     // ================================================================= loss + backward
@@ -808,7 +816,8 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         var s = Shape; int l = _layer;
         for (int item = start; item < end; item++)
             Layers.AttentionBackward(_dq, _dk, _dv, _datt, _probs[l], _q[l], _k[l], _v[l], item / s.KvHeads, item % s.KvHeads,
-                SeqLen, s.Heads, s.KvHeads, s.HeadDim, _attScratch + (long)worker * (4 * s.HeadDim + 1) * SeqLen, Keys(item / s.KvHeads));
+                SeqLen, s.Heads, s.KvHeads, s.HeadDim, _attScratch + (long)worker * (4 * s.HeadDim + 1) * SeqLen, Keys(item / s.KvHeads),
+                _segStarts + (long)(item / s.KvHeads) * SeqLen);
     }
 
     /// <summary>The keys sequence b attends to: 0 = causal; a bidirectional classifier (LS-unLLaMA) attends to all of

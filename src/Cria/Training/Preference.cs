@@ -90,6 +90,7 @@ public sealed partial class Trainer
         if (n == 0) throw new CriaException("a preference pair has an empty response");
         // sequence s = [BOS, prompt, response[..n]]: tokens = s[0..], targets = s[1..]
         tokens.Clear(); targets.Clear(); weights.Clear();
+        m.SegmentStarts.Slice(b * T, T).Clear(); // one document (a packed SFT step may have run before)
         tokens[0] = _bos;
         prompt.CopyTo(tokens[1..]);
         response.AsSpan(0, Math.Min(n, T - 1 - prompt.Length)).CopyTo(tokens[(1 + prompt.Length)..]);

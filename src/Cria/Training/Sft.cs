@@ -76,11 +76,12 @@ public sealed record SftExample(int[] Prompt, int[] Response)
 
 public sealed partial class Trainer
 {
-    /// <summary>One optimizer step of supervised fine-tuning: GradAccumulation micro-batches of BatchSize examples drawn
-    /// with the trainer's RNG, each row BOS + prompt + response with only the response's targets weighted; the mean
-    /// cross-entropy per response token (each micro-batch's mean, averaged), clipping and AdamW as in
+    /// <summary>One optimizer step of supervised fine-tuning: GradAccumulation micro-batches of BatchSize rows, each
+    /// BOS + prompt + response of an example drawn with the trainer's RNG with only the response's targets weighted
+    /// — or, with <paramref name="pack"/>, as many examples as fit one after another (<see cref="FillPackedRows"/>);
+    /// the mean cross-entropy per response token (each micro-batch's mean, averaged), clipping and AdamW as in
     /// <see cref="TrainStep"/>.</summary>
-    public StepResult SftStep(IReadOnlyList<SftExample> examples)
+    public StepResult SftStep(IReadOnlyList<SftExample> examples, bool pack = false)
     {
         var m = Model;
         if (examples.Count == 0) throw new CriaException("no SFT examples");
@@ -90,24 +91,89 @@ public sealed partial class Trainer
         for (int a = 0; a < accum; a++)
         {
             int weights = 0;
-            for (int b = 0; b < B; b++)
+            if (pack)
             {
-                var e = examples[_rng.Next(examples.Count)];
-                weights += FillPairRow(b, e.Prompt, e.Response);
+                SftExample? carry = null; // the draw that did not fit the last row is dropped
+                weights = FillPackedRows(() => examples[_rng.Next(examples.Count)], ref carry);
             }
+            else
+                for (int b = 0; b < B; b++)
+                {
+                    var e = examples[_rng.Next(examples.Count)];
+                    weights += FillPairRow(b, e.Prompt, e.Response);
+                }
             loss += m.ForwardBackward(1f / ((float)weights * accum));
         }
+        m.SegmentStarts.Clear();
         var (norm, lr) = OptimizerStep();
         return new StepResult(Step, (float)(loss / accum), norm, lr, TokensSeen);
     }
 
+    /// <summary>
+    /// Packs the micro-batch's rows (TRL's <c>packing</c> with <c>padding_free</c>): examples from
+    /// <paramref name="draw"/> (null: none left) are laid one after another, each [BOS, prompt, response] in a segment
+    /// of its own (<see cref="LlamaTrainingModel.SegmentStarts"/>: attention inside the example), until the next does
+    /// not fit; that one starts the next row, and the one left over at the end is handed back in
+    /// <paramref name="carry"/> (which also goes first). A row's rest is padding (weight 0, a segment of its own). An
+    /// example longer than a row is cut there, as unpacked. Returns the response tokens placed.
+    /// </summary>
+    internal int FillPackedRows(Func<SftExample?> draw, ref SftExample? carry)
+    {
+        var m = Model;
+        int T = m.SeqLen, B = m.BatchSize, total = 0;
+        for (int b = 0; b < B; b++)
+        {
+            var tokens = m.Tokens.Slice(b * T, T); var targets = m.Targets.Slice(b * T, T);
+            var weights = m.LossWeights.Slice(b * T, T); var seg = m.SegmentStarts.Slice(b * T, T);
+            tokens.Clear(); targets.Clear(); weights.Clear();
+            int at = 0;
+            while (at < T)
+            {
+                var e = carry ?? draw();
+                carry = null;
+                if (e == null) break;
+                int P = e.Prompt.Length;
+                if (at > 0 && at + P + e.Response.Length > T) { carry = e; break; }
+                if (P + 1 >= T) throw new CriaException($"a prompt of {P} tokens leaves no room for its response in rows of {T}");
+                int n = Math.Min(e.Response.Length, T - at - P); // response tokens placed (all, unless alone and too long)
+                // the example's rows at..at+P+n: tokens [BOS, prompt, response[..n−1]], targets [prompt, response[..n]]
+                tokens[at] = _bos;
+                e.Prompt.CopyTo(tokens[(at + 1)..]);
+                e.Response.AsSpan(0, n - 1).CopyTo(tokens[(at + 1 + P)..]);
+                e.Prompt.CopyTo(targets[at..]);
+                e.Response.AsSpan(0, n).CopyTo(targets[(at + P)..]);
+                weights.Slice(at + P, n).Fill(1f);
+                seg.Slice(at, P + n).Fill(at);
+                at += P + n;
+                total += n;
+            }
+            seg[at..].Fill(at); // padding: a segment of its own
+        }
+        return total;
+    }
+
     /// <summary>The mean negative log-likelihood per response token over <paramref name="examples"/> (BatchSize at a
-    /// time; a short last batch repeats its last example, which is not counted). No gradient is kept.</summary>
-    public double SftLoss(IReadOnlyList<SftExample> examples)
+    /// time; a short last batch repeats its last example, which is not counted; with <paramref name="pack"/>, in
+    /// order, packed as in training). No gradient is kept.</summary>
+    public double SftLoss(IReadOnlyList<SftExample> examples, bool pack = false)
     {
         var m = Model;
         int B = m.BatchSize;
         double nll = 0; long count = 0;
+        if (pack)
+        {
+            int next = 0;
+            SftExample? carry = null;
+            while (next < examples.Count || carry != null)
+            {
+                FillPackedRows(() => next < examples.Count ? examples[next++] : null, ref carry);
+                m.Forward();
+                for (int r = 0; r < m.Rows; r++)
+                    if (m.LossWeights[r] != 0) { nll += m.TargetNll(r); count++; }
+            }
+            m.SegmentStarts.Clear();
+            return count > 0 ? nll / count : 0;
+        }
         for (int first = 0; first < examples.Count; first += B)
         {
             int n = Math.Min(B, examples.Count - first);
