@@ -1,5 +1,3 @@
-using System.Net.Http.Json;
-using System.Text.Json;
 using Cria.Inference;
 using Cria.Models;
 using Cria.Server;
@@ -131,29 +129,8 @@ public class DraftModelServingTests
         var sampling = new SamplerOptions { Temperature = 1f, TopK = 4, TopP = 1f, MinP = 0f };
         using var model = LlamaModel.Open(Bundled("default.gguf"));
         using var draft = LlamaModel.Open(Bundled("draft.gguf"));
-        int vocab = model.Config.VocabSize;
-        using var refCtx = new InferenceContext(model, new ContextOptions { ContextSize = 256, Threads = 1 });
-        var dist = new float[vocab];
-        float[] Next(int[] seq)
-        {
-            refCtx.Cache.Remove(0);
-            var b = new Batch(seq.Length); b.AddSequence(seq, 0, 0); refCtx.Decode(b);
-            new Sampler(vocab, sampling).Distribution(refCtx.Logits(b.Count - 1), dist);
-            return (float[])dist.Clone();
-        }
-        static int[] Support(float[] p) => Enumerable.Range(0, p.Length).Where(j => p[j] > 0).ToArray();
         var prompt = model.Tokenizer.Encode("And God said unto Noah, Make thee an ark of gopher wood", addBos: true);
-        var p1 = Next(prompt);
-        var exact = new Dictionary<(int, int, int), double>();
-        foreach (int a in Support(p1))
-        {
-            var p2 = Next([.. prompt, a]);
-            foreach (int b in Support(p2))
-            {
-                var p3 = Next([.. prompt, a, b]);
-                foreach (int c in Support(p3)) exact[(a, b, c)] = (double)p1[a] * p2[b] * p3[c];
-            }
-        }
+        var exact = SpeculativeServingTests.ExactFirstThree(model, prompt, sampling);
 
         using var ctx = new InferenceContext(model, new ContextOptions { ContextSize = 4096, Threads = 2, MicroBatch = 64 });
         using var dctx = new InferenceContext(draft, new ContextOptions { ContextSize = 4096, Threads = 2 });
@@ -163,21 +140,7 @@ public class DraftModelServingTests
             Speculative = new SpeculativeOptions { DraftMax = 8, DraftPMin = 0, Adaptive = false }, DraftContext = dctx,
         });
         const int N = 3_000;
-        var counts = new Dictionary<(int, int, int), int>();
-        for (int start = 0; start < N; start += 250)
-        {
-            var batch = await Task.WhenAll(Enumerable.Range(start, 250).Select(i => EngineTests.Run(e, new GenerationRequest
-            {
-                Prompt = prompt, MaxTokens = 4, IgnoreEog = true, Sampler = sampling with { Seed = (ulong)i },
-            })));
-            foreach (var r in batch)
-            {
-                Assert.Equal(4, r.Tokens.Length);
-                var key = (r.Tokens[0], r.Tokens[1], r.Tokens[2]);
-                Assert.True(exact.ContainsKey(key), $"({key}) has probability 0");
-                counts[key] = counts.GetValueOrDefault(key) + 1;
-            }
-        }
+        var counts = await SpeculativeServingTests.SampleFirstThree(e, prompt, sampling, N, exact);
         Assert.InRange(e.SpecDraftTokensTotal, N, 3L * N);
         Assert.InRange(e.SpecAcceptedTokensTotal, e.SpecDraftTokensTotal / 10, e.SpecDraftTokensTotal * 9 / 10);
         Cria.Tests.Inference.ChiSquare.AssertFollows(exact, counts, N);
@@ -186,25 +149,12 @@ public class DraftModelServingTests
     [Fact]
     public async Task The_http_server_with_a_draft_model_answers_as_without_and_bad_settings_are_refused()
     {
-        async Task<(string Text, double Kept, double Drafted)> Ask(string? draft)
+        Task<(string Text, double Kept, double Drafted)> Ask(string? draft) => SpeculativeServingTests.AskServer(new ServerOptions
         {
-            await using var server = await CriaServer.StartAsync(new ServerOptions
-            {
-                ModelPath = Bundled("default.gguf"), ModelName = "cria-draft", Port = 0, ContextSize = 1024, Threads = 2,
-                DraftModelPath = draft,
-                Engine = new EngineOptions { Scheduler = new SchedulerOptions { TokenBudget = 64 }, Speculative = draft == null ? null : Draft },
-            });
-            await server.Loaded;
-            using var http = new HttpClient { BaseAddress = server.BaseAddress, Timeout = TimeSpan.FromSeconds(60) };
-            using var r = await http.PostAsJsonAsync("/v1/completions", new { prompt = "And God said unto Noah", max_tokens = 80, temperature = 0 });
-            r.EnsureSuccessStatusCode();
-            var body = JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement;
-            var metrics = await http.GetStringAsync("/metrics");
-            double Counter(string name) => double.Parse(metrics.Split('\n').First(l => l.StartsWith(name + "{", StringComparison.Ordinal)).Split(' ')[1],
-                System.Globalization.CultureInfo.InvariantCulture);
-            return (body.GetProperty("choices")[0].GetProperty("text").GetString()!,
-                Counter("cria_spec_decode_num_accepted_tokens_total"), Counter("cria_spec_decode_num_draft_tokens_total"));
-        }
+            ModelPath = Bundled("default.gguf"), ModelName = "cria-draft", Port = 0, ContextSize = 1024, Threads = 2,
+            DraftModelPath = draft,
+            Engine = new EngineOptions { Scheduler = new SchedulerOptions { TokenBudget = 64 }, Speculative = draft == null ? null : Draft },
+        }, 80);
         var plain = await Ask(null);
         var drafted = await Ask(Bundled("draft.gguf"));
         Assert.Equal(plain.Text, drafted.Text);

@@ -157,6 +157,36 @@ public class SpeculativeServingTests
         // p-value 1e-6).
         var sampling = new SamplerOptions { Temperature = 1f, TopK = 4, TopP = 1f, MinP = 0f };
         using var model = LlamaModel.Open(Bundled);
+        // The prompt: a verse and the model's greedy continuation of it, which repeats itself.
+        var prompt = model.Tokenizer.Encode("And God said unto Noah", addBos: true);
+        using (var refCtx = new InferenceContext(model, new ContextOptions { ContextSize = 256, Threads = 1 }))
+            for (int i = 0; i < 40; i++)
+            {
+                refCtx.Cache.Remove(0);
+                var b = new Batch(prompt.Length); b.AddSequence(prompt, 0, 0); refCtx.Decode(b);
+                prompt = [.. prompt, Sampler.ArgMax(refCtx.Logits(b.Count - 1))];
+            }
+        var exact = ExactFirstThree(model, prompt, sampling);
+
+        using var ctx = new InferenceContext(model, new ContextOptions { ContextSize = 4096, Threads = 2, MicroBatch = 64 });
+        using var e = new Engine(ctx, model.Tokenizer, new EngineOptions
+        {
+            Scheduler = new SchedulerOptions { TokenBudget = 512, MaxSequences = 64, DraftRowLimit = 512 },
+            Speculative = Lookup with { Adaptive = false },
+        });
+        const int N = 4_000;
+        var counts = await SampleFirstThree(e, prompt, sampling, N, exact);
+        // Two drafts after most first tokens, both verdicts common.
+        Assert.InRange(e.SpecDraftTokensTotal, N / 2, 3L * N);
+        Assert.InRange(e.SpecAcceptedTokensTotal, e.SpecDraftTokensTotal / 10, e.SpecDraftTokensTotal * 9 / 10);
+
+        Cria.Tests.Inference.ChiSquare.AssertFollows(exact, counts, N);
+    }
+
+    /// <summary>The exact probability of every first three tokens after <paramref name="prompt"/> under
+    /// <paramref name="sampling"/>'s chain, enumerated with plain forward passes.</summary>
+    internal static Dictionary<(int, int, int), double> ExactFirstThree(LlamaModel model, int[] prompt, SamplerOptions sampling)
+    {
         int vocab = model.Config.VocabSize;
         using var refCtx = new InferenceContext(model, new ContextOptions { ContextSize = 256, Threads = 1 });
         var dist = new float[vocab];
@@ -168,11 +198,7 @@ public class SpeculativeServingTests
             return (float[])dist.Clone();
         }
         static int[] Support(float[] p) => Enumerable.Range(0, p.Length).Where(j => p[j] > 0).ToArray();
-        // The prompt: a verse and the model's greedy continuation of it, which repeats itself.
-        var prompt = model.Tokenizer.Encode("And God said unto Noah", addBos: true);
-        for (int i = 0; i < 40; i++) { var p = Next(prompt); prompt = [.. prompt, Array.IndexOf(p, p.Max())]; }
         var p1 = Next(prompt);
-
         var exact = new Dictionary<(int, int, int), double>();
         foreach (int a in Support(p1))
         {
@@ -183,18 +209,18 @@ public class SpeculativeServingTests
                 foreach (int c in Support(p3)) exact[(a, b, c)] = (double)p1[a] * p2[b] * p3[c];
             }
         }
+        return exact;
+    }
 
-        using var ctx = new InferenceContext(model, new ContextOptions { ContextSize = 4096, Threads = 2, MicroBatch = 64 });
-        using var e = new Engine(ctx, model.Tokenizer, new EngineOptions
-        {
-            Scheduler = new SchedulerOptions { TokenBudget = 512, MaxSequences = 64, DraftRowLimit = 512 },
-            Speculative = Lookup with { Adaptive = false },
-        });
-        const int N = 4_000;
+    /// <summary>Counts of the first three tokens of <paramref name="n"/> four-token requests (seeds 0 … n − 1), 250 at a
+    /// time; each must have probability &gt; 0 in <paramref name="exact"/>.</summary>
+    internal static async Task<Dictionary<(int, int, int), int>> SampleFirstThree(Engine e, int[] prompt, SamplerOptions sampling, int n,
+        Dictionary<(int, int, int), double> exact)
+    {
         var counts = new Dictionary<(int, int, int), int>();
-        for (int start = 0; start < N; start += 250)
+        for (int start = 0; start < n; start += 250)
         {
-            var batch = await Task.WhenAll(Enumerable.Range(start, 250).Select(i => EngineTests.Run(e, new GenerationRequest
+            var batch = await Task.WhenAll(Enumerable.Range(start, Math.Min(250, n - start)).Select(i => EngineTests.Run(e, new GenerationRequest
             {
                 Prompt = prompt, MaxTokens = 4, IgnoreEog = true, Sampler = sampling with { Seed = (ulong)i },
             })));
@@ -206,39 +232,39 @@ public class SpeculativeServingTests
                 counts[key] = counts.GetValueOrDefault(key) + 1;
             }
         }
-        // Two drafts after most first tokens, both verdicts common.
-        Assert.InRange(e.SpecDraftTokensTotal, N / 2, 3L * N);
-        Assert.InRange(e.SpecAcceptedTokensTotal, e.SpecDraftTokensTotal / 10, e.SpecDraftTokensTotal * 9 / 10);
-
-        Cria.Tests.Inference.ChiSquare.AssertFollows(exact, counts, N);
+        return counts;
     }
 
     [Fact]
     public async Task The_http_server_with_lookup_answers_as_without_and_counts_drafts_in_metrics()
     {
-        async Task<(string Text, double Kept, double Drafted)> Ask(SpeculativeOptions? spec)
+        Task<(string Text, double Kept, double Drafted)> Ask(SpeculativeOptions? spec) => AskServer(new ServerOptions
         {
-            await using var server = await CriaServer.StartAsync(new ServerOptions
-            {
-                ModelPath = Bundled, ModelName = "cria-spec", Port = 0, ContextSize = 1024, Threads = 2,
-                Engine = new EngineOptions { Scheduler = new SchedulerOptions { TokenBudget = 64 }, Speculative = spec },
-            });
-            await server.Loaded;
-            using var http = new HttpClient { BaseAddress = server.BaseAddress, Timeout = TimeSpan.FromSeconds(60) };
-            using var r = await http.PostAsJsonAsync("/v1/completions", new { prompt = "And God said unto Noah", max_tokens = 100, temperature = 0 });
-            r.EnsureSuccessStatusCode();
-            var body = JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement;
-            var metrics = await http.GetStringAsync("/metrics");
-            double Counter(string name) => double.Parse(metrics.Split('\n').First(l => l.StartsWith(name + "{", StringComparison.Ordinal)).Split(' ')[1],
-                System.Globalization.CultureInfo.InvariantCulture);
-            return (body.GetProperty("choices")[0].GetProperty("text").GetString()!,
-                Counter("cria_spec_decode_num_accepted_tokens_total"), Counter("cria_spec_decode_num_draft_tokens_total"));
-        }
+            ModelPath = Bundled, ModelName = "cria-spec", Port = 0, ContextSize = 1024, Threads = 2,
+            Engine = new EngineOptions { Scheduler = new SchedulerOptions { TokenBudget = 64 }, Speculative = spec },
+        }, 100);
         var plain = await Ask(null);
         var lookup = await Ask(Lookup);
         Assert.Equal(plain.Text, lookup.Text);
         Assert.Equal((0.0, 0.0), (plain.Kept, plain.Drafted));
         Assert.True(lookup.Kept > 10 && lookup.Kept <= lookup.Drafted, $"kept {lookup.Kept} of {lookup.Drafted}");
+    }
+
+    /// <summary>Starts a server, asks <c>/v1/completions</c> for <paramref name="maxTokens"/> greedy tokens after "And God
+    /// said unto Noah", and reads the speculative decoding counters of <c>/metrics</c>.</summary>
+    internal static async Task<(string Text, double Kept, double Drafted)> AskServer(ServerOptions o, int maxTokens)
+    {
+        await using var server = await CriaServer.StartAsync(o);
+        await server.Loaded;
+        using var http = new HttpClient { BaseAddress = server.BaseAddress, Timeout = TimeSpan.FromSeconds(60) };
+        using var r = await http.PostAsJsonAsync("/v1/completions", new { prompt = "And God said unto Noah", max_tokens = maxTokens, temperature = 0 });
+        r.EnsureSuccessStatusCode();
+        var body = JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement;
+        var metrics = await http.GetStringAsync("/metrics");
+        double Counter(string name) => double.Parse(metrics.Split('\n').First(l => l.StartsWith(name + "{", StringComparison.Ordinal)).Split(' ')[1],
+            System.Globalization.CultureInfo.InvariantCulture);
+        return (body.GetProperty("choices")[0].GetProperty("text").GetString()!,
+            Counter("cria_spec_decode_num_accepted_tokens_total"), Counter("cria_spec_decode_num_draft_tokens_total"));
     }
 
     [Fact]
