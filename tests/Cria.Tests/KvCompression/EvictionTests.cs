@@ -9,7 +9,7 @@ namespace Cria.Tests.KvCompression;
 public class EvictionTests
 {
     public static IEnumerable<object[]> Policies() =>
-        new[] { KvEvictionType.Sinks, KvEvictionType.H2O, KvEvictionType.SnapKV }.Select(p => new object[] { p });
+        new[] { KvEvictionType.Sinks, KvEvictionType.H2O, KvEvictionType.SnapKV, KvEvictionType.Locret }.Select(p => new object[] { p });
 
     static float[][] Stream(InferenceContext ctx, int[] tokens, int chunk)
     {
@@ -37,7 +37,10 @@ public class EvictionTests
             return Stream(ctx, tokens, 16).Concat(Stream2(ctx, tokens.Length)).ToArray();
         }
         var none = Logits(KvEvictionOptions.None);
-        var evict = Logits(new KvEvictionOptions { Type = policy, Budget = 112 });
+        var evict = Logits(new KvEvictionOptions
+        {
+            Type = policy, Budget = 112, Heads = policy == KvEvictionType.Locret ? RetainingHeads.Create(m.Config, 16, 5) : null,
+        });
         Assert.Equal(none.Length, evict.Length);
         for (int i = 0; i < none.Length; i++) Assert.Equal(none[i], evict[i]);
     }
@@ -60,6 +63,7 @@ public class EvictionTests
     [InlineData(KvEvictionType.H2O, KvCacheType.F16)]
     [InlineData(KvEvictionType.SnapKV, KvCacheType.Kivi2)]
     [InlineData(KvEvictionType.Sinks, KvCacheType.Kivi4)]
+    [InlineData(KvEvictionType.Locret, KvCacheType.Kivi2)] // random retaining heads: the scores rank blocks, not recency
     public void ALongStreamRunsInAConstantNumberOfBlocks(KvEvictionType policy, KvCacheType type)
     {
         using var m = LlamaModel.Open(KvFormatTests.Model());
@@ -68,7 +72,11 @@ public class EvictionTests
         {
             ContextSize = 160, Threads = 2, MicroBatch = 16,
             Kv = new KvFormat { Type = type, KiviGroup = 16, KiviResidual = 32 },
-            Eviction = new KvEvictionOptions { Type = policy, Budget = budget },
+            Eviction = new KvEvictionOptions
+            {
+                Type = policy, Budget = budget,
+                Heads = policy == KvEvictionType.Locret ? RetainingHeads.Create(m.Config, 16, 5) : null,
+            },
         });
         var tokens = KvFormatTests.Tokens(n, 9);
         var b = new Batch(16);
