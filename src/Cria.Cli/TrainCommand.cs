@@ -28,6 +28,7 @@ static class TrainCommand
         var kvHeads = new Option<int>("--kv-heads") { DefaultValueFactory = _ => 2, Description = "key/value heads (GQA)" };
         var ffn = new Option<int>("--ffn") { DefaultValueFactory = _ => 768, Description = "feed-forward width" };
         var ctx = new Option<int>("--ctx") { DefaultValueFactory = _ => 256, Description = "context length = training sequence length" };
+        var s2 = new Option<bool>("--s2-attn") { Description = "LongLoRA's shifted sparse attention for long-context training: groups of ctx/4, half the heads shifted by half a group (inference keeps full attention)" };
         var tied = new Option<bool>("--tied") { Description = "tie the output head to the token embedding" };
         var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 2000 };
         var batch = new Option<int>("--batch", "-b") { DefaultValueFactory = _ => 8, Description = "sequences per micro-batch" };
@@ -65,7 +66,7 @@ static class TrainCommand
         {
             corpus, valid, outDir, tokenizer, vocab, dim, layers, heads, kvHeads, ffn, ctx, tied, steps, batch, accum, lr, warmup, minLr, wd, clip,
             seed, threads, resume, ckptMinutes, evalEvery, evalBatches, exportType, name, init, passkey, answerWeight, pkMin, repeat,
-            loraRank, loraAlpha, loraTargets, pairs, validPairs, preference, beta, gamma, sft, validSft, pack,
+            loraRank, loraAlpha, loraTargets, pairs, validPairs, preference, beta, gamma, sft, validSft, pack, s2,
         };
         cmd.SetAction(r =>
         {
@@ -80,6 +81,8 @@ static class TrainCommand
                 LearningRate = r.GetValue(lr), MinLrRatio = r.GetValue(minLr), WeightDecay = r.GetValue(wd), GradClip = r.GetValue(clip),
                 Seed = r.GetValue(seed), Threads = Math.Max(1, r.GetValue(threads)),
             };
+            if (r.GetValue(s2) && (r.GetValue(sft) != null || r.GetValue(pairs) != null))
+                throw new CriaException("--s2-attn trains language models at long context; --sft and --pairs run with full attention");
             var type = r.GetValue(exportType)!.ToLowerInvariant() switch
             {
                 "f32" => GgmlType.F32, "f16" => GgmlType.F16,
@@ -95,6 +98,7 @@ static class TrainCommand
                 imported = GgufImport.Read(initPath);
                 shapeNoVocab = r.GetResult(ctx) is { Implicit: false } ? imported.Shape with { ContextLength = r.GetValue(ctx) } : imported.Shape;
             }
+            if (r.GetValue(s2)) options = options with { S2Group = shapeNoVocab.ContextLength / 4 / 2 * 2 };
             LoraOptions? lora = null;
             int rank = r.GetValue(loraRank);
             if (rank != 0)

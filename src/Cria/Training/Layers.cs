@@ -143,22 +143,25 @@ public static unsafe class Layers
     /// with <paramref name="keys"/> &gt; 0, bidirectionally over positions 0..keys − 1 (LS-unLLaMA's unmasked attention;
     /// keys = the sequence's length, so padding after it is never attended). In a packed sequence (<paramref name="segStart"/>
     /// [T]: each position's document's first position; null: 0) query t attends over its own document only,
-    /// segStart[t]..t — documents never see each other.
+    /// segStart[t]..t — documents never see each other. With <paramref name="segStartUpper"/>, the query heads of the
+    /// upper half (h ≥ nHead/2) use it instead (LongLoRA's S2-Attn: the two halves' groups are shifted against each other).
     /// q [B·T, nHead·hd], k/v [B·T, nKv·hd], probs [B, nHead, T, T] (saved for backward), out [B·T, nHead·hd].
     /// K and V of the head are transposed first, so scores and outputs are hd long vector ops over positions.
     /// scratch holds 2·hd·T floats.
     /// </summary>
     public static void AttentionForward(float* outp, float* probs, float* q, float* k, float* v,
-        int b, int kvHead, int seqLen, int nHead, int nKv, int hd, float* scratch, int keys = 0, int* segStart = null)
+        int b, int kvHead, int seqLen, int nHead, int nKv, int hd, float* scratch, int keys = 0, int* segStart = null, int* segStartUpper = null)
     {
         int group = nHead / nKv, qw = nHead * hd, kw = nKv * hd;
         float scale = 1.0f / MathF.Sqrt(hd);
         long row0 = (long)b * seqLen;
         float* kt = scratch, vt = scratch + (long)hd * seqLen;
+        int* lower = segStart;
         TransposeHead(kt, k, row0, seqLen, kw, kvHead, hd);
         TransposeHead(vt, v, row0, seqLen, kw, kvHead, hd);
         for (int h = kvHead * group; h < (kvHead + 1) * group; h++)
         {
+            segStart = segStartUpper != null && 2 * h >= nHead ? segStartUpper : lower;
             for (int t = 0; t < seqLen; t++)
             {
                 float* qt = q + (row0 + t) * qw + h * hd;
@@ -186,17 +189,19 @@ public static unsafe class Layers
     /// the forward, and <paramref name="segStart"/> too.
     /// </summary>
     public static void AttentionBackward(float* dq, float* dk, float* dv, float* dout, float* probs, float* q, float* k, float* v,
-        int b, int kvHead, int seqLen, int nHead, int nKv, int hd, float* scratch, int keys = 0, int* segStart = null)
+        int b, int kvHead, int seqLen, int nHead, int nKv, int hd, float* scratch, int keys = 0, int* segStart = null, int* segStartUpper = null)
     {
         int group = nHead / nKv, qw = nHead * hd, kw = nKv * hd;
         float scale = 1.0f / MathF.Sqrt(hd);
         long row0 = (long)b * seqLen, plane = (long)hd * seqLen;
+        int* lower = segStart;
         float* kt = scratch, vt = scratch + plane, dkt = scratch + 2 * plane, dvt = scratch + 3 * plane, ds = scratch + 4 * plane;
         TransposeHead(kt, k, row0, seqLen, kw, kvHead, hd);
         TransposeHead(vt, v, row0, seqLen, kw, kvHead, hd);
         new Span<float>(dkt, (int)(2 * plane)).Clear();
         for (int h = kvHead * group; h < (kvHead + 1) * group; h++)
         {
+            segStart = segStartUpper != null && 2 * h >= nHead ? segStartUpper : lower;
             for (int t = 0; t < seqLen; t++)
             {
                 float* dot = dout + (row0 + t) * qw + h * hd;

@@ -57,6 +57,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     readonly int* _tokens, _targets;  // [N]
     readonly int* _seqLens;           // [B] tokens of each sequence before its padding (T unless set)
     readonly int* _segStarts;         // [N] packed sequences: the first position of each row's document (0: one document per sequence)
+    int* _segStartsUpper;             // [T] S2-Attn: the upper half of the heads' shifted groups (null when off)
     readonly float* _classLogits;     // [N, C]        per-token class logits, then their gradient (classifier)
     readonly float* _pooled;          // [B, C]        pooled class logits (classifier)
     readonly float* _ropeTable;       // [T, nRot]
@@ -249,6 +250,35 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     /// start..t). RoPE scores depend only on the distance between query and key, so a packed document is computed as
     /// it would be alone at the start of a sequence (to float rounding). Causal attention only.</summary>
     public Span<int> SegmentStarts => new(_segStarts, BatchSize * SeqLen);
+
+    /// <summary>
+    /// LongLoRA's shifted sparse attention (S2-Attn) for training at long context: with group size G (LongLoRA: T/4),
+    /// the lower half of the query heads attends inside groups [gG, (g+1)G), the upper half inside groups shifted by
+    /// G/2 — [gG + G/2, (g+1)G + G/2), the first G/2 positions a group of their own — so information flows between
+    /// neighbouring groups through the upper heads. Causal inside every group (LongLoRA's roll lets the first G/2
+    /// tokens see the sequence's end; this does not). Inference uses full attention. 0 = off; G = T is full attention
+    /// (LongLoRA shifts only when the group is shorter than the sequence).
+    /// Not with packed sequences (both use <see cref="SegmentStarts"/>).
+    /// </summary>
+    public int S2Group
+    {
+        get => _s2Group;
+        set
+        {
+            if (value != 0 && (value < 2 || value > SeqLen || value % 2 != 0))
+                throw new CriaException($"S2-Attn needs an even group size in 2..{SeqLen}, got {value}");
+            _s2Group = value;
+            var lower = SegmentStarts;
+            if (value == 0 || value == SeqLen) { lower.Clear(); _segStartsUpper = null; return; } // one group: full attention, as LongLoRA
+            if (_s2Upper == null) { _s2Upper = Pinned<int>(SeqLen, out var up); _segStartsUpper = up; }
+            else _segStartsUpper = (int*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref _s2Upper[0]); // pinned: it never moves
+            int G = value, half = G / 2;
+            for (int r = 0; r < lower.Length; r++) lower[r] = r % SeqLen / G * G;
+            for (int t = 0; t < SeqLen; t++) _s2Upper[t] = t < half ? 0 : (t - half) / G * G + half;
+        }
+    }
+    int _s2Group;
+    int[]? _s2Upper;
 
     /// <summary>Class logits of position <paramref name="t"/> of sequence <paramref name="b"/> from the last
     /// <see cref="Forward"/> (a token classifier's per-token prediction).</summary>
@@ -453,7 +483,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         var s = Shape; int l = _layer;
         for (int item = start; item < end; item++)
             Layers.AttentionForward(_att[l], _probs[l], _q[l], _k[l], _v[l], item / s.KvHeads, item % s.KvHeads, SeqLen, s.Heads, s.KvHeads, s.HeadDim,
-                _attScratch + (long)worker * (4 * s.HeadDim + 1) * SeqLen, Keys(item / s.KvHeads), _segStarts + (long)(item / s.KvHeads) * SeqLen);
+                _attScratch + (long)worker * (4 * s.HeadDim + 1) * SeqLen, Keys(item / s.KvHeads), _segStarts + (long)(item / s.KvHeads) * SeqLen, _segStartsUpper);
     }
 
     // ================================================================= loss + backward
@@ -817,7 +847,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         for (int item = start; item < end; item++)
             Layers.AttentionBackward(_dq, _dk, _dv, _datt, _probs[l], _q[l], _k[l], _v[l], item / s.KvHeads, item % s.KvHeads,
                 SeqLen, s.Heads, s.KvHeads, s.HeadDim, _attScratch + (long)worker * (4 * s.HeadDim + 1) * SeqLen, Keys(item / s.KvHeads),
-                _segStarts + (long)(item / s.KvHeads) * SeqLen);
+                _segStarts + (long)(item / s.KvHeads) * SeqLen, _segStartsUpper);
     }
 
     /// <summary>The keys sequence b attends to: 0 = causal; a bidirectional classifier (LS-unLLaMA) attends to all of

@@ -22,6 +22,9 @@ public sealed record TrainingOptions
     public float GradClip { get; init; } = 1.0f;
     public ulong Seed { get; init; } = 1234;
     public int Threads { get; init; } = 2;
+    /// <summary>LongLoRA's S2-Attn group size for language-model training (<see cref="LlamaTrainingModel.S2Group"/>);
+    /// 0 = full attention.</summary>
+    public int S2Group { get; init; }
 
     /// <summary>Throws a <see cref="CriaException"/> naming the first bad setting.</summary>
     public void Validate()
@@ -89,7 +92,7 @@ public sealed partial class Trainer : IDisposable
         int T = seqLen ?? shape.ContextLength;
         // An empty corpus makes a trainer for preference steps only (PreferenceStep brings its own pairs).
         if (trainTokens.Length > 0 && trainTokens.Length < T + 1) throw new CriaException($"the corpus has {trainTokens.Length} tokens, fewer than one sequence of {T + 1}");
-        Model = new LlamaTrainingModel(shape, options.BatchSize, T, options.Threads, lora, classifier, swiftKv);
+        Model = new LlamaTrainingModel(shape, options.BatchSize, T, options.Threads, lora, classifier, swiftKv) { S2Group = options.S2Group };
         _data = trainTokens;
         _bos = bos;
         _m = new float[TrainedCount];

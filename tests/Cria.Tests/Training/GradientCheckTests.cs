@@ -134,30 +134,47 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
         Assert.True(Math.Abs(o[0] - reference[0]) > 1e-3);
     }
 
-    /// <summary>Attention forward against the reference, and dq, dk, dv against central differences, causal or with
-    /// <paramref name="keys"/>; returns the forward output and the causal reference's.</summary>
-    (float[] Output, double[] Causal) CheckAttention(string what, int[]? keys, int seed)
+    /// <summary>LongLoRA's S2-Attn at T = 8, groups of 4: the lower half of the heads attends inside [0, 4) and [4, 8), the
+    /// upper half inside [0, 2), [2, 6) and [6, 8); with one group of 8 it is full causal attention.</summary>
+    [Fact]
+    public void ShiftedSparseAttention()
     {
-        int B = 2, T = 5, Hh = 4, KV = 2, hd = 8;
+        int[] lower = [0, 0, 0, 0, 4, 4, 4, 4], upper = [0, 0, 2, 2, 2, 2, 6, 6];
+        var (o, causal) = CheckAttention("S2-Attn", null, 29, 8, lower, upper);
+        Assert.True(Math.Abs(o[(4 * 4 + 0) * 8] - causal[(4 * 4 + 0) * 8]) > 1e-3); // row 4, head 0 sees only itself
+        var (full, causal2) = CheckAttention("S2-Attn, one group", null, 29, 8, new int[8], new int[8]);
+        for (int i = 0; i < full.Length; i++) Assert.True(Math.Abs(full[i] - causal2[i]) < 1e-5);
+    }
+
+    /// <summary>Attention forward against the reference, and dq, dk, dv against central differences, causal or with
+    /// <paramref name="keys"/>, or with S2-Attn's segment starts of the lower and upper heads; returns the forward
+    /// output and the causal reference's.</summary>
+    (float[] Output, double[] Causal) CheckAttention(string what, int[]? keys, int seed, int T = 5, int[]? lower = null, int[]? upper = null)
+    {
+        int B = 2, Hh = 4, KV = 2, hd = 8;
+        Func<int, int, int>? first = lower == null ? null : (h, t) => 2 * h >= Hh ? upper![t] : lower[t];
         var q = Random(B * T * Hh * hd, seed); var k = Random(B * T * KV * hd, seed + 1); var v = Random(B * T * KV * hd, seed + 2); var r = Random(q.Length, seed + 3);
         float[] fq = F(q), fk = F(k), fv = F(v), fr = F(r), o = new float[q.Length], probs = new float[B * Hh * T * T];
         float[] dq = new float[q.Length], dk = new float[k.Length], dv = new float[v.Length], scratch = new float[(4 * hd + 1) * T];
+        int[] lo = lower ?? new int[T], up = upper ?? new int[T];
         fixed (float* pq = fq, pk = fk, pv = fv, pr = fr, po = o, pp = probs, pdq = dq, pdk = dk, pdv = dv, ps = scratch)
+        fixed (int* plo = lo, pup = up)
         {
+            int* segLo = lower == null ? null : plo, segUp = lower == null ? null : pup;
             for (int b = 0; b < B; b++)
                 for (int kv = 0; kv < KV; kv++)
                 {
                     int n = keys?[b] ?? 0;
-                    Layers.AttentionForward(po, pp, pq, pk, pv, b, kv, T, Hh, KV, hd, ps, n);
-                    Layers.AttentionBackward(pdq, pdk, pdv, pr, pp, pq, pk, pv, b, kv, T, Hh, KV, hd, ps, n);
+                    Layers.AttentionForward(po, pp, pq, pk, pv, b, kv, T, Hh, KV, hd, ps, n, segLo, segUp);
+                    Layers.AttentionBackward(pdq, pdk, pdv, pr, pp, pq, pk, pv, b, kv, T, Hh, KV, hd, ps, n, segLo, segUp);
                 }
         }
-        var reference = Reference.Attention(q, k, v, B, T, Hh, KV, hd, keys);
+        var reference = Reference.Attention(q, k, v, B, T, Hh, KV, hd, keys, first);
         for (int i = 0; i < o.Length; i++) Assert.True(Math.Abs(o[i] - reference[i]) < 1e-5, $"{what} forward differs at {i}");
-        Report($"{what} dq", RelError(dq, Numeric(qq => Dot(Reference.Attention(qq, k, v, B, T, Hh, KV, hd, keys), r), q)));
-        Report($"{what} dk", RelError(dk, Numeric(kk => Dot(Reference.Attention(q, kk, v, B, T, Hh, KV, hd, keys), r), k)));
-        Report($"{what} dv", RelError(dv, Numeric(vv => Dot(Reference.Attention(q, k, vv, B, T, Hh, KV, hd, keys), r), v)));
-        return (o, keys == null ? reference : Reference.Attention(q, k, v, B, T, Hh, KV, hd));
+        Report($"{what} dq", RelError(dq, Numeric(qq => Dot(Reference.Attention(qq, k, v, B, T, Hh, KV, hd, keys, first), r), q)));
+        Report($"{what} dk", RelError(dk, Numeric(kk => Dot(Reference.Attention(q, kk, v, B, T, Hh, KV, hd, keys, first), r), k)));
+        Report($"{what} dv", RelError(dv, Numeric(vv => Dot(Reference.Attention(q, k, vv, B, T, Hh, KV, hd, keys, first), r), v)));
+        return (o, keys == null && first == null ? reference : Reference.Attention(q, k, v, B, T, Hh, KV, hd));
     }
 
     [Fact]

@@ -56,8 +56,10 @@ static class Reference
         return y;
     }
 
-    /// <summary>Causal attention, or with <paramref name="keys"/> bidirectional over each sequence's first keys[b] positions.</summary>
-    public static double[] Attention(double[] q, double[] k, double[] v, int B, int T, int H, int KV, int hd, int[]? keys = null)
+    /// <summary>Causal attention, or with <paramref name="keys"/> bidirectional over each sequence's first keys[b] positions;
+    /// causal from <paramref name="firstKey"/>(h, t) on when given (packed documents, S2-Attn groups).</summary>
+    public static double[] Attention(double[] q, double[] k, double[] v, int B, int T, int H, int KV, int hd, int[]? keys = null,
+        Func<int, int, int>? firstKey = null)
     {
         var o = new double[B * T * H * hd];
         int g = H / KV;
@@ -67,9 +69,9 @@ static class Reference
             for (int h = 0; h < H; h++)
                 for (int t = 0; t < T; t++)
                 {
-                    int last = keys != null ? keys[b] - 1 : t;
+                    int last = keys != null ? keys[b] - 1 : t, first = firstKey?.Invoke(h, t) ?? 0;
                     double max = double.NegativeInfinity;
-                    for (int t2 = 0; t2 <= last; t2++)
+                    for (int t2 = first; t2 <= last; t2++)
                     {
                         double s = 0;
                         for (int i = 0; i < hd; i++) s += q[(b * T + t) * H * hd + h * hd + i] * k[(b * T + t2) * KV * hd + h / g * hd + i];
@@ -77,8 +79,8 @@ static class Reference
                         max = Math.Max(max, p[t2]);
                     }
                     double sum = 0;
-                    for (int t2 = 0; t2 <= last; t2++) { p[t2] = Math.Exp(p[t2] - max); sum += p[t2]; }
-                    for (int t2 = 0; t2 <= last; t2++)
+                    for (int t2 = first; t2 <= last; t2++) { p[t2] = Math.Exp(p[t2] - max); sum += p[t2]; }
+                    for (int t2 = first; t2 <= last; t2++)
                         for (int i = 0; i < hd; i++) o[(b * T + t) * H * hd + h * hd + i] += p[t2] / sum * v[(b * T + t2) * KV * hd + h / g * hd + i];
                 }
         return o;
