@@ -28,6 +28,7 @@ static class TrainCommand
         var kvHeads = new Option<int>("--kv-heads") { DefaultValueFactory = _ => 2, Description = "key/value heads (GQA)" };
         var ffn = new Option<int>("--ffn") { DefaultValueFactory = _ => 768, Description = "feed-forward width" };
         var ctx = new Option<int>("--ctx") { DefaultValueFactory = _ => 256, Description = "context length = training sequence length" };
+        var ropeScale = new Option<float>("--rope-scale") { Description = "linear RoPE scaling (position interpolation) for training at a longer context: positions ÷ F, written into the model" };
         var s2 = new Option<bool>("--s2-attn") { Description = "LongLoRA's shifted sparse attention for long-context training: groups of ctx/4, half the heads shifted by half a group (inference keeps full attention)" };
         var tied = new Option<bool>("--tied") { Description = "tie the output head to the token embedding" };
         var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 2000 };
@@ -66,7 +67,7 @@ static class TrainCommand
         {
             corpus, valid, outDir, tokenizer, vocab, dim, layers, heads, kvHeads, ffn, ctx, tied, steps, batch, accum, lr, warmup, minLr, wd, clip,
             seed, threads, resume, ckptMinutes, evalEvery, evalBatches, exportType, name, init, passkey, answerWeight, pkMin, repeat,
-            loraRank, loraAlpha, loraTargets, pairs, validPairs, preference, beta, gamma, sft, validSft, pack, s2,
+            loraRank, loraAlpha, loraTargets, pairs, validPairs, preference, beta, gamma, sft, validSft, pack, s2, ropeScale,
         };
         cmd.SetAction(r =>
         {
@@ -98,6 +99,7 @@ static class TrainCommand
                 imported = GgufImport.Read(initPath);
                 shapeNoVocab = r.GetResult(ctx) is { Implicit: false } ? imported.Shape with { ContextLength = r.GetValue(ctx) } : imported.Shape;
             }
+            if (r.GetResult(ropeScale) is { Implicit: false }) shapeNoVocab = shapeNoVocab with { RopeScale = r.GetValue(ropeScale) };
             if (r.GetValue(s2)) options = options with { S2Group = shapeNoVocab.ContextLength / 4 / 2 * 2 };
             LoraOptions? lora = null;
             int rank = r.GetValue(loraRank);

@@ -41,12 +41,13 @@ public static class GgufImport
             FfnDim = U("llama.feed_forward_length"), ContextLength = U("llama.context_length"),
             RopeBase = f.Get("llama.rope.freq_base", 10000f), RmsEps = f.Get("llama.attention.layer_norm_rms_epsilon", 1e-5f),
             TiedEmbeddings = !f.TryGetTensor("output.weight", out _),
+            RopeScale = f.Get("llama.rope.scaling.type", "none") == "linear" ? f.Get("llama.rope.scaling.factor", 1f) : 1f,
         };
         shape.Validate();
         if (f.Has("llama.rope.dimension_count") && U("llama.rope.dimension_count") != shape.HeadDim)
             throw new CriaException($"{caller}: {path} rotates {U("llama.rope.dimension_count")} of {shape.HeadDim} head dimensions; the trainer rotates all");
-        if (f.Has("llama.rope.scaling.type") && f.Get<string>("llama.rope.scaling.type") != "none")
-            throw new CriaException($"{caller}: {path} has RoPE scaling ({f.Get<string>("llama.rope.scaling.type")}), which the trainer does not apply");
+        if (f.Has("llama.rope.scaling.type") && f.Get<string>("llama.rope.scaling.type") is not ("none" or "linear"))
+            throw new CriaException($"{caller}: {path} has RoPE scaling ({f.Get<string>("llama.rope.scaling.type")}); the trainer applies linear scaling only");
         var layout = new ParameterLayout(shape);
         var p = new float[layout.Count];
         foreach (var t in layout.Tensors)

@@ -14,6 +14,10 @@ public sealed record LlamaShape
     /// <summary>Training sequence length, written as the model's context length.</summary>
     public int ContextLength { get; init; } = 256;
     public float RopeBase { get; init; } = 10000f;
+    /// <summary>Linear RoPE scaling (position interpolation, Chen et al. 2023; LongLoRA's setting): positions are
+    /// divided by this factor, so a context this many times longer rotates as the original did. 1 = none. Written as
+    /// <c>llama.rope.scaling.type = linear</c>, which inference applies.</summary>
+    public float RopeScale { get; init; } = 1f;
     public float RmsEps { get; init; } = 1e-5f;
     /// <summary>Output head shares the token embedding (no <c>output.weight</c>).</summary>
     public bool TiedEmbeddings { get; init; }
@@ -31,6 +35,7 @@ public sealed record LlamaShape
         if (Heads % KvHeads != 0) throw new CriaException($"heads {Heads} is not divisible by kv heads {KvHeads}");
         if (HeadDim % 2 != 0) throw new CriaException($"head dimension {HeadDim} (dim / heads) must be even for RoPE");
         if (!(RmsEps > 0) || !(RopeBase > 1)) throw new CriaException($"bad rms epsilon {RmsEps} or rope base {RopeBase}");
+        if (!(RopeScale >= 1) || !float.IsFinite(RopeScale)) throw new CriaException($"the RoPE scale (position interpolation factor) must be a number ≥ 1, got {RopeScale}");
     }
 
     /// <summary>The <see cref="ModelConfig"/> that Cria's inference reads back from the exported file.</summary>
@@ -38,10 +43,11 @@ public sealed record LlamaShape
     {
         ContextLength = ContextLength, Dim = Dim, LayerCount = Layers, HeadCount = Heads, KvHeadCount = KvHeads,
         HeadDim = HeadDim, FfnDim = FfnDim, VocabSize = VocabSize, RmsNormEps = RmsEps, RopeFreqBase = RopeBase, RopeDim = HeadDim,
+        RopeScaling = RopeScale > 1 ? RopeScalingType.Linear : RopeScalingType.None, RopeFreqScale = 1f / RopeScale,
     };
 
     public override string ToString() =>
-        $"vocab {VocabSize}, dim {Dim}, layers {Layers}, heads {Heads}/{KvHeads}, ffn {FfnDim}, ctx {ContextLength}{(TiedEmbeddings ? ", tied" : "")}";
+        $"vocab {VocabSize}, dim {Dim}, layers {Layers}, heads {Heads}/{KvHeads}, ffn {FfnDim}, ctx {ContextLength}{(RopeScale > 1 ? $", RoPE linear ×{RopeScale}" : "")}{(TiedEmbeddings ? ", tied" : "")}";
 }
 
 /// <summary>One named tensor inside the flat parameter buffer. Matrices are [Rows, Cols] row-major (GGUF: ne = [Cols, Rows]).</summary>

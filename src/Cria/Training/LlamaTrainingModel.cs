@@ -124,7 +124,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         int hd = shape.HeadDim;
         Pinned<float>((long)seqLen * hd, out _ropeTable);
         for (int t = 0; t < seqLen; t++)
-            Ops.RopeCache(t, hd, shape.RopeBase, 1f, null, new Span<float>(_ropeTable + (long)t * hd, hd));
+            Ops.RopeCache(t, hd, shape.RopeBase, 1f / shape.RopeScale, null, new Span<float>(_ropeTable + (long)t * hd, hd)); // position interpolation when RopeScale > 1
         _xIn = new float*[L + 1]; _xn1 = new float*[L]; _rstd1 = new float*[L]; _q = new float*[L]; _k = new float*[L]; _v = new float*[L];
         _probs = new float*[L]; _att = new float*[L]; _xMid = new float*[L]; _xn2 = new float*[L]; _rstd2 = new float*[L];
         _g = new float*[L]; _u = new float*[L]; _h = new float*[L];

@@ -51,6 +51,41 @@ public sealed class FineTuneTests(ITestOutputHelper output)
         Assert.Throws<CriaException>(() => tr.SetParameters(new float[10]));
     }
 
+    /// <summary>Position interpolation (LongLoRA's setting): weights trained with linear RoPE scaling ×4 are written
+    /// with llama.rope.scaling = linear, factor 4; the engine reading that file gives the training forward's logits,
+    /// and they differ from the unscaled model's. The file imports back with its scale.</summary>
+    [Fact]
+    public void Linear_rope_scaling_is_written_and_inference_applies_it()
+    {
+        var im = GgufImport.Read(Bundled);
+        var shape = im.Shape with { RopeScale = 4 };
+        var tokens = LlamaTokens();
+        using var tr = new Trainer(shape, new TrainingOptions { BatchSize = 1, Threads = 2 }, tokens, 1, seqLen: 256);
+        tr.SetParameters(im.Parameters);
+        string path = TestPaths.TempFile("rope-linear-4.gguf");
+        GgufExport.Write(path, tr.Model.Layout, tr.Model.Parameters, im.Vocabulary);
+        Assert.Equal(4f, GgufImport.Read(path).Shape.RopeScale);
+        var m = tr.Model;
+        Trainer.FillSequence(m.Tokens, m.Targets, tokens, 0, 1);
+        m.Forward();
+        var seq = m.Tokens.ToArray();
+        using var cria = new CriaRunner(path, 256);
+        var logits = cria.AllLogits(seq);
+        double worst = 0, moved = 0;
+        using var plain = new CriaRunner(Bundled, 256);
+        var unscaled = plain.AllLogits(seq);
+        for (int p = 0; p < seq.Length; p++)
+            for (int v = 0; v < shape.VocabSize; v++)
+            {
+                worst = Math.Max(worst, Math.Abs(logits[p][v] - m.LogitsRow(p)[v]));
+                moved = Math.Max(moved, Math.Abs(logits[p][v] - unscaled[p][v]));
+            }
+        output.WriteLine($"max |Δ logit| training forward vs inference with linear ×4: {worst:E2}; vs the unscaled model {moved:E2}");
+        Assert.True(worst < 1e-4, $"logits differ by {worst}");
+        Assert.True(moved > 0.1, $"scaling moved the logits by only {moved}");
+        Assert.Throws<CriaException>(() => (im.Shape with { RopeScale = 0.5f }).Validate());
+    }
+
     static int[] LlamaTokens()
     {
         using var m = Cria.Models.LlamaModel.Open(Bundled);
