@@ -100,7 +100,12 @@ static class TrainCommand
                 shapeNoVocab = r.GetResult(ctx) is { Implicit: false } ? imported.Shape with { ContextLength = r.GetValue(ctx) } : imported.Shape;
             }
             if (r.GetResult(ropeScale) is { Implicit: false }) shapeNoVocab = shapeNoVocab with { RopeScale = r.GetValue(ropeScale) };
-            if (r.GetValue(s2)) options = options with { S2Group = shapeNoVocab.ContextLength / 4 / 2 * 2 };
+            if (r.GetValue(s2))
+            {
+                int group = shapeNoVocab.ContextLength / 4 / 2 * 2;
+                if (group < 2) throw new CriaException($"--s2-attn needs a context of at least 8 tokens (groups of ctx/4), got {shapeNoVocab.ContextLength}");
+                options = options with { S2Group = group };
+            }
             LoraOptions? lora = null;
             int rank = r.GetValue(loraRank);
             if (rank != 0)
