@@ -294,49 +294,71 @@ public sealed class ModelDrafter : IDrafter
         if (history.Length > cap) return 0; // the draft's context is full: no drafting
         int max = Math.Min(Math.Min(tokens.Length, _o.DraftMax), cap - history.Length);
 
-        // Keep the part of the cache the history agrees with, and at least one token to feed for logits.
+        bool guide = _o.Margin > 0;
+        int n = 0;
+        try
+        {
+            _batch.Clear();
+            int row = CatchUp(history, _batch);
+            _ctx.Decode(_batch);
+            while (true)
+            {
+                var logits = _ctx.Logits(row);
+                if (guide)
+                {
+                    // RAPID: the drafter's distribution here nudges the target's (a sampled draft is drawn from it too).
+                    var g = _q.AsSpan(n * _vocab, _vocab);
+                    if (_greedy) sampler.SoftDistribution(logits, g);
+                    else sampler.Distribution(logits, g);
+                    _guideCount = n + 1;
+                }
+                if (n == max) break;
+                int x = Choose(logits, n, qReady: guide);
+                if (x < 0) break;
+                tokens[n++] = x;
+                // Without RAPID the last draft is not fed: nothing needs the distribution after it.
+                if (n == max && !guide) break;
+                _batch.Clear();
+                row = Feed(x, _batch);
+                _ctx.Decode(_batch);
+            }
+        }
+        catch (KvCacheFullException) { Reset(); throw; } // the rows just fed were not stored: start afresh next time
+        return n;
+    }
+
+    /// <summary>Cuts the draft cache back to the part <paramref name="history"/> agrees with (at least one token is left
+    /// to feed, for logits) and appends the rest to <paramref name="batch"/>; returns the row whose logits come next.</summary>
+    int CatchUp(ReadOnlySpan<int> history, Batch batch)
+    {
         int common = 0;
         while (common < _fedCount && common < history.Length && _fed[common] == history[common]) common++;
         if (common == history.Length) common--;
-        cache.Truncate(_seq, common);
-        _batch.Clear();
-        _batch.AddSequence(history[common..], common, _seq);
-        _ctx.Decode(_batch);
+        _ctx.Cache.Truncate(_seq, common);
+        batch.AddSequence(history[common..], common, _seq);
         history[common..].CopyTo(_fed.AsSpan(common));
         _fedCount = history.Length;
+        return batch.Count - 1;
+    }
 
-        bool guide = _o.Margin > 0;
-        int n = 0, row = _batch.Count - 1;
-        while (true)
-        {
-            var logits = _ctx.Logits(row);
-            if (guide)
-            {
-                // RAPID: the drafter's distribution here nudges the target's (a sampled draft is drawn from it too).
-                var g = _q.AsSpan(n * _vocab, _vocab);
-                if (_greedy) sampler.SoftDistribution(logits, g);
-                else sampler.Distribution(logits, g);
-                _guideCount = n + 1;
-            }
-            if (n == max) break;
-            if (_o.DraftPMin > 0 && Speculative.MaxProbability(logits) < _o.DraftPMin) break;
-            int x;
-            if (_greedy) x = Sampler.ArgMax(logits);
-            else
-            {
-                var q = _q.AsSpan(n * _vocab, _vocab);
-                if (!guide) sampler.Distribution(logits, q);
-                x = Speculative.SampleDense(q, sampler.NextUniform(), 1.0);
-            }
-            tokens[n++] = x;
-            // Without RAPID the last draft is not fed: nothing needs the distribution after it.
-            if (n == max && !guide) break;
-            _batch.Clear();
-            row = _batch.Add(x, _fedCount, _seq, true);
-            _ctx.Decode(_batch);
-            _fed[_fedCount++] = x;
-        }
-        return n;
+    /// <summary>Draft token <paramref name="n"/> from the drafter's logits: −1 when p-min ends the draft; the argmax when
+    /// greedy; else a sample from q, the sampler's distribution (written to _q[n] here, or already there when
+    /// <paramref name="qReady"/>: RAPID's guide).</summary>
+    int Choose(ReadOnlySpan<float> logits, int n, bool qReady)
+    {
+        if (_o.DraftPMin > 0 && Speculative.MaxProbability(logits) < _o.DraftPMin) return -1;
+        if (_greedy) return Sampler.ArgMax(logits);
+        var q = _q.AsSpan(n * _vocab, _vocab);
+        if (!qReady) _sampler!.Distribution(logits, q);
+        return Speculative.SampleDense(q, _sampler!.NextUniform(), 1.0);
+    }
+
+    /// <summary>Appends draft token <paramref name="x"/> to <paramref name="batch"/> as the sequence's next row; returns it.</summary>
+    int Feed(int x, Batch batch)
+    {
+        int row = batch.Add(x, _fedCount, _seq, true);
+        _fed[_fedCount++] = x;
+        return row;
     }
 
     public ReadOnlySpan<float> DraftDistribution(int i) => _greedy ? default : _q.AsSpan(i * _vocab, _vocab);
@@ -375,16 +397,7 @@ public sealed class ModelDrafter : IDrafter
             var h = history(i);
             if (h.Length > cap) continue; // the draft's context is full: no drafting
             max[i] = Math.Max(0, Math.Min(Math.Min(room[i], stride), cap - h.Length));
-            if (max[i] == 0) continue;
-            // keep the part of its cache the history agrees with, and at least one token to feed for logits
-            int common = 0;
-            while (common < d._fedCount && common < h.Length && d._fed[common] == h[common]) common++;
-            if (common == h.Length) common--;
-            ctx.Cache.Truncate(d._seq, common);
-            batch.AddSequence(h[common..], common, d._seq);
-            rows[i] = batch.Count - 1;
-            h[common..].CopyTo(d._fed.AsSpan(common));
-            d._fedCount = h.Length;
+            if (max[i] > 0) rows[i] = d.CatchUp(h, batch);
         }
         if (batch.Count == 0) return;
         try
@@ -397,21 +410,12 @@ public sealed class ModelDrafter : IDrafter
                 {
                     if (max[i] == 0) continue;
                     var d = drafters[i];
-                    var logits = ctx.Logits(rows[i]);
-                    if (d._o.DraftPMin > 0 && Speculative.MaxProbability(logits) < d._o.DraftPMin) { max[i] = 0; continue; }
-                    int made = counts[i], x;
-                    if (d._greedy) x = Sampler.ArgMax(logits);
-                    else
-                    {
-                        var q = d._q.AsSpan(made * d._vocab, d._vocab);
-                        d._sampler!.Distribution(logits, q);
-                        x = Speculative.SampleDense(q, d._sampler.NextUniform(), 1.0);
-                    }
+                    int made = counts[i], x = d.Choose(ctx.Logits(rows[i]), made, qReady: false);
+                    if (x < 0) { max[i] = 0; continue; }
                     tokens[i * stride + made] = x;
                     counts[i] = ++made;
                     if (made == max[i]) { max[i] = 0; continue; } // the last draft is not fed: nothing needs what follows it
-                    rows[i] = batch.Add(x, d._fedCount, d._seq, true);
-                    d._fed[d._fedCount++] = x;
+                    rows[i] = d.Feed(x, batch);
                 }
                 if (batch.Count == 0) break;
                 ctx.Decode(batch);

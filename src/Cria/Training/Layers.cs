@@ -141,32 +141,33 @@ public static unsafe class Layers
     /// <summary>
     /// For one sequence b and one KV head: every query head of its group attends causally over positions 0..t, or,
     /// with <paramref name="keys"/> &gt; 0, bidirectionally over positions 0..keys − 1 (LS-unLLaMA's unmasked attention;
-    /// keys = the sequence's length, so padding after it is never attended). In a packed sequence (<paramref name="segStart"/>
-    /// [T]: each position's document's first position; null: 0) query t attends over its own document only,
-    /// segStart[t]..t — documents never see each other. With <paramref name="segStartUpper"/>, the query heads of the
-    /// upper half (h ≥ nHead/2) use it instead (LongLoRA's S2-Attn: the two halves' groups are shifted against each other).
+    /// keys = the sequence's length, so padding after it is never attended). Causal attention may start later than 0
+    /// (<see cref="FirstKey"/>): in a packed sequence (<paramref name="segStart"/> [T]: each position's document's first
+    /// position) query t attends over its own document only, and with LongLoRA's S2-Attn (<paramref name="groupLower"/>,
+    /// <paramref name="groupUpper"/> [T]: the first position of t's group for the lower and the upper half of the query
+    /// heads, whose groups are shifted against each other) over its group only; with both, over the later start.
     /// q [B·T, nHead·hd], k/v [B·T, nKv·hd], probs [B, nHead, T, T] (saved for backward), out [B·T, nHead·hd].
     /// K and V of the head are transposed first, so scores and outputs are hd long vector ops over positions.
     /// scratch holds 2·hd·T floats.
     /// </summary>
     public static void AttentionForward(float* outp, float* probs, float* q, float* k, float* v,
-        int b, int kvHead, int seqLen, int nHead, int nKv, int hd, float* scratch, int keys = 0, int* segStart = null, int* segStartUpper = null)
+        int b, int kvHead, int seqLen, int nHead, int nKv, int hd, float* scratch, int keys = 0, int* segStart = null,
+        int* groupLower = null, int* groupUpper = null)
     {
         int group = nHead / nKv, qw = nHead * hd, kw = nKv * hd;
         float scale = 1.0f / MathF.Sqrt(hd);
         long row0 = (long)b * seqLen;
         float* kt = scratch, vt = scratch + (long)hd * seqLen;
-        int* lower = segStart;
         TransposeHead(kt, k, row0, seqLen, kw, kvHead, hd);
         TransposeHead(vt, v, row0, seqLen, kw, kvHead, hd);
         for (int h = kvHead * group; h < (kvHead + 1) * group; h++)
         {
-            segStart = segStartUpper != null && 2 * h >= nHead ? segStartUpper : lower;
+            int* groups = 2 * h >= nHead ? groupUpper : groupLower;
             for (int t = 0; t < seqLen; t++)
             {
                 float* qt = q + (row0 + t) * qw + h * hd;
                 float* p = probs + (((long)b * nHead + h) * seqLen + t) * seqLen;
-                int n = keys > 0 ? keys : t + 1, s0 = keys == 0 && segStart != null ? segStart[t] : 0, m = n - s0; // keys s0..n−1
+                int n = keys > 0 ? keys : t + 1, s0 = keys > 0 ? 0 : FirstKey(segStart, groups, t), m = n - s0; // keys s0..n−1
                 new Span<float>(p, seqLen).Clear();
                 for (int d = 0; d < hd; d++) Axpy(qt[d] * scale, kt + (long)d * seqLen + s0, p + s0, m);
                 float max = float.NegativeInfinity;
@@ -186,27 +187,27 @@ public static unsafe class Layers
     /// dq = scale·dS·k (overwritten), dk += scale·dSᵀ·q, dv += Pᵀ·dO. The group's query heads all write to one
     /// KV head, so one worker owns a (sequence, KV head) pair; dK and dV are accumulated transposed (hd long vector
     /// ops over positions) and added back at the end. scratch holds (4·hd + 1)·T floats. <paramref name="keys"/> as in
-    /// the forward, and <paramref name="segStart"/> too.
+    /// the forward, and the documents and groups too.
     /// </summary>
     public static void AttentionBackward(float* dq, float* dk, float* dv, float* dout, float* probs, float* q, float* k, float* v,
-        int b, int kvHead, int seqLen, int nHead, int nKv, int hd, float* scratch, int keys = 0, int* segStart = null, int* segStartUpper = null)
+        int b, int kvHead, int seqLen, int nHead, int nKv, int hd, float* scratch, int keys = 0, int* segStart = null,
+        int* groupLower = null, int* groupUpper = null)
     {
         int group = nHead / nKv, qw = nHead * hd, kw = nKv * hd;
         float scale = 1.0f / MathF.Sqrt(hd);
         long row0 = (long)b * seqLen, plane = (long)hd * seqLen;
-        int* lower = segStart;
         float* kt = scratch, vt = scratch + plane, dkt = scratch + 2 * plane, dvt = scratch + 3 * plane, ds = scratch + 4 * plane;
         TransposeHead(kt, k, row0, seqLen, kw, kvHead, hd);
         TransposeHead(vt, v, row0, seqLen, kw, kvHead, hd);
         new Span<float>(dkt, (int)(2 * plane)).Clear();
         for (int h = kvHead * group; h < (kvHead + 1) * group; h++)
         {
-            segStart = segStartUpper != null && 2 * h >= nHead ? segStartUpper : lower;
+            int* groups = 2 * h >= nHead ? groupUpper : groupLower;
             for (int t = 0; t < seqLen; t++)
             {
                 float* dot = dout + (row0 + t) * qw + h * hd;
                 float* p = probs + (((long)b * nHead + h) * seqLen + t) * seqLen;
-                int n = keys > 0 ? keys : t + 1, s0 = keys == 0 && segStart != null ? segStart[t] : 0, m = n - s0; // keys s0..n−1
+                int n = keys > 0 ? keys : t + 1, s0 = keys > 0 ? 0 : FirstKey(segStart, groups, t), m = n - s0; // keys s0..n−1
                 float* dsm = ds + s0, pm = p + s0;
                 new Span<float>(dsm, m).Clear();
                 for (int d = 0; d < hd; d++)
@@ -228,6 +229,11 @@ public static unsafe class Layers
         AddTransposedHead(dk, dkt, row0, seqLen, kw, kvHead, hd);
         AddTransposedHead(dv, dvt, row0, seqLen, kw, kvHead, hd);
     }
+
+    /// <summary>The first key causal query t attends to: the later of its document's start and its S2-Attn group's
+    /// (either array null: 0).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static int FirstKey(int* segStart, int* groups, int t) => Math.Max(segStart != null ? segStart[t] : 0, groups != null ? groups[t] : 0);
 
     // ---------------------------------------------------------------- cross-entropy
     /// <summary>

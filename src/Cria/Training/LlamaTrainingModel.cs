@@ -57,7 +57,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     readonly int* _tokens, _targets;  // [N]
     readonly int* _seqLens;           // [B] tokens of each sequence before its padding (T unless set)
     readonly int* _segStarts;         // [N] packed sequences: the first position of each row's document (0: one document per sequence)
-    int* _segStartsUpper;             // [T] S2-Attn: the upper half of the heads' shifted groups (null when off)
+    int* _groupLower, _groupUpper;    // [T], [T] S2-Attn: each position's group start for the lower and upper half of the heads (null when off)
     readonly float* _classLogits;     // [N, C]        per-token class logits, then their gradient (classifier)
     readonly float* _pooled;          // [B, C]        pooled class logits (classifier)
     readonly float* _ropeTable;       // [T, nRot]
@@ -257,8 +257,8 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     /// G/2 — [gG + G/2, (g+1)G + G/2), the first G/2 positions a group of their own — so information flows between
     /// neighbouring groups through the upper heads. Causal inside every group (LongLoRA's roll lets the first G/2
     /// tokens see the sequence's end; this does not). Inference uses full attention. 0 = off; G = T is full attention
-    /// (LongLoRA shifts only when the group is shorter than the sequence).
-    /// Not with packed sequences (both use <see cref="SegmentStarts"/>).
+    /// (LongLoRA shifts only when the group is shorter than the sequence). With packed documents
+    /// (<see cref="SegmentStarts"/>) a query attends inside both its document and its group.
     /// </summary>
     public int S2Group
     {
@@ -268,17 +268,25 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
             if (value != 0 && (value < 2 || value > SeqLen || value % 2 != 0))
                 throw new CriaException($"S2-Attn needs an even group size in 2..{SeqLen}, got {value}");
             _s2Group = value;
-            var lower = SegmentStarts;
-            if (value == 0 || value == SeqLen) { lower.Clear(); _segStartsUpper = null; return; } // one group: full attention, as LongLoRA
-            if (_s2Upper == null) { _s2Upper = Pinned<int>(SeqLen, out var up); _segStartsUpper = up; }
-            else _segStartsUpper = (int*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref _s2Upper[0]); // pinned: it never moves
+            if (value == 0 || value == SeqLen) { _groupLower = _groupUpper = null; return; } // one group: full attention, as LongLoRA
             int G = value, half = G / 2;
-            for (int r = 0; r < lower.Length; r++) lower[r] = r % SeqLen / G * G;
-            for (int t = 0; t < SeqLen; t++) _s2Upper[t] = t < half ? 0 : (t - half) / G * G + half;
+            _s2Starts ??= Pinned<int>(2L * SeqLen, out _s2StartsPtr);
+            _groupLower = _s2StartsPtr; _groupUpper = _s2StartsPtr + SeqLen;
+            for (int t = 0; t < SeqLen; t++)
+            {
+                _groupLower[t] = t / G * G;
+                _groupUpper[t] = t < half ? 0 : (t - half) / G * G + half;
+            }
         }
     }
     int _s2Group;
-    int[]? _s2Upper;
+    int[]? _s2Starts;  // pinned [2, T]: the lower heads' group starts, then the upper heads'
+    int* _s2StartsPtr;
+
+    /// <summary>S2-Attn's group start of every position for the lower (<paramref name="upper"/> false) or upper half of
+    /// the query heads; empty when S2-Attn is off.</summary>
+    public ReadOnlySpan<int> S2GroupStarts(bool upper) =>
+        _groupLower == null ? default : new ReadOnlySpan<int>(upper ? _groupUpper : _groupLower, SeqLen);
 
     /// <summary>Class logits of position <paramref name="t"/> of sequence <paramref name="b"/> from the last
     /// <see cref="Forward"/> (a token classifier's per-token prediction).</summary>
@@ -483,7 +491,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         var s = Shape; int l = _layer;
         for (int item = start; item < end; item++)
             Layers.AttentionForward(_att[l], _probs[l], _q[l], _k[l], _v[l], item / s.KvHeads, item % s.KvHeads, SeqLen, s.Heads, s.KvHeads, s.HeadDim,
-                _attScratch + (long)worker * (4 * s.HeadDim + 1) * SeqLen, Keys(item / s.KvHeads), _segStarts + (long)(item / s.KvHeads) * SeqLen, _segStartsUpper);
+                _attScratch + (long)worker * (4 * s.HeadDim + 1) * SeqLen, Keys(item / s.KvHeads), _segStarts + (long)(item / s.KvHeads) * SeqLen, _groupLower, _groupUpper);
     }
 
     // ================================================================= loss + backward
@@ -847,7 +855,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         for (int item = start; item < end; item++)
             Layers.AttentionBackward(_dq, _dk, _dv, _datt, _probs[l], _q[l], _k[l], _v[l], item / s.KvHeads, item % s.KvHeads,
                 SeqLen, s.Heads, s.KvHeads, s.HeadDim, _attScratch + (long)worker * (4 * s.HeadDim + 1) * SeqLen, Keys(item / s.KvHeads),
-                _segStarts + (long)(item / s.KvHeads) * SeqLen, _segStartsUpper);
+                _segStarts + (long)(item / s.KvHeads) * SeqLen, _groupLower, _groupUpper);
     }
 
     /// <summary>The keys sequence b attends to: 0 = causal; a bidirectional classifier (LS-unLLaMA) attends to all of

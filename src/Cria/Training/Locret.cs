@@ -306,24 +306,12 @@ public sealed unsafe class Locret : IDisposable
         float norm = (float)Math.Sqrt(norm2), clip = norm > _o.GradClip ? _o.GradClip / norm : 1f;
         float lr = LearningRateAt(_step);
         int t = ++_step;
-        float b1 = _o.Beta1, b2 = _o.Beta2, c1 = 1f / (1f - MathF.Pow(b1, t)), c2 = 1f / (1f - MathF.Pow(b2, t));
         for (int l = 0; l < L; l++)
         {
-            Adam(Heads.W1[l], _g1[l], _m1[l], _v1[l]);
-            Adam(Heads.W2[l], _g2[l], _m2[l], _v2[l]);
+            Trainer.AdamWUpdate(Heads.W1[l], _g1[l], _m1[l], _v1[l], t, lr, clip, 0f, _o.Beta1, _o.Beta2, _o.Epsilon);
+            Trainer.AdamWUpdate(Heads.W2[l], _g2[l], _m2[l], _v2[l], t, lr, clip, 0f, _o.Beta1, _o.Beta2, _o.Epsilon);
         }
         return new LocretStep(t, (float)(loss / L), lr, norm);
-
-        void Adam(float[] p, float[] g, float[] m, float[] v)
-        {
-            for (int i = 0; i < p.Length; i++)
-            {
-                float gi = g[i] * clip;
-                float mi = m[i] = b1 * m[i] + (1 - b1) * gi;
-                float vi = v[i] = b2 * v[i] + (1 - b2) * gi * gi;
-                p[i] -= lr * mi * c1 / (MathF.Sqrt(vi * c2) + _o.Epsilon);
-            }
-        }
     }
 
     /// <summary>Linear warm-up to the learning rate over the warm-up steps, then linear decay to zero.</summary>

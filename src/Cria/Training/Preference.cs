@@ -90,7 +90,6 @@ public sealed partial class Trainer
         if (n == 0) throw new CriaException("a preference pair has an empty response");
         // sequence s = [BOS, prompt, response[..n]]: tokens = s[0..], targets = s[1..]
         tokens.Clear(); targets.Clear(); weights.Clear();
-        if (m.S2Group != 0) throw new CriaException("S2-Attn trains language models at long context; SFT and preference rows run with full attention");
         m.SegmentStarts.Slice(b * T, T).Clear(); // one document (a packed SFT step may have run before)
         tokens[0] = _bos;
         prompt.CopyTo(tokens[1..]);

@@ -120,7 +120,6 @@ public sealed partial class Trainer
     internal int FillPackedRows(Func<SftExample?> draw, ref SftExample? carry)
     {
         var m = Model;
-        if (m.S2Group != 0) throw new CriaException("packing and S2-Attn both set the attention's segments: use one");
         int T = m.SeqLen, B = m.BatchSize, total = 0;
         for (int b = 0; b < B; b++)
         {

@@ -240,25 +240,34 @@ public sealed partial class Trainer : IDisposable
         return (float)Math.Sqrt(sum);
     }
 
-    /// <summary>AdamW (Loshchilov &amp; Hutter): decoupled weight decay on matrices, bias-corrected moments.</summary>
+    /// <summary>AdamW on every trained tensor: weight decay on matrices only.</summary>
     void AdamW(float lr, float gradScale)
     {
         var o = Options;
         var p = TrainedParameters; var g = TrainedGradients;
-        int t = Step + 1;
-        float b1 = o.Beta1, b2 = o.Beta2;
-        float c1 = 1f / (1f - MathF.Pow(b1, t)), c2 = 1f / (1f - MathF.Pow(b2, t));
         foreach (var ten in TrainedTensors)
         {
-            float decay = ten.IsMatrix ? o.WeightDecay : 0f;
-            int end = (int)(ten.Offset + ten.Count);
-            for (int i = (int)ten.Offset; i < end; i++)
-            {
-                float gi = g[i] * gradScale;
-                float mi = _m[i] = b1 * _m[i] + (1 - b1) * gi;
-                float vi = _v[i] = b2 * _v[i] + (1 - b2) * gi * gi;
-                p[i] -= lr * (mi * c1 / (MathF.Sqrt(vi * c2) + o.Epsilon) + decay * p[i]);
-            }
+            int at = (int)ten.Offset, n = (int)ten.Count;
+            AdamWUpdate(p.AsSpan(at, n), g.AsSpan(at, n), _m.AsSpan(at, n), _v.AsSpan(at, n), Step + 1, lr, gradScale,
+                ten.IsMatrix ? o.WeightDecay : 0f, o.Beta1, o.Beta2, o.Epsilon);
+        }
+    }
+
+    /// <summary>
+    /// One AdamW update (Loshchilov &amp; Hutter) of parameters <paramref name="p"/> at step <paramref name="t"/> (from 1):
+    /// the gradient is <paramref name="g"/> · <paramref name="gradScale"/>, the moments <paramref name="m"/> and
+    /// <paramref name="v"/> are bias-corrected, and the weight decay is decoupled: p −= lr·(m̂ / (√v̂ + ε) + decay·p).
+    /// </summary>
+    public static void AdamWUpdate(Span<float> p, ReadOnlySpan<float> g, Span<float> m, Span<float> v, int t, float lr, float gradScale,
+        float decay, float b1, float b2, float eps)
+    {
+        float c1 = 1f / (1f - MathF.Pow(b1, t)), c2 = 1f / (1f - MathF.Pow(b2, t));
+        for (int i = 0; i < p.Length; i++)
+        {
+            float gi = g[i] * gradScale;
+            float mi = m[i] = b1 * m[i] + (1 - b1) * gi;
+            float vi = v[i] = b2 * v[i] + (1 - b2) * gi * gi;
+            p[i] -= lr * (mi * c1 / (MathF.Sqrt(vi * c2) + eps) + decay * p[i]);
         }
     }
 

@@ -144,29 +144,32 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
         Assert.True(Math.Abs(o[(4 * 4 + 0) * 8] - causal[(4 * 4 + 0) * 8]) > 1e-3); // row 4, head 0 sees only itself
         var (full, causal2) = CheckAttention("S2-Attn, one group", null, 29, 8, new int[8], new int[8]);
         for (int i = 0; i < full.Length; i++) Assert.True(Math.Abs(full[i] - causal2[i]) < 1e-5);
+        // with packed documents too (a document starting at 3): each query attends from the later start
+        CheckAttention("S2-Attn over packed documents", null, 31, 8, lower, upper, [0, 0, 0, 3, 3, 3, 3, 3]);
     }
 
     /// <summary>Attention forward against the reference, and dq, dk, dv against central differences, causal or with
     /// <paramref name="keys"/>, or with S2-Attn's segment starts of the lower and upper heads; returns the forward
     /// output and the causal reference's.</summary>
-    (float[] Output, double[] Causal) CheckAttention(string what, int[]? keys, int seed, int T = 5, int[]? lower = null, int[]? upper = null)
+    (float[] Output, double[] Causal) CheckAttention(string what, int[]? keys, int seed, int T = 5, int[]? lower = null, int[]? upper = null,
+        int[]? docs = null)
     {
         int B = 2, Hh = 4, KV = 2, hd = 8;
-        Func<int, int, int>? first = lower == null ? null : (h, t) => 2 * h >= Hh ? upper![t] : lower[t];
+        Func<int, int, int>? first = lower == null ? null : (h, t) => Math.Max(docs?[t] ?? 0, 2 * h >= Hh ? upper![t] : lower[t]);
         var q = Random(B * T * Hh * hd, seed); var k = Random(B * T * KV * hd, seed + 1); var v = Random(B * T * KV * hd, seed + 2); var r = Random(q.Length, seed + 3);
         float[] fq = F(q), fk = F(k), fv = F(v), fr = F(r), o = new float[q.Length], probs = new float[B * Hh * T * T];
         float[] dq = new float[q.Length], dk = new float[k.Length], dv = new float[v.Length], scratch = new float[(4 * hd + 1) * T];
-        int[] lo = lower ?? new int[T], up = upper ?? new int[T];
+        int[] lo = lower ?? new int[T], up = upper ?? new int[T], dc = docs ?? new int[T];
         fixed (float* pq = fq, pk = fk, pv = fv, pr = fr, po = o, pp = probs, pdq = dq, pdk = dk, pdv = dv, ps = scratch)
-        fixed (int* plo = lo, pup = up)
+        fixed (int* plo = lo, pup = up, pdc = dc)
         {
-            int* segLo = lower == null ? null : plo, segUp = lower == null ? null : pup;
+            int* segLo = lower == null ? null : plo, segUp = lower == null ? null : pup, seg = docs == null ? null : pdc;
             for (int b = 0; b < B; b++)
                 for (int kv = 0; kv < KV; kv++)
                 {
                     int n = keys?[b] ?? 0;
-                    Layers.AttentionForward(po, pp, pq, pk, pv, b, kv, T, Hh, KV, hd, ps, n, segLo, segUp);
-                    Layers.AttentionBackward(pdq, pdk, pdv, pr, pp, pq, pk, pv, b, kv, T, Hh, KV, hd, ps, n, segLo, segUp);
+                    Layers.AttentionForward(po, pp, pq, pk, pv, b, kv, T, Hh, KV, hd, ps, n, seg, segLo, segUp);
+                    Layers.AttentionBackward(pdq, pdk, pdv, pr, pp, pq, pk, pv, b, kv, T, Hh, KV, hd, ps, n, seg, segLo, segUp);
                 }
         }
         var reference = Reference.Attention(q, k, v, B, T, Hh, KV, hd, keys, first);

@@ -22,7 +22,10 @@ public class S2AttnTests
             for (int i = 0; i < B * T; i++) { m.Tokens[i] = r.Next(40); m.Targets[i] = r.Next(40); }
             m.S2Group = group;
             if (group == 8)
-                Assert.Equal([0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8], m.SegmentStarts[T..(2 * T)].ToArray()); // the lower heads' groups, per sequence
+            {
+                Assert.Equal([0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8], m.S2GroupStarts(false).ToArray()); // the lower heads' groups
+                Assert.Equal([0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4, 12, 12, 12, 12], m.S2GroupStarts(true).ToArray()); // the upper heads', shifted
+            }
             m.ZeroGradients();
             return m.ForwardBackward(1f / (B * T));
         }
