@@ -63,11 +63,12 @@ static class TrainCommand
         var loraRank = new Option<int>("--lora-rank") { Description = "with --init: train only LoRA adapters of this rank (the base stays frozen) and write OUT/adapter.gguf (llama.cpp's --lora format) instead of a model; 0 = full training", DefaultValueFactory = _ => 0 };
         var loraAlpha = new Option<float?>("--lora-alpha") { Description = "LoRA alpha (the adapter is scaled by alpha/rank; default 2 × rank)" };
         var loraTargets = new Option<string>("--lora-targets") { Description = "projections that get adapters: q,k,v,o,gate,up,down, attn or all", DefaultValueFactory = _ => "all" };
+        var qlora = new Option<bool>("--qlora") { Description = "with --lora-rank: QLoRA — hold the frozen base's block projections in NF4 with double quantization (4.127 bits per weight) instead of F32, dequantized one matrix at a time. A base whose projections are already quantized (Q4_K_M, Q8_0 …) is trained on in its own type without this option" };
         var cmd = new Command("train", "train a tokenizer and a Llama model from scratch on a text corpus, or fine-tune one (--init, optionally with --lora-rank)")
         {
             corpus, valid, outDir, tokenizer, vocab, dim, layers, heads, kvHeads, ffn, ctx, tied, steps, batch, accum, lr, warmup, minLr, wd, clip,
             seed, threads, resume, ckptMinutes, evalEvery, evalBatches, exportType, name, init, passkey, answerWeight, pkMin, repeat,
-            loraRank, loraAlpha, loraTargets, pairs, validPairs, preference, beta, gamma, sft, validSft, pack, s2, ropeScale,
+            loraRank, loraAlpha, loraTargets, pairs, validPairs, preference, beta, gamma, sft, validSft, pack, s2, ropeScale, qlora,
         };
         cmd.SetAction(r =>
         {
@@ -96,9 +97,14 @@ static class TrainCommand
                 if (r.GetValue(tokenizer) != null) throw new CriaException("--init brings its own tokenizer; do not give --tokenizer with it");
                 foreach (var o in new Option[] { vocab, dim, layers, heads, kvHeads, ffn, tied })
                     if (r.GetResult(o) is { Implicit: false }) throw new CriaException($"--init takes the model's shape from {initPath}; do not give {o.Name} with it");
-                imported = GgufImport.Read(initPath);
+                bool adapters = r.GetValue(loraRank) != 0;
+                if (r.GetValue(qlora) && !adapters) throw new CriaException("--qlora trains LoRA adapters on an NF4 base: give --lora-rank");
+                var storage = r.GetValue(qlora) ? BaseStorage.Nf4
+                    : adapters && GgufImport.HasQuantizedProjections(initPath) ? BaseStorage.Keep : BaseStorage.F32;
+                imported = GgufImport.Read(initPath, storage: storage);
                 shapeNoVocab = r.GetResult(ctx) is { Implicit: false } ? imported.Shape with { ContextLength = r.GetValue(ctx) } : imported.Shape;
             }
+            else if (r.GetValue(qlora)) throw new CriaException("--qlora trains LoRA adapters on an existing model: give it with --init MODEL --lora-rank R");
             if (r.GetResult(ropeScale) is { Implicit: false }) shapeNoVocab = shapeNoVocab with { RopeScale = r.GetValue(ropeScale) };
             if (r.GetValue(s2))
             {
@@ -221,7 +227,7 @@ sealed class TrainingRun
             if (!File.Exists(ckpt)) throw new CriaException($"--resume: no checkpoint at {ckpt}");
             vocab = TokenizerVocabulary.Load(File.Exists(tokPath) ? tokPath : TokenizerPath ?? throw new CriaException($"--resume: no tokenizer at {tokPath}"));
             var peek = Trainer.PeekCheckpoint(ckpt);
-            string expect = Trainer.Describe(Shape with { VocabSize = vocab.Count }, Lora);
+            string expect = Trainer.Describe(Shape with { VocabSize = vocab.Count }, Lora, Init?.Frozen);
             if (peek.Shape != expect)
                 throw new CriaException($"checkpoint {ckpt} is from another model ({peek.Shape}); the command line asks for ({expect})");
             if (peek.TokenizerHash != vocab.Hash()) throw new CriaException($"checkpoint {ckpt} was trained with another tokenizer than {tokPath}");
@@ -249,7 +255,7 @@ sealed class TrainingRun
         log.WriteLine($"corpus: {train.Length:N0} training tokens ({(double)text.Length / train.Length:F2} chars/token), {validTokens.Length:N0} validation tokens");
 
         PasskeyDocuments? pk = PasskeyFraction > 0 ? new PasskeyDocuments(tok, train, PasskeyMinLength) : null;
-        using var trainer = new Trainer(shape, Options, train, tok.Bos, lora: Lora)
+        using var trainer = new Trainer(shape, Options, train, tok.Bos, lora: Lora, frozenBase: Init?.Frozen)
         {
             Documents = pk != null ? (ref TrainingRng g, int max) => pk.Next(ref g, max) : null,
             DocumentFraction = PasskeyFraction,
@@ -272,9 +278,10 @@ sealed class TrainingRun
             if (File.Exists(csv)) history.AddRange(File.ReadAllLines(csv).Skip(1).Where(l => int.Parse(l.Split(',')[0], CultureInfo.InvariantCulture) <= trainer.Step));
             log.WriteLine($"resumed at step {trainer.Step} ({trainer.TokensSeen:N0} tokens seen)");
         }
-        long nParams = trainer.Model.Layout.ParameterCount;
+        long nParams = trainer.Model.Layout.AllTensors.Sum(t => t.Count);
         if (trainer.Model.Lora is { } lay)
             log.WriteLine($"LoRA: rank {Lora!.Rank}, alpha {Lora.Alpha}, on {Lora.Targets}: {lay.Tensors.Sum(t => t.Count):N0} trained parameters; the base's {nParams:N0} are frozen");
+        LogFrozenBase(trainer, log);
         log.WriteLine($"model: {shape}; {nParams:N0} parameters; batch {Options.BatchSize}×{trainer.Model.SeqLen} × accum {Options.GradAccumulation}; {trainer.Model.Threads} threads");
 
         bool tty = !Console.IsOutputRedirected;
@@ -419,10 +426,17 @@ sealed class TrainingRun
     Trainer FineTuneTrainer(Tokenization.Tokenizer tok, int T)
     {
         Directory.CreateDirectory(OutDir);
-        var trainer = new Trainer(Shape, Options, [], tok.Bos, seqLen: T, lora: Lora);
+        var trainer = new Trainer(Shape, Options, [], tok.Bos, seqLen: T, lora: Lora, frozenBase: Init?.Frozen);
         trainer.SetParameters(Init!.Parameters);
         if (trainer.Model.Lora is { } lay) Console.Error.WriteLine($"LoRA: rank {Lora!.Rank}, alpha {Lora.Alpha}, on {Lora.Targets}: {lay.Tensors.Sum(t => t.Count):N0} trained parameters; the base is frozen");
+        LogFrozenBase(trainer, Console.Error);
         return trainer;
+    }
+
+    static void LogFrozenBase(Trainer trainer, TextWriter log)
+    {
+        if (trainer.Model.Frozen is { } fb)
+            log.WriteLine(FormattableString.Invariant($"frozen base projections: {fb.Kind}, {fb.Bytes / 1048576.0:F1} MiB ({fb.BitsPerWeight:F3} bits per weight; F32 would be {fb.Matrices.Sum(m => (long)m.Rows * m.Cols) * 4 / 1048576.0:F1} MiB), dequantized one matrix at a time"));
     }
 
     /// <summary>Writes a --pairs or --sft run's model (or adapter) and its "done" line.</summary>

@@ -11,13 +11,29 @@ namespace Cria.Training;
 /// </summary>
 public static class GgufImport
 {
-    public sealed record Imported(LlamaShape Shape, TokenizerVocabulary Vocabulary, float[] Parameters);
+    /// <summary>The model read: <paramref name="Parameters"/> in <see cref="ParameterLayout"/>'s layout, which lacks the
+    /// block projections when they are kept as <paramref name="Frozen"/> (a LoRA run's compressed base).</summary>
+    public sealed record Imported(LlamaShape Shape, TokenizerVocabulary Vocabulary, float[] Parameters, FrozenBase? Frozen = null);
+
+    static readonly string[] ProjectionNames = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
+
+    /// <summary>Whether the block projections of <paramref name="path"/> are stored in a quantized type (not F32, F16 or
+    /// BF16): the trainer can then train LoRA adapters on it (<see cref="BaseStorage.Keep"/>) but not the weights.</summary>
+    public static bool HasQuantizedProjections(string path)
+    {
+        if (!File.Exists(path)) return false;
+        using var f = GgufFile.Open(path);
+        return f.TryGetTensor("blk.0.attn_q.weight", out var info) && info.Type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16);
+    }
 
     /// <summary>Loads <paramref name="path"/>; throws a <see cref="CriaException"/> naming what does not fit the trainer,
     /// its message starting with <paramref name="caller"/> (the option that asked for it).
     /// <paramref name="swiftKv"/>: accept a SwiftKV model (<c>cria swiftkv</c>) and read its original tensors (SwiftKV
-    /// distillation); otherwise it is refused.</summary>
-    public static Imported Read(string path, string caller = "--init", bool swiftKv = false)
+    /// distillation); otherwise it is refused.
+    /// <paramref name="storage"/>: how the block projections are held — F32 parameters (F32/F16 files only), the file's
+    /// own type (any type), or NF4 (QLoRA; F32/F16/BF16 files); with the last two, the other tensors may be in any type
+    /// too and are dequantized to F32.</summary>
+    public static Imported Read(string path, string caller = "--init", bool swiftKv = false, BaseStorage storage = BaseStorage.F32)
     {
         if (!File.Exists(path)) throw new CriaException($"{caller}: {path} does not exist");
         var vocab = TokenizerVocabulary.Load(path);
@@ -48,15 +64,26 @@ public static class GgufImport
             throw new CriaException($"{caller}: {path} rotates {U("llama.rope.dimension_count")} of {shape.HeadDim} head dimensions; the trainer rotates all");
         if (f.Has("llama.rope.scaling.type") && f.Get<string>("llama.rope.scaling.type") is not ("none" or "linear"))
             throw new CriaException($"{caller}: {path} has RoPE scaling ({f.Get<string>("llama.rope.scaling.type")}); the trainer applies linear scaling only");
-        var layout = new ParameterLayout(shape);
+        bool frozen = storage != BaseStorage.F32;
+        var layout = new ParameterLayout(shape, frozenMatrices: frozen);
         var p = new float[layout.Count];
-        foreach (var t in layout.Tensors)
+        var matrices = new FrozenMatrix[frozen ? shape.Layers * 7 : 0];
+        foreach (var t in layout.AllTensors)
         {
             if (!f.TryGetTensor(t.Name, out var info)) throw new CriaException($"{caller}: {path} lacks tensor {t.Name}");
             if (info.ElementCount != t.Count || info.RowLength != t.Cols)
                 throw new CriaException($"{caller}: tensor {info} of {path} does not have the shape [{t.Cols}, {t.Rows}] its metadata implies");
-            var dst = p.AsSpan((int)t.Offset, (int)t.Count);
             var src = f.TensorData(info);
+            if (t.Offset < 0)
+            {
+                matrices[ProjectionIndex(t.Name)] = storage == BaseStorage.Keep
+                    ? new GgmlFrozenMatrix(info.Type, src, t.Rows, t.Cols)
+                    : info.Type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16
+                        ? new Nf4FrozenMatrix(Nf4Tensor.Quantize(Decode(info.Type, src, t.Count), doubleQuant: true), t.Rows, t.Cols)
+                        : throw new CriaException($"{caller}: --qlora quantizes an F32/F16/BF16 base to NF4, and tensor {info} of {path} is already {info.Type}; train LoRA on it as it is (without --qlora)");
+                continue;
+            }
+            var dst = p.AsSpan((int)t.Offset, (int)t.Count);
             switch (info.Type)
             {
                 case GgmlType.F32: MemoryMarshal.Cast<byte, float>(src).CopyTo(dst); break;
@@ -64,12 +91,27 @@ public static class GgufImport
                     var h = MemoryMarshal.Cast<byte, Half>(src);
                     for (int i = 0; i < dst.Length; i++) dst[i] = (float)h[i];
                     break;
-                default: throw new CriaException($"{caller}: tensor {info} of {path} is {info.Type}; only F32 and F16 weights can be trained from");
+                case var other when frozen: Decode(other, src, t.Count).CopyTo(dst); break;
+                default: throw new CriaException($"{caller}: tensor {info} of {path} is {info.Type}; only F32 and F16 weights can be trained from (LoRA adapters, --lora-rank, can be trained on a quantized base)");
             }
         }
-        int expected = layout.Tensors.Length + (isSwift ? f.Tensors.Count(t => t.Name.Contains("swiftkv", StringComparison.Ordinal)) : 0);
+        int expected = layout.AllTensors.Length + (isSwift ? f.Tensors.Count(t => t.Name.Contains("swiftkv", StringComparison.Ordinal)) : 0);
         if (f.Tensors.Count != expected)
             throw new CriaException($"{caller}: {path} has {f.Tensors.Count} tensors, a llama model of this shape has {expected} (unknown extra tensors)");
-        return new Imported(shape, vocab, p);
+        return new Imported(shape, vocab, p, frozen ? new FrozenBase(shape, matrices) : null);
+    }
+
+    /// <summary>[layer · 7 + target] of a block projection's tensor name (blk.N.attn_q.weight …).</summary>
+    static int ProjectionIndex(string name)
+    {
+        var parts = name.Split('.');
+        return int.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture) * 7 + Array.IndexOf(ProjectionNames, parts[2]);
+    }
+
+    static float[] Decode(GgmlType type, ReadOnlySpan<byte> src, long count)
+    {
+        var x = new float[count];
+        Dequantize.Row(type, src, x);
+        return x;
     }
 }

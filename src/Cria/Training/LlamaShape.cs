@@ -70,18 +70,35 @@ public sealed class ParameterLayout
     /// <summary>Offset of the output head (the token embedding when tied).</summary>
     public long Output { get; }
     public LayerOffsets[] Blocks { get; }
+    /// <summary>Whether the blocks' seven projections live outside the parameters (a LoRA run's <see cref="FrozenBase"/>):
+    /// their offsets are then −1 and <see cref="Tensors"/> lacks them.</summary>
+    public bool FrozenMatrices { get; }
+    /// <summary>Every tensor of the model in file order, the frozen projections (offset −1) included.</summary>
+    public ParameterTensor[] AllTensors { get; }
 
-    public readonly record struct LayerOffsets(long AttnNorm, long Wq, long Wk, long Wv, long Wo, long FfnNorm, long WGate, long WUp, long WDown);
+    public readonly record struct LayerOffsets(long AttnNorm, long Wq, long Wk, long Wv, long Wo, long FfnNorm, long WGate, long WUp, long WDown)
+    {
+        /// <summary>Offset of projection <paramref name="target"/> in LoRA's order q, k, v, o, gate, up, down.</summary>
+        public long Matrix(int target) => target switch
+        {
+            0 => Wq, 1 => Wk, 2 => Wv, 3 => Wo, 4 => WGate, 5 => WUp, 6 => WDown,
+            _ => throw new ArgumentOutOfRangeException(nameof(target)),
+        };
+    }
 
-    public ParameterLayout(LlamaShape s)
+    public ParameterLayout(LlamaShape s, bool frozenMatrices = false)
     {
         Shape = s;
+        FrozenMatrices = frozenMatrices;
         var list = new List<ParameterTensor>();
+        var all = new List<ParameterTensor>();
         long at = 0;
-        long Add(string name, int rows, int cols, bool matrix)
+        long Add(string name, int rows, int cols, bool matrix, bool projection = false)
         {
+            if (projection && frozenMatrices) { all.Add(new ParameterTensor(name, -1, rows, cols, matrix)); return -1; }
             long off = at;
             list.Add(new ParameterTensor(name, off, rows, cols, matrix));
+            all.Add(list[^1]);
             at += (long)rows * cols;
             at = (at + 15) & ~15L; // 64-byte alignment of every tensor
             return off;
@@ -94,18 +111,19 @@ public sealed class ParameterLayout
             string p = $"blk.{l}.";
             Blocks[l] = new LayerOffsets(
                 Add(p + "attn_norm.weight", 1, d, false),
-                Add(p + "attn_q.weight", d, d, true),
-                Add(p + "attn_k.weight", kv, d, true),
-                Add(p + "attn_v.weight", kv, d, true),
-                Add(p + "attn_output.weight", d, d, true),
+                Add(p + "attn_q.weight", d, d, true, true),
+                Add(p + "attn_k.weight", kv, d, true, true),
+                Add(p + "attn_v.weight", kv, d, true, true),
+                Add(p + "attn_output.weight", d, d, true, true),
                 Add(p + "ffn_norm.weight", 1, d, false),
-                Add(p + "ffn_gate.weight", f, d, true),
-                Add(p + "ffn_up.weight", f, d, true),
-                Add(p + "ffn_down.weight", d, f, true));
+                Add(p + "ffn_gate.weight", f, d, true, true),
+                Add(p + "ffn_up.weight", f, d, true, true),
+                Add(p + "ffn_down.weight", d, f, true, true));
         }
         OutputNorm = Add("output_norm.weight", 1, d, false);
         Output = s.TiedEmbeddings ? TokenEmbedding : Add("output.weight", s.VocabSize, d, true);
         Tensors = list.ToArray();
+        AllTensors = all.ToArray();
         Count = at;
     }
 

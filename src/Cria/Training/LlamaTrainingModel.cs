@@ -35,6 +35,10 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     public SwiftKvLayout? SwiftKv { get; }
     public float[] SwiftKvParameters { get; } = [];
     public float[] SwiftKvGradients { get; } = [];
+    /// <summary>QLoRA: the base's block projections kept compressed outside <see cref="Parameters"/> (then
+    /// <see cref="ParameterLayout.FrozenMatrices"/>), each dequantized into one scratch matrix before the product that
+    /// reads it; null when they are F32 parameters.</summary>
+    public FrozenBase? Frozen { get; }
     /// <summary>Whether <see cref="Forward"/> runs the SwiftKV wiring (default, with <see cref="SwiftKv"/> set) or the original model.</summary>
     public bool SwiftKvOn { get; set; }
 
@@ -51,6 +55,9 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     readonly float* _hs, _rstdS;       // [N, D], [N]   SwiftKV: h = swiftkv_norm(x_L), the one K/V input of layers ≥ L
     readonly float*[] _dKs = [], _dVs = []; // [owner][N, KV] gradients of an AcrossKV group's shared keys (before RoPE) and values
     readonly float* _teacher;          // [N, V]        SwiftKV distillation: the original model's logits
+    readonly float* _w;                // [max out, in] QLoRA: the frozen matrix the next product reads, dequantized
+    FrozenMatrix? _dequant;            //               the matrix _dequantBody decodes
+    readonly ForJob.Body? _dequantBody;
     readonly float*[] _loraT = [];     // [layer · 7 + target][N, r]  (α/r)·x·Aᵀ, kept for the backward
     readonly float*[] _loraBt = [];    // [layer · 7 + target][r, out] Bᵀ, so every adapter product runs long rows (see LoraForward)
     readonly float* _loraDt, _loraDbt; // [N, r], [r, max out]        scratch of the adapter backward
@@ -98,9 +105,10 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     float _gradScale;
 
     public LlamaTrainingModel(LlamaShape shape, int batchSize, int seqLen, int threads, LoraOptions? lora = null, ClassifierOptions? classifier = null,
-        (int KvLayers, int Group)? swiftKv = null)
+        (int KvLayers, int Group)? swiftKv = null, FrozenBase? frozenBase = null)
     {
         if (swiftKv != null && (lora != null || classifier != null)) throw new CriaException("SwiftKV distillation trains the SwiftKV projections alone (no LoRA, no classifier)");
+        if (frozenBase != null && (lora == null || swiftKv != null)) throw new CriaException("a compressed frozen base (QLoRA) is for LoRA training: give a LoRA rank");
         shape.Validate();
         if (classifier != null && lora == null) throw new CriaException("a classifier trains LoRA adapters and its head; give a LoRA rank");
         classifier?.Validate();
@@ -108,7 +116,9 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         if (batchSize <= 0 || seqLen <= 0) throw new CriaException($"batch size and sequence length must be positive, got {batchSize} and {seqLen}");
         if (seqLen > shape.ContextLength) throw new CriaException($"sequence length {seqLen} exceeds the model's context length {shape.ContextLength}");
         Shape = shape;
-        Layout = new ParameterLayout(shape);
+        Layout = new ParameterLayout(shape, frozenMatrices: frozenBase != null);
+        if (frozenBase != null) _ = new FrozenBase(shape, frozenBase.Matrices); // checks every matrix's shape
+        Frozen = frozenBase;
         BatchSize = batchSize; SeqLen = seqLen;
         int N = Rows = batchSize * seqLen;
         _pool = new WorkerPool(Math.Max(1, threads));
@@ -173,6 +183,11 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
                 int owner = kvLayers + SwiftKv.OwnerOf(l) * group;
                 _k[l] = _k[owner]; _v[l] = _v[owner];
             }
+        }
+        if (frozenBase != null)
+        {
+            _w = Floats(frozenBase.Matrices.Max(m => (long)m.Rows * m.Cols));
+            _dequantBody = (r0, r1, _) => _dequant!.DequantizeRows(r0, r1, _w);
         }
         _attnForward = AttentionForwardBody;
         _attnBackward = AttentionBackwardBody;
@@ -317,8 +332,13 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     public void Initialize(ref TrainingRng rng)
     {
         float std = 0.02f, resid = std / MathF.Sqrt(2f * Shape.Layers);
-        foreach (var t in Layout.Tensors)
+        foreach (var t in Layout.AllTensors)
         {
+            if (t.Offset < 0) // a frozen projection: draw its numbers all the same, so the adapters start as with an F32 base
+            {
+                for (long i = 0; i < t.Count; i++) rng.NextGaussian();
+                continue;
+            }
             var span = Parameters.AsSpan((int)t.Offset, (int)t.Count);
             if (!t.IsMatrix) { span.Fill(1f); continue; }
             float s = t.Name.EndsWith("attn_output.weight") || t.Name.EndsWith("ffn_down.weight") ? resid : std;
@@ -375,6 +395,16 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         MatMulNN(_loraDt, LP + q.A, dx, N, q.In, r);
     }
 
+    /// <summary>Projection <paramref name="target"/> (q, k, v, o, gate, up, down) of layer <paramref name="l"/> as F32
+    /// [out, in]: in the parameters, or (QLoRA) dequantized into the scratch matrix, valid until the next call.</summary>
+    float* W(int l, int target)
+    {
+        if (Frozen == null) return P + Layout.Blocks[l].Matrix(target);
+        _dequant = Frozen.Matrices[l * 7 + target];
+        _for.Run(_pool, _dequant.Rows, 16, _dequantBody!);
+        return _w;
+    }
+
     static void Scale(float* y, float a, long n)
     {
         for (long i = 0; i < n; i++) y[i] *= a;
@@ -424,23 +454,23 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
             }
             else
             {
-                MatMulNT(_xn1[l], P + o.Wq, _q[l], N, QD, D);
-                MatMulNT(_xn1[l], P + o.Wk, _k[l], N, KV, D);
-                MatMulNT(_xn1[l], P + o.Wv, _v[l], N, KV, D);
+                MatMulNT(_xn1[l], W(l, 0), _q[l], N, QD, D);
+                MatMulNT(_xn1[l], W(l, 1), _k[l], N, KV, D);
+                MatMulNT(_xn1[l], W(l, 2), _v[l], N, KV, D);
                 LoraForward(l, 0, _xn1[l], _q[l]); LoraForward(l, 1, _xn1[l], _k[l]); LoraForward(l, 2, _xn1[l], _v[l]);
                 Rope(_q[l], _k[l], backward: false);
             }
             Attention(l, backward: false);
-            MatMulNT(_att[l], P + o.Wo, _xMid[l], N, D, QD);
+            MatMulNT(_att[l], W(l, 3), _xMid[l], N, D, QD);
             LoraForward(l, 3, _att[l], _xMid[l]);
             Add(_xMid[l], x, (long)N * D);
             // ---- feed-forward: xOut = xMid + Wdown · (silu(Wgate·n) ⊙ Wup·n), n = rmsnorm(xMid) ----
             RmsNormForward(_xn2[l], _rstd2[l], _xMid[l], P + o.FfnNorm);
-            MatMulNT(_xn2[l], P + o.WGate, _g[l], N, F, D);
-            MatMulNT(_xn2[l], P + o.WUp, _u[l], N, F, D);
+            MatMulNT(_xn2[l], W(l, 4), _g[l], N, F, D);
+            MatMulNT(_xn2[l], W(l, 5), _u[l], N, F, D);
             LoraForward(l, 4, _xn2[l], _g[l]); LoraForward(l, 5, _xn2[l], _u[l]);
             SwiGlu(_h[l], _g[l], _u[l]);
-            MatMulNT(_h[l], P + o.WDown, _xIn[l + 1], N, D, F);
+            MatMulNT(_h[l], W(l, 6), _xIn[l + 1], N, D, F);
             LoraForward(l, 6, _h[l], _xIn[l + 1]);
             Add(_xIn[l + 1], _xMid[l], (long)N * D);
         }
@@ -793,20 +823,20 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
             var o = Layout.Blocks[l];
             // xOut = xMid + h · Wdownᵀ
             Clear(_dh, (long)N * F);
-            MatMulNN(_dres, P + o.WDown, _dh, N, F, D);
+            MatMulNN(_dres, W(l, 6), _dh, N, F, D);
             WeightGradient(_dres, _h[l], o.WDown, D, F, N);
             LoraBackward(l, 6, _dres, _h[l], _dh);
             SwiGluBackward(_dg, _du, _dh, _g[l], _u[l]);
             Clear(_dxn, (long)N * D);
-            MatMulNN(_dg, P + o.WGate, _dxn, N, D, F);
-            MatMulNN(_du, P + o.WUp, _dxn, N, D, F);
+            MatMulNN(_dg, W(l, 4), _dxn, N, D, F);
+            MatMulNN(_du, W(l, 5), _dxn, N, D, F);
             WeightGradient(_dg, _xn2[l], o.WGate, F, D, N);
             WeightGradient(_du, _xn2[l], o.WUp, F, D, N);
             LoraBackward(l, 4, _dg, _xn2[l], _dxn); LoraBackward(l, 5, _du, _xn2[l], _dxn);
             Layers.RmsNormBackward(_dres, G + o.FfnNorm, _dxn, _xMid[l], P + o.FfnNorm, _rstd2[l], D, 0, N);
             // xMid = x + att · Woᵀ
             Clear(_datt, (long)N * QD);
-            MatMulNN(_dres, P + o.Wo, _datt, N, QD, D);
+            MatMulNN(_dres, W(l, 3), _datt, N, QD, D);
             WeightGradient(_dres, _att[l], o.Wo, D, QD, N);
             LoraBackward(l, 3, _dres, _att[l], _datt);
             Clear(_dk, (long)N * KV); Clear(_dv, (long)N * KV);
@@ -835,9 +865,9 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
                 return;
             }
             Clear(_dxn, (long)N * D);
-            MatMulNN(_dq, P + o.Wq, _dxn, N, D, QD);
-            MatMulNN(_dk, P + o.Wk, _dxn, N, D, KV);
-            MatMulNN(_dv, P + o.Wv, _dxn, N, D, KV);
+            MatMulNN(_dq, W(l, 0), _dxn, N, D, QD);
+            MatMulNN(_dk, W(l, 1), _dxn, N, D, KV);
+            MatMulNN(_dv, W(l, 2), _dxn, N, D, KV);
             WeightGradient(_dq, _xn1[l], o.Wq, QD, D, N);
             WeightGradient(_dk, _xn1[l], o.Wk, KV, D, N);
             WeightGradient(_dv, _xn1[l], o.Wv, KV, D, N);

@@ -85,14 +85,14 @@ public sealed partial class Trainer : IDisposable
     public int[]? RepeatAlphabet { get; init; }
 
     public Trainer(LlamaShape shape, TrainingOptions options, int[] trainTokens, int bos, int? seqLen = null, LoraOptions? lora = null,
-        ClassifierOptions? classifier = null, (int KvLayers, int Group)? swiftKv = null)
+        ClassifierOptions? classifier = null, (int KvLayers, int Group)? swiftKv = null, FrozenBase? frozenBase = null)
     {
         Options = options;
         options.Validate();
         int T = seqLen ?? shape.ContextLength;
         // An empty corpus makes a trainer for preference steps only (PreferenceStep brings its own pairs).
         if (trainTokens.Length > 0 && trainTokens.Length < T + 1) throw new CriaException($"the corpus has {trainTokens.Length} tokens, fewer than one sequence of {T + 1}");
-        Model = new LlamaTrainingModel(shape, options.BatchSize, T, options.Threads, lora, classifier, swiftKv) { S2Group = options.S2Group };
+        Model = new LlamaTrainingModel(shape, options.BatchSize, T, options.Threads, lora, classifier, swiftKv, frozenBase) { S2Group = options.S2Group };
         _data = trainTokens;
         _bos = bos;
         _m = new float[TrainedCount];
@@ -108,11 +108,13 @@ public sealed partial class Trainer : IDisposable
     float[] TrainedGradients => Model.Lora != null ? Model.LoraGradients : Model.SwiftKv != null ? Model.SwiftKvGradients : Model.Gradients;
     ParameterTensor[] TrainedTensors => Model.Lora?.Tensors ?? Model.SwiftKv?.Tensors ?? Model.Layout.Tensors;
     long TrainedCount => Model.Lora?.Count ?? Model.SwiftKv?.Count ?? Model.Layout.Count;
-    string ShapeText => Describe(Model.Shape, Model.Lora?.Options);
+    string ShapeText => Describe(Model.Shape, Model.Lora?.Options, Model.Frozen);
 
-    /// <summary>What a checkpoint records as the model it trains: the shape, and the LoRA settings when only adapters train.</summary>
-    public static string Describe(LlamaShape shape, LoraOptions? lora) =>
-        lora is { } l ? FormattableString.Invariant($"{shape} lora r={l.Rank} alpha={l.Alpha} targets={l.Targets}") : shape.ToString();
+    /// <summary>What a checkpoint records as the model it trains: the shape, the LoRA settings when only adapters train,
+    /// and how a compressed frozen base is stored (its parameters then lack the projections).</summary>
+    public static string Describe(LlamaShape shape, LoraOptions? lora, FrozenBase? frozen = null) =>
+        (lora is { } l ? FormattableString.Invariant($"{shape} lora r={l.Rank} alpha={l.Alpha} targets={l.Targets}") : shape.ToString())
+        + (frozen != null ? $" base {frozen.Kind}" : "");
 
     /// <summary>One optimizer step over GradAccumulation micro-batches.</summary>
     public StepResult TrainStep()
