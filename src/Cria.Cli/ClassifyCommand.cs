@@ -126,7 +126,7 @@ static class ClassifyCommand
             var options = training.Training(r);
             var lora = training.Lora(r);
             int T = r.GetValue(ctx), every = training.EvalEvery(r);
-            var imported = GgufImport.Read(DefaultModel.Resolve(r.GetValue(init)));
+            var imported = GgufImport.ReadForAdapters(DefaultModel.Resolve(r.GetValue(init)));
             if (T < 2 || T > imported.Shape.ContextLength) throw new CriaException($"--ctx {T} must be in 2..{imported.Shape.ContextLength}");
             var tok = imported.Vocabulary.CreateTokenizer();
             if (pooling == ClassifierPooling.Token) return TrainTagger(r, imported, tok, options, lora, T, every, bidirectional, r.GetValue(train)!, r.GetValue(valid), r.GetValue(outDir)!);
@@ -138,7 +138,7 @@ static class ClassifyCommand
             string dir = r.GetValue(outDir)!;
             Directory.CreateDirectory(dir);
             var log = Console.Error;
-            using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: lora, classifier: clf);
+            using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: lora, classifier: clf, frozenBase: imported.Frozen);
             trainer.SetParameters(imported.Parameters);
             int pad = tok.Eos >= 0 ? tok.Eos : 0;
             var counts = labels.Select((_, i) => examples.Count(e => e.Label == i)).ToArray();
@@ -175,7 +175,7 @@ static class ClassifyCommand
         int outside = Outside(tags, examples);
         Directory.CreateDirectory(dir);
         var log = Console.Error;
-        using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: lora, classifier: clf);
+        using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: lora, classifier: clf, frozenBase: imported.Frozen);
         trainer.SetParameters(imported.Parameters);
         int pad = tok.Eos >= 0 ? tok.Eos : 0;
         var counts = tags.Select((_, i) => examples.Sum(e => e.Tags.Count(t => t == i))).ToArray();
@@ -211,9 +211,9 @@ static class ClassifyCommand
     /// which the generation engine's causal attention cannot run, are evaluated here.</summary>
     public static Trainer ForwardTrainer(string modelPath, string purpose, Cria.Models.LoraAdapter adapter, ClassifierOptions head, float[] weights, int seqLen, int texts, int threads, int bos)
     {
-        var imported = GgufImport.Read(modelPath, purpose);
+        var imported = GgufImport.ReadForAdapters(modelPath, purpose);
         var options = new TrainingOptions { BatchSize = Math.Max(1, Math.Min(8, texts)), Steps = 1, WarmupSteps = 0, Threads = Math.Max(1, threads) };
-        var trainer = new Trainer(imported.Shape, options, [], bos, seqLen: seqLen, lora: LoraLayout.OptionsOf(adapter), classifier: head);
+        var trainer = new Trainer(imported.Shape, options, [], bos, seqLen: seqLen, lora: LoraLayout.OptionsOf(adapter), classifier: head, frozenBase: imported.Frozen);
         trainer.SetParameters(imported.Parameters);
         var lay = trainer.Model.Lora!;
         lay.Load(adapter, trainer.Model.LoraParameters);

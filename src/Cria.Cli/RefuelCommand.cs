@@ -66,7 +66,7 @@ static class RefuelCommand
             var options = training.Training(r, steps: N * perIteration);
             var lora = training.Lora(r);
 
-            var imported = GgufImport.Read(modelPath, "REFUEL training");
+            var imported = GgufImport.ReadForAdapters(modelPath, "REFUEL training");
             using var model = LlamaModel.Open(modelPath);
             var tok = model.Tokenizer;
             var openings = ReadOpenings(r.GetValue(prompts)!, tok);
@@ -79,7 +79,7 @@ static class RefuelCommand
             Directory.CreateDirectory(dir);
             var log = Console.Error;
 
-            using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: longest, lora: lora);
+            using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: longest, lora: lora, frozenBase: imported.Frozen);
             trainer.SetParameters(imported.Parameters);
             log.WriteLine($"REFUEL: {openings.Count} openings, {B} dialogues × 2 branches per iteration, {game.Turns} policy turns of {game.ResponseTokens} tokens, user turns of {game.UserTokens}; reward on {game.Scored.ToString().ToLowerInvariant()} turns; η {loss.Beta}; {perIteration} steps per iteration, {options.Steps} in all");
             log.WriteLine($"LoRA rank {lora.Rank}, alpha {lora.Alpha}, on {lora.Targets}: {trainer.Model.Lora!.Count:N0} trained parameters; the base (and the user simulator) is frozen");

@@ -109,7 +109,7 @@ static class RewardCommand
             if (objective == ClassifierObjective.BradleyTerry && options.BatchSize % 2 != 0) throw new CriaException($"--batch {options.BatchSize}: pairs need an even batch (chosen and rejected)");
             var lora = training.Lora(r);
             int T = r.GetValue(ctx), every = training.EvalEvery(r);
-            var imported = GgufImport.Read(DefaultModel.Resolve(r.GetValue(init)));
+            var imported = GgufImport.ReadForAdapters(DefaultModel.Resolve(r.GetValue(init)));
             if (T < 2 || T > imported.Shape.ContextLength) throw new CriaException($"--ctx {T} must be in 2..{imported.Shape.ContextLength}");
             var tok = imported.Vocabulary.CreateTokenizer();
             var records = Read(r.GetValue(train)!, tok);
@@ -132,7 +132,7 @@ static class RewardCommand
             string dir = r.GetValue(outDir)!;
             Directory.CreateDirectory(dir);
             var log = Console.Error;
-            using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: lora, classifier: head);
+            using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: lora, classifier: head, frozenBase: imported.Frozen);
             trainer.SetParameters(imported.Parameters);
             int pad = tok.Eos >= 0 ? tok.Eos : 0;
             log.WriteLine($"{lossName} reward model ({head.ModeName}): {(pairs.Count > 0 ? $"{pairs.Count} pairs" : $"{rated.Count} rated texts")}" +

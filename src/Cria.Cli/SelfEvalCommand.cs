@@ -65,7 +65,7 @@ static class SelfEvalCommand
             if (!(partialFraction >= 0 && partialFraction <= 1)) throw new CriaException($"--partial-fraction must be in [0, 1], got {partialFraction}");
             if (!(held >= 0 && held < 1)) throw new CriaException($"--holdout must be in [0, 1), got {held}");
             int T = r.GetValue(ctx), N = r.GetValue(samples), tokens = r.GetValue(n), threadCount = options.Threads;
-            var imported = GgufImport.Read(modelPath, "self-evaluation training");
+            var imported = GgufImport.ReadForAdapters(modelPath, "self-evaluation training");
             if (T < 8 || T > imported.Shape.ContextLength) throw new CriaException($"--ctx {T} must be in 8..{imported.Shape.ContextLength}");
             var tok = imported.Vocabulary.CreateTokenizer();
             var format = SelfEvalFormat.Create(tok);
@@ -91,7 +91,7 @@ static class SelfEvalCommand
             var valid = groups.Skip(groups.Count - nHeld).ToList();
             if (train.Count == 0) throw new CriaException("no groups left to train on after the hold-out");
 
-            using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: lora);
+            using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: lora, frozenBase: imported.Frozen);
             trainer.SetParameters(imported.Parameters);
             log.WriteLine($"self-evaluation: {train.Count} groups ({train.Sum(g => g.Responses.Length)} responses){(valid.Count > 0 ? $", {valid.Count} held out" : "")}; {T} tokens per row");
             log.WriteLine($"LoRA rank {lora.Rank}, alpha {lora.Alpha}, on {lora.Targets}: {trainer.Model.Lora!.Count:N0} trained parameters; the base is frozen");

@@ -99,9 +99,7 @@ static class TrainCommand
                     if (r.GetResult(o) is { Implicit: false }) throw new CriaException($"--init takes the model's shape from {initPath}; do not give {o.Name} with it");
                 bool adapters = r.GetValue(loraRank) != 0;
                 if (r.GetValue(qlora) && !adapters) throw new CriaException("--qlora trains LoRA adapters on an NF4 base: give --lora-rank");
-                var storage = r.GetValue(qlora) ? BaseStorage.Nf4
-                    : adapters && GgufImport.HasQuantizedProjections(initPath) ? BaseStorage.Keep : BaseStorage.F32;
-                imported = GgufImport.Read(initPath, storage: storage);
+                imported = adapters ? GgufImport.ReadForAdapters(initPath, nf4: r.GetValue(qlora)) : GgufImport.Read(initPath);
                 shapeNoVocab = r.GetResult(ctx) is { Implicit: false } ? imported.Shape with { ContextLength = r.GetValue(ctx) } : imported.Shape;
             }
             else if (r.GetValue(qlora)) throw new CriaException("--qlora trains LoRA adapters on an existing model: give it with --init MODEL --lora-rank R");
@@ -326,6 +324,8 @@ sealed class TrainingRun
         }
         if (tty) Console.Out.WriteLine();
         Save(true);
+        if (trainer.Model.Frozen != null)
+            log.WriteLine(FormattableString.Invariant($"dequantizing the frozen base: {trainer.Model.ProfileSeconds[4]:F1} s of the products' {trainer.Model.ProfileSeconds[0] + trainer.Model.ProfileSeconds[4]:F1} s"));
         Console.Out.WriteLine($"done: {trainer.Step} steps, {trainer.TokensSeen:N0} tokens, best validation loss {(float.IsInfinity(bestVal) ? "n/a" : bestVal.ToString("F4"))}; {(Lora != null ? "adapter" : "model")}: {Path.Combine(OutDir, Lora != null ? "adapter.gguf" : "model.gguf")}");
         return 0;
     }

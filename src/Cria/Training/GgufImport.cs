@@ -26,6 +26,12 @@ public static class GgufImport
         return f.TryGetTensor("blk.0.attn_q.weight", out var info) && info.Type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16);
     }
 
+    /// <summary>Loads a base for LoRA training (the adapters are what trains): projections that are quantized in the
+    /// file stay in their type (<see cref="BaseStorage.Keep"/>); F32/F16 ones become F32 parameters, or NF4 with
+    /// <paramref name="nf4"/> (QLoRA).</summary>
+    public static Imported ReadForAdapters(string path, string caller = "--init", bool nf4 = false) =>
+        Read(path, caller, storage: nf4 ? BaseStorage.Nf4 : HasQuantizedProjections(path) ? BaseStorage.Keep : BaseStorage.F32);
+
     /// <summary>Loads <paramref name="path"/>; throws a <see cref="CriaException"/> naming what does not fit the trainer,
     /// its message starting with <paramref name="caller"/> (the option that asked for it).
     /// <paramref name="swiftKv"/>: accept a SwiftKV model (<c>cria swiftkv</c>) and read its original tensors (SwiftKV

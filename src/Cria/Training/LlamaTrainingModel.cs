@@ -19,6 +19,8 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     /// <summary>Rows per micro-batch (B·T).</summary>
     public int Rows { get; }
     public float[] Parameters { get; }
+    /// <summary>Gradients of <see cref="Parameters"/>; empty when the base is frozen (LoRA, SwiftKV distillation), whose
+    /// weights get none.</summary>
     public float[] Gradients { get; }
     public int Threads => _pool.Count;
     /// <summary>With LoRA: the adapters' layout, parameters and gradients. The base parameters are then frozen: the
@@ -49,7 +51,8 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     readonly ForJob.Body _attnForward, _attnBackward, _crossEntropy, _rmsForward, _rope, _swiGluForward, _swiGluBackward;
     float* _a0, _a1, _a2, _a3, _a4; // arguments of the row-parallel element-wise bodies
     bool _ropeBackward;
-    readonly float* P, G;
+    readonly float* P, G;              // G is null when the base is frozen
+    readonly float* _normGrad;         // [D] frozen base: where the norms' weight gradients go (computed beside dx, never read)
     readonly float* LP, LG;            // LoRA parameters and gradients (Lora.Count), when Lora is set
     readonly float* SP, SG;            // SwiftKV parameters and gradients (SwiftKv.Count), when SwiftKv is set
     readonly float* _hs, _rstdS;       // [N, D], [N]   SwiftKV: h = swiftkv_norm(x_L), the one K/V input of layers ≥ L
@@ -85,8 +88,9 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     readonly float* _lossWeights2;    // [N], 0 unless a row has a second target
     // Gradient scratch.
     readonly float* _dres, _dxn, _dq, _dk, _dv, _datt, _dh, _dg, _du, _attScratch;
-    /// <summary>Seconds spent per part (matmul, attention, cross-entropy, other) since construction; for benchmarks.</summary>
-    public double[] ProfileSeconds { get; } = new double[4];
+    /// <summary>Seconds spent per part (matmul, attention, cross-entropy, other, dequantizing a frozen base) since
+    /// construction; for benchmarks.</summary>
+    public double[] ProfileSeconds { get; } = new double[5];
     long _mark = System.Diagnostics.Stopwatch.GetTimestamp();
     void Mark(int part)
     {
@@ -124,7 +128,8 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         _pool = new WorkerPool(Math.Max(1, threads));
         _gemm = new Gemm(_pool);
         Parameters = Pinned<float>(Layout.Count, out P);
-        Gradients = Pinned<float>(Layout.Count, out G);
+        if (lora != null || swiftKv != null) { Gradients = []; _normGrad = Floats(shape.Dim); }
+        else Gradients = Pinned<float>(Layout.Count, out G);
         Pinned<int>(N, out _tokens); Pinned<int>(N, out _targets); Pinned<int>(N, out _targets2);
         Pinned<int>(batchSize, out _seqLens); new Span<int>(_seqLens, batchSize).Fill(seqLen);
         Pinned<int>(N, out _segStarts);
@@ -348,10 +353,14 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
 
     public void ZeroGradients()
     {
-        NativeMemory.Clear(G, (nuint)(Layout.Count * sizeof(float)));
+        if (G != null) NativeMemory.Clear(G, (nuint)(Layout.Count * sizeof(float)));
+        else NativeMemory.Clear(_normGrad, (nuint)(Shape.Dim * sizeof(float)));
         if (Lora != null) NativeMemory.Clear(LG, (nuint)(Lora.Count * sizeof(float)));
         if (SwiftKv != null) NativeMemory.Clear(SG, (nuint)(SwiftKv.Count * sizeof(float)));
     }
+
+    /// <summary>Where a norm's weight gradient goes: its gradient, or for a frozen base a scratch nobody reads.</summary>
+    float* NormGrad(long offset) => G != null ? G + offset : _normGrad;
 
     /// <summary>Weight gradient dW += dyᵀ·x of a base matrix: skipped when the base is frozen (LoRA, SwiftKV distillation).</summary>
     void WeightGradient(float* dy, float* x, long w, int m, int n, int k)
@@ -400,8 +409,10 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     float* W(int l, int target)
     {
         if (Frozen == null) return P + Layout.Blocks[l].Matrix(target);
+        Mark(3);
         _dequant = Frozen.Matrices[l * 7 + target];
         _for.Run(_pool, _dequant.Rows, 16, _dequantBody!);
+        Mark(4);
         return _w;
     }
 
@@ -814,7 +825,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         if (SwiftKv != null && !SwiftKvOn)   // its upper layers share key buffers per AcrossKV group, so only the student's backward holds
             throw new InvalidOperationException("the original model of a SwiftKV distillation runs forward only (the teacher)");
         Clear(_dres, (long)N * D);
-        Layers.RmsNormBackward(_dres, G + Layout.OutputNorm, _dxn, _xIn[s.Layers], P + Layout.OutputNorm, _rstdf, D, 0, N);
+        Layers.RmsNormBackward(_dres, NormGrad(Layout.OutputNorm), _dxn, _xIn[s.Layers], P + Layout.OutputNorm, _rstdf, D, 0, N);
         if (SwiftKv != null)
             for (int j = 0; j < SwiftKv.Owners; j++) { Clear(_dKs[j], (long)N * s.KvDim); Clear(_dVs[j], (long)N * s.KvDim); }
 
@@ -833,7 +844,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
             WeightGradient(_dg, _xn2[l], o.WGate, F, D, N);
             WeightGradient(_du, _xn2[l], o.WUp, F, D, N);
             LoraBackward(l, 4, _dg, _xn2[l], _dxn); LoraBackward(l, 5, _du, _xn2[l], _dxn);
-            Layers.RmsNormBackward(_dres, G + o.FfnNorm, _dxn, _xMid[l], P + o.FfnNorm, _rstd2[l], D, 0, N);
+            Layers.RmsNormBackward(_dres, NormGrad(o.FfnNorm), _dxn, _xMid[l], P + o.FfnNorm, _rstd2[l], D, 0, N);
             // xMid = x + att · Woᵀ
             Clear(_datt, (long)N * QD);
             MatMulNN(_dres, W(l, 3), _datt, N, QD, D);
@@ -851,7 +862,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
                 Clear(_dxn, (long)N * D);
                 MatMulNN(_dq, SP + sk.Wq[l - sk.KvLayers], _dxn, N, D, QD);
                 MatMulTN(_dq, _xn1[l], SG + sk.Wq[l - sk.KvLayers], QD, D, N);
-                Layers.RmsNormBackward(_dres, G + o.AttnNorm, _dxn, _xIn[l], P + o.AttnNorm, _rstd1[l], D, 0, N);
+                Layers.RmsNormBackward(_dres, NormGrad(o.AttnNorm), _dxn, _xIn[l], P + o.AttnNorm, _rstd1[l], D, 0, N);
                 if (l > sk.KvLayers) continue;
                 Clear(_dxn, (long)N * D);                                   // dh
                 for (int j = 0; j < sk.Owners; j++)
@@ -872,11 +883,12 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
             WeightGradient(_dk, _xn1[l], o.Wk, KV, D, N);
             WeightGradient(_dv, _xn1[l], o.Wv, KV, D, N);
             LoraBackward(l, 0, _dq, _xn1[l], _dxn); LoraBackward(l, 1, _dk, _xn1[l], _dxn); LoraBackward(l, 2, _dv, _xn1[l], _dxn);
-            Layers.RmsNormBackward(_dres, G + o.AttnNorm, _dxn, _xIn[l], P + o.AttnNorm, _rstd1[l], D, 0, N);
+            Layers.RmsNormBackward(_dres, NormGrad(o.AttnNorm), _dxn, _xIn[l], P + o.AttnNorm, _rstd1[l], D, 0, N);
         }
-        // token embedding: x0[n] = E[token[n]]
-        for (int n = 0; n < N; n++)
-            Layers.Axpy(1f, _dres + (long)n * D, G + Layout.TokenEmbedding + (long)_tokens[n] * D, D);
+        // token embedding: x0[n] = E[token[n]] (nothing to do for a frozen base)
+        if (G != null)
+            for (int n = 0; n < N; n++)
+                Layers.Axpy(1f, _dres + (long)n * D, G + Layout.TokenEmbedding + (long)_tokens[n] * D, D);
     }
 
     void AttentionBackwardBody(int start, int end, int worker)

@@ -297,6 +297,7 @@ public sealed partial class Trainer : IDisposable
 
     // ================================================================= checkpoints
     const string Magic = "CRIACKP1";
+    const int FloatsPerChunk = 1 << 26; // 256 MiB per write or read
 
     /// <summary>Writes parameters, AdamW moments, step, token count and RNG state atomically (temp file, then rename).</summary>
     public void SaveCheckpoint(string path, ulong tokenizerHash)
@@ -311,10 +312,9 @@ public sealed partial class Trainer : IDisposable
             w.Write(tokenizerHash);
             w.Write(Step); w.Write(TokensSeen); w.Write(_rng.State);
             w.Write(Model.Layout.Count);
-            w.Write(MemoryMarshal.AsBytes(Model.Parameters.AsSpan()));
-            w.Write(MemoryMarshal.AsBytes(Model.LoraParameters.AsSpan()));
-            w.Write(MemoryMarshal.AsBytes(_m.AsSpan()));
-            w.Write(MemoryMarshal.AsBytes(_v.AsSpan()));
+            foreach (var a in new[] { Model.Parameters, Model.LoraParameters, _m, _v })
+                for (int i = 0; i < a.Length; i += FloatsPerChunk) // a span of more than 2 GiB of bytes does not exist
+                    w.Write(MemoryMarshal.AsBytes(a.AsSpan(i, Math.Min(FloatsPerChunk, a.Length - i))));
             w.Flush();
             fs.Flush(flushToDisk: true);
         }
@@ -350,10 +350,9 @@ public sealed partial class Trainer : IDisposable
             if (r.ReadInt64() != Model.Layout.Count) throw new CriaException($"checkpoint {path} has another parameter count");
             long need = (Model.Layout.Count + Model.LoraParameters.Length + 2 * TrainedCount) * sizeof(float);
             if (fs.Length - fs.Position != need) throw new CriaException($"checkpoint {path} is truncated or has extra bytes");
-            fs.ReadExactly(MemoryMarshal.AsBytes(Model.Parameters.AsSpan()));
-            fs.ReadExactly(MemoryMarshal.AsBytes(Model.LoraParameters.AsSpan()));
-            fs.ReadExactly(MemoryMarshal.AsBytes(_m.AsSpan()));
-            fs.ReadExactly(MemoryMarshal.AsBytes(_v.AsSpan()));
+            foreach (var a in new[] { Model.Parameters, Model.LoraParameters, _m, _v })
+                for (int i = 0; i < a.Length; i += FloatsPerChunk)
+                    fs.ReadExactly(MemoryMarshal.AsBytes(a.AsSpan(i, Math.Min(FloatsPerChunk, a.Length - i))));
             Step = step; TokensSeen = seen; _rng.State = state;
         }
         catch (EndOfStreamException) { throw new CriaException($"{path} is a truncated checkpoint"); }

@@ -291,8 +291,7 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
         Assert.True(Math.Abs(loss - refLoss) < 1e-5 * Math.Max(1, refLoss), $"loss {loss} vs reference {refLoss}");
         Assert.True(refLoss > 1e-3, "the SwiftKV student must differ from its teacher for this check to mean anything");
         double worst = WorstTensor(sk.Tensors, m.SwiftKvGradients, sp, DistillLoss, 34);
-        foreach (var t in m.Layout.Tensors.Where(t => t.IsMatrix))
-            Assert.True(m.Gradients.AsSpan((int)t.Offset, (int)t.Count).IndexOfAnyExcept(0f) < 0, $"frozen {t.Name} got a gradient");
+        Assert.Empty(m.Gradients); // the frozen base has no gradient buffer
         Report($"SwiftKV distillation L={L} g={g}, worst tensor", worst, 1e-4);
     }
 
@@ -331,8 +330,7 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
         Assert.True(Math.Abs(loss - refLoss) < 1e-5, $"loss {loss} vs merged reference {refLoss}");
         Assert.True(Math.Abs(refLoss - Reference.Loss(m.Layout, p, tokens, targets, B, T)) > 1e-3, "the adapters must change the loss for this check to mean anything");
         double worst = WorstTensor(lay.Tensors, m.LoraGradients, a, MergedLoss, 34);
-        foreach (var t in m.Layout.Tensors.Where(t => t.IsMatrix && t.Name != "token_embd.weight")) // the embedding rows still gather theirs (cheap, unused)
-            Assert.True(m.Gradients.AsSpan((int)t.Offset, (int)t.Count).IndexOfAnyExcept(0f) < 0, $"frozen {t.Name} got a gradient");
+        Assert.Empty(m.Gradients); // the frozen base has no gradient buffer
         Report("LoRA adapters (all seven projections), worst tensor", worst, 1e-4);
     }
 }

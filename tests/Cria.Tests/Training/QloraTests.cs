@@ -315,6 +315,24 @@ public sealed class QloraTests(ITestOutputHelper output)
         }
         var a = Run();
         Assert.Equal(a, Run());
+        // a checkpoint halfway resumes to the same losses; it names its base, so an F32-base run refuses it
+        string ckpt = TestPaths.TempFile("qlora-checkpoint.bin");
+        var resumed = new List<float>();
+        using (var tr = new Trainer(im.Shape, opts, corpus, 1, seqLen: 32, lora: lora, frozenBase: im.Frozen))
+        {
+            tr.SetParameters(im.Parameters);
+            for (int s = 0; s < opts.Steps / 2; s++) resumed.Add(tr.TrainStep().Loss);
+            tr.SaveCheckpoint(ckpt, 11);
+        }
+        using (var tr = new Trainer(im.Shape, opts, corpus, 1, seqLen: 32, lora: lora, frozenBase: im.Frozen))
+        {
+            tr.LoadCheckpoint(ckpt, 11);
+            while (tr.Step < opts.Steps) resumed.Add(tr.TrainStep().Loss);
+        }
+        Assert.Equal(a, resumed);
+        Assert.Contains("NF4", Trainer.PeekCheckpoint(ckpt).Shape);
+        using (var f32 = new Trainer(im.Shape, opts, corpus, 1, seqLen: 32, lora: lora))
+            Assert.Contains("another model", Assert.Throws<CriaException>(() => f32.LoadCheckpoint(ckpt, 11)).Message);
         Assert.Equal(codes, nf4.Tensor.Codes);
         float first = a.Take(3).Average(), last = a.TakeLast(5).Average();
         output.WriteLine($"QLoRA loss {first:F3} → {last:F3} in {a.Length} steps");
