@@ -76,16 +76,22 @@ public sealed class FrozenBase
 
     public FrozenBase(LlamaShape shape, FrozenMatrix[] matrices)
     {
-        if (matrices.Length != shape.Layers * 7) throw new CriaException($"a frozen base of {shape.Layers} layers has {shape.Layers * 7} matrices, got {matrices.Length}");
+        Matrices = matrices;
+        CheckFits(shape);
+    }
+
+    /// <summary>Throws unless these are the seven projections of every layer of <paramref name="shape"/>.</summary>
+    public void CheckFits(LlamaShape shape)
+    {
+        if (Matrices.Length != shape.Layers * 7) throw new CriaException($"a frozen base of {Matrices.Length / 7} layers does not fit a model of {shape.Layers}");
         for (int l = 0; l < shape.Layers; l++)
             for (int t = 0; t < 7; t++)
             {
                 var (rows, cols) = ShapeOf(shape, t);
-                var m = matrices[l * 7 + t];
+                var m = Matrices[l * 7 + t];
                 if (m.Rows != rows || m.Cols != cols)
                     throw new CriaException($"frozen matrix {t} of layer {l} is [{m.Rows}, {m.Cols}]; the model's is [{rows}, {cols}]");
             }
-        Matrices = matrices;
     }
 
     /// <summary>[rows, cols] of target t (q, k, v, o, gate, up, down) in a block of <paramref name="s"/>.</summary>

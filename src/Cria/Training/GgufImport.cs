@@ -17,20 +17,20 @@ public static class GgufImport
 
     static readonly string[] ProjectionNames = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
 
-    /// <summary>Whether the block projections of <paramref name="path"/> are stored in a quantized type (not F32, F16 or
-    /// BF16): the trainer can then train LoRA adapters on it (<see cref="BaseStorage.Keep"/>) but not the weights.</summary>
-    public static bool HasQuantizedProjections(string path)
+    /// <summary>Whether any tensor of <paramref name="path"/> is stored in a type other than F32 and F16 (Q4_K, BF16 …):
+    /// the trainer can then train LoRA adapters on it (<see cref="BaseStorage.Keep"/>) but not the weights.</summary>
+    public static bool HasQuantizedTensors(string path)
     {
         if (!File.Exists(path)) return false;
         using var f = GgufFile.Open(path);
-        return f.TryGetTensor("blk.0.attn_q.weight", out var info) && info.Type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16);
+        return f.Tensors.Any(t => t.Type is not (GgmlType.F32 or GgmlType.F16));
     }
 
-    /// <summary>Loads a base for LoRA training (the adapters are what trains): projections that are quantized in the
-    /// file stay in their type (<see cref="BaseStorage.Keep"/>); F32/F16 ones become F32 parameters, or NF4 with
+    /// <summary>Loads a base for LoRA training (the adapters are what trains): a quantized file's projections stay in
+    /// their types (<see cref="BaseStorage.Keep"/>); an F32/F16 file's become F32 parameters, or NF4 with
     /// <paramref name="nf4"/> (QLoRA).</summary>
     public static Imported ReadForAdapters(string path, string caller = "--init", bool nf4 = false) =>
-        Read(path, caller, storage: nf4 ? BaseStorage.Nf4 : HasQuantizedProjections(path) ? BaseStorage.Keep : BaseStorage.F32);
+        Read(path, caller, storage: nf4 ? BaseStorage.Nf4 : HasQuantizedTensors(path) ? BaseStorage.Keep : BaseStorage.F32);
 
     /// <summary>Loads <paramref name="path"/>; throws a <see cref="CriaException"/> naming what does not fit the trainer,
     /// its message starting with <paramref name="caller"/> (the option that asked for it).
@@ -74,6 +74,7 @@ public static class GgufImport
         var layout = new ParameterLayout(shape, frozenMatrices: frozen);
         var p = new float[layout.Count];
         var matrices = new FrozenMatrix[frozen ? shape.Layers * 7 : 0];
+        float[]? decoded = null; // NF4: one F32 matrix at a time, reused (a model's worth of temporaries otherwise)
         foreach (var t in layout.AllTensors)
         {
             if (!f.TryGetTensor(t.Name, out var info)) throw new CriaException($"{caller}: {path} lacks tensor {t.Name}");
@@ -85,7 +86,7 @@ public static class GgufImport
                 matrices[ProjectionIndex(t.Name)] = storage == BaseStorage.Keep
                     ? new GgmlFrozenMatrix(info.Type, src, t.Rows, t.Cols)
                     : info.Type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16
-                        ? new Nf4FrozenMatrix(Nf4Tensor.Quantize(Decode(info.Type, src, t.Count), doubleQuant: true), t.Rows, t.Cols)
+                        ? new Nf4FrozenMatrix(Nf4Tensor.Quantize(DecodeInto(ref decoded, info.Type, src, t.Count), doubleQuant: true), t.Rows, t.Cols)
                         : throw new CriaException($"{caller}: --qlora quantizes an F32/F16/BF16 base to NF4, and tensor {info} of {path} is already {info.Type}; train LoRA on it as it is (without --qlora)");
                 continue;
             }
@@ -112,6 +113,14 @@ public static class GgufImport
     {
         var parts = name.Split('.');
         return int.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture) * 7 + Array.IndexOf(ProjectionNames, parts[2]);
+    }
+
+    static Span<float> DecodeInto(ref float[]? buffer, GgmlType type, ReadOnlySpan<byte> src, long count)
+    {
+        if (buffer == null || buffer.Length < count) buffer = new float[count];
+        var x = buffer.AsSpan(0, (int)count);
+        Dequantize.Row(type, src, x);
+        return x;
     }
 
     static float[] Decode(GgmlType type, ReadOnlySpan<byte> src, long count)

@@ -121,7 +121,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         if (seqLen > shape.ContextLength) throw new CriaException($"sequence length {seqLen} exceeds the model's context length {shape.ContextLength}");
         Shape = shape;
         Layout = new ParameterLayout(shape, frozenMatrices: frozenBase != null);
-        if (frozenBase != null) _ = new FrozenBase(shape, frozenBase.Matrices); // checks every matrix's shape
+        frozenBase?.CheckFits(shape);
         Frozen = frozenBase;
         BatchSize = batchSize; SeqLen = seqLen;
         int N = Rows = batchSize * seqLen;

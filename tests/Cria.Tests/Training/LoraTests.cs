@@ -29,12 +29,7 @@ public sealed class LoraTests(ITestOutputHelper output)
         var im = GgufImport.Read(Bundled);
         using var m = new LlamaTrainingModel(im.Shape, 1, 48, 2, o);
         im.Parameters.CopyTo(m.Parameters.AsSpan());
-        var rng = new Random(5);
-        foreach (var t in m.Lora!.Tensors)
-        {
-            float s = t.Name.EndsWith("lora_a") ? 1f / MathF.Sqrt(t.Cols) : bScale;
-            for (long i = t.Offset; i < t.Offset + t.Count; i++) m.LoraParameters[i] = (float)(rng.NextDouble() * 2 - 1) * s;
-        }
+        RandomAdapters(m, 5, bScale);
         using (var lm = LlamaModel.Open(Bundled))
         {
             var toks = Text(lm, 47);
@@ -43,11 +38,22 @@ public sealed class LoraTests(ITestOutputHelper output)
         }
         m.Forward();
         string path = TestPaths.TempFile(name + ".gguf");
-        m.Lora.Write(path, m.LoraParameters);
+        m.Lora!.Write(path, m.LoraParameters);
         return (path, m.Tokens.ToArray(), Enumerable.Range(0, 48).Select(p => m.LogitsRow(p).ToArray()).ToArray());
     }
 
-    static double MaxDiff(float[][] a, float[][] b)
+    /// <summary>Random A (U(±1/√in)) and B (U(±bScale), not zero, so the adapters change the model).</summary>
+    internal static void RandomAdapters(LlamaTrainingModel m, int seed, float bScale = 0.05f)
+    {
+        var rng = new Random(seed);
+        foreach (var t in m.Lora!.Tensors)
+        {
+            float s = t.Name.EndsWith("lora_a") ? 1f / MathF.Sqrt(t.Cols) : bScale;
+            for (long i = t.Offset; i < t.Offset + t.Count; i++) m.LoraParameters[i] = (float)(rng.NextDouble() * 2 - 1) * s;
+        }
+    }
+
+    internal static double MaxDiff(float[][] a, float[][] b)
     {
         double worst = 0;
         for (int p = 0; p < a.Length; p++)

@@ -151,15 +151,7 @@ public sealed class QloraTests(ITestOutputHelper output)
         return lm.Tokenizer.Encode(string.Concat(Enumerable.Repeat(text, 8)), addBos: false).Take(n).ToArray();
     }
 
-    static void RandomAdapters(LlamaTrainingModel m, int seed)
-    {
-        var rng = new Random(seed);
-        foreach (var t in m.Lora!.Tensors)
-        {
-            float s = t.Name.EndsWith("lora_a") ? 1f / MathF.Sqrt(t.Cols) : 0.05f;
-            for (long i = t.Offset; i < t.Offset + t.Count; i++) m.LoraParameters[i] = (float)(rng.NextDouble() * 2 - 1) * s;
-        }
-    }
+    static void RandomAdapters(LlamaTrainingModel m, int seed) => LoraTests.RandomAdapters(m, seed);
 
     static (float Loss, float[] Grad) LossAndGradients(LlamaTrainingModel m, int[] toks)
     {
@@ -280,13 +272,7 @@ public sealed class QloraTests(ITestOutputHelper output)
         return Math.Sqrt(sum / n);
     }
 
-    static double MaxDiff(float[][] a, float[][] b)
-    {
-        double worst = 0;
-        for (int p = 0; p < a.Length; p++)
-            for (int v = 0; v < a[p].Length; v++) worst = Math.Max(worst, Math.Abs(a[p][v] - b[p][v]));
-        return worst;
-    }
+    static double MaxDiff(float[][] a, float[][] b) => LoraTests.MaxDiff(a, b);
 
     /// <summary>QLoRA training lowers the loss, repeats exactly, starts its adapters as an F32 base's run does, and
     /// leaves the frozen base untouched; the trainer refuses what it cannot do with a compressed base.</summary>
@@ -340,8 +326,8 @@ public sealed class QloraTests(ITestOutputHelper output)
 
         Assert.Contains("LoRA rank", Assert.Throws<CriaException>(() => new LlamaTrainingModel(im.Shape, 1, 8, 1, frozenBase: im.Frozen)).Message);
         string q = QuantizedBundled("q4_k_m");
-        Assert.True(GgufImport.HasQuantizedProjections(q));
-        Assert.False(GgufImport.HasQuantizedProjections(Bundled));
+        Assert.True(GgufImport.HasQuantizedTensors(q));
+        Assert.False(GgufImport.HasQuantizedTensors(Bundled));
         Assert.Contains("already Q4_K", Assert.Throws<CriaException>(() => GgufImport.Read(q, storage: BaseStorage.Nf4)).Message);
         Assert.Contains("--lora-rank", Assert.Throws<CriaException>(() => GgufImport.Read(q)).Message);
         var other = GgufImport.Read(Path.Combine(TestPaths.RepoRoot, "models", "draft.gguf"), storage: BaseStorage.Nf4);
