@@ -29,7 +29,8 @@ public abstract unsafe class FrozenMatrix(int rows, int cols)
     public abstract void DequantizeRows(int r0, int r1, float* dst);
 }
 
-/// <summary>A matrix in a GGUF type (ggml blocks along each row), decoded by the reference <see cref="Dequantize.Row"/>.</summary>
+/// <summary>A matrix in a GGUF type (ggml blocks along each row), decoded by <see cref="DequantizeVector.Row"/> (Q4_K
+/// vectorized, other types by the reference <see cref="Dequantize.Row"/>).</summary>
 public sealed unsafe class GgmlFrozenMatrix : FrozenMatrix
 {
     readonly byte[] _data;
@@ -51,7 +52,7 @@ public sealed unsafe class GgmlFrozenMatrix : FrozenMatrix
     public override void DequantizeRows(int r0, int r1, float* dst)
     {
         for (int r = r0; r < r1; r++)
-            Dequantize.Row(Type, _data.AsSpan((int)(r * _rowBytes), (int)_rowBytes), new Span<float>(dst + (long)r * Cols, Cols));
+            DequantizeVector.Row(Type, _data.AsSpan((int)(r * _rowBytes), (int)_rowBytes), new Span<float>(dst + (long)r * Cols, Cols));
     }
 }
 
@@ -63,7 +64,7 @@ public sealed unsafe class Nf4FrozenMatrix(Nf4Tensor q, int rows, int cols) : Fr
     public override long Bytes => Tensor.Bytes;
 
     public override void DequantizeRows(int r0, int r1, float* dst) =>
-        Tensor.Dequantize((long)r0 * Cols, new Span<float>(dst + (long)r0 * Cols, (r1 - r0) * Cols));
+        DequantizeVector.Nf4(Tensor, (long)r0 * Cols, new Span<float>(dst + (long)r0 * Cols, (r1 - r0) * Cols));
 }
 
 /// <summary>

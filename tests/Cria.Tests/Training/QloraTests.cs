@@ -100,6 +100,43 @@ public sealed class QloraTests(ITestOutputHelper output)
         Assert.Equal(4.5, 8.0 * plain.Bytes / n, 6);
     }
 
+    /// <summary>The vectorized decoders of a frozen base give the scalar references' bits: Q4_K and Q6_K rows (blocks
+    /// from real quantization, and with random code and scale bytes), and NF4 ranges that start and end inside blocks, with and without
+    /// double quantization.</summary>
+    [Fact]
+    public void Vectorized_decoders_give_the_references_bits()
+    {
+        var x = Gaussian(256 * 24, 5);
+        for (int i = 0; i < x.Length; i++) x[i] *= 1 + (i / 32 % 5);
+        var q4k = new byte[GgmlTypeInfo.RowBytes(GgmlType.Q4_K, x.Length)];
+        Quantize.Row(GgmlType.Q4_K, x, q4k);
+        var rng = new Random(6);
+        for (int blk = 12; blk < 24; blk++) rng.NextBytes(q4k.AsSpan(blk * 144 + 4, 140)); // any scale/min bytes and codes
+        var want = new float[x.Length];
+        var got = new float[x.Length];
+        Dequantize.Row(GgmlType.Q4_K, q4k, want);
+        DequantizeVector.Row(GgmlType.Q4_K, q4k, got);
+        Assert.Equal(want, got);
+        var q6k = new byte[GgmlTypeInfo.RowBytes(GgmlType.Q6_K, x.Length)];
+        Quantize.Row(GgmlType.Q6_K, x, q6k);
+        for (int blk = 12; blk < 24; blk++) rng.NextBytes(q6k.AsSpan(blk * 210, 208)); // any codes and scales
+        Dequantize.Row(GgmlType.Q6_K, q6k, want);
+        DequantizeVector.Row(GgmlType.Q6_K, q6k, got);
+        Assert.Equal(want, got);
+        foreach (bool dq in new[] { false, true })
+        {
+            var t = Nf4Tensor.Quantize(Gaussian(64 * 300 + 40, 7), dq);
+            foreach (var (start, n) in new[] { (0L, (int)t.Count), (37L, 1000), (64L, 128), (64L * 299, 104) })
+            {
+                var a = new float[n];
+                var b = new float[n];
+                t.Dequantize(start, a);
+                DequantizeVector.Nf4(t, start, b);
+                Assert.Equal(a, b);
+            }
+        }
+    }
+
     /// <summary>QLoRA's reason for NF4: for normally distributed weights, quantile levels lose less than evenly spaced
     /// 4-bit levels with the same block absmax (here, Q4_0-style d = absmax/7 rounding to −7…7, and −8…7).</summary>
     [Fact]
