@@ -18,6 +18,7 @@ sealed class AdapterTrainingCliOptions
     readonly Option<string> _targets = new("--lora-targets") { DefaultValueFactory = _ => "all" };
     readonly Option<ulong> _seed = new("--seed") { DefaultValueFactory = _ => 1234UL };
     readonly Option<int> _threads = new("--threads", "-t") { DefaultValueFactory = _ => Environment.ProcessorCount };
+    readonly Option<bool> _qlora = new("--qlora") { Description = "QLoRA: hold an F32/F16 base's block projections in NF4 with double quantization (a quantized base is trained on in its own types without this)" };
 
     /// <summary><paramref name="steps"/> 0: the command counts its steps itself (no --steps option).</summary>
     public AdapterTrainingCliOptions(int steps, int batch, int warmup, int rank, float alpha, string? batchDescription = null, string? loraNote = null)
@@ -33,7 +34,7 @@ sealed class AdapterTrainingCliOptions
     public void AddTo(Command cmd)
     {
         if (_steps != null) cmd.Options.Add(_steps);
-        foreach (var o in new Option[] { _batch, _lr, _warmup, _wd, _rank, _alpha, _targets, _evalEvery, _seed, _threads }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { _batch, _lr, _warmup, _wd, _rank, _alpha, _targets, _evalEvery, _seed, _threads, _qlora }) cmd.Options.Add(o);
     }
 
     /// <summary>The optimizer settings, validated; <paramref name="steps"/> where the command has no --steps.</summary>
@@ -55,6 +56,9 @@ sealed class AdapterTrainingCliOptions
         lora.Validate();
         return lora;
     }
+
+    /// <summary>Loads the frozen base the adapters train on (<see cref="GgufImport.ReadForAdapters"/>), in NF4 with --qlora.</summary>
+    public GgufImport.Imported Base(ParseResult r, string path, string caller = "--init") => GgufImport.ReadForAdapters(path, caller, nf4: r.GetValue(_qlora));
 
     /// <summary>Steps between held-out evaluations (at least 1).</summary>
     public int EvalEvery(ParseResult r) => Math.Max(1, r.GetValue(_evalEvery));

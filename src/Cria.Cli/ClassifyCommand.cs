@@ -126,7 +126,7 @@ static class ClassifyCommand
             var options = training.Training(r);
             var lora = training.Lora(r);
             int T = r.GetValue(ctx), every = training.EvalEvery(r);
-            var imported = GgufImport.ReadForAdapters(DefaultModel.Resolve(r.GetValue(init)));
+            var imported = training.Base(r, DefaultModel.Resolve(r.GetValue(init)));
             if (T < 2 || T > imported.Shape.ContextLength) throw new CriaException($"--ctx {T} must be in 2..{imported.Shape.ContextLength}");
             var tok = imported.Vocabulary.CreateTokenizer();
             if (pooling == ClassifierPooling.Token) return TrainTagger(r, imported, tok, options, lora, T, every, bidirectional, r.GetValue(train)!, r.GetValue(valid), r.GetValue(outDir)!);

@@ -66,7 +66,7 @@ static class RefuelCommand
             var options = training.Training(r, steps: N * perIteration);
             var lora = training.Lora(r);
 
-            var imported = GgufImport.ReadForAdapters(modelPath, "REFUEL training");
+            var imported = training.Base(r, modelPath, "REFUEL training");
             using var model = LlamaModel.Open(modelPath);
             var tok = model.Tokenizer;
             var openings = ReadOpenings(r.GetValue(prompts)!, tok);

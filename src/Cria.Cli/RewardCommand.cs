@@ -109,7 +109,7 @@ static class RewardCommand
             if (objective == ClassifierObjective.BradleyTerry && options.BatchSize % 2 != 0) throw new CriaException($"--batch {options.BatchSize}: pairs need an even batch (chosen and rejected)");
             var lora = training.Lora(r);
             int T = r.GetValue(ctx), every = training.EvalEvery(r);
-            var imported = GgufImport.ReadForAdapters(DefaultModel.Resolve(r.GetValue(init)));
+            var imported = training.Base(r, DefaultModel.Resolve(r.GetValue(init)));
             if (T < 2 || T > imported.Shape.ContextLength) throw new CriaException($"--ctx {T} must be in 2..{imported.Shape.ContextLength}");
             var tok = imported.Vocabulary.CreateTokenizer();
             var records = Read(r.GetValue(train)!, tok);

@@ -65,7 +65,7 @@ static class SelfEvalCommand
             if (!(partialFraction >= 0 && partialFraction <= 1)) throw new CriaException($"--partial-fraction must be in [0, 1], got {partialFraction}");
             if (!(held >= 0 && held < 1)) throw new CriaException($"--holdout must be in [0, 1), got {held}");
             int T = r.GetValue(ctx), N = r.GetValue(samples), tokens = r.GetValue(n), threadCount = options.Threads;
-            var imported = GgufImport.ReadForAdapters(modelPath, "self-evaluation training");
+            var imported = training.Base(r, modelPath, "self-evaluation training");
             if (T < 8 || T > imported.Shape.ContextLength) throw new CriaException($"--ctx {T} must be in 8..{imported.Shape.ContextLength}");
             var tok = imported.Vocabulary.CreateTokenizer();
             var format = SelfEvalFormat.Create(tok);
