@@ -29,7 +29,7 @@ public abstract unsafe class FrozenMatrix(int rows, int cols)
     public abstract void DequantizeRows(int r0, int r1, float* dst);
 }
 
-/// <summary>A matrix in a GGUF type (ggml blocks along each row), decoded by <see cref="DequantizeVector.Row"/> (Q4_K
+/// <summary>A matrix in a GGUF type (ggml blocks along each row), decoded by <see cref="DequantizeVector.Row"/> (Q4_K and Q6_K
 /// vectorized, other types by the reference <see cref="Dequantize.Row"/>).</summary>
 public sealed unsafe class GgmlFrozenMatrix : FrozenMatrix
 {
