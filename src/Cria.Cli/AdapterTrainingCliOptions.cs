@@ -64,6 +64,22 @@ sealed class AdapterTrainingCliOptions
     public int EvalEvery(ParseResult r) => Math.Max(1, r.GetValue(_evalEvery));
 }
 
+/// <summary>The log lines of a LoRA run: what trains (rank, alpha, targets, trained parameters) and how the frozen base
+/// is held when it is compressed (QLoRA).</summary>
+static class AdapterLog
+{
+    /// <param name="alsoTrains">e.g. ", and the head"</param>
+    /// <param name="frozen">what stays frozen, e.g. "the base is frozen"</param>
+    public static void Write(TextWriter log, Cria.Training.Trainer trainer, string alsoTrains = "", string frozen = "the base is frozen")
+    {
+        var lay = trainer.Model.Lora ?? throw new InvalidOperationException("not a LoRA run");
+        var o = lay.Options;
+        log.WriteLine($"LoRA rank {o.Rank}, alpha {o.Alpha}, on {o.Targets}{alsoTrains}: {lay.Tensors.Sum(t => t.Count):N0} trained parameters; {frozen}");
+        if (trainer.Model.Frozen is { } fb)
+            log.WriteLine(FormattableString.Invariant($"frozen base projections: {fb.Kind}, {fb.Bytes / 1048576.0:F1} MiB ({fb.BitsPerWeight:F3} bits per weight; F32 would be {fb.Matrices.Sum(m => (long)m.Rows * m.Cols) * 4 / 1048576.0:F1} MiB), dequantized one matrix at a time"));
+    }
+}
+
 /// <summary>
 /// The step loop the fine-tuning commands share (train-classifier, train-reward, train-self-eval, train --pairs and
 /// --sft): "step N" (the trainer's step: 0, or where a resumed run starts) with the held-out report, then steps until

@@ -143,7 +143,7 @@ static class ClassifyCommand
             int pad = tok.Eos >= 0 ? tok.Eos : 0;
             var counts = labels.Select((_, i) => examples.Count(e => e.Label == i)).ToArray();
             log.WriteLine($"{clf.ModeName}: {labels.Count} labels ({string.Join(", ", labels.Select((l, i) => $"{l} {counts[i]}"))}), {examples.Count} training examples{(held != null ? $", {held.Count} held out" : "")}; {T} tokens each ({examples.Count(e => e.Tokens.Length + 1 > T)} cut)");
-            log.WriteLine($"LoRA rank {lora.Rank}, alpha {lora.Alpha}, on {lora.Targets}, and the head: {trainer.Model.Lora!.Count:N0} trained parameters; the base is frozen");
+            AdapterLog.Write(log, trainer, ", and the head");
             string Held()
             {
                 if (held == null) return "";
@@ -180,7 +180,7 @@ static class ClassifyCommand
         int pad = tok.Eos >= 0 ? tok.Eos : 0;
         var counts = tags.Select((_, i) => examples.Sum(e => e.Tags.Count(t => t == i))).ToArray();
         log.WriteLine($"{clf.ModeName}: {tags.Count} tags ({string.Join(", ", tags.Select((l, i) => $"{l} {counts[i]}"))}), {examples.Count} training sentences{(held != null ? $", {held.Count} held out" : "")}; {T} tokens each ({examples.Count(e => e.Tokens.Length + 1 > T)} cut)");
-        log.WriteLine($"LoRA rank {lora.Rank}, alpha {lora.Alpha}, on {lora.Targets}, and the head: {trainer.Model.Lora!.Count:N0} trained parameters; the base is frozen");
+        AdapterLog.Write(log, trainer, ", and the head");
         string Held()
         {
             if (held == null) return "";

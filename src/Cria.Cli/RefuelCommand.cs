@@ -82,7 +82,7 @@ static class RefuelCommand
             using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: longest, lora: lora, frozenBase: imported.Frozen);
             trainer.SetParameters(imported.Parameters);
             log.WriteLine($"REFUEL: {openings.Count} openings, {B} dialogues × 2 branches per iteration, {game.Turns} policy turns of {game.ResponseTokens} tokens, user turns of {game.UserTokens}; reward on {game.Scored.ToString().ToLowerInvariant()} turns; η {loss.Beta}; {perIteration} steps per iteration, {options.Steps} in all");
-            log.WriteLine($"LoRA rank {lora.Rank}, alpha {lora.Alpha}, on {lora.Targets}: {trainer.Model.Lora!.Count:N0} trained parameters; the base (and the user simulator) is frozen");
+            AdapterLog.Write(log, trainer, frozen: "the base (and the user simulator) is frozen");
 
             int concurrent = Math.Min(2 * Math.Max(B, held?.Count ?? 0), 64);
             var owned = new List<IDisposable>();

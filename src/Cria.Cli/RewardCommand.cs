@@ -137,7 +137,7 @@ static class RewardCommand
             int pad = tok.Eos >= 0 ? tok.Eos : 0;
             log.WriteLine($"{lossName} reward model ({head.ModeName}): {(pairs.Count > 0 ? $"{pairs.Count} pairs" : $"{rated.Count} rated texts")}" +
                 $"{(heldRecords != null ? $", {heldRecords.Count} held-out pairs" : "")}; {T} tokens per text");
-            log.WriteLine($"LoRA rank {lora.Rank}, alpha {lora.Alpha}, on {lora.Targets}, and the head: {trainer.Model.Lora!.Count:N0} trained parameters; the base is frozen");
+            AdapterLog.Write(log, trainer, ", and the head");
             string Held()
             {
                 if (heldRecords == null) return "";

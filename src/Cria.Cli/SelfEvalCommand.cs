@@ -94,7 +94,7 @@ static class SelfEvalCommand
             using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: lora, frozenBase: imported.Frozen);
             trainer.SetParameters(imported.Parameters);
             log.WriteLine($"self-evaluation: {train.Count} groups ({train.Sum(g => g.Responses.Length)} responses){(valid.Count > 0 ? $", {valid.Count} held out" : "")}; {T} tokens per row");
-            log.WriteLine($"LoRA rank {lora.Rank}, alpha {lora.Alpha}, on {lora.Targets}: {trainer.Model.Lora!.Count:N0} trained parameters; the base is frozen");
+            AdapterLog.Write(log, trainer);
             string Held() => valid.Count == 0 ? "" : "  held-out " + Report(valid, trainer.SelfEvalPNo(Flatten(valid), format));
             int every = training.EvalEvery(r);
             sw.Restart();

@@ -277,9 +277,7 @@ sealed class TrainingRun
             log.WriteLine($"resumed at step {trainer.Step} ({trainer.TokensSeen:N0} tokens seen)");
         }
         long nParams = trainer.Model.Layout.AllTensors.Sum(t => t.Count);
-        if (trainer.Model.Lora is { } lay)
-            log.WriteLine($"LoRA: rank {Lora!.Rank}, alpha {Lora.Alpha}, on {Lora.Targets}: {lay.Tensors.Sum(t => t.Count):N0} trained parameters; the base's {nParams:N0} are frozen");
-        LogFrozenBase(trainer, log);
+        if (trainer.Model.Lora != null) AdapterLog.Write(log, trainer, frozen: $"the base's {nParams:N0} are frozen");
         log.WriteLine($"model: {shape}; {nParams:N0} parameters; batch {Options.BatchSize}×{trainer.Model.SeqLen} × accum {Options.GradAccumulation}; {trainer.Model.Threads} threads");
 
         bool tty = !Console.IsOutputRedirected;
@@ -428,15 +426,8 @@ sealed class TrainingRun
         Directory.CreateDirectory(OutDir);
         var trainer = new Trainer(Shape, Options, [], tok.Bos, seqLen: T, lora: Lora, frozenBase: Init?.Frozen);
         trainer.SetParameters(Init!.Parameters);
-        if (trainer.Model.Lora is { } lay) Console.Error.WriteLine($"LoRA: rank {Lora!.Rank}, alpha {Lora.Alpha}, on {Lora.Targets}: {lay.Tensors.Sum(t => t.Count):N0} trained parameters; the base is frozen");
-        LogFrozenBase(trainer, Console.Error);
+        if (trainer.Model.Lora != null) AdapterLog.Write(Console.Error, trainer);
         return trainer;
-    }
-
-    static void LogFrozenBase(Trainer trainer, TextWriter log)
-    {
-        if (trainer.Model.Frozen is { } fb)
-            log.WriteLine(FormattableString.Invariant($"frozen base projections: {fb.Kind}, {fb.Bytes / 1048576.0:F1} MiB ({fb.BitsPerWeight:F3} bits per weight; F32 would be {fb.Matrices.Sum(m => (long)m.Rows * m.Cols) * 4 / 1048576.0:F1} MiB), dequantized one matrix at a time"));
     }
 
     /// <summary>Writes a --pairs or --sft run's model (or adapter) and its "done" line.</summary>
