@@ -138,8 +138,7 @@ static class ClassifyCommand
             string dir = r.GetValue(outDir)!;
             Directory.CreateDirectory(dir);
             var log = Console.Error;
-            using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: lora, classifier: clf, frozenBase: imported.Frozen);
-            trainer.SetParameters(imported.Parameters);
+            using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: lora, classifier: clf, frozenBase: imported.Frozen, parameters: imported.Parameters);
             int pad = tok.Eos >= 0 ? tok.Eos : 0;
             var counts = labels.Select((_, i) => examples.Count(e => e.Label == i)).ToArray();
             log.WriteLine($"{clf.ModeName}: {labels.Count} labels ({string.Join(", ", labels.Select((l, i) => $"{l} {counts[i]}"))}), {examples.Count} training examples{(held != null ? $", {held.Count} held out" : "")}; {T} tokens each ({examples.Count(e => e.Tokens.Length + 1 > T)} cut)");
@@ -175,8 +174,7 @@ static class ClassifyCommand
         int outside = Outside(tags, examples);
         Directory.CreateDirectory(dir);
         var log = Console.Error;
-        using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: lora, classifier: clf, frozenBase: imported.Frozen);
-        trainer.SetParameters(imported.Parameters);
+        using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: lora, classifier: clf, frozenBase: imported.Frozen, parameters: imported.Parameters);
         int pad = tok.Eos >= 0 ? tok.Eos : 0;
         var counts = tags.Select((_, i) => examples.Sum(e => e.Tags.Count(t => t == i))).ToArray();
         log.WriteLine($"{clf.ModeName}: {tags.Count} tags ({string.Join(", ", tags.Select((l, i) => $"{l} {counts[i]}"))}), {examples.Count} training sentences{(held != null ? $", {held.Count} held out" : "")}; {T} tokens each ({examples.Count(e => e.Tokens.Length + 1 > T)} cut)");
@@ -213,8 +211,7 @@ static class ClassifyCommand
     {
         var imported = GgufImport.ReadForAdapters(modelPath, purpose);
         var options = new TrainingOptions { BatchSize = Math.Max(1, Math.Min(8, texts)), Steps = 1, WarmupSteps = 0, Threads = Math.Max(1, threads) };
-        var trainer = new Trainer(imported.Shape, options, [], bos, seqLen: seqLen, lora: LoraLayout.OptionsOf(adapter), classifier: head, frozenBase: imported.Frozen);
-        trainer.SetParameters(imported.Parameters);
+        var trainer = new Trainer(imported.Shape, options, [], bos, seqLen: seqLen, lora: LoraLayout.OptionsOf(adapter), classifier: head, frozenBase: imported.Frozen, parameters: imported.Parameters);
         var lay = trainer.Model.Lora!;
         lay.Load(adapter, trainer.Model.LoraParameters);
         weights.CopyTo(trainer.Model.LoraParameters.AsSpan((int)lay.Head));

@@ -79,8 +79,7 @@ static class RefuelCommand
             Directory.CreateDirectory(dir);
             var log = Console.Error;
 
-            using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: longest, lora: lora, frozenBase: imported.Frozen);
-            trainer.SetParameters(imported.Parameters);
+            using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: longest, lora: lora, frozenBase: imported.Frozen, parameters: imported.Parameters);
             log.WriteLine($"REFUEL: {openings.Count} openings, {B} dialogues × 2 branches per iteration, {game.Turns} policy turns of {game.ResponseTokens} tokens, user turns of {game.UserTokens}; reward on {game.Scored.ToString().ToLowerInvariant()} turns; η {loss.Beta}; {perIteration} steps per iteration, {options.Steps} in all");
             AdapterLog.Write(log, trainer, frozen: "the base (and the user simulator) is frozen");
 

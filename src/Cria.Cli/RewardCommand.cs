@@ -132,8 +132,7 @@ static class RewardCommand
             string dir = r.GetValue(outDir)!;
             Directory.CreateDirectory(dir);
             var log = Console.Error;
-            using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: lora, classifier: head, frozenBase: imported.Frozen);
-            trainer.SetParameters(imported.Parameters);
+            using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: lora, classifier: head, frozenBase: imported.Frozen, parameters: imported.Parameters);
             int pad = tok.Eos >= 0 ? tok.Eos : 0;
             log.WriteLine($"{lossName} reward model ({head.ModeName}): {(pairs.Count > 0 ? $"{pairs.Count} pairs" : $"{rated.Count} rated texts")}" +
                 $"{(heldRecords != null ? $", {heldRecords.Count} held-out pairs" : "")}; {T} tokens per text");

@@ -91,8 +91,7 @@ static class SelfEvalCommand
             var valid = groups.Skip(groups.Count - nHeld).ToList();
             if (train.Count == 0) throw new CriaException("no groups left to train on after the hold-out");
 
-            using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: lora, frozenBase: imported.Frozen);
-            trainer.SetParameters(imported.Parameters);
+            using var trainer = new Trainer(imported.Shape, options, [], tok.Bos, seqLen: T, lora: lora, frozenBase: imported.Frozen, parameters: imported.Parameters);
             log.WriteLine($"self-evaluation: {train.Count} groups ({train.Sum(g => g.Responses.Length)} responses){(valid.Count > 0 ? $", {valid.Count} held out" : "")}; {T} tokens per row");
             AdapterLog.Write(log, trainer);
             string Held() => valid.Count == 0 ? "" : "  held-out " + Report(valid, trainer.SelfEvalPNo(Flatten(valid), format));

@@ -253,7 +253,7 @@ sealed class TrainingRun
         log.WriteLine($"corpus: {train.Length:N0} training tokens ({(double)text.Length / train.Length:F2} chars/token), {validTokens.Length:N0} validation tokens");
 
         PasskeyDocuments? pk = PasskeyFraction > 0 ? new PasskeyDocuments(tok, train, PasskeyMinLength) : null;
-        using var trainer = new Trainer(shape, Options, train, tok.Bos, lora: Lora, frozenBase: Init?.Frozen)
+        using var trainer = new Trainer(shape, Options, train, tok.Bos, lora: Lora, frozenBase: Init?.Frozen, parameters: Init?.Parameters)
         {
             Documents = pk != null ? (ref TrainingRng g, int max) => pk.Next(ref g, max) : null,
             DocumentFraction = PasskeyFraction,
@@ -264,7 +264,6 @@ sealed class TrainingRun
         ulong hash = vocab.Hash();
         if (Init != null && !Resume)
         {
-            trainer.SetParameters(Init.Parameters);
             log.WriteLine($"initialised from {InitPath} ({Init.Shape}){(shape.ContextLength != Init.Shape.ContextLength ? $", trained now at context {shape.ContextLength}" : "")}");
         }
         if (pk != null) log.WriteLine($"{PasskeyFraction:P0} of the rows are synthetic pass-key documents ({PasskeyMinLength}–{shape.ContextLength} tokens, filler from {CorpusPath}, answer weight {AnswerWeight})");
@@ -424,8 +423,7 @@ sealed class TrainingRun
     Trainer FineTuneTrainer(Tokenization.Tokenizer tok, int T)
     {
         Directory.CreateDirectory(OutDir);
-        var trainer = new Trainer(Shape, Options, [], tok.Bos, seqLen: T, lora: Lora, frozenBase: Init?.Frozen);
-        trainer.SetParameters(Init!.Parameters);
+        var trainer = new Trainer(Shape, Options, [], tok.Bos, seqLen: T, lora: Lora, frozenBase: Init?.Frozen, parameters: Init!.Parameters);
         if (trainer.Model.Lora != null) AdapterLog.Write(Console.Error, trainer);
         return trainer;
     }

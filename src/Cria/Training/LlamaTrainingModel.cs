@@ -45,6 +45,8 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     public bool SwiftKvOn { get; set; }
 
     readonly List<Array> _keepAlive = new();
+    GCHandle _parametersHandle;        // pins adopted parameters (see the constructor's parameters)
+    readonly bool _adopted;
     readonly WorkerPool _pool;
     readonly Gemm _gemm;
     readonly ForJob _for = new();
@@ -109,7 +111,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     float _gradScale;
 
     public LlamaTrainingModel(LlamaShape shape, int batchSize, int seqLen, int threads, LoraOptions? lora = null, ClassifierOptions? classifier = null,
-        (int KvLayers, int Group)? swiftKv = null, FrozenBase? frozenBase = null)
+        (int KvLayers, int Group)? swiftKv = null, FrozenBase? frozenBase = null, float[]? parameters = null)
     {
         if (swiftKv != null && (lora != null || classifier != null)) throw new CriaException("SwiftKV distillation trains the SwiftKV projections alone (no LoRA, no classifier)");
         if (frozenBase != null && (lora == null || swiftKv != null)) throw new CriaException("a compressed frozen base (QLoRA) is for LoRA training: give a LoRA rank");
@@ -122,12 +124,21 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         Shape = shape;
         Layout = new ParameterLayout(shape, frozenMatrices: frozenBase != null);
         frozenBase?.CheckFits(shape);
+        if (parameters != null && parameters.Length != Layout.Count) throw new CriaException($"{parameters.Length} parameters given, the model has {Layout.Count}");
         Frozen = frozenBase;
         BatchSize = batchSize; SeqLen = seqLen;
         int N = Rows = batchSize * seqLen;
         _pool = new WorkerPool(Math.Max(1, threads));
         _gemm = new Gemm(_pool);
-        Parameters = Pinned<float>(Layout.Count, out P);
+        if (parameters != null)
+        {
+            // Adopt the caller's array (an imported model's) instead of copying it: one model's worth of memory less.
+            _parametersHandle = GCHandle.Alloc(parameters, GCHandleType.Pinned);
+            P = (float*)_parametersHandle.AddrOfPinnedObject();
+            Parameters = parameters;
+            _adopted = true;
+        }
+        else Parameters = Pinned<float>(Layout.Count, out P);
         if (lora != null || swiftKv != null) { Gradients = []; _normGrad = Floats(shape.Dim); }
         else Gradients = Pinned<float>(Layout.Count, out G);
         Pinned<int>(N, out _tokens); Pinned<int>(N, out _targets); Pinned<int>(N, out _targets2);
@@ -339,13 +350,17 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         float std = 0.02f, resid = std / MathF.Sqrt(2f * Shape.Layers);
         foreach (var t in Layout.AllTensors)
         {
-            if (t.Offset < 0) // a frozen projection: draw its numbers all the same, so the adapters start as with an F32 base
+            if (!t.IsMatrix)
+            {
+                if (t.Offset >= 0 && !_adopted) Parameters.AsSpan((int)t.Offset, (int)t.Count).Fill(1f);
+                continue;
+            }
+            if (t.Offset < 0 || _adopted) // frozen, or adopted weights: draw the numbers all the same, so what follows (the adapters) starts as it would
             {
                 for (long i = 0; i < t.Count; i++) rng.NextGaussian();
                 continue;
             }
             var span = Parameters.AsSpan((int)t.Offset, (int)t.Count);
-            if (!t.IsMatrix) { span.Fill(1f); continue; }
             float s = t.Name.EndsWith("attn_output.weight") || t.Name.EndsWith("ffn_down.weight") ? resid : std;
             for (int i = 0; i < span.Length; i++) span[i] = rng.NextGaussian() * s;
         }
@@ -906,7 +921,11 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
 
     static void Clear(float* p, long n) => NativeMemory.Clear(p, (nuint)(n * sizeof(float)));
 
-    public void Dispose() => _pool.Dispose();
+    public void Dispose()
+    {
+        _pool.Dispose();
+        if (_parametersHandle.IsAllocated) _parametersHandle.Free();
+    }
 }
 
 /// <summary>Runs a body over [0, n) in chunks claimed from a shared counter (one object, reused: no allocation).</summary>

@@ -84,15 +84,19 @@ public sealed partial class Trainer : IDisposable
     /// <summary>The tokens repeat rows are drawn from (required when <see cref="RepeatFraction"/> &gt; 0).</summary>
     public int[]? RepeatAlphabet { get; init; }
 
+    /// <param name="parameters">An imported model's parameters (<see cref="GgufImport.Imported.Parameters"/>) for the
+    /// model to adopt and train in place instead of a copy (<see cref="SetParameters"/>); the random numbers of the
+    /// initialisation are drawn all the same. Null: freshly initialised parameters.</param>
     public Trainer(LlamaShape shape, TrainingOptions options, int[] trainTokens, int bos, int? seqLen = null, LoraOptions? lora = null,
-        ClassifierOptions? classifier = null, (int KvLayers, int Group)? swiftKv = null, FrozenBase? frozenBase = null)
+        ClassifierOptions? classifier = null, (int KvLayers, int Group)? swiftKv = null, FrozenBase? frozenBase = null,
+        float[]? parameters = null)
     {
         Options = options;
         options.Validate();
         int T = seqLen ?? shape.ContextLength;
         // An empty corpus makes a trainer for preference steps only (PreferenceStep brings its own pairs).
         if (trainTokens.Length > 0 && trainTokens.Length < T + 1) throw new CriaException($"the corpus has {trainTokens.Length} tokens, fewer than one sequence of {T + 1}");
-        Model = new LlamaTrainingModel(shape, options.BatchSize, T, options.Threads, lora, classifier, swiftKv, frozenBase) { S2Group = options.S2Group };
+        Model = new LlamaTrainingModel(shape, options.BatchSize, T, options.Threads, lora, classifier, swiftKv, frozenBase, parameters) { S2Group = options.S2Group };
         _data = trainTokens;
         _bos = bos;
         _m = new float[TrainedCount];

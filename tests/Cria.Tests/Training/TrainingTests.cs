@@ -168,6 +168,35 @@ public sealed class TrainingTests(ITestOutputHelper output)
         output.WriteLine($"F16 export: max |Δ logit| vs the F32 training forward {worst16:E2}");
         Assert.True(worst16 < 5e-2);
     }
+
+    /// <summary>A trainer that adopts an imported array (what <c>cria train --init</c> does, to hold one copy of the
+    /// model) trains exactly as one given a copy, full training and LoRA alike, and trains that array in place.</summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Adopted_parameters_train_as_copied_ones(bool lora)
+    {
+        var (shape, tokens, bos) = TinySetup();
+        var init = new float[new ParameterLayout(shape).Count];
+        var g = new TrainingRng(3);
+        for (int i = 0; i < init.Length; i++) init[i] = g.NextGaussian() * 0.05f;
+        var options = TinyOptions with { Steps = 4 };
+        var loraOptions = lora ? new LoraOptions { Rank = 2, Alpha = 4 } : null;
+        float[] Run(Trainer t) => Enumerable.Range(0, options.Steps).Select(_ => t.TrainStep().Loss).ToArray();
+
+        using var copied = new Trainer(shape, options, tokens, bos, lora: loraOptions);
+        copied.SetParameters(init);
+        var adoptedArray = init.ToArray();
+        using var adopted = new Trainer(shape, options, tokens, bos, lora: loraOptions, parameters: adoptedArray);
+        Assert.Same(adoptedArray, adopted.Model.Parameters);
+        Assert.Equal(init, adoptedArray); // the initialisation drew its numbers without writing them
+        Assert.Equal(copied.Model.LoraParameters, adopted.Model.LoraParameters);
+        Assert.Equal(Run(copied), Run(adopted));
+        Assert.Equal(copied.Model.Parameters, adoptedArray);
+        Assert.Equal(copied.Model.LoraParameters, adopted.Model.LoraParameters);
+        if (!lora) Assert.NotEqual(init, adoptedArray); // full training moved the adopted array itself
+        Assert.Contains("parameters given", Assert.Throws<CriaException>(() => { using var t = new Trainer(shape, options, tokens, bos, parameters: new float[3]); }).Message);
+    }
 }
 
 public sealed class TokenizerTrainerTests(ITestOutputHelper output)
