@@ -12,21 +12,12 @@ public static unsafe class DequantizeVector
     /// <summary>Decodes <paramref name="dst"/>.Length elements of <paramref name="type"/>, as <see cref="Dequantize.Row"/>.</summary>
     public static void Row(GgmlType type, ReadOnlySpan<byte> src, Span<float> dst)
     {
-        if (type == GgmlType.Q4_K && Vector256.IsHardwareAccelerated)
-        {
-            Dequantize.CheckRow(type, src.Length, dst.Length, nameof(src));
-            fixed (byte* s = src) fixed (float* y = dst)
-                for (int i = 0; i < dst.Length / 256; i++) Q4_K(s + 144 * i, y + 256 * i);
-            return;
-        }
-        if (type == GgmlType.Q6_K && Vector256.IsHardwareAccelerated)
-        {
-            Dequantize.CheckRow(type, src.Length, dst.Length, nameof(src));
-            fixed (byte* s = src) fixed (float* y = dst)
-                for (int i = 0; i < dst.Length / 256; i++) Q6_K(s + 210 * i, y + 256 * i);
-            return;
-        }
-        Dequantize.Row(type, src, dst);
+        delegate*<byte*, float*, void> block = type switch { GgmlType.Q4_K => &Q4_K, GgmlType.Q6_K => &Q6_K, _ => null };
+        if (block == null || !Vector256.IsHardwareAccelerated) { Dequantize.Row(type, src, dst); return; }
+        Dequantize.CheckRow(type, src.Length, dst.Length, nameof(src));
+        int bytes = GgmlTypeInfo.BlockBytes(type), n = GgmlTypeInfo.BlockSize(type); // 256 elements per K block
+        fixed (byte* s = src) fixed (float* y = dst)
+            for (int i = 0; i < dst.Length / n; i++) block(s + (long)bytes * i, y + (long)n * i);
     }
 
     // block_q4_K (144 B), as Dequantize.Q4_K: chunk c's 32 bytes hold sub-block 2c in their low nibbles and 2c + 1 in

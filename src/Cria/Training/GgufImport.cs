@@ -98,7 +98,7 @@ public static class GgufImport
                     var h = MemoryMarshal.Cast<byte, Half>(src);
                     for (int i = 0; i < dst.Length; i++) dst[i] = (float)h[i];
                     break;
-                case var other when frozen: Decode(other, src, t.Count).CopyTo(dst); break;
+                case var other when frozen: Dequantize.Row(other, src, dst); break;
                 default: throw new CriaException($"{caller}: tensor {info} of {path} is {info.Type}; only F32 and F16 weights can be trained from (LoRA adapters, --lora-rank, can be trained on a quantized base)");
             }
         }
@@ -123,10 +123,4 @@ public static class GgufImport
         return x;
     }
 
-    static float[] Decode(GgmlType type, ReadOnlySpan<byte> src, long count)
-    {
-        var x = new float[count];
-        Dequantize.Row(type, src, x);
-        return x;
-    }
 }

@@ -70,9 +70,6 @@ public sealed class ParameterLayout
     /// <summary>Offset of the output head (the token embedding when tied).</summary>
     public long Output { get; }
     public LayerOffsets[] Blocks { get; }
-    /// <summary>Whether the blocks' seven projections live outside the parameters (a LoRA run's <see cref="FrozenBase"/>):
-    /// their offsets are then −1 and <see cref="Tensors"/> lacks them.</summary>
-    public bool FrozenMatrices { get; }
     /// <summary>Every tensor of the model in file order, the frozen projections (offset −1) included.</summary>
     public ParameterTensor[] AllTensors { get; }
 
@@ -86,10 +83,11 @@ public sealed class ParameterLayout
         };
     }
 
+    /// <param name="frozenMatrices">The blocks' seven projections live outside the parameters (a LoRA run's
+    /// <see cref="FrozenBase"/>): their offsets are then −1 and <see cref="Tensors"/> lacks them.</param>
     public ParameterLayout(LlamaShape s, bool frozenMatrices = false)
     {
         Shape = s;
-        FrozenMatrices = frozenMatrices;
         var list = new List<ParameterTensor>();
         var all = new List<ParameterTensor>();
         long at = 0;

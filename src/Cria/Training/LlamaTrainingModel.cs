@@ -38,7 +38,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     public float[] SwiftKvParameters { get; } = [];
     public float[] SwiftKvGradients { get; } = [];
     /// <summary>QLoRA: the base's block projections kept compressed outside <see cref="Parameters"/> (then
-    /// <see cref="ParameterLayout.FrozenMatrices"/>), each dequantized into one scratch matrix before the product that
+    /// a layout without them), each dequantized into one scratch matrix before the product that
     /// reads it; null when they are F32 parameters.</summary>
     public FrozenBase? Frozen { get; }
     /// <summary>Whether <see cref="Forward"/> runs the SwiftKV wiring (default, with <see cref="SwiftKv"/> set) or the original model.</summary>
