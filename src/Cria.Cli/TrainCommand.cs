@@ -29,6 +29,9 @@ static class TrainCommand
         var ffn = new Option<int>("--ffn") { DefaultValueFactory = _ => 768, Description = "feed-forward width" };
         var ctx = new Option<int>("--ctx") { DefaultValueFactory = _ => 256, Description = "context length = training sequence length" };
         var ropeScale = new Option<float>("--rope-scale") { Description = "linear RoPE scaling (position interpolation) for training at a longer context: positions ÷ F, written into the model" };
+        var window = new Option<int>("--window") { Description = "LongGen's hybrid attention: the windowed layers (--window-layers) attend only to the first --window-sinks positions and the last W; written into the model, which inference then runs with the same masks and a bounded cache for those layers. With --init, converts a full-attention model while it trains (LongGen's recipe)" };
+        var windowSinks = new Option<int>("--window-sinks") { Description = "attention sinks of the windowed layers (positions from the start every query sees)", DefaultValueFactory = _ => 16 };
+        var windowLayers = new Option<string>("--window-layers") { Description = "which layers are windowed: longgen (the bottom and top thirds; the middle third keeps full attention), all, or a list such as 0,1,4,5", DefaultValueFactory = _ => "longgen" };
         var s2 = new Option<bool>("--s2-attn") { Description = "LongLoRA's shifted sparse attention for long-context training: groups of ctx/4, half the heads shifted by half a group (inference keeps full attention)" };
         var tied = new Option<bool>("--tied") { Description = "tie the output head to the token embedding" };
         var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 2000 };
@@ -69,6 +72,7 @@ static class TrainCommand
             corpus, valid, outDir, tokenizer, vocab, dim, layers, heads, kvHeads, ffn, ctx, tied, steps, batch, accum, lr, warmup, minLr, wd, clip,
             seed, threads, resume, ckptMinutes, evalEvery, evalBatches, exportType, name, init, passkey, answerWeight, pkMin, repeat,
             loraRank, loraAlpha, loraTargets, pairs, validPairs, preference, beta, gamma, sft, validSft, pack, s2, ropeScale, qlora,
+            window, windowSinks, windowLayers,
         };
         cmd.SetAction(r =>
         {
@@ -104,6 +108,14 @@ static class TrainCommand
             }
             else if (r.GetValue(qlora)) throw new CriaException("--qlora trains LoRA adapters on an existing model: give it with --init MODEL --lora-rank R");
             if (r.GetResult(ropeScale) is { Implicit: false }) shapeNoVocab = shapeNoVocab with { RopeScale = r.GetValue(ropeScale) };
+            if (r.GetResult(window) is { Implicit: false })
+                shapeNoVocab = shapeNoVocab with
+                {
+                    Window = r.GetValue(window), WindowSinks = r.GetValue(windowSinks),
+                    WindowLayers = LlamaShape.ParseWindowLayers(r.GetValue(windowLayers)!, shapeNoVocab.Layers),
+                };
+            else if (r.GetResult(windowSinks) is { Implicit: false } || r.GetResult(windowLayers) is { Implicit: false })
+                throw new CriaException("--window-sinks and --window-layers need --window");
             if (r.GetValue(s2))
             {
                 int group = shapeNoVocab.ContextLength / 4 / 2 * 2;

@@ -120,6 +120,8 @@ public sealed class InferenceContext : IDisposable
         int ctx = options.ContextSize > 0 ? options.ContextSize : c.ContextLength;
         MicroBatch = Math.Max(1, options.MicroBatch);
         Cache = new KvCache(c, ctx, options.KvBlockSize, options.Kv, MicroBatch);
+        if (c.HasWindowedLayers && options.Eviction.Type != KvEvictionType.None)
+            throw new CriaException($"{model.File.Path} has windowed layers (hybrid attention), which already keep a bounded window; --kv-evict is not supported with it");
         _evictor = KvEvictor.Create(options.Eviction);
         if (options.Eviction.Type == KvEvictionType.Locret)
         {
@@ -378,6 +380,8 @@ public sealed class InferenceContext : IDisposable
 
         // Eviction, chunk by chunk (Locret): every sequence of this micro-batch over its budget drops blocks.
         if (_evictor != null) _evictor.Evict(Cache, batch, start, rows);
+        // Hybrid attention: the windowed layers let go of what no later query can see.
+        Cache.TrimWindows(batch.Sequences.Slice(start, rows));
 
         // Final hidden states (after the output norm) of every row, for embeddings.
         if (KeepEmbeddings)

@@ -27,6 +27,14 @@ namespace Cria.Inference;
 /// (copy-on-write). KIVI caches take no prefix hits: a shared block holds only quantized data, while the new
 /// sequence's residual window needs its tokens in full precision, so a hit would change the logits.
 /// </para>
+/// <para>
+/// Hybrid attention (LongGen, <see cref="ModelConfig.WindowLayers"/>): the pool holds only the full-attention layers.
+/// Each sequence keeps its windowed layers in a small private pool of its own (<see cref="WindowRingBlocks"/> blocks,
+/// allocated with the sequence and reused after it), with a second block table: the sink blocks, then the blocks that
+/// a query from <see cref="WindowSlack"/> positions back can still see. <see cref="TrimWindows"/> drops the others
+/// after every forward step, so a sequence's windowed layers hold a bounded number of tokens however long it runs.
+/// Such caches take no prefix hits (a shared block would lack the windowed layers).
+/// </para>
 /// </summary>
 public sealed class KvCache : IKvBlockPool
 {
@@ -60,6 +68,25 @@ public sealed class KvCache : IKvBlockPool
         public ulong LastHash => Hashes.Count == 0 ? 0 : Hashes[^1];
         public ushort[][]? Ring;                              // KIVI residual ring
         public float[]? Scores;                               // [slot] retention scores (eviction), lazily sized to the capacity
+        // Hybrid attention: the windowed layers' private pool and block table (null without windowed layers).
+        public WindowStore? Window;
+    }
+
+    /// <summary>One sequence's windowed layers: K and V storage of <see cref="WindowRingBlocks"/> blocks per windowed
+    /// layer, its free blocks, and its block table (slot = position − Dropped, as the main table).</summary>
+    internal sealed class WindowStore(int blocks, byte[][] k, byte[][] v)
+    {
+        public readonly byte[][] K = k, V = v;                   // [layer][cell * rowBytes]; empty for full-attention layers
+        public readonly Stack<int> Free = new(blocks);
+        public readonly List<int> Blocks = new(blocks);
+        public readonly List<int> BlockPos = new(blocks);
+        public int Dropped;
+
+        public void Reset()
+        {
+            Blocks.Clear(); BlockPos.Clear(); Free.Clear(); Dropped = 0;
+            for (int b = blocks - 1; b >= 0; b--) Free.Push(b);
+        }
     }
 
     public KvFormat Format { get; }
@@ -78,8 +105,22 @@ public sealed class KvCache : IKvBlockPool
     public int KeyParamsPerBlock { get; }
     public int RingLength { get; }
     /// <summary>Most positions <see cref="Truncate"/> can take back from a sequence at once: a KIVI cache keeps only
-    /// its ring's slack beyond the residual in F16 (speculative decoding must not draft more); others, any.</summary>
-    public int MaxRollback => Format.IsKivi ? RingLength - Format.KiviResidual : int.MaxValue;
+    /// its ring's slack beyond the residual in F16 (speculative decoding must not draft more); a hybrid one keeps the
+    /// window of a query <see cref="WindowSlack"/> positions back; others, any.</summary>
+    public int MaxRollback => Format.IsKivi ? RingLength - Format.KiviResidual : _windowed != null ? WindowSlack : int.MaxValue;
+
+    readonly bool[]? _windowed;                  // [layer] windowed (hybrid attention); null: every layer in the pool
+    readonly Stack<WindowStore> _windowStores = new();
+    readonly int _window, _windowSinks;
+    /// <summary>Positions a hybrid cache's windowed layers keep beyond the window (how far a sequence may be truncated
+    /// back: speculative drafts).</summary>
+    public const int WindowSlack = 64;
+    /// <summary>Blocks of each sequence's windowed-layer pool: the sink blocks, the window and its slack, and the most
+    /// rows one forward step appends (<c>ringSlack</c>), each rounded up.</summary>
+    public int WindowRingBlocks { get; }
+    /// <summary>Layers held in the pool (all but the windowed ones).</summary>
+    public int PooledLayerCount { get; }
+    public bool HasWindowedLayers => _windowed != null;
     /// <summary>Total token capacity over all sequences (llama.cpp's n_ctx).</summary>
     public int Capacity => BlockCount * BlockSize;
     /// <summary>Blocks a new allocation can take: never used, or cached with no reference (evictable).</summary>
@@ -93,12 +134,16 @@ public sealed class KvCache : IKvBlockPool
     public long PrefixHitTokens { get; private set; }
 
     public KvCache(ModelConfig config, int capacityTokens, int blockSize = DefaultBlockSize, KvFormat? format = null, int ringSlack = 512)
-        : this(config.KvDim, config.KvLayerCount, capacityTokens, blockSize, format, config.HeadDim, ringSlack) { }
+        : this(config.KvDim, config.KvLayerCount, capacityTokens, blockSize, format, config.HeadDim, ringSlack,
+               config.WindowLayers, config.Window, config.WindowSinks) { }
 
     /// <summary>A cache of <paramref name="layers"/> layers of <paramref name="kvDim"/> values per token (F32 unless
     /// <paramref name="format"/> says otherwise). For KIVI the block size is the group size G, and
-    /// <paramref name="ringSlack"/> is the most rows of one sequence a forward step appends (its micro-batch).</summary>
-    public KvCache(int kvDim, int layers, int capacityTokens, int blockSize = DefaultBlockSize, KvFormat? format = null, int headDim = 0, int ringSlack = 512)
+    /// <paramref name="ringSlack"/> is the most rows of one sequence a forward step appends (its micro-batch).
+    /// <paramref name="windowLayers"/> ([layers]): the layers kept per sequence in a window of <paramref name="window"/>
+    /// positions after <paramref name="windowSinks"/> sinks, outside the pool.</summary>
+    public KvCache(int kvDim, int layers, int capacityTokens, int blockSize = DefaultBlockSize, KvFormat? format = null, int headDim = 0, int ringSlack = 512,
+                   bool[]? windowLayers = null, int window = 0, int windowSinks = 0)
     {
         if (capacityTokens < 1) throw new ArgumentOutOfRangeException(nameof(capacityTokens), capacityTokens, "context size must be positive");
         if (blockSize < 1) throw new ArgumentOutOfRangeException(nameof(blockSize));
@@ -131,9 +176,23 @@ public sealed class KvCache : IKvBlockPool
         KeyParamsPerBlock = Format.IsKivi ? kvDim + kvDim / HeadDim * Kivi.KeySuperParams : 0;
         long bytes = (long)BlockCount * blockSize * KeyRowBytes;
         if (bytes > Array.MaxLength) throw new CriaException($"KV cache of {capacityTokens} tokens x {KvDim} is too large for one layer buffer");
+        if (windowLayers != null && windowLayers.Contains(true))
+        {
+            if (windowLayers.Length != layers || window < 1 || windowSinks < 0) throw new CriaException($"hybrid attention: {windowLayers.Length} layer flags for {layers} layers, window {window}, sinks {windowSinks}");
+            if (Format.IsKivi) throw new CriaException("KIVI caches do not support hybrid (windowed) attention yet: use --kv-type f16, q8_0 or f32");
+            _windowed = (bool[])windowLayers.Clone();
+            _window = window; _windowSinks = windowSinks;
+            WindowRingBlocks = (windowSinks + blockSize - 1) / blockSize + (window + WindowSlack + blockSize - 1) / blockSize
+                             + (Math.Max(1, ringSlack) + blockSize - 1) / blockSize + 2;
+        }
         _k = new byte[LayerCount][];
         _v = new byte[LayerCount][];
-        for (int l = 0; l < LayerCount; l++) { _k[l] = new byte[bytes]; _v[l] = new byte[bytes]; }
+        for (int l = 0; l < LayerCount; l++)
+        {
+            bool pooled = _windowed == null || !_windowed[l];
+            _k[l] = pooled ? new byte[bytes] : []; _v[l] = pooled ? new byte[bytes] : [];
+            if (pooled) PooledLayerCount++;
+        }
         _kParams = new ushort[Format.IsKivi ? LayerCount : 0][];
         _vParams = new ushort[Format.IsKivi ? LayerCount : 0][];
         for (int l = 0; l < _kParams.Length; l++)
@@ -153,7 +212,13 @@ public sealed class KvCache : IKvBlockPool
     /// parameters of a block spread over its G tokens; the F16 residual ring is counted by <see cref="RingBytesPerSequence"/>).</summary>
     public double BytesPerToken => Format.IsKivi
         ? LayerCount * (2.0 * KeyRowBytes + KeyParamsPerBlock * 2.0 / BlockSize + KvDim / ValueGroup * 4.0)
-        : 2.0 * LayerCount * KeyRowBytes;
+        : 2.0 * PooledLayerCount * KeyRowBytes;
+
+    /// <summary>Hybrid attention: bytes of one sequence's windowed-layer pool (K and V); 0 otherwise.</summary>
+    public long WindowBytesPerSequence => _windowed == null ? 0 : 2L * (LayerCount - PooledLayerCount) * WindowRingBlocks * BlockSize * KeyRowBytes;
+
+    /// <summary>Whether layer <paramref name="layer"/> lives in the sequences' window pools.</summary>
+    public bool IsWindowed(int layer) => _windowed != null && _windowed[layer];
 
     /// <summary>KIVI: bytes of one sequence's F16 residual ring (R + slack tokens, all layers, K and V); 0 otherwise.</summary>
     public long RingBytesPerSequence => Format.IsKivi ? 2L * LayerCount * RingLength * KvDim * 2 : 0;
@@ -187,6 +252,7 @@ public sealed class KvCache : IKvBlockPool
         {
             s = new Sequence(BlockCount);
             if (Format.IsKivi) s.Ring = _rings.Count > 0 ? _rings.Pop() : NewRing();
+            if (_windowed != null) { s.Window = _windowStores.Count > 0 ? _windowStores.Pop() : NewWindowStore(); s.Window.Reset(); }
             _seqs.Add(sequenceId, s);
         }
         int need = BlocksNeeded(sequenceId, tokens);
@@ -205,9 +271,53 @@ public sealed class KvCache : IKvBlockPool
         }
         int blocks = (s.Slots + tokens + BlockSize - 1) / BlockSize;
         while (s.Blocks.Count < blocks) { s.BlockPos.Add(s.Blocks.Count * BlockSize + s.Dropped); s.Blocks.Add(Allocate()); }
+        if (s.Window is { } w)
+        {
+            int wBlocks = (s.Length - w.Dropped + tokens + BlockSize - 1) / BlockSize;
+            while (w.Blocks.Count < wBlocks)
+            {
+                if (w.Free.Count == 0) throw new InvalidOperationException($"sequence {sequenceId}: the windowed layers' {WindowRingBlocks} blocks are all in use (a step appended more rows than the cache was sized for)");
+                w.BlockPos.Add(w.Blocks.Count * BlockSize + w.Dropped); w.Blocks.Add(w.Free.Pop());
+            }
+        }
         int start = s.Length;
         s.Length += tokens;
         return start;
+    }
+
+    WindowStore NewWindowStore()
+    {
+        long bytes = (long)WindowRingBlocks * BlockSize * KeyRowBytes;
+        var k = new byte[LayerCount][]; var v = new byte[LayerCount][];
+        for (int l = 0; l < LayerCount; l++) { k[l] = _windowed![l] ? new byte[bytes] : []; v[l] = _windowed[l] ? new byte[bytes] : []; }
+        return new WindowStore(WindowRingBlocks, k, v);
+    }
+
+    /// <summary>
+    /// Hybrid attention, after a forward step: every listed sequence's windowed layers drop the blocks no later query
+    /// can see — past the sinks, and wholly before the window of a query <see cref="WindowSlack"/> positions before its
+    /// next one (so a truncation by up to that much still finds its window). The last block is always kept.
+    /// </summary>
+    internal void TrimWindows(ReadOnlySpan<int> sequences)
+    {
+        if (_windowed == null) return;
+        for (int r = 0; r < sequences.Length; r++)
+        {
+            int id = sequences[r];
+            if (r > 0 && sequences[r - 1] == id) continue; // a prefill's rows: once per run
+            if (!_seqs.TryGetValue(id, out var s) || s.Window is not { } w) continue;
+            int firstVisible = s.Length - WindowSlack - _window + 1; // the earliest window start of a query to come
+            int n = w.Blocks.Count, kept = 0;
+            for (int i = 0; i < n; i++)
+            {
+                int p0 = w.BlockPos[i];
+                bool keep = i == n - 1 || p0 < _windowSinks || p0 + BlockSize > firstVisible;
+                if (keep) { w.Blocks[kept] = w.Blocks[i]; w.BlockPos[kept] = p0; kept++; }
+                else { w.Free.Push(w.Blocks[i]); w.Dropped += BlockSize; }
+            }
+            w.Blocks.RemoveRange(kept, n - kept);
+            w.BlockPos.RemoveRange(kept, n - kept);
+        }
     }
 
     ushort[][] NewRing()
@@ -222,6 +332,7 @@ public sealed class KvCache : IKvBlockPool
         int bs = BlockSize;
         for (int l = 0; l < LayerCount; l++)
         {
+            if (IsWindowed(l)) continue; // not in the pool
             Array.Copy(_k[l], (long)from * bs * KeyRowBytes, _k[l], (long)to * bs * KeyRowBytes, (long)bs * KeyRowBytes);
             Array.Copy(_v[l], (long)from * bs * ValueRowBytes, _v[l], (long)to * bs * ValueRowBytes, (long)bs * ValueRowBytes);
             if (Format.IsKivi)
@@ -302,19 +413,27 @@ public sealed class KvCache : IKvBlockPool
     internal void Store(int layer, int sequenceId, int pos, int cell, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
     {
         int kvDim = KvDim;
+        byte[] kDst = _k[layer], vDst = _v[layer];
+        if (IsWindowed(layer)) // the sequence's own pool, through its window table
+        {
+            var w = _seqs[sequenceId].Window!;
+            int wSlot = pos - w.Dropped;
+            cell = w.Blocks[wSlot / BlockSize] * BlockSize + wSlot % BlockSize;
+            kDst = w.K[layer]; vDst = w.V[layer];
+        }
         switch (Format.Type)
         {
             case KvCacheType.F32:
-                k.CopyTo(MemoryMarshal.Cast<byte, float>(_k[layer].AsSpan(cell * KeyRowBytes, KeyRowBytes)));
-                v.CopyTo(MemoryMarshal.Cast<byte, float>(_v[layer].AsSpan(cell * ValueRowBytes, ValueRowBytes)));
+                k.CopyTo(MemoryMarshal.Cast<byte, float>(kDst.AsSpan(cell * KeyRowBytes, KeyRowBytes)));
+                v.CopyTo(MemoryMarshal.Cast<byte, float>(vDst.AsSpan(cell * ValueRowBytes, ValueRowBytes)));
                 return;
             case KvCacheType.F16:
-                ToHalf(k, MemoryMarshal.Cast<byte, ushort>(_k[layer].AsSpan(cell * KeyRowBytes, KeyRowBytes)));
-                ToHalf(v, MemoryMarshal.Cast<byte, ushort>(_v[layer].AsSpan(cell * ValueRowBytes, ValueRowBytes)));
+                ToHalf(k, MemoryMarshal.Cast<byte, ushort>(kDst.AsSpan(cell * KeyRowBytes, KeyRowBytes)));
+                ToHalf(v, MemoryMarshal.Cast<byte, ushort>(vDst.AsSpan(cell * ValueRowBytes, ValueRowBytes)));
                 return;
             case KvCacheType.Q8_0:
-                Quantize.Row(GgmlType.Q8_0, k, _k[layer].AsSpan(cell * KeyRowBytes, KeyRowBytes));
-                Quantize.Row(GgmlType.Q8_0, v, _v[layer].AsSpan(cell * ValueRowBytes, ValueRowBytes));
+                Quantize.Row(GgmlType.Q8_0, k, kDst.AsSpan(cell * KeyRowBytes, KeyRowBytes));
+                Quantize.Row(GgmlType.Q8_0, v, vDst.AsSpan(cell * ValueRowBytes, ValueRowBytes));
                 return;
         }
         var s = _seqs[sequenceId];
@@ -381,7 +500,15 @@ public sealed class KvCache : IKvBlockPool
         if (length < 0) throw new ArgumentOutOfRangeException(nameof(length));
         if (length >= s.Length) return;
         if (length > 0 && s.Length - length > MaxRollback)
-            throw new CriaException($"a KIVI cache can drop at most {MaxRollback} positions at once ({s.Length - length} asked)");
+            throw new CriaException($"a {(Format.IsKivi ? "KIVI" : "hybrid-attention")} cache can drop at most {MaxRollback} positions at once ({s.Length - length} asked)");
+        if (s.Window is { } w)
+        {
+            int wKeep = w.Blocks.Count;
+            while (wKeep > 0 && w.BlockPos[wKeep - 1] >= length) wKeep--;
+            int wSlots = wKeep == 0 ? 0 : (wKeep - 1) * BlockSize + Math.Min(BlockSize, length - w.BlockPos[wKeep - 1]);
+            w.Dropped = length - wSlots;
+            for (int i = w.Blocks.Count - 1; i >= wKeep; i--) { w.Free.Push(w.Blocks[i]); w.Blocks.RemoveAt(i); w.BlockPos.RemoveAt(i); }
+        }
         // Blocks starting at or after the new length go; the last kept block keeps its positions below length.
         int keep = s.Blocks.Count;
         while (keep > 0 && s.BlockPos[keep - 1] >= length) keep--;
@@ -400,6 +527,7 @@ public sealed class KvCache : IKvBlockPool
         if (length == 0 || slots == 0)
         {
             if (s.Ring != null) _rings.Push(s.Ring);
+            if (s.Window != null) _windowStores.Push(s.Window);
             _seqs.Remove(sequenceId);
         }
     }
@@ -412,6 +540,7 @@ public sealed class KvCache : IKvBlockPool
     public void DropBlocks(int sequenceId, ReadOnlySpan<bool> keep)
     {
         var s = _seqs[sequenceId];
+        if (s.Window != null) throw new CriaException("KV eviction is not supported with hybrid (windowed) attention: its windowed layers already keep a bounded window");
         int n = s.Blocks.Count, bs = BlockSize, w = 0;
         var scores = s.Scores;
         for (int i = 0; i < n; i++)
@@ -467,7 +596,7 @@ public sealed class KvCache : IKvBlockPool
     public int AttachPrefix(int sequenceId, ReadOnlySpan<int> tokens)
     {
         if (_seqs.ContainsKey(sequenceId)) throw new InvalidOperationException($"sequence {sequenceId} already has cache entries");
-        if (Format.IsKivi) return 0;
+        if (Format.IsKivi || _windowed != null) return 0;
         int maxBlocks = Math.Max(0, (tokens.Length - 1) / BlockSize);
         PrefixQueryTokens += maxBlocks * BlockSize;
         ulong h = 0;
@@ -498,7 +627,7 @@ public sealed class KvCache : IKvBlockPool
     /// </summary>
     public void PublishFullBlocks(int sequenceId, ReadOnlySpan<int> tokens)
     {
-        if (!_seqs.TryGetValue(sequenceId, out var s) || s.Dropped > 0 || Format.IsKivi) return;
+        if (!_seqs.TryGetValue(sequenceId, out var s) || s.Dropped > 0 || Format.IsKivi || _windowed != null) return;
         int full = Math.Min(s.Length, tokens.Length) / BlockSize;
         for (int i = s.Published; i < full; i++)
         {

@@ -99,24 +99,31 @@ internal sealed partial class AttentionJob : ParallelJob
             var s = _cache.GetSequence(_batch!.Sequences[row]);
             int p = _batch.Positions[row];
             int dropped = _shiftPositions ? s.Dropped : -1;
+            // A windowed layer of a hybrid model reads the sequence's own window pool through its window table.
+            var w = s.Window;
+            bool own = w != null && _cache.IsWindowed(_layer);
+            var kvSeq = own ? new KvLayer(_cache, _layer, w!) : kv;
+            var table = CollectionsMarshal.AsSpan(own ? w!.Blocks : s.Blocks);
+            var blockPos = CollectionsMarshal.AsSpan(own ? w!.BlockPos : s.BlockPos);
+            int gone = own ? w!.Dropped : s.Dropped;
             if (n == 1)
             {
                 var probs = _probs.Length == 0 ? Span<float>.Empty : _probs.AsSpan((b * kvHeads + g) * _probStride, _probStride);
-                Attend(c, kv, CollectionsMarshal.AsSpan(s.Blocks), CollectionsMarshal.AsSpan(s.BlockPos), s.Ring, p - s.Dropped + 1, p, g,
+                Attend(c, kvSeq, table, blockPos, s.Ring, p - gone + 1, p, g,
                        _q.AsSpan(b * c.QDim), _out.AsSpan(b * c.QDim), scratch, probs, dropped);
                 continue;
             }
-            for (int r = 0; r < n; r++) slots[r] = p + r - s.Dropped + 1;
-            AttendRows(c, kv, CollectionsMarshal.AsSpan(s.Blocks), CollectionsMarshal.AsSpan(s.BlockPos), s.Ring, n, slots, p + n - 1, g,
+            for (int r = 0; r < n; r++) slots[r] = p + r - gone + 1;
+            AttendRows(c, kvSeq, table, blockPos, s.Ring, n, slots, p + n - 1, g,
                        _q.AsSpan(b * c.QDim, n * c.QDim), _out.AsSpan(b * c.QDim, n * c.QDim), scratch, max, sum, dropped);
         }
     }
 
     /// <summary>One layer of the cache as the kernel reads it: storage arrays and format constants.</summary>
-    internal readonly struct KvLayer(KvCache cache, int layer)
+    internal readonly struct KvLayer(KvCache cache, int layer, KvCache.WindowStore? window = null)
     {
         public readonly KvCacheType Type = cache.Format.Type;
-        public readonly byte[] K = cache.KeyBytes(layer), V = cache.ValueBytes(layer);
+        public readonly byte[] K = window?.K[layer] ?? cache.KeyBytes(layer), V = window?.V[layer] ?? cache.ValueBytes(layer);
         public readonly ushort[]? KParams = cache.Format.IsKivi ? cache.KeyParams(layer) : null;
         public readonly ushort[]? VParams = cache.Format.IsKivi ? cache.ValueParams(layer) : null;
         public readonly int Layer = layer, BlockSize = cache.BlockSize, KvDim = cache.KvDim, RowBytes = cache.KeyRowBytes;
@@ -149,7 +156,8 @@ internal sealed partial class AttentionJob : ParallelJob
         Span<float> sum = stackalloc float[group];
         Span<int> slotsOne = stackalloc int[1];
         slotsOne[0] = slots;
-        bool fused = ring != null && KiviFused(kv, hd, dropped);
+        bool windowed = c.IsWindowed(kv.Layer);
+        bool fused = ring != null && !windowed && KiviFused(kv, hd, dropped);
         if (fused) AttendKivi(c, kv, table, blockPos, ring!, slots, p, g, qRow, outRow, scratch, max, sum);
         else AttendRows(c, kv, table, blockPos, ring, 1, slotsOne, p, g, qRow, outRow, scratch, max, sum, dropped);
         if (probs.IsEmpty) return;
@@ -175,6 +183,7 @@ internal sealed partial class AttentionJob : ParallelJob
             }
             for (int j = 0; j < n; j++)
             {
+                if (windowed && !c.WindowSees(p, SlotPosition(blockPos, kv.BlockSize, t0 + j))) { probs[t0 + j] = 0; continue; }
                 float pr = 0;
                 for (int h = 0; h < group; h++) pr += SoftmaxExp(scores[h * TileSize + j] - max[h]) / sum[h];
                 probs[t0 + j] = pr;
@@ -210,18 +219,33 @@ internal sealed partial class AttentionJob : ParallelJob
         int rotationDelta = 0;
         int h0 = g * group, maxSlots = 0;
         for (int r = 0; r < rows; r++) maxSlots = Math.Max(maxSlots, slots[r]);
+        // LongGen's windowed layers: a row at position pq sees the sinks (positions < S) and positions > pq − W. Tiles
+        // that no row of the run sees are not loaded; inside a tile the keys a row does not see score −∞ (e^−∞ = 0).
+        bool windowed = c.IsWindowed(kv.Layer);
+        int bs = kv.BlockSize, pFirst = pLast - rows + 1;
         for (int t0 = 0; t0 < maxSlots; t0 += TileSize)
         {
             int nAll = Math.Min(TileSize, maxSlots - t0);
+            if (windowed && !c.WindowSeesAny(pFirst, SlotPosition(blockPos, bs, t0), SlotPosition(blockPos, bs, t0 + nAll - 1))) continue;
             LoadTileForScores(c, kv, table, blockPos, ring, t0, nAll, g, pLast, dropped, columns, kTile, vTile, kCols, rotation, ref rotationDelta);
             for (int r = 0; r < rows; r++)
             {
                 if (slots[r] <= t0) continue;
                 int n = Math.Min(TileSize, slots[r] - t0);
+                int pq = pFirst + r, lo = 0, hi = 0;
+                if (windowed)
+                {
+                    lo = SlotPosition(blockPos, bs, t0); hi = SlotPosition(blockPos, bs, t0 + n - 1);
+                    if (!c.WindowSeesAny(pq, lo, hi)) continue;
+                }
                 var scores = scoresAll.Slice(r * group * TileSize, group * TileSize);
                 var acc = accAll.Slice(r * group * hd, group * hd);
                 if (columns) TileScoresColumns(q.Slice(r * qDim, qDim), kCols, n, h0, group, hd, scale, scores);
                 else TileScores(q.Slice(r * qDim, qDim), kTile, n, h0, group, hd, scale, scores);
+                if (windowed && !c.WindowSeesAll(pq, lo, hi))
+                    for (int j = 0; j < n; j++)
+                        if (!c.WindowSees(pq, SlotPosition(blockPos, bs, t0 + j)))
+                            for (int h = 0; h < group; h++) scores[h * TileSize + j] = float.NegativeInfinity;
                 // online softmax: new max, rescale what was accumulated, exponentiate the tile.
                 for (int h = 0; h < group; h++)
                 {
@@ -246,6 +270,10 @@ internal sealed partial class AttentionJob : ParallelJob
                 for (int i = 0; i < hd; i++) o[i] = a[i] * inv;
             }
     }
+
+    /// <summary>The text position of the token in a sequence's cache slot (its block's first position + the offset).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static int SlotPosition(ReadOnlySpan<int> blockPos, int bs, int slot) => blockPos[slot / bs] + slot % bs;
 
     /// <summary>Rotates the key rows of slots [t0, t0 + n) in kTile ([n, hd]) by their block's Δ (see <see cref="Attend"/>);
     /// <paramref name="rotation"/> holds the cos/sin of <paramref name="rotationDelta"/> and is recomputed when Δ changes.</summary>

@@ -111,6 +111,26 @@ public sealed record ModelConfig
     /// <summary>Whether SwiftKV layer <paramref name="layer"/> owns K/V projections (the first of its AcrossKV group).</summary>
     public bool OwnsSwiftKv(int layer) => IsSwiftKv && layer >= SwiftKvLayers && (layer - SwiftKvLayers) % SwiftKvGroup == 0;
 
+    /// <summary>LongGen's hybrid attention (Ge et al. 2024, "A Little Goes a Long Way"): the layers marked here attend
+    /// only to the first <see cref="WindowSinks"/> positions of the sequence (attention sinks) and the last
+    /// <see cref="Window"/> positions up to the query (a sliding window); the others attend to everything. Null = every
+    /// layer attends to everything. GGUF: <c>{arch}.attention.sliding_window</c> (W),
+    /// <c>{arch}.attention.sliding_window_pattern</c> (one bool per layer, true = windowed) and Cria's
+    /// <c>{arch}.attention.sliding_window_sinks</c> (S).</summary>
+    public bool[]? WindowLayers { get; init; }
+    public int Window { get; init; }
+    public int WindowSinks { get; init; }
+    public bool HasWindowedLayers => WindowLayers != null;
+    /// <summary>Whether layer <paramref name="layer"/> attends through the sink + window mask.</summary>
+    public bool IsWindowed(int layer) => WindowLayers != null && WindowLayers[layer];
+    /// <summary>Whether a query at position <paramref name="queryPos"/> of a windowed layer sees the key at position
+    /// <paramref name="keyPos"/> (≤ queryPos): a sink, or inside the window.</summary>
+    public bool WindowSees(int queryPos, int keyPos) => keyPos < WindowSinks || keyPos > queryPos - Window;
+    /// <summary>Whether a query at <paramref name="queryPos"/> sees any key whose position lies in [lo, hi].</summary>
+    public bool WindowSeesAny(int queryPos, int lo, int hi) => lo < WindowSinks || hi > queryPos - Window;
+    /// <summary>Whether it sees every position in [lo, hi] (the masked gap [S, queryPos − W] misses the range).</summary>
+    public bool WindowSeesAll(int queryPos, int lo, int hi) => hi < WindowSinks || lo > queryPos - Window || queryPos - Window < WindowSinks;
+
     public int QDim => HeadCount * HeadDim;
     public int KvDim => KvHeadCount * HeadDim;
     /// <summary>Query heads per KV head (GQA group size).</summary>
@@ -171,6 +191,17 @@ public sealed record ModelConfig
         if (swiftKv != 0 && (arch != "llama" || swiftKv < 1 || swiftKv >= layers || swiftGroup < 1 || swiftGroup > layers - swiftKv))
             throw new ModelFormatException(f.Path, $"swiftkv.kv_layers {swiftKv} with group_size {swiftGroup}: SwiftKV needs the llama architecture (got {arch}), 1 ≤ kv_layers < block_count {layers} and 1 ≤ group_size ≤ block_count − kv_layers");
 
+        bool[]? windowLayers = null;
+        int window = f.Get<int>(p + "attention.sliding_window", 0), sinks = f.Get<int>(p + "attention.sliding_window_sinks", 0);
+        if (f.Has(p + "attention.sliding_window_pattern"))
+        {
+            windowLayers = f.Get<bool[]>(p + "attention.sliding_window_pattern");
+            if (windowLayers.Length != layers || window < 1 || sinks < 0 || arch != "llama" || swiftKv != 0)
+                throw new ModelFormatException(f.Path, $"sliding_window_pattern of {windowLayers.Length} layers with sliding_window {window} and sinks {sinks}: hybrid attention needs the llama architecture without SwiftKV, one bool per layer ({layers}), a window ≥ 1 and sinks ≥ 0");
+            if (!windowLayers.Contains(true)) windowLayers = null;
+        }
+        // sliding_window without a pattern (what some Mistral conversions carry) is ignored, as llama.cpp ignores it for llama.
+
         var scaling = RopeScalingType.None;
         float freqScale = 1f;
         string type = f.Get<string>(p + "rope.scaling.type", "none");
@@ -221,6 +252,9 @@ public sealed record ModelConfig
             ExpertUsedCount = expertsUsed,
             SwiftKvLayers = swiftKv,
             SwiftKvGroup = swiftKv > 0 ? swiftGroup : 1,
+            WindowLayers = windowLayers,
+            Window = windowLayers != null ? window : 0,
+            WindowSinks = windowLayers != null ? sinks : 0,
             VocabSize = vocab,
             RmsNormEps = eps,
             RopeFreqBase = baseFreq,

@@ -31,6 +31,12 @@ public static class GgufExport
         w.Set("llama.attention.layer_norm_rms_epsilon", s.RmsEps);
         w.Set("llama.rope.freq_base", s.RopeBase);
         if (s.RopeScale > 1) { w.Set("llama.rope.scaling.type", "linear"); w.Set("llama.rope.scaling.factor", s.RopeScale); }
+        if (s.WindowLayers != null)
+        {
+            w.Set("llama.attention.sliding_window", (uint)s.Window);
+            w.Set("llama.attention.sliding_window_sinks", (uint)s.WindowSinks);
+            w.Set("llama.attention.sliding_window_pattern", s.WindowLayers);
+        }
         w.Set("llama.vocab_size", (uint)s.VocabSize);
         w.Set("general.file_type", (uint)RandomModel.FileType(weightType));
         if (extraMetadata != null) foreach (var (k, v) in extraMetadata) w.Set(k, v);

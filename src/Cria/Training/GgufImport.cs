@@ -65,6 +65,9 @@ public static class GgufImport
             TiedEmbeddings = !f.TryGetTensor("output.weight", out _),
             RopeScale = f.Get("llama.rope.scaling.type", "none") == "linear" ? f.Get("llama.rope.scaling.factor", 1f) : 1f,
         };
+        var config = Models.ModelConfig.FromGguf(f); // validates the hybrid-attention keys as inference reads them
+        if (config.HasWindowedLayers)
+            shape = shape with { WindowLayers = config.WindowLayers, Window = config.Window, WindowSinks = config.WindowSinks };
         shape.Validate();
         if (f.Has("llama.rope.dimension_count") && U("llama.rope.dimension_count") != shape.HeadDim)
             throw new CriaException($"{caller}: {path} rotates {U("llama.rope.dimension_count")} of {shape.HeadDim} head dimensions; the trainer rotates all");

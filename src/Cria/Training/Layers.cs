@@ -146,13 +146,16 @@ public static unsafe class Layers
     /// position) query t attends over its own document only, and with LongLoRA's S2-Attn (<paramref name="groupLower"/>,
     /// <paramref name="groupUpper"/> [T]: the first position of t's group for the lower and the upper half of the query
     /// heads, whose groups are shifted against each other) over its group only; with both, over the later start.
+    /// With a <paramref name="window"/> W &gt; 0 (LongGen's windowed layers) causal query t attends to two ranges of
+    /// keys: the first <paramref name="sinks"/> positions from that start s0 (attention sinks) and the window
+    /// (t − W, t] (<see cref="KeyRanges"/>); the keys between get probability 0, so the backward needs no mask.
     /// q [B·T, nHead·hd], k/v [B·T, nKv·hd], probs [B, nHead, T, T] (saved for backward), out [B·T, nHead·hd].
     /// K and V of the head are transposed first, so scores and outputs are hd long vector ops over positions.
     /// scratch holds 2·hd·T floats.
     /// </summary>
     public static void AttentionForward(float* outp, float* probs, float* q, float* k, float* v,
         int b, int kvHead, int seqLen, int nHead, int nKv, int hd, float* scratch, int keys = 0, int* segStart = null,
-        int* groupLower = null, int* groupUpper = null)
+        int* groupLower = null, int* groupUpper = null, int window = 0, int sinks = 0)
     {
         int group = nHead / nKv, qw = nHead * hd, kw = nKv * hd;
         float scale = 1.0f / MathF.Sqrt(hd);
@@ -167,17 +170,27 @@ public static unsafe class Layers
             {
                 float* qt = q + (row0 + t) * qw + h * hd;
                 float* p = probs + (((long)b * nHead + h) * seqLen + t) * seqLen;
-                int n = keys > 0 ? keys : t + 1, s0 = keys > 0 ? 0 : FirstKey(segStart, groups, t), m = n - s0; // keys s0..n−1
+                int n = keys > 0 ? keys : t + 1, s0 = keys > 0 ? 0 : FirstKey(segStart, groups, t);
+                var (e0, w0) = KeyRanges(s0, t, keys > 0 ? 0 : window, sinks); // keys s0..e0−1 and w0..n−1
+                int m0 = e0 - s0, m = n - w0;
                 new Span<float>(p, seqLen).Clear();
-                for (int d = 0; d < hd; d++) Axpy(qt[d] * scale, kt + (long)d * seqLen + s0, p + s0, m);
+                for (int d = 0; d < hd; d++)
+                {
+                    Axpy(qt[d] * scale, kt + (long)d * seqLen + s0, p + s0, m0);
+                    Axpy(qt[d] * scale, kt + (long)d * seqLen + w0, p + w0, m);
+                }
                 float max = float.NegativeInfinity;
-                for (int t2 = s0; t2 < n; t2++) if (p[t2] > max) max = p[t2];
+                for (int t2 = s0; t2 < e0; t2++) if (p[t2] > max) max = p[t2];
+                for (int t2 = w0; t2 < n; t2++) if (p[t2] > max) max = p[t2];
                 float sum = 0;
-                for (int t2 = s0; t2 < n; t2++) { float e = MathF.Exp(p[t2] - max); p[t2] = e; sum += e; }
+                for (int t2 = s0; t2 < e0; t2++) { float e = MathF.Exp(p[t2] - max); p[t2] = e; sum += e; }
+                for (int t2 = w0; t2 < n; t2++) { float e = MathF.Exp(p[t2] - max); p[t2] = e; sum += e; }
                 float inv = 1.0f / sum;
-                for (int t2 = s0; t2 < n; t2++) p[t2] *= inv;
+                for (int t2 = s0; t2 < e0; t2++) p[t2] *= inv;
+                for (int t2 = w0; t2 < n; t2++) p[t2] *= inv;
                 float* o = outp + (row0 + t) * qw + h * hd;
-                for (int d = 0; d < hd; d++) o[d] = Gemm.Dot(p + s0, vt + (long)d * seqLen + s0, m);
+                for (int d = 0; d < hd; d++)
+                    o[d] = Gemm.Dot(p + s0, vt + (long)d * seqLen + s0, m0) + Gemm.Dot(p + w0, vt + (long)d * seqLen + w0, m);
             }
         }
     }
@@ -191,7 +204,7 @@ public static unsafe class Layers
     /// </summary>
     public static void AttentionBackward(float* dq, float* dk, float* dv, float* dout, float* probs, float* q, float* k, float* v,
         int b, int kvHead, int seqLen, int nHead, int nKv, int hd, float* scratch, int keys = 0, int* segStart = null,
-        int* groupLower = null, int* groupUpper = null)
+        int* groupLower = null, int* groupUpper = null, int window = 0, int sinks = 0)
     {
         int group = nHead / nKv, qw = nHead * hd, kw = nKv * hd;
         float scale = 1.0f / MathF.Sqrt(hd);
@@ -207,27 +220,43 @@ public static unsafe class Layers
             {
                 float* dot = dout + (row0 + t) * qw + h * hd;
                 float* p = probs + (((long)b * nHead + h) * seqLen + t) * seqLen;
-                int n = keys > 0 ? keys : t + 1, s0 = keys > 0 ? 0 : FirstKey(segStart, groups, t), m = n - s0; // keys s0..n−1
-                float* dsm = ds + s0, pm = p + s0;
-                new Span<float>(dsm, m).Clear();
+                int n = keys > 0 ? keys : t + 1, s0 = keys > 0 ? 0 : FirstKey(segStart, groups, t);
+                var (e0, w0) = KeyRanges(s0, t, keys > 0 ? 0 : window, sinks); // keys s0..e0−1 and w0..n−1, as the forward
+                int m0 = e0 - s0, m = n - w0;
+                new Span<float>(ds + s0, m0).Clear();
+                new Span<float>(ds + w0, m).Clear();
                 for (int d = 0; d < hd; d++)
                 {
-                    Axpy(dot[d], vt + (long)d * seqLen + s0, dsm, m);   // dP
-                    Axpy(dot[d], pm, dvt + (long)d * seqLen + s0, m);  // dVᵀ += dO ⊗ P
+                    Axpy(dot[d], vt + (long)d * seqLen + s0, ds + s0, m0);   // dP
+                    Axpy(dot[d], vt + (long)d * seqLen + w0, ds + w0, m);
+                    Axpy(dot[d], p + s0, dvt + (long)d * seqLen + s0, m0);  // dVᵀ += dO ⊗ P
+                    Axpy(dot[d], p + w0, dvt + (long)d * seqLen + w0, m);
                 }
-                float sum = Gemm.Dot(pm, dsm, m);
-                for (int t2 = 0; t2 < m; t2++) dsm[t2] = pm[t2] * (dsm[t2] - sum) * scale;
+                float sum = Gemm.Dot(p + s0, ds + s0, m0) + Gemm.Dot(p + w0, ds + w0, m);
+                for (int t2 = s0; t2 < e0; t2++) ds[t2] = p[t2] * (ds[t2] - sum) * scale;
+                for (int t2 = w0; t2 < n; t2++) ds[t2] = p[t2] * (ds[t2] - sum) * scale;
                 float* qt = q + (row0 + t) * qw + h * hd;
                 float* dqt = dq + (row0 + t) * qw + h * hd;
                 for (int d = 0; d < hd; d++)
                 {
-                    dqt[d] = Gemm.Dot(dsm, kt + (long)d * seqLen + s0, m);
-                    Axpy(qt[d], dsm, dkt + (long)d * seqLen + s0, m);    // dKᵀ += q ⊗ dS
+                    dqt[d] = Gemm.Dot(ds + s0, kt + (long)d * seqLen + s0, m0) + Gemm.Dot(ds + w0, kt + (long)d * seqLen + w0, m);
+                    Axpy(qt[d], ds + s0, dkt + (long)d * seqLen + s0, m0);    // dKᵀ += q ⊗ dS
+                    Axpy(qt[d], ds + w0, dkt + (long)d * seqLen + w0, m);
                 }
             }
         }
         AddTransposedHead(dk, dkt, row0, seqLen, kw, kvHead, hd);
         AddTransposedHead(dv, dvt, row0, seqLen, kw, kvHead, hd);
+    }
+
+    /// <summary>The keys of query t in a windowed layer, as two ranges: sinks [s0, e0) and window [w0, t]. Without a
+    /// window (or while the window still reaches the sinks) the first range is empty and the second is [s0, t].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static (int E0, int W0) KeyRanges(int s0, int t, int window, int sinks)
+    {
+        int w0 = window > 0 ? Math.Max(s0, t - window + 1) : s0;
+        if (w0 <= s0 + sinks) return (s0, s0);
+        return (s0 + sinks, w0);
     }
 
     /// <summary>The first key causal query t attends to: the later of its document's start and its S2-Attn group's

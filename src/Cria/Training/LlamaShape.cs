@@ -22,6 +22,41 @@ public sealed record LlamaShape
     /// <summary>Output head shares the token embedding (no <c>output.weight</c>).</summary>
     public bool TiedEmbeddings { get; init; }
 
+    /// <summary>LongGen's hybrid attention (<see cref="ModelConfig.WindowLayers"/>): the layers marked true attend to
+    /// the first <see cref="WindowSinks"/> positions and the last <see cref="Window"/> ones only. Null = full attention
+    /// everywhere.</summary>
+    public bool[]? WindowLayers { get; init; }
+    public int Window { get; init; }
+    public int WindowSinks { get; init; }
+
+    /// <summary>Layer <paramref name="layer"/>'s window (0 = full attention).</summary>
+    public int WindowOf(int layer) => WindowLayers != null && WindowLayers[layer] ? Window : 0;
+
+    /// <summary>LongGen's layout: the middle third of the layers ([L/3, L − L/3)) keep full attention, the bottom and
+    /// top thirds are windowed (6 layers: 0, 1, 4, 5 windowed).</summary>
+    public static bool[] LongGenLayers(int layers)
+    {
+        var w = new bool[layers];
+        for (int l = 0; l < layers; l++) w[l] = l < layers / 3 || l >= layers - layers / 3;
+        return w;
+    }
+
+    /// <summary>"longgen" (<see cref="LongGenLayers"/>), "all", or a comma-separated list of the windowed layers.</summary>
+    public static bool[] ParseWindowLayers(string spec, int layers)
+    {
+        if (spec == "longgen") return LongGenLayers(layers);
+        var w = new bool[layers];
+        if (spec == "all") { Array.Fill(w, true); return w; }
+        foreach (var part in spec.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+        {
+            if (!int.TryParse(part, out int l) || l < 0 || l >= layers)
+                throw new CriaException($"--window-layers: '{part}' is not a layer of this model (0..{layers - 1}); give longgen, all, or a list such as 0,1,4,5");
+            w[l] = true;
+        }
+        if (!w.Contains(true)) throw new CriaException($"--window-layers '{spec}' names no layer");
+        return w;
+    }
+
     public int HeadDim => Dim / Heads;
     public int KvDim => KvHeads * HeadDim;
 
@@ -36,6 +71,8 @@ public sealed record LlamaShape
         if (HeadDim % 2 != 0) throw new CriaException($"head dimension {HeadDim} (dim / heads) must be even for RoPE");
         if (!(RmsEps > 0) || !(RopeBase > 1)) throw new CriaException($"bad rms epsilon {RmsEps} or rope base {RopeBase}");
         if (!(RopeScale >= 1) || !float.IsFinite(RopeScale)) throw new CriaException($"the RoPE scale (position interpolation factor) must be a number ≥ 1, got {RopeScale}");
+        if (WindowLayers != null && (WindowLayers.Length != Layers || Window < 1 || WindowSinks < 0))
+            throw new CriaException($"hybrid attention needs one flag per layer ({Layers}, got {WindowLayers.Length}), a window ≥ 1 (got {Window}) and sinks ≥ 0 (got {WindowSinks})");
     }
 
     /// <summary>The <see cref="ModelConfig"/> that Cria's inference reads back from the exported file.</summary>
@@ -44,10 +81,15 @@ public sealed record LlamaShape
         ContextLength = ContextLength, Dim = Dim, LayerCount = Layers, HeadCount = Heads, KvHeadCount = KvHeads,
         HeadDim = HeadDim, FfnDim = FfnDim, VocabSize = VocabSize, RmsNormEps = RmsEps, RopeFreqBase = RopeBase, RopeDim = HeadDim,
         RopeScaling = RopeScale > 1 ? RopeScalingType.Linear : RopeScalingType.None, RopeFreqScale = 1f / RopeScale,
+        WindowLayers = WindowLayers, Window = WindowLayers != null ? Window : 0, WindowSinks = WindowLayers != null ? WindowSinks : 0,
     };
 
+    /// <summary>Which layers are windowed, as "0,1,4,5 windowed (W 256, S 16)"; empty without hybrid attention.</summary>
+    public string WindowDescription => WindowLayers == null ? "" :
+        $"layers {string.Join(",", Enumerable.Range(0, Layers).Where(l => WindowLayers[l]))} windowed (sinks {WindowSinks} + window {Window})";
+
     public override string ToString() =>
-        $"vocab {VocabSize}, dim {Dim}, layers {Layers}, heads {Heads}/{KvHeads}, ffn {FfnDim}, ctx {ContextLength}{(RopeScale > 1 ? $", RoPE linear ×{RopeScale}" : "")}{(TiedEmbeddings ? ", tied" : "")}";
+        $"vocab {VocabSize}, dim {Dim}, layers {Layers}, heads {Heads}/{KvHeads}, ffn {FfnDim}, ctx {ContextLength}{(RopeScale > 1 ? $", RoPE linear ×{RopeScale}" : "")}{(WindowLayers != null ? ", " + WindowDescription : "")}{(TiedEmbeddings ? ", tied" : "")}";
 }
 
 /// <summary>One named tensor inside the flat parameter buffer. Matrices are [Rows, Cols] row-major (GGUF: ne = [Cols, Rows]).</summary>

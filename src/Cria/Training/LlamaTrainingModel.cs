@@ -547,7 +547,8 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         var s = Shape; int l = _layer;
         for (int item = start; item < end; item++)
             Layers.AttentionForward(_att[l], _probs[l], _q[l], _k[l], _v[l], item / s.KvHeads, item % s.KvHeads, SeqLen, s.Heads, s.KvHeads, s.HeadDim,
-                _attScratch + (long)worker * (4 * s.HeadDim + 1) * SeqLen, Keys(item / s.KvHeads), _segStarts + (long)(item / s.KvHeads) * SeqLen, _groupLower, _groupUpper);
+                _attScratch + (long)worker * (4 * s.HeadDim + 1) * SeqLen, Keys(item / s.KvHeads), _segStarts + (long)(item / s.KvHeads) * SeqLen, _groupLower, _groupUpper,
+                s.WindowOf(l), s.WindowSinks);
     }
 
     // ================================================================= loss + backward
@@ -912,7 +913,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         for (int item = start; item < end; item++)
             Layers.AttentionBackward(_dq, _dk, _dv, _datt, _probs[l], _q[l], _k[l], _v[l], item / s.KvHeads, item % s.KvHeads,
                 SeqLen, s.Heads, s.KvHeads, s.HeadDim, _attScratch + (long)worker * (4 * s.HeadDim + 1) * SeqLen, Keys(item / s.KvHeads),
-                _segStarts + (long)(item / s.KvHeads) * SeqLen, _groupLower, _groupUpper);
+                _segStarts + (long)(item / s.KvHeads) * SeqLen, _groupLower, _groupUpper, s.WindowOf(l), s.WindowSinks);
     }
 
     /// <summary>The keys sequence b attends to: 0 = causal; a bidirectional classifier (LS-unLLaMA) attends to all of

@@ -51,6 +51,76 @@ public class AttentionTests
     }
 
     /// <summary>
+    /// LongGen's windowed layers: each query row sees the sinks (positions &lt; S) and the positions in (p − W, p] only.
+    /// Rows of a prefill run (<see cref="AttentionJob.AttendRows"/>, tiles skipped where no row looks) and a single
+    /// decode row with eviction probabilities (<see cref="AttentionJob.Attend"/>) against the scalar reference over the
+    /// visible keys; with evicted blocks (holes: positions from the block table) too. The masked keys get probability 0.
+    /// </summary>
+    [Theory]
+    [InlineData(70, 20, false)]   // window and sinks ending inside tiles and blocks
+    [InlineData(64, 16, false)]   // aligned to tiles and blocks
+    [InlineData(70, 20, true)]    // blocks 4 … 9 evicted: the sinks, then a window that starts after the hole
+    [InlineData(1, 0, false)]     // the query's own key only
+    public void WindowedAttentionMatchesScalarReferenceOverVisibleKeys(int window, int sinks, bool holes)
+    {
+        const int hd = 32, heads = 4, kvHeads = 2, bs = 16, length = 330, rows = 16;
+        var c = new ModelConfig { HeadDim = hd, HeadCount = heads, KvHeadCount = kvHeads, Dim = hd * heads, WindowLayers = [true], Window = window, WindowSinks = sinks };
+        var rng = new Random(window * 7 + sinks + (holes ? 1 : 0));
+        float R() => (float)(rng.NextDouble() * 2 - 1);
+        var cache = new KvCache(c.KvDim, 1, 512, bs, KvFormat.F32, hd);
+        cache.Append(0, length);
+        var rawK = new float[length][]; var rawV = new float[length][];
+        for (int t = 0; t < length; t++)
+        {
+            rawK[t] = Enumerable.Range(0, c.KvDim).Select(_ => R()).ToArray();
+            rawV[t] = Enumerable.Range(0, c.KvDim).Select(_ => R()).ToArray();
+            int cell = cache.Cell(0, t);
+            rawK[t].CopyTo(cache.Keys(0).Slice(cell * c.KvDim, c.KvDim));
+            rawV[t].CopyTo(cache.Values(0).Slice(cell * c.KvDim, c.KvDim));
+        }
+        if (holes) cache.DropBlocks(0, Enumerable.Range(0, (length + bs - 1) / bs).Select(b => b < 4 || b >= 10).ToArray());
+        var s = cache.GetSequence(0);
+        var kept = Enumerable.Range(0, length).Where(t => !holes || t / bs < 4 || t / bs >= 10).ToArray(); // text positions in slot order
+        var table = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(s.Blocks).ToArray();
+        var blockPos = cache.BlockPositions(0).ToArray();
+        var kv = new AttentionJob.KvLayer(cache, 0);
+        var scratch = new float[AttentionJob.ScratchLength(c)];
+        var q = Enumerable.Range(0, rows * c.QDim).Select(_ => R() * 3).ToArray();
+        var output = new float[rows * c.QDim];
+        var slots = Enumerable.Range(0, rows).Select(r => kept.Length - rows + 1 + r).ToArray();
+        int pLast = length - 1;
+        for (int g = 0; g < kvHeads; g++)
+            AttentionJob.AttendRows(c, kv, table, blockPos, null, rows, slots, pLast, g, q, output, scratch, new float[rows * c.GroupSize], new float[rows * c.GroupSize], -1);
+        var expected = new float[hd];
+        for (int r = 0; r < rows; r++)
+        {
+            int pq = pLast - rows + 1 + r;
+            var visible = kept.Take(slots[r]).Where(t => t < sinks || t > pq - window).ToArray();
+            Assert.True(visible.Length < slots[r]); // the mask hides something from every row
+            for (int h = 0; h < heads; h++)
+            {
+                int g = h / c.GroupSize;
+                AttentionJob.AttendScalar(q.AsSpan(r * c.QDim + h * hd, hd), j => rawK[visible[j]].AsSpan(g * hd, hd).ToArray(),
+                                          j => rawV[visible[j]].AsSpan(g * hd, hd).ToArray(), visible.Length, expected);
+                for (int i = 0; i < hd; i++)
+                    Assert.True(Math.Abs(expected[i] - output[r * c.QDim + h * hd + i]) <= 1e-5f, $"row {r} head {h} dim {i}: {output[r * c.QDim + h * hd + i]} vs {expected[i]}");
+            }
+        }
+        // One decode row with the eviction policies' probabilities: the last row again, the same output; Σ over the
+        // visible slots = the group's heads, 0 elsewhere.
+        var one = new float[c.QDim];
+        var probs = new float[kept.Length];
+        for (int g = 0; g < kvHeads; g++)
+        {
+            AttentionJob.Attend(c, kv, table, blockPos, null, kept.Length, pLast, g, q.AsSpan((rows - 1) * c.QDim, c.QDim), one, scratch, probs);
+            for (int j = 0; j < kept.Length; j++)
+                if (!(kept[j] < sinks || kept[j] > pLast - window)) Assert.Equal(0f, probs[j]);
+            Assert.True(Math.Abs(probs.Sum() - c.GroupSize) < 1e-4, $"probabilities sum to {probs.Sum()}");
+        }
+        for (int i = 0; i < c.QDim; i++) Assert.True(Math.Abs(one[i] - output[(rows - 1) * c.QDim + i]) <= 1e-6f);
+    }
+
+    /// <summary>
     /// StreamingLLM position re-assignment: after blocks are evicted, attention with <c>dropped</c> set must equal
     /// attention over the kept tokens re-rotated at their cache slots, with the query at its slot (the definition),
     /// although the cache still holds keys rotated by their text positions. Without the shift it must differ.

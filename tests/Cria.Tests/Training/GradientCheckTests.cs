@@ -148,11 +148,24 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
         CheckAttention("S2-Attn over packed documents", null, 31, 8, lower, upper, [0, 0, 0, 3, 3, 3, 3, 3]);
     }
 
+    /// <summary>LongGen's windowed layers at T = 9, window 3, sinks 2: query t sees positions 0, 1 and t − 2 … t. Row 8
+    /// differs from causal attention; a window as long as the sequence is causal attention.</summary>
+    [Fact]
+    public void WindowedAttention()
+    {
+        var (o, causal) = CheckAttention("sinks 2 + window 3", null, 41, 9, window: 3, sinks: 2);
+        double rowDiff = Enumerable.Range(0, 32).Max(i => Math.Abs(o[(1 * 9 + 8) * 32 + i] - causal[(1 * 9 + 8) * 32 + i])); // b 1, t 8
+        Assert.True(rowDiff > 1e-3, $"the window changes nothing ({rowDiff})");
+        CheckAttention("no sinks, window 2", null, 43, 9, window: 2, sinks: 0);
+        var (full, causal2) = CheckAttention("window = T", null, 47, 9, window: 9, sinks: 2);
+        for (int i = 0; i < full.Length; i++) Assert.True(Math.Abs(full[i] - causal2[i]) < 1e-5);
+    }
+
     /// <summary>Attention forward against the reference, and dq, dk, dv against central differences, causal or with
-    /// <paramref name="keys"/>, or with S2-Attn's segment starts of the lower and upper heads; returns the forward
-    /// output and the causal reference's.</summary>
+    /// <paramref name="keys"/>, or with S2-Attn's segment starts of the lower and upper heads, or through a window with
+    /// sinks; returns the forward output and the causal reference's.</summary>
     (float[] Output, double[] Causal) CheckAttention(string what, int[]? keys, int seed, int T = 5, int[]? lower = null, int[]? upper = null,
-        int[]? docs = null)
+        int[]? docs = null, int window = 0, int sinks = 0)
     {
         int B = 2, Hh = 4, KV = 2, hd = 8;
         Func<int, int, int>? first = lower == null ? null : (h, t) => Math.Max(docs?[t] ?? 0, 2 * h >= Hh ? upper![t] : lower[t]);
@@ -168,16 +181,16 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
                 for (int kv = 0; kv < KV; kv++)
                 {
                     int n = keys?[b] ?? 0;
-                    Layers.AttentionForward(po, pp, pq, pk, pv, b, kv, T, Hh, KV, hd, ps, n, seg, segLo, segUp);
-                    Layers.AttentionBackward(pdq, pdk, pdv, pr, pp, pq, pk, pv, b, kv, T, Hh, KV, hd, ps, n, seg, segLo, segUp);
+                    Layers.AttentionForward(po, pp, pq, pk, pv, b, kv, T, Hh, KV, hd, ps, n, seg, segLo, segUp, window, sinks);
+                    Layers.AttentionBackward(pdq, pdk, pdv, pr, pp, pq, pk, pv, b, kv, T, Hh, KV, hd, ps, n, seg, segLo, segUp, window, sinks);
                 }
         }
-        var reference = Reference.Attention(q, k, v, B, T, Hh, KV, hd, keys, first);
+        var reference = Reference.Attention(q, k, v, B, T, Hh, KV, hd, keys, first, window, sinks);
         for (int i = 0; i < o.Length; i++) Assert.True(Math.Abs(o[i] - reference[i]) < 1e-5, $"{what} forward differs at {i}");
-        Report($"{what} dq", RelError(dq, Numeric(qq => Dot(Reference.Attention(qq, k, v, B, T, Hh, KV, hd, keys, first), r), q)));
-        Report($"{what} dk", RelError(dk, Numeric(kk => Dot(Reference.Attention(q, kk, v, B, T, Hh, KV, hd, keys, first), r), k)));
-        Report($"{what} dv", RelError(dv, Numeric(vv => Dot(Reference.Attention(q, k, vv, B, T, Hh, KV, hd, keys, first), r), v)));
-        return (o, keys == null && first == null ? reference : Reference.Attention(q, k, v, B, T, Hh, KV, hd));
+        Report($"{what} dq", RelError(dq, Numeric(qq => Dot(Reference.Attention(qq, k, v, B, T, Hh, KV, hd, keys, first, window, sinks), r), q)));
+        Report($"{what} dk", RelError(dk, Numeric(kk => Dot(Reference.Attention(q, kk, v, B, T, Hh, KV, hd, keys, first, window, sinks), r), k)));
+        Report($"{what} dv", RelError(dv, Numeric(vv => Dot(Reference.Attention(q, k, vv, B, T, Hh, KV, hd, keys, first, window, sinks), r), v)));
+        return (o, keys == null && first == null && window == 0 ? reference : Reference.Attention(q, k, v, B, T, Hh, KV, hd));
     }
 
     [Fact]
@@ -215,11 +228,13 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
 
     /// <summary>Every parameter of a 2-layer GQA model (embedding, norms, all matrices, untied and tied heads).</summary>
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public void FullModel(bool tied)
+    [InlineData(false, false)]
+    [InlineData(true, false)]
+    [InlineData(false, true)] // LongGen: layer 0 windowed (sinks 1 + window 2), layer 1 full
+    public void FullModel(bool tied, bool hybrid = false)
     {
         var shape = new LlamaShape { VocabSize = 40, Dim = 16, Layers = 2, Heads = 4, KvHeads = 2, FfnDim = 24, ContextLength = 8, TiedEmbeddings = tied };
+        if (hybrid) shape = shape with { WindowLayers = [true, false], Window = 2, WindowSinks = 1 };
         int B = 2, T = 6;
         using var m = new LlamaTrainingModel(shape, B, T, 2);
         var rng = new Random(17);
@@ -235,7 +250,9 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
         double refLoss = Reference.Loss(m.Layout, p, tokens, targets, B, T);
         Assert.True(Math.Abs(loss - refLoss) < 1e-5, $"loss {loss} vs reference {refLoss}");
         double worst = WorstTensor(m.Layout.Tensors, m.Gradients, p, q => Reference.Loss(m.Layout, q, tokens, targets, B, T));
-        Report($"full model ({(tied ? "tied" : "untied")}), worst tensor", worst, 1e-4);
+        Report($"full model ({(tied ? "tied" : "untied")}{(hybrid ? ", hybrid" : "")}), worst tensor", worst, 1e-4);
+        if (hybrid) // the mask matters: the reference without it gives another loss
+            Assert.True(Math.Abs(refLoss - Reference.Loss(new ParameterLayout(shape with { WindowLayers = null }), p, tokens, targets, B, T)) > 1e-4);
     }
 
     /// <summary>

@@ -59,8 +59,10 @@ static class Reference
     /// <summary>Causal attention, or with <paramref name="keys"/> bidirectional over each sequence's first keys[b] positions;
     /// causal from <paramref name="firstKey"/>(h, t) on when given (packed documents, S2-Attn groups).</summary>
     public static double[] Attention(double[] q, double[] k, double[] v, int B, int T, int H, int KV, int hd, int[]? keys = null,
-        Func<int, int, int>? firstKey = null)
+        Func<int, int, int>? firstKey = null, int window = 0, int sinks = 0)
     {
+        // LongGen's windowed layers: query t sees keys t2 < sinks and t2 > t − window, written out as a plain condition.
+        bool Sees(int t, int t2) => window == 0 || t2 < sinks || t2 > t - window;
         var o = new double[B * T * H * hd];
         int g = H / KV;
         double scale = 1 / Math.Sqrt(hd);
@@ -73,13 +75,14 @@ static class Reference
                     double max = double.NegativeInfinity;
                     for (int t2 = first; t2 <= last; t2++)
                     {
+                        if (!Sees(t, t2)) continue;
                         double s = 0;
                         for (int i = 0; i < hd; i++) s += q[(b * T + t) * H * hd + h * hd + i] * k[(b * T + t2) * KV * hd + h / g * hd + i];
                         p[t2] = s * scale;
                         max = Math.Max(max, p[t2]);
                     }
                     double sum = 0;
-                    for (int t2 = first; t2 <= last; t2++) { p[t2] = Math.Exp(p[t2] - max); sum += p[t2]; }
+                    for (int t2 = first; t2 <= last; t2++) { p[t2] = Sees(t, t2) ? Math.Exp(p[t2] - max) : 0; sum += p[t2]; }
                     for (int t2 = first; t2 <= last; t2++)
                         for (int i = 0; i < hd; i++) o[(b * T + t) * H * hd + h * hd + i] += p[t2] / sum * v[(b * T + t2) * KV * hd + h / g * hd + i];
                 }
@@ -149,7 +152,7 @@ static class Reference
                 k = Rope(MatMulNT(xn, N, D, p, o.Wk, KV), s.KvHeads, hd, T, table);
                 v = MatMulNT(xn, N, D, p, o.Wv, KV);
             }
-            var att = Attention(q, k, v, B, T, s.Heads, s.KvHeads, hd, keys);
+            var att = Attention(q, k, v, B, T, s.Heads, s.KvHeads, hd, keys, window: s.WindowOf(l), sinks: s.WindowSinks);
             x = Add(x, MatMulNT(att, N, D, p, o.Wo, D));
             xn = RmsNorm(x, Slice(p, o.FfnNorm, D), D, s.RmsEps);
             var h = SwiGlu(MatMulNT(xn, N, D, p, o.WGate, F), MatMulNT(xn, N, D, p, o.WUp, F));
