@@ -28,11 +28,14 @@ sealed class KvCliOptions
     readonly Option<float> _yarnAttn = new("--yarn-attn-factor") { Description = "YaRN attention magnitude factor (default 1)", DefaultValueFactory = _ => -1f };
     readonly Option<float> _yarnFast = new("--yarn-beta-fast") { Description = "YaRN β_fast (default 32)", DefaultValueFactory = _ => -1f };
     readonly Option<string> _swiftKv = new("--swiftkv") { Description = "a SwiftKV model (cria swiftkv) runs as SwiftKV (on, default) or as the original model its file also holds (off)", DefaultValueFactory = _ => "on" };
+    readonly Option<int?> _window = new("--attn-window") { Description = "LongGen's hybrid attention without training: the windowed layers (--attn-window-layers) see only the first --attn-window-sinks positions and the last W; 0 runs a model trained with windows with full attention (default: as the model says)" };
+    readonly Option<int> _windowSinks = new("--attn-window-sinks") { Description = "with --attn-window: attention sinks (positions from the start every query sees)", DefaultValueFactory = _ => 16 };
+    readonly Option<string> _windowLayers = new("--attn-window-layers") { Description = "with --attn-window: longgen (bottom and top thirds windowed), all, or a list such as 0,1,4,5", DefaultValueFactory = _ => "longgen" };
     readonly Option<float> _yarnSlow = new("--yarn-beta-slow") { Description = "YaRN β_slow (default 1)", DefaultValueFactory = _ => -1f };
 
     public void AddTo(Command cmd)
     {
-        foreach (var o in new Option[] { _type, _group, _residual, _evict, _budget, _heads, _stabilizers, _sinks, _shift, _ropeScaling, _ropeScale, _ropeBase, _yarnOrig, _yarnExt, _yarnAttn, _yarnFast, _yarnSlow, _swiftKv })
+        foreach (var o in new Option[] { _type, _group, _residual, _evict, _budget, _heads, _stabilizers, _sinks, _shift, _ropeScaling, _ropeScale, _ropeBase, _yarnOrig, _yarnExt, _yarnAttn, _yarnFast, _yarnSlow, _swiftKv, _window, _windowSinks, _windowLayers })
             cmd.Options.Add(o);
     }
 
@@ -76,7 +79,16 @@ sealed class KvCliOptions
     }
 
     /// <summary><paramref name="o"/> with this command line's KV format, eviction and RoPE overrides.</summary>
-    public ContextOptions Apply(ParseResult r, ContextOptions o, string? type = null) => o with { Kv = Format(r, type), Eviction = Eviction(r), Rope = Rope(r), SwiftKv = SwiftKv(r) };
+    public ContextOptions Apply(ParseResult r, ContextOptions o, string? type = null) =>
+        o with { Kv = Format(r, type), Eviction = Eviction(r), Rope = Rope(r), SwiftKv = SwiftKv(r), AttentionWindow = Window(r) };
+
+    AttentionWindowOverride? Window(ParseResult r)
+    {
+        if (r.GetValue(_window) is int w) return new AttentionWindowOverride(w, r.GetValue(_windowSinks), r.GetValue(_windowLayers)!);
+        if (r.GetResult(_windowSinks) is { Implicit: false } || r.GetResult(_windowLayers) is { Implicit: false })
+            throw new CriaException("--attn-window-sinks and --attn-window-layers need --attn-window");
+        return null;
+    }
 
     bool SwiftKv(ParseResult r) => r.GetValue(_swiftKv) switch
     {
@@ -90,6 +102,7 @@ sealed class KvCliOptions
         var cfg = c.Config;
         string rope = cfg.RopeScaling == RopeScalingType.None ? "" : $", rope {cfg.RopeScaling} (freq scale {cfg.RopeFreqScale:G4}, orig ctx {cfg.RopeOriginalContext})";
         string swift = cfg.IsSwiftKv ? $", SwiftKV from layer {cfg.SwiftKvLayers} of {cfg.LayerCount}" + (cfg.SwiftKvGroup > 1 ? $" (AcrossKV {cfg.SwiftKvGroup})" : "") : "";
-        return $"KV {c.Cache.Format}, {c.Cache.BytesPerToken:N1} bytes/token{rope}{swift}";
+        string window = cfg.HasWindowedLayers ? $" in the full-attention layers; {cfg.WindowDescription}: {c.Cache.WindowBytesPerSequence:N0} bytes per sequence" : "";
+        return $"KV {c.Cache.Format}, {c.Cache.BytesPerToken:N1} bytes/token{window}{rope}{swift}";
     }
 }

@@ -29,9 +29,9 @@ static class TrainCommand
         var ffn = new Option<int>("--ffn") { DefaultValueFactory = _ => 768, Description = "feed-forward width" };
         var ctx = new Option<int>("--ctx") { DefaultValueFactory = _ => 256, Description = "context length = training sequence length" };
         var ropeScale = new Option<float>("--rope-scale") { Description = "linear RoPE scaling (position interpolation) for training at a longer context: positions ÷ F, written into the model" };
-        var window = new Option<int>("--window") { Description = "LongGen's hybrid attention: the windowed layers (--window-layers) attend only to the first --window-sinks positions and the last W; written into the model, which inference then runs with the same masks and a bounded cache for those layers. With --init, converts a full-attention model while it trains (LongGen's recipe)" };
-        var windowSinks = new Option<int>("--window-sinks") { Description = "attention sinks of the windowed layers (positions from the start every query sees)", DefaultValueFactory = _ => 16 };
-        var windowLayers = new Option<string>("--window-layers") { Description = "which layers are windowed: longgen (the bottom and top thirds; the middle third keeps full attention), all, or a list such as 0,1,4,5", DefaultValueFactory = _ => "longgen" };
+        var window = new Option<int>("--attn-window") { Description = "LongGen's hybrid attention: the windowed layers (--attn-window-layers) attend only to the first --attn-window-sinks positions and the last W; written into the model, which inference then runs with the same masks and a bounded cache for those layers. With --init, converts a full-attention model while it trains (LongGen's recipe); 0 with --init trains a hybrid model back to full attention" };
+        var windowSinks = new Option<int>("--attn-window-sinks") { Description = "attention sinks of the windowed layers (positions from the start every query sees)", DefaultValueFactory = _ => 16 };
+        var windowLayers = new Option<string>("--attn-window-layers") { Description = "which layers are windowed: longgen (the bottom and top thirds; the middle third keeps full attention), all, or a list such as 0,1,4,5", DefaultValueFactory = _ => "longgen" };
         var s2 = new Option<bool>("--s2-attn") { Description = "LongLoRA's shifted sparse attention for long-context training: groups of ctx/4, half the heads shifted by half a group (inference keeps full attention)" };
         var tied = new Option<bool>("--tied") { Description = "tie the output head to the token embedding" };
         var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 2000 };
@@ -109,13 +109,17 @@ static class TrainCommand
             else if (r.GetValue(qlora)) throw new CriaException("--qlora trains LoRA adapters on an existing model: give it with --init MODEL --lora-rank R");
             if (r.GetResult(ropeScale) is { Implicit: false }) shapeNoVocab = shapeNoVocab with { RopeScale = r.GetValue(ropeScale) };
             if (r.GetResult(window) is { Implicit: false })
-                shapeNoVocab = shapeNoVocab with
+            {
+                int w = r.GetValue(window);
+                if (w < 0 || r.GetValue(windowSinks) < 0) throw new CriaException($"--attn-window {w} and --attn-window-sinks {r.GetValue(windowSinks)} must be ≥ 0");
+                shapeNoVocab = w == 0 ? shapeNoVocab with { WindowLayers = null, Window = 0, WindowSinks = 0 } : shapeNoVocab with
                 {
-                    Window = r.GetValue(window), WindowSinks = r.GetValue(windowSinks),
+                    Window = w, WindowSinks = r.GetValue(windowSinks),
                     WindowLayers = LlamaShape.ParseWindowLayers(r.GetValue(windowLayers)!, shapeNoVocab.Layers),
                 };
+            }
             else if (r.GetResult(windowSinks) is { Implicit: false } || r.GetResult(windowLayers) is { Implicit: false })
-                throw new CriaException("--window-sinks and --window-layers need --window");
+                throw new CriaException("--attn-window-sinks and --attn-window-layers need --attn-window");
             if (r.GetValue(s2))
             {
                 int group = shapeNoVocab.ContextLength / 4 / 2 * 2;

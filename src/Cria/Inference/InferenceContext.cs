@@ -21,6 +21,8 @@ public sealed record ContextOptions
     public KvEvictionOptions Eviction { get; init; } = KvEvictionOptions.None;
     /// <summary>RoPE scaling overrides (CLI --rope-scaling, --rope-scale, --rope-freq-base, --yarn-orig-ctx).</summary>
     public RopeOverrides? Rope { get; init; }
+    /// <summary>LongGen's hybrid attention imposed on (or, with window 0, lifted from) the model (CLI --attn-window).</summary>
+    public AttentionWindowOverride? AttentionWindow { get; init; }
     /// <summary>LoRA adapters applied at run time beside the base weights, each with its user scale (llama.cpp's
     /// <c>--lora</c> = scale 1, <c>--lora-scaled FILE S</c>).</summary>
     public IReadOnlyList<(LoraAdapter Adapter, float Scale)> Loras { get; init; } = [];
@@ -111,6 +113,7 @@ public sealed class InferenceContext : IDisposable
         options ??= new ContextOptions();
         Model = model;
         var c = Config = options.Rope is { } rope ? rope.Apply(model.Config) : model.Config;
+        if (options.AttentionWindow is { } window) c = Config = window.Apply(c);
         if (!options.SwiftKv && c.IsSwiftKv)
         {
             if (!model.HasOriginalAttention)

@@ -131,6 +131,35 @@ public sealed record ModelConfig
     /// <summary>Whether it sees every position in [lo, hi] (the masked gap [S, queryPos − W] misses the range).</summary>
     public bool WindowSeesAll(int queryPos, int lo, int hi) => hi < WindowSinks || lo > queryPos - Window || queryPos - Window < WindowSinks;
 
+    /// <summary>LongGen's layout: the middle third of the layers ([L/3, L − L/3)) keep full attention, the bottom and
+    /// top thirds are windowed (6 layers: 0, 1, 4, 5 windowed; 32: 0–9 and 22–31).</summary>
+    public static bool[] LongGenLayers(int layers)
+    {
+        var w = new bool[layers];
+        for (int l = 0; l < layers; l++) w[l] = l < layers / 3 || l >= layers - layers / 3;
+        return w;
+    }
+
+    /// <summary>"longgen" (<see cref="LongGenLayers"/>), "all", or a comma-separated list of the windowed layers.</summary>
+    public static bool[] ParseWindowLayers(string spec, int layers)
+    {
+        if (spec == "longgen") return LongGenLayers(layers);
+        var w = new bool[layers];
+        if (spec == "all") { Array.Fill(w, true); return w; }
+        foreach (var part in spec.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+        {
+            if (!int.TryParse(part, out int l) || l < 0 || l >= layers)
+                throw new CriaException($"window layers: '{part}' is not a layer of this model (0..{layers - 1}); give longgen, all, or a list such as 0,1,4,5");
+            w[l] = true;
+        }
+        if (!w.Contains(true)) throw new CriaException($"window layers '{spec}' names no layer");
+        return w;
+    }
+
+    /// <summary>Which layers are windowed, as "layers 0,1,4,5 windowed (sinks 16 + window 256)"; empty without.</summary>
+    public string WindowDescription => WindowLayers == null ? "" :
+        $"layers {string.Join(",", Enumerable.Range(0, LayerCount).Where(l => WindowLayers[l]))} windowed (sinks {WindowSinks} + window {Window})";
+
     public int QDim => HeadCount * HeadDim;
     public int KvDim => KvHeadCount * HeadDim;
     /// <summary>Query heads per KV head (GQA group size).</summary>
@@ -326,5 +355,21 @@ public sealed record RopeOverrides
         if (type == RopeScalingType.Llama3)
             r = r with { RopeFreqFactors = c.RopeFreqFactors ?? r.Llama3FreqFactors(Scale > 0 ? Scale : 1f / c.RopeFreqScale, orig), RopeFreqScale = 1f };
         return r;
+    }
+}
+
+/// <summary>
+/// Runs a model with LongGen's hybrid attention it was not trained with (training-free; CLI <c>--attn-window W</c>,
+/// <c>--attn-window-sinks S</c>, <c>--attn-window-layers longgen|all|LIST</c>), or without the windows its file
+/// declares (<c>--attn-window 0</c>).
+/// </summary>
+public sealed record AttentionWindowOverride(int Window, int Sinks = 16, string Layers = "longgen")
+{
+    public ModelConfig Apply(ModelConfig c)
+    {
+        if (Window == 0) return c with { WindowLayers = null, Window = 0, WindowSinks = 0 };
+        if (Window < 0 || Sinks < 0) throw new CriaException($"--attn-window {Window} --attn-window-sinks {Sinks}: both must be ≥ 0");
+        if (c.Architecture != "llama" || c.IsSwiftKv) throw new CriaException($"hybrid attention runs llama models without SwiftKV (this one: {c.Architecture}{(c.IsSwiftKv ? ", SwiftKV" : "")})");
+        return c with { WindowLayers = ModelConfig.ParseWindowLayers(Layers, c.LayerCount), Window = Window, WindowSinks = Sinks };
     }
 }

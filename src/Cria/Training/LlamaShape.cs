@@ -32,30 +32,11 @@ public sealed record LlamaShape
     /// <summary>Layer <paramref name="layer"/>'s window (0 = full attention).</summary>
     public int WindowOf(int layer) => WindowLayers != null && WindowLayers[layer] ? Window : 0;
 
-    /// <summary>LongGen's layout: the middle third of the layers ([L/3, L − L/3)) keep full attention, the bottom and
-    /// top thirds are windowed (6 layers: 0, 1, 4, 5 windowed).</summary>
-    public static bool[] LongGenLayers(int layers)
-    {
-        var w = new bool[layers];
-        for (int l = 0; l < layers; l++) w[l] = l < layers / 3 || l >= layers - layers / 3;
-        return w;
-    }
+    /// <summary>LongGen's layout (<see cref="ModelConfig.LongGenLayers"/>).</summary>
+    public static bool[] LongGenLayers(int layers) => ModelConfig.LongGenLayers(layers);
 
-    /// <summary>"longgen" (<see cref="LongGenLayers"/>), "all", or a comma-separated list of the windowed layers.</summary>
-    public static bool[] ParseWindowLayers(string spec, int layers)
-    {
-        if (spec == "longgen") return LongGenLayers(layers);
-        var w = new bool[layers];
-        if (spec == "all") { Array.Fill(w, true); return w; }
-        foreach (var part in spec.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
-        {
-            if (!int.TryParse(part, out int l) || l < 0 || l >= layers)
-                throw new CriaException($"--window-layers: '{part}' is not a layer of this model (0..{layers - 1}); give longgen, all, or a list such as 0,1,4,5");
-            w[l] = true;
-        }
-        if (!w.Contains(true)) throw new CriaException($"--window-layers '{spec}' names no layer");
-        return w;
-    }
+    /// <summary>"longgen", "all", or a comma-separated list of the windowed layers (<see cref="ModelConfig.ParseWindowLayers"/>).</summary>
+    public static bool[] ParseWindowLayers(string spec, int layers) => ModelConfig.ParseWindowLayers(spec, layers);
 
     public int HeadDim => Dim / Heads;
     public int KvDim => KvHeads * HeadDim;
@@ -84,9 +65,8 @@ public sealed record LlamaShape
         WindowLayers = WindowLayers, Window = WindowLayers != null ? Window : 0, WindowSinks = WindowLayers != null ? WindowSinks : 0,
     };
 
-    /// <summary>Which layers are windowed, as "0,1,4,5 windowed (W 256, S 16)"; empty without hybrid attention.</summary>
-    public string WindowDescription => WindowLayers == null ? "" :
-        $"layers {string.Join(",", Enumerable.Range(0, Layers).Where(l => WindowLayers[l]))} windowed (sinks {WindowSinks} + window {Window})";
+    /// <summary>Which layers are windowed (<see cref="ModelConfig.WindowDescription"/>); empty without hybrid attention.</summary>
+    public string WindowDescription => ToModelConfig().WindowDescription;
 
     public override string ToString() =>
         $"vocab {VocabSize}, dim {Dim}, layers {Layers}, heads {Heads}/{KvHeads}, ffn {FfnDim}, ctx {ContextLength}{(RopeScale > 1 ? $", RoPE linear ×{RopeScale}" : "")}{(WindowLayers != null ? ", " + WindowDescription : "")}{(TiedEmbeddings ? ", tied" : "")}";

@@ -140,6 +140,36 @@ public sealed class LongGenTests(ITestOutputHelper output)
         Assert.True(both < 1e-4, $"two sequences: {both}");
     }
 
+    /// <summary>The same windows imposed at run time (<see cref="AttentionWindowOverride"/>, CLI --attn-window) give the
+    /// logits of a file that declares them; window 0 lifts a file's windows (full attention, the plain file's logits).</summary>
+    [Fact]
+    public void Windows_imposed_at_run_time_equal_windows_in_the_file()
+    {
+        var spec = new RandomModelSpec { Dim = 64, Layers = 3, Heads = 4, KvHeads = 2, FfnDim = 96, VocabSize = 320, ContextLength = 128, Seed = 9 };
+        string plain = TestPaths.TempFile("lg-plain.gguf"), hybrid = TestPaths.TempFile("lg-hybrid.gguf");
+        RandomModel.Write(plain, spec);
+        RandomModel.Write(hybrid, spec with { ExtraMetadata = [("llama.attention.sliding_window", 8u), ("llama.attention.sliding_window_sinks", 4u), ("llama.attention.sliding_window_pattern", new[] { true, false, true })] });
+        var rng = new Random(5);
+        var seq = Enumerable.Range(0, 100).Select(_ => rng.Next(3, 320)).ToArray();
+        float[][] Run(string path, AttentionWindowOverride? o)
+        {
+            using var model = LlamaModel.Open(path);
+            using var ctx = new InferenceContext(model, new ContextOptions { ContextSize = 128, Threads = 2, Kv = KvFormat.F32, MicroBatch = 32, AttentionWindow = o });
+            var batch = new Batch(seq.Length);
+            for (int i = 0; i < seq.Length; i++) batch.Add(seq[i], i, 0, true);
+            ctx.Decode(batch);
+            return Enumerable.Range(0, seq.Length).Select(i => ctx.Logits(i).ToArray()).ToArray();
+        }
+        var file = Run(hybrid, null);
+        var imposed = Run(plain, new AttentionWindowOverride(8, 4, "0,2"));
+        var full = Run(plain, null);
+        var lifted = Run(hybrid, new AttentionWindowOverride(0));
+        Assert.True(Enumerable.Range(0, seq.Length).Max(p => MaxDiff(file[p], imposed[p])) == 0, "imposed windows differ from the file's");
+        Assert.True(Enumerable.Range(0, seq.Length).Max(p => MaxDiff(full[p], lifted[p])) == 0, "lifted windows differ from full attention");
+        Assert.True(Enumerable.Range(0, seq.Length).Max(p => MaxDiff(full[p], file[p])) > 1e-3, "the windows change nothing");
+        Assert.True(Enumerable.Range(0, 8).Max(p => MaxDiff(full[p], file[p])) == 0, "positions inside the window must not change");
+    }
+
     /// <summary>Files that say the layout wrongly, and what the windowed layers do not run with, are refused clearly.</summary>
     [Fact]
     public void Bad_layouts_and_unsupported_combinations_are_refused()
