@@ -1,7 +1,9 @@
 using Cria.Formats;
 using Cria.Inference;
 using Cria.Models;
+using Cria.Serving;
 using Cria.Tests.Oracle;
+using Cria.Tests.Serving;
 using Cria.Training;
 using Xunit;
 using Xunit.Abstractions;
@@ -168,6 +170,33 @@ public sealed class LongGenTests(ITestOutputHelper output)
         Assert.True(Enumerable.Range(0, seq.Length).Max(p => MaxDiff(full[p], lifted[p])) == 0, "lifted windows differ from full attention");
         Assert.True(Enumerable.Range(0, seq.Length).Max(p => MaxDiff(full[p], file[p])) > 1e-3, "the windows change nothing");
         Assert.True(Enumerable.Range(0, 8).Max(p => MaxDiff(full[p], file[p])) == 0, "positions inside the window must not change");
+    }
+
+    /// <summary>The server on a hybrid model (layer 0 windowed, 4 sinks + 16): sixteen greedy requests together return
+    /// what each returns alone (chunked prefill, continuous batching; prefix caching asked for but, by design, not
+    /// taken), and every block and window pool comes back.</summary>
+    [Fact]
+    public async Task Served_together_hybrid_requests_return_what_each_returns_alone()
+    {
+        using var m = LlamaModel.Open(EngineTests.ModelPath());
+        using var c = new InferenceContext(m, new ContextOptions { ContextSize = 2048, Threads = 2, MicroBatch = 64, AttentionWindow = new AttentionWindowOverride(16, 4, "0") });
+        using var e = new Engine(c, m.Tokenizer, new EngineOptions { Scheduler = new SchedulerOptions { TokenBudget = 48, MaxSequences = 16, PrefixCaching = true } });
+        var rng = new Random(3);
+        var reqs = Enumerable.Range(0, 16).Select(i => new GenerationRequest
+        {
+            Prompt = Enumerable.Range(0, rng.Next(2, 120)).Select(j => j == 0 ? 1 : rng.Next(3, 400)).ToArray(),
+            MaxTokens = rng.Next(10, 40), Sampler = SamplerOptions.Greedy, IgnoreEog = true,
+        }).ToArray();
+        var alone = new List<EngineTests.Result>();
+        foreach (var r in reqs) alone.Add(await EngineTests.Run(e, r));
+        var together = await Task.WhenAll(reqs.Select(r => Task.Run(() => EngineTests.Run(e, r))));
+        for (int i = 0; i < reqs.Length; i++)
+        {
+            Assert.Equal(alone[i].Tokens, together[i].Tokens);
+            Assert.Equal(alone[i].Logprobs, together[i].Logprobs);
+        }
+        Assert.Equal(c.Cache.BlockCount, c.Cache.FreeBlocks);
+        Assert.Equal(0, c.Cache.PrefixHitTokens);
     }
 
     /// <summary>Files that say the layout wrongly, and what the windowed layers do not run with, are refused clearly.</summary>
