@@ -45,6 +45,8 @@ public class AllocationTests
         yield return ["alloc-q4_k_m", GgmlType.Q4_K, true, KvCacheType.F16, KvEvictionType.None, true];
         // A SwiftKV model (layer 1 of 2 on, AcrossKV off): h, the upper layer's K/V from it, and its own queries.
         yield return ["alloc-q8_0", GgmlType.Q8_0, false, KvCacheType.F16, KvEvictionType.None, false, true];
+        // LongGen's hybrid attention (layer 0 windowed: 4 sinks + 8): its window pool drops blocks during the measured steps.
+        yield return ["alloc-f32", GgmlType.F32, false, KvCacheType.F16, KvEvictionType.None, false, false, true];
     }
 
     /// <summary>A random rank-8 adapter on every projection of <paramref name="model"/>.</summary>
@@ -63,7 +65,8 @@ public class AllocationTests
 
     [Theory]
     [MemberData(nameof(Cases))]
-    public void DecodeStepsAllocateNothing(string key, GgmlType type, bool mix, KvCacheType kv, KvEvictionType evict, bool lora = false, bool swiftKv = false)
+    public void DecodeStepsAllocateNothing(string key, GgmlType type, bool mix, KvCacheType kv, KvEvictionType evict, bool lora = false, bool swiftKv = false,
+        bool hybrid = false)
     {
         string path = LogitsAgreementTests.ModelFile(key, Spec(key, type, mix));
         if (swiftKv)
@@ -84,6 +87,7 @@ public class AllocationTests
                 Heads = evict == KvEvictionType.Locret ? RetainingHeads.Create(model.Config, 32, 3) : null,
             },
             Loras = lora ? [(RandomAdapter(model), 1f)] : [],
+            AttentionWindow = hybrid ? new AttentionWindowOverride(8, 4, "0") : null,
         });
         var rng = new Random(5);
         var tokens = new int[Warmup + Steps];
@@ -98,6 +102,7 @@ public class AllocationTests
         probe?.WarmWaitPaths();
         float sink = 0;
 
+        int windowDropped = hybrid ? ctx.Cache.GetSequence(0).Window!.Dropped : 0;
         probe?.Sample(before: true);
         long before = GC.GetTotalAllocatedBytes(precise: true);
         long beforeThread = GC.GetAllocatedBytesForCurrentThread();
@@ -110,6 +115,7 @@ public class AllocationTests
         long total = GC.GetTotalAllocatedBytes(precise: true) - before;
         probe?.Sample(before: false);
         Assert.True(float.IsFinite(sink));
+        if (hybrid) Assert.True(ctx.Cache.GetSequence(0).Window!.Dropped > windowDropped, "the window pool dropped no block during the measured steps");
 
         // Cria's threads: the caller plus the pool's workers, each read on its own thread. Without the probe (the pool
         // could not be found) fall back to the process-wide count, which also sees the test host's own threads.
