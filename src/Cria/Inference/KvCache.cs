@@ -503,16 +503,11 @@ public sealed class KvCache : IKvBlockPool
             throw new CriaException($"a {(Format.IsKivi ? "KIVI" : "hybrid-attention")} cache can drop at most {MaxRollback} positions at once ({s.Length - length} asked)");
         if (s.Window is { } w)
         {
-            int wKeep = w.Blocks.Count;
-            while (wKeep > 0 && w.BlockPos[wKeep - 1] >= length) wKeep--;
-            int wSlots = wKeep == 0 ? 0 : (wKeep - 1) * BlockSize + Math.Min(BlockSize, length - w.BlockPos[wKeep - 1]);
+            int wKeep = KeptBlocks(w.BlockPos, length, out int wSlots);
             w.Dropped = length - wSlots;
             for (int i = w.Blocks.Count - 1; i >= wKeep; i--) { w.Free.Push(w.Blocks[i]); w.Blocks.RemoveAt(i); w.BlockPos.RemoveAt(i); }
         }
-        // Blocks starting at or after the new length go; the last kept block keeps its positions below length.
-        int keep = s.Blocks.Count;
-        while (keep > 0 && s.BlockPos[keep - 1] >= length) keep--;
-        int slots = keep == 0 ? 0 : (keep - 1) * BlockSize + Math.Min(BlockSize, length - s.BlockPos[keep - 1]);
+        int keep = KeptBlocks(s.BlockPos, length, out int slots);
         s.Length = length;
         s.Dropped = length - slots;
         for (int i = s.Blocks.Count - 1; i >= keep; i--) { Release(s.Blocks[i]); s.Blocks.RemoveAt(i); s.BlockPos.RemoveAt(i); }
@@ -530,6 +525,17 @@ public sealed class KvCache : IKvBlockPool
             if (s.Window != null) _windowStores.Push(s.Window);
             _seqs.Remove(sequenceId);
         }
+    }
+
+    /// <summary>Truncating a block table to <paramref name="length"/> positions: blocks starting at or after it go, the
+    /// last kept block keeps its positions below it. Returns the blocks kept and, in <paramref name="slots"/>, the
+    /// slots they hold.</summary>
+    int KeptBlocks(List<int> blockPos, int length, out int slots)
+    {
+        int keep = blockPos.Count;
+        while (keep > 0 && blockPos[keep - 1] >= length) keep--;
+        slots = keep == 0 ? 0 : (keep - 1) * BlockSize + Math.Min(BlockSize, length - blockPos[keep - 1]);
+        return keep;
     }
 
     /// <summary>
