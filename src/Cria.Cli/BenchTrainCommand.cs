@@ -24,8 +24,9 @@ static class BenchTrainCommand
         var batch = new Option<int>("--batch", "-b") { DefaultValueFactory = _ => 8 };
         var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 5 };
         var threads = new Option<int>("--threads", "-t") { DefaultValueFactory = _ => Environment.ProcessorCount };
+        var window = new Option<int>("--attn-window") { Description = "LongGen's hybrid attention: the bottom and top thirds of the layers see 16 sinks and the last W positions (0 = full attention)" };
         var cmd = new Command("bench-train", "measure FP32 peak, training GEMM throughput and training tokens/s")
-        { dim, layers, heads, kvHeads, ffn, vocab, ctx, batch, steps, threads };
+        { dim, layers, heads, kvHeads, ffn, vocab, ctx, batch, steps, threads, window };
         cmd.SetAction(r =>
         {
             int t = r.GetValue(threads);
@@ -34,6 +35,7 @@ static class BenchTrainCommand
                 VocabSize = r.GetValue(vocab), Dim = r.GetValue(dim), Layers = r.GetValue(layers), Heads = r.GetValue(heads),
                 KvHeads = r.GetValue(kvHeads), FfnDim = r.GetValue(ffn), ContextLength = r.GetValue(ctx),
             };
+            if (r.GetValue(window) > 0) shape = shape with { Window = r.GetValue(window), WindowSinks = 16, WindowLayers = LlamaShape.LongGenLayers(shape.Layers) };
             double peak = PeakGflops(t);
             Console.WriteLine($"FP32 FMA peak (Vector256, {t} threads, registers only): {peak:F1} GFLOP/s");
             int N = r.GetValue(batch) * shape.ContextLength;
@@ -58,8 +60,12 @@ static class BenchTrainCommand
             double sec = sw.Elapsed.TotalSeconds;
             double tokens = (double)s * trainer.Model.Rows;
             long p = trainer.Model.Layout.ParameterCount;
-            // 6·P per token for the matrix products (2 forward, 4 backward) + causal attention (QKᵀ and PV: 2·2·T/2·dim per layer, ×3)
-            double flopsPerToken = 6.0 * p + 3.0 * 2 * 2 * (shape.ContextLength / 2.0) * shape.Dim * shape.Layers;
+            // 6·P per token for the matrix products (2 forward, 4 backward) + causal attention (QKᵀ and PV: 2·2·keys·dim per
+            // layer, ×3; keys = T/2 on average, fewer in a windowed layer: min(t + 1, sinks + window) for query t)
+            int T = shape.ContextLength;
+            double keys = Enumerable.Range(0, shape.Layers).Sum(l => shape.WindowOf(l) == 0 ? T / 2.0
+                : Enumerable.Range(0, T).Average(t => (double)Math.Min(t + 1, shape.WindowSinks + shape.WindowOf(l))));
+            double flopsPerToken = 6.0 * p + 3.0 * 2 * 2 * keys * shape.Dim;
             double gflops = tokens * flopsPerToken / sec / 1e9;
             Console.WriteLine($"training {shape}, {p:N0} parameters, batch {r.GetValue(batch)}×{shape.ContextLength}: {tokens / sec:F0} tokens/s, " +
                 $"{sec / s * 1000:F0} ms/step, {gflops:F1} GFLOP/s = {gflops / peak:P0} of the measured peak");
