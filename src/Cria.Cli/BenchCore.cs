@@ -76,11 +76,13 @@ public sealed class CriaBenchEngine : IDisposable
     }
 
     /// <summary>Leaves exactly the depth's tokens in the cache (untimed): the prefix a previous test left is kept and
-    /// cut back to the depth; otherwise (first run, or eviction kept fewer) it is prefilled in micro-batches.</summary>
+    /// cut back to the depth; otherwise (first run, eviction kept fewer, or a cache that cannot go back that far — a
+    /// hybrid model's windows, KIVI's ring) it is prefilled in micro-batches.</summary>
     void FillDepth()
     {
+        int length = Context.Cache.Length(0);
         if (_depth == 0) Context.Cache.Clear();
-        else if (Context.Cache.Length(0) >= _depth) Context.Cache.Truncate(0, _depth);
+        else if (length >= _depth && length - _depth <= Context.Cache.MaxRollback) Context.Cache.Truncate(0, _depth);
         else
         {
             Context.Cache.Clear();

@@ -4,6 +4,7 @@ using System.Globalization;
 using Cria.Formats;
 using Cria.Tensors;
 using Cria.Tokenization;
+using Cria.Models;
 using Cria.Training;
 
 namespace Cria.Cli;
@@ -115,7 +116,7 @@ static class TrainCommand
                 shapeNoVocab = w == 0 ? shapeNoVocab with { WindowLayers = null, Window = 0, WindowSinks = 0 } : shapeNoVocab with
                 {
                     Window = w, WindowSinks = r.GetValue(windowSinks),
-                    WindowLayers = LlamaShape.ParseWindowLayers(r.GetValue(windowLayers)!, shapeNoVocab.Layers),
+                    WindowLayers = ModelConfig.ParseWindowLayers(r.GetValue(windowLayers)!, shapeNoVocab.Layers),
                 };
             }
             else if (r.GetResult(windowSinks) is { Implicit: false } || r.GetResult(windowLayers) is { Implicit: false })

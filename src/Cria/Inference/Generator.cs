@@ -79,7 +79,7 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
         var ctx = Context;
         if (Drafter != null && ctx.Evicts) throw new CriaException("speculative decoding does not work with KV eviction");
         if (Drafter != null && Drafter.Options.DraftMax > ctx.Cache.MaxRollback)
-            throw new CriaException($"a KIVI cache can take back at most {ctx.Cache.MaxRollback} positions at once; draft max {Drafter.Options.DraftMax} is more");
+            throw new CriaException($"this KV cache (KIVI, or a hybrid model's windows) can take back at most {ctx.Cache.MaxRollback} positions at once; draft max {Drafter.Options.DraftMax} is more");
         ctx.Cache.Remove(sequenceId);
         if (promptTokens.Length >= ctx.Cache.Capacity)
             throw new CriaException($"the prompt has {promptTokens.Length} tokens but the context holds {ctx.Cache.Capacity}; raise the context size (-c)");

@@ -177,7 +177,7 @@ public sealed class Engine : IDisposable
             spec.Validate();
             if (context.Evicts) throw new CriaException("speculative decoding does not work with KV eviction (its scores would count rejected drafts)");
             if (spec.DraftMax > context.Cache.MaxRollback)
-                throw new CriaException($"a KIVI cache can take back at most {context.Cache.MaxRollback} positions at once; draft max {spec.DraftMax} is more");
+                throw new CriaException($"this KV cache (KIVI, or a hybrid model's windows) can take back at most {context.Cache.MaxRollback} positions at once; draft max {spec.DraftMax} is more");
             _spec = spec;
             if (Options.DraftContext is { } draft)
             {

@@ -32,12 +32,6 @@ public sealed record LlamaShape
     /// <summary>Layer <paramref name="layer"/>'s window (0 = full attention).</summary>
     public int WindowOf(int layer) => WindowLayers != null && WindowLayers[layer] ? Window : 0;
 
-    /// <summary>LongGen's layout (<see cref="ModelConfig.LongGenLayers"/>).</summary>
-    public static bool[] LongGenLayers(int layers) => ModelConfig.LongGenLayers(layers);
-
-    /// <summary>"longgen", "all", or a comma-separated list of the windowed layers (<see cref="ModelConfig.ParseWindowLayers"/>).</summary>
-    public static bool[] ParseWindowLayers(string spec, int layers) => ModelConfig.ParseWindowLayers(spec, layers);
-
     public int HeadDim => Dim / Heads;
     public int KvDim => KvHeads * HeadDim;
 

@@ -30,7 +30,7 @@ public sealed class LongGenTests(ITestOutputHelper output)
         var shape = new LlamaShape
         {
             VocabSize = vocab.Count, Dim = 32, Layers = 3, Heads = 4, KvHeads = 2, FfnDim = 64, ContextLength = T,
-            WindowLayers = LlamaShape.LongGenLayers(3), Window = Window, WindowSinks = Sinks,
+            WindowLayers = ModelConfig.LongGenLayers(3), Window = Window, WindowSinks = Sinks,
         };
         Assert.Equal([true, false, true], shape.WindowLayers);
         using var t = new Trainer(shape, new TrainingOptions { BatchSize = 1, Steps = 20, WarmupSteps = 2, LearningRate = 3e-3f, Seed = 3, Threads = 2 }, tokens, tok.Bos);
@@ -222,8 +222,8 @@ public sealed class LongGenTests(ITestOutputHelper output)
         Assert.Contains("KIVI", Assert.Throws<CriaException>(() => new InferenceContext(model, new ContextOptions { Kv = new KvFormat { Type = KvCacheType.Kivi2 } })).Message);
         Assert.Contains("--kv-evict", Assert.Throws<CriaException>(() =>
             new InferenceContext(model, new ContextOptions { Eviction = new KvEvictionOptions { Type = KvEvictionType.Sinks, Budget = 32 } })).Message);
-        Assert.Contains("no layer", Assert.Throws<CriaException>(() => LlamaShape.ParseWindowLayers("", 3)).Message);
-        Assert.Contains("not a layer", Assert.Throws<CriaException>(() => LlamaShape.ParseWindowLayers("0,3", 3)).Message);
-        Assert.Equal([true, true, false, false, true, true], LlamaShape.ParseWindowLayers("longgen", 6));
+        Assert.Contains("no layer", Assert.Throws<CriaException>(() => ModelConfig.ParseWindowLayers("", 3)).Message);
+        Assert.Contains("not a layer", Assert.Throws<CriaException>(() => ModelConfig.ParseWindowLayers("0,3", 3)).Message);
+        Assert.Equal([true, true, false, false, true, true], ModelConfig.ParseWindowLayers("longgen", 6));
     }
 }
