@@ -44,6 +44,7 @@ public sealed class LongGenTests(ITestOutputHelper output)
     }
 
     static double MaxDiff(float[] a, float[] b) => a.Zip(b).Max(x => Math.Abs(x.First - x.Second));
+    static double Rms(float[] a, float[] b) => Math.Sqrt(a.Zip(b).Average(x => (double)(x.First - x.Second) * (x.First - x.Second)));
 
     /// <summary>
     /// The trained hybrid model's logits in Cria's inference equal the trainer's (an independent implementation of the
@@ -147,16 +148,16 @@ public sealed class LongGenTests(ITestOutputHelper output)
     [Fact]
     public void Windows_imposed_at_run_time_equal_windows_in_the_file()
     {
-        var spec = new RandomModelSpec { Dim = 64, Layers = 3, Heads = 4, KvHeads = 2, FfnDim = 96, VocabSize = 320, ContextLength = 128, Seed = 9 };
+        var spec = new RandomModelSpec { Dim = 128, Layers = 3, Heads = 4, KvHeads = 2, FfnDim = 96, VocabSize = 320, ContextLength = 128, Seed = 9 }; // head dim 32 (Q8_0 KV)
         string plain = TestPaths.TempFile("lg-plain.gguf"), hybrid = TestPaths.TempFile("lg-hybrid.gguf");
         RandomModel.Write(plain, spec);
         RandomModel.Write(hybrid, spec with { ExtraMetadata = [("llama.attention.sliding_window", 8u), ("llama.attention.sliding_window_sinks", 4u), ("llama.attention.sliding_window_pattern", new[] { true, false, true })] });
         var rng = new Random(5);
         var seq = Enumerable.Range(0, 100).Select(_ => rng.Next(3, 320)).ToArray();
-        float[][] Run(string path, AttentionWindowOverride? o)
+        float[][] Run(string path, AttentionWindowOverride? o, KvCacheType kv = KvCacheType.F32)
         {
             using var model = LlamaModel.Open(path);
-            using var ctx = new InferenceContext(model, new ContextOptions { ContextSize = 128, Threads = 2, Kv = KvFormat.F32, MicroBatch = 32, AttentionWindow = o });
+            using var ctx = new InferenceContext(model, new ContextOptions { ContextSize = 128, Threads = 2, Kv = new KvFormat { Type = kv }, MicroBatch = 32, AttentionWindow = o });
             var batch = new Batch(seq.Length);
             for (int i = 0; i < seq.Length; i++) batch.Add(seq[i], i, 0, true);
             ctx.Decode(batch);
@@ -170,6 +171,16 @@ public sealed class LongGenTests(ITestOutputHelper output)
         Assert.True(Enumerable.Range(0, seq.Length).Max(p => MaxDiff(full[p], lifted[p])) == 0, "lifted windows differ from full attention");
         Assert.True(Enumerable.Range(0, seq.Length).Max(p => MaxDiff(full[p], file[p])) > 1e-3, "the windows change nothing");
         Assert.True(Enumerable.Range(0, 8).Max(p => MaxDiff(full[p], file[p])) == 0, "positions inside the window must not change");
+        // The window pools store F16 and Q8_0 too: the hybrid model moves from its F32-cache logits by what the
+        // format's rounding moves the full-attention model (the window pool read back wrong would move it far more).
+        foreach (var kv in new[] { KvCacheType.F16, KvCacheType.Q8_0 })
+        {
+            var hq = Run(hybrid, null, kv); var fq = Run(plain, null, kv);
+            double dh = Enumerable.Range(0, seq.Length).Average(p => Rms(hq[p], file[p]));
+            double df = Enumerable.Range(0, seq.Length).Average(p => Rms(fq[p], full[p]));
+            output.WriteLine($"{kv} KV against F32, RMS Δ logit: hybrid {dh:E2}, full attention {df:E2}");
+            Assert.True(dh > 0 && dh < 2 * df, $"{kv}: hybrid {dh} against full attention {df}");
+        }
     }
 
     /// <summary>The server on a hybrid model (layer 0 windowed, 4 sinks + 16): sixteen greedy requests together return
