@@ -6,10 +6,11 @@
 #   window   every layer windowed (sinks 16 + window 256): no layer can reach the middle of the prompt
 # then each model, and passkey.gguf as it is (full attention, and with the windows imposed without training), is
 # probed: pass-key retrieval by length and needle depth, held-out perplexity at 1024 tokens, KV bytes.
-# Usage: scripts/longgen-demo.sh [STEPS] [SEED] [RUNS]   (out/longgen/ARM/model.gguf; results on stdout)
+# Usage: scripts/longgen-demo.sh [STEPS] [SEED] [RUNS] [BASELINES]   (out/longgen/sSEED/ARM/model.gguf; results on stdout)
+#   BASELINES=0 skips probing passkey.gguf itself (it does not depend on the seed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STEPS=${1:-400}; SEED=${2:-5}; RUNS=${3:-full longgen window}; OUT=out/longgen
+STEPS=${1:-400}; SEED=${2:-5}; RUNS=${3:-full longgen window}; BASELINES=${4:-1}; OUT=out/longgen/s$SEED
 [ -s data/train.txt ] || scripts/get-corpus.sh
 mkdir -p "$OUT"
 dotnet build src/Cria.Cli -c Release -v q -nologo > /dev/null
@@ -31,6 +32,8 @@ probe() { # LABEL MODEL ARGS…
   $CRIA passkey "$model" --lengths 512,1024,2048 --depths 0,0.25,0.5,0.75,1 --trials 10 -t 2 -ub 256 "$@" 2>&1 | grep -E "^model|^\||^overall"
   $CRIA perplexity "$model" data/valid.txt -c 1024 --chunks 24 -t 2 "$@" 2>&1 | grep -E "^perplexity:"
 }
-probe "passkey.gguf as it is (full attention, trained at 256)" models/passkey.gguf
-probe "passkey.gguf with LongGen's windows, no training" models/passkey.gguf --attn-window 256
+if [ "$BASELINES" = 1 ]; then
+  probe "passkey.gguf as it is (full attention, trained at 256)" models/passkey.gguf
+  probe "passkey.gguf with LongGen's windows, no training" models/passkey.gguf --attn-window 256
+fi
 for arm in $RUNS; do probe "$arm (fine-tuned at 1024)" "$OUT/$arm/model.gguf"; done

@@ -124,7 +124,7 @@ public sealed class InferenceContext : IDisposable
         MicroBatch = Math.Max(1, options.MicroBatch);
         Cache = new KvCache(c, ctx, options.KvBlockSize, options.Kv, MicroBatch);
         if (c.HasWindowedLayers && options.Eviction.Type != KvEvictionType.None)
-            throw new CriaException($"{model.File.Path} has windowed layers (hybrid attention), which already keep a bounded window; --kv-evict is not supported with it");
+            throw new CriaException($"{model.File.Path} runs with windowed layers (hybrid attention), which already keep a bounded window; --kv-evict is not supported with them");
         _evictor = KvEvictor.Create(options.Eviction);
         if (options.Eviction.Type == KvEvictionType.Locret)
         {
