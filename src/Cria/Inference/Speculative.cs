@@ -334,6 +334,8 @@ public sealed class ModelDrafter : IDrafter
         int common = 0;
         while (common < _fedCount && common < history.Length && _fed[common] == history[common]) common++;
         if (common == history.Length) common--;
+        // A cache that cannot take back that much (KIVI's ring, a hybrid model's windows) starts the sequence again.
+        if (_ctx.Cache.Length(_seq) - common > _ctx.Cache.MaxRollback) common = 0;
         _ctx.Cache.Truncate(_seq, common);
         batch.AddSequence(history[common..], common, _seq);
         history[common..].CopyTo(_fed.AsSpan(common));

@@ -210,6 +210,31 @@ public sealed class LongGenTests(ITestOutputHelper output)
         Assert.Equal(0, c.Cache.PrefixHitTokens);
     }
 
+    /// <summary>A hybrid draft model whose history changes further back than its windows can take back (65+ positions)
+    /// starts its sequence again and drafts what a fresh drafter drafts.</summary>
+    [Fact]
+    public void A_hybrid_draft_model_follows_a_history_that_changes_far_back()
+    {
+        using var model = LlamaModel.Open(EngineTests.ModelPath());
+        ContextOptions Options() => new() { ContextSize = 512, Threads = 2, Kv = KvFormat.F32, MicroBatch = 64, AttentionWindow = new AttentionWindowOverride(16, 4, "0") };
+        var rng = new Random(8);
+        var a = Enumerable.Range(0, 200).Select(i => i == 0 ? 1 : rng.Next(3, 400)).ToArray();
+        var b = a.Take(50).Concat(Enumerable.Range(0, 150).Select(_ => rng.Next(3, 400))).ToArray();
+        var o = new SpeculativeOptions { DraftMax = 6, DraftPMin = 0 };
+        using var ctx = new InferenceContext(model, Options());
+        var drafter = new ModelDrafter(ctx, o);
+        drafter.Begin(SamplerOptions.Greedy);
+        var drafts = new int[6];
+        Assert.Equal(6, drafter.Draft(a, drafts));
+        int n = drafter.Draft(b, drafts); // 150+ positions back: more than the windows keep
+        using var fresh = new InferenceContext(model, Options());
+        var expected = new int[6];
+        var f = new ModelDrafter(fresh, o);
+        f.Begin(SamplerOptions.Greedy);
+        Assert.Equal(f.Draft(b, expected), n);
+        Assert.Equal(expected, drafts);
+    }
+
     /// <summary>Files that say the layout wrongly, and what the windowed layers do not run with, are refused clearly.</summary>
     [Fact]
     public void Bad_layouts_and_unsupported_combinations_are_refused()
