@@ -148,7 +148,8 @@ public static unsafe class Layers
     /// heads, whose groups are shifted against each other) over its group only; with both, over the later start.
     /// With a <paramref name="window"/> W &gt; 0 (LongGen's windowed layers) causal query t attends to two ranges of
     /// keys: the first <paramref name="sinks"/> positions from that start s0 (attention sinks) and the window
-    /// (t − W, t] (<see cref="KeyRanges"/>); the keys between get probability 0, so the backward needs no mask.
+    /// (t − W, t] (<see cref="KeyRanges"/>). The keys between keep probability 0 in <paramref name="probs"/>, and
+    /// neither pass touches them.
     /// q [B·T, nHead·hd], k/v [B·T, nKv·hd], probs [B, nHead, T, T] (saved for backward), out [B·T, nHead·hd].
     /// K and V of the head are transposed first, so scores and outputs are hd long vector ops over positions.
     /// scratch holds 2·hd·T floats.
