@@ -36,7 +36,7 @@ static class BenchTrainCommand
                 VocabSize = r.GetValue(vocab), Dim = r.GetValue(dim), Layers = r.GetValue(layers), Heads = r.GetValue(heads),
                 KvHeads = r.GetValue(kvHeads), FfnDim = r.GetValue(ffn), ContextLength = r.GetValue(ctx),
             };
-            if (r.GetValue(window) > 0) shape = shape with { Window = r.GetValue(window), WindowSinks = 16, WindowLayers = ModelConfig.LongGenLayers(shape.Layers) };
+            if (r.GetValue(window) > 0) shape = shape with { Window = r.GetValue(window), WindowSinks = ModelConfig.DefaultWindowSinks, WindowLayers = ModelConfig.LongGenLayers(shape.Layers) };
             double peak = PeakGflops(t);
             Console.WriteLine($"FP32 FMA peak (Vector256, {t} threads, registers only): {peak:F1} GFLOP/s");
             int N = r.GetValue(batch) * shape.ContextLength;

@@ -29,7 +29,7 @@ sealed class KvCliOptions
     readonly Option<float> _yarnFast = new("--yarn-beta-fast") { Description = "YaRN β_fast (default 32)", DefaultValueFactory = _ => -1f };
     readonly Option<string> _swiftKv = new("--swiftkv") { Description = "a SwiftKV model (cria swiftkv) runs as SwiftKV (on, default) or as the original model its file also holds (off)", DefaultValueFactory = _ => "on" };
     readonly Option<int?> _window = new("--attn-window") { Description = "LongGen's hybrid attention without training: the windowed layers (--attn-window-layers) see only the first --attn-window-sinks positions and the last W; 0 runs a model trained with windows with full attention (default: as the model says)" };
-    readonly Option<int> _windowSinks = new("--attn-window-sinks") { Description = "with --attn-window: attention sinks (positions from the start every query sees)", DefaultValueFactory = _ => 16 };
+    readonly Option<int> _windowSinks = new("--attn-window-sinks") { Description = "with --attn-window: attention sinks (positions from the start every query sees)", DefaultValueFactory = _ => ModelConfig.DefaultWindowSinks };
     readonly Option<string> _windowLayers = new("--attn-window-layers") { Description = "with --attn-window: longgen (bottom and top thirds windowed), all, or a list such as 0,1,4,5", DefaultValueFactory = _ => "longgen" };
     readonly Option<float> _yarnSlow = new("--yarn-beta-slow") { Description = "YaRN β_slow (default 1)", DefaultValueFactory = _ => -1f };
 

@@ -118,6 +118,8 @@ public sealed record ModelConfig
     /// <c>{arch}.attention.sliding_window_pattern</c> (one bool per layer, true = windowed) and Cria's
     /// <c>{arch}.attention.sliding_window_sinks</c> (S).</summary>
     public bool[]? WindowLayers { get; init; }
+    /// <summary>The sinks Cria's commands give windowed layers unless told otherwise: one KV block (StreamingLLM keeps 4).</summary>
+    public const int DefaultWindowSinks = 16;
     public int Window { get; init; }
     public int WindowSinks { get; init; }
     public bool HasWindowedLayers => WindowLayers != null;
@@ -363,7 +365,7 @@ public sealed record RopeOverrides
 /// <c>--attn-window-sinks S</c>, <c>--attn-window-layers longgen|all|LIST</c>), or without the windows its file
 /// declares (<c>--attn-window 0</c>).
 /// </summary>
-public sealed record AttentionWindowOverride(int Window, int Sinks = 16, string Layers = "longgen")
+public sealed record AttentionWindowOverride(int Window, int Sinks = ModelConfig.DefaultWindowSinks, string Layers = "longgen")
 {
     public ModelConfig Apply(ModelConfig c)
     {

@@ -81,29 +81,19 @@ public sealed class FrozenBase
         CheckFits(shape);
     }
 
-    /// <summary>Throws unless these are the seven projections of every layer of <paramref name="shape"/>.</summary>
+    /// <summary>Throws unless these are the seven projections of every layer of <paramref name="shape"/>: the
+    /// tensors a frozen-matrix layout leaves out (offset −1), in its order.</summary>
     public void CheckFits(LlamaShape shape)
     {
-        if (Matrices.Length != shape.Layers * 7) throw new CriaException($"a frozen base of {Matrices.Length / 7} layers does not fit a model of {shape.Layers}");
-        for (int l = 0; l < shape.Layers; l++)
-            for (int t = 0; t < 7; t++)
-            {
-                var (rows, cols) = ShapeOf(shape, t);
-                var m = Matrices[l * 7 + t];
-                if (m.Rows != rows || m.Cols != cols)
-                    throw new CriaException($"frozen matrix {t} of layer {l} is [{m.Rows}, {m.Cols}]; the model's is [{rows}, {cols}]");
-            }
+        var expected = new ParameterLayout(shape, frozenMatrices: true).AllTensors.Where(t => t.Offset < 0).ToArray();
+        if (Matrices.Length != expected.Length) throw new CriaException($"a frozen base of {Matrices.Length / 7} layers does not fit a model of {shape.Layers}");
+        for (int i = 0; i < expected.Length; i++)
+        {
+            var (m, t) = (Matrices[i], expected[i]);
+            if (m.Rows != t.Rows || m.Cols != t.Cols)
+                throw new CriaException($"frozen matrix {t.Name} is [{m.Rows}, {m.Cols}]; the model's is [{t.Rows}, {t.Cols}]");
+        }
     }
-
-    /// <summary>[rows, cols] of target t (q, k, v, o, gate, up, down) in a block of <paramref name="s"/>.</summary>
-    public static (int Rows, int Cols) ShapeOf(LlamaShape s, int target) => target switch
-    {
-        0 or 3 => (s.Dim, s.Dim),
-        1 or 2 => (s.KvDim, s.Dim),
-        4 or 5 => (s.FfnDim, s.Dim),
-        6 => (s.Dim, s.FfnDim),
-        _ => throw new ArgumentOutOfRangeException(nameof(target)),
-    };
 
     public long Bytes => Matrices.Sum(m => m.Bytes);
 

@@ -15,8 +15,6 @@ public static class GgufImport
     /// block projections when they are kept as <paramref name="Frozen"/> (a LoRA run's compressed base).</summary>
     public sealed record Imported(LlamaShape Shape, TokenizerVocabulary Vocabulary, float[] Parameters, FrozenBase? Frozen = null);
 
-    static readonly string[] ProjectionNames = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
-
     /// <summary>Whether any tensor of <paramref name="path"/> is stored in a type other than F32 and F16 (Q4_K, BF16 …):
     /// the trainer can then train LoRA adapters on it (<see cref="BaseStorage.Keep"/>) but not the weights.</summary>
     public static bool HasQuantizedTensors(string path)
@@ -115,7 +113,7 @@ public static class GgufImport
     static int ProjectionIndex(string name)
     {
         var parts = name.Split('.');
-        return int.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture) * 7 + Array.IndexOf(ProjectionNames, parts[2]);
+        return int.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture) * 7 + Array.IndexOf(Models.LlamaLayer.ProjectionNames, parts[2]);
     }
 
     static Span<float> DecodeInto(ref float[]? buffer, GgmlType type, ReadOnlySpan<byte> src, long count)

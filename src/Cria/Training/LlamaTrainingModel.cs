@@ -46,7 +46,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
 
     readonly List<Array> _keepAlive = new();
     GCHandle _parametersHandle;        // pins adopted parameters (see the constructor's parameters)
-    readonly bool _adopted;
+    bool Adopted => _parametersHandle.IsAllocated;
     readonly WorkerPool _pool;
     readonly Gemm _gemm;
     readonly ForJob _for = new();
@@ -136,7 +136,6 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
             _parametersHandle = GCHandle.Alloc(parameters, GCHandleType.Pinned);
             P = (float*)_parametersHandle.AddrOfPinnedObject();
             Parameters = parameters;
-            _adopted = true;
         }
         else Parameters = Pinned<float>(Layout.Count, out P);
         if (lora != null || swiftKv != null) { Gradients = []; _normGrad = Floats(shape.Dim); }
@@ -352,10 +351,10 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         {
             if (!t.IsMatrix)
             {
-                if (t.Offset >= 0 && !_adopted) Parameters.AsSpan((int)t.Offset, (int)t.Count).Fill(1f);
+                if (t.Offset >= 0 && !Adopted) Parameters.AsSpan((int)t.Offset, (int)t.Count).Fill(1f);
                 continue;
             }
-            if (t.Offset < 0 || _adopted) // frozen, or adopted weights: draw the numbers all the same, so what follows (the adapters) starts as it would
+            if (t.Offset < 0 || Adopted) // frozen, or adopted weights: draw the numbers all the same, so what follows (the adapters) starts as it would
             {
                 for (long i = 0; i < t.Count; i++) rng.NextGaussian();
                 continue;

@@ -16,13 +16,7 @@ public sealed class QloraTests(ITestOutputHelper output)
 {
     static string Bundled => Path.Combine(TestPaths.RepoRoot, "models", "default.gguf");
 
-    static float[] Gaussian(int n, int seed)
-    {
-        var rng = new Random(seed);
-        var x = new float[n];
-        for (int i = 0; i < n; i++) x[i] = (float)(Math.Sqrt(-2 * Math.Log(1 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble()));
-        return x;
-    }
+    static float[] Gaussian(int n, int seed) => Quant.QuantTestUtil.Gaussian(new Random(seed), n);
 
     [Fact]
     public void Nf4_codes_are_the_nearest_level_of_each_absmax_scaled_weight()
