@@ -13,7 +13,8 @@ public static class GgufExport
     /// metadata. Matrices are stored as <paramref name="weightType"/> (F32 or F16); norms stay F32. Atomic.
     /// </summary>
     public static void Write(string path, ParameterLayout layout, ReadOnlySpan<float> parameters, TokenizerVocabulary vocab,
-        GgmlType weightType = GgmlType.F32, string name = "cria", IReadOnlyDictionary<string, object>? extraMetadata = null)
+        GgmlType weightType = GgmlType.F32, string name = "cria", IReadOnlyDictionary<string, object>? extraMetadata = null,
+        (ParameterTensor[] Tensors, float[] Values)? extraTensors = null)
     {
         if (weightType is not (GgmlType.F32 or GgmlType.F16)) throw new CriaException($"export supports F32 and F16 weights, not {weightType}");
         var s = layout.Shape;
@@ -41,9 +42,13 @@ public static class GgufExport
         w.Set("general.file_type", (uint)RandomModel.FileType(weightType));
         if (extraMetadata != null) foreach (var (k, v) in extraMetadata) w.Set(k, v);
         vocab.WriteTo(w);
-        foreach (var t in layout.Tensors)
+        foreach (var t in layout.Tensors) Add(t, parameters.Slice((int)t.Offset, (int)t.Count));
+        if (extraTensors is var (tensors, values)) // a plug-in's tensors (Activation Beacon's), laid out by their own layout
+            foreach (var t in tensors) Add(t, values.AsSpan((int)t.Offset, (int)t.Count));
+        w.Write(path);
+
+        void Add(ParameterTensor t, ReadOnlySpan<float> data)
         {
-            var data = parameters.Slice((int)t.Offset, (int)t.Count);
             long[] shape = t.Rows == 1 && !t.IsMatrix ? [t.Cols] : [t.Cols, t.Rows];
             var type = t.IsMatrix ? weightType : GgmlType.F32;
             byte[] bytes;
@@ -57,6 +62,5 @@ public static class GgufExport
             }
             w.AddTensor(t.Name, shape, type, bytes);
         }
-        w.Write(path);
     }
 }

@@ -51,15 +51,16 @@ public static unsafe class Layers
     // ---------------------------------------------------------------- RoPE
     /// <summary>
     /// Rotates adjacent pairs (x[2i], x[2i+1]) of each head's first nRot dims, as <see cref="Ops.RopeNorm"/>
-    /// (llama.cpp's LLAMA_ROPE_TYPE_NORM). Row r sits at position r mod seqLen; cosSin is [seqLen, nRot]. (A packed
+    /// (llama.cpp's LLAMA_ROPE_TYPE_NORM). Row r sits at position r mod seqLen, or with <paramref name="positions"/> [seqLen]
+    /// at positions[r mod seqLen]; cosSin is [seqLen, nRot]. (A packed
     /// document keeps its positions in the sequence: attention inside it sees only differences of positions.)
     /// </summary>
-    public static void RopeForward(float* x, int heads, int headDim, float* cosSin, int nRot, int seqLen, int r0, int r1)
+    public static void RopeForward(float* x, int heads, int headDim, float* cosSin, int nRot, int seqLen, int r0, int r1, int* positions = null)
     {
         int width = heads * headDim;
         for (int r = r0; r < r1; r++)
         {
-            float* cs = cosSin + (long)(r % seqLen) * nRot;
+            float* cs = cosSin + (long)(positions != null ? positions[r % seqLen] : r % seqLen) * nRot;
             for (int h = 0; h < heads; h++)
             {
                 float* v = x + (long)r * width + h * headDim;
@@ -74,12 +75,12 @@ public static unsafe class Layers
     }
 
     /// <summary>The rotation is orthogonal, so its backward rotates the gradient by −θ (in place).</summary>
-    public static void RopeBackward(float* dx, int heads, int headDim, float* cosSin, int nRot, int seqLen, int r0, int r1)
+    public static void RopeBackward(float* dx, int heads, int headDim, float* cosSin, int nRot, int seqLen, int r0, int r1, int* positions = null)
     {
         int width = heads * headDim;
         for (int r = r0; r < r1; r++)
         {
-            float* cs = cosSin + (long)(r % seqLen) * nRot;
+            float* cs = cosSin + (long)(positions != null ? positions[r % seqLen] : r % seqLen) * nRot;
             for (int h = 0; h < heads; h++)
             {
                 float* v = dx + (long)r * width + h * headDim;
@@ -248,6 +249,101 @@ public static unsafe class Layers
         }
         AddTransposedHead(dk, dkt, row0, seqLen, kw, kvHead, hd);
         AddTransposedHead(dv, dvt, row0, seqLen, kw, kvHead, hd);
+    }
+
+    /// <summary>
+    /// Attention over explicit key ranges (Activation Beacon, <see cref="BeaconPlan"/>): for one sequence b and one KV
+    /// head, query row t of Tq attends to the keys of three ranges [r0, r1) [r2, r3) [r4, r5) (<paramref name="ranges"/>
+    /// [Tq, 6]) of a key space of Tk rows (kx, vx [B·Tk, nKv·hd]; for beacons, the sequence's own rows and then the
+    /// memory copies). The same arithmetic as <see cref="AttentionForward"/> over a union of ranges; probabilities of keys
+    /// outside them stay 0. probs [B, nHead, Tq, Tk]; scratch 2·hd·Tk floats.
+    /// </summary>
+    public static void RangeAttentionForward(float* outp, float* probs, float* q, float* kx, float* vx,
+        int b, int kvHead, int tq, int tk, int nHead, int nKv, int hd, float* scratch, int* ranges)
+    {
+        int group = nHead / nKv, qw = nHead * hd, kw = nKv * hd;
+        float scale = 1.0f / MathF.Sqrt(hd);
+        float* kt = scratch, vt = scratch + (long)hd * tk;
+        TransposeHead(kt, kx, (long)b * tk, tk, kw, kvHead, hd);
+        TransposeHead(vt, vx, (long)b * tk, tk, kw, kvHead, hd);
+        for (int h = kvHead * group; h < (kvHead + 1) * group; h++)
+            for (int t = 0; t < tq; t++)
+            {
+                float* qt = q + ((long)b * tq + t) * qw + h * hd;
+                float* p = probs + (((long)b * nHead + h) * tq + t) * tk;
+                int* rg = ranges + t * 6;
+                new Span<float>(p, tk).Clear();
+                float max = float.NegativeInfinity;
+                for (int i = 0; i < 6; i += 2)
+                {
+                    int s0 = rg[i], m = rg[i + 1] - s0;
+                    for (int d = 0; d < hd; d++) Axpy(qt[d] * scale, kt + (long)d * tk + s0, p + s0, m);
+                    for (int j = s0; j < s0 + m; j++) if (p[j] > max) max = p[j];
+                }
+                float sum = 0;
+                for (int i = 0; i < 6; i += 2)
+                    for (int j = rg[i]; j < rg[i + 1]; j++) { float e = MathF.Exp(p[j] - max); p[j] = e; sum += e; }
+                float inv = 1.0f / sum;
+                for (int i = 0; i < 6; i += 2)
+                    for (int j = rg[i]; j < rg[i + 1]; j++) p[j] *= inv;
+                float* o = outp + ((long)b * tq + t) * qw + h * hd;
+                for (int d = 0; d < hd; d++)
+                {
+                    float acc = 0;
+                    for (int i = 0; i < 6; i += 2) acc += Gemm.Dot(p + rg[i], vt + (long)d * tk + rg[i], rg[i + 1] - rg[i]);
+                    o[d] = acc;
+                }
+            }
+    }
+
+    /// <summary>Backward of <see cref="RangeAttentionForward"/> (as <see cref="AttentionBackward"/>): dq overwritten,
+    /// dkx and dvx ([B·Tk, nKv·hd]) accumulated. scratch (4·hd + 1)·Tk floats.</summary>
+    public static void RangeAttentionBackward(float* dq, float* dkx, float* dvx, float* dout, float* probs, float* q, float* kx, float* vx,
+        int b, int kvHead, int tq, int tk, int nHead, int nKv, int hd, float* scratch, int* ranges)
+    {
+        int group = nHead / nKv, qw = nHead * hd, kw = nKv * hd;
+        float scale = 1.0f / MathF.Sqrt(hd);
+        long plane = (long)hd * tk;
+        float* kt = scratch, vt = scratch + plane, dkt = scratch + 2 * plane, dvt = scratch + 3 * plane, ds = scratch + 4 * plane;
+        TransposeHead(kt, kx, (long)b * tk, tk, kw, kvHead, hd);
+        TransposeHead(vt, vx, (long)b * tk, tk, kw, kvHead, hd);
+        new Span<float>(dkt, (int)(2 * plane)).Clear();
+        for (int h = kvHead * group; h < (kvHead + 1) * group; h++)
+            for (int t = 0; t < tq; t++)
+            {
+                float* dot = dout + ((long)b * tq + t) * qw + h * hd;
+                float* p = probs + (((long)b * nHead + h) * tq + t) * tk;
+                int* rg = ranges + t * 6;
+                float sum = 0;
+                for (int i = 0; i < 6; i += 2)
+                {
+                    int s0 = rg[i], m = rg[i + 1] - s0;
+                    new Span<float>(ds + s0, m).Clear();
+                    for (int d = 0; d < hd; d++)
+                    {
+                        Axpy(dot[d], vt + (long)d * tk + s0, ds + s0, m);  // dP
+                        Axpy(dot[d], p + s0, dvt + (long)d * tk + s0, m); // dVᵀ += dO ⊗ P
+                    }
+                    sum += Gemm.Dot(p + s0, ds + s0, m);
+                }
+                for (int i = 0; i < 6; i += 2)
+                    for (int j = rg[i]; j < rg[i + 1]; j++) ds[j] = p[j] * (ds[j] - sum) * scale;
+                float* qt = q + ((long)b * tq + t) * qw + h * hd;
+                float* dqt = dq + ((long)b * tq + t) * qw + h * hd;
+                for (int d = 0; d < hd; d++)
+                {
+                    float acc = 0;
+                    for (int i = 0; i < 6; i += 2)
+                    {
+                        int s0 = rg[i], m = rg[i + 1] - s0;
+                        acc += Gemm.Dot(ds + s0, kt + (long)d * tk + s0, m);
+                        Axpy(qt[d], ds + s0, dkt + (long)d * tk + s0, m); // dKᵀ += q ⊗ dS
+                    }
+                    dqt[d] = acc;
+                }
+            }
+        AddTransposedHead(dkx, dkt, (long)b * tk, tk, kw, kvHead, hd);
+        AddTransposedHead(dvx, dvt, (long)b * tk, tk, kw, kvHead, hd);
     }
 
     /// <summary>The keys of query t in a windowed layer, as two ranges: sinks [s0, e0) and window [w0, t]. Without a

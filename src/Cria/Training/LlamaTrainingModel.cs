@@ -10,7 +10,7 @@ namespace Cria.Training;
 /// <see cref="ParameterLayout"/>; every activation the backward needs is kept in buffers allocated once here, so a
 /// step allocates nothing. Matrix products run on a <see cref="WorkerPool"/> through <see cref="Gemm"/>.
 /// </summary>
-public sealed unsafe class LlamaTrainingModel : IDisposable
+public sealed unsafe partial class LlamaTrainingModel : IDisposable
 {
     public LlamaShape Shape { get; }
     public ParameterLayout Layout { get; }
@@ -111,8 +111,11 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     float _gradScale;
 
     public LlamaTrainingModel(LlamaShape shape, int batchSize, int seqLen, int threads, LoraOptions? lora = null, ClassifierOptions? classifier = null,
-        (int KvLayers, int Group)? swiftKv = null, FrozenBase? frozenBase = null, float[]? parameters = null)
+        (int KvLayers, int Group)? swiftKv = null, FrozenBase? frozenBase = null, float[]? parameters = null, BeaconPlan? beacon = null)
     {
+        if (beacon != null && (lora != null || classifier != null || swiftKv != null || frozenBase != null))
+            throw new CriaException("Activation Beacon trains the beacon parameters alone over an F32 base (no LoRA, classifier, SwiftKV or compressed base)");
+        if (beacon != null && beacon.Rows != seqLen) throw new CriaException($"the beacon plan has {beacon.Rows} rows, the model {seqLen}");
         if (swiftKv != null && (lora != null || classifier != null)) throw new CriaException("SwiftKV distillation trains the SwiftKV projections alone (no LoRA, no classifier)");
         if (frozenBase != null && (lora == null || swiftKv != null)) throw new CriaException("a compressed frozen base (QLoRA) is for LoRA training: give a LoRA rank");
         shape.Validate();
@@ -120,7 +123,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         classifier?.Validate();
         Classifier = classifier;
         if (batchSize <= 0 || seqLen <= 0) throw new CriaException($"batch size and sequence length must be positive, got {batchSize} and {seqLen}");
-        if (seqLen > shape.ContextLength) throw new CriaException($"sequence length {seqLen} exceeds the model's context length {shape.ContextLength}");
+        if (seqLen > shape.ContextLength && beacon == null) throw new CriaException($"sequence length {seqLen} exceeds the model's context length {shape.ContextLength}");
         Shape = shape;
         Layout = new ParameterLayout(shape, frozenMatrices: frozenBase != null);
         frozenBase?.CheckFits(shape);
@@ -138,7 +141,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
             Parameters = parameters;
         }
         else Parameters = Pinned<float>(Layout.Count, out P);
-        if (lora != null || swiftKv != null) { Gradients = []; _normGrad = Floats(shape.Dim); }
+        if (lora != null || swiftKv != null || beacon != null) { Gradients = []; _normGrad = Floats(shape.Dim); }
         else Gradients = Pinned<float>(Layout.Count, out G);
         Pinned<int>(N, out _tokens); Pinned<int>(N, out _targets); Pinned<int>(N, out _targets2);
         Pinned<int>(batchSize, out _seqLens); new Span<int>(_seqLens, batchSize).Fill(seqLen);
@@ -158,7 +161,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         {
             _xn1[l] = Floats((long)N * D); _rstd1[l] = Floats(N);
             _q[l] = Floats((long)N * QD); _k[l] = Floats((long)N * KV); _v[l] = Floats((long)N * KV);
-            _probs[l] = Floats((long)batchSize * H * seqLen * seqLen);
+            if (beacon == null) _probs[l] = Floats((long)batchSize * H * seqLen * seqLen);
             _att[l] = Floats((long)N * QD); _xMid[l] = Floats((long)N * D);
             _xn2[l] = Floats((long)N * D); _rstd2[l] = Floats(N);
             _g[l] = Floats((long)N * F); _u[l] = Floats((long)N * F); _h[l] = Floats((long)N * F);
@@ -169,7 +172,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         _lossWeights2 = Floats(N);
         _dres = Floats((long)N * D); _dxn = Floats((long)N * D); _dq = Floats((long)N * QD); _dk = Floats((long)N * KV); _dv = Floats((long)N * KV);
         _datt = Floats((long)N * QD); _dh = Floats((long)N * F); _dg = Floats((long)N * F); _du = Floats((long)N * F);
-        _attScratch = Floats((long)_pool.Count * (4 * hd + 1) * seqLen);
+        _attScratch = Floats((long)_pool.Count * (4 * hd + 1) * (beacon?.KeySpace ?? seqLen));
         if (lora != null)
         {
             Lora = new LoraLayout(shape, lora, C);
@@ -199,13 +202,29 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
                 _k[l] = _k[owner]; _v[l] = _v[owner];
             }
         }
+        if (beacon != null)
+        {
+            Beacon = new BeaconLayout(shape);
+            BeaconParameters = Pinned<float>(Beacon.Count, out BP);
+            BeaconGradients = Pinned<float>(Beacon.Count, out BG);
+            Plan = beacon;
+            Pinned<int>(seqLen, out _bpos); Pinned<int>(seqLen * 6, out _branges);
+            int nb = batchSize * beacon.MaxBeacons, Tk = beacon.KeySpace;
+            Pinned<int>(nb, out _brows);
+            _kx = new float*[L]; _vx = new float*[L];
+            for (int l = 0; l < L; l++) { _kx[l] = Floats((long)batchSize * Tk * KV); _vx[l] = Floats((long)batchSize * Tk * KV); }
+            _dkx = Floats((long)batchSize * Tk * KV); _dvx = Floats((long)batchSize * Tk * KV);
+            _bx = Floats((long)nb * D); _by = Floats((long)nb * D); _bdq = Floats((long)nb * QD); _bdk = Floats((long)nb * KV); _bdv = Floats((long)nb * KV);
+            for (int l = 0; l < L; l++) _probs[l] = Floats((long)batchSize * H * seqLen * Tk);
+            SetBeaconPlan(beacon);
+        }
         if (frozenBase != null)
         {
             _w = Floats(frozenBase.Matrices.Max(m => (long)m.Rows * m.Cols));
             _dequantBody = (r0, r1, _) => _dequant!.DequantizeRows(r0, r1, _w);
         }
-        _attnForward = AttentionForwardBody;
-        _attnBackward = AttentionBackwardBody;
+        _attnForward = beacon != null ? BeaconAttentionForwardBody : AttentionForwardBody;
+        _attnBackward = beacon != null ? BeaconAttentionBackwardBody : AttentionBackwardBody;
         _crossEntropy = CrossEntropyBody;
         _rmsForward = (r0, r1, _) => Layers.RmsNormForward(_a0, _a1, _a2, _a3, Shape.Dim, Shape.RmsEps, r0, r1);
         _rope = RopeBody;
@@ -251,13 +270,13 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         var s = Shape; int hd = s.HeadDim;
         if (_ropeBackward)
         {
-            if (_a0 != null) Layers.RopeBackward(_a0, s.Heads, hd, _ropeTable, hd, SeqLen, r0, r1);
-            if (_a1 != null) Layers.RopeBackward(_a1, s.KvHeads, hd, _ropeTable, hd, SeqLen, r0, r1);
+            if (_a0 != null) Layers.RopeBackward(_a0, s.Heads, hd, _ropeTable, hd, SeqLen, r0, r1, _bpos);
+            if (_a1 != null) Layers.RopeBackward(_a1, s.KvHeads, hd, _ropeTable, hd, SeqLen, r0, r1, _bpos);
         }
         else
         {
-            if (_a0 != null) Layers.RopeForward(_a0, s.Heads, hd, _ropeTable, hd, SeqLen, r0, r1);
-            if (_a1 != null) Layers.RopeForward(_a1, s.KvHeads, hd, _ropeTable, hd, SeqLen, r0, r1);
+            if (_a0 != null) Layers.RopeForward(_a0, s.Heads, hd, _ropeTable, hd, SeqLen, r0, r1, _bpos);
+            if (_a1 != null) Layers.RopeForward(_a1, s.KvHeads, hd, _ropeTable, hd, SeqLen, r0, r1, _bpos);
         }
     }
 
@@ -371,6 +390,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         else NativeMemory.Clear(_normGrad, (nuint)(Shape.Dim * sizeof(float)));
         if (Lora != null) NativeMemory.Clear(LG, (nuint)(Lora.Count * sizeof(float)));
         if (SwiftKv != null) NativeMemory.Clear(SG, (nuint)(SwiftKv.Count * sizeof(float)));
+        if (Beacon != null) NativeMemory.Clear(BG, (nuint)(Beacon.Count * sizeof(float)));
     }
 
     /// <summary>Where a norm's weight gradient goes: its gradient, or for a frozen base a scratch nobody reads.</summary>
@@ -379,7 +399,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
     /// <summary>Weight gradient dW += dyᵀ·x of a base matrix: skipped when the base is frozen (LoRA, SwiftKV distillation).</summary>
     void WeightGradient(float* dy, float* x, long w, int m, int n, int k)
     {
-        if (Lora == null && SwiftKv == null) MatMulTN(dy, x, G + w, m, n, k);
+        if (G != null) MatMulTN(dy, x, G + w, m, n, k);
     }
 
     // ================================================================= LoRA, forward and backward side by side
@@ -453,6 +473,7 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
         if (first == 0)
             for (int n = 0; n < N; n++)
                 new ReadOnlySpan<float>(P + Layout.TokenEmbedding + (long)_tokens[n] * D, D).CopyTo(new Span<float>(_xIn[0] + (long)n * D, D));
+        if (first == 0 && Beacon != null) BeaconEmbed();
 
         for (int l = first; l < s.Layers; l++)
         {
@@ -483,11 +504,14 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
                 MatMulNT(_xn1[l], W(l, 1), _k[l], N, KV, D);
                 MatMulNT(_xn1[l], W(l, 2), _v[l], N, KV, D);
                 LoraForward(l, 0, _xn1[l], _q[l]); LoraForward(l, 1, _xn1[l], _k[l]); LoraForward(l, 2, _xn1[l], _v[l]);
+                if (Beacon != null) { BeaconQkv(l); BeaconMemoryKeys(l); }
                 Rope(_q[l], _k[l], backward: false);
+                if (Beacon != null) BeaconRowKeys(l);
             }
             Attention(l, backward: false);
             MatMulNT(_att[l], W(l, 3), _xMid[l], N, D, QD);
             LoraForward(l, 3, _att[l], _xMid[l]);
+            if (Beacon != null) BeaconOutput(l);
             Add(_xMid[l], x, (long)N * D);
             // ---- feed-forward: xOut = xMid + Wdown · (silu(Wgate·n) ⊙ Wup·n), n = rmsnorm(xMid) ----
             RmsNormForward(_xn2[l], _rstd2[l], _xMid[l], P + o.FfnNorm);
@@ -865,9 +889,13 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
             MatMulNN(_dres, W(l, 3), _datt, N, QD, D);
             WeightGradient(_dres, _att[l], o.Wo, D, QD, N);
             LoraBackward(l, 3, _dres, _att[l], _datt);
+            if (Beacon != null) BeaconOutputBackward(l);
             Clear(_dk, (long)N * KV); Clear(_dv, (long)N * KV);
+            if (Beacon != null) { Clear(_dkx, (long)BatchSize * KeySpace * KV); Clear(_dvx, (long)BatchSize * KeySpace * KV); }
             Attention(l, backward: true);
+            if (Beacon != null) BeaconRowKeysBackward();
             Rope(_dq, _dk, backward: true);
+            if (Beacon != null) { BeaconMemoryKeysBackward(); BeaconQkvBackward(l); }
             if (SwiftKvOn && SwiftKv is { } sk && l >= sk.KvLayers)
             {
                 // q = RoPE(attn_q_swiftkv · xn1): dWq += dqᵀ·xn1, dxn1 = dq·Wq; the keys' and values' gradients gather
@@ -898,9 +926,11 @@ public sealed unsafe class LlamaTrainingModel : IDisposable
             WeightGradient(_dk, _xn1[l], o.Wk, KV, D, N);
             WeightGradient(_dv, _xn1[l], o.Wv, KV, D, N);
             LoraBackward(l, 0, _dq, _xn1[l], _dxn); LoraBackward(l, 1, _dk, _xn1[l], _dxn); LoraBackward(l, 2, _dv, _xn1[l], _dxn);
+            if (Beacon != null) BeaconQkvBackwardInput(l);
             Layers.RmsNormBackward(_dres, NormGrad(o.AttnNorm), _dxn, _xIn[l], P + o.AttnNorm, _rstd1[l], D, 0, N);
         }
-        // token embedding: x0[n] = E[token[n]] (nothing to do for a frozen base)
+        // token embedding: x0[n] = E[token[n]] (nothing to do for a frozen base); the beacon rows' embedding
+        if (Beacon != null) BeaconEmbedBackward();
         if (G != null)
             for (int n = 0; n < N; n++)
                 Layers.Axpy(1f, _dres + (long)n * D, G + Layout.TokenEmbedding + (long)_tokens[n] * D, D);

@@ -256,6 +256,68 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
     }
 
     /// <summary>
+    /// Activation Beacon on a 2-layer GQA model: 13 raw tokens in windows of 4 condensed at ratios 2, 4, 2 (2, 1, 2
+    /// beacons; the last window has none) and two rows of padding. The trainer's logits of every raw token equal the
+    /// streaming double reference's (<see cref="BeaconReference"/>: window by window, a memory of rotated beacon keys), its
+    /// loss too, and every gradient of the beacon embedding and projections agrees with central differences of it; the
+    /// base gets none. The memory matters: other ratios give another loss.
+    /// </summary>
+    [Fact]
+    public void ActivationBeacon()
+    {
+        var shape = new LlamaShape { VocabSize = 40, Dim = 16, Layers = 2, Heads = 4, KvHeads = 2, FfnDim = 24, ContextLength = 8 };
+        int B = 2, T = 13, W = 4, rows = 20;
+        int[] ratios = [2, 4, 2, 0];
+        var plan = new BeaconPlan(T, W, ratios, rows);
+        Assert.Equal(18, plan.UsedRows);
+        using var m = new LlamaTrainingModel(shape, B, rows, 2, beacon: plan);
+        var rng = new Random(53);
+        foreach (var t in m.Layout.Tensors)
+            for (long i = t.Offset; i < t.Offset + t.Count; i++)
+                m.Parameters[i] = t.IsMatrix ? (float)((rng.NextDouble() * 2 - 1) * 0.5) : (float)(0.8 + 0.4 * rng.NextDouble());
+        var bl = m.Beacon!;
+        foreach (var t in bl.Tensors)
+            for (long i = t.Offset; i < t.Offset + t.Count; i++) m.BeaconParameters[i] = (float)((rng.NextDouble() * 2 - 1) * 0.5);
+        var tokens = Enumerable.Range(0, B).Select(_ => Enumerable.Range(0, T).Select(_ => rng.Next(shape.VocabSize)).ToArray()).ToArray();
+        var targets = Enumerable.Range(0, B).Select(_ => Enumerable.Range(0, T).Select(_ => rng.Next(shape.VocabSize)).ToArray()).ToArray();
+        for (int b = 0; b < B; b++)
+            for (int row = 0; row < rows; row++)
+            {
+                int r = plan.Kind[row], n = b * rows + row;
+                m.Tokens[n] = r >= 0 ? tokens[b][r] : 0;
+                m.Targets[n] = r >= 0 ? targets[b][r] : 0;
+                m.LossWeights[n] = r >= W ? 1 : 0;
+            }
+        var p = m.Parameters.Select(v => (double)v).ToArray();
+        var bp = m.BeaconParameters.Select(v => (double)v).ToArray();
+        int V = shape.VocabSize;
+        m.Forward();
+        double worstLogit = 0;
+        for (int b = 0; b < B; b++)
+        {
+            var z = BeaconReference.Logits(m.Layout, p, bl, bp, tokens[b], W, ratios);
+            for (int row = 0; row < rows; row++)
+            {
+                int r = plan.Kind[row];
+                if (r < 0) continue;
+                var got = m.LogitsRow(b * rows + row);
+                for (int i = 0; i < V; i++) worstLogit = Math.Max(worstLogit, Math.Abs(got[i] - z[r * V + i]));
+            }
+        }
+        output.WriteLine($"raw-token logits vs the streaming reference: max |Δ| {worstLogit:E2}");
+        Assert.True(worstLogit < 1e-4, $"logits differ by {worstLogit:E2}");
+        m.ZeroGradients();
+        float loss = m.ForwardBackward(1f / (B * (T - W)));
+        double RefLoss(double[] q, int[] rs) => Enumerable.Range(0, B).Average(b => BeaconReference.Loss(BeaconReference.Logits(m.Layout, p, bl, q, tokens[b], W, rs), targets[b], W, V));
+        double refLoss = RefLoss(bp, ratios);
+        Assert.True(Math.Abs(loss - refLoss) < 1e-5, $"loss {loss} vs reference {refLoss}");
+        Assert.Empty(m.Gradients);
+        double worst = WorstTensor(bl.Tensors, m.BeaconGradients, bp, q => RefLoss(q, ratios), 34);
+        Report("activation beacon, worst tensor", worst, 1e-4);
+        Assert.True(Math.Abs(refLoss - RefLoss(bp, [4, 2, 4, 0])) > 1e-4);
+    }
+
+    /// <summary>
     /// SwiftKV distillation on a 3-layer GQA model: the loss τ²·KL(teacher ‖ student) at τ = 2 (teacher: the original
     /// model; student: the SwiftKV wiring over the same base) equals the double reference's, and every gradient of
     /// swiftkv_norm and the attn_q/k/v_swiftkv projections agrees with central differences of it; the base gets no

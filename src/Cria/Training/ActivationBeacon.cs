@@ -1,0 +1,286 @@
+namespace Cria.Training;
+
+/// <summary>
+/// Activation Beacon's trainable plug-in (Zhang et al. 2024, "Soaring from 4K to 400K: Extending LLM's Context with
+/// Activation Beacon"): per layer, the beacon tokens' own attention projections (attn_q/k/v/output_beacon, initialised
+/// from the base's), and one embedding row for the beacon token. The base model stays frozen; the feed-forward and the
+/// norms are shared.
+/// </summary>
+public sealed class BeaconLayout
+{
+    public ParameterTensor[] Tensors { get; }
+    public long Count { get; }
+    public long Embed { get; }    // [D] the beacon token's input embedding
+    public long[] Wq { get; }     // [layer] → [QD, D]
+    public long[] Wk { get; }     // [layer] → [KV, D]
+    public long[] Wv { get; }     // [layer] → [KV, D]
+    public long[] Wo { get; }     // [layer] → [D, QD]
+
+    public const string EmbedName = "token_embd_beacon.weight";
+    public static string Name(int layer, int target) => $"blk.{layer}.{Targets[target]}_beacon.weight";
+    static readonly string[] Targets = ["attn_q", "attn_k", "attn_v", "attn_output"];
+
+    public BeaconLayout(LlamaShape s)
+    {
+        var list = new List<ParameterTensor>();
+        long at = 0;
+        long Add(string name, int rows, int cols, bool matrix)
+        {
+            long off = at;
+            list.Add(new ParameterTensor(name, off, rows, cols, matrix));
+            at = (at + (long)rows * cols + 15) & ~15L;
+            return off;
+        }
+        Embed = Add(EmbedName, 1, s.Dim, false);
+        Wq = new long[s.Layers]; Wk = new long[s.Layers]; Wv = new long[s.Layers]; Wo = new long[s.Layers];
+        for (int l = 0; l < s.Layers; l++)
+        {
+            Wq[l] = Add(Name(l, 0), s.Dim, s.Dim, true);
+            Wk[l] = Add(Name(l, 1), s.KvDim, s.Dim, true);
+            Wv[l] = Add(Name(l, 2), s.KvDim, s.Dim, true);
+            Wo[l] = Add(Name(l, 3), s.Dim, s.Dim, true);
+        }
+        Tensors = list.ToArray();
+        Count = at;
+    }
+
+    /// <summary>The paper's initialisation: each beacon projection a copy of the base's, and the beacon embedding the
+    /// BOS token's.</summary>
+    public void InitializeFrom(ParameterLayout layout, ReadOnlySpan<float> baseParameters, Span<float> beacon, int bos)
+    {
+        int D = layout.Shape.Dim;
+        baseParameters.Slice((int)(layout.TokenEmbedding + (long)bos * D), D).CopyTo(beacon.Slice((int)Embed, D));
+        int KV = layout.Shape.KvDim;
+        for (int l = 0; l < Wq.Length; l++)
+        {
+            var o = layout.Blocks[l];
+            baseParameters.Slice((int)o.Wq, D * D).CopyTo(beacon.Slice((int)Wq[l], D * D));
+            baseParameters.Slice((int)o.Wk, KV * D).CopyTo(beacon.Slice((int)Wk[l], KV * D));
+            baseParameters.Slice((int)o.Wv, KV * D).CopyTo(beacon.Slice((int)Wv[l], KV * D));
+            baseParameters.Slice((int)o.Wo, D * D).CopyTo(beacon.Slice((int)Wo[l], D * D));
+        }
+    }
+}
+
+/// <summary>
+/// How a text of T raw tokens runs with Activation Beacon, as rows of one extended sequence (the layout the trainer
+/// computes at once, and the streaming engine step by step). The text is cut into windows of W raw tokens; every full
+/// window except the last is followed by k = W/α beacon rows (α its condensing ratio). While window c is processed, its
+/// rows attend to the memory — the beacons of windows 0…c−1, whose keys and values are all that is kept of them — and
+/// to the window itself:
+/// <list type="bullet">
+/// <item>raw token r of the window: memory + raw tokens 0…r (causal);</item>
+/// <item>beacon j (0-based): memory + raw tokens 0…(j+1)α−1 ("step-expansion") + beacons 0…j.</item>
+/// </list>
+/// Positions are places in that attended sequence, as the engine's cache holds it: memory beacon i at i, raw token r of
+/// window c at M_c + r, beacon j at M_c + W + j (M_c = beacons before window c). So a memory beacon's key is rotated by
+/// its memory position when later windows read it, not by the position it had while its own window ran.
+/// <para>
+/// Keys live in a key space of <see cref="Rows"/> + <see cref="MaxBeacons"/> rows per sequence: rows 0…Rows−1 are the
+/// extended sequence's own (rotated by <see cref="Position"/>), row Rows + i the memory copy of beacon i (rotated by i).
+/// Each row's keys are three ranges of that space (<see cref="Ranges"/>): the memory, then one or two runs of its window.
+/// Rows past <see cref="UsedRows"/> are padding (a plan with larger ratios has fewer rows than the capacity): each
+/// attends to itself only and weighs nothing.
+/// </para>
+/// </summary>
+public sealed class BeaconPlan
+{
+    public const int Pad = int.MinValue;
+    public int Window { get; }
+    public int RawTokens { get; }
+    /// <summary>Capacity: rows of the extended sequence including padding.</summary>
+    public int Rows { get; }
+    public int MaxBeacons => Rows - RawTokens;
+    public int KeySpace => Rows + MaxBeacons;
+    public int UsedRows { get; }
+    public int Beacons { get; }
+    /// <summary>[windows] condensing ratio of each window (0: no beacons, as the last window).</summary>
+    public int[] Ratios { get; }
+    /// <summary>[Rows] raw token index (≥ 0), beacon i as −1 − i, or <see cref="Pad"/>.</summary>
+    public int[] Kind { get; }
+    /// <summary>[Rows] rotary position of each row.</summary>
+    public int[] Position { get; }
+    /// <summary>[Rows, 6] key-space ranges [r0, r1) [r2, r3) [r4, r5) of each row.</summary>
+    public int[] Ranges { get; }
+    /// <summary>[Beacons] the row of beacon i.</summary>
+    public int[] BeaconRows { get; }
+
+    /// <summary>Rows needed for T raw tokens when every window but the last condenses at ratio <paramref name="minRatio"/>.</summary>
+    public static int RowsFor(int rawTokens, int window, int minRatio)
+    {
+        int windows = (rawTokens + window - 1) / window;
+        return rawTokens + (windows - 1) * (window / minRatio);
+    }
+
+    public BeaconPlan(int rawTokens, int window, ReadOnlySpan<int> ratios, int rows = 0)
+    {
+        if (window < 1 || rawTokens < 1) throw new CriaException($"beacon plan: window {window} and text length {rawTokens} must be positive");
+        int windows = (rawTokens + window - 1) / window;
+        if (ratios.Length != windows) throw new CriaException($"beacon plan: {ratios.Length} ratios for {windows} windows");
+        Window = window; RawTokens = rawTokens;
+        Ratios = ratios.ToArray();
+        int beacons = 0;
+        for (int c = 0; c < windows; c++)
+        {
+            int a = Ratios[c];
+            bool full = (c + 1) * window <= rawTokens;
+            if (a == 0) continue;
+            if (c == windows - 1 || !full) throw new CriaException($"beacon plan: window {c} cannot condense (only full windows before the last do)");
+            if (a < 1 || window % a != 0) throw new CriaException($"beacon plan: condensing ratio {a} must divide the window {window}");
+            beacons += window / a;
+        }
+        UsedRows = rawTokens + beacons;
+        Rows = rows == 0 ? UsedRows : rows;
+        if (Rows < UsedRows) throw new CriaException($"beacon plan: {UsedRows} rows do not fit a capacity of {Rows}");
+        Beacons = beacons;
+        Kind = new int[Rows]; Position = new int[Rows]; Ranges = new int[Rows * 6]; BeaconRows = new int[beacons];
+        int row = 0, memory = 0;
+        for (int c = 0; c < windows; c++)
+        {
+            int first = c * window, n = Math.Min(window, rawTokens - first), start = row;
+            int mem0 = Rows, mem1 = Rows + memory; // the memory's keys: copies of beacons 0…memory−1
+            for (int r = 0; r < n; r++, row++)
+            {
+                Kind[row] = first + r;
+                Position[row] = memory + r;
+                Set(row, mem0, mem1, start, row + 1, 0, 0);
+            }
+            int a = Ratios[c];
+            if (a == 0) continue;
+            int k = window / a, b0 = row;
+            for (int j = 0; j < k; j++, row++)
+            {
+                BeaconRows[memory + j] = row;
+                Kind[row] = -1 - (memory + j);
+                Position[row] = memory + window + j;
+                Set(row, mem0, mem1, start, start + (j + 1) * a, b0, row + 1);
+            }
+            memory += k;
+        }
+        for (; row < Rows; row++) { Kind[row] = Pad; Set(row, row, row + 1, 0, 0, 0, 0); }
+    }
+
+    void Set(int row, int a0, int a1, int b0, int b1, int c0, int c1)
+    {
+        var r = Ranges.AsSpan(row * 6, 6);
+        r[0] = a0; r[1] = a1; r[2] = b0; r[3] = b1; r[4] = c0; r[5] = c1;
+    }
+}
+
+/// <summary>Settings of <see cref="BeaconTrainer"/>.</summary>
+public sealed record BeaconOptions
+{
+    /// <summary>W: raw tokens per window (the paper's beacon window).</summary>
+    public int Window { get; init; } = 128;
+    /// <summary>Condensing ratios α drawn per window during training (the paper samples from {2, 4, 8, 16, 32, …}).</summary>
+    public int[] Ratios { get; init; } = [4, 8, 16];
+    /// <summary>Raw tokens per training sequence (several windows: the later ones learn to read the earlier ones' beacons).</summary>
+    public int SeqLen { get; init; } = 1024;
+
+    public void Validate()
+    {
+        if (Window < 2) throw new CriaException($"beacon window {Window} must be at least 2");
+        if (Ratios.Length == 0) throw new CriaException("give at least one condensing ratio");
+        foreach (int a in Ratios)
+            if (a < 1 || Window % a != 0) throw new CriaException($"condensing ratio {a} must divide the beacon window {Window}");
+        if (SeqLen <= Window) throw new CriaException($"beacon training sequences of {SeqLen} tokens need more than one window of {Window}");
+    }
+}
+
+/// <summary>
+/// Trains Activation Beacon's parameters on a frozen base (<see cref="BeaconLayout"/>): each sequence of T raw tokens
+/// runs as one <see cref="BeaconPlan"/> whose windows each draw a condensing ratio (the paper's "step-random" mix, the
+/// same draw for the micro-batch), and the loss is the next-token cross-entropy of the raw tokens of every window but
+/// the first (the first window sees no memory, so its loss does not depend on the beacons). AdamW as
+/// <see cref="Trainer"/>, on the beacon parameters only.
+/// </summary>
+public sealed class BeaconTrainer : IDisposable
+{
+    public LlamaTrainingModel Model { get; }
+    public TrainingOptions Options { get; }
+    public BeaconOptions Beacon { get; }
+    public int Step { get; private set; }
+    readonly int[] _data;
+    readonly int _bos;
+    readonly float[] _m, _v;
+    readonly int[] _ratios;
+    TrainingRng _rng;
+
+    public BeaconTrainer(LlamaShape shape, float[] baseParameters, int[] data, int bos, TrainingOptions options, BeaconOptions beacon)
+    {
+        options.Validate(); beacon.Validate();
+        Options = options; Beacon = beacon;
+        int T = beacon.SeqLen;
+        if (data.Length < T + 1) throw new CriaException($"the corpus has {data.Length} tokens, fewer than one sequence of {T + 1}");
+        int windows = (T + beacon.Window - 1) / beacon.Window;
+        _ratios = new int[windows];
+        int rows = BeaconPlan.RowsFor(T, beacon.Window, beacon.Ratios.Min());
+        Model = new LlamaTrainingModel(shape, options.BatchSize, rows, options.Threads, parameters: baseParameters,
+            beacon: new BeaconPlan(T, beacon.Window, _ratios, rows));
+        Model.Beacon!.InitializeFrom(Model.Layout, baseParameters, Model.BeaconParameters, bos);
+        _data = data; _bos = bos;
+        _m = new float[Model.Beacon.Count]; _v = new float[Model.Beacon.Count];
+        _rng = new TrainingRng(options.Seed);
+    }
+
+    /// <summary>Fills the micro-batch: sequence b's raw token r is data[off_b + r − 1] (BOS first) with target
+    /// data[off_b + r]; beacon and padding rows weigh 0, and so do the first window's tokens.</summary>
+    public void FillBatch(BeaconPlan plan, ReadOnlySpan<int> offsets)
+    {
+        var m = Model;
+        int T = m.SeqLen;
+        var tokens = m.Tokens; var targets = m.Targets; var weights = m.LossWeights;
+        for (int b = 0; b < m.BatchSize; b++)
+            for (int row = 0; row < T; row++)
+            {
+                int n = b * T + row, r = plan.Kind[row];
+                if (r < 0) { tokens[n] = 0; targets[n] = 0; weights[n] = 0; continue; }
+                tokens[n] = r == 0 ? _bos : _data[offsets[b] + r - 1];
+                targets[n] = _data[offsets[b] + r];
+                weights[n] = r >= plan.Window ? 1f : 0f;
+            }
+    }
+
+    /// <summary>A plan with a ratio drawn for each window but the last.</summary>
+    public BeaconPlan DrawPlan()
+    {
+        for (int c = 0; c < _ratios.Length; c++)
+            _ratios[c] = c == _ratios.Length - 1 ? 0 : Beacon.Ratios[_rng.Next(Beacon.Ratios.Length)];
+        return new BeaconPlan(Beacon.SeqLen, Beacon.Window, _ratios, Model.SeqLen);
+    }
+
+    public StepResult TrainStep()
+    {
+        var m = Model;
+        var o = Options;
+        m.ZeroGradients();
+        double loss = 0;
+        Span<int> offsets = stackalloc int[m.BatchSize];
+        for (int a = 0; a < o.GradAccumulation; a++)
+        {
+            var plan = DrawPlan();
+            m.SetBeaconPlan(plan);
+            for (int b = 0; b < m.BatchSize; b++) offsets[b] = _rng.Next(_data.Length - Beacon.SeqLen);
+            FillBatch(plan, offsets);
+            float weights = 0;
+            foreach (float w in m.LossWeights) weights += w;
+            loss += m.ForwardBackward(weights > 0 ? 1f / (weights * o.GradAccumulation) : 0f);
+        }
+        var g = m.BeaconGradients; var p = m.BeaconParameters;
+        double sum = 0;
+        foreach (float x in g) sum += (double)x * x;
+        float norm = (float)Math.Sqrt(sum);
+        float clip = o.GradClip > 0 && norm > o.GradClip ? o.GradClip / norm : 1f;
+        float lr = o.LearningRateAt(Step);
+        foreach (var t in m.Beacon!.Tensors)
+        {
+            int at = (int)t.Offset, n = (int)t.Count;
+            Trainer.AdamWUpdate(p.AsSpan(at, n), g.AsSpan(at, n), _m.AsSpan(at, n), _v.AsSpan(at, n), Step + 1, lr, clip,
+                t.IsMatrix ? o.WeightDecay : 0f, o.Beta1, o.Beta2, o.Epsilon);
+        }
+        Step++;
+        return new StepResult(Step, (float)(loss / o.GradAccumulation), norm, lr, (long)Step * o.GradAccumulation * m.BatchSize * Beacon.SeqLen);
+    }
+
+    public void Dispose() => Model.Dispose();
+}
