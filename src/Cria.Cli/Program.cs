@@ -31,6 +31,7 @@ root.Subcommands.Add(RefuelCommand.Create());
 root.Subcommands.Add(FilterCommand.Create());
 root.Subcommands.Add(MagpieCommand.Create());
 root.Subcommands.Add(SwiftKvCommand.Create());
+root.Subcommands.Add(BeaconCommand.Create());
 root.Subcommands.Add(LocretCommand.Create());
 try
 {

@@ -25,6 +25,12 @@ public sealed class Batch
     /// <summary>Appends a row; returns its index (the index to read its logits by).</summary>
     public int Add(int token, int position, int sequenceId, bool wantLogits)
     {
+        if (Beacons) throw new InvalidOperationException("a batch holds beacon rows or token rows, not both");
+        return Append(token, position, sequenceId, wantLogits);
+    }
+
+    int Append(int token, int position, int sequenceId, bool wantLogits)
+    {
         if (Count == _tokens.Length)
         {
             int n = _tokens.Length * 2;
@@ -40,5 +46,26 @@ public sealed class Batch
         for (int i = 0; i < tokens.Length; i++) Add(tokens[i], startPosition + i, sequenceId, logitsForLast && i == tokens.Length - 1);
     }
 
-    public void Clear() => Count = 0;
+    public void Clear() { Count = 0; Beacons = false; }
+
+    /// <summary>Activation Beacon: every row of this batch is a beacon token (<see cref="BeaconStream"/>), with the
+    /// beacon embedding and attention projections, and each row skips the keys of <see cref="Holes"/>.</summary>
+    public bool Beacons { get; private set; }
+    int[] _holes = [];
+
+    /// <summary>[row, 2] the key positions [start, end) each beacon row does not see (empty unless <see cref="Beacons"/>).</summary>
+    public ReadOnlySpan<int> Holes => Beacons ? _holes.AsSpan(0, 2 * Count) : default;
+
+    /// <summary>Appends a beacon row at <paramref name="position"/> that does not see keys at positions
+    /// [<paramref name="holeStart"/>, <paramref name="holeEnd"/>); a batch holds beacon rows only.</summary>
+    public int AddBeacon(int position, int sequenceId, int holeStart, int holeEnd)
+    {
+        if (Count > 0 && !Beacons) throw new InvalidOperationException("a batch holds beacon rows or token rows, not both");
+        Beacons = true;
+        if (_holes.Length < 2 * _tokens.Length) Array.Resize(ref _holes, 2 * _tokens.Length);
+        int row = Append(0, position, sequenceId, false);
+        if (_holes.Length < 2 * Count) Array.Resize(ref _holes, 2 * _tokens.Length);
+        _holes[2 * row] = holeStart; _holes[2 * row + 1] = holeEnd;
+        return row;
+    }
 }

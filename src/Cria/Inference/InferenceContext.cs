@@ -248,6 +248,7 @@ public sealed class InferenceContext : IDisposable
     void Validate(Batch batch)
     {
         var tokens = batch.Tokens; var pos = batch.Positions; var seqs = batch.Sequences;
+        if (batch.Beacons && !Config.HasBeacons) throw new InvalidBatchException("a batch of beacon rows needs a model with Activation Beacon tensors");
         var next = _nextPosition;
         next.Clear();
         for (int i = 0; i < batch.Count; i++)
@@ -319,7 +320,8 @@ public sealed class InferenceContext : IDisposable
         for (int b = 0; b < B; b++)
         {
             int r = start + b;
-            Dequantize.Row(m.TokenEmbedding.Type, m.TokenEmbedding.Row(tokens[r]), _x.AsSpan(b * dim, dim));
+            if (batch.Beacons) m.BeaconEmbedding.AsSpan().CopyTo(_x.AsSpan(b * dim, dim)); // Activation Beacon: the beacon token
+            else Dequantize.Row(m.TokenEmbedding.Type, m.TokenEmbedding.Row(tokens[r]), _x.AsSpan(b * dim, dim));
             c.RopeCache(pos[r], _rope.AsSpan(b * nRot, nRot));
             Cache.Append(seqs[r], 1);
             _cells[b] = Cache.Cell(seqs[r], pos[r]);
@@ -343,7 +345,8 @@ public sealed class InferenceContext : IDisposable
             }
             else
             {
-                MatMuls(h, B, 3, L.Wq, _q, L.Wk, _k, L.Wv, _v);
+                if (batch.Beacons) MatMuls(h, B, 3, L.Beacon!.Wq, _q, L.Beacon.Wk, _k, L.Beacon.Wv, _v);
+                else MatMuls(h, B, 3, L.Wq, _q, L.Wk, _k, L.Wv, _v);
                 QkvObserver?.Observe(l, _q.AsSpan(0, B * qDim), _k.AsSpan(0, B * kvDim), _v.AsSpan(0, B * kvDim), B);
                 if (_heads != null) ScoreRetention(l, batch, start, B);
                 for (int b = 0; b < B; b++)
@@ -361,7 +364,7 @@ public sealed class InferenceContext : IDisposable
             _attention.Prepare(c.KvLayer(l), _q, _att, at, atStart, B, scoring ? _probs : null, _probStride);
             _pool.Run(_attention);
             if (scoring) _evictor!.Accumulate(Cache, at, atStart, B, _probs, _probStride, c.KvHeadCount);
-            MatMul(L.Wo, _att, B, _tmp);
+            MatMul(batch.Beacons ? L.Beacon!.Wo : L.Wo, _att, B, _tmp);
             PostNorm(L.PostAttnNorm, B);
             Ops.Add(_tmp.AsSpan(0, B * dim), _x.AsSpan(0, B * dim));
 

@@ -492,6 +492,44 @@ public sealed class KvCache : IKvBlockPool
         for (int i = 0; i < x.Length; i++) y[i] = Fp16.FromSingle(x[i]);
     }
 
+    /// <summary>
+    /// Activation Beacon's condensing step: moves the keys and values of positions [from, from + count) of a sequence to
+    /// [to, to + count) (to &lt; from) and drops every position from to + count on — the window's raw tokens, replaced by
+    /// its beacons. Keys are stored rotated by their position, so each moved key is rotated by to − from (RoPE angles
+    /// add); F32 caches keep it to rounding, F16 and Q8_0 re-encode it. Full-attention F32/F16/Q8_0 caches only.
+    /// </summary>
+    public void MoveRows(ModelConfig c, int sequenceId, int from, int to, int count)
+    {
+        if (Format.IsKivi || _windowed != null) throw new CriaException("Activation Beacon needs a plain KV cache (F32, F16 or Q8_0, no KIVI, no sliding windows)");
+        var s = _seqs[sequenceId];
+        if (to < 0 || to >= from || from + count > s.Length || s.Dropped != 0) throw new ArgumentOutOfRangeException(nameof(from));
+        if (s.Published > 0) throw new CriaException("a sequence whose blocks are shared as a prefix cannot condense its windows");
+        Span<float> k = stackalloc float[KvDim], rotation = stackalloc float[c.RopeDim];
+        c.RopeRotation(to - from, rotation);
+        for (int layer = 0; layer < LayerCount; layer++)
+            for (int i = 0; i < count; i++)
+            {
+                int src = Cell(sequenceId, from + i), dst = Cell(sequenceId, to + i);
+                var kBytes = _k[layer].AsSpan(src * KeyRowBytes, KeyRowBytes);
+                switch (Format.Type)
+                {
+                    case KvCacheType.F32: MemoryMarshal.Cast<byte, float>(kBytes).CopyTo(k); break;
+                    case KvCacheType.F16: { var h = MemoryMarshal.Cast<byte, ushort>(kBytes); for (int j = 0; j < KvDim; j++) k[j] = Fp16.ToSingle(h[j]); break; }
+                    default: Dequantize.Row(GgmlType.Q8_0, kBytes, k); break;
+                }
+                c.Rope(k, KvDim / HeadDim, rotation);
+                var kDst = _k[layer].AsSpan(dst * KeyRowBytes, KeyRowBytes);
+                switch (Format.Type)
+                {
+                    case KvCacheType.F32: k.CopyTo(MemoryMarshal.Cast<byte, float>(kDst)); break;
+                    case KvCacheType.F16: ToHalf(k, MemoryMarshal.Cast<byte, ushort>(kDst)); break;
+                    default: Quantize.Row(GgmlType.Q8_0, k, kDst); break;
+                }
+                _v[layer].AsSpan(src * ValueRowBytes, ValueRowBytes).CopyTo(_v[layer].AsSpan(dst * ValueRowBytes, ValueRowBytes));
+            }
+        Truncate(sequenceId, to + count);
+    }
+
     /// <summary>Drops every position ≥ <paramref name="length"/> of a sequence (llama_memory_seq_rm(seq, length, -1)).
     /// A KIVI sequence can lose at most ring-slack positions at once (its ring must still hold the window).</summary>
     public void Truncate(int sequenceId, int length)

@@ -109,13 +109,16 @@ internal sealed partial class AttentionJob : ParallelJob
             if (n == 1)
             {
                 var probs = _probs.Length == 0 ? Span<float>.Empty : _probs.AsSpan((b * kvHeads + g) * _probStride, _probStride);
+                var hole = _batch.Holes;
                 Attend(c, kvSeq, table, blockPos, s.Ring, p - gone + 1, p, g,
-                       _q.AsSpan(b * c.QDim), _out.AsSpan(b * c.QDim), scratch, probs, dropped);
+                       _q.AsSpan(b * c.QDim), _out.AsSpan(b * c.QDim), scratch, probs, dropped, hole.IsEmpty ? default : hole.Slice(2 * row, 2));
                 continue;
             }
             for (int r = 0; r < n; r++) slots[r] = p + r - gone + 1;
+            var holes = _batch.Holes;
             AttendRows(c, kvSeq, table, blockPos, s.Ring, n, slots, p + n - 1, g,
-                       _q.AsSpan(b * c.QDim, n * c.QDim), _out.AsSpan(b * c.QDim, n * c.QDim), scratch, max, sum, dropped);
+                       _q.AsSpan(b * c.QDim, n * c.QDim), _out.AsSpan(b * c.QDim, n * c.QDim), scratch, max, sum, dropped,
+                       holes.IsEmpty ? default : holes.Slice(2 * row, 2 * n));
         }
     }
 
@@ -149,7 +152,7 @@ internal sealed partial class AttentionJob : ParallelJob
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void Attend(ModelConfig c, in KvLayer kv, ReadOnlySpan<int> table, ReadOnlySpan<int> blockPos, ushort[][]? ring,
                                 int slots, int p, int g, ReadOnlySpan<float> qRow, Span<float> outRow, float[] scratch, Span<float> probs,
-                                int dropped = -1)
+                                int dropped = -1, ReadOnlySpan<int> holes = default)
     {
         int hd = c.HeadDim, group = c.GroupSize;
         Span<float> max = stackalloc float[group];
@@ -159,8 +162,9 @@ internal sealed partial class AttentionJob : ParallelJob
         bool windowed = c.IsWindowed(kv.Layer);
         bool fused = ring != null && !windowed && KiviFused(kv, hd, dropped);
         if (fused) AttendKivi(c, kv, table, blockPos, ring!, slots, p, g, qRow, outRow, scratch, max, sum);
-        else AttendRows(c, kv, table, blockPos, ring, 1, slotsOne, p, g, qRow, outRow, scratch, max, sum, dropped);
+        else AttendRows(c, kv, table, blockPos, ring, 1, slotsOne, p, g, qRow, outRow, scratch, max, sum, dropped, holes);
         if (probs.IsEmpty) return;
+        if (!holes.IsEmpty) throw new InvalidOperationException("attention probabilities are not kept for beacon rows");
         float scale = 1.0f / MathF.Sqrt(hd);
         var scores = scratch.AsSpan(0, group * TileSize);
         var kTile = scratch.AsSpan(RowsPerItem * group * (TileSize + hd), TileSize * hd);
@@ -202,7 +206,7 @@ internal sealed partial class AttentionJob : ParallelJob
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void AttendRows(ModelConfig c, in KvLayer kv, ReadOnlySpan<int> table, ReadOnlySpan<int> blockPos, ushort[][]? ring,
                                     int rows, ReadOnlySpan<int> slots, int pLast, int g, ReadOnlySpan<float> q, Span<float> output,
-                                    float[] scratch, Span<float> max, Span<float> sum, int dropped)
+                                    float[] scratch, Span<float> max, Span<float> sum, int dropped, ReadOnlySpan<int> holes = default)
     {
         int hd = c.HeadDim, group = c.GroupSize, qDim = c.QDim;
         float scale = 1.0f / MathF.Sqrt(hd);
@@ -238,6 +242,10 @@ internal sealed partial class AttentionJob : ParallelJob
                     lo = SlotPosition(blockPos, bs, t0); hi = SlotPosition(blockPos, bs, t0 + n - 1);
                     if (!c.WindowSeesAny(pq, lo, hi)) continue;
                 }
+                // Activation Beacon: a beacon row does not see the raw tokens in [h0, h1) (keys at positions there score
+                // −∞); a tile wholly inside is skipped.
+                int hole0 = holes.IsEmpty ? 0 : holes[2 * r], hole1 = holes.IsEmpty ? 0 : holes[2 * r + 1];
+                if (hole0 < hole1 && SlotPosition(blockPos, bs, t0) >= hole0 && SlotPosition(blockPos, bs, t0 + n - 1) < hole1) continue;
                 var scores = scoresAll.Slice(r * group * TileSize, group * TileSize);
                 var acc = accAll.Slice(r * group * hd, group * hd);
                 if (columns) TileScoresColumns(q.Slice(r * qDim, qDim), kCols, n, h0, group, hd, scale, scores);
@@ -246,6 +254,13 @@ internal sealed partial class AttentionJob : ParallelJob
                     for (int j = 0; j < n; j++)
                         if (!c.WindowSees(pq, SlotPosition(blockPos, bs, t0 + j)))
                             for (int h = 0; h < group; h++) scores[h * TileSize + j] = float.NegativeInfinity;
+                if (hole0 < hole1)
+                    for (int j = 0; j < n; j++)
+                    {
+                        int pk = SlotPosition(blockPos, bs, t0 + j);
+                        if (pk >= hole0 && pk < hole1)
+                            for (int h = 0; h < group; h++) scores[h * TileSize + j] = float.NegativeInfinity;
+                    }
                 // online softmax: new max, rescale what was accumulated, exponentiate the tile.
                 for (int h = 0; h < group; h++)
                 {

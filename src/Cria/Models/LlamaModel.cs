@@ -34,6 +34,8 @@ public sealed class LlamaLayer
     public WeightMatrix? WqSwift { get; init; }       // [qDim, dim]   attn_q_swiftkv
     public WeightMatrix? WkSwift { get; init; }       // [kvDim, dim]  attn_k_swiftkv
     public WeightMatrix? WvSwift { get; init; }       // [kvDim, dim]  attn_v_swiftkv
+    /// <summary>Activation Beacon: the beacon tokens' attention projections (<c>attn_q/k/v/output_beacon</c>); null without.</summary>
+    public BeaconAttention? Beacon { get; init; }
 
     /// <summary>The block's matrix products in the order of <see cref="ProjectionNames"/>: seven for a dense block,
     /// the four attention ones for a mixture-of-experts block (what LoRA adapters can target).</summary>
@@ -42,11 +44,15 @@ public sealed class LlamaLayer
     /// <summary>Every matrix the block multiplies by: the projections, and a mixture's router and experts.</summary>
     public IEnumerable<WeightMatrix> Matrices => (Experts == null ? Projections
         : Projections.Concat([Experts.Router]).Concat(Experts.Gate).Concat(Experts.Up).Concat(Experts.Down))
-        .Concat(new[] { WqSwift, WkSwift, WvSwift }.Where(w => w != null).Select(w => w!.Value));
+        .Concat(new[] { WqSwift, WkSwift, WvSwift }.Where(w => w != null).Select(w => w!.Value))
+        .Concat(Beacon is { } b ? [b.Wq, b.Wk, b.Wv, b.Wo] : []);
 
     /// <summary>GGUF names of the projections (<c>blk.N.NAME.weight</c>): what LoRA adapters can target.</summary>
     public static readonly string[] ProjectionNames = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
 }
+
+/// <summary>Activation Beacon's attention projections of one layer, used by beacon rows in place of the layer's own.</summary>
+public sealed record BeaconAttention(WeightMatrix Wq, WeightMatrix Wk, WeightMatrix Wv, WeightMatrix Wo);
 
 /// <summary>
 /// A Mixtral-style mixture-of-experts feed-forward (llama.cpp's <c>build_moe_ffn</c> for the llama architecture):
@@ -112,6 +118,8 @@ public sealed class LlamaModel : IDisposable
     /// so the original model runs from it (<c>--swiftkv off</c>) and it can be distilled. A converted checkpoint may
     /// lack them; the layers' Wq/Wk/Wv then view the SwiftKV projections.</summary>
     public bool HasOriginalAttention { get; } = true;
+    /// <summary>Activation Beacon: the beacon token's input embedding (<c>token_embd_beacon.weight</c>); null without.</summary>
+    public float[]? BeaconEmbedding { get; }     // [dim]
     public IReadOnlyList<LlamaLayer> Layers { get; }
     /// <summary>The tokenizer described by the file's <c>tokenizer.ggml.*</c> metadata.</summary>
     public Tokenizer Tokenizer { get; }
@@ -125,6 +133,7 @@ public sealed class LlamaModel : IDisposable
         if (f.TryGetTensor("output.weight", out _)) Output = WeightMatrix.Bind(f, "output.weight", c.Dim, c.VocabSize);
         else { Output = TokenEmbedding; TiedEmbeddings = true; }
         if (c.IsSwiftKv) SwiftKvNorm = Vector(f, "swiftkv_norm.weight", c.Dim);
+        if (c.HasBeacons) BeaconEmbedding = Vector(f, "token_embd_beacon.weight", c.Dim);
         var layers = new LlamaLayer[c.LayerCount];
         for (int i = 0; i < layers.Length; i++)
         {
@@ -158,6 +167,9 @@ public sealed class LlamaModel : IDisposable
                 WqSwift = swift ? WeightMatrix.Bind(f, p + "attn_q_swiftkv.weight", c.Dim, c.QDim) : null,
                 WkSwift = owns ? WeightMatrix.Bind(f, p + "attn_k_swiftkv.weight", c.Dim, c.KvDim) : null,
                 WvSwift = owns ? WeightMatrix.Bind(f, p + "attn_v_swiftkv.weight", c.Dim, c.KvDim) : null,
+                Beacon = c.HasBeacons ? new BeaconAttention(
+                    WeightMatrix.Bind(f, p + "attn_q_beacon.weight", c.Dim, c.QDim), WeightMatrix.Bind(f, p + "attn_k_beacon.weight", c.Dim, c.KvDim),
+                    WeightMatrix.Bind(f, p + "attn_v_beacon.weight", c.Dim, c.KvDim), WeightMatrix.Bind(f, p + "attn_output_beacon.weight", c.QDim, c.Dim)) : null,
             };
         }
         Layers = layers;

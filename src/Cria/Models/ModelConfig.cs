@@ -123,6 +123,14 @@ public sealed record ModelConfig
     public int Window { get; init; }
     public int WindowSinks { get; init; }
     public bool HasWindowedLayers => WindowLayers != null;
+
+    /// <summary>Activation Beacon (Zhang et al. 2024): the text runs in windows of <see cref="BeaconWindow"/> raw tokens;
+    /// each full window is condensed into W/α beacon tokens (their own embedding and attention projections,
+    /// <c>*_beacon.weight</c>) whose keys and values replace the window's in the cache (<see cref="Inference.BeaconStream"/>).
+    /// GGUF: Cria's <c>{arch}.beacon.window</c> and <c>{arch}.beacon.ratio</c> (α unless told otherwise). 0 = none.</summary>
+    public int BeaconWindow { get; init; }
+    public int BeaconRatio { get; init; }
+    public bool HasBeacons => BeaconWindow > 0;
     /// <summary>Whether layer <paramref name="layer"/> attends through the sink + window mask.</summary>
     public bool IsWindowed(int layer) => WindowLayers != null && WindowLayers[layer];
     /// <summary>Whether a query at position <paramref name="queryPos"/> of a windowed layer sees the key at position
@@ -224,6 +232,9 @@ public sealed record ModelConfig
 
         bool[]? windowLayers = null;
         int window = f.Get<int>(p + "attention.sliding_window", 0), sinks = f.Get<int>(p + "attention.sliding_window_sinks", 0);
+        int beaconWindow = f.Get<int>(p + "beacon.window", 0), beaconRatio = f.Get<int>(p + "beacon.ratio", 0);
+        if (beaconWindow != 0 && (beaconWindow < 2 || beaconRatio < 1 || beaconWindow % beaconRatio != 0 || arch != "llama" || swiftKv != 0))
+            throw new ModelFormatException(f.Path, $"beacon window {beaconWindow} with ratio {beaconRatio}: Activation Beacon needs the llama architecture without SwiftKV, a window ≥ 2 and a ratio that divides it");
         if (f.Has(p + "attention.sliding_window_pattern"))
         {
             windowLayers = f.Get<bool[]>(p + "attention.sliding_window_pattern");
@@ -286,6 +297,8 @@ public sealed record ModelConfig
             WindowLayers = windowLayers,
             Window = windowLayers != null ? window : 0,
             WindowSinks = windowLayers != null ? sinks : 0,
+            BeaconWindow = beaconWindow,
+            BeaconRatio = beaconWindow != 0 ? beaconRatio : 0,
             VocabSize = vocab,
             RmsNormEps = eps,
             RopeFreqBase = baseFreq,

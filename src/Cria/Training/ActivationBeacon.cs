@@ -223,9 +223,9 @@ public sealed class BeaconTrainer : IDisposable
         _rng = new TrainingRng(options.Seed);
     }
 
-    /// <summary>Fills the micro-batch: sequence b's raw token r is data[off_b + r − 1] (BOS first) with target
+    /// <summary>Fills the micro-batch from <paramref name="data"/>: sequence b's raw token r is data[off_b + r − 1] (BOS first) with target
     /// data[off_b + r]; beacon and padding rows weigh 0, and so do the first window's tokens.</summary>
-    public void FillBatch(BeaconPlan plan, ReadOnlySpan<int> offsets)
+    public void FillBatch(BeaconPlan plan, ReadOnlySpan<int> offsets, int[] data)
     {
         var m = Model;
         int T = m.SeqLen;
@@ -235,8 +235,8 @@ public sealed class BeaconTrainer : IDisposable
             {
                 int n = b * T + row, r = plan.Kind[row];
                 if (r < 0) { tokens[n] = 0; targets[n] = 0; weights[n] = 0; continue; }
-                tokens[n] = r == 0 ? _bos : _data[offsets[b] + r - 1];
-                targets[n] = _data[offsets[b] + r];
+                tokens[n] = r == 0 ? _bos : data[offsets[b] + r - 1];
+                targets[n] = data[offsets[b] + r];
                 weights[n] = r >= plan.Window ? 1f : 0f;
             }
     }
@@ -261,7 +261,7 @@ public sealed class BeaconTrainer : IDisposable
             var plan = DrawPlan();
             m.SetBeaconPlan(plan);
             for (int b = 0; b < m.BatchSize; b++) offsets[b] = _rng.Next(_data.Length - Beacon.SeqLen);
-            FillBatch(plan, offsets);
+            FillBatch(plan, offsets, _data);
             float weights = 0;
             foreach (float w in m.LossWeights) weights += w;
             loss += m.ForwardBackward(weights > 0 ? 1f / (weights * o.GradAccumulation) : 0f);
@@ -282,5 +282,75 @@ public sealed class BeaconTrainer : IDisposable
         return new StepResult(Step, (float)(loss / o.GradAccumulation), norm, lr, (long)Step * o.GradAccumulation * m.BatchSize * Beacon.SeqLen);
     }
 
+    /// <summary>Mean next-token cross-entropy of the raw tokens after the first window, every window condensed at
+    /// <paramref name="ratio"/>, over up to <paramref name="sequences"/> consecutive sequences of <paramref name="valid"/>
+    /// (no gradient).</summary>
+    public double ValidLoss(int[] valid, int ratio, int sequences)
+    {
+        var m = Model;
+        int T = Beacon.SeqLen, B = m.BatchSize;
+        int count = Math.Min(sequences, valid.Length / (T + 1));
+        if (count < 1) throw new CriaException($"the held-out text has {valid.Length} tokens, fewer than one sequence of {T + 1}");
+        var ratios = new int[_ratios.Length];
+        for (int c = 0; c < ratios.Length - 1; c++) ratios[c] = ratio;
+        var plan = new BeaconPlan(T, Beacon.Window, ratios, m.SeqLen);
+        m.SetBeaconPlan(plan);
+        double total = 0; long n = 0;
+        Span<int> offsets = stackalloc int[B];
+        for (int s0 = 0; s0 < count; s0 += B)
+        {
+            for (int b = 0; b < B; b++) offsets[b] = Math.Min(s0 + b, count - 1) * (T + 1);
+            FillBatch(plan, offsets, valid);
+            m.Forward();
+            for (int b = 0; b < B && s0 + b < count; b++)
+                for (int row = 0; row < m.SeqLen; row++)
+                {
+                    int r = b * m.SeqLen + row;
+                    if (m.LossWeights[r] == 0) continue;
+                    total += m.TargetNll(r); n++;
+                }
+        }
+        return total / n;
+    }
+
     public void Dispose() => Model.Dispose();
+}
+
+/// <summary>What <see cref="BeaconTraining.Train"/> did: the step log and the held-out loss before and after.</summary>
+public sealed record BeaconReport(IReadOnlyList<StepResult> Steps, double ValidLossBefore, double ValidLossAfter, int ValidRatio);
+
+/// <summary><c>cria train-beacon</c>: Activation Beacon trained onto a llama GGUF and written beside its weights.</summary>
+public static class BeaconTraining
+{
+    /// <summary>GGUF keys of a beacon model: the window W and the condensing ratio inference uses unless told otherwise.</summary>
+    public const string WindowKey = "llama.beacon.window", RatioKey = "llama.beacon.ratio";
+
+    /// <param name="validRatio">the ratio the held-out loss is measured at, and written as the file's default.</param>
+    public static BeaconReport Train(string input, string output, string trainText, string? validText, TrainingOptions o, BeaconOptions beacon,
+        int validRatio, int validSequences = 8, Action<StepResult>? log = null, bool force = false)
+    {
+        if (!force && File.Exists(output)) throw new CriaException($"{output}: the output file exists (use --force to replace it)");
+        beacon.Validate();
+        if (validRatio < 1 || beacon.Window % validRatio != 0) throw new CriaException($"condensing ratio {validRatio} must divide the beacon window {beacon.Window}");
+        var imported = GgufImport.Read(input, "train-beacon");
+        if (imported.Shape.WindowLayers != null) throw new CriaException($"train-beacon: {input} has sliding-window layers (LongGen); Activation Beacon needs full attention");
+        using var model = Cria.Models.LlamaModel.Open(input);
+        var tok = model.Tokenizer;
+        int[] data = tok.Encode(trainText, addBos: false);
+        int[] valid = validText == null ? [] : tok.Encode(validText, addBos: false);
+        using var trainer = new BeaconTrainer(imported.Shape, imported.Parameters, data, tok.Bos, o, beacon);
+        double before = valid.Length > 0 ? trainer.ValidLoss(valid, validRatio, validSequences) : double.NaN;
+        var steps = new List<StepResult>();
+        for (int i = 0; i < o.Steps; i++) { var r = trainer.TrainStep(); steps.Add(r); log?.Invoke(r); }
+        double after = valid.Length > 0 ? trainer.ValidLoss(valid, validRatio, validSequences) : double.NaN;
+        var m = trainer.Model;
+        var meta = new Dictionary<string, object>
+        {
+            [WindowKey] = (uint)beacon.Window, [RatioKey] = (uint)validRatio,
+            ["cria.beacon.training"] = FormattableString.Invariant($"steps {o.Steps}, batch {o.BatchSize} × {beacon.SeqLen}, window {beacon.Window}, ratios {string.Join(',', beacon.Ratios)}, lr {o.LearningRate}, seed {o.Seed}"),
+        };
+        GgufExport.Write(output, m.Layout, m.Parameters, imported.Vocabulary, name: model.File.Get<string>("general.name", "cria") + "-beacon",
+            extraMetadata: meta, extraTensors: (m.Beacon!.Tensors, m.BeaconParameters));
+        return new BeaconReport(steps, before, after, validRatio);
+    }
 }
