@@ -64,7 +64,8 @@ static class GenerateCommand
                 RepeatPenalty = r.GetValue(repeat), PenaltyLastN = r.GetValue(lastN),
                 FrequencyPenalty = r.GetValue(freq), PresencePenalty = r.GetValue(pres),
             };
-            var gen = new Generator(context, m.Tokenizer);
+            var gen = new Generator(context, m.Tokenizer) { BeaconRatio = kv.BeaconRatio(r, m.Config) };
+            if (m.Config.HasBeacons) Console.Error.WriteLine(KvCliOptions.DescribeBeacons(m.Config, gen.BeaconRatio));
             var draftPath = r.GetValue(draftModel);
             if (draftPath != null && r.GetValue(lookup)) throw new CriaException("give either --model-draft or --lookup, not both");
             int dMax = r.GetValue(draftMax);

@@ -31,13 +31,30 @@ sealed class KvCliOptions
     readonly Option<int?> _window = new("--attn-window") { Description = "LongGen's hybrid attention without training: the windowed layers (--attn-window-layers) see only the first --attn-window-sinks positions and the last W; 0 runs a model trained with windows with full attention (default: as the model says)" };
     readonly Option<int> _windowSinks = new("--attn-window-sinks") { Description = "with --attn-window: attention sinks (positions from the start every query sees)", DefaultValueFactory = _ => ModelConfig.DefaultWindowSinks };
     readonly Option<string> _windowLayers = new("--attn-window-layers") { Description = "with --attn-window: longgen (bottom and top thirds windowed), all, or a list such as 0,1,4,5", DefaultValueFactory = _ => "longgen" };
+    readonly Option<int> _beaconRatio = new("--beacon-ratio") { Description = "an Activation Beacon model (cria train-beacon) condenses each window at this ratio α (default: the file's)" };
+    readonly Option<bool> _noBeacons = new("--no-beacons") { Description = "run an Activation Beacon model as the plain model (full attention, no condensing)" };
     readonly Option<float> _yarnSlow = new("--yarn-beta-slow") { Description = "YaRN β_slow (default 1)", DefaultValueFactory = _ => -1f };
 
     public void AddTo(Command cmd)
     {
-        foreach (var o in new Option[] { _type, _group, _residual, _evict, _budget, _heads, _stabilizers, _sinks, _shift, _ropeScaling, _ropeScale, _ropeBase, _yarnOrig, _yarnExt, _yarnAttn, _yarnFast, _yarnSlow, _swiftKv, _window, _windowSinks, _windowLayers })
+        foreach (var o in new Option[] { _type, _group, _residual, _evict, _budget, _heads, _stabilizers, _sinks, _shift, _ropeScaling, _ropeScale, _ropeBase, _yarnOrig, _yarnExt, _yarnAttn, _yarnFast, _yarnSlow, _swiftKv, _window, _windowSinks, _windowLayers, _beaconRatio, _noBeacons })
             cmd.Options.Add(o);
     }
+
+    /// <summary>The condensing ratio an Activation Beacon model runs at (0: its file's), or null to run it — or any other
+    /// model — as a plain sequence.</summary>
+    public int? BeaconRatio(ParseResult r, ModelConfig c)
+    {
+        int ratio = r.GetValue(_beaconRatio);
+        if (ratio < 0) throw new CriaException($"--beacon-ratio must be positive, got {ratio}");
+        if (!c.HasBeacons && (ratio != 0 || r.GetValue(_noBeacons))) throw new CriaException("--beacon-ratio and --no-beacons belong to an Activation Beacon model (cria train-beacon); this one has none");
+        if (r.GetValue(_noBeacons)) return ratio != 0 ? throw new CriaException("give either --beacon-ratio or --no-beacons, not both") : null;
+        return c.HasBeacons ? ratio : null;
+    }
+
+    /// <summary>What <see cref="BeaconRatio"/> chose, for the command's header line.</summary>
+    public static string DescribeBeacons(ModelConfig c, int? ratio) => !c.HasBeacons ? "" : ratio == null ? "Activation Beacon off (plain model)"
+        : $"Activation Beacon: windows of {c.BeaconWindow} tokens condensed to {c.BeaconWindow / (ratio == 0 ? c.BeaconRatio : ratio.Value)} beacons (α {(ratio == 0 ? c.BeaconRatio : ratio.Value)})";
 
     /// <summary>The --kv-type values when a comma-separated list is given (bench compares them side by side).</summary>
     public string[] TypeList(ParseResult r) => (r.GetValue(_type) ?? "f16").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);

@@ -59,8 +59,12 @@ static class PasskeyCommand
             });
             var fill = r.GetValue(filler);
             if (fill != null && m.Tokenizer.Encode(fill, addBos: false).Length == 0) throw new CriaException("--filler must have some text");
+            int? beacons = kv.BeaconRatio(r, m.Config);
+            if (m.Config.HasBeacons) Console.Error.WriteLine(KvCliOptions.DescribeBeacons(m.Config, beacons));
+            if (beacons != null && mode != PasskeyMode.Full) throw new CriaException("--rapid and --rag-only read retrieved chunks; give --no-beacons with them");
             var probe = new PasskeyProbe(context, m.Tokenizer)
             {
+                BeaconRatio = beacons,
                 Mode = mode, Rag = rag, Filler = fill ?? PasskeyProbe.DefaultFiller,
                 Drafter = draftContext == null ? null : new ModelDrafter(draftContext, new SpeculativeOptions { DraftMax = 8, Margin = rapid.Margin(r) }),
             };

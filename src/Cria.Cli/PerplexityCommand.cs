@@ -40,6 +40,8 @@ static class PerplexityCommand
             int ub = r.GetValue(ubatch) > 0 ? r.GetValue(ubatch) : c;
             using var context = new InferenceContext(m, kv.Apply(r, new ContextOptions { ContextSize = c, Threads = r.GetValue(threads), MicroBatch = ub, Loras = LoraCliOptions.Load(lora.Adapters(r), m) }));
             Console.Error.WriteLine(KvCliOptions.Describe(context));
+            int? beacons = kv.BeaconRatio(r, m.Config);
+            if (m.Config.HasBeacons) Console.Error.WriteLine(KvCliOptions.DescribeBeacons(m.Config, beacons));
             if (r.GetValue(actQuant) is { } aq)
             {
                 var ao = aq switch
@@ -67,6 +69,7 @@ static class PerplexityCommand
             int chunkLimit = r.GetValue(maxChunks) > 0 ? r.GetValue(maxChunks) : int.MaxValue;
             if (r.GetValue(klBase) is { } basePath)
             {
+                if (beacons != null) throw new CriaException("--kl-base compares plain models; give --no-beacons to compare an Activation Beacon model's base");
                 using var bm = LlamaModel.Open(DefaultModel.Resolve(basePath));
                 if (bm.Config.VocabSize != m.Config.VocabSize)
                     throw new CriaException($"--kl-base: {basePath} has a vocabulary of {bm.Config.VocabSize} tokens, {path} of {m.Config.VocabSize}; KL divergence needs one tokenizer");
@@ -86,7 +89,7 @@ static class PerplexityCommand
             var res = Perplexity.Compute(context, m.Tokenizer, text, c, (i, n, ppl) =>
             {
                 if (i % 10 == 0 || i == n) Console.Error.WriteLine($"[{i}/{n}] running perplexity {ppl:F4}");
-            }, chunkLimit);
+            }, chunkLimit, beacons);
             Console.Error.WriteLine($"{res.Chunks} chunks, {res.ScoredTokens} tokens scored, mean NLL {res.MeanNll:F4}, {sw.Elapsed.TotalSeconds:F1} s");
             Console.Out.WriteLine($"perplexity: {res.Value:F4}");
             return 0;

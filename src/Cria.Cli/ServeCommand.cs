@@ -94,6 +94,8 @@ static class ServeCommand
                     (options.ClassifierHead != null ? $", /classify with {Path.GetFileName(options.ClassifierHead)}" : "") +
                     (options.ApiKey != null ? ", API key required" : ""));
                 Console.Error.WriteLine($"cria serve: chat template: {server.Template!.Description}");
+                if (e.Context.Config.HasBeacons)
+                    Console.Error.WriteLine("cria serve: the model's Activation Beacon tensors are not used here (the scheduler runs plain sequences); generate, perplexity and passkey use them");
             }
             catch (Exception ex)
             {

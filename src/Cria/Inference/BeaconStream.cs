@@ -45,9 +45,9 @@ public sealed class BeaconStream
     }
 
     /// <summary>Feeds raw tokens. <paramref name="onLogits"/>, when given, receives (index in <paramref name="tokens"/>,
-    /// logits) of every token; otherwise only the last token's logits are computed, readable with
-    /// <see cref="InferenceContext.Logits"/>(<see cref="LastRow"/>) until the next call.</summary>
-    public void Feed(ReadOnlySpan<int> tokens, Action<int, ReadOnlySpan<float>>? onLogits = null)
+    /// logits) of every token from index <paramref name="logitsFrom"/> on; otherwise only the last token's logits are
+    /// computed, readable with <see cref="InferenceContext.Logits"/>(<see cref="LastRow"/>) until the next call.</summary>
+    public void Feed(ReadOnlySpan<int> tokens, Action<int, ReadOnlySpan<float>>? onLogits = null, int logitsFrom = 0)
     {
         int i = 0;
         while (i < tokens.Length)
@@ -55,10 +55,10 @@ public sealed class BeaconStream
             if (Raw == Window) Condense();
             int n = Math.Min(Math.Min(tokens.Length - i, Window - Raw), _ctx.MicroBatch);
             _batch.Clear();
-            for (int j = 0; j < n; j++) _batch.Add(tokens[i + j], NextPosition + j, SequenceId, onLogits != null || i + j == tokens.Length - 1);
+            for (int j = 0; j < n; j++) _batch.Add(tokens[i + j], NextPosition + j, SequenceId, onLogits != null ? i + j >= logitsFrom : i + j == tokens.Length - 1);
             _ctx.Decode(_batch);
             if (onLogits != null)
-                for (int j = 0; j < n; j++) onLogits(i + j, _ctx.Logits(j));
+                for (int j = Math.Max(0, logitsFrom - i); j < n; j++) onLogits(i + j, _ctx.Logits(j));
             LastRow = n - 1;
             Raw += n; Tokens += n; i += n;
         }

@@ -43,6 +43,9 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
     public GenerationStats? LastStats { get; private set; }
     /// <summary>Speculative decoding's drafter (prompt lookup or a draft model); null decodes one token per step.</summary>
     public IDrafter? Drafter { get; set; }
+    /// <summary>Activation Beacon: the sequence streams through a <see cref="BeaconStream"/> at this condensing ratio
+    /// (0 = the file's), so prompt and generation may run past the context; null decodes as a plain sequence.</summary>
+    public int? BeaconRatio { get; set; }
 
     /// <summary>Streams the continuation of <paramref name="prompt"/>. The sequence's cache is cleared first.</summary>
     public IEnumerable<string> Generate(string prompt, GenerationOptions options, int sequenceId = 0, CancellationToken cancel = default)
@@ -81,9 +84,45 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
         if (Drafter != null && Drafter.Options.DraftMax > ctx.Cache.MaxRollback)
             throw new CriaException($"this KV cache (KIVI, or a hybrid model's windows) can take back at most {ctx.Cache.MaxRollback} positions at once; draft max {Drafter.Options.DraftMax} is more");
         ctx.Cache.Remove(sequenceId);
+        if (BeaconRatio is { } ratio)
+        {
+            if (Drafter != null) throw new CriaException("speculative decoding does not work with Activation Beacon (drafts cannot be taken back from condensed windows)");
+            return RunBeacons(promptTokens, options, new BeaconStream(ctx, sequenceId, ratio), cancel);
+        }
         if (promptTokens.Length >= ctx.Cache.Capacity)
             throw new CriaException($"the prompt has {promptTokens.Length} tokens but the context holds {ctx.Cache.Capacity}; raise the context size (-c)");
         return Run(promptTokens, options, sequenceId, cancel);
+    }
+
+    /// <summary>Generation through a beacon stream: one token per step; it stops at "context" only when the memory of
+    /// condensed windows no longer fits the cache.</summary>
+    IEnumerable<int> RunBeacons(int[] promptTokens, GenerationOptions options, BeaconStream stream, CancellationToken cancel)
+    {
+        var ctx = Context;
+        var sampler = new Sampler(ctx.Config.VocabSize, options.Sampler);
+        foreach (var t in promptTokens) sampler.Accept(t);
+        int peak = stream.Window + stream.Window / stream.Ratio; // a window and its beacons on top of the memory
+        var sw = Stopwatch.StartNew();
+        stream.Feed(promptTokens);
+        var promptTime = sw.Elapsed;
+        sw.Restart();
+        int generated = 0;
+        string stop = "length";
+        var one = new int[1];
+        while (generated < options.MaxTokens)
+        {
+            cancel.ThrowIfCancellationRequested();
+            int t = sampler.Sample(ctx.Logits(stream.LastRow));
+            sampler.Accept(t);
+            generated++;
+            if (options.StopAtEndOfGeneration && Tokenizer.IsEog(t)) { stop = "eog"; break; }
+            yield return t;
+            if (generated == options.MaxTokens) break;
+            if (stream.Memory + peak + stream.Window / stream.Ratio > ctx.Cache.Capacity) { stop = "context"; break; }
+            one[0] = t;
+            stream.Feed(one);
+        }
+        LastStats = new GenerationStats(promptTokens.Length, promptTime, generated, sw.Elapsed, stop);
     }
 
     IEnumerable<int> Run(int[] promptTokens, GenerationOptions options, int sequenceId, CancellationToken cancel)

@@ -157,10 +157,27 @@ public sealed class PasskeyProbe(InferenceContext context, Tokenizer tokenizer)
         return (double)right / answer.Length;
     }
 
+    /// <summary>Activation Beacon: prompts stream through a <see cref="BeaconStream"/> at this ratio (0 = the file's);
+    /// null runs them as one plain sequence.</summary>
+    public int? BeaconRatio { get; init; }
+
     /// <summary>Fraction of answer tokens ranked first (teacher-forced) after the prompt, decoded as one sequence.</summary>
     public double Score(int[] prompt, int[] answer)
     {
         context.Cache.Clear();
+        if (BeaconRatio is { } ratio)
+        {
+            int[] text = [.. prompt, .. answer.AsSpan(0, answer.Length - 1)];
+            int hits = 0;
+            new BeaconStream(context, 0, ratio).Feed(text, (p, z) =>
+            {
+                int best = 0;
+                for (int i = 1; i < z.Length; i++) if (z[i] > z[best]) best = i;
+                if (best == answer[p - prompt.Length + 1]) hits++;
+            }, prompt.Length - 1);
+            context.Cache.Clear();
+            return (double)hits / answer.Length;
+        }
         int total = prompt.Length + answer.Length - 1;
         var batch = new Batch(context.MicroBatch);
         int right = 0;

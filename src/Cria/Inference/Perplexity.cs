@@ -143,11 +143,13 @@ public static class Perplexity
             kld / count, StdErr(kld, kld2, count), (double)sameTop / count, diff / count, StdErr(diff, diff2, count));
     }
 
-    /// <summary>Runs every chunk through <paramref name="context"/> and returns the perplexity.</summary>
+    /// <summary>Runs every chunk through <paramref name="context"/> and returns the perplexity. With
+    /// <paramref name="beaconRatio"/> (an Activation Beacon model; 0 = the file's ratio) each chunk streams through a
+    /// <see cref="BeaconStream"/> instead, its windows condensed as they fill, and the same positions are scored.</summary>
     public static PerplexityResult Compute(InferenceContext context, Tokenizer tokenizer, string text, int ctx, Action<int, int, double>? progress = null,
-        int maxChunks = int.MaxValue)
+        int maxChunks = int.MaxValue, int? beaconRatio = null)
     {
-        var chunks = TextChunks(tokenizer, text, ctx, maxChunks, context);
+        var chunks = beaconRatio == null ? TextChunks(tokenizer, text, ctx, maxChunks, context) : TextChunks(tokenizer, text, ctx, maxChunks);
         int first = FirstScored(ctx);
         var batch = new Batch(ctx);
         double nll = 0;
@@ -155,6 +157,13 @@ public static class Perplexity
         for (int i = 0; i < chunks.Count; i++)
         {
             var c = chunks[i];
+            if (beaconRatio is { } ratio)
+            {
+                context.Cache.Clear();
+                new BeaconStream(context, 0, ratio).Feed(c, (p, z) => { if (p < ctx - 1) { nll += Nll(z, c[p + 1]); count++; } }, first);
+                progress?.Invoke(i + 1, chunks.Count, Math.Exp(nll / count));
+                continue;
+            }
             Run(context, batch, c);
             for (int p = first; p < ctx - 1; p++) { nll += Nll(context.Logits(p), c[p + 1]); count++; }
             progress?.Invoke(i + 1, chunks.Count, Math.Exp(nll / count));
