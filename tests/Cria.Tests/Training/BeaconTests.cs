@@ -95,6 +95,48 @@ public sealed class BeaconTests(ITestOutputHelper output)
         Assert.True(MaxDiff(plainCtx.Logits(T - 1), reference, (T - 1) * V) > 1e-2);
     }
 
+    /// <summary>
+    /// Perplexity with beacons scores llama-perplexity's positions (the second half of each chunk) on the stream: its
+    /// mean NLL equals the one of the reference's logits. Greedy generation through the stream runs past the cache's
+    /// 64 tokens (160 tokens in all: the memory grows by 4 per window of 16) and every token it emits is the argmax of
+    /// the reference over the text so far.
+    /// </summary>
+    [Fact]
+    public void Beacon_perplexity_and_generation_follow_the_reference()
+    {
+        var (path, layout, p, bl, bp, tokens) = BeaconModel("beacon-ppl.gguf");
+        int V = layout.Shape.VocabSize, windows = (T + W - 1) / W;
+        var reference = BeaconReference.Logits(layout, p, bl, bp, tokens, W, Enumerable.Range(0, windows).Select(c => c < windows - 1 ? Ratio : 0).ToArray());
+        using var model = LlamaModel.Open(path);
+        var tok = model.Tokenizer;
+        using var ctx = new InferenceContext(model, new ContextOptions { ContextSize = 64, Threads = 2, Kv = KvFormat.F32 });
+        string text = tok.Decode(tokens.Skip(1).ToArray());
+        var chunk = Perplexity.Chunks(tok.Encode(text, addBos: true), T, tok.Bos, tok.AddBos)[0];
+        Assert.Equal(tokens, chunk);
+        var ppl = Perplexity.Compute(ctx, tok, text, T, maxChunks: 1, beaconRatio: 0);
+        double nll = 0; int n = 0;
+        for (int t = T / 2; t < T - 1; t++) { nll += Perplexity.Nll(reference.AsSpan(t * V, V).ToArray().Select(x => (float)x).ToArray(), tokens[t + 1]); n++; }
+        output.WriteLine($"beacon perplexity {ppl.Value:F4}, reference {Math.Exp(nll / n):F4}");
+        Assert.Equal(n, ppl.ScoredTokens);
+        Assert.True(Math.Abs(ppl.MeanNll - nll / n) < 1e-5, $"mean NLL {ppl.MeanNll} vs reference {nll / n}");
+
+        ctx.Cache.Clear();
+        var gen = new Generator(ctx, tok) { BeaconRatio = Ratio };
+        var prompt = tokens.Take(60).ToArray();
+        var got = gen.GenerateTokens(prompt, new GenerationOptions { MaxTokens = 100, StopAtEndOfGeneration = false, Sampler = SamplerOptions.Greedy }).ToArray();
+        Assert.Equal("length", gen.LastStats!.StopReason);
+        Assert.Equal(100, got.Length);
+        int[] all = [.. prompt, .. got];
+        int total = all.Length, w2 = (total + W - 1) / W;
+        var z = BeaconReference.Logits(layout, p, bl, bp, all, W, Enumerable.Range(0, w2).Select(c => c < w2 - 1 ? Ratio : 0).ToArray());
+        for (int i = 0; i < got.Length; i++)
+        {
+            int at = prompt.Length - 1 + i, best = 0;
+            for (int v = 1; v < V; v++) if (z[at * V + v] > z[at * V + best]) best = v;
+            Assert.True(best == got[i], $"generated token {i} is {got[i]}, the reference's argmax {best}");
+        }
+    }
+
     /// <summary>Wrong uses are refused with our exceptions: a model without beacons, a ratio that does not divide the
     /// window, KIVI and eviction caches, a sequence already in the cache, beacon rows mixed with token rows or sent to a
     /// plain model, and a file whose beacon keys disagree.</summary>
