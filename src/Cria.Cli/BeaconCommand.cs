@@ -24,16 +24,23 @@ static class BeaconCommand
         var seed = new Option<ulong>("--seed") { Description = "random seed (offsets and ratios)", DefaultValueFactory = _ => 1234UL };
         var threads = new Option<int>("--threads", "-t") { Description = "worker threads (default: all cores)" };
         var force = new Option<bool>("--force") { Description = "replace the output file if it exists" };
+        var passkey = new Option<double>("--passkey-fraction") { Description = "fraction of training sequences that are synthetic pass-key documents (cria passkey's prompt, continued by corpus text)", DefaultValueFactory = _ => 0 };
+        var answerWeight = new Option<float>("--passkey-answer-weight") { Description = "loss weight of the answer tokens of pass-key documents", DefaultValueFactory = _ => 1f };
+        var pkMin = new Option<int>("--passkey-min-length") { Description = "shortest pass-key document in tokens", DefaultValueFactory = _ => 256 };
         var cmd = new Command("train-beacon", "Activation Beacon: train beacon tokens that condense each window's keys and values, so the frozen model reads past its context")
         {
-            input, output, corpus, valid, window, ratios, ratio, seq, steps, batch, lr, warmup, seed, threads, force,
+            input, output, corpus, valid, window, ratios, ratio, seq, steps, batch, lr, warmup, seed, threads, force, passkey, answerWeight, pkMin,
         };
         cmd.SetAction(r =>
         {
             int[] rs;
             try { rs = r.GetValue(ratios)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(int.Parse).ToArray(); }
             catch (FormatException) { throw new CriaException($"--ratios '{r.GetValue(ratios)}' is not a comma-separated list of integers"); }
-            var b = new BeaconOptions { Window = r.GetValue(window), Ratios = rs, SeqLen = r.GetValue(seq) };
+            var b = new BeaconOptions
+            {
+                Window = r.GetValue(window), Ratios = rs, SeqLen = r.GetValue(seq),
+                PasskeyFraction = r.GetValue(passkey), AnswerWeight = r.GetValue(answerWeight), PasskeyMinLength = r.GetValue(pkMin),
+            };
             int n = r.GetValue(steps);
             var o = new TrainingOptions
             {

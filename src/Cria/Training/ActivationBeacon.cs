@@ -176,6 +176,13 @@ public sealed record BeaconOptions
     public int[] Ratios { get; init; } = [4, 8, 16];
     /// <summary>Raw tokens per training sequence (several windows: the later ones learn to read the earlier ones' beacons).</summary>
     public int SeqLen { get; init; } = 1024;
+    /// <summary>Fraction of sequences that are synthetic pass-key documents (<see cref="PasskeyDocuments"/>, continued by
+    /// corpus text): the needle sits in an early window and the answer must come through the beacons.</summary>
+    public double PasskeyFraction { get; init; }
+    /// <summary>Loss weight of a pass-key document's answer tokens.</summary>
+    public float AnswerWeight { get; init; } = 1f;
+    /// <summary>Shortest pass-key document in tokens.</summary>
+    public int PasskeyMinLength { get; init; } = 256;
 
     public void Validate()
     {
@@ -184,6 +191,9 @@ public sealed record BeaconOptions
         foreach (int a in Ratios)
             if (a < 1 || Window % a != 0) throw new CriaException($"condensing ratio {a} must divide the beacon window {Window}");
         if (SeqLen <= Window) throw new CriaException($"beacon training sequences of {SeqLen} tokens need more than one window of {Window}");
+        if (!(PasskeyFraction >= 0 && PasskeyFraction <= 1)) throw new CriaException($"the pass-key fraction must be in [0, 1], got {PasskeyFraction}");
+        if (!(AnswerWeight >= 0) || !float.IsFinite(AnswerWeight)) throw new CriaException($"the answer weight must be a finite number ≥ 0, got {AnswerWeight}");
+        if (PasskeyFraction > 0 && (PasskeyMinLength < 32 || PasskeyMinLength > SeqLen)) throw new CriaException($"the shortest pass-key document ({PasskeyMinLength}) must be in 32..{SeqLen}");
     }
 }
 
@@ -204,7 +214,11 @@ public sealed class BeaconTrainer : IDisposable
     readonly int _bos;
     readonly float[] _m, _v;
     readonly int[] _ratios;
+    readonly int[] _rawTokens, _rawTargets; // [B, T] the micro-batch's text before the plan spreads it over rows
+    readonly float[] _rawWeights;           // [B, T]
     TrainingRng _rng;
+    /// <summary>Pass-key documents mixed in (<see cref="BeaconOptions.PasskeyFraction"/>); null draws corpus text only.</summary>
+    public PasskeyDocuments? Passkeys { get; init; }
 
     public BeaconTrainer(LlamaShape shape, float[] baseParameters, int[] data, int bos, TrainingOptions options, BeaconOptions beacon)
     {
@@ -220,6 +234,7 @@ public sealed class BeaconTrainer : IDisposable
         Model.Beacon!.InitializeFrom(Model.Layout, baseParameters, Model.BeaconParameters, bos);
         _data = data; _bos = bos;
         _m = new float[Model.Beacon.Count]; _v = new float[Model.Beacon.Count];
+        _rawTokens = new int[options.BatchSize * T]; _rawTargets = new int[options.BatchSize * T]; _rawWeights = new float[options.BatchSize * T];
         _rng = new TrainingRng(options.Seed);
     }
 
@@ -227,17 +242,29 @@ public sealed class BeaconTrainer : IDisposable
     /// data[off_b + r]; beacon and padding rows weigh 0, and so do the first window's tokens.</summary>
     public void FillBatch(BeaconPlan plan, ReadOnlySpan<int> offsets, int[] data)
     {
+        int T = Beacon.SeqLen;
+        for (int b = 0; b < Model.BatchSize; b++)
+        {
+            Trainer.FillSequence(_rawTokens.AsSpan(b * T, T), _rawTargets.AsSpan(b * T, T), data, offsets[b], _bos);
+            _rawWeights.AsSpan(b * T, T).Fill(1f);
+        }
+        Spread(plan);
+    }
+
+    /// <summary>The raw text of the micro-batch over the plan's rows (beacon, padding and first-window rows weigh 0).</summary>
+    void Spread(BeaconPlan plan)
+    {
         var m = Model;
-        int T = m.SeqLen;
+        int rows = m.SeqLen, T = Beacon.SeqLen;
         var tokens = m.Tokens; var targets = m.Targets; var weights = m.LossWeights;
         for (int b = 0; b < m.BatchSize; b++)
-            for (int row = 0; row < T; row++)
+            for (int row = 0; row < rows; row++)
             {
-                int n = b * T + row, r = plan.Kind[row];
+                int n = b * rows + row, r = plan.Kind[row];
                 if (r < 0) { tokens[n] = 0; targets[n] = 0; weights[n] = 0; continue; }
-                tokens[n] = r == 0 ? _bos : data[offsets[b] + r - 1];
-                targets[n] = data[offsets[b] + r];
-                weights[n] = r >= plan.Window ? 1f : 0f;
+                tokens[n] = _rawTokens[b * T + r];
+                targets[n] = _rawTargets[b * T + r];
+                weights[n] = r >= plan.Window ? _rawWeights[b * T + r] : 0f;
             }
     }
 
@@ -260,8 +287,21 @@ public sealed class BeaconTrainer : IDisposable
         {
             var plan = DrawPlan();
             m.SetBeaconPlan(plan);
-            for (int b = 0; b < m.BatchSize; b++) offsets[b] = _rng.Next(_data.Length - Beacon.SeqLen);
-            FillBatch(plan, offsets, _data);
+            int T = Beacon.SeqLen;
+            for (int b = 0; b < m.BatchSize; b++)
+            {
+                var tokens = _rawTokens.AsSpan(b * T, T); var targets = _rawTargets.AsSpan(b * T, T); var rawWeights = _rawWeights.AsSpan(b * T, T);
+                rawWeights.Fill(1f);
+                if (Passkeys != null && _rng.NextDouble() < Beacon.PasskeyFraction)
+                {
+                    var doc = Passkeys.Next(ref _rng, T);
+                    Trainer.FillDocument(tokens, targets, doc.Tokens, _data, _rng.Next(_data.Length - T + 1), _bos);
+                    int end = Math.Min(T, doc.AnswerStart + doc.AnswerLength);
+                    if (doc.AnswerStart < end) rawWeights.Slice(doc.AnswerStart, end - doc.AnswerStart).Fill(Beacon.AnswerWeight);
+                }
+                else Trainer.FillSequence(tokens, targets, _data, _rng.Next(_data.Length - T), _bos);
+            }
+            Spread(plan);
             float weights = 0;
             foreach (float w in m.LossWeights) weights += w;
             loss += m.ForwardBackward(weights > 0 ? 1f / (weights * o.GradAccumulation) : 0f);
@@ -338,7 +378,10 @@ public static class BeaconTraining
         var tok = model.Tokenizer;
         int[] data = tok.Encode(trainText, addBos: false);
         int[] valid = validText == null ? [] : tok.Encode(validText, addBos: false);
-        using var trainer = new BeaconTrainer(imported.Shape, imported.Parameters, data, tok.Bos, o, beacon);
+        using var trainer = new BeaconTrainer(imported.Shape, imported.Parameters, data, tok.Bos, o, beacon)
+        {
+            Passkeys = beacon.PasskeyFraction > 0 ? new PasskeyDocuments(tok, data, beacon.PasskeyMinLength) : null,
+        };
         double before = valid.Length > 0 ? trainer.ValidLoss(valid, validRatio, validSequences) : double.NaN;
         var steps = new List<StepResult>();
         for (int i = 0; i < o.Steps; i++) { var r = trainer.TrainStep(); steps.Add(r); log?.Invoke(r); }
@@ -347,7 +390,7 @@ public static class BeaconTraining
         var meta = new Dictionary<string, object>
         {
             [WindowKey] = (uint)beacon.Window, [RatioKey] = (uint)validRatio,
-            ["cria.beacon.training"] = FormattableString.Invariant($"steps {o.Steps}, batch {o.BatchSize} × {beacon.SeqLen}, window {beacon.Window}, ratios {string.Join(',', beacon.Ratios)}, lr {o.LearningRate}, seed {o.Seed}"),
+            ["cria.beacon.training"] = FormattableString.Invariant($"steps {o.Steps}, batch {o.BatchSize} × {beacon.SeqLen}, window {beacon.Window}, ratios {string.Join(',', beacon.Ratios)}, lr {o.LearningRate}, seed {o.Seed}") + (beacon.PasskeyFraction > 0 ? FormattableString.Invariant($", pass-key fraction {beacon.PasskeyFraction} (answer weight {beacon.AnswerWeight})") : ""),
         };
         GgufExport.Write(output, m.Layout, m.Parameters, imported.Vocabulary, name: model.File.Get<string>("general.name", "cria") + "-beacon",
             extraMetadata: meta, extraTensors: (m.Beacon!.Tensors, m.BeaconParameters));
