@@ -127,6 +127,42 @@ public class AllocationTests
             $"; {total:N0} bytes process-wide (GC.GetTotalAllocatedBytes, includes the test host)");
     }
 
+    /// <summary>Activation Beacon: single-token steps through a <see cref="BeaconStream"/> (windows of 16 condensed to 4
+    /// beacons: four condensing steps, each a beacon batch and <see cref="KvCache.MoveRows"/>, fall in the measured steps)
+    /// allocate nothing either.</summary>
+    [Fact]
+    public void BeaconStreamStepsAllocateNothing()
+    {
+        var (path, _, _, _, _, _) = Cria.Tests.Training.BeaconTests.BeaconModel("alloc-beacon.gguf");
+        using var model = LlamaModel.Open(path);
+        using var ctx = new InferenceContext(model, new ContextOptions { ContextSize = 64, Threads = 2, MicroBatch = 16 });
+        var stream = new BeaconStream(ctx, 0);
+        var rng = new Random(5);
+        var tokens = new int[Warmup + Steps];
+        for (int i = 0; i < tokens.Length; i++) tokens[i] = rng.Next(model.Config.VocabSize);
+        stream.Feed(tokens.AsSpan(0, 8));
+        for (int p = 8; p < Warmup; p++) stream.Feed(tokens.AsSpan(p, 1));
+        var probe = ThreadProbe.For(ctx);
+        probe?.WarmWaitPaths();
+        int memory = stream.Memory;
+        float sink = 0;
+        probe?.Sample(before: true);
+        long before = GC.GetTotalAllocatedBytes(precise: true);
+        long beforeThread = GC.GetAllocatedBytesForCurrentThread();
+        for (int p = Warmup; p < Warmup + Steps; p++)
+        {
+            stream.Feed(tokens.AsSpan(p, 1));
+            sink += ctx.Logits(stream.LastRow)[0];
+        }
+        long thread = GC.GetAllocatedBytesForCurrentThread() - beforeThread;
+        long total = GC.GetTotalAllocatedBytes(precise: true) - before;
+        probe?.Sample(before: false);
+        Assert.True(float.IsFinite(sink));
+        Assert.Equal(memory + 4 * 4, stream.Memory);
+        long cria = probe != null ? thread + probe.WorkerBytes : total;
+        Assert.True(cria == 0, $"{Steps} beacon-stream steps allocated {cria:N0} bytes on Cria's threads ({thread:N0} on the calling thread)");
+    }
+
     /// <summary>Reads <see cref="GC.GetAllocatedBytesForCurrentThread"/> on each worker of the context's pool, by running
     /// itself as a pool job (each worker executes a job exactly once). Null when the pool field is not found.</summary>
     sealed class ThreadProbe : ParallelJob

@@ -20,7 +20,7 @@ public sealed class BeaconTests(ITestOutputHelper output)
     static readonly Lazy<TokenizerVocabulary> Vocab = new(() => TokenizerTrainer.Train(string.Concat(Enumerable.Repeat(TrainingTests.Text, 4)), 320));
 
     /// <summary>A 2-layer GQA model with random base and beacon parameters, written with window 16 and ratio 4.</summary>
-    static (string Path, ParameterLayout Layout, double[] P, BeaconLayout Beacon, double[] Bp, int[] Tokens) BeaconModel(string name)
+    internal static (string Path, ParameterLayout Layout, double[] P, BeaconLayout Beacon, double[] Bp, int[] Tokens) BeaconModel(string name)
     {
         var vocab = Vocab.Value;
         var shape = new LlamaShape { VocabSize = vocab.Count, Dim = 32, Layers = 2, Heads = 4, KvHeads = 2, FfnDim = 64, ContextLength = 64 };
