@@ -22,15 +22,8 @@ public sealed class BeaconLayout
 
     public BeaconLayout(LlamaShape s)
     {
-        var list = new List<ParameterTensor>();
-        long at = 0;
-        long Add(string name, int rows, int cols, bool matrix)
-        {
-            long off = at;
-            list.Add(new ParameterTensor(name, off, rows, cols, matrix));
-            at = (at + (long)rows * cols + 15) & ~15L;
-            return off;
-        }
+        var packer = new TensorPacker();
+        var Add = packer.Add;
         Embed = Add(EmbedName, 1, s.Dim, false);
         Wq = new long[s.Layers]; Wk = new long[s.Layers]; Wv = new long[s.Layers]; Wo = new long[s.Layers];
         for (int l = 0; l < s.Layers; l++)
@@ -40,8 +33,8 @@ public sealed class BeaconLayout
             Wv[l] = Add(Name(l, 2), s.KvDim, s.Dim, true);
             Wo[l] = Add(Name(l, 3), s.Dim, s.Dim, true);
         }
-        Tensors = list.ToArray();
-        Count = at;
+        Tensors = packer.Tensors;
+        Count = packer.Count;
     }
 
     /// <summary>The paper's initialisation: each beacon projection a copy of the base's, and the beacon embedding the

@@ -72,6 +72,25 @@ public readonly record struct ParameterTensor(string Name, long Offset, int Rows
     public long Count => (long)Rows * Cols;
 }
 
+/// <summary>Lays tensors out one after another in a flat array, each starting on a 16-float (64-byte) boundary: what
+/// the plug-in layouts (LoRA, SwiftKV, Activation Beacon) are built with.</summary>
+public sealed class TensorPacker
+{
+    readonly List<ParameterTensor> _tensors = new();
+    /// <summary>Floats the array needs so far.</summary>
+    public long Count { get; private set; }
+    public ParameterTensor[] Tensors => _tensors.ToArray();
+
+    /// <summary>Appends a [rows, cols] tensor; returns its offset.</summary>
+    public long Add(string name, int rows, int cols, bool matrix)
+    {
+        long off = Count;
+        _tensors.Add(new ParameterTensor(name, off, rows, cols, matrix));
+        Count = (off + (long)rows * cols + 15) & ~15L;
+        return off;
+    }
+}
+
 /// <summary>
 /// Where every tensor of a <see cref="LlamaShape"/> lives in one flat float buffer. Parameters, gradients and both
 /// AdamW moments use this same layout, so zeroing, clipping and the optimizer are single loops.
@@ -169,15 +188,8 @@ public sealed class SwiftKvLayout
         if (kvLayers < 1 || kvLayers >= s.Layers || group < 1 || group > s.Layers - kvLayers)
             throw new CriaException($"SwiftKV: kv_layers {kvLayers} with group {group} does not fit {s.Layers} layers");
         KvLayers = kvLayers; Group = group;
-        var list = new List<ParameterTensor>();
-        long at = 0;
-        long Add(string name, int rows, int cols, bool matrix)
-        {
-            long off = at;
-            list.Add(new ParameterTensor(name, off, rows, cols, matrix));
-            at = (at + (long)rows * cols + 15) & ~15L;
-            return off;
-        }
+        var packer = new TensorPacker();
+        var Add = packer.Add;
         Norm = Add("swiftkv_norm.weight", 1, s.Dim, false);
         Wq = new long[s.Layers - kvLayers];
         int owners = (s.Layers - kvLayers + group - 1) / group;
@@ -189,7 +201,7 @@ public sealed class SwiftKvLayout
             Wk[OwnerOf(l)] = Add($"blk.{l}.attn_k_swiftkv.weight", s.KvDim, s.Dim, true);
             Wv[OwnerOf(l)] = Add($"blk.{l}.attn_v_swiftkv.weight", s.KvDim, s.Dim, true);
         }
-        Tensors = list.ToArray();
-        Count = at;
+        Tensors = packer.Tensors;
+        Count = packer.Count;
     }
 }

@@ -81,16 +81,9 @@ public sealed class LoraLayout
     {
         o.Validate();
         Options = o;
-        var list = new List<ParameterTensor>();
         Pairs = new Pair?[s.Layers * 7];
-        long at = 0;
-        long Add(string name, int rows, int cols)
-        {
-            long off = at;
-            list.Add(new ParameterTensor(name, off, rows, cols, true));
-            at = (at + (long)rows * cols + 15) & ~15L;
-            return off;
-        }
+        var packer = new TensorPacker();
+        long Add(string name, int rows, int cols) => packer.Add(name, rows, cols, true);
         int d = s.Dim, kv = s.KvDim, f = s.FfnDim;
         (int In, int Out)[] dims = [(d, d), (d, kv), (d, kv), (d, d), (d, f), (d, f), (f, d)];
         for (int l = 0; l < s.Layers; l++)
@@ -105,8 +98,8 @@ public sealed class LoraLayout
             }
         if (headLabels < 0 || headLabels > 4096) throw new CriaException($"a head needs 1..4096 outputs, got {headLabels}"); // 1: a reward model
         if (headLabels > 0) { HeadLabels = headLabels; Head = Add(HeadName, headLabels, d); }
-        Tensors = list.ToArray();
-        Count = Math.Max(at, 1);
+        Tensors = packer.Tensors;
+        Count = Math.Max(packer.Count, 1);
     }
 
     /// <summary>A ~ U(−1/√in, 1/√in) (PyTorch's Kaiming-uniform with a = √5, PEFT's default), B = 0: the adapted model

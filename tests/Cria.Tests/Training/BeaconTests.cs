@@ -24,7 +24,7 @@ public sealed class BeaconTests(ITestOutputHelper output)
     {
         var vocab = Vocab.Value;
         var shape = new LlamaShape { VocabSize = vocab.Count, Dim = 32, Layers = 2, Heads = 4, KvHeads = 2, FfnDim = 64, ContextLength = 64 };
-        var plan = new BeaconPlan(T, W, Enumerable.Range(0, (T + W - 1) / W).Select(c => (c + 1) * W < T ? Ratio : 0).ToArray());
+        var plan = new BeaconPlan(T, W, Ratios(T));
         using var m = new LlamaTrainingModel(shape, 1, plan.Rows, 1, beacon: plan);
         var rng = new TrainingRng(7);
         m.Initialize(ref rng);
@@ -41,6 +41,13 @@ public sealed class BeaconTests(ITestOutputHelper output)
         var tokens = vocab.CreateTokenizer().Encode(string.Concat(Enumerable.Repeat(TrainingTests.Text, 4)), addBos: true).Take(T).ToArray();
         Assert.Equal(T, tokens.Length);
         return (path, m.Layout, m.Parameters.Select(x => (double)x).ToArray(), m.Beacon, m.BeaconParameters.Select(x => (double)x).ToArray(), tokens);
+    }
+
+    /// <summary>The streaming engine's ratios for a text of n tokens: every window but the last condensed at 4.</summary>
+    static int[] Ratios(int n)
+    {
+        int windows = (n + W - 1) / W;
+        return Enumerable.Range(0, windows).Select(c => c < windows - 1 ? Ratio : 0).ToArray();
     }
 
     static double MaxDiff(ReadOnlySpan<float> a, double[] b, int off)
@@ -61,8 +68,8 @@ public sealed class BeaconTests(ITestOutputHelper output)
     public void Beacon_model_runs_window_by_window_with_the_reference_logits()
     {
         var (path, layout, p, bl, bp, tokens) = BeaconModel("beacon.gguf");
-        int V = layout.Shape.VocabSize, windows = (T + W - 1) / W;
-        var reference = BeaconReference.Logits(layout, p, bl, bp, tokens, W, Enumerable.Range(0, windows).Select(c => c < windows - 1 ? Ratio : 0).ToArray());
+        int V = layout.Shape.VocabSize;
+        var reference = BeaconReference.Logits(layout, p, bl, bp, tokens, W, Ratios(T));
         using var model = LlamaModel.Open(path);
         Assert.True(model.Config.HasBeacons);
         Assert.Equal((W, Ratio), (model.Config.BeaconWindow, model.Config.BeaconRatio));
@@ -105,8 +112,8 @@ public sealed class BeaconTests(ITestOutputHelper output)
     public void Beacon_perplexity_and_generation_follow_the_reference()
     {
         var (path, layout, p, bl, bp, tokens) = BeaconModel("beacon-ppl.gguf");
-        int V = layout.Shape.VocabSize, windows = (T + W - 1) / W;
-        var reference = BeaconReference.Logits(layout, p, bl, bp, tokens, W, Enumerable.Range(0, windows).Select(c => c < windows - 1 ? Ratio : 0).ToArray());
+        int V = layout.Shape.VocabSize;
+        var reference = BeaconReference.Logits(layout, p, bl, bp, tokens, W, Ratios(T));
         using var model = LlamaModel.Open(path);
         var tok = model.Tokenizer;
         using var ctx = new InferenceContext(model, new ContextOptions { ContextSize = 64, Threads = 2, Kv = KvFormat.F32 });
@@ -127,8 +134,7 @@ public sealed class BeaconTests(ITestOutputHelper output)
         Assert.Equal("length", gen.LastStats!.StopReason);
         Assert.Equal(100, got.Length);
         int[] all = [.. prompt, .. got];
-        int total = all.Length, w2 = (total + W - 1) / W;
-        var z = BeaconReference.Logits(layout, p, bl, bp, all, W, Enumerable.Range(0, w2).Select(c => c < w2 - 1 ? Ratio : 0).ToArray());
+        var z = BeaconReference.Logits(layout, p, bl, bp, all, W, Ratios(all.Length));
         for (int i = 0; i < got.Length; i++)
         {
             int at = prompt.Length - 1 + i, best = 0;
