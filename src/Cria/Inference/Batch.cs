@@ -62,7 +62,6 @@ public sealed class Batch
     {
         if (Count > 0 && !Beacons) throw new InvalidOperationException("a batch holds beacon rows or token rows, not both");
         Beacons = true;
-        if (_holes.Length < 2 * _tokens.Length) Array.Resize(ref _holes, 2 * _tokens.Length);
         int row = Append(0, position, sequenceId, false);
         if (_holes.Length < 2 * Count) Array.Resize(ref _holes, 2 * _tokens.Length);
         _holes[2 * row] = holeStart; _holes[2 * row + 1] = holeEnd;

@@ -101,7 +101,7 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
         var ctx = Context;
         var sampler = new Sampler(ctx.Config.VocabSize, options.Sampler);
         foreach (var t in promptTokens) sampler.Accept(t);
-        int peak = stream.Window + stream.Window / stream.Ratio; // a window and its beacons on top of the memory
+        int peak = stream.Window + stream.Window / stream.Ratio; // a full window and its beacons on top of the memory: the most a step needs
         var sw = Stopwatch.StartNew();
         stream.Feed(promptTokens);
         var promptTime = sw.Elapsed;
@@ -118,7 +118,7 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
             if (options.StopAtEndOfGeneration && Tokenizer.IsEog(t)) { stop = "eog"; break; }
             yield return t;
             if (generated == options.MaxTokens) break;
-            if (stream.Memory + peak + stream.Window / stream.Ratio > ctx.Cache.Capacity) { stop = "context"; break; }
+            if (stream.Memory + peak > ctx.Cache.Capacity) { stop = "context"; break; }
             one[0] = t;
             stream.Feed(one);
         }

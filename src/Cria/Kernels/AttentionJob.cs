@@ -242,8 +242,8 @@ internal sealed partial class AttentionJob : ParallelJob
                     lo = SlotPosition(blockPos, bs, t0); hi = SlotPosition(blockPos, bs, t0 + n - 1);
                     if (!c.WindowSeesAny(pq, lo, hi)) continue;
                 }
-                // Activation Beacon: a beacon row does not see the raw tokens in [h0, h1) (keys at positions there score
-                // −∞); a tile wholly inside is skipped.
+                // Activation Beacon: a beacon row does not see the raw tokens at positions [hole0, hole1) (their keys
+                // score −∞); a tile wholly inside is skipped.
                 int hole0 = holes.IsEmpty ? 0 : holes[2 * r], hole1 = holes.IsEmpty ? 0 : holes[2 * r + 1];
                 if (hole0 < hole1 && SlotPosition(blockPos, bs, t0) >= hole0 && SlotPosition(blockPos, bs, t0 + n - 1) < hole1) continue;
                 var scores = scoresAll.Slice(r * group * TileSize, group * TileSize);
