@@ -385,7 +385,9 @@ public static class BeaconTraining
             [WindowKey] = (uint)beacon.Window, [RatioKey] = (uint)validRatio,
             ["cria.beacon.training"] = FormattableString.Invariant($"steps {o.Steps}, batch {o.BatchSize} × {beacon.SeqLen}, window {beacon.Window}, ratios {string.Join(',', beacon.Ratios)}, lr {o.LearningRate}, seed {o.Seed}") + (beacon.PasskeyFraction > 0 ? FormattableString.Invariant($", pass-key fraction {beacon.PasskeyFraction} (answer weight {beacon.AnswerWeight})") : ""),
         };
-        GgufExport.Write(output, m.Layout, m.Parameters, imported.Vocabulary, name: model.File.Get<string>("general.name", "cria") + "-beacon",
+        // Matrices as the input stores them (an F16 model stays F16; its weights went through F32 unchanged).
+        var type = model.Layers[0].Wq.Type == Cria.Tensors.GgmlType.F16 ? Cria.Tensors.GgmlType.F16 : Cria.Tensors.GgmlType.F32;
+        GgufExport.Write(output, m.Layout, m.Parameters, imported.Vocabulary, type, name: model.File.Get<string>("general.name", "cria") + "-beacon",
             extraMetadata: meta, extraTensors: (m.Beacon!.Tensors, m.BeaconParameters));
         return new BeaconReport(steps, before, after, validRatio);
     }
