@@ -39,6 +39,8 @@ public sealed class BeaconStream
         Ratio = ratio == 0 ? c.BeaconRatio : ratio;
         Window = c.BeaconWindow;
         if (Ratio < 1 || Window % Ratio != 0) throw new CriaException($"condensing ratio {Ratio} must divide the beacon window {Window}");
+        if (ctx.Cache.Capacity < Window + Window / Ratio)
+            throw new CriaException($"the context holds {ctx.Cache.Capacity} tokens; Activation Beacon needs a window and its beacons, {Window + Window / Ratio} (raise -c)");
         _ctx = ctx; SequenceId = sequenceId;
         _batch = new Batch(Math.Min(Window, ctx.MicroBatch));
         _beacons = new Batch(Window / Ratio);

@@ -144,7 +144,7 @@ public sealed class BeaconTests(ITestOutputHelper output)
     }
 
     /// <summary>Wrong uses are refused with our exceptions: a model without beacons, a ratio that does not divide the
-    /// window, KIVI and eviction caches, a sequence already in the cache, beacon rows mixed with token rows or sent to a
+    /// window, a context smaller than a window and its beacons, KIVI and eviction caches, a sequence already in the cache, beacon rows mixed with token rows or sent to a
     /// plain model, and a file whose beacon keys disagree.</summary>
     [Fact]
     public void Beacon_misuse_is_refused()
@@ -154,6 +154,8 @@ public sealed class BeaconTests(ITestOutputHelper output)
         using (var ctx = new InferenceContext(model, new ContextOptions { ContextSize = 64, Threads = 1 }))
         {
             Assert.Contains("must divide", Assert.Throws<CriaException>(() => new BeaconStream(ctx, 0, ratio: 3)).Message);
+            using (var small = new InferenceContext(model, new ContextOptions { ContextSize = 16, Threads = 1 }))
+                Assert.Contains("raise -c", Assert.Throws<CriaException>(() => new BeaconStream(small, 0)).Message);
             var b = new Batch(4);
             b.Add(tokens[0], 0, 0, true);
             ctx.Decode(b);
