@@ -26,10 +26,11 @@ static class BeaconCommand
         var force = new Option<bool>("--force") { Description = "replace the output file if it exists" };
         var passkey = new Option<double>("--passkey-fraction") { Description = "fraction of training sequences that are synthetic pass-key documents (cria passkey's prompt, continued by corpus text)", DefaultValueFactory = _ => 0 };
         var answerWeight = new Option<float>("--passkey-answer-weight") { Description = "loss weight of the answer tokens of pass-key documents", DefaultValueFactory = _ => 1f };
+        var mlp = new Option<bool>("--mlp") { Description = "the beacons also get their own feed-forward up and down projections (the paper's \"mlp\" beacon parameters; the gate stays shared)" };
         var pkMin = new Option<int>("--passkey-min-length") { Description = "shortest pass-key document in tokens", DefaultValueFactory = _ => 256 };
         var cmd = new Command("train-beacon", "Activation Beacon: train beacon tokens that condense each window's keys and values, so the frozen model reads past its context")
         {
-            input, output, corpus, valid, window, ratios, ratio, seq, steps, batch, lr, warmup, seed, threads, force, passkey, answerWeight, pkMin,
+            input, output, corpus, valid, window, ratios, ratio, seq, steps, batch, lr, warmup, seed, threads, force, passkey, answerWeight, pkMin, mlp,
         };
         cmd.SetAction(r =>
         {
@@ -39,7 +40,7 @@ static class BeaconCommand
             var b = new BeaconOptions
             {
                 Window = r.GetValue(window), Ratios = rs, SeqLen = r.GetValue(seq),
-                PasskeyFraction = r.GetValue(passkey), AnswerWeight = r.GetValue(answerWeight), PasskeyMinLength = r.GetValue(pkMin),
+                PasskeyFraction = r.GetValue(passkey), AnswerWeight = r.GetValue(answerWeight), PasskeyMinLength = r.GetValue(pkMin), Mlp = r.GetValue(mlp),
             };
             int n = r.GetValue(steps);
             var o = new TrainingOptions

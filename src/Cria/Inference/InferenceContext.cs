@@ -373,12 +373,13 @@ public sealed class InferenceContext : IDisposable
             if (L.Experts is { } experts) MixtureOfExperts(experts, h, B);
             else
             {
-                MatMuls(h, B, 2, L.WGate, _gate, L.WUp, _up, default, default);
+                var beaconFfn = batch.Beacons ? L.Beacon!.Up : null; // Activation Beacon's "mlp" parameters, when the file has them
+                MatMuls(h, B, 2, L.WGate, _gate, beaconFfn ?? L.WUp, _up, default, default);
                 for (int b = 0; b < B; b++) Ops.SwiGlu(_gate.AsSpan(b * ff, ff), _up.AsSpan(b * ff, ff));
                 if (_clamps != null)
                     foreach (var (n, v) in _clamps[l])
                         for (int b = 0; b < B; b++) _gate[b * ff + n] = v;
-                MatMul(L.WDown, _gate, B, _tmp);
+                MatMul(beaconFfn != null ? L.Beacon!.Down!.Value : L.WDown, _gate, B, _tmp);
             }
             PostNorm(L.PostFfnNorm, B);
             Ops.Add(_tmp.AsSpan(0, B * dim), _x.AsSpan(0, B * dim));

@@ -45,14 +45,15 @@ public sealed class LlamaLayer
     public IEnumerable<WeightMatrix> Matrices => (Experts == null ? Projections
         : Projections.Concat([Experts.Router]).Concat(Experts.Gate).Concat(Experts.Up).Concat(Experts.Down))
         .Concat(new[] { WqSwift, WkSwift, WvSwift }.Where(w => w != null).Select(w => w!.Value))
-        .Concat(Beacon is { } b ? [b.Wq, b.Wk, b.Wv, b.Wo] : []);
+        .Concat(Beacon is { } b ? new WeightMatrix?[] { b.Wq, b.Wk, b.Wv, b.Wo, b.Up, b.Down }.Where(w => w != null).Select(w => w!.Value) : []);
 
     /// <summary>GGUF names of the projections (<c>blk.N.NAME.weight</c>): what LoRA adapters can target.</summary>
     public static readonly string[] ProjectionNames = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
 }
 
-/// <summary>Activation Beacon's attention projections of one layer, used by beacon rows in place of the layer's own.</summary>
-public sealed record BeaconAttention(WeightMatrix Wq, WeightMatrix Wk, WeightMatrix Wv, WeightMatrix Wo);
+/// <summary>Activation Beacon's projections of one layer, used by beacon rows in place of the layer's own: attention, and
+/// with the "mlp" beacon parameters the feed-forward's up and down (the gate is shared).</summary>
+public sealed record BeaconAttention(WeightMatrix Wq, WeightMatrix Wk, WeightMatrix Wv, WeightMatrix Wo, WeightMatrix? Up = null, WeightMatrix? Down = null);
 
 /// <summary>
 /// A Mixtral-style mixture-of-experts feed-forward (llama.cpp's <c>build_moe_ffn</c> for the llama architecture):
@@ -169,7 +170,9 @@ public sealed class LlamaModel : IDisposable
                 WvSwift = owns ? WeightMatrix.Bind(f, p + "attn_v_swiftkv.weight", c.Dim, c.KvDim) : null,
                 Beacon = c.HasBeacons ? new BeaconAttention(
                     WeightMatrix.Bind(f, p + "attn_q_beacon.weight", c.Dim, c.QDim), WeightMatrix.Bind(f, p + "attn_k_beacon.weight", c.Dim, c.KvDim),
-                    WeightMatrix.Bind(f, p + "attn_v_beacon.weight", c.Dim, c.KvDim), WeightMatrix.Bind(f, p + "attn_output_beacon.weight", c.QDim, c.Dim)) : null,
+                    WeightMatrix.Bind(f, p + "attn_v_beacon.weight", c.Dim, c.KvDim), WeightMatrix.Bind(f, p + "attn_output_beacon.weight", c.QDim, c.Dim),
+                    f.TryGetTensor(p + "ffn_up_beacon.weight", out _) ? WeightMatrix.Bind(f, p + "ffn_up_beacon.weight", c.Dim, c.FfnDim) : null,
+                    f.TryGetTensor(p + "ffn_up_beacon.weight", out _) ? WeightMatrix.Bind(f, p + "ffn_down_beacon.weight", c.FfnDim, c.Dim) : null) : null, // up without down is refused
             };
         }
         Layers = layers;

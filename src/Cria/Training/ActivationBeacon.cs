@@ -15,12 +15,16 @@ public sealed class BeaconLayout
     public long[] Wk { get; }     // [layer] → [KV, D]
     public long[] Wv { get; }     // [layer] → [KV, D]
     public long[] Wo { get; }     // [layer] → [D, QD]
+    /// <summary>With the paper's "mlp" beacon parameters: the beacons' own up and down projections (the gate is shared);
+    /// null otherwise.</summary>
+    public long[]? Up { get; }    // [layer] → [F, D]
+    public long[]? Down { get; }  // [layer] → [D, F]
 
     public const string EmbedName = "token_embd_beacon.weight";
     public static string Name(int layer, int target) => $"blk.{layer}.{Targets[target]}_beacon.weight";
-    static readonly string[] Targets = ["attn_q", "attn_k", "attn_v", "attn_output"];
+    static readonly string[] Targets = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_up", "ffn_down"];
 
-    public BeaconLayout(LlamaShape s)
+    public BeaconLayout(LlamaShape s, bool mlp = false)
     {
         var packer = new TensorPacker();
         var Add = packer.Add;
@@ -32,6 +36,11 @@ public sealed class BeaconLayout
             Wk[l] = Add(Name(l, 1), s.KvDim, s.Dim, true);
             Wv[l] = Add(Name(l, 2), s.KvDim, s.Dim, true);
             Wo[l] = Add(Name(l, 3), s.Dim, s.Dim, true);
+        }
+        if (mlp)
+        {
+            Up = new long[s.Layers]; Down = new long[s.Layers];
+            for (int l = 0; l < s.Layers; l++) { Up[l] = Add(Name(l, 4), s.FfnDim, s.Dim, true); Down[l] = Add(Name(l, 5), s.Dim, s.FfnDim, true); }
         }
         Tensors = packer.Tensors;
         Count = packer.Count;
@@ -51,6 +60,10 @@ public sealed class BeaconLayout
             baseParameters.Slice((int)o.Wk, KV * D).CopyTo(beacon.Slice((int)Wk[l], KV * D));
             baseParameters.Slice((int)o.Wv, KV * D).CopyTo(beacon.Slice((int)Wv[l], KV * D));
             baseParameters.Slice((int)o.Wo, D * D).CopyTo(beacon.Slice((int)Wo[l], D * D));
+            if (Up == null) continue;
+            int F = layout.Shape.FfnDim;
+            baseParameters.Slice((int)o.WUp, F * D).CopyTo(beacon.Slice((int)Up[l], F * D));
+            baseParameters.Slice((int)o.WDown, D * F).CopyTo(beacon.Slice((int)Down![l], D * F));
         }
     }
 }
@@ -176,6 +189,8 @@ public sealed record BeaconOptions
     public float AnswerWeight { get; init; } = 1f;
     /// <summary>Shortest pass-key document in tokens.</summary>
     public int PasskeyMinLength { get; init; } = 256;
+    /// <summary>The paper's "mlp" beacon parameters: beacons also get their own up and down projections.</summary>
+    public bool Mlp { get; init; }
 
     public void Validate()
     {
@@ -223,7 +238,7 @@ public sealed class BeaconTrainer : IDisposable
         _ratios = new int[windows];
         int rows = BeaconPlan.RowsFor(T, beacon.Window, beacon.Ratios.Min());
         Model = new LlamaTrainingModel(shape, options.BatchSize, rows, options.Threads, parameters: baseParameters,
-            beacon: new BeaconPlan(T, beacon.Window, _ratios, rows));
+            beacon: new BeaconPlan(T, beacon.Window, _ratios, rows), beaconMlp: beacon.Mlp);
         Model.Beacon!.InitializeFrom(Model.Layout, baseParameters, Model.BeaconParameters, bos);
         _data = data; _bos = bos;
         _m = new float[Model.Beacon.Count]; _v = new float[Model.Beacon.Count];
@@ -383,7 +398,7 @@ public static class BeaconTraining
         var meta = new Dictionary<string, object>
         {
             [WindowKey] = (uint)beacon.Window, [RatioKey] = (uint)validRatio,
-            ["cria.beacon.training"] = FormattableString.Invariant($"steps {o.Steps}, batch {o.BatchSize} × {beacon.SeqLen}, window {beacon.Window}, ratios {string.Join(',', beacon.Ratios)}, lr {o.LearningRate}, seed {o.Seed}") + (beacon.PasskeyFraction > 0 ? FormattableString.Invariant($", pass-key fraction {beacon.PasskeyFraction} (answer weight {beacon.AnswerWeight})") : ""),
+            ["cria.beacon.training"] = FormattableString.Invariant($"steps {o.Steps}, batch {o.BatchSize} × {beacon.SeqLen}, window {beacon.Window}, ratios {string.Join(',', beacon.Ratios)}, lr {o.LearningRate}, seed {o.Seed}{(beacon.Mlp ? ", mlp" : "")}") + (beacon.PasskeyFraction > 0 ? FormattableString.Invariant($", pass-key fraction {beacon.PasskeyFraction} (answer weight {beacon.AnswerWeight})") : ""),
         };
         // Matrices as the input stores them (an F16 model stays F16; its weights went through F32 unchanged).
         var type = model.Layers[0].Wq.Type == Cria.Tensors.GgmlType.F16 ? Cria.Tensors.GgmlType.F16 : Cria.Tensors.GgmlType.F32;

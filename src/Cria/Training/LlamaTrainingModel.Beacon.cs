@@ -23,6 +23,7 @@ public sealed unsafe partial class LlamaTrainingModel
     readonly float*[] _kx = [], _vx = [];  // [layer][B, Tk, KV] key space: the rows' keys (rotated) and values, then the memory copies
     readonly float* _dkx, _dvx;            // [B, Tk, KV] their gradients
     readonly float* _bx, _by, _bdq, _bdk, _bdv; // [B·M, D], [B·M, D], [B·M, QD], [B·M, KV], [B·M, KV] beacon rows gathered
+    readonly float* _bf, _bf2;             // [B·M, F] × 2 beacon rows of the feed-forward (with the "mlp" beacon parameters)
 
     int KeySpace => Plan?.KeySpace ?? 0;
 
@@ -112,6 +113,60 @@ public sealed unsafe partial class LlamaTrainingModel
         Clear(_by, (long)NB * D);
         MatMulNN(_bdq, BP + Beacon.Wo[l], _by, NB, D, D);
         Scatter(_datt, _by, D);
+    }
+
+    /// <summary>The "mlp" beacon parameters: u of beacon rows from the beacon up projection (the gate is shared).</summary>
+    void BeaconUp(int l)
+    {
+        int NB = BatchSize * _beacons, D = Shape.Dim, F = Shape.FfnDim;
+        if (NB == 0) return;
+        Gather(_bx, _xn2[l], D);
+        MatMulNT(_bx, BP + Beacon!.Up![l], _bf, NB, F, D);
+        Scatter(_u[l], _bf, F);
+    }
+
+    /// <summary>Backward of <see cref="BeaconUp"/>, after the SwiGLU's: takes the beacon rows' du out of the base's product
+    /// (zeroed there), dUp_b += duᵀ·xn2.</summary>
+    void BeaconUpBackward(int l)
+    {
+        int NB = BatchSize * _beacons, D = Shape.Dim, F = Shape.FfnDim;
+        if (NB == 0) return;
+        Gather(_bf2, _du, F, clear: true);
+        Gather(_bx, _xn2[l], D);
+        MatMulTN(_bf2, _bx, BG + Beacon!.Up![l], F, D, NB);
+    }
+
+    /// <summary>dxn2 of beacon rows += du·Up_b (after the base's products, which saw zeros there).</summary>
+    void BeaconUpBackwardInput(int l)
+    {
+        int NB = BatchSize * _beacons, D = Shape.Dim, F = Shape.FfnDim;
+        if (NB == 0) return;
+        Clear(_by, (long)NB * D);
+        MatMulNN(_bf2, BP + Beacon!.Up![l], _by, NB, D, F);
+        ScatterAdd(_dxn, _by, D);
+    }
+
+    /// <summary>The feed-forward output of beacon rows through the beacon down projection (replacing the base's).</summary>
+    void BeaconDown(int l)
+    {
+        int NB = BatchSize * _beacons, D = Shape.Dim, F = Shape.FfnDim;
+        if (NB == 0) return;
+        Gather(_bf, _h[l], F);
+        MatMulNT(_bf, BP + Beacon!.Down![l], _by, NB, D, F);
+        Scatter(_xIn[l + 1], _by, D);
+    }
+
+    /// <summary>Backward of <see cref="BeaconDown"/>: dh of beacon rows = dOut·Down_b, dDown_b += dOutᵀ·h.</summary>
+    void BeaconDownBackward(int l)
+    {
+        int NB = BatchSize * _beacons, D = Shape.Dim, F = Shape.FfnDim;
+        if (NB == 0) return;
+        Gather(_bdq, _dres, D);
+        Gather(_bf, _h[l], F);
+        MatMulTN(_bdq, _bf, BG + Beacon!.Down![l], D, F, NB);
+        Clear(_bf2, (long)NB * F);
+        MatMulNN(_bdq, BP + Beacon.Down[l], _bf2, NB, F, D);
+        Scatter(_dh, _bf2, F);
     }
 
     /// <summary>Before RoPE: the memory copies of the beacons' keys (rotated here by their memory positions 0…M−1)

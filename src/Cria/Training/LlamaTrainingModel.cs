@@ -111,7 +111,7 @@ public sealed unsafe partial class LlamaTrainingModel : IDisposable
     float _gradScale;
 
     public LlamaTrainingModel(LlamaShape shape, int batchSize, int seqLen, int threads, LoraOptions? lora = null, ClassifierOptions? classifier = null,
-        (int KvLayers, int Group)? swiftKv = null, FrozenBase? frozenBase = null, float[]? parameters = null, BeaconPlan? beacon = null)
+        (int KvLayers, int Group)? swiftKv = null, FrozenBase? frozenBase = null, float[]? parameters = null, BeaconPlan? beacon = null, bool beaconMlp = false)
     {
         if (beacon != null && (lora != null || classifier != null || swiftKv != null || frozenBase != null))
             throw new CriaException("Activation Beacon trains the beacon parameters alone over an F32 base (no LoRA, classifier, SwiftKV or compressed base)");
@@ -204,7 +204,7 @@ public sealed unsafe partial class LlamaTrainingModel : IDisposable
         }
         if (beacon != null)
         {
-            Beacon = new BeaconLayout(shape);
+            Beacon = new BeaconLayout(shape, beaconMlp);
             BeaconParameters = Pinned<float>(Beacon.Count, out BP);
             BeaconGradients = Pinned<float>(Beacon.Count, out BG);
             Plan = beacon;
@@ -215,6 +215,7 @@ public sealed unsafe partial class LlamaTrainingModel : IDisposable
             for (int l = 0; l < L; l++) { _kx[l] = Floats((long)batchSize * Tk * KV); _vx[l] = Floats((long)batchSize * Tk * KV); }
             _dkx = Floats((long)batchSize * Tk * KV); _dvx = Floats((long)batchSize * Tk * KV);
             _bx = Floats((long)nb * D); _by = Floats((long)nb * D); _bdq = Floats((long)nb * QD); _bdk = Floats((long)nb * KV); _bdv = Floats((long)nb * KV);
+            if (beaconMlp) { _bf = Floats((long)nb * F); _bf2 = Floats((long)nb * F); }
             for (int l = 0; l < L; l++) _probs[l] = Floats((long)batchSize * H * seqLen * Tk);
             SetBeaconPlan(beacon);
         }
@@ -518,9 +519,11 @@ public sealed unsafe partial class LlamaTrainingModel : IDisposable
             MatMulNT(_xn2[l], W(l, 4), _g[l], N, F, D);
             MatMulNT(_xn2[l], W(l, 5), _u[l], N, F, D);
             LoraForward(l, 4, _xn2[l], _g[l]); LoraForward(l, 5, _xn2[l], _u[l]);
+            if (Beacon?.Up != null) BeaconUp(l);
             SwiGlu(_h[l], _g[l], _u[l]);
             MatMulNT(_h[l], W(l, 6), _xIn[l + 1], N, D, F);
             LoraForward(l, 6, _h[l], _xIn[l + 1]);
+            if (Beacon?.Down != null) BeaconDown(l);
             Add(_xIn[l + 1], _xMid[l], (long)N * D);
         }
         RmsNormForward(_xnf, _rstdf, _xIn[s.Layers], P + Layout.OutputNorm);
@@ -876,13 +879,16 @@ public sealed unsafe partial class LlamaTrainingModel : IDisposable
             MatMulNN(_dres, W(l, 6), _dh, N, F, D);
             WeightGradient(_dres, _h[l], o.WDown, D, F, N);
             LoraBackward(l, 6, _dres, _h[l], _dh);
+            if (Beacon?.Down != null) BeaconDownBackward(l);
             SwiGluBackward(_dg, _du, _dh, _g[l], _u[l]);
+            if (Beacon?.Up != null) BeaconUpBackward(l);
             Clear(_dxn, (long)N * D);
             MatMulNN(_dg, W(l, 4), _dxn, N, D, F);
             MatMulNN(_du, W(l, 5), _dxn, N, D, F);
             WeightGradient(_dg, _xn2[l], o.WGate, F, D, N);
             WeightGradient(_du, _xn2[l], o.WUp, F, D, N);
             LoraBackward(l, 4, _dg, _xn2[l], _dxn); LoraBackward(l, 5, _du, _xn2[l], _dxn);
+            if (Beacon?.Up != null) BeaconUpBackwardInput(l);
             Layers.RmsNormBackward(_dres, NormGrad(o.FfnNorm), _dxn, _xMid[l], P + o.FfnNorm, _rstd2[l], D, 0, N);
             // xMid = x + att · Woᵀ
             Clear(_datt, (long)N * QD);

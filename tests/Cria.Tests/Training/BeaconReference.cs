@@ -75,8 +75,10 @@ static class BeaconReference
                 var ao = Project(att, o.Wo, bl.Wo[l], D, D);
                 for (int i = 0; i < x.Length; i++) x[i] += ao[i];
                 xn = Reference.RmsNorm(x, p.AsSpan((int)o.FfnNorm, D).ToArray(), D, s.RmsEps);
-                var hh = Reference.SwiGlu(Reference.MatMulNT(xn, rows, D, p, o.WGate, F), Reference.MatMulNT(xn, rows, D, p, o.WUp, F));
-                var dn = Reference.MatMulNT(hh, rows, F, p, o.WDown, D);
+                // The feed-forward: shared, or with the "mlp" beacon parameters the beacons' own up and down (gate shared).
+                var up = bl.Up != null ? Project(xn, o.WUp, bl.Up[l], F, D) : Reference.MatMulNT(xn, rows, D, p, o.WUp, F);
+                var hh = Reference.SwiGlu(Reference.MatMulNT(xn, rows, D, p, o.WGate, F), up);
+                var dn = bl.Down != null ? Project(hh, o.WDown, bl.Down[l], D, F) : Reference.MatMulNT(hh, rows, F, p, o.WDown, D);
                 for (int i = 0; i < x.Length; i++) x[i] += dn[i];
             }
             var xf = Reference.RmsNorm(x, p.AsSpan((int)lay.OutputNorm, D).ToArray(), D, s.RmsEps);

@@ -20,12 +20,12 @@ public sealed class BeaconTests(ITestOutputHelper output)
     static readonly Lazy<TokenizerVocabulary> Vocab = new(() => TokenizerTrainer.Train(string.Concat(Enumerable.Repeat(TrainingTests.Text, 4)), 320));
 
     /// <summary>A 2-layer GQA model with random base and beacon parameters, written with window 16 and ratio 4.</summary>
-    internal static (string Path, ParameterLayout Layout, double[] P, BeaconLayout Beacon, double[] Bp, int[] Tokens) BeaconModel(string name)
+    internal static (string Path, ParameterLayout Layout, double[] P, BeaconLayout Beacon, double[] Bp, int[] Tokens) BeaconModel(string name, bool mlp = false)
     {
         var vocab = Vocab.Value;
         var shape = new LlamaShape { VocabSize = vocab.Count, Dim = 32, Layers = 2, Heads = 4, KvHeads = 2, FfnDim = 64, ContextLength = 64 };
         var plan = new BeaconPlan(T, W, Ratios(T));
-        using var m = new LlamaTrainingModel(shape, 1, plan.Rows, 1, beacon: plan);
+        using var m = new LlamaTrainingModel(shape, 1, plan.Rows, 1, beacon: plan, beaconMlp: mlp);
         var rng = new TrainingRng(7);
         m.Initialize(ref rng);
         var r = new Random(11);
@@ -64,14 +64,17 @@ public sealed class BeaconTests(ITestOutputHelper output)
     /// rounding only. Without the beacons (the same file read as a plain model) the logits after the first window are
     /// another model's.
     /// </summary>
-    [Fact]
-    public void Beacon_model_runs_window_by_window_with_the_reference_logits()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)] // with the beacons' own up and down projections
+    public void Beacon_model_runs_window_by_window_with_the_reference_logits(bool mlp)
     {
-        var (path, layout, p, bl, bp, tokens) = BeaconModel("beacon.gguf");
+        var (path, layout, p, bl, bp, tokens) = BeaconModel(mlp ? "beacon-mlp.gguf" : "beacon.gguf", mlp);
         int V = layout.Shape.VocabSize;
         var reference = BeaconReference.Logits(layout, p, bl, bp, tokens, W, Ratios(T));
         using var model = LlamaModel.Open(path);
         Assert.True(model.Config.HasBeacons);
+        Assert.Equal(mlp, model.Layers[0].Beacon!.Up != null);
         Assert.Equal((W, Ratio), (model.Config.BeaconWindow, model.Config.BeaconRatio));
         double Run(KvFormat kv, int microBatch, int step)
         {

@@ -260,17 +260,21 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
     /// beacons; the last window has none) and two rows of padding. The trainer's logits of every raw token equal the
     /// streaming double reference's (<see cref="BeaconReference"/>: window by window, a memory of rotated beacon keys), its
     /// loss too, and every gradient of the beacon embedding and projections agrees with central differences of it; the
-    /// base gets none. The memory matters: other ratios give another loss.
+    /// base gets none. The memory matters: other ratios give another loss. With the "mlp" beacon parameters the beacons'
+    /// up and down projections are checked too.
     /// </summary>
-    [Fact]
-    public void ActivationBeacon()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)] // the "mlp" beacon parameters: the beacons' own up and down projections too
+    public void ActivationBeacon(bool mlp)
     {
         var shape = new LlamaShape { VocabSize = 40, Dim = 16, Layers = 2, Heads = 4, KvHeads = 2, FfnDim = 24, ContextLength = 8 };
         int B = 2, T = 13, W = 4, rows = 20;
         int[] ratios = [2, 4, 2, 0];
         var plan = new BeaconPlan(T, W, ratios, rows);
         Assert.Equal(18, plan.UsedRows);
-        using var m = new LlamaTrainingModel(shape, B, rows, 2, beacon: plan);
+        using var m = new LlamaTrainingModel(shape, B, rows, 2, beacon: plan, beaconMlp: mlp);
+        Assert.Equal(mlp, m.Beacon!.Up != null);
         var rng = new Random(53);
         foreach (var t in m.Layout.Tensors)
             for (long i = t.Offset; i < t.Offset + t.Count; i++)
