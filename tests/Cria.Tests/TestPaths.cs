@@ -47,4 +47,7 @@ public static class TestPaths
     public static string Scratch => _scratch.Value;
 
     public static string TempFile(string name) => Path.Combine(Scratch, name);
+
+    /// <summary>A bundled model (<c>models/NAME</c>: default.gguf, draft.gguf, passkey.gguf).</summary>
+    public static string Bundled(string name = "default.gguf") => Path.Combine(RepoRoot, "models", name);
 }

@@ -12,8 +12,6 @@ namespace Cria.Tests.Inference;
 /// </summary>
 public class RapidTests
 {
-    static string Bundled(string name) => Path.Combine(TestPaths.RepoRoot, "models", name);
-
     [Fact]
     public void Nudge_multiplies_p_by_exp_eta_q_minus_p_on_the_tokens_the_drafter_finds_plausible()
     {
@@ -43,7 +41,7 @@ public class RapidTests
     [Fact]
     public void Bm25_scores_chunks_as_okapi_and_retrieval_keeps_the_best_in_document_order()
     {
-        using var model = LlamaModel.Open(Bundled("default.gguf"));
+        using var model = LlamaModel.Open(TestPaths.Bundled("default.gguf"));
         var tok = model.Tokenizer;
         // Token ids stand for terms; none of these is a control token or ends a sentence.
         int a = 500, b = 600, c = 700;
@@ -93,7 +91,7 @@ public class RapidTests
         // The bundled model is the target reading a 180-token prompt and, in its own context, the drafter reading a
         // different 40-token prompt. Reference: both run token by token; each token is argmax Nudge(softmax(z_target),
         // softmax(z_draft)). RAPID through the Generator must give exactly those tokens, whatever the drafts were.
-        using var model = LlamaModel.Open(Bundled("default.gguf"));
+        using var model = LlamaModel.Open(TestPaths.Bundled("default.gguf"));
         var tok = model.Tokenizer;
         var prompt = tok.Encode(string.Concat(Enumerable.Repeat("And the LORD spake unto Moses, saying, Speak unto the children of Israel. ", 20)), addBos: true)[..180];
         var draftPrompt = tok.Encode("And David said unto Saul, Let no man's heart fail because of him; thy servant will go and fight", addBos: true);
@@ -228,7 +226,7 @@ public class RapidTests
         Assert.Throws<CriaException>(() => new RagOptions { QueryTokens = 0 }.Validate());
         Assert.Throws<CriaException>(() => new RagOptions { B = 2 }.Validate());
         Assert.Throws<ArgumentException>(() => Rapid.Nudge(new float[3], new float[4], 1, 0.1f, new float[3]));
-        using var model = LlamaModel.Open(Bundled("default.gguf"));
+        using var model = LlamaModel.Open(TestPaths.Bundled("default.gguf"));
         using var c = new InferenceContext(model, new ContextOptions { ContextSize = 64, Threads = 1 });
         var probe = new PasskeyProbe(c, model.Tokenizer) { Mode = PasskeyMode.Rapid };
         Assert.Throws<CriaException>(() => probe.Run(PasskeyTask.Passkey, [48], [0.5], 1));

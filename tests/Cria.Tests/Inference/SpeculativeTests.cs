@@ -12,8 +12,6 @@ namespace Cria.Tests.Inference;
 /// </summary>
 public class SpeculativeTests
 {
-    static string Bundled(string name) => Path.Combine(TestPaths.RepoRoot, "models", name);
-
     static int[] Greedy(Generator gen, int[] prompt, int n, float repeatPenalty = 1f) =>
         gen.GenerateTokens(prompt, new GenerationOptions
         {
@@ -32,12 +30,12 @@ public class SpeculativeTests
     {
         // The bundled model and its draft sibling; 220 tokens fill most of the 256-token context, so drafts are also cut
         // short by the context's end. With a repetition penalty each verified position must see the drafts before it.
-        using var target = LlamaModel.Open(Bundled("default.gguf"));
+        using var target = LlamaModel.Open(TestPaths.Bundled("default.gguf"));
         using var ctx = new InferenceContext(target, new ContextOptions { ContextSize = 256, Threads = 2 });
         var prompt = target.Tokenizer.Encode("And God said unto Noah, Make thee an ark", addBos: true);
         var plain = Greedy(new Generator(ctx, target.Tokenizer), prompt, 220, repeatPenalty);
 
-        using var draftModel = LlamaModel.Open(Bundled("draft.gguf"));
+        using var draftModel = LlamaModel.Open(TestPaths.Bundled("draft.gguf"));
         using var draftCtx = new InferenceContext(draftModel, new ContextOptions { ContextSize = 256, Threads = 1 });
         var gen = new Generator(ctx, target.Tokenizer)
         {
@@ -64,7 +62,7 @@ public class SpeculativeTests
     {
         // KIVI with a 32-token residual quantizes a group every 32 positions, so verification steps append across group
         // boundaries and rejected drafts are cut from the ring; Q8_0 rows are cut from quantized blocks.
-        using var target = LlamaModel.Open(Bundled("default.gguf"));
+        using var target = LlamaModel.Open(TestPaths.Bundled("default.gguf"));
         var kv = new KvFormat { Type = type, KiviResidual = 32 };
         using var ctx = new InferenceContext(target, new ContextOptions { ContextSize = 256, Threads = 2, Kv = kv });
         var prompt = target.Tokenizer.Encode("And it came to pass, when men began to multiply on the face of the earth", addBos: true);
@@ -255,15 +253,15 @@ public class SpeculativeTests
     [Fact]
     public void Bad_combinations_are_refused()
     {
-        using var target = LlamaModel.Open(Bundled("default.gguf"));
-        using var passkey = LlamaModel.Open(Bundled("passkey.gguf"));
+        using var target = LlamaModel.Open(TestPaths.Bundled("default.gguf"));
+        using var passkey = LlamaModel.Open(TestPaths.Bundled("passkey.gguf"));
         if (passkey.Config.VocabSize != target.Config.VocabSize || passkey.Tokenizer.TokenText(300) != target.Tokenizer.TokenText(300))
             Assert.Throws<CriaException>(() => ModelDrafter.CheckCompatible(target, passkey));
         var other = LogitsAgreementTests.ModelFile("spec-other-vocab", new RandomModelSpec { Dim = 64, Layers = 1, Heads = 4, KvHeads = 2, FfnDim = 128, VocabSize = 300 });
         using var small = LlamaModel.Open(other);
         var e = Assert.Throws<CriaException>(() => ModelDrafter.CheckCompatible(target, small));
         Assert.Contains("vocabulary", e.Message);
-        using var draft = LlamaModel.Open(Bundled("draft.gguf"));
+        using var draft = LlamaModel.Open(TestPaths.Bundled("draft.gguf"));
         ModelDrafter.CheckCompatible(target, draft);
 
         using var evicting = new InferenceContext(target, new ContextOptions

@@ -230,7 +230,7 @@ public class SwiftKvTests(ITestOutputHelper output)
     [Fact]
     public void The_least_squares_builder_recovers_an_exact_map_and_beats_copied_projections()
     {
-        string model = Path.Combine(TestPaths.RepoRoot, "models", "default.gguf");
+        string model = TestPaths.Bundled("default.gguf");
         string train = Text("kjv-train.txt"), valid = Text("kjv-valid.txt");
         string fitted = TestPaths.TempFile("swiftkv-fit.gguf"), copied = TestPaths.TempFile("swiftkv-copy.gguf");
         var o = new SwiftKvOptions { KvLayers = 3, MaxChunks = 24, Threads = 2 };
@@ -272,7 +272,7 @@ public class SwiftKvTests(ITestOutputHelper output)
     [Fact]
     public void Distillation_lowers_the_held_out_KL_and_touches_only_the_SwiftKV_tensors()
     {
-        string model = Path.Combine(TestPaths.RepoRoot, "models", "default.gguf");
+        string model = TestPaths.Bundled("default.gguf");
         string train = Text("kjv-train.txt"), valid = Text("kjv-valid.txt");
         string copied = TestPaths.TempFile("swiftkv-kd-init.gguf"), distilled = TestPaths.TempFile("swiftkv-kd.gguf");
         SwiftKv.Build(model, copied, null, new SwiftKvOptions { KvLayers = 3, Fit = false }, force: true);

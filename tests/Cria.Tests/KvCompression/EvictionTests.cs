@@ -109,7 +109,7 @@ public class PasskeyProbeTests
     [InlineData(PasskeyTask.Copy)]
     public void ProbePlacesTheNeedleAtTheDepthAndScores(PasskeyTask task)
     {
-        using var m = LlamaModel.Open(Path.Combine(TestPaths.RepoRoot, "models", "default.gguf"));
+        using var m = LlamaModel.Open(TestPaths.Bundled("default.gguf"));
         using var ctx = new InferenceContext(m, new ContextOptions { ContextSize = 256, Threads = 2, MicroBatch = 64 });
         var probe = new PasskeyProbe(ctx, m.Tokenizer);
         var (early, a1) = probe.Build(task, 200, 0.0, new Random(1));

@@ -25,7 +25,7 @@ public class LlamaCppKvTests(ITestOutputHelper output)
         // 4 chunks keep the suite fast (llama.cpp's flash-attention Q8_0 path is slow here); CRIA_KV_CHUNKS=12 for the doc.
         const int ctx = 128;
         int maxChunks = int.TryParse(Environment.GetEnvironmentVariable("CRIA_KV_CHUNKS"), out var n) ? n : 4;
-        string model = Path.Combine(TestPaths.RepoRoot, "models", "default.gguf");
+        string model = TestPaths.Bundled("default.gguf");
         string validPath = Path.Combine(TestPaths.RepoRoot, "data", "valid.txt");
         string text = File.Exists(validPath) ? File.ReadAllText(validPath) : string.Concat(Enumerable.Repeat(Training.BundledModelTests.FallbackText, 4));
         using var m = LlamaModel.Open(model);

@@ -16,7 +16,6 @@ public class LocretTests
         Dim = 64, Layers = 2, Heads = 2, KvHeads = 2, FfnDim = 128, VocabSize = 400, Seed = 71, ContextLength = 256,
     });
 
-    static string Bundled(string name) => Path.Combine(TestPaths.RepoRoot, "models", name);
     static string Text(string name) => File.ReadAllText(Path.Combine(TestPaths.RepoRoot, "tests", "Cria.Tests", "Texts", name));
 
     /// <summary>Keeps the input of each layer's output projection: the attention output [rows, qDim].</summary>
@@ -213,7 +212,7 @@ public class LocretTests
     [Fact]
     public void Heads_trained_on_plain_text_keep_a_pass_key_that_recency_and_snapkv_lose()
     {
-        using var m = LlamaModel.Open(Bundled("passkey.gguf"));
+        using var m = LlamaModel.Open(TestPaths.Bundled("passkey.gguf"));
         var o = new LocretOptions { Steps = 300, LearningRate = 2e-3f, Threads = 2, StatSequences = 8, EvalSequences = 8 };
         var train = m.Tokenizer.Encode(Text("kjv-train.txt"), addBos: false);
         var valid = m.Tokenizer.Encode(Text("kjv-valid.txt"), addBos: false);

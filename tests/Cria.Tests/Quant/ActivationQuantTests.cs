@@ -89,7 +89,7 @@ public sealed class ActivationQuantTests(ITestOutputHelper output)
     [Fact]
     public void On_the_bundled_model_fmpq_lies_between_a8_and_a4()
     {
-        string path = Path.Combine(TestPaths.RepoRoot, "models", "default.gguf");
+        string path = TestPaths.Bundled("default.gguf");
         string Text(string name) => File.ReadAllText(Path.Combine(TestPaths.RepoRoot, "tests", "Cria.Tests", "Texts", name));
         using var m = LlamaModel.Open(path);
         using var reference = new InferenceContext(m, new ContextOptions { ContextSize = 128, Threads = 2 });

@@ -28,7 +28,7 @@ public sealed class KlDivergenceTests(ITestOutputHelper output)
     [Fact]
     public void Kl_divergence_of_a_quantized_model_agrees_with_llama_cpp_logits_and_is_zero_against_itself()
     {
-        string model = Path.Combine(TestPaths.RepoRoot, "models", "default.gguf");
+        string model = TestPaths.Bundled("default.gguf");
         string validPath = Path.Combine(TestPaths.RepoRoot, "data", "valid.txt");
         string text = File.Exists(validPath) ? File.ReadAllText(validPath)[..20000] : string.Concat(Enumerable.Repeat(BundledModelTests.FallbackText, 4));
         string quant = Path.Combine(Path.GetTempPath(), $"cria-kld-{Guid.NewGuid():N}.gguf");

@@ -113,7 +113,7 @@ public class BestOfNTests
     [Fact]
     public async Task A_continued_sample_reads_as_one_text()
     {
-        using var m = LlamaModel.Open(Path.Combine(TestPaths.RepoRoot, "models", "default.gguf"));
+        using var m = LlamaModel.Open(TestPaths.Bundled("default.gguf"));
         Assert.True(m.Tokenizer.AddSpacePrefix);
         using var c = new InferenceContext(m, new ContextOptions { ContextSize = 256, Threads = 2 });
         using var e = new Engine(c, m.Tokenizer, new EngineOptions());

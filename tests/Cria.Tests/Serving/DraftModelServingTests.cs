@@ -14,8 +14,6 @@ namespace Cria.Tests.Serving;
 /// </summary>
 public class DraftModelServingTests
 {
-    static string Bundled(string name) => Path.Combine(TestPaths.RepoRoot, "models", name);
-
     // p-min 0: the bundled draft model is rarely 75 % sure of the target's text (llama.cpp's default cut drafts almost
     // nothing here), and these tests are about what happens to drafts
     static readonly SpeculativeOptions Draft = new() { DraftMax = 8, DraftPMin = 0 };
@@ -31,8 +29,8 @@ public class DraftModelServingTests
     public async Task Greedy_requests_return_the_tokens_of_plain_decoding_and_the_draft_context_gives_its_blocks_back(string draftFile)
     {
         string[] texts = ["And God said unto Noah, Make thee an ark", "In the beginning God created", "And it came to pass", "The LORD is my shepherd", "And Jacob said"];
-        using var m = LlamaModel.Open(Bundled("default.gguf"));
-        using var dm = LlamaModel.Open(Bundled(draftFile));
+        using var m = LlamaModel.Open(TestPaths.Bundled("default.gguf"));
+        using var dm = LlamaModel.Open(TestPaths.Bundled(draftFile));
         var sched = new SchedulerOptions { TokenBudget = 64 };
         using var c0 = new InferenceContext(m, new ContextOptions { ContextSize = 1024, Threads = 2, MicroBatch = 64 });
         using var c1 = new InferenceContext(m, new ContextOptions { ContextSize = 1024, Threads = 2, MicroBatch = 64 });
@@ -66,7 +64,7 @@ public class DraftModelServingTests
         // a context of its own; then again after their histories moved on (the caches are cut back and caught up), with
         // one drafter's room 0 and one stopped by p-min. Then sampled drafters: each draft has probability > 0 under the
         // distribution the drafter reports for it.
-        using var dm = LlamaModel.Open(Bundled("draft.gguf"));
+        using var dm = LlamaModel.Open(TestPaths.Bundled("draft.gguf"));
         var tok = dm.Tokenizer;
         int[][] histories =
         [
@@ -127,8 +125,8 @@ public class DraftModelServingTests
         // distribution enumerated with plain forward passes (chi-square at p-value 1e-6). (Treating a sampled draft as
         // deterministic — q one-hot — would keep the distribution exact too, at a lower acceptance rate: q buys speed.)
         var sampling = new SamplerOptions { Temperature = 1f, TopK = 4, TopP = 1f, MinP = 0f };
-        using var model = LlamaModel.Open(Bundled("default.gguf"));
-        using var draft = LlamaModel.Open(Bundled("draft.gguf"));
+        using var model = LlamaModel.Open(TestPaths.Bundled("default.gguf"));
+        using var draft = LlamaModel.Open(TestPaths.Bundled("draft.gguf"));
         var prompt = model.Tokenizer.Encode("And God said unto Noah, Make thee an ark of gopher wood", addBos: true);
         var exact = SpeculativeServingTests.ExactFirstThree(model, prompt, sampling);
 
@@ -151,16 +149,16 @@ public class DraftModelServingTests
     {
         Task<(string Text, double Kept, double Drafted)> Ask(string? draft) => SpeculativeServingTests.AskServer(new ServerOptions
         {
-            ModelPath = Bundled("default.gguf"), ModelName = "cria-draft", Port = 0, ContextSize = 1024, Threads = 2,
+            ModelPath = TestPaths.Bundled("default.gguf"), ModelName = "cria-draft", Port = 0, ContextSize = 1024, Threads = 2,
             DraftModelPath = draft,
             Engine = new EngineOptions { Scheduler = new SchedulerOptions { TokenBudget = 64 }, Speculative = draft == null ? null : Draft },
         }, 80);
         var plain = await Ask(null);
-        var drafted = await Ask(Bundled("draft.gguf"));
+        var drafted = await Ask(TestPaths.Bundled("draft.gguf"));
         Assert.Equal(plain.Text, drafted.Text);
         Assert.True(drafted.Kept > 10 && drafted.Kept < drafted.Drafted, $"kept {drafted.Kept} of {drafted.Drafted}");
 
-        using var model = LlamaModel.Open(Bundled("default.gguf"));
+        using var model = LlamaModel.Open(TestPaths.Bundled("default.gguf"));
         using var ctx = new InferenceContext(model, new ContextOptions { ContextSize = 256, Threads = 1 });
         using var dctx = new InferenceContext(model, new ContextOptions { ContextSize = 256, Threads = 1 });
         Assert.Contains("speculative", Assert.Throws<CriaException>(() => new Engine(ctx, model.Tokenizer, new EngineOptions { DraftContext = dctx })).Message);

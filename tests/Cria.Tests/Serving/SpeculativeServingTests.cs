@@ -17,8 +17,6 @@ namespace Cria.Tests.Serving;
 /// </summary>
 public class SpeculativeServingTests
 {
-    static string Bundled => Path.Combine(TestPaths.RepoRoot, "models", "default.gguf");
-
     static readonly SpeculativeOptions Lookup = SpeculativeOptions.Lookup;
 
     static (LlamaModel, InferenceContext, Engine) Start(string path, SchedulerOptions s, SpeculativeOptions? spec, int ctx = 1024, KvFormat? kv = null)
@@ -57,8 +55,8 @@ public class SpeculativeServingTests
             "And God said unto Noah, Make thee an ark", "In the beginning God created", "And it came to pass",
             "The LORD is my shepherd", "Now these are the generations of the sons of Noah", "And Jacob said",
         ];
-        var (m0, c0, plain) = Start(Bundled, new SchedulerOptions { TokenBudget = budget }, null, ctx: 1536);
-        var (m1, c1, spec) = Start(Bundled, new SchedulerOptions { TokenBudget = budget, DraftRowLimit = rowLimit }, Lookup, ctx: 1536);
+        var (m0, c0, plain) = Start(TestPaths.Bundled(), new SchedulerOptions { TokenBudget = budget }, null, ctx: 1536);
+        var (m1, c1, spec) = Start(TestPaths.Bundled(), new SchedulerOptions { TokenBudget = budget, DraftRowLimit = rowLimit }, Lookup, ctx: 1536);
         using (m0) using (c0) using (plain) using (m1) using (c1) using (spec)
         {
             var reqs = texts.Select((t, i) => Greedy(m0.Tokenizer.Encode(t, addBos: true), 60 + 23 * i, repeatPenalty, top: 3)).ToArray();
@@ -93,8 +91,8 @@ public class SpeculativeServingTests
         // Request A runs speculatively (drafts written to the cache, some rejected), its blocks are published; B's prompt
         // is A's prompt and most of A's output, so B reuses those blocks. B must get plain decoding's result, and A's
         // blocks must hold the K/V of A's real tokens (a rejected draft's K/V left behind would change B's logprobs).
-        var (m0, c0, plain) = Start(Bundled, new SchedulerOptions { TokenBudget = 64, PrefixCaching = false }, null, ctx: 1024);
-        var (m1, c1, spec) = Start(Bundled, new SchedulerOptions { TokenBudget = 64 }, Lookup with { Adaptive = false }, ctx: 1024);
+        var (m0, c0, plain) = Start(TestPaths.Bundled(), new SchedulerOptions { TokenBudget = 64, PrefixCaching = false }, null, ctx: 1024);
+        var (m1, c1, spec) = Start(TestPaths.Bundled(), new SchedulerOptions { TokenBudget = 64 }, Lookup with { Adaptive = false }, ctx: 1024);
         using (m0) using (c0) using (plain) using (m1) using (c1) using (spec)
         {
             var a = Greedy(m0.Tokenizer.Encode("And the LORD spake unto Moses, saying", addBos: true), 150, top: 2);
@@ -130,8 +128,8 @@ public class SpeculativeServingTests
         // running requests with drafts are preempted and recomputed. KIVI with a 32-token residual makes rejected drafts
         // cross its quantization groups.
         var format = new KvFormat { Type = kv, KiviGroup = 16, KiviResidual = 32 };
-        var (m0, c0, plain) = Start(Bundled, new SchedulerOptions { TokenBudget = 48, MaxSequences = 8, PrefixCaching = false }, null, ctx: 2048, format);
-        var (m1, c1, spec) = Start(Bundled, new SchedulerOptions { TokenBudget = 48, MaxSequences = 8, PrefixCaching = false }, Lookup, ctx: 512, format);
+        var (m0, c0, plain) = Start(TestPaths.Bundled(), new SchedulerOptions { TokenBudget = 48, MaxSequences = 8, PrefixCaching = false }, null, ctx: 2048, format);
+        var (m1, c1, spec) = Start(TestPaths.Bundled(), new SchedulerOptions { TokenBudget = 48, MaxSequences = 8, PrefixCaching = false }, Lookup, ctx: 512, format);
         using (m0) using (c0) using (plain) using (m1) using (c1) using (spec)
         {
             string[] verses = ["And God said", "And the LORD said unto Moses", "Blessed is the man", "And he said unto them",
@@ -156,7 +154,7 @@ public class SpeculativeServingTests
         // exact distribution enumerated with plain forward passes through the same sampler chain (chi-square at
         // p-value 1e-6).
         var sampling = new SamplerOptions { Temperature = 1f, TopK = 4, TopP = 1f, MinP = 0f };
-        using var model = LlamaModel.Open(Bundled);
+        using var model = LlamaModel.Open(TestPaths.Bundled());
         // The prompt: a verse and the model's greedy continuation of it, which repeats itself.
         var prompt = model.Tokenizer.Encode("And God said unto Noah", addBos: true);
         using (var refCtx = new InferenceContext(model, new ContextOptions { ContextSize = 256, Threads = 1 }))
@@ -240,7 +238,7 @@ public class SpeculativeServingTests
     {
         Task<(string Text, double Kept, double Drafted)> Ask(SpeculativeOptions? spec) => AskServer(new ServerOptions
         {
-            ModelPath = Bundled, ModelName = "cria-spec", Port = 0, ContextSize = 1024, Threads = 2,
+            ModelPath = TestPaths.Bundled(), ModelName = "cria-spec", Port = 0, ContextSize = 1024, Threads = 2,
             Engine = new EngineOptions { Scheduler = new SchedulerOptions { TokenBudget = 64 }, Speculative = spec },
         }, 100);
         var plain = await Ask(null);
@@ -270,7 +268,7 @@ public class SpeculativeServingTests
     [Fact]
     public async Task Json_requests_do_not_draft_and_bad_settings_are_refused()
     {
-        var (m, c, e) = Start(Bundled, new SchedulerOptions { TokenBudget = 64 }, Lookup, ctx: 512);
+        var (m, c, e) = Start(TestPaths.Bundled(), new SchedulerOptions { TokenBudget = 64 }, Lookup, ctx: 512);
         using (m) using (c) using (e)
         {
             var r = await EngineTests.Run(e, new GenerationRequest
@@ -281,7 +279,7 @@ public class SpeculativeServingTests
             Assert.NotEmpty(r.Tokens);
             Assert.Equal(0, e.SpecDraftTokensTotal);
         }
-        using var model = LlamaModel.Open(Bundled);
+        using var model = LlamaModel.Open(TestPaths.Bundled());
         using var evicting = new InferenceContext(model, new ContextOptions
         {
             ContextSize = 256, Threads = 1, Eviction = new KvEvictionOptions { Type = KvEvictionType.Sinks, Budget = 64 },

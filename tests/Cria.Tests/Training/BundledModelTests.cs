@@ -27,7 +27,7 @@ public sealed class BundledModelTests(ITestOutputHelper output)
     [InlineData("passkey.gguf", 128, 12)]
     public void Llama_cpp_perplexity_agrees_with_Cria(string file, int ctx, int maxChunks)
     {
-        string model = Path.Combine(TestPaths.RepoRoot, "models", file);
+        string model = TestPaths.Bundled(file);
         Assert.True(File.Exists(model), $"{model} is missing");
         string validPath = Path.Combine(TestPaths.RepoRoot, "data", "valid.txt");
         string text = File.Exists(validPath) ? File.ReadAllText(validPath) : string.Concat(Enumerable.Repeat(FallbackText, 4));

@@ -14,8 +14,6 @@ namespace Cria.Tests.Training;
 /// </summary>
 public class ExtrapolationTests
 {
-    static string Bundled => Path.Combine(TestPaths.RepoRoot, "models", "default.gguf");
-
     static float[] Floats(GgufFile f, string name)
     {
         var t = f.GetTensor(name);
@@ -77,15 +75,15 @@ public class ExtrapolationTests
         // the adapter merged at scale 1.6, tensor by tensor; tensors no adapter touches (the embeddings) stay as they are.
         var (adapter, _, _) = LoraTests.RandomAdapter("expo-lora", new LoraOptions { Rank = 4, Alpha = 8, Targets = LoraTarget.All });
         string m1 = TestPaths.TempFile("expo-lora-1.gguf"), m16 = TestPaths.TempFile("expo-lora-1.6.gguf"), expo = TestPaths.TempFile("expo-lora-expo.gguf");
-        using (var m = LlamaModel.Open(Bundled))
+        using (var m = LlamaModel.Open(TestPaths.Bundled()))
         {
-            LoraAdapter.Merge(Bundled, [(LoraAdapter.Load(adapter, m), 1f)], m1, force: true);
-            LoraAdapter.Merge(Bundled, [(LoraAdapter.Load(adapter, m), 1.6f)], m16, force: true);
+            LoraAdapter.Merge(TestPaths.Bundled(), [(LoraAdapter.Load(adapter, m), 1f)], m1, force: true);
+            LoraAdapter.Merge(TestPaths.Bundled(), [(LoraAdapter.Load(adapter, m), 1.6f)], m16, force: true);
         }
-        Extrapolation.Extrapolate(Bundled, m1, 0.6f, expo, force: true);
+        Extrapolation.Extrapolate(TestPaths.Bundled(), m1, 0.6f, expo, force: true);
         using var want = GgufFile.Open(m16);
         using var got = GgufFile.Open(expo);
-        using var basis = GgufFile.Open(Bundled);
+        using var basis = GgufFile.Open(TestPaths.Bundled());
         double worst = 0;
         foreach (var t in want.Tensors)
         {

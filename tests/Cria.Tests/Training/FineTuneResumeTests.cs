@@ -11,15 +11,13 @@ namespace Cria.Tests.Training;
 /// </summary>
 public sealed class FineTuneResumeTests
 {
-    static string Bundled => Path.Combine(TestPaths.RepoRoot, "models", "default.gguf");
-
     [Theory]
     [InlineData("dpo")]
     [InlineData("sft")]
     public void A_resumed_run_takes_the_uninterrupted_runs_steps(string kind)
     {
-        var im = GgufImport.Read(Bundled);
-        using var lm = LlamaModel.Open(Bundled);
+        var im = GgufImport.Read(TestPaths.Bundled());
+        using var lm = LlamaModel.Open(TestPaths.Bundled());
         int[] E(string s) => lm.Tokenizer.Encode(s, addBos: false);
         string[] subjects = ["the king", "the people", "the priest", "the prophet", "the servant", "the woman"];
         var pairs = subjects.Select(s => new PreferencePair(E($"And {s}"), E(" went up to pray."), E(" went down to sleep."))).ToList();

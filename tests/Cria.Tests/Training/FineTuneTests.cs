@@ -11,21 +11,19 @@ namespace Cria.Tests.Training;
 /// <summary><c>cria train --init</c> (fine-tuning from a GGUF) and the synthetic pass-key documents.</summary>
 public sealed class FineTuneTests(ITestOutputHelper output)
 {
-    static string Bundled => Path.Combine(TestPaths.RepoRoot, "models", "default.gguf");
-
     /// <summary>--init with no steps: the imported weights are the file's bit for bit, an export writes the same tensor
     /// bytes, and the training forward gives the file's logits in Cria's inference.</summary>
     [Fact]
     public void Init_with_no_steps_reproduces_the_file()
     {
-        var im = GgufImport.Read(Bundled);
+        var im = GgufImport.Read(TestPaths.Bundled());
         Assert.Equal("vocab 4096, dim 256, layers 6, heads 8/2, ffn 768, ctx 256", im.Shape.ToString());
         var seqTokens = new int[128];
         using var tr = new Trainer(im.Shape, new TrainingOptions { BatchSize = 1, Threads = 2 }, Enumerable.Range(0, 4000).Select(i => 5 + i * 7 % 4000).ToArray(), 1, seqLen: 128);
         tr.SetParameters(im.Parameters);
         string again = TestPaths.TempFile("init-reexport.gguf");
         GgufExport.Write(again, tr.Model.Layout, tr.Model.Parameters, im.Vocabulary);
-        using (var a = GgufFile.Open(Bundled))
+        using (var a = GgufFile.Open(TestPaths.Bundled()))
         using (var b = GgufFile.Open(again))
         {
             Assert.Equal(a.Tensors.Count, b.Tensors.Count);
@@ -41,7 +39,7 @@ public sealed class FineTuneTests(ITestOutputHelper output)
         Trainer.FillSequence(m.Tokens, m.Targets, LlamaTokens(), 0, 1);
         m.Forward();
         var seq = m.Tokens.ToArray();
-        using var cria = new CriaRunner(Bundled, 128);
+        using var cria = new CriaRunner(TestPaths.Bundled(), 128);
         var logits = cria.AllLogits(seq);
         double worst = 0;
         for (int p = 0; p < seq.Length; p++)
@@ -57,7 +55,7 @@ public sealed class FineTuneTests(ITestOutputHelper output)
     [Fact]
     public void Linear_rope_scaling_is_written_and_inference_applies_it()
     {
-        var im = GgufImport.Read(Bundled);
+        var im = GgufImport.Read(TestPaths.Bundled());
         var shape = im.Shape with { RopeScale = 4 };
         var tokens = LlamaTokens();
         using var tr = new Trainer(shape, new TrainingOptions { BatchSize = 1, Threads = 2 }, tokens, 1, seqLen: 256);
@@ -72,7 +70,7 @@ public sealed class FineTuneTests(ITestOutputHelper output)
         using var cria = new CriaRunner(path, 256);
         var logits = cria.AllLogits(seq);
         double worst = 0, moved = 0;
-        using var plain = new CriaRunner(Bundled, 256);
+        using var plain = new CriaRunner(TestPaths.Bundled(), 256);
         var unscaled = plain.AllLogits(seq);
         for (int p = 0; p < seq.Length; p++)
             for (int v = 0; v < shape.VocabSize; v++)
@@ -88,7 +86,7 @@ public sealed class FineTuneTests(ITestOutputHelper output)
 
     static int[] LlamaTokens()
     {
-        using var m = Cria.Models.LlamaModel.Open(Bundled);
+        using var m = Cria.Models.LlamaModel.Open(TestPaths.Bundled());
         var text = "And God said, Let there be light: and there was light. And God saw the light, that it was good: and God divided the light from the darkness. ";
         var t = m.Tokenizer.Encode(string.Concat(Enumerable.Repeat(text, 8)), addBos: false);
         return t;
@@ -98,7 +96,7 @@ public sealed class FineTuneTests(ITestOutputHelper output)
     public void Init_reads_F16_and_refuses_what_it_cannot_train()
     {
         Assert.Contains("does not exist", Assert.Throws<CriaException>(() => GgufImport.Read(TestPaths.TempFile("no-such.gguf"))).Message);
-        var im = GgufImport.Read(Path.Combine(TestPaths.RepoRoot, "models", "draft.gguf")); // tied embeddings: no output.weight
+        var im = GgufImport.Read(TestPaths.Bundled("draft.gguf")); // tied embeddings: no output.weight
         Assert.True(im.Shape.TiedEmbeddings);
         var layout = new ParameterLayout(im.Shape);
         string f16Path = TestPaths.TempFile("draft-f16.gguf");
@@ -118,7 +116,7 @@ public sealed class FineTuneTests(ITestOutputHelper output)
     [Fact]
     public void Passkey_documents_have_the_probe_layout()
     {
-        using var model = Cria.Models.LlamaModel.Open(Bundled);
+        using var model = Cria.Models.LlamaModel.Open(TestPaths.Bundled());
         var tok = model.Tokenizer;
         string corpusText = string.Concat(Enumerable.Repeat("In the beginning God created the heaven and the earth. And the earth was without form, and void. ", 60));
         var corpus = tok.Encode(corpusText, addBos: false);

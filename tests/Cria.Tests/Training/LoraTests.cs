@@ -14,8 +14,6 @@ namespace Cria.Tests.Training;
 /// are refused.</summary>
 public sealed class LoraTests(ITestOutputHelper output)
 {
-    static string Bundled => Path.Combine(TestPaths.RepoRoot, "models", "default.gguf");
-
     static int[] Text(LlamaModel m, int n)
     {
         var text = "In the beginning God created the heaven and the earth. And the earth was without form, and void; and darkness was upon the face of the deep. ";
@@ -26,11 +24,11 @@ public sealed class LoraTests(ITestOutputHelper output)
     /// returns the training model's logits of one sequence with it.</summary>
     internal static (string Path, int[] Tokens, float[][] Logits) RandomAdapter(string name, LoraOptions o, float bScale = 0.05f)
     {
-        var im = GgufImport.Read(Bundled);
+        var im = GgufImport.Read(TestPaths.Bundled());
         using var m = new LlamaTrainingModel(im.Shape, 1, 48, 2, o);
         im.Parameters.CopyTo(m.Parameters.AsSpan());
         RandomAdapters(m, 5, bScale);
-        using (var lm = LlamaModel.Open(Bundled))
+        using (var lm = LlamaModel.Open(TestPaths.Bundled()))
         {
             var toks = Text(lm, 47);
             m.Tokens[0] = 1;
@@ -68,14 +66,14 @@ public sealed class LoraTests(ITestOutputHelper output)
     {
         var o = new LoraOptions { Rank = rank, Alpha = alpha, Targets = LoraOptions.ParseTargets(targets) };
         var (path, tokens, trained) = RandomAdapter($"lora-{targets.Replace(',', '-')}-{rank}", o);
-        using var plain = new CriaRunner(Bundled, 64);
+        using var plain = new CriaRunner(TestPaths.Bundled(), 64);
         var basis = plain.AllLogits(tokens);
-        using var cria = new CriaRunner(Bundled, 64, lora: path);
+        using var cria = new CriaRunner(TestPaths.Bundled(), 64, lora: path);
         var adapted = cria.AllLogits(tokens);
         double vsTrainer = MaxDiff(adapted, trained), vsBase = MaxDiff(adapted, basis);
 
         LlamaCpp.EnsureLoaded();
-        using var ll = new LlamaCpp(Bundled, 64);
+        using var ll = new LlamaCpp(TestPaths.Bundled(), 64);
         var adapter = ll.Weights.NativeHandle.LoadLoraFromFile(path);
         Span<(NativeLora, float)> set = [(adapter, 1f)];
         ll.Context.NativeHandle.SetLoraAdapters(set);
@@ -87,7 +85,7 @@ public sealed class LoraTests(ITestOutputHelper output)
         Assert.True(vsLlama < 1e-4, $"Cria with the adapter differs from llama.cpp by {vsLlama}");
 
         // user scale 0.5 in both engines (llama.cpp's --lora-scaled)
-        using var half = new CriaRunner(Bundled, 64, lora: path, loraScale: 0.5f);
+        using var half = new CriaRunner(TestPaths.Bundled(), 64, lora: path, loraScale: 0.5f);
         Span<(NativeLora, float)> halfSet = [(adapter, 0.5f)];
         ll.Context.NativeHandle.SetLoraAdapters(halfSet);
         double vsLlamaHalf = MaxDiff(half.AllLogits(tokens), ll.AllLogits(tokens));
@@ -101,26 +99,26 @@ public sealed class LoraTests(ITestOutputHelper output)
     public void Merged_adapter_gives_the_logits_of_the_adapter_at_run_time()
     {
         var (path, tokens, _) = RandomAdapter("lora-merge", new LoraOptions { Rank = 8, Alpha = 16, Targets = LoraTarget.All });
-        using var withAdapter = new CriaRunner(Bundled, 64, lora: path, loraScale: 0.75f);
+        using var withAdapter = new CriaRunner(TestPaths.Bundled(), 64, lora: path, loraScale: 0.75f);
         var expected = withAdapter.AllLogits(tokens);
         string merged = TestPaths.TempFile("lora-merged.gguf");
-        using (var m = LlamaModel.Open(Bundled))
-            LoraAdapter.Merge(Bundled, [(LoraAdapter.Load(path, m), 0.75f)], merged, force: true);
+        using (var m = LlamaModel.Open(TestPaths.Bundled()))
+            LoraAdapter.Merge(TestPaths.Bundled(), [(LoraAdapter.Load(path, m), 0.75f)], merged, force: true);
         using var cria = new CriaRunner(merged, 64);
         double diff = MaxDiff(cria.AllLogits(tokens), expected);
         output.WriteLine($"merged vs run-time adapter: max |Δ logit| {diff:E2}");
         Assert.True(diff < 1e-4, $"merged model differs from the run-time adapter by {diff}");
-        using (var a = Cria.Formats.GgufFile.Open(Bundled))
+        using (var a = Cria.Formats.GgufFile.Open(TestPaths.Bundled()))
         using (var b = Cria.Formats.GgufFile.Open(merged))
         {
             Assert.Equal(a.Tensors.Select(t => (t.Name, t.Type)), b.Tensors.Select(t => (t.Name, t.Type)));
             Assert.True(a.TensorData(a.GetTensor("token_embd.weight")).SequenceEqual(b.TensorData(b.GetTensor("token_embd.weight"))));
             Assert.False(a.TensorData(a.GetTensor("blk.0.attn_q.weight")).SequenceEqual(b.TensorData(b.GetTensor("blk.0.attn_q.weight"))));
         }
-        using (var m = LlamaModel.Open(Bundled))
-            Assert.Contains("exists", Assert.Throws<CriaException>(() => LoraAdapter.Merge(Bundled, [(LoraAdapter.Load(path, m), 1f)], merged)).Message);
+        using (var m = LlamaModel.Open(TestPaths.Bundled()))
+            Assert.Contains("exists", Assert.Throws<CriaException>(() => LoraAdapter.Merge(TestPaths.Bundled(), [(LoraAdapter.Load(path, m), 1f)], merged)).Message);
         string q8 = TestPaths.TempFile("lora-base-q8_0.gguf");
-        Cria.Quantization.ModelQuantizer.Run(Bundled, q8, new Cria.Quantization.QuantizeOptions { FileType = Cria.Quantization.LlamaFileType.Q8_0, Force = true });
+        Cria.Quantization.ModelQuantizer.Run(TestPaths.Bundled(), q8, new Cria.Quantization.QuantizeOptions { FileType = Cria.Quantization.LlamaFileType.Q8_0, Force = true });
         using (var m = LlamaModel.Open(q8))
             Assert.Contains("then quantize", Assert.Throws<CriaException>(() => LoraAdapter.Merge(q8, [(LoraAdapter.Load(path, m), 1f)], TestPaths.TempFile("lora-merged-q8.gguf"), force: true)).Message);
     }
@@ -130,9 +128,9 @@ public sealed class LoraTests(ITestOutputHelper output)
     [Fact]
     public void Lora_training_lowers_the_loss_and_keeps_the_base()
     {
-        var im = GgufImport.Read(Bundled);
+        var im = GgufImport.Read(TestPaths.Bundled());
         int[] data;
-        using (var lm = LlamaModel.Open(Bundled))
+        using (var lm = LlamaModel.Open(TestPaths.Bundled()))
             data = lm.Tokenizer.Encode("Zebra quartz jukebox: the vexed wizard flung my quick box. " + "Seven jolly pixies vow to bake fizzy quince jam. ", addBos: false);
         var opts = new TrainingOptions { BatchSize = 4, Steps = 40, WarmupSteps = 5, LearningRate = 3e-3f, WeightDecay = 0f, Threads = 2, Seed = 7 };
         float[] Run()
@@ -156,11 +154,11 @@ public sealed class LoraTests(ITestOutputHelper output)
     [Fact]
     public void Bad_adapters_are_refused_with_the_reason()
     {
-        using var m = LlamaModel.Open(Bundled);
+        using var m = LlamaModel.Open(TestPaths.Bundled());
         Assert.Contains("does not exist", Assert.Throws<CriaException>(() => LoraAdapter.Load(TestPaths.TempFile("no-such-lora.gguf"), m)).Message);
-        Assert.Contains("not a LoRA adapter", Assert.Throws<CriaException>(() => LoraAdapter.Load(Bundled, m)).Message);
+        Assert.Contains("not a LoRA adapter", Assert.Throws<CriaException>(() => LoraAdapter.Load(TestPaths.Bundled(), m)).Message);
         // an adapter for another shape (the draft model's dim is not the default model's)
-        var draft = GgufImport.Read(Path.Combine(TestPaths.RepoRoot, "models", "draft.gguf"));
+        var draft = GgufImport.Read(TestPaths.Bundled("draft.gguf"));
         var lay = new LoraLayout(draft.Shape, new LoraOptions { Rank = 2, Targets = LoraTarget.AttnQ });
         string other = TestPaths.TempFile("lora-other-shape.gguf");
         lay.Write(other, new float[lay.Count]);

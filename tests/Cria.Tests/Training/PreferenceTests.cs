@@ -105,8 +105,6 @@ public sealed class PreferenceTests(ITestOutputHelper output)
         Assert.True(worst < 1e-4, $"{kind}: relative error {worst:E2}");
     }
 
-    static string Bundled => Path.Combine(TestPaths.RepoRoot, "models", "default.gguf");
-
     /// <summary>Synthetic preferences on the bundled model with LoRA: after a few dozen steps every training pair's
     /// margin is positive and larger than at the start, deterministically; a held-out pair of the same kind follows.</summary>
     [Theory]
@@ -114,8 +112,8 @@ public sealed class PreferenceTests(ITestOutputHelper output)
     [InlineData(PreferenceLoss.SimPo)]
     public void Training_on_preferences_raises_the_margin(PreferenceLoss kind)
     {
-        var im = GgufImport.Read(Bundled);
-        using var lm = LlamaModel.Open(Bundled);
+        var im = GgufImport.Read(TestPaths.Bundled());
+        using var lm = LlamaModel.Open(TestPaths.Bundled());
         int[] E(string s) => lm.Tokenizer.Encode(s, addBos: false);
         string[] subjects = ["the king", "the people", "the priest", "the son of man", "the children of Israel", "the prophet", "the servant", "the woman"];
         var pairs = subjects.Select(s => new PreferencePair(E($"And {s}"), E(" went up into the mountain to pray."), E(" went down into the valley to sleep."))).ToList();

@@ -14,8 +14,6 @@ namespace Cria.Tests.Training;
 /// dequantized F32 weights, and whose adapter runs on the quantized file in Cria and llama.cpp.</summary>
 public sealed class QloraTests(ITestOutputHelper output)
 {
-    static string Bundled => Path.Combine(TestPaths.RepoRoot, "models", "default.gguf");
-
     static float[] Gaussian(int n, int seed) => Quant.QuantTestUtil.Gaussian(new Random(seed), n);
 
     [Fact]
@@ -177,7 +175,7 @@ public sealed class QloraTests(ITestOutputHelper output)
 
     static int[] Tokens(int n)
     {
-        using var lm = LlamaModel.Open(Bundled);
+        using var lm = LlamaModel.Open(TestPaths.Bundled());
         const string text = "And God said, Let there be light: and there was light. And God saw the light, that it was good. ";
         return lm.Tokenizer.Encode(string.Concat(Enumerable.Repeat(text, 8)), addBos: false).Take(n).ToArray();
     }
@@ -198,7 +196,7 @@ public sealed class QloraTests(ITestOutputHelper output)
     {
         string path = TestPaths.TempFile($"qlora-base-{type}.gguf");
         if (!File.Exists(path))
-            ModelQuantizer.Run(Bundled, path, new QuantizeOptions { FileType = Enum.Parse<LlamaFileType>(type, ignoreCase: true), Force = true });
+            ModelQuantizer.Run(TestPaths.Bundled(), path, new QuantizeOptions { FileType = Enum.Parse<LlamaFileType>(type, ignoreCase: true), Force = true });
         return path;
     }
 
@@ -210,7 +208,7 @@ public sealed class QloraTests(ITestOutputHelper output)
     [InlineData("nf4")]
     public void Lora_on_a_frozen_base_equals_lora_on_its_dequantized_weights(string kind)
     {
-        var im = kind == "nf4" ? GgufImport.Read(Bundled, storage: BaseStorage.Nf4) : GgufImport.Read(QuantizedBundled(kind), storage: BaseStorage.Keep);
+        var im = kind == "nf4" ? GgufImport.Read(TestPaths.Bundled(), storage: BaseStorage.Nf4) : GgufImport.Read(QuantizedBundled(kind), storage: BaseStorage.Keep);
         Assert.NotNull(im.Frozen);
         output.WriteLine($"{kind}: frozen projections {im.Frozen!.Kind}, {im.Frozen.BitsPerWeight:F3} bits per weight; parameters {im.Parameters.Length:N0} of {new ParameterLayout(im.Shape).Count:N0}");
         var lora = new LoraOptions { Rank = 4, Alpha = 8 };
@@ -229,7 +227,7 @@ public sealed class QloraTests(ITestOutputHelper output)
         Assert.Contains(gradF, g => g != 0);
 
         using var original = new LlamaTrainingModel(im.Shape, 2, 32, 2, lora);
-        GgufImport.Read(Bundled).Parameters.CopyTo(original.Parameters.AsSpan());
+        GgufImport.Read(TestPaths.Bundled()).Parameters.CopyTo(original.Parameters.AsSpan());
         RandomAdapters(original, 9);
         var (lossO, _) = LossAndGradients(original, toks);
         output.WriteLine($"loss: frozen {lossF:F6}, dequantized reference {lossR:F6}, unquantized model {lossO:F6}");
@@ -265,7 +263,7 @@ public sealed class QloraTests(ITestOutputHelper output)
         frozen.Lora!.Write(adapter, frozen.LoraParameters);
         float[][] unquantized;
         using (var f32 = new LlamaTrainingModel(im.Shape, 1, 48, 2, lora))
-            unquantized = Trainer(f32, GgufImport.Read(Bundled).Parameters, adapter: true);
+            unquantized = Trainer(f32, GgufImport.Read(TestPaths.Bundled()).Parameters, adapter: true);
 
         var tokens = frozen.Tokens.ToArray();
         using var plain = new CriaRunner(q, 64);
@@ -310,11 +308,11 @@ public sealed class QloraTests(ITestOutputHelper output)
     [Fact]
     public void Qlora_training_lowers_the_loss_and_keeps_the_base()
     {
-        var im = GgufImport.Read(Bundled, storage: BaseStorage.Nf4);
+        var im = GgufImport.Read(TestPaths.Bundled(), storage: BaseStorage.Nf4);
         var nf4 = (Nf4FrozenMatrix)im.Frozen!.Matrices[3];
         var codes = nf4.Tensor.Codes.ToArray();
         int[] data;
-        using (var lm = LlamaModel.Open(Bundled))
+        using (var lm = LlamaModel.Open(TestPaths.Bundled()))
             data = lm.Tokenizer.Encode("Zebra quartz jukebox: the vexed wizard flung my quick box. Seven jolly pixies vow to bake fizzy quince jam. ", addBos: false);
         var corpus = Enumerable.Repeat(data, 40).SelectMany(x => x).ToArray();
         var opts = new TrainingOptions { BatchSize = 4, Steps = 30, WarmupSteps = 5, LearningRate = 3e-3f, WeightDecay = 0f, Threads = 2, Seed = 7 };
@@ -358,10 +356,10 @@ public sealed class QloraTests(ITestOutputHelper output)
         Assert.Contains("LoRA rank", Assert.Throws<CriaException>(() => new LlamaTrainingModel(im.Shape, 1, 8, 1, frozenBase: im.Frozen)).Message);
         string q = QuantizedBundled("q4_k_m");
         Assert.True(GgufImport.HasQuantizedTensors(q));
-        Assert.False(GgufImport.HasQuantizedTensors(Bundled));
+        Assert.False(GgufImport.HasQuantizedTensors(TestPaths.Bundled()));
         Assert.Contains("already Q4_K", Assert.Throws<CriaException>(() => GgufImport.Read(q, storage: BaseStorage.Nf4)).Message);
         Assert.Contains("--lora-rank", Assert.Throws<CriaException>(() => GgufImport.Read(q)).Message);
-        var other = GgufImport.Read(Path.Combine(TestPaths.RepoRoot, "models", "draft.gguf"), storage: BaseStorage.Nf4);
+        var other = GgufImport.Read(TestPaths.Bundled("draft.gguf"), storage: BaseStorage.Nf4);
         Assert.Contains("frozen", Assert.Throws<CriaException>(() => new LlamaTrainingModel(im.Shape, 1, 8, 1, lora, frozenBase: other.Frozen)).Message);
     }
 }

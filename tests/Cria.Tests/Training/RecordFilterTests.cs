@@ -36,7 +36,7 @@ public sealed class RecordFilterTests
     [Fact]
     public void Records_read_as_sft_reads_them_and_scored_by_a_word_rule_keep_the_right_lines()
     {
-        using var m = LlamaModel.Open(Path.Combine(TestPaths.RepoRoot, "models", "default.gguf"));
+        using var m = LlamaModel.Open(TestPaths.Bundled("default.gguf"));
         string path = TestPaths.TempFile("filter-records.jsonl");
         File.WriteAllLines(path,
         [

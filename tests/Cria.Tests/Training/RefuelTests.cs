@@ -49,7 +49,7 @@ public sealed class RefuelTests(ITestOutputHelper output)
     [Fact]
     public void The_word_count_reward_counts_whole_case_sensitive_words_of_the_decoded_response()
     {
-        using var m = LlamaModel.Open(Path.Combine(TestPaths.RepoRoot, "models", "default.gguf"));
+        using var m = LlamaModel.Open(TestPaths.Bundled("default.gguf"));
         var words = new WordCountScorer(m.Tokenizer, ["LORD", " God "]);
         Assert.Equal(3, words.Count("The LORD said, LORD! LORDS and lord; the LORD's God."));
         var response = m.Tokenizer.Encode(" and the LORD God said unto the LORD", addBos: false);
@@ -151,7 +151,7 @@ public sealed class RefuelTests(ITestOutputHelper output)
     [Fact]
     public async Task Iterations_raise_the_reward_of_held_out_dialogues()
     {
-        string path = Path.Combine(TestPaths.RepoRoot, "models", "default.gguf");
+        string path = TestPaths.Bundled("default.gguf");
         var im = GgufImport.Read(path);
         var (um, uc, ue) = Start(path);
         using var _um = um; using var _uc = uc; using var _ue = ue;

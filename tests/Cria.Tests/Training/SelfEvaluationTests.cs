@@ -17,7 +17,7 @@ public sealed class SelfEvaluationTests(ITestOutputHelper output)
     [Fact]
     public void The_format_asks_the_papers_question_and_cuts_only_the_response()
     {
-        using var m = LlamaModel.Open(Path.Combine(TestPaths.RepoRoot, "models", "default.gguf"));
+        using var m = LlamaModel.Open(TestPaths.Bundled("default.gguf"));
         var tok = m.Tokenizer;
         var f = SelfEvalFormat.Create(tok);
         Assert.Equal(SelfEvalFormat.DefaultQuestion, tok.Decode(f.Question));

@@ -15,12 +15,10 @@ namespace Cria.Tests.Training;
 /// </summary>
 public sealed class SftTests(ITestOutputHelper output)
 {
-    static string Bundled => Path.Combine(TestPaths.RepoRoot, "models", "default.gguf");
-
     [Fact]
     public void The_response_loss_is_the_engines_nll_of_the_response_tokens()
     {
-        var imported = GgufImport.Read(Bundled);
+        var imported = GgufImport.Read(TestPaths.Bundled());
         var tok = imported.Vocabulary.CreateTokenizer();
         SftExample Ex(string p, string r) => new(tok.Encode(p, addBos: false), tok.Encode(r, addBos: false));
         var examples = new[]
@@ -34,7 +32,7 @@ public sealed class SftTests(ITestOutputHelper output)
         trainer.SetParameters(imported.Parameters);
         double loss = trainer.SftLoss(examples);
 
-        using var model = LlamaModel.Open(Bundled);
+        using var model = LlamaModel.Open(TestPaths.Bundled());
         using var ctx = new InferenceContext(model, new ContextOptions { ContextSize = 64, Threads = 2 });
         double nll = 0; int n = 0;
         foreach (var e in examples)
@@ -60,7 +58,7 @@ public sealed class SftTests(ITestOutputHelper output)
         // Every prompt is a random KJV half-verse, every response " Amen.": after 30 LoRA steps the response loss on
         // held-out prompts falls below a tenth of where it started. The prompts themselves, read as a language model
         // (their own loss, with nothing before them), must not become easier: they carry no loss.
-        var imported = GgufImport.Read(Bundled);
+        var imported = GgufImport.Read(TestPaths.Bundled());
         var tok = imported.Vocabulary.CreateTokenizer();
         var verses = File.ReadLines(Path.Combine(TestPaths.RepoRoot, "tests", "Cria.Tests", "Texts", "kjv-train.txt"))
             .Where(l => l.Split(' ').Length >= 8).Take(80).ToList();
@@ -84,7 +82,7 @@ public sealed class SftTests(ITestOutputHelper output)
     public void A_conversation_splits_at_the_generation_prompt_and_files_are_read_or_refused()
     {
         var chatml = ChatTemplate.FromJinja(ChatTemplateTests.Cases.Value["ChatML (teknium/OpenHermes-2.5-Mistral-7B)"].Template, "", "");
-        using var model = LlamaModel.Open(Bundled);
+        using var model = LlamaModel.Open(TestPaths.Bundled());
         var tok = model.Tokenizer;
         var e = SftExample.FromConversation(chatml, tok, [new ChatTurn("system", "Be brief."), new ChatTurn("user", "Who built the ark?"), new ChatTurn("assistant", "Noah.")]);
         Assert.Equal(tok.Encode("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWho built the ark?<|im_end|>\n<|im_start|>assistant\n", addBos: false, parseSpecial: true), e.Prompt);

@@ -179,7 +179,7 @@ public sealed class TokenClassifierTests(ITestOutputHelper output)
     [Fact]
     public void Words_are_tagged_on_their_first_token_and_bad_input_is_refused()
     {
-        using var model = LlamaModel.Open(Path.Combine(TestPaths.RepoRoot, "models", "default.gguf"));
+        using var model = LlamaModel.Open(TestPaths.Bundled("default.gguf"));
         var tok = model.Tokenizer;
         string[] words = ["And", "Nebuchadnezzar", "said"];
         var e = TaggedExample.FromWords(tok, words, [0, 1, 0]);
