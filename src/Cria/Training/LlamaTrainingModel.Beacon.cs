@@ -92,15 +92,19 @@ public sealed unsafe partial class LlamaTrainingModel
         ScatterAdd(_dxn, _by, D);
     }
 
-    /// <summary>The attention output of beacon rows through the beacon Wo (replacing the base's product in xMid).</summary>
-    void BeaconOutput(int l)
+    /// <summary>y = x·Wᵀ on the beacon rows (x [N, inW], y [N, outW], W a beacon matrix [outW, inW]), replacing the
+    /// base's product there; xb and yb hold the gathered rows.</summary>
+    void BeaconProduct(float* x, int inW, long w, float* y, int outW, float* xb, float* yb)
     {
-        int NB = BatchSize * _beacons, D = Shape.Dim;
+        int NB = BatchSize * _beacons;
         if (NB == 0) return;
-        Gather(_bx, _att[l], D);
-        MatMulNT(_bx, BP + Beacon!.Wo[l], _by, NB, D, D);
-        Scatter(_xMid[l], _by, D);
+        Gather(xb, x, inW);
+        MatMulNT(xb, BP + w, yb, NB, outW, inW);
+        Scatter(y, yb, outW);
     }
+
+    /// <summary>The attention output of beacon rows through the beacon Wo (replacing the base's product in xMid).</summary>
+    void BeaconOutput(int l) => BeaconProduct(_att[l], Shape.Dim, Beacon!.Wo[l], _xMid[l], Shape.Dim, _bx, _by);
 
     /// <summary>Backward of <see cref="BeaconOutput"/>: datt of beacon rows = dxMid·Wo_b, dWo_b += dxMidᵀ·att.</summary>
     void BeaconOutputBackward(int l)
@@ -116,14 +120,7 @@ public sealed unsafe partial class LlamaTrainingModel
     }
 
     /// <summary>The "mlp" beacon parameters: u of beacon rows from the beacon up projection (the gate is shared).</summary>
-    void BeaconUp(int l)
-    {
-        int NB = BatchSize * _beacons, D = Shape.Dim, F = Shape.FfnDim;
-        if (NB == 0) return;
-        Gather(_bx, _xn2[l], D);
-        MatMulNT(_bx, BP + Beacon!.Up![l], _bf, NB, F, D);
-        Scatter(_u[l], _bf, F);
-    }
+    void BeaconUp(int l) => BeaconProduct(_xn2[l], Shape.Dim, Beacon!.Up![l], _u[l], Shape.FfnDim, _bx, _bf);
 
     /// <summary>Backward of <see cref="BeaconUp"/>, after the SwiGLU's: takes the beacon rows' du out of the base's product
     /// (zeroed there), dUp_b += duᵀ·xn2.</summary>
@@ -147,14 +144,7 @@ public sealed unsafe partial class LlamaTrainingModel
     }
 
     /// <summary>The feed-forward output of beacon rows through the beacon down projection (replacing the base's).</summary>
-    void BeaconDown(int l)
-    {
-        int NB = BatchSize * _beacons, D = Shape.Dim, F = Shape.FfnDim;
-        if (NB == 0) return;
-        Gather(_bf, _h[l], F);
-        MatMulNT(_bf, BP + Beacon!.Down![l], _by, NB, D, F);
-        Scatter(_xIn[l + 1], _by, D);
-    }
+    void BeaconDown(int l) => BeaconProduct(_h[l], Shape.FfnDim, Beacon!.Down![l], _xIn[l + 1], Shape.Dim, _bf, _by);
 
     /// <summary>Backward of <see cref="BeaconDown"/>: dh of beacon rows = dOut·Down_b, dDown_b += dOutᵀ·h.</summary>
     void BeaconDownBackward(int l)
