@@ -53,8 +53,13 @@ sealed class KvCliOptions
     }
 
     /// <summary>What <see cref="BeaconRatio"/> chose, for the command's header line.</summary>
-    public static string DescribeBeacons(ModelConfig c, int? ratio) => !c.HasBeacons ? "" : ratio == null ? "Activation Beacon off (plain model)"
-        : $"Activation Beacon: windows of {c.BeaconWindow} tokens condensed to {c.BeaconWindow / (ratio == 0 ? c.BeaconRatio : ratio.Value)} beacons (α {(ratio == 0 ? c.BeaconRatio : ratio.Value)})";
+    public static string DescribeBeacons(ModelConfig c, int? ratio)
+    {
+        if (!c.HasBeacons) return "";
+        if (ratio is not { } r) return "Activation Beacon off (plain model)";
+        int a = r == 0 ? c.BeaconRatio : r;
+        return $"Activation Beacon: windows of {c.BeaconWindow} tokens condensed to {c.BeaconWindow / a} beacons (α {a})";
+    }
 
     /// <summary>The --kv-type values when a comma-separated list is given (bench compares them side by side).</summary>
     public string[] TypeList(ParseResult r) => (r.GetValue(_type) ?? "f16").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);

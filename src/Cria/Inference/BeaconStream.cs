@@ -23,8 +23,6 @@ public sealed class BeaconStream
     public int Memory { get; private set; }
     /// <summary>Raw tokens of the current window in the cache, after the memory.</summary>
     public int Raw { get; private set; }
-    /// <summary>Raw tokens fed so far.</summary>
-    public long Tokens { get; private set; }
     /// <summary>The cache position the next raw token takes.</summary>
     public int NextPosition => Memory + Raw;
 
@@ -62,7 +60,7 @@ public sealed class BeaconStream
             if (onLogits != null)
                 for (int j = Math.Max(0, logitsFrom - i); j < n; j++) onLogits(i + j, _ctx.Logits(j));
             LastRow = n - 1;
-            Raw += n; Tokens += n; i += n;
+            Raw += n; i += n;
         }
     }
 
@@ -78,12 +76,5 @@ public sealed class BeaconStream
         _ctx.Decode(_beacons);
         _ctx.Cache.MoveRows(_ctx.Config, SequenceId, m + Window, m, k);
         Memory += k; Raw = 0;
-    }
-
-    /// <summary>Forgets the sequence (its cache rows are freed).</summary>
-    public void Reset()
-    {
-        _ctx.Cache.Remove(SequenceId);
-        Memory = 0; Raw = 0; Tokens = 0;
     }
 }

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using Cria.Models;
 using Cria.Tensors;
@@ -421,20 +422,11 @@ public sealed class KvCache : IKvBlockPool
             cell = w.Blocks[wSlot / BlockSize] * BlockSize + wSlot % BlockSize;
             kDst = w.K[layer]; vDst = w.V[layer];
         }
-        switch (Format.Type)
+        if (!Format.IsKivi)
         {
-            case KvCacheType.F32:
-                k.CopyTo(MemoryMarshal.Cast<byte, float>(kDst.AsSpan(cell * KeyRowBytes, KeyRowBytes)));
-                v.CopyTo(MemoryMarshal.Cast<byte, float>(vDst.AsSpan(cell * ValueRowBytes, ValueRowBytes)));
-                return;
-            case KvCacheType.F16:
-                ToHalf(k, MemoryMarshal.Cast<byte, ushort>(kDst.AsSpan(cell * KeyRowBytes, KeyRowBytes)));
-                ToHalf(v, MemoryMarshal.Cast<byte, ushort>(vDst.AsSpan(cell * ValueRowBytes, ValueRowBytes)));
-                return;
-            case KvCacheType.Q8_0:
-                Quantize.Row(GgmlType.Q8_0, k, kDst.AsSpan(cell * KeyRowBytes, KeyRowBytes));
-                Quantize.Row(GgmlType.Q8_0, v, vDst.AsSpan(cell * ValueRowBytes, ValueRowBytes));
-                return;
+            EncodeRow(k, kDst.AsSpan(cell * KeyRowBytes, KeyRowBytes));
+            EncodeRow(v, vDst.AsSpan(cell * ValueRowBytes, ValueRowBytes));
+            return;
         }
         var s = _seqs[sequenceId];
         var ring = s.Ring!;
@@ -487,6 +479,29 @@ public sealed class KvCache : IKvBlockPool
         }
     }
 
+    /// <summary>One K or V row into an F32, F16 or Q8_0 cache row (not KIVI, whose rows are coded per group).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    void EncodeRow(ReadOnlySpan<float> x, Span<byte> dst)
+    {
+        switch (Format.Type)
+        {
+            case KvCacheType.F32: x.CopyTo(MemoryMarshal.Cast<byte, float>(dst)); return;
+            case KvCacheType.F16: ToHalf(x, MemoryMarshal.Cast<byte, ushort>(dst)); return;
+            default: Quantize.Row(GgmlType.Q8_0, x, dst); return;
+        }
+    }
+
+    /// <summary>The inverse of <see cref="EncodeRow"/>.</summary>
+    void DecodeRow(ReadOnlySpan<byte> src, Span<float> x)
+    {
+        switch (Format.Type)
+        {
+            case KvCacheType.F32: MemoryMarshal.Cast<byte, float>(src).CopyTo(x); return;
+            case KvCacheType.F16: { var h = MemoryMarshal.Cast<byte, ushort>(src); for (int j = 0; j < x.Length; j++) x[j] = Fp16.ToSingle(h[j]); return; }
+            default: Dequantize.Row(GgmlType.Q8_0, src, x); return;
+        }
+    }
+
     static void ToHalf(ReadOnlySpan<float> x, Span<ushort> y)
     {
         for (int i = 0; i < x.Length; i++) y[i] = Fp16.FromSingle(x[i]);
@@ -510,21 +525,9 @@ public sealed class KvCache : IKvBlockPool
             for (int i = 0; i < count; i++)
             {
                 int src = Cell(sequenceId, from + i), dst = Cell(sequenceId, to + i);
-                var kBytes = _k[layer].AsSpan(src * KeyRowBytes, KeyRowBytes);
-                switch (Format.Type)
-                {
-                    case KvCacheType.F32: MemoryMarshal.Cast<byte, float>(kBytes).CopyTo(k); break;
-                    case KvCacheType.F16: { var h = MemoryMarshal.Cast<byte, ushort>(kBytes); for (int j = 0; j < KvDim; j++) k[j] = Fp16.ToSingle(h[j]); break; }
-                    default: Dequantize.Row(GgmlType.Q8_0, kBytes, k); break;
-                }
+                DecodeRow(_k[layer].AsSpan(src * KeyRowBytes, KeyRowBytes), k);
                 c.Rope(k, KvDim / HeadDim, rotation);
-                var kDst = _k[layer].AsSpan(dst * KeyRowBytes, KeyRowBytes);
-                switch (Format.Type)
-                {
-                    case KvCacheType.F32: k.CopyTo(MemoryMarshal.Cast<byte, float>(kDst)); break;
-                    case KvCacheType.F16: ToHalf(k, MemoryMarshal.Cast<byte, ushort>(kDst)); break;
-                    default: Quantize.Row(GgmlType.Q8_0, k, kDst); break;
-                }
+                EncodeRow(k, _k[layer].AsSpan(dst * KeyRowBytes, KeyRowBytes));
                 _v[layer].AsSpan(src * ValueRowBytes, ValueRowBytes).CopyTo(_v[layer].AsSpan(dst * ValueRowBytes, ValueRowBytes));
             }
         Truncate(sequenceId, to + count);

@@ -165,34 +165,15 @@ public static unsafe class Layers
         float* kt = scratch, vt = scratch + (long)hd * seqLen;
         TransposeHead(kt, k, row0, seqLen, kw, kvHead, hd);
         TransposeHead(vt, v, row0, seqLen, kw, kvHead, hd);
+        int* rg = stackalloc int[4];
         for (int h = kvHead * group; h < (kvHead + 1) * group; h++)
         {
             int* groups = 2 * h >= nHead ? groupUpper : groupLower;
             for (int t = 0; t < seqLen; t++)
             {
-                float* qt = q + (row0 + t) * qw + h * hd;
-                float* p = probs + (((long)b * nHead + h) * seqLen + t) * seqLen;
-                int n = keys > 0 ? keys : t + 1, s0 = keys > 0 ? 0 : FirstKey(segStart, groups, t);
-                var (e0, w0) = KeyRanges(s0, t, keys > 0 ? 0 : window, sinks); // keys s0..e0−1 and w0..n−1
-                int m0 = e0 - s0, m = n - w0;
-                new Span<float>(p, seqLen).Clear();
-                for (int d = 0; d < hd; d++)
-                {
-                    Axpy(qt[d] * scale, kt + (long)d * seqLen + s0, p + s0, m0);
-                    Axpy(qt[d] * scale, kt + (long)d * seqLen + w0, p + w0, m);
-                }
-                float max = float.NegativeInfinity;
-                for (int t2 = s0; t2 < e0; t2++) if (p[t2] > max) max = p[t2];
-                for (int t2 = w0; t2 < n; t2++) if (p[t2] > max) max = p[t2];
-                float sum = 0;
-                for (int t2 = s0; t2 < e0; t2++) { float e = MathF.Exp(p[t2] - max); p[t2] = e; sum += e; }
-                for (int t2 = w0; t2 < n; t2++) { float e = MathF.Exp(p[t2] - max); p[t2] = e; sum += e; }
-                float inv = 1.0f / sum;
-                for (int t2 = s0; t2 < e0; t2++) p[t2] *= inv;
-                for (int t2 = w0; t2 < n; t2++) p[t2] *= inv;
-                float* o = outp + (row0 + t) * qw + h * hd;
-                for (int d = 0; d < hd; d++)
-                    o[d] = Gemm.Dot(p + s0, vt + (long)d * seqLen + s0, m0) + Gemm.Dot(p + w0, vt + (long)d * seqLen + w0, m);
+                KeysOf(rg, t, keys, segStart, groups, window, sinks);
+                RowForward(q + (row0 + t) * qw + h * hd, probs + (((long)b * nHead + h) * seqLen + t) * seqLen,
+                    outp + (row0 + t) * qw + h * hd, kt, vt, seqLen, hd, scale, rg, 2);
             }
         }
     }
@@ -215,40 +196,90 @@ public static unsafe class Layers
         TransposeHead(kt, k, row0, seqLen, kw, kvHead, hd);
         TransposeHead(vt, v, row0, seqLen, kw, kvHead, hd);
         new Span<float>(dkt, (int)(2 * plane)).Clear();
+        int* rg = stackalloc int[4];
         for (int h = kvHead * group; h < (kvHead + 1) * group; h++)
         {
             int* groups = 2 * h >= nHead ? groupUpper : groupLower;
             for (int t = 0; t < seqLen; t++)
             {
-                float* dot = dout + (row0 + t) * qw + h * hd;
-                float* p = probs + (((long)b * nHead + h) * seqLen + t) * seqLen;
-                int n = keys > 0 ? keys : t + 1, s0 = keys > 0 ? 0 : FirstKey(segStart, groups, t);
-                var (e0, w0) = KeyRanges(s0, t, keys > 0 ? 0 : window, sinks); // keys s0..e0−1 and w0..n−1, as the forward
-                int m0 = e0 - s0, m = n - w0;
-                new Span<float>(ds + s0, m0).Clear();
-                new Span<float>(ds + w0, m).Clear();
-                for (int d = 0; d < hd; d++)
-                {
-                    Axpy(dot[d], vt + (long)d * seqLen + s0, ds + s0, m0);   // dP
-                    Axpy(dot[d], vt + (long)d * seqLen + w0, ds + w0, m);
-                    Axpy(dot[d], p + s0, dvt + (long)d * seqLen + s0, m0);  // dVᵀ += dO ⊗ P
-                    Axpy(dot[d], p + w0, dvt + (long)d * seqLen + w0, m);
-                }
-                float sum = Gemm.Dot(p + s0, ds + s0, m0) + Gemm.Dot(p + w0, ds + w0, m);
-                for (int t2 = s0; t2 < e0; t2++) ds[t2] = p[t2] * (ds[t2] - sum) * scale;
-                for (int t2 = w0; t2 < n; t2++) ds[t2] = p[t2] * (ds[t2] - sum) * scale;
-                float* qt = q + (row0 + t) * qw + h * hd;
-                float* dqt = dq + (row0 + t) * qw + h * hd;
-                for (int d = 0; d < hd; d++)
-                {
-                    dqt[d] = Gemm.Dot(ds + s0, kt + (long)d * seqLen + s0, m0) + Gemm.Dot(ds + w0, kt + (long)d * seqLen + w0, m);
-                    Axpy(qt[d], ds + s0, dkt + (long)d * seqLen + s0, m0);    // dKᵀ += q ⊗ dS
-                    Axpy(qt[d], ds + w0, dkt + (long)d * seqLen + w0, m);
-                }
+                KeysOf(rg, t, keys, segStart, groups, window, sinks); // as the forward
+                long at = (row0 + t) * qw + h * hd;
+                RowBackward(dq + at, dout + at, q + at, probs + (((long)b * nHead + h) * seqLen + t) * seqLen,
+                    kt, vt, dkt, dvt, ds, seqLen, hd, scale, rg, 2);
             }
         }
         AddTransposedHead(dk, dkt, row0, seqLen, kw, kvHead, hd);
         AddTransposedHead(dv, dvt, row0, seqLen, kw, kvHead, hd);
+    }
+
+    /// <summary>The keys of causal (or bidirectional) query t as two ranges [rg0, rg1) [rg2, rg3): the sinks and the
+    /// window of <see cref="KeyRanges"/>, from the first key of its document and S2-Attn group; bidirectional: [0, keys).</summary>
+    static void KeysOf(int* rg, int t, int keys, int* segStart, int* groups, int window, int sinks)
+    {
+        int n = keys > 0 ? keys : t + 1, s0 = keys > 0 ? 0 : FirstKey(segStart, groups, t);
+        var (e0, w0) = KeyRanges(s0, t, keys > 0 ? 0 : window, sinks);
+        rg[0] = s0; rg[1] = e0; rg[2] = w0; rg[3] = n;
+    }
+
+    /// <summary>
+    /// One query row of one head over <paramref name="count"/> key ranges [rg[2i], rg[2i+1]) of a transposed K and V
+    /// (kt, vt [hd, tk]): scores into <paramref name="p"/> [tk] (0 outside the ranges), softmax there, o = P·V. Both
+    /// attention kernels of the trainer run their rows through it.
+    /// </summary>
+    static void RowForward(float* qt, float* p, float* o, float* kt, float* vt, int tk, int hd, float scale, int* rg, int count)
+    {
+        new Span<float>(p, tk).Clear();
+        float max = float.NegativeInfinity;
+        for (int i = 0; i < 2 * count; i += 2)
+        {
+            int s0 = rg[i], m = rg[i + 1] - s0;
+            for (int d = 0; d < hd; d++) Axpy(qt[d] * scale, kt + (long)d * tk + s0, p + s0, m);
+            for (int j = s0; j < s0 + m; j++) if (p[j] > max) max = p[j];
+        }
+        float sum = 0;
+        for (int i = 0; i < 2 * count; i += 2)
+            for (int j = rg[i]; j < rg[i + 1]; j++) { float e = MathF.Exp(p[j] - max); p[j] = e; sum += e; }
+        float inv = 1.0f / sum;
+        for (int i = 0; i < 2 * count; i += 2)
+            for (int j = rg[i]; j < rg[i + 1]; j++) p[j] *= inv;
+        for (int d = 0; d < hd; d++)
+        {
+            float acc = 0;
+            for (int i = 0; i < 2 * count; i += 2) acc += Gemm.Dot(p + rg[i], vt + (long)d * tk + rg[i], rg[i + 1] - rg[i]);
+            o[d] = acc;
+        }
+    }
+
+    /// <summary>Backward of <see cref="RowForward"/>: dP = dO·vᵀ, dS = P ⊙ (dP − Σ P·dP), dq = scale·dS·k (overwritten),
+    /// dKᵀ += scale·q ⊗ dS and dVᵀ += dO ⊗ P (transposed, [hd, tk]); ds is [tk] scratch.</summary>
+    static void RowBackward(float* dqt, float* dot, float* qt, float* p, float* kt, float* vt, float* dkt, float* dvt, float* ds,
+        int tk, int hd, float scale, int* rg, int count)
+    {
+        float sum = 0;
+        for (int i = 0; i < 2 * count; i += 2)
+        {
+            int s0 = rg[i], m = rg[i + 1] - s0;
+            new Span<float>(ds + s0, m).Clear();
+            for (int d = 0; d < hd; d++)
+            {
+                Axpy(dot[d], vt + (long)d * tk + s0, ds + s0, m);  // dP
+                Axpy(dot[d], p + s0, dvt + (long)d * tk + s0, m); // dVᵀ += dO ⊗ P
+            }
+            sum += Gemm.Dot(p + s0, ds + s0, m);
+        }
+        for (int i = 0; i < 2 * count; i += 2)
+            for (int j = rg[i]; j < rg[i + 1]; j++) ds[j] = p[j] * (ds[j] - sum) * scale;
+        for (int d = 0; d < hd; d++)
+        {
+            float acc = 0;
+            for (int i = 0; i < 2 * count; i += 2)
+            {
+                int s0 = rg[i], m = rg[i + 1] - s0;
+                acc += Gemm.Dot(ds + s0, kt + (long)d * tk + s0, m);
+                Axpy(qt[d], ds + s0, dkt + (long)d * tk + s0, m); // dKᵀ += q ⊗ dS
+            }
+            dqt[d] = acc;
+        }
     }
 
     /// <summary>
@@ -269,30 +300,8 @@ public static unsafe class Layers
         for (int h = kvHead * group; h < (kvHead + 1) * group; h++)
             for (int t = 0; t < tq; t++)
             {
-                float* qt = q + ((long)b * tq + t) * qw + h * hd;
-                float* p = probs + (((long)b * nHead + h) * tq + t) * tk;
-                int* rg = ranges + t * 6;
-                new Span<float>(p, tk).Clear();
-                float max = float.NegativeInfinity;
-                for (int i = 0; i < 6; i += 2)
-                {
-                    int s0 = rg[i], m = rg[i + 1] - s0;
-                    for (int d = 0; d < hd; d++) Axpy(qt[d] * scale, kt + (long)d * tk + s0, p + s0, m);
-                    for (int j = s0; j < s0 + m; j++) if (p[j] > max) max = p[j];
-                }
-                float sum = 0;
-                for (int i = 0; i < 6; i += 2)
-                    for (int j = rg[i]; j < rg[i + 1]; j++) { float e = MathF.Exp(p[j] - max); p[j] = e; sum += e; }
-                float inv = 1.0f / sum;
-                for (int i = 0; i < 6; i += 2)
-                    for (int j = rg[i]; j < rg[i + 1]; j++) p[j] *= inv;
-                float* o = outp + ((long)b * tq + t) * qw + h * hd;
-                for (int d = 0; d < hd; d++)
-                {
-                    float acc = 0;
-                    for (int i = 0; i < 6; i += 2) acc += Gemm.Dot(p + rg[i], vt + (long)d * tk + rg[i], rg[i + 1] - rg[i]);
-                    o[d] = acc;
-                }
+                long at = ((long)b * tq + t) * qw + h * hd;
+                RowForward(q + at, probs + (((long)b * nHead + h) * tq + t) * tk, outp + at, kt, vt, tk, hd, scale, ranges + t * 6, 3);
             }
     }
 
@@ -311,36 +320,9 @@ public static unsafe class Layers
         for (int h = kvHead * group; h < (kvHead + 1) * group; h++)
             for (int t = 0; t < tq; t++)
             {
-                float* dot = dout + ((long)b * tq + t) * qw + h * hd;
-                float* p = probs + (((long)b * nHead + h) * tq + t) * tk;
-                int* rg = ranges + t * 6;
-                float sum = 0;
-                for (int i = 0; i < 6; i += 2)
-                {
-                    int s0 = rg[i], m = rg[i + 1] - s0;
-                    new Span<float>(ds + s0, m).Clear();
-                    for (int d = 0; d < hd; d++)
-                    {
-                        Axpy(dot[d], vt + (long)d * tk + s0, ds + s0, m);  // dP
-                        Axpy(dot[d], p + s0, dvt + (long)d * tk + s0, m); // dVᵀ += dO ⊗ P
-                    }
-                    sum += Gemm.Dot(p + s0, ds + s0, m);
-                }
-                for (int i = 0; i < 6; i += 2)
-                    for (int j = rg[i]; j < rg[i + 1]; j++) ds[j] = p[j] * (ds[j] - sum) * scale;
-                float* qt = q + ((long)b * tq + t) * qw + h * hd;
-                float* dqt = dq + ((long)b * tq + t) * qw + h * hd;
-                for (int d = 0; d < hd; d++)
-                {
-                    float acc = 0;
-                    for (int i = 0; i < 6; i += 2)
-                    {
-                        int s0 = rg[i], m = rg[i + 1] - s0;
-                        acc += Gemm.Dot(ds + s0, kt + (long)d * tk + s0, m);
-                        Axpy(qt[d], ds + s0, dkt + (long)d * tk + s0, m); // dKᵀ += q ⊗ dS
-                    }
-                    dqt[d] = acc;
-                }
+                long at = ((long)b * tq + t) * qw + h * hd;
+                RowBackward(dq + at, dout + at, q + at, probs + (((long)b * nHead + h) * tq + t) * tk,
+                    kt, vt, dkt, dvt, ds, tk, hd, scale, ranges + t * 6, 3);
             }
         AddTransposedHead(dkx, dkt, (long)b * tk, tk, kw, kvHead, hd);
         AddTransposedHead(dvx, dvt, (long)b * tk, tk, kw, kvHead, hd);
