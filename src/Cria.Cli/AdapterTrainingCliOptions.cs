@@ -16,6 +16,8 @@ sealed class AdapterTrainingCliOptions
     readonly Option<float> _wd = new("--weight-decay") { DefaultValueFactory = _ => 0.01f };
     readonly Option<float> _alpha;
     readonly Option<string> _targets = new("--lora-targets") { DefaultValueFactory = _ => "all" };
+    readonly Option<float> _dropout = new("--lora-dropout") { Description = LoraCli.DropoutHelp };
+    readonly Option<bool> _rsLora = new("--rslora") { Description = LoraCli.RsLoraHelp };
     readonly Option<ulong> _seed = new("--seed") { DefaultValueFactory = _ => 1234UL };
     readonly Option<int> _threads = new("--threads", "-t") { DefaultValueFactory = _ => Environment.ProcessorCount };
     readonly Option<bool> _qlora = new("--qlora") { Description = "QLoRA: hold an F32/F16 base's block projections in NF4 with double quantization (a quantized base is trained on in its own types without this)" };
@@ -34,7 +36,7 @@ sealed class AdapterTrainingCliOptions
     public void AddTo(Command cmd)
     {
         if (_steps != null) cmd.Options.Add(_steps);
-        foreach (var o in new Option[] { _batch, _lr, _warmup, _wd, _rank, _alpha, _targets, _evalEvery, _seed, _threads, _qlora }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { _batch, _lr, _warmup, _wd, _rank, _alpha, _targets, _dropout, _rsLora, _evalEvery, _seed, _threads, _qlora }) cmd.Options.Add(o);
     }
 
     /// <summary>The optimizer settings, validated; <paramref name="steps"/> where the command has no --steps.</summary>
@@ -52,7 +54,11 @@ sealed class AdapterTrainingCliOptions
     /// <summary>The adapters' settings, validated.</summary>
     public LoraOptions Lora(ParseResult r)
     {
-        var lora = new LoraOptions { Rank = r.GetValue(_rank), Alpha = r.GetValue(_alpha), Targets = LoraOptions.ParseTargets(r.GetValue(_targets)!) };
+        var lora = new LoraOptions
+        {
+            Rank = r.GetValue(_rank), Alpha = r.GetValue(_alpha), Targets = LoraOptions.ParseTargets(r.GetValue(_targets)!),
+            Dropout = r.GetValue(_dropout), RsLora = r.GetValue(_rsLora),
+        };
         lora.Validate();
         return lora;
     }
@@ -62,6 +68,13 @@ sealed class AdapterTrainingCliOptions
 
     /// <summary>Steps between held-out evaluations (at least 1).</summary>
     public int EvalEvery(ParseResult r) => Math.Max(1, r.GetValue(_evalEvery));
+}
+
+/// <summary>The help texts of the LoRA options every adapter-training command shares.</summary>
+static class LoraCli
+{
+    public const string DropoutHelp = "LoRA dropout (PEFT's lora_dropout): in training steps each adapter's input is dropped element-wise with this probability; 0 = off";
+    public const string RsLoraHelp = "rsLoRA: scale the adapters by alpha/√rank instead of alpha/rank (the file records alpha·√rank, so llama.cpp applies the same scale)";
 }
 
 /// <summary>The log lines of a LoRA run: what trains (rank, alpha, targets, trained parameters) and how the frozen base
@@ -74,7 +87,7 @@ static class AdapterLog
     {
         var lay = trainer.Model.Lora ?? throw new InvalidOperationException("not a LoRA run");
         var o = lay.Options;
-        log.WriteLine($"LoRA rank {o.Rank}, alpha {o.Alpha}, on {o.Targets}{alsoTrains}: {lay.Tensors.Sum(t => t.Count):N0} trained parameters; {frozen}");
+        log.WriteLine($"LoRA rank {o.Rank}, alpha {o.Alpha}{(o.RsLora ? " (rsLoRA)" : "")}, scale {o.Scale:G4}{(o.Dropout > 0 ? $", dropout {o.Dropout}" : "")}, on {o.Targets}{alsoTrains}: {lay.Tensors.Sum(t => t.Count):N0} trained parameters; {frozen}");
         if (trainer.Model.Frozen is { } fb)
             log.WriteLine(FormattableString.Invariant($"frozen base projections: {fb.Kind}, {fb.Bytes / 1048576.0:F1} MiB ({fb.BitsPerWeight:F3} bits per weight; F32 would be {fb.Matrices.Sum(m => (long)m.Rows * m.Cols) * 4 / 1048576.0:F1} MiB), dequantized one matrix at a time"));
     }

@@ -67,12 +67,14 @@ static class TrainCommand
         var loraRank = new Option<int>("--lora-rank") { Description = "with --init: train only LoRA adapters of this rank (the base stays frozen) and write OUT/adapter.gguf (llama.cpp's --lora format) instead of a model; 0 = full training", DefaultValueFactory = _ => 0 };
         var loraAlpha = new Option<float?>("--lora-alpha") { Description = "LoRA alpha (the adapter is scaled by alpha/rank; default 2 × rank)" };
         var loraTargets = new Option<string>("--lora-targets") { Description = "projections that get adapters: q,k,v,o,gate,up,down, attn or all", DefaultValueFactory = _ => "all" };
+        var loraDropout = new Option<float>("--lora-dropout") { Description = LoraCli.DropoutHelp };
+        var rsLora = new Option<bool>("--rslora") { Description = LoraCli.RsLoraHelp };
         var qlora = new Option<bool>("--qlora") { Description = "with --lora-rank: QLoRA — hold the frozen base's block projections in NF4 with double quantization (4.127 bits per weight) instead of F32, dequantized one matrix at a time. A base whose projections are already quantized (Q4_K_M, Q8_0 …) is trained on in its own type without this option" };
         var cmd = new Command("train", "train a tokenizer and a Llama model from scratch on a text corpus, or fine-tune one (--init, optionally with --lora-rank)")
         {
             corpus, valid, outDir, tokenizer, vocab, dim, layers, heads, kvHeads, ffn, ctx, tied, steps, batch, accum, lr, warmup, minLr, wd, clip,
             seed, threads, resume, ckptMinutes, evalEvery, evalBatches, exportType, name, init, passkey, answerWeight, pkMin, repeat,
-            loraRank, loraAlpha, loraTargets, pairs, validPairs, preference, beta, gamma, sft, validSft, pack, s2, ropeScale, qlora,
+            loraRank, loraAlpha, loraTargets, loraDropout, rsLora, pairs, validPairs, preference, beta, gamma, sft, validSft, pack, s2, ropeScale, qlora,
             window, windowSinks, windowLayers,
         };
         cmd.SetAction(r =>
@@ -132,11 +134,15 @@ static class TrainCommand
             if (rank != 0)
             {
                 if (initPath == null) throw new CriaException("--lora-rank adapts an existing model: give it with --init MODEL");
-                lora = new LoraOptions { Rank = rank, Alpha = r.GetValue(loraAlpha) ?? 2f * rank, Targets = LoraOptions.ParseTargets(r.GetValue(loraTargets)!) };
+                lora = new LoraOptions
+                {
+                    Rank = rank, Alpha = r.GetValue(loraAlpha) ?? 2f * rank, Targets = LoraOptions.ParseTargets(r.GetValue(loraTargets)!),
+                    Dropout = r.GetValue(loraDropout), RsLora = r.GetValue(rsLora),
+                };
                 lora.Validate();
             }
-            else if (r.GetResult(loraAlpha) is { Implicit: false } || r.GetResult(loraTargets) is { Implicit: false })
-                throw new CriaException("--lora-alpha and --lora-targets need --lora-rank");
+            else if (new Option[] { loraAlpha, loraTargets, loraDropout, rsLora }.Any(o => r.GetResult(o) is { Implicit: false }))
+                throw new CriaException("--lora-alpha, --lora-targets, --lora-dropout and --rslora need --lora-rank");
             PreferenceOptions? prefs = null;
             if (r.GetValue(pairs) != null)
             {

@@ -290,6 +290,7 @@ public sealed partial class Trainer
         double loss = 0; int correct = 0;
         for (int a = 0; a < accum; a++)
         {
+            DropoutMasks(a);
             for (int b = 0; b < B; b++)
             {
                 var e = examples[_rng.Next(examples.Count)];
@@ -335,6 +336,7 @@ public sealed partial class Trainer
         double loss = 0; int correct = 0;
         for (int a = 0; a < accum; a++)
         {
+            DropoutMasks(a);
             for (int b = 0; b < B; b++) FillTaggedRow(b, drawn[a * B + b], pad, tags);
             var (l, c, _) = m.TokenClassifierForwardBackward(tags, 1f / Math.Max(1, total));
             loss += l; correct += c;

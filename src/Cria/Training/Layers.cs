@@ -11,6 +11,24 @@ namespace Cria.Training;
 /// </summary>
 public static unsafe class Layers
 {
+    // ---------------------------------------------------------------- dropout
+    /// <summary>
+    /// Inverted dropout over elements [i0, i1): element i is kept when number i of the counter-based stream keyed
+    /// <paramref name="key"/> (<see cref="TrainingRng.At"/>), as a fraction of 2⁶⁴, is at least p. Forward: y = x/(1 − p)
+    /// where kept, else 0. Backward (<paramref name="accumulate"/>, x the gradient of the dropped tensor): y += the
+    /// same. The mask is recomputed, never stored.
+    /// </summary>
+    public static void Dropout(float* y, float* x, ulong key, float p, long i0, long i1, bool accumulate)
+    {
+        ulong threshold = (ulong)Math.Min(p * 18446744073709551616.0, ulong.MaxValue);
+        float keep = 1f / (1f - p);
+        for (long i = i0; i < i1; i++)
+        {
+            float v = TrainingRng.At(key, i) >= threshold ? x[i] * keep : 0f;
+            if (accumulate) y[i] += v; else y[i] = v;
+        }
+    }
+
     // ---------------------------------------------------------------- RMSNorm
     /// <summary>y = x · rstd · w, rstd = 1/sqrt(mean(x²) + eps) — the same arithmetic as <see cref="Ops.RmsNorm"/>.</summary>
     public static void RmsNormForward(float* y, float* rstd, float* x, float* w, int d, float eps, int r0, int r1)

@@ -50,9 +50,10 @@ public sealed unsafe partial class LlamaTrainingModel : IDisposable
     readonly WorkerPool _pool;
     readonly Gemm _gemm;
     readonly ForJob _for = new();
-    readonly ForJob.Body _attnForward, _attnBackward, _crossEntropy, _rmsForward, _rope, _swiGluForward, _swiGluBackward;
+    readonly ForJob.Body _attnForward, _attnBackward, _crossEntropy, _rmsForward, _rope, _swiGluForward, _swiGluBackward, _dropout;
     float* _a0, _a1, _a2, _a3, _a4; // arguments of the row-parallel element-wise bodies
     bool _ropeBackward;
+    ulong _dropKey; int _dropCols; bool _dropAccumulate; // arguments of the dropout body
     readonly float* P, G;              // G is null when the base is frozen
     readonly float* _normGrad;         // [D] frozen base: where the norms' weight gradients go (computed beside dx, never read)
     readonly float* LP, LG;            // LoRA parameters and gradients (Lora.Count), when Lora is set
@@ -66,6 +67,7 @@ public sealed unsafe partial class LlamaTrainingModel : IDisposable
     readonly float*[] _loraT = [];     // [layer · 7 + target][N, r]  (α/r)·x·Aᵀ, kept for the backward
     readonly float*[] _loraBt = [];    // [layer · 7 + target][r, out] Bᵀ, so every adapter product runs long rows (see LoraForward)
     readonly float* _loraDt, _loraDbt; // [N, r], [r, max out]        scratch of the adapter backward
+    readonly float* _loraX;            // [N, max in]  LoRA dropout: the dropped input, then (backward) its gradient
     readonly int* _tokens, _targets;  // [N]
     readonly int* _seqLens;           // [B] tokens of each sequence before its padding (T unless set)
     readonly int* _segStarts;         // [N] packed sequences: the first position of each row's document (0: one document per sequence)
@@ -184,6 +186,7 @@ public sealed unsafe partial class LlamaTrainingModel : IDisposable
                 if (Lora.Pairs[i] is { } q) { _loraT[i] = Floats((long)N * lora.Rank); _loraBt[i] = Floats((long)lora.Rank * q.Out); }
             _loraDt = Floats((long)N * lora.Rank);
             _loraDbt = Floats((long)lora.Rank * Math.Max(D, F));
+            if (lora.Dropout > 0) _loraX = Floats((long)N * Math.Max(D, F));
         }
         if (swiftKv is var (kvLayers, group))
         {
@@ -231,6 +234,7 @@ public sealed unsafe partial class LlamaTrainingModel : IDisposable
         _rope = RopeBody;
         _swiGluForward = (r0, r1, _) => Layers.SwiGluForward(_a0, _a1, _a2, (long)r0 * Shape.FfnDim, (long)r1 * Shape.FfnDim);
         _swiGluBackward = (r0, r1, _) => Layers.SwiGluBackward(_a0, _a1, _a2, _a3, _a4, (long)r0 * Shape.FfnDim, (long)r1 * Shape.FfnDim);
+        _dropout = DropoutBody;
     }
 
     void RmsNormForward(float* y, float* rstd, float* x, float* w)
@@ -407,12 +411,23 @@ public sealed unsafe partial class LlamaTrainingModel : IDisposable
     // The rank r is small (4–64): a product whose output has only r columns or whose sum runs over r would fall to
     // Gemm's scalar edges, so every adapter product is arranged with a long dimension in the vector lanes — B is used
     // transposed (Bᵀ [r, out], refreshed at each forward) and dB is formed as dBᵀ.
-    /// <summary>y[N, out] += (α/r)·(x·Aᵀ)·Bᵀ for the adapter of (layer, target), if any; keeps t = (α/r)·x·Aᵀ [N, r].</summary>
+    /// <summary>
+    /// The key of LoRA dropout's masks (<see cref="LoraOptions.Dropout"/>) for the next forward and the backward after
+    /// it; null (the default): no dropout, as in evaluation. The trainer's steps set a fresh key per micro-batch and
+    /// clear it after the step. Every adapter's mask is a function of the key alone, so the backward recomputes it.
+    /// </summary>
+    public ulong? LoraDropoutKey { get; set; }
+
+    bool Dropping => LoraDropoutKey != null && Lora!.Options.Dropout > 0;
+
+    /// <summary>y[N, out] += s·(x̃·Aᵀ)·Bᵀ for the adapter of (layer, target), if any, with x̃ = x or (dropout) x with its
+    /// mask applied; keeps t = s·x̃·Aᵀ [N, r].</summary>
     void LoraForward(int layer, int target, float* x, float* y)
     {
         if (Lora?.Pairs[layer * 7 + target] is not { } q) return;
         int N = Rows, r = Lora.Options.Rank;
         float* t = _loraT[layer * 7 + target], bt = _loraBt[layer * 7 + target];
+        if (Dropping) { Dropout(layer * 7 + target, _loraX, x, q.In, backward: false); x = _loraX; }
         MatMulNT(x, LP + q.A, t, N, r, q.In);
         Scale(t, Lora.Options.Scale, (long)N * r);
         Layers.Transpose(bt, LP + q.B, q.Out, r, 0, r);
@@ -420,8 +435,8 @@ public sealed unsafe partial class LlamaTrainingModel : IDisposable
     }
 
     /// <summary>
-    /// Backward of <see cref="LoraForward"/> given dy [N, out]: dB += dyᵀ·t (as dBᵀ += tᵀ·dy), dt = (α/r)·dy·B,
-    /// dA += dtᵀ·x, dx += dt·A (dx accumulates, beside the base matrix's dy·W).
+    /// Backward of <see cref="LoraForward"/> given dy [N, out]: dB += dyᵀ·t (as dBᵀ += tᵀ·dy), dt = s·dy·B,
+    /// dA += dtᵀ·x̃, dx += dt·A (dx accumulates, beside the base matrix's dy·W; with dropout through the same mask).
     /// </summary>
     void LoraBackward(int layer, int target, float* dy, float* x, float* dx)
     {
@@ -435,9 +450,30 @@ public sealed unsafe partial class LlamaTrainingModel : IDisposable
             for (int j = 0; j < r; j++) gb[(long)o * r + j] += _loraDbt[(long)j * q.Out + o];
         MatMulNT(dy, bt, _loraDt, N, r, q.Out);
         Scale(_loraDt, Lora.Options.Scale, (long)N * r);
-        MatMulTN(_loraDt, x, LG + q.A, r, q.In, N);
-        MatMulNN(_loraDt, LP + q.A, dx, N, q.In, r);
+        if (!Dropping)
+        {
+            MatMulTN(_loraDt, x, LG + q.A, r, q.In, N);
+            MatMulNN(_loraDt, LP + q.A, dx, N, q.In, r);
+            return;
+        }
+        Dropout(layer * 7 + target, _loraX, x, q.In, backward: false); // x̃ again, from the same key
+        MatMulTN(_loraDt, _loraX, LG + q.A, r, q.In, N);
+        Clear(_loraX, (long)N * q.In);
+        MatMulNN(_loraDt, LP + q.A, _loraX, N, q.In, r);                 // dx̃
+        Dropout(layer * 7 + target, dx, _loraX, q.In, backward: true);   // dx += dx̃ through the mask
     }
+
+    /// <summary>Forward: y = dropout(x), [N, cols]; backward: y += dropout(x) (x the gradient of the dropped input).
+    /// The mask of adapter <paramref name="pair"/> is drawn from <see cref="LoraDropoutKey"/> and the pair.</summary>
+    void Dropout(int pair, float* y, float* x, int cols, bool backward)
+    {
+        _a0 = y; _a1 = x; _dropCols = cols; _dropAccumulate = backward;
+        _dropKey = TrainingRng.At(LoraDropoutKey!.Value, pair);
+        _for.Run(_pool, Rows, 16, _dropout);
+    }
+
+    void DropoutBody(int r0, int r1, int worker) =>
+        Layers.Dropout(_a0, _a1, _dropKey, Lora!.Options.Dropout, (long)r0 * _dropCols, (long)r1 * _dropCols, accumulate: _dropAccumulate);
 
     /// <summary>Projection <paramref name="target"/> (q, k, v, o, gate, up, down) of layer <paramref name="l"/> as F32
     /// [out, in]: in the parameters, or (QLoRA) dequantized into the scratch matrix, valid until the next call.</summary>
@@ -995,9 +1031,14 @@ public struct TrainingRng(ulong seed)
 {
     public ulong State = seed;
 
-    public ulong NextULong()
+    public ulong NextULong() => Mix(State += 0x9E3779B97F4A7C15UL);
+
+    /// <summary>Number <paramref name="i"/> (from 0) of the stream a generator seeded with <paramref name="seed"/>
+    /// draws, without drawing the ones before it: a counter-based generator, for masks a backward recomputes.</summary>
+    public static ulong At(ulong seed, long i) => Mix(seed + (ulong)(i + 1) * 0x9E3779B97F4A7C15UL);
+
+    static ulong Mix(ulong z)
     {
-        ulong z = State += 0x9E3779B97F4A7C15UL;
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
         z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
         return z ^ (z >> 31);

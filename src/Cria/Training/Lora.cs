@@ -14,19 +14,34 @@ public enum LoraTarget
     All = Attention | FfnGate | FfnUp | FfnDown,
 }
 
-/// <summary>LoRA (Hu et al. 2021): W' = W + (α/r)·B·A with A [r, in], B [out, r]; only A and B are trained.</summary>
+/// <summary>
+/// LoRA (Hu et al. 2021): W' = W + s·B·A with A [r, in], B [out, r] and s = α/r; only A and B are trained. PEFT's two
+/// common variations are here too: rsLoRA's s = α/√r (<see cref="RsLora"/>) and dropout on the adapter's input
+/// (<see cref="Dropout"/>).
+/// </summary>
 public sealed record LoraOptions
 {
     public int Rank { get; init; } = 8;
     public float Alpha { get; init; } = 16f;
     public LoraTarget Targets { get; init; } = LoraTarget.All;
-    /// <summary>α / r, the factor on B·A (what llama.cpp applies for an adapter with <c>adapter.lora.alpha</c> = α at user scale 1).</summary>
-    public float Scale => Alpha / Rank;
+    /// <summary>rsLoRA (Kalajdzievski 2023; PEFT's <c>use_rslora</c>): the factor on B·A is α/√r instead of α/r, so
+    /// the update's size does not shrink as the rank grows.</summary>
+    public bool RsLora { get; init; }
+    /// <summary>PEFT's <c>lora_dropout</c>: in training steps every adapter's input x is dropped element-wise with this
+    /// probability, the rest scaled by 1/(1 − p), before A: y = W·x + s·B·A·dropout(x). Each adapter draws its own mask
+    /// (q, k and v too, though they read the same x). Evaluation and inference never drop. 0 (the default): off.</summary>
+    public float Dropout { get; init; }
+    /// <summary>s, the factor on B·A: α/r, or α/√r with <see cref="RsLora"/>.</summary>
+    public float Scale => RsLora ? Alpha / MathF.Sqrt(Rank) : Alpha / Rank;
+    /// <summary>The alpha an adapter file records. llama.cpp (and Cria) apply <c>adapter.lora.alpha</c>/r, so rsLoRA's
+    /// α/√r is written as α·√r — as llama.cpp's convert_lora_to_gguf.py and <see cref="Models.PeftAdapter"/> do.</summary>
+    public float FileAlpha => RsLora ? Alpha * MathF.Sqrt(Rank) : Alpha;
 
     public void Validate()
     {
         if (Rank < 1 || Rank > 4096) throw new CriaException($"LoRA rank must be in [1, 4096], got {Rank}");
         if (!float.IsFinite(Alpha) || Alpha <= 0) throw new CriaException($"LoRA alpha must be a positive number, got {Alpha}");
+        if (!(Dropout >= 0 && Dropout < 1)) throw new CriaException($"LoRA dropout must be in [0, 1), got {Dropout}");
         if ((Targets & LoraTarget.All) == 0 || (Targets & ~LoraTarget.All) != 0) throw new CriaException($"LoRA targets must name at least one of the seven projections, got {Targets}");
     }
 
@@ -164,7 +179,7 @@ public sealed class LoraLayout
         w.Set("general.type", "adapter");
         w.Set("general.name", name);
         w.Set("adapter.type", "lora");
-        w.Set("adapter.lora.alpha", Options.Alpha);
+        w.Set("adapter.lora.alpha", Options.FileAlpha);
         foreach (var t in Tensors)
             if (t.Name != HeadName)
                 w.AddTensor(t.Name, [t.Cols, t.Rows], GgmlType.F32, MemoryMarshal.AsBytes(parameters.Slice((int)t.Offset, (int)t.Count)).ToArray());

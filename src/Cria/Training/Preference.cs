@@ -160,6 +160,7 @@ public sealed partial class Trainer
         double loss = 0, margin = 0, correct = 0, signed = 0;
         for (int a = 0; a < accum; a++)
         {
+            DropoutMasks(a);
             for (int i = 0; i < per; i++)
             {
                 pick[i] = _rng.Next(pairs.Count);

@@ -86,6 +86,7 @@ public sealed partial class Trainer
         double loss = 0; int correct = 0;
         for (int a = 0; a < accum; a++)
         {
+            DropoutMasks(a);
             for (int i = 0; i < P; i++)
             {
                 var p = pairs[_rng.Next(pairs.Count)];
@@ -113,6 +114,7 @@ public sealed partial class Trainer
         double loss = 0; int close = 0;
         for (int a = 0; a < accum; a++)
         {
+            DropoutMasks(a);
             for (int b = 0; b < B; b++)
             {
                 var t = texts[_rng.Next(texts.Count)];

@@ -141,6 +141,7 @@ public sealed partial class Trainer
         {
             for (int a = 0; a < accum; a++)
             {
+                DropoutMasks(a);
                 for (int b = 0; b < B; b++)
                 {
                     var g = groups[_rng.Next(groups.Count)];

@@ -90,6 +90,7 @@ public sealed partial class Trainer
         double loss = 0;
         for (int a = 0; a < accum; a++)
         {
+            DropoutMasks(a);
             int weights = 0;
             if (pack)
             {

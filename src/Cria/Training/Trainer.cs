@@ -117,7 +117,7 @@ public sealed partial class Trainer : IDisposable
     /// <summary>What a checkpoint records as the model it trains: the shape, the LoRA settings when only adapters train,
     /// and how a compressed frozen base is stored (its parameters then lack the projections).</summary>
     public static string Describe(LlamaShape shape, LoraOptions? lora, FrozenBase? frozen = null) =>
-        (lora is { } l ? FormattableString.Invariant($"{shape} lora r={l.Rank} alpha={l.Alpha} targets={l.Targets}") : shape.ToString())
+        (lora is { } l ? FormattableString.Invariant($"{shape} lora r={l.Rank} alpha={l.Alpha} targets={l.Targets}{(l.RsLora ? " rslora" : "")}") : shape.ToString())
         + (frozen != null ? $" base {frozen.Kind}" : "");
 
     /// <summary>One optimizer step over GradAccumulation micro-batches.</summary>
@@ -129,6 +129,7 @@ public sealed partial class Trainer : IDisposable
         double loss = 0;
         for (int a = 0; a < accum; a++)
         {
+            DropoutMasks(a);
             FillBatch();
             float weights = 0;
             foreach (float w in m.LossWeights) weights += w;
@@ -156,10 +157,20 @@ public sealed partial class Trainer : IDisposable
         return new StepResult(Step, (float)(loss / accum), norm, lr, TokensSeen);
     }
 
+    /// <summary>With LoRA dropout (<see cref="LoraOptions.Dropout"/>), keys the masks of micro-batch
+    /// <paramref name="micro"/> of this step: a function of the seed, the step and the micro-batch, so a resumed run
+    /// draws the masks the uninterrupted one would have. Nothing without dropout.</summary>
+    void DropoutMasks(int micro)
+    {
+        if (Model.Lora is { Options.Dropout: > 0 })
+            Model.LoraDropoutKey = TrainingRng.At(Options.Seed ^ 0x4C6F526144726F70UL, ((long)Step << 16) + micro);
+    }
+
     /// <summary>After the step's micro-batches: clips the summed gradients' global norm, applies AdamW at this step's
     /// learning rate and counts the step and its tokens. Returns the norm before clipping and the learning rate.</summary>
     (float Norm, float Lr) OptimizerStep()
     {
+        Model.LoraDropoutKey = null; // the step's forwards are done: what runs between steps (evaluation) never drops
         float norm = GradientNorm();
         float clip = Options.GradClip > 0 && norm > Options.GradClip ? Options.GradClip / norm : 1f;
         float lr = Options.LearningRateAt(Step);

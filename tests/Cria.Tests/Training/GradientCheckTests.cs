@@ -416,4 +416,94 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
         Assert.Empty(m.Gradients); // the frozen base has no gradient buffer
         Report("LoRA adapters (all seven projections), worst tensor", worst, 1e-4);
     }
+
+    /// <summary>
+    /// LoRA dropout (PEFT's lora_dropout), with rsLoRA's scale α/√r: under a dropout key the loss equals a double
+    /// reference whose every adapter reads its input through its own mask, y = W·x + s·B·A·(m ⊙ x)/(1 − p); every
+    /// adapter gradient agrees with central differences of that loss under the same masks; the masks drop about p of
+    /// the inputs, and differently per adapter; without a key (evaluation) the loss is the merged model's.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void LoraDropout(bool rsLora)
+    {
+        var shape = new LlamaShape { VocabSize = 40, Dim = 16, Layers = 2, Heads = 4, KvHeads = 2, FfnDim = 24, ContextLength = 8 };
+        var lora = new LoraOptions { Rank = 4, Alpha = 5f, Targets = LoraTarget.All, Dropout = 0.3f, RsLora = rsLora };
+        Assert.Equal(rsLora ? 2.5f : 1.25f, lora.Scale);
+        int B = 2, T = 6, N = B * T;
+        const ulong key = 0xC0FFEE;
+        using var m = new LlamaTrainingModel(shape, B, T, 2, lora);
+        var rng = new Random(29);
+        foreach (var t in m.Layout.Tensors)
+            for (long i = t.Offset; i < t.Offset + t.Count; i++)
+                m.Parameters[i] = t.IsMatrix ? (float)((rng.NextDouble() * 2 - 1) * 0.5) : (float)(0.8 + 0.4 * rng.NextDouble());
+        var lay = m.Lora!;
+        foreach (var t in lay.Tensors)
+            for (long i = t.Offset; i < t.Offset + t.Count; i++) m.LoraParameters[i] = (float)((rng.NextDouble() * 2 - 1) * 0.4);
+        var tokens = Enumerable.Range(0, N).Select(_ => rng.Next(shape.VocabSize)).ToArray();
+        var targets = Enumerable.Range(0, N).Select(_ => rng.Next(shape.VocabSize)).ToArray();
+        tokens.CopyTo(m.Tokens); targets.CopyTo(m.Targets);
+        var p = m.Parameters.Select(v => (double)v).ToArray();
+
+        // The reference's masks: element i of adapter (layer · 7 + target) is kept when number i of the stream keyed
+        // At(key, pair) is at least p·2⁶⁴ (LlamaTrainingModel's definition, applied here to a double forward).
+        double threshold = lora.Dropout * Math.Pow(2, 64);
+        bool Keeps(int pair, long i) => TrainingRng.At(TrainingRng.At(key, pair), i) >= threshold;
+        long kept = 0, drawn = 0, differ = 0;
+        for (long i = 0; i < 100_000; i++)
+        {
+            bool q = Keeps(0, i), k = Keeps(1, i);
+            kept += q ? 1 : 0; drawn++; differ += q != k ? 1 : 0;
+        }
+        output.WriteLine($"q's mask keeps {kept} of {drawn}; q's and k's masks differ at {differ}");
+        Assert.InRange(kept / (double)drawn, 0.695, 0.705);   // 1 − p = 0.7 (one standard error: 0.0014)
+        Assert.InRange(differ / (double)drawn, 0.415, 0.425); // 2·0.3·0.7 = 0.42: q, k and v read one x through their own masks
+
+        double DroppedLoss(double[] ad)
+        {
+            int r = lora.Rank;
+            double[]? Adapter(int l, int target, double[] x)
+            {
+                if (lay.Pairs[l * 7 + target] is not { } q) return null;
+                var y = new double[N * q.Out];
+                var t = new double[r];
+                for (int n = 0; n < N; n++)
+                {
+                    for (int j = 0; j < r; j++)
+                    {
+                        double d = 0;
+                        for (int i = 0; i < q.In; i++)
+                            if (Keeps(l * 7 + target, (long)n * q.In + i)) d += ad[q.A + (long)j * q.In + i] * x[n * q.In + i] / (1 - lora.Dropout);
+                        t[j] = lora.Scale * d;
+                    }
+                    for (int o = 0; o < q.Out; o++)
+                    {
+                        double d = 0;
+                        for (int j = 0; j < r; j++) d += ad[q.B + (long)o * r + j] * t[j];
+                        y[n * q.Out + o] = d;
+                    }
+                }
+                return y;
+            }
+            var h = Reference.Hidden(m.Layout, p, tokens, B, T, extra: Adapter);
+            return Reference.CrossEntropy(Reference.MatMulNT(h, N, shape.Dim, p, m.Layout.Output, shape.VocabSize), targets, shape.VocabSize);
+        }
+
+        m.LoraDropoutKey = key;
+        m.ZeroGradients();
+        float loss = m.ForwardBackward(1f / N);
+        var a = m.LoraParameters.Select(v => (double)v).ToArray();
+        double refLoss = DroppedLoss(a);
+        double merged = Reference.Loss(m.Layout, Reference.MergeLora(m.Layout, lay, p, a), tokens, targets, B, T);
+        output.WriteLine($"loss with dropout {loss:F6}, reference {refLoss:F6}; without dropout {merged:F6}");
+        Assert.True(Math.Abs(loss - refLoss) < 1e-5, $"loss {loss} vs dropout reference {refLoss}");
+        Assert.True(Math.Abs(refLoss - merged) > 1e-3, "dropout must change the loss for this check to mean anything");
+        double worst = WorstTensor(lay.Tensors, m.LoraGradients, a, DroppedLoss, 34);
+        Report($"LoRA dropout 0.3{(rsLora ? ", rsLoRA" : "")}, worst tensor", worst, 1e-4);
+
+        m.LoraDropoutKey = null; // evaluation: no mask, the merged model's loss
+        m.Forward();
+        Assert.True(Math.Abs(m.Loss() - merged) < 1e-5, $"without a key the loss is {m.Loss()}, the merged model's {merged}");
+    }
 }

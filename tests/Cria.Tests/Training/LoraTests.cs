@@ -59,13 +59,18 @@ public sealed class LoraTests(ITestOutputHelper output)
         return worst;
     }
 
+    /// <summary>An adapter the trainer writes gives the trainer's logits in Cria and in llama.cpp; an rsLoRA adapter
+    /// (scale α/√r, written as alpha α·√r) too.</summary>
     [Theory]
-    [InlineData("all", 8, 16f)]
-    [InlineData("q,v", 4, 4f)]
-    public void Trainer_cria_and_llama_cpp_agree_on_an_adapter(string targets, int rank, float alpha)
+    [InlineData("all", 8, 16f, false)]
+    [InlineData("q,v", 4, 4f, false)]
+    [InlineData("q,v,down", 16, 8f, true)]
+    public void Trainer_cria_and_llama_cpp_agree_on_an_adapter(string targets, int rank, float alpha, bool rsLora)
     {
-        var o = new LoraOptions { Rank = rank, Alpha = alpha, Targets = LoraOptions.ParseTargets(targets) };
-        var (path, tokens, trained) = RandomAdapter($"lora-{targets.Replace(',', '-')}-{rank}", o);
+        var o = new LoraOptions { Rank = rank, Alpha = alpha, Targets = LoraOptions.ParseTargets(targets), RsLora = rsLora };
+        var (path, tokens, trained) = RandomAdapter($"lora-{targets.Replace(',', '-')}-{rank}{(rsLora ? "-rs" : "")}", o);
+        using (var f = GgufFile.Open(path))
+            Assert.Equal(rsLora ? alpha * MathF.Sqrt(rank) : alpha, f.Get<float>("adapter.lora.alpha"), 5);
         using var plain = new CriaRunner(TestPaths.Bundled(), 64);
         var basis = plain.AllLogits(tokens);
         using var cria = new CriaRunner(TestPaths.Bundled(), 64, lora: path);
@@ -79,7 +84,7 @@ public sealed class LoraTests(ITestOutputHelper output)
         ll.Context.NativeHandle.SetLoraAdapters(set);
         var reference = ll.AllLogits(tokens);
         double vsLlama = MaxDiff(adapted, reference);
-        output.WriteLine($"{targets} r={rank} α={alpha}: max |Δ logit| Cria vs trainer {vsTrainer:E2}, vs llama.cpp {vsLlama:E2}; the adapter moves logits by up to {vsBase:F3}");
+        output.WriteLine($"{targets} r={rank} α={alpha}{(rsLora ? " rsLoRA" : "")}: max |Δ logit| Cria vs trainer {vsTrainer:E2}, vs llama.cpp {vsLlama:E2}; the adapter moves logits by up to {vsBase:F3}");
         Assert.True(vsBase > 0.05, $"the adapter changes the logits by only {vsBase}");
         Assert.True(vsTrainer < 1e-4, $"Cria with the adapter differs from the trainer's forward by {vsTrainer}");
         Assert.True(vsLlama < 1e-4, $"Cria with the adapter differs from llama.cpp by {vsLlama}");
@@ -178,6 +183,8 @@ public sealed class LoraTests(ITestOutputHelper output)
         w2.Write(head);
         Assert.Contains("not one of the model's adaptable projections", Assert.Throws<CriaException>(() => LoraAdapter.Load(head, m)).Message);
         Assert.Throws<CriaException>(() => new LoraOptions { Rank = 0 }.Validate());
+        foreach (float p in new[] { 1f, -0.1f, float.NaN })
+            Assert.Contains("dropout", Assert.Throws<CriaException>(() => new LoraOptions { Dropout = p }.Validate()).Message);
         Assert.Throws<CriaException>(() => LoraOptions.ParseTargets("q,wrong"));
     }
 }

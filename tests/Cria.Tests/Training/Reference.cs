@@ -121,8 +121,10 @@ static class Reference
     /// <summary>The final-norm hidden states [B·T, D] in double; <paramref name="keys"/> as in <see cref="Attention"/>.
     /// With <paramref name="sk"/>: the SwiftKV model whose new tensors are in <paramref name="sp"/> — from layer L on,
     /// keys and values from h = swiftkv_norm(x_L) through each AcrossKV owner's projections, queries from attn_q_swiftkv.</summary>
+    /// <para>With <paramref name="extra"/>: a term added to every block projection's output, extra(layer, target, x)
+    /// [N, out] for the projection's input x [N, in], targets in LoRA's order (q, k, v, o, gate, up, down; null: none).</para>
     public static double[] Hidden(ParameterLayout lay, double[] p, int[] tokens, int B, int T, int[]? keys = null,
-        SwiftKvLayout? sk = null, double[]? sp = null)
+        SwiftKvLayout? sk = null, double[]? sp = null, Func<int, int, double[], double[]?>? extra = null)
     {
         var s = lay.Shape;
         int N = B * T, D = s.Dim, KV = s.KvDim, F = s.FfnDim, hd = s.HeadDim;
@@ -148,17 +150,23 @@ static class Reference
             }
             else
             {
-                q = Rope(MatMulNT(xn, N, D, p, o.Wq, D), s.Heads, hd, T, table);
-                k = Rope(MatMulNT(xn, N, D, p, o.Wk, KV), s.KvHeads, hd, T, table);
-                v = MatMulNT(xn, N, D, p, o.Wv, KV);
+                q = Rope(Project(l, 0, xn, D, o.Wq, D), s.Heads, hd, T, table);
+                k = Rope(Project(l, 1, xn, D, o.Wk, KV), s.KvHeads, hd, T, table);
+                v = Project(l, 2, xn, D, o.Wv, KV);
             }
             var att = Attention(q, k, v, B, T, s.Heads, s.KvHeads, hd, keys, window: s.WindowOf(l), sinks: s.WindowSinks);
-            x = Add(x, MatMulNT(att, N, D, p, o.Wo, D));
+            x = Add(x, Project(l, 3, att, D, o.Wo, D));
             xn = RmsNorm(x, Slice(p, o.FfnNorm, D), D, s.RmsEps);
-            var h = SwiGlu(MatMulNT(xn, N, D, p, o.WGate, F), MatMulNT(xn, N, D, p, o.WUp, F));
-            x = Add(x, MatMulNT(h, N, F, p, o.WDown, D));
+            var h = SwiGlu(Project(l, 4, xn, D, o.WGate, F), Project(l, 5, xn, D, o.WUp, F));
+            x = Add(x, Project(l, 6, h, F, o.WDown, D));
         }
         return RmsNorm(x, Slice(p, lay.OutputNorm, D), D, s.RmsEps);
+
+        double[] Project(int l, int target, double[] input, int inDim, long w, int outDim)
+        {
+            var y = MatMulNT(input, N, inDim, p, w, outDim);
+            return extra?.Invoke(l, target, input) is { } e ? Add(y, e) : y;
+        }
     }
 
     /// <summary>The base parameters <paramref name="p"/> with every adapter of <paramref name="lora"/> merged in double:
