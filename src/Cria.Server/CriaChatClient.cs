@@ -10,7 +10,8 @@ namespace Cria.Server;
 /// <summary>
 /// <see cref="IChatClient"/> over an in-process <see cref="Engine"/>: .NET code (and Semantic Kernel) talks to Cria
 /// without HTTP, with the same scheduler, chat template and sampling as the server. ChatOptions map to the sampler
-/// (temperature, top-p, top-k, penalties, seed, stop sequences, max output tokens).
+/// (temperature, top-p, top-k, penalties, seed, stop sequences, max output tokens), and the response format to an output
+/// constraint (JSON, or a JSON schema's documents).
 /// </summary>
 public sealed class CriaChatClient(Engine engine, ChatTemplate template, string modelId) : IChatClient
 {
@@ -31,6 +32,9 @@ public sealed class CriaChatClient(Engine engine, ChatTemplate template, string 
             Prompt = prompt,
             MaxTokens = Math.Min(o?.MaxOutputTokens ?? room, room),
             Stop = o?.StopSequences?.ToArray() ?? [],
+            // ChatResponseFormat.Json: one JSON object; ForJsonSchema(schema): a document of the schema
+            JsonObject = o?.ResponseFormat is ChatResponseFormatJson { Schema: null },
+            Grammar = o?.ResponseFormat is ChatResponseFormatJson { Schema: { } schema } ? JsonSchemaGrammar.Compile(schema) : null,
             Sampler = new SamplerOptions
             {
                 Temperature = o?.Temperature ?? 1f,

@@ -531,7 +531,7 @@ public sealed class CriaServer : IAsyncDisposable
                 {
                     Prompt = prompt, MaxTokens = maxTokens,
                     Sampler = p.Sampler with { Seed = p.Sampler.Seed + (ulong)i },
-                    Stop = p.Stop, IgnoreEog = p.IgnoreEos, JsonObject = p.JsonObject,
+                    Stop = p.Stop, IgnoreEog = p.IgnoreEos, JsonObject = p.JsonObject, Grammar = p.Grammar,
                     // best_of ranks by log p: every token's logprob is needed, whether or not the client asked
                     TopLogprobs = p.BestOf > p.N ? Math.Max(0, p.TopLogprobs) : p.TopLogprobs,
                 }, abort.Token);

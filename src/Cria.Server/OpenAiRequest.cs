@@ -1,5 +1,6 @@
 using System.Text.Json;
 using Cria.Inference;
+using Cria.Serving;
 using Cria.Tokenization;
 
 namespace Cria.Server;
@@ -33,6 +34,9 @@ public sealed record OpenAiSampling
     public bool IgnoreEos { get; init; }
     /// <summary>response_format json_object: constrain the output to one JSON object.</summary>
     public bool JsonObject { get; init; }
+    /// <summary>response_format json_schema (or llama.cpp's <c>json_schema</c> and <c>grammar</c> fields): constrain the
+    /// output to the schema's documents or the GBNF grammar's sentences.</summary>
+    public Grammar? Grammar { get; init; }
     public string? Model { get; init; }
 }
 
@@ -145,14 +149,37 @@ public static class OpenAiRequest
             if (lp != null) topLogprobs = (int)lp;
         }
         bool jsonObject = false;
+        var constraints = new List<string>();
+        Grammar? grammar = null;
         if (Present(o, "response_format", out var rf))
         {
             if (rf.ValueKind != JsonValueKind.Object) throw new ApiException(400, "'response_format' must be an object", "response_format");
             var type = String(rf, "type");
-            if (type == "json_object") jsonObject = true;
+            if (type == "json_object") { jsonObject = true; constraints.Add("response_format"); }
+            else if (type == "json_schema")
+            {
+                if (!Present(rf, "json_schema", out var js) || js.ValueKind != JsonValueKind.Object)
+                    throw new ApiException(400, "response_format json_schema needs a 'json_schema' object", "response_format");
+                if (!Present(js, "schema", out var schema)) throw new ApiException(400, "response_format json_schema needs 'json_schema.schema'", "response_format");
+                grammar = Constraint(() => JsonSchemaGrammar.Compile(schema), "response_format");
+                constraints.Add("response_format");
+            }
             else if (type is not (null or "text"))
-                throw new ApiException(400, $"response_format type '{type}' is not supported by this server (text and json_object are)", "response_format");
+                throw new ApiException(400, $"response_format type '{type}' is not supported by this server (text, json_object and json_schema are)", "response_format");
         }
+        // llama.cpp server's extensions: a JSON schema or a GBNF grammar beside the OpenAI fields
+        if (Present(o, "json_schema", out var schemaField))
+        {
+            grammar = Constraint(() => JsonSchemaGrammar.Compile(schemaField), "json_schema");
+            constraints.Add("json_schema");
+        }
+        if (String(o, "grammar") is { } gbnf)
+        {
+            grammar = Constraint(() => Grammar.Parse(gbnf), "grammar");
+            constraints.Add("grammar");
+        }
+        if (constraints.Count > 1)
+            throw new ApiException(400, $"give one output constraint, not {string.Join(" and ", constraints)}", constraints[1]);
         bool ignoreEos = Bool(o, "ignore_eos") ?? false;
         return new OpenAiSampling
         {
@@ -166,8 +193,14 @@ public static class OpenAiRequest
             },
             SeedGiven = seed.HasValue,
             Stop = stop, N = n, BestOf = bestOf, Stream = stream, IncludeUsage = includeUsage, TopLogprobs = topLogprobs, IgnoreEos = ignoreEos,
-            JsonObject = jsonObject,
+            JsonObject = jsonObject, Grammar = grammar,
         };
+    }
+
+    static Grammar Constraint(Func<Grammar> compile, string param)
+    {
+        try { return compile(); }
+        catch (GrammarException e) { throw new ApiException(400, e.Message, param); }
     }
 
     /// <summary>The messages of a chat request; content may be a string or an array of text parts.</summary>

@@ -152,7 +152,7 @@ public static class BestOfN
     {
         int k = options.PruneAfter!.Value;
         if (k >= request.MaxTokens) throw new CriaException($"pruning after {k} tokens needs requests of more tokens, got max_tokens {request.MaxTokens}");
-        if (request.JsonObject) throw new CriaException("pruning cannot continue a json_object request (its grammar would start again at the pruning point)");
+        if (request.JsonObject || request.Grammar != null) throw new CriaException("pruning cannot continue a json_object or grammar request (its grammar would start again at the pruning point)");
         ulong seed = request.Sampler.Seed;
         GenerationRequest Seeded(int i) => request with { Sampler = request.Sampler with { Seed = unchecked(seed + (ulong)i) } };
         var partial = await Task.WhenAll(Enumerable.Range(0, options.Samples).Select(i => Collect(engine, Seeded(i) with { MaxTokens = k }, cancel)));

@@ -37,6 +37,10 @@ public sealed record GenerationRequest
     /// <summary>Constrain the output to one JSON object (response_format json_object): tokens that would break it are
     /// masked before sampling, and the request stops when the object closes.</summary>
     public bool JsonObject { get; init; }
+    /// <summary>Constrain the output to a sentence of this grammar (GBNF, or a JSON schema through
+    /// <see cref="JsonSchemaGrammar"/>): tokens that would leave it are masked, end-of-generation is allowed only where
+    /// the grammar may end, and the request stops when nothing may follow.</summary>
+    public Grammar? Grammar { get; init; }
     /// <summary>The output continues text already shown (the prompt ends inside a response, as when best-of-N continues
     /// a pruned sample): its first token keeps the leading space a response's start drops (tokenizers with a space
     /// prefix).</summary>
@@ -90,7 +94,7 @@ public sealed class EngineRequest
     internal string Held = "";            // text held back: it may be the start of a stop string
     internal long Arrival, Scheduled, FirstToken, LastToken;
     internal readonly List<double> Itl = new();
-    internal JsonObjectGrammar? Json, JsonScratch;
+    internal OutputConstraint? Constraint; // json_object or a grammar
     internal float[]? Masked;
     internal DraftBudget Drafting;        // speculative decoding: how many to draft next
     internal ModelDrafter? ModelDrafter;  // a draft model's drafter for this request (its sequence id = the request's id)
@@ -137,6 +141,7 @@ public sealed class Engine : IDisposable
     public EngineOptions Options { get; }
     public InferenceContext Context => _ctx;
     public Tokenizer Tokenizer { get; }
+    readonly TokenTries _tries;          // the vocabulary's byte tries, built on the first grammar request
     public KvCache Cache => _ctx.Cache;
     /// <summary>Longest sequence (prompt + generated) one request may reach.</summary>
     public int MaxSequenceLength { get; }
@@ -166,6 +171,7 @@ public sealed class Engine : IDisposable
     {
         _ctx = context;
         Tokenizer = tokenizer;
+        _tries = new TokenTries(tokenizer);
         Options = options ?? new EngineOptions();
         _scheduler = new Scheduler(context.Cache, Options.Scheduler);
         MaxSequenceLength = Math.Min(context.Config.ContextLength, context.Cache.Capacity);
@@ -207,6 +213,7 @@ public sealed class Engine : IDisposable
         foreach (var t in request.Prompt)
             if ((uint)t >= (uint)_ctx.Config.VocabSize) throw new InvalidRequestException($"token {t} is outside the vocabulary (0..{_ctx.Config.VocabSize - 1})");
         try { request.Sampler.Validate(); } catch (CriaException e) { throw new InvalidRequestException(e.Message); }
+        if (request.JsonObject && request.Grammar != null) throw new InvalidRequestException("a request takes json_object or a grammar, not both");
         if (Interlocked.Increment(ref _queued) > Options.MaxWaiting)
         {
             Interlocked.Decrement(ref _queued);
@@ -228,7 +235,8 @@ public sealed class Engine : IDisposable
             r.ModelDrafter.Begin(request.Sampler);
         }
         r.Sequence = new SequenceState(r.Id, request.Prompt, request.MaxTokens) { Tag = r };
-        if (request.JsonObject) { r.Json = new JsonObjectGrammar(); r.JsonScratch = new JsonObjectGrammar(); }
+        if (request.JsonObject) r.Constraint = new JsonObjectConstraint(Tokenizer);
+        else if (request.Grammar is { } g) r.Constraint = new GrammarConstraint(_tries, g.Start());
         _incoming.Enqueue(r);
         if (cancel.CanBeCanceled)
             r.Registration = cancel.Register(static o => { var (e, q) = ((Engine, EngineRequest))o!; e.Cancel(q); }, (this, r));
@@ -413,10 +421,10 @@ public sealed class Engine : IDisposable
     {
         if (r.Sequence.Generated >= r.Request.MaxTokens) { Finish(r, "length", now); return; } // max_tokens = 0: prompt only
         int token;
-        if (r.Json != null)
+        if (r.Constraint != null)
         {
-            token = SampleJson(r, logits);
-            if (token < 0) { Finish(r, "stop", now); return; } // no token can continue the object (cannot happen with byte tokens)
+            token = SampleConstrained(r, logits);
+            if (token < 0) { Finish(r, "stop", now); return; } // no token can continue the output
         }
         else token = r.Sampler.Sample(logits);
         Commit(r, token, logits, now);
@@ -469,7 +477,7 @@ public sealed class Engine : IDisposable
         int room = Math.Min(Math.Min(r.Request.MaxTokens - seq.Generated, MaxSequenceLength - seq.Total) - 1, r.Drafting.Window);
         if (r.ModelDrafter != null) room = Math.Min(room, _modelDraftShare);
         int k = 0;
-        if (r.Json == null && room > 0 && r.Drafting.Drafts())
+        if (r.Constraint == null && room > 0 && r.Drafting.Drafts())
         {
             if (r.ModelDrafter is { } md)
             {
@@ -539,30 +547,26 @@ public sealed class Engine : IDisposable
             text = all[..(all.Length - hold)];
         }
         r.Writer.TryWrite(new EngineOutput(token, text, lp, top));
-        if (r.Json?.IsComplete == true) { Finish(r, "stop", now); return false; }
+        if (r.Constraint?.IsComplete == true) { Finish(r, "stop", now); return false; }
         if (seq.Generated >= req.MaxTokens || seq.Total >= MaxSequenceLength) { Finish(r, "length", now); return false; }
         return true;
     }
 
-    /// <summary>Samples among the tokens whose bytes keep the output a prefix of a JSON object; -1 when none does.</summary>
-    int SampleJson(EngineRequest r, ReadOnlySpan<float> logits)
+    /// <summary>Samples among the tokens the request's constraint allows next; -1 when none is (or the grammar is too
+    /// ambiguous to follow: <see cref="GrammarState.MaxStacks"/>).</summary>
+    int SampleConstrained(EngineRequest r, ReadOnlySpan<float> logits)
     {
         var masked = r.Masked ??= new float[logits.Length];
-        logits.CopyTo(masked);
         // The first token's leading space is dropped by the streaming decoder: judge the bytes that are emitted.
-        int lstrip = r.Sequence.Generated == 0 && Tokenizer.AddSpacePrefix ? 1 : 0;
-        bool any = false;
-        for (int v = 0; v < masked.Length; v++)
+        int lstrip = r.Sequence.Generated == 0 && Tokenizer.AddSpacePrefix && !r.Request.ContinuesText ? 1 : 0;
+        try
         {
-            var bytes = Tokenizer.TokenBytes(v, false, lstrip);
-            r.JsonScratch!.CopyFrom(r.Json!);
-            if (bytes.Length == 0 || !r.JsonScratch.Accept(bytes)) masked[v] = float.NegativeInfinity;
-            else any = true;
+            if (!r.Constraint!.Mask(logits, masked, lstrip)) return -1;
+            int token = r.Sampler.Sample(masked);
+            r.Constraint.Accept(token, lstrip);
+            return token;
         }
-        if (!any) return -1;
-        int token = r.Sampler.Sample(masked);
-        r.Json!.Accept(Tokenizer.TokenBytes(token, false, lstrip));
-        return token;
+        catch (GrammarException) { return -1; }
     }
 
     (float, TokenLogprob[]?) Logprobs(ReadOnlySpan<float> logits, int token, int topN)

@@ -1,0 +1,302 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Encodings.Web;
+using System.Text.Json;
+
+namespace Cria.Serving;
+
+/// <summary>
+/// A JSON schema (OpenAI's structured outputs, <c>response_format: {"type": "json_schema", …}</c>) as a GBNF grammar, in
+/// the manner of llama.cpp's json-schema-to-grammar: one rule per schema node, JSON's own rules for strings and
+/// numbers, and at most 20 spaces of indentation after a newline between tokens (a model cannot pad forever).
+/// <para>Supported: <c>type</c> (one or a list; object, array, string, number, integer, boolean, null), <c>properties</c>
+/// with <c>required</c> (properties in the order written; optional ones may be left out), <c>additionalProperties</c>
+/// (false when absent if <c>properties</c> is given — OpenAI's strict mode requires it; true or a schema allows more
+/// properties after the listed ones), <c>items</c>, <c>prefixItems</c>, <c>minItems</c>/<c>maxItems</c>,
+/// <c>minLength</c>/<c>maxLength</c>, <c>enum</c>, <c>const</c>, <c>anyOf</c>/<c>oneOf</c> (as alternatives),
+/// <c>allOf</c> of one schema, <c>$ref</c> to <c>#/$defs/…</c> or <c>#/definitions/…</c> (recursion included), and
+/// {} or true for any value. Annotations (title, description, format, default, examples, $schema, $id, strict) are
+/// ignored.</para>
+/// <para>Refused with a <see cref="GrammarException"/> naming the keyword and where it is: validation keywords the
+/// grammar would not enforce (pattern, minimum, maximum, multipleOf, uniqueItems, not, if/then/else, …) — better an
+/// error than output that breaks the schema.</para>
+/// </summary>
+public static class JsonSchemaGrammar
+{
+    /// <summary>The schema's grammar, parsed.</summary>
+    public static Grammar Compile(JsonElement schema) => Grammar.Parse(ToGbnf(schema));
+
+    /// <summary>The schema's grammar as GBNF text (start rule <c>root</c>).</summary>
+    public static string ToGbnf(JsonElement schema)
+    {
+        var c = new Converter(schema);
+        string top = c.Visit(schema, "root", "#");
+        if (top != "root") c.Rules["root"] = top;
+        var sb = new StringBuilder();
+        foreach (var (name, body) in c.Rules) sb.Append(name).Append(" ::= ").Append(body).Append('\n');
+        return sb.ToString();
+    }
+
+    const string Space = "| \" \" | \"\\n\" [ \\t]{0,20}";
+
+    static readonly (string Name, string Body)[] Primitives =
+    [
+        ("space", Space),
+        ("boolean", "(\"true\" | \"false\") space"),
+        ("null", "\"null\" space"),
+        ("integral-part", "[0] | [1-9] [0-9]{0,15}"),
+        ("decimal-part", "[0-9]{1,16}"),
+        ("number", "(\"-\"? integral-part) (\".\" decimal-part)? ([eE] [-+]? integral-part)? space"),
+        ("integer", "(\"-\"? integral-part) space"),
+        ("char", "[^\"\\\\\\x7F\\x00-\\x1F] | [\\\\] ([\"\\\\/bfnrt] | \"u\" [0-9a-fA-F]{4})"),
+        ("string", "\"\\\"\" char* \"\\\"\" space"),
+        ("value", "object | array | string | number | boolean | null"),
+        ("object", "\"{\" space ( string \":\" space value (\",\" space string \":\" space value)* )? \"}\" space"),
+        ("array", "\"[\" space ( value (\",\" space value)* )? \"]\" space"),
+    ];
+
+    static readonly Dictionary<string, string[]> PrimitiveDeps = new()
+    {
+        ["space"] = [], ["boolean"] = ["space"], ["null"] = ["space"], ["integral-part"] = [], ["decimal-part"] = [],
+        ["number"] = ["integral-part", "decimal-part", "space"], ["integer"] = ["integral-part", "space"], ["char"] = [],
+        ["string"] = ["char", "space"], ["value"] = ["object", "array", "string", "number", "boolean", "null"],
+        ["object"] = ["string", "value", "space"], ["array"] = ["value", "space"],
+    };
+
+    static readonly HashSet<string> Ignored =
+        ["title", "description", "format", "default", "examples", "$schema", "$id", "$comment", "strict", "readOnly", "writeOnly", "deprecated", "$defs", "definitions", "name"];
+
+    sealed class Converter(JsonElement root)
+    {
+        public readonly Dictionary<string, string> Rules = new();
+        readonly Dictionary<string, string> _refs = new();   // "#/$defs/x" → its rule
+
+        /// <summary>The rule (made if needed) for a primitive, with the primitives it uses.</summary>
+        string Primitive(string name)
+        {
+            if (!Rules.ContainsKey(name))
+            {
+                Rules[name] = Primitives.First(p => p.Name == name).Body;
+                foreach (var d in PrimitiveDeps[name]) Primitive(d);
+            }
+            return name;
+        }
+
+        string NewRule(string name, string body)
+        {
+            string n = name;
+            for (int i = 2; Rules.ContainsKey(n) || Primitives.Any(p => p.Name == n); i++) n = $"{name}-{i}";
+            Rules[n] = body;
+            return n;
+        }
+
+        static string RuleName(string s)
+        {
+            var sb = new StringBuilder();
+            foreach (char ch in s) sb.Append(char.IsAsciiLetterOrDigit(ch) ? ch : '-');
+            return sb.Length > 0 ? sb.ToString() : "x";
+        }
+
+        static GrammarException Error(string path, string what) => new($"json schema at {path}: {what}");
+
+        /// <summary>A GBNF expression (a rule name or a parenthesised body) for <paramref name="s"/>.</summary>
+        public string Visit(JsonElement s, string name, string path)
+        {
+            if (s.ValueKind == JsonValueKind.True) return Primitive("value");
+            if (s.ValueKind == JsonValueKind.False) throw Error(path, "the schema false admits no value");
+            if (s.ValueKind != JsonValueKind.Object) throw Error(path, $"a schema must be an object or a boolean, got {s.ValueKind}");
+            foreach (var p in s.EnumerateObject())
+                if (!Known.Contains(p.Name) && !Ignored.Contains(p.Name))
+                    throw Error(path, $"'{p.Name}' is not supported (the output could break it)");
+
+            if (s.TryGetProperty("$ref", out var r)) return Ref(r, path);
+            if (s.TryGetProperty("const", out var c)) { Primitive("space"); return Wrap(name, Literal(c) + " space"); }
+            if (s.TryGetProperty("enum", out var e))
+            {
+                if (e.ValueKind != JsonValueKind.Array || e.GetArrayLength() == 0) throw Error(path, "'enum' must be a non-empty array");
+                Primitive("space");
+                return Wrap(name, "(" + string.Join(" | ", e.EnumerateArray().Select(Literal)) + ") space");
+            }
+            foreach (var key in new[] { "anyOf", "oneOf" })
+                if (s.TryGetProperty(key, out var any))
+                {
+                    if (any.ValueKind != JsonValueKind.Array || any.GetArrayLength() == 0) throw Error(path, $"'{key}' must be a non-empty array");
+                    var alts = any.EnumerateArray().Select((a, i) => Visit(a, $"{name}-{i}", $"{path}/{key}/{i}")).ToList();
+                    return Wrap(name, string.Join(" | ", alts));
+                }
+            if (s.TryGetProperty("allOf", out var all))
+            {
+                if (all.ValueKind != JsonValueKind.Array || all.GetArrayLength() != 1) throw Error(path, "'allOf' is supported with one schema only");
+                return Visit(all[0], name, $"{path}/allOf/0");
+            }
+            if (s.TryGetProperty("type", out var t))
+            {
+                if (t.ValueKind == JsonValueKind.String) return Typed(s, t.GetString()!, name, path);
+                if (t.ValueKind != JsonValueKind.Array || t.GetArrayLength() == 0) throw Error(path, "'type' must be a string or a non-empty array of strings");
+                var alts = t.EnumerateArray().Select(x => x.ValueKind == JsonValueKind.String ? Typed(s, x.GetString()!, $"{name}-{x.GetString()}", path)
+                    : throw Error(path, "'type' must be a string or a non-empty array of strings")).ToList();
+                return Wrap(name, string.Join(" | ", alts));
+            }
+            if (s.TryGetProperty("properties", out _)) return Typed(s, "object", name, path);
+            if (s.TryGetProperty("items", out _) || s.TryGetProperty("prefixItems", out _)) return Typed(s, "array", name, path);
+            return Primitive("value");
+        }
+
+        static readonly HashSet<string> Known =
+            ["type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems", "minLength", "maxLength",
+             "enum", "const", "anyOf", "oneOf", "allOf", "$ref"];
+
+        string Wrap(string name, string body) => NewRule(RuleName(name), body);
+
+        string Ref(JsonElement r, string path)
+        {
+            string target = r.ValueKind == JsonValueKind.String ? r.GetString()! : throw Error(path, "'$ref' must be a string");
+            if (_refs.TryGetValue(target, out var rule)) return rule;
+            var parts = target.Split('/');
+            if (parts.Length != 3 || parts[0] != "#" || parts[1] is not ("$defs" or "definitions"))
+                throw Error(path, $"'$ref' {target} is not supported (use #/$defs/NAME or #/definitions/NAME)");
+            if (!root.TryGetProperty(parts[1], out var defs) || defs.ValueKind != JsonValueKind.Object || !defs.TryGetProperty(parts[2], out var def))
+                throw Error(path, $"'$ref' {target} names no definition");
+            // Name the rule before visiting, so a recursive reference finds it.
+            string name = NewRule(RuleName("ref-" + parts[2]), "");
+            _refs[target] = name;
+            Rules[name] = Visit(def, name + "-body", target);
+            return name;
+        }
+
+        string Typed(JsonElement s, string type, string name, string path)
+        {
+            switch (type)
+            {
+                case "boolean" or "null" or "number" or "integer":
+                    return Primitive(type);
+                case "string":
+                {
+                    int min = Count(s, "minLength", path) ?? 0;
+                    int? max = Count(s, "maxLength", path);
+                    if (min == 0 && max == null) return Primitive("string");
+                    if (max < min) throw Error(path, "maxLength < minLength");
+                    Primitive("char"); Primitive("space");
+                    return Wrap(name, $"\"\\\"\" char{{{min},{(max?.ToString(CultureInfo.InvariantCulture) ?? "")}}} \"\\\"\" space");
+                }
+                case "array":
+                    return Array(s, name, path);
+                case "object":
+                    return Object(s, name, path);
+                default:
+                    throw Error(path, $"unknown type '{type}'");
+            }
+        }
+
+        int? Count(JsonElement s, string key, string path)
+        {
+            if (!s.TryGetProperty(key, out var v)) return null;
+            if (v.ValueKind != JsonValueKind.Number || !v.TryGetInt32(out int n) || n < 0 || n > Grammar.MaxRepetition)
+                throw Error(path, $"'{key}' must be an integer in [0, {Grammar.MaxRepetition}]");
+            return n;
+        }
+
+        string Array(JsonElement s, string name, string path)
+        {
+            Primitive("space");
+            var parts = new List<string>();
+            if (s.TryGetProperty("prefixItems", out var prefix))
+            {
+                if (prefix.ValueKind != JsonValueKind.Array) throw Error(path, "'prefixItems' must be an array");
+                int i = 0;
+                foreach (var item in prefix.EnumerateArray())
+                {
+                    parts.Add(Visit(item, $"{name}-{i}", $"{path}/prefixItems/{i}"));
+                    i++;
+                }
+                if (s.TryGetProperty("items", out var extra) && extra.ValueKind != JsonValueKind.False)
+                    throw Error(path, "'items' beside 'prefixItems' is supported only as false");
+                if (parts.Count == 0) return Wrap(name, "\"[\" space \"]\" space");
+                return Wrap(name, "\"[\" space " + string.Join(" \",\" space ", parts) + " \"]\" space");
+            }
+            string item1 = s.TryGetProperty("items", out var items) ? Visit(items, name + "-item", path + "/items") : Primitive("value");
+            int min = Count(s, "minItems", path) ?? 0;
+            int? max = Count(s, "maxItems", path);
+            if (max < min) throw Error(path, "maxItems < minItems");
+            if (max == 0) return Wrap(name, "\"[\" space \"]\" space");
+            // item ("," space item){min−1, max−1}, optional when min = 0
+            string rest = $"(\",\" space {item1}){{{Math.Max(0, min - 1)},{(max is int m ? (m - 1).ToString(CultureInfo.InvariantCulture) : "")}}}";
+            string list = $"{item1} {rest}";
+            return Wrap(name, min == 0 ? $"\"[\" space ({list})? \"]\" space" : $"\"[\" space {list} \"]\" space");
+        }
+
+        string Object(JsonElement s, string name, string path)
+        {
+            Primitive("space");
+            bool hasProps = s.TryGetProperty("properties", out var props);
+            if (hasProps && props.ValueKind != JsonValueKind.Object) throw Error(path, "'properties' must be an object");
+            var required = new HashSet<string>();
+            if (s.TryGetProperty("required", out var req))
+            {
+                if (req.ValueKind != JsonValueKind.Array) throw Error(path, "'required' must be an array of names");
+                foreach (var x in req.EnumerateArray())
+                    required.Add(x.ValueKind == JsonValueKind.String ? x.GetString()! : throw Error(path, "'required' must be an array of names"));
+            }
+            var list = hasProps ? props.EnumerateObject().ToList() : [];
+            foreach (var n in required)
+                if (!list.Any(p => p.Name == n)) throw Error(path, $"required property '{n}' is not in 'properties'");
+            // additionalProperties: absent → none when properties are listed, any object otherwise
+            string? extra = null;
+            if (s.TryGetProperty("additionalProperties", out var ap))
+            {
+                if (ap.ValueKind != JsonValueKind.False) extra = Visit(ap, name + "-additional", path + "/additionalProperties");
+            }
+            else if (!hasProps) return Primitive("object");
+
+            // A(i): the properties from i on, none written yet; B(i): the same after one was written (each needs a comma).
+            // A(i) ::= kv(i) B(i+1) [| A(i+1) when i is optional];  B(i) ::= "," space kv(i) B(i+1) [| B(i+1)].
+            int count = list.Count;
+            var kv = new string[count];
+            for (int i = 0; i < count; i++)
+            {
+                string value = Visit(list[i].Value, $"{name}-{list[i].Name}", $"{path}/properties/{list[i].Name}");
+                kv[i] = Wrap($"{name}-{list[i].Name}-kv", $"{Literal(JsonSerializer.Serialize(list[i].Name, Compact))} space \":\" space {value}");
+            }
+            string endA = "", endB = "";
+            if (extra != null)
+            {
+                Primitive("string");
+                string pair = $"string \":\" space {extra}";
+                endB = Wrap(name + "-more", $"(\",\" space {pair})*");
+                endA = Wrap(name + "-any", $"({pair} {endB})?");
+            }
+            string nextA = endA, nextB = endB;
+            for (int i = count - 1; i >= 0; i--)
+            {
+                bool opt = !required.Contains(list[i].Name);
+                string a = $"{kv[i]} {nextB}".Trim() + (opt ? $" | {(nextA.Length > 0 ? nextA : "\"\"")}" : "");
+                string b = $"\",\" space {kv[i]} {nextB}".Trim() + (opt ? $" | {(nextB.Length > 0 ? nextB : "\"\"")}" : "");
+                nextA = Wrap($"{name}-a{i}", a);
+                nextB = Wrap($"{name}-b{i}", b);
+            }
+            return Wrap(name, $"\"{{\" space {nextA} \"}}\" space");
+        }
+
+        /// <summary>A JSON value written compactly (non-ASCII characters as themselves), as a GBNF literal.</summary>
+        static string Literal(JsonElement v) => Literal(JsonSerializer.Serialize(v, Compact));
+
+        static readonly JsonSerializerOptions Compact = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+        static string Literal(string json)
+        {
+            var sb = new StringBuilder("\"");
+            foreach (char ch in json)
+                sb.Append(ch switch
+                {
+                    '"' => "\\\"",
+                    '\\' => "\\\\",
+                    '\n' => "\\n",
+                    '\r' => "\\r",
+                    '\t' => "\\t",
+                    < ' ' => $"\\x{(int)ch:X2}",
+                    _ => ch.ToString(),
+                });
+            return sb.Append('"').ToString();
+        }
+    }
+}
