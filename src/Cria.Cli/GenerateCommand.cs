@@ -32,9 +32,14 @@ static class GenerateCommand
         var draftFixed = new Option<bool>("--draft-fixed") { Description = "draft up to --draft-max every step (default: adapt to how many drafts the target keeps)" };
         var ngram = new Option<int>("--lookup-ngram") { Description = "longest n-gram prompt lookup matches", DefaultValueFactory = _ => 3 };
         var clamp = new Option<string[]>("--clamp") { Description = "hold feed-forward neuron N of layer L at value V at every position: L:N=V (repeatable; see `cria neurons`)", AllowMultipleArgumentsPerToken = false };
+        var grammar = new Option<string?>("--grammar") { Description = "constrain the continuation to this GBNF grammar (llama.cpp's format; start rule 'root')" };
+        var grammarFile = new Option<string?>("--grammar-file") { Description = "--grammar read from a file" };
+        var jsonSchema = new Option<string?>("--json-schema", "-j") { Description = "constrain the continuation to a JSON document of this schema" };
+        var jsonSchemaFile = new Option<string?>("--json-schema-file") { Description = "--json-schema read from a file" };
         var cmd = new Command("generate", "generate text from a prompt (streams as it goes)")
         {
             model, prompt, file, n, temp, seed, threads, ctx, topK, topP, minP, repeat, lastN, freq, pres, special, draftModel, lookup, draftMax, draftPMin, ngram, draftFixed, clamp,
+            grammar, grammarFile, jsonSchema, jsonSchemaFile,
         };
         var kv = new KvCliOptions();
         var lora = new LoraCliOptions();
@@ -44,6 +49,7 @@ static class GenerateCommand
         rapid.AddTo(cmd);
         cmd.SetAction(r =>
         {
+            var constraint = Constraint(r.GetValue(grammar), r.GetValue(grammarFile), r.GetValue(jsonSchema), r.GetValue(jsonSchemaFile));
             var path = DefaultModel.Resolve(r.GetValue(model));
             using var m = LlamaModel.Open(path);
             int ctxSize = r.GetValue(ctx);
@@ -106,7 +112,7 @@ static class GenerateCommand
                 gen.Drafter = new PromptLookupDrafter(SpeculativeOptions.Lookup with { DraftMax = dMax == 0 ? 10 : dMax, NgramMax = r.GetValue(ngram), Adaptive = !r.GetValue(draftFixed) });
             Console.Out.Write(text);
             Console.Out.Flush();
-            foreach (var piece in gen.Generate(promptTokens, new GenerationOptions { MaxTokens = nPredict, Sampler = sampler, ParseSpecial = r.GetValue(special) }))
+            foreach (var piece in gen.Generate(promptTokens, new GenerationOptions { MaxTokens = nPredict, Sampler = sampler, ParseSpecial = r.GetValue(special), Grammar = constraint }))
             {
                 Console.Out.Write(piece);
                 Console.Out.Flush();
@@ -122,5 +128,20 @@ static class GenerateCommand
             return 0;
         });
         return cmd;
+    }
+
+    /// <summary>The output constraint of --grammar, --grammar-file, --json-schema or --json-schema-file (at most one).</summary>
+    static Serving.Grammar? Constraint(string? gbnf, string? gbnfFile, string? schema, string? schemaFile)
+    {
+        var given = new[] { gbnf, gbnfFile, schema, schemaFile }.Count(x => x != null);
+        if (given > 1) throw new CriaException("give one of --grammar, --grammar-file, --json-schema and --json-schema-file");
+        string Read(string f) => File.Exists(f) ? File.ReadAllText(f) : throw new CriaException($"file not found: {f}");
+        if (gbnf != null || gbnfFile != null) return Serving.Grammar.Parse(gbnf ?? Read(gbnfFile!));
+        if (schema == null && schemaFile == null) return null;
+        string text = schema ?? Read(schemaFile!);
+        System.Text.Json.JsonElement element;
+        try { element = System.Text.Json.JsonDocument.Parse(text).RootElement.Clone(); }
+        catch (System.Text.Json.JsonException e) { throw new CriaException($"the JSON schema is not valid JSON: {e.Message}"); }
+        return Serving.JsonSchemaGrammar.Compile(element);
     }
 }

@@ -14,6 +14,10 @@ public sealed record GenerationOptions
     public bool ParseSpecial { get; init; }
     /// <summary>Stop at an end-of-generation token (EOS, EOT…).</summary>
     public bool StopAtEndOfGeneration { get; init; } = true;
+    /// <summary>Constrain the continuation to a sentence of this grammar (GBNF or a JSON schema's; see
+    /// <see cref="Serving.Grammar"/>): generation stops ("grammar") when nothing may follow. Not with a drafter or
+    /// beacons.</summary>
+    public Serving.Grammar? Grammar { get; init; }
 }
 
 /// <summary>Timings of the last generation, as llama.cpp reports them.</summary>
@@ -83,6 +87,8 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
         if (Drafter != null && ctx.Evicts) throw new CriaException("speculative decoding does not work with KV eviction");
         if (Drafter != null && Drafter.Options.DraftMax > ctx.Cache.MaxRollback)
             throw new CriaException($"this KV cache (KIVI, or a hybrid model's windows) can take back at most {ctx.Cache.MaxRollback} positions at once; draft max {Drafter.Options.DraftMax} is more");
+        if (options.Grammar != null && (Drafter != null || BeaconRatio != null))
+            throw new CriaException("a grammar is not supported with speculative decoding or Activation Beacon");
         ctx.Cache.Remove(sequenceId);
         if (BeaconRatio is { } ratio)
         {
@@ -143,6 +149,18 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
         int drafted = 0, accepted = 0, steps = 0;
         var budget = new DraftBudget(maxDraft, drafter?.Options.Adaptive ?? false);
         var nudge = new RapidNudge(drafter?.Options, ctx.Config.VocabSize, options.Sampler.Temperature <= 0);
+        // The continuation follows the prompt's text, so its first token keeps its leading space (lstrip 0).
+        var constraint = options.Grammar is { } g ? new Serving.GrammarConstraint(new Serving.TokenTries(Tokenizer), g.Start()) : null;
+        var masked = constraint != null ? new float[ctx.Config.VocabSize] : [];
+        // The next token from a row's logits: sampled, or (grammar) sampled among the tokens it allows; −1 if none.
+        int Pick(ReadOnlySpan<float> logits, Sampler sampler)
+        {
+            if (constraint == null) return sampler.Sample(logits);
+            if (!constraint.Mask(logits, masked, lstrip: 0)) return -1;
+            int t = sampler.Sample(masked);
+            constraint.Accept(t, lstrip: 0);
+            return t;
+        }
 
         var sw = Stopwatch.StartNew();
         batch.AddSequence(promptTokens, 0, sequenceId);
@@ -155,9 +173,9 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
         if (options.MaxTokens > 0)
         {
             if (nudge.On) drafter!.Draft(history.AsSpan(0, hn), []); // RAPID: the drafter's distribution after its prompt
-            step[0] = nudge.On ? nudge.Sample(ctx.Logits(batch.Count - 1), 0, sampler, drafter!) : sampler.Sample(ctx.Logits(batch.Count - 1));
-            sampler.Accept(step[0]);
-            stepCount = 1;
+            step[0] = nudge.On ? nudge.Sample(ctx.Logits(batch.Count - 1), 0, sampler, drafter!) : Pick(ctx.Logits(batch.Count - 1), sampler);
+            if (step[0] >= 0) { sampler.Accept(step[0]); stepCount = 1; }
+            else stop = "grammar";
         }
         while (stepCount > 0)
         {
@@ -171,6 +189,7 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
                 if (options.StopAtEndOfGeneration && Tokenizer.IsEog(t)) { stop = "eog"; done = true; break; }
                 yield return t;
                 if (generated == options.MaxTokens) done = true;
+                if (constraint?.IsComplete == true) { stop = "grammar"; done = true; }
             }
             if (done) break;
             if (pos >= ctx.Cache.Capacity) { stop = "context"; break; }
@@ -203,7 +222,8 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
             if (kept == k)
             {
                 // Every draft kept: one more token from the last row.
-                step[k] = nudge.On ? nudge.Sample(ctx.Logits(k), k, sampler, drafter!) : sampler.Sample(ctx.Logits(k));
+                step[k] = nudge.On ? nudge.Sample(ctx.Logits(k), k, sampler, drafter!) : Pick(ctx.Logits(k), sampler);
+                if (step[k] < 0) { stop = "grammar"; break; }
                 sampler.Accept(step[k]);
             }
             else ctx.Cache.Truncate(sequenceId, pos + 1 + kept); // drop the rejected drafts' K/V

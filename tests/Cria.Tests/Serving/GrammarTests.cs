@@ -168,4 +168,27 @@ public sealed class GrammarTests(ITestOutputHelper output)
         output.WriteLine($"{gbnf.Split('\n')[0]}: \"{text}\"; {compared:N0} token decisions compared, {allowedTotal:N0} allowed");
         Assert.True(text.Length > 0);
     }
+
+    /// <summary><c>cria generate --grammar</c>: the Generator samples among the tokens the grammar allows, stops when
+    /// nothing may follow, and refuses a drafter.</summary>
+    [Fact]
+    public void The_generator_follows_a_grammar()
+    {
+        using var m = LlamaModel.Open(TestPaths.Bundled());
+        using var c = new Cria.Inference.InferenceContext(m, new Cria.Inference.ContextOptions { ContextSize = 128, Threads = 2 });
+        var gen = new Cria.Inference.Generator(c, m.Tokenizer);
+        var g = Grammar.Parse("root ::= \" unto \" [A-Z] [a-z]{2,12} \", \" (\"yea\" | \"nay\") \".\"");
+        for (ulong seed = 1; seed <= 3; seed++)
+        {
+            string text = string.Concat(gen.Generate("And the king said", new Cria.Inference.GenerationOptions
+            {
+                MaxTokens = 60, Grammar = g, Sampler = new Cria.Inference.SamplerOptions { Temperature = 1, Seed = seed },
+            }));
+            output.WriteLine(text);
+            Assert.Matches("^ unto [A-Z][a-z]{2,12}, (yea|nay)\\.$", text);
+            Assert.Equal("grammar", gen.LastStats!.StopReason);
+        }
+        gen.Drafter = new Cria.Inference.PromptLookupDrafter(Cria.Inference.SpeculativeOptions.Lookup);
+        Assert.Throws<CriaException>(() => gen.Generate("x", new Cria.Inference.GenerationOptions { Grammar = g }).ToList());
+    }
 }
