@@ -440,34 +440,36 @@ public sealed class GrammarState
     {
         var (stacks, cp, left) = (_stacks, _cp, _left);
         foreach (byte b in bytes)
-            if (!Step(ref stacks, ref cp, ref left, b)) return false;
+            if (Step(stacks, ref cp, ref left, b, new List<Frame?>()) is { } next) stacks = next;
+            else return false;
         (_stacks, _cp, _left) = (stacks, cp, left);
         return true;
     }
 
-    /// <summary>One byte on (stacks, UTF-8 state); false when no stack takes it. Used by the token trie walk with
-    /// the state of the node above.</summary>
-    internal bool Step(ref List<Frame?> stacks, ref int cp, ref int left, byte b)
+    /// <summary>One byte on (stacks, UTF-8 state): the stacks after it — <paramref name="into"/>, cleared and filled,
+    /// when the byte ends a character; <paramref name="stacks"/> itself while a character is partial — or null when no
+    /// stack takes it. The token trie walk passes one reused list per depth.</summary>
+    internal List<Frame?>? Step(List<Frame?> stacks, ref int cp, ref int left, byte b, List<Frame?> into)
     {
         if (left == 0)
         {
-            if (b < 0x80) return Advance(ref stacks, b);
+            if (b < 0x80) return Advance(stacks, b, into);
             if ((b & 0xE0) == 0xC0 && b >= 0xC2) { cp = b & 0x1F; left = 1; }
             else if ((b & 0xF0) == 0xE0) { cp = b & 0x0F; left = 2; }
             else if ((b & 0xF8) == 0xF0 && b <= 0xF4) { cp = b & 0x07; left = 3; }
-            else return false;
-            return CouldComplete(stacks, cp, left);
+            else return null;
+            return CouldComplete(stacks, cp, left) ? stacks : null;
         }
-        if ((b & 0xC0) != 0x80) return false;
+        if ((b & 0xC0) != 0x80) return null;
         cp = (cp << 6) | (b & 0x3F);
         --left;
         // The second byte decides whether the sequence is UTF-8 at all: no overlong form, no surrogate (U+D800–DFFF,
         // which decoders turn into U+FFFD), nothing above U+10FFFF. A 3-byte sequence has 10 bits after it, a 4-byte
         // one 9 bits and 2 bytes to come.
-        if (left == 1 && cp < 0x400 && (cp < 0x20 || cp is >= 0x360 and <= 0x37F)) return false;
-        if (left == 2 && cp is < 0x10 or > 0x10F) return false;
-        if (left > 0) return CouldComplete(stacks, cp, left);
-        return Advance(ref stacks, cp);
+        if (left == 1 && cp < 0x400 && (cp < 0x20 || cp is >= 0x360 and <= 0x37F)) return null;
+        if (left == 2 && cp is < 0x10 or > 0x10F) return null;
+        if (left > 0) return CouldComplete(stacks, cp, left) ? stacks : null;
+        return Advance(stacks, cp, into);
     }
 
     /// <summary>Whether a character element on top of some stack could match a code point that the partial UTF-8
@@ -491,17 +493,16 @@ public sealed class GrammarState
 
     internal (List<Frame?> Stacks, int Cp, int Left) Snapshot => (_stacks, _cp, _left);
 
-    bool Advance(ref List<Frame?> stacks, int cp)
+    List<Frame?>? Advance(List<Frame?> stacks, int cp, List<Frame?> into)
     {
-        var next = new List<Frame?>();
+        into.Clear();
         foreach (var f in stacks)
         {
-            if (f == null) continue;
-            if (_g.Matches(_g.Elements[f.Pos], cp)) Expand(new Frame(f.Pos + 1, f.Next), next);
+            if (f == null || !_g.Matches(_g.Elements[f.Pos], cp)) continue;
+            // the character's alternative goes on, or (last element) pops without a frame for its end
+            Expand(_g.Elements[f.Pos + 1].Kind == Grammar.Kind.End ? f.Next : new Frame(f.Pos + 1, f.Next), into);
         }
-        if (next.Count == 0) return false;
-        stacks = next;
-        return true;
+        return into.Count == 0 ? null : into;
     }
 
     /// <summary>Adds to <paramref name="output"/> every stack that <paramref name="f"/> expands to whose top is a

@@ -61,22 +61,26 @@ internal sealed class GrammarConstraint(TokenTries tries, GrammarState state) : 
     {
         masked.Fill(float.NegativeInfinity);
         var (stacks, cp, left) = _state.Snapshot;
-        bool any = Walk(tries.For(lstrip).Root, stacks, cp, left, logits, masked);
+        bool any = Walk(tries.For(lstrip).Root, 0, stacks, cp, left, logits, masked);
         if (_state.CanEnd)
             foreach (int t in tries.EndTokens) { masked[t] = logits[t]; any = true; }
         return any;
     }
 
-    bool Walk(TokenTrie.Node node, List<GrammarState.Frame?> stacks, int cp, int left, ReadOnlySpan<float> logits, Span<float> masked)
+    readonly List<List<GrammarState.Frame?>> _depthStacks = new(); // one reused stack list per trie depth
+
+    bool Walk(TokenTrie.Node node, int depth, List<GrammarState.Frame?> stacks, int cp, int left, ReadOnlySpan<float> logits, Span<float> masked)
     {
+        if (_depthStacks.Count == depth) _depthStacks.Add(new List<GrammarState.Frame?>());
+        var into = _depthStacks[depth];
         bool any = false;
         for (int i = 0; i < node.Keys.Length; i++)
         {
-            var (s, c, l) = (stacks, cp, left);
-            if (!_state.Step(ref s, ref c, ref l, node.Keys[i])) continue;
+            var (c, l) = (cp, left);
+            if (_state.Step(stacks, ref c, ref l, node.Keys[i], into) is not { } next) continue;
             var child = node.Children[i];
             foreach (int t in child.Tokens) { masked[t] = logits[t]; any = true; }
-            any |= Walk(child, s, c, l, logits, masked);
+            if (child.Keys.Length > 0) any |= Walk(child, depth + 1, next, c, l, logits, masked);
         }
         return any;
     }
