@@ -420,10 +420,14 @@ public sealed class GrammarState
     internal GrammarState(Grammar g)
     {
         _g = g;
+        _after = new(ReferenceEqualityComparer.Instance);
         foreach (int a in g.Alternatives[g.Root]) Expand(new Frame(a, null), _stacks);
     }
 
-    GrammarState(Grammar g, List<Frame?> stacks, int cp, int left) { _g = g; _stacks = stacks; _cp = cp; _left = left; }
+    GrammarState(Grammar g, List<Frame?> stacks, int cp, int left, Dictionary<Frame, Frame?[]> after)
+    {
+        _g = g; _stacks = stacks; _cp = cp; _left = left; _after = after;
+    }
 
     public Grammar Grammar => _g;
     /// <summary>The text so far is a whole sentence of the grammar (the output may end here).</summary>
@@ -433,7 +437,7 @@ public sealed class GrammarState
     /// <summary>A whole sentence that nothing may extend: the output must end here.</summary>
     public bool IsComplete => CanEnd && !CanContinue;
 
-    public GrammarState Clone() => new(_g, [.. _stacks], _cp, _left);
+    public GrammarState Clone() => new(_g, [.. _stacks], _cp, _left, _after);
 
     /// <summary>Feeds bytes; false when they leave the grammar's prefixes (the state is then unchanged).</summary>
     public bool Accept(ReadOnlySpan<byte> bytes)
@@ -499,11 +503,29 @@ public sealed class GrammarState
         foreach (var f in stacks)
         {
             if (f == null || !_g.Matches(_g.Elements[f.Pos], cp)) continue;
-            // the character's alternative goes on, or (last element) pops without a frame for its end
-            Expand(_g.Elements[f.Pos + 1].Kind == Grammar.Kind.End ? f.Next : new Frame(f.Pos + 1, f.Next), into);
+            foreach (var x in AfterChar(f)) AddUnique(into, x);
         }
         return into.Count == 0 ? null : into;
     }
+
+    /// <summary>
+    /// The stacks a stack whose top is a character element becomes once that character is read, memoised by the
+    /// frame: the frames it returns are the ones the next step finds on top, so a loop such as a string's characters
+    /// finds its expansion here every time instead of allocating it again. Shared by the clones of a state (the
+    /// trie walk's), cleared when large.
+    /// </summary>
+    Frame?[] AfterChar(Frame f)
+    {
+        if (_after.TryGetValue(f, out var cached)) return cached;
+        var list = new List<Frame?>();
+        // the character's alternative goes on, or (last element) pops without a frame for its end
+        Expand(_g.Elements[f.Pos + 1].Kind == Grammar.Kind.End ? f.Next : new Frame(f.Pos + 1, f.Next), list);
+        if (_after.Count >= MaxMemo) _after.Clear();
+        return _after[f] = [.. list];
+    }
+
+    const int MaxMemo = 1 << 16;
+    readonly Dictionary<Frame, Frame?[]> _after;   // by reference: Frame keeps object equality
 
     /// <summary>Adds to <paramref name="output"/> every stack that <paramref name="f"/> expands to whose top is a
     /// character element (rule references replaced by each alternative; finished alternatives popped), or the empty
