@@ -10,7 +10,9 @@ namespace Cria.Bench;
 
 /// <summary>
 /// Grammar-constrained sampling's own cost, side by side with llama.cpp's grammar sampler, on one vocabulary:
-///   Cria.Bench grammar --model FILE [--steps 60] [--rounds 5]
+///   Cria.Bench grammar (--model FILE | --hf-tokenizer DIR) [--steps 60] [--rounds 5]
+/// --hf-tokenizer takes a Hugging Face tokenizer.json's folder (the test fixtures' real Llama 2 and Llama 3
+/// vocabularies) and writes a tiny random model with that vocabulary to measure on.
 /// For each grammar a token sequence is drawn once (a random allowed token per step, seeded). Then, alternating
 /// engines each round, every step masks the whole vocabulary for the current state and accepts the step's token:
 /// Cria's <see cref="GrammarConstraint"/> (a walk of the vocabulary's byte trie) against llama.cpp's
@@ -43,6 +45,7 @@ static class GrammarBench
                 case "--model": model = Next(); break;
                 case "--steps": steps = int.Parse(Next()); break;
                 case "--rounds": rounds = int.Parse(Next()); break;
+                case "--hf-tokenizer": model = WithVocabulary(Next()); break;
                 default: throw new ArgumentException($"unknown option {a}");
             }
         }
@@ -95,6 +98,20 @@ static class GrammarBench
             Console.WriteLine($"{name,-22} {seq.Count,5} {allowed / (double)Math.Max(1, seq.Count),12:F0} {mc,13:F3} {ml,18:F3} {ml / mc,17:F2}");
         }
         return 0;
+    }
+
+    /// <summary>A tiny random model (dim 64, one layer) with a Hugging Face tokenizer's vocabulary, in a temporary file.</summary>
+    static string WithVocabulary(string dir)
+    {
+        using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "tokenizer.json")));
+        var root = doc.RootElement;
+        int count = root.GetProperty("model").GetProperty("vocab").EnumerateObject().Max(p => p.Value.GetInt32()) + 1;
+        if (root.TryGetProperty("added_tokens", out var added))
+            foreach (var t in added.EnumerateArray()) count = Math.Max(count, t.GetProperty("id").GetInt32() + 1);
+        var meta = HfTokenizer.Convert(dir, count);
+        string path = Path.Combine(Path.GetTempPath(), $"cria-grammar-bench-{count}.gguf");
+        RandomModel.Write(path, new RandomModelSpec { Dim = 64, Layers = 1, Heads = 4, KvHeads = 2, FfnDim = 128, VocabSize = count, TokenizerMetadata = meta, Name = "grammar-bench" });
+        return path;
     }
 
     static double TimeCria(TokenTries tries, Grammar grammar, List<int> seq, float[] zero, float[] masked)

@@ -19,6 +19,11 @@ public class ModelFamilyTests(ITestOutputHelper output)
     static readonly Lazy<List<(string, object)>> Llama2Tok = new(() => GgufTokenizerBuilder.Llama2Tokenizer(Fixtures.TokenizerJson("llama2")));
     static readonly Lazy<List<(string, object)>> Llama3Tok = new(() => GgufTokenizerBuilder.Llama3Tokenizer(Fixtures.TokenizerJson("llama3")));
 
+    /// <summary>The random model of a family (its file written once per test run), e.g. "llama3" with the real
+    /// Llama 3 vocabulary.</summary>
+    internal static string FamilyModel(string family) =>
+        LogitsAgreementTests.ModelFile("family-" + family, Family(family) with { Name = family, Seed = family.Length * 7 });
+
     static int Vocab(List<(string Key, object Value)> kv) => ((string[])kv.First(e => e.Key == "tokenizer.ggml.tokens").Value).Length;
 
     static RandomModelSpec Family(string name) => name switch
@@ -41,7 +46,7 @@ public class ModelFamilyTests(ITestOutputHelper output)
     [InlineData("mistral")]
     public void FamilyLoadsTokenizesAndAgreesWithLlamaCpp(string family)
     {
-        var path = LogitsAgreementTests.ModelFile("family-" + family, Family(family) with { Name = family, Seed = family.Length * 7 });
+        var path = FamilyModel(family);
         using var cpp = new LlamaCpp(path);
         using var cria = new CriaRunner(path);
         const string text = "Once upon a time, the quick brown fox 🦊 jumped over 12 lazy dogs — très vite!";
