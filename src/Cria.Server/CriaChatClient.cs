@@ -11,7 +11,9 @@ namespace Cria.Server;
 /// <see cref="IChatClient"/> over an in-process <see cref="Engine"/>: .NET code (and Semantic Kernel) talks to Cria
 /// without HTTP, with the same scheduler, chat template and sampling as the server. ChatOptions map to the sampler
 /// (temperature, top-p, top-k, penalties, seed, stop sequences, max output tokens), and the response format to an output
-/// constraint (JSON, or a JSON schema's documents).
+/// constraint (JSON, or a JSON schema's documents); ChatOptions.Tools and ToolMode to function calling
+/// (<see cref="ToolCalling"/>): replies carry <see cref="FunctionCallContent"/>, and <see cref="FunctionResultContent"/>
+/// in the conversation becomes tool turns, so FunctionInvokingChatClient can run the loop.
 /// </summary>
 public sealed class CriaChatClient(Engine engine, ChatTemplate template, string modelId) : IChatClient
 {
@@ -19,22 +21,61 @@ public sealed class CriaChatClient(Engine engine, ChatTemplate template, string 
     public ChatTemplate Template { get; } = template;
     public ChatClientMetadata Metadata { get; } = new("cria", null, modelId);
 
-    GenerationRequest Build(IEnumerable<ChatMessage> messages, ChatOptions? options)
+    /// <summary>The conversation as chat turns: function calls (<see cref="FunctionCallContent"/>) on the assistant's
+    /// turn, each function result (<see cref="FunctionResultContent"/>) a tool turn of its own.</summary>
+    static List<ChatTurn> Turns(IEnumerable<ChatMessage> messages)
     {
-        var turns = messages.Select(m => new ChatTurn(m.Role.Value, m.Text)).ToList();
+        var turns = new List<ChatTurn>();
+        foreach (var m in messages)
+        {
+            var results = m.Contents.OfType<FunctionResultContent>().ToList();
+            foreach (var r in results)
+                turns.Add(new ChatTurn("tool", r.Result as string ?? System.Text.Json.JsonSerializer.Serialize(r.Result)) { ToolCallId = r.CallId });
+            var calls = m.Contents.OfType<FunctionCallContent>()
+                .Select(c => new ChatToolCall(c.CallId, c.Name, System.Text.Json.JsonSerializer.Serialize(c.Arguments ?? new Dictionary<string, object?>()))).ToList();
+            if (results.Count == 0 || m.Text.Length > 0 || calls.Count > 0)
+                turns.Add(new ChatTurn(m.Role.Value, m.Text) { ToolCalls = calls.Count > 0 ? calls : null });
+        }
+        return turns;
+    }
+
+    sealed record Tools(List<ToolDefinition> Definitions, ToolCalling.Format Format);
+
+    (GenerationRequest, Tools?) Build(IEnumerable<ChatMessage> messages, ChatOptions? options)
+    {
+        var turns = Turns(messages);
         var tok = Engine.Tokenizer;
-        var prompt = tok.Encode(Template.Render(turns), tok.AddBos, parseSpecial: true);
         var o = options;
+        var defs = o?.Tools?.OfType<AIFunctionDeclaration>().Select(f => new ToolDefinition(f.Name, f.Description, f.JsonSchema)).ToList() ?? [];
+        var choice = o?.ToolMode switch
+        {
+            NoneChatToolMode => new ToolChoice(ToolChoice.Kind.None),
+            RequiredChatToolMode { RequiredFunctionName: { } name } => new ToolChoice(ToolChoice.Kind.Named, name),
+            RequiredChatToolMode => new ToolChoice(ToolChoice.Kind.Required),
+            _ => ToolChoice.Auto,
+        };
+        Tools? tools = null;
+        Grammar? toolGrammar = null;
+        string text;
+        if (defs.Count > 0 && choice.Mode != ToolChoice.Kind.None)
+        {
+            if (o?.ResponseFormat is ChatResponseFormatJson) throw new InvalidRequestException("tools cannot be combined with a JSON response format");
+            tools = new Tools(defs, ToolCalling.FormatOf(Template));
+            text = ToolCalling.Render(Template, turns, defs, tools.Format);
+            toolGrammar = ToolCalling.Constraint(defs, choice, tools.Format);
+        }
+        else text = Template.Render(turns);
+        var prompt = tok.Encode(text, tok.AddBos, parseSpecial: true);
         int room = Engine.MaxSequenceLength - prompt.Length;
         if (room <= 0) throw new InvalidRequestException($"the conversation has {prompt.Length} tokens but the context holds {Engine.MaxSequenceLength}");
-        return new GenerationRequest
+        return (new GenerationRequest
         {
             Prompt = prompt,
             MaxTokens = Math.Min(o?.MaxOutputTokens ?? room, room),
             Stop = o?.StopSequences?.ToArray() ?? [],
             // ChatResponseFormat.Json: one JSON object; ForJsonSchema(schema): a document of the schema
             JsonObject = o?.ResponseFormat is ChatResponseFormatJson { Schema: null },
-            Grammar = o?.ResponseFormat is ChatResponseFormatJson { Schema: { } schema } ? JsonSchemaGrammar.Compile(schema) : null,
+            Grammar = toolGrammar ?? (o?.ResponseFormat is ChatResponseFormatJson { Schema: { } schema } ? JsonSchemaGrammar.Compile(schema) : null),
             Sampler = new SamplerOptions
             {
                 Temperature = o?.Temperature ?? 1f,
@@ -45,7 +86,22 @@ public sealed class CriaChatClient(Engine engine, ChatTemplate template, string 
                 PresencePenalty = o?.PresencePenalty ?? 0,
                 Seed = o?.Seed is long s ? unchecked((ulong)s) : (ulong)Random.Shared.NextInt64(),
             },
-        };
+        }, tools);
+    }
+
+    /// <summary>The reply as a message: text, and (with tools) the function calls it made.</summary>
+    static (ChatMessage Message, ChatFinishReason? Finish) Reply(string text, string? finish, Tools? tools)
+    {
+        if (tools == null) return (new ChatMessage(ChatRole.Assistant, text), Reason(finish));
+        var (content, calls) = ToolCalling.Parse(text, tools.Definitions, tools.Format);
+        var m = new ChatMessage(ChatRole.Assistant, content ?? "");
+        if (content == null) m.Contents.Clear();
+        foreach (var c in calls)
+        {
+            var args = System.Text.Json.JsonSerializer.Deserialize<Dictionary<string, object?>>(c.Arguments);
+            m.Contents.Add(new FunctionCallContent(c.Id, c.Name, args));
+        }
+        return (m, calls.Count > 0 && finish == "stop" ? ChatFinishReason.ToolCalls : Reason(finish));
     }
 
     static ChatFinishReason? Reason(string? r) => r switch
@@ -58,7 +114,7 @@ public sealed class CriaChatClient(Engine engine, ChatTemplate template, string 
 
     public async Task<ChatResponse> GetResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default)
     {
-        var req = Build(messages, options);
+        var (req, tools) = Build(messages, options);
         var text = new StringBuilder();
         string? finish = null;
         int count = 0;
@@ -68,10 +124,11 @@ public sealed class CriaChatClient(Engine engine, ChatTemplate template, string 
             text.Append(e.Text);
             finish ??= e.FinishReason;
         }
-        return new ChatResponse(new ChatMessage(ChatRole.Assistant, text.ToString()))
+        var (message, reason) = Reply(text.ToString(), finish, tools);
+        return new ChatResponse(message)
         {
             ModelId = Metadata.DefaultModelId,
-            FinishReason = Reason(finish),
+            FinishReason = reason,
             CreatedAt = DateTimeOffset.UtcNow,
             ResponseId = "chatcmpl-" + Guid.NewGuid().ToString("N"),
             Usage = new UsageDetails { InputTokenCount = req.Prompt.Length, OutputTokenCount = count, TotalTokenCount = req.Prompt.Length + count },
@@ -81,12 +138,23 @@ public sealed class CriaChatClient(Engine engine, ChatTemplate template, string 
     public async IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? options = null,
         [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
-        var req = Build(messages, options);
+        var (req, tools) = Build(messages, options);
         string id = "chatcmpl-" + Guid.NewGuid().ToString("N");
         int count = 0;
+        var held = new StringBuilder(); // with tools the reply is held until it ends: it may be a call
         await foreach (var e in Engine.GenerateAsync(req, cancellationToken))
         {
             if (e.IsToken) count++;
+            if (tools != null)
+            {
+                held.Append(e.Text);
+                if (e.FinishReason == null) continue;
+                var (message, reason) = Reply(held.ToString(), e.FinishReason, tools);
+                var last = new ChatResponseUpdate(ChatRole.Assistant, message.Contents) { ResponseId = id, ModelId = Metadata.DefaultModelId, FinishReason = reason };
+                last.Contents.Add(new UsageContent(new UsageDetails { InputTokenCount = req.Prompt.Length, OutputTokenCount = count, TotalTokenCount = req.Prompt.Length + count }));
+                yield return last;
+                continue;
+            }
             if (e.Text.Length == 0 && e.FinishReason == null) continue;
             var u = new ChatResponseUpdate(ChatRole.Assistant, e.Text) { ResponseId = id, ModelId = Metadata.DefaultModelId, FinishReason = Reason(e.FinishReason) };
             if (e.FinishReason != null)

@@ -497,9 +497,23 @@ public sealed class CriaServer : IAsyncDisposable
         var p = OpenAiRequest.Sampling(o, chat);
         var tok = s.Model.Tokenizer;
         int[] prompt;
+        Grammar? grammar = p.Grammar;
+        Tools? tools = null;
         if (chat)
         {
-            var text = s.Template.Render(OpenAiRequest.Messages(o));
+            var turns = OpenAiRequest.Messages(o);
+            var (defs, choice) = OpenAiRequest.Tools(o);
+            string text;
+            if (defs.Count > 0 && choice.Mode != ToolChoice.Kind.None)
+            {
+                if (p.JsonObject || p.Grammar != null) throw new ApiException(400, "tools cannot be combined with response_format json_object/json_schema or a grammar", "tools");
+                if (p.BestOf > p.N) throw new ApiException(400, "best_of cannot be combined with tools", "tools");
+                tools = new Tools(defs, ToolCalling.FormatOf(s.Template));
+                text = ToolCalling.Render(s.Template, turns, defs, tools.Format);
+                try { grammar = ToolCalling.Constraint(defs, choice, tools.Format); }
+                catch (GrammarException e) { throw new ApiException(400, e.Message, "tools"); }
+            }
+            else text = s.Template.Render(turns);
             prompt = tok.Encode(text, tok.AddBos, parseSpecial: true);
         }
         else
@@ -531,7 +545,7 @@ public sealed class CriaServer : IAsyncDisposable
                 {
                     Prompt = prompt, MaxTokens = maxTokens,
                     Sampler = p.Sampler with { Seed = p.Sampler.Seed + (ulong)i },
-                    Stop = p.Stop, IgnoreEog = p.IgnoreEos, JsonObject = p.JsonObject, Grammar = p.Grammar,
+                    Stop = p.Stop, IgnoreEog = p.IgnoreEos, JsonObject = p.JsonObject, Grammar = grammar,
                     // best_of ranks by log p: every token's logprob is needed, whether or not the client asked
                     TopLogprobs = p.BestOf > p.N ? Math.Max(0, p.TopLogprobs) : p.TopLogprobs,
                 }, abort.Token);
@@ -543,8 +557,8 @@ public sealed class CriaServer : IAsyncDisposable
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         try
         {
-            if (p.Stream) await Stream(http, s, p, chat, id, created, prompt.Length, requests);
-            else await Whole(http, s, p, chat, id, created, prompt, requests);
+            if (p.Stream) await Stream(http, s, p, chat, id, created, prompt.Length, requests, tools);
+            else await Whole(http, s, p, chat, id, created, prompt, requests, tools);
         }
         finally
         {
@@ -601,7 +615,31 @@ public sealed class CriaServer : IAsyncDisposable
         };
     }
 
-    async Task Whole(HttpContext http, State s, OpenAiSampling p, bool chat, string id, long created, int[] prompt, EngineRequest[] requests)
+    /// <summary>A chat request's tools and the format its template gives their calls.</summary>
+    sealed record Tools(List<ToolDefinition> Definitions, ToolCalling.Format Format)
+    {
+        /// <summary>The assistant message of a reply: content and, when it called tools, tool_calls; and its finish
+        /// reason ("tool_calls" when a call ended the reply).</summary>
+        public (JsonObject Message, string? Finish) Reply(string text, string? finish)
+        {
+            var (content, calls) = ToolCalling.Parse(text, Definitions, Format);
+            var m = new JsonObject { ["role"] = "assistant", ["content"] = content };
+            if (calls.Count == 0) return (m, finish);
+            m["tool_calls"] = Calls(calls, withIndex: false);
+            return (m, finish == "stop" ? "tool_calls" : finish);
+        }
+
+        public static JsonArray Calls(List<ChatToolCall> calls, bool withIndex) => new(calls.Select((c, i) =>
+        {
+            var o = new JsonObject();
+            if (withIndex) o["index"] = i;
+            o["id"] = c.Id; o["type"] = "function";
+            o["function"] = new JsonObject { ["name"] = c.Name, ["arguments"] = c.Arguments };
+            return (JsonNode)o;
+        }).ToArray());
+    }
+
+    async Task Whole(HttpContext http, State s, OpenAiSampling p, bool chat, string id, long created, int[] prompt, EngineRequest[] requests, Tools? tools)
     {
         var drawn = new Choice[requests.Length];
         for (int i = 0; i < requests.Length; i++)
@@ -620,12 +658,13 @@ public sealed class CriaServer : IAsyncDisposable
         for (int i = 0; i < choices.Length; i++)
         {
             var c = choices[i];
+            var (message, finish) = tools?.Reply(c.Text.ToString(), c.Finish) ?? (new JsonObject { ["role"] = "assistant", ["content"] = c.Text.ToString() }, c.Finish);
             arr.Add(chat
                 ? new JsonObject
                 {
                     ["index"] = i,
-                    ["message"] = new JsonObject { ["role"] = "assistant", ["content"] = c.Text.ToString() },
-                    ["logprobs"] = LogprobsNode(c, chat, p), ["finish_reason"] = c.Finish,
+                    ["message"] = message,
+                    ["logprobs"] = LogprobsNode(c, chat, p), ["finish_reason"] = finish,
                 }
                 : new JsonObject { ["index"] = i, ["text"] = c.Text.ToString(), ["logprobs"] = LogprobsNode(c, chat, p), ["finish_reason"] = c.Finish });
         }
@@ -659,7 +698,9 @@ public sealed class CriaServer : IAsyncDisposable
     static JsonObject Usage(int prompt, int completion) =>
         new() { ["prompt_tokens"] = prompt, ["completion_tokens"] = completion, ["total_tokens"] = prompt + completion };
 
-    async Task Stream(HttpContext http, State s, OpenAiSampling p, bool chat, string id, long created, int promptTokens, EngineRequest[] requests)
+    /// <summary>Streams each choice's text as it comes. With tools the reply is held until it ends (it may be a
+    /// call), then sent as one content delta or one tool_calls delta.</summary>
+    async Task Stream(HttpContext http, State s, OpenAiSampling p, bool chat, string id, long created, int promptTokens, EngineRequest[] requests, Tools? tools)
     {
         http.Response.ContentType = "text/event-stream";
         http.Response.Headers.CacheControl = "no-cache";
@@ -699,8 +740,28 @@ public sealed class CriaServer : IAsyncDisposable
         async Task Pump(int index, EngineRequest r)
         {
             if (chat) await Send(Chunk(index, "", role: true, null, null));
+            var held = new StringBuilder();
             await foreach (var e in r.Events.ReadAllAsync(ct))
             {
+                if (tools != null)
+                {
+                    if (e.IsToken) Interlocked.Increment(ref completion);
+                    held.Append(e.Text);
+                    if (e.FinishReason == null) continue;
+                    var (message, finish) = tools.Reply(held.ToString(), e.FinishReason);
+                    var delta = new JsonObject();
+                    if (message["content"] is { } content) delta["content"] = content.DeepClone();
+                    if (message["tool_calls"] is JsonArray calls)
+                    {
+                        for (int i = 0; i < calls.Count; i++) calls[i]!["index"] = i;
+                        delta["tool_calls"] = calls.DeepClone();
+                    }
+                    var chunk = Chunk(index, null, false, null, null);
+                    chunk["choices"]![0]!["delta"] = delta;
+                    await Send(chunk);
+                    await Send(Chunk(index, null, false, null, finish));
+                    continue;
+                }
                 JsonNode? lp = null;
                 if (e.IsToken)
                 {

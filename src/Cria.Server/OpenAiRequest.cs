@@ -235,10 +235,73 @@ public static class OpenAiRequest
                 }
                 else throw new ApiException(400, "message 'content' must be a string or an array of parts", "messages");
             }
-            list.Add(new ChatTurn(role, content));
+            IReadOnlyList<ChatToolCall>? calls = null;
+            if (role == "assistant" && Present(m, "tool_calls", out var tc))
+            {
+                if (tc.ValueKind != JsonValueKind.Array) throw new ApiException(400, "'tool_calls' must be an array", "messages");
+                calls = tc.EnumerateArray().Select(c =>
+                {
+                    if (c.ValueKind != JsonValueKind.Object || !Present(c, "function", out var f) || f.ValueKind != JsonValueKind.Object)
+                        throw new ApiException(400, "each tool call needs a 'function' object", "messages");
+                    string name = String(f, "name") ?? throw new ApiException(400, "each tool call's function needs a 'name'", "messages");
+                    string args = String(f, "arguments") ?? "{}";
+                    try { JsonDocument.Parse(args).Dispose(); }
+                    catch (JsonException) { throw new ApiException(400, $"the arguments of the call to '{name}' are not JSON", "messages"); }
+                    return new ChatToolCall(String(c, "id") ?? "", name, args);
+                }).ToList();
+            }
+            list.Add(new ChatTurn(role, content) { ToolCalls = calls, ToolCallId = role == "tool" ? String(m, "tool_call_id") : null });
         }
         return list;
     }
+
+    /// <summary>A chat request's <c>tools</c> and <c>tool_choice</c> (auto when tools are given, none otherwise).</summary>
+    public static (List<ToolDefinition> Tools, ToolChoice Choice) Tools(JsonElement o)
+    {
+        var tools = new List<ToolDefinition>();
+        if (Present(o, "tools", out var ts))
+        {
+            if (ts.ValueKind != JsonValueKind.Array) throw new ApiException(400, "'tools' must be an array", "tools");
+            if (ts.GetArrayLength() > MaxTools) throw new ApiException(400, $"at most {MaxTools} tools", "tools");
+            foreach (var t in ts.EnumerateArray())
+            {
+                if (t.ValueKind != JsonValueKind.Object || String(t, "type") != "function" || !Present(t, "function", out var f) || f.ValueKind != JsonValueKind.Object)
+                    throw new ApiException(400, "each tool must be {\"type\": \"function\", \"function\": {...}}", "tools");
+                string name = String(f, "name") ?? throw new ApiException(400, "each function needs a 'name'", "tools");
+                if (!System.Text.RegularExpressions.Regex.IsMatch(name, "^[a-zA-Z0-9_-]{1,64}$"))
+                    throw new ApiException(400, $"function name '{name}' must be 1–64 letters, digits, '_' or '-'", "tools");
+                if (tools.Any(x => x.Name == name)) throw new ApiException(400, $"two tools are named '{name}'", "tools");
+                JsonElement? parameters = null;
+                if (Present(f, "parameters", out var ps))
+                {
+                    if (ps.ValueKind != JsonValueKind.Object) throw new ApiException(400, $"the parameters of '{name}' must be a JSON schema object", "tools");
+                    parameters = ps.Clone();
+                }
+                tools.Add(new ToolDefinition(name, String(f, "description"), parameters));
+            }
+        }
+        var choice = tools.Count > 0 ? ToolChoice.Auto : new ToolChoice(ToolChoice.Kind.None);
+        if (Present(o, "tool_choice", out var tc))
+        {
+            if (tc.ValueKind == JsonValueKind.String)
+                choice = tc.GetString() switch
+                {
+                    "none" => new ToolChoice(ToolChoice.Kind.None),
+                    "auto" => ToolChoice.Auto,
+                    "required" => new ToolChoice(ToolChoice.Kind.Required),
+                    var other => throw new ApiException(400, $"tool_choice '{other}' is not one of none, auto, required", "tool_choice"),
+                };
+            else if (tc.ValueKind == JsonValueKind.Object && Present(tc, "function", out var f) && f.ValueKind == JsonValueKind.Object && String(f, "name") is { } name)
+                choice = new ToolChoice(ToolChoice.Kind.Named, name);
+            else throw new ApiException(400, "tool_choice must be none, auto, required or {\"type\": \"function\", \"function\": {\"name\": ...}}", "tool_choice");
+            if (choice.Mode != ToolChoice.Kind.None && tools.Count == 0) throw new ApiException(400, "tool_choice needs tools", "tool_choice");
+            if (choice.Mode == ToolChoice.Kind.Named && !tools.Any(t => t.Name == choice.Name))
+                throw new ApiException(400, $"tool_choice names '{choice.Name}', which is not among the tools", "tool_choice");
+        }
+        return (tools, choice);
+    }
+
+    public const int MaxTools = 128;
 
     /// <summary>The prompt of a completion request: a string, an array of token ids, or a one-element array of either.</summary>
     public static (string? Text, int[]? Tokens) Prompt(JsonElement o)

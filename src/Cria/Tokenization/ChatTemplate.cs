@@ -4,8 +4,16 @@ using Cria.Tokenization.Jinja;
 
 namespace Cria.Tokenization;
 
-/// <summary>One chat turn: role (system, user, assistant, tool) and its text.</summary>
-public sealed record ChatTurn(string Role, string Content);
+/// <summary>One chat turn: role (system, user, assistant, tool) and its text; an assistant turn may carry the tool
+/// calls it made, a tool turn the id of the call it answers.</summary>
+public sealed record ChatTurn(string Role, string Content)
+{
+    public IReadOnlyList<ChatToolCall>? ToolCalls { get; init; }
+    public string? ToolCallId { get; init; }
+}
+
+/// <summary>A function call in a conversation: OpenAI's id, the function's name and its arguments as JSON text.</summary>
+public sealed record ChatToolCall(string Id, string Name, string Arguments);
 
 /// <summary>
 /// Turns a conversation into prompt text. When the model file has a <c>tokenizer.chat_template</c> (a Jinja
@@ -116,7 +124,11 @@ public sealed class ChatTemplate
         catch (TemplateException) { return false; }
     }
 
-    string RenderJinja(IReadOnlyList<ChatTurn> turns, bool addGenerationPrompt, bool polyfill)
+    /// <summary>Whether the model's own template renders tool definitions (it reads <c>tools</c>): then tools are
+    /// given to it, else <see cref="Serving.ToolCalling"/> describes them in the system message.</summary>
+    public bool RendersTools => Jinja != null && Source != null && Source.Contains("tools", StringComparison.Ordinal);
+
+    string RenderJinja(IReadOnlyList<ChatTurn> turns, bool addGenerationPrompt, bool polyfill, IReadOnlyList<System.Text.Json.JsonElement>? tools = null)
     {
         var messages = new List<object?>();
         string pending = "";
@@ -134,7 +146,16 @@ public sealed class ChatTemplate
                     pending = "";
                 }
             }
-            messages.Add(Message(role, content));
+            var message = Message(role, content);
+            // As transformers and vLLM give them to templates: arguments as a mapping, the call id beside a tool result.
+            if (m.ToolCalls is { Count: > 0 } calls)
+                message["tool_calls"] = calls.Select(c => (object?)new OrderedDictionary<string, object?>
+                {
+                    ["id"] = c.Id, ["type"] = "function",
+                    ["function"] = new OrderedDictionary<string, object?> { ["name"] = c.Name, ["arguments"] = JsonArguments(c.Arguments) },
+                }).ToList();
+            if (m.ToolCallId != null) message["tool_call_id"] = m.ToolCallId;
+            messages.Add(message);
         }
         if (pending.Length > 0) messages.Add(Message("user", pending));
         var vars = new Dictionary<string, object?>
@@ -143,7 +164,7 @@ public sealed class ChatTemplate
             ["add_generation_prompt"] = addGenerationPrompt,
             ["bos_token"] = _bos,
             ["eos_token"] = _eos,
-            ["tools"] = null,
+            ["tools"] = tools == null ? null : tools.Select(t => JinjaValue.FromJson(t)).ToList(),
         };
         var text = Jinja!.Render(vars);
         if (_stripBos && _bos.Length > 0 && text.StartsWith(_bos, StringComparison.Ordinal)) text = text[_bos.Length..];
@@ -152,13 +173,23 @@ public sealed class ChatTemplate
 
     static OrderedDictionary<string, object?> Message(string role, string content) => new() { ["role"] = role, ["content"] = content };
 
+    static object? JsonArguments(string json)
+    {
+        try { return JinjaValue.FromJson(System.Text.Json.JsonDocument.Parse(json).RootElement.Clone()); }
+        catch (System.Text.Json.JsonException) { return json; }
+    }
+
     /// <summary>Renders the conversation; with <paramref name="addGenerationPrompt"/> the text ends where the
     /// assistant's reply begins.</summary>
     /// <exception cref="TemplateException">The model's template failed while rendering (e.g. it called
     /// <c>raise_exception</c> because the roles do not alternate).</exception>
-    public string Render(IReadOnlyList<ChatTurn> messages, bool addGenerationPrompt = true)
+    public string Render(IReadOnlyList<ChatTurn> messages, bool addGenerationPrompt = true) => Render(messages, null, addGenerationPrompt);
+
+    /// <summary>Renders the conversation with tool definitions (OpenAI's <c>tools</c> entries) given to a template that
+    /// reads them (<see cref="RendersTools"/>); other templates ignore them.</summary>
+    public string Render(IReadOnlyList<ChatTurn> messages, IReadOnlyList<System.Text.Json.JsonElement>? tools, bool addGenerationPrompt = true)
     {
-        if (Jinja != null) return RenderJinja(messages, addGenerationPrompt, polyfill: !SupportsSystemRole);
+        if (Jinja != null) return RenderJinja(messages, addGenerationPrompt, polyfill: !SupportsSystemRole, tools);
         var sb = new StringBuilder();
         switch (Kind)
         {

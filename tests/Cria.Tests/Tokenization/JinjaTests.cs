@@ -71,6 +71,10 @@ public class JinjaTests
             R("{{ t | tojson }}", new { t = tool }));
         Assert.Equal("{\n  \"a\": [\n    1,\n    2\n  ],\n  \"b\": {}\n}", R("{{ {'a': [1, 2], 'b': {}} | tojson(indent=2) }}"));
         Assert.Equal("[]", R("{{ [] | tojson }}"));
+        // JSON integers stay integers (a tool schema's "maxLength": 12 is not written back as 12.0)
+        var nums = System.Text.Json.JsonDocument.Parse("""{"i": 12, "big": 9007199254740993, "neg": -3, "f": 2.0, "e": 1e3}""").RootElement;
+        Assert.Equal("""{"i": 12, "big": 9007199254740993, "neg": -3, "f": 2.0, "e": 1000.0}""", R("{{ t | tojson }}", new { t = nums }));
+        Assert.Equal("True False", R("{{ t.i is integer }} {{ t.f is integer }}", new { t = nums }));
     }
 
     [Theory]

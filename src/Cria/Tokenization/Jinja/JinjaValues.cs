@@ -72,7 +72,7 @@ public static class JinjaValue
             case System.Text.Json.JsonValueKind.True: return true;
             case System.Text.Json.JsonValueKind.False: return false;
             case System.Text.Json.JsonValueKind.Number:
-                return j.TryGetInt64(out long l) ? l : j.GetDouble();
+                return j.TryGetInt64(out long l) ? (object)l : j.GetDouble(); // (object): else both arms become double
             case System.Text.Json.JsonValueKind.Array:
                 return j.EnumerateArray().Select(FromJson).ToList();
             case System.Text.Json.JsonValueKind.Object:
