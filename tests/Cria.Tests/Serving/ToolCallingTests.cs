@@ -126,7 +126,7 @@ public sealed class ToolCallingTests(ServerFixture f, ITestOutputHelper output) 
             calls++;
         }
         Assert.True(calls >= 2, $"only {calls} of 4 replies finished a call within 200 tokens");
-        Assert.Throws<GrammarException>(() => ToolCalling.Constraint(Defs, new ToolChoice(ToolChoice.Kind.Named, "missing"), format));
+        Assert.Contains("not among the tools", Assert.Throws<GrammarException>(() => ToolCalling.Constraint(Defs, new ToolChoice(ToolChoice.Kind.Named, "missing"), format)).Message);
         Assert.Null(ToolCalling.Constraint(Defs, new ToolChoice(ToolChoice.Kind.None), format));
     }
 
@@ -168,12 +168,18 @@ public sealed class ToolCallingTests(ServerFixture f, ITestOutputHelper output) 
 
         // Microsoft.Extensions.AI over HTTP: a real function, one round of the loop by hand.
         IChatClient ai = f.OpenAi().GetChatClient("cria-test").AsIChatClient();
-        var fn = AIFunctionFactory.Create((int a, int b) => a + b, "add", "Adds two integers");
+        var fn = AIFunctionFactory.Create((long a, long b) => a + b, "add", "Adds two integers"); // the schema allows 16-digit integers
         var history = new List<AiChatMessage> { new(ChatRole.User, "What is 2 + 3?") };
-        var first = await ai.GetResponseAsync(history, new ChatOptions { Tools = [fn], ToolMode = ChatToolMode.RequireAny, MaxOutputTokens = 120, Temperature = 0.5f, Seed = 9 });
-        var fc = first.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>().FirstOrDefault();
-        output.WriteLine($"{first.FinishReason}: {fc?.Name}({string.Join(", ", fc?.Arguments?.Select(kv => $"{kv.Key}={kv.Value}") ?? [])})");
-        if (fc == null) { Assert.Equal(Microsoft.Extensions.AI.ChatFinishReason.Length, first.FinishReason); return; }
+        ChatResponse first = null!;
+        FunctionCallContent? fc = null;
+        for (int seed = 1; seed <= 6 && fc == null; seed++) // the random model may run out of tokens inside the call
+        {
+            first = await ai.GetResponseAsync(history, new ChatOptions { Tools = [fn], ToolMode = ChatToolMode.RequireAny, MaxOutputTokens = 300, Temperature = 0.5f, Seed = seed });
+            fc = first.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>().FirstOrDefault();
+            output.WriteLine($"{first.FinishReason}: {fc?.Name}({string.Join(", ", fc?.Arguments?.Select(kv => $"{kv.Key}={kv.Value}") ?? [])})");
+        }
+        Assert.NotNull(fc);
+        Assert.Equal(Microsoft.Extensions.AI.ChatFinishReason.ToolCalls, first.FinishReason);
         Assert.Equal("add", fc.Name);
         var result = await fn.InvokeAsync(new AIFunctionArguments(fc.Arguments));
         history.AddRange(first.Messages);
