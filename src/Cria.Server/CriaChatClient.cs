@@ -23,7 +23,7 @@ public sealed class CriaChatClient(Engine engine, ChatTemplate template, string 
 
     /// <summary>The conversation as chat turns: function calls (<see cref="FunctionCallContent"/>) on the assistant's
     /// turn, each function result (<see cref="FunctionResultContent"/>) a tool turn of its own.</summary>
-    static List<ChatTurn> Turns(IEnumerable<ChatMessage> messages)
+    internal static List<ChatTurn> Turns(IEnumerable<ChatMessage> messages)
     {
         var turns = new List<ChatTurn>();
         foreach (var m in messages)

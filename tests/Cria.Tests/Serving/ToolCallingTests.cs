@@ -207,6 +207,15 @@ public sealed class ToolCallingTests(ServerFixture f, ITestOutputHelper output) 
             Assert.Equal("get_weather", fc.Name);
             Assert.Null(Invalid(JsonSerializer.Serialize(fc.Arguments), Defs[0]));
             calls++;
+            // The call and its result go back in: a tool turn, then a plain reply with tools off.
+            List<AiChatMessage> history = [new(ChatRole.User, "Weather in Rome?"), .. r.Messages, new(ChatRole.Tool, [new FunctionResultContent(fc.CallId, "sunny, 24")])];
+            var turns = CriaChatClient.Turns(history);
+            Assert.Equal(["user", "assistant", "tool"], turns.Select(t => t.Role));
+            Assert.Equal(fc.CallId, Assert.Single(turns[1].ToolCalls!).Id);
+            Assert.Equal(("sunny, 24", fc.CallId), (turns[2].Content, turns[2].ToolCallId));
+            var next = await client.GetResponseAsync(history, new ChatOptions { Tools = [decl], ToolMode = ChatToolMode.None, MaxOutputTokens = 6, Temperature = 0 });
+            Assert.Empty(next.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>());
+            Assert.Equal(6, next.Usage!.OutputTokenCount);
         }
         Assert.True(calls >= 2, $"only {calls} of 3 replies finished a call");
     }
