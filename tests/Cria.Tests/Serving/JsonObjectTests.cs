@@ -65,6 +65,14 @@ public class JsonObjectTests
         Assert.False(AcceptsAll(json, out _));
     }
 
+    /// <summary><paramref name="n"/> runs of a request at once: the first greedy, the others sampled at temperature 1
+    /// with seeds 1, 2, … (nothing truncated).</summary>
+    internal static Task<EngineTests.Result[]> Runs(Engine e, GenerationRequest r, int n) =>
+        Task.WhenAll(Enumerable.Range(0, n).Select(i => EngineTests.Run(e, r with
+        {
+            Sampler = i == 0 ? SamplerOptions.Greedy : new SamplerOptions { Temperature = 1, TopK = 0, TopP = 1, MinP = 0, Seed = (ulong)i },
+        })));
+
     [Fact]
     public async Task ConstrainedGenerationEmitsOnlyJsonObjectPrefixes()
     {
@@ -72,11 +80,7 @@ public class JsonObjectTests
         using var c = new InferenceContext(m, new ContextOptions { ContextSize = 2048, Threads = 2 });
         using var e = new Engine(c, m.Tokenizer, new EngineOptions { Scheduler = new SchedulerOptions { TokenBudget = 64 } });
         var prompt = m.Tokenizer.Encode("reply in json:", true);
-        var runs = await Task.WhenAll(Enumerable.Range(0, 6).Select(i => EngineTests.Run(e, new GenerationRequest
-        {
-            Prompt = prompt, MaxTokens = 60, JsonObject = true,
-            Sampler = i == 0 ? SamplerOptions.Greedy : new SamplerOptions { Temperature = 1, TopK = 0, TopP = 1, MinP = 0, Seed = (ulong)i },
-        })));
+        var runs = await Runs(e, new GenerationRequest { Prompt = prompt, MaxTokens = 60, JsonObject = true }, 6);
         var free = await EngineTests.Run(e, new GenerationRequest { Prompt = prompt, MaxTokens = 60, Sampler = SamplerOptions.Greedy });
         Assert.False(AcceptsAll(free.Text, out _)); // unconstrained, the random model does not write JSON
         foreach (var r in runs)

@@ -177,11 +177,7 @@ public sealed class JsonSchemaTests(ITestOutputHelper output)
         using var c = new InferenceContext(m, new ContextOptions { ContextSize = 2048, Threads = 2 });
         using var e = new Engine(c, m.Tokenizer, new EngineOptions { Scheduler = new SchedulerOptions { TokenBudget = 64 } });
         var prompt = m.Tokenizer.Encode("a person:", true);
-        var runs = await Task.WhenAll(Enumerable.Range(0, 8).Select(i => EngineTests.Run(e, new GenerationRequest
-        {
-            Prompt = prompt, MaxTokens = 300, Grammar = grammar,
-            Sampler = i == 0 ? SamplerOptions.Greedy : new SamplerOptions { Temperature = 1, TopK = 0, TopP = 1, MinP = 0, Seed = (ulong)i },
-        })));
+        var runs = await JsonObjectTests.Runs(e, new GenerationRequest { Prompt = prompt, MaxTokens = 300, Grammar = grammar }, 8);
         int stopped = 0;
         foreach (var r in runs)
         {

@@ -378,6 +378,23 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
         Report($"SwiftKV distillation L={L} g={g}, worst tensor", worst, 1e-4);
     }
 
+    /// <summary>A LoRA training model with random base weights (matrices U(±0.5), norms U(0.8, 1.2)), random adapters
+    /// (U(±0.4), B too, so they change the model) and random tokens and targets in place.</summary>
+    static (LlamaTrainingModel, int[] Tokens, int[] Targets) RandomLoraModel(LlamaShape shape, LoraOptions lora, int B, int T, int seed)
+    {
+        var m = new LlamaTrainingModel(shape, B, T, 2, lora);
+        var rng = new Random(seed);
+        foreach (var t in m.Layout.Tensors)
+            for (long i = t.Offset; i < t.Offset + t.Count; i++)
+                m.Parameters[i] = t.IsMatrix ? (float)((rng.NextDouble() * 2 - 1) * 0.5) : (float)(0.8 + 0.4 * rng.NextDouble());
+        foreach (var t in m.Lora!.Tensors)
+            for (long i = t.Offset; i < t.Offset + t.Count; i++) m.LoraParameters[i] = (float)((rng.NextDouble() * 2 - 1) * 0.4);
+        var tokens = Enumerable.Range(0, B * T).Select(_ => rng.Next(shape.VocabSize)).ToArray();
+        var targets = Enumerable.Range(0, B * T).Select(_ => rng.Next(shape.VocabSize)).ToArray();
+        tokens.CopyTo(m.Tokens); targets.CopyTo(m.Targets);
+        return (m, tokens, targets);
+    }
+
     /// <summary>
     /// LoRA on every projection of a 2-layer GQA model: the loss equals the reference model's with W + (α/r)·B·A merged
     /// in double, and every adapter gradient agrees with central differences of that merged loss; the frozen base gets
@@ -389,17 +406,9 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
         var shape = new LlamaShape { VocabSize = 40, Dim = 16, Layers = 2, Heads = 4, KvHeads = 2, FfnDim = 24, ContextLength = 8 };
         var lora = new LoraOptions { Rank = 3, Alpha = 5f, Targets = LoraTarget.All };
         int B = 2, T = 6;
-        using var m = new LlamaTrainingModel(shape, B, T, 2, lora);
-        var rng = new Random(23);
-        foreach (var t in m.Layout.Tensors)
-            for (long i = t.Offset; i < t.Offset + t.Count; i++)
-                m.Parameters[i] = t.IsMatrix ? (float)((rng.NextDouble() * 2 - 1) * 0.5) : (float)(0.8 + 0.4 * rng.NextDouble());
+        var (m, tokens, targets) = RandomLoraModel(shape, lora, B, T, seed: 23);
+        using var _ = m;
         var lay = m.Lora!;
-        foreach (var t in lay.Tensors)
-            for (long i = t.Offset; i < t.Offset + t.Count; i++) m.LoraParameters[i] = (float)((rng.NextDouble() * 2 - 1) * 0.4);
-        var tokens = Enumerable.Range(0, B * T).Select(_ => rng.Next(shape.VocabSize)).ToArray();
-        var targets = Enumerable.Range(0, B * T).Select(_ => rng.Next(shape.VocabSize)).ToArray();
-        tokens.CopyTo(m.Tokens); targets.CopyTo(m.Targets);
         m.ZeroGradients();
         float loss = m.ForwardBackward(1f / (B * T));
         var p = m.Parameters.Select(v => (double)v).ToArray();
@@ -433,17 +442,9 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
         Assert.Equal(rsLora ? 2.5f : 1.25f, lora.Scale);
         int B = 2, T = 6, N = B * T;
         const ulong key = 0xC0FFEE;
-        using var m = new LlamaTrainingModel(shape, B, T, 2, lora);
-        var rng = new Random(29);
-        foreach (var t in m.Layout.Tensors)
-            for (long i = t.Offset; i < t.Offset + t.Count; i++)
-                m.Parameters[i] = t.IsMatrix ? (float)((rng.NextDouble() * 2 - 1) * 0.5) : (float)(0.8 + 0.4 * rng.NextDouble());
+        var (m, tokens, targets) = RandomLoraModel(shape, lora, B, T, seed: 29);
+        using var _ = m;
         var lay = m.Lora!;
-        foreach (var t in lay.Tensors)
-            for (long i = t.Offset; i < t.Offset + t.Count; i++) m.LoraParameters[i] = (float)((rng.NextDouble() * 2 - 1) * 0.4);
-        var tokens = Enumerable.Range(0, N).Select(_ => rng.Next(shape.VocabSize)).ToArray();
-        var targets = Enumerable.Range(0, N).Select(_ => rng.Next(shape.VocabSize)).ToArray();
-        tokens.CopyTo(m.Tokens); targets.CopyTo(m.Targets);
         var p = m.Parameters.Select(v => (double)v).ToArray();
 
         // The reference's masks: element i of adapter (layer · 7 + target) is kept when number i of the stream keyed
