@@ -81,11 +81,13 @@ public sealed class Grammar
             return id;
         }
 
+        /// <summary>A helper rule (a group or a repetition) of rule <paramref name="baseName"/>: named "base#n", a name
+        /// no grammar text can write, so it never meets one of the user's rules.</summary>
         int NewRule(string baseName, List<List<Sym>> alternatives)
         {
             int n = 1;
-            while (_ids.ContainsKey($"{baseName}-{n}")) n++;
-            int id = Id($"{baseName}-{n}");
+            while (_ids.ContainsKey($"{baseName}#{n}")) n++;
+            int id = Id($"{baseName}#{n}");
             _rules[id] = alternatives;
             return id;
         }
@@ -277,7 +279,7 @@ public sealed class Grammar
             for (int i = 0; i < min; i++) seq.Add(x);
             if (max < 0)
             {
-                int r = Id($"{rule}-{_names.Count}-star");
+                int r = NewRule(rule, []);
                 _rules[r] = [[x, new Sym(Kind.Ref, r, null, false)], []];
                 seq.Add(new Sym(Kind.Ref, r, null, false));
             }

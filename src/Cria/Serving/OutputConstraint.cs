@@ -6,7 +6,7 @@ namespace Cria.Serving;
 /// What a request's output must be — one JSON object (json_object), a sentence of a GBNF grammar, a JSON document of a
 /// schema. Before each sampling the engine masks the tokens whose bytes the constraint rejects (their logits → −∞);
 /// after it, feeds the chosen token's bytes. The bytes judged are the ones the streaming decoder emits:
-/// <paramref name="lstrip"/> 1 drops the leading space of a response's first token (tokenizers with a space prefix).
+/// <c>lstrip</c> 1 drops the leading space of a response's first token (tokenizers with a space prefix).
 /// </summary>
 internal abstract class OutputConstraint
 {

@@ -57,6 +57,7 @@ public sealed class GrammarTests(ITestOutputHelper output)
     [InlineData("root ::= . \"\\x41\\u00e9\"", "🦙Aé", "complete")]
     [InlineData("# a comment\nroot ::= item (\",\" item)*   # trailing comment\nitem ::=\n  \"a\" | \"bc\"\n", "a,bc,a", "end")]
     [InlineData("root ::= ( \"a\"\n  \"b\" )", "ab", "complete")]
+    [InlineData("root ::= (\"a\")+ root-1\nroot-1 ::= \"b\"", "aab", "complete")] // a user rule with a helper-like name
     public void Sentences_and_prefixes(string grammar, string text, string expected) =>
         Assert.Equal(expected, Judge(Grammar.Parse(grammar), text));
 
