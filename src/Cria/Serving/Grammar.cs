@@ -36,6 +36,9 @@ public sealed class Grammar
     public string Text { get; }
 
     public const int MaxRepetition = 10_000;
+    /// <summary>Limits that keep a hostile grammar from exhausting memory or the stack: symbols after repetitions are
+    /// expanded, parentheses nested, and rule references the recogniser may expand before reading a character.</summary>
+    public const int MaxSymbols = 1_000_000, MaxNesting = 256, MaxExpansionDepth = 1_000;
 
     Grammar(string text, Element[] elements, (int, int)[] ranges, int[][] alternatives, string[] names, int root)
     {
@@ -67,11 +70,11 @@ public sealed class Grammar
         // A rule under construction: alternatives of symbols (Char with its ranges, or Ref to a rule id).
         readonly record struct Sym(Kind Kind, int Rule, (int, int)[]? Ranges, bool Negated);
 
-        int _pos;
+        int _pos, _symbols, _nesting;
         readonly Dictionary<string, int> _ids = new();
         readonly List<string> _names = new();
         readonly List<List<List<Sym>>?> _rules = new();   // null until defined
-        readonly Dictionary<int, (int Line, int Col)> _firstUse = new();
+        readonly Dictionary<int, int> _firstUse = new();   // rule → where it is first referenced (for errors)
 
         int Id(string name)
         {
@@ -94,8 +97,7 @@ public sealed class Grammar
 
         GrammarException Error(string what)
         {
-            int line = 1, col = 1;
-            for (int i = 0; i < Math.Min(_pos, src.Length); i++) { if (src[i] == '\n') { line++; col = 1; } else col++; }
+            var (line, col) = LineCol(_pos);
             return new GrammarException($"grammar: {what} at line {line}, column {col}");
         }
 
@@ -144,6 +146,7 @@ public sealed class Grammar
 
         List<List<Sym>> Alternatives(string rule, bool nested)
         {
+            if (++_nesting > MaxNesting) throw Error($"parentheses nested deeper than {MaxNesting}");
             var alts = new List<List<Sym>> { Sequence(rule, nested) };
             while (!End && Peek == '|')
             {
@@ -151,7 +154,14 @@ public sealed class Grammar
                 Space(true);
                 alts.Add(Sequence(rule, nested));
             }
+            _nesting--;
             return alts;
+        }
+
+        void Count(int symbols)
+        {
+            _symbols += symbols;
+            if (_symbols > MaxSymbols) throw Error($"the grammar expands to more than {MaxSymbols:N0} symbols");
         }
 
         List<Sym> Sequence(string rule, bool nested)
@@ -162,6 +172,7 @@ public sealed class Grammar
             {
                 char c = Peek;
                 if (c is '|' or ')' or '\n' or '\r') break;
+                Count(1);
                 if (c == '"')
                 {
                     _pos++;
@@ -200,9 +211,9 @@ public sealed class Grammar
                 }
                 else if (NameChar(c))
                 {
-                    var (line, col) = LineCol();
+                    int at = _pos;
                     int id = Id(Name());
-                    _firstUse.TryAdd(id, (line, col));
+                    _firstUse.TryAdd(id, at);
                     last = seq.Count;
                     seq.Add(new Sym(Kind.Ref, id, null, false));
                 }
@@ -229,10 +240,10 @@ public sealed class Grammar
             return seq;
         }
 
-        (int Line, int Col) LineCol()
+        (int Line, int Col) LineCol(int pos)
         {
             int line = 1, col = 1;
-            for (int i = 0; i < _pos; i++) { if (src[i] == '\n') { line++; col = 1; } else col++; }
+            for (int i = 0; i < Math.Min(pos, src.Length); i++) { if (src[i] == '\n') { line++; col = 1; } else col++; }
             return (line, col);
         }
 
@@ -275,6 +286,7 @@ public sealed class Grammar
         {
             var atom = seq.GetRange(from, seq.Count - from);
             seq.RemoveRange(from, seq.Count - from);
+            Count(Math.Max(min, max) + 2);
             var x = atom.Count == 1 ? atom[0] : new Sym(Kind.Ref, NewRule(rule, [atom]), null, false);
             for (int i = 0; i < min; i++) seq.Add(x);
             if (max < 0)
@@ -336,7 +348,7 @@ public sealed class Grammar
             for (int i = 0; i < _rules.Count; i++)
                 if (_rules[i] == null)
                 {
-                    var (line, col) = _firstUse.GetValueOrDefault(i);
+                    var (line, col) = LineCol(_firstUse.GetValueOrDefault(i));
                     throw new GrammarException($"grammar: undefined rule '{_names[i]}' used at line {line}, column {col}");
                 }
             var rules = _rules.Select(r => r!).ToArray();
@@ -362,8 +374,13 @@ public sealed class Grammar
             return new Grammar(src, [.. elements], [.. ranges], alternatives, [.. _names], rootId);
         }
 
-        /// <summary>Refuses a rule that can reach itself before reading a character (the top-down recogniser would
-        /// expand it forever), naming the cycle.</summary>
+        /// <summary>
+        /// Refuses a rule that can reach itself before reading a character (the top-down recogniser would expand it
+        /// forever), naming the cycle, and a grammar whose references nest deeper than <see cref="MaxExpansionDepth"/>
+        /// before a character (the recogniser expands them recursively). Depth of a rule: over its alternatives, the
+        /// most of the summed depths (+1 each) of the references it starts with, up to and including the first that
+        /// cannot be empty. An explicit stack, so a long chain of rules cannot overflow this check either.
+        /// </summary>
         void CheckLeftRecursion(List<List<Sym>>[] rules)
         {
             var nullable = new bool[rules.Length];
@@ -374,26 +391,64 @@ public sealed class Grammar
                     if (!nullable[r] && rules[r].Any(alt => alt.All(s => s.Kind == Kind.Ref && nullable[s.Rule])))
                         nullable[r] = changed = true;
             }
-            var state = new byte[rules.Length]; // 0 unvisited, 1 on the path, 2 done
-            var path = new List<int>();
-            void Visit(int r)
+            var state = new byte[rules.Length]; // 0 unvisited, 1 on the stack, 2 done
+            var depth = new int[rules.Length];
+            var stack = new List<Visit>();
+            for (int root = 0; root < rules.Length; root++)
             {
-                state[r] = 1; path.Add(r);
-                foreach (var alt in rules[r])
-                    foreach (var s in alt)
+                if (state[root] != 0) continue;
+                state[root] = 1;
+                stack.Add(new Visit(root));
+                while (stack.Count > 0)
+                {
+                    var v = stack[^1];
+                    var alts = rules[v.Rule];
+                    if (v.Alt == alts.Count)
                     {
-                        if (s.Kind != Kind.Ref) break;
-                        if (state[s.Rule] == 1)
-                        {
-                            var cycle = path.Skip(path.IndexOf(s.Rule)).Append(s.Rule).Select(i => _names[i]);
-                            throw new GrammarException($"grammar: left recursion ({string.Join(" → ", cycle)}); write it with repetition instead");
-                        }
-                        if (state[s.Rule] == 0) Visit(s.Rule);
-                        if (!nullable[s.Rule]) break;
+                        depth[v.Rule] = v.Best;
+                        if (v.Best > MaxExpansionDepth)
+                            throw new GrammarException($"grammar: rule '{_names[v.Rule]}' nests {v.Best} rule references before reading a character (at most {MaxExpansionDepth})");
+                        state[v.Rule] = 2;
+                        stack.RemoveAt(stack.Count - 1);
+                        if (stack.Count > 0) stack[^1].Took(v.Rule, depth, nullable);
+                        continue;
                     }
-                state[r] = 2; path.RemoveAt(path.Count - 1);
+                    var alt = alts[v.Alt];
+                    if (v.Sym == alt.Count || alt[v.Sym].Kind != Kind.Ref) { v.NextAlternative(); continue; }
+                    int s = alt[v.Sym].Rule;
+                    if (state[s] == 1)
+                    {
+                        var path = stack.Select(x => x.Rule).ToList();
+                        var cycle = path.Skip(path.IndexOf(s)).Append(s).Select(i => _names[i]);
+                        throw new GrammarException($"grammar: left recursion ({string.Join(" → ", cycle)}); write it with repetition instead");
+                    }
+                    if (state[s] == 2) { v.Took(s, depth, nullable); continue; }
+                    state[s] = 1;
+                    stack.Add(new Visit(s));
+                }
             }
-            for (int r = 0; r < rules.Length; r++) if (state[r] == 0) Visit(r);
+        }
+
+        /// <summary>Where the depth-first walk of <see cref="CheckLeftRecursion"/> is in one rule.</summary>
+        sealed class Visit(int rule)
+        {
+            public readonly int Rule = rule;
+            public int Alt, Sym, Sum, Best;
+
+            /// <summary>The reference at (Alt, Sym), of finished rule <paramref name="r"/>, is counted; the walk goes on
+            /// past it if it can be empty, else to the next alternative.</summary>
+            public void Took(int r, int[] depth, bool[] nullable)
+            {
+                Sum += 1 + depth[r];
+                if (nullable[r]) Sym++;
+                else NextAlternative();
+            }
+
+            public void NextAlternative()
+            {
+                Best = Math.Max(Best, Sum);
+                Alt++; Sym = 0; Sum = 0;
+            }
         }
     }
 }

@@ -103,6 +103,28 @@ public sealed class GrammarTests(ITestOutputHelper output)
     public void Bad_grammars_are_refused_with_the_reason(string grammar, string message) =>
         Assert.Contains(message, Assert.Throws<GrammarException>(() => Grammar.Parse(grammar)).Message);
 
+    /// <summary>Hostile grammars are refused before they can exhaust memory or the stack: deep parentheses, repetitions
+    /// that expand past a million symbols, and a 100 000-rule chain that would nest the recogniser's expansion (checked
+    /// with an explicit stack: the check itself must not overflow either).</summary>
+    [Fact]
+    public void Hostile_grammars_are_refused_without_crashing()
+    {
+        string deep = "root ::= " + new string('(', 300) + "\"a\"" + new string(')', 300);
+        Assert.Contains("nested deeper than 256", Assert.Throws<GrammarException>(() => Grammar.Parse(deep)).Message);
+        string big = "root ::= " + string.Join(" ", Enumerable.Repeat("\"a\"{10000}", 200));
+        Assert.Contains("more than 1,000,000 symbols", Assert.Throws<GrammarException>(() => Grammar.Parse(big)).Message);
+        var chain = new StringBuilder("root ::= r0\n");
+        for (int i = 0; i < 100_000; i++) chain.Append($"r{i} ::= r{i + 1} \"x\"\n");
+        chain.Append("r100000 ::= \"y\"\n");
+        Assert.Contains("nests", Assert.Throws<GrammarException>(() => Grammar.Parse(chain.ToString())).Message);
+        // Within the limits: 900 nested references, 250 parentheses.
+        var ok = new StringBuilder("root ::= r0\n");
+        for (int i = 0; i < 900; i++) ok.Append($"r{i} ::= r{i + 1} \"x\"\n");
+        ok.Append("r900 ::= \"y\"\n");
+        Assert.Equal("complete", Judge(Grammar.Parse(ok.ToString()), "y" + new string('x', 900)));
+        Assert.Equal("complete", Judge(Grammar.Parse("root ::= " + new string('(', 250) + "\"a\"" + new string(')', 250)), "a"));
+    }
+
     static readonly string[] Grammars =
     [
         "root ::= (\"yes\" | \"no\" | \"maybe\") \".\"",
