@@ -214,6 +214,13 @@ public sealed class Engine : IDisposable
             if ((uint)t >= (uint)_ctx.Config.VocabSize) throw new InvalidRequestException($"token {t} is outside the vocabulary (0..{_ctx.Config.VocabSize - 1})");
         try { request.Sampler.Validate(); } catch (CriaException e) { throw new InvalidRequestException(e.Message); }
         if (request.JsonObject && request.Grammar != null) throw new InvalidRequestException("a request takes json_object or a grammar, not both");
+        OutputConstraint? constraint = null;
+        if (request.JsonObject) constraint = new JsonObjectConstraint(Tokenizer);
+        else if (request.Grammar is { } g)
+        {
+            try { constraint = new GrammarConstraint(_tries, g.Start()); }
+            catch (GrammarException e) { throw new InvalidRequestException(e.Message); }
+        }
         if (Interlocked.Increment(ref _queued) > Options.MaxWaiting)
         {
             Interlocked.Decrement(ref _queued);
@@ -235,8 +242,7 @@ public sealed class Engine : IDisposable
             r.ModelDrafter.Begin(request.Sampler);
         }
         r.Sequence = new SequenceState(r.Id, request.Prompt, request.MaxTokens) { Tag = r };
-        if (request.JsonObject) r.Constraint = new JsonObjectConstraint(Tokenizer);
-        else if (request.Grammar is { } g) r.Constraint = new GrammarConstraint(_tries, g.Start());
+        r.Constraint = constraint;
         _incoming.Enqueue(r);
         if (cancel.CanBeCanceled)
             r.Registration = cancel.Register(static o => { var (e, q) = ((Engine, EngineRequest))o!; e.Cancel(q); }, (this, r));
