@@ -141,16 +141,28 @@ public sealed class CriaChatClient(Engine engine, ChatTemplate template, string 
         var (req, tools) = Build(messages, options);
         string id = "chatcmpl-" + Guid.NewGuid().ToString("N");
         int count = 0;
-        var held = new StringBuilder(); // with tools the reply is held until it ends: it may be a call
+        // With tools, text that may belong to a call is held until the reply ends (ToolReplyStream).
+        var split = tools != null ? new ToolReplyStream(tools.Definitions, tools.Format) : null;
         await foreach (var e in Engine.GenerateAsync(req, cancellationToken))
         {
             if (e.IsToken) count++;
-            if (tools != null)
+            if (split != null)
             {
-                held.Append(e.Text);
-                if (e.FinishReason == null) continue;
-                var (message, reason) = Reply(held.ToString(), e.FinishReason, tools);
-                var last = new ChatResponseUpdate(ChatRole.Assistant, message.Contents) { ResponseId = id, ModelId = Metadata.DefaultModelId, FinishReason = reason };
+                string now = split.Add(e.Text);
+                if (e.FinishReason == null)
+                {
+                    if (now.Length > 0) yield return new ChatResponseUpdate(ChatRole.Assistant, now) { ResponseId = id, ModelId = Metadata.DefaultModelId };
+                    continue;
+                }
+                var (content, calls) = split.Finish();
+                string text = now + content;
+                var last = new ChatResponseUpdate(ChatRole.Assistant, text.Length > 0 ? text : null)
+                {
+                    ResponseId = id, ModelId = Metadata.DefaultModelId,
+                    FinishReason = calls.Count > 0 && e.FinishReason == "stop" ? ChatFinishReason.ToolCalls : Reason(e.FinishReason),
+                };
+                foreach (var c in calls)
+                    last.Contents.Add(new FunctionCallContent(c.Id, c.Name, System.Text.Json.JsonSerializer.Deserialize<Dictionary<string, object?>>(c.Arguments)));
                 last.Contents.Add(new UsageContent(new UsageDetails { InputTokenCount = req.Prompt.Length, OutputTokenCount = count, TotalTokenCount = req.Prompt.Length + count }));
                 yield return last;
                 continue;

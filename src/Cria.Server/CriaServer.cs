@@ -698,8 +698,8 @@ public sealed class CriaServer : IAsyncDisposable
     static JsonObject Usage(int prompt, int completion) =>
         new() { ["prompt_tokens"] = prompt, ["completion_tokens"] = completion, ["total_tokens"] = prompt + completion };
 
-    /// <summary>Streams each choice's text as it comes. With tools the reply is held until it ends (it may be a
-    /// call), then sent as one content delta or one tool_calls delta.</summary>
+    /// <summary>Streams each choice's text as it comes. With tools, text that may belong to a call is held until the
+    /// reply ends (<see cref="ToolReplyStream"/>) and the calls go out as one tool_calls delta.</summary>
     async Task Stream(HttpContext http, State s, OpenAiSampling p, bool chat, string id, long created, int promptTokens, EngineRequest[] requests, Tools? tools)
     {
         http.Response.ContentType = "text/event-stream";
@@ -740,26 +740,24 @@ public sealed class CriaServer : IAsyncDisposable
         async Task Pump(int index, EngineRequest r)
         {
             if (chat) await Send(Chunk(index, "", role: true, null, null));
-            var held = new StringBuilder();
+            var split = tools != null ? new ToolReplyStream(tools.Definitions, tools.Format) : null;
             await foreach (var e in r.Events.ReadAllAsync(ct))
             {
-                if (tools != null)
+                if (split != null)
                 {
                     if (e.IsToken) Interlocked.Increment(ref completion);
-                    held.Append(e.Text);
+                    string now = split.Add(e.Text);
+                    if (now.Length > 0) await Send(Chunk(index, now, false, null, null));
                     if (e.FinishReason == null) continue;
-                    var (message, finish) = tools.Reply(held.ToString(), e.FinishReason);
-                    var delta = new JsonObject();
-                    if (message["content"] is { } content) delta["content"] = content.DeepClone();
-                    if (message["tool_calls"] is JsonArray calls)
+                    var (content, calls) = split.Finish();
+                    if (content != null) await Send(Chunk(index, content, false, null, null));
+                    if (calls.Count > 0)
                     {
-                        for (int i = 0; i < calls.Count; i++) calls[i]!["index"] = i;
-                        delta["tool_calls"] = calls.DeepClone();
+                        var chunk = Chunk(index, null, false, null, null);
+                        chunk["choices"]![0]!["delta"] = new JsonObject { ["tool_calls"] = Tools.Calls(calls, withIndex: true) };
+                        await Send(chunk);
                     }
-                    var chunk = Chunk(index, null, false, null, null);
-                    chunk["choices"]![0]!["delta"] = delta;
-                    await Send(chunk);
-                    await Send(Chunk(index, null, false, null, finish));
+                    await Send(Chunk(index, null, false, null, calls.Count > 0 && e.FinishReason == "stop" ? "tool_calls" : e.FinishReason));
                     continue;
                 }
                 JsonNode? lp = null;

@@ -168,3 +168,66 @@ public static class ToolCalling
         }
     }
 }
+
+/// <summary>
+/// Streams a reply that may hold tool calls: text that cannot belong to a call goes out as content at once, the rest is
+/// held until the reply ends and then parsed (<see cref="ToolCalling.Parse"/>). Llama 3 JSON: a reply whose first
+/// non-space character is not '{' is content from then on. Hermes: content up to a <c>&lt;tool_call&gt;</c> (a trailing
+/// piece that could begin one waits), the rest held. Generic: the reply is one JSON object, held whole.
+/// </summary>
+public sealed class ToolReplyStream(IReadOnlyList<ToolDefinition> tools, ToolCalling.Format format)
+{
+    const string Open = "<tool_call>";
+    readonly StringBuilder _held = new();
+    bool _free, _inCall;
+
+    /// <summary>Feeds the next text of the reply; returns the content that can be sent now (possibly empty).</summary>
+    public string Add(string text)
+    {
+        if (_free) return text;
+        _held.Append(text);
+        switch (format)
+        {
+            case ToolCalling.Format.Llama3Json:
+            {
+                string held = _held.ToString();
+                string t = held.TrimStart();
+                if (t.Length == 0 || t[0] == '{') return "";
+                _free = true;
+                _held.Clear();
+                return held;
+            }
+            case ToolCalling.Format.Hermes:
+            {
+                if (_inCall) return "";
+                string held = _held.ToString();
+                int at = held.IndexOf(Open, StringComparison.Ordinal);
+                int keep = at >= 0 ? held.Length - at : PartialOpen(held);
+                _inCall = at >= 0;
+                _held.Clear().Append(held, held.Length - keep, keep);
+                return held[..^keep];
+            }
+            default:
+                return "";
+        }
+    }
+
+    /// <summary>How many trailing characters could be the start of "&lt;tool_call&gt;".</summary>
+    static int PartialOpen(string s)
+    {
+        for (int n = Math.Min(Open.Length - 1, s.Length); n > 0; n--)
+            if (s.EndsWith(Open[..n], StringComparison.Ordinal)) return n;
+        return 0;
+    }
+
+    /// <summary>At the end of the reply: the content still to send (null if none) and the calls.</summary>
+    public (string? Content, List<ChatToolCall> Calls) Finish()
+    {
+        string held = _held.ToString();
+        _held.Clear();
+        if (_free || held.Length == 0) return (null, []);
+        if (format == ToolCalling.Format.Hermes && !_inCall) return (held, []);
+        var (content, calls) = ToolCalling.Parse(held, tools, format);
+        return (string.IsNullOrEmpty(content) ? null : content, calls);
+    }
+}

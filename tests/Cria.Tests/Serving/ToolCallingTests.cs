@@ -220,6 +220,52 @@ public sealed class ToolCallingTests(ServerFixture f, ITestOutputHelper output) 
         Assert.True(calls >= 2, $"only {calls} of 3 replies finished a call");
     }
 
+    /// <summary>Streaming a reply that may be a call: content that cannot belong to one goes out at once, the rest is
+    /// held and parsed at the end; what comes out equals the parse of the whole reply.</summary>
+    [Theory]
+    [InlineData(ToolCalling.Format.Llama3Json, new[] { "  ", "Hello", " world" }, new[] { "", "  Hello", " world" }, null, null)]
+    [InlineData(ToolCalling.Format.Llama3Json, new[] { " {\"name\": \"add\",", " \"parameters\": {\"a\": 1, \"b\": 2}}" }, new[] { "", "" }, null, "add")]
+    [InlineData(ToolCalling.Format.Llama3Json, new[] { "{not", " a call}" }, new[] { "", "" }, "{not a call}", null)]
+    [InlineData(ToolCalling.Format.Hermes, new[] { "Let me <tool", "_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1, \"b\": 2}}\n</tool_call>" }, new[] { "Let me ", "" }, null, "add")]
+    [InlineData(ToolCalling.Format.Hermes, new[] { "a <", " b", "<tool_" }, new[] { "a ", "< b", "" }, "<tool_", null)]
+    [InlineData(ToolCalling.Format.Generic, new[] { "{\"response\": ", "\"hi\"}" }, new[] { "", "" }, "hi", null)]
+    public void Streamed_replies_release_content_early(ToolCalling.Format format, string[] chunks, string[] released, string? rest, string? call)
+    {
+        var stream = new ToolReplyStream(Defs, format);
+        Assert.Equal(released, chunks.Select(stream.Add).ToArray());
+        var (content, calls) = stream.Finish();
+        Assert.Equal(rest, content);
+        Assert.Equal(call, calls.SingleOrDefault()?.Name);
+        // the same as parsing the whole reply
+        var (whole, wholeCalls) = ToolCalling.Parse(string.Concat(chunks), Defs, format);
+        Assert.Equal(whole?.Trim() ?? "", (string.Concat(released) + content).Trim());
+        Assert.Equal(wholeCalls.Select(c => c.Name + c.Arguments), calls.Select(c => c.Name + c.Arguments));
+    }
+
+    /// <summary>In process, tool_choice auto with a Llama 3 template: a reply that is not a call streams as content,
+    /// in many updates, with the text the non-streaming reply has.</summary>
+    [Fact]
+    public async Task Auto_replies_stream_as_content()
+    {
+        var client = new CriaChatClient(f.Server.Engine!, Llama3Short, "cria-test");
+        var decl = AIFunctionDeclarationOf("get_weather", WeatherSchema);
+        var opts = new ChatOptions { Tools = [decl], ToolMode = ChatToolMode.Auto, MaxOutputTokens = 12, Temperature = 0 };
+        var whole = await client.GetResponseAsync([new AiChatMessage(ChatRole.User, "hello")], opts);
+        Assert.DoesNotContain('{', whole.Text.TrimStart()[..1]); // greedy on the random model: not a call
+        var text = new System.Text.StringBuilder();
+        int updates = 0;
+        await foreach (var u in client.GetStreamingResponseAsync([new AiChatMessage(ChatRole.User, "hello")], opts))
+        {
+            if (u.Text.Length > 0) updates++;
+            text.Append(u.Text);
+        }
+        Assert.Equal(whole.Text, text.ToString());
+        Assert.True(updates >= 3, $"{updates} updates with text");
+    }
+
+    static AIFunctionDeclaration AIFunctionDeclarationOf(string name, string schema) =>
+        AIFunctionFactory.CreateDeclaration(name, null, JsonDocument.Parse(schema).RootElement);
+
     [Theory]
     [InlineData("""{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"bad name"}}]}""", "tools")]
     [InlineData("""{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"code"}]}""", "tools")]
