@@ -105,35 +105,39 @@ internal sealed class TokenTrie
 
     public Node Root { get; }
 
+    /// <summary>Sorts the tokens' byte strings, then builds each node from the contiguous run of strings that share
+    /// its prefix: no per-node dictionaries (128 256 Llama 3 tokens in well under a second).</summary>
     public TokenTrie(Tokenizer tokenizer, int lstrip)
     {
-        var root = new Builder();
+        var entries = new List<(byte[] Bytes, int Token)>(tokenizer.VocabSize);
         for (int v = 0; v < tokenizer.VocabSize; v++)
         {
             var bytes = tokenizer.TokenBytes(v, false, lstrip);
             if (bytes.Length == 0 || bytes[0] == 0) continue; // as llama.cpp: no text, or a NUL byte (C strings end there)
-            var n = root;
-            foreach (byte b in bytes)
-            {
-                if (!n.Children.TryGetValue(b, out var c)) n.Children[b] = c = new Builder();
-                n = c;
-            }
-            n.Tokens.Add(v);
+            entries.Add((bytes.ToArray(), v));
         }
-        Root = root.Freeze();
+        entries.Sort((a, b) => a.Bytes.AsSpan().SequenceCompareTo(b.Bytes));
+        Root = Build(entries, 0, entries.Count, 0);
     }
 
-    sealed class Builder
+    /// <summary>The node for entries [lo, hi), which share their first <paramref name="depth"/> bytes.</summary>
+    static Node Build(List<(byte[] Bytes, int Token)> e, int lo, int hi, int depth)
     {
-        public readonly SortedDictionary<byte, Builder> Children = new();
-        public readonly List<int> Tokens = new();
-
-        public Node Freeze() => new()
+        int i = lo;
+        var tokens = new List<int>();
+        while (i < hi && e[i].Bytes.Length == depth) tokens.Add(e[i++].Token); // shorter strings sort first
+        var keys = new List<byte>();
+        var children = new List<Node>();
+        while (i < hi)
         {
-            Keys = [.. Children.Keys],
-            Children = [.. Children.Values.Select(c => c.Freeze())],
-            Tokens = [.. Tokens],
-        };
+            byte b = e[i].Bytes[depth];
+            int j = i + 1;
+            while (j < hi && e[j].Bytes[depth] == b) j++;
+            keys.Add(b);
+            children.Add(Build(e, i, j, depth + 1));
+            i = j;
+        }
+        return new Node { Keys = [.. keys], Children = [.. children], Tokens = [.. tokens] };
     }
 }
 
