@@ -15,7 +15,8 @@ namespace Cria.Serving;
 /// properties after the listed ones), <c>items</c>, <c>prefixItems</c>, <c>minItems</c>/<c>maxItems</c>,
 /// <c>minLength</c>/<c>maxLength</c>, <c>enum</c>, <c>const</c>, <c>anyOf</c>/<c>oneOf</c> (as alternatives),
 /// <c>allOf</c> of one schema, <c>$ref</c> to <c>#/$defs/…</c> or <c>#/definitions/…</c> (recursion included), and
-/// {} or true for any value. Annotations (title, description, format, default, examples, $schema, $id, strict) are
+/// {} or true for any value, and the string formats date, time, date-time (RFC 3339) and uuid as grammars (as
+/// llama.cpp does). Annotations (title, description, other formats, default, examples, $schema, $id, strict) are
 /// ignored.</para>
 /// <para>Refused with a <see cref="GrammarException"/> naming the keyword and where it is: validation keywords the
 /// grammar would not enforce (pattern, minimum, maximum, multipleOf, uniqueItems, not, if/then/else, …) — better an
@@ -142,6 +143,28 @@ public static class JsonSchemaGrammar
             return Primitive("value");
         }
 
+        /// <summary>The string formats written as grammars (as llama.cpp does; RFC 3339 and RFC 4122): other formats are
+        /// annotations, any string.</summary>
+        static readonly Dictionary<string, string> Formats = new()
+        {
+            ["date"] = "[0-9]{4} \"-\" ( \"0\" [1-9] | \"1\" [0-2] ) \"-\" ( \"0\" [1-9] | [1-2] [0-9] | \"3\" [0-1] )",
+            ["time"] = "( [01] [0-9] | \"2\" [0-3] ) \":\" [0-5] [0-9] \":\" [0-5] [0-9] ( \".\" [0-9]{1,9} )? ( \"Z\" | [+-] ( [01] [0-9] | \"2\" [0-3] ) \":\" [0-5] [0-9] )",
+            ["date-time"] = "format-date \"T\" format-time",
+            ["uuid"] = "[0-9a-fA-F]{8} \"-\" [0-9a-fA-F]{4} \"-\" [0-9a-fA-F]{4} \"-\" [0-9a-fA-F]{4} \"-\" [0-9a-fA-F]{12}",
+        };
+
+        /// <summary>The rule of a format (and of the formats it is made of).</summary>
+        string FormatRule(string format)
+        {
+            string name = "format-" + format;
+            if (!Rules.ContainsKey(name))
+            {
+                Rules[name] = Formats[format];
+                if (format == "date-time") { FormatRule("date"); FormatRule("time"); }
+            }
+            return name;
+        }
+
         static readonly HashSet<string> Known =
             ["type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems", "minLength", "maxLength",
              "enum", "const", "anyOf", "oneOf", "allOf", "$ref"];
@@ -172,6 +195,14 @@ public static class JsonSchemaGrammar
                     return Primitive(type);
                 case "string":
                 {
+                    if (s.TryGetProperty("format", out var fmt) && fmt.ValueKind == JsonValueKind.String && Formats.ContainsKey(fmt.GetString()!))
+                    {
+                        if (s.TryGetProperty("minLength", out _) || s.TryGetProperty("maxLength", out _))
+                            throw Error(path, $"'format' {fmt.GetString()} with minLength/maxLength is not supported");
+                        Primitive("space");
+                        string rule = FormatRule(fmt.GetString()!);
+                        return Wrap(name, $"\"\\\"\" {rule} \"\\\"\" space");
+                    }
                     int min = Count(s, "minLength", path) ?? 0;
                     int? max = Count(s, "maxLength", path);
                     if (min == 0 && max == null) return Primitive("string");

@@ -148,6 +148,15 @@ public sealed class JsonSchemaTests(ITestOutputHelper output)
     [InlineData("""{"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"integer"},"c":{"type":"integer"}}}""", """{,"b":1}""", "reject")]
     [InlineData("""{"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"integer"},"c":{"type":"integer"}}}""", """{"a":1,}""", "reject")]
     [InlineData("true", "[\"anything\", 2]", "end")]
+    [InlineData("""{"type":"string","format":"date"}""", "\"2024-02-29\"", "end")]
+    [InlineData("""{"type":"string","format":"date"}""", "\"2024-13-01\"", "reject")]
+    [InlineData("""{"type":"string","format":"date-time"}""", "\"2024-02-29T23:59:07.123Z\"", "end")]
+    [InlineData("""{"type":"string","format":"date-time"}""", "\"2024-02-29 23:59:07Z\"", "reject")]
+    [InlineData("""{"type":"string","format":"time"}""", "\"08:30:00+02:00\"", "end")]
+    [InlineData("""{"type":"string","format":"time"}""", "\"24:00:00Z\"", "reject")]
+    [InlineData("""{"type":"string","format":"uuid"}""", "\"123e4567-e89b-12d3-a456-426614174000\"", "end")]
+    [InlineData("""{"type":"string","format":"uuid"}""", "\"123e4567e89b\"", "reject")]
+    [InlineData("""{"type":"string","format":"email"}""", "\"not checked\"", "end")]
     public void Other_schemas(string schema, string json, string expected) =>
         Assert.Equal(expected, Judge(JsonSchemaGrammar.Compile(Parse(schema)), json));
 
