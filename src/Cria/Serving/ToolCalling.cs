@@ -73,7 +73,11 @@ public static class ToolCalling
             if (t.ToolCalls is { Count: > 0 } calls)
                 list.Add(new ChatTurn("assistant", string.Join("\n", calls.Select(c => $"{{\"tool_call\": {{\"name\": {JsonSerializer.Serialize(c.Name)}, \"arguments\": {c.Arguments}}}}}"))));
             else if (t.Role == "tool")
-                list.Add(new ChatTurn("tool", $"{{\"tool_response\": {{\"id\": {JsonSerializer.Serialize(t.ToolCallId ?? "")}, \"content\": {JsonSerializer.Serialize(t.Content)}}}}}"));
+            {
+                // The result names the function it answers (its call's id is a random string the model need not see).
+                string? name = turns.SelectMany(x => x.ToolCalls ?? []).FirstOrDefault(c => c.Id == t.ToolCallId)?.Name;
+                list.Add(new ChatTurn("tool", $"{{\"tool_response\": {{\"name\": {JsonSerializer.Serialize(name ?? "")}, \"content\": {JsonSerializer.Serialize(t.Content)}}}}}"));
+            }
             else if (t.Role == "assistant")
                 list.Add(new ChatTurn("assistant", $"{{\"response\": {JsonSerializer.Serialize(t.Content)}}}"));
             else list.Add(t);

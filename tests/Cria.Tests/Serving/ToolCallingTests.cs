@@ -76,6 +76,26 @@ public sealed class ToolCallingTests(ServerFixture f, ITestOutputHelper output) 
         Assert.EndsWith("<|start_header_id|>assistant<|end_header_id|>\n\n", text);
     }
 
+    /// <summary>The generic format: the tools described in the system message, an earlier call and its result written
+    /// as the JSON turns the model gives and reads (the result by its function's name, not the call's random id).</summary>
+    [Fact]
+    public void Generic_format_renders_tools_calls_and_results()
+    {
+        ChatTurn[] turns =
+        [
+            new("system", "Be brief."),
+            new("user", "2 + 3?"),
+            new("assistant", "") { ToolCalls = [new Cria.Tokenization.ChatToolCall("call_9f3", "add", """{"a": 2, "b": 3}""")] },
+            new("tool", "5") { ToolCallId = "call_9f3" },
+        ];
+        string text = ToolCalling.Render(new ChatTemplate(ChatTemplate.Format.ChatML), turns, Defs, ToolCalling.Format.Generic);
+        output.WriteLine(text);
+        Assert.StartsWith("<|im_start|>system\nBe brief.\n\nYou can call these tools:\n{\"name\":\"get_weather\"", text);
+        Assert.Contains("<|im_start|>assistant\n{\"tool_call\": {\"name\": \"add\", \"arguments\": {\"a\": 2, \"b\": 3}}}<|im_end|>", text);
+        Assert.Contains("<|im_start|>tool\n{\"tool_response\": {\"name\": \"add\", \"content\": \"5\"}}<|im_end|>", text);
+        Assert.DoesNotContain("call_9f3", text);
+    }
+
     [Theory]
     [InlineData(ToolCalling.Format.Llama3Json, """ {"name": "add", "parameters": {"a": 1, "b": 2}} """, null, "add", """{"a": 1, "b": 2}""")]
     [InlineData(ToolCalling.Format.Llama3Json, """{"name": "nope", "parameters": {}}""", """{"name": "nope", "parameters": {}}""", null, null)]
@@ -186,7 +206,8 @@ public sealed class ToolCallingTests(ServerFixture f, ITestOutputHelper output) 
         history.Add(new AiChatMessage(ChatRole.Tool, [new FunctionResultContent(fc.CallId, result)]));
         var second = await ai.GetResponseAsync(history, new ChatOptions { Tools = [fn], ToolMode = ChatToolMode.None, MaxOutputTokens = 8, Temperature = 0 });
         Assert.Empty(second.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>());
-        Assert.False(string.IsNullOrEmpty(second.Text));
+        Assert.NotNull(second.FinishReason); // a reply (its text may be empty: the random model may end at once)
+        Assert.InRange(second.Usage!.OutputTokenCount ?? 0, 1, 8);
     }
 
     /// <summary>In process: CriaChatClient with a Llama 3 template and a required function returns
@@ -215,7 +236,7 @@ public sealed class ToolCallingTests(ServerFixture f, ITestOutputHelper output) 
             Assert.Equal(("sunny, 24", fc.CallId), (turns[2].Content, turns[2].ToolCallId));
             var next = await client.GetResponseAsync(history, new ChatOptions { Tools = [decl], ToolMode = ChatToolMode.None, MaxOutputTokens = 6, Temperature = 0 });
             Assert.Empty(next.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>());
-            Assert.Equal(6, next.Usage!.OutputTokenCount);
+            Assert.InRange(next.Usage!.OutputTokenCount ?? 0, 1, 6);
         }
         Assert.True(calls >= 2, $"only {calls} of 3 replies finished a call");
     }
