@@ -70,7 +70,7 @@ public sealed class Grammar
         // A rule under construction: alternatives of symbols (Char with its ranges, or Ref to a rule id).
         readonly record struct Sym(Kind Kind, int Rule, (int, int)[]? Ranges, bool Negated);
 
-        int _pos, _symbols, _nesting;
+        int _pos, _symbols, _nesting, _helpers;
         readonly Dictionary<string, int> _ids = new();
         readonly List<string> _names = new();
         readonly List<List<List<Sym>>?> _rules = new();   // null until defined
@@ -88,9 +88,7 @@ public sealed class Grammar
         /// no grammar text can write, so it never meets one of the user's rules.</summary>
         int NewRule(string baseName, List<List<Sym>> alternatives)
         {
-            int n = 1;
-            while (_ids.ContainsKey($"{baseName}#{n}")) n++;
-            int id = Id($"{baseName}#{n}");
+            int id = Id($"{baseName}#{++_helpers}"); // one counter for all: unique without searching (x{0,10000} makes 10 000)
             _rules[id] = alternatives;
             return id;
         }
@@ -379,18 +377,13 @@ public sealed class Grammar
         /// forever), naming the cycle, and a grammar whose references nest deeper than <see cref="MaxExpansionDepth"/>
         /// before a character (the recogniser expands them recursively). Depth of a rule: over its alternatives, the
         /// most of the summed depths (+1 each) of the references it starts with, up to and including the first that
-        /// cannot be empty. An explicit stack, so a long chain of rules cannot overflow this check either.
+        /// cannot be empty. An explicit stack, so a long chain of rules cannot overflow this check either. Whether a rule
+        /// can be empty is found on the same walk (an alternative whose references were all passed), not by iterating
+        /// to a fixpoint, which a long chain of empty rules would make quadratic.
         /// </summary>
         void CheckLeftRecursion(List<List<Sym>>[] rules)
         {
             var nullable = new bool[rules.Length];
-            for (bool changed = true; changed;)
-            {
-                changed = false;
-                for (int r = 0; r < rules.Length; r++)
-                    if (!nullable[r] && rules[r].Any(alt => alt.All(s => s.Kind == Kind.Ref && nullable[s.Rule])))
-                        nullable[r] = changed = true;
-            }
             var state = new byte[rules.Length]; // 0 unvisited, 1 on the stack, 2 done
             var depth = new int[rules.Length];
             var stack = new List<Visit>();
@@ -406,6 +399,7 @@ public sealed class Grammar
                     if (v.Alt == alts.Count)
                     {
                         depth[v.Rule] = v.Best;
+                        nullable[v.Rule] = v.Nullable;
                         if (v.Best > MaxExpansionDepth)
                             throw new GrammarException($"grammar: rule '{_names[v.Rule]}' nests {v.Best} rule references before reading a character (at most {MaxExpansionDepth})");
                         state[v.Rule] = 2;
@@ -414,7 +408,8 @@ public sealed class Grammar
                         continue;
                     }
                     var alt = alts[v.Alt];
-                    if (v.Sym == alt.Count || alt[v.Sym].Kind != Kind.Ref) { v.NextAlternative(); continue; }
+                    if (v.Sym == alt.Count) { v.Nullable = true; v.NextAlternative(); continue; } // every symbol could be empty
+                    if (alt[v.Sym].Kind != Kind.Ref) { v.NextAlternative(); continue; }
                     int s = alt[v.Sym].Rule;
                     if (state[s] == 1)
                     {
@@ -434,6 +429,7 @@ public sealed class Grammar
         {
             public readonly int Rule = rule;
             public int Alt, Sym, Sum, Best;
+            public bool Nullable;                // an alternative can be empty
 
             /// <summary>The reference at (Alt, Sym), of finished rule <paramref name="r"/>, is counted; the walk goes on
             /// past it if it can be empty, else to the next alternative.</summary>

@@ -117,6 +117,13 @@ public sealed class GrammarTests(ITestOutputHelper output)
         for (int i = 0; i < 100_000; i++) chain.Append($"r{i} ::= r{i + 1} \"x\"\n");
         chain.Append("r100000 ::= \"y\"\n");
         Assert.Contains("nests", Assert.Throws<GrammarException>(() => Grammar.Parse(chain.ToString())).Message);
+        var empties = new StringBuilder("root ::= e0 \"z\"\n"); // a chain of rules that can all be empty
+        for (int i = 0; i < 100_000; i++) empties.Append($"e{i} ::= e{i + 1}\n");
+        empties.Append("e100000 ::= \"\"\n");
+        Assert.Contains("nests", Assert.Throws<GrammarException>(() => Grammar.Parse(empties.ToString())).Message);
+        Assert.Equal("complete", Judge(Grammar.Parse("root ::= a b \"z\"\na ::= b | \"\"\nb ::= \"\" | \"y\""), "z")); // empty through two levels
+        // A repetition of 10 000 makes 10 000 helper rules, and a schema's maxLength does too.
+        Assert.Equal("end", Judge(JsonSchemaGrammar.Compile(System.Text.Json.JsonDocument.Parse("""{"type":"string","maxLength":10000}""").RootElement), "\"ab\""));
         // Within the limits: 900 nested references, 250 parentheses.
         var ok = new StringBuilder("root ::= r0\n");
         for (int i = 0; i < 900; i++) ok.Append($"r{i} ::= r{i + 1} \"x\"\n");
