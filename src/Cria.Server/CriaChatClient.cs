@@ -101,13 +101,14 @@ public sealed class CriaChatClient(Engine engine, ChatTemplate template, string 
             var args = System.Text.Json.JsonSerializer.Deserialize<Dictionary<string, object?>>(c.Arguments);
             m.Contents.Add(new FunctionCallContent(c.Id, c.Name, args));
         }
-        return (m, calls.Count > 0 && finish == "stop" ? ChatFinishReason.ToolCalls : Reason(finish));
+        return (m, Reason(ToolCalling.FinishReason(finish, calls.Count)));
     }
 
     static ChatFinishReason? Reason(string? r) => r switch
     {
         "stop" => ChatFinishReason.Stop,
         "length" => ChatFinishReason.Length,
+        "tool_calls" => ChatFinishReason.ToolCalls,
         null => null,
         _ => new ChatFinishReason(r),
     };
@@ -159,7 +160,7 @@ public sealed class CriaChatClient(Engine engine, ChatTemplate template, string 
                 var last = new ChatResponseUpdate(ChatRole.Assistant, text.Length > 0 ? text : null)
                 {
                     ResponseId = id, ModelId = Metadata.DefaultModelId,
-                    FinishReason = calls.Count > 0 && e.FinishReason == "stop" ? ChatFinishReason.ToolCalls : Reason(e.FinishReason),
+                    FinishReason = Reason(ToolCalling.FinishReason(e.FinishReason, calls.Count)),
                 };
                 foreach (var c in calls)
                     last.Contents.Add(new FunctionCallContent(c.Id, c.Name, System.Text.Json.JsonSerializer.Deserialize<Dictionary<string, object?>>(c.Arguments)));

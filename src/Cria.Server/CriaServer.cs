@@ -624,9 +624,8 @@ public sealed class CriaServer : IAsyncDisposable
         {
             var (content, calls) = ToolCalling.Parse(text, Definitions, Format);
             var m = new JsonObject { ["role"] = "assistant", ["content"] = content };
-            if (calls.Count == 0) return (m, finish);
-            m["tool_calls"] = Calls(calls, withIndex: false);
-            return (m, finish == "stop" ? "tool_calls" : finish);
+            if (calls.Count > 0) m["tool_calls"] = Calls(calls, withIndex: false);
+            return (m, ToolCalling.FinishReason(finish, calls.Count));
         }
 
         public static JsonArray Calls(List<ChatToolCall> calls, bool withIndex) => new(calls.Select((c, i) =>
@@ -757,7 +756,7 @@ public sealed class CriaServer : IAsyncDisposable
                         chunk["choices"]![0]!["delta"] = new JsonObject { ["tool_calls"] = Tools.Calls(calls, withIndex: true) };
                         await Send(chunk);
                     }
-                    await Send(Chunk(index, null, false, null, calls.Count > 0 && e.FinishReason == "stop" ? "tool_calls" : e.FinishReason));
+                    await Send(Chunk(index, null, false, null, ToolCalling.FinishReason(e.FinishReason, calls.Count)));
                     continue;
                 }
                 JsonNode? lp = null;

@@ -47,6 +47,7 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
     public GenerationStats? LastStats { get; private set; }
     /// <summary>Speculative decoding's drafter (prompt lookup or a draft model); null decodes one token per step.</summary>
     public IDrafter? Drafter { get; set; }
+    Serving.TokenTries? _tries;   // the vocabulary's byte tries, built on the first grammar generation and kept
     /// <summary>Activation Beacon: the sequence streams through a <see cref="BeaconStream"/> at this condensing ratio
     /// (0 = the file's), so prompt and generation may run past the context; null decodes as a plain sequence.</summary>
     public int? BeaconRatio { get; set; }
@@ -150,7 +151,7 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
         var budget = new DraftBudget(maxDraft, drafter?.Options.Adaptive ?? false);
         var nudge = new RapidNudge(drafter?.Options, ctx.Config.VocabSize, options.Sampler.Temperature <= 0);
         // The continuation follows the prompt's text, so its first token keeps its leading space (lstrip 0).
-        var constraint = options.Grammar is { } g ? new Serving.GrammarConstraint(new Serving.TokenTries(Tokenizer), g.Start()) : null;
+        var constraint = options.Grammar is { } g ? new Serving.GrammarConstraint(_tries ??= new Serving.TokenTries(Tokenizer), g.Start()) : null;
         var masked = constraint != null ? new float[ctx.Config.VocabSize] : [];
         // The next token from a row's logits: sampled, or (grammar) sampled among the tokens it allows; −1 if none.
         int Pick(ReadOnlySpan<float> logits, Sampler sampler)

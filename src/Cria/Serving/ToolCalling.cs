@@ -124,6 +124,10 @@ public static class ToolCalling
         };
     }
 
+    /// <summary>OpenAI's finish reason of a reply: "tool_calls" when it made calls and ended by itself ("stop"), else
+    /// the engine's.</summary>
+    public static string? FinishReason(string? finish, int calls) => calls > 0 && finish == "stop" ? "tool_calls" : finish;
+
     /// <summary>The reply as content and calls (ids "call_…" made here). A reply that does not parse as a call of a
     /// known tool is content, whole.</summary>
     public static (string? Content, List<ChatToolCall> Calls) Parse(string text, IReadOnlyList<ToolDefinition> tools, Format format)
