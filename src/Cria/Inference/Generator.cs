@@ -48,6 +48,10 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
     /// <summary>Speculative decoding's drafter (prompt lookup or a draft model); null decodes one token per step.</summary>
     public IDrafter? Drafter { get; set; }
     Serving.TokenTries? _tries;   // the vocabulary's byte tries, built on the first grammar generation and kept
+    SamplerVocabulary? _vocabulary; // what DRY reads (its breakers are processed once and kept)
+
+    Sampler NewSampler(SamplerOptions o) =>
+        new(Context.Config.VocabSize, o, o.DryOn ? _vocabulary ??= new SamplerVocabulary(Tokenizer, Context.Cache.Capacity) : null);
     /// <summary>Activation Beacon: the sequence streams through a <see cref="BeaconStream"/> at this condensing ratio
     /// (0 = the file's), so prompt and generation may run past the context; null decodes as a plain sequence.</summary>
     public int? BeaconRatio { get; set; }
@@ -88,6 +92,8 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
         if (Drafter != null && ctx.Evicts) throw new CriaException("speculative decoding does not work with KV eviction");
         if (Drafter != null && Drafter.Options.DraftMax > ctx.Cache.MaxRollback)
             throw new CriaException($"this KV cache (KIVI, or a hybrid model's windows) can take back at most {ctx.Cache.MaxRollback} positions at once; draft max {Drafter.Options.DraftMax} is more");
+        if (Drafter != null && !options.Sampler.Deterministic)
+            throw new CriaException("XTC and mirostat do not work with speculative decoding (their distribution changes with every draw)");
         if (options.Grammar != null && (Drafter != null || BeaconRatio != null))
             throw new CriaException("a grammar is not supported with speculative decoding or Activation Beacon");
         ctx.Cache.Remove(sequenceId);
@@ -106,7 +112,7 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
     IEnumerable<int> RunBeacons(int[] promptTokens, GenerationOptions options, BeaconStream stream, CancellationToken cancel)
     {
         var ctx = Context;
-        var sampler = new Sampler(ctx.Config.VocabSize, options.Sampler);
+        var sampler = NewSampler(options.Sampler);
         foreach (var t in promptTokens) sampler.Accept(t);
         int peak = stream.Window + stream.Window / stream.Ratio; // a full window and its beacons on top of the memory: the most a step needs
         var sw = Stopwatch.StartNew();
@@ -136,7 +142,7 @@ public sealed class Generator(InferenceContext context, Tokenizer tokenizer)
     {
         var ctx = Context;
         var drafter = Drafter;
-        var sampler = new Sampler(ctx.Config.VocabSize, options.Sampler);
+        var sampler = NewSampler(options.Sampler);
         foreach (var t in promptTokens) sampler.Accept(t);
         drafter?.Begin(options.Sampler);
         int maxDraft = drafter?.Options.DraftMax ?? 0;

@@ -1,6 +1,9 @@
 namespace Cria.Inference;
 
-/// <summary>Sampling settings, with llama.cpp's defaults. Temperature ≤ 0 means greedy (argmax).</summary>
+/// <summary>
+/// Sampling settings, with llama.cpp's defaults (common_params_sampling). Temperature ≤ 0 means greedy: the argmax of
+/// the logits after the logit bias, the penalties and DRY. Every "off" value below is llama.cpp's.
+/// </summary>
 public sealed record SamplerOptions
 {
     public float Temperature { get; init; } = 0.8f;
@@ -13,7 +16,50 @@ public sealed record SamplerOptions
     public int PenaltyLastN { get; init; } = 64;    // how many recent tokens the penalties look at
     public ulong Seed { get; init; } = 0xC71A;
 
+    /// <summary>Added to a token's logit before anything else (OpenAI's logit_bias; −∞ bans the token).</summary>
+    public IReadOnlyDictionary<int, float>? LogitBias { get; init; }
+    /// <summary>Locally typical sampling (Meister et al. 2022): keep the tokens whose surprise is closest to the
+    /// entropy, up to this much probability. 1 = off.</summary>
+    public float TypicalP { get; init; } = 1f;
+    /// <summary>Top-nσ (Tang et al. 2024): keep the tokens whose logit is within n standard deviations of the largest.
+    /// ≤ 0 = off.</summary>
+    public float TopNSigma { get; init; } = -1f;
+    /// <summary>XTC, "exclude top choices": with this probability per token, drop every token at or above
+    /// <see cref="XtcThreshold"/> except the least likely of them. 0 = off.</summary>
+    public float XtcProbability { get; init; }
+    public float XtcThreshold { get; init; } = 0.1f;  // > 0.5 = off
+    /// <summary>DRY, "don't repeat yourself": a token that would extend a repetition of n ≥ <see cref="DryAllowedLength"/>
+    /// tokens of the context loses multiplier·base^(n − allowed) from its logit. 0 = off.</summary>
+    public float DryMultiplier { get; init; }
+    public float DryBase { get; init; } = 1.75f;
+    public int DryAllowedLength { get; init; } = 2;
+    public int DryPenaltyLastN { get; init; } = -1;   // tokens DRY looks back over; −1 = the whole context, 0 = off
+    /// <summary>Text that ends a repetition for DRY: a repeat never reaches back past one.</summary>
+    public IReadOnlyList<string> DrySequenceBreakers { get; init; } = DefaultDryBreakers;
+    public static readonly IReadOnlyList<string> DefaultDryBreakers = ["\n", ":", "\"", "*"];
+    /// <summary>Dynamic temperature (entropy-based): the temperature ranges over [T − range, T + range] with the
+    /// normalised entropy of the candidates raised to <see cref="DynatempExponent"/>. 0 = off.</summary>
+    public float DynatempRange { get; init; }
+    public float DynatempExponent { get; init; } = 1f;
+    /// <summary>Mirostat (Basu et al. 2021), version 1 or 2, in place of top-k … XTC: the truncation adapts so that
+    /// the surprise of the chosen tokens tracks τ (<see cref="MirostatTau"/>) at learning rate η. 0 = off.</summary>
+    public int Mirostat { get; init; }
+    public float MirostatTau { get; init; } = 5f;
+    public float MirostatEta { get; init; } = 0.1f;
+    /// <summary>The fewest candidates top-p, min-p, typical and XTC leave (0: at least one).</summary>
+    public int MinKeep { get; init; }
+
+    public const int MaxDryBreakers = 32;
+    public const int MaxDryBreakerBytes = 40; // llama.cpp truncates longer ones
+
     public static SamplerOptions Greedy => new() { Temperature = 0 };
+
+    /// <summary>True when a token's distribution depends on nothing but the logits and the tokens so far, so that
+    /// speculative decoding can verify drafts against it: not with XTC (a coin per token) or mirostat (its state moves
+    /// with each draw).</summary>
+    public bool Deterministic => !(XtcProbability > 0 && XtcThreshold <= 0.5f) && Mirostat == 0;
+
+    public bool DryOn => DryMultiplier != 0 && DryPenaltyLastN != 0;
 
     public void Validate()
     {
@@ -24,37 +70,96 @@ public sealed record SamplerOptions
         if (!(RepeatPenalty > 0)) throw new CriaException($"repeat penalty must be > 0, got {RepeatPenalty}");
         if (PenaltyLastN < 0) throw new CriaException($"penalty window must be ≥ 0, got {PenaltyLastN}");
         if (!float.IsFinite(FrequencyPenalty) || !float.IsFinite(PresencePenalty)) throw new CriaException("penalties must be finite");
+        if (!(TypicalP >= 0 && TypicalP <= 1)) throw new CriaException($"typical_p must be in [0, 1], got {TypicalP}");
+        if (!float.IsFinite(TopNSigma)) throw new CriaException($"top_n_sigma must be finite, got {TopNSigma}");
+        if (!(XtcProbability >= 0 && XtcProbability <= 1)) throw new CriaException($"xtc_probability must be in [0, 1], got {XtcProbability}");
+        if (!(XtcThreshold >= 0 && XtcThreshold <= 1)) throw new CriaException($"xtc_threshold must be in [0, 1], got {XtcThreshold}");
+        if (!(DryMultiplier >= 0 && float.IsFinite(DryMultiplier))) throw new CriaException($"dry_multiplier must be ≥ 0, got {DryMultiplier}");
+        if (!(DryBase >= 1 && float.IsFinite(DryBase))) throw new CriaException($"dry_base must be ≥ 1, got {DryBase}");
+        if (DryAllowedLength < 0) throw new CriaException($"dry_allowed_length must be ≥ 0, got {DryAllowedLength}");
+        if (DryPenaltyLastN < -1) throw new CriaException($"dry_penalty_last_n must be ≥ -1, got {DryPenaltyLastN}");
+        if (DrySequenceBreakers is null) throw new CriaException("dry_sequence_breakers is null");
+        if (DrySequenceBreakers.Count > MaxDryBreakers) throw new CriaException($"at most {MaxDryBreakers} DRY sequence breakers, got {DrySequenceBreakers.Count}");
+        foreach (var b in DrySequenceBreakers)
+            if (string.IsNullOrEmpty(b)) throw new CriaException("a DRY sequence breaker is empty");
+        if (!(DynatempRange >= 0 && float.IsFinite(DynatempRange))) throw new CriaException($"dynatemp_range must be ≥ 0, got {DynatempRange}");
+        if (!(DynatempExponent >= 0 && float.IsFinite(DynatempExponent))) throw new CriaException($"dynatemp_exponent must be ≥ 0, got {DynatempExponent}");
+        if (Mirostat is < 0 or > 2) throw new CriaException($"mirostat must be 0, 1 or 2, got {Mirostat}");
+        if (!(MirostatTau >= 0 && float.IsFinite(MirostatTau))) throw new CriaException($"mirostat_tau must be ≥ 0, got {MirostatTau}");
+        if (!(MirostatEta >= 0 && float.IsFinite(MirostatEta))) throw new CriaException($"mirostat_eta must be ≥ 0, got {MirostatEta}");
+        if (MinKeep < 0) throw new CriaException($"min_keep must be ≥ 0, got {MinKeep}");
+        if (LogitBias != null)
+            foreach (var (id, bias) in LogitBias)
+            {
+                if (id < 0) throw new CriaException($"logit_bias: token {id} is negative");
+                if (float.IsNaN(bias) || float.IsPositiveInfinity(bias)) throw new CriaException($"logit_bias of token {id} must be a number or −∞, got {bias}");
+            }
+    }
+
+    /// <summary><see cref="Validate()"/>, and every logit_bias token inside a vocabulary of this size.</summary>
+    public void Validate(int vocabSize)
+    {
+        Validate();
+        if (LogitBias != null)
+            foreach (var id in LogitBias.Keys)
+                if (id >= vocabSize) throw new CriaException($"logit_bias: token {id} is outside the vocabulary (0..{vocabSize - 1})");
     }
 }
 
 /// <summary>
-/// The sampler chain of llama.cpp's common defaults: penalties → top-k → top-p → min-p → temperature → pick.
-/// One sampler serves one sequence: it remembers the recent tokens for the penalties and owns a seeded RNG, so a
-/// given seed repeats exactly. All buffers are allocated once; sampling a token allocates nothing.
+/// llama.cpp's sampler chain (common_sampler with its default order), one sequence's worth:
+/// logit bias → penalties → DRY → top-nσ → top-k → typical → top-p → min-p → XTC → temperature (or dynamic
+/// temperature) → pick; or, with mirostat, logit bias → penalties → DRY → temperature → mirostat → pick.
+/// It remembers the recent tokens (penalties, DRY), mirostat's μ, and owns a seeded RNG, so a given seed repeats
+/// exactly. All buffers are allocated once; sampling a token allocates nothing.
 /// </summary>
+/// <remarks>Where Cria departs from llama.cpp, on purpose: under mirostat llama.cpp's common chain drops the penalties and
+/// DRY (Cria keeps them: they are logit changes the user asked for); typical sampling skips tokens of probability 0 in
+/// the entropy (llama.cpp's 0·log 0 makes it NaN); a greedy sampler takes the argmax after the logit changes without
+/// running the truncations (llama.cpp's temperature 0 runs them, which only matters for typical and XTC, the two that
+/// can drop the most likely token).</remarks>
 public sealed class Sampler
 {
     readonly SamplerOptions _o;
     readonly int _vocab;
     readonly float[] _logits;       // [vocab] working copy
-    readonly int[] _ids;            // [vocab] candidate ids
-    readonly float[] _p;            // [vocab] candidate probabilities
+    readonly int[] _ids;            // [vocab] candidate ids, _ids[0..n)
+    readonly float[] _p;            // [vocab] candidate probabilities, _p[i] for _ids[i]
+    readonly float[] _keys;         // [vocab] sort keys (negated logits; typical's scores)
+    readonly int[] _order;          // [vocab] typical's candidate order
     readonly int[] _recent;         // ring buffer of the last PenaltyLastN accepted tokens
     readonly int[] _counts;         // [vocab] occurrences within the ring
     int _recentCount, _recentHead;
+    readonly int[] _biasIds;        // [bias entries] logit bias, as arrays
+    readonly float[] _biasValues;
+    readonly Dry? _dry;
+    float _mu;                      // mirostat's target surprise bound, starts at 2τ
+    int _lastN;                     // candidates of the last distribution (mirostat's update reads them)
     ulong _s0, _s1, _s2, _s3;       // xoshiro256** state
 
     public SamplerOptions Options => _o;
 
-    public Sampler(int vocabSize, SamplerOptions? options = null)
+    /// <summary>A sampler over a vocabulary of <paramref name="vocabSize"/> tokens. DRY reads text, so it needs
+    /// <paramref name="vocabulary"/> (the model's tokenizer and context length).</summary>
+    public Sampler(int vocabSize, SamplerOptions? options = null, SamplerVocabulary? vocabulary = null)
     {
         _o = options ?? new SamplerOptions();
-        _o.Validate();
+        _o.Validate(vocabSize);
         _vocab = vocabSize;
         _logits = new float[vocabSize]; _ids = new int[vocabSize]; _p = new float[vocabSize];
+        _keys = new float[vocabSize]; _order = new int[vocabSize];
         _recent = new int[Math.Max(1, _o.PenaltyLastN)];
         _counts = new int[vocabSize];
+        _biasIds = _o.LogitBias?.Keys.ToArray() ?? [];
+        _biasValues = _o.LogitBias?.Values.ToArray() ?? [];
+        if (_o.DryOn)
+        {
+            if (vocabulary == null) throw new CriaException("DRY needs the model's vocabulary (its sequence breakers are text)");
+            if (vocabulary.Tokenizer.VocabSize != vocabSize) throw new CriaException($"the vocabulary has {vocabulary.Tokenizer.VocabSize} tokens, the sampler {vocabSize}");
+            _dry = new Dry(_o, vocabulary);
+        }
         Reseed(_o.Seed);
+        _mu = 2 * _o.MirostatTau;
     }
 
     public void Reseed(ulong seed)
@@ -63,9 +168,10 @@ public sealed class Sampler
         _s0 = SplitMix(ref x); _s1 = SplitMix(ref x); _s2 = SplitMix(ref x); _s3 = SplitMix(ref x);
     }
 
-    /// <summary>Records a token as generated (or part of the prompt) for the penalties.</summary>
+    /// <summary>Records a token as generated (or part of the prompt) for the penalties and DRY.</summary>
     public void Accept(int token)
     {
+        _dry?.Accept(token);
         if (_o.PenaltyLastN == 0) return;
         if (_recentCount == _recent.Length)
         {
@@ -80,8 +186,13 @@ public sealed class Sampler
     public void Reset()
     {
         Array.Clear(_counts); _recentCount = 0; _recentHead = 0;
+        _dry?.Reset();
+        _mu = 2 * _o.MirostatTau;
         Reseed(_o.Seed);
     }
+
+    /// <summary>Mirostat's current bound μ on the surprise (bits) of a candidate.</summary>
+    public float MirostatMu => _mu;
 
     /// <summary>Picks the next token from a row of logits.</summary>
     public int Sample(ReadOnlySpan<float> logits)
@@ -89,9 +200,25 @@ public sealed class Sampler
         int n = Candidates(logits);
         if (_o.Temperature <= 0) return _ids[0];
         double r = NextDouble(), acc = 0;
-        for (int i = 0; i < n; i++) { acc += _p[i]; if (r < acc) return _ids[i]; }
-        return _ids[n - 1];
+        int pick = n - 1;
+        for (int i = 0; i < n; i++) { acc += _p[i]; if (r < acc) { pick = i; break; } }
+        if (_o.Mirostat != 0) Learn(_p[pick]);
+        return _ids[pick];
     }
+
+    /// <summary>
+    /// Tells mirostat which token was taken from the last distribution (<see cref="Distribution"/>), when the caller
+    /// drew it: μ moves by η·(τ − its surprise). <see cref="Sample"/> does this itself. Nothing happens without mirostat.
+    /// </summary>
+    public void Chosen(int token)
+    {
+        if (_o.Mirostat == 0 || _o.Temperature <= 0) return;
+        for (int i = 0; i < _lastN; i++)
+            if (_ids[i] == token) { Learn(_p[i]); return; }
+        throw new ArgumentException($"token {token} is not a candidate of the last distribution", nameof(token));
+    }
+
+    void Learn(float p) => _mu -= _o.MirostatEta * (-MathF.Log2(p) - _o.MirostatTau);
 
     /// <summary>
     /// The distribution <see cref="Sample"/> draws from, written densely into <paramref name="probs"/> [vocab] (zero
@@ -106,15 +233,16 @@ public sealed class Sampler
     }
 
     /// <summary>
-    /// The softmax at temperature 1 of the penalised logits, over the whole vocabulary (no top-k/top-p/min-p): the
-    /// distribution whose mode a greedy sampler picks. RAPID nudges it when the target decodes greedily.
+    /// The softmax at temperature 1 of the logits after the logit bias, penalties and DRY, over the whole vocabulary
+    /// (no truncation): the distribution whose mode a greedy sampler picks. RAPID nudges it when the target decodes
+    /// greedily.
     /// </summary>
     public void SoftDistribution(ReadOnlySpan<float> logits, Span<float> probs)
     {
         if (logits.Length != _vocab || probs.Length != _vocab) throw new ArgumentException($"expected {_vocab} logits and probabilities, got {logits.Length}, {probs.Length}");
         var l = _logits.AsSpan();
         logits.CopyTo(l);
-        ApplyPenalties(l);
+        ApplyLogitChanges(l);
         float max = float.NegativeInfinity;
         foreach (var v in l) if (v > max) max = v;
         double sum = 0;
@@ -123,43 +251,63 @@ public sealed class Sampler
         for (int i = 0; i < _vocab; i++) probs[i] *= inv;
     }
 
+    /// <summary>The logits after the logit bias, penalties and DRY (what the truncations then read).</summary>
+    internal void ChangedLogits(ReadOnlySpan<float> logits, Span<float> result)
+    {
+        logits.CopyTo(result);
+        ApplyLogitChanges(result);
+    }
+
     /// <summary>A uniform draw in [0, 1) from this sampler's RNG (the stream <see cref="Sample"/> uses).</summary>
     public double NextUniform() => NextDouble();
 
     /// <summary>
     /// Applies the chain up to the final softmax: the surviving candidates are <c>_ids[0..n)</c> with probabilities
-    /// <c>_p[0..n)</c>, most likely first; returns n (1 when greedy).
+    /// <c>_p[0..n)</c>; returns n (1 when greedy).
     /// </summary>
     int Candidates(ReadOnlySpan<float> logits)
     {
         if (logits.Length != _vocab) throw new ArgumentException($"expected {_vocab} logits, got {logits.Length}");
         var l = _logits.AsSpan();
         logits.CopyTo(l);
-        ApplyPenalties(l);
-        if (_o.Temperature <= 0) { _ids[0] = ArgMax(l); _p[0] = 1f; return 1; }
+        ApplyLogitChanges(l);
+        if (_o.Temperature <= 0) { _ids[0] = ArgMax(l); _p[0] = 1f; return _lastN = 1; }
 
-        // Candidates: all ids, or the top-k by logit.
         int n = _vocab;
         for (int i = 0; i < n; i++) _ids[i] = i;
-        if (_o.TopK > 0 && _o.TopK < n) n = SelectTopK(l, _o.TopK);
-        SortByLogitDescending(_logits, n);
+        if (_o.Mirostat != 0) return _lastN = MirostatCandidates();
 
-        // Softmax of the un-tempered logits for top-p and min-p (llama.cpp applies temperature last).
-        Softmax(_logits, n, 1f);
+        if (_o.TopNSigma > 0) n = TopNSigma(l, n);
+        if (_o.TopK > 0 && _o.TopK < n) n = SelectTopK(l, n, _o.TopK);
+        SortByLogitDescending(n);
+        if (_o.TypicalP < 1f) n = Typical(n);
         if (_o.TopP < 1f)
         {
-            double cum = 0;
-            for (int i = 0; i < n; i++) { cum += _p[i]; if (cum >= _o.TopP) { n = i + 1; break; } }
+            // llama.cpp: the smallest prefix whose probability reaches p (float sums, as there), at least min_keep
+            Softmax(n, 1f);
+            float cum = 0;
+            for (int i = 0; i < n; i++) { cum += _p[i]; if (cum >= _o.TopP && i + 1 >= _o.MinKeep) { n = i + 1; break; } }
         }
         if (_o.MinP > 0f)
         {
-            float cut = _o.MinP * _p[0];
+            // p_i ≥ min_p · p_max, as llama.cpp tests it: on the logits
+            float cut = l[_ids[0]] + MathF.Log(_o.MinP);
             int keep = 1;
-            while (keep < n && _p[keep] >= cut) keep++;
+            while (keep < n && (l[_ids[keep]] >= cut || keep < _o.MinKeep)) keep++;
             n = keep;
         }
-        Softmax(_logits, n, _o.Temperature);
-        return n;
+        if (_o.XtcProbability > 0f) n = Xtc(n);
+        if (_o.DynatempRange > 0f) return _lastN = DynamicTemperature(n);
+        Softmax(n, _o.Temperature);
+        return _lastN = n;
+    }
+
+    /// <summary>The logit changes that come before any truncation: logit bias, then the penalties, then DRY.</summary>
+    void ApplyLogitChanges(Span<float> l)
+    {
+        for (int i = 0; i < _biasIds.Length; i++) l[_biasIds[i]] += _biasValues[i];
+        ApplyPenalties(l);
+        _dry?.Apply(l);
     }
 
     void ApplyPenalties(Span<float> l)
@@ -183,6 +331,130 @@ public sealed class Sampler
         }
     }
 
+    /// <summary>Top-nσ: keeps the ids whose logit is at least max − n·σ, σ the standard deviation of the finite logits
+    /// (float sums, as llama.cpp). llama.cpp sets the others to −∞; here they leave the candidates.</summary>
+    int TopNSigma(ReadOnlySpan<float> l, int n)
+    {
+        float max = float.NegativeInfinity, sum = 0;
+        int valid = 0;
+        for (int i = 0; i < n; i++)
+        {
+            float v = l[_ids[i]];
+            if (float.IsNegativeInfinity(v)) continue;
+            if (v > max) max = v;
+            sum += v; valid++;
+        }
+        if (valid == 0) return n;
+        float mean = sum / valid, acc = 0;
+        for (int i = 0; i < n; i++)
+        {
+            float v = l[_ids[i]];
+            if (!float.IsNegativeInfinity(v)) acc += (float)Math.Pow(v - mean, 2);
+        }
+        float cut = max - _o.TopNSigma * MathF.Sqrt(acc / valid);
+        int kept = 0;
+        for (int i = 0; i < n; i++) if (l[_ids[i]] >= cut) _ids[kept++] = _ids[i];
+        return kept;
+    }
+
+    /// <summary>
+    /// Locally typical sampling, as llama.cpp: with p the softmax of the (sorted) candidates and H its entropy, order
+    /// them by |−log p − H| and keep the shortest prefix of that order whose probability exceeds typical_p (and at
+    /// least min_keep); the kept ids are then sorted by logit again for the samplers after it.
+    /// </summary>
+    int Typical(int n)
+    {
+        Softmax(n, 1f);
+        float entropy = 0;
+        for (int i = 0; i < n; i++) if (_p[i] > 0) entropy += -_p[i] * MathF.Log(_p[i]);
+        var scores = _keys.AsSpan(0, n);
+        var order = _order.AsSpan(0, n);
+        for (int i = 0; i < n; i++) { scores[i] = MathF.Abs(-MathF.Log(_p[i]) - entropy); order[i] = i; }
+        scores.Sort(order);
+        float cum = 0;
+        int last = n;
+        for (int i = 0; i < n; i++)
+        {
+            cum += _p[order[i]];
+            if (cum > _o.TypicalP && (_o.MinKeep == 0 || i >= _o.MinKeep - 1)) { last = i + 1; break; }
+        }
+        for (int i = 0; i < last; i++) order[i] = _ids[order[i]];
+        order[..last].CopyTo(_ids);
+        SortByLogitDescending(last);
+        return last;
+    }
+
+    /// <summary>
+    /// XTC: with probability xtc_probability, and when two or more candidates reach xtc_threshold, drops all of those
+    /// but the least likely (unless fewer than min_keep would be left). The coin is a draw from this sampler's RNG.
+    /// </summary>
+    int Xtc(int n)
+    {
+        if (_o.XtcThreshold > 0.5f || n < 2) return n;
+        float chance = (float)NextDouble();
+        if (chance > _o.XtcProbability) return n;
+        Softmax(n, 1f);
+        int last = 0;
+        for (int i = 0; i < n; i++) { if (_p[i] >= _o.XtcThreshold) last = i; else break; }
+        if (n - last >= _o.MinKeep && last > 0)
+        {
+            _ids.AsSpan(last, n - last).CopyTo(_ids);
+            n -= last;
+        }
+        return n;
+    }
+
+    /// <summary>
+    /// Dynamic temperature (llama.cpp's temp-ext): T_dyn = max(0, T − r) + 2r·(H / log n)^exponent, H the entropy of
+    /// the candidates at temperature 1; T_dyn = 0 keeps the most likely alone.
+    /// </summary>
+    int DynamicTemperature(int n)
+    {
+        if (n <= 1) { Softmax(n, 1f); return n; }
+        float minT = MathF.Max(0f, _o.Temperature - _o.DynatempRange), maxT = _o.Temperature + _o.DynatempRange;
+        float maxEntropy = -MathF.Log(1f / n);
+        Softmax(n, 1f);
+        float entropy = 0;
+        for (int i = 0; i < n; i++) if (_p[i] > 0) entropy -= _p[i] * MathF.Log(_p[i]);
+        float t = minT + (maxT - minT) * MathF.Pow(entropy / maxEntropy, _o.DynatempExponent);
+        if (t <= 0) { _p[0] = 1f; return 1; }
+        Softmax(n, t);
+        return n;
+    }
+
+    /// <summary>
+    /// Mirostat over the whole vocabulary at the temperature, sorted. Version 2 keeps the tokens whose surprise
+    /// −log₂ p is at most μ (at least one). Version 1 estimates the Zipf exponent ŝ from the top 100 probabilities and
+    /// keeps the top k = (ε̂·2^μ / (1 − V^−ε̂))^(1/ŝ), ε̂ = ŝ − 1. μ itself moves when a token is chosen.
+    /// </summary>
+    int MirostatCandidates()
+    {
+        int n = _vocab;
+        SortByLogitDescending(n);
+        Softmax(n, _o.Temperature);
+        if (_o.Mirostat == 2)
+        {
+            int keep = 0;
+            while (keep < n && !(-MathF.Log2(_p[keep]) > _mu)) keep++;
+            n = Math.Max(1, keep);
+        }
+        else
+        {
+            const int m = 100;
+            float sumTb = 0, sumTt = 0;
+            for (int i = 0; i < m - 1 && i < n - 1; i++)
+            {
+                float ti = MathF.Log((i + 2f) / (i + 1f)), bi = MathF.Log(_p[i] / _p[i + 1]);
+                sumTb += ti * bi; sumTt += ti * ti;
+            }
+            float sHat = sumTb / sumTt, eps = sHat - 1;
+            float k = MathF.Pow(eps * MathF.Pow(2, _mu) / (1 - MathF.Pow(_vocab, -eps)), 1 / sHat);
+            n = !(k >= 1) ? 1 : k >= n ? n : (int)k;
+        }
+        Softmax(n, _o.Temperature);
+        return n;
+    }
+
     /// <summary>Index of the largest logit; the lowest index wins ties (as llama.cpp's greedy sampler).</summary>
     public static int ArgMax(ReadOnlySpan<float> l)
     {
@@ -192,14 +464,15 @@ public sealed class Sampler
         return best;
     }
 
-    /// <summary>Moves the k largest-logit ids to _ids[0..k) with a min-heap; returns k.</summary>
-    int SelectTopK(ReadOnlySpan<float> l, int k)
+    /// <summary>Moves the k largest-logit ids of _ids[0..n) to _ids[0..k) with a min-heap; returns k.</summary>
+    int SelectTopK(ReadOnlySpan<float> l, int n, int k)
     {
-        var heap = _ids.AsSpan(0, k); // heap of ids by logit (min at root); _ids[i]=i initially for i<k
+        var heap = _ids.AsSpan(0, k); // heap of ids by logit (min at root)
         for (int i = k / 2 - 1; i >= 0; i--) SiftDown(heap, l, i);
-        for (int id = k; id < _vocab; id++)
+        for (int j = k; j < n; j++)
         {
-            if (l[id] > l[heap[0]]) { heap[0] = id; SiftDown(heap, l, 0); }
+            int id = _ids[j];
+            if (Less(l, heap[0], id)) { heap[0] = id; SiftDown(heap, l, 0); }
         }
         return k;
     }
@@ -220,9 +493,10 @@ public sealed class Sampler
     // Heap order: smaller logit first; on equal logits the larger id is "smaller" so that low ids are kept.
     static bool Less(ReadOnlySpan<float> l, int x, int y) => l[x] < l[y] || (l[x] == l[y] && x > y);
 
-    void SortByLogitDescending(float[] l, int n)
+    void SortByLogitDescending(int n)
     {
-        // Insertion sort for small n, otherwise a key sort on negated logits (stable order by id for ties).
+        // Insertion sort for small n, otherwise a key sort on negated logits (ties: lower id first for small n).
+        var l = _logits;
         var ids = _ids.AsSpan(0, n);
         if (n <= 64)
         {
@@ -234,15 +508,19 @@ public sealed class Sampler
             }
             return;
         }
-        var keys = _p.AsSpan(0, n);
+        var keys = _keys.AsSpan(0, n);
         for (int i = 0; i < n; i++) keys[i] = -l[ids[i]];
         keys.Sort(ids);
     }
 
-    void Softmax(float[] l, int n, float temperature)
+    /// <summary>_p[0..n) = softmax of the candidates' logits at a temperature (the first candidate has the largest).</summary>
+    void Softmax(int n, float temperature)
     {
-        float max = l[_ids[0]] / temperature;
-        double sum = 0;
+        var l = _logits;
+        float max = float.NegativeInfinity;
+        for (int i = 0; i < n; i++) max = MathF.Max(max, l[_ids[i]]);
+        max /= temperature;
+        double sum = 0; // llama.cpp sums in float: over a whole vocabulary that costs it ~1e-5
         for (int i = 0; i < n; i++) { float e = MathF.Exp(l[_ids[i]] / temperature - max); _p[i] = e; sum += e; }
         float inv = (float)(1.0 / sum);
         for (int i = 0; i < n; i++) _p[i] *= inv;

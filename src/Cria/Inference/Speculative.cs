@@ -263,6 +263,7 @@ public sealed class ModelDrafter : IDrafter
         _sampler = new Sampler(_vocab, target with
         {
             RepeatPenalty = 1f, FrequencyPenalty = 0f, PresencePenalty = 0f, PenaltyLastN = 0,
+            DryMultiplier = 0f, XtcProbability = 0f, Mirostat = 0, // the draft's proposal: no history, no coin
             Seed = target.Seed ^ 0x5EC0DE5EC0DEUL,
         });
     }

@@ -142,6 +142,7 @@ public sealed class Engine : IDisposable
     public InferenceContext Context => _ctx;
     public Tokenizer Tokenizer { get; }
     readonly TokenTries _tries;          // the vocabulary's byte tries, built on the first grammar request
+    readonly SamplerVocabulary _vocabulary; // what DRY reads: the tokenizer, the context, processed breakers
     public KvCache Cache => _ctx.Cache;
     /// <summary>Longest sequence (prompt + generated) one request may reach.</summary>
     public int MaxSequenceLength { get; }
@@ -175,6 +176,7 @@ public sealed class Engine : IDisposable
         Options = options ?? new EngineOptions();
         _scheduler = new Scheduler(context.Cache, Options.Scheduler);
         MaxSequenceLength = Math.Min(context.Config.ContextLength, context.Cache.Capacity);
+        _vocabulary = new SamplerVocabulary(tokenizer, MaxSequenceLength);
         _batch = new Batch(Math.Max(Options.Scheduler.TokenBudget, 16));
         if (Options.DraftContext != null && Options.Speculative == null)
             throw new CriaException("a draft model needs speculative decoding settings (EngineOptions.Speculative)");
@@ -212,7 +214,7 @@ public sealed class Engine : IDisposable
         if (request.MaxTokens < 0) throw new InvalidRequestException($"max_tokens must be ≥ 0, got {request.MaxTokens}");
         foreach (var t in request.Prompt)
             if ((uint)t >= (uint)_ctx.Config.VocabSize) throw new InvalidRequestException($"token {t} is outside the vocabulary (0..{_ctx.Config.VocabSize - 1})");
-        try { request.Sampler.Validate(); } catch (CriaException e) { throw new InvalidRequestException(e.Message); }
+        try { request.Sampler.Validate(_ctx.Config.VocabSize); } catch (CriaException e) { throw new InvalidRequestException(e.Message); }
         if (request.JsonObject && request.Grammar != null) throw new InvalidRequestException("a request takes json_object or a grammar, not both");
         OutputConstraint? constraint = null;
         if (request.JsonObject) constraint = new JsonObjectConstraint(Tokenizer);
@@ -221,12 +223,15 @@ public sealed class Engine : IDisposable
             try { constraint = new GrammarConstraint(_tries, g.Start()); }
             catch (GrammarException e) { throw new InvalidRequestException(e.Message); }
         }
+        Sampler sampler;
+        try { sampler = new Sampler(_ctx.Config.VocabSize, request.Sampler, request.Sampler.DryOn ? _vocabulary : null); }
+        catch (CriaException e) { throw new InvalidRequestException(e.Message); }
         if (Interlocked.Increment(ref _queued) > Options.MaxWaiting)
         {
             Interlocked.Decrement(ref _queued);
             throw new EngineOverloadedException($"the server is busy: {Options.MaxWaiting} requests are already waiting");
         }
-        var sampler = new Sampler(_ctx.Config.VocabSize, request.Sampler);
+
         foreach (var t in request.Prompt) sampler.Accept(t);
         var decoder = new StreamingDecoder(Tokenizer);
         if (request.ContinuesText) decoder.ContinueText();
@@ -483,7 +488,7 @@ public sealed class Engine : IDisposable
         int room = Math.Min(Math.Min(r.Request.MaxTokens - seq.Generated, MaxSequenceLength - seq.Total) - 1, r.Drafting.Window);
         if (r.ModelDrafter != null) room = Math.Min(room, _modelDraftShare);
         int k = 0;
-        if (r.Constraint == null && room > 0 && r.Drafting.Drafts())
+        if (r.Constraint == null && r.Request.Sampler.Deterministic && room > 0 && r.Drafting.Drafts())
         {
             if (r.ModelDrafter is { } md)
             {
