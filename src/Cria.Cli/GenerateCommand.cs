@@ -44,6 +44,8 @@ static class GenerateCommand
         var kv = new KvCliOptions();
         var lora = new LoraCliOptions();
         var rapid = new RapidCliOptions();
+        var samplers = new SamplerCliOptions();
+        samplers.AddTo(cmd);
         lora.AddTo(cmd);
         kv.AddTo(cmd);
         rapid.AddTo(cmd);
@@ -62,7 +64,7 @@ static class GenerateCommand
                 ContextSize = ctxSize, Threads = r.GetValue(threads), Loras = LoraCliOptions.Load(lora.Adapters(r), m),
                 NeuronClamps = (r.GetValue(clamp) ?? []).Select(Interpretability.NeuronClamp.Parse).ToArray(),
             }));
-            var sampler = new SamplerOptions
+            SamplerOptions sampler = new()
             {
                 Temperature = r.GetValue(temp),
                 Seed = r.GetValue(seed) ?? (ulong)Random.Shared.NextInt64(),
@@ -70,6 +72,7 @@ static class GenerateCommand
                 RepeatPenalty = r.GetValue(repeat), PenaltyLastN = r.GetValue(lastN),
                 FrequencyPenalty = r.GetValue(freq), PresencePenalty = r.GetValue(pres),
             };
+            sampler = samplers.Apply(r, sampler);
             var gen = new Generator(context, m.Tokenizer) { BeaconRatio = kv.BeaconRatio(r, m.Config) };
             if (m.Config.HasBeacons) Console.Error.WriteLine(KvCliOptions.DescribeBeacons(m.Config, gen.BeaconRatio));
             var draftPath = r.GetValue(draftModel);
@@ -110,6 +113,7 @@ static class GenerateCommand
             }
             else if (r.GetValue(lookup))
                 gen.Drafter = new PromptLookupDrafter(SpeculativeOptions.Lookup with { DraftMax = dMax == 0 ? 10 : dMax, NgramMax = r.GetValue(ngram), Adaptive = !r.GetValue(draftFixed) });
+            if (gen.Drafter != null && !sampler.Deterministic) throw new CriaException("XTC and mirostat do not work with speculative decoding (their distribution changes with every draw)");
             Console.Out.Write(text);
             Console.Out.Flush();
             foreach (var piece in gen.Generate(promptTokens, new GenerationOptions { MaxTokens = nPredict, Sampler = sampler, ParseSpecial = r.GetValue(special), Grammar = constraint }))

@@ -109,7 +109,8 @@ public static class OpenAiRequest
         float minP = (float)(Number(o, "min_p", 0, 1) ?? 0);
         float freq = (float)(Number(o, "frequency_penalty", -2, 2) ?? 0);
         float pres = (float)(Number(o, "presence_penalty", -2, 2) ?? 0);
-        float rep = (float)(Number(o, "repetition_penalty", 0.01, 10) ?? 1);
+        // vLLM's name, and llama.cpp's
+        float rep = (float)(Number(o, "repetition_penalty", 0.01, 10) ?? Number(o, "repeat_penalty", 0.01, 10) ?? 1);
         long? seed = Integer(o, "seed", long.MinValue, long.MaxValue);
         int n = (int)(Integer(o, "n", 1, MaxN) ?? 1);
         bool stream = Bool(o, "stream") ?? false;
@@ -190,11 +191,89 @@ public static class OpenAiRequest
                 Temperature = temperature, TopP = topP, TopK = (int)Math.Max(0, topK), MinP = minP,
                 FrequencyPenalty = freq, PresencePenalty = pres, RepeatPenalty = rep,
                 Seed = seed.HasValue ? unchecked((ulong)seed.Value) : (ulong)Random.Shared.NextInt64(),
-            },
+            }.WithLlamaCppSamplers(o),
             SeedGiven = seed.HasValue,
             Stop = stop, N = n, BestOf = bestOf, Stream = stream, IncludeUsage = includeUsage, TopLogprobs = topLogprobs, IgnoreEos = ignoreEos,
             JsonObject = jsonObject, Grammar = grammar,
         };
+    }
+
+    public const int MaxLogitBias = 1024;
+
+    /// <summary>
+    /// The sampling fields llama.cpp's server reads beyond OpenAI's, each as llama.cpp names it (typical_p,
+    /// top_n_sigma, xtc_*, dry_*, dynatemp_*, mirostat*, min_keep, repeat_last_n), and OpenAI's logit_bias.
+    /// </summary>
+    static SamplerOptions WithLlamaCppSamplers(this SamplerOptions s, JsonElement o)
+    {
+        float F(string name, double min, double max, float fallback) => (float)(Number(o, name, min, max) ?? fallback);
+        int I(string name, long min, long max, int fallback) => (int)(Integer(o, name, min, max) ?? fallback);
+        s = s with
+        {
+            TypicalP = F("typical_p", 0, 1, s.TypicalP),
+            TopNSigma = F("top_n_sigma", -1000, 1000, s.TopNSigma),
+            XtcProbability = F("xtc_probability", 0, 1, s.XtcProbability),
+            XtcThreshold = F("xtc_threshold", 0, 1, s.XtcThreshold),
+            DryMultiplier = F("dry_multiplier", 0, 1000, s.DryMultiplier),
+            DryBase = F("dry_base", 1, 100, s.DryBase),
+            DryAllowedLength = I("dry_allowed_length", 0, 1 << 20, s.DryAllowedLength),
+            DryPenaltyLastN = I("dry_penalty_last_n", -1, 1 << 20, s.DryPenaltyLastN),
+            DynatempRange = F("dynatemp_range", 0, 10, s.DynatempRange),
+            DynatempExponent = F("dynatemp_exponent", 0, 100, s.DynatempExponent),
+            Mirostat = I("mirostat", 0, 2, s.Mirostat),
+            MirostatTau = F("mirostat_tau", 0, 100, s.MirostatTau),
+            MirostatEta = F("mirostat_eta", 0, 10, s.MirostatEta),
+            MinKeep = I("min_keep", 0, 1 << 20, s.MinKeep),
+            PenaltyLastN = I("repeat_last_n", 0, 1 << 16, s.PenaltyLastN),
+        };
+        if (Present(o, "dry_sequence_breakers", out var br))
+        {
+            if (br.ValueKind != JsonValueKind.Array || br.GetArrayLength() == 0 || br.GetArrayLength() > SamplerOptions.MaxDryBreakers
+                || br.EnumerateArray().Any(e => e.ValueKind != JsonValueKind.String || e.GetString()!.Length == 0))
+                throw new ApiException(400, $"'dry_sequence_breakers' must be an array of 1 to {SamplerOptions.MaxDryBreakers} non-empty strings", "dry_sequence_breakers");
+            s = s with { DrySequenceBreakers = br.EnumerateArray().Select(e => e.GetString()!).ToArray() };
+        }
+        if (Present(o, "logit_bias", out var lb)) s = s with { LogitBias = LogitBias(lb) };
+        return s;
+    }
+
+    /// <summary>
+    /// OpenAI's logit_bias, {"token id": bias} with biases in [−100, 100], or llama.cpp's [[token id, bias], …];
+    /// in both, llama.cpp's <c>false</c> for a bias bans the token (−∞).
+    /// </summary>
+    static Dictionary<int, float> LogitBias(JsonElement lb)
+    {
+        const string name = "logit_bias";
+        var bias = new Dictionary<int, float>();
+        void Add(int id, JsonElement v)
+        {
+            float b;
+            if (v.ValueKind == JsonValueKind.False) b = float.NegativeInfinity;
+            else if (v.ValueKind == JsonValueKind.Number && v.TryGetDouble(out double d) && d >= -100 && d <= 100) b = (float)d;
+            else throw new ApiException(400, $"'{name}' of token {id} must be a number between -100 and 100 (or false to ban it)", name);
+            if (bias.Count == MaxLogitBias && !bias.ContainsKey(id)) throw new ApiException(400, $"'{name}' takes at most {MaxLogitBias} tokens", name);
+            bias[id] = b;
+        }
+        if (lb.ValueKind == JsonValueKind.Object)
+        {
+            foreach (var p in lb.EnumerateObject())
+            {
+                if (!int.TryParse(p.Name, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int id))
+                    throw new ApiException(400, $"'{name}' keys must be token ids, got \"{(p.Name.Length > 40 ? p.Name[..40] + "…" : p.Name)}\"", name);
+                Add(id, p.Value);
+            }
+        }
+        else if (lb.ValueKind == JsonValueKind.Array)
+        {
+            foreach (var e in lb.EnumerateArray())
+            {
+                if (e.ValueKind != JsonValueKind.Array || e.GetArrayLength() != 2 || e[0].ValueKind != JsonValueKind.Number || !e[0].TryGetInt32(out int id) || id < 0)
+                    throw new ApiException(400, $"'{name}' as an array holds [token id, bias] pairs", name);
+                Add(id, e[1]);
+            }
+        }
+        else throw new ApiException(400, $"'{name}' must be an object of token ids to biases", name);
+        return bias;
     }
 
     static Grammar Constraint(Func<Grammar> compile, string param)
