@@ -101,7 +101,7 @@ static class GrammarBench
     }
 
     /// <summary>A tiny random model (dim 64, one layer) with a Hugging Face tokenizer's vocabulary, in a temporary file.</summary>
-    static string WithVocabulary(string dir)
+    internal static string WithVocabulary(string dir)
     {
         using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "tokenizer.json")));
         var root = doc.RootElement;
@@ -141,7 +141,7 @@ static class GrammarBench
         return sw.Elapsed.TotalMilliseconds;
     }
 
-    static double Median(List<double> xs)
+    internal static double Median(List<double> xs)
     {
         var s = xs.OrderBy(x => x).ToArray();
         return s.Length == 0 ? double.NaN : s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2;
