@@ -14,7 +14,8 @@ namespace Cria.Bench;
 /// turn, and each sampled token is accepted (penalties, DRY and mirostat keep state): Cria's <see cref="Sampler"/>
 /// (Sample + Accept) against the chain llama.cpp's common_sampler_init builds for the same settings, ending with its
 /// dist sampler (llama_sampler_apply on a fresh candidate array + llama_sampler_accept, through LLamaSharp 0.30.0).
-/// Engines alternate each round after a warm-up round; prints the median microseconds per token and the ratio.
+/// Every setting runs once on both before any is timed (JIT tiering); then engines alternate each round after a
+/// warm-up round; prints the median microseconds per token and the ratio.
 /// No model is run: this is the sampler alone.
 /// </summary>
 static class SamplingBench
@@ -22,6 +23,7 @@ static class SamplingBench
     static readonly (string Name, SamplerOptions Options)[] Settings =
     [
         ("llama.cpp defaults", new SamplerOptions()),
+        ("temperature only", new SamplerOptions { TopK = 0, TopP = 1, MinP = 0, Temperature = 1 }), // OpenAI's defaults
         ("top-p 0.95 (no top-k)", new SamplerOptions { TopK = 0, MinP = 0 }),
         ("min-p 0.05 (no top-k)", new SamplerOptions { TopK = 0, TopP = 1 }),
         ("typical 0.9", new SamplerOptions { TypicalP = 0.9f }),
@@ -66,6 +68,11 @@ static class SamplingBench
         Console.WriteLine($"{Path.GetFileName(model)}: vocabulary {V:N0}, {steps} tokens per run, {rounds} rounds");
         Console.WriteLine($"{"setting",-24} {"Cria µs/token",14} {"llama.cpp µs/token",19} {"llama.cpp / Cria",17}");
         var data = new LLamaTokenData[V];
+        foreach (var (_, o) in Settings) // warm-up: every setting once, so the JIT's tiering is done before timing
+        {
+            TimeCria(o, V, vocabulary, rows, steps);
+            TimeLlama(o, V, weights, rows, steps, data);
+        }
         foreach (var (name, o) in Settings)
         {
             var cria = new List<double>();

@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 
 namespace Cria.Inference;
 
@@ -276,22 +277,96 @@ public sealed class Sampler
         ApplyLogitChanges(l);
         if (_o.Temperature <= 0) { _ids[0] = ArgMax(l); _p[0] = 1f; return _lastN = 1; }
 
-        int n = _vocab;
-        for (int i = 0; i < n; i++) _ids[i] = i;
         if (_o.Mirostat != 0) return _lastN = MirostatCandidates();
 
-        // The candidates are sorted (most likely first) only where a step needs the order: after top-k, for top-p
-        // (its top 256 first, as llama.cpp), for XTC. Sampling itself draws from them in any order.
-        bool sorted = false;
-        if (_o.TopNSigma > 0) n = TopNSigma(l, n);
-        if (_o.TopK > 0 && _o.TopK < n) { n = SelectTopK(l, n, _o.TopK); SortByLogitDescending(n); sorted = true; }
-        if (_o.TypicalP < 1f) { n = Typical(n); sorted = false; }
-        if (_o.TopP < 1f) n = TopP(l, n, ref sorted);
-        if (_o.MinP > 0f) n = MinP(l, n, sorted);
+        // The candidates start as the whole vocabulary, "dense" (_ids not yet written: the first filter reads the
+        // logits directly). They are sorted (most likely first) only where a step needs the order: after top-k, for
+        // top-p (its top 256 first, as llama.cpp), for XTC. Sampling itself draws from them in any order.
+        int n = _vocab;
+        bool dense = true, sorted = false;
+        if (_o.TopNSigma > 0) { n = TopNSigma(l); dense = false; }
+        if (_o.TopK > 0 && _o.TopK < n)
+        {
+            n = dense ? SelectTopKDense(l, _o.TopK) : SelectTopK(l, n, _o.TopK);
+            dense = false;
+            SortByLogitDescending(n);
+            sorted = true;
+        }
+        if (_o.TypicalP < 1f) { Materialize(ref dense, n); n = Typical(n); sorted = false; }
+        if (_o.TopP < 1f) { Materialize(ref dense, n); n = TopP(l, n, ref sorted); }
+        if (_o.MinP > 0f)
+        {
+            if (dense) n = MinPDense(l, ref dense);
+            else n = MinP(l, n, sorted);
+        }
+        Materialize(ref dense, n);
         if (_o.XtcProbability > 0f) n = Xtc(n, sorted);
         if (_o.DynatempRange > 0f) return _lastN = DynamicTemperature(n);
         Softmax(n, _o.Temperature);
         return _lastN = n;
+    }
+
+    /// <summary>Writes the dense candidates out: _ids[0..n) = 0..n−1.</summary>
+    void Materialize(ref bool dense, int n)
+    {
+        if (!dense) return;
+        for (int i = 0; i < n; i++) _ids[i] = i;
+        dense = false;
+    }
+
+    /// <summary>
+    /// The k largest logits of the whole vocabulary into _ids[0..k) (heap order), reading the logits directly: eight at
+    /// a time are skipped unless one beats the heap's smallest, which after the first few thousand is rare.
+    /// </summary>
+    int SelectTopKDense(ReadOnlySpan<float> l, int k)
+    {
+        var heap = _ids.AsSpan(0, k);
+        for (int i = 0; i < k; i++) heap[i] = i;
+        for (int i = k / 2 - 1; i >= 0; i--) SiftDown(heap, l, i);
+        float floor = l[heap[0]];
+        int id = k, V = l.Length;
+        // ids only grow, so an equal logit never displaces the root (the lower id wins ties): strictly greater only
+        ref float l0 = ref MemoryMarshal.GetReference(l);
+        for (; id + 8 <= V; id += 8)
+        {
+            if (!Vector256.GreaterThanAny(Vector256.LoadUnsafe(ref l0, (nuint)id), Vector256.Create(floor))) continue;
+            for (int j = id; j < id + 8; j++)
+                if (l[j] > floor) { heap[0] = j; SiftDown(heap, l, 0); floor = l[heap[0]]; }
+        }
+        for (; id < V; id++)
+            if (l[id] > floor) { heap[0] = id; SiftDown(heap, l, 0); floor = l[heap[0]]; }
+        return k;
+    }
+
+    /// <summary>Min-p over the whole vocabulary, reading the logits directly (the unsorted path of <see cref="MinP"/>).</summary>
+    int MinPDense(ReadOnlySpan<float> l, ref bool dense)
+    {
+        float cut = Max(l) + MathF.Log(_o.MinP);
+        // the ids at or above the cut, eight logits at a time skipped when none is (the usual case)
+        int kept = 0, i = 0;
+        ref float l0 = ref MemoryMarshal.GetReference(l);
+        for (; i + 8 <= l.Length; i += 8)
+        {
+            if (!Vector256.GreaterThanOrEqualAny(Vector256.LoadUnsafe(ref l0, (nuint)i), Vector256.Create(cut))) continue;
+            for (int j = i; j < i + 8; j++) if (l[j] >= cut) _ids[kept++] = j;
+        }
+        for (; i < l.Length; i++) if (l[i] >= cut) _ids[kept++] = i;
+        if (kept < _o.MinKeep) { dense = true; Materialize(ref dense, l.Length); return MinP(l, l.Length, sorted: false); }
+        dense = false;
+        return kept;
+    }
+
+    /// <summary>The largest of the logits, eight at a time (−∞ if all are; NaN logits are not expected).</summary>
+    static float Max(ReadOnlySpan<float> l)
+    {
+        var m = Vector256.Create(float.NegativeInfinity);
+        int i = 0;
+        ref float l0 = ref MemoryMarshal.GetReference(l);
+        for (; i + 8 <= l.Length; i += 8) m = Vector256.Max(m, Vector256.LoadUnsafe(ref l0, (nuint)i));
+        float max = float.NegativeInfinity;
+        for (int j = 0; j < 8; j++) max = Math.Max(max, m[j]);
+        for (; i < l.Length; i++) max = Math.Max(max, l[i]);
+        return max;
     }
 
     /// <summary>
@@ -379,27 +454,23 @@ public sealed class Sampler
 
     /// <summary>Top-nσ: keeps the ids whose logit is at least max − n·σ, σ the standard deviation of the finite logits
     /// (float sums, as llama.cpp). llama.cpp sets the others to −∞; here they leave the candidates.</summary>
-    int TopNSigma(ReadOnlySpan<float> l, int n)
+    int TopNSigma(ReadOnlySpan<float> l)
     {
         float max = float.NegativeInfinity, sum = 0;
         int valid = 0;
-        for (int i = 0; i < n; i++)
+        foreach (float v in l)
         {
-            float v = l[_ids[i]];
             if (float.IsNegativeInfinity(v)) continue;
             if (v > max) max = v;
             sum += v; valid++;
         }
-        if (valid == 0) return n;
-        float mean = sum / valid, acc = 0;
-        for (int i = 0; i < n; i++)
-        {
-            float v = l[_ids[i]];
-            if (!float.IsNegativeInfinity(v)) acc += (v - mean) * (v - mean);
-        }
-        float cut = max - _o.TopNSigma * MathF.Sqrt(acc / valid);
         int kept = 0;
-        for (int i = 0; i < n; i++) if (l[_ids[i]] >= cut) _ids[kept++] = _ids[i];
+        if (valid == 0) { for (int i = 0; i < l.Length; i++) _ids[i] = i; return l.Length; }
+        float mean = sum / valid, acc = 0;
+        foreach (float v in l)
+            if (!float.IsNegativeInfinity(v)) acc += (v - mean) * (v - mean);
+        float cut = max - _o.TopNSigma * MathF.Sqrt(acc / valid);
+        for (int i = 0; i < l.Length; i++) if (l[i] >= cut) _ids[kept++] = i;
         return kept;
     }
 
@@ -497,6 +568,7 @@ public sealed class Sampler
         {
             const int m = 100;
             int top = Math.Min(m, n);
+            for (int i = 0; i < n; i++) _ids[i] = i;
             SelectTopK(l, n, top);
             SortByLogitDescending(top);
             float sumTb = 0, sumTt = 0;
