@@ -76,7 +76,7 @@ public sealed class CriaChatClient(Engine engine, ChatTemplate template, string 
             // ChatResponseFormat.Json: one JSON object; ForJsonSchema(schema): a document of the schema
             JsonObject = o?.ResponseFormat is ChatResponseFormatJson { Schema: null },
             Grammar = toolGrammar ?? (o?.ResponseFormat is ChatResponseFormatJson { Schema: { } schema } ? JsonSchemaGrammar.Compile(schema) : null),
-            Sampler = new SamplerOptions
+            Sampler = ExtraSampling(new SamplerOptions
             {
                 Temperature = o?.Temperature ?? 1f,
                 TopP = o?.TopP ?? 1f,
@@ -85,8 +85,21 @@ public sealed class CriaChatClient(Engine engine, ChatTemplate template, string 
                 FrequencyPenalty = o?.FrequencyPenalty ?? 0,
                 PresencePenalty = o?.PresencePenalty ?? 0,
                 Seed = o?.Seed is long s ? unchecked((ulong)s) : (ulong)Random.Shared.NextInt64(),
-            },
+            }, o),
         }, tools);
+    }
+
+    /// <summary>
+    /// ChatOptions.AdditionalProperties as the JSON object the server would read its llama.cpp sampling fields from
+    /// (e.g. ["min_p"] = 0.05f, ["mirostat"] = 2, ["logit_bias"] = new Dictionary&lt;int, float&gt; { [42] = -100 }).
+    /// </summary>
+    static SamplerOptions ExtraSampling(SamplerOptions s, ChatOptions? o)
+    {
+        if (o?.AdditionalProperties is not { Count: > 0 } extra) return s;
+        try { return s.LlamaCppSampling(System.Text.Json.JsonSerializer.SerializeToElement(extra)); }
+        catch (ApiException e) { throw new InvalidRequestException("ChatOptions.AdditionalProperties: " + e.Message); }
+        catch (Exception e) when (e is NotSupportedException or System.Text.Json.JsonException)
+        { throw new InvalidRequestException("ChatOptions.AdditionalProperties: " + e.Message); }
     }
 
     /// <summary>The reply as a message: text, and (with tools) the function calls it made.</summary>

@@ -191,7 +191,7 @@ public static class OpenAiRequest
                 Temperature = temperature, TopP = topP, TopK = (int)Math.Max(0, topK), MinP = minP,
                 FrequencyPenalty = freq, PresencePenalty = pres, RepeatPenalty = rep,
                 Seed = seed.HasValue ? unchecked((ulong)seed.Value) : (ulong)Random.Shared.NextInt64(),
-            }.WithLlamaCppSamplers(o),
+            }.LlamaCppSampling(o),
             SeedGiven = seed.HasValue,
             Stop = stop, N = n, BestOf = bestOf, Stream = stream, IncludeUsage = includeUsage, TopLogprobs = topLogprobs, IgnoreEos = ignoreEos,
             JsonObject = jsonObject, Grammar = grammar,
@@ -201,15 +201,19 @@ public static class OpenAiRequest
     public const int MaxLogitBias = 1024;
 
     /// <summary>
-    /// The sampling fields llama.cpp's server reads beyond OpenAI's, each as llama.cpp names it (typical_p,
-    /// top_n_sigma, xtc_*, dry_*, dynatemp_*, mirostat*, min_keep, repeat_last_n), and OpenAI's logit_bias.
+    /// The sampling fields llama.cpp's server reads beyond OpenAI's, each as llama.cpp names it (min_p, typical_p,
+    /// top_n_sigma, xtc_*, dry_*, dynatemp_*, mirostat*, min_keep, repeat_penalty, repeat_last_n), and OpenAI's
+    /// logit_bias, over <paramref name="s"/>: what a request body, or <c>ChatOptions.AdditionalProperties</c> in
+    /// process, may add.
     /// </summary>
-    static SamplerOptions WithLlamaCppSamplers(this SamplerOptions s, JsonElement o)
+    public static SamplerOptions LlamaCppSampling(this SamplerOptions s, JsonElement o)
     {
         float F(string name, double min, double max, float fallback) => (float)(Number(o, name, min, max) ?? fallback);
         int I(string name, long min, long max, int fallback) => (int)(Integer(o, name, min, max) ?? fallback);
         s = s with
         {
+            MinP = F("min_p", 0, 1, s.MinP),
+            RepeatPenalty = F("repeat_penalty", 0.01, 10, s.RepeatPenalty),
             TypicalP = F("typical_p", 0, 1, s.TypicalP),
             TopNSigma = F("top_n_sigma", -1000, 1000, s.TopNSigma),
             XtcProbability = F("xtc_probability", 0, 1, s.XtcProbability),

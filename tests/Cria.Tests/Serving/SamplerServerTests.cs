@@ -86,6 +86,25 @@ public class SamplerServerTests(ServerFixture f) : IClassFixture<ServerFixture>
         else Assert.Contains("logit_bias", e.GetProperty("message").GetString());
     }
 
+    /// <summary>In process, ChatOptions.AdditionalProperties carry the same fields (read by the same code).</summary>
+    [Fact]
+    public async Task The_in_process_client_takes_them_from_additional_properties()
+    {
+        var client = new Cria.Server.CriaChatClient(f.Server.Engine!, new Cria.Tokenization.ChatTemplate(Cria.Tokenization.ChatTemplate.Format.ChatML), "cria-test");
+        List<Microsoft.Extensions.AI.ChatMessage> hi = [new(Microsoft.Extensions.AI.ChatRole.User, "hello there, llama")];
+        var greedy = await client.GetResponseAsync(hi, new Microsoft.Extensions.AI.ChatOptions { MaxOutputTokens = 8, Temperature = 0 });
+        Microsoft.Extensions.AI.ChatOptions Sampled(Microsoft.Extensions.AI.AdditionalPropertiesDictionary? extra) =>
+            new() { MaxOutputTokens = 8, Temperature = 1.5f, Seed = 4, AdditionalProperties = extra };
+        var mirostat = await client.GetResponseAsync(hi, Sampled(new() { ["mirostat"] = 2, ["mirostat_tau"] = 0f, ["mirostat_eta"] = 0f }));
+        Assert.Equal(greedy.Text, mirostat.Text);
+        Assert.NotEqual(greedy.Text, (await client.GetResponseAsync(hi, Sampled(null))).Text);
+        // a logit bias as a dictionary of token ids
+        int x = f.Server.Engine!.Tokenizer.Encode("hello", addBos: false)[0];
+        var forced = await client.GetResponseAsync(hi, Sampled(new() { ["logit_bias"] = new Dictionary<int, float> { [x] = 100f } }));
+        Assert.StartsWith(f.Server.Engine!.Tokenizer.Decode([x]).Trim(), forced.Text.Trim());
+        await Assert.ThrowsAsync<InvalidRequestException>(() => client.GetResponseAsync(hi, Sampled(new() { ["typical_p"] = 3f })));
+    }
+
     /// <summary>With prompt lookup on, a greedy request drafts; the same request with XTC or mirostat does not (its
     /// distribution changes with each draw, so drafts could not be verified against it).</summary>
     [Fact]
