@@ -139,6 +139,7 @@ public sealed class Sampler
     readonly Dry? _dry;
     float _mu;                      // mirostat's target surprise bound, starts at 2τ
     int _lastN;                     // candidates of the last distribution (mirostat's update reads them)
+    bool _sorted;                   // whether they are sorted (most likely first)
     ulong _s0, _s1, _s2, _s3;       // xoshiro256** state
 
     public SamplerOptions Options => _o;
@@ -205,7 +206,8 @@ public sealed class Sampler
         if (_o.Temperature <= 0) return _ids[0];
         double r = NextDouble(), acc = 0;
         int pick = n - 1;
-        for (int i = 0; i < n; i++) { acc += _p[i]; if (r < acc) { pick = i; break; } }
+        if (!_sorted) pick = PickInSortedOrder(n, r);
+        else for (int i = 0; i < n; i++) { acc += _p[i]; if (r < acc) { pick = i; break; } }
         if (_o.Mirostat != 0) Learn(_p[pick]);
         return _ids[pick];
     }
@@ -275,7 +277,7 @@ public sealed class Sampler
         var l = _logits.AsSpan();
         logits.CopyTo(l);
         ApplyLogitChanges(l);
-        if (_o.Temperature <= 0) { _ids[0] = ArgMax(l); _p[0] = 1f; return _lastN = 1; }
+        if (_o.Temperature <= 0) { _ids[0] = ArgMax(l); _p[0] = 1f; _sorted = true; return _lastN = 1; }
 
         if (_o.Mirostat != 0) return _lastN = MirostatCandidates();
 
@@ -301,9 +303,71 @@ public sealed class Sampler
         }
         Materialize(ref dense, n);
         if (_o.XtcProbability > 0f) n = Xtc(n, sorted);
+        Order(n, sorted);
         if (_o.DynatempRange > 0f) return _lastN = DynamicTemperature(n);
         Softmax(n, _o.Temperature);
         return _lastN = n;
+    }
+
+    /// <summary>
+    /// Before the final softmax: up to 256 unsorted candidates are sorted, so that a draw walks them most likely first;
+    /// more are left as they are and <see cref="Sample"/> finds the draw's token in that same order without sorting
+    /// (<see cref="PickInSortedOrder"/>). Either way a seed picks the token it picked when every sampler sorted.
+    /// </summary>
+    void Order(int n, bool sorted)
+    {
+        if (!sorted && n <= 256) { SortByLogitDescending(n); sorted = true; }
+        _sorted = sorted;
+    }
+
+    /// <summary>
+    /// The candidate at cumulative probability r when the candidates are walked most likely first (equal logits:
+    /// lower id first), found without sorting them: a radix select by probability mass on the logits' bits, 8 bits a
+    /// level — at each level the digit whose mass holds r is kept — until at most 32 candidates are left, which are
+    /// sorted and walked. Past the total (rounding), the last candidate in that order, as a walk would give.
+    /// </summary>
+    int PickInSortedOrder(int n, double r)
+    {
+        var keys = _radixKeys.AsSpan(0, n);
+        for (int i = 0; i < n; i++) keys[i] = DescendingKey(_logits[_ids[i]]);
+        var members = _order.AsSpan(0, n);
+        for (int i = 0; i < n; i++) members[i] = i;
+        int count = n;
+        double acc = 0;
+        Span<double> mass = stackalloc double[256];
+        for (int shift = 24; shift >= 0 && count > 32; shift -= 8)
+        {
+            mass.Clear();
+            for (int j = 0; j < count; j++) { int i = members[j]; mass[(int)(keys[i] >> shift) & 255] += _p[i]; }
+            int digit = -1, last = 0;
+            for (int d = 0; d < 256; d++)
+            {
+                if (mass[d] == 0) continue;
+                last = d;
+                if (r < acc + mass[d]) { digit = d; break; }
+                acc += mass[d];
+            }
+            if (digit < 0) { digit = last; acc -= mass[last]; } // r past the total: the last nonempty digit
+            int kept = 0;
+            for (int j = 0; j < count; j++) { int i = members[j]; if (((int)(keys[i] >> shift) & 255) == digit) members[kept++] = i; }
+            count = kept;
+        }
+        var rest = members[..count];
+        for (int a = 1; a < rest.Length; a++)
+        {
+            int m = rest[a], b = a - 1;
+            while (b >= 0 && (keys[rest[b]] > keys[m] || (keys[rest[b]] == keys[m] && _ids[rest[b]] > _ids[m]))) { rest[b + 1] = rest[b]; b--; }
+            rest[b + 1] = m;
+        }
+        for (int j = 0; j < rest.Length; j++) { acc += _p[rest[j]]; if (r < acc) return rest[j]; }
+        return rest[^1];
+    }
+
+    /// <summary>A logit's bits as a key that orders larger logits first (the radix sort's and select's key).</summary>
+    static uint DescendingKey(float logit)
+    {
+        uint b = BitConverter.SingleToUInt32Bits(logit + 0f); // −0 + 0 = +0: the two zeros are one logit
+        return (b & 0x8000_0000u) != 0 ? b : ~b & 0x7FFF_FFFFu;
     }
 
     /// <summary>Writes the dense candidates out: _ids[0..n) = 0..n−1.</summary>
@@ -563,6 +627,7 @@ public sealed class Sampler
             for (int i = 0; i < n; i++) if (P(i) >= least) _ids[kept++] = i;
             if (kept == 0) { _ids[0] = ArgMax(l); kept = 1; }
             n = kept;
+            Order(n, sorted: false);
         }
         else
         {
@@ -581,6 +646,7 @@ public sealed class Sampler
             float k = MathF.Pow(eps * MathF.Pow(2, _mu) / (1 - MathF.Pow(_vocab, -eps)), 1 / sHat);
             int keep = !(k >= 1) ? 1 : k >= n ? n : (int)k;
             if (keep > top && keep < n) SelectTopK(l, n, keep);
+            Order(keep, sorted: keep <= top);
             n = keep;
         }
         Softmax(n, t);
@@ -663,11 +729,7 @@ public sealed class Sampler
         var keys2 = _radixKeys.AsSpan(0, n);
         var ids = _ids.AsSpan(0, n);
         var ids2 = _order.AsSpan(0, n);
-        for (int i = 0; i < n; i++)
-        {
-            uint b = BitConverter.SingleToUInt32Bits(_logits[ids[i]]);
-            keys[i] = (b & 0x8000_0000u) != 0 ? b : ~b & 0x7FFF_FFFFu; // larger float → smaller key
-        }
+        for (int i = 0; i < n; i++) keys[i] = DescendingKey(_logits[ids[i]]);
         Span<int> offsets = stackalloc int[256];
         bool swapped = false;
         for (int shift = 0; shift < 32; shift += 8)
