@@ -14,7 +14,7 @@ namespace Cria.Bench;
 /// turn, and each sampled token is accepted (penalties, DRY and mirostat keep state): Cria's <see cref="Sampler"/>
 /// (Sample + Accept) against the chain llama.cpp's common_sampler_init builds for the same settings, ending with its
 /// dist sampler (llama_sampler_apply on a fresh candidate array + llama_sampler_accept, through LLamaSharp 0.30.0).
-/// Every setting runs once on both before any is timed (JIT tiering); then engines alternate each round after a
+/// Every setting runs twice on both before any is timed (JIT tiering); then engines alternate each round after a
 /// warm-up round; prints the median microseconds per token and the ratio.
 /// No model is run: this is the sampler alone.
 /// </summary>
@@ -68,11 +68,12 @@ static class SamplingBench
         Console.WriteLine($"{Path.GetFileName(model)}: vocabulary {V:N0}, {steps} tokens per run, {rounds} rounds");
         Console.WriteLine($"{"setting",-24} {"Cria µs/token",14} {"llama.cpp µs/token",19} {"llama.cpp / Cria",17}");
         var data = new LLamaTokenData[V];
-        foreach (var (_, o) in Settings) // warm-up: every setting once, so the JIT's tiering is done before timing
-        {
-            TimeCria(o, V, vocabulary, rows, steps);
-            TimeLlama(o, V, weights, rows, steps, data);
-        }
+        for (int pass = 0; pass < 2; pass++)
+            foreach (var (_, o) in Settings) // warm-up: every setting twice, so the JIT's tiering is done before timing
+            {
+                TimeCria(o, V, vocabulary, rows, steps);
+                TimeLlama(o, V, weights, rows, steps, data);
+            }
         foreach (var (name, o) in Settings)
         {
             var cria = new List<double>();

@@ -301,8 +301,15 @@ public sealed class Sampler
             if (dense) n = MinPDense(l, ref dense);
             else n = MinP(l, n, sorted);
         }
+        bool identity = dense && !(_o.XtcProbability > 0f); // no filter ran: _ids[i] = i for the whole vocabulary
         Materialize(ref dense, n);
         if (_o.XtcProbability > 0f) n = Xtc(n, sorted);
+        if (identity && !(_o.DynatempRange > 0f))
+        {
+            SoftmaxWhole(_o.Temperature);
+            _sorted = false; // left in id order: a draw searches them in walk order
+            return _lastN = n;
+        }
         Order(n, sorted);
         if (_o.DynatempRange > 0f) return _lastN = DynamicTemperature(n);
         Softmax(n, _o.Temperature);
@@ -322,45 +329,91 @@ public sealed class Sampler
 
     /// <summary>
     /// The candidate at cumulative probability r when the candidates are walked most likely first (equal logits:
-    /// lower id first), found without sorting them: a radix select by probability mass on the logits' bits, 8 bits a
-    /// level — at each level the digit whose mass holds r is kept — until at most 32 candidates are left, which are
-    /// sorted and walked. Past the total (rounding), the last candidate in that order, as a walk would give.
+    /// lower id first), found without sorting them: the candidates go into 1 024 buckets by logit (a monotone map, so
+    /// the buckets are in walk order and equal logits share one), the bucket whose mass holds r is found, and only its
+    /// members are sorted and walked. Past the total (rounding), the last candidate in that order, as a walk gives.
     /// </summary>
     int PickInSortedOrder(int n, double r)
     {
-        var keys = _radixKeys.AsSpan(0, n);
-        for (int i = 0; i < n; i++) keys[i] = DescendingKey(_logits[_ids[i]]);
-        var members = _order.AsSpan(0, n);
-        for (int i = 0; i < n; i++) members[i] = i;
-        int count = n;
+        const int Buckets = 1024;
+        var l = _logits;
+        float max = float.NegativeInfinity, min = float.PositiveInfinity;
+        for (int i = 0; i < n; i++)
+        {
+            float v = l[_ids[i]];
+            if (v > max) max = v;
+            if (v < min && v > float.NegativeInfinity) min = v;
+        }
+        float scale = max > min ? Buckets / (max - min) * 0.999f : 0f;
+        var bucket = _order.AsSpan(0, n);
+        Span<double> mass = stackalloc double[Buckets];
+        mass.Clear();
+        for (int i = 0; i < n; i++)
+        {
+            float x = (max - l[_ids[i]]) * scale; // larger logit → lower bucket; −∞ → +∞ → the last bucket
+            int b = x < Buckets - 1 ? (int)x : Buckets - 1;
+            bucket[i] = b;
+            mass[b] += _p[i];
+        }
         double acc = 0;
-        Span<double> mass = stackalloc double[256];
-        for (int shift = 24; shift >= 0 && count > 32; shift -= 8)
+        int chosen = -1, last = 0;
+        for (int b = 0; b < Buckets; b++)
         {
-            mass.Clear();
-            for (int j = 0; j < count; j++) { int i = members[j]; mass[(int)(keys[i] >> shift) & 255] += _p[i]; }
-            int digit = -1, last = 0;
-            for (int d = 0; d < 256; d++)
-            {
-                if (mass[d] == 0) continue;
-                last = d;
-                if (r < acc + mass[d]) { digit = d; break; }
-                acc += mass[d];
-            }
-            if (digit < 0) { digit = last; acc -= mass[last]; } // r past the total: the last nonempty digit
-            int kept = 0;
-            for (int j = 0; j < count; j++) { int i = members[j]; if (((int)(keys[i] >> shift) & 255) == digit) members[kept++] = i; }
-            count = kept;
+            if (mass[b] == 0) continue;
+            last = b;
+            if (r < acc + mass[b]) { chosen = b; break; }
+            acc += mass[b];
         }
+        if (chosen < 0) { chosen = last; acc -= mass[last]; } // r past the total: the last nonempty bucket
+        var members = MemoryMarshal.Cast<uint, int>(_radixKeys.AsSpan(0, n));
+        int count = 0;
+        for (int i = 0; i < n; i++) if (bucket[i] == chosen) members[count++] = i;
         var rest = members[..count];
-        for (int a = 1; a < rest.Length; a++)
-        {
-            int m = rest[a], b = a - 1;
-            while (b >= 0 && (keys[rest[b]] > keys[m] || (keys[rest[b]] == keys[m] && _ids[rest[b]] > _ids[m]))) { rest[b + 1] = rest[b]; b--; }
-            rest[b + 1] = m;
-        }
+        SortInWalkOrder(rest);
         for (int j = 0; j < rest.Length; j++) { acc += _p[rest[j]]; if (r < acc) return rest[j]; }
         return rest[^1];
+    }
+
+    /// <summary>Whether candidate a comes after candidate b in walk order (larger logit first, then lower id).</summary>
+    bool After(int a, int b)
+    {
+        float la = _logits[_ids[a]], lb = _logits[_ids[b]];
+        return la < lb || (la == lb && _ids[a] > _ids[b]);
+    }
+
+    /// <summary>Candidates (indexes into _ids) into walk order: insertion sort when few, else heapsort (no allocation).</summary>
+    void SortInWalkOrder(Span<int> m)
+    {
+        if (m.Length <= 32)
+        {
+            for (int a = 1; a < m.Length; a++)
+            {
+                int x = m[a], b = a - 1;
+                while (b >= 0 && After(m[b], x)) { m[b + 1] = m[b]; b--; }
+                m[b + 1] = x;
+            }
+            return;
+        }
+        // a max-heap by walk order's "after" (the last in walk order at the root), then the root to the end
+        for (int i = m.Length / 2 - 1; i >= 0; i--) Sift(m, i, m.Length);
+        for (int end = m.Length - 1; end > 0; end--)
+        {
+            (m[0], m[end]) = (m[end], m[0]);
+            Sift(m, 0, end);
+        }
+    }
+
+    void Sift(Span<int> m, int i, int n)
+    {
+        while (true)
+        {
+            int a = 2 * i + 1, b = a + 1, top = i;
+            if (a < n && After(m[a], m[top])) top = a;
+            if (b < n && After(m[b], m[top])) top = b;
+            if (top == i) return;
+            (m[i], m[top]) = (m[top], m[i]);
+            i = top;
+        }
     }
 
     /// <summary>A logit's bits as a key that orders larger logits first (the radix sort's and select's key).</summary>
@@ -763,6 +816,18 @@ public sealed class Sampler
         for (int i = 0; i < n; i++) { float e = MathF.Exp(l[_ids[i]] / temperature - max); _p[i] = e; sum += e; }
         float inv = (float)(1.0 / sum);
         for (int i = 0; i < n; i++) _p[i] *= inv;
+    }
+
+    /// <summary><see cref="Softmax"/> over the whole vocabulary in id order (no filter ran), sixteen exps at a time
+    /// (the attention kernels' vector exp).</summary>
+    void SoftmaxWhole(float temperature)
+    {
+        var p = _p.AsSpan(0, _vocab);
+        float max = Max(_logits) / temperature, inv = 1f / temperature;
+        for (int i = 0; i < p.Length; i++) p[i] = _logits[i] * inv;
+        float sum = Kernels.AttentionJob.ExpSubtractSum(p, max);
+        float scale = 1f / sum;
+        for (int i = 0; i < p.Length; i++) p[i] *= scale;
     }
 
     static ulong SplitMix(ref ulong x)

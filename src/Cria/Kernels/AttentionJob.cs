@@ -744,7 +744,7 @@ internal sealed partial class AttentionJob : ParallelJob
 
     /// <summary>s[j] = e^(s[j] − m), returns Σ s[j]; 16 lanes at a time (Vector512.Exp), the tail in scalar.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static float ExpSubtractSum(Span<float> s, float m)
+    internal static float ExpSubtractSum(Span<float> s, float m)
     {
         int j = 0;
         float sum = 0;
