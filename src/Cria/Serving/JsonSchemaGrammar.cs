@@ -15,12 +15,13 @@ namespace Cria.Serving;
 /// properties after the listed ones), <c>items</c>, <c>prefixItems</c>, <c>minItems</c>/<c>maxItems</c>,
 /// <c>minLength</c>/<c>maxLength</c>, <c>enum</c>, <c>const</c>, <c>anyOf</c>/<c>oneOf</c> (as alternatives),
 /// <c>allOf</c> of one schema, <c>$ref</c> to <c>#/$defs/…</c> or <c>#/definitions/…</c> (recursion included), and
-/// {} or true for any value, and the string formats date, time, date-time (RFC 3339) and uuid as grammars (as
-/// llama.cpp does). Annotations (title, description, other formats, default, examples, $schema, $id, strict) are
+/// {} or true for any value, the string formats date, time, date-time (RFC 3339) and uuid as grammars (as
+/// llama.cpp does), and an integer's <c>minimum</c>/<c>maximum</c>/<c>exclusiveMinimum</c>/<c>exclusiveMaximum</c> as
+/// digit ranges (<see cref="IntegerRange"/>; bounds within ±999 999 999 999 999). Annotations (title, description, other formats, default, examples, $schema, $id, strict) are
 /// ignored.</para>
 /// <para>Refused with a <see cref="GrammarException"/> naming the keyword and where it is: validation keywords the
-/// grammar would not enforce (pattern, minimum, maximum, multipleOf, uniqueItems, not, if/then/else, …) — better an
-/// error than output that breaks the schema.</para>
+/// grammar would not enforce (pattern, a number's minimum/maximum, multipleOf, uniqueItems, not, if/then/else, …) —
+/// better an error than output that breaks the schema.</para>
 /// </summary>
 public static class JsonSchemaGrammar
 {
@@ -110,6 +111,9 @@ public static class JsonSchemaGrammar
                 if (!Known.Contains(p.Name) && !Ignored.Contains(p.Name))
                     throw Error(path, $"'{p.Name}' is not supported (the output could break it)");
 
+            if (NumericKeyword(s) is { } bound && !(s.TryGetProperty("type", out var bt)
+                    && (bt.ValueKind == JsonValueKind.String ? bt.GetString() == "integer" : bt.ValueKind == JsonValueKind.Array && bt.EnumerateArray().Any(x => x.ValueKind == JsonValueKind.String && x.GetString() == "integer"))))
+                throw Error(path, $"'{bound}' is supported with type integer only");
             if (s.TryGetProperty("$ref", out var r)) return Ref(r, path);
             if (s.TryGetProperty("const", out var c)) { Primitive("space"); return Wrap(name, Literal(c) + " space"); }
             if (s.TryGetProperty("enum", out var e))
@@ -167,7 +171,7 @@ public static class JsonSchemaGrammar
 
         static readonly HashSet<string> Known =
             ["type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems", "minLength", "maxLength",
-             "enum", "const", "anyOf", "oneOf", "allOf", "$ref"];
+             "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"];
 
         string Wrap(string name, string body) => NewRule(RuleName(name), body);
 
@@ -191,6 +195,11 @@ public static class JsonSchemaGrammar
         {
             switch (type)
             {
+                case "integer" when Bounds(s, path) is var (lo, hi) && (lo != null || hi != null):
+                    Primitive("space");
+                    return Wrap(name, $"({IntegerRange.Gbnf(lo, hi)}) space");
+                case "number" when NumericKeyword(s) is { } k:
+                    throw Error(path, $"'{k}' is supported on integers only (a number's bounds are not written as a grammar)");
                 case "boolean" or "null" or "number" or "integer":
                     return Primitive(type);
                 case "string":
@@ -217,6 +226,32 @@ public static class JsonSchemaGrammar
                 default:
                     throw Error(path, $"unknown type '{type}'");
             }
+        }
+
+        static readonly string[] NumericKeywords = ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"];
+
+        static string? NumericKeyword(JsonElement s) => NumericKeywords.FirstOrDefault(k => s.TryGetProperty(k, out _));
+
+        /// <summary>An integer schema's bounds as the least and greatest integer allowed (null: unbounded).</summary>
+        static (long? Lo, long? Hi) Bounds(JsonElement s, string path)
+        {
+            long? lo = null, hi = null;
+            foreach (var k in NumericKeywords)
+            {
+                if (!s.TryGetProperty(k, out var v)) continue;
+                if (v.ValueKind != JsonValueKind.Number || !v.TryGetDouble(out double x) || !double.IsFinite(x))
+                    throw Error(path, $"'{k}' must be a number");
+                if (Math.Abs(x) > IntegerRange.MaxMagnitude) throw Error(path, $"'{k}' must be within ±{IntegerRange.MaxMagnitude}");
+                switch (k)
+                {
+                    case "minimum": lo = Math.Max(lo ?? long.MinValue, (long)Math.Ceiling(x)); break;
+                    case "exclusiveMinimum": lo = Math.Max(lo ?? long.MinValue, (long)Math.Floor(x) + 1); break;
+                    case "maximum": hi = Math.Min(hi ?? long.MaxValue, (long)Math.Floor(x)); break;
+                    case "exclusiveMaximum": hi = Math.Min(hi ?? long.MaxValue, (long)Math.Ceiling(x) - 1); break;
+                }
+            }
+            if (lo > hi) throw Error(path, $"no integer lies in [{lo}, {hi}]");
+            return (lo, hi);
         }
 
         int? Count(JsonElement s, string key, string path)
@@ -329,5 +364,72 @@ public static class JsonSchemaGrammar
                 });
             return sb.Append('"').ToString();
         }
+    }
+}
+
+/// <summary>
+/// The JSON integers in a range as a GBNF expression (no leading zeros, no "-0"): the range is cut by sign and by
+/// digit count, and each piece of equal-length numbers by its first differing digit — [x, y] becomes x₀ [x', 9…9],
+/// [x₀+1, y₀−1] [0-9]ⁿ and y₀ [0…0, y'] — the usual construction of a numeric range as a regular expression.
+/// </summary>
+static class IntegerRange
+{
+    public const long MaxMagnitude = 999_999_999_999_999; // 15 digits: a bound a double holds exactly
+    const int MaxDigits = 16;                               // an unbounded side runs to 16 digits, as the integer rule
+
+    public static string Gbnf(long? lo, long? hi)
+    {
+        var alts = new List<string>();
+        // negative numbers: "-" and their magnitudes
+        if (lo is null || lo < 0)
+        {
+            long? magLo = hi is long h && h < 0 ? -h : 1, magHi = lo is long l ? -l : null;
+            if (magHi is null || magLo <= magHi) alts.Add("\"-\" (" + NonNegative(magLo!.Value, magHi) + ")");
+        }
+        // zero and positive numbers
+        if (hi is null || hi >= 0)
+        {
+            long from = lo is long l && l > 0 ? l : 0;
+            alts.Add(NonNegative(from, hi));
+        }
+        return string.Join(" | ", alts);
+    }
+
+    /// <summary>[a, b] (b null: up to 16 digits) for 0 ≤ a.</summary>
+    static string NonNegative(long a, long? b)
+    {
+        var alts = new List<string>();
+        int la = Digits(a), lb = b is long bb ? Digits(bb) : MaxDigits;
+        for (int len = la; len <= lb; len++)
+        {
+            long lo = len == la ? a : Pow10(len - 1);
+            string hiText = len == lb && b is long bv ? bv.ToString(CultureInfo.InvariantCulture) : new string('9', len);
+            alts.Add(SameLength(lo.ToString(CultureInfo.InvariantCulture), hiText));
+        }
+        return string.Join(" | ", alts);
+    }
+
+    static int Digits(long x) => x.ToString(CultureInfo.InvariantCulture).Length;
+
+    static long Pow10(int n) { long p = 1; for (int i = 0; i < n; i++) p *= 10; return p; }
+
+    /// <summary>The numbers from x to y, both of the same length, x ≤ y.</summary>
+    static string SameLength(string x, string y)
+    {
+        if (x.Length == 0) return "\"\"";
+        if (x == y) return "\"" + x + "\"";
+        if (x[0] == y[0]) return "\"" + x[0] + "\" (" + SameLength(x[1..], y[1..]) + ")";
+        int rest = x.Length - 1;
+        string any = rest == 0 ? "" : rest == 1 ? " [0-9]" : $" [0-9]{{{rest}}}";
+        var alts = new List<string>();
+        // x₀ followed by [x', 9…9] — the whole of x₀'s numbers when x' is all zeros (then x₀ joins the middle)
+        char first = x[0];
+        if (rest > 0 && x[1..].Any(c => c != '0')) { alts.Add("\"" + x[0] + "\" (" + SameLength(x[1..], new string('9', rest)) + ")"); first++; }
+        char last = y[0];
+        bool yWhole = rest == 0 || y[1..].All(c => c == '9');
+        if (!yWhole) last--;
+        if (first <= last) alts.Add((first == last ? $"[{first}]" : $"[{first}-{last}]") + any);
+        if (!yWhole) alts.Add("\"" + y[0] + "\" (" + SameLength(new string('0', rest), y[1..]) + ")");
+        return string.Join(" | ", alts);
     }
 }

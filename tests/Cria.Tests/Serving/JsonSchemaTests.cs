@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Net;
 using System.Text;
 using System.Text.Json;
@@ -65,6 +66,14 @@ public sealed class JsonSchemaTests(ITestOutputHelper output)
                 _ => false,
             });
             if (!typed) return $"{path}: not of type {string.Join("|", types)}";
+        }
+        if (doc.ValueKind == JsonValueKind.Number)
+        {
+            double x = doc.GetDouble();
+            if (schema.TryGetProperty("minimum", out var mn) && x < mn.GetDouble()) return $"{path}: below minimum";
+            if (schema.TryGetProperty("maximum", out var mx) && x > mx.GetDouble()) return $"{path}: above maximum";
+            if (schema.TryGetProperty("exclusiveMinimum", out var emn) && x <= emn.GetDouble()) return $"{path}: not above exclusiveMinimum";
+            if (schema.TryGetProperty("exclusiveMaximum", out var emx) && x >= emx.GetDouble()) return $"{path}: not below exclusiveMaximum";
         }
         if (doc.ValueKind == JsonValueKind.String)
         {
@@ -160,9 +169,57 @@ public sealed class JsonSchemaTests(ITestOutputHelper output)
     public void Other_schemas(string schema, string json, string expected) =>
         Assert.Equal(expected, Judge(JsonSchemaGrammar.Compile(Parse(schema)), json));
 
+    public static TheoryData<string> IntegerRanges() =>
+    [
+        """{"minimum":0}""", """{"minimum":1,"maximum":12}""", """{"minimum":-40,"maximum":-3}""", """{"minimum":-275,"maximum":1089}""",
+        """{"maximum":-17}""", """{"maximum":250}""", """{"exclusiveMinimum":9.5,"exclusiveMaximum":1000}""", """{"exclusiveMinimum":-3,"exclusiveMaximum":4}""",
+        """{"minimum":100,"maximum":100}""", """{"minimum":23,"maximum":57}""", """{"minimum":1999,"maximum":20001}""",
+        """{"minimum":0,"maximum":0}""", """{"minimum":-999999999999999,"maximum":999999999999999}""", """{"minimum":3.2,"maximum":8.9}""",
+    ];
+
+    /// <summary>
+    /// Integer bounds (minimum, maximum, exclusive ones) as a grammar of digit ranges: for numbers around every bound,
+    /// zero, and random ones, the grammar accepts a number exactly when the independent validator does; leading zeros
+    /// and "-0" are refused (JSON has no leading zeros; 0 is written "0").
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(IntegerRanges))]
+    public void Integer_bounds_accept_exactly_the_integers_in_range(string bounds)
+    {
+        var schema = Parse(bounds.Insert(1, "\"type\":\"integer\","));
+        var g = JsonSchemaGrammar.Compile(schema);
+        var b = Parse(bounds);
+        var edges = new List<long> { 0, 1, -1, 9, 10, 99, 100, -100, 999_999_999_999_999, -999_999_999_999_999 };
+        foreach (var k in new[] { "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum" })
+            if (b.TryGetProperty(k, out var v))
+            {
+                long x = (long)Math.Floor(v.GetDouble());
+                for (long d = -11; d <= 11; d++) edges.Add(x + d);
+                edges.Add(x * 10); edges.Add(x / 10); edges.Add(-x);
+            }
+        var r = new Random(bounds.Length);
+        for (int i = 0; i < 300; i++) edges.Add((long)((r.NextDouble() - 0.5) * Math.Pow(10, r.Next(1, 8))));
+        int accepted = 0;
+        foreach (long n in edges.Distinct())
+        {
+            string text = n.ToString(CultureInfo.InvariantCulture);
+            bool valid = Invalid(Parse(text), schema, schema) == null;
+            string verdict = Judge(g, text);
+            Assert.True(valid == verdict is "end" or "complete", $"{bounds}: {text} is {(valid ? "valid" : "invalid")} but the grammar says {verdict}");
+            if (valid) accepted++;
+        }
+        Assert.True(accepted > 0);
+        foreach (var bad in new[] { "-0", "007", "+5", "1.0" }) Assert.NotEqual("end", Judge(g, bad));
+    }
+
     [Theory]
     [InlineData("""{"type":"string","pattern":"^a+$"}""", "'pattern' is not supported")]
-    [InlineData("""{"type":"integer","minimum":0}""", "'minimum' is not supported")]
+    [InlineData("""{"type":"number","minimum":0}""", "'minimum' is supported with type integer only")]
+    [InlineData("""{"type":["integer","number"],"maximum":0}""", "'maximum' is supported on integers only")]
+    [InlineData("""{"minimum":0}""", "'minimum' is supported with type integer only")]
+    [InlineData("""{"type":"integer","minimum":5,"exclusiveMaximum":5}""", "no integer lies in [5, 4]")]
+    [InlineData("""{"type":"integer","maximum":1e16}""", "'maximum' must be within")]
+    [InlineData("""{"type":"integer","maximum":"7"}""", "'maximum' must be a number")]
     [InlineData("""{"type":"object","properties":{"a":{"type":"string","format":"email","uniqueItems":true}}}""", "at #/properties/a: 'uniqueItems' is not supported")]
     [InlineData("""{"$ref":"#/$defs/missing"}""", "names no definition")]
     [InlineData("""{"$ref":"other.json#/x"}""", "is not supported")]
