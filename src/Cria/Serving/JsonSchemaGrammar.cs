@@ -17,10 +17,12 @@ namespace Cria.Serving;
 /// <c>allOf</c> of one schema, <c>$ref</c> to <c>#/$defs/…</c> or <c>#/definitions/…</c> (recursion included), and
 /// {} or true for any value, the string formats date, time, date-time (RFC 3339) and uuid as grammars (as
 /// llama.cpp does), and an integer's <c>minimum</c>/<c>maximum</c>/<c>exclusiveMinimum</c>/<c>exclusiveMaximum</c> as
-/// digit ranges (<see cref="IntegerRange"/>; bounds within ±999 999 999 999 999). Annotations (title, description, other formats, default, examples, $schema, $id, strict) are
+/// digit ranges (<see cref="IntegerRange"/>; bounds within ±999 999 999 999 999), and a string's <c>pattern</c> for a
+/// subset of regular expressions (<see cref="PatternGrammar"/>). Annotations (title, description, other formats, default, examples, $schema, $id, strict) are
 /// ignored.</para>
 /// <para>Refused with a <see cref="GrammarException"/> naming the keyword and where it is: validation keywords the
-/// grammar would not enforce (pattern, a number's minimum/maximum, multipleOf, uniqueItems, not, if/then/else, …) —
+/// grammar would not enforce (a number's minimum/maximum, multipleOf, uniqueItems, not, if/then/else, …, and patterns
+/// outside the subset) —
 /// better an error than output that breaks the schema.</para>
 /// </summary>
 public static class JsonSchemaGrammar
@@ -171,7 +173,7 @@ public static class JsonSchemaGrammar
 
         static readonly HashSet<string> Known =
             ["type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems", "minLength", "maxLength",
-             "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"];
+             "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "pattern"];
 
         string Wrap(string name, string body) => NewRule(RuleName(name), body);
 
@@ -211,6 +213,18 @@ public static class JsonSchemaGrammar
                         Primitive("space");
                         string rule = FormatRule(fmt.GetString()!);
                         return Wrap(name, $"\"\\\"\" {rule} \"\\\"\" space");
+                    }
+                    if (s.TryGetProperty("pattern", out var pat))
+                    {
+                        if (s.TryGetProperty("minLength", out _) || s.TryGetProperty("maxLength", out _) || s.TryGetProperty("format", out _))
+                            throw Error(path, "'pattern' with minLength/maxLength or a format is not supported");
+                        if (pat.ValueKind != JsonValueKind.String) throw Error(path, "'pattern' must be a string");
+                        string body;
+                        try { body = PatternGrammar.Gbnf(pat.GetString()!); }
+                        catch (GrammarException e) { throw Error(path, e.Message); }
+                        Primitive("space");
+                        if (body.Contains("char")) Primitive("char");
+                        return Wrap(name, $"\"\\\"\" ({body}) \"\\\"\" space");
                     }
                     int min = Count(s, "minLength", path) ?? 0;
                     int? max = Count(s, "maxLength", path);
@@ -431,5 +445,173 @@ static class IntegerRange
         if (first <= last) alts.Add((first == last ? $"[{first}]" : $"[{first}-{last}]") + any);
         if (!yWhole) alts.Add("\"" + y[0] + "\" (" + SameLength(new string('0', rest), y[1..]) + ")");
         return string.Join(" | ", alts);
+    }
+}
+
+/// <summary>
+/// A string schema's <c>pattern</c> (an ECMAScript regular expression, matched anywhere in the string unless anchored
+/// with ^ and $) as a GBNF expression over the JSON string's text, for a subset: literals, escapes (\d \w \s \D \W \S,
+/// \n \t \r, escaped metacharacters), <c>.</c>, classes (ranges, negation), groups (plain and <c>(?:</c>),
+/// alternation, and the quantifiers * + ? {m} {m,} {m,n}. The text written is what the pattern matches, encoded as
+/// JSON: a quote or backslash is written escaped, whitespace escapes as JSON escapes; what a class, <c>.</c> or a
+/// negated escape matches never includes a quote, a backslash or a control character (the grammar writes only
+/// characters that need no escape there — a subset of the matching strings, never a broken document). An unanchored
+/// side may hold any JSON string characters. Refused: lookaround, backreferences, word boundaries, lazy quantifiers,
+/// anchors elsewhere, and classes holding a quote, backslash or control character.
+/// </summary>
+static class PatternGrammar
+{
+    const string Plain = "[^\"\\\\\\x00-\\x1F]"; // a character that needs no escape in a JSON string
+
+    public static string Gbnf(string pattern)
+    {
+        var p = new Parser(pattern);
+        bool start = p.Eat('^');
+        string body = p.Alternatives();
+        bool end = p.Eat('$');
+        if (!p.Done) throw p.Error(p.Peek == ')' ? "an unmatched ')'" : p.Peek is '^' or '$' ? "an anchor inside the pattern" : $"'{p.Peek}'");
+        return (start ? "" : "char* ") + "(" + body + ")" + (end ? "" : " char*");
+    }
+
+    sealed class Parser(string s)
+    {
+        int _i;
+        public bool Done => _i >= s.Length;
+        public char Peek => s[_i];
+        public bool Eat(char c) { if (_i < s.Length && s[_i] == c) { _i++; return true; } return false; }
+        public GrammarException Error(string what) => new($"pattern \"{s}\": {what} at {_i} is not supported");
+
+        public string Alternatives()
+        {
+            var alts = new List<string> { Sequence() };
+            while (Eat('|')) alts.Add(Sequence());
+            return string.Join(" | ", alts);
+        }
+
+        string Sequence()
+        {
+            var parts = new List<string>();
+            while (!Done && Peek != '|' && Peek != ')' && !(Peek == '$' && _i == s.Length - 1))
+            {
+                string atom = Atom();
+                parts.Add(atom + Quantifier());
+            }
+            return parts.Count == 0 ? "\"\"" : string.Join(" ", parts);
+        }
+
+        string Quantifier()
+        {
+            string q = "";
+            if (Eat('*')) q = "*";
+            else if (Eat('+')) q = "+";
+            else if (Eat('?')) q = "?";
+            else if (!Done && Peek == '{')
+            {
+                int close = s.IndexOf('}', _i);
+                var m = close < 0 ? null : System.Text.RegularExpressions.Regex.Match(s[(_i + 1)..close], "^([0-9]+)(,([0-9]*))?$");
+                if (m == null || !m.Success) throw Error("a '{' that is not a repetition");
+                int lo = int.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture);
+                string hi = m.Groups[2].Success ? m.Groups[3].Value : m.Groups[1].Value;
+                if (lo > Grammar.MaxRepetition || (hi.Length > 0 && (hi.Length > 6 || int.Parse(hi, CultureInfo.InvariantCulture) > Grammar.MaxRepetition || int.Parse(hi, CultureInfo.InvariantCulture) < lo)))
+                    throw Error($"the repetition {{{s[(_i + 1)..close]}}}");
+                _i = close + 1;
+                q = "{" + lo + (m.Groups[2].Success ? "," + hi : "") + "}";
+            }
+            if (q.Length > 0 && !Done && (Peek is '?' or '+' or '*' or '{')) throw Error("a lazy, possessive or repeated quantifier");
+            return q;
+        }
+
+        string Atom()
+        {
+            char c = s[_i++];
+            switch (c)
+            {
+                case '(':
+                    if (Eat('?') && !Eat(':')) throw Error("a lookaround or named group");
+                    string inner = Alternatives();
+                    if (!Eat(')')) throw Error("an unclosed group");
+                    return "(" + inner + ")";
+                case '[': return Class();
+                case '.': return Plain;
+                case '\\': return Escape(inClass: false);
+                case '*' or '+' or '?' or '{': throw Error($"a quantifier '{c}' with nothing to repeat");
+                case '^' or '$': _i--; throw Error("an anchor inside the pattern");
+                case ')': _i--; throw Error("an unmatched ')'");
+                default:
+                    if (char.IsHighSurrogate(c) && !Done && char.IsLowSurrogate(Peek)) return "\"" + c + s[_i++] + "\""; // one character
+                    if (char.IsSurrogate(c)) throw Error("a lone surrogate");
+                    return Literal(c);
+            }
+        }
+
+        /// <summary>After a backslash: outside a class a GBNF expression; inside, class items (or null if none fit).</summary>
+        string Escape(bool inClass)
+        {
+            if (Done) throw Error("a trailing backslash");
+            char e = s[_i++];
+            switch (e)
+            {
+                case 'd': return inClass ? "0-9" : "[0-9]";
+                case 'w': return inClass ? "a-zA-Z0-9_" : "[a-zA-Z0-9_]";
+                case 'D': return inClass ? throw Error("\\D inside a class") : "[^0-9\"\\\\\\x00-\\x1F]";
+                case 'W': return inClass ? throw Error("\\W inside a class") : "[^a-zA-Z0-9_\"\\\\\\x00-\\x1F]";
+                case 's': return inClass ? throw Error("\\s inside a class") : "(\" \" | \"\\\\t\" | \"\\\\n\" | \"\\\\r\" | \"\\\\f\" | \"\\\\u000b\")";
+                case 'S': return inClass ? throw Error("\\S inside a class") : "[^ \"\\\\\\x00-\\x1F]";
+                case 'n' or 't' or 'r' or 'f':
+                    return inClass ? throw Error($"\\{e} inside a class") : "\"\\\\" + e + "\"";
+                case 'b' or 'B': throw Error("a word boundary");
+                case >= '0' and <= '9': throw Error("a backreference");
+                case 'u' or 'x' or 'c' or 'k' or 'p' or 'P': throw Error($"the escape \\{e}");
+                default:
+                    if (char.IsAsciiLetterOrDigit(e)) throw Error($"the escape \\{e}");
+                    return inClass ? ClassChar(e) : Literal(e);
+            }
+        }
+
+        string Class()
+        {
+            bool negated = Eat('^');
+            var items = new StringBuilder();
+            bool first = true;
+            while (!Done && (Peek != ']' || first))
+            {
+                first = false;
+                string item;
+                char c = s[_i++];
+                if (c == '\\') item = Escape(inClass: true);
+                else if (c == '[') throw Error("a nested class");
+                else item = ClassChar(c);
+                if (!Done && Peek == '-' && _i + 1 < s.Length && s[_i + 1] != ']')
+                {
+                    _i++;
+                    char hi = s[_i++];
+                    if (hi == '\\') { if (Done) throw Error("a trailing backslash"); hi = s[_i++]; if (char.IsAsciiLetterOrDigit(hi)) throw Error("a class range ending in an escape"); }
+                    if (c == '\\' || hi < c) throw Error("a class range");
+                    item += "-" + ClassChar(hi);
+                }
+                items.Append(item);
+            }
+            if (!Eat(']')) throw Error("an unclosed class");
+            // a negated class also leaves out what JSON would have to escape
+            return negated ? "[^" + items + "\"\\\\\\x00-\\x1F]" : "[" + items + "]";
+        }
+
+        /// <summary>A character inside a GBNF class; a quote, backslash or control character is refused (its JSON form is
+        /// two or more characters).</summary>
+        string ClassChar(char c)
+        {
+            if (c == '"' || c == '\\' || c < ' ') throw Error("a class holding a quote, backslash or control character");
+            if (char.IsSurrogate(c)) throw Error("a class holding a character outside the BMP");
+            return c is ']' or '[' or '^' or '-' ? "\\" + c : c.ToString();
+        }
+
+        /// <summary>A literal character as its JSON string text, as a GBNF literal.</summary>
+        static string Literal(char c) => c switch
+        {
+            '"' => "\"\\\\\\\"\"",       // \"
+            '\\' => "\"\\\\\\\\\"",    // \\
+            < ' ' => throw new GrammarException($"pattern: a control character (U+{(int)c:X4}) is not supported"),
+            _ => "\"" + c + "\"",
+        };
     }
 }

@@ -212,8 +212,85 @@ public sealed class JsonSchemaTests(ITestOutputHelper output)
         foreach (var bad in new[] { "-0", "007", "+5", "1.0" }) Assert.NotEqual("end", Judge(g, bad));
     }
 
+    public static TheoryData<string, string> Patterns() => new()
+    {
+        { "^[a-z]+$", "abc" }, { "^\\d{3}-\\d{4}$", "555-0199" }, { "^(foo|bar)+baz?$", "barfooba" },
+        { "^[A-Z][a-z]*( [A-Z][a-z]*)*$", "Ab Cd" }, { "ab+c", "xxabbbcyy" }, { "^a.c$", "a-c" }, { "^[^0-9]{2,3}$", "ab!" },
+        { "^\\w+@\\w+\\.(com|org)$", "a_1@b2.org" }, { "x$", "abx" }, { "^(?:ab|cd){2}$", "abcd" }, { "^\\D\\S\\W$", "a1-" },
+        { "^a\\.b?$", "a." }, { "^[a-c-]{0,4}z?$", "-a-z" }, { "^\\$[0-9]+(\\.[0-9]{2})?$", "$12.50" }, { "", "anything" },
+    };
+
+    /// <summary>
+    /// A string's pattern as a grammar: for strings drawn from the pattern's own characters and others, the grammar
+    /// accepts the JSON string exactly when .NET's ECMAScript regex engine matches the text (an independent oracle);
+    /// every pattern has a matching example among them.
+    /// </summary>
     [Theory]
-    [InlineData("""{"type":"string","pattern":"^a+$"}""", "'pattern' is not supported")]
+    [MemberData(nameof(Patterns))]
+    public void Patterns_accept_exactly_the_strings_the_regex_matches(string pattern, string example)
+    {
+        var schema = Parse(JsonSerializer.Serialize(new { type = "string", pattern }));
+        var g = JsonSchemaGrammar.Compile(schema);
+        var re = new System.Text.RegularExpressions.Regex(pattern, System.Text.RegularExpressions.RegexOptions.ECMAScript);
+        string alphabet = new string(pattern.Where(c => c is not ('"' or '\\') && c >= ' ').Distinct().ToArray()) + "abxz09-_. !$A";
+        var r = new Random(pattern.Length + 1);
+        var texts = new List<string> { example, "" };
+        for (int i = 0; i < 3000; i++)
+            texts.Add(new string(Enumerable.Range(0, r.Next(0, 11)).Select(_ => alphabet[r.Next(alphabet.Length)]).ToArray()));
+        int matched = 0;
+        foreach (var text in texts.Distinct())
+        {
+            bool expected = re.IsMatch(text);
+            string verdict = Judge(g, "\"" + text + "\"");
+            Assert.True(expected == verdict is "end" or "complete", $"/{pattern}/ on \"{text}\": the regex says {expected}, the grammar {verdict}");
+            if (expected) matched++;
+        }
+        Assert.True(re.IsMatch(example) && matched > 0);
+    }
+
+    [Fact]
+    public void Pattern_text_is_written_as_json()
+    {
+        // a quote in the pattern is written escaped; \s may be written as a JSON escape; '.' never writes a quote
+        var q = JsonSchemaGrammar.Compile(Parse("""{"type":"string","pattern":"^say \"hi\"$"}"""));
+        Assert.Equal("end", Judge(q, "\"say \\\"hi\\\"\""));   // "say \"hi\""
+        Assert.Equal("reject", Judge(q, "\"say \"hi\"\""));          // "say "hi""
+        var w = JsonSchemaGrammar.Compile(Parse("""{"type":"string","pattern":"^a\\sb$"}"""));
+        Assert.Equal("end", Judge(w, "\"a\\tb\""));                  // "a\tb"
+        Assert.Equal("end", Judge(w, "\"a b\""));
+        var dot = JsonSchemaGrammar.Compile(Parse("""{"type":"string","pattern":"^.$"}"""));
+        Assert.Equal("reject", Judge(dot, "\"\"\""));                // """ — '.' never writes a raw quote
+        Assert.Equal("end", Judge(dot, "\"é\""));
+        var neg = JsonSchemaGrammar.Compile(Parse("""{"type":"string","pattern":"^[^a]$"}"""));
+        Assert.Equal("reject", Judge(neg, "\"\"\""));                // a negated class never writes a raw quote,
+        Assert.Equal("reject", Judge(neg, "\"\\\\\""));             // nor a lone backslash
+        Assert.Equal("end", Judge(neg, "\"b\""));
+        var emoji = JsonSchemaGrammar.Compile(Parse(JsonSerializer.Serialize(new { type = "string", pattern = "^é😀+$" })));
+        Assert.Equal("end", Judge(emoji, "\"é😀😀\""));
+        Assert.Equal("reject", Judge(emoji, "\"é\""));
+    }
+
+    [Theory]
+    [InlineData("(?=a)b", "lookaround")]
+    [InlineData("(a)\\1", "backreference")]
+    [InlineData("\\bfoo", "word boundary")]
+    [InlineData("a*?", "lazy")]
+    [InlineData("[\"]", "quote, backslash or control")]
+    [InlineData("[\\s]", "inside a class")]
+    [InlineData("a{2,1}", "repetition")]
+    [InlineData("^a^", "anchor")]
+    [InlineData("(a", "unclosed group")]
+    [InlineData("a)", "unmatched")]
+    [InlineData("\\p{L}", "escape")]
+    [InlineData("*a", "nothing to repeat")]
+    public void Unsupported_patterns_are_refused_by_name(string pattern, string message)
+    {
+        var e = Assert.Throws<GrammarException>(() => JsonSchemaGrammar.Compile(Parse(JsonSerializer.Serialize(new { type = "string", pattern }))));
+        Assert.Contains(message, e.Message);
+    }
+
+    [Theory]
+    [InlineData("""{"type":"string","pattern":"^a+$","maxLength":3}""", "'pattern' with minLength/maxLength")]
     [InlineData("""{"type":"number","minimum":0}""", "'minimum' is supported with type integer only")]
     [InlineData("""{"type":["integer","number"],"maximum":0}""", "'maximum' is supported on integers only")]
     [InlineData("""{"minimum":0}""", "'minimum' is supported with type integer only")]
@@ -313,7 +390,7 @@ public sealed class JsonSchemaServerTests(ServerFixture f) : IClassFixture<Serve
     [Theory]
     [InlineData("""{"prompt":"x","grammar":"root ::= other"}""", "grammar")]
     [InlineData("""{"prompt":"x","grammar":7}""", "grammar")]
-    [InlineData("""{"prompt":"x","response_format":{"type":"json_schema","json_schema":{"schema":{"type":"string","pattern":"a"}}}}""", "response_format")]
+    [InlineData("""{"prompt":"x","response_format":{"type":"json_schema","json_schema":{"schema":{"type":"string","pattern":"(?=a)"}}}}""", "response_format")]
     [InlineData("""{"prompt":"x","response_format":{"type":"json_schema"}}""", "response_format")]
     [InlineData("""{"prompt":"x","json_schema":{"$ref":"#/$defs/none"}}""", "json_schema")]
     [InlineData("""{"prompt":"x","response_format":{"type":"json_object"},"grammar":"root ::= \"a\""}""", "grammar")]
