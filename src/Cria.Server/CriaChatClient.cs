@@ -85,7 +85,7 @@ public sealed class CriaChatClient(Engine engine, ChatTemplate template, string 
                 FrequencyPenalty = o?.FrequencyPenalty ?? 0,
                 PresencePenalty = o?.PresencePenalty ?? 0,
                 Seed = o?.Seed is long s ? unchecked((ulong)s) : (ulong)Random.Shared.NextInt64(),
-            }, o),
+            }, o, tok),
         }, tools);
     }
 
@@ -93,10 +93,10 @@ public sealed class CriaChatClient(Engine engine, ChatTemplate template, string 
     /// ChatOptions.AdditionalProperties as the JSON object the server would read its llama.cpp sampling fields from
     /// (e.g. ["min_p"] = 0.05f, ["mirostat"] = 2, ["logit_bias"] = new Dictionary&lt;int, float&gt; { [42] = -100 }).
     /// </summary>
-    static SamplerOptions ExtraSampling(SamplerOptions s, ChatOptions? o)
+    static SamplerOptions ExtraSampling(SamplerOptions s, ChatOptions? o, Tokenizer tokenizer)
     {
         if (o?.AdditionalProperties is not { Count: > 0 } extra) return s;
-        try { return s.LlamaCppSampling(System.Text.Json.JsonSerializer.SerializeToElement(extra)); }
+        try { return s.LlamaCppSampling(System.Text.Json.JsonSerializer.SerializeToElement(extra), tokenizer); }
         catch (ApiException e) { throw new InvalidRequestException("ChatOptions.AdditionalProperties: " + e.Message); }
         catch (Exception e) when (e is NotSupportedException or System.Text.Json.JsonException)
         { throw new InvalidRequestException("ChatOptions.AdditionalProperties: " + e.Message); }

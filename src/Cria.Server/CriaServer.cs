@@ -494,8 +494,8 @@ public sealed class CriaServer : IAsyncDisposable
     {
         var s = Ready();
         var o = await ReadBody(http);
-        var p = OpenAiRequest.Sampling(o, chat);
         var tok = s.Model.Tokenizer;
+        var p = OpenAiRequest.Sampling(o, chat, tok);
         int[] prompt;
         Grammar? grammar = p.Grammar;
         Tools? tools = null;

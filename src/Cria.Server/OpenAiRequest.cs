@@ -96,7 +96,7 @@ public static class OpenAiRequest
 
     /// <summary>Reads the settings both generation endpoints share. Defaults follow OpenAI/vLLM (temperature 1, no
     /// top-k/top-p/min-p truncation, random seed).</summary>
-    public static OpenAiSampling Sampling(JsonElement o, bool chat)
+    public static OpenAiSampling Sampling(JsonElement o, bool chat, Tokenizer? tokenizer = null)
     {
         var model = String(o, "model");
         long? maxTokens = Integer(o, "max_completion_tokens", 0, int.MaxValue) ?? Integer(o, "max_tokens", 0, int.MaxValue);
@@ -191,7 +191,7 @@ public static class OpenAiRequest
                 Temperature = temperature, TopP = topP, TopK = (int)Math.Max(0, topK), MinP = minP,
                 FrequencyPenalty = freq, PresencePenalty = pres, RepeatPenalty = rep,
                 Seed = seed.HasValue ? unchecked((ulong)seed.Value) : (ulong)Random.Shared.NextInt64(),
-            }.LlamaCppSampling(o),
+            }.LlamaCppSampling(o, tokenizer),
             SeedGiven = seed.HasValue,
             Stop = stop, N = n, BestOf = bestOf, Stream = stream, IncludeUsage = includeUsage, TopLogprobs = topLogprobs, IgnoreEos = ignoreEos,
             JsonObject = jsonObject, Grammar = grammar,
@@ -206,7 +206,7 @@ public static class OpenAiRequest
     /// logit_bias, over <paramref name="s"/>: what a request body, or <c>ChatOptions.AdditionalProperties</c> in
     /// process, may add.
     /// </summary>
-    public static SamplerOptions LlamaCppSampling(this SamplerOptions s, JsonElement o)
+    public static SamplerOptions LlamaCppSampling(this SamplerOptions s, JsonElement o, Tokenizer? tokenizer = null)
     {
         float F(string name, double min, double max, float fallback) => (float)(Number(o, name, min, max) ?? fallback);
         int I(string name, long min, long max, int fallback) => (int)(Integer(o, name, min, max) ?? fallback);
@@ -237,15 +237,16 @@ public static class OpenAiRequest
                 throw new ApiException(400, $"'dry_sequence_breakers' must be an array of 1 to {SamplerOptions.MaxDryBreakers} non-empty strings", "dry_sequence_breakers");
             s = s with { DrySequenceBreakers = br.EnumerateArray().Select(e => e.GetString()!).ToArray() };
         }
-        if (Present(o, "logit_bias", out var lb)) s = s with { LogitBias = LogitBias(lb) };
+        if (Present(o, "logit_bias", out var lb)) s = s with { LogitBias = LogitBias(lb, tokenizer) };
         return s;
     }
 
     /// <summary>
-    /// OpenAI's logit_bias, {"token id": bias} with biases in [−100, 100], or llama.cpp's [[token id, bias], …];
-    /// in both, llama.cpp's <c>false</c> for a bias bans the token (−∞).
+    /// OpenAI's logit_bias, {"token id": bias} with biases in [−100, 100], or llama.cpp's [[token id or text, bias], …]
+    /// (a text's bias goes to every token it is tokenized into, without BOS); in both, llama.cpp's <c>false</c> for a
+    /// bias bans the token (−∞).
     /// </summary>
-    static Dictionary<int, float> LogitBias(JsonElement lb)
+    static Dictionary<int, float> LogitBias(JsonElement lb, Tokenizer? tokenizer)
     {
         const string name = "logit_bias";
         var bias = new Dictionary<int, float>();
@@ -271,8 +272,15 @@ public static class OpenAiRequest
         {
             foreach (var e in lb.EnumerateArray())
             {
+                if (e.ValueKind == JsonValueKind.Array && e.GetArrayLength() == 2 && e[0].ValueKind == JsonValueKind.String && tokenizer != null)
+                {
+                    string text = e[0].GetString()!;
+                    if (text.Length == 0 || text.Length > 1000) throw new ApiException(400, $"'{name}': a text must have 1 to 1000 characters", name);
+                    foreach (int t in tokenizer.Encode(text, addBos: false)) Add(t, e[1]);
+                    continue;
+                }
                 if (e.ValueKind != JsonValueKind.Array || e.GetArrayLength() != 2 || e[0].ValueKind != JsonValueKind.Number || !e[0].TryGetInt32(out int id) || id < 0)
-                    throw new ApiException(400, $"'{name}' as an array holds [token id, bias] pairs", name);
+                    throw new ApiException(400, $"'{name}' as an array holds [token id or text, bias] pairs", name);
                 Add(id, e[1]);
             }
         }

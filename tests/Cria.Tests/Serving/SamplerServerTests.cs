@@ -41,6 +41,15 @@ public class SamplerServerTests(ServerFixture f) : IClassFixture<ServerFixture>
         Assert.Equal((await Detokenize(x)).Trim(), forced.Trim());
         string banned = await Complete($$""","temperature":0,"logit_bias":[[{{x}},false],[{{y}},100]]""");
         Assert.Equal((await Detokenize(y)).Trim(), banned.Trim());
+        // llama.cpp's text form: the bias goes to every token of the text (tokenized without BOS)
+        var (_, th) = await f.Post("/tokenize", """{"content":"hello","add_special":false}""");
+        var helloTokens = th.GetProperty("tokens").EnumerateArray().Select(e => e.GetInt32()).ToArray();
+        string first = (await Complete(""","temperature":0,"logit_bias":[["hello",100]]""")).Trim();
+        var pieces = new List<string>();
+        foreach (int h in helloTokens) pieces.Add((await Detokenize(h)).Trim());
+        Assert.Contains(first, pieces);
+        string notHello = await Complete($$""","temperature":0,"logit_bias":[["hello",false],[{{y}},100]]""");
+        Assert.Equal((await Detokenize(y)).Trim(), notHello.Trim());
         // sampled at temperature 2 with everything else banned but two tokens: only those two come out
         var two = $$"""{"{{x}}":100,"{{y}}":100}""";
         for (int seed = 0; seed < 6; seed++)
@@ -75,6 +84,7 @@ public class SamplerServerTests(ServerFixture f) : IClassFixture<ServerFixture>
     [InlineData(""","logit_bias":{"5":200}""", "logit_bias")]
     [InlineData(""","logit_bias":{"5":"x"}""", "logit_bias")]
     [InlineData(""","logit_bias":[[5]]""", "logit_bias")]
+    [InlineData(""","logit_bias":[["",1]]""", "logit_bias")]
     [InlineData(""","logit_bias":7""", "logit_bias")]
     [InlineData(""","logit_bias":{"99999999":1}""", null)] // outside the vocabulary: the engine's 400
     public async Task Bad_sampling_fields_are_400s(string extra, string? param)
