@@ -140,6 +140,7 @@ public sealed class Sampler
     float _mu;                      // mirostat's target surprise bound, starts at 2τ
     int _lastN;                     // candidates of the last distribution (mirostat's update reads them)
     bool _sorted;                   // whether they are sorted (most likely first)
+    bool _identity;                 // whether they are the whole vocabulary in id order (_ids[i] = i)
     ulong _s0, _s1, _s2, _s3;       // xoshiro256** state
 
     public SamplerOptions Options => _o;
@@ -308,6 +309,7 @@ public sealed class Sampler
         {
             SoftmaxWhole(_o.Temperature);
             _sorted = false; // left in id order: a draw searches them in walk order
+            _identity = true;
             return _lastN = n;
         }
         Order(n, sorted);
@@ -323,6 +325,7 @@ public sealed class Sampler
     /// </summary>
     void Order(int n, bool sorted)
     {
+        _identity = false;
         if (!sorted && n <= 256) { SortByLogitDescending(n); sorted = true; }
         _sorted = sorted;
     }
@@ -337,24 +340,23 @@ public sealed class Sampler
     {
         const int Buckets = 1024;
         var l = _logits;
+        var p = _p;
         float max = float.NegativeInfinity, min = float.PositiveInfinity;
-        for (int i = 0; i < n; i++)
-        {
-            float v = l[_ids[i]];
-            if (v > max) max = v;
-            if (v < min && v > float.NegativeInfinity) min = v;
-        }
+        if (_identity) (min, max) = FiniteRange(l.AsSpan(0, n)); // the whole vocabulary in id order: read it directly
+        else
+            for (int i = 0; i < n; i++)
+            {
+                float v = l[_ids[i]];
+                if (v > max) max = v;
+                if (v < min && v > float.NegativeInfinity) min = v;
+            }
         float scale = max > min ? Buckets / (max - min) * 0.999f : 0f;
-        var bucket = _order.AsSpan(0, n);
+        // larger logit → lower bucket; −∞ → +∞ → the last bucket
+        int Bucket(float logit) { float x = (max - logit) * scale; return x < Buckets - 1 ? (int)x : Buckets - 1; }
         Span<double> mass = stackalloc double[Buckets];
         mass.Clear();
-        for (int i = 0; i < n; i++)
-        {
-            float x = (max - l[_ids[i]]) * scale; // larger logit → lower bucket; −∞ → +∞ → the last bucket
-            int b = x < Buckets - 1 ? (int)x : Buckets - 1;
-            bucket[i] = b;
-            mass[b] += _p[i];
-        }
+        if (_identity) for (int i = 0; i < n; i++) mass[Bucket(l[i])] += p[i];
+        else for (int i = 0; i < n; i++) mass[Bucket(l[_ids[i]])] += p[i];
         double acc = 0;
         int chosen = -1, last = 0;
         for (int b = 0; b < Buckets; b++)
@@ -367,7 +369,8 @@ public sealed class Sampler
         if (chosen < 0) { chosen = last; acc -= mass[last]; } // r past the total: the last nonempty bucket
         var members = MemoryMarshal.Cast<uint, int>(_radixKeys.AsSpan(0, n));
         int count = 0;
-        for (int i = 0; i < n; i++) if (bucket[i] == chosen) members[count++] = i;
+        if (_identity) { for (int i = 0; i < n; i++) if (Bucket(l[i]) == chosen) members[count++] = i; }
+        else for (int i = 0; i < n; i++) if (Bucket(l[_ids[i]]) == chosen) members[count++] = i;
         var rest = members[..count];
         SortInWalkOrder(rest);
         for (int j = 0; j < rest.Length; j++) { acc += _p[rest[j]]; if (r < acc) return rest[j]; }
@@ -471,6 +474,30 @@ public sealed class Sampler
         if (kept < _o.MinKeep) { dense = true; Materialize(ref dense, l.Length); return MinP(l, l.Length, sorted: false); }
         dense = false;
         return kept;
+    }
+
+    /// <summary>The smallest finite-or-+∞ (−∞ skipped) and the largest of the logits, eight at a time.</summary>
+    static (float Min, float Max) FiniteRange(ReadOnlySpan<float> l)
+    {
+        var lo = Vector256.Create(float.PositiveInfinity);
+        var hi = Vector256.Create(float.NegativeInfinity);
+        var minusInf = Vector256.Create(float.NegativeInfinity);
+        int i = 0;
+        ref float l0 = ref MemoryMarshal.GetReference(l);
+        for (; i + 8 <= l.Length; i += 8)
+        {
+            var v = Vector256.LoadUnsafe(ref l0, (nuint)i);
+            hi = Vector256.Max(hi, v);
+            lo = Vector256.Min(lo, Vector256.ConditionalSelect(Vector256.Equals(v, minusInf), Vector256.Create(float.PositiveInfinity), v));
+        }
+        float min = float.PositiveInfinity, max = float.NegativeInfinity;
+        for (int j = 0; j < 8; j++) { min = Math.Min(min, lo[j]); max = Math.Max(max, hi[j]); }
+        for (; i < l.Length; i++)
+        {
+            max = Math.Max(max, l[i]);
+            if (l[i] > float.NegativeInfinity) min = Math.Min(min, l[i]);
+        }
+        return (min, max);
     }
 
     /// <summary>The largest of the logits, eight at a time (−∞ if all are; NaN logits are not expected).</summary>
@@ -823,11 +850,21 @@ public sealed class Sampler
     void SoftmaxWhole(float temperature)
     {
         var p = _p.AsSpan(0, _vocab);
-        float max = Max(_logits) / temperature, inv = 1f / temperature;
-        for (int i = 0; i < p.Length; i++) p[i] = _logits[i] * inv;
+        float max = Max(_logits) / temperature;
+        Scale(_logits, p, 1f / temperature);
         float sum = Kernels.AttentionJob.ExpSubtractSum(p, max);
-        float scale = 1f / sum;
-        for (int i = 0; i < p.Length; i++) p[i] *= scale;
+        Scale(p, p, 1f / sum);
+    }
+
+    /// <summary>y = a·x, eight at a time.</summary>
+    static void Scale(ReadOnlySpan<float> x, Span<float> y, float a)
+    {
+        int i = 0;
+        ref float x0 = ref MemoryMarshal.GetReference(x);
+        ref float y0 = ref MemoryMarshal.GetReference(y);
+        var va = Vector256.Create(a);
+        for (; i + 8 <= y.Length; i += 8) (Vector256.LoadUnsafe(ref x0, (nuint)i) * va).StoreUnsafe(ref y0, (nuint)i);
+        for (; i < y.Length; i++) y[i] = x[i] * a;
     }
 
     static ulong SplitMix(ref ulong x)
