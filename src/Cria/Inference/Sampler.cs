@@ -284,7 +284,7 @@ public sealed class Sampler
 
         // The candidates start as the whole vocabulary, "dense" (_ids not yet written: the first filter reads the
         // logits directly). They are sorted (most likely first) only where a step needs the order: after top-k, for
-        // top-p (its top 256 first, as llama.cpp), for XTC. Sampling itself draws from them in any order.
+        // top-p (its top 256 first, as llama.cpp), for XTC. A draw still takes them in that order (see Order).
         int n = _vocab;
         bool dense = true, sorted = false;
         if (_o.TopNSigma > 0) { n = TopNSigma(l); dense = false; }
