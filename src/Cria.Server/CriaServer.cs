@@ -59,6 +59,10 @@ public sealed record ServerOptions
     public long MaxBodyBytes { get; init; } = 4 << 20;
     /// <summary>Write request logs to the console.</summary>
     public bool Verbose { get; init; }
+    /// <summary>What a request samples with where it sets nothing (<c>cria serve</c>'s sampling flags): by default
+    /// OpenAI's (<see cref="OpenAiRequest.OpenAiDefaults"/>). Its seed is not used: a request without one gets a
+    /// random seed.</summary>
+    public SamplerOptions Sampling { get; init; } = OpenAiRequest.OpenAiDefaults;
     /// <summary>Test seam: loading waits for this task (to observe /health during loading).</summary>
     internal Task? LoadGate { get; init; }
 }
@@ -122,6 +126,8 @@ public sealed class CriaServer : IAsyncDisposable
         try
         {
             var model = LlamaModel.Open(_o.ModelPath);
+            try { _o.Sampling.Validate(model.Config.VocabSize); } // a default logit bias names tokens of this vocabulary
+            catch { model.Dispose(); throw; }
             int ctx = _o.ContextSize > 0 ? _o.ContextSize : Math.Min(8192, model.Config.ContextLength);
             var context = new InferenceContext(model, new ContextOptions
             {
@@ -176,6 +182,7 @@ public sealed class CriaServer : IAsyncDisposable
     /// <summary>Binds the socket, starts serving (/health answers 503 until the model is loaded) and returns.</summary>
     public static async Task<CriaServer> StartAsync(ServerOptions o, CancellationToken ct = default)
     {
+        o.Sampling.Validate();
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
         if (o.Verbose) builder.Logging.AddConsole();
@@ -495,7 +502,7 @@ public sealed class CriaServer : IAsyncDisposable
         var s = Ready();
         var o = await ReadBody(http);
         var tok = s.Model.Tokenizer;
-        var p = OpenAiRequest.Sampling(o, chat, tok);
+        var p = OpenAiRequest.Sampling(o, chat, tok, _o.Sampling);
         int[] prompt;
         Grammar? grammar = p.Grammar;
         Tools? tools = null;

@@ -96,21 +96,26 @@ public static class OpenAiRequest
 
     /// <summary>Reads the settings both generation endpoints share. Defaults follow OpenAI/vLLM (temperature 1, no
     /// top-k/top-p/min-p truncation, random seed).</summary>
-    public static OpenAiSampling Sampling(JsonElement o, bool chat, Tokenizer? tokenizer = null)
+    /// <summary>What a request that sets nothing samples with: OpenAI's and vLLM's defaults (temperature 1, no
+    /// top-k/top-p/min-p truncation, no penalties); <c>cria serve</c>'s sampling flags replace them.</summary>
+    public static readonly SamplerOptions OpenAiDefaults = new() { Temperature = 1f, TopK = 0, TopP = 1f, MinP = 0f };
+
+    public static OpenAiSampling Sampling(JsonElement o, bool chat, Tokenizer? tokenizer = null, SamplerOptions? defaults = null)
     {
+        var d = defaults ?? OpenAiDefaults;
         var model = String(o, "model");
         long? maxTokens = Integer(o, "max_completion_tokens", 0, int.MaxValue) ?? Integer(o, "max_tokens", 0, int.MaxValue);
         if (o.TryGetProperty("max_tokens", out var mt) && mt.ValueKind == JsonValueKind.Number && mt.TryGetInt64(out long neg) && neg < 0)
             throw new ApiException(400, "'max_tokens' must be ≥ 0", "max_tokens");
-        float temperature = (float)(Number(o, "temperature", 0, 2) ?? 1.0);
-        float topP = (float)(Number(o, "top_p", 0, 1) ?? 1.0);
+        float temperature = (float)(Number(o, "temperature", 0, 2) ?? d.Temperature);
+        float topP = (float)(Number(o, "top_p", 0, 1) ?? d.TopP);
         if (topP <= 0) throw new ApiException(400, "'top_p' must be in (0, 1]", "top_p");
-        long topK = Integer(o, "top_k", -1, int.MaxValue) ?? 0;
-        float minP = (float)(Number(o, "min_p", 0, 1) ?? 0);
-        float freq = (float)(Number(o, "frequency_penalty", -2, 2) ?? 0);
-        float pres = (float)(Number(o, "presence_penalty", -2, 2) ?? 0);
+        long topK = Integer(o, "top_k", -1, int.MaxValue) ?? d.TopK;
+        float minP = (float)(Number(o, "min_p", 0, 1) ?? d.MinP);
+        float freq = (float)(Number(o, "frequency_penalty", -2, 2) ?? d.FrequencyPenalty);
+        float pres = (float)(Number(o, "presence_penalty", -2, 2) ?? d.PresencePenalty);
         // vLLM's name, and llama.cpp's
-        float rep = (float)(Number(o, "repetition_penalty", 0.01, 10) ?? Number(o, "repeat_penalty", 0.01, 10) ?? 1);
+        float rep = (float)(Number(o, "repetition_penalty", 0.01, 10) ?? Number(o, "repeat_penalty", 0.01, 10) ?? d.RepeatPenalty);
         long? seed = Integer(o, "seed", long.MinValue, long.MaxValue);
         int n = (int)(Integer(o, "n", 1, MaxN) ?? 1);
         bool stream = Bool(o, "stream") ?? false;
@@ -186,12 +191,12 @@ public static class OpenAiRequest
         {
             Model = model,
             MaxTokens = (int?)maxTokens,
-            Sampler = new SamplerOptions
+            Sampler = (d with
             {
                 Temperature = temperature, TopP = topP, TopK = (int)Math.Max(0, topK), MinP = minP,
                 FrequencyPenalty = freq, PresencePenalty = pres, RepeatPenalty = rep,
                 Seed = seed.HasValue ? unchecked((ulong)seed.Value) : (ulong)Random.Shared.NextInt64(),
-            }.LlamaCppSampling(o, tokenizer),
+            }).LlamaCppSampling(o, tokenizer),
             SeedGiven = seed.HasValue,
             Stop = stop, N = n, BestOf = bestOf, Stream = stream, IncludeUsage = includeUsage, TopLogprobs = topLogprobs, IgnoreEos = ignoreEos,
             JsonObject = jsonObject, Grammar = grammar,

@@ -135,3 +135,47 @@ public class SamplerServerTests(ServerFixture f) : IClassFixture<ServerFixture>
         Assert.True(e.SpecDraftTokensTotal > drafted, "DRY is deterministic: it drafts");
     }
 }
+
+/// <summary><c>cria serve</c>'s sampling flags: what a request samples with where it sets nothing.</summary>
+public class ServerSamplingDefaultsTests
+{
+    [Fact]
+    public async Task A_request_that_sets_nothing_samples_with_the_servers_defaults()
+    {
+        // mirostat 2 with τ = η = 0 by default: a request at temperature 1 gives the greedy text, unless it turns
+        // mirostat off itself
+        await using var server = await Cria.Server.CriaServer.StartAsync(new Cria.Server.ServerOptions
+        {
+            ModelPath = EngineTests.ModelPath(), Port = 0, ContextSize = 512, Threads = 2,
+            Sampling = Cria.Server.OpenAiRequest.OpenAiDefaults with { Mirostat = 2, MirostatTau = 0, MirostatEta = 0 },
+        });
+        await server.Loaded;
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+        async Task<string> Text(string extra)
+        {
+            using var r = await http.PostAsync("/v1/completions", new StringContent($$"""{"prompt":"the little girl","max_tokens":8,"ignore_eos":true{{extra}}}""", System.Text.Encoding.UTF8, "application/json"));
+            var j = JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement;
+            Assert.True(r.IsSuccessStatusCode, j.ToString());
+            return j.GetProperty("choices")[0].GetProperty("text").GetString()!;
+        }
+        string greedy = await Text(""","temperature":0""");
+        Assert.Equal(greedy, await Text(""","seed":4"""));
+        Assert.NotEqual(greedy, await Text(""","seed":4,"mirostat":0,"temperature":1.5"""));
+    }
+
+    [Fact]
+    public async Task Bad_defaults_fail_the_start_or_the_load()
+    {
+        var bad = new Cria.Server.ServerOptions { ModelPath = EngineTests.ModelPath(), Port = 0, Sampling = new SamplerOptions { Mirostat = 5 } };
+        await Assert.ThrowsAsync<CriaException>(() => Cria.Server.CriaServer.StartAsync(bad));
+        // a default logit bias outside the vocabulary: the load fails, and /health says so
+        await using var server = await Cria.Server.CriaServer.StartAsync(new Cria.Server.ServerOptions
+        {
+            ModelPath = EngineTests.ModelPath(), Port = 0, ContextSize = 256, Threads = 2,
+            Sampling = Cria.Server.OpenAiRequest.OpenAiDefaults with { LogitBias = new Dictionary<int, float> { [99_999_999] = 1f } },
+        });
+        await Assert.ThrowsAnyAsync<Exception>(() => server.Loaded);
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, (await http.GetAsync("/health")).StatusCode);
+    }
+}
