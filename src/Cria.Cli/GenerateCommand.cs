@@ -13,17 +13,9 @@ static class GenerateCommand
         var prompt = new Option<string>("--prompt", "-p") { Description = "prompt text", DefaultValueFactory = _ => "Once upon a time" };
         var file = new Option<string?>("--file", "-f") { Description = "read the prompt from this file (instead of -p)" };
         var n = new Option<int>("--n-predict", "-n") { Description = "number of tokens to generate", DefaultValueFactory = _ => 128 };
-        var temp = new Option<float>("--temp") { Description = "temperature (0 = greedy)", DefaultValueFactory = _ => 0.8f };
         var seed = new Option<ulong?>("--seed", "-s") { Description = "RNG seed (default: random)" };
         var threads = new Option<int>("--threads", "-t") { Description = "worker threads (default: all cores)" };
         var ctx = new Option<int>("--ctx-size", "-c") { Description = "context size in tokens (default: 4096 or the model's, whichever is smaller)" };
-        var topK = new Option<int>("--top-k") { Description = "top-k (0 = off)", DefaultValueFactory = _ => 40 };
-        var topP = new Option<float>("--top-p") { Description = "top-p (1 = off)", DefaultValueFactory = _ => 0.95f };
-        var minP = new Option<float>("--min-p") { Description = "min-p (0 = off)", DefaultValueFactory = _ => 0.05f };
-        var repeat = new Option<float>("--repeat-penalty") { Description = "repetition penalty (1 = off)", DefaultValueFactory = _ => 1.0f };
-        var lastN = new Option<int>("--repeat-last-n") { Description = "tokens the penalties look back over", DefaultValueFactory = _ => 64 };
-        var freq = new Option<float>("--frequency-penalty") { Description = "frequency penalty" };
-        var pres = new Option<float>("--presence-penalty") { Description = "presence penalty" };
         var special = new Option<bool>("--special") { Description = "parse special-token text in the prompt" };
         var draftModel = new Option<string?>("--model-draft", "-md") { Description = "speculative decoding with this draft model (same tokenizer)" };
         var lookup = new Option<bool>("--lookup") { Description = "speculative decoding with prompt-lookup drafts (n-grams of the prompt and output; no draft model)" };
@@ -38,13 +30,13 @@ static class GenerateCommand
         var jsonSchemaFile = new Option<string?>("--json-schema-file") { Description = "--json-schema read from a file" };
         var cmd = new Command("generate", "generate text from a prompt (streams as it goes)")
         {
-            model, prompt, file, n, temp, seed, threads, ctx, topK, topP, minP, repeat, lastN, freq, pres, special, draftModel, lookup, draftMax, draftPMin, ngram, draftFixed, clamp,
+            model, prompt, file, n, seed, threads, ctx, special, draftModel, lookup, draftMax, draftPMin, ngram, draftFixed, clamp,
             grammar, grammarFile, jsonSchema, jsonSchemaFile,
         };
         var kv = new KvCliOptions();
         var lora = new LoraCliOptions();
         var rapid = new RapidCliOptions();
-        var samplers = new SamplerCliOptions();
+        var samplers = new SamplerCliOptions(new SamplerOptions(), ""); // llama.cpp's defaults
         samplers.AddTo(cmd);
         lora.AddTo(cmd);
         kv.AddTo(cmd);
@@ -64,15 +56,7 @@ static class GenerateCommand
                 ContextSize = ctxSize, Threads = r.GetValue(threads), Loras = LoraCliOptions.Load(lora.Adapters(r), m),
                 NeuronClamps = (r.GetValue(clamp) ?? []).Select(Interpretability.NeuronClamp.Parse).ToArray(),
             }));
-            SamplerOptions sampler = new()
-            {
-                Temperature = r.GetValue(temp),
-                Seed = r.GetValue(seed) ?? (ulong)Random.Shared.NextInt64(),
-                TopK = r.GetValue(topK), TopP = r.GetValue(topP), MinP = r.GetValue(minP),
-                RepeatPenalty = r.GetValue(repeat), PenaltyLastN = r.GetValue(lastN),
-                FrequencyPenalty = r.GetValue(freq), PresencePenalty = r.GetValue(pres),
-            };
-            sampler = samplers.Apply(r, sampler);
+            var sampler = samplers.Read(r) with { Seed = r.GetValue(seed) ?? (ulong)Random.Shared.NextInt64() };
             var gen = new Generator(context, m.Tokenizer) { BeaconRatio = kv.BeaconRatio(r, m.Config) };
             if (m.Config.HasBeacons) Console.Error.WriteLine(KvCliOptions.DescribeBeacons(m.Config, gen.BeaconRatio));
             var draftPath = r.GetValue(draftModel);

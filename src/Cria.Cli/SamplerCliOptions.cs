@@ -5,12 +5,22 @@ using Cria.Inference;
 namespace Cria.Cli;
 
 /// <summary>
-/// The samplers beyond top-k/top-p/min-p/temperature, with llama-cli's option names: <c>--typical</c>,
-/// <c>--top-nsigma</c>, <c>--xtc-probability/--xtc-threshold</c>, <c>--dry-*</c>, <c>--dynatemp-range/--dynatemp-exp</c>,
-/// <c>--mirostat/--mirostat-lr/--mirostat-ent</c>, <c>--min-keep</c> and <c>--logit-bias/-l TOKEN(+|-)BIAS</c>.
+/// The sampler chain's options, with llama-cli's names, shared by generate and serve (each with its own defaults:
+/// llama.cpp's for generate, OpenAI's for serve): <c>--temp</c>, <c>--top-k</c>, <c>--top-p</c>, <c>--min-p</c>, the
+/// penalties, <c>--typical</c>, <c>--top-nsigma</c>, <c>--xtc-probability/--xtc-threshold</c>, <c>--dry-*</c>,
+/// <c>--dynatemp-range/--dynatemp-exp</c>, <c>--mirostat/--mirostat-lr/--mirostat-ent</c>, <c>--min-keep</c> and
+/// <c>--logit-bias/-l TOKEN(+|-)BIAS</c>.
 /// </summary>
-sealed class SamplerCliOptions
+sealed class SamplerCliOptions(SamplerOptions defaults, string what)
 {
+    readonly Option<float> _temp = new("--temp") { Description = $"{what}temperature (0 = greedy)", DefaultValueFactory = _ => defaults.Temperature };
+    readonly Option<int> _topK = new("--top-k") { Description = $"{what}top-k (0 = off)", DefaultValueFactory = _ => defaults.TopK };
+    readonly Option<float> _topP = new("--top-p") { Description = $"{what}top-p (1 = off)", DefaultValueFactory = _ => defaults.TopP };
+    readonly Option<float> _minP = new("--min-p") { Description = $"{what}min-p (0 = off)", DefaultValueFactory = _ => defaults.MinP };
+    readonly Option<float> _repeat = new("--repeat-penalty") { Description = $"{what}repetition penalty (1 = off)", DefaultValueFactory = _ => defaults.RepeatPenalty };
+    readonly Option<int> _lastN = new("--repeat-last-n") { Description = "tokens the penalties look back over", DefaultValueFactory = _ => defaults.PenaltyLastN };
+    readonly Option<float> _freq = new("--frequency-penalty") { Description = $"{what}frequency penalty" };
+    readonly Option<float> _pres = new("--presence-penalty") { Description = $"{what}presence penalty" };
     readonly Option<float> _typical = new("--typical") { Description = "locally typical sampling, p (1 = off)", DefaultValueFactory = _ => 1f };
     readonly Option<float> _topNSigma = new("--top-nsigma") { Description = "top-nσ: keep logits within n standard deviations of the largest (≤ 0 = off)", DefaultValueFactory = _ => -1f };
     readonly Option<float> _xtcP = new("--xtc-probability") { Description = "XTC: chance per token of removing the top choices (0 = off)" };
@@ -30,15 +40,19 @@ sealed class SamplerCliOptions
 
     public void AddTo(Command cmd)
     {
-        foreach (var o in new Option[] { _typical, _topNSigma, _xtcP, _xtcT, _dryMult, _dryBase, _dryAllowed, _dryLastN, _dryBreakers, _dynRange, _dynExp, _mirostat, _mirostatEta, _mirostatTau, _minKeep, _logitBias })
+        foreach (var o in new Option[] { _temp, _topK, _topP, _minP, _repeat, _lastN, _freq, _pres, _typical, _topNSigma, _xtcP, _xtcT, _dryMult, _dryBase, _dryAllowed, _dryLastN, _dryBreakers, _dynRange, _dynExp, _mirostat, _mirostatEta, _mirostatTau, _minKeep, _logitBias })
             cmd.Options.Add(o);
     }
 
-    public SamplerOptions Apply(ParseResult r, SamplerOptions s)
+    /// <summary>The options given (and the defaults for the rest), validated; the seed is the caller's.</summary>
+    public SamplerOptions Read(ParseResult r)
     {
         var breakers = r.GetValue(_dryBreakers);
-        s = s with
+        var s = defaults with
         {
+            Temperature = r.GetValue(_temp), TopK = r.GetValue(_topK), TopP = r.GetValue(_topP), MinP = r.GetValue(_minP),
+            RepeatPenalty = r.GetValue(_repeat), PenaltyLastN = r.GetValue(_lastN),
+            FrequencyPenalty = r.GetValue(_freq), PresencePenalty = r.GetValue(_pres),
             TypicalP = r.GetValue(_typical), TopNSigma = r.GetValue(_topNSigma),
             XtcProbability = r.GetValue(_xtcP), XtcThreshold = r.GetValue(_xtcT),
             DryMultiplier = r.GetValue(_dryMult), DryBase = r.GetValue(_dryBase), DryAllowedLength = r.GetValue(_dryAllowed), DryPenaltyLastN = r.GetValue(_dryLastN),

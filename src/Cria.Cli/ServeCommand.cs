@@ -23,15 +23,6 @@ static class ServeCommand
         var noPrefix = new Option<bool>("--no-prefix-cache") { Description = "do not share KV blocks of common prompt prefixes" };
         var maxWaiting = new Option<int>("--max-waiting") { Description = "queued requests before answering 429", DefaultValueFactory = _ => 256 };
         var verbose = new Option<bool>("--verbose", "-v") { Description = "log requests" };
-        // what a request samples with where it sets nothing (default: OpenAI's — temperature 1, no truncation)
-        var temp = new Option<float>("--temp") { Description = "default temperature of requests", DefaultValueFactory = _ => 1f };
-        var topK = new Option<int>("--top-k") { Description = "default top-k of requests (0 = off)" };
-        var topP = new Option<float>("--top-p") { Description = "default top-p of requests (1 = off)", DefaultValueFactory = _ => 1f };
-        var minP = new Option<float>("--min-p") { Description = "default min-p of requests (0 = off)" };
-        var repeat = new Option<float>("--repeat-penalty") { Description = "default repetition penalty of requests (1 = off)", DefaultValueFactory = _ => 1f };
-        var lastN = new Option<int>("--repeat-last-n") { Description = "tokens the penalties look back over", DefaultValueFactory = _ => 64 };
-        var freq = new Option<float>("--frequency-penalty") { Description = "default frequency penalty of requests" };
-        var pres = new Option<float>("--presence-penalty") { Description = "default presence penalty of requests" };
         var lookup = new Option<bool>("--lookup") { Description = "speculative decoding with prompt-lookup drafts (n-grams of each request's prompt and output)" };
         var draftModel = new Option<string?>("--model-draft", "-md") { Description = "speculative decoding with this draft model (same tokenizer): each request drafts with it" };
         var draftMax = new Option<int>("--draft-max") { Description = "most tokens drafted per request and step (default 10 with --lookup, 8 with a draft model)" };
@@ -48,9 +39,9 @@ static class ServeCommand
         {
             model, host, port, apiKey, apiKeyFile, ctx, threads, budget, maxSeqs, noChunk, noPrefix, maxWaiting, verbose,
             lookup, draftModel, draftMax, draftPMin, ngram, draftFixed, draftRows, selfEval, selfEvalCtx, clfAdapter, clfHead, clfCtx,
-            temp, topK, topP, minP, repeat, lastN, freq, pres,
         };
-        var samplers = new SamplerCliOptions();
+        // what a request samples with where it sets nothing: OpenAI's defaults (temperature 1, no truncation)
+        var samplers = new SamplerCliOptions(Cria.Server.OpenAiRequest.OpenAiDefaults, "requests' default ");
         samplers.AddTo(cmd);
         var kv = new KvCliOptions();
         kv.AddTo(cmd);
@@ -71,12 +62,7 @@ static class ServeCommand
                 Kv = kv.Format(r), Eviction = kv.Eviction(r), Rope = kv.Rope(r), Loras = lora.Adapters(r),
                 SelfEvalAdapter = r.GetValue(selfEval), SelfEvalContext = r.GetValue(selfEvalCtx),
                 ClassifierAdapter = r.GetValue(clfAdapter), ClassifierHead = r.GetValue(clfHead), ClassifierContext = r.GetValue(clfCtx),
-                Sampling = samplers.Apply(r, new SamplerOptions
-                {
-                    Temperature = r.GetValue(temp), TopK = r.GetValue(topK), TopP = r.GetValue(topP), MinP = r.GetValue(minP),
-                    RepeatPenalty = r.GetValue(repeat), PenaltyLastN = r.GetValue(lastN),
-                    FrequencyPenalty = r.GetValue(freq), PresencePenalty = r.GetValue(pres),
-                }),
+                Sampling = samplers.Read(r),
                 Engine = new EngineOptions
                 {
                     MaxWaiting = r.GetValue(maxWaiting),
