@@ -128,9 +128,13 @@ public sealed class Sampler
     readonly float[] _logits;       // [vocab] working copy
     readonly int[] _ids;            // [vocab] candidate ids, _ids[0..n)
     readonly float[] _p;            // [vocab] candidate probabilities, _p[i] for _ids[i]
-    readonly float[] _keys;         // [vocab] sort keys (negated logits; typical's scores)
-    readonly int[] _order;          // [vocab] typical's candidate order; the radix sort's second id buffer
-    readonly uint[] _radixKeys;     // [vocab] the radix sort's second key buffer
+    // Scratch, [vocab] each, allocated on first need (the default chain and temperature alone need at most one):
+    float[]? _keys;                 // the radix sort's keys (as uint); typical's scores
+    int[]? _order;                  // typical's candidate order; the radix sort's second id buffer
+    uint[]? _radixKeys;             // the radix sort's second key buffer; the draw search's bucket members
+    float[] Keys => _keys ??= new float[_vocab];
+    int[] OrderBuffer => _order ??= new int[_vocab];
+    uint[] RadixKeys => _radixKeys ??= new uint[_vocab];
     readonly int[] _recent;         // ring buffer of the last PenaltyLastN accepted tokens
     readonly int[] _counts;         // [vocab] occurrences within the ring
     int _recentCount, _recentHead;
@@ -140,7 +144,8 @@ public sealed class Sampler
     float _mu;                      // mirostat's target surprise bound, starts at 2τ
     int _lastN;                     // candidates of the last distribution (mirostat's update reads them)
     bool _sorted;                   // whether they are sorted (most likely first)
-    bool _identity;                 // whether they are the whole vocabulary in id order (_ids[i] = i)
+    bool _identity;                 // whether they are the whole vocabulary in id order (then _ids is not written)
+    float _wholeMin, _wholeMax;     // with _identity: the least finite and the largest logit
     ulong _s0, _s1, _s2, _s3;       // xoshiro256** state
 
     public SamplerOptions Options => _o;
@@ -153,7 +158,6 @@ public sealed class Sampler
         _o.Validate(vocabSize);
         _vocab = vocabSize;
         _logits = new float[vocabSize]; _ids = new int[vocabSize]; _p = new float[vocabSize];
-        _keys = new float[vocabSize]; _order = new int[vocabSize]; _radixKeys = new uint[vocabSize];
         _recent = new int[Math.Max(1, _o.PenaltyLastN)];
         _counts = new int[vocabSize];
         _biasIds = _o.LogitBias?.Keys.ToArray() ?? [];
@@ -210,7 +214,7 @@ public sealed class Sampler
         if (!_sorted) pick = PickInSortedOrder(n, r);
         else for (int i = 0; i < n; i++) { acc += _p[i]; if (r < acc) { pick = i; break; } }
         if (_o.Mirostat != 0) Learn(_p[pick]);
-        return _ids[pick];
+        return _identity ? pick : _ids[pick];
     }
 
     /// <summary>
@@ -235,6 +239,7 @@ public sealed class Sampler
     {
         if (probs.Length != _vocab) throw new ArgumentException($"expected {_vocab} probabilities, got {probs.Length}");
         int n = Candidates(logits);
+        if (_identity) { _p.AsSpan(0, n).CopyTo(probs); return; }
         probs.Clear();
         for (int i = 0; i < n; i++) probs[_ids[i]] = _p[i];
     }
@@ -278,6 +283,7 @@ public sealed class Sampler
         var l = _logits.AsSpan();
         logits.CopyTo(l);
         ApplyLogitChanges(l);
+        _identity = false;
         if (_o.Temperature <= 0) { _ids[0] = ArgMax(l); _p[0] = 1f; _sorted = true; return _lastN = 1; }
 
         if (_o.Mirostat != 0) return _lastN = MirostatCandidates();
@@ -302,16 +308,16 @@ public sealed class Sampler
             if (dense) n = MinPDense(l, ref dense);
             else n = MinP(l, n, sorted);
         }
-        bool identity = dense && !(_o.XtcProbability > 0f); // no filter ran: _ids[i] = i for the whole vocabulary
-        Materialize(ref dense, n);
-        if (_o.XtcProbability > 0f) n = Xtc(n, sorted);
-        if (identity && !(_o.DynatempRange > 0f))
+        if (dense && !(_o.XtcProbability > 0f) && !(_o.DynatempRange > 0f))
         {
+            // No filter ran: the whole vocabulary in id order, _ids left unwritten; a draw searches it in walk order.
             SoftmaxWhole(_o.Temperature);
-            _sorted = false; // left in id order: a draw searches them in walk order
+            _sorted = false;
             _identity = true;
             return _lastN = n;
         }
+        Materialize(ref dense, n);
+        if (_o.XtcProbability > 0f) n = Xtc(n, sorted);
         Order(n, sorted);
         if (_o.DynatempRange > 0f) return _lastN = DynamicTemperature(n);
         Softmax(n, _o.Temperature);
@@ -342,7 +348,7 @@ public sealed class Sampler
         var l = _logits;
         var p = _p;
         float max = float.NegativeInfinity, min = float.PositiveInfinity;
-        if (_identity) (min, max) = FiniteRange(l.AsSpan(0, n)); // the whole vocabulary in id order: read it directly
+        if (_identity) (min, max) = (_wholeMin, _wholeMax); // the whole vocabulary in id order: read it directly
         else
             for (int i = 0; i < n; i++)
             {
@@ -367,7 +373,7 @@ public sealed class Sampler
             acc += mass[b];
         }
         if (chosen < 0) { chosen = last; acc -= mass[last]; } // r past the total: the last nonempty bucket
-        var members = MemoryMarshal.Cast<uint, int>(_radixKeys.AsSpan(0, n));
+        var members = MemoryMarshal.Cast<uint, int>(RadixKeys.AsSpan(0, n));
         int count = 0;
         if (_identity) { for (int i = 0; i < n; i++) if (Bucket(l[i]) == chosen) members[count++] = i; }
         else for (int i = 0; i < n; i++) if (Bucket(l[_ids[i]]) == chosen) members[count++] = i;
@@ -380,8 +386,9 @@ public sealed class Sampler
     /// <summary>Whether candidate a comes after candidate b in walk order (larger logit first, then lower id).</summary>
     bool After(int a, int b)
     {
-        float la = _logits[_ids[a]], lb = _logits[_ids[b]];
-        return la < lb || (la == lb && _ids[a] > _ids[b]);
+        int ia = _identity ? a : _ids[a], ib = _identity ? b : _ids[b];
+        float la = _logits[ia], lb = _logits[ib];
+        return la < lb || (la == lb && ia > ib);
     }
 
     /// <summary>Candidates (indexes into _ids) into walk order: insertion sort when few, else heapsort (no allocation).</summary>
@@ -461,7 +468,7 @@ public sealed class Sampler
     /// <summary>Min-p over the whole vocabulary, reading the logits directly (the unsorted path of <see cref="MinP"/>).</summary>
     int MinPDense(ReadOnlySpan<float> l, ref bool dense)
     {
-        float cut = Max(l) + MathF.Log(_o.MinP);
+        float cut = FiniteRange(l).Max + MathF.Log(_o.MinP);
         // the ids at or above the cut, eight logits at a time skipped when none is (the usual case)
         int kept = 0, i = 0;
         ref float l0 = ref MemoryMarshal.GetReference(l);
@@ -476,7 +483,8 @@ public sealed class Sampler
         return kept;
     }
 
-    /// <summary>The smallest finite-or-+∞ (−∞ skipped) and the largest of the logits, eight at a time.</summary>
+    /// <summary>The least finite logit (+∞ if none) and the largest (−∞ if all are), eight at a time; NaN logits are not
+    /// expected.</summary>
     static (float Min, float Max) FiniteRange(ReadOnlySpan<float> l)
     {
         var lo = Vector256.Create(float.PositiveInfinity);
@@ -498,19 +506,6 @@ public sealed class Sampler
             if (l[i] > float.NegativeInfinity) min = Math.Min(min, l[i]);
         }
         return (min, max);
-    }
-
-    /// <summary>The largest of the logits, eight at a time (−∞ if all are; NaN logits are not expected).</summary>
-    static float Max(ReadOnlySpan<float> l)
-    {
-        var m = Vector256.Create(float.NegativeInfinity);
-        int i = 0;
-        ref float l0 = ref MemoryMarshal.GetReference(l);
-        for (; i + 8 <= l.Length; i += 8) m = Vector256.Max(m, Vector256.LoadUnsafe(ref l0, (nuint)i));
-        float max = float.NegativeInfinity;
-        for (int j = 0; j < 8; j++) max = Math.Max(max, m[j]);
-        for (; i < l.Length; i++) max = Math.Max(max, l[i]);
-        return max;
     }
 
     /// <summary>
@@ -628,8 +623,8 @@ public sealed class Sampler
         Softmax(n, 1f);
         float entropy = 0;
         for (int i = 0; i < n; i++) if (_p[i] > 0) entropy += -_p[i] * MathF.Log(_p[i]);
-        var scores = _keys.AsSpan(0, n);
-        var order = _order.AsSpan(0, n);
+        var scores = Keys.AsSpan(0, n);
+        var order = OrderBuffer.AsSpan(0, n);
         for (int i = 0; i < n; i++) { scores[i] = MathF.Abs(-MathF.Log(_p[i]) - entropy); order[i] = i; }
         scores.Sort(order);
         float cum = 0;
@@ -801,14 +796,14 @@ public sealed class Sampler
     /// <summary>
     /// Sorts _ids[0..n) by logit, largest first, with an LSD radix sort on the logits' bits made order-preserving
     /// (four passes of 8 bits; a pass in which every key has the same digit is skipped). Stable: equal logits keep
-    /// their order. On a 4 096-token vocabulary it is ~4× faster than a comparison sort.
+    /// their order.
     /// </summary>
     void RadixSortDescending(int n)
     {
-        var keys = MemoryMarshal.Cast<float, uint>(_keys.AsSpan(0, n));
-        var keys2 = _radixKeys.AsSpan(0, n);
+        var keys = MemoryMarshal.Cast<float, uint>(Keys.AsSpan(0, n));
+        var keys2 = RadixKeys.AsSpan(0, n);
         var ids = _ids.AsSpan(0, n);
-        var ids2 = _order.AsSpan(0, n);
+        var ids2 = OrderBuffer.AsSpan(0, n);
         for (int i = 0; i < n; i++) keys[i] = DescendingKey(_logits[ids[i]]);
         Span<int> offsets = stackalloc int[256];
         bool swapped = false;
@@ -832,7 +827,7 @@ public sealed class Sampler
         if (swapped) ids.CopyTo(_ids);
     }
 
-    /// <summary>_p[0..n) = softmax of the candidates' logits at a temperature (the first candidate has the largest).</summary>
+    /// <summary>_p[0..n) = softmax of the candidates' logits at a temperature.</summary>
     void Softmax(int n, float temperature)
     {
         var l = _logits;
@@ -850,21 +845,10 @@ public sealed class Sampler
     void SoftmaxWhole(float temperature)
     {
         var p = _p.AsSpan(0, _vocab);
-        float max = Max(_logits) / temperature;
-        Scale(_logits, p, 1f / temperature);
-        float sum = Kernels.AttentionJob.ExpSubtractSum(p, max);
-        Scale(p, p, 1f / sum);
-    }
-
-    /// <summary>y = a·x, eight at a time.</summary>
-    static void Scale(ReadOnlySpan<float> x, Span<float> y, float a)
-    {
-        int i = 0;
-        ref float x0 = ref MemoryMarshal.GetReference(x);
-        ref float y0 = ref MemoryMarshal.GetReference(y);
-        var va = Vector256.Create(a);
-        for (; i + 8 <= y.Length; i += 8) (Vector256.LoadUnsafe(ref x0, (nuint)i) * va).StoreUnsafe(ref y0, (nuint)i);
-        for (; i < y.Length; i++) y[i] = x[i] * a;
+        (_wholeMin, _wholeMax) = FiniteRange(_logits); // the draw search's bucket range too
+        Kernels.Ops.Scale(_logits, 1f / temperature, p);
+        float sum = Kernels.AttentionJob.ExpSubtractSum(p, _wholeMax / temperature);
+        Kernels.Ops.Scale(p, 1f / sum, p);
     }
 
     static ulong SplitMix(ref ulong x)
