@@ -111,11 +111,8 @@ public static class OpenAiRequest
         float topP = (float)(Number(o, "top_p", 0, 1) ?? d.TopP);
         if (topP <= 0) throw new ApiException(400, "'top_p' must be in (0, 1]", "top_p");
         long topK = Integer(o, "top_k", -1, int.MaxValue) ?? d.TopK;
-        float minP = (float)(Number(o, "min_p", 0, 1) ?? d.MinP);
         float freq = (float)(Number(o, "frequency_penalty", -2, 2) ?? d.FrequencyPenalty);
         float pres = (float)(Number(o, "presence_penalty", -2, 2) ?? d.PresencePenalty);
-        // vLLM's name, and llama.cpp's
-        float rep = (float)(Number(o, "repetition_penalty", 0.01, 10) ?? Number(o, "repeat_penalty", 0.01, 10) ?? d.RepeatPenalty);
         long? seed = Integer(o, "seed", long.MinValue, long.MaxValue);
         int n = (int)(Integer(o, "n", 1, MaxN) ?? 1);
         bool stream = Bool(o, "stream") ?? false;
@@ -193,8 +190,8 @@ public static class OpenAiRequest
             MaxTokens = (int?)maxTokens,
             Sampler = (d with
             {
-                Temperature = temperature, TopP = topP, TopK = (int)Math.Max(0, topK), MinP = minP,
-                FrequencyPenalty = freq, PresencePenalty = pres, RepeatPenalty = rep,
+                Temperature = temperature, TopP = topP, TopK = (int)Math.Max(0, topK),
+                FrequencyPenalty = freq, PresencePenalty = pres,
                 Seed = seed.HasValue ? unchecked((ulong)seed.Value) : (ulong)Random.Shared.NextInt64(),
             }).LlamaCppSampling(o, tokenizer),
             SeedGiven = seed.HasValue,
@@ -207,7 +204,8 @@ public static class OpenAiRequest
 
     /// <summary>
     /// The sampling fields llama.cpp's server reads beyond OpenAI's, each as llama.cpp names it (min_p, typical_p,
-    /// top_n_sigma, xtc_*, dry_*, dynatemp_*, mirostat*, min_keep, repeat_penalty, repeat_last_n), and OpenAI's
+    /// top_n_sigma, xtc_*, dry_*, dynatemp_*, mirostat*, min_keep, repeat_penalty — or vLLM's repetition_penalty —,
+    /// repeat_last_n), and OpenAI's
     /// logit_bias, over <paramref name="s"/>: what a request body, or <c>ChatOptions.AdditionalProperties</c> in
     /// process, may add.
     /// </summary>
@@ -218,7 +216,7 @@ public static class OpenAiRequest
         s = s with
         {
             MinP = F("min_p", 0, 1, s.MinP),
-            RepeatPenalty = F("repeat_penalty", 0.01, 10, s.RepeatPenalty),
+            RepeatPenalty = F("repetition_penalty", 0.01, 10, F("repeat_penalty", 0.01, 10, s.RepeatPenalty)), // vLLM's name first, then llama.cpp's
             TypicalP = F("typical_p", 0, 1, s.TypicalP),
             TopNSigma = F("top_n_sigma", -1000, 1000, s.TopNSigma),
             XtcProbability = F("xtc_probability", 0, 1, s.XtcProbability),

@@ -510,12 +510,15 @@ static class PatternGrammar
                 int close = s.IndexOf('}', _i);
                 var m = close < 0 ? null : System.Text.RegularExpressions.Regex.Match(s[(_i + 1)..close], "^([0-9]+)(,([0-9]*))?$");
                 if (m == null || !m.Success) throw Error("a '{' that is not a repetition");
-                int lo = int.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture);
-                string hi = m.Groups[2].Success ? m.Groups[3].Value : m.Groups[1].Value;
-                if (lo > Grammar.MaxRepetition || (hi.Length > 0 && (hi.Length > 6 || int.Parse(hi, CultureInfo.InvariantCulture) > Grammar.MaxRepetition || int.Parse(hi, CultureInfo.InvariantCulture) < lo)))
+                // counts past the grammar's limit (long digit strings included) are refused before any arithmetic
+                static int Count(string digits) => digits.Length > 6 ? int.MaxValue : int.Parse(digits, CultureInfo.InvariantCulture);
+                int lo = Count(m.Groups[1].Value);
+                string hiText = m.Groups[2].Success ? m.Groups[3].Value : m.Groups[1].Value;
+                int hi = hiText.Length == 0 ? lo : Count(hiText);
+                if (lo > Grammar.MaxRepetition || hi > Grammar.MaxRepetition || hi < lo)
                     throw Error($"the repetition {{{s[(_i + 1)..close]}}}");
                 _i = close + 1;
-                q = "{" + lo + (m.Groups[2].Success ? "," + hi : "") + "}";
+                q = "{" + lo + (m.Groups[2].Success ? "," + hiText : "") + "}";
             }
             if (q.Length > 0 && !Done && (Peek is '?' or '+' or '*' or '{')) throw Error("a lazy, possessive or repeated quantifier");
             return q;

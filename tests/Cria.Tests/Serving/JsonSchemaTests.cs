@@ -278,6 +278,8 @@ public sealed class JsonSchemaTests(ITestOutputHelper output)
     [InlineData("[\"]", "quote, backslash or control")]
     [InlineData("[\\s]", "inside a class")]
     [InlineData("a{2,1}", "repetition")]
+    [InlineData("a{99999999999}", "repetition")]
+    [InlineData("a{1,99999999999}", "repetition")]
     [InlineData("^a^", "anchor")]
     [InlineData("(a", "unclosed group")]
     [InlineData("a)", "unmatched")]
