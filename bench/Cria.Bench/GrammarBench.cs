@@ -34,22 +34,7 @@ static class GrammarBench
 
     public static int Run(string[] args)
     {
-        string? model = null;
-        int steps = 60, rounds = 5;
-        for (int i = 0; i < args.Length; i++)
-        {
-            string a = args[i];
-            string Next() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{a} needs a value");
-            switch (a)
-            {
-                case "--model": model = Next(); break;
-                case "--steps": steps = int.Parse(Next()); break;
-                case "--rounds": rounds = int.Parse(Next()); break;
-                case "--hf-tokenizer": model = WithVocabulary(Next()); break;
-                default: throw new ArgumentException($"unknown option {a}");
-            }
-        }
-        if (model == null) throw new ArgumentException("--model FILE");
+        var (model, steps, rounds) = VocabularyArgs(args, steps: 60);
         using var m = LlamaModel.Open(model);
         var tok = m.Tokenizer;
         int V = tok.VocabSize;
@@ -98,6 +83,28 @@ static class GrammarBench
             Console.WriteLine($"{name,-22} {seq.Count,5} {allowed / (double)Math.Max(1, seq.Count),12:F0} {mc,13:F3} {ml,18:F3} {ml / mc,17:F2}");
         }
         return 0;
+    }
+
+    /// <summary>The options of the benches that run on one vocabulary (grammar, sampling): (--model FILE |
+    /// --hf-tokenizer DIR) [--steps N] [--rounds R].</summary>
+    internal static (string Model, int Steps, int Rounds) VocabularyArgs(string[] args, int steps)
+    {
+        string? model = null;
+        int rounds = 5;
+        for (int i = 0; i < args.Length; i++)
+        {
+            string a = args[i];
+            string Next() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{a} needs a value");
+            switch (a)
+            {
+                case "--model": model = Next(); break;
+                case "--steps": steps = int.Parse(Next()); break;
+                case "--rounds": rounds = int.Parse(Next()); break;
+                case "--hf-tokenizer": model = WithVocabulary(Next()); break;
+                default: throw new ArgumentException($"unknown option {a}");
+            }
+        }
+        return (model ?? throw new ArgumentException("--model FILE or --hf-tokenizer DIR"), steps, rounds);
     }
 
     /// <summary>A tiny random model (dim 64, one layer) with a Hugging Face tokenizer's vocabulary, in a temporary file.</summary>

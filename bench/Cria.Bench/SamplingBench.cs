@@ -37,22 +37,7 @@ static class SamplingBench
 
     public static int Run(string[] args)
     {
-        string? model = null;
-        int steps = 200, rounds = 5;
-        for (int i = 0; i < args.Length; i++)
-        {
-            string a = args[i];
-            string Next() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{a} needs a value");
-            switch (a)
-            {
-                case "--model": model = Next(); break;
-                case "--steps": steps = int.Parse(Next()); break;
-                case "--rounds": rounds = int.Parse(Next()); break;
-                case "--hf-tokenizer": model = GrammarBench.WithVocabulary(Next()); break;
-                default: throw new ArgumentException($"unknown option {a}");
-            }
-        }
-        if (model == null) throw new ArgumentException("--model FILE");
+        var (model, steps, rounds) = GrammarBench.VocabularyArgs(args, steps: 200);
         using var m = LlamaModel.Open(model);
         int V = m.Tokenizer.VocabSize;
         var vocabulary = new SamplerVocabulary(m.Tokenizer, 4096);
