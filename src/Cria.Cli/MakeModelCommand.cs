@@ -11,7 +11,7 @@ static class MakeModelCommand
     {
         var output = new Argument<string>("output") { Description = "GGUF file to write" };
         var preset = new Option<string>("--preset") { Description = "shape: tiny | small | tinyllama (1.1B: dim 2048, 22 layers, 32/4 heads, ffn 5632, vocab 32000) | mixtral-mini (1.5B, Mixtral's layout scaled down: dim 1024, 16 layers, 16/4 heads, 8 experts of ffn 3584, 2 per token, vocab 32000) | olmoe-mini (1.7B, OLMoE-1B-7B's routing scaled down: dim 1024, 16 layers, 16 heads, 64 experts of ffn 512, 8 per token)", DefaultValueFactory = _ => "tiny" };
-        var type = new Option<string>("--type") { Description = "weight type: q4_k_m q5_k_m (llama.cpp mixes) f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k q4_k q5_k q6_k", DefaultValueFactory = _ => "f32" };
+        var type = new Option<string>("--type") { Description = "weight type: q4_k_m q5_k_m (llama.cpp mixes) f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k q4_k q5_k q6_k iq4_nl iq4_xs", DefaultValueFactory = _ => "f32" };
         var seed = new Option<int>("--seed") { DefaultValueFactory = _ => 1234 };
         var experts = new Option<int>("--experts") { Description = "Mixtral-style mixture of experts: experts per layer (0 = dense; each expert has the preset's ffn size)" };
         var expertsUsed = new Option<int>("--experts-used") { Description = "experts each token is routed to", DefaultValueFactory = _ => 2 };
@@ -54,6 +54,7 @@ static class MakeModelCommand
         "f32" => GgmlType.F32, "f16" => GgmlType.F16, "bf16" => GgmlType.BF16, "q8_0" => GgmlType.Q8_0,
         "q4_0" => GgmlType.Q4_0, "q4_1" => GgmlType.Q4_1, "q5_0" => GgmlType.Q5_0, "q5_1" => GgmlType.Q5_1,
         "q2_k" => GgmlType.Q2_K, "q3_k" => GgmlType.Q3_K, "q4_k" => GgmlType.Q4_K, "q5_k" => GgmlType.Q5_K, "q6_k" => GgmlType.Q6_K,
+        "iq4_nl" => GgmlType.IQ4_NL, "iq4_xs" => GgmlType.IQ4_XS,
         _ => throw new CriaException($"unknown weight type '{s}'"),
     };
 }

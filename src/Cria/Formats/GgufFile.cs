@@ -119,7 +119,10 @@ public sealed unsafe class GgufFile : IDisposable
                 if (elements > _length * 8) throw r.Fail($"tensor '{name}' has {elements} elements, more than the file could hold");
                 uint rawType = r.U32();
                 var type = (GgmlType)rawType;
-                if (!GgmlTypeInfo.IsKnown(type)) throw r.Fail($"tensor '{name}' has unknown tensor type {rawType}");
+                if (!GgmlTypeInfo.IsKnown(type))
+                    throw r.Fail(Enum.IsDefined(type)
+                        ? $"tensor '{name}' has type {type} ({rawType}), which Cria does not read"
+                        : $"tensor '{name}' has unknown tensor type {rawType}");
                 int bs = GgmlTypeInfo.BlockSize(type);
                 long rowLen = nDims == 0 ? 1 : shape[0];
                 if (rowLen % bs != 0) throw r.Fail($"tensor '{name}' row length {rowLen} is not a multiple of the {type} block size {bs}");

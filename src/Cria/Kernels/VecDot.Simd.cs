@@ -40,6 +40,8 @@ public static partial class VecDot
                 case GgmlType.Q5_1: fixed (byte* x = &w) fixed (byte* y = &a) return DotLegacyAvx2<Q51Block>(x, y, n / 32);
                 case GgmlType.Q3_K: fixed (byte* x = &w) fixed (byte* y = &a) return DotQ3KAvx2(x, y, n / 256);
                 case GgmlType.Q2_K: fixed (byte* x = &w) fixed (byte* y = &a) return DotQ2KAvx2(x, y, n / 256);
+                case GgmlType.IQ4_NL: fixed (byte* x = &w) fixed (byte* y = &a) return DotIQ4NLAvx2(x, y, n / 32);
+                case GgmlType.IQ4_XS: fixed (byte* x = &w) fixed (byte* y = &a) return DotIQ4XSAvx2(x, y, n / 256);
             }
         }
         return DotScalar(weightType, weightRow, activationRow, n);
@@ -279,6 +281,57 @@ public static partial class VecDot
             if (T.Min != 0) summs += Fp16.ToSingle(*(ushort*)(x + T.Min)) * Fp16.ToSingle(*(ushort*)(y + 2));
         }
         return Vector256.Sum(acc) + summs;
+    }
+
+    /// <summary>The 16 IQ4 levels (<see cref="Dequantize.IQ4Levels"/>) in both 128-bit lanes: vpshufb with 4-bit indices
+    /// looks 32 of them up at once.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<sbyte> IQ4LevelTable() => Vector256.Create(
+        (sbyte)-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+        -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113);
+
+    /// <summary>
+    /// IQ4_NL (18 B: d | qs[16]) x Q8_0 (34 B: d | qs[32]), one row: each block's 32 indices (<see cref="Nibbles32"/>)
+    /// become levels by one table shuffle, multiplied with the activations by the sign trick (levels are never −128).
+    /// </summary>
+    private static unsafe float DotIQ4NLAvx2(byte* x0, byte* y0, int nb)
+    {
+        var table = IQ4LevelTable();
+        Vector256<float> acc = default;
+        for (int ib = 0; ib < nb; ib++)
+        {
+            byte* x = x0 + ib * 18, y = y0 + ib * 34;
+            var levels = Avx2.Shuffle(table, Nibbles32(x + 2).AsSByte());
+            var p = DotI8I8(levels, Vector256.Load((sbyte*)(y + 2)));
+            acc = Fma.MultiplyAdd(Vector256.ConvertToSingle(p), Vector256.Create(Fp16.ToSingle(*(ushort*)x) * Fp16.ToSingle(*(ushort*)y)), acc);
+        }
+        return Vector256.Sum(acc);
+    }
+
+    /// <summary>
+    /// IQ4_XS (136 B: d | scales_h | scales_l[4] | qs[128]) x Q8_K (292 B: d f32 | qs[256] | bsums), one row: each of
+    /// the eight sub-blocks as IQ4_NL, its integer dot times its 6-bit scale − 32 summed in int32 lanes (at most
+    /// 8 · 32 · 4 · 127² per lane), then one multiply–add by d·d8 per super-block.
+    /// </summary>
+    private static unsafe float DotIQ4XSAvx2(byte* x0, byte* y0, int nb)
+    {
+        var table = IQ4LevelTable();
+        Vector256<float> acc = default;
+        for (int ibl = 0; ibl < nb; ibl++)
+        {
+            byte* x = x0 + ibl * 136, y = y0 + ibl * 292;
+            int h = *(ushort*)(x + 2);
+            uint l = *(uint*)(x + 4);
+            Vector256<int> sumi = default;
+            for (int ib = 0; ib < 8; ib++)
+            {
+                int ls = (int)((l >> 4 * ib) & 0xF | (uint)((h >> 2 * ib) & 3) << 4) - 32;
+                var levels = Avx2.Shuffle(table, Nibbles32(x + 8 + 16 * ib).AsSByte());
+                sumi += DotI8I8(levels, Vector256.Load((sbyte*)(y + 4 + 32 * ib))) * Vector256.Create(ls);
+            }
+            acc = Fma.MultiplyAdd(Vector256.ConvertToSingle(sumi), Vector256.Create(Fp16.ToSingle(*(ushort*)x) * *(float*)y), acc);
+        }
+        return Vector256.Sum(acc);
     }
 
     // ------------------------------------------------------------------ K-quants x Q8_K (292 B: d f32 | qs[256] | bsums[16] i16)

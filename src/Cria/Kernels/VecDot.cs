@@ -17,7 +17,7 @@ public static partial class VecDot
     /// <summary>Whether rows of this type can be multiplied (the weight types <see cref="ActivationType"/> knows).</summary>
     public static bool HasDotProduct(GgmlType weightType) => weightType is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16
         or GgmlType.Q4_0 or GgmlType.Q5_0 or GgmlType.Q8_0 or GgmlType.Q4_1 or GgmlType.Q5_1
-        or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K;
+        or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.IQ4_NL or GgmlType.IQ4_XS;
 
     /// <summary>The type activations are quantized to before a dot with a row of <paramref name="weightType"/>.</summary>
     public static GgmlType ActivationType(GgmlType weightType) => weightType switch
@@ -25,9 +25,9 @@ public static partial class VecDot
         GgmlType.F32 => GgmlType.F32,
         GgmlType.F16 => GgmlType.F16,
         GgmlType.BF16 => GgmlType.BF16,
-        GgmlType.Q4_0 or GgmlType.Q5_0 or GgmlType.Q8_0 => GgmlType.Q8_0,
+        GgmlType.Q4_0 or GgmlType.Q5_0 or GgmlType.Q8_0 or GgmlType.IQ4_NL => GgmlType.Q8_0,
         GgmlType.Q4_1 or GgmlType.Q5_1 => GgmlType.Q8_1,
-        GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K => GgmlType.Q8_K,
+        GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.IQ4_XS => GgmlType.Q8_K,
         _ => throw new ArgumentException($"no dot product for weight type {weightType}", nameof(weightType)),
     };
 
@@ -67,6 +67,8 @@ public static partial class VecDot
             GgmlType.Q4_K => ScalarQ4_K(weightRow, activationRow, n),
             GgmlType.Q5_K => ScalarQ5_K(weightRow, activationRow, n),
             GgmlType.Q6_K => ScalarQ6_K(weightRow, activationRow, n),
+            GgmlType.IQ4_NL => ScalarIQ4_NL(weightRow, activationRow, n),
+            GgmlType.IQ4_XS => ScalarIQ4_XS(weightRow, activationRow, n),
             _ => throw new ArgumentException($"no dot product for weight type {weightType}", nameof(weightType)),
         };
     }
@@ -350,6 +352,52 @@ public static partial class VecDot
         }
         float sumf = 0;
         for (int l = 0; l < 8; l++) sumf += sums[l];
+        return sumf;
+    }
+
+    // IQ4_NL (d | qs[16]: element j the level of the low nibble, j+16 of the high one) x Q8_0 (ggml_vec_dot_iq4_nl_q8_0).
+    private static float ScalarIQ4_NL(ReadOnlySpan<byte> w, ReadOnlySpan<byte> a, int n)
+    {
+        ReadOnlySpan<sbyte> levels = Dequantize.IQ4Levels;
+        float sumf = 0;
+        for (int ib = 0; ib < n / 32; ib++)
+        {
+            ReadOnlySpan<byte> x = w.Slice(ib * 18, 18), y = a.Slice(ib * 34, 34);
+            float d = H(y, 0) * H(x, 0);
+            int sumi1 = 0, sumi2 = 0;
+            for (int j = 0; j < 16; j++)
+            {
+                sumi1 += (sbyte)y[2 + j] * levels[x[2 + j] & 0xF];
+                sumi2 += (sbyte)y[2 + 16 + j] * levels[x[2 + j] >> 4];
+            }
+            sumf += d * (sumi1 + sumi2);
+        }
+        return sumf;
+    }
+
+    // IQ4_XS (d | scales_h | scales_l[4] | qs[128]; sub-block ib as IQ4_NL with scale ls − 32) x Q8_K (d f32 | qs[256] | bsums)
+    // (ggml_vec_dot_iq4_xs_q8_K): per pair of sub-blocks, d·d8·(ls − 32)·Σ level·q8.
+    private static float ScalarIQ4_XS(ReadOnlySpan<byte> w, ReadOnlySpan<byte> a, int n)
+    {
+        ReadOnlySpan<sbyte> levels = Dequantize.IQ4Levels;
+        float sumf = 0;
+        for (int ibl = 0; ibl < n / 256; ibl++)
+        {
+            ReadOnlySpan<byte> x = w.Slice(ibl * 136, 136), y = a.Slice(ibl * 292, 292);
+            float d4d8 = H(x, 0) * BinaryPrimitives.ReadSingleLittleEndian(y);
+            for (int ib = 0; ib < 8; ib++)
+            {
+                float dl = d4d8 * Dequantize.IQ4XSScale(x, ib);
+                ReadOnlySpan<byte> qs = x.Slice(8 + 16 * ib, 16), q8 = y.Slice(4 + 32 * ib, 32);
+                int sumi1 = 0, sumi2 = 0;
+                for (int j = 0; j < 16; j++)
+                {
+                    sumi1 += (sbyte)q8[j] * levels[qs[j] & 0xF];
+                    sumi2 += (sbyte)q8[j + 16] * levels[qs[j] >> 4];
+                }
+                sumf += dl * (sumi1 + sumi2);
+            }
+        }
         return sumf;
     }
 }

@@ -249,6 +249,6 @@ public static class RandomModel
     {
         GgmlType.F32 => 0, GgmlType.F16 => 1, GgmlType.Q4_0 => 2, GgmlType.Q4_1 => 3, GgmlType.Q8_0 => 7,
         GgmlType.Q5_0 => 8, GgmlType.Q5_1 => 9, GgmlType.Q2_K => 10, GgmlType.Q3_K => 12, GgmlType.Q4_K => 15,
-        GgmlType.Q5_K => 17, GgmlType.Q6_K => 18, GgmlType.BF16 => 32, _ => 0,
+        GgmlType.Q5_K => 17, GgmlType.Q6_K => 18, GgmlType.IQ4_NL => 25, GgmlType.IQ4_XS => 30, GgmlType.BF16 => 32, _ => 0,
     };
 }

@@ -7,7 +7,7 @@ public enum LlamaFileType
 {
     F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q8_0 = 7, Q5_0 = 8, Q5_1 = 9,
     Q2_K = 10, Q3_K_S = 11, Q3_K_M = 12, Q3_K_L = 13, Q4_K_S = 14, Q4_K_M = 15, Q5_K_S = 16, Q5_K_M = 17, Q6_K = 18,
-    BF16 = 32,
+    IQ4_NL = 25, IQ4_XS = 30, BF16 = 32,
 }
 
 /// <summary>
@@ -48,6 +48,7 @@ public sealed class QuantMix
         LlamaFileType.Q4_K_S or LlamaFileType.Q4_K_M => GgmlType.Q4_K,
         LlamaFileType.Q5_K_S or LlamaFileType.Q5_K_M => GgmlType.Q5_K,
         LlamaFileType.Q6_K => GgmlType.Q6_K,
+        LlamaFileType.IQ4_NL => GgmlType.IQ4_NL, LlamaFileType.IQ4_XS => GgmlType.IQ4_XS,
         _ => throw new ArgumentOutOfRangeException(nameof(f), f, "unsupported file type"),
     };
 
@@ -60,7 +61,8 @@ public sealed class QuantMix
         "Q3_K_S" => LlamaFileType.Q3_K_S, "Q3_K" or "Q3_K_M" => LlamaFileType.Q3_K_M, "Q3_K_L" => LlamaFileType.Q3_K_L,
         "Q4_K_S" => LlamaFileType.Q4_K_S, "Q4_K" or "Q4_K_M" => LlamaFileType.Q4_K_M,
         "Q5_K_S" => LlamaFileType.Q5_K_S, "Q5_K" or "Q5_K_M" => LlamaFileType.Q5_K_M, "Q6_K" => LlamaFileType.Q6_K,
-        _ => throw new CriaException($"unknown quantization type '{s}' (q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k f16 bf16 f32)"),
+        "IQ4_NL" => LlamaFileType.IQ4_NL, "IQ4_XS" => LlamaFileType.IQ4_XS,
+        _ => throw new CriaException($"unknown quantization type '{s}' (q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k iq4_nl iq4_xs f16 bf16 f32)"),
     };
 
     /// <summary>Whether llama-quantize quantizes this tensor at all: 2-D and 3-D (stacked experts) weights, not norms,
@@ -105,6 +107,7 @@ public sealed class QuantMix
             if (ftype == LlamaFileType.Q2_K) t = _gqa >= 4 ? GgmlType.Q4_K : GgmlType.Q3_K;
             else if (ftype == LlamaFileType.Q3_K_M) t = _iAttentionWv < 2 ? GgmlType.Q5_K : GgmlType.Q4_K;
             else if (ftype == LlamaFileType.Q3_K_L) t = GgmlType.Q5_K;
+            else if (ftype is LlamaFileType.IQ4_NL or LlamaFileType.IQ4_XS && _gqa >= 4) t = GgmlType.Q5_K;
             else if ((ftype == LlamaFileType.Q4_K_M || ftype == LlamaFileType.Q5_K_M) && UseMoreBits(_iAttentionWv, _nAttentionWv)) t = GgmlType.Q6_K;
             else if (ftype == LlamaFileType.Q4_K_S && _iAttentionWv < 4) t = GgmlType.Q5_K;
             if (_is70B && (t == GgmlType.Q3_K || t == GgmlType.Q4_K)) t = GgmlType.Q5_K;
@@ -123,6 +126,7 @@ public sealed class QuantMix
             else if (ftype == LlamaFileType.Q3_K_M) t = iLayer < nLayer / 16 ? GgmlType.Q5_K : GgmlType.Q4_K; // arch != FALCON
             else if (ftype == LlamaFileType.Q3_K_L) t = GgmlType.Q5_K;
             else if (ftype == LlamaFileType.Q4_K_M) { if (UseMoreBits(iLayer, nLayer)) t = GgmlType.Q6_K; }
+            else if (iLayer < nLayer / 8 && ftype is LlamaFileType.IQ4_NL or LlamaFileType.IQ4_XS && !_hasImatrix) t = GgmlType.Q5_K;
             else if (ftype == LlamaFileType.Q5_K_M && UseMoreBits(iLayer, nLayer)) t = GgmlType.Q6_K;
             else if (ftype == LlamaFileType.Q4_K_S && iLayer < nLayer / 8) t = GgmlType.Q5_K;
             else if ((ftype == LlamaFileType.Q4_0 || ftype == LlamaFileType.Q5_0) && _hasImatrix && iLayer < nLayer / 8)
@@ -133,7 +137,8 @@ public sealed class QuantMix
         {
             if (_nExpert == 8)
             {
-                if (ftype is LlamaFileType.Q2_K or LlamaFileType.Q3_K_S or LlamaFileType.Q3_K_M or LlamaFileType.Q4_K_S or LlamaFileType.Q4_K_M)
+                if (ftype is LlamaFileType.Q2_K or LlamaFileType.Q3_K_S or LlamaFileType.Q3_K_M or LlamaFileType.Q4_K_S or LlamaFileType.Q4_K_M
+                    or LlamaFileType.IQ4_NL or LlamaFileType.IQ4_XS)
                     t = GgmlType.Q5_K;
             }
             else if (ftype == LlamaFileType.Q2_K) t = GgmlType.Q3_K;
@@ -143,11 +148,10 @@ public sealed class QuantMix
 
         if (nx % GgmlTypeInfo.BlockSize(t) != 0)
         {
-            // llama.cpp: Q2_K/Q3_K → IQ4_NL, Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0; F16 if even that does not fit.
-            // Cria has no IQ4_NL; it takes Q4_0, the same 4.5 bits per weight in 32-element blocks (docs/quantization.md).
+            // llama.cpp: Q2_K/Q3_K/IQ4_XS → IQ4_NL, Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0; F16 if even that does not fit.
             t = t switch
             {
-                GgmlType.Q2_K or GgmlType.Q3_K => GgmlType.Q4_0,
+                GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.IQ4_XS => GgmlType.IQ4_NL,
                 GgmlType.Q4_K => GgmlType.Q5_0,
                 GgmlType.Q5_K => GgmlType.Q5_1,
                 GgmlType.Q6_K => GgmlType.Q8_0,

@@ -52,6 +52,8 @@ public static class Dequantize
                 case GgmlType.Q5_K: Q5_K(b, y); break;
                 case GgmlType.Q6_K: Q6_K(b, y); break;
                 case GgmlType.Q8_K: Q8_K(b, y); break;
+                case GgmlType.IQ4_NL: IQ4_NL(b, y); break;
+                case GgmlType.IQ4_XS: IQ4_XS(b, y); break;
                 default: throw new ArgumentException($"dequantization of {type} is not supported", nameof(type));
             }
         }
@@ -278,5 +280,44 @@ public static class Dequantize
     {
         float d = BinaryPrimitives.ReadSingleLittleEndian(b);
         for (int j = 0; j < 256; j++) y[j] = d * (sbyte)b[4 + j];
+    }
+
+    /// <summary>kvalues_iq4nl: the 16 levels of IQ4_NL and IQ4_XS, a non-uniform grid denser near zero (ggml-common.h).</summary>
+    internal static ReadOnlySpan<sbyte> IQ4Levels => [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+
+    // block_iq4_nl (18 B): d f16 | qs[16]; element j is the level of qs[j]'s low nibble, element j+16 of its high one; value d·level.
+    private static void IQ4_NL(ReadOnlySpan<byte> b, Span<float> y)
+    {
+        float d = H(b, 0);
+        for (int j = 0; j < 16; j++)
+        {
+            y[j] = d * IQ4Levels[b[2 + j] & 0xF];
+            y[j + 16] = d * IQ4Levels[b[2 + j] >> 4];
+        }
+    }
+
+    /// <summary>The 6-bit scale of IQ4_XS sub-block <paramref name="ib"/> (0..7), minus its offset 32: low four bits in
+    /// scales_l[ib/2] (low nibble for even ib), high two in bits 2·ib of scales_h.</summary>
+    internal static int IQ4XSScale(ReadOnlySpan<byte> b, int ib)
+    {
+        int h = BinaryPrimitives.ReadUInt16LittleEndian(b.Slice(2));
+        return (((b[4 + ib / 2] >> 4 * (ib % 2)) & 0xF) | (((h >> 2 * ib) & 3) << 4)) - 32;
+    }
+
+    // block_iq4_xs (136 B): d f16 | scales_h u16 | scales_l[4] | qs[128]; eight sub-blocks of 32, each laid out as IQ4_NL
+    // (qs[16·ib..]) with the scale d·(ls − 32).
+    private static void IQ4_XS(ReadOnlySpan<byte> b, Span<float> y)
+    {
+        float d = H(b, 0);
+        for (int ib = 0; ib < 8; ib++)
+        {
+            float dl = d * IQ4XSScale(b, ib);
+            var qs = b.Slice(8 + 16 * ib, 16);
+            for (int j = 0; j < 16; j++)
+            {
+                y[32 * ib + j] = dl * IQ4Levels[qs[j] & 0xF];
+                y[32 * ib + j + 16] = dl * IQ4Levels[qs[j] >> 4];
+            }
+        }
     }
 }

@@ -18,12 +18,25 @@ public enum GgmlType : uint
     Q5_K = 13,
     Q6_K = 14,
     Q8_K = 15,
+    // The i-quants. Cria reads and writes IQ4_NL and IQ4_XS; the others are named so that errors can name them.
+    IQ2_XXS = 16,
+    IQ2_XS = 17,
+    IQ3_XXS = 18,
+    IQ1_S = 19,
+    IQ4_NL = 20,
+    IQ3_S = 21,
+    IQ2_S = 22,
+    IQ4_XS = 23,
     I8 = 24,
     I16 = 25,
     I32 = 26,
     I64 = 27,
     F64 = 28,
+    IQ1_M = 29,
     BF16 = 30,
+    TQ1_0 = 34,
+    TQ2_0 = 35,
+    MXFP4 = 39,
 }
 
 /// <summary>Block geometry of each type: a row of n elements takes n / BlockSize blocks of BlockBytes bytes.</summary>
@@ -36,15 +49,15 @@ public static class GgmlTypeInfo
     {
         GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1
             or GgmlType.Q8_0 or GgmlType.Q8_1 or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K
-            or GgmlType.Q6_K or GgmlType.Q8_K or GgmlType.I8 or GgmlType.I16 or GgmlType.I32 or GgmlType.I64 or GgmlType.F64 => true,
+            or GgmlType.Q6_K or GgmlType.Q8_K or GgmlType.IQ4_NL or GgmlType.IQ4_XS or GgmlType.I8 or GgmlType.I16 or GgmlType.I32 or GgmlType.I64 or GgmlType.F64 => true,
         _ => false,
     };
 
     /// <summary>Elements per block (1 for plain element types).</summary>
     public static int BlockSize(GgmlType t) => t switch
     {
-        GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q8_0 or GgmlType.Q8_1 => 32,
-        GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.Q8_K => QK_K,
+        GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q8_0 or GgmlType.Q8_1 or GgmlType.IQ4_NL => 32,
+        GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.Q8_K or GgmlType.IQ4_XS => QK_K,
         _ => 1,
     };
 
@@ -71,6 +84,8 @@ public static class GgmlTypeInfo
         GgmlType.Q5_K => 2 + 2 + 12 + 32 + 128, // d, dmin, scales[12], qh[32], qs[128]
         GgmlType.Q6_K => 128 + 64 + 16 + 2, // ql[128], qh[64], scales[16], d
         GgmlType.Q8_K => 4 + 256 + 32,      // d (f32), qs[256], bsums[16] (i16)
+        GgmlType.IQ4_NL => 2 + 16,          // d, qs[16] (indices into kvalues_iq4nl)
+        GgmlType.IQ4_XS => 2 + 2 + 4 + 128, // d, scales_h (u16), scales_l[4], qs[128]
         _ => throw new ArgumentOutOfRangeException(nameof(t), t, "unknown ggml type"),
     };
 

@@ -29,6 +29,12 @@ public static partial class Quantize
         if (quantWeights.Length != n) throw new ArgumentException($"quant_weights has {quantWeights.Length} values for a row of {n}", nameof(quantWeights));
         Dequantize.CheckRow(type, dst.Length, n, nameof(dst));
         int qk = GgmlTypeInfo.BlockSize(type), bs = GgmlTypeInfo.BlockBytes(type);
+        if (type is GgmlType.IQ4_NL or GgmlType.IQ4_XS)
+        {
+            // quantize_iq4_nl / quantize_iq4_xs: σ² over each (super-)block, not the row.
+            for (int i = 0; i < n / qk; i++) IQ4(src.Slice(i * qk, qk), dst.Slice(i * bs, bs), quantWeights.Slice(i * qk, qk), mode, qk);
+            return;
+        }
         if (qk == 32)
         {
             // Q4_0/Q4_1/Q5_0/Q5_1: sigma2 over the whole row (quantize_row_q4_0_impl etc.).
