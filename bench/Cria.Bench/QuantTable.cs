@@ -264,16 +264,18 @@ static class QuantTable
         var ci = CultureInfo.InvariantCulture;
         string src = args.Length > 0 ? args[0] : "bench/models/tinyllama-f16.gguf";
         int threads = 2, runs = 3;
+        var ftype = LlamaFileType.Q4_K_M;
         for (int i = 1; i < args.Length; i++)
         {
             if (args[i] == "--threads") threads = int.Parse(args[++i], ci);
             else if (args[i] == "--runs") runs = int.Parse(args[++i], ci);
+            else if (args[i] == "--type") ftype = QuantMix.Parse(args[++i]);
         }
         string dir = Path.GetDirectoryName(Path.GetFullPath(src))!;
         string oc = Path.Combine(dir, "quant-time-cria.gguf"), ol = Path.Combine(dir, "quant-time-llama.gguf");
         LlamaEngine.EnsureLoaded();
         var tc = new List<double>(); var tl = new List<double>();
-        Console.WriteLine($"quant-time: {src} → Q4_K_M, {threads} threads, {runs} runs each, alternating (who goes first swaps every round); {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC");
+        Console.WriteLine($"quant-time: {src} → {ftype}, {threads} threads, {runs} runs each, alternating (who goes first swaps every round); {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC");
         for (int r = 0; r < runs; r++)
         {
             for (int k = 0; k < 2; k++)
@@ -281,8 +283,8 @@ static class QuantTable
                 bool cria = (k == 0) == (r % 2 == 0);
                 File.Delete(cria ? oc : ol);
                 var sw = Stopwatch.StartNew();
-                if (cria) ModelQuantizer.Run(src, oc, new QuantizeOptions { FileType = LlamaFileType.Q4_K_M, Threads = threads });
-                else if (!LLamaQuantizer.Quantize(src, ol, LLamaFtype.MOSTLY_Q4_K_M, threads, true, true)) throw new InvalidOperationException("llama.cpp quantize failed");
+                if (cria) ModelQuantizer.Run(src, oc, new QuantizeOptions { FileType = ftype, Threads = threads });
+                else if (!LLamaQuantizer.Quantize(src, ol, (LLamaFtype)(int)ftype, threads, true, true)) throw new InvalidOperationException("llama.cpp quantize failed");
                 double s = sw.Elapsed.TotalSeconds;
                 (cria ? tc : tl).Add(s);
                 Console.WriteLine($"round {r + 1}: {(cria ? "Cria     " : "llama.cpp")} {s:F1} s");

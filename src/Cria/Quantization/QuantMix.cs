@@ -148,10 +148,13 @@ public sealed class QuantMix
 
         if (nx % GgmlTypeInfo.BlockSize(t) != 0)
         {
-            // llama.cpp: Q2_K/Q3_K/IQ4_XS → IQ4_NL, Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0; F16 if even that does not fit.
+            // Q2_K/Q3_K → Q4_0, IQ4_XS → IQ4_NL, Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0; F16 if even that does not fit.
+            // (What LLamaSharp 0.30's llama.cpp writes: QuantizerOracleTests. The llama-quant.cpp sources read
+            // elsewhere send Q2_K/Q3_K to IQ4_NL too; this build does not.)
             t = t switch
             {
-                GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.IQ4_XS => GgmlType.IQ4_NL,
+                GgmlType.Q2_K or GgmlType.Q3_K => GgmlType.Q4_0,
+                GgmlType.IQ4_XS => GgmlType.IQ4_NL,
                 GgmlType.Q4_K => GgmlType.Q5_0,
                 GgmlType.Q5_K => GgmlType.Q5_1,
                 GgmlType.Q6_K => GgmlType.Q8_0,

@@ -1,4 +1,6 @@
 using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
 
 namespace Cria.Tensors;
 
@@ -18,8 +20,7 @@ public static partial class Quantize
     /// </summary>
     private static void IQ4(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw, ImpWeighting mode, int superBlock)
     {
-        const int blockSize = 32, ntry = 7;
-        ReadOnlySpan<sbyte> values = Dequantize.IQ4Levels;
+        const int blockSize = 32;
         int nb = superBlock / blockSize;
         Span<byte> L = stackalloc byte[superBlock];      // [superBlock] level index per value
         Span<float> scales = stackalloc float[nb];       // [nb] per-block scale before rounding
@@ -34,7 +35,6 @@ public static partial class Quantize
         for (int ib = 0; ib < nb; ib++)
         {
             var xb = x.Slice(ib * blockSize, blockSize);
-            var Lb = L.Slice(ib * blockSize, blockSize);
             if (!qw.IsEmpty)
             {
                 var qb = qw.Slice(ib * blockSize, blockSize);
@@ -53,40 +53,7 @@ public static partial class Quantize
                 scales[ib] = 0;
                 continue;
             }
-            float d = -max / values[0]; // ntry > 0
-            float id = 1 / d;
-            float sumqx = 0, sumq2 = 0;
-            for (int j = 0; j < blockSize; j++)
-            {
-                float al = id * xb[j];
-                int l = BestIndexInt8(values, al);
-                Lb[j] = (byte)l;
-                float q = values[l];
-                float w = weight[j];
-                sumqx += w * q * xb[j];
-                sumq2 += w * q * q;
-            }
-            d = sumqx / sumq2;
-            float best = d * sumqx;
-            for (int itry = -ntry; itry <= ntry; itry++)
-            {
-                id = (itry + values[0]) / max;
-                sumqx = sumq2 = 0;
-                for (int j = 0; j < blockSize; j++)
-                {
-                    float al = id * xb[j];
-                    int l = BestIndexInt8(values, al);
-                    float q = values[l];
-                    float w = weight[j];
-                    sumqx += w * q * xb[j];
-                    sumq2 += w * q * q;
-                }
-                if (sumq2 > 0 && sumqx * sumqx > best * sumq2)
-                {
-                    d = sumqx / sumq2;
-                    best = d * sumqx;
-                }
-            }
+            float d = VectorSearch ? IQ4BlockScaleVector(xb, weight, max) : IQ4BlockScaleScalar(xb, weight, max);
             scales[ib] = d;
             float absD = MathF.Abs(d);
             if (absD > amaxScale) { amaxScale = absD; maxScale = d; }
@@ -106,7 +73,7 @@ public static partial class Quantize
                 float dl = d * l;
                 float idl = dl != 0 ? 1 / dl : 0f;
                 var xb = x.Slice(ib * blockSize, blockSize);
-                for (int j = 0; j < blockSize; j++) L[ib * blockSize + j] = (byte)BestIndexInt8(values, idl * xb[j]);
+                IQ4Indices(xb, idl, L.Slice(ib * blockSize, blockSize));
                 l += 32;
                 y[4 + ib / 2] |= (byte)((l & 0xF) << 4 * (ib % 2));
                 scalesH |= (l >> 4) << 2 * ib;
@@ -119,13 +86,129 @@ public static partial class Quantize
             // IQ4_NL: d f16 | qs[16]
             PutHalf(y, 0, scales[0]);
             float id = scales[0] != 0 ? 1 / scales[0] : 0;
-            for (int j = 0; j < superBlock; j++) L[j] = (byte)BestIndexInt8(values, id * x[j]);
+            IQ4Indices(x, id, L);
             qsAt = 2;
         }
 
         for (int i = 0; i < superBlock / 32; i++)
             for (int j = 0; j < 16; j++)
                 y[qsAt + 16 * i + j] = (byte)(L[32 * i + j] | (L[32 * i + 16 + j] << 4));
+    }
+
+    /// <summary>
+    /// The scale of one 32-value block: the least-squares scale for the levels picked at inverse scale 127/max (d =
+    /// max/127 puts the largest |x| on the outer level −127), then for each of 15 inverse scales (−127 + t)/max,
+    /// t = −7…7, the least-squares scale of its levels if its weighted error is lower. Scalar reference, in ggml's order.
+    /// </summary>
+    internal static float IQ4BlockScaleScalar(ReadOnlySpan<float> xb, ReadOnlySpan<float> weight, float max)
+    {
+        const int ntry = 7;
+        ReadOnlySpan<sbyte> values = Dequantize.IQ4Levels;
+        float d = -max / values[0];
+        float id = 1 / d;
+        float sumqx = 0, sumq2 = 0;
+        for (int j = 0; j < xb.Length; j++)
+        {
+            float q = values[BestIndexInt8(values, id * xb[j])];
+            float w = weight[j];
+            sumqx += w * q * xb[j];
+            sumq2 += w * q * q;
+        }
+        d = sumq2 > 0 ? sumqx / sumq2 : 0f; // all weights 0 (columns never activated): scale 0, as ggml
+        float best = d * sumqx;
+        for (int itry = -ntry; itry <= ntry; itry++)
+        {
+            id = (itry + values[0]) / max;
+            sumqx = sumq2 = 0;
+            for (int j = 0; j < xb.Length; j++)
+            {
+                float q = values[BestIndexInt8(values, id * xb[j])];
+                float w = weight[j];
+                sumqx += w * q * xb[j];
+                sumq2 += w * q * q;
+            }
+            if (sumq2 > 0 && sumqx * sumqx > best * sumq2)
+            {
+                d = sumqx / sumq2;
+                best = d * sumqx;
+            }
+        }
+        return d;
+    }
+
+    /// <summary>
+    /// <see cref="IQ4BlockScaleScalar"/> with the 16 trials in the lanes of two Vector256: lane 0 the first inverse scale,
+    /// lane 1 + t the t-th of the 15. Each lane sums over the values in ggml's order (multiply, then add: no FMA), so every
+    /// trial's sums are the scalar ones bit for bit; the trials are then compared in ggml's order. A level is found without
+    /// a search: the outer level plus each step between neighbouring levels whose midpoint lies at or below the value
+    /// (<see cref="IQ4Level"/>), which is best_index_int8's choice for every finite value.
+    /// </summary>
+    internal static float IQ4BlockScaleVector(ReadOnlySpan<float> xb, ReadOnlySpan<float> weight, float max)
+    {
+        ReadOnlySpan<sbyte> values = Dequantize.IQ4Levels;
+        Span<float> ids = stackalloc float[16];
+        ids[0] = 1 / (-max / values[0]);
+        for (int t = 1; t < 16; t++) ids[t] = (t - 8 + values[0]) / max;
+        var idLo = Vector256.Create((ReadOnlySpan<float>)ids[..8]);
+        var idHi = Vector256.Create((ReadOnlySpan<float>)ids[8..]);
+        Vector256<float> sqxLo = default, sqxHi = default, sq2Lo = default, sq2Hi = default;
+        for (int j = 0; j < xb.Length; j++)
+        {
+            float x = xb[j];
+            var w = Vector256.Create(weight[j]);
+            var qLo = IQ4Level(idLo * x);
+            var qHi = IQ4Level(idHi * x);
+            var wqLo = w * qLo;
+            var wqHi = w * qHi;
+            sqxLo += wqLo * x;
+            sqxHi += wqHi * x;
+            sq2Lo += wqLo * qLo;
+            sq2Hi += wqHi * qHi;
+        }
+        float sumqx = sqxLo.GetElement(0), sumq2 = sq2Lo.GetElement(0);
+        float d = sumq2 > 0 ? sumqx / sumq2 : 0f;
+        float best = d * sumqx;
+        for (int t = 1; t < 16; t++)
+        {
+            sumqx = t < 8 ? sqxLo.GetElement(t) : sqxHi.GetElement(t - 8);
+            sumq2 = t < 8 ? sq2Lo.GetElement(t) : sq2Hi.GetElement(t - 8);
+            if (sumq2 > 0 && sumqx * sumqx > best * sumq2)
+            {
+                d = sumqx / sumq2;
+                best = d * sumqx;
+            }
+        }
+        return d;
+    }
+
+    /// <summary>The IQ4 level nearest each lane of <paramref name="al"/> (ties to the upper level): −127 plus the step to
+    /// each next level whose midpoint with the one below is ≤ the value.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> IQ4Level(Vector256<float> al)
+    {
+        ReadOnlySpan<sbyte> v = Dequantize.IQ4Levels;
+        var q = Vector256.Create((float)v[0]);
+        for (int k = 0; k < 15; k++)
+            q += Vector256.GreaterThanOrEqual(al, Vector256.Create((v[k] + v[k + 1]) * 0.5f)) & Vector256.Create((float)(v[k + 1] - v[k]));
+        return q;
+    }
+
+    /// <summary>best_index_int8 of id·x for every value of <paramref name="x"/> into <paramref name="L"/>; eight at a time
+    /// by counting the midpoints at or below each value (<see cref="IQ4Level"/>).</summary>
+    private static void IQ4Indices(ReadOnlySpan<float> x, float id, Span<byte> L)
+    {
+        ReadOnlySpan<sbyte> v = Dequantize.IQ4Levels;
+        int j = 0;
+        if (VectorSearch && float.IsFinite(id)) // best_index_int8 of NaN is the top level; the count's is 0
+            for (; j + 8 <= x.Length; j += 8)
+            {
+                var al = Vector256.Create(id) * Vector256.Create(x.Slice(j, 8));
+                var count = Vector256<int>.Zero;
+                for (int k = 0; k < 15; k++)
+                    count -= Vector256.GreaterThanOrEqual(al, Vector256.Create((v[k] + v[k + 1]) * 0.5f)).AsInt32(); // true = −1
+                for (int e = 0; e < 8; e++) L[j + e] = (byte)count.GetElement(e);
+            }
+        for (; j < x.Length; j++) L[j] = (byte)BestIndexInt8(v, id * x[j]);
     }
 
     /// <summary>ggml's best_index_int8: the index of the level nearest <paramref name="x"/> in the ascending

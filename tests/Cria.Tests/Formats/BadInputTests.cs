@@ -105,6 +105,10 @@ public class BadInputTests(ITestOutputHelper output)
         o = (byte[])v.Clone();
         BinaryPrimitives.WriteUInt32LittleEndian(o.AsSpan(typeAt), 77);
         AssertBad(Save("ttype.gguf", o), "unknown tensor type 77");
+
+        o = (byte[])v.Clone();
+        BinaryPrimitives.WriteUInt32LittleEndian(o.AsSpan(typeAt), 16); // an i-quant Cria does not read
+        AssertBad(Save("iq2.gguf", o), "type IQ2_XXS (16), which Cria does not read");
     }
 
     [Fact]

@@ -8,7 +8,7 @@ namespace Cria.Tests.Kernels;
 public unsafe class RowKernelTests
 {
     public static IEnumerable<object[]> Types() =>
-        new[] { GgmlType.Q4_K, GgmlType.Q6_K, GgmlType.Q5_K, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.F16, GgmlType.F32, GgmlType.BF16, GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1 }
+        new[] { GgmlType.Q4_K, GgmlType.Q6_K, GgmlType.Q5_K, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.F16, GgmlType.F32, GgmlType.BF16, GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.IQ4_NL, GgmlType.IQ4_XS }
             .Select(t => new object[] { t });
 
     [Theory]
@@ -373,7 +373,7 @@ public unsafe class RowKernelTests
                     RowKernels.PrepareActivations(GgmlType.Q8_0, x, split);
                     var q81 = new byte[GgmlTypeInfo.RowBytes(GgmlType.Q8_1, n)];
                     Quantize.Row(GgmlType.Q8_1, x, q81);
-                    foreach (var legacy in new[] { GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1 })
+                    foreach (var legacy in new[] { GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.IQ4_NL, GgmlType.IQ4_XS })
                     {
                         var withSums = new byte[RowKernels.ActivationRowBytes(legacy, n)];
                         Assert.Equal(n / 32 * 44, withSums.Length);

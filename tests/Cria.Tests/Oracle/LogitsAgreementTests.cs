@@ -65,6 +65,8 @@ public class LogitsAgreementTests(ITestOutputHelper output)
         yield return ["q4_k", GgmlType.Q4_K, false, false];
         yield return ["q5_k", GgmlType.Q5_K, false, false];
         yield return ["q6_k", GgmlType.Q6_K, true, false];
+        yield return ["iq4_nl", GgmlType.IQ4_NL, false, false];
+        yield return ["iq4_xs", GgmlType.IQ4_XS, true, false];
     }
 
     static RandomModelSpec Spec(GgmlType type, bool tied, bool llama3) => new()

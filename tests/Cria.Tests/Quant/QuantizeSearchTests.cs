@@ -11,6 +11,7 @@ public sealed class QuantizeSearchTests
     public static TheoryData<GgmlType> Types() => new()
     {
         GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K,
+        GgmlType.IQ4_NL, GgmlType.IQ4_XS,
     };
 
     static IEnumerable<float[]> Rows(int n)

@@ -85,7 +85,7 @@ public sealed class QuantizerOracleTests(ITestOutputHelper output)
 
     public static TheoryData<string> FileTypes() => new()
     {
-        "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K",
+        "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS",
     };
 
     static LLamaFtype ToLlama(LlamaFileType t) => (LLamaFtype)(int)t;
@@ -153,5 +153,8 @@ public sealed class QuantizerOracleTests(ITestOutputHelper output)
     [InlineData("Q4_K_M")] // Q4_K rows of 320 → Q5_0, Q6_K → Q8_0
     [InlineData("Q5_K_S")] // Q5_K → Q5_1
     [InlineData("Q6_K")]
+    [InlineData("Q2_K")]   // Q3_K → Q4_0
+    [InlineData("Q3_K_S")]
+    [InlineData("IQ4_XS")] // IQ4_XS → IQ4_NL
     public void Fallback_types_for_rows_not_a_multiple_of_256_match_llama_cpp(string typeName) => CompareWithLlamaCpp(OddSource.Value, typeName, "odd");
 }
