@@ -451,7 +451,7 @@ public static unsafe class RowKernels
     /// <summary>K-quant types whose AVX2 kernels run one weight row against four activation rows
     /// (<see cref="RunFour"/>): the weight row is unpacked once for four dot products.</summary>
     internal static bool HasFourRowKernel(GgmlType type) =>
-        Avx2Rows(type) && type is GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.Q3_K or GgmlType.Q2_K;
+        Avx2Rows(type) && type is GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.Q3_K or GgmlType.Q2_K or GgmlType.IQ4_XS;
 
     static void RunFour(GgmlType type, byte* w, byte* x, int xStride, int n, float* y, int yStride)
     {
@@ -462,6 +462,7 @@ public static unsafe class RowKernels
             case GgmlType.Q6_K: VecDot.DotQ6KAvx2x4(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.Q3_K: VecDot.DotQ3KAvx2x4(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.Q2_K: VecDot.DotQ2KAvx2x4(w, x, xStride, n / 256, y, yStride); break;
+            case GgmlType.IQ4_XS: VecDot.DotIQ4XSAvx2x4(w, x, xStride, n / 256, y, yStride); break;
             default: throw new ArgumentOutOfRangeException(nameof(type));
         }
     }
@@ -535,14 +536,15 @@ public static unsafe class RowKernels
 
     /// <summary>Rows that run through the AVX2 kernels of <see cref="VecDot"/> directly (no span or size checks per row):
     /// Q4_K, Q6_K and Q8_0 on machines with AVX2 and FMA but no AVX-512 (e.g. AMD Zen 2/3, Intel before Ice Lake; with
-    /// AVX-512 they have their own kernels), and Q5_K, Q3_K, Q2_K and the legacy Q4_0, Q4_1, Q5_0, Q5_1 (eight rows at a
-    /// time, <see cref="RowGroup"/>) on every AVX2 + FMA machine. Activations are ggml's Q8_K blocks (for Q4_K and Q5_K
+    /// AVX-512 they have their own kernels), and Q5_K, Q3_K, Q2_K, IQ4_XS, IQ4_NL and the legacy Q4_0, Q4_1, Q5_0, Q5_1
+    /// (eight rows at a time, <see cref="RowGroup"/>) on every AVX2 + FMA machine. Activations are ggml's Q8_K blocks (for Q4_K and Q5_K
     /// with float min sums, <see cref="Q8KFloatMins"/>) or Q8_0 quants in the split layout (scales first; for the legacy
     /// types followed by the block sums).</summary>
     internal static bool Avx2Rows(GgmlType type) => Avx2.IsSupported && Fma.IsSupported && type switch
     {
         GgmlType.Q4_K or GgmlType.Q6_K or GgmlType.Q8_0 => !Avx512BW.IsSupported,
-        GgmlType.Q5_K or GgmlType.Q4_0 or GgmlType.Q3_K or GgmlType.Q2_K or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 => true,
+        GgmlType.Q5_K or GgmlType.Q4_0 or GgmlType.Q3_K or GgmlType.Q2_K or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1
+            or GgmlType.IQ4_NL or GgmlType.IQ4_XS => true,
         _ => false,
     };
 
@@ -585,6 +587,8 @@ public static unsafe class RowKernels
         GgmlType.Q3_K => VecDot.DotQ3KAvx2(w, x, n / 256),
         GgmlType.Q2_K => VecDot.DotQ2KAvx2(w, x, n / 256),
         GgmlType.Q6_K => VecDot.DotQ6KAvx2(w, x, n / 256),
+        GgmlType.IQ4_XS => VecDot.DotIQ4XSAvx2(w, x, n / 256),
+        GgmlType.IQ4_NL => VecDot.DotIQ4NLAvx2(w, x, n / 32),
         _ => throw new System.Diagnostics.UnreachableException($"no single-row AVX2 kernel for {type}"),
     };
 
