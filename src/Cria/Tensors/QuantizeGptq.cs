@@ -103,7 +103,7 @@ public static partial class Quantize
 {
     /// <summary>Whether <see cref="RowGptq"/> has an element layout for <paramref name="type"/>.</summary>
     public static bool GptqSupports(GgmlType type) => type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1
-        or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K;
+        or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.IQ4_NL or GgmlType.IQ4_XS;
 
     /// <summary>
     /// GPTQ (Frantar et al. 2022) for one weight row, in natural column order so that ggml's block scales still apply.
@@ -114,7 +114,8 @@ public static partial class Quantize
     /// with the calibration Gram matrix behind <paramref name="f"/>. A column whose value no earlier column changed keeps
     /// the quantizer's own level, so with a diagonal H (no feedback) the bytes are exactly
     /// <see cref="Row(GgmlType, ReadOnlySpan{float}, Span{byte})"/>'s. The output is ordinary ggml blocks of
-    /// <paramref name="type"/>. Types without a layout here take the plain reference path.
+    /// <paramref name="type"/>. Types without a layout here take the plain reference path. IQ4_NL / IQ4_XS levels are
+    /// not affine in the index: there a column takes the level nearest w_i / s_i, s_i its (sub-)block's scale.
     /// </summary>
     public static void RowGptq(GgmlType type, ReadOnlySpan<float> src, Span<byte> dst, GptqFactor f, GptqScales scales = GptqScales.Reference)
     {
@@ -127,7 +128,8 @@ public static partial class Quantize
         Span<float> start = stackalloc float[QK];            // [qk] the block's values when its scales were chosen
         Span<float> deq = stackalloc float[QK];              // [qk] the quantizer's reconstruction
         Span<float> off = stackalloc float[QK];              // [qk] value of level 0
-        Span<float> step = stackalloc float[QK];             // [qk] value(level 1) − value(level 0)
+        Span<float> step = stackalloc float[QK];             // [qk] value(level 1) − value(level 0); IQ4: the scale
+        bool iq4 = type is GgmlType.IQ4_NL or GgmlType.IQ4_XS;
         Span<byte> keep = stackalloc byte[bs];
         var u = f.U;
         try
@@ -145,15 +147,25 @@ public static partial class Quantize
                 blk.CopyTo(keep);
                 for (int j = 0; j < qk; j++) SetLevel(type, blk, j, 0);
                 Dequantize.Row(type, blk, off.Slice(0, qk));
-                for (int j = 0; j < qk; j++) SetLevel(type, blk, j, 1);
-                Dequantize.Row(type, blk, step.Slice(0, qk));
+                for (int j = 0; j < qk; j++) SetLevel(type, blk, j, iq4 ? IQ4One : 1);
+                Dequantize.Row(type, blk, step.Slice(0, qk)); // IQ4: level +1, so the element's scale itself
                 keep.CopyTo(blk);
                 for (int j = 0; j < qk; j++)
                 {
                     int i = b * qk + j;
                     float x = w[i], v = deq[j];
                     float a = step[j] - off[j];
-                    if (x != start[j] && a != 0 && float.IsFinite(x))
+                    if (iq4)
+                    {
+                        float s = step[j];
+                        if (x != start[j] && s != 0 && float.IsFinite(x))
+                        {
+                            int q = BestIndexInt8(Dequantize.IQ4Levels, x / s);
+                            SetLevel(type, blk, j, q);
+                            v = s * Dequantize.IQ4Levels[q];
+                        }
+                    }
+                    else if (x != start[j] && a != 0 && float.IsFinite(x))
                     {
                         int q = (int)MathF.Round((x - off[j]) / a);
                         q = Math.Clamp(q, 0, levels - 1);
@@ -186,8 +198,12 @@ public static partial class Quantize
         GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q4_K => 16,
         GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q5_K => 32,
         GgmlType.Q6_K => 64,
+        GgmlType.IQ4_NL or GgmlType.IQ4_XS => 16,
         _ => throw new ArgumentException($"no GPTQ layout for {type}", nameof(type)),
     };
+
+    /// <summary>The IQ4 index whose level is +1 (<see cref="Dequantize.IQ4Levels"/>).</summary>
+    const int IQ4One = 8;
 
     /// <summary>Stores level <paramref name="q"/> (0 … levels − 1) for element <paramref name="e"/> of one block, in the
     /// bit positions <see cref="Dequantize"/> documents for each layout.</summary>
@@ -209,6 +225,8 @@ public static partial class Quantize
                 Bits(b, 48 + 32 * (e >> 6) + (e & 31), (e & 32) != 0 ? 4 : 0, 4, q & 15);
                 Bits(b, 16 + (e & 31), 2 * (e >> 6) + ((e >> 5) & 1), 1, q >> 4);
                 break;
+            case GgmlType.IQ4_NL: Bits(b, 2 + (e & 15), e < 16 ? 0 : 4, 4, q); break;
+            case GgmlType.IQ4_XS: Bits(b, 8 + 16 * (e >> 5) + (e & 15), (e & 16) != 0 ? 4 : 0, 4, q); break;
             case GgmlType.Q6_K:
             {
                 int h = e >> 7, g = (e >> 5) & 3, l = e & 31;

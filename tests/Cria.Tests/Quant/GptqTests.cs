@@ -10,7 +10,7 @@ namespace Cria.Tests.Quant;
 /// <summary>GPTQ error feedback (<see cref="Quantize.RowGptq"/>, <see cref="Gptq"/>).</summary>
 public sealed class GptqTests(ITestOutputHelper output)
 {
-    static readonly GgmlType[] Types = [GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K];
+    static readonly GgmlType[] Types = [GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K, GgmlType.IQ4_NL, GgmlType.IQ4_XS];
 
     static float Gauss(Random r) => (float)(Math.Sqrt(-2 * Math.Log(1 - r.NextDouble())) * Math.Cos(2 * Math.PI * r.NextDouble()));
 
@@ -130,6 +130,12 @@ public sealed class GptqTests(ITestOutputHelper output)
                     Quantize.SetLevel(t, b, e, q);
                     Dequantize.Row(t, b, after);
                     for (int j = 0; j < qk; j++) if (j != e) Assert.Equal(before[j], after[j]);
+                    if (t is GgmlType.IQ4_NL or GgmlType.IQ4_XS) // non-linear levels: scale × level q
+                    {
+                        if (q > 0) Assert.Equal(after[e] / Dequantize.IQ4Levels[q] * Dequantize.IQ4Levels[q - 1], prev, Math.Abs(prev) * 1e-5f + 1e-6f);
+                        prev = after[e];
+                        continue;
+                    }
                     if (q > 1) Assert.Equal(after[e] - prev, prev - PrevPrev(t, blk, e, q), Math.Abs(prev) * 1e-5f + 1e-6f);
                     prev = after[e];
                 }
