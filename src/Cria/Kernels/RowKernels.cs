@@ -88,6 +88,11 @@ public static unsafe class RowKernels
                 QuantizeQ8KAvx2(x, dst);
                 Q8KFloatMins(dst, x.Length / 256);
                 return;
+            case GgmlType.IQ4_XS when Avx2Rows(weightType):
+                if (Vector512.IsHardwareAccelerated && Avx512BW.IsSupported) QuantizeQ8K(x, dst, kernelLayout: false);
+                else QuantizeQ8KAvx2(x, dst);
+                fixed (byte* p = dst) VecDot.PermuteQ8KForIQ4XS(p, x.Length / 256);
+                return;
             default:
                 var act = VecDot.ActivationType(weightType);
                 if (act == GgmlType.Q8_K && Vector512.IsHardwareAccelerated && Avx512BW.IsSupported) QuantizeQ8K(x, dst, kernelLayout: false);
@@ -462,7 +467,7 @@ public static unsafe class RowKernels
             case GgmlType.Q6_K: VecDot.DotQ6KAvx2x4(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.Q3_K: VecDot.DotQ3KAvx2x4(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.Q2_K: VecDot.DotQ2KAvx2x4(w, x, xStride, n / 256, y, yStride); break;
-            case GgmlType.IQ4_XS: VecDot.DotIQ4XSAvx2x4(w, x, xStride, n / 256, y, yStride); break;
+            case GgmlType.IQ4_XS: VecDot.DotIQ4XSRowX4(w, x, xStride, n / 256, y, yStride); break;
             default: throw new ArgumentOutOfRangeException(nameof(type));
         }
     }
@@ -587,7 +592,7 @@ public static unsafe class RowKernels
         GgmlType.Q3_K => VecDot.DotQ3KAvx2(w, x, n / 256),
         GgmlType.Q2_K => VecDot.DotQ2KAvx2(w, x, n / 256),
         GgmlType.Q6_K => VecDot.DotQ6KAvx2(w, x, n / 256),
-        GgmlType.IQ4_XS => VecDot.DotIQ4XSAvx2(w, x, n / 256),
+        GgmlType.IQ4_XS => VecDot.DotIQ4XSRow(w, x, n / 256),
         GgmlType.IQ4_NL => VecDot.DotIQ4NLAvx2(w, x, n / 32),
         _ => throw new System.Diagnostics.UnreachableException($"no single-row AVX2 kernel for {type}"),
     };
@@ -1836,6 +1841,7 @@ public static unsafe class RowKernels
         GgmlType.BF16 => HalfRowsAvx2(n), // AVX2: Dot256Pair<Bf16Row>, the bits of DotBF16Avx2
         GgmlType.Q4_K or GgmlType.Q6_K => Avx512BW.IsSupported,
         GgmlType.Q8_0 => Avx512BW.IsSupported || Avx2Rows(type), // AVX2: see VecDot.DotQ80RowExactAvx2Pair
+        GgmlType.IQ4_XS => Avx2Rows(type), // VecDot.DotIQ4XSRowPair
         _ => false,
     };
 
@@ -1851,6 +1857,7 @@ public static unsafe class RowKernels
     internal static bool RunPair(GgmlType type, byte* wa, byte* wb, byte* x, int n, out float ya, out float yb, bool finiteF16 = false)
     {
         if (type == GgmlType.Q8_0 && Avx2Rows(type)) { VecDot.DotQ80RowExactAvx2Pair(wa, wb, x, n / 32, out ya, out yb); return true; }
+        if (type == GgmlType.IQ4_XS) { VecDot.DotIQ4XSRowPair(wa, wb, x, n / 256, out ya, out yb); return true; }
         if (type == GgmlType.BF16) { DotBF16Avx2Pair((ushort*)wa, (ushort*)wb, (float*)x, n, out ya, out yb); return true; }
         switch (type)
         {

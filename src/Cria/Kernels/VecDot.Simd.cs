@@ -286,7 +286,7 @@ public static partial class VecDot
     /// <summary>The 16 IQ4 levels (<see cref="Dequantize.IQ4Levels"/>) in both 128-bit lanes: vpshufb with 4-bit indices
     /// looks 32 of them up at once.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<sbyte> IQ4LevelTable() => Vector256.Create(
+    internal static Vector256<sbyte> IQ4LevelTable() => Vector256.Create(
         (sbyte)-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
         -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113);
 
@@ -313,62 +313,45 @@ public static partial class VecDot
     /// the eight sub-blocks as IQ4_NL, its integer dot times its 6-bit scale − 32 summed in int32 lanes (at most
     /// 8 · 32 · 4 · 127² per lane), then one multiply–add by d·d8 per super-block.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static unsafe float DotIQ4XSAvx2(byte* x0, byte* y0, int nb)
     {
         var table = IQ4LevelTable();
         Vector256<float> acc = default;
         for (int ibl = 0; ibl < nb; ibl++)
         {
-            byte* x = x0 + ibl * 136, y = y0 + ibl * 292;
-            int h = *(ushort*)(x + 2);
-            uint l = *(uint*)(x + 4);
-            Vector256<int> sumi = default;
-            for (int ib = 0; ib < 8; ib++)
-            {
-                int ls = (int)((l >> 4 * ib) & 0xF | (uint)((h >> 2 * ib) & 3) << 4) - 32;
-                var levels = Avx2.Shuffle(table, Nibbles32(x + 8 + 16 * ib).AsSByte());
-                sumi += DotI8I8(levels, Vector256.Load((sbyte*)(y + 4 + 32 * ib))) * Vector256.Create(ls);
-            }
-            acc = Fma.MultiplyAdd(Vector256.ConvertToSingle(sumi), Vector256.Create(Fp16.ToSingle(*(ushort*)x) * *(float*)y), acc);
+            byte* x = x0 + ibl * 136;
+            PrefetchIQ4XS(x);
+            acc = IQ4XSStep(x, y0 + ibl * 292, table, acc);
         }
         return Vector256.Sum(acc);
     }
 
-    /// <summary><see cref="DotIQ4XSAvx2"/> for one weight row against four activation rows (Q8_K, 292 B per
-    /// super-block, rows <paramref name="yStride"/> bytes apart): the levels are looked up once for the four; each row's
-    /// integers, scaling and accumulation are those of the one-row kernel, so the results are its bits.</summary>
-    internal static unsafe void DotIQ4XSAvx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride)
+    /// <summary>The three cache lines a 136-byte super-block 4 KiB ahead can touch: decode streams each weight once, and
+    /// the hardware prefetcher alone falls behind a kernel this short (as for Q4_K, RowKernels.PrefetchDistance).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static unsafe void PrefetchIQ4XS(byte* x)
     {
-        var table = IQ4LevelTable();
-        byte* y1 = y + yStride, y2 = y1 + yStride, y3 = y2 + yStride;
-        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
-        for (int i = 0; i < nb; i++, x += 136)
+        Sse.Prefetch0(x + 4096);
+        Sse.Prefetch0(x + 4096 + 64);
+        Sse.Prefetch0(x + 4096 + 128);
+    }
+
+    /// <summary>One IQ4_XS super-block (x) against one Q8_K super-block (y): Σ over the eight sub-blocks of
+    /// (ls − 32) · Σ level·q8 in int32 lanes, then acc + that · d · d8.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe Vector256<float> IQ4XSStep(byte* x, byte* y, Vector256<sbyte> table, Vector256<float> acc)
+    {
+        int h = *(ushort*)(x + 2);
+        uint l = *(uint*)(x + 4);
+        Vector256<int> sumi = default;
+        for (int ib = 0; ib < 8; ib++)
         {
-            int yo = i * 292;
-            int h = *(ushort*)(x + 2);
-            uint l = *(uint*)(x + 4);
-            Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default;
-            for (int ib = 0; ib < 8; ib++)
-            {
-                var ls = Vector256.Create((int)((l >> 4 * ib) & 0xF | (uint)((h >> 2 * ib) & 3) << 4) - 32);
-                var levels = Avx2.Shuffle(table, Nibbles32(x + 8 + 16 * ib).AsSByte());
-                var abs = Avx2.Abs(levels);
-                int ao = yo + 4 + 32 * ib;
-                s0 += DotU8I8(Vector256<int>.Zero, abs, Avx2.Sign(Vector256.Load((sbyte*)(y + ao)), levels)) * ls;
-                s1 += DotU8I8(Vector256<int>.Zero, abs, Avx2.Sign(Vector256.Load((sbyte*)(y1 + ao)), levels)) * ls;
-                s2 += DotU8I8(Vector256<int>.Zero, abs, Avx2.Sign(Vector256.Load((sbyte*)(y2 + ao)), levels)) * ls;
-                s3 += DotU8I8(Vector256<int>.Zero, abs, Avx2.Sign(Vector256.Load((sbyte*)(y3 + ao)), levels)) * ls;
-            }
-            float wd = Fp16.ToSingle(*(ushort*)x);
-            c0 = Fma.MultiplyAdd(Vector256.ConvertToSingle(s0), Vector256.Create(wd * *(float*)(y + yo)), c0);
-            c1 = Fma.MultiplyAdd(Vector256.ConvertToSingle(s1), Vector256.Create(wd * *(float*)(y1 + yo)), c1);
-            c2 = Fma.MultiplyAdd(Vector256.ConvertToSingle(s2), Vector256.Create(wd * *(float*)(y2 + yo)), c2);
-            c3 = Fma.MultiplyAdd(Vector256.ConvertToSingle(s3), Vector256.Create(wd * *(float*)(y3 + yo)), c3);
+            int ls = (int)((l >> 4 * ib) & 0xF | (uint)((h >> 2 * ib) & 3) << 4) - 32;
+            var levels = Avx2.Shuffle(table, Nibbles32(x + 8 + 16 * ib).AsSByte());
+            sumi += DotI8I8(levels, Vector256.Load((sbyte*)(y + 4 + 32 * ib))) * Vector256.Create(ls);
         }
-        outp[0] = Vector256.Sum(c0);
-        outp[outStride] = Vector256.Sum(c1);
-        outp[2L * outStride] = Vector256.Sum(c2);
-        outp[3L * outStride] = Vector256.Sum(c3);
+        return Fma.MultiplyAdd(Vector256.ConvertToSingle(sumi), Vector256.Create(Fp16.ToSingle(*(ushort*)x) * *(float*)y), acc);
     }
 
     // ------------------------------------------------------------------ K-quants x Q8_K (292 B: d f32 | qs[256] | bsums[16] i16)

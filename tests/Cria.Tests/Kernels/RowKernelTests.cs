@@ -1,3 +1,4 @@
+using System.Runtime.Intrinsics.X86;
 using Cria.Kernels;
 using Cria.Tensors;
 using Xunit;
@@ -107,6 +108,39 @@ public unsafe class RowKernelTests
                         Assert.Equal(y, y2);
                     }
                 }
+            }
+        }
+    }
+
+    /// <summary>The paired decode kernels (two distant weight rows against one activation row, MatMulJob's decode) give
+    /// each row the bits of the one-row decode (RunRows).</summary>
+    [Theory]
+    [InlineData(GgmlType.Q4_K)]
+    [InlineData(GgmlType.Q6_K)]
+    [InlineData(GgmlType.Q8_0)]
+    [InlineData(GgmlType.IQ4_XS)]
+    public void PairedDecodeGivesTheBitsOfEachRowAlone(GgmlType type)
+    {
+        const int n = 2816;
+        Assert.True(RowKernels.HasPairedDecode(type, n) || !(Avx512BW.IsSupported || type is GgmlType.Q8_0 or GgmlType.IQ4_XS && Avx2.IsSupported),
+            $"{type} has no paired decode kernel on this machine");
+        if (!RowKernels.HasPairedDecode(type, n)) return; // (no AVX2: nothing to pair)
+        var rng = new Random(5 + (int)type);
+        long rb = GgmlTypeInfo.RowBytes(type, n);
+        var wq = new byte[rb * 6];
+        for (int r = 0; r < 6; r++)
+            Quantize.Row(type, Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray(), wq.AsSpan((int)(r * rb), (int)rb));
+        int fb = RowKernels.ActivationRowBytes(type, n);
+        var act = new byte[fb];
+        RowKernels.PrepareActivations(type, Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray(), act);
+        var alone = new float[6];
+        fixed (byte* pw = wq) fixed (byte* pa = act) fixed (float* py = alone)
+        {
+            RowKernels.RunRows(type, pw, (int)rb, 0, 6, pa, fb, n, py);
+            for (int a = 0; a < 3; a++)
+            {
+                Assert.True(RowKernels.RunPair(type, pw + a * rb, pw + (a + 3) * rb, pa, n, out float ya, out float yb));
+                Assert.True(ya.Equals(alone[a]) && yb.Equals(alone[a + 3]), $"{type} pair ({a}, {a + 3}): {ya}, {yb} vs alone {alone[a]}, {alone[a + 3]}");
             }
         }
     }

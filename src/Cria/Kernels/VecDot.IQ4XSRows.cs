@@ -1,0 +1,177 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using Cria.Tensors;
+
+namespace Cria.Kernels;
+
+/// <summary>
+/// IQ4_XS weight rows for <see cref="RowKernels"/> (decode, pairs of rows, four activation rows): activations in the
+/// <b>pair layout</b> of <see cref="PermuteQ8KForIQ4XS"/>, ggml's block_q8_K (292 B: d f32 | qs[256] | bsums[16] i16)
+/// with each 64 quants of sub-blocks (2p, 2p + 1) reordered to (2p: 0–15, 2p+1: 0–15, 2p: 16–31, 2p+1: 16–31). Then one
+/// 32-byte load of weight indices qs[32p…] splits into its low nibbles (both sub-blocks' values 0–15) and high nibbles
+/// (16–31), each matching 32 activation bytes: two sub-blocks per step, not one.
+/// <para>With AVX-VNNI a level is looked up as level + 128 (an unsigned byte) and multiplied by vpdpbusd, and the
+/// excess 128·Σq of each sub-block is taken off once per super-block from the Q8_K block sums (the sign trick would
+/// need two more instructions per vector). Without VNNI the sign trick multiplies. Either way the integers are exact,
+/// so the dot equals <see cref="VecDot.DotScalar"/>'s up to the float summation order; the lanes hold other partial
+/// sums than <see cref="VecDot.Dot"/>'s kernel, so their bits differ from it, while every RowKernels path (one row,
+/// pairs, four rows) runs <see cref="IQ4XSPairStep"/> and gives the same bits.</para>
+/// </summary>
+public static partial class VecDot
+{
+    /// <summary>Reorders each Q8_K block's quants (292 B blocks, qs at 4) into the pair layout: in every 64-byte group the
+    /// middle two 16-byte pieces swap. The block sums stay those of the original order (16 consecutive quants each).</summary>
+    internal static unsafe void PermuteQ8KForIQ4XS(byte* y, int nb)
+    {
+        for (int k = 0; k < nb; k++)
+            for (int p = 0; p < 4; p++)
+            {
+                byte* g = y + k * 292 + 4 + 64 * p;
+                var a1 = Vector128.Load(g + 16);
+                var b0 = Vector128.Load(g + 32);
+                b0.Store(g + 16);
+                a1.Store(g + 32);
+            }
+    }
+
+    /// <summary>The IQ4 levels + 128 as unsigned bytes (1 … 241), in both 128-bit lanes (VNNI path).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<byte> IQ4LevelTableU8() => Vector256.Create(
+        (byte)1, 24, 45, 63, 79, 93, 106, 118, 129, 141, 153, 166, 181, 197, 217, 241,
+        1, 24, 45, 63, 79, 93, 106, 118, 129, 141, 153, 166, 181, 197, 217, 241);
+
+    /// <summary>
+    /// One IQ4_XS super-block x (136 B) against one pair-layout Q8_K block y: acc + d·d8 · Σ_ib (ls_ib − 32)·Σ level·q.
+    /// Per step p the lanes 0–3 hold sub-block 2p's partial sums and 4–7 sub-block 2p + 1's, scaled by their own ls.
+    /// Integers stay below 2^25 in every lane (4 steps · 32 · 2 · 4 · 241 · 127).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe Vector256<float> IQ4XSPairStep(byte* x, byte* y)
+    {
+        // the eight 6-bit scales − 32 as int32 lanes: low four bits from scales_l (4·ib), high two from scales_h (2·ib)
+        var lsv = ((Avx2.ShiftRightLogicalVariable(Vector256.Create(*(uint*)(x + 4)), Vector256.Create(0u, 4, 8, 12, 16, 20, 24, 28)) & Vector256.Create(0xFu))
+                   | ((Avx2.ShiftRightLogicalVariable(Vector256.Create((uint)*(ushort*)(x + 2)), Vector256.Create(0u, 2, 4, 6, 8, 10, 12, 14)) & Vector256.Create(3u)) << 4)).AsInt32()
+                  - Vector256.Create(32);
+        var m4 = Vector256.Create((byte)0x0F);
+        Vector256<int> sumi = default;
+        for (int p = 0; p < 4; p++)
+        {
+            var v = Vector256.Load(x + 8 + 32 * p);
+            var lo = v & m4;
+            var hi = Vector256.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & m4;
+            var qa = Vector256.Load((sbyte*)(y + 4 + 64 * p));
+            var qb = Vector256.Load((sbyte*)(y + 4 + 64 * p + 32));
+            Vector256<int> s;
+            if (AvxVnni.IsSupported)
+            {
+                var table = IQ4LevelTableU8();
+                s = AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Avx2.Shuffle(table, lo), qa), Avx2.Shuffle(table, hi), qb);
+            }
+            else
+            {
+                var table = IQ4LevelTable();
+                s = DotI8I8(Avx2.Shuffle(table, lo.AsSByte()), qa) + DotI8I8(Avx2.Shuffle(table, hi.AsSByte()), qb);
+            }
+            var lsPair = Avx2.PermuteVar8x32(lsv, Vector256.Create(2 * p, 2 * p, 2 * p, 2 * p, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1));
+            sumi += s * lsPair;
+        }
+        if (AvxVnni.IsSupported)
+        {
+            // lane ib: ls_ib · (bsum 2ib + bsum 2ib+1) = ls_ib · Σq of sub-block ib; 128 times that was added above
+            var lsTwice = (lsv << 16 | (lsv & Vector256.Create(0xFFFF))).AsInt16();
+            sumi -= Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(y + 260)), lsTwice) << 7;
+        }
+        return Vector256.ConvertToSingle(sumi) * Vector256.Create(Fp16.ToSingle(*(ushort*)x) * *(float*)y);
+    }
+
+    /// <summary>One IQ4_XS row against one pair-layout activation row (<see cref="RowKernels"/>' decode).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe float DotIQ4XSRow(byte* x, byte* y, int nb)
+    {
+        Vector256<float> acc = default;
+        for (int i = 0; i < nb; i++)
+        {
+            PrefetchIQ4XS(x + i * 136);
+            acc += IQ4XSPairStep(x + i * 136, y + i * 292);
+        }
+        return Vector256.Sum(acc);
+    }
+
+    /// <summary><see cref="DotIQ4XSRow"/> on two weight rows far apart (two memory streams, which one core reads faster
+    /// than one) against the same activations; each result has the one-row kernel's bits.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
+    internal static unsafe void DotIQ4XSRowPair(byte* xa, byte* xb, byte* y, int nb, out float ya, out float yb)
+    {
+        Vector256<float> accA = default, accB = default;
+        for (int i = 0; i < nb; i++)
+        {
+            PrefetchIQ4XS(xa + i * 136);
+            PrefetchIQ4XS(xb + i * 136);
+            accA += IQ4XSPairStep(xa + i * 136, y + i * 292);
+            accB += IQ4XSPairStep(xb + i * 136, y + i * 292);
+        }
+        ya = Vector256.Sum(accA);
+        yb = Vector256.Sum(accB);
+    }
+
+    /// <summary><see cref="DotIQ4XSRow"/> for one weight row against four activation rows <paramref name="yStride"/>
+    /// bytes apart (prefill): each super-block's scales and levels are decoded once for the four rows, and each row's
+    /// integers and float steps are <see cref="IQ4XSPairStep"/>'s, so each result has the one-row kernel's bits.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe void DotIQ4XSRowX4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride)
+    {
+        byte* y1 = y + yStride, y2 = y1 + yStride, y3 = y2 + yStride;
+        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        bool vnni = AvxVnni.IsSupported;
+        var tableU = IQ4LevelTableU8();
+        var tableS = IQ4LevelTable().AsByte();
+        var m4 = Vector256.Create((byte)0x0F);
+        for (int i = 0; i < nb; i++)
+        {
+            byte* xb = x + i * 136;
+            int yo = i * 292;
+            var lsv = ((Avx2.ShiftRightLogicalVariable(Vector256.Create(*(uint*)(xb + 4)), Vector256.Create(0u, 4, 8, 12, 16, 20, 24, 28)) & Vector256.Create(0xFu))
+                       | ((Avx2.ShiftRightLogicalVariable(Vector256.Create((uint)*(ushort*)(xb + 2)), Vector256.Create(0u, 2, 4, 6, 8, 10, 12, 14)) & Vector256.Create(3u)) << 4)).AsInt32()
+                      - Vector256.Create(32);
+            var table = vnni ? tableU : tableS;
+            // [8] levels: sub-block pair p's low nibbles (2p and 2p+1, values 0–15) and high nibbles (16–31)
+            var v0 = Vector256.Load(xb + 8); var v1 = Vector256.Load(xb + 40); var v2 = Vector256.Load(xb + 72); var v3 = Vector256.Load(xb + 104);
+            var l0 = Avx2.Shuffle(table, v0 & m4); var h0 = Avx2.Shuffle(table, Vector256.ShiftRightLogical(v0.AsUInt16(), 4).AsByte() & m4);
+            var l1 = Avx2.Shuffle(table, v1 & m4); var h1 = Avx2.Shuffle(table, Vector256.ShiftRightLogical(v1.AsUInt16(), 4).AsByte() & m4);
+            var l2 = Avx2.Shuffle(table, v2 & m4); var h2 = Avx2.Shuffle(table, Vector256.ShiftRightLogical(v2.AsUInt16(), 4).AsByte() & m4);
+            var l3 = Avx2.Shuffle(table, v3 & m4); var h3 = Avx2.Shuffle(table, Vector256.ShiftRightLogical(v3.AsUInt16(), 4).AsByte() & m4);
+            var p0 = Avx2.PermuteVar8x32(lsv, Vector256.Create(0, 0, 0, 0, 1, 1, 1, 1));
+            var p1 = Avx2.PermuteVar8x32(lsv, Vector256.Create(2, 2, 2, 2, 3, 3, 3, 3));
+            var p2 = Avx2.PermuteVar8x32(lsv, Vector256.Create(4, 4, 4, 4, 5, 5, 5, 5));
+            var p3 = Avx2.PermuteVar8x32(lsv, Vector256.Create(6, 6, 6, 6, 7, 7, 7, 7));
+            var lsTwice = (lsv << 16 | (lsv & Vector256.Create(0xFFFF))).AsInt16();
+            float d = Fp16.ToSingle(*(ushort*)xb);
+            c0 += Rows(y + yo); c1 += Rows(y1 + yo); c2 += Rows(y2 + yo); c3 += Rows(y3 + yo);
+
+            Vector256<float> Rows(byte* a)
+            {
+                Vector256<int> sumi = default;
+                sumi += Pair(l0, h0, a) * p0;
+                sumi += Pair(l1, h1, a + 64) * p1;
+                sumi += Pair(l2, h2, a + 128) * p2;
+                sumi += Pair(l3, h3, a + 192) * p3;
+                if (vnni) sumi -= Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(a + 260)), lsTwice) << 7;
+                return Vector256.ConvertToSingle(sumi) * Vector256.Create(d * *(float*)a);
+            }
+
+            Vector256<int> Pair(Vector256<byte> lo, Vector256<byte> hi, byte* a)
+            {
+                var qa = Vector256.Load((sbyte*)(a + 4));
+                var qb = Vector256.Load((sbyte*)(a + 36));
+                return vnni
+                    ? AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, lo, qa), hi, qb)
+                    : DotI8I8(lo.AsSByte(), qa) + DotI8I8(hi.AsSByte(), qb);
+            }
+        }
+        outp[0] = Vector256.Sum(c0);
+        outp[outStride] = Vector256.Sum(c1);
+        outp[2L * outStride] = Vector256.Sum(c2);
+        outp[3L * outStride] = Vector256.Sum(c3);
+    }
+}
