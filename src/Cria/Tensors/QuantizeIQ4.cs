@@ -184,7 +184,7 @@ public static partial class Quantize
     /// <summary>The IQ4 level nearest each lane of <paramref name="al"/> (ties to the upper level): −127 plus the step to
     /// each next level whose midpoint with the one below is ≤ the value.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> IQ4Level(Vector256<float> al)
+    internal static Vector256<float> IQ4Level(Vector256<float> al)
     {
         ReadOnlySpan<sbyte> v = Dequantize.IQ4Levels;
         var q = Vector256.Create((float)v[0]);
@@ -195,7 +195,7 @@ public static partial class Quantize
 
     /// <summary>best_index_int8 of id·x for every value of <paramref name="x"/> into <paramref name="L"/>; eight at a time
     /// by counting the midpoints at or below each value (<see cref="IQ4Level"/>).</summary>
-    private static void IQ4Indices(ReadOnlySpan<float> x, float id, Span<byte> L)
+    internal static void IQ4Indices(ReadOnlySpan<float> x, float id, Span<byte> L)
     {
         ReadOnlySpan<sbyte> v = Dequantize.IQ4Levels;
         int j = 0;
@@ -213,7 +213,7 @@ public static partial class Quantize
 
     /// <summary>ggml's best_index_int8: the index of the level nearest <paramref name="x"/> in the ascending
     /// <paramref name="values"/> (binary search; a tie goes to the upper level).</summary>
-    private static int BestIndexInt8(ReadOnlySpan<sbyte> values, float x)
+    internal static int BestIndexInt8(ReadOnlySpan<sbyte> values, float x)
     {
         int n = values.Length;
         if (x <= values[0]) return 0;

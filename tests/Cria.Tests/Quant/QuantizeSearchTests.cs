@@ -1,3 +1,4 @@
+using System.Runtime.Intrinsics;
 using Cria.Tensors;
 using Xunit;
 
@@ -54,6 +55,38 @@ public sealed class QuantizeSearchTests
             Assert.True(a.AsSpan().SequenceEqual(b), $"{t} reference, row {rows}: vector and scalar bytes differ");
             Assert.True(c.AsSpan().SequenceEqual(d), $"{t} weighted, row {rows}: vector and scalar bytes differ");
             rows++;
+        }
+    }
+}
+
+/// <summary>IQ4's level choice: ggml's best_index_int8 (binary search, a tie to the upper level) and the vector
+/// paths that count midpoints instead, at every midpoint, one float step either side of it, and on a dense sweep.</summary>
+public sealed class IQ4LevelChoiceTests
+{
+    [Fact]
+    public void Midpoints_go_up_and_the_vector_paths_agree_with_the_search()
+    {
+        ReadOnlySpan<sbyte> v = Dequantize.IQ4Levels;
+        var xs = new List<float>();
+        for (int k = 0; k < 15; k++)
+        {
+            float m = (v[k] + v[k + 1]) * 0.5f;
+            Assert.Equal(k + 1, Quantize.BestIndexInt8(v, m));                       // a tie takes the upper level
+            Assert.Equal(k, Quantize.BestIndexInt8(v, MathF.BitDecrement(m)));
+            Assert.Equal(k + 1, Quantize.BestIndexInt8(v, MathF.BitIncrement(m)));
+            Assert.Equal((float)v[k + 1], Quantize.IQ4Level(System.Runtime.Intrinsics.Vector256.Create(m)).GetElement(0));
+            Assert.Equal((float)v[k], Quantize.IQ4Level(System.Runtime.Intrinsics.Vector256.Create(MathF.BitDecrement(m))).GetElement(0));
+            xs.Add(m); xs.Add(MathF.BitDecrement(m)); xs.Add(MathF.BitIncrement(m));
+        }
+        for (float x = -140; x <= 140; x += 0.125f) xs.Add(x);
+        xs.AddRange([float.MinValue, -1e30f, 1e30f, float.MaxValue, 0f, -0f]);
+        var L = new byte[xs.Count];
+        Quantize.IQ4Indices(xs.ToArray(), 1f, L);
+        for (int i = 0; i < xs.Count; i++)
+        {
+            int want = Quantize.BestIndexInt8(v, xs[i]);
+            Assert.True(want == L[i], $"x = {xs[i]:R}: best_index_int8 {want}, counted {L[i]}");
+            Assert.Equal((float)v[want], Quantize.IQ4Level(System.Runtime.Intrinsics.Vector256.Create(xs[i])).GetElement(0));
         }
     }
 }

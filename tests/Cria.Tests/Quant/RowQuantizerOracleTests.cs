@@ -27,6 +27,8 @@ public sealed class RowQuantizerOracleTests(ITestOutputHelper output)
 
     const int Rows = 24, Cols = 1024;
 
+    static readonly float[] IQ4Midpoints = [-115.5f, -93.5f, -74f, -57f, -42f, -28.5f, -16f, -4.5f, 7f, 19f, 31.5f, 45.5f, 61f, 79f, 101f];
+
     static (float[] values, float[] importance) Data(int seed)
     {
         var rng = new Random(seed);
@@ -38,6 +40,10 @@ public sealed class RowQuantizerOracleTests(ITestOutputHelper output)
             if (r % 6 == 1) Array.Clear(row, 256, 256);                 // a whole super-block of zeros
             if (r % 6 == 2) Array.Fill(row, -0.03f, 512, 32);           // a constant block
             if (r % 6 == 3) for (int j = 768; j < 1024; j++) row[j] *= 1e-6f; // tiny values
+            if (r % 6 == 4)
+                // IQ4 ties: with max 1 the trial inverse scale −128 maps −m/128 exactly onto the midpoint m between two
+                // levels, where best_index_int8 takes the upper level
+                for (int j = 0; j < 256; j++) row[j] = j % 32 == 0 ? 1f : -IQ4Midpoints[(j + r) % 15] / 128f;
             row.CopyTo(x, r * Cols);
         }
         var imp = new float[Cols];
