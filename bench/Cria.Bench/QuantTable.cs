@@ -22,7 +22,7 @@ namespace Cria.Bench;
 /// </summary>
 static class QuantTable
 {
-    static readonly string[] Types = ["Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K"];
+    static readonly string[] Types = ["Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0", "IQ4_NL", "IQ4_XS", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K"];
 
     sealed record Row(string Type, string Variant, double Bpw, double PplCria, double PplLlama, string Note,
         double Kld = double.NaN, double KldSe = double.NaN, double SameTop = double.NaN, double ChangeSe = double.NaN);
@@ -295,6 +295,30 @@ static class QuantTable
         double mc = Median(tc), ml = Median(tl);
         Console.WriteLine($"median: Cria {mc:F1} s, llama.cpp {ml:F1} s, ratio Cria/llama.cpp {mc / ml:F2}");
         File.Delete(oc); File.Delete(ol);
+        return 0;
+    }
+
+    /// <summary>quant-svg TSV [--docs DIR] [--subtitle TEXT]: the plot of a quant-table TSV (its own, or rows of several
+    /// runs put together, as docs/quantization.tsv) written to DIR/quantization.svg.</summary>
+    public static int SvgFromTsv(string[] args)
+    {
+        var ci = CultureInfo.InvariantCulture;
+        string tsv = args[0], docs = "docs", subtitle = "models/default.gguf, perplexity on bench/quant/eval.txt (ctx 128, all chunks), calibration on bench/quant/calib.txt";
+        for (int i = 1; i < args.Length; i++)
+        {
+            if (args[i] == "--docs") docs = args[++i];
+            else if (args[i] == "--subtitle") subtitle = args[++i];
+        }
+        var rows = new List<Row>();
+        foreach (var line in File.ReadLines(tsv).Skip(1))
+        {
+            var c = line.Split('\t');
+            if (c.Length < 5) continue;
+            double D(int i) => c.Length > i && c[i].Length > 0 ? double.Parse(c[i], ci) : double.NaN;
+            rows.Add(new Row(c[0], c[1], D(2), D(3), D(4), c.Length > 5 ? c[5] : "", D(6), D(7), D(8), D(9)));
+        }
+        File.WriteAllText(Path.Combine(docs, "quantization.svg"), Svg(rows, subtitle));
+        Console.WriteLine($"wrote {Path.Combine(docs, "quantization.svg")} from {rows.Count} rows of {tsv}");
         return 0;
     }
 
