@@ -53,7 +53,8 @@ public static unsafe class RowKernels
         GgmlType.Q8_0 when Avx512BW.IsSupported => n / 32 * 68,
         GgmlType.Q8_0 when Avx2Rows(weightType) => n / 32 * 36, // [nb] F32 scales, then [nb, 32] int8 quants
         GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 when Avx2Rows(weightType)
-            => n / 32 * 44, // the same, then [nb] int32 Σ quants and [nb] float s = F16(d·Σ quants) (VecDot.DotRows8Avx2)
+            => n / 32 * 44,
+        GgmlType.IQ4_NL when Iq4nlRows8(weightType) => n / 32 * 44, // as the legacy types // the same, then [nb] int32 Σ quants and [nb] float s = F16(d·Σ quants) (VecDot.DotRows8Avx2)
         GgmlType.Q4_K or GgmlType.Q6_K when Avx512BW.IsSupported => n / 256 * Q8KStride,
         _ => (int)GgmlTypeInfo.RowBytes(VecDot.ActivationType(weightType), n),
     };
@@ -82,6 +83,9 @@ public static unsafe class RowKernels
                 QuantizeQ80Avx2(x, dst, split: true);
                 return;
             case GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 when Avx2Rows(weightType):
+                QuantizeQ80Avx2(x, dst, split: true, sums: true);
+                return;
+            case GgmlType.IQ4_NL when Iq4nlRows8(weightType):
                 QuantizeQ80Avx2(x, dst, split: true, sums: true);
                 return;
             case GgmlType.Q4_K or GgmlType.Q5_K when Avx2Rows(weightType):
@@ -557,7 +561,12 @@ public static unsafe class RowKernels
     /// (<see cref="VecDot.DotRows8Avx2{T}(byte*, long, int, byte*, int, float*)"/>) and for Q8_0's prefill
     /// (<see cref="VecDot.DotQ80Rows8Avx2"/>; its decode runs one or two rows, with the same bits). Any grouping gives the
     /// same bits, but a range of whole groups wastes no lanes.</summary>
-    internal static int RowGroup(GgmlType type) => type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 && Avx2Rows(type) ? 8 : 1;
+    internal static int RowGroup(GgmlType type) => type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 && Avx2Rows(type)
+        || Iq4nlRows8(type) ? 8 : 1;
+
+    /// <summary>IQ4_NL through the eight-row legacy kernel (<see cref="VecDot.IQ4NLBlock"/>): AVX2 with AVX-VNNI; without
+    /// VNNI it runs one row at a time (<see cref="VecDot.DotIQ4NLAvx2"/> on ggml's Q8_0 activations).</summary>
+    internal static bool Iq4nlRows8(GgmlType type) => type == GgmlType.IQ4_NL && Avx2Rows(type) && AvxVnni.IsSupported;
 
     /// <summary>Decode: <see cref="VecDot.DotRows8Avx2{T}(byte*, long, int, byte*, int, float*)"/> for a legacy type.</summary>
     static void Rows8(GgmlType type, byte* w, long rowBytes, int rows, byte* x, int n, float* y)
@@ -567,6 +576,7 @@ public static unsafe class RowKernels
             case GgmlType.Q4_0: VecDot.DotRows8Avx2<VecDot.Q40Block>(w, rowBytes, rows, x, n / 32, y); break;
             case GgmlType.Q4_1: VecDot.DotRows8Avx2<VecDot.Q41Block>(w, rowBytes, rows, x, n / 32, y); break;
             case GgmlType.Q5_0: VecDot.DotRows8Avx2<VecDot.Q50Block>(w, rowBytes, rows, x, n / 32, y); break;
+            case GgmlType.IQ4_NL: VecDot.DotRows8Avx2<VecDot.IQ4NLBlock>(w, rowBytes, rows, x, n / 32, y); break;
             default: VecDot.DotRows8Avx2<VecDot.Q51Block>(w, rowBytes, rows, x, n / 32, y); break;
         }
     }
@@ -580,6 +590,7 @@ public static unsafe class RowKernels
             case GgmlType.Q4_0: VecDot.DotRows8Avx2<VecDot.Q40Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
             case GgmlType.Q4_1: VecDot.DotRows8Avx2<VecDot.Q41Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
             case GgmlType.Q5_0: VecDot.DotRows8Avx2<VecDot.Q50Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
+            case GgmlType.IQ4_NL: VecDot.DotRows8Avx2<VecDot.IQ4NLBlock>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
             default: VecDot.DotRows8Avx2<VecDot.Q51Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
         }
     }

@@ -6,7 +6,7 @@ using Cria.Tensors;
 namespace Cria.Kernels;
 
 /// <summary>
-/// The 32-value legacy types — Q4_0, Q4_1, Q5_0, Q5_1 — eight weight rows at a time (AVX2), for
+/// The 32-value legacy types — Q4_0, Q4_1, Q5_0, Q5_1, and IQ4_NL with AVX-VNNI — eight weight rows at a time (AVX2), for
 /// <see cref="RowKernels"/>. A block is d (F16), for Q4_1/Q5_1 a min m (F16), for Q5_0/Q5_1 32 fifth bits qh, then
 /// qs[16]: element j is the low nibble of qs[j] (plus bit j of qh · 16), element j + 16 the high nibble (plus bit
 /// j + 16). Values: Q4_0 q − 8, Q5_0 q − 16, Q4_1 / Q5_1 d·q + m.
@@ -41,28 +41,37 @@ public static partial class VecDot
         static abstract int Min { get; }
         /// <summary>Offset of the 32 fifth bits qh, or 0 for none (Q4_0, Q4_1).</summary>
         static abstract int HighBits { get; }
-        /// <summary>log2 of the value offset for types without a min: Q4_0 3 (q − 8), Q5_0 4 (q − 16).</summary>
+        /// <summary>log2 of the value offset for types without a min: Q4_0 3 (q − 8), Q5_0 4 (q − 16), IQ4_NL 7
+        /// (level + 128 − 128).</summary>
         static abstract int OffsetShift { get; }
+        /// <summary>IQ4_NL: the nibbles index the IQ4 levels, looked up as level + 128 (1 … 241, unsigned bytes). Only
+        /// with AVX-VNNI: vpmaddubsw would saturate on 2 · 241 · 127.</summary>
+        static abstract bool Levels { get; }
     }
 
     internal readonly struct Q40Block : ILegacyBlock
     {
-        public static int Bytes => 18; public static int Qs => 2; public static int Min => 0; public static int HighBits => 0; public static int OffsetShift => 3;
+        public static int Bytes => 18; public static int Qs => 2; public static int Min => 0; public static int HighBits => 0; public static int OffsetShift => 3; public static bool Levels => false;
     }
 
     internal readonly struct Q41Block : ILegacyBlock
     {
-        public static int Bytes => 20; public static int Qs => 4; public static int Min => 2; public static int HighBits => 0; public static int OffsetShift => 0;
+        public static int Bytes => 20; public static int Qs => 4; public static int Min => 2; public static int HighBits => 0; public static int OffsetShift => 0; public static bool Levels => false;
     }
 
     internal readonly struct Q50Block : ILegacyBlock
     {
-        public static int Bytes => 22; public static int Qs => 6; public static int Min => 0; public static int HighBits => 2; public static int OffsetShift => 4;
+        public static int Bytes => 22; public static int Qs => 6; public static int Min => 0; public static int HighBits => 2; public static int OffsetShift => 4; public static bool Levels => false;
     }
 
     internal readonly struct Q51Block : ILegacyBlock
     {
-        public static int Bytes => 24; public static int Qs => 8; public static int Min => 2; public static int HighBits => 4; public static int OffsetShift => 0;
+        public static int Bytes => 24; public static int Qs => 8; public static int Min => 2; public static int HighBits => 4; public static int OffsetShift => 0; public static bool Levels => false;
+    }
+
+    internal readonly struct IQ4NLBlock : ILegacyBlock
+    {
+        public static int Bytes => 18; public static int Qs => 2; public static int Min => 0; public static int HighBits => 0; public static int OffsetShift => 7; public static bool Levels => true;
     }
 
     /// <summary>Rows [0, rows) (rows ≤ 8, row k at w + k·rowBytes) against one activation row x:
@@ -138,6 +147,11 @@ public static partial class VecDot
         var m4 = Vector256.Create((byte)0x0F);
         lo = v & m4;
         hi = Vector256.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & m4;
+        if (T.Levels)
+        {
+            lo = Avx2.Shuffle(IQ4LevelTableU8(), lo);
+            hi = Avx2.Shuffle(IQ4LevelTableU8(), hi);
+        }
         if (T.HighBits != 0)
         {
             // [a's qh ×4 | b's qh ×4]; byte i of each lane takes qh byte i / 8 (lo: bytes 0, 1; hi: bytes 2, 3), then
