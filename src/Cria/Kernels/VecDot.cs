@@ -358,46 +358,42 @@ public static partial class VecDot
     // IQ4_NL (d | qs[16]: element j the level of the low nibble, j+16 of the high one) x Q8_0 (ggml_vec_dot_iq4_nl_q8_0).
     private static float ScalarIQ4_NL(ReadOnlySpan<byte> w, ReadOnlySpan<byte> a, int n)
     {
-        ReadOnlySpan<sbyte> levels = Dequantize.IQ4Levels;
         float sumf = 0;
         for (int ib = 0; ib < n / 32; ib++)
         {
             ReadOnlySpan<byte> x = w.Slice(ib * 18, 18), y = a.Slice(ib * 34, 34);
             float d = H(y, 0) * H(x, 0);
-            int sumi1 = 0, sumi2 = 0;
-            for (int j = 0; j < 16; j++)
-            {
-                sumi1 += (sbyte)y[2 + j] * levels[x[2 + j] & 0xF];
-                sumi2 += (sbyte)y[2 + 16 + j] * levels[x[2 + j] >> 4];
-            }
-            sumf += d * (sumi1 + sumi2);
+            sumf += d * IQ4BlockDot(x.Slice(2, 16), y.Slice(2, 32));
         }
         return sumf;
     }
 
     // IQ4_XS (d | scales_h | scales_l[4] | qs[128]; sub-block ib as IQ4_NL with scale ls − 32) x Q8_K (d f32 | qs[256] | bsums)
-    // (ggml_vec_dot_iq4_xs_q8_K): per pair of sub-blocks, d·d8·(ls − 32)·Σ level·q8.
+    // (ggml_vec_dot_iq4_xs_q8_K): per sub-block, d·d8·(ls − 32)·Σ level·q8.
     private static float ScalarIQ4_XS(ReadOnlySpan<byte> w, ReadOnlySpan<byte> a, int n)
     {
-        ReadOnlySpan<sbyte> levels = Dequantize.IQ4Levels;
         float sumf = 0;
         for (int ibl = 0; ibl < n / 256; ibl++)
         {
             ReadOnlySpan<byte> x = w.Slice(ibl * 136, 136), y = a.Slice(ibl * 292, 292);
             float d4d8 = H(x, 0) * BinaryPrimitives.ReadSingleLittleEndian(y);
             for (int ib = 0; ib < 8; ib++)
-            {
-                float dl = d4d8 * Dequantize.IQ4XSScale(x, ib);
-                ReadOnlySpan<byte> qs = x.Slice(8 + 16 * ib, 16), q8 = y.Slice(4 + 32 * ib, 32);
-                int sumi1 = 0, sumi2 = 0;
-                for (int j = 0; j < 16; j++)
-                {
-                    sumi1 += (sbyte)q8[j] * levels[qs[j] & 0xF];
-                    sumi2 += (sbyte)q8[j + 16] * levels[qs[j] >> 4];
-                }
-                sumf += dl * (sumi1 + sumi2);
-            }
+                sumf += d4d8 * Dequantize.IQ4XSScale(x, ib) * IQ4BlockDot(x.Slice(8 + 16 * ib, 16), y.Slice(4 + 32 * ib, 32));
         }
         return sumf;
+    }
+
+    // Σ level·q8 over one 32-value IQ4 block: qs[16] indices (element j in the low nibble of qs[j], j + 16 in the high
+    // one) against 32 int8 activations; ggml sums the two halves apart, then adds them.
+    private static int IQ4BlockDot(ReadOnlySpan<byte> qs, ReadOnlySpan<byte> q8)
+    {
+        ReadOnlySpan<sbyte> levels = Dequantize.IQ4Levels;
+        int sumi1 = 0, sumi2 = 0;
+        for (int j = 0; j < 16; j++)
+        {
+            sumi1 += (sbyte)q8[j] * levels[qs[j] & 0xF];
+            sumi2 += (sbyte)q8[j + 16] * levels[qs[j] >> 4];
+        }
+        return sumi1 + sumi2;
     }
 }
