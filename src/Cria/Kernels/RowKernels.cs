@@ -53,8 +53,8 @@ public static unsafe class RowKernels
         GgmlType.Q8_0 when Avx512BW.IsSupported => n / 32 * 68,
         GgmlType.Q8_0 when Avx2Rows(weightType) => n / 32 * 36, // [nb] F32 scales, then [nb, 32] int8 quants
         GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 when Avx2Rows(weightType)
-            => n / 32 * 44,
-        GgmlType.IQ4_NL when Iq4nlRows8(weightType) => n / 32 * 44, // as the legacy types // the same, then [nb] int32 Σ quants and [nb] float s = F16(d·Σ quants) (VecDot.DotRows8Avx2)
+            => n / 32 * 44, // the same, then [nb] int32 Σ quants and [nb] float s = F16(d·Σ quants) (VecDot.DotRows8Avx2)
+        GgmlType.IQ4_NL when Iq4nlRows8(weightType) => n / 32 * 44, // as the legacy types
         GgmlType.Q4_K or GgmlType.Q6_K when Avx512BW.IsSupported => n / 256 * Q8KStride,
         _ => (int)GgmlTypeInfo.RowBytes(VecDot.ActivationType(weightType), n),
     };
@@ -548,7 +548,7 @@ public static unsafe class RowKernels
     /// AVX-512 they have their own kernels), and Q5_K, Q3_K, Q2_K, IQ4_XS, IQ4_NL and the legacy Q4_0, Q4_1, Q5_0, Q5_1
     /// (eight rows at a time, <see cref="RowGroup"/>) on every AVX2 + FMA machine. Activations are ggml's Q8_K blocks (for Q4_K and Q5_K
     /// with float min sums, <see cref="Q8KFloatMins"/>) or Q8_0 quants in the split layout (scales first; for the legacy
-    /// types followed by the block sums).</summary>
+    /// types followed by the block sums; IQ4_XS: Q8_K blocks in <see cref="VecDot.PermuteQ8KForIQ4XS"/>'s pair layout).</summary>
     internal static bool Avx2Rows(GgmlType type) => Avx2.IsSupported && Fma.IsSupported && type switch
     {
         GgmlType.Q4_K or GgmlType.Q6_K or GgmlType.Q8_0 => !Avx512BW.IsSupported,
