@@ -30,6 +30,8 @@ public class MixtureOfExpertsTests(ITestOutputHelper output)
     [InlineData(GgmlType.F16, 4, 2)]
     [InlineData(GgmlType.Q8_0, 4, 2)]
     [InlineData(GgmlType.Q4_K, 8, 2)]
+    [InlineData(GgmlType.IQ4_XS, 8, 2)]
+    [InlineData(GgmlType.IQ4_NL, 4, 2)]
     public void Logits_and_greedy_tokens_agree_with_llama_cpp(GgmlType type, int experts, int used)
     {
         var path = LogitsAgreementTests.ModelFile($"moe-{type}-{experts}-{used}", Spec(type, experts, used));

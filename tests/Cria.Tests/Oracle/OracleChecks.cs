@@ -36,7 +36,9 @@ static class OracleChecks
             worst = Math.Max(worst, seq == null ? dBatch : Math.Min(dBatch, MaxDiff(seq[p], b[p])));
         }
         float tol = LogitsAgreementTests.Tolerance(type);
-        output.WriteLine($"{what}: max |Δ logit| {worst:E2} over {tokens.Length} positions (tolerance {tol:E0})" +
+        float spread = a[^1].Max() - a[^1].Min();
+        Assert.True(spread > 0.1f, $"{what}: llama.cpp's last logits span only {spread}: the model computes nothing to compare");
+        output.WriteLine($"{what}: max |Δ logit| {worst:E2} over {tokens.Length} positions (tolerance {tol:E0}, logits span {spread:F2})" +
                          (seq != null ? $"; against llama.cpp's one batch alone {worstBatch:E2}, llama.cpp's batch against its token-by-token run {cppSpread:E2}" : ""));
         Assert.True(worst <= tol, $"max |Δ logit| {worst} exceeds {tol}");
 
