@@ -35,6 +35,12 @@ public static partial class VecDot
             }
     }
 
+    /// <summary>Which multiply the IQ4_XS row kernels use: AVX-VNNI's vpdpbusd on levels + 128 (<see cref="HasVnni"/>, what
+    /// the machine has) or the sign trick (<see cref="NoVnni"/>). A constant per instantiation, so each keeps one branch.</summary>
+    internal interface IVnniChoice { static abstract bool Use { get; } }
+    internal readonly struct HasVnni : IVnniChoice { public static bool Use => AvxVnni.IsSupported; }
+    internal readonly struct NoVnni : IVnniChoice { public static bool Use => false; }
+
     /// <summary>The IQ4 levels + 128 as unsigned bytes (1 … 241), in both 128-bit lanes (VNNI path).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static Vector256<byte> IQ4LevelTableU8() => Vector256.Create(
@@ -47,7 +53,7 @@ public static partial class VecDot
     /// Integers stay below 2^25 in every lane (4 steps · 32 · 2 · 4 · 241 · 127).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static unsafe Vector256<float> IQ4XSPairStep(byte* x, byte* y)
+    static unsafe Vector256<float> IQ4XSPairStep<TVnni>(byte* x, byte* y) where TVnni : IVnniChoice
     {
         // the eight 6-bit scales − 32 as int32 lanes: low four bits from scales_l (4·ib), high two from scales_h (2·ib)
         var lsv = ((Avx2.ShiftRightLogicalVariable(Vector256.Create(*(uint*)(x + 4)), Vector256.Create(0u, 4, 8, 12, 16, 20, 24, 28)) & Vector256.Create(0xFu))
@@ -63,7 +69,7 @@ public static partial class VecDot
             var qa = Vector256.Load((sbyte*)(y + 4 + 64 * p));
             var qb = Vector256.Load((sbyte*)(y + 4 + 64 * p + 32));
             Vector256<int> s;
-            if (AvxVnni.IsSupported)
+            if (TVnni.Use)
             {
                 var table = IQ4LevelTableU8();
                 s = AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Avx2.Shuffle(table, lo), qa), Avx2.Shuffle(table, hi), qb);
@@ -76,7 +82,7 @@ public static partial class VecDot
             var lsPair = Avx2.PermuteVar8x32(lsv, Vector256.Create(2 * p, 2 * p, 2 * p, 2 * p, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1));
             sumi += s * lsPair;
         }
-        if (AvxVnni.IsSupported)
+        if (TVnni.Use)
         {
             // lane ib: ls_ib · (bsum 2ib + bsum 2ib+1) = ls_ib · Σq of sub-block ib; 128 times that was added above
             var lsTwice = (lsv << 16 | (lsv & Vector256.Create(0xFFFF))).AsInt16();
@@ -87,13 +93,18 @@ public static partial class VecDot
 
     /// <summary>One IQ4_XS row against one pair-layout activation row (<see cref="RowKernels"/>' decode).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static unsafe float DotIQ4XSRow(byte* x, byte* y, int nb)
+    internal static unsafe float DotIQ4XSRow(byte* x, byte* y, int nb) => DotIQ4XSRow<HasVnni>(x, y, nb);
+
+    /// <summary><see cref="DotIQ4XSRow(byte*, byte*, int)"/> with the VNNI choice made by the caller (tests run the
+    /// sign-trick branch on a VNNI machine too).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe float DotIQ4XSRow<TVnni>(byte* x, byte* y, int nb) where TVnni : IVnniChoice
     {
         Vector256<float> acc = default;
         for (int i = 0; i < nb; i++)
         {
             PrefetchIQ4XS(x + i * 136);
-            acc += IQ4XSPairStep(x + i * 136, y + i * 292);
+            acc += IQ4XSPairStep<TVnni>(x + i * 136, y + i * 292);
         }
         return Vector256.Sum(acc);
     }
@@ -102,14 +113,18 @@ public static partial class VecDot
     /// than one) against the same activations; each result has the one-row kernel's bits.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
     internal static unsafe void DotIQ4XSRowPair(byte* xa, byte* xb, byte* y, int nb, out float ya, out float yb)
+        => DotIQ4XSRowPair<HasVnni>(xa, xb, y, nb, out ya, out yb);
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
+    internal static unsafe void DotIQ4XSRowPair<TVnni>(byte* xa, byte* xb, byte* y, int nb, out float ya, out float yb) where TVnni : IVnniChoice
     {
         Vector256<float> accA = default, accB = default;
         for (int i = 0; i < nb; i++)
         {
             PrefetchIQ4XS(xa + i * 136);
             PrefetchIQ4XS(xb + i * 136);
-            accA += IQ4XSPairStep(xa + i * 136, y + i * 292);
-            accB += IQ4XSPairStep(xb + i * 136, y + i * 292);
+            accA += IQ4XSPairStep<TVnni>(xa + i * 136, y + i * 292);
+            accB += IQ4XSPairStep<TVnni>(xb + i * 136, y + i * 292);
         }
         ya = Vector256.Sum(accA);
         yb = Vector256.Sum(accB);
@@ -120,10 +135,14 @@ public static partial class VecDot
     /// integers and float steps are <see cref="IQ4XSPairStep"/>'s, so each result has the one-row kernel's bits.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static unsafe void DotIQ4XSRowX4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride)
+        => DotIQ4XSRowX4<HasVnni>(x, y, yStride, nb, outp, outStride);
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe void DotIQ4XSRowX4<TVnni>(byte* x, byte* y, int yStride, int nb, float* outp, int outStride) where TVnni : IVnniChoice
     {
         byte* y1 = y + yStride, y2 = y1 + yStride, y3 = y2 + yStride;
         Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
-        bool vnni = AvxVnni.IsSupported;
+        bool vnni = TVnni.Use;
         var tableU = IQ4LevelTableU8();
         var tableS = IQ4LevelTable().AsByte();
         var m4 = Vector256.Create((byte)0x0F);

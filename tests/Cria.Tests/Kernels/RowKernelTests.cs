@@ -145,6 +145,64 @@ public unsafe class RowKernelTests
         }
     }
 
+    /// <summary>The IQ4_XS row kernels on the pair layout, in both multiply variants — vpdpbusd on levels + 128 (what a
+    /// VNNI machine runs) and the sign trick (what an AVX2 machine without VNNI runs; instantiated here directly, so it
+    /// is tested on every machine): each equals the scalar reference up to float summation order, and the paired and
+    /// four-row kernels give each row the one-row kernel's bits.</summary>
+    [Fact]
+    public void IQ4XSRowKernelsInBothMultiplyVariants()
+    {
+        if (!RowKernels.Avx2Rows(GgmlType.IQ4_XS)) return; // (no AVX2: these kernels are not used)
+        const int n = 2816, nb = n / 256, B = 4;
+        var rng = new Random(44);
+        long rb = GgmlTypeInfo.RowBytes(GgmlType.IQ4_XS, n);
+        var wq = new byte[rb * 2];
+        var wf = new float[2][];
+        for (int r = 0; r < 2; r++)
+        {
+            wf[r] = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+            Quantize.Row(GgmlType.IQ4_XS, wf[r], wq.AsSpan((int)(r * rb), (int)rb));
+        }
+        int ab = (int)GgmlTypeInfo.RowBytes(GgmlType.Q8_K, n);
+        var std = new byte[ab * B];  // ggml's Q8_K blocks, for the scalar reference
+        var pair = new byte[ab * B]; // the same, reordered into the pair layout
+        for (int b = 0; b < B; b++)
+        {
+            VecDot.QuantizeActivations(GgmlType.Q8_K, Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray(), std.AsSpan(b * ab, ab));
+        }
+        std.CopyTo(pair, 0);
+        fixed (byte* pw = wq) fixed (byte* pa = pair)
+        {
+            VecDot.PermuteQ8KForIQ4XS(pa, nb * B);
+            foreach (bool vnni in new[] { true, false })
+            {
+                var x4 = new float[2 * B];
+                for (int r = 0; r < 2; r++)
+                {
+                    fixed (float* py = x4)
+                        if (vnni) VecDot.DotIQ4XSRowX4<VecDot.HasVnni>(pw + r * rb, pa, ab, nb, py + r, 2);
+                        else VecDot.DotIQ4XSRowX4<VecDot.NoVnni>(pw + r * rb, pa, ab, nb, py + r, 2);
+                    for (int b = 0; b < B; b++)
+                    {
+                        float one = vnni ? VecDot.DotIQ4XSRow<VecDot.HasVnni>(pw + r * rb, pa + b * ab, nb) : VecDot.DotIQ4XSRow<VecDot.NoVnni>(pw + r * rb, pa + b * ab, nb);
+                        float scalar = VecDot.DotScalar(GgmlType.IQ4_XS, wq.AsSpan((int)(r * rb), (int)rb), std.AsSpan(b * ab, ab), n);
+                        var wd = new float[n]; var ad = new float[n];
+                        Dequantize.Row(GgmlType.IQ4_XS, wq.AsSpan((int)(r * rb), (int)rb), wd);
+                        Dequantize.Row(GgmlType.Q8_K, std.AsSpan(b * ab, ab), ad);
+                        double absDot = 0;
+                        for (int i = 0; i < n; i++) absDot += Math.Abs((double)wd[i] * ad[i]);
+                        Assert.True(Math.Abs(one - scalar) <= 1e-5 * absDot, $"vnni {vnni} row {r} b {b}: {one} vs scalar {scalar} (Σ|w·a| {absDot})");
+                        Assert.True(one.Equals(x4[b * 2 + r]), $"vnni {vnni} row {r} b {b}: four-row {x4[b * 2 + r]} vs one-row {one}");
+                        float ya, yb;
+                        if (vnni) VecDot.DotIQ4XSRowPair<VecDot.HasVnni>(pw, pw + rb, pa + b * ab, nb, out ya, out yb);
+                        else VecDot.DotIQ4XSRowPair<VecDot.NoVnni>(pw, pw + rb, pa + b * ab, nb, out ya, out yb);
+                        Assert.True((r == 0 ? ya : yb).Equals(one), $"vnni {vnni} row {r} b {b}: paired {(r == 0 ? ya : yb)} vs one-row {one}");
+                    }
+                }
+            }
+        }
+    }
+
     /// <summary>Every quantized kernel ends a dot product with RowKernels.Sum's fixed tree, and the tiles sum sixteen
     /// accumulators at once with Sums16: lane b of Sums16 must be the bits of Sum(v[b]), and Sum the bits of the tree
     /// written out in scalars. Lanes of mixed magnitudes make every other order give other bits.</summary>
