@@ -127,13 +127,8 @@ static class QuantTable
         if (merge != null)
         {
             // Rows of an earlier run (same model, chunks and calibration) for the type/variant pairs not run now.
-            foreach (var line in File.ReadLines(merge).Skip(1))
-            {
-                var c = line.Split('\t');
-                if (c.Length < 5 || rows.Any(r => r.Type == c[0] && r.Variant == c[1])) continue;
-                double D(int i) => c.Length > i && c[i].Length > 0 ? double.Parse(c[i], ci) : double.NaN;
-                rows.Add(new Row(c[0], c[1], D(2), D(3), D(4), c.Length > 5 ? c[5] : "", D(6), D(7), D(8), D(9)));
-            }
+            var fresh = rows.ToList();
+            rows.AddRange(ReadTsv(merge).Where(m => !fresh.Any(r => r.Type == m.Type && r.Variant == m.Variant)));
             var order = new List<string> { "F32" }; order.AddRange(Types);
             rows = rows.OrderBy(r => order.IndexOf(r.Type) is int k && k >= 0 ? k : 99).ThenBy(r => Array.IndexOf(new[] { "plain", "imatrix", "awq", "gptq", "awq+imatrix" }, r.Variant)).ToList();
         }
@@ -309,17 +304,23 @@ static class QuantTable
             if (args[i] == "--docs") docs = args[++i];
             else if (args[i] == "--subtitle") subtitle = args[++i];
         }
-        var rows = new List<Row>();
-        foreach (var line in File.ReadLines(tsv).Skip(1))
+        var rows = ReadTsv(tsv).ToList();
+        File.WriteAllText(Path.Combine(docs, "quantization.svg"), Svg(rows, subtitle));
+        Console.WriteLine($"wrote {Path.Combine(docs, "quantization.svg")} from {rows.Count} rows of {tsv}");
+        return 0;
+    }
+
+    /// <summary>The rows of a quant-table TSV (its header line skipped; empty cells NaN).</summary>
+    static IEnumerable<Row> ReadTsv(string path)
+    {
+        var ci = CultureInfo.InvariantCulture;
+        foreach (var line in File.ReadLines(path).Skip(1))
         {
             var c = line.Split('\t');
             if (c.Length < 5) continue;
             double D(int i) => c.Length > i && c[i].Length > 0 ? double.Parse(c[i], ci) : double.NaN;
-            rows.Add(new Row(c[0], c[1], D(2), D(3), D(4), c.Length > 5 ? c[5] : "", D(6), D(7), D(8), D(9)));
+            yield return new Row(c[0], c[1], D(2), D(3), D(4), c.Length > 5 ? c[5] : "", D(6), D(7), D(8), D(9));
         }
-        File.WriteAllText(Path.Combine(docs, "quantization.svg"), Svg(rows, subtitle));
-        Console.WriteLine($"wrote {Path.Combine(docs, "quantization.svg")} from {rows.Count} rows of {tsv}");
-        return 0;
     }
 
     static bool FilesEqual(string a, string b)
