@@ -6,7 +6,7 @@ namespace Cria.Tensors;
 /// Scalar reference dequantization, one routine per ggml block format (ggml-quants.c <c>dequantize_row_*</c>).
 /// Arithmetic is done in float in the same order ggml writes it, so results are bit-identical to ggml.
 /// </summary>
-public static class Dequantize
+public static partial class Dequantize
 {
     /// <summary>Decodes <paramref name="dst"/>.Length elements of <paramref name="type"/> from <paramref name="src"/>.</summary>
     public static void Row(GgmlType type, ReadOnlySpan<byte> src, Span<float> dst)
@@ -54,6 +54,13 @@ public static class Dequantize
                 case GgmlType.Q8_K: Q8_K(b, y); break;
                 case GgmlType.IQ4_NL: IQ4_NL(b, y); break;
                 case GgmlType.IQ4_XS: IQ4_XS(b, y); break;
+                case GgmlType.IQ2_XXS: IQ2_XXS(b, y); break;
+                case GgmlType.IQ2_XS: IQ2_XS(b, y); break;
+                case GgmlType.IQ2_S: IQ2_S(b, y); break;
+                case GgmlType.IQ3_XXS: IQ3_XXS(b, y); break;
+                case GgmlType.IQ3_S: IQ3_S(b, y); break;
+                case GgmlType.IQ1_S: IQ1_S(b, y); break;
+                case GgmlType.IQ1_M: IQ1_M(b, y); break;
                 default: throw new ArgumentException($"dequantization of {type} is not supported", nameof(type));
             }
         }

@@ -18,7 +18,7 @@ public enum GgmlType : uint
     Q5_K = 13,
     Q6_K = 14,
     Q8_K = 15,
-    // The i-quants. Cria reads and writes IQ4_NL and IQ4_XS; the others are named so that errors can name them.
+    // The i-quants. Cria reads all of them and writes IQ4_NL and IQ4_XS.
     IQ2_XXS = 16,
     IQ2_XS = 17,
     IQ3_XXS = 18,
@@ -49,7 +49,8 @@ public static class GgmlTypeInfo
     {
         GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1
             or GgmlType.Q8_0 or GgmlType.Q8_1 or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K
-            or GgmlType.Q6_K or GgmlType.Q8_K or GgmlType.IQ4_NL or GgmlType.IQ4_XS or GgmlType.I8 or GgmlType.I16 or GgmlType.I32 or GgmlType.I64 or GgmlType.F64 => true,
+            or GgmlType.Q6_K or GgmlType.Q8_K or GgmlType.IQ4_NL or GgmlType.IQ4_XS or GgmlType.IQ2_XXS or GgmlType.IQ2_XS
+            or GgmlType.IQ2_S or GgmlType.IQ3_XXS or GgmlType.IQ3_S or GgmlType.IQ1_S or GgmlType.IQ1_M or GgmlType.I8 or GgmlType.I16 or GgmlType.I32 or GgmlType.I64 or GgmlType.F64 => true,
         _ => false,
     };
 
@@ -57,7 +58,8 @@ public static class GgmlTypeInfo
     public static int BlockSize(GgmlType t) => t switch
     {
         GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q8_0 or GgmlType.Q8_1 or GgmlType.IQ4_NL => 32,
-        GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.Q8_K or GgmlType.IQ4_XS => QK_K,
+        GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.Q8_K or GgmlType.IQ4_XS
+            or GgmlType.IQ2_XXS or GgmlType.IQ2_XS or GgmlType.IQ2_S or GgmlType.IQ3_XXS or GgmlType.IQ3_S or GgmlType.IQ1_S or GgmlType.IQ1_M => QK_K,
         _ => 1,
     };
 
@@ -86,6 +88,13 @@ public static class GgmlTypeInfo
         GgmlType.Q8_K => 4 + 256 + 32,      // d (f32), qs[256], bsums[16] (i16)
         GgmlType.IQ4_NL => 2 + 16,          // d, qs[16] (indices into kvalues_iq4nl)
         GgmlType.IQ4_XS => 2 + 2 + 4 + 128, // d, scales_h (u16), scales_l[4], qs[128]
+        GgmlType.IQ2_XXS => 2 + 64,         // d, qs[32] (u16)
+        GgmlType.IQ2_XS => 2 + 64 + 8,      // d, qs[32] (u16), scales[8]
+        GgmlType.IQ2_S => 2 + 64 + 8 + 8,   // d, qs[64] (indices, signs), qh[8], scales[8]
+        GgmlType.IQ3_XXS => 2 + 96,         // d, qs[96] (indices[64], scales_and_signs[32])
+        GgmlType.IQ3_S => 2 + 64 + 8 + 32 + 4, // d, qs[64], qh[8], signs[32], scales[4]
+        GgmlType.IQ1_S => 2 + 32 + 16,      // d, qs[32], qh[8] (u16)
+        GgmlType.IQ1_M => 32 + 16 + 8,      // qs[32], qh[16], scales[8] (the f16 scale in their top nibbles)
         _ => throw new ArgumentOutOfRangeException(nameof(t), t, "unknown ggml type"),
     };
 

@@ -1,0 +1,121 @@
+using Cria.Kernels;
+using Cria.Tensors;
+using Cria.Tests.Oracle;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Cria.Tests.Quant;
+
+/// <summary>
+/// The lattice i-quants (IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M), which Cria reads but does not write,
+/// against ggml itself: blocks made by ggml's quantizer (with an importance matrix, as these types require) and blocks
+/// of random bytes (every grid index, sign pattern and scale) dequantize to ggml's values bit for bit, and the dot
+/// products with Q8_K activations agree with the kernel ggml-cpu runs on this machine.
+/// </summary>
+public sealed class IQuantOracleTests(ITestOutputHelper output)
+{
+    public static readonly GgmlType[] Lattice =
+        [GgmlType.IQ2_XXS, GgmlType.IQ2_XS, GgmlType.IQ2_S, GgmlType.IQ3_XXS, GgmlType.IQ3_S, GgmlType.IQ1_S, GgmlType.IQ1_M];
+
+    public static TheoryData<GgmlType> Types()
+    {
+        var d = new TheoryData<GgmlType>();
+        foreach (var t in Lattice) d.Add(t);
+        return d;
+    }
+
+    const int Rows = 8, Cols = 1024;
+
+    static (float[] x, byte[] q) GgmlRows(GgmlType type, int seed)
+    {
+        var rng = new Random(seed);
+        var x = new float[Rows * Cols];
+        for (int r = 0; r < Rows; r++)
+        {
+            var row = QuantTestUtil.Gaussian(rng, Cols, 0.02f + 0.01f * r);
+            for (int k = 0; k < 6; k++) row[rng.Next(Cols)] *= 10;
+            if (r == 3) Array.Clear(row, 256, 256);
+            row.CopyTo(x, r * Cols);
+        }
+        var imp = new float[Cols];
+        for (int j = 0; j < Cols; j++) imp[j] = MathF.Exp((float)(rng.NextDouble() * 6 - 3));
+        return (x, GgmlQuantizer.Quantize(type, x, Cols, imp));
+    }
+
+    /// <summary>Random blocks with a finite scale: 2048 super-blocks draw each grid index many times over.</summary>
+    static byte[] RandomBlocks(GgmlType type, int blocks, int seed)
+    {
+        var rng = new Random(seed);
+        int bs = GgmlTypeInfo.BlockBytes(type);
+        var b = new byte[blocks * bs];
+        rng.NextBytes(b);
+        for (int i = 0; i < blocks; i++)
+        {
+            if (type == GgmlType.IQ1_M) b[i * bs + 55] &= 0xBF; // the f16 scale's top exponent bit: no Inf or NaN
+            else
+            {
+                ushort h = Fp16.FromSingle((float)(rng.NextDouble() * 2 - 1) * MathF.Pow(2, rng.Next(-12, 4)));
+                b[i * bs] = (byte)h; b[i * bs + 1] = (byte)(h >> 8);
+            }
+        }
+        return b;
+    }
+
+    static void AssertSameBits(float[] expected, float[] actual, string what)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        for (int i = 0; i < expected.Length; i++)
+            if (BitConverter.SingleToInt32Bits(expected[i]) != BitConverter.SingleToInt32Bits(actual[i]))
+                Assert.Fail($"{what}: value {i} is {actual[i]:R}, ggml gives {expected[i]:R}");
+    }
+
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void Dequantization_gives_ggmls_values_bit_for_bit(GgmlType type)
+    {
+        var (_, q) = GgmlRows(type, 50 + (int)type);
+        var mine = new float[Rows * Cols];
+        Dequantize.Row(type, q, mine);
+        AssertSameBits(GgmlQuantizer.Dequantize(type, q, Rows * Cols), mine, $"{type}, ggml-quantized rows");
+
+        const int blocks = 2048;
+        var rnd = RandomBlocks(type, blocks, 70 + (int)type);
+        var mine2 = new float[blocks * 256];
+        Dequantize.Row(type, rnd, mine2);
+        var ggml = GgmlQuantizer.Dequantize(type, rnd, mine2.Length);
+        AssertSameBits(ggml, mine2, $"{type}, random blocks");
+        Assert.Contains(ggml, v => v != 0); // the comparison saw real values
+    }
+
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void Dot_products_agree_with_ggml_cpus_kernel(GgmlType type)
+    {
+        var (xw, q) = GgmlRows(type, 90 + (int)type);
+        var rng = new Random(5);
+        var act = QuantTestUtil.Gaussian(rng, Cols, 1f);
+        var a = new byte[GgmlTypeInfo.RowBytes(GgmlType.Q8_K, Cols)];
+        Quantize.Row(GgmlType.Q8_K, act, a);
+        var aDeq = new float[Cols];
+        Dequantize.Row(GgmlType.Q8_K, a, aDeq);
+        int rowBytes = (int)GgmlTypeInfo.RowBytes(type, Cols);
+        double worst = 0;
+        for (int r = 0; r < Rows; r++)
+        {
+            byte[] row = q.AsSpan(r * rowBytes, rowBytes).ToArray();
+            var wDeq = new float[Cols];
+            Dequantize.Row(type, row, wDeq);
+            double exact = 0, mag = 0;
+            for (int i = 0; i < Cols; i++) { exact += (double)wDeq[i] * aDeq[i]; mag += Math.Abs((double)wDeq[i] * aDeq[i]); }
+            float ggml = GgmlQuantizer.VecDot(type, row, a, Cols);
+            float scalar = VecDot.DotScalar(type, row, a, Cols);
+            float fast = VecDot.Dot(type, row, a, Cols);
+            double tol = 1e-5 * mag + 1e-6;
+            Assert.True(Math.Abs(ggml - exact) <= tol, $"{type} row {r}: ggml {ggml} vs the dequantized sum {exact}");
+            Assert.True(Math.Abs(scalar - ggml) <= tol, $"{type} row {r}: scalar {scalar} vs ggml {ggml} (tolerance {tol:E2})");
+            Assert.True(Math.Abs(fast - ggml) <= tol, $"{type} row {r}: Dot {fast} vs ggml {ggml} (tolerance {tol:E2})");
+            worst = Math.Max(worst, Math.Abs(fast - ggml) / mag);
+        }
+        output.WriteLine($"{type}: worst |Dot − ggml| / Σ|w·a| = {worst:E2}");
+    }
+}
