@@ -35,6 +35,7 @@ if (args.Length > 0 && args[0] == "spec") return SpecBench.Run(args[1..]);
 if (args.Length > 0 && args[0] == "best-of") return await BestOfBench.Run(args[1..]);
 if (args.Length > 0 && args[0] == "grammar") return GrammarBench.Run(args[1..]);
 if (args.Length > 0 && args[0] == "sampling") return SamplingBench.Run(args[1..]);
+if (args.Length > 0 && args[0] == "ggml-quantize") return GgmlQuantize.Run(args[1..]);
 
 string? model = null, summary = null, engineOnly = null;
 int threads = 2, rounds = 3, reps = 5, pp = 512, tg = 128, depth = 0;

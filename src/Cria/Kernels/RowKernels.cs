@@ -545,7 +545,7 @@ public static unsafe class RowKernels
 
     /// <summary>Rows that run through the AVX2 kernels of <see cref="VecDot"/> directly (no span or size checks per row):
     /// Q4_K, Q6_K and Q8_0 on machines with AVX2 and FMA but no AVX-512 (e.g. AMD Zen 2/3, Intel before Ice Lake; with
-    /// AVX-512 they have their own kernels), and Q5_K, Q3_K, Q2_K, IQ4_XS, IQ4_NL and the legacy Q4_0, Q4_1, Q5_0, Q5_1
+    /// AVX-512 they have their own kernels), and Q5_K, Q3_K, Q2_K, the i-quants and the legacy Q4_0, Q4_1, Q5_0, Q5_1
     /// (eight rows at a time, <see cref="RowGroup"/>) on every AVX2 + FMA machine. Activations are ggml's Q8_K blocks (for Q4_K and Q5_K
     /// with float min sums, <see cref="Q8KFloatMins"/>) or Q8_0 quants in the split layout (scales first; for the legacy
     /// types followed by the block sums; IQ4_XS: Q8_K blocks in <see cref="VecDot.PermuteQ8KForIQ4XS"/>'s pair layout).</summary>
@@ -553,7 +553,8 @@ public static unsafe class RowKernels
     {
         GgmlType.Q4_K or GgmlType.Q6_K or GgmlType.Q8_0 => !Avx512BW.IsSupported,
         GgmlType.Q5_K or GgmlType.Q4_0 or GgmlType.Q3_K or GgmlType.Q2_K or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1
-            or GgmlType.IQ4_NL or GgmlType.IQ4_XS => true,
+            or GgmlType.IQ4_NL or GgmlType.IQ4_XS or GgmlType.IQ2_XXS or GgmlType.IQ2_XS or GgmlType.IQ2_S or GgmlType.IQ3_XXS
+            or GgmlType.IQ3_S or GgmlType.IQ1_S or GgmlType.IQ1_M => true,
         _ => false,
     };
 
@@ -605,6 +606,13 @@ public static unsafe class RowKernels
         GgmlType.Q6_K => VecDot.DotQ6KAvx2(w, x, n / 256),
         GgmlType.IQ4_XS => VecDot.DotIQ4XSRow(w, x, n / 256),
         GgmlType.IQ4_NL => VecDot.DotIQ4NLAvx2(w, x, n / 32),
+        GgmlType.IQ2_XXS => VecDot.DotIQ2XXSAvx2(w, x, n / 256),
+        GgmlType.IQ2_XS => VecDot.DotIQ2XSAvx2(w, x, n / 256),
+        GgmlType.IQ2_S => VecDot.DotIQ2SAvx2(w, x, n / 256),
+        GgmlType.IQ3_XXS => VecDot.DotIQ3XXSAvx2(w, x, n / 256),
+        GgmlType.IQ3_S => VecDot.DotIQ3SAvx2(w, x, n / 256),
+        GgmlType.IQ1_S => VecDot.DotIQ1SAvx2(w, x, n / 256),
+        GgmlType.IQ1_M => VecDot.DotIQ1MAvx2(w, x, n / 256),
         _ => throw new System.Diagnostics.UnreachableException($"no single-row AVX2 kernel for {type}"),
     };
 

@@ -1,4 +1,8 @@
 using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using Cria.Tensors;
 
 namespace Cria.Kernels;
@@ -6,7 +10,7 @@ namespace Cria.Kernels;
 // The lattice i-quants (IQ2_XXS … IQ1_M) against Q8_K activations: scalar references in the order of ggml's
 // ggml_vec_dot_iq*_q8_K_generic. Integer sums per 32 (or 16) values times the odd integer scale 2s + 1; the float
 // factor (1/8 for IQ2, 1/4 for IQ3_XXS) is applied once at the end, as ggml does.
-public static partial class VecDot
+public static unsafe partial class VecDot
 {
     static int Q8(ReadOnlySpan<byte> y, int i) => (sbyte)y[4 + i];
 
@@ -202,6 +206,226 @@ public static partial class VecDot
                 sumi2 += s20 * ls1 + s21 * ls2;
             }
             sumf += Dequantize.IQ1MScale(x) * Q8d(y) * (sumi1 + Dequantize.IQ1Delta * sumi2);
+        }
+        return sumf;
+    }
+
+    // ------------------------------------------------------------------ AVX2 kernels (one row, ggml's Q8_K layout)
+    //
+    // Every type: per 32 values the grid points are gathered into one 256-bit vector (unsigned magnitudes for IQ2/IQ3,
+    // signed −1/0/1 for IQ1), the signs are applied to the activations (vpsignb), vpmaddubsw multiplies the 32 pairs
+    // and vpmaddwd applies the integer scale 2s + 1. Integer sums are the scalar kernels' exactly; the float sum runs
+    // per lane, so results equal DotScalar up to float rounding. Q8_K quants lie in −127..127, so a sign flip never
+    // overflows, and 43·127·2 and 62·127·2 fit vpmaddubsw's int16.
+
+    /// <summary><see cref="Dequantize.KSigns"/> as a table: the sign byte of a 7-bit sign set.</summary>
+    internal static ReadOnlySpan<byte> KSignsTable =>
+    [
+        0, 129, 130, 3, 132, 5, 6, 135, 136, 9, 10, 139, 12, 141, 142, 15,
+        144, 17, 18, 147, 20, 149, 150, 23, 24, 153, 154, 27, 156, 29, 30, 159,
+        160, 33, 34, 163, 36, 165, 166, 39, 40, 169, 170, 43, 172, 45, 46, 175,
+        48, 177, 178, 51, 180, 53, 54, 183, 184, 57, 58, 187, 60, 189, 190, 63,
+        192, 65, 66, 195, 68, 197, 198, 71, 72, 201, 202, 75, 204, 77, 78, 207,
+        80, 209, 210, 83, 212, 85, 86, 215, 216, 89, 90, 219, 92, 221, 222, 95,
+        96, 225, 226, 99, 228, 101, 102, 231, 232, 105, 106, 235, 108, 237, 238, 111,
+        240, 113, 114, 243, 116, 245, 246, 119, 120, 249, 250, 123, 252, 125, 126, 255,
+    ];
+
+    /// <summary>Bytes 8k..8k+7 of the result are ±1 from the bits of byte k of <paramref name="bits"/> (bit set: −1).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<sbyte> SignsFromBits(uint bits)
+    {
+        var spread = Avx2.Shuffle(Vector256.Create(bits).AsByte(),
+            Vector256.Create(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, (byte)3));
+        var mask = Vector256.Create(0x8040201008040201UL).AsByte();
+        return (Vector256.Equals(spread & mask, mask).AsSByte() | Vector256<sbyte>.One);
+    }
+
+    /// <summary>Four 7-bit sign sets (bits 0..27 of <paramref name="packed"/>) as four sign bytes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static uint KSigns4(uint packed)
+    {
+        ref byte t = ref MemoryMarshal.GetReference(KSignsTable);
+        return Unsafe.Add(ref t, (int)(packed & 127)) | (uint)Unsafe.Add(ref t, (int)(packed >> 7 & 127)) << 8
+            | (uint)Unsafe.Add(ref t, (int)(packed >> 14 & 127)) << 16 | (uint)Unsafe.Add(ref t, (int)(packed >> 21 & 127)) << 24;
+    }
+
+    /// <summary>Σ over 32 values of grid·sign·q8, as eight int32 lanes after vpmaddwd by <paramref name="scales"/>
+    /// (int16 per pair of products: one scale per 32 values, or the low lane's 16 values and the high lane's).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<int> GridDot(Vector256<byte> grid, Vector256<sbyte> signs, byte* q8, Vector256<short> scales) =>
+        Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(grid, Avx2.Sign(Vector256.Load((sbyte*)q8), signs)), scales);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<short> Scales2(int lo, int hi) => Vector256.Create(Vector128.Create((short)lo), Vector128.Create((short)hi));
+
+    internal static float DotIQ2XXSAvx2(byte* x, byte* y, int nb)
+    {
+        ref ulong grid = ref MemoryMarshal.GetReference(IQuantGrids.IQ2XXSGrid);
+        Vector256<float> acc = default;
+        for (int i = 0; i < nb; i++, x += 66, y += 292)
+        {
+            Sse.Prefetch0(x + PrefetchAhead);
+            Vector256<int> sumi = default;
+            for (int ib = 0; ib < 8; ib++)
+            {
+                uint a0 = *(uint*)(x + 2 + 8 * ib), a1 = *(uint*)(x + 6 + 8 * ib);
+                var g = Vector256.Create(Unsafe.Add(ref grid, (int)(a0 & 0xFF)), Unsafe.Add(ref grid, (int)(a0 >> 8 & 0xFF)),
+                    Unsafe.Add(ref grid, (int)(a0 >> 16 & 0xFF)), Unsafe.Add(ref grid, (int)(a0 >> 24))).AsByte();
+                sumi += GridDot(g, SignsFromBits(KSigns4(a1)), y + 4 + 32 * ib, Vector256.Create((short)(2 * (a1 >> 28) + 1)));
+            }
+            acc = Fma.MultiplyAdd(Vector256.Create(Fp16.ToSingle(*(ushort*)x) * *(float*)y), Vector256.ConvertToSingle(sumi), acc);
+        }
+        return 0.125f * Vector256.Sum(acc);
+    }
+
+    internal static float DotIQ2XSAvx2(byte* x, byte* y, int nb)
+    {
+        ref ulong grid = ref MemoryMarshal.GetReference(IQuantGrids.IQ2XSGrid);
+        ref byte ks = ref MemoryMarshal.GetReference(KSignsTable);
+        Vector256<float> acc = default;
+        for (int i = 0; i < nb; i++, x += 74, y += 292)
+        {
+            Sse.Prefetch0(x + PrefetchAhead);
+            Vector256<int> sumi = default;
+            for (int ib = 0; ib < 8; ib++)
+            {
+                ushort* q = (ushort*)(x + 2) + 4 * ib;
+                var g = Vector256.Create(Unsafe.Add(ref grid, q[0] & 511), Unsafe.Add(ref grid, q[1] & 511),
+                    Unsafe.Add(ref grid, q[2] & 511), Unsafe.Add(ref grid, q[3] & 511)).AsByte();
+                uint signs = Unsafe.Add(ref ks, q[0] >> 9) | (uint)Unsafe.Add(ref ks, q[1] >> 9) << 8
+                    | (uint)Unsafe.Add(ref ks, q[2] >> 9) << 16 | (uint)Unsafe.Add(ref ks, q[3] >> 9) << 24;
+                int sc = x[66 + ib];
+                sumi += GridDot(g, SignsFromBits(signs), y + 4 + 32 * ib, Scales2(2 * (sc & 0xF) + 1, 2 * (sc >> 4) + 1));
+            }
+            acc = Fma.MultiplyAdd(Vector256.Create(Fp16.ToSingle(*(ushort*)x) * *(float*)y), Vector256.ConvertToSingle(sumi), acc);
+        }
+        return 0.125f * Vector256.Sum(acc);
+    }
+
+    internal static float DotIQ2SAvx2(byte* x, byte* y, int nb)
+    {
+        ref ulong grid = ref MemoryMarshal.GetReference(IQuantGrids.IQ2SGrid);
+        Vector256<float> acc = default;
+        for (int i = 0; i < nb; i++, x += 82, y += 292)
+        {
+            Sse.Prefetch0(x + PrefetchAhead);
+            Vector256<int> sumi = default;
+            for (int ib = 0; ib < 8; ib++)
+            {
+                byte* qs = x + 2 + 4 * ib;
+                int qh = x[66 + ib];
+                var g = Vector256.Create(Unsafe.Add(ref grid, qs[0] | (qh << 8 & 0x300)), Unsafe.Add(ref grid, qs[1] | (qh << 6 & 0x300)),
+                    Unsafe.Add(ref grid, qs[2] | (qh << 4 & 0x300)), Unsafe.Add(ref grid, qs[3] | (qh << 2 & 0x300))).AsByte();
+                int sc = x[74 + ib];
+                sumi += GridDot(g, SignsFromBits(*(uint*)(x + 34 + 4 * ib)), y + 4 + 32 * ib, Scales2(2 * (sc & 0xF) + 1, 2 * (sc >> 4) + 1));
+            }
+            acc = Fma.MultiplyAdd(Vector256.Create(Fp16.ToSingle(*(ushort*)x) * *(float*)y), Vector256.ConvertToSingle(sumi), acc);
+        }
+        return 0.125f * Vector256.Sum(acc);
+    }
+
+    internal static float DotIQ3XXSAvx2(byte* x, byte* y, int nb)
+    {
+        ref uint grid = ref MemoryMarshal.GetReference(IQuantGrids.IQ3XXSGrid);
+        Vector256<float> acc = default;
+        for (int i = 0; i < nb; i++, x += 98, y += 292)
+        {
+            Sse.Prefetch0(x + PrefetchAhead);
+            Vector256<int> sumi = default;
+            for (int ib = 0; ib < 8; ib++)
+            {
+                byte* qs = x + 2 + 8 * ib;
+                uint aux = *(uint*)(x + 66 + 4 * ib);
+                var g = Vector256.Create(Unsafe.Add(ref grid, qs[0]), Unsafe.Add(ref grid, qs[1]), Unsafe.Add(ref grid, qs[2]), Unsafe.Add(ref grid, qs[3]),
+                    Unsafe.Add(ref grid, qs[4]), Unsafe.Add(ref grid, qs[5]), Unsafe.Add(ref grid, qs[6]), Unsafe.Add(ref grid, qs[7])).AsByte();
+                sumi += GridDot(g, SignsFromBits(KSigns4(aux)), y + 4 + 32 * ib, Vector256.Create((short)(2 * (aux >> 28) + 1)));
+            }
+            acc = Fma.MultiplyAdd(Vector256.Create(Fp16.ToSingle(*(ushort*)x) * *(float*)y), Vector256.ConvertToSingle(sumi), acc);
+        }
+        return 0.25f * Vector256.Sum(acc);
+    }
+
+    internal static float DotIQ3SAvx2(byte* x, byte* y, int nb)
+    {
+        ref uint grid = ref MemoryMarshal.GetReference(IQuantGrids.IQ3SGrid);
+        Vector256<float> acc = default;
+        for (int i = 0; i < nb; i++, x += 110, y += 292)
+        {
+            Sse.Prefetch0(x + PrefetchAhead);
+            Vector256<int> sumi = default;
+            for (int ib = 0; ib < 8; ib++)
+            {
+                byte* qs = x + 2 + 8 * ib;
+                int qh = x[66 + ib];
+                var g = Vector256.Create(Unsafe.Add(ref grid, qs[0] | (qh << 8 & 256)), Unsafe.Add(ref grid, qs[1] | (qh << 7 & 256)),
+                    Unsafe.Add(ref grid, qs[2] | (qh << 6 & 256)), Unsafe.Add(ref grid, qs[3] | (qh << 5 & 256)),
+                    Unsafe.Add(ref grid, qs[4] | (qh << 4 & 256)), Unsafe.Add(ref grid, qs[5] | (qh << 3 & 256)),
+                    Unsafe.Add(ref grid, qs[6] | (qh << 2 & 256)), Unsafe.Add(ref grid, qs[7] | (qh << 1 & 256))).AsByte();
+                int sc = x[106 + ib / 2];
+                int ls = 2 * ((ib & 1) == 0 ? sc & 0xF : sc >> 4) + 1;
+                sumi += GridDot(g, SignsFromBits(*(uint*)(x + 74 + 4 * ib)), y + 4 + 32 * ib, Vector256.Create((short)ls));
+            }
+            acc = Fma.MultiplyAdd(Vector256.Create(Fp16.ToSingle(*(ushort*)x) * *(float*)y), Vector256.ConvertToSingle(sumi), acc);
+        }
+        return Vector256.Sum(acc);
+    }
+
+    /// <summary>Σ over 32 values of grid·q8 for the signed IQ1 grid points (−1, 0, 1): vpmaddubsw of |grid| with q8
+    /// carrying the grid's sign, then vpmaddwd by <paramref name="scales"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<int> SignedGridDot(Vector256<sbyte> grid, byte* q8, Vector256<short> scales) =>
+        Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(Avx2.Abs(grid), Avx2.Sign(Vector256.Load((sbyte*)q8), grid)), scales);
+
+    internal static float DotIQ1SAvx2(byte* x, byte* y, int nb)
+    {
+        ref ulong grid = ref MemoryMarshal.GetReference(IQuantGrids.IQ1SGrid);
+        float sumf = 0;
+        for (int i = 0; i < nb; i++, x += 50, y += 292)
+        {
+            Sse.Prefetch0(x + PrefetchAhead);
+            Vector256<int> sumi = default;
+            int sumi1 = 0;
+            short* bsums = (short*)(y + 260);
+            for (int ib = 0; ib < 8; ib++)
+            {
+                byte* qs = x + 2 + 4 * ib;
+                int qh = *(ushort*)(x + 34 + 2 * ib);
+                var g = Vector256.Create(Unsafe.Add(ref grid, qs[0] | (qh << 8 & 0x700)), Unsafe.Add(ref grid, qs[1] | (qh << 5 & 0x700)),
+                    Unsafe.Add(ref grid, qs[2] | (qh << 2 & 0x700)), Unsafe.Add(ref grid, qs[3] | (qh >> 1 & 0x700))).AsSByte();
+                int ls = 2 * ((qh >> 12) & 7) + 1;
+                sumi += SignedGridDot(g, y + 4 + 32 * ib, Vector256.Create((short)ls));
+                sumi1 += ls * ((qh & 0x8000) != 0 ? -1 : 1) * (bsums[2 * ib] + bsums[2 * ib + 1]);
+            }
+            sumf += Fp16.ToSingle(*(ushort*)x) * *(float*)y * (Vector256.Sum(sumi) + Dequantize.IQ1Delta * sumi1);
+        }
+        return sumf;
+    }
+
+    internal static float DotIQ1MAvx2(byte* x, byte* y, int nb)
+    {
+        ref ulong grid = ref MemoryMarshal.GetReference(IQuantGrids.IQ1SGrid);
+        float sumf = 0;
+        for (int i = 0; i < nb; i++, x += 56, y += 292)
+        {
+            Sse.Prefetch0(x + PrefetchAhead);
+            Vector256<int> sumi1 = default, sumi2 = default;
+            ushort* sc = (ushort*)(x + 48);
+            for (int ib = 0; ib < 8; ib++)
+            {
+                byte* qs = x + 4 * ib;
+                int qh0 = x[32 + 2 * ib], qh1 = x[33 + 2 * ib];
+                var g = Vector256.Create(Unsafe.Add(ref grid, qs[0] | (qh0 << 8 & 0x700)), Unsafe.Add(ref grid, qs[1] | (qh0 << 4 & 0x700)),
+                    Unsafe.Add(ref grid, qs[2] | (qh1 << 8 & 0x700)), Unsafe.Add(ref grid, qs[3] | (qh1 << 4 & 0x700))).AsSByte();
+                // the delta's sign per eight values (bit 3 of each qh nibble) as ±1 bytes
+                var deltaBytes = Vector256.Create((qh0 & 0x08) != 0 ? -1L : 0x0101010101010101L, (qh0 & 0x80) != 0 ? -1L : 0x0101010101010101L,
+                    (qh1 & 0x08) != 0 ? -1L : 0x0101010101010101L, (qh1 & 0x80) != 0 ? -1L : 0x0101010101010101L).AsSByte();
+                int s = sc[ib / 2] >> (6 * (ib % 2));
+                var scales = Scales2(2 * (s & 7) + 1, 2 * (s >> 3 & 7) + 1);
+                sumi1 += SignedGridDot(g, y + 4 + 32 * ib, scales);
+                sumi2 += SignedGridDot(deltaBytes, y + 4 + 32 * ib, scales);
+            }
+            sumf += Dequantize.IQ1MScale(new ReadOnlySpan<byte>(x, 56)) * *(float*)y * (Vector256.Sum(sumi1) + Dequantize.IQ1Delta * Vector256.Sum(sumi2));
         }
         return sumf;
     }

@@ -107,8 +107,8 @@ public class BadInputTests(ITestOutputHelper output)
         AssertBad(Save("ttype.gguf", o), "unknown tensor type 77");
 
         o = (byte[])v.Clone();
-        BinaryPrimitives.WriteUInt32LittleEndian(o.AsSpan(typeAt), 16); // an i-quant Cria does not read
-        AssertBad(Save("iq2.gguf", o), "type IQ2_XXS (16), which Cria does not read");
+        BinaryPrimitives.WriteUInt32LittleEndian(o.AsSpan(typeAt), 34); // a ternary type Cria does not read
+        AssertBad(Save("tq1.gguf", o), "type TQ1_0 (34), which Cria does not read");
     }
 
     [Fact]

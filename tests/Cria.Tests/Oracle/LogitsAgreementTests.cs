@@ -41,7 +41,15 @@ public class LogitsAgreementTests(ITestOutputHelper output)
             if (!Files.TryGetValue(key, out var path))
             {
                 path = TestPaths.TempFile(key + ".gguf");
-                RandomModel.Write(path, spec);
+                if (Array.IndexOf(Quant.IQuantOracleTests.Lattice, spec.WeightType) >= 0)
+                {
+                    // A type Cria reads but does not write: an F32 model quantized by ggml itself.
+                    string f32 = TestPaths.TempFile(key + "-f32.gguf");
+                    RandomModel.Write(f32, spec with { WeightType = GgmlType.F32 });
+                    GgmlQuantizer.QuantizeFile(f32, path, spec.WeightType, spec.Seed);
+                    File.Delete(f32);
+                }
+                else RandomModel.Write(path, spec);
                 Files[key] = path;
             }
             return path;
@@ -67,6 +75,14 @@ public class LogitsAgreementTests(ITestOutputHelper output)
         yield return ["q6_k", GgmlType.Q6_K, true, false];
         yield return ["iq4_nl", GgmlType.IQ4_NL, false, false];
         yield return ["iq4_xs", GgmlType.IQ4_XS, true, false];
+        // Quantized by ggml (GgmlQuantizer.QuantizeFile): every matrix, the embedding and the output head included.
+        yield return ["iq2_xxs", GgmlType.IQ2_XXS, false, false];
+        yield return ["iq2_xs", GgmlType.IQ2_XS, false, false];
+        yield return ["iq2_s", GgmlType.IQ2_S, true, false];
+        yield return ["iq3_xxs", GgmlType.IQ3_XXS, false, false];
+        yield return ["iq3_s", GgmlType.IQ3_S, false, false];
+        yield return ["iq1_s", GgmlType.IQ1_S, false, false];
+        yield return ["iq1_m", GgmlType.IQ1_M, false, false];
     }
 
     static RandomModelSpec Spec(GgmlType type, bool tied, bool llama3) => new()

@@ -87,11 +87,24 @@ public sealed class IQuantOracleTests(ITestOutputHelper output)
         Assert.Contains(ggml, v => v != 0); // the comparison saw real values
     }
 
+    [Fact]
+    public void The_sign_table_is_the_even_parity_rule()
+    {
+        for (int i = 0; i < 128; i++) Assert.Equal(Dequantize.KSigns(i), VecDot.KSignsTable[i]);
+        Assert.Equal([0, 129, 130, 3, 132], VecDot.KSignsTable[..5].ToArray().Select(b => (int)b)); // ggml-common.h's first entries
+    }
+
     [Theory]
     [MemberData(nameof(Types))]
     public void Dot_products_agree_with_ggml_cpus_kernel(GgmlType type)
     {
-        var (xw, q) = GgmlRows(type, 90 + (int)type);
+        DotsAgree(type, GgmlRows(type, 90 + (int)type).q, "ggml-quantized rows");
+        // random blocks: every scale, sign pattern and delta sign
+        DotsAgree(type, RandomBlocks(type, Rows * Cols / 256, 110 + (int)type), "random blocks");
+    }
+
+    void DotsAgree(GgmlType type, byte[] q, string what)
+    {
         var rng = new Random(5);
         var act = QuantTestUtil.Gaussian(rng, Cols, 1f);
         var a = new byte[GgmlTypeInfo.RowBytes(GgmlType.Q8_K, Cols)];
@@ -111,11 +124,11 @@ public sealed class IQuantOracleTests(ITestOutputHelper output)
             float scalar = VecDot.DotScalar(type, row, a, Cols);
             float fast = VecDot.Dot(type, row, a, Cols);
             double tol = 1e-5 * mag + 1e-6;
-            Assert.True(Math.Abs(ggml - exact) <= tol, $"{type} row {r}: ggml {ggml} vs the dequantized sum {exact}");
-            Assert.True(Math.Abs(scalar - ggml) <= tol, $"{type} row {r}: scalar {scalar} vs ggml {ggml} (tolerance {tol:E2})");
-            Assert.True(Math.Abs(fast - ggml) <= tol, $"{type} row {r}: Dot {fast} vs ggml {ggml} (tolerance {tol:E2})");
+            Assert.True(Math.Abs(ggml - exact) <= tol, $"{type} {what} row {r}: ggml {ggml} vs the dequantized sum {exact}");
+            Assert.True(Math.Abs(scalar - ggml) <= tol, $"{type} {what} row {r}: scalar {scalar} vs ggml {ggml} (tolerance {tol:E2})");
+            Assert.True(Math.Abs(fast - ggml) <= tol, $"{type} {what} row {r}: Dot {fast} vs ggml {ggml} (tolerance {tol:E2})");
             worst = Math.Max(worst, Math.Abs(fast - ggml) / mag);
         }
-        output.WriteLine($"{type}: worst |Dot − ggml| / Σ|w·a| = {worst:E2}");
+        output.WriteLine($"{type}, {what}: worst |Dot − ggml| / Σ|w·a| = {worst:E2}");
     }
 }

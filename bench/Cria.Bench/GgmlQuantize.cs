@@ -1,0 +1,68 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using Cria.Formats;
+using Cria.Tensors;
+
+namespace Cria.Bench;
+
+/// <summary>
+/// <c>Cria.Bench ggml-quantize IN OUT --type iq2_xxs|iq2_xs|iq2_s|iq3_xxs|iq3_s|iq1_s|iq1_m [--threads 2]</c>: writes a
+/// GGUF in a type Cria reads but does not write, with ggml's own row quantizer (<c>ggml_quantize_chunk</c>, loaded by
+/// LLamaSharp) under a unit importance matrix, for side-by-side runs. Every <c>blk.*</c> matrix takes the type; the
+/// token embedding becomes Q4_K and the output head Q5_K (Cria's quantizers), as llama.cpp's low-bit mixes give them
+/// more bits. Bench-only: the product never calls llama.cpp.
+/// </summary>
+static unsafe class GgmlQuantize
+{
+    public static int Run(string[] args)
+    {
+        if (args.Length < 2) { Console.Error.WriteLine("usage: ggml-quantize IN OUT --type T [--threads N]"); return 2; }
+        string src = args[0], dst = args[1];
+        GgmlType type = GgmlType.IQ2_XXS;
+        int threads = 2;
+        for (int i = 2; i < args.Length; i++)
+            switch (args[i])
+            {
+                case "--type": type = Enum.Parse<GgmlType>(args[++i], ignoreCase: true); break;
+                case "--threads": threads = int.Parse(args[++i]); break;
+                default: Console.Error.WriteLine($"unknown option {args[i]}"); return 2;
+            }
+        LlamaEngine.EnsureLoaded();
+        string lib = File.ReadLines("/proc/self/maps").Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries))
+            .Where(f => f.Length >= 6 && f[5].EndsWith("/libggml-base.so", StringComparison.Ordinal)).Select(f => f[5]).First();
+        var chunk = (delegate* unmanaged<int, float*, byte*, long, long, long, float*, nuint>)NativeLibrary.GetExport(NativeLibrary.Load(lib), "ggml_quantize_chunk");
+        var sw = Stopwatch.StartNew();
+        using var f = GgufFile.Open(src);
+        var w = new GgufWriter().CopyMetadataFrom(f);
+        foreach (var t in f.Tensors)
+        {
+            bool layer = t.Name.StartsWith("blk.", StringComparison.Ordinal) && t.Shape.Length >= 2 && t.RowLength % 256 == 0;
+            GgmlType to = layer ? type : t.Name == "token_embd.weight" ? GgmlType.Q4_K : t.Name == "output.weight" ? GgmlType.Q5_K : t.Type;
+            if (to == t.Type) { w.AddTensor(t.Name, t.Shape, t.Type, f.TensorData(t).ToArray()); continue; }
+            int n = (int)t.RowLength;
+            long rows = t.RowCount, rowBytes = GgmlTypeInfo.RowBytes(to, n);
+            var x = new float[t.ElementCount];
+            Dequantize.Row(t.Type, f.TensorData(t), x);
+            var q = new byte[rows * rowBytes];
+            if (layer)
+            {
+                var imp = new float[n];
+                Array.Fill(imp, 1f);
+                long per = (rows + threads - 1) / threads;
+                Parallel.For(0, threads, k =>
+                {
+                    long r0 = k * per, r1 = Math.Min(rows, r0 + per);
+                    if (r1 <= r0) return;
+                    fixed (float* xp = x) fixed (byte* qp = q) fixed (float* ip = imp)
+                        chunk((int)to, xp, qp, r0 * n, r1 - r0, n, ip);
+                });
+            }
+            else Quantize.Row(to, x, q);
+            w.AddTensor(t.Name, t.Shape, to, q);
+            Console.Error.Write($"\r{t.Name} → {to}        ");
+        }
+        w.Write(dst);
+        Console.WriteLine($"\nwrote {dst} ({new FileInfo(dst).Length / (1 << 20)} MiB) in {sw.Elapsed.TotalSeconds:F1} s");
+        return 0;
+    }
+}
