@@ -34,6 +34,13 @@ static unsafe class GgmlQuantize
         var sw = Stopwatch.StartNew();
         using var f = GgufFile.Open(src);
         var w = new GgufWriter().CopyMetadataFrom(f);
+        // llama_ftype of the matching llama.cpp mix (general.file_type)
+        w.Set("general.file_type", (uint)(type switch
+        {
+            GgmlType.IQ2_XXS => 19, GgmlType.IQ2_XS => 20, GgmlType.IQ3_XXS => 23, GgmlType.IQ1_S => 24, GgmlType.IQ3_S => 26,
+            GgmlType.IQ2_S => 28, GgmlType.IQ1_M => 31,
+            _ => throw new ArgumentException($"{type}: ggml-quantize writes the lattice i-quants (IQ2_XXS … IQ1_M)"),
+        }));
         foreach (var t in f.Tensors)
         {
             bool layer = t.Name.StartsWith("blk.", StringComparison.Ordinal) && t.Shape.Length >= 2 && t.RowLength % 256 == 0;

@@ -24,6 +24,18 @@ static unsafe class KernelMicro
 
     static float Sink;
 
+    static void RandomLatticeRow(GgmlType type, Random rng, Span<byte> row)
+    {
+        rng.NextBytes(row);
+        int bs = GgmlTypeInfo.BlockBytes(type);
+        for (int b = 0; b < row.Length; b += bs)
+        {
+            if (type == GgmlType.IQ1_M) { row[b + 55] &= 0x8F; continue; } // the scale's f16 exponent below 8: small, finite
+            ushort h = Fp16.FromSingle(0.01f * (float)(rng.NextDouble() - 0.5));
+            row[b] = (byte)h; row[b + 1] = (byte)(h >> 8);
+        }
+    }
+
     static double Gaussian(Random r) => Math.Sqrt(-2 * Math.Log(1 - r.NextDouble())) * Math.Cos(2 * Math.PI * r.NextDouble());
 
     /// <summary>Σ of n bytes read as floats (n a multiple of 256): four 64-byte loads per step, no arithmetic to speak of.</summary>
@@ -66,7 +78,10 @@ static unsafe class KernelMicro
         for (int r = 0; r < memRows; r++)
         {
             if (r < 64) for (int c = 0; c < cols; c++) src[c] = sigma > 0 ? (float)(sigma * Gaussian(rng)) : (float)(rng.NextDouble() - 0.5);
-            Quantize.Row(type, src, new Span<byte>(w + (long)r * rowBytes, rowBytes));
+            var row = new Span<byte>(w + (long)r * rowBytes, rowBytes);
+            if (type is GgmlType.IQ2_XXS or GgmlType.IQ2_XS or GgmlType.IQ2_S or GgmlType.IQ3_XXS or GgmlType.IQ3_S or GgmlType.IQ1_S or GgmlType.IQ1_M)
+                RandomLatticeRow(type, rng, row); // types Cria reads but does not write: random blocks with a small scale
+            else Quantize.Row(type, src, row);
         }
         for (int c = 0; c < cols; c++) src[c] = (float)(rng.NextDouble() - 0.5);
         // F16: the kernels the model runs for a matrix without infinities (WeightMatrix.NonFiniteF16); --checked: the ones for a matrix with

@@ -460,7 +460,8 @@ public static unsafe class RowKernels
     /// <summary>K-quant types whose AVX2 kernels run one weight row against four activation rows
     /// (<see cref="RunFour"/>): the weight row is unpacked once for four dot products.</summary>
     internal static bool HasFourRowKernel(GgmlType type) =>
-        Avx2Rows(type) && type is GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.Q3_K or GgmlType.Q2_K or GgmlType.IQ4_XS;
+        Avx2Rows(type) && type is GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.Q3_K or GgmlType.Q2_K or GgmlType.IQ4_XS
+            or GgmlType.IQ2_XXS or GgmlType.IQ2_XS or GgmlType.IQ2_S or GgmlType.IQ3_XXS or GgmlType.IQ3_S;
 
     static void RunFour(GgmlType type, byte* w, byte* x, int xStride, int n, float* y, int yStride)
     {
@@ -472,6 +473,11 @@ public static unsafe class RowKernels
             case GgmlType.Q3_K: VecDot.DotQ3KAvx2x4(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.Q2_K: VecDot.DotQ2KAvx2x4(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.IQ4_XS: VecDot.DotIQ4XSRowX4(w, x, xStride, n / 256, y, yStride); break;
+            case GgmlType.IQ2_XXS: VecDot.DotLatticeAvx2X4<VecDot.IQ2XXSBlock>(w, x, xStride, n / 256, y, yStride); break;
+            case GgmlType.IQ2_XS: VecDot.DotLatticeAvx2X4<VecDot.IQ2XSBlock>(w, x, xStride, n / 256, y, yStride); break;
+            case GgmlType.IQ2_S: VecDot.DotLatticeAvx2X4<VecDot.IQ2SBlock>(w, x, xStride, n / 256, y, yStride); break;
+            case GgmlType.IQ3_XXS: VecDot.DotLatticeAvx2X4<VecDot.IQ3XXSBlock>(w, x, xStride, n / 256, y, yStride); break;
+            case GgmlType.IQ3_S: VecDot.DotLatticeAvx2X4<VecDot.IQ3SBlock>(w, x, xStride, n / 256, y, yStride); break;
             default: throw new ArgumentOutOfRangeException(nameof(type));
         }
     }
@@ -606,11 +612,11 @@ public static unsafe class RowKernels
         GgmlType.Q6_K => VecDot.DotQ6KAvx2(w, x, n / 256),
         GgmlType.IQ4_XS => VecDot.DotIQ4XSRow(w, x, n / 256),
         GgmlType.IQ4_NL => VecDot.DotIQ4NLAvx2(w, x, n / 32),
-        GgmlType.IQ2_XXS => VecDot.DotIQ2XXSAvx2(w, x, n / 256),
-        GgmlType.IQ2_XS => VecDot.DotIQ2XSAvx2(w, x, n / 256),
-        GgmlType.IQ2_S => VecDot.DotIQ2SAvx2(w, x, n / 256),
-        GgmlType.IQ3_XXS => VecDot.DotIQ3XXSAvx2(w, x, n / 256),
-        GgmlType.IQ3_S => VecDot.DotIQ3SAvx2(w, x, n / 256),
+        GgmlType.IQ2_XXS => VecDot.DotLatticeAvx2<VecDot.IQ2XXSBlock>(w, x, n / 256),
+        GgmlType.IQ2_XS => VecDot.DotLatticeAvx2<VecDot.IQ2XSBlock>(w, x, n / 256),
+        GgmlType.IQ2_S => VecDot.DotLatticeAvx2<VecDot.IQ2SBlock>(w, x, n / 256),
+        GgmlType.IQ3_XXS => VecDot.DotLatticeAvx2<VecDot.IQ3XXSBlock>(w, x, n / 256),
+        GgmlType.IQ3_S => VecDot.DotLatticeAvx2<VecDot.IQ3SBlock>(w, x, n / 256),
         GgmlType.IQ1_S => VecDot.DotIQ1SAvx2(w, x, n / 256),
         GgmlType.IQ1_M => VecDot.DotIQ1MAvx2(w, x, n / 256),
         _ => throw new System.Diagnostics.UnreachableException($"no single-row AVX2 kernel for {type}"),

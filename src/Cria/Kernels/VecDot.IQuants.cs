@@ -231,6 +231,52 @@ public static unsafe partial class VecDot
         240, 113, 114, 243, 116, 245, 246, 119, 120, 249, 250, 123, 252, 125, 126, 255,
     ];
 
+    /// <summary>The eight signs of each 7-bit sign set as ±1 bytes (ggml's keven_signs_q2xs): one load per eight values.</summary>
+    internal static ReadOnlySpan<ulong> KSignsPM =>
+    [
+        0x0101010101010101, 0xff010101010101ff, 0xff0101010101ff01, 0x010101010101ffff,
+        0xff01010101ff0101, 0x0101010101ff01ff, 0x0101010101ffff01, 0xff01010101ffffff,
+        0xff010101ff010101, 0x01010101ff0101ff, 0x01010101ff01ff01, 0xff010101ff01ffff,
+        0x01010101ffff0101, 0xff010101ffff01ff, 0xff010101ffffff01, 0x01010101ffffffff,
+        0xff0101ff01010101, 0x010101ff010101ff, 0x010101ff0101ff01, 0xff0101ff0101ffff,
+        0x010101ff01ff0101, 0xff0101ff01ff01ff, 0xff0101ff01ffff01, 0x010101ff01ffffff,
+        0x010101ffff010101, 0xff0101ffff0101ff, 0xff0101ffff01ff01, 0x010101ffff01ffff,
+        0xff0101ffffff0101, 0x010101ffffff01ff, 0x010101ffffffff01, 0xff0101ffffffffff,
+        0xff01ff0101010101, 0x0101ff01010101ff, 0x0101ff010101ff01, 0xff01ff010101ffff,
+        0x0101ff0101ff0101, 0xff01ff0101ff01ff, 0xff01ff0101ffff01, 0x0101ff0101ffffff,
+        0x0101ff01ff010101, 0xff01ff01ff0101ff, 0xff01ff01ff01ff01, 0x0101ff01ff01ffff,
+        0xff01ff01ffff0101, 0x0101ff01ffff01ff, 0x0101ff01ffffff01, 0xff01ff01ffffffff,
+        0x0101ffff01010101, 0xff01ffff010101ff, 0xff01ffff0101ff01, 0x0101ffff0101ffff,
+        0xff01ffff01ff0101, 0x0101ffff01ff01ff, 0x0101ffff01ffff01, 0xff01ffff01ffffff,
+        0xff01ffffff010101, 0x0101ffffff0101ff, 0x0101ffffff01ff01, 0xff01ffffff01ffff,
+        0x0101ffffffff0101, 0xff01ffffffff01ff, 0xff01ffffffffff01, 0x0101ffffffffffff,
+        0xffff010101010101, 0x01ff0101010101ff, 0x01ff01010101ff01, 0xffff01010101ffff,
+        0x01ff010101ff0101, 0xffff010101ff01ff, 0xffff010101ffff01, 0x01ff010101ffffff,
+        0x01ff0101ff010101, 0xffff0101ff0101ff, 0xffff0101ff01ff01, 0x01ff0101ff01ffff,
+        0xffff0101ffff0101, 0x01ff0101ffff01ff, 0x01ff0101ffffff01, 0xffff0101ffffffff,
+        0x01ff01ff01010101, 0xffff01ff010101ff, 0xffff01ff0101ff01, 0x01ff01ff0101ffff,
+        0xffff01ff01ff0101, 0x01ff01ff01ff01ff, 0x01ff01ff01ffff01, 0xffff01ff01ffffff,
+        0xffff01ffff010101, 0x01ff01ffff0101ff, 0x01ff01ffff01ff01, 0xffff01ffff01ffff,
+        0x01ff01ffffff0101, 0xffff01ffffff01ff, 0xffff01ffffffff01, 0x01ff01ffffffffff,
+        0x01ffff0101010101, 0xffffff01010101ff, 0xffffff010101ff01, 0x01ffff010101ffff,
+        0xffffff0101ff0101, 0x01ffff0101ff01ff, 0x01ffff0101ffff01, 0xffffff0101ffffff,
+        0xffffff01ff010101, 0x01ffff01ff0101ff, 0x01ffff01ff01ff01, 0xffffff01ff01ffff,
+        0x01ffff01ffff0101, 0xffffff01ffff01ff, 0xffffff01ffffff01, 0x01ffff01ffffffff,
+        0xffffffff01010101, 0x01ffffff010101ff, 0x01ffffff0101ff01, 0xffffffff0101ffff,
+        0x01ffffff01ff0101, 0xffffffff01ff01ff, 0xffffffff01ffff01, 0x01ffffff01ffffff,
+        0x01ffffffff010101, 0xffffffffff0101ff, 0xffffffffff01ff01, 0x01ffffffff01ffff,
+        0xffffffffffff0101, 0x01ffffffffff01ff, 0x01ffffffffffff01, 0xffffffffffffffff,
+    ];
+
+    /// <summary>Four 7-bit sign sets (bits 0..27 of <paramref name="packed"/>) as ±1 bytes, eight per set.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<sbyte> SignsPM4(uint packed)
+    {
+        ref ulong t = ref MemoryMarshal.GetReference(KSignsPM);
+        return Vector256.Create(Unsafe.Add(ref t, (int)(packed & 127)), Unsafe.Add(ref t, (int)(packed >> 7 & 127)),
+            Unsafe.Add(ref t, (int)(packed >> 14 & 127)), Unsafe.Add(ref t, (int)(packed >> 21 & 127))).AsSByte();
+    }
+
     /// <summary>Bytes 8k..8k+7 of the result are ±1 from the bits of byte k of <paramref name="bits"/> (bit set: −1).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static Vector256<sbyte> SignsFromBits(uint bits)
@@ -259,116 +305,148 @@ public static unsafe partial class VecDot
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static Vector256<short> Scales2(int lo, int hi) => Vector256.Create(Vector128.Create((short)lo), Vector128.Create((short)hi));
 
-    internal static float DotIQ2XXSAvx2(byte* x, byte* y, int nb)
+    /// <summary>An IQ2 or IQ3 type as its kernels read it: per 32 values the grid magnitudes, the signs and the int16
+    /// scales 2s + 1; the float factor ggml applies at the end (1/8 for IQ2, 1/4 for IQ3_XXS, 1 for IQ3_S).</summary>
+    internal interface ILatticeBlock
     {
-        ref ulong grid = ref MemoryMarshal.GetReference(IQuantGrids.IQ2XXSGrid);
-        Vector256<float> acc = default;
-        for (int i = 0; i < nb; i++, x += 66, y += 292)
-        {
-            Sse.Prefetch0(x + PrefetchAhead);
-            Vector256<int> sumi = default;
-            for (int ib = 0; ib < 8; ib++)
-            {
-                uint a0 = *(uint*)(x + 2 + 8 * ib), a1 = *(uint*)(x + 6 + 8 * ib);
-                var g = Vector256.Create(Unsafe.Add(ref grid, (int)(a0 & 0xFF)), Unsafe.Add(ref grid, (int)(a0 >> 8 & 0xFF)),
-                    Unsafe.Add(ref grid, (int)(a0 >> 16 & 0xFF)), Unsafe.Add(ref grid, (int)(a0 >> 24))).AsByte();
-                sumi += GridDot(g, SignsFromBits(KSigns4(a1)), y + 4 + 32 * ib, Vector256.Create((short)(2 * (a1 >> 28) + 1)));
-            }
-            acc = Fma.MultiplyAdd(Vector256.Create(Fp16.ToSingle(*(ushort*)x) * *(float*)y), Vector256.ConvertToSingle(sumi), acc);
-        }
-        return 0.125f * Vector256.Sum(acc);
+        static abstract int Bytes { get; }
+        static abstract float Factor { get; }
+        static abstract void Load(byte* x, int ib, out Vector256<byte> grid, out Vector256<sbyte> signs, out Vector256<short> scales);
     }
 
-    internal static float DotIQ2XSAvx2(byte* x, byte* y, int nb)
+    internal struct IQ2XXSBlock : ILatticeBlock
     {
-        ref ulong grid = ref MemoryMarshal.GetReference(IQuantGrids.IQ2XSGrid);
-        ref byte ks = ref MemoryMarshal.GetReference(KSignsTable);
-        Vector256<float> acc = default;
-        for (int i = 0; i < nb; i++, x += 74, y += 292)
+        public static int Bytes => 66;
+        public static float Factor => 0.125f;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Load(byte* x, int ib, out Vector256<byte> grid, out Vector256<sbyte> signs, out Vector256<short> scales)
         {
-            Sse.Prefetch0(x + PrefetchAhead);
-            Vector256<int> sumi = default;
-            for (int ib = 0; ib < 8; ib++)
-            {
-                ushort* q = (ushort*)(x + 2) + 4 * ib;
-                var g = Vector256.Create(Unsafe.Add(ref grid, q[0] & 511), Unsafe.Add(ref grid, q[1] & 511),
-                    Unsafe.Add(ref grid, q[2] & 511), Unsafe.Add(ref grid, q[3] & 511)).AsByte();
-                uint signs = Unsafe.Add(ref ks, q[0] >> 9) | (uint)Unsafe.Add(ref ks, q[1] >> 9) << 8
-                    | (uint)Unsafe.Add(ref ks, q[2] >> 9) << 16 | (uint)Unsafe.Add(ref ks, q[3] >> 9) << 24;
-                int sc = x[66 + ib];
-                sumi += GridDot(g, SignsFromBits(signs), y + 4 + 32 * ib, Scales2(2 * (sc & 0xF) + 1, 2 * (sc >> 4) + 1));
-            }
-            acc = Fma.MultiplyAdd(Vector256.Create(Fp16.ToSingle(*(ushort*)x) * *(float*)y), Vector256.ConvertToSingle(sumi), acc);
+            ref ulong g = ref MemoryMarshal.GetReference(IQuantGrids.IQ2XXSGrid);
+            byte* q = x + 2 + 8 * ib;
+            uint a1 = *(uint*)(q + 4);
+            grid = Vector256.Create(Unsafe.Add(ref g, q[0]), Unsafe.Add(ref g, q[1]), Unsafe.Add(ref g, q[2]), Unsafe.Add(ref g, q[3])).AsByte();
+            signs = SignsPM4(a1);
+            scales = Vector256.Create((short)(2 * (a1 >> 28) + 1));
         }
-        return 0.125f * Vector256.Sum(acc);
     }
 
-    internal static float DotIQ2SAvx2(byte* x, byte* y, int nb)
+    internal struct IQ2XSBlock : ILatticeBlock
     {
-        ref ulong grid = ref MemoryMarshal.GetReference(IQuantGrids.IQ2SGrid);
-        Vector256<float> acc = default;
-        for (int i = 0; i < nb; i++, x += 82, y += 292)
+        public static int Bytes => 74;
+        public static float Factor => 0.125f;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Load(byte* x, int ib, out Vector256<byte> grid, out Vector256<sbyte> signs, out Vector256<short> scales)
         {
-            Sse.Prefetch0(x + PrefetchAhead);
-            Vector256<int> sumi = default;
-            for (int ib = 0; ib < 8; ib++)
-            {
-                byte* qs = x + 2 + 4 * ib;
-                int qh = x[66 + ib];
-                var g = Vector256.Create(Unsafe.Add(ref grid, qs[0] | (qh << 8 & 0x300)), Unsafe.Add(ref grid, qs[1] | (qh << 6 & 0x300)),
-                    Unsafe.Add(ref grid, qs[2] | (qh << 4 & 0x300)), Unsafe.Add(ref grid, qs[3] | (qh << 2 & 0x300))).AsByte();
-                int sc = x[74 + ib];
-                sumi += GridDot(g, SignsFromBits(*(uint*)(x + 34 + 4 * ib)), y + 4 + 32 * ib, Scales2(2 * (sc & 0xF) + 1, 2 * (sc >> 4) + 1));
-            }
-            acc = Fma.MultiplyAdd(Vector256.Create(Fp16.ToSingle(*(ushort*)x) * *(float*)y), Vector256.ConvertToSingle(sumi), acc);
+            ref ulong g = ref MemoryMarshal.GetReference(IQuantGrids.IQ2XSGrid);
+            ref ulong ks = ref MemoryMarshal.GetReference(KSignsPM);
+            ushort* q = (ushort*)(x + 2) + 4 * ib;
+            grid = Vector256.Create(Unsafe.Add(ref g, q[0] & 511), Unsafe.Add(ref g, q[1] & 511),
+                Unsafe.Add(ref g, q[2] & 511), Unsafe.Add(ref g, q[3] & 511)).AsByte();
+            signs = Vector256.Create(Unsafe.Add(ref ks, q[0] >> 9), Unsafe.Add(ref ks, q[1] >> 9),
+                Unsafe.Add(ref ks, q[2] >> 9), Unsafe.Add(ref ks, q[3] >> 9)).AsSByte();
+            int sc = x[66 + ib];
+            scales = Scales2(2 * (sc & 0xF) + 1, 2 * (sc >> 4) + 1);
         }
-        return 0.125f * Vector256.Sum(acc);
     }
 
-    internal static float DotIQ3XXSAvx2(byte* x, byte* y, int nb)
+    internal struct IQ2SBlock : ILatticeBlock
     {
-        ref uint grid = ref MemoryMarshal.GetReference(IQuantGrids.IQ3XXSGrid);
-        Vector256<float> acc = default;
-        for (int i = 0; i < nb; i++, x += 98, y += 292)
+        public static int Bytes => 82;
+        public static float Factor => 0.125f;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Load(byte* x, int ib, out Vector256<byte> grid, out Vector256<sbyte> signs, out Vector256<short> scales)
         {
-            Sse.Prefetch0(x + PrefetchAhead);
-            Vector256<int> sumi = default;
-            for (int ib = 0; ib < 8; ib++)
-            {
-                byte* qs = x + 2 + 8 * ib;
-                uint aux = *(uint*)(x + 66 + 4 * ib);
-                var g = Vector256.Create(Unsafe.Add(ref grid, qs[0]), Unsafe.Add(ref grid, qs[1]), Unsafe.Add(ref grid, qs[2]), Unsafe.Add(ref grid, qs[3]),
-                    Unsafe.Add(ref grid, qs[4]), Unsafe.Add(ref grid, qs[5]), Unsafe.Add(ref grid, qs[6]), Unsafe.Add(ref grid, qs[7])).AsByte();
-                sumi += GridDot(g, SignsFromBits(KSigns4(aux)), y + 4 + 32 * ib, Vector256.Create((short)(2 * (aux >> 28) + 1)));
-            }
-            acc = Fma.MultiplyAdd(Vector256.Create(Fp16.ToSingle(*(ushort*)x) * *(float*)y), Vector256.ConvertToSingle(sumi), acc);
+            ref ulong g = ref MemoryMarshal.GetReference(IQuantGrids.IQ2SGrid);
+            byte* qs = x + 2 + 4 * ib;
+            int qh = x[66 + ib];
+            grid = Vector256.Create(Unsafe.Add(ref g, qs[0] | (qh << 8 & 0x300)), Unsafe.Add(ref g, qs[1] | (qh << 6 & 0x300)),
+                Unsafe.Add(ref g, qs[2] | (qh << 4 & 0x300)), Unsafe.Add(ref g, qs[3] | (qh << 2 & 0x300))).AsByte();
+            signs = SignsFromBits(*(uint*)(x + 34 + 4 * ib));
+            int sc = x[74 + ib];
+            scales = Scales2(2 * (sc & 0xF) + 1, 2 * (sc >> 4) + 1);
         }
-        return 0.25f * Vector256.Sum(acc);
     }
 
-    internal static float DotIQ3SAvx2(byte* x, byte* y, int nb)
+    internal struct IQ3XXSBlock : ILatticeBlock
     {
-        ref uint grid = ref MemoryMarshal.GetReference(IQuantGrids.IQ3SGrid);
+        public static int Bytes => 98;
+        public static float Factor => 0.25f;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Load(byte* x, int ib, out Vector256<byte> grid, out Vector256<sbyte> signs, out Vector256<short> scales)
+        {
+            ref uint g = ref MemoryMarshal.GetReference(IQuantGrids.IQ3XXSGrid);
+            byte* qs = x + 2 + 8 * ib;
+            uint aux = *(uint*)(x + 66 + 4 * ib);
+            grid = Vector256.Create(Unsafe.Add(ref g, qs[0]), Unsafe.Add(ref g, qs[1]), Unsafe.Add(ref g, qs[2]), Unsafe.Add(ref g, qs[3]),
+                Unsafe.Add(ref g, qs[4]), Unsafe.Add(ref g, qs[5]), Unsafe.Add(ref g, qs[6]), Unsafe.Add(ref g, qs[7])).AsByte();
+            signs = SignsPM4(aux);
+            scales = Vector256.Create((short)(2 * (aux >> 28) + 1));
+        }
+    }
+
+    internal struct IQ3SBlock : ILatticeBlock
+    {
+        public static int Bytes => 110;
+        public static float Factor => 1f;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Load(byte* x, int ib, out Vector256<byte> grid, out Vector256<sbyte> signs, out Vector256<short> scales)
+        {
+            // index k = qs[k] | (bit k of qh) << 8
+            var high = Avx2.ShiftLeftLogicalVariable(Vector256.Create((uint)x[66 + ib]), Vector256.Create(8u, 7, 6, 5, 4, 3, 2, 1)) & Vector256.Create(256u);
+            var idx = Avx2.ConvertToVector256Int32(x + 2 + 8 * ib) | high.AsInt32();
+            fixed (uint* g = IQuantGrids.IQ3SGrid)
+                grid = Avx2.GatherVector256(g, idx, 4).AsByte(); // (measured: 3.2 GB/s against 2.9 for eight scalar loads)
+            signs = SignsFromBits(*(uint*)(x + 74 + 4 * ib));
+            int sc = x[106 + ib / 2];
+            scales = Vector256.Create((short)(2 * ((ib & 1) == 0 ? sc & 0xF : sc >> 4) + 1));
+        }
+    }
+
+    /// <summary>One IQ2/IQ3 row against one Q8_K activation row.</summary>
+    internal static float DotLatticeAvx2<T>(byte* x, byte* y, int nb) where T : struct, ILatticeBlock
+    {
         Vector256<float> acc = default;
-        for (int i = 0; i < nb; i++, x += 110, y += 292)
+        for (int i = 0; i < nb; i++, x += T.Bytes, y += 292)
         {
             Sse.Prefetch0(x + PrefetchAhead);
             Vector256<int> sumi = default;
             for (int ib = 0; ib < 8; ib++)
             {
-                byte* qs = x + 2 + 8 * ib;
-                int qh = x[66 + ib];
-                var g = Vector256.Create(Unsafe.Add(ref grid, qs[0] | (qh << 8 & 256)), Unsafe.Add(ref grid, qs[1] | (qh << 7 & 256)),
-                    Unsafe.Add(ref grid, qs[2] | (qh << 6 & 256)), Unsafe.Add(ref grid, qs[3] | (qh << 5 & 256)),
-                    Unsafe.Add(ref grid, qs[4] | (qh << 4 & 256)), Unsafe.Add(ref grid, qs[5] | (qh << 3 & 256)),
-                    Unsafe.Add(ref grid, qs[6] | (qh << 2 & 256)), Unsafe.Add(ref grid, qs[7] | (qh << 1 & 256))).AsByte();
-                int sc = x[106 + ib / 2];
-                int ls = 2 * ((ib & 1) == 0 ? sc & 0xF : sc >> 4) + 1;
-                sumi += GridDot(g, SignsFromBits(*(uint*)(x + 74 + 4 * ib)), y + 4 + 32 * ib, Vector256.Create((short)ls));
+                T.Load(x, ib, out var grid, out var signs, out var scales);
+                sumi += GridDot(grid, signs, y + 4 + 32 * ib, scales);
             }
             acc = Fma.MultiplyAdd(Vector256.Create(Fp16.ToSingle(*(ushort*)x) * *(float*)y), Vector256.ConvertToSingle(sumi), acc);
         }
-        return Vector256.Sum(acc);
+        return T.Factor * Vector256.Sum(acc);
+    }
+
+    /// <summary>One IQ2/IQ3 row against four Q8_K activation rows (<paramref name="yStride"/> bytes apart), the grid
+    /// points and signs gathered once for the four; each result has the bits of <see cref="DotLatticeAvx2{T}"/>.</summary>
+    internal static void DotLatticeAvx2X4<T>(byte* x, byte* y, int yStride, int nb, float* dst, int dstStride) where T : struct, ILatticeBlock
+    {
+        Vector256<float> acc0 = default, acc1 = default, acc2 = default, acc3 = default;
+        for (int i = 0; i < nb; i++, x += T.Bytes, y += 292)
+        {
+            Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default;
+            for (int ib = 0; ib < 8; ib++)
+            {
+                T.Load(x, ib, out var grid, out var signs, out var scales);
+                byte* q = y + 4 + 32 * ib;
+                s0 += GridDot(grid, signs, q, scales);
+                s1 += GridDot(grid, signs, q + yStride, scales);
+                s2 += GridDot(grid, signs, q + 2 * yStride, scales);
+                s3 += GridDot(grid, signs, q + 3 * yStride, scales);
+            }
+            float dx = Fp16.ToSingle(*(ushort*)x);
+            acc0 = Fma.MultiplyAdd(Vector256.Create(dx * *(float*)y), Vector256.ConvertToSingle(s0), acc0);
+            acc1 = Fma.MultiplyAdd(Vector256.Create(dx * *(float*)(y + yStride)), Vector256.ConvertToSingle(s1), acc1);
+            acc2 = Fma.MultiplyAdd(Vector256.Create(dx * *(float*)(y + 2 * yStride)), Vector256.ConvertToSingle(s2), acc2);
+            acc3 = Fma.MultiplyAdd(Vector256.Create(dx * *(float*)(y + 3 * yStride)), Vector256.ConvertToSingle(s3), acc3);
+        }
+        dst[0] = T.Factor * Vector256.Sum(acc0);
+        dst[dstStride] = T.Factor * Vector256.Sum(acc1);
+        dst[2 * dstStride] = T.Factor * Vector256.Sum(acc2);
+        dst[3 * dstStride] = T.Factor * Vector256.Sum(acc3);
     }
 
     /// <summary>Σ over 32 values of grid·q8 for the signed IQ1 grid points (−1, 0, 1): vpmaddubsw of |grid| with q8

@@ -42,11 +42,11 @@ public static partial class VecDot
                 case GgmlType.Q2_K: fixed (byte* x = &w) fixed (byte* y = &a) return DotQ2KAvx2(x, y, n / 256);
                 case GgmlType.IQ4_NL: fixed (byte* x = &w) fixed (byte* y = &a) return DotIQ4NLAvx2(x, y, n / 32);
                 case GgmlType.IQ4_XS: fixed (byte* x = &w) fixed (byte* y = &a) return DotIQ4XSAvx2(x, y, n / 256);
-                case GgmlType.IQ2_XXS: fixed (byte* x = &w) fixed (byte* y = &a) return DotIQ2XXSAvx2(x, y, n / 256);
-                case GgmlType.IQ2_XS: fixed (byte* x = &w) fixed (byte* y = &a) return DotIQ2XSAvx2(x, y, n / 256);
-                case GgmlType.IQ2_S: fixed (byte* x = &w) fixed (byte* y = &a) return DotIQ2SAvx2(x, y, n / 256);
-                case GgmlType.IQ3_XXS: fixed (byte* x = &w) fixed (byte* y = &a) return DotIQ3XXSAvx2(x, y, n / 256);
-                case GgmlType.IQ3_S: fixed (byte* x = &w) fixed (byte* y = &a) return DotIQ3SAvx2(x, y, n / 256);
+                case GgmlType.IQ2_XXS: fixed (byte* x = &w) fixed (byte* y = &a) return DotLatticeAvx2<IQ2XXSBlock>(x, y, n / 256);
+                case GgmlType.IQ2_XS: fixed (byte* x = &w) fixed (byte* y = &a) return DotLatticeAvx2<IQ2XSBlock>(x, y, n / 256);
+                case GgmlType.IQ2_S: fixed (byte* x = &w) fixed (byte* y = &a) return DotLatticeAvx2<IQ2SBlock>(x, y, n / 256);
+                case GgmlType.IQ3_XXS: fixed (byte* x = &w) fixed (byte* y = &a) return DotLatticeAvx2<IQ3XXSBlock>(x, y, n / 256);
+                case GgmlType.IQ3_S: fixed (byte* x = &w) fixed (byte* y = &a) return DotLatticeAvx2<IQ3SBlock>(x, y, n / 256);
                 case GgmlType.IQ1_S: fixed (byte* x = &w) fixed (byte* y = &a) return DotIQ1SAvx2(x, y, n / 256);
                 case GgmlType.IQ1_M: fixed (byte* x = &w) fixed (byte* y = &a) return DotIQ1MAvx2(x, y, n / 256);
             }
