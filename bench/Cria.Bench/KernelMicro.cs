@@ -52,7 +52,7 @@ static unsafe class KernelMicro
 
     public static int Run(string[] args)
     {
-        var type = GgmlType.Q4_K; int cols = 2048, l2Rows = 128, memMiB = 512, reps = 9, threads = 1; int[] chunkList = [0]; double sigma = 0; bool pair = false, checkedF16 = false;
+        var type = GgmlType.Q4_K; int cols = 2048, l2Rows = 128, memMiB = 512, reps = 9, threads = 1; int[] chunkList = [0]; double sigma = 0; bool pair = false, checkedF16 = false, ggml = false;
         for (int i = 0; i < args.Length; i++)
             switch (args[i])
             {
@@ -64,6 +64,7 @@ static unsafe class KernelMicro
                 case "--threads": threads = int.Parse(args[++i]); break;
                 case "--pair": pair = true; break;
                 case "--checked": checkedF16 = true; break;
+                case "--ggml": ggml = true; break;
                 case "--sigma": sigma = double.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); break;
                 case "--chunk-kib": chunkList = args[++i].Split(',').Select(int.Parse).ToArray(); break;
                 default: Console.Error.WriteLine($"unknown argument {args[i]}"); return 2;
@@ -91,6 +92,22 @@ static unsafe class KernelMicro
         byte* x = (byte*)NativeMemory.AlignedAlloc((nuint)xBytes, 64);
         RowKernels.PrepareActivations(type, src, new Span<byte>(x, xBytes));
         var y = new float[memRows];
+        // --ggml: ggml-cpu's own vec_dot for this type on the same rows (one thread), where Cria's activation row is
+        // ggml's vec-dot type as it is (the lattice i-quants, Q8_K's standard layout)
+        delegate* unmanaged<int, float*, nuint, byte*, nuint, byte*, nuint, int, void> ggmlDot = null;
+        if (ggml)
+        {
+            if (threads != 1 || pair || xBytes != GgmlTypeInfo.RowBytes(VecDot.ActivationType(type), cols))
+            { Console.Error.WriteLine("--ggml: one thread, no --pair, and a type whose activations Cria keeps in ggml's layout"); return 2; }
+            LlamaEngine.EnsureLoaded();
+            string lib = File.ReadLines("/proc/self/maps").Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries))
+                .Where(f => f.Length >= 6 && f[5].EndsWith("/libggml-cpu.so", StringComparison.Ordinal)).Select(f => f[5]).First();
+            nint h = NativeLibrary.Load(lib);
+            ((delegate* unmanaged<void>)NativeLibrary.GetExport(h, "ggml_cpu_init"))();
+            byte* traits = ((delegate* unmanaged<int, byte*>)NativeLibrary.GetExport(h, "ggml_get_type_traits_cpu"))((int)type);
+            ggmlDot = *(delegate* unmanaged<int, float*, nuint, byte*, nuint, byte*, nuint, int, void>*)(traits + 8);
+            Console.WriteLine($"ggml-cpu's vec_dot for {type} (from {lib})");
+        }
         fixed (float* yp = y)
         {
             foreach (var (name, rows, inner) in new[] { ("L2", l2Rows, Math.Max(1, memRows / l2Rows)), ("memory", memRows, 1) })
@@ -110,6 +127,9 @@ static unsafe class KernelMicro
                                 for (int r = 0; r < h; r++)
                                     RowKernels.RunPair(type, w + (long)r * rowBytes, w + (long)(r + h) * rowBytes, x, cols, out yp[r], out yp[r + h], finite);
                         }
+                        else if (threads == 1 && ggmlDot != null)
+                            for (int k = 0; k < inner; k++)
+                                for (int r = 0; r < rows; r++) ggmlDot(cols, yp + r, 0, w + (long)r * rowBytes, 0, x, 0, 1);
                         else if (threads == 1)
                             for (int k = 0; k < inner; k++) RowKernels.RunRows(type, w, rowBytes, 0, rows, x, xBytes, cols, yp, finite);
                         else

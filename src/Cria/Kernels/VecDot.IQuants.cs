@@ -272,10 +272,14 @@ public static unsafe partial class VecDot
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static Vector256<sbyte> SignsPM4(uint packed)
     {
-        ref ulong t = ref MemoryMarshal.GetReference(KSignsPM);
-        return Vector256.Create(Unsafe.Add(ref t, (int)(packed & 127)), Unsafe.Add(ref t, (int)(packed >> 7 & 127)),
-            Unsafe.Add(ref t, (int)(packed >> 14 & 127)), Unsafe.Add(ref t, (int)(packed >> 21 & 127))).AsSByte();
+        ulong* t = Table(KSignsPM);
+        return Vector256.Create(t[packed & 127], t[packed >> 7 & 127], t[packed >> 14 & 127], t[packed >> 21 & 127]).AsSByte();
     }
+
+    /// <summary>A pointer to a constant table (data in the assembly image, which never moves), so that unsigned
+    /// indices address it without sign extension.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static T* Table<T>(ReadOnlySpan<T> table) where T : unmanaged => (T*)Unsafe.AsPointer(ref MemoryMarshal.GetReference(table));
 
     /// <summary>Bytes 8k..8k+7 of the result are ±1 from the bits of byte k of <paramref name="bits"/> (bit set: −1).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -321,10 +325,10 @@ public static unsafe partial class VecDot
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void Load(byte* x, int ib, out Vector256<byte> grid, out Vector256<sbyte> signs, out Vector256<short> scales)
         {
-            ref ulong g = ref MemoryMarshal.GetReference(IQuantGrids.IQ2XXSGrid);
+            ulong* g = Table(IQuantGrids.IQ2XXSGrid);
             byte* q = x + 2 + 8 * ib;
             uint a1 = *(uint*)(q + 4);
-            grid = Vector256.Create(Unsafe.Add(ref g, q[0]), Unsafe.Add(ref g, q[1]), Unsafe.Add(ref g, q[2]), Unsafe.Add(ref g, q[3])).AsByte();
+            grid = Vector256.Create(g[q[0]], g[q[1]], g[q[2]], g[q[3]]).AsByte();
             signs = SignsPM4(a1);
             scales = Vector256.Create((short)(2 * (a1 >> 28) + 1));
         }
@@ -337,13 +341,10 @@ public static unsafe partial class VecDot
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void Load(byte* x, int ib, out Vector256<byte> grid, out Vector256<sbyte> signs, out Vector256<short> scales)
         {
-            ref ulong g = ref MemoryMarshal.GetReference(IQuantGrids.IQ2XSGrid);
-            ref ulong ks = ref MemoryMarshal.GetReference(KSignsPM);
+            ulong* g = Table(IQuantGrids.IQ2XSGrid), ks = Table(KSignsPM);
             ushort* q = (ushort*)(x + 2) + 4 * ib;
-            grid = Vector256.Create(Unsafe.Add(ref g, q[0] & 511), Unsafe.Add(ref g, q[1] & 511),
-                Unsafe.Add(ref g, q[2] & 511), Unsafe.Add(ref g, q[3] & 511)).AsByte();
-            signs = Vector256.Create(Unsafe.Add(ref ks, q[0] >> 9), Unsafe.Add(ref ks, q[1] >> 9),
-                Unsafe.Add(ref ks, q[2] >> 9), Unsafe.Add(ref ks, q[3] >> 9)).AsSByte();
+            grid = Vector256.Create(g[q[0] & 511u], g[q[1] & 511u], g[q[2] & 511u], g[q[3] & 511u]).AsByte();
+            signs = Vector256.Create(ks[(uint)q[0] >> 9], ks[(uint)q[1] >> 9], ks[(uint)q[2] >> 9], ks[(uint)q[3] >> 9]).AsSByte();
             int sc = x[66 + ib];
             scales = Scales2(2 * (sc & 0xF) + 1, 2 * (sc >> 4) + 1);
         }
@@ -356,11 +357,10 @@ public static unsafe partial class VecDot
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void Load(byte* x, int ib, out Vector256<byte> grid, out Vector256<sbyte> signs, out Vector256<short> scales)
         {
-            ref ulong g = ref MemoryMarshal.GetReference(IQuantGrids.IQ2SGrid);
+            ulong* g = Table(IQuantGrids.IQ2SGrid);
             byte* qs = x + 2 + 4 * ib;
-            int qh = x[66 + ib];
-            grid = Vector256.Create(Unsafe.Add(ref g, qs[0] | (qh << 8 & 0x300)), Unsafe.Add(ref g, qs[1] | (qh << 6 & 0x300)),
-                Unsafe.Add(ref g, qs[2] | (qh << 4 & 0x300)), Unsafe.Add(ref g, qs[3] | (qh << 2 & 0x300))).AsByte();
+            uint qh = x[66 + ib];
+            grid = Vector256.Create(g[qs[0] | (qh << 8 & 0x300)], g[qs[1] | (qh << 6 & 0x300)], g[qs[2] | (qh << 4 & 0x300)], g[qs[3] | (qh << 2 & 0x300)]).AsByte();
             signs = SignsFromBits(*(uint*)(x + 34 + 4 * ib));
             int sc = x[74 + ib];
             scales = Scales2(2 * (sc & 0xF) + 1, 2 * (sc >> 4) + 1);
@@ -374,11 +374,10 @@ public static unsafe partial class VecDot
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void Load(byte* x, int ib, out Vector256<byte> grid, out Vector256<sbyte> signs, out Vector256<short> scales)
         {
-            ref uint g = ref MemoryMarshal.GetReference(IQuantGrids.IQ3XXSGrid);
+            uint* g = Table(IQuantGrids.IQ3XXSGrid);
             byte* qs = x + 2 + 8 * ib;
             uint aux = *(uint*)(x + 66 + 4 * ib);
-            grid = Vector256.Create(Unsafe.Add(ref g, qs[0]), Unsafe.Add(ref g, qs[1]), Unsafe.Add(ref g, qs[2]), Unsafe.Add(ref g, qs[3]),
-                Unsafe.Add(ref g, qs[4]), Unsafe.Add(ref g, qs[5]), Unsafe.Add(ref g, qs[6]), Unsafe.Add(ref g, qs[7])).AsByte();
+            grid = Vector256.Create(g[qs[0]], g[qs[1]], g[qs[2]], g[qs[3]], g[qs[4]], g[qs[5]], g[qs[6]], g[qs[7]]).AsByte();
             signs = SignsPM4(aux);
             scales = Vector256.Create((short)(2 * (aux >> 28) + 1));
         }
@@ -394,11 +393,12 @@ public static unsafe partial class VecDot
             // index k = qs[k] | (bit k of qh) << 8
             var high = Avx2.ShiftLeftLogicalVariable(Vector256.Create((uint)x[66 + ib]), Vector256.Create(8u, 7, 6, 5, 4, 3, 2, 1)) & Vector256.Create(256u);
             var idx = Avx2.ConvertToVector256Int32(x + 2 + 8 * ib) | high.AsInt32();
-            fixed (uint* g = IQuantGrids.IQ3SGrid)
-                grid = Avx2.GatherVector256(g, idx, 4).AsByte(); // (measured: 3.2 GB/s against 2.9 for eight scalar loads)
+            uint* k = (uint*)&idx; // the indices through memory, as ggml does (vpgatherdd is slower)
+            uint* g = Table(IQuantGrids.IQ3SGrid);
+            grid = Vector256.Create(g[k[0]], g[k[1]], g[k[2]], g[k[3]], g[k[4]], g[k[5]], g[k[6]], g[k[7]]).AsByte();
             signs = SignsFromBits(*(uint*)(x + 74 + 4 * ib));
             int sc = x[106 + ib / 2];
-            scales = Vector256.Create((short)(2 * ((ib & 1) == 0 ? sc & 0xF : sc >> 4) + 1));
+            scales = Vector256.Create((short)(2 * (sc >> 4 * (ib & 1) & 0xF) + 1));
         }
     }
 
@@ -457,32 +457,37 @@ public static unsafe partial class VecDot
 
     internal static float DotIQ1SAvx2(byte* x, byte* y, int nb)
     {
-        ref ulong grid = ref MemoryMarshal.GetReference(IQuantGrids.IQ1SGrid);
+        ulong* grid = Table(IQuantGrids.IQ1SGrid);
         float sumf = 0;
         for (int i = 0; i < nb; i++, x += 50, y += 292)
         {
             Sse.Prefetch0(x + PrefetchAhead);
             Vector256<int> sumi = default;
             int sumi1 = 0;
+            byte* qs = x + 2, q8 = y + 4;
+            ushort* qhp = (ushort*)(x + 34);
             short* bsums = (short*)(y + 260);
-            for (int ib = 0; ib < 8; ib++)
+            for (int ib = 0; ib < 8; ib++, qs += 4, qhp++, q8 += 32, bsums += 2)
             {
-                byte* qs = x + 2 + 4 * ib;
-                int qh = *(ushort*)(x + 34 + 2 * ib);
-                var g = Vector256.Create(Unsafe.Add(ref grid, qs[0] | (qh << 8 & 0x700)), Unsafe.Add(ref grid, qs[1] | (qh << 5 & 0x700)),
-                    Unsafe.Add(ref grid, qs[2] | (qh << 2 & 0x700)), Unsafe.Add(ref grid, qs[3] | (qh >> 1 & 0x700))).AsSByte();
-                int ls = 2 * ((qh >> 12) & 7) + 1;
-                sumi += SignedGridDot(g, y + 4 + 32 * ib, Vector256.Create((short)ls));
-                sumi1 += ls * ((qh & 0x8000) != 0 ? -1 : 1) * (bsums[2 * ib] + bsums[2 * ib + 1]);
+                uint qh = *qhp;
+                var g = Vector256.Create(grid[qs[0] | (qh << 8 & 0x700)], grid[qs[1] | (qh << 5 & 0x700)],
+                    grid[qs[2] | (qh << 2 & 0x700)], grid[qs[3] | (qh >> 1 & 0x700)]).AsSByte();
+                int ls = (int)(2 * ((qh >> 12) & 7) + 1);
+                sumi += SignedGridDot(g, q8, Vector256.Create((short)ls));
+                sumi1 += ls * (1 - (int)(qh >> 14 & 2)) * (bsums[0] + bsums[1]); // the delta's sign: bit 15 (branch-free)
             }
             sumf += Fp16.ToSingle(*(ushort*)x) * *(float*)y * (Vector256.Sum(sumi) + Dequantize.IQ1Delta * sumi1);
         }
         return sumf;
     }
 
+    /// <summary>Eight bytes of −1 if bit 0 of <paramref name="bit"/> is set, else of +1 (branch-free: the bits are data).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static long DeltaBytes(int bit) => 0x0101010101010101L ^ (-(long)(bit & 1) & unchecked((long)0xFEFEFEFEFEFEFEFEUL));
+
     internal static float DotIQ1MAvx2(byte* x, byte* y, int nb)
     {
-        ref ulong grid = ref MemoryMarshal.GetReference(IQuantGrids.IQ1SGrid);
+        ulong* grid = Table(IQuantGrids.IQ1SGrid);
         float sumf = 0;
         for (int i = 0; i < nb; i++, x += 56, y += 292)
         {
@@ -492,12 +497,11 @@ public static unsafe partial class VecDot
             for (int ib = 0; ib < 8; ib++)
             {
                 byte* qs = x + 4 * ib;
-                int qh0 = x[32 + 2 * ib], qh1 = x[33 + 2 * ib];
-                var g = Vector256.Create(Unsafe.Add(ref grid, qs[0] | (qh0 << 8 & 0x700)), Unsafe.Add(ref grid, qs[1] | (qh0 << 4 & 0x700)),
-                    Unsafe.Add(ref grid, qs[2] | (qh1 << 8 & 0x700)), Unsafe.Add(ref grid, qs[3] | (qh1 << 4 & 0x700))).AsSByte();
+                uint qh0 = x[32 + 2 * ib], qh1 = x[33 + 2 * ib];
+                var g = Vector256.Create(grid[qs[0] | (qh0 << 8 & 0x700)], grid[qs[1] | (qh0 << 4 & 0x700)],
+                    grid[qs[2] | (qh1 << 8 & 0x700)], grid[qs[3] | (qh1 << 4 & 0x700)]).AsSByte();
                 // the delta's sign per eight values (bit 3 of each qh nibble) as ±1 bytes
-                var deltaBytes = Vector256.Create((qh0 & 0x08) != 0 ? -1L : 0x0101010101010101L, (qh0 & 0x80) != 0 ? -1L : 0x0101010101010101L,
-                    (qh1 & 0x08) != 0 ? -1L : 0x0101010101010101L, (qh1 & 0x80) != 0 ? -1L : 0x0101010101010101L).AsSByte();
+                var deltaBytes = Vector256.Create(DeltaBytes((int)qh0 >> 3), DeltaBytes((int)qh0 >> 7), DeltaBytes((int)qh1 >> 3), DeltaBytes((int)qh1 >> 7)).AsSByte();
                 int s = sc[ib / 2] >> (6 * (ib % 2));
                 var scales = Scales2(2 * (s & 7) + 1, 2 * (s >> 3 & 7) + 1);
                 sumi1 += SignedGridDot(g, y + 4 + 32 * ib, scales);
