@@ -65,7 +65,7 @@ public static unsafe class GgmlQuantizer
         return dst;
     }
 
-    /// <summary>Rewrites an F32 GGUF with every matrix whose rows are a multiple of 256 quantized by ggml to
+    /// <summary>Rewrites an F32 GGUF with every matrix whose rows are a multiple of 256 (the router aside) quantized by ggml to
     /// <paramref name="type"/>, under a random per-column importance matrix (the lattice i-quants require one): files in
     /// the types Cria reads but does not write, made by llama.cpp's own quantizer.</summary>
     public static void QuantizeFile(string f32Path, string outPath, GgmlType type, int seed)
@@ -76,7 +76,8 @@ public static unsafe class GgmlQuantizer
         foreach (var t in src.Tensors)
         {
             byte[] data = src.TensorData(t).ToArray();
-            if (t.Shape.Length < 2 || t.Type != GgmlType.F32 || t.RowLength % 256 != 0) { w.AddTensor(t.Name, t.Shape, t.Type, data); continue; }
+            // the router stays F32, as llama-quantize leaves it
+            if (t.Shape.Length < 2 || t.Type != GgmlType.F32 || t.RowLength % 256 != 0 || t.Name.Contains("ffn_gate_inp")) { w.AddTensor(t.Name, t.Shape, t.Type, data); continue; }
             var imp = new float[t.RowLength];
             for (int j = 0; j < imp.Length; j++) imp[j] = MathF.Exp((float)(rng.NextDouble() * 4 - 2));
             w.AddTensor(t.Name, t.Shape, type, Quantize(type, MemoryMarshal.Cast<byte, float>(data).ToArray(), (int)t.RowLength, imp));

@@ -32,6 +32,9 @@ public class MixtureOfExpertsTests(ITestOutputHelper output)
     [InlineData(GgmlType.Q4_K, 8, 2)]
     [InlineData(GgmlType.IQ4_XS, 8, 2)]
     [InlineData(GgmlType.IQ4_NL, 4, 2)]
+    [InlineData(GgmlType.IQ3_S, 8, 2)]   // quantized by ggml (GgmlQuantizer.QuantizeFile)
+    [InlineData(GgmlType.IQ2_XS, 4, 2)]
+    [InlineData(GgmlType.IQ3_XXS, 4, 2)]
     public void Logits_and_greedy_tokens_agree_with_llama_cpp(GgmlType type, int experts, int used)
     {
         var path = LogitsAgreementTests.ModelFile($"moe-{type}-{experts}-{used}", Spec(type, experts, used));
