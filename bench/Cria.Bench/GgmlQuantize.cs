@@ -1,49 +1,68 @@
 using System.Diagnostics;
 using System.Runtime.InteropServices;
 using Cria.Formats;
+using Cria.Quantization;
 using Cria.Tensors;
 
 namespace Cria.Bench;
 
 /// <summary>
-/// <c>Cria.Bench ggml-quantize IN OUT --type iq2_xxs|iq2_xs|iq2_s|iq3_xxs|iq3_s|iq1_s|iq1_m [--threads 2]</c>: writes a
-/// GGUF in a type Cria reads but does not write, with ggml's own row quantizer (<c>ggml_quantize_chunk</c>, loaded by
-/// LLamaSharp) under a unit importance matrix, for side-by-side runs. Every <c>blk.*</c> matrix takes the type; the
-/// token embedding becomes Q4_K and the output head Q5_K (Cria's quantizers), as llama.cpp's low-bit mixes give them
-/// more bits. Bench-only: the product never calls llama.cpp.
+/// <c>Cria.Bench ggml-quantize IN OUT --type iq2_xxs|iq2_xs|iq2_s|iq3_xxs|iq3_s|iq1_s|iq1_m [--imatrix FILE] [--threads 2]</c>:
+/// writes a GGUF in a type Cria reads but does not write, with ggml's own row quantizer (<c>ggml_quantize_chunk</c>,
+/// loaded by LLamaSharp), for side-by-side runs and the quality table. Every <c>blk.*</c> matrix takes the type, under
+/// the imatrix's importances (llama.cpp's legacy .dat, as <c>cria imatrix</c> writes it) or unit importances (the
+/// IQ2 and IQ1 quantizers need some); the token embedding becomes Q4_K and the output head Q5_K (Cria's quantizers),
+/// as llama.cpp's low-bit mixes give them more bits. Not llama.cpp's per-tensor mix rules. Bench-only: the product
+/// never calls llama.cpp.
 /// </summary>
 static unsafe class GgmlQuantize
 {
+    public static readonly GgmlType[] Lattice =
+        [GgmlType.IQ2_XXS, GgmlType.IQ2_XS, GgmlType.IQ2_S, GgmlType.IQ3_XXS, GgmlType.IQ3_S, GgmlType.IQ1_S, GgmlType.IQ1_M];
+
     public static int Run(string[] args)
     {
-        if (args.Length < 2) { Console.Error.WriteLine("usage: ggml-quantize IN OUT --type T [--threads N]"); return 2; }
+        if (args.Length < 2) { Console.Error.WriteLine("usage: ggml-quantize IN OUT --type T [--imatrix FILE] [--threads N]"); return 2; }
         string src = args[0], dst = args[1];
         GgmlType type = GgmlType.IQ2_XXS;
+        string? imatrix = null;
         int threads = 2;
         for (int i = 2; i < args.Length; i++)
             switch (args[i])
             {
                 case "--type": type = Enum.Parse<GgmlType>(args[++i], ignoreCase: true); break;
+                case "--imatrix": imatrix = args[++i]; break;
                 case "--threads": threads = int.Parse(args[++i]); break;
                 default: Console.Error.WriteLine($"unknown option {args[i]}"); return 2;
             }
+        var sw = Stopwatch.StartNew();
+        File(src, dst, type, imatrix == null ? null : Imatrix.Load(imatrix).Values, threads, progress: true);
+        Console.WriteLine($"\nwrote {dst} ({new FileInfo(dst).Length / (1 << 20)} MiB) in {sw.Elapsed.TotalSeconds:F1} s");
+        return 0;
+    }
+
+    /// <summary>llama_ftype of the llama.cpp mix named after the type (general.file_type).</summary>
+    public static uint FileType(GgmlType type) => type switch
+    {
+        GgmlType.IQ2_XXS => 19, GgmlType.IQ2_XS => 20, GgmlType.IQ3_XXS => 23, GgmlType.IQ1_S => 24, GgmlType.IQ3_S => 26,
+        GgmlType.IQ2_S => 28, GgmlType.IQ1_M => 31,
+        _ => throw new ArgumentException($"{type}: ggml-quantize writes the lattice i-quants (IQ2_XXS … IQ1_M)"),
+    };
+
+    public static void File(string src, string dst, GgmlType type, IReadOnlyDictionary<string, float[]>? imatrix, int threads, bool progress = false)
+    {
+        uint ftype = FileType(type);
         LlamaEngine.EnsureLoaded();
-        string lib = File.ReadLines("/proc/self/maps").Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries))
+        string lib = System.IO.File.ReadLines("/proc/self/maps").Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries))
             .Where(f => f.Length >= 6 && f[5].EndsWith("/libggml-base.so", StringComparison.Ordinal)).Select(f => f[5]).First();
         var chunk = (delegate* unmanaged<int, float*, byte*, long, long, long, float*, nuint>)NativeLibrary.GetExport(NativeLibrary.Load(lib), "ggml_quantize_chunk");
-        var sw = Stopwatch.StartNew();
         using var f = GgufFile.Open(src);
         var w = new GgufWriter().CopyMetadataFrom(f);
-        // llama_ftype of the matching llama.cpp mix (general.file_type)
-        w.Set("general.file_type", (uint)(type switch
-        {
-            GgmlType.IQ2_XXS => 19, GgmlType.IQ2_XS => 20, GgmlType.IQ3_XXS => 23, GgmlType.IQ1_S => 24, GgmlType.IQ3_S => 26,
-            GgmlType.IQ2_S => 28, GgmlType.IQ1_M => 31,
-            _ => throw new ArgumentException($"{type}: ggml-quantize writes the lattice i-quants (IQ2_XXS … IQ1_M)"),
-        }));
+        w.Set("general.file_type", ftype);
         foreach (var t in f.Tensors)
         {
-            bool layer = t.Name.StartsWith("blk.", StringComparison.Ordinal) && t.Shape.Length >= 2 && t.RowLength % 256 == 0;
+            bool layer = t.Name.StartsWith("blk.", StringComparison.Ordinal) && t.Shape.Length >= 2 && t.RowLength % 256 == 0
+                && !t.Name.Contains("ffn_gate_inp", StringComparison.Ordinal);
             GgmlType to = layer ? type : t.Name == "token_embd.weight" ? GgmlType.Q4_K : t.Name == "output.weight" ? GgmlType.Q5_K : t.Type;
             if (to == t.Type) { w.AddTensor(t.Name, t.Shape, t.Type, f.TensorData(t).ToArray()); continue; }
             int n = (int)t.RowLength;
@@ -53,8 +72,13 @@ static unsafe class GgmlQuantize
             var q = new byte[rows * rowBytes];
             if (layer)
             {
-                var imp = new float[n];
-                Array.Fill(imp, 1f);
+                float[] imp;
+                if (imatrix != null && imatrix.TryGetValue(t.Name, out var v))
+                {
+                    if (v.Length != n) throw new InvalidOperationException($"imatrix entry {t.Name} has {v.Length} values, the rows {n}");
+                    imp = v;
+                }
+                else { imp = new float[n]; Array.Fill(imp, 1f); }
                 long per = (rows + threads - 1) / threads;
                 Parallel.For(0, threads, k =>
                 {
@@ -66,10 +90,8 @@ static unsafe class GgmlQuantize
             }
             else Quantize.Row(to, x, q);
             w.AddTensor(t.Name, t.Shape, to, q);
-            Console.Error.Write($"\r{t.Name} → {to}        ");
+            if (progress) Console.Error.Write($"\r{t.Name} → {to}        ");
         }
         w.Write(dst);
-        Console.WriteLine($"\nwrote {dst} ({new FileInfo(dst).Length / (1 << 20)} MiB) in {sw.Elapsed.TotalSeconds:F1} s");
-        return 0;
     }
 }

@@ -5,6 +5,7 @@ using Cria.Formats;
 using Cria.Inference;
 using Cria.Models;
 using Cria.Quantization;
+using Cria.Tensors;
 using LLama;
 using LLama.Common;
 using LLama.Native;
@@ -92,6 +93,23 @@ static class QuantTable
 
         foreach (var tn in types)
         {
+            if (Enum.TryParse<GgmlType>(tn, true, out var lattice) && GgmlQuantize.Lattice.Contains(lattice))
+            {
+                // A type Cria reads but does not write: the file from ggml's quantizer (GgmlQuantize), plain = unit
+                // importances, imatrix = Cria's imatrix of the same calibration text; scored by both engines alike.
+                foreach (var variant in variants.Where(v => v is "plain" or "imatrix"))
+                {
+                    string lpath = Path.Combine(outDir, $"default-{tn}-{variant}.gguf");
+                    GgmlQuantize.File(model, lpath, lattice, variant == "imatrix" ? im.Values : null, threads);
+                    double bpw;
+                    using (var lf = GgufFile.Open(lpath)) bpw = Bpw(lf);
+                    var lk = CriaKld(baseContext, lpath, validText, ctx, chunks, threads);
+                    double lc = lk.Model.Value, ll = LlamaPpl(lpath, validText, ctx, chunks, threads);
+                    rows.Add(new Row(tn, variant, bpw, lc, ll, "ggml's quantizer (Cria reads, does not write)", lk.MeanKld, lk.KldStdErr, lk.SameTopFraction, lk.PplChangeStdErrPercent));
+                    o.WriteLine($"{tn,-7} {variant,-8} {bpw:F3} bpw  Cria {lc:F4}  llama.cpp {ll:F4}  KLD {lk.MeanKld:F6} ± {lk.KldStdErr:F6}  same top {lk.SameTopFraction:P2}  (ggml's quantizer)  [{sw.Elapsed.TotalMinutes:F1} min]");
+                }
+                continue;
+            }
             var ftype = QuantMix.Parse(tn);
             foreach (var variant in variants)
             {

@@ -461,7 +461,7 @@ public static unsafe class RowKernels
     /// (<see cref="RunFour"/>): the weight row is unpacked once for four dot products.</summary>
     internal static bool HasFourRowKernel(GgmlType type) =>
         Avx2Rows(type) && type is GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.Q3_K or GgmlType.Q2_K or GgmlType.IQ4_XS
-            or GgmlType.IQ2_XXS or GgmlType.IQ2_XS or GgmlType.IQ2_S or GgmlType.IQ3_XXS or GgmlType.IQ3_S;
+            or GgmlType.IQ2_XXS or GgmlType.IQ2_XS or GgmlType.IQ2_S or GgmlType.IQ3_XXS or GgmlType.IQ3_S or GgmlType.IQ1_S or GgmlType.IQ1_M;
 
     static void RunFour(GgmlType type, byte* w, byte* x, int xStride, int n, float* y, int yStride)
     {
@@ -478,6 +478,8 @@ public static unsafe class RowKernels
             case GgmlType.IQ2_S: VecDot.DotLatticeAvx2X4<VecDot.IQ2SBlock>(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.IQ3_XXS: VecDot.DotLatticeAvx2X4<VecDot.IQ3XXSBlock>(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.IQ3_S: VecDot.DotLatticeAvx2X4<VecDot.IQ3SBlock>(w, x, xStride, n / 256, y, yStride); break;
+            case GgmlType.IQ1_S: VecDot.DotIQ1SAvx2X4(w, x, xStride, n / 256, y, yStride); break;
+            case GgmlType.IQ1_M: VecDot.DotIQ1MAvx2X4(w, x, xStride, n / 256, y, yStride); break;
             default: throw new ArgumentOutOfRangeException(nameof(type));
         }
     }

@@ -455,6 +455,19 @@ public static unsafe partial class VecDot
     static Vector256<int> SignedGridDot(Vector256<sbyte> grid, byte* q8, Vector256<short> scales) =>
         Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(Avx2.Abs(grid), Avx2.Sign(Vector256.Load((sbyte*)q8), grid)), scales);
 
+    /// <summary>IQ1_S's 32-value group <paramref name="ib"/>: the grid points (−1, 0, 1), the scale 2s + 1 and the
+    /// delta's sign (bit 15, branch-free).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<sbyte> IQ1SLoad(byte* x, int ib, ulong* grid, out int ls, out int deltaSign)
+    {
+        byte* qs = x + 2 + 4 * ib;
+        uint qh = ((ushort*)(x + 34))[ib];
+        ls = (int)(2 * ((qh >> 12) & 7) + 1);
+        deltaSign = 1 - (int)(qh >> 14 & 2);
+        return Vector256.Create(grid[qs[0] | (qh << 8 & 0x700)], grid[qs[1] | (qh << 5 & 0x700)],
+            grid[qs[2] | (qh << 2 & 0x700)], grid[qs[3] | (qh >> 1 & 0x700)]).AsSByte();
+    }
+
     internal static float DotIQ1SAvx2(byte* x, byte* y, int nb)
     {
         ulong* grid = Table(IQuantGrids.IQ1SGrid);
@@ -464,26 +477,70 @@ public static unsafe partial class VecDot
             Sse.Prefetch0(x + PrefetchAhead);
             Vector256<int> sumi = default;
             int sumi1 = 0;
-            byte* qs = x + 2, q8 = y + 4;
-            ushort* qhp = (ushort*)(x + 34);
             short* bsums = (short*)(y + 260);
-            for (int ib = 0; ib < 8; ib++, qs += 4, qhp++, q8 += 32, bsums += 2)
+            for (int ib = 0; ib < 8; ib++)
             {
-                uint qh = *qhp;
-                var g = Vector256.Create(grid[qs[0] | (qh << 8 & 0x700)], grid[qs[1] | (qh << 5 & 0x700)],
-                    grid[qs[2] | (qh << 2 & 0x700)], grid[qs[3] | (qh >> 1 & 0x700)]).AsSByte();
-                int ls = (int)(2 * ((qh >> 12) & 7) + 1);
-                sumi += SignedGridDot(g, q8, Vector256.Create((short)ls));
-                sumi1 += ls * (1 - (int)(qh >> 14 & 2)) * (bsums[0] + bsums[1]); // the delta's sign: bit 15 (branch-free)
+                var g = IQ1SLoad(x, ib, grid, out int ls, out int delta);
+                sumi += SignedGridDot(g, y + 4 + 32 * ib, Vector256.Create((short)ls));
+                sumi1 += ls * delta * (bsums[2 * ib] + bsums[2 * ib + 1]);
             }
             sumf += Fp16.ToSingle(*(ushort*)x) * *(float*)y * (Vector256.Sum(sumi) + Dequantize.IQ1Delta * sumi1);
         }
         return sumf;
     }
 
+    /// <summary>One IQ1_S row against four activation rows, each with the bits of <see cref="DotIQ1SAvx2"/>.</summary>
+    internal static void DotIQ1SAvx2X4(byte* x, byte* y, int yStride, int nb, float* dst, int dstStride)
+    {
+        ulong* grid = Table(IQuantGrids.IQ1SGrid);
+        float f0 = 0, f1 = 0, f2 = 0, f3 = 0;
+        for (int i = 0; i < nb; i++, x += 50, y += 292)
+        {
+            Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default;
+            int d0 = 0, d1 = 0, d2 = 0, d3 = 0;
+            short* b = (short*)(y + 260);
+            int bs = yStride / 2;
+            for (int ib = 0; ib < 8; ib++)
+            {
+                var g = IQ1SLoad(x, ib, grid, out int ls, out int delta);
+                var scale = Vector256.Create((short)ls);
+                byte* q = y + 4 + 32 * ib;
+                s0 += SignedGridDot(g, q, scale);
+                s1 += SignedGridDot(g, q + yStride, scale);
+                s2 += SignedGridDot(g, q + 2 * yStride, scale);
+                s3 += SignedGridDot(g, q + 3 * yStride, scale);
+                int k = ls * delta, j = 2 * ib;
+                d0 += k * (b[j] + b[j + 1]);
+                d1 += k * (b[bs + j] + b[bs + j + 1]);
+                d2 += k * (b[2 * bs + j] + b[2 * bs + j + 1]);
+                d3 += k * (b[3 * bs + j] + b[3 * bs + j + 1]);
+            }
+            float dx = Fp16.ToSingle(*(ushort*)x);
+            f0 += dx * *(float*)y * (Vector256.Sum(s0) + Dequantize.IQ1Delta * d0);
+            f1 += dx * *(float*)(y + yStride) * (Vector256.Sum(s1) + Dequantize.IQ1Delta * d1);
+            f2 += dx * *(float*)(y + 2 * yStride) * (Vector256.Sum(s2) + Dequantize.IQ1Delta * d2);
+            f3 += dx * *(float*)(y + 3 * yStride) * (Vector256.Sum(s3) + Dequantize.IQ1Delta * d3);
+        }
+        dst[0] = f0; dst[dstStride] = f1; dst[2 * dstStride] = f2; dst[3 * dstStride] = f3;
+    }
+
     /// <summary>Eight bytes of −1 if bit 0 of <paramref name="bit"/> is set, else of +1 (branch-free: the bits are data).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static long DeltaBytes(int bit) => 0x0101010101010101L ^ (-(long)(bit & 1) & unchecked((long)0xFEFEFEFEFEFEFEFEUL));
+
+    /// <summary>IQ1_M's 32-value group <paramref name="ib"/>: the grid points, the delta's sign per eight values as ±1
+    /// bytes (bit 3 of each qh nibble) and the two 16-value scales 2s + 1.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<sbyte> IQ1MLoad(byte* x, int ib, ulong* grid, out Vector256<sbyte> deltaBytes, out Vector256<short> scales)
+    {
+        byte* qs = x + 4 * ib;
+        uint qh0 = x[32 + 2 * ib], qh1 = x[33 + 2 * ib];
+        deltaBytes = Vector256.Create(DeltaBytes((int)qh0 >> 3), DeltaBytes((int)qh0 >> 7), DeltaBytes((int)qh1 >> 3), DeltaBytes((int)qh1 >> 7)).AsSByte();
+        int s = ((ushort*)(x + 48))[ib / 2] >> (6 * (ib % 2));
+        scales = Scales2(2 * (s & 7) + 1, 2 * (s >> 3 & 7) + 1);
+        return Vector256.Create(grid[qs[0] | (qh0 << 8 & 0x700)], grid[qs[1] | (qh0 << 4 & 0x700)],
+            grid[qs[2] | (qh1 << 8 & 0x700)], grid[qs[3] | (qh1 << 4 & 0x700)]).AsSByte();
+    }
 
     internal static float DotIQ1MAvx2(byte* x, byte* y, int nb)
     {
@@ -493,22 +550,40 @@ public static unsafe partial class VecDot
         {
             Sse.Prefetch0(x + PrefetchAhead);
             Vector256<int> sumi1 = default, sumi2 = default;
-            ushort* sc = (ushort*)(x + 48);
             for (int ib = 0; ib < 8; ib++)
             {
-                byte* qs = x + 4 * ib;
-                uint qh0 = x[32 + 2 * ib], qh1 = x[33 + 2 * ib];
-                var g = Vector256.Create(grid[qs[0] | (qh0 << 8 & 0x700)], grid[qs[1] | (qh0 << 4 & 0x700)],
-                    grid[qs[2] | (qh1 << 8 & 0x700)], grid[qs[3] | (qh1 << 4 & 0x700)]).AsSByte();
-                // the delta's sign per eight values (bit 3 of each qh nibble) as ±1 bytes
-                var deltaBytes = Vector256.Create(DeltaBytes((int)qh0 >> 3), DeltaBytes((int)qh0 >> 7), DeltaBytes((int)qh1 >> 3), DeltaBytes((int)qh1 >> 7)).AsSByte();
-                int s = sc[ib / 2] >> (6 * (ib % 2));
-                var scales = Scales2(2 * (s & 7) + 1, 2 * (s >> 3 & 7) + 1);
+                var g = IQ1MLoad(x, ib, grid, out var deltaBytes, out var scales);
                 sumi1 += SignedGridDot(g, y + 4 + 32 * ib, scales);
                 sumi2 += SignedGridDot(deltaBytes, y + 4 + 32 * ib, scales);
             }
             sumf += Dequantize.IQ1MScale(new ReadOnlySpan<byte>(x, 56)) * *(float*)y * (Vector256.Sum(sumi1) + Dequantize.IQ1Delta * Vector256.Sum(sumi2));
         }
         return sumf;
+    }
+
+    /// <summary>One IQ1_M row against four activation rows, each with the bits of <see cref="DotIQ1MAvx2"/>.</summary>
+    internal static void DotIQ1MAvx2X4(byte* x, byte* y, int yStride, int nb, float* dst, int dstStride)
+    {
+        ulong* grid = Table(IQuantGrids.IQ1SGrid);
+        float f0 = 0, f1 = 0, f2 = 0, f3 = 0;
+        for (int i = 0; i < nb; i++, x += 56, y += 292)
+        {
+            Vector256<int> a0 = default, a1 = default, a2 = default, a3 = default, e0 = default, e1 = default, e2 = default, e3 = default;
+            for (int ib = 0; ib < 8; ib++)
+            {
+                var g = IQ1MLoad(x, ib, grid, out var deltaBytes, out var scales);
+                byte* q = y + 4 + 32 * ib;
+                a0 += SignedGridDot(g, q, scales); e0 += SignedGridDot(deltaBytes, q, scales);
+                a1 += SignedGridDot(g, q + yStride, scales); e1 += SignedGridDot(deltaBytes, q + yStride, scales);
+                a2 += SignedGridDot(g, q + 2 * yStride, scales); e2 += SignedGridDot(deltaBytes, q + 2 * yStride, scales);
+                a3 += SignedGridDot(g, q + 3 * yStride, scales); e3 += SignedGridDot(deltaBytes, q + 3 * yStride, scales);
+            }
+            float d = Dequantize.IQ1MScale(new ReadOnlySpan<byte>(x, 56));
+            f0 += d * *(float*)y * (Vector256.Sum(a0) + Dequantize.IQ1Delta * Vector256.Sum(e0));
+            f1 += d * *(float*)(y + yStride) * (Vector256.Sum(a1) + Dequantize.IQ1Delta * Vector256.Sum(e1));
+            f2 += d * *(float*)(y + 2 * yStride) * (Vector256.Sum(a2) + Dequantize.IQ1Delta * Vector256.Sum(e2));
+            f3 += d * *(float*)(y + 3 * yStride) * (Vector256.Sum(a3) + Dequantize.IQ1Delta * Vector256.Sum(e3));
+        }
+        dst[0] = f0; dst[dstStride] = f1; dst[2 * dstStride] = f2; dst[3 * dstStride] = f3;
     }
 }
