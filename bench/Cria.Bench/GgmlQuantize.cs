@@ -10,8 +10,8 @@ namespace Cria.Bench;
 /// <c>Cria.Bench ggml-quantize IN OUT --type iq2_xxs|iq2_xs|iq2_s|iq3_xxs|iq3_s|iq1_s|iq1_m [--imatrix FILE] [--threads 2]</c>:
 /// writes a GGUF in a type Cria reads but does not write, with ggml's own row quantizer (<c>ggml_quantize_chunk</c>,
 /// loaded by LLamaSharp), for side-by-side runs and the quality table. Every <c>blk.*</c> matrix takes the type, under
-/// the imatrix's importances (llama.cpp's legacy .dat, as <c>cria imatrix</c> writes it) or unit importances (the
-/// IQ2 and IQ1 quantizers need some); the token embedding becomes Q4_K and the output head Q5_K (Cria's quantizers),
+/// the imatrix's importances (llama.cpp's legacy .dat, as <c>cria imatrix</c> writes it); without one, IQ3 types as
+/// llama-quantize makes them and IQ2/IQ1 under unit importances (their quantizers need some); the token embedding becomes Q4_K and the output head Q5_K (Cria's quantizers),
 /// as llama.cpp's low-bit mixes give them more bits. Not llama.cpp's per-tensor mix rules. Bench-only: the product
 /// never calls llama.cpp.
 /// </summary>
@@ -72,12 +72,15 @@ static unsafe class GgmlQuantize
             var q = new byte[rows * rowBytes];
             if (layer)
             {
-                float[] imp;
+                // without an imatrix: IQ3 types as llama-quantize runs them (no importances: ggml weighs by x²); the IQ2
+                // and IQ1 quantizers need importances (llama-quantize refuses them), so those get unit importances
+                float[]? imp;
                 if (imatrix != null && imatrix.TryGetValue(t.Name, out var v))
                 {
                     if (v.Length != n) throw new InvalidOperationException($"imatrix entry {t.Name} has {v.Length} values, the rows {n}");
                     imp = v;
                 }
+                else if (to is GgmlType.IQ3_XXS or GgmlType.IQ3_S) imp = null;
                 else { imp = new float[n]; Array.Fill(imp, 1f); }
                 long per = (rows + threads - 1) / threads;
                 Parallel.For(0, threads, k =>
@@ -85,7 +88,7 @@ static unsafe class GgmlQuantize
                     long r0 = k * per, r1 = Math.Min(rows, r0 + per);
                     if (r1 <= r0) return;
                     fixed (float* xp = x) fixed (byte* qp = q) fixed (float* ip = imp)
-                        chunk((int)to, xp, qp, r0 * n, r1 - r0, n, ip);
+                        chunk((int)to, xp, qp, r0 * n, r1 - r0, n, imp == null ? null : ip);
                 });
             }
             else Quantize.Row(to, x, q);

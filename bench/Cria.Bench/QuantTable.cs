@@ -95,8 +95,8 @@ static class QuantTable
         {
             if (Enum.TryParse<GgmlType>(tn, true, out var lattice) && GgmlQuantize.Lattice.Contains(lattice))
             {
-                // A type Cria reads but does not write: the file from ggml's quantizer (GgmlQuantize), plain = unit
-                // importances, imatrix = Cria's imatrix of the same calibration text; scored by both engines alike.
+                // A type Cria reads but does not write: the file from ggml's quantizer (GgmlQuantize), plain = without an
+                // imatrix (IQ2/IQ1: unit importances), imatrix = Cria's imatrix of the same calibration text; scored by both engines alike.
                 foreach (var variant in variants.Where(v => v is "plain" or "imatrix"))
                 {
                     string lpath = Path.Combine(outDir, $"default-{tn}-{variant}.gguf");

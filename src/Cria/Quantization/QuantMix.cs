@@ -62,6 +62,8 @@ public sealed class QuantMix
         "Q4_K_S" => LlamaFileType.Q4_K_S, "Q4_K" or "Q4_K_M" => LlamaFileType.Q4_K_M,
         "Q5_K_S" => LlamaFileType.Q5_K_S, "Q5_K" or "Q5_K_M" => LlamaFileType.Q5_K_M, "Q6_K" => LlamaFileType.Q6_K,
         "IQ4_NL" => LlamaFileType.IQ4_NL, "IQ4_XS" => LlamaFileType.IQ4_XS,
+        "IQ2_XXS" or "IQ2_XS" or "IQ2_S" or "IQ2_M" or "IQ3_XXS" or "IQ3_XS" or "IQ3_S" or "IQ3_M" or "IQ1_S" or "IQ1_M"
+            => throw new CriaException($"Cria reads {s.ToUpperInvariant()} files but does not write them: the lattice i-quants' quantizers (ggml's grid searches) are not part of Cria; llama-quantize writes them, and Cria runs the result"),
         _ => throw new CriaException($"unknown quantization type '{s}' (q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k iq4_nl iq4_xs f16 bf16 f32)"),
     };
 

@@ -132,3 +132,17 @@ public sealed class IQuantOracleTests(ITestOutputHelper output)
         output.WriteLine($"{type}, {what}: worst |Dot − ggml| / Σ|w·a| = {worst:E2}");
     }
 }
+
+public sealed class IQuantWriteRefusalTests
+{
+    [Theory]
+    [InlineData("iq2_xxs")]
+    [InlineData("IQ3_M")]
+    [InlineData("iq1_s")]
+    public void Asking_to_write_a_lattice_type_names_it_as_read_only(string name)
+    {
+        var e = Assert.Throws<Cria.CriaException>(() => Cria.Quantization.QuantMix.Parse(name));
+        Assert.Contains($"Cria reads {name.ToUpperInvariant()} files but does not write them", e.Message);
+        Assert.Throws<Cria.CriaException>(() => Cria.Quantization.QuantMix.Parse("iq9_x")); // and a name that is no type at all
+    }
+}
