@@ -17,9 +17,6 @@ namespace Cria.Bench;
 /// </summary>
 static unsafe class GgmlQuantize
 {
-    public static readonly GgmlType[] Lattice =
-        [GgmlType.IQ2_XXS, GgmlType.IQ2_XS, GgmlType.IQ2_S, GgmlType.IQ3_XXS, GgmlType.IQ3_S, GgmlType.IQ1_S, GgmlType.IQ1_M];
-
     public static int Run(string[] args)
     {
         if (args.Length < 2) { Console.Error.WriteLine("usage: ggml-quantize IN OUT --type T [--imatrix FILE] [--threads N]"); return 2; }

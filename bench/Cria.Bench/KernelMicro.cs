@@ -80,7 +80,7 @@ static unsafe class KernelMicro
         {
             if (r < 64) for (int c = 0; c < cols; c++) src[c] = sigma > 0 ? (float)(sigma * Gaussian(rng)) : (float)(rng.NextDouble() - 0.5);
             var row = new Span<byte>(w + (long)r * rowBytes, rowBytes);
-            if (type is GgmlType.IQ2_XXS or GgmlType.IQ2_XS or GgmlType.IQ2_S or GgmlType.IQ3_XXS or GgmlType.IQ3_S or GgmlType.IQ1_S or GgmlType.IQ1_M)
+            if (GgmlTypeInfo.IsLattice(type))
                 RandomLatticeRow(type, rng, row); // types Cria reads but does not write: random blocks with a small scale
             else Quantize.Row(type, src, row);
         }

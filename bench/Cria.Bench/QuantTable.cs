@@ -93,7 +93,7 @@ static class QuantTable
 
         foreach (var tn in types)
         {
-            if (Enum.TryParse<GgmlType>(tn, true, out var lattice) && GgmlQuantize.Lattice.Contains(lattice))
+            if (Enum.TryParse<GgmlType>(tn, true, out var lattice) && GgmlTypeInfo.IsLattice(lattice))
             {
                 // A type Cria reads but does not write: the file from ggml's quantizer (GgmlQuantize), plain = without an
                 // imatrix (IQ2/IQ1: unit importances), imatrix = Cria's imatrix of the same calibration text; scored by both engines alike.

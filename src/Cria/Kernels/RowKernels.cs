@@ -457,11 +457,11 @@ public static unsafe class RowKernels
             y[(long)b * yStride] = VecDot.Dot(type, wr, new ReadOnlySpan<byte>(x + (long)b * xStride, xStride), n);
     }
 
-    /// <summary>K-quant types whose AVX2 kernels run one weight row against four activation rows
+    /// <summary>K-quant and i-quant types whose AVX2 kernels run one weight row against four activation rows
     /// (<see cref="RunFour"/>): the weight row is unpacked once for four dot products.</summary>
     internal static bool HasFourRowKernel(GgmlType type) =>
-        Avx2Rows(type) && type is GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.Q3_K or GgmlType.Q2_K or GgmlType.IQ4_XS
-            or GgmlType.IQ2_XXS or GgmlType.IQ2_XS or GgmlType.IQ2_S or GgmlType.IQ3_XXS or GgmlType.IQ3_S or GgmlType.IQ1_S or GgmlType.IQ1_M;
+        Avx2Rows(type) && (type is GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.Q3_K or GgmlType.Q2_K or GgmlType.IQ4_XS
+            || GgmlTypeInfo.IsLattice(type));
 
     static void RunFour(GgmlType type, byte* w, byte* x, int xStride, int n, float* y, int yStride)
     {
@@ -561,9 +561,8 @@ public static unsafe class RowKernels
     {
         GgmlType.Q4_K or GgmlType.Q6_K or GgmlType.Q8_0 => !Avx512BW.IsSupported,
         GgmlType.Q5_K or GgmlType.Q4_0 or GgmlType.Q3_K or GgmlType.Q2_K or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1
-            or GgmlType.IQ4_NL or GgmlType.IQ4_XS or GgmlType.IQ2_XXS or GgmlType.IQ2_XS or GgmlType.IQ2_S or GgmlType.IQ3_XXS
-            or GgmlType.IQ3_S or GgmlType.IQ1_S or GgmlType.IQ1_M => true,
-        _ => false,
+            or GgmlType.IQ4_NL or GgmlType.IQ4_XS => true,
+        _ => GgmlTypeInfo.IsLattice(type),
     };
 
     /// <summary>Rows a kernel runs together: on AVX2 eight for Q4_0, Q4_1, Q5_0, Q5_1

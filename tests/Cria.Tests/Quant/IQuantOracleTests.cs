@@ -14,8 +14,7 @@ namespace Cria.Tests.Quant;
 /// </summary>
 public sealed class IQuantOracleTests(ITestOutputHelper output)
 {
-    public static readonly GgmlType[] Lattice =
-        [GgmlType.IQ2_XXS, GgmlType.IQ2_XS, GgmlType.IQ2_S, GgmlType.IQ3_XXS, GgmlType.IQ3_S, GgmlType.IQ1_S, GgmlType.IQ1_M];
+    public static readonly GgmlType[] Lattice = Enum.GetValues<GgmlType>().Where(GgmlTypeInfo.IsLattice).ToArray();
 
     public static TheoryData<GgmlType> Types()
     {
@@ -85,6 +84,13 @@ public sealed class IQuantOracleTests(ITestOutputHelper output)
         var ggml = GgmlQuantizer.Dequantize(type, rnd, mine2.Length);
         AssertSameBits(ggml, mine2, $"{type}, random blocks");
         Assert.Contains(ggml, v => v != 0); // the comparison saw real values
+    }
+
+    [Fact]
+    public void The_seven_lattice_types_are_the_ones_ggml_names()
+    {
+        Assert.Equal([GgmlType.IQ2_XXS, GgmlType.IQ2_XS, GgmlType.IQ3_XXS, GgmlType.IQ1_S, GgmlType.IQ3_S, GgmlType.IQ2_S, GgmlType.IQ1_M], Lattice);
+        Assert.Equal([16, 17, 18, 19, 21, 22, 29], Lattice.Select(t => (int)t));
     }
 
     [Fact]
