@@ -153,7 +153,9 @@ static class QuantTable
         var tsv = new StringBuilder("type\tvariant\tbpw\tppl_cria\tppl_llamacpp\tnote\tkld\tkld_se\tsame_top\tppl_change_se_pct\n");
         foreach (var r in rows) tsv.Append(ci, $"{r.Type}\t{r.Variant}\t{r.Bpw:F4}\t{r.PplCria:F4}\t{r.PplLlama:F4}\t{r.Note}\t{r.Kld:F7}\t{r.KldSe:F7}\t{r.SameTop:F5}\t{r.ChangeSe:F4}\n");
         File.WriteAllText(Path.Combine(outDir, "quant-table.tsv"), tsv.ToString());
-        File.WriteAllText(Path.Combine(docs, "quantization.svg"), Svg(rows, $"{model}, perplexity on {valid} (ctx {ctx}, {scored}), calibration on {train}"));
+        // The plot shows every type: a run of some types (--types without --merge) leaves docs/quantization.svg alone.
+        if (only == null || merge != null)
+            File.WriteAllText(Path.Combine(docs, "quantization.svg"), Svg(rows, $"{model}, perplexity on {valid} (ctx {ctx}, {scored}), calibration on {train}"));
         o.WriteLine();
         string[] shown = ["plain", "imatrix", "awq", "gptq", "awq+imatrix"];
         var present = shown.Where(v => rows.Any(r => r.Variant == v)).ToList();
