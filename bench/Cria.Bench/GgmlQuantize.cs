@@ -49,10 +49,7 @@ static unsafe class GgmlQuantize
     public static void File(string src, string dst, GgmlType type, IReadOnlyDictionary<string, float[]>? imatrix, int threads, bool progress = false)
     {
         uint ftype = FileType(type);
-        LlamaEngine.EnsureLoaded();
-        string lib = System.IO.File.ReadLines("/proc/self/maps").Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries))
-            .Where(f => f.Length >= 6 && f[5].EndsWith("/libggml-base.so", StringComparison.Ordinal)).Select(f => f[5]).First();
-        var chunk = (delegate* unmanaged<int, float*, byte*, long, long, long, float*, nuint>)NativeLibrary.GetExport(NativeLibrary.Load(lib), "ggml_quantize_chunk");
+        var chunk = (delegate* unmanaged<int, float*, byte*, long, long, long, float*, nuint>)NativeLibrary.GetExport(LlamaEngine.LoadedLibrary("libggml-base.so"), "ggml_quantize_chunk");
         using var f = GgufFile.Open(src);
         var w = new GgufWriter().CopyMetadataFrom(f);
         w.Set("general.file_type", ftype);

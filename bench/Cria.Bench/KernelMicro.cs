@@ -99,14 +99,11 @@ static unsafe class KernelMicro
         {
             if (threads != 1 || pair || xBytes != GgmlTypeInfo.RowBytes(VecDot.ActivationType(type), cols))
             { Console.Error.WriteLine("--ggml: one thread, no --pair, and a type whose activations Cria keeps in ggml's layout"); return 2; }
-            LlamaEngine.EnsureLoaded();
-            string lib = File.ReadLines("/proc/self/maps").Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries))
-                .Where(f => f.Length >= 6 && f[5].EndsWith("/libggml-cpu.so", StringComparison.Ordinal)).Select(f => f[5]).First();
-            nint h = NativeLibrary.Load(lib);
+            nint h = LlamaEngine.LoadedLibrary("libggml-cpu.so");
             ((delegate* unmanaged<void>)NativeLibrary.GetExport(h, "ggml_cpu_init"))();
             byte* traits = ((delegate* unmanaged<int, byte*>)NativeLibrary.GetExport(h, "ggml_get_type_traits_cpu"))((int)type);
             ggmlDot = *(delegate* unmanaged<int, float*, nuint, byte*, nuint, byte*, nuint, int, void>*)(traits + 8);
-            Console.WriteLine($"ggml-cpu's vec_dot for {type} (from {lib})");
+            Console.WriteLine($"ggml-cpu's vec_dot for {type}");
         }
         fixed (float* yp = y)
         {

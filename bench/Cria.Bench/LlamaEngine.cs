@@ -39,6 +39,17 @@ sealed class LlamaEngine : IDisposable
         }
     }
 
+    /// <summary>The native library of llama.cpp's build that LLamaSharp loaded for this CPU (avx512/avx2/… folder), for
+    /// direct calls into ggml (its quantizer, its vec_dot): the path from /proc/self/maps, loaded again by name.</summary>
+    public static nint LoadedLibrary(string file)
+    {
+        EnsureLoaded();
+        string? path = File.ReadLines("/proc/self/maps").Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries))
+            .Where(f => f.Length >= 6 && f[5].EndsWith("/" + file, StringComparison.Ordinal)).Select(f => f[5]).FirstOrDefault();
+        if (path == null) throw new InvalidOperationException($"{file} is not loaded after LLamaSharp's initialisation");
+        return System.Runtime.InteropServices.NativeLibrary.Load(path);
+    }
+
     public LlamaEngine(string path, int threads, int promptTokens, int genTokens, bool mmap, int vocab, int seed = 42, int depth = 0)
     {
         EnsureLoaded();

@@ -14,10 +14,6 @@ public static unsafe partial class VecDot
 {
     static int Q8(ReadOnlySpan<byte> y, int i) => (sbyte)y[4 + i];
 
-    static float Q8d(ReadOnlySpan<byte> y) => BinaryPrimitives.ReadSingleLittleEndian(y);
-
-    static int Q8BlockSum(ReadOnlySpan<byte> y, int j) => BinaryPrimitives.ReadInt16LittleEndian(y.Slice(260 + 2 * j));
-
     // Σ grid·q8·sign over eight values.
     static int Grid8Dot(ulong grid, int signs, ReadOnlySpan<byte> y, int at)
     {
@@ -33,7 +29,7 @@ public static unsafe partial class VecDot
         for (int i = 0; i < n / 256; i++)
         {
             ReadOnlySpan<byte> x = w.Slice(i * 66, 66), y = a.Slice(i * 292, 292);
-            float d = H(x, 0) * Q8d(y);
+            float d = H(x, 0) * Q8KScale(y);
             int bsum = 0;
             for (int ib = 0; ib < 8; ib++)
             {
@@ -55,7 +51,7 @@ public static unsafe partial class VecDot
         for (int i = 0; i < n / 256; i++)
         {
             ReadOnlySpan<byte> x = w.Slice(i * 74, 74), y = a.Slice(i * 292, 292);
-            float d = H(x, 0) * Q8d(y);
+            float d = H(x, 0) * Q8KScale(y);
             int bsum = 0;
             for (int ib = 0; ib < 8; ib++)
             {
@@ -83,7 +79,7 @@ public static unsafe partial class VecDot
         for (int i = 0; i < n / 256; i++)
         {
             ReadOnlySpan<byte> x = w.Slice(i * 82, 82), y = a.Slice(i * 292, 292);
-            float d = H(x, 0) * Q8d(y);
+            float d = H(x, 0) * Q8KScale(y);
             int bsum = 0;
             for (int ib = 0; ib < 8; ib++)
             {
@@ -109,7 +105,7 @@ public static unsafe partial class VecDot
         for (int i = 0; i < n / 256; i++)
         {
             ReadOnlySpan<byte> x = w.Slice(i * 98, 98), y = a.Slice(i * 292, 292);
-            float d = H(x, 0) * Q8d(y);
+            float d = H(x, 0) * Q8KScale(y);
             int bsum = 0;
             for (int ib = 0; ib < 8; ib++)
             {
@@ -134,7 +130,7 @@ public static unsafe partial class VecDot
         for (int i = 0; i < n / 256; i++)
         {
             ReadOnlySpan<byte> x = w.Slice(i * 110, 110), y = a.Slice(i * 292, 292);
-            float d = H(x, 0) * Q8d(y);
+            float d = H(x, 0) * Q8KScale(y);
             int bsum = 0;
             for (int ib = 0; ib < 8; ib++)
             {
@@ -170,9 +166,9 @@ public static unsafe partial class VecDot
                     for (int j = 0; j < 8; j++) lsum += Q8(y, 32 * ib + 8 * l + j) * (sbyte)(byte)(grid >> 8 * j);
                 }
                 sumi += ls * lsum;
-                sumi1 += ls * delta * (Q8BlockSum(y, 2 * ib) + Q8BlockSum(y, 2 * ib + 1));
+                sumi1 += ls * delta * (BSum(y, 2 * ib) + BSum(y, 2 * ib + 1));
             }
-            sumf += H(x, 0) * Q8d(y) * (sumi + Dequantize.IQ1Delta * sumi1);
+            sumf += H(x, 0) * Q8KScale(y) * (sumi + Dequantize.IQ1Delta * sumi1);
         }
         return sumf;
     }
@@ -205,7 +201,7 @@ public static unsafe partial class VecDot
                 sumi1 += s10 * ls1 + s11 * ls2;
                 sumi2 += s20 * ls1 + s21 * ls2;
             }
-            sumf += Dequantize.IQ1MScale(x) * Q8d(y) * (sumi1 + Dequantize.IQ1Delta * sumi2);
+            sumf += Dequantize.IQ1MScale(x) * Q8KScale(y) * (sumi1 + Dequantize.IQ1Delta * sumi2);
         }
         return sumf;
     }
@@ -218,20 +214,8 @@ public static unsafe partial class VecDot
     // per lane, so results equal DotScalar up to float rounding. Q8_K quants lie in −127..127, so a sign flip never
     // overflows, and 43·127·2 and 62·127·2 fit vpmaddubsw's int16.
 
-    /// <summary><see cref="Dequantize.KSigns"/> as a table: the sign byte of a 7-bit sign set.</summary>
-    internal static ReadOnlySpan<byte> KSignsTable =>
-    [
-        0, 129, 130, 3, 132, 5, 6, 135, 136, 9, 10, 139, 12, 141, 142, 15,
-        144, 17, 18, 147, 20, 149, 150, 23, 24, 153, 154, 27, 156, 29, 30, 159,
-        160, 33, 34, 163, 36, 165, 166, 39, 40, 169, 170, 43, 172, 45, 46, 175,
-        48, 177, 178, 51, 180, 53, 54, 183, 184, 57, 58, 187, 60, 189, 190, 63,
-        192, 65, 66, 195, 68, 197, 198, 71, 72, 201, 202, 75, 204, 77, 78, 207,
-        80, 209, 210, 83, 212, 85, 86, 215, 216, 89, 90, 219, 92, 221, 222, 95,
-        96, 225, 226, 99, 228, 101, 102, 231, 232, 105, 106, 235, 108, 237, 238, 111,
-        240, 113, 114, 243, 116, 245, 246, 119, 120, 249, 250, 123, 252, 125, 126, 255,
-    ];
-
-    /// <summary>The eight signs of each 7-bit sign set as ±1 bytes (ggml's keven_signs_q2xs): one load per eight values.</summary>
+    /// <summary>The eight signs of each 7-bit sign set (<see cref="Dequantize.KSigns"/>) as ±1 bytes (ggml's
+    /// keven_signs_q2xs): one load per eight values.</summary>
     internal static ReadOnlySpan<ulong> KSignsPM =>
     [
         0x0101010101010101, 0xff010101010101ff, 0xff0101010101ff01, 0x010101010101ffff,
@@ -289,15 +273,6 @@ public static unsafe partial class VecDot
             Vector256.Create(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, (byte)3));
         var mask = Vector256.Create(0x8040201008040201UL).AsByte();
         return (Vector256.Equals(spread & mask, mask).AsSByte() | Vector256<sbyte>.One);
-    }
-
-    /// <summary>Four 7-bit sign sets (bits 0..27 of <paramref name="packed"/>) as four sign bytes.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static uint KSigns4(uint packed)
-    {
-        ref byte t = ref MemoryMarshal.GetReference(KSignsTable);
-        return Unsafe.Add(ref t, (int)(packed & 127)) | (uint)Unsafe.Add(ref t, (int)(packed >> 7 & 127)) << 8
-            | (uint)Unsafe.Add(ref t, (int)(packed >> 14 & 127)) << 16 | (uint)Unsafe.Add(ref t, (int)(packed >> 21 & 127)) << 24;
     }
 
     /// <summary>Σ over 32 values of grid·sign·q8, as eight int32 lanes after vpmaddwd by <paramref name="scales"/>

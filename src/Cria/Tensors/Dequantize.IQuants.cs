@@ -18,6 +18,15 @@ public static partial class Dequantize
 
     static byte GridByte(ulong point, int j) => (byte)(point >> (8 * j));
 
+    /// <summary>Eight values dl · grid · sign (IQ2): byte j of the point, negated where bit j of the signs is set.</summary>
+    static void Grid8(float dl, ulong grid, int signs, Span<float> y)
+    {
+        for (int j = 0; j < 8; j++) y[j] = dl * GridByte(grid, j) * ((signs >> j & 1) != 0 ? -1f : 1f);
+    }
+
+    /// <summary>Eight values from two four-value IQ3 points, as <see cref="Grid8"/>.</summary>
+    static void Grid4x2(float db, uint g1, uint g2, int signs, Span<float> y) => Grid8(db, g1 | (ulong)g2 << 32, signs, y);
+
     // block_iq2_xxs (66 B): d | qs[32] (u16). Each 32 values: two u32, the first four grid indices (bytes), the second
     // four 7-bit sign sets and a 4-bit scale on top. Value = d·(0.5 + s)/4 · grid · sign.
     private static void IQ2_XXS(ReadOnlySpan<byte> b, Span<float> y)
@@ -31,7 +40,7 @@ public static partial class Dequantize
             {
                 ulong grid = IQuantGrids.IQ2XXSGrid[b[2 + 8 * ib + l]];
                 int signs = KSigns((int)(aux1 >> 7 * l) & 127);
-                for (int j = 0; j < 8; j++) y[32 * ib + 8 * l + j] = db * GridByte(grid, j) * ((signs >> j & 1) != 0 ? -1f : 1f);
+                Grid8(db, grid, signs, y.Slice(32 * ib + 8 * l, 8));
             }
         }
     }
@@ -49,7 +58,7 @@ public static partial class Dequantize
                 ulong grid = IQuantGrids.IQ2XSGrid[q & 511];
                 int signs = KSigns(q >> 9);
                 float dl = l < 2 ? db0 : db1;
-                for (int j = 0; j < 8; j++) y[32 * ib + 8 * l + j] = dl * GridByte(grid, j) * ((signs >> j & 1) != 0 ? -1f : 1f);
+                Grid8(dl, grid, signs, y.Slice(32 * ib + 8 * l, 8));
             }
         }
     }
@@ -67,7 +76,7 @@ public static partial class Dequantize
                 ulong grid = IQuantGrids.IQ2SGrid[b[2 + 4 * ib + l] | (b[66 + ib] << (8 - 2 * l) & 0x300)];
                 int signs = b[34 + 4 * ib + l];
                 float dl = l < 2 ? db0 : db1;
-                for (int j = 0; j < 8; j++) y[32 * ib + 8 * l + j] = dl * GridByte(grid, j) * ((signs >> j & 1) != 0 ? -1f : 1f);
+                Grid8(dl, grid, signs, y.Slice(32 * ib + 8 * l, 8));
             }
         }
     }
@@ -85,11 +94,7 @@ public static partial class Dequantize
             {
                 int signs = KSigns((int)(aux >> 7 * l) & 127);
                 uint g1 = IQuantGrids.IQ3XXSGrid[b[2 + 8 * ib + 2 * l]], g2 = IQuantGrids.IQ3XXSGrid[b[3 + 8 * ib + 2 * l]];
-                for (int j = 0; j < 4; j++)
-                {
-                    y[32 * ib + 8 * l + j] = db * (byte)(g1 >> 8 * j) * ((signs >> j & 1) != 0 ? -1f : 1f);
-                    y[32 * ib + 8 * l + j + 4] = db * (byte)(g2 >> 8 * j) * ((signs >> (j + 4) & 1) != 0 ? -1f : 1f);
-                }
+                Grid4x2(db, g1, g2, signs, y.Slice(32 * ib + 8 * l, 8));
             }
         }
     }
@@ -109,11 +114,7 @@ public static partial class Dequantize
                 uint g1 = IQuantGrids.IQ3SGrid[b[2 + 8 * ib + 2 * l] | (qh << (8 - 2 * l) & 256)];
                 uint g2 = IQuantGrids.IQ3SGrid[b[3 + 8 * ib + 2 * l] | (qh << (7 - 2 * l) & 256)];
                 int signs = b[74 + 4 * ib + l];
-                for (int j = 0; j < 4; j++)
-                {
-                    y[32 * ib + 8 * l + j] = db * (byte)(g1 >> 8 * j) * ((signs >> j & 1) != 0 ? -1f : 1f);
-                    y[32 * ib + 8 * l + j + 4] = db * (byte)(g2 >> 8 * j) * ((signs >> (j + 4) & 1) != 0 ? -1f : 1f);
-                }
+                Grid4x2(db, g1, g2, signs, y.Slice(32 * ib + 8 * l, 8));
             }
         }
     }

@@ -96,8 +96,10 @@ public sealed class IQuantOracleTests(ITestOutputHelper output)
     [Fact]
     public void The_sign_table_is_the_even_parity_rule()
     {
-        for (int i = 0; i < 128; i++) Assert.Equal(Dequantize.KSigns(i), VecDot.KSignsTable[i]);
-        Assert.Equal([0, 129, 130, 3, 132], VecDot.KSignsTable[..5].ToArray().Select(b => (int)b)); // ggml-common.h's first entries
+        for (int i = 0; i < 128; i++)
+            for (int j = 0; j < 8; j++)
+                Assert.Equal((Dequantize.KSigns(i) >> j & 1) != 0 ? (byte)0xFF : (byte)0x01, (byte)(VecDot.KSignsPM[i] >> 8 * j));
+        Assert.Equal([0, 129, 130, 3, 132], Enumerable.Range(0, 5).Select(Dequantize.KSigns)); // ggml-common.h's first ksigns_iq2xs entries
     }
 
     [Theory]
