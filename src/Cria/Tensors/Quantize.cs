@@ -50,6 +50,7 @@ public static partial class Quantize
                 case GgmlType.Q6_K: Q6_K(x, y); break;
                 case GgmlType.Q8_K: Q8_K(x, y); break;
                 case GgmlType.IQ4_NL or GgmlType.IQ4_XS: IQ4(x, y, default, ImpWeighting.Ggml, qk); break;
+                case var t when GgmlTypeInfo.IsLattice(t): LatticeBlock(t, x, y, default, ImpWeighting.Ggml); break;
                 default: throw new ArgumentException($"quantization to {type} is not supported", nameof(type));
             }
         }

@@ -50,6 +50,8 @@ public static partial class Quantize
         int n = src.Length;
         if (importance.Length != n) throw new ArgumentException($"importance has {importance.Length} values for a row of {n}", nameof(importance));
         if ((candidates & CalibratedCandidates.All) == 0) throw new ArgumentException("no candidate encoding selected", nameof(candidates));
+        // IQ2_XXS, IQ2_XS and IQ1_S have no quantizer without an importance (ggml asserts quant_weights)
+        if (NeedsImportance(type)) candidates = (candidates & ~CalibratedCandidates.Reference) is var c && c != 0 ? c : CalibratedCandidates.Ggml;
         Dequantize.CheckRow(type, dst.Length, n, nameof(dst));
         int qk = GgmlTypeInfo.BlockSize(type), bs = GgmlTypeInfo.BlockBytes(type), nb = n / qk;
         int rowBytes = nb * bs;

@@ -35,6 +35,11 @@ public static partial class Quantize
             for (int i = 0; i < n / qk; i++) IQ4(src.Slice(i * qk, qk), dst.Slice(i * bs, bs), quantWeights.Slice(i * qk, qk), mode, qk);
             return;
         }
+        if (GgmlTypeInfo.IsLattice(type))
+        {
+            for (int i = 0; i < n / qk; i++) LatticeBlock(type, src.Slice(i * qk, qk), dst.Slice(i * bs, bs), quantWeights.Slice(i * qk, qk), mode);
+            return;
+        }
         if (qk == 32)
         {
             // Q4_0/Q4_1/Q5_0/Q5_1: sigma2 over the whole row (quantize_row_q4_0_impl etc.).

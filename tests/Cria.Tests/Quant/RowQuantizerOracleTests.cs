@@ -22,6 +22,12 @@ public sealed class RowQuantizerOracleTests(ITestOutputHelper output)
             d.Add(t, false);
             d.Add(t, true);
         }
+        // the lattice i-quants; IQ2_XXS, IQ2_XS and IQ1_S only with an importance matrix (ggml asserts one)
+        foreach (var t in IQuantOracleTests.Lattice)
+        {
+            if (!Quantize.NeedsImportance(t)) d.Add(t, false);
+            d.Add(t, true);
+        }
         return d;
     }
 

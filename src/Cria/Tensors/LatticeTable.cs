@@ -1,0 +1,179 @@
+namespace Cria.Tensors;
+
+/// <summary>
+/// The search tables of ggml's lattice quantizers (iq2xs_init_impl, iq3xs_init_impl in ggml-quants.c), built from the
+/// grids Cria already holds for decoding (<see cref="IQuantGrids"/>). A grid point is <see cref="Dim"/> levels
+/// l ∈ [0, 2^<see cref="Bits"/>); the quantizers work with the odd coordinates 2l + 1, and a point's key packs its
+/// levels, <see cref="Bits"/> bits each, coordinate 0 lowest. <see cref="Map"/> sends a key to its grid index, or, for a
+/// key that is not a grid point, to the list of grid points nearest to it: every point at the
+/// <see cref="NearestDistances"/> smallest squared distances, by distance, then by index (ggml's qsort order), which the
+/// quantizers search with the block's weights. Only keys a quantizer can form are listed: levels 0–2 for the E8 grids
+/// (their quantizers clamp to kMaxQ − 1 = 2), all 4096 keys for the D4 grids. The tables are immutable and built once
+/// per type, on first use.
+/// </summary>
+internal sealed class LatticeTable
+{
+    /// <summary>Coordinates per grid point: 8 (IQ2_*, IQ1_*) or 4 (IQ3_*).</summary>
+    public readonly int Dim;
+    /// <summary>Bits per level in a key: 2 (E8 grids) or 3 (D4 grids).</summary>
+    public readonly int Bits;
+    /// <summary>[gridSize × Dim] the odd coordinates 2l + 1 of each grid point (ggml's kgrid_q2xs / kgrid_q3xs).</summary>
+    public readonly byte[] Points;
+    /// <summary>[2^(Dim·Bits)] grid index of a key (≥ 0), or −(start + 1) of its list in <see cref="Neighbours"/>;
+    /// int.MinValue for keys no quantizer forms.</summary>
+    public readonly int[] Map;
+    /// <summary>Lists of nearest grid points: a count, then that many grid indices.</summary>
+    public readonly ushort[] Neighbours;
+    public readonly int NearestDistances;
+    public int GridSize => Points.Length / Dim;
+
+    LatticeTable(int dim, int bits, byte[] levels, int nearestDistances, int maxLevel)
+    {
+        Dim = dim; Bits = bits; NearestDistances = nearestDistances;
+        int gridSize = levels.Length / dim;
+        Points = new byte[levels.Length];
+        for (int i = 0; i < levels.Length; i++) Points[i] = (byte)(2 * levels[i] + 1);
+        Map = new int[1 << (dim * bits)];
+        Array.Fill(Map, int.MinValue);
+        for (int g = 0; g < gridSize; g++)
+        {
+            int key = 0;
+            for (int k = 0; k < dim; k++) key |= levels[g * dim + k] << (bits * k);
+            if (Map[key] != int.MinValue) throw new InvalidOperationException($"grid point {g} repeats point {Map[key]}");
+            Map[key] = g;
+        }
+
+        var neighbours = new List<ushort>();
+        Span<int> dist2 = stackalloc int[gridSize];
+        Span<int> nearest = stackalloc int[nearestDistances];
+        Span<int> pos = stackalloc int[dim];
+        int mask = (1 << bits) - 1;
+        for (int key = 0; key < Map.Length; key++)
+        {
+            if (Map[key] >= 0) continue;
+            bool reachable = true;
+            for (int k = 0; k < dim; k++)
+            {
+                int l = (key >> (bits * k)) & mask;
+                reachable &= l <= maxLevel;
+                pos[k] = 2 * l + 1;
+            }
+            if (!reachable) continue;
+            // The nearestDistances smallest distinct squared distances, then the points at them in (distance, index)
+            // order: the prefix of ggml's sorted (d2, j) list that it keeps.
+            int have = 0;
+            for (int g = 0; g < gridSize; g++)
+            {
+                int d2 = 0;
+                for (int k = 0; k < dim; k++)
+                {
+                    int d = Points[g * dim + k] - pos[k];
+                    d2 += d * d;
+                }
+                dist2[g] = d2;
+                int at = have;
+                while (at > 0 && nearest[at - 1] > d2) at--;
+                if (at > 0 && nearest[at - 1] == d2) continue;
+                if (at == nearestDistances) continue;
+                for (int m = Math.Min(have, nearestDistances - 1); m > at; m--) nearest[m] = nearest[m - 1];
+                nearest[at] = d2;
+                if (have < nearestDistances) have++;
+            }
+            int start = neighbours.Count;
+            neighbours.Add(0);
+            for (int m = 0; m < have; m++)
+                for (int g = 0; g < gridSize; g++)
+                    if (dist2[g] == nearest[m]) neighbours.Add((ushort)g);
+            neighbours[start] = (ushort)(neighbours.Count - start - 1);
+            Map[key] = -(start + 1);
+        }
+        Neighbours = neighbours.ToArray();
+    }
+
+    static readonly Lazy<LatticeTable> IQ2XXS = new(() => E8(IQuantGrids.IQ2XXSGrid, 2));
+    static readonly Lazy<LatticeTable> IQ2XS = new(() => E8(IQuantGrids.IQ2XSGrid, 2));
+    static readonly Lazy<LatticeTable> IQ2S = new(() => E8(IQuantGrids.IQ2SGrid, 1));
+    static readonly Lazy<LatticeTable> IQ1 = new(() => E8(IQuantGrids.IQ1SGrid, 3));
+    static readonly Lazy<LatticeTable> IQ3XXS = new(() => D4(IQuantGrids.IQ3XXSGrid, 2));
+    static readonly Lazy<LatticeTable> IQ3S = new(() => D4(IQuantGrids.IQ3SGrid, 3));
+
+    /// <summary>The table ggml's quantizer of <paramref name="type"/> searches (IQ1_S and IQ1_M share one; ggml's nwant
+    /// is 2 for IQ2_XXS, IQ2_XS and IQ3_XXS, 1 for IQ2_S, 3 for IQ1_*, IQ3_S).</summary>
+    public static LatticeTable For(GgmlType type) => type switch
+    {
+        GgmlType.IQ2_XXS => IQ2XXS.Value,
+        GgmlType.IQ2_XS => IQ2XS.Value,
+        GgmlType.IQ2_S => IQ2S.Value,
+        GgmlType.IQ1_S or GgmlType.IQ1_M => IQ1.Value,
+        GgmlType.IQ3_XXS => IQ3XXS.Value,
+        GgmlType.IQ3_S => IQ3S.Value,
+        _ => throw new ArgumentOutOfRangeException(nameof(type), type, "not a lattice type"),
+    };
+
+    // E8 grids: bytes 0x08, 0x19, 0x2b (IQ2) or −1, 0, 1 (IQ1) are levels 0, 1, 2.
+    static LatticeTable E8(ReadOnlySpan<ulong> grid, int nearest)
+    {
+        var levels = new byte[grid.Length * 8];
+        for (int g = 0; g < grid.Length; g++)
+            for (int k = 0; k < 8; k++)
+            {
+                byte b = (byte)(grid[g] >> (8 * k));
+                levels[g * 8 + k] = b switch
+                {
+                    0x08 or 0xff => 0,
+                    0x19 or 0x00 => 1,
+                    0x2b or 0x01 => 2,
+                    _ => throw new InvalidOperationException($"grid byte {b:x2} is not an E8 level"),
+                };
+            }
+        return new LatticeTable(8, 2, levels, nearest, maxLevel: 2);
+    }
+
+    // D4 grids: IQ3_XXS's bytes 4, 12, …, 52, 62 and IQ3_S's odd bytes 1, 3, …, 15 are levels 0 … 7.
+    static LatticeTable D4(ReadOnlySpan<uint> grid, int nearest)
+    {
+        var levels = new byte[grid.Length * 4];
+        for (int g = 0; g < grid.Length; g++)
+            for (int k = 0; k < 4; k++)
+            {
+                int b = (int)(grid[g] >> (8 * k)) & 0xff;
+                int l = b == 62 ? 7 : b % 2 == 1 ? (b - 1) / 2 : (b - 4) / 8;
+                if (l is < 0 or > 7 || (b % 2 == 0 && b != 62 && (b - 4) % 8 != 0)) throw new InvalidOperationException($"grid byte {b} is not a D4 level");
+                levels[g * 4 + k] = (byte)l;
+            }
+        return new LatticeTable(4, 3, levels, nearest, maxLevel: 7);
+    }
+
+    /// <summary>The key of <see cref="Dim"/> levels <paramref name="L"/>.</summary>
+    public int Key(ReadOnlySpan<sbyte> L)
+    {
+        int key = 0;
+        for (int k = 0; k < Dim; k++) key |= L[k] << (Bits * k);
+        return key;
+    }
+
+    /// <summary>iq2_find_best_neighbour / iq3_find_best_neighbour: of the grid points listed for the off-grid
+    /// <paramref name="key"/>, the one with the least Σ w·(scale·q − x)² (q the odd coordinates); its levels go to
+    /// <paramref name="L"/>. The first of equal errors wins.</summary>
+    public int BestNeighbour(int key, ReadOnlySpan<float> xval, ReadOnlySpan<float> weight, float scale, Span<sbyte> L)
+    {
+        int start = -Map[key] - 1, count = Neighbours[start];
+        float best = float.MaxValue;
+        int index = -1;
+        for (int j = 1; j <= count; j++)
+        {
+            int g = Neighbours[start + j];
+            float d2 = 0;
+            for (int i = 0; i < Dim; i++)
+            {
+                float q = Points[g * Dim + i];
+                float diff = scale * q - xval[i];
+                d2 += weight[i] * diff * diff;
+            }
+            if (d2 < best) { best = d2; index = g; }
+        }
+        if (index < 0) throw new ArgumentException("no grid point has a finite error: the row holds NaN or infinite values");
+        for (int i = 0; i < Dim; i++) L[i] = (sbyte)((Points[index * Dim + i] - 1) / 2);
+        return index;
+    }
+}

@@ -1,0 +1,627 @@
+using System.Buffers.Binary;
+
+namespace Cria.Tensors;
+
+// The lattice i-quants' quantizers: ggml-quants.c's quantize_row_iq2_xxs_impl, iq2_xs, iq2_s, iq3_xxs, iq3_s, iq1_s
+// and iq1_m, step by step in the same float order, so the bytes are ggml's (IQuantQuantizerOracleTests). Each super-block
+// of 256 is encoded on its own. Every scheme works on |x| with the signs kept apart (IQ2_XXS/IQ2_XS/IQ3_XXS flip the
+// least important value of an odd group of 8, so the sign count is even and 7 bits carry it), searches a sub-block
+// scale over a fixed set of trial scales — each rounds |x|/scale to levels, moves an off-grid group of levels to the
+// listed grid point (LatticeTable) with the least weighted error, and keeps the scale with the best weighted fit —
+// then refits, and stores each sub-block scale in 4 (IQ1: 3) bits under one F16 super-scale. The weights: x² without
+// an importance matrix, importance·√(σ² + x²) with one (σ² the super-block's mean square, doubled except for IQ2_XXS
+// and IQ2_XS). IQ2_XXS, IQ2_XS and IQ1_S need an importance matrix, as in ggml.
+public static partial class Quantize
+{
+    const float GroupMaxEpsIQ3XXS = 1e-8f, GroupMaxEpsIQ2S = 1e-8f, GroupMaxEpsIQ1M = 1e-7f, GroupMaxEpsIQ1S = 1e-12f;
+    const float IQ1Delta = 0.125f;
+
+    /// <summary>Whether ggml's quantizer of <paramref name="type"/> needs quant_weights (an importance matrix).</summary>
+    public static bool NeedsImportance(GgmlType type) => type is GgmlType.IQ2_XXS or GgmlType.IQ2_XS or GgmlType.IQ1_S;
+
+    /// <summary>One super-block of a lattice type: <paramref name="qw"/> is its 256 importances, or empty.</summary>
+    static void LatticeBlock(GgmlType type, ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw, ImpWeighting mode)
+    {
+        if (qw.IsEmpty && NeedsImportance(type))
+            throw new ArgumentException($"{type} is quantized only with an importance matrix (ggml asserts quant_weights)", nameof(qw));
+        switch (type)
+        {
+            case GgmlType.IQ2_XXS: IQ2XXSBlock(x, y, qw, mode); break;
+            case GgmlType.IQ2_XS: IQ2SBlock(x, y, qw, mode, xs: true); break;
+            case GgmlType.IQ2_S: IQ2SBlock(x, y, qw, mode, xs: false); break;
+            case GgmlType.IQ3_XXS: IQ3Block(x, y, qw, mode, xxs: true); break;
+            case GgmlType.IQ3_S: IQ3Block(x, y, qw, mode, xxs: false); break;
+            case GgmlType.IQ1_S: IQ1SBlock(x, y, qw, mode); break;
+            case GgmlType.IQ1_M: IQ1MBlock(x, y, qw, mode); break;
+            default: throw new ArgumentOutOfRangeException(nameof(type), type, "not a lattice type");
+        }
+    }
+
+    /// <summary>Σ x² over the super-block, summed in order.</summary>
+    static float SumSquares(ReadOnlySpan<float> x)
+    {
+        float s = 0;
+        for (int i = 0; i < x.Length; i++) s += x[i] * x[i];
+        return s;
+    }
+
+    /// <summary>The search weights of one sub-block: importance·√(σ² + x²) (ggml), the importance alone, or
+    /// <paramref name="plain"/>(x) without an importance.</summary>
+    static void LatticeWeights(ReadOnlySpan<float> xb, ReadOnlySpan<float> qw, float sigma2, ImpWeighting mode, Span<float> weight, float plainSigma2)
+    {
+        if (qw.IsEmpty) for (int i = 0; i < xb.Length; i++) weight[i] = plainSigma2 + xb[i] * xb[i];
+        else if (mode == ImpWeighting.Ggml) for (int i = 0; i < xb.Length; i++) weight[i] = qw[i] * MathF.Sqrt(sigma2 + xb[i] * xb[i]);
+        else qw.CopyTo(weight);
+    }
+
+    /// <summary>|x| of a group of 8 and its sign bits; with <paramref name="evenSigns"/> the value of least w·x² in an odd
+    /// group keeps its sign flipped in |x| instead, so the group's sign count is even (7 stored bits).</summary>
+    static byte GroupSigns(ReadOnlySpan<float> xb, ReadOnlySpan<float> weight, Span<float> xval, bool evenSigns)
+    {
+        int nflip = 0;
+        byte s = 0;
+        for (int i = 0; i < 8; i++)
+        {
+            if (xb[i] >= 0) xval[i] = xb[i];
+            else { xval[i] = -xb[i]; nflip++; s |= (byte)(1 << i); }
+        }
+        if (evenSigns && nflip % 2 != 0)
+        {
+            int imin = 0;
+            float min = weight[0] * xb[0] * xb[0];
+            for (int i = 1; i < 8; i++)
+            {
+                float ax = weight[i] * xb[i] * xb[i];
+                if (ax < min) { min = ax; imin = i; }
+            }
+            xval[imin] = -xval[imin];
+            s ^= (byte)(1 << imin);
+        }
+        return evenSigns ? (byte)(s & 127) : s;
+    }
+
+    /// <summary>Levels of <paramref name="xval"/> at inverse scale <paramref name="id"/>, clamped to [0, kMaxQ − 1],
+    /// group by group moved onto the grid (the nearest listed point for <paramref name="scale"/>). Returns whether each
+    /// group was on the grid already.</summary>
+    static void LatticeLevels(LatticeTable t, ReadOnlySpan<float> xval, ReadOnlySpan<float> waux, float id, float scale, int kMaxQ,
+        Span<sbyte> L, Span<bool> onGrid, bool onlyOffGrid = false)
+    {
+        int dim = t.Dim;
+        for (int k = 0; k < xval.Length / dim; k++)
+        {
+            if (onlyOffGrid && onGrid[k]) continue;
+            var Lk = L.Slice(dim * k, dim);
+            for (int i = 0; i < dim; i++)
+            {
+                int l = NearestInt(0.5f * (id * xval[dim * k + i] - 1));
+                Lk[i] = (sbyte)Math.Max(0, Math.Min(kMaxQ - 1, l));
+            }
+            int key = t.Key(Lk);
+            bool on = t.Map[key] >= 0;
+            if (!onlyOffGrid) onGrid[k] = on;
+            if (!on) t.BestNeighbour(key, xval.Slice(dim * k, dim), waux.Slice(dim * k, dim), scale, Lk);
+        }
+    }
+
+    /// <summary>Σ w·x·q and Σ w·q² with q = 2L + 1.</summary>
+    static void LatticeFit(ReadOnlySpan<float> xval, ReadOnlySpan<float> weight, ReadOnlySpan<sbyte> L, out float sumqx, out float sumq2)
+    {
+        sumqx = 0; sumq2 = 0;
+        for (int i = 0; i < xval.Length; i++)
+        {
+            float w = weight[i];
+            float q = 2 * L[i] + 1;
+            sumqx += w * xval[i] * q;
+            sumq2 += w * q * q;
+        }
+    }
+
+    /// <summary>The trial scales id = (2·kMaxQ − 1 + is·step)/<paramref name="div"/>, is ∈ [−isMax, isMax]: the levels
+    /// (and on-grid flags) of the best weighted fit go to <paramref name="L"/>, its least-squares scale is returned
+    /// (<paramref name="scale"/> when none fits).</summary>
+    static float LatticeScaleSearch(LatticeTable t, ReadOnlySpan<float> xval, ReadOnlySpan<float> weight, ReadOnlySpan<float> waux,
+        int kMaxQ, int isMax, float step, float div, float scale, Span<sbyte> L, Span<bool> onGrid)
+    {
+        int n = xval.Length, groups = n / t.Dim;
+        Span<sbyte> Laux = stackalloc sbyte[n];
+        Span<bool> onGridAux = stackalloc bool[groups];
+        float best = 0;
+        for (int s = -isMax; s <= isMax; s++)
+        {
+            float id = (2 * kMaxQ - 1 + s * step) / div;
+            float thisScale = 1 / id;
+            LatticeLevels(t, xval, waux, id, thisScale, kMaxQ, Laux, onGridAux);
+            LatticeFit(xval, weight, Laux, out float sumqx, out float sumq2);
+            if (sumq2 > 0 && sumqx * sumqx > best * sumq2)
+            {
+                scale = sumqx / sumq2; best = scale * sumqx;
+                Laux.CopyTo(L);
+                onGridAux.CopyTo(onGrid);
+            }
+        }
+        return scale;
+    }
+
+    /// <summary>Stores the super-scale d = max/31 as F16 d·<paramref name="fudge"/> (ggml's fudge factors) and returns
+    /// 1/d, under which each sub-block scale becomes the 4-bit l = nearest((scale/d − 1)/2) of <see cref="ScaleNibble"/>.</summary>
+    static float SuperScale(Span<byte> y, float maxScale, float fudge)
+    {
+        float d = maxScale / 31;
+        PutHalf(y, 0, d * fudge);
+        return 1 / d;
+    }
+
+    static int ScaleNibble(float id, float scale) => Math.Max(0, Math.Min(15, NearestInt(0.5f * (id * scale - 1))));
+
+    /// <summary>IQ2_XXS: 8 sub-blocks of 32, 4 groups of 8 on the 256-point E8 grid; layout d | 8 × (4 grid bytes,
+    /// u32 of 4 × 7 sign bits and the 4-bit scale).</summary>
+    static void IQ2XXSBlock(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw, ImpWeighting mode)
+    {
+        const int kMaxQ = 3;
+        var t = LatticeTable.For(GgmlType.IQ2_XXS);
+        Span<float> scales = stackalloc float[8];
+        Span<float> weight = stackalloc float[32], xval = stackalloc float[32], waux = stackalloc float[32];
+        Span<sbyte> L = stackalloc sbyte[32];
+        Span<byte> Lqp = stackalloc byte[32];
+        Span<bool> onGrid = stackalloc bool[8];
+        Span<byte> blockSigns = stackalloc byte[4];
+        Span<uint> q2 = stackalloc uint[16];
+        y.Clear();
+        float maxScale = 0;
+        float sigma2 = SumSquares(x) / QK;
+        for (int ib = 0; ib < 8; ib++)
+        {
+            var xb = x.Slice(32 * ib, 32);
+            LatticeWeights(xb, qw.IsEmpty ? qw : qw.Slice(32 * ib, 32), sigma2, mode, weight, 0);
+            for (int i = 0; i < 32; i++) waux[i] = MathF.Sqrt(weight[i]);
+            for (int k = 0; k < 4; k++) blockSigns[k] = GroupSigns(xb.Slice(8 * k, 8), weight.Slice(8 * k, 8), xval.Slice(8 * k, 8), evenSigns: true);
+            float max = xval[0];
+            for (int i = 1; i < 32; i++) max = MathF.Max(max, xval[i]);
+            if (max < GroupMaxEps) { scales[ib] = 0; continue; }
+            float scale = MakeQpQuants(32, kMaxQ + 1, xval, Lqp, weight);
+            float effMax = scale * kMaxQ;
+            if (!(effMax > 0)) { scales[ib] = 0; continue; } // also NaN: make_qp_quants gives 0/0 for all-zero weights
+            scale = LatticeScaleSearch(t, xval, weight, waux, kMaxQ, 6, 0.1f, effMax, scale, L, onGrid);
+            if (scale > 0)
+            {
+                LatticeLevels(t, xval, waux, 1 / scale, scale, kMaxQ, L, onGrid);
+                LatticeFit(xval, weight, L, out float sumqx, out float sumq2);
+                if (sumq2 > 0) scale = sumqx / sumq2;
+            }
+            if (scale < 0)
+            {
+                scale = -scale;
+                for (int k = 0; k < 4; k++) blockSigns[k] = (byte)(~blockSigns[k] & 127);
+            }
+            for (int k = 0; k < 4; k++)
+            {
+                int g = OnGrid(t, L.Slice(8 * k, 8));
+                q2[2 * ib] |= (uint)g << (8 * k);
+                q2[2 * ib + 1] |= (uint)blockSigns[k] << (7 * k);
+            }
+            scales[ib] = scale;
+            maxScale = maxScale > scale ? maxScale : scale;
+        }
+        if (maxScale == 0) return;
+        float idl = SuperScale(y, maxScale, 1f);
+        for (int ib = 0; ib < 8; ib++) q2[2 * ib + 1] |= (uint)ScaleNibble(idl, scales[ib]) << 28;
+        for (int i = 0; i < 16; i++) BinaryPrimitives.WriteUInt32LittleEndian(y.Slice(2 + 4 * i), q2[i]);
+    }
+
+    /// <summary>IQ2_XS (<paramref name="xs"/>: 512-point grid, 7 sign bits beside a 9-bit index) and IQ2_S (1024 points,
+    /// 8 sign bits and index high bits apart): 16 sub-blocks of 16, 2 groups of 8.</summary>
+    static void IQ2SBlock(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw, ImpWeighting mode, bool xs)
+    {
+        const int kMaxQ = 3;
+        var t = LatticeTable.For(xs ? GgmlType.IQ2_XS : GgmlType.IQ2_S);
+        Span<float> scales = stackalloc float[16];
+        Span<float> weight = stackalloc float[16], xval = stackalloc float[16], waux = stackalloc float[16];
+        Span<sbyte> L = stackalloc sbyte[16];
+        Span<bool> onGrid = stackalloc bool[2];
+        Span<byte> blockSigns = stackalloc byte[2];
+        y.Clear();
+        float maxScale = 0;
+        float sumx2 = SumSquares(x);
+        float sigma2 = xs ? sumx2 / QK : 2 * sumx2 / QK;
+        for (int ib = 0; ib < 16; ib++)
+        {
+            var xb = x.Slice(16 * ib, 16);
+            LatticeWeights(xb, qw.IsEmpty ? qw : qw.Slice(16 * ib, 16), sigma2, mode, weight, 0.25f * sigma2);
+            for (int i = 0; i < 16; i++) waux[i] = MathF.Sqrt(weight[i]);
+            for (int k = 0; k < 2; k++) blockSigns[k] = GroupSigns(xb.Slice(8 * k, 8), weight.Slice(8 * k, 8), xval.Slice(8 * k, 8), evenSigns: xs);
+            float max = xval[0];
+            for (int i = 1; i < 16; i++) max = MathF.Max(max, xval[i]);
+            L.Clear();
+            if (max < (xs ? GroupMaxEps : GroupMaxEpsIQ2S)) { scales[ib] = 0; continue; }
+            onGrid.Fill(true);
+            float scale = LatticeScaleSearch(t, xval, weight, waux, kMaxQ, 9, 0.1f, max, max / (2 * kMaxQ - 1), L, onGrid);
+            if ((!onGrid[0] || !onGrid[1]) && scale > 0)
+            {
+                LatticeLevels(t, xval, waux, 1 / scale, scale, kMaxQ, L, onGrid, onlyOffGrid: true);
+                LatticeFit(xval, weight, L, out float sumqx, out float sumq2);
+                if (sumq2 > 0) scale = sumqx / sumq2;
+            }
+            if (scale < 0)
+            {
+                scale = -scale;
+                for (int k = 0; k < 2; k++) blockSigns[k] = (byte)(xs ? ~blockSigns[k] & 127 : ~blockSigns[k]);
+            }
+            for (int k = 0; k < 2; k++)
+            {
+                int g = OnGrid(t, L.Slice(8 * k, 8));
+                int i8 = 2 * ib + k;
+                if (xs) BinaryPrimitives.WriteUInt16LittleEndian(y.Slice(2 + 2 * i8), (ushort)(g | blockSigns[k] << 9));
+                else
+                {
+                    y[2 + i8] = (byte)g;
+                    y[2 + 64 + i8 / 4] |= (byte)((g >> 8) << (2 * (i8 % 4)));
+                    y[2 + 32 + i8] = blockSigns[k];
+                }
+            }
+            scales[ib] = scale;
+            maxScale = maxScale > scale ? maxScale : scale;
+        }
+        if (maxScale == 0)
+        {
+            if (xs) y.Slice(2, 64).Clear();
+            return;
+        }
+        float id = SuperScale(y, maxScale, xs ? 1f : 0.9875f);
+        int scalesAt = xs ? 2 + 64 : 2 + 64 + 8;
+        for (int ib = 0; ib < 16; ib++) y[scalesAt + ib / 2] |= (byte)(ScaleNibble(id, scales[ib]) << (4 * (ib % 2)));
+    }
+
+    /// <summary>IQ3_XXS (<paramref name="xxs"/>: 256-point D4 grid, 7-bit signs and the scale in one u32 per sub-block) and
+    /// IQ3_S (512 points, 8-bit signs and a 9th index bit apart): 8 sub-blocks of 32, 8 groups of 4.</summary>
+    static void IQ3Block(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw, ImpWeighting mode, bool xxs)
+    {
+        const int kMaxQ = 8;
+        var t = LatticeTable.For(xxs ? GgmlType.IQ3_XXS : GgmlType.IQ3_S);
+        Span<float> scales = stackalloc float[8];
+        Span<float> weight = stackalloc float[32], xval = stackalloc float[32], waux = stackalloc float[32];
+        Span<sbyte> L = stackalloc sbyte[32];
+        Span<bool> onGrid = stackalloc bool[8];
+        Span<byte> blockSigns = stackalloc byte[4];
+        y.Clear();
+        float maxScale = 0;
+        float sigma2 = 2 * SumSquares(x) / QK;
+        for (int ib = 0; ib < 8; ib++)
+        {
+            var xb = x.Slice(32 * ib, 32);
+            LatticeWeights(xb, qw.IsEmpty ? qw : qw.Slice(32 * ib, 32), sigma2, mode, weight, 0);
+            for (int i = 0; i < 32; i++) waux[i] = MathF.Sqrt(weight[i]);
+            for (int k = 0; k < 4; k++) blockSigns[k] = GroupSigns(xb.Slice(8 * k, 8), weight.Slice(8 * k, 8), xval.Slice(8 * k, 8), evenSigns: xxs);
+            float max = xval[0];
+            for (int i = 1; i < 32; i++) max = MathF.Max(max, xval[i]);
+            L.Clear();
+            if (xxs ? max < GroupMaxEpsIQ3XXS : max == 0) { scales[ib] = 0; continue; }
+            onGrid.Fill(xxs); // IQ3_S starts with every group "off the grid", so its refit below always runs
+            float scale = LatticeScaleSearch(t, xval, weight, waux, kMaxQ, xxs ? 15 : 9, 0.2f, max, max / (2 * kMaxQ - 1), L, onGrid);
+            bool anyOff = false;
+            foreach (bool on in onGrid) anyOff |= !on;
+            if (anyOff && scale > 0)
+            {
+                // IQ3_XXS moves only the off-grid groups; IQ3_S re-rounds every group
+                if (!xxs) onGrid.Clear();
+                LatticeLevels(t, xval, waux, 1 / scale, scale, kMaxQ, L, onGrid, onlyOffGrid: true);
+                LatticeFit(xval, weight, L, out float sumqx, out float sumq2);
+                if (sumq2 > 0) scale = sumqx / sumq2;
+            }
+            if (scale < 0)
+            {
+                scale = -scale;
+                for (int k = 0; k < 4; k++) blockSigns[k] = (byte)(xxs ? ~blockSigns[k] & 127 : ~blockSigns[k]);
+            }
+            for (int k = 0; k < 8; k++)
+            {
+                int g = OnGrid(t, L.Slice(4 * k, 4));
+                y[2 + 8 * ib + k] = (byte)g;
+                if (!xxs) y[2 + 64 + ib] |= (byte)((g >> 8) << k);
+            }
+            if (xxs)
+            {
+                uint ss = (uint)(blockSigns[0] | blockSigns[1] << 7 | blockSigns[2] << 14 | blockSigns[3] << 21);
+                BinaryPrimitives.WriteUInt32LittleEndian(y.Slice(2 + 64 + 4 * ib), ss);
+            }
+            else for (int k = 0; k < 4; k++) y[2 + 64 + 8 + 4 * ib + k] = blockSigns[k];
+            scales[ib] = scale;
+            maxScale = maxScale > scale ? maxScale : scale;
+        }
+        if (maxScale == 0)
+        {
+            if (xxs) y.Slice(2).Clear();
+            return;
+        }
+        float id = SuperScale(y, maxScale, xxs ? 1.0125f : 1.033f);
+        for (int ib = 0; ib < 8; ib++)
+        {
+            int l = ScaleNibble(id, scales[ib]);
+            if (xxs)
+            {
+                var at = y.Slice(2 + 64 + 4 * ib);
+                BinaryPrimitives.WriteUInt32LittleEndian(at, BinaryPrimitives.ReadUInt32LittleEndian(at) | (uint)l << 28);
+            }
+            else y[2 + 64 + 8 + 32 + ib / 2] |= (byte)(l << (4 * (ib % 2)));
+        }
+    }
+
+    /// <summary>The grid index of levels that must be a grid point.</summary>
+    static int OnGrid(LatticeTable t, ReadOnlySpan<sbyte> L)
+    {
+        int g = t.Map[t.Key(L)];
+        if (g < 0) throw new InvalidOperationException("lattice quantizer left a group off the grid");
+        return g;
+    }
+
+    /// <summary>The values in ascending order with their positions, for the IQ1 split search (a stable insertion sort;
+    /// ggml calls qsort, whose order among equal values is not specified).</summary>
+    static void SortWithIndex(ReadOnlySpan<float> xb, Span<float> sorted, Span<int> idx)
+    {
+        for (int j = 0; j < xb.Length; j++)
+        {
+            float v = xb[j];
+            int at = j;
+            while (at > 0 && sorted[at - 1] > v) { sorted[at] = sorted[at - 1]; idx[at] = idx[at - 1]; at--; }
+            sorted[at] = v; idx[at] = j;
+        }
+    }
+
+    /// <summary>iq1_find_best_neighbour2: of the listed points, the least Σ w·(scale·xx[l] − x)².</summary>
+    static int IQ1BestNeighbour(LatticeTable t, int key, ReadOnlySpan<float> xb, ReadOnlySpan<float> weight, float scale, ReadOnlySpan<float> xx, Span<sbyte> L)
+    {
+        int start = -t.Map[key] - 1, count = t.Neighbours[start];
+        float best = float.MaxValue;
+        int index = -1;
+        for (int j = 1; j <= count; j++)
+        {
+            int g = t.Neighbours[start + j];
+            float d2 = 0;
+            for (int i = 0; i < 8; i++)
+            {
+                float q = xx[(t.Points[8 * g + i] - 1) / 2];
+                float w = weight[i];
+                float diff = scale * q - xb[i];
+                d2 += w * diff * diff;
+            }
+            if (d2 < best) { best = d2; index = g; }
+        }
+        if (index < 0) throw new ArgumentException("no grid point has a finite error: the row holds NaN or infinite values");
+        for (int i = 0; i < 8; i++) L[i] = (sbyte)((t.Points[8 * index + i] - 1) / 2);
+        return index;
+    }
+
+    /// <summary>Grid indices of the sub-block's groups of 8 (group 0's level values <paramref name="xxFirst"/>, the
+    /// others' <paramref name="xxRest"/>), off-grid groups moved to their best neighbour; refits the scale if any was moved.</summary>
+    static float IQ1Groups(LatticeTable t, ReadOnlySpan<float> xb, ReadOnlySpan<float> weight, float scale, Span<sbyte> L,
+        Span<int> index, float[] xxFirst, float[] xxRest)
+    {
+        bool allOnGrid = true;
+        for (int k = 0; k < xb.Length / 8; k++)
+        {
+            var Lk = L.Slice(8 * k, 8);
+            int key = t.Key(Lk);
+            int g = t.Map[key];
+            if (g < 0)
+            {
+                allOnGrid = false;
+                g = IQ1BestNeighbour(t, key, xb.Slice(8 * k, 8), weight.Slice(8 * k, 8), scale, k == 0 ? xxFirst : xxRest, Lk);
+            }
+            index[k] = g;
+        }
+        if (!allOnGrid)
+        {
+            float sumqx = 0, sumq2 = 0;
+            for (int k = 0; k < xb.Length / 8; k++)
+            {
+                var xx = k == 0 ? xxFirst : xxRest;
+                for (int j = 0; j < 8; j++)
+                {
+                    float w = weight[8 * k + j];
+                    float q = xx[(t.Points[8 * index[k] + j] - 1) / 2];
+                    sumqx += w * q * xb[8 * k + j];
+                    sumq2 += w * q * q;
+                }
+            }
+            if (sumqx > 0 && sumq2 > 0) scale = sumqx / sumq2;
+        }
+        return scale;
+    }
+
+    static readonly float[] IQ1Plus = [-1 + IQ1Delta, IQ1Delta, 1 + IQ1Delta];
+    static readonly float[] IQ1Minus = [-1 - IQ1Delta, -IQ1Delta, 1 - IQ1Delta];
+
+    /// <summary>IQ1_S: 8 sub-blocks of 32 with levels {−1, 0, 1} shifted by ±1/8, 4 groups of 8 on the 2048-point grid.
+    /// The split of the sorted values into three levels is searched exhaustively. Layout d | qs[32] (index low bytes)
+    /// | qh u16[8] (3 high index bits per group, 3-bit scale, shift sign in bit 15).</summary>
+    static void IQ1SBlock(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw, ImpWeighting mode)
+    {
+        const int bs = 32;
+        var t = LatticeTable.For(GgmlType.IQ1_S);
+        Span<float> scales = stackalloc float[8];
+        Span<sbyte> shifts = stackalloc sbyte[8];
+        Span<float> weight = stackalloc float[bs], sorted = stackalloc float[bs], sumx = stackalloc float[bs + 1], sumw = stackalloc float[bs + 1];
+        Span<int> idx = stackalloc int[bs];
+        Span<sbyte> L = stackalloc sbyte[bs];
+        Span<int> index = stackalloc int[4];
+        ReadOnlySpan<float> xp = IQ1Plus, xm = IQ1Minus;
+        y.Clear();
+        float maxScale = 0;
+        float sigma2 = 2 * SumSquares(x) / QK;
+        for (int ib = 0; ib < 8; ib++)
+        {
+            var xb = x.Slice(bs * ib, bs);
+            LatticeWeights(xb, qw.Slice(bs * ib, bs), sigma2, mode, weight, 0);
+            float max = MathF.Abs(xb[0]);
+            for (int i = 1; i < bs; i++) max = MathF.Max(max, MathF.Abs(xb[i]));
+            if (max < GroupMaxEpsIQ1S) { scales[ib] = 0; shifts[ib] = 1; continue; }
+            SortWithIndex(xb, sorted, idx);
+            sumx[0] = sumw[0] = 0;
+            for (int j = 0; j < bs; j++)
+            {
+                int i = idx[j];
+                sumx[j + 1] = sumx[j] + weight[i] * xb[i];
+                sumw[j + 1] = sumw[j] + weight[i];
+            }
+            float bestScore = -float.MaxValue, scale = max;
+            int besti1 = -1, besti2 = -1, bestShift = 0;
+            for (int i1 = 0; i1 <= bs; i1++)
+                for (int i2 = i1; i2 <= bs; i2++)
+                {
+                    float sumqx = (sumx[i1] - sumx[0]) * xp[0] + (sumx[i2] - sumx[i1]) * xp[1] + (sumx[bs] - sumx[i2]) * xp[2];
+                    float sumq2 = (sumw[i1] - sumw[0]) * xp[0] * xp[0] + (sumw[i2] - sumw[i1]) * xp[1] * xp[1] + (sumw[bs] - sumw[i2]) * xp[2] * xp[2];
+                    if (sumq2 > 0 && sumqx * sumqx > bestScore * sumq2)
+                    {
+                        scale = sumqx / sumq2; bestScore = scale * sumqx;
+                        besti1 = i1; besti2 = i2; bestShift = 1;
+                    }
+                    sumqx = (sumx[i1] - sumx[0]) * xm[0] + (sumx[i2] - sumx[i1]) * xm[1] + (sumx[bs] - sumx[i2]) * xm[2];
+                    sumq2 = (sumw[i1] - sumw[0]) * xm[0] * xm[0] + (sumw[i2] - sumw[i1]) * xm[1] * xm[1] + (sumw[bs] - sumw[i2]) * xm[2] * xm[2];
+                    if (sumq2 > 0 && sumqx * sumqx > bestScore * sumq2)
+                    {
+                        scale = sumqx / sumq2; bestScore = scale * sumqx;
+                        besti1 = i1; besti2 = i2; bestShift = -1;
+                    }
+                }
+            if (besti1 < 0 || besti2 < 0 || bestShift == 0) { scales[ib] = 0; shifts[ib] = 1; continue; }
+            for (int j = 0; j < besti1; j++) L[idx[j]] = 0;
+            for (int j = besti1; j < besti2; j++) L[idx[j]] = 1;
+            for (int j = besti2; j < bs; j++) L[idx[j]] = 2;
+            if (scale < 0)
+            {
+                for (int j = 0; j < bs; j++) L[j] = (sbyte)(2 - L[j]);
+                scale = -scale; bestShift = -bestShift;
+            }
+            var xx = bestShift == 1 ? IQ1Plus : IQ1Minus;
+            scale = IQ1Groups(t, xb, weight, scale, L, index, xx, xx);
+            int h = 0;
+            for (int k = 0; k < 4; k++)
+            {
+                y[2 + 4 * ib + k] = (byte)index[k];
+                h |= (index[k] >> 8) << (3 * k);
+            }
+            BinaryPrimitives.WriteUInt16LittleEndian(y.Slice(2 + 32 + 2 * ib), (ushort)h);
+            scales[ib] = scale;
+            shifts[ib] = (sbyte)bestShift;
+            maxScale = maxScale > scale ? maxScale : scale;
+        }
+        if (maxScale == 0) return;
+        float d = maxScale / 15;
+        PutHalf(y, 0, d * 1.125f);
+        float id = 1 / d;
+        for (int ib = 0; ib < 8; ib++)
+        {
+            int l = Math.Max(0, Math.Min(7, NearestInt(0.5f * (id * scales[ib] - 1))));
+            if (shifts[ib] == -1) l |= 8;
+            var at = y.Slice(2 + 32 + 2 * ib);
+            BinaryPrimitives.WriteUInt16LittleEndian(at, (ushort)(BinaryPrimitives.ReadUInt16LittleEndian(at) | l << 12));
+        }
+    }
+
+    /// <summary>IQ1_M: 16 sub-blocks of 16, each half (group of 8) with its own shift sign; 3-bit scales, and the F16
+    /// super-scale spread over the top nibbles of the four u16 scale words. Layout qs[32] | qh[16] (3 high index bits
+    /// and the shift bit per group) | scales[8].</summary>
+    static void IQ1MBlock(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw, ImpWeighting mode)
+    {
+        const int bs = 16;
+        var t = LatticeTable.For(GgmlType.IQ1_M);
+        Span<float> scales = stackalloc float[16];
+        Span<sbyte> shifts = stackalloc sbyte[16];
+        Span<float> weight = stackalloc float[bs], sorted = stackalloc float[bs];
+        Span<int> idx = stackalloc int[bs];
+        Span<sbyte> L = stackalloc sbyte[bs];
+        Span<int> index = stackalloc int[2];
+        Span<float> sumqx = stackalloc float[4], sumq2 = stackalloc float[4];
+        ReadOnlySpan<byte> masks = [0x00, 0x80, 0x08, 0x88];
+        ReadOnlySpan<float> xp = IQ1Plus, xm = IQ1Minus;
+        y.Clear();
+        float maxScale = 0;
+        float sigma2 = 2 * SumSquares(x) / QK;
+        for (int ib = 0; ib < 16; ib++)
+        {
+            var xb = x.Slice(bs * ib, bs);
+            LatticeWeights(xb, qw.IsEmpty ? qw : qw.Slice(bs * ib, bs), sigma2, mode, weight, 0);
+            float max = MathF.Abs(xb[0]);
+            for (int i = 1; i < bs; i++) max = MathF.Max(max, MathF.Abs(xb[i]));
+            if (max < GroupMaxEpsIQ1M) { scales[ib] = 0; shifts[ib] = 0; continue; }
+            SortWithIndex(xb, sorted, idx);
+            float bestScore = -float.MaxValue, scale = max;
+            int besti1 = -1, besti2 = -1, bestK = -1;
+            // k: 0 (+, +), 1 (+, −), 2 (−, +), 3 (−, −): the shift signs of the two halves. Each split's sums are
+            // accumulated value by value in sorted order, as ggml does (the order fixes the float rounding).
+            for (int i1 = 0; i1 <= bs; i1++)
+                for (int i2 = i1; i2 <= bs; i2++)
+                {
+                    sumqx.Clear(); sumq2.Clear();
+                    for (int j = 0; j < bs; j++)
+                    {
+                        int i = idx[j], level = j < i1 ? 0 : j < i2 ? 1 : 2;
+                        float w = weight[i], pv = xp[level], mv = xm[level];
+                        for (int k = 0; k < 4; k++)
+                        {
+                            float v = (i < bs / 2 ? k < 2 : k % 2 == 0) ? pv : mv;
+                            sumqx[k] += w * v * xb[i];
+                            sumq2[k] += w * v * v;
+                        }
+                    }
+                    for (int k = 0; k < 4; k++)
+                        if (sumq2[k] > 0 && sumqx[k] * sumqx[k] > bestScore * sumq2[k])
+                        {
+                            scale = sumqx[k] / sumq2[k]; bestScore = scale * sumqx[k];
+                            besti1 = i1; besti2 = i2; bestK = k;
+                        }
+                }
+            if (besti1 < 0 || besti2 < 0 || bestK < 0) { scales[ib] = 0; shifts[ib] = 0; continue; }
+            for (int j = 0; j < besti1; j++) L[idx[j]] = 0;
+            for (int j = besti1; j < besti2; j++) L[idx[j]] = 1;
+            for (int j = besti2; j < bs; j++) L[idx[j]] = 2;
+            if (scale < 0)
+            {
+                for (int j = 0; j < bs; j++) L[j] = (sbyte)(2 - L[j]);
+                scale = -scale;
+                bestK = 3 - bestK;
+            }
+            scale = IQ1Groups(t, xb, weight, scale, L, index, IQ1HalfLevels(bestK, 0), IQ1HalfLevels(bestK, 1));
+            y[2 * ib] = (byte)index[0];
+            y[2 * ib + 1] = (byte)index[1];
+            y[32 + ib] = (byte)((index[0] >> 8) | ((index[1] >> 8) << 4));
+            scales[ib] = scale;
+            shifts[ib] = (sbyte)bestK;
+            maxScale = maxScale > scale ? maxScale : scale;
+        }
+        if (maxScale == 0) return;
+        Span<ushort> sc = stackalloc ushort[4];
+        float d = maxScale / 15;
+        float id = 1 / d;
+        float sumqxF = 0, sumq2F = 0;
+        for (int ib = 0; ib < 16; ib++)
+        {
+            int l = Math.Max(0, Math.Min(7, NearestInt(0.5f * (id * scales[ib] - 1))));
+            sc[ib / 4] |= (ushort)(l << (3 * (ib % 4)));
+            y[32 + ib] |= masks[shifts[ib]];
+            var xb = x.Slice(bs * ib, bs);
+            LatticeWeights(xb, qw.IsEmpty ? qw : qw.Slice(bs * ib, bs), sigma2, mode, weight, 0);
+            for (int k = 0; k < 2; k++)
+            {
+                var xx = IQ1HalfLevels(shifts[ib], k);
+                int g = y[2 * ib + k] + ((y[32 + ib] << (8 - 4 * k)) & 0x700);
+                for (int j = 0; j < 8; j++)
+                {
+                    float w = weight[8 * k + j];
+                    float q = xx[(t.Points[8 * g + j] - 1) / 2] * (2 * l + 1);
+                    sumqxF += w * q * xb[8 * k + j];
+                    sumq2F += w * q * q;
+                }
+            }
+        }
+        if (sumq2F > 0) d = sumqxF / sumq2F;
+        ushort dh = Fp16.FromSingle(d * 1.1125f);
+        sc[0] |= (ushort)((dh & 0x000f) << 12);
+        sc[1] |= (ushort)((dh & 0x00f0) << 8);
+        sc[2] |= (ushort)((dh & 0x0f00) << 4);
+        sc[3] |= (ushort)(dh & 0xf000);
+        for (int i = 0; i < 4; i++) BinaryPrimitives.WriteUInt16LittleEndian(y.Slice(48 + 2 * i), sc[i]);
+    }
+
+    /// <summary>The level values of half <paramref name="k"/> of an IQ1_M sub-block under shift pattern <paramref name="shift"/>.</summary>
+    static float[] IQ1HalfLevels(int shift, int k) => (k == 0 ? shift < 2 : shift % 2 == 0) ? IQ1Plus : IQ1Minus;
+}
