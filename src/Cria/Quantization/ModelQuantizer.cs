@@ -196,6 +196,10 @@ public static class ModelQuantizer
                 else if (t.RowLength % GgmlTypeInfo.BlockSize(newType) != 0)
                     throw new CriaException($"tensor '{t.Name}': rows of {t.RowLength} elements cannot be stored as {newType}");
             }
+            if (newType != t.Type && QuantMix.RequiresImatrix(t.Name, newType, o.FileType)
+                && o.Imatrix?.ContainsKey(t.Name) != true && o.Fisher?.ContainsKey(t.Name) != true)
+                throw new CriaException($"this quantization requires an importance matrix: tensor '{t.Name}' would be {newType}, which llama-quantize " +
+                    $"writes only with one (make one with `cria imatrix MODEL TEXT -o FILE`, then pass --imatrix FILE)");
             plan.Add((t, newType));
         }
         fallbacks = mix.Fallbacks;

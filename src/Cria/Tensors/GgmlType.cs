@@ -55,7 +55,7 @@ public static class GgmlTypeInfo
 
     /// <summary>The lattice i-quants (IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M): super-blocks of 256 whose
     /// groups of eight or four values are points of a fixed grid. Cria reads them (dequantization, Q8_K dot products)
-    /// but does not write them.</summary>
+    /// and writes them (<see cref="Quantize"/>, ggml's grid searches; <see cref="LatticeTable"/>).</summary>
     public static bool IsLattice(GgmlType t) => t is GgmlType.IQ2_XXS or GgmlType.IQ2_XS or GgmlType.IQ2_S or GgmlType.IQ3_XXS or GgmlType.IQ3_S or GgmlType.IQ1_S or GgmlType.IQ1_M;
 
     /// <summary>Elements per block (1 for plain element types).</summary>

@@ -12,14 +12,14 @@ public unsafe class RowKernelTests
         new[] { GgmlType.Q4_K, GgmlType.Q6_K, GgmlType.Q5_K, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.F16, GgmlType.F32, GgmlType.BF16, GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.IQ4_NL, GgmlType.IQ4_XS }
             .Concat(Quant.IQuantOracleTests.Lattice).Select(t => new object[] { t });
 
-    /// <summary>Quantizes a row with Cria's quantizer, or with ggml's (under unit importances) for the types Cria reads
-    /// but does not write.</summary>
+    /// <summary>Quantizes a row with Cria's quantizer; the lattice types under unit importances (IQ2_XXS, IQ2_XS and
+    /// IQ1_S have no quantizer without one).</summary>
     internal static void QuantizeRow(GgmlType type, float[] x, Span<byte> dst)
     {
         if (!GgmlTypeInfo.IsLattice(type)) { Quantize.Row(type, x, dst); return; }
         var ones = new float[x.Length];
         Array.Fill(ones, 1f);
-        Oracle.GgmlQuantizer.Quantize(type, x, x.Length, ones).CopyTo(dst);
+        Quantize.Row(type, x, dst, ones);
     }
 
     [Theory]

@@ -67,7 +67,7 @@ public static unsafe class GgmlQuantizer
 
     /// <summary>Rewrites an F32 GGUF with every matrix whose rows are a multiple of 256 (the router aside) quantized by ggml to
     /// <paramref name="type"/>, under a random per-column importance matrix (the lattice i-quants require one): files in
-    /// the types Cria reads but does not write, made by llama.cpp's own quantizer.</summary>
+    /// the lattice types made by llama.cpp's own quantizer, independent of Cria's.</summary>
     public static void QuantizeFile(string f32Path, string outPath, GgmlType type, int seed)
     {
         using var src = GgufFile.Open(f32Path);

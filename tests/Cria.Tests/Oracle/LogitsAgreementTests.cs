@@ -43,7 +43,7 @@ public class LogitsAgreementTests(ITestOutputHelper output)
                 path = TestPaths.TempFile(key + ".gguf");
                 if (GgmlTypeInfo.IsLattice(spec.WeightType))
                 {
-                    // A type Cria reads but does not write: an F32 model quantized by ggml itself.
+                    // The lattice types: an F32 model quantized by ggml itself, so reading is checked apart from Cria's writer.
                     string f32 = TestPaths.TempFile(key + "-f32.gguf");
                     RandomModel.Write(f32, spec with { WeightType = GgmlType.F32 });
                     GgmlQuantizer.QuantizeFile(f32, path, spec.WeightType, spec.Seed);

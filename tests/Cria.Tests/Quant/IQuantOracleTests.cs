@@ -7,7 +7,7 @@ using Xunit.Abstractions;
 namespace Cria.Tests.Quant;
 
 /// <summary>
-/// The lattice i-quants (IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M), which Cria reads but does not write,
+/// The lattice i-quants (IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M), read
 /// against ggml itself: blocks made by ggml's quantizer (with an importance matrix, as these types require) and blocks
 /// of random bytes (every grid index, sign pattern and scale) dequantize to ggml's values bit for bit, and the dot
 /// products with Q8_K activations agree with the kernel ggml-cpu runs on this machine.
@@ -141,16 +141,18 @@ public sealed class IQuantOracleTests(ITestOutputHelper output)
     }
 }
 
-public sealed class IQuantWriteRefusalTests
+/// <summary>llama-quantize's type names parse to llama.cpp's own <c>llama_ftype</c> numbers (LLamaSharp's LLamaFtype).</summary>
+public sealed class QuantTypeNameTests
 {
     [Theory]
-    [InlineData("iq2_xxs")]
-    [InlineData("IQ3_M")]
-    [InlineData("iq1_s")]
-    public void Asking_to_write_a_lattice_type_names_it_as_read_only(string name)
+    [InlineData("iq2_xxs")] [InlineData("IQ2_XS")] [InlineData("iq2_s")] [InlineData("IQ2_M")] [InlineData("iq3_xxs")] [InlineData("iq3_xs")]
+    [InlineData("IQ3_S")] [InlineData("iq3_m")] [InlineData("iq1_s")] [InlineData("IQ1_M")] [InlineData("q2_k_s")] [InlineData("Q4_K_M")] [InlineData("iq4_xs")]
+    public void Names_are_llama_cpps_file_types(string name)
     {
-        var e = Assert.Throws<Cria.CriaException>(() => Cria.Quantization.QuantMix.Parse(name));
-        Assert.Contains($"Cria reads {name.ToUpperInvariant()} files but does not write them", e.Message);
+        var ftype = Cria.Quantization.QuantMix.Parse(name);
+        string upper = name.ToUpperInvariant() == "IQ3_XS" ? "IQ3_K_XS" : name.ToUpperInvariant(); // LLamaSharp's name for it
+        string llama = Enum.GetNames<LLama.Native.LLamaFtype>().Single(n => n.EndsWith("_" + upper, StringComparison.Ordinal));
+        Assert.Equal((int)Enum.Parse<LLama.Native.LLamaFtype>(llama), (int)ftype);
         Assert.Throws<Cria.CriaException>(() => Cria.Quantization.QuantMix.Parse("iq9_x")); // and a name that is no type at all
     }
 }

@@ -86,6 +86,8 @@ public sealed class QuantizerOracleTests(ITestOutputHelper output)
     public static TheoryData<string> FileTypes() => new()
     {
         "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS",
+        // the lattice mixes llama.cpp writes without an importance matrix (the others: LatticeMixTests)
+        "IQ3_S", "IQ3_M",
     };
 
     static LLamaFtype ToLlama(LlamaFileType t) => (LLamaFtype)(int)t;
@@ -125,6 +127,7 @@ public sealed class QuantizerOracleTests(ITestOutputHelper output)
     [Theory]
     [InlineData("Q4_K_M")]
     [InlineData("Q3_K_M")]
+    [InlineData("IQ3_M")]
     public void F16_input_with_22_layers_matches_llama_cpp(string typeName) => CompareWithLlamaCpp(F16Source.Value, typeName, "f16");
 
     [Theory]
@@ -156,5 +159,6 @@ public sealed class QuantizerOracleTests(ITestOutputHelper output)
     [InlineData("Q2_K")]   // Q3_K → Q4_0
     [InlineData("Q3_K_S")]
     [InlineData("IQ4_XS")] // IQ4_XS → IQ4_NL
+    [InlineData("IQ3_M")]  // IQ3_S → IQ4_NL
     public void Fallback_types_for_rows_not_a_multiple_of_256_match_llama_cpp(string typeName) => CompareWithLlamaCpp(OddSource.Value, typeName, "odd");
 }
