@@ -24,6 +24,8 @@ CultureInfo.DefaultThreadCurrentCulture = ci;
 CultureInfo.CurrentCulture = ci;
 if (args.Length > 0 && args[0] == "quant-table") return QuantTable.Run(args[1..]);
 if (args.Length > 0 && args[0] == "quant-time") return QuantTable.Time(args[1..]);
+if (args.Length > 0 && args[0] == "lattice-time") return GgmlQuantize.Time(args[1..]);
+if (args.Length > 0 && args[0] == "lattice-micro") return GgmlQuantize.Micro(args[1..]);
 if (args.Length > 0 && args[0] == "quant-svg") return QuantTable.SvgFromTsv(args[1..]);
 if (args.Length > 0 && args[0] == "imatrix-probe") return ImatrixProbe.Run(args[1..]);
 if (args.Length > 0 && args[0] == "kernel-micro") return KernelMicro.Run(args[1..]);

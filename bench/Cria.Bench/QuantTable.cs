@@ -95,22 +95,29 @@ static class QuantTable
         {
             if (Enum.TryParse<GgmlType>(tn, true, out var lattice) && GgmlTypeInfo.IsLattice(lattice))
             {
-                // A type Cria reads but does not write: the file from ggml's quantizer (GgmlQuantize), plain = without an
-                // imatrix (IQ2/IQ1: unit importances), imatrix = Cria's imatrix of the same calibration text; scored by both engines alike.
+                // One lattice type in every blk.* matrix (GgmlQuantize.File's layout: embedding Q4_K, head Q5_K), written
+                // by Cria's quantizer and compared with ggml's on the same tensors; plain = without an imatrix (IQ2/IQ1:
+                // unit importances), imatrix = Cria's imatrix of the same calibration text; scored by both engines alike.
+                // ("mix:IQ2_XXS" asks for llama.cpp's IQ2_XXS mix instead.)
                 foreach (var variant in variants.Where(v => v is "plain" or "imatrix"))
                 {
-                    string lpath = Path.Combine(outDir, $"default-{tn}-{variant}.gguf");
-                    GgmlQuantize.File(model, lpath, lattice, variant == "imatrix" ? im.Values : null, threads);
+                    string lpath = Path.Combine(outDir, $"default-{tn}-{variant}.gguf"), gpath = lpath + ".ggml";
+                    var imv = variant == "imatrix" ? im.Values : null;
+                    GgmlQuantize.File(model, lpath, lattice, imv, threads, cria: true);
+                    GgmlQuantize.File(model, gpath, lattice, imv, threads);
+                    bool same = File.ReadAllBytes(lpath).AsSpan().SequenceEqual(File.ReadAllBytes(gpath));
+                    File.Delete(gpath);
                     double bpw;
                     using (var lf = GgufFile.Open(lpath)) bpw = Bpw(lf);
                     var lk = CriaKld(baseContext, lpath, validText, ctx, chunks, threads);
                     double lc = lk.Model.Value, ll = LlamaPpl(lpath, validText, ctx, chunks, threads);
-                    rows.Add(new Row(tn, variant, bpw, lc, ll, "ggml's quantizer (Cria reads, does not write)", lk.MeanKld, lk.KldStdErr, lk.SameTopFraction, lk.PplChangeStdErrPercent));
-                    o.WriteLine($"{tn,-7} {variant,-8} {bpw:F3} bpw  Cria {lc:F4}  llama.cpp {ll:F4}  KLD {lk.MeanKld:F6} ± {lk.KldStdErr:F6}  same top {lk.SameTopFraction:P2}  (ggml's quantizer)  [{sw.Elapsed.TotalMinutes:F1} min]");
+                    string note = same ? "identical file (ggml's quantizer)" : "DIFFERS from ggml's quantizer";
+                    rows.Add(new Row(tn, variant, bpw, lc, ll, note, lk.MeanKld, lk.KldStdErr, lk.SameTopFraction, lk.PplChangeStdErrPercent));
+                    o.WriteLine($"{tn,-7} {variant,-8} {bpw:F3} bpw  Cria {lc:F4}  llama.cpp {ll:F4}  KLD {lk.MeanKld:F6} ± {lk.KldStdErr:F6}  same top {lk.SameTopFraction:P2}  ({note})  [{sw.Elapsed.TotalMinutes:F1} min]");
                 }
                 continue;
             }
-            var ftype = QuantMix.Parse(tn);
+            var ftype = QuantMix.Parse(tn.StartsWith("mix:", StringComparison.OrdinalIgnoreCase) ? tn[4..] : tn);
             foreach (var variant in variants)
             {
                 string path = Path.Combine(outDir, $"default-{tn}-{variant}.gguf");
@@ -124,7 +131,13 @@ static class QuantTable
                     opt = opt with { Override = n => res.Overrides.GetValueOrDefault(n), Imatrix = res.Imatrix ?? opt.Imatrix };
                 }
                 if (variant == "gptq") opt = opt with { Gptq = gptq };
-                var rep = ModelQuantizer.Run(model, path, opt);
+                QuantizeReport rep;
+                try { rep = ModelQuantizer.Run(model, path, opt); }
+                catch (CriaException e) when (opt.Imatrix == null)
+                {
+                    o.WriteLine($"{tn,-7} {variant,-8} skipped: {e.Message}"); // the mixes llama-quantize writes only with an imatrix
+                    continue;
+                }
                 string note = "";
                 if (variant == "plain")
                 {

@@ -1,3 +1,7 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+
 namespace Cria.Tensors;
 
 /// <summary>
@@ -22,8 +26,17 @@ internal sealed class LatticeTable
     /// <summary>[2^(Dim·Bits)] grid index of a key (≥ 0), or −(start + 1) of its list in <see cref="Neighbours"/>;
     /// int.MinValue for keys no quantizer forms.</summary>
     public readonly int[] Map;
-    /// <summary>Lists of nearest grid points: a count, then that many grid indices.</summary>
+    /// <summary>Lists of nearest grid points: a count, then that many grid indices, then padding (index 0) to a whole
+    /// number of eights.</summary>
     public readonly ushort[] Neighbours;
+    /// <summary>[Dim × Neighbours.Length] coordinate i (2l + 1, as a float) of the point listed at each slot of
+    /// <see cref="Neighbours"/>, at i·Neighbours.Length + slot: the lists laid out eight points per vector, padding
+    /// slots NaN (an error that is never the least).</summary>
+    readonly float[] _coords;
+    // The pinned arrays above, for the searches' inner loops (the tables live as long as the process).
+    readonly unsafe byte* _points;
+    readonly unsafe ushort* _neighbours;
+    readonly unsafe float* _coordsAt;
     public readonly int NearestDistances;
     public int GridSize => Points.Length / Dim;
 
@@ -85,9 +98,30 @@ internal sealed class LatticeTable
                 for (int g = 0; g < gridSize; g++)
                     if (dist2[g] == nearest[m]) neighbours.Add((ushort)g);
             neighbours[start] = (ushort)(neighbours.Count - start - 1);
+            while ((neighbours.Count - start - 1) % 8 != 0) neighbours.Add(0);
             Map[key] = -(start + 1);
         }
-        Neighbours = neighbours.ToArray();
+        Neighbours = GC.AllocateUninitializedArray<ushort>(neighbours.Count, pinned: true);
+        neighbours.CopyTo(Neighbours);
+        var pinnedPoints = GC.AllocateUninitializedArray<byte>(Points.Length, pinned: true);
+        Points.CopyTo(pinnedPoints);
+        Points = pinnedPoints;
+        int len = Neighbours.Length;
+        _coords = GC.AllocateUninitializedArray<float>(dim * len, pinned: true);
+        Array.Fill(_coords, float.NaN);
+        for (int key = 0; key < Map.Length; key++)
+        {
+            if (Map[key] >= 0 || Map[key] == int.MinValue) continue;
+            int start = -Map[key] - 1;
+            for (int j = 1; j <= Neighbours[start]; j++)
+                for (int i = 0; i < dim; i++) _coords[i * len + start + j] = Points[Neighbours[start + j] * dim + i];
+        }
+        unsafe
+        {
+            _points = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(Points));
+            _neighbours = (ushort*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(Neighbours));
+            _coordsAt = (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_coords));
+        }
     }
 
     static readonly Lazy<LatticeTable> IQ2XXS = new(() => E8(IQuantGrids.IQ2XXSGrid, 2));
@@ -174,6 +208,78 @@ internal sealed class LatticeTable
         }
         if (index < 0) throw new ArgumentException("no grid point has a finite error: the row holds NaN or infinite values");
         for (int i = 0; i < Dim; i++) L[i] = (sbyte)((Points[index * Dim + i] - 1) / 2);
+        return index;
+    }
+
+    /// <summary><see cref="BestNeighbour"/> eight listed points per vector: each lane does the scalar code's float
+    /// operations in its order (multiply, subtract, multiply, multiply, add; no FMA), so every error is the scalar one,
+    /// and the choice runs over the lanes in list order (the first of equal errors wins; padding lanes are NaN and never
+    /// win). Same point, same levels.</summary>
+    public unsafe int BestNeighbourFast(int key, float* xval, float* weight, float scale, sbyte* L)
+    {
+        if (!Vector256.IsHardwareAccelerated) return BestNeighbour(key, new ReadOnlySpan<float>(xval, Dim), new ReadOnlySpan<float>(weight, Dim), scale, new Span<sbyte>(L, Dim));
+        int start = -Map[key] - 1, count = _neighbours[start], first = start + 1, len = Neighbours.Length;
+        float best = float.MaxValue;
+        int index = -1;
+        var vscale = Vector256.Create(scale);
+        for (int j = 0; j < count; j += 8)
+        {
+            var d2 = Vector256<float>.Zero;
+            float* c = _coordsAt + first + j;
+            for (int i = 0; i < Dim; i++, c += len)
+            {
+                var diff = vscale * Vector256.Load(c) - Vector256.Create(xval[i]);
+                d2 += Vector256.Create(weight[i]) * diff * diff;
+            }
+            if (Vector256.LessThanAny(d2, Vector256.Create(best)))
+                for (int lane = 0; lane < 8; lane++)
+                {
+                    float v = d2.GetElement(lane);
+                    if (v < best) { best = v; index = _neighbours[first + j + lane]; }
+                }
+        }
+        if (index < 0) throw new ArgumentException("no grid point has a finite error: the row holds NaN or infinite values");
+        byte* p = _points + index * Dim;
+        for (int i = 0; i < Dim; i++) L[i] = (sbyte)((p[i] - 1) / 2);
+        return index;
+    }
+
+    /// <summary>iq1_find_best_neighbour2, eight listed points per vector as <see cref="BestNeighbourFast"/>: the error of
+    /// level l is scale·xx[l] − x, with the level values <paramref name="xx0"/>, <paramref name="xx1"/>, <paramref name="xx2"/>
+    /// (scalar reference: <see cref="Quantize.IQ1BestNeighbour"/>).</summary>
+    public unsafe int BestNeighbourIQ1(int key, float* xb, float* weight, float scale, float xx0, float xx1, float xx2, sbyte* L)
+    {
+        if (!Vector256.IsHardwareAccelerated)
+            return Quantize.IQ1BestNeighbour(this, key, new ReadOnlySpan<float>(xb, Dim), new ReadOnlySpan<float>(weight, Dim), scale, [xx0, xx1, xx2], new Span<sbyte>(L, Dim));
+        int start = -Map[key] - 1, count = _neighbours[start], first = start + 1, len = Neighbours.Length;
+        float best = float.MaxValue;
+        int index = -1;
+        var v0 = Vector256.Create(xx0); var v1 = Vector256.Create(xx1); var v2 = Vector256.Create(xx2);
+        var one = Vector256.Create(1f); var three = Vector256.Create(3f);
+        var vscale = Vector256.Create(scale);
+        for (int j = 0; j < count; j += 8)
+        {
+            var d2 = Vector256<float>.Zero;
+            float* c = _coordsAt + first + j;
+            for (int i = 0; i < Dim; i++, c += len)
+            {
+                var coord = Vector256.Load(c);
+                // padding lanes (NaN) take xx2 here; their error is made NaN below
+                var q = Vector256.ConditionalSelect(Vector256.Equals(coord, one), v0, Vector256.ConditionalSelect(Vector256.Equals(coord, three), v1, v2));
+                var diff = vscale * q - Vector256.Create(xb[i]);
+                d2 += Vector256.Create(weight[i]) * diff * diff;
+            }
+            if (count - j < 8) d2 += Vector256.Load(_coordsAt + first + j) * Vector256<float>.Zero; // NaN in the padding lanes
+            if (Vector256.LessThanAny(d2, Vector256.Create(best)))
+                for (int lane = 0; lane < 8; lane++)
+                {
+                    float v = d2.GetElement(lane);
+                    if (v < best) { best = v; index = _neighbours[first + j + lane]; }
+                }
+        }
+        if (index < 0) throw new ArgumentException("no grid point has a finite error: the row holds NaN or infinite values");
+        byte* p = _points + index * Dim;
+        for (int i = 0; i < Dim; i++) L[i] = (sbyte)((p[i] - 1) / 2);
         return index;
     }
 }

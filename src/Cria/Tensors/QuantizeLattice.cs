@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Runtime.Intrinsics;
 
 namespace Cria.Tensors;
 
@@ -81,39 +82,46 @@ public static partial class Quantize
     }
 
     /// <summary>Levels of <paramref name="xval"/> at inverse scale <paramref name="id"/>, clamped to [0, kMaxQ − 1],
-    /// group by group moved onto the grid (the nearest listed point for <paramref name="scale"/>). Returns whether each
-    /// group was on the grid already.</summary>
-    static void LatticeLevels(LatticeTable t, ReadOnlySpan<float> xval, ReadOnlySpan<float> waux, float id, float scale, int kMaxQ,
+    /// group by group moved onto the grid (the nearest listed point for <paramref name="scale"/>). Records whether each
+    /// group was on the grid already (<paramref name="onlyOffGrid"/>: redoes only the groups flagged off it).</summary>
+    static unsafe void LatticeLevels(LatticeTable t, ReadOnlySpan<float> xval, ReadOnlySpan<float> waux, float id, float scale, int kMaxQ,
         Span<sbyte> L, Span<bool> onGrid, bool onlyOffGrid = false)
     {
-        int dim = t.Dim;
-        for (int k = 0; k < xval.Length / dim; k++)
-        {
-            if (onlyOffGrid && onGrid[k]) continue;
-            var Lk = L.Slice(dim * k, dim);
-            for (int i = 0; i < dim; i++)
+        int dim = t.Dim, bits = t.Bits, groups = xval.Length / dim;
+        fixed (float* xp = xval) fixed (float* wp = waux) fixed (sbyte* lp = L) fixed (int* map = t.Map)
+            for (int k = 0; k < groups; k++)
             {
-                int l = NearestInt(0.5f * (id * xval[dim * k + i] - 1));
-                Lk[i] = (sbyte)Math.Max(0, Math.Min(kMaxQ - 1, l));
+                if (onlyOffGrid && onGrid[k]) continue;
+                float* xk = xp + dim * k;
+                sbyte* lk = lp + dim * k;
+                int key = 0;
+                for (int i = 0; i < dim; i++)
+                {
+                    int l = NearestInt(0.5f * (id * xk[i] - 1));
+                    l = l < 0 ? 0 : l > kMaxQ - 1 ? kMaxQ - 1 : l;
+                    lk[i] = (sbyte)l;
+                    key |= l << (bits * i);
+                }
+                bool on = map[key] >= 0;
+                if (!onlyOffGrid) onGrid[k] = on;
+                if (!on) t.BestNeighbourFast(key, xk, wp + dim * k, scale, lk);
             }
-            int key = t.Key(Lk);
-            bool on = t.Map[key] >= 0;
-            if (!onlyOffGrid) onGrid[k] = on;
-            if (!on) t.BestNeighbour(key, xval.Slice(dim * k, dim), waux.Slice(dim * k, dim), scale, Lk);
-        }
     }
 
     /// <summary>Σ w·x·q and Σ w·q² with q = 2L + 1.</summary>
-    static void LatticeFit(ReadOnlySpan<float> xval, ReadOnlySpan<float> weight, ReadOnlySpan<sbyte> L, out float sumqx, out float sumq2)
+    static unsafe void LatticeFit(ReadOnlySpan<float> xval, ReadOnlySpan<float> weight, ReadOnlySpan<sbyte> L, out float sumqx, out float sumq2)
     {
-        sumqx = 0; sumq2 = 0;
-        for (int i = 0; i < xval.Length; i++)
-        {
-            float w = weight[i];
-            float q = 2 * L[i] + 1;
-            sumqx += w * xval[i] * q;
-            sumq2 += w * q * q;
-        }
+        float qx = 0, q2 = 0;
+        int n = xval.Length;
+        fixed (float* xp = xval) fixed (float* wp = weight) fixed (sbyte* lp = L)
+            for (int i = 0; i < n; i++)
+            {
+                float w = wp[i];
+                float q = 2 * lp[i] + 1;
+                qx += w * xp[i] * q;
+                q2 += w * q * q;
+            }
+        sumqx = qx; sumq2 = q2;
     }
 
     /// <summary>The trial scales id = (2·kMaxQ − 1 + is·step)/<paramref name="div"/>, is ∈ [−isMax, isMax]: the levels
@@ -366,8 +374,9 @@ public static partial class Quantize
         }
     }
 
-    /// <summary>iq1_find_best_neighbour2: of the listed points, the least Σ w·(scale·xx[l] − x)².</summary>
-    static int IQ1BestNeighbour(LatticeTable t, int key, ReadOnlySpan<float> xb, ReadOnlySpan<float> weight, float scale, ReadOnlySpan<float> xx, Span<sbyte> L)
+    /// <summary>iq1_find_best_neighbour2: of the listed points, the least Σ w·(scale·xx[l] − x)² (the scalar reference of
+    /// <see cref="LatticeTable.BestNeighbourIQ1"/>).</summary>
+    internal static int IQ1BestNeighbour(LatticeTable t, int key, ReadOnlySpan<float> xb, ReadOnlySpan<float> weight, float scale, ReadOnlySpan<float> xx, Span<sbyte> L)
     {
         int start = -t.Map[key] - 1, count = t.Neighbours[start];
         float best = float.MaxValue;
@@ -392,22 +401,23 @@ public static partial class Quantize
 
     /// <summary>Grid indices of the sub-block's groups of 8 (group 0's level values <paramref name="xxFirst"/>, the
     /// others' <paramref name="xxRest"/>), off-grid groups moved to their best neighbour; refits the scale if any was moved.</summary>
-    static float IQ1Groups(LatticeTable t, ReadOnlySpan<float> xb, ReadOnlySpan<float> weight, float scale, Span<sbyte> L,
+    static unsafe float IQ1Groups(LatticeTable t, ReadOnlySpan<float> xb, ReadOnlySpan<float> weight, float scale, Span<sbyte> L,
         Span<int> index, float[] xxFirst, float[] xxRest)
     {
         bool allOnGrid = true;
-        for (int k = 0; k < xb.Length / 8; k++)
-        {
-            var Lk = L.Slice(8 * k, 8);
-            int key = t.Key(Lk);
-            int g = t.Map[key];
-            if (g < 0)
+        fixed (float* xp = xb) fixed (float* wp = weight) fixed (sbyte* lp = L)
+            for (int k = 0; k < xb.Length / 8; k++)
             {
-                allOnGrid = false;
-                g = IQ1BestNeighbour(t, key, xb.Slice(8 * k, 8), weight.Slice(8 * k, 8), scale, k == 0 ? xxFirst : xxRest, Lk);
+                int key = t.Key(L.Slice(8 * k, 8));
+                int g = t.Map[key];
+                if (g < 0)
+                {
+                    allOnGrid = false;
+                    var xx = k == 0 ? xxFirst : xxRest;
+                    g = t.BestNeighbourIQ1(key, xp + 8 * k, wp + 8 * k, scale, xx[0], xx[1], xx[2], lp + 8 * k);
+                }
+                index[k] = g;
             }
-            index[k] = g;
-        }
         if (!allOnGrid)
         {
             float sumqx = 0, sumq2 = 0;
@@ -530,7 +540,7 @@ public static partial class Quantize
         Span<int> idx = stackalloc int[bs];
         Span<sbyte> L = stackalloc sbyte[bs];
         Span<int> index = stackalloc int[2];
-        Span<float> sumqx = stackalloc float[4], sumq2 = stackalloc float[4];
+        Span<Vector128<float>> termX = stackalloc Vector128<float>[3 * bs], termQ = stackalloc Vector128<float>[3 * bs]; // [value j in sorted order × level]
         ReadOnlySpan<byte> masks = [0x00, 0x80, 0x08, 0x88];
         ReadOnlySpan<float> xp = IQ1Plus, xm = IQ1Minus;
         y.Clear();
@@ -546,30 +556,43 @@ public static partial class Quantize
             SortWithIndex(xb, sorted, idx);
             float bestScore = -float.MaxValue, scale = max;
             int besti1 = -1, besti2 = -1, bestK = -1;
-            // k: 0 (+, +), 1 (+, −), 2 (−, +), 3 (−, −): the shift signs of the two halves. Each split's sums are
-            // accumulated value by value in sorted order, as ggml does (the order fixes the float rounding).
+            // k: 0 (+, +), 1 (+, −), 2 (−, +), 3 (−, −): the shift signs of the two halves, one lane each. A split's
+            // sums are accumulated value by value in sorted order, as ggml does (the order fixes the float rounding);
+            // splits with the same first boundary share the sums of the values below it, and those with the same
+            // second boundary the level-1 run, so each is computed once (the same additions in the same order).
+            for (int j = 0; j < bs; j++)
+            {
+                int i = idx[j];
+                for (int level = 0; level < 3; level++)
+                {
+                    float w = weight[i], pv = xp[level], mv = xm[level];
+                    float px = w * pv * xb[i], mx = w * mv * xb[i], pp = w * pv * pv, mm = w * mv * mv;
+                    // the first half takes x_p in patterns 0 and 1, the second half in patterns 0 and 2
+                    termX[3 * j + level] = i < bs / 2 ? Vector128.Create(px, px, mx, mx) : Vector128.Create(px, mx, px, mx);
+                    termQ[3 * j + level] = i < bs / 2 ? Vector128.Create(pp, pp, mm, mm) : Vector128.Create(pp, mm, pp, mm);
+                }
+            }
+            var belowX = Vector128<float>.Zero; var belowQ = Vector128<float>.Zero;
             for (int i1 = 0; i1 <= bs; i1++)
+            {
+                var curX = belowX; var curQ = belowQ;
                 for (int i2 = i1; i2 <= bs; i2++)
                 {
-                    sumqx.Clear(); sumq2.Clear();
-                    for (int j = 0; j < bs; j++)
-                    {
-                        int i = idx[j], level = j < i1 ? 0 : j < i2 ? 1 : 2;
-                        float w = weight[i], pv = xp[level], mv = xm[level];
-                        for (int k = 0; k < 4; k++)
-                        {
-                            float v = (i < bs / 2 ? k < 2 : k % 2 == 0) ? pv : mv;
-                            sumqx[k] += w * v * xb[i];
-                            sumq2[k] += w * v * v;
-                        }
-                    }
+                    var sx = curX; var s2 = curQ;
+                    for (int j = i2; j < bs; j++) { sx += termX[3 * j + 2]; s2 += termQ[3 * j + 2]; }
                     for (int k = 0; k < 4; k++)
-                        if (sumq2[k] > 0 && sumqx[k] * sumqx[k] > bestScore * sumq2[k])
+                    {
+                        float qx = sx.GetElement(k), q2 = s2.GetElement(k);
+                        if (q2 > 0 && qx * qx > bestScore * q2)
                         {
-                            scale = sumqx[k] / sumq2[k]; bestScore = scale * sumqx[k];
+                            scale = qx / q2; bestScore = scale * qx;
                             besti1 = i1; besti2 = i2; bestK = k;
                         }
+                    }
+                    if (i2 < bs) { curX += termX[3 * i2 + 1]; curQ += termQ[3 * i2 + 1]; }
                 }
+                if (i1 < bs) { belowX += termX[3 * i1]; belowQ += termQ[3 * i1]; }
+            }
             if (besti1 < 0 || besti2 < 0 || bestK < 0) { scales[ib] = 0; shifts[ib] = 0; continue; }
             for (int j = 0; j < besti1; j++) L[idx[j]] = 0;
             for (int j = besti1; j < besti2; j++) L[idx[j]] = 1;
