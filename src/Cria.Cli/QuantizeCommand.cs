@@ -12,7 +12,7 @@ static class QuantizeCommand
     {
         var input = new Argument<string>("input") { Description = "GGUF model to quantize (F32/F16/BF16)" };
         var output = new Argument<string>("output") { Description = "GGUF file to write (refused if it exists, unless --force)" };
-        var type = new Option<string>("--type") { Description = "q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k iq4_nl iq4_xs f16 bf16 f32 (q3_k/q4_k/q5_k = the _m mixes)", DefaultValueFactory = _ => "q4_k_m" };
+        var type = new Option<string>("--type") { Description = "q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q2_k_s q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k iq4_nl iq4_xs iq3_m iq3_s iq3_xs iq3_xxs iq2_m iq2_s iq2_xs iq2_xxs iq1_m iq1_s f16 bf16 f32 (q3_k/q4_k/q5_k = the _m mixes; q2_k_s, iq3_xs, iq3_xxs, iq2_* and iq1_* need --imatrix, as in llama-quantize)", DefaultValueFactory = _ => "q4_k_m" };
         var imatrix = new Option<string?>("--imatrix") { Description = "importance matrix (legacy .dat from `cria imatrix` or llama-imatrix)" };
         var cands = new Option<string>("--imatrix-candidates") { Description = "with --imatrix, the encodings each block chooses among by activation-weighted error: ref,ggml,imp (ggml alone = llama-quantize --imatrix)", DefaultValueFactory = _ => "ref,ggml" };
         var awq = new Option<string?>("--awq") { Description = "calibration text for activation-aware scaling folded into the RMSNorm weights" };
