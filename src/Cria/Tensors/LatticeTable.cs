@@ -211,51 +211,53 @@ internal sealed class LatticeTable
         return index;
     }
 
-    /// <summary><see cref="BestNeighbour"/> eight listed points per vector: each lane does the scalar code's float
-    /// operations in its order (multiply, subtract, multiply, multiply, add; no FMA), so every error is the scalar one,
-    /// and the choice runs over the lanes in list order (the first of equal errors wins; padding lanes are NaN and never
-    /// win). Same point, same levels.</summary>
+    /// <summary><see cref="BestNeighbour"/> eight listed points per vector (the scalar code's float operations in its
+    /// order in every lane; see <see cref="Search{TLevels}"/>). Same point, same levels.</summary>
     public unsafe int BestNeighbourFast(int key, float* xval, float* weight, float scale, sbyte* L)
     {
         if (!Vector256.IsHardwareAccelerated) return BestNeighbour(key, new ReadOnlySpan<float>(xval, Dim), new ReadOnlySpan<float>(weight, Dim), scale, new Span<sbyte>(L, Dim));
-        int start = -Map[key] - 1, count = _neighbours[start], first = start + 1, len = Neighbours.Length;
-        float best = float.MaxValue;
-        int index = -1;
-        var vscale = Vector256.Create(scale);
-        for (int j = 0; j < count; j += 8)
-        {
-            var d2 = Vector256<float>.Zero;
-            float* c = _coordsAt + first + j;
-            for (int i = 0; i < Dim; i++, c += len)
-            {
-                var diff = vscale * Vector256.Load(c) - Vector256.Create(xval[i]);
-                d2 += Vector256.Create(weight[i]) * diff * diff;
-            }
-            if (Vector256.LessThanAny(d2, Vector256.Create(best)))
-                for (int lane = 0; lane < 8; lane++)
-                {
-                    float v = d2.GetElement(lane);
-                    if (v < best) { best = v; index = _neighbours[first + j + lane]; }
-                }
-        }
-        if (index < 0) throw new ArgumentException("no grid point has a finite error: the row holds NaN or infinite values");
-        byte* p = _points + index * Dim;
-        for (int i = 0; i < Dim; i++) L[i] = (sbyte)((p[i] - 1) / 2);
-        return index;
+        return Search(key, xval, weight, scale, default(OddCoordinates), L);
     }
 
-    /// <summary>iq1_find_best_neighbour2, eight listed points per vector as <see cref="BestNeighbourFast"/>: the error of
-    /// level l is scale·xx[l] − x, with the level values <paramref name="xx0"/>, <paramref name="xx1"/>, <paramref name="xx2"/>
-    /// (scalar reference: <see cref="Quantize.IQ1BestNeighbour"/>).</summary>
+    /// <summary>iq1_find_best_neighbour2, eight listed points per vector: the error of level l is scale·xx[l] − x, with
+    /// the level values <paramref name="xx0"/>, <paramref name="xx1"/>, <paramref name="xx2"/> (scalar reference:
+    /// <see cref="Quantize.IQ1BestNeighbour"/>).</summary>
     public unsafe int BestNeighbourIQ1(int key, float* xb, float* weight, float scale, float xx0, float xx1, float xx2, sbyte* L)
     {
         if (!Vector256.IsHardwareAccelerated)
             return Quantize.IQ1BestNeighbour(this, key, new ReadOnlySpan<float>(xb, Dim), new ReadOnlySpan<float>(weight, Dim), scale, [xx0, xx1, xx2], new Span<sbyte>(L, Dim));
+        return Search(key, xb, weight, scale, new IQ1Levels(xx0, xx1, xx2), L);
+    }
+
+    /// <summary>What a coordinate c = 2l + 1 stands for in the error scale·q − x.</summary>
+    interface ILevels { Vector256<float> Q(Vector256<float> c); }
+
+    /// <summary>IQ2/IQ3: q is the odd coordinate itself.</summary>
+    readonly struct OddCoordinates : ILevels { [MethodImpl(MethodImplOptions.AggressiveInlining)] public Vector256<float> Q(Vector256<float> c) => c; }
+
+    /// <summary>IQ1: q is the level's shifted value xx[l]. The + c·0 keeps a padding lane NaN (and adds an exact 0
+    /// elsewhere: the level values are never zero).</summary>
+    readonly struct IQ1Levels(float xx0, float xx1, float xx2) : ILevels
+    {
+        readonly Vector256<float> _v0 = Vector256.Create(xx0), _v1 = Vector256.Create(xx1), _v2 = Vector256.Create(xx2);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Vector256<float> Q(Vector256<float> c) =>
+            Vector256.ConditionalSelect(Vector256.Equals(c, Vector256.Create(1f)), _v0,
+                Vector256.ConditionalSelect(Vector256.Equals(c, Vector256.Create(3f)), _v1, _v2)) + c * Vector256<float>.Zero;
+    }
+
+    /// <summary>
+    /// The least Σ w·(scale·q − x)² over the points listed for <paramref name="key"/>, eight per vector: every lane does
+    /// the scalar code's multiply, subtract, multiply, multiply, add in its order (no FMA), so each error is the scalar
+    /// one; the choice runs over the lanes in list order, so the first of equal errors wins as there; padding lanes are
+    /// NaN and never win. The winner's levels go to <paramref name="L"/>.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    unsafe int Search<TLevels>(int key, float* x, float* weight, float scale, TLevels levels, sbyte* L) where TLevels : struct, ILevels
+    {
         int start = -Map[key] - 1, count = _neighbours[start], first = start + 1, len = Neighbours.Length;
         float best = float.MaxValue;
         int index = -1;
-        var v0 = Vector256.Create(xx0); var v1 = Vector256.Create(xx1); var v2 = Vector256.Create(xx2);
-        var one = Vector256.Create(1f); var three = Vector256.Create(3f);
         var vscale = Vector256.Create(scale);
         for (int j = 0; j < count; j += 8)
         {
@@ -263,13 +265,9 @@ internal sealed class LatticeTable
             float* c = _coordsAt + first + j;
             for (int i = 0; i < Dim; i++, c += len)
             {
-                var coord = Vector256.Load(c);
-                // padding lanes (NaN) take xx2 here; their error is made NaN below
-                var q = Vector256.ConditionalSelect(Vector256.Equals(coord, one), v0, Vector256.ConditionalSelect(Vector256.Equals(coord, three), v1, v2));
-                var diff = vscale * q - Vector256.Create(xb[i]);
+                var diff = vscale * levels.Q(Vector256.Load(c)) - Vector256.Create(x[i]);
                 d2 += Vector256.Create(weight[i]) * diff * diff;
             }
-            if (count - j < 8) d2 += Vector256.Load(_coordsAt + first + j) * Vector256<float>.Zero; // NaN in the padding lanes
             if (Vector256.LessThanAny(d2, Vector256.Create(best)))
                 for (int lane = 0; lane < 8; lane++)
                 {

@@ -216,6 +216,44 @@ public static partial class Quantize
         for (int i = 0; i < 16; i++) BinaryPrimitives.WriteUInt32LittleEndian(y.Slice(2 + 4 * i), q2[i]);
     }
 
+    /// <summary>
+    /// One sub-block of IQ2_XS, IQ2_S, IQ3_XXS or IQ3_S, given its weights: |x| and the sign bytes, the scale search
+    /// over the trials (2·kMaxQ − 1 + is·<paramref name="step"/>)/max, is ∈ [−isMax, isMax], then the refit — of the
+    /// groups left off the grid, or (<paramref name="refitAll"/>, IQ3_S) of every group whenever the search did not end
+    /// on the grid — and the signs flipped if the scale came out negative. False when max |x| is below
+    /// <paramref name="eps"/> (the sub-block stays empty).
+    /// </summary>
+    static bool LatticeSubBlock(LatticeTable t, ReadOnlySpan<float> xb, ReadOnlySpan<float> weight, Span<float> xval, Span<float> waux,
+        Span<byte> signs, bool evenSigns, float eps, int kMaxQ, int isMax, float step, bool refitAll, Span<sbyte> L, Span<bool> onGrid, out float scale)
+    {
+        int n = xb.Length;
+        for (int i = 0; i < n; i++) waux[i] = MathF.Sqrt(weight[i]);
+        for (int k = 0; k < n / 8; k++) signs[k] = GroupSigns(xb.Slice(8 * k, 8), weight.Slice(8 * k, 8), xval.Slice(8 * k, 8), evenSigns);
+        float max = xval[0];
+        for (int i = 1; i < n; i++) max = MathF.Max(max, xval[i]);
+        L.Clear();
+        scale = 0;
+        if (max < eps) return false;
+        onGrid.Fill(!refitAll); // IQ3_S starts with every group "off the grid", so its refit always runs
+        scale = LatticeScaleSearch(t, xval, weight, waux, kMaxQ, isMax, step, max, max / (2 * kMaxQ - 1), L, onGrid);
+        bool anyOff = false;
+        foreach (bool on in onGrid) anyOff |= !on;
+        if (anyOff && scale > 0)
+        {
+            if (refitAll) onGrid.Clear();
+            LatticeLevels(t, xval, waux, 1 / scale, scale, kMaxQ, L, onGrid, onlyOffGrid: true);
+            LatticeFit(xval, weight, L, out float sumqx, out float sumq2);
+            if (sumq2 > 0) scale = sumqx / sumq2;
+        }
+        if (scale < 0)
+        {
+            // "should never happen" (ggml): the scale is stored unsigned, so the signs flip instead
+            scale = -scale;
+            for (int k = 0; k < n / 8; k++) signs[k] = (byte)(evenSigns ? ~signs[k] & 127 : ~signs[k]);
+        }
+        return true;
+    }
+
     /// <summary>IQ2_XS (<paramref name="xs"/>: 512-point grid, 7 sign bits beside a 9-bit index) and IQ2_S (1024 points,
     /// 8 sign bits and index high bits apart): 16 sub-blocks of 16, 2 groups of 8.</summary>
     static void IQ2SBlock(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw, ImpWeighting mode, bool xs)
@@ -235,25 +273,8 @@ public static partial class Quantize
         {
             var xb = x.Slice(16 * ib, 16);
             LatticeWeights(xb, qw.IsEmpty ? qw : qw.Slice(16 * ib, 16), sigma2, mode, weight, 0.25f * sigma2);
-            for (int i = 0; i < 16; i++) waux[i] = MathF.Sqrt(weight[i]);
-            for (int k = 0; k < 2; k++) blockSigns[k] = GroupSigns(xb.Slice(8 * k, 8), weight.Slice(8 * k, 8), xval.Slice(8 * k, 8), evenSigns: xs);
-            float max = xval[0];
-            for (int i = 1; i < 16; i++) max = MathF.Max(max, xval[i]);
-            L.Clear();
-            if (max < (xs ? GroupMaxEps : GroupMaxEpsIQ2S)) { scales[ib] = 0; continue; }
-            onGrid.Fill(true);
-            float scale = LatticeScaleSearch(t, xval, weight, waux, kMaxQ, 9, 0.1f, max, max / (2 * kMaxQ - 1), L, onGrid);
-            if ((!onGrid[0] || !onGrid[1]) && scale > 0)
-            {
-                LatticeLevels(t, xval, waux, 1 / scale, scale, kMaxQ, L, onGrid, onlyOffGrid: true);
-                LatticeFit(xval, weight, L, out float sumqx, out float sumq2);
-                if (sumq2 > 0) scale = sumqx / sumq2;
-            }
-            if (scale < 0)
-            {
-                scale = -scale;
-                for (int k = 0; k < 2; k++) blockSigns[k] = (byte)(xs ? ~blockSigns[k] & 127 : ~blockSigns[k]);
-            }
+            if (!LatticeSubBlock(t, xb, weight, xval, waux, blockSigns, evenSigns: xs, xs ? GroupMaxEps : GroupMaxEpsIQ2S, kMaxQ, 9, 0.1f,
+                    refitAll: false, L, onGrid, out float scale)) { scales[ib] = 0; continue; }
             for (int k = 0; k < 2; k++)
             {
                 int g = OnGrid(t, L.Slice(8 * k, 8));
@@ -297,29 +318,9 @@ public static partial class Quantize
         {
             var xb = x.Slice(32 * ib, 32);
             LatticeWeights(xb, qw.IsEmpty ? qw : qw.Slice(32 * ib, 32), sigma2, mode, weight, 0);
-            for (int i = 0; i < 32; i++) waux[i] = MathF.Sqrt(weight[i]);
-            for (int k = 0; k < 4; k++) blockSigns[k] = GroupSigns(xb.Slice(8 * k, 8), weight.Slice(8 * k, 8), xval.Slice(8 * k, 8), evenSigns: xxs);
-            float max = xval[0];
-            for (int i = 1; i < 32; i++) max = MathF.Max(max, xval[i]);
-            L.Clear();
-            if (xxs ? max < GroupMaxEpsIQ3XXS : max == 0) { scales[ib] = 0; continue; }
-            onGrid.Fill(xxs); // IQ3_S starts with every group "off the grid", so its refit below always runs
-            float scale = LatticeScaleSearch(t, xval, weight, waux, kMaxQ, xxs ? 15 : 9, 0.2f, max, max / (2 * kMaxQ - 1), L, onGrid);
-            bool anyOff = false;
-            foreach (bool on in onGrid) anyOff |= !on;
-            if (anyOff && scale > 0)
-            {
-                // IQ3_XXS moves only the off-grid groups; IQ3_S re-rounds every group
-                if (!xxs) onGrid.Clear();
-                LatticeLevels(t, xval, waux, 1 / scale, scale, kMaxQ, L, onGrid, onlyOffGrid: true);
-                LatticeFit(xval, weight, L, out float sumqx, out float sumq2);
-                if (sumq2 > 0) scale = sumqx / sumq2;
-            }
-            if (scale < 0)
-            {
-                scale = -scale;
-                for (int k = 0; k < 4; k++) blockSigns[k] = (byte)(xxs ? ~blockSigns[k] & 127 : ~blockSigns[k]);
-            }
+            // IQ3_S skips only an all-zero sub-block (ggml's `!max`): max < the smallest subnormal
+            if (!LatticeSubBlock(t, xb, weight, xval, waux, blockSigns, evenSigns: xxs, xxs ? GroupMaxEpsIQ3XXS : float.Epsilon, kMaxQ,
+                    xxs ? 15 : 9, 0.2f, refitAll: !xxs, L, onGrid, out float scale)) { scales[ib] = 0; continue; }
             for (int k = 0; k < 8; k++)
             {
                 int g = OnGrid(t, L.Slice(4 * k, 4));

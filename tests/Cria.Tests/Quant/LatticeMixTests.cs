@@ -108,24 +108,7 @@ public sealed class LatticeMixTests(ITestOutputHelper output)
 
         // llama.cpp loads Cria's file and computes what Cria computes: 16 one-token sequences (no attention mixing, so an
         // activation that rounds the other way cannot spread through the KV cache) agree to 1e-4 in at least 12.
-        using var cpp = new LlamaCpp(path);
-        using var cria = new CriaRunner(path);
-        var batch = new Batch(16);
-        for (int s = 0; s < 16; s++) batch.Add(3 + 31 * s, 0, s, true);
-        cria.Context.Cache.Clear();
-        cria.Context.Decode(batch);
-        int exact = 0, argmax = 0;
-        float worst = 0;
-        for (int s = 0; s < 16; s++)
-        {
-            var a = cpp.AllLogits([3 + 31 * s])[0];
-            var b = cria.Context.Logits(s);
-            float d = 0;
-            for (int i = 0; i < a.Length; i++) d = Math.Max(d, Math.Abs(a[i] - b[i]));
-            worst = Math.Max(worst, d);
-            if (d <= 1e-4f) exact++;
-            if (Sampler.ArgMax(a) == Sampler.ArgMax(b)) argmax++;
-        }
+        var (exact, worst, argmax) = OracleChecks.SingleTokenAgreement(path);
         output.WriteLine($"{typeName}: llama.cpp runs Cria's file: {exact}/16 single-token sequences within 1e-4 (max |Δ| {worst:E2}), argmax {argmax}/16");
         Assert.True(exact >= 12, $"{typeName}: only {exact}/16 single-token sequences agree with llama.cpp to 1e-4");
         Assert.True(argmax >= 15, $"{typeName}: argmax differs in {16 - argmax} of 16");
