@@ -4,7 +4,7 @@ using System.Runtime.Intrinsics;
 namespace Cria.Tensors;
 
 // The lattice i-quants' quantizers: ggml-quants.c's quantize_row_iq2_xxs_impl, iq2_xs, iq2_s, iq3_xxs, iq3_s, iq1_s
-// and iq1_m, step by step in the same float order, so the bytes are ggml's (IQuantQuantizerOracleTests). Each super-block
+// and iq1_m, step by step in the same float order, so the bytes are ggml's (RowQuantizerOracleTests). Each super-block
 // of 256 is encoded on its own. Every scheme works on |x| with the signs kept apart (IQ2_XXS/IQ2_XS/IQ3_XXS flip the
 // least important value of an odd group of 8, so the sign count is even and 7 bits carry it), searches a sub-block
 // scale over a fixed set of trial scales — each rounds |x|/scale to levels, moves an off-grid group of levels to the
@@ -47,7 +47,7 @@ public static partial class Quantize
     }
 
     /// <summary>The search weights of one sub-block: importance·√(σ² + x²) (ggml), the importance alone, or
-    /// <paramref name="plain"/>(x) without an importance.</summary>
+    /// <paramref name="plainSigma2"/> + x² without an importance (0 but for IQ2_S's σ²/4).</summary>
     static void LatticeWeights(ReadOnlySpan<float> xb, ReadOnlySpan<float> qw, float sigma2, ImpWeighting mode, Span<float> weight, float plainSigma2)
     {
         if (qw.IsEmpty) for (int i = 0; i < xb.Length; i++) weight[i] = plainSigma2 + xb[i] * xb[i];
