@@ -18,7 +18,7 @@ public enum GgmlType : uint
     Q5_K = 13,
     Q6_K = 14,
     Q8_K = 15,
-    // The i-quants. Cria reads all of them and writes IQ4_NL and IQ4_XS.
+    // The i-quants. Cria reads and writes all of them (the lattice ones: QuantizeLattice).
     IQ2_XXS = 16,
     IQ2_XS = 17,
     IQ3_XXS = 18,
