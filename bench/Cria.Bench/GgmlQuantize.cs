@@ -154,7 +154,7 @@ static unsafe class GgmlQuantize
             long rows = t.RowCount, rowBytes = GgmlTypeInfo.RowBytes(to, n);
             var x = new float[t.ElementCount];
             Dequantize.Row(t.Type, f.TensorData(t), x);
-            var q = new byte[rows * rowBytes];
+            byte[] q;
             if (layer)
             {
                 // without an imatrix: IQ3 types as llama-quantize runs them (no importances: ggml weighs by x²); the IQ2
@@ -170,17 +170,18 @@ static unsafe class GgmlQuantize
                 if (cria) q = ModelQuantizer.QuantizeMatrix(to, x, n, (int)rows, imp, threads, candidates: CalibratedCandidates.Ggml);
                 else
                 {
+                    var qg = q = new byte[rows * rowBytes];
                     long per = (rows + threads - 1) / threads;
                     Parallel.For(0, threads, k =>
                     {
                         long r0 = k * per, r1 = Math.Min(rows, r0 + per);
                         if (r1 <= r0) return;
-                        fixed (float* xp = x) fixed (byte* qp = q) fixed (float* ip = imp)
+                        fixed (float* xp = x) fixed (byte* qp = qg) fixed (float* ip = imp)
                             chunk((int)to, xp, qp, r0 * n, r1 - r0, n, imp == null ? null : ip);
                     });
                 }
             }
-            else Quantize.Row(to, x, q);
+            else Quantize.Row(to, x, q = new byte[rows * rowBytes]);
             w.AddTensor(t.Name, t.Shape, to, q);
             if (progress) Console.Error.Write($"\r{t.Name} → {to}        ");
         }

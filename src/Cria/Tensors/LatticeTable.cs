@@ -44,7 +44,7 @@ internal sealed class LatticeTable
     {
         Dim = dim; Bits = bits; NearestDistances = nearestDistances;
         int gridSize = levels.Length / dim;
-        Points = new byte[levels.Length];
+        Points = GC.AllocateUninitializedArray<byte>(levels.Length, pinned: true);
         for (int i = 0; i < levels.Length; i++) Points[i] = (byte)(2 * levels[i] + 1);
         Map = new int[1 << (dim * bits)];
         Array.Fill(Map, int.MinValue);
@@ -103,9 +103,6 @@ internal sealed class LatticeTable
         }
         Neighbours = GC.AllocateUninitializedArray<ushort>(neighbours.Count, pinned: true);
         neighbours.CopyTo(Neighbours);
-        var pinnedPoints = GC.AllocateUninitializedArray<byte>(Points.Length, pinned: true);
-        Points.CopyTo(pinnedPoints);
-        Points = pinnedPoints;
         int len = Neighbours.Length;
         _coords = GC.AllocateUninitializedArray<float>(dim * len, pinned: true);
         Array.Fill(_coords, float.NaN);
@@ -211,6 +208,31 @@ internal sealed class LatticeTable
         return index;
     }
 
+    /// <summary>iq1_find_best_neighbour2: of the listed points, the least Σ w·(scale·xx[l] − x)², xx the level values
+    /// of the sub-block's shift (the scalar reference of <see cref="BestNeighbourIQ1"/>).</summary>
+    public int BestNeighbourIQ1Scalar(int key, ReadOnlySpan<float> xb, ReadOnlySpan<float> weight, float scale, ReadOnlySpan<float> xx, Span<sbyte> L)
+    {
+        int start = -Map[key] - 1, count = Neighbours[start];
+        float best = float.MaxValue;
+        int index = -1;
+        for (int j = 1; j <= count; j++)
+        {
+            int g = Neighbours[start + j];
+            float d2 = 0;
+            for (int i = 0; i < Dim; i++)
+            {
+                float q = xx[(Points[Dim * g + i] - 1) / 2];
+                float w = weight[i];
+                float diff = scale * q - xb[i];
+                d2 += w * diff * diff;
+            }
+            if (d2 < best) { best = d2; index = g; }
+        }
+        if (index < 0) throw new ArgumentException("no grid point has a finite error: the row holds NaN or infinite values");
+        for (int i = 0; i < Dim; i++) L[i] = (sbyte)((Points[Dim * index + i] - 1) / 2);
+        return index;
+    }
+
     /// <summary><see cref="BestNeighbour"/> eight listed points per vector (the scalar code's float operations in its
     /// order in every lane; see <see cref="Search{TLevels}"/>). Same point, same levels.</summary>
     public unsafe int BestNeighbourFast(int key, float* xval, float* weight, float scale, sbyte* L)
@@ -221,11 +243,11 @@ internal sealed class LatticeTable
 
     /// <summary>iq1_find_best_neighbour2, eight listed points per vector: the error of level l is scale·xx[l] − x, with
     /// the level values <paramref name="xx0"/>, <paramref name="xx1"/>, <paramref name="xx2"/> (scalar reference:
-    /// <see cref="Quantize.IQ1BestNeighbour"/>).</summary>
+    /// <see cref="BestNeighbourIQ1Scalar"/>).</summary>
     public unsafe int BestNeighbourIQ1(int key, float* xb, float* weight, float scale, float xx0, float xx1, float xx2, sbyte* L)
     {
         if (!Vector256.IsHardwareAccelerated)
-            return Quantize.IQ1BestNeighbour(this, key, new ReadOnlySpan<float>(xb, Dim), new ReadOnlySpan<float>(weight, Dim), scale, [xx0, xx1, xx2], new Span<sbyte>(L, Dim));
+            return BestNeighbourIQ1Scalar(key, new ReadOnlySpan<float>(xb, Dim), new ReadOnlySpan<float>(weight, Dim), scale, [xx0, xx1, xx2], new Span<sbyte>(L, Dim));
         return Search(key, xb, weight, scale, new IQ1Levels(xx0, xx1, xx2), L);
     }
 

@@ -81,6 +81,18 @@ public static partial class Quantize
         return evenSigns ? (byte)(s & 127) : s;
     }
 
+    /// <summary>The start of every IQ2/IQ3 sub-block: √weight for the neighbour searches, |x| and the sign bytes of each
+    /// group of 8. Returns max |x| (after IQ2_XXS/IQ2_XS/IQ3_XXS's parity flip, as ggml takes it).</summary>
+    static float SubBlockSigns(ReadOnlySpan<float> xb, ReadOnlySpan<float> weight, Span<float> xval, Span<float> waux, Span<byte> signs, bool evenSigns)
+    {
+        int n = xb.Length;
+        for (int i = 0; i < n; i++) waux[i] = MathF.Sqrt(weight[i]);
+        for (int k = 0; k < n / 8; k++) signs[k] = GroupSigns(xb.Slice(8 * k, 8), weight.Slice(8 * k, 8), xval.Slice(8 * k, 8), evenSigns);
+        float max = xval[0];
+        for (int i = 1; i < n; i++) max = MathF.Max(max, xval[i]);
+        return max;
+    }
+
     /// <summary>Levels of <paramref name="xval"/> at inverse scale <paramref name="id"/>, clamped to [0, kMaxQ − 1],
     /// group by group moved onto the grid (the nearest listed point for <paramref name="scale"/>). Records whether each
     /// group was on the grid already (<paramref name="onlyOffGrid"/>: redoes only the groups flagged off it).</summary>
@@ -181,10 +193,7 @@ public static partial class Quantize
         {
             var xb = x.Slice(32 * ib, 32);
             LatticeWeights(xb, qw.IsEmpty ? qw : qw.Slice(32 * ib, 32), sigma2, mode, weight, 0);
-            for (int i = 0; i < 32; i++) waux[i] = MathF.Sqrt(weight[i]);
-            for (int k = 0; k < 4; k++) blockSigns[k] = GroupSigns(xb.Slice(8 * k, 8), weight.Slice(8 * k, 8), xval.Slice(8 * k, 8), evenSigns: true);
-            float max = xval[0];
-            for (int i = 1; i < 32; i++) max = MathF.Max(max, xval[i]);
+            float max = SubBlockSigns(xb, weight, xval, waux, blockSigns, evenSigns: true);
             if (max < GroupMaxEps) { scales[ib] = 0; continue; }
             float scale = MakeQpQuants(32, kMaxQ + 1, xval, Lqp, weight);
             float effMax = scale * kMaxQ;
@@ -227,10 +236,7 @@ public static partial class Quantize
         Span<byte> signs, bool evenSigns, float eps, int kMaxQ, int isMax, float step, bool refitAll, Span<sbyte> L, Span<bool> onGrid, out float scale)
     {
         int n = xb.Length;
-        for (int i = 0; i < n; i++) waux[i] = MathF.Sqrt(weight[i]);
-        for (int k = 0; k < n / 8; k++) signs[k] = GroupSigns(xb.Slice(8 * k, 8), weight.Slice(8 * k, 8), xval.Slice(8 * k, 8), evenSigns);
-        float max = xval[0];
-        for (int i = 1; i < n; i++) max = MathF.Max(max, xval[i]);
+        float max = SubBlockSigns(xb, weight, xval, waux, signs, evenSigns);
         L.Clear();
         scale = 0;
         if (max < eps) return false;
@@ -373,31 +379,6 @@ public static partial class Quantize
             while (at > 0 && sorted[at - 1] > v) { sorted[at] = sorted[at - 1]; idx[at] = idx[at - 1]; at--; }
             sorted[at] = v; idx[at] = j;
         }
-    }
-
-    /// <summary>iq1_find_best_neighbour2: of the listed points, the least Σ w·(scale·xx[l] − x)² (the scalar reference of
-    /// <see cref="LatticeTable.BestNeighbourIQ1"/>).</summary>
-    internal static int IQ1BestNeighbour(LatticeTable t, int key, ReadOnlySpan<float> xb, ReadOnlySpan<float> weight, float scale, ReadOnlySpan<float> xx, Span<sbyte> L)
-    {
-        int start = -t.Map[key] - 1, count = t.Neighbours[start];
-        float best = float.MaxValue;
-        int index = -1;
-        for (int j = 1; j <= count; j++)
-        {
-            int g = t.Neighbours[start + j];
-            float d2 = 0;
-            for (int i = 0; i < 8; i++)
-            {
-                float q = xx[(t.Points[8 * g + i] - 1) / 2];
-                float w = weight[i];
-                float diff = scale * q - xb[i];
-                d2 += w * diff * diff;
-            }
-            if (d2 < best) { best = d2; index = g; }
-        }
-        if (index < 0) throw new ArgumentException("no grid point has a finite error: the row holds NaN or infinite values");
-        for (int i = 0; i < 8; i++) L[i] = (sbyte)((t.Points[8 * index + i] - 1) / 2);
-        return index;
     }
 
     /// <summary>Grid indices of the sub-block's groups of 8 (group 0's level values <paramref name="xxFirst"/>, the

@@ -51,7 +51,7 @@ public sealed class LatticeTableTests(ITestOutputHelper output)
                 fixed (float* xq = x) fixed (float* wq = w) fixed (sbyte* lq = lb) b = t.BestNeighbourFast(key, xq, wq, scale, lq);
                 Assert.True(a == b && la.AsSpan().SequenceEqual(lb), $"{type} key {key}: scalar picks {a}, vector {b}");
                 if (dim != 8) continue;
-                a = Quantize.IQ1BestNeighbour(t, key, x, w, scale, xp, la);
+                a = t.BestNeighbourIQ1Scalar(key, x, w, scale, xp, la);
                 fixed (float* xq = x) fixed (float* wq = w) fixed (sbyte* lq = lb) b = t.BestNeighbourIQ1(key, xq, wq, scale, xp[0], xp[1], xp[2], lq);
                 Assert.True(a == b && la.AsSpan().SequenceEqual(lb), $"{type} key {key}: scalar IQ1 search picks {a}, vector {b}");
             }
