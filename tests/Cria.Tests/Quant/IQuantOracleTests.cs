@@ -42,7 +42,7 @@ public sealed class IQuantOracleTests(ITestOutputHelper output)
     }
 
     /// <summary>Random blocks with a finite scale: 2048 super-blocks draw each grid index many times over.</summary>
-    static byte[] RandomBlocks(GgmlType type, int blocks, int seed)
+    internal static byte[] RandomBlocks(GgmlType type, int blocks, int seed)
     {
         var rng = new Random(seed);
         int bs = GgmlTypeInfo.BlockBytes(type);

@@ -1,0 +1,253 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using Cria.Tensors;
+
+namespace Cria.Kernels;
+
+// ------------------------------------------------------------------ AVX-512 kernels for IQ1_S and IQ1_M
+//
+// The AVX2 kernels (VecDot.IQuants.cs) spend most of their instructions finding grid points: per point, the index
+// pieced together from qs and qh in general registers, then the load. Here the 32 indices of a super-block are
+// computed in one vector and stored, so a point costs the load of its index and the load of its eight bytes, and two
+// 32-value groups fill one 512-bit vector.
+//
+// AVX-512 has no vpsignb, so the points come from a table of unsigned bytes 8·g + 10 (g ∈ {−1, 0, 1} → 2, 10, 18),
+// which vpmaddubsw takes as they are; what the offset adds comes back out through the Q8_K block sums S:
+//   IQ1_S (δ = ±1 per 32 values):  Σ ls·Σ(8g + δ)·q8 = Σ ls·Σ(8g + 10)·q8 + Σ ls·(δ − 10)·S32
+//   IQ1_M (δ = ±1 per 8 values):   the byte is made 8g + 9 + δ, so Σ ls·Σ(8g + δ)·q8 = Σ ls·Σ(8g + 9 + δ)·q8 − 9·Σ ls·S16
+// That integer T is 8·sumi + sumi1 of the scalar kernels, exactly, and below 2^24, so T / 8 = sumi + sumi1 / 8 in float
+// too: each block adds the bits the scalar kernel adds, and the result equals DotScalar's bit for bit.
+public static unsafe partial class VecDot
+{
+    /// <summary>IQuantGrids.IQ1SGrid with every byte g ∈ {−1, 0, 1} stored as 8·g + 10 (2048 points × 8 bytes),
+    /// allocated once and never freed, so the kernels index it without a bounds check or a pin.</summary>
+    static class IQ1GridX8
+    {
+        internal static readonly ulong* Points = Build();
+
+        static ulong* Build()
+        {
+            var grid = IQuantGrids.IQ1SGrid;
+            var p = (ulong*)NativeMemory.AlignedAlloc((nuint)(grid.Length * sizeof(ulong)), 64);
+            for (int i = 0; i < grid.Length; i++)
+            {
+                ulong v = 0;
+                for (int j = 0; j < 8; j++) v |= (ulong)(byte)(8 * (sbyte)(byte)(grid[i] >> 8 * j) + 10) << 8 * j;
+                p[i] = v;
+            }
+            return p;
+        }
+    }
+
+    /// <summary>Eight grid points (64 bytes) from eight stored indices.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<byte> Points8(ulong* grid, ushort* idx) => Vector512.Create(
+        grid[idx[0]], grid[idx[1]], grid[idx[2]], grid[idx[3]], grid[idx[4]], grid[idx[5]], grid[idx[6]], grid[idx[7]]).AsByte();
+
+    /// <summary>Lane k of a 32-lane word permutation: k / 4 (the qh word of each IQ1_S point).</summary>
+    static Vector512<short> Quarter
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => Vector512.Create((short)0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7);
+    }
+
+    /// <summary>IQ1_S: the 32 grid indices qs[k] | (qh[k/4] >> 3·(k%4) &amp; 7) &lt;&lt; 8 into <paramref name="idx"/>.
+    /// Block: d f16 | qs[32] | qh[8] u16 (bits 0–11: the points' high index bits, 12–14: the scale, 15: δ's sign).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void IQ1SIndices(byte* x, ushort* idx)
+    {
+        var qh = Vector128.Load((ushort*)(x + 34)).ToVector256Unsafe().ToVector512Unsafe();
+        var qs = Avx512BW.ConvertToVector512UInt16(Vector256.Load(x + 2));
+        var shift = Vector512.Create((ushort)0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9);
+        var hi = Avx512BW.ShiftRightLogicalVariable(Avx512BW.PermuteVar32x16(qh.AsInt16(), Quarter).AsUInt16(), shift);
+        (qs | ((hi << 8) & Vector512.Create((ushort)0x700))).Store(idx);
+    }
+
+    /// <summary>IQ1_S's per-group scales 2s + 1 (lanes 0–7) and the block-sum multipliers ls·(δ − 10), one per 16 values
+    /// (lanes 0–15, each group's twice).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void IQ1SScales(Vector128<ushort> qh, out Vector512<short> ls, out Vector256<short> sumMul)
+    {
+        var l = ((qh >> 12) & Vector128.Create((ushort)7)) * 2 + Vector128<ushort>.One;
+        var m = l.AsInt16() * ((qh.AsInt16() >> 15) * 2 - Vector128.Create((short)9)); // δ − 10 = −9 or −11
+        ls = l.AsInt16().ToVector256Unsafe().ToVector512Unsafe();
+        sumMul = Vector256.Create(Sse2.UnpackLow(m, m), Sse2.UnpackHigh(m, m));
+    }
+
+    /// <summary>Word permutation giving lanes 0–15 group 2p's scale and lanes 16–31 group 2p + 1's.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<short> PairHalves(int p) =>
+        Vector512.Create((short)0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1) + Vector512.Create((short)(2 * p));
+
+    /// <summary>IQ1_S values 64p … 64p + 63 against <paramref name="q8"/>: Σ ls·(8g + 10)·q8 in sixteen int32 lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<int> IQ1SPair(ulong* grid, ushort* idx, Vector512<short> ls, byte* q8, int p) => Avx512BW.MultiplyAddAdjacent(
+        Avx512BW.MultiplyAddAdjacent(Points8(grid, idx + 8 * p), Vector512.Load((sbyte*)(q8 + 64 * p))), Avx512BW.PermuteVar32x16(ls, PairHalves(p)));
+
+    /// <summary>One IQ1_S row against one Q8_K row (ggml's layout): bit for bit <see cref="ScalarIQ1_S"/>.</summary>
+    internal static float DotIQ1SAvx512(byte* x, byte* y, int nb)
+    {
+        ulong* grid = IQ1GridX8.Points;
+        Vector512<ushort> indices0, indices1; // the grid indices of this super-block and the next (stored a block
+                                              // ahead: read back at once, they waited on the store, 2.0 against 3.3 GB/s)
+        ushort* idx = (ushort*)&indices0, next = (ushort*)&indices1;
+        float sumf = 0;
+        if (nb > 0) IQ1SIndices(x, idx);
+        for (int i = 0; i < nb; i++, x += 50, y += 292)
+        {
+            Sse.Prefetch0(x + PrefetchAhead);
+            if (i + 1 < nb) IQ1SIndices(x + 50, next);
+            var qh = Vector128.Load((ushort*)(x + 34));
+            IQ1SScales(qh, out var ls, out var sumMul);
+            byte* q = y + 4;
+            var acc = (IQ1SPair(grid, idx, ls, q, 0) + IQ1SPair(grid, idx, ls, q, 1)) + (IQ1SPair(grid, idx, ls, q, 2) + IQ1SPair(grid, idx, ls, q, 3));
+            var t = acc.GetLower() + acc.GetUpper() + Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(y + 260)), sumMul);
+            sumf += Fp16.ToSingle(*(ushort*)x) * *(float*)y * (Vector256.Sum(t) * 0.125f);
+            ushort* swap = idx; idx = next; next = swap;
+        }
+        return sumf;
+    }
+
+    /// <summary>One IQ1_S row against four activation rows, each with the bits of <see cref="DotIQ1SAvx512"/>.</summary>
+    internal static void DotIQ1SAvx512X4(byte* x, byte* y, int yStride, int nb, float* dst, int dstStride)
+    {
+        ulong* grid = IQ1GridX8.Points;
+        Vector512<ushort> indices0, indices1;
+        ushort* idx = (ushort*)&indices0, next = (ushort*)&indices1;
+        float f0 = 0, f1 = 0, f2 = 0, f3 = 0;
+        if (nb > 0) IQ1SIndices(x, idx);
+        for (int i = 0; i < nb; i++, x += 50, y += 292)
+        {
+            if (i + 1 < nb) IQ1SIndices(x + 50, next);
+            var qh = Vector128.Load((ushort*)(x + 34));
+            IQ1SScales(qh, out var ls, out var sumMul);
+            Vector512<int> a0 = default, a1 = default, a2 = default, a3 = default;
+            for (int p = 0; p < 4; p++)
+            {
+                var g = Points8(grid, idx + 8 * p);
+                var sc = Avx512BW.PermuteVar32x16(ls, PairHalves(p));
+                byte* q = y + 4 + 64 * p;
+                a0 += Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(g, Vector512.Load((sbyte*)q)), sc);
+                a1 += Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(g, Vector512.Load((sbyte*)(q + yStride))), sc);
+                a2 += Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(g, Vector512.Load((sbyte*)(q + 2 * yStride))), sc);
+                a3 += Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(g, Vector512.Load((sbyte*)(q + 3 * yStride))), sc);
+            }
+            float dx = Fp16.ToSingle(*(ushort*)x);
+            short* b = (short*)(y + 260);
+            int bs = yStride / 2;
+            f0 += dx * *(float*)y * (Vector256.Sum(a0.GetLower() + a0.GetUpper() + Avx2.MultiplyAddAdjacent(Vector256.Load(b), sumMul)) * 0.125f);
+            f1 += dx * *(float*)(y + yStride) * (Vector256.Sum(a1.GetLower() + a1.GetUpper() + Avx2.MultiplyAddAdjacent(Vector256.Load(b + bs), sumMul)) * 0.125f);
+            f2 += dx * *(float*)(y + 2 * yStride) * (Vector256.Sum(a2.GetLower() + a2.GetUpper() + Avx2.MultiplyAddAdjacent(Vector256.Load(b + 2 * bs), sumMul)) * 0.125f);
+            f3 += dx * *(float*)(y + 3 * yStride) * (Vector256.Sum(a3.GetLower() + a3.GetUpper() + Avx2.MultiplyAddAdjacent(Vector256.Load(b + 3 * bs), sumMul)) * 0.125f);
+            ushort* swap = idx; idx = next; next = swap;
+        }
+        dst[0] = f0; dst[dstStride] = f1; dst[2 * dstStride] = f2; dst[3 * dstStride] = f3;
+    }
+
+    /// <summary>IQ1_M: the 32 grid indices qs[k] | (qh[k/2] &lt;&lt; (k even ? 8 : 4)) &amp; 0x700 into <paramref name="idx"/>.
+    /// Block: qs[32] | qh[16] (a nibble per 8 values: three high index bits, then δ's sign) | scales[8] (4 u16: twelve
+    /// bits of 3-bit scales per 16 values, and a nibble of the f16 super-block scale).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void IQ1MIndices(byte* x, ushort* idx)
+    {
+        var qs = Avx512BW.ConvertToVector512UInt16(Vector256.Load(x));
+        var qh = Avx2.ConvertToVector256Int16(Vector128.Load(x + 32)).ToVector512Unsafe();
+        var half = Vector512.Create((short)0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+        var shift = Vector512.Create((ushort)8, 4, 8, 4, 8, 4, 8, 4, 8, 4, 8, 4, 8, 4, 8, 4, 8, 4, 8, 4, 8, 4, 8, 4, 8, 4, 8, 4, 8, 4, 8, 4);
+        var hi = Avx512BW.ShiftLeftLogicalVariable(Avx512BW.PermuteVar32x16(qh, half).AsUInt16(), shift);
+        (qs | (hi & Vector512.Create((ushort)0x700))).Store(idx);
+    }
+
+    /// <summary>IQ1_M's sixteen scales 2s + 1, one per 16 values (lanes 0–15), and the f16 super-block scale.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<short> IQ1MScales(byte* x, out float d)
+    {
+        ushort* sc = (ushort*)(x + 48);
+        d = Fp16.ToSingle((ushort)((sc[0] >> 12) | ((sc[1] >> 8) & 0x00F0) | ((sc[2] >> 4) & 0x0F00) | (sc[3] & 0xF000)));
+        var s = Vector128.CreateScalarUnsafe(*(ulong*)sc).AsInt16().ToVector256Unsafe().ToVector512Unsafe();
+        var shift = Vector512.Create((ushort)0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9);
+        var v = Avx512BW.ShiftRightLogicalVariable(Avx512BW.PermuteVar32x16(s, Quarter).AsUInt16(), shift);
+        return ((v & Vector512.Create((ushort)7)) * 2 + Vector512<ushort>.One).AsInt16();
+    }
+
+    /// <summary>IQ1_M's points 8p … 8p + 7 (values 64p … 64p + 63) as bytes 8·g + 9 + δ: the table's 8·g + 10, less 2
+    /// where δ's sign bit is set (bit 3 of the qh byte for the first 8 of its 16 values, bit 7 for the second).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<byte> IQ1MPoints8(ulong* grid, ushort* idx, byte* x, int p)
+    {
+        var lane = Vector512.Create((byte)0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+            2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3);
+        var qh = Avx512BW.Shuffle(Vector512.Create(*(uint*)(x + 32 + 4 * p)).AsByte(), lane);
+        var bit = qh & Vector512.Create(Vector128.Create(0x0808080808080808UL, 0x8080808080808080UL)).AsByte();
+        return Points8(grid, idx + 8 * p) - Vector512.Min(bit, Vector512.Create((byte)2));
+    }
+
+    /// <summary>Word permutation giving each eight lanes of a maddubs result (16 values) its scale: 4p + k/8.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<short> PairQuarters(int p) =>
+        Vector512.Create((short)0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3) + Vector512.Create((short)(4 * p));
+
+    /// <summary>IQ1_M values 64p … 64p + 63 against <paramref name="q8"/>: Σ ls·(8g + 9 + δ)·q8 in sixteen int32 lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<int> IQ1MPair(ulong* grid, ushort* idx, byte* x, Vector512<short> ls, byte* q8, int p) => Avx512BW.MultiplyAddAdjacent(
+        Avx512BW.MultiplyAddAdjacent(IQ1MPoints8(grid, idx, x, p), Vector512.Load((sbyte*)(q8 + 64 * p))), Avx512BW.PermuteVar32x16(ls, PairQuarters(p)));
+
+    /// <summary>One IQ1_M row against one Q8_K row (ggml's layout): bit for bit <see cref="ScalarIQ1_M"/>.</summary>
+    internal static float DotIQ1MAvx512(byte* x, byte* y, int nb)
+    {
+        ulong* grid = IQ1GridX8.Points;
+        Vector512<ushort> indices0, indices1; // this super-block's grid indices and the next one's
+        ushort* idx = (ushort*)&indices0, next = (ushort*)&indices1;
+        float sumf = 0;
+        if (nb > 0) IQ1MIndices(x, idx);
+        for (int i = 0; i < nb; i++, x += 56, y += 292)
+        {
+            Sse.Prefetch0(x + PrefetchAhead);
+            if (i + 1 < nb) IQ1MIndices(x + 56, next);
+            var ls = IQ1MScales(x, out float d);
+            byte* q = y + 4;
+            var acc = (IQ1MPair(grid, idx, x, ls, q, 0) + IQ1MPair(grid, idx, x, ls, q, 1)) + (IQ1MPair(grid, idx, x, ls, q, 2) + IQ1MPair(grid, idx, x, ls, q, 3));
+            var s = Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(y + 260)), ls.GetLower());
+            sumf += d * *(float*)y * (Vector256.Sum(acc.GetLower() + acc.GetUpper() - s * 9) * 0.125f);
+            ushort* swap = idx; idx = next; next = swap;
+        }
+        return sumf;
+    }
+
+    /// <summary>One IQ1_M row against four activation rows, each with the bits of <see cref="DotIQ1MAvx512"/>.</summary>
+    internal static void DotIQ1MAvx512X4(byte* x, byte* y, int yStride, int nb, float* dst, int dstStride)
+    {
+        ulong* grid = IQ1GridX8.Points;
+        Vector512<ushort> indices0, indices1;
+        ushort* idx = (ushort*)&indices0, next = (ushort*)&indices1;
+        float f0 = 0, f1 = 0, f2 = 0, f3 = 0;
+        if (nb > 0) IQ1MIndices(x, idx);
+        for (int i = 0; i < nb; i++, x += 56, y += 292)
+        {
+            if (i + 1 < nb) IQ1MIndices(x + 56, next);
+            var ls = IQ1MScales(x, out float d);
+            Vector512<int> a0 = default, a1 = default, a2 = default, a3 = default;
+            for (int p = 0; p < 4; p++)
+            {
+                var g = IQ1MPoints8(grid, idx, x, p);
+                var sc = Avx512BW.PermuteVar32x16(ls, PairQuarters(p));
+                byte* q = y + 4 + 64 * p;
+                a0 += Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(g, Vector512.Load((sbyte*)q)), sc);
+                a1 += Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(g, Vector512.Load((sbyte*)(q + yStride))), sc);
+                a2 += Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(g, Vector512.Load((sbyte*)(q + 2 * yStride))), sc);
+                a3 += Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(g, Vector512.Load((sbyte*)(q + 3 * yStride))), sc);
+            }
+            var l16 = ls.GetLower();
+            short* b = (short*)(y + 260);
+            int bs = yStride / 2;
+            f0 += d * *(float*)y * (Vector256.Sum(a0.GetLower() + a0.GetUpper() - Avx2.MultiplyAddAdjacent(Vector256.Load(b), l16) * 9) * 0.125f);
+            f1 += d * *(float*)(y + yStride) * (Vector256.Sum(a1.GetLower() + a1.GetUpper() - Avx2.MultiplyAddAdjacent(Vector256.Load(b + bs), l16) * 9) * 0.125f);
+            f2 += d * *(float*)(y + 2 * yStride) * (Vector256.Sum(a2.GetLower() + a2.GetUpper() - Avx2.MultiplyAddAdjacent(Vector256.Load(b + 2 * bs), l16) * 9) * 0.125f);
+            f3 += d * *(float*)(y + 3 * yStride) * (Vector256.Sum(a3.GetLower() + a3.GetUpper() - Avx2.MultiplyAddAdjacent(Vector256.Load(b + 3 * bs), l16) * 9) * 0.125f);
+            ushort* swap = idx; idx = next; next = swap;
+        }
+        dst[0] = f0; dst[dstStride] = f1; dst[2 * dstStride] = f2; dst[3 * dstStride] = f3;
+    }
+}
