@@ -169,7 +169,8 @@ public static unsafe partial class VecDot
         var s = Vector128.CreateScalarUnsafe(*(ulong*)sc).AsInt16().ToVector256Unsafe().ToVector512Unsafe();
         var shift = Vector512.Create((ushort)0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9);
         var v = Avx512BW.ShiftRightLogicalVariable(Avx512BW.PermuteVar32x16(s, Quarter).AsUInt16(), shift);
-        return ((v & Vector512.Create((ushort)7)) * 2 + Vector512<ushort>.One).AsInt16();
+        var s3 = v & Vector512.Create((ushort)7);
+        return (s3 + s3 + Vector512<ushort>.One).AsInt16();
     }
 
     /// <summary>IQ1_M's points 8p … 8p + 7 (values 64p … 64p + 63) as bytes 8·g + 9 + δ: the table's 8·g + 10, less 2
@@ -180,7 +181,8 @@ public static unsafe partial class VecDot
         var lane = Vector512.Create((byte)0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
             2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3);
         var qh = Avx512BW.Shuffle(Vector512.Create(*(uint*)(x + 32 + 4 * p)).AsByte(), lane);
-        var bit = qh & Vector512.Create(Vector128.Create(0x0808080808080808UL, 0x8080808080808080UL)).AsByte();
+        var bit = qh & Vector512.Create(0x0808080808080808UL, 0x8080808080808080UL, 0x0808080808080808UL, 0x8080808080808080UL,
+            0x0808080808080808UL, 0x8080808080808080UL, 0x0808080808080808UL, 0x8080808080808080UL).AsByte();
         return Points8(grid, idx + 8 * p) - Vector512.Min(bit, Vector512.Create((byte)2));
     }
 
