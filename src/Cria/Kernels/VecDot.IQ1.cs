@@ -253,3 +253,178 @@ public static unsafe partial class VecDot
         dst[0] = f0; dst[dstStride] = f1; dst[2 * dstStride] = f2; dst[3 * dstStride] = f3;
     }
 }
+
+// ------------------------------------------------------------------ AVX-512 kernels for IQ2_S and IQ3_S
+//
+// The same shape as IQ1's: a super-block's grid indices computed in vectors and stored a block ahead, points gathered
+// 64 values at a time. These grids hold magnitudes (unsigned, as vpmaddubsw wants them) and one sign bit per value,
+// which is applied to the activations: the 64 bits of a pair of groups spread to bytes (vpshufb, test), then q ^ m − m.
+// Each block's integer sum is taken whole and added as d·d8·T, as the scalar kernels add it, so results equal
+// DotScalar bit for bit.
+public static unsafe partial class VecDot
+{
+    /// <summary>Room for a super-block's grid indices (64 for IQ3_S, 32 for IQ2_S).</summary>
+    struct LatticeIndices { public fixed ushort V[64]; }
+
+    /// <summary>IQ2_S or IQ3_S as the AVX-512 kernels read them.</summary>
+    internal interface ISignedLattice
+    {
+        static abstract int Bytes { get; }
+        static abstract float Factor { get; }
+        /// <summary>Offset of the sign bits (one per value, in value order).</summary>
+        static abstract int SignsAt { get; }
+        /// <summary>The block's grid indices into <paramref name="idx"/>.</summary>
+        static abstract void Indices(byte* x, ushort* idx);
+        /// <summary>The grid magnitudes of values 64p … 64p + 63.</summary>
+        static abstract Vector512<byte> Points(ushort* idx, int p);
+        /// <summary>The scales 2s + 1, one per 16 values, in lanes 0–15.</summary>
+        static abstract Vector512<short> Scales(byte* x);
+    }
+
+    // block_iq2_s (82 B): d f16 | qs[32] index bytes | signs[32] | qh[8] (2 high index bits per point) | scales[8]
+    // (a nibble per 16 values).
+    internal struct IQ2SWide : ISignedLattice
+    {
+        public static int Bytes => 82;
+        public static float Factor => 0.125f;
+        public static int SignsAt => 34;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Indices(byte* x, ushort* idx)
+        {
+            var qs = Avx512BW.ConvertToVector512UInt16(Vector256.Load(x + 2));
+            var qh = Sse41.ConvertToVector128Int16(x + 66).ToVector256Unsafe().ToVector512Unsafe();
+            var shift = Vector512.Create((ushort)8, 6, 4, 2, 8, 6, 4, 2, 8, 6, 4, 2, 8, 6, 4, 2, 8, 6, 4, 2, 8, 6, 4, 2, 8, 6, 4, 2, 8, 6, 4, 2);
+            var hi = Avx512BW.ShiftLeftLogicalVariable(Avx512BW.PermuteVar32x16(qh, Quarter).AsUInt16(), shift);
+            (qs | (hi & Vector512.Create((ushort)0x300))).Store(idx);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<byte> Points(ushort* idx, int p)
+        {
+            ulong* g = Table(IQuantGrids.IQ2SGrid);
+            idx += 8 * p;
+            return Vector512.Create(g[idx[0]], g[idx[1]], g[idx[2]], g[idx[3]], g[idx[4]], g[idx[5]], g[idx[6]], g[idx[7]]).AsByte();
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<short> Scales(byte* x)
+        {
+            // lane h: nibble h of scales[] (low nibble first)
+            var b = Avx512BW.PermuteVar32x16(Sse41.ConvertToVector128Int16(x + 74).ToVector256Unsafe().ToVector512Unsafe(), Vector512.Create(
+                (short)0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)).AsUInt16();
+            var s = Avx512BW.ShiftRightLogicalVariable(b, Vector512.Create((ushort)0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+                & Vector512.Create((ushort)0xF);
+            return (s + s + Vector512<ushort>.One).AsInt16();
+        }
+    }
+
+    // block_iq3_s (110 B): d f16 | qs[64] index bytes | qh[8] (the ninth index bit per point) | signs[32] | scales[4]
+    // (a nibble per 32 values).
+    internal struct IQ3SWide : ISignedLattice
+    {
+        public static int Bytes => 110;
+        public static float Factor => 1f;
+        public static int SignsAt => 74;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Indices(byte* x, ushort* idx)
+        {
+            var qh = Sse41.ConvertToVector128Int16(x + 66).ToVector256Unsafe().ToVector512Unsafe();
+            var eighth = Vector512.Create((short)0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+            var shift = Vector512.Create((ushort)8, 7, 6, 5, 4, 3, 2, 1, 8, 7, 6, 5, 4, 3, 2, 1, 8, 7, 6, 5, 4, 3, 2, 1, 8, 7, 6, 5, 4, 3, 2, 1);
+            var bit = Vector512.Create((ushort)0x100);
+            var lo = Avx512BW.ShiftLeftLogicalVariable(Avx512BW.PermuteVar32x16(qh, eighth).AsUInt16(), shift) & bit;
+            var hi = Avx512BW.ShiftLeftLogicalVariable(Avx512BW.PermuteVar32x16(qh, eighth + Vector512.Create((short)4)).AsUInt16(), shift) & bit;
+            (Avx512BW.ConvertToVector512UInt16(Vector256.Load(x + 2)) | lo).Store(idx);
+            (Avx512BW.ConvertToVector512UInt16(Vector256.Load(x + 34)) | hi).Store(idx + 32);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<byte> Points(ushort* idx, int p)
+        {
+            uint* g = Table(IQuantGrids.IQ3SGrid);
+            idx += 16 * p;
+            return Vector512.Create(g[idx[0]], g[idx[1]], g[idx[2]], g[idx[3]], g[idx[4]], g[idx[5]], g[idx[6]], g[idx[7]],
+                g[idx[8]], g[idx[9]], g[idx[10]], g[idx[11]], g[idx[12]], g[idx[13]], g[idx[14]], g[idx[15]]).AsByte();
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<short> Scales(byte* x)
+        {
+            // lane h: the nibble of group h/2, scales[h/4] low for even groups (four bytes: the block ends there)
+            var b = Avx512BW.PermuteVar32x16(Sse41.ConvertToVector128Int16(Vector128.CreateScalarUnsafe(*(uint*)(x + 106)).AsByte()).ToVector256Unsafe().ToVector512Unsafe(), Quarter).AsUInt16();
+            var s = Avx512BW.ShiftRightLogicalVariable(b, Vector512.Create((ushort)0, 0, 4, 4, 0, 0, 4, 4, 0, 0, 4, 4, 0, 0, 4, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+                & Vector512.Create((ushort)0xF);
+            return (s + s + Vector512<ushort>.One).AsInt16();
+        }
+    }
+
+    /// <summary>Activations 64p … 64p + 63 with the weights' signs applied: bit j of the eight sign bytes negates value j.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<sbyte> SignedQ8(byte* signs, byte* q8, int p)
+    {
+        var spread = Avx512BW.Shuffle(Vector512.Create(*(ulong*)(signs + 8 * p)).AsByte(), Vector512.Create(
+            (byte)0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+            4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5, 6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7));
+        var bit = Vector512.Create(0x8040201008040201UL).AsByte();
+        var m = Vector512.Equals(spread & bit, bit).AsSByte();
+        return (Vector512.Load((sbyte*)(q8 + 64 * p)) ^ m) - m;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<int> SignedPair<T>(ushort* idx, byte* x, Vector512<short> ls, byte* q8, int p) where T : struct, ISignedLattice =>
+        Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(T.Points(idx, p), SignedQ8(x + T.SignsAt, q8, p)), Avx512BW.PermuteVar32x16(ls, PairQuarters(p)));
+
+    /// <summary>One IQ2_S or IQ3_S row against one Q8_K row: bit for bit <see cref="ScalarIQ2_S"/> / <see cref="ScalarIQ3_S"/>.</summary>
+    internal static float DotSignedLatticeAvx512<T>(byte* x, byte* y, int nb) where T : struct, ISignedLattice
+    {
+        LatticeIndices b0, b1; // this super-block's grid indices and the next one's (stored a block ahead)
+        ushort* idx = b0.V, next = b1.V;
+        float sumf = 0;
+        if (nb > 0) T.Indices(x, idx);
+        for (int i = 0; i < nb; i++, x += T.Bytes, y += 292)
+        {
+            Sse.Prefetch0(x + PrefetchAhead);
+            if (i + 1 < nb) T.Indices(x + T.Bytes, next);
+            var ls = T.Scales(x);
+            byte* q = y + 4;
+            var acc = (SignedPair<T>(idx, x, ls, q, 0) + SignedPair<T>(idx, x, ls, q, 1)) + (SignedPair<T>(idx, x, ls, q, 2) + SignedPair<T>(idx, x, ls, q, 3));
+            sumf += Fp16.ToSingle(*(ushort*)x) * *(float*)y * Vector256.Sum(acc.GetLower() + acc.GetUpper());
+            ushort* swap = idx; idx = next; next = swap;
+        }
+        return T.Factor * sumf;
+    }
+
+    /// <summary>One IQ2_S or IQ3_S row against four activation rows, each with the bits of <see cref="DotSignedLatticeAvx512{T}"/>.</summary>
+    internal static void DotSignedLatticeAvx512X4<T>(byte* x, byte* y, int yStride, int nb, float* dst, int dstStride) where T : struct, ISignedLattice
+    {
+        LatticeIndices b0, b1;
+        ushort* idx = b0.V, next = b1.V;
+        float f0 = 0, f1 = 0, f2 = 0, f3 = 0;
+        if (nb > 0) T.Indices(x, idx);
+        for (int i = 0; i < nb; i++, x += T.Bytes, y += 292)
+        {
+            if (i + 1 < nb) T.Indices(x + T.Bytes, next);
+            var ls = T.Scales(x);
+            Vector512<int> a0 = default, a1 = default, a2 = default, a3 = default;
+            for (int p = 0; p < 4; p++)
+            {
+                var g = T.Points(idx, p);
+                var sc = Avx512BW.PermuteVar32x16(ls, PairQuarters(p));
+                byte* q = y + 4, s = x + T.SignsAt;
+                a0 += Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(g, SignedQ8(s, q, p)), sc);
+                a1 += Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(g, SignedQ8(s, q + yStride, p)), sc);
+                a2 += Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(g, SignedQ8(s, q + 2 * yStride, p)), sc);
+                a3 += Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(g, SignedQ8(s, q + 3 * yStride, p)), sc);
+            }
+            float dx = Fp16.ToSingle(*(ushort*)x);
+            f0 += dx * *(float*)y * Vector256.Sum(a0.GetLower() + a0.GetUpper());
+            f1 += dx * *(float*)(y + yStride) * Vector256.Sum(a1.GetLower() + a1.GetUpper());
+            f2 += dx * *(float*)(y + 2 * yStride) * Vector256.Sum(a2.GetLower() + a2.GetUpper());
+            f3 += dx * *(float*)(y + 3 * yStride) * Vector256.Sum(a3.GetLower() + a3.GetUpper());
+            ushort* swap = idx; idx = next; next = swap;
+        }
+        dst[0] = T.Factor * f0; dst[dstStride] = T.Factor * f1; dst[2 * dstStride] = T.Factor * f2; dst[3 * dstStride] = T.Factor * f3;
+    }
+}
