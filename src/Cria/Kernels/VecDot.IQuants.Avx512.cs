@@ -7,6 +7,7 @@ using Cria.Tensors;
 namespace Cria.Kernels;
 
 // ------------------------------------------------------------------ AVX-512 kernels for IQ1_S and IQ1_M
+// (the AVX2 kernels and the scalar references of every lattice type are in VecDot.IQuants.cs)
 //
 // The AVX2 kernels (VecDot.IQuants.cs) spend most of their instructions finding grid points: per point, the index
 // pieced together from qs and qh in general registers, then the load. Here the 32 indices of a super-block are
