@@ -255,7 +255,7 @@ public static unsafe partial class VecDot
     }
 }
 
-// ------------------------------------------------------------------ AVX-512 kernels for IQ2_S and IQ3_S
+// ------------------------------------------------------------------ AVX-512 kernels for IQ2_XS, IQ2_S and IQ3_S
 //
 // The same shape as IQ1's: a super-block's grid indices computed in vectors and stored a block ahead, points gathered
 // 64 values at a time. These grids hold magnitudes (unsigned, as vpmaddubsw wants them) and one sign bit per value,
@@ -264,22 +264,57 @@ public static unsafe partial class VecDot
 // DotScalar bit for bit.
 public static unsafe partial class VecDot
 {
-    /// <summary>Room for a super-block's grid indices (64 for IQ3_S, 32 for IQ2_S).</summary>
+    /// <summary>Room for a super-block's grid indices (64 for IQ3_S, 32 for IQ2_S; IQ2_XS: 32 and its 32 sign bytes).</summary>
     struct LatticeIndices { public fixed ushort V[64]; }
 
-    /// <summary>IQ2_S or IQ3_S as the AVX-512 kernels read them.</summary>
+    /// <summary>IQ2_XS, IQ2_S or IQ3_S as the AVX-512 kernels read them.</summary>
     internal interface ISignedLattice
     {
         static abstract int Bytes { get; }
         static abstract float Factor { get; }
-        /// <summary>Offset of the sign bits (one per value, in value order).</summary>
-        static abstract int SignsAt { get; }
-        /// <summary>The block's grid indices into <paramref name="idx"/>.</summary>
+        /// <summary>The block's sign bits, one per value in value order: in the block, or where
+        /// <see cref="Indices"/> left them after the indices.</summary>
+        static abstract byte* Signs(byte* x, ushort* idx);
+        /// <summary>The block's grid indices into <paramref name="idx"/> (and sign bytes, for a type that codes them).</summary>
         static abstract void Indices(byte* x, ushort* idx);
         /// <summary>The grid magnitudes of values 64p … 64p + 63.</summary>
         static abstract Vector512<byte> Points(ushort* idx, int p);
         /// <summary>The scales 2s + 1, one per 16 values, in lanes 0–15.</summary>
         static abstract Vector512<short> Scales(byte* x);
+    }
+
+    // block_iq2_xs (74 B): d f16 | qs[32] u16 (a 9-bit grid index and a 7-bit sign set per point) | scales[8] (a nibble
+    // per 16 values). The eighth sign of a set is its parity (the rule of ksigns_iq2xs), so the sign bytes are computed
+    // in one vector and stored beside the indices.
+    internal struct IQ2XSWide : ISignedLattice
+    {
+        public static int Bytes => 74;
+        public static float Factor => 0.125f;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static byte* Signs(byte* x, ushort* idx) => (byte*)(idx + 32);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Indices(byte* x, ushort* idx)
+        {
+            var q = Vector512.Load((ushort*)(x + 2));
+            (q & Vector512.Create((ushort)511)).Store(idx);
+            var s = q >> 9;
+            var parity = s ^ (s >> 4);
+            parity ^= parity >> 2;
+            parity ^= parity >> 1;
+            Avx512BW.ConvertToVector256Byte(s | ((parity & Vector512<ushort>.One) << 7)).Store((byte*)(idx + 32));
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<byte> Points(ushort* idx, int p)
+        {
+            ulong* g = Table(IQuantGrids.IQ2XSGrid);
+            idx += 8 * p;
+            return Vector512.Create(g[idx[0]], g[idx[1]], g[idx[2]], g[idx[3]], g[idx[4]], g[idx[5]], g[idx[6]], g[idx[7]]).AsByte();
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<short> Scales(byte* x) => IQ2SWide.Scales(x - 8); // the same nibbles, 8 bytes earlier
     }
 
     // block_iq2_s (82 B): d f16 | qs[32] index bytes | signs[32] | qh[8] (2 high index bits per point) | scales[8]
@@ -288,7 +323,8 @@ public static unsafe partial class VecDot
     {
         public static int Bytes => 82;
         public static float Factor => 0.125f;
-        public static int SignsAt => 34;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static byte* Signs(byte* x, ushort* idx) => x + 34;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void Indices(byte* x, ushort* idx)
@@ -326,7 +362,8 @@ public static unsafe partial class VecDot
     {
         public static int Bytes => 110;
         public static float Factor => 1f;
-        public static int SignsAt => 74;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static byte* Signs(byte* x, ushort* idx) => x + 74;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void Indices(byte* x, ushort* idx)
@@ -375,9 +412,9 @@ public static unsafe partial class VecDot
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static Vector512<int> SignedPair<T>(ushort* idx, byte* x, Vector512<short> ls, byte* q8, int p) where T : struct, ISignedLattice =>
-        Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(T.Points(idx, p), SignedQ8(x + T.SignsAt, q8, p)), Avx512BW.PermuteVar32x16(ls, PairQuarters(p)));
+        Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(T.Points(idx, p), SignedQ8(T.Signs(x, idx), q8, p)), Avx512BW.PermuteVar32x16(ls, PairQuarters(p)));
 
-    /// <summary>One IQ2_S or IQ3_S row against one Q8_K row: bit for bit <see cref="ScalarIQ2_S"/> / <see cref="ScalarIQ3_S"/>.</summary>
+    /// <summary>One IQ2_XS, IQ2_S or IQ3_S row against one Q8_K row: bit for bit its scalar kernel (<see cref="ScalarIQ2_S"/> …).</summary>
     internal static float DotSignedLatticeAvx512<T>(byte* x, byte* y, int nb) where T : struct, ISignedLattice
     {
         LatticeIndices b0, b1; // this super-block's grid indices and the next one's (stored a block ahead)
@@ -397,7 +434,7 @@ public static unsafe partial class VecDot
         return T.Factor * sumf;
     }
 
-    /// <summary>One IQ2_S or IQ3_S row against four activation rows, each with the bits of <see cref="DotSignedLatticeAvx512{T}"/>.</summary>
+    /// <summary>One IQ2_XS, IQ2_S or IQ3_S row against four activation rows, each with the bits of <see cref="DotSignedLatticeAvx512{T}"/>.</summary>
     internal static void DotSignedLatticeAvx512X4<T>(byte* x, byte* y, int yStride, int nb, float* dst, int dstStride) where T : struct, ISignedLattice
     {
         LatticeIndices b0, b1;
@@ -413,7 +450,7 @@ public static unsafe partial class VecDot
             {
                 var g = T.Points(idx, p);
                 var sc = Avx512BW.PermuteVar32x16(ls, PairQuarters(p));
-                byte* q = y + 4, s = x + T.SignsAt;
+                byte* q = y + 4, s = T.Signs(x, idx);
                 a0 += Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(g, SignedQ8(s, q, p)), sc);
                 a1 += Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(g, SignedQ8(s, q + yStride, p)), sc);
                 a2 += Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(g, SignedQ8(s, q + 2 * yStride, p)), sc);

@@ -208,6 +208,7 @@ public static unsafe partial class VecDot
 
     // ------------------------------------------------------------------ AVX2 kernels (one row, ggml's Q8_K layout)
     //
+    // (With AVX-512BW, IQ1_S, IQ1_M, IQ2_S and IQ3_S run the kernels of VecDot.IQuants.Avx512.cs instead.)
     // Every type: per 32 values the grid points are gathered into one 256-bit vector (unsigned magnitudes for IQ2/IQ3,
     // signed −1/0/1 for IQ1), the signs are applied to the activations (vpsignb), vpmaddubsw multiplies the 32 pairs
     // and vpmaddwd applies the integer scale 2s + 1. Integer sums are the scalar kernels' exactly; the float sum runs
