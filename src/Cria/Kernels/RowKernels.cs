@@ -473,11 +473,13 @@ public static unsafe class RowKernels
             case GgmlType.Q3_K: VecDot.DotQ3KAvx2x4(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.Q2_K: VecDot.DotQ2KAvx2x4(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.IQ4_XS: VecDot.DotIQ4XSRowX4(w, x, xStride, n / 256, y, yStride); break;
+            case GgmlType.IQ2_XXS when Avx512BW.IsSupported: VecDot.DotSignedLatticeAvx512X4<VecDot.IQ2XXSWide>(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.IQ2_XXS: VecDot.DotLatticeAvx2X4<VecDot.IQ2XXSBlock>(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.IQ2_XS when Avx512BW.IsSupported: VecDot.DotSignedLatticeAvx512X4<VecDot.IQ2XSWide>(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.IQ2_XS: VecDot.DotLatticeAvx2X4<VecDot.IQ2XSBlock>(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.IQ2_S when Avx512BW.IsSupported: VecDot.DotSignedLatticeAvx512X4<VecDot.IQ2SWide>(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.IQ2_S: VecDot.DotLatticeAvx2X4<VecDot.IQ2SBlock>(w, x, xStride, n / 256, y, yStride); break;
+            case GgmlType.IQ3_XXS when Avx512BW.IsSupported: VecDot.DotSignedLatticeAvx512X4<VecDot.IQ3XXSWide>(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.IQ3_XXS: VecDot.DotLatticeAvx2X4<VecDot.IQ3XXSBlock>(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.IQ3_S when Avx512BW.IsSupported: VecDot.DotSignedLatticeAvx512X4<VecDot.IQ3SWide>(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.IQ3_S: VecDot.DotLatticeAvx2X4<VecDot.IQ3SBlock>(w, x, xStride, n / 256, y, yStride); break;
@@ -618,10 +620,10 @@ public static unsafe class RowKernels
         GgmlType.Q6_K => VecDot.DotQ6KAvx2(w, x, n / 256),
         GgmlType.IQ4_XS => VecDot.DotIQ4XSRow(w, x, n / 256),
         GgmlType.IQ4_NL => VecDot.DotIQ4NLAvx2(w, x, n / 32),
-        GgmlType.IQ2_XXS => VecDot.DotLatticeAvx2<VecDot.IQ2XXSBlock>(w, x, n / 256),
+        GgmlType.IQ2_XXS => Avx512BW.IsSupported ? VecDot.DotSignedLatticeAvx512<VecDot.IQ2XXSWide>(w, x, n / 256) : VecDot.DotLatticeAvx2<VecDot.IQ2XXSBlock>(w, x, n / 256),
         GgmlType.IQ2_XS => Avx512BW.IsSupported ? VecDot.DotSignedLatticeAvx512<VecDot.IQ2XSWide>(w, x, n / 256) : VecDot.DotLatticeAvx2<VecDot.IQ2XSBlock>(w, x, n / 256),
         GgmlType.IQ2_S => Avx512BW.IsSupported ? VecDot.DotSignedLatticeAvx512<VecDot.IQ2SWide>(w, x, n / 256) : VecDot.DotLatticeAvx2<VecDot.IQ2SBlock>(w, x, n / 256),
-        GgmlType.IQ3_XXS => VecDot.DotLatticeAvx2<VecDot.IQ3XXSBlock>(w, x, n / 256),
+        GgmlType.IQ3_XXS => Avx512BW.IsSupported ? VecDot.DotSignedLatticeAvx512<VecDot.IQ3XXSWide>(w, x, n / 256) : VecDot.DotLatticeAvx2<VecDot.IQ3XXSBlock>(w, x, n / 256),
         GgmlType.IQ3_S => Avx512BW.IsSupported ? VecDot.DotSignedLatticeAvx512<VecDot.IQ3SWide>(w, x, n / 256) : VecDot.DotLatticeAvx2<VecDot.IQ3SBlock>(w, x, n / 256),
         GgmlType.IQ1_S => Avx512BW.IsSupported ? VecDot.DotIQ1SAvx512(w, x, n / 256) : VecDot.DotIQ1SAvx2(w, x, n / 256),
         GgmlType.IQ1_M => Avx512BW.IsSupported ? VecDot.DotIQ1MAvx512(w, x, n / 256) : VecDot.DotIQ1MAvx2(w, x, n / 256),

@@ -255,7 +255,7 @@ public static unsafe partial class VecDot
     }
 }
 
-// ------------------------------------------------------------------ AVX-512 kernels for IQ2_XS, IQ2_S and IQ3_S
+// ------------------------------------------------------------------ AVX-512 kernels for the IQ2 and IQ3 types
 //
 // The same shape as IQ1's: a super-block's grid indices computed in vectors and stored a block ahead, points gathered
 // 64 values at a time. These grids hold magnitudes (unsigned, as vpmaddubsw wants them) and one sign bit per value,
@@ -264,23 +264,109 @@ public static unsafe partial class VecDot
 // DotScalar bit for bit.
 public static unsafe partial class VecDot
 {
-    /// <summary>Room for a super-block's grid indices (64 for IQ3_S, 32 for IQ2_S; IQ2_XS: 32 and its 32 sign bytes).</summary>
+    /// <summary>What a super-block's <see cref="ISignedLattice.Prepare"/> computes: grid indices (64 for IQ3_S, 32 for
+    /// IQ2_S) or sign bytes (32 for IQ2_XXS and IQ3_XXS), or both (IQ2_XS).</summary>
     struct LatticeIndices { public fixed ushort V[64]; }
 
-    /// <summary>IQ2_XS, IQ2_S or IQ3_S as the AVX-512 kernels read them.</summary>
+    /// <summary>An IQ2 or IQ3 type as the AVX-512 kernels read it.</summary>
     internal interface ISignedLattice
     {
         static abstract int Bytes { get; }
         static abstract float Factor { get; }
-        /// <summary>The block's sign bits, one per value in value order: in the block, or where
-        /// <see cref="Indices"/> left them after the indices.</summary>
+        /// <summary>The block's sign bits, one per value in value order: in the block (IQ2_S, IQ3_S), or where
+        /// <see cref="Prepare"/> left them (the types with 7-bit sign sets).</summary>
         static abstract byte* Signs(byte* x, ushort* idx);
-        /// <summary>The block's grid indices into <paramref name="idx"/> (and sign bytes, for a type that codes them).</summary>
-        static abstract void Indices(byte* x, ushort* idx);
+        /// <summary>Whatever the block needs computed before its points are read, into <paramref name="idx"/>: the
+        /// grid indices of the types that split them over two fields, the sign bytes of the 7-bit-set types. The kernels
+        /// run it a block ahead: read back at once, stored data waits on the store (IQ1_S 2.0 against 3.3 GB/s).</summary>
+        static abstract void Prepare(byte* x, ushort* idx);
         /// <summary>The grid magnitudes of values 64p … 64p + 63.</summary>
-        static abstract Vector512<byte> Points(ushort* idx, int p);
+        static abstract Vector512<byte> Points(byte* x, ushort* idx, int p);
         /// <summary>The scales 2s + 1, one per 16 values, in lanes 0–15.</summary>
         static abstract Vector512<short> Scales(byte* x);
+    }
+
+    /// <summary>The 32 sign bytes of eight 7-bit-set words (bits 7l … 7l + 6 of group g's word: the signs of values
+    /// 32g + 8l … + 7, the eighth bit their parity) into <paramref name="dst"/>; the permutations pick each group's
+    /// word four times.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void SignSets(Vector512<uint> words, Vector512<uint> groups0To3, Vector512<uint> groups4To7, byte* dst)
+    {
+        var shift = Vector512.Create(0u, 7, 14, 21, 0, 7, 14, 21, 0, 7, 14, 21, 0, 7, 14, 21);
+        var lo = Avx512F.ShiftRightLogicalVariable(Avx512F.PermuteVar16x32(words, groups0To3), shift) & Vector512.Create(127u);
+        var hi = Avx512F.ShiftRightLogicalVariable(Avx512F.PermuteVar16x32(words, groups4To7), shift) & Vector512.Create(127u);
+        Avx512F.ConvertToVector128Byte(lo | Parity7(lo) << 7).Store(dst);
+        Avx512F.ConvertToVector128Byte(hi | Parity7(hi) << 7).Store(dst + 16);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<uint> Parity7(Vector512<uint> s)
+    {
+        var p = s ^ (s >> 4);
+        p ^= p >> 2;
+        return (p ^ (p >> 1)) & Vector512<uint>.One;
+    }
+
+    // block_iq2_xxs (66 B): d f16 | per 32 values: four grid index bytes and a word with four 7-bit sign sets and the
+    // scale's nibble.
+    internal struct IQ2XXSWide : ISignedLattice
+    {
+        public static int Bytes => 66;
+        public static float Factor => 0.125f;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static byte* Signs(byte* x, ushort* idx) => (byte*)idx;
+
+        // group g's word is word 2g + 1 of the 64 bytes after d
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Prepare(byte* x, ushort* idx) => SignSets(Vector512.Load((uint*)(x + 2)),
+            Vector512.Create(1u, 1, 1, 1, 3, 3, 3, 3, 5, 5, 5, 5, 7, 7, 7, 7), Vector512.Create(9u, 9, 9, 9, 11, 11, 11, 11, 13, 13, 13, 13, 15, 15, 15, 15), (byte*)idx);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<byte> Points(byte* x, ushort* idx, int p)
+        {
+            ulong* g = Table(IQuantGrids.IQ2XXSGrid);
+            byte* q = x + 2 + 16 * p;
+            return Vector512.Create(g[q[0]], g[q[1]], g[q[2]], g[q[3]], g[q[8]], g[q[9]], g[q[10]], g[q[11]]).AsByte();
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<short> Scales(byte* x)
+        {
+            // lane h: word 2·(h/2) + 1 of the 64 bytes
+            var s = Avx512F.PermuteVar16x32(Vector512.Load((uint*)(x + 2)), Vector512.Create(1u, 1, 3, 3, 5, 5, 7, 7, 9, 9, 11, 11, 13, 13, 15, 15)) >> 28;
+            return Avx512F.ConvertToVector256UInt16(s + s + Vector512<uint>.One).AsInt16().ToVector512Unsafe();
+        }
+    }
+
+    // block_iq3_xxs (98 B): d f16 | qs[64] (a grid index per 4 values) | eight words (four 7-bit sign sets and the
+    // scale's nibble per 32 values).
+    internal struct IQ3XXSWide : ISignedLattice
+    {
+        public static int Bytes => 98;
+        public static float Factor => 0.25f;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static byte* Signs(byte* x, ushort* idx) => (byte*)idx;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Prepare(byte* x, ushort* idx) =>
+            SignSets(Vector256.Load((uint*)(x + 66)).ToVector512Unsafe(), Vector512.Create(0u, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+                Vector512.Create(4u, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7), (byte*)idx);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<byte> Points(byte* x, ushort* idx, int p)
+        {
+            uint* g = Table(IQuantGrids.IQ3XXSGrid);
+            byte* q = x + 2 + 16 * p;
+            return Vector512.Create(g[q[0]], g[q[1]], g[q[2]], g[q[3]], g[q[4]], g[q[5]], g[q[6]], g[q[7]],
+                g[q[8]], g[q[9]], g[q[10]], g[q[11]], g[q[12]], g[q[13]], g[q[14]], g[q[15]]).AsByte();
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<short> Scales(byte* x)
+        {
+            var s = Avx512F.PermuteVar16x32(Vector256.Load((uint*)(x + 66)).ToVector512Unsafe(), Vector512.Create(0u, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7)) >> 28;
+            return Avx512F.ConvertToVector256UInt16(s + s + Vector512<uint>.One).AsInt16().ToVector512Unsafe();
+        }
     }
 
     // block_iq2_xs (74 B): d f16 | qs[32] u16 (a 9-bit grid index and a 7-bit sign set per point) | scales[8] (a nibble
@@ -294,7 +380,7 @@ public static unsafe partial class VecDot
         public static byte* Signs(byte* x, ushort* idx) => (byte*)(idx + 32);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void Indices(byte* x, ushort* idx)
+        public static void Prepare(byte* x, ushort* idx)
         {
             var q = Vector512.Load((ushort*)(x + 2));
             (q & Vector512.Create((ushort)511)).Store(idx);
@@ -306,7 +392,7 @@ public static unsafe partial class VecDot
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<byte> Points(ushort* idx, int p)
+        public static Vector512<byte> Points(byte* x, ushort* idx, int p)
         {
             ulong* g = Table(IQuantGrids.IQ2XSGrid);
             idx += 8 * p;
@@ -327,7 +413,7 @@ public static unsafe partial class VecDot
         public static byte* Signs(byte* x, ushort* idx) => x + 34;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void Indices(byte* x, ushort* idx)
+        public static void Prepare(byte* x, ushort* idx)
         {
             var qs = Avx512BW.ConvertToVector512UInt16(Vector256.Load(x + 2));
             var qh = Sse41.ConvertToVector128Int16(x + 66).ToVector256Unsafe().ToVector512Unsafe();
@@ -337,7 +423,7 @@ public static unsafe partial class VecDot
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<byte> Points(ushort* idx, int p)
+        public static Vector512<byte> Points(byte* x, ushort* idx, int p)
         {
             ulong* g = Table(IQuantGrids.IQ2SGrid);
             idx += 8 * p;
@@ -366,7 +452,7 @@ public static unsafe partial class VecDot
         public static byte* Signs(byte* x, ushort* idx) => x + 74;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void Indices(byte* x, ushort* idx)
+        public static void Prepare(byte* x, ushort* idx)
         {
             var qh = Sse41.ConvertToVector128Int16(x + 66).ToVector256Unsafe().ToVector512Unsafe();
             var eighth = Vector512.Create((short)0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
@@ -379,7 +465,7 @@ public static unsafe partial class VecDot
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<byte> Points(ushort* idx, int p)
+        public static Vector512<byte> Points(byte* x, ushort* idx, int p)
         {
             uint* g = Table(IQuantGrids.IQ3SGrid);
             idx += 16 * p;
@@ -412,7 +498,7 @@ public static unsafe partial class VecDot
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static Vector512<int> SignedPair<T>(ushort* idx, byte* x, Vector512<short> ls, byte* q8, int p) where T : struct, ISignedLattice =>
-        Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(T.Points(idx, p), SignedQ8(T.Signs(x, idx), q8, p)), Avx512BW.PermuteVar32x16(ls, PairQuarters(p)));
+        Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(T.Points(x, idx, p), SignedQ8(T.Signs(x, idx), q8, p)), Avx512BW.PermuteVar32x16(ls, PairQuarters(p)));
 
     /// <summary>One IQ2_XS, IQ2_S or IQ3_S row against one Q8_K row: bit for bit its scalar kernel (<see cref="ScalarIQ2_S"/> …).</summary>
     internal static float DotSignedLatticeAvx512<T>(byte* x, byte* y, int nb) where T : struct, ISignedLattice
@@ -420,11 +506,11 @@ public static unsafe partial class VecDot
         LatticeIndices b0, b1; // this super-block's grid indices and the next one's (stored a block ahead)
         ushort* idx = b0.V, next = b1.V;
         float sumf = 0;
-        if (nb > 0) T.Indices(x, idx);
+        if (nb > 0) T.Prepare(x, idx);
         for (int i = 0; i < nb; i++, x += T.Bytes, y += 292)
         {
             Sse.Prefetch0(x + PrefetchAhead);
-            if (i + 1 < nb) T.Indices(x + T.Bytes, next);
+            if (i + 1 < nb) T.Prepare(x + T.Bytes, next);
             var ls = T.Scales(x);
             byte* q = y + 4;
             var acc = (SignedPair<T>(idx, x, ls, q, 0) + SignedPair<T>(idx, x, ls, q, 1)) + (SignedPair<T>(idx, x, ls, q, 2) + SignedPair<T>(idx, x, ls, q, 3));
@@ -440,15 +526,15 @@ public static unsafe partial class VecDot
         LatticeIndices b0, b1;
         ushort* idx = b0.V, next = b1.V;
         float f0 = 0, f1 = 0, f2 = 0, f3 = 0;
-        if (nb > 0) T.Indices(x, idx);
+        if (nb > 0) T.Prepare(x, idx);
         for (int i = 0; i < nb; i++, x += T.Bytes, y += 292)
         {
-            if (i + 1 < nb) T.Indices(x + T.Bytes, next);
+            if (i + 1 < nb) T.Prepare(x + T.Bytes, next);
             var ls = T.Scales(x);
             Vector512<int> a0 = default, a1 = default, a2 = default, a3 = default;
             for (int p = 0; p < 4; p++)
             {
-                var g = T.Points(idx, p);
+                var g = T.Points(x, idx, p);
                 var sc = Avx512BW.PermuteVar32x16(ls, PairQuarters(p));
                 byte* q = y + 4, s = T.Signs(x, idx);
                 a0 += Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(g, SignedQ8(s, q, p)), sc);

@@ -42,10 +42,10 @@ public static partial class VecDot
                 case GgmlType.Q2_K: fixed (byte* x = &w) fixed (byte* y = &a) return DotQ2KAvx2(x, y, n / 256);
                 case GgmlType.IQ4_NL: fixed (byte* x = &w) fixed (byte* y = &a) return DotIQ4NLAvx2(x, y, n / 32);
                 case GgmlType.IQ4_XS: fixed (byte* x = &w) fixed (byte* y = &a) return DotIQ4XSAvx2(x, y, n / 256);
-                case GgmlType.IQ2_XXS: fixed (byte* x = &w) fixed (byte* y = &a) return DotLatticeAvx2<IQ2XXSBlock>(x, y, n / 256);
+                case GgmlType.IQ2_XXS: fixed (byte* x = &w) fixed (byte* y = &a) return Avx512BW.IsSupported ? DotSignedLatticeAvx512<IQ2XXSWide>(x, y, n / 256) : DotLatticeAvx2<IQ2XXSBlock>(x, y, n / 256);
                 case GgmlType.IQ2_XS: fixed (byte* x = &w) fixed (byte* y = &a) return Avx512BW.IsSupported ? DotSignedLatticeAvx512<IQ2XSWide>(x, y, n / 256) : DotLatticeAvx2<IQ2XSBlock>(x, y, n / 256);
                 case GgmlType.IQ2_S: fixed (byte* x = &w) fixed (byte* y = &a) return Avx512BW.IsSupported ? DotSignedLatticeAvx512<IQ2SWide>(x, y, n / 256) : DotLatticeAvx2<IQ2SBlock>(x, y, n / 256);
-                case GgmlType.IQ3_XXS: fixed (byte* x = &w) fixed (byte* y = &a) return DotLatticeAvx2<IQ3XXSBlock>(x, y, n / 256);
+                case GgmlType.IQ3_XXS: fixed (byte* x = &w) fixed (byte* y = &a) return Avx512BW.IsSupported ? DotSignedLatticeAvx512<IQ3XXSWide>(x, y, n / 256) : DotLatticeAvx2<IQ3XXSBlock>(x, y, n / 256);
                 case GgmlType.IQ3_S: fixed (byte* x = &w) fixed (byte* y = &a) return Avx512BW.IsSupported ? DotSignedLatticeAvx512<IQ3SWide>(x, y, n / 256) : DotLatticeAvx2<IQ3SBlock>(x, y, n / 256);
                 case GgmlType.IQ1_S: fixed (byte* x = &w) fixed (byte* y = &a) return Avx512BW.IsSupported ? DotIQ1SAvx512(x, y, n / 256) : DotIQ1SAvx2(x, y, n / 256);
                 case GgmlType.IQ1_M: fixed (byte* x = &w) fixed (byte* y = &a) return Avx512BW.IsSupported ? DotIQ1MAvx512(x, y, n / 256) : DotIQ1MAvx2(x, y, n / 256);

@@ -6,7 +6,7 @@ using Xunit;
 namespace Cria.Tests.Kernels;
 
 /// <summary>
-/// IQ1_S, IQ1_M, IQ2_XS, IQ2_S and IQ3_S: the AVX-512 kernels (one activation row and four) give DotScalar's bits: their
+/// The seven lattice types: the AVX-512 kernels (one activation row and four) give DotScalar's bits: their
 /// integer sums are exact (IQ1's grid read as bytes 8·g + 10, the offset taken back out through the Q8_K block sums,
 /// must cancel to the last unit) and each block adds d·d8·T as the scalar kernel does. The AVX2 kernels, which run
 /// where AVX-512 is missing: IQ1's give the scalar bits too; the IQ2 and IQ3 ones sum floats per lane, so they agree
@@ -44,7 +44,9 @@ public unsafe class LatticeKernelBitsTests
     [Theory]
     [InlineData(GgmlType.IQ1_S)]
     [InlineData(GgmlType.IQ1_M)]
+    [InlineData(GgmlType.IQ2_XXS)]
     [InlineData(GgmlType.IQ2_XS)]
+    [InlineData(GgmlType.IQ3_XXS)]
     [InlineData(GgmlType.IQ2_S)]
     [InlineData(GgmlType.IQ3_S)]
     public void The_kernels_give_the_scalar_kernels_bits(GgmlType type)
@@ -67,6 +69,14 @@ public unsafe class LatticeKernelBitsTests
             case GgmlType.IQ1_M:
                 one.Add(("AVX2", VecDot.DotIQ1MAvx2)); four.Add(("AVX2 ×4", VecDot.DotIQ1MAvx2X4));
                 if (Avx512BW.IsSupported) { one.Add(("AVX-512", VecDot.DotIQ1MAvx512)); four.Add(("AVX-512 ×4", VecDot.DotIQ1MAvx512X4)); }
+                break;
+            case GgmlType.IQ2_XXS:
+                AssertAvx2Close(type, w, a, expected, VecDot.DotLatticeAvx2<VecDot.IQ2XXSBlock>, VecDot.DotLatticeAvx2X4<VecDot.IQ2XXSBlock>);
+                if (Avx512BW.IsSupported) { one.Add(("AVX-512", VecDot.DotSignedLatticeAvx512<VecDot.IQ2XXSWide>)); four.Add(("AVX-512 ×4", VecDot.DotSignedLatticeAvx512X4<VecDot.IQ2XXSWide>)); }
+                break;
+            case GgmlType.IQ3_XXS:
+                AssertAvx2Close(type, w, a, expected, VecDot.DotLatticeAvx2<VecDot.IQ3XXSBlock>, VecDot.DotLatticeAvx2X4<VecDot.IQ3XXSBlock>);
+                if (Avx512BW.IsSupported) { one.Add(("AVX-512", VecDot.DotSignedLatticeAvx512<VecDot.IQ3XXSWide>)); four.Add(("AVX-512 ×4", VecDot.DotSignedLatticeAvx512X4<VecDot.IQ3XXSWide>)); }
                 break;
             case GgmlType.IQ2_XS:
                 AssertAvx2Close(type, w, a, expected, VecDot.DotLatticeAvx2<VecDot.IQ2XSBlock>, VecDot.DotLatticeAvx2X4<VecDot.IQ2XSBlock>);
