@@ -260,8 +260,10 @@ public static unsafe partial class VecDot
 // The same shape as IQ1's: a super-block's grid indices computed in vectors and stored a block ahead, points gathered
 // 64 values at a time. These grids hold magnitudes (unsigned, as vpmaddubsw wants them) and one sign bit per value,
 // which is applied to the activations: the 64 bits of a pair of groups spread to bytes (vpshufb, test), then q ^ m − m.
-// Each block's integer sum is taken whole and added as d·d8·T, as the scalar kernels add it, so results equal
-// DotScalar bit for bit.
+// The integer sums fold to the AVX2 kernels' eight lanes (lane j: values 4j … 4j + 3 of every 32), and the float sum
+// runs per lane as there (and in ggml's AVX2 kernels), so results equal DotLatticeAvx2's bit for bit. (Adding each
+// block whole, as the scalar kernel does, moved Cria further from llama.cpp: in IQuantMixTests' IQ3_M prompt a Q8_K
+// rounding flip came at position 2 instead of 11, and the logits differed by 0.52 instead of 0.46.)
 public static unsafe partial class VecDot
 {
     /// <summary>What a super-block's <see cref="ISignedLattice.Prepare"/> computes: grid indices (64 for IQ3_S, 32 for
@@ -500,12 +502,12 @@ public static unsafe partial class VecDot
     static Vector512<int> SignedPair<T>(ushort* idx, byte* x, Vector512<short> ls, byte* q8, int p) where T : struct, ISignedLattice =>
         Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(T.Points(x, idx, p), SignedQ8(T.Signs(x, idx), q8, p)), Avx512BW.PermuteVar32x16(ls, PairQuarters(p)));
 
-    /// <summary>One IQ2_XS, IQ2_S or IQ3_S row against one Q8_K row: bit for bit its scalar kernel (<see cref="ScalarIQ2_S"/> …).</summary>
+    /// <summary>One IQ2 or IQ3 row against one Q8_K row: bit for bit <see cref="DotLatticeAvx2{T}"/>.</summary>
     internal static float DotSignedLatticeAvx512<T>(byte* x, byte* y, int nb) where T : struct, ISignedLattice
     {
         LatticeIndices b0, b1; // this super-block's grid indices and the next one's (stored a block ahead)
         ushort* idx = b0.V, next = b1.V;
-        float sumf = 0;
+        Vector256<float> accf = default;
         if (nb > 0) T.Prepare(x, idx);
         for (int i = 0; i < nb; i++, x += T.Bytes, y += 292)
         {
@@ -514,18 +516,18 @@ public static unsafe partial class VecDot
             var ls = T.Scales(x);
             byte* q = y + 4;
             var acc = (SignedPair<T>(idx, x, ls, q, 0) + SignedPair<T>(idx, x, ls, q, 1)) + (SignedPair<T>(idx, x, ls, q, 2) + SignedPair<T>(idx, x, ls, q, 3));
-            sumf += Fp16.ToSingle(*(ushort*)x) * *(float*)y * Vector256.Sum(acc.GetLower() + acc.GetUpper());
+            accf = Fma.MultiplyAdd(Vector256.Create(Fp16.ToSingle(*(ushort*)x) * *(float*)y), Vector256.ConvertToSingle(acc.GetLower() + acc.GetUpper()), accf);
             ushort* swap = idx; idx = next; next = swap;
         }
-        return T.Factor * sumf;
+        return T.Factor * Vector256.Sum(accf);
     }
 
-    /// <summary>One IQ2_XS, IQ2_S or IQ3_S row against four activation rows, each with the bits of <see cref="DotSignedLatticeAvx512{T}"/>.</summary>
+    /// <summary>One IQ2 or IQ3 row against four activation rows, each with the bits of <see cref="DotSignedLatticeAvx512{T}"/>.</summary>
     internal static void DotSignedLatticeAvx512X4<T>(byte* x, byte* y, int yStride, int nb, float* dst, int dstStride) where T : struct, ISignedLattice
     {
         LatticeIndices b0, b1;
         ushort* idx = b0.V, next = b1.V;
-        float f0 = 0, f1 = 0, f2 = 0, f3 = 0;
+        Vector256<float> f0 = default, f1 = default, f2 = default, f3 = default;
         if (nb > 0) T.Prepare(x, idx);
         for (int i = 0; i < nb; i++, x += T.Bytes, y += 292)
         {
@@ -543,12 +545,13 @@ public static unsafe partial class VecDot
                 a3 += Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(g, SignedQ8(s, q + 3 * yStride, p)), sc);
             }
             float dx = Fp16.ToSingle(*(ushort*)x);
-            f0 += dx * *(float*)y * Vector256.Sum(a0.GetLower() + a0.GetUpper());
-            f1 += dx * *(float*)(y + yStride) * Vector256.Sum(a1.GetLower() + a1.GetUpper());
-            f2 += dx * *(float*)(y + 2 * yStride) * Vector256.Sum(a2.GetLower() + a2.GetUpper());
-            f3 += dx * *(float*)(y + 3 * yStride) * Vector256.Sum(a3.GetLower() + a3.GetUpper());
+            f0 = Fma.MultiplyAdd(Vector256.Create(dx * *(float*)y), Vector256.ConvertToSingle(a0.GetLower() + a0.GetUpper()), f0);
+            f1 = Fma.MultiplyAdd(Vector256.Create(dx * *(float*)(y + yStride)), Vector256.ConvertToSingle(a1.GetLower() + a1.GetUpper()), f1);
+            f2 = Fma.MultiplyAdd(Vector256.Create(dx * *(float*)(y + 2 * yStride)), Vector256.ConvertToSingle(a2.GetLower() + a2.GetUpper()), f2);
+            f3 = Fma.MultiplyAdd(Vector256.Create(dx * *(float*)(y + 3 * yStride)), Vector256.ConvertToSingle(a3.GetLower() + a3.GetUpper()), f3);
             ushort* swap = idx; idx = next; next = swap;
         }
-        dst[0] = T.Factor * f0; dst[dstStride] = T.Factor * f1; dst[2 * dstStride] = T.Factor * f2; dst[3 * dstStride] = T.Factor * f3;
+        dst[0] = T.Factor * Vector256.Sum(f0); dst[dstStride] = T.Factor * Vector256.Sum(f1);
+        dst[2 * dstStride] = T.Factor * Vector256.Sum(f2); dst[3 * dstStride] = T.Factor * Vector256.Sum(f3);
     }
 }

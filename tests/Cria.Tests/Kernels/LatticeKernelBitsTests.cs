@@ -6,11 +6,11 @@ using Xunit;
 namespace Cria.Tests.Kernels;
 
 /// <summary>
-/// The seven lattice types: the AVX-512 kernels (one activation row and four) give DotScalar's bits: their
-/// integer sums are exact (IQ1's grid read as bytes 8·g + 10, the offset taken back out through the Q8_K block sums,
-/// must cancel to the last unit) and each block adds d·d8·T as the scalar kernel does. The AVX2 kernels, which run
-/// where AVX-512 is missing: IQ1's give the scalar bits too; the IQ2 and IQ3 ones sum floats per lane, so they agree
-/// within 1e-5 of Σ|w·a|, and four rows give the bits of one.
+/// The seven lattice types, one activation row and four. IQ1_S and IQ1_M: every kernel, AVX-512 and AVX2, gives
+/// DotScalar's bits (the AVX-512 ones read the grid as bytes 8·g + 10 and take the offset back out through the Q8_K
+/// block sums, which must cancel to the last unit). The IQ2 and IQ3 types: the AVX2 kernels (which run where AVX-512
+/// is missing) sum floats per lane, as ggml's do, so they agree with the scalar kernel within 1e-5 of Σ|w·a|, and the
+/// AVX-512 kernels give the AVX2 kernels' bits.
 /// </summary>
 public unsafe class LatticeKernelBitsTests
 {
@@ -58,6 +58,7 @@ public unsafe class LatticeKernelBitsTests
         for (int r = 0; r < Rows; r++) expected[r] = VecDot.DotScalar(type, w, a.AsSpan(r * RowBytes, RowBytes), N);
         Assert.Contains(expected, v => v != 0);
 
+        var reference = expected; // what the AVX-512 kernels must equal bit for bit: IQ1's the scalar kernel, the others AVX2's
         var one = new List<(string, One)>();
         var four = new List<(string, Four)>();
         switch (type)
@@ -71,23 +72,23 @@ public unsafe class LatticeKernelBitsTests
                 if (Avx512BW.IsSupported) { one.Add(("AVX-512", VecDot.DotIQ1MAvx512)); four.Add(("AVX-512 ×4", VecDot.DotIQ1MAvx512X4)); }
                 break;
             case GgmlType.IQ2_XXS:
-                AssertAvx2Close(type, w, a, expected, VecDot.DotLatticeAvx2<VecDot.IQ2XXSBlock>, VecDot.DotLatticeAvx2X4<VecDot.IQ2XXSBlock>);
+                reference = AssertAvx2Close(type, w, a, expected, VecDot.DotLatticeAvx2<VecDot.IQ2XXSBlock>, VecDot.DotLatticeAvx2X4<VecDot.IQ2XXSBlock>);
                 if (Avx512BW.IsSupported) { one.Add(("AVX-512", VecDot.DotSignedLatticeAvx512<VecDot.IQ2XXSWide>)); four.Add(("AVX-512 ×4", VecDot.DotSignedLatticeAvx512X4<VecDot.IQ2XXSWide>)); }
                 break;
             case GgmlType.IQ3_XXS:
-                AssertAvx2Close(type, w, a, expected, VecDot.DotLatticeAvx2<VecDot.IQ3XXSBlock>, VecDot.DotLatticeAvx2X4<VecDot.IQ3XXSBlock>);
+                reference = AssertAvx2Close(type, w, a, expected, VecDot.DotLatticeAvx2<VecDot.IQ3XXSBlock>, VecDot.DotLatticeAvx2X4<VecDot.IQ3XXSBlock>);
                 if (Avx512BW.IsSupported) { one.Add(("AVX-512", VecDot.DotSignedLatticeAvx512<VecDot.IQ3XXSWide>)); four.Add(("AVX-512 ×4", VecDot.DotSignedLatticeAvx512X4<VecDot.IQ3XXSWide>)); }
                 break;
             case GgmlType.IQ2_XS:
-                AssertAvx2Close(type, w, a, expected, VecDot.DotLatticeAvx2<VecDot.IQ2XSBlock>, VecDot.DotLatticeAvx2X4<VecDot.IQ2XSBlock>);
+                reference = AssertAvx2Close(type, w, a, expected, VecDot.DotLatticeAvx2<VecDot.IQ2XSBlock>, VecDot.DotLatticeAvx2X4<VecDot.IQ2XSBlock>);
                 if (Avx512BW.IsSupported) { one.Add(("AVX-512", VecDot.DotSignedLatticeAvx512<VecDot.IQ2XSWide>)); four.Add(("AVX-512 ×4", VecDot.DotSignedLatticeAvx512X4<VecDot.IQ2XSWide>)); }
                 break;
             case GgmlType.IQ2_S:
-                AssertAvx2Close(type, w, a, expected, VecDot.DotLatticeAvx2<VecDot.IQ2SBlock>, VecDot.DotLatticeAvx2X4<VecDot.IQ2SBlock>);
+                reference = AssertAvx2Close(type, w, a, expected, VecDot.DotLatticeAvx2<VecDot.IQ2SBlock>, VecDot.DotLatticeAvx2X4<VecDot.IQ2SBlock>);
                 if (Avx512BW.IsSupported) { one.Add(("AVX-512", VecDot.DotSignedLatticeAvx512<VecDot.IQ2SWide>)); four.Add(("AVX-512 ×4", VecDot.DotSignedLatticeAvx512X4<VecDot.IQ2SWide>)); }
                 break;
             default:
-                AssertAvx2Close(type, w, a, expected, VecDot.DotLatticeAvx2<VecDot.IQ3SBlock>, VecDot.DotLatticeAvx2X4<VecDot.IQ3SBlock>);
+                reference = AssertAvx2Close(type, w, a, expected, VecDot.DotLatticeAvx2<VecDot.IQ3SBlock>, VecDot.DotLatticeAvx2X4<VecDot.IQ3SBlock>);
                 if (Avx512BW.IsSupported) { one.Add(("AVX-512", VecDot.DotSignedLatticeAvx512<VecDot.IQ3SWide>)); four.Add(("AVX-512 ×4", VecDot.DotSignedLatticeAvx512X4<VecDot.IQ3SWide>)); }
                 break;
         }
@@ -95,21 +96,22 @@ public unsafe class LatticeKernelBitsTests
         {
             foreach (var (name, k) in one)
                 for (int r = 0; r < Rows; r++)
-                    Assert.True(BitConverter.SingleToInt32Bits(expected[r]) == BitConverter.SingleToInt32Bits(k(pw, pa + r * RowBytes, Blocks)),
-                        $"{type} {name} row {r}: {k(pw, pa + r * RowBytes, Blocks):R}, scalar {expected[r]:R}");
+                    Assert.True(BitConverter.SingleToInt32Bits(reference[r]) == BitConverter.SingleToInt32Bits(k(pw, pa + r * RowBytes, Blocks)),
+                        $"{type} {name} row {r}: {k(pw, pa + r * RowBytes, Blocks):R}, reference {reference[r]:R}");
             foreach (var (name, k) in four)
             {
                 var got = new float[2 * Rows];
                 fixed (float* pg = got) k(pw, pa, RowBytes, Blocks, pg, 2);
                 for (int r = 0; r < Rows; r++)
-                    Assert.True(BitConverter.SingleToInt32Bits(expected[r]) == BitConverter.SingleToInt32Bits(got[2 * r]),
-                        $"{type} {name} row {r}: {got[2 * r]:R}, scalar {expected[r]:R}");
+                    Assert.True(BitConverter.SingleToInt32Bits(reference[r]) == BitConverter.SingleToInt32Bits(got[2 * r]),
+                        $"{type} {name} row {r}: {got[2 * r]:R}, reference {reference[r]:R}");
             }
         }
     }
 
-    /// <summary>An AVX2 IQ2/IQ3 kernel: within 1e-5 of Σ|w·a| of the scalar kernel, four rows the bits of one.</summary>
-    static void AssertAvx2Close(GgmlType type, byte[] w, byte[] a, float[] expected, One k, Four k4)
+    /// <summary>An AVX2 IQ2/IQ3 kernel: within 1e-5 of Σ|w·a| of the scalar kernel, four rows the bits of one; returns
+    /// its results.</summary>
+    static float[] AssertAvx2Close(GgmlType type, byte[] w, byte[] a, float[] expected, One k, Four k4)
     {
         var wd = new float[N];
         Dequantize.Row(type, w, wd);
@@ -128,5 +130,6 @@ public unsafe class LatticeKernelBitsTests
                 Assert.Equal(alone, got[r]);
             }
         }
+        return got;
     }
 }
