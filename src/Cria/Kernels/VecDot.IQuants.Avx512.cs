@@ -11,8 +11,9 @@ namespace Cria.Kernels;
 //
 // The AVX2 kernels (VecDot.IQuants.cs) spend most of their instructions finding grid points: per point, the index
 // pieced together from qs and qh in general registers, then the load. Here the 32 indices of a super-block are
-// computed in one vector and stored, so a point costs the load of its index and the load of its eight bytes, and two
-// 32-value groups fill one 512-bit vector.
+// computed in one vector and stored, one super-block ahead (read back at once, they wait on the store: 2.0 against
+// 3.3 GB/s), so a point costs the load of its index and the load of its eight bytes, and two 32-value groups fill one
+// 512-bit vector.
 //
 // AVX-512 has no vpsignb, so the points come from a table of unsigned bytes 8·g + 10 (g ∈ {−1, 0, 1} → 2, 10, 18),
 // which vpmaddubsw takes as they are; what the offset adds comes back out through the Q8_K block sums S:
@@ -91,8 +92,7 @@ public static unsafe partial class VecDot
     internal static float DotIQ1SAvx512(byte* x, byte* y, int nb)
     {
         ulong* grid = IQ1GridX8.Points;
-        Vector512<ushort> indices0, indices1; // the grid indices of this super-block and the next (stored a block
-                                              // ahead: read back at once, they waited on the store, 2.0 against 3.3 GB/s)
+        Vector512<ushort> indices0, indices1; // the grid indices of this super-block and the next
         ushort* idx = (ushort*)&indices0, next = (ushort*)&indices1;
         float sumf = 0;
         if (nb > 0) IQ1SIndices(x, idx);
