@@ -49,7 +49,7 @@ public unsafe class LatticeKernelBitsTests
     [InlineData(GgmlType.IQ3_XXS)]
     [InlineData(GgmlType.IQ2_S)]
     [InlineData(GgmlType.IQ3_S)]
-    public void The_kernels_give_the_scalar_kernels_bits(GgmlType type)
+    public void Each_kernel_gives_its_reference_bits(GgmlType type)
     {
         var rng = new Random(23 + (int)type);
         var w = Quant.IQuantOracleTests.RandomBlocks(type, Blocks, 31 + (int)type);
@@ -58,40 +58,14 @@ public unsafe class LatticeKernelBitsTests
         for (int r = 0; r < Rows; r++) expected[r] = VecDot.DotScalar(type, w, a.AsSpan(r * RowBytes, RowBytes), N);
         Assert.Contains(expected, v => v != 0);
 
-        var reference = expected; // what the AVX-512 kernels must equal bit for bit: IQ1's the scalar kernel, the others AVX2's
+        var (avx2, avx2X4, avx512, avx512X4) = Kernels(type);
+        bool iq1 = type is GgmlType.IQ1_S or GgmlType.IQ1_M;
+        // what the kernels below must equal bit for bit: for IQ1 the scalar kernel, for the others their AVX2 kernel
+        var reference = iq1 ? expected : AssertAvx2Close(type, w, a, expected, avx2, avx2X4);
         var one = new List<(string, One)>();
         var four = new List<(string, Four)>();
-        switch (type)
-        {
-            case GgmlType.IQ1_S:
-                one.Add(("AVX2", VecDot.DotIQ1SAvx2)); four.Add(("AVX2 ×4", VecDot.DotIQ1SAvx2X4));
-                if (Avx512BW.IsSupported) { one.Add(("AVX-512", VecDot.DotIQ1SAvx512)); four.Add(("AVX-512 ×4", VecDot.DotIQ1SAvx512X4)); }
-                break;
-            case GgmlType.IQ1_M:
-                one.Add(("AVX2", VecDot.DotIQ1MAvx2)); four.Add(("AVX2 ×4", VecDot.DotIQ1MAvx2X4));
-                if (Avx512BW.IsSupported) { one.Add(("AVX-512", VecDot.DotIQ1MAvx512)); four.Add(("AVX-512 ×4", VecDot.DotIQ1MAvx512X4)); }
-                break;
-            case GgmlType.IQ2_XXS:
-                reference = AssertAvx2Close(type, w, a, expected, VecDot.DotLatticeAvx2<VecDot.IQ2XXSBlock>, VecDot.DotLatticeAvx2X4<VecDot.IQ2XXSBlock>);
-                if (Avx512BW.IsSupported) { one.Add(("AVX-512", VecDot.DotSignedLatticeAvx512<VecDot.IQ2XXSWide>)); four.Add(("AVX-512 ×4", VecDot.DotSignedLatticeAvx512X4<VecDot.IQ2XXSWide>)); }
-                break;
-            case GgmlType.IQ3_XXS:
-                reference = AssertAvx2Close(type, w, a, expected, VecDot.DotLatticeAvx2<VecDot.IQ3XXSBlock>, VecDot.DotLatticeAvx2X4<VecDot.IQ3XXSBlock>);
-                if (Avx512BW.IsSupported) { one.Add(("AVX-512", VecDot.DotSignedLatticeAvx512<VecDot.IQ3XXSWide>)); four.Add(("AVX-512 ×4", VecDot.DotSignedLatticeAvx512X4<VecDot.IQ3XXSWide>)); }
-                break;
-            case GgmlType.IQ2_XS:
-                reference = AssertAvx2Close(type, w, a, expected, VecDot.DotLatticeAvx2<VecDot.IQ2XSBlock>, VecDot.DotLatticeAvx2X4<VecDot.IQ2XSBlock>);
-                if (Avx512BW.IsSupported) { one.Add(("AVX-512", VecDot.DotSignedLatticeAvx512<VecDot.IQ2XSWide>)); four.Add(("AVX-512 ×4", VecDot.DotSignedLatticeAvx512X4<VecDot.IQ2XSWide>)); }
-                break;
-            case GgmlType.IQ2_S:
-                reference = AssertAvx2Close(type, w, a, expected, VecDot.DotLatticeAvx2<VecDot.IQ2SBlock>, VecDot.DotLatticeAvx2X4<VecDot.IQ2SBlock>);
-                if (Avx512BW.IsSupported) { one.Add(("AVX-512", VecDot.DotSignedLatticeAvx512<VecDot.IQ2SWide>)); four.Add(("AVX-512 ×4", VecDot.DotSignedLatticeAvx512X4<VecDot.IQ2SWide>)); }
-                break;
-            default:
-                reference = AssertAvx2Close(type, w, a, expected, VecDot.DotLatticeAvx2<VecDot.IQ3SBlock>, VecDot.DotLatticeAvx2X4<VecDot.IQ3SBlock>);
-                if (Avx512BW.IsSupported) { one.Add(("AVX-512", VecDot.DotSignedLatticeAvx512<VecDot.IQ3SWide>)); four.Add(("AVX-512 ×4", VecDot.DotSignedLatticeAvx512X4<VecDot.IQ3SWide>)); }
-                break;
-        }
+        if (iq1) { one.Add(("AVX2", avx2)); four.Add(("AVX2 ×4", avx2X4)); }
+        if (Avx512BW.IsSupported) { one.Add(("AVX-512", avx512)); four.Add(("AVX-512 ×4", avx512X4)); }
         fixed (byte* pw = w) fixed (byte* pa = a)
         {
             foreach (var (name, k) in one)
@@ -108,6 +82,22 @@ public unsafe class LatticeKernelBitsTests
             }
         }
     }
+
+    /// <summary>A type's kernels: AVX2 one row and four, AVX-512 one row and four.</summary>
+    static (One, Four, One, Four) Kernels(GgmlType type) => type switch
+    {
+        GgmlType.IQ1_S => (VecDot.DotIQ1SAvx2, VecDot.DotIQ1SAvx2X4, VecDot.DotIQ1SAvx512, VecDot.DotIQ1SAvx512X4),
+        GgmlType.IQ1_M => (VecDot.DotIQ1MAvx2, VecDot.DotIQ1MAvx2X4, VecDot.DotIQ1MAvx512, VecDot.DotIQ1MAvx512X4),
+        GgmlType.IQ2_XXS => Lattice<VecDot.IQ2XXSBlock, VecDot.IQ2XXSWide>(),
+        GgmlType.IQ2_XS => Lattice<VecDot.IQ2XSBlock, VecDot.IQ2XSWide>(),
+        GgmlType.IQ2_S => Lattice<VecDot.IQ2SBlock, VecDot.IQ2SWide>(),
+        GgmlType.IQ3_XXS => Lattice<VecDot.IQ3XXSBlock, VecDot.IQ3XXSWide>(),
+        GgmlType.IQ3_S => Lattice<VecDot.IQ3SBlock, VecDot.IQ3SWide>(),
+        _ => throw new ArgumentOutOfRangeException(nameof(type)),
+    };
+
+    static (One, Four, One, Four) Lattice<TAvx2, TAvx512>() where TAvx2 : struct, VecDot.ILatticeBlock where TAvx512 : struct, VecDot.ISignedLattice =>
+        (VecDot.DotLatticeAvx2<TAvx2>, VecDot.DotLatticeAvx2X4<TAvx2>, VecDot.DotSignedLatticeAvx512<TAvx512>, VecDot.DotSignedLatticeAvx512X4<TAvx512>);
 
     /// <summary>An AVX2 IQ2/IQ3 kernel: within 1e-5 of Σ|w·a| of the scalar kernel, four rows the bits of one; returns
     /// its results.</summary>
