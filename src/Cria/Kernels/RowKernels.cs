@@ -483,9 +483,9 @@ public static unsafe class RowKernels
             case GgmlType.IQ3_XXS: VecDot.DotLatticeAvx2X4<VecDot.IQ3XXSBlock>(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.IQ3_S when Avx512BW.IsSupported: VecDot.DotSignedLatticeAvx512X4<VecDot.IQ3SWide>(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.IQ3_S: VecDot.DotLatticeAvx2X4<VecDot.IQ3SBlock>(w, x, xStride, n / 256, y, yStride); break;
-            case GgmlType.IQ1_S when Avx512BW.IsSupported: VecDot.DotIQ1SAvx512X4(w, x, xStride, n / 256, y, yStride); break;
+            case GgmlType.IQ1_S when Avx512BW.IsSupported: VecDot.DotIQ1Avx512X4<VecDot.IQ1SWide>(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.IQ1_S: VecDot.DotIQ1SAvx2X4(w, x, xStride, n / 256, y, yStride); break;
-            case GgmlType.IQ1_M when Avx512BW.IsSupported: VecDot.DotIQ1MAvx512X4(w, x, xStride, n / 256, y, yStride); break;
+            case GgmlType.IQ1_M when Avx512BW.IsSupported: VecDot.DotIQ1Avx512X4<VecDot.IQ1MWide>(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.IQ1_M: VecDot.DotIQ1MAvx2X4(w, x, xStride, n / 256, y, yStride); break;
             default: throw new ArgumentOutOfRangeException(nameof(type));
         }
@@ -625,8 +625,8 @@ public static unsafe class RowKernels
         GgmlType.IQ2_S => Avx512BW.IsSupported ? VecDot.DotSignedLatticeAvx512<VecDot.IQ2SWide>(w, x, n / 256) : VecDot.DotLatticeAvx2<VecDot.IQ2SBlock>(w, x, n / 256),
         GgmlType.IQ3_XXS => Avx512BW.IsSupported ? VecDot.DotSignedLatticeAvx512<VecDot.IQ3XXSWide>(w, x, n / 256) : VecDot.DotLatticeAvx2<VecDot.IQ3XXSBlock>(w, x, n / 256),
         GgmlType.IQ3_S => Avx512BW.IsSupported ? VecDot.DotSignedLatticeAvx512<VecDot.IQ3SWide>(w, x, n / 256) : VecDot.DotLatticeAvx2<VecDot.IQ3SBlock>(w, x, n / 256),
-        GgmlType.IQ1_S => Avx512BW.IsSupported ? VecDot.DotIQ1SAvx512(w, x, n / 256) : VecDot.DotIQ1SAvx2(w, x, n / 256),
-        GgmlType.IQ1_M => Avx512BW.IsSupported ? VecDot.DotIQ1MAvx512(w, x, n / 256) : VecDot.DotIQ1MAvx2(w, x, n / 256),
+        GgmlType.IQ1_S => Avx512BW.IsSupported ? VecDot.DotIQ1Avx512<VecDot.IQ1SWide>(w, x, n / 256) : VecDot.DotIQ1SAvx2(w, x, n / 256),
+        GgmlType.IQ1_M => Avx512BW.IsSupported ? VecDot.DotIQ1Avx512<VecDot.IQ1MWide>(w, x, n / 256) : VecDot.DotIQ1MAvx2(w, x, n / 256),
         _ => throw new System.Diagnostics.UnreachableException($"no single-row AVX2 kernel for {type}"),
     };
 

@@ -19,6 +19,7 @@ namespace Cria.Kernels;
 // which vpmaddubsw takes as they are; what the offset adds comes back out through the Q8_K block sums S:
 //   IQ1_S (δ = ±1 per 32 values):  Σ ls·Σ(8g + δ)·q8 = Σ ls·Σ(8g + 10)·q8 + Σ ls·(δ − 10)·S32
 //   IQ1_M (δ = ±1 per 8 values):   the byte is made 8g + 9 + δ, so Σ ls·Σ(8g + δ)·q8 = Σ ls·Σ(8g + 9 + δ)·q8 − 9·Σ ls·S16
+// Both take the scales per 16 values and add the block sums times per-16 multipliers; one generic kernel runs both.
 // That integer T is 8·sumi + sumi1 of the scalar kernels, exactly, and below 2^24, so T / 8 = sumi + sumi1 / 8 in float
 // too: each block adds the bits the scalar kernel adds, and the result equals DotScalar's bit for bit.
 public static unsafe partial class VecDot
@@ -67,84 +68,60 @@ public static unsafe partial class VecDot
         (qs | ((hi << 8) & Vector512.Create((ushort)0x700))).Store(idx);
     }
 
-    /// <summary>IQ1_S's per-group scales 2s + 1 (lanes 0–7) and the block-sum multipliers ls·(δ − 10), one per 16 values
-    /// (lanes 0–15, each group's twice).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void IQ1SScales(Vector128<ushort> qh, out Vector512<short> ls, out Vector256<short> sumMul)
+    /// <summary>IQ1_S or IQ1_M as the AVX-512 kernels read it.</summary>
+    internal interface IIQ1Block
     {
-        var l = ((qh >> 12) & Vector128.Create((ushort)7)) * 2 + Vector128<ushort>.One;
-        var m = l.AsInt16() * ((qh.AsInt16() >> 15) * 2 - Vector128.Create((short)9)); // δ − 10 = −9 or −11
-        ls = l.AsInt16().ToVector256Unsafe().ToVector512Unsafe();
-        sumMul = Vector256.Create(Sse2.UnpackLow(m, m), Sse2.UnpackHigh(m, m));
+        static abstract int Bytes { get; }
+        /// <summary>The block's 32 grid indices into <paramref name="idx"/> (run a block ahead).</summary>
+        static abstract void Indices(byte* x, ushort* idx);
+        /// <summary>The scales 2s + 1 per 16 values (lanes 0–15); the Q8_K block-sum multipliers, one per 16 values,
+        /// that take the table's offset back out (and add IQ1_S's delta); the super-block scale.</summary>
+        static abstract Vector512<short> Scales(byte* x, out Vector256<short> sumMul, out float d);
+        /// <summary>Values 64p … 64p + 63 as unsigned bytes: 8·g + 10 (IQ1_S), 8·g + 9 + δ (IQ1_M).</summary>
+        static abstract Vector512<byte> Points(ulong* grid, ushort* idx, byte* x, int p);
     }
 
-    /// <summary>Word permutation giving lanes 0–15 group 2p's scale and lanes 16–31 group 2p + 1's.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector512<short> PairHalves(int p) =>
-        Vector512.Create((short)0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1) + Vector512.Create((short)(2 * p));
-
-    /// <summary>IQ1_S values 64p … 64p + 63 against <paramref name="q8"/>: Σ ls·(8g + 10)·q8 in sixteen int32 lanes.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector512<int> IQ1SPair(ulong* grid, ushort* idx, Vector512<short> ls, byte* q8, int p) => Avx512BW.MultiplyAddAdjacent(
-        Avx512BW.MultiplyAddAdjacent(Points8(grid, idx + 8 * p), Vector512.Load((sbyte*)(q8 + 64 * p))), Avx512BW.PermuteVar32x16(ls, PairHalves(p)));
-
-    /// <summary>One IQ1_S row against one Q8_K row (ggml's layout): bit for bit <see cref="ScalarIQ1_S"/>.</summary>
-    internal static float DotIQ1SAvx512(byte* x, byte* y, int nb)
+    internal struct IQ1SWide : IIQ1Block
     {
-        ulong* grid = IQ1GridX8.Points;
-        Vector512<ushort> indices0, indices1; // the grid indices of this super-block and the next
-        ushort* idx = (ushort*)&indices0, next = (ushort*)&indices1;
-        float sumf = 0;
-        if (nb > 0) IQ1SIndices(x, idx);
-        for (int i = 0; i < nb; i++, x += 50, y += 292)
+        public static int Bytes => 50;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Indices(byte* x, ushort* idx) => IQ1SIndices(x, idx);
+
+        /// <summary>Scale 2s + 1 and δ per 32 values from bits 12–15 of qh; multipliers ls·(δ − 10).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<short> Scales(byte* x, out Vector256<short> sumMul, out float d)
         {
-            Sse.Prefetch0(x + PrefetchAhead);
-            if (i + 1 < nb) IQ1SIndices(x + 50, next);
             var qh = Vector128.Load((ushort*)(x + 34));
-            IQ1SScales(qh, out var ls, out var sumMul);
-            byte* q = y + 4;
-            var acc = (IQ1SPair(grid, idx, ls, q, 0) + IQ1SPair(grid, idx, ls, q, 1)) + (IQ1SPair(grid, idx, ls, q, 2) + IQ1SPair(grid, idx, ls, q, 3));
-            var t = acc.GetLower() + acc.GetUpper() + Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(y + 260)), sumMul);
-            sumf += Fp16.ToSingle(*(ushort*)x) * *(float*)y * (Vector256.Sum(t) * 0.125f);
-            ushort* swap = idx; idx = next; next = swap;
+            var l = (((qh >> 12) & Vector128.Create((ushort)7)) * 2 + Vector128<ushort>.One).AsInt16();
+            var m = l * ((qh.AsInt16() >> 15) * 2 - Vector128.Create((short)9)); // δ − 10 = −9 or −11
+            sumMul = Vector256.Create(Sse2.UnpackLow(m, m), Sse2.UnpackHigh(m, m));
+            d = Fp16.ToSingle(*(ushort*)x);
+            return Vector256.Create(Sse2.UnpackLow(l, l), Sse2.UnpackHigh(l, l)).ToVector512Unsafe();
         }
-        return sumf;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<byte> Points(ulong* grid, ushort* idx, byte* x, int p) => Points8(grid, idx + 8 * p);
     }
 
-    /// <summary>One IQ1_S row against four activation rows, each with the bits of <see cref="DotIQ1SAvx512"/>.</summary>
-    internal static void DotIQ1SAvx512X4(byte* x, byte* y, int yStride, int nb, float* dst, int dstStride)
+    internal struct IQ1MWide : IIQ1Block
     {
-        ulong* grid = IQ1GridX8.Points;
-        Vector512<ushort> indices0, indices1;
-        ushort* idx = (ushort*)&indices0, next = (ushort*)&indices1;
-        float f0 = 0, f1 = 0, f2 = 0, f3 = 0;
-        if (nb > 0) IQ1SIndices(x, idx);
-        for (int i = 0; i < nb; i++, x += 50, y += 292)
+        public static int Bytes => 56;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Indices(byte* x, ushort* idx) => IQ1MIndices(x, idx);
+
+        /// <summary>Multipliers −9·ls: the bytes carry 9 + δ.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<short> Scales(byte* x, out Vector256<short> sumMul, out float d)
         {
-            if (i + 1 < nb) IQ1SIndices(x + 50, next);
-            var qh = Vector128.Load((ushort*)(x + 34));
-            IQ1SScales(qh, out var ls, out var sumMul);
-            Vector512<int> a0 = default, a1 = default, a2 = default, a3 = default;
-            for (int p = 0; p < 4; p++)
-            {
-                var g = Points8(grid, idx + 8 * p);
-                var sc = Avx512BW.PermuteVar32x16(ls, PairHalves(p));
-                byte* q = y + 4 + 64 * p;
-                a0 += Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(g, Vector512.Load((sbyte*)q)), sc);
-                a1 += Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(g, Vector512.Load((sbyte*)(q + yStride))), sc);
-                a2 += Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(g, Vector512.Load((sbyte*)(q + 2 * yStride))), sc);
-                a3 += Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(g, Vector512.Load((sbyte*)(q + 3 * yStride))), sc);
-            }
-            float dx = Fp16.ToSingle(*(ushort*)x);
-            short* b = (short*)(y + 260);
-            int bs = yStride / 2;
-            f0 += dx * *(float*)y * (Vector256.Sum(a0.GetLower() + a0.GetUpper() + Avx2.MultiplyAddAdjacent(Vector256.Load(b), sumMul)) * 0.125f);
-            f1 += dx * *(float*)(y + yStride) * (Vector256.Sum(a1.GetLower() + a1.GetUpper() + Avx2.MultiplyAddAdjacent(Vector256.Load(b + bs), sumMul)) * 0.125f);
-            f2 += dx * *(float*)(y + 2 * yStride) * (Vector256.Sum(a2.GetLower() + a2.GetUpper() + Avx2.MultiplyAddAdjacent(Vector256.Load(b + 2 * bs), sumMul)) * 0.125f);
-            f3 += dx * *(float*)(y + 3 * yStride) * (Vector256.Sum(a3.GetLower() + a3.GetUpper() + Avx2.MultiplyAddAdjacent(Vector256.Load(b + 3 * bs), sumMul)) * 0.125f);
-            ushort* swap = idx; idx = next; next = swap;
+            var ls = IQ1MScales(x, out d);
+            sumMul = ls.GetLower() * -9;
+            return ls;
         }
-        dst[0] = f0; dst[dstStride] = f1; dst[2 * dstStride] = f2; dst[3 * dstStride] = f3;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<byte> Points(ulong* grid, ushort* idx, byte* x, int p) => IQ1MPoints8(grid, idx, x, p);
     }
 
     /// <summary>IQ1_M: the 32 grid indices qs[k] | (qh[k/2] &lt;&lt; (k even ? 8 : 4)) &amp; 0x700 into <paramref name="idx"/>.
@@ -192,49 +169,53 @@ public static unsafe partial class VecDot
     static Vector512<short> PairQuarters(int p) =>
         Vector512.Create((short)0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3) + Vector512.Create((short)(4 * p));
 
-    /// <summary>IQ1_M values 64p … 64p + 63 against <paramref name="q8"/>: Σ ls·(8g + 9 + δ)·q8 in sixteen int32 lanes.</summary>
+    /// <summary>Values 64p … 64p + 63 against <paramref name="q8"/>: Σ ls·byte·q8 in sixteen int32 lanes.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector512<int> IQ1MPair(ulong* grid, ushort* idx, byte* x, Vector512<short> ls, byte* q8, int p) => Avx512BW.MultiplyAddAdjacent(
-        Avx512BW.MultiplyAddAdjacent(IQ1MPoints8(grid, idx, x, p), Vector512.Load((sbyte*)(q8 + 64 * p))), Avx512BW.PermuteVar32x16(ls, PairQuarters(p)));
+    static Vector512<int> IQ1Pair<T>(ulong* grid, ushort* idx, byte* x, Vector512<short> ls, byte* q8, int p) where T : struct, IIQ1Block =>
+        Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(T.Points(grid, idx, x, p), Vector512.Load((sbyte*)(q8 + 64 * p))),
+            Avx512BW.PermuteVar32x16(ls, PairQuarters(p)));
 
-    /// <summary>One IQ1_M row against one Q8_K row (ggml's layout): bit for bit <see cref="ScalarIQ1_M"/>.</summary>
-    internal static float DotIQ1MAvx512(byte* x, byte* y, int nb)
+    /// <summary>One IQ1_S or IQ1_M row against one Q8_K row (ggml's layout): bit for bit <see cref="ScalarIQ1_S"/> /
+    /// <see cref="ScalarIQ1_M"/>.</summary>
+    [SkipLocalsInit]
+    internal static float DotIQ1Avx512<T>(byte* x, byte* y, int nb) where T : struct, IIQ1Block
     {
         ulong* grid = IQ1GridX8.Points;
-        Vector512<ushort> indices0, indices1; // this super-block's grid indices and the next one's
+        Vector512<ushort> indices0, indices1; // the grid indices of this super-block and the next
         ushort* idx = (ushort*)&indices0, next = (ushort*)&indices1;
         float sumf = 0;
-        if (nb > 0) IQ1MIndices(x, idx);
-        for (int i = 0; i < nb; i++, x += 56, y += 292)
+        if (nb > 0) T.Indices(x, idx);
+        for (int i = 0; i < nb; i++, x += T.Bytes, y += 292)
         {
             Sse.Prefetch0(x + PrefetchAhead);
-            if (i + 1 < nb) IQ1MIndices(x + 56, next);
-            var ls = IQ1MScales(x, out float d);
+            if (i + 1 < nb) T.Indices(x + T.Bytes, next);
+            var ls = T.Scales(x, out var sumMul, out float d);
             byte* q = y + 4;
-            var acc = (IQ1MPair(grid, idx, x, ls, q, 0) + IQ1MPair(grid, idx, x, ls, q, 1)) + (IQ1MPair(grid, idx, x, ls, q, 2) + IQ1MPair(grid, idx, x, ls, q, 3));
-            var s = Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(y + 260)), ls.GetLower());
-            sumf += d * *(float*)y * (Vector256.Sum(acc.GetLower() + acc.GetUpper() - s * 9) * 0.125f);
+            var acc = (IQ1Pair<T>(grid, idx, x, ls, q, 0) + IQ1Pair<T>(grid, idx, x, ls, q, 1)) + (IQ1Pair<T>(grid, idx, x, ls, q, 2) + IQ1Pair<T>(grid, idx, x, ls, q, 3));
+            var t = acc.GetLower() + acc.GetUpper() + Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(y + 260)), sumMul);
+            sumf += d * *(float*)y * (Vector256.Sum(t) * 0.125f);
             ushort* swap = idx; idx = next; next = swap;
         }
         return sumf;
     }
 
-    /// <summary>One IQ1_M row against four activation rows, each with the bits of <see cref="DotIQ1MAvx512"/>.</summary>
-    internal static void DotIQ1MAvx512X4(byte* x, byte* y, int yStride, int nb, float* dst, int dstStride)
+    /// <summary>One IQ1_S or IQ1_M row against four activation rows, each with the bits of <see cref="DotIQ1Avx512{T}"/>.</summary>
+    [SkipLocalsInit]
+    internal static void DotIQ1Avx512X4<T>(byte* x, byte* y, int yStride, int nb, float* dst, int dstStride) where T : struct, IIQ1Block
     {
         ulong* grid = IQ1GridX8.Points;
         Vector512<ushort> indices0, indices1;
         ushort* idx = (ushort*)&indices0, next = (ushort*)&indices1;
         float f0 = 0, f1 = 0, f2 = 0, f3 = 0;
-        if (nb > 0) IQ1MIndices(x, idx);
-        for (int i = 0; i < nb; i++, x += 56, y += 292)
+        if (nb > 0) T.Indices(x, idx);
+        for (int i = 0; i < nb; i++, x += T.Bytes, y += 292)
         {
-            if (i + 1 < nb) IQ1MIndices(x + 56, next);
-            var ls = IQ1MScales(x, out float d);
+            if (i + 1 < nb) T.Indices(x + T.Bytes, next);
+            var ls = T.Scales(x, out var sumMul, out float d);
             Vector512<int> a0 = default, a1 = default, a2 = default, a3 = default;
             for (int p = 0; p < 4; p++)
             {
-                var g = IQ1MPoints8(grid, idx, x, p);
+                var g = T.Points(grid, idx, x, p);
                 var sc = Avx512BW.PermuteVar32x16(ls, PairQuarters(p));
                 byte* q = y + 4 + 64 * p;
                 a0 += Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(g, Vector512.Load((sbyte*)q)), sc);
@@ -242,13 +223,12 @@ public static unsafe partial class VecDot
                 a2 += Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(g, Vector512.Load((sbyte*)(q + 2 * yStride))), sc);
                 a3 += Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(g, Vector512.Load((sbyte*)(q + 3 * yStride))), sc);
             }
-            var l16 = ls.GetLower();
             short* b = (short*)(y + 260);
             int bs = yStride / 2;
-            f0 += d * *(float*)y * (Vector256.Sum(a0.GetLower() + a0.GetUpper() - Avx2.MultiplyAddAdjacent(Vector256.Load(b), l16) * 9) * 0.125f);
-            f1 += d * *(float*)(y + yStride) * (Vector256.Sum(a1.GetLower() + a1.GetUpper() - Avx2.MultiplyAddAdjacent(Vector256.Load(b + bs), l16) * 9) * 0.125f);
-            f2 += d * *(float*)(y + 2 * yStride) * (Vector256.Sum(a2.GetLower() + a2.GetUpper() - Avx2.MultiplyAddAdjacent(Vector256.Load(b + 2 * bs), l16) * 9) * 0.125f);
-            f3 += d * *(float*)(y + 3 * yStride) * (Vector256.Sum(a3.GetLower() + a3.GetUpper() - Avx2.MultiplyAddAdjacent(Vector256.Load(b + 3 * bs), l16) * 9) * 0.125f);
+            f0 += d * *(float*)y * (Vector256.Sum(a0.GetLower() + a0.GetUpper() + Avx2.MultiplyAddAdjacent(Vector256.Load(b), sumMul)) * 0.125f);
+            f1 += d * *(float*)(y + yStride) * (Vector256.Sum(a1.GetLower() + a1.GetUpper() + Avx2.MultiplyAddAdjacent(Vector256.Load(b + bs), sumMul)) * 0.125f);
+            f2 += d * *(float*)(y + 2 * yStride) * (Vector256.Sum(a2.GetLower() + a2.GetUpper() + Avx2.MultiplyAddAdjacent(Vector256.Load(b + 2 * bs), sumMul)) * 0.125f);
+            f3 += d * *(float*)(y + 3 * yStride) * (Vector256.Sum(a3.GetLower() + a3.GetUpper() + Avx2.MultiplyAddAdjacent(Vector256.Load(b + 3 * bs), sumMul)) * 0.125f);
             ushort* swap = idx; idx = next; next = swap;
         }
         dst[0] = f0; dst[dstStride] = f1; dst[2 * dstStride] = f2; dst[3 * dstStride] = f3;
@@ -503,6 +483,7 @@ public static unsafe partial class VecDot
         Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(T.Points(x, idx, p), SignedQ8(T.Signs(x, idx), q8, p)), Avx512BW.PermuteVar32x16(ls, PairQuarters(p)));
 
     /// <summary>One IQ2 or IQ3 row against one Q8_K row: bit for bit <see cref="DotLatticeAvx2{T}"/>.</summary>
+    [SkipLocalsInit]
     internal static float DotSignedLatticeAvx512<T>(byte* x, byte* y, int nb) where T : struct, ISignedLattice
     {
         LatticeIndices b0, b1; // this super-block's grid indices and the next one's (stored a block ahead)
@@ -523,6 +504,7 @@ public static unsafe partial class VecDot
     }
 
     /// <summary>One IQ2 or IQ3 row against four activation rows, each with the bits of <see cref="DotSignedLatticeAvx512{T}"/>.</summary>
+    [SkipLocalsInit]
     internal static void DotSignedLatticeAvx512X4<T>(byte* x, byte* y, int yStride, int nb, float* dst, int dstStride) where T : struct, ISignedLattice
     {
         LatticeIndices b0, b1;

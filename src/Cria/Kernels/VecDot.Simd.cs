@@ -47,8 +47,8 @@ public static partial class VecDot
                 case GgmlType.IQ2_S: fixed (byte* x = &w) fixed (byte* y = &a) return Avx512BW.IsSupported ? DotSignedLatticeAvx512<IQ2SWide>(x, y, n / 256) : DotLatticeAvx2<IQ2SBlock>(x, y, n / 256);
                 case GgmlType.IQ3_XXS: fixed (byte* x = &w) fixed (byte* y = &a) return Avx512BW.IsSupported ? DotSignedLatticeAvx512<IQ3XXSWide>(x, y, n / 256) : DotLatticeAvx2<IQ3XXSBlock>(x, y, n / 256);
                 case GgmlType.IQ3_S: fixed (byte* x = &w) fixed (byte* y = &a) return Avx512BW.IsSupported ? DotSignedLatticeAvx512<IQ3SWide>(x, y, n / 256) : DotLatticeAvx2<IQ3SBlock>(x, y, n / 256);
-                case GgmlType.IQ1_S: fixed (byte* x = &w) fixed (byte* y = &a) return Avx512BW.IsSupported ? DotIQ1SAvx512(x, y, n / 256) : DotIQ1SAvx2(x, y, n / 256);
-                case GgmlType.IQ1_M: fixed (byte* x = &w) fixed (byte* y = &a) return Avx512BW.IsSupported ? DotIQ1MAvx512(x, y, n / 256) : DotIQ1MAvx2(x, y, n / 256);
+                case GgmlType.IQ1_S: fixed (byte* x = &w) fixed (byte* y = &a) return Avx512BW.IsSupported ? DotIQ1Avx512<IQ1SWide>(x, y, n / 256) : DotIQ1SAvx2(x, y, n / 256);
+                case GgmlType.IQ1_M: fixed (byte* x = &w) fixed (byte* y = &a) return Avx512BW.IsSupported ? DotIQ1Avx512<IQ1MWide>(x, y, n / 256) : DotIQ1MAvx2(x, y, n / 256);
             }
         }
         return DotScalar(weightType, weightRow, activationRow, n);

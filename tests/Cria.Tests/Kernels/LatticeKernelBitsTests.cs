@@ -86,8 +86,8 @@ public unsafe class LatticeKernelBitsTests
     /// <summary>A type's kernels: AVX2 one row and four, AVX-512 one row and four.</summary>
     static (One, Four, One, Four) Kernels(GgmlType type) => type switch
     {
-        GgmlType.IQ1_S => (VecDot.DotIQ1SAvx2, VecDot.DotIQ1SAvx2X4, VecDot.DotIQ1SAvx512, VecDot.DotIQ1SAvx512X4),
-        GgmlType.IQ1_M => (VecDot.DotIQ1MAvx2, VecDot.DotIQ1MAvx2X4, VecDot.DotIQ1MAvx512, VecDot.DotIQ1MAvx512X4),
+        GgmlType.IQ1_S => (VecDot.DotIQ1SAvx2, VecDot.DotIQ1SAvx2X4, VecDot.DotIQ1Avx512<VecDot.IQ1SWide>, VecDot.DotIQ1Avx512X4<VecDot.IQ1SWide>),
+        GgmlType.IQ1_M => (VecDot.DotIQ1MAvx2, VecDot.DotIQ1MAvx2X4, VecDot.DotIQ1Avx512<VecDot.IQ1MWide>, VecDot.DotIQ1Avx512X4<VecDot.IQ1MWide>),
         GgmlType.IQ2_XXS => Lattice<VecDot.IQ2XXSBlock, VecDot.IQ2XXSWide>(),
         GgmlType.IQ2_XS => Lattice<VecDot.IQ2XSBlock, VecDot.IQ2XSWide>(),
         GgmlType.IQ2_S => Lattice<VecDot.IQ2SBlock, VecDot.IQ2SWide>(),
