@@ -14,7 +14,7 @@ namespace Cria.Kernels;
 /// Types without a batched kernel here fall back to <see cref="VecDot.Dot"/> per activation row.
 /// Reference semantics: <see cref="VecDot.DotScalar"/> (equal up to float summation order).
 /// </summary>
-public static unsafe class RowKernels
+public static unsafe partial class RowKernels
 {
     /// <summary>Activation rows processed together (their accumulators live on the stack).</summary>
     public const int Tile = 16;
@@ -50,6 +50,7 @@ public static unsafe class RowKernels
     {
         GgmlType.F32 or GgmlType.BF16 => n * 4 + 64, // one cache line of padding: rows 8 KiB apart alias in L1
         GgmlType.F16 => n * 8 + 64, // [n] F16-rounded x, then [n] the same · 2^112 for the decode kernel (DotF16Scaled)
+        GgmlType.Q8_0 when Q80Vnni => Q80VnniRowBytes(n), // pairs of blocks: [64] quants + 128 | [16] scales (RowKernels.Q80Vnni.cs)
         GgmlType.Q8_0 when Avx512BW.IsSupported => n / 32 * 68,
         GgmlType.Q8_0 when Avx2Rows(weightType) => n / 32 * 36, // [nb] F32 scales, then [nb, 32] int8 quants
         GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 when Avx2Rows(weightType)
@@ -72,6 +73,9 @@ public static unsafe class RowKernels
                 ScaleBy2Pow112(f.Slice(0, x.Length), f.Slice(x.Length, x.Length));
                 return;
             case GgmlType.BF16: RoundToBf16(x, f); return;
+            case GgmlType.Q8_0 when Q80Vnni:
+                QuantizeQ80Vnni(x, dst);
+                return;
             case GgmlType.Q8_0 when Avx512BW.IsSupported:
                 QuantizeQ80Widened(x, dst);
                 return;
@@ -213,7 +217,7 @@ public static unsafe class RowKernels
     /// exactly: t = trunc(v) and v − t are exact in float, so q = t + sign(v)·[|v − t| ≥ ½].
     /// </summary>
     [SkipLocalsInit]
-    static void QuantizeQ80Widened(ReadOnlySpan<float> x, Span<byte> dst)
+    internal static void QuantizeQ80Widened(ReadOnlySpan<float> x, Span<byte> dst)
     {
         int nb = x.Length / 32;
         fixed (float* px = x) fixed (byte* py = dst)
@@ -400,7 +404,7 @@ public static unsafe class RowKernels
     }
 
     /// <summary>Per-thread buffers for one decoded Q8_0 row of n values: [n] int16 quants and [n / 32] scales.</summary>
-    static (nint Quants, nint Scales) Q80Buffers(int n) => ((nint)Scratch(ref _q80Quants, n), (nint)Scratch(ref _q80Scales, n / 32));
+    internal static (nint Quants, nint Scales) Q80Buffers(int n) => ((nint)Scratch(ref _q80Quants, n), (nint)Scratch(ref _q80Scales, n / 32));
 
     static DecodedSuperBlock* DecodeBuffer(int nb) => Scratch(ref _q4kDecoded, Math.Max(nb, 32));
 
@@ -418,6 +422,10 @@ public static unsafe class RowKernels
                 case GgmlType.Q6_K:
                     if (B == 1) *y = Q6K1(w, x, n / 256);
                     else Q6KTile(w, x, xStride, B, n / 256, y, yStride, DecodeBuffer(n / 256));
+                    return;
+                case GgmlType.Q8_0 when Q80Vnni:
+                    if (B == 1) *y = Q80Vnni1(w, x, n / 32);
+                    else Q80VnniTile(w, x, xStride, B, n / 32, y, yStride);
                     return;
                 case GgmlType.Q8_0:
                     if (B == 1) { *y = Q801(w, x, n / 32); return; }
@@ -528,6 +536,11 @@ public static unsafe class RowKernels
         if (Avx512BW.IsSupported && type == GgmlType.Q6_K)
         {
             for (int r = r0; r < r1; r++) y[r] = Q6K1(w + (long)r * rowBytes, x, n / 256);
+            return;
+        }
+        if (Q80Vnni && type == GgmlType.Q8_0)
+        {
+            for (int r = r0; r < r1; r++) y[r] = Q80Vnni1(w + (long)r * rowBytes, x, n / 32);
             return;
         }
         if (Avx512BW.IsSupported && type == GgmlType.Q8_0)
@@ -677,7 +690,8 @@ public static unsafe class RowKernels
         }
         if (type == GgmlType.Q8_0)
         {
-            Q80Block(w, rowBytes, r0, r1, x, xStride, B, n, y, yStride);
+            if (Q80Vnni) Q80VnniBlock(w, rowBytes, r0, r1, x, xStride, B, n, y, yStride);
+            else Q80Block(w, rowBytes, r0, r1, x, xStride, B, n, y, yStride);
             return;
         }
         // Q4_K / Q6_K: tiles of Tile activation rows, each row in parts of KPartBlocks super-blocks (one part of a tile,
@@ -1100,7 +1114,7 @@ public static unsafe class RowKernels
     /// One Q8_0 weight row against B activation rows (<see cref="Run"/>): <see cref="Q80TilePart"/> over all blocks,
     /// then the horizontal sums.
     /// </summary>
-    static void Q80Tile(byte* w, byte* x, int xStride, int B, int nb, float* y, int yStride, short* decQ, float* decD)
+    internal static void Q80Tile(byte* w, byte* x, int xStride, int B, int nb, float* y, int yStride, short* decQ, float* decD)
     {
         var acc = (Vector512<float>*)Scratch(ref _q80Acc, (long)B * 16);
         Q80TilePart(w, x, xStride, B, nb, 0, nb, acc, decQ, decD);
@@ -1180,7 +1194,7 @@ public static unsafe class RowKernels
     /// against 8-row tiles of 72 (session 8, `gemm-micro`, same core): 2048×2048 +2.5 %, 2048×5632 +7 %, 5632×2048 −1.5 %,
     /// each weight row decoded half as often.
     /// </summary>
-    static void Q80Block(byte* w, int rowBytes, int r0, int r1, byte* x, int xStride, int B, int n, float* y, int yStride)
+    internal static void Q80Block(byte* w, int rowBytes, int r0, int r1, byte* x, int xStride, int B, int n, float* y, int yStride)
     {
         int nb = n / 32;
         var (q80Quants, q80Scales) = Q80Buffers(n);
@@ -1235,7 +1249,7 @@ public static unsafe class RowKernels
     /// <see cref="Q80Step1"/> in the same order, straight from the weights, prefetched ahead.</summary>
     [SkipLocalsInit]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static float Q801(byte* w, byte* x, int nb)
+    internal static float Q801(byte* w, byte* x, int nb)
     {
         var acc = Vector512<float>.Zero;
         int i = 0;
@@ -1896,6 +1910,7 @@ public static unsafe class RowKernels
         {
             case GgmlType.Q4_K: Q4K1Pair(wa, wb, x, n / 256, out ya, out yb); return true;
             case GgmlType.Q6_K: Q6K1Pair(wa, wb, x, n / 256, out ya, out yb); return true;
+            case GgmlType.Q8_0 when Q80Vnni: Q80Vnni1Pair(wa, wb, x, n / 32, out ya, out yb); return true;
             case GgmlType.Q8_0: Q801Pair(wa, wb, x, n / 32, out ya, out yb); return true;
             default:
                 if (HalfRowsAvx2(n))
@@ -1933,7 +1948,7 @@ public static unsafe class RowKernels
     /// <summary><see cref="Q801"/> on two rows at once (its software prefetch included, for each row).</summary>
     [SkipLocalsInit]
     [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
-    static void Q801Pair(byte* wa, byte* wb, byte* x, int nb, out float ya, out float yb)
+    internal static void Q801Pair(byte* wa, byte* wb, byte* x, int nb, out float ya, out float yb)
     {
         Vector512<float> accA = default, accB = default;
         int i = 0;

@@ -496,9 +496,11 @@ public unsafe class RowKernelTests
                     }
                     continue;
                 }
-                var fast = new byte[RowKernels.ActivationRowBytes(GgmlType.Q8_0, n)];
-                RowKernels.PrepareActivations(GgmlType.Q8_0, x, fast);
+                // AVX-512: the int16 layout ([nb] scales, [nb, 32] int16 quants), which machines without AVX-VNNI read,
+                // and where AVX-VNNI is there the layout of its kernels (pairs of blocks: quants + 128, scales ×8)
                 int nb = n / 32;
+                var fast = new byte[nb * 68];
+                RowKernels.QuantizeQ80Widened(x, fast);
                 for (int i = 0; i < nb; i++)
                 {
                     float d = Fp16.ToSingle(BitConverter.ToUInt16(reference, i * 34));
@@ -507,6 +509,11 @@ public unsafe class RowKernelTests
                         Assert.True((sbyte)reference[i * 34 + 2 + j] == BitConverter.ToInt16(fast, nb * 4 + (i * 32 + j) * 2),
                             $"n={n} trial={trial} block {i} value {j}: x={x[i * 32 + j]}");
                 }
+                var dispatched = new byte[RowKernels.ActivationRowBytes(GgmlType.Q8_0, n)];
+                RowKernels.PrepareActivations(GgmlType.Q8_0, x, dispatched);
+                if (!RowKernels.Q80Vnni) { Assert.Equal(fast, dispatched); continue; }
+                Assert.Equal((nb + 1) / 2 * 128, dispatched.Length);
+                Q80KernelTests.AssertVnniLayout(reference, dispatched, nb);
             }
     }
 
