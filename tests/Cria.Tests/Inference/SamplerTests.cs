@@ -192,9 +192,17 @@ public class SamplerTests
         {
             var s = new Sampler(V, o, vocab);
             for (int i = 0; i < 200; i++) s.Accept(s.Sample(l) % 50); // warm up, and a history that repeats for DRY
-            long before = GC.GetAllocatedBytesForCurrentThread();
-            for (int i = 0; i < 200; i++) s.Accept(s.Sample(l) % 50);
-            Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+            // The least of three windows of 200 tokens: a CI run with every test class sharing the 2 cores once saw 744
+            // bytes in one window (the runtime's warm-up work, e.g. on-stack replacement compiling on this thread, landing
+            // late); a sampler that allocates per token does so in every window.
+            long allocated = long.MaxValue;
+            for (int w = 0; w < 3 && allocated > 0; w++)
+            {
+                long before = GC.GetAllocatedBytesForCurrentThread();
+                for (int i = 0; i < 200; i++) s.Accept(s.Sample(l) % 50);
+                allocated = Math.Min(allocated, GC.GetAllocatedBytesForCurrentThread() - before);
+            }
+            Assert.Equal(0, allocated);
         }
         tok.Dispose();
     }
