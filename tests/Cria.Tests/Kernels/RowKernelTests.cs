@@ -533,4 +533,46 @@ public unsafe class RowKernelTests
             }
         }
     }
+
+    /// <summary>Q4_0 prefill adds a block's eight steps in int16 (VecDot.DotQ40Rows16Avx512): at its bound — every nibble
+    /// 15 or 0, every activation quant ±127 — the sums must still be exact: the scalar reference's value, and the bits
+    /// of each row alone (the eight-row decode kernel). Rows differ in scale and sign pattern so that a lane mix-up shows.</summary>
+    [Fact]
+    public void Q40PrefillIsExactAtTheInt16Bound()
+    {
+        const int n = 512, rows = 19, B = 5;
+        int nb = n / 32, rb = nb * 18;
+        var wq = new byte[rows * rb];
+        for (int r = 0; r < rows; r++)
+            for (int i = 0; i < nb; i++)
+            {
+                int o = r * rb + i * 18;
+                BitConverter.TryWriteBytes(wq.AsSpan(o), Fp16.FromSingle(0.5f + r + i / 8f));
+                for (int j = 0; j < 16; j++) wq[o + 2 + j] = (byte)(r == 0 || r != 1 && (r + i + j / 4) % 3 != 0 ? 0xFF : 0x00); // 7 or −8; row 0 all 7, row 1 all −8
+            }
+        int fb = RowKernels.ActivationRowBytes(GgmlType.Q4_0, n), ab = (int)GgmlTypeInfo.RowBytes(GgmlType.Q8_0, n);
+        var act = new byte[B * fb];
+        var reference = new byte[B * ab];
+        for (int b = 0; b < B; b++)
+        {
+            // ±2 in runs: every block's quants ±127
+            var x = Enumerable.Range(0, n).Select(j => (b == 0 || (j / 7 + b) % 2 == 0) ? 2f : -2f).ToArray();
+            RowKernels.PrepareActivations(GgmlType.Q4_0, x, act.AsSpan(b * fb, fb));
+            VecDot.QuantizeActivations(GgmlType.Q8_0, x, reference.AsSpan(b * ab, ab));
+        }
+        var y = new float[B * rows];
+        fixed (byte* pw = wq) fixed (byte* pa = act) fixed (float* py = y)
+        {
+            RowKernels.RunBlock(GgmlType.Q4_0, pw, rb, 0, rows, pa, fb, B, n, py, rows);
+            for (int b = 0; b < B; b++)
+                for (int r = 0; r < rows; r++)
+                {
+                    float alone;
+                    RowKernels.Run(GgmlType.Q4_0, pw + r * rb, rb, pa + b * fb, fb, 1, n, &alone, 1);
+                    Assert.True(alone.Equals(y[b * rows + r]), $"b={b} row {r}: {y[b * rows + r]} vs alone {alone}");
+                    float scalar = VecDot.DotScalar(GgmlType.Q4_0, wq.AsSpan(r * rb, rb), reference.AsSpan(b * ab, ab), n);
+                    Assert.True(Math.Abs(y[b * rows + r] - scalar) <= 1e-5f * Math.Abs(scalar) + 1e-3f, $"b={b} row {r}: {y[b * rows + r]} vs scalar {scalar}");
+                }
+        }
+    }
 }

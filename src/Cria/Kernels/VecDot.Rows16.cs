@@ -1,0 +1,107 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace Cria.Kernels;
+
+/// <summary>
+/// Q4_0 prefill on AVX-512: sixteen weight rows at a time, one row per 32-bit lane, for <see cref="RowKernels.RunBlock"/>.
+///
+/// The eight-row AVX2 kernel (<see cref="DotRows8Avx2{T}(byte*, long, int, byte*, int, int, int, float*, int, Vector256{float}*)"/>)
+/// holds two rows per register, each row's block spread over four lanes, and pays three <c>vphaddd</c> per block and
+/// activation row to bring a row's sum into one lane. Here the sixteen rows' blocks are transposed once per block and
+/// tile: register V_s (s = 0…7) holds, in lane k, row k's four values 4s…4s+3 (unsigned nibbles; values 0–15 are the
+/// low nibbles of qs[0..16), 16–31 the high ones). Against each activation row, V_s meets the activation's four bytes
+/// 4s…4s+3 broadcast to every lane, so one <c>vpmaddubsw</c> gives sixteen rows' partial sums in int16 pairs; the
+/// eight steps of a block are added in int16 (each step is at most 2·15·128 = 3840 in size, eight 30720 &lt; 2^15: no
+/// saturation) and one <c>vpmaddwd</c> by ones leaves row k's block sum in lane k. No horizontal sums.
+///
+/// The arithmetic per row is the eight-row kernel's, so the results are its bits (and decode, which runs that kernel,
+/// agrees with prefill bit for bit): per block the exact integer Σ (q − 8)·a, then acc = fma(float(Σ), d_w·d_a, acc)
+/// in block order, with d_w·d_a formed as (d_w·2^-112)·(d_a·2^112) exactly as there.
+/// </summary>
+public static partial class VecDot
+{
+    /// <summary>Whether <see cref="DotQ40Rows16Avx512"/> runs Q4_0 prefill: AVX-512BW (and the AVX2 + FMA that the
+    /// eight-row decode kernel, whose bits it gives, needs).</summary>
+    internal static bool Q40Rows16 => Avx512BW.IsSupported && Vector512.IsHardwareAccelerated && Avx2.IsSupported && Fma.IsSupported;
+
+    /// <summary>Rows [0, rows) (rows ≤ 16, row k at w + k·rowBytes) against B ≤ <see cref="RowKernels.Tile"/> Q4_0
+    /// activation rows (x + b·xStride, the split Q8_0 layout with block sums of <see cref="RowKernels.ActivationRowBytes"/>):
+    /// y[b·yStride + k] = dot(row k, x_b). A group of fewer than sixteen rows repeats its last row in the unused lanes.
+    /// <paramref name="acc"/> holds B accumulators.</summary>
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe void DotQ40Rows16Avx512(byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int nb,
+        float* y, int yStride, Vector512<float>* acc)
+    {
+        // qs of rows 4j…4j+3 are loaded into one register per j; rows past the last repeat it
+        int last = rows - 1;
+        byte* p0 = w, p1 = w + Math.Min(1, last) * rowBytes, p2 = w + Math.Min(2, last) * rowBytes, p3 = w + Math.Min(3, last) * rowBytes;
+        byte* p4 = w + Math.Min(4, last) * rowBytes, p5 = w + Math.Min(5, last) * rowBytes, p6 = w + Math.Min(6, last) * rowBytes, p7 = w + Math.Min(7, last) * rowBytes;
+        byte* p8 = w + Math.Min(8, last) * rowBytes, p9 = w + Math.Min(9, last) * rowBytes, p10 = w + Math.Min(10, last) * rowBytes, p11 = w + Math.Min(11, last) * rowBytes;
+        byte* p12 = w + Math.Min(12, last) * rowBytes, p13 = w + Math.Min(13, last) * rowBytes, p14 = w + Math.Min(14, last) * rowBytes, p15 = w + Math.Min(15, last) * rowBytes;
+        // byte offsets of the sixteen rows from row 0, for the gather of the block scales
+        var offLo = Vector256.Create(0, (int)(p1 - w), (int)(p2 - w), (int)(p3 - w), (int)(p4 - w), (int)(p5 - w), (int)(p6 - w), (int)(p7 - w));
+        var offHi = Vector256.Create((int)(p8 - w), (int)(p9 - w), (int)(p10 - w), (int)(p11 - w), (int)(p12 - w), (int)(p13 - w), (int)(p14 - w), (int)(p15 - w));
+        for (int b = 0; b < B; b++) acc[b] = Vector512<float>.Zero;
+        byte* next = w + 16 * rowBytes;
+        var m4 = Vector512.Create((byte)0x0F);
+        var ones = Vector512<short>.One;
+        // vpermt2d indices: from R_a (rows 0–3, dword 4r + t) and R_b (rows 4–7, dword 16 + 4r + t), lanes 0–7 take
+        // dword t of rows 0–7 and lanes 8–15 dword t + 1
+        var pick01 = Vector512.Create(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
+        var pick23 = pick01 + Vector512.Create(2);
+        for (int ib = 0; ib < nb; ib++)
+        {
+            int o = ib * 18;
+            byte* pf = next + 16 * o; // the next group's sixteen rows, contiguous after this group's: 16 · 18 B per block
+            Sse.Prefetch0(pf); Sse.Prefetch0(pf + 64); Sse.Prefetch0(pf + 128); Sse.Prefetch0(pf + 192); Sse.Prefetch0(pf + 256);
+            var r0 = Load4(p0 + o + 2, p1 + o + 2, p2 + o + 2, p3 + o + 2);
+            var r1 = Load4(p4 + o + 2, p5 + o + 2, p6 + o + 2, p7 + o + 2);
+            var r2 = Load4(p8 + o + 2, p9 + o + 2, p10 + o + 2, p11 + o + 2);
+            var r3 = Load4(p12 + o + 2, p13 + o + 2, p14 + o + 2, p15 + o + 2);
+            var a01 = Avx512F.PermuteVar16x32x2(r0, pick01, r1); // rows 0–7: [dword 0 | dword 1]
+            var a23 = Avx512F.PermuteVar16x32x2(r0, pick23, r1); // rows 0–7: [dword 2 | dword 3]
+            var b01 = Avx512F.PermuteVar16x32x2(r2, pick01, r3); // rows 8–15
+            var b23 = Avx512F.PermuteVar16x32x2(r2, pick23, r3);
+            // Q_t: lane k = row k's qs[4t .. 4t+4)
+            var q0 = Avx512F.Shuffle4x128(a01, b01, 0x44).AsByte();
+            var q1 = Avx512F.Shuffle4x128(a01, b01, 0xEE).AsByte();
+            var q2 = Avx512F.Shuffle4x128(a23, b23, 0x44).AsByte();
+            var q3 = Avx512F.Shuffle4x128(a23, b23, 0xEE).AsByte();
+            Vector512<byte> v0 = q0 & m4, v1 = q1 & m4, v2 = q2 & m4, v3 = q3 & m4;
+            Vector512<byte> v4 = Vector512.ShiftRightLogical(q0.AsUInt16(), 4).AsByte() & m4, v5 = Vector512.ShiftRightLogical(q1.AsUInt16(), 4).AsByte() & m4;
+            Vector512<byte> v6 = Vector512.ShiftRightLogical(q2.AsUInt16(), 4).AsByte() & m4, v7 = Vector512.ShiftRightLogical(q3.AsUInt16(), 4).AsByte() & m4;
+            // d_w · 2^-112 of each row, exact (the F16 bits in place: RowKernels.HalfToSingle's steps, as Scales8)
+            var dh = Vector512.Create(Avx2.GatherVector256((int*)(w + o), offLo, 1), Avx2.GatherVector256((int*)(w + o), offHi, 1));
+            var d = (Avx512F.ShiftRightArithmetic(Avx512F.ShiftLeftLogical(dh, 16), 3) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle();
+            byte* xb = x;
+            for (int b = 0; b < B; b++, xb += xStride)
+            {
+                byte* aq = xb + 4 * nb + 32 * ib;
+                var s = Avx512BW.MultiplyAddAdjacent(v0, Vector512.Create(*(int*)aq).AsSByte())
+                      + Avx512BW.MultiplyAddAdjacent(v1, Vector512.Create(*(int*)(aq + 4)).AsSByte());
+                s += Avx512BW.MultiplyAddAdjacent(v2, Vector512.Create(*(int*)(aq + 8)).AsSByte())
+                   + Avx512BW.MultiplyAddAdjacent(v3, Vector512.Create(*(int*)(aq + 12)).AsSByte());
+                s += Avx512BW.MultiplyAddAdjacent(v4, Vector512.Create(*(int*)(aq + 16)).AsSByte())
+                   + Avx512BW.MultiplyAddAdjacent(v5, Vector512.Create(*(int*)(aq + 20)).AsSByte());
+                s += Avx512BW.MultiplyAddAdjacent(v6, Vector512.Create(*(int*)(aq + 24)).AsSByte())
+                   + Avx512BW.MultiplyAddAdjacent(v7, Vector512.Create(*(int*)(aq + 28)).AsSByte());
+                var sums = Avx512BW.MultiplyAddAdjacent(s, ones) - Vector512.Create(((int*)(xb + 36 * nb))[ib] << 3);
+                acc[b] = Avx512F.FusedMultiplyAdd(Vector512.ConvertToSingle(sums), d * Vector512.Create(((float*)xb)[ib] * Pow2To112), acc[b]);
+            }
+        }
+        for (int b = 0; b < B; b++)
+        {
+            float* yb = y + (long)b * yStride;
+            if (rows == 16) acc[b].Store(yb);
+            else for (int k = 0; k < rows; k++) yb[k] = acc[b].GetElement(k);
+        }
+    }
+
+    /// <summary>[16 bytes at a | at b | at c | at d] as sixteen int32.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe Vector512<int> Load4(byte* a, byte* b, byte* c, byte* d) =>
+        Vector512.Create(Vector256.Create(Vector128.Load((int*)a), Vector128.Load((int*)b)), Vector256.Create(Vector128.Load((int*)c), Vector128.Load((int*)d)));
+}
