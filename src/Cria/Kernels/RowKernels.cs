@@ -592,9 +592,22 @@ public static unsafe partial class RowKernels
     internal static int RowGroup(GgmlType type) => type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 && Avx2Rows(type)
         || Iq4nlRows8(type) ? 8 : 1;
 
-    /// <summary>Rows a prefill kernel (<see cref="RunBlock"/>) runs together: sixteen for Q4_0 on AVX-512
-    /// (<see cref="VecDot.DotQ40Rows16Avx512"/>), else <see cref="RowGroup"/>.</summary>
-    internal static int PrefillRowGroup(GgmlType type) => type == GgmlType.Q4_0 && VecDot.Q40Rows16 ? 16 : RowGroup(type);
+    /// <summary>Rows a prefill kernel (<see cref="RunBlock"/>) runs together: sixteen for Q4_0, Q4_1, Q5_0 and Q5_1 on
+    /// AVX-512 (<see cref="VecDot.DotRows16Avx512{T}"/>), else <see cref="RowGroup"/>.</summary>
+    internal static int PrefillRowGroup(GgmlType type) =>
+        type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 && VecDot.Rows16 ? 16 : RowGroup(type);
+
+    /// <summary>Prefill: <see cref="VecDot.DotRows16Avx512{T}"/> for a legacy type.</summary>
+    static void Rows16(GgmlType type, byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int n, float* y, int yStride, Vector512<float>* acc)
+    {
+        switch (type)
+        {
+            case GgmlType.Q4_0: VecDot.DotRows16Avx512<VecDot.Q40Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
+            case GgmlType.Q4_1: VecDot.DotRows16Avx512<VecDot.Q41Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
+            case GgmlType.Q5_0: VecDot.DotRows16Avx512<VecDot.Q50Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
+            default: VecDot.DotRows16Avx512<VecDot.Q51Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
+        }
+    }
 
     /// <summary>IQ4_NL through the eight-row legacy kernel (<see cref="VecDot.IQ4NLBlock"/>): AVX2 with AVX-VNNI; without
     /// VNNI it runs one row at a time (<see cref="VecDot.DotIQ4NLAvx2"/> on ggml's Q8_0 activations).</summary>
@@ -661,15 +674,15 @@ public static unsafe partial class RowKernels
             FloatBlock(type, w, rowBytes, r0, r1, x, xStride, B, n, y, yStride);
             return;
         }
-        if (type == GgmlType.Q4_0 && VecDot.Q40Rows16)
+        if (PrefillRowGroup(type) == 16)
         {
-            // tiles of Tile activation rows against groups of sixteen weight rows, one per lane (VecDot.DotQ40Rows16Avx512):
+            // tiles of Tile activation rows against groups of sixteen weight rows, one per lane (VecDot.DotRows16Avx512):
             // the eight-row kernel's bits without its horizontal sums
             var acc16 = stackalloc Vector512<float>[Tile];
             for (int b0 = 0; b0 < B; b0 += Tile)
                 for (int r = r0; r < r1; r += 16)
-                    VecDot.DotQ40Rows16Avx512(w + (long)r * rowBytes, rowBytes, Math.Min(16, r1 - r), x + (long)b0 * xStride, xStride,
-                        Math.Min(Tile, B - b0), n / 32, y + (long)b0 * yStride + r, yStride, acc16);
+                    Rows16(type, w + (long)r * rowBytes, rowBytes, Math.Min(16, r1 - r), x + (long)b0 * xStride, xStride,
+                        Math.Min(Tile, B - b0), n, y + (long)b0 * yStride + r, yStride, acc16);
             return;
         }
         if (RowGroup(type) == 8)

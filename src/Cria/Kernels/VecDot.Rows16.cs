@@ -5,35 +5,39 @@ using System.Runtime.Intrinsics.X86;
 namespace Cria.Kernels;
 
 /// <summary>
-/// Q4_0 prefill on AVX-512: sixteen weight rows at a time, one row per 32-bit lane, for <see cref="RowKernels.RunBlock"/>.
+/// Q4_0, Q4_1, Q5_0 and Q5_1 prefill on AVX-512: sixteen weight rows at a time, one row per 32-bit lane, for
+/// <see cref="RowKernels.RunBlock"/>.
 ///
 /// The eight-row AVX2 kernel (<see cref="DotRows8Avx2{T}(byte*, long, int, byte*, int, int, int, float*, int, Vector256{float}*)"/>)
 /// holds two rows per register, each row's block spread over four lanes, and pays three <c>vphaddd</c> per block and
 /// activation row to bring a row's sum into one lane. Here the sixteen rows' blocks are transposed once per block and
-/// tile: register V_s (s = 0…7) holds, in lane k, row k's four values 4s…4s+3 (unsigned nibbles; values 0–15 are the
-/// low nibbles of qs[0..16), 16–31 the high ones). Against each activation row, V_s meets the activation's four bytes
+/// tile: register V_s (s = 0…7) holds, in lane k, row k's four values 4s…4s+3 (unsigned nibbles, plus 16 for a set
+/// fifth bit; values 0–15 are the low nibbles of qs[0..16), 16–31 the high ones). Against each activation row, V_s meets the activation's four bytes
 /// 4s…4s+3 broadcast to every lane, so one <c>vpmaddubsw</c> gives sixteen rows' partial sums in int16 pairs; the
 /// eight steps of a block are added in int16 (each step is at most 2·15·128 = 3840 in size, eight 30720 &lt; 2^15: no
-/// saturation) and one <c>vpmaddwd</c> by ones leaves row k's block sum in lane k. No horizontal sums.
+/// saturation; five-bit values four steps at a time) and <c>vpmaddwd</c> by ones leaves row k's block sum in lane k.
+/// No horizontal sums.
 ///
 /// The arithmetic per row is the eight-row kernel's, so the results are its bits (and decode, which runs that kernel,
-/// agrees with prefill bit for bit): per block the exact integer Σ (q − 8)·a, then acc = fma(float(Σ), d_w·d_a, acc)
-/// in block order, with d_w·d_a formed as (d_w·2^-112)·(d_a·2^112) exactly as there.
+/// agrees with prefill bit for bit): per block the exact integer Σ q·a (offset included), then
+/// acc = fma(float(Σ), d_w·d_a, acc) and for a min acc = fma(m, s, acc), in block order, with d_w·d_a formed as
+/// (d_w·2^-112)·(d_a·2^112) exactly as there.
 /// </summary>
 public static partial class VecDot
 {
-    /// <summary>Whether <see cref="DotQ40Rows16Avx512"/> runs Q4_0 prefill: AVX-512BW (and the AVX2 + FMA that the
-    /// eight-row decode kernel, whose bits it gives, needs).</summary>
-    internal static bool Q40Rows16 => Avx512BW.IsSupported && Vector512.IsHardwareAccelerated && Avx2.IsSupported && Fma.IsSupported;
+    /// <summary>Whether <see cref="DotRows16Avx512{T}"/> runs the prefill of Q4_0, Q4_1, Q5_0 and Q5_1: AVX-512BW (and the
+    /// AVX2 + FMA that the eight-row decode kernel, whose bits it gives, needs).</summary>
+    internal static bool Rows16 => Avx512BW.IsSupported && Vector512.IsHardwareAccelerated && Avx2.IsSupported && Fma.IsSupported;
 
-    /// <summary>Rows [0, rows) (rows ≤ 16, row k at w + k·rowBytes) against B ≤ <see cref="RowKernels.Tile"/> Q4_0
-    /// activation rows (x + b·xStride, the split Q8_0 layout with block sums of <see cref="RowKernels.ActivationRowBytes"/>):
-    /// y[b·yStride + k] = dot(row k, x_b). A group of fewer than sixteen rows repeats its last row in the unused lanes.
-    /// <paramref name="acc"/> holds B accumulators.</summary>
+    /// <summary>Rows [0, rows) (rows ≤ 16, row k at w + k·rowBytes) against B ≤ <see cref="RowKernels.Tile"/> activation
+    /// rows (x + b·xStride, the legacy types' layout of <see cref="RowKernels.ActivationRowBytes"/>: [nb] float scales,
+    /// [nb, 32] int8 quants, [nb] int32 Σ quants, [nb] float s): y[b·yStride + k] = dot(row k, x_b). A group of fewer
+    /// than sixteen rows repeats its last row in the unused lanes. <paramref name="acc"/> holds B accumulators.
+    /// Not for IQ4_NL: its levels (up to 241) would saturate vpmaddubsw's int16 pairs.</summary>
     [SkipLocalsInit]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static unsafe void DotQ40Rows16Avx512(byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int nb,
-        float* y, int yStride, Vector512<float>* acc)
+    internal static unsafe void DotRows16Avx512<T>(byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int nb,
+        float* y, int yStride, Vector512<float>* acc) where T : ILegacyBlock
     {
         // qs of rows 4j…4j+3 are loaded into one register per j; rows past the last repeat it
         int last = rows - 1;
@@ -41,7 +45,7 @@ public static partial class VecDot
         byte* p4 = w + Math.Min(4, last) * rowBytes, p5 = w + Math.Min(5, last) * rowBytes, p6 = w + Math.Min(6, last) * rowBytes, p7 = w + Math.Min(7, last) * rowBytes;
         byte* p8 = w + Math.Min(8, last) * rowBytes, p9 = w + Math.Min(9, last) * rowBytes, p10 = w + Math.Min(10, last) * rowBytes, p11 = w + Math.Min(11, last) * rowBytes;
         byte* p12 = w + Math.Min(12, last) * rowBytes, p13 = w + Math.Min(13, last) * rowBytes, p14 = w + Math.Min(14, last) * rowBytes, p15 = w + Math.Min(15, last) * rowBytes;
-        // byte offsets of the sixteen rows from row 0, for the gather of the block scales
+        // byte offsets of the sixteen rows from row 0, for the gathers of the scales, mins and fifth bits
         var offLo = Vector256.Create(0, (int)(p1 - w), (int)(p2 - w), (int)(p3 - w), (int)(p4 - w), (int)(p5 - w), (int)(p6 - w), (int)(p7 - w));
         var offHi = Vector256.Create((int)(p8 - w), (int)(p9 - w), (int)(p10 - w), (int)(p11 - w), (int)(p12 - w), (int)(p13 - w), (int)(p14 - w), (int)(p15 - w));
         for (int b = 0; b < B; b++) acc[b] = Vector512<float>.Zero;
@@ -54,18 +58,21 @@ public static partial class VecDot
         var pick23 = pick01 + Vector512.Create(2);
         for (int ib = 0; ib < nb; ib++)
         {
-            int o = ib * 18;
-            byte* pf = next + 16 * o; // the next group's sixteen rows, contiguous after this group's: 16 · 18 B per block
+            int o = ib * T.Bytes;
+            byte* pf = next + 16 * o; // the next group's sixteen rows, contiguous after this group's: 16 · Bytes per block
             Sse.Prefetch0(pf); Sse.Prefetch0(pf + 64); Sse.Prefetch0(pf + 128); Sse.Prefetch0(pf + 192); Sse.Prefetch0(pf + 256);
-            var r0 = Load4(p0 + o + 2, p1 + o + 2, p2 + o + 2, p3 + o + 2);
-            var r1 = Load4(p4 + o + 2, p5 + o + 2, p6 + o + 2, p7 + o + 2);
-            var r2 = Load4(p8 + o + 2, p9 + o + 2, p10 + o + 2, p11 + o + 2);
-            var r3 = Load4(p12 + o + 2, p13 + o + 2, p14 + o + 2, p15 + o + 2);
+            if (T.Bytes > 20) Sse.Prefetch0(pf + 320);
+            int q = o + T.Qs;
+            var r0 = Load4(p0 + q, p1 + q, p2 + q, p3 + q);
+            var r1 = Load4(p4 + q, p5 + q, p6 + q, p7 + q);
+            var r2 = Load4(p8 + q, p9 + q, p10 + q, p11 + q);
+            var r3 = Load4(p12 + q, p13 + q, p14 + q, p15 + q);
             var a01 = Avx512F.PermuteVar16x32x2(r0, pick01, r1); // rows 0–7: [dword 0 | dword 1]
             var a23 = Avx512F.PermuteVar16x32x2(r0, pick23, r1); // rows 0–7: [dword 2 | dword 3]
             var b01 = Avx512F.PermuteVar16x32x2(r2, pick01, r3); // rows 8–15
             var b23 = Avx512F.PermuteVar16x32x2(r2, pick23, r3);
-            // Q_t: lane k = row k's qs[4t .. 4t+4)
+            // Q_t: lane k = row k's qs[4t .. 4t+4); V_s: lane k = row k's values 4s … 4s+3 (V_t the low nibbles of Q_t,
+            // V_t+4 the high ones)
             var q0 = Avx512F.Shuffle4x128(a01, b01, 0x44).AsByte();
             var q1 = Avx512F.Shuffle4x128(a01, b01, 0xEE).AsByte();
             var q2 = Avx512F.Shuffle4x128(a23, b23, 0x44).AsByte();
@@ -73,23 +80,36 @@ public static partial class VecDot
             Vector512<byte> v0 = q0 & m4, v1 = q1 & m4, v2 = q2 & m4, v3 = q3 & m4;
             Vector512<byte> v4 = Vector512.ShiftRightLogical(q0.AsUInt16(), 4).AsByte() & m4, v5 = Vector512.ShiftRightLogical(q1.AsUInt16(), 4).AsByte() & m4;
             Vector512<byte> v6 = Vector512.ShiftRightLogical(q2.AsUInt16(), 4).AsByte() & m4, v7 = Vector512.ShiftRightLogical(q3.AsUInt16(), 4).AsByte() & m4;
-            // d_w · 2^-112 of each row, exact (the F16 bits in place: RowKernels.HalfToSingle's steps, as Scales8)
-            var dh = Vector512.Create(Avx2.GatherVector256((int*)(w + o), offLo, 1), Avx2.GatherVector256((int*)(w + o), offHi, 1));
-            var d = (Avx512F.ShiftRightArithmetic(Avx512F.ShiftLeftLogical(dh, 16), 3) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle();
+            if (T.HighBits != 0)
+            {
+                // value j's fifth bit is bit j of the row's qh: V_s takes bits 4s … 4s+3 as 16s
+                var qh = Gather16(w + o + T.HighBits, offLo, offHi).AsByte();
+                v0 |= FifthBits(qh, 0); v1 |= FifthBits(qh, 1); v2 |= FifthBits(qh, 2); v3 |= FifthBits(qh, 3);
+                v4 |= FifthBits(qh, 4); v5 |= FifthBits(qh, 5); v6 |= FifthBits(qh, 6); v7 |= FifthBits(qh, 7);
+            }
+            // d_w · 2^-112 of each row, exact (the F16 bits in place: RowKernels.HalfToSingle's steps, as Scales8); m likewise
+            var d = HalfBits(Gather16(w + o, offLo, offHi));
+            var m = T.Min == 0 ? default : HalfBits(Gather16(w + o + T.Min, offLo, offHi));
             byte* xb = x;
             for (int b = 0; b < B; b++, xb += xStride)
             {
                 byte* aq = xb + 4 * nb + 32 * ib;
+                Vector512<int> sums;
                 var s = Avx512BW.MultiplyAddAdjacent(v0, Vector512.Create(*(int*)aq).AsSByte())
                       + Avx512BW.MultiplyAddAdjacent(v1, Vector512.Create(*(int*)(aq + 4)).AsSByte());
                 s += Avx512BW.MultiplyAddAdjacent(v2, Vector512.Create(*(int*)(aq + 8)).AsSByte())
                    + Avx512BW.MultiplyAddAdjacent(v3, Vector512.Create(*(int*)(aq + 12)).AsSByte());
-                s += Avx512BW.MultiplyAddAdjacent(v4, Vector512.Create(*(int*)(aq + 16)).AsSByte())
-                   + Avx512BW.MultiplyAddAdjacent(v5, Vector512.Create(*(int*)(aq + 20)).AsSByte());
-                s += Avx512BW.MultiplyAddAdjacent(v6, Vector512.Create(*(int*)(aq + 24)).AsSByte())
-                   + Avx512BW.MultiplyAddAdjacent(v7, Vector512.Create(*(int*)(aq + 28)).AsSByte());
-                var sums = Avx512BW.MultiplyAddAdjacent(s, ones) - Vector512.Create(((int*)(xb + 36 * nb))[ib] << 3);
-                acc[b] = Avx512F.FusedMultiplyAdd(Vector512.ConvertToSingle(sums), d * Vector512.Create(((float*)xb)[ib] * Pow2To112), acc[b]);
+                var s2 = Avx512BW.MultiplyAddAdjacent(v4, Vector512.Create(*(int*)(aq + 16)).AsSByte())
+                       + Avx512BW.MultiplyAddAdjacent(v5, Vector512.Create(*(int*)(aq + 20)).AsSByte());
+                s2 += Avx512BW.MultiplyAddAdjacent(v6, Vector512.Create(*(int*)(aq + 24)).AsSByte())
+                    + Avx512BW.MultiplyAddAdjacent(v7, Vector512.Create(*(int*)(aq + 28)).AsSByte());
+                // four-bit values: the eight steps in int16 (at most 8 · 2·15·128 = 30720); five-bit: four (4 · 2·31·128 = 31744)
+                if (T.HighBits == 0) sums = Avx512BW.MultiplyAddAdjacent(s + s2, ones);
+                else sums = Avx512BW.MultiplyAddAdjacent(s, ones) + Avx512BW.MultiplyAddAdjacent(s2, ones);
+                if (T.Min == 0) sums -= Vector512.Create(((int*)(xb + 36 * nb))[ib] << T.OffsetShift);
+                var a = Avx512F.FusedMultiplyAdd(Vector512.ConvertToSingle(sums), d * Vector512.Create(((float*)xb)[ib] * Pow2To112), acc[b]);
+                if (T.Min != 0) a = Avx512F.FusedMultiplyAdd(m, Vector512.Create(((float*)(xb + 40 * nb))[ib] * Pow2To112), a);
+                acc[b] = a;
             }
         }
         for (int b = 0; b < B; b++)
@@ -98,6 +118,27 @@ public static partial class VecDot
             if (rows == 16) acc[b].Store(yb);
             else for (int k = 0; k < rows; k++) yb[k] = acc[b].GetElement(k);
         }
+    }
+
+    /// <summary>The 32-bit words at p + off[k] for the sixteen rows (two AVX2 gathers: .NET 10 has no 512-bit one).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe Vector512<int> Gather16(byte* p, Vector256<int> offLo, Vector256<int> offHi) =>
+        Vector512.Create(Avx2.GatherVector256((int*)p, offLo, 1), Avx2.GatherVector256((int*)p, offHi, 1));
+
+    /// <summary>The F16 in the low half of each lane × 2^-112 as a float, exact (<see cref="Scales8"/>'s steps).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<float> HalfBits(Vector512<int> h) =>
+        (Avx512F.ShiftRightArithmetic(Avx512F.ShiftLeftLogical(h, 16), 3) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle();
+
+    /// <summary>16 in byte j of lane k where bit 4s + j of lane k's qh is set: byte s / 2 of the lane repeated four
+    /// times, tested against 1, 2, 4, 8 (s even) or 16, 32, 64, 128 (s odd).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<byte> FifthBits(Vector512<byte> qh, int s)
+    {
+        var pick = Vector512.Create((uint)(s >> 1) * 0x01010101u) + Vector512.Create(0u, 0x04040404, 0x08080808, 0x0C0C0C0C, 0, 0x04040404, 0x08080808, 0x0C0C0C0C,
+            0, 0x04040404, 0x08080808, 0x0C0C0C0C, 0, 0x04040404, 0x08080808, 0x0C0C0C0C);
+        var bit = Vector512.Create(0x08040201u << (4 * (s & 1))).AsByte();
+        return Vector512.Equals(Avx512BW.Shuffle(qh, pick.AsByte()) & bit, bit) & Vector512.Create((byte)0x10);
     }
 
     /// <summary>[16 bytes at a | at b | at c | at d] as sixteen int32.</summary>

@@ -534,44 +534,54 @@ public unsafe class RowKernelTests
         }
     }
 
-    /// <summary>Q4_0 prefill adds a block's eight steps in int16 (VecDot.DotQ40Rows16Avx512): at its bound — every nibble
-    /// 15 or 0, every activation quant ±127 — the sums must still be exact: the scalar reference's value, and the bits
-    /// of each row alone (the eight-row decode kernel). Rows differ in scale and sign pattern so that a lane mix-up shows.</summary>
-    [Fact]
-    public void Q40PrefillIsExactAtTheInt16Bound()
+    /// <summary>The legacy types' prefill on AVX-512 adds a block's steps in int16 (VecDot.DotRows16Avx512: four-bit
+    /// values eight steps, five-bit four): at the bound — every value 15 (31) or 0, every activation quant ±127 — the
+    /// sums must still be exact: the scalar reference's value, and the bits of each row alone (the eight-row decode
+    /// kernel). Rows differ in scale, min and pattern so that a lane or offset mix-up shows.</summary>
+    [Theory]
+    [InlineData(GgmlType.Q4_0)]
+    [InlineData(GgmlType.Q4_1)]
+    [InlineData(GgmlType.Q5_0)]
+    [InlineData(GgmlType.Q5_1)]
+    public void LegacyPrefillIsExactAtTheInt16Bound(GgmlType type)
     {
         const int n = 512, rows = 19, B = 5;
-        int nb = n / 32, rb = nb * 18;
+        int nb = n / 32, bytes = (int)GgmlTypeInfo.RowBytes(type, 32), rb = nb * bytes;
+        bool min = type is GgmlType.Q4_1 or GgmlType.Q5_1, five = type is GgmlType.Q5_0 or GgmlType.Q5_1;
+        int qs = bytes - 16; // qs[16] ends every block; qh (five-bit types) just before it
         var wq = new byte[rows * rb];
         for (int r = 0; r < rows; r++)
             for (int i = 0; i < nb; i++)
             {
-                int o = r * rb + i * 18;
+                int o = r * rb + i * bytes;
                 BitConverter.TryWriteBytes(wq.AsSpan(o), Fp16.FromSingle(0.5f + r + i / 8f));
-                for (int j = 0; j < 16; j++) wq[o + 2 + j] = (byte)(r == 0 || r != 1 && (r + i + j / 4) % 3 != 0 ? 0xFF : 0x00); // 7 or −8; row 0 all 7, row 1 all −8
+                if (min) BitConverter.TryWriteBytes(wq.AsSpan(o + 2), Fp16.FromSingle(-0.25f * r + i));
+                // row 0 every value at the top (15 or 31), row 1 every value 0, the others mixed in runs of eight
+                for (int j = 0; j < 16; j++) wq[o + qs + j] = (byte)(r == 0 || r != 1 && (r + i + j / 4) % 3 != 0 ? 0xFF : 0x00);
+                if (five) BitConverter.TryWriteBytes(wq.AsSpan(o + qs - 4), r == 0 ? uint.MaxValue : r == 1 ? 0u : 0xF0F0F0F0u >> (r % 4));
             }
-        int fb = RowKernels.ActivationRowBytes(GgmlType.Q4_0, n), ab = (int)GgmlTypeInfo.RowBytes(GgmlType.Q8_0, n);
+        int fb = RowKernels.ActivationRowBytes(type, n), ab = (int)GgmlTypeInfo.RowBytes(VecDot.ActivationType(type), n);
         var act = new byte[B * fb];
         var reference = new byte[B * ab];
         for (int b = 0; b < B; b++)
         {
             // ±2 in runs: every block's quants ±127
             var x = Enumerable.Range(0, n).Select(j => (b == 0 || (j / 7 + b) % 2 == 0) ? 2f : -2f).ToArray();
-            RowKernels.PrepareActivations(GgmlType.Q4_0, x, act.AsSpan(b * fb, fb));
-            VecDot.QuantizeActivations(GgmlType.Q8_0, x, reference.AsSpan(b * ab, ab));
+            RowKernels.PrepareActivations(type, x, act.AsSpan(b * fb, fb));
+            VecDot.QuantizeActivations(VecDot.ActivationType(type), x, reference.AsSpan(b * ab, ab));
         }
         var y = new float[B * rows];
         fixed (byte* pw = wq) fixed (byte* pa = act) fixed (float* py = y)
         {
-            RowKernels.RunBlock(GgmlType.Q4_0, pw, rb, 0, rows, pa, fb, B, n, py, rows);
+            RowKernels.RunBlock(type, pw, rb, 0, rows, pa, fb, B, n, py, rows);
             for (int b = 0; b < B; b++)
                 for (int r = 0; r < rows; r++)
                 {
                     float alone;
-                    RowKernels.Run(GgmlType.Q4_0, pw + r * rb, rb, pa + b * fb, fb, 1, n, &alone, 1);
-                    Assert.True(alone.Equals(y[b * rows + r]), $"b={b} row {r}: {y[b * rows + r]} vs alone {alone}");
-                    float scalar = VecDot.DotScalar(GgmlType.Q4_0, wq.AsSpan(r * rb, rb), reference.AsSpan(b * ab, ab), n);
-                    Assert.True(Math.Abs(y[b * rows + r] - scalar) <= 1e-5f * Math.Abs(scalar) + 1e-3f, $"b={b} row {r}: {y[b * rows + r]} vs scalar {scalar}");
+                    RowKernels.Run(type, pw + r * rb, rb, pa + b * fb, fb, 1, n, &alone, 1);
+                    Assert.True(alone.Equals(y[b * rows + r]), $"{type} b={b} row {r}: {y[b * rows + r]} vs alone {alone}");
+                    float scalar = VecDot.DotScalar(type, wq.AsSpan(r * rb, rb), reference.AsSpan(b * ab, ab), n);
+                    Assert.True(Math.Abs(y[b * rows + r] - scalar) <= 1e-5f * Math.Abs(scalar) + 1e-2f, $"{type} b={b} row {r}: {y[b * rows + r]} vs scalar {scalar}");
                 }
         }
     }
