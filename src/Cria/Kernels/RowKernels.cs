@@ -592,12 +592,13 @@ public static unsafe partial class RowKernels
     internal static int RowGroup(GgmlType type) => type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 && Avx2Rows(type)
         || Iq4nlRows8(type) ? 8 : 1;
 
-    /// <summary>Rows a prefill kernel (<see cref="RunBlock"/>) runs together: sixteen for Q4_0, Q4_1, Q5_0 and Q5_1 on
-    /// AVX-512 (<see cref="VecDot.DotRows16Avx512{T}"/>), else <see cref="RowGroup"/>.</summary>
+    /// <summary>Rows a prefill kernel (<see cref="RunBlock"/>) runs together: sixteen for Q4_0, Q4_1, Q5_0, Q5_1
+    /// (<see cref="VecDot.DotRows16Avx512{T}"/>) and Q2_K (<see cref="VecDot.DotQ2KRows16Avx512"/>) on AVX-512, else
+    /// <see cref="RowGroup"/>.</summary>
     internal static int PrefillRowGroup(GgmlType type) =>
-        type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 && VecDot.Rows16 ? 16 : RowGroup(type);
+        type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q2_K && VecDot.Rows16 ? 16 : RowGroup(type);
 
-    /// <summary>Prefill: <see cref="VecDot.DotRows16Avx512{T}"/> for a legacy type.</summary>
+    /// <summary>Prefill: <see cref="VecDot.DotRows16Avx512{T}"/> for a legacy type, <see cref="VecDot.DotQ2KRows16Avx512"/> for Q2_K.</summary>
     static void Rows16(GgmlType type, byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int n, float* y, int yStride, Vector512<float>* acc)
     {
         switch (type)
@@ -605,7 +606,11 @@ public static unsafe partial class RowKernels
             case GgmlType.Q4_0: VecDot.DotRows16Avx512<VecDot.Q40Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
             case GgmlType.Q4_1: VecDot.DotRows16Avx512<VecDot.Q41Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
             case GgmlType.Q5_0: VecDot.DotRows16Avx512<VecDot.Q50Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
-            default: VecDot.DotRows16Avx512<VecDot.Q51Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
+            case GgmlType.Q5_1: VecDot.DotRows16Avx512<VecDot.Q51Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
+            default:
+                var isum = stackalloc Vector512<int>[Tile];
+                VecDot.DotQ2KRows16Avx512(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
+                break;
         }
     }
 

@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -118,6 +119,126 @@ public static partial class VecDot
             if (rows == 16) acc[b].Store(yb);
             else for (int k = 0; k < rows; k++) yb[k] = acc[b].GetElement(k);
         }
+    }
+
+    /// <summary>
+    /// Q2_K rows [0, rows) (rows ≤ 16) against B ≤ <see cref="RowKernels.Tile"/> Q8_K activation rows (ggml's block_q8_K:
+    /// d f32 | qs[256] | bsums[16] int16): y[b·yStride + k] = dot(row k, x_b), rows in lanes as
+    /// <see cref="DotRows16Avx512{T}"/>. A super-block's 64 qs bytes of the sixteen rows are transposed a quarter (16 B)
+    /// at a time; sub-block j (values 16j … 16j+15: qs quarter 2·(j / 8) + j % 2, bits 2·((j / 2) % 4)) is four steps of
+    /// four values, added in int16 (at most 4·2·3·128), then one <c>vpmaddwd</c> by the row's scale in both halves of
+    /// its lane. Per row the arithmetic is <see cref="DotQ2KAvx2"/>'s: the exact isum and imin of each super-block, then
+    /// acc = fma(isum, d_a·d, acc), acc = fma(imin, −d_a·dmin, acc).
+    /// </summary>
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe void DotQ2KRows16Avx512(byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int nb,
+        float* y, int yStride, Vector512<float>* acc, Vector512<int>* isum)
+    {
+        int last = rows - 1;
+        byte* p0 = w, p1 = w + Math.Min(1, last) * rowBytes, p2 = w + Math.Min(2, last) * rowBytes, p3 = w + Math.Min(3, last) * rowBytes;
+        byte* p4 = w + Math.Min(4, last) * rowBytes, p5 = w + Math.Min(5, last) * rowBytes, p6 = w + Math.Min(6, last) * rowBytes, p7 = w + Math.Min(7, last) * rowBytes;
+        byte* p8 = w + Math.Min(8, last) * rowBytes, p9 = w + Math.Min(9, last) * rowBytes, p10 = w + Math.Min(10, last) * rowBytes, p11 = w + Math.Min(11, last) * rowBytes;
+        byte* p12 = w + Math.Min(12, last) * rowBytes, p13 = w + Math.Min(13, last) * rowBytes, p14 = w + Math.Min(14, last) * rowBytes, p15 = w + Math.Min(15, last) * rowBytes;
+        var offLo = Vector256.Create(0, (int)(p1 - w), (int)(p2 - w), (int)(p3 - w), (int)(p4 - w), (int)(p5 - w), (int)(p6 - w), (int)(p7 - w));
+        var offHi = Vector256.Create((int)(p8 - w), (int)(p9 - w), (int)(p10 - w), (int)(p11 - w), (int)(p12 - w), (int)(p13 - w), (int)(p14 - w), (int)(p15 - w));
+        for (int b = 0; b < B; b++) acc[b] = Vector512<float>.Zero;
+        byte* next = w + 16 * rowBytes;
+        var m2 = Vector512.Create((byte)3);
+        var m4 = Vector512.Create(0x0F);
+        var ones = Vector512<short>.One;
+        var pick01 = Vector512.Create(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
+        var pick23 = pick01 + Vector512.Create(2);
+        for (int sb = 0; sb < nb; sb++)
+        {
+            int o = sb * 84;
+            byte* pf = next + 16 * o; // the next group's sixteen rows: 16 · 84 B per super-block
+            for (int l = 0; l < 16 * 84; l += 64) Sse.Prefetch0(pf + l);
+            // scales[16] of the sixteen rows: sc_t, lane k = row k's scale bytes 4t … 4t+3 (low nibble scale, high min)
+            Transpose16(p0 + o, p1 + o, p2 + o, p3 + o, p4 + o, p5 + o, p6 + o, p7 + o, p8 + o, p9 + o, p10 + o, p11 + o,
+                p12 + o, p13 + o, p14 + o, p15 + o, pick01, pick23, out var sc0, out var sc1, out var sc2, out var sc3);
+            var dd = Gather16(w + o + 80, offLo, offHi); // d | dmin
+            var d = RowKernels.HalfToSingle(Avx512F.ShiftRightArithmetic(Avx512F.ShiftLeftLogical(dd, 16), 16));
+            var dmin = RowKernels.HalfToSingle(Avx512F.ShiftRightArithmetic(dd, 16));
+            for (int b = 0; b < B; b++) isum[b] = Vector512<int>.Zero;
+            for (int c = 0; c < 4; c++)
+            {
+                int q = o + 16 + 16 * c;
+                Transpose16(p0 + q, p1 + q, p2 + q, p3 + q, p4 + q, p5 + q, p6 + q, p7 + q, p8 + q, p9 + q, p10 + q, p11 + q,
+                    p12 + q, p13 + q, p14 + q, p15 + q, pick01, pick23, out var q0, out var q1, out var q2, out var q3);
+                for (int s = 0; s < 4; s++)
+                {
+                    int j = 8 * (c >> 1) + 2 * s + (c & 1); // the sub-block: values 16j … 16j+15
+                    var v0 = Vector512.ShiftRightLogical(q0.AsUInt16(), 2 * s).AsByte() & m2;
+                    var v1 = Vector512.ShiftRightLogical(q1.AsUInt16(), 2 * s).AsByte() & m2;
+                    var v2 = Vector512.ShiftRightLogical(q2.AsUInt16(), 2 * s).AsByte() & m2;
+                    var v3 = Vector512.ShiftRightLogical(q3.AsUInt16(), 2 * s).AsByte() & m2;
+                    var sct = (j >> 2) switch { 0 => sc0, 1 => sc1, 2 => sc2, _ => sc3 };
+                    var scale = Vector512.ShiftRightLogical(sct, 8 * (j & 3)) & m4;
+                    var scale2 = (scale | Vector512.ShiftLeft(scale, 16)).AsInt16(); // the scale in both int16 halves
+                    byte* xb = x + (long)sb * 292 + 4 + 16 * j;
+                    for (int b = 0; b < B; b++, xb += xStride)
+                    {
+                        var t = Avx512BW.MultiplyAddAdjacent(v0, Vector512.Create(*(int*)xb).AsSByte())
+                              + Avx512BW.MultiplyAddAdjacent(v1, Vector512.Create(*(int*)(xb + 4)).AsSByte());
+                        t += Avx512BW.MultiplyAddAdjacent(v2, Vector512.Create(*(int*)(xb + 8)).AsSByte())
+                           + Avx512BW.MultiplyAddAdjacent(v3, Vector512.Create(*(int*)(xb + 12)).AsSByte());
+                        isum[b] += Avx512BW.MultiplyAddAdjacent(t, scale2);
+                    }
+                }
+            }
+            // mins of sub-blocks 2p, 2p + 1 as the two int16 halves of each lane, against bsums 2p, 2p + 1
+            var mn0 = MinPair(sc0, 0); var mn1 = MinPair(sc0, 16); var mn2 = MinPair(sc1, 0); var mn3 = MinPair(sc1, 16);
+            var mn4 = MinPair(sc2, 0); var mn5 = MinPair(sc2, 16); var mn6 = MinPair(sc3, 0); var mn7 = MinPair(sc3, 16);
+            byte* xa = x + (long)sb * 292;
+            for (int b = 0; b < B; b++, xa += xStride)
+            {
+                int* bs = (int*)(xa + 260);
+                var imin = (Avx512BW.MultiplyAddAdjacent(mn0, Vector512.Create(bs[0]).AsInt16()) + Avx512BW.MultiplyAddAdjacent(mn1, Vector512.Create(bs[1]).AsInt16()))
+                         + (Avx512BW.MultiplyAddAdjacent(mn2, Vector512.Create(bs[2]).AsInt16()) + Avx512BW.MultiplyAddAdjacent(mn3, Vector512.Create(bs[3]).AsInt16()));
+                imin += (Avx512BW.MultiplyAddAdjacent(mn4, Vector512.Create(bs[4]).AsInt16()) + Avx512BW.MultiplyAddAdjacent(mn5, Vector512.Create(bs[5]).AsInt16()))
+                      + (Avx512BW.MultiplyAddAdjacent(mn6, Vector512.Create(bs[6]).AsInt16()) + Avx512BW.MultiplyAddAdjacent(mn7, Vector512.Create(bs[7]).AsInt16()));
+                float yd = *(float*)xa;
+                var a = Avx512F.FusedMultiplyAdd(Vector512.ConvertToSingle(isum[b]), Vector512.Create(yd) * d, acc[b]);
+                acc[b] = Avx512F.FusedMultiplyAdd(Vector512.ConvertToSingle(imin), Vector512.Create(-yd) * dmin, a);
+            }
+        }
+        for (int b = 0; b < B; b++)
+        {
+            float* yb = y + (long)b * yStride;
+            if (rows == 16) acc[b].Store(yb);
+            else for (int k = 0; k < rows; k++) yb[k] = acc[b].GetElement(k);
+        }
+    }
+
+    /// <summary>The high nibbles of bytes at bit <paramref name="shift"/> and shift + 8 of each lane (two Q2_K mins) as
+    /// the lane's two int16 halves.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<short> MinPair(Vector512<int> sc, [ConstantExpected] int shift)
+    {
+        var m = Vector512.ShiftRightLogical(sc, shift + 4) & Vector512.Create(0x0F0F); // [min lo | 0 | min hi | …] in bytes 0, 1
+        return ((m & Vector512.Create(0x0F)) | Vector512.ShiftLeft(m & Vector512.Create(0x0F00), 8)).AsInt16();
+    }
+
+    /// <summary>16 bytes at each of sixteen pointers as four registers: register t, lane k = bytes 4t … 4t+3 at pointer k
+    /// (the load and transposition of <see cref="DotRows16Avx512{T}"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe void Transpose16(byte* a0, byte* a1, byte* a2, byte* a3, byte* a4, byte* a5, byte* a6, byte* a7,
+        byte* a8, byte* a9, byte* a10, byte* a11, byte* a12, byte* a13, byte* a14, byte* a15, Vector512<int> pick01, Vector512<int> pick23,
+        out Vector512<int> t0, out Vector512<int> t1, out Vector512<int> t2, out Vector512<int> t3)
+    {
+        var r0 = Load4(a0, a1, a2, a3);
+        var r1 = Load4(a4, a5, a6, a7);
+        var r2 = Load4(a8, a9, a10, a11);
+        var r3 = Load4(a12, a13, a14, a15);
+        var x01 = Avx512F.PermuteVar16x32x2(r0, pick01, r1);
+        var x23 = Avx512F.PermuteVar16x32x2(r0, pick23, r1);
+        var y01 = Avx512F.PermuteVar16x32x2(r2, pick01, r3);
+        var y23 = Avx512F.PermuteVar16x32x2(r2, pick23, r3);
+        t0 = Avx512F.Shuffle4x128(x01, y01, 0x44);
+        t1 = Avx512F.Shuffle4x128(x01, y01, 0xEE);
+        t2 = Avx512F.Shuffle4x128(x23, y23, 0x44);
+        t3 = Avx512F.Shuffle4x128(x23, y23, 0xEE);
     }
 
     /// <summary>The 32-bit words at p + off[k] for the sixteen rows (two AVX2 gathers: .NET 10 has no 512-bit one).</summary>

@@ -761,25 +761,27 @@ public static partial class VecDot
     /// Q2_K × Q8_K with AVX2, ggml's way (ggml_vec_dot_q2_K_q8_K; 84 B: scales[16] (low nibble scale, high nibble min) |
     /// qs[64] | d | dmin): per 32 values vpmaddubsw of the 2-bit values, vpmaddwd against the two sub-block scales; the
     /// min term one vpmaddwd of the 16 mins against the 16 bsums. The integers are the scalar kernel's.
+    /// Per super-block, as ggml's scalar reference: the exact integers isum = Σ_j scale_j·Σ q·a and
+    /// imin = Σ_j min_j·bsum_j, then acc = fma(isum, d_a·d, acc) and acc = fma(imin, −d_a·dmin, acc) — one float chain
+    /// per row, so that the sixteen-row prefill kernel (<see cref="DotQ2KRows16Avx512"/>, rows in lanes) gives these bits.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static unsafe float DotQ2KAvx2(byte* x, byte* y, int nb)
     {
-        Vector256<float> acc = default, accMin = default;
+        float acc = 0;
         for (int i = 0; i < nb; i++, x += 84, y += 292)
         {
             Sse.Prefetch0(x + PrefetchAhead);
             Sse.Prefetch0(x + PrefetchAhead + 64);
             float yd = *(float*)y;
             var (scales, mins) = Q2KScalesMins(x);
-            var minProd = Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y + 260)));
-            accMin = Fma.MultiplyAdd(Vector256.Create(-yd * Fp16.ToSingle(*(ushort*)(x + 82))), Vector256.ConvertToSingle(minProd), accMin);
+            int imin = Vector256.Sum(Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y + 260))));
             var one = new OneRow { A = (sbyte*)(y + 4) };
             Q2KSums(x, scales, ref one);
-            var sumi = one.S;
-            acc = Fma.MultiplyAdd(Vector256.Create(yd * Fp16.ToSingle(*(ushort*)(x + 80))), Vector256.ConvertToSingle(sumi), acc);
+            acc = MathF.FusedMultiplyAdd(Vector256.Sum(one.S), yd * Fp16.ToSingle(*(ushort*)(x + 80)), acc);
+            acc = MathF.FusedMultiplyAdd(imin, -yd * Fp16.ToSingle(*(ushort*)(x + 82)), acc);
         }
-        return Vector256.Sum(acc) + Vector256.Sum(accMin);
+        return acc;
     }
 
     /// <summary>A Q2_K super-block's 16 four-bit scales and 16 mins as int16 lanes.</summary>
@@ -827,29 +829,28 @@ public static partial class VecDot
     internal static unsafe void DotQ2KAvx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride)
     {
         byte* y1 = y + yStride, y2 = y1 + yStride, y3 = y2 + yStride;
-        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
-        Vector256<float> n0 = default, n1 = default, n2 = default, n3 = default;
+        float c0 = 0, c1 = 0, c2 = 0, c3 = 0;
         for (int i = 0; i < nb; i++, x += 84)
         {
             int yo = i * 292;
             var (scales, mins) = Q2KScalesMins(x);
             float wd = Fp16.ToSingle(*(ushort*)(x + 80)), wmin = Fp16.ToSingle(*(ushort*)(x + 82));
             float d0 = *(float*)(y + yo), d1 = *(float*)(y1 + yo), d2 = *(float*)(y2 + yo), d3 = *(float*)(y3 + yo);
-            n0 = Fma.MultiplyAdd(Vector256.Create(-d0 * wmin), Vector256.ConvertToSingle(Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y + yo + 260)))), n0);
-            n1 = Fma.MultiplyAdd(Vector256.Create(-d1 * wmin), Vector256.ConvertToSingle(Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y1 + yo + 260)))), n1);
-            n2 = Fma.MultiplyAdd(Vector256.Create(-d2 * wmin), Vector256.ConvertToSingle(Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y2 + yo + 260)))), n2);
-            n3 = Fma.MultiplyAdd(Vector256.Create(-d3 * wmin), Vector256.ConvertToSingle(Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y3 + yo + 260)))), n3);
             var four = new FourRows { A0 = (sbyte*)(y + yo + 4), A1 = (sbyte*)(y1 + yo + 4), A2 = (sbyte*)(y2 + yo + 4), A3 = (sbyte*)(y3 + yo + 4) };
             Q2KSums(x, scales, ref four);
-            c0 = Fma.MultiplyAdd(Vector256.Create(d0 * wd), Vector256.ConvertToSingle(four.S0), c0);
-            c1 = Fma.MultiplyAdd(Vector256.Create(d1 * wd), Vector256.ConvertToSingle(four.S1), c1);
-            c2 = Fma.MultiplyAdd(Vector256.Create(d2 * wd), Vector256.ConvertToSingle(four.S2), c2);
-            c3 = Fma.MultiplyAdd(Vector256.Create(d3 * wd), Vector256.ConvertToSingle(four.S3), c3);
+            c0 = MathF.FusedMultiplyAdd(Vector256.Sum(four.S0), d0 * wd, c0);
+            c1 = MathF.FusedMultiplyAdd(Vector256.Sum(four.S1), d1 * wd, c1);
+            c2 = MathF.FusedMultiplyAdd(Vector256.Sum(four.S2), d2 * wd, c2);
+            c3 = MathF.FusedMultiplyAdd(Vector256.Sum(four.S3), d3 * wd, c3);
+            c0 = MathF.FusedMultiplyAdd(Vector256.Sum(Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y + yo + 260)))), -d0 * wmin, c0);
+            c1 = MathF.FusedMultiplyAdd(Vector256.Sum(Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y1 + yo + 260)))), -d1 * wmin, c1);
+            c2 = MathF.FusedMultiplyAdd(Vector256.Sum(Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y2 + yo + 260)))), -d2 * wmin, c2);
+            c3 = MathF.FusedMultiplyAdd(Vector256.Sum(Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y3 + yo + 260)))), -d3 * wmin, c3);
         }
-        outp[0] = Vector256.Sum(c0) + Vector256.Sum(n0);
-        outp[outStride] = Vector256.Sum(c1) + Vector256.Sum(n1);
-        outp[2L * outStride] = Vector256.Sum(c2) + Vector256.Sum(n2);
-        outp[3L * outStride] = Vector256.Sum(c3) + Vector256.Sum(n3);
+        outp[0] = c0;
+        outp[outStride] = c1;
+        outp[2L * outStride] = c2;
+        outp[3L * outStride] = c3;
     }
 
     // Q6_K (210 B: ql[128] | qh[64] | scales[16] int8 | d). Half h: ql[64h + l] low/high nibble -> elements l / l+64,
