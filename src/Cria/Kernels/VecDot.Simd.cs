@@ -775,13 +775,23 @@ public static partial class VecDot
             Sse.Prefetch0(x + PrefetchAhead + 64);
             float yd = *(float*)y;
             var (scales, mins) = Q2KScalesMins(x);
-            int imin = Vector256.Sum(Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y + 260))));
+            var minProd = Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y + 260)));
             var one = new OneRow { A = (sbyte*)(y + 4) };
             Q2KSums(x, scales, ref one);
-            acc = MathF.FusedMultiplyAdd(Vector256.Sum(one.S), yd * Fp16.ToSingle(*(ushort*)(x + 80)), acc);
-            acc = MathF.FusedMultiplyAdd(imin, -yd * Fp16.ToSingle(*(ushort*)(x + 82)), acc);
+            var sm = SumAndMin(one.S, minProd);
+            acc = MathF.FusedMultiplyAdd(sm.ToScalar(), yd * Fp16.ToSingle(*(ushort*)(x + 80)), acc);
+            acc = MathF.FusedMultiplyAdd(sm.GetElement(1), -yd * Fp16.ToSingle(*(ushort*)(x + 82)), acc);
         }
         return acc;
+    }
+
+    /// <summary>[Σ sums, Σ mins, …] as floats: both eight-lane integer sums reduced together (exact), then converted.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector128<float> SumAndMin(Vector256<int> sums, Vector256<int> mins)
+    {
+        var v = Avx2.HorizontalAdd(sums, mins); // [s01 s23 m01 m23 | s45 s67 m45 m67]
+        var w = v.GetLower() + v.GetUpper();
+        return Vector128.ConvertToSingle(Ssse3.HorizontalAdd(w, w));
     }
 
     /// <summary>A Q2_K super-block's 16 four-bit scales and 16 mins as int16 lanes.</summary>
@@ -838,14 +848,14 @@ public static partial class VecDot
             float d0 = *(float*)(y + yo), d1 = *(float*)(y1 + yo), d2 = *(float*)(y2 + yo), d3 = *(float*)(y3 + yo);
             var four = new FourRows { A0 = (sbyte*)(y + yo + 4), A1 = (sbyte*)(y1 + yo + 4), A2 = (sbyte*)(y2 + yo + 4), A3 = (sbyte*)(y3 + yo + 4) };
             Q2KSums(x, scales, ref four);
-            c0 = MathF.FusedMultiplyAdd(Vector256.Sum(four.S0), d0 * wd, c0);
-            c1 = MathF.FusedMultiplyAdd(Vector256.Sum(four.S1), d1 * wd, c1);
-            c2 = MathF.FusedMultiplyAdd(Vector256.Sum(four.S2), d2 * wd, c2);
-            c3 = MathF.FusedMultiplyAdd(Vector256.Sum(four.S3), d3 * wd, c3);
-            c0 = MathF.FusedMultiplyAdd(Vector256.Sum(Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y + yo + 260)))), -d0 * wmin, c0);
-            c1 = MathF.FusedMultiplyAdd(Vector256.Sum(Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y1 + yo + 260)))), -d1 * wmin, c1);
-            c2 = MathF.FusedMultiplyAdd(Vector256.Sum(Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y2 + yo + 260)))), -d2 * wmin, c2);
-            c3 = MathF.FusedMultiplyAdd(Vector256.Sum(Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y3 + yo + 260)))), -d3 * wmin, c3);
+            var sm0 = SumAndMin(four.S0, Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y + yo + 260))));
+            var sm1 = SumAndMin(four.S1, Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y1 + yo + 260))));
+            var sm2 = SumAndMin(four.S2, Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y2 + yo + 260))));
+            var sm3 = SumAndMin(four.S3, Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y3 + yo + 260))));
+            c0 = MathF.FusedMultiplyAdd(sm0.GetElement(1), -d0 * wmin, MathF.FusedMultiplyAdd(sm0.ToScalar(), d0 * wd, c0));
+            c1 = MathF.FusedMultiplyAdd(sm1.GetElement(1), -d1 * wmin, MathF.FusedMultiplyAdd(sm1.ToScalar(), d1 * wd, c1));
+            c2 = MathF.FusedMultiplyAdd(sm2.GetElement(1), -d2 * wmin, MathF.FusedMultiplyAdd(sm2.ToScalar(), d2 * wd, c2));
+            c3 = MathF.FusedMultiplyAdd(sm3.GetElement(1), -d3 * wmin, MathF.FusedMultiplyAdd(sm3.ToScalar(), d3 * wd, c3));
         }
         outp[0] = c0;
         outp[outStride] = c1;
