@@ -40,13 +40,10 @@ public static partial class VecDot
     internal static unsafe void DotRows16Avx512<T>(byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int nb,
         float* y, int yStride, Vector512<float>* acc) where T : ILegacyBlock
     {
-        // qs of rows 4j…4j+3 are loaded into one register per j; rows past the last repeat it
-        int last = rows - 1;
-        byte* p0 = w, p1 = w + Math.Min(1, last) * rowBytes, p2 = w + Math.Min(2, last) * rowBytes, p3 = w + Math.Min(3, last) * rowBytes;
-        byte* p4 = w + Math.Min(4, last) * rowBytes, p5 = w + Math.Min(5, last) * rowBytes, p6 = w + Math.Min(6, last) * rowBytes, p7 = w + Math.Min(7, last) * rowBytes;
-        byte* p8 = w + Math.Min(8, last) * rowBytes, p9 = w + Math.Min(9, last) * rowBytes, p10 = w + Math.Min(10, last) * rowBytes, p11 = w + Math.Min(11, last) * rowBytes;
-        byte* p12 = w + Math.Min(12, last) * rowBytes, p13 = w + Math.Min(13, last) * rowBytes, p14 = w + Math.Min(14, last) * rowBytes, p15 = w + Math.Min(15, last) * rowBytes;
-        // byte offsets of the sixteen rows from row 0, for the gathers of the scales, mins and fifth bits
+        // rows past the last repeat it; offsets from row 0 for the gathers
+        Rows8(w, rowBytes, Math.Min(rows, 8), out byte* p0, out byte* p1, out byte* p2, out byte* p3, out byte* p4, out byte* p5, out byte* p6, out byte* p7);
+        Rows8(w + 8 * rowBytes, rowBytes, Math.Max(rows - 8, 1), out byte* p8, out byte* p9, out byte* p10, out byte* p11, out byte* p12, out byte* p13, out byte* p14, out byte* p15);
+        if (rows <= 8) { p8 = p9 = p10 = p11 = p12 = p13 = p14 = p15 = p7; }
         var offLo = Vector256.Create(0, (int)(p1 - w), (int)(p2 - w), (int)(p3 - w), (int)(p4 - w), (int)(p5 - w), (int)(p6 - w), (int)(p7 - w));
         var offHi = Vector256.Create((int)(p8 - w), (int)(p9 - w), (int)(p10 - w), (int)(p11 - w), (int)(p12 - w), (int)(p13 - w), (int)(p14 - w), (int)(p15 - w));
         for (int b = 0; b < B; b++) acc[b] = Vector512<float>.Zero;
@@ -63,21 +60,12 @@ public static partial class VecDot
             byte* pf = next + 16 * o; // the next group's sixteen rows, contiguous after this group's: 16 · Bytes per block
             Sse.Prefetch0(pf); Sse.Prefetch0(pf + 64); Sse.Prefetch0(pf + 128); Sse.Prefetch0(pf + 192); Sse.Prefetch0(pf + 256);
             if (T.Bytes > 20) Sse.Prefetch0(pf + 320);
-            int q = o + T.Qs;
-            var r0 = Load4(p0 + q, p1 + q, p2 + q, p3 + q);
-            var r1 = Load4(p4 + q, p5 + q, p6 + q, p7 + q);
-            var r2 = Load4(p8 + q, p9 + q, p10 + q, p11 + q);
-            var r3 = Load4(p12 + q, p13 + q, p14 + q, p15 + q);
-            var a01 = Avx512F.PermuteVar16x32x2(r0, pick01, r1); // rows 0–7: [dword 0 | dword 1]
-            var a23 = Avx512F.PermuteVar16x32x2(r0, pick23, r1); // rows 0–7: [dword 2 | dword 3]
-            var b01 = Avx512F.PermuteVar16x32x2(r2, pick01, r3); // rows 8–15
-            var b23 = Avx512F.PermuteVar16x32x2(r2, pick23, r3);
             // Q_t: lane k = row k's qs[4t .. 4t+4); V_s: lane k = row k's values 4s … 4s+3 (V_t the low nibbles of Q_t,
             // V_t+4 the high ones)
-            var q0 = Avx512F.Shuffle4x128(a01, b01, 0x44).AsByte();
-            var q1 = Avx512F.Shuffle4x128(a01, b01, 0xEE).AsByte();
-            var q2 = Avx512F.Shuffle4x128(a23, b23, 0x44).AsByte();
-            var q3 = Avx512F.Shuffle4x128(a23, b23, 0xEE).AsByte();
+            int q = o + T.Qs;
+            Transpose16(p0 + q, p1 + q, p2 + q, p3 + q, p4 + q, p5 + q, p6 + q, p7 + q, p8 + q, p9 + q, p10 + q, p11 + q,
+                p12 + q, p13 + q, p14 + q, p15 + q, pick01, pick23, out var t0, out var t1, out var t2, out var t3);
+            Vector512<byte> q0 = t0.AsByte(), q1 = t1.AsByte(), q2 = t2.AsByte(), q3 = t3.AsByte();
             Vector512<byte> v0 = q0 & m4, v1 = q1 & m4, v2 = q2 & m4, v3 = q3 & m4;
             Vector512<byte> v4 = Vector512.ShiftRightLogical(q0.AsUInt16(), 4).AsByte() & m4, v5 = Vector512.ShiftRightLogical(q1.AsUInt16(), 4).AsByte() & m4;
             Vector512<byte> v6 = Vector512.ShiftRightLogical(q2.AsUInt16(), 4).AsByte() & m4, v7 = Vector512.ShiftRightLogical(q3.AsUInt16(), 4).AsByte() & m4;
@@ -113,12 +101,7 @@ public static partial class VecDot
                 acc[b] = a;
             }
         }
-        for (int b = 0; b < B; b++)
-        {
-            float* yb = y + (long)b * yStride;
-            if (rows == 16) acc[b].Store(yb);
-            else for (int k = 0; k < rows; k++) yb[k] = acc[b].GetElement(k);
-        }
+        Store16(acc, B, rows, y, yStride);
     }
 
     /// <summary>
@@ -135,11 +118,10 @@ public static partial class VecDot
     internal static unsafe void DotQ2KRows16Avx512(byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int nb,
         float* y, int yStride, Vector512<float>* acc, Vector512<int>* isum)
     {
-        int last = rows - 1;
-        byte* p0 = w, p1 = w + Math.Min(1, last) * rowBytes, p2 = w + Math.Min(2, last) * rowBytes, p3 = w + Math.Min(3, last) * rowBytes;
-        byte* p4 = w + Math.Min(4, last) * rowBytes, p5 = w + Math.Min(5, last) * rowBytes, p6 = w + Math.Min(6, last) * rowBytes, p7 = w + Math.Min(7, last) * rowBytes;
-        byte* p8 = w + Math.Min(8, last) * rowBytes, p9 = w + Math.Min(9, last) * rowBytes, p10 = w + Math.Min(10, last) * rowBytes, p11 = w + Math.Min(11, last) * rowBytes;
-        byte* p12 = w + Math.Min(12, last) * rowBytes, p13 = w + Math.Min(13, last) * rowBytes, p14 = w + Math.Min(14, last) * rowBytes, p15 = w + Math.Min(15, last) * rowBytes;
+        // rows past the last repeat it; offsets from row 0 for the gathers
+        Rows8(w, rowBytes, Math.Min(rows, 8), out byte* p0, out byte* p1, out byte* p2, out byte* p3, out byte* p4, out byte* p5, out byte* p6, out byte* p7);
+        Rows8(w + 8 * rowBytes, rowBytes, Math.Max(rows - 8, 1), out byte* p8, out byte* p9, out byte* p10, out byte* p11, out byte* p12, out byte* p13, out byte* p14, out byte* p15);
+        if (rows <= 8) { p8 = p9 = p10 = p11 = p12 = p13 = p14 = p15 = p7; }
         var offLo = Vector256.Create(0, (int)(p1 - w), (int)(p2 - w), (int)(p3 - w), (int)(p4 - w), (int)(p5 - w), (int)(p6 - w), (int)(p7 - w));
         var offHi = Vector256.Create((int)(p8 - w), (int)(p9 - w), (int)(p10 - w), (int)(p11 - w), (int)(p12 - w), (int)(p13 - w), (int)(p14 - w), (int)(p15 - w));
         for (int b = 0; b < B; b++) acc[b] = Vector512<float>.Zero;
@@ -203,12 +185,7 @@ public static partial class VecDot
                 acc[b] = Avx512F.FusedMultiplyAdd(Vector512.ConvertToSingle(imin), Vector512.Create(-yd) * dmin, a);
             }
         }
-        for (int b = 0; b < B; b++)
-        {
-            float* yb = y + (long)b * yStride;
-            if (rows == 16) acc[b].Store(yb);
-            else for (int k = 0; k < rows; k++) yb[k] = acc[b].GetElement(k);
-        }
+        Store16(acc, B, rows, y, yStride);
     }
 
     /// <summary>The high nibbles of bytes at bit <paramref name="shift"/> and shift + 8 of each lane (two Q2_K mins) as
@@ -220,8 +197,9 @@ public static partial class VecDot
         return ((m & Vector512.Create(0x0F)) | Vector512.ShiftLeft(m & Vector512.Create(0x0F00), 8)).AsInt16();
     }
 
-    /// <summary>16 bytes at each of sixteen pointers as four registers: register t, lane k = bytes 4t … 4t+3 at pointer k
-    /// (the load and transposition of <see cref="DotRows16Avx512{T}"/>).</summary>
+    /// <summary>16 bytes at each of sixteen pointers as four registers: register t, lane k = bytes 4t … 4t+3 at pointer k.
+    /// Four rows per 64-byte register, then <c>vpermt2d</c> takes dwords t and t + 1 of eight rows, <c>vshufi64x2</c> joins
+    /// rows 0–7 and 8–15.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static unsafe void Transpose16(byte* a0, byte* a1, byte* a2, byte* a3, byte* a4, byte* a5, byte* a6, byte* a7,
         byte* a8, byte* a9, byte* a10, byte* a11, byte* a12, byte* a13, byte* a14, byte* a15, Vector512<int> pick01, Vector512<int> pick23,
@@ -239,6 +217,18 @@ public static partial class VecDot
         t1 = Avx512F.Shuffle4x128(x01, y01, 0xEE);
         t2 = Avx512F.Shuffle4x128(x23, y23, 0x44);
         t3 = Avx512F.Shuffle4x128(x23, y23, 0xEE);
+    }
+
+    /// <summary>Lanes [0, rows) of acc[b] to y[b·yStride …] for each of the B activation rows.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe void Store16(Vector512<float>* acc, int B, int rows, float* y, int yStride)
+    {
+        for (int b = 0; b < B; b++)
+        {
+            float* yb = y + (long)b * yStride;
+            if (rows == 16) acc[b].Store(yb);
+            else for (int k = 0; k < rows; k++) yb[k] = acc[b].GetElement(k);
+        }
     }
 
     /// <summary>The 32-bit words at p + off[k] for the sixteen rows (two AVX2 gathers: .NET 10 has no 512-bit one).</summary>
