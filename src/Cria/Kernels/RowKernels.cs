@@ -593,12 +593,12 @@ public static unsafe partial class RowKernels
         || Iq4nlRows8(type) ? 8 : 1;
 
     /// <summary>Rows a prefill kernel (<see cref="RunBlock"/>) runs together: sixteen for Q4_0, Q4_1, Q5_0, Q5_1
-    /// (<see cref="VecDot.DotRows16Avx512{T}"/>) and Q2_K (<see cref="VecDot.DotQ2KRows16Avx512"/>) on AVX-512, else
-    /// <see cref="RowGroup"/>.</summary>
+    /// (<see cref="VecDot.DotRows16Avx512{T}"/>), Q2_K (<see cref="VecDot.DotQ2KRows16Avx512"/>) and Q3_K
+    /// (<see cref="VecDot.DotQ3KRows16Avx512"/>) on AVX-512, else <see cref="RowGroup"/>.</summary>
     internal static int PrefillRowGroup(GgmlType type) =>
-        type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q2_K && VecDot.Rows16 ? 16 : RowGroup(type);
+        type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q2_K or GgmlType.Q3_K && VecDot.Rows16 ? 16 : RowGroup(type);
 
-    /// <summary>Prefill: <see cref="VecDot.DotRows16Avx512{T}"/> for a legacy type, <see cref="VecDot.DotQ2KRows16Avx512"/> for Q2_K.</summary>
+    /// <summary>Prefill: <see cref="VecDot.DotRows16Avx512{T}"/> for a legacy type, <see cref="VecDot.DotQ2KRows16Avx512"/> for Q2_K, <see cref="VecDot.DotQ3KRows16Avx512"/> for Q3_K.</summary>
     static void Rows16(GgmlType type, byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int n, float* y, int yStride, Vector512<float>* acc)
     {
         switch (type)
@@ -607,9 +607,13 @@ public static unsafe partial class RowKernels
             case GgmlType.Q4_1: VecDot.DotRows16Avx512<VecDot.Q41Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
             case GgmlType.Q5_0: VecDot.DotRows16Avx512<VecDot.Q50Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
             case GgmlType.Q5_1: VecDot.DotRows16Avx512<VecDot.Q51Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
-            default:
+            case GgmlType.Q2_K:
                 var isum = stackalloc Vector512<int>[Tile];
                 VecDot.DotQ2KRows16Avx512(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
+                break;
+            default:
+                var isum3 = stackalloc Vector512<int>[Tile];
+                VecDot.DotQ3KRows16Avx512(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum3);
                 break;
         }
     }

@@ -6,7 +6,7 @@ using System.Runtime.Intrinsics.X86;
 namespace Cria.Kernels;
 
 /// <summary>
-/// Q4_0, Q4_1, Q5_0 and Q5_1 prefill on AVX-512: sixteen weight rows at a time, one row per 32-bit lane, for
+/// Q4_0, Q4_1, Q5_0, Q5_1, Q2_K and Q3_K prefill on AVX-512: sixteen weight rows at a time, one row per 32-bit lane, for
 /// <see cref="RowKernels.RunBlock"/>.
 ///
 /// The eight-row AVX2 kernel (<see cref="DotRows8Avx2{T}(byte*, long, int, byte*, int, int, int, float*, int, Vector256{float}*)"/>)
@@ -186,6 +186,111 @@ public static partial class VecDot
             }
         }
         Store16(acc, B, rows, y, yStride);
+    }
+
+    /// <summary>
+    /// Q3_K rows [0, rows) (rows ≤ 16; 110 B: hmask[32] | qs[64] | scales[12] | d) against B ≤ <see cref="RowKernels.Tile"/>
+    /// Q8_K activation rows, rows in lanes as <see cref="DotQ2KRows16Avx512"/>. A value is its two qs bits less 4 where its
+    /// hmask bit is clear; the kernel multiplies u = value + 4 (0…7, unsigned for <c>vpmaddubsw</c>) and takes the 4s back
+    /// with the activation's sub-block sums: Σ scale·Σ value·a = Σ scale·Σ u·a − 4·Σ scale·bsum. Per row the arithmetic is
+    /// <see cref="DotQ3KAvx2"/>'s: the exact isum of each super-block, then acc = fma(isum, d_a·d, acc).
+    /// </summary>
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe void DotQ3KRows16Avx512(byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int nb,
+        float* y, int yStride, Vector512<float>* acc, Vector512<int>* isum)
+    {
+        // rows past the last repeat it; offsets from row 0 for the gathers
+        Rows8(w, rowBytes, Math.Min(rows, 8), out byte* p0, out byte* p1, out byte* p2, out byte* p3, out byte* p4, out byte* p5, out byte* p6, out byte* p7);
+        Rows8(w + 8 * rowBytes, rowBytes, Math.Max(rows - 8, 1), out byte* p8, out byte* p9, out byte* p10, out byte* p11, out byte* p12, out byte* p13, out byte* p14, out byte* p15);
+        if (rows <= 8) { p8 = p9 = p10 = p11 = p12 = p13 = p14 = p15 = p7; }
+        var offLo = Vector256.Create(0, (int)(p1 - w), (int)(p2 - w), (int)(p3 - w), (int)(p4 - w), (int)(p5 - w), (int)(p6 - w), (int)(p7 - w));
+        var offHi = Vector256.Create((int)(p8 - w), (int)(p9 - w), (int)(p10 - w), (int)(p11 - w), (int)(p12 - w), (int)(p13 - w), (int)(p14 - w), (int)(p15 - w));
+        for (int b = 0; b < B; b++) acc[b] = Vector512<float>.Zero;
+        byte* next = w + 16 * rowBytes;
+        var m2 = Vector512.Create((byte)3);
+        var one = Vector512.Create((byte)1);
+        var k1 = Vector512.Create(0x03030303); var k2 = Vector512.Create(0x0F0F0F0F);
+        var pick01 = Vector512.Create(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
+        var pick23 = pick01 + Vector512.Create(2);
+        for (int sb = 0; sb < nb; sb++)
+        {
+            int o = sb * 110;
+            byte* pf = next + 16 * o; // the next group's sixteen rows: 16 · 110 B per super-block
+            for (int l = 0; l < 16 * 110; l += 64) Sse.Prefetch0(pf + l);
+            // scales[12] as ggml's three words a0, a1, a2 (read from byte 92: the 16 bytes end with the scales, not past them)
+            int so = o + 92;
+            Transpose16(p0 + so, p1 + so, p2 + so, p3 + so, p4 + so, p5 + so, p6 + so, p7 + so, p8 + so, p9 + so, p10 + so, p11 + so,
+                p12 + so, p13 + so, p14 + so, p15 + so, pick01, pick23, out _, out var a0, out var a1, out var a2);
+            // the sixteen 6-bit scales + 32, four per lane: sc_t holds scales 4t … 4t+3 (DotQ3KAvx2's Q3KScales, per lane)
+            var sc0 = (a0 & k2) | Vector512.ShiftLeft(a2 & k1, 4);
+            var sc1 = (a1 & k2) | Vector512.ShiftLeft(Vector512.ShiftRightLogical(a2, 2) & k1, 4);
+            var sc2 = (Vector512.ShiftRightLogical(a0, 4) & k2) | Vector512.ShiftLeft(Vector512.ShiftRightLogical(a2, 4) & k1, 4);
+            var sc3 = (Vector512.ShiftRightLogical(a1, 4) & k2) | Vector512.ShiftLeft(Vector512.ShiftRightLogical(a2, 6) & k1, 4);
+            var d = RowKernels.HalfToSingle(Avx512F.ShiftRightArithmetic(Gather16(w + o + 106, offLo, offHi), 16)); // d is the high half of bytes 106–109
+            Transpose16(p0 + o, p1 + o, p2 + o, p3 + o, p4 + o, p5 + o, p6 + o, p7 + o, p8 + o, p9 + o, p10 + o, p11 + o,
+                p12 + o, p13 + o, p14 + o, p15 + o, pick01, pick23, out var h0, out var h1, out var h2, out var h3);
+            int ho = o + 16;
+            Transpose16(p0 + ho, p1 + ho, p2 + ho, p3 + ho, p4 + ho, p5 + ho, p6 + ho, p7 + ho, p8 + ho, p9 + ho, p10 + ho, p11 + ho,
+                p12 + ho, p13 + ho, p14 + ho, p15 + ho, pick01, pick23, out var h4, out var h5, out var h6, out var h7);
+            for (int b = 0; b < B; b++) isum[b] = Vector512<int>.Zero;
+            for (int c = 0; c < 4; c++)
+            {
+                int q = o + 32 + 16 * c;
+                Transpose16(p0 + q, p1 + q, p2 + q, p3 + q, p4 + q, p5 + q, p6 + q, p7 + q, p8 + q, p9 + q, p10 + q, p11 + q,
+                    p12 + q, p13 + q, p14 + q, p15 + q, pick01, pick23, out var q0, out var q1, out var q2, out var q3);
+                // values 16·(c & 1) + … of each 32-value piece: hmask bytes 0–15 (c even) or 16–31 (c odd)
+                bool odd = (c & 1) != 0;
+                Vector512<int> g0 = odd ? h4 : h0, g1 = odd ? h5 : h1, g2 = odd ? h6 : h2, g3 = odd ? h7 : h3;
+                for (int s = 0; s < 4; s++)
+                {
+                    int j = 8 * (c >> 1) + 2 * s + (c & 1); // the sub-block: values 16j … 16j+15
+                    int hb = 4 * (c >> 1) + s;             // their hmask bit
+                    var u0 = (Vector512.ShiftRightLogical(q0.AsUInt16(), 2 * s).AsByte() & m2) | Vector512.ShiftLeft((Vector512.ShiftRightLogical(g0.AsUInt16(), hb).AsByte() & one).AsUInt16(), 2).AsByte();
+                    var u1 = (Vector512.ShiftRightLogical(q1.AsUInt16(), 2 * s).AsByte() & m2) | Vector512.ShiftLeft((Vector512.ShiftRightLogical(g1.AsUInt16(), hb).AsByte() & one).AsUInt16(), 2).AsByte();
+                    var u2 = (Vector512.ShiftRightLogical(q2.AsUInt16(), 2 * s).AsByte() & m2) | Vector512.ShiftLeft((Vector512.ShiftRightLogical(g2.AsUInt16(), hb).AsByte() & one).AsUInt16(), 2).AsByte();
+                    var u3 = (Vector512.ShiftRightLogical(q3.AsUInt16(), 2 * s).AsByte() & m2) | Vector512.ShiftLeft((Vector512.ShiftRightLogical(g3.AsUInt16(), hb).AsByte() & one).AsUInt16(), 2).AsByte();
+                    var sct = (j >> 2) switch { 0 => sc0, 1 => sc1, 2 => sc2, _ => sc3 };
+                    var scale = (Vector512.ShiftRightLogical(sct, 8 * (j & 3)) & Vector512.Create(0xFF)) - Vector512.Create(32);
+                    var scale2 = ((scale & Vector512.Create(0xFFFF)) | Vector512.ShiftLeft(scale, 16)).AsInt16(); // signed, in both int16 halves
+                    byte* xb = x + (long)sb * 292 + 4 + 16 * j;
+                    for (int b = 0; b < B; b++, xb += xStride)
+                    {
+                        var t = Avx512BW.MultiplyAddAdjacent(u0, Vector512.Create(*(int*)xb).AsSByte())
+                              + Avx512BW.MultiplyAddAdjacent(u1, Vector512.Create(*(int*)(xb + 4)).AsSByte());
+                        t += Avx512BW.MultiplyAddAdjacent(u2, Vector512.Create(*(int*)(xb + 8)).AsSByte())
+                           + Avx512BW.MultiplyAddAdjacent(u3, Vector512.Create(*(int*)(xb + 12)).AsSByte()); // |t| ≤ 4·2·7·128
+                        isum[b] += Avx512BW.MultiplyAddAdjacent(t, scale2);
+                    }
+                }
+            }
+            // the 4s taken back: 4·Σ_j scale_j·bsum_j, scales 2p and 2p + 1 as the two int16 halves of each lane
+            var sp0 = ScalePair(sc0, 0); var sp1 = ScalePair(sc0, 16); var sp2 = ScalePair(sc1, 0); var sp3 = ScalePair(sc1, 16);
+            var sp4 = ScalePair(sc2, 0); var sp5 = ScalePair(sc2, 16); var sp6 = ScalePair(sc3, 0); var sp7 = ScalePair(sc3, 16);
+            byte* xa = x + (long)sb * 292;
+            for (int b = 0; b < B; b++, xa += xStride)
+            {
+                int* bs = (int*)(xa + 260);
+                var corr = (Avx512BW.MultiplyAddAdjacent(sp0, Vector512.Create(bs[0]).AsInt16()) + Avx512BW.MultiplyAddAdjacent(sp1, Vector512.Create(bs[1]).AsInt16()))
+                         + (Avx512BW.MultiplyAddAdjacent(sp2, Vector512.Create(bs[2]).AsInt16()) + Avx512BW.MultiplyAddAdjacent(sp3, Vector512.Create(bs[3]).AsInt16()));
+                corr += (Avx512BW.MultiplyAddAdjacent(sp4, Vector512.Create(bs[4]).AsInt16()) + Avx512BW.MultiplyAddAdjacent(sp5, Vector512.Create(bs[5]).AsInt16()))
+                      + (Avx512BW.MultiplyAddAdjacent(sp6, Vector512.Create(bs[6]).AsInt16()) + Avx512BW.MultiplyAddAdjacent(sp7, Vector512.Create(bs[7]).AsInt16()));
+                var total = isum[b] - Vector512.ShiftLeft(corr, 2);
+                acc[b] = Avx512F.FusedMultiplyAdd(Vector512.ConvertToSingle(total), Vector512.Create(*(float*)xa) * d, acc[b]);
+            }
+        }
+        Store16(acc, B, rows, y, yStride);
+    }
+
+    /// <summary>Bytes at bit <paramref name="shift"/> and shift + 8 of each lane (two Q3_K scales + 32) less 32, as the
+    /// lane's two int16 halves.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<short> ScalePair(Vector512<int> sc, [ConstantExpected] int shift)
+    {
+        var v = Vector512.ShiftRightLogical(sc, shift);
+        var lo = (v & Vector512.Create(0xFF)) - Vector512.Create(32);
+        var hi = (Vector512.ShiftRightLogical(v, 8) & Vector512.Create(0xFF)) - Vector512.Create(32);
+        return ((lo & Vector512.Create(0xFFFF)) | Vector512.ShiftLeft(hi, 16)).AsInt16();
     }
 
     /// <summary>The high nibbles of bytes at bit <paramref name="shift"/> and shift + 8 of each lane (two Q2_K mins) as

@@ -620,22 +620,23 @@ public static partial class VecDot
     /// Q3_K × Q8_K with AVX2, ggml's way (ggml_vec_dot_q3_K_q8_K; 110 B: hmask[32] | qs[64] | scales[12] | d): per 32
     /// values vpmaddubsw of the 2-bit part minus vpmaddubsw of the high part (4 or 0), then vpmaddwd against the two
     /// sub-block scales. The integers are the scalar kernel's. Used by <see cref="Dot"/> on every AVX2 machine and by
-    /// <see cref="RowKernels"/> without AVX-512.
+    /// <see cref="RowKernels"/> for decode. Per super-block the exact integer isum = Σ_j scale_j·Σ q·a, then
+    /// acc = fma(isum, d_a·d, acc): one float chain per row, so that the sixteen-row prefill kernel
+    /// (<see cref="DotQ3KRows16Avx512"/>, rows in lanes) gives these bits.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static unsafe float DotQ3KAvx2(byte* x, byte* y, int nb)
     {
-        Vector256<float> acc = default;
+        float acc = 0;
         for (int i = 0; i < nb; i++, x += 110, y += 292)
         {
             Sse.Prefetch0(x + PrefetchAhead);
             Sse.Prefetch0(x + PrefetchAhead + 64);
             var one = new OneRow { A = (sbyte*)(y + 4) };
             Q3KSums(x, ref one);
-            var sumi = one.S;
-            acc = Fma.MultiplyAdd(Vector256.Create(*(float*)y * Fp16.ToSingle(*(ushort*)(x + 108))), Vector256.ConvertToSingle(sumi), acc);
+            acc = MathF.FusedMultiplyAdd(SumAndMin(one.S, one.S).ToScalar(), *(float*)y * Fp16.ToSingle(*(ushort*)(x + 108)), acc);
         }
-        return Vector256.Sum(acc);
+        return acc;
     }
 
     /// <summary>Where the Q3_K / Q2_K pieces' products go: the 8 int32 lanes of one activation row
@@ -739,22 +740,24 @@ public static partial class VecDot
     internal static unsafe void DotQ3KAvx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride)
     {
         byte* y1 = y + yStride, y2 = y1 + yStride, y3 = y2 + yStride;
-        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        float c0 = 0, c1 = 0, c2 = 0, c3 = 0;
         for (int i = 0; i < nb; i++, x += 110)
         {
             int yo = i * 292;
             var four = new FourRows { A0 = (sbyte*)(y + yo + 4), A1 = (sbyte*)(y1 + yo + 4), A2 = (sbyte*)(y2 + yo + 4), A3 = (sbyte*)(y3 + yo + 4) };
             Q3KSums(x, ref four);
             float wd = Fp16.ToSingle(*(ushort*)(x + 108));
-            c0 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y + yo) * wd), Vector256.ConvertToSingle(four.S0), c0);
-            c1 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y1 + yo) * wd), Vector256.ConvertToSingle(four.S1), c1);
-            c2 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y2 + yo) * wd), Vector256.ConvertToSingle(four.S2), c2);
-            c3 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y3 + yo) * wd), Vector256.ConvertToSingle(four.S3), c3);
+            var s01 = SumAndMin(four.S0, four.S1); // [Σ row 0, Σ row 1, …]
+            var s23 = SumAndMin(four.S2, four.S3);
+            c0 = MathF.FusedMultiplyAdd(s01.ToScalar(), *(float*)(y + yo) * wd, c0);
+            c1 = MathF.FusedMultiplyAdd(s01.GetElement(1), *(float*)(y1 + yo) * wd, c1);
+            c2 = MathF.FusedMultiplyAdd(s23.ToScalar(), *(float*)(y2 + yo) * wd, c2);
+            c3 = MathF.FusedMultiplyAdd(s23.GetElement(1), *(float*)(y3 + yo) * wd, c3);
         }
-        outp[0] = Vector256.Sum(c0);
-        outp[outStride] = Vector256.Sum(c1);
-        outp[2L * outStride] = Vector256.Sum(c2);
-        outp[3L * outStride] = Vector256.Sum(c3);
+        outp[0] = c0;
+        outp[outStride] = c1;
+        outp[2L * outStride] = c2;
+        outp[3L * outStride] = c3;
     }
 
     /// <summary>
@@ -785,7 +788,7 @@ public static partial class VecDot
         return acc;
     }
 
-    /// <summary>[Σ sums, Σ mins, …] as floats: both eight-lane integer sums reduced together (exact), then converted.</summary>
+    /// <summary>[Σ sums, Σ mins, …] as floats: two eight-lane integer sums reduced together (exact), then converted.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static Vector128<float> SumAndMin(Vector256<int> sums, Vector256<int> mins)
     {
