@@ -40,12 +40,8 @@ public static partial class VecDot
     internal static unsafe void DotRows16Avx512<T>(byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int nb,
         float* y, int yStride, Vector512<float>* acc) where T : ILegacyBlock
     {
-        // rows past the last repeat it; offsets from row 0 for the gathers
-        Rows8(w, rowBytes, Math.Min(rows, 8), out byte* p0, out byte* p1, out byte* p2, out byte* p3, out byte* p4, out byte* p5, out byte* p6, out byte* p7);
-        Rows8(w + 8 * rowBytes, rowBytes, Math.Max(rows - 8, 1), out byte* p8, out byte* p9, out byte* p10, out byte* p11, out byte* p12, out byte* p13, out byte* p14, out byte* p15);
-        if (rows <= 8) { p8 = p9 = p10 = p11 = p12 = p13 = p14 = p15 = p7; }
-        var offLo = Vector256.Create(0, (int)(p1 - w), (int)(p2 - w), (int)(p3 - w), (int)(p4 - w), (int)(p5 - w), (int)(p6 - w), (int)(p7 - w));
-        var offHi = Vector256.Create((int)(p8 - w), (int)(p9 - w), (int)(p10 - w), (int)(p11 - w), (int)(p12 - w), (int)(p13 - w), (int)(p14 - w), (int)(p15 - w));
+        Group16(w, rowBytes, rows, out byte* p0, out byte* p1, out byte* p2, out byte* p3, out byte* p4, out byte* p5, out byte* p6, out byte* p7,
+            out byte* p8, out byte* p9, out byte* p10, out byte* p11, out byte* p12, out byte* p13, out byte* p14, out byte* p15, out var offLo, out var offHi);
         for (int b = 0; b < B; b++) acc[b] = Vector512<float>.Zero;
         byte* next = w + 16 * rowBytes;
         var m4 = Vector512.Create((byte)0x0F);
@@ -118,17 +114,12 @@ public static partial class VecDot
     internal static unsafe void DotQ2KRows16Avx512(byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int nb,
         float* y, int yStride, Vector512<float>* acc, Vector512<int>* isum)
     {
-        // rows past the last repeat it; offsets from row 0 for the gathers
-        Rows8(w, rowBytes, Math.Min(rows, 8), out byte* p0, out byte* p1, out byte* p2, out byte* p3, out byte* p4, out byte* p5, out byte* p6, out byte* p7);
-        Rows8(w + 8 * rowBytes, rowBytes, Math.Max(rows - 8, 1), out byte* p8, out byte* p9, out byte* p10, out byte* p11, out byte* p12, out byte* p13, out byte* p14, out byte* p15);
-        if (rows <= 8) { p8 = p9 = p10 = p11 = p12 = p13 = p14 = p15 = p7; }
-        var offLo = Vector256.Create(0, (int)(p1 - w), (int)(p2 - w), (int)(p3 - w), (int)(p4 - w), (int)(p5 - w), (int)(p6 - w), (int)(p7 - w));
-        var offHi = Vector256.Create((int)(p8 - w), (int)(p9 - w), (int)(p10 - w), (int)(p11 - w), (int)(p12 - w), (int)(p13 - w), (int)(p14 - w), (int)(p15 - w));
+        Group16(w, rowBytes, rows, out byte* p0, out byte* p1, out byte* p2, out byte* p3, out byte* p4, out byte* p5, out byte* p6, out byte* p7,
+            out byte* p8, out byte* p9, out byte* p10, out byte* p11, out byte* p12, out byte* p13, out byte* p14, out byte* p15, out var offLo, out var offHi);
         for (int b = 0; b < B; b++) acc[b] = Vector512<float>.Zero;
         byte* next = w + 16 * rowBytes;
         var m2 = Vector512.Create((byte)3);
         var m4 = Vector512.Create(0x0F);
-        var ones = Vector512<short>.One;
         var pick01 = Vector512.Create(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
         var pick23 = pick01 + Vector512.Create(2);
         for (int sb = 0; sb < nb; sb++)
@@ -158,15 +149,7 @@ public static partial class VecDot
                     var sct = (j >> 2) switch { 0 => sc0, 1 => sc1, 2 => sc2, _ => sc3 };
                     var scale = Vector512.ShiftRightLogical(sct, 8 * (j & 3)) & m4;
                     var scale2 = (scale | Vector512.ShiftLeft(scale, 16)).AsInt16(); // the scale in both int16 halves
-                    byte* xb = x + (long)sb * 292 + 4 + 16 * j;
-                    for (int b = 0; b < B; b++, xb += xStride)
-                    {
-                        var t = Avx512BW.MultiplyAddAdjacent(v0, Vector512.Create(*(int*)xb).AsSByte())
-                              + Avx512BW.MultiplyAddAdjacent(v1, Vector512.Create(*(int*)(xb + 4)).AsSByte());
-                        t += Avx512BW.MultiplyAddAdjacent(v2, Vector512.Create(*(int*)(xb + 8)).AsSByte())
-                           + Avx512BW.MultiplyAddAdjacent(v3, Vector512.Create(*(int*)(xb + 12)).AsSByte());
-                        isum[b] += Avx512BW.MultiplyAddAdjacent(t, scale2);
-                    }
+                    SubBlock(v0, v1, v2, v3, scale2, x + (long)sb * 292 + 4 + 16 * j, xStride, B, isum);
                 }
             }
             // mins of sub-blocks 2p, 2p + 1 as the two int16 halves of each lane, against bsums 2p, 2p + 1
@@ -175,11 +158,7 @@ public static partial class VecDot
             byte* xa = x + (long)sb * 292;
             for (int b = 0; b < B; b++, xa += xStride)
             {
-                int* bs = (int*)(xa + 260);
-                var imin = (Avx512BW.MultiplyAddAdjacent(mn0, Vector512.Create(bs[0]).AsInt16()) + Avx512BW.MultiplyAddAdjacent(mn1, Vector512.Create(bs[1]).AsInt16()))
-                         + (Avx512BW.MultiplyAddAdjacent(mn2, Vector512.Create(bs[2]).AsInt16()) + Avx512BW.MultiplyAddAdjacent(mn3, Vector512.Create(bs[3]).AsInt16()));
-                imin += (Avx512BW.MultiplyAddAdjacent(mn4, Vector512.Create(bs[4]).AsInt16()) + Avx512BW.MultiplyAddAdjacent(mn5, Vector512.Create(bs[5]).AsInt16()))
-                      + (Avx512BW.MultiplyAddAdjacent(mn6, Vector512.Create(bs[6]).AsInt16()) + Avx512BW.MultiplyAddAdjacent(mn7, Vector512.Create(bs[7]).AsInt16()));
+                var imin = BsumDot(mn0, mn1, mn2, mn3, mn4, mn5, mn6, mn7, (int*)(xa + 260));
                 float yd = *(float*)xa;
                 var a = Avx512F.FusedMultiplyAdd(Vector512.ConvertToSingle(isum[b]), Vector512.Create(yd) * d, acc[b]);
                 acc[b] = Avx512F.FusedMultiplyAdd(Vector512.ConvertToSingle(imin), Vector512.Create(-yd) * dmin, a);
@@ -200,12 +179,8 @@ public static partial class VecDot
     internal static unsafe void DotQ3KRows16Avx512(byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int nb,
         float* y, int yStride, Vector512<float>* acc, Vector512<int>* isum)
     {
-        // rows past the last repeat it; offsets from row 0 for the gathers
-        Rows8(w, rowBytes, Math.Min(rows, 8), out byte* p0, out byte* p1, out byte* p2, out byte* p3, out byte* p4, out byte* p5, out byte* p6, out byte* p7);
-        Rows8(w + 8 * rowBytes, rowBytes, Math.Max(rows - 8, 1), out byte* p8, out byte* p9, out byte* p10, out byte* p11, out byte* p12, out byte* p13, out byte* p14, out byte* p15);
-        if (rows <= 8) { p8 = p9 = p10 = p11 = p12 = p13 = p14 = p15 = p7; }
-        var offLo = Vector256.Create(0, (int)(p1 - w), (int)(p2 - w), (int)(p3 - w), (int)(p4 - w), (int)(p5 - w), (int)(p6 - w), (int)(p7 - w));
-        var offHi = Vector256.Create((int)(p8 - w), (int)(p9 - w), (int)(p10 - w), (int)(p11 - w), (int)(p12 - w), (int)(p13 - w), (int)(p14 - w), (int)(p15 - w));
+        Group16(w, rowBytes, rows, out byte* p0, out byte* p1, out byte* p2, out byte* p3, out byte* p4, out byte* p5, out byte* p6, out byte* p7,
+            out byte* p8, out byte* p9, out byte* p10, out byte* p11, out byte* p12, out byte* p13, out byte* p14, out byte* p15, out var offLo, out var offHi);
         for (int b = 0; b < B; b++) acc[b] = Vector512<float>.Zero;
         byte* next = w + 16 * rowBytes;
         var m2 = Vector512.Create((byte)3);
@@ -253,15 +228,7 @@ public static partial class VecDot
                     var sct = (j >> 2) switch { 0 => sc0, 1 => sc1, 2 => sc2, _ => sc3 };
                     var scale = (Vector512.ShiftRightLogical(sct, 8 * (j & 3)) & Vector512.Create(0xFF)) - Vector512.Create(32);
                     var scale2 = ((scale & Vector512.Create(0xFFFF)) | Vector512.ShiftLeft(scale, 16)).AsInt16(); // signed, in both int16 halves
-                    byte* xb = x + (long)sb * 292 + 4 + 16 * j;
-                    for (int b = 0; b < B; b++, xb += xStride)
-                    {
-                        var t = Avx512BW.MultiplyAddAdjacent(u0, Vector512.Create(*(int*)xb).AsSByte())
-                              + Avx512BW.MultiplyAddAdjacent(u1, Vector512.Create(*(int*)(xb + 4)).AsSByte());
-                        t += Avx512BW.MultiplyAddAdjacent(u2, Vector512.Create(*(int*)(xb + 8)).AsSByte())
-                           + Avx512BW.MultiplyAddAdjacent(u3, Vector512.Create(*(int*)(xb + 12)).AsSByte()); // |t| ≤ 4·2·7·128
-                        isum[b] += Avx512BW.MultiplyAddAdjacent(t, scale2);
-                    }
+                    SubBlock(u0, u1, u2, u3, scale2, x + (long)sb * 292 + 4 + 16 * j, xStride, B, isum); // |Σ u·a| ≤ 4·2·7·128 per int16
                 }
             }
             // the 4s taken back: 4·Σ_j scale_j·bsum_j, scales 2p and 2p + 1 as the two int16 halves of each lane
@@ -270,11 +237,7 @@ public static partial class VecDot
             byte* xa = x + (long)sb * 292;
             for (int b = 0; b < B; b++, xa += xStride)
             {
-                int* bs = (int*)(xa + 260);
-                var corr = (Avx512BW.MultiplyAddAdjacent(sp0, Vector512.Create(bs[0]).AsInt16()) + Avx512BW.MultiplyAddAdjacent(sp1, Vector512.Create(bs[1]).AsInt16()))
-                         + (Avx512BW.MultiplyAddAdjacent(sp2, Vector512.Create(bs[2]).AsInt16()) + Avx512BW.MultiplyAddAdjacent(sp3, Vector512.Create(bs[3]).AsInt16()));
-                corr += (Avx512BW.MultiplyAddAdjacent(sp4, Vector512.Create(bs[4]).AsInt16()) + Avx512BW.MultiplyAddAdjacent(sp5, Vector512.Create(bs[5]).AsInt16()))
-                      + (Avx512BW.MultiplyAddAdjacent(sp6, Vector512.Create(bs[6]).AsInt16()) + Avx512BW.MultiplyAddAdjacent(sp7, Vector512.Create(bs[7]).AsInt16()));
+                var corr = BsumDot(sp0, sp1, sp2, sp3, sp4, sp5, sp6, sp7, (int*)(xa + 260));
                 var total = isum[b] - Vector512.ShiftLeft(corr, 2);
                 acc[b] = Avx512F.FusedMultiplyAdd(Vector512.ConvertToSingle(total), Vector512.Create(*(float*)xa) * d, acc[b]);
             }
@@ -291,6 +254,34 @@ public static partial class VecDot
         var lo = (v & Vector512.Create(0xFF)) - Vector512.Create(32);
         var hi = (Vector512.ShiftRightLogical(v, 8) & Vector512.Create(0xFF)) - Vector512.Create(32);
         return ((lo & Vector512.Create(0xFFFF)) | Vector512.ShiftLeft(hi, 16)).AsInt16();
+    }
+
+    /// <summary>One K-quant sub-block (16 values, four steps of four) of the sixteen rows against B Q8_K activation rows
+    /// (the sub-block's quants at xb + b·xStride): isum[b] += scale · Σ v·a per lane, the steps added in int16 first.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe void SubBlock(Vector512<byte> v0, Vector512<byte> v1, Vector512<byte> v2, Vector512<byte> v3, Vector512<short> scale2,
+        byte* xb, int xStride, int B, Vector512<int>* isum)
+    {
+        for (int b = 0; b < B; b++, xb += xStride)
+        {
+            var t = Avx512BW.MultiplyAddAdjacent(v0, Vector512.Create(*(int*)xb).AsSByte())
+                  + Avx512BW.MultiplyAddAdjacent(v1, Vector512.Create(*(int*)(xb + 4)).AsSByte());
+            t += Avx512BW.MultiplyAddAdjacent(v2, Vector512.Create(*(int*)(xb + 8)).AsSByte())
+               + Avx512BW.MultiplyAddAdjacent(v3, Vector512.Create(*(int*)(xb + 12)).AsSByte());
+            isum[b] += Avx512BW.MultiplyAddAdjacent(t, scale2);
+        }
+    }
+
+    /// <summary>Σ_j c_j·bsum_j per lane: c_2p, c_2p+1 the int16 halves of <paramref name="c0"/> … <paramref name="c7"/>,
+    /// bsums the activation's sixteen int16 sub-block sums (as eight words at <paramref name="bs"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe Vector512<int> BsumDot(Vector512<short> c0, Vector512<short> c1, Vector512<short> c2, Vector512<short> c3,
+        Vector512<short> c4, Vector512<short> c5, Vector512<short> c6, Vector512<short> c7, int* bs)
+    {
+        var r = (Avx512BW.MultiplyAddAdjacent(c0, Vector512.Create(bs[0]).AsInt16()) + Avx512BW.MultiplyAddAdjacent(c1, Vector512.Create(bs[1]).AsInt16()))
+              + (Avx512BW.MultiplyAddAdjacent(c2, Vector512.Create(bs[2]).AsInt16()) + Avx512BW.MultiplyAddAdjacent(c3, Vector512.Create(bs[3]).AsInt16()));
+        return r + (Avx512BW.MultiplyAddAdjacent(c4, Vector512.Create(bs[4]).AsInt16()) + Avx512BW.MultiplyAddAdjacent(c5, Vector512.Create(bs[5]).AsInt16()))
+                 + (Avx512BW.MultiplyAddAdjacent(c6, Vector512.Create(bs[6]).AsInt16()) + Avx512BW.MultiplyAddAdjacent(c7, Vector512.Create(bs[7]).AsInt16()));
     }
 
     /// <summary>The high nibbles of bytes at bit <paramref name="shift"/> and shift + 8 of each lane (two Q2_K mins) as
@@ -322,6 +313,20 @@ public static partial class VecDot
         t1 = Avx512F.Shuffle4x128(x01, y01, 0xEE);
         t2 = Avx512F.Shuffle4x128(x23, y23, 0x44);
         t3 = Avx512F.Shuffle4x128(x23, y23, 0xEE);
+    }
+
+    /// <summary>The sixteen row pointers of a group of <paramref name="rows"/> (1–16; rows past the last repeat it) and their
+    /// byte offsets from row 0, for the gathers.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe void Group16(byte* w, long rowBytes, int rows, out byte* p0, out byte* p1, out byte* p2, out byte* p3, out byte* p4,
+        out byte* p5, out byte* p6, out byte* p7, out byte* p8, out byte* p9, out byte* p10, out byte* p11, out byte* p12, out byte* p13,
+        out byte* p14, out byte* p15, out Vector256<int> offLo, out Vector256<int> offHi)
+    {
+        Rows8(w, rowBytes, Math.Min(rows, 8), out p0, out p1, out p2, out p3, out p4, out p5, out p6, out p7);
+        if (rows > 8) Rows8(w + 8 * rowBytes, rowBytes, rows - 8, out p8, out p9, out p10, out p11, out p12, out p13, out p14, out p15);
+        else p8 = p9 = p10 = p11 = p12 = p13 = p14 = p15 = p7;
+        offLo = Vector256.Create(0, (int)(p1 - w), (int)(p2 - w), (int)(p3 - w), (int)(p4 - w), (int)(p5 - w), (int)(p6 - w), (int)(p7 - w));
+        offHi = Vector256.Create((int)(p8 - w), (int)(p9 - w), (int)(p10 - w), (int)(p11 - w), (int)(p12 - w), (int)(p13 - w), (int)(p14 - w), (int)(p15 - w));
     }
 
     /// <summary>Lanes [0, rows) of acc[b] to y[b·yStride …] for each of the B activation rows.</summary>
