@@ -116,8 +116,8 @@ internal sealed unsafe class MatMulJob : ParallelJob
         // 1 MiB read 2–4 % faster still there; not taken, as the AMD VMs have 1 MiB of L2 (512 KiB on Zen 3).
         if (!decode && w.Type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16) byBytes = Math.Max(8, 524288 / Math.Max(1, w.Cols * 4));
         _chunk[p] = Math.Clamp(Math.Min(byBytes, w.Rows / (decode ? 8 : 16)), 1, decode ? int.MaxValue : 256);
-        // Kernels that run rows in groups (on AVX2 the 32-value types: eight; Q4_0 prefill on AVX-512: sixteen) get
-        // chunks of whole groups.
+        // Kernels that run rows in groups (on AVX2 the 32-value types: eight; on AVX-512 the prefill of the 32-value
+        // types, Q2_K and Q3_K: sixteen, RowKernels.PrefillRowGroup) get chunks of whole groups.
         int g = decode ? RowKernels.RowGroup(w.Type) : RowKernels.PrefillRowGroup(w.Type);
         _group[p] = g;
         if (_chunk[p] > g) _chunk[p] = _chunk[p] / g * g;

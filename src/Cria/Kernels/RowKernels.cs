@@ -601,20 +601,19 @@ public static unsafe partial class RowKernels
     /// <summary>Prefill: <see cref="VecDot.DotRows16Avx512{T}"/> for a legacy type, <see cref="VecDot.DotQ2KRows16Avx512"/> for Q2_K, <see cref="VecDot.DotQ3KRows16Avx512"/> for Q3_K.</summary>
     static void Rows16(GgmlType type, byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int n, float* y, int yStride, Vector512<float>* acc)
     {
+        if (type is GgmlType.Q2_K or GgmlType.Q3_K)
+        {
+            var isum = stackalloc Vector512<int>[Tile]; // the super-block integers of each activation row
+            if (type == GgmlType.Q2_K) VecDot.DotQ2KRows16Avx512(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
+            else VecDot.DotQ3KRows16Avx512(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
+            return;
+        }
         switch (type)
         {
             case GgmlType.Q4_0: VecDot.DotRows16Avx512<VecDot.Q40Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
             case GgmlType.Q4_1: VecDot.DotRows16Avx512<VecDot.Q41Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
             case GgmlType.Q5_0: VecDot.DotRows16Avx512<VecDot.Q50Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
-            case GgmlType.Q5_1: VecDot.DotRows16Avx512<VecDot.Q51Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
-            case GgmlType.Q2_K:
-                var isum = stackalloc Vector512<int>[Tile];
-                VecDot.DotQ2KRows16Avx512(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
-                break;
-            default:
-                var isum3 = stackalloc Vector512<int>[Tile];
-                VecDot.DotQ3KRows16Avx512(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum3);
-                break;
+            default: VecDot.DotRows16Avx512<VecDot.Q51Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
         }
     }
 
@@ -685,8 +684,8 @@ public static unsafe partial class RowKernels
         }
         if (PrefillRowGroup(type) == 16)
         {
-            // tiles of Tile activation rows against groups of sixteen weight rows, one per lane (VecDot.DotRows16Avx512):
-            // the eight-row kernel's bits without its horizontal sums
+            // tiles of Tile activation rows against groups of sixteen weight rows, one per lane (VecDot.Rows16.cs): each
+            // row's bits are those of its decode kernel, without the horizontal sums
             var acc16 = stackalloc Vector512<float>[Tile];
             for (int b0 = 0; b0 < B; b0 += Tile)
                 for (int r = r0; r < r1; r += 16)

@@ -19,15 +19,16 @@ namespace Cria.Kernels;
 /// saturation; five-bit values four steps at a time) and <c>vpmaddwd</c> by ones leaves row k's block sum in lane k.
 /// No horizontal sums.
 ///
-/// The arithmetic per row is the eight-row kernel's, so the results are its bits (and decode, which runs that kernel,
-/// agrees with prefill bit for bit): per block the exact integer Σ q·a (offset included), then
+/// For the 32-value types the arithmetic per row is the eight-row kernel's, so the results are its bits (and decode,
+/// which runs that kernel, agrees with prefill bit for bit): per block the exact integer Σ q·a (offset included), then
 /// acc = fma(float(Σ), d_w·d_a, acc) and for a min acc = fma(m, s, acc), in block order, with d_w·d_a formed as
-/// (d_w·2^-112)·(d_a·2^112) exactly as there.
+/// (d_w·2^-112)·(d_a·2^112) exactly as there. Q2_K and Q3_K (sub-blocks of 16 values, four steps each) follow their
+/// AVX2 decode kernels, which end every super-block with its exact integers and scalar FMAs for this reason.
 /// </summary>
 public static partial class VecDot
 {
-    /// <summary>Whether <see cref="DotRows16Avx512{T}"/> runs the prefill of Q4_0, Q4_1, Q5_0 and Q5_1: AVX-512BW (and the
-    /// AVX2 + FMA that the eight-row decode kernel, whose bits it gives, needs).</summary>
+    /// <summary>Whether the kernels of this file run the prefill of Q4_0, Q4_1, Q5_0, Q5_1, Q2_K and Q3_K: AVX-512BW (and
+    /// the AVX2 + FMA that the decode kernels, whose bits they give, need).</summary>
     internal static bool Rows16 => Avx512BW.IsSupported && Vector512.IsHardwareAccelerated && Avx2.IsSupported && Fma.IsSupported;
 
     /// <summary>Rows [0, rows) (rows ≤ 16, row k at w + k·rowBytes) against B ≤ <see cref="RowKernels.Tile"/> activation

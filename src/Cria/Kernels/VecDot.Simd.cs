@@ -634,7 +634,7 @@ public static partial class VecDot
             Sse.Prefetch0(x + PrefetchAhead + 64);
             var one = new OneRow { A = (sbyte*)(y + 4) };
             Q3KSums(x, ref one);
-            acc = MathF.FusedMultiplyAdd(SumAndMin(one.S, one.S).ToScalar(), *(float*)y * Fp16.ToSingle(*(ushort*)(x + 108)), acc);
+            acc = MathF.FusedMultiplyAdd(SumPair(one.S, one.S).ToScalar(), *(float*)y * Fp16.ToSingle(*(ushort*)(x + 108)), acc);
         }
         return acc;
     }
@@ -747,8 +747,8 @@ public static partial class VecDot
             var four = new FourRows { A0 = (sbyte*)(y + yo + 4), A1 = (sbyte*)(y1 + yo + 4), A2 = (sbyte*)(y2 + yo + 4), A3 = (sbyte*)(y3 + yo + 4) };
             Q3KSums(x, ref four);
             float wd = Fp16.ToSingle(*(ushort*)(x + 108));
-            var s01 = SumAndMin(four.S0, four.S1); // [Σ row 0, Σ row 1, …]
-            var s23 = SumAndMin(four.S2, four.S3);
+            var s01 = SumPair(four.S0, four.S1); // [Σ row 0, Σ row 1, …]
+            var s23 = SumPair(four.S2, four.S3);
             c0 = MathF.FusedMultiplyAdd(s01.ToScalar(), *(float*)(y + yo) * wd, c0);
             c1 = MathF.FusedMultiplyAdd(s01.GetElement(1), *(float*)(y1 + yo) * wd, c1);
             c2 = MathF.FusedMultiplyAdd(s23.ToScalar(), *(float*)(y2 + yo) * wd, c2);
@@ -781,18 +781,19 @@ public static partial class VecDot
             var minProd = Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y + 260)));
             var one = new OneRow { A = (sbyte*)(y + 4) };
             Q2KSums(x, scales, ref one);
-            var sm = SumAndMin(one.S, minProd);
+            var sm = SumPair(one.S, minProd);
             acc = MathF.FusedMultiplyAdd(sm.ToScalar(), yd * Fp16.ToSingle(*(ushort*)(x + 80)), acc);
             acc = MathF.FusedMultiplyAdd(sm.GetElement(1), -yd * Fp16.ToSingle(*(ushort*)(x + 82)), acc);
         }
         return acc;
     }
 
-    /// <summary>[Σ sums, Σ mins, …] as floats: two eight-lane integer sums reduced together (exact), then converted.</summary>
+    /// <summary>[Σ a, Σ b, …] as floats: two eight-lane integer sums reduced together (exact), then converted — one
+    /// reduction for a super-block's sums and mins (Q2_K) or for two rows' sums (Q3_K).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector128<float> SumAndMin(Vector256<int> sums, Vector256<int> mins)
+    static Vector128<float> SumPair(Vector256<int> a, Vector256<int> b)
     {
-        var v = Avx2.HorizontalAdd(sums, mins); // [s01 s23 m01 m23 | s45 s67 m45 m67]
+        var v = Avx2.HorizontalAdd(a, b); // [a01 a23 b01 b23 | a45 a67 b45 b67]
         var w = v.GetLower() + v.GetUpper();
         return Vector128.ConvertToSingle(Ssse3.HorizontalAdd(w, w));
     }
@@ -851,10 +852,10 @@ public static partial class VecDot
             float d0 = *(float*)(y + yo), d1 = *(float*)(y1 + yo), d2 = *(float*)(y2 + yo), d3 = *(float*)(y3 + yo);
             var four = new FourRows { A0 = (sbyte*)(y + yo + 4), A1 = (sbyte*)(y1 + yo + 4), A2 = (sbyte*)(y2 + yo + 4), A3 = (sbyte*)(y3 + yo + 4) };
             Q2KSums(x, scales, ref four);
-            var sm0 = SumAndMin(four.S0, Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y + yo + 260))));
-            var sm1 = SumAndMin(four.S1, Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y1 + yo + 260))));
-            var sm2 = SumAndMin(four.S2, Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y2 + yo + 260))));
-            var sm3 = SumAndMin(four.S3, Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y3 + yo + 260))));
+            var sm0 = SumPair(four.S0, Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y + yo + 260))));
+            var sm1 = SumPair(four.S1, Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y1 + yo + 260))));
+            var sm2 = SumPair(four.S2, Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y2 + yo + 260))));
+            var sm3 = SumPair(four.S3, Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y3 + yo + 260))));
             c0 = MathF.FusedMultiplyAdd(sm0.GetElement(1), -d0 * wmin, MathF.FusedMultiplyAdd(sm0.ToScalar(), d0 * wd, c0));
             c1 = MathF.FusedMultiplyAdd(sm1.GetElement(1), -d1 * wmin, MathF.FusedMultiplyAdd(sm1.ToScalar(), d1 * wd, c1));
             c2 = MathF.FusedMultiplyAdd(sm2.GetElement(1), -d2 * wmin, MathF.FusedMultiplyAdd(sm2.ToScalar(), d2 * wd, c2));
