@@ -45,6 +45,8 @@ static unsafe class GemmMicro
         }
         var y = new float[(long)batch * rows];
         int chunkRows = Math.Clamp(chunkKiB * 1024 / rowBytes, 1, 256);
+        int group = RowKernels.PrefillRowGroup(type);
+        chunkRows = (chunkRows + group - 1) / group * group; // whole groups of rows, as MatMulJob rounds its chunks
         var rates = new List<double>();
         fixed (float* yp = y)
             for (int rep = 0; rep < reps + 1; rep++)

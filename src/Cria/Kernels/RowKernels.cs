@@ -36,7 +36,7 @@ public static unsafe partial class RowKernels
     /// </summary>
     const int Q8KStride = 320, Q8KSums = 256, Q8KScale = 288;
 
-    public static bool HasBatched(GgmlType t) => Avx512BW.IsSupported && t is GgmlType.Q4_K or GgmlType.Q6_K or GgmlType.Q8_0;
+    public static bool HasBatched(GgmlType t) => Avx512BW.IsSupported && (t is GgmlType.Q4_K or GgmlType.Q6_K || t == GgmlType.Q8_0 && !Avx2Rows(t));
 
     /// <summary>
     /// Bytes of one activation row in the layout <see cref="Run"/> reads for a weight type:
@@ -50,11 +50,9 @@ public static unsafe partial class RowKernels
     {
         GgmlType.F32 or GgmlType.BF16 => n * 4 + 64, // one cache line of padding: rows 8 KiB apart alias in L1
         GgmlType.F16 => n * 8 + 64, // [n] F16-rounded x, then [n] the same · 2^112 for the decode kernel (DotF16Scaled)
-        GgmlType.Q8_0 when Q80Vnni => Q80VnniRowBytes(n), // pairs of blocks: [64] quants + 128 | [16] scales (RowKernels.Q80Vnni.cs)
+        GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 when Avx2Rows(weightType)
+            => n / 32 * 44, // [nb] F32 scales, [nb, 32] int8 quants, [nb] int32 Σ quants, [nb] float s = F16(d·Σ quants) (VecDot.DotRows8Avx2)
         GgmlType.Q8_0 when Avx512BW.IsSupported => n / 32 * 68,
-        GgmlType.Q8_0 when Avx2Rows(weightType) => n / 32 * 36, // [nb] F32 scales, then [nb, 32] int8 quants
-        GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 when Avx2Rows(weightType)
-            => n / 32 * 44, // the same, then [nb] int32 Σ quants and [nb] float s = F16(d·Σ quants) (VecDot.DotRows8Avx2)
         GgmlType.IQ4_NL when Iq4nlRows8(weightType) => n / 32 * 44, // as the legacy types
         GgmlType.Q4_K or GgmlType.Q6_K when Avx512BW.IsSupported => n / 256 * Q8KStride,
         _ => (int)GgmlTypeInfo.RowBytes(VecDot.ActivationType(weightType), n),
@@ -73,8 +71,8 @@ public static unsafe partial class RowKernels
                 ScaleBy2Pow112(f.Slice(0, x.Length), f.Slice(x.Length, x.Length));
                 return;
             case GgmlType.BF16: RoundToBf16(x, f); return;
-            case GgmlType.Q8_0 when Q80Vnni:
-                QuantizeQ80Vnni(x, dst);
+            case GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 when Avx2Rows(weightType):
+                QuantizeQ80Avx2(x, dst, split: true, sums: true);
                 return;
             case GgmlType.Q8_0 when Avx512BW.IsSupported:
                 QuantizeQ80Widened(x, dst);
@@ -82,12 +80,6 @@ public static unsafe partial class RowKernels
             case GgmlType.Q4_K or GgmlType.Q6_K when Avx512BW.IsSupported:
                 QuantizeQ8K(x, dst, kernelLayout: true);
                 if (weightType == GgmlType.Q4_K) PrepareQ8KForQ4K(dst, x.Length / 256);
-                return;
-            case GgmlType.Q8_0 when Avx2Rows(weightType):
-                QuantizeQ80Avx2(x, dst, split: true);
-                return;
-            case GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 when Avx2Rows(weightType):
-                QuantizeQ80Avx2(x, dst, split: true, sums: true);
                 return;
             case GgmlType.IQ4_NL when Iq4nlRows8(weightType):
                 QuantizeQ80Avx2(x, dst, split: true, sums: true);
@@ -387,6 +379,7 @@ public static unsafe partial class RowKernels
     [ThreadStatic] static float[]? _tileSums;                 // [rows, 16] one tile's results, weight row by weight row
     [ThreadStatic] static byte[]? _padActs;                   // [4, xStride] three activation rows padded to four
     [ThreadStatic] static float[]? _padOut;                   // [4, rows] their results
+    [ThreadStatic] static float[]? _rows16Acc;                // [Rows16Tile, 8, 16] sixteen-row prefill accumulators
     [ThreadStatic] static float[]? _kAcc;                     // [rows, tile, 2, 16] Q4_K / Q6_K accumulators (sums, mins) between parts
 
     /// <summary>
@@ -423,11 +416,7 @@ public static unsafe partial class RowKernels
                     if (B == 1) *y = Q6K1(w, x, n / 256);
                     else Q6KTile(w, x, xStride, B, n / 256, y, yStride, DecodeBuffer(n / 256));
                     return;
-                case GgmlType.Q8_0 when Q80Vnni:
-                    if (B == 1) *y = Q80Vnni1(w, x, n / 32);
-                    else Q80VnniTile(w, x, xStride, B, n / 32, y, yStride);
-                    return;
-                case GgmlType.Q8_0:
+                case GgmlType.Q8_0 when !Avx2Rows(type):
                     if (B == 1) { *y = Q801(w, x, n / 32); return; }
                     var (decQ, decD) = Q80Buffers(n);
                     Q80Tile(w, x, xStride, B, n / 32, y, yStride, (short*)decQ, (float*)decD);
@@ -452,8 +441,8 @@ public static unsafe partial class RowKernels
             }
             else if (RowGroup(type) == 8)
             {
-                // one row as a group of one (the kernel's other lanes repeat it)
-                var acc = stackalloc Vector256<float>[Tile];
+                // one row as a group of one (the kernel's other lanes repeat it); Q8_0 keeps eight accumulators per row
+                var acc = stackalloc Vector256<float>[8 * Tile];
                 for (; b < B; b += Tile)
                     Rows8(type, w, 0, 1, x + (long)b * xStride, xStride, Math.Min(Tile, B - b), n, y + (long)b * yStride, yStride, acc);
             }
@@ -538,12 +527,7 @@ public static unsafe partial class RowKernels
             for (int r = r0; r < r1; r++) y[r] = Q6K1(w + (long)r * rowBytes, x, n / 256);
             return;
         }
-        if (Q80Vnni && type == GgmlType.Q8_0)
-        {
-            for (int r = r0; r < r1; r++) y[r] = Q80Vnni1(w + (long)r * rowBytes, x, n / 32);
-            return;
-        }
-        if (Avx512BW.IsSupported && type == GgmlType.Q8_0)
+        if (Avx512BW.IsSupported && type == GgmlType.Q8_0 && !Avx2Rows(type))
         {
             for (int r = r0; r < r1; r++) y[r] = Q801(w + (long)r * rowBytes, x, n / 32);
             return;
@@ -579,7 +563,8 @@ public static unsafe partial class RowKernels
     /// types followed by the block sums; IQ4_XS: Q8_K blocks in <see cref="VecDot.PermuteQ8KForIQ4XS"/>'s pair layout).</summary>
     internal static bool Avx2Rows(GgmlType type) => Avx2.IsSupported && Fma.IsSupported && type switch
     {
-        GgmlType.Q4_K or GgmlType.Q6_K or GgmlType.Q8_0 => !Avx512BW.IsSupported,
+        GgmlType.Q4_K or GgmlType.Q6_K => !Avx512BW.IsSupported,
+        GgmlType.Q8_0 => !Avx512BW.IsSupported || VecDot.Q80Rows16,
         GgmlType.Q5_K or GgmlType.Q4_0 or GgmlType.Q3_K or GgmlType.Q2_K or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1
             or GgmlType.IQ4_NL or GgmlType.IQ4_XS => true,
         _ => GgmlTypeInfo.IsLattice(type),
@@ -596,20 +581,30 @@ public static unsafe partial class RowKernels
     /// (<see cref="VecDot.DotRows16Avx512{T}"/>), Q2_K (<see cref="VecDot.DotQ2KRows16Avx512"/>) and Q3_K
     /// (<see cref="VecDot.DotQ3KRows16Avx512"/>) on AVX-512, else <see cref="RowGroup"/>.</summary>
     internal static int PrefillRowGroup(GgmlType type) =>
-        type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q2_K or GgmlType.Q3_K && VecDot.Rows16 ? 16 : RowGroup(type);
+        type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q2_K or GgmlType.Q3_K && VecDot.Rows16
+        || type == GgmlType.Q8_0 && VecDot.Q80Rows16 ? 16 : RowGroup(type);
+
+    /// <summary>
+    /// Activation rows per call of a sixteen-row prefill kernel (<see cref="Rows16"/>). A group's blocks are transposed
+    /// once per call, so a larger tile spreads that over more rows: `gemm-micro` 2048 × 2048, one thread, G multiply-adds/s
+    /// with 16 → 64 rows (Zen 5, 1 MiB L2; noisy, typical medians): Q8_0 110 → 135–140, Q4_0 145 → 170, Q5_0 105 → 150,
+    /// Q2_K ~150 → ~160. 64 rows of activations are 180 KB for n = 2048 (Q8_0's layout), 495 KB for 5632: L2, not L1.
+    /// </summary>
+    internal const int Rows16Tile = 64;
 
     /// <summary>Prefill: <see cref="VecDot.DotRows16Avx512{T}"/> for a legacy type, <see cref="VecDot.DotQ2KRows16Avx512"/> for Q2_K, <see cref="VecDot.DotQ3KRows16Avx512"/> for Q3_K.</summary>
     static void Rows16(GgmlType type, byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int n, float* y, int yStride, Vector512<float>* acc)
     {
         if (type is GgmlType.Q2_K or GgmlType.Q3_K)
         {
-            var isum = stackalloc Vector512<int>[Tile]; // the super-block integers of each activation row
+            var isum = stackalloc Vector512<int>[B]; // the super-block integers of each activation row
             if (type == GgmlType.Q2_K) VecDot.DotQ2KRows16Avx512(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
             else VecDot.DotQ3KRows16Avx512(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
             return;
         }
         switch (type)
         {
+            case GgmlType.Q8_0: VecDot.DotQ80Rows16Avx512(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
             case GgmlType.Q4_0: VecDot.DotRows16Avx512<VecDot.Q40Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
             case GgmlType.Q4_1: VecDot.DotRows16Avx512<VecDot.Q41Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
             case GgmlType.Q5_0: VecDot.DotRows16Avx512<VecDot.Q50Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
@@ -684,19 +679,20 @@ public static unsafe partial class RowKernels
         }
         if (PrefillRowGroup(type) == 16)
         {
-            // tiles of Tile activation rows against groups of sixteen weight rows, one per lane (VecDot.Rows16.cs): each
-            // row's bits are those of its decode kernel, without the horizontal sums
-            var acc16 = stackalloc Vector512<float>[Tile];
-            for (int b0 = 0; b0 < B; b0 += Tile)
+            // tiles of Rows16Tile activation rows against groups of sixteen weight rows, one per lane (VecDot.Rows16.cs):
+            // each row's bits are those of its decode kernel, without the horizontal sums
+            var acc16 = Scratch(ref _rows16Acc, 8 * Rows16Tile * 16); // [Rows16Tile, 8] (Q8_0: eight accumulators per row)
+            for (int b0 = 0; b0 < B; b0 += Rows16Tile)
                 for (int r = r0; r < r1; r += 16)
                     Rows16(type, w + (long)r * rowBytes, rowBytes, Math.Min(16, r1 - r), x + (long)b0 * xStride, xStride,
-                        Math.Min(Tile, B - b0), n, y + (long)b0 * yStride + r, yStride, acc16);
+                        Math.Min(Rows16Tile, B - b0), n, y + (long)b0 * yStride + r, yStride, (Vector512<float>*)acc16);
             return;
         }
         if (RowGroup(type) == 8)
         {
-            // tiles of Tile activation rows against groups of eight weight rows (VecDot.DotRows8Avx2)
-            var rowsAcc = stackalloc Vector256<float>[Tile];
+            // tiles of Tile activation rows against groups of eight weight rows (VecDot.DotRows8Avx2); Q8_0 keeps eight
+            // accumulators per activation row (VecDot.DotQ80Rows8Avx2)
+            var rowsAcc = stackalloc Vector256<float>[8 * Tile];
             for (int b0 = 0; b0 < B; b0 += Tile)
                 for (int r = r0; r < r1; r += 8)
                     Rows8(type, w + (long)r * rowBytes, rowBytes, Math.Min(8, r1 - r), x + (long)b0 * xStride, xStride,
@@ -726,8 +722,7 @@ public static unsafe partial class RowKernels
         }
         if (type == GgmlType.Q8_0)
         {
-            if (Q80Vnni) Q80VnniBlock(w, rowBytes, r0, r1, x, xStride, B, n, y, yStride);
-            else Q80Block(w, rowBytes, r0, r1, x, xStride, B, n, y, yStride);
+            Q80Block(w, rowBytes, r0, r1, x, xStride, B, n, y, yStride);
             return;
         }
         // Q4_K / Q6_K: tiles of Tile activation rows, each row in parts of KPartBlocks super-blocks (one part of a tile,
@@ -1949,7 +1944,6 @@ public static unsafe partial class RowKernels
         {
             case GgmlType.Q4_K: Q4K1Pair(wa, wb, x, n / 256, out ya, out yb); return true;
             case GgmlType.Q6_K: Q6K1Pair(wa, wb, x, n / 256, out ya, out yb); return true;
-            case GgmlType.Q8_0 when Q80Vnni: Q80Vnni1Pair(wa, wb, x, n / 32, out ya, out yb); return true;
             case GgmlType.Q8_0: Q801Pair(wa, wb, x, n / 32, out ya, out yb); return true;
             default:
                 if (HalfRowsAvx2(n))

@@ -31,7 +31,7 @@ public static partial class VecDot
     /// the AVX2 + FMA that the decode kernels, whose bits they give, need).</summary>
     internal static bool Rows16 => Avx512BW.IsSupported && Vector512.IsHardwareAccelerated && Avx2.IsSupported && Fma.IsSupported;
 
-    /// <summary>Rows [0, rows) (rows ≤ 16, row k at w + k·rowBytes) against B ≤ <see cref="RowKernels.Tile"/> activation
+    /// <summary>Rows [0, rows) (rows ≤ 16, row k at w + k·rowBytes) against B ≤ <see cref="RowKernels.Rows16Tile"/> activation
     /// rows (x + b·xStride, the legacy types' layout of <see cref="RowKernels.ActivationRowBytes"/>: [nb] float scales,
     /// [nb, 32] int8 quants, [nb] int32 Σ quants, [nb] float s): y[b·yStride + k] = dot(row k, x_b). A group of fewer
     /// than sixteen rows repeats its last row in the unused lanes. <paramref name="acc"/> holds B accumulators.
@@ -101,8 +101,93 @@ public static partial class VecDot
         Store16(acc, B, rows, y, yStride);
     }
 
+    /// <summary>Whether Q8_0 prefill runs <see cref="DotQ80Rows16Avx512"/>: <see cref="Rows16"/> and the 256-bit
+    /// <c>vpdpbusd</c> of AVX-VNNI (.NET 10 has no 512-bit one). Q8_0 then belongs to the family of
+    /// <see cref="DotQ80RowExactAvx2"/> (decode, one or two rows) on these machines too.</summary>
+    internal static bool Q80Rows16 => Rows16 && AvxVnni.IsSupported;
+
     /// <summary>
-    /// Q2_K rows [0, rows) (rows ≤ 16) against B ≤ <see cref="RowKernels.Tile"/> Q8_K activation rows (ggml's block_q8_K:
+    /// Q8_0 rows [0, rows) (rows ≤ 16; 34 B: d | qs[32] int8) against B ≤ <see cref="RowKernels.Rows16Tile"/> activation
+    /// rows in the legacy types' layout ([nb] float d, [nb, 32] int8 quants, [nb] int32 Σ quants, …): y[b·yStride + k] =
+    /// dot(row k, x_b), rows in lanes as <see cref="DotRows16Avx512{T}"/>. A block's 32 quants of the sixteen rows are
+    /// transposed into eight registers (V_s, lane k = row k's quants 4s … 4s+3) and made unsigned, w + 128 (xor 0x80);
+    /// against the activation's bytes 4s … 4s+3 broadcast, one 256-bit <c>vpdpbusd</c> per eight rows adds four exact
+    /// products to each lane — no int16 step, whose pairs 2·255·127 would saturate — and starting each lane from
+    /// −128·Σ a takes the offset back: Σ (w + 128)·a − 128·Σ a = Σ w·a, exact for every byte. Per row the arithmetic is
+    /// <see cref="DotQ80RowExactAvx2"/>'s (decode): block ib into accumulator ib mod 8 of its activation row
+    /// (<paramref name="acc"/> holds 8·B vectors), then <see cref="Sum8"/>'s tree; so decode and prefill agree bit for bit.
+    /// </summary>
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe void DotQ80Rows16Avx512(byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int nb,
+        float* y, int yStride, Vector512<float>* acc)
+    {
+        Group16(w, rowBytes, rows, out byte* p0, out byte* p1, out byte* p2, out byte* p3, out byte* p4, out byte* p5, out byte* p6, out byte* p7,
+            out byte* p8, out byte* p9, out byte* p10, out byte* p11, out byte* p12, out byte* p13, out byte* p14, out byte* p15, out var offLo, out var offHi);
+        for (int b = 0; b < 8 * B; b++) acc[b] = Vector512<float>.Zero;
+        byte* next = w + 16 * rowBytes;
+        var flip = Vector512.Create((byte)0x80);
+        var pick01 = Vector512.Create(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
+        var pick23 = pick01 + Vector512.Create(2);
+        for (int ib = 0; ib < nb; ib++)
+        {
+            int o = ib * 34;
+            byte* pf = next + 16 * o; // the next group's sixteen rows: 16 · 34 B per block
+            for (int l = 0; l < 16 * 34; l += 64) Sse.Prefetch0(pf + l);
+            int q = o + 2;
+            Transpose16(p0 + q, p1 + q, p2 + q, p3 + q, p4 + q, p5 + q, p6 + q, p7 + q, p8 + q, p9 + q, p10 + q, p11 + q,
+                p12 + q, p13 + q, p14 + q, p15 + q, pick01, pick23, out var t0, out var t1, out var t2, out var t3);
+            q += 16;
+            Transpose16(p0 + q, p1 + q, p2 + q, p3 + q, p4 + q, p5 + q, p6 + q, p7 + q, p8 + q, p9 + q, p10 + q, p11 + q,
+                p12 + q, p13 + q, p14 + q, p15 + q, pick01, pick23, out var t4, out var t5, out var t6, out var t7);
+            // V_s = w + 128, as bytes; lo: rows 0–7, hi: rows 8–15
+            Vector512<byte> v0 = t0.AsByte() ^ flip, v1 = t1.AsByte() ^ flip, v2 = t2.AsByte() ^ flip, v3 = t3.AsByte() ^ flip;
+            Vector512<byte> v4 = t4.AsByte() ^ flip, v5 = t5.AsByte() ^ flip, v6 = t6.AsByte() ^ flip, v7 = t7.AsByte() ^ flip;
+            Vector256<byte> l0 = v0.GetLower(), l1 = v1.GetLower(), l2 = v2.GetLower(), l3 = v3.GetLower();
+            Vector256<byte> l4 = v4.GetLower(), l5 = v5.GetLower(), l6 = v6.GetLower(), l7 = v7.GetLower();
+            Vector256<byte> h0 = v0.GetUpper(), h1 = v1.GetUpper(), h2 = v2.GetUpper(), h3 = v3.GetUpper();
+            Vector256<byte> h4 = v4.GetUpper(), h5 = v5.GetUpper(), h6 = v6.GetUpper(), h7 = v7.GetUpper();
+            var d = HalfBits(Gather16(w + o, offLo, offHi)); // d_w · 2^-112 of each row, exact
+            // activation row b: d at xd, quants at xq, Σ quants at xs (each xStride further per row); accumulator ib mod 8
+            byte* xd = x + 4 * ib, xq = x + 4 * nb + 32 * ib, xs = x + 36 * nb + 4 * ib;
+            Vector512<float>* a = acc + (ib & 7);
+            for (int b = 0; b < B; b++, xd += xStride, xq += xStride, xs += xStride, a += 8)
+            {
+                var sums = Q80Lanes(l0, l1, l2, l3, l4, l5, l6, l7, h0, h1, h2, h3, h4, h5, h6, h7, (int*)xq, *(int*)xs);
+                *a = Avx512F.FusedMultiplyAdd(Vector512.ConvertToSingle(sums), d * Vector512.Create(*(float*)xd * Pow2To112), *a);
+            }
+        }
+        for (int b = 0; b < B; b++)
+        {
+            var a = acc + 8 * b;
+            acc[b] = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+        }
+        Store16(acc, B, rows, y, yStride);
+    }
+
+    /// <summary>One block of one activation row (quants at aq, their sum asum) against the sixteen rows' w + 128 (l_s:
+    /// rows 0–7, h_s: rows 8–15): lane k = Σ w·a of row k, exact. Two chains per half (steps 0–3 from −128·Σ a, steps 4–7
+    /// from 0), so that the dependent <c>vpdpbusd</c> are four deep.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe Vector512<int> Q80Lanes(Vector256<byte> l0, Vector256<byte> l1, Vector256<byte> l2, Vector256<byte> l3,
+        Vector256<byte> l4, Vector256<byte> l5, Vector256<byte> l6, Vector256<byte> l7, Vector256<byte> h0, Vector256<byte> h1,
+        Vector256<byte> h2, Vector256<byte> h3, Vector256<byte> h4, Vector256<byte> h5, Vector256<byte> h6, Vector256<byte> h7,
+        int* aq, int asum)
+    {
+        var c = Vector256.Create(-(asum << 7));
+        Vector256<sbyte> a0 = Vector256.Create(aq[0]).AsSByte(), a1 = Vector256.Create(aq[1]).AsSByte();
+        Vector256<sbyte> a2 = Vector256.Create(aq[2]).AsSByte(), a3 = Vector256.Create(aq[3]).AsSByte();
+        Vector256<sbyte> a4 = Vector256.Create(aq[4]).AsSByte(), a5 = Vector256.Create(aq[5]).AsSByte();
+        Vector256<sbyte> a6 = Vector256.Create(aq[6]).AsSByte(), a7 = Vector256.Create(aq[7]).AsSByte();
+        var lo = AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(c, l0, a0), l1, a1), l2, a2), l3, a3)
+               + AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, l4, a4), l5, a5), l6, a6), l7, a7);
+        var hi = AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(c, h0, a0), h1, a1), h2, a2), h3, a3)
+               + AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, h4, a4), h5, a5), h6, a6), h7, a7);
+        return Avx512F.InsertVector256(lo.ToVector512Unsafe(), hi, 1);
+    }
+
+    /// <summary>
+    /// Q2_K rows [0, rows) (rows ≤ 16) against B ≤ <see cref="RowKernels.Rows16Tile"/> Q8_K activation rows (ggml's block_q8_K:
     /// d f32 | qs[256] | bsums[16] int16): y[b·yStride + k] = dot(row k, x_b), rows in lanes as
     /// <see cref="DotRows16Avx512{T}"/>. A super-block's 64 qs bytes of the sixteen rows are transposed a quarter (16 B)
     /// at a time; sub-block j (values 16j … 16j+15: qs quarter 2·(j / 8) + j % 2, bits 2·((j / 2) % 4)) is four steps of
@@ -169,7 +254,7 @@ public static partial class VecDot
     }
 
     /// <summary>
-    /// Q3_K rows [0, rows) (rows ≤ 16; 110 B: hmask[32] | qs[64] | scales[12] | d) against B ≤ <see cref="RowKernels.Tile"/>
+    /// Q3_K rows [0, rows) (rows ≤ 16; 110 B: hmask[32] | qs[64] | scales[12] | d) against B ≤ <see cref="RowKernels.Rows16Tile"/>
     /// Q8_K activation rows, rows in lanes as <see cref="DotQ2KRows16Avx512"/>. A value is its two qs bits less 4 where its
     /// hmask bit is clear; the kernel multiplies u = value + 4 (0…7, unsigned for <c>vpmaddubsw</c>) and takes the 4s back
     /// with the activation's sub-block sums: Σ scale·Σ value·a = Σ scale·Σ u·a − 4·Σ scale·bsum. Per row the arithmetic is

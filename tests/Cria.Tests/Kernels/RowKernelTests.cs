@@ -92,7 +92,8 @@ public unsafe class RowKernelTests
                 QuantizeRow(type, wf, wq.AsSpan((int)(r * rb), (int)rb));
             }
             int fb = RowKernels.ActivationRowBytes(type, n);
-            foreach (int B in new[] { 1, 2, 3, 4, 6, 8, 12, 17, 37 })
+            // (sixteen-row prefill kernels take tiles of RowKernels.Rows16Tile = 64 activation rows: 67 is a full tile and three)
+            foreach (int B in RowKernels.PrefillRowGroup(type) == 16 ? new[] { 1, 2, 3, 4, 6, 8, 12, 17, 37, 67 } : new[] { 1, 2, 3, 4, 6, 8, 12, 17, 37 })
             {
                 var act = new byte[fb * B];
                 for (int b = 0; b < B; b++)
@@ -466,40 +467,36 @@ public unsafe class RowKernelTests
                 if (System.Runtime.Intrinsics.X86.Avx2.IsSupported) RowKernels.QuantizeQ80Avx2(x, plain, split: false);
                 else RowKernels.PrepareActivations(GgmlType.Q5_0, x, plain);
                 Assert.Equal(reference, plain);
-                if (!System.Runtime.Intrinsics.X86.Avx512BW.IsSupported)
+                if (RowKernels.Avx2Rows(GgmlType.Q8_0))
                 {
-                    if (!RowKernels.Avx2Rows(GgmlType.Q8_0)) continue;
-                    // AVX2: Q8_0 and the legacy types' weights read [nb] floats (the F16-rounded d) then [nb, 32] int8
-                    // quants; the legacy types' row goes on with [nb] int32 Σ quants and [nb] floats s, ggml's
+                    // AVX2, and AVX-512 with AVX-VNNI (VecDot.Q80Rows16): Q8_0 and the legacy types' weights read [nb]
+                    // floats (the F16-rounded d), [nb, 32] int8 quants, [nb] int32 Σ quants and [nb] floats s, ggml's
                     // block_q8_1 s (the F16 of Σ quants · d)
                     var split = new byte[RowKernels.ActivationRowBytes(GgmlType.Q8_0, n)];
-                    Assert.Equal(n / 32 * 36, split.Length);
+                    Assert.Equal(n / 32 * 44, split.Length);
                     RowKernels.PrepareActivations(GgmlType.Q8_0, x, split);
                     var q81 = new byte[GgmlTypeInfo.RowBytes(GgmlType.Q8_1, n)];
                     Quantize.Row(GgmlType.Q8_1, x, q81);
-                    foreach (var legacy in new[] { GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.IQ4_NL, GgmlType.IQ4_XS })
-                    {
-                        var withSums = new byte[RowKernels.ActivationRowBytes(legacy, n)];
-                        Assert.Equal(n / 32 * 44, withSums.Length);
-                        RowKernels.PrepareActivations(legacy, x, withSums);
-                        Assert.Equal(split, withSums.AsSpan(0, split.Length).ToArray());
-                        for (int i = 0; i < n / 32; i++)
-                        {
-                            int sum = 0;
-                            for (int j = 0; j < 32; j++) sum += (sbyte)reference[i * 34 + 2 + j];
-                            Assert.Equal(sum, BitConverter.ToInt32(withSums, n / 32 * 36 + i * 4));
-                            Assert.Equal(BitConverter.SingleToUInt32Bits(Fp16.ToSingle(BitConverter.ToUInt16(q81, i * 36 + 2))), BitConverter.ToUInt32(withSums, n / 32 * 40 + i * 4));
-                        }
-                    }
                     for (int i = 0; i < n / 32; i++)
                     {
                         Assert.Equal(BitConverter.SingleToUInt32Bits(Fp16.ToSingle(BitConverter.ToUInt16(reference, i * 34))), BitConverter.ToUInt32(split, i * 4));
                         Assert.Equal(reference.AsSpan(i * 34 + 2, 32).ToArray(), split.AsSpan(n / 32 * 4 + i * 32, 32).ToArray());
+                        int sum = 0;
+                        for (int j = 0; j < 32; j++) sum += (sbyte)reference[i * 34 + 2 + j];
+                        Assert.Equal(sum, BitConverter.ToInt32(split, n / 32 * 36 + i * 4));
+                        Assert.Equal(BitConverter.SingleToUInt32Bits(Fp16.ToSingle(BitConverter.ToUInt16(q81, i * 36 + 2))), BitConverter.ToUInt32(split, n / 32 * 40 + i * 4));
                     }
-                    continue;
+                    var legacyTypes = new List<GgmlType> { GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1 };
+                    if (RowKernels.Iq4nlRows8(GgmlType.IQ4_NL)) legacyTypes.Add(GgmlType.IQ4_NL);
+                    foreach (var legacy in legacyTypes)
+                    {
+                        var withSums = new byte[RowKernels.ActivationRowBytes(legacy, n)];
+                        RowKernels.PrepareActivations(legacy, x, withSums);
+                        Assert.Equal(split, withSums);
+                    }
                 }
-                // AVX-512: the int16 layout ([nb] scales, [nb, 32] int16 quants), which machines without AVX-VNNI read,
-                // and where AVX-VNNI is there the layout of its kernels (pairs of blocks: quants + 128, scales ×8)
+                if (!System.Runtime.Intrinsics.X86.Avx512BW.IsSupported) continue;
+                // AVX-512: the int16 layout ([nb] scales, [nb, 32] int16 quants), which machines without AVX-VNNI read
                 int nb = n / 32;
                 var fast = new byte[nb * 68];
                 RowKernels.QuantizeQ80Widened(x, fast);
@@ -511,11 +508,10 @@ public unsafe class RowKernelTests
                         Assert.True((sbyte)reference[i * 34 + 2 + j] == BitConverter.ToInt16(fast, nb * 4 + (i * 32 + j) * 2),
                             $"n={n} trial={trial} block {i} value {j}: x={x[i * 32 + j]}");
                 }
+                if (RowKernels.Avx2Rows(GgmlType.Q8_0)) continue; // the dispatched layout is checked above
                 var dispatched = new byte[RowKernels.ActivationRowBytes(GgmlType.Q8_0, n)];
                 RowKernels.PrepareActivations(GgmlType.Q8_0, x, dispatched);
-                if (!RowKernels.Q80Vnni) { Assert.Equal(fast, dispatched); continue; }
-                Assert.Equal((nb + 1) / 2 * 128, dispatched.Length);
-                Q80KernelTests.AssertVnniLayout(reference, dispatched, nb);
+                Assert.Equal(fast, dispatched);
             }
     }
 
