@@ -534,7 +534,7 @@ public static unsafe partial class RowKernels
         }
         if (type == GgmlType.Q8_0 && Avx2Rows(type))
         {
-            for (int r = r0; r < r1; r++) y[r] = VecDot.DotQ80RowExactAvx2(w + (long)r * rowBytes, x, n / 32);
+            for (int r = r0; r < r1; r++) y[r] = VecDot.DotQ80RowExactAvx2<VecDot.HasVnni>(w + (long)r * rowBytes, x, n / 32);
             return;
         }
         if (RowGroup(type) == 8)
@@ -572,7 +572,7 @@ public static unsafe partial class RowKernels
 
     /// <summary>Rows a kernel runs together: on AVX2 eight for Q4_0, Q4_1, Q5_0, Q5_1
     /// (<see cref="VecDot.DotRows8Avx2{T}(byte*, long, int, byte*, int, float*)"/>) and for Q8_0's prefill
-    /// (<see cref="VecDot.DotQ80Rows8Avx2"/>; its decode runs one or two rows, with the same bits). Any grouping gives the
+    /// (<see cref="VecDot.DotQ80Rows8Avx2{TVnni}"/>; its decode runs one or two rows, with the same bits). Any grouping gives the
     /// same bits, but a range of whole groups wastes no lanes.</summary>
     internal static int RowGroup(GgmlType type) => type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 && Avx2Rows(type)
         || Iq4nlRows8(type) ? 8 : 1;
@@ -629,12 +629,12 @@ public static unsafe partial class RowKernels
         }
     }
 
-    /// <summary>Prefill: <see cref="VecDot.DotRows8Avx2{T}(byte*, long, int, byte*, int, int, int, float*, int, Vector256{float}*)"/> for a legacy type, <see cref="VecDot.DotQ80Rows8Avx2"/> for Q8_0.</summary>
+    /// <summary>Prefill: <see cref="VecDot.DotRows8Avx2{T}(byte*, long, int, byte*, int, int, int, float*, int, Vector256{float}*)"/> for a legacy type, <see cref="VecDot.DotQ80Rows8Avx2{TVnni}"/> for Q8_0.</summary>
     static void Rows8(GgmlType type, byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int n, float* y, int yStride, Vector256<float>* acc)
     {
         switch (type)
         {
-            case GgmlType.Q8_0: VecDot.DotQ80Rows8Avx2(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
+            case GgmlType.Q8_0: VecDot.DotQ80Rows8Avx2<VecDot.HasVnni>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
             case GgmlType.Q4_0: VecDot.DotRows8Avx2<VecDot.Q40Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
             case GgmlType.Q4_1: VecDot.DotRows8Avx2<VecDot.Q41Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
             case GgmlType.Q5_0: VecDot.DotRows8Avx2<VecDot.Q50Block>(w, rowBytes, rows, x, xStride, B, n / 32, y, yStride, acc); break;
@@ -1937,7 +1937,7 @@ public static unsafe partial class RowKernels
     /// </summary>
     internal static bool RunPair(GgmlType type, byte* wa, byte* wb, byte* x, int n, out float ya, out float yb, bool finiteF16 = false)
     {
-        if (type == GgmlType.Q8_0 && Avx2Rows(type)) { VecDot.DotQ80RowExactAvx2Pair(wa, wb, x, n / 32, out ya, out yb); return true; }
+        if (type == GgmlType.Q8_0 && Avx2Rows(type)) { VecDot.DotQ80RowExactAvx2Pair<VecDot.HasVnni>(wa, wb, x, n / 32, out ya, out yb); return true; }
         if (type == GgmlType.IQ4_XS) { VecDot.DotIQ4XSRowPair(wa, wb, x, n / 256, out ya, out yb); return true; }
         if (type == GgmlType.BF16) { DotBF16Avx2Pair((ushort*)wa, (ushort*)wb, (float*)x, n, out ya, out yb); return true; }
         switch (type)

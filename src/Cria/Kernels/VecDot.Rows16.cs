@@ -103,7 +103,7 @@ public static partial class VecDot
 
     /// <summary>Whether Q8_0 prefill runs <see cref="DotQ80Rows16Avx512"/>: <see cref="Rows16"/> and the 256-bit
     /// <c>vpdpbusd</c> of AVX-VNNI (.NET 10 has no 512-bit one). Q8_0 then belongs to the family of
-    /// <see cref="DotQ80RowExactAvx2"/> (decode, one or two rows) on these machines too.</summary>
+    /// <see cref="DotQ80RowExactAvx2{TVnni}"/> (decode, one or two rows) on these machines too.</summary>
     internal static bool Q80Rows16 => Rows16 && AvxVnni.IsSupported;
 
     /// <summary>
@@ -114,7 +114,7 @@ public static partial class VecDot
     /// against the activation's bytes 4s … 4s+3 broadcast, one 256-bit <c>vpdpbusd</c> per eight rows adds four exact
     /// products to each lane — no int16 step, whose pairs 2·255·127 would saturate — and starting each lane from
     /// −128·Σ a takes the offset back: Σ (w + 128)·a − 128·Σ a = Σ w·a, exact for every byte. Per row the arithmetic is
-    /// <see cref="DotQ80RowExactAvx2"/>'s (decode): block ib into accumulator ib mod 8 of its activation row
+    /// <see cref="DotQ80RowExactAvx2{TVnni}"/>'s (decode): block ib into accumulator ib mod 8 of its activation row
     /// (<paramref name="acc"/> holds 8·B vectors), then <see cref="Sum8"/>'s tree; so decode and prefill agree bit for bit.
     /// </summary>
     [SkipLocalsInit]

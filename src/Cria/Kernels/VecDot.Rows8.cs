@@ -224,7 +224,7 @@ public static partial class VecDot
 {
     /// <summary>One Q8_0 row against one activation row (decode), in the arithmetic above.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static unsafe float DotQ80RowExactAvx2(byte* w, byte* x, int nb)
+    internal static unsafe float DotQ80RowExactAvx2<TVnni>(byte* w, byte* x, int nb) where TVnni : IVnniChoice
     {
         float* ad = (float*)x;
         sbyte* aq = (sbyte*)(x + 4 * nb);
@@ -235,16 +235,16 @@ public static partial class VecDot
         {
             byte* wb = w + ib * 34;
             for (int k = 0; k < 5; k++) Sse.Prefetch0(wb + PrefetchAhead + 64 * k);
-            acc = Fma.MultiplyAdd(Vector256.ConvertToSingle(Q80Sums8(wb, aq + 32 * ib, asum + ib)), Q80Scales8(wb, ad + ib), acc);
+            acc = Fma.MultiplyAdd(Vector256.ConvertToSingle(Q80Sums8<TVnni>(wb, aq + 32 * ib, asum + ib)), Q80Scales8(wb, ad + ib), acc);
         }
-        if (ib < nb) acc = Q80Tail(w, aq, ad, ib, nb, acc);
+        if (ib < nb) acc = Q80Tail<TVnni>(w, aq, ad, ib, nb, acc);
         return Sum8(acc);
     }
 
-    /// <summary><see cref="DotQ80RowExactAvx2"/> of two weight rows (far apart: two streams for one core) against one
+    /// <summary><see cref="DotQ80RowExactAvx2{TVnni}"/> of two weight rows (far apart: two streams for one core) against one
     /// activation row, each activation vector loaded once for both; each result has the single-row kernel's bits.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
-    internal static unsafe void DotQ80RowExactAvx2Pair(byte* wa, byte* wb, byte* x, int nb, out float ya, out float yb)
+    internal static unsafe void DotQ80RowExactAvx2Pair<TVnni>(byte* wa, byte* wb, byte* x, int nb, out float ya, out float yb) where TVnni : IVnniChoice
     {
         float* ad = (float*)x;
         sbyte* aq = (sbyte*)(x + 4 * nb);
@@ -256,21 +256,21 @@ public static partial class VecDot
             byte* pa = wa + ib * 34, pb = wb + ib * 34;
             for (int k = 0; k < 5; k++) { Sse.Prefetch0(pa + PrefetchAhead + 64 * k); Sse.Prefetch0(pb + PrefetchAhead + 64 * k); }
             Vector256<int> sa, sb;
-            if (AvxVnni.IsSupported) Q80Sums8Pair(pa, pb, aq + 32 * ib, asum + ib, out sa, out sb);
-            else { sa = Q80Sums8(pa, aq + 32 * ib, asum + ib); sb = Q80Sums8(pb, aq + 32 * ib, asum + ib); }
+            if (TVnni.Use) Q80Sums8Pair(pa, pb, aq + 32 * ib, asum + ib, out sa, out sb);
+            else { sa = Q80Sums8<TVnni>(pa, aq + 32 * ib, asum + ib); sb = Q80Sums8<TVnni>(pb, aq + 32 * ib, asum + ib); }
             var da = Vector256.Load(ad + ib) * Vector256.Create(Pow2To112);
             accA = Fma.MultiplyAdd(Vector256.ConvertToSingle(sa), Scales8(pa, pa + 34, pa + 68, pa + 102, pa + 136, pa + 170, pa + 204, pa + 238) * da, accA);
             accB = Fma.MultiplyAdd(Vector256.ConvertToSingle(sb), Scales8(pb, pb + 34, pb + 68, pb + 102, pb + 136, pb + 170, pb + 204, pb + 238) * da, accB);
         }
-        if (ib < nb) { accA = Q80Tail(wa, aq, ad, ib, nb, accA); accB = Q80Tail(wb, aq, ad, ib, nb, accB); }
+        if (ib < nb) { accA = Q80Tail<TVnni>(wa, aq, ad, ib, nb, accA); accB = Q80Tail<TVnni>(wb, aq, ad, ib, nb, accB); }
         ya = Sum8(accA); yb = Sum8(accB);
     }
 
     /// <summary>The exact sums of eight blocks of one row (at w) against the activations at a: [Σ_0 … Σ_7].</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static unsafe Vector256<int> Q80Sums8(byte* w, sbyte* a, int* asum)
+    static unsafe Vector256<int> Q80Sums8<TVnni>(byte* w, sbyte* a, int* asum) where TVnni : IVnniChoice
     {
-        if (AvxVnni.IsSupported)
+        if (TVnni.Use)
         {
             // (w + 128)·a through vpdpbusd, the 128·Σ a of each block taken back once for all eight
             var p01 = Avx2.HorizontalAdd(Q80OffsetLanes(w, a), Q80OffsetLanes(w + 34, a + 32));
@@ -279,10 +279,10 @@ public static partial class VecDot
             var p67 = Avx2.HorizontalAdd(Q80OffsetLanes(w + 204, a + 192), Q80OffsetLanes(w + 238, a + 224));
             return Reduce8(p01, p23, p45, p67) - (Vector256.Load(asum) << 7);
         }
-        var q01 = Avx2.HorizontalAdd(Q80BlockLanes(w, a), Q80BlockLanes(w + 34, a + 32));
-        var q23 = Avx2.HorizontalAdd(Q80BlockLanes(w + 68, a + 64), Q80BlockLanes(w + 102, a + 96));
-        var q45 = Avx2.HorizontalAdd(Q80BlockLanes(w + 136, a + 128), Q80BlockLanes(w + 170, a + 160));
-        var q67 = Avx2.HorizontalAdd(Q80BlockLanes(w + 204, a + 192), Q80BlockLanes(w + 238, a + 224));
+        var q01 = Avx2.HorizontalAdd(Q80BlockLanes<TVnni>(w, a), Q80BlockLanes<TVnni>(w + 34, a + 32));
+        var q23 = Avx2.HorizontalAdd(Q80BlockLanes<TVnni>(w + 68, a + 64), Q80BlockLanes<TVnni>(w + 102, a + 96));
+        var q45 = Avx2.HorizontalAdd(Q80BlockLanes<TVnni>(w + 136, a + 128), Q80BlockLanes<TVnni>(w + 170, a + 160));
+        var q67 = Avx2.HorizontalAdd(Q80BlockLanes<TVnni>(w + 204, a + 192), Q80BlockLanes<TVnni>(w + 238, a + 224));
         return Reduce8(q01, q23, q45, q67);
     }
 
@@ -324,7 +324,7 @@ public static partial class VecDot
     /// <summary>Blocks [ib, nb) (fewer than eight) of one row into their accumulators, j into A_(j mod 8): each a scalar
     /// FMA with the operands of the vector steps.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    static unsafe Vector256<float> Q80Tail(byte* w, sbyte* aq, float* ad, int ib, int nb, Vector256<float> acc)
+    static unsafe Vector256<float> Q80Tail<TVnni>(byte* w, sbyte* aq, float* ad, int ib, int nb, Vector256<float> acc) where TVnni : IVnniChoice
     {
         float* t = stackalloc float[8];
         acc.Store(t);
@@ -332,7 +332,7 @@ public static partial class VecDot
         {
             byte* blk = w + j * 34;
             float dw = BitConverter.Int32BitsToSingle(((int)*(short*)blk << 13) & unchecked((int)0x8FFFE000)); // Scales8's steps
-            t[j & 7] = MathF.FusedMultiplyAdd(Q80BlockSum(blk, aq + 32 * j), dw * (ad[j] * Pow2To112), t[j & 7]);
+            t[j & 7] = MathF.FusedMultiplyAdd(Vector256.Sum(Q80BlockLanes<TVnni>(blk, aq + 32 * j)), dw * (ad[j] * Pow2To112), t[j & 7]);
         }
         return Vector256.Load(t);
     }
@@ -354,24 +354,23 @@ public static partial class VecDot
 
     /// <summary>One Q8_0 block (34 B at w) against 32 int8 activations: 8 int32 partial sums, |w| against sign(a, w).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static unsafe Vector256<int> Q80BlockLanes(byte* w, sbyte* a)
+    static unsafe Vector256<int> Q80BlockLanes<TVnni>(byte* w, sbyte* a) where TVnni : IVnniChoice
     {
         var q = Vector256.Load((sbyte*)(w + 2));
-        return DotU8I8(Vector256<int>.Zero, Avx2.Abs(q), Avx2.Sign(Vector256.Load(a), q));
+        Vector256<byte> u = Avx2.Abs(q).AsByte();
+        var sa = Avx2.Sign(Vector256.Load(a), q);
+        if (TVnni.Use) return AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, u, sa);
+        return Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, sa), Vector256<short>.One);
     }
 
-    /// <summary>Σ w·a over one Q8_0 block (34 B at w) and 32 int8 activations, exact, as a float.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static unsafe float Q80BlockSum(byte* w, sbyte* a) => Vector256.Sum(Q80BlockLanes(w, a));
-
     /// <summary>Rows [0, rows) (rows ≤ 8) against B ≤ <see cref="RowKernels.Tile"/> activation rows (x + b·xStride),
-    /// each the bits of <see cref="DotQ80RowExactAvx2"/>: rows k and k + 4 share a register per block half, each half
+    /// each the bits of <see cref="DotQ80RowExactAvx2{TVnni}"/>: rows k and k + 4 share a register per block half, each half
     /// |w| against sign(a, w) (through <c>vpmaddubsw</c>, at most 2·128·127 per int16 lane, widened before the halves
     /// are added; or <c>vpdpbusd</c>), three <c>vphaddd</c> leave row k's block sum in lane k; one FMA per block carries
     /// eight rows into accumulator ib mod 8 of each activation row. <paramref name="acc"/> holds 8·B vectors.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static unsafe void DotQ80Rows8Avx2(byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int nb,
-        float* y, int yStride, Vector256<float>* acc)
+    internal static unsafe void DotQ80Rows8Avx2<TVnni>(byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int nb,
+        float* y, int yStride, Vector256<float>* acc) where TVnni : IVnniChoice
     {
         Rows8(w, rowBytes, rows, out byte* w0, out byte* w1, out byte* w2, out byte* w3, out byte* w4, out byte* w5, out byte* w6, out byte* w7);
         for (int b = 0; b < 8 * B; b++) acc[b] = Vector256<float>.Zero;
@@ -397,8 +396,8 @@ public static partial class VecDot
                 var alo = Avx2.BroadcastVector128ToVector256(aq).AsSByte();
                 var ahi = Avx2.BroadcastVector128ToVector256(aq + 16).AsSByte();
                 var sums = Avx2.HorizontalAdd(
-                    Avx2.HorizontalAdd(Q80PairDot(lo04, ulo04, hi04, uhi04, alo, ahi), Q80PairDot(lo15, ulo15, hi15, uhi15, alo, ahi)),
-                    Avx2.HorizontalAdd(Q80PairDot(lo26, ulo26, hi26, uhi26, alo, ahi), Q80PairDot(lo37, ulo37, hi37, uhi37, alo, ahi)));
+                    Avx2.HorizontalAdd(Q80PairDot<TVnni>(lo04, ulo04, hi04, uhi04, alo, ahi), Q80PairDot<TVnni>(lo15, ulo15, hi15, uhi15, alo, ahi)),
+                    Avx2.HorizontalAdd(Q80PairDot<TVnni>(lo26, ulo26, hi26, uhi26, alo, ahi), Q80PairDot<TVnni>(lo37, ulo37, hi37, uhi37, alo, ahi)));
                 *a = Fma.MultiplyAdd(Vector256.ConvertToSingle(sums), d * Vector256.Create(((float*)xb)[ib] * Pow2To112), *a);
             }
         }
@@ -417,9 +416,9 @@ public static partial class VecDot
     /// the activation halves, the sign trick per half (|w| · sign(a, w)); the halves are widened to int32 before they
     /// are added (each may reach 2·128·127 per int16 lane).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector256<int> Q80PairDot(Vector256<sbyte> lo, Vector256<byte> ulo, Vector256<sbyte> hi, Vector256<byte> uhi, Vector256<sbyte> alo, Vector256<sbyte> ahi)
+    static Vector256<int> Q80PairDot<TVnni>(Vector256<sbyte> lo, Vector256<byte> ulo, Vector256<sbyte> hi, Vector256<byte> uhi, Vector256<sbyte> alo, Vector256<sbyte> ahi) where TVnni : IVnniChoice
     {
-        if (AvxVnni.IsSupported) return AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, ulo, Avx2.Sign(alo, lo)), uhi, Avx2.Sign(ahi, hi));
+        if (TVnni.Use) return AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, ulo, Avx2.Sign(alo, lo)), uhi, Avx2.Sign(ahi, hi));
         return Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(ulo, Avx2.Sign(alo, lo)), Vector256<short>.One)
              + Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(uhi, Avx2.Sign(ahi, hi)), Vector256<short>.One);
     }

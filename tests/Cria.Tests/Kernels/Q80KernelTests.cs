@@ -87,10 +87,20 @@ public unsafe class Q80KernelTests
     /// vpdpbusd, −128·Σ a taken back) all give the bits of the one-row kernel, which agrees with the scalar reference.
     /// Weights include −128 (w + 128 = 0) and whole blocks of it, activations a block of ±127 against ±127/−128
     /// weights (each lane's four products at their largest).</summary>
-    [Fact]
-    public void The_exact_family_gives_one_rows_bits_on_every_path_and_agrees_with_the_scalar_reference()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void The_exact_family_gives_one_rows_bits_on_every_path_and_agrees_with_the_scalar_reference(bool vnni)
     {
-        if (!Avx2.IsSupported || !Fma.IsSupported) return; // no kernel of this family on this machine
+        if (!Avx2.IsSupported || !Fma.IsSupported || vnni && !AvxVnni.IsSupported) return; // no such kernels on this machine
+        if (vnni) Exact<VecDot.HasVnni>(); else Exact<VecDot.NoVnni>();
+    }
+
+    /// <summary>The exact family with (<see cref="VecDot.HasVnni"/>) or without AVX-VNNI's integer sums; the sixteen-row
+    /// prefill always uses them, and runs in the first case only.</summary>
+    static void Exact<TVnni>() where TVnni : VecDot.IVnniChoice
+    {
+        bool sixteen = VecDot.Q80Rows16 && TVnni.Use;
         var rng = new Random(9);
         const int rows = 21; // groups of 16 from rows 0 and 3: full and partial groups, both halves of the 16 lanes
         var acc8 = stackalloc System.Runtime.Intrinsics.Vector256<float>[8 * RowKernels.Tile];
@@ -126,7 +136,7 @@ public unsafe class Q80KernelTests
                     for (int b = 0; b < B; b++)
                         for (int r = 0; r < rows; r++)
                         {
-                            alone[b * rows + r] = VecDot.DotQ80RowExactAvx2(pw + r * rb, pa + b * fb, nb);
+                            alone[b * rows + r] = VecDot.DotQ80RowExactAvx2<TVnni>(pw + r * rb, pa + b * fb, nb);
                             float expected = VecDot.DotScalar(GgmlType.Q8_0, w.AsSpan(r * rb, rb), reference.AsSpan(b * rb, rb), n);
                             double mag = 0;
                             for (int i = 0; i < n; i++)
@@ -139,8 +149,8 @@ public unsafe class Q80KernelTests
                     {
                         for (int b0 = 0; b0 < B; b0 += RowKernels.Tile)
                             for (int r = r0; r < r1; r += 8)
-                                VecDot.DotQ80Rows8Avx2(pw + r * rb, rb, Math.Min(8, r1 - r), pa + b0 * fb, fb, Math.Min(RowKernels.Tile, B - b0), nb, p8 + b0 * rows + r, rows, acc8);
-                        if (VecDot.Q80Rows16)
+                                VecDot.DotQ80Rows8Avx2<TVnni>(pw + r * rb, rb, Math.Min(8, r1 - r), pa + b0 * fb, fb, Math.Min(RowKernels.Tile, B - b0), nb, p8 + b0 * rows + r, rows, acc8);
+                        if (sixteen)
                             for (int b0 = 0; b0 < B; b0 += RowKernels.Rows16Tile)
                                 for (int r = r0; r < r1; r += 16)
                                     VecDot.DotQ80Rows16Avx512(pw + r * rb, rb, Math.Min(16, r1 - r), pa + b0 * fb, fb, Math.Min(RowKernels.Rows16Tile, B - b0), nb, p16 + b0 * rows + r, rows, pacc16);
@@ -149,12 +159,12 @@ public unsafe class Q80KernelTests
                         for (int r = 0; r < rows; r++)
                         {
                             Assert.True(alone[b * rows + r].Equals(rows8[b * rows + r]), $"n={n} B={B} b={b} row {r}: eight-row {rows8[b * rows + r]} vs alone {alone[b * rows + r]}");
-                            if (VecDot.Q80Rows16)
+                            if (sixteen)
                                 Assert.True(alone[b * rows + r].Equals(rows16[b * rows + r]), $"n={n} B={B} b={b} row {r}: sixteen-row {rows16[b * rows + r]} vs alone {alone[b * rows + r]}");
                         }
                     for (int r = 0; r < rows; r++)
                     {
-                        VecDot.DotQ80RowExactAvx2Pair(pw + r * rb, pw + (rows - 1 - r) * rb, pa, nb, out float ya, out float yb);
+                        VecDot.DotQ80RowExactAvx2Pair<TVnni>(pw + r * rb, pw + (rows - 1 - r) * rb, pa, nb, out float ya, out float yb);
                         Assert.True(alone[r].Equals(ya) && alone[rows - 1 - r].Equals(yb), $"n={n} pair ({r}, {rows - 1 - r}): {ya}, {yb} vs {alone[r]}, {alone[rows - 1 - r]}");
                     }
                 }
