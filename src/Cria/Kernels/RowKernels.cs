@@ -41,9 +41,10 @@ public static unsafe partial class RowKernels
     /// <summary>
     /// Bytes of one activation row in the layout <see cref="Run"/> reads for a weight type:
     /// F32/F16/BF16 weights read F32 values (already rounded to F16/BF16 precision, as ggml rounds activations), so
-    /// activations are converted once per matmul rather than once per weight row; Q8_0 weights (AVX-512) read Q8_0
-    /// activations widened to int16 — nb F32 scales (the F16-rounded d, as ggml stores it) then nb·32 int16 quants —
-    /// so the per-block sign extension is not repeated for every weight row; every other type reads its ggml vec-dot
+    /// activations are converted once per matmul rather than once per weight row; Q8_0 weights on AVX-512 without
+    /// AVX-VNNI read Q8_0 activations widened to int16 — nb F32 scales (the F16-rounded d, as ggml stores it) then nb·32
+    /// int16 quants — so the per-block sign extension is not repeated for every weight row; Q8_0 elsewhere and the legacy
+    /// types read the split Q8_0 row with block sums (<see cref="Avx2Rows"/>); every other type reads its ggml vec-dot
     /// type (Q8_1 or Q8_K blocks).
     /// </summary>
     public static int ActivationRowBytes(GgmlType weightType, int n) => weightType switch
@@ -557,7 +558,8 @@ public static unsafe partial class RowKernels
 
     /// <summary>Rows that run through the AVX2 kernels of <see cref="VecDot"/> directly (no span or size checks per row):
     /// Q4_K, Q6_K and Q8_0 on machines with AVX2 and FMA but no AVX-512 (e.g. AMD Zen 2/3, Intel before Ice Lake; with
-    /// AVX-512 they have their own kernels), and Q5_K, Q3_K, Q2_K, the i-quants and the legacy Q4_0, Q4_1, Q5_0, Q5_1
+    /// AVX-512 they have their own kernels — Q8_0 only where AVX-VNNI is missing: with it, Q8_0 decodes here and runs its
+    /// prefill sixteen rows at a time, <see cref="VecDot.Q80Rows16"/>), and Q5_K, Q3_K, Q2_K, the i-quants and the legacy Q4_0, Q4_1, Q5_0, Q5_1
     /// (eight rows at a time, <see cref="RowGroup"/>) on every AVX2 + FMA machine. Activations are ggml's Q8_K blocks (for Q4_K and Q5_K
     /// with float min sums, <see cref="Q8KFloatMins"/>) or Q8_0 quants in the split layout (scales first; for the legacy
     /// types followed by the block sums; IQ4_XS: Q8_K blocks in <see cref="VecDot.PermuteQ8KForIQ4XS"/>'s pair layout).</summary>
@@ -579,7 +581,8 @@ public static unsafe partial class RowKernels
 
     /// <summary>Rows a prefill kernel (<see cref="RunBlock"/>) runs together: sixteen for Q4_0, Q4_1, Q5_0, Q5_1
     /// (<see cref="VecDot.DotRows16Avx512{T}"/>), Q2_K (<see cref="VecDot.DotQ2KRows16Avx512"/>) and Q3_K
-    /// (<see cref="VecDot.DotQ3KRows16Avx512"/>) on AVX-512, else <see cref="RowGroup"/>.</summary>
+    /// (<see cref="VecDot.DotQ3KRows16Avx512"/>) on AVX-512, and Q8_0 (<see cref="VecDot.DotQ80Rows16Avx512"/>) on AVX-512
+    /// with AVX-VNNI; else <see cref="RowGroup"/>.</summary>
     internal static int PrefillRowGroup(GgmlType type) =>
         type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q2_K or GgmlType.Q3_K && VecDot.Rows16
         || type == GgmlType.Q8_0 && VecDot.Q80Rows16 ? 16 : RowGroup(type);
@@ -588,11 +591,16 @@ public static unsafe partial class RowKernels
     /// Activation rows per call of a sixteen-row prefill kernel (<see cref="Rows16"/>). A group's blocks are transposed
     /// once per call, so a larger tile spreads that over more rows: `gemm-micro` 2048 × 2048, one thread, G multiply-adds/s
     /// with 16 → 64 rows (Zen 5, 1 MiB L2; noisy, typical medians): Q8_0 110 → 135–140, Q4_0 145 → 170, Q5_0 105 → 150,
-    /// Q2_K ~150 → ~160. 64 rows of activations are 180 KB for n = 2048 (Q8_0's layout), 495 KB for 5632: L2, not L1.
+    /// Q2_K ~150 → ~160; TinyLlama pp512 (`cria bench -p 512 -n 0 -r 2 -t 2`, builds alternating, three pairs) Q4_0
+    /// 208–220 → 247–256 tok/s, Q2_K 215–244 → 255–263. 64 rows of activations are 180 KB for n = 2048 (Q8_0's layout),
+    /// 495 KB for 5632: L2, not L1. (The Q4_K / Q6_K kernels, which decode a row once per tile, did not gain from tiles of
+    /// 32 or 64: `gemm-micro --type q4_k` 83 at 16 rows, 76–78 at 32 and 64.)
     /// </summary>
     internal const int Rows16Tile = 64;
 
-    /// <summary>Prefill: <see cref="VecDot.DotRows16Avx512{T}"/> for a legacy type, <see cref="VecDot.DotQ2KRows16Avx512"/> for Q2_K, <see cref="VecDot.DotQ3KRows16Avx512"/> for Q3_K.</summary>
+    /// <summary>Prefill: <see cref="VecDot.DotRows16Avx512{T}"/> for a legacy type, <see cref="VecDot.DotQ80Rows16Avx512"/> for
+    /// Q8_0, <see cref="VecDot.DotQ2KRows16Avx512"/> for Q2_K, <see cref="VecDot.DotQ3KRows16Avx512"/> for Q3_K.
+    /// <paramref name="acc"/> holds 8·B vectors (Q8_0's eight accumulators per activation row).</summary>
     static void Rows16(GgmlType type, byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int n, float* y, int yStride, Vector512<float>* acc)
     {
         if (type is GgmlType.Q2_K or GgmlType.Q3_K)

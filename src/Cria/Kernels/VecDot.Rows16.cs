@@ -6,8 +6,8 @@ using System.Runtime.Intrinsics.X86;
 namespace Cria.Kernels;
 
 /// <summary>
-/// Q4_0, Q4_1, Q5_0, Q5_1, Q2_K and Q3_K prefill on AVX-512: sixteen weight rows at a time, one row per 32-bit lane, for
-/// <see cref="RowKernels.RunBlock"/>.
+/// Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K and (with AVX-VNNI) Q8_0 prefill on AVX-512: sixteen weight rows at a time, one row
+/// per 32-bit lane, for <see cref="RowKernels.RunBlock"/>, in tiles of <see cref="RowKernels.Rows16Tile"/> activation rows.
 ///
 /// The eight-row AVX2 kernel (<see cref="DotRows8Avx2{T}(byte*, long, int, byte*, int, int, int, float*, int, Vector256{float}*)"/>)
 /// holds two rows per register, each row's block spread over four lanes, and pays three <c>vphaddd</c> per block and
@@ -23,7 +23,9 @@ namespace Cria.Kernels;
 /// which runs that kernel, agrees with prefill bit for bit): per block the exact integer Σ q·a (offset included), then
 /// acc = fma(float(Σ), d_w·d_a, acc) and for a min acc = fma(m, s, acc), in block order, with d_w·d_a formed as
 /// (d_w·2^-112)·(d_a·2^112) exactly as there. Q2_K and Q3_K (sub-blocks of 16 values, four steps each) follow their
-/// AVX2 decode kernels, which end every super-block with its exact integers and scalar FMAs for this reason.
+/// AVX2 decode kernels, which end every super-block with its exact integers and scalar FMAs for this reason. Q8_0
+/// (signed bytes, <see cref="DotQ80Rows16Avx512"/>) goes through <c>vpdpbusd</c> instead of <c>vpmaddubsw</c> and keeps
+/// its decode kernel's eight accumulators per row.
 /// </summary>
 public static partial class VecDot
 {
