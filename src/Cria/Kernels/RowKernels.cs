@@ -36,7 +36,12 @@ public static unsafe partial class RowKernels
     /// </summary>
     const int Q8KStride = 320, Q8KSums = 256, Q8KScale = 288;
 
-    public static bool HasBatched(GgmlType t) => Avx512BW.IsSupported && (t is GgmlType.Q4_K or GgmlType.Q6_K || t == GgmlType.Q8_0 && !Avx2Rows(t));
+    public static bool HasBatched(GgmlType t) => Avx512BW.IsSupported && t is GgmlType.Q4_K or GgmlType.Q6_K || t == GgmlType.Q8_0 && Q80Int16;
+
+    /// <summary>Whether Q8_0 runs the int16 AVX-512 kernels (<see cref="Q801"/>, <see cref="Q80Block"/>; activations
+    /// widened to int16): AVX-512 without AVX-VNNI. With AVX-VNNI, and on AVX2 machines, it runs the exact-per-block
+    /// family of <see cref="VecDot.DotQ80RowExactAvx2{TVnni}"/> (<see cref="Avx2Rows"/>).</summary>
+    internal static bool Q80Int16 => Avx512BW.IsSupported && !Avx2Rows(GgmlType.Q8_0);
 
     /// <summary>
     /// Bytes of one activation row in the layout <see cref="Run"/> reads for a weight type:
@@ -53,7 +58,7 @@ public static unsafe partial class RowKernels
         GgmlType.F16 => n * 8 + 64, // [n] F16-rounded x, then [n] the same · 2^112 for the decode kernel (DotF16Scaled)
         GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 when Avx2Rows(weightType)
             => n / 32 * 44, // [nb] F32 scales, [nb, 32] int8 quants, [nb] int32 Σ quants, [nb] float s = F16(d·Σ quants) (VecDot.DotRows8Avx2)
-        GgmlType.Q8_0 when Avx512BW.IsSupported => n / 32 * 68,
+        GgmlType.Q8_0 when Q80Int16 => n / 32 * 68,
         GgmlType.IQ4_NL when Iq4nlRows8(weightType) => n / 32 * 44, // as the legacy types
         GgmlType.Q4_K or GgmlType.Q6_K when Avx512BW.IsSupported => n / 256 * Q8KStride,
         _ => (int)GgmlTypeInfo.RowBytes(VecDot.ActivationType(weightType), n),
@@ -75,7 +80,7 @@ public static unsafe partial class RowKernels
             case GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 when Avx2Rows(weightType):
                 QuantizeQ80Avx2(x, dst, split: true, sums: true);
                 return;
-            case GgmlType.Q8_0 when Avx512BW.IsSupported:
+            case GgmlType.Q8_0 when Q80Int16:
                 QuantizeQ80Widened(x, dst);
                 return;
             case GgmlType.Q4_K or GgmlType.Q6_K when Avx512BW.IsSupported:
@@ -402,6 +407,7 @@ public static unsafe partial class RowKernels
 
     static DecodedSuperBlock* DecodeBuffer(int nb) => Scratch(ref _q4kDecoded, Math.Max(nb, 32));
 
+    [SkipLocalsInit] // the stackalloc'd accumulators are zeroed by the kernels
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Run(GgmlType type, byte* w, int wBytes, byte* x, int xStride, int B, int n, float* y, int yStride)
     {
@@ -417,7 +423,7 @@ public static unsafe partial class RowKernels
                     if (B == 1) *y = Q6K1(w, x, n / 256);
                     else Q6KTile(w, x, xStride, B, n / 256, y, yStride, DecodeBuffer(n / 256));
                     return;
-                case GgmlType.Q8_0 when !Avx2Rows(type):
+                case GgmlType.Q8_0 when Q80Int16:
                     if (B == 1) { *y = Q801(w, x, n / 32); return; }
                     var (decQ, decD) = Q80Buffers(n);
                     Q80Tile(w, x, xStride, B, n / 32, y, yStride, (short*)decQ, (float*)decD);
@@ -528,7 +534,7 @@ public static unsafe partial class RowKernels
             for (int r = r0; r < r1; r++) y[r] = Q6K1(w + (long)r * rowBytes, x, n / 256);
             return;
         }
-        if (Avx512BW.IsSupported && type == GgmlType.Q8_0 && !Avx2Rows(type))
+        if (type == GgmlType.Q8_0 && Q80Int16)
         {
             for (int r = r0; r < r1; r++) y[r] = Q801(w + (long)r * rowBytes, x, n / 32);
             return;
@@ -601,6 +607,7 @@ public static unsafe partial class RowKernels
     /// <summary>Prefill: <see cref="VecDot.DotRows16Avx512{T}"/> for a legacy type, <see cref="VecDot.DotQ80Rows16Avx512"/> for
     /// Q8_0, <see cref="VecDot.DotQ2KRows16Avx512"/> for Q2_K, <see cref="VecDot.DotQ3KRows16Avx512"/> for Q3_K.
     /// <paramref name="acc"/> holds 8·B vectors (Q8_0's eight accumulators per activation row).</summary>
+    [SkipLocalsInit] // isum is zeroed by the kernels, per super-block
     static void Rows16(GgmlType type, byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int n, float* y, int yStride, Vector512<float>* acc)
     {
         if (type is GgmlType.Q2_K or GgmlType.Q3_K)
@@ -677,6 +684,7 @@ public static unsafe partial class RowKernels
     /// activations (~37 KB for n = 2048) and the range's weights (~32 KB) stay in L2 while they are reused, instead
     /// of every weight row streaming all B activation rows through the cache. Results are those of <see cref="Run"/>.
     /// </summary>
+    [SkipLocalsInit] // the stackalloc'd accumulators are zeroed by the kernels
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void RunBlock(GgmlType type, byte* w, int rowBytes, int r0, int r1, byte* x, int xStride, int B, int n, float* y, int yStride, bool finiteF16 = false)
     {

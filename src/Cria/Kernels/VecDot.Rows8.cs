@@ -258,9 +258,8 @@ public static partial class VecDot
             Vector256<int> sa, sb;
             if (TVnni.Use) Q80Sums8Pair(pa, pb, aq + 32 * ib, asum + ib, out sa, out sb);
             else { sa = Q80Sums8<TVnni>(pa, aq + 32 * ib, asum + ib); sb = Q80Sums8<TVnni>(pb, aq + 32 * ib, asum + ib); }
-            var da = Vector256.Load(ad + ib) * Vector256.Create(Pow2To112);
-            accA = Fma.MultiplyAdd(Vector256.ConvertToSingle(sa), Scales8(pa, pa + 34, pa + 68, pa + 102, pa + 136, pa + 170, pa + 204, pa + 238) * da, accA);
-            accB = Fma.MultiplyAdd(Vector256.ConvertToSingle(sb), Scales8(pb, pb + 34, pb + 68, pb + 102, pb + 136, pb + 170, pb + 204, pb + 238) * da, accB);
+            accA = Fma.MultiplyAdd(Vector256.ConvertToSingle(sa), Q80Scales8(pa, ad + ib), accA);
+            accB = Fma.MultiplyAdd(Vector256.ConvertToSingle(sb), Q80Scales8(pb, ad + ib), accB);
         }
         if (ib < nb) { accA = Q80Tail<TVnni>(wa, aq, ad, ib, nb, accA); accB = Q80Tail<TVnni>(wb, aq, ad, ib, nb, accB); }
         ya = Sum8(accA); yb = Sum8(accB);
@@ -273,10 +272,10 @@ public static partial class VecDot
         if (TVnni.Use)
         {
             // (w + 128)·a through vpdpbusd, the 128·Σ a of each block taken back once for all eight
-            var p01 = Avx2.HorizontalAdd(Q80OffsetLanes(w, a), Q80OffsetLanes(w + 34, a + 32));
-            var p23 = Avx2.HorizontalAdd(Q80OffsetLanes(w + 68, a + 64), Q80OffsetLanes(w + 102, a + 96));
-            var p45 = Avx2.HorizontalAdd(Q80OffsetLanes(w + 136, a + 128), Q80OffsetLanes(w + 170, a + 160));
-            var p67 = Avx2.HorizontalAdd(Q80OffsetLanes(w + 204, a + 192), Q80OffsetLanes(w + 238, a + 224));
+            var p01 = Avx2.HorizontalAdd(Q80OffsetLanes(w, Vector256.Load(a)), Q80OffsetLanes(w + 34, Vector256.Load(a + 32)));
+            var p23 = Avx2.HorizontalAdd(Q80OffsetLanes(w + 68, Vector256.Load(a + 64)), Q80OffsetLanes(w + 102, Vector256.Load(a + 96)));
+            var p45 = Avx2.HorizontalAdd(Q80OffsetLanes(w + 136, Vector256.Load(a + 128)), Q80OffsetLanes(w + 170, Vector256.Load(a + 160)));
+            var p67 = Avx2.HorizontalAdd(Q80OffsetLanes(w + 204, Vector256.Load(a + 192)), Q80OffsetLanes(w + 238, Vector256.Load(a + 224)));
             return Reduce8(p01, p23, p45, p67) - (Vector256.Load(asum) << 7);
         }
         var q01 = Avx2.HorizontalAdd(Q80BlockLanes<TVnni>(w, a), Q80BlockLanes<TVnni>(w + 34, a + 32));
@@ -291,17 +290,16 @@ public static partial class VecDot
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static unsafe void Q80Sums8Pair(byte* wa, byte* wb, sbyte* a, int* asum, out Vector256<int> sa, out Vector256<int> sb)
     {
-        var flip = Vector256.Create((byte)0x80);
         Vector256<sbyte> a0 = Vector256.Load(a), a1 = Vector256.Load(a + 32), a2 = Vector256.Load(a + 64), a3 = Vector256.Load(a + 96);
-        var pa01 = Avx2.HorizontalAdd(AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Vector256.Load(wa + 2) ^ flip, a0), AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Vector256.Load(wa + 36) ^ flip, a1));
-        var pb01 = Avx2.HorizontalAdd(AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Vector256.Load(wb + 2) ^ flip, a0), AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Vector256.Load(wb + 36) ^ flip, a1));
-        var pa23 = Avx2.HorizontalAdd(AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Vector256.Load(wa + 70) ^ flip, a2), AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Vector256.Load(wa + 104) ^ flip, a3));
-        var pb23 = Avx2.HorizontalAdd(AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Vector256.Load(wb + 70) ^ flip, a2), AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Vector256.Load(wb + 104) ^ flip, a3));
+        var pa01 = Avx2.HorizontalAdd(Q80OffsetLanes(wa, a0), Q80OffsetLanes(wa + 34, a1));
+        var pb01 = Avx2.HorizontalAdd(Q80OffsetLanes(wb, a0), Q80OffsetLanes(wb + 34, a1));
+        var pa23 = Avx2.HorizontalAdd(Q80OffsetLanes(wa + 68, a2), Q80OffsetLanes(wa + 102, a3));
+        var pb23 = Avx2.HorizontalAdd(Q80OffsetLanes(wb + 68, a2), Q80OffsetLanes(wb + 102, a3));
         a0 = Vector256.Load(a + 128); a1 = Vector256.Load(a + 160); a2 = Vector256.Load(a + 192); a3 = Vector256.Load(a + 224);
-        var pa45 = Avx2.HorizontalAdd(AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Vector256.Load(wa + 138) ^ flip, a0), AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Vector256.Load(wa + 172) ^ flip, a1));
-        var pb45 = Avx2.HorizontalAdd(AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Vector256.Load(wb + 138) ^ flip, a0), AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Vector256.Load(wb + 172) ^ flip, a1));
-        var pa67 = Avx2.HorizontalAdd(AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Vector256.Load(wa + 206) ^ flip, a2), AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Vector256.Load(wa + 240) ^ flip, a3));
-        var pb67 = Avx2.HorizontalAdd(AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Vector256.Load(wb + 206) ^ flip, a2), AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Vector256.Load(wb + 240) ^ flip, a3));
+        var pa45 = Avx2.HorizontalAdd(Q80OffsetLanes(wa + 136, a0), Q80OffsetLanes(wa + 170, a1));
+        var pb45 = Avx2.HorizontalAdd(Q80OffsetLanes(wb + 136, a0), Q80OffsetLanes(wb + 170, a1));
+        var pa67 = Avx2.HorizontalAdd(Q80OffsetLanes(wa + 204, a2), Q80OffsetLanes(wa + 238, a3));
+        var pb67 = Avx2.HorizontalAdd(Q80OffsetLanes(wb + 204, a2), Q80OffsetLanes(wb + 238, a3));
         var corr = Vector256.Load(asum) << 7;
         sa = Reduce8(pa01, pa23, pa45, pa67) - corr;
         sb = Reduce8(pb01, pb23, pb45, pb67) - corr;
@@ -346,11 +344,11 @@ public static partial class VecDot
         return (v.GetLower() + v.GetUpper()).ToScalar();
     }
 
-    /// <summary>One Q8_0 block (34 B at w) as w + 128 against 32 int8 activations through <c>vpdpbusd</c>: 8 int32
+    /// <summary>One Q8_0 block (34 B at w) as w + 128 against its 32 int8 activations through <c>vpdpbusd</c>: 8 int32
     /// partial sums of Σ (w + 128)·a (AVX-VNNI; the caller takes 128·Σ a back).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static unsafe Vector256<int> Q80OffsetLanes(byte* w, sbyte* a) =>
-        AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Vector256.Load(w + 2) ^ Vector256.Create((byte)0x80), Vector256.Load(a));
+    static unsafe Vector256<int> Q80OffsetLanes(byte* w, Vector256<sbyte> a) =>
+        AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Vector256.Load(w + 2) ^ Vector256.Create((byte)0x80), a);
 
     /// <summary>One Q8_0 block (34 B at w) against 32 int8 activations: 8 int32 partial sums, |w| against sign(a, w).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
