@@ -23,20 +23,20 @@ public static unsafe partial class RowKernels
     /// multiple of 4 (the kernels' step), as many as keep one part of a tile, 68 B per block and row, within 40 KiB.</summary>
     const int Q80TileRows = 16, Q80PartBlocks = 40960 / (Q80TileRows * 68) / 4 * 4;
 
-    /// <summary>Q4_K / Q6_K batches: super-blocks per part of a row, as many as keep one part of a 16-row tile of Q8_K
+    /// <summary>Q6_K batches: super-blocks per part of a row, as many as keep one part of a 16-row tile of Q8_K
     /// activations (<see cref="Q8KStride"/> B per super-block and row) within 20 KiB: half of L1d, so that the tile stays
     /// there beside the decoded weights (parts of 8 super-blocks, 40 KB, ran 8–10 % slower: `Cria.Bench gemm-micro`).</summary>
     const int KPartBlocks = 20480 / (Tile * Q8KStride);
 
     /// <summary>
     /// Bytes of one Q8_K super-block in the layout the Q4_K / Q6_K kernels read (AVX-512): qs[256] int8 at 0 (for Q4_K
-    /// permuted, <see cref="PrepareQ8KForQ4K"/>) | bsums[16] int16 at 256 (for Q4_K: 8 floats, see there) | d f32 at
+    /// permuted, <see cref="PrepareQ8KForQ4K"/>) | bsums[16] int16 at 256 (for Q4_K: the 8 sums of 32, see there) | d f32 at
     /// 288 | 28 bytes of padding — five cache lines, so that every 64-byte load of quants is one aligned line. ggml's
     /// block_q8_K (292 B, d first) put each of the four quant loads of a step across two lines.
     /// </summary>
-    const int Q8KStride = 320, Q8KSums = 256, Q8KScale = 288;
+    internal const int Q8KStride = 320, Q8KSums = 256, Q8KScale = 288;
 
-    public static bool HasBatched(GgmlType t) => Avx512BW.IsSupported && t is GgmlType.Q4_K or GgmlType.Q6_K || t == GgmlType.Q8_0 && Q80Int16;
+    public static bool HasBatched(GgmlType t) => Avx512BW.IsSupported && t == GgmlType.Q6_K || t == GgmlType.Q8_0 && Q80Int16;
 
     /// <summary>Whether Q8_0 runs the int16 AVX-512 kernels (<see cref="Q801"/>, <see cref="Q80Block"/>; activations
     /// widened to int16): AVX-512 without AVX-VNNI. With AVX-VNNI, and on AVX2 machines, it runs the exact-per-block
@@ -112,8 +112,8 @@ public static unsafe partial class RowKernels
     /// <summary>
     /// Turns each Q8_K super-block (kernel layout) into what the Q4_K kernel reads: within each 128-quant half the
     /// 32-quant pieces (lo c, hi c, lo c+1, hi c+1) become (lo c, lo c+1, hi c, hi c+1), matching one 64-byte load of
-    /// Q4_K nibbles split into its low and high halves; and the 16 bsums become 8 floats d8 · (bsum 2j + bsum 2j+1), the
-    /// activation side of sub-block j's min term, so that the kernel's min term is one multiply–add per super-block.
+    /// Q4_K nibbles split into its low and high halves; and the 16 bsums become the 8 sums of 32, bsum 2j + bsum 2j+1
+    /// (int16, at most 32·128), the activation side of sub-block j's min term.
     /// </summary>
     static void PrepareQ8KForQ4K(Span<byte> dst, int nb)
     {
@@ -130,7 +130,7 @@ public static unsafe partial class RowKernels
                     hi0.Store(q + 64);
                 }
                 var pairSums = Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(blk + Q8KSums)), Vector256<short>.One); // [8] int32
-                (Vector256.ConvertToSingle(pairSums) * Vector256.Create(*(float*)(blk + Q8KScale))).Store((float*)(blk + Q8KSums));
+                Sse2.PackSignedSaturate(pairSums.GetLower(), pairSums.GetUpper()).Store((short*)(blk + Q8KSums));
             }
     }
 
@@ -378,7 +378,7 @@ public static unsafe partial class RowKernels
     // Per-thread scratch (pool threads live as long as the pool, so these are allocated once per thread and size).
     [ThreadStatic] static float[]? _rowBuffer;                // [n] one weight row widened to F32
     [ThreadStatic] static float[]? _blockBuffer;              // [rows, n + 16] a chunk's weight rows widened to F32
-    [ThreadStatic] static DecodedSuperBlock[]? _q4kDecoded;   // [n / 256] one decoded Q4_K / Q6_K row
+    [ThreadStatic] static DecodedSuperBlock[]? _q6kDecoded;   // [n / 256] one decoded Q6_K row
     [ThreadStatic] static short[]? _q80Quants;                // [n] one Q8_0 row's quants as int16
     [ThreadStatic] static float[]? _q80Scales;                // [n / 32] its block scales
     [ThreadStatic] static float[]? _q80Acc;                   // [rows, tile, 16] Q8_0 accumulators carried between parts of a row
@@ -386,7 +386,7 @@ public static unsafe partial class RowKernels
     [ThreadStatic] static byte[]? _padActs;                   // [4, xStride] three activation rows padded to four
     [ThreadStatic] static float[]? _padOut;                   // [4, rows] their results
     [ThreadStatic] static float[]? _rows16Acc;                // [Rows16Tile, 8, 16] sixteen-row prefill accumulators
-    [ThreadStatic] static float[]? _kAcc;                     // [rows, tile, 2, 16] Q4_K / Q6_K accumulators (sums, mins) between parts
+    [ThreadStatic] static float[]? _kAcc;                     // [rows, tile, 2, 16] Q6_K accumulators between parts
 
     /// <summary>
     /// A pinned scratch array of at least <paramref name="count"/> elements after its first 64-byte boundary, which is
@@ -405,7 +405,7 @@ public static unsafe partial class RowKernels
     /// <summary>Per-thread buffers for one decoded Q8_0 row of n values: [n] int16 quants and [n / 32] scales.</summary>
     internal static (nint Quants, nint Scales) Q80Buffers(int n) => ((nint)Scratch(ref _q80Quants, n), (nint)Scratch(ref _q80Scales, n / 32));
 
-    static DecodedSuperBlock* DecodeBuffer(int nb) => Scratch(ref _q4kDecoded, Math.Max(nb, 32));
+    static DecodedSuperBlock* DecodeBuffer(int nb) => Scratch(ref _q6kDecoded, Math.Max(nb, 32));
 
     [SkipLocalsInit] // the stackalloc'd accumulators are zeroed by the kernels
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -415,9 +415,8 @@ public static unsafe partial class RowKernels
         {
             switch (type)
             {
-                case GgmlType.Q4_K:
-                    if (B == 1) *y = Q4K1(w, x, n / 256);
-                    else Q4KTile(w, x, xStride, B, n / 256, y, yStride, DecodeBuffer(n / 256));
+                case GgmlType.Q4_K: // prefill runs sixteen weight rows at a time (RunBlock); a row alone, its decode kernel per activation row
+                    for (int b = 0; b < B; b++) y[(long)b * yStride] = Q4K1(w, x + (long)b * xStride, n / 256);
                     return;
                 case GgmlType.Q6_K:
                     if (B == 1) *y = Q6K1(w, x, n / 256);
@@ -586,11 +585,11 @@ public static unsafe partial class RowKernels
         || Iq4nlRows8(type) ? 8 : 1;
 
     /// <summary>Rows a prefill kernel (<see cref="RunBlock"/>) runs together: sixteen for Q4_0, Q4_1, Q5_0, Q5_1
-    /// (<see cref="VecDot.DotRows16Avx512{T}"/>), Q2_K (<see cref="VecDot.DotQ2KRows16Avx512"/>) and Q3_K
-    /// (<see cref="VecDot.DotQ3KRows16Avx512"/>) on AVX-512, and Q8_0 (<see cref="VecDot.DotQ80Rows16Avx512"/>) on AVX-512
+    /// (<see cref="VecDot.DotRows16Avx512{T}"/>), Q2_K (<see cref="VecDot.DotQ2KRows16Avx512"/>), Q3_K
+    /// (<see cref="VecDot.DotQ3KRows16Avx512"/>) and Q4_K (<see cref="VecDot.DotQ4KRows16Avx512"/>) on AVX-512, and Q8_0 (<see cref="VecDot.DotQ80Rows16Avx512"/>) on AVX-512
     /// with AVX-VNNI; else <see cref="RowGroup"/>.</summary>
     internal static int PrefillRowGroup(GgmlType type) =>
-        type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q2_K or GgmlType.Q3_K && VecDot.Rows16
+        type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K && VecDot.Rows16
         || type == GgmlType.Q8_0 && VecDot.Q80Rows16 ? 16 : RowGroup(type);
 
     /// <summary>
@@ -599,22 +598,25 @@ public static unsafe partial class RowKernels
     /// with 16 → 64 rows (Zen 5, 1 MiB L2; noisy, typical medians): Q8_0 110 → 135–140, Q4_0 145 → 170, Q5_0 105 → 150,
     /// Q2_K ~150 → ~160; TinyLlama pp512 (`cria bench -p 512 -n 0 -r 2 -t 2`, builds alternating, three pairs) Q4_0
     /// 208–220 → 247–256 tok/s, Q2_K 215–244 → 255–263. 64 rows of activations are 180 KB for n = 2048 (Q8_0's layout),
-    /// 495 KB for 5632: L2, not L1. (The Q4_K / Q6_K kernels, which decode a row once per tile, did not gain from tiles of
-    /// 32 or 64: `gemm-micro --type q4_k` 83 at 16 rows, 76–78 at 32 and 64.)
+    /// 495 KB for 5632: L2, not L1. (The Q6_K kernel, which decodes a row once per tile, did not gain from tiles of 32 or
+    /// 64; nor did Q4_K's of the same shape before it went sixteen rows at a time: `gemm-micro --type q4_k` 83 at 16 rows,
+    /// 76–78 at 32 and 64; 100–104 → 200–218 with DotQ4KRows16Avx512.)
     /// </summary>
     internal const int Rows16Tile = 64;
 
     /// <summary>Prefill: <see cref="VecDot.DotRows16Avx512{T}"/> for a legacy type, <see cref="VecDot.DotQ80Rows16Avx512"/> for
-    /// Q8_0, <see cref="VecDot.DotQ2KRows16Avx512"/> for Q2_K, <see cref="VecDot.DotQ3KRows16Avx512"/> for Q3_K.
+    /// Q8_0, <see cref="VecDot.DotQ2KRows16Avx512"/> for Q2_K, <see cref="VecDot.DotQ3KRows16Avx512"/> for Q3_K,
+    /// <see cref="VecDot.DotQ4KRows16Avx512"/> for Q4_K.
     /// <paramref name="acc"/> holds 8·B vectors (Q8_0's eight accumulators per activation row).</summary>
     [SkipLocalsInit] // isum is zeroed by the kernels, per super-block
     static void Rows16(GgmlType type, byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int n, float* y, int yStride, Vector512<float>* acc)
     {
-        if (type is GgmlType.Q2_K or GgmlType.Q3_K)
+        if (type is GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K)
         {
             var isum = stackalloc Vector512<int>[B]; // the super-block integers of each activation row
             if (type == GgmlType.Q2_K) VecDot.DotQ2KRows16Avx512(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
-            else VecDot.DotQ3KRows16Avx512(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
+            else if (type == GgmlType.Q3_K) VecDot.DotQ3KRows16Avx512(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
+            else VecDot.DotQ4KRows16Avx512(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
             return;
         }
         switch (type)
@@ -741,7 +743,7 @@ public static unsafe partial class RowKernels
             Q80Block(w, rowBytes, r0, r1, x, xStride, B, n, y, yStride);
             return;
         }
-        // Q4_K / Q6_K: tiles of Tile activation rows, each row in parts of KPartBlocks super-blocks (one part of a tile,
+        // Q6_K: tiles of Tile activation rows, each row in parts of KPartBlocks super-blocks (one part of a tile,
         // 16 × 4 × 320 B = 20 KB of Q8_K activations, stays in L1d), accumulators carried between parts.
         int nb = n / 256;
         var dec = DecodeBuffer(Math.Max(1, nb));
@@ -758,8 +760,7 @@ public static unsafe partial class RowKernels
                 {
                     byte* wr = w + (long)r * rowBytes;
                     var a = acc + (long)(r - r0) * Tile * 2;
-                    if (type == GgmlType.Q4_K) Q4KTilePart(wr, xt, xStride, tb, i0, i1, a, dec, last: i1 == nb);
-                    else Q6KTilePart(wr, xt, xStride, tb, i0, i1, a, dec);
+                    Q6KTilePart(wr, xt, xStride, tb, i0, i1, a, dec);
                 }
             }
             // the tile's results for each weight row: the 16 accumulators summed at once (lanes past tb are unused)
@@ -829,109 +830,42 @@ public static unsafe partial class RowKernels
     // ---- Q4_K × Q8_K ------------------------------------------------------------------------------------------
     // Q4_K super-block (144 B): d f16 | dmin f16 | scales[12] (8 six-bit scales, 8 six-bit mins) | qs[128].
     // Chunk c (0..3) of qs holds elements 64c..64c+31 in its low nibbles (sub-block 2c) and 64c+32..63 in its high
-    // nibbles (sub-block 2c+1). The activations this kernel reads are Q8_K in the kernels' layout (Q8KStride = 320 B)
-    // as PrepareQ8KForQ4K leaves them: qs[256] int8 (permuted) | pairs[8] f32 = d8 · (bsum 2j + bsum 2j+1) | d8 f32.
-    // dot = d·d8·Σ_j scale_j·Σ q4·q8 − Σ_j (dmin·min_j)·pairs_j, per super-block.
-
-    /// <summary>
-    /// One Q4_K weight row against B activation rows: the row is decoded once into <paramref name="dec"/> (per
-    /// super-block: four 64-byte quant vectors, four scale vectors, the 8 mins times dmin, d), then activation rows run
-    /// four at a time over all super-blocks with their accumulators in registers. Per row b the arithmetic and its
-    /// order are those of <see cref="Q4K1"/> (the body is <see cref="Q4KStep"/>), so results do not depend on B.
-    /// </summary>
-    [SkipLocalsInit]
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Q4KTile(byte* w, byte* x, int xStride, int B, int nb, float* y, int yStride, DecodedSuperBlock* dec)
-    {
-        var acc = (Vector512<float>*)Scratch(ref _kAcc, (long)B * 32);
-        Q4KTilePart(w, x, xStride, B, 0, nb, acc, dec, last: true);
-        for (int b = 0; b < B; b++) y[(long)b * yStride] = Sum(acc[2 * b]);
-    }
-
-    /// <summary>Super-blocks [i0, i1) of one Q4_K row against B activation rows, continuing the accumulators (per row
-    /// b: acc[2b] the scaled sums, the low half of acc[2b + 1] the mins; started from zero when i0 = 0). The
-    /// <paramref name="last"/> part leaves acc[2b] = sums − mins, the vector <see cref="Q4KResult"/> sums. Each super-block
-    /// is one step of every row's chain, so results do not depend on how a row is split into parts.</summary>
-    [SkipLocalsInit]
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Q4KTilePart(byte* w, byte* x, int xStride, int B, int i0, int i1, Vector512<float>* acc, DecodedSuperBlock* dec, bool last)
-    {
-        for (int i = i0; i < i1; i++)
-        {
-            DecodedSuperBlock* o = dec + i;
-            DecodeQ4K(w + i * 144, out o->W0, out o->W1, out o->W2, out o->W3, out o->S0, out o->S1, out o->S2, out o->S3, out o->DMins, out o->D);
-        }
-        bool first = i0 == 0;
-        int b = 0;
-        for (; b + 4 <= B; b += 4)
-        {
-            byte* xa = x + (long)b * xStride, xb = xa + xStride, xc = xb + xStride, xd = xc + xStride;
-            Vector512<float> accA = first ? default : acc[2 * b], accB = first ? default : acc[2 * b + 2];
-            Vector512<float> accC = first ? default : acc[2 * b + 4], accD = first ? default : acc[2 * b + 6];
-            Vector256<float> minA = first ? default : acc[2 * b + 1].GetLower(), minB = first ? default : acc[2 * b + 3].GetLower();
-            Vector256<float> minC = first ? default : acc[2 * b + 5].GetLower(), minD = first ? default : acc[2 * b + 7].GetLower();
-            for (int i = i0; i < i1; i++)
-            {
-                DecodedSuperBlock* o = dec + i;
-                var w0 = o->W0; var w1 = o->W1; var w2 = o->W2; var w3 = o->W3;
-                var s0 = o->S0; var s1 = o->S1; var s2 = o->S2; var s3 = o->S3;
-                var dmins = o->DMins; float d = o->D;
-                int off = i * Q8KStride;
-                Q4KStep(xa + off, w0, w1, w2, w3, s0, s1, s2, s3, dmins, d, ref accA, ref minA);
-                Q4KStep(xb + off, w0, w1, w2, w3, s0, s1, s2, s3, dmins, d, ref accB, ref minB);
-                Q4KStep(xc + off, w0, w1, w2, w3, s0, s1, s2, s3, dmins, d, ref accC, ref minC);
-                Q4KStep(xd + off, w0, w1, w2, w3, s0, s1, s2, s3, dmins, d, ref accD, ref minD);
-            }
-            if (last) // the row's sums less its mins, what Q4KResult sums
-            {
-                acc[2 * b] = accA - minA.ToVector512(); acc[2 * b + 2] = accB - minB.ToVector512();
-                acc[2 * b + 4] = accC - minC.ToVector512(); acc[2 * b + 6] = accD - minD.ToVector512();
-                continue;
-            }
-            acc[2 * b] = accA; acc[2 * b + 2] = accB; acc[2 * b + 4] = accC; acc[2 * b + 6] = accD;
-            acc[2 * b + 1] = minA.ToVector512(); acc[2 * b + 3] = minB.ToVector512();
-            acc[2 * b + 5] = minC.ToVector512(); acc[2 * b + 7] = minD.ToVector512();
-        }
-        for (; b < B; b++)
-        {
-            byte* xa = x + (long)b * xStride;
-            Vector512<float> a = first ? default : acc[2 * b];
-            Vector256<float> min = first ? default : acc[2 * b + 1].GetLower();
-            for (int i = i0; i < i1; i++)
-            {
-                DecodedSuperBlock* o = dec + i;
-                Q4KStep(xa + i * Q8KStride, o->W0, o->W1, o->W2, o->W3, o->S0, o->S1, o->S2, o->S3, o->DMins, o->D, ref a, ref min);
-            }
-            if (last) acc[2 * b] = a - min.ToVector512();
-            else { acc[2 * b] = a; acc[2 * b + 1] = min.ToVector512(); }
-        }
-    }
+    // nibbles (sub-block 2c+1). The activations these kernels read are Q8_K in the kernels' layout (Q8KStride = 320 B)
+    // as PrepareQ8KForQ4K leaves them: qs[256] int8 (permuted) | bsum32[8] int16 (sums of 32) at 256 | d8 f32 at 288.
+    // Per super-block, ggml's integers: isum = Σ_j scale_j·Σ q4·q8 and imin = Σ_j min_j·bsum32_j, exact in int32; then
+    // two float chains per row, S = fma(isum, d8·d, S) and M = fma(imin, d8·dmin, M), and the result S − M. That is
+    // the arithmetic of the decode kernels below and of the sixteen-row prefill kernel (VecDot.DotQ4KRows16Avx512,
+    // rows in lanes, no horizontal sums), so decode and prefill give the same bits.
 
     /// <summary>
     /// Unpacks one Q4_K super-block: the four 64-byte quant vectors in the order <see cref="PrepareQ8KForQ4K"/> gives
     /// the activations (one 64-byte load of qs holds chunks 2p and 2p+1: its low nibbles are lo 2p | lo 2p+1, its high
-    /// nibbles hi 2p | hi 2p+1), each sub-block's 6-bit scale spread over its int16 lanes (vpermw), the eight mins
-    /// times dmin (exact in float: 11 × 6 bits), and d. (Constants are written inline: in these AggressiveOptimization kernels
-    /// the JIT embeds Vector*.Create constants, while static readonly fields would cost class-init checks.)
+    /// nibbles hi 2p | hi 2p+1), each sub-block's 6-bit scale spread over its int16 lanes (vpshufb), the eight mins as
+    /// int16, and [d, 0, dmin, 0]. (Constants are written inline: in these AggressiveOptimization kernels the JIT embeds
+    /// Vector*.Create constants, while static readonly fields would cost class-init checks.)
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void DecodeQ4K(byte* blk, out Vector512<byte> w0, out Vector512<byte> w1, out Vector512<byte> w2, out Vector512<byte> w3,
         out Vector512<short> s0, out Vector512<short> s1, out Vector512<short> s2, out Vector512<short> s3,
-        out Vector256<float> dmins, out float d)
+        out Vector128<short> mins, out Vector128<float> dd)
     {
         var m4 = Vector512.Create((byte)0x0F);
-        // vpermw indices for (lo 0|lo 1), (hi 0|hi 1), (lo 2|lo 3), (hi 2|hi 3): lanes 0..15 take the first sub-block's
-        // scale, lanes 16..31 the second's (sub-block of lo c = 2c, hi c = 2c+1).
-        var permC0 = Vector512.Create((short)0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2);
-        d = Fp16.ToSingle(*(ushort*)blk);
-        float dmin = Fp16.ToSingle(*(ushort*)(blk + 2));
+        dd = Vector128.Create(Fp16.ToSingle(*(ushort*)blk), 0f, Fp16.ToSingle(*(ushort*)(blk + 2)), 0f);
         var scalesMins = Q4KScalesAndMins(Vector128.Load(blk));
-        var scales16 = Avx512BW.ConvertToVector512Int16(scalesMins.ToVector256Unsafe());
-        s0 = Avx512BW.PermuteVar32x16(scales16, permC0);
-        s1 = Avx512BW.PermuteVar32x16(scales16, permC0 + Vector512.Create((short)1));
-        s2 = Avx512BW.PermuteVar32x16(scales16, permC0 + Vector512.Create((short)4));
-        s3 = Avx512BW.PermuteVar32x16(scales16, permC0 + Vector512.Create((short)5));
-        dmins = Vector256.ConvertToSingle(Avx2.ConvertToVector256Int32(Sse2.ShiftRightLogical128BitLane(scalesMins, 8))) * Vector256.Create(dmin);
+        // vpshufb of [scales | mins] in every 128-bit lane: byte j to the low byte of each int16 lane, zero (0x80) to the
+        // high byte. s_k's lanes 0..15 take the first sub-block's scale, lanes 16..31 the second's: (lo 0|lo 1) = scales
+        // 0 | 2, (hi 0|hi 1) = 1 | 3, (lo 2|lo 3) = 4 | 6, (hi 2|hi 3) = 5 | 7.
+        var sm = scalesMins.ToVector256Unsafe().ToVector512Unsafe();
+        var all = Avx512F.Shuffle4x128(sm.AsInt32(), sm.AsInt32(), 0).AsByte();
+        s0 = Avx512BW.Shuffle(all, Vector512.Create((ushort)0x8000, 0x8000, 0x8000, 0x8000, 0x8000, 0x8000, 0x8000, 0x8000, 0x8000, 0x8000, 0x8000, 0x8000, 0x8000, 0x8000, 0x8000, 0x8000,
+            0x8002, 0x8002, 0x8002, 0x8002, 0x8002, 0x8002, 0x8002, 0x8002, 0x8002, 0x8002, 0x8002, 0x8002, 0x8002, 0x8002, 0x8002, 0x8002).AsByte()).AsInt16();
+        s1 = Avx512BW.Shuffle(all, Vector512.Create((ushort)0x8001, 0x8001, 0x8001, 0x8001, 0x8001, 0x8001, 0x8001, 0x8001, 0x8001, 0x8001, 0x8001, 0x8001, 0x8001, 0x8001, 0x8001, 0x8001,
+            0x8003, 0x8003, 0x8003, 0x8003, 0x8003, 0x8003, 0x8003, 0x8003, 0x8003, 0x8003, 0x8003, 0x8003, 0x8003, 0x8003, 0x8003, 0x8003).AsByte()).AsInt16();
+        s2 = Avx512BW.Shuffle(all, Vector512.Create((ushort)0x8004, 0x8004, 0x8004, 0x8004, 0x8004, 0x8004, 0x8004, 0x8004, 0x8004, 0x8004, 0x8004, 0x8004, 0x8004, 0x8004, 0x8004, 0x8004,
+            0x8006, 0x8006, 0x8006, 0x8006, 0x8006, 0x8006, 0x8006, 0x8006, 0x8006, 0x8006, 0x8006, 0x8006, 0x8006, 0x8006, 0x8006, 0x8006).AsByte()).AsInt16();
+        s3 = Avx512BW.Shuffle(all, Vector512.Create((ushort)0x8005, 0x8005, 0x8005, 0x8005, 0x8005, 0x8005, 0x8005, 0x8005, 0x8005, 0x8005, 0x8005, 0x8005, 0x8005, 0x8005, 0x8005, 0x8005,
+            0x8007, 0x8007, 0x8007, 0x8007, 0x8007, 0x8007, 0x8007, 0x8007, 0x8007, 0x8007, 0x8007, 0x8007, 0x8007, 0x8007, 0x8007, 0x8007).AsByte()).AsInt16();
+        mins = Ssse3.Shuffle(scalesMins, Vector128.Create((ushort)0x8008, 0x8009, 0x800A, 0x800B, 0x800C, 0x800D, 0x800E, 0x800F).AsByte()).AsInt16(); // the mins as int16
         var q01 = Vector512.Load(blk + 16); var q23 = Vector512.Load(blk + 80);
         w0 = q01 & m4; w1 = Vector512.ShiftRightLogical(q01.AsUInt16(), 4).AsByte() & m4;
         w2 = q23 & m4; w3 = Vector512.ShiftRightLogical(q23.AsUInt16(), 4).AsByte() & m4;
@@ -955,37 +889,64 @@ public static unsafe partial class RowKernels
         return (x | y).AsByte();
     }
 
-    /// <summary>One decoded Q4_K super-block against one Q8_K super-block (permuted quants): the body of <see cref="Q4K1"/>.</summary>
+    /// <summary>One decoded Q4_K super-block against one Q8_K super-block (permuted quants at q8): sixteen int32 lanes
+    /// whose sum is the super-block's isum = Σ_j scale_j·Σ q4·q8.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void Q4KStep(byte* yb, Vector512<byte> w0, Vector512<byte> w1, Vector512<byte> w2, Vector512<byte> w3,
-        Vector512<short> s0, Vector512<short> s1, Vector512<short> s2, Vector512<short> s3, Vector256<float> dmins,
-        float d, ref Vector512<float> acc, ref Vector256<float> accMin)
+    static Vector512<int> Q4KSumi(sbyte* q8, Vector512<byte> w0, Vector512<byte> w1, Vector512<byte> w2, Vector512<byte> w3,
+        Vector512<short> s0, Vector512<short> s1, Vector512<short> s2, Vector512<short> s3)
     {
-        float d8 = *(float*)(yb + Q8KScale);
-        sbyte* q8 = (sbyte*)yb;
         var p0 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w0, Vector512.Load(q8)), s0);
         var p1 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w1, Vector512.Load(q8 + 64)), s1);
         var p2 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w2, Vector512.Load(q8 + 128)), s2);
         var p3 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w3, Vector512.Load(q8 + 192)), s3);
-        var sumi = (p0 + p1) + (p2 + p3);
-        acc = Vector512.FusedMultiplyAdd(Vector512.Create(d * d8), Vector512.ConvertToSingle(sumi), acc);
-        accMin = Vector256.FusedMultiplyAdd(dmins, Vector256.Load((float*)(yb + Q8KSums)), accMin);
+        return (p0 + p1) + (p2 + p3);
     }
 
-    /// <summary>A Q4_K dot product from its accumulators: Σ(scaled sums − mins) in one horizontal sum (the mins'
-    /// eight lanes subtracted lane-wise first). The decode kernels end here; the tiles form the same difference after
-    /// their last part (<see cref="Q4KTilePart"/>) and sum it with the same tree (<see cref="Sums16"/>), so all agree
-    /// bit for bit.</summary>
+    /// <summary>
+    /// One decoded Q4_K super-block against one Q8_K super-block: the exact isum (<see cref="Q4KSumi"/>, folded) and imin
+    /// (the mins against the activation's sums of 32) side by side, [isum, isum, imin, imin], then
+    /// acc = fma(that, [d, 0, dmin, 0]·d8, acc): lane 0 is the row's S chain, lane 2 its M chain.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static float Q4KResult(Vector512<float> acc, Vector256<float> accMin) => Sum(acc - accMin.ToVector512());
+    static void Q4KStep(byte* yb, Vector512<byte> w0, Vector512<byte> w1, Vector512<byte> w2, Vector512<byte> w3,
+        Vector512<short> s0, Vector512<short> s1, Vector512<short> s2, Vector512<short> s3, Vector128<short> mins,
+        Vector128<float> dd, ref Vector128<float> acc)
+    {
+        var sumi = Q4KSumi((sbyte*)yb, w0, w1, w2, w3, s0, s1, s2, s3);
+        var s8 = sumi.GetLower() + sumi.GetUpper();
+        var s4 = s8.GetLower() + s8.GetUpper();
+        var imin = Sse2.MultiplyAddAdjacent(mins, Vector128.Load((short*)(yb + Q8KSums)));
+        var h = Sse2.UnpackLow(s4.AsInt64(), imin.AsInt64()).AsInt32() + Sse2.UnpackHigh(s4.AsInt64(), imin.AsInt64()).AsInt32();
+        acc = Fma.MultiplyAdd(Vector128.ConvertToSingle(h + Sse2.Shuffle(h, 0xB1)), dd * Vector128.Create(*(float*)(yb + Q8KScale)), acc);
+    }
 
-    /// <summary>A K-quant super-block unpacked once per weight row for <see cref="Q4KTile"/> / <see cref="Q6KTile"/>.</summary>
+    /// <summary>
+    /// <see cref="Q4KStep"/>'s integers for two super-blocks at once (two of one row, or one of each of two rows), the
+    /// folds shared: [isum a, isum a, imin a, imin a | isum b, isum b, imin b, imin b] as floats, from the lanes of
+    /// <paramref name="a"/> and <paramref name="b"/> and the four int32 min products of each (<paramref name="iminAB"/>,
+    /// a's in the low half). Integer sums are exact in any order, so the values are Q4KStep's.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<float> Q4KIntegers2(Vector512<int> a, Vector512<int> b, Vector256<int> iminAB)
+    {
+        var e = Avx512F.Shuffle4x128(a, b, 0x88) + Avx512F.Shuffle4x128(a, b, 0xDD); // 128-bit lanes [a0 + a1, a2 + a3, b0 + b1, b2 + b3]
+        var f = e + Avx512F.Shuffle4x128(e, e, 0xB1);                                // [a, a, b, b]
+        var s = Avx512F.Shuffle4x128(f, f, 0x08).GetLower();                          // [a | b], four lanes each
+        // per half [s0 + s2, s1 + s3, m0 + m2, m1 + m3], then each pair of lanes summed into both
+        var h = Avx2.UnpackLow(s.AsInt64(), iminAB.AsInt64()).AsInt32() + Avx2.UnpackHigh(s.AsInt64(), iminAB.AsInt64()).AsInt32();
+        return Vector256.ConvertToSingle(h + Avx2.Shuffle(h, 0xB1));
+    }
+
+    /// <summary>A Q4_K dot product from its two chains: S − M.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static float Q4KResult(Vector128<float> acc) => acc.ToScalar() - acc.GetElement(2);
+
+    /// <summary>A K-quant super-block unpacked once per weight row for <see cref="Q6KTile"/>.</summary>
     internal struct DecodedSuperBlock
     {
         public Vector512<byte> W0, W1, W2, W3;   // [4][64] unsigned quants, in the order the Q8_K activations are read
         public Vector512<short> S0, S1, S2, S3;  // [4][32] each sub-block's scale, repeated over its int16 lanes
-        public Vector256<short> Mins;            // [16] Q6_K: the 16 scales
-        public Vector256<float> DMins;           // [8] Q4_K: dmin · each sub-block's min
+        public Vector256<short> Mins;            // [16] the 16 scales
         public float D;                          // super-block scale
     }
 
@@ -995,19 +956,32 @@ public static unsafe partial class RowKernels
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static float Q4K1(byte* w, byte* x, int nb)
     {
-        var acc = Vector512<float>.Zero;
-        var accMin = Vector256<float>.Zero;
+        var acc = Vector128<float>.Zero;
         // Prefetched ahead as the other decode kernels: on the AMD EPYC VM the hardware prefetcher alone kept this one
         // stream ahead (the prefetches were 6 of ~90 instructions per super-block, and were left out); on the
         // Sapphire Rapids VM it does not: Q4K1Pair streamed 20.8 GB/s without, 28.7 with (kernel-micro --pair,
         // 2 threads), and TinyLlama Q4_K_M decoded 32.5 → 40.4 tok/s.
-        for (byte* end = w + nb * 144; w < end; w += 144, x += Q8KStride)
+        // Two super-blocks per step, their folds shared (Q4KIntegers2); each still meets the chains in order.
+        int i = 0;
+        for (; i + 2 <= nb; i += 2, w += 288, x += 2 * Q8KStride)
         {
             Sse.Prefetch0(w + PrefetchDistance); Sse.Prefetch0(w + PrefetchDistance + 64); Sse.Prefetch0(w + PrefetchDistance + 128);
-            DecodeQ4K(w, out var w0, out var w1, out var w2, out var w3, out var s0, out var s1, out var s2, out var s3, out var dmins, out float d);
-            Q4KStep(x, w0, w1, w2, w3, s0, s1, s2, s3, dmins, d, ref acc, ref accMin);
+            Sse.Prefetch0(w + PrefetchDistance + 192); Sse.Prefetch0(w + PrefetchDistance + 256);
+            DecodeQ4K(w, out var a0, out var a1, out var a2, out var a3, out var as0, out var as1, out var as2, out var as3, out var am, out var ad);
+            var sumiA = Q4KSumi((sbyte*)x, a0, a1, a2, a3, as0, as1, as2, as3);
+            DecodeQ4K(w + 144, out var b0, out var b1, out var b2, out var b3, out var bs0, out var bs1, out var bs2, out var bs3, out var bm, out var bd);
+            var sumiB = Q4KSumi((sbyte*)x + Q8KStride, b0, b1, b2, b3, bs0, bs1, bs2, bs3);
+            var imin = Avx2.MultiplyAddAdjacent(Vector256.Create(am, bm), Vector256.Create(Vector128.Load((short*)(x + Q8KSums)), Vector128.Load((short*)(x + Q8KStride + Q8KSums))));
+            var f = Q4KIntegers2(sumiA, sumiB, imin);
+            acc = Fma.MultiplyAdd(f.GetLower(), ad * Vector128.Create(*(float*)(x + Q8KScale)), acc);
+            acc = Fma.MultiplyAdd(f.GetUpper(), bd * Vector128.Create(*(float*)(x + Q8KStride + Q8KScale)), acc);
         }
-        return Q4KResult(acc, accMin);
+        if (i < nb)
+        {
+            DecodeQ4K(w, out var w0, out var w1, out var w2, out var w3, out var s0, out var s1, out var s2, out var s3, out var mins, out var dd);
+            Q4KStep(x, w0, w1, w2, w3, s0, s1, s2, s3, mins, dd, ref acc);
+        }
+        return Q4KResult(acc);
     }
 
     // ---- Q6_K × Q8_K ------------------------------------------------------------------------------------------
@@ -1017,7 +991,7 @@ public static unsafe partial class RowKernels
     // dot = d·d8·(Σ_e scale(e)·q6u(e)·q8(e) − 32·Σ_j scale_j·bsum_j), with q6u = q6 + 32 ∈ [0, 63].
 
     /// <summary>
-    /// One Q6_K weight row against B activation rows, shaped like <see cref="Q4KTile"/>: the row is decoded once (the
+    /// One Q6_K weight row against B activation rows: the row is decoded once (the
     /// six-bit quants as four 64-byte vectors, their scales, the 16 int8 scales for the bsum correction, d), then
     /// activation rows run four at a time with accumulators in registers. Same arithmetic as <see cref="Q6K1"/>.
     /// </summary>
@@ -1030,8 +1004,9 @@ public static unsafe partial class RowKernels
         for (int b = 0; b < B; b++) y[(long)b * yStride] = Sum(acc[2 * b]);
     }
 
-    /// <summary>Super-blocks [i0, i1) of one Q6_K row against B activation rows, continuing acc[2b] (the layout of
-    /// <see cref="Q4KTilePart"/>; started from zero when i0 = 0).</summary>
+    /// <summary>Super-blocks [i0, i1) of one Q6_K row against B activation rows, continuing acc[2b] (started from zero
+    /// when i0 = 0). Each super-block is one step of every row's chain, so results do not depend on how a row is split
+    /// into parts.</summary>
     [SkipLocalsInit]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Q6KTilePart(byte* w, byte* x, int xStride, int B, int i0, int i1, Vector512<float>* acc, DecodedSuperBlock* dec)
@@ -1981,20 +1956,22 @@ public static unsafe partial class RowKernels
     [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
     static void Q4K1Pair(byte* wa, byte* wb, byte* x, int nb, out float ya, out float yb)
     {
-        Vector512<float> accA = default, accB = default;
-        Vector256<float> minA = default, minB = default;
+        Vector256<float> acc = default; // [S, 0, M, 0] of row a | of row b: Q4K1's chains, the folds shared (Q4KIntegers2)
         for (int i = 0; i < nb; i++, wa += 144, wb += 144, x += Q8KStride)
         {
             // each row prefetched as Q4K1 prefetches it
             Sse.Prefetch0(wa + PrefetchDistance); Sse.Prefetch0(wa + PrefetchDistance + 64); Sse.Prefetch0(wa + PrefetchDistance + 128);
             Sse.Prefetch0(wb + PrefetchDistance); Sse.Prefetch0(wb + PrefetchDistance + 64); Sse.Prefetch0(wb + PrefetchDistance + 128);
-            DecodeQ4K(wa, out var a0, out var a1, out var a2, out var a3, out var as0, out var as1, out var as2, out var as3, out var am, out float ad);
-            Q4KStep(x, a0, a1, a2, a3, as0, as1, as2, as3, am, ad, ref accA, ref minA);
-            DecodeQ4K(wb, out var b0, out var b1, out var b2, out var b3, out var bs0, out var bs1, out var bs2, out var bs3, out var bm, out float bd);
-            Q4KStep(x, b0, b1, b2, b3, bs0, bs1, bs2, bs3, bm, bd, ref accB, ref minB);
+            DecodeQ4K(wa, out var a0, out var a1, out var a2, out var a3, out var as0, out var as1, out var as2, out var as3, out var am, out var ad);
+            var sumiA = Q4KSumi((sbyte*)x, a0, a1, a2, a3, as0, as1, as2, as3);
+            DecodeQ4K(wb, out var b0, out var b1, out var b2, out var b3, out var bs0, out var bs1, out var bs2, out var bs3, out var bm, out var bd);
+            var sumiB = Q4KSumi((sbyte*)x, b0, b1, b2, b3, bs0, bs1, bs2, bs3);
+            var bsums = Vector128.Load((short*)(x + Q8KSums));
+            var f = Q4KIntegers2(sumiA, sumiB, Avx2.MultiplyAddAdjacent(Vector256.Create(am, bm), Vector256.Create(bsums, bsums)));
+            acc = Fma.MultiplyAdd(f, Vector256.Create(ad, bd) * Vector256.Create(*(float*)(x + Q8KScale)), acc);
         }
-        ya = Q4KResult(accA, minA);
-        yb = Q4KResult(accB, minB);
+        ya = Q4KResult(acc.GetLower());
+        yb = Q4KResult(acc.GetUpper());
     }
 
     /// <summary><see cref="Q801"/> on two rows at once (its software prefetch included, for each row).</summary>

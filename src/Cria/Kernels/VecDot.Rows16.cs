@@ -6,7 +6,7 @@ using System.Runtime.Intrinsics.X86;
 namespace Cria.Kernels;
 
 /// <summary>
-/// Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K and (with AVX-VNNI) Q8_0 prefill on AVX-512: sixteen weight rows at a time, one row
+/// Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K and (with AVX-VNNI) Q8_0 prefill on AVX-512: sixteen weight rows at a time, one row
 /// per 32-bit lane, for <see cref="RowKernels.RunBlock"/>, in tiles of <see cref="RowKernels.Rows16Tile"/> activation rows.
 ///
 /// The eight-row AVX2 kernel (<see cref="DotRows8Avx2{T}(byte*, long, int, byte*, int, int, int, float*, int, Vector256{float}*)"/>)
@@ -29,7 +29,7 @@ namespace Cria.Kernels;
 /// </summary>
 public static partial class VecDot
 {
-    /// <summary>Whether the kernels of this file run the prefill of Q4_0, Q4_1, Q5_0, Q5_1, Q2_K and Q3_K: AVX-512BW (and
+    /// <summary>Whether the kernels of this file run the prefill of Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K and Q4_K: AVX-512BW (and
     /// the AVX2 + FMA that the decode kernels, whose bits they give, need).</summary>
     internal static bool Rows16 => Avx512BW.IsSupported && Vector512.IsHardwareAccelerated && Avx2.IsSupported && Fma.IsSupported;
 
@@ -331,6 +331,116 @@ public static partial class VecDot
             }
         }
         Store16(acc, B, rows, y, yStride);
+    }
+
+    /// <summary>
+    /// Q4_K rows [0, rows) (rows ≤ 16; 144 B: d | dmin | scales[12] | qs[128]) against B ≤ <see cref="RowKernels.Rows16Tile"/>
+    /// Q8_K activation rows in the Q4_K kernels' layout (<see cref="RowKernels.Q8KStride"/> B per super-block: qs[256]
+    /// permuted, the eight sums of 32 as int16 at <see cref="RowKernels.Q8KSums"/>, d8 at <see cref="RowKernels.Q8KScale"/>),
+    /// rows in lanes as <see cref="DotQ2KRows16Avx512"/>. Chunk c of qs (32 bytes) is transposed in two quarters, eight
+    /// registers of four bytes per lane; their low nibbles are sub-block 2c, their high nibbles sub-block 2c + 1, each
+    /// eight steps of four values added in int16 (at most 8·2·15·128 = 30720), then one <c>vpmaddwd</c> by the row's
+    /// scale. Per row the arithmetic is the decode kernel's (RowKernels.Q4K1): the exact isum and imin of each
+    /// super-block, then S = fma(isum, d8·d, S), M = fma(imin, d8·dmin, M), and S − M. <paramref name="acc"/> holds 2·B
+    /// vectors.
+    /// </summary>
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe void DotQ4KRows16Avx512(byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int nb,
+        float* y, int yStride, Vector512<float>* acc, Vector512<int>* isum)
+    {
+        Group16(w, rowBytes, rows, out byte* p0, out byte* p1, out byte* p2, out byte* p3, out byte* p4, out byte* p5, out byte* p6, out byte* p7,
+            out byte* p8, out byte* p9, out byte* p10, out byte* p11, out byte* p12, out byte* p13, out byte* p14, out byte* p15, out _, out _);
+        for (int b = 0; b < 2 * B; b++) acc[b] = Vector512<float>.Zero; // acc[2b] = S, acc[2b + 1] = M of activation row b
+        byte* next = w + 16 * rowBytes;
+        var m4 = Vector512.Create((byte)0x0F);
+        var k6 = Vector512.Create(0x3F3F3F3F); var k4 = Vector512.Create(0x0F0F0F0F); var k2 = Vector512.Create(0x03030303);
+        var pick01 = Vector512.Create(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
+        var pick23 = pick01 + Vector512.Create(2);
+        for (int sb = 0; sb < nb; sb++)
+        {
+            int o = sb * 144;
+            byte* pf = next + 16 * o; // the next group's sixteen rows: 16 · 144 B per super-block
+            for (int l = 0; l < 16 * 144; l += 64) Sse.Prefetch0(pf + l);
+            // d | dmin, and scales[12] as ggml's three words a0, a1, a2, of the sixteen rows
+            Transpose16(p0 + o, p1 + o, p2 + o, p3 + o, p4 + o, p5 + o, p6 + o, p7 + o, p8 + o, p9 + o, p10 + o, p11 + o,
+                p12 + o, p13 + o, p14 + o, p15 + o, pick01, pick23, out var dd, out var a0, out var a1, out var a2);
+            var d = RowKernels.HalfToSingle(Avx512F.ShiftRightArithmetic(Avx512F.ShiftLeftLogical(dd, 16), 16));
+            var dmin = RowKernels.HalfToSingle(Avx512F.ShiftRightArithmetic(dd, 16));
+            // scales 0–3, 4–7 and mins 0–3, 4–7 of each row, a byte each (RowKernels.Q4KScalesAndMins, per lane)
+            var sc03 = a0 & k6;
+            var sc47 = (a2 & k4) | Vector512.ShiftLeft(Vector512.ShiftRightLogical(a0, 6) & k2, 4);
+            var mn03 = a1 & k6;
+            var mn47 = (Vector512.ShiftRightLogical(a2, 4) & k4) | Vector512.ShiftLeft(Vector512.ShiftRightLogical(a1, 6) & k2, 4);
+            for (int b = 0; b < B; b++) isum[b] = Vector512<int>.Zero;
+            for (int c = 0; c < 4; c++)
+            {
+                int q = o + 16 + 32 * c;
+                Transpose16(p0 + q, p1 + q, p2 + q, p3 + q, p4 + q, p5 + q, p6 + q, p7 + q, p8 + q, p9 + q, p10 + q, p11 + q,
+                    p12 + q, p13 + q, p14 + q, p15 + q, pick01, pick23, out var q0, out var q1, out var q2, out var q3);
+                q += 16;
+                Transpose16(p0 + q, p1 + q, p2 + q, p3 + q, p4 + q, p5 + q, p6 + q, p7 + q, p8 + q, p9 + q, p10 + q, p11 + q,
+                    p12 + q, p13 + q, p14 + q, p15 + q, pick01, pick23, out var q4, out var q5, out var q6, out var q7);
+                var sct = c < 2 ? sc03 : sc47;
+                var sLo = Vector512.ShiftRightLogical(sct, 16 * (c & 1)) & Vector512.Create(0xFF);       // scale of sub-block 2c
+                var sHi = Vector512.ShiftRightLogical(sct, 16 * (c & 1) + 8) & Vector512.Create(0xFF);   // of 2c + 1
+                // sub-block j's activations in the permuted layout: 128·(j / 4) + 32·(0, 2, 1, 3)[j % 4]
+                byte* xl = x + sb * RowKernels.Q8KStride + 128 * (c >> 1) + 32 * (c & 1);
+                Chunk(q0.AsByte(), q1.AsByte(), q2.AsByte(), q3.AsByte(), q4.AsByte(), q5.AsByte(), q6.AsByte(), q7.AsByte(), m4,
+                    (sLo | Vector512.ShiftLeft(sLo, 16)).AsInt16(), (sHi | Vector512.ShiftLeft(sHi, 16)).AsInt16(), xl, xStride, B, isum);
+            }
+            // mins of sub-blocks 2p, 2p + 1 as the two int16 halves of each lane, against the sums of 32
+            var mp0 = BytePair(mn03, 0); var mp1 = BytePair(mn03, 16); var mp2 = BytePair(mn47, 0); var mp3 = BytePair(mn47, 16);
+            byte* xa = x + sb * RowKernels.Q8KStride;
+            for (int b = 0; b < B; b++, xa += xStride)
+            {
+                int* bs = (int*)(xa + RowKernels.Q8KSums);
+                var imin = (Avx512BW.MultiplyAddAdjacent(mp0, Vector512.Create(bs[0]).AsInt16()) + Avx512BW.MultiplyAddAdjacent(mp1, Vector512.Create(bs[1]).AsInt16()))
+                         + (Avx512BW.MultiplyAddAdjacent(mp2, Vector512.Create(bs[2]).AsInt16()) + Avx512BW.MultiplyAddAdjacent(mp3, Vector512.Create(bs[3]).AsInt16()));
+                var d8 = Vector512.Create(*(float*)(xa + RowKernels.Q8KScale));
+                acc[2 * b] = Avx512F.FusedMultiplyAdd(Vector512.ConvertToSingle(isum[b]), d8 * d, acc[2 * b]);
+                acc[2 * b + 1] = Avx512F.FusedMultiplyAdd(Vector512.ConvertToSingle(imin), d8 * dmin, acc[2 * b + 1]);
+            }
+        }
+        for (int b = 0; b < B; b++) acc[b] = acc[2 * b] - acc[2 * b + 1];
+        Store16(acc, B, rows, y, yStride);
+    }
+
+    /// <summary>One Q4_K chunk (32 bytes per row as q0 … q7, lane k = row k's bytes 4t … 4t+3) against B activation rows:
+    /// the low nibbles meet the 32 activations at xl, the high nibbles those at xl + 64; isum[b] += sLo · Σ lo·a +
+    /// sHi · Σ hi·a per lane, each sub-block's eight steps added in int16 first.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe void Chunk(Vector512<byte> q0, Vector512<byte> q1, Vector512<byte> q2, Vector512<byte> q3, Vector512<byte> q4,
+        Vector512<byte> q5, Vector512<byte> q6, Vector512<byte> q7, Vector512<byte> m4, Vector512<short> sLo, Vector512<short> sHi,
+        byte* xl, int xStride, int B, Vector512<int>* isum)
+    {
+        var l0 = q0 & m4; var l1 = q1 & m4; var l2 = q2 & m4; var l3 = q3 & m4;
+        var l4 = q4 & m4; var l5 = q5 & m4; var l6 = q6 & m4; var l7 = q7 & m4;
+        var h0 = Vector512.ShiftRightLogical(q0.AsUInt16(), 4).AsByte() & m4; var h1 = Vector512.ShiftRightLogical(q1.AsUInt16(), 4).AsByte() & m4;
+        var h2 = Vector512.ShiftRightLogical(q2.AsUInt16(), 4).AsByte() & m4; var h3 = Vector512.ShiftRightLogical(q3.AsUInt16(), 4).AsByte() & m4;
+        var h4 = Vector512.ShiftRightLogical(q4.AsUInt16(), 4).AsByte() & m4; var h5 = Vector512.ShiftRightLogical(q5.AsUInt16(), 4).AsByte() & m4;
+        var h6 = Vector512.ShiftRightLogical(q6.AsUInt16(), 4).AsByte() & m4; var h7 = Vector512.ShiftRightLogical(q7.AsUInt16(), 4).AsByte() & m4;
+        for (int b = 0; b < B; b++, xl += xStride)
+        {
+            int* a = (int*)xl;
+            var tl = (Avx512BW.MultiplyAddAdjacent(l0, Vector512.Create(a[0]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(l1, Vector512.Create(a[1]).AsSByte()))
+                   + (Avx512BW.MultiplyAddAdjacent(l2, Vector512.Create(a[2]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(l3, Vector512.Create(a[3]).AsSByte()));
+            tl += (Avx512BW.MultiplyAddAdjacent(l4, Vector512.Create(a[4]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(l5, Vector512.Create(a[5]).AsSByte()))
+                + (Avx512BW.MultiplyAddAdjacent(l6, Vector512.Create(a[6]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(l7, Vector512.Create(a[7]).AsSByte()));
+            var th = (Avx512BW.MultiplyAddAdjacent(h0, Vector512.Create(a[16]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(h1, Vector512.Create(a[17]).AsSByte()))
+                   + (Avx512BW.MultiplyAddAdjacent(h2, Vector512.Create(a[18]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(h3, Vector512.Create(a[19]).AsSByte()));
+            th += (Avx512BW.MultiplyAddAdjacent(h4, Vector512.Create(a[20]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(h5, Vector512.Create(a[21]).AsSByte()))
+                + (Avx512BW.MultiplyAddAdjacent(h6, Vector512.Create(a[22]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(h7, Vector512.Create(a[23]).AsSByte()));
+            isum[b] += Avx512BW.MultiplyAddAdjacent(tl, sLo) + Avx512BW.MultiplyAddAdjacent(th, sHi);
+        }
+    }
+
+    /// <summary>Bytes at bit <paramref name="shift"/> and shift + 8 of each lane as the lane's two int16 halves.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<short> BytePair(Vector512<int> v, [ConstantExpected] int shift)
+    {
+        var s = Vector512.ShiftRightLogical(v, shift);
+        return ((s & Vector512.Create(0xFF)) | Vector512.ShiftLeft(Vector512.ShiftRightLogical(s, 8) & Vector512.Create(0xFF), 16)).AsInt16();
     }
 
     /// <summary>Bytes at bit <paramref name="shift"/> and shift + 8 of each lane (two Q3_K scales + 32) less 32, as the

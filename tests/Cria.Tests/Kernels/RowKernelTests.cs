@@ -407,7 +407,7 @@ public unsafe class RowKernelTests
                     Assert.Equal(a.AsSpan(k * 292, 4).ToArray(), b.AsSpan(k * 320 + 288, 4).ToArray());
                 }
                 // Q4_K's: quants permuted per 128-quant half (lo c, hi c, lo c+1, hi c+1 → lo c, lo c+1, hi c, hi c+1)
-                // and, where the bsums were, d8 · (bsum 2j + bsum 2j+1) as 8 floats
+                // and, where the bsums were, the sums of 32, bsum 2j + bsum 2j+1, as 8 int16
                 var q4 = new byte[b.Length];
                 RowKernels.PrepareActivations(GgmlType.Q4_K, x, q4);
                 for (int k = 0; k < n / 256; k++)
@@ -419,7 +419,7 @@ public unsafe class RowKernelTests
                     for (int j = 0; j < 8; j++)
                     {
                         int pair = BitConverter.ToInt16(a, k * 292 + 260 + 4 * j) + BitConverter.ToInt16(a, k * 292 + 262 + 4 * j);
-                        Assert.Equal((float)pair * d8, BitConverter.ToSingle(q4, k * 320 + 256 + 4 * j));
+                        Assert.Equal(pair, BitConverter.ToInt16(q4, k * 320 + 256 + 2 * j));
                     }
                     Assert.Equal(d8, BitConverter.ToSingle(q4, k * 320 + 288));
                 }
@@ -580,6 +580,54 @@ public unsafe class RowKernelTests
                     Assert.True(alone.Equals(y[b * rows + r]), $"{type} b={b} row {r}: {y[b * rows + r]} vs alone {alone}");
                     float scalar = VecDot.DotScalar(type, wq.AsSpan(r * rb, rb), reference.AsSpan(b * ab, ab), n);
                     Assert.True(Math.Abs(y[b * rows + r] - scalar) <= 1e-5f * Math.Abs(scalar) + 1e-2f, $"{type} b={b} row {r}: {y[b * rows + r]} vs scalar {scalar}");
+                }
+        }
+    }
+
+    /// <summary>Q4_K prefill on AVX-512 (VecDot.DotQ4KRows16Avx512) adds a sub-block's eight steps of four values in int16:
+    /// at the bound — every nibble 15, every scale and min 63, every activation quant ±127 (ggml's Q8_K never makes −128)
+    /// — a sub-block's sum reaches ±30480, and it must stay exact: the scalar reference's value, and the bits of each row alone (the decode kernel). Rows differ in
+    /// d, dmin and pattern so that a lane or offset mix-up shows.</summary>
+    [Fact]
+    public void Q4KPrefillIsExactAtTheInt16Bound()
+    {
+        const GgmlType type = GgmlType.Q4_K;
+        const int n = 768, rows = 19, B = 5, nb = n / 256, rb = nb * 144;
+        var wq = new byte[rows * rb];
+        var rng = new Random(5);
+        for (int r = 0; r < rows; r++)
+            for (int i = 0; i < nb; i++)
+            {
+                int o = r * rb + i * 144;
+                BitConverter.TryWriteBytes(wq.AsSpan(o), Fp16.FromSingle(0.01f * (1 + r) + i / 64f));
+                BitConverter.TryWriteBytes(wq.AsSpan(o + 2), Fp16.FromSingle(0.003f * (r + 1) - 0.001f * i));
+                // row 0: every scale and min 63 and every nibble 15; row 1: all zero quants; the others random scales and runs
+                for (int j = 0; j < 12; j++) wq[o + 4 + j] = r == 0 ? (byte)0xFF : (byte)rng.Next(256);
+                for (int j = 0; j < 128; j++) wq[o + 16 + j] = (byte)(r == 0 || r != 1 && (r + i + j / 4) % 3 != 0 ? 0xFF : 0x00);
+            }
+        int fb = RowKernels.ActivationRowBytes(type, n), ab = (int)GgmlTypeInfo.RowBytes(VecDot.ActivationType(type), n);
+        var act = new byte[B * fb];
+        var reference = new byte[B * ab];
+        for (int b = 0; b < B; b++)
+        {
+            // ±2 in runs: every quant ±127; activation row 0 all −2
+            var x = Enumerable.Range(0, n).Select(j => (b == 0 || (j / 7 + b) % 2 == 0) ? -2f : 2f).ToArray();
+            RowKernels.PrepareActivations(type, x, act.AsSpan(b * fb, fb));
+            VecDot.QuantizeActivations(VecDot.ActivationType(type), x, reference.AsSpan(b * ab, ab));
+        }
+        Assert.Equal(-127, (sbyte)reference[4]); // the bound is reached
+        var y = new float[B * rows];
+        fixed (byte* pw = wq) fixed (byte* pa = act) fixed (float* py = y)
+        {
+            RowKernels.RunBlock(type, pw, rb, 0, rows, pa, fb, B, n, py, rows);
+            for (int b = 0; b < B; b++)
+                for (int r = 0; r < rows; r++)
+                {
+                    float alone;
+                    RowKernels.Run(type, pw + r * rb, rb, pa + b * fb, fb, 1, n, &alone, 1);
+                    Assert.True(alone.Equals(y[b * rows + r]), $"b={b} row {r}: {y[b * rows + r]} vs alone {alone}");
+                    float scalar = VecDot.DotScalar(type, wq.AsSpan(r * rb, rb), reference.AsSpan(b * ab, ab), n);
+                    Assert.True(Math.Abs(y[b * rows + r] - scalar) <= 1e-5f * Math.Abs(scalar) + 1e-3f, $"b={b} row {r}: {y[b * rows + r]} vs scalar {scalar}");
                 }
         }
     }
