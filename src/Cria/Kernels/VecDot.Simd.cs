@@ -788,6 +788,50 @@ public static partial class VecDot
         return acc;
     }
 
+    /// <summary>
+    /// <see cref="DotQ2KAvx2"/> with 512-bit vectors (AVX-512BW), for decode on such machines: both 32-byte halves of qs
+    /// in one register, so each of the four shifts gives 64 values (elements 32s … 32s+31 and 128+32s …), against the
+    /// two matching 32-byte runs of activations, and the scales [0–7, 0–7, 8–15, 8–15] picked in-lane as there. The
+    /// integers are exact in any order, so isum, imin and the two FMAs per super-block — the results — are
+    /// DotQ2KAvx2's, bit for bit (and so the sixteen-row prefill kernel's).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe float DotQ2KAvx512(byte* x, byte* y, int nb)
+    {
+        float acc = 0;
+        var m3 = Vector512.Create((byte)3);
+        var ps0 = Vector512.Create(PairShuffle0, PairShuffle0); var ps1 = Vector512.Create(PairShuffle1, PairShuffle1);
+        var ps2 = Vector512.Create(PairShuffle2, PairShuffle2); var ps3 = Vector512.Create(PairShuffle3, PairShuffle3);
+        for (int i = 0; i < nb; i++, x += 84, y += 292)
+        {
+            Sse.Prefetch0(x + PrefetchAhead);
+            Sse.Prefetch0(x + PrefetchAhead + 64);
+            float yd = *(float*)y;
+            var (scales, mins) = Q2KScalesMins(x);
+            var minProd = Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y + 260)));
+            var sc = Avx512F.PermuteVar8x64(scales.ToVector512Unsafe().AsInt64(), Vector512.Create(0L, 1, 0, 1, 2, 3, 2, 3)).AsByte();
+            var qbits = Vector512.Create(Vector256.Load(x + 16), Vector256.Load(x + 48)).AsUInt16();
+            sbyte* a = (sbyte*)(y + 4);
+            var s = (Q2KPiece512(qbits, 0, m3, sc, ps0, a) + Q2KPiece512(qbits, 2, m3, sc, ps1, a + 32))
+                  + (Q2KPiece512(qbits, 4, m3, sc, ps2, a + 64) + Q2KPiece512(qbits, 6, m3, sc, ps3, a + 96));
+            var sm = SumPair(s.GetLower() + s.GetUpper(), minProd);
+            acc = MathF.FusedMultiplyAdd(sm.ToScalar(), yd * Fp16.ToSingle(*(ushort*)(x + 80)), acc);
+            acc = MathF.FusedMultiplyAdd(sm.GetElement(1), -yd * Fp16.ToSingle(*(ushort*)(x + 82)), acc);
+        }
+        return acc;
+    }
+
+    /// <summary>One shift of a Q2_K super-block's 512-bit qs (values at bits shift, shift + 1 of each byte) against the
+    /// activations at a (first half) and a + 128 (second half): sixteen int32 lanes of scale·(q·a).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe Vector512<int> Q2KPiece512(Vector512<ushort> qbits, [ConstantExpected] byte shift, Vector512<byte> m3, Vector512<byte> sc,
+        Vector512<byte> shuffle, sbyte* a)
+    {
+        var q = Vector512.ShiftRightLogical(qbits, shift).AsByte() & m3;
+        var act = Vector512.Create(Vector256.Load(a), Vector256.Load(a + 128));
+        return Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(q, act), Avx512BW.Shuffle(sc, shuffle).AsInt16());
+    }
+
     /// <summary>[Σ a, Σ b, …] as floats: two eight-lane integer sums reduced together (exact), then converted — one
     /// reduction for a super-block's sums and mins (Q2_K) or for two rows' sums (Q3_K).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
