@@ -781,11 +781,18 @@ public static partial class VecDot
             var minProd = Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y + 260)));
             var one = new OneRow { A = (sbyte*)(y + 4) };
             Q2KSums(x, scales, ref one);
-            var sm = SumPair(one.S, minProd);
-            acc = MathF.FusedMultiplyAdd(sm.ToScalar(), yd * Fp16.ToSingle(*(ushort*)(x + 80)), acc);
-            acc = MathF.FusedMultiplyAdd(sm.GetElement(1), -yd * Fp16.ToSingle(*(ushort*)(x + 82)), acc);
+            acc = Q2KChain(SumPair(one.S, minProd), yd, x, acc);
         }
         return acc;
+    }
+
+    /// <summary>A Q2_K super-block's two float steps (ggml's): acc = fma(isum, d_a·d, acc), then fma(imin, −d_a·dmin, acc),
+    /// with [isum, imin] the first two lanes of <paramref name="sm"/> and d, dmin at bytes 80 and 82 of the block.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe float Q2KChain(Vector128<float> sm, float yd, byte* x, float acc)
+    {
+        acc = MathF.FusedMultiplyAdd(sm.ToScalar(), yd * Fp16.ToSingle(*(ushort*)(x + 80)), acc);
+        return MathF.FusedMultiplyAdd(sm.GetElement(1), -yd * Fp16.ToSingle(*(ushort*)(x + 82)), acc);
     }
 
     /// <summary>
@@ -814,9 +821,7 @@ public static partial class VecDot
             sbyte* a = (sbyte*)(y + 4);
             var s = (Q2KPiece512(qbits, 0, m3, sc, ps0, a) + Q2KPiece512(qbits, 2, m3, sc, ps1, a + 32))
                   + (Q2KPiece512(qbits, 4, m3, sc, ps2, a + 64) + Q2KPiece512(qbits, 6, m3, sc, ps3, a + 96));
-            var sm = SumPair(s.GetLower() + s.GetUpper(), minProd);
-            acc = MathF.FusedMultiplyAdd(sm.ToScalar(), yd * Fp16.ToSingle(*(ushort*)(x + 80)), acc);
-            acc = MathF.FusedMultiplyAdd(sm.GetElement(1), -yd * Fp16.ToSingle(*(ushort*)(x + 82)), acc);
+            acc = Q2KChain(SumPair(s.GetLower() + s.GetUpper(), minProd), yd, x, acc);
         }
         return acc;
     }

@@ -568,6 +568,13 @@ public unsafe class RowKernelTests
             RowKernels.PrepareActivations(type, x, act.AsSpan(b * fb, fb));
             VecDot.QuantizeActivations(VecDot.ActivationType(type), x, reference.AsSpan(b * ab, ab));
         }
+        PrefillMatchesAloneAndScalar(type, wq, rb, rows, act, fb, reference, ab, B, n, 1e-2f);
+    }
+
+    /// <summary>RunBlock over all rows and B activation rows: every output the bits of that row alone (its decode kernel)
+    /// and within 1e-5 relative + <paramref name="absTol"/> of the scalar reference on ggml's activations.</summary>
+    static void PrefillMatchesAloneAndScalar(GgmlType type, byte[] wq, int rb, int rows, byte[] act, int fb, byte[] reference, int ab, int B, int n, float absTol)
+    {
         var y = new float[B * rows];
         fixed (byte* pw = wq) fixed (byte* pa = act) fixed (float* py = y)
         {
@@ -579,7 +586,7 @@ public unsafe class RowKernelTests
                     RowKernels.Run(type, pw + r * rb, rb, pa + b * fb, fb, 1, n, &alone, 1);
                     Assert.True(alone.Equals(y[b * rows + r]), $"{type} b={b} row {r}: {y[b * rows + r]} vs alone {alone}");
                     float scalar = VecDot.DotScalar(type, wq.AsSpan(r * rb, rb), reference.AsSpan(b * ab, ab), n);
-                    Assert.True(Math.Abs(y[b * rows + r] - scalar) <= 1e-5f * Math.Abs(scalar) + 1e-2f, $"{type} b={b} row {r}: {y[b * rows + r]} vs scalar {scalar}");
+                    Assert.True(Math.Abs(y[b * rows + r] - scalar) <= 1e-5f * Math.Abs(scalar) + absTol, $"{type} b={b} row {r}: {y[b * rows + r]} vs scalar {scalar}");
                 }
         }
     }
@@ -616,19 +623,6 @@ public unsafe class RowKernelTests
             VecDot.QuantizeActivations(VecDot.ActivationType(type), x, reference.AsSpan(b * ab, ab));
         }
         Assert.Equal(-127, (sbyte)reference[4]); // the bound is reached
-        var y = new float[B * rows];
-        fixed (byte* pw = wq) fixed (byte* pa = act) fixed (float* py = y)
-        {
-            RowKernels.RunBlock(type, pw, rb, 0, rows, pa, fb, B, n, py, rows);
-            for (int b = 0; b < B; b++)
-                for (int r = 0; r < rows; r++)
-                {
-                    float alone;
-                    RowKernels.Run(type, pw + r * rb, rb, pa + b * fb, fb, 1, n, &alone, 1);
-                    Assert.True(alone.Equals(y[b * rows + r]), $"b={b} row {r}: {y[b * rows + r]} vs alone {alone}");
-                    float scalar = VecDot.DotScalar(type, wq.AsSpan(r * rb, rb), reference.AsSpan(b * ab, ab), n);
-                    Assert.True(Math.Abs(y[b * rows + r] - scalar) <= 1e-5f * Math.Abs(scalar) + 1e-3f, $"b={b} row {r}: {y[b * rows + r]} vs scalar {scalar}");
-                }
-        }
+        PrefillMatchesAloneAndScalar(type, wq, rb, rows, act, fb, reference, ab, B, n, 1e-3f);
     }
 }
