@@ -446,13 +446,7 @@ public static partial class VecDot
     /// <summary>Bytes at bit <paramref name="shift"/> and shift + 8 of each lane (two Q3_K scales + 32) less 32, as the
     /// lane's two int16 halves.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector512<short> ScalePair(Vector512<int> sc, [ConstantExpected] int shift)
-    {
-        var v = Vector512.ShiftRightLogical(sc, shift);
-        var lo = (v & Vector512.Create(0xFF)) - Vector512.Create(32);
-        var hi = (Vector512.ShiftRightLogical(v, 8) & Vector512.Create(0xFF)) - Vector512.Create(32);
-        return ((lo & Vector512.Create(0xFFFF)) | Vector512.ShiftLeft(hi, 16)).AsInt16();
-    }
+    static Vector512<short> ScalePair(Vector512<int> sc, [ConstantExpected] int shift) => BytePair(sc, shift) - Vector512.Create((short)32);
 
     /// <summary>One K-quant sub-block (16 values, four steps of four) of the sixteen rows against B Q8_K activation rows
     /// (the sub-block's quants at xb + b·xStride): isum[b] += scale · Σ v·a per lane, the steps added in int16 first.</summary>

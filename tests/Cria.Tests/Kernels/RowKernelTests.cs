@@ -591,10 +591,10 @@ public unsafe class RowKernelTests
         }
     }
 
-    /// <summary>Q4_K prefill on AVX-512 (VecDot.DotQ4KRows16Avx512) adds a sub-block's eight steps of four values in int16:
-    /// at the bound — every nibble 15, every scale and min 63, every activation quant ±127 (ggml's Q8_K never makes −128)
-    /// — a sub-block's sum reaches ±30480, and it must stay exact: the scalar reference's value, and the bits of each row alone (the decode kernel). Rows differ in
-    /// d, dmin and pattern so that a lane or offset mix-up shows.</summary>
+    /// <summary>Q4_K prefill on AVX-512 (VecDot.DotQ4KRows16Avx512) adds a sub-block's eight steps of four values in
+    /// int16: at the bound — every nibble 15, every scale and min 63, every activation quant ±127 (ggml's Q8_K never
+    /// makes −128) — a sub-block's sum reaches ±30480, and it must stay exact: the scalar reference's value, and the bits
+    /// of each row alone (the decode kernel). Rows differ in d, dmin and pattern so that a lane or offset mix-up shows.</summary>
     [Fact]
     public void Q4KPrefillIsExactAtTheInt16Bound()
     {
