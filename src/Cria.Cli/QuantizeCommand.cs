@@ -14,7 +14,8 @@ static class QuantizeCommand
         var output = new Argument<string>("output") { Description = "GGUF file to write (refused if it exists, unless --force)" };
         var type = new Option<string>("--type") { Description = "q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q2_k_s q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k iq4_nl iq4_xs iq3_m iq3_s iq3_xs iq3_xxs iq2_m iq2_s iq2_xs iq2_xxs iq1_m iq1_s f16 bf16 f32 (q3_k/q4_k/q5_k = the _m mixes; q2_k_s, iq3_xs, iq3_xxs, iq2_* and iq1_* need --imatrix, as in llama-quantize)", DefaultValueFactory = _ => "q4_k_m" };
         var imatrix = new Option<string?>("--imatrix") { Description = "importance matrix (legacy .dat from `cria imatrix` or llama-imatrix)" };
-        var cands = new Option<string>("--imatrix-candidates") { Description = "with --imatrix, the encodings each block chooses among by activation-weighted error: ref,ggml,imp (ggml alone = llama-quantize --imatrix)", DefaultValueFactory = _ => "ref,ggml" };
+        var cands = new Option<string>("--imatrix-candidates") { Description = "with --imatrix, the encodings each block chooses among by activation-weighted error: ref,ggml,imp (ggml alone with --imatrix-row-scale fitted = llama-quantize --imatrix)", DefaultValueFactory = _ => "ref,ggml" };
+        var rowScale = new Option<string>("--imatrix-row-scale") { Description = "with --imatrix: unbiased (each row's scales × one factor so the importance-weighted regression of the quantized row on the original is 1; removes the shrinkage of least-squares-fitted scales) or fitted (the scales as the quantizers fit them)", DefaultValueFactory = _ => "unbiased" };
         var awq = new Option<string?>("--awq") { Description = "calibration text for activation-aware scaling folded into the RMSNorm weights" };
         var awqChunks = new Option<int>("--awq-chunks") { Description = "calibration chunks for --awq", DefaultValueFactory = _ => 32 };
         var awqCtx = new Option<int>("--awq-ctx") { Description = "calibration chunk length for --awq", DefaultValueFactory = _ => 128 };
@@ -40,7 +41,7 @@ static class QuantizeCommand
         var fisherCands = new Option<string>("--fisher-candidates") { Description = "with --fisher, the encodings each block chooses among by Fisher-weighted error (ref, ggml, imp)", DefaultValueFactory = _ => "ref,ggml" };
         var cmd = new Command("quantize", "quantize a GGUF model to a llama.cpp type or mix (written atomically)")
         {
-            input, output, type, imatrix, cands, awq, awqChunks, awqCtx, awqInner, awqClip, awqClipTensors, awqClipGrid, awqClipDamp, awqClipLocal, awqSkip, gptq, gptqChunks, gptqCtx, gptqDamp, gptqScales, fisher, fisherChunks, fisherCtx, fisherCands, threads, pure, force, requant,
+            input, output, type, imatrix, cands, rowScale, awq, awqChunks, awqCtx, awqInner, awqClip, awqClipTensors, awqClipGrid, awqClipDamp, awqClipLocal, awqSkip, gptq, gptqChunks, gptqCtx, gptqDamp, gptqScales, fisher, fisherChunks, fisherCtx, fisherCands, threads, pure, force, requant,
         };
         cmd.SetAction(r =>
         {
@@ -60,7 +61,13 @@ static class QuantizeCommand
             {
                 var im = Imatrix.Load(imPath);
                 Console.Error.WriteLine($"imatrix: {im.Values.Count} entries from {imPath} ({im.Chunks} chunks of '{im.Dataset}')");
-                o = o with { Imatrix = im.Values, ImatrixCandidates = ParseCandidates(r.GetValue(cands)!) };
+                bool unbiased = r.GetValue(rowScale)!.ToLowerInvariant() switch
+                {
+                    "unbiased" => true,
+                    "fitted" => false,
+                    var v => throw new CriaException($"--imatrix-row-scale: unknown value '{v}' (unbiased, fitted)"),
+                };
+                o = o with { Imatrix = im.Values, ImatrixCandidates = ParseCandidates(r.GetValue(cands)!), ImatrixUnbiasedRowScale = unbiased };
             }
             IReadOnlyDictionary<string, float[]>? awqScales = null;
             if (r.GetValue(awq) is { } calib)

@@ -15,6 +15,10 @@ public sealed record QuantizeOptions
     /// <summary>With an imatrix, the encodings each block chooses among by activation-weighted error
     /// (<see cref="Quantize.RowCalibrated"/>); <see cref="CalibratedCandidates.Ggml"/> alone is llama-quantize --imatrix.</summary>
     public CalibratedCandidates ImatrixCandidates { get; init; } = CalibratedCandidates.Default;
+    /// <summary>With an imatrix, multiply each row's scales by one factor so that the importance-weighted regression
+    /// coefficient of the quantized row on the original is 1 (<see cref="Quantize.UnbiasRowScale"/>); false keeps the
+    /// fitted scales (with <see cref="CalibratedCandidates.Ggml"/> alone: llama-quantize --imatrix's bytes).</summary>
+    public bool ImatrixUnbiasedRowScale { get; init; } = true;
     /// <summary>Per tensor name, the GPTQ factor of its input's calibration Gram matrix (<see cref="Gptq.Collect"/>): those
     /// tensors are quantized with <see cref="Quantize.RowGptq"/> (error feedback) instead of round-to-nearest; the
     /// per-tensor types stay the mix's.</summary>
@@ -160,7 +164,7 @@ public static class ModelQuantizer
         if (o.Fisher != null && IsBlockType(newType) && o.Fisher.TryGetValue(t.Name, out var fisher))
         {
             if (fisher.Length != t.ElementCount) throw new CriaException($"Fisher importances have {fisher.Length} values for tensor '{t.Name}' of {t.ElementCount}");
-            QuantizeMatrixInto(dst, newType, src, (int)t.RowLength, (int)t.RowCount, null, threads, cancel, o.FisherCandidates, RowImportance(fisher));
+            QuantizeMatrixInto(dst, newType, src, (int)t.RowLength, (int)t.RowCount, null, threads, cancel, o.FisherCandidates, RowImportance(fisher), false);
             return new ReadOnlyMemory<byte>(dst, 0, (int)outBytes);
         }
         if (o.Gptq != null && Quantize.GptqSupports(newType) && o.Gptq.TryGetValue(t.Name, out var gf))
@@ -169,7 +173,7 @@ public static class ModelQuantizer
             QuantizeMatrixGptqInto(dst, newType, src, (int)t.RowLength, (int)t.RowCount, gf, o.GptqScales, threads, cancel);
             return new ReadOnlyMemory<byte>(dst, 0, (int)outBytes);
         }
-        QuantizeMatrixInto(dst, newType, src, (int)t.RowLength, (int)t.RowCount, qw, threads, cancel, o.ImatrixCandidates, null);
+        QuantizeMatrixInto(dst, newType, src, (int)t.RowLength, (int)t.RowCount, qw, threads, cancel, o.ImatrixCandidates, null, qw != null && o.ImatrixUnbiasedRowScale);
         return new ReadOnlyMemory<byte>(dst, 0, (int)outBytes);
     }
 
@@ -260,13 +264,13 @@ public static class ModelQuantizer
         CalibratedCandidates candidates = CalibratedCandidates.Default, float[]? rowWeights = null)
     {
         var dst = new byte[GgmlTypeInfo.RowBytes(type, cols) * rows];
-        QuantizeMatrixInto(dst, type, values, cols, rows, quantWeights, threads, cancel, candidates, rowWeights);
+        QuantizeMatrixInto(dst, type, values, cols, rows, quantWeights, threads, cancel, candidates, rowWeights, false);
         return dst;
     }
 
     /// <summary><see cref="QuantizeMatrix"/> into the first rows × row-bytes of <paramref name="dst"/>.</summary>
     static void QuantizeMatrixInto(byte[] dst, GgmlType type, float[] values, int cols, int rows, float[]? quantWeights, int threads, CancellationToken cancel,
-        CalibratedCandidates candidates, float[]? rowWeights)
+        CalibratedCandidates candidates, float[]? rowWeights, bool unbiasedRowScale)
     {
         if (rowWeights != null && rowWeights.Length != (long)rows * cols) throw new ArgumentException($"{rowWeights.Length} row weights for {rows} × {cols} values", nameof(rowWeights));
         // quantWeights may hold one vector of cols per equal block of rows (a stacked expert tensor: one per expert).
@@ -288,7 +292,7 @@ public static class ModelQuantizer
                 for (int r = r0; r < r1; r++)
                     Quantize.RowCalibrated(type, values.AsSpan(r * cols, cols), dst.AsSpan(r * rowBytes, rowBytes),
                         rowWeights != null ? new ReadOnlySpan<float>(rowWeights, r * cols, cols)
-                        : quantWeights != null ? new ReadOnlySpan<float>(quantWeights, r / rowsPerSlice * cols, cols) : default, candidates);
+                        : quantWeights != null ? new ReadOnlySpan<float>(quantWeights, r / rowsPerSlice * cols, cols) : default, candidates, unbiasedRowScale);
             }
         }
         int nt = Math.Max(1, Math.Min(threads, chunks));

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Buffers.Binary;
 
 namespace Cria.Tensors;
 
@@ -39,8 +40,10 @@ public static partial class Quantize
     /// with <see cref="CalibratedCandidates.Ggml"/> alone the bytes are llama-quantize --imatrix's. Types that ignore
     /// quant_weights in ggml (F32/F16/BF16/Q8_*) and an empty importance take the reference path.
     /// </summary>
+    /// <remarks>With <paramref name="unbiasedRowScale"/>, the chosen row's float scales are then multiplied by one factor
+    /// (<see cref="UnbiasRowScale"/>).</remarks>
     public static void RowCalibrated(GgmlType type, ReadOnlySpan<float> src, Span<byte> dst, ReadOnlySpan<float> importance,
-        CalibratedCandidates candidates = CalibratedCandidates.Default)
+        CalibratedCandidates candidates = CalibratedCandidates.Default, bool unbiasedRowScale = false)
     {
         if (importance.IsEmpty || type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q8_1 or GgmlType.Q8_K)
         {
@@ -84,6 +87,7 @@ public static partial class Quantize
                 }
                 first = false;
             }
+            if (unbiasedRowScale) UnbiasRowScale(type, src, dst.Slice(0, rowBytes), importance);
         }
         finally
         {
@@ -110,6 +114,59 @@ public static partial class Quantize
                 e += (importance.IsEmpty ? 1.0 : importance[j]) * d * d;
             }
             return e;
+        }
+        finally { ArrayPool<float>.Shared.Return(y); }
+    }
+
+    /// <summary>
+    /// Removes the shrinkage of a least-squares-fitted quantizer from an encoded row: every float scale (and min) of
+    /// its blocks is multiplied by c = Σ_j imp_j·x_j² / Σ_j imp_j·x_j·x̂_j, so that the importance-weighted regression
+    /// coefficient of the decoded row on the original, Σ imp·x·x̂ / Σ imp·x², becomes 1 (up to the F16 rounding of
+    /// the scales). Why: a scale fitted by weighted least squares to rounded levels (ggml's <c>*_impl</c> searches)
+    /// gives x̂ ≈ b·x + noise with b &lt; 1 (regression dilution: the levels carry the rounding noise), so a whole matrix's
+    /// output shrinks coherently by b, every row alike — attn_q·attn_k scale the attention logits by b², and so on through
+    /// the layers. On the bundled model the importance-weighted Q2_K encoding has b ≈ 0.957 on attn_q/k and ffn_gate/up
+    /// (plain round-to-nearest 0.982); one factor per row costs a little squared error and removes that bias (see
+    /// docs/quantization.md, "Unbiased row scale"). Types whose values are not linear in stored float fields (the
+    /// lattice i-quants) and rows with c outside [0.7, 1.4] are left as they are.
+    /// </summary>
+    public static void UnbiasRowScale(GgmlType type, ReadOnlySpan<float> src, Span<byte> dst, ReadOnlySpan<float> importance)
+    {
+        // byte offsets of the F16 fields that every decoded value of a block is linear in (ggml-common.h layouts)
+        ReadOnlySpan<int> fields = type switch
+        {
+            GgmlType.Q4_0 or GgmlType.Q5_0 or GgmlType.IQ4_NL or GgmlType.IQ4_XS => [0],   // d
+            GgmlType.Q4_1 or GgmlType.Q5_1 or GgmlType.Q4_K or GgmlType.Q5_K => [0, 2],      // d, m / dmin
+            GgmlType.Q2_K => [80, 82],                                                         // after scales[16], qs[64]: d, dmin
+            GgmlType.Q3_K => [108],                                                            // after hmask[32], qs[64], scales[12]: d
+            GgmlType.Q6_K => [208],                                                            // after ql[128], qh[64], scales[16]: d
+            _ => [],
+        };
+        if (fields.IsEmpty) return;
+        int n = src.Length;
+        if (!importance.IsEmpty && importance.Length != n) throw new ArgumentException($"importance has {importance.Length} values for a row of {n}", nameof(importance));
+        var y = ArrayPool<float>.Shared.Rent(n);   // [n] decoded row
+        try
+        {
+            Dequantize.Row(type, dst, y.AsSpan(0, n));
+            double xx = 0, xy = 0;
+            for (int j = 0; j < n; j++)
+            {
+                double w = importance.IsEmpty ? 1.0 : importance[j];
+                xx += w * src[j] * src[j];
+                xy += w * src[j] * y[j];
+            }
+            if (!(xx > 0 && xy > 0)) return;
+            double c = xx / xy;
+            if (!(c >= 0.7 && c <= 1.4)) return;
+            int bs = GgmlTypeInfo.BlockBytes(type);
+            for (int o = 0; o < dst.Length; o += bs)
+                foreach (int f in fields)
+                {
+                    var field = dst.Slice(o + f, 2);
+                    float v = (float)BinaryPrimitives.ReadHalfLittleEndian(field) * (float)c;
+                    if (float.IsFinite((float)(Half)v)) BinaryPrimitives.WriteHalfLittleEndian(field, (Half)v);
+                }
         }
         finally { ArrayPool<float>.Shared.Return(y); }
     }

@@ -84,7 +84,7 @@ public sealed class LatticeMixTests(ITestOutputHelper output)
         Dictionary<string, float[]> imatrix;
         using (var src = GgufFile.Open(Source.Value)) imatrix = RandomImatrix(src, 5 + (int)ftype);
         // Ggml alone: the bytes llama-quantize --imatrix writes
-        ModelQuantizer.Run(Source.Value, path, new QuantizeOptions { FileType = ftype, Threads = 2, Imatrix = imatrix, ImatrixCandidates = CalibratedCandidates.Ggml });
+        ModelQuantizer.Run(Source.Value, path, new QuantizeOptions { FileType = ftype, Threads = 2, Imatrix = imatrix, ImatrixCandidates = CalibratedCandidates.Ggml, ImatrixUnbiasedRowScale = false });
 
         using (var src = GgufFile.Open(Source.Value))
         using (var q = GgufFile.Open(path))

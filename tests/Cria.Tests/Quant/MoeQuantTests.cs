@@ -61,7 +61,7 @@ public sealed class MoeQuantTests
         using (var model = LlamaModel.Open(src)) im = Imatrix.Collect(model, Text(), 64, 4, 2);
         var outPath = TestPaths.TempFile("moeq-imatrix-q4_k_m.gguf");
         File.Delete(outPath);
-        ModelQuantizer.Run(src, outPath, new QuantizeOptions { FileType = LlamaFileType.Q4_K_M, Imatrix = im.Values, ImatrixCandidates = CalibratedCandidates.Ggml, Threads = 2 });
+        ModelQuantizer.Run(src, outPath, new QuantizeOptions { FileType = LlamaFileType.Q4_K_M, Imatrix = im.Values, ImatrixCandidates = CalibratedCandidates.Ggml, ImatrixUnbiasedRowScale = false, Threads = 2 });
         using var fin = GgufFile.Open(src);
         using var fout = GgufFile.Open(outPath);
         const string name = "blk.0.ffn_up_exps.weight";

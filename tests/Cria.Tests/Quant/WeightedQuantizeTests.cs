@@ -120,6 +120,67 @@ public sealed class CalibratedChooserTests(ITestOutputHelper output)
         Assert.Equal(b, a);
     }
 
+    /// <summary>Σ imp·x·x̂ / Σ imp·x²: the importance-weighted regression coefficient of the decoded row on the original.</summary>
+    static double Regression(GgmlType t, float[] x, byte[] q, float[] qw)
+    {
+        var y = QuantTestUtil.Dequant(t, q, x.Length);
+        double xy = 0, xx = 0;
+        for (int j = 0; j < x.Length; j++) { xy += (double)qw[j] * x[j] * y[j]; xx += (double)qw[j] * x[j] * x[j]; }
+        return xy / xx;
+    }
+
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void The_unbiased_row_scale_makes_the_weighted_regression_one_and_touches_only_the_float_scales(GgmlType t)
+    {
+        var rng = new Random(14);
+        const int n = 1024;
+        int rowBytes = (int)GgmlTypeInfo.RowBytes(t, n), bs = GgmlTypeInfo.BlockBytes(t);
+        // the F16 fields every value of a block is linear in (ggml-common.h): d, and m / dmin where the type has one
+        int[] fields = t switch
+        {
+            GgmlType.Q4_1 or GgmlType.Q5_1 or GgmlType.Q4_K or GgmlType.Q5_K => [0, 1, 2, 3],
+            GgmlType.Q2_K => [80, 81, 82, 83],
+            GgmlType.Q3_K => [108, 109],
+            GgmlType.Q6_K => [208, 209],
+            _ => [0, 1],
+        };
+        double sumFitted = 0, worst = 0;
+        const int rows = 24;
+        for (int r = 0; r < rows; r++)
+        {
+            var x = QuantTestUtil.Gaussian(rng, n, 0.05f);
+            var qw = Importance(rng, n);
+            var fitted = new byte[rowBytes]; var unbiased = new byte[rowBytes];
+            Quantize.RowCalibrated(t, x, fitted, qw);
+            Quantize.RowCalibrated(t, x, unbiased, qw, CalibratedCandidates.Default, unbiasedRowScale: true);
+            for (int i = 0; i < rowBytes; i++)
+                if (!fields.Contains(i % bs)) Assert.True(fitted[i] == unbiased[i], $"{t} row {r}: byte {i} (offset {i % bs} in its block) is not a float scale but changed");
+            double bf = Regression(t, x, fitted, qw), bu = Regression(t, x, unbiased, qw);
+            sumFitted += bf;
+            worst = Math.Max(worst, Math.Abs(bu - 1));
+            // one factor for the whole row: F16 rounding of each scale leaves at most ~2⁻¹¹ relative
+            Assert.True(Math.Abs(bu - 1) < 1.5e-3, $"{t} row {r}: regression coefficient {bu} after the unbiased row scale (fitted {bf})");
+        }
+        output.WriteLine($"{t}: weighted regression coefficient, fitted scales {sumFitted / rows:F5} (mean), unbiased within {worst:E1} of 1");
+        // The least-squares-fitted encodings shrink: below 1 on average at 2–4 bits.
+        if (t is GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_0 or GgmlType.Q4_K) Assert.True(sumFitted / rows < 0.999, $"{t}: fitted coefficient {sumFitted / rows}");
+    }
+
+    [Fact]
+    public void The_unbiased_row_scale_leaves_lattice_types_and_a_wrong_importance_is_refused()
+    {
+        var rng = new Random(15);
+        var x = QuantTestUtil.Gaussian(rng, 512);
+        var qw = Importance(rng, 512);
+        var a = new byte[GgmlTypeInfo.RowBytes(GgmlType.IQ3_S, 512)]; var b = new byte[a.Length];
+        Quantize.RowCalibrated(GgmlType.IQ3_S, x, a, qw);
+        Quantize.RowCalibrated(GgmlType.IQ3_S, x, b, qw, CalibratedCandidates.Default, unbiasedRowScale: true);
+        Assert.Equal(a, b);
+        var q = QuantTestUtil.Quant(GgmlType.Q4_K, x);
+        Assert.Throws<ArgumentException>(() => Quantize.UnbiasRowScale(GgmlType.Q4_K, x, q, new float[100]));
+    }
+
     [Fact]
     public void Weighted_error_with_a_uniform_importance_is_the_squared_error()
     {
