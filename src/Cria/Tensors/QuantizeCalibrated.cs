@@ -145,10 +145,11 @@ public static partial class Quantize
         if (fields.IsEmpty) return;
         int n = src.Length;
         if (!importance.IsEmpty && importance.Length != n) throw new ArgumentException($"importance has {importance.Length} values for a row of {n}", nameof(importance));
+        Dequantize.CheckRow(type, dst.Length, n, nameof(dst));
         var y = ArrayPool<float>.Shared.Rent(n);   // [n] decoded row
         try
         {
-            Dequantize.Row(type, dst, y.AsSpan(0, n));
+            Dequantize.Row(type, dst[..(int)GgmlTypeInfo.RowBytes(type, n)], y.AsSpan(0, n));
             double xx = 0, xy = 0;
             for (int j = 0; j < n; j++)
             {
@@ -159,8 +160,8 @@ public static partial class Quantize
             if (!(xx > 0 && xy > 0)) return;
             double c = xx / xy;
             if (!(c >= 0.7 && c <= 1.4)) return;
-            int bs = GgmlTypeInfo.BlockBytes(type);
-            for (int o = 0; o < dst.Length; o += bs)
+            int bs = GgmlTypeInfo.BlockBytes(type), rowBytes = (int)GgmlTypeInfo.RowBytes(type, n);
+            for (int o = 0; o < rowBytes; o += bs)
                 foreach (int f in fields)
                 {
                     var field = dst.Slice(o + f, 2);

@@ -179,6 +179,7 @@ public sealed class CalibratedChooserTests(ITestOutputHelper output)
         Assert.Equal(a, b);
         var q = QuantTestUtil.Quant(GgmlType.Q4_K, x);
         Assert.Throws<ArgumentException>(() => Quantize.UnbiasRowScale(GgmlType.Q4_K, x, q, new float[100]));
+        Assert.Throws<ArgumentException>(() => Quantize.UnbiasRowScale(GgmlType.Q4_K, x, q.AsSpan(0, q.Length - 1), qw));
     }
 
     [Fact]
