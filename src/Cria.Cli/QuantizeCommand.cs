@@ -16,6 +16,8 @@ static class QuantizeCommand
         var imatrix = new Option<string?>("--imatrix") { Description = "importance matrix (legacy .dat from `cria imatrix` or llama-imatrix)" };
         var cands = new Option<string>("--imatrix-candidates") { Description = "with --imatrix, the encodings each block chooses among by activation-weighted error: ref,ggml,imp (ggml alone with --imatrix-row-scale fitted = llama-quantize --imatrix)", DefaultValueFactory = _ => "ref,ggml" };
         var rowScale = new Option<string>("--imatrix-row-scale") { Description = "with --imatrix: unbiased (each row's scales × one factor so the importance-weighted regression of the quantized row on the original is 1; removes the shrinkage of least-squares-fitted scales) or fitted (the scales as the quantizers fit them)", DefaultValueFactory = _ => "unbiased" };
+        var includeW = new Option<string[]>("--include-weights") { Description = "with --imatrix, use it only for the tensors whose name contains this (repeatable; llama-quantize's option)", DefaultValueFactory = _ => [] };
+        var excludeW = new Option<string[]>("--exclude-weights") { Description = "with --imatrix, do not use it for the tensors whose name contains this, e.g. attn_q (repeatable; llama-quantize's option)", DefaultValueFactory = _ => [] };
         var awq = new Option<string?>("--awq") { Description = "calibration text for activation-aware scaling folded into the RMSNorm weights" };
         var awqChunks = new Option<int>("--awq-chunks") { Description = "calibration chunks for --awq", DefaultValueFactory = _ => 32 };
         var awqCtx = new Option<int>("--awq-ctx") { Description = "calibration chunk length for --awq", DefaultValueFactory = _ => 128 };
@@ -41,7 +43,7 @@ static class QuantizeCommand
         var fisherCands = new Option<string>("--fisher-candidates") { Description = "with --fisher, the encodings each block chooses among by Fisher-weighted error (ref, ggml, imp)", DefaultValueFactory = _ => "ref,ggml" };
         var cmd = new Command("quantize", "quantize a GGUF model to a llama.cpp type or mix (written atomically)")
         {
-            input, output, type, imatrix, cands, rowScale, awq, awqChunks, awqCtx, awqInner, awqClip, awqClipTensors, awqClipGrid, awqClipDamp, awqClipLocal, awqSkip, gptq, gptqChunks, gptqCtx, gptqDamp, gptqScales, fisher, fisherChunks, fisherCtx, fisherCands, threads, pure, force, requant,
+            input, output, type, imatrix, cands, rowScale, includeW, excludeW, awq, awqChunks, awqCtx, awqInner, awqClip, awqClipTensors, awqClipGrid, awqClipDamp, awqClipLocal, awqSkip, gptq, gptqChunks, gptqCtx, gptqDamp, gptqScales, fisher, fisherChunks, fisherCtx, fisherCands, threads, pure, force, requant,
         };
         cmd.SetAction(r =>
         {
@@ -67,7 +69,10 @@ static class QuantizeCommand
                     "fitted" => false,
                     var v => throw new CriaException($"--imatrix-row-scale: unknown value '{v}' (unbiased, fitted)"),
                 };
-                o = o with { Imatrix = im.Values, ImatrixCandidates = ParseCandidates(r.GetValue(cands)!), ImatrixUnbiasedRowScale = unbiased };
+                var selected = Imatrix.SelectWeights(im.Values, r.GetValue(includeW)!, r.GetValue(excludeW)!);
+                if (selected.Count < im.Values.Count) Console.Error.WriteLine($"imatrix: {selected.Count} of {im.Values.Count} entries used (--include-weights / --exclude-weights)");
+                // As llama-quantize: an imatrix with no entry left is no imatrix (no has_imatrix type rules either).
+                if (selected.Count > 0) o = o with { Imatrix = selected, ImatrixCandidates = ParseCandidates(r.GetValue(cands)!), ImatrixUnbiasedRowScale = unbiased };
             }
             IReadOnlyDictionary<string, float[]>? awqScales = null;
             if (r.GetValue(awq) is { } calib)

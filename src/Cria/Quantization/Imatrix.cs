@@ -56,6 +56,26 @@ public sealed class Imatrix
         }
     }
 
+    /// <summary>
+    /// llama-quantize's <c>--include-weights</c> / <c>--exclude-weights</c>: the entries whose tensor name contains one
+    /// of <paramref name="include"/> (every entry when it is empty), less those whose name contains one of
+    /// <paramref name="exclude"/> (substring matches, as llama.cpp's <c>prepare_imatrix</c>). The tensors left out are
+    /// quantized without an importance (round-to-nearest). Giving both is refused, as there.
+    /// </summary>
+    public static Dictionary<string, float[]> SelectWeights(IReadOnlyDictionary<string, float[]> values, IReadOnlyCollection<string> include, IReadOnlyCollection<string> exclude)
+    {
+        if (include.Count > 0 && exclude.Count > 0) throw new CriaException("--include-weights and --exclude-weights cannot be used together (as in llama-quantize)");
+        if (include.Concat(exclude).Any(string.IsNullOrEmpty)) throw new CriaException("--include-weights / --exclude-weights: an empty tensor name matches every tensor");
+        var kept = new Dictionary<string, float[]>(StringComparer.Ordinal);
+        foreach (var (name, v) in values)
+        {
+            bool inc = include.Count == 0 || include.Any(w => name.Contains(w, StringComparison.Ordinal));
+            bool exc = exclude.Any(w => name.Contains(w, StringComparison.Ordinal));
+            if (inc && !exc) kept[name] = v;
+        }
+        return kept;
+    }
+
     /// <summary>Reads a legacy <c>.dat</c> imatrix (as llama-quantize's load_legacy_imatrix: values / ncall). Throws
     /// <see cref="ModelFormatException"/> naming the file and the problem.</summary>
     public static Imatrix Load(string path)

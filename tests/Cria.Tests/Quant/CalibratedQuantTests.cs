@@ -54,6 +54,42 @@ public sealed class CalibratedQuantTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void Excluded_weights_are_quantized_without_the_imatrix_as_llama_quantize_does()
+    {
+        using var m = LlamaModel.Open(Model.Value);
+        var im = Imatrix.Collect(m, Text, 64, 4, 2);
+        // llama-quantize's --exclude-weights / --include-weights: substring matches on the tensor name.
+        var sel = Imatrix.SelectWeights(im.Values, [], ["attn_q", "ffn_down"]);
+        Assert.Equal(2 * 5, sel.Count);
+        Assert.DoesNotContain(sel.Keys, k => k.Contains("attn_q") || k.Contains("ffn_down"));
+        Assert.Equal(["blk.1.attn_k.weight", "blk.1.attn_output.weight", "blk.1.attn_q.weight", "blk.1.attn_v.weight"],
+            Imatrix.SelectWeights(im.Values, ["blk.1.attn"], []).Keys.Order(StringComparer.Ordinal));
+        Assert.Throws<CriaException>(() => Imatrix.SelectWeights(im.Values, ["attn"], ["ffn"]));
+        Assert.Throws<CriaException>(() => Imatrix.SelectWeights(im.Values, [""], []));
+
+        // The left-out tensors get round-to-nearest's bytes, the others the full imatrix file's.
+        var q = new QuantizeOptions { FileType = LlamaFileType.Q4_K_M, Threads = 2, Force = true };
+        string plain = TestPaths.TempFile("select-plain.gguf"), full = TestPaths.TempFile("select-full.gguf"), part = TestPaths.TempFile("select-part.gguf");
+        ModelQuantizer.Run(Model.Value, plain, q);
+        ModelQuantizer.Run(Model.Value, full, q with { Imatrix = im.Values });
+        ModelQuantizer.Run(Model.Value, part, q with { Imatrix = sel });
+        using var fp = GgufFile.Open(plain);
+        using var ff = GgufFile.Open(full);
+        using var fs = GgufFile.Open(part);
+        int changedByImatrix = 0;
+        foreach (var t in fs.Tensors)
+        {
+            var tp = fp.Tensors.Single(x => x.Name == t.Name);
+            var tf = ff.Tensors.Single(x => x.Name == t.Name);
+            bool left = !sel.ContainsKey(t.Name);
+            var expect = left ? fp.TensorData(tp) : ff.TensorData(tf);
+            Assert.True(fs.TensorData(t).SequenceEqual(expect), $"{t.Name} ({(left ? "without" : "with")} the imatrix) differs from the {(left ? "plain" : "imatrix")} file");
+            if (!left && !ff.TensorData(tf).SequenceEqual(fp.TensorData(tp))) changedByImatrix++;
+        }
+        Assert.True(changedByImatrix >= 8, $"the imatrix changed only {changedByImatrix} of the selected tensors");
+    }
+
+    [Fact]
     public void Awq_folding_keeps_the_float_model_and_lowers_the_output_error_and_llama_cpp_runs_the_result()
     {
         var q = new QuantizeOptions { FileType = LlamaFileType.Q3_K_S, Threads = 2 };
