@@ -1,5 +1,4 @@
 using System.Buffers;
-using System.Buffers.Binary;
 
 namespace Cria.Tensors;
 
@@ -146,10 +145,11 @@ public static partial class Quantize
         int n = src.Length;
         if (!importance.IsEmpty && importance.Length != n) throw new ArgumentException($"importance has {importance.Length} values for a row of {n}", nameof(importance));
         Dequantize.CheckRow(type, dst.Length, n, nameof(dst));
+        int rowBytes = (int)GgmlTypeInfo.RowBytes(type, n), bs = GgmlTypeInfo.BlockBytes(type);
         var y = ArrayPool<float>.Shared.Rent(n);   // [n] decoded row
         try
         {
-            Dequantize.Row(type, dst[..(int)GgmlTypeInfo.RowBytes(type, n)], y.AsSpan(0, n));
+            Dequantize.Row(type, dst[..rowBytes], y.AsSpan(0, n));
             double xx = 0, xy = 0;
             for (int j = 0; j < n; j++)
             {
@@ -160,13 +160,11 @@ public static partial class Quantize
             if (!(xx > 0 && xy > 0)) return;
             double c = xx / xy;
             if (!(c >= 0.7 && c <= 1.4)) return;
-            int bs = GgmlTypeInfo.BlockBytes(type), rowBytes = (int)GgmlTypeInfo.RowBytes(type, n);
             for (int o = 0; o < rowBytes; o += bs)
                 foreach (int f in fields)
                 {
-                    var field = dst.Slice(o + f, 2);
-                    float v = (float)BinaryPrimitives.ReadHalfLittleEndian(field) * (float)c;
-                    if (float.IsFinite((float)(Half)v)) BinaryPrimitives.WriteHalfLittleEndian(field, (Half)v);
+                    float v = RoundHalf(dst, o + f) * (float)c;
+                    if (MathF.Abs(v) <= 65504f) PutHalf(dst, o + f, v);   // the F16 maximum: a scale that would overflow stays as it was
                 }
         }
         finally { ArrayPool<float>.Shared.Return(y); }
