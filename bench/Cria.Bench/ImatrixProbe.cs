@@ -268,4 +268,29 @@ static class ImatrixProbe
         }
         return total;
     }
+
+    /// <summary>
+    /// <c>Cria.Bench imatrix-placebo IN.dat OUT.dat --seed S</c>: the control for "does the activation information
+    /// help": every tensor's importance vector with its columns shuffled at random (seed S; the same values, so the
+    /// same spread, on the wrong columns), or, with seed 0, all ones (the weighted search with no activation
+    /// information at all). A file quantized with it runs every step of the imatrix path but the information.
+    /// </summary>
+    public static int Placebo(string[] args)
+    {
+        if (args.Length != 4 || args[2] != "--seed" || !int.TryParse(args[3], NumberStyles.Integer, CultureInfo.InvariantCulture, out int seed) || seed < 0)
+        {
+            Console.Error.WriteLine("usage: imatrix-placebo IN.dat OUT.dat --seed S   (S > 0: columns shuffled; S = 0: all ones)");
+            return 2;
+        }
+        var m = Imatrix.Load(args[0]);
+        var rng = new Random(seed);
+        foreach (var name in m.Values.Keys.Order(StringComparer.Ordinal).ToList())
+        {
+            var v = m.Values[name];                       // [cols] (an expert tensor: [n_expert · cols], shuffled whole)
+            if (seed == 0) Array.Fill(v, 1f); else rng.Shuffle(v);
+        }
+        m.Save(args[1]);
+        Console.Error.WriteLine($"wrote {args[1]}: {m.Values.Count} entries, {(seed == 0 ? "all ones" : $"columns shuffled, seed {seed}")}");
+        return 0;
+    }
 }

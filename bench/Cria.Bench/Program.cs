@@ -28,6 +28,8 @@ if (args.Length > 0 && args[0] == "lattice-time") return GgmlQuantize.Time(args[
 if (args.Length > 0 && args[0] == "lattice-micro") return GgmlQuantize.Micro(args[1..]);
 if (args.Length > 0 && args[0] == "quant-svg") return QuantTable.SvgFromTsv(args[1..]);
 if (args.Length > 0 && args[0] == "imatrix-probe") return ImatrixProbe.Run(args[1..]);
+if (args.Length > 0 && args[0] == "outlier-model") return OutlierModel.Run(args[1..]);
+if (args.Length > 0 && args[0] == "imatrix-placebo") return ImatrixProbe.Placebo(args[1..]);
 if (args.Length > 0 && args[0] == "kernel-micro") return KernelMicro.Run(args[1..]);
 if (args.Length > 0 && args[0] == "attn-micro") return AttnMicro.Run(args[1..]);
 if (args.Length > 0 && args[0] == "gemm-micro") return GemmMicro.Run(args[1..]);
