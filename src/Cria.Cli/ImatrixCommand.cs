@@ -31,6 +31,8 @@ static class ImatrixCommand
             string outPath = r.GetValue(output)!;
             im.Save(outPath);
             Console.Out.WriteLine($"wrote {outPath}: {im.Values.Count} matrices, {im.Chunks} chunks of {r.GetValue(ctx)} tokens");
+            Console.Out.WriteLine("how unequal each matrix's input channels are (over the layers; activation-aware quantization acts where these are large):");
+            foreach (var line in Imatrix.SpreadSummary(im.Values)) Console.Out.WriteLine("  " + line);
             return 0;
         });
         return cmd;

@@ -57,6 +57,41 @@ public sealed class Imatrix
     }
 
     /// <summary>
+    /// How unequal a matrix's input channels are: the coefficient of variation of the importance (population s.d. /
+    /// mean) and the largest value over the median (the upper median for an even count). Activation-aware quantization
+    /// (the imatrix's weighted rounding, AWQ's scalings) has something to act on only where these are large — LLaMA
+    /// models' salient channels are tens to hundreds of times the median; the bundled model's q/k/v/gate/up inputs have
+    /// a CV of 0.14–0.23 (docs/quantization.md, "Is it the activations?"). An all-zero vector reads (0, 1).
+    /// </summary>
+    public static (double Cv, double MaxOverMedian) ChannelSpread(ReadOnlySpan<float> importance)
+    {
+        if (importance.IsEmpty) throw new CriaException("an importance vector of no channels has no spread");
+        double sum = 0, sum2 = 0;
+        foreach (var x in importance) { sum += x; sum2 += (double)x * x; }
+        double mean = sum / importance.Length, var = Math.Max(0, sum2 / importance.Length - mean * mean);
+        var sorted = importance.ToArray();
+        Array.Sort(sorted);
+        double median = sorted[sorted.Length / 2], max = sorted[^1];
+        return (mean > 0 ? Math.Sqrt(var) / mean : 0, median > 0 ? max / median : max > 0 ? double.PositiveInfinity : 1);
+    }
+
+    /// <summary>Per tensor class (the name without <c>blk.N.</c>), the range over layers of <see cref="ChannelSpread"/>:
+    /// one line each, in name order, as <c>cria imatrix</c> prints it.</summary>
+    public static IEnumerable<string> SpreadSummary(IReadOnlyDictionary<string, float[]> values)
+    {
+        var byClass = new SortedDictionary<string, List<(double Cv, double Max)>>(StringComparer.Ordinal);
+        foreach (var (name, v) in values)
+        {
+            var parts = name.Split('.');
+            string cls = parts.Length > 2 && parts[0] == "blk" ? string.Join('.', parts[2..]) : name;
+            if (!byClass.TryGetValue(cls, out var l)) byClass[cls] = l = [];
+            l.Add(ChannelSpread(v));
+        }
+        foreach (var (cls, l) in byClass)
+            yield return $"{cls,-24} CV {l.Min(x => x.Cv):F2}–{l.Max(x => x.Cv):F2}, largest / median {l.Min(x => x.Max):F1}–{l.Max(x => x.Max):F1}";
+    }
+
+    /// <summary>
     /// llama-quantize's <c>--include-weights</c> / <c>--exclude-weights</c>: the entries whose tensor name contains one
     /// of <paramref name="include"/> (every entry when it is empty), less those whose name contains one of
     /// <paramref name="exclude"/> (substring matches, as llama.cpp's <c>prepare_imatrix</c>). The tensors left out are

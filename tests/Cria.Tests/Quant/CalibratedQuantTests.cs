@@ -54,6 +54,25 @@ public sealed class CalibratedQuantTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void Channel_spread_is_the_coefficient_of_variation_and_the_largest_over_the_median()
+    {
+        var (cv, max) = Imatrix.ChannelSpread([1f, 2f, 3f, 10f]);     // mean 4, population s.d. √12.5, upper median 3
+        Assert.Equal(Math.Sqrt(12.5) / 4, cv, 12);
+        Assert.Equal(10.0 / 3, max, 12);
+        Assert.Equal((0.0, 1.0), Imatrix.ChannelSpread([2f, 2f, 2f]));
+        Assert.Equal((0.0, 1.0), Imatrix.ChannelSpread([0f, 0f]));
+        Assert.Throws<CriaException>(() => Imatrix.ChannelSpread([]));
+        var lines = Imatrix.SpreadSummary(new Dictionary<string, float[]>
+        {
+            ["blk.0.attn_q.weight"] = [1f, 1f, 1f, 1f], ["blk.1.attn_q.weight"] = [1f, 2f, 3f, 10f], ["blk.0.ffn_down.weight"] = [5f, 5f],
+        }).ToList();
+        Assert.Equal(2, lines.Count);
+        Assert.StartsWith("attn_q.weight", lines[0]);
+        Assert.Contains("CV 0.00–0.88, largest / median 1.0–3.3", lines[0]);
+        Assert.Contains("ffn_down.weight", lines[1]);
+    }
+
+    [Fact]
     public void Excluded_weights_are_quantized_without_the_imatrix_as_llama_quantize_does()
     {
         using var m = LlamaModel.Open(Model.Value);
