@@ -76,7 +76,8 @@ public sealed class Imatrix
     }
 
     /// <summary>Per tensor class (the name without <c>blk.N.</c>), the range over layers of <see cref="ChannelSpread"/>:
-    /// one line each, in name order, as <c>cria imatrix</c> prints it.</summary>
+    /// one line each, in name order, as <c>cria imatrix</c> prints it (numbers in the invariant culture). A stacked
+    /// expert tensor's entry counts as one vector (all experts' columns together).</summary>
     public static IEnumerable<string> SpreadSummary(IReadOnlyDictionary<string, float[]> values)
     {
         var byClass = new SortedDictionary<string, List<(double Cv, double Max)>>(StringComparer.Ordinal);
@@ -88,7 +89,8 @@ public sealed class Imatrix
             l.Add(ChannelSpread(v));
         }
         foreach (var (cls, l) in byClass)
-            yield return $"{cls,-24} CV {l.Min(x => x.Cv):F2}–{l.Max(x => x.Cv):F2}, largest / median {l.Min(x => x.Max):F1}–{l.Max(x => x.Max):F1}";
+            yield return string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"{cls,-24} CV {l.Min(x => x.Cv):F2}–{l.Max(x => x.Cv):F2}, largest / median {l.Min(x => x.Max):F1}–{l.Max(x => x.Max):F1}");
     }
 
     /// <summary>
