@@ -47,14 +47,14 @@ static class OutlierModel
                 foreach (var (norm, mats) in new[] { ("attn_norm", new[] { "attn_q", "attn_k", "attn_v" }), ("ffn_norm", new[] { "ffn_gate", "ffn_up" }) })
                 {
                     string p = $"blk.{layer}.";
-                    var g = Read(f, p + norm + ".weight");                       // [dim]
+                    var g = f.ReadF32(p + norm + ".weight");                       // [dim]
                     int dim = g.Length;
                     var channels = Enumerable.Range(0, dim).OrderBy(_ => rng.Next()).Take(k).Order().ToArray();
                     foreach (int j in channels) g[j] *= factor;
                     overrides[p + norm + ".weight"] = g;
                     foreach (var m in mats)
                     {
-                        var w = Read(f, p + m + ".weight");                      // [rows, dim], row-major
+                        var w = f.ReadF32(p + m + ".weight");                      // [rows, dim], row-major
                         for (long r = 0; r < w.Length / dim; r++)
                             foreach (int j in channels) w[r * dim + j] /= factor;
                         overrides[p + m + ".weight"] = w;
@@ -66,13 +66,5 @@ static class OutlierModel
         ModelQuantizer.Run(pos[0], pos[1], new QuantizeOptions { FileType = LlamaFileType.F32, Override = n => overrides.GetValueOrDefault(n), Force = true });
         Console.Error.WriteLine($"wrote {pos[1]}");
         return 0;
-    }
-
-    static float[] Read(GgufFile f, string name)
-    {
-        var t = f.GetTensor(name);
-        var v = new float[t.ElementCount];                   // [rows, cols]
-        Cria.Tensors.Dequantize.Row(t.Type, f.TensorData(t), v);
-        return v;
     }
 }

@@ -81,7 +81,7 @@ static class PerplexityCommand
                 Console.Error.WriteLine($"{k.Model.Chunks} chunks, {k.Model.ScoredTokens} tokens scored, {sw.Elapsed.TotalSeconds:F1} s");
                 Console.Out.WriteLine($"perplexity: {k.Model.Value:F4}");
                 Console.Out.WriteLine($"base perplexity: {k.Base.Value:F4}");
-                Console.Out.WriteLine($"perplexity change: {k.PplChangePercent:+0.000;-0.000} % ± {k.PplChangeStdErrPercent:F3} %");
+                Console.Out.WriteLine($"perplexity change: {k.PplChangePercent:+0.000;-0.000;+0.000} % ± {k.PplChangeStdErrPercent:F3} %");
                 Console.Out.WriteLine($"mean KLD: {k.MeanKld:F6} ± {k.KldStdErr:F6}");
                 Console.Out.WriteLine($"same top token: {k.SameTopFraction * 100:F2} %");
                 return 0;

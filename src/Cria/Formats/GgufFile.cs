@@ -187,6 +187,16 @@ public sealed unsafe class GgufFile : IDisposable
         return new ReadOnlySpan<byte>(TensorPointer(t), (int)t.ByteSize);
     }
 
+    /// <summary>A tensor's values as F32, dequantized from any stored type (<see cref="Dequantize.Row"/>); at most one
+    /// .NET array of values and 2 GiB of bytes.</summary>
+    public float[] ReadF32(string name)
+    {
+        var t = GetTensor(name);
+        var v = new float[t.ElementCount];                   // [rows, cols] (row-major, as stored)
+        Dequantize.Row(t.Type, TensorData(t), v);
+        return v;
+    }
+
     // ---- typed metadata access -------------------------------------------------------------------------------------
 
     public bool Has(string key) => Metadata.ContainsKey(key);

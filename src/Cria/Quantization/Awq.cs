@@ -474,13 +474,7 @@ public static class Awq
     static (float[] Data, int Rows) CurrentMatrix(GgufFile f, AwqResult result, string name) =>
         result.Overrides.TryGetValue(name, out var ov) ? (ov, (int)f.GetTensor(name).RowCount) : ReadMatrix(f, name);
 
-    static (float[] Data, int Rows) ReadMatrix(GgufFile f, string name)
-    {
-        var t = f.GetTensor(name);
-        var v = new float[t.ElementCount];                   // [rows, cols]
-        Dequantize.Row(t.Type, f.TensorData(t), v);
-        return (v, (int)t.RowCount);
-    }
+    static (float[] Data, int Rows) ReadMatrix(GgufFile f, string name) => (f.ReadF32(name), (int)f.GetTensor(name).RowCount); // [rows, cols]
 
     /// <summary>Accumulates G = Σ x xᵀ ([cols, cols]) and Σ|x| ([cols]) per layer of the inputs of attn_q and ffn_gate
     /// (the norm outputs that attn_k/v and ffn_up read too), attn_output and ffn_down.</summary>
