@@ -23,6 +23,12 @@ public static class Fp16
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float ToSingle(ushort h) => Unsafe.Add(ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(Table), h);
 
+    /// <summary>The table's first entry, for kernels that take it once before their loop (<c>Unsafe.Add(ref t, h)</c> is
+    /// <see cref="ToSingle"/>): in an AggressiveOptimization method compiled before this class is initialised, each
+    /// <see cref="ToSingle"/> keeps a class-initialisation check whose helper call makes the JIT spill the vector
+    /// registers live across it.</summary>
+    internal static ref float TableStart => ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(Table);
+
     /// <summary>The bit-trick decode ggml uses; kept for the table and for tests.</summary>
     internal static float Compute(ushort h)
     {
