@@ -23,11 +23,6 @@ public static unsafe partial class RowKernels
     /// multiple of 4 (the kernels' step), as many as keep one part of a tile, 68 B per block and row, within 40 KiB.</summary>
     const int Q80TileRows = 16, Q80PartBlocks = 40960 / (Q80TileRows * 68) / 4 * 4;
 
-    /// <summary>Q6_K batches: super-blocks per part of a row, as many as keep one part of a 16-row tile of Q8_K
-    /// activations (<see cref="Q8KStride"/> B per super-block and row) within 20 KiB: half of L1d, so that the tile stays
-    /// there beside the decoded weights (parts of 8 super-blocks, 40 KB, ran 8–10 % slower: `Cria.Bench gemm-micro`).</summary>
-    const int KPartBlocks = 20480 / (Tile * Q8KStride);
-
     /// <summary>
     /// Bytes of one Q8_K super-block in the layout the Q4_K / Q6_K kernels read (AVX-512): qs[256] int8 at 0 (for Q4_K
     /// permuted, <see cref="PrepareQ8KForQ4K"/>) | bsums[16] int16 at 256 (for Q4_K: the 8 sums of 32, see there) | d f32 at
@@ -36,7 +31,7 @@ public static unsafe partial class RowKernels
     /// </summary>
     internal const int Q8KStride = 320, Q8KSums = 256, Q8KScale = 288;
 
-    public static bool HasBatched(GgmlType t) => Avx512BW.IsSupported && t == GgmlType.Q6_K || t == GgmlType.Q8_0 && Q80Int16;
+    public static bool HasBatched(GgmlType t) => t == GgmlType.Q8_0 && Q80Int16;
 
     /// <summary>Whether Q8_0 runs the int16 AVX-512 kernels (<see cref="Q801"/>, <see cref="Q80Block"/>; activations
     /// widened to int16): AVX-512 without AVX-VNNI. With AVX-VNNI, and on AVX2 machines, it runs the exact-per-block
@@ -378,7 +373,6 @@ public static unsafe partial class RowKernels
     // Per-thread scratch (pool threads live as long as the pool, so these are allocated once per thread and size).
     [ThreadStatic] static float[]? _rowBuffer;                // [n] one weight row widened to F32
     [ThreadStatic] static float[]? _blockBuffer;              // [rows, n + 16] a chunk's weight rows widened to F32
-    [ThreadStatic] static DecodedSuperBlock[]? _q6kDecoded;   // [n / 256] one decoded Q6_K row
     [ThreadStatic] static short[]? _q80Quants;                // [n] one Q8_0 row's quants as int16
     [ThreadStatic] static float[]? _q80Scales;                // [n / 32] its block scales
     [ThreadStatic] static float[]? _q80Acc;                   // [rows, tile, 16] Q8_0 accumulators carried between parts of a row
@@ -386,7 +380,6 @@ public static unsafe partial class RowKernels
     [ThreadStatic] static byte[]? _padActs;                   // [4, xStride] three activation rows padded to four
     [ThreadStatic] static float[]? _padOut;                   // [4, rows] their results
     [ThreadStatic] static float[]? _rows16Acc;                // [Rows16Tile, 8, 16] sixteen-row prefill accumulators
-    [ThreadStatic] static float[]? _kAcc;                     // [rows, tile, 2, 16] Q6_K accumulators between parts
 
     /// <summary>
     /// A pinned scratch array of at least <paramref name="count"/> elements after its first 64-byte boundary, which is
@@ -405,8 +398,6 @@ public static unsafe partial class RowKernels
     /// <summary>Per-thread buffers for one decoded Q8_0 row of n values: [n] int16 quants and [n / 32] scales.</summary>
     internal static (nint Quants, nint Scales) Q80Buffers(int n) => ((nint)Scratch(ref _q80Quants, n), (nint)Scratch(ref _q80Scales, n / 32));
 
-    static DecodedSuperBlock* DecodeBuffer(int nb) => Scratch(ref _q6kDecoded, Math.Max(nb, 32));
-
     [SkipLocalsInit] // the stackalloc'd accumulators are zeroed by the kernels
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Run(GgmlType type, byte* w, int wBytes, byte* x, int xStride, int B, int n, float* y, int yStride)
@@ -418,9 +409,8 @@ public static unsafe partial class RowKernels
                 case GgmlType.Q4_K: // prefill runs sixteen weight rows at a time (RunBlock); a row alone, its decode kernel per activation row
                     for (int b = 0; b < B; b++) y[(long)b * yStride] = Q4K1(w, x + (long)b * xStride, n / 256);
                     return;
-                case GgmlType.Q6_K:
-                    if (B == 1) *y = Q6K1(w, x, n / 256);
-                    else Q6KTile(w, x, xStride, B, n / 256, y, yStride, DecodeBuffer(n / 256));
+                case GgmlType.Q6_K: // as Q4_K: prefill sixteen weight rows at a time (RunBlock), a row alone its decode kernel
+                    for (int b = 0; b < B; b++) y[(long)b * yStride] = Q6K1(w, x + (long)b * xStride, n / 256);
                     return;
                 case GgmlType.Q8_0 when Q80Int16:
                     if (B == 1) { *y = Q801(w, x, n / 32); return; }
@@ -586,10 +576,11 @@ public static unsafe partial class RowKernels
 
     /// <summary>Rows a prefill kernel (<see cref="RunBlock"/>) runs together: sixteen for Q4_0, Q4_1, Q5_0, Q5_1
     /// (<see cref="VecDot.DotRows16Avx512{T}"/>), Q2_K (<see cref="VecDot.DotQ2KRows16Avx512"/>), Q3_K
-    /// (<see cref="VecDot.DotQ3KRows16Avx512"/>) and Q4_K (<see cref="VecDot.DotQ4KRows16Avx512"/>) on AVX-512, and Q8_0 (<see cref="VecDot.DotQ80Rows16Avx512"/>) on AVX-512
+    /// (<see cref="VecDot.DotQ3KRows16Avx512"/>), Q4_K (<see cref="VecDot.DotQ4KRows16Avx512"/>) and Q6_K
+    /// (<see cref="VecDot.DotQ6KRows16Avx512"/>) on AVX-512, and Q8_0 (<see cref="VecDot.DotQ80Rows16Avx512"/>) on AVX-512
     /// with AVX-VNNI; else <see cref="RowGroup"/>.</summary>
     internal static int PrefillRowGroup(GgmlType type) =>
-        type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K && VecDot.Rows16
+        type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q6_K && VecDot.Rows16
         || type == GgmlType.Q8_0 && VecDot.Q80Rows16 ? 16 : RowGroup(type);
 
     /// <summary>
@@ -606,16 +597,17 @@ public static unsafe partial class RowKernels
 
     /// <summary>Prefill: <see cref="VecDot.DotRows16Avx512{T}"/> for a legacy type, <see cref="VecDot.DotQ80Rows16Avx512"/> for
     /// Q8_0, <see cref="VecDot.DotQ2KRows16Avx512"/> for Q2_K, <see cref="VecDot.DotQ3KRows16Avx512"/> for Q3_K,
-    /// <see cref="VecDot.DotQ4KRows16Avx512"/> for Q4_K.
+    /// <see cref="VecDot.DotQ4KRows16Avx512"/> for Q4_K, <see cref="VecDot.DotQ6KRows16Avx512"/> for Q6_K.
     /// <paramref name="acc"/> holds 8·B vectors (Q8_0's eight accumulators per activation row).</summary>
     [SkipLocalsInit] // isum is zeroed by the kernels, per super-block
     static void Rows16(GgmlType type, byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int n, float* y, int yStride, Vector512<float>* acc)
     {
-        if (type is GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K)
+        if (type is GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q6_K)
         {
             var isum = stackalloc Vector512<int>[B]; // the super-block integers of each activation row
             if (type == GgmlType.Q2_K) VecDot.DotQ2KRows16Avx512(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
             else if (type == GgmlType.Q3_K) VecDot.DotQ3KRows16Avx512(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
+            else if (type == GgmlType.Q6_K) VecDot.DotQ6KRows16Avx512(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
             else VecDot.DotQ4KRows16Avx512(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
             return;
         }
@@ -738,35 +730,7 @@ public static unsafe partial class RowKernels
                 }
             return;
         }
-        if (type == GgmlType.Q8_0)
-        {
-            Q80Block(w, rowBytes, r0, r1, x, xStride, B, n, y, yStride);
-            return;
-        }
-        // Q6_K: tiles of Tile activation rows, each row in parts of KPartBlocks super-blocks (one part of a tile,
-        // 16 × 4 × 320 B = 20 KB of Q8_K activations, stays in L1d), accumulators carried between parts.
-        int nb = n / 256;
-        var dec = DecodeBuffer(Math.Max(1, nb));
-        var acc = (Vector512<float>*)Scratch(ref _kAcc, (long)(r1 - r0) * Tile * 32); // [rows, tile, 2] accumulators
-        float* sums = Scratch(ref _tileSums, (long)(r1 - r0) * Tile);               // [rows, tile] results
-        for (int b0 = 0; b0 < B; b0 += Tile)
-        {
-            int tb = Math.Min(Tile, B - b0);
-            byte* xt = x + (long)b0 * xStride;
-            for (int i0 = 0; i0 < nb; i0 += KPartBlocks)
-            {
-                int i1 = Math.Min(nb, i0 + KPartBlocks);
-                for (int r = r0; r < r1; r++)
-                {
-                    byte* wr = w + (long)r * rowBytes;
-                    var a = acc + (long)(r - r0) * Tile * 2;
-                    Q6KTilePart(wr, xt, xStride, tb, i0, i1, a, dec);
-                }
-            }
-            // the tile's results for each weight row: the 16 accumulators summed at once (lanes past tb are unused)
-            for (int r = r0; r < r1; r++) Sums16(acc + (long)(r - r0) * Tile * 2, 2).Store(sums + (r - r0) * Tile);
-            StoreTile(sums, Tile, r0, r1, tb, y + (long)b0 * yStride, yStride);
-        }
+        Q80Block(w, rowBytes, r0, r1, x, xStride, B, n, y, yStride); // HasBatched: Q8_0 without AVX-VNNI
     }
 
     /// <summary>
@@ -941,15 +905,6 @@ public static unsafe partial class RowKernels
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static float Q4KResult(Vector128<float> acc) => acc.ToScalar() - acc.GetElement(2);
 
-    /// <summary>A K-quant super-block unpacked once per weight row for <see cref="Q6KTile"/>.</summary>
-    internal struct DecodedSuperBlock
-    {
-        public Vector512<byte> W0, W1, W2, W3;   // [4][64] unsigned quants, in the order the Q8_K activations are read
-        public Vector512<short> S0, S1, S2, S3;  // [4][32] each sub-block's scale, repeated over its int16 lanes
-        public Vector256<short> Mins;            // [16] the 16 scales
-        public float D;                          // super-block scale
-    }
-
     /// <summary>One Q4_K weight row against one activation row (decode): <see cref="Q4KStep"/> per super-block straight
     /// from the weights, accumulators in registers.</summary>
     [SkipLocalsInit]
@@ -989,66 +944,10 @@ public static unsafe partial class RowKernels
     // for l < 32, element 128h+l+32k (k = 0..3) = nibble (k<2: low, else high) of ql[64h + l + 32(k&1)] | 2 bits
     // (qh[32h+l] >> 2k) << 4, minus 32. Each 16 elements share one int8 scale.
     // dot = d·d8·(Σ_e scale(e)·q6u(e)·q8(e) − 32·Σ_j scale_j·bsum_j), with q6u = q6 + 32 ∈ [0, 63].
-
-    /// <summary>
-    /// One Q6_K weight row against B activation rows: the row is decoded once (the
-    /// six-bit quants as four 64-byte vectors, their scales, the 16 int8 scales for the bsum correction, d), then
-    /// activation rows run four at a time with accumulators in registers. Same arithmetic as <see cref="Q6K1"/>.
-    /// </summary>
-    [SkipLocalsInit]
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Q6KTile(byte* w, byte* x, int xStride, int B, int nb, float* y, int yStride, DecodedSuperBlock* dec)
-    {
-        var acc = (Vector512<float>*)Scratch(ref _kAcc, (long)B * 32);
-        Q6KTilePart(w, x, xStride, B, 0, nb, acc, dec);
-        for (int b = 0; b < B; b++) y[(long)b * yStride] = Sum(acc[2 * b]);
-    }
-
-    /// <summary>Super-blocks [i0, i1) of one Q6_K row against B activation rows, continuing acc[2b] (started from zero
-    /// when i0 = 0). Each super-block is one step of every row's chain, so results do not depend on how a row is split
-    /// into parts.</summary>
-    [SkipLocalsInit]
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Q6KTilePart(byte* w, byte* x, int xStride, int B, int i0, int i1, Vector512<float>* acc, DecodedSuperBlock* dec)
-    {
-        for (int i = i0; i < i1; i++)
-        {
-            DecodedSuperBlock* o = dec + i;
-            DecodeQ6K(w + i * 210, out o->W0, out o->W1, out o->W2, out o->W3, out o->S0, out o->S1, out o->S2, out o->S3, out o->Mins, out o->D);
-        }
-        bool first = i0 == 0;
-        int b = 0;
-        for (; b + 4 <= B; b += 4)
-        {
-            byte* xa = x + (long)b * xStride, xb = xa + xStride, xc = xb + xStride, xd = xc + xStride;
-            Vector512<float> accA = first ? default : acc[2 * b], accB = first ? default : acc[2 * b + 2];
-            Vector512<float> accC = first ? default : acc[2 * b + 4], accD = first ? default : acc[2 * b + 6];
-            for (int i = i0; i < i1; i++)
-            {
-                DecodedSuperBlock* o = dec + i;
-                var w0 = o->W0; var w1 = o->W1; var w2 = o->W2; var w3 = o->W3;
-                var s0 = o->S0; var s1 = o->S1; var s2 = o->S2; var s3 = o->S3;
-                var sc = o->Mins; float d = o->D;
-                int off = i * Q8KStride;
-                Q6KStep(xa + off, w0, w1, w2, w3, s0, s1, s2, s3, sc, d, ref accA);
-                Q6KStep(xb + off, w0, w1, w2, w3, s0, s1, s2, s3, sc, d, ref accB);
-                Q6KStep(xc + off, w0, w1, w2, w3, s0, s1, s2, s3, sc, d, ref accC);
-                Q6KStep(xd + off, w0, w1, w2, w3, s0, s1, s2, s3, sc, d, ref accD);
-            }
-            acc[2 * b] = accA; acc[2 * b + 2] = accB; acc[2 * b + 4] = accC; acc[2 * b + 6] = accD;
-        }
-        for (; b < B; b++)
-        {
-            byte* xa = x + (long)b * xStride;
-            Vector512<float> a = first ? default : acc[2 * b];
-            for (int i = i0; i < i1; i++)
-            {
-                DecodedSuperBlock* o = dec + i;
-                Q6KStep(xa + i * Q8KStride, o->W0, o->W1, o->W2, o->W3, o->S0, o->S1, o->S2, o->S3, o->Mins, o->D, ref a);
-            }
-            acc[2 * b] = a;
-        }
-    }
+    // Per super-block the integer isum = Σ_e scale(e)·q6u(e)·q8(e) − 32·Σ_j scale_j·bsum_j is exact in int32 (at most
+    // 16·16·63·128·128 + 32·16·128·16·128 < 2^29), then one float chain per row, S = fma(isum, d·d8, S): the arithmetic of
+    // the decode kernels below and of the sixteen-row prefill kernel (VecDot.DotQ6KRows16Avx512, rows in lanes), so
+    // decode and prefill give the same bits.
 
     /// <summary>
     /// Unpacks one Q6_K super-block: the quants as unsigned q6 + 32 ∈ [0, 63] in four 64-byte vectors (elements
@@ -1058,13 +957,13 @@ public static unsafe partial class RowKernels
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void DecodeQ6K(byte* blk, out Vector512<byte> w0, out Vector512<byte> w1, out Vector512<byte> w2, out Vector512<byte> w3,
         out Vector512<short> s0, out Vector512<short> s1, out Vector512<short> s2, out Vector512<short> s3,
-        out Vector256<short> scales, out float d)
+        out Vector256<short> scales, out float d, ref float f16)
     {
         var m4 = Vector512.Create((byte)0x0F);
         var m30 = Vector512.Create((byte)0x30);
         // vpermw indices: 8 lanes (16 elements) per scale, 4 scales per 64 elements.
         var perm6 = Vector512.Create((short)0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
-        d = Fp16.ToSingle(*(ushort*)(blk + 208));
+        d = Unsafe.Add(ref f16, *(ushort*)(blk + 208)); // Fp16.ToSingle, the table taken once by the caller
         var scales16 = Avx512BW.ConvertToVector512Int16(Vector256.Create(Vector128.Load((sbyte*)blk + 192), Vector128<sbyte>.Zero));
         // Half h covers elements 128h..128h+127 from ql[64h..], qh[32h..]: for l < 32, element 128h + l + 32k is
         // nibble (k < 2: low, else high) of ql[64h + l + 32(k & 1)] | ((qh[32h + l] >> 2k) & 3) << 4.
@@ -1091,43 +990,60 @@ public static unsafe partial class RowKernels
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static Vector512<byte> Both(Vector256<byte> v) => Avx512F.InsertVector256(v.ToVector512Unsafe(), v, 1);
 
-    /// <summary>One decoded Q6_K super-block (quants offset by +32) against one Q8_K super-block: the body of <see cref="Q6K1"/>.</summary>
+    /// <summary>One decoded Q6_K super-block (quants offset by +32) against one Q8_K super-block: eight int32 lanes whose
+    /// sum is the super-block's exact isum = Σ_e scale(e)·q6u(e)·q8(e) − 32·Σ_j scale_j·bsum_j.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void Q6KStep(byte* yb, Vector512<byte> w0, Vector512<byte> w1, Vector512<byte> w2, Vector512<byte> w3,
-        Vector512<short> s0, Vector512<short> s1, Vector512<short> s2, Vector512<short> s3, Vector256<short> scales,
-        float d, ref Vector512<float> acc)
+    static Vector256<int> Q6KSumi(byte* yb, Vector512<byte> w0, Vector512<byte> w1, Vector512<byte> w2, Vector512<byte> w3,
+        Vector512<short> s0, Vector512<short> s1, Vector512<short> s2, Vector512<short> s3, Vector256<short> scales)
     {
-        float d8 = *(float*)(yb + Q8KScale);
         sbyte* q8 = (sbyte*)yb;
         var p0 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w0, Vector512.Load(q8)), s0);
         var p1 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w1, Vector512.Load(q8 + 64)), s1);
         var p2 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w2, Vector512.Load(q8 + 128)), s2);
         var p3 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(w3, Vector512.Load(q8 + 192)), s3);
         var sumi = (p0 + p1) + (p2 + p3);
-        var corr = Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(yb + Q8KSums)), scales) * Vector256.Create(32);
-        // (ToVector512, not Vector512.Create(corr, zero): the JIT built that in a stack slot, stored and reloaded)
-        sumi -= corr.ToVector512();
-        acc = Vector512.FusedMultiplyAdd(Vector512.Create(d * d8), Vector512.ConvertToSingle(sumi), acc);
+        var corr = Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(yb + Q8KSums)), scales);
+        return (sumi.GetLower() + sumi.GetUpper()) - Vector256.ShiftLeft(corr, 5);
     }
 
-    /// <summary>One Q6_K weight row against one activation row (decode), accumulators in registers, weights
-    /// prefetched ahead; the arithmetic of <see cref="Q6KStep"/>.</summary>
+    /// <summary>The isums of two super-blocks (two of one row, or one of each of two rows) from their eight lanes each,
+    /// the folds shared: [a, b, a, b] as floats.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector128<float> Q6KIntegers2(Vector256<int> a, Vector256<int> b)
+    {
+        var t = Avx2.HorizontalAdd(a, b); // [a0 + a1, a2 + a3, b0 + b1, b2 + b3 | a4 + a5, a6 + a7, b4 + b5, b6 + b7]
+        t = Avx2.HorizontalAdd(t, t);     // [a0–3, b0–3, a0–3, b0–3 | a4–7, b4–7, …]
+        return Vector128.ConvertToSingle(t.GetLower() + t.GetUpper());
+    }
+
+    /// <summary>One Q6_K weight row against one activation row (decode): two super-blocks per step, their folds shared
+    /// (<see cref="Q6KIntegers2"/>), each meeting the row's chain S = fma(isum, d·d8, S) in order; weights prefetched
+    /// ahead.</summary>
     [SkipLocalsInit]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static float Q6K1(byte* w, byte* x, int nb)
     {
-        var acc = Vector512<float>.Zero;
-        for (int i = 0; i < nb; i++)
+        float acc = 0;
+        ref float f16 = ref Fp16.TableStart;
+        int i = 0;
+        for (; i + 2 <= nb; i += 2, w += 420, x += 2 * Q8KStride)
         {
-            byte* blk = w + i * 210;
-            Sse.Prefetch0(blk + PrefetchDistance);
-            Sse.Prefetch0(blk + PrefetchDistance + 64);
-            Sse.Prefetch0(blk + PrefetchDistance + 128);
-            Sse.Prefetch0(blk + PrefetchDistance + 192);
-            DecodeQ6K(blk, out var w0, out var w1, out var w2, out var w3, out var s0, out var s1, out var s2, out var s3, out var scales, out float d);
-            Q6KStep(x + i * Q8KStride, w0, w1, w2, w3, s0, s1, s2, s3, scales, d, ref acc);
+            for (int l = 0; l < 420; l += 64) Sse.Prefetch0(w + PrefetchDistance + l);
+            DecodeQ6K(w, out var a0, out var a1, out var a2, out var a3, out var as0, out var as1, out var as2, out var as3, out var asc, out float ad, ref f16);
+            var sa = Q6KSumi(x, a0, a1, a2, a3, as0, as1, as2, as3, asc);
+            DecodeQ6K(w + 210, out var b0, out var b1, out var b2, out var b3, out var bs0, out var bs1, out var bs2, out var bs3, out var bsc, out float bd, ref f16);
+            var sbB = Q6KSumi(x + Q8KStride, b0, b1, b2, b3, bs0, bs1, bs2, bs3, bsc);
+            var f = Q6KIntegers2(sa, sbB);
+            acc = MathF.FusedMultiplyAdd(f.ToScalar(), ad * *(float*)(x + Q8KScale), acc);
+            acc = MathF.FusedMultiplyAdd(f.GetElement(1), bd * *(float*)(x + Q8KStride + Q8KScale), acc);
         }
-        return Sum(acc);
+        if (i < nb)
+        {
+            DecodeQ6K(w, out var w0, out var w1, out var w2, out var w3, out var s0, out var s1, out var s2, out var s3, out var sc, out float d, ref f16);
+            var si = Q6KSumi(x, w0, w1, w2, w3, s0, s1, s2, s3, sc);
+            acc = MathF.FusedMultiplyAdd(Q6KIntegers2(si, si).ToScalar(), d * *(float*)(x + Q8KScale), acc);
+        }
+        return acc;
     }
 
     // ---- Q8_0 × Q8_0 ------------------------------------------------------------------------------------------
@@ -2007,21 +1923,22 @@ public static unsafe partial class RowKernels
     [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
     static void Q6K1Pair(byte* wa, byte* wb, byte* x, int nb, out float ya, out float yb)
     {
-        Vector512<float> accA = default, accB = default;
-        for (int i = 0; i < nb; i++)
+        var acc = Vector128<float>.Zero; // [S of row a, S of row b, ·, ·]: Q6K1's chains, the folds shared
+        ref float f16 = ref Fp16.TableStart;
+        for (int i = 0; i < nb; i++, wa += 210, wb += 210, x += Q8KStride)
         {
-            byte* ba = wa + i * 210, bb = wb + i * 210;
-            Sse.Prefetch0(ba + PrefetchDistance); Sse.Prefetch0(ba + PrefetchDistance + 64);
-            Sse.Prefetch0(ba + PrefetchDistance + 128); Sse.Prefetch0(ba + PrefetchDistance + 192);
-            Sse.Prefetch0(bb + PrefetchDistance); Sse.Prefetch0(bb + PrefetchDistance + 64);
-            Sse.Prefetch0(bb + PrefetchDistance + 128); Sse.Prefetch0(bb + PrefetchDistance + 192);
-            DecodeQ6K(ba, out var a0, out var a1, out var a2, out var a3, out var as0, out var as1, out var as2, out var as3, out var asc, out float ad);
-            Q6KStep(x + i * Q8KStride, a0, a1, a2, a3, as0, as1, as2, as3, asc, ad, ref accA);
-            DecodeQ6K(bb, out var b0, out var b1, out var b2, out var b3, out var bs0, out var bs1, out var bs2, out var bs3, out var bsc, out float bd);
-            Q6KStep(x + i * Q8KStride, b0, b1, b2, b3, bs0, bs1, bs2, bs3, bsc, bd, ref accB);
+            Sse.Prefetch0(wa + PrefetchDistance); Sse.Prefetch0(wa + PrefetchDistance + 64);
+            Sse.Prefetch0(wa + PrefetchDistance + 128); Sse.Prefetch0(wa + PrefetchDistance + 192);
+            Sse.Prefetch0(wb + PrefetchDistance); Sse.Prefetch0(wb + PrefetchDistance + 64);
+            Sse.Prefetch0(wb + PrefetchDistance + 128); Sse.Prefetch0(wb + PrefetchDistance + 192);
+            DecodeQ6K(wa, out var a0, out var a1, out var a2, out var a3, out var as0, out var as1, out var as2, out var as3, out var asc, out float ad, ref f16);
+            var sa = Q6KSumi(x, a0, a1, a2, a3, as0, as1, as2, as3, asc);
+            DecodeQ6K(wb, out var b0, out var b1, out var b2, out var b3, out var bs0, out var bs1, out var bs2, out var bs3, out var bsc, out float bd, ref f16);
+            var sbB = Q6KSumi(x, b0, b1, b2, b3, bs0, bs1, bs2, bs3, bsc);
+            acc = Fma.MultiplyAdd(Q6KIntegers2(sa, sbB), Vector128.Create(ad, bd, 0f, 0f) * Vector128.Create(*(float*)(x + Q8KScale)), acc);
         }
-        ya = Sum(accA);
-        yb = Sum(accB);
+        ya = acc.ToScalar();
+        yb = acc.GetElement(1);
     }
 
     /// <summary>Two rows far apart (two memory streams) against the same activations: <see cref="DotF16Scaled{TCheck}"/>'s

@@ -406,6 +406,153 @@ public static partial class VecDot
         Store16(acc, B, rows, y, yStride);
     }
 
+    /// <summary>
+    /// Q6_K rows [0, rows) (rows ≤ 16; 210 B: ql[128] | qh[64] | scales[16] int8 | d f16) against B ≤
+    /// <see cref="RowKernels.Rows16Tile"/> Q8_K activation rows in the Q6_K kernels' layout (<see cref="RowKernels.Q8KStride"/>
+    /// B per super-block: qs[256] in order, the sixteen sums of 16 as int16 at <see cref="RowKernels.Q8KSums"/>, d8 at
+    /// <see cref="RowKernels.Q8KScale"/>), rows in lanes as <see cref="DotQ4KRows16Avx512"/>. Per half h the 32-byte pieces
+    /// ql[64h…] and ql[64h + 32…] and qh[32h…] are transposed (eight registers of four bytes per lane each); a low or high
+    /// nibble with its two qh bits is q6 + 32 ∈ [0, 63], values 128h + 32k + l. Each sixteen values (four registers) meet
+    /// the activations two steps at a time in int16 (at most 2·2·63·128 = 32256), then <c>vpmaddwd</c> by the row's
+    /// scale. Per row the arithmetic is the decode kernel's (RowKernels.Q6K1): the exact isum = Σ_j scale_j·Σ q6u·q8 −
+    /// 32·Σ_j scale_j·bsum_j of each super-block, then S = fma(isum, d8·d, S). <paramref name="acc"/> holds B vectors.
+    /// </summary>
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe void DotQ6KRows16Avx512(byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int nb,
+        float* y, int yStride, Vector512<float>* acc, Vector512<int>* isum)
+    {
+        Group16(w, rowBytes, rows, out byte* p0, out byte* p1, out byte* p2, out byte* p3, out byte* p4, out byte* p5, out byte* p6, out byte* p7,
+            out byte* p8, out byte* p9, out byte* p10, out byte* p11, out byte* p12, out byte* p13, out byte* p14, out byte* p15, out var offLo, out var offHi);
+        for (int b = 0; b < B; b++) acc[b] = Vector512<float>.Zero;
+        byte* next = w + 16 * rowBytes;
+        var m4 = Vector512.Create((byte)0x0F);
+        var m30 = Vector512.Create((byte)0x30);
+        var pick01 = Vector512.Create(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
+        var pick23 = pick01 + Vector512.Create(2);
+        for (int sb = 0; sb < nb; sb++)
+        {
+            int o = sb * 210;
+            byte* pf = next + 16 * o; // the next group's sixteen rows: 16 · 210 B per super-block
+            for (int l = 0; l < 16 * 210; l += 64) Sse.Prefetch0(pf + l);
+            // the sixteen int8 scales, four per lane (sc_t: scales 4t … 4t+3), and d (the high half of bytes 206–209)
+            int so = o + 192;
+            Transpose16(p0 + so, p1 + so, p2 + so, p3 + so, p4 + so, p5 + so, p6 + so, p7 + so, p8 + so, p9 + so, p10 + so, p11 + so,
+                p12 + so, p13 + so, p14 + so, p15 + so, pick01, pick23, out var sc0, out var sc1, out var sc2, out var sc3);
+            var d = RowKernels.HalfToSingle(Avx512F.ShiftRightArithmetic(Gather16(w + o + 206, offLo, offHi), 16));
+            for (int b = 0; b < B; b++) isum[b] = Vector512<int>.Zero;
+            byte* xs = x + (long)sb * RowKernels.Q8KStride;
+            for (int h = 0; h < 2; h++)
+            {
+                int ql = o + 64 * h, qh = o + 128 + 32 * h;
+                Transpose16(p0 + ql, p1 + ql, p2 + ql, p3 + ql, p4 + ql, p5 + ql, p6 + ql, p7 + ql, p8 + ql, p9 + ql, p10 + ql, p11 + ql,
+                    p12 + ql, p13 + ql, p14 + ql, p15 + ql, pick01, pick23, out var a0, out var a1, out var a2, out var a3);
+                ql += 16;
+                Transpose16(p0 + ql, p1 + ql, p2 + ql, p3 + ql, p4 + ql, p5 + ql, p6 + ql, p7 + ql, p8 + ql, p9 + ql, p10 + ql, p11 + ql,
+                    p12 + ql, p13 + ql, p14 + ql, p15 + ql, pick01, pick23, out var a4, out var a5, out var a6, out var a7);
+                ql += 16;
+                Transpose16(p0 + ql, p1 + ql, p2 + ql, p3 + ql, p4 + ql, p5 + ql, p6 + ql, p7 + ql, p8 + ql, p9 + ql, p10 + ql, p11 + ql,
+                    p12 + ql, p13 + ql, p14 + ql, p15 + ql, pick01, pick23, out var c0, out var c1, out var c2, out var c3);
+                ql += 16;
+                Transpose16(p0 + ql, p1 + ql, p2 + ql, p3 + ql, p4 + ql, p5 + ql, p6 + ql, p7 + ql, p8 + ql, p9 + ql, p10 + ql, p11 + ql,
+                    p12 + ql, p13 + ql, p14 + ql, p15 + ql, pick01, pick23, out var c4, out var c5, out var c6, out var c7);
+                Transpose16(p0 + qh, p1 + qh, p2 + qh, p3 + qh, p4 + qh, p5 + qh, p6 + qh, p7 + qh, p8 + qh, p9 + qh, p10 + qh, p11 + qh,
+                    p12 + qh, p13 + qh, p14 + qh, p15 + qh, pick01, pick23, out var g0, out var g1, out var g2, out var g3);
+                qh += 16;
+                Transpose16(p0 + qh, p1 + qh, p2 + qh, p3 + qh, p4 + qh, p5 + qh, p6 + qh, p7 + qh, p8 + qh, p9 + qh, p10 + qh, p11 + qh,
+                    p12 + qh, p13 + qh, p14 + qh, p15 + qh, pick01, pick23, out var g4, out var g5, out var g6, out var g7);
+                // k = 0 … 3: values 128h + 32k + l, low nibbles of ql[64h + l] (k = 0) or ql[64h + 32 + l] (k = 1), high
+                // nibbles of those (k = 2, 3), each with bits 2k, 2k + 1 of qh[32h + l] as bits 4–5; registers 0–3 hold
+                // l = 0–15 (scale 8h + 2k), 4–7 l = 16–31 (scale 8h + 2k + 1)
+                for (int k = 0; k < 4; k++)
+                {
+                    var sct = (h, k >> 1) switch { (0, 0) => sc0, (0, _) => sc1, (1, 0) => sc2, _ => sc3 };
+                    int j = 2 * (k & 1);                                      // scale 8h + 2k is byte 2(k & 1) of sct
+                    byte* xl = xs + 128 * h + 32 * k;
+                    Vector512<byte> u0, u1, u2, u3, u4, u5, u6, u7;
+                    if (k == 0)
+                    {
+                        u0 = Lo6(a0, g0, m4, m30, 4); u1 = Lo6(a1, g1, m4, m30, 4); u2 = Lo6(a2, g2, m4, m30, 4); u3 = Lo6(a3, g3, m4, m30, 4);
+                        u4 = Lo6(a4, g4, m4, m30, 4); u5 = Lo6(a5, g5, m4, m30, 4); u6 = Lo6(a6, g6, m4, m30, 4); u7 = Lo6(a7, g7, m4, m30, 4);
+                    }
+                    else if (k == 1)
+                    {
+                        u0 = Lo6(c0, g0, m4, m30, 2); u1 = Lo6(c1, g1, m4, m30, 2); u2 = Lo6(c2, g2, m4, m30, 2); u3 = Lo6(c3, g3, m4, m30, 2);
+                        u4 = Lo6(c4, g4, m4, m30, 2); u5 = Lo6(c5, g5, m4, m30, 2); u6 = Lo6(c6, g6, m4, m30, 2); u7 = Lo6(c7, g7, m4, m30, 2);
+                    }
+                    else if (k == 2)
+                    {
+                        u0 = Hi6(a0, g0, m4, m30, 0); u1 = Hi6(a1, g1, m4, m30, 0); u2 = Hi6(a2, g2, m4, m30, 0); u3 = Hi6(a3, g3, m4, m30, 0);
+                        u4 = Hi6(a4, g4, m4, m30, 0); u5 = Hi6(a5, g5, m4, m30, 0); u6 = Hi6(a6, g6, m4, m30, 0); u7 = Hi6(a7, g7, m4, m30, 0);
+                    }
+                    else
+                    {
+                        u0 = Hi6(c0, g0, m4, m30, 2); u1 = Hi6(c1, g1, m4, m30, 2); u2 = Hi6(c2, g2, m4, m30, 2); u3 = Hi6(c3, g3, m4, m30, 2);
+                        u4 = Hi6(c4, g4, m4, m30, 2); u5 = Hi6(c5, g5, m4, m30, 2); u6 = Hi6(c6, g6, m4, m30, 2); u7 = Hi6(c7, g7, m4, m30, 2);
+                    }
+                    SubBlock6(u0, u1, u2, u3, SignedScale2(sct, 8 * j), xl, xStride, B, isum);
+                    SubBlock6(u4, u5, u6, u7, SignedScale2(sct, 8 * j + 8), xl + 16, xStride, B, isum);
+                }
+            }
+            // the 32s taken back: 32·Σ_j scale_j·bsum_j, scales 2p and 2p + 1 as the two int16 halves of each lane
+            var sp0 = SignedBytePair(sc0, 0); var sp1 = SignedBytePair(sc0, 16); var sp2 = SignedBytePair(sc1, 0); var sp3 = SignedBytePair(sc1, 16);
+            var sp4 = SignedBytePair(sc2, 0); var sp5 = SignedBytePair(sc2, 16); var sp6 = SignedBytePair(sc3, 0); var sp7 = SignedBytePair(sc3, 16);
+            byte* xa = xs;
+            for (int b = 0; b < B; b++, xa += xStride)
+            {
+                var corr = BsumDot(sp0, sp1, sp2, sp3, sp4, sp5, sp6, sp7, (int*)(xa + RowKernels.Q8KSums));
+                var total = isum[b] - Vector512.ShiftLeft(corr, 5);
+                acc[b] = Avx512F.FusedMultiplyAdd(Vector512.ConvertToSingle(total), Vector512.Create(*(float*)(xa + RowKernels.Q8KScale)) * d, acc[b]);
+            }
+        }
+        Store16(acc, B, rows, y, yStride);
+    }
+
+    /// <summary>Q6_K values from low nibbles: (q &amp; 15) | bits 2k, 2k + 1 of the qh bytes moved to bits 4–5 by a left shift
+    /// of <paramref name="up"/> (4 for k = 0, 2 for k = 1; bits crossing into the next byte are masked off).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<byte> Lo6(Vector512<int> q, Vector512<int> qh, Vector512<byte> m4, Vector512<byte> m30, [ConstantExpected] byte up)
+        => (q.AsByte() & m4) | (Vector512.ShiftLeft(qh.AsUInt16(), up).AsByte() & m30);
+
+    /// <summary>Q6_K values from high nibbles: (q &gt;&gt; 4) | bits 2k, 2k + 1 of qh moved to bits 4–5 by a right shift of
+    /// <paramref name="down"/> (0 for k = 2, 2 for k = 3).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<byte> Hi6(Vector512<int> q, Vector512<int> qh, Vector512<byte> m4, Vector512<byte> m30, [ConstantExpected] byte down)
+        => (Vector512.ShiftRightLogical(q.AsUInt16(), 4).AsByte() & m4) | (Vector512.ShiftRightLogical(qh.AsUInt16(), down).AsByte() & m30);
+
+    /// <summary>The signed byte at bit <paramref name="shift"/> of each lane in both int16 halves.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<short> SignedScale2(Vector512<int> v, int shift)
+    {
+        var s = Vector512.ShiftRightArithmetic(Vector512.ShiftLeft(v, 24 - shift), 24);
+        return ((s & Vector512.Create(0xFFFF)) | Vector512.ShiftLeft(s, 16)).AsInt16();
+    }
+
+    /// <summary>The signed bytes at bit <paramref name="shift"/> and shift + 8 of each lane as the lane's two int16 halves.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<short> SignedBytePair(Vector512<int> v, [ConstantExpected] int shift)
+    {
+        var lo = Vector512.ShiftRightArithmetic(Vector512.ShiftLeft(v, 24 - shift), 24);
+        var hi = Vector512.ShiftRightArithmetic(Vector512.ShiftLeft(v, 16 - shift), 24);
+        return ((lo & Vector512.Create(0xFFFF)) | Vector512.ShiftLeft(hi, 16)).AsInt16();
+    }
+
+    /// <summary>Sixteen Q6_K values of the sixteen rows (four steps of four, each ≤ 63) against B Q8_K activation rows (the
+    /// values' activations at xb + b·xStride): isum[b] += scale · Σ v·a per lane, two steps added in int16 at a time.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe void SubBlock6(Vector512<byte> v0, Vector512<byte> v1, Vector512<byte> v2, Vector512<byte> v3, Vector512<short> scale2,
+        byte* xb, int xStride, int B, Vector512<int>* isum)
+    {
+        for (int b = 0; b < B; b++, xb += xStride)
+        {
+            var t01 = Avx512BW.MultiplyAddAdjacent(v0, Vector512.Create(*(int*)xb).AsSByte())
+                    + Avx512BW.MultiplyAddAdjacent(v1, Vector512.Create(*(int*)(xb + 4)).AsSByte());
+            var t23 = Avx512BW.MultiplyAddAdjacent(v2, Vector512.Create(*(int*)(xb + 8)).AsSByte())
+                    + Avx512BW.MultiplyAddAdjacent(v3, Vector512.Create(*(int*)(xb + 12)).AsSByte());
+            isum[b] += Avx512BW.MultiplyAddAdjacent(t01, scale2) + Avx512BW.MultiplyAddAdjacent(t23, scale2);
+        }
+    }
+
     /// <summary>One Q4_K chunk (32 bytes per row as q0 … q7, lane k = row k's bytes 4t … 4t+3) against B activation rows:
     /// the low nibbles meet the 32 activations at xl, the high nibbles those at xl + 64; isum[b] += sLo · Σ lo·a +
     /// sHi · Σ hi·a per lane, each sub-block's eight steps added in int16 first.</summary>

@@ -625,4 +625,40 @@ public unsafe class RowKernelTests
         Assert.Equal(-127, (sbyte)reference[4]); // the bound is reached
         PrefillMatchesAloneAndScalar(type, wq, rb, rows, act, fb, reference, ab, B, n, 1e-3f);
     }
+    /// <summary>Q6_K prefill on AVX-512 (VecDot.DotQ6KRows16Avx512) adds two steps of four values in int16 before the
+    /// scale: at the bound — every value 63 (ql and qh all ones), activation quants all −127 — a pair of steps reaches
+    /// −32004, and it must stay exact: the scalar reference's value, and the bits of each row alone (the decode kernel,
+    /// RowKernels.Q6K1). Rows differ in d, scales (±127, −128, random) and pattern so that a lane, offset or scale
+    /// mix-up shows; 19 rows are a group of sixteen and one of three.</summary>
+    [Fact]
+    public void Q6KPrefillIsExactAtTheInt16Bound()
+    {
+        const GgmlType type = GgmlType.Q6_K;
+        const int n = 768, rows = 19, B = 5, nb = n / 256, rb = nb * 210;
+        var wq = new byte[rows * rb];
+        var rng = new Random(6);
+        for (int r = 0; r < rows; r++)
+            for (int i = 0; i < nb; i++)
+            {
+                int o = r * rb + i * 210;
+                // row 0: every value 63 and every scale 127; row 1: every value 0 (q6 = −32) and every scale −128;
+                // row 2: every value 63, scales −128; the others random bytes in runs and random scales
+                for (int j = 0; j < 192; j++)
+                    wq[o + j] = r is 0 or 2 ? (byte)0xFF : r == 1 ? (byte)0 : (r + i + j / 4) % 3 == 0 ? (byte)0xFF : (byte)rng.Next(256);
+                for (int j = 0; j < 16; j++) wq[o + 192 + j] = r == 0 ? (byte)127 : r is 1 or 2 ? (byte)0x80 : (byte)rng.Next(256);
+                BitConverter.TryWriteBytes(wq.AsSpan(o + 208), Fp16.FromSingle(0.01f * (1 + r) + i / 64f));
+            }
+        int fb = RowKernels.ActivationRowBytes(type, n), ab = (int)GgmlTypeInfo.RowBytes(VecDot.ActivationType(type), n);
+        var act = new byte[B * fb];
+        var reference = new byte[B * ab];
+        for (int b = 0; b < B; b++)
+        {
+            // ±2 in runs: every quant ±127; activation row 0 all −2
+            var x = Enumerable.Range(0, n).Select(j => (b == 0 || (j / 5 + b) % 2 == 0) ? -2f : 2f).ToArray();
+            RowKernels.PrepareActivations(type, x, act.AsSpan(b * fb, fb));
+            VecDot.QuantizeActivations(VecDot.ActivationType(type), x, reference.AsSpan(b * ab, ab));
+        }
+        Assert.Equal(-127, (sbyte)reference[4]); // the bound is reached
+        PrefillMatchesAloneAndScalar(type, wq, rb, rows, act, fb, reference, ab, B, n, 1e-3f);
+    }
 }
