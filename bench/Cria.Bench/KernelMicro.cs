@@ -69,6 +69,12 @@ static unsafe class KernelMicro
                 case "--chunk-kib": chunkList = args[++i].Split(',').Select(int.Parse).ToArray(); break;
                 default: Console.Error.WriteLine($"unknown argument {args[i]}"); return 2;
             }
+        if (pair && !RowKernels.HasPairedDecode(type, cols))
+        {
+            // RunPair would run another type's kernel over these bytes (the model never pairs such rows: MatMulJob asks first)
+            Console.Error.WriteLine($"--pair: {type} has no paired decode kernel on this machine (its decode runs rows one by one)");
+            return 2;
+        }
         int rowBytes = (int)GgmlTypeInfo.RowBytes(type, cols);
         int memRows = (int)((long)memMiB * 1024 * 1024 / rowBytes);
         var rng = new Random(1);

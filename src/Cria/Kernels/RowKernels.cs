@@ -55,7 +55,7 @@ public static unsafe partial class RowKernels
             => n / 32 * 44, // [nb] F32 scales, [nb, 32] int8 quants, [nb] int32 Σ quants, [nb] float s = F16(d·Σ quants) (VecDot.DotRows8Avx2)
         GgmlType.Q8_0 when Q80Int16 => n / 32 * 68,
         GgmlType.IQ4_NL when Iq4nlRows8(weightType) => n / 32 * 44, // as the legacy types
-        GgmlType.Q4_K or GgmlType.Q6_K when Avx512BW.IsSupported => n / 256 * Q8KStride,
+        GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K when Avx512BW.IsSupported => n / 256 * Q8KStride,
         _ => (int)GgmlTypeInfo.RowBytes(VecDot.ActivationType(weightType), n),
     };
 
@@ -78,9 +78,9 @@ public static unsafe partial class RowKernels
             case GgmlType.Q8_0 when Q80Int16:
                 QuantizeQ80Widened(x, dst);
                 return;
-            case GgmlType.Q4_K or GgmlType.Q6_K when Avx512BW.IsSupported:
+            case GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K when Avx512BW.IsSupported:
                 QuantizeQ8K(x, dst, kernelLayout: true);
-                if (weightType == GgmlType.Q4_K) PrepareQ8KForQ4K(dst, x.Length / 256);
+                if (weightType != GgmlType.Q6_K) PrepareQ8KForQ4K(dst, x.Length / 256);
                 return;
             case GgmlType.IQ4_NL when Iq4nlRows8(weightType):
                 QuantizeQ80Avx2(x, dst, split: true, sums: true);
@@ -407,7 +407,10 @@ public static unsafe partial class RowKernels
             switch (type)
             {
                 case GgmlType.Q4_K: // prefill runs sixteen weight rows at a time (RunBlock); a row alone, its decode kernel per activation row
-                    for (int b = 0; b < B; b++) y[(long)b * yStride] = Q4K1(w, x + (long)b * xStride, n / 256);
+                    for (int b = 0; b < B; b++) y[(long)b * yStride] = Q4K1<Q4KLayout>(w, x + (long)b * xStride, n / 256);
+                    return;
+                case GgmlType.Q5_K:
+                    for (int b = 0; b < B; b++) y[(long)b * yStride] = Q4K1<Q5KLayout>(w, x + (long)b * xStride, n / 256);
                     return;
                 case GgmlType.Q6_K: // as Q4_K: prefill sixteen weight rows at a time (RunBlock), a row alone its decode kernel
                     for (int b = 0; b < B; b++) y[(long)b * yStride] = Q6K1(w, x + (long)b * xStride, n / 256);
@@ -515,7 +518,12 @@ public static unsafe partial class RowKernels
             // One row at a time: two neighbouring rows interleaved (two streams 1152 B apart) decoded 36 against 58
             // tok/s here — the hardware prefetcher keeps one sequential stream per core ahead. Two *distant* rows
             // interleaved are faster than one (RunPair, which MatMulJob uses for decode).
-            for (int r = r0; r < r1; r++) y[r] = Q4K1(w + (long)r * rowBytes, x, n / 256);
+            for (int r = r0; r < r1; r++) y[r] = Q4K1<Q4KLayout>(w + (long)r * rowBytes, x, n / 256);
+            return;
+        }
+        if (Avx512BW.IsSupported && type == GgmlType.Q5_K)
+        {
+            for (int r = r0; r < r1; r++) y[r] = Q4K1<Q5KLayout>(w + (long)r * rowBytes, x, n / 256);
             return;
         }
         if (Avx512BW.IsSupported && type == GgmlType.Q6_K)
@@ -560,9 +568,9 @@ public static unsafe partial class RowKernels
     /// types followed by the block sums; IQ4_XS: Q8_K blocks in <see cref="VecDot.PermuteQ8KForIQ4XS"/>'s pair layout).</summary>
     internal static bool Avx2Rows(GgmlType type) => Avx2.IsSupported && Fma.IsSupported && type switch
     {
-        GgmlType.Q4_K or GgmlType.Q6_K => !Avx512BW.IsSupported,
+        GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K => !Avx512BW.IsSupported,
         GgmlType.Q8_0 => !Avx512BW.IsSupported || VecDot.Q80Rows16,
-        GgmlType.Q5_K or GgmlType.Q4_0 or GgmlType.Q3_K or GgmlType.Q2_K or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1
+        GgmlType.Q4_0 or GgmlType.Q3_K or GgmlType.Q2_K or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1
             or GgmlType.IQ4_NL or GgmlType.IQ4_XS => true,
         _ => GgmlTypeInfo.IsLattice(type),
     };
@@ -580,7 +588,7 @@ public static unsafe partial class RowKernels
     /// (<see cref="VecDot.DotQ6KRows16Avx512"/>) on AVX-512, and Q8_0 (<see cref="VecDot.DotQ80Rows16Avx512"/>) on AVX-512
     /// with AVX-VNNI; else <see cref="RowGroup"/>.</summary>
     internal static int PrefillRowGroup(GgmlType type) =>
-        type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q6_K && VecDot.Rows16
+        type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K && VecDot.Rows16
         || type == GgmlType.Q8_0 && VecDot.Q80Rows16 ? 16 : RowGroup(type);
 
     /// <summary>
@@ -602,13 +610,14 @@ public static unsafe partial class RowKernels
     [SkipLocalsInit] // isum is zeroed by the kernels, per super-block
     static void Rows16(GgmlType type, byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int n, float* y, int yStride, Vector512<float>* acc)
     {
-        if (type is GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q6_K)
+        if (type is GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K)
         {
             var isum = stackalloc Vector512<int>[B]; // the super-block integers of each activation row
             if (type == GgmlType.Q2_K) VecDot.DotQ2KRows16Avx512(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
             else if (type == GgmlType.Q3_K) VecDot.DotQ3KRows16Avx512(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
             else if (type == GgmlType.Q6_K) VecDot.DotQ6KRows16Avx512(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
-            else VecDot.DotQ4KRows16Avx512(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
+            else if (type == GgmlType.Q5_K) VecDot.DotQ4KRows16Avx512<Q5KLayout>(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
+            else VecDot.DotQ4KRows16Avx512<Q4KLayout>(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
             return;
         }
         switch (type)
@@ -801,17 +810,25 @@ public static unsafe partial class RowKernels
     // the arithmetic of the decode kernels below and of the sixteen-row prefill kernel (VecDot.DotQ4KRows16Avx512,
     // rows in lanes, no horizontal sums), so decode and prefill give the same bits.
 
+    /// <summary>The super-blocks with Q4_K's 6-bit scales and mins that the AVX-512 Q4_K kernels decode: Q4_K (144 B: d |
+    /// dmin | scales[12] | qs[128]) and Q5_K (176 B: the same with qh[32] before qs, bit j of qh[l] the 16 of value l of
+    /// sub-block j, values 0–31). A constant per instantiation, as <see cref="VecDot.IVnniChoice"/>.</summary>
+    internal interface IK45 { static abstract int Bytes { get; } static abstract bool Fifth { get; } }
+    internal readonly struct Q4KLayout : IK45 { public static int Bytes => 144; public static bool Fifth => false; }
+    internal readonly struct Q5KLayout : IK45 { public static int Bytes => 176; public static bool Fifth => true; }
+
     /// <summary>
-    /// Unpacks one Q4_K super-block: the four 64-byte quant vectors in the order <see cref="PrepareQ8KForQ4K"/> gives
+    /// Unpacks one Q4_K super-block (<typeparamref name="T"/> = <see cref="Q5KLayout"/>: Q5_K, the values with their fifth
+    /// bit): the four 64-byte quant vectors in the order <see cref="PrepareQ8KForQ4K"/> gives
     /// the activations (one 64-byte load of qs holds chunks 2p and 2p+1: its low nibbles are lo 2p | lo 2p+1, its high
     /// nibbles hi 2p | hi 2p+1), each sub-block's 6-bit scale spread over its int16 lanes (vpshufb), the eight mins as
     /// int16, and [d, 0, dmin, 0]. (Constants are written inline: in these AggressiveOptimization kernels the JIT embeds
     /// Vector*.Create constants, while static readonly fields would cost class-init checks.)
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void DecodeQ4K(byte* blk, out Vector512<byte> w0, out Vector512<byte> w1, out Vector512<byte> w2, out Vector512<byte> w3,
+    static void DecodeQ4K<T>(byte* blk, out Vector512<byte> w0, out Vector512<byte> w1, out Vector512<byte> w2, out Vector512<byte> w3,
         out Vector512<short> s0, out Vector512<short> s1, out Vector512<short> s2, out Vector512<short> s3,
-        out Vector128<short> mins, out Vector128<float> dd)
+        out Vector128<short> mins, out Vector128<float> dd) where T : IK45
     {
         var m4 = Vector512.Create((byte)0x0F);
         dd = Vector128.Create(Fp16.ToSingle(*(ushort*)blk), 0f, Fp16.ToSingle(*(ushort*)(blk + 2)), 0f);
@@ -830,9 +847,22 @@ public static unsafe partial class RowKernels
         s3 = Avx512BW.Shuffle(all, Vector512.Create((ushort)0x8005, 0x8005, 0x8005, 0x8005, 0x8005, 0x8005, 0x8005, 0x8005, 0x8005, 0x8005, 0x8005, 0x8005, 0x8005, 0x8005, 0x8005, 0x8005,
             0x8007, 0x8007, 0x8007, 0x8007, 0x8007, 0x8007, 0x8007, 0x8007, 0x8007, 0x8007, 0x8007, 0x8007, 0x8007, 0x8007, 0x8007, 0x8007).AsByte()).AsInt16();
         mins = Ssse3.Shuffle(scalesMins, Vector128.Create((ushort)0x8008, 0x8009, 0x800A, 0x800B, 0x800C, 0x800D, 0x800E, 0x800F).AsByte()).AsInt16(); // the mins as int16
-        var q01 = Vector512.Load(blk + 16); var q23 = Vector512.Load(blk + 80);
+        byte* qs = blk + (T.Fifth ? 48 : 16);
+        var q01 = Vector512.Load(qs); var q23 = Vector512.Load(qs + 64);
         w0 = q01 & m4; w1 = Vector512.ShiftRightLogical(q01.AsUInt16(), 4).AsByte() & m4;
         w2 = q23 & m4; w3 = Vector512.ShiftRightLogical(q23.AsUInt16(), 4).AsByte() & m4;
+        if (T.Fifth)
+        {
+            // Q5_K: bit j of qh[l] is the 16 of value l of sub-block j. qh in both 32-byte halves; each half's bit moved
+            // to bit 4 by a per-half 16-bit shift (bits crossing into the neighbouring byte are masked off): w0 holds
+            // sub-blocks 0 | 2 (qh << 4 | << 2), w1 1 | 3 (<< 3 | << 1), w2 4 | 6 (>> 0 | >> 2), w3 5 | 7 (>> 1 | >> 3).
+            var m16 = Vector512.Create((byte)0x10);
+            var qh = Both(Vector256.Load(blk + 16)).AsUInt16();
+            w0 |= Avx512BW.ShiftLeftLogicalVariable(qh, Vector512.Create((ushort)4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2)).AsByte() & m16;
+            w1 |= Avx512BW.ShiftLeftLogicalVariable(qh, Vector512.Create((ushort)3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)).AsByte() & m16;
+            w2 |= Avx512BW.ShiftRightLogicalVariable(qh, Vector512.Create((ushort)0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2)).AsByte() & m16;
+            w3 |= Avx512BW.ShiftRightLogicalVariable(qh, Vector512.Create((ushort)1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3)).AsByte() & m16;
+        }
     }
 
     /// <summary>
@@ -909,7 +939,7 @@ public static unsafe partial class RowKernels
     /// from the weights, accumulators in registers.</summary>
     [SkipLocalsInit]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static float Q4K1(byte* w, byte* x, int nb)
+    static float Q4K1<T>(byte* w, byte* x, int nb) where T : IK45
     {
         var acc = Vector128<float>.Zero;
         // Prefetched ahead as the other decode kernels: on the AMD EPYC VM the hardware prefetcher alone kept this one
@@ -918,13 +948,14 @@ public static unsafe partial class RowKernels
         // 2 threads), and TinyLlama Q4_K_M decoded 32.5 → 40.4 tok/s.
         // Two super-blocks per step, their folds shared (Q4KIntegers2); each still meets the chains in order.
         int i = 0;
-        for (; i + 2 <= nb; i += 2, w += 288, x += 2 * Q8KStride)
+        for (; i + 2 <= nb; i += 2, w += 2 * T.Bytes, x += 2 * Q8KStride)
         {
             Sse.Prefetch0(w + PrefetchDistance); Sse.Prefetch0(w + PrefetchDistance + 64); Sse.Prefetch0(w + PrefetchDistance + 128);
             Sse.Prefetch0(w + PrefetchDistance + 192); Sse.Prefetch0(w + PrefetchDistance + 256);
-            DecodeQ4K(w, out var a0, out var a1, out var a2, out var a3, out var as0, out var as1, out var as2, out var as3, out var am, out var ad);
+            if (T.Fifth) Sse.Prefetch0(w + PrefetchDistance + 320);
+            DecodeQ4K<T>(w, out var a0, out var a1, out var a2, out var a3, out var as0, out var as1, out var as2, out var as3, out var am, out var ad);
             var sumiA = Q4KSumi((sbyte*)x, a0, a1, a2, a3, as0, as1, as2, as3);
-            DecodeQ4K(w + 144, out var b0, out var b1, out var b2, out var b3, out var bs0, out var bs1, out var bs2, out var bs3, out var bm, out var bd);
+            DecodeQ4K<T>(w + T.Bytes, out var b0, out var b1, out var b2, out var b3, out var bs0, out var bs1, out var bs2, out var bs3, out var bm, out var bd);
             var sumiB = Q4KSumi((sbyte*)x + Q8KStride, b0, b1, b2, b3, bs0, bs1, bs2, bs3);
             var imin = Avx2.MultiplyAddAdjacent(Vector256.Create(am, bm), Vector256.Create(Vector128.Load((short*)(x + Q8KSums)), Vector128.Load((short*)(x + Q8KStride + Q8KSums))));
             var f = Q4KIntegers2(sumiA, sumiB, imin);
@@ -933,7 +964,7 @@ public static unsafe partial class RowKernels
         }
         if (i < nb)
         {
-            DecodeQ4K(w, out var w0, out var w1, out var w2, out var w3, out var s0, out var s1, out var s2, out var s3, out var mins, out var dd);
+            DecodeQ4K<T>(w, out var w0, out var w1, out var w2, out var w3, out var s0, out var s1, out var s2, out var s3, out var mins, out var dd);
             Q4KStep(x, w0, w1, w2, w3, s0, s1, s2, s3, mins, dd, ref acc);
         }
         return Q4KResult(acc);
@@ -1827,7 +1858,7 @@ public static unsafe partial class RowKernels
     {
         GgmlType.F16 => n >= 64 && Vector512.IsHardwareAccelerated || HalfRowsAvx2(n),
         GgmlType.BF16 => HalfRowsAvx2(n), // AVX2: Dot256Pair<Bf16Row>, the bits of DotBF16Avx2
-        GgmlType.Q4_K or GgmlType.Q6_K => Avx512BW.IsSupported,
+        GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K => Avx512BW.IsSupported,
         GgmlType.Q8_0 => Avx512BW.IsSupported || Avx2Rows(type), // AVX2: see VecDot.DotQ80RowExactAvx2Pair
         GgmlType.IQ4_XS => Avx2Rows(type), // VecDot.DotIQ4XSRowPair
         _ => false,
@@ -1849,7 +1880,8 @@ public static unsafe partial class RowKernels
         if (type == GgmlType.BF16) { DotBF16Avx2Pair((ushort*)wa, (ushort*)wb, (float*)x, n, out ya, out yb); return true; }
         switch (type)
         {
-            case GgmlType.Q4_K: Q4K1Pair(wa, wb, x, n / 256, out ya, out yb); return true;
+            case GgmlType.Q4_K: Q4K1Pair<Q4KLayout>(wa, wb, x, n / 256, out ya, out yb); return true;
+            case GgmlType.Q5_K: Q4K1Pair<Q5KLayout>(wa, wb, x, n / 256, out ya, out yb); return true;
             case GgmlType.Q6_K: Q6K1Pair(wa, wb, x, n / 256, out ya, out yb); return true;
             case GgmlType.Q8_0: Q801Pair(wa, wb, x, n / 32, out ya, out yb); return true;
             default:
@@ -1870,17 +1902,18 @@ public static unsafe partial class RowKernels
     /// <summary><see cref="Q4K1"/> on two rows at once, super-block by super-block.</summary>
     [SkipLocalsInit]
     [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
-    static void Q4K1Pair(byte* wa, byte* wb, byte* x, int nb, out float ya, out float yb)
+    static void Q4K1Pair<T>(byte* wa, byte* wb, byte* x, int nb, out float ya, out float yb) where T : IK45
     {
         Vector256<float> acc = default; // [S, 0, M, 0] of row a | of row b: Q4K1's chains, the folds shared (Q4KIntegers2)
-        for (int i = 0; i < nb; i++, wa += 144, wb += 144, x += Q8KStride)
+        for (int i = 0; i < nb; i++, wa += T.Bytes, wb += T.Bytes, x += Q8KStride)
         {
             // each row prefetched as Q4K1 prefetches it
             Sse.Prefetch0(wa + PrefetchDistance); Sse.Prefetch0(wa + PrefetchDistance + 64); Sse.Prefetch0(wa + PrefetchDistance + 128);
             Sse.Prefetch0(wb + PrefetchDistance); Sse.Prefetch0(wb + PrefetchDistance + 64); Sse.Prefetch0(wb + PrefetchDistance + 128);
-            DecodeQ4K(wa, out var a0, out var a1, out var a2, out var a3, out var as0, out var as1, out var as2, out var as3, out var am, out var ad);
+            if (T.Fifth) { Sse.Prefetch0(wa + PrefetchDistance + 175); Sse.Prefetch0(wb + PrefetchDistance + 175); }
+            DecodeQ4K<T>(wa, out var a0, out var a1, out var a2, out var a3, out var as0, out var as1, out var as2, out var as3, out var am, out var ad);
             var sumiA = Q4KSumi((sbyte*)x, a0, a1, a2, a3, as0, as1, as2, as3);
-            DecodeQ4K(wb, out var b0, out var b1, out var b2, out var b3, out var bs0, out var bs1, out var bs2, out var bs3, out var bm, out var bd);
+            DecodeQ4K<T>(wb, out var b0, out var b1, out var b2, out var b3, out var bs0, out var bs1, out var bs2, out var bs3, out var bm, out var bd);
             var sumiB = Q4KSumi((sbyte*)x, b0, b1, b2, b3, bs0, bs1, bs2, bs3);
             var bsums = Vector128.Load((short*)(x + Q8KSums));
             var f = Q4KIntegers2(sumiA, sumiB, Avx2.MultiplyAddAdjacent(Vector256.Create(am, bm), Vector256.Create(bsums, bsums)));

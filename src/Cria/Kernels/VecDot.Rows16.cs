@@ -334,7 +334,8 @@ public static partial class VecDot
     }
 
     /// <summary>
-    /// Q4_K rows [0, rows) (rows ≤ 16; 144 B: d | dmin | scales[12] | qs[128]) against B ≤ <see cref="RowKernels.Rows16Tile"/>
+    /// Q4_K rows [0, rows) (rows ≤ 16; 144 B: d | dmin | scales[12] | qs[128]; with <typeparamref name="T"/> =
+    /// <see cref="RowKernels.Q5KLayout"/> Q5_K, 176 B, qh[32] before qs: each value's fifth bit, <see cref="Chunk5"/>) against B ≤ <see cref="RowKernels.Rows16Tile"/>
     /// Q8_K activation rows in the Q4_K kernels' layout (<see cref="RowKernels.Q8KStride"/> B per super-block: qs[256]
     /// permuted, the eight sums of 32 as int16 at <see cref="RowKernels.Q8KSums"/>, d8 at <see cref="RowKernels.Q8KScale"/>),
     /// rows in lanes as <see cref="DotQ2KRows16Avx512"/>. Chunk c of qs (32 bytes) is transposed in two quarters, eight
@@ -346,8 +347,8 @@ public static partial class VecDot
     /// </summary>
     [SkipLocalsInit]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static unsafe void DotQ4KRows16Avx512(byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int nb,
-        float* y, int yStride, Vector512<float>* acc, Vector512<int>* isum)
+    internal static unsafe void DotQ4KRows16Avx512<T>(byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int nb,
+        float* y, int yStride, Vector512<float>* acc, Vector512<int>* isum) where T : RowKernels.IK45
     {
         Group16(w, rowBytes, rows, out byte* p0, out byte* p1, out byte* p2, out byte* p3, out byte* p4, out byte* p5, out byte* p6, out byte* p7,
             out byte* p8, out byte* p9, out byte* p10, out byte* p11, out byte* p12, out byte* p13, out byte* p14, out byte* p15, out _, out _);
@@ -357,11 +358,12 @@ public static partial class VecDot
         var k6 = Vector512.Create(0x3F3F3F3F); var k4 = Vector512.Create(0x0F0F0F0F); var k2 = Vector512.Create(0x03030303);
         var pick01 = Vector512.Create(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
         var pick23 = pick01 + Vector512.Create(2);
+        var m16 = Vector512.Create((byte)0x10);
         for (int sb = 0; sb < nb; sb++)
         {
-            int o = sb * 144;
-            byte* pf = next + 16 * o; // the next group's sixteen rows: 16 · 144 B per super-block
-            for (int l = 0; l < 16 * 144; l += 64) Sse.Prefetch0(pf + l);
+            int o = sb * T.Bytes;
+            byte* pf = next + 16 * o; // the next group's sixteen rows: 16 · Bytes per super-block
+            for (int l = 0; l < 16 * T.Bytes; l += 64) Sse.Prefetch0(pf + l);
             // d | dmin, and scales[12] as ggml's three words a0, a1, a2, of the sixteen rows
             Transpose16(p0 + o, p1 + o, p2 + o, p3 + o, p4 + o, p5 + o, p6 + o, p7 + o, p8 + o, p9 + o, p10 + o, p11 + o,
                 p12 + o, p13 + o, p14 + o, p15 + o, pick01, pick23, out var dd, out var a0, out var a1, out var a2);
@@ -372,10 +374,21 @@ public static partial class VecDot
             var sc47 = (a2 & k4) | Vector512.ShiftLeft(Vector512.ShiftRightLogical(a0, 6) & k2, 4);
             var mn03 = a1 & k6;
             var mn47 = (Vector512.ShiftRightLogical(a2, 4) & k4) | Vector512.ShiftLeft(Vector512.ShiftRightLogical(a1, 6) & k2, 4);
+            // Q5_K: qh[32] of the sixteen rows (bit j of byte l: the 16 of value l of sub-block j)
+            Vector512<int> f0 = default, f1 = default, f2 = default, f3 = default, f4 = default, f5 = default, f6 = default, f7 = default;
+            if (T.Fifth)
+            {
+                int h = o + 16;
+                Transpose16(p0 + h, p1 + h, p2 + h, p3 + h, p4 + h, p5 + h, p6 + h, p7 + h, p8 + h, p9 + h, p10 + h, p11 + h,
+                    p12 + h, p13 + h, p14 + h, p15 + h, pick01, pick23, out f0, out f1, out f2, out f3);
+                h += 16;
+                Transpose16(p0 + h, p1 + h, p2 + h, p3 + h, p4 + h, p5 + h, p6 + h, p7 + h, p8 + h, p9 + h, p10 + h, p11 + h,
+                    p12 + h, p13 + h, p14 + h, p15 + h, pick01, pick23, out f4, out f5, out f6, out f7);
+            }
             for (int b = 0; b < B; b++) isum[b] = Vector512<int>.Zero;
             for (int c = 0; c < 4; c++)
             {
-                int q = o + 16 + 32 * c;
+                int q = o + (T.Fifth ? 48 : 16) + 32 * c;
                 Transpose16(p0 + q, p1 + q, p2 + q, p3 + q, p4 + q, p5 + q, p6 + q, p7 + q, p8 + q, p9 + q, p10 + q, p11 + q,
                     p12 + q, p13 + q, p14 + q, p15 + q, pick01, pick23, out var q0, out var q1, out var q2, out var q3);
                 q += 16;
@@ -386,8 +399,13 @@ public static partial class VecDot
                 var sHi = Vector512.ShiftRightLogical(sct, 16 * (c & 1) + 8) & Vector512.Create(0xFF);   // of 2c + 1
                 // sub-block j's activations in the permuted layout: 128·(j / 4) + 32·(0, 2, 1, 3)[j % 4]
                 byte* xl = x + sb * RowKernels.Q8KStride + 128 * (c >> 1) + 32 * (c & 1);
-                Chunk(q0.AsByte(), q1.AsByte(), q2.AsByte(), q3.AsByte(), q4.AsByte(), q5.AsByte(), q6.AsByte(), q7.AsByte(), m4,
-                    (sLo | Vector512.ShiftLeft(sLo, 16)).AsInt16(), (sHi | Vector512.ShiftLeft(sHi, 16)).AsInt16(), xl, xStride, B, isum);
+                if (T.Fifth)
+                    Chunk5(q0.AsByte(), q1.AsByte(), q2.AsByte(), q3.AsByte(), q4.AsByte(), q5.AsByte(), q6.AsByte(), q7.AsByte(),
+                        f0.AsByte(), f1.AsByte(), f2.AsByte(), f3.AsByte(), f4.AsByte(), f5.AsByte(), f6.AsByte(), f7.AsByte(), 2 * c, m4, m16,
+                        (sLo | Vector512.ShiftLeft(sLo, 16)).AsInt16(), (sHi | Vector512.ShiftLeft(sHi, 16)).AsInt16(), xl, xStride, B, isum);
+                else
+                    Chunk(q0.AsByte(), q1.AsByte(), q2.AsByte(), q3.AsByte(), q4.AsByte(), q5.AsByte(), q6.AsByte(), q7.AsByte(), m4,
+                        (sLo | Vector512.ShiftLeft(sLo, 16)).AsInt16(), (sHi | Vector512.ShiftLeft(sHi, 16)).AsInt16(), xl, xStride, B, isum);
             }
             // mins of sub-blocks 2p, 2p + 1 as the two int16 halves of each lane, against the sums of 32
             var mp0 = BytePair(mn03, 0); var mp1 = BytePair(mn03, 16); var mp2 = BytePair(mn47, 0); var mp3 = BytePair(mn47, 16);
@@ -581,6 +599,50 @@ public static partial class VecDot
             isum[b] += Avx512BW.MultiplyAddAdjacent(tl, sLo) + Avx512BW.MultiplyAddAdjacent(th, sHi);
         }
     }
+
+    /// <summary><see cref="Chunk"/> for Q5_K: each nibble with its fifth bit (bit <paramref name="j"/> of the transposed qh
+    /// bytes h0 … h7 for the low nibbles, sub-block j; bit j + 1 for the high nibbles) as 16, values 0–31, so each
+    /// sub-block's steps are added in int16 four at a time (at most 4·2·31·128 = 31744), each four then one
+    /// <c>vpmaddwd</c> by the scale.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe void Chunk5(Vector512<byte> q0, Vector512<byte> q1, Vector512<byte> q2, Vector512<byte> q3, Vector512<byte> q4,
+        Vector512<byte> q5, Vector512<byte> q6, Vector512<byte> q7, Vector512<byte> h0, Vector512<byte> h1, Vector512<byte> h2,
+        Vector512<byte> h3, Vector512<byte> h4, Vector512<byte> h5, Vector512<byte> h6, Vector512<byte> h7, int j,
+        Vector512<byte> m4, Vector512<byte> m16, Vector512<short> sLo, Vector512<short> sHi, byte* xl, int xStride, int B, Vector512<int>* isum)
+    {
+        // bit j of each byte to bit 4 (16-bit shifts: what crosses into the neighbouring byte is masked off)
+        var l0 = (q0 & m4) | Fifth(h0, j, m16); var l1 = (q1 & m4) | Fifth(h1, j, m16);
+        var l2 = (q2 & m4) | Fifth(h2, j, m16); var l3 = (q3 & m4) | Fifth(h3, j, m16);
+        var l4 = (q4 & m4) | Fifth(h4, j, m16); var l5 = (q5 & m4) | Fifth(h5, j, m16);
+        var l6 = (q6 & m4) | Fifth(h6, j, m16); var l7 = (q7 & m4) | Fifth(h7, j, m16);
+        var u0 = (Vector512.ShiftRightLogical(q0.AsUInt16(), 4).AsByte() & m4) | Fifth(h0, j + 1, m16);
+        var u1 = (Vector512.ShiftRightLogical(q1.AsUInt16(), 4).AsByte() & m4) | Fifth(h1, j + 1, m16);
+        var u2 = (Vector512.ShiftRightLogical(q2.AsUInt16(), 4).AsByte() & m4) | Fifth(h2, j + 1, m16);
+        var u3 = (Vector512.ShiftRightLogical(q3.AsUInt16(), 4).AsByte() & m4) | Fifth(h3, j + 1, m16);
+        var u4 = (Vector512.ShiftRightLogical(q4.AsUInt16(), 4).AsByte() & m4) | Fifth(h4, j + 1, m16);
+        var u5 = (Vector512.ShiftRightLogical(q5.AsUInt16(), 4).AsByte() & m4) | Fifth(h5, j + 1, m16);
+        var u6 = (Vector512.ShiftRightLogical(q6.AsUInt16(), 4).AsByte() & m4) | Fifth(h6, j + 1, m16);
+        var u7 = (Vector512.ShiftRightLogical(q7.AsUInt16(), 4).AsByte() & m4) | Fifth(h7, j + 1, m16);
+        for (int b = 0; b < B; b++, xl += xStride)
+        {
+            int* a = (int*)xl;
+            var ta = (Avx512BW.MultiplyAddAdjacent(l0, Vector512.Create(a[0]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(l1, Vector512.Create(a[1]).AsSByte()))
+                   + (Avx512BW.MultiplyAddAdjacent(l2, Vector512.Create(a[2]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(l3, Vector512.Create(a[3]).AsSByte()));
+            var tb = (Avx512BW.MultiplyAddAdjacent(l4, Vector512.Create(a[4]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(l5, Vector512.Create(a[5]).AsSByte()))
+                   + (Avx512BW.MultiplyAddAdjacent(l6, Vector512.Create(a[6]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(l7, Vector512.Create(a[7]).AsSByte()));
+            var tc = (Avx512BW.MultiplyAddAdjacent(u0, Vector512.Create(a[16]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(u1, Vector512.Create(a[17]).AsSByte()))
+                   + (Avx512BW.MultiplyAddAdjacent(u2, Vector512.Create(a[18]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(u3, Vector512.Create(a[19]).AsSByte()));
+            var td = (Avx512BW.MultiplyAddAdjacent(u4, Vector512.Create(a[20]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(u5, Vector512.Create(a[21]).AsSByte()))
+                   + (Avx512BW.MultiplyAddAdjacent(u6, Vector512.Create(a[22]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(u7, Vector512.Create(a[23]).AsSByte()));
+            isum[b] += (Avx512BW.MultiplyAddAdjacent(ta, sLo) + Avx512BW.MultiplyAddAdjacent(tb, sLo))
+                     + (Avx512BW.MultiplyAddAdjacent(tc, sHi) + Avx512BW.MultiplyAddAdjacent(td, sHi));
+        }
+    }
+
+    /// <summary>Bit <paramref name="j"/> of every byte moved to bit 4 (16 where it is set, else 0).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<byte> Fifth(Vector512<byte> h, int j, Vector512<byte> m16) =>
+        (j <= 4 ? Vector512.ShiftLeft(h.AsUInt16(), 4 - j) : Vector512.ShiftRightLogical(h.AsUInt16(), j - 4)).AsByte() & m16;
 
     /// <summary>Bytes at bit <paramref name="shift"/> and shift + 8 of each lane as the lane's two int16 halves.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

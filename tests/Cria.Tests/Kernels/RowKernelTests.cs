@@ -661,4 +661,38 @@ public unsafe class RowKernelTests
         Assert.Equal(-127, (sbyte)reference[4]); // the bound is reached
         PrefillMatchesAloneAndScalar(type, wq, rb, rows, act, fb, reference, ab, B, n, 1e-3f);
     }
+    /// <summary>Q5_K prefill on AVX-512 (VecDot.DotQ4KRows16Avx512 with RowKernels.Q5KLayout) adds four steps of four
+    /// values in int16: at the bound — every value 31 (nibbles 15, every qh bit set), scales and mins 63, activation
+    /// quants all −127 — four steps reach −31496, and they must stay exact: the scalar reference's value, and the bits of
+    /// each row alone (the decode kernel). Row 2 has every value 16 (only the fifth bits), so a fifth bit taken from the
+    /// wrong qh bit or byte shows; the others random scales, nibbles and qh.</summary>
+    [Fact]
+    public void Q5KPrefillIsExactAtTheInt16Bound()
+    {
+        const GgmlType type = GgmlType.Q5_K;
+        const int n = 768, rows = 19, B = 5, nb = n / 256, rb = nb * 176;
+        var wq = new byte[rows * rb];
+        var rng = new Random(7);
+        for (int r = 0; r < rows; r++)
+            for (int i = 0; i < nb; i++)
+            {
+                int o = r * rb + i * 176;
+                BitConverter.TryWriteBytes(wq.AsSpan(o), Fp16.FromSingle(0.01f * (1 + r) + i / 64f));
+                BitConverter.TryWriteBytes(wq.AsSpan(o + 2), Fp16.FromSingle(0.003f * (r + 1) - 0.001f * i));
+                for (int j = 0; j < 12; j++) wq[o + 4 + j] = r is 0 or 2 ? (byte)0xFF : (byte)rng.Next(256);
+                for (int j = 0; j < 32; j++) wq[o + 16 + j] = r is 0 or 2 ? (byte)0xFF : r == 1 ? (byte)0 : (byte)rng.Next(256);
+                for (int j = 0; j < 128; j++) wq[o + 48 + j] = r == 0 ? (byte)0xFF : r is 1 or 2 ? (byte)0 : (r + i + j / 4) % 3 == 0 ? (byte)0xFF : (byte)rng.Next(256);
+            }
+        int fb = RowKernels.ActivationRowBytes(type, n), ab = (int)GgmlTypeInfo.RowBytes(VecDot.ActivationType(type), n);
+        var act = new byte[B * fb];
+        var reference = new byte[B * ab];
+        for (int b = 0; b < B; b++)
+        {
+            var x = Enumerable.Range(0, n).Select(j => (b == 0 || (j / 3 + b) % 2 == 0) ? -2f : 2f).ToArray();
+            RowKernels.PrepareActivations(type, x, act.AsSpan(b * fb, fb));
+            VecDot.QuantizeActivations(VecDot.ActivationType(type), x, reference.AsSpan(b * ab, ab));
+        }
+        Assert.Equal(-127, (sbyte)reference[4]); // the bound is reached
+        PrefillMatchesAloneAndScalar(type, wq, rb, rows, act, fb, reference, ab, B, n, 1e-3f);
+    }
 }
