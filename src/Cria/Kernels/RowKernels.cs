@@ -24,7 +24,7 @@ public static unsafe partial class RowKernels
     const int Q80TileRows = 16, Q80PartBlocks = 40960 / (Q80TileRows * 68) / 4 * 4;
 
     /// <summary>
-    /// Bytes of one Q8_K super-block in the layout the Q4_K / Q6_K kernels read (AVX-512): qs[256] int8 at 0 (for Q4_K
+    /// Bytes of one Q8_K super-block in the layout the Q4_K / Q5_K / Q6_K kernels read (AVX-512): qs[256] int8 at 0 (for Q4_K and Q5_K
     /// permuted, <see cref="PrepareQ8KForQ4K"/>) | bsums[16] int16 at 256 (for Q4_K: the 8 sums of 32, see there) | d f32 at
     /// 288 | 28 bytes of padding — five cache lines, so that every 64-byte load of quants is one aligned line. ggml's
     /// block_q8_K (292 B, d first) put each of the four quant loads of a step across two lines.
@@ -495,7 +495,7 @@ public static unsafe partial class RowKernels
 
     /// <summary>
     /// Rows [r0, r1) of a weight matrix against one activation row: y[r] = dot(W row r, x). The decode path (B = 1).
-    /// For Q4_K and Q6_K the accumulators stay in registers and the weights are prefetched ahead; the arithmetic and
+    /// For Q4_K, Q5_K and Q6_K the accumulators stay in registers and the weights are prefetched ahead; the arithmetic and
     /// its order are exactly those of <see cref="Run"/> with B = 1, so both give the same bits.
     /// </summary>
     /// <param name="finiteF16">The caller vouches that these F16 rows hold no infinity or NaN
@@ -560,9 +560,9 @@ public static unsafe partial class RowKernels
     internal static bool HalfRowsAvx2(int n) => n >= 32 && !Vector512.IsHardwareAccelerated && Avx2.IsSupported && Fma.IsSupported;
 
     /// <summary>Rows that run through the AVX2 kernels of <see cref="VecDot"/> directly (no span or size checks per row):
-    /// Q4_K, Q6_K and Q8_0 on machines with AVX2 and FMA but no AVX-512 (e.g. AMD Zen 2/3, Intel before Ice Lake; with
+    /// Q4_K, Q5_K, Q6_K and Q8_0 on machines with AVX2 and FMA but no AVX-512 (e.g. AMD Zen 2/3, Intel before Ice Lake; with
     /// AVX-512 they have their own kernels — Q8_0 only where AVX-VNNI is missing: with it, Q8_0 decodes here and runs its
-    /// prefill sixteen rows at a time, <see cref="VecDot.Q80Rows16"/>), and Q5_K, Q3_K, Q2_K, the i-quants and the legacy Q4_0, Q4_1, Q5_0, Q5_1
+    /// prefill sixteen rows at a time, <see cref="VecDot.Q80Rows16"/>), and Q3_K, Q2_K, the i-quants and the legacy Q4_0, Q4_1, Q5_0, Q5_1
     /// (eight rows at a time, <see cref="RowGroup"/>) on every AVX2 + FMA machine. Activations are ggml's Q8_K blocks (for Q4_K and Q5_K
     /// with float min sums, <see cref="Q8KFloatMins"/>) or Q8_0 quants in the split layout (scales first; for the legacy
     /// types followed by the block sums; IQ4_XS: Q8_K blocks in <see cref="VecDot.PermuteQ8KForIQ4XS"/>'s pair layout).</summary>
@@ -585,7 +585,7 @@ public static unsafe partial class RowKernels
     /// <summary>Rows a prefill kernel (<see cref="RunBlock"/>) runs together: sixteen for Q4_0, Q4_1, Q5_0, Q5_1
     /// (<see cref="VecDot.DotRows16Avx512{T}"/>), Q2_K (<see cref="VecDot.DotQ2KRows16Avx512"/>), Q3_K
     /// (<see cref="VecDot.DotQ3KRows16Avx512"/>), Q4_K (<see cref="VecDot.DotQ4KRows16Avx512"/>) and Q6_K
-    /// (<see cref="VecDot.DotQ6KRows16Avx512"/>) on AVX-512, and Q8_0 (<see cref="VecDot.DotQ80Rows16Avx512"/>) on AVX-512
+    /// (<see cref="VecDot.DotQ6KRows16Avx512"/>) on AVX-512 — Q5_K through Q4_K's kernel with its fifth bits — and Q8_0 (<see cref="VecDot.DotQ80Rows16Avx512"/>) on AVX-512
     /// with AVX-VNNI; else <see cref="RowGroup"/>.</summary>
     internal static int PrefillRowGroup(GgmlType type) =>
         type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K && VecDot.Rows16
@@ -605,7 +605,7 @@ public static unsafe partial class RowKernels
 
     /// <summary>Prefill: <see cref="VecDot.DotRows16Avx512{T}"/> for a legacy type, <see cref="VecDot.DotQ80Rows16Avx512"/> for
     /// Q8_0, <see cref="VecDot.DotQ2KRows16Avx512"/> for Q2_K, <see cref="VecDot.DotQ3KRows16Avx512"/> for Q3_K,
-    /// <see cref="VecDot.DotQ4KRows16Avx512"/> for Q4_K, <see cref="VecDot.DotQ6KRows16Avx512"/> for Q6_K.
+    /// <see cref="VecDot.DotQ4KRows16Avx512"/> for Q4_K and Q5_K, <see cref="VecDot.DotQ6KRows16Avx512"/> for Q6_K.
     /// <paramref name="acc"/> holds 8·B vectors (Q8_0's eight accumulators per activation row).</summary>
     [SkipLocalsInit] // isum is zeroed by the kernels, per super-block
     static void Rows16(GgmlType type, byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int n, float* y, int yStride, Vector512<float>* acc)
@@ -935,7 +935,7 @@ public static unsafe partial class RowKernels
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static float Q4KResult(Vector128<float> acc) => acc.ToScalar() - acc.GetElement(2);
 
-    /// <summary>One Q4_K weight row against one activation row (decode): <see cref="Q4KStep"/> per super-block straight
+    /// <summary>One Q4_K (or Q5_K: <typeparamref name="T"/>) weight row against one activation row (decode): <see cref="Q4KStep"/> per super-block straight
     /// from the weights, accumulators in registers.</summary>
     [SkipLocalsInit]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

@@ -81,7 +81,7 @@ public unsafe class RowKernelTests
             // ranges [0, 3) and [3, rows): edges alone, two 4-row blocks of the AVX-512 float kernel (blocks of 3, 3 and 2
             // rows without AVX-512); kernels that run eight rows
             // at a time (RowGroup: Q8_0 and the legacy types on AVX2) get [3, 21): two full groups and one of two; so do
-            // the prefill kernels that run sixteen (PrefillRowGroup: the legacy types, Q2_K and Q3_K on AVX-512): one full
+            // the prefill kernels that run sixteen (PrefillRowGroup: the legacy types, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K on AVX-512): one full
             // group and one of two
             int rows = RowKernels.RowGroup(type) == 8 || RowKernels.PrefillRowGroup(type) == 16 ? 21 : 11;
             long rb = GgmlTypeInfo.RowBytes(type, n);
