@@ -456,7 +456,8 @@ public static unsafe partial class RowKernels
     /// <summary>K-quant and i-quant types whose AVX2 kernels run one weight row against four activation rows
     /// (<see cref="RunFour"/>): the weight row is unpacked once for four dot products.</summary>
     internal static bool HasFourRowKernel(GgmlType type) =>
-        Avx2Rows(type) && (type is GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.Q3_K or GgmlType.Q2_K or GgmlType.IQ4_XS
+        Avx2Rows(type) && (type is GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.Q3_K or GgmlType.Q2_K
+            || type == GgmlType.IQ4_XS && !VecDot.Rows16 // with AVX-512, IQ4_XS's exact family (sixteen-row prefill, one-row decode)
             || GgmlTypeInfo.IsLattice(type));
 
     static void RunFour(GgmlType type, byte* w, byte* x, int xStride, int n, float* y, int yStride)
@@ -588,7 +589,7 @@ public static unsafe partial class RowKernels
     /// (<see cref="VecDot.DotQ6KRows16Avx512"/>) on AVX-512 — Q5_K through Q4_K's kernel with its fifth bits — and Q8_0 (<see cref="VecDot.DotQ80Rows16Avx512"/>) on AVX-512
     /// with AVX-VNNI; else <see cref="RowGroup"/>.</summary>
     internal static int PrefillRowGroup(GgmlType type) =>
-        type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K && VecDot.Rows16
+        type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.IQ4_XS && VecDot.Rows16
         || type == GgmlType.Q8_0 && VecDot.Q80Rows16 ? 16 : RowGroup(type);
 
     /// <summary>
@@ -610,11 +611,12 @@ public static unsafe partial class RowKernels
     [SkipLocalsInit] // isum is zeroed by the kernels, per super-block
     static void Rows16(GgmlType type, byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int n, float* y, int yStride, Vector512<float>* acc)
     {
-        if (type is GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K)
+        if (type is GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.IQ4_XS)
         {
             var isum = stackalloc Vector512<int>[B]; // the super-block integers of each activation row
             if (type == GgmlType.Q2_K) VecDot.DotQ2KRows16Avx512(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
             else if (type == GgmlType.Q3_K) VecDot.DotQ3KRows16Avx512(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
+            else if (type == GgmlType.IQ4_XS) VecDot.DotIQ4XSRows16Avx512(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
             else if (type == GgmlType.Q6_K) VecDot.DotQ6KRows16Avx512(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
             else if (type == GgmlType.Q5_K) VecDot.DotQ4KRows16Avx512<Q5KLayout>(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
             else VecDot.DotQ4KRows16Avx512<Q4KLayout>(w, rowBytes, rows, x, xStride, B, n / 256, y, yStride, acc, isum);
@@ -669,7 +671,7 @@ public static unsafe partial class RowKernels
         GgmlType.Q3_K => VecDot.DotQ3KAvx2(w, x, n / 256),
         GgmlType.Q2_K => VecDot.Rows16 ? VecDot.DotQ2KAvx512(w, x, n / 256) : VecDot.DotQ2KAvx2(w, x, n / 256),
         GgmlType.Q6_K => VecDot.DotQ6KAvx2(w, x, n / 256),
-        GgmlType.IQ4_XS => VecDot.DotIQ4XSRow(w, x, n / 256),
+        GgmlType.IQ4_XS => VecDot.Rows16 ? VecDot.DotIQ4XSRowExact<VecDot.HasVnni>(w, x, n / 256) : VecDot.DotIQ4XSRow(w, x, n / 256),
         GgmlType.IQ4_NL => VecDot.DotIQ4NLAvx2(w, x, n / 32),
         GgmlType.IQ2_XXS => Avx512BW.IsSupported ? VecDot.DotSignedLatticeAvx512<VecDot.IQ2XXSWide>(w, x, n / 256) : VecDot.DotLatticeAvx2<VecDot.IQ2XXSBlock>(w, x, n / 256),
         GgmlType.IQ2_XS => Avx512BW.IsSupported ? VecDot.DotSignedLatticeAvx512<VecDot.IQ2XSWide>(w, x, n / 256) : VecDot.DotLatticeAvx2<VecDot.IQ2XSBlock>(w, x, n / 256),
@@ -1876,7 +1878,12 @@ public static unsafe partial class RowKernels
     internal static bool RunPair(GgmlType type, byte* wa, byte* wb, byte* x, int n, out float ya, out float yb, bool finiteF16 = false)
     {
         if (type == GgmlType.Q8_0 && Avx2Rows(type)) { VecDot.DotQ80RowExactAvx2Pair<VecDot.HasVnni>(wa, wb, x, n / 32, out ya, out yb); return true; }
-        if (type == GgmlType.IQ4_XS) { VecDot.DotIQ4XSRowPair(wa, wb, x, n / 256, out ya, out yb); return true; }
+        if (type == GgmlType.IQ4_XS)
+        {
+            if (VecDot.Rows16) VecDot.DotIQ4XSRowPairExact<VecDot.HasVnni>(wa, wb, x, n / 256, out ya, out yb);
+            else VecDot.DotIQ4XSRowPair(wa, wb, x, n / 256, out ya, out yb);
+            return true;
+        }
         if (type == GgmlType.BF16) { DotBF16Avx2Pair((ushort*)wa, (ushort*)wb, (float*)x, n, out ya, out yb); return true; }
         switch (type)
         {

@@ -54,6 +54,12 @@ public static partial class VecDot
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static unsafe Vector256<float> IQ4XSPairStep<TVnni>(byte* x, byte* y, ref float f16) where TVnni : IVnniChoice
+        => Vector256.ConvertToSingle(IQ4XSSumi<TVnni>(x, y)) * Vector256.Create(Unsafe.Add(ref f16, *(ushort*)x) * *(float*)y);
+
+    /// <summary><see cref="IQ4XSPairStep"/>'s integers: eight int32 lanes, exact, whose sum is the super-block's
+    /// isum = Σ_ib (ls_ib − 32)·Σ level·q.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe Vector256<int> IQ4XSSumi<TVnni>(byte* x, byte* y) where TVnni : IVnniChoice
     {
         // the eight 6-bit scales − 32 as int32 lanes: low four bits from scales_l (4·ib), high two from scales_h (2·ib)
         var lsv = ((Avx2.ShiftRightLogicalVariable(Vector256.Create(*(uint*)(x + 4)), Vector256.Create(0u, 4, 8, 12, 16, 20, 24, 28)) & Vector256.Create(0xFu))
@@ -71,7 +77,7 @@ public static partial class VecDot
             var lsTwice = (lsv << 16 | (lsv & Vector256.Create(0xFFFF))).AsInt16();
             sumi -= Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(y + 260)), lsTwice) << 7;
         }
-        return Vector256.ConvertToSingle(sumi) * Vector256.Create(Unsafe.Add(ref f16, *(ushort*)x) * *(float*)y);
+        return sumi;
     }
 
     /// <summary>Step p of <see cref="IQ4XSPairStep"/>: 32 bytes of weight indices (sub-blocks 2p, 2p + 1) against 64
@@ -138,6 +144,136 @@ public static partial class VecDot
         }
         ya = Vector256.Sum(accA);
         yb = Vector256.Sum(accB);
+    }
+
+    // ---- the exact family (AVX-512 machines, VecDot.Rows16): per super-block the exact isum (IQ4XSSumi's lanes summed),
+    // then one float chain per row, S = fma(isum, d·d8, S) — the arithmetic of the sixteen-row prefill kernel
+    // (DotIQ4XSRows16Avx512, rows in lanes), so decode and prefill give the same bits. (The lane family above keeps
+    // eight float lanes per row: AVX2 machines, where prefill runs four activation rows per weight row.)
+
+    /// <summary>One IQ4_XS row against one pair-layout activation row, the exact family: two super-blocks per step, their
+    /// lanes folded together (<see cref="SumPair"/>), each meeting the chain in order.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe float DotIQ4XSRowExact<TVnni>(byte* x, byte* y, int nb) where TVnni : IVnniChoice
+    {
+        float acc = 0;
+        ref float f16 = ref Fp16.TableStart;
+        int i = 0;
+        for (; i + 2 <= nb; i += 2, x += 272, y += 584)
+        {
+            PrefetchIQ4XS(x); PrefetchIQ4XS(x + 136);
+            var f = SumPair(IQ4XSSumi<TVnni>(x, y), IQ4XSSumi<TVnni>(x + 136, y + 292));
+            acc = MathF.FusedMultiplyAdd(f.ToScalar(), Unsafe.Add(ref f16, *(ushort*)x) * *(float*)y, acc);
+            acc = MathF.FusedMultiplyAdd(f.GetElement(1), Unsafe.Add(ref f16, *(ushort*)(x + 136)) * *(float*)(y + 292), acc);
+        }
+        if (i < nb)
+        {
+            var si = IQ4XSSumi<TVnni>(x, y);
+            acc = MathF.FusedMultiplyAdd(SumPair(si, si).ToScalar(), Unsafe.Add(ref f16, *(ushort*)x) * *(float*)y, acc);
+        }
+        return acc;
+    }
+
+    /// <summary><see cref="DotIQ4XSRowExact{TVnni}"/> on two weight rows far apart, their folds shared; each result has
+    /// the one-row kernel's bits.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
+    internal static unsafe void DotIQ4XSRowPairExact<TVnni>(byte* xa, byte* xb, byte* y, int nb, out float ya, out float yb) where TVnni : IVnniChoice
+    {
+        var acc = Vector128<float>.Zero; // [S of row a, S of row b, ·, ·]
+        ref float f16 = ref Fp16.TableStart;
+        for (int i = 0; i < nb; i++, xa += 136, xb += 136, y += 292)
+        {
+            PrefetchIQ4XS(xa); PrefetchIQ4XS(xb);
+            var f = SumPair(IQ4XSSumi<TVnni>(xa, y), IQ4XSSumi<TVnni>(xb, y));
+            acc = Fma.MultiplyAdd(f, Vector128.Create(Unsafe.Add(ref f16, *(ushort*)xa), Unsafe.Add(ref f16, *(ushort*)xb), 0f, 0f) * Vector128.Create(*(float*)y), acc);
+        }
+        ya = acc.ToScalar();
+        yb = acc.GetElement(1);
+    }
+
+    /// <summary>
+    /// IQ4_XS rows [0, rows) (rows ≤ 16; 136 B: d | scales_h | scales_l[4] | qs[128]) against B ≤
+    /// <see cref="RowKernels.Rows16Tile"/> activation rows in the pair layout (<see cref="PermuteQ8KForIQ4XS"/>), rows in
+    /// lanes as <see cref="DotQ4KRows16Avx512{T}"/>. Per sub-block its 16 bytes of qs are transposed (four registers of
+    /// four bytes per lane), each nibble becomes its level by one table shuffle, and the signed·signed product is
+    /// |level| · (a with the level's sign): <c>vpmaddubsw</c> (pairs at most 2·127·127, so each is widened at once by
+    /// <c>vpmaddwd</c> against the sub-block's scale ls − 32). Per row the arithmetic is the exact family's
+    /// (<see cref="DotIQ4XSRowExact{TVnni}"/>): the exact isum of each super-block, then S = fma(isum, d8·d, S).
+    /// </summary>
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe void DotIQ4XSRows16Avx512(byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int nb,
+        float* y, int yStride, Vector512<float>* acc, Vector512<int>* isum)
+    {
+        Group16(w, rowBytes, rows, out byte* p0, out byte* p1, out byte* p2, out byte* p3, out byte* p4, out byte* p5, out byte* p6, out byte* p7,
+            out byte* p8, out byte* p9, out byte* p10, out byte* p11, out byte* p12, out byte* p13, out byte* p14, out byte* p15, out var offLo, out var offHi);
+        for (int b = 0; b < B; b++) acc[b] = Vector512<float>.Zero;
+        byte* next = w + 16 * rowBytes;
+        var m4 = Vector512.Create((byte)0x0F);
+        var table = Vector512.Create(IQ4LevelTable(), IQ4LevelTable()); // the sixteen levels in every 128-bit lane
+        var pick01 = Vector512.Create(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
+        var pick23 = pick01 + Vector512.Create(2);
+        for (int sb = 0; sb < nb; sb++)
+        {
+            int o = sb * 136;
+            byte* pf = next + 16 * o; // the next group's sixteen rows: 16 · 136 B per super-block
+            for (int l = 0; l < 16 * 136; l += 64) Sse.Prefetch0(pf + l);
+            var head = Gather16(w + o, offLo, offHi);                                  // d | scales_h
+            var scalesL = Gather16(w + o + 4, offLo, offHi);                           // scales_l[4]
+            var d = RowKernels.HalfToSingle(Avx512F.ShiftRightArithmetic(Avx512F.ShiftLeftLogical(head, 16), 16));
+            var scalesH = Vector512.ShiftRightLogical(head, 16);
+            for (int b = 0; b < B; b++) isum[b] = Vector512<int>.Zero;
+            for (int ib = 0; ib < 8; ib++)
+            {
+                var ls = ((Vector512.ShiftRightLogical(scalesL, 4 * ib) & Vector512.Create(0xF))
+                          | Vector512.ShiftLeft(Vector512.ShiftRightLogical(scalesH, 2 * ib) & Vector512.Create(3), 4)) - Vector512.Create(32);
+                var scale2 = ((ls & Vector512.Create(0xFFFF)) | Vector512.ShiftLeft(ls, 16)).AsInt16();
+                int q = o + 8 + 16 * ib;
+                Transpose16(p0 + q, p1 + q, p2 + q, p3 + q, p4 + q, p5 + q, p6 + q, p7 + q, p8 + q, p9 + q, p10 + q, p11 + q,
+                    p12 + q, p13 + q, p14 + q, p15 + q, pick01, pick23, out var t0, out var t1, out var t2, out var t3);
+                // levels of values 4t … 4t+3 (low nibbles) and 16 + 4t … (high nibbles): their magnitudes and signs
+                Levels(t0.AsByte() & m4, table, out var u0, out var n0); Levels(t1.AsByte() & m4, table, out var u1, out var n1);
+                Levels(t2.AsByte() & m4, table, out var u2, out var n2); Levels(t3.AsByte() & m4, table, out var u3, out var n3);
+                Levels(Vector512.ShiftRightLogical(t0.AsUInt16(), 4).AsByte() & m4, table, out var u4, out var n4);
+                Levels(Vector512.ShiftRightLogical(t1.AsUInt16(), 4).AsByte() & m4, table, out var u5, out var n5);
+                Levels(Vector512.ShiftRightLogical(t2.AsUInt16(), 4).AsByte() & m4, table, out var u6, out var n6);
+                Levels(Vector512.ShiftRightLogical(t3.AsUInt16(), 4).AsByte() & m4, table, out var u7, out var n7);
+                // sub-block ib's activations in the pair layout: values 0–15 at 4 + 64·(ib / 2) + 16·(ib % 2), 16–31 32 bytes on
+                byte* xa = x + (long)sb * 292 + 4 + 64 * (ib >> 1) + 16 * (ib & 1);
+                for (int b = 0; b < B; b++, xa += xStride)
+                {
+                    int* a = (int*)xa;
+                    var s = (SignedStep(u0, n0, a[0], scale2) + SignedStep(u1, n1, a[1], scale2))
+                          + (SignedStep(u2, n2, a[2], scale2) + SignedStep(u3, n3, a[3], scale2));
+                    s += (SignedStep(u4, n4, a[8], scale2) + SignedStep(u5, n5, a[9], scale2))
+                       + (SignedStep(u6, n6, a[10], scale2) + SignedStep(u7, n7, a[11], scale2));
+                    isum[b] += s;
+                }
+            }
+            byte* xd = x + (long)sb * 292;
+            for (int b = 0; b < B; b++, xd += xStride)
+                acc[b] = Avx512F.FusedMultiplyAdd(Vector512.ConvertToSingle(isum[b]), Vector512.Create(*(float*)xd) * d, acc[b]);
+        }
+        Store16(acc, B, rows, y, yStride);
+    }
+
+    /// <summary>IQ4 levels of 4-bit indices (one shuffle of the table in every 128-bit lane) as magnitudes and sign masks
+    /// (0xFF where the level is negative).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Levels(Vector512<byte> idx, Vector512<sbyte> table, out Vector512<byte> magnitude, out Vector512<sbyte> negative)
+    {
+        var level = Avx512BW.Shuffle(table, idx.AsSByte());
+        magnitude = Avx512BW.Abs(level);
+        negative = Vector512.LessThan(level, Vector512<sbyte>.Zero);
+    }
+
+    /// <summary>Four values of the sixteen rows against four activation bytes (broadcast): |level|·(±a), the sign the
+    /// level's ((a ^ n) − n negates where n is all ones), pairs added by <c>vpmaddubsw</c> and widened with the scale.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<int> SignedStep(Vector512<byte> magnitude, Vector512<sbyte> negative, int a4, Vector512<short> scale2)
+    {
+        var a = Vector512.Create(a4).AsSByte();
+        return Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(magnitude, (a ^ negative) - negative), scale2);
     }
 
     /// <summary><see cref="DotIQ4XSRow"/> for one weight row against four activation rows <paramref name="yStride"/>

@@ -210,6 +210,13 @@ public unsafe class RowKernelTests
                         if (vnni) VecDot.DotIQ4XSRowPair<VecDot.HasVnni>(pw, pw + rb, pa + b * ab, nb, out ya, out yb);
                         else VecDot.DotIQ4XSRowPair<VecDot.NoVnni>(pw, pw + rb, pa + b * ab, nb, out ya, out yb);
                         Assert.True((r == 0 ? ya : yb).Equals(one), $"vnni {vnni} row {r} b {b}: paired {(r == 0 ? ya : yb)} vs one-row {one}");
+                        // the exact family (AVX-512 machines): integers exact in both variants, so the same bits from each
+                        float exact = vnni ? VecDot.DotIQ4XSRowExact<VecDot.HasVnni>(pw + r * rb, pa + b * ab, nb) : VecDot.DotIQ4XSRowExact<VecDot.NoVnni>(pw + r * rb, pa + b * ab, nb);
+                        Assert.True(Math.Abs(exact - scalar) <= 1e-5 * absDot, $"exact, vnni {vnni} row {r} b {b}: {exact} vs scalar {scalar}");
+                        Assert.True(exact.Equals(VecDot.DotIQ4XSRowExact<VecDot.HasVnni>(pw + r * rb, pa + b * ab, nb)), $"exact row {r} b {b}: the variants differ");
+                        if (vnni) VecDot.DotIQ4XSRowPairExact<VecDot.HasVnni>(pw, pw + rb, pa + b * ab, nb, out ya, out yb);
+                        else VecDot.DotIQ4XSRowPairExact<VecDot.NoVnni>(pw, pw + rb, pa + b * ab, nb, out ya, out yb);
+                        Assert.True((r == 0 ? ya : yb).Equals(exact), $"exact, vnni {vnni} row {r} b {b}: paired {(r == 0 ? ya : yb)} vs one-row {exact}");
                     }
                 }
             }
@@ -682,6 +689,39 @@ public unsafe class RowKernelTests
                 for (int j = 0; j < 12; j++) wq[o + 4 + j] = r is 0 or 2 ? (byte)0xFF : (byte)rng.Next(256);
                 for (int j = 0; j < 32; j++) wq[o + 16 + j] = r is 0 or 2 ? (byte)0xFF : r == 1 ? (byte)0 : (byte)rng.Next(256);
                 for (int j = 0; j < 128; j++) wq[o + 48 + j] = r == 0 ? (byte)0xFF : r is 1 or 2 ? (byte)0 : (r + i + j / 4) % 3 == 0 ? (byte)0xFF : (byte)rng.Next(256);
+            }
+        int fb = RowKernels.ActivationRowBytes(type, n), ab = (int)GgmlTypeInfo.RowBytes(VecDot.ActivationType(type), n);
+        var act = new byte[B * fb];
+        var reference = new byte[B * ab];
+        for (int b = 0; b < B; b++)
+        {
+            var x = Enumerable.Range(0, n).Select(j => (b == 0 || (j / 3 + b) % 2 == 0) ? -2f : 2f).ToArray();
+            RowKernels.PrepareActivations(type, x, act.AsSpan(b * fb, fb));
+            VecDot.QuantizeActivations(VecDot.ActivationType(type), x, reference.AsSpan(b * ab, ab));
+        }
+        Assert.Equal(-127, (sbyte)reference[4]); // the bound is reached
+        PrefillMatchesAloneAndScalar(type, wq, rb, rows, act, fb, reference, ab, B, n, 1e-3f);
+    }
+    /// <summary>IQ4_XS prefill on AVX-512 (VecDot.DotIQ4XSRows16Avx512) multiplies |level| by the activation with the
+    /// level's sign in <c>vpmaddubsw</c>: at the bound — every level −127 (index 0) or 113, activation quants ±127 — a
+    /// pair reaches ±32258, and it must stay exact: the scalar reference's value, and the bits of each row alone (the
+    /// exact decode kernel). Scales at 63 and 0 (ls − 32 = 31, −32), the others random; 19 rows.</summary>
+    [Fact]
+    public void IQ4XSPrefillIsExactAtTheInt16Bound()
+    {
+        const GgmlType type = GgmlType.IQ4_XS;
+        const int n = 768, rows = 19, B = 5, nb = n / 256, rb = nb * 136;
+        var wq = new byte[rows * rb];
+        var rng = new Random(8);
+        for (int r = 0; r < rows; r++)
+            for (int i = 0; i < nb; i++)
+            {
+                int o = r * rb + i * 136;
+                BitConverter.TryWriteBytes(wq.AsSpan(o), Fp16.FromSingle(0.01f * (1 + r) + i / 64f));
+                // scales_h (2 B) and scales_l (4 B): row 0 every scale 63, row 1 every scale 0, the others random
+                for (int j = 2; j < 8; j++) wq[o + j] = r == 0 ? (byte)0xFF : r == 1 ? (byte)0 : (byte)rng.Next(256);
+                // row 0, 1: every index 0 (level −127); row 2: every index 15 (113); the others random runs
+                for (int j = 0; j < 128; j++) wq[o + 8 + j] = r < 2 ? (byte)0 : r == 2 ? (byte)0xFF : (r + i + j / 4) % 3 == 0 ? (byte)0 : (byte)rng.Next(256);
             }
         int fb = RowKernels.ActivationRowBytes(type, n), ab = (int)GgmlTypeInfo.RowBytes(VecDot.ActivationType(type), n);
         var act = new byte[B * fb];
