@@ -17,6 +17,10 @@ namespace Cria.Kernels;
 /// so the dot equals <see cref="VecDot.DotScalar"/>'s up to the float summation order; the lanes hold other partial
 /// sums than <see cref="VecDot.Dot"/>'s kernel, so their bits differ from it, while every RowKernels path (one row,
 /// pairs, four rows) runs <see cref="IQ4XSPairStep"/> and gives the same bits.</para>
+/// <para>Two families: on AVX2 machines the <b>lane family</b> above (eight float lanes per row, prefill four activation
+/// rows per weight row); on AVX-512 machines (<see cref="Rows16"/>) the <b>exact family</b> — the same integers summed
+/// to the super-block's exact isum, one float chain per row — whose prefill runs sixteen weight rows in lanes
+/// (<see cref="DotIQ4XSRows16Avx512"/>).</para>
 /// </summary>
 public static partial class VecDot
 {
