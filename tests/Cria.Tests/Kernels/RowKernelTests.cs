@@ -598,6 +598,23 @@ public unsafe class RowKernelTests
         }
     }
 
+    /// <summary>The int16-bound tests' check: B activation rows of ±2 in runs of <paramref name="run"/> (row 0 all −2), so
+    /// every activation quant is ±127 (asserted), then <see cref="PrefillMatchesAloneAndScalar"/>.</summary>
+    static void PrefillAtTheBoundMatches(GgmlType type, byte[] wq, int rb, int rows, int B, int n, int run)
+    {
+        int fb = RowKernels.ActivationRowBytes(type, n), ab = (int)GgmlTypeInfo.RowBytes(VecDot.ActivationType(type), n);
+        var act = new byte[B * fb];
+        var reference = new byte[B * ab];
+        for (int b = 0; b < B; b++)
+        {
+            var x = Enumerable.Range(0, n).Select(j => (b == 0 || (j / run + b) % 2 == 0) ? -2f : 2f).ToArray();
+            RowKernels.PrepareActivations(type, x, act.AsSpan(b * fb, fb));
+            VecDot.QuantizeActivations(VecDot.ActivationType(type), x, reference.AsSpan(b * ab, ab));
+        }
+        Assert.Equal(-127, (sbyte)reference[4]); // the bound is reached
+        PrefillMatchesAloneAndScalar(type, wq, rb, rows, act, fb, reference, ab, B, n, 1e-3f);
+    }
+
     /// <summary>Q4_K prefill on AVX-512 (VecDot.DotQ4KRows16Avx512) adds a sub-block's eight steps of four values in
     /// int16: at the bound — every nibble 15, every scale and min 63, every activation quant ±127 (ggml's Q8_K never
     /// makes −128) — a sub-block's sum reaches ±30480, and it must stay exact: the scalar reference's value, and the bits
@@ -619,18 +636,7 @@ public unsafe class RowKernelTests
                 for (int j = 0; j < 12; j++) wq[o + 4 + j] = r == 0 ? (byte)0xFF : (byte)rng.Next(256);
                 for (int j = 0; j < 128; j++) wq[o + 16 + j] = (byte)(r == 0 || r != 1 && (r + i + j / 4) % 3 != 0 ? 0xFF : 0x00);
             }
-        int fb = RowKernels.ActivationRowBytes(type, n), ab = (int)GgmlTypeInfo.RowBytes(VecDot.ActivationType(type), n);
-        var act = new byte[B * fb];
-        var reference = new byte[B * ab];
-        for (int b = 0; b < B; b++)
-        {
-            // ±2 in runs: every quant ±127; activation row 0 all −2
-            var x = Enumerable.Range(0, n).Select(j => (b == 0 || (j / 7 + b) % 2 == 0) ? -2f : 2f).ToArray();
-            RowKernels.PrepareActivations(type, x, act.AsSpan(b * fb, fb));
-            VecDot.QuantizeActivations(VecDot.ActivationType(type), x, reference.AsSpan(b * ab, ab));
-        }
-        Assert.Equal(-127, (sbyte)reference[4]); // the bound is reached
-        PrefillMatchesAloneAndScalar(type, wq, rb, rows, act, fb, reference, ab, B, n, 1e-3f);
+        PrefillAtTheBoundMatches(type, wq, rb, rows, B, n, run: 7);
     }
     /// <summary>Q6_K prefill on AVX-512 (VecDot.DotQ6KRows16Avx512) adds two steps of four values in int16 before the
     /// scale: at the bound — every value 63 (ql and qh all ones), activation quants all −127 — a pair of steps reaches
@@ -655,18 +661,7 @@ public unsafe class RowKernelTests
                 for (int j = 0; j < 16; j++) wq[o + 192 + j] = r == 0 ? (byte)127 : r is 1 or 2 ? (byte)0x80 : (byte)rng.Next(256);
                 BitConverter.TryWriteBytes(wq.AsSpan(o + 208), Fp16.FromSingle(0.01f * (1 + r) + i / 64f));
             }
-        int fb = RowKernels.ActivationRowBytes(type, n), ab = (int)GgmlTypeInfo.RowBytes(VecDot.ActivationType(type), n);
-        var act = new byte[B * fb];
-        var reference = new byte[B * ab];
-        for (int b = 0; b < B; b++)
-        {
-            // ±2 in runs: every quant ±127; activation row 0 all −2
-            var x = Enumerable.Range(0, n).Select(j => (b == 0 || (j / 5 + b) % 2 == 0) ? -2f : 2f).ToArray();
-            RowKernels.PrepareActivations(type, x, act.AsSpan(b * fb, fb));
-            VecDot.QuantizeActivations(VecDot.ActivationType(type), x, reference.AsSpan(b * ab, ab));
-        }
-        Assert.Equal(-127, (sbyte)reference[4]); // the bound is reached
-        PrefillMatchesAloneAndScalar(type, wq, rb, rows, act, fb, reference, ab, B, n, 1e-3f);
+        PrefillAtTheBoundMatches(type, wq, rb, rows, B, n, run: 5);
     }
     /// <summary>Q5_K prefill on AVX-512 (VecDot.DotQ4KRows16Avx512 with RowKernels.Q5KLayout) adds four steps of four
     /// values in int16: at the bound — every value 31 (nibbles 15, every qh bit set), scales and mins 63, activation
@@ -690,17 +685,7 @@ public unsafe class RowKernelTests
                 for (int j = 0; j < 32; j++) wq[o + 16 + j] = r is 0 or 2 ? (byte)0xFF : r == 1 ? (byte)0 : (byte)rng.Next(256);
                 for (int j = 0; j < 128; j++) wq[o + 48 + j] = r == 0 ? (byte)0xFF : r is 1 or 2 ? (byte)0 : (r + i + j / 4) % 3 == 0 ? (byte)0xFF : (byte)rng.Next(256);
             }
-        int fb = RowKernels.ActivationRowBytes(type, n), ab = (int)GgmlTypeInfo.RowBytes(VecDot.ActivationType(type), n);
-        var act = new byte[B * fb];
-        var reference = new byte[B * ab];
-        for (int b = 0; b < B; b++)
-        {
-            var x = Enumerable.Range(0, n).Select(j => (b == 0 || (j / 3 + b) % 2 == 0) ? -2f : 2f).ToArray();
-            RowKernels.PrepareActivations(type, x, act.AsSpan(b * fb, fb));
-            VecDot.QuantizeActivations(VecDot.ActivationType(type), x, reference.AsSpan(b * ab, ab));
-        }
-        Assert.Equal(-127, (sbyte)reference[4]); // the bound is reached
-        PrefillMatchesAloneAndScalar(type, wq, rb, rows, act, fb, reference, ab, B, n, 1e-3f);
+        PrefillAtTheBoundMatches(type, wq, rb, rows, B, n, run: 3);
     }
     /// <summary>IQ4_XS prefill on AVX-512 (VecDot.DotIQ4XSRows16Avx512) multiplies |level| by the activation with the
     /// level's sign in <c>vpmaddubsw</c>: at the bound — every level −127 (index 0) or 113, activation quants ±127 — a
@@ -723,16 +708,6 @@ public unsafe class RowKernelTests
                 // row 0, 1: every index 0 (level −127); row 2: every index 15 (113); the others random runs
                 for (int j = 0; j < 128; j++) wq[o + 8 + j] = r < 2 ? (byte)0 : r == 2 ? (byte)0xFF : (r + i + j / 4) % 3 == 0 ? (byte)0 : (byte)rng.Next(256);
             }
-        int fb = RowKernels.ActivationRowBytes(type, n), ab = (int)GgmlTypeInfo.RowBytes(VecDot.ActivationType(type), n);
-        var act = new byte[B * fb];
-        var reference = new byte[B * ab];
-        for (int b = 0; b < B; b++)
-        {
-            var x = Enumerable.Range(0, n).Select(j => (b == 0 || (j / 3 + b) % 2 == 0) ? -2f : 2f).ToArray();
-            RowKernels.PrepareActivations(type, x, act.AsSpan(b * fb, fb));
-            VecDot.QuantizeActivations(VecDot.ActivationType(type), x, reference.AsSpan(b * ab, ab));
-        }
-        Assert.Equal(-127, (sbyte)reference[4]); // the bound is reached
-        PrefillMatchesAloneAndScalar(type, wq, rb, rows, act, fb, reference, ab, B, n, 1e-3f);
+        PrefillAtTheBoundMatches(type, wq, rb, rows, B, n, run: 3);
     }
 }
