@@ -1039,18 +1039,8 @@ public static unsafe partial class RowKernels
         return (sumi.GetLower() + sumi.GetUpper()) - Vector256.ShiftLeft(corr, 5);
     }
 
-    /// <summary>The isums of two super-blocks (two of one row, or one of each of two rows) from their eight lanes each,
-    /// the folds shared: [a, b, a, b] as floats.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector128<float> Q6KIntegers2(Vector256<int> a, Vector256<int> b)
-    {
-        var t = Avx2.HorizontalAdd(a, b); // [a0 + a1, a2 + a3, b0 + b1, b2 + b3 | a4 + a5, a6 + a7, b4 + b5, b6 + b7]
-        t = Avx2.HorizontalAdd(t, t);     // [a0–3, b0–3, a0–3, b0–3 | a4–7, b4–7, …]
-        return Vector128.ConvertToSingle(t.GetLower() + t.GetUpper());
-    }
-
     /// <summary>One Q6_K weight row against one activation row (decode): two super-blocks per step, their folds shared
-    /// (<see cref="Q6KIntegers2"/>), each meeting the row's chain S = fma(isum, d·d8, S) in order; weights prefetched
+    /// (<see cref="VecDot.SumPair"/>), each meeting the row's chain S = fma(isum, d·d8, S) in order; weights prefetched
     /// ahead.</summary>
     [SkipLocalsInit]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -1066,7 +1056,7 @@ public static unsafe partial class RowKernels
             var sa = Q6KSumi(x, a0, a1, a2, a3, as0, as1, as2, as3, asc);
             DecodeQ6K(w + 210, out var b0, out var b1, out var b2, out var b3, out var bs0, out var bs1, out var bs2, out var bs3, out var bsc, out float bd, ref f16);
             var sbB = Q6KSumi(x + Q8KStride, b0, b1, b2, b3, bs0, bs1, bs2, bs3, bsc);
-            var f = Q6KIntegers2(sa, sbB);
+            var f = VecDot.SumPair(sa, sbB);
             acc = MathF.FusedMultiplyAdd(f.ToScalar(), ad * *(float*)(x + Q8KScale), acc);
             acc = MathF.FusedMultiplyAdd(f.GetElement(1), bd * *(float*)(x + Q8KStride + Q8KScale), acc);
         }
@@ -1074,7 +1064,7 @@ public static unsafe partial class RowKernels
         {
             DecodeQ6K(w, out var w0, out var w1, out var w2, out var w3, out var s0, out var s1, out var s2, out var s3, out var sc, out float d, ref f16);
             var si = Q6KSumi(x, w0, w1, w2, w3, s0, s1, s2, s3, sc);
-            acc = MathF.FusedMultiplyAdd(Q6KIntegers2(si, si).ToScalar(), d * *(float*)(x + Q8KScale), acc);
+            acc = MathF.FusedMultiplyAdd(VecDot.SumPair(si, si).ToScalar(), d * *(float*)(x + Q8KScale), acc);
         }
         return acc;
     }
@@ -1975,7 +1965,7 @@ public static unsafe partial class RowKernels
             var sa = Q6KSumi(x, a0, a1, a2, a3, as0, as1, as2, as3, asc);
             DecodeQ6K(wb, out var b0, out var b1, out var b2, out var b3, out var bs0, out var bs1, out var bs2, out var bs3, out var bsc, out float bd, ref f16);
             var sbB = Q6KSumi(x, b0, b1, b2, b3, bs0, bs1, bs2, bs3, bsc);
-            acc = Fma.MultiplyAdd(Q6KIntegers2(sa, sbB), Vector128.Create(ad, bd, 0f, 0f) * Vector128.Create(*(float*)(x + Q8KScale)), acc);
+            acc = Fma.MultiplyAdd(VecDot.SumPair(sa, sbB), Vector128.Create(ad, bd, 0f, 0f) * Vector128.Create(*(float*)(x + Q8KScale)), acc);
         }
         ya = acc.ToScalar();
         yb = acc.GetElement(1);

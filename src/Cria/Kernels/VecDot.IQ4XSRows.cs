@@ -65,10 +65,7 @@ public static partial class VecDot
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static unsafe Vector256<int> IQ4XSSumi<TVnni>(byte* x, byte* y) where TVnni : IVnniChoice
     {
-        // the eight 6-bit scales − 32 as int32 lanes: low four bits from scales_l (4·ib), high two from scales_h (2·ib)
-        var lsv = ((Avx2.ShiftRightLogicalVariable(Vector256.Create(*(uint*)(x + 4)), Vector256.Create(0u, 4, 8, 12, 16, 20, 24, 28)) & Vector256.Create(0xFu))
-                   | ((Avx2.ShiftRightLogicalVariable(Vector256.Create((uint)*(ushort*)(x + 2)), Vector256.Create(0u, 2, 4, 6, 8, 10, 12, 14)) & Vector256.Create(3u)) << 4)).AsInt32()
-                  - Vector256.Create(32);
+        var lsv = IQ4XSScales(x);
         // written out step by step with constant permutes: as a loop over p the JIT built each step's permute index with
         // eight vpinsrd and kept the loop (kernel-micro --type iq4_xs --pair: 8–12 GB/s in L2, Q4_K's kernel 32)
         var sumi = IQ4XSPair<TVnni>(x + 8, y + 4, lsv, Vector256.Create(0, 0, 0, 0, 1, 1, 1, 1));
@@ -93,20 +90,34 @@ public static partial class VecDot
         var v = Vector256.Load(qs);
         var lo = v & m4;
         var hi = Vector256.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & m4;
+        var table = IQ4LevelTableFor<TVnni>();
+        return IQ4XSLevelsDot<TVnni>(Avx2.Shuffle(table, lo), Avx2.Shuffle(table, hi), a) * Avx2.PermuteVar8x32(lsv, pick);
+    }
+
+    /// <summary>An IQ4_XS super-block's eight 6-bit scales − 32 as int32 lanes: low four bits from scales_l (4·ib), high
+    /// two from scales_h (2·ib).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe Vector256<int> IQ4XSScales(byte* x) =>
+        ((Avx2.ShiftRightLogicalVariable(Vector256.Create(*(uint*)(x + 4)), Vector256.Create(0u, 4, 8, 12, 16, 20, 24, 28)) & Vector256.Create(0xFu))
+         | ((Avx2.ShiftRightLogicalVariable(Vector256.Create((uint)*(ushort*)(x + 2)), Vector256.Create(0u, 2, 4, 6, 8, 10, 12, 14)) & Vector256.Create(3u)) << 4)).AsInt32()
+        - Vector256.Create(32);
+
+    /// <summary>The level table a multiply variant looks indices up in: levels + 128 as unsigned bytes (VNNI) or the
+    /// signed levels (sign trick).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<byte> IQ4LevelTableFor<TVnni>() where TVnni : IVnniChoice => TVnni.Use ? IQ4LevelTableU8() : IQ4LevelTable().AsByte();
+
+    /// <summary>Two sub-blocks' levels (lo: their values 0–15, hi: 16–31, from <see cref="IQ4LevelTableFor{TVnni}"/>)
+    /// against the 64 activation bytes at a: vpdpbusd on levels + 128 (the excess taken off by the caller from the block
+    /// sums), or the sign trick; eight int32 lanes, exact.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe Vector256<int> IQ4XSLevelsDot<TVnni>(Vector256<byte> lo, Vector256<byte> hi, byte* a) where TVnni : IVnniChoice
+    {
         var qa = Vector256.Load((sbyte*)a);
         var qb = Vector256.Load((sbyte*)(a + 32));
-        Vector256<int> s;
-        if (TVnni.Use)
-        {
-            var table = IQ4LevelTableU8();
-            s = AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Avx2.Shuffle(table, lo), qa), Avx2.Shuffle(table, hi), qb);
-        }
-        else
-        {
-            var table = IQ4LevelTable();
-            s = DotI8I8(Avx2.Shuffle(table, lo.AsSByte()), qa) + DotI8I8(Avx2.Shuffle(table, hi.AsSByte()), qb);
-        }
-        return s * Avx2.PermuteVar8x32(lsv, pick);
+        return TVnni.Use
+            ? AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, lo, qa), hi, qb)
+            : DotI8I8(lo.AsSByte(), qa) + DotI8I8(hi.AsSByte(), qb);
     }
 
     /// <summary>One IQ4_XS row against one pair-layout activation row (<see cref="RowKernels"/>' decode).</summary>
@@ -292,19 +303,14 @@ public static partial class VecDot
     {
         byte* y1 = y + yStride, y2 = y1 + yStride, y3 = y2 + yStride;
         Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
-        bool vnni = TVnni.Use;
-        var tableU = IQ4LevelTableU8();
-        var tableS = IQ4LevelTable().AsByte();
+        var table = IQ4LevelTableFor<TVnni>();
         var m4 = Vector256.Create((byte)0x0F);
         ref float f16 = ref Fp16.TableStart;
         for (int i = 0; i < nb; i++)
         {
             byte* xb = x + i * 136;
             int yo = i * 292;
-            var lsv = ((Avx2.ShiftRightLogicalVariable(Vector256.Create(*(uint*)(xb + 4)), Vector256.Create(0u, 4, 8, 12, 16, 20, 24, 28)) & Vector256.Create(0xFu))
-                       | ((Avx2.ShiftRightLogicalVariable(Vector256.Create((uint)*(ushort*)(xb + 2)), Vector256.Create(0u, 2, 4, 6, 8, 10, 12, 14)) & Vector256.Create(3u)) << 4)).AsInt32()
-                      - Vector256.Create(32);
-            var table = vnni ? tableU : tableS;
+            var lsv = IQ4XSScales(xb);
             // [8] levels: sub-block pair p's low nibbles (2p and 2p+1, values 0–15) and high nibbles (16–31)
             var v0 = Vector256.Load(xb + 8); var v1 = Vector256.Load(xb + 40); var v2 = Vector256.Load(xb + 72); var v3 = Vector256.Load(xb + 104);
             var l0 = Avx2.Shuffle(table, v0 & m4); var h0 = Avx2.Shuffle(table, Vector256.ShiftRightLogical(v0.AsUInt16(), 4).AsByte() & m4);
@@ -322,21 +328,12 @@ public static partial class VecDot
             Vector256<float> Rows(byte* a)
             {
                 Vector256<int> sumi = default;
-                sumi += Pair(l0, h0, a) * p0;
-                sumi += Pair(l1, h1, a + 64) * p1;
-                sumi += Pair(l2, h2, a + 128) * p2;
-                sumi += Pair(l3, h3, a + 192) * p3;
-                if (vnni) sumi -= Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(a + 260)), lsTwice) << 7;
+                sumi += IQ4XSLevelsDot<TVnni>(l0, h0, a + 4) * p0;
+                sumi += IQ4XSLevelsDot<TVnni>(l1, h1, a + 68) * p1;
+                sumi += IQ4XSLevelsDot<TVnni>(l2, h2, a + 132) * p2;
+                sumi += IQ4XSLevelsDot<TVnni>(l3, h3, a + 196) * p3;
+                if (TVnni.Use) sumi -= Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(a + 260)), lsTwice) << 7;
                 return Vector256.ConvertToSingle(sumi) * Vector256.Create(d * *(float*)a);
-            }
-
-            Vector256<int> Pair(Vector256<byte> lo, Vector256<byte> hi, byte* a)
-            {
-                var qa = Vector256.Load((sbyte*)(a + 4));
-                var qb = Vector256.Load((sbyte*)(a + 36));
-                return vnni
-                    ? AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, lo, qa), hi, qb)
-                    : DotI8I8(lo.AsSByte(), qa) + DotI8I8(hi.AsSByte(), qb);
             }
         }
         outp[0] = Vector256.Sum(c0);

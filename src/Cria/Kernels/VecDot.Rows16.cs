@@ -335,7 +335,7 @@ public static partial class VecDot
 
     /// <summary>
     /// Q4_K rows [0, rows) (rows ≤ 16; 144 B: d | dmin | scales[12] | qs[128]; with <typeparamref name="T"/> =
-    /// <see cref="RowKernels.Q5KLayout"/> Q5_K, 176 B, qh[32] before qs: each value's fifth bit, <see cref="Chunk5"/>) against B ≤ <see cref="RowKernels.Rows16Tile"/>
+    /// <see cref="RowKernels.Q5KLayout"/> Q5_K, 176 B, qh[32] before qs: each value's fifth bit, <see cref="Chunk{T}"/>) against B ≤ <see cref="RowKernels.Rows16Tile"/>
     /// Q8_K activation rows in the Q4_K kernels' layout (<see cref="RowKernels.Q8KStride"/> B per super-block: qs[256]
     /// permuted, the eight sums of 32 as int16 at <see cref="RowKernels.Q8KSums"/>, d8 at <see cref="RowKernels.Q8KScale"/>),
     /// rows in lanes as <see cref="DotQ2KRows16Avx512"/>. Chunk c of qs (32 bytes) is transposed in two quarters, eight
@@ -399,13 +399,9 @@ public static partial class VecDot
                 var sHi = Vector512.ShiftRightLogical(sct, 16 * (c & 1) + 8) & Vector512.Create(0xFF);   // of 2c + 1
                 // sub-block j's activations in the permuted layout: 128·(j / 4) + 32·(0, 2, 1, 3)[j % 4]
                 byte* xl = x + sb * RowKernels.Q8KStride + 128 * (c >> 1) + 32 * (c & 1);
-                if (T.Fifth)
-                    Chunk5(q0.AsByte(), q1.AsByte(), q2.AsByte(), q3.AsByte(), q4.AsByte(), q5.AsByte(), q6.AsByte(), q7.AsByte(),
-                        f0.AsByte(), f1.AsByte(), f2.AsByte(), f3.AsByte(), f4.AsByte(), f5.AsByte(), f6.AsByte(), f7.AsByte(), 2 * c, m4, m16,
-                        (sLo | Vector512.ShiftLeft(sLo, 16)).AsInt16(), (sHi | Vector512.ShiftLeft(sHi, 16)).AsInt16(), xl, xStride, B, isum);
-                else
-                    Chunk(q0.AsByte(), q1.AsByte(), q2.AsByte(), q3.AsByte(), q4.AsByte(), q5.AsByte(), q6.AsByte(), q7.AsByte(), m4,
-                        (sLo | Vector512.ShiftLeft(sLo, 16)).AsInt16(), (sHi | Vector512.ShiftLeft(sHi, 16)).AsInt16(), xl, xStride, B, isum);
+                Chunk<T>(q0.AsByte(), q1.AsByte(), q2.AsByte(), q3.AsByte(), q4.AsByte(), q5.AsByte(), q6.AsByte(), q7.AsByte(),
+                    f0.AsByte(), f1.AsByte(), f2.AsByte(), f3.AsByte(), f4.AsByte(), f5.AsByte(), f6.AsByte(), f7.AsByte(), 2 * c, m4, m16,
+                    (sLo | Vector512.ShiftLeft(sLo, 16)).AsInt16(), (sHi | Vector512.ShiftLeft(sHi, 16)).AsInt16(), xl, xStride, B, isum);
             }
             // mins of sub-blocks 2p, 2p + 1 as the two int16 halves of each lane, against the sums of 32
             var mp0 = BytePair(mn03, 0); var mp1 = BytePair(mn03, 16); var mp2 = BytePair(mn47, 0); var mp3 = BytePair(mn47, 16);
@@ -572,57 +568,31 @@ public static partial class VecDot
     }
 
     /// <summary>One Q4_K chunk (32 bytes per row as q0 … q7, lane k = row k's bytes 4t … 4t+3) against B activation rows:
-    /// the low nibbles meet the 32 activations at xl, the high nibbles those at xl + 64; isum[b] += sLo · Σ lo·a +
-    /// sHi · Σ hi·a per lane, each sub-block's eight steps added in int16 first.</summary>
+    /// the low nibbles (sub-block j) meet the 32 activations at xl, the high nibbles (j + 1) those at xl + 64; isum[b] +=
+    /// sLo · Σ lo·a + sHi · Σ hi·a per lane. Q4_K adds each sub-block's eight steps of four values in int16 (at most
+    /// 8·2·15·128 = 30720), then one <c>vpmaddwd</c> by the scale. Q5_K (<typeparamref name="T"/>.Fifth) gives each
+    /// nibble its fifth bit as 16 (bit j of the transposed qh bytes h0 … h7 for the low nibbles, bit j + 1 for the high),
+    /// values 0–31, so it adds four steps at a time (at most 4·2·31·128 = 31744), each four then one <c>vpmaddwd</c>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static unsafe void Chunk(Vector512<byte> q0, Vector512<byte> q1, Vector512<byte> q2, Vector512<byte> q3, Vector512<byte> q4,
-        Vector512<byte> q5, Vector512<byte> q6, Vector512<byte> q7, Vector512<byte> m4, Vector512<short> sLo, Vector512<short> sHi,
-        byte* xl, int xStride, int B, Vector512<int>* isum)
-    {
-        var l0 = q0 & m4; var l1 = q1 & m4; var l2 = q2 & m4; var l3 = q3 & m4;
-        var l4 = q4 & m4; var l5 = q5 & m4; var l6 = q6 & m4; var l7 = q7 & m4;
-        var h0 = Vector512.ShiftRightLogical(q0.AsUInt16(), 4).AsByte() & m4; var h1 = Vector512.ShiftRightLogical(q1.AsUInt16(), 4).AsByte() & m4;
-        var h2 = Vector512.ShiftRightLogical(q2.AsUInt16(), 4).AsByte() & m4; var h3 = Vector512.ShiftRightLogical(q3.AsUInt16(), 4).AsByte() & m4;
-        var h4 = Vector512.ShiftRightLogical(q4.AsUInt16(), 4).AsByte() & m4; var h5 = Vector512.ShiftRightLogical(q5.AsUInt16(), 4).AsByte() & m4;
-        var h6 = Vector512.ShiftRightLogical(q6.AsUInt16(), 4).AsByte() & m4; var h7 = Vector512.ShiftRightLogical(q7.AsUInt16(), 4).AsByte() & m4;
-        for (int b = 0; b < B; b++, xl += xStride)
-        {
-            int* a = (int*)xl;
-            var tl = (Avx512BW.MultiplyAddAdjacent(l0, Vector512.Create(a[0]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(l1, Vector512.Create(a[1]).AsSByte()))
-                   + (Avx512BW.MultiplyAddAdjacent(l2, Vector512.Create(a[2]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(l3, Vector512.Create(a[3]).AsSByte()));
-            tl += (Avx512BW.MultiplyAddAdjacent(l4, Vector512.Create(a[4]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(l5, Vector512.Create(a[5]).AsSByte()))
-                + (Avx512BW.MultiplyAddAdjacent(l6, Vector512.Create(a[6]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(l7, Vector512.Create(a[7]).AsSByte()));
-            var th = (Avx512BW.MultiplyAddAdjacent(h0, Vector512.Create(a[16]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(h1, Vector512.Create(a[17]).AsSByte()))
-                   + (Avx512BW.MultiplyAddAdjacent(h2, Vector512.Create(a[18]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(h3, Vector512.Create(a[19]).AsSByte()));
-            th += (Avx512BW.MultiplyAddAdjacent(h4, Vector512.Create(a[20]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(h5, Vector512.Create(a[21]).AsSByte()))
-                + (Avx512BW.MultiplyAddAdjacent(h6, Vector512.Create(a[22]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(h7, Vector512.Create(a[23]).AsSByte()));
-            isum[b] += Avx512BW.MultiplyAddAdjacent(tl, sLo) + Avx512BW.MultiplyAddAdjacent(th, sHi);
-        }
-    }
-
-    /// <summary><see cref="Chunk"/> for Q5_K: each nibble with its fifth bit (bit <paramref name="j"/> of the transposed qh
-    /// bytes h0 … h7 for the low nibbles, sub-block j; bit j + 1 for the high nibbles) as 16, values 0–31, so each
-    /// sub-block's steps are added in int16 four at a time (at most 4·2·31·128 = 31744), each four then one
-    /// <c>vpmaddwd</c> by the scale.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static unsafe void Chunk5(Vector512<byte> q0, Vector512<byte> q1, Vector512<byte> q2, Vector512<byte> q3, Vector512<byte> q4,
+    static unsafe void Chunk<T>(Vector512<byte> q0, Vector512<byte> q1, Vector512<byte> q2, Vector512<byte> q3, Vector512<byte> q4,
         Vector512<byte> q5, Vector512<byte> q6, Vector512<byte> q7, Vector512<byte> h0, Vector512<byte> h1, Vector512<byte> h2,
         Vector512<byte> h3, Vector512<byte> h4, Vector512<byte> h5, Vector512<byte> h6, Vector512<byte> h7, int j,
         Vector512<byte> m4, Vector512<byte> m16, Vector512<short> sLo, Vector512<short> sHi, byte* xl, int xStride, int B, Vector512<int>* isum)
+        where T : RowKernels.IK45
     {
-        // bit j of each byte to bit 4 (16-bit shifts: what crosses into the neighbouring byte is masked off)
-        var l0 = (q0 & m4) | Fifth(h0, j, m16); var l1 = (q1 & m4) | Fifth(h1, j, m16);
-        var l2 = (q2 & m4) | Fifth(h2, j, m16); var l3 = (q3 & m4) | Fifth(h3, j, m16);
-        var l4 = (q4 & m4) | Fifth(h4, j, m16); var l5 = (q5 & m4) | Fifth(h5, j, m16);
-        var l6 = (q6 & m4) | Fifth(h6, j, m16); var l7 = (q7 & m4) | Fifth(h7, j, m16);
-        var u0 = (Vector512.ShiftRightLogical(q0.AsUInt16(), 4).AsByte() & m4) | Fifth(h0, j + 1, m16);
-        var u1 = (Vector512.ShiftRightLogical(q1.AsUInt16(), 4).AsByte() & m4) | Fifth(h1, j + 1, m16);
-        var u2 = (Vector512.ShiftRightLogical(q2.AsUInt16(), 4).AsByte() & m4) | Fifth(h2, j + 1, m16);
-        var u3 = (Vector512.ShiftRightLogical(q3.AsUInt16(), 4).AsByte() & m4) | Fifth(h3, j + 1, m16);
-        var u4 = (Vector512.ShiftRightLogical(q4.AsUInt16(), 4).AsByte() & m4) | Fifth(h4, j + 1, m16);
-        var u5 = (Vector512.ShiftRightLogical(q5.AsUInt16(), 4).AsByte() & m4) | Fifth(h5, j + 1, m16);
-        var u6 = (Vector512.ShiftRightLogical(q6.AsUInt16(), 4).AsByte() & m4) | Fifth(h6, j + 1, m16);
-        var u7 = (Vector512.ShiftRightLogical(q7.AsUInt16(), 4).AsByte() & m4) | Fifth(h7, j + 1, m16);
+        var l0 = q0 & m4; var l1 = q1 & m4; var l2 = q2 & m4; var l3 = q3 & m4;
+        var l4 = q4 & m4; var l5 = q5 & m4; var l6 = q6 & m4; var l7 = q7 & m4;
+        var u0 = Vector512.ShiftRightLogical(q0.AsUInt16(), 4).AsByte() & m4; var u1 = Vector512.ShiftRightLogical(q1.AsUInt16(), 4).AsByte() & m4;
+        var u2 = Vector512.ShiftRightLogical(q2.AsUInt16(), 4).AsByte() & m4; var u3 = Vector512.ShiftRightLogical(q3.AsUInt16(), 4).AsByte() & m4;
+        var u4 = Vector512.ShiftRightLogical(q4.AsUInt16(), 4).AsByte() & m4; var u5 = Vector512.ShiftRightLogical(q5.AsUInt16(), 4).AsByte() & m4;
+        var u6 = Vector512.ShiftRightLogical(q6.AsUInt16(), 4).AsByte() & m4; var u7 = Vector512.ShiftRightLogical(q7.AsUInt16(), 4).AsByte() & m4;
+        if (T.Fifth)
+        {
+            l0 |= Fifth(h0, j, m16); l1 |= Fifth(h1, j, m16); l2 |= Fifth(h2, j, m16); l3 |= Fifth(h3, j, m16);
+            l4 |= Fifth(h4, j, m16); l5 |= Fifth(h5, j, m16); l6 |= Fifth(h6, j, m16); l7 |= Fifth(h7, j, m16);
+            u0 |= Fifth(h0, j + 1, m16); u1 |= Fifth(h1, j + 1, m16); u2 |= Fifth(h2, j + 1, m16); u3 |= Fifth(h3, j + 1, m16);
+            u4 |= Fifth(h4, j + 1, m16); u5 |= Fifth(h5, j + 1, m16); u6 |= Fifth(h6, j + 1, m16); u7 |= Fifth(h7, j + 1, m16);
+        }
         for (int b = 0; b < B; b++, xl += xStride)
         {
             int* a = (int*)xl;
@@ -634,8 +604,11 @@ public static partial class VecDot
                    + (Avx512BW.MultiplyAddAdjacent(u2, Vector512.Create(a[18]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(u3, Vector512.Create(a[19]).AsSByte()));
             var td = (Avx512BW.MultiplyAddAdjacent(u4, Vector512.Create(a[20]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(u5, Vector512.Create(a[21]).AsSByte()))
                    + (Avx512BW.MultiplyAddAdjacent(u6, Vector512.Create(a[22]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(u7, Vector512.Create(a[23]).AsSByte()));
-            isum[b] += (Avx512BW.MultiplyAddAdjacent(ta, sLo) + Avx512BW.MultiplyAddAdjacent(tb, sLo))
-                     + (Avx512BW.MultiplyAddAdjacent(tc, sHi) + Avx512BW.MultiplyAddAdjacent(td, sHi));
+            if (T.Fifth)
+                isum[b] += (Avx512BW.MultiplyAddAdjacent(ta, sLo) + Avx512BW.MultiplyAddAdjacent(tb, sLo))
+                         + (Avx512BW.MultiplyAddAdjacent(tc, sHi) + Avx512BW.MultiplyAddAdjacent(td, sHi));
+            else
+                isum[b] += Avx512BW.MultiplyAddAdjacent(ta + tb, sLo) + Avx512BW.MultiplyAddAdjacent(tc + td, sHi);
         }
     }
 

@@ -838,9 +838,10 @@ public static partial class VecDot
     }
 
     /// <summary>[Σ a, Σ b, …] as floats: two eight-lane integer sums reduced together (exact), then converted — one
-    /// reduction for a super-block's sums and mins (Q2_K) or for two rows' sums (Q3_K).</summary>
+    /// reduction for a super-block's sums and mins (Q2_K), for two rows' sums (Q3_K, the pair kernels of Q6_K and IQ4_XS) or
+    /// for two super-blocks of one row (their one-row kernels).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector128<float> SumPair(Vector256<int> a, Vector256<int> b)
+    internal static Vector128<float> SumPair(Vector256<int> a, Vector256<int> b)
     {
         var v = Avx2.HorizontalAdd(a, b); // [a01 a23 b01 b23 | a45 a67 b45 b67]
         var w = v.GetLower() + v.GetUpper();
