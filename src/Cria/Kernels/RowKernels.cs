@@ -668,7 +668,7 @@ public static unsafe partial class RowKernels
     {
         GgmlType.Q4_K => VecDot.DotQ4KRowAvx2(w, x, n / 256),
         GgmlType.Q5_K => VecDot.DotQ5KRowAvx2(w, x, n / 256),
-        GgmlType.Q3_K => VecDot.DotQ3KAvx2(w, x, n / 256),
+        GgmlType.Q3_K => VecDot.Rows16 ? VecDot.DotQ3KAvx512(w, x, n / 256) : VecDot.DotQ3KAvx2(w, x, n / 256),
         GgmlType.Q2_K => VecDot.Rows16 ? VecDot.DotQ2KAvx512(w, x, n / 256) : VecDot.DotQ2KAvx2(w, x, n / 256),
         GgmlType.Q6_K => VecDot.DotQ6KAvx2(w, x, n / 256),
         GgmlType.IQ4_XS => VecDot.Rows16 ? VecDot.DotIQ4XSRowExact<VecDot.HasVnni>(w, x, n / 256) : VecDot.DotIQ4XSRow(w, x, n / 256),

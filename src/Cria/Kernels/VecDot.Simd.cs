@@ -606,13 +606,11 @@ public static partial class VecDot
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static unsafe Vector256<short> Q3KScales(byte* x)
     {
-        uint a0 = *(uint*)(x + 96), a1 = *(uint*)(x + 100), a2 = *(uint*)(x + 104);
-        const uint k1 = 0x03030303u, k2 = 0x0f0f0f0fu;
-        var s = Vector128.Create(
-            (a0 & k2) | ((a2 & k1) << 4),
-            (a1 & k2) | (((a2 >> 2) & k1) << 4),
-            ((a0 >> 4) & k2) | (((a2 >> 4) & k1) << 4),
-            ((a1 >> 4) & k2) | (((a2 >> 6) & k1) << 4)).AsSByte() - Vector128.Create((sbyte)32);
+        // words a0, a1, a2 of scales[12]; word t of the result: (a_{t%2} >> 4·(t/2)) & 0x0f0f0f0f | ((a2 >> 2t) & 0x03030303) << 4
+        var a = Vector128.CreateScalar(*(ulong*)(x + 96)).AsUInt32().WithElement(2, *(uint*)(x + 104));
+        var low = Avx2.ShiftRightLogicalVariable(Sse2.Shuffle(a, 0b01_00_01_00), Vector128.Create(0u, 0, 4, 4)) & Vector128.Create(0x0f0f0f0fu);
+        var high = Avx2.ShiftRightLogicalVariable(Sse2.Shuffle(a, 0b10_10_10_10), Vector128.Create(0u, 2, 4, 6)) & Vector128.Create(0x03030303u);
+        var s = (low | Vector128.ShiftLeft(high, 4)).AsSByte() - Vector128.Create((sbyte)32);
         return Avx2.ConvertToVector256Int16(s);
     }
 
@@ -620,7 +618,7 @@ public static partial class VecDot
     /// Q3_K × Q8_K with AVX2, ggml's way (ggml_vec_dot_q3_K_q8_K; 110 B: hmask[32] | qs[64] | scales[12] | d): per 32
     /// values vpmaddubsw of the 2-bit part minus vpmaddubsw of the high part (4 or 0), then vpmaddwd against the two
     /// sub-block scales. The integers are the scalar kernel's. Used by <see cref="Dot"/> on every AVX2 machine and by
-    /// <see cref="RowKernels"/> for decode. Per super-block the exact integer isum = Σ_j scale_j·Σ q·a, then
+    /// <see cref="RowKernels"/> for decode where there is no AVX-512 (<see cref="DotQ3KAvx512"/> there). Per super-block the exact integer isum = Σ_j scale_j·Σ q·a, then
     /// acc = fma(isum, d_a·d, acc): one float chain per row, so that the sixteen-row prefill kernel
     /// (<see cref="DotQ3KRows16Avx512"/>, rows in lanes) gives these bits.
     /// </summary>
@@ -637,6 +635,67 @@ public static partial class VecDot
             acc = MathF.FusedMultiplyAdd(SumPair(one.S, one.S).ToScalar(), *(float*)y * Fp16.ToSingle(*(ushort*)(x + 108)), acc);
         }
         return acc;
+    }
+
+    /// <summary>
+    /// <see cref="DotQ3KAvx2"/> with 512-bit vectors (AVX-512BW), for decode on such machines. A value is q − 4·[hmask bit
+    /// clear] = q' − 4 with q' = q + 4·[bit set] ∈ [0, 7], so per sub-block Σ (q' − 4)·a = Σ q'·a − 4·bsum (the Q8_K
+    /// block's sums of sixteen): one vpmaddubsw per 64 values instead of DotQ3KAvx2's two, and the correction
+    /// 4·Σ_j scale_j·bsum_j one vpmaddwd per super-block. qs (64 bytes) in one register as <see cref="DotQ2KAvx512"/>;
+    /// hmask with its high nibbles moved down in the upper half, so that bit s of both halves belongs to piece s. Two
+    /// super-blocks per step, reduced together. The isum of each super-block is exact, so the results are DotQ3KAvx2's
+    /// bit for bit (and the sixteen-row prefill kernel's).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe float DotQ3KAvx512(byte* x, byte* y, int nb)
+    {
+        float acc = 0;
+        ref float f16 = ref Fp16.TableStart;
+        var shuffles = Q2KShuffles512.Create();
+        int i = 0;
+        for (; i + 2 <= nb; i += 2, x += 220, y += 584)
+        {
+            Sse.Prefetch0(x + PrefetchAhead);
+            Sse.Prefetch0(x + PrefetchAhead + 64);
+            Sse.Prefetch0(x + PrefetchAhead + 128);
+            Sse.Prefetch0(x + PrefetchAhead + 192);
+            var f = SumPair(Q3KSuperBlock512(x, y, shuffles), Q3KSuperBlock512(x + 110, y + 292, shuffles));
+            acc = MathF.FusedMultiplyAdd(f.ToScalar(), *(float*)y * Unsafe.Add(ref f16, *(ushort*)(x + 108)), acc);
+            acc = MathF.FusedMultiplyAdd(f.GetElement(1), *(float*)(y + 292) * Unsafe.Add(ref f16, *(ushort*)(x + 110 + 108)), acc);
+        }
+        if (i < nb)
+        {
+            var s = Q3KSuperBlock512(x, y, shuffles);
+            acc = MathF.FusedMultiplyAdd(SumPair(s, s).ToScalar(), *(float*)y * Unsafe.Add(ref f16, *(ushort*)(x + 108)), acc);
+        }
+        return acc;
+    }
+
+    /// <summary>One Q3_K super-block (x) against one Q8_K block (y), 512 bits wide: eight int32 lanes whose sum is the
+    /// exact isum = Σ_j scale_j·Σ (q' − 4)·a.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe Vector256<int> Q3KSuperBlock512(byte* x, byte* y, in Q2KShuffles512 p)
+    {
+        var scales = Q3KScales(x);
+        var corr = Avx2.MultiplyAddAdjacent(scales, Vector256.Load((short*)(y + 260))); // Σ scale_j·bsum_j, in eight lanes
+        var sc = Avx512F.PermuteVar8x64(scales.ToVector512Unsafe().AsInt64(), Vector512.Create(0L, 1, 0, 1, 2, 3, 2, 3)).AsByte();
+        var qbits = Vector512.Load(x + 32).AsUInt16();
+        var h = Vector256.Load(x).AsUInt16();
+        var hm = Avx512F.InsertVector256(h.ToVector512Unsafe(), Vector256.ShiftRightLogical(h, 4), 1); // bit s: piece s in both halves
+        sbyte* a = (sbyte*)(y + 4);
+        var s = (Q3KPiece512(qbits, 0, Vector512.ShiftLeft(hm, 2), sc, p.S0, a) + Q3KPiece512(qbits, 2, Vector512.ShiftLeft(hm, 1), sc, p.S1, a + 32))
+              + (Q3KPiece512(qbits, 4, hm, sc, p.S2, a + 64) + Q3KPiece512(qbits, 6, Vector512.ShiftRightLogical(hm, 1), sc, p.S3, a + 96));
+        return (s.GetLower() + s.GetUpper()) - Vector256.ShiftLeft(corr, 2);
+    }
+
+    /// <summary>One shift of a Q3_K super-block's 512-bit qs, with the hmask bit of each value already at bit 2 of
+    /// <paramref name="high"/>: q' = q | (high &amp; 4), against the activations at a and a + 128, scaled per sixteen.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe Vector512<int> Q3KPiece512(Vector512<ushort> qbits, [ConstantExpected] byte shift, Vector512<ushort> high, Vector512<byte> sc,
+        Vector512<byte> shuffle, sbyte* a)
+    {
+        var q = (Vector512.ShiftRightLogical(qbits, shift).AsByte() & Vector512.Create((byte)3)) | (high.AsByte() & Vector512.Create((byte)4));
+        return Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(q, ActivationHalves(a)), Avx512BW.Shuffle(sc, shuffle).AsInt16());
     }
 
     /// <summary>Where the Q3_K / Q2_K pieces' products go: the 8 int32 lanes of one activation row
@@ -796,34 +855,56 @@ public static partial class VecDot
     }
 
     /// <summary>
-    /// <see cref="DotQ2KAvx2"/> with 512-bit vectors (AVX-512BW), for decode on such machines: both 32-byte halves of qs
-    /// in one register, so each of the four shifts gives 64 values (elements 32s … 32s+31 and 128+32s …), against the
-    /// two matching 32-byte runs of activations, and the scales [0–7, 0–7, 8–15, 8–15] picked in-lane as there. The
-    /// integers are exact in any order, so isum, imin and the two FMAs per super-block — the results — are
+    /// <see cref="DotQ2KAvx2"/> with 512-bit vectors (AVX-512BW), for decode on such machines: qs (64 bytes) in one
+    /// register, so each of the four shifts gives 64 values (elements 32s … 32s+31 and 128+32s …), against the two
+    /// matching 32-byte runs of activations, and the scales [0–7, 0–7, 8–15, 8–15] picked in-lane as there. Two
+    /// super-blocks per step, their four integers (isum, imin of each) reduced together (<see cref="SumQuad"/>); the
+    /// integers are exact in any order, so isum, imin and the two FMAs per super-block in order — the results — are
     /// DotQ2KAvx2's, bit for bit (and so the sixteen-row prefill kernel's).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static unsafe float DotQ2KAvx512(byte* x, byte* y, int nb)
     {
         float acc = 0;
-        var m3 = Vector512.Create((byte)3);
-        var ps0 = Vector512.Create(PairShuffle0, PairShuffle0); var ps1 = Vector512.Create(PairShuffle1, PairShuffle1);
-        var ps2 = Vector512.Create(PairShuffle2, PairShuffle2); var ps3 = Vector512.Create(PairShuffle3, PairShuffle3);
-        for (int i = 0; i < nb; i++, x += 84, y += 292)
+        ref float f16 = ref Fp16.TableStart;
+        var shuffles = Q2KShuffles512.Create();
+        int i = 0;
+        for (; i + 2 <= nb; i += 2, x += 168, y += 584)
         {
             Sse.Prefetch0(x + PrefetchAhead);
             Sse.Prefetch0(x + PrefetchAhead + 64);
-            float yd = *(float*)y;
-            var (scales, mins) = Q2KScalesMins(x);
-            var minProd = Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y + 260)));
-            var sc = Avx512F.PermuteVar8x64(scales.ToVector512Unsafe().AsInt64(), Vector512.Create(0L, 1, 0, 1, 2, 3, 2, 3)).AsByte();
-            var qbits = Vector512.Create(Vector256.Load(x + 16), Vector256.Load(x + 48)).AsUInt16();
-            sbyte* a = (sbyte*)(y + 4);
-            var s = (Q2KPiece512(qbits, 0, m3, sc, ps0, a) + Q2KPiece512(qbits, 2, m3, sc, ps1, a + 32))
-                  + (Q2KPiece512(qbits, 4, m3, sc, ps2, a + 64) + Q2KPiece512(qbits, 6, m3, sc, ps3, a + 96));
-            acc = Q2KChain(SumPair(s.GetLower() + s.GetUpper(), minProd), yd, x, acc);
+            Sse.Prefetch0(x + PrefetchAhead + 128);
+            var (sa, ma) = Q2KSuperBlock512(x, y, shuffles);
+            var (sb, mb) = Q2KSuperBlock512(x + 84, y + 292, shuffles);
+            var f = SumQuad(sa, ma, sb, mb); // [isum a, imin a, isum b, imin b]
+            float ya = *(float*)y, yb = *(float*)(y + 292);
+            acc = MathF.FusedMultiplyAdd(f.ToScalar(), ya * Unsafe.Add(ref f16, *(ushort*)(x + 80)), acc);
+            acc = MathF.FusedMultiplyAdd(f.GetElement(1), -ya * Unsafe.Add(ref f16, *(ushort*)(x + 82)), acc);
+            acc = MathF.FusedMultiplyAdd(f.GetElement(2), yb * Unsafe.Add(ref f16, *(ushort*)(x + 84 + 80)), acc);
+            acc = MathF.FusedMultiplyAdd(f.GetElement(3), -yb * Unsafe.Add(ref f16, *(ushort*)(x + 84 + 82)), acc);
+        }
+        if (i < nb)
+        {
+            var (s, m) = Q2KSuperBlock512(x, y, shuffles);
+            acc = Q2KChain(SumPair(s, m), *(float*)y, x, acc);
         }
         return acc;
+    }
+
+    /// <summary>One Q2_K super-block (x) against one Q8_K block (y), 512 bits wide: eight int32 lanes whose sum is isum =
+    /// Σ_j scale_j·Σ q·a, and eight whose sum is imin = Σ_j min_j·bsum_j.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe (Vector256<int> Sum, Vector256<int> Min) Q2KSuperBlock512(byte* x, byte* y, in Q2KShuffles512 p)
+    {
+        var m3 = Vector512.Create((byte)3);
+        var (scales, mins) = Q2KScalesMins(x);
+        var minProd = Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y + 260)));
+        var sc = Avx512F.PermuteVar8x64(scales.ToVector512Unsafe().AsInt64(), Vector512.Create(0L, 1, 0, 1, 2, 3, 2, 3)).AsByte();
+        var qbits = Vector512.Load(x + 16).AsUInt16();
+        sbyte* a = (sbyte*)(y + 4);
+        var s = (Q2KPiece512(qbits, 0, m3, sc, p.S0, a) + Q2KPiece512(qbits, 2, m3, sc, p.S1, a + 32))
+              + (Q2KPiece512(qbits, 4, m3, sc, p.S2, a + 64) + Q2KPiece512(qbits, 6, m3, sc, p.S3, a + 96));
+        return (s.GetLower() + s.GetUpper(), minProd);
     }
 
     /// <summary>One shift of a Q2_K super-block's 512-bit qs (values at bits shift, shift + 1 of each byte) against the
@@ -833,8 +914,32 @@ public static partial class VecDot
         Vector512<byte> shuffle, sbyte* a)
     {
         var q = Vector512.ShiftRightLogical(qbits, shift).AsByte() & m3;
-        var act = Vector512.Create(Vector256.Load(a), Vector256.Load(a + 128));
-        return Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(q, act), Avx512BW.Shuffle(sc, shuffle).AsInt16());
+        return Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(q, ActivationHalves(a)), Avx512BW.Shuffle(sc, shuffle).AsInt16());
+    }
+
+    /// <summary><see cref="PairShuffle0"/> … <see cref="PairShuffle3"/> in both 256-bit halves, made once before a
+    /// kernel's loop (built inside it, the JIT assembled them anew every piece).</summary>
+    private readonly struct Q2KShuffles512
+    {
+        public readonly Vector512<byte> S0, S1, S2, S3;
+        Q2KShuffles512(Vector512<byte> s0, Vector512<byte> s1, Vector512<byte> s2, Vector512<byte> s3) { S0 = s0; S1 = s1; S2 = s2; S3 = s3; }
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Q2KShuffles512 Create() => new(Vector512.Create(PairShuffle0, PairShuffle0), Vector512.Create(PairShuffle1, PairShuffle1),
+            Vector512.Create(PairShuffle2, PairShuffle2), Vector512.Create(PairShuffle3, PairShuffle3));
+    }
+
+    /// <summary>The 32 activations at a and the 32 at a + 128 in one register: a load, then the second half inserted from
+    /// memory (no dependence on the register's previous contents, which Vector512.Create(lo, hi) compiled to).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe Vector512<sbyte> ActivationHalves(sbyte* a)
+        => Avx512F.InsertVector256(Vector256.Load(a).ToVector512Unsafe(), Vector256.Load(a + 128), 1);
+
+    /// <summary>[Σ a, Σ b, Σ c, Σ d] as floats: four eight-lane integer sums reduced together (exact), then converted.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector128<float> SumQuad(Vector256<int> a, Vector256<int> b, Vector256<int> c, Vector256<int> d)
+    {
+        var v = Avx2.HorizontalAdd(Avx2.HorizontalAdd(a, b), Avx2.HorizontalAdd(c, d)); // [a0–3 b0–3 c0–3 d0–3 | a4–7 b4–7 c4–7 d4–7]
+        return Vector128.ConvertToSingle(v.GetLower() + v.GetUpper());
     }
 
     /// <summary>[Σ a, Σ b, …] as floats: two eight-lane integer sums reduced together (exact), then converted — one
