@@ -615,9 +615,10 @@ public static partial class VecDot
     }
 
     /// <summary>
-    /// Q3_K × Q8_K with AVX2, ggml's way (ggml_vec_dot_q3_K_q8_K; 110 B: hmask[32] | qs[64] | scales[12] | d): per 32
-    /// values vpmaddubsw of the 2-bit part minus vpmaddubsw of the high part (4 or 0), then vpmaddwd against the two
-    /// sub-block scales. The integers are the scalar kernel's. Used by <see cref="Dot"/> on every AVX2 machine and by
+    /// Q3_K × Q8_K with AVX2 (110 B: hmask[32] | qs[64] | scales[12] | d): per 32 values one vpmaddubsw of
+    /// q' = q + 4·hbit ∈ [0, 7] (ggml_vec_dot_q3_K_q8_K takes two, of the 2-bit part and of the 4 where the bit is
+    /// clear), vpmaddwd against the two sub-block scales, and per super-block the −4 of every value taken back as
+    /// 4·Σ_j scale_j·bsum_j (one vpmaddwd against the Q8_K bsums). The integers are the scalar kernel's. Used by <see cref="Dot"/> on every AVX2 machine and by
     /// <see cref="RowKernels"/> for decode where there is no AVX-512 (<see cref="DotQ3KAvx512"/> there). Per super-block the exact integer isum = Σ_j scale_j·Σ q·a, then
     /// acc = fma(isum, d_a·d, acc): one float chain per row, so that the sixteen-row prefill kernel
     /// (<see cref="DotQ3KRows16Avx512"/>, rows in lanes) gives these bits.
@@ -705,8 +706,9 @@ public static partial class VecDot
     {
         /// <summary>Σ scale·(q·a) over 32 values, a at byte offset <paramref name="a"/> of each row's quants.</summary>
         void Add(Vector256<byte> q, Vector256<short> scale, int a);
-        /// <summary>Σ scale·((low − high)·a): Q3_K's values with the cleared high bit (4 or 0) subtracted.</summary>
-        void AddMinus(Vector256<byte> low, Vector256<byte> high, Vector256<short> scale, int a);
+        /// <summary>Subtracts 4·Σ_j scale_j·bsum_j (the Q8_K block's sums of sixteen, after its 256 quants): Q3_K's
+        /// values are added as q' = q − 4 + 4·hbit ∈ [0, 7] and the −4 taken back here, once per super-block.</summary>
+        void SubtractFourBsums(Vector256<short> scales);
     }
 
     internal unsafe struct OneRow : IPieceRows
@@ -719,11 +721,8 @@ public static partial class VecDot
             => S += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load(A + a)));
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public void AddMinus(Vector256<byte> low, Vector256<byte> high, Vector256<short> scale, int a)
-        {
-            var av = Vector256.Load(A + a);
-            S += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(low, av) - Avx2.MultiplyAddAdjacent(high, av));
-        }
+        public void SubtractFourBsums(Vector256<short> scales)
+            => S -= Vector256.ShiftLeft(Avx2.MultiplyAddAdjacent(scales, Vector256.Load((short*)(A + 256))), 2);
     }
 
     internal unsafe struct FourRows : IPieceRows
@@ -741,16 +740,12 @@ public static partial class VecDot
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public void AddMinus(Vector256<byte> low, Vector256<byte> high, Vector256<short> scale, int a)
+        public void SubtractFourBsums(Vector256<short> scales)
         {
-            var av = Vector256.Load(A0 + a);
-            S0 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(low, av) - Avx2.MultiplyAddAdjacent(high, av));
-            av = Vector256.Load(A1 + a);
-            S1 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(low, av) - Avx2.MultiplyAddAdjacent(high, av));
-            av = Vector256.Load(A2 + a);
-            S2 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(low, av) - Avx2.MultiplyAddAdjacent(high, av));
-            av = Vector256.Load(A3 + a);
-            S3 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(low, av) - Avx2.MultiplyAddAdjacent(high, av));
+            S0 -= Vector256.ShiftLeft(Avx2.MultiplyAddAdjacent(scales, Vector256.Load((short*)(A0 + 256))), 2);
+            S1 -= Vector256.ShiftLeft(Avx2.MultiplyAddAdjacent(scales, Vector256.Load((short*)(A1 + 256))), 2);
+            S2 -= Vector256.ShiftLeft(Avx2.MultiplyAddAdjacent(scales, Vector256.Load((short*)(A2 + 256))), 2);
+            S3 -= Vector256.ShiftLeft(Avx2.MultiplyAddAdjacent(scales, Vector256.Load((short*)(A3 + 256))), 2);
         }
     }
 
@@ -779,18 +774,20 @@ public static partial class VecDot
         Q3KPiece(qbits, 2, hmask, 5, sc, s1, 160, ref rows);
         Q3KPiece(qbits, 4, hmask, 6, sc, s2, 192, ref rows);
         Q3KPiece(qbits, 6, hmask, 7, sc, s3, 224, ref rows);
+        rows.SubtractFourBsums(scales);
     }
 
-    /// <summary>32 Q3_K values (2 bits at <paramref name="shift"/> of qbits, minus 4 where hmask bit <paramref name="bit"/>
-    /// is clear) against 32 activations at offset a, scaled per 16 by the two sub-block scales the shuffle picks from sc.</summary>
+    /// <summary>32 Q3_K values as q' = q + 4·hbit ∈ [0, 7] (2 bits at <paramref name="shift"/> of qbits, plus 4 where
+    /// hmask bit <paramref name="bit"/> is set; the −4 of every value is <see cref="IPieceRows.SubtractFourBsums"/>'s)
+    /// against 32 activations at offset a, scaled per 16 by the two sub-block scales the shuffle picks from sc.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static unsafe void Q3KPiece<TRows>(Vector256<ushort> qbits, [ConstantExpected] byte shift, Vector256<byte> hmask, [ConstantExpected] byte bit,
         Vector256<byte> sc, Vector256<byte> shuffle, int a, ref TRows rows) where TRows : struct, IPieceRows
     {
         var low = Vector256.ShiftRightLogical(qbits, shift).AsByte() & Vector256.Create((byte)3);
-        var clear = Avx2.AndNot(hmask, Vector256.Create((byte)(1 << bit))).AsUInt16(); // only bit `bit` of each byte can be set
-        var high = (bit >= 2 ? Vector256.ShiftRightLogical(clear, (byte)(bit - 2)) : Vector256.ShiftLeft(clear, (byte)(2 - bit))).AsByte(); // 4 or 0
-        rows.AddMinus(low, high, Avx2.Shuffle(sc, shuffle).AsInt16(), a);
+        var hm = hmask.AsUInt16();
+        var high = (bit >= 2 ? Vector256.ShiftRightLogical(hm, (byte)(bit - 2)) : Vector256.ShiftLeft(hm, (byte)(2 - bit))).AsByte() & Vector256.Create((byte)4); // 4 or 0
+        rows.Add(low | high, Avx2.Shuffle(sc, shuffle).AsInt16(), a);
     }
 
     /// <summary><see cref="DotQ3KAvx2"/> of one weight row against four Q8_K activation rows (prefill): values and scales
