@@ -1027,9 +1027,10 @@ public static partial class VecDot
     }
 
     /// <summary>
-    /// Q6_K × Q8_K with AVX2, ggml's way (ggml_vec_dot_q6_K_q8_K): 6-bit values q (0..63) built from ql nibbles and
-    /// qh bit pairs, vpmaddubsw q·y minus vpmaddubsw 32·y (the −32 offset; |result| ≤ 2·63·127 + 2·32·128 fits int16),
-    /// then vpmaddwd against the two sub-block scales of each 32 values (sign-extended int8). Integers as the scalar kernel.
+    /// Q6_K × Q8_K with AVX2: 6-bit values q (0..63) built from ql nibbles and qh bit pairs, vpmaddubsw q·y (a pair at
+    /// most 2·63·128, int16), then vpmaddwd against the two sub-block scales of each 32 values (sign-extended int8);
+    /// the −32 offset once per super-block as 32·Σ_j scale_j·bsum_j against the Q8_K bsums (<see cref="Q6KOffset"/>;
+    /// ggml_vec_dot_q6_K_q8_K subtracts a second vpmaddubsw of 32·y per 32 values). Integers as the scalar kernel.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static unsafe float DotQ6KAvx2(byte* x, byte* y, int nb)
@@ -1050,10 +1051,9 @@ public static partial class VecDot
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static unsafe void Q6KStep(byte* x, byte* y, ref Vector256<float> acc)
     {
-        var m32 = Vector256.Create((byte)32);
         float d = *(float*)y * Fp16.ToSingle(*(ushort*)(x + 208));
         var scales = Vector128.Load(x + 192);
-        Vector256<int> sumi = default;
+        var sumi = -Q6KOffset(scales, y);
         for (int h = 0; h < 2; h++)
         {
             byte* ql = x + 64 * h, qh = x + 128 + 32 * h;
@@ -1067,16 +1067,22 @@ public static partial class VecDot
             var q3 = Q6KQuants(bits2, bitsH, 4, 6);
             var a0 = Vector256.Load(a8); var a1 = Vector256.Load(a8 + 32);
             var a2 = Vector256.Load(a8 + 64); var a3 = Vector256.Load(a8 + 96);
-            var p0 = Avx2.MultiplyAddAdjacent(q0, a0) - Avx2.MultiplyAddAdjacent(m32, a0);
-            var p1 = Avx2.MultiplyAddAdjacent(q1, a1) - Avx2.MultiplyAddAdjacent(m32, a1);
-            var p2 = Avx2.MultiplyAddAdjacent(q2, a2) - Avx2.MultiplyAddAdjacent(m32, a2);
-            var p3 = Avx2.MultiplyAddAdjacent(q3, a3) - Avx2.MultiplyAddAdjacent(m32, a3);
+            var p0 = Avx2.MultiplyAddAdjacent(q0, a0);
+            var p1 = Avx2.MultiplyAddAdjacent(q1, a1);
+            var p2 = Avx2.MultiplyAddAdjacent(q2, a2);
+            var p3 = Avx2.MultiplyAddAdjacent(q3, a3);
             int s = 8 * h;
             sumi += Avx2.MultiplyAddAdjacent(ScalePair16(scales, s), p0) + Avx2.MultiplyAddAdjacent(ScalePair16(scales, s + 2), p1);
             sumi += Avx2.MultiplyAddAdjacent(ScalePair16(scales, s + 4), p2) + Avx2.MultiplyAddAdjacent(ScalePair16(scales, s + 6), p3);
         }
         acc = Fma.MultiplyAdd(Vector256.Create(d), Vector256.ConvertToSingle(sumi), acc);
     }
+
+    /// <summary>32·Σ_j scale_j·bsum_j of a Q6_K super-block (int8 scales) against a Q8_K block (bsums[16] int16 at
+    /// byte 260), in eight int32 lanes (lane k: sub-blocks 2k and 2k + 1): the −32 of every value, taken once.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe Vector256<int> Q6KOffset(Vector128<byte> scales, byte* y)
+        => Vector256.ShiftLeft(Avx2.MultiplyAddAdjacent(Avx2.ConvertToVector256Int16(scales.AsSByte()), Vector256.Load((short*)(y + 260))), 5);
 
     /// <summary>
     /// <see cref="DotQ6KAvx2"/> of one weight row against four activation rows (as <see cref="DotQ4KRowAvx2x4"/>): each
@@ -1093,7 +1099,7 @@ public static partial class VecDot
             int yo = i * 292;
             float wd = Fp16.ToSingle(*(ushort*)(x + 208));
             var scales = Vector128.Load(x + 192);
-            Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default;
+            Vector256<int> s0 = -Q6KOffset(scales, y + yo), s1 = -Q6KOffset(scales, y1 + yo), s2 = -Q6KOffset(scales, y2 + yo), s3 = -Q6KOffset(scales, y3 + yo);
             for (int h = 0; h < 2; h++)
             {
                 byte* ql = x + 64 * h, qh = x + 128 + 32 * h;
@@ -1125,20 +1131,15 @@ public static partial class VecDot
            | Vector256.ShiftLeft((Vector256.ShiftRightLogical(qh, pairShift).AsByte() & Vector256.Create((byte)0x03)).AsUInt16(), 4).AsByte();
 
     /// <summary>32 six-bit quants q (0..63) with their two sub-block scales against 32 activations at byte offset a of
-    /// each of four rows: s_k += scale · (q·y − 32·y) per 8 int32 lanes.</summary>
+    /// each of four rows: s_k += scale · (q·y) per 8 int32 lanes (the −32 is <see cref="Q6KOffset"/>'s).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static unsafe void Q6KPieceX4(Vector256<byte> q, Vector256<short> scale, int a, byte* y0, byte* y1, byte* y2, byte* y3,
         ref Vector256<int> s0, ref Vector256<int> s1, ref Vector256<int> s2, ref Vector256<int> s3)
     {
-        var m32 = Vector256.Create((byte)32);
-        var a0 = Vector256.Load((sbyte*)(y0 + a));
-        s0 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, a0) - Avx2.MultiplyAddAdjacent(m32, a0));
-        var a1 = Vector256.Load((sbyte*)(y1 + a));
-        s1 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, a1) - Avx2.MultiplyAddAdjacent(m32, a1));
-        var a2 = Vector256.Load((sbyte*)(y2 + a));
-        s2 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, a2) - Avx2.MultiplyAddAdjacent(m32, a2));
-        var a3 = Vector256.Load((sbyte*)(y3 + a));
-        s3 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, a3) - Avx2.MultiplyAddAdjacent(m32, a3));
+        s0 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load((sbyte*)(y0 + a))));
+        s1 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load((sbyte*)(y1 + a))));
+        s2 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load((sbyte*)(y2 + a))));
+        s3 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load((sbyte*)(y3 + a))));
     }
 
     /// <summary>Int8 scales k and k+1 sign-extended to int16: lanes 0–7 = scales[k], 8–15 = scales[k+1].</summary>
