@@ -126,9 +126,14 @@ static unsafe class KernelMicro
                         {
                             // rows r and r + rows/2 together: two streams (RowKernels.RunPair)
                             int h = rows / 2;
-                            for (int k = 0; k < inner; k++)
-                                for (int r = 0; r < h; r++)
-                                    RowKernels.RunPair(type, w + (long)r * rowBytes, w + (long)(r + h) * rowBytes, x, cols, out yp[r], out yp[r + h], finite);
+                            if (RowKernels.LegacyGroupPair(type)) // groups of eight rows (RowKernels.RunGroupPair), as MatMulJob pairs them
+                                for (int k = 0; k < inner; k++)
+                                    for (int r = 0; r + 8 <= h; r += 8)
+                                        RowKernels.RunGroupPair(type, w + (long)r * rowBytes, w + (long)(r + h) * rowBytes, rowBytes, x, cols, yp + r, yp + r + h);
+                            else
+                                for (int k = 0; k < inner; k++)
+                                    for (int r = 0; r < h; r++)
+                                        RowKernels.RunPair(type, w + (long)r * rowBytes, w + (long)(r + h) * rowBytes, x, cols, out yp[r], out yp[r + h], finite);
                         }
                         else if (threads == 1 && ggmlDot != null)
                             for (int k = 0; k < inner; k++)

@@ -230,6 +230,19 @@ internal sealed unsafe class MatMulJob : ParallelJob
         int firstA = pa == 0 ? 0 : _end[pa - 1], firstB = pb == 0 ? 0 : _end[pb - 1];
         byte* x = _act[pa]; // same type, same input: the same activation layout as _act[pb]
         int k = 0, pairs = Math.Min(ea - sa, eb - sb);
+        if (RowKernels.LegacyGroupPair(wa.Type) && wa.RowBytes == wb.RowBytes)
+        {
+            // eight-row groups, one from each chunk; the rest through RunChunk (its groups)
+            for (; k + 8 <= pairs; k += 8)
+            {
+                int ra = sa + k - firstA, rb = sb + k - firstB;
+                RowKernels.RunGroupPair(wa.Type, wa.Data + (long)ra * wa.RowBytes, wb.Data + (long)rb * wb.RowBytes, wa.RowBytes, x, wa.Cols,
+                    _out[pa] + ra, _out[pb] + rb);
+            }
+            if (sa + k < ea) RunChunk(pa, sa + k, ea);
+            if (sb + k < eb) RunChunk(pb, sb + k, eb);
+            return;
+        }
         bool finiteF16 = !wa.NonFiniteF16 && !wb.NonFiniteF16;
         for (; k < pairs; k++)
         {

@@ -1853,8 +1853,28 @@ public static unsafe partial class RowKernels
         GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K => Avx512BW.IsSupported,
         GgmlType.Q8_0 => Avx512BW.IsSupported || Avx2Rows(type), // AVX2: see VecDot.DotQ80RowExactAvx2Pair
         GgmlType.IQ4_XS => Avx2Rows(type), // VecDot.DotIQ4XSRowPair
-        _ => false,
+        _ => LegacyGroupPair(type),
     };
+
+    /// <summary>Whether a legacy type's decode runs eight rows at a time (<see cref="RowGroup"/>) and pairs groups of
+    /// eight far apart (<see cref="RunGroupPair"/>; single rows through <see cref="RunPair"/>).</summary>
+    internal static bool LegacyGroupPair(GgmlType type) =>
+        type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.IQ4_NL && RowGroup(type) == 8;
+
+    /// <summary>Two full groups of eight rows (rowBytes apart within each group, the groups far apart) of a
+    /// <see cref="LegacyGroupPair"/> type against one activation row: y_a[0..8), y_b[0..8), each row with the bits of
+    /// <see cref="RunRows"/>.</summary>
+    internal static void RunGroupPair(GgmlType type, byte* wa, byte* wb, long rowBytes, byte* x, int n, float* ya, float* yb)
+    {
+        switch (type)
+        {
+            case GgmlType.Q4_0: VecDot.DotRows8PairAvx2<VecDot.Q40Block>(wa, wb, rowBytes, x, n / 32, ya, yb); break;
+            case GgmlType.Q4_1: VecDot.DotRows8PairAvx2<VecDot.Q41Block>(wa, wb, rowBytes, x, n / 32, ya, yb); break;
+            case GgmlType.Q5_0: VecDot.DotRows8PairAvx2<VecDot.Q50Block>(wa, wb, rowBytes, x, n / 32, ya, yb); break;
+            case GgmlType.IQ4_NL: VecDot.DotRows8PairAvx2<VecDot.IQ4NLBlock>(wa, wb, rowBytes, x, n / 32, ya, yb); break;
+            default: VecDot.DotRows8PairAvx2<VecDot.Q51Block>(wa, wb, rowBytes, x, n / 32, ya, yb); break;
+        }
+    }
 
     /// <summary>
     /// Two weight rows of one type, far apart in memory, against one activation row (x in the layout of
@@ -1875,6 +1895,13 @@ public static unsafe partial class RowKernels
             return true;
         }
         if (type == GgmlType.BF16) { DotBF16Avx2Pair((ushort*)wa, (ushort*)wb, (float*)x, n, out ya, out yb); return true; }
+        if (LegacyGroupPair(type))
+        {
+            float a, b; // one row each: the groups' lanes repeat it
+            RunGroupPair(type, wa, wb, 0, x, n, &a, &b);
+            ya = a; yb = b;
+            return true;
+        }
         switch (type)
         {
             case GgmlType.Q4_K: Q4K1Pair<Q4KLayout>(wa, wb, x, n / 256, out ya, out yb); return true;

@@ -126,6 +126,54 @@ public static partial class VecDot
 
     const float Pow2To112 = 5.192297e33f;
 
+    /// <summary>Two groups of rows far apart against one activation row (decode, <see cref="RowKernels.RunGroupPair"/>):
+    /// at <paramref name="wa"/> and <paramref name="wb"/> either eight rows <paramref name="step"/> bytes apart each
+    /// (step = the row size) or one row each (step = 0), block by block, so that one core reads two sequential streams at
+    /// once (as the paired kernels of the other types). Each group's operations are those of
+    /// <see cref="DotRows8Avx2{T}(byte*, long, int, byte*, int, float*)"/>, so each row gets its bits.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
+    internal static unsafe void DotRows8PairAvx2<T>(byte* wa, byte* wb, long step, byte* x, int nb, float* ya, float* yb) where T : ILegacyBlock
+    {
+        long s3 = 3 * step;
+        Vector256<float> accA = default, accB = default;
+        for (int ib = 0; ib < nb; ib++)
+        {
+            long o = (long)ib * T.Bytes;
+            // each group's next eight rows, 8 · Bytes per block of this one (as DotRows8Avx2)
+            byte* pa = wa + 8 * step + 8 * o, pb = wb + 8 * step + 8 * o;
+            Sse.Prefetch0(pa); Sse.Prefetch0(pa + 64); Sse.Prefetch0(pa + 128);
+            Sse.Prefetch0(pb); Sse.Prefetch0(pb + 64); Sse.Prefetch0(pb + 128);
+            if (T.Bytes > 20) { Sse.Prefetch0(pa + 192); Sse.Prefetch0(pb + 192); }
+            accA = DecodeStep<T>(wa + o, step, s3, x, nb, ib, accA);
+            accB = DecodeStep<T>(wb + o, step, s3, x, nb, ib, accB);
+        }
+        Store(accA, step == 0 ? 1 : 8, ya);
+        Store(accB, step == 0 ? 1 : 8, yb);
+    }
+
+    /// <summary>Block ib of eight rows (row k at p + k·step) against one activation row: the batched kernel's steps for
+    /// B = 1.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe Vector256<float> DecodeStep<T>(byte* p, long step, long s3, byte* x, int nb, int ib, Vector256<float> acc) where T : ILegacyBlock
+    {
+        byte* p4 = p + 4 * step;
+        Unpack<T>(p, p4, out var l04, out var h04);
+        Unpack<T>(p + step, p4 + step, out var l15, out var h15);
+        Unpack<T>(p + 2 * step, p4 + 2 * step, out var l26, out var h26);
+        Unpack<T>(p + s3, p4 + s3, out var l37, out var h37);
+        var d = Scales8(p, p + step, p + 2 * step, p + s3, p4, p4 + step, p4 + 2 * step, p4 + s3);
+        var m = T.Min == 0 ? default : Scales8(p + T.Min, p + step + T.Min, p + 2 * step + T.Min, p + s3 + T.Min,
+            p4 + T.Min, p4 + step + T.Min, p4 + 2 * step + T.Min, p4 + s3 + T.Min);
+        byte* aq = x + 4 * nb + 32 * ib;
+        var alo = Avx2.BroadcastVector128ToVector256(aq).AsSByte();
+        var ahi = Avx2.BroadcastVector128ToVector256(aq + 16).AsSByte();
+        var sums = BlockSums(l04, h04, l15, h15, l26, h26, l37, h37, alo, ahi);
+        if (T.Min == 0) sums -= Vector256.Create(((int*)(x + 36 * nb))[ib] << T.OffsetShift);
+        var a = Fma.MultiplyAdd(Vector256.ConvertToSingle(sums), d * Vector256.Create(((float*)x)[ib] * Pow2To112), acc);
+        if (T.Min != 0) a = Fma.MultiplyAdd(m, Vector256.Create(((float*)(x + 40 * nb))[ib] * Pow2To112), a);
+        return a;
+    }
+
     /// <summary>The eight row pointers of a group of <paramref name="rows"/> (1–8): rows past the last repeat it.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static unsafe void Rows8(byte* w, long rowBytes, int rows, out byte* w0, out byte* w1, out byte* w2, out byte* w3,

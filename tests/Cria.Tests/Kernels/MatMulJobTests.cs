@@ -81,9 +81,12 @@ public unsafe class MatMulJobTests
         public void Dispose() { foreach (var b in _blocks) NativeMemory.AlignedFree((void*)b); }
     }
 
-    // Q/K/V-like: a large Q4_K part, then two small ones of other row sizes (Q6_K, Q5_0: no paired kernel, so one
+    // Q/K/V-like: a large Q4_K part, then two small ones of other row sizes (Q6_K, Q3_K: no paired kernel, so one
     // range per worker)
-    static readonly (GgmlType, int)[] Parts = [(GgmlType.Q4_K, 300), (GgmlType.Q6_K, 37), (GgmlType.Q5_0, 53)];
+    static readonly (GgmlType, int)[] Parts = [(GgmlType.Q4_K, 300), (GgmlType.Q6_K, 37), (GgmlType.Q3_K, 53)];
+    // the legacy types: groups of eight rows paired across two ranges per worker (RowKernels.RunGroupPair), groups of
+    // different types one after the other
+    static readonly (GgmlType, int)[] LegacyParts = [(GgmlType.Q4_0, 300), (GgmlType.Q5_1, 37), (GgmlType.Q4_0, 53)];
     static readonly (GgmlType, int)[] Q80Parts = [(GgmlType.Q8_0, 200), (GgmlType.Q8_0, 61)];
     // all F16: two ranges per worker, rows paired across them (RowKernels.RunPair)
     static readonly (GgmlType, int)[] F16Parts = [(GgmlType.F16, 300), (GgmlType.F16, 37), (GgmlType.F16, 53)];
@@ -100,7 +103,7 @@ public unsafe class MatMulJobTests
     static readonly (GgmlType, int)[] F16BigParts = [(GgmlType.F16, 3000), (GgmlType.F16, 700)];
     static (GgmlType, int)[] PartSet(string name) => name switch
     {
-        "f16" => F16Parts, "bf16" => Bf16Parts, "f16big" => F16BigParts, "k" => KParts, "q6k" => Q6KParts, "q80" => Q80Parts, _ => Parts,
+        "f16" => F16Parts, "bf16" => Bf16Parts, "f16big" => F16BigParts, "k" => KParts, "q6k" => Q6KParts, "q80" => Q80Parts, "legacy" => LegacyParts, _ => Parts,
     };
 
     [Theory]
@@ -113,18 +116,19 @@ public unsafe class MatMulJobTests
     [InlineData(2, "bf16")]
     [InlineData(2, "k")]
     [InlineData(3, "k")]
+    [InlineData(2, "legacy")]
     public void Decode_ranges_are_contiguous_and_equal_in_weight_bytes(int workers, string parts)
     {
         using var m = new Matrices(512, PartSet(parts));
         var job = m.Job(workers);
         int ranges = job.RangeCount(workers);
         // Two ranges per worker when every part has a paired kernel: the F16 and K sets with AVX-512, the F16 set with
-        // AVX2 + FMA (no pairs for Q4_K/Q6_K there); never the mixed set (Q5_0 has none).
+        // AVX2 + FMA (no pairs for Q4_K/Q6_K there), the legacy set with AVX2 + FMA; never the mixed set (Q3_K has none).
         bool paired = m.W.All(w => RowKernels.HasPairedDecode(w.Type, w.Cols));
         bool avx512 = System.Runtime.Intrinsics.X86.Avx512BW.IsSupported;
         bool avx2 = System.Runtime.Intrinsics.X86.Avx2.IsSupported && System.Runtime.Intrinsics.X86.Fma.IsSupported;
         bool vector512 = System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated;
-        Assert.Equal(parts switch { "mixed" => false, "f16" => avx512 || avx2, "bf16" => avx2 && !vector512, _ => avx512 }, paired);
+        Assert.Equal(parts switch { "mixed" => false, "f16" => avx512 || avx2, "bf16" => avx2 && !vector512, "legacy" => avx2, _ => avx512 }, paired);
         Assert.Equal(paired ? 2 * workers : workers, ranges);
         long total = m.W.Sum(w => w.ByteSize);
         int totalRows = m.W.Sum(w => w.Rows), expectFront = 0;
@@ -154,6 +158,7 @@ public unsafe class MatMulJobTests
     [InlineData("k")]
     [InlineData("q6k")]
     [InlineData("q80")]
+    [InlineData("legacy")]
     public void Every_row_is_computed_once_whoever_runs_it(string parts)
     {
         using var m = new Matrices(512, PartSet(parts));

@@ -132,10 +132,15 @@ public unsafe class RowKernelTests
     [InlineData(GgmlType.Q6_K)]
     [InlineData(GgmlType.Q8_0)]
     [InlineData(GgmlType.IQ4_XS)]
+    [InlineData(GgmlType.Q4_0)]
+    [InlineData(GgmlType.Q4_1)]
+    [InlineData(GgmlType.Q5_0)]
+    [InlineData(GgmlType.Q5_1)]
     public void PairedDecodeGivesTheBitsOfEachRowAlone(GgmlType type)
     {
         const int n = 2816;
-        Assert.True(RowKernels.HasPairedDecode(type, n) || !(Avx512BW.IsSupported || type is GgmlType.Q8_0 or GgmlType.IQ4_XS && Avx2.IsSupported),
+        bool legacy = type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1;
+        Assert.True(RowKernels.HasPairedDecode(type, n) || !(Avx512BW.IsSupported && !legacy || (type is GgmlType.Q8_0 or GgmlType.IQ4_XS || legacy) && Avx2.IsSupported && Fma.IsSupported),
             $"{type} has no paired decode kernel on this machine");
         if (!RowKernels.HasPairedDecode(type, n)) return; // (no AVX2: nothing to pair)
         var rng = new Random(5 + (int)type);
@@ -155,6 +160,39 @@ public unsafe class RowKernelTests
                 Assert.True(RowKernels.RunPair(type, pw + a * rb, pw + (a + 3) * rb, pa, n, out float ya, out float yb));
                 Assert.True(ya.Equals(alone[a]) && yb.Equals(alone[a + 3]), $"{type} pair ({a}, {a + 3}): {ya}, {yb} vs alone {alone[a]}, {alone[a + 3]}");
             }
+        }
+    }
+
+    /// <summary>The legacy types' decode pairs two groups of eight rows far apart (MatMulJob's decode with two streams per
+    /// worker): each row gets the bits of the one-row decode (RunRows, eight rows at a time).</summary>
+    [Theory]
+    [InlineData(GgmlType.Q4_0)]
+    [InlineData(GgmlType.Q4_1)]
+    [InlineData(GgmlType.Q5_0)]
+    [InlineData(GgmlType.Q5_1)]
+    public void GroupPairedDecodeGivesTheBitsOfEachRowAlone(GgmlType type)
+    {
+        if (!RowKernels.LegacyGroupPair(type)) return; // (no AVX2: no eight-row kernels)
+        const int n = 2816, rows = 24;
+        var rng = new Random(17 + (int)type);
+        long rb = GgmlTypeInfo.RowBytes(type, n);
+        var wq = new byte[rb * rows];
+        for (int r = 0; r < rows; r++)
+            Quantize.Row(type, Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray(), wq.AsSpan((int)(r * rb), (int)rb));
+        int fb = RowKernels.ActivationRowBytes(type, n);
+        var act = new byte[fb];
+        RowKernels.PrepareActivations(type, Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray(), act);
+        var alone = new float[rows];
+        var paired = new float[16];
+        fixed (byte* pw = wq) fixed (byte* pa = act) fixed (float* py = alone) fixed (float* pp = paired)
+        {
+            RowKernels.RunRows(type, pw, (int)rb, 0, rows, pa, fb, n, py);
+            RowKernels.RunGroupPair(type, pw + 3 * rb, pw + 16 * rb, rb, pa, n, pp, pp + 8); // rows 3–10 and 16–23
+        }
+        for (int k = 0; k < 8; k++)
+        {
+            Assert.True(paired[k].Equals(alone[3 + k]), $"{type} row {3 + k}: {paired[k]} vs alone {alone[3 + k]}");
+            Assert.True(paired[8 + k].Equals(alone[16 + k]), $"{type} row {16 + k}: {paired[8 + k]} vs alone {alone[16 + k]}");
         }
     }
 
