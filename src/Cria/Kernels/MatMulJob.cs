@@ -52,9 +52,10 @@ internal sealed unsafe class MatMulJob : ParallelJob
     {
         _split = false;
         if (_parts == 0 || _batch > RowKernels.Tile || workers < 1) return;
-        // Decode of one row where every part has a paired kernel (F16, Q4_K, Q6_K, Q8_0): two ranges per worker, streamed
-        // side by side (RowKernels.RunPair): one core reads two distant sequential streams faster than one
-        // (kernel-micro --type f16 --pair: 20.0–20.3 → 23.1–23.9 GB/s).
+        // Decode of one row where every part has a paired kernel (F16, Q4_K, Q6_K, Q8_0, the legacy types' groups of
+        // eight …): two ranges per worker, streamed side by side (RowKernels.RunPair, RunGroupPair): one core reads two
+        // distant sequential streams faster than one (kernel-micro --type f16 --pair: 20.0–20.3 → 23.1–23.9 GB/s; Q4_0
+        // tg64 on one thread 27–31 → 34–36 tok/s).
         _streams = _batch == 1 ? 2 : 1;
         for (int p = 0; p < _parts; p++) if (!RowKernels.HasPairedDecode(_w[p].Type, _w[p].Cols)) _streams = 1;
         int n = workers * _streams;
@@ -221,8 +222,9 @@ internal sealed unsafe class MatMulJob : ParallelJob
     }
 
     /// <summary>Rows [sa, ea) of part pa and [sb, eb) of part pb (one activation row) two at a time, one from each
-    /// chunk, through the paired kernel (<see cref="RowKernels.RunPair"/>) when both parts have the same type; a pair
-    /// the kernel declines (an F16 infinity or NaN), and the longer chunk's rest, go through <see cref="RunChunk"/>.</summary>
+    /// chunk, through the paired kernel (<see cref="RowKernels.RunPair"/>) when both parts have the same type — for the
+    /// legacy types eight rows from each at a time (<see cref="RowKernels.RunGroupPair"/>); a pair the kernel declines
+    /// (an F16 infinity or NaN), and the longer chunk's rest, go through <see cref="RunChunk"/>.</summary>
     void RunPaired(int pa, int sa, int ea, int pb, int sb, int eb)
     {
         WeightMatrix wa = _w[pa], wb = _w[pb];

@@ -170,9 +170,10 @@ public unsafe class RowKernelTests
     [InlineData(GgmlType.Q4_1)]
     [InlineData(GgmlType.Q5_0)]
     [InlineData(GgmlType.Q5_1)]
+    [InlineData(GgmlType.IQ4_NL)]
     public void GroupPairedDecodeGivesTheBitsOfEachRowAlone(GgmlType type)
     {
-        if (!RowKernels.LegacyGroupPair(type)) return; // (no AVX2: no eight-row kernels)
+        if (!RowKernels.LegacyGroupPair(type)) return; // (no AVX2, or IQ4_NL without AVX-VNNI: no eight-row kernels)
         const int n = 2816, rows = 24;
         var rng = new Random(17 + (int)type);
         long rb = GgmlTypeInfo.RowBytes(type, n);
