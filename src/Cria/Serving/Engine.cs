@@ -21,6 +21,8 @@ public sealed record EngineOptions
     /// kept in step with the request's tokens (<see cref="ModelDrafter"/>) — instead of prompt lookup. Used only on the
     /// engine thread; its owner disposes it after the engine.</summary>
     public InferenceContext? DraftContext { get; init; }
+    /// <summary>Tests: the engine takes no step until this task completes (requests are accepted, or refused, meanwhile).</summary>
+    internal Task? StepGate { get; init; }
 }
 
 /// <summary>One generation request to the <see cref="Engine"/>.</summary>
@@ -334,6 +336,8 @@ public sealed class Engine : IDisposable
 
     void Loop()
     {
+        if (Options.StepGate is { } gate)
+            while (!gate.IsCompleted && !_stopping) gate.Wait(50);
         while (true)
         {
             _signal.Reset();

@@ -276,20 +276,29 @@ public class ServerLifecycleTests
     [Fact]
     public async Task AFullQueueAnswers429WithRetryAfter()
     {
+        // The engine is held (StepGate) while five requests arrive: two wait, three are refused at once — whatever the
+        // timing of the sends (the version that raced long prompts against the engine failed once on a busy machine).
+        var gate = new TaskCompletionSource();
         await using var server = await CriaServer.StartAsync(new ServerOptions
         {
-            ModelPath = EngineTests.ModelPath(), Port = 0, Threads = 1, ContextSize = 2048,
-            Engine = new EngineOptions { MaxWaiting = 2, Scheduler = new SchedulerOptions { TokenBudget = 4 } },
+            ModelPath = EngineTests.ModelPath(), Port = 0, Threads = 1, ContextSize = 256,
+            Engine = new EngineOptions { MaxWaiting = 2, StepGate = gate.Task },
         });
         await server.Loaded;
         using var http = new HttpClient { BaseAddress = server.BaseAddress };
-        // Each 600-token prompt needs ~150 steps of 4 tokens before its first token: a fifth request finds two waiting.
-        var prompt = string.Join(',', Enumerable.Range(0, 600).Select(i => 3 + i % 300));
-        var body = "{\"prompt\":[" + prompt + "],\"max_tokens\":1}";
-        var responses = await Task.WhenAll(Enumerable.Range(0, 5).Select(_ => http.PostAsync("/v1/completions", new StringContent(body))));
-        var busy = responses.Where(r => r.StatusCode == HttpStatusCode.TooManyRequests).ToArray();
-        Assert.NotEmpty(busy);
-        Assert.Contains(responses, r => r.StatusCode == HttpStatusCode.OK);
+        const string body = "{\"prompt\":[3,4,5,6,7,8],\"max_tokens\":1}";
+        var pending = Enumerable.Range(0, 5).Select(_ => http.PostAsync("/v1/completions", new StringContent(body))).ToList();
+        var busy = new List<HttpResponseMessage>();
+        while (busy.Count < 3)
+        {
+            var done = await Task.WhenAny(pending).WaitAsync(TimeSpan.FromSeconds(60));
+            pending.Remove(done);
+            var r = await done;
+            Assert.Equal(HttpStatusCode.TooManyRequests, r.StatusCode);
+            busy.Add(r);
+        }
+        gate.SetResult();
+        foreach (var r in await Task.WhenAll(pending)) Assert.Equal(HttpStatusCode.OK, r.StatusCode);
         Assert.NotNull(busy[0].Headers.RetryAfter);
         Assert.Equal("rate_limit_error", JsonDocument.Parse(await busy[0].Content.ReadAsStringAsync()).RootElement.GetProperty("error").GetProperty("type").GetString());
     }
