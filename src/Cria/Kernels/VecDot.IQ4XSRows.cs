@@ -75,7 +75,7 @@ public static partial class VecDot
         if (TVnni.Use)
         {
             // lane ib: ls_ib · (bsum 2ib + bsum 2ib+1) = ls_ib · Σq of sub-block ib; 128 times that was added above
-            var lsTwice = (lsv << 16 | (lsv & Vector256.Create(0xFFFF))).AsInt16();
+            var lsTwice = ScaleTwice(lsv);
             sumi -= Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(y + 260)), lsTwice) << 7;
         }
         return sumi;
@@ -93,6 +93,10 @@ public static partial class VecDot
         var table = IQ4LevelTableFor<TVnni>();
         return IQ4XSLevelsDot<TVnni>(Avx2.Shuffle(table, lo), Avx2.Shuffle(table, hi), a) * Avx2.PermuteVar8x32(lsv, pick);
     }
+
+    /// <summary>Each int32 lane's value (|v| &lt; 2^15) in both of its int16 halves, for <c>vpmaddwd</c>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<short> ScaleTwice(Vector256<int> v) => (v << 16 | (v & Vector256.Create(0xFFFF))).AsInt16();
 
     /// <summary>An IQ4_XS super-block's eight 6-bit scales − 32 as int32 lanes: low four bits from scales_l (4·ib), high
     /// two from scales_h (2·ib).</summary>
@@ -319,7 +323,7 @@ public static partial class VecDot
             IQ4XSPairX4<TVnni>(xb + 104, yo + 196, lsv, Vector256.Create(6, 6, 6, 6, 7, 7, 7, 7), y, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
             if (TVnni.Use)
             {
-                var lsTwice = (lsv << 16 | (lsv & Vector256.Create(0xFFFF))).AsInt16();
+                var lsTwice = ScaleTwice(lsv);
                 s0 -= Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(y + yo + 260)), lsTwice) << 7;
                 s1 -= Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(y1 + yo + 260)), lsTwice) << 7;
                 s2 -= Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(y2 + yo + 260)), lsTwice) << 7;

@@ -678,7 +678,7 @@ public static partial class VecDot
     private static unsafe Vector256<int> Q3KSuperBlock512(byte* x, byte* y, in Q2KShuffles512 p)
     {
         var scales = Q3KScales(x);
-        var corr = Avx2.MultiplyAddAdjacent(scales, Vector256.Load((short*)(y + 260))); // Σ scale_j·bsum_j, in eight lanes
+        var corr = ScalesDotBsums(scales, y + 260); // Σ scale_j·bsum_j, in eight lanes
         var sc = Avx512F.PermuteVar8x64(scales.ToVector512Unsafe().AsInt64(), Vector512.Create(0L, 1, 0, 1, 2, 3, 2, 3)).AsByte();
         var qbits = Vector512.Load(x + 32).AsUInt16();
         var h = Vector256.Load(x).AsUInt16();
@@ -722,7 +722,7 @@ public static partial class VecDot
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public void SubtractFourBsums(Vector256<short> scales)
-            => S -= Vector256.ShiftLeft(Avx2.MultiplyAddAdjacent(scales, Vector256.Load((short*)(A + 256))), 2);
+            => S -= Vector256.ShiftLeft(ScalesDotBsums(scales, (byte*)A + 256), 2);
     }
 
     internal unsafe struct FourRows : IPieceRows
@@ -742,10 +742,10 @@ public static partial class VecDot
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public void SubtractFourBsums(Vector256<short> scales)
         {
-            S0 -= Vector256.ShiftLeft(Avx2.MultiplyAddAdjacent(scales, Vector256.Load((short*)(A0 + 256))), 2);
-            S1 -= Vector256.ShiftLeft(Avx2.MultiplyAddAdjacent(scales, Vector256.Load((short*)(A1 + 256))), 2);
-            S2 -= Vector256.ShiftLeft(Avx2.MultiplyAddAdjacent(scales, Vector256.Load((short*)(A2 + 256))), 2);
-            S3 -= Vector256.ShiftLeft(Avx2.MultiplyAddAdjacent(scales, Vector256.Load((short*)(A3 + 256))), 2);
+            S0 -= Vector256.ShiftLeft(ScalesDotBsums(scales, (byte*)A0 + 256), 2);
+            S1 -= Vector256.ShiftLeft(ScalesDotBsums(scales, (byte*)A1 + 256), 2);
+            S2 -= Vector256.ShiftLeft(ScalesDotBsums(scales, (byte*)A2 + 256), 2);
+            S3 -= Vector256.ShiftLeft(ScalesDotBsums(scales, (byte*)A3 + 256), 2);
         }
     }
 
@@ -1082,7 +1082,14 @@ public static partial class VecDot
     /// byte 260), in eight int32 lanes (lane k: sub-blocks 2k and 2k + 1): the −32 of every value, taken once.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static unsafe Vector256<int> Q6KOffset(Vector128<byte> scales, byte* y)
-        => Vector256.ShiftLeft(Avx2.MultiplyAddAdjacent(Avx2.ConvertToVector256Int16(scales.AsSByte()), Vector256.Load((short*)(y + 260))), 5);
+        => Vector256.ShiftLeft(ScalesDotBsums(Avx2.ConvertToVector256Int16(scales.AsSByte()), y + 260), 5);
+
+    /// <summary>Σ_j scale_j·bsum_j over a super-block's sixteen sub-blocks, in eight int32 lanes (lane k: sub-blocks 2k
+    /// and 2k + 1): int16 scales against the Q8_K block's bsums[16] (int16) at <paramref name="bsums"/>. The offset terms
+    /// of Q3_K (−4) and Q6_K (−32), taken once per super-block.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe Vector256<int> ScalesDotBsums(Vector256<short> scales, byte* bsums)
+        => Avx2.MultiplyAddAdjacent(scales, Vector256.Load((short*)bsums));
 
     /// <summary>
     /// <see cref="DotQ6KAvx2"/> of one weight row against four activation rows (as <see cref="DotQ4KRowAvx2x4"/>): each

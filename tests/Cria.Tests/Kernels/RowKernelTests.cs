@@ -143,14 +143,7 @@ public unsafe class RowKernelTests
         Assert.True(RowKernels.HasPairedDecode(type, n) || !(Avx512BW.IsSupported && !legacy || (type is GgmlType.Q8_0 or GgmlType.IQ4_XS || legacy) && Avx2.IsSupported && Fma.IsSupported),
             $"{type} has no paired decode kernel on this machine");
         if (!RowKernels.HasPairedDecode(type, n)) return; // (no AVX2: nothing to pair)
-        var rng = new Random(5 + (int)type);
-        long rb = GgmlTypeInfo.RowBytes(type, n);
-        var wq = new byte[rb * 6];
-        for (int r = 0; r < 6; r++)
-            Quantize.Row(type, Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray(), wq.AsSpan((int)(r * rb), (int)rb));
-        int fb = RowKernels.ActivationRowBytes(type, n);
-        var act = new byte[fb];
-        RowKernels.PrepareActivations(type, Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray(), act);
+        var (wq, act, rb, fb) = RandomRowsAndActivation(type, n, 6, 5 + (int)type);
         var alone = new float[6];
         fixed (byte* pw = wq) fixed (byte* pa = act) fixed (float* py = alone)
         {
@@ -161,6 +154,21 @@ public unsafe class RowKernelTests
                 Assert.True(ya.Equals(alone[a]) && yb.Equals(alone[a + 3]), $"{type} pair ({a}, {a + 3}): {ya}, {yb} vs alone {alone[a]}, {alone[a + 3]}");
             }
         }
+    }
+
+    /// <summary>Random weight rows of a type (values in [−1, 1)) and one random activation row (in [−2, 2)) in the
+    /// row kernels' layout, for the paired-decode tests.</summary>
+    static (byte[] Weights, byte[] Activation, long RowBytes, int ActivationBytes) RandomRowsAndActivation(GgmlType type, int n, int rows, int seed)
+    {
+        var rng = new Random(seed);
+        long rb = GgmlTypeInfo.RowBytes(type, n);
+        var wq = new byte[rb * rows];
+        for (int r = 0; r < rows; r++)
+            Quantize.Row(type, Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray(), wq.AsSpan((int)(r * rb), (int)rb));
+        int fb = RowKernels.ActivationRowBytes(type, n);
+        var act = new byte[fb];
+        RowKernels.PrepareActivations(type, Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray(), act);
+        return (wq, act, rb, fb);
     }
 
     /// <summary>The legacy types' decode pairs two groups of eight rows far apart (MatMulJob's decode with two streams per
@@ -175,14 +183,7 @@ public unsafe class RowKernelTests
     {
         if (!RowKernels.LegacyGroupPair(type)) return; // (no AVX2, or IQ4_NL without AVX-VNNI: no eight-row kernels)
         const int n = 2816, rows = 24;
-        var rng = new Random(17 + (int)type);
-        long rb = GgmlTypeInfo.RowBytes(type, n);
-        var wq = new byte[rb * rows];
-        for (int r = 0; r < rows; r++)
-            Quantize.Row(type, Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray(), wq.AsSpan((int)(r * rb), (int)rb));
-        int fb = RowKernels.ActivationRowBytes(type, n);
-        var act = new byte[fb];
-        RowKernels.PrepareActivations(type, Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray(), act);
+        var (wq, act, rb, fb) = RandomRowsAndActivation(type, n, rows, 17 + (int)type);
         var alone = new float[rows];
         var paired = new float[16];
         fixed (byte* pw = wq) fixed (byte* pa = act) fixed (float* py = alone) fixed (float* pp = paired)
