@@ -20,6 +20,10 @@ sealed class LlamaEngine : IDisposable
     static bool _initialised;
     public static readonly StringBuilder Log = new();
 
+    /// <summary>Which of LLamaSharp's llama.cpp builds to load (its runtimes/…/native/avx512, avx2, avx, noavx folders);
+    /// null: the one LLamaSharp picks for this CPU. Set before the first native call (Cria.Bench --llama-avx).</summary>
+    public static AvxLevel? ForceAvx { get; set; }
+
     public LLamaWeights Weights { get; }
     public LLamaContext Context { get; }
     public string Description { get; }
@@ -34,6 +38,7 @@ sealed class LlamaEngine : IDisposable
         {
             if (_initialised) return;
             NativeLibraryConfig.All.WithLogCallback((lvl, msg) => { lock (Log) { if (Log.Length < 1_000_000) Log.Append(msg); } });
+            if (ForceAvx is AvxLevel level) NativeLibraryConfig.All.WithAvx(level);
             NativeApi.llama_empty_call();
             _initialised = true;
         }
@@ -48,6 +53,15 @@ sealed class LlamaEngine : IDisposable
             .Where(f => f.Length >= 6 && f[5].EndsWith("/" + file, StringComparison.Ordinal)).Select(f => f[5]).FirstOrDefault();
         if (path == null) throw new InvalidOperationException($"{file} is not loaded after LLamaSharp's initialisation");
         return System.Runtime.InteropServices.NativeLibrary.Load(path);
+    }
+
+    /// <summary>The folder of the llama.cpp build in use (e.g. "avx2"), from the path of the loaded libggml-cpu.so.</summary>
+    public static string LoadedBuild()
+    {
+        EnsureLoaded();
+        string? path = File.ReadLines("/proc/self/maps").Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries))
+            .Where(f => f.Length >= 6 && f[5].EndsWith("/libggml-cpu.so", StringComparison.Ordinal)).Select(f => f[5]).FirstOrDefault();
+        return path == null ? "unknown" : Path.GetFileName(Path.GetDirectoryName(path)!);
     }
 
     public LlamaEngine(string path, int threads, int promptTokens, int genTokens, bool mmap, int vocab, int seed = 42, int depth = 0)

@@ -6,7 +6,11 @@ using Cria.Cli;
 // Side-by-side runner: Cria and llama.cpp (LLamaSharp 0.30.0) on the same GGUF, same thread count, alternating.
 //
 //   dotnet run --project bench/Cria.Bench -c Release -- --model FILE [--threads 2] [--rounds 3] [--reps 5]
-//        [--pp 512] [--tg 128] [--depth 0] [--llama-mmap] [--no-rss] [--probe] [--summary FILE.tsv]
+//        [--pp 512] [--tg 128] [--depth 0] [--llama-mmap] [--llama-avx avx2] [--no-rss] [--probe] [--summary FILE.tsv]
+//
+// --llama-avx noavx|avx|avx2|avx512: which of LLamaSharp's llama.cpp builds to load (default: the one it picks for this
+// CPU). To compare the AVX2 code paths of both engines on an AVX-512 machine, run with DOTNET_EnableAVX512=0
+// DOTNET_EnableAVXVNNI=0 (Cria's ISA) and --llama-avx avx2 (neither build of llama.cpp here uses VNNI).
 //
 // --depth D: both tests start with D tokens already in the KV cache (llama-bench's -d), filled untimed.
 //
@@ -58,12 +62,20 @@ for (int i = 0; i < args.Length; i++)
         case "--tg": case "-n": tg = int.Parse(Next(), ci); break;
         case "--depth": case "-d": depth = int.Parse(Next(), ci); break;
         case "--llama-mmap": mmap = true; break;
+        case "--llama-avx":
+            LlamaEngine.ForceAvx = Next() switch
+            {
+                "noavx" or "none" => LLama.Native.AvxLevel.None, "avx" => LLama.Native.AvxLevel.Avx,
+                "avx2" => LLama.Native.AvxLevel.Avx2, "avx512" => LLama.Native.AvxLevel.Avx512,
+                var v => throw new ArgumentException($"--llama-avx takes noavx, avx, avx2 or avx512, not '{v}'"),
+            };
+            break;
         case "--no-rss": rss = false; break;
         case "--probe": probe = true; break;
         case "--summary": summary = Next(); break;
         case "--engine": engineOnly = Next(); break;
         case "--help": case "-h":
-            Console.WriteLine("usage: Cria.Bench --model FILE [--threads 2] [--rounds 3] [--reps 5] [--pp 512] [--tg 128] [--depth 0] [--llama-mmap] [--no-rss] [--probe] [--summary FILE.tsv] [--engine cria|llama]");
+            Console.WriteLine("usage: Cria.Bench --model FILE [--threads 2] [--rounds 3] [--reps 5] [--pp 512] [--tg 128] [--depth 0] [--llama-mmap] [--llama-avx noavx|avx|avx2|avx512] [--no-rss] [--probe] [--summary FILE.tsv] [--engine cria|llama]");
             return 0;
         default: Console.Error.WriteLine($"unknown argument '{a}' (try --help)"); return 2;
     }
@@ -93,6 +105,7 @@ long fileBytes = cria.Model.File.FileSize, wbpt = cria.Model.WeightBytesPerToken
 long kvBytes = (long)(cria.Context.Cache.BytesPerToken * (depth + Math.Max(pp, tg)));
 o.WriteLine($"model: {type}, {BenchInfo.ParamsText(cria.Model)} params, file {fileBytes / 1e6:F1} MB, weight bytes per token {wbpt / 1e6:F1} MB");
 o.WriteLine($"load: Cria {criaLoad:F2} s, llama.cpp {llamaLoad:F2} s ({llama.Description}); llama.cpp settings: {LlamaSettings()}");
+o.WriteLine($"instruction sets: Cria {CriaIsa()}; llama.cpp build {LlamaEngine.LoadedBuild()}");
 
 // One warm-up run of each test per engine (JIT tiering, page faults, llama.cpp's first-decode setup); each turn below
 // starts with one more untimed tg run.
@@ -224,6 +237,7 @@ string? RunChild(string engine)
     foreach (var a in new[] { "--model", model!, "--threads", threads.ToString(ci), "--pp", pp.ToString(ci), "--tg", tg.ToString(ci), "--depth", depth.ToString(ci), "--engine", engine })
         psi.ArgumentList.Add(a);
     if (mmap) psi.ArgumentList.Add("--llama-mmap");
+    if (LlamaEngine.ForceAvx is { } avx) { psi.ArgumentList.Add("--llama-avx"); psi.ArgumentList.Add(avx switch { LLama.Native.AvxLevel.None => "noavx", var v => v.ToString().ToLowerInvariant() }); }
     using var p = Process.Start(psi)!;
     var errTask = p.StandardError.ReadToEndAsync();
     string stdout = p.StandardOutput.ReadToEnd();
@@ -253,6 +267,17 @@ static string CpuName()
     }
     catch (IOException) { }
     return System.Runtime.InteropServices.RuntimeInformation.OSArchitecture.ToString();
+}
+
+static string CriaIsa()
+{
+    var s = new List<string>();
+    if (System.Runtime.Intrinsics.X86.Avx512F.IsSupported) s.Add("AVX-512");
+    if (System.Runtime.Intrinsics.X86.Avx512Vbmi.IsSupported) s.Add("VBMI");
+    if (System.Runtime.Intrinsics.X86.Avx2.IsSupported) s.Add("AVX2");
+    if (System.Runtime.Intrinsics.X86.AvxVnni.IsSupported) s.Add("AVX-VNNI");
+    if (System.Runtime.Intrinsics.X86.Fma.IsSupported) s.Add("FMA");
+    return s.Count == 0 ? "none of AVX2/AVX-512" : string.Join(" ", s);
 }
 
 static double TotalMemGiB() => GC.GetGCMemoryInfo().TotalAvailableMemoryBytes / 1073741824.0;
