@@ -46,23 +46,21 @@ sealed class LlamaEngine : IDisposable
 
     /// <summary>The native library of llama.cpp's build that LLamaSharp loaded for this CPU (avx512/avx2/… folder), for
     /// direct calls into ggml (its quantizer, its vec_dot): the path from /proc/self/maps, loaded again by name.</summary>
-    public static nint LoadedLibrary(string file)
+    public static nint LoadedLibrary(string file) =>
+        System.Runtime.InteropServices.NativeLibrary.Load(LoadedPath(file)
+            ?? throw new InvalidOperationException($"{file} is not loaded after LLamaSharp's initialisation"));
+
+    /// <summary>The path of a native library of LLamaSharp's loaded llama.cpp build, from /proc/self/maps; null if none.</summary>
+    static string? LoadedPath(string file)
     {
         EnsureLoaded();
-        string? path = File.ReadLines("/proc/self/maps").Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries))
+        return File.ReadLines("/proc/self/maps").Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries))
             .Where(f => f.Length >= 6 && f[5].EndsWith("/" + file, StringComparison.Ordinal)).Select(f => f[5]).FirstOrDefault();
-        if (path == null) throw new InvalidOperationException($"{file} is not loaded after LLamaSharp's initialisation");
-        return System.Runtime.InteropServices.NativeLibrary.Load(path);
     }
 
     /// <summary>The folder of the llama.cpp build in use (e.g. "avx2"), from the path of the loaded libggml-cpu.so.</summary>
-    public static string LoadedBuild()
-    {
-        EnsureLoaded();
-        string? path = File.ReadLines("/proc/self/maps").Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries))
-            .Where(f => f.Length >= 6 && f[5].EndsWith("/libggml-cpu.so", StringComparison.Ordinal)).Select(f => f[5]).FirstOrDefault();
-        return path == null ? "unknown" : Path.GetFileName(Path.GetDirectoryName(path)!);
-    }
+    public static string LoadedBuild() =>
+        LoadedPath("libggml-cpu.so") is { } path ? Path.GetFileName(Path.GetDirectoryName(path)!) : "unknown";
 
     public LlamaEngine(string path, int threads, int promptTokens, int genTokens, bool mmap, int vocab, int seed = 42, int depth = 0)
     {
