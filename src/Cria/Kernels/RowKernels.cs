@@ -86,8 +86,7 @@ public static unsafe partial class RowKernels
                 QuantizeQ80Avx2(x, dst, split: true, sums: true);
                 return;
             case GgmlType.Q4_K or GgmlType.Q5_K when Avx2Rows(weightType):
-                QuantizeQ8KAvx2(x, dst);
-                Q8KFloatMins(dst, x.Length / 256);
+                PrepareQ8KForK4Avx2(x, dst);
                 return;
             case GgmlType.IQ4_XS when Avx2Rows(weightType):
                 if (Vector512.IsHardwareAccelerated && Avx512BW.IsSupported) QuantizeQ8K(x, dst, kernelLayout: false);
@@ -124,25 +123,29 @@ public static unsafe partial class RowKernels
                     lo1.Store(q + 32);
                     hi0.Store(q + 64);
                 }
-                var pairSums = Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(blk + Q8KSums)), Vector256<short>.One); // [8] int32
-                Sse2.PackSignedSaturate(pairSums.GetLower(), pairSums.GetUpper()).Store((short*)(blk + Q8KSums));
+                SumsOf32(blk + Q8KSums);
             }
     }
 
-    /// <summary>
-    /// Q4_K activations for the AVX2 kernels (<see cref="VecDot.DotQ4KRowAvx2"/>): ggml's block_q8_K with its 16 bsums
-    /// replaced by 8 floats d8 · (bsum 2j + bsum 2j+1), the activation side of sub-block j's min term (as
-    /// <see cref="PrepareQ8KForQ4K"/> does for the AVX-512 layout).
-    /// </summary>
-    static void Q8KFloatMins(Span<byte> dst, int nb)
+    /// <summary>The 16 bsums (int16, sums of sixteen quants) at <paramref name="sums"/> → the 8 sums of 32, bsum 2j +
+    /// bsum 2j+1, as int16 in their place (at most 32·127: exact).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void SumsOf32(byte* sums)
     {
+        var pairSums = Avx2.MultiplyAddAdjacent(Vector256.Load((short*)sums), Vector256<short>.One); // [8] int32
+        Sse2.PackSignedSaturate(pairSums.GetLower(), pairSums.GetUpper()).Store((short*)sums);
+    }
+
+    /// <summary>
+    /// Q4_K and Q5_K activations for the AVX2 kernels (<see cref="VecDot.DotK4RowAvx2{T}"/>, <see cref="VecDot.DotK4Rows8Avx2{T}"/>):
+    /// ggml's block_q8_K (d8 | qs[256] in order | bsums) with its 16 bsums replaced by the 8 sums of 32 (int16 at 260),
+    /// the activation side of sub-block j's min term, as <see cref="PrepareQ8KForQ4K"/> does for the AVX-512 layout.
+    /// </summary>
+    internal static void PrepareQ8KForK4Avx2(ReadOnlySpan<float> x, Span<byte> dst)
+    {
+        QuantizeQ8KAvx2(x, dst);
         fixed (byte* p = dst)
-            for (int k = 0; k < nb; k++)
-            {
-                byte* blk = p + k * 292;
-                var pairSums = Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(blk + 260)), Vector256<short>.One); // [8] int32
-                (Vector256.ConvertToSingle(pairSums) * Vector256.Create(*(float*)blk)).Store((float*)(blk + 260));
-            }
+            for (int k = 0; k < x.Length / 256; k++) SumsOf32(p + k * 292 + 260);
     }
 
     /// <summary>
@@ -456,7 +459,7 @@ public static unsafe partial class RowKernels
     /// <summary>K-quant and i-quant types whose AVX2 kernels run one weight row against four activation rows
     /// (<see cref="RunFour"/>): the weight row is unpacked once for four dot products.</summary>
     internal static bool HasFourRowKernel(GgmlType type) =>
-        Avx2Rows(type) && (type is GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.Q3_K or GgmlType.Q2_K
+        Avx2Rows(type) && (type is GgmlType.Q6_K or GgmlType.Q3_K or GgmlType.Q2_K
             || type == GgmlType.IQ4_XS && !VecDot.Rows16 // with AVX-512, IQ4_XS's exact family (sixteen-row prefill, one-row decode)
             || GgmlTypeInfo.IsLattice(type));
 
@@ -464,8 +467,6 @@ public static unsafe partial class RowKernels
     {
         switch (type)
         {
-            case GgmlType.Q4_K: VecDot.DotQ4KRowAvx2x4(w, x, xStride, n / 256, y, yStride); break;
-            case GgmlType.Q5_K: VecDot.DotQ5KRowAvx2x4(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.Q6_K: VecDot.DotQ6KAvx2x4(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.Q3_K: VecDot.DotQ3KAvx2x4(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.Q2_K: VecDot.DotQ2KAvx2x4(w, x, xStride, n / 256, y, yStride); break;
@@ -565,7 +566,7 @@ public static unsafe partial class RowKernels
     /// AVX-512 they have their own kernels — Q8_0 only where AVX-VNNI is missing: with it, Q8_0 decodes here and runs its
     /// prefill sixteen rows at a time, <see cref="VecDot.Q80Rows16"/>), and Q3_K, Q2_K, the i-quants and the legacy Q4_0, Q4_1, Q5_0, Q5_1
     /// (eight rows at a time, <see cref="RowGroup"/>) on every AVX2 + FMA machine. Activations are ggml's Q8_K blocks (for Q4_K and Q5_K
-    /// with float min sums, <see cref="Q8KFloatMins"/>) or Q8_0 quants in the split layout (scales first; for the legacy
+    /// with the sums of 32 in place of the bsums, <see cref="PrepareQ8KForK4Avx2"/>) or Q8_0 quants in the split layout (scales first; for the legacy
     /// types followed by the block sums; IQ4_XS: Q8_K blocks in <see cref="VecDot.PermuteQ8KForIQ4XS"/>'s pair layout).</summary>
     internal static bool Avx2Rows(GgmlType type) => Avx2.IsSupported && Fma.IsSupported && type switch
     {
@@ -590,7 +591,11 @@ public static unsafe partial class RowKernels
     /// with AVX-VNNI; else <see cref="RowGroup"/>.</summary>
     internal static int PrefillRowGroup(GgmlType type) =>
         type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.IQ4_XS && VecDot.Rows16
-        || type == GgmlType.Q8_0 && VecDot.Q80Rows16 ? 16 : RowGroup(type);
+        || type == GgmlType.Q8_0 && VecDot.Q80Rows16 ? 16 : K4Rows8(type) ? 8 : RowGroup(type);
+
+    /// <summary>Q4_K and Q5_K prefill on AVX2 without AVX-512: eight weight rows in lanes (<see cref="VecDot.DotK4Rows8Avx2{T}"/>),
+    /// in tiles of <see cref="Rows16Tile"/> activation rows.</summary>
+    internal static bool K4Rows8(GgmlType type) => type is GgmlType.Q4_K or GgmlType.Q5_K && Avx2Rows(type);
 
     /// <summary>
     /// Activation rows per call of a sixteen-row prefill kernel (<see cref="Rows16"/>). A group's blocks are transposed
@@ -707,6 +712,22 @@ public static unsafe partial class RowKernels
                 for (int r = r0; r < r1; r += 16)
                     Rows16(type, w + (long)r * rowBytes, rowBytes, Math.Min(16, r1 - r), x + (long)b0 * xStride, xStride,
                         Math.Min(Rows16Tile, B - b0), n, y + (long)b0 * yStride + r, yStride, (Vector512<float>*)acc16);
+            return;
+        }
+        if (K4Rows8(type))
+        {
+            // tiles of Rows16Tile activation rows against groups of eight weight rows, one per lane (VecDot.K4Rows8.cs)
+            var k4Acc = stackalloc Vector256<float>[2 * Rows16Tile]; // [Rows16Tile, 2]: S and M of each activation row
+            var k4Isum = stackalloc Vector256<int>[Rows16Tile];       // [Rows16Tile]: a super-block's integers
+            for (int b0 = 0; b0 < B; b0 += Rows16Tile)
+                for (int r = r0; r < r1; r += 8)
+                {
+                    byte* wr = w + (long)r * rowBytes, xb = x + (long)b0 * xStride;
+                    float* yb = y + (long)b0 * yStride + r;
+                    int rows = Math.Min(8, r1 - r), tb = Math.Min(Rows16Tile, B - b0);
+                    if (type == GgmlType.Q4_K) VecDot.DotK4Rows8Avx2<VecDot.Q4KWeights>(wr, rowBytes, rows, xb, xStride, tb, n / 256, yb, yStride, k4Acc, k4Isum);
+                    else VecDot.DotK4Rows8Avx2<VecDot.Q5KWeights>(wr, rowBytes, rows, xb, xStride, tb, n / 256, yb, yStride, k4Acc, k4Isum);
+                }
             return;
         }
         if (RowGroup(type) == 8)

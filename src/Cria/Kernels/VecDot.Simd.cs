@@ -387,6 +387,8 @@ public static partial class VecDot
     {
         /// <summary>Bytes of one super-block.</summary>
         static abstract int Bytes { get; }
+        /// <summary>Whether values have a fifth bit (Q5_K: qh[32] at 16, bit j of byte l the 16 of value l of sub-block j).</summary>
+        static abstract bool Fifth { get; }
         /// <summary>Chunk <paramref name="chunk"/>'s 32 + 32 values of the super-block at x.</summary>
         static abstract unsafe (Vector256<byte> Lo, Vector256<byte> Hi) Values(byte* x, [ConstantExpected] byte chunk);
     }
@@ -394,6 +396,7 @@ public static partial class VecDot
     internal readonly struct Q4KWeights : IK4Block
     {
         public static int Bytes => 144;
+        public static bool Fifth => false;
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static unsafe (Vector256<byte> Lo, Vector256<byte> Hi) Values(byte* x, [ConstantExpected] byte chunk)
         {
@@ -406,6 +409,7 @@ public static partial class VecDot
     internal readonly struct Q5KWeights : IK4Block
     {
         public static int Bytes => 176;
+        public static bool Fifth => true;
         /// <summary>Q4_K's nibbles (qs at 48) with bits 2c and 2c + 1 of qh (at 16) as their 16s. Values are 0..31, so
         /// vpmaddubsw's pair sums stay within int16 (2·31·128).</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -489,6 +493,8 @@ public static partial class VecDot
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static unsafe Vector256<short> Q4KScalesMins(byte* x)
     {
+        // in scalar registers: the decode kernels are bound by their vector operations (RowKernels.Q4KScalesAndMins, the
+        // same in eight vector operations, made DotK4RowAvx2 8 % slower)
         uint u0 = *(uint*)(x + 4), u1 = *(uint*)(x + 8), u2 = *(uint*)(x + 12);
         uint sc03 = u0 & 0x3f3f3f3fu;
         uint sc47 = (u2 & 0x0f0f0f0fu) | (((u0 >> 6) & 0x03030303u) << 4);
@@ -498,96 +504,67 @@ public static partial class VecDot
     }
 
     /// <summary>
-    /// Q4_K / Q5_K × Q8_K for <see cref="RowKernels"/> on AVX2: as <see cref="DotK4Avx2{T}"/>, but the activation blocks
-    /// hold, where ggml's bsums were, 8 floats f_j = d8 · (bsum 2j + bsum 2j+1) (<see cref="RowKernels.PrepareActivations"/>),
-    /// so the min term is one 8-lane FMA of (−dmin · m_j) against them, and its per-row work leaves the four-row kernel
-    /// (<see cref="DotK4RowAvx2x4{T}"/>: the mins are converted once for the four rows). Results differ from ggml's integer
-    /// min term by float rounding only (the AVX-512 kernels do the same).
+    /// Q4_K / Q5_K × Q8_K for <see cref="RowKernels"/> on AVX2 (decode, and a weight row alone): the activation blocks
+    /// hold the 8 sums of 32 where ggml's bsums were (<see cref="RowKernels.PrepareQ8KForK4Avx2"/>). Per super-block the
+    /// exact integers isum = Σ_j sc_j·Σ q·a (<see cref="K4Sums{T}"/>, its eight lanes summed) and imin = Σ_j m_j·Σ a_j,
+    /// then two float chains S = fma(isum, d8·d, S), M = fma(imin, d8·dmin, M), and S − M: the arithmetic of
+    /// the eight-row prefill kernel (<see cref="DotK4Rows8Avx2{T}"/>, rows in lanes), so decode and prefill give the same
+    /// bits — and of the AVX-512 kernels (RowKernels.Q4K1). Two super-blocks per step share the horizontal sums
+    /// (<see cref="K4Integers2"/>).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static unsafe float DotK4RowAvx2<T>(byte* x, byte* y, int nb) where T : IK4Block
     {
-        Vector256<float> acc = default, accMin = default;
-        for (int i = 0; i < nb; i++, x += T.Bytes, y += 292)
+        var acc = Vector128<float>.Zero; // [S, –, M, –]
+        ref float f16 = ref Fp16.TableStart; // Fp16.ToSingle, the table taken once
+        int i = 0;
+        for (; i + 2 <= nb; i += 2, x += 2 * T.Bytes, y += 2 * 292)
         {
-            Sse.Prefetch0(x + PrefetchAhead);
-            Sse.Prefetch0(x + PrefetchAhead + 64);
-            Sse.Prefetch0(x + PrefetchAhead + 128);
-            var scalesMins = Q4KScalesMins(x);
-            var negMins = Vector256.ConvertToSingle(Avx2.ConvertToVector256Int32(scalesMins.GetUpper())) * Vector256.Create(-Fp16.ToSingle(*(ushort*)(x + 2)));
-            accMin = Fma.MultiplyAdd(negMins, Vector256.Load((float*)(y + 260)), accMin);
-            var sc = scalesMins.GetLower().AsByte();
-            var sumi = K4Sums<T>(x, (sbyte*)(y + 4), Vector256.Create(sc, sc));
-            acc = Fma.MultiplyAdd(Vector256.Create(*(float*)y * Fp16.ToSingle(*(ushort*)x)), Vector256.ConvertToSingle(sumi), acc);
+            Sse.Prefetch0(x + PrefetchAhead); Sse.Prefetch0(x + PrefetchAhead + 64); Sse.Prefetch0(x + PrefetchAhead + 128);
+            Sse.Prefetch0(x + PrefetchAhead + 192); Sse.Prefetch0(x + PrefetchAhead + 256);
+            if (T.Bytes > 160) Sse.Prefetch0(x + PrefetchAhead + 320);
+            var f = Vector128.ConvertToSingle(K4Integers2(K4Super<T>(x, y, out var minA), K4Super<T>(x + T.Bytes, y + 292, out var minB), minA, minB));
+            acc = Fma.MultiplyAdd(f, K4Scales(x, y, ref f16), acc);
+            acc = Fma.MultiplyAdd(Sse3.MoveHighAndDuplicate(f), K4Scales(x + T.Bytes, y + 292, ref f16), acc);
         }
-        return Vector256.Sum(acc) + Vector256.Sum(accMin);
+        if (i < nb)
+        {
+            var sumi = K4Super<T>(x, y, out var min);
+            acc = Fma.MultiplyAdd(Vector128.ConvertToSingle(K4Integers2(sumi, sumi, min, min)), K4Scales(x, y, ref f16), acc);
+        }
+        return acc.ToScalar() - acc.GetElement(2);
     }
 
     internal static unsafe float DotQ4KRowAvx2(byte* x, byte* y, int nb) => DotK4RowAvx2<Q4KWeights>(x, y, nb);
     internal static unsafe float DotQ5KRowAvx2(byte* x, byte* y, int nb) => DotK4RowAvx2<Q5KWeights>(x, y, nb);
 
-    /// <summary>
-    /// <see cref="DotK4RowAvx2{T}"/> of one weight row against four activation rows (y, y + yStride, …): the scales,
-    /// mins and values are unpacked once per super-block and used for all four — prefill's case. Each row's integers
-    /// and float operations are those of the single-row kernel, in the same order, so the results have its bits.
-    /// out[k · outStride] = row k's dot product.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static unsafe void DotK4RowAvx2x4<T>(byte* x, byte* y, int yStride, int nb, float* outp, int outStride) where T : IK4Block
+    /// <summary>One super-block (at x) against one activation block (292 B at y, <see cref="RowKernels.PrepareQ8KForK4Avx2"/>):
+    /// eight int32 lanes summing to isum, and in <paramref name="imin"/> four summing to imin = Σ_j m_j·(sum of 32)_j.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe Vector256<int> K4Super<T>(byte* x, byte* y, out Vector128<int> imin) where T : IK4Block
     {
-        byte* y1 = y + yStride, y2 = y1 + yStride, y3 = y2 + yStride;
-        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default; // d · Σ sc·(q·y)
-        Vector256<float> n0 = default, n1 = default, n2 = default, n3 = default; // −dmin · Σ m·f
-        for (int i = 0; i < nb; i++, x += T.Bytes)
-        {
-            int yo = i * 292;
-            float wd = Fp16.ToSingle(*(ushort*)x);
-            var scalesMins = Q4KScalesMins(x);
-            var negMins = Vector256.ConvertToSingle(Avx2.ConvertToVector256Int32(scalesMins.GetUpper())) * Vector256.Create(-Fp16.ToSingle(*(ushort*)(x + 2)));
-            n0 = Fma.MultiplyAdd(negMins, Vector256.Load((float*)(y + yo + 260)), n0);
-            n1 = Fma.MultiplyAdd(negMins, Vector256.Load((float*)(y1 + yo + 260)), n1);
-            n2 = Fma.MultiplyAdd(negMins, Vector256.Load((float*)(y2 + yo + 260)), n2);
-            n3 = Fma.MultiplyAdd(negMins, Vector256.Load((float*)(y3 + yo + 260)), n3);
-            var sc = scalesMins.GetLower().AsByte();
-            var scales = Vector256.Create(sc, sc);
-            Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default;
-            int a = yo + 4;
-            K4ChunkX4<T>(x, 0, a, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0100).AsByte(), Vector256.Create((ushort)0x0302).AsByte(), ref s0, ref s1, ref s2, ref s3);
-            K4ChunkX4<T>(x, 1, a + 64, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0504).AsByte(), Vector256.Create((ushort)0x0706).AsByte(), ref s0, ref s1, ref s2, ref s3);
-            K4ChunkX4<T>(x, 2, a + 128, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0908).AsByte(), Vector256.Create((ushort)0x0B0A).AsByte(), ref s0, ref s1, ref s2, ref s3);
-            K4ChunkX4<T>(x, 3, a + 192, y, y1, y2, y3, scales, Vector256.Create((ushort)0x0D0C).AsByte(), Vector256.Create((ushort)0x0F0E).AsByte(), ref s0, ref s1, ref s2, ref s3);
-            c0 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y + yo) * wd), Vector256.ConvertToSingle(s0), c0);
-            c1 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y1 + yo) * wd), Vector256.ConvertToSingle(s1), c1);
-            c2 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y2 + yo) * wd), Vector256.ConvertToSingle(s2), c2);
-            c3 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y3 + yo) * wd), Vector256.ConvertToSingle(s3), c3);
-        }
-        outp[0] = Vector256.Sum(c0) + Vector256.Sum(n0);
-        outp[outStride] = Vector256.Sum(c1) + Vector256.Sum(n1);
-        outp[2L * outStride] = Vector256.Sum(c2) + Vector256.Sum(n2);
-        outp[3L * outStride] = Vector256.Sum(c3) + Vector256.Sum(n3);
+        var scalesMins = Q4KScalesMins(x); // [8 scales | 8 mins]
+        imin = Sse2.MultiplyAddAdjacent(scalesMins.GetUpper(), Vector128.Load((short*)(y + 260)));
+        var sc = scalesMins.GetLower().AsByte();
+        return K4Sums<T>(x, (sbyte*)(y + 4), Vector256.Create(sc, sc));
     }
 
-    internal static unsafe void DotQ4KRowAvx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride) => DotK4RowAvx2x4<Q4KWeights>(x, y, yStride, nb, outp, outStride);
-    internal static unsafe void DotQ5KRowAvx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride) => DotK4RowAvx2x4<Q5KWeights>(x, y, yStride, nb, outp, outStride);
-
-    /// <summary><see cref="K4Chunk{T}"/> for four activation rows (byte offset a in each): the values and scales
-    /// unpacked once.</summary>
+    /// <summary>[d8·d, –, d8·dmin, –] of a super-block (at x) against its activation block (y).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void K4ChunkX4<T>(byte* x, [ConstantExpected] byte chunk, int a, byte* y0, byte* y1, byte* y2, byte* y3, Vector256<byte> scales,
-        Vector256<byte> shufLo, Vector256<byte> shufHi, ref Vector256<int> s0, ref Vector256<int> s1, ref Vector256<int> s2, ref Vector256<int> s3)
-        where T : IK4Block
+    private static unsafe Vector128<float> K4Scales(byte* x, byte* y, ref float f16) =>
+        Vector128.Create(*(float*)y) * Vector128.Create(Unsafe.Add(ref f16, *(ushort*)x), 0, Unsafe.Add(ref f16, *(ushort*)(x + 2)), 0);
+
+    /// <summary>The exact integers of two super-blocks A and B from their lanes (<see cref="K4Super{T}"/>):
+    /// [isum_A, isum_B, imin_A, imin_B]. The imin lanes ride along in the second horizontal add: [mA0 mA1 mB0 mB1 | mA2
+    /// mA3 mB2 mB3] pairs up to [mA01 mB01 | mA23 mB23], and the halves' sum finishes all four. Integer sums are exact
+    /// in any order.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<int> K4Integers2(Vector256<int> sumiA, Vector256<int> sumiB, Vector128<int> iminA, Vector128<int> iminB)
     {
-        var (lo, hi) = T.Values(x, chunk);
-        var scaleLo = Avx2.Shuffle(scales, shufLo).AsInt16();
-        var scaleHi = Avx2.Shuffle(scales, shufHi).AsInt16();
-        s0 += Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load((sbyte*)(y0 + a))))
-            + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y0 + a + 32))));
-        s1 += Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load((sbyte*)(y1 + a))))
-            + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y1 + a + 32))));
-        s2 += Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load((sbyte*)(y2 + a))))
-            + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y2 + a + 32))));
-        s3 += Avx2.MultiplyAddAdjacent(scaleLo, Avx2.MultiplyAddAdjacent(lo, Vector256.Load((sbyte*)(y3 + a))))
-            + Avx2.MultiplyAddAdjacent(scaleHi, Avx2.MultiplyAddAdjacent(hi, Vector256.Load((sbyte*)(y3 + a + 32))));
+        var h = Avx2.HorizontalAdd(sumiA, sumiB); // [A01 A23 B01 B23 | A45 A67 B45 B67]
+        var m = Vector256.Create(Sse2.UnpackLow(iminA.AsInt64(), iminB.AsInt64()), Sse2.UnpackHigh(iminA.AsInt64(), iminB.AsInt64())).AsInt32();
+        var t = Avx2.HorizontalAdd(h, m);         // [A0–3 B0–3 mA01 mB01 | A4–7 B4–7 mA23 mB23]
+        return t.GetLower() + t.GetUpper();
     }
 
     // ---- Q3_K and Q2_K: 16 sub-blocks of 16 values --------------------------------------------------------------
@@ -1092,9 +1069,9 @@ public static partial class VecDot
         => Avx2.MultiplyAddAdjacent(scales, Vector256.Load((short*)bsums));
 
     /// <summary>
-    /// <see cref="DotQ6KAvx2"/> of one weight row against four activation rows (as <see cref="DotQ4KRowAvx2x4"/>): each
-    /// 32-value piece of 6-bit quants and its scales built once for the four; each row's integers and float
-    /// operations are the single-row kernel's, so the results have its bits.
+    /// <see cref="DotQ6KAvx2"/> of one weight row against four activation rows: each 32-value piece of 6-bit quants and
+    /// its scales built once for the four; each row's integers and float operations are the single-row kernel's, so the
+    /// results have its bits.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static unsafe void DotQ6KAvx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride)

@@ -82,8 +82,8 @@ public unsafe class RowKernelTests
             // rows without AVX-512); kernels that run eight rows
             // at a time (RowGroup: Q8_0 and the legacy types on AVX2) get [3, 21): two full groups and one of two; so do
             // the prefill kernels that run sixteen (PrefillRowGroup: the legacy types, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K on AVX-512): one full
-            // group and one of two
-            int rows = RowKernels.RowGroup(type) == 8 || RowKernels.PrefillRowGroup(type) == 16 ? 21 : 11;
+            // group and one of two; and those that run eight (Q4_K, Q5_K on AVX2)
+            int rows = RowKernels.RowGroup(type) == 8 || RowKernels.PrefillRowGroup(type) >= 8 ? 21 : 11;
             long rb = GgmlTypeInfo.RowBytes(type, n);
             var wq = new byte[rb * rows];
             for (int r = 0; r < rows; r++)
@@ -93,7 +93,7 @@ public unsafe class RowKernelTests
             }
             int fb = RowKernels.ActivationRowBytes(type, n);
             // (sixteen-row prefill kernels take tiles of RowKernels.Rows16Tile = 64 activation rows: 67 is a full tile and three)
-            foreach (int B in RowKernels.PrefillRowGroup(type) == 16 ? new[] { 1, 2, 3, 4, 6, 8, 12, 17, 37, 67 } : new[] { 1, 2, 3, 4, 6, 8, 12, 17, 37 })
+            foreach (int B in RowKernels.PrefillRowGroup(type) >= 8 ? new[] { 1, 2, 3, 4, 6, 8, 12, 17, 37, 67 } : new[] { 1, 2, 3, 4, 6, 8, 12, 17, 37 })
             {
                 var act = new byte[fb * B];
                 for (int b = 0; b < B; b++)
@@ -129,6 +129,7 @@ public unsafe class RowKernelTests
     /// each row the bits of the one-row decode (RunRows).</summary>
     [Theory]
     [InlineData(GgmlType.Q4_K)]
+    [InlineData(GgmlType.Q5_K)]
     [InlineData(GgmlType.Q6_K)]
     [InlineData(GgmlType.Q8_0)]
     [InlineData(GgmlType.IQ4_XS)]
@@ -421,29 +422,35 @@ public unsafe class RowKernelTests
                 RowKernels.PrepareActivations(GgmlType.Q6_K, x, b); // Q6_K reads Q8_K in natural order (Q4_K: permuted)
                 RowKernels.PrepareActivations(GgmlType.Q3_K, x, c); // other K types: ggml's block_q8_K itself
                 Assert.Equal(a, c);
-                if (!System.Runtime.Intrinsics.X86.Avx512BW.IsSupported)
+                // the AVX2 Q4_K / Q5_K kernels' layout (checked on any AVX2 machine: the kernels run on AVX-512 ones too,
+                // in K4Avx2PrefillAndDecodeGiveTheSameBitsAtTheInt16Bound): block_q8_K with the 16 bsums replaced by the
+                // 8 sums of 32, bsum 2j + bsum 2j+1, as int16
+                if (Avx2.IsSupported)
                 {
-                    if (!RowKernels.Avx2Rows(GgmlType.Q4_K)) continue;
-                    // AVX2: Q6_K reads block_q8_K itself; Q4_K and Q5_K the same blocks with the 16 bsums replaced by 8 floats
-                    // d8 · (bsum 2j + bsum 2j+1)
-                    Assert.Equal(a, b);
-                    var q4a = new byte[a.Length];
-                    RowKernels.PrepareActivations(GgmlType.Q4_K, x, q4a);
-                    var q5a = new byte[a.Length];
-                    RowKernels.PrepareActivations(GgmlType.Q5_K, x, q5a); // Q5_K: Q4_K's layout (same scales and mins)
-                    Assert.Equal(q4a, q5a);
+                    var k4 = new byte[a.Length];
+                    RowKernels.PrepareQ8KForK4Avx2(x, k4);
                     for (int k = 0; k < n / 256; k++)
                     {
-                        Assert.Equal(a.AsSpan(k * 292, 260).ToArray(), q4a.AsSpan(k * 292, 260).ToArray());
-                        float d8 = BitConverter.ToSingle(a, k * 292);
+                        Assert.Equal(a.AsSpan(k * 292, 260).ToArray(), k4.AsSpan(k * 292, 260).ToArray());
                         for (int j = 0; j < 8; j++)
                         {
                             int pair = BitConverter.ToInt16(a, k * 292 + 260 + 4 * j) + BitConverter.ToInt16(a, k * 292 + 262 + 4 * j);
-                            Assert.Equal(BitConverter.SingleToInt32Bits(pair * d8), BitConverter.ToInt32(q4a, k * 292 + 260 + 4 * j));
+                            Assert.Equal(pair, BitConverter.ToInt16(k4, k * 292 + 260 + 2 * j));
                         }
                     }
-                    continue;
+                    if (RowKernels.Avx2Rows(GgmlType.Q4_K))
+                    {
+                        // AVX2 without AVX-512: Q6_K reads block_q8_K itself, Q4_K and Q5_K the layout above
+                        Assert.Equal(a, b);
+                        var q4a = new byte[a.Length];
+                        RowKernels.PrepareActivations(GgmlType.Q4_K, x, q4a);
+                        var q5a = new byte[a.Length];
+                        RowKernels.PrepareActivations(GgmlType.Q5_K, x, q5a); // Q5_K: Q4_K's layout (same scales and mins)
+                        Assert.Equal(k4, q4a);
+                        Assert.Equal(k4, q5a);
+                    }
                 }
+                if (!Avx512BW.IsSupported) continue;
                 // their own layout is the AVX-512 kernels'
                 // the Q4_K / Q6_K kernels' layout, 320 B per super-block: qs[256] | bsums[16] | d, the same values
                 Assert.Equal(n / 256 * 320, b.Length);
@@ -662,8 +669,15 @@ public unsafe class RowKernelTests
     [Fact]
     public void Q4KPrefillIsExactAtTheInt16Bound()
     {
-        const GgmlType type = GgmlType.Q4_K;
-        const int n = 768, rows = 19, B = 5, nb = n / 256, rb = nb * 144;
+        var wq = Q4KBoundRows(out int rb);
+        PrefillAtTheBoundMatches(GgmlType.Q4_K, wq, rb, 19, 5, 768, run: 7);
+    }
+
+    /// <summary>19 Q4_K rows of 768 for the int16-bound tests (<see cref="Q4KPrefillIsExactAtTheInt16Bound"/>).</summary>
+    static byte[] Q4KBoundRows(out int rb)
+    {
+        const int n = 768, rows = 19, nb = n / 256;
+        rb = nb * 144;
         var wq = new byte[rows * rb];
         var rng = new Random(5);
         for (int r = 0; r < rows; r++)
@@ -676,7 +690,7 @@ public unsafe class RowKernelTests
                 for (int j = 0; j < 12; j++) wq[o + 4 + j] = r == 0 ? (byte)0xFF : (byte)rng.Next(256);
                 for (int j = 0; j < 128; j++) wq[o + 16 + j] = (byte)(r == 0 || r != 1 && (r + i + j / 4) % 3 != 0 ? 0xFF : 0x00);
             }
-        PrefillAtTheBoundMatches(type, wq, rb, rows, B, n, run: 7);
+        return wq;
     }
     /// <summary>Q6_K prefill on AVX-512 (VecDot.DotQ6KRows16Avx512) adds two steps of four values in int16 before the
     /// scale: at the bound — every value 63 (ql and qh all ones), activation quants all −127 — a pair of steps reaches
@@ -711,8 +725,15 @@ public unsafe class RowKernelTests
     [Fact]
     public void Q5KPrefillIsExactAtTheInt16Bound()
     {
-        const GgmlType type = GgmlType.Q5_K;
-        const int n = 768, rows = 19, B = 5, nb = n / 256, rb = nb * 176;
+        var wq = Q5KBoundRows(out int rb);
+        PrefillAtTheBoundMatches(GgmlType.Q5_K, wq, rb, 19, 5, 768, run: 3);
+    }
+
+    /// <summary>19 Q5_K rows of 768 for the int16-bound tests (<see cref="Q5KPrefillIsExactAtTheInt16Bound"/>).</summary>
+    static byte[] Q5KBoundRows(out int rb)
+    {
+        const int n = 768, rows = 19, nb = n / 256;
+        rb = nb * 176;
         var wq = new byte[rows * rb];
         var rng = new Random(7);
         for (int r = 0; r < rows; r++)
@@ -725,7 +746,65 @@ public unsafe class RowKernelTests
                 for (int j = 0; j < 32; j++) wq[o + 16 + j] = r is 0 or 2 ? (byte)0xFF : r == 1 ? (byte)0 : (byte)rng.Next(256);
                 for (int j = 0; j < 128; j++) wq[o + 48 + j] = r == 0 ? (byte)0xFF : r is 1 or 2 ? (byte)0 : (r + i + j / 4) % 3 == 0 ? (byte)0xFF : (byte)rng.Next(256);
             }
-        PrefillAtTheBoundMatches(type, wq, rb, rows, B, n, run: 3);
+        return wq;
+    }
+
+    /// <summary>
+    /// The AVX2 Q4_K / Q5_K kernels, called directly so that they are checked on AVX-512 machines too (where RowKernels
+    /// runs its AVX-512 kernels instead): the eight-row prefill kernel (VecDot.DotK4Rows8Avx2, rows in lanes, a
+    /// sub-block's eight — Q5_K: four — steps added in int16) gives every row the bits of the one-row decode kernel
+    /// (VecDot.DotK4RowAvx2), within 1e-5 relative + 1e-3 of the scalar reference on ggml's activations, at the int16
+    /// bound (the rows of Q4KPrefillIsExactAtTheInt16Bound / Q5KPrefillIsExactAtTheInt16Bound, activation quants
+    /// ±127) and on random activations; 19 rows are groups of 8, 8 and 3. Where AVX-512 is present, its kernels
+    /// (RowKernels.Run) give the same bits again: both do the same exact integers and the same two float chains.
+    /// </summary>
+    [Theory]
+    [InlineData(GgmlType.Q4_K)]
+    [InlineData(GgmlType.Q5_K)]
+    public void K4Avx2PrefillAndDecodeGiveTheSameBitsAtTheInt16Bound(GgmlType type)
+    {
+        if (!(Avx2.IsSupported && Fma.IsSupported)) return; // (no AVX2: these kernels are not used)
+        const int n = 768, rows = 19, B = 9, nb = n / 256;
+        var wq = type == GgmlType.Q4_K ? Q4KBoundRows(out int rb) : Q5KBoundRows(out rb);
+        var rng = new Random(11);
+        int ab = (int)GgmlTypeInfo.RowBytes(GgmlType.Q8_K, n), fb = RowKernels.ActivationRowBytes(type, n);
+        var act = new byte[B * ab];       // the AVX2 layout (RowKernels.PrepareQ8KForK4Avx2)
+        var reference = new byte[B * ab]; // ggml's block_q8_K
+        var native = new byte[B * fb];    // this machine's layout for RowKernels.Run
+        for (int b = 0; b < B; b++)
+        {
+            var x = b < 5 ? Enumerable.Range(0, n).Select(j => (b == 0 || (j / 5 + b) % 2 == 0) ? -2f : 2f).ToArray()
+                          : Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray();
+            RowKernels.PrepareQ8KForK4Avx2(x, act.AsSpan(b * ab, ab));
+            VecDot.QuantizeActivations(GgmlType.Q8_K, x, reference.AsSpan(b * ab, ab));
+            RowKernels.PrepareActivations(type, x, native.AsSpan(b * fb, fb));
+        }
+        Assert.Equal(-127, (sbyte)reference[4]); // the bound is reached
+        var y = new float[B * rows];
+        var acc = new System.Runtime.Intrinsics.Vector256<float>[2 * B];
+        var isum = new System.Runtime.Intrinsics.Vector256<int>[B];
+        fixed (byte* pw = wq) fixed (byte* pa = act) fixed (byte* pn = native) fixed (float* py = y)
+        fixed (System.Runtime.Intrinsics.Vector256<float>* pacc = acc) fixed (System.Runtime.Intrinsics.Vector256<int>* pisum = isum)
+        {
+            for (int r = 0; r < rows; r += 8)
+                if (type == GgmlType.Q4_K) VecDot.DotK4Rows8Avx2<VecDot.Q4KWeights>(pw + r * rb, rb, Math.Min(8, rows - r), pa, ab, B, nb, py + r, rows, pacc, pisum);
+                else VecDot.DotK4Rows8Avx2<VecDot.Q5KWeights>(pw + r * rb, rb, Math.Min(8, rows - r), pa, ab, B, nb, py + r, rows, pacc, pisum);
+            for (int b = 0; b < B; b++)
+                for (int r = 0; r < rows; r++)
+                {
+                    float got = y[b * rows + r];
+                    float alone = type == GgmlType.Q4_K ? VecDot.DotQ4KRowAvx2(pw + r * rb, pa + b * ab, nb) : VecDot.DotQ5KRowAvx2(pw + r * rb, pa + b * ab, nb);
+                    Assert.True(alone.Equals(got), $"{type} b={b} row {r}: prefill {got} vs decode {alone}");
+                    float scalar = VecDot.DotScalar(type, wq.AsSpan(r * rb, rb), reference.AsSpan(b * ab, ab), n);
+                    Assert.True(Math.Abs(got - scalar) <= 1e-5f * Math.Abs(scalar) + 1e-3f, $"{type} b={b} row {r}: {got} vs scalar {scalar}");
+                    if (Avx512BW.IsSupported)
+                    {
+                        float wide;
+                        RowKernels.Run(type, pw + r * rb, rb, pn + b * fb, fb, 1, n, &wide, 1);
+                        Assert.True(wide.Equals(got), $"{type} b={b} row {r}: AVX2 {got} vs AVX-512 {wide}");
+                    }
+                }
+        }
     }
     /// <summary>IQ4_XS prefill on AVX-512 (VecDot.DotIQ4XSRows16Avx512) multiplies |level| by the activation with the
     /// level's sign in <c>vpmaddubsw</c>: at the bound — every level −127 (index 0) or 113, activation quants ±127 — a

@@ -1,0 +1,168 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace Cria.Kernels;
+
+/// <summary>
+/// Q4_K and Q5_K prefill on AVX2 without AVX-512: eight weight rows at a time, one row per 32-bit lane, for
+/// <see cref="RowKernels.RunBlock"/> — the AVX2 form of the sixteen-row <see cref="DotQ4KRows16Avx512{T}"/>.
+///
+/// The one-row kernel (<see cref="DotK4RowAvx2{T}"/>) pays per 32 values and activation row a <c>vpmaddubsw</c> and a
+/// <c>vpmaddwd</c> by the sub-block's scale (the int16 pair sums of different sub-blocks cannot be added before their
+/// scales). Here each register holds one sub-block of eight rows: after a transpose, V_s (s = 0…7) holds in lane k row
+/// k's values 4s…4s+3 of the sub-block, so against the activation's four bytes 4s…4s+3 broadcast to every lane one
+/// <c>vpmaddubsw</c> gives eight rows' partial sums, the eight steps add in int16 (each at most 2·15·127 = 3810, eight
+/// 30480 &lt; 2^15; Q5_K's five-bit values four steps at a time, 4·2·31·127 = 31496) and one <c>vpmaddwd</c> by the
+/// lanes' scales ends the sub-block: nine multiplies per 256 multiply-adds where the one-row kernel takes sixteen.
+///
+/// Activations: <see cref="RowKernels.PrepareQ8KForK4Avx2"/> (ggml's block_q8_K, qs in order, the sums of 32 at 260).
+/// Per row the arithmetic is the one-row kernel's: per super-block the exact isum and imin, then S = fma(isum, d8·d, S),
+/// M = fma(imin, d8·dmin, M) in super-block order, and S − M — so prefill, decode and any grouping of rows give the
+/// same bits. A group of fewer than eight rows repeats its last row in the unused lanes.
+/// </summary>
+public static partial class VecDot
+{
+    /// <summary>Q4_K (<typeparamref name="T"/> = <see cref="Q4KWeights"/>) or Q5_K (<see cref="Q5KWeights"/>) rows
+    /// [0, rows) (rows ≤ 8, row k at w + k·rowBytes) against B activation rows (x + b·xStride):
+    /// y[b·yStride + k] = dot(row k, x_b). <paramref name="acc"/> holds 2·B vectors, <paramref name="isum"/> B.</summary>
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe void DotK4Rows8Avx2<T>(byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int nb,
+        float* y, int yStride, Vector256<float>* acc, Vector256<int>* isum) where T : IK4Block
+    {
+        Rows8(w, rowBytes, rows, out byte* p0, out byte* p1, out byte* p2, out byte* p3, out byte* p4, out byte* p5, out byte* p6, out byte* p7);
+        for (int b = 0; b < 2 * B; b++) acc[b] = Vector256<float>.Zero; // acc[2b] = S, acc[2b + 1] = M of activation row b
+        int qs = T.Fifth ? 48 : 16; // Q5_K: qh[32] at 16, then qs
+        byte* next = w + 8 * rowBytes;
+        var m4 = Vector256.Create((byte)0x0F);
+        var k6 = Vector256.Create(0x3F3F3F3F); var k4 = Vector256.Create(0x0F0F0F0F); var k2 = Vector256.Create(0x03030303);
+        for (int sb = 0; sb < nb; sb++)
+        {
+            int o = sb * T.Bytes;
+            byte* pf = next + 8 * o; // the next group's eight rows, contiguous after this group's: 8 · Bytes per super-block
+            for (int l = 0; l < 8 * T.Bytes; l += 64) Sse.Prefetch0(pf + l);
+            // d | dmin, and scales[12] as ggml's three words a0, a1, a2, of the eight rows
+            Transpose8(p0 + o, p1 + o, p2 + o, p3 + o, p4 + o, p5 + o, p6 + o, p7 + o, out var dd, out var a0, out var a1, out var a2);
+            var d = HalfToSingle(Avx2.ShiftRightArithmetic(Avx2.ShiftLeftLogical(dd, 16), 16));
+            var dmin = HalfToSingle(Avx2.ShiftRightArithmetic(dd, 16));
+            // scales 0–3, 4–7 and mins 0–3, 4–7 of each row, a byte each (Q4KScalesMins, per lane)
+            var sc03 = a0 & k6;
+            var sc47 = (a2 & k4) | Vector256.ShiftLeft(Vector256.ShiftRightLogical(a0, 6) & k2, 4);
+            var mn03 = a1 & k6;
+            var mn47 = (Vector256.ShiftRightLogical(a2, 4) & k4) | Vector256.ShiftLeft(Vector256.ShiftRightLogical(a1, 6) & k2, 4);
+            // Q5_K: qh[32] of the eight rows (bit j of byte l: the 16 of value l of sub-block j), as the quants below
+            Vector256<int> h0 = default, h1 = default, h2 = default, h3 = default, h4 = default, h5 = default, h6 = default, h7 = default;
+            if (T.Fifth)
+            {
+                int h = o + 16;
+                Transpose8(p0 + h, p1 + h, p2 + h, p3 + h, p4 + h, p5 + h, p6 + h, p7 + h, out h0, out h1, out h2, out h3);
+                h += 16;
+                Transpose8(p0 + h, p1 + h, p2 + h, p3 + h, p4 + h, p5 + h, p6 + h, p7 + h, out h4, out h5, out h6, out h7);
+            }
+            for (int b = 0; b < B; b++) isum[b] = Vector256<int>.Zero;
+            for (int c = 0; c < 4; c++)
+            {
+                // chunk c: qs[32c …] of the eight rows, Q_s lane k = row k's bytes 4s … 4s+3; low nibbles sub-block 2c,
+                // high nibbles 2c + 1
+                int q = o + qs + 32 * c;
+                Transpose8(p0 + q, p1 + q, p2 + q, p3 + q, p4 + q, p5 + q, p6 + q, p7 + q, out var q0, out var q1, out var q2, out var q3);
+                q += 16;
+                Transpose8(p0 + q, p1 + q, p2 + q, p3 + q, p4 + q, p5 + q, p6 + q, p7 + q, out var q4, out var q5, out var q6, out var q7);
+                var sct = c < 2 ? sc03 : sc47;
+                var sLo = Vector256.ShiftRightLogical(sct, 16 * (c & 1)) & Vector256.Create(0xFF);       // scale of sub-block 2c
+                var sHi = Vector256.ShiftRightLogical(sct, 16 * (c & 1) + 8) & Vector256.Create(0xFF);   // of 2c + 1
+                byte* xa = x + sb * 292 + 4 + 64 * c; // sub-block 2c's activations (2c + 1's follow)
+                var u0 = q0.AsByte(); var u1 = q1.AsByte(); var u2 = q2.AsByte(); var u3 = q3.AsByte();
+                var u4 = q4.AsByte(); var u5 = q5.AsByte(); var u6 = q6.AsByte(); var u7 = q7.AsByte();
+                SubBlock8<T>(u0 & m4, u1 & m4, u2 & m4, u3 & m4, u4 & m4, u5 & m4, u6 & m4, u7 & m4,
+                    h0, h1, h2, h3, h4, h5, h6, h7, 2 * c, (sLo | Vector256.ShiftLeft(sLo, 16)).AsInt16(), xa, xStride, B, isum);
+                SubBlock8<T>(High(u0, m4), High(u1, m4), High(u2, m4), High(u3, m4), High(u4, m4), High(u5, m4), High(u6, m4), High(u7, m4),
+                    h0, h1, h2, h3, h4, h5, h6, h7, 2 * c + 1, (sHi | Vector256.ShiftLeft(sHi, 16)).AsInt16(), xa + 32, xStride, B, isum);
+            }
+            // mins of sub-blocks 2p, 2p + 1 as the two int16 halves of each lane, against the sums of 32
+            var mp0 = BytePair8(mn03, 0); var mp1 = BytePair8(mn03, 16); var mp2 = BytePair8(mn47, 0); var mp3 = BytePair8(mn47, 16);
+            byte* xb = x + sb * 292;
+            for (int b = 0; b < B; b++, xb += xStride)
+            {
+                int* s32 = (int*)(xb + 260);
+                var imin = (Avx2.MultiplyAddAdjacent(mp0, Vector256.Create(s32[0]).AsInt16()) + Avx2.MultiplyAddAdjacent(mp1, Vector256.Create(s32[1]).AsInt16()))
+                         + (Avx2.MultiplyAddAdjacent(mp2, Vector256.Create(s32[2]).AsInt16()) + Avx2.MultiplyAddAdjacent(mp3, Vector256.Create(s32[3]).AsInt16()));
+                var d8 = Vector256.Create(*(float*)xb);
+                acc[2 * b] = Fma.MultiplyAdd(Vector256.ConvertToSingle(isum[b]), d8 * d, acc[2 * b]);
+                acc[2 * b + 1] = Fma.MultiplyAdd(Vector256.ConvertToSingle(imin), d8 * dmin, acc[2 * b + 1]);
+            }
+        }
+        for (int b = 0; b < B; b++) Store(acc[2 * b] - acc[2 * b + 1], rows, y + (long)b * yStride);
+    }
+
+    /// <summary>One sub-block j of eight rows (v_s lane k: row k's values 4s…4s+3, nibbles; Q5_K adds bit j of h_s as
+    /// 16) against B activation rows (xa + b·xStride: the sub-block's 32 quants): isum[b] += scale·Σ v·a per lane.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe void SubBlock8<T>(Vector256<byte> v0, Vector256<byte> v1, Vector256<byte> v2, Vector256<byte> v3,
+        Vector256<byte> v4, Vector256<byte> v5, Vector256<byte> v6, Vector256<byte> v7,
+        Vector256<int> h0, Vector256<int> h1, Vector256<int> h2, Vector256<int> h3, Vector256<int> h4, Vector256<int> h5,
+        Vector256<int> h6, Vector256<int> h7, int j, Vector256<short> scale, byte* xa, int xStride, int B, Vector256<int>* isum) where T : IK4Block
+    {
+        if (T.Fifth)
+        {
+            var m16 = Vector256.Create((byte)0x10);
+            v0 |= Fifth8(h0, j, m16); v1 |= Fifth8(h1, j, m16); v2 |= Fifth8(h2, j, m16); v3 |= Fifth8(h3, j, m16);
+            v4 |= Fifth8(h4, j, m16); v5 |= Fifth8(h5, j, m16); v6 |= Fifth8(h6, j, m16); v7 |= Fifth8(h7, j, m16);
+        }
+        for (int b = 0; b < B; b++, xa += xStride)
+        {
+            int* a = (int*)xa;
+            var t0 = (Avx2.MultiplyAddAdjacent(v0, Vector256.Create(a[0]).AsSByte()) + Avx2.MultiplyAddAdjacent(v1, Vector256.Create(a[1]).AsSByte()))
+                   + (Avx2.MultiplyAddAdjacent(v2, Vector256.Create(a[2]).AsSByte()) + Avx2.MultiplyAddAdjacent(v3, Vector256.Create(a[3]).AsSByte()));
+            var t1 = (Avx2.MultiplyAddAdjacent(v4, Vector256.Create(a[4]).AsSByte()) + Avx2.MultiplyAddAdjacent(v5, Vector256.Create(a[5]).AsSByte()))
+                   + (Avx2.MultiplyAddAdjacent(v6, Vector256.Create(a[6]).AsSByte()) + Avx2.MultiplyAddAdjacent(v7, Vector256.Create(a[7]).AsSByte()));
+            if (T.Fifth) isum[b] += Avx2.MultiplyAddAdjacent(t0, scale) + Avx2.MultiplyAddAdjacent(t1, scale);
+            else isum[b] += Avx2.MultiplyAddAdjacent(t0 + t1, scale);
+        }
+    }
+
+    /// <summary>The high nibble of every byte.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<byte> High(Vector256<byte> q, Vector256<byte> m4) => Vector256.ShiftRightLogical(q.AsUInt16(), 4).AsByte() & m4;
+
+    /// <summary>Bit <paramref name="j"/> of every byte moved to bit 4 (16 where it is set, else 0); the 16-bit shifts
+    /// move no other byte's bit there.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<byte> Fifth8(Vector256<int> h, int j, Vector256<byte> m16) =>
+        (j <= 4 ? Vector256.ShiftLeft(h.AsUInt16(), 4 - j) : Vector256.ShiftRightLogical(h.AsUInt16(), j - 4)).AsByte() & m16;
+
+    /// <summary>Bytes at bit <paramref name="shift"/> and shift + 8 of each lane as the lane's two int16 halves.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<short> BytePair8(Vector256<int> v, int shift)
+    {
+        var s = Vector256.ShiftRightLogical(v, shift);
+        return ((s & Vector256.Create(0xFF)) | Vector256.ShiftLeft(Vector256.ShiftRightLogical(s, 8) & Vector256.Create(0xFF), 16)).AsInt16();
+    }
+
+    /// <summary>The 16 bytes at each of eight pointers as four registers: t_i lane k = the 32-bit word i of pointer k
+    /// (rows 0–3 in the low 128 bits, 4–7 in the high: a 4 × 4 transpose in each half).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe void Transpose8(byte* a0, byte* a1, byte* a2, byte* a3, byte* a4, byte* a5, byte* a6, byte* a7,
+        out Vector256<int> t0, out Vector256<int> t1, out Vector256<int> t2, out Vector256<int> t3)
+    {
+        var v0 = Vector256.Create(Vector128.Load((int*)a0), Vector128.Load((int*)a4));
+        var v1 = Vector256.Create(Vector128.Load((int*)a1), Vector128.Load((int*)a5));
+        var v2 = Vector256.Create(Vector128.Load((int*)a2), Vector128.Load((int*)a6));
+        var v3 = Vector256.Create(Vector128.Load((int*)a3), Vector128.Load((int*)a7));
+        var l01 = Avx2.UnpackLow(v0, v1).AsInt64(); var h01 = Avx2.UnpackHigh(v0, v1).AsInt64(); // [k0 w0, k1 w0, k0 w1, k1 w1], [… w2, w3]
+        var l23 = Avx2.UnpackLow(v2, v3).AsInt64(); var h23 = Avx2.UnpackHigh(v2, v3).AsInt64();
+        t0 = Avx2.UnpackLow(l01, l23).AsInt32(); t1 = Avx2.UnpackHigh(l01, l23).AsInt32();
+        t2 = Avx2.UnpackLow(h01, h23).AsInt32(); t3 = Avx2.UnpackHigh(h01, h23).AsInt32();
+    }
+
+    /// <summary>The F16 in the low half of each lane (sign-extended) → float, exact: RowKernels.HalfToSingle's steps in
+    /// 256 bits (× 2^-112 by the shift and mask, then × 2^112; infinity and NaN kept).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<float> HalfToSingle(Vector256<int> h)
+    {
+        var f = ((h << 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector256.Create(5.192297e33f); // 2^112
+        var infNan = Vector256.GreaterThanOrEqual(Vector256.Abs(f), Vector256.Create(65536f));
+        return f | (infNan & Vector256.Create(0x7F800000u).AsSingle());
+    }
+}
