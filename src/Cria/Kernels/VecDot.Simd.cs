@@ -1007,52 +1007,62 @@ public static partial class VecDot
     /// Q6_K × Q8_K with AVX2: 6-bit values q (0..63) built from ql nibbles and qh bit pairs, vpmaddubsw q·y (a pair at
     /// most 2·63·128, int16), then vpmaddwd against the two sub-block scales of each 32 values (sign-extended int8);
     /// the −32 offset once per super-block as 32·Σ_j scale_j·bsum_j against the Q8_K bsums (<see cref="Q6KOffset"/>;
-    /// ggml_vec_dot_q6_K_q8_K subtracts a second vpmaddubsw of 32·y per 32 values). Integers as the scalar kernel.
+    /// ggml_vec_dot_q6_K_q8_K subtracts a second vpmaddubsw of 32·y per 32 values). Per super-block the exact integer
+    /// isum (the eight lanes summed, two super-blocks' at once), then one float chain S = fma(isum, d8·d, S): the
+    /// arithmetic of the eight-row prefill kernel (<see cref="DotQ6KRows8Avx2"/>, rows in lanes) and of the AVX-512
+    /// kernels (RowKernels.Q6K1), so all of them give the same bits.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static unsafe float DotQ6KAvx2(byte* x, byte* y, int nb)
     {
-        Vector256<float> acc = default;
-        for (int i = 0; i < nb; i++, x += 210, y += 292)
+        float acc = 0;
+        ref float f16 = ref Fp16.TableStart; // Fp16.ToSingle, the table taken once
+        int i = 0;
+        for (; i + 2 <= nb; i += 2, x += 420, y += 584)
         {
-            Sse.Prefetch0(x + PrefetchAhead);
-            Sse.Prefetch0(x + PrefetchAhead + 64);
-            Sse.Prefetch0(x + PrefetchAhead + 128);
-            Sse.Prefetch0(x + PrefetchAhead + 192);
-            Q6KStep(x, y, ref acc);
+            for (int l = 0; l < 448; l += 64) Sse.Prefetch0(x + PrefetchAhead + l);
+            var h = Avx2.HorizontalAdd(Q6KSums(x, y), Q6KSums(x + 210, y + 292)); // [A01 A23 B01 B23 | A45 A67 B45 B67]
+            var t = Avx2.HorizontalAdd(h, h);
+            var f = Vector128.ConvertToSingle(t.GetLower() + t.GetUpper());   // [isum A, isum B, …]
+            acc = MathF.FusedMultiplyAdd(f.ToScalar(), *(float*)y * Unsafe.Add(ref f16, *(ushort*)(x + 208)), acc);
+            acc = MathF.FusedMultiplyAdd(f.GetElement(1), *(float*)(y + 292) * Unsafe.Add(ref f16, *(ushort*)(x + 210 + 208)), acc);
         }
-        return Vector256.Sum(acc);
+        if (i < nb)
+        {
+            var h = Avx2.HorizontalAdd(Q6KSums(x, y), Vector256<int>.Zero);
+            var t = Avx2.HorizontalAdd(h, h);
+            acc = MathF.FusedMultiplyAdd(Vector128.ConvertToSingle(t.GetLower() + t.GetUpper()).ToScalar(), *(float*)y * Unsafe.Add(ref f16, *(ushort*)(x + 208)), acc);
+        }
+        return acc;
     }
 
-    /// <summary>One Q6_K super-block (210 B at x) against one Q8_K block (292 B at y): acc += d · Σ sc·(q − 32)·y as 8 lanes.</summary>
+    /// <summary>One Q6_K super-block (210 B at x) against one Q8_K block (292 B at y): eight int32 lanes summing to the
+    /// exact isum = Σ sc·(q − 32)·y.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void Q6KStep(byte* x, byte* y, ref Vector256<float> acc)
+    private static unsafe Vector256<int> Q6KSums(byte* x, byte* y)
     {
-        float d = *(float*)y * Fp16.ToSingle(*(ushort*)(x + 208));
         var scales = Vector128.Load(x + 192);
-        var sumi = -Q6KOffset(scales, y);
-        for (int h = 0; h < 2; h++)
-        {
-            byte* ql = x + 64 * h, qh = x + 128 + 32 * h;
-            sbyte* a8 = (sbyte*)(y + 4 + 128 * h);
-            var bits1 = Vector256.Load(ql).AsUInt16();
-            var bits2 = Vector256.Load(ql + 32).AsUInt16();
-            var bitsH = Vector256.Load(qh).AsUInt16();
-            var q0 = Q6KQuants(bits1, bitsH, 0, 0);
-            var q1 = Q6KQuants(bits2, bitsH, 0, 2);
-            var q2 = Q6KQuants(bits1, bitsH, 4, 4);
-            var q3 = Q6KQuants(bits2, bitsH, 4, 6);
-            var a0 = Vector256.Load(a8); var a1 = Vector256.Load(a8 + 32);
-            var a2 = Vector256.Load(a8 + 64); var a3 = Vector256.Load(a8 + 96);
-            var p0 = Avx2.MultiplyAddAdjacent(q0, a0);
-            var p1 = Avx2.MultiplyAddAdjacent(q1, a1);
-            var p2 = Avx2.MultiplyAddAdjacent(q2, a2);
-            var p3 = Avx2.MultiplyAddAdjacent(q3, a3);
-            int s = 8 * h;
-            sumi += Avx2.MultiplyAddAdjacent(ScalePair16(scales, s), p0) + Avx2.MultiplyAddAdjacent(ScalePair16(scales, s + 2), p1);
-            sumi += Avx2.MultiplyAddAdjacent(ScalePair16(scales, s + 4), p2) + Avx2.MultiplyAddAdjacent(ScalePair16(scales, s + 6), p3);
-        }
-        acc = Fma.MultiplyAdd(Vector256.Create(d), Vector256.ConvertToSingle(sumi), acc);
+        return Q6KHalf(x, y, scales, 0) + Q6KHalf(x, y, scales, 1) - Q6KOffset(scales, y);
+    }
+
+    /// <summary>Half h of <see cref="Q6KSums"/> (values 128h … 128h + 127), written out per half so that the scale
+    /// shuffles are constants (a loop over h was left rolled when two super-blocks were inlined per step, and built
+    /// them with multiplies).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe Vector256<int> Q6KHalf(byte* x, byte* y, Vector128<byte> scales, [ConstantExpected] int h)
+    {
+        byte* ql = x + 64 * h, qh = x + 128 + 32 * h;
+        sbyte* a8 = (sbyte*)(y + 4 + 128 * h);
+        var bits1 = Vector256.Load(ql).AsUInt16();
+        var bits2 = Vector256.Load(ql + 32).AsUInt16();
+        var bitsH = Vector256.Load(qh).AsUInt16();
+        var p0 = Avx2.MultiplyAddAdjacent(Q6KQuants(bits1, bitsH, 0, 0), Vector256.Load(a8));
+        var p1 = Avx2.MultiplyAddAdjacent(Q6KQuants(bits2, bitsH, 0, 2), Vector256.Load(a8 + 32));
+        var p2 = Avx2.MultiplyAddAdjacent(Q6KQuants(bits1, bitsH, 4, 4), Vector256.Load(a8 + 64));
+        var p3 = Avx2.MultiplyAddAdjacent(Q6KQuants(bits2, bitsH, 4, 6), Vector256.Load(a8 + 96));
+        int s = 8 * h;
+        return (Avx2.MultiplyAddAdjacent(ScalePair16(scales, s), p0) + Avx2.MultiplyAddAdjacent(ScalePair16(scales, s + 2), p1))
+             + (Avx2.MultiplyAddAdjacent(ScalePair16(scales, s + 4), p2) + Avx2.MultiplyAddAdjacent(ScalePair16(scales, s + 6), p3));
     }
 
     /// <summary>32·Σ_j scale_j·bsum_j of a Q6_K super-block (int8 scales) against a Q8_K block (bsums[16] int16 at
@@ -1068,63 +1078,12 @@ public static partial class VecDot
     private static unsafe Vector256<int> ScalesDotBsums(Vector256<short> scales, byte* bsums)
         => Avx2.MultiplyAddAdjacent(scales, Vector256.Load((short*)bsums));
 
-    /// <summary>
-    /// <see cref="DotQ6KAvx2"/> of one weight row against four activation rows: each 32-value piece of 6-bit quants and
-    /// its scales built once for the four; each row's integers and float operations are the single-row kernel's, so the
-    /// results have its bits.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static unsafe void DotQ6KAvx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride)
-    {
-        byte* y1 = y + yStride, y2 = y1 + yStride, y3 = y2 + yStride;
-        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
-        for (int i = 0; i < nb; i++, x += 210)
-        {
-            int yo = i * 292;
-            float wd = Fp16.ToSingle(*(ushort*)(x + 208));
-            var scales = Vector128.Load(x + 192);
-            Vector256<int> s0 = -Q6KOffset(scales, y + yo), s1 = -Q6KOffset(scales, y1 + yo), s2 = -Q6KOffset(scales, y2 + yo), s3 = -Q6KOffset(scales, y3 + yo);
-            for (int h = 0; h < 2; h++)
-            {
-                byte* ql = x + 64 * h, qh = x + 128 + 32 * h;
-                int a = yo + 4 + 128 * h, k = 8 * h;
-                var bits1 = Vector256.Load(ql).AsUInt16();
-                var bits2 = Vector256.Load(ql + 32).AsUInt16();
-                var bitsH = Vector256.Load(qh).AsUInt16();
-                Q6KPieceX4(Q6KQuants(bits1, bitsH, 0, 0), ScalePair16(scales, k), a, y, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
-                Q6KPieceX4(Q6KQuants(bits2, bitsH, 0, 2), ScalePair16(scales, k + 2), a + 32, y, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
-                Q6KPieceX4(Q6KQuants(bits1, bitsH, 4, 4), ScalePair16(scales, k + 4), a + 64, y, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
-                Q6KPieceX4(Q6KQuants(bits2, bitsH, 4, 6), ScalePair16(scales, k + 6), a + 96, y, y1, y2, y3, ref s0, ref s1, ref s2, ref s3);
-            }
-            c0 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y + yo) * wd), Vector256.ConvertToSingle(s0), c0);
-            c1 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y1 + yo) * wd), Vector256.ConvertToSingle(s1), c1);
-            c2 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y2 + yo) * wd), Vector256.ConvertToSingle(s2), c2);
-            c3 = Fma.MultiplyAdd(Vector256.Create(*(float*)(y3 + yo) * wd), Vector256.ConvertToSingle(s3), c3);
-        }
-        outp[0] = Vector256.Sum(c0);
-        outp[outStride] = Vector256.Sum(c1);
-        outp[2L * outStride] = Vector256.Sum(c2);
-        outp[3L * outStride] = Vector256.Sum(c3);
-    }
-
     /// <summary>32 six-bit quants (0..63) of a Q6_K half: the nibble of <paramref name="ql"/> at bit
     /// <paramref name="nibbleShift"/> (0 low, 4 high) with the qh bit pair at <paramref name="pairShift"/> as bits 4–5.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<byte> Q6KQuants(Vector256<ushort> ql, Vector256<ushort> qh, int nibbleShift, int pairShift)
         => (Vector256.ShiftRightLogical(ql, nibbleShift).AsByte() & Vector256.Create((byte)0x0F))
            | Vector256.ShiftLeft((Vector256.ShiftRightLogical(qh, pairShift).AsByte() & Vector256.Create((byte)0x03)).AsUInt16(), 4).AsByte();
-
-    /// <summary>32 six-bit quants q (0..63) with their two sub-block scales against 32 activations at byte offset a of
-    /// each of four rows: s_k += scale · (q·y) per 8 int32 lanes (the −32 is <see cref="Q6KOffset"/>'s).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void Q6KPieceX4(Vector256<byte> q, Vector256<short> scale, int a, byte* y0, byte* y1, byte* y2, byte* y3,
-        ref Vector256<int> s0, ref Vector256<int> s1, ref Vector256<int> s2, ref Vector256<int> s3)
-    {
-        s0 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load((sbyte*)(y0 + a))));
-        s1 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load((sbyte*)(y1 + a))));
-        s2 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load((sbyte*)(y2 + a))));
-        s3 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load((sbyte*)(y3 + a))));
-    }
 
     /// <summary>Int8 scales k and k+1 sign-extended to int16: lanes 0–7 = scales[k], 8–15 = scales[k+1].</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -423,7 +423,7 @@ public unsafe class RowKernelTests
                 RowKernels.PrepareActivations(GgmlType.Q3_K, x, c); // other K types: ggml's block_q8_K itself
                 Assert.Equal(a, c);
                 // the AVX2 Q4_K / Q5_K kernels' layout (checked on any AVX2 machine: the kernels run on AVX-512 ones too,
-                // in K4Avx2PrefillAndDecodeGiveTheSameBitsAtTheInt16Bound): block_q8_K with the 16 bsums replaced by the
+                // in KQuantAvx2PrefillAndDecodeGiveTheSameBitsAtTheInt16Bound): block_q8_K with the 16 bsums replaced by the
                 // 8 sums of 32, bsum 2j + bsum 2j+1, as int16
                 if (Avx2.IsSupported)
                 {
@@ -700,8 +700,15 @@ public unsafe class RowKernelTests
     [Fact]
     public void Q6KPrefillIsExactAtTheInt16Bound()
     {
-        const GgmlType type = GgmlType.Q6_K;
-        const int n = 768, rows = 19, B = 5, nb = n / 256, rb = nb * 210;
+        var wq = Q6KBoundRows(out int rb);
+        PrefillAtTheBoundMatches(GgmlType.Q6_K, wq, rb, 19, 5, 768, run: 5);
+    }
+
+    /// <summary>19 Q6_K rows of 768 for the int16-bound tests (<see cref="Q6KPrefillIsExactAtTheInt16Bound"/>).</summary>
+    static byte[] Q6KBoundRows(out int rb)
+    {
+        const int n = 768, rows = 19, nb = n / 256;
+        rb = nb * 210;
         var wq = new byte[rows * rb];
         var rng = new Random(6);
         for (int r = 0; r < rows; r++)
@@ -715,7 +722,7 @@ public unsafe class RowKernelTests
                 for (int j = 0; j < 16; j++) wq[o + 192 + j] = r == 0 ? (byte)127 : r is 1 or 2 ? (byte)0x80 : (byte)rng.Next(256);
                 BitConverter.TryWriteBytes(wq.AsSpan(o + 208), Fp16.FromSingle(0.01f * (1 + r) + i / 64f));
             }
-        PrefillAtTheBoundMatches(type, wq, rb, rows, B, n, run: 5);
+        return wq;
     }
     /// <summary>Q5_K prefill on AVX-512 (VecDot.DotQ4KRows16Avx512 with RowKernels.Q5KLayout) adds four steps of four
     /// values in int16: at the bound — every value 31 (nibbles 15, every qh bit set), scales and mins 63, activation
@@ -750,32 +757,35 @@ public unsafe class RowKernelTests
     }
 
     /// <summary>
-    /// The AVX2 Q4_K / Q5_K kernels, called directly so that they are checked on AVX-512 machines too (where RowKernels
-    /// runs its AVX-512 kernels instead): the eight-row prefill kernel (VecDot.DotK4Rows8Avx2, rows in lanes, a
-    /// sub-block's eight — Q5_K: four — steps added in int16) gives every row the bits of the one-row decode kernel
-    /// (VecDot.DotK4RowAvx2), within 1e-5 relative + 1e-3 of the scalar reference on ggml's activations, at the int16
-    /// bound (the rows of Q4KPrefillIsExactAtTheInt16Bound / Q5KPrefillIsExactAtTheInt16Bound, activation quants
-    /// ±127) and on random activations; 19 rows are groups of 8, 8 and 3. Where AVX-512 is present, its kernels
+    /// The AVX2 Q4_K / Q5_K / Q6_K kernels, called directly so that they are checked on AVX-512 machines too (where
+    /// RowKernels runs its AVX-512 kernels instead): the eight-row prefill kernels (VecDot.DotK4Rows8Avx2 and
+    /// VecDot.DotQ6KRows8Avx2, rows in lanes, a sub-block's eight — Q5_K: four, Q6_K: two — steps added in int16) give
+    /// every row the bits of the one-row decode kernel (VecDot.DotK4RowAvx2, VecDot.DotQ6KAvx2), within 1e-5 relative +
+    /// 1e-3 of the scalar reference on ggml's activations, at the int16 bound (the rows of the
+    /// Q4K/Q5K/Q6KPrefillIsExactAtTheInt16Bound tests, activation quants ±127) and on random activations; 19 rows are
+    /// groups of 8, 8 and 3. Where AVX-512 is present, its kernels
     /// (RowKernels.Run) give the same bits again: both do the same exact integers and the same two float chains.
     /// </summary>
     [Theory]
     [InlineData(GgmlType.Q4_K)]
     [InlineData(GgmlType.Q5_K)]
-    public void K4Avx2PrefillAndDecodeGiveTheSameBitsAtTheInt16Bound(GgmlType type)
+    [InlineData(GgmlType.Q6_K)]
+    public void KQuantAvx2PrefillAndDecodeGiveTheSameBitsAtTheInt16Bound(GgmlType type)
     {
         if (!(Avx2.IsSupported && Fma.IsSupported)) return; // (no AVX2: these kernels are not used)
         const int n = 768, rows = 19, B = 9, nb = n / 256;
-        var wq = type == GgmlType.Q4_K ? Q4KBoundRows(out int rb) : Q5KBoundRows(out rb);
+        var wq = type == GgmlType.Q4_K ? Q4KBoundRows(out int rb) : type == GgmlType.Q5_K ? Q5KBoundRows(out rb) : Q6KBoundRows(out rb);
         var rng = new Random(11);
         int ab = (int)GgmlTypeInfo.RowBytes(GgmlType.Q8_K, n), fb = RowKernels.ActivationRowBytes(type, n);
-        var act = new byte[B * ab];       // the AVX2 layout (RowKernels.PrepareQ8KForK4Avx2)
+        var act = new byte[B * ab];       // the AVX2 layout (Q4_K, Q5_K: RowKernels.PrepareQ8KForK4Avx2; Q6_K: block_q8_K)
         var reference = new byte[B * ab]; // ggml's block_q8_K
         var native = new byte[B * fb];    // this machine's layout for RowKernels.Run
         for (int b = 0; b < B; b++)
         {
             var x = b < 5 ? Enumerable.Range(0, n).Select(j => (b == 0 || (j / 5 + b) % 2 == 0) ? -2f : 2f).ToArray()
                           : Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray();
-            RowKernels.PrepareQ8KForK4Avx2(x, act.AsSpan(b * ab, ab));
+            if (type == GgmlType.Q6_K) VecDot.QuantizeActivations(GgmlType.Q8_K, x, act.AsSpan(b * ab, ab));
+            else RowKernels.PrepareQ8KForK4Avx2(x, act.AsSpan(b * ab, ab));
             VecDot.QuantizeActivations(GgmlType.Q8_K, x, reference.AsSpan(b * ab, ab));
             RowKernels.PrepareActivations(type, x, native.AsSpan(b * fb, fb));
         }
@@ -783,17 +793,21 @@ public unsafe class RowKernelTests
         var y = new float[B * rows];
         var acc = new System.Runtime.Intrinsics.Vector256<float>[2 * B];
         var isum = new System.Runtime.Intrinsics.Vector256<int>[B];
+        var values = new System.Runtime.Intrinsics.Vector256<byte>[64];
         fixed (byte* pw = wq) fixed (byte* pa = act) fixed (byte* pn = native) fixed (float* py = y)
         fixed (System.Runtime.Intrinsics.Vector256<float>* pacc = acc) fixed (System.Runtime.Intrinsics.Vector256<int>* pisum = isum)
+        fixed (System.Runtime.Intrinsics.Vector256<byte>* pu = values)
         {
             for (int r = 0; r < rows; r += 8)
                 if (type == GgmlType.Q4_K) VecDot.DotK4Rows8Avx2<VecDot.Q4KWeights>(pw + r * rb, rb, Math.Min(8, rows - r), pa, ab, B, nb, py + r, rows, pacc, pisum);
-                else VecDot.DotK4Rows8Avx2<VecDot.Q5KWeights>(pw + r * rb, rb, Math.Min(8, rows - r), pa, ab, B, nb, py + r, rows, pacc, pisum);
+                else if (type == GgmlType.Q5_K) VecDot.DotK4Rows8Avx2<VecDot.Q5KWeights>(pw + r * rb, rb, Math.Min(8, rows - r), pa, ab, B, nb, py + r, rows, pacc, pisum);
+                else VecDot.DotQ6KRows8Avx2(pw + r * rb, rb, Math.Min(8, rows - r), pa, ab, B, nb, py + r, rows, pacc, pisum, pu);
             for (int b = 0; b < B; b++)
                 for (int r = 0; r < rows; r++)
                 {
                     float got = y[b * rows + r];
-                    float alone = type == GgmlType.Q4_K ? VecDot.DotQ4KRowAvx2(pw + r * rb, pa + b * ab, nb) : VecDot.DotQ5KRowAvx2(pw + r * rb, pa + b * ab, nb);
+                    float alone = type == GgmlType.Q4_K ? VecDot.DotQ4KRowAvx2(pw + r * rb, pa + b * ab, nb)
+                        : type == GgmlType.Q5_K ? VecDot.DotQ5KRowAvx2(pw + r * rb, pa + b * ab, nb) : VecDot.DotQ6KAvx2(pw + r * rb, pa + b * ab, nb);
                     Assert.True(alone.Equals(got), $"{type} b={b} row {r}: prefill {got} vs decode {alone}");
                     float scalar = VecDot.DotScalar(type, wq.AsSpan(r * rb, rb), reference.AsSpan(b * ab, ab), n);
                     Assert.True(Math.Abs(got - scalar) <= 1e-5f * Math.Abs(scalar) + 1e-3f, $"{type} b={b} row {r}: {got} vs scalar {scalar}");

@@ -5,8 +5,9 @@ using System.Runtime.Intrinsics.X86;
 namespace Cria.Kernels;
 
 /// <summary>
-/// Q4_K and Q5_K prefill on AVX2 without AVX-512: eight weight rows at a time, one row per 32-bit lane, for
-/// <see cref="RowKernels.RunBlock"/> — the AVX2 form of the sixteen-row <see cref="DotQ4KRows16Avx512{T}"/>.
+/// Q4_K, Q5_K and Q6_K prefill on AVX2 without AVX-512: eight weight rows at a time, one row per 32-bit lane, for
+/// <see cref="RowKernels.RunBlock"/> — the AVX2 form of the sixteen-row <see cref="DotQ4KRows16Avx512{T}"/> and
+/// <see cref="DotQ6KRows16Avx512"/> (Q6_K: <see cref="DotQ6KRows8Avx2"/>, below).
 ///
 /// The one-row kernel (<see cref="DotK4RowAvx2{T}"/>) pays per 32 values and activation row a <c>vpmaddubsw</c> and a
 /// <c>vpmaddwd</c> by the sub-block's scale (the int16 pair sums of different sub-blocks cannot be added before their
@@ -94,6 +95,108 @@ public static partial class VecDot
             }
         }
         for (int b = 0; b < B; b++) Store(acc[2 * b] - acc[2 * b + 1], rows, y + (long)b * yStride);
+    }
+
+    /// <summary>
+    /// Q6_K rows [0, rows) (rows ≤ 8; 210 B: ql[128] | qh[64] | scales[16] int8 | d f16) against B Q8_K activation rows
+    /// (ggml's block_q8_K: d8 | qs[256] | bsums[16]), rows in lanes as <see cref="DotK4Rows8Avx2{T}"/>. Per super-block
+    /// the eight rows' 256 values are decoded once into <paramref name="u"/> ([16 sub-blocks, 4] registers: register
+    /// 4j + t holds in lane k row k's values 16j + 4t … 16j + 4t + 3 as q6 + 32 ∈ [0, 63]) from twelve transposes (ql and
+    /// qh of each 16 values); then each sub-block of sixteen values meets each activation row in four
+    /// <c>vpmaddubsw</c>, two steps added in int16 (at most 2·2·63·127 = 32004), and two <c>vpmaddwd</c> by the lanes'
+    /// signed scales. The −32 of every value is taken back once per super-block and row, 32·Σ_j scale_j·bsum_j. Per row
+    /// the arithmetic is the one-row kernel's (<see cref="DotQ6KAvx2"/>): the exact isum, then S = fma(isum, d8·d, S).
+    /// <paramref name="acc"/> and <paramref name="isum"/> hold B vectors, <paramref name="u"/> 64.
+    /// </summary>
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe void DotQ6KRows8Avx2(byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int nb,
+        float* y, int yStride, Vector256<float>* acc, Vector256<int>* isum, Vector256<byte>* u)
+    {
+        Rows8(w, rowBytes, rows, out byte* p0, out byte* p1, out byte* p2, out byte* p3, out byte* p4, out byte* p5, out byte* p6, out byte* p7);
+        for (int b = 0; b < B; b++) acc[b] = Vector256<float>.Zero;
+        byte* next = w + 8 * rowBytes;
+        var m4 = Vector256.Create((byte)0x0F);
+        var m30 = Vector256.Create((byte)0x30);
+        for (int sb = 0; sb < nb; sb++)
+        {
+            int o = sb * 210;
+            byte* pf = next + 8 * o; // the next group's eight rows: 8 · 210 B per super-block
+            for (int l = 0; l < 8 * 210; l += 64) Sse.Prefetch0(pf + l);
+            // the sixteen int8 scales, four per lane (sc_t: scales 4t … 4t+3), and d of each row
+            int so = o + 192;
+            Transpose8(p0 + so, p1 + so, p2 + so, p3 + so, p4 + so, p5 + so, p6 + so, p7 + so, out var sc0, out var sc1, out var sc2, out var sc3);
+            int dof = o + 208;
+            var d = HalfToSingle(Avx2.ConvertToVector256Int32(Vector128.Create(*(short*)(p0 + dof), *(short*)(p1 + dof), *(short*)(p2 + dof), *(short*)(p3 + dof),
+                *(short*)(p4 + dof), *(short*)(p5 + dof), *(short*)(p6 + dof), *(short*)(p7 + dof))));
+            // values 128h + 32k + 16qq + l (l < 16): the low (k = 0, 1) or high (k = 2, 3) nibble of ql[64h + 32(k & 1) + 16qq + l]
+            // with bits 2k, 2k + 1 of qh[32h + 16qq + l] as bits 4–5; sub-block j = 8h + 2k + qq
+            for (int h = 0; h < 2; h++)
+                for (int qq = 0; qq < 2; qq++)
+                {
+                    int la = o + 64 * h + 16 * qq, lc = la + 32, lh = o + 128 + 32 * h + 16 * qq;
+                    Transpose8(p0 + la, p1 + la, p2 + la, p3 + la, p4 + la, p5 + la, p6 + la, p7 + la, out var a0, out var a1, out var a2, out var a3);
+                    Transpose8(p0 + lc, p1 + lc, p2 + lc, p3 + lc, p4 + lc, p5 + lc, p6 + lc, p7 + lc, out var c0, out var c1, out var c2, out var c3);
+                    Transpose8(p0 + lh, p1 + lh, p2 + lh, p3 + lh, p4 + lh, p5 + lh, p6 + lh, p7 + lh, out var g0, out var g1, out var g2, out var g3);
+                    Vector256<byte>* u0 = u + 4 * (8 * h + qq); // sub-block 8h + qq (k = 0); k adds 2 sub-blocks = 8 registers
+                    Six(a0, c0, g0, m4, m30, u0 + 0); Six(a1, c1, g1, m4, m30, u0 + 1);
+                    Six(a2, c2, g2, m4, m30, u0 + 2); Six(a3, c3, g3, m4, m30, u0 + 3);
+                }
+            for (int b = 0; b < B; b++) isum[b] = Vector256<int>.Zero;
+            byte* xs = x + (long)sb * 292;
+            for (int j = 0; j < 16; j++)
+            {
+                var sct = (j >> 2) switch { 0 => sc0, 1 => sc1, 2 => sc2, _ => sc3 };
+                var scale = Avx2.ShiftRightArithmetic(Vector256.ShiftLeft(sct, 24 - 8 * (j & 3)), 24); // signed, int32
+                var scale2 = ((scale & Vector256.Create(0xFFFF)) | Vector256.ShiftLeft(scale, 16)).AsInt16();
+                Vector256<byte> v0 = u[4 * j], v1 = u[4 * j + 1], v2 = u[4 * j + 2], v3 = u[4 * j + 3];
+                byte* xa = xs + 4 + 16 * j;
+                for (int b = 0; b < B; b++, xa += xStride)
+                {
+                    int* a = (int*)xa;
+                    var t0 = Avx2.MultiplyAddAdjacent(v0, Vector256.Create(a[0]).AsSByte()) + Avx2.MultiplyAddAdjacent(v1, Vector256.Create(a[1]).AsSByte());
+                    var t1 = Avx2.MultiplyAddAdjacent(v2, Vector256.Create(a[2]).AsSByte()) + Avx2.MultiplyAddAdjacent(v3, Vector256.Create(a[3]).AsSByte());
+                    isum[b] += Avx2.MultiplyAddAdjacent(t0, scale2) + Avx2.MultiplyAddAdjacent(t1, scale2);
+                }
+            }
+            // the 32s taken back: 32·Σ_j scale_j·bsum_j, scales 2p and 2p + 1 as the two int16 halves of each lane
+            var sp0 = SignedBytePair8(sc0, 0); var sp1 = SignedBytePair8(sc0, 16); var sp2 = SignedBytePair8(sc1, 0); var sp3 = SignedBytePair8(sc1, 16);
+            var sp4 = SignedBytePair8(sc2, 0); var sp5 = SignedBytePair8(sc2, 16); var sp6 = SignedBytePair8(sc3, 0); var sp7 = SignedBytePair8(sc3, 16);
+            byte* xb = xs;
+            for (int b = 0; b < B; b++, xb += xStride)
+            {
+                int* bs = (int*)(xb + 260);
+                var corr = (Avx2.MultiplyAddAdjacent(sp0, Vector256.Create(bs[0]).AsInt16()) + Avx2.MultiplyAddAdjacent(sp1, Vector256.Create(bs[1]).AsInt16()))
+                         + (Avx2.MultiplyAddAdjacent(sp2, Vector256.Create(bs[2]).AsInt16()) + Avx2.MultiplyAddAdjacent(sp3, Vector256.Create(bs[3]).AsInt16()))
+                         + ((Avx2.MultiplyAddAdjacent(sp4, Vector256.Create(bs[4]).AsInt16()) + Avx2.MultiplyAddAdjacent(sp5, Vector256.Create(bs[5]).AsInt16()))
+                         + (Avx2.MultiplyAddAdjacent(sp6, Vector256.Create(bs[6]).AsInt16()) + Avx2.MultiplyAddAdjacent(sp7, Vector256.Create(bs[7]).AsInt16())));
+                var total = isum[b] - Vector256.ShiftLeft(corr, 5);
+                acc[b] = Fma.MultiplyAdd(Vector256.ConvertToSingle(total), Vector256.Create(*(float*)xb) * d, acc[b]);
+            }
+        }
+        for (int b = 0; b < B; b++) Store(acc[b], rows, y + (long)b * yStride);
+    }
+
+    /// <summary>The four 6-bit values (+ 32) of one transposed register t of ql (a: ql[64h + 16qq …], c: 32 bytes on)
+    /// and qh (g) into u[0] (k = 0: low nibbles of a, qh bits 0–1), u[8] (k = 1: low of c, bits 2–3), u[16] (k = 2: high
+    /// of a, bits 4–5), u[24] (k = 3: high of c, bits 6–7).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe void Six(Vector256<int> a, Vector256<int> c, Vector256<int> g, Vector256<byte> m4, Vector256<byte> m30, Vector256<byte>* u)
+    {
+        var a16 = a.AsUInt16(); var c16 = c.AsUInt16(); var g16 = g.AsUInt16();
+        u[0] = (a.AsByte() & m4) | (Vector256.ShiftLeft(g16, 4).AsByte() & m30);
+        u[8] = (c.AsByte() & m4) | (Vector256.ShiftLeft(g16, 2).AsByte() & m30);
+        u[16] = (Vector256.ShiftRightLogical(a16, 4).AsByte() & m4) | (g.AsByte() & m30);
+        u[24] = (Vector256.ShiftRightLogical(c16, 4).AsByte() & m4) | (Vector256.ShiftRightLogical(g16, 2).AsByte() & m30);
+    }
+
+    /// <summary>Signed bytes at bit <paramref name="shift"/> and shift + 8 of each lane as the lane's two int16 halves.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<short> SignedBytePair8(Vector256<int> v, int shift)
+    {
+        var lo = Avx2.ShiftRightArithmetic(Vector256.ShiftLeft(v, 24 - shift), 24);
+        var hi = Avx2.ShiftRightArithmetic(Vector256.ShiftLeft(v, 16 - shift), 24);
+        return ((lo & Vector256.Create(0xFFFF)) | Vector256.ShiftLeft(hi, 16)).AsInt16();
     }
 
     /// <summary>One sub-block j of eight rows (v_s lane k: row k's values 4s…4s+3, nibbles; Q5_K adds bit j of h_s as
