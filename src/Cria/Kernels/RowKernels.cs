@@ -587,7 +587,7 @@ public static unsafe partial class RowKernels
     /// (<see cref="VecDot.DotRows16Avx512{T}"/>), Q2_K (<see cref="VecDot.DotQ2KRows16Avx512"/>), Q3_K
     /// (<see cref="VecDot.DotQ3KRows16Avx512"/>), Q4_K (<see cref="VecDot.DotQ4KRows16Avx512"/>) and Q6_K
     /// (<see cref="VecDot.DotQ6KRows16Avx512"/>) on AVX-512 — Q5_K through Q4_K's kernel with its fifth bits — and Q8_0 (<see cref="VecDot.DotQ80Rows16Avx512"/>) on AVX-512
-    /// with AVX-VNNI; else <see cref="RowGroup"/>.</summary>
+    /// with AVX-VNNI; eight for Q4_K, Q5_K and Q6_K on AVX2 without AVX-512 (<see cref="KRows8"/>); else <see cref="RowGroup"/>.</summary>
     internal static int PrefillRowGroup(GgmlType type) =>
         type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.IQ4_XS && VecDot.Rows16
         || type == GgmlType.Q8_0 && VecDot.Q80Rows16 ? 16 : KRows8(type) ? 8 : RowGroup(type);
