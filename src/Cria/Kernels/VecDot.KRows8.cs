@@ -5,9 +5,10 @@ using System.Runtime.Intrinsics.X86;
 namespace Cria.Kernels;
 
 /// <summary>
-/// Q4_K, Q5_K and Q6_K prefill on AVX2 without AVX-512: eight weight rows at a time, one row per 32-bit lane, for
-/// <see cref="RowKernels.RunBlock"/> — the AVX2 form of the sixteen-row <see cref="DotQ4KRows16Avx512{T}"/> and
-/// <see cref="DotQ6KRows16Avx512"/> (Q6_K: <see cref="DotQ6KRows8Avx2"/>, below).
+/// Q2_K, Q4_K, Q5_K and Q6_K prefill on AVX2 without AVX-512: eight weight rows at a time, one row per 32-bit lane, for
+/// <see cref="RowKernels.RunBlock"/> — the AVX2 form of the sixteen-row <see cref="DotQ4KRows16Avx512{T}"/>,
+/// <see cref="DotQ6KRows16Avx512"/> and <see cref="DotQ2KRows16Avx512"/> (<see cref="DotQ6KRows8Avx2"/> and
+/// <see cref="DotQ2KRows8Avx2"/>, below).
 ///
 /// The one-row kernel (<see cref="DotK4RowAvx2{T}"/>) pays per 32 values and activation row a <c>vpmaddubsw</c> and a
 /// <c>vpmaddwd</c> by the sub-block's scale (the int16 pair sums of different sub-blocks cannot be added before their
@@ -175,6 +176,91 @@ public static partial class VecDot
             }
         }
         for (int b = 0; b < B; b++) Store(acc[b], rows, y + (long)b * yStride);
+    }
+
+    /// <summary>
+    /// Q2_K rows [0, rows) (rows ≤ 8; 84 B: scales[16] (low nibble scale, high min) | qs[64] | d | dmin) against B Q8_K
+    /// activation rows (ggml's block_q8_K), rows in lanes as <see cref="DotQ2KRows16Avx512"/>: a quarter (16 B) of the
+    /// eight rows' qs transposed at a time; sub-block j (values 16j … 16j+15: qs quarter 2·(j / 8) + j % 2, bits
+    /// 2·((j / 2) % 4)) is four steps of four values added in int16 (at most 4·2·3·127), then one <c>vpmaddwd</c> by the
+    /// lanes' scales. Per row the arithmetic is <see cref="DotQ2KAvx2"/>'s: the exact isum and imin of each super-block,
+    /// then acc = fma(isum, d_a·d, acc), acc = fma(imin, −d_a·dmin, acc). <paramref name="acc"/> and
+    /// <paramref name="isum"/> hold B vectors.
+    /// </summary>
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe void DotQ2KRows8Avx2(byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int nb,
+        float* y, int yStride, Vector256<float>* acc, Vector256<int>* isum)
+    {
+        Rows8(w, rowBytes, rows, out byte* p0, out byte* p1, out byte* p2, out byte* p3, out byte* p4, out byte* p5, out byte* p6, out byte* p7);
+        for (int b = 0; b < B; b++) acc[b] = Vector256<float>.Zero;
+        byte* next = w + 8 * rowBytes;
+        var m2 = Vector256.Create((byte)3);
+        var m4 = Vector256.Create(0x0F);
+        for (int sb = 0; sb < nb; sb++)
+        {
+            int o = sb * 84;
+            byte* pf = next + 8 * o; // the next group's eight rows: 8 · 84 B per super-block
+            for (int l = 0; l < 8 * 84; l += 64) Sse.Prefetch0(pf + l);
+            // scales[16] of the eight rows: sc_t, lane k = row k's scale bytes 4t … 4t+3 (low nibble scale, high min)
+            Transpose8(p0 + o, p1 + o, p2 + o, p3 + o, p4 + o, p5 + o, p6 + o, p7 + o, out var sc0, out var sc1, out var sc2, out var sc3);
+            int dof = o + 80; // d | dmin
+            var dd = Vector256.Create(*(int*)(p0 + dof), *(int*)(p1 + dof), *(int*)(p2 + dof), *(int*)(p3 + dof),
+                *(int*)(p4 + dof), *(int*)(p5 + dof), *(int*)(p6 + dof), *(int*)(p7 + dof));
+            var d = HalfToSingle(Avx2.ShiftRightArithmetic(Avx2.ShiftLeftLogical(dd, 16), 16));
+            var dmin = HalfToSingle(Avx2.ShiftRightArithmetic(dd, 16));
+            for (int b = 0; b < B; b++) isum[b] = Vector256<int>.Zero;
+            byte* xs = x + (long)sb * 292;
+            for (int c = 0; c < 4; c++)
+            {
+                int q = o + 16 + 16 * c;
+                Transpose8(p0 + q, p1 + q, p2 + q, p3 + q, p4 + q, p5 + q, p6 + q, p7 + q, out var q0, out var q1, out var q2, out var q3);
+                for (int s = 0; s < 4; s++)
+                {
+                    int j = 8 * (c >> 1) + 2 * s + (c & 1); // the sub-block: values 16j … 16j+15
+                    var v0 = Vector256.ShiftRightLogical(q0.AsUInt16(), 2 * s).AsByte() & m2;
+                    var v1 = Vector256.ShiftRightLogical(q1.AsUInt16(), 2 * s).AsByte() & m2;
+                    var v2 = Vector256.ShiftRightLogical(q2.AsUInt16(), 2 * s).AsByte() & m2;
+                    var v3 = Vector256.ShiftRightLogical(q3.AsUInt16(), 2 * s).AsByte() & m2;
+                    var sct = (j >> 2) switch { 0 => sc0, 1 => sc1, 2 => sc2, _ => sc3 };
+                    var scale = Vector256.ShiftRightLogical(sct, 8 * (j & 3)) & m4;
+                    var scale2 = (scale | Vector256.ShiftLeft(scale, 16)).AsInt16(); // the scale in both int16 halves
+                    byte* xa = xs + 4 + 16 * j;
+                    for (int b = 0; b < B; b++, xa += xStride)
+                    {
+                        int* a = (int*)xa;
+                        var t = (Avx2.MultiplyAddAdjacent(v0, Vector256.Create(a[0]).AsSByte()) + Avx2.MultiplyAddAdjacent(v1, Vector256.Create(a[1]).AsSByte()))
+                              + (Avx2.MultiplyAddAdjacent(v2, Vector256.Create(a[2]).AsSByte()) + Avx2.MultiplyAddAdjacent(v3, Vector256.Create(a[3]).AsSByte()));
+                        isum[b] += Avx2.MultiplyAddAdjacent(t, scale2);
+                    }
+                }
+            }
+            // mins of sub-blocks 2p, 2p + 1 as the two int16 halves of each lane, against bsums 2p, 2p + 1
+            var mn0 = MinPair8(sc0, 0); var mn1 = MinPair8(sc0, 16); var mn2 = MinPair8(sc1, 0); var mn3 = MinPair8(sc1, 16);
+            var mn4 = MinPair8(sc2, 0); var mn5 = MinPair8(sc2, 16); var mn6 = MinPair8(sc3, 0); var mn7 = MinPair8(sc3, 16);
+            byte* xb = xs;
+            for (int b = 0; b < B; b++, xb += xStride)
+            {
+                int* bs = (int*)(xb + 260);
+                var imin = (Avx2.MultiplyAddAdjacent(mn0, Vector256.Create(bs[0]).AsInt16()) + Avx2.MultiplyAddAdjacent(mn1, Vector256.Create(bs[1]).AsInt16()))
+                         + (Avx2.MultiplyAddAdjacent(mn2, Vector256.Create(bs[2]).AsInt16()) + Avx2.MultiplyAddAdjacent(mn3, Vector256.Create(bs[3]).AsInt16()))
+                         + ((Avx2.MultiplyAddAdjacent(mn4, Vector256.Create(bs[4]).AsInt16()) + Avx2.MultiplyAddAdjacent(mn5, Vector256.Create(bs[5]).AsInt16()))
+                         + (Avx2.MultiplyAddAdjacent(mn6, Vector256.Create(bs[6]).AsInt16()) + Avx2.MultiplyAddAdjacent(mn7, Vector256.Create(bs[7]).AsInt16())));
+                float yd = *(float*)xb;
+                var t = Fma.MultiplyAdd(Vector256.ConvertToSingle(isum[b]), Vector256.Create(yd) * d, acc[b]);
+                acc[b] = Fma.MultiplyAdd(Vector256.ConvertToSingle(imin), Vector256.Create(-yd) * dmin, t);
+            }
+        }
+        for (int b = 0; b < B; b++) Store(acc[b], rows, y + (long)b * yStride);
+    }
+
+    /// <summary>The high nibbles of bytes at bit <paramref name="shift"/> and shift + 8 of each lane (two Q2_K mins) as
+    /// the lane's two int16 halves.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<short> MinPair8(Vector256<int> sc, int shift)
+    {
+        var m = Vector256.ShiftRightLogical(sc, shift + 4) & Vector256.Create(0x0F0F); // [min lo | 0 | min hi | …] in bytes 0, 1
+        return ((m & Vector256.Create(0x0F)) | Vector256.ShiftLeft(m & Vector256.Create(0x0F00), 8)).AsInt16();
     }
 
     /// <summary>The four 6-bit values (+ 32) of one transposed register t of ql (a: ql[64h + 16qq …], c: 32 bytes on)

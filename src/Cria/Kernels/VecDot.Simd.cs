@@ -966,36 +966,6 @@ public static partial class VecDot
         where TRows : struct, IPieceRows
         => rows.Add(Vector256.ShiftRightLogical(qbits, shift).AsByte() & Vector256.Create((byte)3), Avx2.Shuffle(sc, shuffle).AsInt16(), a);
 
-    /// <summary><see cref="DotQ2KAvx2"/> of one weight row against four Q8_K activation rows (prefill); each row's
-    /// operations in the single-row kernel's order, so the same bits.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static unsafe void DotQ2KAvx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride)
-    {
-        byte* y1 = y + yStride, y2 = y1 + yStride, y3 = y2 + yStride;
-        float c0 = 0, c1 = 0, c2 = 0, c3 = 0;
-        for (int i = 0; i < nb; i++, x += 84)
-        {
-            int yo = i * 292;
-            var (scales, mins) = Q2KScalesMins(x);
-            float wd = Fp16.ToSingle(*(ushort*)(x + 80)), wmin = Fp16.ToSingle(*(ushort*)(x + 82));
-            float d0 = *(float*)(y + yo), d1 = *(float*)(y1 + yo), d2 = *(float*)(y2 + yo), d3 = *(float*)(y3 + yo);
-            var four = new FourRows { A0 = (sbyte*)(y + yo + 4), A1 = (sbyte*)(y1 + yo + 4), A2 = (sbyte*)(y2 + yo + 4), A3 = (sbyte*)(y3 + yo + 4) };
-            Q2KSums(x, scales, ref four);
-            var sm0 = SumPair(four.S0, Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y + yo + 260))));
-            var sm1 = SumPair(four.S1, Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y1 + yo + 260))));
-            var sm2 = SumPair(four.S2, Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y2 + yo + 260))));
-            var sm3 = SumPair(four.S3, Avx2.MultiplyAddAdjacent(mins, Vector256.Load((short*)(y3 + yo + 260))));
-            c0 = MathF.FusedMultiplyAdd(sm0.GetElement(1), -d0 * wmin, MathF.FusedMultiplyAdd(sm0.ToScalar(), d0 * wd, c0));
-            c1 = MathF.FusedMultiplyAdd(sm1.GetElement(1), -d1 * wmin, MathF.FusedMultiplyAdd(sm1.ToScalar(), d1 * wd, c1));
-            c2 = MathF.FusedMultiplyAdd(sm2.GetElement(1), -d2 * wmin, MathF.FusedMultiplyAdd(sm2.ToScalar(), d2 * wd, c2));
-            c3 = MathF.FusedMultiplyAdd(sm3.GetElement(1), -d3 * wmin, MathF.FusedMultiplyAdd(sm3.ToScalar(), d3 * wd, c3));
-        }
-        outp[0] = c0;
-        outp[outStride] = c1;
-        outp[2L * outStride] = c2;
-        outp[3L * outStride] = c3;
-    }
-
     // Q6_K (210 B: ql[128] | qh[64] | scales[16] int8 | d). Half h: ql[64h + l] low/high nibble -> elements l / l+64,
     // ql[64h + 32 + l] -> l+32 / l+96, qh[32h + l] bit pairs 0,2,4,6 -> l, l+32, l+64, l+96; value q - 32.
     private static unsafe float DotQ6_K(ref byte w, ref byte a, int nb)

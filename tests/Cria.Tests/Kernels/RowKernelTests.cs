@@ -704,6 +704,16 @@ public unsafe class RowKernelTests
         PrefillAtTheBoundMatches(GgmlType.Q6_K, wq, rb, 19, 5, 768, run: 5);
     }
 
+    /// <summary><paramref name="rows"/> random rows (values in [−1, 1)) quantized to <paramref name="type"/>.</summary>
+    static byte[] RandomRows(GgmlType type, int n, int rows, Random rng, out int rb)
+    {
+        rb = (int)GgmlTypeInfo.RowBytes(type, n);
+        var wq = new byte[rows * rb];
+        for (int r = 0; r < rows; r++)
+            Quantize.Row(type, Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray(), wq.AsSpan(r * rb, rb));
+        return wq;
+    }
+
     /// <summary>19 Q6_K rows of 768 for the int16-bound tests (<see cref="Q6KPrefillIsExactAtTheInt16Bound"/>).</summary>
     static byte[] Q6KBoundRows(out int rb)
     {
@@ -757,34 +767,36 @@ public unsafe class RowKernelTests
     }
 
     /// <summary>
-    /// The AVX2 Q4_K / Q5_K / Q6_K kernels, called directly so that they are checked on AVX-512 machines too (where
-    /// RowKernels runs its AVX-512 kernels instead): the eight-row prefill kernels (VecDot.DotK4Rows8Avx2 and
-    /// VecDot.DotQ6KRows8Avx2, rows in lanes, a sub-block's eight — Q5_K: four, Q6_K: two — steps added in int16) give
-    /// every row the bits of the one-row decode kernel (VecDot.DotK4RowAvx2, VecDot.DotQ6KAvx2), within 1e-5 relative +
-    /// 1e-3 of the scalar reference on ggml's activations, at the int16 bound (the rows of the
-    /// Q4K/Q5K/Q6KPrefillIsExactAtTheInt16Bound tests, activation quants ±127) and on random activations; 19 rows are
-    /// groups of 8, 8 and 3. Where AVX-512 is present, its kernels
+    /// The AVX2 Q4_K / Q5_K / Q6_K / Q2_K kernels, called directly so that they are checked on AVX-512 machines too
+    /// (where RowKernels runs its AVX-512 kernels instead): the eight-row prefill kernels (VecDot.DotK4Rows8Avx2,
+    /// VecDot.DotQ6KRows8Avx2, VecDot.DotQ2KRows8Avx2: rows in lanes, a sub-block's eight — Q5_K and Q2_K: four, Q6_K:
+    /// two — steps added in int16) give every row the bits of the one-row decode kernel (VecDot.DotK4RowAvx2,
+    /// VecDot.DotQ6KAvx2, VecDot.DotQ2KAvx2), within 1e-5 relative + 1e-3 of the scalar reference on ggml's
+    /// activations, at the int16 bound (the rows of the Q4K/Q5K/Q6KPrefillIsExactAtTheInt16Bound tests, activation
+    /// quants ±127; Q2_K: quantized random rows) and on random activations; 19 rows are groups of 8, 8 and 3. Where AVX-512 is present, its kernels
     /// (RowKernels.Run) give the same bits again: both do the same exact integers and the same two float chains.
     /// </summary>
     [Theory]
     [InlineData(GgmlType.Q4_K)]
     [InlineData(GgmlType.Q5_K)]
     [InlineData(GgmlType.Q6_K)]
+    [InlineData(GgmlType.Q2_K)]
     public void KQuantAvx2PrefillAndDecodeGiveTheSameBitsAtTheInt16Bound(GgmlType type)
     {
         if (!(Avx2.IsSupported && Fma.IsSupported)) return; // (no AVX2: these kernels are not used)
         const int n = 768, rows = 19, B = 9, nb = n / 256;
-        var wq = type == GgmlType.Q4_K ? Q4KBoundRows(out int rb) : type == GgmlType.Q5_K ? Q5KBoundRows(out rb) : Q6KBoundRows(out rb);
         var rng = new Random(11);
+        var wq = type == GgmlType.Q4_K ? Q4KBoundRows(out int rb) : type == GgmlType.Q5_K ? Q5KBoundRows(out rb)
+            : type == GgmlType.Q6_K ? Q6KBoundRows(out rb) : RandomRows(type, n, rows, rng, out rb); // Q2_K: far from the bound (4·2·3·127)
         int ab = (int)GgmlTypeInfo.RowBytes(GgmlType.Q8_K, n), fb = RowKernels.ActivationRowBytes(type, n);
-        var act = new byte[B * ab];       // the AVX2 layout (Q4_K, Q5_K: RowKernels.PrepareQ8KForK4Avx2; Q6_K: block_q8_K)
+        var act = new byte[B * ab];       // the AVX2 layout (Q4_K, Q5_K: RowKernels.PrepareQ8KForK4Avx2; Q6_K, Q2_K: block_q8_K)
         var reference = new byte[B * ab]; // ggml's block_q8_K
         var native = new byte[B * fb];    // this machine's layout for RowKernels.Run
         for (int b = 0; b < B; b++)
         {
             var x = b < 5 ? Enumerable.Range(0, n).Select(j => (b == 0 || (j / 5 + b) % 2 == 0) ? -2f : 2f).ToArray()
                           : Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray();
-            if (type == GgmlType.Q6_K) VecDot.QuantizeActivations(GgmlType.Q8_K, x, act.AsSpan(b * ab, ab));
+            if (type is GgmlType.Q6_K or GgmlType.Q2_K) VecDot.QuantizeActivations(GgmlType.Q8_K, x, act.AsSpan(b * ab, ab));
             else RowKernels.PrepareQ8KForK4Avx2(x, act.AsSpan(b * ab, ab));
             VecDot.QuantizeActivations(GgmlType.Q8_K, x, reference.AsSpan(b * ab, ab));
             RowKernels.PrepareActivations(type, x, native.AsSpan(b * fb, fb));
@@ -801,13 +813,15 @@ public unsafe class RowKernelTests
             for (int r = 0; r < rows; r += 8)
                 if (type == GgmlType.Q4_K) VecDot.DotK4Rows8Avx2<VecDot.Q4KWeights>(pw + r * rb, rb, Math.Min(8, rows - r), pa, ab, B, nb, py + r, rows, pacc, pisum);
                 else if (type == GgmlType.Q5_K) VecDot.DotK4Rows8Avx2<VecDot.Q5KWeights>(pw + r * rb, rb, Math.Min(8, rows - r), pa, ab, B, nb, py + r, rows, pacc, pisum);
-                else VecDot.DotQ6KRows8Avx2(pw + r * rb, rb, Math.Min(8, rows - r), pa, ab, B, nb, py + r, rows, pacc, pisum, pu);
+                else if (type == GgmlType.Q6_K) VecDot.DotQ6KRows8Avx2(pw + r * rb, rb, Math.Min(8, rows - r), pa, ab, B, nb, py + r, rows, pacc, pisum, pu);
+                else VecDot.DotQ2KRows8Avx2(pw + r * rb, rb, Math.Min(8, rows - r), pa, ab, B, nb, py + r, rows, pacc, pisum);
             for (int b = 0; b < B; b++)
                 for (int r = 0; r < rows; r++)
                 {
                     float got = y[b * rows + r];
                     float alone = type == GgmlType.Q4_K ? VecDot.DotQ4KRowAvx2(pw + r * rb, pa + b * ab, nb)
-                        : type == GgmlType.Q5_K ? VecDot.DotQ5KRowAvx2(pw + r * rb, pa + b * ab, nb) : VecDot.DotQ6KAvx2(pw + r * rb, pa + b * ab, nb);
+                        : type == GgmlType.Q5_K ? VecDot.DotQ5KRowAvx2(pw + r * rb, pa + b * ab, nb)
+                        : type == GgmlType.Q6_K ? VecDot.DotQ6KAvx2(pw + r * rb, pa + b * ab, nb) : VecDot.DotQ2KAvx2(pw + r * rb, pa + b * ab, nb);
                     Assert.True(alone.Equals(got), $"{type} b={b} row {r}: prefill {got} vs decode {alone}");
                     float scalar = VecDot.DotScalar(type, wq.AsSpan(r * rb, rb), reference.AsSpan(b * ab, ab), n);
                     Assert.True(Math.Abs(got - scalar) <= 1e-5f * Math.Abs(scalar) + 1e-3f, $"{type} b={b} row {r}: {got} vs scalar {scalar}");
