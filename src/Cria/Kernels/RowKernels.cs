@@ -437,7 +437,7 @@ public static unsafe partial class RowKernels
             {
                 // Four activation rows at a time (same bits as one at a time). Three rows left: one more group over the
                 // last four (the pair already done is computed again, with the same bits). The four-row kernel costs
-                // about 2.1 single rows (TinyLlama Q4_K_M), so one or two rows left stay single.
+                // about 2.1 single rows (measured on TinyLlama Q4_K_M, when Q4_K had one), so one or two rows left stay single.
                 for (; b + 4 <= B; b += 4) RunFour(type, w, x + (long)b * xStride, xStride, n, y + (long)b * yStride, yStride);
                 if (B - b == 3 && B >= 4) { RunFour(type, w, x + (long)(B - 4) * xStride, xStride, n, y + (long)(B - 4) * yStride, yStride); b = B; }
             }
@@ -459,15 +459,13 @@ public static unsafe partial class RowKernels
     /// <summary>K-quant and i-quant types whose AVX2 kernels run one weight row against four activation rows
     /// (<see cref="RunFour"/>): the weight row is unpacked once for four dot products.</summary>
     internal static bool HasFourRowKernel(GgmlType type) =>
-        Avx2Rows(type) && (type is GgmlType.Q3_K
-            || type == GgmlType.IQ4_XS && !VecDot.Rows16 // with AVX-512, IQ4_XS's exact family (sixteen-row prefill, one-row decode)
+        Avx2Rows(type) && (type == GgmlType.IQ4_XS && !VecDot.Rows16 // with AVX-512, IQ4_XS's exact family (sixteen-row prefill, one-row decode)
             || GgmlTypeInfo.IsLattice(type));
 
     static void RunFour(GgmlType type, byte* w, byte* x, int xStride, int n, float* y, int yStride)
     {
         switch (type)
         {
-            case GgmlType.Q3_K: VecDot.DotQ3KAvx2x4(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.IQ4_XS: VecDot.DotIQ4XSRowX4(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.IQ2_XXS when Avx512BW.IsSupported: VecDot.DotSignedLatticeAvx512X4<VecDot.IQ2XXSWide>(w, x, xStride, n / 256, y, yStride); break;
             case GgmlType.IQ2_XXS: VecDot.DotLatticeAvx2X4<VecDot.IQ2XXSBlock>(w, x, xStride, n / 256, y, yStride); break;
@@ -586,16 +584,16 @@ public static unsafe partial class RowKernels
     /// (<see cref="VecDot.DotRows16Avx512{T}"/>), Q2_K (<see cref="VecDot.DotQ2KRows16Avx512"/>), Q3_K
     /// (<see cref="VecDot.DotQ3KRows16Avx512"/>), Q4_K (<see cref="VecDot.DotQ4KRows16Avx512"/>) and Q6_K
     /// (<see cref="VecDot.DotQ6KRows16Avx512"/>) on AVX-512 — Q5_K through Q4_K's kernel with its fifth bits — and Q8_0 (<see cref="VecDot.DotQ80Rows16Avx512"/>) on AVX-512
-    /// with AVX-VNNI; eight for Q2_K, Q4_K, Q5_K and Q6_K on AVX2 without AVX-512 (<see cref="KRows8"/>); else <see cref="RowGroup"/>.</summary>
+    /// with AVX-VNNI; eight for Q2_K, Q3_K, Q4_K, Q5_K and Q6_K on AVX2 without AVX-512 (<see cref="KRows8"/>); else <see cref="RowGroup"/>.</summary>
     internal static int PrefillRowGroup(GgmlType type) =>
         type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.IQ4_XS && VecDot.Rows16
         || type == GgmlType.Q8_0 && VecDot.Q80Rows16 ? 16 : KRows8(type) ? 8 : RowGroup(type);
 
-    /// <summary>Q2_K, Q4_K, Q5_K and Q6_K prefill on AVX2 without AVX-512: eight weight rows in lanes
-    /// (<see cref="VecDot.DotK4Rows8Avx2{T}"/>, <see cref="VecDot.DotQ6KRows8Avx2"/>, <see cref="VecDot.DotQ2KRows8Avx2"/>),
-    /// in tiles of <see cref="Rows16Tile"/> activation rows.</summary>
+    /// <summary>Q2_K, Q3_K, Q4_K, Q5_K and Q6_K prefill on AVX2 without AVX-512: eight weight rows in lanes
+    /// (<see cref="VecDot.DotK4Rows8Avx2{T}"/>, <see cref="VecDot.DotQ6KRows8Avx2"/>, <see cref="VecDot.DotQ2KRows8Avx2"/>,
+    /// <see cref="VecDot.DotQ3KRows8Avx2"/>), in tiles of <see cref="Rows16Tile"/> activation rows.</summary>
     internal static bool KRows8(GgmlType type) => type is GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K && Avx2Rows(type)
-        || type == GgmlType.Q2_K && Avx2Rows(type) && !VecDot.Rows16;
+        || type is GgmlType.Q2_K or GgmlType.Q3_K && Avx2Rows(type) && !VecDot.Rows16;
 
     /// <summary>
     /// Activation rows per call of a sixteen-row prefill kernel (<see cref="Rows16"/>). A group's blocks are transposed
@@ -717,7 +715,7 @@ public static unsafe partial class RowKernels
         if (KRows8(type))
         {
             // tiles of Rows16Tile activation rows against groups of eight weight rows, one per lane (VecDot.KRows8.cs)
-            var kAcc = stackalloc Vector256<float>[2 * Rows16Tile]; // [Rows16Tile, 2]: S and M of each activation row (Q6_K, Q2_K: one chain)
+            var kAcc = stackalloc Vector256<float>[2 * Rows16Tile]; // [Rows16Tile, 2]: S and M of each activation row (Q6_K, Q2_K, Q3_K: one chain)
             var kIsum = stackalloc Vector256<int>[Rows16Tile];      // [Rows16Tile]: a super-block's integers
             var kValues = stackalloc Vector256<byte>[64];           // [16, 4]: Q6_K's decoded super-block of eight rows
             for (int b0 = 0; b0 < B; b0 += Rows16Tile)
@@ -729,6 +727,7 @@ public static unsafe partial class RowKernels
                     if (type == GgmlType.Q4_K) VecDot.DotK4Rows8Avx2<VecDot.Q4KWeights>(wr, rowBytes, rows, xb, xStride, tb, n / 256, yb, yStride, kAcc, kIsum);
                     else if (type == GgmlType.Q5_K) VecDot.DotK4Rows8Avx2<VecDot.Q5KWeights>(wr, rowBytes, rows, xb, xStride, tb, n / 256, yb, yStride, kAcc, kIsum);
                     else if (type == GgmlType.Q2_K) VecDot.DotQ2KRows8Avx2(wr, rowBytes, rows, xb, xStride, tb, n / 256, yb, yStride, kAcc, kIsum);
+                    else if (type == GgmlType.Q3_K) VecDot.DotQ3KRows8Avx2(wr, rowBytes, rows, xb, xStride, tb, n / 256, yb, yStride, kAcc, kIsum);
                     else VecDot.DotQ6KRows8Avx2(wr, rowBytes, rows, xb, xStride, tb, n / 256, yb, yStride, kAcc, kIsum, kValues);
                 }
             return;

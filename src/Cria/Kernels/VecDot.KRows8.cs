@@ -5,10 +5,11 @@ using System.Runtime.Intrinsics.X86;
 namespace Cria.Kernels;
 
 /// <summary>
-/// Q2_K, Q4_K, Q5_K and Q6_K prefill on AVX2 without AVX-512: eight weight rows at a time, one row per 32-bit lane, for
-/// <see cref="RowKernels.RunBlock"/> — the AVX2 form of the sixteen-row <see cref="DotQ4KRows16Avx512{T}"/>,
-/// <see cref="DotQ6KRows16Avx512"/> and <see cref="DotQ2KRows16Avx512"/> (<see cref="DotQ6KRows8Avx2"/> and
-/// <see cref="DotQ2KRows8Avx2"/>, below).
+/// Q2_K, Q3_K, Q4_K, Q5_K and Q6_K prefill on AVX2 without AVX-512: eight weight rows at a time, one row per 32-bit
+/// lane, for <see cref="RowKernels.RunBlock"/> — the AVX2 form of the sixteen-row AVX-512 kernels
+/// (<see cref="DotQ4KRows16Avx512{T}"/>, <see cref="DotQ6KRows16Avx512"/>, <see cref="DotQ2KRows16Avx512"/>,
+/// <see cref="DotQ3KRows16Avx512"/>; here <see cref="DotQ6KRows8Avx2"/>, <see cref="DotQ2KRows8Avx2"/> and
+/// <see cref="DotQ3KRows8Avx2"/> below the Q4_K one).
 ///
 /// The one-row kernel (<see cref="DotK4RowAvx2{T}"/>) pays per 32 values and activation row a <c>vpmaddubsw</c> and a
 /// <c>vpmaddwd</c> by the sub-block's scale (the int16 pair sums of different sub-blocks cannot be added before their
@@ -166,11 +167,7 @@ public static partial class VecDot
             byte* xb = xs;
             for (int b = 0; b < B; b++, xb += xStride)
             {
-                int* bs = (int*)(xb + 260);
-                var corr = (Avx2.MultiplyAddAdjacent(sp0, Vector256.Create(bs[0]).AsInt16()) + Avx2.MultiplyAddAdjacent(sp1, Vector256.Create(bs[1]).AsInt16()))
-                         + (Avx2.MultiplyAddAdjacent(sp2, Vector256.Create(bs[2]).AsInt16()) + Avx2.MultiplyAddAdjacent(sp3, Vector256.Create(bs[3]).AsInt16()))
-                         + ((Avx2.MultiplyAddAdjacent(sp4, Vector256.Create(bs[4]).AsInt16()) + Avx2.MultiplyAddAdjacent(sp5, Vector256.Create(bs[5]).AsInt16()))
-                         + (Avx2.MultiplyAddAdjacent(sp6, Vector256.Create(bs[6]).AsInt16()) + Avx2.MultiplyAddAdjacent(sp7, Vector256.Create(bs[7]).AsInt16())));
+                var corr = BsumDot8(sp0, sp1, sp2, sp3, sp4, sp5, sp6, sp7, (int*)(xb + 260));
                 var total = isum[b] - Vector256.ShiftLeft(corr, 5);
                 acc[b] = Fma.MultiplyAdd(Vector256.ConvertToSingle(total), Vector256.Create(*(float*)xb) * d, acc[b]);
             }
@@ -225,14 +222,7 @@ public static partial class VecDot
                     var sct = (j >> 2) switch { 0 => sc0, 1 => sc1, 2 => sc2, _ => sc3 };
                     var scale = Vector256.ShiftRightLogical(sct, 8 * (j & 3)) & m4;
                     var scale2 = (scale | Vector256.ShiftLeft(scale, 16)).AsInt16(); // the scale in both int16 halves
-                    byte* xa = xs + 4 + 16 * j;
-                    for (int b = 0; b < B; b++, xa += xStride)
-                    {
-                        int* a = (int*)xa;
-                        var t = (Avx2.MultiplyAddAdjacent(v0, Vector256.Create(a[0]).AsSByte()) + Avx2.MultiplyAddAdjacent(v1, Vector256.Create(a[1]).AsSByte()))
-                              + (Avx2.MultiplyAddAdjacent(v2, Vector256.Create(a[2]).AsSByte()) + Avx2.MultiplyAddAdjacent(v3, Vector256.Create(a[3]).AsSByte()));
-                        isum[b] += Avx2.MultiplyAddAdjacent(t, scale2);
-                    }
+                    SubBlock16(v0, v1, v2, v3, scale2, xs + 4 + 16 * j, xStride, B, isum);
                 }
             }
             // mins of sub-blocks 2p, 2p + 1 as the two int16 halves of each lane, against bsums 2p, 2p + 1
@@ -241,11 +231,7 @@ public static partial class VecDot
             byte* xb = xs;
             for (int b = 0; b < B; b++, xb += xStride)
             {
-                int* bs = (int*)(xb + 260);
-                var imin = (Avx2.MultiplyAddAdjacent(mn0, Vector256.Create(bs[0]).AsInt16()) + Avx2.MultiplyAddAdjacent(mn1, Vector256.Create(bs[1]).AsInt16()))
-                         + (Avx2.MultiplyAddAdjacent(mn2, Vector256.Create(bs[2]).AsInt16()) + Avx2.MultiplyAddAdjacent(mn3, Vector256.Create(bs[3]).AsInt16()))
-                         + ((Avx2.MultiplyAddAdjacent(mn4, Vector256.Create(bs[4]).AsInt16()) + Avx2.MultiplyAddAdjacent(mn5, Vector256.Create(bs[5]).AsInt16()))
-                         + (Avx2.MultiplyAddAdjacent(mn6, Vector256.Create(bs[6]).AsInt16()) + Avx2.MultiplyAddAdjacent(mn7, Vector256.Create(bs[7]).AsInt16())));
+                var imin = BsumDot8(mn0, mn1, mn2, mn3, mn4, mn5, mn6, mn7, (int*)(xb + 260));
                 float yd = *(float*)xb;
                 var t = Fma.MultiplyAdd(Vector256.ConvertToSingle(isum[b]), Vector256.Create(yd) * d, acc[b]);
                 acc[b] = Fma.MultiplyAdd(Vector256.ConvertToSingle(imin), Vector256.Create(-yd) * dmin, t);
@@ -253,6 +239,114 @@ public static partial class VecDot
         }
         for (int b = 0; b < B; b++) Store(acc[b], rows, y + (long)b * yStride);
     }
+
+    /// <summary>
+    /// Q3_K rows [0, rows) (rows ≤ 8; 110 B: hmask[32] | qs[64] | scales[12] | d) against B Q8_K activation rows (ggml's
+    /// block_q8_K), rows in lanes as <see cref="DotQ3KRows16Avx512"/>: a value is its two qs bits less 4 where its hmask
+    /// bit is clear; the kernel multiplies u = value + 4 (0…7, unsigned for <c>vpmaddubsw</c>), four steps of four
+    /// values in int16 (at most 4·2·7·127), and takes the 4s back with the activation's sub-block sums:
+    /// Σ scale·Σ value·a = Σ scale·Σ u·a − 4·Σ scale·bsum. Per row the arithmetic is <see cref="DotQ3KAvx2"/>'s: the
+    /// exact isum of each super-block, then acc = fma(isum, d_a·d, acc). <paramref name="acc"/> and <paramref name="isum"/>
+    /// hold B vectors.
+    /// </summary>
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe void DotQ3KRows8Avx2(byte* w, long rowBytes, int rows, byte* x, int xStride, int B, int nb,
+        float* y, int yStride, Vector256<float>* acc, Vector256<int>* isum)
+    {
+        Rows8(w, rowBytes, rows, out byte* p0, out byte* p1, out byte* p2, out byte* p3, out byte* p4, out byte* p5, out byte* p6, out byte* p7);
+        for (int b = 0; b < B; b++) acc[b] = Vector256<float>.Zero;
+        byte* next = w + 8 * rowBytes;
+        var m2 = Vector256.Create((byte)3);
+        var one = Vector256.Create((byte)1);
+        var k1 = Vector256.Create(0x03030303); var k2 = Vector256.Create(0x0F0F0F0F);
+        for (int sb = 0; sb < nb; sb++)
+        {
+            int o = sb * 110;
+            byte* pf = next + 8 * o; // the next group's eight rows: 8 · 110 B per super-block
+            for (int l = 0; l < 8 * 110; l += 64) Sse.Prefetch0(pf + l);
+            // scales[12] as ggml's three words a0, a1, a2 (read from byte 92: the 16 bytes end with the scales, not past them)
+            int so = o + 92;
+            Transpose8(p0 + so, p1 + so, p2 + so, p3 + so, p4 + so, p5 + so, p6 + so, p7 + so, out _, out var a0, out var a1, out var a2);
+            // the sixteen 6-bit scales + 32, four per lane: sc_t holds scales 4t … 4t+3 (DotQ3KAvx2's Q3KScales, per lane)
+            var sc0 = (a0 & k2) | Vector256.ShiftLeft(a2 & k1, 4);
+            var sc1 = (a1 & k2) | Vector256.ShiftLeft(Vector256.ShiftRightLogical(a2, 2) & k1, 4);
+            var sc2 = (Vector256.ShiftRightLogical(a0, 4) & k2) | Vector256.ShiftLeft(Vector256.ShiftRightLogical(a2, 4) & k1, 4);
+            var sc3 = (Vector256.ShiftRightLogical(a1, 4) & k2) | Vector256.ShiftLeft(Vector256.ShiftRightLogical(a2, 6) & k1, 4);
+            int dof = o + 108;
+            var d = HalfToSingle(Avx2.ConvertToVector256Int32(Vector128.Create(*(short*)(p0 + dof), *(short*)(p1 + dof), *(short*)(p2 + dof), *(short*)(p3 + dof),
+                *(short*)(p4 + dof), *(short*)(p5 + dof), *(short*)(p6 + dof), *(short*)(p7 + dof))));
+            // hmask[32] of the eight rows: h0–h3 bytes 0–15, h4–h7 bytes 16–31
+            Transpose8(p0 + o, p1 + o, p2 + o, p3 + o, p4 + o, p5 + o, p6 + o, p7 + o, out var h0, out var h1, out var h2, out var h3);
+            int ho = o + 16;
+            Transpose8(p0 + ho, p1 + ho, p2 + ho, p3 + ho, p4 + ho, p5 + ho, p6 + ho, p7 + ho, out var h4, out var h5, out var h6, out var h7);
+            for (int b = 0; b < B; b++) isum[b] = Vector256<int>.Zero;
+            byte* xs = x + (long)sb * 292;
+            for (int c = 0; c < 4; c++)
+            {
+                int q = o + 32 + 16 * c;
+                Transpose8(p0 + q, p1 + q, p2 + q, p3 + q, p4 + q, p5 + q, p6 + q, p7 + q, out var q0, out var q1, out var q2, out var q3);
+                // values 16·(c & 1) + … of each 32-value piece: hmask bytes 0–15 (c even) or 16–31 (c odd)
+                bool odd = (c & 1) != 0;
+                Vector256<int> g0 = odd ? h4 : h0, g1 = odd ? h5 : h1, g2 = odd ? h6 : h2, g3 = odd ? h7 : h3;
+                for (int s = 0; s < 4; s++)
+                {
+                    int j = 8 * (c >> 1) + 2 * s + (c & 1); // the sub-block: values 16j … 16j+15
+                    int hb = 4 * (c >> 1) + s;             // their hmask bit
+                    var u0 = (Vector256.ShiftRightLogical(q0.AsUInt16(), 2 * s).AsByte() & m2) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(g0.AsUInt16(), hb).AsByte() & one).AsUInt16(), 2).AsByte();
+                    var u1 = (Vector256.ShiftRightLogical(q1.AsUInt16(), 2 * s).AsByte() & m2) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(g1.AsUInt16(), hb).AsByte() & one).AsUInt16(), 2).AsByte();
+                    var u2 = (Vector256.ShiftRightLogical(q2.AsUInt16(), 2 * s).AsByte() & m2) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(g2.AsUInt16(), hb).AsByte() & one).AsUInt16(), 2).AsByte();
+                    var u3 = (Vector256.ShiftRightLogical(q3.AsUInt16(), 2 * s).AsByte() & m2) | Vector256.ShiftLeft((Vector256.ShiftRightLogical(g3.AsUInt16(), hb).AsByte() & one).AsUInt16(), 2).AsByte();
+                    var sct = (j >> 2) switch { 0 => sc0, 1 => sc1, 2 => sc2, _ => sc3 };
+                    var scale = (Vector256.ShiftRightLogical(sct, 8 * (j & 3)) & Vector256.Create(0xFF)) - Vector256.Create(32);
+                    var scale2 = ((scale & Vector256.Create(0xFFFF)) | Vector256.ShiftLeft(scale, 16)).AsInt16(); // signed, in both int16 halves
+                    SubBlock16(u0, u1, u2, u3, scale2, xs + 4 + 16 * j, xStride, B, isum);
+                }
+            }
+            // the 4s taken back: 4·Σ_j scale_j·bsum_j, scales 2p and 2p + 1 as the two int16 halves of each lane
+            var sp0 = ScalePair8(sc0, 0); var sp1 = ScalePair8(sc0, 16); var sp2 = ScalePair8(sc1, 0); var sp3 = ScalePair8(sc1, 16);
+            var sp4 = ScalePair8(sc2, 0); var sp5 = ScalePair8(sc2, 16); var sp6 = ScalePair8(sc3, 0); var sp7 = ScalePair8(sc3, 16);
+            byte* xb = xs;
+            for (int b = 0; b < B; b++, xb += xStride)
+            {
+                var corr = BsumDot8(sp0, sp1, sp2, sp3, sp4, sp5, sp6, sp7, (int*)(xb + 260));
+                var total = isum[b] - Vector256.ShiftLeft(corr, 2);
+                acc[b] = Fma.MultiplyAdd(Vector256.ConvertToSingle(total), Vector256.Create(*(float*)xb) * d, acc[b]);
+            }
+        }
+        for (int b = 0; b < B; b++) Store(acc[b], rows, y + (long)b * yStride);
+    }
+
+    /// <summary>One sub-block of sixteen values of the eight rows (Q2_K, Q3_K: four steps of four, each value ≤ 7)
+    /// against B activation rows (the sub-block's quants at xb + b·xStride): isum[b] += scale · Σ v·a per lane, the
+    /// steps added in int16 first.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe void SubBlock16(Vector256<byte> v0, Vector256<byte> v1, Vector256<byte> v2, Vector256<byte> v3, Vector256<short> scale2,
+        byte* xb, int xStride, int B, Vector256<int>* isum)
+    {
+        for (int b = 0; b < B; b++, xb += xStride)
+        {
+            int* a = (int*)xb;
+            var t = (Avx2.MultiplyAddAdjacent(v0, Vector256.Create(a[0]).AsSByte()) + Avx2.MultiplyAddAdjacent(v1, Vector256.Create(a[1]).AsSByte()))
+                  + (Avx2.MultiplyAddAdjacent(v2, Vector256.Create(a[2]).AsSByte()) + Avx2.MultiplyAddAdjacent(v3, Vector256.Create(a[3]).AsSByte()));
+            isum[b] += Avx2.MultiplyAddAdjacent(t, scale2);
+        }
+    }
+
+    /// <summary>Σ_j c_j·bsum_j per lane: c_2p, c_2p+1 the int16 halves of <paramref name="c0"/> … <paramref name="c7"/>,
+    /// bsums the activation's sixteen int16 sub-block sums (as eight words at <paramref name="bs"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe Vector256<int> BsumDot8(Vector256<short> c0, Vector256<short> c1, Vector256<short> c2, Vector256<short> c3,
+        Vector256<short> c4, Vector256<short> c5, Vector256<short> c6, Vector256<short> c7, int* bs) =>
+        (Avx2.MultiplyAddAdjacent(c0, Vector256.Create(bs[0]).AsInt16()) + Avx2.MultiplyAddAdjacent(c1, Vector256.Create(bs[1]).AsInt16()))
+        + (Avx2.MultiplyAddAdjacent(c2, Vector256.Create(bs[2]).AsInt16()) + Avx2.MultiplyAddAdjacent(c3, Vector256.Create(bs[3]).AsInt16()))
+        + ((Avx2.MultiplyAddAdjacent(c4, Vector256.Create(bs[4]).AsInt16()) + Avx2.MultiplyAddAdjacent(c5, Vector256.Create(bs[5]).AsInt16()))
+        + (Avx2.MultiplyAddAdjacent(c6, Vector256.Create(bs[6]).AsInt16()) + Avx2.MultiplyAddAdjacent(c7, Vector256.Create(bs[7]).AsInt16())));
+
+    /// <summary>Bytes at bit <paramref name="shift"/> and shift + 8 of each lane (two Q3_K scales + 32) less 32, as the
+    /// lane's two int16 halves.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<short> ScalePair8(Vector256<int> sc, int shift) => BytePair8(sc, shift) - Vector256.Create((short)32);
 
     /// <summary>The high nibbles of bytes at bit <paramref name="shift"/> and shift + 8 of each lane (two Q2_K mins) as
     /// the lane's two int16 halves.</summary>

@@ -677,8 +677,7 @@ public static partial class VecDot
     }
 
     /// <summary>Where the Q3_K / Q2_K pieces' products go: the 8 int32 lanes of one activation row
-    /// (<see cref="OneRow"/>, decode) or of four (<see cref="FourRows"/>, prefill, each piece's values and scales made
-    /// once for the four). Each row's operations are the same either way, so the same bits.</summary>
+    /// (<see cref="OneRow"/>; prefill has its own kernels, eight weight rows in lanes: VecDot.KRows8.cs).</summary>
     internal interface IPieceRows
     {
         /// <summary>Σ scale·(q·a) over 32 values, a at byte offset <paramref name="a"/> of each row's quants.</summary>
@@ -700,30 +699,6 @@ public static partial class VecDot
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public void SubtractFourBsums(Vector256<short> scales)
             => S -= Vector256.ShiftLeft(ScalesDotBsums(scales, (byte*)A + 256), 2);
-    }
-
-    internal unsafe struct FourRows : IPieceRows
-    {
-        public sbyte* A0, A1, A2, A3;             // [256] int8 quants of each row
-        public Vector256<int> S0, S1, S2, S3;     // sums of each row
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public void Add(Vector256<byte> q, Vector256<short> scale, int a)
-        {
-            S0 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load(A0 + a)));
-            S1 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load(A1 + a)));
-            S2 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load(A2 + a)));
-            S3 += Avx2.MultiplyAddAdjacent(scale, Avx2.MultiplyAddAdjacent(q, Vector256.Load(A3 + a)));
-        }
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public void SubtractFourBsums(Vector256<short> scales)
-        {
-            S0 -= Vector256.ShiftLeft(ScalesDotBsums(scales, (byte*)A0 + 256), 2);
-            S1 -= Vector256.ShiftLeft(ScalesDotBsums(scales, (byte*)A1 + 256), 2);
-            S2 -= Vector256.ShiftLeft(ScalesDotBsums(scales, (byte*)A2 + 256), 2);
-            S3 -= Vector256.ShiftLeft(ScalesDotBsums(scales, (byte*)A3 + 256), 2);
-        }
     }
 
     /// <summary>Σ sc·(q·y) of one Q3_K super-block (at x) into <paramref name="rows"/>; the eight 32-value pieces
@@ -765,32 +740,6 @@ public static partial class VecDot
         var hm = hmask.AsUInt16();
         var high = (bit >= 2 ? Vector256.ShiftRightLogical(hm, (byte)(bit - 2)) : Vector256.ShiftLeft(hm, (byte)(2 - bit))).AsByte() & Vector256.Create((byte)4); // 4 or 0
         rows.Add(low | high, Avx2.Shuffle(sc, shuffle).AsInt16(), a);
-    }
-
-    /// <summary><see cref="DotQ3KAvx2"/> of one weight row against four Q8_K activation rows (prefill): values and scales
-    /// unpacked once; each row's operations in the single-row kernel's order, so the same bits.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static unsafe void DotQ3KAvx2x4(byte* x, byte* y, int yStride, int nb, float* outp, int outStride)
-    {
-        byte* y1 = y + yStride, y2 = y1 + yStride, y3 = y2 + yStride;
-        float c0 = 0, c1 = 0, c2 = 0, c3 = 0;
-        for (int i = 0; i < nb; i++, x += 110)
-        {
-            int yo = i * 292;
-            var four = new FourRows { A0 = (sbyte*)(y + yo + 4), A1 = (sbyte*)(y1 + yo + 4), A2 = (sbyte*)(y2 + yo + 4), A3 = (sbyte*)(y3 + yo + 4) };
-            Q3KSums(x, ref four);
-            float wd = Fp16.ToSingle(*(ushort*)(x + 108));
-            var s01 = SumPair(four.S0, four.S1); // [Σ row 0, Σ row 1, …]
-            var s23 = SumPair(four.S2, four.S3);
-            c0 = MathF.FusedMultiplyAdd(s01.ToScalar(), *(float*)(y + yo) * wd, c0);
-            c1 = MathF.FusedMultiplyAdd(s01.GetElement(1), *(float*)(y1 + yo) * wd, c1);
-            c2 = MathF.FusedMultiplyAdd(s23.ToScalar(), *(float*)(y2 + yo) * wd, c2);
-            c3 = MathF.FusedMultiplyAdd(s23.GetElement(1), *(float*)(y3 + yo) * wd, c3);
-        }
-        outp[0] = c0;
-        outp[outStride] = c1;
-        outp[2L * outStride] = c2;
-        outp[3L * outStride] = c3;
     }
 
     /// <summary>

@@ -767,13 +767,14 @@ public unsafe class RowKernelTests
     }
 
     /// <summary>
-    /// The AVX2 Q4_K / Q5_K / Q6_K / Q2_K kernels, called directly so that they are checked on AVX-512 machines too
-    /// (where RowKernels runs its AVX-512 kernels instead): the eight-row prefill kernels (VecDot.DotK4Rows8Avx2,
-    /// VecDot.DotQ6KRows8Avx2, VecDot.DotQ2KRows8Avx2: rows in lanes, a sub-block's eight — Q5_K and Q2_K: four, Q6_K:
-    /// two — steps added in int16) give every row the bits of the one-row decode kernel (VecDot.DotK4RowAvx2,
-    /// VecDot.DotQ6KAvx2, VecDot.DotQ2KAvx2), within 1e-5 relative + 1e-3 of the scalar reference on ggml's
-    /// activations, at the int16 bound (the rows of the Q4K/Q5K/Q6KPrefillIsExactAtTheInt16Bound tests, activation
-    /// quants ±127; Q2_K: quantized random rows) and on random activations; 19 rows are groups of 8, 8 and 3. Where AVX-512 is present, its kernels
+    /// The AVX2 K-quant kernels, called directly so that they are checked on AVX-512 machines too (where RowKernels runs
+    /// its AVX-512 kernels instead): the eight-row prefill kernels (VecDot.DotK4Rows8Avx2, VecDot.DotQ6KRows8Avx2,
+    /// VecDot.DotQ2KRows8Avx2, VecDot.DotQ3KRows8Avx2: rows in lanes, a sub-block's eight — Q5_K, Q2_K and Q3_K: four,
+    /// Q6_K: two — steps added in int16) give every row the bits of the one-row decode kernel (VecDot.DotK4RowAvx2,
+    /// VecDot.DotQ6KAvx2, VecDot.DotQ2KAvx2, VecDot.DotQ3KAvx2), within 1e-5 relative + 1e-3 of the scalar reference
+    /// on ggml's activations, at the int16 bound (the rows of the Q4K/Q5K/Q6KPrefillIsExactAtTheInt16Bound tests,
+    /// activation quants ±127; Q2_K, Q3_K: quantized random rows) and on random activations; 19 rows are groups of 8,
+    /// 8 and 3. Where AVX-512 is present, its kernels
     /// (RowKernels.Run) give the same bits again: both do the same exact integers and the same two float chains.
     /// </summary>
     [Theory]
@@ -781,22 +782,23 @@ public unsafe class RowKernelTests
     [InlineData(GgmlType.Q5_K)]
     [InlineData(GgmlType.Q6_K)]
     [InlineData(GgmlType.Q2_K)]
+    [InlineData(GgmlType.Q3_K)]
     public void KQuantAvx2PrefillAndDecodeGiveTheSameBitsAtTheInt16Bound(GgmlType type)
     {
         if (!(Avx2.IsSupported && Fma.IsSupported)) return; // (no AVX2: these kernels are not used)
         const int n = 768, rows = 19, B = 9, nb = n / 256;
         var rng = new Random(11);
         var wq = type == GgmlType.Q4_K ? Q4KBoundRows(out int rb) : type == GgmlType.Q5_K ? Q5KBoundRows(out rb)
-            : type == GgmlType.Q6_K ? Q6KBoundRows(out rb) : RandomRows(type, n, rows, rng, out rb); // Q2_K: far from the bound (4·2·3·127)
+            : type == GgmlType.Q6_K ? Q6KBoundRows(out rb) : RandomRows(type, n, rows, rng, out rb); // Q2_K, Q3_K: far from the bound (4·2·7·127)
         int ab = (int)GgmlTypeInfo.RowBytes(GgmlType.Q8_K, n), fb = RowKernels.ActivationRowBytes(type, n);
-        var act = new byte[B * ab];       // the AVX2 layout (Q4_K, Q5_K: RowKernels.PrepareQ8KForK4Avx2; Q6_K, Q2_K: block_q8_K)
+        var act = new byte[B * ab];       // the AVX2 layout (Q4_K, Q5_K: RowKernels.PrepareQ8KForK4Avx2; Q6_K, Q2_K, Q3_K: block_q8_K)
         var reference = new byte[B * ab]; // ggml's block_q8_K
         var native = new byte[B * fb];    // this machine's layout for RowKernels.Run
         for (int b = 0; b < B; b++)
         {
             var x = b < 5 ? Enumerable.Range(0, n).Select(j => (b == 0 || (j / 5 + b) % 2 == 0) ? -2f : 2f).ToArray()
                           : Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray();
-            if (type is GgmlType.Q6_K or GgmlType.Q2_K) VecDot.QuantizeActivations(GgmlType.Q8_K, x, act.AsSpan(b * ab, ab));
+            if (type is GgmlType.Q6_K or GgmlType.Q2_K or GgmlType.Q3_K) VecDot.QuantizeActivations(GgmlType.Q8_K, x, act.AsSpan(b * ab, ab));
             else RowKernels.PrepareQ8KForK4Avx2(x, act.AsSpan(b * ab, ab));
             VecDot.QuantizeActivations(GgmlType.Q8_K, x, reference.AsSpan(b * ab, ab));
             RowKernels.PrepareActivations(type, x, native.AsSpan(b * fb, fb));
@@ -814,14 +816,16 @@ public unsafe class RowKernelTests
                 if (type == GgmlType.Q4_K) VecDot.DotK4Rows8Avx2<VecDot.Q4KWeights>(pw + r * rb, rb, Math.Min(8, rows - r), pa, ab, B, nb, py + r, rows, pacc, pisum);
                 else if (type == GgmlType.Q5_K) VecDot.DotK4Rows8Avx2<VecDot.Q5KWeights>(pw + r * rb, rb, Math.Min(8, rows - r), pa, ab, B, nb, py + r, rows, pacc, pisum);
                 else if (type == GgmlType.Q6_K) VecDot.DotQ6KRows8Avx2(pw + r * rb, rb, Math.Min(8, rows - r), pa, ab, B, nb, py + r, rows, pacc, pisum, pu);
-                else VecDot.DotQ2KRows8Avx2(pw + r * rb, rb, Math.Min(8, rows - r), pa, ab, B, nb, py + r, rows, pacc, pisum);
+                else if (type == GgmlType.Q2_K) VecDot.DotQ2KRows8Avx2(pw + r * rb, rb, Math.Min(8, rows - r), pa, ab, B, nb, py + r, rows, pacc, pisum);
+                else VecDot.DotQ3KRows8Avx2(pw + r * rb, rb, Math.Min(8, rows - r), pa, ab, B, nb, py + r, rows, pacc, pisum);
             for (int b = 0; b < B; b++)
                 for (int r = 0; r < rows; r++)
                 {
                     float got = y[b * rows + r];
                     float alone = type == GgmlType.Q4_K ? VecDot.DotQ4KRowAvx2(pw + r * rb, pa + b * ab, nb)
                         : type == GgmlType.Q5_K ? VecDot.DotQ5KRowAvx2(pw + r * rb, pa + b * ab, nb)
-                        : type == GgmlType.Q6_K ? VecDot.DotQ6KAvx2(pw + r * rb, pa + b * ab, nb) : VecDot.DotQ2KAvx2(pw + r * rb, pa + b * ab, nb);
+                        : type == GgmlType.Q6_K ? VecDot.DotQ6KAvx2(pw + r * rb, pa + b * ab, nb)
+                        : type == GgmlType.Q2_K ? VecDot.DotQ2KAvx2(pw + r * rb, pa + b * ab, nb) : VecDot.DotQ3KAvx2(pw + r * rb, pa + b * ab, nb);
                     Assert.True(alone.Equals(got), $"{type} b={b} row {r}: prefill {got} vs decode {alone}");
                     float scalar = VecDot.DotScalar(type, wq.AsSpan(r * rb, rb), reference.AsSpan(b * ab, ab), n);
                     Assert.True(Math.Abs(got - scalar) <= 1e-5f * Math.Abs(scalar) + 1e-3f, $"{type} b={b} row {r}: {got} vs scalar {scalar}");
