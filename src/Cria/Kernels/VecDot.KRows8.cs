@@ -128,9 +128,7 @@ public static partial class VecDot
             // the sixteen int8 scales, four per lane (sc_t: scales 4t … 4t+3), and d of each row
             int so = o + 192;
             Transpose8(p0 + so, p1 + so, p2 + so, p3 + so, p4 + so, p5 + so, p6 + so, p7 + so, out var sc0, out var sc1, out var sc2, out var sc3);
-            int dof = o + 208;
-            var d = HalfToSingle(Avx2.ConvertToVector256Int32(Vector128.Create(*(short*)(p0 + dof), *(short*)(p1 + dof), *(short*)(p2 + dof), *(short*)(p3 + dof),
-                *(short*)(p4 + dof), *(short*)(p5 + dof), *(short*)(p6 + dof), *(short*)(p7 + dof))));
+            var d = Halves8(p0, p1, p2, p3, p4, p5, p6, p7, o + 208);
             // values 128h + 32k + 16qq + l (l < 16): the low (k = 0, 1) or high (k = 2, 3) nibble of ql[64h + 32(k & 1) + 16qq + l]
             // with bits 2k, 2k + 1 of qh[32h + 16qq + l] as bits 4–5; sub-block j = 8h + 2k + qq
             for (int h = 0; h < 2; h++)
@@ -172,7 +170,7 @@ public static partial class VecDot
                 acc[b] = Fma.MultiplyAdd(Vector256.ConvertToSingle(total), Vector256.Create(*(float*)xb) * d, acc[b]);
             }
         }
-        for (int b = 0; b < B; b++) Store(acc[b], rows, y + (long)b * yStride);
+        Store8(acc, B, rows, y, yStride);
     }
 
     /// <summary>
@@ -237,7 +235,7 @@ public static partial class VecDot
                 acc[b] = Fma.MultiplyAdd(Vector256.ConvertToSingle(imin), Vector256.Create(-yd) * dmin, t);
             }
         }
-        for (int b = 0; b < B; b++) Store(acc[b], rows, y + (long)b * yStride);
+        Store8(acc, B, rows, y, yStride);
     }
 
     /// <summary>
@@ -273,9 +271,7 @@ public static partial class VecDot
             var sc1 = (a1 & k2) | Vector256.ShiftLeft(Vector256.ShiftRightLogical(a2, 2) & k1, 4);
             var sc2 = (Vector256.ShiftRightLogical(a0, 4) & k2) | Vector256.ShiftLeft(Vector256.ShiftRightLogical(a2, 4) & k1, 4);
             var sc3 = (Vector256.ShiftRightLogical(a1, 4) & k2) | Vector256.ShiftLeft(Vector256.ShiftRightLogical(a2, 6) & k1, 4);
-            int dof = o + 108;
-            var d = HalfToSingle(Avx2.ConvertToVector256Int32(Vector128.Create(*(short*)(p0 + dof), *(short*)(p1 + dof), *(short*)(p2 + dof), *(short*)(p3 + dof),
-                *(short*)(p4 + dof), *(short*)(p5 + dof), *(short*)(p6 + dof), *(short*)(p7 + dof))));
+            var d = Halves8(p0, p1, p2, p3, p4, p5, p6, p7, o + 108);
             // hmask[32] of the eight rows: h0–h3 bytes 0–15, h4–h7 bytes 16–31
             Transpose8(p0 + o, p1 + o, p2 + o, p3 + o, p4 + o, p5 + o, p6 + o, p7 + o, out var h0, out var h1, out var h2, out var h3);
             int ho = o + 16;
@@ -314,7 +310,7 @@ public static partial class VecDot
                 acc[b] = Fma.MultiplyAdd(Vector256.ConvertToSingle(total), Vector256.Create(*(float*)xb) * d, acc[b]);
             }
         }
-        for (int b = 0; b < B; b++) Store(acc[b], rows, y + (long)b * yStride);
+        Store8(acc, B, rows, y, yStride);
     }
 
     /// <summary>One sub-block of sixteen values of the eight rows (Q2_K, Q3_K: four steps of four, each value ≤ 7)
@@ -438,6 +434,19 @@ public static partial class VecDot
         t0 = Avx2.UnpackLow(l01, l23).AsInt32(); t1 = Avx2.UnpackHigh(l01, l23).AsInt32();
         t2 = Avx2.UnpackLow(h01, h23).AsInt32(); t3 = Avx2.UnpackHigh(h01, h23).AsInt32();
     }
+
+    /// <summary>Lanes [0, rows) of acc[b] to y[b·yStride …] for each of the B activation rows.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe void Store8(Vector256<float>* acc, int B, int rows, float* y, int yStride)
+    {
+        for (int b = 0; b < B; b++) Store(acc[b], rows, y + (long)b * yStride);
+    }
+
+    /// <summary>The F16 at byte <paramref name="off"/> of each of the eight rows → float, lane k from row k.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe Vector256<float> Halves8(byte* p0, byte* p1, byte* p2, byte* p3, byte* p4, byte* p5, byte* p6, byte* p7, int off) =>
+        HalfToSingle(Avx2.ConvertToVector256Int32(Vector128.Create(*(short*)(p0 + off), *(short*)(p1 + off), *(short*)(p2 + off), *(short*)(p3 + off),
+            *(short*)(p4 + off), *(short*)(p5 + off), *(short*)(p6 + off), *(short*)(p7 + off))));
 
     /// <summary>The F16 in the low half of each lane (sign-extended) → float, exact: RowKernels.HalfToSingle's steps in
     /// 256 bits (× 2^-112 by the shift and mask, then × 2^112; infinity and NaN kept).</summary>
