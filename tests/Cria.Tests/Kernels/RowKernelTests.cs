@@ -162,10 +162,7 @@ public unsafe class RowKernelTests
     static (byte[] Weights, byte[] Activation, long RowBytes, int ActivationBytes) RandomRowsAndActivation(GgmlType type, int n, int rows, int seed)
     {
         var rng = new Random(seed);
-        long rb = GgmlTypeInfo.RowBytes(type, n);
-        var wq = new byte[rb * rows];
-        for (int r = 0; r < rows; r++)
-            Quantize.Row(type, Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray(), wq.AsSpan((int)(r * rb), (int)rb));
+        var wq = RandomRows(type, n, rows, rng, out int rb);
         int fb = RowKernels.ActivationRowBytes(type, n);
         var act = new byte[fb];
         RowKernels.PrepareActivations(type, Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray(), act);
