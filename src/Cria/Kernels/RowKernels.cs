@@ -456,8 +456,9 @@ public static unsafe partial class RowKernels
             y[(long)b * yStride] = VecDot.Dot(type, wr, new ReadOnlySpan<byte>(x + (long)b * xStride, xStride), n);
     }
 
-    /// <summary>K-quant and i-quant types whose AVX2 kernels run one weight row against four activation rows
-    /// (<see cref="RunFour"/>): the weight row is unpacked once for four dot products.</summary>
+    /// <summary>I-quant types whose AVX2 kernels run one weight row against four activation rows (<see cref="RunFour"/>):
+    /// the weight row is unpacked once for four dot products. (The K-quants' AVX2 prefill runs eight weight rows in
+    /// lanes instead, <see cref="KRows8"/>.)</summary>
     internal static bool HasFourRowKernel(GgmlType type) =>
         Avx2Rows(type) && (type == GgmlType.IQ4_XS && !VecDot.Rows16 // with AVX-512, IQ4_XS's exact family (sixteen-row prefill, one-row decode)
             || GgmlTypeInfo.IsLattice(type));
@@ -1331,10 +1332,10 @@ public static unsafe partial class RowKernels
     const int FloatTile256 = 12;
 
     /// <summary>
-    /// Three activation rows against rows [r0, r1) of a K-quant matrix through the four-row kernel: the rows are
+    /// Three activation rows against rows [r0, r1) of an i-quant matrix through the four-row kernel: the rows are
     /// copied into a per-thread tile of four (the last repeated) and the results land in a per-thread [4, rows]
     /// buffer, of which the real rows are copied out. Each weight row is then unpacked once, not once per activation
-    /// row. TinyLlama Q4_K_M, one forward step of B rows (medians of 9): B = 1, 3, 4 took 42, 94–113 and 90 ms with
+    /// row. TinyLlama Q4_K_M when its K-quants ran here, one forward step of B rows (medians of 9): B = 1, 3, 4 took 42, 94–113 and 90 ms with
     /// three single rows, 80 ms padded. Two rows padded took 84 ms against 66–79 as two single rows, so only three are.
     /// </summary>
     static void RunPaddedToFour(GgmlType type, byte* w, int rowBytes, int r0, int r1, byte* x, int xStride, int B, int n, float* y, int yStride)
@@ -1779,6 +1780,15 @@ public static unsafe partial class RowKernels
         var f = ((h << 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector512.Create(5.192297e33f); // 2^112
         var infNan = Vector512.GreaterThanOrEqual(Vector512.Abs(f), Vector512.Create(65536f));
         return f | (infNan & Vector512.Create(0x7F800000u).AsSingle());
+    }
+
+    /// <summary><see cref="HalfToSingle(Vector512{int})"/> in 256 bits (the AVX2 eight-row kernels, VecDot.KRows8.cs).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<float> HalfToSingle(Vector256<int> h)
+    {
+        var f = ((h << 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector256.Create(5.192297e33f); // 2^112
+        var infNan = Vector256.GreaterThanOrEqual(Vector256.Abs(f), Vector256.Create(65536f));
+        return f | (infNan & Vector256.Create(0x7F800000u).AsSingle());
     }
 
     /// <summary>16 halves from memory → 16 floats (<see cref="HalfToSingle(Vector512{int})"/>).</summary>

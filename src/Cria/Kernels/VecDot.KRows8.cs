@@ -47,8 +47,8 @@ public static partial class VecDot
             for (int l = 0; l < 8 * T.Bytes; l += 64) Sse.Prefetch0(pf + l);
             // d | dmin, and scales[12] as ggml's three words a0, a1, a2, of the eight rows
             Transpose8(p0 + o, p1 + o, p2 + o, p3 + o, p4 + o, p5 + o, p6 + o, p7 + o, out var dd, out var a0, out var a1, out var a2);
-            var d = HalfToSingle(Avx2.ShiftRightArithmetic(Avx2.ShiftLeftLogical(dd, 16), 16));
-            var dmin = HalfToSingle(Avx2.ShiftRightArithmetic(dd, 16));
+            var d = RowKernels.HalfToSingle(Avx2.ShiftRightArithmetic(Avx2.ShiftLeftLogical(dd, 16), 16));
+            var dmin = RowKernels.HalfToSingle(Avx2.ShiftRightArithmetic(dd, 16));
             // scales 0–3, 4–7 and mins 0–3, 4–7 of each row, a byte each (Q4KScalesMins, per lane)
             var sc03 = a0 & k6;
             var sc47 = (a2 & k4) | Vector256.ShiftLeft(Vector256.ShiftRightLogical(a0, 6) & k2, 4);
@@ -202,8 +202,8 @@ public static partial class VecDot
             int dof = o + 80; // d | dmin
             var dd = Vector256.Create(*(int*)(p0 + dof), *(int*)(p1 + dof), *(int*)(p2 + dof), *(int*)(p3 + dof),
                 *(int*)(p4 + dof), *(int*)(p5 + dof), *(int*)(p6 + dof), *(int*)(p7 + dof));
-            var d = HalfToSingle(Avx2.ShiftRightArithmetic(Avx2.ShiftLeftLogical(dd, 16), 16));
-            var dmin = HalfToSingle(Avx2.ShiftRightArithmetic(dd, 16));
+            var d = RowKernels.HalfToSingle(Avx2.ShiftRightArithmetic(Avx2.ShiftLeftLogical(dd, 16), 16));
+            var dmin = RowKernels.HalfToSingle(Avx2.ShiftRightArithmetic(dd, 16));
             for (int b = 0; b < B; b++) isum[b] = Vector256<int>.Zero;
             byte* xs = x + (long)sb * 292;
             for (int c = 0; c < 4; c++)
@@ -445,16 +445,6 @@ public static partial class VecDot
     /// <summary>The F16 at byte <paramref name="off"/> of each of the eight rows → float, lane k from row k.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static unsafe Vector256<float> Halves8(byte* p0, byte* p1, byte* p2, byte* p3, byte* p4, byte* p5, byte* p6, byte* p7, int off) =>
-        HalfToSingle(Avx2.ConvertToVector256Int32(Vector128.Create(*(short*)(p0 + off), *(short*)(p1 + off), *(short*)(p2 + off), *(short*)(p3 + off),
+        RowKernels.HalfToSingle(Avx2.ConvertToVector256Int32(Vector128.Create(*(short*)(p0 + off), *(short*)(p1 + off), *(short*)(p2 + off), *(short*)(p3 + off),
             *(short*)(p4 + off), *(short*)(p5 + off), *(short*)(p6 + off), *(short*)(p7 + off))));
-
-    /// <summary>The F16 in the low half of each lane (sign-extended) → float, exact: RowKernels.HalfToSingle's steps in
-    /// 256 bits (× 2^-112 by the shift and mask, then × 2^112; infinity and NaN kept).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector256<float> HalfToSingle(Vector256<int> h)
-    {
-        var f = ((h << 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector256.Create(5.192297e33f); // 2^112
-        var infNan = Vector256.GreaterThanOrEqual(Vector256.Abs(f), Vector256.Create(65536f));
-        return f | (infNan & Vector256.Create(0x7F800000u).AsSingle());
-    }
 }

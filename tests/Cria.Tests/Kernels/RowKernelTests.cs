@@ -82,7 +82,7 @@ public unsafe class RowKernelTests
             // rows without AVX-512); kernels that run eight rows
             // at a time (RowGroup: Q8_0 and the legacy types on AVX2) get [3, 21): two full groups and one of two; so do
             // the prefill kernels that run sixteen (PrefillRowGroup: the legacy types, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K on AVX-512): one full
-            // group and one of two; and those that run eight (Q4_K, Q5_K on AVX2)
+            // group and one of two; and those that run eight (the K-quants on AVX2)
             int rows = RowKernels.RowGroup(type) == 8 || RowKernels.PrefillRowGroup(type) >= 8 ? 21 : 11;
             long rb = GgmlTypeInfo.RowBytes(type, n);
             var wq = new byte[rb * rows];
