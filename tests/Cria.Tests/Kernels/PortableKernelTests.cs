@@ -1,0 +1,132 @@
+using System.Runtime.Intrinsics.X86;
+using Cria.Kernels;
+using Cria.Tensors;
+using Xunit;
+
+namespace Cria.Tests.Kernels;
+
+/// <summary>
+/// The portable 128-bit kernels (VecDot.Portable.cs), which machines without AVX2 run — ARM64 among them — against the
+/// scalar reference (ggml's generic kernels). Both int16 pair policies run on this machine: pmaddwd (x86) and the
+/// widening multiply (ARM64's path), so CI covers the code an ARM64 machine runs.
+/// </summary>
+public unsafe class PortableKernelTests
+{
+    public static TheoryData<GgmlType> Types => new() { GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K };
+
+    static float Portable<T>(GgmlType type, byte[] w, int wo, byte[] a, int ao, int n) where T : VecDot.IPairMul
+    {
+        fixed (byte* pw = w) fixed (byte* pa = a) return VecDot.DotPortable<T>(type, pw + wo, pa + ao, n);
+    }
+
+    static IEnumerable<Func<GgmlType, byte[], int, byte[], int, int, float>> Policies()
+    {
+        yield return Portable<VecDot.WidePairs>;
+        if (Sse2.IsSupported) yield return Portable<VecDot.SsePairs>;
+    }
+
+    /// <summary>Quantized random rows and activations (random, and ±2 in runs so every activation quant is ±127):
+    /// every policy within 1e-5 relative + 1e-3 of the scalar reference.</summary>
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void Agrees_with_the_scalar_reference(GgmlType type)
+    {
+        const int n = 768, rows = 6, B = 3;
+        var rng = new Random(11);
+        int rb = (int)GgmlTypeInfo.RowBytes(type, n), ab = (int)GgmlTypeInfo.RowBytes(VecDot.ActivationType(type), n);
+        var w = new byte[rows * rb];
+        for (int r = 0; r < rows; r++)
+            Quantize.Row(type, Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1) * (1 + r)).ToArray(), w.AsSpan(r * rb, rb));
+        var a = new byte[B * ab];
+        for (int b = 0; b < B; b++)
+        {
+            var x = b == 0 ? Enumerable.Range(0, n).Select(j => (j / 7 % 2 == 0) ? 2f : -2f).ToArray()
+                           : Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray();
+            VecDot.QuantizeActivations(VecDot.ActivationType(type), x, a.AsSpan(b * ab, ab));
+        }
+        foreach (var dot in Policies())
+            for (int r = 0; r < rows; r++)
+                for (int b = 0; b < B; b++)
+                {
+                    float scalar = VecDot.DotScalar(type, w.AsSpan(r * rb, rb), a.AsSpan(b * ab, ab), n);
+                    float got = dot(type, w, r * rb, a, b * ab, n);
+                    Assert.True(Math.Abs(got - scalar) <= 1e-5f * Math.Abs(scalar) + 1e-3f, $"{type} row {r} b {b}: {got} vs scalar {scalar}");
+                }
+    }
+
+    /// <summary>Every bit pattern of the quants (random bytes, Q8_0's −128 included), random scales, and unit block
+    /// scales d = dmin = d8 = 1: every sum is an integer below 2^24, so the portable result must equal the scalar one
+    /// exactly — a wrong lane, nibble, high bit or scale index cannot hide in rounding.</summary>
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void Equals_the_scalar_reference_on_unit_scales(GgmlType type)
+    {
+        const int n = 512, rows = 8;
+        var rng = new Random(12);
+        var act = VecDot.ActivationType(type);
+        int rb = (int)GgmlTypeInfo.RowBytes(type, n), ab = (int)GgmlTypeInfo.RowBytes(act, n);
+        var w = new byte[rows * rb];
+        rng.NextBytes(w);
+        int bs = GgmlTypeInfo.BlockBytes(type), nb = rb / bs;
+        for (int r = 0; r < rows; r++)
+            for (int i = 0; i < nb; i++)
+            {
+                var blk = w.AsSpan(r * rb + i * bs, bs);
+                switch (type)
+                {
+                    case GgmlType.Q8_0 or GgmlType.Q4_0: BitConverter.TryWriteBytes(blk, Fp16.FromSingle(1f)); break;
+                    case GgmlType.Q4_K or GgmlType.Q5_K:
+                        BitConverter.TryWriteBytes(blk, Fp16.FromSingle(1f));
+                        BitConverter.TryWriteBytes(blk[2..], Fp16.FromSingle(1f));
+                        for (int j = 4; j < 16; j++) blk[j] &= 0x0F; // scales and mins up to 15: the sums stay below 2^24
+                        break;
+                    case GgmlType.Q6_K: BitConverter.TryWriteBytes(blk[208..], Fp16.FromSingle(1f)); break;
+                }
+                if (r == 0) // all quants at the top: nibbles 15, Q5_K's 31, Q6_K's 63, Q8_0's 127 (small scales: the sum stays below 2^24)
+                    switch (type)
+                    {
+                        case GgmlType.Q8_0: blk[2..].Fill(127); break;
+                        case GgmlType.Q4_0: blk[2..].Fill(0xFF); break;
+                        case GgmlType.Q4_K or GgmlType.Q5_K: blk[4..16].Fill(0x01); blk[16..].Fill(0xFF); break;
+                        case GgmlType.Q6_K:
+                            blk[..192].Fill(0xFF);
+                            for (int s = 0; s < 16; s++) blk[192 + s] = (byte)(sbyte)(s % 2 == 0 ? 3 : -2);
+                            break;
+                    }
+                if (r == 1 && type == GgmlType.Q8_0) blk[2..].Fill(0x80); // −128
+            }
+        // activations: unit scale, quants in [−127, 127] (row 0 all −127), ggml's block sums
+        var a = new byte[2 * ab];
+        for (int b = 0; b < 2; b++)
+        {
+            var ar = a.AsSpan(b * ab, ab);
+            if (act == GgmlType.Q8_0)
+                for (int i = 0; i < n / 32; i++)
+                {
+                    BitConverter.TryWriteBytes(ar[(34 * i)..], Fp16.FromSingle(1f));
+                    for (int j = 0; j < 32; j++) ar[34 * i + 2 + j] = (byte)(sbyte)(b == 0 ? -127 : rng.Next(-127, 128));
+                }
+            else
+                for (int i = 0; i < n / 256; i++)
+                {
+                    var blk = ar.Slice(292 * i, 292);
+                    BitConverter.TryWriteBytes(blk, 1f);
+                    for (int j = 0; j < 256; j++) blk[4 + j] = (byte)(sbyte)(b == 0 ? -127 : rng.Next(-127, 128));
+                    for (int g = 0; g < 16; g++)
+                    {
+                        int s = 0;
+                        for (int j = 0; j < 16; j++) s += (sbyte)blk[4 + 16 * g + j];
+                        BitConverter.TryWriteBytes(blk[(260 + 2 * g)..], (short)s);
+                    }
+                }
+        }
+        foreach (var dot in Policies())
+            for (int r = 0; r < rows; r++)
+                for (int b = 0; b < 2; b++)
+                {
+                    float scalar = VecDot.DotScalar(type, w.AsSpan(r * rb, rb), a.AsSpan(b * ab, ab), n);
+                    Assert.True(Math.Abs(scalar) < 1 << 24, $"{type} row {r}: {scalar} is not exact in float");
+                    Assert.Equal(scalar, dot(type, w, r * rb, a, b * ab, n));
+                }
+    }
+}
