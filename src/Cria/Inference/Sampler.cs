@@ -846,9 +846,9 @@ public sealed class Sampler
     {
         var p = _p.AsSpan(0, _vocab);
         (_wholeMin, _wholeMax) = FiniteRange(_logits); // the draw search's bucket range too
-        Kernels.Ops.Scale(_logits, 1f / temperature, p);
-        float sum = Kernels.AttentionJob.ExpSubtractSum(p, _wholeMax / temperature);
-        Kernels.Ops.Scale(p, 1f / sum, p);
+        Kernels.Ops.Divide(_logits, temperature, p); // l / T as the filtered softmax and llama.cpp compute it
+        Kernels.AttentionJob.ExpSubtractSum(p, _wholeMax / temperature);
+        Kernels.Ops.Scale(p, (float)(1.0 / Kernels.Ops.SumDouble(p)), p); // summed in double, as Softmax does
     }
 
     static ulong SplitMix(ref ulong x)

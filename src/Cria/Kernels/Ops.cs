@@ -143,6 +143,44 @@ public static class Ops
         return max + Math.Log(z);
     }
 
+    /// <summary>Σ x in double (eight lanes widened to two vectors of doubles, then the scalar tail): a float sum of a
+    /// whole vocabulary's probabilities is ~1e-6 off in eight lanes, which a softmax passes to its largest probabilities.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static double SumDouble(ReadOnlySpan<float> x)
+    {
+        int i = 0, n = x.Length;
+        double sum = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            ref float px = ref MemoryMarshal.GetReference(x);
+            Vector256<double> acc0 = Vector256<double>.Zero, acc1 = Vector256<double>.Zero;
+            for (; i + 8 <= n; i += 8)
+            {
+                var (lo, hi) = Vector256.Widen(Vector256.LoadUnsafe(ref px, (nuint)i));
+                acc0 += lo; acc1 += hi;
+            }
+            sum = Vector256.Sum(acc0 + acc1);
+        }
+        for (; i < n; i++) sum += x[i];
+        return sum;
+    }
+
+    /// <summary>y = x / a, lane by lane a true division (x · (1/a) can be an ulp off, which a softmax's exponent turns into
+    /// a relative error of |x| ulp: the sampler's temperature divides as llama.cpp's does).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Divide(ReadOnlySpan<float> x, float a, Span<float> y)
+    {
+        int i = 0, n = x.Length;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            ref float px = ref MemoryMarshal.GetReference(x);
+            ref float py = ref MemoryMarshal.GetReference(y);
+            var va = Vector256.Create(a);
+            for (; i + 8 <= n; i += 8) (Vector256.LoadUnsafe(ref px, (nuint)i) / va).StoreUnsafe(ref py, (nuint)i);
+        }
+        for (; i < n; i++) y[i] = x[i] / a;
+    }
+
     /// <summary>y = a · x.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Scale(ReadOnlySpan<float> x, float a, Span<float> y)
