@@ -44,8 +44,9 @@ public static unsafe partial class RowKernels
     /// activations are converted once per matmul rather than once per weight row; Q8_0 weights on AVX-512 without
     /// AVX-VNNI read Q8_0 activations widened to int16 — nb F32 scales (the F16-rounded d, as ggml stores it) then nb·32
     /// int16 quants — so the per-block sign extension is not repeated for every weight row; Q8_0 elsewhere and the legacy
-    /// types read the split Q8_0 row with block sums (<see cref="Avx2Rows"/>); every other type reads its ggml vec-dot
-    /// type (Q8_1 or Q8_K blocks).
+    /// types read the split Q8_0 row with block sums (<see cref="Avx2Rows"/>); without AVX2, the portable kernels' types
+    /// read quants widened to int16 (<see cref="VecDot.PortableActivationBytes"/>); every other type reads its ggml
+    /// vec-dot type (Q8_1 or Q8_K blocks).
     /// </summary>
     public static int ActivationRowBytes(GgmlType weightType, int n) => weightType switch
     {
@@ -56,6 +57,7 @@ public static unsafe partial class RowKernels
         GgmlType.Q8_0 when Q80Int16 => n / 32 * 68,
         GgmlType.IQ4_NL when Iq4nlRows8(weightType) => n / 32 * 44, // as the legacy types
         GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K when Avx512BW.IsSupported => n / 256 * Q8KStride,
+        _ when VecDot.PortableRows(weightType) => VecDot.PortableActivationBytes(weightType, n),
         _ => (int)GgmlTypeInfo.RowBytes(VecDot.ActivationType(weightType), n),
     };
 
@@ -92,6 +94,9 @@ public static unsafe partial class RowKernels
                 if (Vector512.IsHardwareAccelerated && Avx512BW.IsSupported) QuantizeQ8K(x, dst, kernelLayout: false);
                 else QuantizeQ8KAvx2(x, dst);
                 fixed (byte* p = dst) VecDot.PermuteQ8KForIQ4XS(p, x.Length / 256);
+                return;
+            case var _ when VecDot.PortableRows(weightType):
+                VecDot.PreparePortable(weightType, x, dst);
                 return;
             default:
                 var act = VecDot.ActivationType(weightType);
@@ -449,6 +454,11 @@ public static unsafe partial class RowKernels
                     Rows8(type, w, 0, 1, x + (long)b * xStride, xStride, Math.Min(Tile, B - b), n, y + (long)b * yStride, yStride, acc);
             }
             for (; b < B; b++) y[(long)b * yStride] = DotAvx2(type, w, x + (long)b * xStride, n);
+            return;
+        }
+        if (VecDot.PortableRows(type))
+        {
+            for (int b = 0; b < B; b++) y[(long)b * yStride] = VecDot.DotPortable(type, w, x + (long)b * xStride, n);
             return;
         }
         var wr = new ReadOnlySpan<byte>(w, wBytes);

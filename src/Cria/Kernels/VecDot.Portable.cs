@@ -7,11 +7,15 @@ namespace Cria.Kernels;
 
 // The portable tier: one-row dot kernels on 128-bit vectors through .NET's cross-platform Vector128 API, for machines
 // without AVX2 — ARM64 (NEON: Apple silicon, Graviton, Ampere) and x86 before Haswell, which otherwise run the scalar
-// reference. The JIT compiles the same code to SSE on x86 and to NEON on ARM64. Activations are ggml's (block_q8_0,
-// block_q8_K), as the scalar kernels read them. Integer block sums are exact (the scalar kernels' integers); only the
-// float accumulation order differs, so each kernel equals DotScalar up to float rounding of the sum.
+// reference. The JIT compiles the same code to SSE on x86 and to NEON on ARM64. Integer sums are exact (the scalar
+// kernels' integers); only the float accumulation order differs, so each kernel equals DotScalar up to float rounding.
 //
-// The one step that is not portable is int16 × int16 → int32 with neighbours added: x86 has pmaddwd
+// Activations are widened to int16 once per matmul (PreparePortable), each run of sixteen quants stored as its eight
+// even-indexed then its eight odd-indexed values. A weight register read as eight 16-bit lanes then holds the even
+// element of each byte pair in its low byte and the odd one in its high byte, so masks and shifts give the weights
+// in the activations' order without any shuffle, and products of small weights add up in int16.
+//
+// The one step that is not portable is int16 · int16 → int32 with neighbours added: x86 has pmaddwd
 // (Sse2.MultiplyAddAdjacent); elsewhere both halves are widened and multiplied in int32 (IPairMul). Both run here,
 // so both are tested on x86.
 public static partial class VecDot
@@ -47,7 +51,61 @@ public static partial class VecDot
         Vector128.IsHardwareAccelerated && !(Avx2.IsSupported && Fma.IsSupported)
         && type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K;
 
-    /// <summary>One portable dot product of a weight row with ggml's activations for it (<see cref="PortableRows"/>).</summary>
+    /// <summary>Bytes of one activation row in the portable layout. Q8_0 and Q4_0 (ggml's Q8_0 activations): [nb] F32
+    /// d (the F16-rounded scale ggml stores), then [n] int16 quants. The K types (Q8_K): [nb] F32 d, [nb, 16] int16
+    /// bsums (ggml's sums of sixteen quants), [nb, 8] int16 sums of 32, then [n] int16 quants. The quants in runs of
+    /// sixteen: eight even-indexed, eight odd-indexed.</summary>
+    internal static int PortableActivationBytes(GgmlType weightType, int n) =>
+        ActivationType(weightType) == GgmlType.Q8_K ? n / 256 * PortableQ8KHead + 2 * n : n / 32 * 4 + 2 * n;
+
+    /// <summary>Bytes per Q8_K super-block before the quants: F32 d, 16 bsums, 8 sums of 32.</summary>
+    const int PortableQ8KHead = 4 + 32 + 16;
+
+    /// <summary>Quantizes one activation row as ggml does (Q8_0 or Q8_K blocks), then widens it into the portable
+    /// layout (<see cref="PortableActivationBytes"/>).</summary>
+    internal static unsafe void PreparePortable(GgmlType weightType, ReadOnlySpan<float> x, Span<byte> dst)
+    {
+        var act = ActivationType(weightType);
+        int qk = act == GgmlType.Q8_K ? 256 : 32, bb = GgmlTypeInfo.BlockBytes(act), nb = x.Length / qk;
+        Span<byte> block = stackalloc byte[bb];
+        fixed (byte* p = dst)
+            for (int i = 0; i < nb; i++)
+            {
+                Quantize.Row(act, x.Slice(i * qk, qk), block);
+                fixed (byte* b = block) WidenBlock(act, b, p, i, nb);
+            }
+    }
+
+    /// <summary>Widens ggml activation blocks (Q8_0 or Q8_K, <paramref name="n"/> values) into the portable layout.</summary>
+    internal static unsafe void WidenPortable(GgmlType act, ReadOnlySpan<byte> ggml, Span<byte> dst, int n)
+    {
+        int qk = act == GgmlType.Q8_K ? 256 : 32, bb = GgmlTypeInfo.BlockBytes(act), nb = n / qk;
+        fixed (byte* src = ggml) fixed (byte* p = dst)
+            for (int i = 0; i < nb; i++) WidenBlock(act, src + (long)i * bb, p, i, nb);
+    }
+
+    static unsafe void WidenBlock(GgmlType act, byte* block, byte* dst, int i, int nb)
+    {
+        bool k = act == GgmlType.Q8_K;
+        int qk = k ? 256 : 32;
+        ((float*)dst)[i] = k ? *(float*)block : Half(block);
+        sbyte* q = (sbyte*)(block + (k ? 4 : 2));
+        if (k)
+        {
+            short* bsums = (short*)(block + 260), b16 = (short*)(dst + nb * 4) + 16 * i, s32 = (short*)(dst + nb * 36) + 8 * i;
+            for (int j = 0; j < 16; j++) b16[j] = bsums[j];
+            for (int j = 0; j < 8; j++) s32[j] = (short)(bsums[2 * j] + bsums[2 * j + 1]); // at most 32·127
+        }
+        short* w = (short*)(dst + (k ? nb * 52 : nb * 4)) + qk * i;
+        for (int r = 0; r < qk; r += 16, w += 16)
+            for (int j = 0; j < 8; j++)
+            {
+                w[j] = q[r + 2 * j];
+                w[8 + j] = q[r + 2 * j + 1];
+            }
+    }
+
+    /// <summary>One portable dot product of a weight row with its activations in the portable layout.</summary>
     internal static unsafe float DotPortable(GgmlType type, byte* w, byte* a, int n) => Sse2.IsSupported
         ? DotPortable<SsePairs>(type, w, a, n)
         : DotPortable<WidePairs>(type, w, a, n);
@@ -62,128 +120,141 @@ public static partial class VecDot
         _ => throw new ArgumentException($"no portable kernel for {type}", nameof(type)),
     };
 
-    /// <summary>Σ w·a over sixteen int8 pairs, in four int32 lanes (exact for any int8 values).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector128<int> Dot16<T>(Vector128<sbyte> w, Vector128<sbyte> a) where T : IPairMul
-    {
-        var (w0, w1) = Vector128.Widen(w);
-        var (a0, a1) = Vector128.Widen(a);
-        return T.MulAdd(w0, a0) + T.MulAdd(w1, a1);
-    }
+    static unsafe Vector128<short> Load8(byte* p) => Vector128.Load((short*)p);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static unsafe Vector128<sbyte> Load16(byte* p) => Vector128.Load((sbyte*)p);
+    static unsafe Vector128<short> Load8(short* p) => Vector128.Load(p);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static unsafe float Half(byte* p) => Fp16.ToSingle(*(ushort*)p);
 
     /// <summary>Q8_0 × Q8_0 (ggml_vec_dot_q8_0_q8_0): per block (d | qs[32]) the exact Σ q_w·q_a, times d_w·d_a into
-    /// four float lanes.</summary>
+    /// four float lanes. A weight lane's low byte (sign-extended by shifting up and back) is the even element, its
+    /// high byte the odd one.</summary>
     internal static unsafe float DotQ80Portable<T>(byte* x, byte* y, int nb) where T : IPairMul
     {
-        var acc = Vector128<float>.Zero; // [4] block sums' partial lanes, scaled
-        for (int ib = 0; ib < nb; ib++, x += 34, y += 34)
+        float* d8 = (float*)y;
+        short* a = (short*)(y + 4 * nb); // [nb, 32] widened quants
+        var acc = Vector128<float>.Zero; // [4] partial lanes of the scaled block sums
+        for (int ib = 0; ib < nb; ib++, x += 34, a += 32)
         {
-            var s = Dot16<T>(Load16(x + 2), Load16(y + 2)) + Dot16<T>(Load16(x + 18), Load16(y + 18));
-            acc += Vector128.ConvertToSingle(s) * Vector128.Create(Half(x) * Half(y));
+            var v0 = Load8(x + 2);
+            var v1 = Load8(x + 18);
+            var s = T.MulAdd((v0 << 8) >> 8, Load8(a)) + T.MulAdd(v0 >> 8, Load8(a + 8))
+                  + T.MulAdd((v1 << 8) >> 8, Load8(a + 16)) + T.MulAdd(v1 >> 8, Load8(a + 24));
+            acc += Vector128.ConvertToSingle(s) * Vector128.Create(Half(x) * d8[ib]);
         }
         return Vector128.Sum(acc);
     }
 
     /// <summary>Q4_0 × Q8_0 (ggml_vec_dot_q4_0_q8_0): block (d | qs[16]), element j the low nibble of qs[j] and j + 16
-    /// the high one, each minus 8.</summary>
+    /// the high one, each minus 8. Products are at most 8·127: a block's sixteen lanes add up in int16.</summary>
     internal static unsafe float DotQ40Portable<T>(byte* x, byte* y, int nb) where T : IPairMul
     {
+        float* d8 = (float*)y;
+        short* a = (short*)(y + 4 * nb);
         var acc = Vector128<float>.Zero;
-        var low = Vector128.Create((byte)0x0F);
-        var eight = Vector128.Create((sbyte)8);
-        for (int ib = 0; ib < nb; ib++, x += 18, y += 34)
+        var nibble = Vector128.Create((short)0x0F);
+        var eight = Vector128.Create((short)8);
+        for (int ib = 0; ib < nb; ib++, x += 18, a += 32)
         {
-            var q = Vector128.Load(x + 2);
-            var lo = (q & low).AsSByte() - eight;
-            var hi = (q >> 4).AsSByte() - eight;
-            var s = Dot16<T>(lo, Load16(y + 2)) + Dot16<T>(hi, Load16(y + 18));
-            acc += Vector128.ConvertToSingle(s) * Vector128.Create(Half(x) * Half(y));
+            var v = Load8(x + 2); // lane j: bytes 2j, 2j + 1 → elements 2j, 2j + 1 (low nibbles), 16 + 2j, 17 + 2j (high)
+            var s = ((v & nibble) - eight) * Load8(a) + (((v >> 8) & nibble) - eight) * Load8(a + 8)
+                  + (((v >> 4) & nibble) - eight) * Load8(a + 16) + (((v >> 12) & nibble) - eight) * Load8(a + 24);
+            acc += Vector128.ConvertToSingle(T.MulAdd(s, Vector128<short>.One)) * Vector128.Create(Half(x) * d8[ib]);
         }
         return Vector128.Sum(acc);
     }
 
     /// <summary>Q4_K / Q5_K × Q8_K (ggml_vec_dot_q4_K_q8_K, _q5_K_): per super-block d·d8·Σ_j sc_j Σ q·a − dmin·d8·Σ_j
-    /// m_j·(bsums of sub-block j), the sub-block sums exact in int32 lanes and scaled by their 6-bit sc_j there.
-    /// Layout: d, dmin (f16) | scales[12] | (Q5_K: qh[32]) | qs[128]; 32 bytes of qs hold sub-blocks 2c (low nibbles)
-    /// and 2c + 1 (high); Q5_K's fifth bit of value l in sub-block j is bit j of qh[l].</summary>
+    /// m_j·(bsums of sub-block j). Layout: d, dmin (f16) | scales[12] | (Q5_K: qh[32]) | qs[128]; the 32 bytes
+    /// qs[32c …] hold sub-blocks 2c (low nibbles) and 2c + 1 (high); Q5_K's fifth bit of value l of sub-block j is bit
+    /// j of qh[l]. A sub-block's products (at most 31·127) add up in int16, four to a lane, then one pair-multiply by
+    /// its 6-bit scale carries them into int32.</summary>
     internal static unsafe float DotK4Portable<T>(byte* x, byte* y, int nb, bool five) where T : IPairMul
     {
         int bs = five ? 176 : 144, qsOff = five ? 48 : 16;
+        float* d8 = (float*)y;
+        short* sums = (short*)(y + 36 * nb);                // [nb, 8] sums of 32
+        short* a = (short*)(y + PortableQ8KHead * nb);      // [nb, 256] widened quants
         var acc = Vector128<float>.Zero;
-        float minSum = 0;
-        var low = Vector128.Create((byte)0x0F);
-        var sixteen = Vector128.Create((byte)16);
-        Span<int> sc = stackalloc int[8], mn = stackalloc int[8];
-        for (int i = 0; i < nb; i++, x += bs, y += 292)
+        var minAcc = Vector128<float>.Zero;
+        var nibble = Vector128.Create((short)0x0F);
+        var one = Vector128.Create((short)1);
+        for (int i = 0; i < nb; i++, x += bs, a += 256, sums += 8)
         {
-            var scales = new ReadOnlySpan<byte>(x + 4, 12);
-            for (int j = 0; j < 8; j++) Dequantize.ScaleMinK4(j, scales, out sc[j], out mn[j]);
-            short* bsums = (short*)(y + 260);
-            int mins = 0;
-            for (int j = 0; j < 8; j++) mins += mn[j] * (bsums[2 * j] + bsums[2 * j + 1]);
-            var isum = Vector128<int>.Zero; // [4] Σ_j sc_j · (sub-block j's sum), partial lanes
+            // ggml's get_scale_min_k4 four at a time (its kmask code): with a0, a1, a2 the words of scales[12]
+            uint a0 = *(uint*)(x + 4), a1 = *(uint*)(x + 8), a2 = *(uint*)(x + 12);
+            ulong sc = (a0 & 0x3F3F3F3Fu) | (ulong)((a2 & 0x0F0F0F0Fu) | (((a0 >> 6) & 0x03030303u) << 4)) << 32;
+            uint mn03 = a1 & 0x3F3F3F3Fu, mn47 = ((a2 >> 4) & 0x0F0F0F0Fu) | (((a1 >> 6) & 0x03030303u) << 4);
+            var mins = T.MulAdd(Vector128.WidenLower(Vector128.Create(mn03, mn47, 0, 0).AsByte()).AsInt16(), Vector128.Load(sums));
+            var isum = Vector128<int>.Zero; // [4] partial lanes of Σ_j sc_j · (sub-block j's sum)
             for (int c = 0; c < 4; c++)
             {
-                var q0 = Vector128.Load(x + qsOff + 32 * c);
-                var q1 = Vector128.Load(x + qsOff + 32 * c + 16);
-                Vector128<byte> lo0 = q0 & low, lo1 = q1 & low, hi0 = q0 >> 4, hi1 = q1 >> 4;
-                if (five)
+                Vector128<short> lo = default, hi = default; // [8] int16 sums of sub-blocks 2c and 2c + 1
+                for (int t = 0; t < 2; t++)
                 {
-                    var h0 = Vector128.Load(x + 16);
-                    var h1 = Vector128.Load(x + 32);
-                    byte m0 = (byte)(1 << (2 * c)), m1 = (byte)(2 << (2 * c));
-                    lo0 |= Vector128.Equals(h0 & Vector128.Create(m0), Vector128.Create(m0)) & sixteen;
-                    lo1 |= Vector128.Equals(h1 & Vector128.Create(m0), Vector128.Create(m0)) & sixteen;
-                    hi0 |= Vector128.Equals(h0 & Vector128.Create(m1), Vector128.Create(m1)) & sixteen;
-                    hi1 |= Vector128.Equals(h1 & Vector128.Create(m1), Vector128.Create(m1)) & sixteen;
+                    var v = Load8(x + qsOff + 32 * c + 16 * t); // lane k: values 16t + 2k, 16t + 2k + 1 of both sub-blocks
+                    Vector128<short> le = v & nibble, lo_ = (v >> 8) & nibble, he = (v >> 4) & nibble, ho = (v >> 12) & nibble;
+                    if (five)
+                    {
+                        var h = Load8(x + 16 + 16 * t);
+                        le |= ((h >> (2 * c)) & one) << 4;
+                        lo_ |= ((h >> (2 * c + 8)) & one) << 4;
+                        he |= ((h >> (2 * c + 1)) & one) << 4;
+                        ho |= ((h >> (2 * c + 9)) & one) << 4;
+                    }
+                    short* al = a + 64 * c + 16 * t, ah = al + 32;
+                    lo += le * Load8(al) + lo_ * Load8(al + 8);
+                    hi += he * Load8(ah) + ho * Load8(ah + 8);
                 }
-                byte* a = y + 4 + 64 * c;
-                var sLo = Dot16<T>(lo0.AsSByte(), Load16(a)) + Dot16<T>(lo1.AsSByte(), Load16(a + 16));
-                var sHi = Dot16<T>(hi0.AsSByte(), Load16(a + 32)) + Dot16<T>(hi1.AsSByte(), Load16(a + 48));
-                isum += sLo * sc[2 * c] + sHi * sc[2 * c + 1];
+                isum += T.MulAdd(lo, Vector128.Create((short)(byte)(sc >> (16 * c)))) + T.MulAdd(hi, Vector128.Create((short)(byte)(sc >> (16 * c + 8))));
             }
-            float d8 = *(float*)y;
-            acc += Vector128.ConvertToSingle(isum) * Vector128.Create(Half(x) * d8);
-            minSum += Half(x + 2) * d8 * mins;
+            acc += Vector128.ConvertToSingle(isum) * Vector128.Create(Half(x) * d8[i]);
+            minAcc += Vector128.ConvertToSingle(mins) * Vector128.Create(Half(x + 2) * d8[i]);
         }
-        return Vector128.Sum(acc) - minSum;
+        return Vector128.Sum(acc) - Vector128.Sum(minAcc);
     }
 
     /// <summary>Q6_K × Q8_K (ggml_vec_dot_q6_K_q8_K): layout ql[128] | qh[64] | scales[16] (int8) | d (f16). In half h
     /// (128 values), value 32k + l (k = 0..3, l = 0..31) is the low (k even) or high (k odd) nibble of ql[64h + l +
-    /// 32·(k mod 2)] with bits 2k, 2k + 1 of qh[32h + l] above it, minus 32; values 16s … 16s + 15 take scales[s].</summary>
+    /// 32·(k mod 2)] with bits 2k, 2k + 1 of qh[32h + l] above it, minus 32; values 16s … 16s + 15 take scales[s]. The
+    /// sums run on the unsigned values (0..63, two products to a lane in int16) and the 32 comes off through the
+    /// bsums: Σ sc_s·Σ (q − 32)·a = Σ sc_s·(Σ q·a − 32·bsum_s).</summary>
     internal static unsafe float DotQ6KPortable<T>(byte* x, byte* y, int nb) where T : IPairMul
     {
+        float* d8 = (float*)y;
+        short* bsums = (short*)(y + 4 * nb);
+        short* a = (short*)(y + PortableQ8KHead * nb);
         var acc = Vector128<float>.Zero;
-        var low = Vector128.Create((byte)0x0F);
-        var three = Vector128.Create((byte)3);
-        var offset = Vector128.Create((sbyte)32);
-        for (int i = 0; i < nb; i++, x += 210, y += 292)
+        var nibble = Vector128.Create((short)0x0F);
+        var three = Vector128.Create((short)3);
+        for (int i = 0; i < nb; i++, x += 210, a += 256, bsums += 16)
         {
             sbyte* scales = (sbyte*)(x + 192);
-            var isum = Vector128<int>.Zero;
+            var (sc0, sc1) = Vector128.Widen(Vector128.Load(scales));
+            var isum = -32 * (T.MulAdd(sc0, Vector128.Load(bsums)) + T.MulAdd(sc1, Vector128.Load(bsums + 8))); // Σ sc_s·(−32·bsum_s)
             for (int h = 0; h < 2; h++)
                 for (int l = 0; l < 32; l += 16)
                 {
-                    var l0 = Vector128.Load(x + 64 * h + l);
-                    var l1 = Vector128.Load(x + 64 * h + 32 + l);
-                    var qh = Vector128.Load(x + 128 + 32 * h + l);
-                    var v0 = ((l0 & low) | ((qh & three) << 4)).AsSByte() - offset;
-                    var v1 = ((l1 & low) | (((qh >> 2) & three) << 4)).AsSByte() - offset;
-                    var v2 = ((l0 >> 4) | (((qh >> 4) & three) << 4)).AsSByte() - offset;
-                    var v3 = ((l1 >> 4) | ((qh >> 6) << 4)).AsSByte() - offset;
-                    byte* a = y + 4 + 128 * h + l;
+                    var l0 = Load8(x + 64 * h + l);
+                    var l1 = Load8(x + 64 * h + 32 + l);
+                    var qh = Load8(x + 128 + 32 * h + l);
+                    short* q = a + 128 * h + l;
                     int s = 8 * h + l / 16; // scale of values 128h + l …: s, then s + 2k for quarter k
-                    isum += Dot16<T>(v0, Load16(a)) * scales[s] + Dot16<T>(v1, Load16(a + 32)) * scales[s + 2]
-                          + Dot16<T>(v2, Load16(a + 64)) * scales[s + 4] + Dot16<T>(v3, Load16(a + 96)) * scales[s + 6];
+                    var s0 = ((l0 & nibble) | ((qh & three) << 4)) * Load8(q)
+                           + (((l0 >> 8) & nibble) | (((qh >> 8) & three) << 4)) * Load8(q + 8);
+                    var s1 = ((l1 & nibble) | (((qh >> 2) & three) << 4)) * Load8(q + 32)
+                           + (((l1 >> 8) & nibble) | (((qh >> 10) & three) << 4)) * Load8(q + 40);
+                    var s2 = (((l0 >> 4) & nibble) | (((qh >> 4) & three) << 4)) * Load8(q + 64)
+                           + (((l0 >> 12) & nibble) | (((qh >> 12) & three) << 4)) * Load8(q + 72);
+                    var s3 = (((l1 >> 4) & nibble) | (((qh >> 6) & three) << 4)) * Load8(q + 96)
+                           + (((l1 >> 12) & nibble) | (((qh >> 14) & three) << 4)) * Load8(q + 104);
+                    isum += T.MulAdd(s0, Vector128.Create((short)scales[s])) + T.MulAdd(s1, Vector128.Create((short)scales[s + 2]))
+                          + T.MulAdd(s2, Vector128.Create((short)scales[s + 4])) + T.MulAdd(s3, Vector128.Create((short)scales[s + 6]));
                 }
-            acc += Vector128.ConvertToSingle(isum) * Vector128.Create(Half(x + 208) * *(float*)y);
+            acc += Vector128.ConvertToSingle(isum) * Vector128.Create(Half(x + 208) * d8[i]);
         }
         return Vector128.Sum(acc);
     }

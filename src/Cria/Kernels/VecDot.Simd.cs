@@ -10,8 +10,8 @@ namespace Cria.Kernels;
 // SIMD paths. Integer block sums are exact (same integers as the scalar kernels); only the float accumulation
 // order differs (per-lane float accumulators, FMA), so Dot == DotScalar up to float rounding of the sum.
 // Quantized kernels use 256-bit AVX2 with AVX-VNNI (vpdpbusd) when present; .NET 10 exposes no 512-bit VNNI for
-// Zen 5, and a 32-element block is exactly one 256-bit register. Without AVX2 the common types run the portable
-// 128-bit kernels (VecDot.Portable.cs: ARM64, older x86), the others the scalar kernels.
+// Zen 5, and a 32-element block is exactly one 256-bit register. Without AVX2 they fall back to the scalar kernels
+// here; RowKernels runs the common types' portable 128-bit kernels instead (VecDot.Portable.cs: ARM64, older x86).
 public static partial class VecDot
 {
     /// <summary>Fast dot product; equals <see cref="DotScalar"/> up to float summation order.</summary>
@@ -52,7 +52,6 @@ public static partial class VecDot
                 case GgmlType.IQ1_M: fixed (byte* x = &w) fixed (byte* y = &a) return Avx512BW.IsSupported ? DotIQ1Avx512<IQ1MWide>(x, y, n / 256) : DotIQ1MAvx2(x, y, n / 256);
             }
         }
-        if (PortableRows(weightType)) fixed (byte* x = &w) fixed (byte* y = &a) return DotPortable(weightType, x, y, n);
         return DotScalar(weightType, weightRow, activationRow, n);
     }
 

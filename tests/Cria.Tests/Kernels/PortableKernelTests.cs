@@ -14,9 +14,13 @@ public unsafe class PortableKernelTests
 {
     public static TheoryData<GgmlType> Types => new() { GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K };
 
+    /// <summary>The portable kernel on ggml's activation row (a, ao), widened into the portable layout first.</summary>
     static float Portable<T>(GgmlType type, byte[] w, int wo, byte[] a, int ao, int n) where T : VecDot.IPairMul
     {
-        fixed (byte* pw = w) fixed (byte* pa = a) return VecDot.DotPortable<T>(type, pw + wo, pa + ao, n);
+        var act = VecDot.ActivationType(type);
+        var p = new byte[VecDot.PortableActivationBytes(type, n)];
+        VecDot.WidenPortable(act, a.AsSpan(ao, (int)GgmlTypeInfo.RowBytes(act, n)), p, n);
+        fixed (byte* pw = w) fixed (byte* pp = p) return VecDot.DotPortable<T>(type, pw + wo, pp, n);
     }
 
     static IEnumerable<Func<GgmlType, byte[], int, byte[], int, int, float>> Policies()
@@ -80,7 +84,10 @@ public unsafe class PortableKernelTests
                         BitConverter.TryWriteBytes(blk[2..], Fp16.FromSingle(1f));
                         for (int j = 4; j < 16; j++) blk[j] &= 0x0F; // scales and mins up to 15: the sums stay below 2^24
                         break;
-                    case GgmlType.Q6_K: BitConverter.TryWriteBytes(blk[208..], Fp16.FromSingle(1f)); break;
+                    case GgmlType.Q6_K:
+                        BitConverter.TryWriteBytes(blk[208..], Fp16.FromSingle(1f));
+                        for (int s = 0; s < 16; s++) blk[192 + s] = (byte)(sbyte)rng.Next(-16, 17); // partial sums below 2^24
+                        break;
                 }
                 if (r == 0) // all quants at the top: nibbles 15, Q5_K's 31, Q6_K's 63, Q8_0's 127 (small scales: the sum stays below 2^24)
                     switch (type)
