@@ -458,7 +458,7 @@ public static unsafe partial class RowKernels
         }
         if (VecDot.PortableRows(type))
         {
-            for (int b = 0; b < B; b++) y[(long)b * yStride] = VecDot.DotPortable(type, w, x + (long)b * xStride, n);
+            VecDot.RunPortable(type, w, x, xStride, B, n, y, yStride);
             return;
         }
         var wr = new ReadOnlySpan<byte>(w, wBytes);

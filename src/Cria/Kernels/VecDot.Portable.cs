@@ -105,6 +105,28 @@ public static partial class VecDot
             }
     }
 
+    /// <summary>Activation rows Q6_K's prefill kernel takes at once against one weight row (<see cref="DotQ6KPortableRows{T}"/>).</summary>
+    internal const int PortableRowGroup = 4;
+
+    /// <summary>One weight row against B activation rows (x + b·xStride, the portable layout) into y[b·yStride]: Q6_K
+    /// in groups of <see cref="PortableRowGroup"/> (its values assembled once per group), the others row by row. (Q4_K
+    /// grouped the same way spilled its eight weight registers on x86's sixteen and gained nothing there; unmeasured
+    /// on ARM64's thirty-two.)</summary>
+    internal static unsafe void RunPortable(GgmlType type, byte* w, byte* x, int xStride, int B, int n, float* y, int yStride)
+    {
+        if (type == GgmlType.Q6_K)
+        {
+            for (int b = 0; b < B; b += PortableRowGroup)
+            {
+                int g = Math.Min(PortableRowGroup, B - b);
+                if (Sse2.IsSupported) DotQ6KPortableRows<SsePairs>(w, x + (long)b * xStride, xStride, g, n / 256, y + (long)b * yStride, yStride);
+                else DotQ6KPortableRows<WidePairs>(w, x + (long)b * xStride, xStride, g, n / 256, y + (long)b * yStride, yStride);
+            }
+            return;
+        }
+        for (int b = 0; b < B; b++) y[(long)b * yStride] = DotPortable(type, w, x + (long)b * xStride, n);
+    }
+
     /// <summary>One portable dot product of a weight row with its activations in the portable layout.</summary>
     internal static unsafe float DotPortable(GgmlType type, byte* w, byte* a, int n) => Sse2.IsSupported
         ? DotPortable<SsePairs>(type, w, a, n)
@@ -224,38 +246,61 @@ public static partial class VecDot
     /// bsums: Σ sc_s·Σ (q − 32)·a = Σ sc_s·(Σ q·a − 32·bsum_s).</summary>
     internal static unsafe float DotQ6KPortable<T>(byte* x, byte* y, int nb) where T : IPairMul
     {
-        float* d8 = (float*)y;
-        short* bsums = (short*)(y + 4 * nb);
-        short* a = (short*)(y + PortableQ8KHead * nb);
-        var acc = Vector128<float>.Zero;
+        float r;
+        DotQ6KPortableRows<T>(x, y, 0, 1, nb, &r, 0);
+        return r;
+    }
+
+    /// <summary><see cref="DotQ6KPortable{T}"/> for up to <see cref="PortableRowGroup"/> activation rows at once, each
+    /// weight super-block's values assembled once for all of them; each output the bits of that row alone.</summary>
+    internal static unsafe void DotQ6KPortableRows<T>(byte* x, byte* y, int yStride, int B, int nb, float* dst, int dstStride) where T : IPairMul
+    {
+        var acc = stackalloc Vector128<float>[B]; // [B] partial lanes of Σ isum·d·d8
+        var isum = stackalloc Vector128<int>[B];  // [B] this super-block's Σ_s sc_s·(Σ q·a − 32·bsum_s)
+        for (int b = 0; b < B; b++) acc[b] = Vector128<float>.Zero;
         var nibble = Vector128.Create((short)0x0F);
         var three = Vector128.Create((short)3);
-        for (int i = 0; i < nb; i++, x += 210, a += 256, bsums += 16)
+        for (int i = 0; i < nb; i++, x += 210)
         {
             sbyte* scales = (sbyte*)(x + 192);
             var (sc0, sc1) = Vector128.Widen(Vector128.Load(scales));
-            var isum = -32 * (T.MulAdd(sc0, Vector128.Load(bsums)) + T.MulAdd(sc1, Vector128.Load(bsums + 8))); // Σ sc_s·(−32·bsum_s)
+            for (int b = 0; b < B; b++)
+            {
+                short* bsums = (short*)(y + (long)b * yStride + 4 * nb) + 16 * i;
+                isum[b] = -32 * (T.MulAdd(sc0, Vector128.Load(bsums)) + T.MulAdd(sc1, Vector128.Load(bsums + 8)));
+            }
             for (int h = 0; h < 2; h++)
                 for (int l = 0; l < 32; l += 16)
                 {
                     var l0 = Load8(x + 64 * h + l);
                     var l1 = Load8(x + 64 * h + 32 + l);
                     var qh = Load8(x + 128 + 32 * h + l);
-                    short* q = a + 128 * h + l;
+                    // quarter k's even (e) and odd (o) values, unsigned 0..63
+                    var e0 = (l0 & nibble) | ((qh & three) << 4);
+                    var o0 = ((l0 >> 8) & nibble) | (((qh >> 8) & three) << 4);
+                    var e1 = (l1 & nibble) | (((qh >> 2) & three) << 4);
+                    var o1 = ((l1 >> 8) & nibble) | (((qh >> 10) & three) << 4);
+                    var e2 = ((l0 >> 4) & nibble) | (((qh >> 4) & three) << 4);
+                    var o2 = ((l0 >> 12) & nibble) | (((qh >> 12) & three) << 4);
+                    var e3 = ((l1 >> 4) & nibble) | (((qh >> 6) & three) << 4);
+                    var o3 = ((l1 >> 12) & nibble) | (((qh >> 14) & three) << 4);
                     int s = 8 * h + l / 16; // scale of values 128h + l …: s, then s + 2k for quarter k
-                    var s0 = ((l0 & nibble) | ((qh & three) << 4)) * Load8(q)
-                           + (((l0 >> 8) & nibble) | (((qh >> 8) & three) << 4)) * Load8(q + 8);
-                    var s1 = ((l1 & nibble) | (((qh >> 2) & three) << 4)) * Load8(q + 32)
-                           + (((l1 >> 8) & nibble) | (((qh >> 10) & three) << 4)) * Load8(q + 40);
-                    var s2 = (((l0 >> 4) & nibble) | (((qh >> 4) & three) << 4)) * Load8(q + 64)
-                           + (((l0 >> 12) & nibble) | (((qh >> 12) & three) << 4)) * Load8(q + 72);
-                    var s3 = (((l1 >> 4) & nibble) | (((qh >> 6) & three) << 4)) * Load8(q + 96)
-                           + (((l1 >> 12) & nibble) | (((qh >> 14) & three) << 4)) * Load8(q + 104);
-                    isum += T.MulAdd(s0, Vector128.Create((short)scales[s])) + T.MulAdd(s1, Vector128.Create((short)scales[s + 2]))
-                          + T.MulAdd(s2, Vector128.Create((short)scales[s + 4])) + T.MulAdd(s3, Vector128.Create((short)scales[s + 6]));
+                    var k0 = Vector128.Create((short)scales[s]);
+                    var k1 = Vector128.Create((short)scales[s + 2]);
+                    var k2 = Vector128.Create((short)scales[s + 4]);
+                    var k3 = Vector128.Create((short)scales[s + 6]);
+                    for (int b = 0; b < B; b++)
+                    {
+                        short* q = (short*)(y + (long)b * yStride + PortableQ8KHead * nb) + 256 * i + 128 * h + l;
+                        // two products (at most 63·127) to a lane in int16
+                        isum[b] += T.MulAdd(e0 * Load8(q) + o0 * Load8(q + 8), k0) + T.MulAdd(e1 * Load8(q + 32) + o1 * Load8(q + 40), k1)
+                                 + T.MulAdd(e2 * Load8(q + 64) + o2 * Load8(q + 72), k2) + T.MulAdd(e3 * Load8(q + 96) + o3 * Load8(q + 104), k3);
+                    }
                 }
-            acc += Vector128.ConvertToSingle(isum) * Vector128.Create(Half(x + 208) * d8[i]);
+            float d = Half(x + 208);
+            for (int b = 0; b < B; b++)
+                acc[b] += Vector128.ConvertToSingle(isum[b]) * Vector128.Create(d * ((float*)(y + (long)b * yStride))[i]);
         }
-        return Vector128.Sum(acc);
+        for (int b = 0; b < B; b++) dst[(long)b * dstStride] = Vector128.Sum(acc[b]);
     }
 }

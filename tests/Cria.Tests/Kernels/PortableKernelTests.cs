@@ -136,4 +136,35 @@ public unsafe class PortableKernelTests
                     Assert.Equal(scalar, dot(type, w, r * rb, a, b * ab, n));
                 }
     }
+    /// <summary>RunPortable (Q6_K: groups of four activation rows against one weight row, its values assembled once per
+    /// group): every output the bits of that row alone, for 1, 3, 4 and 6 rows (groups of 4 + 2), the strides kept.</summary>
+    [Theory]
+    [InlineData(GgmlType.Q4_K)]
+    [InlineData(GgmlType.Q5_K)]
+    [InlineData(GgmlType.Q6_K)]
+    public void Grouped_rows_give_the_bits_of_each_row_alone(GgmlType type)
+    {
+        const int n = 512;
+        var rng = new Random(13);
+        int rb = (int)GgmlTypeInfo.RowBytes(type, n), pb = VecDot.PortableActivationBytes(type, n);
+        var w = new byte[rb];
+        Quantize.Row(type, Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray(), w);
+        var act = new byte[6 * pb];
+        for (int b = 0; b < 6; b++)
+            VecDot.PreparePortable(type, Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray(), act.AsSpan(b * pb, pb));
+        foreach (int B in new[] { 1, 3, 4, 6 })
+        {
+            var y = new float[2 * B];
+            fixed (byte* pw = w) fixed (byte* pa = act) fixed (float* py = y)
+            {
+                VecDot.RunPortable(type, pw, pa, pb, B, n, py, 2);
+                for (int b = 0; b < B; b++)
+                {
+                    float alone = VecDot.DotPortable(type, pw, pa + b * pb, n);
+                    Assert.True(alone.Equals(y[2 * b]), $"{type} B={B} row {b}: {y[2 * b]} vs alone {alone}");
+                    Assert.Equal(0f, y[2 * b + 1]); // the stride is kept
+                }
+            }
+        }
+    }
 }
