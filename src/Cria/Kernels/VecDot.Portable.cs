@@ -116,6 +116,7 @@ public static partial class VecDot
     {
         if (type == GgmlType.Q6_K)
         {
+            if (B == 1) { *y = DotPortable(type, w, x, n); return; }
             for (int b = 0; b < B; b += PortableRowGroup)
             {
                 int g = Math.Min(PortableRowGroup, B - b);
@@ -246,20 +247,61 @@ public static partial class VecDot
     /// bsums: Σ sc_s·Σ (q − 32)·a = Σ sc_s·(Σ q·a − 32·bsum_s).</summary>
     internal static unsafe float DotQ6KPortable<T>(byte* x, byte* y, int nb) where T : IPairMul
     {
-        float r;
-        DotQ6KPortableRows<T>(x, y, 0, 1, nb, &r, 0);
-        return r;
+        // decode: one row in registers (through DotQ6KPortableRows with one row, the per-row arrays cost ~15 % here)
+        float* d8 = (float*)y;
+        short* bsums = (short*)(y + 4 * nb);
+        short* a = (short*)(y + PortableQ8KHead * nb);
+        var acc = Vector128<float>.Zero;
+        for (int i = 0; i < nb; i++, x += 210, a += 256, bsums += 16)
+        {
+            sbyte* scales = (sbyte*)(x + 192);
+            var (sc0, sc1) = Vector128.Widen(Vector128.Load(scales));
+            var isum = -32 * (T.MulAdd(sc0, Vector128.Load(bsums)) + T.MulAdd(sc1, Vector128.Load(bsums + 8)));
+            for (int h = 0; h < 2; h++)
+                for (int l = 0; l < 32; l += 16)
+                {
+                    Q6KValues(x, h, l, out var e0, out var o0, out var e1, out var o1, out var e2, out var o2, out var e3, out var o3);
+                    short* q = a + 128 * h + l;
+                    int s = 8 * h + l / 16;
+                    isum += T.MulAdd(e0 * Load8(q) + o0 * Load8(q + 8), Vector128.Create((short)scales[s]))
+                          + T.MulAdd(e1 * Load8(q + 32) + o1 * Load8(q + 40), Vector128.Create((short)scales[s + 2]))
+                          + T.MulAdd(e2 * Load8(q + 64) + o2 * Load8(q + 72), Vector128.Create((short)scales[s + 4]))
+                          + T.MulAdd(e3 * Load8(q + 96) + o3 * Load8(q + 104), Vector128.Create((short)scales[s + 6]));
+                }
+            acc += Vector128.ConvertToSingle(isum) * Vector128.Create(Half(x + 208) * d8[i]);
+        }
+        return Vector128.Sum(acc);
     }
 
-    /// <summary><see cref="DotQ6KPortable{T}"/> for up to <see cref="PortableRowGroup"/> activation rows at once, each
-    /// weight super-block's values assembled once for all of them; each output the bits of that row alone.</summary>
+    /// <summary>Values 128h + l … of a Q6_K super-block as int16, unsigned 0..63: quarter k's even-indexed (e) and
+    /// odd-indexed (o) values of the sixteen from 32k + l (lane j: the byte pair 2j, 2j + 1 of ql and qh).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe void Q6KValues(byte* x, int h, int l, out Vector128<short> e0, out Vector128<short> o0, out Vector128<short> e1,
+        out Vector128<short> o1, out Vector128<short> e2, out Vector128<short> o2, out Vector128<short> e3, out Vector128<short> o3)
+    {
+        var nibble = Vector128.Create((short)0x0F);
+        var three = Vector128.Create((short)3);
+        var l0 = Load8(x + 64 * h + l);
+        var l1 = Load8(x + 64 * h + 32 + l);
+        var qh = Load8(x + 128 + 32 * h + l);
+        e0 = (l0 & nibble) | ((qh & three) << 4);
+        o0 = ((l0 >> 8) & nibble) | (((qh >> 8) & three) << 4);
+        e1 = (l1 & nibble) | (((qh >> 2) & three) << 4);
+        o1 = ((l1 >> 8) & nibble) | (((qh >> 10) & three) << 4);
+        e2 = ((l0 >> 4) & nibble) | (((qh >> 4) & three) << 4);
+        o2 = ((l0 >> 12) & nibble) | (((qh >> 12) & three) << 4);
+        e3 = ((l1 >> 4) & nibble) | (((qh >> 6) & three) << 4);
+        o3 = ((l1 >> 12) & nibble) | (((qh >> 14) & three) << 4);
+    }
+
+    /// <summary><see cref="DotQ6KPortable{T}"/> for up to <see cref="PortableRowGroup"/> activation rows at once (prefill),
+    /// each weight super-block's values assembled once for all of them; each output the bits of that row alone (the
+    /// same integers, the same float steps).</summary>
     internal static unsafe void DotQ6KPortableRows<T>(byte* x, byte* y, int yStride, int B, int nb, float* dst, int dstStride) where T : IPairMul
     {
         var acc = stackalloc Vector128<float>[B]; // [B] partial lanes of Σ isum·d·d8
         var isum = stackalloc Vector128<int>[B];  // [B] this super-block's Σ_s sc_s·(Σ q·a − 32·bsum_s)
         for (int b = 0; b < B; b++) acc[b] = Vector128<float>.Zero;
-        var nibble = Vector128.Create((short)0x0F);
-        var three = Vector128.Create((short)3);
         for (int i = 0; i < nb; i++, x += 210)
         {
             sbyte* scales = (sbyte*)(x + 192);
@@ -272,18 +314,7 @@ public static partial class VecDot
             for (int h = 0; h < 2; h++)
                 for (int l = 0; l < 32; l += 16)
                 {
-                    var l0 = Load8(x + 64 * h + l);
-                    var l1 = Load8(x + 64 * h + 32 + l);
-                    var qh = Load8(x + 128 + 32 * h + l);
-                    // quarter k's even (e) and odd (o) values, unsigned 0..63
-                    var e0 = (l0 & nibble) | ((qh & three) << 4);
-                    var o0 = ((l0 >> 8) & nibble) | (((qh >> 8) & three) << 4);
-                    var e1 = (l1 & nibble) | (((qh >> 2) & three) << 4);
-                    var o1 = ((l1 >> 8) & nibble) | (((qh >> 10) & three) << 4);
-                    var e2 = ((l0 >> 4) & nibble) | (((qh >> 4) & three) << 4);
-                    var o2 = ((l0 >> 12) & nibble) | (((qh >> 12) & three) << 4);
-                    var e3 = ((l1 >> 4) & nibble) | (((qh >> 6) & three) << 4);
-                    var o3 = ((l1 >> 12) & nibble) | (((qh >> 14) & three) << 4);
+                    Q6KValues(x, h, l, out var e0, out var o0, out var e1, out var o1, out var e2, out var o2, out var e3, out var o3);
                     int s = 8 * h + l / 16; // scale of values 128h + l …: s, then s + 2k for quarter k
                     var k0 = Vector128.Create((short)scales[s]);
                     var k1 = Vector128.Create((short)scales[s + 2]);
