@@ -58,8 +58,9 @@ public static partial class VecDot
     internal static int PortableActivationBytes(GgmlType weightType, int n) =>
         ActivationType(weightType) == GgmlType.Q8_K ? n / 256 * PortableQ8KHead + 2 * n : n / 32 * 4 + 2 * n;
 
-    /// <summary>Bytes per Q8_K super-block before the quants: F32 d, 16 bsums, 8 sums of 32.</summary>
-    const int PortableQ8KHead = 4 + 32 + 16;
+    // The K types' row, in units of nb (super-blocks): the bsums start at 4·nb bytes, the sums of 32 at 36·nb, the
+    // quants at 52·nb (PortableQ8KHead: F32 d, 16 bsums, 8 sums of 32 per super-block).
+    const int PortableQ8KBsums = 4, PortableQ8KSums = PortableQ8KBsums + 32, PortableQ8KHead = PortableQ8KSums + 16;
 
     /// <summary>Quantizes one activation row as ggml does (Q8_0 or Q8_K blocks), then widens it into the portable
     /// layout (<see cref="PortableActivationBytes"/>).</summary>
@@ -92,11 +93,11 @@ public static partial class VecDot
         sbyte* q = (sbyte*)(block + (k ? 4 : 2));
         if (k)
         {
-            short* bsums = (short*)(block + 260), b16 = (short*)(dst + nb * 4) + 16 * i, s32 = (short*)(dst + nb * 36) + 8 * i;
+            short* bsums = (short*)(block + 260), b16 = (short*)(dst + nb * PortableQ8KBsums) + 16 * i, s32 = (short*)(dst + nb * PortableQ8KSums) + 8 * i;
             for (int j = 0; j < 16; j++) b16[j] = bsums[j];
             for (int j = 0; j < 8; j++) s32[j] = (short)(bsums[2 * j] + bsums[2 * j + 1]); // at most 32·127
         }
-        short* w = (short*)(dst + (k ? nb * 52 : nb * 4)) + qk * i;
+        short* w = (short*)(dst + nb * (k ? PortableQ8KHead : 4)) + qk * i;
         for (int r = 0; r < qk; r += 16, w += 16)
             for (int j = 0; j < 8; j++)
             {
@@ -114,18 +115,19 @@ public static partial class VecDot
     /// on ARM64's thirty-two.)</summary>
     internal static unsafe void RunPortable(GgmlType type, byte* w, byte* x, int xStride, int B, int n, float* y, int yStride)
     {
-        if (type == GgmlType.Q6_K)
+        if (Sse2.IsSupported) RunPortable<SsePairs>(type, w, x, xStride, B, n, y, yStride);
+        else RunPortable<WidePairs>(type, w, x, xStride, B, n, y, yStride);
+    }
+
+    static unsafe void RunPortable<T>(GgmlType type, byte* w, byte* x, int xStride, int B, int n, float* y, int yStride) where T : IPairMul
+    {
+        if (type == GgmlType.Q6_K && B > 1)
         {
-            if (B == 1) { *y = DotPortable(type, w, x, n); return; }
             for (int b = 0; b < B; b += PortableRowGroup)
-            {
-                int g = Math.Min(PortableRowGroup, B - b);
-                if (Sse2.IsSupported) DotQ6KPortableRows<SsePairs>(w, x + (long)b * xStride, xStride, g, n / 256, y + (long)b * yStride, yStride);
-                else DotQ6KPortableRows<WidePairs>(w, x + (long)b * xStride, xStride, g, n / 256, y + (long)b * yStride, yStride);
-            }
+                DotQ6KPortableRows<T>(w, x + (long)b * xStride, xStride, Math.Min(PortableRowGroup, B - b), n / 256, y + (long)b * yStride, yStride);
             return;
         }
-        for (int b = 0; b < B; b++) y[(long)b * yStride] = DotPortable(type, w, x + (long)b * xStride, n);
+        for (int b = 0; b < B; b++) y[(long)b * yStride] = DotPortable<T>(type, w, x + (long)b * xStride, n);
     }
 
     /// <summary>One portable dot product of a weight row with its activations in the portable layout.</summary>
@@ -199,7 +201,7 @@ public static partial class VecDot
     {
         int bs = five ? 176 : 144, qsOff = five ? 48 : 16;
         float* d8 = (float*)y;
-        short* sums = (short*)(y + 36 * nb);                // [nb, 8] sums of 32
+        short* sums = (short*)(y + PortableQ8KSums * nb);   // [nb, 8] sums of 32
         short* a = (short*)(y + PortableQ8KHead * nb);      // [nb, 256] widened quants
         var acc = Vector128<float>.Zero;
         var minAcc = Vector128<float>.Zero;
@@ -249,8 +251,8 @@ public static partial class VecDot
     {
         // decode: one row in registers (through DotQ6KPortableRows with one row, the per-row arrays cost ~15 % here)
         float* d8 = (float*)y;
-        short* bsums = (short*)(y + 4 * nb);
-        short* a = (short*)(y + PortableQ8KHead * nb);
+        short* bsums = (short*)(y + PortableQ8KBsums * nb); // [nb, 16]
+        short* a = (short*)(y + PortableQ8KHead * nb);      // [nb, 256] widened quants
         var acc = Vector128<float>.Zero;
         for (int i = 0; i < nb; i++, x += 210, a += 256, bsums += 16)
         {
@@ -308,7 +310,7 @@ public static partial class VecDot
             var (sc0, sc1) = Vector128.Widen(Vector128.Load(scales));
             for (int b = 0; b < B; b++)
             {
-                short* bsums = (short*)(y + (long)b * yStride + 4 * nb) + 16 * i;
+                short* bsums = (short*)(y + (long)b * yStride + PortableQ8KBsums * nb) + 16 * i;
                 isum[b] = -32 * (T.MulAdd(sc0, Vector128.Load(bsums)) + T.MulAdd(sc1, Vector128.Load(bsums + 8)));
             }
             for (int h = 0; h < 2; h++)
