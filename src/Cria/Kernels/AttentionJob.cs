@@ -711,6 +711,9 @@ internal sealed partial class AttentionJob : ParallelJob
         else if (Avx2.IsSupported && y.Length >= 8)
             fixed (ushort* ph = h) fixed (float* py = y)
                 for (; i + 8 <= y.Length; i += 8) RowKernels.LoadHalves8(ph + i).Store(py + i);
+        else if (Vector128.IsHardwareAccelerated && y.Length >= 4)
+            fixed (ushort* ph = h) fixed (float* py = y)
+                for (; i + 4 <= y.Length; i += 4) RowKernels.LoadHalves4(ph + i).Store(py + i);
         for (; i < y.Length; i++) y[i] = Fp16.ToSingle(h[i]);
     }
 
@@ -740,7 +743,10 @@ internal sealed partial class AttentionJob : ParallelJob
     }
 
     /// <summary>e^x as <see cref="ExpSubtractSum"/>'s scalar tail computes it (the eviction scores' second pass).</summary>
-    static float SoftmaxExp(float x) => !Vector512.IsHardwareAccelerated && Avx2.IsSupported && Fma.IsSupported ? Ops.ExpScalar(x) : MathF.Exp(x);
+    static float SoftmaxExp(float x) =>
+        !Vector512.IsHardwareAccelerated && Avx2.IsSupported && Fma.IsSupported ? Ops.ExpScalar(x)
+        : MulAdd.Portable ? (MulAdd.Fused ? Ops.ExpScalar<FusedMulAdd>(x) : Ops.ExpScalar<SplitMulAdd>(x))
+        : MathF.Exp(x);
 
     /// <summary>s[j] = e^(s[j] − m), returns Σ s[j]; 16 lanes at a time (Vector512.Exp), the tail in scalar.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -777,7 +783,28 @@ internal sealed partial class AttentionJob : ParallelJob
             for (; j < s.Length; j++) { float e = Ops.ExpScalar(s[j] - m); s[j] = e; sum += e; }
             return sum;
         }
+        else if (MulAdd.Portable)
+            return MulAdd.Fused ? ExpSubtractSumPortable<FusedMulAdd>(s, m) : ExpSubtractSumPortable<SplitMulAdd>(s, m);
         for (; j < s.Length; j++) { float e = MathF.Exp(s[j] - m); s[j] = e; sum += e; }
+        return sum;
+    }
+
+    /// <summary><see cref="ExpSubtractSum"/> on 128-bit vectors: <see cref="Ops.Exp{TMac}(Vector128{float})"/>, and its
+    /// scalar twin for the tail.</summary>
+    static float ExpSubtractSumPortable<TMac>(Span<float> s, float m) where TMac : IMulAdd
+    {
+        int j = 0;
+        var vm = Vector128.Create(m);
+        var acc = Vector128<float>.Zero;
+        ref float r = ref MemoryMarshal.GetReference(s);
+        for (; j + 4 <= s.Length; j += 4)
+        {
+            var e = Ops.Exp<TMac>(Vector128.LoadUnsafe(ref r, (nuint)j) - vm);
+            e.StoreUnsafe(ref r, (nuint)j);
+            acc += e;
+        }
+        float sum = Vector128.Sum(acc);
+        for (; j < s.Length; j++) { float e = Ops.ExpScalar<TMac>(s[j] - m); s[j] = e; sum += e; }
         return sum;
     }
 
@@ -796,6 +823,12 @@ internal sealed partial class AttentionJob : ParallelJob
             ref float r = ref MemoryMarshal.GetReference(x);
             var va = Vector256.Create(a);
             for (; i + 8 <= x.Length; i += 8) (Vector256.LoadUnsafe(ref r, (nuint)i) * va).StoreUnsafe(ref r, (nuint)i);
+        }
+        else if (Vector128.IsHardwareAccelerated)
+        {
+            ref float r = ref MemoryMarshal.GetReference(x);
+            var va = Vector128.Create(a);
+            for (; i + 4 <= x.Length; i += 4) (Vector128.LoadUnsafe(ref r, (nuint)i) * va).StoreUnsafe(ref r, (nuint)i);
         }
         for (; i < x.Length; i++) x[i] *= a;
     }
@@ -821,6 +854,13 @@ internal sealed partial class AttentionJob : ParallelJob
             var v = Vector256.LoadUnsafe(ref r);
             for (j = 8; j + 8 <= s.Length; j += 8) v = Vector256.Max(v, Vector256.LoadUnsafe(ref r, (nuint)j));
             var v4 = Vector128.Max(v.GetLower(), v.GetUpper());
+            m = MathF.Max(MathF.Max(v4[0], v4[1]), MathF.Max(v4[2], v4[3]));
+        }
+        else if (Vector128.IsHardwareAccelerated && s.Length >= 4)
+        {
+            ref float r = ref MemoryMarshal.GetReference(s);
+            var v4 = Vector128.LoadUnsafe(ref r);
+            for (j = 4; j + 4 <= s.Length; j += 4) v4 = Vector128.Max(v4, Vector128.LoadUnsafe(ref r, (nuint)j));
             m = MathF.Max(MathF.Max(v4[0], v4[1]), MathF.Max(v4[2], v4[3]));
         }
         for (; j < s.Length; j++) m = MathF.Max(m, s[j]);

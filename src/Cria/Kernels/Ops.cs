@@ -38,6 +38,15 @@ public static class Ops
             for (; j + 8 <= x.Length; j += 8)
                 (Vector256.LoadUnsafe(ref px, (nuint)j) * vs * Vector256.LoadUnsafe(ref pw, (nuint)j)).StoreUnsafe(ref py, (nuint)j);
         }
+        else if (Vector128.IsHardwareAccelerated)
+        {
+            ref float px = ref MemoryMarshal.GetReference(x);
+            ref float pw = ref MemoryMarshal.GetReference(w);
+            ref float py = ref MemoryMarshal.GetReference(y);
+            var vs = Vector128.Create(scale);
+            for (; j + 4 <= x.Length; j += 4)
+                (Vector128.LoadUnsafe(ref px, (nuint)j) * vs * Vector128.LoadUnsafe(ref pw, (nuint)j)).StoreUnsafe(ref py, (nuint)j);
+        }
         for (; j < x.Length; j++) y[j] = x[j] * scale * w[j];
     }
 
@@ -67,19 +76,42 @@ public static class Ops
         return y * pow2n;
     }
 
+    /// <summary>e^x, four lanes, on any machine with 128-bit vectors (the portable tier): the operations of
+    /// <see cref="Exp(Vector256{float})"/>, each multiply-add through <typeparamref name="TMac"/>, so the lanes equal
+    /// <see cref="ExpScalar{TMac}"/> bit for bit (and, fused, <see cref="ExpScalar(float)"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector128<float> Exp<TMac>(Vector128<float> x) where TMac : IMulAdd
+    {
+        x = Vector128.Min(Vector128.Create(ExpHi), Vector128.Max(Vector128.Create(ExpLo), x)); // IEEE min/max: NaN stays NaN
+        var n = Vector128.Round(x * Vector128.Create(Log2E));
+        var r = TMac.Apply(-n, Vector128.Create(Ln2Hi), x);
+        r = TMac.Apply(-n, Vector128.Create(Ln2Lo), r);
+        var p = TMac.Apply(Vector128.Create(ExpP0), r, Vector128.Create(ExpP1));
+        p = TMac.Apply(p, r, Vector128.Create(ExpP2));
+        p = TMac.Apply(p, r, Vector128.Create(ExpP3));
+        p = TMac.Apply(p, r, Vector128.Create(ExpP4));
+        p = TMac.Apply(p, r, Vector128.Create(ExpP5));
+        var y = TMac.Apply(p, r * r, r) + Vector128<float>.One;
+        var pow2n = ((Vector128.ConvertToInt32(n) + Vector128.Create(127)) << 23).AsSingle(); // n = −127 → 0
+        return y * pow2n;
+    }
+
     /// <summary>Scalar reference of <see cref="Exp(Vector256{float})"/>: the same operations, bit for bit.</summary>
-    internal static float ExpScalar(float x)
+    internal static float ExpScalar(float x) => ExpScalar<FusedMulAdd>(x);
+
+    /// <summary>Scalar reference of <see cref="Exp{TMac}(Vector128{float})"/>.</summary>
+    internal static float ExpScalar<TMac>(float x) where TMac : IMulAdd
     {
         x = float.IsNaN(x) ? x : MathF.Min(ExpHi, MathF.Max(ExpLo, x));
         float n = MathF.Round(x * Log2E, MidpointRounding.ToEven);
-        float r = MathF.FusedMultiplyAdd(-n, Ln2Hi, x);
-        r = MathF.FusedMultiplyAdd(-n, Ln2Lo, r);
-        float p = MathF.FusedMultiplyAdd(ExpP0, r, ExpP1);
-        p = MathF.FusedMultiplyAdd(p, r, ExpP2);
-        p = MathF.FusedMultiplyAdd(p, r, ExpP3);
-        p = MathF.FusedMultiplyAdd(p, r, ExpP4);
-        p = MathF.FusedMultiplyAdd(p, r, ExpP5);
-        float y = MathF.FusedMultiplyAdd(p, r * r, r) + 1f;
+        float r = TMac.Apply(-n, Ln2Hi, x);
+        r = TMac.Apply(-n, Ln2Lo, r);
+        float p = TMac.Apply(ExpP0, r, ExpP1);
+        p = TMac.Apply(p, r, ExpP2);
+        p = TMac.Apply(p, r, ExpP3);
+        p = TMac.Apply(p, r, ExpP4);
+        p = TMac.Apply(p, r, ExpP5);
+        float y = TMac.Apply(p, r * r, r) + 1f;
         return float.IsNaN(x) ? x : y * BitConverter.Int32BitsToSingle(((int)n + 127) << 23);
     }
 
@@ -103,6 +135,28 @@ public static class Ops
                 acc0 = Vector256.FusedMultiplyAdd(Vector256.LoadUnsafe(ref pa, (nuint)i), Vector256.LoadUnsafe(ref pb, (nuint)i), acc0);
             sum = Vector256.Sum(acc0 + acc1);
         }
+        else if (MulAdd.Portable && n >= 4)
+            return MulAdd.Fused ? DotPortable<FusedMulAdd>(a, b) : DotPortable<SplitMulAdd>(a, b);
+        for (; i < n; i++) sum += a[i] * b[i];
+        return sum;
+    }
+
+    /// <summary><see cref="Dot"/> on 128-bit vectors (two 4-lane accumulators, then the scalar tail).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static float DotPortable<TMac>(ReadOnlySpan<float> a, ReadOnlySpan<float> b) where TMac : IMulAdd
+    {
+        int n = a.Length, i = 0;
+        ref float pa = ref MemoryMarshal.GetReference(a);
+        ref float pb = ref MemoryMarshal.GetReference(b);
+        var acc0 = Vector128<float>.Zero; var acc1 = Vector128<float>.Zero;
+        for (; i + 8 <= n; i += 8)
+        {
+            acc0 = TMac.Apply(Vector128.LoadUnsafe(ref pa, (nuint)i), Vector128.LoadUnsafe(ref pb, (nuint)i), acc0);
+            acc1 = TMac.Apply(Vector128.LoadUnsafe(ref pa, (nuint)i + 4), Vector128.LoadUnsafe(ref pb, (nuint)i + 4), acc1);
+        }
+        for (; i + 4 <= n; i += 4)
+            acc0 = TMac.Apply(Vector128.LoadUnsafe(ref pa, (nuint)i), Vector128.LoadUnsafe(ref pb, (nuint)i), acc0);
+        float sum = Vector128.Sum(acc0 + acc1);
         for (; i < n; i++) sum += a[i] * b[i];
         return sum;
     }
@@ -130,7 +184,26 @@ public static class Ops
             for (; i + 8 <= n; i += 8)
                 Vector256.FusedMultiplyAdd(va, Vector256.LoadUnsafe(ref px, (nuint)i), Vector256.LoadUnsafe(ref py, (nuint)i)).StoreUnsafe(ref py, (nuint)i);
         }
+        else if (MulAdd.Portable)
+        {
+            if (MulAdd.Fused) AxpyPortable<FusedMulAdd>(a, x, y);
+            else AxpyPortable<SplitMulAdd>(a, x, y);
+            return;
+        }
         for (; i < n; i++) y[i] = MathF.FusedMultiplyAdd(a, x[i], y[i]);
+    }
+
+    /// <summary><see cref="Axpy"/> on 128-bit vectors, each lane and the scalar tail through <typeparamref name="TMac"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void AxpyPortable<TMac>(float a, ReadOnlySpan<float> x, Span<float> y) where TMac : IMulAdd
+    {
+        int n = x.Length, i = 0;
+        ref float px = ref MemoryMarshal.GetReference(x);
+        ref float py = ref MemoryMarshal.GetReference(y);
+        var va = Vector128.Create(a);
+        for (; i + 4 <= n; i += 4)
+            TMac.Apply(va, Vector128.LoadUnsafe(ref px, (nuint)i), Vector128.LoadUnsafe(ref py, (nuint)i)).StoreUnsafe(ref py, (nuint)i);
+        for (; i < n; i++) y[i] = TMac.Apply(a, x[i], y[i]);
     }
 
     /// <summary>log Σ exp(x), in double after subtracting the maximum: p_t = exp(x_t − LogSumExp(x)).</summary>
@@ -161,6 +234,17 @@ public static class Ops
             }
             sum = Vector256.Sum(acc0 + acc1);
         }
+        else if (Vector128.IsHardwareAccelerated)
+        {
+            ref float px = ref MemoryMarshal.GetReference(x);
+            Vector128<double> acc0 = Vector128<double>.Zero, acc1 = Vector128<double>.Zero;
+            for (; i + 4 <= n; i += 4)
+            {
+                var (lo, hi) = Vector128.Widen(Vector128.LoadUnsafe(ref px, (nuint)i));
+                acc0 += lo; acc1 += hi;
+            }
+            sum = Vector128.Sum(acc0 + acc1);
+        }
         for (; i < n; i++) sum += x[i];
         return sum;
     }
@@ -178,6 +262,13 @@ public static class Ops
             var va = Vector256.Create(a);
             for (; i + 8 <= n; i += 8) (Vector256.LoadUnsafe(ref px, (nuint)i) / va).StoreUnsafe(ref py, (nuint)i);
         }
+        else if (Vector128.IsHardwareAccelerated)
+        {
+            ref float px = ref MemoryMarshal.GetReference(x);
+            ref float py = ref MemoryMarshal.GetReference(y);
+            var va = Vector128.Create(a);
+            for (; i + 4 <= n; i += 4) (Vector128.LoadUnsafe(ref px, (nuint)i) / va).StoreUnsafe(ref py, (nuint)i);
+        }
         for (; i < n; i++) y[i] = x[i] / a;
     }
 
@@ -192,6 +283,13 @@ public static class Ops
             ref float py = ref MemoryMarshal.GetReference(y);
             var va = Vector256.Create(a);
             for (; i + 8 <= n; i += 8) (va * Vector256.LoadUnsafe(ref px, (nuint)i)).StoreUnsafe(ref py, (nuint)i);
+        }
+        else if (Vector128.IsHardwareAccelerated)
+        {
+            ref float px = ref MemoryMarshal.GetReference(x);
+            ref float py = ref MemoryMarshal.GetReference(y);
+            var va = Vector128.Create(a);
+            for (; i + 4 <= n; i += 4) (va * Vector128.LoadUnsafe(ref px, (nuint)i)).StoreUnsafe(ref py, (nuint)i);
         }
         for (; i < n; i++) y[i] = a * x[i];
     }
@@ -215,10 +313,17 @@ public static class Ops
             for (; i + 8 <= x.Length; i += 8)
                 (Vector256.LoadUnsafe(ref py, (nuint)i) + Vector256.LoadUnsafe(ref px, (nuint)i)).StoreUnsafe(ref py, (nuint)i);
         }
+        else if (Vector128.IsHardwareAccelerated)
+        {
+            ref float px = ref MemoryMarshal.GetReference(x);
+            ref float py = ref MemoryMarshal.GetReference(y);
+            for (; i + 4 <= x.Length; i += 4)
+                (Vector128.LoadUnsafe(ref py, (nuint)i) + Vector128.LoadUnsafe(ref px, (nuint)i)).StoreUnsafe(ref py, (nuint)i);
+        }
         for (; i < x.Length; i++) y[i] += x[i];
     }
 
-    /// <summary>g = silu(g) · u, with silu(x) = x / (1 + e^-x) (SwiGLU); 16 lanes at a time, scalar tail.</summary>
+    /// <summary>g = silu(g) · u, with silu(x) = x / (1 + e^-x) (SwiGLU); 16, 8 or 4 lanes at a time, scalar tail.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void SwiGlu(Span<float> g, ReadOnlySpan<float> u)
     {
@@ -243,6 +348,17 @@ public static class Ops
             {
                 var x = Vector256.LoadUnsafe(ref pg, (nuint)i);
                 (x / (one + Vector256.Exp(-x)) * Vector256.LoadUnsafe(ref pu, (nuint)i)).StoreUnsafe(ref pg, (nuint)i);
+            }
+        }
+        else if (Vector128.IsHardwareAccelerated)
+        {
+            ref float pg = ref MemoryMarshal.GetReference(g);
+            ref float pu = ref MemoryMarshal.GetReference(u);
+            var one = Vector128.Create(1f);
+            for (; i + 4 <= g.Length; i += 4)
+            {
+                var x = Vector128.LoadUnsafe(ref pg, (nuint)i);
+                (x / (one + Vector128.Exp(-x)) * Vector128.LoadUnsafe(ref pu, (nuint)i)).StoreUnsafe(ref pg, (nuint)i);
             }
         }
         for (; i < g.Length; i++)

@@ -522,6 +522,11 @@ public static unsafe partial class RowKernels
             for (int r = r0; r < r1; r++) y[r] = DotF16ScaledAvx2((ushort*)(w + (long)r * rowBytes), (float*)x, n);
             return;
         }
+        if (PortableFloat(type))
+        {
+            RunRowsPortable(type, w, rowBytes, r0, r1, (float*)x, n, y); // four rows at a time (RowKernels.Portable.cs)
+            return;
+        }
         if (Avx512BW.IsSupported && type == GgmlType.Q4_K)
         {
             // One row at a time: two neighbouring rows interleaved (two streams 1152 B apart) decoded 36 against 58
@@ -760,6 +765,8 @@ public static unsafe partial class RowKernels
                 HalfBlock256(type, w, rowBytes, r0, r1, x, xStride, B, n, y, yStride, finiteF16);
             else if (type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 && B > 1 && Vector256.IsHardwareAccelerated && !Vector512.IsHardwareAccelerated)
                 FloatBlock256(type, w, rowBytes, r0, r1, x, xStride, B, n, y, yStride);
+            else if (PortableFloat(type) && B > 1)
+                FloatBlockPortable(type, w, rowBytes, r0, r1, x, xStride, B, n, y, yStride);
             else if (type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16)
                 for (int r = r0; r < r1; r++) Run(type, w + (long)r * rowBytes, rowBytes, x, xStride, B, n, y + r, yStride);
             else
@@ -1280,6 +1287,11 @@ public static unsafe partial class RowKernels
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void FloatRow(GgmlType type, byte* w, byte* x, int xStride, int B, int n, float* y, int yStride)
     {
+        if (MulAdd.Portable)
+        {
+            FloatRowPortable(type, w, x, xStride, B, n, y, yStride);
+            return;
+        }
         if (type == GgmlType.F16 && B == 1 && n >= 64 && Vector512.IsHardwareAccelerated)
         {
             // Same lanes, same FMA order as DotF32 over the widened row, so B = 1 and B > 1 agree bit for bit.
