@@ -49,7 +49,7 @@ public static partial class VecDot
     /// <summary>Whether the portable kernels run for this weight type: 128-bit vectors but no AVX2 + FMA.</summary>
     internal static bool PortableRows(GgmlType type) =>
         Vector128.IsHardwareAccelerated && !(Avx2.IsSupported && Fma.IsSupported)
-        && type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K;
+        && type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K;
 
     /// <summary>Bytes of one activation row in the portable layout. Q8_0 and Q4_0 (ggml's Q8_0 activations): [nb] F32
     /// d (the F16-rounded scale ggml stores), then [n] int16 quants. The K types (Q8_K): [nb] F32 d, [nb, 16] int16
@@ -139,6 +139,8 @@ public static partial class VecDot
     {
         GgmlType.Q8_0 => DotQ80Portable<T>(w, a, n / 32),
         GgmlType.Q4_0 => DotQ40Portable<T>(w, a, n / 32),
+        GgmlType.Q2_K => DotQ2KPortable<T>(w, a, n / 256),
+        GgmlType.Q3_K => DotQ3KPortable<T>(w, a, n / 256),
         GgmlType.Q4_K => DotK4Portable<T>(w, a, n / 256, five: false),
         GgmlType.Q5_K => DotK4Portable<T>(w, a, n / 256, five: true),
         GgmlType.Q6_K => DotQ6KPortable<T>(w, a, n / 256),
@@ -188,6 +190,83 @@ public static partial class VecDot
             var s = ((v & nibble) - eight) * Load8(a) + (((v >> 8) & nibble) - eight) * Load8(a + 8)
                   + (((v >> 4) & nibble) - eight) * Load8(a + 16) + (((v >> 12) & nibble) - eight) * Load8(a + 24);
             acc += Vector128.ConvertToSingle(T.MulAdd(s, Vector128<short>.One)) * Vector128.Create(Half(x) * d8[ib]);
+        }
+        return Vector128.Sum(acc);
+    }
+
+    /// <summary>Q2_K × Q8_K (ggml_vec_dot_q2_K_q8_K): layout scales[16] (low nibble the scale, high the min) | qs[64] |
+    /// d, dmin (f16). In half k (128 values), value 32s + 16h + l (s = 0..3, h, l = 0..15) is bits 2s, 2s + 1 of
+    /// qs[32k + 16h + l], and takes scales[8k + 2s + h]. A sub-block's products (at most 3·127, two to a lane) add up in
+    /// int16, then one pair-multiply by its scale carries them into int32; the mins go through the bsums.</summary>
+    internal static unsafe float DotQ2KPortable<T>(byte* x, byte* y, int nb) where T : IPairMul
+    {
+        float* d8 = (float*)y;
+        short* bsums = (short*)(y + PortableQ8KBsums * nb); // [nb, 16]
+        short* a = (short*)(y + PortableQ8KHead * nb);      // [nb, 256] widened quants
+        var acc = Vector128<float>.Zero;
+        var minAcc = Vector128<float>.Zero;
+        var three = Vector128.Create((short)3);
+        for (int i = 0; i < nb; i++, x += 84, a += 256, bsums += 16)
+        {
+            var (m0, m1) = Vector128.Widen(Vector128.Load(x) >>> 4); // [16] mins, unsigned bytes → int16
+            var mins = T.MulAdd(m0.AsInt16(), Vector128.Load(bsums)) + T.MulAdd(m1.AsInt16(), Vector128.Load(bsums + 8));
+            var isum = Vector128<int>.Zero; // [4] partial lanes of Σ_j sc_j · (sub-block j's sum)
+            for (int k = 0; k < 2; k++)
+                for (int h = 0; h < 2; h++)
+                {
+                    var v = Load8(x + 16 + 32 * k + 16 * h); // lane j: values 2j, 2j + 1 of four sub-blocks, two bits each
+                    for (int s = 0; s < 4; s++)
+                    {
+                        short* q = a + 128 * k + 32 * s + 16 * h;
+                        var p = ((v >> (2 * s)) & three) * Load8(q) + ((v >> (8 + 2 * s)) & three) * Load8(q + 8);
+                        isum += T.MulAdd(p, Vector128.Create((short)(x[8 * k + 2 * s + h] & 0x0F)));
+                    }
+                }
+            acc += Vector128.ConvertToSingle(isum) * Vector128.Create(Half(x + 80) * d8[i]);
+            minAcc += Vector128.ConvertToSingle(mins) * Vector128.Create(Half(x + 82) * d8[i]);
+        }
+        return Vector128.Sum(acc) - Vector128.Sum(minAcc);
+    }
+
+    /// <summary>Q3_K × Q8_K (ggml_vec_dot_q3_K_q8_K): layout hmask[32] | qs[64] | scales[12] (sixteen 6-bit scales,
+    /// offset 32) | d (f16). In half k, value 32s + l (s = 0..3, l = 0..31) is bits 2s, 2s + 1 of qs[32k + l], minus 4
+    /// where bit 4k + s of hmask[l] is clear; values 16j … 16j + 15 take scale j. The sums run on the unsigned values
+    /// u = low bits | high bit · 4 (0..7, two products to a lane in int16) and the 4 comes off through the bsums:
+    /// Σ sc_j·Σ (u − 4)·a = Σ sc_j·(Σ u·a − 4·bsum_j).</summary>
+    [SkipLocalsInit]
+    internal static unsafe float DotQ3KPortable<T>(byte* x, byte* y, int nb) where T : IPairMul
+    {
+        float* d8 = (float*)y;
+        short* bsums = (short*)(y + PortableQ8KBsums * nb); // [nb, 16]
+        short* a = (short*)(y + PortableQ8KHead * nb);      // [nb, 256] widened quants
+        sbyte* sc = stackalloc sbyte[16];                    // [16] this super-block's scales
+        var acc = Vector128<float>.Zero;
+        var three = Vector128.Create((short)3);
+        var one = Vector128.Create((short)1);
+        for (int i = 0; i < nb; i++, x += 110, a += 256, bsums += 16)
+        {
+            // ggml's scale unpacking (kmask1 = 0x03030303, kmask2 = 0x0F0F0F0F): low nibbles, then the two high bits
+            uint a0 = *(uint*)(x + 96), a1 = *(uint*)(x + 100), t = *(uint*)(x + 104);
+            var scales = Vector128.Create((a0 & 0x0F0F0F0Fu) | ((t & 0x03030303u) << 4), (a1 & 0x0F0F0F0Fu) | (((t >> 2) & 0x03030303u) << 4),
+                ((a0 >> 4) & 0x0F0F0F0Fu) | (((t >> 4) & 0x03030303u) << 4), ((a1 >> 4) & 0x0F0F0F0Fu) | (((t >> 6) & 0x03030303u) << 4)).AsSByte()
+                - Vector128.Create((sbyte)32);
+            scales.Store(sc);
+            var (sc0, sc1) = Vector128.Widen(scales);
+            var isum = -4 * (T.MulAdd(sc0, Vector128.Load(bsums)) + T.MulAdd(sc1, Vector128.Load(bsums + 8)));
+            for (int k = 0; k < 2; k++)
+                for (int h = 0; h < 2; h++)
+                {
+                    var v = Load8(x + 32 + 32 * k + 16 * h); // lane j: values 16h + 2j, 16h + 2j + 1 of each quarter's 32
+                    var hm = Load8(x + 16 * h);                // their hmask bytes
+                    for (int s = 0; s < 4; s++)
+                    {
+                        var e = ((v >> (2 * s)) & three) | (((hm >> (4 * k + s)) & one) << 2);
+                        var o = ((v >> (8 + 2 * s)) & three) | (((hm >> (8 + 4 * k + s)) & one) << 2);
+                        short* q = a + 128 * k + 32 * s + 16 * h;
+                        isum += T.MulAdd(e * Load8(q) + o * Load8(q + 8), Vector128.Create((short)sc[8 * k + 2 * s + h]));
+                    }
+                }
+            acc += Vector128.ConvertToSingle(isum) * Vector128.Create(Half(x + 108) * d8[i]);
         }
         return Vector128.Sum(acc);
     }

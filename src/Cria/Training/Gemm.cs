@@ -68,6 +68,11 @@ public sealed unsafe class Gemm : ParallelJob
         for (; i + 4 <= m1; i += 4)
         {
             int j = n0;
+            if (!Vector256.IsHardwareAccelerated && MulAdd.Portable)
+            {
+                if (MulAdd.Fused) for (; j + 4 <= n1; j += 4) Dot4x4Portable<FusedMulAdd>(a + (long)i * k, b + (long)j * k, k, c + (long)i * n + j, n);
+                else for (; j + 4 <= n1; j += 4) Dot4x4Portable<SplitMulAdd>(a + (long)i * k, b + (long)j * k, k, c + (long)i * n + j, n);
+            }
             for (; j + 4 <= n1; j += 4) Dot4x4(a + (long)i * k, b + (long)j * k, k, c + (long)i * n + j, n);
             for (; j < n1; j++)
                 for (int r = 0; r < 4; r++) c[(long)(i + r) * n + j] = Dot(a + (long)(i + r) * k, b + (long)j * k, k);
@@ -90,6 +95,11 @@ public sealed unsafe class Gemm : ParallelJob
             for (; i + 4 <= m1; i += 4)
             {
                 int j = n0;
+                if (!Vector256.IsHardwareAccelerated && MulAdd.Portable)
+                {
+                    if (MulAdd.Fused) for (; j + 8 <= n1; j += 8) Axpy4x8Portable<FusedMulAdd>(ak + i * sr, sr, sp, kc, bk + j, n, c + (long)i * n + j, n);
+                    else for (; j + 8 <= n1; j += 8) Axpy4x8Portable<SplitMulAdd>(ak + i * sr, sr, sp, kc, bk + j, n, c + (long)i * n + j, n);
+                }
                 for (; j + 32 <= n1; j += 32) Axpy4x32(ak + i * sr, sr, sp, kc, bk + j, n, c + (long)i * n + j, n);
                 for (; j < n1; j++)
                     for (int r = 0; r < 4; r++) c[(long)(i + r) * n + j] += ColumnDot(ak + (i + r) * sr, sp, bk + j, n, kc);
@@ -112,6 +122,8 @@ public sealed unsafe class Gemm : ParallelJob
     {
         int p = 0;
         float s = 0;
+        if (!Vector256.IsHardwareAccelerated && MulAdd.Portable)
+            return MulAdd.Fused ? DotPortable<FusedMulAdd>(a, b, k) : DotPortable<SplitMulAdd>(a, b, k);
         if (k >= 8)
         {
             var acc = Vector256<float>.Zero;
@@ -159,8 +171,84 @@ public sealed unsafe class Gemm : ParallelJob
         c[0] = s30; c[1] = s31; c[2] = s32; c[3] = s33;
     }
 
+    // ---- The portable tier (128-bit vectors: ARM64's NEON, x86 without AVX2), multiply-add fused or split as the
+    // hardware has it (IMulAdd). The same tiles at half the width where registers allow: an NT element is one 4-lane
+    // chain then a horizontal sum; an NN element is its own chain over p, so fused it has the bits of Axpy4x32's.
+
+    /// <summary><see cref="Dot"/> on 128-bit vectors: one 4-lane chain, the horizontal sum, then the tail.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static float DotPortable<TMac>(float* a, float* b, int k) where TMac : IMulAdd
+    {
+        int p = 0;
+        var acc = Vector128<float>.Zero;
+        for (; p + 4 <= k; p += 4) acc = TMac.Apply(Vector128.Load(a + p), Vector128.Load(b + p), acc);
+        float s = Vector128.Sum(acc);
+        for (; p < k; p++) s = TMac.Apply(a[p], b[p], s);
+        return s;
+    }
+
+    /// <summary><see cref="Dot4x4"/> on 128-bit vectors: 16 accumulators, 8 loads per 16 multiply-adds (ARM64 has 32
+    /// vector registers; SSE's 16 spill a few).</summary>
+    internal static void Dot4x4Portable<TMac>(float* a, float* b, int k, float* c, int ldc) where TMac : IMulAdd
+    {
+        var c00 = Vector128<float>.Zero; var c01 = c00; var c02 = c00; var c03 = c00;
+        var c10 = c00; var c11 = c00; var c12 = c00; var c13 = c00;
+        var c20 = c00; var c21 = c00; var c22 = c00; var c23 = c00;
+        var c30 = c00; var c31 = c00; var c32 = c00; var c33 = c00;
+        float* a0 = a, a1 = a + k, a2 = a + 2L * k, a3 = a + 3L * k;
+        float* b0 = b, b1 = b + k, b2 = b + 2L * k, b3 = b + 3L * k;
+        int p = 0;
+        for (; p + 4 <= k; p += 4)
+        {
+            var x0 = Vector128.Load(a0 + p); var x1 = Vector128.Load(a1 + p); var x2 = Vector128.Load(a2 + p); var x3 = Vector128.Load(a3 + p);
+            var y0 = Vector128.Load(b0 + p); var y1 = Vector128.Load(b1 + p); var y2 = Vector128.Load(b2 + p); var y3 = Vector128.Load(b3 + p);
+            c00 = TMac.Apply(x0, y0, c00); c01 = TMac.Apply(x0, y1, c01); c02 = TMac.Apply(x0, y2, c02); c03 = TMac.Apply(x0, y3, c03);
+            c10 = TMac.Apply(x1, y0, c10); c11 = TMac.Apply(x1, y1, c11); c12 = TMac.Apply(x1, y2, c12); c13 = TMac.Apply(x1, y3, c13);
+            c20 = TMac.Apply(x2, y0, c20); c21 = TMac.Apply(x2, y1, c21); c22 = TMac.Apply(x2, y2, c22); c23 = TMac.Apply(x2, y3, c23);
+            c30 = TMac.Apply(x3, y0, c30); c31 = TMac.Apply(x3, y1, c31); c32 = TMac.Apply(x3, y2, c32); c33 = TMac.Apply(x3, y3, c33);
+        }
+        float s00 = Vector128.Sum(c00), s01 = Vector128.Sum(c01), s02 = Vector128.Sum(c02), s03 = Vector128.Sum(c03);
+        float s10 = Vector128.Sum(c10), s11 = Vector128.Sum(c11), s12 = Vector128.Sum(c12), s13 = Vector128.Sum(c13);
+        float s20 = Vector128.Sum(c20), s21 = Vector128.Sum(c21), s22 = Vector128.Sum(c22), s23 = Vector128.Sum(c23);
+        float s30 = Vector128.Sum(c30), s31 = Vector128.Sum(c31), s32 = Vector128.Sum(c32), s33 = Vector128.Sum(c33);
+        for (; p < k; p++)
+        {
+            float x0 = a0[p], x1 = a1[p], x2 = a2[p], x3 = a3[p], y0 = b0[p], y1 = b1[p], y2 = b2[p], y3 = b3[p];
+            s00 = TMac.Apply(x0, y0, s00); s01 = TMac.Apply(x0, y1, s01); s02 = TMac.Apply(x0, y2, s02); s03 = TMac.Apply(x0, y3, s03);
+            s10 = TMac.Apply(x1, y0, s10); s11 = TMac.Apply(x1, y1, s11); s12 = TMac.Apply(x1, y2, s12); s13 = TMac.Apply(x1, y3, s13);
+            s20 = TMac.Apply(x2, y0, s20); s21 = TMac.Apply(x2, y1, s21); s22 = TMac.Apply(x2, y2, s22); s23 = TMac.Apply(x2, y3, s23);
+            s30 = TMac.Apply(x3, y0, s30); s31 = TMac.Apply(x3, y1, s31); s32 = TMac.Apply(x3, y2, s32); s33 = TMac.Apply(x3, y3, s33);
+        }
+        c[0] = s00; c[1] = s01; c[2] = s02; c[3] = s03; c += ldc;
+        c[0] = s10; c[1] = s11; c[2] = s12; c[3] = s13; c += ldc;
+        c[0] = s20; c[1] = s21; c[2] = s22; c[3] = s23; c += ldc;
+        c[0] = s30; c[1] = s31; c[2] = s32; c[3] = s33;
+    }
+
+    /// <summary><see cref="Axpy4x32"/> on 128-bit vectors, 8 columns: per p, 2 loads and 4 broadcasts feed 8 multiply-adds.</summary>
+    internal static void Axpy4x8Portable<TMac>(float* a, long sr, long sp, int k, float* b, int ldb, float* c, int ldc) where TMac : IMulAdd
+    {
+        var c00 = Vector128<float>.Zero; var c01 = c00; var c10 = c00; var c11 = c00;
+        var c20 = c00; var c21 = c00; var c30 = c00; var c31 = c00;
+        float* a0 = a, a1 = a + sr, a2 = a + 2 * sr, a3 = a + 3 * sr;
+        for (int p = 0; p < k; p++)
+        {
+            float* bp = b + (long)p * ldb;
+            var y0 = Vector128.Load(bp); var y1 = Vector128.Load(bp + 4);
+            long ap = p * sp;
+            var x = Vector128.Create(a0[ap]); c00 = TMac.Apply(x, y0, c00); c01 = TMac.Apply(x, y1, c01);
+            x = Vector128.Create(a1[ap]); c10 = TMac.Apply(x, y0, c10); c11 = TMac.Apply(x, y1, c11);
+            x = Vector128.Create(a2[ap]); c20 = TMac.Apply(x, y0, c20); c21 = TMac.Apply(x, y1, c21);
+            x = Vector128.Create(a3[ap]); c30 = TMac.Apply(x, y0, c30); c31 = TMac.Apply(x, y1, c31);
+        }
+        (Vector128.Load(c) + c00).Store(c); (Vector128.Load(c + 4) + c01).Store(c + 4); c += ldc;
+        (Vector128.Load(c) + c10).Store(c); (Vector128.Load(c + 4) + c11).Store(c + 4); c += ldc;
+        (Vector128.Load(c) + c20).Store(c); (Vector128.Load(c + 4) + c21).Store(c + 4); c += ldc;
+        (Vector128.Load(c) + c30).Store(c); (Vector128.Load(c + 4) + c31).Store(c + 4);
+    }
+
     /// <summary>c[r, 0..32] += Σ_p a[r, p] · b[p, 0..32] for 4 rows: per p, 4 loads and 4 broadcasts feed 16 FMAs.</summary>
-    static void Axpy4x32(float* a, long sr, long sp, int k, float* b, int ldb, float* c, int ldc)
+    internal static void Axpy4x32(float* a, long sr, long sp, int k, float* b, int ldb, float* c, int ldc)
     {
         var c00 = Vector256<float>.Zero; var c01 = c00; var c02 = c00; var c03 = c00;
         var c10 = c00; var c11 = c00; var c12 = c00; var c13 = c00;

@@ -600,7 +600,10 @@ public sealed unsafe partial class LlamaTrainingModel : IDisposable
     static void Add(float* y, float* x, long n)
     {
         long i = 0;
-        for (; i + 8 <= n; i += 8) (Vector256.Load(y + i) + Vector256.Load(x + i)).Store(y + i);
+        if (Vector256.IsHardwareAccelerated)
+            for (; i + 8 <= n; i += 8) (Vector256.Load(y + i) + Vector256.Load(x + i)).Store(y + i);
+        else
+            for (; i + 4 <= n; i += 4) (Vector128.Load(y + i) + Vector128.Load(x + i)).Store(y + i);
         for (; i < n; i++) y[i] += x[i];
     }
 

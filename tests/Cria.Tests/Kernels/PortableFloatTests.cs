@@ -203,6 +203,52 @@ public unsafe class PortableFloatTests
         }
     }
 
+    /// <summary>Training's GEMM tiles on 128-bit vectors: the 4 × 4 dot-product tile (C = A·Bᵀ; k = 37, a tail of one)
+    /// within 1e-5 of Σ|a·b| of the double sums under both policies; the 4 × 8 accumulate tile (C += A·B, A read
+    /// transposed through its strides) likewise, and fused it has the bits of the AVX2 4 × 32 tile's first eight columns,
+    /// since every element is its own chain over p.</summary>
+    [Fact]
+    public void Training_gemm_tiles_agree_with_references()
+    {
+        const int k = 37;
+        var rng = new Random(4);
+        var a = Random(rng, 4 * k); var b = Random(rng, 4 * k);
+        Tiles<FusedMulAdd>();
+        Tiles<SplitMulAdd>();
+
+        void Tiles<TMac>() where TMac : IMulAdd
+        {
+            var c = new float[4 * 4];
+            fixed (float* pa = a) fixed (float* pb = b) fixed (float* pc = c) Cria.Training.Gemm.Dot4x4Portable<TMac>(pa, pb, k, pc, 4);
+            for (int r = 0; r < 4; r++)
+                for (int s = 0; s < 4; s++)
+                {
+                    double exact = 0, mag = 0;
+                    for (int p = 0; p < k; p++) { exact += (double)a[r * k + p] * b[s * k + p]; mag += Math.Abs((double)a[r * k + p] * b[s * k + p]); }
+                    Assert.True(Math.Abs(c[r * 4 + s] - exact) <= 1e-5 * mag, $"{typeof(TMac).Name} NT [{r},{s}]: {c[r * 4 + s]} vs {exact}");
+                }
+
+            // NN accumulate: A is [k, 4] read as Aᵀ (sr = 1, sp = 4), B is [k, 32], C [4, 32] starts at c0.
+            var at = Random(rng, k * 4); var bn = Random(rng, k * 32); var c0 = Random(rng, 4 * 32);
+            var portable = (float[])c0.Clone();
+            fixed (float* pa = at) fixed (float* pb = bn) fixed (float* pc = portable)
+                for (int j = 0; j < 32; j += 8) Cria.Training.Gemm.Axpy4x8Portable<TMac>(pa, 1, 4, k, pb + j, 32, pc + j, 32);
+            for (int r = 0; r < 4; r++)
+                for (int j = 0; j < 32; j++)
+                {
+                    double exact = c0[r * 32 + j], mag = Math.Abs(exact);
+                    for (int p = 0; p < k; p++) { exact += (double)at[p * 4 + r] * bn[p * 32 + j]; mag += Math.Abs((double)at[p * 4 + r] * bn[p * 32 + j]); }
+                    Assert.True(Math.Abs(portable[r * 32 + j] - exact) <= 1e-5 * mag, $"{typeof(TMac).Name} NN [{r},{j}]");
+                }
+            if (typeof(TMac) == typeof(FusedMulAdd) && Avx2.IsSupported && Fma.IsSupported)
+            {
+                var wide = (float[])c0.Clone();
+                fixed (float* pa = at) fixed (float* pb = bn) fixed (float* pc = wide) Cria.Training.Gemm.Axpy4x32(pa, 1, 4, k, pb, 32, pc, 32);
+                Assert.Equal(wide, portable);
+            }
+        }
+    }
+
     /// <summary>The tier runs where it should: on this machine only with AVX2 off (CI runs with AVX2, so the suite's
     /// other tests exercise the 256/512-bit kernels, and these the portable ones directly).</summary>
     [Fact]

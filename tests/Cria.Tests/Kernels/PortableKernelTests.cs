@@ -12,7 +12,7 @@ namespace Cria.Tests.Kernels;
 /// </summary>
 public unsafe class PortableKernelTests
 {
-    public static TheoryData<GgmlType> Types => new() { GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K };
+    public static TheoryData<GgmlType> Types => new() { GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K };
 
     /// <summary>The portable kernel on ggml's activation row (a, ao), widened into the portable layout first.</summary>
     static float Portable<T>(GgmlType type, byte[] w, int wo, byte[] a, int ao, int n) where T : VecDot.IPairMul
@@ -84,6 +84,11 @@ public unsafe class PortableKernelTests
                         BitConverter.TryWriteBytes(blk[2..], Fp16.FromSingle(1f));
                         for (int j = 4; j < 16; j++) blk[j] &= 0x0F; // scales and mins up to 15: the sums stay below 2^24
                         break;
+                    case GgmlType.Q2_K: // scales and mins: every nibble
+                        BitConverter.TryWriteBytes(blk[80..], Fp16.FromSingle(1f));
+                        BitConverter.TryWriteBytes(blk[82..], Fp16.FromSingle(1f));
+                        break;
+                    case GgmlType.Q3_K: BitConverter.TryWriteBytes(blk[108..], Fp16.FromSingle(1f)); break; // scales: every 6-bit pattern
                     case GgmlType.Q6_K:
                         BitConverter.TryWriteBytes(blk[208..], Fp16.FromSingle(1f));
                         for (int s = 0; s < 16; s++) blk[192 + s] = (byte)(sbyte)rng.Next(-16, 17); // partial sums below 2^24
@@ -95,6 +100,8 @@ public unsafe class PortableKernelTests
                         case GgmlType.Q8_0: blk[2..].Fill(127); break;
                         case GgmlType.Q4_0: blk[2..].Fill(0xFF); break;
                         case GgmlType.Q4_K or GgmlType.Q5_K: blk[4..16].Fill(0x01); blk[16..].Fill(0xFF); break;
+                        case GgmlType.Q2_K: blk[..16].Fill(0xFF); blk[16..80].Fill(0xFF); break; // scale 15, min 15, quants 3
+                        case GgmlType.Q3_K: blk[..108].Fill(0xFF); break; // high bits set, quants 3, scales 31
                         case GgmlType.Q6_K:
                             blk[..192].Fill(0xFF);
                             for (int s = 0; s < 16; s++) blk[192 + s] = (byte)(sbyte)(s % 2 == 0 ? 3 : -2);
