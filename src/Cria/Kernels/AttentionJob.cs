@@ -717,8 +717,8 @@ internal sealed partial class AttentionJob : ParallelJob
         for (; i < y.Length; i++) y[i] = Fp16.ToSingle(h[i]);
     }
 
-    /// <summary>Q8_0 cache row → floats, y = d · q per block of 32; with AVX2 eight quants at a time (sign-extended,
-    /// converted exactly, one multiply: the scalar loop's value).</summary>
+    /// <summary>Q8_0 cache row → floats, y = d · q per block of 32; with AVX2 eight quants at a time, else with 128-bit
+    /// vectors four (sign-extended, converted exactly, one multiply: the scalar loop's value).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static unsafe void Q8_0ToSingle(ReadOnlySpan<byte> blocks, Span<float> y)
     {
@@ -731,6 +731,26 @@ internal sealed partial class AttentionJob : ParallelJob
                     sbyte* qs = (sbyte*)(q + b * 34 + 2);
                     for (int i = 0; i < 32; i += 8)
                         (Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(qs + i)) * vd).Store(yp + b * 32 + i);
+                }
+            return;
+        }
+        if (Vector128.IsHardwareAccelerated && y.Length % 32 == 0)
+        {
+            // the portable tier: sixteen quants sign-extended to int16, then four at a time to int32 and float (exact)
+            fixed (byte* q = blocks) fixed (float* yp = y)
+                for (int b = 0; b < y.Length / 32; b++)
+                {
+                    var vd = Vector128.Create(Fp16.ToSingle(*(ushort*)(q + b * 34)));
+                    sbyte* qs = (sbyte*)(q + b * 34 + 2);
+                    for (int i = 0; i < 32; i += 16)
+                    {
+                        var (lo, hi) = Vector128.Widen(Vector128.Load(qs + i));
+                        var (a, c) = Vector128.Widen(lo);
+                        var (e, f) = Vector128.Widen(hi);
+                        float* o = yp + b * 32 + i;
+                        (Vector128.ConvertToSingle(a) * vd).Store(o); (Vector128.ConvertToSingle(c) * vd).Store(o + 4);
+                        (Vector128.ConvertToSingle(e) * vd).Store(o + 8); (Vector128.ConvertToSingle(f) * vd).Store(o + 12);
+                    }
                 }
             return;
         }

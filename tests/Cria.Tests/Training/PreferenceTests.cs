@@ -82,7 +82,9 @@ public sealed class PreferenceTests(ITestOutputHelper output)
         m.BackwardWeighted(1f / (B / 2));
         var p0 = m.Parameters.Select(v => (double)v).ToArray();
         double refLoss = Loss(p0, false);
-        Assert.True(Math.Abs(loss - refLoss) < 1e-5, $"loss {loss} vs reference {refLoss}");
+        // float32 forward against the double reference: 1e-5, or 1e-6 of the loss where it is larger (REFUEL's squared
+        // errors reach ~61, where the 4-lane portable sums are 2.5e-5 off)
+        Assert.True(Math.Abs(loss - refLoss) < Math.Max(1e-5, 1e-6 * Math.Abs(refLoss)), $"loss {loss} vs reference {refLoss}");
         double worst = 0;
         foreach (var t in m.Layout.Tensors)
         {

@@ -66,7 +66,9 @@ public sealed class TokenClassifierTests(ITestOutputHelper output)
 
     /// <summary>Each position is tagged by the class of the token after it (tokens drawn independently): only a model
     /// that sees the next token can do better than chance. The bidirectional model learns it (≥ 80 % of held-out
-    /// tokens; 90 % when written); the causal one stays near chance (≤ 65 %). A tag of the token itself is learned by both (≥ 90 %).</summary>
+    /// tokens); the causal one stays near chance (≤ 65 %). A tag of the token itself is learned by both (≥ 90 %). At the
+    /// learning rate of 1e-2 first used, the bidirectional run sat on its plateau for some seeds (58.8–100 % over seeds
+    /// 1–6 with and without AVX2, 65 % with AVX2 for seed 1); at 5e-3 it gave 82.5–100 % there, the causal 47.6–52.0 %.</summary>
     [Theory]
     [InlineData("bi-token", true, 0.8, 1.0)]
     [InlineData("token", true, 0.0, 0.65)]
@@ -86,7 +88,7 @@ public sealed class TokenClassifierTests(ITestOutputHelper output)
         }
         var train = Enumerable.Range(0, 400).Select(_ => Example()).ToList();
         var held = Enumerable.Range(0, 200).Select(_ => Example()).ToList();
-        var options = new TrainingOptions { BatchSize = 8, Steps = 300, WarmupSteps = 20, LearningRate = 1e-2f, WeightDecay = 0, Threads = 2, Seed = 4 };
+        var options = new TrainingOptions { BatchSize = 8, Steps = 300, WarmupSteps = 20, LearningRate = 5e-3f, WeightDecay = 0, Threads = 2, Seed = 4 };
         using var trainer = new Trainer(shape, options, [], 1, seqLen: 16, lora: new LoraOptions { Rank = 4, Alpha = 8f },
             classifier: new ClassifierOptions { Labels = ["low", "high"], Pooling = pooling, Bidirectional = bi });
         double Accuracy()
