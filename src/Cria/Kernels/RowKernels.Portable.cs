@@ -17,17 +17,20 @@ public static unsafe partial class RowKernels
     /// <summary>Whether the portable float kernels run for this weight type (see <see cref="MulAdd.Portable"/>).</summary>
     internal static bool PortableFloat(GgmlType type) => MulAdd.Portable && type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16;
 
-    /// <summary>How the portable kernels read a weight row: four values widened to floats (exactly), or one.</summary>
+    /// <summary>How the portable kernels read a weight row: four values widened to floats (exactly), or one; and whether
+    /// the four are the values · 2^-112 (then the vector steps read x · 2^112, at x + n).</summary>
     interface IRow128
     {
         static abstract Vector128<float> Load4(void* w, int i);
         static abstract float At(void* w, int i);
+        static abstract bool ScaledDown { get; }
     }
 
     readonly struct F32Row128 : IRow128
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector128<float> Load4(void* w, int i) => Vector128.Load((float*)w + i);
         [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float At(void* w, int i) => ((float*)w)[i];
+        public static bool ScaledDown => false;
     }
 
     /// <summary>F16: four halves sign-extended to int32, then <see cref="HalfToSingle(Vector128{int})"/> (infinities and NaNs kept).</summary>
@@ -36,6 +39,19 @@ public static unsafe partial class RowKernels
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector128<float> Load4(void* w, int i) => LoadHalves4((ushort*)w + i);
         [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float At(void* w, int i) => Fp16.ToSingle(((ushort*)w)[i]);
+        public static bool ScaledDown => false;
+    }
+
+    /// <summary>A finite F16 row (<see cref="Models.WeightMatrix.NonFiniteF16"/> false) read raw: four halves · 2^-112
+    /// exactly (sign-extend, shift, mask: three operations where <see cref="F16Row128"/> takes eight), against x · 2^112,
+    /// so every product is w·x exactly and each pair has the bits of <see cref="F16Row128"/>'s.</summary>
+    readonly struct F16ScaledRow128 : IRow128
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector128<float> Load4(void* w, int i)
+            => ((Vector128.WidenLower(Vector128.CreateScalar(*(long*)((ushort*)w + i)).AsInt16()) << 13) & Vector128.Create(unchecked((int)0x8FFFE000))).AsSingle();
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float At(void* w, int i) => Fp16.ToSingle(((ushort*)w)[i]);
+        public static bool ScaledDown => true;
     }
 
     /// <summary>BF16: four values zero-extended to 32 bits and shifted into a float's high half.</summary>
@@ -44,6 +60,7 @@ public static unsafe partial class RowKernels
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector128<float> Load4(void* w, int i) => (Vector128.WidenLower(Vector128.CreateScalar(*(ulong*)((ushort*)w + i)).AsUInt16()) << 16).AsSingle();
         [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float At(void* w, int i) => Bf16.ToSingle(((ushort*)w)[i]);
+        public static bool ScaledDown => false;
     }
 
     /// <summary><see cref="HalfToSingle(Vector512{int})"/> in 128 bits (the portable F16 rows).</summary>
@@ -64,9 +81,10 @@ public static unsafe partial class RowKernels
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static float Dot128<TRow, TMac>(void* w, float* x, int n) where TRow : IRow128 where TMac : IMulAdd
     {
+        float* xv = TRow.ScaledDown ? x + n : x;
         var acc = Vector128<float>.Zero;
         int i = 0;
-        for (; i + 4 <= n; i += 4) acc = TMac.Apply(TRow.Load4(w, i), Vector128.Load(x + i), acc);
+        for (; i + 4 <= n; i += 4) acc = TMac.Apply(TRow.Load4(w, i), Vector128.Load(xv + i), acc);
         return Tail128<TRow, TMac>(w, x, i, n, Vector128.Sum(acc));
     }
 
@@ -78,21 +96,23 @@ public static unsafe partial class RowKernels
         return sum;
     }
 
-    /// <summary>Decode: rows [r0, r1) against one activation row (F32, or F16-rounded for F16 weights), four rows at a
-    /// time. The machine's multiply-add is chosen here, once.</summary>
-    static void RunRowsPortable(GgmlType type, byte* w, int rowBytes, int r0, int r1, float* x, int n, float* y)
+    /// <summary>Decode: rows [r0, r1) against one activation row (<see cref="ActivationRowBytes"/>'s layout: F32, or for
+    /// F16 weights the F16-rounded x then x · 2^112), four rows at a time; a finite F16 matrix's rows read scaled down
+    /// (<see cref="F16ScaledRow128"/>). The machine's multiply-add is chosen here, once.</summary>
+    static void RunRowsPortable(GgmlType type, byte* w, int rowBytes, int r0, int r1, float* x, int n, float* y, bool finiteF16)
     {
-        if (MulAdd.Fused) RunRowsPortable<FusedMulAdd>(type, w, rowBytes, r0, r1, x, n, y);
-        else RunRowsPortable<SplitMulAdd>(type, w, rowBytes, r0, r1, x, n, y);
+        if (MulAdd.Fused) RunRowsPortable<FusedMulAdd>(type, w, rowBytes, r0, r1, x, n, y, finiteF16);
+        else RunRowsPortable<SplitMulAdd>(type, w, rowBytes, r0, r1, x, n, y, finiteF16);
     }
 
-    internal static void RunRowsPortable<TMac>(GgmlType type, byte* w, int rowBytes, int r0, int r1, float* x, int n, float* y) where TMac : IMulAdd
+    internal static void RunRowsPortable<TMac>(GgmlType type, byte* w, int rowBytes, int r0, int r1, float* x, int n, float* y, bool finiteF16 = false) where TMac : IMulAdd
     {
         for (int r = r0; r < r1; r += 4)
         {
             byte* wr = w + (long)r * rowBytes;
             int rows = Math.Min(4, r1 - r);
             if (type == GgmlType.F32) Dot128Rows4<F32Row128, TMac>(wr, rowBytes, rows, x, n, y + r);
+            else if (type == GgmlType.F16 && finiteF16) Dot128Rows4<F16ScaledRow128, TMac>(wr, rowBytes, rows, x, n, y + r);
             else if (type == GgmlType.F16) Dot128Rows4<F16Row128, TMac>(wr, rowBytes, rows, x, n, y + r);
             else Dot128Rows4<Bf16Row128, TMac>(wr, rowBytes, rows, x, n, y + r);
         }
@@ -104,11 +124,12 @@ public static unsafe partial class RowKernels
     static void Dot128Rows4<TRow, TMac>(byte* w, long rowBytes, int rows, float* x, int n, float* y) where TRow : IRow128 where TMac : IMulAdd
     {
         byte* w0 = w, w1 = rows > 1 ? w0 + rowBytes : w0, w2 = rows > 2 ? w1 + rowBytes : w1, w3 = rows > 3 ? w2 + rowBytes : w2;
+        float* xs = TRow.ScaledDown ? x + n : x; // what the vector steps read
         Vector128<float> a0 = default, a1 = default, a2 = default, a3 = default; // [weight row]
         int i = 0;
         for (; i + 4 <= n; i += 4)
         {
-            var xv = Vector128.Load(x + i);
+            var xv = Vector128.Load(xs + i);
             a0 = TMac.Apply(TRow.Load4(w0, i), xv, a0);
             a1 = TMac.Apply(TRow.Load4(w1, i), xv, a1);
             a2 = TMac.Apply(TRow.Load4(w2, i), xv, a2);

@@ -524,7 +524,7 @@ public static unsafe partial class RowKernels
         }
         if (PortableFloat(type))
         {
-            RunRowsPortable(type, w, rowBytes, r0, r1, (float*)x, n, y); // four rows at a time (RowKernels.Portable.cs)
+            RunRowsPortable(type, w, rowBytes, r0, r1, (float*)x, n, y, finiteF16); // four rows at a time (RowKernels.Portable.cs)
             return;
         }
         if (Avx512BW.IsSupported && type == GgmlType.Q4_K)

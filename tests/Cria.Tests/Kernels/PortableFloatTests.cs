@@ -76,8 +76,9 @@ public unsafe class PortableFloatTests
         Assert.Equal(expected, Dot<SplitMulAdd>(type, w, 0, x, 0, n));
     }
 
-    /// <summary>Decode (four rows at a time, 11 rows so the last group has three) and prefill (3 × 3 tiles over 12-row
-    /// tiles of activations, B = 14, rows [1, 11)) give each pair the bits of the one-pair kernel, under both policies.</summary>
+    /// <summary>Decode (four rows at a time, 11 rows so the last group has three; F16 also with its halves read scaled
+    /// down) and prefill (3 × 3 tiles over 12-row tiles of activations, B = 14, rows [1, 11)) give each pair the bits of
+    /// the one-pair kernel, under both policies.</summary>
     [Theory]
     [MemberData(nameof(Types))]
     public void Decode_and_prefill_give_the_bits_of_one_pair(GgmlType type)
@@ -98,6 +99,15 @@ public unsafe class PortableFloatTests
             {
                 RowKernels.RunRowsPortable<TMac>(type, pw, rb, 0, rows, px, n, pd);
                 RowKernels.FloatBlockPortable<TMac>(type, pw, rb, r0, rows, (byte*)px, n * 4, B, n, pp, rows);
+            }
+            if (type == GgmlType.F16)
+            {
+                // a finite F16 matrix decodes with its halves read scaled down by 2^-112, against x · 2^112 at x + n
+                var x2 = x.Take(n).Concat(x.Take(n).Select(v => v * 5.192297e33f)).ToArray();
+                var scaled = new float[rows];
+                fixed (byte* pw = w) fixed (float* px = x2) fixed (float* ps = scaled)
+                    RowKernels.RunRowsPortable<TMac>(type, pw, rb, 0, rows, px, n, ps, finiteF16: true);
+                Assert.Equal(decode, scaled);
             }
             for (int r = 0; r < rows; r++)
             {
