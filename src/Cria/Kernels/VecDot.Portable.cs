@@ -49,7 +49,8 @@ public static partial class VecDot
     /// <summary>Whether the portable kernels run for this weight type: 128-bit vectors but no AVX2 + FMA.</summary>
     internal static bool PortableRows(GgmlType type) =>
         Vector128.IsHardwareAccelerated && !(Avx2.IsSupported && Fma.IsSupported)
-        && type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K;
+        && type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K
+            or GgmlType.IQ4_NL or GgmlType.IQ4_XS;
 
     /// <summary>Bytes of one activation row in the portable layout. Q8_0 and Q4_0 (ggml's Q8_0 activations): [nb] F32
     /// d (the F16-rounded scale ggml stores), then [n] int16 quants. The K types (Q8_K): [nb] F32 d, [nb, 16] int16
@@ -141,6 +142,8 @@ public static partial class VecDot
         GgmlType.Q4_0 => DotQ40Portable<T>(w, a, n / 32),
         GgmlType.Q2_K => DotQ2KPortable<T>(w, a, n / 256),
         GgmlType.Q3_K => DotQ3KPortable<T>(w, a, n / 256),
+        GgmlType.IQ4_NL => DotIQ4NLPortable<T>(w, a, n / 32),
+        GgmlType.IQ4_XS => DotIQ4XSPortable<T>(w, a, n / 256),
         GgmlType.Q4_K => DotK4Portable<T>(w, a, n / 256, five: false),
         GgmlType.Q5_K => DotK4Portable<T>(w, a, n / 256, five: true),
         GgmlType.Q6_K => DotQ6KPortable<T>(w, a, n / 256),
@@ -192,6 +195,55 @@ public static partial class VecDot
             acc += Vector128.ConvertToSingle(T.MulAdd(s, Vector128<short>.One)) * Vector128.Create(Half(x) * d8[ib]);
         }
         return Vector128.Sum(acc);
+    }
+
+    /// <summary>IQ4_NL × Q8_0 (ggml_vec_dot_iq4_nl_q8_0): block d (f16) | qs[16], element j the level of qs[j]'s low
+    /// nibble, j + 16 of its high one (<see cref="IQ4Block{T}"/>).</summary>
+    internal static unsafe float DotIQ4NLPortable<T>(byte* x, byte* y, int nb) where T : IPairMul
+    {
+        float* d8 = (float*)y;
+        short* a = (short*)(y + 4 * nb); // [nb, 32] widened quants
+        var acc = Vector128<float>.Zero;
+        for (int ib = 0; ib < nb; ib++, x += 18, a += 32)
+            acc += Vector128.ConvertToSingle(IQ4Block<T>(x + 2, a)) * Vector128.Create(Half(x) * d8[ib]);
+        return Vector128.Sum(acc);
+    }
+
+    /// <summary>IQ4_XS × Q8_K (ggml_vec_dot_iq4_xs_q8_K): layout d (f16) | scales_h (u16) | scales_l[4] | qs[128]; sub-block
+    /// ib (32 values) is an IQ4_NL block's qs at 8 + 16·ib with the 6-bit scale (low nibble of scales_l[ib / 2], bits
+    /// 2ib, 2ib + 1 of scales_h above it) − 32.</summary>
+    internal static unsafe float DotIQ4XSPortable<T>(byte* x, byte* y, int nb) where T : IPairMul
+    {
+        float* d8 = (float*)y;
+        short* a = (short*)(y + PortableQ8KHead * nb); // [nb, 256] widened quants
+        var acc = Vector128<float>.Zero;
+        for (int i = 0; i < nb; i++, x += 136, a += 256)
+        {
+            int h = *(ushort*)(x + 2);
+            var isum = Vector128<int>.Zero; // [4] partial lanes of Σ_ib ls_ib · (sub-block ib's sum), at most 8·32·32·127·128
+            for (int ib = 0; ib < 8; ib++)
+            {
+                int ls = (((x[4 + ib / 2] >> 4 * (ib % 2)) & 0xF) | (((h >> 2 * ib) & 3) << 4)) - 32;
+                isum += IQ4Block<T>(x + 8 + 16 * ib, a + 32 * ib) * Vector128.Create(ls);
+            }
+            acc += Vector128.ConvertToSingle(isum) * Vector128.Create(Half(x) * d8[i]);
+        }
+        return Vector128.Sum(acc);
+    }
+
+    /// <summary>Σ level·a over one 32-value IQ4 block (qs[16]: element j the low nibble of qs[j], j + 16 the high one)
+    /// into four int32 lanes. The nibbles pick their levels with one byte shuffle each (<c>pshufb</c> on x86, <c>tbl</c>
+    /// on ARM64), which leaves elements 0–15 and 16–31 each in byte order: as int16 lanes, the even element in the low
+    /// byte and the odd one in the high byte, the activations' order. Products up to 127·128 go to int32 in pairs.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe Vector128<int> IQ4Block<T>(byte* qs, short* a) where T : IPairMul
+    {
+        var levels = Vector128.Create((sbyte)-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113); // kvalues_iq4nl
+        var q = Vector128.Load(qs);
+        var lo = Vector128.ShuffleNative(levels, (q & Vector128.Create((byte)0x0F)).AsSByte()).AsInt16(); // elements 0..15
+        var hi = Vector128.ShuffleNative(levels, (q >>> 4).AsSByte()).AsInt16();                          // elements 16..31
+        return T.MulAdd((lo << 8) >> 8, Load8(a)) + T.MulAdd(lo >> 8, Load8(a + 8))
+             + T.MulAdd((hi << 8) >> 8, Load8(a + 16)) + T.MulAdd(hi >> 8, Load8(a + 24));
     }
 
     /// <summary>Q2_K × Q8_K (ggml_vec_dot_q2_K_q8_K): layout scales[16] (low nibble the scale, high the min) | qs[64] |

@@ -12,7 +12,7 @@ namespace Cria.Tests.Kernels;
 /// </summary>
 public unsafe class PortableKernelTests
 {
-    public static TheoryData<GgmlType> Types => new() { GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K };
+    public static TheoryData<GgmlType> Types => new() { GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K, GgmlType.IQ4_NL, GgmlType.IQ4_XS };
 
     /// <summary>The portable kernel on ggml's activation row (a, ao), widened into the portable layout first.</summary>
     static float Portable<T>(GgmlType type, byte[] w, int wo, byte[] a, int ao, int n) where T : VecDot.IPairMul
@@ -78,7 +78,7 @@ public unsafe class PortableKernelTests
                 var blk = w.AsSpan(r * rb + i * bs, bs);
                 switch (type)
                 {
-                    case GgmlType.Q8_0 or GgmlType.Q4_0: BitConverter.TryWriteBytes(blk, Fp16.FromSingle(1f)); break;
+                    case GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.IQ4_NL or GgmlType.IQ4_XS: BitConverter.TryWriteBytes(blk, Fp16.FromSingle(1f)); break;
                     case GgmlType.Q4_K or GgmlType.Q5_K:
                         BitConverter.TryWriteBytes(blk, Fp16.FromSingle(1f));
                         BitConverter.TryWriteBytes(blk[2..], Fp16.FromSingle(1f));
@@ -102,6 +102,8 @@ public unsafe class PortableKernelTests
                         case GgmlType.Q4_K or GgmlType.Q5_K: blk[4..16].Fill(0x01); blk[16..].Fill(0xFF); break;
                         case GgmlType.Q2_K: blk[..16].Fill(0xFF); blk[16..80].Fill(0xFF); break; // scale 15, min 15, quants 3
                         case GgmlType.Q3_K: blk[..108].Fill(0xFF); break; // high bits set, quants 3, scales 31
+                        case GgmlType.IQ4_NL: blk[2..].Fill(0x00); break; // every level −127 (against −127: the largest products)
+                        case GgmlType.IQ4_XS: blk[2..4].Fill(0xAA); blk[4..8].Fill(0x11); blk[8..].Fill(0x00); break; // scale 33 − 32 = 1, levels −127
                         case GgmlType.Q6_K:
                             blk[..192].Fill(0xFF);
                             for (int s = 0; s < 16; s++) blk[192 + s] = (byte)(sbyte)(s % 2 == 0 ? 3 : -2);
