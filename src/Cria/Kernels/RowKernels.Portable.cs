@@ -180,22 +180,8 @@ public static unsafe partial class RowKernels
         {
             wStride = n;
             wf = Scratch(ref _blockBuffer, (long)rows * n);
-            for (int r = 0; r < rows; r++)
-            {
-                void* src = w + (long)(r0 + r) * rowBytes;
-                float* dst = wf + (long)r * n;
-                int i = 0;
-                if (type == GgmlType.F16)
-                {
-                    for (; i + 4 <= n; i += 4) F16Row128.Load4(src, i).Store(dst + i);
-                    for (; i < n; i++) dst[i] = F16Row128.At(src, i);
-                }
-                else
-                {
-                    for (; i + 4 <= n; i += 4) Bf16Row128.Load4(src, i).Store(dst + i);
-                    for (; i < n; i++) dst[i] = Bf16Row128.At(src, i);
-                }
-            }
+            if (type == GgmlType.F16) for (int r = 0; r < rows; r++) WidenF16((ushort*)(w + (long)(r0 + r) * rowBytes), wf + (long)r * n, n);
+            else for (int r = 0; r < rows; r++) WidenBF16((ushort*)(w + (long)(r0 + r) * rowBytes), wf + (long)r * n, n);
         }
         int xs = xStride / 4;
         for (int b0 = 0; b0 < B; b0 += FloatTile256)

@@ -1828,6 +1828,9 @@ public static unsafe partial class RowKernels
         else if (Avx2.IsSupported)
             for (; i + 8 <= n; i += 8)
                 LoadHalves8(src + i).Store(dst + i);
+        else if (Vector128.IsHardwareAccelerated)
+            for (; i + 4 <= n; i += 4)
+                LoadHalves4(src + i).Store(dst + i);
         for (; i < n; i++) dst[i] = Fp16.ToSingle(src[i]);
     }
 
@@ -2192,6 +2195,9 @@ public static unsafe partial class RowKernels
         else if (Avx2.IsSupported)
             for (; i + 8 <= n; i += 8)
                 (Avx2.ConvertToVector256Int32(src + i).AsUInt32() << 16).AsSingle().Store(dst + i);
+        else if (Vector128.IsHardwareAccelerated)
+            for (; i + 4 <= n; i += 4)
+                Bf16Row128.Load4(src, i).Store(dst + i);
         for (; i < n; i++) dst[i] = Bf16.ToSingle(src[i]);
     }
 }
