@@ -49,15 +49,20 @@ public static partial class VecDot
     /// <summary>Whether the portable kernels run for this weight type: 128-bit vectors but no AVX2 + FMA.</summary>
     internal static bool PortableRows(GgmlType type) =>
         Vector128.IsHardwareAccelerated && !(Avx2.IsSupported && Fma.IsSupported)
-        && type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K
+        && type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K
             or GgmlType.IQ4_NL or GgmlType.IQ4_XS;
 
-    /// <summary>Bytes of one activation row in the portable layout. Q8_0 and Q4_0 (ggml's Q8_0 activations): [nb] F32
-    /// d (the F16-rounded scale ggml stores), then [n] int16 quants. The K types (Q8_K): [nb] F32 d, [nb, 16] int16
+    /// <summary>Bytes of one activation row in the portable layout. Q8_0, Q4_0, Q5_0, IQ4_NL (ggml's Q8_0 activations):
+    /// [nb] F32 d (the F16-rounded scale ggml stores), then [n] int16 quants. Q4_1, Q5_1 (Q8_1): [nb] F32 d, [nb] F32 s
+    /// (ggml's F16-rounded d·Σ quants), then [n] int16 quants. The K types (Q8_K): [nb] F32 d, [nb, 16] int16
     /// bsums (ggml's sums of sixteen quants), [nb, 8] int16 sums of 32, then [n] int16 quants. The quants in runs of
     /// sixteen: eight even-indexed, eight odd-indexed.</summary>
-    internal static int PortableActivationBytes(GgmlType weightType, int n) =>
-        ActivationType(weightType) == GgmlType.Q8_K ? n / 256 * PortableQ8KHead + 2 * n : n / 32 * 4 + 2 * n;
+    internal static int PortableActivationBytes(GgmlType weightType, int n) => ActivationType(weightType) switch
+    {
+        GgmlType.Q8_K => n / 256 * PortableQ8KHead + 2 * n,
+        GgmlType.Q8_1 => n / 32 * 8 + 2 * n,
+        _ => n / 32 * 4 + 2 * n,
+    };
 
     // The K types' row, in units of nb (super-blocks): the bsums start at 4·nb bytes, the sums of 32 at 36·nb, the
     // quants at 52·nb (PortableQ8KHead: F32 d, 16 bsums, 8 sums of 32 per super-block).
@@ -88,17 +93,18 @@ public static partial class VecDot
 
     static unsafe void WidenBlock(GgmlType act, byte* block, byte* dst, int i, int nb)
     {
-        bool k = act == GgmlType.Q8_K;
+        bool k = act == GgmlType.Q8_K, one = act == GgmlType.Q8_1;
         int qk = k ? 256 : 32;
         ((float*)dst)[i] = k ? *(float*)block : Half(block);
-        sbyte* q = (sbyte*)(block + (k ? 4 : 2));
+        if (one) ((float*)dst)[nb + i] = Half(block + 2); // s
+        sbyte* q = (sbyte*)(block + (k || one ? 4 : 2));
         if (k)
         {
             short* bsums = (short*)(block + 260), b16 = (short*)(dst + nb * PortableQ8KBsums) + 16 * i, s32 = (short*)(dst + nb * PortableQ8KSums) + 8 * i;
             for (int j = 0; j < 16; j++) b16[j] = bsums[j];
             for (int j = 0; j < 8; j++) s32[j] = (short)(bsums[2 * j] + bsums[2 * j + 1]); // at most 32·127
         }
-        short* w = (short*)(dst + nb * (k ? PortableQ8KHead : 4)) + qk * i;
+        short* w = (short*)(dst + nb * (k ? PortableQ8KHead : one ? 8 : 4)) + qk * i;
         for (int r = 0; r < qk; r += 16, w += 16)
             for (int j = 0; j < 8; j++)
             {
@@ -140,6 +146,9 @@ public static partial class VecDot
     {
         GgmlType.Q8_0 => DotQ80Portable<T>(w, a, n / 32),
         GgmlType.Q4_0 => DotQ40Portable<T>(w, a, n / 32),
+        GgmlType.Q5_0 => DotQ50Portable<T>(w, a, n / 32),
+        GgmlType.Q4_1 => DotQ41Portable<T>(w, a, n / 32, five: false),
+        GgmlType.Q5_1 => DotQ41Portable<T>(w, a, n / 32, five: true),
         GgmlType.Q2_K => DotQ2KPortable<T>(w, a, n / 256),
         GgmlType.Q3_K => DotQ3KPortable<T>(w, a, n / 256),
         GgmlType.IQ4_NL => DotIQ4NLPortable<T>(w, a, n / 32),
@@ -195,6 +204,70 @@ public static partial class VecDot
             acc += Vector128.ConvertToSingle(T.MulAdd(s, Vector128<short>.One)) * Vector128.Create(Half(x) * d8[ib]);
         }
         return Vector128.Sum(acc);
+    }
+
+    /// <summary>Q5_0 × Q8_0 (ggml_vec_dot_q5_0_q8_0): block d | qh[4] | qs[16], element j the low nibble of qs[j]
+    /// (j + 16: the high one) with bit j of qh above it, minus 16. Products at most 16·128: a block's sixteen lanes add
+    /// up in int16, as Q4_0's.</summary>
+    internal static unsafe float DotQ50Portable<T>(byte* x, byte* y, int nb) where T : IPairMul
+    {
+        float* d8 = (float*)y;
+        short* a = (short*)(y + 4 * nb);
+        var acc = Vector128<float>.Zero;
+        var nibble = Vector128.Create((short)0x0F);
+        var sixteen = Vector128.Create((short)16);
+        for (int ib = 0; ib < nb; ib++, x += 22, a += 32)
+        {
+            FifthBits(*(uint*)(x + 2), out var h0, out var h1, out var h2, out var h3);
+            var v = Load8(x + 6);
+            var s = (((v & nibble) | h0) - sixteen) * Load8(a) + ((((v >> 8) & nibble) | h1) - sixteen) * Load8(a + 8)
+                  + ((((v >> 4) & nibble) | h2) - sixteen) * Load8(a + 16) + ((((v >> 12) & nibble) | h3) - sixteen) * Load8(a + 24);
+            acc += Vector128.ConvertToSingle(T.MulAdd(s, Vector128<short>.One)) * Vector128.Create(Half(x) * d8[ib]);
+        }
+        return Vector128.Sum(acc);
+    }
+
+    /// <summary>Q4_1 / Q5_1 × Q8_1 (ggml_vec_dot_q4_1_q8_1, _q5_1_): block d | m | (Q5_1: qh[4]) | qs[16], values
+    /// unsigned (Q5_1: with the fifth bit); per block d·d8·Σ q·a + m·s8 (s8 = the activations' d·Σ quants).</summary>
+    internal static unsafe float DotQ41Portable<T>(byte* x, byte* y, int nb, bool five) where T : IPairMul
+    {
+        float* d8 = (float*)y, s8 = d8 + nb;
+        short* a = (short*)(y + 8 * nb);
+        var acc = Vector128<float>.Zero;
+        float mins = 0;
+        var nibble = Vector128.Create((short)0x0F);
+        int bs = five ? 24 : 20;
+        for (int ib = 0; ib < nb; ib++, x += bs, a += 32)
+        {
+            var v = Load8(x + (five ? 8 : 4));
+            Vector128<short> e0 = v & nibble, o0 = (v >> 8) & nibble, e1 = (v >> 4) & nibble, o1 = (v >> 12) & nibble;
+            if (five)
+            {
+                FifthBits(*(uint*)(x + 4), out var h0, out var h1, out var h2, out var h3);
+                e0 |= h0; o0 |= h1; e1 |= h2; o1 |= h3;
+            }
+            var s = e0 * Load8(a) + o0 * Load8(a + 8) + e1 * Load8(a + 16) + o1 * Load8(a + 24); // at most 4·31·128 a lane
+            acc += Vector128.ConvertToSingle(T.MulAdd(s, Vector128<short>.One)) * Vector128.Create(Half(x) * d8[ib]);
+            mins += Half(x + 2) * s8[ib];
+        }
+        return Vector128.Sum(acc) + mins;
+    }
+
+    /// <summary>A Q5 block's fifth bits (bit j of qh for element j) as 16 or 0 in the lanes of the activations' order:
+    /// h0 lane j element 2j, h1 element 2j + 1, h2 element 16 + 2j, h3 element 17 + 2j. Each bit is tested against its
+    /// own mask in a broadcast of qh's half (no per-lane shifts, which SSE lacks for 16-bit lanes).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void FifthBits(uint qh, out Vector128<short> h0, out Vector128<short> h1, out Vector128<short> h2, out Vector128<short> h3)
+    {
+        var even = Vector128.Create((short)0x1, 0x4, 0x10, 0x40, 0x100, 0x400, 0x1000, 0x4000); // bit 2j of lane j
+        var odd = even << 1;                                                                     // bit 2j + 1
+        var sixteen = Vector128.Create((short)16);
+        var lo = Vector128.Create((short)qh);
+        var hi = Vector128.Create((short)(qh >> 16));
+        h0 = Vector128.Equals(lo & even, even) & sixteen;
+        h1 = Vector128.Equals(lo & odd, odd) & sixteen;
+        h2 = Vector128.Equals(hi & even, even) & sixteen;
+        h3 = Vector128.Equals(hi & odd, odd) & sixteen;
     }
 
     /// <summary>IQ4_NL × Q8_0 (ggml_vec_dot_iq4_nl_q8_0): block d (f16) | qs[16], element j the level of qs[j]'s low

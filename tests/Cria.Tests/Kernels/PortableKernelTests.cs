@@ -12,7 +12,7 @@ namespace Cria.Tests.Kernels;
 /// </summary>
 public unsafe class PortableKernelTests
 {
-    public static TheoryData<GgmlType> Types => new() { GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K, GgmlType.IQ4_NL, GgmlType.IQ4_XS };
+    public static TheoryData<GgmlType> Types => new() { GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K, GgmlType.IQ4_NL, GgmlType.IQ4_XS };
 
     /// <summary>The portable kernel on ggml's activation row (a, ao), widened into the portable layout first.</summary>
     static float Portable<T>(GgmlType type, byte[] w, int wo, byte[] a, int ao, int n) where T : VecDot.IPairMul
@@ -78,7 +78,11 @@ public unsafe class PortableKernelTests
                 var blk = w.AsSpan(r * rb + i * bs, bs);
                 switch (type)
                 {
-                    case GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.IQ4_NL or GgmlType.IQ4_XS: BitConverter.TryWriteBytes(blk, Fp16.FromSingle(1f)); break;
+                    case GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q5_0 or GgmlType.IQ4_NL or GgmlType.IQ4_XS: BitConverter.TryWriteBytes(blk, Fp16.FromSingle(1f)); break;
+                    case GgmlType.Q4_1 or GgmlType.Q5_1: // d = 1, m a small integer: every sum an integer
+                        BitConverter.TryWriteBytes(blk, Fp16.FromSingle(1f));
+                        BitConverter.TryWriteBytes(blk[2..], Fp16.FromSingle(rng.Next(-8, 9)));
+                        break;
                     case GgmlType.Q4_K or GgmlType.Q5_K:
                         BitConverter.TryWriteBytes(blk, Fp16.FromSingle(1f));
                         BitConverter.TryWriteBytes(blk[2..], Fp16.FromSingle(1f));
@@ -99,6 +103,9 @@ public unsafe class PortableKernelTests
                     {
                         case GgmlType.Q8_0: blk[2..].Fill(127); break;
                         case GgmlType.Q4_0: blk[2..].Fill(0xFF); break;
+                        case GgmlType.Q5_0: blk[2..].Fill(0xFF); break; // every value 31 − 16
+                        case GgmlType.Q4_1: blk[4..].Fill(0xFF); break;
+                        case GgmlType.Q5_1: blk[4..].Fill(0xFF); break; // every value 31
                         case GgmlType.Q4_K or GgmlType.Q5_K: blk[4..16].Fill(0x01); blk[16..].Fill(0xFF); break;
                         case GgmlType.Q2_K: blk[..16].Fill(0xFF); blk[16..80].Fill(0xFF); break; // scale 15, min 15, quants 3
                         case GgmlType.Q3_K: blk[..108].Fill(0xFF); break; // high bits set, quants 3, scales 31
@@ -121,6 +128,14 @@ public unsafe class PortableKernelTests
                 {
                     BitConverter.TryWriteBytes(ar[(34 * i)..], Fp16.FromSingle(1f));
                     for (int j = 0; j < 32; j++) ar[34 * i + 2 + j] = (byte)(sbyte)(b == 0 ? -127 : rng.Next(-127, 128));
+                }
+            else if (act == GgmlType.Q8_1) // d = 1 | s = F16(Σ quants) | quants
+                for (int i = 0; i < n / 32; i++)
+                {
+                    int sum = 0;
+                    for (int j = 0; j < 32; j++) { int q = b == 0 ? -127 : rng.Next(-127, 128); ar[36 * i + 4 + j] = (byte)(sbyte)q; sum += q; }
+                    BitConverter.TryWriteBytes(ar[(36 * i)..], Fp16.FromSingle(1f));
+                    BitConverter.TryWriteBytes(ar[(36 * i + 2)..], Fp16.FromSingle(sum));
                 }
             else
                 for (int i = 0; i < n / 256; i++)

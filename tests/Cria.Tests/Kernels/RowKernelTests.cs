@@ -521,10 +521,21 @@ public unsafe class RowKernelTests
                 var reference = new byte[GgmlTypeInfo.RowBytes(GgmlType.Q8_0, n)];
                 Quantize.Row(GgmlType.Q8_0, x, reference);
                 // Plain Q8_0 blocks (the vec-dot activations of Q8_0, Q4_0 and Q5_0 weights for VecDot.Dot): the reference's bytes
-                var plain = new byte[reference.Length];
-                if (System.Runtime.Intrinsics.X86.Avx2.IsSupported) RowKernels.QuantizeQ80Avx2(x, plain, split: false);
-                else RowKernels.PrepareActivations(GgmlType.Q5_0, x, plain);
-                Assert.Equal(reference, plain);
+                if (System.Runtime.Intrinsics.X86.Avx2.IsSupported)
+                {
+                    var plain = new byte[reference.Length];
+                    RowKernels.QuantizeQ80Avx2(x, plain, split: false);
+                    Assert.True(reference.AsSpan().SequenceEqual(plain), $"n = {n}, trial {trial}: the AVX2 Q8_0 blocks differ");
+                }
+                else
+                {
+                    // without AVX2 the legacy types read the portable layout, widened from the reference's blocks
+                    var prepared = new byte[RowKernels.ActivationRowBytes(GgmlType.Q5_0, n)];
+                    var widened = new byte[prepared.Length];
+                    RowKernels.PrepareActivations(GgmlType.Q5_0, x, prepared);
+                    VecDot.WidenPortable(GgmlType.Q8_0, reference, widened, n);
+                    Assert.True(widened.AsSpan().SequenceEqual(prepared), $"n = {n}, trial {trial}: the portable Q8_0 layout differs");
+                }
                 if (RowKernels.Avx2Rows(GgmlType.Q8_0))
                 {
                     // AVX2, and AVX-512 with AVX-VNNI (VecDot.Q80Rows16): Q8_0 and the legacy types' weights read [nb]
