@@ -174,15 +174,7 @@ public static unsafe partial class RowKernels
     internal static void FloatBlockPortable<TMac>(GgmlType type, byte* w, int rowBytes, int r0, int r1, byte* x, int xStride, int B, int n, float* y, int yStride) where TMac : IMulAdd
     {
         int rows = r1 - r0;
-        float* wf = (float*)(w + (long)r0 * rowBytes); // [rows, wStride]
-        int wStride = rowBytes / 4;
-        if (type != GgmlType.F32)
-        {
-            wStride = n;
-            wf = Scratch(ref _blockBuffer, (long)rows * n);
-            if (type == GgmlType.F16) for (int r = 0; r < rows; r++) WidenF16((ushort*)(w + (long)(r0 + r) * rowBytes), wf + (long)r * n, n);
-            else for (int r = 0; r < rows; r++) WidenBF16((ushort*)(w + (long)(r0 + r) * rowBytes), wf + (long)r * n, n);
-        }
+        float* wf = FloatRows(type, w, rowBytes, r0, rows, n, out int wStride); // [rows, wStride]
         int xs = xStride / 4;
         for (int b0 = 0; b0 < B; b0 += FloatTile256)
         {

@@ -1329,15 +1329,7 @@ public static unsafe partial class RowKernels
     static void FloatBlock256(GgmlType type, byte* w, int rowBytes, int r0, int r1, byte* x, int xStride, int B, int n, float* y, int yStride)
     {
         int rows = r1 - r0;
-        float* wf = (float*)(w + (long)r0 * rowBytes); // [rows, wStride]
-        int wStride = rowBytes / 4;
-        if (type != GgmlType.F32)
-        {
-            wStride = n;
-            wf = Scratch(ref _blockBuffer, (long)rows * n);
-            if (type == GgmlType.F16) for (int r = 0; r < rows; r++) WidenF16((ushort*)(w + (long)(r0 + r) * rowBytes), wf + (long)r * n, n);
-            else for (int r = 0; r < rows; r++) WidenBF16((ushort*)(w + (long)(r0 + r) * rowBytes), wf + (long)r * n, n);
-        }
+        float* wf = FloatRows(type, w, rowBytes, r0, rows, n, out int wStride); // [rows, wStride]
         int xs = xStride / 4;
         for (int b0 = 0; b0 < B; b0 += FloatTile256)
         {
@@ -1347,6 +1339,22 @@ public static unsafe partial class RowKernels
                     DotF32Tile3x3(wf + (long)r * wStride, wStride, Math.Min(3, rows - r), (float*)(x + (long)b * xStride), xs,
                         Math.Min(3, b0 + tb - b), n, y + (long)b * yStride + r0 + r, yStride);
         }
+    }
+
+    /// <summary>Rows [r0, r0 + rows) as F32, [rows, wStride]: F32 rows where they are, F16/BF16 rows widened once (exactly)
+    /// into the per-thread block buffer.</summary>
+    static float* FloatRows(GgmlType type, byte* w, int rowBytes, int r0, int rows, int n, out int wStride)
+    {
+        if (type == GgmlType.F32)
+        {
+            wStride = rowBytes / 4;
+            return (float*)(w + (long)r0 * rowBytes);
+        }
+        wStride = n;
+        float* wf = Scratch(ref _blockBuffer, (long)rows * n);
+        if (type == GgmlType.F16) for (int r = 0; r < rows; r++) WidenF16((ushort*)(w + (long)(r0 + r) * rowBytes), wf + (long)r * n, n);
+        else for (int r = 0; r < rows; r++) WidenBF16((ushort*)(w + (long)(r0 + r) * rowBytes), wf + (long)r * n, n);
+        return wf;
     }
 
     /// <summary>Activation rows per tile of <see cref="FloatBlock256"/> (96 KB for n = 2048, in L2 while the range's
