@@ -194,13 +194,9 @@ public static partial class VecDot
         float* d8 = (float*)y;
         short* a = (short*)(y + 4 * nb);
         var acc = Vector128<float>.Zero;
-        var nibble = Vector128.Create((short)0x0F);
-        var eight = Vector128.Create((short)8);
         for (int ib = 0; ib < nb; ib++, x += 18, a += 32)
         {
-            var v = Load8(x + 2); // lane j: bytes 2j, 2j + 1 → elements 2j, 2j + 1 (low nibbles), 16 + 2j, 17 + 2j (high)
-            var s = ((v & nibble) - eight) * Load8(a) + (((v >> 8) & nibble) - eight) * Load8(a + 8)
-                  + (((v >> 4) & nibble) - eight) * Load8(a + 16) + (((v >> 12) & nibble) - eight) * Load8(a + 24);
+            var s = NibbleProducts(Load8(x + 2), 0, five: false, 8, a);
             acc += Vector128.ConvertToSingle(T.MulAdd(s, Vector128<short>.One)) * Vector128.Create(Half(x) * d8[ib]);
         }
         return Vector128.Sum(acc);
@@ -214,14 +210,9 @@ public static partial class VecDot
         float* d8 = (float*)y;
         short* a = (short*)(y + 4 * nb);
         var acc = Vector128<float>.Zero;
-        var nibble = Vector128.Create((short)0x0F);
-        var sixteen = Vector128.Create((short)16);
         for (int ib = 0; ib < nb; ib++, x += 22, a += 32)
         {
-            FifthBits(*(uint*)(x + 2), out var h0, out var h1, out var h2, out var h3);
-            var v = Load8(x + 6);
-            var s = (((v & nibble) | h0) - sixteen) * Load8(a) + ((((v >> 8) & nibble) | h1) - sixteen) * Load8(a + 8)
-                  + ((((v >> 4) & nibble) | h2) - sixteen) * Load8(a + 16) + ((((v >> 12) & nibble) | h3) - sixteen) * Load8(a + 24);
+            var s = NibbleProducts(Load8(x + 6), *(uint*)(x + 2), five: true, 16, a);
             acc += Vector128.ConvertToSingle(T.MulAdd(s, Vector128<short>.One)) * Vector128.Create(Half(x) * d8[ib]);
         }
         return Vector128.Sum(acc);
@@ -235,22 +226,37 @@ public static partial class VecDot
         short* a = (short*)(y + 8 * nb);
         var acc = Vector128<float>.Zero;
         float mins = 0;
-        var nibble = Vector128.Create((short)0x0F);
         int bs = five ? 24 : 20;
         for (int ib = 0; ib < nb; ib++, x += bs, a += 32)
         {
-            var v = Load8(x + (five ? 8 : 4));
-            Vector128<short> e0 = v & nibble, o0 = (v >> 8) & nibble, e1 = (v >> 4) & nibble, o1 = (v >> 12) & nibble;
-            if (five)
-            {
-                FifthBits(*(uint*)(x + 4), out var h0, out var h1, out var h2, out var h3);
-                e0 |= h0; o0 |= h1; e1 |= h2; o1 |= h3;
-            }
-            var s = e0 * Load8(a) + o0 * Load8(a + 8) + e1 * Load8(a + 16) + o1 * Load8(a + 24); // at most 4·31·128 a lane
+            var s = five ? NibbleProducts(Load8(x + 8), *(uint*)(x + 4), five: true, 0, a)  // at most 4·31·128 a lane
+                         : NibbleProducts(Load8(x + 4), 0, five: false, 0, a);
             acc += Vector128.ConvertToSingle(T.MulAdd(s, Vector128<short>.One)) * Vector128.Create(Half(x) * d8[ib]);
             mins += Half(x + 2) * s8[ib];
         }
         return Vector128.Sum(acc) + mins;
+    }
+
+    /// <summary>The legacy blocks' products in int16: v holds qs[16] (lane j: bytes 2j, 2j + 1 → elements 2j, 2j + 1 in
+    /// the low nibbles, 16 + 2j, 17 + 2j in the high ones), each value with its fifth bit from qh when
+    /// <paramref name="five"/>, minus <paramref name="offset"/>, times the activations of its 32 (a: the portable
+    /// layout's even/odd runs); four products to a lane, at most 4·31·128.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe Vector128<short> NibbleProducts(Vector128<short> v, uint qh, bool five, short offset, short* a)
+    {
+        var nibble = Vector128.Create((short)0x0F);
+        Vector128<short> e0 = v & nibble, o0 = (v >> 8) & nibble, e1 = (v >> 4) & nibble, o1 = (v >> 12) & nibble;
+        if (five)
+        {
+            FifthBits(qh, out var h0, out var h1, out var h2, out var h3);
+            e0 |= h0; o0 |= h1; e1 |= h2; o1 |= h3;
+        }
+        if (offset != 0)
+        {
+            var k = Vector128.Create(offset);
+            e0 -= k; o0 -= k; e1 -= k; o1 -= k;
+        }
+        return e0 * Load8(a) + o0 * Load8(a + 8) + e1 * Load8(a + 16) + o1 * Load8(a + 24);
     }
 
     /// <summary>A Q5 block's fifth bits (bit j of qh for element j) as 16 or 0 in the lanes of the activations' order:

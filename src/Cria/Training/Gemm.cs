@@ -68,7 +68,7 @@ public sealed unsafe class Gemm : ParallelJob
         for (; i + 4 <= m1; i += 4)
         {
             int j = n0;
-            if (!Vector256.IsHardwareAccelerated && MulAdd.Portable)
+            if (MulAdd.Portable)
             {
                 if (MulAdd.Fused) for (; j + 4 <= n1; j += 4) Dot4x4Portable<FusedMulAdd>(a + (long)i * k, b + (long)j * k, k, c + (long)i * n + j, n);
                 else for (; j + 4 <= n1; j += 4) Dot4x4Portable<SplitMulAdd>(a + (long)i * k, b + (long)j * k, k, c + (long)i * n + j, n);
@@ -95,7 +95,7 @@ public sealed unsafe class Gemm : ParallelJob
             for (; i + 4 <= m1; i += 4)
             {
                 int j = n0;
-                if (!Vector256.IsHardwareAccelerated && MulAdd.Portable)
+                if (MulAdd.Portable)
                 {
                     if (MulAdd.Fused) for (; j + 8 <= n1; j += 8) Axpy4x8Portable<FusedMulAdd>(ak + i * sr, sr, sp, kc, bk + j, n, c + (long)i * n + j, n);
                     else for (; j + 8 <= n1; j += 8) Axpy4x8Portable<SplitMulAdd>(ak + i * sr, sr, sp, kc, bk + j, n, c + (long)i * n + j, n);
@@ -122,8 +122,8 @@ public sealed unsafe class Gemm : ParallelJob
     {
         int p = 0;
         float s = 0;
-        if (!Vector256.IsHardwareAccelerated && MulAdd.Portable)
-            return MulAdd.Fused ? DotPortable<FusedMulAdd>(a, b, k) : DotPortable<SplitMulAdd>(a, b, k);
+        if (MulAdd.Portable)
+            return Ops.Dot(new ReadOnlySpan<float>(a, k), new ReadOnlySpan<float>(b, k)); // the portable tier's
         if (k >= 8)
         {
             var acc = Vector256<float>.Zero;
@@ -173,19 +173,7 @@ public sealed unsafe class Gemm : ParallelJob
 
     // ---- The portable tier (128-bit vectors: ARM64's NEON, x86 without AVX2), multiply-add fused or split as the
     // hardware has it (IMulAdd). The same tiles at half the width where registers allow: an NT element is one 4-lane
-    // chain then a horizontal sum; an NN element is its own chain over p, so fused it has the bits of Axpy4x32's.
-
-    /// <summary><see cref="Dot"/> on 128-bit vectors: one 4-lane chain, the horizontal sum, then the tail.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static float DotPortable<TMac>(float* a, float* b, int k) where TMac : IMulAdd
-    {
-        int p = 0;
-        var acc = Vector128<float>.Zero;
-        for (; p + 4 <= k; p += 4) acc = TMac.Apply(Vector128.Load(a + p), Vector128.Load(b + p), acc);
-        float s = Vector128.Sum(acc);
-        for (; p < k; p++) s = TMac.Apply(a[p], b[p], s);
-        return s;
-    }
+    // chain then a horizontal sum (Dot: Ops.Dot's); an NN element is its own chain over p, so fused it has the bits of Axpy4x32's.
 
     /// <summary><see cref="Dot4x4"/> on 128-bit vectors: 16 accumulators, 8 loads per 16 multiply-adds (ARM64 has 32
     /// vector registers; SSE's 16 spill a few).</summary>

@@ -455,20 +455,9 @@ public static unsafe class Layers
     }
 
     // ---------------------------------------------------------------- helpers
-    /// <summary>y[0..n) += a · x[0..n).</summary>
+    /// <summary>y[0..n) += a · x[0..n) (<see cref="Ops.Axpy"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Axpy(float a, float* x, float* y, int n)
-    {
-        int i = 0;
-        if (!Vector256.IsHardwareAccelerated && MulAdd.Portable)
-        {
-            Ops.Axpy(a, new ReadOnlySpan<float>(x, n), new Span<float>(y, n)); // the portable tier's
-            return;
-        }
-        var va = Vector256.Create(a);
-        for (; i + 8 <= n; i += 8) Vector256.FusedMultiplyAdd(va, Vector256.Load(x + i), Vector256.Load(y + i)).Store(y + i);
-        for (; i < n; i++) y[i] = MathF.FusedMultiplyAdd(a, x[i], y[i]);
-    }
+    public static void Axpy(float a, float* x, float* y, int n) => Ops.Axpy(a, new ReadOnlySpan<float>(x, n), new Span<float>(y, n));
 
     /// <summary>dst[c, r] = src[r, c] for a rows × cols matrix.</summary>
     public static void Transpose(float* dst, float* src, int rows, int cols, int c0, int c1)
