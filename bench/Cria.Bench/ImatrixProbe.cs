@@ -107,7 +107,8 @@ static class ImatrixProbe
         return 0;
     }
 
-    /// <summary>Single-thread speed of Quantize.Row per type, vector vs scalar search (Cria.Bench quant-micro).</summary>
+    /// <summary>Single-thread speed of Quantize.Row per type, scalar search and each vector width this machine has
+    /// (Cria.Bench quant-micro).</summary>
     public static int Micro(string[] args)
     {
         const int cols = 2048, rows = 1024;
@@ -116,15 +117,18 @@ static class ImatrixProbe
         for (int i = 0; i < x.Length; i++) x[i] = (float)((rng.NextDouble() - 0.5) * 0.1);
         foreach (var t in new[] { GgmlType.Q4_K, GgmlType.Q6_K, GgmlType.Q5_K, GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_0 })
         {
-            foreach (bool vec in new[] { false, true })
+            var widths = new List<SearchLanes> { SearchLanes.Scalar };
+            if (System.Runtime.Intrinsics.Vector128.IsHardwareAccelerated) widths.Add(SearchLanes.Lanes128);
+            if (System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated) widths.Add(SearchLanes.Lanes256);
+            foreach (var lanes in widths)
             {
-                Quantize.VectorSearch = vec;
+                Quantize.Lanes = lanes;
                 int rb = (int)GgmlTypeInfo.RowBytes(t, cols);
                 var dst = new byte[rb * rows];
                 for (int r = 0; r < 64; r++) Quantize.Row(t, x.AsSpan(r * cols, cols), dst.AsSpan(r * rb, rb));
                 var sw = Stopwatch.StartNew();
                 for (int r = 0; r < rows; r++) Quantize.Row(t, x.AsSpan(r * cols, cols), dst.AsSpan(r * rb, rb));
-                Console.WriteLine($"{t} {(vec ? "vector" : "scalar")}: {cols * (double)rows / sw.Elapsed.TotalSeconds / 1e6:F1} M values/s");
+                Console.WriteLine($"{t} {lanes}: {cols * (double)rows / sw.Elapsed.TotalSeconds / 1e6:F1} M values/s");
             }
         }
         var h = new byte[2 * x.Length];

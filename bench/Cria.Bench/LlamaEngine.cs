@@ -24,6 +24,13 @@ sealed class LlamaEngine : IDisposable
     /// null: the one LLamaSharp picks for this CPU. Set before the first native call (Cria.Bench --llama-avx).</summary>
     public static AvxLevel? ForceAvx { get; set; }
 
+    /// <summary>The value of --llama-avx.</summary>
+    public static AvxLevel ParseAvx(string v) => v switch
+    {
+        "noavx" or "none" => AvxLevel.None, "avx" => AvxLevel.Avx, "avx2" => AvxLevel.Avx2, "avx512" => AvxLevel.Avx512,
+        _ => throw new ArgumentException($"--llama-avx takes noavx, avx, avx2 or avx512, not '{v}'"),
+    };
+
     public LLamaWeights Weights { get; }
     public LLamaContext Context { get; }
     public string Description { get; }

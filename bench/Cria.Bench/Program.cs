@@ -63,12 +63,7 @@ for (int i = 0; i < args.Length; i++)
         case "--depth": case "-d": depth = int.Parse(Next(), ci); break;
         case "--llama-mmap": mmap = true; break;
         case "--llama-avx":
-            LlamaEngine.ForceAvx = Next() switch
-            {
-                "noavx" or "none" => LLama.Native.AvxLevel.None, "avx" => LLama.Native.AvxLevel.Avx,
-                "avx2" => LLama.Native.AvxLevel.Avx2, "avx512" => LLama.Native.AvxLevel.Avx512,
-                var v => throw new ArgumentException($"--llama-avx takes noavx, avx, avx2 or avx512, not '{v}'"),
-            };
+            LlamaEngine.ForceAvx = LlamaEngine.ParseAvx(Next());
             break;
         case "--no-rss": rss = false; break;
         case "--probe": probe = true; break;

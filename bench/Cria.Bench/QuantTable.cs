@@ -298,12 +298,14 @@ static class QuantTable
             if (args[i] == "--threads") threads = int.Parse(args[++i], ci);
             else if (args[i] == "--runs") runs = int.Parse(args[++i], ci);
             else if (args[i] == "--type") ftype = QuantMix.Parse(args[++i]);
+            else if (args[i] == "--llama-avx") LlamaEngine.ForceAvx = LlamaEngine.ParseAvx(args[++i]);
         }
         string dir = Path.GetDirectoryName(Path.GetFullPath(src))!;
         string oc = Path.Combine(dir, "quant-time-cria.gguf"), ol = Path.Combine(dir, "quant-time-llama.gguf");
         LlamaEngine.EnsureLoaded();
         var tc = new List<double>(); var tl = new List<double>();
         Console.WriteLine($"quant-time: {src} → {ftype}, {threads} threads, {runs} runs each, alternating (who goes first swaps every round); {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC");
+        Console.WriteLine($"  Cria's searches: {Quantize.Lanes}; llama.cpp build: {LlamaEngine.ForceAvx?.ToString() ?? "LLamaSharp's choice"}");
         for (int r = 0; r < runs; r++)
         {
             for (int k = 0; k < 2; k++)

@@ -233,67 +233,71 @@ internal sealed class LatticeTable
         return index;
     }
 
-    /// <summary><see cref="BestNeighbour"/> eight listed points per vector (the scalar code's float operations in its
-    /// order in every lane; see <see cref="Search{TLevels}"/>). Same point, same levels.</summary>
-    public unsafe int BestNeighbourFast(int key, float* xval, float* weight, float scale, sbyte* L)
+    /// <summary><see cref="BestNeighbour"/> eight listed points at a time (the scalar code's float operations in its
+    /// order in every lane; see <see cref="Search{T, TLevels}"/>). Same point, same levels.</summary>
+    public unsafe int BestNeighbourFast(int key, float* xval, float* weight, float scale, sbyte* L) => Quantize.Lanes switch
     {
-        if (!Vector256.IsHardwareAccelerated) return BestNeighbour(key, new ReadOnlySpan<float>(xval, Dim), new ReadOnlySpan<float>(weight, Dim), scale, new Span<sbyte>(L, Dim));
-        return Search(key, xval, weight, scale, default(OddCoordinates), L);
-    }
+        SearchLanes.Lanes256 => Search<Lanes256, OddCoordinates>(key, xval, weight, scale, default, L),
+        SearchLanes.Lanes128 => Search<Lanes128, OddCoordinates>(key, xval, weight, scale, default, L),
+        _ => BestNeighbour(key, new ReadOnlySpan<float>(xval, Dim), new ReadOnlySpan<float>(weight, Dim), scale, new Span<sbyte>(L, Dim)),
+    };
 
-    /// <summary>iq1_find_best_neighbour2, eight listed points per vector: the error of level l is scale·xx[l] − x, with
+    /// <summary>iq1_find_best_neighbour2, eight listed points at a time: the error of level l is scale·xx[l] − x, with
     /// the level values <paramref name="xx0"/>, <paramref name="xx1"/>, <paramref name="xx2"/> (scalar reference:
     /// <see cref="BestNeighbourIQ1Scalar"/>).</summary>
-    public unsafe int BestNeighbourIQ1(int key, float* xb, float* weight, float scale, float xx0, float xx1, float xx2, sbyte* L)
+    public unsafe int BestNeighbourIQ1(int key, float* xb, float* weight, float scale, float xx0, float xx1, float xx2, sbyte* L) => Quantize.Lanes switch
     {
-        if (!Vector256.IsHardwareAccelerated)
-            return BestNeighbourIQ1Scalar(key, new ReadOnlySpan<float>(xb, Dim), new ReadOnlySpan<float>(weight, Dim), scale, [xx0, xx1, xx2], new Span<sbyte>(L, Dim));
-        return Search(key, xb, weight, scale, new IQ1Levels(xx0, xx1, xx2), L);
-    }
+        SearchLanes.Lanes256 => Search<Lanes256, IQ1Levels>(key, xb, weight, scale, new IQ1Levels(xx0, xx1, xx2), L),
+        SearchLanes.Lanes128 => Search<Lanes128, IQ1Levels>(key, xb, weight, scale, new IQ1Levels(xx0, xx1, xx2), L),
+        _ => BestNeighbourIQ1Scalar(key, new ReadOnlySpan<float>(xb, Dim), new ReadOnlySpan<float>(weight, Dim), scale, [xx0, xx1, xx2], new Span<sbyte>(L, Dim)),
+    };
 
     /// <summary>What a coordinate c = 2l + 1 stands for in the error scale·q − x.</summary>
-    interface ILevels { Vector256<float> Q(Vector256<float> c); }
+    interface ILevels { T Q<T>(T c) where T : struct, ILanes8<T>; }
 
     /// <summary>IQ2/IQ3: q is the odd coordinate itself.</summary>
-    readonly struct OddCoordinates : ILevels { [MethodImpl(MethodImplOptions.AggressiveInlining)] public Vector256<float> Q(Vector256<float> c) => c; }
+    readonly struct OddCoordinates : ILevels
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public T Q<T>(T c) where T : struct, ILanes8<T> => c;
+    }
 
     /// <summary>IQ1: q is the level's shifted value xx[l]. The + c·0 keeps a padding lane NaN (and adds an exact 0
     /// elsewhere: the level values are never zero).</summary>
     readonly struct IQ1Levels(float xx0, float xx1, float xx2) : ILevels
     {
-        readonly Vector256<float> _v0 = Vector256.Create(xx0), _v1 = Vector256.Create(xx1), _v2 = Vector256.Create(xx2);
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public Vector256<float> Q(Vector256<float> c) =>
-            Vector256.ConditionalSelect(Vector256.Equals(c, Vector256.Create(1f)), _v0,
-                Vector256.ConditionalSelect(Vector256.Equals(c, Vector256.Create(3f)), _v1, _v2)) + c * Vector256<float>.Zero;
+        public T Q<T>(T c) where T : struct, ILanes8<T> =>
+            T.IfEqual(c, T.Create(1f), T.Create(xx0), T.IfEqual(c, T.Create(3f), T.Create(xx1), T.Create(xx2))) + c * T.Create(0f);
     }
 
     /// <summary>
-    /// The least Σ w·(scale·q − x)² over the points listed for <paramref name="key"/>, eight per vector: every lane does
+    /// The least Σ w·(scale·q − x)² over the points listed for <paramref name="key"/>, eight at a time: every lane does
     /// the scalar code's multiply, subtract, multiply, multiply, add in its order (no FMA), so each error is the scalar
     /// one; the choice runs over the lanes in list order, so the first of equal errors wins as there; padding lanes are
     /// NaN and never win. The winner's levels go to <paramref name="L"/>.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    unsafe int Search<TLevels>(int key, float* x, float* weight, float scale, TLevels levels, sbyte* L) where TLevels : struct, ILevels
+    unsafe int Search<T, TLevels>(int key, float* x, float* weight, float scale, TLevels levels, sbyte* L)
+        where T : struct, ILanes8<T> where TLevels : struct, ILevels
     {
         int start = -Map[key] - 1, count = _neighbours[start], first = start + 1, len = Neighbours.Length;
         float best = float.MaxValue;
         int index = -1;
-        var vscale = Vector256.Create(scale);
+        var vscale = T.Create(scale);
         for (int j = 0; j < count; j += 8)
         {
-            var d2 = Vector256<float>.Zero;
+            var d2 = default(T);
             float* c = _coordsAt + first + j;
             for (int i = 0; i < Dim; i++, c += len)
             {
-                var diff = vscale * levels.Q(Vector256.Load(c)) - Vector256.Create(x[i]);
-                d2 += Vector256.Create(weight[i]) * diff * diff;
+                var diff = vscale * levels.Q(T.Load(ref *c, 0)) - T.Create(x[i]);
+                d2 += T.Create(weight[i]) * diff * diff;
             }
-            if (Vector256.LessThanAny(d2, Vector256.Create(best)))
+            if (T.LessThanAny(d2, T.Create(best)))
                 for (int lane = 0; lane < 8; lane++)
                 {
-                    float v = d2.GetElement(lane);
+                    float v = d2[lane];
                     if (v < best) { best = v; index = _neighbours[first + j + lane]; }
                 }
         }

@@ -238,7 +238,8 @@ public static partial class Quantize
         float scale = suml2 != 0 ? sumlx / suml2 : 0.0f;
         if (returnEarly) return suml2 > 0 ? 0.5f * (scale + 1 / iscale) : 1 / iscale;
         float best = scale * sumlx;
-        if (VectorSearch) return MakeQxSearchVector(n, nmax, x, L, rmseType, qw, max, scale, best);
+        if (Lanes == SearchLanes.Lanes256) return MakeQxSearchVector<Lanes256>(n, nmax, x, L, rmseType, qw, max, scale, best);
+        if (Lanes == SearchLanes.Lanes128) return MakeQxSearchVector<Lanes128>(n, nmax, x, L, rmseType, qw, max, scale, best);
         for (int itry = -9; itry <= 9; itry++)
         {
             if (itry == 0) continue;
@@ -385,7 +386,10 @@ public static partial class Quantize
             theMin = -min;
             return scale;
         }
-        if (VectorSearch) return MakeQkx2QuantsVector(n, nmax, x, weights, L, min, max, sumW, sumX, scale, bestError, out theMin, rmin, rdelta, nstep, useMad);
+        if (Lanes == SearchLanes.Lanes256)
+            return MakeQkx2QuantsVector<Lanes256>(n, nmax, x, weights, L, min, max, sumW, sumX, scale, bestError, out theMin, rmin, rdelta, nstep, useMad);
+        if (Lanes == SearchLanes.Lanes128)
+            return MakeQkx2QuantsVector<Lanes128>(n, nmax, x, weights, L, min, max, sumW, sumX, scale, bestError, out theMin, rmin, rdelta, nstep, useMad);
         for (int istep = 0; istep <= nstep; istep++)
         {
             iscale = (rmin + rdelta * istep + nmax) / (max - min);

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 
 namespace Cria.Tensors;
@@ -53,7 +54,12 @@ public static partial class Quantize
                 scales[ib] = 0;
                 continue;
             }
-            float d = VectorSearch ? IQ4BlockScaleVector(xb, weight, max) : IQ4BlockScaleScalar(xb, weight, max);
+            float d = Lanes switch
+            {
+                SearchLanes.Lanes256 => IQ4BlockScaleVector<Lanes256>(xb, weight, max),
+                SearchLanes.Lanes128 => IQ4BlockScaleVector<Lanes128>(xb, weight, max),
+                _ => IQ4BlockScaleScalar(xb, weight, max),
+            };
             scales[ib] = d;
             float absD = MathF.Abs(d);
             if (absD > amaxScale) { amaxScale = absD; maxScale = d; }
@@ -137,25 +143,28 @@ public static partial class Quantize
     }
 
     /// <summary>
-    /// <see cref="IQ4BlockScaleScalar"/> with the 16 trials in the lanes of two Vector256: lane 0 the first inverse scale,
-    /// lane 1 + t the t-th of the 15. Each lane sums over the values in ggml's order (multiply, then add: no FMA), so every
-    /// trial's sums are the scalar ones bit for bit; the trials are then compared in ggml's order. A level is found without
-    /// a search: the outer level plus each step between neighbouring levels whose midpoint lies at or below the value
-    /// (<see cref="IQ4Level"/>), which is best_index_int8's choice for every finite value.
+    /// <see cref="IQ4BlockScaleScalar"/> with the 16 trials in two sets of eight lanes (<see cref="ILanes8{T}"/>): lane 0
+    /// the first inverse scale, lane 1 + t the t-th of the 15. Each lane sums over the values in ggml's order (multiply,
+    /// then add: no FMA), so every trial's sums are the scalar ones bit for bit; the trials are then compared in ggml's
+    /// order. A level is found without a search: the outer level plus each step between neighbouring levels whose
+    /// midpoint lies at or below the value (<see cref="IQ4Level{T}"/>), which is best_index_int8's choice for every
+    /// finite value.
     /// </summary>
-    internal static float IQ4BlockScaleVector(ReadOnlySpan<float> xb, ReadOnlySpan<float> weight, float max)
+    [SkipLocalsInit]
+    internal static float IQ4BlockScaleVector<T>(ReadOnlySpan<float> xb, ReadOnlySpan<float> weight, float max) where T : struct, ILanes8<T>
     {
         ReadOnlySpan<sbyte> values = Dequantize.IQ4Levels;
-        Span<float> ids = stackalloc float[16];
-        ids[0] = 1 / (-max / values[0]);
-        for (int t = 1; t < 16; t++) ids[t] = (t - 8 + values[0]) / max;
-        var idLo = Vector256.Create((ReadOnlySpan<float>)ids[..8]);
-        var idHi = Vector256.Create((ReadOnlySpan<float>)ids[8..]);
-        Vector256<float> sqxLo = default, sqxHi = default, sq2Lo = default, sq2Hi = default;
+        Span<float> lanes = stackalloc float[16 * 3];   // inverse scales, then Σ w·q·x, then Σ w·q², per trial
+        ref float ln = ref MemoryMarshal.GetReference(lanes);
+        lanes[0] = 1 / (-max / values[0]);
+        for (int t = 1; t < 16; t++) lanes[t] = (t - 8 + values[0]) / max;
+        var idLo = T.Load(ref ln, 0);
+        var idHi = T.Load(ref ln, 8);
+        T sqxLo = default, sqxHi = default, sq2Lo = default, sq2Hi = default;
         for (int j = 0; j < xb.Length; j++)
         {
-            float x = xb[j];
-            var w = Vector256.Create(weight[j]);
+            var x = T.Create(xb[j]);
+            var w = T.Create(weight[j]);
             var qLo = IQ4Level(idLo * x);
             var qHi = IQ4Level(idHi * x);
             var wqLo = w * qLo;
@@ -165,13 +174,15 @@ public static partial class Quantize
             sq2Lo += wqLo * qLo;
             sq2Hi += wqHi * qHi;
         }
-        float sumqx = sqxLo.GetElement(0), sumq2 = sq2Lo.GetElement(0);
+        sqxLo.Store(ref ln, 16); sqxHi.Store(ref ln, 24);
+        sq2Lo.Store(ref ln, 32); sq2Hi.Store(ref ln, 40);
+        float sumqx = lanes[16], sumq2 = lanes[32];
         float d = sumq2 > 0 ? sumqx / sumq2 : 0f;
         float best = d * sumqx;
         for (int t = 1; t < 16; t++)
         {
-            sumqx = t < 8 ? sqxLo.GetElement(t) : sqxHi.GetElement(t - 8);
-            sumq2 = t < 8 ? sq2Lo.GetElement(t) : sq2Hi.GetElement(t - 8);
+            sumqx = lanes[16 + t];
+            sumq2 = lanes[32 + t];
             if (sumq2 > 0 && sumqx * sumqx > best * sumq2)
             {
                 d = sumqx / sumq2;
@@ -184,31 +195,46 @@ public static partial class Quantize
     /// <summary>The IQ4 level nearest each lane of <paramref name="al"/> (ties to the upper level): −127 plus the step to
     /// each next level whose midpoint with the one below is ≤ the value.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static Vector256<float> IQ4Level(Vector256<float> al)
+    internal static T IQ4Level<T>(T al) where T : struct, ILanes8<T>
     {
         ReadOnlySpan<sbyte> v = Dequantize.IQ4Levels;
-        var q = Vector256.Create((float)v[0]);
+        var q = T.Create(v[0]);
         for (int k = 0; k < 15; k++)
-            q += Vector256.GreaterThanOrEqual(al, Vector256.Create((v[k] + v[k + 1]) * 0.5f)) & Vector256.Create((float)(v[k + 1] - v[k]));
+            q += T.IfGreaterOrEqual(al, T.Create((v[k] + v[k + 1]) * 0.5f), T.Create(v[k + 1] - v[k]));
         return q;
     }
 
     /// <summary>best_index_int8 of id·x for every value of <paramref name="x"/> into <paramref name="L"/>; eight at a time
-    /// by counting the midpoints at or below each value (<see cref="IQ4Level"/>).</summary>
+    /// by counting the midpoints at or below each value (<see cref="IQ4Level{T}"/>'s steps).</summary>
     internal static void IQ4Indices(ReadOnlySpan<float> x, float id, Span<byte> L)
     {
-        ReadOnlySpan<sbyte> v = Dequantize.IQ4Levels;
         int j = 0;
-        if (VectorSearch && float.IsFinite(id)) // best_index_int8 of NaN is the top level; the count's is 0
-            for (; j + 8 <= x.Length; j += 8)
-            {
-                var al = Vector256.Create(id) * Vector256.Create(x.Slice(j, 8));
-                var count = Vector256<int>.Zero;
-                for (int k = 0; k < 15; k++)
-                    count -= Vector256.GreaterThanOrEqual(al, Vector256.Create((v[k] + v[k + 1]) * 0.5f)).AsInt32(); // true = −1
-                for (int e = 0; e < 8; e++) L[j + e] = (byte)count.GetElement(e);
-            }
-        for (; j < x.Length; j++) L[j] = (byte)BestIndexInt8(v, id * x[j]);
+        if (float.IsFinite(id)) // best_index_int8 of NaN is the top level; the count's is 0
+        {
+            if (Lanes == SearchLanes.Lanes256) j = IQ4Indices<Lanes256>(x, id, L);
+            else if (Lanes == SearchLanes.Lanes128) j = IQ4Indices<Lanes128>(x, id, L);
+        }
+        for (; j < x.Length; j++) L[j] = (byte)BestIndexInt8(Dequantize.IQ4Levels, id * x[j]);
+    }
+
+    /// <summary>The whole eights of <see cref="IQ4Indices(ReadOnlySpan{float}, float, Span{byte})"/>; returns how many
+    /// values it did.</summary>
+    [SkipLocalsInit]
+    static int IQ4Indices<T>(ReadOnlySpan<float> x, float id, Span<byte> L) where T : struct, ILanes8<T>
+    {
+        ReadOnlySpan<sbyte> v = Dequantize.IQ4Levels;
+        Span<float> count = stackalloc float[8];
+        ref float xr = ref MemoryMarshal.GetReference(x);
+        int j = 0;
+        for (; j + 8 <= x.Length; j += 8)
+        {
+            var al = T.Create(id) * T.Load(ref xr, (nuint)j);
+            var c = default(T);
+            for (int k = 0; k < 15; k++) c += T.IfGreaterOrEqual(al, T.Create((v[k] + v[k + 1]) * 0.5f), T.Create(1f));
+            c.Store(ref MemoryMarshal.GetReference(count), 0);
+            for (int e = 0; e < 8; e++) L[j + e] = (byte)count[e];
+        }
+        return j;
     }
 
     /// <summary>ggml's best_index_int8: the index of the level nearest <paramref name="x"/> in the ascending

@@ -6,25 +6,23 @@ namespace Cria.Tensors;
 
 /// <summary>
 /// The scale searches of <c>make_qkx2_quants</c> and <c>make_qx_quants</c> with 8 candidate scales in flight at once
-/// (one per Vector256 lane). Each lane does exactly the scalar code's float operations in the scalar code's order
+/// (one per lane of <see cref="ILanes8{T}"/>: a Vector256, or two Vector128 without 256-bit vectors). Each lane does exactly the scalar code's float operations in the scalar code's order
 /// (multiply and add separately, no fused multiply-add, the same nearest_int trick), so every lane's sums are bit for
 /// bit the scalar ones; the choice between candidates stays sequential, in the scalar code's step order. The bytes
 /// are therefore ggml's (checked against the scalar versions and, through them, llama.cpp's quantizer).
 /// </summary>
 public static partial class Quantize
 {
-    /// <summary>Whether <see cref="MakeQkx2Quants"/> and <see cref="MakeQxQuants"/> take the 8-lane paths.</summary>
-    internal static bool VectorSearch = Vector256.IsHardwareAccelerated;
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> NearestInt(Vector256<float> v) =>
-        (Vector256.Add(v, Vector256.Create(12582912f)).AsInt32() & Vector256.Create(0x007FFFFF)) - Vector256.Create(0x00400000);
+    /// <summary>The lanes the quantizers' searches run in (<see cref="MakeQkx2Quants"/>, <see cref="MakeQxQuants"/>, IQ4's
+    /// scale trials, the lattice neighbour searches): 256-bit where the machine has them, else 128-bit pairs, else scalar.</summary>
+    internal static SearchLanes Lanes = Vector256.IsHardwareAccelerated ? SearchLanes.Lanes256
+        : Vector128.IsHardwareAccelerated ? SearchLanes.Lanes128 : SearchLanes.Scalar;
 
     /// <summary>make_qkx2_quants' search over nstep+1 scales, 8 at a time. A step that wins changes <c>min</c>, which
     /// the following steps read, so the lanes after a winning lane are recomputed from the next step on.</summary>
     [SkipLocalsInit]
-    private static float MakeQkx2QuantsVector(int n, int nmax, ReadOnlySpan<float> x, ReadOnlySpan<float> weights, Span<byte> L,
-        float min, float max, float sumW, float sumX, float scale, float bestError, out float theMin, float rmin, float rdelta, int nstep, bool useMad)
+    private static float MakeQkx2QuantsVector<T>(int n, int nmax, ReadOnlySpan<float> x, ReadOnlySpan<float> weights, Span<byte> L,
+        float min, float max, float sumW, float sumX, float scale, float bestError, out float theMin, float rmin, float rdelta, int nstep, bool useMad) where T : struct, ILanes8<T>
     {
         Span<float> levels = stackalloc float[8 * n];       // [n][8] the levels of the 8 steps in flight
         Span<float> lanes = stackalloc float[8 * 5];        // sumL, sumL2, sumXL, error, iscale per lane
@@ -32,26 +30,24 @@ public static partial class Quantize
         Span<bool> ok = stackalloc bool[8];
         ref float lv = ref MemoryMarshal.GetReference(levels);
         ref float ln = ref MemoryMarshal.GetReference(lanes);
-        var vmax = Vector256.Create(nmax);
         int istep = 0;
         while (istep <= nstep)
         {
             for (int k = 0; k < 8; k++) lanes[32 + k] = (rmin + rdelta * (istep + k) + nmax) / (max - min);
-            var iscale = Vector256.LoadUnsafe(ref ln, 32);
-            Vector256<float> sumL = default, sumL2 = default, sumXL = default;
+            var iscale = T.Load(ref ln, 32);
+            T sumL = default, sumL2 = default, sumXL = default;
             for (int i = 0; i < n; i++)
             {
-                var l = Vector256.Min(vmax, Vector256.Max(Vector256<int>.Zero, NearestInt(iscale * Vector256.Create(x[i] - min))));
-                var lf = Vector256.ConvertToSingle(l);
-                lf.StoreUnsafe(ref lv, (nuint)(8 * i));
-                var wl = Vector256.Create(weights[i]) * lf;
+                var lf = T.NearestIntClamped(iscale * T.Create(x[i] - min), 0, nmax);
+                lf.Store(ref lv, (nuint)(8 * i));
+                var wl = T.Create(weights[i]) * lf;
                 sumL += wl;
                 sumL2 += wl * lf;
-                sumXL += wl * Vector256.Create(x[i]);
+                sumXL += wl * T.Create(x[i]);
             }
-            sumL.StoreUnsafe(ref ln, 0);
-            sumL2.StoreUnsafe(ref ln, 8);
-            sumXL.StoreUnsafe(ref ln, 16);
+            sumL.Store(ref ln, 0);
+            sumL2.Store(ref ln, 8);
+            sumXL.Store(ref ln, 16);
             for (int k = 0; k < 8; k++)
             {
                 float sL = lanes[k], sL2 = lanes[8 + k], sXL = lanes[16 + k];
@@ -67,16 +63,16 @@ public static partial class Quantize
                 }
                 sc[k] = thisScale; mn[k] = thisMin;
             }
-            var vs = Vector256.Create<float>(sc);
-            var vm = Vector256.Create<float>(mn);
-            Vector256<float> err = default;
+            var vs = T.Load(ref MemoryMarshal.GetReference(sc), 0);
+            var vm = T.Load(ref MemoryMarshal.GetReference(mn), 0);
+            T err = default;
             for (int i = 0; i < n; i++)
             {
-                var diff = vs * Vector256.LoadUnsafe(ref lv, (nuint)(8 * i)) + vm - Vector256.Create(x[i]);
-                diff = useMad ? Vector256.Abs(diff) : diff * diff;
-                err += Vector256.Create(weights[i]) * diff;
+                var diff = vs * T.Load(ref lv, (nuint)(8 * i)) + vm - T.Create(x[i]);
+                diff = useMad ? T.Abs(diff) : diff * diff;
+                err += T.Create(weights[i]) * diff;
             }
-            err.StoreUnsafe(ref ln, 24);
+            err.Store(ref ln, 24);
             int next = istep + 8;
             for (int k = 0; k < 8; k++)
             {
@@ -97,14 +93,12 @@ public static partial class Quantize
     /// <summary>make_qx_quants' 18 trial scales (rmse_type 1..4 with or without weights), 8 at a time; the trials
     /// do not depend on each other, only the choice (in order) does.</summary>
     [SkipLocalsInit]
-    private static float MakeQxSearchVector(int n, int nmax, ReadOnlySpan<float> x, Span<sbyte> L, int rmseType, ReadOnlySpan<float> qw,
-        float max, float scale, float best)
+    private static float MakeQxSearchVector<T>(int n, int nmax, ReadOnlySpan<float> x, Span<sbyte> L, int rmseType, ReadOnlySpan<float> qw,
+        float max, float scale, float best) where T : struct, ILanes8<T>
     {
         Span<float> w = stackalloc float[n];
         for (int i = 0; i < n; i++) w[i] = Weight(x, qw, i, rmseType);
         Span<float> lanes = stackalloc float[3 * 8 * 3];    // per group of 8 trials: iscale, sumlx, suml2
-        var lo = Vector256.Create(-nmax);
-        var hi = Vector256.Create(nmax - 1);
         ref float ln = ref MemoryMarshal.GetReference(lanes);
         for (int g = 0; g < 3; g++)
         {
@@ -114,17 +108,17 @@ public static partial class Quantize
                 if (itry >= 0) itry++;                       // -9..-1, 1..9 (18 trials), then 2 spare lanes
                 lanes[24 * g + k] = -(nmax + 0.1f * itry) / max;
             }
-            var iscale = Vector256.LoadUnsafe(ref ln, (nuint)(24 * g));
-            Vector256<float> sumlx = default, suml2 = default;
+            var iscale = T.Load(ref ln, (nuint)(24 * g));
+            T sumlx = default, suml2 = default;
             for (int i = 0; i < n; i++)
             {
-                var l = Vector256.ConvertToSingle(Vector256.Max(lo, Vector256.Min(hi, NearestInt(iscale * Vector256.Create(x[i])))));
-                var wv = Vector256.Create(w[i]);
-                sumlx += wv * Vector256.Create(x[i]) * l;
+                var l = T.NearestIntClamped(iscale * T.Create(x[i]), -nmax, nmax - 1);
+                var wv = T.Create(w[i]);
+                sumlx += wv * T.Create(x[i]) * l;
                 suml2 += wv * l * l;
             }
-            sumlx.StoreUnsafe(ref ln, (nuint)(24 * g + 8));
-            suml2.StoreUnsafe(ref ln, (nuint)(24 * g + 16));
+            sumlx.Store(ref ln, (nuint)(24 * g + 8));
+            suml2.Store(ref ln, (nuint)(24 * g + 16));
         }
         float bestIscale = 0;
         for (int t = 0; t < 18; t++)

@@ -8,8 +8,10 @@ namespace Cria.Tests.Quant;
 /// The lattice quantizers' search tables (<see cref="LatticeTable"/>) and their vector neighbour searches. The tables are
 /// ggml's kmap/kneighbors (RowQuantizerOracleTests checks the bytes they lead to); here: every grid point maps to
 /// itself, every listed neighbour of an off-grid key lies at one of the n smallest distances, and the eight-lane
-/// searches choose the scalar references' point for every key, at random values, weights and scales.
+/// searches (in every width this machine has) choose the scalar references' point for every key, at random values,
+/// weights and scales.
 /// </summary>
+[Collection("VectorSearch")]
 public sealed class LatticeTableTests(ITestOutputHelper output)
 {
     public static TheoryData<GgmlType> Types() => [GgmlType.IQ2_XXS, GgmlType.IQ2_XS, GgmlType.IQ2_S, GgmlType.IQ3_XXS, GgmlType.IQ3_S, GgmlType.IQ1_S];
@@ -47,13 +49,16 @@ public sealed class LatticeTableTests(ITestOutputHelper output)
             {
                 for (int i = 0; i < dim; i++) { x[i] = (float)rng.NextDouble() * 6; w[i] = trial == 1 && i == 0 ? 0 : (float)rng.NextDouble(); }
                 float scale = 0.5f + (float)rng.NextDouble();
-                int a = t.BestNeighbour(key, x, w, scale, la), b;
-                fixed (float* xq = x) fixed (float* wq = w) fixed (sbyte* lq = lb) b = t.BestNeighbourFast(key, xq, wq, scale, lq);
-                Assert.True(a == b && la.AsSpan().SequenceEqual(lb), $"{type} key {key}: scalar picks {a}, vector {b}");
-                if (dim != 8) continue;
-                a = t.BestNeighbourIQ1Scalar(key, x, w, scale, xp, la);
-                fixed (float* xq = x) fixed (float* wq = w) fixed (sbyte* lq = lb) b = t.BestNeighbourIQ1(key, xq, wq, scale, xp[0], xp[1], xp[2], lq);
-                Assert.True(a == b && la.AsSpan().SequenceEqual(lb), $"{type} key {key}: scalar IQ1 search picks {a}, vector {b}");
+                foreach (var lanes in QuantizeSearchTests.VectorLanes())
+                {
+                    int a = t.BestNeighbour(key, x, w, scale, la), b = 0;
+                    QuantizeSearchTests.With(lanes, () => { fixed (float* xq = x) fixed (float* wq = w) fixed (sbyte* lq = lb) b = t.BestNeighbourFast(key, xq, wq, scale, lq); });
+                    Assert.True(a == b && la.AsSpan().SequenceEqual(lb), $"{type} key {key}, {lanes}: scalar picks {a}, vector {b}");
+                    if (dim != 8) continue;
+                    a = t.BestNeighbourIQ1Scalar(key, x, w, scale, xp, la);
+                    QuantizeSearchTests.With(lanes, () => { fixed (float* xq = x) fixed (float* wq = w) fixed (sbyte* lq = lb) b = t.BestNeighbourIQ1(key, xq, wq, scale, xp[0], xp[1], xp[2], lq); });
+                    Assert.True(a == b && la.AsSpan().SequenceEqual(lb), $"{type} key {key}, {lanes}: scalar IQ1 search picks {a}, vector {b}");
+                }
             }
         }
         output.WriteLine($"{type}: {t.GridSize} points, {keys} off-grid keys, {listed / (double)keys:F1} neighbours listed on average, at most {longest}");

@@ -5,7 +5,8 @@ using Xunit;
 namespace Cria.Tests.Quant;
 
 /// <summary>The 8-lane scale searches give the scalar searches' bytes (which are ggml's), for the reference and the
-/// importance-weighted quantizers, on rows that exercise every branch: Gaussian, all-positive, constant, zero, tiny.</summary>
+/// importance-weighted quantizers, on rows that exercise every branch: Gaussian, all-positive, constant, zero, tiny; in
+/// every width this machine has (one Vector256, and the two Vector128 of ARM64 and x86 without AVX2).</summary>
 [Collection("VectorSearch")]
 public sealed class QuantizeSearchTests
 {
@@ -31,36 +32,54 @@ public sealed class QuantizeSearchTests
         yield return sparse;
     }
 
+    /// <summary>The vector widths this machine runs (Vector128 everywhere .NET vectorizes, Vector256 with AVX2).</summary>
+    internal static IEnumerable<SearchLanes> VectorLanes()
+    {
+        if (Vector128.IsHardwareAccelerated) yield return SearchLanes.Lanes128;
+        if (Vector256.IsHardwareAccelerated) yield return SearchLanes.Lanes256;
+    }
+
+    /// <summary>Runs <paramref name="body"/> with the searches in <paramref name="lanes"/>, then restores the machine's choice.</summary>
+    internal static void With(SearchLanes lanes, Action body)
+    {
+        var was = Quantize.Lanes;
+        try { Quantize.Lanes = lanes; body(); }
+        finally { Quantize.Lanes = was; }
+    }
+
+    [Fact]
+    public void The_machine_gets_its_widest_lanes() =>
+        Assert.Equal(Vector256.IsHardwareAccelerated ? SearchLanes.Lanes256 : Vector128.IsHardwareAccelerated ? SearchLanes.Lanes128 : SearchLanes.Scalar, Quantize.Lanes);
+
     [Theory]
     [MemberData(nameof(Types))]
     public void Vector_search_gives_the_scalar_bytes(GgmlType t)
     {
-        Assert.True(Quantize.VectorSearch || !System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated);
         const int n = 512;
         var qw = QuantTestUtil.Gaussian(new Random(3), n).Select(v => MathF.Exp(2 * v)).ToArray();
-        int rowBytes = (int)GgmlTypeInfo.RowBytes(t, n), rows = 0;
-        foreach (var x in Rows(n))
+        int rowBytes = (int)GgmlTypeInfo.RowBytes(t, n);
+        var lanes = VectorLanes().ToList();
+        Assert.NotEmpty(lanes);
+        foreach (var lane in lanes)
         {
-            var a = new byte[rowBytes]; var b = new byte[rowBytes]; var c = new byte[rowBytes]; var d = new byte[rowBytes];
-            try
+            int rows = 0;
+            foreach (var x in Rows(n))
             {
-                Quantize.VectorSearch = true;
-                Quantize.Row(t, x, a);
-                Quantize.Row(t, x, c, qw);
-                Quantize.VectorSearch = false;
-                Quantize.Row(t, x, b);
-                Quantize.Row(t, x, d, qw);
+                var a = new byte[rowBytes]; var b = new byte[rowBytes]; var c = new byte[rowBytes]; var d = new byte[rowBytes];
+                With(lane, () => { Quantize.Row(t, x, a); Quantize.Row(t, x, c, qw); });
+                With(SearchLanes.Scalar, () => { Quantize.Row(t, x, b); Quantize.Row(t, x, d, qw); });
+                Assert.True(a.AsSpan().SequenceEqual(b), $"{t} reference, {lane}, row {rows}: vector and scalar bytes differ");
+                Assert.True(c.AsSpan().SequenceEqual(d), $"{t} weighted, {lane}, row {rows}: vector and scalar bytes differ");
+                rows++;
             }
-            finally { Quantize.VectorSearch = System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated; }
-            Assert.True(a.AsSpan().SequenceEqual(b), $"{t} reference, row {rows}: vector and scalar bytes differ");
-            Assert.True(c.AsSpan().SequenceEqual(d), $"{t} weighted, row {rows}: vector and scalar bytes differ");
-            rows++;
         }
     }
 }
 
 /// <summary>IQ4's level choice: ggml's best_index_int8 (binary search, a tie to the upper level) and the vector
-/// paths that count midpoints instead, at every midpoint, one float step either side of it, and on a dense sweep.</summary>
+/// paths that count midpoints instead (both widths), at every midpoint, one float step either side of it, and on a
+/// dense sweep.</summary>
+[Collection("VectorSearch")]
 public sealed class IQ4LevelChoiceTests
 {
     [Fact]
@@ -74,19 +93,30 @@ public sealed class IQ4LevelChoiceTests
             Assert.Equal(k + 1, Quantize.BestIndexInt8(v, m));                       // a tie takes the upper level
             Assert.Equal(k, Quantize.BestIndexInt8(v, MathF.BitDecrement(m)));
             Assert.Equal(k + 1, Quantize.BestIndexInt8(v, MathF.BitIncrement(m)));
-            Assert.Equal((float)v[k + 1], Quantize.IQ4Level(System.Runtime.Intrinsics.Vector256.Create(m)).GetElement(0));
-            Assert.Equal((float)v[k], Quantize.IQ4Level(System.Runtime.Intrinsics.Vector256.Create(MathF.BitDecrement(m))).GetElement(0));
+            Assert.Equal((float)v[k + 1], Level(m));
+            Assert.Equal((float)v[k], Level(MathF.BitDecrement(m)));
             xs.Add(m); xs.Add(MathF.BitDecrement(m)); xs.Add(MathF.BitIncrement(m));
         }
         for (float x = -140; x <= 140; x += 0.125f) xs.Add(x);
         xs.AddRange([float.MinValue, -1e30f, 1e30f, float.MaxValue, 0f, -0f]);
-        var L = new byte[xs.Count];
-        Quantize.IQ4Indices(xs.ToArray(), 1f, L);
-        for (int i = 0; i < xs.Count; i++)
+        foreach (var lanes in QuantizeSearchTests.VectorLanes())
         {
-            int want = Quantize.BestIndexInt8(v, xs[i]);
-            Assert.True(want == L[i], $"x = {xs[i]:R}: best_index_int8 {want}, counted {L[i]}");
-            Assert.Equal((float)v[want], Quantize.IQ4Level(System.Runtime.Intrinsics.Vector256.Create(xs[i])).GetElement(0));
+            var L = new byte[xs.Count];
+            QuantizeSearchTests.With(lanes, () => Quantize.IQ4Indices(xs.ToArray(), 1f, L));
+            for (int i = 0; i < xs.Count; i++)
+            {
+                int want = Quantize.BestIndexInt8(v, xs[i]);
+                Assert.True(want == L[i], $"x = {xs[i]:R}, {lanes}: best_index_int8 {want}, counted {L[i]}");
+                Assert.Equal((float)v[want], Level(xs[i]));
+            }
         }
+    }
+
+    /// <summary>IQ4Level in lane 5 of both widths (they must agree).</summary>
+    static float Level(float x)
+    {
+        float a = Quantize.IQ4Level(Lanes128.Create(x))[5];
+        if (Vector256.IsHardwareAccelerated) Assert.Equal(a, Quantize.IQ4Level(Lanes256.Create(x))[5]);
+        return a;
     }
 }
