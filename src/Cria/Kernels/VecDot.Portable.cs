@@ -49,8 +49,8 @@ public static partial class VecDot
     /// <summary>Whether the portable kernels run for this weight type: 128-bit vectors but no AVX2 + FMA.</summary>
     internal static bool PortableRows(GgmlType type) =>
         Vector128.IsHardwareAccelerated && !(Avx2.IsSupported && Fma.IsSupported)
-        && type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K
-            or GgmlType.IQ4_NL or GgmlType.IQ4_XS;
+        && (type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K
+            or GgmlType.IQ4_NL or GgmlType.IQ4_XS || GgmlTypeInfo.IsLattice(type));
 
     /// <summary>Bytes of one activation row in the portable layout. Q8_0, Q4_0, Q5_0, IQ4_NL (ggml's Q8_0 activations):
     /// [nb] F32 d (the F16-rounded scale ggml stores), then [n] int16 quants. Q4_1, Q5_1 (Q8_1): [nb] F32 d, [nb] F32 s
@@ -117,7 +117,8 @@ public static partial class VecDot
     internal const int PortableRowGroup = 4;
 
     /// <summary>One weight row against B activation rows (x + b·xStride, the portable layout) into y[b·yStride]: Q6_K
-    /// in groups of <see cref="PortableRowGroup"/> (its values assembled once per group), the others row by row. (Q4_K
+    /// and the lattice types in groups of <see cref="PortableRowGroup"/> (their values assembled once per group), the
+    /// others row by row. (Q4_K
     /// grouped the same way spilled its eight weight registers on x86's sixteen and gained nothing there; unmeasured
     /// on ARM64's thirty-two.)</summary>
     internal static unsafe void RunPortable(GgmlType type, byte* w, byte* x, int xStride, int B, int n, float* y, int yStride)
@@ -132,6 +133,11 @@ public static partial class VecDot
         {
             for (int b = 0; b < B; b += PortableRowGroup)
                 DotQ6KPortableRows<T>(w, x + (long)b * xStride, xStride, Math.Min(PortableRowGroup, B - b), n / 256, y + (long)b * yStride, yStride);
+            return;
+        }
+        if (GgmlTypeInfo.IsLattice(type) && B > 1)
+        {
+            RunLatticePortable<T>(type, w, x, xStride, B, n / 256, y, yStride);
             return;
         }
         for (int b = 0; b < B; b++) y[(long)b * yStride] = DotPortable<T>(type, w, x + (long)b * xStride, n);
@@ -156,6 +162,13 @@ public static partial class VecDot
         GgmlType.Q4_K => DotK4Portable<T>(w, a, n / 256, five: false),
         GgmlType.Q5_K => DotK4Portable<T>(w, a, n / 256, five: true),
         GgmlType.Q6_K => DotQ6KPortable<T>(w, a, n / 256),
+        GgmlType.IQ2_XXS => DotLatticePortable<T, IQ2XXSPortable>(w, a, n / 256),
+        GgmlType.IQ2_XS => DotLatticePortable<T, IQ2XSPortable>(w, a, n / 256),
+        GgmlType.IQ2_S => DotLatticePortable<T, IQ2SPortable>(w, a, n / 256),
+        GgmlType.IQ3_XXS => DotLatticePortable<T, IQ3XXSPortable>(w, a, n / 256),
+        GgmlType.IQ3_S => DotLatticePortable<T, IQ3SPortable>(w, a, n / 256),
+        GgmlType.IQ1_S => DotLatticePortable<T, IQ1SPortable>(w, a, n / 256),
+        GgmlType.IQ1_M => DotLatticePortable<T, IQ1MPortable>(w, a, n / 256),
         _ => throw new ArgumentException($"no portable kernel for {type}", nameof(type)),
     };
 

@@ -12,7 +12,8 @@ namespace Cria.Tests.Kernels;
 /// </summary>
 public unsafe class PortableKernelTests
 {
-    public static TheoryData<GgmlType> Types => new() { GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K, GgmlType.IQ4_NL, GgmlType.IQ4_XS };
+    public static TheoryData<GgmlType> Types => new() { GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K, GgmlType.IQ4_NL, GgmlType.IQ4_XS,
+        GgmlType.IQ2_XXS, GgmlType.IQ2_XS, GgmlType.IQ2_S, GgmlType.IQ3_XXS, GgmlType.IQ3_S, GgmlType.IQ1_S, GgmlType.IQ1_M };
 
     /// <summary>The portable kernel on ggml's activation row (a, ao), widened into the portable layout first.</summary>
     static float Portable<T>(GgmlType type, byte[] w, int wo, byte[] a, int ao, int n) where T : VecDot.IPairMul
@@ -39,8 +40,9 @@ public unsafe class PortableKernelTests
         var rng = new Random(11);
         int rb = (int)GgmlTypeInfo.RowBytes(type, n), ab = (int)GgmlTypeInfo.RowBytes(VecDot.ActivationType(type), n);
         var w = new byte[rows * rb];
+        var importance = Enumerable.Repeat(1f, n).ToArray(); // the lattice types are quantized only with one, as in ggml
         for (int r = 0; r < rows; r++)
-            Quantize.Row(type, Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1) * (1 + r)).ToArray(), w.AsSpan(r * rb, rb));
+            Quantize.Row(type, Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1) * (1 + r)).ToArray(), w.AsSpan(r * rb, rb), importance);
         var a = new byte[B * ab];
         for (int b = 0; b < B; b++)
         {
@@ -79,6 +81,11 @@ public unsafe class PortableKernelTests
                 switch (type)
                 {
                     case GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q5_0 or GgmlType.IQ4_NL or GgmlType.IQ4_XS: BitConverter.TryWriteBytes(blk, Fp16.FromSingle(1f)); break;
+                    case var t when GgmlTypeInfo.IsLattice(t) && t != GgmlType.IQ1_M: BitConverter.TryWriteBytes(blk, Fp16.FromSingle(1f)); break; // grid indices, signs, scales: every bit pattern
+                    case GgmlType.IQ1_M: // d = 1 (0x3C00) spread over the top nibbles of the four scale words
+                        blk[49] &= 0x0F; blk[51] &= 0x0F;
+                        blk[53] = (byte)(blk[53] & 0x0F | 0xC0); blk[55] = (byte)(blk[55] & 0x0F | 0x30);
+                        break;
                     case GgmlType.Q4_1 or GgmlType.Q5_1: // d = 1, m a small integer: every sum an integer
                         BitConverter.TryWriteBytes(blk, Fp16.FromSingle(1f));
                         BitConverter.TryWriteBytes(blk[2..], Fp16.FromSingle(rng.Next(-8, 9)));
@@ -111,6 +118,8 @@ public unsafe class PortableKernelTests
                         case GgmlType.Q3_K: blk[..108].Fill(0xFF); break; // high bits set, quants 3, scales 31
                         case GgmlType.IQ4_NL: blk[2..].Fill(0x00); break; // every level −127 (against −127: the largest products)
                         case GgmlType.IQ4_XS: blk[2..4].Fill(0xAA); blk[4..8].Fill(0x11); blk[8..].Fill(0x00); break; // scale 33 − 32 = 1, levels −127
+                        case GgmlType.IQ1_S: blk[34..].Fill(0xFF); break;                 // high index bits, scale 15, delta −1
+                        case GgmlType.IQ1_M: blk[32..48].Fill(0xFF); break;               // high index bits, deltas −1
                         case GgmlType.Q6_K:
                             blk[..192].Fill(0xFF);
                             for (int s = 0; s < 16; s++) blk[192 + s] = (byte)(sbyte)(s % 2 == 0 ? 3 : -2);
@@ -160,19 +169,27 @@ public unsafe class PortableKernelTests
                     Assert.Equal(scalar, dot(type, w, r * rb, a, b * ab, n));
                 }
     }
-    /// <summary>RunPortable (Q6_K: groups of four activation rows against one weight row, its values assembled once per
-    /// group): every output the bits of that row alone, for 1, 3, 4 and 6 rows (groups of 4 + 2), the strides kept.</summary>
+    /// <summary>RunPortable (Q6_K and the lattice types: groups of four activation rows against one weight row, its
+    /// values assembled once per group): every output the bits of that row alone, for 1, 3, 4 and 6 rows (groups of
+    /// 4 + 2), the strides kept.</summary>
     [Theory]
     [InlineData(GgmlType.Q4_K)]
     [InlineData(GgmlType.Q5_K)]
     [InlineData(GgmlType.Q6_K)]
+    [InlineData(GgmlType.IQ2_XXS)]
+    [InlineData(GgmlType.IQ2_XS)]
+    [InlineData(GgmlType.IQ2_S)]
+    [InlineData(GgmlType.IQ3_XXS)]
+    [InlineData(GgmlType.IQ3_S)]
+    [InlineData(GgmlType.IQ1_S)]
+    [InlineData(GgmlType.IQ1_M)]
     public void Grouped_rows_give_the_bits_of_each_row_alone(GgmlType type)
     {
         const int n = 512;
         var rng = new Random(13);
         int rb = (int)GgmlTypeInfo.RowBytes(type, n), pb = VecDot.PortableActivationBytes(type, n);
         var w = new byte[rb];
-        Quantize.Row(type, Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray(), w);
+        Quantize.Row(type, Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray(), w, Enumerable.Repeat(1f, n).ToArray());
         var act = new byte[6 * pb];
         for (int b = 0; b < 6; b++)
             VecDot.PreparePortable(type, Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray(), act.AsSpan(b * pb, pb));
