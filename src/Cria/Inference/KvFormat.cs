@@ -192,6 +192,9 @@ public static class Kivi
         if (Avx2.IsSupported)
             for (; i + 8 <= y.Length; i += 8)
                 (Codes8(codes, bits, i) * Vector256.Create(scale.Slice(i, 8)) + Vector256.Create(min.Slice(i, 8))).CopyTo(y.Slice(i, 8));
+        if (Vector128.IsHardwareAccelerated)
+            for (; i + 4 <= y.Length; i += 4)
+                (Codes4(codes, bits, i) * Vector128.Create(scale.Slice(i, 4)) + Vector128.Create(min.Slice(i, 4))).CopyTo(y.Slice(i, 4));
         for (; i < y.Length; i++) y[i] = Code(codes, i, bits) * scale[i] + min[i];
     }
 
@@ -209,6 +212,11 @@ public static class Kivi
         {
             var s = Vector256.Create(scale); var m = Vector256.Create(min);
             for (; i + 8 <= y.Length; i += 8) (Codes8(codes, bits, i) * s + m).CopyTo(y.Slice(i, 8));
+        }
+        if (Vector128.IsHardwareAccelerated)
+        {
+            var s = Vector128.Create(scale); var m = Vector128.Create(min);
+            for (; i + 4 <= y.Length; i += 4) (Codes4(codes, bits, i) * s + m).CopyTo(y.Slice(i, 4));
         }
         for (; i < y.Length; i++) y[i] = Code(codes, i, bits) * scale + min;
     }
@@ -259,6 +267,24 @@ public static class Kivi
         else
             v = Avx2.ShiftRightLogicalVariable(Vector256.Create(Unsafe.ReadUnaligned<uint>(ref p)), Vector256.Create(0u, 4, 8, 12, 16, 20, 24, 28)) & Vector256.Create(15u);
         return Vector256.ConvertToSingle(v.AsInt32());
+    }
+
+    /// <summary>Codes i … i+3 (i a multiple of 4) as floats, as <see cref="Codes4(ref byte, int)"/> does them.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector128<float> Codes4(ReadOnlySpan<byte> codes, int bits, int i) =>
+        Codes4(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(codes.Slice(i * bits / 8, bits / 2)), bits);
+
+    /// <summary>The 4 codes starting at byte <paramref name="p"/> as floats, with 128-bit vectors only (ARM64, x86
+    /// without AVX2, which have no per-lane shifts in common): the 4·b bits broadcast, lane k masked to its code's bits
+    /// (b·k up), converted, and scaled down by 2^−b·k — exact, so the same floats as <see cref="Codes8(ref byte, int)"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector128<float> Codes4(ref byte p, int bits)
+    {
+        if (bits == 2)
+            return Vector128.ConvertToSingle((Vector128.Create((uint)p) & Vector128.Create(0x3u, 0xC, 0x30, 0xC0)).AsInt32())
+                 * Vector128.Create(1f, 1f / 4, 1f / 16, 1f / 64);
+        return Vector128.ConvertToSingle((Vector128.Create((uint)Unsafe.ReadUnaligned<ushort>(ref p)) & Vector128.Create(0xFu, 0xF0, 0xF00, 0xF000)).AsInt32())
+             * Vector128.Create(1f, 1f / 16, 1f / 256, 1f / 4096);
     }
 
     /// <summary>Reference dequantization of one group.</summary>

@@ -23,19 +23,25 @@ namespace Cria.Kernels;
 /// </summary>
 internal sealed partial class AttentionJob
 {
-    /// <summary>Whether <see cref="AttendKivi"/> serves this layer: KIVI with AVX2 and FMA (16 lanes with AVX-512,
-    /// else 8; per lane the same operations), head and value groups in whole 16-lane vectors, no position shift (a
-    /// shifted key tile must be rotated as floats).</summary>
+    /// <summary>Whether <see cref="AttendKivi"/> serves this layer: KIVI on a machine with vectors (16 lanes with
+    /// AVX-512, 8 with AVX2 and FMA, else 4 — ARM64, x86 without AVX2; per lane the same operations), head and value
+    /// groups in whole 16-lane vectors, no position shift (a shifted key tile must be rotated as floats).</summary>
     internal static bool KiviFused(in KvLayer kv, int hd, int dropped) =>
-        kv.Bits != 0 && dropped <= 0 && Avx2.IsSupported && Fma.IsSupported && hd % 16 == 0 && kv.ValueGroup % 16 == 0;
+        kv.Bits != 0 && dropped <= 0 && (Avx2.IsSupported && Fma.IsSupported || Vector128.IsHardwareAccelerated)
+        && hd % 16 == 0 && kv.ValueGroup % 16 == 0;
+
+    /// <summary>Whether the kernels on the codes run in four lanes (<see cref="KeyScoresOnCodesPortable{TMac}"/>,
+    /// <see cref="ValuesOnCodesPortable{TMac}"/>): no AVX2 + FMA.</summary>
+    static readonly bool KiviPortable = !(Avx2.IsSupported && Fma.IsSupported);
 
     /// <summary>One row's query heads of KV group g over the first <paramref name="slots"/> slots, on KIVI codes
     /// (see the class remarks); same contract as <see cref="AttendRows"/> with one row. max / sum ([group]) return
-    /// the softmax state for the eviction pass.</summary>
+    /// the softmax state for the eviction pass. <paramref name="portable"/> runs the four-lane kernels even where
+    /// wider ones run (tests: with FMA they give the same bits).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void AttendKivi(ModelConfig c, in KvLayer kv, ReadOnlySpan<int> table, ReadOnlySpan<int> blockPos, ushort[][] ring,
                                     int slots, int p, int g, ReadOnlySpan<float> qRow, Span<float> outRow, float[] scratch,
-                                    Span<float> max, Span<float> sum)
+                                    Span<float> max, Span<float> sum, bool portable = false)
     {
         int hd = c.HeadDim, group = c.GroupSize, vg = kv.ValueGroup, nq = hd / vg;
         float scale = 1.0f / MathF.Sqrt(hd);
@@ -55,7 +61,7 @@ internal sealed partial class AttentionJob
         for (int t0 = 0; t0 < slots; t0 += TileSize)
         {
             int n = Math.Min(TileSize, slots - t0);
-            KiviTileScores(kv, table, blockPos, ring, t0, n, g, hd, group, p, qRow, scale, scores, kTile, qScaled, kCols);
+            KiviTileScores(kv, table, blockPos, ring, t0, n, g, hd, group, p, qRow, scale, scores, kTile, qScaled, kCols, portable);
             for (int h = 0; h < group; h++)
             {
                 var sc = scores.Slice(h * TileSize, n);
@@ -66,7 +72,7 @@ internal sealed partial class AttentionJob
                 max[h] = m;
                 if (correction != 1f) { Scale(acc.Slice(h * hd, hd), correction); Scale(minAcc.Slice(h * nq, nq), correction); }
             }
-            KiviTileValues(kv, table, blockPos, ring, t0, n, g, hd, group, p, scores, vTile, acc, minAcc, weights);
+            KiviTileValues(kv, table, blockPos, ring, t0, n, g, hd, group, p, scores, vTile, acc, minAcc, weights, portable);
         }
         for (int h = 0; h < group; h++)
         {
@@ -85,7 +91,7 @@ internal sealed partial class AttentionJob
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void KiviTileScores(in KvLayer kv, ReadOnlySpan<int> table, ReadOnlySpan<int> blockPos, ushort[][] ring,
                                         int t0, int n, int g, int hd, int group, int p, ReadOnlySpan<float> qRow, float scale,
-                                        Span<float> scores, Span<float> kTile, Span<float> qScaled, Span<float> kCols)
+                                        Span<float> scores, Span<float> kTile, Span<float> qScaled, Span<float> kCols, bool portable = false)
     {
         int bs = kv.BlockSize, off = g * hd, h0 = g * group, kEnd = Kivi.QuantizedKeyEnd(p, kv.Residual), ring0 = n;
         var ringK = ring[2 * kv.Layer];
@@ -107,7 +113,7 @@ internal sealed partial class AttentionJob
                     for (int i = 0; i < hd; i++) { qs[i] = q[i] * sc[i] * scale; bias += q[i] * mn[i]; }
                     qScaled[group * hd + h] = bias * scale;
                 }
-                KeyScoresOnCodes(kv, (block * bs + r0) * kv.RowBytes + off * kv.Bits / 8, quant, hd, group, qScaled, scores.Slice(j));
+                KeyScoresOnCodes(kv, (block * bs + r0) * kv.RowBytes + off * kv.Bits / 8, quant, hd, group, qScaled, scores.Slice(j), portable);
             }
             for (int r = quant; r < run; r++)
                 HalfToSingle(ringK.AsSpan((pos0 + r) % kv.RingLength * kv.KvDim + off, hd), kTile.Slice((j + r) * hd, hd));
@@ -132,8 +138,14 @@ internal sealed partial class AttentionJob
     /// mask, convert and an FMA per head (four heads in registers at a time).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static unsafe void KeyScoresOnCodes(in KvLayer kv, int at, int rows, int hd, int group, ReadOnlySpan<float> qScaled, Span<float> scores)
+    static unsafe void KeyScoresOnCodes(in KvLayer kv, int at, int rows, int hd, int group, ReadOnlySpan<float> qScaled, Span<float> scores, bool portable)
     {
+        if (portable || KiviPortable)
+        {
+            if (MulAdd.Fused) KeyScoresOnCodesPortable<FusedMulAdd>(kv, at, rows, hd, group, qScaled, scores);
+            else KeyScoresOnCodesPortable<SplitMulAdd>(kv, at, rows, hd, group, qScaled, scores);
+            return;
+        }
         if (!Avx512F.IsSupported) { KeyScoresOnCodes256(kv, at, rows, hd, group, qScaled, scores); return; }
         int bits = kv.Bits, perWord = 32 / bits, words = hd / perWord, rowWords = kv.RowBytes / 4;
         var mask = Vector512.Create((1u << bits) - 1);
@@ -221,6 +233,60 @@ internal sealed partial class AttentionJob
         }
     }
 
+    /// <summary><see cref="KeyScoresOnCodes"/> with four lanes (ARM64, x86 without AVX2): four rows at a time, their
+    /// code words read one by one into the lanes (no gather), the multiply-add by <typeparamref name="TMac"/> (fused: the
+    /// bits of the wider kernels).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe void KeyScoresOnCodesPortable<TMac>(in KvLayer kv, int at, int rows, int hd, int group, ReadOnlySpan<float> qScaled, Span<float> scores)
+        where TMac : IMulAdd
+    {
+        int bits = kv.Bits, perWord = 32 / bits, words = hd / perWord, rowWords = kv.RowBytes / 4;
+        var mask = Vector128.Create((1u << bits) - 1);
+        Span<float> tail = stackalloc float[4];
+        fixed (byte* kBase = kv.K)
+        fixed (float* qs = qScaled)
+        fixed (float* sp = scores)
+        {
+            float* bias = qs + group * hd;
+            for (int r = 0; r < rows; r += 4)
+            {
+                int m = Math.Min(4, rows - r);
+                int* w0 = (int*)(kBase + at + r * kv.RowBytes);                         // rows past the end repeat the last
+                int* w1 = w0 + Math.Min(1, m - 1) * rowWords, w2 = w0 + Math.Min(2, m - 1) * rowWords, w3 = w0 + (m - 1) * rowWords;
+                for (int h = 0; h < group; h += 4)
+                {
+                    int ha = h, hb = Math.Min(h + 1, group - 1), hc = Math.Min(h + 2, group - 1), hdd = Math.Min(h + 3, group - 1);
+                    var s0 = Vector128.Create(bias[ha]); var s1 = Vector128.Create(bias[hb]);
+                    var s2 = Vector128.Create(bias[hc]); var s3 = Vector128.Create(bias[hdd]);
+                    float* qa = qs + ha * hd, qb = qs + hb * hd, qc = qs + hc * hd, qd = qs + hdd * hd;
+                    for (int w = 0; w < words; w++)
+                    {
+                        var word = Vector128.Create(w0[w], w1[w], w2[w], w3[w]).AsUInt32();
+                        int ch = w * perWord;
+                        for (int k = 0; k < perWord; k++, ch++)
+                        {
+                            var code = Vector128.ConvertToSingle((Vector128.ShiftRightLogical(word, k * bits) & mask).AsInt32());
+                            s0 = TMac.Apply(Vector128.Create(qa[ch]), code, s0);
+                            s1 = TMac.Apply(Vector128.Create(qb[ch]), code, s1);
+                            s2 = TMac.Apply(Vector128.Create(qc[ch]), code, s2);
+                            s3 = TMac.Apply(Vector128.Create(qd[ch]), code, s3);
+                        }
+                    }
+                    StoreLanes(s0, sp + ha * TileSize + r, m, tail); StoreLanes(s1, sp + hb * TileSize + r, m, tail);
+                    StoreLanes(s2, sp + hc * TileSize + r, m, tail); StoreLanes(s3, sp + hdd * TileSize + r, m, tail);
+                }
+            }
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe void StoreLanes(Vector128<float> v, float* dst, int m, Span<float> tail)
+    {
+        if (m == 4) { v.Store(dst); return; }
+        v.CopyTo(tail);
+        for (int i = 0; i < m; i++) dst[i] = tail[i];
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static unsafe void StoreLanes(Vector256<float> v, float* dst, int m, Span<float> tail)
     {
@@ -242,7 +308,7 @@ internal sealed partial class AttentionJob
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void KiviTileValues(in KvLayer kv, ReadOnlySpan<int> table, ReadOnlySpan<int> blockPos, ushort[][] ring,
                                int t0, int n, int g, int hd, int group, int p, ReadOnlySpan<float> probs, Span<float> vTile,
-                               Span<float> acc, Span<float> minAcc, Span<float> weights)
+                               Span<float> acc, Span<float> minAcc, Span<float> weights, bool portable = false)
     {
         int bs = kv.BlockSize, off = g * hd, vEnd = Kivi.QuantizedValueEnd(p, kv.Residual);
         var ringV = ring[2 * kv.Layer + 1];
@@ -252,7 +318,7 @@ internal sealed partial class AttentionJob
             int pos0 = blockPos[bi] + r0;
             int quant = Math.Clamp(vEnd - pos0, 0, run);
             if (quant > 0)
-                ValuesOnCodes(kv, table[bi] * bs + r0, quant, off, hd, group, probs.Slice(j), acc, minAcc, weights);
+                ValuesOnCodes(kv, table[bi] * bs + r0, quant, off, hd, group, probs.Slice(j), acc, minAcc, weights, portable);
             for (int r = quant; r < run; r++)
                 HalfToSingle(ringV.AsSpan((pos0 + r) % kv.RingLength * kv.KvDim + off, hd), vTile.Slice((j + r) * hd, hd));
             if (run > quant)
@@ -268,7 +334,7 @@ internal sealed partial class AttentionJob
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static unsafe void ValuesOnCodes(in KvLayer kv, int cell0, int rows, int off, int hd, int group, ReadOnlySpan<float> probs,
-                                     Span<float> acc, Span<float> minAcc, Span<float> weights)
+                                     Span<float> acc, Span<float> minAcc, Span<float> weights, bool portable)
     {
         int bits = kv.Bits, vg = kv.ValueGroup, nq = hd / vg, groups = kv.KvDim / vg, rb = kv.RowBytes;
         var sv = weights.Slice(group * TileSize, rows); var mv = weights.Slice(group * TileSize + TileSize, rows);
@@ -290,6 +356,12 @@ internal sealed partial class AttentionJob
                     float mSum = 0;
                     for (int r = 0; r < rows; r++) { wp[h * TileSize + r] = ph[r] * sv[r]; mSum += ph[r] * mv[r]; }
                     minAcc[h * nq + q] += mSum;
+                }
+                if (portable || KiviPortable)
+                {
+                    if (MulAdd.Fused) ValuesOnCodesPortable<FusedMulAdd>(vBase + (long)cell0 * rb + off * bits / 8, rows, rb, bits, q * vg, vg, hd, group, ap, wp);
+                    else ValuesOnCodesPortable<SplitMulAdd>(vBase + (long)cell0 * rb + off * bits / 8, rows, rb, bits, q * vg, vg, hd, group, ap, wp);
+                    continue;
                 }
                 if (!Avx512F.IsSupported)
                 {
@@ -337,5 +409,35 @@ internal sealed partial class AttentionJob
                     }
                 }
             }
+    }
+
+    /// <summary><see cref="ValuesOnCodes"/>'s inner loops with four lanes (ARM64, x86 without AVX2): channels c0 …
+    /// c0 + count of this head (codes of row r at <paramref name="head"/> + r·rb), four at a time widened by
+    /// <see cref="Kivi.Codes4(ref byte, int)"/>, each serving four heads; acc[h, c] += w[h, r]·code[r, c], the
+    /// multiply-add by <typeparamref name="TMac"/> (fused: the bits of the wider kernels).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe void ValuesOnCodesPortable<TMac>(byte* head, int rows, int rb, int bits, int c0, int count, int hd, int group, float* ap, float* wp)
+        where TMac : IMulAdd
+    {
+        for (int c = c0; c < c0 + count; c += 4)
+        {
+            byte* codes = head + c * bits / 8;
+            for (int h = 0; h < group; h += 4)
+            {
+                int ha = h, hb = Math.Min(h + 1, group - 1), hc = Math.Min(h + 2, group - 1), hdd = Math.Min(h + 3, group - 1);
+                float* aa = ap + ha * hd + c, ab = ap + hb * hd + c, ac = ap + hc * hd + c, ad = ap + hdd * hd + c;
+                var a0 = Vector128.Load(aa); var a1 = Vector128.Load(ab); var a2 = Vector128.Load(ac); var a3 = Vector128.Load(ad);
+                float* wa = wp + ha * TileSize, wb = wp + hb * TileSize, wc = wp + hc * TileSize, wd = wp + hdd * TileSize;
+                for (int r = 0; r < rows; r++)
+                {
+                    var code = Kivi.Codes4(ref *(codes + r * rb), bits);
+                    a0 = TMac.Apply(Vector128.Create(wa[r]), code, a0);
+                    a1 = TMac.Apply(Vector128.Create(wb[r]), code, a1);
+                    a2 = TMac.Apply(Vector128.Create(wc[r]), code, a2);
+                    a3 = TMac.Apply(Vector128.Create(wd[r]), code, a3);
+                }
+                a0.Store(aa); a1.Store(ab); a2.Store(ac); a3.Store(ad);
+            }
+        }
     }
 }

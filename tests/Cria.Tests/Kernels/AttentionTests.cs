@@ -200,7 +200,7 @@ public class AttentionTests
     /// probability in a vector or in a tile's scalar tail; both are within 2 ulp of e^x on [−87, 88] (measured on
     /// 200,000 points and the edges), 0 from −88 down, and NaN stays NaN.
     /// </summary>
-    [Fact]
+    [Avx2Fact]
     public void Exp_lanes_equal_the_scalar_twin_and_stay_within_two_ulp()
     {
         Assert.True(Avx2.IsSupported && Fma.IsSupported, "this machine runs the AVX2 softmax; the test needs it");
@@ -236,7 +236,7 @@ public class AttentionTests
     /// each score equals its scalar reference (one FMA chain over d) bit for bit, for every n of a tile, head pairs and
     /// a single head left over, and a key tile with stale rows past n.
     /// </summary>
-    [Theory]
+    [Avx2Theory]
     [InlineData(64, 8)]
     [InlineData(32, 3)]
     [InlineData(8, 1)]
@@ -275,7 +275,7 @@ public class AttentionTests
     /// <summary>An unshifted F16 cache goes straight into key columns (eight keys widened and transposed in registers):
     /// the same floats as the row tile transposed, and the same value rows, for tiles that cross scattered blocks and
     /// end mid-block.</summary>
-    [Fact]
+    [Avx2Fact]
     public void F16_keys_loaded_straight_into_columns_equal_the_transposed_row_tile()
     {
         const int hd = 64, kvHeads = 2, bs = 16, T = AttentionJob.TileSize;

@@ -41,7 +41,7 @@ public unsafe class LatticeKernelBitsTests
     delegate float One(byte* x, byte* y, int nb);
     delegate void Four(byte* x, byte* y, int yStride, int nb, float* dst, int dstStride);
 
-    [Theory]
+    [Avx2Theory]
     [InlineData(GgmlType.IQ1_S)]
     [InlineData(GgmlType.IQ1_M)]
     [InlineData(GgmlType.IQ2_XXS)]

@@ -261,8 +261,8 @@ public class KvFormatTests
         }
         var s = cache.GetSequence(3);
         var kv = new AttentionJob.KvLayer(cache, 0);
-        // The fused path runs with AVX2 and FMA (16 lanes with AVX-512, else 8); this machine must have it.
-        Assert.True(AttentionJob.KiviFused(kv, hd, -1), "KIVI attention on the codes needs AVX2 and FMA");
+        // The fused path runs wherever .NET has vectors (16 lanes with AVX-512, 8 with AVX2 + FMA, else 4).
+        Assert.True(AttentionJob.KiviFused(kv, hd, -1), "KIVI attention on the codes needs 128-bit vectors");
         var table = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(s.Blocks).ToArray();
         var blockPos = cache.BlockPositions(3).ToArray();
         var scratch = new float[AttentionJob.ScratchLength(c)];
@@ -276,6 +276,13 @@ public class KvFormatTests
                 AttentionJob.AttendRows(c, kv, table, blockPos, s.Ring, 1, new[] { p + 1 }, p, g, q, tiles, scratch, new float[4 * group], new float[4 * group], -1);
                 for (int i = g * group * hd; i < (g + 1) * group * hd; i++)
                     Assert.True(Math.Abs(fused[i] - tiles[i]) <= 2e-5f * (1 + Math.Abs(tiles[i])), $"p {p} g {g} i {i}: {fused[i]} vs {tiles[i]}");
+                // The four-lane kernels (ARM64, x86 without AVX2) do each lane's multiply-adds in the same order: with
+                // the hardware's fused multiply-add they give the wide kernels' bits.
+                var narrow = new float[c.QDim];
+                AttentionJob.AttendKivi(c, kv, table, blockPos, s.Ring!, p + 1, p, g, q, narrow, scratch, new float[group], new float[group], portable: true);
+                for (int i = g * group * hd; i < (g + 1) * group * hd; i++)
+                    if (System.Runtime.Intrinsics.X86.Fma.IsSupported) Assert.True(narrow[i].Equals(fused[i]), $"p {p} g {g} i {i}: four lanes {narrow[i]} vs {fused[i]}");
+                    else Assert.True(Math.Abs(narrow[i] - tiles[i]) <= 2e-5f * (1 + Math.Abs(tiles[i])), $"p {p} g {g} i {i}: four lanes {narrow[i]} vs {tiles[i]}");
                 // the eviction pass reads the fused scores again: probabilities over the slots sum to the group size
                 var probs = new float[p + 1];
                 AttentionJob.Attend(c, kv, table, blockPos, s.Ring, p + 1, p, g, q, new float[c.QDim], scratch, probs);

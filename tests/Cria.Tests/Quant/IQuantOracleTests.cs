@@ -202,23 +202,31 @@ public sealed class IQuantMixTests(ITestOutputHelper output)
         // 2. A 40-token prompt. Where an activation sits on a Q8_K rounding boundary, summation order decides its
         // rounding and the difference is carried on through the KV cache (LogitsAgreementTests): here the IQ3_S mix
         // agrees to 2e-6 up to position 23, then 0.07–0.32 (IQ3_M: up to 0.46). Bounded by 0.5, with llama.cpp's
-        // argmax at all but two positions.
+        // argmax wherever llama.cpp's top two logits are more than 0.1 apart (31–34 of the 40 positions; a flip there
+        // needs |Δ| ≥ 0.05 on the two). The near ties below that follow summation order: with AVX2 Cria flips none,
+        // with the portable kernels (no AVX2) IQ3_M flipped three, at margins 0.002–0.023, and IQ3_S one, at 0.054.
         var tk = LogitsAgreementTests.Prompt(40, 512, 9);
         var a = cpp.AllLogits(tk);
         var b = cria.AllLogits(tk);
         float worst = 0;
-        int argmax = 0, first = -1;
+        int argmax = 0, first = -1, confident = 0;
+        var flips = new List<string>();
         for (int p = 0; p < tk.Length; p++)
         {
             float d = MaxDiff(a[p], b[p]);
             if (d > 1e-4f && first < 0) first = p;
             worst = Math.Max(worst, d);
+            var top = a[p].OrderDescending().Take(2).ToArray();
+            bool sure = top[0] - top[1] > 0.1f;
+            if (sure) confident++;
             if (Cria.Inference.Sampler.ArgMax(a[p]) == Cria.Inference.Sampler.ArgMax(b[p])) argmax++;
+            else if (sure) flips.Add($"position {p} (margin {top[0] - top[1]:F3})");
         }
-        output.WriteLine($"{name}: {exact}/16 single tokens within 1e-4; prompt max |Δ| {worst:E2}, first position beyond 1e-4: {first}, argmax agrees at {argmax}/40");
+        output.WriteLine($"{name}: {exact}/16 single tokens within 1e-4; prompt max |Δ| {worst:E2}, first position beyond 1e-4: {first}, argmax agrees at {argmax}/40 ({confident} positions with a margin above 0.1)");
         Assert.True(a[^1].Max() - a[^1].Min() > 0.1f, "llama.cpp's logits span nothing: the model computes nothing to compare");
         Assert.True(worst <= 0.5f, $"{name}: max |Δlogit| {worst}");
-        Assert.True(argmax >= tk.Length - 2, $"{name}: argmax differs at {tk.Length - argmax} positions");
+        Assert.True(confident >= 25, $"{name}: only {confident} positions with a top-two margin above 0.1: the argmax check says little");
+        Assert.True(flips.Count == 0, $"{name}: argmax differs where llama.cpp is sure: {string.Join(", ", flips)}");
     }
 
     static float MaxDiff(float[] a, float[] b) => a.Zip(b, (u, v) => Math.Abs(u - v)).Max();

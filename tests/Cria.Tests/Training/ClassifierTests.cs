@@ -227,7 +227,9 @@ public sealed class ClassifierTests(ITestOutputHelper output)
         }
         var train = Enumerable.Range(0, 400).Select(_ => Example()).ToList();
         var held = Enumerable.Range(0, 200).Select(_ => Example()).ToList();
-        var options = new TrainingOptions { BatchSize = 8, Steps = 300, WarmupSteps = 20, LearningRate = 1e-2f, WeightDecay = 0, Threads = 2, Seed = 4 };
+        // lr 5e-3: at 1e-2 the last-token mode sat on a plateau for some seeds and float orders (82–100 % over seeds
+        // 1–6 with and without AVX2); at 5e-3 it reached 98–100 % in every one of those runs (bi-mean 98.5–100 %).
+        var options = new TrainingOptions { BatchSize = 8, Steps = 300, WarmupSteps = 20, LearningRate = 5e-3f, WeightDecay = 0, Threads = 2, Seed = 4 };
         using var trainer = new Trainer(shape, options, [], 1, seqLen: 16, lora: new LoraOptions { Rank = 4, Alpha = 8f },
             classifier: new ClassifierOptions { Labels = ["no", "yes"], Pooling = pooling, Bidirectional = bi });
         double Accuracy() { var (pred, _) = trainer.ClassifierEvaluate(held, 0); return pred.Where((p, i) => p == held[i].Label).Count() / (double)held.Count; }
