@@ -115,7 +115,10 @@ static class ImatrixProbe
         var rng = new Random(1);
         var x = new float[cols * rows];
         for (int i = 0; i < x.Length; i++) x[i] = (float)((rng.NextDouble() - 0.5) * 0.1);
-        foreach (var t in new[] { GgmlType.Q4_K, GgmlType.Q6_K, GgmlType.Q5_K, GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_0 })
+        var importance = new float[cols]; // an importance vector for the weighted (imatrix) quantizers: make_qkx3_quants & co.
+        for (int i = 0; i < cols; i++) importance[i] = (float)Math.Exp(rng.NextDouble() * 2 - 1);
+        foreach (var (t, weighted) in new[] { (GgmlType.Q4_K, false), (GgmlType.Q6_K, false), (GgmlType.Q5_K, false), (GgmlType.Q2_K, false),
+                     (GgmlType.Q3_K, false), (GgmlType.Q4_0, false), (GgmlType.Q4_K, true), (GgmlType.Q2_K, true) })
         {
             var widths = new List<SearchLanes> { SearchLanes.Scalar };
             if (System.Runtime.Intrinsics.Vector128.IsHardwareAccelerated) widths.Add(SearchLanes.Lanes128);
@@ -125,10 +128,15 @@ static class ImatrixProbe
                 Quantize.Lanes = lanes;
                 int rb = (int)GgmlTypeInfo.RowBytes(t, cols);
                 var dst = new byte[rb * rows];
-                for (int r = 0; r < 64; r++) Quantize.Row(t, x.AsSpan(r * cols, cols), dst.AsSpan(r * rb, rb));
+                void Row(int r)
+                {
+                    if (weighted) Quantize.Row(t, x.AsSpan(r * cols, cols), dst.AsSpan(r * rb, rb), importance);
+                    else Quantize.Row(t, x.AsSpan(r * cols, cols), dst.AsSpan(r * rb, rb));
+                }
+                for (int r = 0; r < 64; r++) Row(r);
                 var sw = Stopwatch.StartNew();
-                for (int r = 0; r < rows; r++) Quantize.Row(t, x.AsSpan(r * cols, cols), dst.AsSpan(r * rb, rb));
-                Console.WriteLine($"{t} {lanes}: {cols * (double)rows / sw.Elapsed.TotalSeconds / 1e6:F1} M values/s");
+                for (int r = 0; r < rows; r++) Row(r);
+                Console.WriteLine($"{t}{(weighted ? " with an importance" : "")} {lanes}: {cols * (double)rows / sw.Elapsed.TotalSeconds / 1e6:F1} M values/s");
             }
         }
         var h = new byte[2 * x.Length];

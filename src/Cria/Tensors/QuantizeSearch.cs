@@ -18,8 +18,9 @@ public static partial class Quantize
     internal static SearchLanes Lanes = Vector256.IsHardwareAccelerated ? SearchLanes.Lanes256
         : Vector128.IsHardwareAccelerated ? SearchLanes.Lanes128 : SearchLanes.Scalar;
 
-    /// <summary>make_qkx2_quants' search over nstep+1 scales, 8 at a time. A step that wins changes <c>min</c>, which
-    /// the following steps read, so the lanes after a winning lane are recomputed from the next step on.</summary>
+    /// <summary>make_qkx2_quants' search over nstep+1 scales, 8 at a time (make_qkx3_quants', the imatrix path's, is the
+    /// same search). A step that wins changes <c>min</c>, which the following steps read, so the lanes after a winning
+    /// lane are recomputed from the next step on.</summary>
     [SkipLocalsInit]
     private static float MakeQkx2QuantsVector<T>(int n, int nmax, ReadOnlySpan<float> x, ReadOnlySpan<float> weights, Span<byte> L,
         float min, float max, float sumW, float sumX, float scale, float bestError, out float theMin, float rmin, float rdelta, int nstep, bool useMad) where T : struct, ILanes8<T>

@@ -175,6 +175,15 @@ public static partial class Quantize
             theMin = -min;
             return scale;
         }
+        if (Lanes != SearchLanes.Scalar)
+        {
+            // From here on make_qkx3_quants is make_qkx2_quants' search step for step: its eight-lane form.
+            Span<float> w8 = stackalloc float[n]; // the weights (x² where none are given, as ggml)
+            for (int i = 0; i < n; i++) w8[i] = hasW ? weights[i] : x[i] * x[i];
+            return Lanes == SearchLanes.Lanes256
+                ? MakeQkx2QuantsVector<Lanes256>(n, nmax, x, w8, L, min, max, sumW, sumX, scale, bestMad, out theMin, rmin, rdelta, nstep, useMad)
+                : MakeQkx2QuantsVector<Lanes128>(n, nmax, x, w8, L, min, max, sumW, sumX, scale, bestMad, out theMin, rmin, rdelta, nstep, useMad);
+        }
         for (int istep = 0; istep <= nstep; istep++)
         {
             iscale = (rmin + rdelta * istep + nmax) / (max - min);
