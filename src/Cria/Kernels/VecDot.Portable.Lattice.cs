@@ -25,7 +25,8 @@ public static partial class VecDot
     {
         static abstract int Bytes { get; }
         static abstract float Factor { get; }
-        static abstract float Scale(byte* x);
+        /// <summary>The super-block scale: the F16 at the block's start (every type but IQ1_M).</summary>
+        static virtual float Scale(byte* x) => Half(x);
         static abstract void Load(byte* x, int ib, out Vector128<sbyte> lo, out Vector128<sbyte> hi, out int lsLo, out int lsHi);
     }
 
@@ -80,14 +81,25 @@ public static partial class VecDot
         for (int b = 0; b < B; b++) dst[(long)b * dstStride] = TBlock.Factor * Vector128.Sum(acc[b]);
     }
 
-    /// <summary>A lattice matrix row against B activation rows: groups of <see cref="PortableRowGroup"/>.</summary>
+    /// <summary>A lattice matrix row against B activation rows: one row by the register-only decode kernel, more in
+    /// groups of <see cref="PortableRowGroup"/> (the same bits).</summary>
     static unsafe void RunLatticePortable<TPairs, TBlock>(byte* w, byte* x, int xStride, int B, int nb, float* y, int yStride)
         where TPairs : IPairMul where TBlock : ILatticePortable
     {
+        if (B == 1) { y[0] = DotLatticePortable<TPairs, TBlock>(w, x, nb); return; }
         for (int b = 0; b < B; b += PortableRowGroup)
             DotLatticePortableRows<TPairs, TBlock>(w, x + (long)b * xStride, xStride, Math.Min(PortableRowGroup, B - b), nb, y + (long)b * yStride, yStride);
     }
 
+    /// <summary>One lattice row against one activation row (<see cref="DotPortable{T}"/>'s lattice types).</summary>
+    static unsafe float DotLatticePortable<T>(GgmlType type, byte* w, byte* a, int nb) where T : IPairMul
+    {
+        float y;
+        RunLatticePortable<T>(type, w, a, 0, 1, nb, &y, 0);
+        return y;
+    }
+
+    /// <summary>The lattice types' one map from type to block struct.</summary>
     static unsafe void RunLatticePortable<T>(GgmlType type, byte* w, byte* x, int xStride, int B, int nb, float* y, int yStride) where T : IPairMul
     {
         switch (type)
@@ -140,7 +152,6 @@ public static partial class VecDot
     {
         public static int Bytes => 66;
         public static float Factor => 0.125f;
-        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe float Scale(byte* x) => Half(x);
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static unsafe void Load(byte* x, int ib, out Vector128<sbyte> lo, out Vector128<sbyte> hi, out int lsLo, out int lsHi)
         {
@@ -153,13 +164,20 @@ public static partial class VecDot
         }
     }
 
+    /// <summary>IQ2_XS's and IQ2_S's scales of two sixteens from one byte: 2·(low nibble) + 1, 2·(high nibble) + 1.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void NibbleScales(int sc, out int lsLo, out int lsHi)
+    {
+        lsLo = 2 * (sc & 0xF) + 1;
+        lsHi = 2 * (sc >> 4) + 1;
+    }
+
     /// <summary>IQ2_XS (d | qs[32] u16 | scales[8]): per eight values a 9-bit grid index and 7 sign bits; a 4-bit scale
     /// per sixteen values.</summary>
     internal readonly struct IQ2XSPortable : ILatticePortable
     {
         public static int Bytes => 74;
         public static float Factor => 0.125f;
-        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe float Scale(byte* x) => Half(x);
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static unsafe void Load(byte* x, int ib, out Vector128<sbyte> lo, out Vector128<sbyte> hi, out int lsLo, out int lsHi)
         {
@@ -167,9 +185,7 @@ public static partial class VecDot
             ushort* q = (ushort*)(x + 2) + 4 * ib;
             lo = Negate(Vector128.Create(g[q[0] & 511u], g[q[1] & 511u]).AsSByte(), SignMasks((uint)q[0] >> 9, (uint)q[1] >> 9));
             hi = Negate(Vector128.Create(g[q[2] & 511u], g[q[3] & 511u]).AsSByte(), SignMasks((uint)q[2] >> 9, (uint)q[3] >> 9));
-            int sc = x[66 + ib];
-            lsLo = 2 * (sc & 0xF) + 1;
-            lsHi = 2 * (sc >> 4) + 1;
+            NibbleScales(x[66 + ib], out lsLo, out lsHi);
         }
     }
 
@@ -179,7 +195,6 @@ public static partial class VecDot
     {
         public static int Bytes => 82;
         public static float Factor => 0.125f;
-        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe float Scale(byte* x) => Half(x);
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static unsafe void Load(byte* x, int ib, out Vector128<sbyte> lo, out Vector128<sbyte> hi, out int lsLo, out int lsHi)
         {
@@ -188,9 +203,7 @@ public static partial class VecDot
             uint qh = x[66 + ib];
             lo = Negate(Vector128.Create(g[q[0] | (qh << 8 & 0x300)], g[q[1] | (qh << 6 & 0x300)]).AsSByte(), BitMasks(s[0], s[1]));
             hi = Negate(Vector128.Create(g[q[2] | (qh << 4 & 0x300)], g[q[3] | (qh << 2 & 0x300)]).AsSByte(), BitMasks(s[2], s[3]));
-            int sc = x[74 + ib];
-            lsLo = 2 * (sc & 0xF) + 1;
-            lsHi = 2 * (sc >> 4) + 1;
+            NibbleScales(x[74 + ib], out lsLo, out lsHi);
         }
     }
 
@@ -200,7 +213,6 @@ public static partial class VecDot
     {
         public static int Bytes => 98;
         public static float Factor => 0.25f;
-        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe float Scale(byte* x) => Half(x);
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static unsafe void Load(byte* x, int ib, out Vector128<sbyte> lo, out Vector128<sbyte> hi, out int lsLo, out int lsHi)
         {
@@ -219,7 +231,6 @@ public static partial class VecDot
     {
         public static int Bytes => 110;
         public static float Factor => 1f;
-        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe float Scale(byte* x) => Half(x);
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static unsafe void Load(byte* x, int ib, out Vector128<sbyte> lo, out Vector128<sbyte> hi, out int lsLo, out int lsHi)
         {
@@ -251,7 +262,6 @@ public static partial class VecDot
     {
         public static int Bytes => 50;
         public static float Factor => 0.125f;
-        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe float Scale(byte* x) => Half(x);
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static unsafe void Load(byte* x, int ib, out Vector128<sbyte> lo, out Vector128<sbyte> hi, out int lsLo, out int lsHi)
         {

@@ -135,7 +135,7 @@ public static partial class VecDot
                 DotQ6KPortableRows<T>(w, x + (long)b * xStride, xStride, Math.Min(PortableRowGroup, B - b), n / 256, y + (long)b * yStride, yStride);
             return;
         }
-        if (GgmlTypeInfo.IsLattice(type) && B > 1)
+        if (GgmlTypeInfo.IsLattice(type))
         {
             RunLatticePortable<T>(type, w, x, xStride, B, n / 256, y, yStride);
             return;
@@ -162,13 +162,7 @@ public static partial class VecDot
         GgmlType.Q4_K => DotK4Portable<T>(w, a, n / 256, five: false),
         GgmlType.Q5_K => DotK4Portable<T>(w, a, n / 256, five: true),
         GgmlType.Q6_K => DotQ6KPortable<T>(w, a, n / 256),
-        GgmlType.IQ2_XXS => DotLatticePortable<T, IQ2XXSPortable>(w, a, n / 256),
-        GgmlType.IQ2_XS => DotLatticePortable<T, IQ2XSPortable>(w, a, n / 256),
-        GgmlType.IQ2_S => DotLatticePortable<T, IQ2SPortable>(w, a, n / 256),
-        GgmlType.IQ3_XXS => DotLatticePortable<T, IQ3XXSPortable>(w, a, n / 256),
-        GgmlType.IQ3_S => DotLatticePortable<T, IQ3SPortable>(w, a, n / 256),
-        GgmlType.IQ1_S => DotLatticePortable<T, IQ1SPortable>(w, a, n / 256),
-        GgmlType.IQ1_M => DotLatticePortable<T, IQ1MPortable>(w, a, n / 256),
+        var t when GgmlTypeInfo.IsLattice(t) => DotLatticePortable<T>(t, w, a, n / 256),
         _ => throw new ArgumentException($"no portable kernel for {type}", nameof(type)),
     };
 
